@@ -1,0 +1,15 @@
+//! herd's wire protocol and the plain types every crate shares.
+//!
+//! This crate owns the `.proto` definitions (compiled at build time), the
+//! domain types that cross crate boundaries (job specs, resources, nodes),
+//! their validation, and the conversions between the two. It must never
+//! depend on consensus, storage or actor code: everything else depends on it.
+
+pub mod client;
+pub mod convert;
+pub mod job;
+pub mod node;
+pub mod proto;
+pub mod resources;
+pub mod spec_file;
+pub mod validate;
