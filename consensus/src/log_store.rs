@@ -1,0 +1,202 @@
+//! The Raft log over a [`KvStore`], with group commit.
+//!
+//! Appends become readable at once and durable in batches: a flusher thread
+//! takes every append callback waiting, makes the store durable once, and
+//! only then acknowledges them all. Under load many client writes share one
+//! fsync, which is where herd's commit throughput comes from.
+
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+use std::sync::mpsc;
+use std::sync::Arc;
+
+use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
+use openraft::{AnyError, StorageIOError};
+
+use crate::codec;
+use crate::storage::{KvStore, Space, WriteOp};
+use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
+
+const KEY_VOTE: &[u8] = b"vote";
+const KEY_COMMITTED: &[u8] = b"committed";
+const KEY_LAST_PURGED: &[u8] = b"last_purged";
+
+fn index_key(index: u64) -> [u8; 8] {
+    index.to_be_bytes()
+}
+
+fn io_err(e: impl std::error::Error + 'static) -> StorageError {
+    StorageIOError::write_logs(AnyError::new(&e)).into()
+}
+
+fn read_err(e: impl std::error::Error + 'static) -> StorageError {
+    StorageIOError::read_logs(AnyError::new(&e)).into()
+}
+
+/// Raft log storage; cheap to clone (clones share the store and the flusher).
+#[derive(Clone)]
+pub struct LogStore {
+    store: Arc<dyn KvStore>,
+    flusher: mpsc::Sender<LogFlushed<TypeConfig>>,
+}
+
+impl LogStore {
+    /// Wraps `store`, starting the group-commit flusher thread.
+    pub fn new(store: Arc<dyn KvStore>) -> Self {
+        let (tx, rx) = mpsc::channel::<LogFlushed<TypeConfig>>();
+        let flusher_store = store.clone();
+        std::thread::Builder::new()
+            .name("herd-log-flush".into())
+            .spawn(move || run_flusher(flusher_store, rx))
+            .map(|_| ())
+            .unwrap_or_else(|e| tracing::error!(error = %e, "cannot start log flusher thread"));
+        Self { store, flusher: tx }
+    }
+
+    fn read_meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError> {
+        match self.store.get(Space::Meta, key).map_err(read_err)? {
+            None => Ok(None),
+            Some(bytes) => codec::decode(&bytes, &String::from_utf8_lossy(key)).map(Some).map_err(read_err),
+        }
+    }
+
+    fn write_meta<T: serde::Serialize>(&self, key: &[u8], value: &T) -> Result<(), StorageError> {
+        let bytes = codec::encode(value).map_err(io_err)?;
+        self.store.write(Space::Meta, vec![WriteOp::Put(key.to_vec(), bytes)]).map_err(io_err)
+    }
+}
+
+/// Acknowledges appends in batches, one durable sync per batch, in order.
+fn run_flusher(store: Arc<dyn KvStore>, rx: mpsc::Receiver<LogFlushed<TypeConfig>>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while let Ok(more) = rx.try_recv() {
+            batch.push(more);
+        }
+        let result = store.sync();
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "log sync failed; appends are not acknowledged");
+        }
+        for callback in batch {
+            let outcome = match &result {
+                Ok(()) => Ok(()),
+                Err(e) => Err(std::io::Error::other(e.to_string())),
+            };
+            callback.log_io_completed(outcome);
+        }
+    }
+}
+
+fn bounds_to_range(range: &impl RangeBounds<u64>) -> (u64, Option<u64>) {
+    let start = match range.start_bound() {
+        Bound::Included(&s) => s,
+        Bound::Excluded(&s) => s.saturating_add(1),
+        Bound::Unbounded => 0,
+    };
+    let end = match range.end_bound() {
+        Bound::Included(&e) => e.checked_add(1),
+        Bound::Excluded(&e) => Some(e),
+        Bound::Unbounded => None,
+    };
+    (start, end)
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let (start, end) = bounds_to_range(&range);
+        let end_key = end.map(index_key);
+        let pairs = self
+            .store
+            .range(Space::Log, &index_key(start), end_key.as_ref().map(|k| k.as_slice()))
+            .map_err(read_err)?;
+        pairs
+            .into_iter()
+            .map(|(key, value)| {
+                codec::decode::<Entry>(&value, &format!("log entry {key:?}")).map_err(read_err)
+            })
+            .collect()
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let last_purged: Option<LogId> = self.read_meta(KEY_LAST_PURGED)?;
+        let last = match self.store.last(Space::Log).map_err(read_err)? {
+            Some((_, value)) => Some(codec::decode::<Entry>(&value, "last log entry").map_err(read_err)?.log_id),
+            None => last_purged,
+        };
+        Ok(LogState {
+            last_purged_log_id: last_purged,
+            last_log_id: last,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
+        self.write_meta(KEY_VOTE, vote)?;
+        // A vote must be on disk before it is sent: a member that forgets
+        // its vote could vote twice in one term.
+        self.store
+            .sync()
+            .map_err(|e| StorageIOError::write_vote(AnyError::new(&e)).into())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
+        self.read_meta(KEY_VOTE)
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        self.write_meta(KEY_COMMITTED, &committed)
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        Ok(self.read_meta::<Option<LogId>>(KEY_COMMITTED)?.flatten())
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let mut ops = Vec::new();
+        for entry in entries {
+            let bytes = codec::encode(&entry).map_err(io_err)?;
+            ops.push(WriteOp::Put(index_key(entry.log_id.index).to_vec(), bytes));
+        }
+        self.store.write(Space::Log, ops).map_err(io_err)?;
+        if let Err(mpsc::SendError(callback)) = self.flusher.send(callback) {
+            // The flusher thread is gone: sync here rather than never acknowledge.
+            let result = self.store.sync().map_err(|e| std::io::Error::other(e.to_string()));
+            callback.log_io_completed(result);
+        }
+        Ok(())
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        self.store
+            .delete_range(Space::Log, &index_key(log_id.index), None)
+            .map_err(io_err)?;
+        // Truncated entries must not come back after a crash.
+        self.store.sync().map_err(io_err)
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        self.write_meta(KEY_LAST_PURGED, &log_id)?;
+        // Syncing first also makes the applied state machine durable up to the
+        // snapshot that allowed this purge, so no entry still needed is lost.
+        self.store.sync().map_err(io_err)?;
+        match log_id.index.checked_add(1) {
+            Some(end) => self.store.delete_range(Space::Log, &index_key(0), Some(&index_key(end))),
+            None => self.store.delete_range(Space::Log, &index_key(0), None),
+        }
+        .map_err(io_err)
+    }
+}

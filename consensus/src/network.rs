@@ -1,0 +1,169 @@
+//! Raft RPCs to other coordinators over tonic (the client side).
+//!
+//! openraft's messages travel bincode-encoded inside `RaftEnvelope`s that also
+//! carry the sender's cluster id and the intended member, so a receiver can
+//! refuse traffic that is not meant for it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use herd_api::proto::internal::internal_client::InternalClient;
+use herd_api::proto::internal::RaftEnvelope;
+use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
+    VoteResponse,
+};
+use openraft::BasicNode;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::codec::{self, MAX_DECODED_BYTES};
+use crate::health::PeerHealth;
+use crate::identity::ClusterIdentity;
+use crate::types::{NodeId, TypeConfig};
+
+/// Opens a lazily connected gRPC channel to a coordinator at `addr` (`host:port`).
+pub fn channel_to(addr: &str) -> Result<Channel, String> {
+    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| format!("invalid coordinator address {addr:?}: {e}"))?
+        .connect_timeout(Duration::from_secs(1))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(5));
+    Ok(endpoint.connect_lazy())
+}
+
+/// An `Internal` client with herd's message-size limits.
+pub fn internal_client(channel: Channel) -> InternalClient<Channel> {
+    let limit = MAX_DECODED_BYTES as usize;
+    InternalClient::new(channel)
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(limit)
+}
+
+/// Creates connections to peers for openraft.
+pub struct NetworkFactory {
+    identity: Arc<ClusterIdentity>,
+    health: Arc<PeerHealth>,
+}
+
+impl NetworkFactory {
+    /// A factory whose connections stamp `identity` and record into `health`.
+    pub fn new(identity: Arc<ClusterIdentity>, health: Arc<PeerHealth>) -> Self {
+        Self { identity, health }
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
+    type Network = PeerConnection;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerConnection {
+        PeerConnection {
+            target,
+            addr: node.addr.clone(),
+            client: channel_to(&node.addr).map(internal_client),
+            identity: self.identity.clone(),
+            health: self.health.clone(),
+        }
+    }
+}
+
+/// One peer as openraft sees it.
+pub struct PeerConnection {
+    target: NodeId,
+    addr: String,
+    client: Result<InternalClient<Channel>, String>,
+    identity: Arc<ClusterIdentity>,
+    health: Arc<PeerHealth>,
+}
+
+#[derive(Clone, Copy)]
+enum Method {
+    Append,
+    Vote,
+    Snapshot,
+}
+
+impl PeerConnection {
+    async fn send<Req, Resp, E>(
+        &mut self,
+        method: Method,
+        request: &Req,
+        option: &RPCOption,
+    ) -> Result<Resp, RPCError<NodeId, BasicNode, E>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let client = match &mut self.client {
+            Ok(client) => client,
+            Err(message) => return Err(RPCError::Unreachable(Unreachable::new(&std::io::Error::other(message.clone())))),
+        };
+        let payload = codec::encode(request).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let mut envelope = tonic::Request::new(RaftEnvelope {
+            cluster_id: self.identity.cluster_id().unwrap_or_default(),
+            target_id: self.target,
+            payload,
+        });
+        envelope.set_timeout(option.hard_ttl());
+        let reply = match method {
+            Method::Append => client.append_entries(envelope).await,
+            Method::Vote => client.vote(envelope).await,
+            Method::Snapshot => client.install_snapshot(envelope).await,
+        };
+        let reply = match reply {
+            Ok(reply) => reply.into_inner(),
+            Err(status) => {
+                let error = std::io::Error::other(format!("{} ({})", status.message(), self.addr));
+                return Err(match status.code() {
+                    tonic::Code::FailedPrecondition => {
+                        tracing::warn!(peer = self.target, addr = %self.addr, reason = status.message(), "peer refused raft message");
+                        RPCError::Unreachable(Unreachable::new(&error))
+                    }
+                    tonic::Code::Unavailable | tonic::Code::Unknown => RPCError::Unreachable(Unreachable::new(&error)),
+                    _ => RPCError::Network(NetworkError::new(&error)),
+                });
+            }
+        };
+        let result: Result<Resp, E> = codec::decode(&reply.payload, "raft reply")
+            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        self.health.record_ok(self.target);
+        result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerConnection {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        self.send(Method::Append, &rpc, &option).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>>
+    {
+        self.send(Method::Snapshot, &rpc, &option).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        self.send(Method::Vote, &rpc, &option).await
+    }
+
+    fn backoff(&self) -> openraft::network::Backoff {
+        // Retry an unreachable peer quickly: a restarted coordinator should
+        // catch up within a heartbeat or two, not after seconds.
+        openraft::network::Backoff::new(std::iter::repeat(Duration::from_millis(200)))
+    }
+}

@@ -1,0 +1,286 @@
+//! The replicated state machine over a [`KvStore`], driving an [`Application`].
+//!
+//! Every batch of applied entries becomes one atomic write holding the
+//! application's changes and the new applied position, so a crash leaves the
+//! persisted state at an entry boundary; Raft re-applies the rest from the log.
+
+use std::io::Cursor;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{AnyError, EntryPayload, RaftSnapshotBuilder, StorageIOError};
+use serde::{Deserialize, Serialize};
+
+use crate::codec;
+use crate::storage::{KvStore, Space, WriteOp};
+use crate::types::{Entry, LogId, Outcome, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
+
+/// What a coordinator replicates: a deterministic function from commands to state.
+///
+/// `apply` must be deterministic and total (no clock, no randomness, no I/O):
+/// every member applies the same commands and must reach the same state. The
+/// application persists itself as key/value pairs through `changes`.
+pub trait Application: Send + Sync + 'static {
+    /// Applies one committed command at `index`, recording the keys it changed,
+    /// and returns the encoded answer for the proposer.
+    fn apply(&mut self, index: u64, command: &[u8], changes: &mut Vec<WriteOp>) -> Vec<u8>;
+    /// Replaces the whole state with persisted pairs (at start-up, or from a snapshot).
+    fn restore(&mut self, pairs: Vec<(Vec<u8>, Vec<u8>)>) -> Result<(), String>;
+}
+
+const APP_PREFIX: &[u8] = b"a/";
+const APP_END: &[u8] = b"a0"; // '0' follows '/' in ASCII: every key under "a/" sorts before it
+const KEY_APPLIED: &[u8] = b"m/applied";
+const KEY_MEMBERSHIP: &[u8] = b"m/membership";
+const KEY_SNAPSHOT_META: &[u8] = b"snapshot_meta";
+const KEY_SNAPSHOT_DATA: &[u8] = b"snapshot_data";
+const KEY_SNAPSHOT_SEQ: &[u8] = b"snapshot_seq";
+const SNAPSHOT_FORMAT: u32 = 1;
+
+/// The body of a snapshot: every application pair at one log position.
+#[derive(Serialize, Deserialize)]
+struct SnapshotBody {
+    format: u32,
+    pairs: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+fn sm_err(e: impl std::error::Error + 'static) -> StorageError {
+    StorageIOError::write_state_machine(AnyError::new(&e)).into()
+}
+
+fn sm_read_err(e: impl std::error::Error + 'static) -> StorageError {
+    StorageIOError::read_state_machine(AnyError::new(&e)).into()
+}
+
+fn snap_err(e: impl std::error::Error + 'static) -> StorageError {
+    StorageIOError::write_snapshot(None, AnyError::new(&e)).into()
+}
+
+fn app_key(key: &[u8]) -> Vec<u8> {
+    let mut full = APP_PREFIX.to_vec();
+    full.extend_from_slice(key);
+    full
+}
+
+/// Counters a member reports about its state machine.
+#[derive(Debug, Default)]
+pub struct StateMachineStats {
+    /// Snapshots received from a leader and installed since start.
+    pub snapshots_installed: AtomicU64,
+    /// Snapshots built locally since start.
+    pub snapshots_built: AtomicU64,
+}
+
+/// openraft's state machine: persisted in the store, mirrored in the application.
+pub struct StateMachineStore<A: Application> {
+    store: Arc<dyn KvStore>,
+    app: Arc<RwLock<A>>,
+    applied: Option<LogId>,
+    membership: StoredMembership,
+    stats: Arc<StateMachineStats>,
+}
+
+impl<A: Application> StateMachineStore<A> {
+    /// Loads the persisted state into `app` and wraps both.
+    pub fn open(store: Arc<dyn KvStore>, app: Arc<RwLock<A>>) -> Result<Self, StorageError> {
+        let applied = match store.get(Space::State, KEY_APPLIED).map_err(sm_read_err)? {
+            Some(bytes) => codec::decode(&bytes, "applied log id").map_err(sm_read_err)?,
+            None => None,
+        };
+        let membership = match store.get(Space::State, KEY_MEMBERSHIP).map_err(sm_read_err)? {
+            Some(bytes) => codec::decode(&bytes, "applied membership").map_err(sm_read_err)?,
+            None => StoredMembership::default(),
+        };
+        let pairs = store.range(Space::State, APP_PREFIX, Some(APP_END)).map_err(sm_read_err)?;
+        let stripped = pairs.into_iter().map(|(k, v)| (k[APP_PREFIX.len()..].to_vec(), v)).collect();
+        write_app(&app)
+            .restore(stripped)
+            .map_err(|e| StorageError::from(StorageIOError::read_state_machine(AnyError::error(e))))?;
+        Ok(Self {
+            store,
+            app,
+            applied,
+            membership,
+            stats: Arc::new(StateMachineStats::default()),
+        })
+    }
+
+    /// Counters for status reports.
+    pub fn stats(&self) -> Arc<StateMachineStats> {
+        self.stats.clone()
+    }
+
+    fn position_ops(&self) -> Result<Vec<WriteOp>, StorageError> {
+        Ok(vec![
+            WriteOp::Put(KEY_APPLIED.to_vec(), codec::encode(&self.applied).map_err(sm_err)?),
+            WriteOp::Put(KEY_MEMBERSHIP.to_vec(), codec::encode(&self.membership).map_err(sm_err)?),
+        ])
+    }
+}
+
+fn write_app<A>(app: &RwLock<A>) -> std::sync::RwLockWriteGuard<'_, A> {
+    app.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Builds a snapshot from pairs captured while no entry was being applied.
+pub struct SnapshotBuilder {
+    store: Arc<dyn KvStore>,
+    applied: Option<LogId>,
+    membership: StoredMembership,
+    pairs: Vec<(Vec<u8>, Vec<u8>)>,
+    stats: Arc<StateMachineStats>,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let body = SnapshotBody {
+            format: SNAPSHOT_FORMAT,
+            pairs: std::mem::take(&mut self.pairs),
+        };
+        let data = codec::encode(&body).map_err(snap_err)?;
+        let seq = match self.store.get(Space::Meta, KEY_SNAPSHOT_SEQ).map_err(snap_err)? {
+            Some(bytes) => codec::decode::<u64>(&bytes, "snapshot sequence").map_err(snap_err)? + 1,
+            None => 1,
+        };
+        let snapshot_id = match &self.applied {
+            Some(id) => format!("{}-{}-{seq}", id.leader_id.term, id.index),
+            None => format!("0-0-{seq}"),
+        };
+        let meta = SnapshotMeta {
+            last_log_id: self.applied,
+            last_membership: self.membership.clone(),
+            snapshot_id,
+        };
+        save_snapshot(self.store.as_ref(), &meta, &data, Some(seq))?;
+        self.stats.snapshots_built.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(snapshot = %meta.snapshot_id, bytes = data.len(), "snapshot built");
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        })
+    }
+}
+
+fn save_snapshot(store: &dyn KvStore, meta: &SnapshotMeta, data: &[u8], seq: Option<u64>) -> Result<(), StorageError> {
+    let mut ops = vec![
+        WriteOp::Put(KEY_SNAPSHOT_META.to_vec(), codec::encode(meta).map_err(snap_err)?),
+        WriteOp::Put(KEY_SNAPSHOT_DATA.to_vec(), data.to_vec()),
+    ];
+    if let Some(seq) = seq {
+        ops.push(WriteOp::Put(KEY_SNAPSHOT_SEQ.to_vec(), codec::encode(&seq).map_err(snap_err)?));
+    }
+    store.write(Space::Meta, ops).map_err(snap_err)?;
+    store.sync().map_err(snap_err)
+}
+
+impl<A: Application> RaftStateMachine<TypeConfig> for StateMachineStore<A> {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        Ok((self.applied, self.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Outcome>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let mut outcomes = Vec::new();
+        let mut changes = Vec::new();
+        {
+            let mut app = write_app(&self.app);
+            for entry in entries {
+                self.applied = Some(entry.log_id);
+                match entry.payload {
+                    EntryPayload::Blank => outcomes.push(Outcome::default()),
+                    EntryPayload::Normal(proposal) => {
+                        let answer = app.apply(entry.log_id.index, &proposal.0, &mut changes);
+                        outcomes.push(Outcome(answer));
+                    }
+                    EntryPayload::Membership(membership) => {
+                        self.membership = StoredMembership::new(Some(entry.log_id), membership);
+                        outcomes.push(Outcome::default());
+                    }
+                }
+            }
+        }
+        let mut ops: Vec<WriteOp> = changes
+            .into_iter()
+            .map(|op| match op {
+                WriteOp::Put(k, v) => WriteOp::Put(app_key(&k), v),
+                WriteOp::Delete(k) => WriteOp::Delete(app_key(&k)),
+            })
+            .collect();
+        ops.extend(self.position_ops()?);
+        self.store.write(Space::State, ops).map_err(sm_err)?;
+        Ok(outcomes)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        // Captured here, where no apply runs concurrently, so the pairs and
+        // the position match exactly.
+        let pairs = match self.store.range(Space::State, APP_PREFIX, Some(APP_END)) {
+            Ok(pairs) => pairs.into_iter().map(|(k, v)| (k[APP_PREFIX.len()..].to_vec(), v)).collect(),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read state for a snapshot");
+                Vec::new()
+            }
+        };
+        SnapshotBuilder {
+            store: self.store.clone(),
+            applied: self.applied,
+            membership: self.membership.clone(),
+            pairs,
+            stats: self.stats.clone(),
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Box<Cursor<Vec<u8>>>) -> Result<(), StorageError> {
+        let data = snapshot.into_inner();
+        let body: SnapshotBody = codec::decode(&data, &format!("snapshot {}", meta.snapshot_id))
+            .map_err(|e| StorageError::from(StorageIOError::read_snapshot(None, AnyError::new(&e))))?;
+        if body.format != SNAPSHOT_FORMAT {
+            return Err(StorageIOError::read_snapshot(
+                None,
+                AnyError::error(format!("snapshot format {} is not supported (expected {SNAPSHOT_FORMAT})", body.format)),
+            )
+            .into());
+        }
+        let mut ops: Vec<WriteOp> = self
+            .store
+            .range(Space::State, APP_PREFIX, Some(APP_END))
+            .map_err(sm_err)?
+            .into_iter()
+            .map(|(k, _)| WriteOp::Delete(k))
+            .collect();
+        ops.extend(body.pairs.iter().map(|(k, v)| WriteOp::Put(app_key(k), v.clone())));
+        self.applied = meta.last_log_id;
+        self.membership = meta.last_membership.clone();
+        ops.extend(self.position_ops()?);
+        self.store.write(Space::State, ops).map_err(sm_err)?;
+        write_app(&self.app)
+            .restore(body.pairs)
+            .map_err(|e| StorageError::from(StorageIOError::read_snapshot(None, AnyError::error(e))))?;
+        save_snapshot(self.store.as_ref(), meta, &data, None)?;
+        self.stats.snapshots_installed.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(snapshot = %meta.snapshot_id, "snapshot installed");
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        let Some(meta_bytes) = self.store.get(Space::Meta, KEY_SNAPSHOT_META).map_err(sm_read_err)? else {
+            return Ok(None);
+        };
+        let meta: SnapshotMeta = codec::decode(&meta_bytes, "snapshot meta").map_err(sm_read_err)?;
+        let data = self.store.get(Space::Meta, KEY_SNAPSHOT_DATA).map_err(sm_read_err)?.unwrap_or_default();
+        Ok(Some(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        }))
+    }
+}

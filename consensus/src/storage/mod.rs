@@ -1,0 +1,124 @@
+//! herd's own storage seam: an ordered key/value store with a few named
+//! spaces, atomic batches within a space, and an explicit durability point.
+//!
+//! The Raft log and state machine are written against [`KvStore`] only, so
+//! sled (unmaintained upstream) can be replaced without touching them, and
+//! an in-memory store serves deterministic tests.
+
+mod memory;
+mod sled_store;
+
+pub use memory::MemoryStore;
+pub use sled_store::SledStore;
+
+use thiserror::Error;
+
+/// The separate keyspaces herd keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Space {
+    /// Raft log entries, keyed by big-endian index.
+    Log,
+    /// Raft metadata: vote, committed and purged ids, the current snapshot.
+    Meta,
+    /// The applied state machine: application keys and the applied position.
+    State,
+}
+
+impl Space {
+    /// Stable name, used as the tree name on disk.
+    pub fn name(self) -> &'static str {
+        match self {
+            Space::Log => "log",
+            Space::Meta => "meta",
+            Space::State => "state",
+        }
+    }
+}
+
+/// One change in an atomic batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteOp {
+    /// Set `key` to `value`.
+    Put(Vec<u8>, Vec<u8>),
+    /// Remove `key` (absent keys are fine).
+    Delete(Vec<u8>),
+}
+
+/// A failure of the storage engine.
+#[derive(Debug, Error)]
+#[error("{engine} store at {location}: {message}")]
+pub struct StoreError {
+    /// Which engine failed ("sled", "memory").
+    pub engine: &'static str,
+    /// Where its data lives.
+    pub location: String,
+    /// What it reported.
+    pub message: String,
+}
+
+/// An ordered key/value store with atomic batches and explicit durability.
+///
+/// Writes become visible to reads at once; they are durable only after
+/// [`KvStore::sync`] returns. Implementations must make `sync` mean "on
+/// stable storage" (fsync), not "handed to the kernel".
+pub trait KvStore: Send + Sync + 'static {
+    /// Reads one key.
+    fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Applies all ops or none of them.
+    fn write(&self, space: Space, ops: Vec<WriteOp>) -> Result<(), StoreError>;
+    /// Key/value pairs with `start <= key < end` (no upper bound when `end` is None), in key order.
+    fn range(
+        &self,
+        space: Space,
+        start: &[u8],
+        end: Option<&[u8]>,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError>;
+    /// The pair with the greatest key.
+    fn last(&self, space: Space) -> Result<Option<(Vec<u8>, Vec<u8>)>, StoreError>;
+    /// Makes every write that returned before this call durable.
+    fn sync(&self) -> Result<(), StoreError>;
+
+    /// Removes every key in `start <= key < end` in one batch.
+    fn delete_range(&self, space: Space, start: &[u8], end: Option<&[u8]>) -> Result<(), StoreError> {
+        let keys = self.range(space, start, end)?;
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let ops = keys.into_iter().map(|(k, _)| WriteOp::Delete(k)).collect();
+        self.write(space, ops)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod conformance {
+    //! Behaviour every [`KvStore`] must show; run against each engine.
+    use super::*;
+
+    pub fn check_all(store: &dyn KvStore) {
+        store
+            .write(
+                Space::Log,
+                vec![
+                    WriteOp::Put(vec![2], b"two".to_vec()),
+                    WriteOp::Put(vec![1], b"one".to_vec()),
+                    WriteOp::Put(vec![3], b"three".to_vec()),
+                ],
+            )
+            .expect("write");
+        assert_eq!(store.get(Space::Log, &[2]).expect("get"), Some(b"two".to_vec()));
+        assert_eq!(store.get(Space::Meta, &[2]).expect("get"), None, "spaces are separate");
+        let all = store.range(Space::Log, &[0], None).expect("range");
+        assert_eq!(all.iter().map(|(k, _)| k[0]).collect::<Vec<_>>(), vec![1, 2, 3]);
+        let mid = store.range(Space::Log, &[2], Some(&[3])).expect("range");
+        assert_eq!(mid, vec![(vec![2], b"two".to_vec())]);
+        assert_eq!(store.last(Space::Log).expect("last").map(|(k, _)| k), Some(vec![3]));
+        store.delete_range(Space::Log, &[2], None).expect("delete");
+        assert_eq!(store.range(Space::Log, &[0], None).expect("range").len(), 1);
+        store
+            .write(Space::Meta, vec![WriteOp::Put(b"a".to_vec(), vec![1]), WriteOp::Delete(b"a".to_vec())])
+            .expect("write");
+        assert_eq!(store.get(Space::Meta, b"a").expect("get"), None, "ops apply in order");
+        store.sync().expect("sync");
+        assert_eq!(store.last(Space::State).expect("last"), None);
+    }
+}

@@ -1,0 +1,67 @@
+//! openraft's own storage conformance suite, run against herd's log and
+//! state machine on both storage engines.
+
+use std::sync::{Arc, RwLock};
+
+use herd_consensus::log_store::LogStore;
+use herd_consensus::state_machine::StateMachineStore;
+use herd_consensus::storage::{KvStore, MemoryStore, SledStore, WriteOp};
+use herd_consensus::types::{StorageError, TypeConfig};
+use herd_consensus::Application;
+use openraft::testing::{StoreBuilder, Suite};
+
+/// Counts commands and remembers the last one: enough to check persistence.
+#[derive(Default)]
+struct Counter {
+    applied: u64,
+}
+
+impl Application for Counter {
+    fn apply(&mut self, index: u64, command: &[u8], changes: &mut Vec<WriteOp>) -> Vec<u8> {
+        self.applied += 1;
+        changes.push(WriteOp::Put(b"count".to_vec(), self.applied.to_be_bytes().to_vec()));
+        changes.push(WriteOp::Put(format!("cmd/{index}").into_bytes(), command.to_vec()));
+        self.applied.to_be_bytes().to_vec()
+    }
+
+    fn restore(&mut self, pairs: Vec<(Vec<u8>, Vec<u8>)>) -> Result<(), String> {
+        self.applied = 0;
+        for (k, v) in pairs {
+            if k == b"count" {
+                let bytes: [u8; 8] = v.as_slice().try_into().map_err(|_| "bad count".to_string())?;
+                self.applied = u64::from_be_bytes(bytes);
+            }
+        }
+        Ok(())
+    }
+}
+
+struct Builder<F: Fn() -> (Option<tempfile::TempDir>, Arc<dyn KvStore>) + Send + Sync>(F);
+
+impl<F> StoreBuilder<TypeConfig, LogStore, StateMachineStore<Counter>, Option<tempfile::TempDir>> for Builder<F>
+where
+    F: Fn() -> (Option<tempfile::TempDir>, Arc<dyn KvStore>) + Send + Sync,
+{
+    async fn build(
+        &self,
+    ) -> Result<(Option<tempfile::TempDir>, LogStore, StateMachineStore<Counter>), StorageError> {
+        let (guard, store) = (self.0)();
+        let log = LogStore::new(store.clone());
+        let sm = StateMachineStore::open(store, Arc::new(RwLock::new(Counter::default())))?;
+        Ok((guard, log, sm))
+    }
+}
+
+#[test]
+fn memory_store_passes_openraft_suite() -> Result<(), StorageError> {
+    Suite::test_all(Builder(|| (None, Arc::new(MemoryStore::new()) as Arc<dyn KvStore>)))
+}
+
+#[test]
+fn sled_store_passes_openraft_suite() -> Result<(), StorageError> {
+    Suite::test_all(Builder(|| {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SledStore::open(dir.path()).expect("open sled");
+        (Some(dir), Arc::new(store) as Arc<dyn KvStore>)
+    }))
+}
