@@ -1,12 +1,134 @@
-//! TEMPORARY stand-in until the spec work lands.
+//! Job specifications: what a user asks the cluster to run.
+//!
+//! These are the plain domain types every crate shares. They are built from a
+//! TOML spec file ([`crate::spec_file`]) or from the wire ([`crate::convert`]),
+//! and checked by [`JobSpec::validate`] (in [`crate::validate`]) before anything
+//! stores or schedules them.
+
 use std::collections::BTreeMap;
+use std::fmt;
+
 use serde::{Deserialize, Serialize};
+
 use crate::resources::Resources;
+
+/// Task drivers this version of herd can run.
+///
+/// Validation rejects any other driver, so a job never reaches a node that
+/// cannot run it. Later drivers (`dljob`, `inference`, `vm`) are added here.
+pub const KNOWN_DRIVERS: &[&str] = &["exec"];
+
+/// Priority a spec gets when its file leaves `priority` out, so that most jobs
+/// sit in the middle of the 0..=100 range and can be ranked either way.
+pub const DEFAULT_PRIORITY: u32 = 50;
+
+/// Instance count a spec gets when its file leaves `count` out: one instance.
+pub const DEFAULT_COUNT: u32 = 1;
+
+/// A job as submitted: a named, prioritised group of identical task instances.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct JobSpec { pub name: String, pub job_type: JobType, pub count: u32, pub priority: u32, pub task: TaskSpec }
+pub struct JobSpec {
+    /// Cluster-unique name; submitting the same name again updates the job.
+    pub name: String,
+    /// Whether instances run to completion or are kept running.
+    pub job_type: JobType,
+    /// How many instances of [`JobSpec::task`] to run.
+    pub count: u32,
+    /// Scheduling priority, 0 (lowest) to 100 (highest).
+    pub priority: u32,
+    /// What each instance runs.
+    pub task: TaskSpec,
+}
+
+/// How the cluster treats a job's instances once they exit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum JobType { Batch, Service }
-impl JobType { pub fn as_str(self) -> &'static str { match self { JobType::Batch => "batch", JobType::Service => "service" } }
- pub fn parse(s: &str) -> Option<Self> { match s { "batch" => Some(Self::Batch), "service" => Some(Self::Service), _ => None } } }
+#[serde(rename_all = "lowercase")]
+pub enum JobType {
+    /// Runs to completion; a job whose instances all succeeded is complete.
+    Batch,
+    /// Runs indefinitely; instances that exit are restarted.
+    Service,
+}
+
+impl JobType {
+    /// Every job type, in the order error messages list them.
+    pub const ALL: [JobType; 2] = [JobType::Batch, JobType::Service];
+
+    /// The stable lower-case name used in spec files, on the wire and in
+    /// `--output json`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobType::Batch => "batch",
+            JobType::Service => "service",
+        }
+    }
+
+    /// Reads a name written by [`JobType::as_str`]; `None` for anything else
+    /// (matching is exact, so `"Batch"` is rejected rather than guessed at).
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.as_str() == text)
+    }
+}
+
+impl fmt::Display for JobType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The message for a job type that [`JobType::parse`] does not know, shared by
+/// the spec-file parser and the proto conversion so both say the same thing.
+pub(crate) fn unknown_job_type_message(got: &str) -> String {
+    format!("must be \"batch\" or \"service\", got {got:?}")
+}
+
+/// What one instance of a job runs, and what it needs from a node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TaskSpec { pub driver: String, pub command: Option<String>, pub args: Vec<String>, pub env: BTreeMap<String, String>, pub workdir: Option<String>, pub resources: Resources }
+pub struct TaskSpec {
+    /// Which driver runs the task; one of [`KNOWN_DRIVERS`].
+    pub driver: String,
+    /// Program to run (required by the `exec` driver).
+    pub command: Option<String>,
+    /// Arguments passed to `command`.
+    pub args: Vec<String>,
+    /// Extra environment variables for the task.
+    pub env: BTreeMap<String, String>,
+    /// Absolute working directory; the driver's default when `None`.
+    pub workdir: Option<String>,
+    /// Resources reserved on the node for each instance.
+    pub resources: Resources,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_type_names_round_trip() {
+        for t in JobType::ALL {
+            assert_eq!(JobType::parse(t.as_str()), Some(t));
+            assert_eq!(t.to_string(), t.as_str());
+        }
+        assert_eq!(JobType::Batch.as_str(), "batch");
+        assert_eq!(JobType::Service.as_str(), "service");
+        assert_eq!(JobType::parse("Batch"), None);
+        assert_eq!(JobType::parse(""), None);
+        assert_eq!(JobType::parse("system"), None);
+    }
+
+    #[test]
+    fn job_types_serialize_by_their_stable_names() {
+        let json = serde_json::to_string(&JobType::ALL).expect("serializes");
+        assert_eq!(json, r#"["batch","service"]"#);
+        let back: Vec<JobType> = serde_json::from_str(&json).expect("deserializes");
+        assert_eq!(back, JobType::ALL);
+    }
+
+    #[test]
+    fn unknown_job_type_message_names_the_choices() {
+        assert_eq!(
+            unknown_job_type_message("cron"),
+            "must be \"batch\" or \"service\", got \"cron\""
+        );
+    }
+}

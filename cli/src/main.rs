@@ -1,1 +1,105 @@
-fn main() {}
+//! `herd`: the one binary. Daemons (`coordinator`, `dev`) and client commands
+//! (`cluster`, `job`, `node`, `var`), plus `bench`.
+
+mod bench;
+mod cmd;
+mod exit;
+mod output;
+
+use clap::{Parser, Subcommand};
+
+use crate::exit::CliError;
+use crate::output::OutputFormat;
+
+/// herd: a cluster manager for VM fleets, GPU training and LLM serving.
+#[derive(Parser)]
+#[command(name = "herd", version, about, propagate_version = true)]
+struct Cli {
+    /// Coordinators to talk to, tried in turn.
+    #[arg(long, global = true, env = "HERD_ADDR", default_value = cmd::dev::DEFAULT_ADDR)]
+    addr: String,
+    /// Output format of read commands.
+    #[arg(long, short = 'o', global = true, value_enum, default_value = "table")]
+    output: OutputFormat,
+    /// Log filter for daemons (tracing's env-filter syntax).
+    #[arg(long, global = true, env = "HERD_LOG")]
+    log: Option<String>,
+    /// Log as JSON lines instead of text.
+    #[arg(long, global = true)]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a coordinator (a Raft member holding the cluster state).
+    Coordinator(cmd::coordinator::CoordinatorArgs),
+    /// Run a whole cluster in this process, for a first try.
+    Dev(cmd::dev::DevArgs),
+    /// Inspect the coordinators and change their membership.
+    #[command(subcommand)]
+    Cluster(cmd::cluster::ClusterCommand),
+    /// Submit, inspect and stop jobs.
+    #[command(subcommand)]
+    Job(cmd::job::JobCommand),
+    /// Inspect node agents.
+    #[command(subcommand)]
+    Node(cmd::node::NodeCommand),
+    /// Read and write variables (replicated registers with compare-and-set).
+    #[command(subcommand)]
+    Var(cmd::var::VarCommand),
+    /// Measure herd against its targets.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+fn init_tracing(filter: Option<&str>, json: bool, default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter.unwrap_or(default))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+const DAEMON_LOG: &str = "info,openraft=warn,sled=warn,h2=warn,tower=warn,hyper=warn";
+const CLIENT_LOG: &str = "warn,openraft=error";
+
+async fn run(cli: Cli) -> Result<(), CliError> {
+    let daemon = matches!(cli.command, Command::Coordinator(_) | Command::Dev(_));
+    init_tracing(cli.log.as_deref(), cli.log_json, if daemon { DAEMON_LOG } else { CLIENT_LOG });
+    let ctx = cmd::Context {
+        addr: cli.addr,
+        output: cli.output,
+    };
+    match cli.command {
+        Command::Coordinator(args) => cmd::coordinator::run(args).await,
+        Command::Dev(args) => cmd::dev::run(args).await,
+        Command::Cluster(command) => cmd::cluster::run(&ctx, command).await,
+        Command::Job(command) => cmd::job::run(&ctx, command).await,
+        Command::Node(command) => cmd::node::run(&ctx, command).await,
+        Command::Var(command) => cmd::var::run(&ctx, command).await,
+        Command::Bench(command) => bench::run(&ctx, command).await,
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("herd: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = runtime.block_on(run(cli)) {
+        eprintln!("herd: {}", e.message);
+        std::process::exit(e.code);
+    }
+}

@@ -1,1 +1,23 @@
-//! placeholder
+//! The coordinator: the replicated cluster state, the commands that change
+//! it, and the gRPC services that serve clients, agents and peers.
+//!
+//! Owns `ClusterState` and its deterministic `apply`; leader-side machinery
+//! (forwarding, cluster id) lives beside it. Storage and Raft mechanics come
+//! from `herd-consensus`; this crate never names sled.
+
+pub mod app;
+pub mod apply;
+pub mod command;
+pub mod config;
+pub mod data_dir;
+pub mod error;
+pub mod forward;
+pub mod handle;
+pub mod service;
+pub mod start;
+pub mod state;
+
+pub use config::CoordinatorConfig;
+pub use error::CoordinatorError;
+pub use handle::{Coordinator, ReadConsistency};
+pub use start::{start, RunningCoordinator};

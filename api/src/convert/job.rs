@@ -1,0 +1,195 @@
+//! [`JobSpec`] to and from [`proto::JobSpec`].
+
+use crate::job::{unknown_job_type_message, JobSpec, JobType};
+use crate::proto::v1 as proto;
+use crate::validate::FieldError;
+
+impl From<&JobSpec> for proto::JobSpec {
+    fn from(spec: &JobSpec) -> Self {
+        proto::JobSpec {
+            name: spec.name.clone(),
+            r#type: spec.job_type.as_str().to_string(),
+            count: spec.count,
+            priority: spec.priority,
+            task: Some((&spec.task).into()),
+        }
+    }
+}
+
+/// Converts a job spec from the wire and runs [`JobSpec::validate`] on it:
+/// whatever a client sends is untrusted, and this is where it enters.
+///
+/// A `count` of 0 (what proto3 sends when the client left it unset) is
+/// rejected by validation rather than defaulted, so a client bug is visible.
+impl TryFrom<proto::JobSpec> for JobSpec {
+    type Error = FieldError;
+
+    fn try_from(spec: proto::JobSpec) -> Result<Self, FieldError> {
+        let job_type = JobType::parse(&spec.r#type)
+            .ok_or_else(|| FieldError::new("type", unknown_job_type_message(&spec.r#type)))?;
+        let task = spec
+            .task
+            .ok_or_else(|| FieldError::new("task", "is required"))?;
+        let spec = JobSpec {
+            name: spec.name,
+            job_type,
+            count: spec.count,
+            priority: spec.priority,
+            task: super::task::from_proto(task)?,
+        };
+        spec.validate()?;
+        Ok(spec)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use prost::Message;
+
+    use super::*;
+    use crate::job::TaskSpec;
+    use crate::resources::{Resources, GIB, MIB};
+
+    fn batch() -> JobSpec {
+        JobSpec {
+            name: "hello".into(),
+            job_type: JobType::Batch,
+            count: 1,
+            priority: 50,
+            task: TaskSpec {
+                driver: "exec".into(),
+                command: Some("/bin/sleep".into()),
+                args: vec!["30".into()],
+                env: BTreeMap::new(),
+                workdir: None,
+                resources: Resources {
+                    cpu_millis: 100,
+                    memory_bytes: 64 * MIB,
+                    gpus: 0,
+                    gpu_model: None,
+                },
+            },
+        }
+    }
+
+    fn service() -> JobSpec {
+        JobSpec {
+            name: "web.v2".into(),
+            job_type: JobType::Service,
+            count: 3,
+            priority: 0,
+            task: TaskSpec {
+                driver: "exec".into(),
+                command: Some("/bin/sh".into()),
+                args: vec!["-c".into(), "while true; do echo up; sleep 5; done".into()],
+                env: BTreeMap::from([
+                    ("PORT".to_string(), "8080".to_string()),
+                    ("EMPTY".to_string(), String::new()),
+                ]),
+                workdir: Some("/srv/web".into()),
+                resources: Resources {
+                    cpu_millis: 2000,
+                    memory_bytes: 2 * GIB,
+                    gpus: 1,
+                    gpu_model: Some("a100".into()),
+                },
+            },
+        }
+    }
+
+    #[test]
+    fn round_trips_through_proto_and_the_wire() {
+        for spec in [batch(), service()] {
+            let wire = proto::JobSpec::from(&spec);
+            assert_eq!(JobSpec::try_from(wire.clone()), Ok(spec.clone()));
+            // And through the encoded bytes a client actually sends.
+            let decoded = proto::JobSpec::decode(wire.encode_to_vec().as_slice())
+                .expect("decodes what was encoded");
+            assert_eq!(JobSpec::try_from(decoded), Ok(spec));
+        }
+    }
+
+    #[test]
+    fn proto_fields_carry_the_stable_names() {
+        let wire = proto::JobSpec::from(&service());
+        assert_eq!(wire.r#type, "service");
+        let task = wire.task.expect("task is set");
+        assert_eq!(task.command, "/bin/sh");
+        assert_eq!(task.workdir, "/srv/web");
+        assert_eq!(
+            task.resources.map(|r| r.gpu_model),
+            Some("a100".to_string())
+        );
+        let wire = proto::JobSpec::from(&batch());
+        assert_eq!(wire.r#type, "batch");
+        assert_eq!(wire.task.map(|t| t.workdir), Some(String::new()));
+    }
+
+    fn rejected_field(change: impl FnOnce(&mut proto::JobSpec)) -> String {
+        let mut wire = proto::JobSpec::from(&batch());
+        change(&mut wire);
+        match JobSpec::try_from(wire) {
+            Err(e) => e.field,
+            Ok(spec) => panic!("accepted {spec:?}"),
+        }
+    }
+
+    #[test]
+    fn untrusted_input_is_validated() {
+        assert_eq!(rejected_field(|w| w.priority = 500), "priority");
+        let mut wire = proto::JobSpec::from(&batch());
+        wire.priority = 500;
+        assert_eq!(
+            JobSpec::try_from(wire),
+            Err(FieldError::new(
+                "priority",
+                "must be between 0 and 100, got 500"
+            ))
+        );
+
+        assert_eq!(
+            rejected_field(|w| {
+                if let Some(task) = w.task.as_mut() {
+                    task.driver = "docker".into();
+                }
+            }),
+            "task.driver"
+        );
+        assert_eq!(rejected_field(|w| w.count = 0), "count");
+        assert_eq!(rejected_field(|w| w.name = "Bad Name".into()), "name");
+        assert_eq!(rejected_field(|w| w.r#type = String::new()), "type");
+        assert_eq!(rejected_field(|w| w.r#type = "Batch".into()), "type");
+        assert_eq!(rejected_field(|w| w.task = None), "task");
+        assert_eq!(
+            rejected_field(|w| {
+                if let Some(task) = w.task.as_mut() {
+                    task.resources = None;
+                }
+            }),
+            "task.resources"
+        );
+        assert_eq!(
+            rejected_field(|w| {
+                if let Some(task) = w.task.as_mut() {
+                    task.env.insert("BAD KEY".into(), "x".into());
+                }
+            }),
+            "task.env.\"BAD KEY\""
+        );
+        assert_eq!(
+            rejected_field(|w| {
+                if let Some(resources) = w.task.as_mut().and_then(|t| t.resources.as_mut()) {
+                    resources.memory_bytes = 0;
+                }
+            }),
+            "task.resources.memory"
+        );
+    }
+
+    #[test]
+    fn an_empty_message_is_rejected_not_defaulted() {
+        assert!(JobSpec::try_from(proto::JobSpec::default()).is_err());
+    }
+}

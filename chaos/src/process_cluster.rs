@@ -1,0 +1,364 @@
+//! A herd coordinator cluster made of real OS processes on loopback.
+//!
+//! Each member runs the `herd` binary with its own data dir and log file;
+//! members can be killed with SIGKILL, restarted with the same command line,
+//! wiped, and new members started to join. Dropping the cluster kills every
+//! process it started.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use herd_api::client::HerdClient;
+use herd_api::proto::v1::cluster_client::ClusterClient;
+use herd_api::proto::v1::{ClusterStatus, ClusterStatusRequest, MemberReport, MemberStatusRequest};
+use thiserror::Error;
+
+use crate::ports::free_loopback_port;
+
+/// A harness failure (not a herd failure: those are test assertions).
+#[derive(Debug, Error)]
+pub enum ClusterError {
+    /// Spawning, killing or file handling failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What the harness was doing.
+        what: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The cluster did not reach the awaited condition in time.
+    #[error("timed out after {waited:?} waiting for {what}")]
+    Timeout {
+        /// The condition.
+        what: String,
+        /// How long.
+        waited: Duration,
+    },
+    /// No such member.
+    #[error("member {0} is not part of this harness")]
+    UnknownMember(u64),
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ClusterError {
+    let what = what.into();
+    move |source| ClusterError::Io { what, source }
+}
+
+/// How a member process starts.
+#[derive(Debug, Clone)]
+pub enum Launch {
+    /// `--bootstrap --peers ...`.
+    Bootstrap(String),
+    /// `--join ADDR`.
+    Join(String),
+    /// Neither: waits to be added.
+    Wait,
+}
+
+/// One coordinator process.
+pub struct MemberProcess {
+    /// Raft id.
+    pub id: u64,
+    /// Its address.
+    pub addr: String,
+    /// Its data dir.
+    pub data_dir: PathBuf,
+    /// Where its stdout and stderr go.
+    pub log_path: PathBuf,
+    launch: Launch,
+    child: Option<Child>,
+}
+
+impl MemberProcess {
+    /// Whether the process is running (as far as this harness knows).
+    pub fn is_running(&mut self) -> bool {
+        match &mut self.child {
+            Some(child) => matches!(child.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+}
+
+/// A cluster of coordinator processes.
+pub struct ProcessCluster {
+    binary: PathBuf,
+    root: tempfile::TempDir,
+    extra_args: Vec<String>,
+    members: BTreeMap<u64, MemberProcess>,
+}
+
+impl ProcessCluster {
+    /// Starts `size` members bootstrapped together, with `extra_args` on every command line.
+    pub fn start(binary: &Path, size: u64, extra_args: &[&str]) -> Result<Self, ClusterError> {
+        let root = tempfile::Builder::new()
+            .prefix("herd-cluster-")
+            .tempdir()
+            .map_err(io("create cluster dir"))?;
+        let mut cluster = Self {
+            binary: binary.to_path_buf(),
+            root,
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            members: BTreeMap::new(),
+        };
+        let mut peers = Vec::new();
+        let mut addrs = BTreeMap::new();
+        for id in 1..=size {
+            let port = free_loopback_port().map_err(io("pick a port"))?;
+            let addr = format!("127.0.0.1:{port}");
+            peers.push(format!("{id}={addr}"));
+            addrs.insert(id, addr);
+        }
+        let peers = peers.join(",");
+        for (id, addr) in addrs {
+            cluster.add_process(id, addr, Launch::Bootstrap(peers.clone()))?;
+        }
+        Ok(cluster)
+    }
+
+    /// Where this harness keeps data dirs and logs.
+    pub fn root(&self) -> &Path {
+        self.root.path()
+    }
+
+    /// Starts another member process (for membership changes), on a fresh port.
+    pub fn spawn_member(&mut self, id: u64, launch: Launch) -> Result<String, ClusterError> {
+        let port = free_loopback_port().map_err(io("pick a port"))?;
+        let addr = format!("127.0.0.1:{port}");
+        self.add_process(id, addr.clone(), launch)?;
+        Ok(addr)
+    }
+
+    fn add_process(&mut self, id: u64, addr: String, launch: Launch) -> Result<(), ClusterError> {
+        let data_dir = self.root.path().join(format!("member-{id}"));
+        let log_path = self.root.path().join(format!("member-{id}.log"));
+        let mut member = MemberProcess {
+            id,
+            addr,
+            data_dir,
+            log_path,
+            launch,
+            child: None,
+        };
+        self.spawn(&mut member)?;
+        self.members.insert(id, member);
+        Ok(())
+    }
+
+    fn spawn(&self, member: &mut MemberProcess) -> Result<(), ClusterError> {
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(&member.log_path)
+            .map_err(io(format!("open {}", member.log_path.display())))?;
+        let log_err = log.try_clone().map_err(io("clone log handle"))?;
+        let mut command = Command::new(&self.binary);
+        command
+            .arg("coordinator")
+            .args(["--id", &member.id.to_string(), "--listen", &member.addr])
+            .arg("--data-dir")
+            .arg(&member.data_dir);
+        match &member.launch {
+            Launch::Bootstrap(peers) => {
+                command.args(["--bootstrap", "--peers", peers]);
+            }
+            Launch::Join(addr) => {
+                command.args(["--join", addr]);
+            }
+            Launch::Wait => {}
+        }
+        command
+            .args(&self.extra_args)
+            .env("HERD_LOG", "info,openraft=warn,sled=warn,h2=warn,tower=warn,hyper=warn")
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err);
+        let child = command
+            .spawn()
+            .map_err(io(format!("spawn {} for member {}", self.binary.display(), member.id)))?;
+        member.child = Some(child);
+        Ok(())
+    }
+
+    fn member_mut(&mut self, id: u64) -> Result<&mut MemberProcess, ClusterError> {
+        self.members.get_mut(&id).ok_or(ClusterError::UnknownMember(id))
+    }
+
+    /// The member with this id.
+    pub fn member(&self, id: u64) -> Result<&MemberProcess, ClusterError> {
+        self.members.get(&id).ok_or(ClusterError::UnknownMember(id))
+    }
+
+    /// Ids of every member this harness started.
+    pub fn ids(&self) -> Vec<u64> {
+        self.members.keys().copied().collect()
+    }
+
+    /// `kill -9` a member and reap it.
+    pub fn kill(&mut self, id: u64) -> Result<(), ClusterError> {
+        let member = self.member_mut(id)?;
+        if let Some(mut child) = member.child.take() {
+            child.kill().map_err(io(format!("kill member {id}")))?;
+            child.wait().map_err(io(format!("reap member {id}")))?;
+        }
+        Ok(())
+    }
+
+    /// Starts a killed member again with the same command line and data dir.
+    pub fn restart(&mut self, id: u64) -> Result<(), ClusterError> {
+        let mut member = self.members.remove(&id).ok_or(ClusterError::UnknownMember(id))?;
+        let result = if member.is_running() { Ok(()) } else { self.spawn(&mut member) };
+        self.members.insert(id, member);
+        result
+    }
+
+    /// Deletes a (killed) member's data dir, as a lost disk would.
+    pub fn wipe(&mut self, id: u64) -> Result<(), ClusterError> {
+        let dir = self.member(id)?.data_dir.clone();
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(ClusterError::Io {
+                what: format!("wipe {}", dir.display()),
+                source: e,
+            }),
+        }
+    }
+
+    /// Forgets a member (after killing it), e.g. once it is removed from the cluster.
+    pub fn forget(&mut self, id: u64) -> Result<(), ClusterError> {
+        self.kill(id)?;
+        self.members.remove(&id);
+        Ok(())
+    }
+
+    /// Waits for a member's process to exit by itself, returning its exit code.
+    pub fn wait_exit(&mut self, id: u64, timeout: Duration) -> Result<Option<i32>, ClusterError> {
+        let started = Instant::now();
+        let member = self.member_mut(id)?;
+        loop {
+            if let Some(child) = &mut member.child {
+                if let Some(status) = child.try_wait().map_err(io(format!("wait for member {id}")))? {
+                    member.child = None;
+                    return Ok(status.code());
+                }
+            } else {
+                return Ok(None);
+            }
+            if started.elapsed() > timeout {
+                return Err(ClusterError::Timeout {
+                    what: format!("member {id} to exit"),
+                    waited: timeout,
+                });
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The log a member wrote so far.
+    pub fn log(&self, id: u64) -> String {
+        self.members
+            .get(&id)
+            .and_then(|m| std::fs::read_to_string(&m.log_path).ok())
+            .unwrap_or_default()
+    }
+
+    /// Addresses of the running members, comma-separated (for `--addr`).
+    pub fn addr_list(&self) -> String {
+        self.members.values().map(|m| m.addr.clone()).collect::<Vec<_>>().join(",")
+    }
+
+    /// A client over every member.
+    pub fn client(&self) -> Result<HerdClient, ClusterError> {
+        self.client_for(&self.ids())
+    }
+
+    /// A client over the given members, tried in that order.
+    pub fn client_for(&self, ids: &[u64]) -> Result<HerdClient, ClusterError> {
+        let addrs: Vec<String> = ids
+            .iter()
+            .filter_map(|id| self.members.get(id).map(|m| m.addr.clone()))
+            .collect();
+        HerdClient::new(&addrs).map_err(|e| ClusterError::Io {
+            what: "build client".into(),
+            source: std::io::Error::other(e.to_string()),
+        })
+    }
+
+    /// One member's own Raft report, if it answers.
+    pub async fn member_report(&self, id: u64) -> Option<MemberReport> {
+        let client = self.client_for(&[id]).ok()?;
+        client
+            .call_one(0, |ch| async move {
+                let mut request = tonic::Request::new(MemberStatusRequest {});
+                request.set_timeout(Duration::from_secs(2));
+                ClusterClient::new(ch).member_status(request).await.map(|r| r.into_inner())
+            })
+            .await
+            .ok()
+    }
+
+    /// The leader's cluster status through any member, if one answers.
+    pub async fn status(&self) -> Option<ClusterStatus> {
+        let client = self.client().ok()?;
+        client
+            .call(|ch| async move {
+                let mut request = tonic::Request::new(ClusterStatusRequest { stale: false });
+                request.set_timeout(Duration::from_secs(3));
+                ClusterClient::new(ch).status(request).await.map(|r| r.into_inner())
+            })
+            .await
+            .ok()
+    }
+
+    /// Waits until the running members agree on a leader whose cluster id is set; returns it.
+    pub async fn wait_for_leader(&self, timeout: Duration) -> Result<u64, ClusterError> {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.status().await {
+                if status.leader != 0 && !status.cluster_id.is_empty() {
+                    return Ok(status.leader);
+                }
+            }
+            if started.elapsed() > timeout {
+                return Err(ClusterError::Timeout {
+                    what: "a leader".into(),
+                    waited: timeout,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Waits until member `id` reports applying at least `index`.
+    pub async fn wait_applied(&self, id: u64, index: u64, timeout: Duration) -> Result<MemberReport, ClusterError> {
+        let started = Instant::now();
+        loop {
+            if let Some(report) = self.member_report(id).await {
+                if report.last_applied.unwrap_or(0) >= index {
+                    return Ok(report);
+                }
+            }
+            if started.elapsed() > timeout {
+                return Err(ClusterError::Timeout {
+                    what: format!("member {id} to apply index {index}"),
+                    waited: timeout,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+}
+
+impl Drop for ProcessCluster {
+    fn drop(&mut self) {
+        for member in self.members.values_mut() {
+            if let Some(mut child) = member.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}

@@ -1,0 +1,25 @@
+//! `herd bench`: measurements against herd's targets, printed as Markdown
+//! tables ready for docs/benchmarks.md.
+
+mod etcd;
+mod load;
+mod raft;
+
+use clap::Subcommand;
+
+use crate::cmd::Context;
+use crate::exit::CliError;
+
+/// Subcommands of `herd bench`.
+#[derive(Subcommand, Debug)]
+pub enum BenchCommand {
+    /// Committed writes/s and commit latency of a 3-member cluster, beside etcd.
+    Raft(raft::RaftBenchArgs),
+}
+
+/// Runs a benchmark.
+pub async fn run(_ctx: &Context, command: BenchCommand) -> Result<(), CliError> {
+    match command {
+        BenchCommand::Raft(args) => raft::run(args).await,
+    }
+}

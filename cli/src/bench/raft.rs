@@ -1,0 +1,142 @@
+//! `herd bench raft`: durable committed writes through a real 3-member
+//! cluster of `herd coordinator` processes on loopback, then the same load
+//! against a 3-member etcd cluster when etcd is installed.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use herd_api::proto::v1::variables_client::VariablesClient;
+use herd_api::proto::v1::PutVariableRequest;
+use herd_chaos::process_cluster::ProcessCluster;
+use tonic::transport::{Channel, Endpoint};
+
+use super::etcd::{self, EtcdCluster};
+use super::load::{closed_loop, LoadReport};
+use crate::exit::CliError;
+
+/// Flags of `herd bench raft`.
+#[derive(Args, Debug)]
+pub struct RaftBenchArgs {
+    /// Client counts to run, each a separate measurement.
+    #[arg(long, value_delimiter = ',', default_value = "1,16,256")]
+    clients: Vec<usize>,
+    /// Measured seconds per run.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Warm-up seconds per run (not measured).
+    #[arg(long, default_value_t = 2)]
+    warmup_seconds: u64,
+    /// Bytes per written value.
+    #[arg(long, default_value_t = 256)]
+    value_size: usize,
+    /// etcd binary to compare with (default: `etcd` on PATH).
+    #[arg(long)]
+    etcd: Option<PathBuf>,
+    /// Skip the etcd comparison.
+    #[arg(long)]
+    no_etcd: bool,
+}
+
+fn channel(addr: &str) -> Result<Channel, CliError> {
+    Ok(Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(CliError::input)?
+        .tcp_nodelay(true)
+        .connect_lazy())
+}
+
+fn row(system: &str, r: &LoadReport) -> String {
+    format!(
+        "| {system} | {} | {} | {:.0} | {:.2} | {:.2} | {} |",
+        r.clients,
+        r.ok,
+        r.throughput,
+        r.p50.as_secs_f64() * 1000.0,
+        r.p99.as_secs_f64() * 1000.0,
+        r.errors
+    )
+}
+
+/// Runs the benchmark and prints a Markdown table.
+pub async fn run(args: RaftBenchArgs) -> Result<(), CliError> {
+    let warmup = Duration::from_secs(args.warmup_seconds);
+    let measured = Duration::from_secs(args.seconds);
+    let value = vec![b'x'; args.value_size];
+    let mut rows = Vec::new();
+
+    let exe = std::env::current_exe().map_err(|e| CliError::runtime(format!("cannot find the herd binary: {e}")))?;
+    eprintln!("starting 3 herd coordinators ({})", exe.display());
+    let cluster = ProcessCluster::start(&exe, 3, &[]).map_err(CliError::runtime)?;
+    cluster
+        .wait_for_leader(Duration::from_secs(30))
+        .await
+        .map_err(CliError::runtime)?;
+    let channels: Vec<Channel> = cluster
+        .ids()
+        .iter()
+        .map(|id| cluster.member(*id).map(|m| m.addr.clone()).map_err(CliError::runtime).and_then(|a| channel(&a)))
+        .collect::<Result<_, _>>()?;
+    for &clients in &args.clients {
+        let channels = channels.clone();
+        let value = value.clone();
+        let report = closed_loop(clients, warmup, measured, move |client, _seq| {
+            let channel = channels[client % channels.len()].clone();
+            let request = PutVariableRequest {
+                key: format!("bench/{client}"),
+                value: value.clone(),
+                expected_version: None,
+            };
+            async move {
+                VariablesClient::new(channel)
+                    .put(request)
+                    .await
+                    .map(|_| ())
+                    .map_err(|s| s.message().to_string())
+            }
+        })
+        .await;
+        if let Some(e) = &report.first_error {
+            eprintln!("herd, {clients} clients: first error: {e}");
+        }
+        eprintln!("{}", row("herd", &report));
+        rows.push(row("herd", &report));
+    }
+    drop(cluster);
+
+    if !args.no_etcd {
+        match etcd::locate(args.etcd.as_deref()) {
+            None => eprintln!("etcd not found (install Debian's etcd-server or pass --etcd PATH); skipping the comparison"),
+            Some(binary) => {
+                eprintln!("starting 3 etcd members ({})", binary.display());
+                let cluster = EtcdCluster::start(&binary).await.map_err(CliError::runtime)?;
+                let channels: Vec<Channel> = (0..3).map(|i| cluster.channel(i)).collect::<Result<_, _>>().map_err(CliError::runtime)?;
+                for &clients in &args.clients {
+                    let channels = channels.clone();
+                    let value = value.clone();
+                    let report = closed_loop(clients, warmup, measured, move |client, _seq| {
+                        let channel = channels[client % channels.len()].clone();
+                        etcd::put(channel, format!("bench/{client}").into_bytes(), value.clone())
+                    })
+                    .await;
+                    if let Some(e) = &report.first_error {
+                        eprintln!("etcd, {clients} clients: first error: {e}");
+                    }
+                    eprintln!("{}", row("etcd", &report));
+                    rows.push(row("etcd", &report));
+                }
+            }
+        }
+    }
+
+    println!(
+        "3 members on loopback, durable writes, {}-byte values, {} s measured after {} s warm-up, clients spread over members",
+        args.value_size, args.seconds, args.warmup_seconds
+    );
+    println!();
+    println!("| system | clients | writes | writes/s | p50 ms | p99 ms | errors |");
+    println!("|---|---|---|---|---|---|---|");
+    for row in rows {
+        println!("{row}");
+    }
+    Ok(())
+}

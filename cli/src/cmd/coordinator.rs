@@ -1,0 +1,102 @@
+//! `herd coordinator`: run one Raft member until interrupted.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use herd_coordinator::config::{CoordinatorSettings, ConfigError};
+use herd_coordinator::CoordinatorConfig;
+
+use crate::exit::CliError;
+
+/// Flags of `herd coordinator`; each overrides the same key of `--config`.
+#[derive(Args, Debug, Clone)]
+pub struct CoordinatorArgs {
+    /// TOML file with any of the settings below (flags win).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// This member's id (1, 2, ...).
+    #[arg(long)]
+    pub id: Option<u64>,
+    /// Address to serve Raft, clients and agents on.
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// Address others reach this member at (default: --listen).
+    #[arg(long)]
+    pub advertise: Option<String>,
+    /// Directory for the Raft log and state.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Form a new cluster of --peers (same line on every initial member; ignored on restart).
+    #[arg(long)]
+    pub bootstrap: bool,
+    /// Initial members: 1=HOST:PORT,2=HOST:PORT,3=HOST:PORT.
+    #[arg(long)]
+    pub peers: Option<String>,
+    /// Join the cluster at this address (ignored on restart).
+    #[arg(long)]
+    pub join: Option<String>,
+    /// Build a snapshot every N applied entries (overrides [raft] snapshot_every).
+    #[arg(long)]
+    pub snapshot_every: Option<u64>,
+    /// Log entries kept behind a snapshot (overrides [raft] keep_logs).
+    #[arg(long)]
+    pub keep_logs: Option<u64>,
+}
+
+impl CoordinatorArgs {
+    /// Resolves flags and file into a validated configuration.
+    pub fn resolve(&self) -> Result<CoordinatorConfig, ConfigError> {
+        let file = match &self.config {
+            Some(path) => CoordinatorSettings::from_file(path)?,
+            None => CoordinatorSettings::default(),
+        };
+        let flags = CoordinatorSettings {
+            id: self.id,
+            listen: self.listen.clone(),
+            advertise: self.advertise.clone(),
+            data_dir: self.data_dir.clone(),
+            bootstrap: self.bootstrap.then_some(true),
+            peers: self.peers.clone(),
+            join: self.join.clone(),
+            raft: None,
+        };
+        let mut settings = file.overridden_by(flags);
+        if self.snapshot_every.is_some() || self.keep_logs.is_some() {
+            let mut raft = settings.raft.take().unwrap_or_default();
+            if let Some(n) = self.snapshot_every {
+                raft.snapshot_every = n;
+            }
+            if let Some(n) = self.keep_logs {
+                raft.keep_logs = n;
+            }
+            settings.raft = Some(raft);
+        }
+        CoordinatorConfig::resolve(settings)
+    }
+}
+
+/// Runs the coordinator until SIGINT or SIGTERM.
+pub async fn run(args: CoordinatorArgs) -> Result<(), CliError> {
+    let config = args.resolve().map_err(CliError::input)?;
+    let running = herd_coordinator::start(config).await.map_err(|e| match e {
+        herd_coordinator::start::StartError::Bind { .. } | herd_coordinator::start::StartError::Storage(_) => {
+            CliError::runtime(e)
+        }
+        other => CliError::input(other),
+    })?;
+    let coordinator = running.coordinator.clone();
+    wait_for_signal().await.map_err(CliError::runtime)?;
+    tracing::info!(member = coordinator.id(), "shutting down");
+    running.shutdown().await;
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn wait_for_signal() -> Result<(), String> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).map_err(|e| format!("cannot watch SIGTERM: {e}"))?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.map_err(|e| format!("cannot watch SIGINT: {e}")),
+        _ = term.recv() => Ok(()),
+    }
+}

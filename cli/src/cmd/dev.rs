@@ -1,0 +1,71 @@
+//! `herd dev`: a one-member cluster in this process, for a first try.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use herd_coordinator::config::CoordinatorSettings;
+use herd_coordinator::CoordinatorConfig;
+
+use crate::exit::CliError;
+
+/// Where `herd dev` listens, and where client commands look by default.
+pub const DEFAULT_ADDR: &str = "127.0.0.1:7100";
+
+/// Flags of `herd dev`.
+#[derive(Args, Debug, Clone)]
+pub struct DevArgs {
+    /// Address of the coordinator.
+    #[arg(long, default_value = DEFAULT_ADDR)]
+    pub listen: String,
+    /// Keep data here instead of a temporary directory removed on exit.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+}
+
+/// Runs the dev cluster until Ctrl-C.
+pub async fn run(args: DevArgs) -> Result<(), CliError> {
+    let (data_dir, _temp) = match args.data_dir {
+        Some(dir) => (dir, None),
+        None => {
+            let temp = tempfile::Builder::new()
+                .prefix("herd-dev-")
+                .tempdir()
+                .map_err(|e| CliError::runtime(format!("cannot create a temporary data dir: {e}")))?;
+            (temp.path().to_path_buf(), Some(temp))
+        }
+    };
+    let config = CoordinatorConfig::resolve(CoordinatorSettings {
+        id: Some(1),
+        listen: Some(args.listen.clone()),
+        data_dir: Some(data_dir.join("coordinator-1")),
+        bootstrap: Some(true),
+        peers: Some(format!("1={}", args.listen)),
+        ..Default::default()
+    })
+    .map_err(CliError::input)?;
+    let running = herd_coordinator::start(config).await.map_err(CliError::runtime)?;
+    let coordinator = running.coordinator.clone();
+    let started = std::time::Instant::now();
+    while coordinator.identity().cluster_id().is_none() {
+        if started.elapsed() > Duration::from_secs(20) {
+            return Err(CliError::runtime("the dev coordinator did not elect itself leader within 20 s"));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let addr = running.local_addr;
+    let kept = if _temp.is_some() { "removed on exit" } else { "kept" };
+    println!("herd dev: a one-member cluster is running");
+    println!("  coordinator  {addr}  (data in {}, {kept})", data_dir.display());
+    println!("  node agents  none yet: `herd node` arrives with the node agent");
+    println!();
+    println!("Next, in another terminal (from a checkout, `cargo run --release --` stands for `herd`):");
+    println!("  herd job run examples/hello.toml");
+    println!("  herd job list");
+    println!("  herd cluster status");
+    println!();
+    println!("Press Ctrl-C to stop.");
+    super::coordinator::wait_for_signal().await.map_err(CliError::runtime)?;
+    running.shutdown().await;
+    Ok(())
+}

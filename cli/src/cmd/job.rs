@@ -1,0 +1,186 @@
+//! `herd job run|list|status|stop`.
+
+use std::io::Read;
+
+use clap::Subcommand;
+use herd_api::proto::v1 as pb;
+use herd_api::proto::v1::jobs_client::JobsClient;
+use herd_api::resources::format_memory;
+use herd_api::spec_file::parse_job_spec;
+use serde_json::json;
+
+use super::Context;
+use crate::exit::CliError;
+use crate::output::{format_time, print_json, print_table};
+
+/// Subcommands of `herd job`.
+#[derive(Subcommand, Debug)]
+pub enum JobCommand {
+    /// Submit a job spec (TOML); resubmitting a name makes a new version.
+    Run {
+        /// Spec file, or `-` for standard input.
+        file: String,
+    },
+    /// All jobs.
+    List {
+        /// Answer from the first coordinator's own state.
+        #[arg(long)]
+        stale: bool,
+    },
+    /// One job in detail.
+    Status {
+        /// Job name.
+        name: String,
+        /// Answer from the first coordinator's own state.
+        #[arg(long)]
+        stale: bool,
+    },
+    /// Stop a job.
+    Stop {
+        /// Job name.
+        name: String,
+    },
+}
+
+fn read_spec(file: &str) -> Result<(String, String), CliError> {
+    if file == "-" {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .map_err(|e| CliError::input(format!("<stdin>: cannot read: {e}")))?;
+        Ok((text, "<stdin>".to_string()))
+    } else {
+        let text = std::fs::read_to_string(file).map_err(|e| CliError::input(format!("{file}: cannot read: {e}")))?;
+        Ok((text, file.to_string()))
+    }
+}
+
+fn job_json(job: &pb::Job) -> serde_json::Value {
+    let spec = job.spec.clone().unwrap_or_default();
+    let task = spec.task.clone().unwrap_or_default();
+    let res = task.resources.clone().unwrap_or_default();
+    json!({
+        "name": spec.name, "status": job.status, "version": job.version, "type": spec.r#type,
+        "count": spec.count, "priority": spec.priority, "submitted_at_ms": job.submitted_at_ms,
+        "updated_at_ms": job.updated_at_ms, "modify_index": job.modify_index,
+        "task": {"driver": task.driver, "command": task.command, "args": task.args, "env": task.env,
+                 "workdir": task.workdir,
+                 "resources": {"cpu_millis": res.cpu_millis, "memory_bytes": res.memory_bytes,
+                               "gpus": res.gpus, "gpu_model": res.gpu_model}},
+    })
+}
+
+/// Runs a `herd job` subcommand.
+pub async fn run(ctx: &Context, command: JobCommand) -> Result<(), CliError> {
+    match command {
+        JobCommand::Run { file } => {
+            let (text, name) = read_spec(&file)?;
+            let spec = parse_job_spec(&text, &name).map_err(CliError::input)?;
+            let client = ctx.client()?;
+            let request = pb::SubmitJobRequest {
+                spec: Some(pb::JobSpec::from(&spec)),
+            };
+            let reply = client
+                .call(|ch| {
+                    let request = request.clone();
+                    async move { JobsClient::new(ch).submit(request).await.map(|r| r.into_inner()) }
+                })
+                .await?;
+            if ctx.json() {
+                print_json(&json!({"name": spec.name, "version": reply.version, "changed": reply.changed,
+                                   "log_index": reply.log_index}));
+            } else if reply.changed {
+                println!("job {} submitted: version {} (log index {})", spec.name, reply.version, reply.log_index);
+            } else {
+                println!("job {} unchanged: version {} is identical", spec.name, reply.version);
+            }
+        }
+        JobCommand::List { stale } => {
+            let jobs = ctx
+                .client()?
+                .call(|ch| async move {
+                    JobsClient::new(ch)
+                        .list(pb::ListJobsRequest { stale })
+                        .await
+                        .map(|r| r.into_inner().jobs)
+                })
+                .await?;
+            if ctx.json() {
+                print_json(&json!(jobs.iter().map(job_json).collect::<Vec<_>>()));
+            } else {
+                let rows: Vec<Vec<String>> = jobs
+                    .iter()
+                    .map(|job| {
+                        let spec = job.spec.clone().unwrap_or_default();
+                        vec![
+                            spec.name,
+                            spec.r#type,
+                            spec.priority.to_string(),
+                            job.status.clone(),
+                            job.version.to_string(),
+                            format_time(job.updated_at_ms),
+                        ]
+                    })
+                    .collect();
+                print_table(&["NAME", "TYPE", "PRIORITY", "STATUS", "VERSION", "UPDATED (UTC)"], &rows);
+            }
+        }
+        JobCommand::Status { name, stale } => {
+            let job = ctx
+                .client()?
+                .call(|ch| {
+                    let name = name.clone();
+                    async move {
+                        JobsClient::new(ch)
+                            .get(pb::GetJobRequest { name, stale })
+                            .await
+                            .map(|r| r.into_inner())
+                    }
+                })
+                .await?;
+            if ctx.json() {
+                print_json(&job_json(&job));
+            } else {
+                let spec = job.spec.clone().unwrap_or_default();
+                let task = spec.task.clone().unwrap_or_default();
+                let res = task.resources.clone().unwrap_or_default();
+                println!("name       {}", spec.name);
+                println!("status     {}", job.status);
+                println!("version    {} (log index {})", job.version, job.modify_index);
+                println!("type       {} x{}, priority {}", spec.r#type, spec.count, spec.priority);
+                println!("driver     {} {} {}", task.driver, task.command, task.args.join(" "));
+                println!(
+                    "resources  cpu {}m, memory {}, gpus {}",
+                    res.cpu_millis,
+                    format_memory(res.memory_bytes),
+                    res.gpus
+                );
+                println!("submitted  {} UTC", format_time(job.submitted_at_ms));
+                println!("updated    {} UTC", format_time(job.updated_at_ms));
+                if job.status == "pending" {
+                    println!("note       placement on node agents arrives with the scheduler; the job is recorded");
+                }
+            }
+        }
+        JobCommand::Stop { name } => {
+            let reply = ctx
+                .client()?
+                .call(|ch| {
+                    let name = name.clone();
+                    async move {
+                        JobsClient::new(ch)
+                            .stop(pb::StopJobRequest { name })
+                            .await
+                            .map(|r| r.into_inner())
+                    }
+                })
+                .await?;
+            if ctx.json() {
+                print_json(&json!({"name": name, "version": reply.version, "log_index": reply.log_index}));
+            } else {
+                println!("job {name} stopped (version {})", reply.version);
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,33 @@
+//! One module per command group.
+
+pub mod cluster;
+pub mod coordinator;
+pub mod dev;
+pub mod job;
+pub mod node;
+pub mod var;
+
+use herd_api::client::HerdClient;
+
+use crate::exit::CliError;
+use crate::output::OutputFormat;
+
+/// What every client command needs.
+pub struct Context {
+    /// `--addr` / `HERD_ADDR`.
+    pub addr: String,
+    /// `--output`.
+    pub output: OutputFormat,
+}
+
+impl Context {
+    /// A client for the configured coordinators.
+    pub fn client(&self) -> Result<HerdClient, CliError> {
+        HerdClient::from_list(&self.addr).map_err(CliError::input)
+    }
+
+    /// Whether to print JSON.
+    pub fn json(&self) -> bool {
+        self.output == OutputFormat::Json
+    }
+}

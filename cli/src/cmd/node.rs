@@ -1,0 +1,68 @@
+//! `herd node list`.
+
+use clap::Subcommand;
+use herd_api::proto::v1::nodes_client::NodesClient;
+use herd_api::proto::v1::ListNodesRequest;
+use herd_api::resources::format_memory;
+use serde_json::json;
+
+use super::Context;
+use crate::exit::CliError;
+use crate::output::{print_json, print_table};
+
+/// Subcommands of `herd node`.
+#[derive(Subcommand, Debug)]
+pub enum NodeCommand {
+    /// Registered node agents.
+    List {
+        /// Answer from the first coordinator's own state.
+        #[arg(long)]
+        stale: bool,
+    },
+}
+
+/// Runs a `herd node` subcommand.
+pub async fn run(ctx: &Context, command: NodeCommand) -> Result<(), CliError> {
+    let client = ctx.client()?;
+    match command {
+        NodeCommand::List { stale } => {
+            let nodes = client
+                .call(|ch| async move {
+                    NodesClient::new(ch)
+                        .list(ListNodesRequest { stale })
+                        .await
+                        .map(|r| r.into_inner().nodes)
+                })
+                .await?;
+            if ctx.json() {
+                let list: Vec<_> = nodes
+                    .iter()
+                    .map(|n| {
+                        let cap = n.capacity.clone().unwrap_or_default();
+                        json!({"name": n.name, "addr": n.addr, "status": n.status, "labels": n.labels,
+                               "capacity": {"cpu_millis": cap.cpu_millis, "memory_bytes": cap.memory_bytes,
+                                            "gpus": cap.gpus, "gpu_model": cap.gpu_model}})
+                    })
+                    .collect();
+                print_json(&json!(list));
+            } else {
+                let rows: Vec<Vec<String>> = nodes
+                    .iter()
+                    .map(|n| {
+                        let cap = n.capacity.clone().unwrap_or_default();
+                        vec![
+                            n.name.clone(),
+                            n.status.clone(),
+                            n.addr.clone(),
+                            cap.cpu_millis.to_string(),
+                            format_memory(cap.memory_bytes),
+                            cap.gpus.to_string(),
+                        ]
+                    })
+                    .collect();
+                print_table(&["NAME", "STATUS", "ADDRESS", "CPU(m)", "MEMORY", "GPUS"], &rows);
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,133 @@
+//! Helpers shared by the end-to-end tests: the herd binary, CLI runs, and
+//! variable writes/reads through the real gRPC API.
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use herd_api::client::HerdClient;
+use herd_api::proto::v1::variables_client::VariablesClient;
+use herd_api::proto::v1::{GetVariableRequest, PutVariableRequest};
+use herd_chaos::process_cluster::ProcessCluster;
+
+/// The herd binary cargo built for these tests.
+pub fn herd_bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_herd"))
+}
+
+/// Runs `herd ARGS` to completion.
+pub fn must_run_cli(args: &[&str]) -> Output {
+    Command::new(herd_bin()).args(args).env("HERD_LOG", "error").output().expect("run herd")
+}
+
+/// Stdout of `herd ARGS`, which must succeed.
+pub fn must_cli_ok(args: &[&str]) -> String {
+    let out = must_run_cli(args);
+    assert!(
+        out.status.success(),
+        "herd {args:?} failed ({:?}): {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Writes `key = value`; Ok(version) once acknowledged.
+pub async fn put(client: &HerdClient, key: &str, value: &str) -> Result<u64, String> {
+    client
+        .call(|ch| {
+            let request = PutVariableRequest {
+                key: key.to_string(),
+                value: value.as_bytes().to_vec(),
+                expected_version: None,
+            };
+            async move { VariablesClient::new(ch).put(request).await.map(|r| r.into_inner().version) }
+        })
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Reads `key` (linearizable unless `stale`); None when absent.
+pub async fn get(client: &HerdClient, key: &str, stale: bool) -> Result<Option<String>, String> {
+    client
+        .call(|ch| {
+            let request = GetVariableRequest {
+                key: key.to_string(),
+                stale,
+            };
+            async move { VariablesClient::new(ch).get(request).await.map(|r| r.into_inner()) }
+        })
+        .await
+        .map(|r| r.found.then(|| String::from_utf8_lossy(&r.value).into_owned()))
+        .map_err(|e| e.to_string())
+}
+
+/// Writes `count` keys `{prefix}{i}` with `concurrency` writers spread over
+/// `members`, retrying each until acknowledged; returns the acknowledged keys.
+pub async fn must_write_many(cluster: &ProcessCluster, members: &[u64], prefix: &str, count: usize, concurrency: usize) -> Vec<(String, String)> {
+    let clients: Vec<HerdClient> = members
+        .iter()
+        .map(|id| {
+            // Each writer starts at "its" member and falls back to the others.
+            let mut order = vec![*id];
+            order.extend(members.iter().filter(|m| *m != id));
+            cluster.client_for(&order).expect("client")
+        })
+        .collect();
+    let mut tasks = Vec::new();
+    for w in 0..concurrency {
+        let client = clients[w % clients.len()].clone();
+        let prefix = prefix.to_string();
+        tasks.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            let mut i = w;
+            while i < count {
+                let key = format!("{prefix}{i}");
+                let value = format!("value-{i}");
+                let started = Instant::now();
+                loop {
+                    match put(&client, &key, &value).await {
+                        Ok(_) => break,
+                        Err(e) if started.elapsed() > Duration::from_secs(30) => panic!("write {key} never acknowledged: {e}"),
+                        Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                    }
+                }
+                acked.push((key, value));
+                i += concurrency;
+            }
+            acked
+        }));
+    }
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await.expect("writer task"));
+    }
+    all
+}
+
+/// Asserts every acknowledged write reads back (linearizably) through `client`.
+pub async fn must_read_all(client: &HerdClient, acked: &[(String, String)], stale: bool) {
+    for (key, value) in acked {
+        let got = get(client, key, stale).await.unwrap_or_else(|e| panic!("read {key}: {e}"));
+        assert_eq!(got.as_deref(), Some(value.as_str()), "acknowledged write {key} lost or wrong");
+    }
+}
+
+/// Waits until the given members report the same applied index and state digest.
+pub async fn must_converge(cluster: &ProcessCluster, members: &[u64], timeout: Duration) -> (u64, u64) {
+    let started = Instant::now();
+    loop {
+        let mut reports = Vec::new();
+        for id in members {
+            if let Some(report) = cluster.member_report(*id).await {
+                reports.push((report.last_applied.unwrap_or(0), report.state_digest));
+            }
+        }
+        if reports.len() == members.len() && reports.windows(2).all(|w| w[0] == w[1]) {
+            return reports[0];
+        }
+        assert!(started.elapsed() < timeout, "members {members:?} did not converge: {reports:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

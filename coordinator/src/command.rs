@@ -1,0 +1,127 @@
+//! Commands: the only way the replicated state changes.
+//!
+//! A command carries everything `apply` needs, times included: the leader
+//! stamps them before proposing, so every member applies the same bytes to
+//! the same result.
+
+use herd_api::job::JobSpec;
+use herd_api::node::NodeInfo;
+use serde::{Deserialize, Serialize};
+
+/// A change to the cluster state, as proposed through Raft.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// Names the cluster; proposed once by the first leader.
+    InitCluster {
+        /// A fresh random id.
+        cluster_id: String,
+    },
+    /// Creates a job or a new version of it.
+    SubmitJob {
+        /// The validated spec.
+        spec: JobSpec,
+        /// Leader's clock, ms since the epoch.
+        now_ms: u64,
+    },
+    /// Stops a job (its allocations are stopped by the scheduler).
+    StopJob {
+        /// Job name.
+        name: String,
+        /// Leader's clock, ms since the epoch.
+        now_ms: u64,
+    },
+    /// Adds or refreshes a node agent.
+    RegisterNode {
+        /// The node as it describes itself.
+        node: NodeInfo,
+        /// Leader's clock, ms since the epoch.
+        now_ms: u64,
+    },
+    /// Writes a variable, optionally only if its version matches.
+    PutVariable {
+        /// Variable key.
+        key: String,
+        /// New value.
+        value: Vec<u8>,
+        /// Required current version (0: must not exist); None writes unconditionally.
+        expected_version: Option<u64>,
+    },
+}
+
+impl Command {
+    /// Sets the leader-stamped time, for commands that carry one.
+    pub fn stamp(&mut self, now: u64) {
+        match self {
+            Command::SubmitJob { now_ms, .. } | Command::StopJob { now_ms, .. } | Command::RegisterNode { now_ms, .. } => {
+                *now_ms = now
+            }
+            Command::InitCluster { .. } | Command::PutVariable { .. } => {}
+        }
+    }
+
+    /// A short name for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Command::InitCluster { .. } => "init_cluster",
+            Command::SubmitJob { .. } => "submit_job",
+            Command::StopJob { .. } => "stop_job",
+            Command::RegisterNode { .. } => "register_node",
+            Command::PutVariable { .. } => "put_variable",
+        }
+    }
+}
+
+/// What applying a command did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CommandResult {
+    /// The cluster id now in force (the proposed one, or an earlier one that won).
+    ClusterInitialized {
+        /// The cluster id in the state.
+        cluster_id: String,
+    },
+    /// A job version exists; `changed` is false when the spec was identical.
+    JobSubmitted {
+        /// Current version.
+        version: u64,
+        /// Whether this submission created a new version.
+        changed: bool,
+    },
+    /// The job is stopped.
+    JobStopped {
+        /// Version after stopping.
+        version: u64,
+    },
+    /// The node is registered.
+    NodeRegistered,
+    /// The variable was written.
+    VariablePut {
+        /// Its new version.
+        version: u64,
+    },
+    /// The command no longer fits the state; nothing changed.
+    Rejected(Rejection),
+}
+
+/// Why `apply` refused a command. Nothing is ever half-applied.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum Rejection {
+    /// The named job does not exist.
+    #[error("job {0:?} not found")]
+    JobNotFound(String),
+    /// The spec fails validation (checked again inside apply: network input is untrusted).
+    #[error("invalid job spec: {0}")]
+    InvalidSpec(String),
+    /// A compare-and-set found another version.
+    #[error("variable {key:?} is at version {actual}, not {expected}")]
+    VersionMismatch {
+        /// The variable.
+        key: String,
+        /// Version the writer expected.
+        expected: u64,
+        /// Version found.
+        actual: u64,
+    },
+    /// A malformed command (bad key, oversized value).
+    #[error("invalid command: {0}")]
+    Invalid(String),
+}

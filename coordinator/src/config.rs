@@ -1,0 +1,322 @@
+//! A coordinator's configuration: command-line flags, a TOML file, or both
+//! (flags win), resolved into one validated [`CoordinatorConfig`].
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use herd_consensus::raft_config::RaftTuning;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// A configuration that cannot be used, with where the problem is.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{file}: cannot read: {message}")]
+    Read {
+        /// The file.
+        file: String,
+        /// The OS error.
+        message: String,
+    },
+    /// The file is not valid TOML for this struct.
+    #[error("{file}:{line}:{column}: {message}")]
+    Parse {
+        /// The file.
+        file: String,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// What is wrong.
+        message: String,
+    },
+    /// A setting is missing or wrong.
+    #[error("setting `{field}`: {message}")]
+    Invalid {
+        /// The setting (`--flag` name without dashes, or file key).
+        field: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// Every setting optional: what a config file or the command line provides.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CoordinatorSettings {
+    /// This member's Raft id (1, 2, ...).
+    pub id: Option<u64>,
+    /// Address to listen on for every gRPC service.
+    pub listen: Option<String>,
+    /// Address other members and clients use to reach this one (default: `listen`).
+    pub advertise: Option<String>,
+    /// Where the Raft log and state live.
+    pub data_dir: Option<PathBuf>,
+    /// Form a new cluster from `peers` (ignored once the data dir holds state).
+    pub bootstrap: Option<bool>,
+    /// The initial members, `1=HOST:PORT,2=HOST:PORT,...`, the same on every member.
+    pub peers: Option<String>,
+    /// Join the cluster reachable at this address (ignored once the data dir holds state).
+    pub join: Option<String>,
+    /// Raft timing and compaction.
+    pub raft: Option<RaftTuning>,
+}
+
+impl CoordinatorSettings {
+    /// Reads settings from a TOML file, naming file, line and column on errors.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            file: file.clone(),
+            message: e.to_string(),
+        })?;
+        Self::from_toml(&text, &file)
+    }
+
+    /// Parses settings from TOML text; `file` names it in errors.
+    pub fn from_toml(text: &str, file: &str) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e: toml::de::Error| {
+            let (line, column) = e.span().map_or((1, 1), |span| line_col(text, span.start));
+            ConfigError::Parse {
+                file: file.to_string(),
+                line,
+                column,
+                message: e.message().to_string(),
+            }
+        })
+    }
+
+    /// These settings, with every setting `overrides` provides taking precedence.
+    pub fn overridden_by(self, overrides: CoordinatorSettings) -> CoordinatorSettings {
+        CoordinatorSettings {
+            id: overrides.id.or(self.id),
+            listen: overrides.listen.or(self.listen),
+            advertise: overrides.advertise.or(self.advertise),
+            data_dir: overrides.data_dir.or(self.data_dir),
+            bootstrap: overrides.bootstrap.or(self.bootstrap),
+            peers: overrides.peers.or(self.peers),
+            join: overrides.join.or(self.join),
+            raft: overrides.raft.or(self.raft),
+        }
+    }
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+/// How a member starts when its data dir is empty.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartMode {
+    /// Form a new cluster with these members.
+    Bootstrap(BTreeMap<u64, String>),
+    /// Ask the cluster at this address to add this member.
+    Join(String),
+    /// Wait to be added with `herd cluster add` or `replace`.
+    Wait,
+}
+
+/// A validated coordinator configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CoordinatorConfig {
+    /// Raft id, never 0.
+    pub id: u64,
+    /// Where to listen.
+    pub listen: SocketAddr,
+    /// Where others reach this member.
+    pub advertise: String,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// What to do on an empty data dir.
+    pub mode: StartMode,
+    /// Raft tuning.
+    pub raft: RaftTuning,
+}
+
+/// Parses `1=HOST:PORT,2=HOST:PORT`.
+pub fn parse_peers(text: &str) -> Result<BTreeMap<u64, String>, String> {
+    let mut peers = BTreeMap::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (id, addr) = part
+            .split_once('=')
+            .ok_or_else(|| format!("{part:?} is not ID=HOST:PORT"))?;
+        let id: u64 = id
+            .trim()
+            .parse()
+            .map_err(|_| format!("{id:?} in {part:?} is not a member id"))?;
+        if id == 0 {
+            return Err("member id 0 is reserved".to_string());
+        }
+        check_host_port(addr.trim()).map_err(|e| format!("member {id}: {e}"))?;
+        if peers.insert(id, addr.trim().to_string()).is_some() {
+            return Err(format!("member {id} is listed twice"));
+        }
+    }
+    if peers.is_empty() {
+        return Err("no members listed".to_string());
+    }
+    Ok(peers)
+}
+
+fn check_host_port(addr: &str) -> Result<(), String> {
+    match addr.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0) => Ok(()),
+        _ => Err(format!("address {addr:?} is not HOST:PORT")),
+    }
+}
+
+impl CoordinatorConfig {
+    /// Validates settings into a configuration.
+    pub fn resolve(settings: CoordinatorSettings) -> Result<Self, ConfigError> {
+        let invalid = |field, message: String| ConfigError::Invalid { field, message };
+        let id = settings.id.ok_or_else(|| invalid("id", "required (a positive member id)".into()))?;
+        if id == 0 {
+            return Err(invalid("id", "member id 0 is reserved; use 1, 2, ...".into()));
+        }
+        let listen_text = settings
+            .listen
+            .ok_or_else(|| invalid("listen", "required (HOST:PORT)".into()))?;
+        let listen: SocketAddr = listen_text
+            .parse()
+            .map_err(|e| invalid("listen", format!("{listen_text:?} is not IP:PORT: {e}")))?;
+        let advertise = match settings.advertise {
+            Some(addr) => {
+                check_host_port(&addr).map_err(|e| invalid("advertise", e))?;
+                addr
+            }
+            None if listen.ip().is_unspecified() => {
+                return Err(invalid(
+                    "advertise",
+                    format!("required when listening on {listen}: other members need a reachable address"),
+                ))
+            }
+            None => listen.to_string(),
+        };
+        let data_dir = settings
+            .data_dir
+            .ok_or_else(|| invalid("data-dir", "required (a directory for the Raft log and state)".into()))?;
+        let bootstrap = settings.bootstrap.unwrap_or(false);
+        let mode = match (bootstrap, settings.peers, settings.join) {
+            (true, _, Some(_)) => return Err(invalid("join", "cannot be combined with bootstrap".into())),
+            (true, None, None) => return Err(invalid("peers", "bootstrap needs the initial members".into())),
+            (true, Some(peers), None) => {
+                let peers = parse_peers(&peers).map_err(|e| invalid("peers", e))?;
+                match peers.get(&id) {
+                    None => {
+                        return Err(invalid(
+                            "peers",
+                            format!("member {id} (this one) is not listed; list every initial member"),
+                        ))
+                    }
+                    Some(addr) if *addr != advertise => {
+                        return Err(invalid(
+                            "peers",
+                            format!("lists member {id} at {addr}, but it advertises {advertise}"),
+                        ))
+                    }
+                    Some(_) => {}
+                }
+                StartMode::Bootstrap(peers)
+            }
+            (false, Some(_), _) => return Err(invalid("peers", "only used with bootstrap".into())),
+            (false, None, Some(join)) => {
+                check_host_port(&join).map_err(|e| invalid("join", e))?;
+                StartMode::Join(join)
+            }
+            (false, None, None) => StartMode::Wait,
+        };
+        let raft = settings.raft.unwrap_or_default();
+        raft.to_openraft().map_err(|e| invalid("raft", e.to_string()))?;
+        Ok(Self {
+            id,
+            listen,
+            advertise,
+            data_dir,
+            mode,
+            raft,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> CoordinatorSettings {
+        CoordinatorSettings {
+            id: Some(1),
+            listen: Some("127.0.0.1:7001".into()),
+            data_dir: Some("/tmp/x".into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn file_parses_and_flags_override() {
+        let text = "id = 2\nlisten = \"127.0.0.1:7002\"\ndata_dir = \"/var/lib/herd\"\nbootstrap = true\npeers = \"1=127.0.0.1:7001,2=127.0.0.1:7002\"\n[raft]\nheartbeat_ms = 50\n";
+        let file = CoordinatorSettings::from_toml(text, "c.toml").expect("parse");
+        let config = CoordinatorConfig::resolve(file.clone()).expect("resolve");
+        assert_eq!(config.id, 2);
+        assert_eq!(config.raft.heartbeat_ms, 50);
+        assert_eq!(config.raft.election_min_ms, RaftTuning::default().election_min_ms);
+        assert!(matches!(config.mode, StartMode::Bootstrap(ref p) if p.len() == 2));
+        let merged = file.overridden_by(CoordinatorSettings {
+            data_dir: Some("/elsewhere".into()),
+            ..Default::default()
+        });
+        assert_eq!(merged.data_dir, Some(PathBuf::from("/elsewhere")));
+        assert_eq!(merged.id, Some(2));
+    }
+
+    #[test]
+    fn file_errors_name_line_and_field() {
+        let err = CoordinatorSettings::from_toml("id = 1\nlisen = \"x\"\n", "c.toml").unwrap_err();
+        let text = err.to_string();
+        assert!(text.starts_with("c.toml:2:"), "{text}");
+        assert!(text.contains("lisen"), "{text}");
+    }
+
+    #[test]
+    fn invalid_settings_are_refused_with_the_setting_named() {
+        let cases = [
+            (CoordinatorSettings { id: Some(0), ..base() }, "id"),
+            (CoordinatorSettings { listen: Some("nope".into()), ..base() }, "listen"),
+            (CoordinatorSettings { listen: Some("0.0.0.0:7001".into()), ..base() }, "advertise"),
+            (CoordinatorSettings { bootstrap: Some(true), ..base() }, "peers"),
+            (
+                CoordinatorSettings { bootstrap: Some(true), peers: Some("2=127.0.0.1:7002".into()), ..base() },
+                "peers",
+            ),
+            (
+                CoordinatorSettings { bootstrap: Some(true), peers: Some("1=127.0.0.1:9999".into()), ..base() },
+                "peers",
+            ),
+            (
+                CoordinatorSettings { bootstrap: Some(true), peers: Some("1=127.0.0.1:7001".into()), join: Some("a:1".into()), ..base() },
+                "join",
+            ),
+            (CoordinatorSettings { data_dir: None, ..base() }, "data-dir"),
+        ];
+        for (settings, field) in cases {
+            match CoordinatorConfig::resolve(settings.clone()) {
+                Err(ConfigError::Invalid { field: got, .. }) => assert_eq!(got, field, "{settings:?}"),
+                other => panic!("expected invalid {field}, got {other:?}"),
+            }
+        }
+        assert_eq!(CoordinatorConfig::resolve(base()).expect("plain").mode, StartMode::Wait);
+    }
+
+    #[test]
+    fn peers_parse_and_reject_garbage() {
+        let peers = parse_peers("1=127.0.0.1:1, 2=host:2").expect("parse");
+        assert_eq!(peers[&2], "host:2");
+        for bad in ["", "1", "x=a:1", "1=a", "1=a:1,1=b:2", "0=a:1", "1=a:0"] {
+            assert!(parse_peers(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+}

@@ -1,0 +1,93 @@
+//! Coordinator-to-coordinator RPCs: Raft, forwarding, read-index, identity.
+
+use std::sync::Arc;
+
+use herd_api::proto::internal::internal_server::Internal;
+use herd_api::proto::internal::{IdentityReply, IdentityRequest, RaftEnvelope, ReadIndexReply, ReadIndexRequest};
+use herd_consensus::{codec, rpc};
+use tonic::{Request, Response, Status};
+
+use crate::forward::{ForwardError, LeaderReply, LeaderRequest};
+use crate::handle::Coordinator;
+
+/// Serves [`Internal`] for one member.
+pub struct InternalService {
+    coordinator: Arc<Coordinator>,
+}
+
+impl InternalService {
+    /// Serves `coordinator`.
+    pub fn new(coordinator: Arc<Coordinator>) -> Self {
+        Self { coordinator }
+    }
+
+    fn check(&self, envelope: &RaftEnvelope) -> Result<(), Status> {
+        self.coordinator
+            .identity()
+            .check_incoming(&envelope.cluster_id, envelope.target_id)
+            .map_err(|reason| {
+                tracing::warn!(%reason, "refused raft message");
+                Status::failed_precondition(reason)
+            })
+    }
+
+    fn reply(&self, payload: Vec<u8>) -> Response<RaftEnvelope> {
+        Response::new(RaftEnvelope {
+            cluster_id: self.coordinator.identity().cluster_id().unwrap_or_default(),
+            target_id: 0,
+            payload,
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl Internal for InternalService {
+    async fn append_entries(&self, request: Request<RaftEnvelope>) -> Result<Response<RaftEnvelope>, Status> {
+        let envelope = request.into_inner();
+        self.check(&envelope)?;
+        Ok(self.reply(rpc::append_entries(self.coordinator.raft(), &envelope.payload).await?))
+    }
+
+    async fn vote(&self, request: Request<RaftEnvelope>) -> Result<Response<RaftEnvelope>, Status> {
+        let envelope = request.into_inner();
+        self.check(&envelope)?;
+        Ok(self.reply(rpc::vote(self.coordinator.raft(), &envelope.payload).await?))
+    }
+
+    async fn install_snapshot(&self, request: Request<RaftEnvelope>) -> Result<Response<RaftEnvelope>, Status> {
+        let envelope = request.into_inner();
+        self.check(&envelope)?;
+        Ok(self.reply(rpc::install_snapshot(self.coordinator.raft(), &envelope.payload).await?))
+    }
+
+    async fn forward(&self, request: Request<RaftEnvelope>) -> Result<Response<RaftEnvelope>, Status> {
+        let envelope = request.into_inner();
+        self.check(&envelope)?;
+        let leader_request: LeaderRequest = codec::decode(&envelope.payload, "forwarded request")
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let result: Result<LeaderReply, ForwardError> = self.coordinator.execute_as_leader(leader_request).await;
+        let payload = codec::encode(&result).map_err(|e| Status::internal(e.to_string()))?;
+        Ok(self.reply(payload))
+    }
+
+    async fn read_index(&self, request: Request<ReadIndexRequest>) -> Result<Response<ReadIndexReply>, Status> {
+        let request = request.into_inner();
+        self.coordinator
+            .identity()
+            .check_incoming(&request.cluster_id, 0)
+            .map_err(Status::failed_precondition)?;
+        match self.coordinator.read_index_as_leader().await {
+            Ok(read_index) => Ok(Response::new(ReadIndexReply { read_index })),
+            Err(ForwardError::Failed(message)) => Err(Status::unavailable(message)),
+            Err(_) => Err(Status::failed_precondition("not the leader")),
+        }
+    }
+
+    async fn identity(&self, _request: Request<IdentityRequest>) -> Result<Response<IdentityReply>, Status> {
+        Ok(Response::new(IdentityReply {
+            member_id: self.coordinator.id(),
+            cluster_id: self.coordinator.identity().cluster_id().unwrap_or_default(),
+            initialized: self.coordinator.is_member(),
+        }))
+    }
+}

@@ -1,0 +1,83 @@
+//! `herd job ...`: submit, list, inspect and stop jobs.
+
+use std::sync::Arc;
+
+use herd_api::job::JobSpec;
+use herd_api::proto::v1 as pb;
+use herd_api::proto::v1::jobs_server::Jobs;
+use tonic::{Request, Response, Status};
+
+use super::consistency;
+use crate::command::{Command, CommandResult};
+use crate::error::CoordinatorError;
+use crate::handle::Coordinator;
+use crate::state::Job;
+
+/// Serves [`Jobs`].
+pub struct JobsService {
+    coordinator: Arc<Coordinator>,
+}
+
+impl JobsService {
+    /// Serves `coordinator`.
+    pub fn new(coordinator: Arc<Coordinator>) -> Self {
+        Self { coordinator }
+    }
+}
+
+fn to_proto(job: &Job) -> pb::Job {
+    pb::Job {
+        spec: Some(pb::JobSpec::from(&job.spec)),
+        version: job.version,
+        status: job.status.as_str().to_string(),
+        submitted_at_ms: job.submitted_at_ms,
+        updated_at_ms: job.updated_at_ms,
+        modify_index: job.modify_index,
+    }
+}
+
+#[tonic::async_trait]
+impl Jobs for JobsService {
+    async fn submit(&self, request: Request<pb::SubmitJobRequest>) -> Result<Response<pb::SubmitJobReply>, Status> {
+        let Some(spec) = request.into_inner().spec else {
+            return Err(Status::invalid_argument("field `spec` is missing"));
+        };
+        let spec = JobSpec::try_from(spec).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let written = self.coordinator.write(Command::SubmitJob { spec, now_ms: 0 }).await?;
+        match written.result {
+            CommandResult::JobSubmitted { version, changed } => Ok(Response::new(pb::SubmitJobReply {
+                version,
+                log_index: written.log_index,
+                changed,
+            })),
+            other => Err(CoordinatorError::Internal(format!("unexpected result {other:?}")).into()),
+        }
+    }
+
+    async fn list(&self, request: Request<pb::ListJobsRequest>) -> Result<Response<pb::ListJobsReply>, Status> {
+        self.coordinator.read_barrier(consistency(request.into_inner().stale)).await?;
+        let jobs = self.coordinator.read_state(|s| s.jobs.values().map(to_proto).collect());
+        Ok(Response::new(pb::ListJobsReply { jobs }))
+    }
+
+    async fn get(&self, request: Request<pb::GetJobRequest>) -> Result<Response<pb::Job>, Status> {
+        let request = request.into_inner();
+        self.coordinator.read_barrier(consistency(request.stale)).await?;
+        self.coordinator
+            .read_state(|s| s.jobs.get(&request.name).map(to_proto))
+            .map(Response::new)
+            .ok_or_else(|| Status::not_found(format!("job {:?} not found", request.name)))
+    }
+
+    async fn stop(&self, request: Request<pb::StopJobRequest>) -> Result<Response<pb::StopJobReply>, Status> {
+        let name = request.into_inner().name;
+        let written = self.coordinator.write(Command::StopJob { name, now_ms: 0 }).await?;
+        match written.result {
+            CommandResult::JobStopped { version } => Ok(Response::new(pb::StopJobReply {
+                version,
+                log_index: written.log_index,
+            })),
+            other => Err(CoordinatorError::Internal(format!("unexpected result {other:?}")).into()),
+        }
+    }
+}

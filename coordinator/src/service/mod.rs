@@ -1,0 +1,60 @@
+//! The coordinator's gRPC services, all served on one port.
+
+mod agent;
+mod cluster;
+mod internal;
+mod jobs;
+mod nodes;
+mod variables;
+
+use std::sync::Arc;
+
+use herd_api::proto::agent::agent_server::AgentServer;
+use herd_api::proto::internal::internal_server::InternalServer;
+use herd_api::proto::v1::cluster_server::ClusterServer;
+use herd_api::proto::v1::jobs_server::JobsServer;
+use herd_api::proto::v1::nodes_server::NodesServer;
+use herd_api::proto::v1::variables_server::VariablesServer;
+use herd_consensus::codec::MAX_DECODED_BYTES;
+use tonic::transport::server::Router;
+use tonic::transport::Server;
+
+use crate::handle::{Coordinator, ReadConsistency};
+
+/// Largest client request accepted (job specs are small; this bounds abuse).
+const MAX_CLIENT_MESSAGE: usize = 4 * 1024 * 1024;
+
+fn consistency(stale: bool) -> ReadConsistency {
+    if stale {
+        ReadConsistency::Stale
+    } else {
+        ReadConsistency::Linearizable
+    }
+}
+
+/// Every service of a coordinator, ready to serve.
+pub fn router(coordinator: Arc<Coordinator>) -> Router {
+    let raft_limit = MAX_DECODED_BYTES as usize;
+    Server::builder()
+        .add_service(
+            InternalServer::new(internal::InternalService::new(coordinator.clone()))
+                .max_decoding_message_size(raft_limit)
+                .max_encoding_message_size(raft_limit),
+        )
+        .add_service(
+            ClusterServer::new(cluster::ClusterService::new(coordinator.clone()))
+                .max_decoding_message_size(MAX_CLIENT_MESSAGE),
+        )
+        .add_service(
+            JobsServer::new(jobs::JobsService::new(coordinator.clone())).max_decoding_message_size(MAX_CLIENT_MESSAGE),
+        )
+        .add_service(
+            NodesServer::new(nodes::NodesService::new(coordinator.clone()))
+                .max_decoding_message_size(MAX_CLIENT_MESSAGE),
+        )
+        .add_service(
+            VariablesServer::new(variables::VariablesService::new(coordinator.clone()))
+                .max_decoding_message_size(MAX_CLIENT_MESSAGE),
+        )
+        .add_service(AgentServer::new(agent::AgentService::new(coordinator)).max_decoding_message_size(MAX_CLIENT_MESSAGE))
+}

@@ -1,0 +1,289 @@
+//! Starting a coordinator: data dir, storage, Raft, services, then joining
+//! or bootstrapping a cluster. Each step is logged, and each refusal says why.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use herd_api::proto::internal::IdentityRequest;
+use herd_api::proto::v1::cluster_client::ClusterClient;
+use herd_api::proto::v1::AddMemberRequest;
+use herd_consensus::health::PeerHealth;
+use herd_consensus::identity::ClusterIdentity;
+use herd_consensus::log_store::LogStore;
+use herd_consensus::network::{channel_to, internal_client, NetworkFactory};
+use herd_consensus::state_machine::StateMachineStore;
+use herd_consensus::storage::{KvStore, SledStore, Space};
+use herd_consensus::Raft;
+use openraft::BasicNode;
+use thiserror::Error;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::app::StateApp;
+use crate::command::Command;
+use crate::config::{CoordinatorConfig, StartMode};
+use crate::data_dir::{self, DataDirError};
+use crate::handle::Coordinator;
+use crate::service;
+
+/// Why a coordinator did not start.
+#[derive(Debug, Error)]
+pub enum StartError {
+    /// The data dir is not this member's.
+    #[error(transparent)]
+    DataDir(#[from] DataDirError),
+    /// The data dir holds another cluster's state.
+    #[error("data dir {dir} belongs to cluster {mine}, but {peer} belongs to cluster {theirs}: this directory is from another cluster; start with an empty --data-dir to join this one")]
+    ForeignCluster {
+        /// The directory.
+        dir: String,
+        /// Cluster id in the directory.
+        mine: String,
+        /// The peer asked.
+        peer: String,
+        /// The peer's cluster id.
+        theirs: String,
+    },
+    /// Storage could not be opened.
+    #[error("cannot open storage: {0}")]
+    Storage(String),
+    /// The listen address is taken or invalid.
+    #[error("cannot listen on {addr}: {message}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        message: String,
+    },
+    /// Raft refused to start.
+    #[error("cannot start raft: {0}")]
+    Raft(String),
+}
+
+/// A started coordinator: its handle, its address, and how to stop it.
+pub struct RunningCoordinator {
+    /// The member's handle.
+    pub coordinator: Arc<Coordinator>,
+    /// The address actually bound (useful with port 0).
+    pub local_addr: SocketAddr,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: JoinHandle<Result<(), tonic::transport::Error>>,
+    background: Vec<JoinHandle<()>>,
+}
+
+impl RunningCoordinator {
+    /// Runs until the server stops (it stops only on error or shutdown).
+    pub async fn wait(mut self) -> Result<(), String> {
+        let result = (&mut self.server).await;
+        self.stop_background();
+        match result {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(format!("server failed: {e}")),
+            Err(e) => Err(format!("server task failed: {e}")),
+        }
+    }
+
+    /// Stops serving and shuts Raft down.
+    pub async fn shutdown(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        self.stop_background();
+        let _ = (&mut self.server).await;
+        if let Err(e) = self.coordinator.raft().shutdown().await {
+            tracing::warn!(error = %e, "raft shutdown failed");
+        }
+    }
+
+    fn stop_background(&mut self) {
+        for task in self.background.drain(..) {
+            task.abort();
+        }
+    }
+}
+
+/// Starts a coordinator as `config` says.
+pub async fn start(config: CoordinatorConfig) -> Result<RunningCoordinator, StartError> {
+    let restarted = data_dir::claim(&config.data_dir, config.id)?;
+    tracing::info!(member = config.id, dir = %config.data_dir.display(), restarted, "data dir ready");
+
+    let store: Arc<dyn KvStore> =
+        Arc::new(SledStore::open(&config.data_dir.join("raft")).map_err(|e| StartError::Storage(e.to_string()))?);
+    let has_state = store.last(Space::Log).map_err(|e| StartError::Storage(e.to_string()))?.is_some()
+        || store.get(Space::Meta, b"vote").map_err(|e| StartError::Storage(e.to_string()))?.is_some();
+
+    let identity = Arc::new(ClusterIdentity::new(config.id, None));
+    let app = Arc::new(RwLock::new(StateApp::new(identity.clone())));
+    let state_machine =
+        StateMachineStore::open(store.clone(), app.clone()).map_err(|e| StartError::Storage(e.to_string()))?;
+    let sm_stats = state_machine.stats();
+    tracing::info!(member = config.id, has_state, cluster = ?identity.cluster_id(), "state loaded");
+
+    if let Some(mine) = identity.cluster_id() {
+        check_peers_cluster(&config, &mine).await?;
+    }
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| StartError::Bind {
+            addr: config.listen,
+            message: e.to_string(),
+        })?;
+    let local_addr = listener.local_addr().map_err(|e| StartError::Bind {
+        addr: config.listen,
+        message: e.to_string(),
+    })?;
+
+    let health = Arc::new(PeerHealth::default());
+    let network = NetworkFactory::new(identity.clone(), health.clone());
+    let raft_config = config.raft.to_openraft().map_err(|e| StartError::Raft(e.to_string()))?;
+    let raft = Raft::new(config.id, raft_config, network, LogStore::new(store), state_machine)
+        .await
+        .map_err(|e| StartError::Raft(e.to_string()))?;
+    let coordinator = Arc::new(Coordinator::new(
+        raft.clone(),
+        app,
+        identity.clone(),
+        health,
+        sm_stats,
+        config.raft.clone(),
+    ));
+
+    let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
+    let server = tokio::spawn(service::router(coordinator.clone()).serve_with_incoming_shutdown(
+        TcpListenerStream::new(listener),
+        async {
+            let _ = shutdown_rx.await;
+        },
+    ));
+    tracing::info!(member = config.id, addr = %local_addr, advertise = %config.advertise, "serving gRPC");
+
+    let mut background = Vec::new();
+    if has_state {
+        tracing::info!(member = config.id, "resuming from existing state; bootstrap and join settings are ignored");
+    } else {
+        match &config.mode {
+            StartMode::Bootstrap(peers) => {
+                let members: BTreeMap<u64, BasicNode> =
+                    peers.iter().map(|(id, addr)| (*id, BasicNode::new(addr.clone()))).collect();
+                match raft.initialize(members).await {
+                    Ok(()) => tracing::info!(member = config.id, peers = ?peers, "bootstrapped new cluster"),
+                    Err(e) => tracing::info!(member = config.id, reason = %e, "not initializing: already part of a cluster"),
+                }
+            }
+            StartMode::Join(addr) => {
+                background.push(tokio::spawn(join_cluster(config.id, config.advertise.clone(), addr.clone())));
+            }
+            StartMode::Wait => tracing::info!(
+                member = config.id,
+                "waiting to be added: run `herd cluster add {} {}` against the cluster",
+                config.id,
+                config.advertise
+            ),
+        }
+    }
+    background.push(tokio::spawn(establish_cluster_id(coordinator.clone())));
+
+    Ok(RunningCoordinator {
+        coordinator,
+        local_addr,
+        shutdown: Some(shutdown_tx),
+        server,
+        background,
+    })
+}
+
+/// Refuses to run on a data dir whose cluster differs from the peers' cluster.
+async fn check_peers_cluster(config: &CoordinatorConfig, mine: &str) -> Result<(), StartError> {
+    let mut addrs: Vec<String> = match &config.mode {
+        StartMode::Bootstrap(peers) => peers
+            .iter()
+            .filter(|(id, _)| **id != config.id)
+            .map(|(_, addr)| addr.clone())
+            .collect(),
+        StartMode::Join(addr) => vec![addr.clone()],
+        StartMode::Wait => Vec::new(),
+    };
+    addrs.dedup();
+    for addr in addrs {
+        let Ok(channel) = channel_to(&addr) else { continue };
+        let mut client = internal_client(channel);
+        let mut request = tonic::Request::new(IdentityRequest {});
+        request.set_timeout(Duration::from_secs(1));
+        let Ok(reply) = client.identity(request).await else {
+            tracing::debug!(%addr, "peer did not answer the identity check");
+            continue;
+        };
+        let reply = reply.into_inner();
+        if !reply.cluster_id.is_empty() && reply.cluster_id != mine {
+            return Err(StartError::ForeignCluster {
+                dir: config.data_dir.display().to_string(),
+                mine: mine.to_string(),
+                peer: format!("member {} at {addr}", reply.member_id),
+                theirs: reply.cluster_id,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Asks the cluster at `join_addr` to add this member, until it does.
+async fn join_cluster(id: u64, advertise: String, join_addr: String) {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match channel_to(&join_addr) {
+            Ok(channel) => {
+                let mut client = ClusterClient::new(channel);
+                let mut request = tonic::Request::new(AddMemberRequest {
+                    id,
+                    addr: advertise.clone(),
+                });
+                request.set_timeout(Duration::from_secs(120));
+                match client.add_member(request).await {
+                    Ok(reply) => {
+                        let reply = reply.into_inner();
+                        tracing::info!(member = id, cluster = %reply.cluster_id, voters = ?reply.voters, "joined cluster");
+                        return;
+                    }
+                    Err(status) => {
+                        tracing::warn!(member = id, via = %join_addr, reason = status.message(), "join failed; retrying")
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!(member = id, error = %e, "cannot join");
+                return;
+            }
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Has the first leader name the cluster, once.
+async fn establish_cluster_id(coordinator: Arc<Coordinator>) {
+    let mut metrics = coordinator.raft().metrics();
+    loop {
+        if coordinator.identity().cluster_id().is_some() {
+            return;
+        }
+        let is_leader = metrics.borrow().current_leader == Some(coordinator.id());
+        if is_leader {
+            let cluster_id = uuid::Uuid::new_v4().to_string();
+            match coordinator.execute_as_leader(crate::forward::LeaderRequest::Write(Command::InitCluster { cluster_id })).await {
+                Ok(_) => {
+                    tracing::info!(cluster = ?coordinator.identity().cluster_id(), "cluster id established");
+                    return;
+                }
+                Err(e) => tracing::debug!(error = ?e, "cluster id not established yet"),
+            }
+        }
+        tokio::select! {
+            changed = metrics.changed() => if changed.is_err() { return },
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+    }
+}

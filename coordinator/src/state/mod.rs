@@ -1,0 +1,155 @@
+//! `ClusterState`: everything the coordinators replicate, and how it persists.
+//!
+//! The state lives in memory for reads and is persisted as one key per
+//! record, so applying a command writes only what it changed.
+
+mod keys;
+
+use std::collections::BTreeMap;
+
+use herd_api::job::JobSpec;
+use herd_api::node::NodeInfo;
+use herd_consensus::storage::WriteOp;
+use serde::{Deserialize, Serialize};
+
+pub use keys::Record;
+
+/// What a job is doing, as the replicated state knows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JobStatus {
+    /// Accepted; waiting for the scheduler to place it.
+    Pending,
+    /// At least one allocation runs.
+    Running,
+    /// A batch job that ran to completion.
+    Complete,
+    /// Stopped by a user.
+    Stopped,
+}
+
+impl JobStatus {
+    /// The stable name scripts read in `--output json`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Pending => "pending",
+            JobStatus::Running => "running",
+            JobStatus::Complete => "complete",
+            JobStatus::Stopped => "stopped",
+        }
+    }
+}
+
+/// A submitted job and its history counters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Job {
+    /// The spec of the current version.
+    pub spec: JobSpec,
+    /// Bumped on every change of spec or desired state (starts at 1).
+    pub version: u64,
+    /// Where the job stands.
+    pub status: JobStatus,
+    /// When version 1 was submitted (ms since the epoch, stamped by the leader).
+    pub submitted_at_ms: u64,
+    /// When the current version was written.
+    pub updated_at_ms: u64,
+    /// Raft index of the command that wrote the current version.
+    pub modify_index: u64,
+}
+
+/// A replicated register with a version for compare-and-set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Variable {
+    /// The stored bytes.
+    pub value: Vec<u8>,
+    /// Bumped on every write (starts at 1; 0 means "absent" in a CAS).
+    pub version: u64,
+    /// Raft index of the last write.
+    pub modify_index: u64,
+}
+
+/// The whole replicated state of a herd cluster.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClusterState {
+    /// Set once by the first leader; guards against mixing clusters.
+    pub cluster_id: Option<String>,
+    /// Registered node agents by name.
+    pub nodes: BTreeMap<String, NodeInfo>,
+    /// Jobs by name.
+    pub jobs: BTreeMap<String, Job>,
+    /// Variables by key.
+    pub variables: BTreeMap<String, Variable>,
+}
+
+/// Collects the persisted form of what a command changed.
+pub struct ChangeLog<'a> {
+    ops: &'a mut Vec<WriteOp>,
+}
+
+impl<'a> ChangeLog<'a> {
+    /// Records into `ops`.
+    pub fn new(ops: &'a mut Vec<WriteOp>) -> Self {
+        Self { ops }
+    }
+
+    /// Records that `record` now has this value.
+    pub fn put(&mut self, record: Record<'_>, state: &ClusterState) {
+        match record.encode_value(state) {
+            Some(value) => self.ops.push(WriteOp::Put(record.key(), value)),
+            None => self.ops.push(WriteOp::Delete(record.key())),
+        }
+    }
+}
+
+impl ClusterState {
+    /// Rebuilds the state from its persisted pairs.
+    pub fn from_pairs(pairs: Vec<(Vec<u8>, Vec<u8>)>) -> Result<Self, String> {
+        let mut state = ClusterState::default();
+        for (key, value) in pairs {
+            keys::load_pair(&mut state, &key, &value)?;
+        }
+        Ok(state)
+    }
+
+    /// A digest of every record (FNV-1a 64 over the persisted pairs, in key
+    /// order): equal states give equal digests on every member and release.
+    pub fn digest(&self) -> u64 {
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut feed = |bytes: &[u8]| {
+            for &b in (bytes.len() as u64).to_le_bytes().iter().chain(bytes) {
+                hash ^= u64::from(b);
+                hash = hash.wrapping_mul(0x0100_0000_01b3);
+            }
+        };
+        let mut pairs = self.to_pairs();
+        pairs.sort();
+        for (k, v) in &pairs {
+            feed(k);
+            feed(v);
+        }
+        hash
+    }
+
+    /// Every record as persisted pairs (used by tests to compare members).
+    pub fn to_pairs(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let mut ops = Vec::new();
+        let mut log = ChangeLog::new(&mut ops);
+        if self.cluster_id.is_some() {
+            log.put(Record::ClusterId, self);
+        }
+        for name in self.nodes.keys() {
+            log.put(Record::Node(name), self);
+        }
+        for name in self.jobs.keys() {
+            log.put(Record::Job(name), self);
+        }
+        for key in self.variables.keys() {
+            log.put(Record::Variable(key), self);
+        }
+        ops.into_iter()
+            .filter_map(|op| match op {
+                WriteOp::Put(k, v) => Some((k, v)),
+                WriteOp::Delete(_) => None,
+            })
+            .collect()
+    }
+}
