@@ -104,6 +104,7 @@ async fn data_dirs_of_another_cluster_or_member_are_refused() {
     // A's member 1 restarted on its own directory rejoins A with its data.
     a.restart(1).expect("restart a1");
     a.wait_for_leader(Duration::from_secs(20)).await.expect("leader a");
+    a.wait_applied(1, 1, Duration::from_secs(20)).await.expect("a1 answers");
     assert_eq!(get(&a.client_for(&[1]).expect("client"), "x", false).await.expect("read"), Some("from-a".into()));
 }
 

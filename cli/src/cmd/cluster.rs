@@ -28,7 +28,8 @@ pub enum ClusterCommand {
         /// Its member id.
         id: u64,
         /// Its address.
-        addr: String,
+        #[arg(value_name = "ADDR")]
+        member_addr: String,
     },
     /// Remove a voter.
     Remove {
@@ -127,10 +128,10 @@ pub async fn run(ctx: &Context, command: ClusterCommand) -> Result<(), CliError>
                 );
             }
         }
-        ClusterCommand::Add { id, addr } => {
+        ClusterCommand::Add { id, member_addr } => {
             let reply = client
                 .call(|ch| {
-                    let addr = addr.clone();
+                    let addr = member_addr.clone();
                     async move {
                         ClusterClient::new(ch)
                             .add_member(AddMemberRequest { id, addr })
