@@ -67,10 +67,16 @@ impl HerdClient {
     /// Connects lazily to `addrs` (`HOST:PORT` each).
     pub fn new<S: AsRef<str>>(addrs: &[S]) -> Result<Self, ClientError> {
         let mut endpoints = Vec::new();
-        for addr in addrs.iter().map(|a| a.as_ref().trim()).filter(|a| !a.is_empty()) {
-            let endpoint = Endpoint::from_shared(format!("http://{addr}")).map_err(|e| ClientError::BadAddress {
-                addr: addr.to_string(),
-                message: e.to_string(),
+        for addr in addrs
+            .iter()
+            .map(|a| a.as_ref().trim())
+            .filter(|a| !a.is_empty())
+        {
+            let endpoint = Endpoint::from_shared(format!("http://{addr}")).map_err(|e| {
+                ClientError::BadAddress {
+                    addr: addr.to_string(),
+                    message: e.to_string(),
+                }
             })?;
             let channel = endpoint
                 .connect_timeout(Duration::from_secs(2))
@@ -105,7 +111,9 @@ impl HerdClient {
         for (addr, channel) in &self.endpoints {
             match call(channel.clone()).await {
                 Ok(value) => return Ok(value),
-                Err(status) if try_next(&status) => tried.push((addr.clone(), status.message().to_string())),
+                Err(status) if try_next(&status) => {
+                    tried.push((addr.clone(), status.message().to_string()))
+                }
                 Err(status) => {
                     return Err(ClientError::Status {
                         addr: addr.clone(),
@@ -126,10 +134,12 @@ impl HerdClient {
         let Some((addr, channel)) = self.endpoints.get(index) else {
             return Err(ClientError::NoAddress);
         };
-        call(channel.clone()).await.map_err(|status| ClientError::Status {
-            addr: addr.clone(),
-            status,
-        })
+        call(channel.clone())
+            .await
+            .map_err(|status| ClientError::Status {
+                addr: addr.clone(),
+                status,
+            })
     }
 }
 
@@ -141,6 +151,9 @@ mod tests {
     async fn address_lists_parse() {
         let client = HerdClient::from_list("127.0.0.1:1, 127.0.0.1:2,").expect("parse");
         assert_eq!(client.addrs(), vec!["127.0.0.1:1", "127.0.0.1:2"]);
-        assert!(matches!(HerdClient::from_list(" , "), Err(ClientError::NoAddress)));
+        assert!(matches!(
+            HerdClient::from_list(" , "),
+            Err(ClientError::NoAddress)
+        ));
     }
 }

@@ -171,19 +171,26 @@ impl ProcessCluster {
         }
         command
             .args(&self.extra_args)
-            .env("HERD_LOG", "info,openraft=warn,sled=warn,h2=warn,tower=warn,hyper=warn")
+            .env(
+                "HERD_LOG",
+                "info,openraft=warn,sled=warn,h2=warn,tower=warn,hyper=warn",
+            )
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err);
-        let child = command
-            .spawn()
-            .map_err(io(format!("spawn {} for member {}", self.binary.display(), member.id)))?;
+        let child = command.spawn().map_err(io(format!(
+            "spawn {} for member {}",
+            self.binary.display(),
+            member.id
+        )))?;
         member.child = Some(child);
         Ok(())
     }
 
     fn member_mut(&mut self, id: u64) -> Result<&mut MemberProcess, ClusterError> {
-        self.members.get_mut(&id).ok_or(ClusterError::UnknownMember(id))
+        self.members
+            .get_mut(&id)
+            .ok_or(ClusterError::UnknownMember(id))
     }
 
     /// The member with this id.
@@ -208,8 +215,15 @@ impl ProcessCluster {
 
     /// Starts a killed member again with the same command line and data dir.
     pub fn restart(&mut self, id: u64) -> Result<(), ClusterError> {
-        let mut member = self.members.remove(&id).ok_or(ClusterError::UnknownMember(id))?;
-        let result = if member.is_running() { Ok(()) } else { self.spawn(&mut member) };
+        let mut member = self
+            .members
+            .remove(&id)
+            .ok_or(ClusterError::UnknownMember(id))?;
+        let result = if member.is_running() {
+            Ok(())
+        } else {
+            self.spawn(&mut member)
+        };
         self.members.insert(id, member);
         result
     }
@@ -240,7 +254,10 @@ impl ProcessCluster {
         let member = self.member_mut(id)?;
         loop {
             if let Some(child) = &mut member.child {
-                if let Some(status) = child.try_wait().map_err(io(format!("wait for member {id}")))? {
+                if let Some(status) = child
+                    .try_wait()
+                    .map_err(io(format!("wait for member {id}")))?
+                {
                     member.child = None;
                     return Ok(status.code());
                 }
@@ -267,7 +284,11 @@ impl ProcessCluster {
 
     /// Addresses of the running members, comma-separated (for `--addr`).
     pub fn addr_list(&self) -> String {
-        self.members.values().map(|m| m.addr.clone()).collect::<Vec<_>>().join(",")
+        self.members
+            .values()
+            .map(|m| m.addr.clone())
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     /// A client over every member.
@@ -294,7 +315,10 @@ impl ProcessCluster {
             .call_one(0, |ch| async move {
                 let mut request = tonic::Request::new(MemberStatusRequest {});
                 request.set_timeout(Duration::from_secs(2));
-                ClusterClient::new(ch).member_status(request).await.map(|r| r.into_inner())
+                ClusterClient::new(ch)
+                    .member_status(request)
+                    .await
+                    .map(|r| r.into_inner())
             })
             .await
             .ok()
@@ -307,7 +331,10 @@ impl ProcessCluster {
             .call(|ch| async move {
                 let mut request = tonic::Request::new(ClusterStatusRequest { stale: false });
                 request.set_timeout(Duration::from_secs(3));
-                ClusterClient::new(ch).status(request).await.map(|r| r.into_inner())
+                ClusterClient::new(ch)
+                    .status(request)
+                    .await
+                    .map(|r| r.into_inner())
             })
             .await
             .ok()
@@ -333,7 +360,12 @@ impl ProcessCluster {
     }
 
     /// Waits until member `id` reports applying at least `index`.
-    pub async fn wait_applied(&self, id: u64, index: u64, timeout: Duration) -> Result<MemberReport, ClusterError> {
+    pub async fn wait_applied(
+        &self,
+        id: u64,
+        index: u64,
+        timeout: Duration,
+    ) -> Result<MemberReport, ClusterError> {
         let started = Instant::now();
         loop {
             if let Some(report) = self.member_report(id).await {

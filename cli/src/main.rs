@@ -73,7 +73,11 @@ const CLIENT_LOG: &str = "warn,openraft=error";
 
 async fn run(cli: Cli) -> Result<(), CliError> {
     let daemon = matches!(cli.command, Command::Coordinator(_) | Command::Dev(_));
-    init_tracing(cli.log.as_deref(), cli.log_json, if daemon { DAEMON_LOG } else { CLIENT_LOG });
+    init_tracing(
+        cli.log.as_deref(),
+        cli.log_json,
+        if daemon { DAEMON_LOG } else { CLIENT_LOG },
+    );
     let ctx = cmd::Context {
         addr: cli.addr,
         output: cli.output,
@@ -91,7 +95,10 @@ async fn run(cli: Cli) -> Result<(), CliError> {
 
 fn main() {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("herd: cannot start the async runtime: {e}");

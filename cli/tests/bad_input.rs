@@ -20,44 +20,96 @@ const GOOD: &str = "name = \"hello\"\ntype = \"batch\"\npriority = 50\n[task]\nd
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn malformed_specs_exit_2_with_location_and_store_nothing() {
     let cluster = ProcessCluster::start(herd_bin(), 1, &[]).expect("start");
-    cluster.wait_for_leader(Duration::from_secs(20)).await.expect("leader");
+    cluster
+        .wait_for_leader(Duration::from_secs(20))
+        .await
+        .expect("leader");
     let addr = cluster.addr_list();
     let dir = tempfile::tempdir().expect("tempdir");
 
     let cases = [
-        ("unknown-field.toml", GOOD.replace("command =", "comand ="), 6, "comand"),
-        ("missing-name.toml", GOOD.replace("name = \"hello\"\n", ""), 1, "name"),
-        ("priority.toml", GOOD.replace("priority = 50", "priority = 150"), 3, "priority"),
-        ("memory.toml", GOOD.replace("\"64MiB\"", "\"64 potatoes\""), 10, "memory"),
-        ("syntax.toml", GOOD.replace("cpu = 100", "cpu = = 100"), 9, ""),
-        ("negative.toml", GOOD.replace("cpu = 100", "cpu = -5"), 9, "cpu"),
-        ("driver.toml", GOOD.replace("\"exec\"", "\"teleport\""), 5, "driver"),
+        (
+            "unknown-field.toml",
+            GOOD.replace("command =", "comand ="),
+            6,
+            "comand",
+        ),
+        (
+            "missing-name.toml",
+            GOOD.replace("name = \"hello\"\n", ""),
+            1,
+            "name",
+        ),
+        (
+            "priority.toml",
+            GOOD.replace("priority = 50", "priority = 150"),
+            3,
+            "priority",
+        ),
+        (
+            "memory.toml",
+            GOOD.replace("\"64MiB\"", "\"64 potatoes\""),
+            10,
+            "memory",
+        ),
+        (
+            "syntax.toml",
+            GOOD.replace("cpu = 100", "cpu = = 100"),
+            9,
+            "",
+        ),
+        (
+            "negative.toml",
+            GOOD.replace("cpu = 100", "cpu = -5"),
+            9,
+            "cpu",
+        ),
+        (
+            "driver.toml",
+            GOOD.replace("\"exec\"", "\"teleport\""),
+            5,
+            "driver",
+        ),
     ];
     for (file, text, line, field) in cases {
         let path = write_spec(dir.path(), file, &text);
         let out = must_run_cli(&["--addr", &addr, "job", "run", &path]);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{file}: {stderr}");
-        assert!(stderr.contains(&format!("{path}:{line}:")), "{file}: expected line {line} in {stderr}");
-        assert!(stderr.contains(field), "{file}: expected field {field:?} in {stderr}");
+        assert!(
+            stderr.contains(&format!("{path}:{line}:")),
+            "{file}: expected line {line} in {stderr}"
+        );
+        assert!(
+            stderr.contains(field),
+            "{file}: expected field {field:?} in {stderr}"
+        );
     }
     let list = must_cli_ok(&["--addr", &addr, "job", "list", "--output", "json"]);
     let jobs: serde_json::Value = serde_json::from_str(&list).expect("json");
-    assert_eq!(jobs.as_array().map(|a| a.len()), Some(0), "nothing stored: {list}");
+    assert_eq!(
+        jobs.as_array().map(|a| a.len()),
+        Some(0),
+        "nothing stored: {list}"
+    );
 
     // The good spec is stored, and a resubmission with a change is version 2.
     let good = write_spec(dir.path(), "good.toml", GOOD);
     must_cli_ok(&["--addr", &addr, "job", "run", &good]);
     let changed = write_spec(dir.path(), "good2.toml", &GOOD.replace("\"30\"", "\"60\""));
     must_cli_ok(&["--addr", &addr, "job", "run", &changed]);
-    let list: serde_json::Value =
-        serde_json::from_str(&must_cli_ok(&["--addr", &addr, "job", "list", "--output", "json"])).expect("json");
+    let list: serde_json::Value = serde_json::from_str(&must_cli_ok(&[
+        "--addr", &addr, "job", "list", "--output", "json",
+    ]))
+    .expect("json");
     assert_eq!(list[0]["name"], "hello");
     assert_eq!(list[0]["status"], "pending");
     assert_eq!(list[0]["version"], 2);
     must_cli_ok(&["--addr", &addr, "job", "stop", "hello"]);
-    let status: serde_json::Value =
-        serde_json::from_str(&must_cli_ok(&["--addr", &addr, "job", "status", "hello", "-o", "json"])).expect("json");
+    let status: serde_json::Value = serde_json::from_str(&must_cli_ok(&[
+        "--addr", &addr, "job", "status", "hello", "-o", "json",
+    ]))
+    .expect("json");
     assert_eq!(status["status"], "stopped");
     let missing = must_run_cli(&["--addr", &addr, "job", "stop", "nope"]);
     assert_eq!(missing.status.code(), Some(1));
@@ -68,18 +120,38 @@ async fn malformed_specs_exit_2_with_location_and_store_nothing() {
 async fn data_dirs_of_another_cluster_or_member_are_refused() {
     let mut a = ProcessCluster::start(herd_bin(), 3, &[]).expect("cluster a");
     let mut b = ProcessCluster::start(herd_bin(), 3, &[]).expect("cluster b");
-    a.wait_for_leader(Duration::from_secs(20)).await.expect("leader a");
-    b.wait_for_leader(Duration::from_secs(20)).await.expect("leader b");
-    put(&a.client().expect("client"), "x", "from-a").await.expect("write a");
+    a.wait_for_leader(Duration::from_secs(20))
+        .await
+        .expect("leader a");
+    b.wait_for_leader(Duration::from_secs(20))
+        .await
+        .expect("leader b");
+    put(&a.client().expect("client"), "x", "from-a")
+        .await
+        .expect("write a");
     a.kill(1).expect("kill a1");
     b.kill(1).expect("kill b1");
     let a1_dir = a.member(1).expect("a1").data_dir.clone();
     let b1_addr = b.member(1).expect("b1").addr.clone();
-    let b_peers = b.ids().iter().map(|id| format!("{id}={}", b.member(*id).expect("member").addr)).collect::<Vec<_>>().join(",");
+    let b_peers = b
+        .ids()
+        .iter()
+        .map(|id| format!("{id}={}", b.member(*id).expect("member").addr))
+        .collect::<Vec<_>>()
+        .join(",");
 
     // A's member 1 directory, started as B's member 1: refused, B untouched.
     let out = Command::new(herd_bin())
-        .args(["coordinator", "--id", "1", "--listen", &b1_addr, "--bootstrap", "--peers", &b_peers])
+        .args([
+            "coordinator",
+            "--id",
+            "1",
+            "--listen",
+            &b1_addr,
+            "--bootstrap",
+            "--peers",
+            &b_peers,
+        ])
         .arg("--data-dir")
         .arg(&a1_dir)
         .env("HERD_LOG", "error")
@@ -88,7 +160,12 @@ async fn data_dirs_of_another_cluster_or_member_are_refused() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("from another cluster"), "{stderr}");
-    assert_eq!(get(&b.client().expect("client"), "x", false).await.expect("read b"), None);
+    assert_eq!(
+        get(&b.client().expect("client"), "x", false)
+            .await
+            .expect("read b"),
+        None
+    );
 
     // Member 2 started on member 1's directory: refused.
     let out = Command::new(herd_bin())
@@ -99,20 +176,37 @@ async fn data_dirs_of_another_cluster_or_member_are_refused() {
         .expect("run");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("belongs to member 1, not member 2"), "{stderr}");
+    assert!(
+        stderr.contains("belongs to member 1, not member 2"),
+        "{stderr}"
+    );
 
     // A's member 1 restarted on its own directory rejoins A with its data.
     a.restart(1).expect("restart a1");
-    a.wait_for_leader(Duration::from_secs(20)).await.expect("leader a");
-    a.wait_applied(1, 1, Duration::from_secs(20)).await.expect("a1 answers");
-    assert_eq!(get(&a.client_for(&[1]).expect("client"), "x", false).await.expect("read"), Some("from-a".into()));
+    a.wait_for_leader(Duration::from_secs(20))
+        .await
+        .expect("leader a");
+    a.wait_applied(1, 1, Duration::from_secs(20))
+        .await
+        .expect("a1 answers");
+    assert_eq!(
+        get(&a.client_for(&[1]).expect("client"), "x", false)
+            .await
+            .expect("read"),
+        Some("from-a".into())
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn requests_to_a_non_member_and_bad_flags_are_refused() {
     let mut cluster = ProcessCluster::start(herd_bin(), 1, &[]).expect("start");
-    cluster.wait_for_leader(Duration::from_secs(20)).await.expect("leader");
-    let lonely = cluster.spawn_member(9, Launch::Wait).expect("spawn non-member");
+    cluster
+        .wait_for_leader(Duration::from_secs(20))
+        .await
+        .expect("leader");
+    let lonely = cluster
+        .spawn_member(9, Launch::Wait)
+        .expect("spawn non-member");
     let started = std::time::Instant::now();
     let out = loop {
         let out = must_run_cli(&["--addr", &lonely, "job", "list"]);
@@ -130,9 +224,22 @@ async fn requests_to_a_non_member_and_bad_flags_are_refused() {
     let both = format!("{lonely},{}", cluster.member(1).expect("member").addr);
     must_cli_ok(&["--addr", &both, "job", "list"]);
 
-    let bad_addr = must_run_cli(&["--addr", &cluster.addr_list(), "cluster", "add", "7", "no-port"]);
+    let bad_addr = must_run_cli(&[
+        "--addr",
+        &cluster.addr_list(),
+        "cluster",
+        "add",
+        "7",
+        "no-port",
+    ]);
     assert_eq!(bad_addr.status.code(), Some(2));
-    let no_id = must_run_cli(&["coordinator", "--listen", "127.0.0.1:1", "--data-dir", "/tmp/x"]);
+    let no_id = must_run_cli(&[
+        "coordinator",
+        "--listen",
+        "127.0.0.1:1",
+        "--data-dir",
+        "/tmp/x",
+    ]);
     assert_eq!(no_id.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&no_id.stderr).contains("`id`"));
 }

@@ -14,13 +14,22 @@ async fn must_have_voters(cluster: &ProcessCluster, want: &[u64]) {
     let started = Instant::now();
     loop {
         if let Some(status) = cluster.status().await {
-            let voters: BTreeSet<u64> = status.members.iter().filter(|m| m.voter).map(|m| m.id).collect();
+            let voters: BTreeSet<u64> = status
+                .members
+                .iter()
+                .filter(|m| m.voter)
+                .map(|m| m.id)
+                .collect();
             let healthy = status.members.iter().filter(|m| m.voter).all(|m| m.healthy);
             if voters == want && healthy {
                 return;
             }
         }
-        assert!(started.elapsed() < Duration::from_secs(30), "voters never became {want:?}: {:?}", cluster.status().await);
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "voters never became {want:?}: {:?}",
+            cluster.status().await
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -28,20 +37,36 @@ async fn must_have_voters(cluster: &ProcessCluster, want: &[u64]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn grow_shrink_and_replace_a_wiped_member() {
     let mut cluster = ProcessCluster::start(herd_bin(), 1, &[]).expect("start");
-    cluster.wait_for_leader(Duration::from_secs(20)).await.expect("leader");
+    cluster
+        .wait_for_leader(Duration::from_secs(20))
+        .await
+        .expect("leader");
     let first = cluster.member(1).expect("member 1").addr.clone();
     let mut acked = must_write_many(&cluster, &[1], "one-", 50, 8).await;
 
     // 1 → 3: members that join by themselves.
-    cluster.spawn_member(2, Launch::Join(first.clone())).expect("spawn 2");
-    cluster.spawn_member(3, Launch::Join(first.clone())).expect("spawn 3");
+    cluster
+        .spawn_member(2, Launch::Join(first.clone()))
+        .expect("spawn 2");
+    cluster
+        .spawn_member(3, Launch::Join(first.clone()))
+        .expect("spawn 3");
     must_have_voters(&cluster, &[1, 2, 3]).await;
     acked.extend(must_write_many(&cluster, &[1, 2, 3], "three-", 100, 8).await);
 
     // 3 → 5: one added by an operator with the CLI, one joining.
     let addr4 = cluster.spawn_member(4, Launch::Wait).expect("spawn 4");
-    must_cli_ok(&["--addr", &cluster.addr_list(), "cluster", "add", "4", &addr4]);
-    cluster.spawn_member(5, Launch::Join(first.clone())).expect("spawn 5");
+    must_cli_ok(&[
+        "--addr",
+        &cluster.addr_list(),
+        "cluster",
+        "add",
+        "4",
+        &addr4,
+    ]);
+    cluster
+        .spawn_member(5, Launch::Join(first.clone()))
+        .expect("spawn 5");
     must_have_voters(&cluster, &[1, 2, 3, 4, 5]).await;
     acked.extend(must_write_many(&cluster, &[1, 2, 3, 4, 5], "five-", 100, 8).await);
     must_read_all(&cluster.client_for(&[5]).expect("client"), &acked, false).await;
@@ -58,7 +83,15 @@ async fn grow_shrink_and_replace_a_wiped_member() {
     cluster.kill(3).expect("kill 3");
     cluster.wipe(3).expect("wipe 3");
     let addr6 = cluster.spawn_member(6, Launch::Wait).expect("spawn 6");
-    let out = must_cli_ok(&["--addr", &cluster.addr_list(), "cluster", "replace", "3", "6", &addr6]);
+    let out = must_cli_ok(&[
+        "--addr",
+        &cluster.addr_list(),
+        "cluster",
+        "replace",
+        "3",
+        "6",
+        &addr6,
+    ]);
     assert!(out.contains("replaced"), "{out}");
     cluster.forget(3).expect("forget 3");
     must_have_voters(&cluster, &[1, 2, 6]).await;
@@ -66,11 +99,21 @@ async fn grow_shrink_and_replace_a_wiped_member() {
     // The replacement holds every committed write, and the cluster still takes writes.
     must_read_all(&cluster.client_for(&[6]).expect("client"), &acked, true).await;
     must_read_all(&cluster.client().expect("client"), &acked, false).await;
-    put(&cluster.client().expect("client"), "final", "write").await.expect("write after replace");
+    put(&cluster.client().expect("client"), "final", "write")
+        .await
+        .expect("write after replace");
     must_converge(&cluster, &[1, 2, 6], Duration::from_secs(20)).await;
 
     // Reusing the wiped member's id is refused: it could vote twice in a term.
-    let out = must_run_cli(&["--addr", &cluster.addr_list(), "cluster", "replace", "6", "6", &addr6]);
+    let out = must_run_cli(&[
+        "--addr",
+        &cluster.addr_list(),
+        "cluster",
+        "replace",
+        "6",
+        "6",
+        &addr6,
+    ]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("new member id"));
 }

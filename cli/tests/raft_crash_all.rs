@@ -13,7 +13,10 @@ use tokio::sync::Mutex;
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn killing_every_member_mid_write_loses_no_acknowledged_write() {
     let mut cluster = ProcessCluster::start(herd_bin(), 3, &[]).expect("start");
-    cluster.wait_for_leader(Duration::from_secs(20)).await.expect("leader");
+    cluster
+        .wait_for_leader(Duration::from_secs(20))
+        .await
+        .expect("leader");
     let client = cluster.client().expect("client");
 
     // Writers record a write only once it is acknowledged.
@@ -49,9 +52,14 @@ async fn killing_every_member_mid_write_loses_no_acknowledged_write() {
     for id in [1, 2, 3] {
         cluster.restart(id).expect("restart");
     }
-    cluster.wait_for_leader(Duration::from_secs(20)).await.expect("leader after restart");
+    cluster
+        .wait_for_leader(Duration::from_secs(20))
+        .await
+        .expect("leader after restart");
     must_read_all(&client, &acked, false).await;
     // A write after recovery, then all members agree on one state.
-    put(&client, "after", "restart").await.expect("write after restart");
+    put(&client, "after", "restart")
+        .await
+        .expect("write after restart");
     must_converge(&cluster, &[1, 2, 3], Duration::from_secs(20)).await;
 }

@@ -11,35 +11,66 @@ use herd_chaos::process_cluster::ProcessCluster;
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn leader_kill_keeps_every_acknowledged_write_and_old_leader_catches_up_by_snapshot() {
     // Small snapshot thresholds so the old leader falls behind the purged log.
-    let mut cluster = ProcessCluster::start(herd_bin(), 3, &["--snapshot-every", "200", "--keep-logs", "20"]).expect("start");
-    let leader = cluster.wait_for_leader(Duration::from_secs(20)).await.expect("leader");
+    let t0 = Instant::now();
+    let phase = |what: &str| eprintln!("[{:>6.2}s] {what}", t0.elapsed().as_secs_f64());
+    let mut cluster = ProcessCluster::start(
+        herd_bin(),
+        3,
+        &["--snapshot-every", "200", "--keep-logs", "20"],
+    )
+    .expect("start");
+    let leader = cluster
+        .wait_for_leader(Duration::from_secs(20))
+        .await
+        .expect("leader");
 
+    phase("leader elected");
     let mut acked = must_write_many(&cluster, &[1, 2, 3], "k", 1000, 24).await;
     assert_eq!(acked.len(), 1000);
 
+    phase("1000 writes acknowledged");
     cluster.kill(leader).expect("kill leader");
     let killed_at = Instant::now();
-    let survivors: Vec<u64> = cluster.ids().into_iter().filter(|id| *id != leader).collect();
-    let new_leader = cluster.wait_for_leader(Duration::from_secs(10)).await.expect("new leader");
+    let survivors: Vec<u64> = cluster
+        .ids()
+        .into_iter()
+        .filter(|id| *id != leader)
+        .collect();
+    let new_leader = cluster
+        .wait_for_leader(Duration::from_secs(10))
+        .await
+        .expect("new leader");
     let failover = killed_at.elapsed();
     assert_ne!(new_leader, leader);
-    assert!(failover < Duration::from_secs(3), "failover took {failover:?}");
+    assert!(
+        failover < Duration::from_secs(3),
+        "failover took {failover:?}"
+    );
 
+    phase(&format!("new leader {new_leader} after {failover:?}"));
     let client = cluster.client_for(&survivors).expect("client");
     must_read_all(&client, &acked, false).await;
+    phase("every acknowledged write read back");
 
     // Far behind: 600 more writes while the old leader is down, past several snapshots.
     acked.extend(must_write_many(&cluster, &survivors, "late", 600, 16).await);
     let status = cluster.status().await.expect("status");
 
+    phase("600 more writes while the old leader is down");
     cluster.restart(leader).expect("restart old leader");
     let report = cluster
         .wait_applied(leader, status.commit_index, Duration::from_secs(30))
         .await
         .expect("old leader catches up");
-    assert!(report.snapshots_installed >= 1, "expected catch-up through a snapshot: {report:?}");
+    phase("old leader caught up");
+    assert!(
+        report.snapshots_installed >= 1,
+        "expected catch-up through a snapshot: {report:?}"
+    );
     // Its own state, read without the leader, holds every acknowledged write.
     let local = cluster.client_for(&[leader]).expect("client");
     must_read_all(&local, &acked, true).await;
+    phase("old leader's own state checked");
     must_converge(&cluster, &[1, 2, 3], Duration::from_secs(20)).await;
+    phase("members converged");
 }

@@ -19,10 +19,12 @@ fn options() -> impl Options {
 
 /// Encodes a value; fails only for values over [`MAX_DECODED_BYTES`].
 pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, ConsensusError> {
-    options().serialize(value).map_err(|e| ConsensusError::Decode {
-        what: std::any::type_name::<T>().to_string(),
-        message: format!("cannot encode: {e}"),
-    })
+    options()
+        .serialize(value)
+        .map_err(|e| ConsensusError::Decode {
+            what: std::any::type_name::<T>().to_string(),
+            message: format!("cannot encode: {e}"),
+        })
 }
 
 /// Decodes a value, naming `what` in the error so a corrupt record can be found.

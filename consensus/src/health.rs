@@ -13,7 +13,10 @@ pub struct PeerHealth {
 impl PeerHealth {
     /// Records a successful exchange with `peer`.
     pub fn record_ok(&self, peer: u64) {
-        self.last_ok.lock().unwrap_or_else(|p| p.into_inner()).insert(peer, Instant::now());
+        self.last_ok
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(peer, Instant::now());
     }
 
     /// Time since `peer` last answered, if it ever did.

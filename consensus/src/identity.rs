@@ -28,7 +28,10 @@ impl ClusterIdentity {
 
     /// The cluster id, once a leader has established one.
     pub fn cluster_id(&self) -> Option<String> {
-        self.cluster_id.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.cluster_id
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Records the cluster id (from the replicated state).
@@ -67,7 +70,10 @@ mod tests {
     #[test]
     fn refuses_other_cluster_and_other_member() {
         let id = ClusterIdentity::new(2, None);
-        assert!(id.check_incoming("abc", 2).is_ok(), "unknown cluster accepts");
+        assert!(
+            id.check_incoming("abc", 2).is_ok(),
+            "unknown cluster accepts"
+        );
         id.set_cluster_id("abc");
         assert!(id.check_incoming("abc", 2).is_ok());
         assert!(id.check_incoming("", 0).is_ok());

@@ -53,16 +53,23 @@ impl LogStore {
         Self { store, flusher: tx }
     }
 
-    fn read_meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError> {
+    fn read_meta<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &[u8],
+    ) -> Result<Option<T>, StorageError> {
         match self.store.get(Space::Meta, key).map_err(read_err)? {
             None => Ok(None),
-            Some(bytes) => codec::decode(&bytes, &String::from_utf8_lossy(key)).map(Some).map_err(read_err),
+            Some(bytes) => codec::decode(&bytes, &String::from_utf8_lossy(key))
+                .map(Some)
+                .map_err(read_err),
         }
     }
 
     fn write_meta<T: serde::Serialize>(&self, key: &[u8], value: &T) -> Result<(), StorageError> {
         let bytes = codec::encode(value).map_err(io_err)?;
-        self.store.write(Space::Meta, vec![WriteOp::Put(key.to_vec(), bytes)]).map_err(io_err)
+        self.store
+            .write(Space::Meta, vec![WriteOp::Put(key.to_vec(), bytes)])
+            .map_err(io_err)
     }
 }
 
@@ -110,7 +117,11 @@ impl RaftLogReader<TypeConfig> for LogStore {
         let end_key = end.map(index_key);
         let pairs = self
             .store
-            .range(Space::Log, &index_key(start), end_key.as_ref().map(|k| k.as_slice()))
+            .range(
+                Space::Log,
+                &index_key(start),
+                end_key.as_ref().map(|k| k.as_slice()),
+            )
             .map_err(read_err)?;
         pairs
             .into_iter()
@@ -127,7 +138,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
         let last_purged: Option<LogId> = self.read_meta(KEY_LAST_PURGED)?;
         let last = match self.store.last(Space::Log).map_err(read_err)? {
-            Some((_, value)) => Some(codec::decode::<Entry>(&value, "last log entry").map_err(read_err)?.log_id),
+            Some((_, value)) => Some(
+                codec::decode::<Entry>(&value, "last log entry")
+                    .map_err(read_err)?
+                    .log_id,
+            ),
             None => last_purged,
         };
         Ok(LogState {
@@ -161,7 +176,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(self.read_meta::<Option<LogId>>(KEY_COMMITTED)?.flatten())
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
     where
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
@@ -174,7 +193,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.store.write(Space::Log, ops).map_err(io_err)?;
         if let Err(mpsc::SendError(callback)) = self.flusher.send(callback) {
             // The flusher thread is gone: sync here rather than never acknowledge.
-            let result = self.store.sync().map_err(|e| std::io::Error::other(e.to_string()));
+            let result = self
+                .store
+                .sync()
+                .map_err(|e| std::io::Error::other(e.to_string()));
             callback.log_io_completed(result);
         }
         Ok(())
@@ -194,7 +216,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // snapshot that allowed this purge, so no entry still needed is lost.
         self.store.sync().map_err(io_err)?;
         match log_id.index.checked_add(1) {
-            Some(end) => self.store.delete_range(Space::Log, &index_key(0), Some(&index_key(end))),
+            Some(end) => self
+                .store
+                .delete_range(Space::Log, &index_key(0), Some(&index_key(end))),
             None => self.store.delete_range(Space::Log, &index_key(0), None),
         }
         .map_err(io_err)

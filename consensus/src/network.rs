@@ -4,16 +4,19 @@
 //! carry the sender's cluster id and the intended member, so a receiver can
 //! refuse traffic that is not meant for it.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use herd_api::proto::internal::internal_client::InternalClient;
 use herd_api::proto::internal::RaftEnvelope;
-use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
-    VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
 };
 use openraft::BasicNode;
 use serde::de::DeserializeOwned;
@@ -44,15 +47,33 @@ pub fn internal_client(channel: Channel) -> InternalClient<Channel> {
 }
 
 /// Creates connections to peers for openraft.
+///
+/// openraft asks for a new client per replication stream and per
+/// leadership check; channels are cached per address so all of them share
+/// one HTTP/2 connection instead of paying a TCP handshake each time.
 pub struct NetworkFactory {
     identity: Arc<ClusterIdentity>,
     health: Arc<PeerHealth>,
+    channels: HashMap<String, InternalClient<Channel>>,
 }
 
 impl NetworkFactory {
     /// A factory whose connections stamp `identity` and record into `health`.
     pub fn new(identity: Arc<ClusterIdentity>, health: Arc<PeerHealth>) -> Self {
-        Self { identity, health }
+        Self {
+            identity,
+            health,
+            channels: HashMap::new(),
+        }
+    }
+
+    fn client(&mut self, addr: &str) -> Result<InternalClient<Channel>, String> {
+        if let Some(client) = self.channels.get(addr) {
+            return Ok(client.clone());
+        }
+        let client = internal_client(channel_to(addr)?);
+        self.channels.insert(addr.to_string(), client.clone());
+        Ok(client)
     }
 }
 
@@ -63,7 +84,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
         PeerConnection {
             target,
             addr: node.addr.clone(),
-            client: channel_to(&node.addr).map(internal_client),
+            client: self.client(&node.addr),
             identity: self.identity.clone(),
             health: self.health.clone(),
         }
@@ -100,9 +121,14 @@ impl PeerConnection {
     {
         let client = match &mut self.client {
             Ok(client) => client,
-            Err(message) => return Err(RPCError::Unreachable(Unreachable::new(&std::io::Error::other(message.clone())))),
+            Err(message) => {
+                return Err(RPCError::Unreachable(Unreachable::new(
+                    &std::io::Error::other(message.clone()),
+                )))
+            }
         };
-        let payload = codec::encode(request).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let payload =
+            codec::encode(request).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let mut envelope = tonic::Request::new(RaftEnvelope {
             cluster_id: self.identity.cluster_id().unwrap_or_default(),
             target_id: self.target,
@@ -123,7 +149,9 @@ impl PeerConnection {
                         tracing::warn!(peer = self.target, addr = %self.addr, reason = status.message(), "peer refused raft message");
                         RPCError::Unreachable(Unreachable::new(&error))
                     }
-                    tonic::Code::Unavailable | tonic::Code::Unknown => RPCError::Unreachable(Unreachable::new(&error)),
+                    tonic::Code::Unavailable | tonic::Code::Unknown => {
+                        RPCError::Unreachable(Unreachable::new(&error))
+                    }
                     _ => RPCError::Network(NetworkError::new(&error)),
                 });
             }
@@ -148,8 +176,10 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         &mut self,
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
-    ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>>
-    {
+    ) -> Result<
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
+    > {
         self.send(Method::Snapshot, &rpc, &option).await
     }
 

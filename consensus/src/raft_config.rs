@@ -48,7 +48,9 @@ impl RaftTuning {
             install_snapshot_timeout: 10_000,
             ..Default::default()
         };
-        let config = config.validate().map_err(|e| ConsensusError::Config(e.to_string()))?;
+        let config = config
+            .validate()
+            .map_err(|e| ConsensusError::Config(e.to_string()))?;
         Ok(Arc::new(config))
     }
 }

@@ -14,7 +14,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec;
 use crate::storage::{KvStore, Space, WriteOp};
-use crate::types::{Entry, LogId, Outcome, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
+use crate::types::{
+    Entry, LogId, Outcome, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
+};
 
 /// What a coordinator replicates: a deterministic function from commands to state.
 ///
@@ -88,15 +90,23 @@ impl<A: Application> StateMachineStore<A> {
             Some(bytes) => codec::decode(&bytes, "applied log id").map_err(sm_read_err)?,
             None => None,
         };
-        let membership = match store.get(Space::State, KEY_MEMBERSHIP).map_err(sm_read_err)? {
+        let membership = match store
+            .get(Space::State, KEY_MEMBERSHIP)
+            .map_err(sm_read_err)?
+        {
             Some(bytes) => codec::decode(&bytes, "applied membership").map_err(sm_read_err)?,
             None => StoredMembership::default(),
         };
-        let pairs = store.range(Space::State, APP_PREFIX, Some(APP_END)).map_err(sm_read_err)?;
-        let stripped = pairs.into_iter().map(|(k, v)| (k[APP_PREFIX.len()..].to_vec(), v)).collect();
-        write_app(&app)
-            .restore(stripped)
-            .map_err(|e| StorageError::from(StorageIOError::read_state_machine(AnyError::error(e))))?;
+        let pairs = store
+            .range(Space::State, APP_PREFIX, Some(APP_END))
+            .map_err(sm_read_err)?;
+        let stripped = pairs
+            .into_iter()
+            .map(|(k, v)| (k[APP_PREFIX.len()..].to_vec(), v))
+            .collect();
+        write_app(&app).restore(stripped).map_err(|e| {
+            StorageError::from(StorageIOError::read_state_machine(AnyError::error(e)))
+        })?;
         Ok(Self {
             store,
             app,
@@ -113,8 +123,14 @@ impl<A: Application> StateMachineStore<A> {
 
     fn position_ops(&self) -> Result<Vec<WriteOp>, StorageError> {
         Ok(vec![
-            WriteOp::Put(KEY_APPLIED.to_vec(), codec::encode(&self.applied).map_err(sm_err)?),
-            WriteOp::Put(KEY_MEMBERSHIP.to_vec(), codec::encode(&self.membership).map_err(sm_err)?),
+            WriteOp::Put(
+                KEY_APPLIED.to_vec(),
+                codec::encode(&self.applied).map_err(sm_err)?,
+            ),
+            WriteOp::Put(
+                KEY_MEMBERSHIP.to_vec(),
+                codec::encode(&self.membership).map_err(sm_err)?,
+            ),
         ])
     }
 }
@@ -139,7 +155,11 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             pairs: std::mem::take(&mut self.pairs),
         };
         let data = codec::encode(&body).map_err(snap_err)?;
-        let seq = match self.store.get(Space::Meta, KEY_SNAPSHOT_SEQ).map_err(snap_err)? {
+        let seq = match self
+            .store
+            .get(Space::Meta, KEY_SNAPSHOT_SEQ)
+            .map_err(snap_err)?
+        {
             Some(bytes) => codec::decode::<u64>(&bytes, "snapshot sequence").map_err(snap_err)? + 1,
             None => 1,
         };
@@ -162,13 +182,24 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     }
 }
 
-fn save_snapshot(store: &dyn KvStore, meta: &SnapshotMeta, data: &[u8], seq: Option<u64>) -> Result<(), StorageError> {
+fn save_snapshot(
+    store: &dyn KvStore,
+    meta: &SnapshotMeta,
+    data: &[u8],
+    seq: Option<u64>,
+) -> Result<(), StorageError> {
     let mut ops = vec![
-        WriteOp::Put(KEY_SNAPSHOT_META.to_vec(), codec::encode(meta).map_err(snap_err)?),
+        WriteOp::Put(
+            KEY_SNAPSHOT_META.to_vec(),
+            codec::encode(meta).map_err(snap_err)?,
+        ),
         WriteOp::Put(KEY_SNAPSHOT_DATA.to_vec(), data.to_vec()),
     ];
     if let Some(seq) = seq {
-        ops.push(WriteOp::Put(KEY_SNAPSHOT_SEQ.to_vec(), codec::encode(&seq).map_err(snap_err)?));
+        ops.push(WriteOp::Put(
+            KEY_SNAPSHOT_SEQ.to_vec(),
+            codec::encode(&seq).map_err(snap_err)?,
+        ));
     }
     store.write(Space::Meta, ops).map_err(snap_err)?;
     store.sync().map_err(snap_err)
@@ -221,7 +252,10 @@ impl<A: Application> RaftStateMachine<TypeConfig> for StateMachineStore<A> {
         // Captured here, where no apply runs concurrently, so the pairs and
         // the position match exactly.
         let pairs = match self.store.range(Space::State, APP_PREFIX, Some(APP_END)) {
-            Ok(pairs) => pairs.into_iter().map(|(k, v)| (k[APP_PREFIX.len()..].to_vec(), v)).collect(),
+            Ok(pairs) => pairs
+                .into_iter()
+                .map(|(k, v)| (k[APP_PREFIX.len()..].to_vec(), v))
+                .collect(),
             Err(e) => {
                 tracing::error!(error = %e, "cannot read state for a snapshot");
                 Vec::new()
@@ -240,14 +274,23 @@ impl<A: Application> RaftStateMachine<TypeConfig> for StateMachineStore<A> {
         Ok(Box::new(Cursor::new(Vec::new())))
     }
 
-    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Box<Cursor<Vec<u8>>>) -> Result<(), StorageError> {
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
         let data = snapshot.into_inner();
         let body: SnapshotBody = codec::decode(&data, &format!("snapshot {}", meta.snapshot_id))
-            .map_err(|e| StorageError::from(StorageIOError::read_snapshot(None, AnyError::new(&e))))?;
+            .map_err(|e| {
+                StorageError::from(StorageIOError::read_snapshot(None, AnyError::new(&e)))
+            })?;
         if body.format != SNAPSHOT_FORMAT {
             return Err(StorageIOError::read_snapshot(
                 None,
-                AnyError::error(format!("snapshot format {} is not supported (expected {SNAPSHOT_FORMAT})", body.format)),
+                AnyError::error(format!(
+                    "snapshot format {} is not supported (expected {SNAPSHOT_FORMAT})",
+                    body.format
+                )),
             )
             .into());
         }
@@ -258,26 +301,41 @@ impl<A: Application> RaftStateMachine<TypeConfig> for StateMachineStore<A> {
             .into_iter()
             .map(|(k, _)| WriteOp::Delete(k))
             .collect();
-        ops.extend(body.pairs.iter().map(|(k, v)| WriteOp::Put(app_key(k), v.clone())));
+        ops.extend(
+            body.pairs
+                .iter()
+                .map(|(k, v)| WriteOp::Put(app_key(k), v.clone())),
+        );
         self.applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
         ops.extend(self.position_ops()?);
         self.store.write(Space::State, ops).map_err(sm_err)?;
-        write_app(&self.app)
-            .restore(body.pairs)
-            .map_err(|e| StorageError::from(StorageIOError::read_snapshot(None, AnyError::error(e))))?;
+        write_app(&self.app).restore(body.pairs).map_err(|e| {
+            StorageError::from(StorageIOError::read_snapshot(None, AnyError::error(e)))
+        })?;
         save_snapshot(self.store.as_ref(), meta, &data, None)?;
-        self.stats.snapshots_installed.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .snapshots_installed
+            .fetch_add(1, Ordering::Relaxed);
         tracing::info!(snapshot = %meta.snapshot_id, "snapshot installed");
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        let Some(meta_bytes) = self.store.get(Space::Meta, KEY_SNAPSHOT_META).map_err(sm_read_err)? else {
+        let Some(meta_bytes) = self
+            .store
+            .get(Space::Meta, KEY_SNAPSHOT_META)
+            .map_err(sm_read_err)?
+        else {
             return Ok(None);
         };
-        let meta: SnapshotMeta = codec::decode(&meta_bytes, "snapshot meta").map_err(sm_read_err)?;
-        let data = self.store.get(Space::Meta, KEY_SNAPSHOT_DATA).map_err(sm_read_err)?.unwrap_or_default();
+        let meta: SnapshotMeta =
+            codec::decode(&meta_bytes, "snapshot meta").map_err(sm_read_err)?;
+        let data = self
+            .store
+            .get(Space::Meta, KEY_SNAPSHOT_DATA)
+            .map_err(sm_read_err)?
+            .unwrap_or_default();
         Ok(Some(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(data)),

@@ -42,7 +42,12 @@ impl StateApp {
 impl Application for StateApp {
     fn apply(&mut self, index: u64, command: &[u8], changes: &mut Vec<WriteOp>) -> Vec<u8> {
         let result = match codec::decode::<Command>(command, "command") {
-            Ok(command) => apply(&mut self.state, index, command, &mut ChangeLog::new(changes)),
+            Ok(command) => apply(
+                &mut self.state,
+                index,
+                command,
+                &mut ChangeLog::new(changes),
+            ),
             Err(e) => CommandResult::Rejected(Rejection::Invalid(e.to_string())),
         };
         self.sync_identity();

@@ -15,7 +15,12 @@ pub const MAX_VARIABLE_BYTES: usize = 64 * 1024;
 pub const MAX_VARIABLE_KEY: usize = 256;
 
 /// Applies `command`, committed at log `index`, recording persisted changes in `changes`.
-pub fn apply(state: &mut ClusterState, index: u64, command: Command, changes: &mut ChangeLog<'_>) -> CommandResult {
+pub fn apply(
+    state: &mut ClusterState,
+    index: u64,
+    command: Command,
+    changes: &mut ChangeLog<'_>,
+) -> CommandResult {
     match command {
         Command::InitCluster { cluster_id } => {
             if let Some(existing) = &state.cluster_id {
@@ -33,10 +38,12 @@ pub fn apply(state: &mut ClusterState, index: u64, command: Command, changes: &m
             }
             let name = spec.name.clone();
             let result = match state.jobs.get_mut(&name) {
-                Some(job) if job.spec == spec && job.status != JobStatus::Stopped => CommandResult::JobSubmitted {
-                    version: job.version,
-                    changed: false,
-                },
+                Some(job) if job.spec == spec && job.status != JobStatus::Stopped => {
+                    CommandResult::JobSubmitted {
+                        version: job.version,
+                        changed: false,
+                    }
+                }
                 Some(job) => {
                     job.spec = spec;
                     job.version += 1;
@@ -76,7 +83,9 @@ pub fn apply(state: &mut ClusterState, index: u64, command: Command, changes: &m
                 return CommandResult::Rejected(Rejection::JobNotFound(name));
             };
             if job.status == JobStatus::Stopped {
-                return CommandResult::JobStopped { version: job.version };
+                return CommandResult::JobStopped {
+                    version: job.version,
+                };
             }
             job.status = JobStatus::Stopped;
             job.version += 1;
@@ -123,7 +132,11 @@ pub fn apply(state: &mut ClusterState, index: u64, command: Command, changes: &m
             let actual = state.variables.get(&key).map_or(0, |v| v.version);
             if let Some(expected) = expected_version {
                 if expected != actual {
-                    return CommandResult::Rejected(Rejection::VersionMismatch { key, expected, actual });
+                    return CommandResult::Rejected(Rejection::VersionMismatch {
+                        key,
+                        expected,
+                        actual,
+                    });
                 }
             }
             let version = actual + 1;
@@ -170,7 +183,11 @@ mod tests {
         }
     }
 
-    fn run(state: &mut ClusterState, index: u64, command: Command) -> (CommandResult, Vec<WriteOp>) {
+    fn run(
+        state: &mut ClusterState,
+        index: u64,
+        command: Command,
+    ) -> (CommandResult, Vec<WriteOp>) {
         let mut ops = Vec::new();
         let result = apply(state, index, command, &mut ChangeLog::new(&mut ops));
         (result, ops)
@@ -179,24 +196,76 @@ mod tests {
     #[test]
     fn resubmitting_a_job_versions_it_only_when_it_changed() {
         let mut state = ClusterState::default();
-        let (r, ops) = run(&mut state, 1, Command::SubmitJob { spec: spec("a", &["1"]), now_ms: 10 });
-        assert_eq!(r, CommandResult::JobSubmitted { version: 1, changed: true });
+        let (r, ops) = run(
+            &mut state,
+            1,
+            Command::SubmitJob {
+                spec: spec("a", &["1"]),
+                now_ms: 10,
+            },
+        );
+        assert_eq!(
+            r,
+            CommandResult::JobSubmitted {
+                version: 1,
+                changed: true
+            }
+        );
         assert_eq!(ops.len(), 1);
-        let (r, ops) = run(&mut state, 2, Command::SubmitJob { spec: spec("a", &["1"]), now_ms: 20 });
-        assert_eq!(r, CommandResult::JobSubmitted { version: 1, changed: false });
+        let (r, ops) = run(
+            &mut state,
+            2,
+            Command::SubmitJob {
+                spec: spec("a", &["1"]),
+                now_ms: 20,
+            },
+        );
+        assert_eq!(
+            r,
+            CommandResult::JobSubmitted {
+                version: 1,
+                changed: false
+            }
+        );
         assert!(ops.is_empty(), "an unchanged resubmission writes nothing");
-        let (r, _) = run(&mut state, 3, Command::SubmitJob { spec: spec("a", &["2"]), now_ms: 30 });
-        assert_eq!(r, CommandResult::JobSubmitted { version: 2, changed: true });
+        let (r, _) = run(
+            &mut state,
+            3,
+            Command::SubmitJob {
+                spec: spec("a", &["2"]),
+                now_ms: 30,
+            },
+        );
+        assert_eq!(
+            r,
+            CommandResult::JobSubmitted {
+                version: 2,
+                changed: true
+            }
+        );
         let job = &state.jobs["a"];
-        assert_eq!((job.submitted_at_ms, job.updated_at_ms, job.modify_index), (10, 30, 3));
+        assert_eq!(
+            (job.submitted_at_ms, job.updated_at_ms, job.modify_index),
+            (10, 30, 3)
+        );
     }
 
     #[test]
     fn stopping_unknown_job_is_rejected_and_changes_nothing() {
         let mut state = ClusterState::default();
         let before = state.clone();
-        let (r, ops) = run(&mut state, 1, Command::StopJob { name: "nope".into(), now_ms: 1 });
-        assert_eq!(r, CommandResult::Rejected(Rejection::JobNotFound("nope".into())));
+        let (r, ops) = run(
+            &mut state,
+            1,
+            Command::StopJob {
+                name: "nope".into(),
+                now_ms: 1,
+            },
+        );
+        assert_eq!(
+            r,
+            CommandResult::Rejected(Rejection::JobNotFound("nope".into()))
+        );
         assert!(ops.is_empty());
         assert_eq!(state, before);
     }
@@ -204,48 +273,140 @@ mod tests {
     #[test]
     fn stop_then_resubmit_makes_a_new_pending_version() {
         let mut state = ClusterState::default();
-        run(&mut state, 1, Command::SubmitJob { spec: spec("a", &[]), now_ms: 1 });
-        let (r, _) = run(&mut state, 2, Command::StopJob { name: "a".into(), now_ms: 2 });
+        run(
+            &mut state,
+            1,
+            Command::SubmitJob {
+                spec: spec("a", &[]),
+                now_ms: 1,
+            },
+        );
+        let (r, _) = run(
+            &mut state,
+            2,
+            Command::StopJob {
+                name: "a".into(),
+                now_ms: 2,
+            },
+        );
         assert_eq!(r, CommandResult::JobStopped { version: 2 });
         assert_eq!(state.jobs["a"].status, JobStatus::Stopped);
-        let (r, _) = run(&mut state, 3, Command::SubmitJob { spec: spec("a", &[]), now_ms: 3 });
-        assert_eq!(r, CommandResult::JobSubmitted { version: 3, changed: true });
+        let (r, _) = run(
+            &mut state,
+            3,
+            Command::SubmitJob {
+                spec: spec("a", &[]),
+                now_ms: 3,
+            },
+        );
+        assert_eq!(
+            r,
+            CommandResult::JobSubmitted {
+                version: 3,
+                changed: true
+            }
+        );
         assert_eq!(state.jobs["a"].status, JobStatus::Pending);
     }
 
     #[test]
     fn compare_and_set_checks_versions() {
         let mut state = ClusterState::default();
-        let put = |expected| Command::PutVariable { key: "k".into(), value: b"v".to_vec(), expected_version: expected };
-        assert_eq!(run(&mut state, 1, put(Some(0))).0, CommandResult::VariablePut { version: 1 });
+        let put = |expected| Command::PutVariable {
+            key: "k".into(),
+            value: b"v".to_vec(),
+            expected_version: expected,
+        };
+        assert_eq!(
+            run(&mut state, 1, put(Some(0))).0,
+            CommandResult::VariablePut { version: 1 }
+        );
         assert_eq!(
             run(&mut state, 2, put(Some(0))).0,
-            CommandResult::Rejected(Rejection::VersionMismatch { key: "k".into(), expected: 0, actual: 1 })
+            CommandResult::Rejected(Rejection::VersionMismatch {
+                key: "k".into(),
+                expected: 0,
+                actual: 1
+            })
         );
-        assert_eq!(run(&mut state, 3, put(Some(1))).0, CommandResult::VariablePut { version: 2 });
-        assert_eq!(run(&mut state, 4, put(None)).0, CommandResult::VariablePut { version: 3 });
-        let big = Command::PutVariable { key: "k".into(), value: vec![0; MAX_VARIABLE_BYTES + 1], expected_version: None };
-        assert!(matches!(run(&mut state, 5, big).0, CommandResult::Rejected(Rejection::Invalid(_))));
+        assert_eq!(
+            run(&mut state, 3, put(Some(1))).0,
+            CommandResult::VariablePut { version: 2 }
+        );
+        assert_eq!(
+            run(&mut state, 4, put(None)).0,
+            CommandResult::VariablePut { version: 3 }
+        );
+        let big = Command::PutVariable {
+            key: "k".into(),
+            value: vec![0; MAX_VARIABLE_BYTES + 1],
+            expected_version: None,
+        };
+        assert!(matches!(
+            run(&mut state, 5, big).0,
+            CommandResult::Rejected(Rejection::Invalid(_))
+        ));
         assert_eq!(state.variables["k"].version, 3);
     }
 
     #[test]
     fn first_cluster_id_wins() {
         let mut state = ClusterState::default();
-        run(&mut state, 1, Command::InitCluster { cluster_id: "one".into() });
-        let (r, ops) = run(&mut state, 2, Command::InitCluster { cluster_id: "two".into() });
-        assert_eq!(r, CommandResult::ClusterInitialized { cluster_id: "one".into() });
+        run(
+            &mut state,
+            1,
+            Command::InitCluster {
+                cluster_id: "one".into(),
+            },
+        );
+        let (r, ops) = run(
+            &mut state,
+            2,
+            Command::InitCluster {
+                cluster_id: "two".into(),
+            },
+        );
+        assert_eq!(
+            r,
+            CommandResult::ClusterInitialized {
+                cluster_id: "one".into()
+            }
+        );
         assert!(ops.is_empty());
     }
 
     #[test]
     fn persisted_pairs_rebuild_the_same_state() {
         let mut state = ClusterState::default();
-        run(&mut state, 1, Command::InitCluster { cluster_id: "c".into() });
-        run(&mut state, 2, Command::SubmitJob { spec: spec("a", &["x"]), now_ms: 5 });
-        run(&mut state, 3, Command::PutVariable { key: "k".into(), value: b"v".to_vec(), expected_version: None });
+        run(
+            &mut state,
+            1,
+            Command::InitCluster {
+                cluster_id: "c".into(),
+            },
+        );
+        run(
+            &mut state,
+            2,
+            Command::SubmitJob {
+                spec: spec("a", &["x"]),
+                now_ms: 5,
+            },
+        );
+        run(
+            &mut state,
+            3,
+            Command::PutVariable {
+                key: "k".into(),
+                value: b"v".to_vec(),
+                expected_version: None,
+            },
+        );
         let rebuilt = ClusterState::from_pairs(state.to_pairs()).expect("rebuild");
         assert_eq!(rebuilt, state);
-        assert!(ClusterState::from_pairs(vec![(b"job/x".to_vec(), vec![9, 1, 2])]).is_err(), "unknown format refused");
+        assert!(
+            ClusterState::from_pairs(vec![(b"job/x".to_vec(), vec![9, 1, 2])]).is_err(),
+            "unknown format refused"
+        );
     }
 }

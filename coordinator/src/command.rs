@@ -52,9 +52,9 @@ impl Command {
     /// Sets the leader-stamped time, for commands that carry one.
     pub fn stamp(&mut self, now: u64) {
         match self {
-            Command::SubmitJob { now_ms, .. } | Command::StopJob { now_ms, .. } | Command::RegisterNode { now_ms, .. } => {
-                *now_ms = now
-            }
+            Command::SubmitJob { now_ms, .. }
+            | Command::StopJob { now_ms, .. }
+            | Command::RegisterNode { now_ms, .. } => *now_ms = now,
             Command::InitCluster { .. } | Command::PutVariable { .. } => {}
         }
     }

@@ -165,7 +165,9 @@ pub fn parse_peers(text: &str) -> Result<BTreeMap<u64, String>, String> {
 
 fn check_host_port(addr: &str) -> Result<(), String> {
     match addr.rsplit_once(':') {
-        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0) => Ok(()),
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0) => {
+            Ok(())
+        }
         _ => Err(format!("address {addr:?} is not HOST:PORT")),
     }
 }
@@ -174,9 +176,14 @@ impl CoordinatorConfig {
     /// Validates settings into a configuration.
     pub fn resolve(settings: CoordinatorSettings) -> Result<Self, ConfigError> {
         let invalid = |field, message: String| ConfigError::Invalid { field, message };
-        let id = settings.id.ok_or_else(|| invalid("id", "required (a positive member id)".into()))?;
+        let id = settings
+            .id
+            .ok_or_else(|| invalid("id", "required (a positive member id)".into()))?;
         if id == 0 {
-            return Err(invalid("id", "member id 0 is reserved; use 1, 2, ...".into()));
+            return Err(invalid(
+                "id",
+                "member id 0 is reserved; use 1, 2, ...".into(),
+            ));
         }
         let listen_text = settings
             .listen
@@ -192,25 +199,39 @@ impl CoordinatorConfig {
             None if listen.ip().is_unspecified() => {
                 return Err(invalid(
                     "advertise",
-                    format!("required when listening on {listen}: other members need a reachable address"),
+                    format!(
+                    "required when listening on {listen}: other members need a reachable address"
+                ),
                 ))
             }
             None => listen.to_string(),
         };
-        let data_dir = settings
-            .data_dir
-            .ok_or_else(|| invalid("data-dir", "required (a directory for the Raft log and state)".into()))?;
+        let data_dir = settings.data_dir.ok_or_else(|| {
+            invalid(
+                "data-dir",
+                "required (a directory for the Raft log and state)".into(),
+            )
+        })?;
         let bootstrap = settings.bootstrap.unwrap_or(false);
         let mode = match (bootstrap, settings.peers, settings.join) {
-            (true, _, Some(_)) => return Err(invalid("join", "cannot be combined with bootstrap".into())),
-            (true, None, None) => return Err(invalid("peers", "bootstrap needs the initial members".into())),
+            (true, _, Some(_)) => {
+                return Err(invalid("join", "cannot be combined with bootstrap".into()))
+            }
+            (true, None, None) => {
+                return Err(invalid(
+                    "peers",
+                    "bootstrap needs the initial members".into(),
+                ))
+            }
             (true, Some(peers), None) => {
                 let peers = parse_peers(&peers).map_err(|e| invalid("peers", e))?;
                 match peers.get(&id) {
                     None => {
                         return Err(invalid(
                             "peers",
-                            format!("member {id} (this one) is not listed; list every initial member"),
+                            format!(
+                                "member {id} (this one) is not listed; list every initial member"
+                            ),
                         ))
                     }
                     Some(addr) if *addr != advertise => {
@@ -231,7 +252,8 @@ impl CoordinatorConfig {
             (false, None, None) => StartMode::Wait,
         };
         let raft = settings.raft.unwrap_or_default();
-        raft.to_openraft().map_err(|e| invalid("raft", e.to_string()))?;
+        raft.to_openraft()
+            .map_err(|e| invalid("raft", e.to_string()))?;
         Ok(Self {
             id,
             listen,
@@ -263,7 +285,10 @@ mod tests {
         let config = CoordinatorConfig::resolve(file.clone()).expect("resolve");
         assert_eq!(config.id, 2);
         assert_eq!(config.raft.heartbeat_ms, 50);
-        assert_eq!(config.raft.election_min_ms, RaftTuning::default().election_min_ms);
+        assert_eq!(
+            config.raft.election_min_ms,
+            RaftTuning::default().election_min_ms
+        );
         assert!(matches!(config.mode, StartMode::Bootstrap(ref p) if p.len() == 2));
         let merged = file.overridden_by(CoordinatorSettings {
             data_dir: Some("/elsewhere".into()),
@@ -284,31 +309,79 @@ mod tests {
     #[test]
     fn invalid_settings_are_refused_with_the_setting_named() {
         let cases = [
-            (CoordinatorSettings { id: Some(0), ..base() }, "id"),
-            (CoordinatorSettings { listen: Some("nope".into()), ..base() }, "listen"),
-            (CoordinatorSettings { listen: Some("0.0.0.0:7001".into()), ..base() }, "advertise"),
-            (CoordinatorSettings { bootstrap: Some(true), ..base() }, "peers"),
             (
-                CoordinatorSettings { bootstrap: Some(true), peers: Some("2=127.0.0.1:7002".into()), ..base() },
+                CoordinatorSettings {
+                    id: Some(0),
+                    ..base()
+                },
+                "id",
+            ),
+            (
+                CoordinatorSettings {
+                    listen: Some("nope".into()),
+                    ..base()
+                },
+                "listen",
+            ),
+            (
+                CoordinatorSettings {
+                    listen: Some("0.0.0.0:7001".into()),
+                    ..base()
+                },
+                "advertise",
+            ),
+            (
+                CoordinatorSettings {
+                    bootstrap: Some(true),
+                    ..base()
+                },
                 "peers",
             ),
             (
-                CoordinatorSettings { bootstrap: Some(true), peers: Some("1=127.0.0.1:9999".into()), ..base() },
+                CoordinatorSettings {
+                    bootstrap: Some(true),
+                    peers: Some("2=127.0.0.1:7002".into()),
+                    ..base()
+                },
                 "peers",
             ),
             (
-                CoordinatorSettings { bootstrap: Some(true), peers: Some("1=127.0.0.1:7001".into()), join: Some("a:1".into()), ..base() },
+                CoordinatorSettings {
+                    bootstrap: Some(true),
+                    peers: Some("1=127.0.0.1:9999".into()),
+                    ..base()
+                },
+                "peers",
+            ),
+            (
+                CoordinatorSettings {
+                    bootstrap: Some(true),
+                    peers: Some("1=127.0.0.1:7001".into()),
+                    join: Some("a:1".into()),
+                    ..base()
+                },
                 "join",
             ),
-            (CoordinatorSettings { data_dir: None, ..base() }, "data-dir"),
+            (
+                CoordinatorSettings {
+                    data_dir: None,
+                    ..base()
+                },
+                "data-dir",
+            ),
         ];
         for (settings, field) in cases {
             match CoordinatorConfig::resolve(settings.clone()) {
-                Err(ConfigError::Invalid { field: got, .. }) => assert_eq!(got, field, "{settings:?}"),
+                Err(ConfigError::Invalid { field: got, .. }) => {
+                    assert_eq!(got, field, "{settings:?}")
+                }
                 other => panic!("expected invalid {field}, got {other:?}"),
             }
         }
-        assert_eq!(CoordinatorConfig::resolve(base()).expect("plain").mode, StartMode::Wait);
+        assert_eq!(
+            CoordinatorConfig::resolve(base()).expect("plain").mode,
+            StartMode::Wait
+        );
     }
 
     #[test]

@@ -51,7 +51,8 @@ pub fn claim(dir: &Path, id: u64) -> Result<bool, DataDirError> {
     let path = dir.join(MEMBER_FILE);
     match std::fs::read_to_string(&path) {
         Ok(text) => {
-            let file: MemberFile = toml::from_str(&text).map_err(|e| io(format!("{MEMBER_FILE} is malformed: {e}")))?;
+            let file: MemberFile = toml::from_str(&text)
+                .map_err(|e| io(format!("{MEMBER_FILE} is malformed: {e}")))?;
             if file.member_id != id {
                 return Err(DataDirError::WrongMember {
                     dir: dir.to_path_buf(),
@@ -68,7 +69,8 @@ pub fn claim(dir: &Path, id: u64) -> Result<bool, DataDirError> {
             };
             let text = toml::to_string(&file).map_err(|e| io(e.to_string()))?;
             let tmp = dir.join(format!("{MEMBER_FILE}.tmp"));
-            std::fs::write(&tmp, text).map_err(|e| io(format!("cannot write {MEMBER_FILE}: {e}")))?;
+            std::fs::write(&tmp, text)
+                .map_err(|e| io(format!("cannot write {MEMBER_FILE}: {e}")))?;
             std::fs::File::open(&tmp)
                 .and_then(|f| f.sync_all())
                 .and_then(|_| std::fs::rename(&tmp, &path))
@@ -90,6 +92,10 @@ mod tests {
         assert!(!claim(dir.path(), 3).expect("first claim"));
         assert!(claim(dir.path(), 3).expect("restart"));
         let err = claim(dir.path(), 4).unwrap_err();
-        assert!(err.to_string().contains("belongs to member 3, not member 4"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("belongs to member 3, not member 4"),
+            "{err}"
+        );
     }
 }

@@ -48,7 +48,9 @@ impl CoordinatorError {
     pub fn to_status(&self) -> Status {
         let code = match self {
             CoordinatorError::NotMember { .. } => Code::FailedPrecondition,
-            CoordinatorError::NoLeader { .. } | CoordinatorError::Unavailable(_) => Code::Unavailable,
+            CoordinatorError::NoLeader { .. } | CoordinatorError::Unavailable(_) => {
+                Code::Unavailable
+            }
             CoordinatorError::Rejected(Rejection::JobNotFound(_)) => Code::NotFound,
             CoordinatorError::Rejected(Rejection::VersionMismatch { .. }) => Code::Aborted,
             CoordinatorError::Rejected(_) | CoordinatorError::Invalid(_) => Code::InvalidArgument,

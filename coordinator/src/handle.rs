@@ -28,6 +28,7 @@ use crate::app::StateApp;
 use crate::command::{Command, CommandResult};
 use crate::error::CoordinatorError;
 use crate::forward::{ForwardError, LeaderReply, LeaderRequest, MemberView, StatusView, Written};
+use crate::read_index::ReadIndexBatcher;
 use crate::state::ClusterState;
 
 /// How fresh a read must be.
@@ -57,6 +58,7 @@ pub struct Coordinator {
     sm_stats: Arc<StateMachineStats>,
     tuning: RaftTuning,
     peers: Mutex<HashMap<String, InternalClient<Channel>>>,
+    read_batcher: ReadIndexBatcher,
 }
 
 /// Milliseconds since the Unix epoch; the leader stamps commands with it.
@@ -82,7 +84,9 @@ fn is_connect_failure(status: &tonic::Status) -> bool {
     // delivered; anything else may have reached the leader and been applied.
     let text = format!("{status:?}").to_lowercase();
     status.code() == tonic::Code::Unavailable
-        && (text.contains("connection refused") || text.contains("tcp connect error") || text.contains("connect error"))
+        && (text.contains("connection refused")
+            || text.contains("tcp connect error")
+            || text.contains("connect error"))
 }
 
 impl Coordinator {
@@ -103,6 +107,7 @@ impl Coordinator {
             sm_stats,
             tuning,
             peers: Mutex::new(HashMap::new()),
+            read_batcher: ReadIndexBatcher::default(),
         }
     }
 
@@ -133,7 +138,12 @@ impl Coordinator {
 
     /// Whether this member belongs to a cluster (has a membership config).
     pub fn is_member(&self) -> bool {
-        self.metrics().membership_config.membership().voter_ids().next().is_some()
+        self.metrics()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .next()
+            .is_some()
     }
 
     fn member_addr(&self, id: u64) -> Option<String> {
@@ -169,7 +179,9 @@ impl Coordinator {
                 CommandResult::Rejected(rejection) => Err(CoordinatorError::Rejected(rejection)),
                 _ => Ok(written),
             },
-            other => Err(CoordinatorError::Internal(format!("unexpected leader reply {other:?}"))),
+            other => Err(CoordinatorError::Internal(format!(
+                "unexpected leader reply {other:?}"
+            ))),
         }
     }
 
@@ -181,7 +193,9 @@ impl Coordinator {
                 return Err(CoordinatorError::NotMember { id: self.id() });
             }
             let attempt = match self.metrics().current_leader {
-                Some(leader) if leader == self.id() => self.execute_as_leader(request.clone()).await,
+                Some(leader) if leader == self.id() => {
+                    self.execute_as_leader(request.clone()).await
+                }
                 Some(leader) => self.forward(leader, &request).await,
                 None => Err(ForwardError::NotLeader),
             };
@@ -189,9 +203,14 @@ impl Coordinator {
                 Ok(reply) => return Ok(reply),
                 Err(ForwardError::NotLeader) => {}
                 Err(ForwardError::NotMember { id }) => {
-                    tracing::debug!(member = id, "forward target is not a member; waiting for a new leader")
+                    tracing::debug!(
+                        member = id,
+                        "forward target is not a member; waiting for a new leader"
+                    )
                 }
-                Err(ForwardError::Membership(message)) => return Err(CoordinatorError::Membership(message)),
+                Err(ForwardError::Membership(message)) => {
+                    return Err(CoordinatorError::Membership(message))
+                }
                 Err(ForwardError::Failed(message)) => {
                     return Err(match request {
                         LeaderRequest::Status => CoordinatorError::Unavailable(message),
@@ -208,32 +227,47 @@ impl Coordinator {
         }
     }
 
-    async fn forward(&self, leader: u64, request: &LeaderRequest) -> Result<LeaderReply, ForwardError> {
+    async fn forward(
+        &self,
+        leader: u64,
+        request: &LeaderRequest,
+    ) -> Result<LeaderReply, ForwardError> {
         let Some(addr) = self.member_addr(leader) else {
             return Err(ForwardError::NotLeader);
         };
-        let mut client = self.peer_client(&addr).map_err(|e| ForwardError::Failed(e.to_string()))?;
+        let mut client = self
+            .peer_client(&addr)
+            .map_err(|e| ForwardError::Failed(e.to_string()))?;
         let payload = codec::encode(request).map_err(|e| ForwardError::Failed(e.to_string()))?;
         let mut rpc = tonic::Request::new(self.envelope(leader, payload));
         rpc.set_timeout(match request {
-            LeaderRequest::AddMember { .. } | LeaderRequest::ReplaceMember { .. } | LeaderRequest::RemoveMember { .. } => {
-                MEMBERSHIP_TIMEOUT
-            }
+            LeaderRequest::AddMember { .. }
+            | LeaderRequest::ReplaceMember { .. }
+            | LeaderRequest::RemoveMember { .. } => MEMBERSHIP_TIMEOUT,
             _ => FORWARD_TIMEOUT,
         });
         match client.forward(rpc).await {
-            Ok(reply) => codec::decode::<Result<LeaderReply, ForwardError>>(&reply.into_inner().payload, "forward reply")
-                .map_err(|e| ForwardError::Failed(e.to_string()))?,
+            Ok(reply) => codec::decode::<Result<LeaderReply, ForwardError>>(
+                &reply.into_inner().payload,
+                "forward reply",
+            )
+            .map_err(|e| ForwardError::Failed(e.to_string()))?,
             Err(status) if is_connect_failure(&status) => {
                 tracing::debug!(leader, %addr, "leader unreachable; waiting for a new one");
                 Err(ForwardError::NotLeader)
             }
-            Err(status) => Err(ForwardError::Failed(format!("leader {leader} at {addr}: {}", status.message()))),
+            Err(status) => Err(ForwardError::Failed(format!(
+                "leader {leader} at {addr}: {}",
+                status.message()
+            ))),
         }
     }
 
     /// Serves a leader-only request here; `NotLeader` when this member is not the leader.
-    pub async fn execute_as_leader(&self, request: LeaderRequest) -> Result<LeaderReply, ForwardError> {
+    pub async fn execute_as_leader(
+        &self,
+        request: LeaderRequest,
+    ) -> Result<LeaderReply, ForwardError> {
         if !self.is_member() {
             return Err(ForwardError::NotMember { id: self.id() });
         }
@@ -241,11 +275,20 @@ impl Coordinator {
             LeaderRequest::Write(mut command) => {
                 command.stamp(now_ms());
                 let kind = command.kind();
-                let bytes = codec::encode(&command).map_err(|e| ForwardError::Failed(e.to_string()))?;
-                let response = self.raft.client_write(Proposal(bytes)).await.map_err(write_error)?;
+                let bytes =
+                    codec::encode(&command).map_err(|e| ForwardError::Failed(e.to_string()))?;
+                let response = self
+                    .raft
+                    .client_write(Proposal(bytes))
+                    .await
+                    .map_err(write_error)?;
                 let result: CommandResult = codec::decode(&response.data.0, "command result")
                     .map_err(|e| ForwardError::Failed(e.to_string()))?;
-                tracing::debug!(command = kind, index = response.log_id.index, "command applied");
+                tracing::debug!(
+                    command = kind,
+                    index = response.log_id.index,
+                    "command applied"
+                );
                 Ok(LeaderReply::Written(Written {
                     result,
                     log_index: response.log_id.index,
@@ -268,7 +311,11 @@ impl Coordinator {
     }
 
     fn voters(&self) -> BTreeSet<u64> {
-        self.metrics().membership_config.membership().voter_ids().collect()
+        self.metrics()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect()
     }
 
     fn membership_reply(&self, log_index: u64) -> LeaderReply {
@@ -312,7 +359,9 @@ impl Coordinator {
             )));
         }
         if voters.len() == 1 {
-            return Err(ForwardError::Membership("cannot remove the last voter".into()));
+            return Err(ForwardError::Membership(
+                "cannot remove the last voter".into(),
+            ));
         }
         tracing::info!(member = id, "removing voter");
         let response = self
@@ -323,10 +372,17 @@ impl Coordinator {
         Ok(self.membership_reply(response.log_id.index))
     }
 
-    async fn replace_member(&self, old_id: u64, new_id: u64, new_addr: String) -> Result<LeaderReply, ForwardError> {
+    async fn replace_member(
+        &self,
+        old_id: u64,
+        new_id: u64,
+        new_addr: String,
+    ) -> Result<LeaderReply, ForwardError> {
         let voters = self.voters();
         if !voters.contains(&old_id) {
-            return Err(ForwardError::Membership(format!("member {old_id} is not a voter (voters: {voters:?})")));
+            return Err(ForwardError::Membership(format!(
+                "member {old_id} is not a voter (voters: {voters:?})"
+            )));
         }
         if old_id == new_id {
             return Err(ForwardError::Membership(
@@ -335,7 +391,9 @@ impl Coordinator {
             ));
         }
         if voters.contains(&new_id) {
-            return Err(ForwardError::Membership(format!("member {new_id} is already a voter")));
+            return Err(ForwardError::Membership(format!(
+                "member {new_id} is already a voter"
+            )));
         }
         tracing::info!(old = old_id, new = new_id, addr = %new_addr, "replacing member");
         self.raft
@@ -370,7 +428,9 @@ impl Coordinator {
             };
             match attempt {
                 Ok(index) => break index,
-                Err(ForwardError::Failed(message)) => return Err(CoordinatorError::Unavailable(message)),
+                Err(ForwardError::Failed(message)) => {
+                    return Err(CoordinatorError::Unavailable(message))
+                }
                 Err(_) if started.elapsed() > LEADER_WAIT => {
                     return Err(CoordinatorError::NoLeader {
                         waited_ms: started.elapsed().as_millis() as u64,
@@ -383,34 +443,40 @@ impl Coordinator {
             .wait(Some(LEADER_WAIT))
             .applied_index_at_least(Some(read_index), "linearizable read")
             .await
-            .map_err(|e| CoordinatorError::Unavailable(format!("waiting to apply index {read_index}: {e}")))?;
+            .map_err(|e| {
+                CoordinatorError::Unavailable(format!("waiting to apply index {read_index}: {e}"))
+            })?;
         Ok(())
     }
 
     /// Confirms leadership with a quorum and returns the index reads must wait for.
     pub async fn read_index_as_leader(&self) -> Result<u64, ForwardError> {
-        match self.raft.get_read_log_id().await {
-            Ok((read_log_id, _applied)) => Ok(read_log_id.map_or(0, |id| id.index)),
-            Err(RaftError::APIError(_)) => Err(ForwardError::NotLeader),
-            Err(RaftError::Fatal(e)) => Err(ForwardError::Failed(e.to_string())),
-        }
+        self.read_batcher.read_index(&self.raft).await
     }
 
     async fn remote_read_index(&self, leader: u64) -> Result<u64, ForwardError> {
         let Some(addr) = self.member_addr(leader) else {
             return Err(ForwardError::NotLeader);
         };
-        let mut client = self.peer_client(&addr).map_err(|e| ForwardError::Failed(e.to_string()))?;
+        let mut client = self
+            .peer_client(&addr)
+            .map_err(|e| ForwardError::Failed(e.to_string()))?;
         let mut rpc = tonic::Request::new(ReadIndexRequest {
             cluster_id: self.identity.cluster_id().unwrap_or_default(),
         });
         rpc.set_timeout(FORWARD_TIMEOUT);
         match client.read_index(rpc).await {
             Ok(reply) => Ok(reply.into_inner().read_index),
-            Err(status) if status.code() == tonic::Code::FailedPrecondition || is_connect_failure(&status) => {
+            Err(status)
+                if status.code() == tonic::Code::FailedPrecondition
+                    || is_connect_failure(&status) =>
+            {
                 Err(ForwardError::NotLeader)
             }
-            Err(status) => Err(ForwardError::Failed(format!("read index from {addr}: {}", status.message()))),
+            Err(status) => Err(ForwardError::Failed(format!(
+                "read index from {addr}: {}",
+                status.message()
+            ))),
         }
     }
 
@@ -421,7 +487,9 @@ impl Coordinator {
         }
         match self.on_leader(LeaderRequest::Status).await? {
             LeaderReply::Status(view) => Ok(view),
-            other => Err(CoordinatorError::Internal(format!("unexpected leader reply {other:?}"))),
+            other => Err(CoordinatorError::Internal(format!(
+                "unexpected leader reply {other:?}"
+            ))),
         }
     }
 
@@ -432,7 +500,11 @@ impl Coordinator {
         let matched: BTreeMap<u64, Option<u64>> = metrics
             .replication
             .as_ref()
-            .map(|r| r.iter().map(|(id, log)| (*id, log.map(|l| l.index))).collect())
+            .map(|r| {
+                r.iter()
+                    .map(|(id, log)| (*id, log.map(|l| l.index)))
+                    .collect()
+            })
             .unwrap_or_default();
         let me = self.id();
         let members = membership
@@ -475,7 +547,10 @@ impl Coordinator {
             last_applied: metrics.last_applied.map(|l| l.index),
             snapshot_index: metrics.snapshot.map(|l| l.index),
             purged_index: metrics.purged.map(|l| l.index),
-            snapshots_installed: self.sm_stats.snapshots_installed.load(std::sync::atomic::Ordering::Relaxed),
+            snapshots_installed: self
+                .sm_stats
+                .snapshots_installed
+                .load(std::sync::atomic::Ordering::Relaxed),
             initialized: self.is_member(),
             state_digest: self.read_state(|s| s.digest()),
         }
@@ -490,7 +565,9 @@ impl Coordinator {
 fn write_error(e: RaftError<u64, ClientWriteError<u64, BasicNode>>) -> ForwardError {
     match e {
         RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => ForwardError::NotLeader,
-        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => ForwardError::Membership(e.to_string()),
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
+            ForwardError::Membership(e.to_string())
+        }
         RaftError::Fatal(e) => ForwardError::Failed(format!("raft stopped: {e}")),
     }
 }

@@ -13,6 +13,7 @@ pub mod data_dir;
 pub mod error;
 pub mod forward;
 pub mod handle;
+pub mod read_index;
 pub mod service;
 pub mod start;
 pub mod state;

@@ -110,15 +110,23 @@ pub async fn start(config: CoordinatorConfig) -> Result<RunningCoordinator, Star
     let restarted = data_dir::claim(&config.data_dir, config.id)?;
     tracing::info!(member = config.id, dir = %config.data_dir.display(), restarted, "data dir ready");
 
-    let store: Arc<dyn KvStore> =
-        Arc::new(SledStore::open(&config.data_dir.join("raft")).map_err(|e| StartError::Storage(e.to_string()))?);
-    let has_state = store.last(Space::Log).map_err(|e| StartError::Storage(e.to_string()))?.is_some()
-        || store.get(Space::Meta, b"vote").map_err(|e| StartError::Storage(e.to_string()))?.is_some();
+    let store: Arc<dyn KvStore> = Arc::new(
+        SledStore::open(&config.data_dir.join("raft"))
+            .map_err(|e| StartError::Storage(e.to_string()))?,
+    );
+    let has_state = store
+        .last(Space::Log)
+        .map_err(|e| StartError::Storage(e.to_string()))?
+        .is_some()
+        || store
+            .get(Space::Meta, b"vote")
+            .map_err(|e| StartError::Storage(e.to_string()))?
+            .is_some();
 
     let identity = Arc::new(ClusterIdentity::new(config.id, None));
     let app = Arc::new(RwLock::new(StateApp::new(identity.clone())));
-    let state_machine =
-        StateMachineStore::open(store.clone(), app.clone()).map_err(|e| StartError::Storage(e.to_string()))?;
+    let state_machine = StateMachineStore::open(store.clone(), app.clone())
+        .map_err(|e| StartError::Storage(e.to_string()))?;
     let sm_stats = state_machine.stats();
     tracing::info!(member = config.id, has_state, cluster = ?identity.cluster_id(), "state loaded");
 
@@ -139,10 +147,19 @@ pub async fn start(config: CoordinatorConfig) -> Result<RunningCoordinator, Star
 
     let health = Arc::new(PeerHealth::default());
     let network = NetworkFactory::new(identity.clone(), health.clone());
-    let raft_config = config.raft.to_openraft().map_err(|e| StartError::Raft(e.to_string()))?;
-    let raft = Raft::new(config.id, raft_config, network, LogStore::new(store), state_machine)
-        .await
+    let raft_config = config
+        .raft
+        .to_openraft()
         .map_err(|e| StartError::Raft(e.to_string()))?;
+    let raft = Raft::new(
+        config.id,
+        raft_config,
+        network,
+        LogStore::new(store),
+        state_machine,
+    )
+    .await
+    .map_err(|e| StartError::Raft(e.to_string()))?;
     let coordinator = Arc::new(Coordinator::new(
         raft.clone(),
         app,
@@ -153,29 +170,44 @@ pub async fn start(config: CoordinatorConfig) -> Result<RunningCoordinator, Star
     ));
 
     let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
-    let server = tokio::spawn(service::router(coordinator.clone()).serve_with_incoming_shutdown(
-        TcpListenerStream::new(listener),
-        async {
-            let _ = shutdown_rx.await;
-        },
-    ));
+    let server = tokio::spawn(
+        service::router(coordinator.clone()).serve_with_incoming_shutdown(
+            TcpListenerStream::new(listener),
+            async {
+                let _ = shutdown_rx.await;
+            },
+        ),
+    );
     tracing::info!(member = config.id, addr = %local_addr, advertise = %config.advertise, "serving gRPC");
 
     let mut background = Vec::new();
     if has_state {
-        tracing::info!(member = config.id, "resuming from existing state; bootstrap and join settings are ignored");
+        tracing::info!(
+            member = config.id,
+            "resuming from existing state; bootstrap and join settings are ignored"
+        );
     } else {
         match &config.mode {
             StartMode::Bootstrap(peers) => {
-                let members: BTreeMap<u64, BasicNode> =
-                    peers.iter().map(|(id, addr)| (*id, BasicNode::new(addr.clone()))).collect();
+                let members: BTreeMap<u64, BasicNode> = peers
+                    .iter()
+                    .map(|(id, addr)| (*id, BasicNode::new(addr.clone())))
+                    .collect();
                 match raft.initialize(members).await {
-                    Ok(()) => tracing::info!(member = config.id, peers = ?peers, "bootstrapped new cluster"),
-                    Err(e) => tracing::info!(member = config.id, reason = %e, "not initializing: already part of a cluster"),
+                    Ok(()) => {
+                        tracing::info!(member = config.id, peers = ?peers, "bootstrapped new cluster")
+                    }
+                    Err(e) => {
+                        tracing::info!(member = config.id, reason = %e, "not initializing: already part of a cluster")
+                    }
                 }
             }
             StartMode::Join(addr) => {
-                background.push(tokio::spawn(join_cluster(config.id, config.advertise.clone(), addr.clone())));
+                background.push(tokio::spawn(join_cluster(
+                    config.id,
+                    config.advertise.clone(),
+                    addr.clone(),
+                )));
             }
             StartMode::Wait => tracing::info!(
                 member = config.id,
@@ -209,7 +241,9 @@ async fn check_peers_cluster(config: &CoordinatorConfig, mine: &str) -> Result<(
     };
     addrs.dedup();
     for addr in addrs {
-        let Ok(channel) = channel_to(&addr) else { continue };
+        let Ok(channel) = channel_to(&addr) else {
+            continue;
+        };
         let mut client = internal_client(channel);
         let mut request = tonic::Request::new(IdentityRequest {});
         request.set_timeout(Duration::from_secs(1));
@@ -273,7 +307,12 @@ async fn establish_cluster_id(coordinator: Arc<Coordinator>) {
         let is_leader = metrics.borrow().current_leader == Some(coordinator.id());
         if is_leader {
             let cluster_id = uuid::Uuid::new_v4().to_string();
-            match coordinator.execute_as_leader(crate::forward::LeaderRequest::Write(Command::InitCluster { cluster_id })).await {
+            match coordinator
+                .execute_as_leader(crate::forward::LeaderRequest::Write(Command::InitCluster {
+                    cluster_id,
+                }))
+                .await
+            {
                 Ok(_) => {
                     tracing::info!(cluster = ?coordinator.identity().cluster_id(), "cluster id established");
                     return;

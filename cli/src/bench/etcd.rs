@@ -86,17 +86,37 @@ impl EtcdCluster {
         };
         for (name, client, peer) in &members {
             let data = cluster._dir.path().join(name);
-            let log = std::fs::File::create(cluster._dir.path().join(format!("{name}.log"))).map_err(|e| e.to_string())?;
+            let log = std::fs::File::create(cluster._dir.path().join(format!("{name}.log")))
+                .map_err(|e| e.to_string())?;
             let child = Command::new(binary)
                 .args(["--name", name])
                 .arg("--data-dir")
                 .arg(&data)
-                .args(["--listen-client-urls", &format!("http://127.0.0.1:{client}")])
-                .args(["--advertise-client-urls", &format!("http://127.0.0.1:{client}")])
+                .args([
+                    "--listen-client-urls",
+                    &format!("http://127.0.0.1:{client}"),
+                ])
+                .args([
+                    "--advertise-client-urls",
+                    &format!("http://127.0.0.1:{client}"),
+                ])
                 .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
-                .args(["--initial-advertise-peer-urls", &format!("http://127.0.0.1:{peer}")])
-                .args(["--initial-cluster", &initial, "--initial-cluster-state", "new"])
-                .args(["--initial-cluster-token", "herd-bench", "--log-level", "error"])
+                .args([
+                    "--initial-advertise-peer-urls",
+                    &format!("http://127.0.0.1:{peer}"),
+                ])
+                .args([
+                    "--initial-cluster",
+                    &initial,
+                    "--initial-cluster-state",
+                    "new",
+                ])
+                .args([
+                    "--initial-cluster-token",
+                    "herd-bench",
+                    "--log-level",
+                    "error",
+                ])
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(log)

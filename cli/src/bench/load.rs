@@ -34,7 +34,12 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 /// Runs `op(client_index, sequence)` from `clients` concurrent loops: a
 /// warm-up, then `duration` measured.
-pub async fn closed_loop<F, Fut>(clients: usize, warmup: Duration, duration: Duration, op: F) -> LoadReport
+pub async fn closed_loop<F, Fut>(
+    clients: usize,
+    warmup: Duration,
+    duration: Duration,
+    op: F,
+) -> LoadReport
 where
     F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<(), String>> + Send,
@@ -111,10 +116,15 @@ mod tests {
 
     #[tokio::test]
     async fn counts_only_the_measured_window() {
-        let report = closed_loop(2, Duration::from_millis(50), Duration::from_millis(200), |_, _| async {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-            Ok(())
-        })
+        let report = closed_loop(
+            2,
+            Duration::from_millis(50),
+            Duration::from_millis(200),
+            |_, _| async {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                Ok(())
+            },
+        )
         .await;
         // Two clients at ~10 ms per op over 200 ms: roughly 40 ops, never the warm-up's.
         assert!(report.ok > 10 && report.ok <= 42, "{report:?}");

@@ -64,7 +64,8 @@ pub async fn run(args: RaftBenchArgs) -> Result<(), CliError> {
     let value = vec![b'x'; args.value_size];
     let mut rows = Vec::new();
 
-    let exe = std::env::current_exe().map_err(|e| CliError::runtime(format!("cannot find the herd binary: {e}")))?;
+    let exe = std::env::current_exe()
+        .map_err(|e| CliError::runtime(format!("cannot find the herd binary: {e}")))?;
     eprintln!("starting 3 herd coordinators ({})", exe.display());
     let cluster = ProcessCluster::start(&exe, 3, &[]).map_err(CliError::runtime)?;
     cluster
@@ -74,7 +75,13 @@ pub async fn run(args: RaftBenchArgs) -> Result<(), CliError> {
     let channels: Vec<Channel> = cluster
         .ids()
         .iter()
-        .map(|id| cluster.member(*id).map(|m| m.addr.clone()).map_err(CliError::runtime).and_then(|a| channel(&a)))
+        .map(|id| {
+            cluster
+                .member(*id)
+                .map(|m| m.addr.clone())
+                .map_err(CliError::runtime)
+                .and_then(|a| channel(&a))
+        })
         .collect::<Result<_, _>>()?;
     for &clients in &args.clients {
         let channels = channels.clone();

@@ -3,8 +3,8 @@
 use clap::Subcommand;
 use herd_api::proto::v1::cluster_client::ClusterClient;
 use herd_api::proto::v1::{
-    AddMemberRequest, ClusterStatusRequest, MemberStatusRequest, MembershipReply, RemoveMemberRequest,
-    ReplaceMemberRequest,
+    AddMemberRequest, ClusterStatusRequest, MemberStatusRequest, MembershipReply,
+    RemoveMemberRequest, ReplaceMemberRequest,
 };
 use serde_json::json;
 
@@ -69,12 +69,18 @@ pub async fn run(ctx: &Context, command: ClusterCommand) -> Result<(), CliError>
                                "matched_index": m.matched_index})
                     })
                     .collect();
-                print_json(&json!({"leader": status.leader, "term": status.term, "cluster_id": status.cluster_id,
-                                   "commit_index": status.commit_index, "members": members}));
+                print_json(
+                    &json!({"leader": status.leader, "term": status.term, "cluster_id": status.cluster_id,
+                                   "commit_index": status.commit_index, "members": members}),
+                );
             } else {
                 println!(
                     "cluster {}  leader {}  term {}  applied {}",
-                    if status.cluster_id.is_empty() { "(unnamed)" } else { &status.cluster_id },
+                    if status.cluster_id.is_empty() {
+                        "(unnamed)"
+                    } else {
+                        &status.cluster_id
+                    },
                     status.leader,
                     status.term,
                     status.commit_index
@@ -86,8 +92,14 @@ pub async fn run(ctx: &Context, command: ClusterCommand) -> Result<(), CliError>
                         vec![
                             m.id.to_string(),
                             m.addr.clone(),
-                            if m.id == status.leader { "leader" } else if m.voter { "voter" } else { "learner" }
-                                .to_string(),
+                            if m.id == status.leader {
+                                "leader"
+                            } else if m.voter {
+                                "voter"
+                            } else {
+                                "learner"
+                            }
+                            .to_string(),
                             if m.healthy { "yes" } else { "NO" }.to_string(),
                             m.matched_index.map_or("-".to_string(), |i| i.to_string()),
                         ]
@@ -106,15 +118,20 @@ pub async fn run(ctx: &Context, command: ClusterCommand) -> Result<(), CliError>
                 })
                 .await?;
             if ctx.json() {
-                print_json(&json!({"id": report.id, "cluster_id": report.cluster_id, "state": report.state,
+                print_json(
+                    &json!({"id": report.id, "cluster_id": report.cluster_id, "state": report.state,
                     "term": report.term, "leader": report.leader, "last_log_index": report.last_log_index,
                     "last_applied": report.last_applied, "snapshot_index": report.snapshot_index,
                     "purged_index": report.purged_index, "snapshots_installed": report.snapshots_installed,
-                    "initialized": report.initialized, "state_digest": report.state_digest}));
+                    "initialized": report.initialized, "state_digest": report.state_digest}),
+                );
             } else {
                 let opt = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
                 print_table(
-                    &["ID", "STATE", "TERM", "LEADER", "LAST LOG", "APPLIED", "SNAPSHOT", "PURGED"],
+                    &[
+                        "ID", "STATE", "TERM", "LEADER", "LAST LOG", "APPLIED", "SNAPSHOT",
+                        "PURGED",
+                    ],
                     &[vec![
                         report.id.to_string(),
                         report.state.clone(),
@@ -173,7 +190,11 @@ pub async fn run(ctx: &Context, command: ClusterCommand) -> Result<(), CliError>
                     }
                 })
                 .await?;
-            print_membership(ctx, &format!("member {old_id} replaced by {new_id}"), &reply);
+            print_membership(
+                ctx,
+                &format!("member {old_id} replaced by {new_id}"),
+                &reply,
+            );
         }
     }
     Ok(())
@@ -181,8 +202,13 @@ pub async fn run(ctx: &Context, command: ClusterCommand) -> Result<(), CliError>
 
 fn print_membership(ctx: &Context, what: &str, reply: &MembershipReply) {
     if ctx.json() {
-        print_json(&json!({"voters": reply.voters, "cluster_id": reply.cluster_id, "log_index": reply.log_index}));
+        print_json(
+            &json!({"voters": reply.voters, "cluster_id": reply.cluster_id, "log_index": reply.log_index}),
+        );
     } else {
-        println!("{what}; voters now {:?} (log index {})", reply.voters, reply.log_index);
+        println!(
+            "{what}; voters now {:?} (log index {})",
+            reply.voters, reply.log_index
+        );
     }
 }

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use herd_coordinator::config::{CoordinatorSettings, ConfigError};
+use herd_coordinator::config::{ConfigError, CoordinatorSettings};
 use herd_coordinator::CoordinatorConfig;
 
 use crate::exit::CliError;
@@ -79,9 +79,8 @@ impl CoordinatorArgs {
 pub async fn run(args: CoordinatorArgs) -> Result<(), CliError> {
     let config = args.resolve().map_err(CliError::input)?;
     let running = herd_coordinator::start(config).await.map_err(|e| match e {
-        herd_coordinator::start::StartError::Bind { .. } | herd_coordinator::start::StartError::Storage(_) => {
-            CliError::runtime(e)
-        }
+        herd_coordinator::start::StartError::Bind { .. }
+        | herd_coordinator::start::StartError::Storage(_) => CliError::runtime(e),
         other => CliError::input(other),
     })?;
     let coordinator = running.coordinator.clone();
@@ -94,7 +93,8 @@ pub async fn run(args: CoordinatorArgs) -> Result<(), CliError> {
 /// Resolves on SIGINT or SIGTERM.
 pub async fn wait_for_signal() -> Result<(), String> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).map_err(|e| format!("cannot watch SIGTERM: {e}"))?;
+    let mut term =
+        signal(SignalKind::terminate()).map_err(|e| format!("cannot watch SIGTERM: {e}"))?;
     tokio::select! {
         r = tokio::signal::ctrl_c() => r.map_err(|e| format!("cannot watch SIGINT: {e}")),
         _ = term.recv() => Ok(()),

@@ -31,7 +31,9 @@ pub async fn run(args: DevArgs) -> Result<(), CliError> {
             let temp = tempfile::Builder::new()
                 .prefix("herd-dev-")
                 .tempdir()
-                .map_err(|e| CliError::runtime(format!("cannot create a temporary data dir: {e}")))?;
+                .map_err(|e| {
+                    CliError::runtime(format!("cannot create a temporary data dir: {e}"))
+                })?;
             (temp.path().to_path_buf(), Some(temp))
         }
     };
@@ -44,28 +46,43 @@ pub async fn run(args: DevArgs) -> Result<(), CliError> {
         ..Default::default()
     })
     .map_err(CliError::input)?;
-    let running = herd_coordinator::start(config).await.map_err(CliError::runtime)?;
+    let running = herd_coordinator::start(config)
+        .await
+        .map_err(CliError::runtime)?;
     let coordinator = running.coordinator.clone();
     let started = std::time::Instant::now();
     while coordinator.identity().cluster_id().is_none() {
         if started.elapsed() > Duration::from_secs(20) {
-            return Err(CliError::runtime("the dev coordinator did not elect itself leader within 20 s"));
+            return Err(CliError::runtime(
+                "the dev coordinator did not elect itself leader within 20 s",
+            ));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let addr = running.local_addr;
-    let kept = if _temp.is_some() { "removed on exit" } else { "kept" };
+    let kept = if _temp.is_some() {
+        "removed on exit"
+    } else {
+        "kept"
+    };
     println!("herd dev: a one-member cluster is running");
-    println!("  coordinator  {addr}  (data in {}, {kept})", data_dir.display());
+    println!(
+        "  coordinator  {addr}  (data in {}, {kept})",
+        data_dir.display()
+    );
     println!("  node agents  none yet: `herd node` arrives with the node agent");
     println!();
-    println!("Next, in another terminal (from a checkout, `cargo run --release --` stands for `herd`):");
+    println!(
+        "Next, in another terminal (from a checkout, `cargo run --release --` stands for `herd`):"
+    );
     println!("  herd job run examples/hello.toml");
     println!("  herd job list");
     println!("  herd cluster status");
     println!();
     println!("Press Ctrl-C to stop.");
-    super::coordinator::wait_for_signal().await.map_err(CliError::runtime)?;
+    super::coordinator::wait_for_signal()
+        .await
+        .map_err(CliError::runtime)?;
     running.shutdown().await;
     Ok(())
 }

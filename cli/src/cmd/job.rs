@@ -50,7 +50,8 @@ fn read_spec(file: &str) -> Result<(String, String), CliError> {
             .map_err(|e| CliError::input(format!("<stdin>: cannot read: {e}")))?;
         Ok((text, "<stdin>".to_string()))
     } else {
-        let text = std::fs::read_to_string(file).map_err(|e| CliError::input(format!("{file}: cannot read: {e}")))?;
+        let text = std::fs::read_to_string(file)
+            .map_err(|e| CliError::input(format!("{file}: cannot read: {e}")))?;
         Ok((text, file.to_string()))
     }
 }
@@ -83,16 +84,29 @@ pub async fn run(ctx: &Context, command: JobCommand) -> Result<(), CliError> {
             let reply = client
                 .call(|ch| {
                     let request = request.clone();
-                    async move { JobsClient::new(ch).submit(request).await.map(|r| r.into_inner()) }
+                    async move {
+                        JobsClient::new(ch)
+                            .submit(request)
+                            .await
+                            .map(|r| r.into_inner())
+                    }
                 })
                 .await?;
             if ctx.json() {
-                print_json(&json!({"name": spec.name, "version": reply.version, "changed": reply.changed,
-                                   "log_index": reply.log_index}));
+                print_json(
+                    &json!({"name": spec.name, "version": reply.version, "changed": reply.changed,
+                                   "log_index": reply.log_index}),
+                );
             } else if reply.changed {
-                println!("job {} submitted: version {} (log index {})", spec.name, reply.version, reply.log_index);
+                println!(
+                    "job {} submitted: version {} (log index {})",
+                    spec.name, reply.version, reply.log_index
+                );
             } else {
-                println!("job {} unchanged: version {} is identical", spec.name, reply.version);
+                println!(
+                    "job {} unchanged: version {} is identical",
+                    spec.name, reply.version
+                );
             }
         }
         JobCommand::List { stale } => {
@@ -122,7 +136,17 @@ pub async fn run(ctx: &Context, command: JobCommand) -> Result<(), CliError> {
                         ]
                     })
                     .collect();
-                print_table(&["NAME", "TYPE", "PRIORITY", "STATUS", "VERSION", "UPDATED (UTC)"], &rows);
+                print_table(
+                    &[
+                        "NAME",
+                        "TYPE",
+                        "PRIORITY",
+                        "STATUS",
+                        "VERSION",
+                        "UPDATED (UTC)",
+                    ],
+                    &rows,
+                );
             }
         }
         JobCommand::Status { name, stale } => {
@@ -146,9 +170,20 @@ pub async fn run(ctx: &Context, command: JobCommand) -> Result<(), CliError> {
                 let res = task.resources.clone().unwrap_or_default();
                 println!("name       {}", spec.name);
                 println!("status     {}", job.status);
-                println!("version    {} (log index {})", job.version, job.modify_index);
-                println!("type       {} x{}, priority {}", spec.r#type, spec.count, spec.priority);
-                println!("driver     {} {} {}", task.driver, task.command, task.args.join(" "));
+                println!(
+                    "version    {} (log index {})",
+                    job.version, job.modify_index
+                );
+                println!(
+                    "type       {} x{}, priority {}",
+                    spec.r#type, spec.count, spec.priority
+                );
+                println!(
+                    "driver     {} {} {}",
+                    task.driver,
+                    task.command,
+                    task.args.join(" ")
+                );
                 println!(
                     "resources  cpu {}m, memory {}, gpus {}",
                     res.cpu_millis,
@@ -176,7 +211,9 @@ pub async fn run(ctx: &Context, command: JobCommand) -> Result<(), CliError> {
                 })
                 .await?;
             if ctx.json() {
-                print_json(&json!({"name": name, "version": reply.version, "log_index": reply.log_index}));
+                print_json(
+                    &json!({"name": name, "version": reply.version, "log_index": reply.log_index}),
+                );
             } else {
                 println!("job {name} stopped (version {})", reply.version);
             }

@@ -60,7 +60,10 @@ pub async fn run(ctx: &Context, command: NodeCommand) -> Result<(), CliError> {
                         ]
                     })
                     .collect();
-                print_table(&["NAME", "STATUS", "ADDRESS", "CPU(m)", "MEMORY", "GPUS"], &rows);
+                print_table(
+                    &["NAME", "STATUS", "ADDRESS", "CPU(m)", "MEMORY", "GPUS"],
+                    &rows,
+                );
             }
         }
     }

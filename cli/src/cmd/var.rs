@@ -44,11 +44,18 @@ pub async fn run(ctx: &Context, command: VarCommand) -> Result<(), CliError> {
                         value: value.clone().into_bytes(),
                         expected_version: cas,
                     };
-                    async move { VariablesClient::new(ch).put(request).await.map(|r| r.into_inner()) }
+                    async move {
+                        VariablesClient::new(ch)
+                            .put(request)
+                            .await
+                            .map(|r| r.into_inner())
+                    }
                 })
                 .await?;
             if ctx.json() {
-                print_json(&json!({"ok": reply.ok, "version": reply.version, "log_index": reply.log_index}));
+                print_json(
+                    &json!({"ok": reply.ok, "version": reply.version, "log_index": reply.log_index}),
+                );
             } else if reply.ok {
                 println!("{key} = {value:?} (version {})", reply.version);
             }
@@ -62,8 +69,16 @@ pub async fn run(ctx: &Context, command: VarCommand) -> Result<(), CliError> {
         VarCommand::Get { key, stale } => {
             let reply = client
                 .call(|ch| {
-                    let request = GetVariableRequest { key: key.clone(), stale };
-                    async move { VariablesClient::new(ch).get(request).await.map(|r| r.into_inner()) }
+                    let request = GetVariableRequest {
+                        key: key.clone(),
+                        stale,
+                    };
+                    async move {
+                        VariablesClient::new(ch)
+                            .get(request)
+                            .await
+                            .map(|r| r.into_inner())
+                    }
                 })
                 .await?;
             if !reply.found {

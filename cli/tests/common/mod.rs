@@ -18,7 +18,11 @@ pub fn herd_bin() -> &'static Path {
 
 /// Runs `herd ARGS` to completion.
 pub fn must_run_cli(args: &[&str]) -> Output {
-    Command::new(herd_bin()).args(args).env("HERD_LOG", "error").output().expect("run herd")
+    Command::new(herd_bin())
+        .args(args)
+        .env("HERD_LOG", "error")
+        .output()
+        .expect("run herd")
 }
 
 /// Stdout of `herd ARGS`, which must succeed.
@@ -42,7 +46,12 @@ pub async fn put(client: &HerdClient, key: &str, value: &str) -> Result<u64, Str
                 value: value.as_bytes().to_vec(),
                 expected_version: None,
             };
-            async move { VariablesClient::new(ch).put(request).await.map(|r| r.into_inner().version) }
+            async move {
+                VariablesClient::new(ch)
+                    .put(request)
+                    .await
+                    .map(|r| r.into_inner().version)
+            }
         })
         .await
         .map_err(|e| e.to_string())
@@ -56,16 +65,30 @@ pub async fn get(client: &HerdClient, key: &str, stale: bool) -> Result<Option<S
                 key: key.to_string(),
                 stale,
             };
-            async move { VariablesClient::new(ch).get(request).await.map(|r| r.into_inner()) }
+            async move {
+                VariablesClient::new(ch)
+                    .get(request)
+                    .await
+                    .map(|r| r.into_inner())
+            }
         })
         .await
-        .map(|r| r.found.then(|| String::from_utf8_lossy(&r.value).into_owned()))
+        .map(|r| {
+            r.found
+                .then(|| String::from_utf8_lossy(&r.value).into_owned())
+        })
         .map_err(|e| e.to_string())
 }
 
 /// Writes `count` keys `{prefix}{i}` with `concurrency` writers spread over
 /// `members`, retrying each until acknowledged; returns the acknowledged keys.
-pub async fn must_write_many(cluster: &ProcessCluster, members: &[u64], prefix: &str, count: usize, concurrency: usize) -> Vec<(String, String)> {
+pub async fn must_write_many(
+    cluster: &ProcessCluster,
+    members: &[u64],
+    prefix: &str,
+    count: usize,
+    concurrency: usize,
+) -> Vec<(String, String)> {
     let clients: Vec<HerdClient> = members
         .iter()
         .map(|id| {
@@ -89,7 +112,9 @@ pub async fn must_write_many(cluster: &ProcessCluster, members: &[u64], prefix: 
                 loop {
                     match put(&client, &key, &value).await {
                         Ok(_) => break,
-                        Err(e) if started.elapsed() > Duration::from_secs(30) => panic!("write {key} never acknowledged: {e}"),
+                        Err(e) if started.elapsed() > Duration::from_secs(30) => {
+                            panic!("write {key} never acknowledged: {e}")
+                        }
                         Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
                     }
                 }
@@ -106,16 +131,30 @@ pub async fn must_write_many(cluster: &ProcessCluster, members: &[u64], prefix: 
     all
 }
 
-/// Asserts every acknowledged write reads back (linearizably) through `client`.
+/// Asserts every acknowledged write reads back through `client` (linearizably
+/// unless `stale`), with 16 readers at a time.
 pub async fn must_read_all(client: &HerdClient, acked: &[(String, String)], stale: bool) {
-    for (key, value) in acked {
-        let got = get(client, key, stale).await.unwrap_or_else(|e| panic!("read {key}: {e}"));
-        assert_eq!(got.as_deref(), Some(value.as_str()), "acknowledged write {key} lost or wrong");
+    for chunk in acked.chunks(16) {
+        let reads = chunk.iter().map(|(key, value)| async move {
+            let got = get(client, key, stale)
+                .await
+                .unwrap_or_else(|e| panic!("read {key}: {e}"));
+            assert_eq!(
+                got.as_deref(),
+                Some(value.as_str()),
+                "acknowledged write {key} lost or wrong"
+            );
+        });
+        futures::future::join_all(reads).await;
     }
 }
 
 /// Waits until the given members report the same applied index and state digest.
-pub async fn must_converge(cluster: &ProcessCluster, members: &[u64], timeout: Duration) -> (u64, u64) {
+pub async fn must_converge(
+    cluster: &ProcessCluster,
+    members: &[u64],
+    timeout: Duration,
+) -> (u64, u64) {
     let started = Instant::now();
     loop {
         let mut reports = Vec::new();
@@ -127,7 +166,10 @@ pub async fn must_converge(cluster: &ProcessCluster, members: &[u64], timeout: D
         if reports.len() == members.len() && reports.windows(2).all(|w| w[0] == w[1]) {
             return reports[0];
         }
-        assert!(started.elapsed() < timeout, "members {members:?} did not converge: {reports:?}");
+        assert!(
+            started.elapsed() < timeout,
+            "members {members:?} did not converge: {reports:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 use std::sync::Mutex;
 
-use super::{KvStore, Space, StoreError, WriteOp};
+use super::{KvStore, Pair, Space, StoreError, WriteOp};
 
 type Tree = BTreeMap<Vec<u8>, Vec<u8>>;
 
@@ -22,7 +22,10 @@ impl MemoryStore {
     }
 
     fn with<R>(&self, space: Space, f: impl FnOnce(&mut Tree) -> R) -> R {
-        let mut guard = self.spaces.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut guard = self
+            .spaces
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         f(guard.entry(space).or_default())
     }
 }
@@ -53,7 +56,7 @@ impl KvStore for MemoryStore {
         space: Space,
         start: &[u8],
         end: Option<&[u8]>,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    ) -> Result<Vec<Pair>, StoreError> {
         let upper = end.map_or(Bound::Unbounded, |e| Bound::Excluded(e.to_vec()));
         Ok(self.with(space, |t| {
             t.range((Bound::Included(start.to_vec()), upper))
@@ -62,8 +65,10 @@ impl KvStore for MemoryStore {
         }))
     }
 
-    fn last(&self, space: Space) -> Result<Option<(Vec<u8>, Vec<u8>)>, StoreError> {
-        Ok(self.with(space, |t| t.iter().next_back().map(|(k, v)| (k.clone(), v.clone()))))
+    fn last(&self, space: Space) -> Result<Option<Pair>, StoreError> {
+        Ok(self.with(space, |t| {
+            t.iter().next_back().map(|(k, v)| (k.clone(), v.clone()))
+        }))
     }
 
     fn sync(&self) -> Result<(), StoreError> {

@@ -35,6 +35,9 @@ impl Space {
     }
 }
 
+/// A key and its value.
+pub type Pair = (Vec<u8>, Vec<u8>);
+
 /// One change in an atomic batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WriteOp {
@@ -72,14 +75,19 @@ pub trait KvStore: Send + Sync + 'static {
         space: Space,
         start: &[u8],
         end: Option<&[u8]>,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError>;
+    ) -> Result<Vec<Pair>, StoreError>;
     /// The pair with the greatest key.
-    fn last(&self, space: Space) -> Result<Option<(Vec<u8>, Vec<u8>)>, StoreError>;
+    fn last(&self, space: Space) -> Result<Option<Pair>, StoreError>;
     /// Makes every write that returned before this call durable.
     fn sync(&self) -> Result<(), StoreError>;
 
     /// Removes every key in `start <= key < end` in one batch.
-    fn delete_range(&self, space: Space, start: &[u8], end: Option<&[u8]>) -> Result<(), StoreError> {
+    fn delete_range(
+        &self,
+        space: Space,
+        start: &[u8],
+        end: Option<&[u8]>,
+    ) -> Result<(), StoreError> {
         let keys = self.range(space, start, end)?;
         if keys.is_empty() {
             return Ok(());
@@ -105,19 +113,42 @@ pub(crate) mod conformance {
                 ],
             )
             .expect("write");
-        assert_eq!(store.get(Space::Log, &[2]).expect("get"), Some(b"two".to_vec()));
-        assert_eq!(store.get(Space::Meta, &[2]).expect("get"), None, "spaces are separate");
+        assert_eq!(
+            store.get(Space::Log, &[2]).expect("get"),
+            Some(b"two".to_vec())
+        );
+        assert_eq!(
+            store.get(Space::Meta, &[2]).expect("get"),
+            None,
+            "spaces are separate"
+        );
         let all = store.range(Space::Log, &[0], None).expect("range");
-        assert_eq!(all.iter().map(|(k, _)| k[0]).collect::<Vec<_>>(), vec![1, 2, 3]);
+        assert_eq!(
+            all.iter().map(|(k, _)| k[0]).collect::<Vec<_>>(),
+            vec![1, 2, 3]
+        );
         let mid = store.range(Space::Log, &[2], Some(&[3])).expect("range");
         assert_eq!(mid, vec![(vec![2], b"two".to_vec())]);
-        assert_eq!(store.last(Space::Log).expect("last").map(|(k, _)| k), Some(vec![3]));
+        assert_eq!(
+            store.last(Space::Log).expect("last").map(|(k, _)| k),
+            Some(vec![3])
+        );
         store.delete_range(Space::Log, &[2], None).expect("delete");
         assert_eq!(store.range(Space::Log, &[0], None).expect("range").len(), 1);
         store
-            .write(Space::Meta, vec![WriteOp::Put(b"a".to_vec(), vec![1]), WriteOp::Delete(b"a".to_vec())])
+            .write(
+                Space::Meta,
+                vec![
+                    WriteOp::Put(b"a".to_vec(), vec![1]),
+                    WriteOp::Delete(b"a".to_vec()),
+                ],
+            )
             .expect("write");
-        assert_eq!(store.get(Space::Meta, b"a").expect("get"), None, "ops apply in order");
+        assert_eq!(
+            store.get(Space::Meta, b"a").expect("get"),
+            None,
+            "ops apply in order"
+        );
         store.sync().expect("sync");
         assert_eq!(store.last(Space::State).expect("last"), None);
     }

@@ -12,7 +12,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use super::{KvStore, Space, StoreError, WriteOp};
+use super::{KvStore, Pair, Space, StoreError, WriteOp};
 
 /// A sled database with one tree per [`Space`].
 pub struct SledStore {
@@ -49,7 +49,8 @@ impl SledStore {
         let log = open_tree(Space::Log)?;
         let meta = open_tree(Space::Meta)?;
         let state = open_tree(Space::State)?;
-        let data_file = File::open(dir.join("db")).map_err(|e| err(format!("cannot open sled's data file: {e}")))?;
+        let data_file = File::open(dir.join("db"))
+            .map_err(|e| err(format!("cannot open sled's data file: {e}")))?;
         sync_dir(dir).map_err(|e| err(format!("cannot sync directory: {e}")))?;
         Ok(Self {
             dir: dir.to_path_buf(),
@@ -141,7 +142,7 @@ impl KvStore for SledStore {
         space: Space,
         start: &[u8],
         end: Option<&[u8]>,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    ) -> Result<Vec<Pair>, StoreError> {
         let tree = self.tree(space);
         let iter = match end {
             Some(end) => tree.range(start..end),
@@ -154,7 +155,7 @@ impl KvStore for SledStore {
         .collect()
     }
 
-    fn last(&self, space: Space) -> Result<Option<(Vec<u8>, Vec<u8>)>, StoreError> {
+    fn last(&self, space: Space) -> Result<Option<Pair>, StoreError> {
         self.tree(space)
             .last()
             .map(|item| item.map(|(k, v)| (k.to_vec(), v.to_vec())))
@@ -162,7 +163,9 @@ impl KvStore for SledStore {
     }
 
     fn sync(&self) -> Result<(), StoreError> {
-        self.db.flush().map_err(|e| self.error(format!("flush: {e}")))?;
+        self.db
+            .flush()
+            .map_err(|e| self.error(format!("flush: {e}")))?;
         self.data_file
             .sync_data()
             .map_err(|e| self.error(format!("fdatasync of data file: {e}")))?;
@@ -189,12 +192,27 @@ mod tests {
             let store = SledStore::open(dir.path()).expect("open");
             let big = vec![7u8; 600 * 1024]; // over sled's blob threshold
             store
-                .write(Space::Meta, vec![WriteOp::Put(b"k".to_vec(), b"v".to_vec()), WriteOp::Put(b"big".to_vec(), big)])
+                .write(
+                    Space::Meta,
+                    vec![
+                        WriteOp::Put(b"k".to_vec(), b"v".to_vec()),
+                        WriteOp::Put(b"big".to_vec(), big),
+                    ],
+                )
                 .expect("write");
             store.sync().expect("sync");
         }
         let store = SledStore::open(dir.path()).expect("reopen");
-        assert_eq!(store.get(Space::Meta, b"k").expect("get"), Some(b"v".to_vec()));
-        assert_eq!(store.get(Space::Meta, b"big").expect("get").map(|v| v.len()), Some(600 * 1024));
+        assert_eq!(
+            store.get(Space::Meta, b"k").expect("get"),
+            Some(b"v".to_vec())
+        );
+        assert_eq!(
+            store
+                .get(Space::Meta, b"big")
+                .expect("get")
+                .map(|v| v.len()),
+            Some(600 * 1024)
+        );
     }
 }

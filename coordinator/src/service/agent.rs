@@ -25,10 +25,15 @@ impl AgentService {
 
 #[tonic::async_trait]
 impl Agent for AgentService {
-    async fn register(&self, request: Request<RegisterNodeRequest>) -> Result<Response<RegisterNodeReply>, Status> {
+    async fn register(
+        &self,
+        request: Request<RegisterNodeRequest>,
+    ) -> Result<Response<RegisterNodeReply>, Status> {
         let request = request.into_inner();
         let capacity = match request.capacity {
-            Some(c) => Resources::try_from(c).map_err(|e| Status::invalid_argument(e.to_string()))?,
+            Some(c) => {
+                Resources::try_from(c).map_err(|e| Status::invalid_argument(e.to_string()))?
+            }
             None => return Err(Status::invalid_argument("field `capacity` is missing")),
         };
         let node = NodeInfo {
@@ -39,7 +44,10 @@ impl Agent for AgentService {
             status: NodeStatus::Ready,
             registered_at_ms: 0,
         };
-        let written = self.coordinator.write(Command::RegisterNode { node, now_ms: 0 }).await?;
+        let written = self
+            .coordinator
+            .write(Command::RegisterNode { node, now_ms: 0 })
+            .await?;
         Ok(Response::new(RegisterNodeReply {
             log_index: written.log_index,
         }))

@@ -4,8 +4,8 @@ use std::sync::Arc;
 
 use herd_api::proto::v1::cluster_server::Cluster;
 use herd_api::proto::v1::{
-    AddMemberRequest, ClusterStatus, ClusterStatusRequest, Member, MemberReport, MemberStatusRequest, MembershipReply,
-    RemoveMemberRequest, ReplaceMemberRequest,
+    AddMemberRequest, ClusterStatus, ClusterStatusRequest, Member, MemberReport,
+    MemberStatusRequest, MembershipReply, RemoveMemberRequest, ReplaceMemberRequest,
 };
 use tonic::{Request, Response, Status};
 
@@ -31,21 +31,30 @@ impl ClusterService {
                 cluster_id: self.coordinator.identity().cluster_id().unwrap_or_default(),
                 log_index,
             })),
-            other => Err(CoordinatorError::Internal(format!("unexpected leader reply {other:?}")).into()),
+            other => {
+                Err(CoordinatorError::Internal(format!("unexpected leader reply {other:?}")).into())
+            }
         }
     }
 }
 
 fn check_addr(addr: &str) -> Result<(), Status> {
     match addr.rsplit_once(':') {
-        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0) => Ok(()),
-        _ => Err(Status::invalid_argument(format!("address {addr:?} is not HOST:PORT"))),
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0) => {
+            Ok(())
+        }
+        _ => Err(Status::invalid_argument(format!(
+            "address {addr:?} is not HOST:PORT"
+        ))),
     }
 }
 
 #[tonic::async_trait]
 impl Cluster for ClusterService {
-    async fn status(&self, request: Request<ClusterStatusRequest>) -> Result<Response<ClusterStatus>, Status> {
+    async fn status(
+        &self,
+        request: Request<ClusterStatusRequest>,
+    ) -> Result<Response<ClusterStatus>, Status> {
         let view = self.coordinator.status(request.into_inner().stale).await?;
         Ok(Response::new(ClusterStatus {
             leader: view.leader,
@@ -66,24 +75,36 @@ impl Cluster for ClusterService {
         }))
     }
 
-    async fn member_status(&self, _request: Request<MemberStatusRequest>) -> Result<Response<MemberReport>, Status> {
+    async fn member_status(
+        &self,
+        _request: Request<MemberStatusRequest>,
+    ) -> Result<Response<MemberReport>, Status> {
         Ok(Response::new(self.coordinator.member_report()))
     }
 
-    async fn add_member(&self, request: Request<AddMemberRequest>) -> Result<Response<MembershipReply>, Status> {
+    async fn add_member(
+        &self,
+        request: Request<AddMemberRequest>,
+    ) -> Result<Response<MembershipReply>, Status> {
         let AddMemberRequest { id, addr } = request.into_inner();
         check_addr(&addr)?;
         self.change(LeaderRequest::AddMember { id, addr }).await
     }
 
-    async fn remove_member(&self, request: Request<RemoveMemberRequest>) -> Result<Response<MembershipReply>, Status> {
+    async fn remove_member(
+        &self,
+        request: Request<RemoveMemberRequest>,
+    ) -> Result<Response<MembershipReply>, Status> {
         self.change(LeaderRequest::RemoveMember {
             id: request.into_inner().id,
         })
         .await
     }
 
-    async fn replace_member(&self, request: Request<ReplaceMemberRequest>) -> Result<Response<MembershipReply>, Status> {
+    async fn replace_member(
+        &self,
+        request: Request<ReplaceMemberRequest>,
+    ) -> Result<Response<MembershipReply>, Status> {
         let ReplaceMemberRequest {
             old_id,
             new_id,

@@ -3,7 +3,9 @@
 use std::sync::Arc;
 
 use herd_api::proto::internal::internal_server::Internal;
-use herd_api::proto::internal::{IdentityReply, IdentityRequest, RaftEnvelope, ReadIndexReply, ReadIndexRequest};
+use herd_api::proto::internal::{
+    IdentityReply, IdentityRequest, RaftEnvelope, ReadIndexReply, ReadIndexRequest,
+};
 use herd_consensus::{codec, rpc};
 use tonic::{Request, Response, Status};
 
@@ -42,7 +44,10 @@ impl InternalService {
 
 #[tonic::async_trait]
 impl Internal for InternalService {
-    async fn append_entries(&self, request: Request<RaftEnvelope>) -> Result<Response<RaftEnvelope>, Status> {
+    async fn append_entries(
+        &self,
+        request: Request<RaftEnvelope>,
+    ) -> Result<Response<RaftEnvelope>, Status> {
         let envelope = request.into_inner();
         self.check(&envelope)?;
         Ok(self.reply(rpc::append_entries(self.coordinator.raft(), &envelope.payload).await?))
@@ -54,23 +59,33 @@ impl Internal for InternalService {
         Ok(self.reply(rpc::vote(self.coordinator.raft(), &envelope.payload).await?))
     }
 
-    async fn install_snapshot(&self, request: Request<RaftEnvelope>) -> Result<Response<RaftEnvelope>, Status> {
+    async fn install_snapshot(
+        &self,
+        request: Request<RaftEnvelope>,
+    ) -> Result<Response<RaftEnvelope>, Status> {
         let envelope = request.into_inner();
         self.check(&envelope)?;
         Ok(self.reply(rpc::install_snapshot(self.coordinator.raft(), &envelope.payload).await?))
     }
 
-    async fn forward(&self, request: Request<RaftEnvelope>) -> Result<Response<RaftEnvelope>, Status> {
+    async fn forward(
+        &self,
+        request: Request<RaftEnvelope>,
+    ) -> Result<Response<RaftEnvelope>, Status> {
         let envelope = request.into_inner();
         self.check(&envelope)?;
         let leader_request: LeaderRequest = codec::decode(&envelope.payload, "forwarded request")
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let result: Result<LeaderReply, ForwardError> = self.coordinator.execute_as_leader(leader_request).await;
+        let result: Result<LeaderReply, ForwardError> =
+            self.coordinator.execute_as_leader(leader_request).await;
         let payload = codec::encode(&result).map_err(|e| Status::internal(e.to_string()))?;
         Ok(self.reply(payload))
     }
 
-    async fn read_index(&self, request: Request<ReadIndexRequest>) -> Result<Response<ReadIndexReply>, Status> {
+    async fn read_index(
+        &self,
+        request: Request<ReadIndexRequest>,
+    ) -> Result<Response<ReadIndexReply>, Status> {
         let request = request.into_inner();
         self.coordinator
             .identity()
@@ -83,7 +98,10 @@ impl Internal for InternalService {
         }
     }
 
-    async fn identity(&self, _request: Request<IdentityRequest>) -> Result<Response<IdentityReply>, Status> {
+    async fn identity(
+        &self,
+        _request: Request<IdentityRequest>,
+    ) -> Result<Response<IdentityReply>, Status> {
         Ok(Response::new(IdentityReply {
             member_id: self.coordinator.id(),
             cluster_id: self.coordinator.identity().cluster_id().unwrap_or_default(),

@@ -38,40 +38,63 @@ fn to_proto(job: &Job) -> pb::Job {
 
 #[tonic::async_trait]
 impl Jobs for JobsService {
-    async fn submit(&self, request: Request<pb::SubmitJobRequest>) -> Result<Response<pb::SubmitJobReply>, Status> {
+    async fn submit(
+        &self,
+        request: Request<pb::SubmitJobRequest>,
+    ) -> Result<Response<pb::SubmitJobReply>, Status> {
         let Some(spec) = request.into_inner().spec else {
             return Err(Status::invalid_argument("field `spec` is missing"));
         };
         let spec = JobSpec::try_from(spec).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let written = self.coordinator.write(Command::SubmitJob { spec, now_ms: 0 }).await?;
+        let written = self
+            .coordinator
+            .write(Command::SubmitJob { spec, now_ms: 0 })
+            .await?;
         match written.result {
-            CommandResult::JobSubmitted { version, changed } => Ok(Response::new(pb::SubmitJobReply {
-                version,
-                log_index: written.log_index,
-                changed,
-            })),
+            CommandResult::JobSubmitted { version, changed } => {
+                Ok(Response::new(pb::SubmitJobReply {
+                    version,
+                    log_index: written.log_index,
+                    changed,
+                }))
+            }
             other => Err(CoordinatorError::Internal(format!("unexpected result {other:?}")).into()),
         }
     }
 
-    async fn list(&self, request: Request<pb::ListJobsRequest>) -> Result<Response<pb::ListJobsReply>, Status> {
-        self.coordinator.read_barrier(consistency(request.into_inner().stale)).await?;
-        let jobs = self.coordinator.read_state(|s| s.jobs.values().map(to_proto).collect());
+    async fn list(
+        &self,
+        request: Request<pb::ListJobsRequest>,
+    ) -> Result<Response<pb::ListJobsReply>, Status> {
+        self.coordinator
+            .read_barrier(consistency(request.into_inner().stale))
+            .await?;
+        let jobs = self
+            .coordinator
+            .read_state(|s| s.jobs.values().map(to_proto).collect());
         Ok(Response::new(pb::ListJobsReply { jobs }))
     }
 
     async fn get(&self, request: Request<pb::GetJobRequest>) -> Result<Response<pb::Job>, Status> {
         let request = request.into_inner();
-        self.coordinator.read_barrier(consistency(request.stale)).await?;
+        self.coordinator
+            .read_barrier(consistency(request.stale))
+            .await?;
         self.coordinator
             .read_state(|s| s.jobs.get(&request.name).map(to_proto))
             .map(Response::new)
             .ok_or_else(|| Status::not_found(format!("job {:?} not found", request.name)))
     }
 
-    async fn stop(&self, request: Request<pb::StopJobRequest>) -> Result<Response<pb::StopJobReply>, Status> {
+    async fn stop(
+        &self,
+        request: Request<pb::StopJobRequest>,
+    ) -> Result<Response<pb::StopJobReply>, Status> {
         let name = request.into_inner().name;
-        let written = self.coordinator.write(Command::StopJob { name, now_ms: 0 }).await?;
+        let written = self
+            .coordinator
+            .write(Command::StopJob { name, now_ms: 0 })
+            .await?;
         match written.result {
             CommandResult::JobStopped { version } => Ok(Response::new(pb::StopJobReply {
                 version,

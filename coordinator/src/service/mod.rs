@@ -46,7 +46,8 @@ pub fn router(coordinator: Arc<Coordinator>) -> Router {
                 .max_decoding_message_size(MAX_CLIENT_MESSAGE),
         )
         .add_service(
-            JobsServer::new(jobs::JobsService::new(coordinator.clone())).max_decoding_message_size(MAX_CLIENT_MESSAGE),
+            JobsServer::new(jobs::JobsService::new(coordinator.clone()))
+                .max_decoding_message_size(MAX_CLIENT_MESSAGE),
         )
         .add_service(
             NodesServer::new(nodes::NodesService::new(coordinator.clone()))
@@ -56,5 +57,8 @@ pub fn router(coordinator: Arc<Coordinator>) -> Router {
             VariablesServer::new(variables::VariablesService::new(coordinator.clone()))
                 .max_decoding_message_size(MAX_CLIENT_MESSAGE),
         )
-        .add_service(AgentServer::new(agent::AgentService::new(coordinator)).max_decoding_message_size(MAX_CLIENT_MESSAGE))
+        .add_service(
+            AgentServer::new(agent::AgentService::new(coordinator))
+                .max_decoding_message_size(MAX_CLIENT_MESSAGE),
+        )
 }

@@ -35,9 +35,16 @@ fn to_proto(node: &NodeInfo) -> pb::Node {
 
 #[tonic::async_trait]
 impl Nodes for NodesService {
-    async fn list(&self, request: Request<pb::ListNodesRequest>) -> Result<Response<pb::ListNodesReply>, Status> {
-        self.coordinator.read_barrier(consistency(request.into_inner().stale)).await?;
-        let nodes = self.coordinator.read_state(|s| s.nodes.values().map(to_proto).collect());
+    async fn list(
+        &self,
+        request: Request<pb::ListNodesRequest>,
+    ) -> Result<Response<pb::ListNodesReply>, Status> {
+        self.coordinator
+            .read_barrier(consistency(request.into_inner().stale))
+            .await?;
+        let nodes = self
+            .coordinator
+            .read_state(|s| s.nodes.values().map(to_proto).collect());
         Ok(Response::new(pb::ListNodesReply { nodes }))
     }
 }

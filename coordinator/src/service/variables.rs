@@ -25,7 +25,10 @@ impl VariablesService {
 
 #[tonic::async_trait]
 impl Variables for VariablesService {
-    async fn put(&self, request: Request<pb::PutVariableRequest>) -> Result<Response<pb::PutVariableReply>, Status> {
+    async fn put(
+        &self,
+        request: Request<pb::PutVariableRequest>,
+    ) -> Result<Response<pb::PutVariableReply>, Status> {
         let pb::PutVariableRequest {
             key,
             value,
@@ -43,7 +46,9 @@ impl Variables for VariablesService {
                     version,
                     log_index: written.log_index,
                 })),
-                other => Err(CoordinatorError::Internal(format!("unexpected result {other:?}")).into()),
+                other => {
+                    Err(CoordinatorError::Internal(format!("unexpected result {other:?}")).into())
+                }
             },
             // A failed compare-and-set is an answer, not an error.
             Err(CoordinatorError::Rejected(Rejection::VersionMismatch { actual, .. })) => {
@@ -57,17 +62,24 @@ impl Variables for VariablesService {
         }
     }
 
-    async fn get(&self, request: Request<pb::GetVariableRequest>) -> Result<Response<pb::GetVariableReply>, Status> {
+    async fn get(
+        &self,
+        request: Request<pb::GetVariableRequest>,
+    ) -> Result<Response<pb::GetVariableReply>, Status> {
         let request = request.into_inner();
-        self.coordinator.read_barrier(consistency(request.stale)).await?;
-        let reply = self.coordinator.read_state(|s| match s.variables.get(&request.key) {
-            Some(v) => pb::GetVariableReply {
-                found: true,
-                value: v.value.clone(),
-                version: v.version,
-            },
-            None => pb::GetVariableReply::default(),
-        });
+        self.coordinator
+            .read_barrier(consistency(request.stale))
+            .await?;
+        let reply = self
+            .coordinator
+            .read_state(|s| match s.variables.get(&request.key) {
+                Some(v) => pb::GetVariableReply {
+                    found: true,
+                    value: v.value.clone(),
+                    version: v.version,
+                },
+                None => pb::GetVariableReply::default(),
+            });
         Ok(Response::new(reply))
     }
 }

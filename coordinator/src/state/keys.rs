@@ -36,10 +36,22 @@ impl Record<'_> {
     /// The value as stored, or None when the record no longer exists.
     pub(super) fn encode_value(&self, state: &ClusterState) -> Option<Vec<u8>> {
         let body = match self {
-            Record::ClusterId => state.cluster_id.as_ref().and_then(|id| herd_consensus::codec::encode(id).ok()),
-            Record::Node(name) => state.nodes.get(*name).and_then(|n| herd_consensus::codec::encode(n).ok()),
-            Record::Job(name) => state.jobs.get(*name).and_then(|j| herd_consensus::codec::encode(j).ok()),
-            Record::Variable(key) => state.variables.get(*key).and_then(|v| herd_consensus::codec::encode(v).ok()),
+            Record::ClusterId => state
+                .cluster_id
+                .as_ref()
+                .and_then(|id| herd_consensus::codec::encode(id).ok()),
+            Record::Node(name) => state
+                .nodes
+                .get(*name)
+                .and_then(|n| herd_consensus::codec::encode(n).ok()),
+            Record::Job(name) => state
+                .jobs
+                .get(*name)
+                .and_then(|j| herd_consensus::codec::encode(j).ok()),
+            Record::Variable(key) => state
+                .variables
+                .get(*key)
+                .and_then(|v| herd_consensus::codec::encode(v).ok()),
         }?;
         let mut value = Vec::with_capacity(body.len() + 1);
         value.push(FORMAT);
@@ -50,8 +62,12 @@ impl Record<'_> {
 
 fn decode<T: serde::de::DeserializeOwned>(key: &str, value: &[u8]) -> Result<T, String> {
     match value.split_first() {
-        Some((&FORMAT, body)) => herd_consensus::codec::decode(body, key).map_err(|e| e.to_string()),
-        Some((format, _)) => Err(format!("record {key}: unknown format {format} (this herd reads format {FORMAT})")),
+        Some((&FORMAT, body)) => {
+            herd_consensus::codec::decode(body, key).map_err(|e| e.to_string())
+        }
+        Some((format, _)) => Err(format!(
+            "record {key}: unknown format {format} (this herd reads format {FORMAT})"
+        )),
         None => Err(format!("record {key}: empty value")),
     }
 }
@@ -62,11 +78,17 @@ pub(super) fn load_pair(state: &mut ClusterState, key: &[u8], value: &[u8]) -> R
     if key == "cluster_id" {
         state.cluster_id = Some(decode::<String>(key, value)?);
     } else if let Some(name) = key.strip_prefix("node/") {
-        state.nodes.insert(name.to_string(), decode::<NodeInfo>(key, value)?);
+        state
+            .nodes
+            .insert(name.to_string(), decode::<NodeInfo>(key, value)?);
     } else if let Some(name) = key.strip_prefix("job/") {
-        state.jobs.insert(name.to_string(), decode::<Job>(key, value)?);
+        state
+            .jobs
+            .insert(name.to_string(), decode::<Job>(key, value)?);
     } else if let Some(name) = key.strip_prefix("var/") {
-        state.variables.insert(name.to_string(), decode::<Variable>(key, value)?);
+        state
+            .variables
+            .insert(name.to_string(), decode::<Variable>(key, value)?);
     } else {
         return Err(format!("unknown state key {key:?}"));
     }
