@@ -8,6 +8,12 @@ mod output;
 
 use clap::{Parser, Subcommand};
 
+/// glibc's allocator showed up as a fifth of the CPU profile under write load
+/// (see docs/benchmarks.md); mimalloc is markedly cheaper for many small,
+/// short-lived buffers across threads.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use crate::exit::CliError;
 use crate::output::OutputFormat;
 

@@ -40,18 +40,27 @@ impl StateApp {
 }
 
 impl Application for StateApp {
-    fn apply(&mut self, index: u64, command: &[u8], changes: &mut Vec<WriteOp>) -> Vec<u8> {
-        let result = match codec::decode::<Command>(command, "command") {
-            Ok(command) => apply(
-                &mut self.state,
-                index,
-                command,
-                &mut ChangeLog::new(changes),
-            ),
-            Err(e) => CommandResult::Rejected(Rejection::Invalid(e.to_string())),
-        };
+    /// Applies a batch of commands (see `propose`), each on its own: one
+    /// malformed command is rejected without touching the others.
+    fn apply(&mut self, index: u64, batch: &[u8], changes: &mut Vec<WriteOp>) -> Vec<u8> {
+        let results: Vec<CommandResult> =
+            match codec::decode::<Vec<Vec<u8>>>(batch, "command batch") {
+                Ok(commands) => commands
+                    .iter()
+                    .map(|bytes| match codec::decode::<Command>(bytes, "command") {
+                        Ok(command) => apply(
+                            &mut self.state,
+                            index,
+                            command,
+                            &mut ChangeLog::new(changes),
+                        ),
+                        Err(e) => CommandResult::Rejected(Rejection::Invalid(e.to_string())),
+                    })
+                    .collect(),
+                Err(e) => vec![CommandResult::Rejected(Rejection::Invalid(e.to_string()))],
+            };
         self.sync_identity();
-        codec::encode(&result).unwrap_or_default()
+        codec::encode(&results).unwrap_or_default()
     }
 
     fn restore(&mut self, pairs: Vec<(Vec<u8>, Vec<u8>)>) -> Result<(), String> {

@@ -9,6 +9,8 @@ use crate::command::{Command, CommandResult};
 pub enum LeaderRequest {
     /// Propose a command.
     Write(Command),
+    /// Propose several commands (a follower's forwarded batch).
+    WriteBatch(Vec<Command>),
     /// Add a coordinator as a voter (after catching it up as a learner).
     AddMember {
         /// Its Raft id.
@@ -39,6 +41,8 @@ pub enum LeaderRequest {
 pub enum LeaderReply {
     /// A committed and applied command.
     Written(Written),
+    /// One result per command of a `WriteBatch`, in order.
+    WrittenBatch(Vec<Result<Written, ForwardError>>),
     /// The voters after a membership change.
     Membership {
         /// Voter ids now in force.

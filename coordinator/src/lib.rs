@@ -7,16 +7,21 @@
 
 pub mod app;
 pub mod apply;
+pub mod batch;
 pub mod command;
 pub mod config;
 pub mod data_dir;
 pub mod error;
 pub mod forward;
 pub mod handle;
+pub mod leader_link;
+pub mod membership;
+pub mod propose;
 pub mod read_index;
 pub mod service;
 pub mod start;
 pub mod state;
+pub mod status;
 
 pub use config::CoordinatorConfig;
 pub use error::CoordinatorError;

@@ -21,6 +21,7 @@ use thiserror::Error;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::StreamExt;
 
 use crate::app::StateApp;
 use crate::command::Command;
@@ -172,7 +173,16 @@ pub async fn start(config: CoordinatorConfig) -> Result<RunningCoordinator, Star
     let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
     let server = tokio::spawn(
         service::router(coordinator.clone()).serve_with_incoming_shutdown(
-            TcpListenerStream::new(listener),
+            // Nagle's algorithm with delayed ACKs would hold small replies for
+            // up to 40 ms; Raft and client RPCs are all small and latency-bound.
+            TcpListenerStream::new(listener).map(|stream| {
+                if let Ok(stream) = &stream {
+                    if let Err(e) = stream.set_nodelay(true) {
+                        tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+                    }
+                }
+                stream
+            }),
             async {
                 let _ = shutdown_rx.await;
             },

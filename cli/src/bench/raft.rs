@@ -36,6 +36,9 @@ pub struct RaftBenchArgs {
     /// Skip the etcd comparison.
     #[arg(long)]
     no_etcd: bool,
+    /// Load an already running herd cluster (comma-separated addresses) instead of starting one.
+    #[arg(long)]
+    against: Option<String>,
 }
 
 fn channel(addr: &str) -> Result<Channel, CliError> {
@@ -64,25 +67,37 @@ pub async fn run(args: RaftBenchArgs) -> Result<(), CliError> {
     let value = vec![b'x'; args.value_size];
     let mut rows = Vec::new();
 
-    let exe = std::env::current_exe()
-        .map_err(|e| CliError::runtime(format!("cannot find the herd binary: {e}")))?;
-    eprintln!("starting 3 herd coordinators ({})", exe.display());
-    let cluster = ProcessCluster::start(&exe, 3, &[]).map_err(CliError::runtime)?;
-    cluster
-        .wait_for_leader(Duration::from_secs(30))
-        .await
-        .map_err(CliError::runtime)?;
-    let channels: Vec<Channel> = cluster
-        .ids()
-        .iter()
-        .map(|id| {
-            cluster
-                .member(*id)
-                .map(|m| m.addr.clone())
-                .map_err(CliError::runtime)
-                .and_then(|a| channel(&a))
-        })
-        .collect::<Result<_, _>>()?;
+    let mut cluster = None;
+    let addrs: Vec<String> = match &args.against {
+        Some(list) => list
+            .split(',')
+            .map(|a| a.trim().to_string())
+            .filter(|a| !a.is_empty())
+            .collect(),
+        None => {
+            let exe = std::env::current_exe()
+                .map_err(|e| CliError::runtime(format!("cannot find the herd binary: {e}")))?;
+            eprintln!("starting 3 herd coordinators ({})", exe.display());
+            let started = ProcessCluster::start(&exe, 3, &[]).map_err(CliError::runtime)?;
+            started
+                .wait_for_leader(Duration::from_secs(30))
+                .await
+                .map_err(CliError::runtime)?;
+            let addrs = started
+                .ids()
+                .iter()
+                .map(|id| {
+                    started
+                        .member(*id)
+                        .map(|m| m.addr.clone())
+                        .map_err(CliError::runtime)
+                })
+                .collect::<Result<_, _>>()?;
+            cluster = Some(started);
+            addrs
+        }
+    };
+    let channels: Vec<Channel> = addrs.iter().map(|a| channel(a)).collect::<Result<_, _>>()?;
     for &clients in &args.clients {
         let channels = channels.clone();
         let value = value.clone();
