@@ -385,6 +385,22 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_example_is_valid() {
+        let doc = include_str!("../../docs/configuration.md");
+        let start = doc.find("```toml\n").expect("toml block") + "```toml\n".len();
+        let end = start + doc[start..].find("```").expect("end of block");
+        let settings = CoordinatorSettings::from_toml(&doc[start..end], "docs/configuration.md")
+            .expect("parse");
+        let config = CoordinatorConfig::resolve(settings).expect("resolve");
+        assert_eq!(config.id, 1);
+        assert_eq!(
+            config.raft,
+            RaftTuning::default(),
+            "the documented values are the defaults"
+        );
+    }
+
+    #[test]
     fn peers_parse_and_reject_garbage() {
         let peers = parse_peers("1=127.0.0.1:1, 2=host:2").expect("parse");
         assert_eq!(peers[&2], "host:2");
