@@ -51,6 +51,10 @@ impl SledStore {
         let state = open_tree(Space::State)?;
         let data_file = File::open(dir.join("db"))
             .map_err(|e| err(format!("cannot open sled's data file: {e}")))?;
+        // sled writes `conf` once at creation without syncing it.
+        File::open(dir.join("conf"))
+            .and_then(|f| f.sync_all())
+            .map_err(|e| err(format!("cannot sync sled's conf file: {e}")))?;
         sync_dir(dir).map_err(|e| err(format!("cannot sync directory: {e}")))?;
         Ok(Self {
             dir: dir.to_path_buf(),
