@@ -1,0 +1,74 @@
+//! `herd dev`, the README's first command: it starts, tells the user what to
+//! run next, serves those commands, and cleans up on Ctrl-C.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use herd_chaos::ports::free_loopback_port;
+
+#[test]
+fn dev_cluster_serves_the_commands_it_suggests_and_cleans_up() {
+    let port = free_loopback_port().expect("port");
+    let addr = format!("127.0.0.1:{port}");
+    let mut child = Command::new(herd_bin())
+        .args(["dev", "--listen", &addr])
+        .env("HERD_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start herd dev");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let mut printed = Vec::new();
+    let started = Instant::now();
+    while let Some(Ok(line)) = lines.next() {
+        printed.push(line.clone());
+        if line.contains("Ctrl-C") {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "herd dev printed {printed:?}"
+        );
+    }
+    let text = printed.join("\n");
+    assert!(text.contains(&addr), "{text}");
+    assert!(text.contains("herd job run examples/hello.toml"), "{text}");
+    let data_dir = printed
+        .iter()
+        .find_map(|l| l.split("(data in ").nth(1))
+        .and_then(|rest| rest.split(',').next())
+        .map(std::path::PathBuf::from)
+        .expect("data dir in output");
+    assert!(data_dir.exists());
+
+    // The suggested commands work against it.
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/hello.toml");
+    let out = must_cli_ok(&["--addr", &addr, "job", "run", example]);
+    assert!(out.contains("job hello submitted: version 1"), "{out}");
+    let list = must_cli_ok(&["--addr", &addr, "job", "list", "-o", "json"]);
+    assert!(list.contains("\"hello\""), "{list}");
+    let status = must_cli_ok(&["--addr", &addr, "cluster", "status", "-o", "json"]);
+    let status: serde_json::Value = serde_json::from_str(&status).expect("json");
+    assert_eq!(status["leader"], 1);
+    assert_eq!(status["members"][0]["healthy"], true);
+
+    // Ctrl-C: a clean exit that removes the temporary data dir.
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .expect("kill")
+        .success());
+    let exit = child.wait().expect("wait");
+    assert!(exit.success(), "{exit:?}");
+    assert!(
+        !data_dir.exists(),
+        "temporary data dir {} left behind",
+        data_dir.display()
+    );
+}
