@@ -1,1 +1,10 @@
-//! placeholder
+//! The node agent's working parts: the `Driver` seam through which every kind
+//! of workload runs (processes now; DL jobs, inference engines and VMs next),
+//! and, as they land, the ractor actors that supervise workloads, report
+//! resources and execute migrations.
+//!
+//! This crate owns what happens on one node. It must never depend on the
+//! coordinator's state or on consensus: it sees the cluster only through
+//! `herd-api` types.
+
+pub mod driver;

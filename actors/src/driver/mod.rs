@@ -1,0 +1,52 @@
+//! The `Driver` trait: how the agent starts, watches, re-adopts and stops a
+//! workload, whatever its kind.
+//!
+//! Shapes chosen for what comes next:
+//! - A workload is identified by its allocation id **and generation**; the
+//!   handle carries both, so an agent can refuse to act for an older
+//!   generation once ownership moved (live migration hands an allocation to
+//!   another node by bumping its generation in one Raft command).
+//! - Handles are plain serialisable data persisted by the agent, so a
+//!   restarted agent re-adopts running workloads with [`Driver::recover`]
+//!   instead of starting duplicates.
+//! - [`DriverCapabilities`] tells the scheduler and rescheduler which moves a
+//!   workload allows (checkpoint/restart for training, pre-copy for VMs,
+//!   KV-cache transfer for inference requests) before any is attempted.
+
+mod error;
+
+mod types;
+
+pub use error::DriverError;
+pub use types::{
+    DriverCapabilities, ExitInfo, MigrationMode, WorkloadHandle, WorkloadSpec, WorkloadState,
+};
+
+use std::time::Duration;
+
+/// A kind of workload the agent can run.
+#[async_trait::async_trait]
+pub trait Driver: Send + Sync + 'static {
+    /// The name job specs use (`driver = "exec"`).
+    fn name(&self) -> &'static str;
+
+    /// What the workloads of this driver allow beyond start and stop.
+    fn capabilities(&self) -> DriverCapabilities;
+
+    /// Checks on this host, before anything runs, that the workload can start
+    /// here (binary present, directory usable...). Errors say what and where.
+    fn check(&self, spec: &WorkloadSpec) -> Result<(), DriverError>;
+
+    /// Starts the workload and returns its handle once it is running.
+    async fn start(&self, spec: &WorkloadSpec) -> Result<WorkloadHandle, DriverError>;
+
+    /// The workload's state now, from its handle (works across agent restarts).
+    async fn state(&self, handle: &WorkloadHandle) -> Result<WorkloadState, DriverError>;
+
+    /// Waits until the workload is no longer running and reports how it ended.
+    async fn wait(&self, handle: &WorkloadHandle) -> Result<ExitInfo, DriverError>;
+
+    /// Asks the workload to stop, forcing it after `grace`, and reports how it ended.
+    async fn stop(&self, handle: &WorkloadHandle, grace: Duration)
+        -> Result<ExitInfo, DriverError>;
+}
