@@ -58,6 +58,9 @@ enum Command {
     /// Measure herd against its targets.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Supervise one workload of the exec driver (started by the node agent).
+    #[command(hide = true)]
+    Executor(cmd::executor::ExecutorArgs),
 }
 
 fn init_tracing(filter: Option<&str>, json: bool, default: &str) {
@@ -96,11 +99,17 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Node(command) => cmd::node::run(&ctx, command).await,
         Command::Var(command) => cmd::var::run(&ctx, command).await,
         Command::Bench(command) => bench::run(&ctx, command).await,
+        Command::Executor(_) => Err(CliError::runtime("the executor runs outside the runtime")),
     }
 }
 
 fn main() {
     let cli = Cli::parse();
+    if let Command::Executor(args) = &cli.command {
+        // Before any runtime thread exists: the executor waits with blocked
+        // signals, which must not be delivered to another thread.
+        std::process::exit(cmd::executor::run(args));
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

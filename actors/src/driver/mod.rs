@@ -14,7 +14,7 @@
 //!   KV-cache transfer for inference requests) before any is attempted.
 
 mod error;
-
+pub mod exec;
 mod types;
 
 pub use error::DriverError;

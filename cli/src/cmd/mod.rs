@@ -3,6 +3,7 @@
 pub mod cluster;
 pub mod coordinator;
 pub mod dev;
+pub mod executor;
 pub mod job;
 pub mod node;
 pub mod var;

@@ -1,0 +1,506 @@
+//! The exec driver with its real executor (this package's `herd` binary):
+//! exit codes, logs, signals and grace periods, environment, start failures,
+//! and re-adoption of a workload by a driver that did not start it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use herd_actors::driver::exec::{procfs, ExecDriver, KILLED, LOST};
+use herd_actors::driver::{
+    Driver, DriverError, ExitInfo, WorkloadHandle, WorkloadSpec, WorkloadState,
+};
+use herd_api::job::TaskSpec;
+use herd_api::resources::Resources;
+
+/// Bound on anything that should take a moment, so a regression fails
+/// instead of hanging.
+const PATIENCE: Duration = Duration::from_secs(20);
+
+fn driver() -> ExecDriver {
+    ExecDriver::new(env!("CARGO_BIN_EXE_herd"))
+}
+
+fn spec(dir: &Path, command: &str, args: &[&str]) -> WorkloadSpec {
+    WorkloadSpec {
+        alloc_id: format!(
+            "test-{}",
+            dir.file_name().and_then(|n| n.to_str()).unwrap_or("x")
+        ),
+        generation: 1,
+        job: "exec-test".to_string(),
+        task: TaskSpec {
+            driver: "exec".to_string(),
+            command: Some(command.to_string()),
+            args: args.iter().map(|a| a.to_string()).collect(),
+            env: BTreeMap::new(),
+            workdir: None,
+            resources: Resources {
+                cpu_millis: 500,
+                memory_bytes: 64 << 20,
+                gpus: 0,
+                gpu_model: None,
+            },
+        },
+        alloc_dir: dir.join("alloc"),
+        env: BTreeMap::new(),
+    }
+}
+
+fn sh(dir: &Path, script: &str) -> WorkloadSpec {
+    spec(dir, "/bin/sh", &["-c", script])
+}
+
+fn detail_u64(handle: &WorkloadHandle, field: &str) -> u64 {
+    handle.detail[field]
+        .as_u64()
+        .unwrap_or_else(|| panic!("detail.{field} in {:?}", handle.detail))
+}
+
+fn executor_pid(handle: &WorkloadHandle) -> u32 {
+    detail_u64(handle, "executor_pid") as u32
+}
+
+fn task_pid(handle: &WorkloadHandle) -> u32 {
+    handle.pid.expect("the handle names the task's pid")
+}
+
+/// Live processes (zombies excluded) whose command line mentions `needle`.
+fn processes_mentioning(needle: &str) -> Vec<u32> {
+    scan_proc(|pid, _| {
+        fs::read(format!("/proc/{pid}/cmdline"))
+            .map(|c| String::from_utf8_lossy(&c).contains(needle))
+            .unwrap_or(false)
+    })
+}
+
+/// Live processes (zombies excluded) in process group `pgid`.
+fn group_members(pgid: u32) -> Vec<u32> {
+    scan_proc(|_, stat| stat.pgrp == pgid as i32)
+}
+
+fn scan_proc(mut keep: impl FnMut(u32, &procfs::Stat) -> bool) -> Vec<u32> {
+    let mut found = Vec::new();
+    for entry in fs::read_dir("/proc").expect("list /proc").flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if let Ok(Some(stat)) = procfs::stat(pid) {
+            if stat.running() && keep(pid, &stat) {
+                found.push(pid);
+            }
+        }
+    }
+    found
+}
+
+async fn until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + PATIENCE;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn wait(driver: &ExecDriver, handle: &WorkloadHandle) -> ExitInfo {
+    tokio::time::timeout(PATIENCE, driver.wait(handle))
+        .await
+        .expect("the workload ends in time")
+        .expect("wait")
+}
+
+fn read(path: impl AsRef<Path>) -> String {
+    fs::read_to_string(path.as_ref()).unwrap_or_else(|e| panic!("{}: {e}", path.as_ref().display()))
+}
+
+#[tokio::test]
+async fn exit_code_stdout_and_stderr_are_recorded() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let driver = driver();
+    let handle = driver
+        .start(&sh(tmp.path(), "echo out; echo err >&2; exit 3"))
+        .await
+        .expect("start");
+    assert_eq!(handle.driver, "exec");
+    let exit = wait(&driver, &handle).await;
+    assert_eq!((exit.code, exit.signal), (Some(3), None), "{exit:?}");
+    assert!(exit.finished_at_ms >= handle.started_at_ms, "{exit:?}");
+    let (stdout, stderr) = ExecDriver::log_paths(&handle).expect("log paths");
+    assert_eq!(read(stdout), "out\n");
+    assert_eq!(read(stderr), "err\n");
+    assert_eq!(
+        driver.state(&handle).await.expect("state"),
+        WorkloadState::Exited(exit.clone())
+    );
+    // Stopping what already ended just reports how it ended.
+    let stopped = driver
+        .stop(&handle, Duration::from_secs(1))
+        .await
+        .expect("stop");
+    assert_eq!(stopped, exit);
+}
+
+#[tokio::test]
+async fn stop_ends_a_running_task_by_sigterm_within_the_grace() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let driver = driver();
+    let spec = spec(tmp.path(), "sleep", &["30"]);
+    let handle = driver.start(&spec).await.expect("start");
+    assert_eq!(
+        driver.state(&handle).await.expect("state"),
+        WorkloadState::Running
+    );
+    // The executor leads its own session, away from ours; the task leads its group.
+    let executor = procfs::stat(executor_pid(&handle))
+        .expect("stat")
+        .expect("executor runs");
+    let ours = procfs::stat(std::process::id())
+        .expect("stat")
+        .expect("we run");
+    assert_eq!(executor.session, executor_pid(&handle) as i32);
+    assert_ne!(executor.session, ours.session);
+    let task = procfs::stat(task_pid(&handle))
+        .expect("stat")
+        .expect("task runs");
+    assert_eq!(task.pgrp, task_pid(&handle) as i32);
+
+    // Limits: enforced through cgroup v2 where the host allows, else said so.
+    let limits = &handle.detail["limits"];
+    let cgroups = read(format!("/proc/{}/cgroup", task_pid(&handle)));
+    if limits["enforced"] == true {
+        assert!(
+            cgroups.contains(&format!("/herd/{}", spec.alloc_id)),
+            "{cgroups}"
+        );
+    } else {
+        let reason = limits["reason"].as_str().expect("a reason");
+        assert!(reason.contains("not enforced"), "{reason}");
+        let log = read(spec.alloc_dir.join("executor.log"));
+        assert!(log.contains(reason), "the executor logs it: {log}");
+    }
+
+    let grace = Duration::from_secs(2);
+    let begun = Instant::now();
+    let exit = driver.stop(&handle, grace).await.expect("stop");
+    assert!(begun.elapsed() < grace, "took {:?}", begun.elapsed());
+    assert_eq!((exit.code, exit.signal), (None, Some(15)), "{exit:?}");
+    assert_eq!(
+        driver.state(&handle).await.expect("state"),
+        WorkloadState::Exited(exit)
+    );
+    assert!(group_members(task_pid(&handle)).is_empty());
+    let dir = tmp.path().display().to_string();
+    until("the executor to exit", || {
+        processes_mentioning(&dir).is_empty()
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_task_ignoring_sigterm_is_killed_after_the_grace() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let driver = driver();
+    let handle = driver
+        .start(&sh(tmp.path(), "trap '' TERM; echo ready; sleep 30"))
+        .await
+        .expect("start");
+    let (stdout, _) = ExecDriver::log_paths(&handle).expect("log paths");
+    until("the trap to be set", || {
+        fs::read_to_string(&stdout).is_ok_and(|s| s.contains("ready"))
+    })
+    .await;
+    let grace = Duration::from_secs(1);
+    let begun = Instant::now();
+    let exit = driver.stop(&handle, grace).await.expect("stop");
+    let took = begun.elapsed();
+    assert!(
+        took >= grace && took < grace + Duration::from_secs(5),
+        "took {took:?}"
+    );
+    assert_eq!((exit.code, exit.signal), (None, Some(9)), "{exit:?}");
+    assert_eq!(exit.message.as_deref(), Some(KILLED));
+    // The shell's `sleep` child, in the same group, went too.
+    assert!(group_members(task_pid(&handle)).is_empty());
+}
+
+#[tokio::test]
+async fn an_executor_unable_to_record_the_kill_is_killed_and_the_exit_written_for_it() {
+    const SIGSTOP: i32 = 19; // Linux
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let driver = driver().with_kill_wait(Duration::from_millis(300));
+    let handle = driver
+        .start(&spec(tmp.path(), "sleep", &["30"]))
+        .await
+        .expect("start");
+    let executor = executor_pid(&handle);
+    procfs::signal_process(executor, SIGSTOP).expect("stop the executor");
+    until("the executor to be stopped", || {
+        procfs::stat(executor).is_ok_and(|s| s.is_some_and(|s| s.state == 'T'))
+    })
+    .await;
+    let exit = driver
+        .stop(&handle, Duration::from_millis(200))
+        .await
+        .expect("stop");
+    assert_eq!((exit.code, exit.signal), (None, Some(9)), "{exit:?}");
+    assert_eq!(exit.message.as_deref(), Some(KILLED));
+    // Written down for it: a later look agrees.
+    assert_eq!(
+        driver.state(&handle).await.expect("state"),
+        WorkloadState::Exited(exit)
+    );
+    assert!(group_members(task_pid(&handle)).is_empty());
+    assert!(procfs::stat(executor).is_ok_and(|s| s.is_none_or(|s| !s.running())));
+}
+
+#[tokio::test]
+async fn a_missing_command_fails_start_with_the_os_error_and_leaves_nothing_running() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let spec = spec(tmp.path(), "herd-test-no-such-command", &[]);
+    let err = driver().start(&spec).await.expect_err("cannot start");
+    match &err {
+        DriverError::Start { alloc, message } => {
+            assert_eq!(alloc, &spec.alloc_id);
+            assert!(message.contains("No such file or directory"), "{message}");
+        }
+        other => panic!("expected a start error, got {other:?}"),
+    }
+    assert!(processes_mentioning(&tmp.path().display().to_string()).is_empty());
+    assert!(!spec.alloc_dir.join("started.json").exists());
+}
+
+#[tokio::test]
+async fn env_is_rebuilt_from_scratch_and_workdir_defaults_to_the_alloc_dir() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let driver = driver();
+    let mut env_spec = spec(tmp.path(), "env", &[]);
+    env_spec.task.env = [("FOO", "task"), ("SHARED", "task")]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    env_spec.env = [("BAR", "agent"), ("SHARED", "agent")]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let handle = driver.start(&env_spec).await.expect("start");
+    assert_eq!(wait(&driver, &handle).await.code, Some(0));
+    let alloc_dir = fs::canonicalize(&env_spec.alloc_dir).expect("alloc dir");
+    let printed: BTreeMap<String, String> = read(alloc_dir.join("stdout.log"))
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let keys: BTreeSet<&str> = printed.keys().map(String::as_str).collect();
+    let expected: BTreeSet<&str> = [
+        "BAR",
+        "FOO",
+        "HERD_ALLOC_DIR",
+        "HERD_ALLOC_ID",
+        "HERD_JOB",
+        "PATH",
+        "SHARED",
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(keys, expected, "only PATH comes from the agent");
+    assert_eq!(
+        printed["SHARED"], "agent",
+        "the agent's env wins over the task's"
+    );
+    assert_eq!(printed["FOO"], "task");
+    assert_eq!(printed["HERD_ALLOC_ID"], env_spec.alloc_id);
+    assert_eq!(PathBuf::from(&printed["HERD_ALLOC_DIR"]), alloc_dir);
+
+    // Working directory: the alloc dir by default, else the task's.
+    let default_dir = tmp.path().join("default");
+    fs::create_dir(&default_dir).expect("mkdir");
+    let handle = driver
+        .start(&sh(&default_dir, "pwd -P"))
+        .await
+        .expect("start");
+    wait(&driver, &handle).await;
+    let alloc_dir = fs::canonicalize(default_dir.join("alloc")).expect("alloc dir");
+    assert_eq!(
+        read(alloc_dir.join("stdout.log")).trim(),
+        alloc_dir.display().to_string()
+    );
+
+    let work = tempfile::tempdir().expect("tempdir");
+    let work_path = fs::canonicalize(work.path()).expect("canonical");
+    let other = tmp.path().join("other");
+    fs::create_dir(&other).expect("mkdir");
+    let mut in_work = sh(&other, "pwd -P");
+    in_work.task.workdir = Some(work_path.display().to_string());
+    let handle = driver.start(&in_work).await.expect("start");
+    wait(&driver, &handle).await;
+    let (stdout, _) = ExecDriver::log_paths(&handle).expect("log paths");
+    assert_eq!(read(stdout).trim(), work_path.display().to_string());
+}
+
+#[tokio::test]
+async fn a_new_driver_adopts_a_workload_from_its_serialised_handle() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let first = driver();
+    let handle = first
+        .start(&sh(tmp.path(), "sleep 1; exit 7"))
+        .await
+        .expect("start");
+    let json = serde_json::to_string(&handle).expect("serialise");
+    drop(first);
+    drop(handle);
+
+    // As a restarted agent would: a fresh driver and the persisted handle only.
+    let handle: WorkloadHandle = serde_json::from_str(&json).expect("deserialise");
+    let second = driver();
+    let exit = wait(&second, &handle).await;
+    assert_eq!((exit.code, exit.signal), (Some(7), None), "{exit:?}");
+}
+
+#[tokio::test]
+async fn starting_the_same_generation_again_adopts_it_instead_of_starting_twice() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let driver = driver();
+    let spec = spec(tmp.path(), "sleep", &["30"]);
+    let handle = driver.start(&spec).await.expect("start");
+    let again = driver.start(&spec).await.expect("second start");
+    assert_eq!(again, handle, "the running workload's own handle");
+    let dir = tmp.path().display().to_string();
+    assert_eq!(
+        processes_mentioning(&dir),
+        vec![executor_pid(&handle)],
+        "one executor"
+    );
+
+    let mut next = spec.clone();
+    next.generation = 2;
+    let err = driver
+        .start(&next)
+        .await
+        .expect_err("generation 1 still runs");
+    assert!(err.to_string().contains("generation 1 still runs"), "{err}");
+
+    let exit = driver
+        .stop(&handle, Duration::from_secs(5))
+        .await
+        .expect("stop");
+    assert_eq!(exit.signal, Some(15));
+}
+
+#[tokio::test]
+async fn a_recycled_pid_is_reported_lost_not_running() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let driver = driver();
+    let handle = driver
+        .start(&spec(tmp.path(), "sleep", &["30"]))
+        .await
+        .expect("start");
+
+    // Same pid, another start time: what a recycled pid looks like.
+    let mut recycled = handle.clone();
+    recycled.detail["executor_start_ticks"] =
+        (detail_u64(&handle, "executor_start_ticks") + 1).into();
+    assert_eq!(
+        driver.state(&recycled).await.expect("state"),
+        WorkloadState::Lost(LOST.to_string())
+    );
+    // A live unrelated process (this test) under the recorded pid.
+    let mut unrelated = handle.clone();
+    unrelated.detail["executor_pid"] = std::process::id().into();
+    let exit = wait(&driver, &unrelated).await;
+    assert_eq!(
+        (exit.code, exit.signal, exit.finished_at_ms),
+        (None, None, 0)
+    );
+    assert_eq!(exit.message, Some(format!("lost: {LOST}")));
+
+    assert_eq!(
+        driver.state(&handle).await.expect("state"),
+        WorkloadState::Running
+    );
+    driver
+        .stop(&handle, Duration::from_secs(5))
+        .await
+        .expect("stop");
+}
+
+#[tokio::test]
+async fn an_executor_killed_by_sigkill_is_lost_and_stop_kills_its_orphan() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let driver = driver();
+    let handle = driver
+        .start(&spec(tmp.path(), "sleep", &["30"]))
+        .await
+        .expect("start");
+    procfs::signal_process(executor_pid(&handle), 9).expect("kill the executor");
+    until("the executor to die", || {
+        procfs::stat(executor_pid(&handle)).is_ok_and(|s| s.is_none_or(|s| !s.running()))
+    })
+    .await;
+    assert_eq!(
+        driver.state(&handle).await.expect("state"),
+        WorkloadState::Lost(LOST.to_string())
+    );
+    assert_eq!(
+        group_members(task_pid(&handle)),
+        vec![task_pid(&handle)],
+        "the task runs on"
+    );
+    let exit = driver
+        .stop(&handle, Duration::from_secs(1))
+        .await
+        .expect("stop");
+    assert_eq!((exit.code, exit.signal), (None, None));
+    let message = exit.message.unwrap_or_default();
+    assert!(
+        message.starts_with("lost:") && message.contains("orphaned task was killed"),
+        "{message}"
+    );
+    until("the orphan to die", || {
+        group_members(task_pid(&handle)).is_empty()
+    })
+    .await;
+}
+
+#[test]
+fn check_refuses_what_cannot_run_here() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let driver = driver();
+    driver
+        .check(&spec(tmp.path(), "sleep", &["1"]))
+        .expect("a command in PATH");
+    assert!(
+        tmp.path().join("alloc").is_dir(),
+        "check creates the allocation directory"
+    );
+
+    let unsupported = |spec: WorkloadSpec, needle: &str| match driver.check(&spec) {
+        Err(DriverError::Unsupported { alloc, message }) => {
+            assert_eq!(alloc, spec.alloc_id);
+            assert!(message.contains(needle), "{message:?} lacks {needle:?}");
+        }
+        other => panic!("expected Unsupported({needle}), got {other:?}"),
+    };
+    let mut no_command = spec(tmp.path(), "x", &[]);
+    no_command.task.command = None;
+    unsupported(no_command, "needs a command");
+    unsupported(
+        spec(tmp.path(), "/nonexistent/bin/tool", &[]),
+        "No such file or directory",
+    );
+    let plain = tmp.path().join("not-executable");
+    fs::write(&plain, "#!/bin/sh\n").expect("write");
+    unsupported(
+        spec(tmp.path(), &plain.display().to_string(), &[]),
+        "not an executable file",
+    );
+    let mut relative = spec(tmp.path(), "sleep", &[]);
+    relative.task.workdir = Some("relative/dir".to_string());
+    unsupported(relative, "working directory");
+    let file_as_dir = spec(&plain, "sleep", &[]);
+    unsupported(file_as_dir, "cannot create the allocation directory");
+}
