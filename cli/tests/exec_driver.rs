@@ -408,9 +408,10 @@ async fn a_recycled_pid_is_reported_lost_not_running() {
         driver.state(&recycled).await.expect("state"),
         WorkloadState::Lost(LOST.to_string())
     );
-    // A live unrelated process (this test) under the recorded pid.
+    // A live unrelated process under the recorded pid: init, which started
+    // long before (this test's own pid could share the executor's start tick).
     let mut unrelated = handle.clone();
-    unrelated.detail["executor_pid"] = std::process::id().into();
+    unrelated.detail["executor_pid"] = 1.into();
     let exit = wait(&driver, &unrelated).await;
     assert_eq!(
         (exit.code, exit.signal, exit.finished_at_ms),

@@ -7,7 +7,7 @@
 //!   generation once ownership moved (live migration hands an allocation to
 //!   another node by bumping its generation in one Raft command).
 //! - Handles are plain serialisable data persisted by the agent, so a
-//!   restarted agent re-adopts running workloads with [`Driver::recover`]
+//!   restarted agent re-adopts running workloads through [`Driver::state`] and [`Driver::wait`] on the saved handle
 //!   instead of starting duplicates.
 //! - [`DriverCapabilities`] tells the scheduler and rescheduler which moves a
 //!   workload allows (checkpoint/restart for training, pre-copy for VMs,
