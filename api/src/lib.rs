@@ -5,6 +5,7 @@
 //! their validation, and the conversions between the two. It must never
 //! depend on consensus, storage or actor code: everything else depends on it.
 
+pub mod alloc;
 pub mod client;
 pub mod convert;
 pub mod job;
