@@ -18,6 +18,7 @@ pub mod leader_link;
 pub mod membership;
 pub mod propose;
 pub mod read_index;
+pub mod scheduler;
 pub mod service;
 pub mod start;
 pub mod state;

@@ -1,0 +1,241 @@
+//! The per-call index: node names to positions and what each node has in use.
+//!
+//! Built once per call in O(nodes + allocations), so that the per-instance
+//! work never walks the allocation list or hashes a name again.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+
+use herd_api::resources::Resources;
+
+use super::{AllocView, NodeView};
+
+/// Position of the GPU count in [`Amounts`].
+pub(crate) const GPUS: usize = 0;
+/// Position of memory (bytes) in [`Amounts`].
+pub(crate) const MEMORY: usize = 1;
+/// Position of CPU (millicores) in [`Amounts`].
+pub(crate) const CPU: usize = 2;
+/// The dimensions in the order reasons mention them and preemption weighs
+/// them: GPUs are the scarcest, then memory, then CPU.
+pub(crate) const DIMS: [usize; 3] = [GPUS, MEMORY, CPU];
+
+/// Countable resources as one array: `[gpus, memory bytes, cpu millis]`.
+pub(crate) type Amounts = [u64; 3];
+
+/// The countable part of `resources` (the GPU model is matched separately).
+pub(crate) fn amounts(resources: &Resources) -> Amounts {
+    [
+        u64::from(resources.gpus),
+        resources.memory_bytes,
+        resources.cpu_millis,
+    ]
+}
+
+/// Whether `have` covers `need` in every dimension.
+pub(crate) fn covers(have: &Amounts, need: &Amounts) -> bool {
+    have.iter().zip(need).all(|(h, n)| h >= n)
+}
+
+/// Node names mapped to positions, and each node's capacity and use.
+pub(crate) struct ClusterIndex<'a> {
+    /// The nodes, in the caller's order; a node's id is its position here.
+    pub(crate) nodes: &'a [NodeView],
+    /// The allocations, in the caller's order; an alloc's id is its position.
+    pub(crate) allocs: &'a [AllocView],
+    capacity: Vec<Amounts>,
+    used: Vec<Amounts>,
+    alloc_node: Vec<Option<usize>>,
+    by_name: HashMap<&'a str, usize, BuildHasherDefault<NameHasher>>,
+}
+
+impl<'a> ClusterIndex<'a> {
+    /// Indexes `nodes` and adds up what `allocs` use on each of them.
+    /// Allocations on unknown nodes use nothing; with duplicate node names,
+    /// the first node of a name takes the allocations.
+    pub(crate) fn new(nodes: &'a [NodeView], allocs: &'a [AllocView]) -> Self {
+        let mut by_name = HashMap::with_capacity_and_hasher(nodes.len(), Default::default());
+        for (id, node) in nodes.iter().enumerate() {
+            by_name.entry(node.name.as_str()).or_insert(id);
+        }
+        let capacity = nodes.iter().map(|n| amounts(&n.capacity)).collect();
+        let mut index = Self {
+            nodes,
+            allocs,
+            capacity,
+            used: vec![[0; 3]; nodes.len()],
+            alloc_node: Vec::with_capacity(allocs.len()),
+            by_name,
+        };
+        for alloc in allocs {
+            let node = index.node_id(&alloc.node);
+            if let Some(node) = node {
+                index.take(node, &amounts(&alloc.resources));
+            }
+            index.alloc_node.push(node);
+        }
+        index
+    }
+
+    /// The id of the node called `name`.
+    pub(crate) fn node_id(&self, name: &str) -> Option<usize> {
+        self.by_name.get(name).copied()
+    }
+
+    /// The node allocation `alloc` uses, if it is a known node.
+    pub(crate) fn alloc_node(&self, alloc: usize) -> Option<usize> {
+        self.alloc_node.get(alloc).copied().flatten()
+    }
+
+    /// What node `node` offers in all.
+    pub(crate) fn capacity(&self, node: usize) -> &Amounts {
+        &self.capacity[node]
+    }
+
+    /// What is free on node `node` (nothing below zero, even if over-committed).
+    pub(crate) fn free(&self, node: usize) -> Amounts {
+        let (cap, used) = (&self.capacity[node], &self.used[node]);
+        DIMS.map(|d| cap[d].saturating_sub(used[d]))
+    }
+
+    /// Whether `need` fits in what is free on node `node`.
+    pub(crate) fn fits(&self, node: usize, need: &Amounts) -> bool {
+        covers(&self.free(node), need)
+    }
+
+    /// Marks `amounts` as used on node `node`.
+    pub(crate) fn take(&mut self, node: usize, amounts: &Amounts) {
+        let used = &mut self.used[node];
+        for d in DIMS {
+            used[d] = used[d].saturating_add(amounts[d]);
+        }
+    }
+
+    /// Marks `amounts` as free again on node `node`.
+    pub(crate) fn release(&mut self, node: usize, amounts: &Amounts) {
+        let used = &mut self.used[node];
+        for d in DIMS {
+            used[d] = used[d].saturating_sub(amounts[d]);
+        }
+    }
+
+    /// How full node `node` would be with `need` added: the mean over the
+    /// dimensions it has of used/capacity, in parts per million. Integer
+    /// arithmetic, so that scores are the same on every machine.
+    pub(crate) fn fill_after(&self, node: usize, need: &Amounts) -> u64 {
+        let (cap, used) = (&self.capacity[node], &self.used[node]);
+        let mut sum = 0;
+        let mut dims = 0;
+        for d in DIMS {
+            if cap[d] > 0 {
+                sum += parts_per_million(used[d].saturating_add(need[d]), cap[d]);
+                dims += 1;
+            }
+        }
+        sum.checked_div(dims).unwrap_or(0)
+    }
+}
+
+/// `part / whole` in parts per million, capped at a million; u64 arithmetic
+/// unless it would overflow (capacities beyond 16 TiB of memory).
+fn parts_per_million(part: u64, whole: u64) -> u64 {
+    let part = part.min(whole);
+    match part.checked_mul(1_000_000) {
+        Some(scaled) => scaled / whole,
+        None => u64::try_from(u128::from(part) * 1_000_000 / u128::from(whole)).unwrap_or(0),
+    }
+}
+
+/// A fast hasher for node names (FxHash's word mixing, then a finaliser).
+/// Names are set by
+/// operators, not by untrusted clients, so hash flooding is not a concern,
+/// and the map is only looked up, never iterated, so output order cannot
+/// depend on it.
+#[derive(Default)]
+struct NameHasher {
+    hash: u64,
+}
+
+impl NameHasher {
+    fn mix(&mut self, word: u64) {
+        self.hash = (self.hash.rotate_left(5) ^ word).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+}
+
+impl Hasher for NameHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in &mut chunks {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(chunk);
+            self.mix(u64::from_le_bytes(word));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut word = [0u8; 8];
+            word[..rest.len()].copy_from_slice(rest);
+            self.mix(u64::from_le_bytes(word) ^ ((rest.len() as u64) << 56));
+        }
+    }
+
+    fn write_u8(&mut self, byte: u8) {
+        self.mix(u64::from(byte));
+    }
+
+    fn finish(&self) -> u64 {
+        // MurmurHash3's finaliser: the word mixing alone leaves names that
+        // differ in their last digits in the same buckets.
+        let mut h = self.hash;
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        h ^ (h >> 33)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scheduler::testkit::{alloc, gpu_node, node, GIB};
+
+    #[test]
+    fn adds_up_use_per_node_and_ignores_unknown_nodes() {
+        let nodes = [node("a", 4, 8), node("b", 4, 8)];
+        let allocs = [
+            alloc("x", "j", "a", 1, 2, 10),
+            alloc("y", "j", "a", 2, 1, 10),
+            alloc("z", "j", "gone", 3, 3, 10),
+        ];
+        let index = ClusterIndex::new(&nodes, &allocs);
+        assert_eq!(index.free(0), [0, 5 * GIB, 1000]);
+        assert_eq!(index.free(1), [0, 8 * GIB, 4000]);
+        assert_eq!(index.alloc_node(2), None);
+        assert_eq!(index.node_id("b"), Some(1));
+        assert_eq!(index.node_id("gone"), None);
+    }
+
+    #[test]
+    fn free_never_goes_below_zero_and_fill_is_a_mean_in_ppm() {
+        let nodes = [node("a", 4, 8), gpu_node("g", 4, 8, 4, "h100")];
+        let allocs = [alloc("x", "j", "a", 8, 16, 10)];
+        let index = ClusterIndex::new(&nodes, &allocs);
+        assert_eq!(index.free(0), [0, 0, 0]);
+        assert!(!index.fits(0, &[0, 1, 1]));
+        // Half the CPU and a quarter of the memory and GPUs: (50+25+25)/3 %.
+        assert_eq!(index.fill_after(1, &[1, 2 * GIB, 2000]), 333_333);
+        assert_eq!(parts_per_million(u64::MAX, u64::MAX), 1_000_000);
+        assert_eq!(parts_per_million(u64::MAX / 2, u64::MAX), 499_999);
+    }
+
+    #[test]
+    fn names_hash_apart() {
+        let hash = |s: &str| {
+            let mut h = NameHasher::default();
+            std::hash::Hash::hash(s, &mut h);
+            h.finish()
+        };
+        assert_ne!(hash("node-00001"), hash("node-00002"));
+        assert_ne!(hash("a"), hash("a\0"));
+    }
+}
