@@ -49,6 +49,9 @@ enum Command {
     /// Submit, inspect and stop jobs.
     #[command(subcommand)]
     Job(cmd::job::JobCommand),
+    /// Inspect allocations (job instances placed on nodes).
+    #[command(subcommand)]
+    Alloc(cmd::alloc::AllocCommand),
     /// Inspect node agents.
     #[command(subcommand)]
     Node(cmd::node::NodeCommand),
@@ -97,6 +100,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Cluster(command) => cmd::cluster::run(&ctx, command).await,
         Command::Job(command) => cmd::job::run(&ctx, command).await,
         Command::Node(command) => cmd::node::run(&ctx, command).await,
+        Command::Alloc(command) => cmd::alloc::run(&ctx, command).await,
         Command::Var(command) => cmd::var::run(&ctx, command).await,
         Command::Bench(command) => bench::run(&ctx, command).await,
         Command::Executor(_) => Err(CliError::runtime("the executor runs outside the runtime")),

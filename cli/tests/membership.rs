@@ -96,7 +96,14 @@ async fn grow_shrink_and_replace_a_wiped_member() {
     cluster.forget(3).expect("forget 3");
     must_have_voters(&cluster, &[1, 2, 6]).await;
 
-    // The replacement holds every committed write, and the cluster still takes writes.
+    // The replacement holds every committed write (once it has applied them:
+    // a stale read answers from what the member applied), and the cluster
+    // still takes writes.
+    let commit = cluster.status().await.expect("status").commit_index;
+    cluster
+        .wait_applied(6, commit, Duration::from_secs(20))
+        .await
+        .expect("member 6 applies the log");
     must_read_all(&cluster.client_for(&[6]).expect("client"), &acked, true).await;
     must_read_all(&cluster.client().expect("client"), &acked, false).await;
     put(&cluster.client().expect("client"), "final", "write")

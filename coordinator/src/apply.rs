@@ -6,6 +6,7 @@
 
 use herd_api::node::NodeStatus;
 
+use crate::apply_plan::{apply_plan, stop_allocations};
 use crate::command::{Command, CommandResult, Rejection};
 use crate::state::{ChangeLog, ClusterState, Job, JobStatus, Record, Variable};
 
@@ -65,6 +66,7 @@ pub fn apply(
                             submitted_at_ms: now_ms,
                             updated_at_ms: now_ms,
                             modify_index: index,
+                            blocked: None,
                         },
                     );
                     CommandResult::JobSubmitted {
@@ -73,8 +75,14 @@ pub fn apply(
                     }
                 }
             };
-            if matches!(result, CommandResult::JobSubmitted { changed: true, .. }) {
+            if let CommandResult::JobSubmitted {
+                version,
+                changed: true,
+            } = result
+            {
                 changes.put(Record::Job(&name), state);
+                // The new version replaces the instances of older ones.
+                stop_allocations(state, &name, Some(version), index, now_ms, changes);
             }
             result
         }
@@ -92,7 +100,9 @@ pub fn apply(
             job.updated_at_ms = now_ms;
             job.modify_index = index;
             let version = job.version;
+            job.blocked = None;
             changes.put(Record::Job(&name), state);
+            stop_allocations(state, &name, None, index, now_ms, changes);
             CommandResult::JobStopped { version }
         }
         Command::RegisterNode { mut node, now_ms } => {
@@ -112,6 +122,7 @@ pub fn apply(
             changes.put(Record::Node(&name), state);
             CommandResult::NodeRegistered
         }
+        Command::ApplyPlan { plan, now_ms } => apply_plan(state, index, plan, now_ms, changes),
         Command::PutVariable {
             key,
             value,

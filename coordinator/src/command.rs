@@ -4,6 +4,7 @@
 //! stamps them before proposing, so every member applies the same bytes to
 //! the same result.
 
+use crate::placement::PlanCommand;
 use herd_api::job::JobSpec;
 use herd_api::node::NodeInfo;
 use serde::{Deserialize, Serialize};
@@ -37,6 +38,13 @@ pub enum Command {
         /// Leader's clock, ms since the epoch.
         now_ms: u64,
     },
+    /// Places (and evicts for) one job version, re-checked against the newest state.
+    ApplyPlan {
+        /// The plan the leader built from a snapshot.
+        plan: PlanCommand,
+        /// Leader's clock, ms since the epoch.
+        now_ms: u64,
+    },
     /// Writes a variable, optionally only if its version matches.
     PutVariable {
         /// Variable key.
@@ -54,7 +62,8 @@ impl Command {
         match self {
             Command::SubmitJob { now_ms, .. }
             | Command::StopJob { now_ms, .. }
-            | Command::RegisterNode { now_ms, .. } => *now_ms = now,
+            | Command::RegisterNode { now_ms, .. }
+            | Command::ApplyPlan { now_ms, .. } => *now_ms = now,
             Command::InitCluster { .. } | Command::PutVariable { .. } => {}
         }
     }
@@ -67,6 +76,7 @@ impl Command {
             Command::StopJob { .. } => "stop_job",
             Command::RegisterNode { .. } => "register_node",
             Command::PutVariable { .. } => "put_variable",
+            Command::ApplyPlan { .. } => "apply_plan",
         }
     }
 }
@@ -93,6 +103,15 @@ pub enum CommandResult {
     },
     /// The node is registered.
     NodeRegistered,
+    /// A plan was applied: what was created, evicted and refused.
+    PlanApplied {
+        /// Ids of the allocations created.
+        placed: Vec<String>,
+        /// Ids of the allocations evicted.
+        evicted: Vec<String>,
+        /// Why placements were refused (the state changed since the plan was built).
+        rejected: Vec<String>,
+    },
     /// The variable was written.
     VariablePut {
         /// Its new version.
@@ -121,6 +140,9 @@ pub enum Rejection {
         /// Version found.
         actual: u64,
     },
+    /// A plan built for a job version that is no longer current.
+    #[error("stale plan: {0}")]
+    StalePlan(String),
     /// A malformed command (bad key, oversized value).
     #[error("invalid command: {0}")]
     Invalid(String),

@@ -7,6 +7,7 @@
 
 pub mod app;
 pub mod apply;
+pub mod apply_plan;
 pub mod batch;
 pub mod command;
 pub mod config;
@@ -16,8 +17,10 @@ pub mod forward;
 pub mod handle;
 pub mod leader_link;
 pub mod membership;
+pub mod placement;
 pub mod propose;
 pub mod read_index;
+pub mod reconcile;
 pub mod scheduler;
 pub mod service;
 pub mod start;

@@ -228,6 +228,7 @@ pub async fn start(config: CoordinatorConfig) -> Result<RunningCoordinator, Star
         }
     }
     background.push(tokio::spawn(establish_cluster_id(coordinator.clone())));
+    background.push(tokio::spawn(crate::reconcile::run(coordinator.clone())));
 
     Ok(RunningCoordinator {
         coordinator,

@@ -64,6 +64,7 @@ fn job_json(job: &pb::Job) -> serde_json::Value {
         "name": spec.name, "status": job.status, "version": job.version, "type": spec.r#type,
         "count": spec.count, "priority": spec.priority, "submitted_at_ms": job.submitted_at_ms,
         "updated_at_ms": job.updated_at_ms, "modify_index": job.modify_index,
+        "blocked": if job.blocked.is_empty() { serde_json::Value::Null } else { json!(job.blocked) },
         "task": {"driver": task.driver, "command": task.command, "args": task.args, "env": task.env,
                  "workdir": task.workdir,
                  "resources": {"cpu_millis": res.cpu_millis, "memory_bytes": res.memory_bytes,
@@ -192,8 +193,8 @@ pub async fn run(ctx: &Context, command: JobCommand) -> Result<(), CliError> {
                 );
                 println!("submitted  {} UTC", format_time(job.submitted_at_ms));
                 println!("updated    {} UTC", format_time(job.updated_at_ms));
-                if job.status == "pending" {
-                    println!("note       placement on node agents arrives with the scheduler; the job is recorded");
+                if !job.blocked.is_empty() {
+                    println!("blocked    {}", job.blocked);
                 }
             }
         }

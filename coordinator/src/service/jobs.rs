@@ -11,7 +11,8 @@ use super::consistency;
 use crate::command::{Command, CommandResult};
 use crate::error::CoordinatorError;
 use crate::handle::Coordinator;
-use crate::state::Job;
+use crate::state::{ClusterState, Job};
+use herd_api::resources::format_memory;
 
 /// Serves [`Jobs`].
 pub struct JobsService {
@@ -33,7 +34,58 @@ fn to_proto(job: &Job) -> pb::Job {
         submitted_at_ms: job.submitted_at_ms,
         updated_at_ms: job.updated_at_ms,
         modify_index: job.modify_index,
+        blocked: job.blocked.clone().unwrap_or_default(),
     }
+}
+
+/// Refuses, at submit time, an instance no registered node could ever hold.
+/// (With no node registered yet the job is accepted and waits.)
+fn larger_than_every_node(state: &ClusterState, spec: &JobSpec) -> Option<String> {
+    let need = &spec.task.resources;
+    if state.nodes.is_empty() {
+        return None;
+    }
+    let fits = |c: &herd_api::resources::Resources| {
+        c.cpu_millis >= need.cpu_millis
+            && c.memory_bytes >= need.memory_bytes
+            && c.gpus >= need.gpus
+            && (need.gpus == 0
+                || need.gpu_model.as_ref().is_none_or(|m| {
+                    c.gpu_model
+                        .as_ref()
+                        .is_some_and(|have| have.eq_ignore_ascii_case(m))
+                }))
+    };
+    if state.nodes.values().any(|n| fits(&n.capacity)) {
+        return None;
+    }
+    let max_cpu = state
+        .nodes
+        .values()
+        .map(|n| n.capacity.cpu_millis)
+        .max()
+        .unwrap_or(0);
+    let max_mem = state
+        .nodes
+        .values()
+        .map(|n| n.capacity.memory_bytes)
+        .max()
+        .unwrap_or(0);
+    let max_gpus = state
+        .nodes
+        .values()
+        .map(|n| n.capacity.gpus)
+        .max()
+        .unwrap_or(0);
+    Some(format!(
+        "field `task.resources`: no node could ever hold one instance ({}m cpu, {}, {} GPUs); the largest nodes have {}m cpu, {}, {} GPUs",
+        need.cpu_millis,
+        format_memory(need.memory_bytes),
+        need.gpus,
+        max_cpu,
+        format_memory(max_mem),
+        max_gpus
+    ))
 }
 
 #[tonic::async_trait]
@@ -46,6 +98,12 @@ impl Jobs for JobsService {
             return Err(Status::invalid_argument("field `spec` is missing"));
         };
         let spec = JobSpec::try_from(spec).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if let Some(problem) = self
+            .coordinator
+            .read_state(|s| larger_than_every_node(s, &spec))
+        {
+            return Err(Status::invalid_argument(problem));
+        }
         let written = self
             .coordinator
             .write(Command::SubmitJob { spec, now_ms: 0 })

@@ -1,6 +1,7 @@
 //! The coordinator's gRPC services, all served on one port.
 
 mod agent;
+mod allocs;
 mod cluster;
 mod internal;
 mod jobs;
@@ -11,6 +12,7 @@ use std::sync::Arc;
 
 use herd_api::proto::agent::agent_server::AgentServer;
 use herd_api::proto::internal::internal_server::InternalServer;
+use herd_api::proto::v1::allocs_server::AllocsServer;
 use herd_api::proto::v1::cluster_server::ClusterServer;
 use herd_api::proto::v1::jobs_server::JobsServer;
 use herd_api::proto::v1::nodes_server::NodesServer;
@@ -51,6 +53,10 @@ pub fn router(coordinator: Arc<Coordinator>) -> Router {
         )
         .add_service(
             NodesServer::new(nodes::NodesService::new(coordinator.clone()))
+                .max_decoding_message_size(MAX_CLIENT_MESSAGE),
+        )
+        .add_service(
+            AllocsServer::new(allocs::AllocsService::new(coordinator.clone()))
                 .max_decoding_message_size(MAX_CLIENT_MESSAGE),
         )
         .add_service(

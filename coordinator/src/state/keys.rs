@@ -5,6 +5,7 @@
 //! from new ones.
 
 use super::{ClusterState, Job, Variable};
+use herd_api::alloc::Allocation;
 use herd_api::node::NodeInfo;
 
 const FORMAT: u8 = 1;
@@ -20,6 +21,8 @@ pub enum Record<'a> {
     Job(&'a str),
     /// A variable by key.
     Variable(&'a str),
+    /// An allocation by id.
+    Alloc(&'a str),
 }
 
 impl Record<'_> {
@@ -30,6 +33,7 @@ impl Record<'_> {
             Record::Node(name) => format!("node/{name}").into_bytes(),
             Record::Job(name) => format!("job/{name}").into_bytes(),
             Record::Variable(key) => format!("var/{key}").into_bytes(),
+            Record::Alloc(id) => format!("alloc/{id}").into_bytes(),
         }
     }
 
@@ -52,6 +56,10 @@ impl Record<'_> {
                 .variables
                 .get(*key)
                 .and_then(|v| herd_consensus::codec::encode(v).ok()),
+            Record::Alloc(id) => state
+                .allocations
+                .get(*id)
+                .and_then(|a| herd_consensus::codec::encode(a).ok()),
         }?;
         let mut value = Vec::with_capacity(body.len() + 1);
         value.push(FORMAT);
@@ -85,6 +93,10 @@ pub(super) fn load_pair(state: &mut ClusterState, key: &[u8], value: &[u8]) -> R
         state
             .jobs
             .insert(name.to_string(), decode::<Job>(key, value)?);
+    } else if let Some(id) = key.strip_prefix("alloc/") {
+        state
+            .allocations
+            .insert(id.to_string(), decode::<Allocation>(key, value)?);
     } else if let Some(name) = key.strip_prefix("var/") {
         state
             .variables

@@ -7,6 +7,7 @@ mod keys;
 
 use std::collections::BTreeMap;
 
+use herd_api::alloc::Allocation;
 use herd_api::job::JobSpec;
 use herd_api::node::NodeInfo;
 use herd_consensus::storage::WriteOp;
@@ -54,6 +55,8 @@ pub struct Job {
     pub updated_at_ms: u64,
     /// Raft index of the command that wrote the current version.
     pub modify_index: u64,
+    /// Why instances of the current version are not placed, when some are not.
+    pub blocked: Option<String>,
 }
 
 /// A replicated register with a version for compare-and-set.
@@ -78,6 +81,8 @@ pub struct ClusterState {
     pub jobs: BTreeMap<String, Job>,
     /// Variables by key.
     pub variables: BTreeMap<String, Variable>,
+    /// Allocations by id.
+    pub allocations: BTreeMap<String, Allocation>,
 }
 
 /// Collects the persisted form of what a command changed.
@@ -144,6 +149,9 @@ impl ClusterState {
         }
         for key in self.variables.keys() {
             log.put(Record::Variable(key), self);
+        }
+        for id in self.allocations.keys() {
+            log.put(Record::Alloc(id), self);
         }
         ops.into_iter()
             .filter_map(|op| match op {

@@ -1,0 +1,144 @@
+//! `herd alloc list|status`.
+
+use clap::Subcommand;
+use herd_api::proto::v1 as pb;
+use herd_api::proto::v1::allocs_client::AllocsClient;
+use herd_api::resources::format_memory;
+use serde_json::json;
+
+use super::Context;
+use crate::exit::CliError;
+use crate::output::{format_time, print_json, print_table};
+
+/// Subcommands of `herd alloc`.
+#[derive(Subcommand, Debug)]
+pub enum AllocCommand {
+    /// Allocations, optionally of one job.
+    List {
+        /// Only this job's allocations.
+        #[arg(long)]
+        job: Option<String>,
+        /// Answer from the first coordinator's own state.
+        #[arg(long)]
+        stale: bool,
+    },
+    /// One allocation with its events.
+    Status {
+        /// Allocation id.
+        id: String,
+        /// Answer from the first coordinator's own state.
+        #[arg(long)]
+        stale: bool,
+    },
+}
+
+fn alloc_json(a: &pb::Alloc) -> serde_json::Value {
+    let res = a.resources.clone().unwrap_or_default();
+    json!({
+        "id": a.id, "job": a.job, "job_version": a.job_version, "instance": a.instance, "node": a.node,
+        "status": a.status, "desired": a.desired, "generation": a.generation, "priority": a.priority,
+        "resources": {"cpu_millis": res.cpu_millis, "memory_bytes": res.memory_bytes, "gpus": res.gpus,
+                      "gpu_model": res.gpu_model},
+        "events": a.events.iter().map(|e| json!({"at_ms": e.at_ms, "kind": e.kind, "detail": e.detail})).collect::<Vec<_>>(),
+        "create_index": a.create_index, "modify_index": a.modify_index,
+    })
+}
+
+/// Runs a `herd alloc` subcommand.
+pub async fn run(ctx: &Context, command: AllocCommand) -> Result<(), CliError> {
+    let client = ctx.client()?;
+    match command {
+        AllocCommand::List { job, stale } => {
+            let job = job.unwrap_or_default();
+            let allocs = client
+                .call(|ch| {
+                    let request = pb::ListAllocsRequest {
+                        job: job.clone(),
+                        stale,
+                    };
+                    async move {
+                        AllocsClient::new(ch)
+                            .list(request)
+                            .await
+                            .map(|r| r.into_inner().allocs)
+                    }
+                })
+                .await?;
+            if ctx.json() {
+                print_json(&json!(allocs.iter().map(alloc_json).collect::<Vec<_>>()));
+            } else {
+                let rows: Vec<Vec<String>> = allocs
+                    .iter()
+                    .map(|a| {
+                        vec![
+                            a.id.clone(),
+                            a.job.clone(),
+                            a.instance.to_string(),
+                            a.node.clone(),
+                            a.status.clone(),
+                            a.desired.clone(),
+                            a.generation.to_string(),
+                        ]
+                    })
+                    .collect();
+                print_table(
+                    &[
+                        "ID",
+                        "JOB",
+                        "INSTANCE",
+                        "NODE",
+                        "STATUS",
+                        "DESIRED",
+                        "GENERATION",
+                    ],
+                    &rows,
+                );
+            }
+        }
+        AllocCommand::Status { id, stale } => {
+            let alloc = client
+                .call(|ch| {
+                    let request = pb::GetAllocRequest {
+                        id: id.clone(),
+                        stale,
+                    };
+                    async move {
+                        AllocsClient::new(ch)
+                            .get(request)
+                            .await
+                            .map(|r| r.into_inner())
+                    }
+                })
+                .await?;
+            if ctx.json() {
+                print_json(&alloc_json(&alloc));
+            } else {
+                let res = alloc.resources.clone().unwrap_or_default();
+                println!("id          {}", alloc.id);
+                println!(
+                    "job         {} (version {}, instance {})",
+                    alloc.job, alloc.job_version, alloc.instance
+                );
+                println!("node        {}", alloc.node);
+                println!("status      {} (desired: {})", alloc.status, alloc.desired);
+                println!("generation  {}", alloc.generation);
+                println!(
+                    "resources   cpu {}m, memory {}, gpus {}",
+                    res.cpu_millis,
+                    format_memory(res.memory_bytes),
+                    res.gpus
+                );
+                println!("events:");
+                for event in &alloc.events {
+                    println!(
+                        "  {} UTC  {:<10} {}",
+                        format_time(event.at_ms),
+                        event.kind,
+                        event.detail
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,215 @@
+//! Placement through the real Raft path: jobs become allocations on
+//! registered nodes, work that cannot fit says why, higher priority preempts
+//! lower, and stopping a job stops its allocations. (Node agents that run the
+//! allocations come next; here nodes are registered through the agent API.)
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use common::*;
+use herd_api::proto::agent::agent_client::AgentClient;
+use herd_api::proto::agent::RegisterNodeRequest;
+use herd_api::proto::v1::Resources;
+use herd_chaos::process_cluster::ProcessCluster;
+use serde_json::Value;
+
+async fn must_register(cluster: &ProcessCluster, name: &str, cpu_millis: u64) {
+    let request = RegisterNodeRequest {
+        name: name.to_string(),
+        addr: "127.0.0.1:1".to_string(),
+        capacity: Some(Resources {
+            cpu_millis,
+            memory_bytes: 8 << 30,
+            gpus: 0,
+            gpu_model: String::new(),
+        }),
+        labels: Default::default(),
+    };
+    cluster
+        .client()
+        .expect("client")
+        .call(|ch| {
+            let request = request.clone();
+            async move { AgentClient::new(ch).register(request).await }
+        })
+        .await
+        .expect("register");
+}
+
+fn spec(name: &str, priority: u32, count: u32, cpu: u32) -> String {
+    format!(
+        "name = \"{name}\"\ntype = \"service\"\ncount = {count}\npriority = {priority}\n[task]\ndriver = \"exec\"\ncommand = \"/bin/sleep\"\nargs = [\"600\"]\n[task.resources]\ncpu = {cpu}\nmemory = \"256MiB\"\n"
+    )
+}
+
+fn json(addr: &str, args: &[&str]) -> Value {
+    let mut full = vec!["--addr", addr];
+    full.extend_from_slice(args);
+    full.extend_from_slice(&["-o", "json"]);
+    serde_json::from_str(&must_cli_ok(&full)).expect("json output")
+}
+
+/// Waits until `condition` holds for `herd alloc list -o json`.
+async fn must_see_allocs(
+    addr: &str,
+    what: &str,
+    condition: impl Fn(&[Value]) -> bool,
+) -> Vec<Value> {
+    let started = Instant::now();
+    loop {
+        let allocs = json(addr, &["alloc", "list"]);
+        let allocs = allocs.as_array().cloned().unwrap_or_default();
+        if condition(&allocs) {
+            return allocs;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "never saw {what}: {allocs:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn live<'a>(allocs: &'a [Value], job: &str) -> Vec<&'a Value> {
+    allocs
+        .iter()
+        .filter(|a| a["job"] == job && a["desired"] == "run" && a["status"] == "pending")
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn jobs_are_placed_blocked_preempted_and_stopped() {
+    let cluster = ProcessCluster::start(herd_bin(), 3, &[]).expect("start");
+    cluster
+        .wait_for_leader(Duration::from_secs(20))
+        .await
+        .expect("leader");
+    let addr = cluster.addr_list();
+    for node in ["n1", "n2", "n3"] {
+        must_register(&cluster, node, 4000).await;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let write = |name: &str, text: String| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).expect("write spec");
+        path.display().to_string()
+    };
+
+    // Larger than any node: refused at submit time, nothing stored.
+    let huge = write("huge.toml", spec("huge", 50, 1, 5000));
+    let out = must_run_cli(&["--addr", &addr, "job", "run", &huge]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no node could ever hold"));
+
+    // Low-priority work fills every node: 6 instances x 2000m on 3 x 4000m.
+    must_cli_ok(&[
+        "--addr",
+        &addr,
+        "job",
+        "run",
+        &write("filler.toml", spec("filler", 10, 6, 2000)),
+    ]);
+    let allocs = must_see_allocs(&addr, "6 filler allocations", |a| {
+        live(a, "filler").len() == 6
+    })
+    .await;
+    let mut per_node: BTreeMap<String, u64> = BTreeMap::new();
+    for a in live(&allocs, "filler") {
+        *per_node
+            .entry(a["node"].as_str().unwrap_or("").to_string())
+            .or_default() += 2000;
+        assert_eq!(a["generation"], 1);
+    }
+    assert!(
+        per_node.values().all(|cpu| *cpu <= 4000),
+        "over-committed: {per_node:?}"
+    );
+
+    // A seventh filler instance has no room: pending with a reason, never over-committed.
+    must_cli_ok(&[
+        "--addr",
+        &addr,
+        "job",
+        "run",
+        &write("filler7.toml", spec("filler", 10, 7, 2000)),
+    ]);
+    let started = Instant::now();
+    let status = loop {
+        let status = json(&addr, &["job", "status", "filler"]);
+        if status["version"] == 2 && status["blocked"].is_string() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no blocked reason: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let reason = status["blocked"].as_str().unwrap_or("");
+    assert!(
+        reason.contains("lack free cpu") || reason.contains("free cpu"),
+        "{reason}"
+    );
+    let allocs = must_see_allocs(&addr, "6 filler v2 allocations", |a| {
+        live(a, "filler").len() == 6
+    })
+    .await;
+
+    // A priority-80 job evicts exactly one priority-10 instance and runs.
+    must_cli_ok(&[
+        "--addr",
+        &addr,
+        "job",
+        "run",
+        &write("urgent.toml", spec("urgent", 80, 1, 2000)),
+    ]);
+    let after = must_see_allocs(&addr, "the urgent allocation", |a| {
+        live(a, "urgent").len() == 1
+    })
+    .await;
+    let preempted: Vec<&Value> = after
+        .iter()
+        .filter(|a| a["status"] == "preempted")
+        .collect();
+    assert_eq!(preempted.len(), 1, "{after:#?}");
+    assert_eq!(preempted[0]["job"], "filler");
+    assert_eq!(live(&after, "filler").len(), 5, "nothing else touched");
+    for before in live(&allocs, "filler") {
+        if before["id"] != preempted[0]["id"] {
+            assert!(after
+                .iter()
+                .any(|a| a["id"] == before["id"] && a["status"] == "pending"));
+        }
+    }
+    let filler = json(&addr, &["job", "status", "filler"]);
+    assert!(
+        filler["blocked"].is_string(),
+        "the evicted work is requeued and waits: {filler}"
+    );
+
+    // Stopping a job stops its allocations.
+    must_cli_ok(&["--addr", &addr, "job", "stop", "urgent"]);
+    must_see_allocs(&addr, "urgent stopped", |a| {
+        a.iter()
+            .filter(|x| x["job"] == "urgent")
+            .all(|x| x["status"] == "stopped" && x["desired"] == "stop")
+    })
+    .await;
+    // ... which frees room: the requeued filler instance is placed again.
+    must_see_allocs(&addr, "filler back to 6", |a| live(a, "filler").len() == 6).await;
+    let one = &live(&after, "urgent")[0];
+    let id = one["id"].as_str().unwrap_or("");
+    let detail = json(&addr, &["alloc", "status", id]);
+    let kinds: Vec<&str> = detail["events"]
+        .as_array()
+        .map(|e| e.iter().filter_map(|x| x["kind"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(kinds, vec!["placed", "stopped"], "{detail}");
+}

@@ -1,0 +1,350 @@
+//! Applying a placement plan: the second half of plan-then-apply.
+//!
+//! The leader builds a plan from a snapshot; by the time it commits, other
+//! plans may have taken the room it counted on. So `apply` re-checks every
+//! placement against the state as it is now (`scheduler::verify_plan`) and
+//! commits only what still fits — two plans can never over-commit a node.
+
+use std::collections::BTreeSet;
+
+use herd_api::alloc::{AllocDesired, AllocStatus, Allocation};
+
+use crate::command::{CommandResult, Rejection};
+use crate::placement::{
+    alloc_views, missing_instances, node_views, request_for, to_scheduler_plan, PlanCommand,
+};
+use crate::scheduler::verify_plan;
+use crate::state::{ChangeLog, ClusterState, JobStatus, Record};
+
+/// Applies `plan`, committed at log `index`.
+pub fn apply_plan(
+    state: &mut ClusterState,
+    index: u64,
+    mut plan: PlanCommand,
+    now_ms: u64,
+    changes: &mut ChangeLog<'_>,
+) -> CommandResult {
+    let Some(job) = state.jobs.get(&plan.job) else {
+        return CommandResult::Rejected(Rejection::JobNotFound(plan.job));
+    };
+    if job.version != plan.job_version || job.status == JobStatus::Stopped {
+        return CommandResult::Rejected(Rejection::StalePlan(format!(
+            "plan for {} version {} but the job is at version {} ({})",
+            plan.job,
+            plan.job_version,
+            job.version,
+            job.status.as_str()
+        )));
+    }
+    let (priority, version) = (job.spec.priority, job.version);
+    // An instance placed by an earlier plan must not be placed twice.
+    let missing: BTreeSet<u32> = missing_instances(state, job).into_iter().collect();
+    let mut rejected: Vec<String> = Vec::new();
+    plan.placements.retain(|(instance, _)| {
+        let keep = missing.contains(instance);
+        if !keep {
+            rejected.push(format!("instance {instance} is already placed"));
+        }
+        keep
+    });
+    let request = request_for(job, plan.placements.iter().map(|(i, _)| *i).collect());
+    let verdict = verify_plan(
+        &node_views(state),
+        &alloc_views(state),
+        &request,
+        &to_scheduler_plan(&plan),
+    );
+    rejected.extend(
+        verdict
+            .rejected
+            .iter()
+            .map(|r| format!("instance {} on {}: {}", r.instance, r.node, r.reason)),
+    );
+
+    let mut evicted = Vec::new();
+    let mut requeued = BTreeSet::new();
+    for eviction in &verdict.evictions {
+        let Some(alloc) = state.allocations.get_mut(&eviction.alloc_id) else {
+            continue;
+        };
+        alloc.desired = AllocDesired::Stop;
+        alloc.status = AllocStatus::Preempted;
+        alloc.modify_index = index;
+        alloc.record(
+            now_ms,
+            "preempted",
+            format!(
+                "evicted for job {} (priority {priority} > {})",
+                plan.job, alloc.priority
+            ),
+        );
+        requeued.insert(alloc.job.clone());
+        evicted.push(eviction.alloc_id.clone());
+        changes.put(Record::Alloc(&eviction.alloc_id), state);
+    }
+    for job_name in &requeued {
+        if let Some(job) = state.jobs.get_mut(job_name) {
+            if job.status != JobStatus::Stopped {
+                job.status = JobStatus::Pending;
+                job.blocked = Some("requeued: evicted for higher-priority work".to_string());
+                changes.put(Record::Job(job_name), state);
+            }
+        }
+    }
+
+    let mut placed = Vec::new();
+    for placement in &verdict.accepted {
+        let id = format!("{}-{}-{index}", plan.job, placement.instance);
+        let mut alloc = Allocation {
+            id: id.clone(),
+            job: plan.job.clone(),
+            job_version: version,
+            instance: placement.instance,
+            node: placement.node.clone(),
+            resources: request.resources.clone(),
+            priority,
+            gang: None,
+            generation: 1,
+            desired: AllocDesired::Run,
+            status: AllocStatus::Pending,
+            events: Vec::new(),
+            create_index: index,
+            modify_index: index,
+        };
+        alloc.record(now_ms, "placed", format!("on node {}", placement.node));
+        state.allocations.insert(id.clone(), alloc);
+        changes.put(Record::Alloc(&id), state);
+        placed.push(id);
+    }
+
+    if let Some(job) = state.jobs.get_mut(&plan.job) {
+        let blocked = match rejected.first() {
+            Some(reason) => Some(format!("placement refused at apply: {reason}")),
+            None => plan.blocked.clone(),
+        };
+        if job.blocked != blocked {
+            job.blocked = blocked;
+            changes.put(Record::Job(&plan.job), state);
+        }
+    }
+    CommandResult::PlanApplied {
+        placed,
+        evicted,
+        rejected,
+    }
+}
+
+/// Stops every allocation of `job` not of `keep_version` (all of them when None):
+/// never-started ones stop at once, started ones when their node confirms.
+pub fn stop_allocations(
+    state: &mut ClusterState,
+    job: &str,
+    keep_version: Option<u64>,
+    index: u64,
+    now_ms: u64,
+    changes: &mut ChangeLog<'_>,
+) {
+    let ids: Vec<String> = state
+        .allocations
+        .values()
+        .filter(|a| {
+            a.job == job && a.desired == AllocDesired::Run && Some(a.job_version) != keep_version
+        })
+        .map(|a| a.id.clone())
+        .collect();
+    for id in ids {
+        if let Some(alloc) = state.allocations.get_mut(&id) {
+            alloc.desired = AllocDesired::Stop;
+            if alloc.status == AllocStatus::Pending {
+                alloc.status = AllocStatus::Stopped;
+            }
+            alloc.modify_index = index;
+            alloc.record(
+                now_ms,
+                "stopped",
+                "job stopped or replaced by a new version",
+            );
+            changes.put(Record::Alloc(&id), state);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use herd_api::job::{JobSpec, JobType, TaskSpec};
+    use herd_api::node::{NodeInfo, NodeStatus};
+    use herd_api::resources::Resources;
+    use herd_consensus::storage::WriteOp;
+
+    use crate::apply::apply;
+    use crate::command::{Command, CommandResult};
+    use crate::placement::plan_job;
+    use crate::state::{ChangeLog, ClusterState};
+
+    fn run(state: &mut ClusterState, index: u64, command: Command) -> CommandResult {
+        let mut ops: Vec<WriteOp> = Vec::new();
+        apply(state, index, command, &mut ChangeLog::new(&mut ops))
+    }
+
+    fn job(name: &str, cpu: u64) -> JobSpec {
+        JobSpec {
+            name: name.into(),
+            job_type: JobType::Service,
+            count: 1,
+            priority: 50,
+            task: TaskSpec {
+                driver: "exec".into(),
+                command: Some("/bin/true".into()),
+                args: vec![],
+                env: Default::default(),
+                workdir: None,
+                resources: Resources {
+                    cpu_millis: cpu,
+                    memory_bytes: 64 << 20,
+                    gpus: 0,
+                    gpu_model: None,
+                },
+            },
+        }
+    }
+
+    #[test]
+    fn a_plan_built_on_a_stale_snapshot_cannot_over_commit_a_node() {
+        let mut state = ClusterState::default();
+        let node = NodeInfo {
+            name: "n1".into(),
+            addr: "127.0.0.1:1".into(),
+            capacity: Resources {
+                cpu_millis: 4000,
+                memory_bytes: 8 << 30,
+                gpus: 0,
+                gpu_model: None,
+            },
+            labels: Default::default(),
+            status: NodeStatus::Ready,
+            registered_at_ms: 0,
+        };
+        run(&mut state, 1, Command::RegisterNode { node, now_ms: 1 });
+        run(
+            &mut state,
+            2,
+            Command::SubmitJob {
+                spec: job("a", 3000),
+                now_ms: 2,
+            },
+        );
+        run(
+            &mut state,
+            3,
+            Command::SubmitJob {
+                spec: job("b", 3000),
+                now_ms: 3,
+            },
+        );
+        // Both plans come from the same snapshot, and both pick n1.
+        let plan_a = plan_job(&state, &state.jobs["a"]).expect("plan a");
+        let plan_b = plan_job(&state, &state.jobs["b"]).expect("plan b");
+        assert_eq!(plan_a.placements, vec![(0, "n1".to_string())]);
+        assert_eq!(plan_b.placements, vec![(0, "n1".to_string())]);
+
+        let applied_a = run(
+            &mut state,
+            4,
+            Command::ApplyPlan {
+                plan: plan_a,
+                now_ms: 4,
+            },
+        );
+        assert!(
+            matches!(applied_a, CommandResult::PlanApplied { ref placed, .. } if placed.len() == 1),
+            "{applied_a:?}"
+        );
+        let applied_b = run(
+            &mut state,
+            5,
+            Command::ApplyPlan {
+                plan: plan_b.clone(),
+                now_ms: 5,
+            },
+        );
+        match applied_b {
+            CommandResult::PlanApplied {
+                placed, rejected, ..
+            } => {
+                assert!(placed.is_empty());
+                assert_eq!(rejected.len(), 1);
+                assert!(rejected[0].contains("cpu"), "{rejected:?}");
+            }
+            other => panic!("expected a refused placement, got {other:?}"),
+        }
+        let used: u64 = state
+            .allocations
+            .values()
+            .filter(|a| a.node == "n1" && a.status.holds_resources())
+            .map(|a| a.resources.cpu_millis)
+            .sum();
+        assert_eq!(used, 3000, "n1 is not over-committed");
+        assert!(state.jobs["b"]
+            .blocked
+            .as_deref()
+            .is_some_and(|r| r.contains("refused at apply")));
+
+        // Re-applying the same plan for an already placed instance is refused too.
+        let duplicate = crate::placement::PlanCommand {
+            placements: vec![(0, "n1".to_string())],
+            ..plan_b
+        };
+        let duplicate = crate::placement::PlanCommand {
+            job: "a".into(),
+            ..duplicate
+        };
+        match run(
+            &mut state,
+            6,
+            Command::ApplyPlan {
+                plan: duplicate,
+                now_ms: 6,
+            },
+        ) {
+            CommandResult::PlanApplied {
+                placed, rejected, ..
+            } => {
+                assert!(placed.is_empty());
+                assert!(rejected[0].contains("already placed"), "{rejected:?}");
+            }
+            other => panic!("expected a refused duplicate, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_plan_for_an_old_job_version_is_stale() {
+        let mut state = ClusterState::default();
+        run(
+            &mut state,
+            1,
+            Command::SubmitJob {
+                spec: job("a", 100),
+                now_ms: 1,
+            },
+        );
+        let plan = crate::placement::PlanCommand {
+            job: "a".into(),
+            job_version: 1,
+            placements: vec![],
+            evictions: vec![],
+            blocked: Some("no nodes".into()),
+        };
+        run(
+            &mut state,
+            2,
+            Command::SubmitJob {
+                spec: job("a", 200),
+                now_ms: 2,
+            },
+        );
+        assert!(matches!(
+            run(&mut state, 3, Command::ApplyPlan { plan, now_ms: 3 }),
+            CommandResult::Rejected(crate::command::Rejection::StalePlan(_))
+        ));
+    }
+}

@@ -1,0 +1,75 @@
+//! The leader's scheduling loop: compare what jobs want with the
+//! allocations that exist, and propose plans for the difference.
+//!
+//! Runs on every member but acts only while it leads, re-evaluating when the
+//! applied state moved. Plans are built from the leader's applied state (a
+//! snapshot) and re-checked inside `apply`, so a plan that raced another
+//! never over-commits a node; it is simply re-planned on the next pass.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::command::Command;
+use crate::handle::Coordinator;
+use crate::placement::{plan_job, PlanCommand};
+
+/// Longest pause between passes while leading, even when nothing moved.
+const IDLE_PASS: Duration = Duration::from_secs(1);
+/// An identical plan is not proposed again sooner than this (a plan that
+/// `apply` keeps refusing must not flood the log).
+const SAME_PLAN_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Runs the loop until the member shuts down.
+pub async fn run(coordinator: Arc<Coordinator>) {
+    let mut metrics = coordinator.raft().metrics();
+    let mut evaluated_at: Option<u64> = None;
+    let mut proposed: HashMap<String, (PlanCommand, Instant)> = HashMap::new();
+    loop {
+        tokio::select! {
+            changed = metrics.changed() => if changed.is_err() { return },
+            _ = tokio::time::sleep(IDLE_PASS) => {}
+        }
+        let (leading, applied) = {
+            let m = metrics.borrow();
+            (
+                m.current_leader == Some(coordinator.id()),
+                m.last_applied.map(|l| l.index),
+            )
+        };
+        if !leading {
+            evaluated_at = None;
+            proposed.clear();
+            continue;
+        }
+        if applied == evaluated_at {
+            continue;
+        }
+        evaluated_at = applied;
+        let plans: Vec<PlanCommand> = coordinator.read_state(|state| {
+            state
+                .jobs
+                .values()
+                .filter_map(|job| plan_job(state, job))
+                .collect()
+        });
+        for plan in plans {
+            if let Some((previous, at)) = proposed.get(&plan.job) {
+                if *previous == plan && at.elapsed() < SAME_PLAN_BACKOFF {
+                    continue;
+                }
+            }
+            proposed.insert(plan.job.clone(), (plan.clone(), Instant::now()));
+            let job = plan.job.clone();
+            match coordinator
+                .write(Command::ApplyPlan { plan, now_ms: 0 })
+                .await
+            {
+                Ok(written) => {
+                    tracing::debug!(%job, index = written.log_index, result = ?written.result, "plan applied")
+                }
+                Err(e) => tracing::debug!(%job, error = %e, "plan not applied"),
+            }
+        }
+    }
+}
