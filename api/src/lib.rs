@@ -8,6 +8,8 @@
 pub mod alloc;
 pub mod client;
 pub mod convert;
+#[cfg(test)]
+mod fixtures;
 pub mod job;
 pub mod node;
 pub mod proto;

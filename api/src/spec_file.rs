@@ -509,25 +509,7 @@ memory = "64MiB"
 
     #[test]
     fn the_minimal_spec_parses_exactly() {
-        let expected = JobSpec {
-            name: "hello".into(),
-            job_type: JobType::Batch,
-            count: 1,
-            priority: 50,
-            task: TaskSpec {
-                driver: "exec".into(),
-                command: Some("/bin/sleep".into()),
-                args: vec!["30".into()],
-                env: BTreeMap::new(),
-                workdir: None,
-                resources: Resources {
-                    cpu_millis: 100,
-                    memory_bytes: 64 * MIB,
-                    gpus: 0,
-                    gpu_model: None,
-                },
-            },
-        };
+        let expected = crate::fixtures::minimal_batch();
         assert_eq!(parse(HELLO), Ok(expected));
     }
 

@@ -334,31 +334,12 @@ impl Resources {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
 
     use super::*;
     use crate::job::JobType;
 
     fn valid() -> JobSpec {
-        JobSpec {
-            name: "hello".into(),
-            job_type: JobType::Batch,
-            count: 1,
-            priority: 50,
-            task: TaskSpec {
-                driver: "exec".into(),
-                command: Some("/bin/sleep".into()),
-                args: vec!["30".into()],
-                env: BTreeMap::new(),
-                workdir: None,
-                resources: Resources {
-                    cpu_millis: 100,
-                    memory_bytes: 64 * MIB,
-                    gpus: 0,
-                    gpu_model: None,
-                },
-            },
-        }
+        crate::fixtures::minimal_batch()
     }
 
     /// Applies `change` to a valid spec and returns the field it is rejected on.

@@ -50,28 +50,10 @@ mod tests {
 
     use super::*;
     use crate::job::TaskSpec;
-    use crate::resources::{Resources, GIB, MIB};
+    use crate::resources::{Resources, GIB};
 
     fn batch() -> JobSpec {
-        JobSpec {
-            name: "hello".into(),
-            job_type: JobType::Batch,
-            count: 1,
-            priority: 50,
-            task: TaskSpec {
-                driver: "exec".into(),
-                command: Some("/bin/sleep".into()),
-                args: vec!["30".into()],
-                env: BTreeMap::new(),
-                workdir: None,
-                resources: Resources {
-                    cpu_millis: 100,
-                    memory_bytes: 64 * MIB,
-                    gpus: 0,
-                    gpu_model: None,
-                },
-            },
-        }
+        crate::fixtures::minimal_batch()
     }
 
     fn service() -> JobSpec {
