@@ -4,9 +4,11 @@
 //! application's changes and the new applied position, so a crash leaves the
 //! persisted state at an entry boundary; Raft re-applies the rest from the log.
 
+use std::collections::BTreeMap;
 use std::io::Cursor;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{AnyError, EntryPayload, RaftSnapshotBuilder, StorageIOError};
@@ -81,7 +83,16 @@ pub struct StateMachineStore<A: Application> {
     applied: Option<LogId>,
     membership: StoredMembership,
     stats: Arc<StateMachineStats>,
+    /// Applied changes not yet written to the store, last write per key.
+    pending: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    /// When the oldest pending change was applied.
+    pending_since: Option<Instant>,
 }
+
+/// Applied changes are written to the store at most this late...
+const PERSIST_AFTER: Duration = Duration::from_millis(100);
+/// ...or once this many keys are pending, whichever comes first.
+const PERSIST_KEYS: usize = 8192;
 
 impl<A: Application> StateMachineStore<A> {
     /// Loads the persisted state into `app` and wraps both.
@@ -113,12 +124,28 @@ impl<A: Application> StateMachineStore<A> {
             applied,
             membership,
             stats: Arc::new(StateMachineStats::default()),
+            pending: BTreeMap::new(),
+            pending_since: None,
         })
     }
 
     /// Counters for status reports.
     pub fn stats(&self) -> Arc<StateMachineStats> {
         self.stats.clone()
+    }
+
+    /// Writes every pending change and the applied position in one atomic batch.
+    fn persist_pending(&mut self) -> Result<(), StorageError> {
+        let mut ops: Vec<WriteOp> = std::mem::take(&mut self.pending)
+            .into_iter()
+            .map(|(key, value)| match value {
+                Some(value) => WriteOp::Put(key, value),
+                None => WriteOp::Delete(key),
+            })
+            .collect();
+        self.pending_since = None;
+        ops.extend(self.position_ops()?);
+        self.store.write(Space::State, ops).map_err(sm_err)
     }
 
     fn position_ops(&self) -> Result<Vec<WriteOp>, StorageError> {
@@ -144,15 +171,19 @@ pub struct SnapshotBuilder {
     store: Arc<dyn KvStore>,
     applied: Option<LogId>,
     membership: StoredMembership,
-    pairs: Vec<(Vec<u8>, Vec<u8>)>,
+    pairs: Result<Vec<(Vec<u8>, Vec<u8>)>, String>,
     stats: Arc<StateMachineStats>,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let pairs = std::mem::replace(&mut self.pairs, Err("snapshot already built".into()))
+            .map_err(|e| {
+                StorageError::from(StorageIOError::write_snapshot(None, AnyError::error(e)))
+            })?;
         let body = SnapshotBody {
             format: SNAPSHOT_FORMAT,
-            pairs: std::mem::take(&mut self.pairs),
+            pairs,
         };
         let data = codec::encode(&body).map_err(snap_err)?;
         let seq = match self
@@ -236,30 +267,42 @@ impl<A: Application> RaftStateMachine<TypeConfig> for StateMachineStore<A> {
                 }
             }
         }
-        let mut ops: Vec<WriteOp> = changes
-            .into_iter()
-            .map(|op| match op {
-                WriteOp::Put(k, v) => WriteOp::Put(app_key(&k), v),
-                WriteOp::Delete(k) => WriteOp::Delete(app_key(&k)),
-            })
-            .collect();
-        ops.extend(self.position_ops()?);
-        self.store.write(Space::State, ops).map_err(sm_err)?;
+        // The state is persisted in batches across entries, as etcd's backend
+        // does: the durable log holds every applied entry until a snapshot,
+        // and a snapshot is only built from persisted state, so a crash loses
+        // nothing that Raft cannot re-apply. Records rewritten often (status,
+        // counters) then cost one store write per batch, not one per entry.
+        for op in changes {
+            match op {
+                WriteOp::Put(k, v) => self.pending.insert(app_key(&k), Some(v)),
+                WriteOp::Delete(k) => self.pending.insert(app_key(&k), None),
+            };
+        }
+        let since = *self.pending_since.get_or_insert_with(Instant::now);
+        if self.pending.len() >= PERSIST_KEYS || since.elapsed() >= PERSIST_AFTER {
+            self.persist_pending()?;
+        }
         Ok(outcomes)
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        // Captured here, where no apply runs concurrently, so the pairs and
-        // the position match exactly.
-        let pairs = match self.store.range(Space::State, APP_PREFIX, Some(APP_END)) {
-            Ok(pairs) => pairs
-                .into_iter()
-                .map(|(k, v)| (k[APP_PREFIX.len()..].to_vec(), v))
-                .collect(),
-            Err(e) => {
-                tracing::error!(error = %e, "cannot read state for a snapshot");
-                Vec::new()
-            }
+        // Captured here, where no apply runs concurrently, after persisting
+        // what is pending, so the pairs and the position match exactly. A
+        // failure makes the build fail: never an empty or partial snapshot.
+        let pairs = match self.persist_pending() {
+            Err(e) => Err(format!(
+                "cannot persist applied state before a snapshot: {e}"
+            )),
+            Ok(()) => self
+                .store
+                .range(Space::State, APP_PREFIX, Some(APP_END))
+                .map(|pairs| {
+                    pairs
+                        .into_iter()
+                        .map(|(k, v)| (k[APP_PREFIX.len()..].to_vec(), v))
+                        .collect()
+                })
+                .map_err(|e| format!("cannot read state for a snapshot: {e}")),
         };
         SnapshotBuilder {
             store: self.store.clone(),
@@ -294,6 +337,9 @@ impl<A: Application> RaftStateMachine<TypeConfig> for StateMachineStore<A> {
             )
             .into());
         }
+        // The snapshot replaces everything, including what was pending.
+        self.pending.clear();
+        self.pending_since = None;
         let mut ops: Vec<WriteOp> = self
             .store
             .range(Space::State, APP_PREFIX, Some(APP_END))
