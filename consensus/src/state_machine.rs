@@ -15,7 +15,7 @@ use openraft::{AnyError, EntryPayload, RaftSnapshotBuilder, StorageIOError};
 use serde::{Deserialize, Serialize};
 
 use crate::codec;
-use crate::storage::{KvStore, Space, WriteOp};
+use crate::storage::{KvStore, Pair, Space, WriteOp};
 use crate::types::{
     Entry, LogId, Outcome, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
@@ -171,7 +171,7 @@ pub struct SnapshotBuilder {
     store: Arc<dyn KvStore>,
     applied: Option<LogId>,
     membership: StoredMembership,
-    pairs: Result<Vec<(Vec<u8>, Vec<u8>)>, String>,
+    pairs: Result<Vec<Pair>, String>,
     stats: Arc<StateMachineStats>,
 }
 
