@@ -6,5 +6,6 @@
 //! This crate owns what happens on one node. It must never depend on the
 //! coordinator's state or on consensus: it sees the cluster only through
 //! `herd-api` types.
+#![warn(missing_docs)]
 
 pub mod driver;

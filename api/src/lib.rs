@@ -4,6 +4,7 @@
 //! domain types that cross crate boundaries (job specs, resources, nodes),
 //! their validation, and the conversions between the two. It must never
 //! depend on consensus, storage or actor code: everything else depends on it.
+#![warn(missing_docs)]
 
 pub mod alloc;
 pub mod client;

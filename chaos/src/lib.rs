@@ -6,6 +6,7 @@
 //! drive real clusters through it. Fault schedules, histories and checkers
 //! build on it. It talks to herd only through its binary and its public
 //! gRPC API, never through internal crates.
+#![warn(missing_docs)]
 
 pub mod ports;
 pub mod process_cluster;

@@ -6,6 +6,7 @@
 //! [`Application`] that the coordinator supplies. This crate must never
 //! depend on the coordinator's state types, and nothing outside
 //! [`storage`] may name sled.
+#![warn(missing_docs)]
 
 // openraft's storage traits return its 224-byte `StorageError`; helpers that
 // feed them return it too rather than converting twice.

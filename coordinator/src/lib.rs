@@ -4,6 +4,7 @@
 //! Owns `ClusterState` and its deterministic `apply`; leader-side machinery
 //! (forwarding, cluster id) lives beside it. Storage and Raft mechanics come
 //! from `herd-consensus`; this crate never names sled.
+#![warn(missing_docs)]
 
 pub mod app;
 pub mod apply;
