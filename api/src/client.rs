@@ -8,9 +8,15 @@
 use std::future::Future;
 use std::time::Duration;
 
+use std::sync::Arc;
+use std::time::Instant;
+
 use thiserror::Error;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
+
+use crate::proto::v1::cluster_client::ClusterClient;
+use crate::proto::v1::ClusterStatusRequest;
 
 /// Why a call failed everywhere it was tried.
 #[derive(Debug, Error)]
@@ -52,10 +58,22 @@ impl ClientError {
     }
 }
 
+/// How long a leader-routing client trusts what it learned about the leader.
+const LEADER_REFRESH: Duration = Duration::from_secs(5);
+
+/// The leader as a leader-routing client last learned it.
+#[derive(Default)]
+struct LeaderCache {
+    leader: Option<(String, Channel)>,
+    learned_at: Option<Instant>,
+}
+
 /// Connections to one or more coordinators of a cluster.
 #[derive(Clone)]
 pub struct HerdClient {
     endpoints: Vec<(String, Channel)>,
+    /// Set by [`HerdClient::with_leader_routing`].
+    leader: Option<Arc<tokio::sync::Mutex<LeaderCache>>>,
 }
 
 /// Whether another coordinator might serve a request this one could not.
@@ -88,7 +106,80 @@ impl HerdClient {
         if endpoints.is_empty() {
             return Err(ClientError::NoAddress);
         }
-        Ok(Self { endpoints })
+        Ok(Self {
+            endpoints,
+            leader: None,
+        })
+    }
+
+    /// Sends [`HerdClient::call_leader`] requests straight to the leader,
+    /// learned from the cluster status and refreshed every few seconds, so
+    /// writes skip the hop through a follower. Any coordinator still serves
+    /// them when the leader moved; the client then learns the new one.
+    pub fn with_leader_routing(mut self) -> Self {
+        self.leader = Some(Arc::new(tokio::sync::Mutex::new(LeaderCache::default())));
+        self
+    }
+
+    async fn leader_channel(&self) -> Option<(String, Channel)> {
+        let cache = self.leader.as_ref()?;
+        let mut cache = cache.lock().await;
+        if let (Some(leader), Some(at)) = (&cache.leader, cache.learned_at) {
+            if at.elapsed() < LEADER_REFRESH {
+                return Some(leader.clone());
+            }
+        }
+        cache.learned_at = Some(Instant::now());
+        let status = self
+            .call(|ch| async move {
+                ClusterClient::new(ch)
+                    .status(ClusterStatusRequest { stale: false })
+                    .await
+                    .map(|r| r.into_inner())
+            })
+            .await
+            .ok()?;
+        let addr = status
+            .members
+            .iter()
+            .find(|m| m.id == status.leader)?
+            .addr
+            .clone();
+        let channel = match self.endpoints.iter().find(|(a, _)| *a == addr) {
+            Some((_, channel)) => channel.clone(),
+            None => Endpoint::from_shared(format!("http://{addr}"))
+                .ok()?
+                .connect_timeout(Duration::from_secs(2))
+                .tcp_nodelay(true)
+                .connect_lazy(),
+        };
+        cache.leader = Some((addr, channel));
+        cache.leader.clone()
+    }
+
+    async fn forget_leader(&self) {
+        if let Some(cache) = &self.leader {
+            let mut cache = cache.lock().await;
+            cache.leader = None;
+            cache.learned_at = None;
+        }
+    }
+
+    /// Like [`HerdClient::call`], but tries the leader first when leader
+    /// routing is on.
+    pub async fn call_leader<T, F, Fut>(&self, call: F) -> Result<T, ClientError>
+    where
+        F: Fn(Channel) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        if let Some((addr, channel)) = self.leader_channel().await {
+            match call(channel).await {
+                Ok(value) => return Ok(value),
+                Err(status) if try_next(&status) => self.forget_leader().await,
+                Err(status) => return Err(ClientError::Status { addr, status }),
+            }
+        }
+        self.call(call).await
     }
 
     /// Parses a comma-separated address list, as `--addr` and `HERD_ADDR` take it.

@@ -6,7 +6,25 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
+use herd_api::client::HerdClient;
+use herd_api::proto::v1::variables_client::VariablesClient;
+use herd_api::proto::v1::PutVariableRequest;
 use herd_chaos::process_cluster::ProcessCluster;
+
+async fn must_put_via_leader(client: &HerdClient, key: &str, value: &str) {
+    let request = PutVariableRequest {
+        key: key.to_string(),
+        value: value.as_bytes().to_vec(),
+        expected_version: None,
+    };
+    client
+        .call_leader(|ch| {
+            let request = request.clone();
+            async move { VariablesClient::new(ch).put(request).await }
+        })
+        .await
+        .unwrap_or_else(|e| panic!("leader-routed write {key}: {e}"));
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn leader_kill_keeps_every_acknowledged_write_and_old_leader_catches_up_by_snapshot() {
@@ -29,6 +47,9 @@ async fn leader_kill_keeps_every_acknowledged_write_and_old_leader_catches_up_by
     assert_eq!(acked.len(), 1000);
 
     phase("1000 writes acknowledged");
+    // A leader-routing client learns the leader now and must survive its death.
+    let routed = cluster.client().expect("client").with_leader_routing();
+    must_put_via_leader(&routed, "routed-before", "1").await;
     cluster.kill(leader).expect("kill leader");
     let killed_at = Instant::now();
     let survivors: Vec<u64> = cluster
@@ -50,6 +71,9 @@ async fn leader_kill_keeps_every_acknowledged_write_and_old_leader_catches_up_by
     phase(&format!("new leader {new_leader} after {failover:?}"));
     let client = cluster.client_for(&survivors).expect("client");
     must_read_all(&client, &acked, false).await;
+    must_put_via_leader(&routed, "routed-after", "2").await;
+    acked.push(("routed-before".into(), "1".into()));
+    acked.push(("routed-after".into(), "2".into()));
     phase("every acknowledged write read back");
 
     // Far behind: 600 more writes while the old leader is down, past several snapshots.

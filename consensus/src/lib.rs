@@ -7,7 +7,6 @@
 //! depend on the coordinator's state types, and nothing outside
 //! [`storage`] may name sled.
 #![warn(missing_docs)]
-
 // openraft's storage traits return its 224-byte `StorageError`; helpers that
 // feed them return it too rather than converting twice.
 #![allow(clippy::result_large_err)]

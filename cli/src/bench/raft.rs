@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
+use herd_api::client::HerdClient;
 use herd_api::proto::v1::variables_client::VariablesClient;
 use herd_api::proto::v1::PutVariableRequest;
 use herd_chaos::process_cluster::ProcessCluster;
@@ -122,6 +123,38 @@ pub async fn run(args: RaftBenchArgs) -> Result<(), CliError> {
         }
         eprintln!("{}", row("herd", &report));
         rows.push(row("herd", &report));
+    }
+    // The same load through herd's own client with leader routing: writes
+    // go straight to the leader instead of through a follower.
+    let routed = HerdClient::new(&addrs)
+        .map_err(CliError::input)?
+        .with_leader_routing();
+    for &clients in &args.clients {
+        let routed = routed.clone();
+        let value = value.clone();
+        let report = closed_loop(clients, warmup, measured, move |client, _seq| {
+            let routed = routed.clone();
+            let request = PutVariableRequest {
+                key: format!("bench/{client}"),
+                value: value.clone(),
+                expected_version: None,
+            };
+            async move {
+                routed
+                    .call_leader(|channel| {
+                        let request = request.clone();
+                        async move { VariablesClient::new(channel).put(request).await.map(|_| ()) }
+                    })
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+        })
+        .await;
+        if let Some(e) = &report.first_error {
+            eprintln!("herd (leader-routed client), {clients} clients: first error: {e}");
+        }
+        eprintln!("{}", row("herd, leader-routed client", &report));
+        rows.push(row("herd, leader-routed client", &report));
     }
     drop(cluster);
 
