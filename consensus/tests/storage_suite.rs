@@ -95,7 +95,7 @@ fn normal_entry(index: u64) -> herd_consensus::types::Entry {
 }
 
 #[tokio::test]
-async fn applied_state_is_persisted_in_batches_and_before_every_snapshot() {
+async fn applied_state_is_persisted_with_its_position_and_snapshots_capture_it() {
     use openraft::storage::RaftStateMachine;
     use openraft::RaftSnapshotBuilder;
 
@@ -112,12 +112,20 @@ async fn applied_state_is_persisted_in_batches_and_before_every_snapshot() {
         Some(3)
     );
 
-    // Not yet written: a member restarting now resumes from an earlier
-    // position and Raft re-applies the rest from its durable log.
+    // Written with the applied position: a member restarting now resumes
+    // there (start-up checks read this state before Raft runs).
     let mut restarted = reopen();
-    assert_eq!(restarted.applied_state().await.expect("state").0, None);
+    assert_eq!(
+        restarted
+            .applied_state()
+            .await
+            .expect("state")
+            .0
+            .map(|l| l.index),
+        Some(3)
+    );
 
-    // A snapshot is built only from persisted state, so it persists first.
+    // A snapshot is built from the persisted state at that position.
     let snapshot = sm
         .get_snapshot_builder()
         .await
