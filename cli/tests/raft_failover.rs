@@ -72,6 +72,32 @@ async fn leader_kill_keeps_every_acknowledged_write_and_old_leader_catches_up_by
     let client = cluster.client_for(&survivors).expect("client");
     must_read_all(&client, &acked, false).await;
     must_put_via_leader(&routed, "routed-after", "2").await;
+    // The new leader reports the killed member as unhealthy.
+    let started = Instant::now();
+    loop {
+        let status = cluster.status().await.expect("status");
+        let dead = status
+            .members
+            .iter()
+            .find(|m| m.id == leader)
+            .expect("still a member");
+        if !dead.healthy {
+            assert!(
+                status
+                    .members
+                    .iter()
+                    .filter(|m| m.id != leader)
+                    .all(|m| m.healthy),
+                "{status:?}"
+            );
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "killed member still healthy: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     acked.push(("routed-before".into(), "1".into()));
     acked.push(("routed-after".into(), "2".into()));
     phase("every acknowledged write read back");

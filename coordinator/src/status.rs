@@ -9,8 +9,9 @@ use crate::error::CoordinatorError;
 use crate::forward::{LeaderReply, LeaderRequest, MemberView, StatusView};
 use crate::handle::Coordinator;
 
-/// Peers that answered within this window count as healthy.
-const HEALTHY_WITHIN: Duration = Duration::from_secs(2);
+/// Peers that answered within this window count as healthy (ten heartbeats
+/// at the default interval).
+const HEALTHY_WITHIN: Duration = Duration::from_secs(1);
 
 fn server_state_name(state: ServerState) -> &'static str {
     match state {
