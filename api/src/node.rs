@@ -41,6 +41,9 @@ pub struct NodeInfo {
     pub labels: BTreeMap<String, String>,
     /// Current scheduling status.
     pub status: NodeStatus,
+    /// Whether new work may be placed here (`herd node eligibility NAME off`
+    /// keeps what runs and takes nothing new).
+    pub eligible: bool,
     /// When the node first registered, in ms since the Unix epoch (stamped by the leader).
     pub registered_at_ms: u64,
 }

@@ -212,4 +212,48 @@ async fn jobs_are_placed_blocked_preempted_and_stopped() {
         .map(|e| e.iter().filter_map(|x| x["kind"].as_str()).collect())
         .unwrap_or_default();
     assert_eq!(kinds, vec!["placed", "stopped"], "{detail}");
+
+    // Drain n1 with n3 ineligible: n1's instances stop and wait, since n2 is
+    // full and n3 takes nothing new; a fresh node n4 then takes them.
+    must_cli_ok(&["--addr", &addr, "node", "eligibility", "n3", "off"]);
+    must_cli_ok(&["--addr", &addr, "node", "drain", "n1"]);
+    let drained = must_see_allocs(&addr, "n1 emptied", |a| {
+        live(a, "filler").len() == 4
+            && !a.iter().any(|x| x["node"] == "n1" && x["desired"] == "run")
+    })
+    .await;
+    assert!(drained
+        .iter()
+        .filter(|a| a["node"] == "n1" && a["job"] == "filler" && a["status"] == "stopped")
+        .any(|a| a["events"]
+            .as_array()
+            .is_some_and(|e| e.iter().any(|x| x["detail"] == "node n1 drained"))));
+    let nodes = json(&addr, &["node", "list"]);
+    let n = |name: &str| {
+        nodes
+            .as_array()
+            .and_then(|l| l.iter().find(|x| x["name"] == name).cloned())
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        (n("n1")["status"].clone(), n("n1")["eligible"].clone()),
+        (Value::from("draining"), Value::from(false))
+    );
+    assert_eq!(
+        (n("n3")["status"].clone(), n("n3")["eligible"].clone()),
+        (Value::from("ready"), Value::from(false))
+    );
+    must_register(&cluster, "n4", 4000).await;
+    let replaced = must_see_allocs(&addr, "filler re-placed on n4", |a| {
+        live(a, "filler").len() == 6
+    })
+    .await;
+    let on_n4 = live(&replaced, "filler")
+        .iter()
+        .filter(|a| a["node"] == "n4")
+        .count();
+    assert_eq!(on_n4, 2, "{replaced:#?}");
+    let unknown = must_run_cli(&["--addr", &addr, "node", "drain", "nope"]);
+    assert_eq!(unknown.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("not found"));
 }

@@ -6,7 +6,7 @@
 
 use herd_api::node::NodeStatus;
 
-use crate::apply_plan::{apply_plan, stop_allocations};
+use crate::apply_plan::{apply_plan, stop_allocations, stop_matching};
 use crate::command::{Command, CommandResult, Rejection};
 use crate::state::{ChangeLog, ClusterState, Job, JobStatus, Record, Variable};
 
@@ -112,17 +112,54 @@ pub fn apply(
                     node.name.len()
                 )));
             }
-            node.registered_at_ms = state
-                .nodes
-                .get(&node.name)
-                .map_or(now_ms, |existing| existing.registered_at_ms);
-            node.status = NodeStatus::Ready;
+            // Re-registering (an agent restart) keeps what operators decided.
+            match state.nodes.get(&node.name) {
+                Some(existing) => {
+                    node.registered_at_ms = existing.registered_at_ms;
+                    node.eligible = existing.eligible;
+                    node.status = match existing.status {
+                        NodeStatus::Draining => NodeStatus::Draining,
+                        NodeStatus::Ready | NodeStatus::Down => NodeStatus::Ready,
+                    };
+                }
+                None => {
+                    node.registered_at_ms = now_ms;
+                    node.eligible = true;
+                    node.status = NodeStatus::Ready;
+                }
+            }
             let name = node.name.clone();
             state.nodes.insert(name.clone(), node);
             changes.put(Record::Node(&name), state);
             CommandResult::NodeRegistered
         }
         Command::ApplyPlan { plan, now_ms } => apply_plan(state, index, plan, now_ms, changes),
+        Command::SetNodeEligibility { node, eligible } => {
+            let Some(info) = state.nodes.get_mut(&node) else {
+                return CommandResult::Rejected(Rejection::NodeNotFound(node));
+            };
+            info.eligible = eligible;
+            changes.put(Record::Node(&node), state);
+            CommandResult::NodeUpdated
+        }
+        Command::DrainNode { node, now_ms } => {
+            let Some(info) = state.nodes.get_mut(&node) else {
+                return CommandResult::Rejected(Rejection::NodeNotFound(node));
+            };
+            info.status = NodeStatus::Draining;
+            info.eligible = false;
+            changes.put(Record::Node(&node), state);
+            // Its work is stopped here and placed again elsewhere by the scheduler.
+            stop_matching(
+                state,
+                index,
+                now_ms,
+                changes,
+                &format!("node {node} drained"),
+                |a| a.node == node,
+            );
+            CommandResult::NodeUpdated
+        }
         Command::PutVariable {
             key,
             value,

@@ -134,8 +134,7 @@ pub fn apply_plan(
     }
 }
 
-/// Stops every allocation of `job` not of `keep_version` (all of them when None):
-/// never-started ones stop at once, started ones when their node confirms.
+/// Stops every allocation of `job` not of `keep_version` (all of them when None).
 pub fn stop_allocations(
     state: &mut ClusterState,
     job: &str,
@@ -144,12 +143,30 @@ pub fn stop_allocations(
     now_ms: u64,
     changes: &mut ChangeLog<'_>,
 ) {
+    stop_matching(
+        state,
+        index,
+        now_ms,
+        changes,
+        "job stopped or replaced by a new version",
+        |a| a.job == job && Some(a.job_version) != keep_version,
+    );
+}
+
+/// Stops every running-or-pending allocation `matches` selects: never-started
+/// ones stop at once, started ones when their node confirms.
+pub fn stop_matching(
+    state: &mut ClusterState,
+    index: u64,
+    now_ms: u64,
+    changes: &mut ChangeLog<'_>,
+    reason: &str,
+    matches: impl Fn(&Allocation) -> bool,
+) {
     let ids: Vec<String> = state
         .allocations
         .values()
-        .filter(|a| {
-            a.job == job && a.desired == AllocDesired::Run && Some(a.job_version) != keep_version
-        })
+        .filter(|a| a.desired == AllocDesired::Run && matches(a))
         .map(|a| a.id.clone())
         .collect();
     for id in ids {
@@ -159,11 +176,7 @@ pub fn stop_allocations(
                 alloc.status = AllocStatus::Stopped;
             }
             alloc.modify_index = index;
-            alloc.record(
-                now_ms,
-                "stopped",
-                "job stopped or replaced by a new version",
-            );
+            alloc.record(now_ms, "stopped", reason);
             changes.put(Record::Alloc(&id), state);
         }
     }
@@ -222,6 +235,7 @@ mod tests {
             },
             labels: Default::default(),
             status: NodeStatus::Ready,
+            eligible: true,
             registered_at_ms: 0,
         };
         run(&mut state, 1, Command::RegisterNode { node, now_ms: 1 });

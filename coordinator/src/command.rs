@@ -45,6 +45,21 @@ pub enum Command {
         /// Leader's clock, ms since the epoch.
         now_ms: u64,
     },
+    /// Allows or forbids new placements on a node (what runs stays).
+    SetNodeEligibility {
+        /// Node name.
+        node: String,
+        /// Whether new work may be placed there.
+        eligible: bool,
+    },
+    /// Empties a node: no new work, and its allocations are stopped there and
+    /// placed again elsewhere.
+    DrainNode {
+        /// Node name.
+        node: String,
+        /// Leader's clock, ms since the epoch.
+        now_ms: u64,
+    },
     /// Writes a variable, optionally only if its version matches.
     PutVariable {
         /// Variable key.
@@ -63,8 +78,11 @@ impl Command {
             Command::SubmitJob { now_ms, .. }
             | Command::StopJob { now_ms, .. }
             | Command::RegisterNode { now_ms, .. }
-            | Command::ApplyPlan { now_ms, .. } => *now_ms = now,
-            Command::InitCluster { .. } | Command::PutVariable { .. } => {}
+            | Command::ApplyPlan { now_ms, .. }
+            | Command::DrainNode { now_ms, .. } => *now_ms = now,
+            Command::InitCluster { .. }
+            | Command::PutVariable { .. }
+            | Command::SetNodeEligibility { .. } => {}
         }
     }
 
@@ -77,6 +95,8 @@ impl Command {
             Command::RegisterNode { .. } => "register_node",
             Command::PutVariable { .. } => "put_variable",
             Command::ApplyPlan { .. } => "apply_plan",
+            Command::SetNodeEligibility { .. } => "set_node_eligibility",
+            Command::DrainNode { .. } => "drain_node",
         }
     }
 }
@@ -103,6 +123,8 @@ pub enum CommandResult {
     },
     /// The node is registered.
     NodeRegistered,
+    /// The node's eligibility or drain state changed.
+    NodeUpdated,
     /// A plan was applied: what was created, evicted and refused.
     PlanApplied {
         /// Ids of the allocations created.
@@ -124,6 +146,9 @@ pub enum CommandResult {
 /// Why `apply` refused a command. Nothing is ever half-applied.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 pub enum Rejection {
+    /// The named node is not registered.
+    #[error("node {0:?} not found")]
+    NodeNotFound(String),
     /// The named job does not exist.
     #[error("job {0:?} not found")]
     JobNotFound(String),

@@ -51,7 +51,9 @@ impl CoordinatorError {
             CoordinatorError::NoLeader { .. } | CoordinatorError::Unavailable(_) => {
                 Code::Unavailable
             }
-            CoordinatorError::Rejected(Rejection::JobNotFound(_)) => Code::NotFound,
+            CoordinatorError::Rejected(Rejection::JobNotFound(_) | Rejection::NodeNotFound(_)) => {
+                Code::NotFound
+            }
             CoordinatorError::Rejected(Rejection::VersionMismatch { .. }) => Code::Aborted,
             CoordinatorError::Rejected(_) | CoordinatorError::Invalid(_) => Code::InvalidArgument,
             CoordinatorError::OutcomeUnknown(_) => Code::DeadlineExceeded,

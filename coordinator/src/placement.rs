@@ -39,7 +39,7 @@ pub fn node_views(state: &ClusterState) -> Vec<NodeView> {
             name: n.name.clone(),
             capacity: n.capacity.clone(),
             labels: n.labels.clone(),
-            schedulable: n.status == NodeStatus::Ready,
+            schedulable: n.status == NodeStatus::Ready && n.eligible,
         })
         .collect()
 }

@@ -2,7 +2,7 @@
 
 use clap::Subcommand;
 use herd_api::proto::v1::nodes_client::NodesClient;
-use herd_api::proto::v1::ListNodesRequest;
+use herd_api::proto::v1::{DrainNodeRequest, ListNodesRequest, SetEligibilityRequest};
 use herd_api::resources::format_memory;
 use serde_json::json;
 
@@ -18,6 +18,19 @@ pub enum NodeCommand {
         /// Answer from the first coordinator's own state.
         #[arg(long)]
         stale: bool,
+    },
+    /// Stop placing new work on a node (`off`), or allow it again (`on`); what runs stays.
+    Eligibility {
+        /// Node name.
+        name: String,
+        /// `on` or `off`.
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
+    },
+    /// Empty a node: no new work, and its allocations are placed again elsewhere.
+    Drain {
+        /// Node name.
+        name: String,
     },
 }
 
@@ -39,7 +52,7 @@ pub async fn run(ctx: &Context, command: NodeCommand) -> Result<(), CliError> {
                     .iter()
                     .map(|n| {
                         let cap = n.capacity.clone().unwrap_or_default();
-                        json!({"name": n.name, "addr": n.addr, "status": n.status, "labels": n.labels,
+                        json!({"name": n.name, "addr": n.addr, "status": n.status, "eligible": n.eligible, "labels": n.labels,
                                "capacity": {"cpu_millis": cap.cpu_millis, "memory_bytes": cap.memory_bytes,
                                             "gpus": cap.gpus, "gpu_model": cap.gpu_model}})
                     })
@@ -65,6 +78,28 @@ pub async fn run(ctx: &Context, command: NodeCommand) -> Result<(), CliError> {
                     &rows,
                 );
             }
+        }
+        NodeCommand::Eligibility { name, state } => {
+            let eligible = state == "on";
+            client
+                .call(|ch| {
+                    let request = SetEligibilityRequest {
+                        name: name.clone(),
+                        eligible,
+                    };
+                    async move { NodesClient::new(ch).set_eligibility(request).await }
+                })
+                .await?;
+            println!("node {name}: eligibility {state}");
+        }
+        NodeCommand::Drain { name } => {
+            client
+                .call(|ch| {
+                    let request = DrainNodeRequest { name: name.clone() };
+                    async move { NodesClient::new(ch).drain(request).await }
+                })
+                .await?;
+            println!("node {name} draining: its allocations are placed elsewhere");
         }
     }
     Ok(())

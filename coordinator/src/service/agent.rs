@@ -42,6 +42,7 @@ impl Agent for AgentService {
             capacity,
             labels: request.labels.into_iter().collect(),
             status: NodeStatus::Ready,
+            eligible: true,
             registered_at_ms: 0,
         };
         let written = self

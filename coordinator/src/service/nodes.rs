@@ -8,6 +8,7 @@ use herd_api::proto::v1::nodes_server::Nodes;
 use tonic::{Request, Response, Status};
 
 use super::consistency;
+use crate::command::Command;
 use crate::handle::Coordinator;
 
 /// Serves [`Nodes`].
@@ -30,6 +31,7 @@ fn to_proto(node: &NodeInfo) -> pb::Node {
         capacity: Some(pb::Resources::from(&node.capacity)),
         labels: node.labels.clone().into_iter().collect(),
         registered_at_ms: node.registered_at_ms,
+        eligible: node.eligible,
     }
 }
 
@@ -46,5 +48,36 @@ impl Nodes for NodesService {
             .coordinator
             .read_state(|s| s.nodes.values().map(to_proto).collect());
         Ok(Response::new(pb::ListNodesReply { nodes }))
+    }
+
+    async fn set_eligibility(
+        &self,
+        request: Request<pb::SetEligibilityRequest>,
+    ) -> Result<Response<pb::NodeUpdateReply>, Status> {
+        let pb::SetEligibilityRequest { name, eligible } = request.into_inner();
+        let written = self
+            .coordinator
+            .write(Command::SetNodeEligibility {
+                node: name,
+                eligible,
+            })
+            .await?;
+        Ok(Response::new(pb::NodeUpdateReply {
+            log_index: written.log_index,
+        }))
+    }
+
+    async fn drain(
+        &self,
+        request: Request<pb::DrainNodeRequest>,
+    ) -> Result<Response<pb::NodeUpdateReply>, Status> {
+        let node = request.into_inner().name;
+        let written = self
+            .coordinator
+            .write(Command::DrainNode { node, now_ms: 0 })
+            .await?;
+        Ok(Response::new(pb::NodeUpdateReply {
+            log_index: written.log_index,
+        }))
     }
 }
