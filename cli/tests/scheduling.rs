@@ -253,6 +253,17 @@ async fn jobs_are_placed_blocked_preempted_and_stopped() {
         .filter(|a| a["node"] == "n4")
         .count();
     assert_eq!(on_n4, 2, "{replaced:#?}");
+    // Eligible again, the drained node is ready for new work.
+    must_cli_ok(&["--addr", &addr, "node", "eligibility", "n1", "on"]);
+    let nodes = json(&addr, &["node", "list"]);
+    let n1 = nodes
+        .as_array()
+        .and_then(|l| l.iter().find(|x| x["name"] == "n1").cloned())
+        .unwrap_or_default();
+    assert_eq!(
+        (n1["status"].clone(), n1["eligible"].clone()),
+        (Value::from("ready"), Value::from(true))
+    );
     let unknown = must_run_cli(&["--addr", &addr, "node", "drain", "nope"]);
     assert_eq!(unknown.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("not found"));

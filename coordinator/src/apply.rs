@@ -139,6 +139,10 @@ pub fn apply(
                 return CommandResult::Rejected(Rejection::NodeNotFound(node));
             };
             info.eligible = eligible;
+            // Making a drained node eligible again ends its drain.
+            if eligible && info.status == NodeStatus::Draining {
+                info.status = NodeStatus::Ready;
+            }
             changes.put(Record::Node(&node), state);
             CommandResult::NodeUpdated
         }

@@ -19,7 +19,7 @@ pub enum NodeCommand {
         #[arg(long)]
         stale: bool,
     },
-    /// Stop placing new work on a node (`off`), or allow it again (`on`); what runs stays.
+    /// Stop placing new work on a node (`off`), or allow it again (`on`, which also ends a drain); what runs stays.
     Eligibility {
         /// Node name.
         name: String,
