@@ -141,7 +141,7 @@ async fn data_dirs_of_another_cluster_or_member_are_refused() {
         .join(",");
 
     // A's member 1 directory, started as B's member 1: refused, B untouched.
-    let out = Command::new(herd_bin())
+    let mut out = Command::new(herd_bin())
         .args([
             "coordinator",
             "--id",
@@ -155,8 +155,20 @@ async fn data_dirs_of_another_cluster_or_member_are_refused() {
         .arg("--data-dir")
         .arg(&a1_dir)
         .env("HERD_LOG", "error")
-        .output()
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .expect("run");
+    // A coordinator that failed to refuse would run forever: give it 20 s.
+    let started = std::time::Instant::now();
+    while out.try_wait().expect("wait").is_none() {
+        if started.elapsed() > Duration::from_secs(20) {
+            let _ = out.kill();
+            panic!("the coordinator started on another cluster's data dir instead of refusing");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = out.wait_with_output().expect("output");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("from another cluster"), "{stderr}");

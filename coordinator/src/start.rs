@@ -9,6 +9,7 @@ use std::time::Duration;
 use herd_api::proto::internal::IdentityRequest;
 use herd_api::proto::v1::cluster_client::ClusterClient;
 use herd_api::proto::v1::AddMemberRequest;
+use herd_consensus::codec;
 use herd_consensus::health::PeerHealth;
 use herd_consensus::identity::ClusterIdentity;
 use herd_consensus::log_store::LogStore;
@@ -131,6 +132,13 @@ pub async fn start(config: CoordinatorConfig) -> Result<RunningCoordinator, Star
     let sm_stats = state_machine.stats();
     tracing::info!(member = config.id, has_state, cluster = ?identity.cluster_id(), "state loaded");
 
+    // The applied state can lag the durable log by the last few entries (a
+    // follower killed right after appending); the log then names the cluster.
+    if identity.cluster_id().is_none() && has_state {
+        if let Some(id) = cluster_id_from_log(store.as_ref()) {
+            identity.set_cluster_id(&id);
+        }
+    }
     if let Some(mine) = identity.cluster_id() {
         check_peers_cluster(&config, &mine).await?;
     }
@@ -239,6 +247,35 @@ pub async fn start(config: CoordinatorConfig) -> Result<RunningCoordinator, Star
     })
 }
 
+/// Log indexes scanned for the cluster id: the first leader proposes it among
+/// the first few entries. (Once the log is purged past them, a snapshot has
+/// persisted the state that holds it.)
+const CLUSTER_ID_SCAN: u64 = 1000;
+
+/// The cluster id proposed in the first entries still in the log, if any.
+fn cluster_id_from_log(store: &dyn KvStore) -> Option<String> {
+    let entries = store
+        .range(
+            Space::Log,
+            &0u64.to_be_bytes(),
+            Some(&CLUSTER_ID_SCAN.to_be_bytes()),
+        )
+        .ok()?;
+    entries.into_iter().find_map(|(_, bytes)| {
+        let entry: herd_consensus::types::Entry = codec::decode(&bytes, "log entry").ok()?;
+        let openraft::EntryPayload::Normal(proposal) = entry.payload else {
+            return None;
+        };
+        let batch: Vec<Vec<u8>> = codec::decode(&proposal.0, "command batch").ok()?;
+        batch.iter().find_map(
+            |command| match codec::decode::<Command>(command, "command") {
+                Ok(Command::InitCluster { cluster_id }) => Some(cluster_id),
+                _ => None,
+            },
+        )
+    })
+}
+
 /// Refuses to run on a data dir whose cluster differs from the peers' cluster.
 async fn check_peers_cluster(config: &CoordinatorConfig, mine: &str) -> Result<(), StartError> {
     let mut addrs: Vec<String> = match &config.mode {
@@ -335,5 +372,50 @@ async fn establish_cluster_id(coordinator: Arc<Coordinator>) {
             changed = metrics.changed() => if changed.is_err() { return },
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use herd_consensus::storage::{MemoryStore, WriteOp};
+    use herd_consensus::types::{Entry, Proposal};
+
+    use super::*;
+
+    fn entry(index: u64, commands: &[Command]) -> (Vec<u8>, Vec<u8>) {
+        let batch: Vec<Vec<u8>> = commands
+            .iter()
+            .map(|c| codec::encode(c).expect("encode"))
+            .collect();
+        let entry = Entry {
+            log_id: openraft::LogId::new(openraft::CommittedLeaderId::new(1, 1), index),
+            payload: openraft::EntryPayload::Normal(Proposal(
+                codec::encode(&batch).expect("encode"),
+            )),
+        };
+        (
+            index.to_be_bytes().to_vec(),
+            codec::encode(&entry).expect("encode"),
+        )
+    }
+
+    #[test]
+    fn the_log_names_the_cluster_when_the_state_lags() {
+        let store = MemoryStore::new();
+        assert_eq!(cluster_id_from_log(&store), None);
+        let put = Command::PutVariable {
+            key: "k".into(),
+            value: vec![],
+            expected_version: None,
+        };
+        let init = Command::InitCluster {
+            cluster_id: "c-123".into(),
+        };
+        let ops = [entry(1, std::slice::from_ref(&put)), entry(2, &[put, init])]
+            .into_iter()
+            .map(|(k, v)| WriteOp::Put(k, v))
+            .collect();
+        store.write(Space::Log, ops).expect("write");
+        assert_eq!(cluster_id_from_log(&store).as_deref(), Some("c-123"));
     }
 }
