@@ -118,11 +118,6 @@ impl ProcessCluster {
         Ok(cluster)
     }
 
-    /// Where this harness keeps data dirs and logs.
-    pub fn root(&self) -> &Path {
-        self.root.path()
-    }
-
     /// Starts another member process (for membership changes), on a fresh port.
     pub fn spawn_member(&mut self, id: u64, launch: Launch) -> Result<String, ClusterError> {
         let port = free_loopback_port().map_err(io("pick a port"))?;
@@ -248,40 +243,6 @@ impl ProcessCluster {
         Ok(())
     }
 
-    /// Waits for a member's process to exit by itself, returning its exit code.
-    pub fn wait_exit(&mut self, id: u64, timeout: Duration) -> Result<Option<i32>, ClusterError> {
-        let started = Instant::now();
-        let member = self.member_mut(id)?;
-        loop {
-            if let Some(child) = &mut member.child {
-                if let Some(status) = child
-                    .try_wait()
-                    .map_err(io(format!("wait for member {id}")))?
-                {
-                    member.child = None;
-                    return Ok(status.code());
-                }
-            } else {
-                return Ok(None);
-            }
-            if started.elapsed() > timeout {
-                return Err(ClusterError::Timeout {
-                    what: format!("member {id} to exit"),
-                    waited: timeout,
-                });
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// The log a member wrote so far.
-    pub fn log(&self, id: u64) -> String {
-        self.members
-            .get(&id)
-            .and_then(|m| std::fs::read_to_string(&m.log_path).ok())
-            .unwrap_or_default()
-    }
-
     /// Addresses of the running members, comma-separated (for `--addr`).
     pub fn addr_list(&self) -> String {
         self.members
@@ -313,7 +274,7 @@ impl ProcessCluster {
         let client = self.client_for(&[id]).ok()?;
         client
             .call_one(0, |ch| async move {
-                let mut request = tonic::Request::new(MemberStatusRequest {});
+                let mut request = tonic::Request::new(MemberStatusRequest { with_digest: true });
                 request.set_timeout(Duration::from_secs(2));
                 ClusterClient::new(ch)
                     .member_status(request)

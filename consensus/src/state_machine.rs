@@ -4,7 +4,6 @@
 //! application's changes and the new applied position, so a crash leaves the
 //! persisted state at an entry boundary; Raft re-applies the rest from the log.
 
-use std::collections::BTreeMap;
 use std::io::Cursor;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -71,8 +70,6 @@ fn app_key(key: &[u8]) -> Vec<u8> {
 pub struct StateMachineStats {
     /// Snapshots received from a leader and installed since start.
     pub snapshots_installed: AtomicU64,
-    /// Snapshots built locally since start.
-    pub snapshots_built: AtomicU64,
 }
 
 /// openraft's state machine: persisted in the store, mirrored in the application.
@@ -82,8 +79,6 @@ pub struct StateMachineStore<A: Application> {
     applied: Option<LogId>,
     membership: StoredMembership,
     stats: Arc<StateMachineStats>,
-    /// Changes of the entries being applied, last write per key.
-    pending: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
 }
 
 impl<A: Application> StateMachineStore<A> {
@@ -116,26 +111,12 @@ impl<A: Application> StateMachineStore<A> {
             applied,
             membership,
             stats: Arc::new(StateMachineStats::default()),
-            pending: BTreeMap::new(),
         })
     }
 
     /// Counters for status reports.
     pub fn stats(&self) -> Arc<StateMachineStats> {
         self.stats.clone()
-    }
-
-    /// Writes every pending change and the applied position in one atomic batch.
-    fn persist_pending(&mut self) -> Result<(), StorageError> {
-        let mut ops: Vec<WriteOp> = std::mem::take(&mut self.pending)
-            .into_iter()
-            .map(|(key, value)| match value {
-                Some(value) => WriteOp::Put(key, value),
-                None => WriteOp::Delete(key),
-            })
-            .collect();
-        ops.extend(self.position_ops()?);
-        self.store.write(Space::State, ops).map_err(sm_err)
     }
 
     fn position_ops(&self) -> Result<Vec<WriteOp>, StorageError> {
@@ -162,7 +143,6 @@ pub struct SnapshotBuilder {
     applied: Option<LogId>,
     membership: StoredMembership,
     pairs: Result<Vec<Pair>, String>,
-    stats: Arc<StateMachineStats>,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
@@ -194,7 +174,6 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             snapshot_id,
         };
         save_snapshot(self.store.as_ref(), &meta, &data, Some(seq))?;
-        self.stats.snapshots_built.fetch_add(1, Ordering::Relaxed);
         tracing::info!(snapshot = %meta.snapshot_id, bytes = data.len(), "snapshot built");
         Ok(Snapshot {
             meta,
@@ -259,43 +238,38 @@ impl<A: Application> RaftStateMachine<TypeConfig> for StateMachineStore<A> {
         }
         // Written at once, in the same atomic batch as the applied position.
         // (Deferring it across entries, as etcd's backend does, measured no
-        // gain and would leave start-up checks that read the persisted state
-        // - the cluster id - behind the log.)
-        for op in changes {
-            match op {
-                WriteOp::Put(k, v) => self.pending.insert(app_key(&k), Some(v)),
-                WriteOp::Delete(k) => self.pending.insert(app_key(&k), None),
-            };
-        }
-        self.persist_pending()?;
+        // gain; see docs/benchmarks.md.)
+        let mut ops: Vec<WriteOp> = changes
+            .into_iter()
+            .map(|op| match op {
+                WriteOp::Put(k, v) => WriteOp::Put(app_key(&k), v),
+                WriteOp::Delete(k) => WriteOp::Delete(app_key(&k)),
+            })
+            .collect();
+        ops.extend(self.position_ops()?);
+        self.store.write(Space::State, ops).map_err(sm_err)?;
         Ok(outcomes)
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        // Captured here, where no apply runs concurrently, after persisting
-        // what is pending, so the pairs and the position match exactly. A
-        // failure makes the build fail: never an empty or partial snapshot.
-        let pairs = match self.persist_pending() {
-            Err(e) => Err(format!(
-                "cannot persist applied state before a snapshot: {e}"
-            )),
-            Ok(()) => self
-                .store
-                .range(Space::State, APP_PREFIX, Some(APP_END))
-                .map(|pairs| {
-                    pairs
-                        .into_iter()
-                        .map(|(k, v)| (k[APP_PREFIX.len()..].to_vec(), v))
-                        .collect()
-                })
-                .map_err(|e| format!("cannot read state for a snapshot: {e}")),
-        };
+        // Captured here, where no apply runs concurrently, so the pairs and
+        // the position match exactly. A failed read makes the build fail:
+        // never an empty or partial snapshot.
+        let pairs = self
+            .store
+            .range(Space::State, APP_PREFIX, Some(APP_END))
+            .map(|pairs| {
+                pairs
+                    .into_iter()
+                    .map(|(k, v)| (k[APP_PREFIX.len()..].to_vec(), v))
+                    .collect()
+            })
+            .map_err(|e| format!("cannot read state for a snapshot: {e}"));
         SnapshotBuilder {
             store: self.store.clone(),
             applied: self.applied,
             membership: self.membership.clone(),
             pairs,
-            stats: self.stats.clone(),
         }
     }
 
@@ -323,8 +297,6 @@ impl<A: Application> RaftStateMachine<TypeConfig> for StateMachineStore<A> {
             )
             .into());
         }
-        // The snapshot replaces everything, including anything pending.
-        self.pending.clear();
         let mut ops: Vec<WriteOp> = self
             .store
             .range(Space::State, APP_PREFIX, Some(APP_END))

@@ -163,7 +163,8 @@ pub fn parse_peers(text: &str) -> Result<BTreeMap<u64, String>, String> {
     Ok(peers)
 }
 
-fn check_host_port(addr: &str) -> Result<(), String> {
+/// Checks that `addr` is `HOST:PORT` with a non-zero port.
+pub fn check_host_port(addr: &str) -> Result<(), String> {
     match addr.rsplit_once(':') {
         Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0) => {
             Ok(())

@@ -12,7 +12,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use herd_consensus::health::PeerHealth;
 use herd_consensus::identity::ClusterIdentity;
-use herd_consensus::raft_config::RaftTuning;
 use herd_consensus::state_machine::StateMachineStats;
 use herd_consensus::Raft;
 use openraft::{BasicNode, RaftMetrics};
@@ -53,7 +52,6 @@ pub struct Coordinator {
     pub(crate) identity: Arc<ClusterIdentity>,
     pub(crate) health: Arc<PeerHealth>,
     pub(crate) sm_stats: Arc<StateMachineStats>,
-    tuning: RaftTuning,
     link: LeaderLink,
     proposer: Proposer,
     forwarded_writes: Batcher<Command, Written>,
@@ -76,7 +74,6 @@ impl Coordinator {
         identity: Arc<ClusterIdentity>,
         health: Arc<PeerHealth>,
         sm_stats: Arc<StateMachineStats>,
-        tuning: RaftTuning,
     ) -> Self {
         Self {
             link: LeaderLink::new(raft.clone(), identity.clone()),
@@ -88,7 +85,6 @@ impl Coordinator {
             identity,
             health,
             sm_stats,
-            tuning,
         }
     }
 
@@ -105,11 +101,6 @@ impl Coordinator {
     /// Who this member is and which cluster it belongs to.
     pub fn identity(&self) -> &Arc<ClusterIdentity> {
         &self.identity
-    }
-
-    /// Raft tuning in force.
-    pub fn tuning(&self) -> &RaftTuning {
-        &self.tuning
     }
 
     /// Reads the applied state. Call [`Coordinator::read_barrier`] first for fresh reads.

@@ -175,7 +175,6 @@ pub async fn start(config: CoordinatorConfig) -> Result<RunningCoordinator, Star
         identity.clone(),
         health,
         sm_stats,
-        config.raft.clone(),
     ));
 
     let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();

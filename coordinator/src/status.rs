@@ -79,7 +79,9 @@ impl Coordinator {
     }
 
     /// This member's own Raft state, answered without contacting anyone.
-    pub fn member_report(&self) -> herd_api::proto::v1::MemberReport {
+    /// `with_digest` hashes the whole state: for consistency checks, not
+    /// for the health probes that call this every few seconds.
+    pub fn member_report(&self, with_digest: bool) -> herd_api::proto::v1::MemberReport {
         let metrics = self.metrics();
         herd_api::proto::v1::MemberReport {
             id: self.id(),
@@ -96,7 +98,11 @@ impl Coordinator {
                 .snapshots_installed
                 .load(std::sync::atomic::Ordering::Relaxed),
             initialized: self.is_member(),
-            state_digest: self.read_state(|s| s.digest()),
+            state_digest: if with_digest {
+                self.read_state(|s| s.digest())
+            } else {
+                0
+            },
         }
     }
 }

@@ -109,10 +109,12 @@ pub async fn run(ctx: &Context, command: ClusterCommand) -> Result<(), CliError>
             }
         }
         ClusterCommand::Member => {
+            // The digest (a hash of the whole state) only goes into JSON output.
+            let with_digest = ctx.json();
             let report = client
                 .call_one(0, |ch| async move {
                     ClusterClient::new(ch)
-                        .member_status(MemberStatusRequest {})
+                        .member_status(MemberStatusRequest { with_digest })
                         .await
                         .map(|r| r.into_inner())
                 })

@@ -6,7 +6,7 @@
 
 use herd_api::resources::Resources;
 
-use super::index::{amounts, Amounts, DIMS};
+use super::index::{amounts, covers, Amounts, DIMS};
 use super::{NodeView, PlacementRequest};
 
 /// Why a node can never take the request, in the order the filters run: each
@@ -47,6 +47,12 @@ pub(crate) fn check_node(
         Some(dim) => Err(Unfit::TooSmall(dim)),
         None => Ok(()),
     }
+}
+
+/// Whether a node offering `capacity` could ever hold one instance needing
+/// `request`, were it empty: the submit-time check and the filters agree.
+pub fn could_hold(capacity: &Resources, request: &Resources) -> bool {
+    covers(&amounts(capacity), &amounts(request)) && gpu_model_matches(capacity, request)
 }
 
 /// Whether a node offering `capacity` has the GPU model `request` asks for:

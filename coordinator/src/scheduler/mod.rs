@@ -46,6 +46,7 @@ mod testkit;
 
 pub use alloc_view::AllocView;
 pub use constraint::{Constraint, ConstraintOp};
+pub use feasibility::could_hold;
 pub use node_view::NodeView;
 pub use place::place;
 pub use plan::{Blocked, Eviction, Placement, PlacementPlan};

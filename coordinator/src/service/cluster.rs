@@ -9,6 +9,7 @@ use herd_api::proto::v1::{
 };
 use tonic::{Request, Response, Status};
 
+use crate::config::check_host_port;
 use crate::error::CoordinatorError;
 use crate::forward::{LeaderReply, LeaderRequest};
 use crate::handle::Coordinator;
@@ -39,14 +40,7 @@ impl ClusterService {
 }
 
 fn check_addr(addr: &str) -> Result<(), Status> {
-    match addr.rsplit_once(':') {
-        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0) => {
-            Ok(())
-        }
-        _ => Err(Status::invalid_argument(format!(
-            "address {addr:?} is not HOST:PORT"
-        ))),
-    }
+    check_host_port(addr).map_err(Status::invalid_argument)
 }
 
 #[tonic::async_trait]
@@ -77,9 +71,12 @@ impl Cluster for ClusterService {
 
     async fn member_status(
         &self,
-        _request: Request<MemberStatusRequest>,
+        request: Request<MemberStatusRequest>,
     ) -> Result<Response<MemberReport>, Status> {
-        Ok(Response::new(self.coordinator.member_report()))
+        Ok(Response::new(
+            self.coordinator
+                .member_report(request.into_inner().with_digest),
+        ))
     }
 
     async fn add_member(

@@ -11,6 +11,7 @@ use super::consistency;
 use crate::command::{Command, CommandResult};
 use crate::error::CoordinatorError;
 use crate::handle::Coordinator;
+use crate::scheduler::could_hold;
 use crate::state::{ClusterState, Job};
 use herd_api::resources::format_memory;
 
@@ -45,18 +46,7 @@ fn larger_than_every_node(state: &ClusterState, spec: &JobSpec) -> Option<String
     if state.nodes.is_empty() {
         return None;
     }
-    let fits = |c: &herd_api::resources::Resources| {
-        c.cpu_millis >= need.cpu_millis
-            && c.memory_bytes >= need.memory_bytes
-            && c.gpus >= need.gpus
-            && (need.gpus == 0
-                || need.gpu_model.as_ref().is_none_or(|m| {
-                    c.gpu_model
-                        .as_ref()
-                        .is_some_and(|have| have.eq_ignore_ascii_case(m))
-                }))
-    };
-    if state.nodes.values().any(|n| fits(&n.capacity)) {
+    if state.nodes.values().any(|n| could_hold(&n.capacity, need)) {
         return None;
     }
     let max_cpu = state
