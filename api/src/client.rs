@@ -225,12 +225,19 @@ impl HerdClient {
         let Some((addr, channel)) = self.endpoints.get(index) else {
             return Err(ClientError::NoAddress);
         };
-        call(channel.clone())
-            .await
-            .map_err(|status| ClientError::Status {
-                addr: addr.clone(),
-                status,
-            })
+        call(channel.clone()).await.map_err(|status| {
+            if try_next(&status) {
+                // Name the coordinator that could not serve, as `call` does.
+                ClientError::Unavailable {
+                    tried: vec![(addr.clone(), status.message().to_string())],
+                }
+            } else {
+                ClientError::Status {
+                    addr: addr.clone(),
+                    status,
+                }
+            }
+        })
     }
 }
 
