@@ -10,3 +10,8 @@
 
 pub mod driver;
 pub mod resources;
+
+pub use resources::{
+    detect, GpuBackend, GpuDetection, GpuInfo, HostReport, MonitorArgs, Reserved, ResourceError,
+    ResourceMonitor, ResourceMsg, SimGpus,
+};
