@@ -19,6 +19,9 @@ use crate::driver::{
 /// The name desired allocations use for it.
 pub const NAME: &str = "test";
 
+/// An argument that makes `start` panic.
+pub const PANIC: &str = "panic-in-start";
+
 const POLL: Duration = Duration::from_millis(10);
 
 /// Counts what it was asked to do.
@@ -133,6 +136,10 @@ impl Driver for TestDriver {
 
     async fn start(&self, spec: &WorkloadSpec) -> Result<WorkloadHandle, DriverError> {
         self.starts.fetch_add(1, Ordering::SeqCst);
+        assert!(
+            !spec.task.args.iter().any(|a| a == PANIC),
+            "the test driver panics as asked"
+        );
         let err = |e: std::io::Error| DriverError::Start {
             alloc: spec.alloc_id.clone(),
             message: e.to_string(),

@@ -11,7 +11,7 @@ use ractor::{Actor, ActorRef};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
 use super::store::{AllocStore, HANDLE};
-use super::test_driver::{TestDriver, NAME};
+use super::test_driver::{TestDriver, NAME, PANIC};
 use super::*;
 use crate::driver::Driver;
 
@@ -367,5 +367,60 @@ async fn an_unknown_driver_or_a_refused_start_is_reported_failed_once() {
     assert!(quiet.is_empty(), "reported once: {quiet:?}");
     assert_eq!(driver.starts(), 0);
     assert_eq!(h.snapshot().await.len(), 2);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_crashed_workload_actor_is_reported_and_its_workload_adopted_not_restarted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let driver = Arc::new(TestDriver::default());
+    let mut h = Harness::start(dir.path(), &driver).await;
+    let service = desired("a1", 1, JobType::Service, "sleep 30");
+    h.reconcile(vec![service.clone()]);
+    h.expect("a1", event::STARTED).await;
+    let pid = persisted_pid(dir.path(), "a1");
+
+    let children = h.sup.get_children();
+    assert_eq!(children.len(), 1);
+    children[0]
+        .send_message(workload_actor::WorkloadMsg::Crash)
+        .expect("sent");
+    let failed = h.expect("a1", event::FAILED).await;
+    assert!(
+        failed.detail.contains("workload actor failed"),
+        "{failed:?}"
+    );
+    assert_eq!(
+        h.snapshot().await[0].event,
+        event::FAILED,
+        "supervisor alive"
+    );
+    assert!(alive(pid));
+
+    h.reconcile(vec![service]);
+    let adopted = h.expect("a1", event::ADOPTED).await;
+    assert_eq!(adopted.status, AllocStatus::Running);
+    assert_eq!(driver.starts(), 1, "never a second copy");
+
+    h.reconcile(vec![]);
+    h.expect("a1", event::STOPPED).await;
+    assert!(!alive(pid));
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_panicking_driver_is_reported_as_a_failed_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let driver = Arc::new(TestDriver::default());
+    let mut h = Harness::start(dir.path(), &driver).await;
+    let mut bad = desired("p1", 1, JobType::Batch, "true");
+    bad.task.args.push(PANIC.into());
+    h.reconcile(vec![bad]);
+    let failed = h.expect("p1", event::START_FAILED).await;
+    assert_eq!(failed.status, AllocStatus::Failed);
+    assert!(failed.detail.contains("driver call failed"), "{failed:?}");
+    h.reconcile(vec![]);
+    let quiet = h.drain(Duration::from_millis(200)).await;
+    assert!(quiet.is_empty(), "nothing ran, nothing to stop: {quiet:?}");
     h.stop().await;
 }

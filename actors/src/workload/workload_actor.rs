@@ -4,6 +4,7 @@
 //! back, so a handler never waits on a workload; messages carry the run
 //! number they belong to, and those of an earlier run are dropped.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,7 +16,7 @@ use super::report::{describe_exit, event, is_lost, AllocReport, DesiredAlloc};
 use super::restart::{RestartPolicy, RestartTracker};
 use super::store::AllocStore;
 use super::supervisor::SupervisorMsg;
-use crate::driver::{Driver, DriverError, ExitInfo, WorkloadHandle, WorkloadSpec, WorkloadState};
+use crate::driver::{Driver, ExitInfo, WorkloadHandle, WorkloadSpec, WorkloadState};
 
 /// How a workload actor begins.
 #[derive(Debug, Clone)]
@@ -73,14 +74,14 @@ pub enum WorkloadMsg {
         /// The run it belongs to.
         run: u64,
         /// Its state.
-        result: Result<WorkloadState, DriverError>,
+        result: Result<WorkloadState, String>,
     },
     /// A watched workload ended.
     Exited {
         /// The run it belongs to.
         run: u64,
         /// How, or why it could not be watched.
-        result: Result<ExitInfo, DriverError>,
+        result: Result<ExitInfo, String>,
     },
     /// The delay before a restart is over.
     RestartDue {
@@ -94,6 +95,9 @@ pub enum WorkloadMsg {
         /// How the workload ended, or why it could not be stopped.
         result: Result<ExitInfo, String>,
     },
+    /// Makes the handler fail, to test how the supervisor takes a crash.
+    #[cfg(test)]
+    Crash,
 }
 
 /// The ractor actor of one allocation.
@@ -215,6 +219,8 @@ impl Actor for WorkloadActor {
             WorkloadMsg::Stopped { run, result } if run == state.run => {
                 state.on_stopped(&myself, result)
             }
+            #[cfg(test)]
+            WorkloadMsg::Crash => return Err("crash requested by a test".into()),
             stale => tracing::debug!(alloc = %state.alloc_id, ?stale, "dropping a stale message"),
         }
         Ok(())
@@ -248,38 +254,36 @@ impl WorkloadActorState {
         };
         self.phase = Phase::Starting(after);
         let run = self.next_run();
-        let (driver, store, grace, me) = (
-            self.driver.clone(),
-            self.store.clone(),
-            self.stop_grace,
-            myself.clone(),
+        let (driver, store, grace) = (self.driver.clone(), self.store.clone(), self.stop_grace);
+        spawn_task(
+            myself,
+            async move { start(driver.as_ref(), &store, grace, desired).await },
+            move |result| WorkloadMsg::Started { run, result },
         );
-        tokio::spawn(async move {
-            let result = start(driver.as_ref(), &store, grace, desired).await;
-            let _ = me.cast(WorkloadMsg::Started { run, result });
-        });
     }
 
     /// Looks at an adopted workload in a task.
     fn begin_observe(&mut self, myself: &ActorRef<WorkloadMsg>, handle: WorkloadHandle) {
         self.phase = Phase::Observing;
         let run = self.next_run();
-        let (driver, me) = (self.driver.clone(), myself.clone());
-        tokio::spawn(async move {
-            let result = driver.state(&handle).await;
-            let _ = me.cast(WorkloadMsg::Observed { run, result });
-        });
+        let driver = self.driver.clone();
+        spawn_task(
+            myself,
+            async move { driver.state(&handle).await.map_err(|e| e.to_string()) },
+            move |result| WorkloadMsg::Observed { run, result },
+        );
     }
 
     /// Watches the running workload in a task.
     fn begin_wait(&mut self, myself: &ActorRef<WorkloadMsg>, handle: WorkloadHandle) {
         self.phase = Phase::Running;
         let run = self.next_run();
-        let (driver, me) = (self.driver.clone(), myself.clone());
-        tokio::spawn(async move {
-            let result = driver.wait(&handle).await;
-            let _ = me.cast(WorkloadMsg::Exited { run, result });
-        });
+        let driver = self.driver.clone();
+        spawn_task(
+            myself,
+            async move { driver.wait(&handle).await.map_err(|e| e.to_string()) },
+            move |result| WorkloadMsg::Exited { run, result },
+        );
     }
 
     /// Stops the workload (if there is a handle) and forgets its handle, in a task.
@@ -299,22 +303,21 @@ impl WorkloadActorState {
             myself.stop(None);
             return;
         };
-        let (driver, store, grace, me) = (
-            self.driver.clone(),
-            self.store.clone(),
-            self.stop_grace,
-            myself.clone(),
-        );
-        tokio::spawn(async move {
-            let result = match driver.stop(&handle, grace).await {
-                Ok(exit) => store
+        let (driver, store, grace) = (self.driver.clone(), self.store.clone(), self.stop_grace);
+        spawn_task(
+            myself,
+            async move {
+                let exit = driver
+                    .stop(&handle, grace)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                store
                     .remove_handle(&handle.alloc_id)
-                    .map(|()| exit)
-                    .map_err(|e| format!("stopped, but cannot forget its handle: {e}")),
-                Err(e) => Err(e.to_string()),
-            };
-            let _ = me.cast(WorkloadMsg::Stopped { run, result });
-        });
+                    .map_err(|e| format!("stopped, but cannot forget its handle: {e}"))?;
+                Ok(exit)
+            },
+            move |result| WorkloadMsg::Stopped { run, result },
+        );
     }
 
     fn on_confirm(&mut self, myself: &ActorRef<WorkloadMsg>, desired: DesiredAlloc) {
@@ -389,7 +392,7 @@ impl WorkloadActorState {
     fn on_observed(
         &mut self,
         myself: &ActorRef<WorkloadMsg>,
-        result: Result<WorkloadState, DriverError>,
+        result: Result<WorkloadState, String>,
     ) {
         if self.stop_requested {
             self.begin_stop(myself);
@@ -453,7 +456,7 @@ impl WorkloadActorState {
         self.phase = Phase::AwaitingConfirm(exit);
     }
 
-    fn on_exited(&mut self, myself: &ActorRef<WorkloadMsg>, result: Result<ExitInfo, DriverError>) {
+    fn on_exited(&mut self, myself: &ActorRef<WorkloadMsg>, result: Result<ExitInfo, String>) {
         if !matches!(self.phase, Phase::Running) {
             return;
         }
@@ -536,6 +539,26 @@ impl WorkloadActorState {
         }
         myself.stop(None);
     }
+}
+
+/// Runs a driver call in a task and sends its result back as a message. A
+/// panicking driver becomes an error, so the actor never waits forever for
+/// an answer that will not come.
+fn spawn_task<T, F, M>(myself: &ActorRef<WorkloadMsg>, work: F, message: M)
+where
+    T: Send + 'static,
+    F: Future<Output = Result<T, String>> + Send + 'static,
+    M: FnOnce(Result<T, String>) -> WorkloadMsg + Send + 'static,
+{
+    let me = myself.clone();
+    tokio::spawn(async move {
+        let result = match tokio::spawn(work).await {
+            Ok(result) => result,
+            Err(e) => Err(format!("the driver call failed: {e}")),
+        };
+        // Fails only when the actor has ended: nobody wants the answer.
+        let _ = me.cast(message(result));
+    });
 }
 
 /// Persists the desired allocation, checks and starts the workload, then
