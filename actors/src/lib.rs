@@ -10,6 +10,7 @@
 
 pub mod driver;
 pub mod resources;
+pub mod workload;
 
 pub use resources::{
     detect, GpuBackend, GpuDetection, GpuInfo, HostReport, MonitorArgs, Reserved, ResourceError,
