@@ -51,6 +51,26 @@ impl AllocStatus {
         }
     }
 
+    /// Reads a name written by [`AllocStatus::as_str`]; `None` for anything else.
+    pub fn parse(text: &str) -> Option<Self> {
+        [
+            AllocStatus::Pending,
+            AllocStatus::Running,
+            AllocStatus::Complete,
+            AllocStatus::Failed,
+            AllocStatus::Lost,
+            AllocStatus::Preempted,
+            AllocStatus::Stopped,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == text)
+    }
+
+    /// Whether the allocation has ended for good: no report can revive it.
+    pub fn is_terminal(self) -> bool {
+        !matches!(self, AllocStatus::Pending | AllocStatus::Running)
+    }
+
     /// Whether the allocation still holds its node's resources.
     pub fn holds_resources(self) -> bool {
         matches!(self, AllocStatus::Pending | AllocStatus::Running)
@@ -65,6 +85,25 @@ pub struct AllocEvent {
     /// Short stable kind: "placed", "started", "failed", "restarted", "migrated", "preempted", "stopped", "lost".
     pub kind: String,
     /// Human-readable detail.
+    pub detail: String,
+}
+
+/// What a node agent observed of one of its allocations, as it reports it.
+///
+/// Reports are fenced: `apply` accepts one only from the allocation's node
+/// and for its current generation, so an agent that was partitioned away
+/// while its work moved elsewhere cannot rewrite the new owner's state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AllocUpdate {
+    /// The allocation.
+    pub id: String,
+    /// The generation the agent runs it for.
+    pub generation: u64,
+    /// What the agent saw: running, complete, failed, stopped or lost.
+    pub status: AllocStatus,
+    /// Short stable kind of the event ("started", "restarted", "failed"...).
+    pub event: String,
+    /// Human-readable detail (exit code, signal, error text).
     pub detail: String,
 }
 

@@ -8,5 +8,6 @@
 //! gRPC API, never through internal crates.
 #![warn(missing_docs)]
 
+pub mod agents;
 pub mod ports;
 pub mod process_cluster;

@@ -52,9 +52,9 @@ enum Command {
     /// Inspect allocations (job instances placed on nodes).
     #[command(subcommand)]
     Alloc(cmd::alloc::AllocCommand),
-    /// Inspect node agents.
-    #[command(subcommand)]
-    Node(cmd::node::NodeCommand),
+    /// Run a node agent (`herd node --name N --coordinators ADDR`), or
+    /// inspect and drive nodes (`herd node list|drain|eligibility`).
+    Node(cmd::node::NodeArgs),
     /// Read and write variables (replicated registers with compare-and-set).
     #[command(subcommand)]
     Var(cmd::var::VarCommand),
@@ -84,7 +84,11 @@ const DAEMON_LOG: &str = "info,openraft=warn,sled=warn,h2=warn,tower=warn,hyper=
 const CLIENT_LOG: &str = "warn,openraft=error";
 
 async fn run(cli: Cli) -> Result<(), CliError> {
-    let daemon = matches!(cli.command, Command::Coordinator(_) | Command::Dev(_));
+    let daemon = match &cli.command {
+        Command::Coordinator(_) | Command::Dev(_) => true,
+        Command::Node(args) => args.command.is_none(),
+        _ => false,
+    };
     init_tracing(
         cli.log.as_deref(),
         cli.log_json,
@@ -99,7 +103,10 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Dev(args) => cmd::dev::run(args).await,
         Command::Cluster(command) => cmd::cluster::run(&ctx, command).await,
         Command::Job(command) => cmd::job::run(&ctx, command).await,
-        Command::Node(command) => cmd::node::run(&ctx, command).await,
+        Command::Node(args) => match args.command {
+            Some(command) => cmd::node::run(&ctx, command).await,
+            None => cmd::agent::run(args.agent).await,
+        },
         Command::Alloc(command) => cmd::alloc::run(&ctx, command).await,
         Command::Var(command) => cmd::var::run(&ctx, command).await,
         Command::Bench(command) => bench::run(&ctx, command).await,

@@ -28,7 +28,9 @@ fn request(name: &str, cpu_millis: u64) -> RegisterNodeRequest {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn registered_nodes_are_listed_and_bad_registrations_refused() {
-    let cluster = ProcessCluster::start(herd_bin(), 1, &[]).expect("start");
+    // Registrations without agents send no heartbeats: a TTL that outlasts the test.
+    let cluster =
+        ProcessCluster::start(herd_bin(), 1, &["--node-ttl-ms", "3600000"]).expect("start");
     cluster
         .wait_for_leader(Duration::from_secs(20))
         .await

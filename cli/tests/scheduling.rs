@@ -81,7 +81,10 @@ fn live<'a>(allocs: &'a [Value], job: &str) -> Vec<&'a Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn jobs_are_placed_blocked_preempted_and_stopped() {
-    let cluster = ProcessCluster::start(herd_bin(), 3, &[]).expect("start");
+    // These nodes are registrations without agents: no heartbeats, so a TTL
+    // long enough that none is marked down during the test.
+    let cluster =
+        ProcessCluster::start(herd_bin(), 3, &["--node-ttl-ms", "3600000"]).expect("start");
     cluster
         .wait_for_leader(Duration::from_secs(20))
         .await

@@ -6,6 +6,7 @@
 
 use herd_api::node::NodeStatus;
 
+use crate::apply_alloc::{apply_updates, mark_node_down};
 use crate::apply_plan::{apply_plan, stop_allocations, stop_matching};
 use crate::command::{Command, CommandResult, Rejection};
 use crate::state::{ChangeLog, ClusterState, Job, JobStatus, Record, Variable};
@@ -164,6 +165,14 @@ pub fn apply(
             );
             CommandResult::NodeUpdated
         }
+        Command::MarkNodeDown { node, now_ms } => {
+            mark_node_down(state, index, &node, now_ms, changes)
+        }
+        Command::UpdateAllocs {
+            node,
+            updates,
+            now_ms,
+        } => apply_updates(state, index, &node, updates, now_ms, changes),
         Command::PutVariable {
             key,
             value,

@@ -9,6 +9,7 @@ use std::collections::BTreeSet;
 
 use herd_api::alloc::{AllocDesired, AllocStatus, Allocation};
 
+use crate::apply_alloc::refresh_job_status;
 use crate::command::{CommandResult, Rejection};
 use crate::placement::{
     alloc_views, missing_instances, node_views, request_for, to_scheduler_plan, PlanCommand,
@@ -38,7 +39,7 @@ pub fn apply_plan(
     }
     let (priority, version) = (job.spec.priority, job.version);
     // An instance placed by an earlier plan must not be placed twice.
-    let missing: BTreeSet<u32> = missing_instances(state, job).into_iter().collect();
+    let missing: BTreeSet<u32> = missing_instances(state, job, now_ms).into_iter().collect();
     let mut rejected: Vec<String> = Vec::new();
     plan.placements.retain(|(instance, _)| {
         let keep = missing.contains(instance);
@@ -85,11 +86,12 @@ pub fn apply_plan(
     for job_name in &requeued {
         if let Some(job) = state.jobs.get_mut(job_name) {
             if job.status != JobStatus::Stopped {
-                job.status = JobStatus::Pending;
                 job.blocked = Some("requeued: evicted for higher-priority work".to_string());
                 changes.put(Record::Job(job_name), state);
             }
         }
+        // Pending again only if nothing of it still runs.
+        refresh_job_status(state, job_name, index, changes);
     }
 
     let mut placed = Vec::new();
@@ -256,8 +258,8 @@ mod tests {
             },
         );
         // Both plans come from the same snapshot, and both pick n1.
-        let plan_a = plan_job(&state, &state.jobs["a"]).expect("plan a");
-        let plan_b = plan_job(&state, &state.jobs["b"]).expect("plan b");
+        let plan_a = plan_job(&state, &state.jobs["a"], 10).expect("plan a");
+        let plan_b = plan_job(&state, &state.jobs["b"], 10).expect("plan b");
         assert_eq!(plan_a.placements, vec![(0, "n1".to_string())]);
         assert_eq!(plan_b.placements, vec![(0, "n1".to_string())]);
 

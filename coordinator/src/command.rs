@@ -5,6 +5,7 @@
 //! the same result.
 
 use crate::placement::PlanCommand;
+use herd_api::alloc::AllocUpdate;
 use herd_api::job::JobSpec;
 use herd_api::node::NodeInfo;
 use serde::{Deserialize, Serialize};
@@ -60,6 +61,23 @@ pub enum Command {
         /// Leader's clock, ms since the epoch.
         now_ms: u64,
     },
+    /// The node missed its heartbeats for its TTL: its allocations are lost
+    /// and placed elsewhere; it is ready again when it registers.
+    MarkNodeDown {
+        /// Node name.
+        node: String,
+        /// Leader's clock, ms since the epoch.
+        now_ms: u64,
+    },
+    /// What a node's agent observed of its allocations.
+    UpdateAllocs {
+        /// The reporting node; reports for allocations it does not own are refused.
+        node: String,
+        /// One entry per allocation event.
+        updates: Vec<AllocUpdate>,
+        /// Leader's clock, ms since the epoch.
+        now_ms: u64,
+    },
     /// Writes a variable, optionally only if its version matches.
     PutVariable {
         /// Variable key.
@@ -79,7 +97,9 @@ impl Command {
             | Command::StopJob { now_ms, .. }
             | Command::RegisterNode { now_ms, .. }
             | Command::ApplyPlan { now_ms, .. }
-            | Command::DrainNode { now_ms, .. } => *now_ms = now,
+            | Command::DrainNode { now_ms, .. }
+            | Command::MarkNodeDown { now_ms, .. }
+            | Command::UpdateAllocs { now_ms, .. } => *now_ms = now,
             Command::InitCluster { .. }
             | Command::PutVariable { .. }
             | Command::SetNodeEligibility { .. } => {}
@@ -97,6 +117,8 @@ impl Command {
             Command::ApplyPlan { .. } => "apply_plan",
             Command::SetNodeEligibility { .. } => "set_node_eligibility",
             Command::DrainNode { .. } => "drain_node",
+            Command::MarkNodeDown { .. } => "mark_node_down",
+            Command::UpdateAllocs { .. } => "update_allocs",
         }
     }
 }
@@ -133,6 +155,13 @@ pub enum CommandResult {
         evicted: Vec<String>,
         /// Why placements were refused (the state changed since the plan was built).
         rejected: Vec<String>,
+    },
+    /// Allocation reports were applied.
+    AllocsUpdated {
+        /// How many reports changed an allocation.
+        accepted: u32,
+        /// Why the others were refused, one line each.
+        refused: Vec<String>,
     },
     /// The variable was written.
     VariablePut {

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use herd_consensus::raft_config::RaftTuning;
 use serde::{Deserialize, Serialize};
@@ -62,6 +63,8 @@ pub struct CoordinatorSettings {
     pub join: Option<String>,
     /// Raft timing and compaction.
     pub raft: Option<RaftTuning>,
+    /// A node that sends no heartbeat for this long is marked down (ms).
+    pub node_ttl_ms: Option<u64>,
 }
 
 impl CoordinatorSettings {
@@ -99,6 +102,7 @@ impl CoordinatorSettings {
             peers: overrides.peers.or(self.peers),
             join: overrides.join.or(self.join),
             raft: overrides.raft.or(self.raft),
+            node_ttl_ms: overrides.node_ttl_ms.or(self.node_ttl_ms),
         }
     }
 }
@@ -136,6 +140,8 @@ pub struct CoordinatorConfig {
     pub mode: StartMode,
     /// Raft tuning.
     pub raft: RaftTuning,
+    /// How long a node may miss heartbeats before it is marked down.
+    pub node_ttl: Duration,
 }
 
 /// Parses `1=HOST:PORT,2=HOST:PORT`.
@@ -255,6 +261,16 @@ impl CoordinatorConfig {
         let raft = settings.raft.unwrap_or_default();
         raft.to_openraft()
             .map_err(|e| invalid("raft", e.to_string()))?;
+        let node_ttl = match settings.node_ttl_ms {
+            None => crate::liveness::DEFAULT_NODE_TTL,
+            Some(ms) if (500..=3_600_000).contains(&ms) => Duration::from_millis(ms),
+            Some(ms) => {
+                return Err(invalid(
+                    "node_ttl_ms",
+                    format!("must be 500 to 3600000 (ms), got {ms}"),
+                ))
+            }
+        };
         Ok(Self {
             id,
             listen,
@@ -262,6 +278,7 @@ impl CoordinatorConfig {
             data_dir,
             mode,
             raft,
+            node_ttl,
         })
     }
 }

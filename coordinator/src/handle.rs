@@ -22,6 +22,7 @@ use crate::command::{Command, CommandResult};
 use crate::error::CoordinatorError;
 use crate::forward::{ForwardError, LeaderReply, LeaderRequest, Written};
 use crate::leader_link::LeaderLink;
+use crate::liveness::Liveness;
 use crate::propose::Proposer;
 use crate::read_index::ReadIndexBatcher;
 use crate::state::ClusterState;
@@ -56,6 +57,7 @@ pub struct Coordinator {
     proposer: Proposer,
     forwarded_writes: Batcher<Command, Written>,
     read_batcher: ReadIndexBatcher,
+    liveness: Arc<Liveness>,
 }
 
 /// Milliseconds since the Unix epoch; the leader stamps commands with it.
@@ -74,12 +76,14 @@ impl Coordinator {
         identity: Arc<ClusterIdentity>,
         health: Arc<PeerHealth>,
         sm_stats: Arc<StateMachineStats>,
+        node_ttl: Duration,
     ) -> Self {
         Self {
             link: LeaderLink::new(raft.clone(), identity.clone()),
             proposer: Proposer::new(raft.clone()),
             forwarded_writes: Batcher::new(FORWARD_LIMITS),
             read_batcher: ReadIndexBatcher::default(),
+            liveness: Arc::new(Liveness::new(node_ttl)),
             raft,
             app,
             identity,
@@ -111,6 +115,25 @@ impl Coordinator {
 
     pub(crate) fn metrics(&self) -> RaftMetrics<u64, BasicNode> {
         self.raft.metrics().borrow().clone()
+    }
+
+    /// The leader's record of node heartbeats.
+    pub fn liveness(&self) -> &Arc<Liveness> {
+        &self.liveness
+    }
+
+    /// Whether this member leads now (as far as it knows).
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().current_leader == Some(self.id())
+    }
+
+    /// The applied log index (what reads of [`Coordinator::read_state`] reflect).
+    pub fn applied_index(&self) -> u64 {
+        self.raft
+            .metrics()
+            .borrow()
+            .last_applied
+            .map_or(0, |l| l.index)
     }
 
     /// Whether this member belongs to a cluster (has a membership config).

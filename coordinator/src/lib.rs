@@ -8,6 +8,7 @@
 
 pub mod app;
 pub mod apply;
+pub mod apply_alloc;
 pub mod apply_plan;
 pub mod batch;
 pub mod command;
@@ -17,6 +18,7 @@ pub mod error;
 pub mod forward;
 pub mod handle;
 pub mod leader_link;
+pub mod liveness;
 pub mod membership;
 pub mod placement;
 pub mod propose;

@@ -4,9 +4,10 @@
 //! Everything here is a pure function of the state, so the leader (building
 //! a plan) and `apply` (re-checking it) see the same inputs.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 
-use herd_api::alloc::{AllocDesired, Allocation};
+use herd_api::alloc::{AllocDesired, AllocStatus, Allocation};
+use herd_api::job::JobType;
 use herd_api::node::NodeStatus;
 use serde::{Deserialize, Serialize};
 
@@ -80,23 +81,93 @@ pub fn request_for(job: &Job, instances: Vec<u32>) -> PlacementRequest {
     }
 }
 
-/// Instances of the job's current version that have no live allocation.
-pub fn missing_instances(state: &ClusterState, job: &Job) -> Vec<u32> {
-    let live: BTreeSet<u32> = state
-        .allocations
-        .values()
-        .filter(|a| a.job == job.spec.name && a.job_version == job.version && is_live(a))
-        .map(|a| a.instance)
-        .collect();
-    (0..job.spec.count).filter(|i| !live.contains(i)).collect()
+/// Attempts a batch instance gets before its job is failed.
+pub const BATCH_ATTEMPTS: usize = 3;
+/// Delay before an instance that failed once is placed again; it doubles
+/// with every further failure, up to [`RETRY_MAX_MS`], so a crash-looping
+/// service does not flood the log with allocations.
+pub const RETRY_BASE_MS: u64 = 1_000;
+/// Longest delay between attempts of a failing instance.
+pub const RETRY_MAX_MS: u64 = 60_000;
+
+/// The wait before the next attempt of an instance that failed `failures` times.
+pub fn retry_delay_ms(failures: usize) -> u64 {
+    match failures {
+        0 => 0,
+        n => RETRY_BASE_MS
+            .saturating_mul(1 << (n - 1).min(16))
+            .min(RETRY_MAX_MS),
+    }
 }
 
-/// The plan the leader should propose for `job`, or None when nothing would change.
-pub fn plan_job(state: &ClusterState, job: &Job) -> Option<PlanCommand> {
-    if job.status == JobStatus::Stopped || job.status == JobStatus::Complete {
+/// What the allocations of one instance of a job's current version say.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct InstanceHistory {
+    /// An allocation runs or is about to.
+    pub live: bool,
+    /// An allocation ran to completion.
+    pub complete: bool,
+    /// Allocations that failed (lost nodes and evictions do not count).
+    pub failures: usize,
+    /// When the last failure was recorded, ms since the epoch.
+    pub last_failure_ms: u64,
+}
+
+/// The history of every instance of the job's current version that has allocations.
+pub fn instance_histories(state: &ClusterState, job: &Job) -> BTreeMap<u32, InstanceHistory> {
+    let mut histories: BTreeMap<u32, InstanceHistory> = BTreeMap::new();
+    for alloc in state
+        .allocations
+        .values()
+        .filter(|a| a.job == job.spec.name && a.job_version == job.version)
+    {
+        let history = histories.entry(alloc.instance).or_default();
+        history.live |= is_live(alloc);
+        match alloc.status {
+            AllocStatus::Complete => history.complete = true,
+            AllocStatus::Failed => {
+                history.failures += 1;
+                let at = alloc.events.last().map_or(0, |e| e.at_ms);
+                history.last_failure_ms = history.last_failure_ms.max(at);
+            }
+            _ => {}
+        }
+    }
+    histories
+}
+
+/// Whether an instance with this history has used up its attempts (batch only).
+pub fn exhausted(job: &Job, history: &InstanceHistory) -> bool {
+    job.spec.job_type == JobType::Batch && history.failures >= BATCH_ATTEMPTS && !history.complete
+}
+
+/// Instances of the job's current version that need a new allocation at
+/// `now_ms`: no live allocation, not completed (batch), attempts left
+/// (batch), and past the retry delay of their last failure.
+pub fn missing_instances(state: &ClusterState, job: &Job, now_ms: u64) -> Vec<u32> {
+    let histories = instance_histories(state, job);
+    let batch = job.spec.job_type == JobType::Batch;
+    (0..job.spec.count)
+        .filter(|i| {
+            let history = histories.get(i).copied().unwrap_or_default();
+            if history.live || (batch && history.complete) || exhausted(job, &history) {
+                return false;
+            }
+            now_ms >= history.last_failure_ms + retry_delay_ms(history.failures)
+        })
+        .collect()
+}
+
+/// The plan the leader should propose for `job` at `now_ms`, or None when
+/// nothing would change.
+pub fn plan_job(state: &ClusterState, job: &Job, now_ms: u64) -> Option<PlanCommand> {
+    if matches!(
+        job.status,
+        JobStatus::Stopped | JobStatus::Complete | JobStatus::Failed
+    ) {
         return None;
     }
-    let missing = missing_instances(state, job);
+    let missing = missing_instances(state, job, now_ms);
     if missing.is_empty() {
         return job.blocked.is_some().then(|| PlanCommand {
             job: job.spec.name.clone(),

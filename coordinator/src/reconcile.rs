@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::command::Command;
-use crate::handle::Coordinator;
+use crate::handle::{now_ms, Coordinator};
 use crate::placement::{plan_job, PlanCommand};
 
 /// Longest pause between passes while leading, even when nothing moved.
@@ -24,6 +24,7 @@ const SAME_PLAN_BACKOFF: Duration = Duration::from_secs(5);
 pub async fn run(coordinator: Arc<Coordinator>) {
     let mut metrics = coordinator.raft().metrics();
     let mut evaluated_at: Option<u64> = None;
+    let mut last_pass = Instant::now();
     let mut proposed: HashMap<String, (PlanCommand, Instant)> = HashMap::new();
     loop {
         tokio::select! {
@@ -42,15 +43,19 @@ pub async fn run(coordinator: Arc<Coordinator>) {
             proposed.clear();
             continue;
         }
-        if applied == evaluated_at {
+        // Re-evaluated when the state moved, and at least every IDLE_PASS:
+        // failed instances wait out a retry delay that no write ends.
+        if applied == evaluated_at && last_pass.elapsed() < IDLE_PASS {
             continue;
         }
         evaluated_at = applied;
+        last_pass = Instant::now();
+        let now = now_ms();
         let plans: Vec<PlanCommand> = coordinator.read_state(|state| {
             state
                 .jobs
                 .values()
-                .filter_map(|job| plan_job(state, job))
+                .filter_map(|job| plan_job(state, job, now))
                 .collect()
         });
         for plan in plans {

@@ -175,6 +175,7 @@ pub async fn start(config: CoordinatorConfig) -> Result<RunningCoordinator, Star
         identity.clone(),
         health,
         sm_stats,
+        config.node_ttl,
     ));
 
     let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
@@ -236,6 +237,7 @@ pub async fn start(config: CoordinatorConfig) -> Result<RunningCoordinator, Star
     }
     background.push(tokio::spawn(establish_cluster_id(coordinator.clone())));
     background.push(tokio::spawn(crate::reconcile::run(coordinator.clone())));
+    background.push(tokio::spawn(crate::liveness::run(coordinator.clone())));
 
     Ok(RunningCoordinator {
         coordinator,

@@ -1,8 +1,149 @@
 //! The node agent daemon (`herd node`): configuration, the wiring of the
-//! actors from `herd-actors` into a supervision tree, the link to the
-//! coordinators and the peer gRPC server.
+//! actors from `herd-actors` into a supervision tree ([`agent`]), the link
+//! to the coordinators ([`link`]) and the agent's own gRPC server
+//! ([`logs`]).
 //!
-//! Not written yet: it arrives with the node-agent issue. Until then nodes
-//! register through the agent API directly (see `cli/tests/node_registry.rs`).
-//! It must never depend on the coordinator or consensus crates.
+//! It never depends on the coordinator or consensus crates: agents and
+//! coordinators meet only on the wire.
 #![warn(missing_docs)]
+
+pub mod agent;
+pub mod config;
+pub mod link;
+pub mod logs;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use herd_actors::workload::SupervisorMsg;
+use herd_api::proto::agent::node_agent_server::NodeAgentServer;
+use ractor::{Actor, ActorRef};
+use thiserror::Error;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+
+pub use config::{NodeConfig, NodeSettings};
+
+use agent::{AgentArgs, AgentMsg, NodeAgent};
+use logs::{LogLocator, NodeAgentService};
+
+/// Why an agent could not start.
+#[derive(Debug, Error)]
+pub enum NodeError {
+    /// The data directory cannot be used.
+    #[error("data dir {path}: {message}")]
+    DataDir {
+        /// The directory.
+        path: String,
+        /// The OS error.
+        message: String,
+    },
+    /// The listen address cannot be bound.
+    #[error("cannot listen on {addr}: {message}")]
+    Bind {
+        /// The address.
+        addr: String,
+        /// The OS error.
+        message: String,
+    },
+    /// The actor tree did not start.
+    #[error("the agent's actors did not start: {0}")]
+    Actors(String),
+}
+
+/// A running node agent.
+pub struct RunningNode {
+    /// Where its gRPC server listens.
+    pub local_addr: std::net::SocketAddr,
+    root: ActorRef<AgentMsg>,
+    root_task: JoinHandle<()>,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+impl RunningNode {
+    /// Stops the agent: its actors and server end, its workloads keep running
+    /// (a restarted agent re-adopts them).
+    pub async fn shutdown(mut self) {
+        self.root.stop(Some("shutdown".into()));
+        let _ = (&mut self.root_task).await;
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        let _ = (&mut self.server).await;
+    }
+
+    /// Resolves when the actor tree ended on its own (too many restarts).
+    pub async fn stopped(&mut self) {
+        let _ = (&mut self.root_task).await;
+    }
+}
+
+/// Answers log requests from whichever supervisor currently runs.
+struct SupervisorLogs {
+    root: ActorRef<AgentMsg>,
+}
+
+#[tonic::async_trait]
+impl LogLocator for SupervisorLogs {
+    async fn log_paths(&self, alloc_id: &str) -> Option<(PathBuf, PathBuf)> {
+        let supervisor: ActorRef<SupervisorMsg> =
+            ractor::call_t!(self.root, AgentMsg::Supervisor, 2000).ok()?;
+        let id = alloc_id.to_string();
+        ractor::call_t!(supervisor, SupervisorMsg::LogPaths, 2000, id)
+            .ok()
+            .flatten()
+    }
+}
+
+/// Starts an agent: binds its server, starts its actors and returns once
+/// both run. `executor` is the herd binary (the exec driver's supervisor).
+pub async fn start(config: NodeConfig, executor: PathBuf) -> Result<RunningNode, NodeError> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| NodeError::DataDir {
+        path: config.data_dir.display().to_string(),
+        message: e.to_string(),
+    })?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| NodeError::Bind {
+            addr: config.listen.to_string(),
+            message: e.to_string(),
+        })?;
+    let local_addr = listener.local_addr().map_err(|e| NodeError::Bind {
+        addr: config.listen.to_string(),
+        message: e.to_string(),
+    })?;
+    let advertise = if config.advertise.ends_with(":0") {
+        local_addr.to_string()
+    } else {
+        config.advertise.clone()
+    };
+    let name = config.name.clone();
+    let args = AgentArgs {
+        config: Arc::new(config),
+        advertise: advertise.clone(),
+        executor,
+    };
+    let (root, root_task) = Actor::spawn(None, NodeAgent, args)
+        .await
+        .map_err(|e| NodeError::Actors(e.to_string()))?;
+    let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
+    let service = NodeAgentService::new(SupervisorLogs { root: root.clone() });
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(NodeAgentServer::new(service))
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+                let _ = shutdown_rx.await;
+            }),
+    );
+    tracing::info!(node = %name, addr = %local_addr, %advertise, "node agent running");
+    Ok(RunningNode {
+        local_addr,
+        root,
+        root_task,
+        shutdown: Some(shutdown_tx),
+        server,
+    })
+}

@@ -1,4 +1,4 @@
-//! `herd alloc list|status`.
+//! `herd alloc list|status|logs`.
 
 use clap::Subcommand;
 use herd_api::proto::v1 as pb;
@@ -29,6 +29,20 @@ pub enum AllocCommand {
         /// Answer from the first coordinator's own state.
         #[arg(long)]
         stale: bool,
+    },
+    /// An allocation's output, fetched from the agent of its node.
+    Logs {
+        /// Allocation id.
+        id: String,
+        /// Keep printing what is appended, until interrupted.
+        #[arg(long, short = 'f')]
+        follow: bool,
+        /// Standard error instead of standard output.
+        #[arg(long)]
+        stderr: bool,
+        /// Only the last N bytes.
+        #[arg(long)]
+        tail: Option<u64>,
     },
 }
 
@@ -95,6 +109,12 @@ pub async fn run(ctx: &Context, command: AllocCommand) -> Result<(), CliError> {
                 );
             }
         }
+        AllocCommand::Logs {
+            id,
+            follow,
+            stderr,
+            tail,
+        } => logs(&client, id, follow, stderr, tail).await?,
         AllocCommand::Status { id, stale } => {
             let alloc = client
                 .call(|ch| {
@@ -139,6 +159,89 @@ pub async fn run(ctx: &Context, command: AllocCommand) -> Result<(), CliError> {
                 }
             }
         }
+    }
+    Ok(())
+}
+
+/// Finds the allocation's node, then streams the log from that node's agent.
+async fn logs(
+    client: &herd_api::client::HerdClient,
+    id: String,
+    follow: bool,
+    stderr: bool,
+    tail: Option<u64>,
+) -> Result<(), CliError> {
+    use herd_api::proto::agent::node_agent_client::NodeAgentClient;
+    use herd_api::proto::agent::AllocLogsRequest;
+    use herd_api::proto::v1::nodes_client::NodesClient;
+    use std::io::Write;
+
+    let alloc = client
+        .call(|ch| {
+            let request = pb::GetAllocRequest {
+                id: id.clone(),
+                stale: false,
+            };
+            async move {
+                AllocsClient::new(ch)
+                    .get(request)
+                    .await
+                    .map(|r| r.into_inner())
+            }
+        })
+        .await?;
+    let nodes = client
+        .call(|ch| async move {
+            NodesClient::new(ch)
+                .list(pb::ListNodesRequest { stale: false })
+                .await
+                .map(|r| r.into_inner().nodes)
+        })
+        .await?;
+    let node = nodes
+        .into_iter()
+        .find(|n| n.name == alloc.node)
+        .ok_or_else(|| {
+            CliError::runtime(format!(
+                "node {} of allocation {id} is not registered",
+                alloc.node
+            ))
+        })?;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", node.addr))
+        .map_err(|e| {
+            CliError::runtime(format!(
+                "node {} has a bad address {:?}: {e}",
+                node.name, node.addr
+            ))
+        })?
+        .connect_timeout(std::time::Duration::from_secs(3))
+        .connect()
+        .await
+        .map_err(|e| {
+            CliError::runtime(format!(
+                "cannot reach the agent of node {} at {}: {e}",
+                node.name, node.addr
+            ))
+        })?;
+    let mut stream = NodeAgentClient::new(channel)
+        .alloc_logs(AllocLogsRequest {
+            alloc_id: id.clone(),
+            stream: if stderr { "stderr" } else { "stdout" }.to_string(),
+            follow,
+            tail_bytes: tail.unwrap_or(0),
+        })
+        .await
+        .map_err(|s| CliError::runtime(format!("node {}: {}", node.name, s.message())))?
+        .into_inner();
+    while let Some(chunk) = stream
+        .message()
+        .await
+        .map_err(|s| CliError::runtime(format!("node {}: {}", node.name, s.message())))?
+    {
+        let mut out = std::io::stdout();
+        out.write_all(&chunk.data)
+            .and_then(|()| out.flush())
+            .map_err(|e| CliError::runtime(format!("cannot write the log: {e}")))?;
     }
     Ok(())
 }

@@ -41,6 +41,9 @@ pub struct CoordinatorArgs {
     /// Log entries kept behind a snapshot (overrides [raft] keep_logs).
     #[arg(long)]
     pub keep_logs: Option<u64>,
+    /// Mark a node down after this many ms without a heartbeat (default 5000).
+    #[arg(long)]
+    pub node_ttl_ms: Option<u64>,
 }
 
 impl CoordinatorArgs {
@@ -59,6 +62,7 @@ impl CoordinatorArgs {
             peers: self.peers.clone(),
             join: self.join.clone(),
             raft: None,
+            node_ttl_ms: self.node_ttl_ms,
         };
         let mut settings = file.overridden_by(flags);
         if self.snapshot_every.is_some() || self.keep_logs.is_some() {

@@ -6,6 +6,7 @@ use std::time::Duration;
 use clap::Args;
 use herd_coordinator::config::CoordinatorSettings;
 use herd_coordinator::CoordinatorConfig;
+use herd_node::{NodeConfig, NodeSettings};
 
 use crate::exit::CliError;
 
@@ -21,6 +22,12 @@ pub struct DevArgs {
     /// Keep data here instead of a temporary directory removed on exit.
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    /// Node agents to run beside the coordinator.
+    #[arg(long, default_value_t = 2)]
+    pub nodes: u32,
+    /// Simulated GPUs each node agent reports (none by default).
+    #[arg(long)]
+    pub sim_gpus: Option<u32>,
 }
 
 /// Runs the dev cluster until Ctrl-C.
@@ -60,6 +67,23 @@ pub async fn run(args: DevArgs) -> Result<(), CliError> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let addr = running.local_addr;
+    let executor = super::agent::executor_path()?;
+    let mut agents = Vec::new();
+    for n in 1..=args.nodes {
+        let config = NodeConfig::resolve(NodeSettings {
+            name: Some(format!("dev-{n}")),
+            coordinators: Some(addr.to_string()),
+            listen: Some("127.0.0.1:0".to_string()),
+            data_dir: Some(data_dir.join(format!("node-{n}"))),
+            sim_gpus: args.sim_gpus,
+            ..Default::default()
+        })
+        .map_err(CliError::input)?;
+        let agent = herd_node::start(config, executor.clone())
+            .await
+            .map_err(CliError::runtime)?;
+        agents.push((format!("dev-{n}"), agent));
+    }
     let kept = if _temp.is_some() {
         "removed on exit"
     } else {
@@ -70,19 +94,25 @@ pub async fn run(args: DevArgs) -> Result<(), CliError> {
         "  coordinator  {addr}  (data in {}, {kept})",
         data_dir.display()
     );
-    println!("  node agents  none yet: `herd node` arrives with the node agent");
+    for (name, agent) in &agents {
+        println!("  node agent   {name} at {}", agent.local_addr);
+    }
     println!();
     println!(
         "Next, in another terminal (from a checkout, `cargo run --release --` stands for `herd`):"
     );
     println!("  herd job run examples/hello.toml");
     println!("  herd job list");
+    println!("  herd alloc list");
     println!("  herd cluster status");
     println!();
     println!("Press Ctrl-C to stop.");
     super::coordinator::wait_for_signal()
         .await
         .map_err(CliError::runtime)?;
+    for (_, agent) in agents {
+        agent.shutdown().await;
+    }
     running.shutdown().await;
     Ok(())
 }

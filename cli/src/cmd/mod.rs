@@ -1,5 +1,6 @@
 //! One module per command group.
 
+pub mod agent;
 pub mod alloc;
 pub mod cluster;
 pub mod coordinator;

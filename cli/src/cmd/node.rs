@@ -1,6 +1,7 @@
-//! `herd node list`.
+//! `herd node list|eligibility|drain`, and the flags of `herd node` that run
+//! an agent.
 
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 use herd_api::proto::v1::nodes_client::NodesClient;
 use herd_api::proto::v1::{DrainNodeRequest, ListNodesRequest, SetEligibilityRequest};
 use herd_api::resources::format_memory;
@@ -9,6 +10,18 @@ use serde_json::json;
 use super::Context;
 use crate::exit::CliError;
 use crate::output::{print_json, print_table};
+
+/// `herd node`: with a subcommand, a client command; without, the agent.
+#[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct NodeArgs {
+    /// A client command about nodes.
+    #[command(subcommand)]
+    pub command: Option<NodeCommand>,
+    /// Flags of the node agent.
+    #[command(flatten)]
+    pub agent: super::agent::AgentArgs,
+}
 
 /// Subcommands of `herd node`.
 #[derive(Subcommand, Debug)]

@@ -26,6 +26,8 @@ pub enum JobStatus {
     Complete,
     /// Stopped by a user.
     Stopped,
+    /// A batch job with an instance that failed every attempt it was given.
+    Failed,
 }
 
 impl JobStatus {
@@ -36,6 +38,7 @@ impl JobStatus {
             JobStatus::Running => "running",
             JobStatus::Complete => "complete",
             JobStatus::Stopped => "stopped",
+            JobStatus::Failed => "failed",
         }
     }
 }

@@ -1,0 +1,107 @@
+//! `herd node --name N --coordinators ADDR ...`: run a node agent until
+//! interrupted. (`herd node list|drain|eligibility` are in [`super::node`].)
+
+use std::path::PathBuf;
+
+use clap::Args;
+use herd_node::config::{parse_labels, ConfigError, NodeSettings};
+use herd_node::NodeConfig;
+
+use crate::exit::CliError;
+
+/// Flags of the node agent; each overrides the same key of `--config`.
+#[derive(Args, Debug, Clone, Default)]
+pub struct AgentArgs {
+    /// TOML file with any of the settings below (flags win).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// The node's cluster-unique name.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Coordinators to register with: HOST:PORT[,HOST:PORT...].
+    #[arg(long)]
+    pub coordinators: Option<String>,
+    /// Address of the agent's own gRPC server (default 127.0.0.1:0, any free port).
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// Address clients reach the agent at (default: --listen).
+    #[arg(long)]
+    pub advertise: Option<String>,
+    /// Directory for allocations, their logs and the agent's state.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Node labels: KEY=VALUE[,KEY=VALUE...].
+    #[arg(long)]
+    pub labels: Option<String>,
+    /// Report this many simulated GPUs instead of real ones.
+    #[arg(long)]
+    pub sim_gpus: Option<u32>,
+    /// Model of the simulated GPUs (default h100).
+    #[arg(long)]
+    pub sim_gpu_model: Option<String>,
+    /// CPU kept back for the system, millicores.
+    #[arg(long)]
+    pub reserved_cpu: Option<u64>,
+    /// Memory kept back for the system (e.g. 512MiB).
+    #[arg(long)]
+    pub reserved_memory: Option<String>,
+    /// Heartbeat period in ms (default 1000).
+    #[arg(long)]
+    pub heartbeat_ms: Option<u64>,
+}
+
+impl AgentArgs {
+    /// Resolves flags and file into a validated configuration.
+    pub fn resolve(&self) -> Result<NodeConfig, ConfigError> {
+        let file = match &self.config {
+            Some(path) => NodeSettings::from_file(path)?,
+            None => NodeSettings::default(),
+        };
+        let labels = match &self.labels {
+            Some(text) => Some(parse_labels(text).map_err(|message| ConfigError::Invalid {
+                field: "labels",
+                message,
+            })?),
+            None => None,
+        };
+        let flags = NodeSettings {
+            name: self.name.clone(),
+            coordinators: self.coordinators.clone(),
+            listen: self.listen.clone(),
+            advertise: self.advertise.clone(),
+            data_dir: self.data_dir.clone(),
+            labels,
+            sim_gpus: self.sim_gpus,
+            sim_gpu_model: self.sim_gpu_model.clone(),
+            reserved_cpu: self.reserved_cpu,
+            reserved_memory: self.reserved_memory.clone(),
+            heartbeat_ms: self.heartbeat_ms,
+            stop_grace_ms: None,
+        };
+        NodeConfig::resolve(file.overridden_by(flags))
+    }
+}
+
+/// The herd binary, which the exec driver runs as each workload's executor.
+pub fn executor_path() -> Result<PathBuf, CliError> {
+    std::env::current_exe()
+        .map_err(|e| CliError::runtime(format!("cannot find the herd binary: {e}")))
+}
+
+/// Runs the agent until SIGINT or SIGTERM. Workloads keep running after it
+/// exits; drain the node first to move them.
+pub async fn run(args: AgentArgs) -> Result<(), CliError> {
+    let config = args.resolve().map_err(CliError::input)?;
+    let mut running = herd_node::start(config, executor_path()?)
+        .await
+        .map_err(CliError::runtime)?;
+    tokio::select! {
+        signal = super::coordinator::wait_for_signal() => {
+            signal.map_err(CliError::runtime)?;
+            tracing::info!("shutting down; workloads keep running and are re-adopted on restart");
+            running.shutdown().await;
+            Ok(())
+        }
+        _ = running.stopped() => Err(CliError::runtime("the node agent's actors stopped; see the log")),
+    }
+}

@@ -1,0 +1,322 @@
+//! Node agents end to end on real processes: 3 coordinators and 3 `herd
+//! node` agents on loopback run a service job as real processes; a node
+//! killed with its processes has its instances running elsewhere within
+//! 10 s; an agent killed alone (its processes left running) has its work
+//! replaced, and when it comes back it stops the stale copies, so no
+//! instance ever ends up running twice. Also: priority preemption on real
+//! agents, and `herd alloc logs`.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use common::*;
+use herd_chaos::agents::{AgentSet, WorkloadProcess};
+use herd_chaos::process_cluster::ProcessCluster;
+use serde_json::Value;
+
+/// The liveness TTL the tests run coordinators with.
+const TTL_MS: &str = "2000";
+
+fn json(addr: &str, args: &[&str]) -> Value {
+    let mut full = vec!["--addr", addr];
+    full.extend_from_slice(args);
+    full.extend_from_slice(&["-o", "json"]);
+    serde_json::from_str(&must_cli_ok(&full)).expect("json output")
+}
+
+fn write_spec(dir: &std::path::Path, name: &str, text: &str) -> String {
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, text).expect("write spec");
+    path.display().to_string()
+}
+
+fn sleep_spec(name: &str, kind: &str, count: u32, priority: u32, cpu: u32) -> String {
+    format!(
+        "name = \"{name}\"\ntype = \"{kind}\"\ncount = {count}\npriority = {priority}\n[task]\ndriver = \"exec\"\ncommand = \"/bin/sh\"\nargs = [\"-c\", \"echo hello from $HERD_ALLOC_ID; exec sleep 600\"]\n[task.resources]\ncpu = {cpu}\nmemory = \"32MiB\"\n"
+    )
+}
+
+/// Polls `probe` until it returns Some, or fails after `limit` naming `what`.
+async fn until<T>(what: &str, limit: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
+    let started = Instant::now();
+    loop {
+        if let Some(value) = probe() {
+            return value;
+        }
+        assert!(
+            started.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn running_allocs(addr: &str, job: &str) -> Vec<Value> {
+    json(addr, &["alloc", "list", "--job", job])
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|a| a["status"] == "running" && a["desired"] == "run")
+        .collect()
+}
+
+fn processes_of(agents: &AgentSet, job: &str) -> Vec<WorkloadProcess> {
+    agents
+        .workloads()
+        .into_iter()
+        .filter(|w| w.job == job)
+        .collect()
+}
+
+/// Instances of `job` by number, with the processes running each.
+fn by_instance(processes: &[WorkloadProcess]) -> BTreeMap<u32, Vec<&WorkloadProcess>> {
+    let mut map: BTreeMap<u32, Vec<&WorkloadProcess>> = BTreeMap::new();
+    for p in processes {
+        map.entry(p.instance.unwrap_or(u32::MAX))
+            .or_default()
+            .push(p);
+    }
+    map
+}
+
+/// Exactly `count` instances of `job` run, each as one process, and each
+/// process belongs to an allocation the cluster says is running there.
+fn settled(addr: &str, agents: &AgentSet, job: &str, count: usize) -> Option<Vec<Value>> {
+    let allocs = running_allocs(addr, job);
+    let processes = processes_of(agents, job);
+    let instances = by_instance(&processes);
+    let wanted: BTreeSet<(String, String)> = allocs
+        .iter()
+        .map(|a| {
+            (
+                a["id"].as_str().unwrap_or("").to_string(),
+                a["node"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    let seen: BTreeSet<(String, String)> = processes
+        .iter()
+        .map(|p| (p.alloc_id.clone(), p.node.clone()))
+        .collect();
+    (allocs.len() == count
+        && processes.len() == count
+        && instances.len() == count
+        && instances.values().all(|ps| ps.len() == 1)
+        && wanted == seen)
+        .then_some(allocs)
+}
+
+async fn must_have_ready_nodes(addr: &str, names: &[&str]) {
+    until(
+        &format!("nodes {names:?} ready"),
+        Duration::from_secs(20),
+        || {
+            let nodes = json(addr, &["node", "list"]);
+            let ready: BTreeSet<String> = nodes
+                .as_array()?
+                .iter()
+                .filter(|n| n["status"] == "ready")
+                .filter_map(|n| n["name"].as_str().map(str::to_string))
+                .collect();
+            names.iter().all(|n| ready.contains(*n)).then_some(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_instances_survive_node_loss_without_duplicates() {
+    let cluster =
+        ProcessCluster::start(herd_bin(), 3, &["--node-ttl-ms", TTL_MS]).expect("start cluster");
+    cluster
+        .wait_for_leader(Duration::from_secs(10))
+        .await
+        .expect("leader");
+    let addr = cluster.addr_list();
+    let mut agents = AgentSet::new(herd_bin(), &addr).expect("agents");
+    for name in ["a", "b", "c"] {
+        agents.start(name, &[]).expect("start agent");
+    }
+    must_have_ready_nodes(&addr, &["a", "b", "c"]).await;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spec = write_spec(dir.path(), "web", &sleep_spec("web", "service", 4, 50, 100));
+    must_cli_ok(&["--addr", &addr, "job", "run", &spec]);
+    let allocs = until("4 web instances running", Duration::from_secs(20), || {
+        settled(&addr, &agents, "web", 4)
+    })
+    .await;
+
+    // Its output is captured and served by the node's agent.
+    let first = allocs[0]["id"].as_str().expect("id").to_string();
+    let logs = until("the instance's stdout", Duration::from_secs(10), || {
+        let out = must_run_cli(&["--addr", &addr, "alloc", "logs", &first]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        (out.status.success() && text.contains(&first)).then_some(text)
+    })
+    .await;
+    assert_eq!(logs.trim(), format!("hello from {first}"));
+
+    // 1. A whole node dies: agent and processes, SIGKILL.
+    let victim = allocs[0]["node"].as_str().expect("node").to_string();
+    agents.kill_node(&victim).expect("kill node");
+    let killed_at = Instant::now();
+    let moved = until(
+        "instances running elsewhere after the node died",
+        Duration::from_secs(15),
+        || {
+            settled(&addr, &agents, "web", 4)
+                .filter(|allocs| allocs.iter().all(|a| a["node"] != victim.as_str()))
+        },
+    )
+    .await;
+    let took = killed_at.elapsed();
+    assert!(
+        took < Duration::from_secs(10),
+        "rescheduling took {took:?}, over the 10 s promise: {moved:#?}"
+    );
+    let nodes = json(&addr, &["node", "list"]);
+    let status = nodes
+        .as_array()
+        .and_then(|n| n.iter().find(|n| n["name"] == victim.as_str()))
+        .map(|n| n["status"].clone());
+    assert_eq!(status, Some(Value::from("down")), "{nodes:#}");
+
+    // 2. Only an agent dies: its processes run on while their instances are
+    //    placed again elsewhere (two copies for a while, as with any
+    //    partitioned node); when it comes back it must stop its stale copies.
+    let survivor = moved
+        .iter()
+        .map(|a| a["node"].as_str().unwrap_or("").to_string())
+        .next()
+        .expect("a node with work");
+    let orphaned: Vec<WorkloadProcess> = processes_of(&agents, "web")
+        .into_iter()
+        .filter(|p| p.node == survivor)
+        .collect();
+    assert!(!orphaned.is_empty());
+    agents.kill_agent(&survivor).expect("kill agent");
+    until(
+        "the orphaned instances replaced",
+        Duration::from_secs(15),
+        || {
+            let allocs = running_allocs(&addr, "web");
+            (allocs.len() == 4 && allocs.iter().all(|a| a["node"] != survivor.as_str()))
+                .then_some(())
+        },
+    )
+    .await;
+    assert!(
+        orphaned
+            .iter()
+            .all(|p| processes_of(&agents, "web").iter().any(|q| q.pid == p.pid)),
+        "the agent's processes outlive the agent"
+    );
+
+    // Both nodes come back.
+    agents.restart(&survivor).expect("restart agent");
+    agents.restart(&victim).expect("restart node");
+    must_have_ready_nodes(&addr, &["a", "b", "c"]).await;
+    until(
+        "one copy of every instance after the nodes returned",
+        Duration::from_secs(15),
+        || settled(&addr, &agents, "web", 4),
+    )
+    .await;
+    // And it stays that way.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let processes = processes_of(&agents, "web");
+    assert!(
+        settled(&addr, &agents, "web", 4).is_some(),
+        "duplicates or missing instances: {processes:#?}"
+    );
+    assert!(
+        orphaned
+            .iter()
+            .all(|p| !processes.iter().any(|q| q.pid == p.pid)),
+        "the returning agent stopped its stale copies"
+    );
+
+    // Stopping the job stops every process.
+    must_cli_ok(&["--addr", &addr, "job", "stop", "web"]);
+    until("no web process left", Duration::from_secs(15), || {
+        processes_of(&agents, "web").is_empty().then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_high_priority_job_evicts_only_what_it_needs_on_real_agents() {
+    let cluster =
+        ProcessCluster::start(herd_bin(), 1, &["--node-ttl-ms", TTL_MS]).expect("start cluster");
+    cluster
+        .wait_for_leader(Duration::from_secs(10))
+        .await
+        .expect("leader");
+    let addr = cluster.addr_list();
+    let mut agents = AgentSet::new(herd_bin(), &addr).expect("agents");
+    // Two nodes of exactly 2 CPUs each, whatever this host has.
+    for name in ["p1", "p2"] {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+        let reserve = (cpus * 1000).saturating_sub(2000).to_string();
+        agents
+            .start(name, &["--reserved-cpu", &reserve])
+            .expect("start agent");
+    }
+    must_have_ready_nodes(&addr, &["p1", "p2"]).await;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let low = write_spec(dir.path(), "low", &sleep_spec("low", "batch", 4, 10, 1000));
+    must_cli_ok(&["--addr", &addr, "job", "run", &low]);
+    let before = until(
+        "the cluster full of low-priority work",
+        Duration::from_secs(20),
+        || settled(&addr, &agents, "low", 4),
+    )
+    .await;
+
+    let high = write_spec(
+        dir.path(),
+        "high",
+        &sleep_spec("high", "service", 1, 80, 1000),
+    );
+    must_cli_ok(&["--addr", &addr, "job", "run", &high]);
+    until(
+        "the high-priority job running",
+        Duration::from_secs(20),
+        || settled(&addr, &agents, "high", 1),
+    )
+    .await;
+    let after = until(
+        "three low instances left running",
+        Duration::from_secs(20),
+        || settled(&addr, &agents, "low", 3),
+    )
+    .await;
+    // Nothing else touched: the three survivors are the same allocations.
+    let before_ids: BTreeSet<&str> = before.iter().filter_map(|a| a["id"].as_str()).collect();
+    for alloc in &after {
+        assert!(
+            before_ids.contains(alloc["id"].as_str().unwrap_or("")),
+            "{alloc:#}"
+        );
+    }
+    let all = json(&addr, &["alloc", "list", "--job", "low"]);
+    let preempted: Vec<&Value> = all
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter(|a| a["status"] == "preempted")
+        .collect();
+    assert_eq!(preempted.len(), 1, "{all:#}");
+    // The evicted instance is requeued: the job waits for room, saying so.
+    let job = json(&addr, &["job", "status", "low"]);
+    assert_eq!(job["status"], "running", "{job:#}");
+    assert!(
+        job["blocked"].as_str().is_some_and(|b| !b.is_empty()),
+        "the requeued instance says why it waits: {job:#}"
+    );
+}

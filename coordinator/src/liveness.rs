@@ -1,0 +1,167 @@
+//! Node liveness: heartbeats kept in the leader's memory, and the loop that
+//! marks a node down when its TTL lapses.
+//!
+//! Heartbeats never go through Raft (one write per node per second would
+//! dominate the log); only the verdict does, as [`Command::MarkNodeDown`].
+//! A leader that just took over knows no heartbeat times, so it first grants
+//! every node a fresh TTL: a failover never marks healthy nodes down.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use herd_api::node::NodeStatus;
+
+use crate::command::Command;
+use crate::handle::Coordinator;
+
+/// TTL a coordinator gives nodes unless configured otherwise.
+pub const DEFAULT_NODE_TTL: Duration = Duration::from_secs(5);
+
+/// The leader's record of when each node was last heard from.
+#[derive(Debug)]
+pub struct Liveness {
+    ttl: Duration,
+    inner: Mutex<Seen>,
+}
+
+#[derive(Debug, Default)]
+struct Seen {
+    /// The term these times were recorded in; another term starts afresh.
+    term: Option<u64>,
+    at: HashMap<String, Instant>,
+}
+
+impl Liveness {
+    /// A record whose nodes are marked down after `ttl` without a heartbeat.
+    pub fn new(ttl: Duration) -> Self {
+        Self {
+            ttl,
+            inner: Mutex::new(Seen::default()),
+        }
+    }
+
+    /// How long a node may stay silent.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    fn seen(&self) -> std::sync::MutexGuard<'_, Seen> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records a heartbeat from `node` at `now`.
+    pub fn heartbeat(&self, node: &str, now: Instant) {
+        self.seen().at.insert(node.to_string(), now);
+    }
+
+    /// Forgets everything: called when this member stops leading.
+    pub fn step_down(&self) {
+        let mut seen = self.seen();
+        seen.term = None;
+        seen.at.clear();
+    }
+
+    /// The nodes among `alive` (those not already down) whose TTL lapsed at
+    /// `now`, for a leader of `term`. A node never heard from in this term
+    /// (every node, right after an election) gets a fresh TTL from `now`.
+    pub fn lapsed<'a>(
+        &self,
+        term: u64,
+        alive: impl IntoIterator<Item = &'a str>,
+        now: Instant,
+    ) -> Vec<String> {
+        let mut seen = self.seen();
+        if seen.term != Some(term) {
+            seen.term = Some(term);
+            seen.at.clear();
+        }
+        let mut lapsed = Vec::new();
+        for node in alive {
+            let last = *seen.at.entry(node.to_string()).or_insert(now);
+            if now.saturating_duration_since(last) > self.ttl {
+                lapsed.push(node.to_string());
+            }
+        }
+        lapsed
+    }
+}
+
+/// Runs the leader's liveness checks until the member shuts down.
+pub async fn run(coordinator: Arc<Coordinator>) {
+    let liveness = coordinator.liveness().clone();
+    let tick = (liveness.ttl() / 5).clamp(Duration::from_millis(50), Duration::from_secs(1));
+    loop {
+        tokio::time::sleep(tick).await;
+        let (leading, term) = {
+            let metrics = coordinator.raft().metrics();
+            let m = metrics.borrow();
+            (m.current_leader == Some(coordinator.id()), m.current_term)
+        };
+        if !leading {
+            liveness.step_down();
+            continue;
+        }
+        let alive: Vec<String> = coordinator.read_state(|state| {
+            state
+                .nodes
+                .values()
+                .filter(|n| n.status != NodeStatus::Down)
+                .map(|n| n.name.clone())
+                .collect()
+        });
+        let lapsed = liveness.lapsed(term, alive.iter().map(String::as_str), Instant::now());
+        for node in lapsed {
+            tracing::warn!(%node, ttl_ms = liveness.ttl().as_millis() as u64, "node missed its heartbeats; marking it down");
+            if let Err(e) = coordinator
+                .write(Command::MarkNodeDown {
+                    node: node.clone(),
+                    now_ms: 0,
+                })
+                .await
+            {
+                tracing::warn!(%node, error = %e, "could not mark node down");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_silent_node_lapses_after_its_ttl_and_a_heartbeat_renews_it() {
+        let liveness = Liveness::new(Duration::from_secs(5));
+        let t0 = Instant::now();
+        assert!(liveness.lapsed(1, ["a", "b"], t0).is_empty());
+        liveness.heartbeat("a", t0 + Duration::from_secs(4));
+        let lapsed = liveness.lapsed(1, ["a", "b"], t0 + Duration::from_secs(6));
+        assert_eq!(lapsed, vec!["b".to_string()]);
+        let lapsed = liveness.lapsed(1, ["a", "b"], t0 + Duration::from_secs(10));
+        assert_eq!(lapsed, vec!["a".to_string(), "b".to_string()]);
+    }
+
+    #[test]
+    fn a_new_term_grants_every_node_a_fresh_ttl() {
+        let liveness = Liveness::new(Duration::from_secs(5));
+        let t0 = Instant::now();
+        assert!(liveness.lapsed(1, ["a"], t0).is_empty());
+        assert_eq!(
+            liveness.lapsed(1, ["a"], t0 + Duration::from_secs(6)),
+            vec!["a".to_string()]
+        );
+        // Leadership moved (and came back): nobody is down on the first check.
+        assert!(liveness
+            .lapsed(2, ["a"], t0 + Duration::from_secs(7))
+            .is_empty());
+        liveness.step_down();
+        assert!(liveness
+            .lapsed(3, ["a"], t0 + Duration::from_secs(60))
+            .is_empty());
+        assert_eq!(
+            liveness.lapsed(3, ["a"], t0 + Duration::from_secs(66)),
+            vec!["a".to_string()]
+        );
+    }
+}

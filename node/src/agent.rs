@@ -1,0 +1,282 @@
+//! `NodeAgent`: the root of the node's supervision tree.
+//!
+//! ```text
+//! NodeAgent
+//! ├── ResourceMonitor      host and GPU figures
+//! ├── WorkloadSupervisor   one WorkloadActor per allocation
+//! └── CoordinatorLink      register, heartbeat, watch, report
+//! ```
+//!
+//! A child that fails or stops is started again (ractor's default would
+//! stop the root with it). The link holds references to the other two, so
+//! it is restarted after either of them. Restarts are bounded: more than
+//! [`MAX_RESTARTS`] within [`RESTART_WINDOW`] stops the agent, because a
+//! child that cannot stay up is a fault an operator must see. Stopping the
+//! tree never stops workloads: they outlive the agent and are re-adopted.
+
+use std::collections::HashMap;
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use herd_actors::driver::exec::ExecDriver;
+use herd_actors::driver::Driver;
+use herd_actors::resources::{self, MonitorArgs, ResourceMonitor, ResourceMsg};
+use herd_actors::workload::{
+    AllocReport, RestartPolicy, SupervisorArgs, SupervisorMsg, WorkloadSupervisor,
+};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use tokio::sync::{mpsc, Mutex};
+
+use crate::config::NodeConfig;
+use crate::link::{CoordinatorLink, LinkArgs, LinkMsg};
+
+/// Most child restarts tolerated within [`RESTART_WINDOW`].
+pub const MAX_RESTARTS: usize = 10;
+/// The window [`MAX_RESTARTS`] counts in.
+pub const RESTART_WINDOW: Duration = Duration::from_secs(60);
+/// How often the monitor samples the host.
+const SAMPLE_EVERY: Duration = Duration::from_secs(1);
+
+/// Messages of the [`NodeAgent`].
+pub enum AgentMsg {
+    /// The current workload supervisor (it changes when restarted).
+    Supervisor(RpcReplyPort<ActorRef<SupervisorMsg>>),
+}
+
+/// What the root needs to build its children.
+pub struct AgentArgs {
+    /// The node's configuration.
+    pub config: Arc<NodeConfig>,
+    /// Where clients reach this agent.
+    pub advertise: String,
+    /// The herd binary, which the exec driver runs as each workload's executor.
+    pub executor: PathBuf,
+}
+
+/// The root's state: its children and what rebuilding them needs.
+pub struct AgentState {
+    config: Arc<NodeConfig>,
+    advertise: String,
+    drivers: HashMap<String, Arc<dyn Driver>>,
+    report_tx: mpsc::UnboundedSender<AllocReport>,
+    report_rx: Arc<Mutex<mpsc::UnboundedReceiver<AllocReport>>>,
+    monitor: ActorRef<ResourceMsg>,
+    supervisor: ActorRef<SupervisorMsg>,
+    link: ActorRef<LinkMsg>,
+    restarts: VecDeque<Instant>,
+}
+
+/// The actor; see the module documentation.
+pub struct NodeAgent;
+
+impl NodeAgent {
+    async fn spawn_monitor(
+        myself: &ActorRef<AgentMsg>,
+        config: &NodeConfig,
+    ) -> Result<ActorRef<ResourceMsg>, ActorProcessingErr> {
+        let sim = config
+            .sim_gpus
+            .as_ref()
+            .map(|s| resources::SimGpus::new(s.count, &s.model));
+        let detection = resources::detect(sim)?;
+        tracing::info!(
+            backend = detection.backend.name(),
+            "GPUs: {}",
+            detection.note
+        );
+        let args = MonitorArgs {
+            data_dir: config.data_dir.clone(),
+            gpu: detection.backend,
+            refresh_interval: SAMPLE_EVERY,
+        };
+        let (monitor, _) =
+            Actor::spawn_linked(None, ResourceMonitor, args, myself.get_cell()).await?;
+        Ok(monitor)
+    }
+
+    async fn spawn_supervisor(
+        myself: &ActorRef<AgentMsg>,
+        state_dir: PathBuf,
+        drivers: &HashMap<String, Arc<dyn Driver>>,
+        report_tx: &mpsc::UnboundedSender<AllocReport>,
+        stop_grace: Duration,
+    ) -> Result<ActorRef<SupervisorMsg>, ActorProcessingErr> {
+        let args = SupervisorArgs {
+            data_dir: state_dir,
+            drivers: drivers.clone(),
+            reports: report_tx.clone(),
+            restart: RestartPolicy::default(),
+            stop_grace,
+        };
+        let (supervisor, _) =
+            Actor::spawn_linked(None, WorkloadSupervisor, args, myself.get_cell()).await?;
+        Ok(supervisor)
+    }
+
+    async fn spawn_link(
+        myself: &ActorRef<AgentMsg>,
+        state: &AgentState,
+    ) -> Result<ActorRef<LinkMsg>, ActorProcessingErr> {
+        Self::spawn_link_with(
+            myself,
+            &state.config,
+            &state.advertise,
+            state.supervisor.clone(),
+            state.monitor.clone(),
+            state.report_rx.clone(),
+            state.report_tx.clone(),
+        )
+        .await
+    }
+
+    async fn spawn_link_with(
+        myself: &ActorRef<AgentMsg>,
+        config: &Arc<NodeConfig>,
+        advertise: &str,
+        supervisor: ActorRef<SupervisorMsg>,
+        monitor: ActorRef<ResourceMsg>,
+        reports: Arc<Mutex<mpsc::UnboundedReceiver<AllocReport>>>,
+        report_tx: mpsc::UnboundedSender<AllocReport>,
+    ) -> Result<ActorRef<LinkMsg>, ActorProcessingErr> {
+        let args = LinkArgs {
+            config: config.clone(),
+            advertise: advertise.to_string(),
+            supervisor,
+            monitor,
+            reports,
+            report_tx,
+        };
+        let (link, _) = Actor::spawn_linked(None, CoordinatorLink, args, myself.get_cell()).await?;
+        Ok(link)
+    }
+
+    /// Counts a restart; an error when there were too many.
+    fn count_restart(state: &mut AgentState) -> Result<(), ActorProcessingErr> {
+        let now = Instant::now();
+        state.restarts.push_back(now);
+        while state
+            .restarts
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > RESTART_WINDOW)
+        {
+            state.restarts.pop_front();
+        }
+        if state.restarts.len() > MAX_RESTARTS {
+            return Err(format!(
+                "more than {MAX_RESTARTS} actor restarts within {} s; stopping the agent",
+                RESTART_WINDOW.as_secs()
+            )
+            .into());
+        }
+        Ok(())
+    }
+}
+
+impl Actor for NodeAgent {
+    type Msg = AgentMsg;
+    type State = AgentState;
+    type Arguments = AgentArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: AgentArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let mut drivers: HashMap<String, Arc<dyn Driver>> = HashMap::new();
+        let exec: Arc<dyn Driver> = Arc::new(ExecDriver::new(&args.executor));
+        drivers.insert(exec.name().to_string(), exec);
+        let (report_tx, report_rx) = mpsc::unbounded_channel();
+        let report_rx = Arc::new(Mutex::new(report_rx));
+        let monitor = Self::spawn_monitor(&myself, &args.config).await?;
+        let supervisor = Self::spawn_supervisor(
+            &myself,
+            args.config.data_dir.clone(),
+            &drivers,
+            &report_tx,
+            args.config.stop_grace,
+        )
+        .await?;
+        let link = Self::spawn_link_with(
+            &myself,
+            &args.config,
+            &args.advertise,
+            supervisor.clone(),
+            monitor.clone(),
+            report_rx.clone(),
+            report_tx.clone(),
+        )
+        .await?;
+        Ok(AgentState {
+            config: args.config,
+            advertise: args.advertise,
+            drivers,
+            report_tx,
+            report_rx,
+            monitor,
+            supervisor,
+            link,
+            restarts: VecDeque::new(),
+        })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            AgentMsg::Supervisor(reply) => {
+                let _ = reply.send(state.supervisor.clone());
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        event: SupervisionEvent,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let (id, why) = match &event {
+            SupervisionEvent::ActorTerminated(cell, _, reason) => {
+                (cell.get_id(), format!("stopped ({reason:?})"))
+            }
+            SupervisionEvent::ActorFailed(cell, error) => {
+                (cell.get_id(), format!("failed: {error}"))
+            }
+            _ => return Ok(()),
+        };
+        if id == state.monitor.get_id() {
+            tracing::error!(%why, "resource monitor ended; restarting it and the link");
+            Self::count_restart(state)?;
+            state.monitor = Self::spawn_monitor(&myself, &state.config).await?;
+            state
+                .link
+                .stop(Some("restarting with a new monitor".into()));
+        } else if id == state.supervisor.get_id() {
+            tracing::error!(%why, "workload supervisor ended; restarting it (it re-adopts running work) and the link");
+            Self::count_restart(state)?;
+            state.supervisor = Self::spawn_supervisor(
+                &myself,
+                state.config.data_dir.clone(),
+                &state.drivers,
+                &state.report_tx,
+                state.config.stop_grace,
+            )
+            .await?;
+            state
+                .link
+                .stop(Some("restarting with a new supervisor".into()));
+        } else if id == state.link.get_id() {
+            // Stopped by us above, or failed on its own: either way, a fresh one.
+            tracing::info!(%why, "coordinator link ended; starting a new one");
+            Self::count_restart(state)?;
+            state.link = Self::spawn_link(&myself, state).await?;
+        }
+        Ok(())
+    }
+}

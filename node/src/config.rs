@@ -1,0 +1,429 @@
+//! A node agent's configuration: flags, a TOML file, or both (flags win),
+//! resolved into one validated [`NodeConfig`].
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use herd_api::resources::parse_memory;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// A configuration that cannot be used, with where the problem is.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{file}: cannot read: {message}")]
+    Read {
+        /// The file.
+        file: String,
+        /// The OS error.
+        message: String,
+    },
+    /// The file is not valid TOML for [`NodeSettings`].
+    #[error("{file}:{line}:{column}: {message}")]
+    Parse {
+        /// The file.
+        file: String,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// What is wrong.
+        message: String,
+    },
+    /// A setting is missing or wrong.
+    #[error("setting `{field}`: {message}")]
+    Invalid {
+        /// The setting (file key; the flag is the same with dashes).
+        field: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// Every setting optional: what a config file or the command line provides.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSettings {
+    /// The node's cluster-unique name.
+    pub name: Option<String>,
+    /// Coordinators to register with, `HOST:PORT,HOST:PORT,...`.
+    pub coordinators: Option<String>,
+    /// Address of the agent's own gRPC server (logs, peers).
+    pub listen: Option<String>,
+    /// Address others reach the agent at (default: `listen`).
+    pub advertise: Option<String>,
+    /// Where allocations, their logs and the agent's state live.
+    pub data_dir: Option<PathBuf>,
+    /// Labels constraints and spreading match on (`rack = "r1"`).
+    pub labels: Option<BTreeMap<String, String>>,
+    /// Simulated GPUs to report instead of real ones (no NVIDIA driver used).
+    pub sim_gpus: Option<u32>,
+    /// Model of the simulated GPUs (`h100`, `a100`, `l4`...).
+    pub sim_gpu_model: Option<String>,
+    /// CPU kept back for the system, millicores.
+    pub reserved_cpu: Option<u64>,
+    /// Memory kept back for the system (`"512MiB"`).
+    pub reserved_memory: Option<String>,
+    /// Heartbeat period, ms (the leader's TTL shortens it when needed).
+    pub heartbeat_ms: Option<u64>,
+    /// How long a stopping workload gets before it is killed, ms.
+    pub stop_grace_ms: Option<u64>,
+}
+
+impl NodeSettings {
+    /// Reads settings from a TOML file, naming file, line and column on errors.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            file: file.clone(),
+            message: e.to_string(),
+        })?;
+        Self::from_toml(&text, &file)
+    }
+
+    /// Parses settings from TOML text; `file` names it in errors.
+    pub fn from_toml(text: &str, file: &str) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e: toml::de::Error| {
+            let (line, column) = e.span().map_or((1, 1), |span| line_col(text, span.start));
+            ConfigError::Parse {
+                file: file.to_string(),
+                line,
+                column,
+                message: e.message().to_string(),
+            }
+        })
+    }
+
+    /// These settings, with every setting `overrides` provides taking precedence.
+    pub fn overridden_by(self, overrides: NodeSettings) -> NodeSettings {
+        NodeSettings {
+            name: overrides.name.or(self.name),
+            coordinators: overrides.coordinators.or(self.coordinators),
+            listen: overrides.listen.or(self.listen),
+            advertise: overrides.advertise.or(self.advertise),
+            data_dir: overrides.data_dir.or(self.data_dir),
+            labels: overrides.labels.or(self.labels),
+            sim_gpus: overrides.sim_gpus.or(self.sim_gpus),
+            sim_gpu_model: overrides.sim_gpu_model.or(self.sim_gpu_model),
+            reserved_cpu: overrides.reserved_cpu.or(self.reserved_cpu),
+            reserved_memory: overrides.reserved_memory.or(self.reserved_memory),
+            heartbeat_ms: overrides.heartbeat_ms.or(self.heartbeat_ms),
+            stop_grace_ms: overrides.stop_grace_ms.or(self.stop_grace_ms),
+        }
+    }
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+/// Simulated GPUs the agent reports (named simulated everywhere).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SimGpus {
+    /// How many.
+    pub count: u32,
+    /// Their model, lower case.
+    pub model: String,
+}
+
+/// A validated node agent configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeConfig {
+    /// Cluster-unique node name.
+    pub name: String,
+    /// Coordinator addresses, tried in turn.
+    pub coordinators: Vec<String>,
+    /// Where the agent's gRPC server listens.
+    pub listen: SocketAddr,
+    /// Where others reach it.
+    pub advertise: String,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Node labels.
+    pub labels: BTreeMap<String, String>,
+    /// Simulated GPUs, when asked for.
+    pub sim_gpus: Option<SimGpus>,
+    /// CPU kept back for the system, millicores.
+    pub reserved_cpu_millis: u64,
+    /// Memory kept back for the system, bytes.
+    pub reserved_memory_bytes: u64,
+    /// Heartbeat period.
+    pub heartbeat: Duration,
+    /// Grace period of a stopping workload.
+    pub stop_grace: Duration,
+}
+
+/// Largest number of simulated GPUs one node may claim.
+const MAX_SIM_GPUS: u32 = 64;
+
+fn check_host_port(addr: &str) -> Result<(), String> {
+    match addr.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0) => {
+            Ok(())
+        }
+        _ => Err(format!("address {addr:?} is not HOST:PORT")),
+    }
+}
+
+impl NodeConfig {
+    /// Validates settings into a configuration.
+    pub fn resolve(settings: NodeSettings) -> Result<Self, ConfigError> {
+        let invalid = |field, message: String| ConfigError::Invalid { field, message };
+        let name = settings
+            .name
+            .ok_or_else(|| invalid("name", "required (a cluster-unique node name)".into()))?;
+        if name.is_empty()
+            || name.len() > 128
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            return Err(invalid(
+                "name",
+                format!("{name:?} must be 1 to 128 letters, digits, '-', '_' or '.'"),
+            ));
+        }
+        let coordinators: Vec<String> = settings
+            .coordinators
+            .ok_or_else(|| invalid("coordinators", "required (HOST:PORT[,HOST:PORT...])".into()))?
+            .split(',')
+            .map(|a| a.trim().to_string())
+            .filter(|a| !a.is_empty())
+            .collect();
+        if coordinators.is_empty() {
+            return Err(invalid("coordinators", "no address given".into()));
+        }
+        for addr in &coordinators {
+            check_host_port(addr).map_err(|e| invalid("coordinators", e))?;
+        }
+        let listen_text = settings.listen.unwrap_or_else(|| "127.0.0.1:0".to_string());
+        let listen: SocketAddr = listen_text
+            .parse()
+            .map_err(|e| invalid("listen", format!("{listen_text:?} is not IP:PORT: {e}")))?;
+        let advertise = match settings.advertise {
+            Some(addr) => {
+                check_host_port(&addr).map_err(|e| invalid("advertise", e))?;
+                addr
+            }
+            None if listen.ip().is_unspecified() => {
+                return Err(invalid(
+                    "advertise",
+                    format!(
+                        "required when listening on {listen}: clients need a reachable address"
+                    ),
+                ))
+            }
+            // Port 0 is resolved once the server is bound.
+            None => listen.to_string(),
+        };
+        let data_dir = settings.data_dir.ok_or_else(|| {
+            invalid(
+                "data-dir",
+                "required (a directory for allocations and their logs)".into(),
+            )
+        })?;
+        let sim_gpus = match (settings.sim_gpus, settings.sim_gpu_model) {
+            (None | Some(0), None) => None,
+            (None | Some(0), Some(_)) => {
+                return Err(invalid(
+                    "sim-gpu-model",
+                    "given without sim-gpus (how many simulated GPUs?)".into(),
+                ))
+            }
+            (Some(n), _) if n > MAX_SIM_GPUS => {
+                return Err(invalid(
+                    "sim-gpus",
+                    format!("at most {MAX_SIM_GPUS} simulated GPUs, got {n}"),
+                ))
+            }
+            (Some(n), model) => {
+                let model = model.unwrap_or_else(|| "h100".to_string()).to_lowercase();
+                if model.is_empty() || model.len() > 64 {
+                    return Err(invalid(
+                        "sim-gpu-model",
+                        "must be 1 to 64 characters".into(),
+                    ));
+                }
+                Some(SimGpus { count: n, model })
+            }
+        };
+        let reserved_memory_bytes = match settings.reserved_memory {
+            Some(text) => parse_memory(&text).map_err(|e| invalid("reserved-memory", e))?,
+            None => 0,
+        };
+        let heartbeat = Duration::from_millis(settings.heartbeat_ms.unwrap_or(1000));
+        if !(100..=60_000).contains(&heartbeat.as_millis()) {
+            return Err(invalid(
+                "heartbeat-ms",
+                format!("must be 100 to 60000, got {}", heartbeat.as_millis()),
+            ));
+        }
+        let stop_grace = Duration::from_millis(settings.stop_grace_ms.unwrap_or(5000));
+        if stop_grace > Duration::from_secs(3600) {
+            return Err(invalid("stop-grace-ms", "at most one hour".into()));
+        }
+        let labels = settings.labels.unwrap_or_default();
+        for (key, value) in &labels {
+            if key.is_empty() || key.len() > 64 || value.len() > 256 {
+                return Err(invalid(
+                    "labels",
+                    format!("label {key:?}: keys are 1 to 64 bytes, values at most 256"),
+                ));
+            }
+        }
+        Ok(Self {
+            name,
+            coordinators,
+            listen,
+            advertise,
+            data_dir,
+            labels,
+            sim_gpus,
+            reserved_cpu_millis: settings.reserved_cpu.unwrap_or(0),
+            reserved_memory_bytes,
+            heartbeat,
+            stop_grace,
+        })
+    }
+}
+
+/// Parses `key=value,key=value` (the `--labels` flag).
+pub fn parse_labels(text: &str) -> Result<BTreeMap<String, String>, String> {
+    let mut labels = BTreeMap::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (key, value) = part
+            .split_once('=')
+            .ok_or_else(|| format!("{part:?} is not KEY=VALUE"))?;
+        labels.insert(key.trim().to_string(), value.trim().to_string());
+    }
+    Ok(labels)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> NodeSettings {
+        NodeSettings {
+            name: Some("n1".into()),
+            coordinators: Some("127.0.0.1:7100".into()),
+            data_dir: Some("/tmp/n1".into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn file_parses_and_flags_win() {
+        let text = "name = \"gpu-7\"\ncoordinators = \"10.0.0.1:7100,10.0.0.2:7100\"\nlisten = \"127.0.0.1:7200\"\ndata_dir = \"/var/lib/herd-node\"\nsim_gpus = 8\nsim_gpu_model = \"H100\"\nreserved_memory = \"1GiB\"\n[labels]\nrack = \"r1\"\n";
+        let file = NodeSettings::from_toml(text, "node.toml").expect("parse");
+        let config = NodeConfig::resolve(file.clone()).expect("resolve");
+        assert_eq!(config.name, "gpu-7");
+        assert_eq!(config.coordinators.len(), 2);
+        assert_eq!(
+            config.sim_gpus,
+            Some(SimGpus {
+                count: 8,
+                model: "h100".into()
+            })
+        );
+        assert_eq!(config.reserved_memory_bytes, 1 << 30);
+        assert_eq!(config.labels["rack"], "r1");
+        assert_eq!(config.advertise, "127.0.0.1:7200");
+        let merged = file.overridden_by(NodeSettings {
+            name: Some("other".into()),
+            ..Default::default()
+        });
+        assert_eq!(merged.name.as_deref(), Some("other"));
+        assert_eq!(merged.sim_gpus, Some(8));
+    }
+
+    #[test]
+    fn errors_name_the_setting_or_the_place_in_the_file() {
+        let err = NodeSettings::from_toml("name = \"a\"\nbogus = 1\n", "n.toml").unwrap_err();
+        assert!(err.to_string().starts_with("n.toml:2:1:"), "{err}");
+        for (settings, field) in [
+            (
+                NodeSettings {
+                    name: None,
+                    ..base()
+                },
+                "name",
+            ),
+            (
+                NodeSettings {
+                    name: Some("a b".into()),
+                    ..base()
+                },
+                "name",
+            ),
+            (
+                NodeSettings {
+                    coordinators: Some("nohost".into()),
+                    ..base()
+                },
+                "coordinators",
+            ),
+            (
+                NodeSettings {
+                    data_dir: None,
+                    ..base()
+                },
+                "data-dir",
+            ),
+            (
+                NodeSettings {
+                    listen: Some("0.0.0.0:7200".into()),
+                    ..base()
+                },
+                "advertise",
+            ),
+            (
+                NodeSettings {
+                    sim_gpus: Some(1000),
+                    ..base()
+                },
+                "sim-gpus",
+            ),
+            (
+                NodeSettings {
+                    sim_gpu_model: Some("a100".into()),
+                    ..base()
+                },
+                "sim-gpu-model",
+            ),
+            (
+                NodeSettings {
+                    reserved_memory: Some("lots".into()),
+                    ..base()
+                },
+                "reserved-memory",
+            ),
+            (
+                NodeSettings {
+                    heartbeat_ms: Some(5),
+                    ..base()
+                },
+                "heartbeat-ms",
+            ),
+        ] {
+            match NodeConfig::resolve(settings) {
+                Err(ConfigError::Invalid { field: f, .. }) => assert_eq!(f, field),
+                other => panic!("expected an error on {field}, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn labels_parse_from_the_flag() {
+        let labels = parse_labels("rack=r1, zone = z2").expect("parse");
+        assert_eq!(labels["rack"], "r1");
+        assert_eq!(labels["zone"], "z2");
+        assert!(parse_labels("rack").is_err());
+    }
+}

@@ -1,0 +1,353 @@
+//! `CoordinatorLink`: the node's one actor that talks to the coordinators.
+//!
+//! It registers the node, heartbeats to the leader (following it when it
+//! moves), watches the allocations assigned here and hands them to the
+//! workload supervisor, and delivers the supervisor's reports. When no
+//! coordinator answers it keeps retrying and changes nothing on the node:
+//! the work runs on.
+//!
+//! Every network wait happens in a spawned task that messages the actor
+//! back, so the actor's mailbox never blocks on a coordinator.
+
+mod reports;
+mod watch;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use herd_actors::resources::{HostReport, Reserved, ResourceMsg};
+use herd_actors::workload::{AllocReport, DesiredAlloc, SupervisorMsg};
+use herd_api::alloc::AllocStatus;
+use herd_api::client::HerdClient;
+use herd_api::job::{JobType, TaskSpec};
+use herd_api::proto::agent::agent_client::AgentClient;
+use herd_api::proto::agent::{
+    AssignedAllocation, AssignedAllocations, HeartbeatReply, HeartbeatRequest, NodeUsage,
+    RegisterNodeRequest,
+};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::sync::{mpsc, Mutex};
+use tokio::task::JoinHandle;
+
+use crate::config::NodeConfig;
+
+/// Longest a registration or heartbeat call may take.
+const CALL_TIMEOUT: Duration = Duration::from_secs(3);
+/// Longest the link waits for the resource monitor.
+const MONITOR_TIMEOUT: Duration = Duration::from_secs(2);
+/// File in the data dir holding the newest assignment index acted on.
+const LAST_INDEX_FILE: &str = "last-assigned-index";
+
+/// Messages of the [`CoordinatorLink`].
+pub enum LinkMsg {
+    /// Time to register or heartbeat.
+    Tick,
+    /// A registration attempt ended.
+    Registered(Result<(), String>),
+    /// A heartbeat ended.
+    HeartbeatDone(Result<HeartbeatReply, String>),
+    /// The coordinators sent the allocations wanted here.
+    Assigned(AssignedAllocations),
+}
+
+/// What the link needs; cloned on every (re)start by its parent.
+#[derive(Clone)]
+pub struct LinkArgs {
+    /// The node's configuration.
+    pub config: Arc<NodeConfig>,
+    /// Where clients reach this agent (its server is already bound).
+    pub advertise: String,
+    /// The workload supervisor, fed with assignments.
+    pub supervisor: ActorRef<SupervisorMsg>,
+    /// The resource monitor, asked for figures at every heartbeat.
+    pub monitor: ActorRef<ResourceMsg>,
+    /// Reports from the supervisor, delivered by the link.
+    pub reports: Arc<Mutex<mpsc::UnboundedReceiver<AllocReport>>>,
+    /// Sender of that channel, for reports the link makes itself.
+    pub report_tx: mpsc::UnboundedSender<AllocReport>,
+}
+
+/// The link's state.
+pub struct LinkState {
+    args: LinkArgs,
+    client: HerdClient,
+    registered: bool,
+    in_flight: bool,
+    watching: bool,
+    heartbeat: Duration,
+    /// Assignments older than this come from a lagging coordinator: ignored.
+    last_index: u64,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// The actor; see the module documentation.
+pub struct CoordinatorLink;
+
+fn last_index_path(data_dir: &std::path::Path) -> PathBuf {
+    data_dir.join(LAST_INDEX_FILE)
+}
+
+impl Actor for CoordinatorLink {
+    type Msg = LinkMsg;
+    type State = LinkState;
+    type Arguments = LinkArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: LinkArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let client = HerdClient::new(&args.config.coordinators)?.with_leader_routing();
+        let last_index = std::fs::read_to_string(last_index_path(&args.config.data_dir))
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+            .unwrap_or(0);
+        let reports = tokio::spawn(reports::run(
+            args.config.name.clone(),
+            client.clone(),
+            args.reports.clone(),
+        ));
+        let heartbeat = args.config.heartbeat;
+        myself.send_interval(heartbeat, || LinkMsg::Tick);
+        myself.cast(LinkMsg::Tick)?;
+        Ok(LinkState {
+            args,
+            client,
+            registered: false,
+            in_flight: false,
+            watching: false,
+            heartbeat,
+            last_index,
+            tasks: vec![reports],
+        })
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        for task in state.tasks.drain(..) {
+            task.abort();
+        }
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            LinkMsg::Tick => {
+                if state.in_flight {
+                    return Ok(());
+                }
+                state.in_flight = true;
+                let args = state.args.clone();
+                let client = state.client.clone();
+                if state.registered {
+                    tokio::spawn(async move {
+                        let result = heartbeat(&args, &client).await;
+                        let _ = myself.cast(LinkMsg::HeartbeatDone(result));
+                    });
+                } else {
+                    tokio::spawn(async move {
+                        let result = register(&args, &client).await;
+                        let _ = myself.cast(LinkMsg::Registered(result));
+                    });
+                }
+            }
+            LinkMsg::Registered(result) => {
+                state.in_flight = false;
+                match result {
+                    Ok(()) => {
+                        tracing::info!(node = %state.args.config.name, "registered with the coordinators");
+                        state.registered = true;
+                        if !state.watching {
+                            state.watching = true;
+                            state.tasks.push(tokio::spawn(watch::run(
+                                state.args.config.name.clone(),
+                                state.client.clone(),
+                                myself.clone(),
+                            )));
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot register; retrying"),
+                }
+            }
+            LinkMsg::HeartbeatDone(result) => {
+                state.in_flight = false;
+                match result {
+                    Ok(reply) if reply.reregister => {
+                        tracing::warn!("the coordinators ask this node to register again");
+                        state.registered = false;
+                        myself.cast(LinkMsg::Tick)?;
+                    }
+                    Ok(reply) => {
+                        // Three heartbeats per TTL, so one lost one never marks the node down.
+                        let wanted = Duration::from_millis(reply.ttl_ms / 3)
+                            .max(Duration::from_millis(100))
+                            .min(state.args.config.heartbeat);
+                        if wanted < state.heartbeat {
+                            state.heartbeat = wanted;
+                            myself.send_interval(wanted, || LinkMsg::Tick);
+                        }
+                    }
+                    Err(e) => tracing::debug!(error = %e, "heartbeat failed; retrying"),
+                }
+            }
+            LinkMsg::Assigned(assigned) => self.assigned(state, assigned)?,
+        }
+        Ok(())
+    }
+}
+
+impl CoordinatorLink {
+    fn assigned(
+        &self,
+        state: &mut LinkState,
+        assigned: AssignedAllocations,
+    ) -> Result<(), ActorProcessingErr> {
+        if assigned.index < state.last_index {
+            tracing::debug!(
+                index = assigned.index,
+                newest = state.last_index,
+                "ignoring assignments from a coordinator that lags"
+            );
+            return Ok(());
+        }
+        if assigned.index > state.last_index {
+            state.last_index = assigned.index;
+            let path = last_index_path(&state.args.config.data_dir);
+            if let Err(e) = std::fs::write(&path, assigned.index.to_string()) {
+                tracing::warn!(path = %path.display(), error = %e, "cannot record the assignment index");
+            }
+        }
+        let mut desired = Vec::with_capacity(assigned.allocs.len());
+        for alloc in assigned.allocs {
+            match desired_from_proto(alloc) {
+                Ok(d) => desired.push(d),
+                Err(report) => {
+                    let _ = state.args.report_tx.send(*report);
+                }
+            }
+        }
+        state
+            .args
+            .supervisor
+            .cast(SupervisorMsg::Reconcile(desired))?;
+        Ok(())
+    }
+}
+
+/// An assignment as the supervisor takes it, or the failure report of one
+/// the agent cannot understand.
+fn desired_from_proto(alloc: AssignedAllocation) -> Result<DesiredAlloc, Box<AllocReport>> {
+    let fail = |detail: String| {
+        Box::new(AllocReport {
+            alloc_id: alloc.id.clone(),
+            generation: alloc.generation,
+            status: AllocStatus::Failed,
+            at_ms: now_ms(),
+            event: "start_failed".to_string(),
+            detail,
+            exit: None,
+        })
+    };
+    let job_type = JobType::parse(&alloc.job_type)
+        .ok_or_else(|| fail(format!("unknown job type {:?}", alloc.job_type)))?;
+    let task = match alloc.task.clone() {
+        Some(task) => TaskSpec::try_from(task).map_err(|e| fail(format!("bad task: {e}")))?,
+        None => return Err(fail("the assignment has no task".to_string())),
+    };
+    Ok(DesiredAlloc {
+        alloc_id: alloc.id,
+        generation: alloc.generation,
+        job: alloc.job,
+        job_type,
+        task,
+        env: alloc.env.into_iter().collect(),
+    })
+}
+
+async fn host_report(args: &LinkArgs) -> Result<HostReport, String> {
+    let report = ractor::call_t!(
+        args.monitor,
+        ResourceMsg::Snapshot,
+        MONITOR_TIMEOUT.as_millis() as u64
+    )
+    .map_err(|e| format!("resource monitor: {e}"))?;
+    Ok(report)
+}
+
+async fn register(args: &LinkArgs, client: &HerdClient) -> Result<(), String> {
+    let report = host_report(args).await?;
+    let capacity = report.capacity(&Reserved {
+        cpu_millis: args.config.reserved_cpu_millis,
+        memory_bytes: args.config.reserved_memory_bytes,
+    });
+    let request = RegisterNodeRequest {
+        name: args.config.name.clone(),
+        addr: args.advertise.clone(),
+        capacity: Some((&capacity).into()),
+        labels: args.config.labels.clone().into_iter().collect(),
+    };
+    tokio::time::timeout(
+        CALL_TIMEOUT * 3,
+        client.call(|channel| {
+            let request = request.clone();
+            async move { AgentClient::new(channel).register(request).await }
+        }),
+    )
+    .await
+    .map_err(|_| "registration timed out".to_string())?
+    .map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+async fn heartbeat(args: &LinkArgs, client: &HerdClient) -> Result<HeartbeatReply, String> {
+    let report = host_report(args).await?;
+    let running = ractor::call_t!(args.supervisor, SupervisorMsg::Snapshot, 1000)
+        .map(|allocs| {
+            allocs
+                .iter()
+                .filter(|a| a.status == AllocStatus::Running)
+                .count() as u32
+        })
+        .unwrap_or(0);
+    let request = HeartbeatRequest {
+        name: args.config.name.clone(),
+        usage: Some(NodeUsage {
+            cpu_busy: report.cpu_busy_fraction,
+            memory_available_bytes: report.memory_available_bytes,
+            disk_available_bytes: report.disk_available_bytes,
+            running_allocs: running,
+            gpus_simulated: report.gpus_simulated,
+            gpu_power_watts: report.gpus.iter().map(|g| g.power_draw_watts).sum(),
+        }),
+    };
+    tokio::time::timeout(
+        CALL_TIMEOUT,
+        client.call_leader(|channel| {
+            let request = request.clone();
+            async move {
+                AgentClient::new(channel)
+                    .heartbeat(request)
+                    .await
+                    .map(|r| r.into_inner())
+            }
+        }),
+    )
+    .await
+    .map_err(|_| "heartbeat timed out".to_string())?
+    .map_err(|e| e.to_string())
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

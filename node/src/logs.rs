@@ -1,0 +1,117 @@
+//! `NodeAgent.AllocLogs`: an allocation's stdout or stderr, whole, from the
+//! end, or followed as it grows (`herd alloc logs ID [-f]`).
+
+use std::io::SeekFrom;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::time::Duration;
+
+use futures::Stream;
+use herd_api::proto::agent::node_agent_server::NodeAgent;
+use herd_api::proto::agent::{AllocLogsRequest, LogChunk};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+/// Bytes read and sent per message.
+const CHUNK: usize = 64 * 1024;
+/// How often a followed file is checked for more bytes.
+const FOLLOW_POLL: Duration = Duration::from_millis(200);
+
+/// Finds an allocation's log files; the agent answers from its supervisor.
+#[tonic::async_trait]
+pub trait LogLocator: Send + Sync + 'static {
+    /// (stdout, stderr) of `alloc_id`, or None when this node does not know it.
+    async fn log_paths(&self, alloc_id: &str) -> Option<(PathBuf, PathBuf)>;
+}
+
+/// Serves [`NodeAgent`].
+pub struct NodeAgentService<L> {
+    locator: L,
+}
+
+impl<L: LogLocator> NodeAgentService<L> {
+    /// Serves the logs `locator` finds.
+    pub fn new(locator: L) -> Self {
+        Self { locator }
+    }
+}
+
+type LogStream = Pin<Box<dyn Stream<Item = Result<LogChunk, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl<L: LogLocator> NodeAgent for NodeAgentService<L> {
+    type AllocLogsStream = LogStream;
+
+    async fn alloc_logs(
+        &self,
+        request: Request<AllocLogsRequest>,
+    ) -> Result<Response<Self::AllocLogsStream>, Status> {
+        let request = request.into_inner();
+        let (stdout, stderr) =
+            self.locator
+                .log_paths(&request.alloc_id)
+                .await
+                .ok_or_else(|| {
+                    Status::not_found(format!(
+                        "allocation {:?} has no logs on this node",
+                        request.alloc_id
+                    ))
+                })?;
+        let path = match request.stream.as_str() {
+            "" | "stdout" => stdout,
+            "stderr" => stderr,
+            other => {
+                return Err(Status::invalid_argument(format!(
+                    "field `stream`: must be \"stdout\" or \"stderr\", got {other:?}"
+                )))
+            }
+        };
+        let mut file = tokio::fs::File::open(&path)
+            .await
+            .map_err(|e| Status::not_found(format!("cannot open {}: {e}", path.display())))?;
+        let len = file
+            .metadata()
+            .await
+            .map_err(|e| Status::internal(format!("cannot stat {}: {e}", path.display())))?
+            .len();
+        let start = match request.tail_bytes {
+            0 => 0,
+            n => len.saturating_sub(n),
+        };
+        file.seek(SeekFrom::Start(start))
+            .await
+            .map_err(|e| Status::internal(format!("cannot seek {}: {e}", path.display())))?;
+        let (tx, rx) = mpsc::channel(4);
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; CHUNK];
+            loop {
+                match file.read(&mut buf).await {
+                    Ok(0) if request.follow => {
+                        tokio::select! {
+                            _ = tokio::time::sleep(FOLLOW_POLL) => {}
+                            _ = tx.closed() => return,
+                        }
+                    }
+                    Ok(0) => return,
+                    Ok(n) => {
+                        let chunk = LogChunk {
+                            data: buf[..n].to_vec(),
+                        };
+                        if tx.send(Ok(chunk)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx
+                            .send(Err(Status::internal(format!("reading the log: {e}"))))
+                            .await;
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
