@@ -57,6 +57,20 @@ fn dev_cluster_serves_the_commands_it_suggests_and_cleans_up() {
     assert_eq!(status["leader"], 1);
     assert_eq!(status["members"][0]["healthy"], true);
 
+    // Two node agents run the job as a real process under the data dir.
+    let nodes = must_cli_ok(&["--addr", &addr, "node", "list", "-o", "json"]);
+    let nodes: serde_json::Value = serde_json::from_str(&nodes).expect("json");
+    assert_eq!(nodes.as_array().map(Vec::len), Some(2), "{nodes:#}");
+    let needle = data_dir.display().to_string();
+    let started = Instant::now();
+    while processes_mentioning(&needle).is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the hello job never ran under {needle}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
     // Ctrl-C: a clean exit that removes the temporary data dir.
     let pid = child.id().to_string();
     assert!(Command::new("kill")
@@ -71,4 +85,34 @@ fn dev_cluster_serves_the_commands_it_suggests_and_cleans_up() {
         "temporary data dir {} left behind",
         data_dir.display()
     );
+    let left = processes_mentioning(&needle);
+    assert!(left.is_empty(), "workloads left running: {left:?}");
+}
+
+/// Pids whose command line or environment mentions `needle` (the exec
+/// driver's executor names its allocation dir; tasks carry HERD_ALLOC_DIR).
+fn processes_mentioning(needle: &str) -> Vec<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let environ = std::fs::read(entry.path().join("environ")).unwrap_or_default();
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        let zombie = stat
+            .rsplit_once(')')
+            .is_some_and(|(_, r)| r.trim_start().starts_with('Z'));
+        if !zombie
+            && (String::from_utf8_lossy(&cmdline).contains(needle)
+                || String::from_utf8_lossy(&environ).contains(needle))
+        {
+            found.push(pid);
+        }
+    }
+    found
 }

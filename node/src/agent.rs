@@ -43,6 +43,9 @@ const SAMPLE_EVERY: Duration = Duration::from_secs(1);
 pub enum AgentMsg {
     /// The current workload supervisor (it changes when restarted).
     Supervisor(RpcReplyPort<ActorRef<SupervisorMsg>>),
+    /// Stops listening to the coordinators and stops every workload (for
+    /// `herd dev`, whose data vanishes on exit); replies once asked.
+    StopWorkloads(RpcReplyPort<ActorRef<SupervisorMsg>>),
 }
 
 /// What the root needs to build its children.
@@ -66,6 +69,8 @@ pub struct AgentState {
     supervisor: ActorRef<SupervisorMsg>,
     link: ActorRef<LinkMsg>,
     restarts: VecDeque<Instant>,
+    /// Set by [`AgentMsg::StopWorkloads`]: the link stays down.
+    winding_down: bool,
 }
 
 /// The actor; see the module documentation.
@@ -218,6 +223,7 @@ impl Actor for NodeAgent {
             supervisor,
             link,
             restarts: VecDeque::new(),
+            winding_down: false,
         })
     }
 
@@ -229,6 +235,14 @@ impl Actor for NodeAgent {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             AgentMsg::Supervisor(reply) => {
+                let _ = reply.send(state.supervisor.clone());
+            }
+            AgentMsg::StopWorkloads(reply) => {
+                state.winding_down = true;
+                state.link.stop(Some("winding down".into()));
+                state
+                    .supervisor
+                    .cast(SupervisorMsg::Reconcile(Vec::new()))?;
                 let _ = reply.send(state.supervisor.clone());
             }
         }
@@ -271,6 +285,8 @@ impl Actor for NodeAgent {
             state
                 .link
                 .stop(Some("restarting with a new supervisor".into()));
+        } else if id == state.link.get_id() && state.winding_down {
+            tracing::info!("coordinator link stopped; winding down");
         } else if id == state.link.get_id() {
             // Stopped by us above, or failed on its own: either way, a fresh one.
             tracing::info!(%why, "coordinator link ended; starting a new one");

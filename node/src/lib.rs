@@ -75,6 +75,23 @@ impl RunningNode {
         let _ = (&mut self.server).await;
     }
 
+    /// Stops every workload of this node and waits (up to `limit`) until
+    /// none runs, then shuts the agent down. For `herd dev`, whose data
+    /// directory is removed on exit; a real node is drained instead.
+    pub async fn stop_workloads_and_shutdown(self, limit: std::time::Duration) {
+        let started = std::time::Instant::now();
+        if let Ok(supervisor) = ractor::call_t!(self.root, AgentMsg::StopWorkloads, 2000) {
+            while started.elapsed() < limit {
+                let active = ractor::call_t!(supervisor, SupervisorMsg::Active, 2000).unwrap_or(0);
+                if active == 0 {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+        self.shutdown().await;
+    }
+
     /// Resolves when the actor tree ended on its own (too many restarts).
     pub async fn stopped(&mut self) {
         let _ = (&mut self.root_task).await;

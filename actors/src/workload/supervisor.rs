@@ -41,6 +41,10 @@ pub enum SupervisorMsg {
     LogPaths(String, RpcReplyPort<Option<(PathBuf, PathBuf)>>),
     /// A report from a workload actor, recorded and forwarded.
     Report(AllocReport),
+    /// How many allocations have a workload actor (starting, running,
+    /// stopping or finished but still desired); 0 once a `Reconcile` with an
+    /// empty set has taken effect.
+    Active(RpcReplyPort<usize>),
 }
 
 /// What the supervisor is started with.
@@ -158,6 +162,9 @@ impl Actor for WorkloadSupervisor {
                 let _ = reply.send(state.log_paths(&alloc_id));
             }
             SupervisorMsg::Report(report) => state.record(report),
+            SupervisorMsg::Active(reply) => {
+                let _ = reply.send(state.entries.len());
+            }
         }
         Ok(())
     }

@@ -106,12 +106,15 @@ pub async fn run(args: DevArgs) -> Result<(), CliError> {
     println!("  herd alloc list");
     println!("  herd cluster status");
     println!();
-    println!("Press Ctrl-C to stop.");
+    println!("Press Ctrl-C to stop (the workloads stop with it).");
     super::coordinator::wait_for_signal()
         .await
         .map_err(CliError::runtime)?;
+    // The data dir may vanish on exit: take the workloads down with it.
     for (_, agent) in agents {
-        agent.shutdown().await;
+        agent
+            .stop_workloads_and_shutdown(Duration::from_secs(15))
+            .await;
     }
     running.shutdown().await;
     Ok(())
