@@ -160,6 +160,39 @@ async fn service_instances_survive_node_loss_without_duplicates() {
     .await;
     assert_eq!(logs.trim(), format!("hello from {first}"));
 
+    // 0. The leading coordinator dies: the new leader grants every node a
+    //    fresh TTL, agents follow it, and nothing is marked down or moved.
+    let leader = cluster
+        .wait_for_leader(Duration::from_secs(10))
+        .await
+        .expect("leader");
+    let mut cluster = cluster;
+    cluster.kill(leader).expect("kill leader");
+    let survivors: Vec<u64> = cluster
+        .ids()
+        .into_iter()
+        .filter(|id| *id != leader)
+        .collect();
+    let addr_left = survivors
+        .iter()
+        .map(|id| cluster.member(*id).expect("member").addr.clone())
+        .collect::<Vec<_>>()
+        .join(",");
+    tokio::time::sleep(Duration::from_millis(
+        3 * TTL_MS.parse::<u64>().expect("ttl"),
+    ))
+    .await;
+    must_have_ready_nodes(&addr_left, &["a", "b", "c"]).await;
+    let after_failover = settled(&addr_left, &agents, "web", 4).expect("same 4 instances");
+    let ids = |allocs: &[Value]| -> BTreeSet<String> {
+        allocs
+            .iter()
+            .filter_map(|a| a["id"].as_str().map(str::to_string))
+            .collect()
+    };
+    assert_eq!(ids(&after_failover), ids(&allocs), "a failover moved work");
+    cluster.restart(leader).expect("restart old leader");
+
     // 1. A whole node dies: agent and processes, SIGKILL.
     let victim = allocs[0]["node"].as_str().expect("node").to_string();
     agents.kill_node(&victim).expect("kill node");
