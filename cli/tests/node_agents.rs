@@ -353,3 +353,75 @@ async fn a_high_priority_job_evicts_only_what_it_needs_on_real_agents() {
         "the requeued instance says why it waits: {job:#}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_jobs_complete_or_fail_after_their_attempts() {
+    let cluster =
+        ProcessCluster::start(herd_bin(), 1, &["--node-ttl-ms", TTL_MS]).expect("start cluster");
+    cluster
+        .wait_for_leader(Duration::from_secs(10))
+        .await
+        .expect("leader");
+    let addr = cluster.addr_list();
+    let mut agents = AgentSet::new(herd_bin(), &addr).expect("agents");
+    agents.start("b1", &[]).expect("start agent");
+    must_have_ready_nodes(&addr, &["b1"]).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let script = |name: &str, count: u32, code: i32| {
+        format!(
+            "name = \"{name}\"\ntype = \"batch\"\ncount = {count}\n[task]\ndriver = \"exec\"\ncommand = \"/bin/sh\"\nargs = [\"-c\", \"echo run; exit {code}\"]\n[task.resources]\ncpu = 100\nmemory = \"16MiB\"\n"
+        )
+    };
+    let ok = write_spec(dir.path(), "ok", &script("ok", 2, 0));
+    let bad = write_spec(dir.path(), "bad", &script("bad", 1, 3));
+    must_cli_ok(&["--addr", &addr, "job", "run", &ok]);
+    must_cli_ok(&["--addr", &addr, "job", "run", &bad]);
+
+    until("job ok complete", Duration::from_secs(20), || {
+        let job = json(&addr, &["job", "status", "ok"]);
+        (job["status"] == "complete").then_some(())
+    })
+    .await;
+    let allocs = json(&addr, &["alloc", "list", "--job", "ok"]);
+    let allocs = allocs.as_array().expect("list");
+    assert_eq!(allocs.len(), 2, "each instance ran once: {allocs:#?}");
+    assert!(
+        allocs.iter().all(|a| a["status"] == "complete"),
+        "{allocs:#?}"
+    );
+
+    // Each attempt is restarted in place by the agent, then failed; the
+    // coordinator gives the instance three attempts, then fails the job.
+    until("job bad failed", Duration::from_secs(60), || {
+        let job = json(&addr, &["job", "status", "bad"]);
+        (job["status"] == "failed").then_some(())
+    })
+    .await;
+    let allocs = json(&addr, &["alloc", "list", "--job", "bad"]);
+    let allocs = allocs.as_array().expect("list");
+    assert_eq!(allocs.len(), 3, "three attempts: {allocs:#?}");
+    assert!(
+        allocs.iter().all(|a| a["status"] == "failed"),
+        "{allocs:#?}"
+    );
+    let first = allocs[0]["id"].as_str().expect("id");
+    let status = json(&addr, &["alloc", "status", first]);
+    let kinds: Vec<&str> = status["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter_map(|e| e["kind"].as_str())
+        .collect();
+    assert!(kinds.contains(&"restarted"), "{kinds:?}");
+    assert_eq!(kinds.last(), Some(&"failed"), "{kinds:?}");
+    assert!(
+        status["events"]
+            .as_array()
+            .and_then(|e| e.last())
+            .and_then(|e| e["detail"].as_str())
+            .is_some_and(|d| d.contains('3')),
+        "the exit code is in the failure: {status:#}"
+    );
+    assert!(processes_of(&agents, "bad").is_empty());
+    assert!(processes_of(&agents, "ok").is_empty());
+}

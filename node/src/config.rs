@@ -422,18 +422,28 @@ mod tests {
     #[test]
     fn the_documented_example_is_valid() {
         let doc = include_str!("../../docs/configuration.md");
-        let section = &doc[doc.find("# Configuring a node agent").expect("node section")..];
+        let section = &doc[doc
+            .find("# Configuring a node agent")
+            .expect("node section")..];
         let start = section.find("```toml\n").expect("toml block") + "```toml\n".len();
         let end = start + section[start..].find("```").expect("end of block");
-        let settings = NodeSettings::from_toml(&section[start..end], "docs/configuration.md")
-            .expect("parse");
+        let settings =
+            NodeSettings::from_toml(&section[start..end], "docs/configuration.md").expect("parse");
         let config = NodeConfig::resolve(settings).expect("resolve");
         assert_eq!(config.name, "gpu-7");
         assert_eq!(config.coordinators.len(), 3);
         assert_eq!(config.labels["rack"], "r7");
         assert_eq!(config.reserved_memory_bytes, 1 << 30);
-        assert_eq!(config.heartbeat, Duration::from_secs(1), "documented default");
-        assert_eq!(config.stop_grace, Duration::from_secs(5), "documented default");
+        assert_eq!(
+            config.heartbeat,
+            Duration::from_secs(1),
+            "documented default"
+        );
+        assert_eq!(
+            config.stop_grace,
+            Duration::from_secs(5),
+            "documented default"
+        );
     }
 
     #[test]
