@@ -232,6 +232,7 @@ mod tests {
                     gpu_model: None,
                 },
             },
+            placement: Default::default(),
         }
     }
 

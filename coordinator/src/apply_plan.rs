@@ -11,7 +11,8 @@ use herd_api::alloc::{AllocDesired, AllocStatus, Allocation};
 
 use crate::command::{CommandResult, Rejection};
 use crate::placement::{
-    alloc_views, missing_instances, node_views, request_for, to_scheduler_plan, PlanCommand,
+    alloc_views, gang_of, missing_instances, node_views, request_for, to_scheduler_plan,
+    PlanCommand,
 };
 use crate::scheduler::verify_plan;
 use crate::state::{ChangeLog, ClusterState, JobStatus, Record};
@@ -36,7 +37,7 @@ pub fn apply_plan(
             job.status.as_str()
         )));
     }
-    let (priority, version) = (job.spec.priority, job.version);
+    let (priority, version, gang) = (job.spec.priority, job.version, gang_of(job));
     // An instance placed by an earlier plan must not be placed twice.
     let missing: BTreeSet<u32> = missing_instances(state, job).into_iter().collect();
     let mut rejected: Vec<String> = Vec::new();
@@ -103,7 +104,7 @@ pub fn apply_plan(
             node: placement.node.clone(),
             resources: request.resources.clone(),
             priority,
-            gang: None,
+            gang: gang.clone(),
             generation: 1,
             desired: AllocDesired::Run,
             status: AllocStatus::Pending,
@@ -218,6 +219,7 @@ mod tests {
                     gpu_model: None,
                 },
             },
+            placement: Default::default(),
         }
     }
 

@@ -17,6 +17,7 @@ pub mod error;
 pub mod forward;
 pub mod handle;
 pub mod leader_link;
+pub mod legacy;
 pub mod membership;
 pub mod placement;
 pub mod propose;

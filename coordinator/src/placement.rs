@@ -10,8 +10,11 @@ use herd_api::alloc::{AllocDesired, Allocation};
 use herd_api::node::NodeStatus;
 use serde::{Deserialize, Serialize};
 
+use herd_api::placement::{ConstraintOp as SpecOp, SpreadPolicy};
+
 use crate::scheduler::{
-    self, AllocView, NodeView, Placement, PlacementPlan, PlacementRequest, Spread,
+    self, Affinity, AllocView, Constraint, ConstraintOp, NodeView, Placement, PlacementPlan,
+    PlacementRequest, Spread,
 };
 use crate::state::{ClusterState, Job, JobStatus};
 
@@ -67,17 +70,50 @@ pub fn alloc_views(state: &ClusterState) -> Vec<AllocView> {
         .collect()
 }
 
-/// The placement request for `instances` of `job`.
+/// The placement request for `instances` of `job`, with the spec's
+/// constraints, affinities, spread policy and gang flag.
 pub fn request_for(job: &Job, instances: Vec<u32>) -> PlacementRequest {
+    let placement = &job.spec.placement;
     PlacementRequest {
         job: job.spec.name.clone(),
         priority: job.spec.priority,
         instances,
         resources: job.spec.task.resources.clone(),
-        constraints: Vec::new(),
-        spread: Spread::BinPack,
-        gang: false,
+        constraints: placement
+            .constraints
+            .iter()
+            .map(|c| Constraint {
+                label: c.label.clone(),
+                op: match c.op {
+                    SpecOp::Equals => ConstraintOp::Equals,
+                    SpecOp::NotEquals => ConstraintOp::NotEquals,
+                    SpecOp::Exists => ConstraintOp::Exists,
+                },
+                value: c.value.clone(),
+            })
+            .collect(),
+        affinities: placement
+            .affinities
+            .iter()
+            .map(|a| Affinity {
+                label: a.label.clone(),
+                value: a.value.clone(),
+                weight: a.weight,
+            })
+            .collect(),
+        spread: match &placement.spread {
+            SpreadPolicy::BinPack => Spread::BinPack,
+            SpreadPolicy::Nodes => Spread::SpreadNodes,
+            SpreadPolicy::Label(label) => Spread::SpreadLabel(label.clone()),
+        },
+        gang: placement.gang,
     }
+}
+
+/// The gang id a gang job's allocations carry, so that preemption evicts
+/// them all together or not at all: the job's name.
+pub fn gang_of(job: &Job) -> Option<String> {
+    job.spec.placement.gang.then(|| job.spec.name.clone())
 }
 
 /// Instances of the job's current version that have no live allocation.

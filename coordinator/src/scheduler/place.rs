@@ -259,6 +259,70 @@ mod tests {
         assert_eq!(placed_on(&place(&nodes, &[], &req)), ["b", "b"]);
     }
 
+    fn affinity(label: &str, value: &str, weight: i32) -> crate::scheduler::Affinity {
+        crate::scheduler::Affinity {
+            label: label.into(),
+            value: value.into(),
+            weight,
+        }
+    }
+
+    #[test]
+    fn affinity_scores_matching_nodes_up_and_anti_affinity_down() {
+        let (nodes, allocs) = filled();
+        let nodes: Vec<NodeView> = nodes
+            .into_iter()
+            .map(|n| {
+                let gen = if n.name == "empty" {
+                    "hopper"
+                } else {
+                    "ampere"
+                };
+                n.with_label("gpu_gen", gen)
+            })
+            .collect();
+        // Bin-packing alone prefers "full" (full after); a weight of 100
+        // outweighs any fill difference.
+        let mut req = request("web", 50, 1, 1, 1);
+        assert_eq!(placed_on(&place(&nodes, &allocs, &req)), ["full"]);
+        req.affinities = vec![affinity("gpu_gen", "hopper", 100)];
+        assert_eq!(placed_on(&place(&nodes, &allocs, &req)), ["empty"]);
+        // A weak affinity only breaks near-ties: 1 point is 1% of fill.
+        req.affinities = vec![affinity("gpu_gen", "hopper", 1)];
+        assert_eq!(placed_on(&place(&nodes, &allocs, &req)), ["full"]);
+        // Anti-affinity: avoid ampere nodes while the hopper node has room.
+        req.affinities = vec![affinity("gpu_gen", "ampere", -100)];
+        req.instances = (0..3).collect();
+        assert_eq!(placed_on(&place(&nodes, &allocs, &req)), ["empty"; 3]);
+        // It is never a filter: with no room on hopper, ampere is used.
+        req.resources.cpu_millis = 8000;
+        req.resources.memory_bytes = 1;
+        req.instances = vec![0, 1];
+        let plan = place(&nodes, &allocs, &req);
+        assert_eq!(placed_on(&plan), ["empty"]);
+        assert_eq!(plan.blocked.len(), 1, "the other nodes lack cpu");
+    }
+
+    #[test]
+    fn spread_ranks_before_affinity() {
+        let nodes = [
+            node("a", 8, 16).with_label("zone", "z1"),
+            node("b", 8, 16).with_label("zone", "z2"),
+        ];
+        let mut req = request("web", 50, 2, 1, 1);
+        req.spread = Spread::SpreadNodes;
+        req.affinities = vec![affinity("zone", "z2", 100)];
+        // The affinity picks b first, the spread then sends the second to a.
+        assert_eq!(placed_on(&place(&nodes, &[], &req)), ["b", "a"]);
+        // Both strategies agree with affinities too.
+        let (nodes, allocs) = synthetic(200, 3);
+        let mut req = request("big", 50, 300, 2, 4);
+        req.affinities = vec![affinity("rack", "r2", 60), affinity("rack", "r4", -30)];
+        let scan = place_with(&nodes, &allocs, &req, Strategy::Scan);
+        assert_eq!(scan, place_with(&nodes, &allocs, &req, Strategy::Ordered));
+        must_not_overcommit(&nodes, &allocs, &req, &scan);
+    }
+
     #[test]
     fn gpu_requests_go_to_nodes_of_the_model_with_free_gpus() {
         let nodes = [
