@@ -11,8 +11,7 @@ use herd_api::alloc::{AllocDesired, AllocStatus, Allocation};
 
 use crate::command::{CommandResult, Rejection};
 use crate::placement::{
-    alloc_views, gang_of, missing_instances, node_views, request_for, to_scheduler_plan,
-    PlanCommand,
+    gang_of, missing_instances, request_for, to_scheduler_plan, touched_views, PlanCommand,
 };
 use crate::scheduler::verify_plan;
 use crate::state::{ChangeLog, ClusterState, JobStatus, Record};
@@ -49,12 +48,10 @@ pub fn apply_plan(
         keep
     });
     let request = request_for(job, plan.placements.iter().map(|(i, _)| *i).collect());
-    let verdict = verify_plan(
-        &node_views(state),
-        &alloc_views(state),
-        &request,
-        &to_scheduler_plan(&plan),
-    );
+    // Only the nodes (and gangs) the plan touches: the same verdict as over
+    // the whole cluster, without indexing all of it for every plan.
+    let (nodes, allocs) = touched_views(state, &plan);
+    let verdict = verify_plan(&nodes, &allocs, &request, &to_scheduler_plan(&plan));
     rejected.extend(
         verdict
             .rejected
@@ -113,7 +110,7 @@ pub fn apply_plan(
             modify_index: index,
         };
         alloc.record(now_ms, "placed", format!("on node {}", placement.node));
-        state.allocations.insert(id.clone(), alloc);
+        state.insert_alloc(alloc);
         changes.put(Record::Alloc(&id), state);
         placed.push(id);
     }

@@ -35,16 +35,7 @@ pub struct PlanCommand {
 
 /// Nodes as the placement policy sees them.
 pub fn node_views(state: &ClusterState) -> Vec<NodeView> {
-    state
-        .nodes
-        .values()
-        .map(|n| NodeView {
-            name: n.name.clone(),
-            capacity: n.capacity.clone(),
-            labels: n.labels.clone(),
-            schedulable: n.status == NodeStatus::Ready && n.eligible,
-        })
-        .collect()
+    state.nodes.values().map(node_view).collect()
 }
 
 /// Whether an allocation holds resources and counts as a live instance.
@@ -59,15 +50,74 @@ pub fn alloc_views(state: &ClusterState) -> Vec<AllocView> {
         .allocations
         .values()
         .filter(|a| a.status.holds_resources())
-        .map(|a| AllocView {
-            id: a.id.clone(),
-            job: a.job.clone(),
-            node: a.node.clone(),
-            resources: a.resources.clone(),
-            priority: a.priority,
-            gang: a.gang.clone(),
-        })
+        .map(alloc_view)
         .collect()
+}
+
+fn alloc_view(a: &Allocation) -> AllocView {
+    AllocView {
+        id: a.id.clone(),
+        job: a.job.clone(),
+        node: a.node.clone(),
+        resources: a.resources.clone(),
+        priority: a.priority,
+        gang: a.gang.clone(),
+    }
+}
+
+fn node_view(n: &herd_api::node::NodeInfo) -> NodeView {
+    NodeView {
+        name: n.name.clone(),
+        capacity: n.capacity.clone(),
+        labels: n.labels.clone(),
+        schedulable: n.status == NodeStatus::Ready && n.eligible,
+    }
+}
+
+/// The part of the state a plan touches, as views for `verify_plan`: the
+/// nodes it places on or evicts from (those that exist), every allocation
+/// holding resources there, and every member of the gangs it evicts from
+/// (wherever they run), so that the check sees exactly what it would see in
+/// the whole cluster, at the cost of the plan's nodes only.
+pub fn touched_views(state: &ClusterState, plan: &PlanCommand) -> (Vec<NodeView>, Vec<AllocView>) {
+    let names: BTreeSet<&str> = plan
+        .placements
+        .iter()
+        .map(|(_, node)| node.as_str())
+        .chain(plan.evictions.iter().map(|(_, node, _)| node.as_str()))
+        .collect();
+    let nodes: Vec<NodeView> = names
+        .iter()
+        .filter_map(|name| state.nodes.get(*name))
+        .map(node_view)
+        .collect();
+    let mut ids: BTreeSet<String> = BTreeSet::new();
+    let mut allocs = Vec::new();
+    let mut take = |a: &Allocation, allocs: &mut Vec<AllocView>| {
+        if a.status.holds_resources() && ids.insert(a.id.clone()) {
+            allocs.push(alloc_view(a));
+        }
+    };
+    for node in &nodes {
+        for a in state.allocs_on_node(&node.name) {
+            take(a, &mut allocs);
+        }
+    }
+    let gangs: BTreeSet<&str> = plan
+        .evictions
+        .iter()
+        .filter_map(|(id, _, _)| state.allocations.get(id))
+        .filter_map(|a| a.gang.as_deref())
+        .collect();
+    for gang in gangs {
+        // A gang is one job's allocations (see `gang_of`).
+        for a in state.allocs_of_job(gang) {
+            if a.gang.as_deref() == Some(gang) {
+                take(a, &mut allocs);
+            }
+        }
+    }
+    (nodes, allocs)
 }
 
 /// The placement request for `instances` of `job`, with the spec's
@@ -119,9 +169,8 @@ pub fn gang_of(job: &Job) -> Option<String> {
 /// Instances of the job's current version that have no live allocation.
 pub fn missing_instances(state: &ClusterState, job: &Job) -> Vec<u32> {
     let live: BTreeSet<u32> = state
-        .allocations
-        .values()
-        .filter(|a| a.job == job.spec.name && a.job_version == job.version && is_live(a))
+        .allocs_of_job(&job.spec.name)
+        .filter(|a| a.job_version == job.version && is_live(a))
         .map(|a| a.instance)
         .collect();
     (0..job.spec.count).filter(|i| !live.contains(i)).collect()

@@ -58,7 +58,7 @@ struct NodeKey<'a> {
 /// The nodes an instance could go to now, best first.
 pub(crate) struct Candidates<'a> {
     need: Amounts,
-    spread: &'a Spread,
+    spread: Spread,
     feasible: Vec<bool>,
     /// Affinity bonus per node (ppm); empty when the request has none.
     bonus: Vec<i64>,
@@ -76,7 +76,7 @@ impl<'a> Candidates<'a> {
     pub(crate) fn new(
         index: &ClusterIndex<'a>,
         feas: &Feasibility,
-        request: &'a PlacementRequest,
+        request: &PlacementRequest,
         need: Amounts,
         strategy: Strategy,
     ) -> Self {
@@ -95,7 +95,7 @@ impl<'a> Candidates<'a> {
         };
         let mut candidates = Self {
             need,
-            spread: &request.spread,
+            spread: request.spread.clone(),
             feasible: (0..nodes).map(|n| feas.is_feasible(n)).collect(),
             bonus: if request.affinities.is_empty() {
                 Vec::new()

@@ -47,26 +47,45 @@ pub(crate) fn place_with(
     if request.instances.is_empty() {
         return PlacementPlan::default();
     }
+    let mut index = ClusterIndex::new(nodes, allocs);
+    place_in(&mut index, &mut None, request, strategy)
+}
+
+/// Places `request` against `index`, leaving what the plan uses (and frees
+/// by evicting) recorded in `index` and `victims`, so that a caller planning
+/// several requests in turn (a [`Pass`](super::Pass)) sees each plan's
+/// effect on the next. A gang that does not fit leaves both as they were.
+pub(crate) fn place_in<'a>(
+    index: &mut ClusterIndex<'a>,
+    victims: &mut Option<Victims<'a>>,
+    request: &PlacementRequest,
+    strategy: Strategy,
+) -> PlacementPlan {
+    if request.instances.is_empty() {
+        return PlacementPlan::default();
+    }
+    let nodes = index.nodes;
     let need = amounts(&request.resources);
     let feas = Feasibility::new(nodes, request, &need);
-    let mut index = ClusterIndex::new(nodes, allocs);
-    let mut candidates = Candidates::new(&index, &feas, request, need, strategy);
-    let mut victims = None;
+    let mut candidates = Candidates::new(index, &feas, request, need, strategy);
     let mut plan = PlacementPlan::default();
+    let mut taken = Vec::new();
+    let mut evicted = Vec::new();
     for (pos, &instance) in request.instances.iter().enumerate() {
         let room = candidates.best().or_else(|| {
             let mut ctx = Ctx {
-                index: &mut index,
+                index: &mut *index,
                 feas: &feas,
                 candidates: &mut candidates,
                 request,
                 need: &need,
             };
-            ctx.make_room(&mut victims, instance, &mut plan.evictions)
+            ctx.make_room(victims, instance, &mut plan.evictions, &mut evicted)
         });
         let Some(node) = room else {
-            let (reason, could_help) = blocked_reason(&index, &feas, request, &need);
+            let (reason, could_help) = blocked_reason(index, &feas, request, &need);
             if request.gang {
+                undo(index, victims, &need, &taken, &evicted);
                 return gang_blocked(request, pos, &reason, could_help);
             }
             // Nothing changed since this instance failed, and the rest are
@@ -82,13 +101,37 @@ pub(crate) fn place_with(
             break;
         };
         index.take(node, &need);
-        candidates.placed(&index, node);
+        taken.push(node);
+        candidates.placed(index, node);
         plan.placements.push(Placement {
             instance,
             node: nodes[node].name.clone(),
         });
     }
     plan
+}
+
+/// Gives back what a failed gang took: its placements' room, and the
+/// allocations it evicted.
+fn undo<'a>(
+    index: &mut ClusterIndex<'a>,
+    victims: &mut Option<Victims<'a>>,
+    need: &Amounts,
+    taken: &[usize],
+    evicted: &[usize],
+) {
+    for &node in taken {
+        index.release(node, need);
+    }
+    let allocs = index.allocs;
+    for &a in evicted {
+        if let Some(n) = index.alloc_node(a) {
+            index.take(n, &amounts(&allocs[a].resources));
+        }
+    }
+    if let Some(victims) = victims {
+        victims.restore(evicted);
+    }
 }
 
 /// The state one call mutates while making room.
@@ -102,12 +145,14 @@ struct Ctx<'c, 'a> {
 
 impl<'a> Ctx<'_, 'a> {
     /// Evicts the least set of lower-priority work that lets `instance` fit,
-    /// records the evictions, and returns the node that now has room.
+    /// records the evictions (and their positions in `evicted`), and returns
+    /// the node that now has room.
     fn make_room(
         &mut self,
         victims: &mut Option<Victims<'a>>,
         instance: u32,
         evictions: &mut Vec<Eviction>,
+        evicted: &mut Vec<usize>,
     ) -> Option<usize> {
         if self.request.priority == 0 || self.feas.feasible.is_empty() {
             return None;
@@ -117,6 +162,7 @@ impl<'a> Ctx<'_, 'a> {
         victims.evict(&choice);
         let allocs = self.index.allocs;
         for &a in &choice.allocs {
+            evicted.push(a);
             let alloc = &allocs[a];
             if let Some(n) = self.index.alloc_node(a) {
                 self.index.release(n, &amounts(&alloc.resources));
