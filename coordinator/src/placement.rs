@@ -178,10 +178,72 @@ pub fn missing_instances(state: &ClusterState, job: &Job) -> Vec<u32> {
 
 /// The plan the leader should propose for `job`, or None when nothing would change.
 pub fn plan_job(state: &ClusterState, job: &Job) -> Option<PlanCommand> {
+    let (nodes, allocs) = (node_views(state), alloc_views(state));
+    let mut pass = scheduler::Pass::new(&nodes, &allocs);
+    plan_in_pass(&mut pass, job, missing_instances(state, job))
+}
+
+/// Everything one scheduling pass needs, copied out of the state so that
+/// planning runs without holding the state's lock.
+pub struct PassInput {
+    /// Every node.
+    pub nodes: Vec<NodeView>,
+    /// Every allocation holding resources.
+    pub allocs: Vec<AllocView>,
+    /// Jobs that may need a plan, with their missing instances, by name.
+    pub jobs: Vec<(Job, Vec<u32>)>,
+}
+
+/// The jobs that may need a plan: not stopped or complete, and either with
+/// missing instances or with a blocked reason to clear. A fully placed job
+/// costs O(its allocations); the views are built only when some job has work.
+pub fn pass_input(state: &ClusterState) -> PassInput {
+    let jobs: Vec<(Job, Vec<u32>)> = state
+        .jobs
+        .values()
+        .filter(|job| job.status != JobStatus::Stopped && job.status != JobStatus::Complete)
+        .filter_map(|job| {
+            let missing = missing_instances(state, job);
+            (!missing.is_empty() || job.blocked.is_some()).then(|| (job.clone(), missing))
+        })
+        .collect();
+    let needs_views = jobs.iter().any(|(_, missing)| !missing.is_empty());
+    PassInput {
+        nodes: if needs_views {
+            node_views(state)
+        } else {
+            Vec::new()
+        },
+        allocs: if needs_views {
+            alloc_views(state)
+        } else {
+            Vec::new()
+        },
+        jobs,
+    }
+}
+
+/// Plans every job of `input` in one [`scheduler::Pass`], in job-name order,
+/// each seeing the room the earlier ones took.
+pub fn plan_pass(input: &PassInput) -> Vec<PlanCommand> {
+    let mut pass = scheduler::Pass::new(&input.nodes, &input.allocs);
+    input
+        .jobs
+        .iter()
+        .filter_map(|(job, missing)| plan_in_pass(&mut pass, job, missing.clone()))
+        .collect()
+}
+
+/// The plan for `job`'s `missing` instances within `pass`, or None when
+/// nothing would change.
+fn plan_in_pass(
+    pass: &mut scheduler::Pass<'_>,
+    job: &Job,
+    missing: Vec<u32>,
+) -> Option<PlanCommand> {
     if job.status == JobStatus::Stopped || job.status == JobStatus::Complete {
         return None;
     }
-    let missing = missing_instances(state, job);
     if missing.is_empty() {
         return job.blocked.is_some().then(|| PlanCommand {
             job: job.spec.name.clone(),
@@ -191,11 +253,7 @@ pub fn plan_job(state: &ClusterState, job: &Job) -> Option<PlanCommand> {
             blocked: None,
         });
     }
-    let plan = scheduler::place(
-        &node_views(state),
-        &alloc_views(state),
-        &request_for(job, missing),
-    );
+    let plan = pass.place(&request_for(job, missing));
     let blocked = summarize_blocked(&plan);
     if plan.placements.is_empty() && plan.evictions.is_empty() && blocked == job.blocked {
         return None;
