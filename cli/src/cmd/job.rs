@@ -62,7 +62,7 @@ fn job_json(job: &pb::Job) -> serde_json::Value {
     let res = task.resources.clone().unwrap_or_default();
     json!({
         "name": spec.name, "status": job.status, "version": job.version, "type": spec.r#type,
-        "count": spec.count, "priority": spec.priority, "submitted_at_ms": job.submitted_at_ms,
+        "count": spec.count, "placed": job.placed, "priority": spec.priority, "submitted_at_ms": job.submitted_at_ms,
         "updated_at_ms": job.updated_at_ms, "modify_index": job.modify_index,
         "blocked": if job.blocked.is_empty() { serde_json::Value::Null } else { json!(job.blocked) },
         "task": {"driver": task.driver, "command": task.command, "args": task.args, "env": task.env,
@@ -90,7 +90,11 @@ fn placement_lines(spec: &pb::JobSpec) -> Vec<String> {
         "node" => "spread over nodes".to_string(),
         label => format!("spread over label {label}"),
     };
-    let gang = if spec.gang { ", gang (all or nothing)" } else { "" };
+    let gang = if spec.gang {
+        ", gang (all or nothing)"
+    } else {
+        ""
+    };
     let mut lines = vec![format!("placement  {spread}{gang}")];
     if !spec.constraints.is_empty() {
         let all: Vec<String> = spec
@@ -218,8 +222,8 @@ pub async fn run(ctx: &Context, command: JobCommand) -> Result<(), CliError> {
                     job.version, job.modify_index
                 );
                 println!(
-                    "type       {} x{}, priority {}",
-                    spec.r#type, spec.count, spec.priority
+                    "type       {} x{} ({} placed), priority {}",
+                    spec.r#type, spec.count, job.placed, spec.priority
                 );
                 println!(
                     "driver     {} {} {}",

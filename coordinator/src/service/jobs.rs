@@ -27,8 +27,11 @@ impl JobsService {
     }
 }
 
-fn to_proto(job: &Job) -> pb::Job {
+fn to_proto(state: &ClusterState, job: &Job) -> pb::Job {
+    let wanted = job.spec.count as usize;
+    let missing = crate::placement::missing_instances(state, job).len();
     pb::Job {
+        placed: u32::try_from(wanted.saturating_sub(missing)).unwrap_or(u32::MAX),
         spec: Some(pb::JobSpec::from(&job.spec)),
         version: job.version,
         status: job.status.as_str().to_string(),
@@ -119,7 +122,7 @@ impl Jobs for JobsService {
             .await?;
         let jobs = self
             .coordinator
-            .read_state(|s| s.jobs.values().map(to_proto).collect());
+            .read_state(|s| s.jobs.values().map(|j| to_proto(s, j)).collect());
         Ok(Response::new(pb::ListJobsReply { jobs }))
     }
 
@@ -129,7 +132,7 @@ impl Jobs for JobsService {
             .read_barrier(consistency(request.stale))
             .await?;
         self.coordinator
-            .read_state(|s| s.jobs.get(&request.name).map(to_proto))
+            .read_state(|s| s.jobs.get(&request.name).map(|j| to_proto(s, j)))
             .map(Response::new)
             .ok_or_else(|| Status::not_found(format!("job {:?} not found", request.name)))
     }
