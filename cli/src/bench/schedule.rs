@@ -119,7 +119,7 @@ where
 
 /// Runs the benchmark and prints a Markdown table row with its header.
 pub async fn run(args: ScheduleBenchArgs) -> Result<(), CliError> {
-    if args.job_count == 0 || args.allocs % args.job_count != 0 {
+    if args.job_count == 0 || !args.allocs.is_multiple_of(args.job_count) {
         return Err(CliError::input(format!(
             "--allocs ({}) must be a multiple of --job-count ({})",
             args.allocs, args.job_count
