@@ -25,5 +25,6 @@ pub(crate) fn minimal_batch() -> JobSpec {
                 gpu_model: None,
             },
         },
+        placement: Default::default(),
     }
 }

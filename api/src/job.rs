@@ -10,6 +10,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::placement::PlacementSpec;
 use crate::resources::Resources;
 
 /// Task drivers this version of herd can run.
@@ -38,6 +39,11 @@ pub struct JobSpec {
     pub priority: u32,
     /// What each instance runs.
     pub task: TaskSpec,
+    /// Where instances may and should run (constraints, affinities, spread,
+    /// gang); the default places anywhere that fits, bin-packing. Last, so
+    /// that the persisted form of older specs is a prefix of the new one.
+    #[serde(default)]
+    pub placement: PlacementSpec,
 }
 
 /// How the cluster treats a job's instances once they exit.

@@ -13,6 +13,7 @@ pub mod convert;
 mod fixtures;
 pub mod job;
 pub mod node;
+pub mod placement;
 pub mod proto;
 pub mod resources;
 pub mod spec_file;

@@ -27,6 +27,22 @@
 //! gpus = 0                  # optional
 //! gpu_model = "a100"        # optional, only with gpus > 0
 //! ```
+//!
+//! Placement, all optional, at the top level (before `[task]`, or anywhere
+//! as `[[constraint]]` / `[[affinity]]` tables):
+//!
+//! ```toml
+//! gang = true               # all instances placed together or none
+//! spread = "rack"           # "node", or a label; default bin-pack
+//! [[constraint]]            # hard: every chosen node must match
+//! label = "rack"
+//! op = "!="                 # "=", "!=" or "exists" (no value)
+//! value = "r7"
+//! [[affinity]]              # soft: matching nodes score higher
+//! label = "gpu_gen"
+//! value = "hopper"
+//! weight = 50               # -100..=100, not 0; negative avoids
+//! ```
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
@@ -38,9 +54,13 @@ use crate::job::{
     unknown_job_type_message, JobSpec, JobType, TaskSpec, DEFAULT_COUNT, DEFAULT_PRIORITY,
     KNOWN_DRIVERS,
 };
+use crate::placement::{
+    unknown_op_message, Affinity, ConstraintOp, LabelConstraint, PlacementSpec, SpreadPolicy,
+};
 use crate::resources::{parse_memory, Resources};
 use crate::validate::{
-    join_path, memory_range_message, COUNT_RANGE, CPU_RANGE, GPUS_RANGE, PRIORITY_RANGE,
+    join_path, memory_range_message, weight_message, COUNT_RANGE, CPU_RANGE, GPUS_RANGE,
+    PRIORITY_RANGE,
 };
 
 /// Why a spec file was rejected, located so an editor or a person can jump
@@ -123,7 +143,19 @@ struct Reader<'s> {
     offsets: HashMap<String, usize>,
 }
 
-const ROOT_FIELDS: &[&str] = &["name", "type", "count", "priority", "task"];
+const ROOT_FIELDS: &[&str] = &[
+    "name",
+    "type",
+    "count",
+    "priority",
+    "task",
+    "gang",
+    "spread",
+    "constraint",
+    "affinity",
+];
+const CONSTRAINT_FIELDS: &[&str] = &["label", "op", "value"];
+const AFFINITY_FIELDS: &[&str] = &["label", "value", "weight"];
 const TASK_FIELDS: &[&str] = &["driver", "command", "args", "env", "workdir", "resources"];
 const RESOURCE_FIELDS: &[&str] = &["cpu", "memory", "gpus", "gpu_model"];
 
@@ -154,6 +186,7 @@ impl<'s> Reader<'s> {
         };
         let task = required("", 0, root, "task", " (a [task] table)")?;
         let task = self.task(task)?;
+        let placement = self.placement(root)?;
 
         Ok(JobSpec {
             name,
@@ -161,6 +194,113 @@ impl<'s> Reader<'s> {
             count,
             priority,
             task,
+            placement,
+        })
+    }
+
+    fn placement(&mut self, root: &DeTable<'_>) -> Result<PlacementSpec, Problem> {
+        let gang = match root.get("gang") {
+            Some(v) => self.boolean("gang", v)?,
+            None => false,
+        };
+        let spread = match root.get("spread") {
+            Some(v) => {
+                let text = self.string("spread", v)?;
+                if text.is_empty() {
+                    return Err(problem(
+                        v.span(),
+                        "spread",
+                        "must be \"node\" or a node label such as \"rack\"; \
+                         leave it out to bin-pack",
+                    ));
+                }
+                SpreadPolicy::parse(&text)
+            }
+            None => SpreadPolicy::BinPack,
+        };
+        let constraints = match root.get("constraint") {
+            Some(v) => self.tables("constraint", v, CONSTRAINT_FIELDS, Self::constraint)?,
+            None => Vec::new(),
+        };
+        let affinities = match root.get("affinity") {
+            Some(v) => self.tables("affinity", v, AFFINITY_FIELDS, Self::affinity)?,
+            None => Vec::new(),
+        };
+        Ok(PlacementSpec {
+            constraints,
+            affinities,
+            spread,
+            gang,
+        })
+    }
+
+    /// Reads an array of tables (`[[path]]`), each with `allowed` keys, by `read`.
+    fn tables<T>(
+        &mut self,
+        path: &str,
+        value: &Value<'_>,
+        allowed: &[&str],
+        read: impl Fn(&mut Self, &str, usize, &DeTable<'_>) -> Result<T, Problem>,
+    ) -> Result<Vec<T>, Problem> {
+        self.record(path, value.span());
+        let DeValue::Array(items) = value.get_ref() else {
+            let hint = format!("an array of tables ([[{path}]])");
+            return Err(type_problem(value.span(), path, &hint, value.get_ref()));
+        };
+        let mut out = Vec::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            let item_path = format!("{path}[{i}]");
+            let table = self.table(&item_path, item)?;
+            check_keys(&item_path, table, allowed)?;
+            out.push(read(self, &item_path, item.span().start, table)?);
+        }
+        Ok(out)
+    }
+
+    fn constraint(
+        &mut self,
+        path: &str,
+        at: usize,
+        table: &DeTable<'_>,
+    ) -> Result<LabelConstraint, Problem> {
+        let label = required(path, at, table, "label", " (a node label, e.g. \"rack\")")?;
+        let label = self.string(&format!("{path}.label"), label)?;
+        let op_path = format!("{path}.op");
+        let op_value = required(path, at, table, "op", " (\"=\", \"!=\" or \"exists\")")?;
+        let op_text = self.string(&op_path, op_value)?;
+        let op = ConstraintOp::parse(&op_text)
+            .ok_or_else(|| problem(op_value.span(), &op_path, unknown_op_message(&op_text)))?;
+        let value = match table.get("value") {
+            Some(v) => Some(self.string(&format!("{path}.value"), v)?),
+            None => None,
+        };
+        Ok(LabelConstraint { label, op, value })
+    }
+
+    fn affinity(
+        &mut self,
+        path: &str,
+        at: usize,
+        table: &DeTable<'_>,
+    ) -> Result<Affinity, Problem> {
+        let label = required(
+            path,
+            at,
+            table,
+            "label",
+            " (a node label, e.g. \"gpu_gen\")",
+        )?;
+        let label = self.string(&format!("{path}.label"), label)?;
+        let value = required(path, at, table, "value", " (the label value to prefer)")?;
+        let value = self.string(&format!("{path}.value"), value)?;
+        let weight = required(path, at, table, "weight", " (-100..=100, not 0)")?;
+        let weight = self.integer(&format!("{path}.weight"), weight, "an integer", |got| {
+            weight_message(got)
+        })?;
+        Ok(Affinity {
+            label,
+            value,
+            weight,
         })
     }
 
@@ -279,6 +419,14 @@ impl<'s> Reader<'s> {
         match value.get_ref() {
             DeValue::Table(table) => Ok(table),
             other => Err(type_problem(value.span(), path, "a table", other)),
+        }
+    }
+
+    fn boolean(&mut self, path: &str, value: &Value<'_>) -> Result<bool, Problem> {
+        self.record(path, value.span());
+        match value.get_ref() {
+            DeValue::Boolean(b) => Ok(*b),
+            other => Err(type_problem(value.span(), path, "true or false", other)),
         }
     }
 
@@ -869,6 +1017,126 @@ gpu_model = "a100"
             (e.line, e.field.as_deref()),
             (9, Some("task.resources.cpu"))
         );
+    }
+
+    const PLACED: &str = r#"name = "train"
+type = "batch"
+count = 4
+gang = true
+spread = "rack"
+[[constraint]]
+label = "rack"
+op = "!="
+value = "r7"
+[[constraint]]
+label = "gpu"
+op = "exists"
+[[affinity]]
+label = "gpu_gen"
+value = "hopper"
+weight = 50
+[task]
+driver = "exec"
+command = "/bin/true"
+[task.resources]
+cpu = 100
+memory = "64MiB"
+"#;
+
+    /// PLACED with line `line` (1-based) replaced by `replacement`.
+    fn placed_with(line: usize, replacement: &str) -> String {
+        PLACED
+            .lines()
+            .enumerate()
+            .map(|(i, l)| if i + 1 == line { replacement } else { l })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    #[test]
+    fn placement_fields_parse() {
+        let spec = parse(PLACED).expect("valid");
+        let p = &spec.placement;
+        assert!(p.gang);
+        assert_eq!(p.spread, SpreadPolicy::Label("rack".into()));
+        assert_eq!(
+            p.constraints,
+            [
+                LabelConstraint {
+                    label: "rack".into(),
+                    op: ConstraintOp::NotEquals,
+                    value: Some("r7".into()),
+                },
+                LabelConstraint {
+                    label: "gpu".into(),
+                    op: ConstraintOp::Exists,
+                    value: None,
+                },
+            ]
+        );
+        assert_eq!(
+            p.affinities,
+            [Affinity {
+                label: "gpu_gen".into(),
+                value: "hopper".into(),
+                weight: 50,
+            }]
+        );
+        assert_eq!(
+            parse(&placed_with(5, "spread = \"node\"")).map(|s| s.placement.spread),
+            Ok(SpreadPolicy::Nodes)
+        );
+        assert!(parse(HELLO).expect("valid").placement.is_default());
+    }
+
+    #[test]
+    fn placement_errors_are_located() {
+        let e = error(&placed_with(8, "op = \"==\""));
+        assert_eq!(
+            (e.line, e.column, e.field.as_deref()),
+            (8, 6, Some("constraint[0].op"))
+        );
+        assert_eq!(e.message, "must be \"=\", \"!=\" or \"exists\", got \"==\"");
+
+        let e = error(&placed_with(9, ""));
+        assert_eq!(
+            (e.line, e.field.as_deref()),
+            (6, Some("constraint[0].value"))
+        );
+        assert!(e.message.contains("required with op \"!=\""), "{e}");
+
+        let e = error(&placed_with(12, "op = \"exists\"\nvalue = \"x\""));
+        assert_eq!(
+            (e.line, e.field.as_deref()),
+            (13, Some("constraint[1].value"))
+        );
+
+        let e = error(&placed_with(16, "weight = 150"));
+        assert_eq!(
+            (e.line, e.column, e.field.as_deref()),
+            (16, 10, Some("affinity[0].weight"))
+        );
+        assert!(e.message.ends_with("got 150"), "{e}");
+        let e = error(&placed_with(16, "weight = 0"));
+        assert_eq!(e.field.as_deref(), Some("affinity[0].weight"));
+
+        let e = error(&placed_with(16, "wieght = 5"));
+        assert_eq!(
+            (e.line, e.field.as_deref()),
+            (16, Some("affinity[0].wieght"))
+        );
+        assert!(e.message.contains("did you mean `weight`?"), "{e}");
+
+        let e = error(&placed_with(4, "gang = \"yes\""));
+        assert_eq!((e.line, e.field.as_deref()), (4, Some("gang")));
+        assert_eq!(e.message, "expected true or false, found a string");
+
+        let e = error(&placed_with(5, "spread = \"\""));
+        assert_eq!((e.line, e.field.as_deref()), (5, Some("spread")));
+
+        let e = error(&format!("constraint = 1\n{HELLO}"));
+        assert_eq!((e.line, e.field.as_deref()), (1, Some("constraint")));
+        assert!(e.message.contains("[[constraint]]"), "{e}");
     }
 
     #[test]

@@ -9,6 +9,7 @@
 use std::fmt;
 
 use crate::job::{JobSpec, TaskSpec, KNOWN_DRIVERS};
+use crate::placement::{PlacementSpec, SpreadPolicy};
 use crate::resources::{format_memory, Resources, MIB, TIB};
 
 /// A rule a spec broke: which field, and what the user should change.
@@ -57,6 +58,16 @@ pub const MAX_MEMORY_BYTES: u64 = 64 * TIB;
 pub const MAX_GPUS: u32 = 1024;
 /// Longest GPU model name, in characters.
 pub const MAX_GPU_MODEL_LEN: usize = 64;
+/// Most `[[constraint]]` entries per job: each is checked on every node.
+pub const MAX_CONSTRAINTS: usize = 32;
+/// Most `[[affinity]]` entries per job: each is scored on every node.
+pub const MAX_AFFINITIES: usize = 32;
+/// Longest label key a constraint, affinity or spread may name, in characters.
+pub const MAX_LABEL_LEN: usize = 128;
+/// Longest label value a constraint or affinity may compare with.
+pub const MAX_LABEL_VALUE_LEN: usize = 256;
+/// Largest affinity weight; weights run from minus this to this, except 0.
+pub const MAX_AFFINITY_WEIGHT: i32 = 100;
 
 /// An inclusive range an integer field must lie in, with the one message
 /// used both here and by the spec-file parser for values that do not even
@@ -161,8 +172,107 @@ impl JobSpec {
         validate_name(&self.name)?;
         COUNT_RANGE.check("count", u64::from(self.count))?;
         PRIORITY_RANGE.check("priority", u64::from(self.priority))?;
-        self.task.validate()
+        self.task.validate()?;
+        self.placement.validate()
     }
+}
+
+impl PlacementSpec {
+    /// Checks constraints, affinities and the spread label. Paths are the
+    /// spec file's: `constraint[0].op`, `affinity[1].weight`, `spread`.
+    /// (A gang needs no rule of its own: `count` is at least 1.)
+    pub fn validate(&self) -> Result<(), FieldError> {
+        if self.constraints.len() > MAX_CONSTRAINTS {
+            return Err(FieldError::new(
+                "constraint",
+                format!(
+                    "at most {MAX_CONSTRAINTS} constraints are allowed, got {}",
+                    self.constraints.len()
+                ),
+            ));
+        }
+        for (i, c) in self.constraints.iter().enumerate() {
+            let at = format!("constraint[{i}]");
+            label_key(&format!("{at}.label"), &c.label)?;
+            let op = c.op.as_str();
+            match (&c.value, c.op.needs_value()) {
+                (None, true) => {
+                    return Err(FieldError::new(
+                        format!("{at}.value"),
+                        format!("is required with op \"{op}\" (e.g. value = \"r7\")"),
+                    ))
+                }
+                (Some(_), false) => {
+                    return Err(FieldError::new(
+                        format!("{at}.value"),
+                        format!("must be left out with op \"{op}\", which matches any value"),
+                    ))
+                }
+                (Some(value), true) => label_value(&format!("{at}.value"), value)?,
+                (None, false) => {}
+            }
+        }
+        if self.affinities.len() > MAX_AFFINITIES {
+            return Err(FieldError::new(
+                "affinity",
+                format!(
+                    "at most {MAX_AFFINITIES} affinities are allowed, got {}",
+                    self.affinities.len()
+                ),
+            ));
+        }
+        for (i, a) in self.affinities.iter().enumerate() {
+            let at = format!("affinity[{i}]");
+            label_key(&format!("{at}.label"), &a.label)?;
+            label_value(&format!("{at}.value"), &a.value)?;
+            if a.weight == 0 || a.weight.abs() > MAX_AFFINITY_WEIGHT {
+                return Err(FieldError::new(
+                    format!("{at}.weight"),
+                    weight_message(a.weight),
+                ));
+            }
+        }
+        if let SpreadPolicy::Label(label) = &self.spread {
+            label_key("spread", label)?;
+        }
+        Ok(())
+    }
+}
+
+/// The message for an affinity weight out of range; `got` as written.
+pub(crate) fn weight_message(got: impl fmt::Display) -> String {
+    format!(
+        "must be between -{MAX_AFFINITY_WEIGHT} and {MAX_AFFINITY_WEIGHT} and not 0 \
+         (negative avoids matching nodes), got {got}"
+    )
+}
+
+fn label_key(field: &str, key: &str) -> Result<(), FieldError> {
+    let len = key.chars().count();
+    if len == 0 {
+        return Err(FieldError::new(
+            field,
+            "must name a node label, e.g. \"rack\"",
+        ));
+    }
+    if len > MAX_LABEL_LEN {
+        return Err(FieldError::new(
+            field,
+            format!("must be at most {MAX_LABEL_LEN} characters, got {len}"),
+        ));
+    }
+    no_nul(field, key)
+}
+
+fn label_value(field: &str, value: &str) -> Result<(), FieldError> {
+    let len = value.chars().count();
+    if len > MAX_LABEL_VALUE_LEN {
+        return Err(FieldError::new(
+            field,
+            format!("must be at most {MAX_LABEL_VALUE_LEN} characters, got {len}"),
+        ));
+    }
+    no_nul(field, value)
 }
 
 fn validate_name(name: &str) -> Result<(), FieldError> {
@@ -402,6 +512,53 @@ mod tests {
             s.job_type = JobType::Service;
             s.count = 3;
         });
+    }
+
+    #[test]
+    fn placement_rules() {
+        use crate::placement::{Affinity, ConstraintOp, LabelConstraint};
+        let rack = |op, value: Option<&str>| LabelConstraint {
+            label: "rack".into(),
+            op,
+            value: value.map(str::to_string),
+        };
+        accepted(|s| {
+            s.placement.constraints = vec![
+                rack(ConstraintOp::Equals, Some("r7")),
+                rack(ConstraintOp::Exists, None),
+            ];
+            s.placement.spread = SpreadPolicy::Label("rack".into());
+            s.placement.gang = true;
+        });
+        let e = rejected(|s| s.placement.constraints = vec![rack(ConstraintOp::NotEquals, None)]);
+        assert_eq!(e.field, "constraint[0].value");
+        assert!(e.message.contains("required with op \"!=\""), "{e}");
+        let e = rejected(|s| s.placement.constraints = vec![rack(ConstraintOp::Exists, Some("x"))]);
+        assert_eq!(e.field, "constraint[0].value");
+        let e = rejected(|s| {
+            s.placement.constraints = vec![LabelConstraint {
+                label: String::new(),
+                ..rack(ConstraintOp::Exists, None)
+            }]
+        });
+        assert_eq!(e.field, "constraint[0].label");
+        let e = rejected(|s| {
+            s.placement.constraints = vec![rack(ConstraintOp::Exists, None); MAX_CONSTRAINTS + 1]
+        });
+        assert_eq!(e.field, "constraint");
+        let gen = |weight| Affinity {
+            label: "gpu_gen".into(),
+            value: "hopper".into(),
+            weight,
+        };
+        accepted(|s| s.placement.affinities = vec![gen(100), gen(-100)]);
+        for bad in [0, 101, -101] {
+            let e = rejected(|s| s.placement.affinities = vec![gen(50), gen(bad)]);
+            assert_eq!(e.field, "affinity[1].weight");
+            assert!(e.message.ends_with(&format!("got {bad}")), "{e}");
+        }
+        let e = rejected(|s| s.placement.spread = SpreadPolicy::Label("a\0".into()));
+        assert_eq!(e.field, "spread");
     }
 
     #[test]

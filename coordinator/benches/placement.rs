@@ -71,6 +71,7 @@ fn request(job: &str, instances: std::ops::Range<u32>, spread: Spread) -> Placem
         instances: instances.collect(),
         resources: resources(2, 4, 0),
         constraints: Vec::new(),
+        affinities: Vec::new(),
         spread,
         gang: false,
     }

@@ -9,7 +9,7 @@ use herd_consensus::storage::WriteOp;
 use herd_consensus::Application;
 
 use crate::apply::apply;
-use crate::command::{Command, CommandResult, Rejection};
+use crate::command::{CommandResult, Rejection};
 use crate::state::{ChangeLog, ClusterState};
 
 /// The coordinator's [`Application`]: `ClusterState` plus identity upkeep.
@@ -47,7 +47,7 @@ impl Application for StateApp {
             match codec::decode::<Vec<Vec<u8>>>(batch, "command batch") {
                 Ok(commands) => commands
                     .iter()
-                    .map(|bytes| match codec::decode::<Command>(bytes, "command") {
+                    .map(|bytes| match crate::legacy::decode_command(bytes) {
                         Ok(command) => apply(
                             &mut self.state,
                             index,

@@ -241,6 +241,7 @@ mod tests {
                     gpu_model: None,
                 },
             },
+            placement: Default::default(),
         }
     }
 

@@ -12,7 +12,7 @@ use herd_api::alloc::{AllocDesired, AllocStatus, Allocation};
 use crate::apply_alloc::refresh_job_status;
 use crate::command::{CommandResult, Rejection};
 use crate::placement::{
-    alloc_views, missing_instances, node_views, request_for, to_scheduler_plan, PlanCommand,
+    gang_of, missing_instances, request_for, to_scheduler_plan, touched_views, PlanCommand,
 };
 use crate::scheduler::verify_plan;
 use crate::state::{ChangeLog, ClusterState, JobStatus, Record};
@@ -37,7 +37,7 @@ pub fn apply_plan(
             job.status.as_str()
         )));
     }
-    let (priority, version) = (job.spec.priority, job.version);
+    let (priority, version, gang) = (job.spec.priority, job.version, gang_of(job));
     // An instance placed by an earlier plan must not be placed twice.
     let missing: BTreeSet<u32> = missing_instances(state, job, now_ms).into_iter().collect();
     let mut rejected: Vec<String> = Vec::new();
@@ -49,12 +49,10 @@ pub fn apply_plan(
         keep
     });
     let request = request_for(job, plan.placements.iter().map(|(i, _)| *i).collect());
-    let verdict = verify_plan(
-        &node_views(state),
-        &alloc_views(state),
-        &request,
-        &to_scheduler_plan(&plan),
-    );
+    // Only the nodes (and gangs) the plan touches: the same verdict as over
+    // the whole cluster, without indexing all of it for every plan.
+    let (nodes, allocs) = touched_views(state, &plan);
+    let verdict = verify_plan(&nodes, &allocs, &request, &to_scheduler_plan(&plan));
     rejected.extend(
         verdict
             .rejected
@@ -105,7 +103,7 @@ pub fn apply_plan(
             node: placement.node.clone(),
             resources: request.resources.clone(),
             priority,
-            gang: None,
+            gang: gang.clone(),
             generation: 1,
             desired: AllocDesired::Run,
             status: AllocStatus::Pending,
@@ -114,7 +112,7 @@ pub fn apply_plan(
             modify_index: index,
         };
         alloc.record(now_ms, "placed", format!("on node {}", placement.node));
-        state.allocations.insert(id.clone(), alloc);
+        state.insert_alloc(alloc);
         changes.put(Record::Alloc(&id), state);
         placed.push(id);
     }
@@ -220,6 +218,7 @@ mod tests {
                     gpu_model: None,
                 },
             },
+            placement: Default::default(),
         }
     }
 
@@ -330,6 +329,95 @@ mod tests {
             }
             other => panic!("expected a refused duplicate, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn plans_of_one_pass_batched_in_one_entry_cannot_over_commit_a_node() {
+        use std::sync::Arc;
+
+        use herd_consensus::identity::ClusterIdentity;
+        use herd_consensus::Application;
+
+        use crate::app::StateApp;
+        use crate::placement::{pass_input, plan_pass, PlanCommand};
+
+        let mut state = ClusterState::default();
+        for (i, name) in ["n1", "n2"].iter().enumerate() {
+            let node = NodeInfo {
+                name: (*name).into(),
+                addr: format!("127.0.0.1:{}", i + 1),
+                capacity: Resources {
+                    cpu_millis: 4000,
+                    memory_bytes: 8 << 30,
+                    gpus: 0,
+                    gpu_model: None,
+                },
+                labels: Default::default(),
+                status: NodeStatus::Ready,
+                eligible: true,
+                registered_at_ms: 0,
+            };
+            run(&mut state, 1, Command::RegisterNode { node, now_ms: 1 });
+        }
+        for (i, name) in ["a", "b", "c"].iter().enumerate() {
+            let mut spec = job(name, 1000);
+            spec.count = 3;
+            run(
+                &mut state,
+                2 + i as u64,
+                Command::SubmitJob { spec, now_ms: 2 },
+            );
+        }
+        // One pass plans all three against one snapshot: 9 cores on 8.
+        let plans = plan_pass(&pass_input(&state, 10));
+        assert_eq!(plans.len(), 3);
+        let placed: usize = plans.iter().map(|p| p.placements.len()).sum();
+        assert_eq!(placed, 8, "the pass counts what earlier jobs took");
+        // A stale plan from an earlier pass for job c, claiming n1 again,
+        // rides in the same entry after the pass's plans.
+        let stale = PlanCommand {
+            placements: vec![(2, "n1".to_string())],
+            blocked: None,
+            ..plans[2].clone()
+        };
+        let mut batch: Vec<Vec<u8>> = plans
+            .into_iter()
+            .chain([stale])
+            .map(|plan| {
+                herd_consensus::codec::encode(&Command::ApplyPlan { plan, now_ms: 9 })
+                    .expect("encode")
+            })
+            .collect();
+        batch.push(vec![0xff]); // one malformed command rejects only itself
+        let mut app = StateApp::new(Arc::new(ClusterIdentity::new(1, None)));
+        app.restore(state.to_pairs()).expect("restore");
+        let bytes = herd_consensus::codec::encode(&batch).expect("encode");
+        let mut ops = Vec::new();
+        let results: Vec<CommandResult> =
+            herd_consensus::codec::decode(&app.apply(9, &bytes, &mut ops), "results")
+                .expect("decode");
+        assert_eq!(results.len(), 5);
+        match &results[3] {
+            CommandResult::PlanApplied {
+                placed, rejected, ..
+            } => {
+                assert!(placed.is_empty(), "{placed:?}");
+                assert!(rejected[0].contains("cpu"), "{rejected:?}");
+            }
+            other => panic!("expected a refused stale plan, got {other:?}"),
+        }
+        let state = app.state();
+        for node in ["n1", "n2"] {
+            let used: u64 = state
+                .allocs_on_node(node)
+                .filter(|a| a.status.holds_resources())
+                .map(|a| a.resources.cpu_millis)
+                .sum();
+            assert_eq!(used, 4000, "{node} is full, not over-committed");
+        }
+        assert!(state.alloc_index_is_current());
+        let restored = ClusterState::from_pairs(state.to_pairs()).expect("restore");
+        assert_eq!(&restored, state);
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub mod error;
 pub mod forward;
 pub mod handle;
 pub mod leader_link;
+pub mod legacy;
 pub mod liveness;
 pub mod membership;
 pub mod placement;

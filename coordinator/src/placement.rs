@@ -4,15 +4,18 @@
 //! Everything here is a pure function of the state, so the leader (building
 //! a plan) and `apply` (re-checking it) see the same inputs.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use herd_api::alloc::{AllocDesired, AllocStatus, Allocation};
 use herd_api::job::JobType;
 use herd_api::node::NodeStatus;
 use serde::{Deserialize, Serialize};
 
+use herd_api::placement::{ConstraintOp as SpecOp, SpreadPolicy};
+
 use crate::scheduler::{
-    self, AllocView, NodeView, Placement, PlacementPlan, PlacementRequest, Spread,
+    self, Affinity, AllocView, Constraint, ConstraintOp, NodeView, Placement, PlacementPlan,
+    PlacementRequest, Spread,
 };
 use crate::state::{ClusterState, Job, JobStatus};
 
@@ -33,16 +36,7 @@ pub struct PlanCommand {
 
 /// Nodes as the placement policy sees them.
 pub fn node_views(state: &ClusterState) -> Vec<NodeView> {
-    state
-        .nodes
-        .values()
-        .map(|n| NodeView {
-            name: n.name.clone(),
-            capacity: n.capacity.clone(),
-            labels: n.labels.clone(),
-            schedulable: n.status == NodeStatus::Ready && n.eligible,
-        })
-        .collect()
+    state.nodes.values().map(node_view).collect()
 }
 
 /// Whether an allocation holds resources and counts as a live instance.
@@ -57,28 +51,120 @@ pub fn alloc_views(state: &ClusterState) -> Vec<AllocView> {
         .allocations
         .values()
         .filter(|a| a.status.holds_resources())
-        .map(|a| AllocView {
-            id: a.id.clone(),
-            job: a.job.clone(),
-            node: a.node.clone(),
-            resources: a.resources.clone(),
-            priority: a.priority,
-            gang: a.gang.clone(),
-        })
+        .map(alloc_view)
         .collect()
 }
 
-/// The placement request for `instances` of `job`.
+fn alloc_view(a: &Allocation) -> AllocView {
+    AllocView {
+        id: a.id.clone(),
+        job: a.job.clone(),
+        node: a.node.clone(),
+        resources: a.resources.clone(),
+        priority: a.priority,
+        gang: a.gang.clone(),
+    }
+}
+
+fn node_view(n: &herd_api::node::NodeInfo) -> NodeView {
+    NodeView {
+        name: n.name.clone(),
+        capacity: n.capacity.clone(),
+        labels: n.labels.clone(),
+        schedulable: n.status == NodeStatus::Ready && n.eligible,
+    }
+}
+
+/// The part of the state a plan touches, as views for `verify_plan`: the
+/// nodes it places on or evicts from (those that exist), every allocation
+/// holding resources there, and every member of the gangs it evicts from
+/// (wherever they run), so that the check sees exactly what it would see in
+/// the whole cluster, at the cost of the plan's nodes only.
+pub fn touched_views(state: &ClusterState, plan: &PlanCommand) -> (Vec<NodeView>, Vec<AllocView>) {
+    let names: BTreeSet<&str> = plan
+        .placements
+        .iter()
+        .map(|(_, node)| node.as_str())
+        .chain(plan.evictions.iter().map(|(_, node, _)| node.as_str()))
+        .collect();
+    let nodes: Vec<NodeView> = names
+        .iter()
+        .filter_map(|name| state.nodes.get(*name))
+        .map(node_view)
+        .collect();
+    let mut ids: BTreeSet<String> = BTreeSet::new();
+    let mut allocs = Vec::new();
+    let mut take = |a: &Allocation, allocs: &mut Vec<AllocView>| {
+        if a.status.holds_resources() && ids.insert(a.id.clone()) {
+            allocs.push(alloc_view(a));
+        }
+    };
+    for node in &nodes {
+        for a in state.allocs_on_node(&node.name) {
+            take(a, &mut allocs);
+        }
+    }
+    let gangs: BTreeSet<&str> = plan
+        .evictions
+        .iter()
+        .filter_map(|(id, _, _)| state.allocations.get(id))
+        .filter_map(|a| a.gang.as_deref())
+        .collect();
+    for gang in gangs {
+        // A gang is one job's allocations (see `gang_of`).
+        for a in state.allocs_of_job(gang) {
+            if a.gang.as_deref() == Some(gang) {
+                take(a, &mut allocs);
+            }
+        }
+    }
+    (nodes, allocs)
+}
+
+/// The placement request for `instances` of `job`, with the spec's
+/// constraints, affinities, spread policy and gang flag.
 pub fn request_for(job: &Job, instances: Vec<u32>) -> PlacementRequest {
+    let placement = &job.spec.placement;
     PlacementRequest {
         job: job.spec.name.clone(),
         priority: job.spec.priority,
         instances,
         resources: job.spec.task.resources.clone(),
-        constraints: Vec::new(),
-        spread: Spread::BinPack,
-        gang: false,
+        constraints: placement
+            .constraints
+            .iter()
+            .map(|c| Constraint {
+                label: c.label.clone(),
+                op: match c.op {
+                    SpecOp::Equals => ConstraintOp::Equals,
+                    SpecOp::NotEquals => ConstraintOp::NotEquals,
+                    SpecOp::Exists => ConstraintOp::Exists,
+                },
+                value: c.value.clone(),
+            })
+            .collect(),
+        affinities: placement
+            .affinities
+            .iter()
+            .map(|a| Affinity {
+                label: a.label.clone(),
+                value: a.value.clone(),
+                weight: a.weight,
+            })
+            .collect(),
+        spread: match &placement.spread {
+            SpreadPolicy::BinPack => Spread::BinPack,
+            SpreadPolicy::Nodes => Spread::SpreadNodes,
+            SpreadPolicy::Label(label) => Spread::SpreadLabel(label.clone()),
+        },
+        gang: placement.gang,
     }
+}
+
+/// The gang id a gang job's allocations carry, so that preemption evicts
+/// them all together or not at all: the job's name.
+pub fn gang_of(job: &Job) -> Option<String> {
+    job.spec.placement.gang.then(|| job.spec.name.clone())
 }
 
 /// Attempts a batch instance gets before its job is failed.
@@ -117,9 +203,8 @@ pub struct InstanceHistory {
 pub fn instance_histories(state: &ClusterState, job: &Job) -> BTreeMap<u32, InstanceHistory> {
     let mut histories: BTreeMap<u32, InstanceHistory> = BTreeMap::new();
     for alloc in state
-        .allocations
-        .values()
-        .filter(|a| a.job == job.spec.name && a.job_version == job.version)
+        .allocs_of_job(&job.spec.name)
+        .filter(|a| a.job_version == job.version)
     {
         let history = histories.entry(alloc.instance).or_default();
         history.live |= is_live(alloc);
@@ -158,16 +243,83 @@ pub fn missing_instances(state: &ClusterState, job: &Job, now_ms: u64) -> Vec<u3
         .collect()
 }
 
+/// Whether the scheduler has nothing more to do for a job in this status.
+fn finished(status: JobStatus) -> bool {
+    matches!(
+        status,
+        JobStatus::Stopped | JobStatus::Complete | JobStatus::Failed
+    )
+}
+
 /// The plan the leader should propose for `job` at `now_ms`, or None when
 /// nothing would change.
 pub fn plan_job(state: &ClusterState, job: &Job, now_ms: u64) -> Option<PlanCommand> {
-    if matches!(
-        job.status,
-        JobStatus::Stopped | JobStatus::Complete | JobStatus::Failed
-    ) {
+    let (nodes, allocs) = (node_views(state), alloc_views(state));
+    let mut pass = scheduler::Pass::new(&nodes, &allocs);
+    plan_in_pass(&mut pass, job, missing_instances(state, job, now_ms))
+}
+
+/// Everything one scheduling pass needs, copied out of the state so that
+/// planning runs without holding the state's lock.
+pub struct PassInput {
+    /// Every node.
+    pub nodes: Vec<NodeView>,
+    /// Every allocation holding resources.
+    pub allocs: Vec<AllocView>,
+    /// Jobs that may need a plan, with their missing instances, by name.
+    pub jobs: Vec<(Job, Vec<u32>)>,
+}
+
+/// The jobs that may need a plan at `now_ms`: not finished, and either with
+/// missing instances or with a blocked reason to clear. A fully placed job
+/// costs O(its allocations); the views are built only when some job has work.
+pub fn pass_input(state: &ClusterState, now_ms: u64) -> PassInput {
+    let jobs: Vec<(Job, Vec<u32>)> = state
+        .jobs
+        .values()
+        .filter(|job| !finished(job.status))
+        .filter_map(|job| {
+            let missing = missing_instances(state, job, now_ms);
+            (!missing.is_empty() || job.blocked.is_some()).then(|| (job.clone(), missing))
+        })
+        .collect();
+    let needs_views = jobs.iter().any(|(_, missing)| !missing.is_empty());
+    PassInput {
+        nodes: if needs_views {
+            node_views(state)
+        } else {
+            Vec::new()
+        },
+        allocs: if needs_views {
+            alloc_views(state)
+        } else {
+            Vec::new()
+        },
+        jobs,
+    }
+}
+
+/// Plans every job of `input` in one [`scheduler::Pass`], in job-name order,
+/// each seeing the room the earlier ones took.
+pub fn plan_pass(input: &PassInput) -> Vec<PlanCommand> {
+    let mut pass = scheduler::Pass::new(&input.nodes, &input.allocs);
+    input
+        .jobs
+        .iter()
+        .filter_map(|(job, missing)| plan_in_pass(&mut pass, job, missing.clone()))
+        .collect()
+}
+
+/// The plan for `job`'s `missing` instances within `pass`, or None when
+/// nothing would change.
+fn plan_in_pass(
+    pass: &mut scheduler::Pass<'_>,
+    job: &Job,
+    missing: Vec<u32>,
+) -> Option<PlanCommand> {
+    if finished(job.status) {
         return None;
     }
-    let missing = missing_instances(state, job, now_ms);
     if missing.is_empty() {
         return job.blocked.is_some().then(|| PlanCommand {
             job: job.spec.name.clone(),
@@ -177,11 +329,7 @@ pub fn plan_job(state: &ClusterState, job: &Job, now_ms: u64) -> Option<PlanComm
             blocked: None,
         });
     }
-    let plan = scheduler::place(
-        &node_views(state),
-        &alloc_views(state),
-        &request_for(job, missing),
-    );
+    let plan = pass.place(&request_for(job, missing));
     let blocked = summarize_blocked(&plan);
     if plan.placements.is_empty() && plan.evictions.is_empty() && blocked == job.blocked {
         return None;

@@ -5,6 +5,13 @@
 //! applied state moved. Plans are built from the leader's applied state (a
 //! snapshot) and re-checked inside `apply`, so a plan that raced another
 //! never over-commits a node; it is simply re-planned on the next pass.
+//!
+//! One pass copies what it needs out of the state (fully placed jobs are
+//! skipped at the cost of their own allocations), plans every pending job
+//! against one index of the cluster (`scheduler::Pass`, each job seeing the
+//! room earlier ones took) without holding the state's lock, and proposes
+//! all plans at once: the proposer packs them into one Raft entry, applied
+//! plan after plan.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -12,7 +19,9 @@ use std::time::{Duration, Instant};
 
 use crate::command::Command;
 use crate::handle::{now_ms, Coordinator};
-use crate::placement::{plan_job, PlanCommand};
+use futures::future::join_all;
+
+use crate::placement::{pass_input, plan_pass, PlanCommand};
 
 /// Longest pause between passes while leading, even when nothing moved.
 const IDLE_PASS: Duration = Duration::from_secs(1);
@@ -51,13 +60,21 @@ pub async fn run(coordinator: Arc<Coordinator>) {
         evaluated_at = applied;
         last_pass = Instant::now();
         let now = now_ms();
-        let plans: Vec<PlanCommand> = coordinator.read_state(|state| {
-            state
-                .jobs
-                .values()
-                .filter_map(|job| plan_job(state, job, now))
-                .collect()
-        });
+        let input = coordinator.read_state(|state| pass_input(state, now));
+        if input.jobs.is_empty() {
+            continue;
+        }
+        // CPU-bound (every pending job against every node): off the runtime's
+        // worker threads, which serve RPCs and Raft meanwhile.
+        let plans = match tokio::task::spawn_blocking(move || plan_pass(&input)).await {
+            Ok(plans) => plans,
+            Err(e) => {
+                tracing::warn!(error = %e, "scheduling pass failed");
+                continue;
+            }
+        };
+        proposed.retain(|_, (_, at)| at.elapsed() < SAME_PLAN_BACKOFF);
+        let mut writes = Vec::with_capacity(plans.len());
         for plan in plans {
             if let Some((previous, at)) = proposed.get(&plan.job) {
                 if *previous == plan && at.elapsed() < SAME_PLAN_BACKOFF {
@@ -66,15 +83,19 @@ pub async fn run(coordinator: Arc<Coordinator>) {
             }
             proposed.insert(plan.job.clone(), (plan.clone(), Instant::now()));
             let job = plan.job.clone();
-            match coordinator
-                .write(Command::ApplyPlan { plan, now_ms: 0 })
-                .await
-            {
-                Ok(written) => {
-                    tracing::debug!(%job, index = written.log_index, result = ?written.result, "plan applied")
+            let coordinator = coordinator.clone();
+            writes.push(async move {
+                match coordinator
+                    .write(Command::ApplyPlan { plan, now_ms: 0 })
+                    .await
+                {
+                    Ok(written) => {
+                        tracing::debug!(%job, index = written.log_index, result = ?written.result, "plan applied")
+                    }
+                    Err(e) => tracing::debug!(%job, error = %e, "plan not applied"),
                 }
-                Err(e) => tracing::debug!(%job, error = %e, "plan not applied"),
-            }
+            });
         }
+        join_all(writes).await;
     }
 }

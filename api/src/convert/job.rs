@@ -6,13 +6,16 @@ use crate::validate::FieldError;
 
 impl From<&JobSpec> for proto::JobSpec {
     fn from(spec: &JobSpec) -> Self {
-        proto::JobSpec {
+        let mut wire = proto::JobSpec {
             name: spec.name.clone(),
             r#type: spec.job_type.as_str().to_string(),
             count: spec.count,
             priority: spec.priority,
             task: Some((&spec.task).into()),
-        }
+            ..Default::default()
+        };
+        super::placement::to_proto(&spec.placement, &mut wire);
+        wire
     }
 }
 
@@ -24,7 +27,8 @@ impl From<&JobSpec> for proto::JobSpec {
 impl TryFrom<proto::JobSpec> for JobSpec {
     type Error = FieldError;
 
-    fn try_from(spec: proto::JobSpec) -> Result<Self, FieldError> {
+    fn try_from(mut spec: proto::JobSpec) -> Result<Self, FieldError> {
+        let placement = super::placement::from_proto(&mut spec)?;
         let job_type = JobType::parse(&spec.r#type)
             .ok_or_else(|| FieldError::new("type", unknown_job_type_message(&spec.r#type)))?;
         let task = spec
@@ -36,6 +40,7 @@ impl TryFrom<proto::JobSpec> for JobSpec {
             count: spec.count,
             priority: spec.priority,
             task: super::task::from_proto(task)?,
+            placement,
         };
         spec.validate()?;
         Ok(spec)
@@ -50,6 +55,7 @@ mod tests {
 
     use super::*;
     use crate::job::TaskSpec;
+    use crate::placement::{Affinity, ConstraintOp, LabelConstraint, PlacementSpec, SpreadPolicy};
     use crate::resources::{Resources, GIB};
 
     fn batch() -> JobSpec {
@@ -77,6 +83,27 @@ mod tests {
                     gpus: 1,
                     gpu_model: Some("a100".into()),
                 },
+            },
+            placement: PlacementSpec {
+                constraints: vec![
+                    LabelConstraint {
+                        label: "rack".into(),
+                        op: ConstraintOp::NotEquals,
+                        value: Some("r7".into()),
+                    },
+                    LabelConstraint {
+                        label: "zone".into(),
+                        op: ConstraintOp::Exists,
+                        value: None,
+                    },
+                ],
+                affinities: vec![Affinity {
+                    label: "gpu_gen".into(),
+                    value: "hopper".into(),
+                    weight: -50,
+                }],
+                spread: SpreadPolicy::Label("rack".into()),
+                gang: true,
             },
         }
     }
@@ -140,6 +167,22 @@ mod tests {
             "task.driver"
         );
         assert_eq!(rejected_field(|w| w.count = 0), "count");
+        let bad_op = |w: &mut proto::JobSpec| {
+            w.constraints.push(proto::LabelConstraint {
+                label: "rack".into(),
+                op: "==".into(),
+                value: Some("r7".into()),
+            })
+        };
+        assert_eq!(rejected_field(bad_op), "constraint[0].op");
+        let heavy = |w: &mut proto::JobSpec| {
+            w.affinities.push(proto::Affinity {
+                label: "rack".into(),
+                value: "r7".into(),
+                weight: 1000,
+            })
+        };
+        assert_eq!(rejected_field(heavy), "affinity[0].weight");
         assert_eq!(rejected_field(|w| w.name = "Bad Name".into()), "name");
         assert_eq!(rejected_field(|w| w.r#type = String::new()), "type");
         assert_eq!(rejected_field(|w| w.r#type = "Batch".into()), "type");

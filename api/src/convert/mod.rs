@@ -9,6 +9,7 @@
 //! `None` in the optional fields (`command`, `workdir`, `gpu_model`).
 
 mod job;
+mod placement;
 mod resources;
 mod task;
 

@@ -4,6 +4,7 @@
 mod etcd;
 mod load;
 mod raft;
+mod schedule;
 
 use clap::Subcommand;
 
@@ -15,11 +16,14 @@ use crate::exit::CliError;
 pub enum BenchCommand {
     /// Committed writes/s and commit latency of a 3-member cluster, beside etcd.
     Raft(raft::RaftBenchArgs),
+    /// Placements/s and submit-to-placed latency with thousands of simulated nodes.
+    Schedule(schedule::ScheduleBenchArgs),
 }
 
 /// Runs a benchmark.
 pub async fn run(_ctx: &Context, command: BenchCommand) -> Result<(), CliError> {
     match command {
         BenchCommand::Raft(args) => raft::run(args).await,
+        BenchCommand::Schedule(args) => schedule::run(args).await,
     }
 }

@@ -62,14 +62,60 @@ fn job_json(job: &pb::Job) -> serde_json::Value {
     let res = task.resources.clone().unwrap_or_default();
     json!({
         "name": spec.name, "status": job.status, "version": job.version, "type": spec.r#type,
-        "count": spec.count, "priority": spec.priority, "submitted_at_ms": job.submitted_at_ms,
+        "count": spec.count, "placed": job.placed, "priority": spec.priority, "submitted_at_ms": job.submitted_at_ms,
         "updated_at_ms": job.updated_at_ms, "modify_index": job.modify_index,
         "blocked": if job.blocked.is_empty() { serde_json::Value::Null } else { json!(job.blocked) },
         "task": {"driver": task.driver, "command": task.command, "args": task.args, "env": task.env,
                  "workdir": task.workdir,
                  "resources": {"cpu_millis": res.cpu_millis, "memory_bytes": res.memory_bytes,
                                "gpus": res.gpus, "gpu_model": res.gpu_model}},
+        "placement": {
+            "constraints": spec.constraints.iter()
+                .map(|c| json!({"label": c.label, "op": c.op, "value": c.value}))
+                .collect::<Vec<_>>(),
+            "affinities": spec.affinities.iter()
+                .map(|a| json!({"label": a.label, "value": a.value, "weight": a.weight}))
+                .collect::<Vec<_>>(),
+            "spread": if spec.spread.is_empty() { "bin-pack" } else { spec.spread.as_str() },
+            "gang": spec.gang,
+        },
     })
+}
+
+/// The placement lines of `herd job status`: spread and gang always (so a
+/// reader knows the policy), constraints and affinities when there are any.
+fn placement_lines(spec: &pb::JobSpec) -> Vec<String> {
+    let spread = match spec.spread.as_str() {
+        "" => "bin-pack".to_string(),
+        "node" => "spread over nodes".to_string(),
+        label => format!("spread over label {label}"),
+    };
+    let gang = if spec.gang {
+        ", gang (all or nothing)"
+    } else {
+        ""
+    };
+    let mut lines = vec![format!("placement  {spread}{gang}")];
+    if !spec.constraints.is_empty() {
+        let all: Vec<String> = spec
+            .constraints
+            .iter()
+            .map(|c| match (c.op.as_str(), &c.value) {
+                ("exists", _) => format!("{} exists", c.label),
+                (op, value) => format!("{}{op}{}", c.label, value.as_deref().unwrap_or("")),
+            })
+            .collect();
+        lines.push(format!("constraint {}", all.join(", ")));
+    }
+    if !spec.affinities.is_empty() {
+        let all: Vec<String> = spec
+            .affinities
+            .iter()
+            .map(|a| format!("{}={} (weight {})", a.label, a.value, a.weight))
+            .collect();
+        lines.push(format!("affinity   {}", all.join(", ")));
+    }
+    lines
 }
 
 /// Runs a `herd job` subcommand.
@@ -176,8 +222,8 @@ pub async fn run(ctx: &Context, command: JobCommand) -> Result<(), CliError> {
                     job.version, job.modify_index
                 );
                 println!(
-                    "type       {} x{}, priority {}",
-                    spec.r#type, spec.count, spec.priority
+                    "type       {} x{} ({} placed), priority {}",
+                    spec.r#type, spec.count, job.placed, spec.priority
                 );
                 println!(
                     "driver     {} {} {}",
@@ -191,6 +237,9 @@ pub async fn run(ctx: &Context, command: JobCommand) -> Result<(), CliError> {
                     format_memory(res.memory_bytes),
                     res.gpus
                 );
+                for line in placement_lines(&spec) {
+                    println!("{line}");
+                }
                 println!("submitted  {} UTC", format_time(job.submitted_at_ms));
                 println!("updated    {} UTC", format_time(job.updated_at_ms));
                 if !job.blocked.is_empty() {

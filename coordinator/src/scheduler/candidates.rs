@@ -11,6 +11,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use super::affinity::bonus;
 use super::feasibility::Feasibility;
 use super::index::{Amounts, ClusterIndex};
 use super::{PlacementRequest, Spread};
@@ -43,12 +44,13 @@ impl Strategy {
 }
 
 /// A node's rank within its label value: fewer instances of the job first,
-/// then the better fill score, then the name (ties never depend on node
-/// order), then the position (only duplicate names reach it).
+/// then the better score (fill for the spread policy, less the affinity
+/// bonus), then the name (ties never depend on node order), then the
+/// position (only duplicate names reach it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 struct NodeKey<'a> {
     node_jobs: u32,
-    score: u64,
+    score: i64,
     name: &'a str,
     id: usize,
 }
@@ -56,8 +58,10 @@ struct NodeKey<'a> {
 /// The nodes an instance could go to now, best first.
 pub(crate) struct Candidates<'a> {
     need: Amounts,
-    spread: &'a Spread,
+    spread: Spread,
     feasible: Vec<bool>,
+    /// Affinity bonus per node (ppm); empty when the request has none.
+    bonus: Vec<i64>,
     keys: Vec<Option<NodeKey<'a>>>,
     node_jobs: Vec<u32>,
     /// Label-value group per node; empty (all in group 0) unless spreading
@@ -72,7 +76,7 @@ impl<'a> Candidates<'a> {
     pub(crate) fn new(
         index: &ClusterIndex<'a>,
         feas: &Feasibility,
-        request: &'a PlacementRequest,
+        request: &PlacementRequest,
         need: Amounts,
         strategy: Strategy,
     ) -> Self {
@@ -91,8 +95,17 @@ impl<'a> Candidates<'a> {
         };
         let mut candidates = Self {
             need,
-            spread: &request.spread,
+            spread: request.spread.clone(),
             feasible: (0..nodes).map(|n| feas.is_feasible(n)).collect(),
+            bonus: if request.affinities.is_empty() {
+                Vec::new()
+            } else {
+                index
+                    .nodes
+                    .iter()
+                    .map(|node| bonus(&request.affinities, &node.labels))
+                    .collect()
+            },
             keys: vec![None; nodes],
             node_jobs,
             group_of,
@@ -157,9 +170,12 @@ impl<'a> Candidates<'a> {
             Spread::SpreadNodes => (self.node_jobs[n], fill),
             Spread::SpreadLabel(_) => (self.node_jobs[n], FULL.saturating_sub(fill)),
         };
+        // Fill is at most a million ppm, so it always fits an i64.
+        let score = i64::try_from(score).unwrap_or(i64::MAX);
+        let bonus = self.bonus.get(n).copied().unwrap_or(0);
         Some(NodeKey {
             node_jobs,
-            score,
+            score: score.saturating_sub(bonus),
             name: index.nodes[n].name.as_str(),
             id: n,
         })

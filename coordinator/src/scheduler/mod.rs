@@ -16,6 +16,11 @@
 //! Choices worth knowing:
 //! - Scores are integers (fill in parts per million) and ties fall to the node
 //!   name, so plans do not depend on node order, floating point or hashing.
+//! - Affinities are a score term: a matching node's score improves by its
+//!   weight times 10,000 ppm (weight 100 = the whole fill range), summed over
+//!   the affinities, and added to the bin-pack or spread fill score. Spread
+//!   counts (instances per node or label value) still rank first, so an
+//!   affinity chooses among equally spread nodes and never breaks a spread.
 //! - There is no candidate limit: every feasible node is scored once per call
 //!   and then kept in order, so each instance costs O(log nodes) in large
 //!   requests and the plan is the best one, not the best of a sample.
@@ -26,12 +31,14 @@
 //! This module must never depend on `ClusterState`, commands or `apply`:
 //! callers map their state into the views.
 
+mod affinity;
 mod alloc_view;
 mod candidates;
 mod constraint;
 mod feasibility;
 mod index;
 mod node_view;
+mod pass;
 mod place;
 mod plan;
 mod preempt;
@@ -44,10 +51,12 @@ mod verify;
 #[cfg(test)]
 mod testkit;
 
+pub use affinity::Affinity;
 pub use alloc_view::AllocView;
 pub use constraint::{Constraint, ConstraintOp};
 pub use feasibility::could_hold;
 pub use node_view::NodeView;
+pub use pass::Pass;
 pub use place::place;
 pub use plan::{Blocked, Eviction, Placement, PlacementPlan};
 pub use request::PlacementRequest;

@@ -47,26 +47,45 @@ pub(crate) fn place_with(
     if request.instances.is_empty() {
         return PlacementPlan::default();
     }
+    let mut index = ClusterIndex::new(nodes, allocs);
+    place_in(&mut index, &mut None, request, strategy)
+}
+
+/// Places `request` against `index`, leaving what the plan uses (and frees
+/// by evicting) recorded in `index` and `victims`, so that a caller planning
+/// several requests in turn (a [`Pass`](super::Pass)) sees each plan's
+/// effect on the next. A gang that does not fit leaves both as they were.
+pub(crate) fn place_in<'a>(
+    index: &mut ClusterIndex<'a>,
+    victims: &mut Option<Victims<'a>>,
+    request: &PlacementRequest,
+    strategy: Strategy,
+) -> PlacementPlan {
+    if request.instances.is_empty() {
+        return PlacementPlan::default();
+    }
+    let nodes = index.nodes;
     let need = amounts(&request.resources);
     let feas = Feasibility::new(nodes, request, &need);
-    let mut index = ClusterIndex::new(nodes, allocs);
-    let mut candidates = Candidates::new(&index, &feas, request, need, strategy);
-    let mut victims = None;
+    let mut candidates = Candidates::new(index, &feas, request, need, strategy);
     let mut plan = PlacementPlan::default();
+    let mut taken = Vec::new();
+    let mut evicted = Vec::new();
     for (pos, &instance) in request.instances.iter().enumerate() {
         let room = candidates.best().or_else(|| {
             let mut ctx = Ctx {
-                index: &mut index,
+                index: &mut *index,
                 feas: &feas,
                 candidates: &mut candidates,
                 request,
                 need: &need,
             };
-            ctx.make_room(&mut victims, instance, &mut plan.evictions)
+            ctx.make_room(victims, instance, &mut plan.evictions, &mut evicted)
         });
         let Some(node) = room else {
-            let (reason, could_help) = blocked_reason(&index, &feas, request, &need);
+            let (reason, could_help) = blocked_reason(index, &feas, request, &need);
             if request.gang {
+                undo(index, victims, &need, &taken, &evicted);
                 return gang_blocked(request, pos, &reason, could_help);
             }
             // Nothing changed since this instance failed, and the rest are
@@ -82,13 +101,37 @@ pub(crate) fn place_with(
             break;
         };
         index.take(node, &need);
-        candidates.placed(&index, node);
+        taken.push(node);
+        candidates.placed(index, node);
         plan.placements.push(Placement {
             instance,
             node: nodes[node].name.clone(),
         });
     }
     plan
+}
+
+/// Gives back what a failed gang took: its placements' room, and the
+/// allocations it evicted.
+fn undo<'a>(
+    index: &mut ClusterIndex<'a>,
+    victims: &mut Option<Victims<'a>>,
+    need: &Amounts,
+    taken: &[usize],
+    evicted: &[usize],
+) {
+    for &node in taken {
+        index.release(node, need);
+    }
+    let allocs = index.allocs;
+    for &a in evicted {
+        if let Some(n) = index.alloc_node(a) {
+            index.take(n, &amounts(&allocs[a].resources));
+        }
+    }
+    if let Some(victims) = victims {
+        victims.restore(evicted);
+    }
 }
 
 /// The state one call mutates while making room.
@@ -102,12 +145,14 @@ struct Ctx<'c, 'a> {
 
 impl<'a> Ctx<'_, 'a> {
     /// Evicts the least set of lower-priority work that lets `instance` fit,
-    /// records the evictions, and returns the node that now has room.
+    /// records the evictions (and their positions in `evicted`), and returns
+    /// the node that now has room.
     fn make_room(
         &mut self,
         victims: &mut Option<Victims<'a>>,
         instance: u32,
         evictions: &mut Vec<Eviction>,
+        evicted: &mut Vec<usize>,
     ) -> Option<usize> {
         if self.request.priority == 0 || self.feas.feasible.is_empty() {
             return None;
@@ -117,6 +162,7 @@ impl<'a> Ctx<'_, 'a> {
         victims.evict(&choice);
         let allocs = self.index.allocs;
         for &a in &choice.allocs {
+            evicted.push(a);
             let alloc = &allocs[a];
             if let Some(n) = self.index.alloc_node(a) {
                 self.index.release(n, &amounts(&alloc.resources));
@@ -257,6 +303,70 @@ mod tests {
         ];
         req.spread = Spread::SpreadNodes;
         assert_eq!(placed_on(&place(&nodes, &[], &req)), ["b", "b"]);
+    }
+
+    fn affinity(label: &str, value: &str, weight: i32) -> crate::scheduler::Affinity {
+        crate::scheduler::Affinity {
+            label: label.into(),
+            value: value.into(),
+            weight,
+        }
+    }
+
+    #[test]
+    fn affinity_scores_matching_nodes_up_and_anti_affinity_down() {
+        let (nodes, allocs) = filled();
+        let nodes: Vec<NodeView> = nodes
+            .into_iter()
+            .map(|n| {
+                let gen = if n.name == "empty" {
+                    "hopper"
+                } else {
+                    "ampere"
+                };
+                n.with_label("gpu_gen", gen)
+            })
+            .collect();
+        // Bin-packing alone prefers "full" (full after); a weight of 100
+        // outweighs any fill difference.
+        let mut req = request("web", 50, 1, 1, 1);
+        assert_eq!(placed_on(&place(&nodes, &allocs, &req)), ["full"]);
+        req.affinities = vec![affinity("gpu_gen", "hopper", 100)];
+        assert_eq!(placed_on(&place(&nodes, &allocs, &req)), ["empty"]);
+        // A weak affinity only breaks near-ties: 1 point is 1% of fill.
+        req.affinities = vec![affinity("gpu_gen", "hopper", 1)];
+        assert_eq!(placed_on(&place(&nodes, &allocs, &req)), ["full"]);
+        // Anti-affinity: avoid ampere nodes while the hopper node has room.
+        req.affinities = vec![affinity("gpu_gen", "ampere", -100)];
+        req.instances = (0..3).collect();
+        assert_eq!(placed_on(&place(&nodes, &allocs, &req)), ["empty"; 3]);
+        // It is never a filter: with no room on hopper, ampere is used.
+        req.resources.cpu_millis = 8000;
+        req.resources.memory_bytes = 1;
+        req.instances = vec![0, 1];
+        let plan = place(&nodes, &allocs, &req);
+        assert_eq!(placed_on(&plan), ["empty"]);
+        assert_eq!(plan.blocked.len(), 1, "the other nodes lack cpu");
+    }
+
+    #[test]
+    fn spread_ranks_before_affinity() {
+        let nodes = [
+            node("a", 8, 16).with_label("zone", "z1"),
+            node("b", 8, 16).with_label("zone", "z2"),
+        ];
+        let mut req = request("web", 50, 2, 1, 1);
+        req.spread = Spread::SpreadNodes;
+        req.affinities = vec![affinity("zone", "z2", 100)];
+        // The affinity picks b first, the spread then sends the second to a.
+        assert_eq!(placed_on(&place(&nodes, &[], &req)), ["b", "a"]);
+        // Both strategies agree with affinities too.
+        let (nodes, allocs) = synthetic(200, 3);
+        let mut req = request("big", 50, 300, 2, 4);
+        req.affinities = vec![affinity("rack", "r2", 60), affinity("rack", "r4", -30)];
+        let scan = place_with(&nodes, &allocs, &req, Strategy::Scan);
+        assert_eq!(scan, place_with(&nodes, &allocs, &req, Strategy::Ordered));
+        must_not_overcommit(&nodes, &allocs, &req, &scan);
     }
 
     #[test]

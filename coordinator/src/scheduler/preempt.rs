@@ -98,6 +98,13 @@ impl<'a> Victims<'a> {
         }
     }
 
+    /// Marks allocations as not evicted again (a gang that did not fit).
+    pub(crate) fn restore(&mut self, allocs: &[usize]) {
+        for &a in allocs {
+            self.evicted[a] = false;
+        }
+    }
+
     /// The best node and eviction set for one instance needing `need` at
     /// `priority`, among feasible nodes; `None` if no set makes room.
     pub(crate) fn choose(

@@ -2,7 +2,7 @@
 
 use herd_api::resources::Resources;
 
-use super::{Constraint, Spread};
+use super::{Affinity, Constraint, Spread};
 
 /// Instances of one job to place, with everything that decides where they
 /// may go and which nodes they prefer.
@@ -21,6 +21,8 @@ pub struct PlacementRequest {
     pub resources: Resources,
     /// Label conditions every chosen node must meet.
     pub constraints: Vec<Constraint>,
+    /// Label preferences that score nodes up or down (never filter them).
+    pub affinities: Vec<Affinity>,
     /// Which fitting nodes are preferred.
     pub spread: Spread,
     /// All or nothing: either every instance is placed or none is (learners

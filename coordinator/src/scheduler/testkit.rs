@@ -93,6 +93,7 @@ pub(crate) fn request(
         instances: (0..count).collect(),
         resources: resources(cpu, mem_gib, 0, None),
         constraints: Vec::new(),
+        affinities: Vec::new(),
         spread: Spread::BinPack,
         gang: false,
     }

@@ -63,11 +63,11 @@ impl Allocs for AllocsService {
             .read_barrier(consistency(request.stale))
             .await?;
         let allocs = self.coordinator.read_state(|s| {
-            s.allocations
-                .values()
-                .filter(|a| request.job.is_empty() || a.job == request.job)
-                .map(to_proto)
-                .collect()
+            if request.job.is_empty() {
+                s.allocations.values().map(to_proto).collect()
+            } else {
+                s.allocs_of_job(&request.job).map(to_proto).collect()
+            }
         });
         Ok(Response::new(pb::ListAllocsReply { allocs }))
     }

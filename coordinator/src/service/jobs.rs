@@ -27,8 +27,14 @@ impl JobsService {
     }
 }
 
-fn to_proto(job: &Job) -> pb::Job {
+fn to_proto(state: &ClusterState, job: &Job) -> pb::Job {
+    // Instances with a live (pending or running) allocation.
+    let placed = crate::placement::instance_histories(state, job)
+        .values()
+        .filter(|h| h.live)
+        .count();
     pb::Job {
+        placed: u32::try_from(placed).unwrap_or(u32::MAX),
         spec: Some(pb::JobSpec::from(&job.spec)),
         version: job.version,
         status: job.status.as_str().to_string(),
@@ -119,7 +125,7 @@ impl Jobs for JobsService {
             .await?;
         let jobs = self
             .coordinator
-            .read_state(|s| s.jobs.values().map(to_proto).collect());
+            .read_state(|s| s.jobs.values().map(|j| to_proto(s, j)).collect());
         Ok(Response::new(pb::ListJobsReply { jobs }))
     }
 
@@ -129,7 +135,7 @@ impl Jobs for JobsService {
             .read_barrier(consistency(request.stale))
             .await?;
         self.coordinator
-            .read_state(|s| s.jobs.get(&request.name).map(to_proto))
+            .read_state(|s| s.jobs.get(&request.name).map(|j| to_proto(s, j)))
             .map(Response::new)
             .ok_or_else(|| Status::not_found(format!("job {:?} not found", request.name)))
     }

@@ -3,12 +3,19 @@
 //! Keys: `cluster_id`, `node/<name>`, `job/<name>`, `var/<key>`. Values are a
 //! format byte followed by bincode, so a later release can tell old records
 //! from new ones.
+//!
+//! Format 2 (current) added `placement` to job specs; format 1 records are
+//! still read (jobs through [`crate::legacy::JobV1`], every other record is
+//! unchanged) and rewritten as format 2 when next changed.
 
 use super::{ClusterState, Job, Variable};
 use herd_api::alloc::Allocation;
 use herd_api::node::NodeInfo;
 
-const FORMAT: u8 = 1;
+/// The format every record is written in.
+const FORMAT: u8 = 2;
+/// The format before job specs had placement fields.
+const FORMAT_V1: u8 = 1;
 
 /// One persisted record of the state.
 #[derive(Debug, Clone, Copy)]
@@ -70,11 +77,11 @@ impl Record<'_> {
 
 fn decode<T: serde::de::DeserializeOwned>(key: &str, value: &[u8]) -> Result<T, String> {
     match value.split_first() {
-        Some((&FORMAT, body)) => {
+        Some((&FORMAT | &FORMAT_V1, body)) => {
             herd_consensus::codec::decode(body, key).map_err(|e| e.to_string())
         }
         Some((format, _)) => Err(format!(
-            "record {key}: unknown format {format} (this herd reads format {FORMAT})"
+            "record {key}: unknown format {format} (this herd reads formats {FORMAT_V1} and {FORMAT})"
         )),
         None => Err(format!("record {key}: empty value")),
     }
@@ -90,9 +97,11 @@ pub(super) fn load_pair(state: &mut ClusterState, key: &[u8], value: &[u8]) -> R
             .nodes
             .insert(name.to_string(), decode::<NodeInfo>(key, value)?);
     } else if let Some(name) = key.strip_prefix("job/") {
-        state
-            .jobs
-            .insert(name.to_string(), decode::<Job>(key, value)?);
+        let job = match value.first() {
+            Some(&FORMAT_V1) => decode::<crate::legacy::JobV1>(key, value)?.into(),
+            _ => decode::<Job>(key, value)?,
+        };
+        state.jobs.insert(name.to_string(), job);
     } else if let Some(id) = key.strip_prefix("alloc/") {
         state
             .allocations
@@ -105,4 +114,85 @@ pub(super) fn load_pair(state: &mut ClusterState, key: &[u8], value: &[u8]) -> R
         return Err(format!("unknown state key {key:?}"));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::JobStatus;
+    use herd_api::job::{JobSpec, JobType, TaskSpec};
+    use herd_api::resources::Resources;
+    use serde::Serialize;
+
+    #[test]
+    fn a_format_1_job_record_is_read_with_default_placement() {
+        #[derive(Serialize)]
+        struct OldSpec<'a> {
+            name: &'a str,
+            job_type: JobType,
+            count: u32,
+            priority: u32,
+            task: &'a TaskSpec,
+        }
+        #[derive(Serialize)]
+        struct OldJob<'a> {
+            spec: OldSpec<'a>,
+            version: u64,
+            status: JobStatus,
+            submitted_at_ms: u64,
+            updated_at_ms: u64,
+            modify_index: u64,
+            blocked: Option<String>,
+        }
+        let task = TaskSpec {
+            driver: "exec".into(),
+            command: Some("/bin/true".into()),
+            args: vec![],
+            env: Default::default(),
+            workdir: None,
+            resources: Resources {
+                cpu_millis: 100,
+                memory_bytes: 1 << 20,
+                gpus: 0,
+                gpu_model: None,
+            },
+        };
+        let old = OldJob {
+            spec: OldSpec {
+                name: "web",
+                job_type: JobType::Service,
+                count: 3,
+                priority: 50,
+                task: &task,
+            },
+            version: 4,
+            status: JobStatus::Running,
+            submitted_at_ms: 1,
+            updated_at_ms: 2,
+            modify_index: 3,
+            blocked: None,
+        };
+        let mut value = vec![FORMAT_V1];
+        value.extend(herd_consensus::codec::encode(&old).expect("encode"));
+        let mut state = ClusterState::default();
+        load_pair(&mut state, b"job/web", &value).expect("format 1 reads");
+        let job = &state.jobs["web"];
+        assert_eq!(
+            job.spec,
+            JobSpec {
+                name: "web".into(),
+                job_type: JobType::Service,
+                count: 3,
+                priority: 50,
+                task,
+                placement: Default::default(),
+            }
+        );
+        assert_eq!((job.version, job.modify_index), (4, 3));
+        // Written back, it is format 2 and reads the same.
+        let pairs = state.to_pairs();
+        assert_eq!(pairs[0].1[0], FORMAT);
+        assert_eq!(ClusterState::from_pairs(pairs).expect("reads"), state);
+        assert!(load_pair(&mut state, b"job/web", &[9, 0]).is_err());
+    }
 }

@@ -3,6 +3,7 @@
 //! The state lives in memory for reads and is persisted as one key per
 //! record, so applying a command writes only what it changed.
 
+mod alloc_index;
 mod keys;
 
 use std::collections::BTreeMap;
@@ -13,6 +14,7 @@ use herd_api::node::NodeInfo;
 use herd_consensus::storage::WriteOp;
 use serde::{Deserialize, Serialize};
 
+pub use alloc_index::AllocIndex;
 pub use keys::Record;
 
 /// What a job is doing, as the replicated state knows it.
@@ -84,8 +86,11 @@ pub struct ClusterState {
     pub jobs: BTreeMap<String, Job>,
     /// Variables by key.
     pub variables: BTreeMap<String, Variable>,
-    /// Allocations by id.
+    /// Allocations by id. Add new ones with [`ClusterState::insert_alloc`],
+    /// which keeps [`ClusterState::alloc_index`] current.
     pub allocations: BTreeMap<String, Allocation>,
+    /// Allocation ids by job and by node (derived, not persisted).
+    alloc_index: AllocIndex,
 }
 
 /// Collects the persisted form of what a command changed.
@@ -115,7 +120,34 @@ impl ClusterState {
         for (key, value) in pairs {
             keys::load_pair(&mut state, &key, &value)?;
         }
+        state.alloc_index = AllocIndex::build(&state.allocations);
         Ok(state)
+    }
+
+    /// Adds (or replaces) an allocation and indexes it. An allocation's job
+    /// and node never change, so this is the only place the index moves.
+    pub fn insert_alloc(&mut self, alloc: Allocation) {
+        self.alloc_index.add(&alloc);
+        self.allocations.insert(alloc.id.clone(), alloc);
+    }
+
+    /// The allocations of `job`, in id order: O(the job's allocations).
+    pub fn allocs_of_job<'s>(&'s self, job: &str) -> impl Iterator<Item = &'s Allocation> + 's {
+        self.alloc_index
+            .of_job(job)
+            .filter_map(move |id| self.allocations.get(id))
+    }
+
+    /// The allocations on `node`, in id order: O(the node's allocations).
+    pub fn allocs_on_node<'s>(&'s self, node: &str) -> impl Iterator<Item = &'s Allocation> + 's {
+        self.alloc_index
+            .on_node(node)
+            .filter_map(move |id| self.allocations.get(id))
+    }
+
+    /// Whether the derived index matches the allocations (for tests).
+    pub fn alloc_index_is_current(&self) -> bool {
+        self.alloc_index == AllocIndex::build(&self.allocations)
     }
 
     /// A digest of every record (FNV-1a 64 over the persisted pairs, in key
