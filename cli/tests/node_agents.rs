@@ -425,3 +425,63 @@ async fn batch_jobs_complete_or_fail_after_their_attempts() {
     assert!(processes_of(&agents, "bad").is_empty());
     assert!(processes_of(&agents, "ok").is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gang_waits_whole_until_a_node_joins_then_starts_whole() {
+    let cluster =
+        ProcessCluster::start(herd_bin(), 1, &["--node-ttl-ms", TTL_MS]).expect("start cluster");
+    cluster
+        .wait_for_leader(Duration::from_secs(10))
+        .await
+        .expect("leader");
+    let addr = cluster.addr_list();
+    let mut agents = AgentSet::new(herd_bin(), &addr).expect("agents");
+    let sim = ["--sim-gpus", "2", "--sim-gpu-model", "h100"];
+    for name in ["g1", "g2", "g3"] {
+        agents.start(name, &sim).expect("start agent");
+    }
+    must_have_ready_nodes(&addr, &["g1", "g2", "g3"]).await;
+    let nodes = json(&addr, &["node", "list"]);
+    for node in nodes.as_array().expect("nodes") {
+        assert_eq!(node["capacity"]["gpus"], 2, "{node:#}");
+        assert_eq!(node["capacity"]["gpu_model"], "h100", "{node:#}");
+    }
+
+    // 4 learners of 2 GPUs each; 3 nodes of 2 GPUs hold only 3.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spec = write_spec(
+        dir.path(),
+        "train",
+        "name = \"train\"\ntype = \"batch\"\ncount = 4\ngang = true\n[task]\ndriver = \"exec\"\ncommand = \"/bin/sleep\"\nargs = [\"600\"]\n[task.resources]\ncpu = 100\nmemory = \"32MiB\"\ngpus = 2\ngpu_model = \"h100\"\n",
+    );
+    must_cli_ok(&["--addr", &addr, "job", "run", &spec]);
+    let job = until("the gang's blocked reason", Duration::from_secs(20), || {
+        let job = json(&addr, &["job", "status", "train"]);
+        job["blocked"]
+            .as_str()
+            .is_some_and(|b| !b.is_empty())
+            .then_some(job)
+    })
+    .await;
+    let reason = job["blocked"].as_str().unwrap_or_default();
+    assert!(reason.contains("gpu") || reason.contains("GPU"), "{reason}");
+    assert_eq!(job["status"], "pending", "{job:#}");
+    // Never partially placed, and it stays so.
+    for _ in 0..5 {
+        let allocs = json(&addr, &["alloc", "list", "--job", "train"]);
+        assert_eq!(allocs.as_array().map(Vec::len), Some(0), "{allocs:#}");
+        assert!(processes_of(&agents, "train").is_empty());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // A fourth node joins: all four learners start.
+    agents.start("g4", &sim).expect("start agent");
+    let allocs = until("4 learners running", Duration::from_secs(20), || {
+        settled(&addr, &agents, "train", 4)
+    })
+    .await;
+    let nodes: BTreeSet<&str> = allocs.iter().filter_map(|a| a["node"].as_str()).collect();
+    assert_eq!(nodes.len(), 4, "one learner per node: {allocs:#?}");
+    let job = json(&addr, &["job", "status", "train"]);
+    assert_eq!(job["status"], "running", "{job:#}");
+}
