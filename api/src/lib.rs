@@ -9,6 +9,7 @@
 pub mod alloc;
 pub mod client;
 pub mod convert;
+pub mod duration;
 #[cfg(test)]
 mod fixtures;
 pub mod job;

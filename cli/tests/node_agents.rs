@@ -485,3 +485,79 @@ async fn a_gang_waits_whole_until_a_node_joins_then_starts_whole() {
     let job = json(&addr, &["job", "status", "train"]);
     assert_eq!(job["status"], "running", "{job:#}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_with_a_deadline_moves_services_now_and_batch_work_by_the_deadline() {
+    let cluster =
+        ProcessCluster::start(herd_bin(), 1, &["--node-ttl-ms", TTL_MS]).expect("start cluster");
+    cluster
+        .wait_for_leader(Duration::from_secs(10))
+        .await
+        .expect("leader");
+    let addr = cluster.addr_list();
+    let mut agents = AgentSet::new(herd_bin(), &addr).expect("agents");
+    agents.start("d1", &[]).expect("start agent");
+    must_have_ready_nodes(&addr, &["d1"]).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (name, kind) in [("web", "service"), ("train", "batch")] {
+        let spec = write_spec(dir.path(), name, &sleep_spec(name, kind, 1, 50, 100));
+        must_cli_ok(&["--addr", &addr, "job", "run", &spec]);
+        until(
+            &format!("{name} running on d1"),
+            Duration::from_secs(20),
+            || settled(&addr, &agents, name, 1),
+        )
+        .await;
+    }
+    agents.start("d2", &[]).expect("start agent");
+    must_have_ready_nodes(&addr, &["d1", "d2"]).await;
+
+    must_cli_ok(&["--addr", &addr, "node", "drain", "d1", "--deadline", "4s"]);
+    let drained_at = Instant::now();
+    let nodes = json(&addr, &["node", "list"]);
+    let d1 = nodes
+        .as_array()
+        .and_then(|n| n.iter().find(|n| n["name"] == "d1"))
+        .cloned()
+        .expect("d1");
+    assert_eq!(d1["status"], "draining", "{d1:#}");
+    assert!(d1["drain_deadline_ms"].as_u64().is_some(), "{d1:#}");
+
+    until("web moved to d2", Duration::from_secs(10), || {
+        settled(&addr, &agents, "web", 1).filter(|a| a[0]["node"] == "d2")
+    })
+    .await;
+    let train = settled(&addr, &agents, "train", 1).expect("train still runs");
+    assert_eq!(
+        train[0]["node"], "d1",
+        "batch work stays until the deadline"
+    );
+    assert!(
+        drained_at.elapsed() < Duration::from_secs(4),
+        "checked before the deadline"
+    );
+
+    until(
+        "train moved to d2 after the deadline",
+        Duration::from_secs(15),
+        || settled(&addr, &agents, "train", 1).filter(|a| a[0]["node"] == "d2"),
+    )
+    .await;
+    assert!(
+        drained_at.elapsed() >= Duration::from_secs(4),
+        "not before the deadline"
+    );
+    let on_d1: Vec<_> = agents
+        .workloads()
+        .into_iter()
+        .filter(|w| w.node == "d1")
+        .collect();
+    assert!(on_d1.is_empty(), "{on_d1:#?}");
+    let nodes = json(&addr, &["node", "list"]);
+    let d1 = nodes
+        .as_array()
+        .and_then(|n| n.iter().find(|n| n["name"] == "d1"))
+        .cloned()
+        .expect("d1");
+    assert!(d1["drain_deadline_ms"].is_null(), "the drain ended: {d1:#}");
+}

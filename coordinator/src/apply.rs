@@ -7,7 +7,8 @@
 use herd_api::node::NodeStatus;
 
 use crate::apply_alloc::{apply_updates, mark_node_down};
-use crate::apply_plan::{apply_plan, stop_allocations, stop_matching};
+use crate::apply_drain::{clear_deadline, drain_now, drain_within};
+use crate::apply_plan::{apply_plan, stop_allocations};
 use crate::command::{Command, CommandResult, Rejection};
 use crate::state::{ChangeLog, ClusterState, Job, JobStatus, Record, Variable};
 
@@ -141,30 +142,22 @@ pub fn apply(
             };
             info.eligible = eligible;
             // Making a drained node eligible again ends its drain.
-            if eligible && info.status == NodeStatus::Draining {
+            let ends_drain = eligible && info.status == NodeStatus::Draining;
+            if ends_drain {
                 info.status = NodeStatus::Ready;
             }
             changes.put(Record::Node(&node), state);
+            if ends_drain {
+                clear_deadline(state, &node, changes);
+            }
             CommandResult::NodeUpdated
         }
-        Command::DrainNode { node, now_ms } => {
-            let Some(info) = state.nodes.get_mut(&node) else {
-                return CommandResult::Rejected(Rejection::NodeNotFound(node));
-            };
-            info.status = NodeStatus::Draining;
-            info.eligible = false;
-            changes.put(Record::Node(&node), state);
-            // Its work is stopped here and placed again elsewhere by the scheduler.
-            stop_matching(
-                state,
-                index,
-                now_ms,
-                changes,
-                &format!("node {node} drained"),
-                |a| a.node == node,
-            );
-            CommandResult::NodeUpdated
-        }
+        Command::DrainNode { node, now_ms } => drain_now(state, index, &node, now_ms, changes),
+        Command::DrainNodeWithin {
+            node,
+            grace_ms,
+            now_ms,
+        } => drain_within(state, index, &node, grace_ms, now_ms, changes),
         Command::MarkNodeDown { node, now_ms } => {
             mark_node_down(state, index, &node, now_ms, changes)
         }

@@ -201,3 +201,215 @@ pub fn refresh_job_status(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use herd_api::alloc::{AllocStatus, AllocUpdate};
+    use herd_api::job::JobType;
+    use herd_api::node::NodeStatus;
+
+    use crate::command::{Command, CommandResult};
+    use crate::placement::{missing_instances, retry_delay_ms, BATCH_ATTEMPTS};
+    use crate::state::{ClusterState, JobStatus};
+    use crate::testkit::{place, run, spec};
+
+    fn update(state: &ClusterState, job: &str, instance: u32, status: AllocStatus) -> AllocUpdate {
+        let alloc = state
+            .allocations
+            .values()
+            .find(|a| a.job == job && a.instance == instance && !a.status.is_terminal())
+            .expect("a live allocation");
+        AllocUpdate {
+            id: alloc.id.clone(),
+            generation: alloc.generation,
+            status,
+            event: "test".into(),
+            detail: format!("now {}", status.as_str()),
+        }
+    }
+
+    fn report(
+        state: &mut ClusterState,
+        index: u64,
+        node: &str,
+        updates: Vec<AllocUpdate>,
+        now_ms: u64,
+    ) -> (u32, Vec<String>) {
+        match run(
+            state,
+            index,
+            Command::UpdateAllocs {
+                node: node.into(),
+                updates,
+                now_ms,
+            },
+        )
+        .0
+        {
+            CommandResult::AllocsUpdated { accepted, refused } => (accepted, refused),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn reports_are_fenced_by_node_generation_and_finality() {
+        let mut state = ClusterState::default();
+        let index = place(
+            &mut state,
+            &["n1"],
+            vec![spec("web", JobType::Service, 1)],
+            1_000,
+        );
+        let running = update(&state, "web", 0, AllocStatus::Running);
+
+        let mut stale = running.clone();
+        stale.generation += 1;
+        let mut foreign = running.clone();
+        foreign.id = "nope".into();
+        let (accepted, refused) = report(&mut state, index, "n2", vec![running.clone()], 1_001);
+        assert_eq!(accepted, 0);
+        assert!(refused[0].contains("owned by node n1"), "{refused:?}");
+        let (accepted, refused) = report(&mut state, index + 1, "n1", vec![stale, foreign], 1_002);
+        assert_eq!(accepted, 0);
+        assert!(refused[0].contains("generation"), "{refused:?}");
+        assert!(refused[1].contains("unknown allocation"), "{refused:?}");
+
+        let (accepted, _) = report(&mut state, index + 2, "n1", vec![running.clone()], 1_003);
+        assert_eq!(accepted, 1);
+        assert_eq!(state.jobs["web"].status, JobStatus::Running);
+        let alloc = &state.allocations[&running.id];
+        assert_eq!(alloc.status, AllocStatus::Running);
+        assert_eq!(alloc.events.last().map(|e| e.kind.as_str()), Some("test"));
+
+        // Once ended, a late report cannot revive it.
+        let mut stopped = running.clone();
+        stopped.status = AllocStatus::Stopped;
+        report(&mut state, index + 3, "n1", vec![stopped], 1_004);
+        let (accepted, refused) = report(&mut state, index + 4, "n1", vec![running.clone()], 1_005);
+        assert_eq!(accepted, 0);
+        assert!(refused[0].contains("already stopped"), "{refused:?}");
+        assert_eq!(state.allocations[&running.id].status, AllocStatus::Stopped);
+
+        // An agent may not claim statuses only the cluster decides.
+        let mut pending = running;
+        pending.status = AllocStatus::Preempted;
+        let (accepted, _) = report(&mut state, index + 5, "n1", vec![pending], 1_006);
+        assert_eq!(accepted, 0);
+    }
+
+    #[test]
+    fn a_node_marked_down_loses_its_work_which_is_placed_again() {
+        let mut state = ClusterState::default();
+        let index = place(
+            &mut state,
+            &["n1", "n2"],
+            vec![spec("web", JobType::Service, 2)],
+            1_000,
+        );
+        let on_n1: Vec<String> = state
+            .allocations
+            .values()
+            .filter(|a| a.node == "n1")
+            .map(|a| a.id.clone())
+            .collect();
+        assert!(!on_n1.is_empty(), "bin-packing put work on n1");
+        run(
+            &mut state,
+            index,
+            Command::MarkNodeDown {
+                node: "n1".into(),
+                now_ms: 2_000,
+            },
+        );
+        assert_eq!(state.nodes["n1"].status, NodeStatus::Down);
+        for id in &on_n1 {
+            assert_eq!(state.allocations[id].status, AllocStatus::Lost);
+        }
+        // Losing a node is not the job's failure: replaced at once.
+        assert_eq!(
+            missing_instances(&state, &state.jobs["web"], 2_000).len(),
+            on_n1.len()
+        );
+        let plan = crate::placement::plan_job(&state, &state.jobs["web"], 2_000).expect("plan");
+        assert!(
+            plan.placements.iter().all(|(_, node)| node == "n2"),
+            "{plan:?}"
+        );
+        // Registering again makes it ready.
+        run(
+            &mut state,
+            index + 1,
+            Command::RegisterNode {
+                node: crate::testkit::node("n1"),
+                now_ms: 3_000,
+            },
+        );
+        assert_eq!(state.nodes["n1"].status, NodeStatus::Ready);
+    }
+
+    #[test]
+    fn batch_instances_complete_or_fail_after_their_attempts_with_backoff() {
+        let mut state = ClusterState::default();
+        let mut index = place(
+            &mut state,
+            &["n1"],
+            vec![spec("b", JobType::Batch, 2)],
+            1_000,
+        );
+        // Instance 0 completes: never placed again.
+        let done = update(&state, "b", 0, AllocStatus::Complete);
+        report(&mut state, index, "n1", vec![done], 1_100);
+        index += 1;
+        let mut now = 1_100;
+        for attempt in 1..=BATCH_ATTEMPTS {
+            let failed = update(&state, "b", 1, AllocStatus::Failed);
+            report(&mut state, index, "n1", vec![failed], now);
+            index += 1;
+            let job = &state.jobs["b"];
+            if attempt < BATCH_ATTEMPTS {
+                // Not before the delay, then again.
+                assert!(
+                    missing_instances(&state, job, now + retry_delay_ms(attempt) - 1).is_empty()
+                );
+                now += retry_delay_ms(attempt);
+                assert_eq!(missing_instances(&state, job, now), vec![1]);
+                let plan = crate::placement::plan_job(&state, job, now).expect("plan");
+                run(&mut state, index, Command::ApplyPlan { plan, now_ms: now });
+                index += 1;
+            }
+        }
+        assert_eq!(state.jobs["b"].status, JobStatus::Failed);
+        assert!(missing_instances(&state, &state.jobs["b"], u64::MAX / 2).is_empty());
+        assert!(crate::placement::plan_job(&state, &state.jobs["b"], u64::MAX / 2).is_none());
+        let failed = state
+            .allocations
+            .values()
+            .filter(|a| a.job == "b" && a.status == AllocStatus::Failed)
+            .count();
+        assert_eq!(failed, BATCH_ATTEMPTS);
+
+        // A batch job whose instances all complete is complete.
+        let mut state = ClusterState::default();
+        let index = place(
+            &mut state,
+            &["n1"],
+            vec![spec("c", JobType::Batch, 2)],
+            1_000,
+        );
+        let updates = vec![
+            update(&state, "c", 0, AllocStatus::Complete),
+            update(&state, "c", 1, AllocStatus::Complete),
+        ];
+        report(&mut state, index, "n1", updates, 1_100);
+        assert_eq!(state.jobs["c"].status, JobStatus::Complete);
+    }
+
+    #[test]
+    fn retry_delays_double_and_are_capped() {
+        assert_eq!(retry_delay_ms(0), 0);
+        assert_eq!(retry_delay_ms(1), 1_000);
+        assert_eq!(retry_delay_ms(2), 2_000);
+        assert_eq!(retry_delay_ms(3), 4_000);
+        assert_eq!(retry_delay_ms(100), crate::placement::RETRY_MAX_MS);
+    }
+}

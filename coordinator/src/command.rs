@@ -11,6 +11,9 @@ use herd_api::node::NodeInfo;
 use serde::{Deserialize, Serialize};
 
 /// A change to the cluster state, as proposed through Raft.
+///
+/// Commands are stored in the log with bincode, which encodes a variant by
+/// its position: new variants go at the end, never in between.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
     /// Names the cluster; proposed once by the first leader.
@@ -61,6 +64,15 @@ pub enum Command {
         /// Leader's clock, ms since the epoch.
         now_ms: u64,
     },
+    /// Writes a variable, optionally only if its version matches.
+    PutVariable {
+        /// Variable key.
+        key: String,
+        /// New value.
+        value: Vec<u8>,
+        /// Required current version (0: must not exist); None writes unconditionally.
+        expected_version: Option<u64>,
+    },
     /// The node missed its heartbeats for its TTL: its allocations are lost
     /// and placed elsewhere; it is ready again when it registers.
     MarkNodeDown {
@@ -78,14 +90,16 @@ pub enum Command {
         /// Leader's clock, ms since the epoch.
         now_ms: u64,
     },
-    /// Writes a variable, optionally only if its version matches.
-    PutVariable {
-        /// Variable key.
-        key: String,
-        /// New value.
-        value: Vec<u8>,
-        /// Required current version (0: must not exist); None writes unconditionally.
-        expected_version: Option<u64>,
+    /// Empties a node gracefully: no new work; service allocations are
+    /// stopped and placed elsewhere now, batch allocations may finish until
+    /// the deadline, when whatever still runs is stopped (a [`Command::DrainNode`]).
+    DrainNodeWithin {
+        /// Node name.
+        node: String,
+        /// How long batch work may keep running, ms.
+        grace_ms: u64,
+        /// Leader's clock, ms since the epoch.
+        now_ms: u64,
     },
 }
 
@@ -99,7 +113,8 @@ impl Command {
             | Command::ApplyPlan { now_ms, .. }
             | Command::DrainNode { now_ms, .. }
             | Command::MarkNodeDown { now_ms, .. }
-            | Command::UpdateAllocs { now_ms, .. } => *now_ms = now,
+            | Command::UpdateAllocs { now_ms, .. }
+            | Command::DrainNodeWithin { now_ms, .. } => *now_ms = now,
             Command::InitCluster { .. }
             | Command::PutVariable { .. }
             | Command::SetNodeEligibility { .. } => {}
@@ -119,6 +134,7 @@ impl Command {
             Command::DrainNode { .. } => "drain_node",
             Command::MarkNodeDown { .. } => "mark_node_down",
             Command::UpdateAllocs { .. } => "update_allocs",
+            Command::DrainNodeWithin { .. } => "drain_node_within",
         }
     }
 }

@@ -9,6 +9,7 @@
 pub mod app;
 pub mod apply;
 pub mod apply_alloc;
+pub mod apply_drain;
 pub mod apply_plan;
 pub mod batch;
 pub mod command;
@@ -30,6 +31,8 @@ pub mod service;
 pub mod start;
 pub mod state;
 pub mod status;
+#[cfg(test)]
+mod testkit;
 
 pub use config::CoordinatorConfig;
 pub use error::CoordinatorError;

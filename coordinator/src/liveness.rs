@@ -5,6 +5,10 @@
 //! dominate the log); only the verdict does, as [`Command::MarkNodeDown`].
 //! A leader that just took over knows no heartbeat times, so it first grants
 //! every node a fresh TTL: a failover never marks healthy nodes down.
+//!
+//! The same loop ends drains whose deadline passed (`herd node drain
+//! --deadline`): the deadline is in the replicated state, so a new leader
+//! keeps it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -12,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use herd_api::node::NodeStatus;
 
+use crate::apply_drain::lapsed_drains;
 use crate::command::Command;
 use crate::handle::Coordinator;
 
@@ -111,6 +116,20 @@ pub async fn run(coordinator: Arc<Coordinator>) {
                 .collect()
         });
         let lapsed = liveness.lapsed(term, alive.iter().map(String::as_str), Instant::now());
+        let now = crate::handle::now_ms();
+        let drains = coordinator.read_state(|state| lapsed_drains(state, now));
+        for node in drains {
+            tracing::info!(%node, "drain deadline passed; stopping what still runs there");
+            if let Err(e) = coordinator
+                .write(Command::DrainNode {
+                    node: node.clone(),
+                    now_ms: 0,
+                })
+                .await
+            {
+                tracing::warn!(%node, error = %e, "could not end the drain");
+            }
+        }
         for node in lapsed {
             tracing::warn!(%node, ttl_ms = liveness.ttl().as_millis() as u64, "node missed its heartbeats; marking it down");
             if let Err(e) = coordinator

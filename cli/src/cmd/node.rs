@@ -44,6 +44,10 @@ pub enum NodeCommand {
     Drain {
         /// Node name.
         name: String,
+        /// Let batch work run to completion for up to this long (e.g. 30m);
+        /// service work moves at once. Without it, everything moves at once.
+        #[arg(long, value_parser = herd_api::duration::parse_duration)]
+        deadline: Option<std::time::Duration>,
     },
 }
 
@@ -66,6 +70,7 @@ pub async fn run(ctx: &Context, command: NodeCommand) -> Result<(), CliError> {
                     .map(|n| {
                         let cap = n.capacity.clone().unwrap_or_default();
                         json!({"name": n.name, "addr": n.addr, "status": n.status, "eligible": n.eligible, "labels": n.labels,
+                               "drain_deadline_ms": (n.drain_deadline_ms > 0).then_some(n.drain_deadline_ms),
                                "capacity": {"cpu_millis": cap.cpu_millis, "memory_bytes": cap.memory_bytes,
                                             "gpus": cap.gpus, "gpu_model": cap.gpu_model}})
                     })
@@ -78,7 +83,14 @@ pub async fn run(ctx: &Context, command: NodeCommand) -> Result<(), CliError> {
                         let cap = n.capacity.clone().unwrap_or_default();
                         vec![
                             n.name.clone(),
-                            n.status.clone(),
+                            match n.drain_deadline_ms {
+                                0 => n.status.clone(),
+                                at => format!(
+                                    "{} (until {} UTC)",
+                                    n.status,
+                                    crate::output::format_time(at)
+                                ),
+                            },
                             n.addr.clone(),
                             cap.cpu_millis.to_string(),
                             format_memory(cap.memory_bytes),
@@ -105,14 +117,25 @@ pub async fn run(ctx: &Context, command: NodeCommand) -> Result<(), CliError> {
                 .await?;
             println!("node {name}: eligibility {state}");
         }
-        NodeCommand::Drain { name } => {
+        NodeCommand::Drain { name, deadline } => {
+            let deadline_ms =
+                deadline.map_or(0, |d| d.as_millis().clamp(1, u64::MAX as u128) as u64);
             client
                 .call(|ch| {
-                    let request = DrainNodeRequest { name: name.clone() };
+                    let request = DrainNodeRequest {
+                        name: name.clone(),
+                        deadline_ms,
+                    };
                     async move { NodesClient::new(ch).drain(request).await }
                 })
                 .await?;
-            println!("node {name} draining: its allocations are placed elsewhere");
+            match deadline {
+                Some(d) => println!(
+                    "node {name} draining: services are placed elsewhere now, batch work within {}s",
+                    d.as_secs()
+                ),
+                None => println!("node {name} draining: its allocations are placed elsewhere"),
+            }
         }
     }
     Ok(())

@@ -10,6 +10,7 @@ use tonic::{Request, Response, Status};
 use super::consistency;
 use crate::command::Command;
 use crate::handle::Coordinator;
+use crate::state::ClusterState;
 
 /// Serves [`Nodes`].
 pub struct NodesService {
@@ -23,8 +24,9 @@ impl NodesService {
     }
 }
 
-fn to_proto(node: &NodeInfo) -> pb::Node {
+fn to_proto(state: &ClusterState, node: &NodeInfo) -> pb::Node {
     pb::Node {
+        drain_deadline_ms: state.drain_deadlines.get(&node.name).copied().unwrap_or(0),
         name: node.name.clone(),
         addr: node.addr.clone(),
         status: node.status.as_str().to_string(),
@@ -46,7 +48,7 @@ impl Nodes for NodesService {
             .await?;
         let nodes = self
             .coordinator
-            .read_state(|s| s.nodes.values().map(to_proto).collect());
+            .read_state(|s| s.nodes.values().map(|n| to_proto(s, n)).collect());
         Ok(Response::new(pb::ListNodesReply { nodes }))
     }
 
@@ -71,11 +73,19 @@ impl Nodes for NodesService {
         &self,
         request: Request<pb::DrainNodeRequest>,
     ) -> Result<Response<pb::NodeUpdateReply>, Status> {
-        let node = request.into_inner().name;
-        let written = self
-            .coordinator
-            .write(Command::DrainNode { node, now_ms: 0 })
-            .await?;
+        let request = request.into_inner();
+        let command = match request.deadline_ms {
+            0 => Command::DrainNode {
+                node: request.name,
+                now_ms: 0,
+            },
+            grace_ms => Command::DrainNodeWithin {
+                node: request.name,
+                grace_ms,
+                now_ms: 0,
+            },
+        };
+        let written = self.coordinator.write(command).await?;
         Ok(Response::new(pb::NodeUpdateReply {
             log_index: written.log_index,
         }))

@@ -1,6 +1,7 @@
 //! Persisted layout of `ClusterState`: one key per record, values versioned.
 //!
-//! Keys: `cluster_id`, `node/<name>`, `job/<name>`, `var/<key>`. Values are a
+//! Keys: `cluster_id`, `node/<name>`, `job/<name>`, `var/<key>`, `alloc/<id>`,
+//! `drain/<node>` (a drain's deadline, ms since the epoch). Values are a
 //! format byte followed by bincode, so a later release can tell old records
 //! from new ones.
 //!
@@ -30,6 +31,8 @@ pub enum Record<'a> {
     Variable(&'a str),
     /// An allocation by id.
     Alloc(&'a str),
+    /// The deadline of a node's drain, by node name.
+    DrainDeadline(&'a str),
 }
 
 impl Record<'_> {
@@ -41,6 +44,7 @@ impl Record<'_> {
             Record::Job(name) => format!("job/{name}").into_bytes(),
             Record::Variable(key) => format!("var/{key}").into_bytes(),
             Record::Alloc(id) => format!("alloc/{id}").into_bytes(),
+            Record::DrainDeadline(node) => format!("drain/{node}").into_bytes(),
         }
     }
 
@@ -67,6 +71,10 @@ impl Record<'_> {
                 .allocations
                 .get(*id)
                 .and_then(|a| herd_consensus::codec::encode(a).ok()),
+            Record::DrainDeadline(node) => state
+                .drain_deadlines
+                .get(*node)
+                .and_then(|d| herd_consensus::codec::encode(d).ok()),
         }?;
         let mut value = Vec::with_capacity(body.len() + 1);
         value.push(FORMAT);
@@ -106,6 +114,10 @@ pub(super) fn load_pair(state: &mut ClusterState, key: &[u8], value: &[u8]) -> R
         state
             .allocations
             .insert(id.to_string(), decode::<Allocation>(key, value)?);
+    } else if let Some(node) = key.strip_prefix("drain/") {
+        state
+            .drain_deadlines
+            .insert(node.to_string(), decode::<u64>(key, value)?);
     } else if let Some(name) = key.strip_prefix("var/") {
         state
             .variables

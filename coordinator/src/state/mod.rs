@@ -89,6 +89,9 @@ pub struct ClusterState {
     /// Allocations by id. Add new ones with [`ClusterState::insert_alloc`],
     /// which keeps [`ClusterState::alloc_index`] current.
     pub allocations: BTreeMap<String, Allocation>,
+    /// Nodes draining with a deadline: when it passes, what still runs there
+    /// is stopped (ms since the epoch, by node name).
+    pub drain_deadlines: BTreeMap<String, u64>,
     /// Allocation ids by job and by node (derived, not persisted).
     alloc_index: AllocIndex,
 }
@@ -184,6 +187,9 @@ impl ClusterState {
         }
         for key in self.variables.keys() {
             log.put(Record::Variable(key), self);
+        }
+        for node in self.drain_deadlines.keys() {
+            log.put(Record::DrainDeadline(node), self);
         }
         for id in self.allocations.keys() {
             log.put(Record::Alloc(id), self);

@@ -1,0 +1,75 @@
+//! Durations as operators write them on the command line: `90s`, `5m`,
+//! `1h30m`, `250ms`.
+
+use std::time::Duration;
+
+/// Parses `text` as one or more `<number><unit>` parts (units `ms`, `s`,
+/// `m`, `h`, `d`), so that flags such as `--deadline 5m` read naturally.
+/// A bare number is refused: a unit is required to avoid guessing.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let invalid = |why: &str| format!("invalid duration {text:?}: {why} (e.g. 90s, 5m, 1h30m)");
+    let mut rest = text.trim();
+    if rest.is_empty() {
+        return Err(invalid("empty"));
+    }
+    let mut total_ms: u64 = 0;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        if digits == 0 {
+            return Err(invalid("expected a number"));
+        }
+        let number: u64 = rest[..digits]
+            .parse()
+            .map_err(|_| invalid("number too large"))?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let unit_ms = match &rest[..unit_len] {
+            "ms" => 1,
+            "s" => 1_000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
+            "" => return Err(invalid("missing unit")),
+            _ => return Err(invalid("unknown unit")),
+        };
+        rest = &rest[unit_len..];
+        total_ms = number
+            .checked_mul(unit_ms)
+            .and_then(|ms| total_ms.checked_add(ms))
+            .ok_or_else(|| invalid("too long"))?;
+    }
+    Ok(Duration::from_millis(total_ms))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration(" 2d "), Ok(Duration::from_secs(172_800)));
+    }
+
+    #[test]
+    fn bad_durations_say_why() {
+        for (text, why) in [
+            ("", "empty"),
+            ("5", "missing unit"),
+            ("5x", "unknown unit"),
+            ("m5", "expected a number"),
+            ("99999999999999999999s", "number too large"),
+            ("9999999999999999d", "too long"),
+        ] {
+            let err = parse_duration(text).expect_err(text);
+            assert!(err.contains(why), "{text:?}: {err}");
+        }
+    }
+}

@@ -1,0 +1,91 @@
+//! Builders shared by the state-level unit tests: jobs, nodes, and a
+//! command applied at a log index.
+
+use herd_api::job::{JobSpec, JobType, TaskSpec};
+use herd_api::node::{NodeInfo, NodeStatus};
+use herd_api::resources::Resources;
+use herd_consensus::storage::WriteOp;
+
+use crate::apply::apply;
+use crate::command::{Command, CommandResult};
+use crate::state::{ChangeLog, ClusterState};
+
+/// A job of `count` instances of 100 millicores each.
+pub fn spec(name: &str, job_type: JobType, count: u32) -> JobSpec {
+    JobSpec {
+        name: name.into(),
+        job_type,
+        count,
+        priority: 50,
+        task: TaskSpec {
+            driver: "exec".into(),
+            command: Some("/bin/true".into()),
+            args: vec![],
+            env: Default::default(),
+            workdir: None,
+            resources: Resources {
+                cpu_millis: 100,
+                memory_bytes: 64 << 20,
+                gpus: 0,
+                gpu_model: None,
+            },
+        },
+        placement: Default::default(),
+    }
+}
+
+/// A ready node of 4 CPUs and 8 GiB.
+pub fn node(name: &str) -> NodeInfo {
+    NodeInfo {
+        name: name.into(),
+        addr: "127.0.0.1:1".into(),
+        capacity: Resources {
+            cpu_millis: 4000,
+            memory_bytes: 8 << 30,
+            gpus: 0,
+            gpu_model: None,
+        },
+        labels: Default::default(),
+        status: NodeStatus::Ready,
+        eligible: true,
+        registered_at_ms: 0,
+    }
+}
+
+/// Applies `command` at `index`, returning its result and what it persisted.
+pub fn run(
+    state: &mut ClusterState,
+    index: u64,
+    command: Command,
+) -> (CommandResult, Vec<WriteOp>) {
+    let mut ops = Vec::new();
+    let result = apply(state, index, command, &mut ChangeLog::new(&mut ops));
+    (result, ops)
+}
+
+/// Registers `nodes`, submits `jobs` and applies the leader's plan for each
+/// at time `now_ms`; returns the next free log index.
+pub fn place(state: &mut ClusterState, nodes: &[&str], jobs: Vec<JobSpec>, now_ms: u64) -> u64 {
+    let mut index = 1;
+    for name in nodes {
+        run(
+            state,
+            index,
+            Command::RegisterNode {
+                node: node(name),
+                now_ms,
+            },
+        );
+        index += 1;
+    }
+    for spec in jobs {
+        let name = spec.name.clone();
+        run(state, index, Command::SubmitJob { spec, now_ms });
+        index += 1;
+        if let Some(plan) = crate::placement::plan_job(state, &state.jobs[&name], now_ms) {
+            run(state, index, Command::ApplyPlan { plan, now_ms });
+            index += 1;
+        }
+    }
+    index
+}
