@@ -405,6 +405,48 @@ mod tests {
     }
 
     #[test]
+    fn a_crash_looping_service_keeps_a_bounded_history() {
+        let mut state = ClusterState::default();
+        let mut index = place(
+            &mut state,
+            &["n1"],
+            vec![spec("web", JobType::Service, 1)],
+            0,
+        );
+        let mut now = 0;
+        let mut deleted = 0;
+        for _ in 0..20 {
+            let failed = update(&state, "web", 0, AllocStatus::Failed);
+            report(&mut state, index, "n1", vec![failed], now);
+            now += crate::placement::RETRY_MAX_MS;
+            let plan = crate::placement::plan_job(&state, &state.jobs["web"], now).expect("plan");
+            let (_, ops) = run(
+                &mut state,
+                index + 1,
+                Command::ApplyPlan { plan, now_ms: now },
+            );
+            deleted += ops
+                .iter()
+                .filter(|op| matches!(op, herd_consensus::storage::WriteOp::Delete(_)))
+                .count();
+            index += 2;
+        }
+        // 21 allocations were created; all but the newest 5 were deleted, in the log's writes.
+        assert_eq!(
+            deleted,
+            21 - (crate::apply_plan::ENDED_KEPT_PER_INSTANCE + 1)
+        );
+        let kept: Vec<AllocStatus> = state.allocs_of_job("web").map(|a| a.status).collect();
+        assert_eq!(
+            kept.len(),
+            crate::apply_plan::ENDED_KEPT_PER_INSTANCE + 1,
+            "{kept:?}"
+        );
+        assert_eq!(kept.iter().filter(|s| !s.is_terminal()).count(), 1);
+        assert!(state.alloc_index_is_current());
+    }
+
+    #[test]
     fn retry_delays_double_and_are_capped() {
         assert_eq!(retry_delay_ms(0), 0);
         assert_eq!(retry_delay_ms(1), 1_000);

@@ -114,6 +114,7 @@ pub fn apply_plan(
         alloc.record(now_ms, "placed", format!("on node {}", placement.node));
         state.insert_alloc(alloc);
         changes.put(Record::Alloc(&id), state);
+        collect_ended(state, &plan.job, placement.instance, changes);
         placed.push(id);
     }
 
@@ -131,6 +132,33 @@ pub fn apply_plan(
         placed,
         evicted,
         rejected,
+    }
+}
+
+/// Ended allocations kept per job instance; older ones are deleted when a
+/// new one is placed, so a crash-looping service cannot grow the state
+/// without bound. It is at least [`crate::placement::BATCH_ATTEMPTS`], so a
+/// batch instance's failed attempts are all still counted.
+pub const ENDED_KEPT_PER_INSTANCE: usize = 4;
+
+const _: () = assert!(ENDED_KEPT_PER_INSTANCE >= crate::placement::BATCH_ATTEMPTS);
+
+/// Deletes the ended allocations of `job`'s `instance` beyond the newest
+/// [`ENDED_KEPT_PER_INSTANCE`].
+fn collect_ended(state: &mut ClusterState, job: &str, instance: u32, changes: &mut ChangeLog<'_>) {
+    let mut ended: Vec<(u64, String)> = state
+        .allocs_of_job(job)
+        .filter(|a| a.instance == instance && a.status.is_terminal())
+        .map(|a| (a.create_index, a.id.clone()))
+        .collect();
+    if ended.len() <= ENDED_KEPT_PER_INSTANCE {
+        return;
+    }
+    ended.sort_unstable();
+    let excess = ended.len() - ENDED_KEPT_PER_INSTANCE;
+    for (_, id) in ended.into_iter().take(excess) {
+        state.remove_alloc(&id);
+        changes.put(Record::Alloc(&id), state);
     }
 }
 

@@ -40,6 +40,21 @@ impl AllocIndex {
             .insert(alloc.id.clone());
     }
 
+    /// Removes one allocation.
+    pub fn remove(&mut self, alloc: &Allocation) {
+        for (map, key) in [
+            (&mut self.by_job, &alloc.job),
+            (&mut self.by_node, &alloc.node),
+        ] {
+            if let Some(ids) = map.get_mut(key) {
+                ids.remove(&alloc.id);
+                if ids.is_empty() {
+                    map.remove(key);
+                }
+            }
+        }
+    }
+
     /// Ids of the allocations of `job`, in id order.
     pub fn of_job(&self, job: &str) -> impl Iterator<Item = &str> {
         self.by_job

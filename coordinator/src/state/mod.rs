@@ -134,6 +134,14 @@ impl ClusterState {
         self.allocations.insert(alloc.id.clone(), alloc);
     }
 
+    /// Removes an allocation (garbage collection of ended ones), keeping the
+    /// index current.
+    pub fn remove_alloc(&mut self, id: &str) -> Option<Allocation> {
+        let alloc = self.allocations.remove(id)?;
+        self.alloc_index.remove(&alloc);
+        Some(alloc)
+    }
+
     /// The allocations of `job`, in id order: O(the job's allocations).
     pub fn allocs_of_job<'s>(&'s self, job: &str) -> impl Iterator<Item = &'s Allocation> + 's {
         self.alloc_index
