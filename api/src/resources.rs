@@ -151,9 +151,30 @@ pub fn format_memory(bytes: u64) -> String {
         .unwrap_or_else(|| format!("{bytes}B"))
 }
 
+/// Writes a memory size for a table in the largest binary unit it reaches:
+/// whole when the unit divides it (`"64MiB"`), else to one decimal (a
+/// host's 25,276,502,016 bytes are `"23.5GiB"`, not `"24684084KiB"`).
+pub fn display_memory(bytes: u64) -> String {
+    const BINARY: [(&str, u64); 4] = [("TiB", TIB), ("GiB", GIB), ("MiB", MIB), ("KiB", KIB)];
+    match BINARY.iter().find(|(_, size)| bytes >= *size) {
+        Some((unit, size)) if bytes.is_multiple_of(*size) => format!("{}{unit}", bytes / size),
+        Some((unit, size)) => format!("{:.1}{unit}", bytes as f64 / *size as f64),
+        None => format!("{bytes}B"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tables_show_sizes_a_person_reads_at_a_glance() {
+        assert_eq!(display_memory(64 * MIB), "64MiB");
+        assert_eq!(display_memory(25_276_502_016), "23.5GiB");
+        assert_eq!(display_memory(1536), "1.5KiB");
+        assert_eq!(display_memory(100), "100B");
+        assert_eq!(display_memory(0), "0B");
+    }
 
     #[test]
     fn parses_the_documented_forms() {

@@ -4,7 +4,7 @@
 use clap::{Args, Subcommand};
 use herd_api::proto::v1::nodes_client::NodesClient;
 use herd_api::proto::v1::{DrainNodeRequest, ListNodesRequest, SetEligibilityRequest};
-use herd_api::resources::format_memory;
+use herd_api::resources::display_memory;
 use serde_json::json;
 
 use super::Context;
@@ -93,7 +93,7 @@ pub async fn run(ctx: &Context, command: NodeCommand) -> Result<(), CliError> {
                             },
                             n.addr.clone(),
                             cap.cpu_millis.to_string(),
-                            format_memory(cap.memory_bytes),
+                            display_memory(cap.memory_bytes),
                             cap.gpus.to_string(),
                         ]
                     })
