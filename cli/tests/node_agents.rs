@@ -561,3 +561,56 @@ async fn a_drain_with_a_deadline_moves_services_now_and_batch_work_by_the_deadli
         .expect("d1");
     assert!(d1["drain_deadline_ms"].is_null(), "the drain ended: {d1:#}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn work_keeps_running_while_no_coordinator_answers() {
+    let mut cluster =
+        ProcessCluster::start(herd_bin(), 1, &["--node-ttl-ms", TTL_MS]).expect("start cluster");
+    cluster
+        .wait_for_leader(Duration::from_secs(10))
+        .await
+        .expect("leader");
+    let addr = cluster.addr_list();
+    let mut agents = AgentSet::new(herd_bin(), &addr).expect("agents");
+    agents.start("o1", &[]).expect("start agent");
+    must_have_ready_nodes(&addr, &["o1"]).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spec = write_spec(dir.path(), "web", &sleep_spec("web", "service", 2, 50, 100));
+    must_cli_ok(&["--addr", &addr, "job", "run", &spec]);
+    let before = until("2 instances running", Duration::from_secs(20), || {
+        settled(&addr, &agents, "web", 2)
+    })
+    .await;
+    let pids: BTreeSet<u32> = processes_of(&agents, "web").iter().map(|p| p.pid).collect();
+
+    // The only coordinator is gone for several TTLs: the node carries on.
+    cluster.kill(1).expect("kill coordinator");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let during: BTreeSet<u32> = processes_of(&agents, "web").iter().map(|p| p.pid).collect();
+    assert_eq!(
+        during, pids,
+        "the same processes run while coordinators are away"
+    );
+
+    // It returns: nothing is marked down, nothing restarted or duplicated.
+    cluster.restart(1).expect("restart coordinator");
+    cluster
+        .wait_for_leader(Duration::from_secs(10))
+        .await
+        .expect("leader again");
+    tokio::time::sleep(Duration::from_millis(
+        3 * TTL_MS.parse::<u64>().expect("ttl"),
+    ))
+    .await;
+    must_have_ready_nodes(&addr, &["o1"]).await;
+    let after = settled(&addr, &agents, "web", 2).expect("still 2 instances");
+    let ids = |allocs: &[Value]| -> BTreeSet<String> {
+        allocs
+            .iter()
+            .filter_map(|a| a["id"].as_str().map(str::to_string))
+            .collect()
+    };
+    assert_eq!(ids(&after), ids(&before));
+    let now: BTreeSet<u32> = processes_of(&agents, "web").iter().map(|p| p.pid).collect();
+    assert_eq!(now, pids, "no process was restarted");
+}
