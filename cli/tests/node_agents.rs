@@ -484,6 +484,26 @@ async fn a_gang_waits_whole_until_a_node_joins_then_starts_whole() {
     assert_eq!(nodes.len(), 4, "one learner per node: {allocs:#?}");
     let job = json(&addr, &["job", "status", "train"]);
     assert_eq!(job["status"], "running", "{job:#}");
+    // Heartbeats carry what each node measures; the GPUs say they are simulated.
+    until(
+        "every node reporting one running learner",
+        Duration::from_secs(10),
+        || {
+            let nodes = json(&addr, &["node", "list"]);
+            nodes
+                .as_array()?
+                .iter()
+                .all(|n| {
+                    n["usage"]["running_allocs"] == 1
+                        && n["usage"]["gpus_simulated"] == true
+                        && n["usage"]["memory_available_bytes"]
+                            .as_u64()
+                            .is_some_and(|m| m > 0)
+                })
+                .then_some(())
+        },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use herd_api::node::NodeStatus;
+use herd_api::proto::v1::NodeUsage;
 
 use crate::apply_drain::lapsed_drains;
 use crate::command::Command;
@@ -35,6 +36,8 @@ struct Seen {
     /// The term these times were recorded in; another term starts afresh.
     term: Option<u64>,
     at: HashMap<String, Instant>,
+    /// What each node reported with its last heartbeat, and when.
+    usage: HashMap<String, (NodeUsage, Instant)>,
 }
 
 impl Liveness {
@@ -60,11 +63,23 @@ impl Liveness {
         self.seen().at.insert(node.to_string(), now);
     }
 
+    /// Keeps what `node` reported with its heartbeat at `now`, for `herd
+    /// node list` (and, next, the power and balancing loops).
+    pub fn record_usage(&self, node: &str, usage: NodeUsage, now: Instant) {
+        self.seen().usage.insert(node.to_string(), (usage, now));
+    }
+
+    /// The last usage `node` reported and when, while this member leads.
+    pub fn usage(&self, node: &str) -> Option<(NodeUsage, Instant)> {
+        self.seen().usage.get(node).cloned()
+    }
+
     /// Forgets everything: called when this member stops leading.
     pub fn step_down(&self) {
         let mut seen = self.seen();
         seen.term = None;
         seen.at.clear();
+        seen.usage.clear();
     }
 
     /// The nodes among `alive` (those not already down) whose TTL lapsed at

@@ -56,8 +56,14 @@ pub async fn run(ctx: &Context, command: NodeCommand) -> Result<(), CliError> {
     let client = ctx.client()?;
     match command {
         NodeCommand::List { stale } => {
+            // The leader answers when it can: only it knows heartbeat usage.
+            let client = if stale {
+                client
+            } else {
+                client.with_leader_routing()
+            };
             let nodes = client
-                .call(|ch| async move {
+                .call_leader(|ch| async move {
                     NodesClient::new(ch)
                         .list(ListNodesRequest { stale })
                         .await
@@ -71,6 +77,11 @@ pub async fn run(ctx: &Context, command: NodeCommand) -> Result<(), CliError> {
                         let cap = n.capacity.clone().unwrap_or_default();
                         json!({"name": n.name, "addr": n.addr, "status": n.status, "eligible": n.eligible, "labels": n.labels,
                                "drain_deadline_ms": (n.drain_deadline_ms > 0).then_some(n.drain_deadline_ms),
+                               "usage": n.usage.as_ref().map(|u| json!({
+                                   "cpu_busy": u.cpu_busy, "memory_available_bytes": u.memory_available_bytes,
+                                   "disk_available_bytes": u.disk_available_bytes, "running_allocs": u.running_allocs,
+                                   "gpus_simulated": u.gpus_simulated, "gpu_power_watts": u.gpu_power_watts,
+                                   "heartbeat_age_ms": n.heartbeat_age_ms})),
                                "capacity": {"cpu_millis": cap.cpu_millis, "memory_bytes": cap.memory_bytes,
                                             "gpus": cap.gpus, "gpu_model": cap.gpu_model}})
                     })
@@ -94,12 +105,30 @@ pub async fn run(ctx: &Context, command: NodeCommand) -> Result<(), CliError> {
                             n.addr.clone(),
                             cap.cpu_millis.to_string(),
                             display_memory(cap.memory_bytes),
-                            cap.gpus.to_string(),
+                            match (cap.gpus, &n.usage) {
+                                (0, _) => "0".to_string(),
+                                (g, Some(u)) if u.gpus_simulated => {
+                                    format!("{g} {} (simulated)", cap.gpu_model)
+                                }
+                                (g, _) => format!("{g} {}", cap.gpu_model),
+                            },
+                            n.usage
+                                .as_ref()
+                                .map_or("-".to_string(), |u| format!("{:.0}%", u.cpu_busy * 100.0)),
+                            n.usage.as_ref().map_or("-".to_string(), |u| {
+                                display_memory(u.memory_available_bytes)
+                            }),
+                            n.usage
+                                .as_ref()
+                                .map_or("-".to_string(), |u| u.running_allocs.to_string()),
                         ]
                     })
                     .collect();
                 print_table(
-                    &["NAME", "STATUS", "ADDRESS", "CPU(m)", "MEMORY", "GPUS"],
+                    &[
+                        "NAME", "STATUS", "ADDRESS", "CPU(m)", "MEMORY", "GPUS", "CPU BUSY",
+                        "MEM FREE", "RUNNING",
+                    ],
                     &rows,
                 );
             }

@@ -162,9 +162,12 @@ impl Agent for AgentService {
         let status = self
             .coordinator
             .read_state(|state| state.nodes.get(&request.name).map(|n| n.status));
-        self.coordinator
-            .liveness()
-            .heartbeat(&request.name, Instant::now());
+        let now = Instant::now();
+        let liveness = self.coordinator.liveness();
+        liveness.heartbeat(&request.name, now);
+        if let Some(usage) = request.usage {
+            liveness.record_usage(&request.name, usage, now);
+        }
         Ok(Response::new(HeartbeatReply {
             ttl_ms: self.coordinator.liveness().ttl().as_millis() as u64,
             reregister: matches!(status, None | Some(NodeStatus::Down)),

@@ -34,6 +34,8 @@ fn to_proto(state: &ClusterState, node: &NodeInfo) -> pb::Node {
         labels: node.labels.clone().into_iter().collect(),
         registered_at_ms: node.registered_at_ms,
         eligible: node.eligible,
+        usage: None,
+        heartbeat_age_ms: 0,
     }
 }
 
@@ -46,9 +48,19 @@ impl Nodes for NodesService {
         self.coordinator
             .read_barrier(consistency(request.into_inner().stale))
             .await?;
-        let nodes = self
+        let mut nodes: Vec<pb::Node> = self
             .coordinator
             .read_state(|s| s.nodes.values().map(|n| to_proto(s, n)).collect());
+        // Usage lives in the leader's memory only.
+        if self.coordinator.is_leader() {
+            let liveness = self.coordinator.liveness();
+            for node in &mut nodes {
+                if let Some((usage, at)) = liveness.usage(&node.name) {
+                    node.heartbeat_age_ms = at.elapsed().as_millis() as u64;
+                    node.usage = Some(usage);
+                }
+            }
+        }
         Ok(Response::new(pb::ListNodesReply { nodes }))
     }
 

@@ -23,9 +23,9 @@ use herd_api::client::HerdClient;
 use herd_api::job::{JobType, TaskSpec};
 use herd_api::proto::agent::agent_client::AgentClient;
 use herd_api::proto::agent::{
-    AssignedAllocation, AssignedAllocations, HeartbeatReply, HeartbeatRequest, NodeUsage,
-    RegisterNodeRequest,
+    AssignedAllocation, AssignedAllocations, HeartbeatReply, HeartbeatRequest, RegisterNodeRequest,
 };
+use herd_api::proto::v1::NodeUsage;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::{mpsc, Mutex};
 use tokio::task::JoinHandle;
