@@ -428,6 +428,15 @@ impl TaskSpec {
             }
             no_nul(field, value)?;
         }
+        if self.driver == "vm" {
+            if self.command.is_some() {
+                return Err(FieldError::new(
+                    "task.command",
+                    "a VM runs QEMU; describe it in [task.config] (kernel, disk...), not command",
+                ));
+            }
+            crate::vm::VmSettings::parse(&self.config, &self.resources)?;
+        }
         if self.driver == "exec" && !self.config.is_empty() {
             return Err(FieldError::new(
                 "task.config",

@@ -16,6 +16,7 @@
 mod error;
 pub mod exec;
 mod types;
+pub mod vm;
 
 pub use error::DriverError;
 pub use types::{
