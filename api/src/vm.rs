@@ -93,7 +93,7 @@ impl VmSettings {
             ));
         }
         let memory_mib = resources.memory_bytes / MIB;
-        if memory_mib < 32 || resources.memory_bytes % MIB != 0 {
+        if memory_mib < 32 || !resources.memory_bytes.is_multiple_of(MIB) {
             return Err(FieldError::new(
                 "task.resources.memory",
                 "a VM needs at least 32MiB, in whole MiB",
