@@ -73,7 +73,7 @@ fn newc_entry(out: &mut Vec<u8>, ino: u32, name: &str, mode: u32, data: &[u8]) {
 }
 
 fn pad4(out: &mut Vec<u8>) {
-    while out.len() % 4 != 0 {
+    while !out.len().is_multiple_of(4) {
         out.push(0);
     }
 }
@@ -117,7 +117,7 @@ mod tests {
             },
         );
         assert!(bytes.starts_with(b"070701"));
-        assert_eq!(bytes.len() % 4, 0);
+        assert!(bytes.len().is_multiple_of(4));
         let text = String::from_utf8_lossy(&bytes);
         assert!(text.contains("bin/busybox\0"));
         assert!(text.contains("BUSYBOX"));
