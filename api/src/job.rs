@@ -17,7 +17,7 @@ use crate::resources::Resources;
 ///
 /// Validation rejects any other driver, so a job never reaches a node that
 /// cannot run it. Later drivers (`dljob`, `inference`, `vm`) are added here.
-pub const KNOWN_DRIVERS: &[&str] = &["exec", "vm"];
+pub const KNOWN_DRIVERS: &[&str] = &["exec", "vm", "simvm"];
 
 /// Priority a spec gets when its file leaves `priority` out, so that most jobs
 /// sit in the middle of the 0..=100 range and can be ranked either way.

@@ -437,6 +437,15 @@ impl TaskSpec {
             }
             crate::vm::VmSettings::parse(&self.config, &self.resources)?;
         }
+        if self.driver == "simvm" {
+            if self.command.is_some() {
+                return Err(FieldError::new(
+                    "task.command",
+                    "a simulated VM runs herd's own simulator; set [task.config] dirty_rate, not command",
+                ));
+            }
+            crate::vm::SimVmSettings::parse(&self.config, &self.resources)?;
+        }
         if self.driver == "exec" && !self.config.is_empty() {
             return Err(FieldError::new(
                 "task.config",

@@ -285,3 +285,93 @@ mod tests {
         }
     }
 }
+
+/// Keys a `simvm` task may set.
+pub const SIM_VM_KEYS: &[&str] = &["dirty_rate", "seed"];
+
+/// A validated `simvm` task: a SIMULATED VM whose memory (the task's
+/// `memory`) is a real buffer written at `dirty_rate` bytes per second.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SimVmSettings {
+    /// Memory, MiB.
+    pub memory_mib: u64,
+    /// Bytes written per second.
+    pub dirty_bytes_per_sec: u64,
+    /// Seed of the write pattern.
+    pub seed: u64,
+}
+
+impl SimVmSettings {
+    /// Reads and checks a `simvm` task's settings and resources.
+    pub fn parse(
+        config: &BTreeMap<String, String>,
+        resources: &Resources,
+    ) -> Result<Self, FieldError> {
+        if let Some(unknown) = config.keys().find(|k| !SIM_VM_KEYS.contains(&k.as_str())) {
+            return Err(FieldError::new(
+                field(unknown),
+                format!(
+                    "unknown simulated-VM setting; known: {}",
+                    SIM_VM_KEYS.join(", ")
+                ),
+            ));
+        }
+        let memory_mib = resources.memory_bytes / MIB;
+        if memory_mib == 0 {
+            return Err(FieldError::new(
+                "task.resources.memory",
+                "a simulated VM needs at least 1MiB",
+            ));
+        }
+        let dirty_bytes_per_sec = match config.get("dirty_rate") {
+            None => 0,
+            Some(text) => parse_memory(text).map_err(|e| {
+                FieldError::new(field("dirty_rate"), format!("{e} (bytes per second)"))
+            })?,
+        };
+        let seed = match config.get("seed") {
+            None => 1,
+            Some(text) => text.parse().map_err(|_| {
+                FieldError::new(field("seed"), format!("{text:?} is not a whole number"))
+            })?,
+        };
+        Ok(SimVmSettings {
+            memory_mib,
+            dirty_bytes_per_sec,
+            seed,
+        })
+    }
+}
+
+#[cfg(test)]
+mod sim_tests {
+    use super::*;
+
+    #[test]
+    fn simulated_vm_settings_parse_and_name_bad_fields() {
+        let resources = Resources {
+            cpu_millis: 100,
+            memory_bytes: 64 * MIB,
+            gpus: 0,
+            gpu_model: None,
+        };
+        let config: BTreeMap<String, String> = [("dirty_rate", "8MiB"), ("seed", "9")]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let sim = SimVmSettings::parse(&config, &resources).expect("valid");
+        assert_eq!(
+            (sim.memory_mib, sim.dirty_bytes_per_sec, sim.seed),
+            (64, 8 * MIB, 9)
+        );
+        for (key, value, field) in [
+            ("dirty_rate", "fast", "task.config.dirty_rate"),
+            ("seed", "-1", "task.config.seed"),
+            ("kernel", "/k", "task.config.kernel"),
+        ] {
+            let config = BTreeMap::from([(key.to_string(), value.to_string())]);
+            let err = SimVmSettings::parse(&config, &resources).expect_err(field);
+            assert_eq!(err.field, field);
+        }
+    }
+}

@@ -64,6 +64,9 @@ enum Command {
     /// Supervise one workload of the exec driver (started by the node agent).
     #[command(hide = true)]
     Executor(cmd::executor::ExecutorArgs),
+    /// One simulated VM of the simvm driver (started by the node agent).
+    #[command(hide = true)]
+    SimVm(cmd::sim_vm::SimVmArgs),
 }
 
 fn init_tracing(filter: Option<&str>, json: bool, default: &str) {
@@ -110,6 +113,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Alloc(command) => cmd::alloc::run(&ctx, command).await,
         Command::Var(command) => cmd::var::run(&ctx, command).await,
         Command::Bench(command) => bench::run(&ctx, command).await,
+        Command::SimVm(args) => cmd::sim_vm::run(args).await,
         Command::Executor(_) => Err(CliError::runtime("the executor runs outside the runtime")),
     }
 }

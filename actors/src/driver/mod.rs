@@ -15,6 +15,7 @@
 
 mod error;
 pub mod exec;
+pub mod simvm;
 mod types;
 pub mod vm;
 

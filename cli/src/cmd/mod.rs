@@ -8,6 +8,7 @@ pub mod dev;
 pub mod executor;
 pub mod job;
 pub mod node;
+pub mod sim_vm;
 pub mod var;
 
 use herd_api::client::HerdClient;
