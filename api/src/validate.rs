@@ -446,6 +446,12 @@ impl TaskSpec {
             }
             crate::vm::SimVmSettings::parse(&self.config, &self.resources)?;
         }
+        if self.driver == "dljob" && !self.config.is_empty() {
+            return Err(FieldError::new(
+                "task.config",
+                "the dljob driver takes no settings; pass the trainer's flags in args",
+            ));
+        }
         if self.driver == "exec" && !self.config.is_empty() {
             return Err(FieldError::new(
                 "task.config",
@@ -675,6 +681,25 @@ mod tests {
             rejected(|s| s.task.driver = String::new()).field,
             "task.driver"
         );
+    }
+
+    #[test]
+    fn dljob_runs_herd_toy_train_without_a_command() {
+        accepted(|s| {
+            s.task.driver = "dljob".into();
+            s.task.command = None;
+            s.task.args = vec!["--steps".into(), "100".into()];
+        });
+        accepted(|s| {
+            s.task.driver = "dljob".into();
+            s.task.command = Some("/opt/train".into());
+        });
+        let e = rejected(|s| {
+            s.task.driver = "dljob".into();
+            s.task.command = None;
+            s.task.config.insert("steps".into(), "3".into());
+        });
+        assert_eq!(e.field, "task.config");
     }
 
     #[test]

@@ -14,6 +14,7 @@
 //!   KV-cache transfer for inference requests) before any is attempted.
 
 mod error;
+pub mod dljob;
 pub mod exec;
 pub mod simvm;
 mod types;
