@@ -142,7 +142,12 @@ fn checkpoint_dir_of(alloc_dir: &Path) -> Result<PathBuf, String> {
     let dir = alloc_dir.join(CHECKPOINT_SUBDIR);
     std::fs::create_dir_all(&dir)
         .and_then(|()| std::fs::canonicalize(&dir))
-        .map_err(|e| format!("cannot create the checkpoint directory {}: {e}", dir.display()))
+        .map_err(|e| {
+            format!(
+                "cannot create the checkpoint directory {}: {e}",
+                dir.display()
+            )
+        })
 }
 
 /// The exec driver's view of a dljob handle.

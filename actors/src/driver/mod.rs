@@ -13,8 +13,8 @@
 //!   workload allows (checkpoint/restart for training, pre-copy for VMs,
 //!   KV-cache transfer for inference requests) before any is attempted.
 
-mod error;
 pub mod dljob;
+mod error;
 pub mod exec;
 pub mod simvm;
 mod types;

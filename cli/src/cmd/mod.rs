@@ -9,6 +9,7 @@ pub mod executor;
 pub mod job;
 pub mod node;
 pub mod sim_vm;
+pub mod toy_train;
 pub mod var;
 
 use herd_api::client::HerdClient;
