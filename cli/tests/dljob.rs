@@ -4,7 +4,8 @@
 //!   uninterrupted run; a corrupt newest checkpoint is skipped;
 //! - a dljob job end to end through the CLI on 1 coordinator and 2 agents:
 //!   start, status, logs, an agent killed and restarted re-adopts the running
-//!   trainer (same pid), stop checkpoints it.
+//!   trainer (same pid), stop checkpoints it;
+//! - `DljobDriver::checkpoint` against a running `herd toy-train`.
 
 mod common;
 
@@ -16,7 +17,10 @@ use std::time::Duration;
 
 use common::agents::{json, must_have_ready_nodes, running_allocs, until};
 use common::*;
+use herd_actors::driver::dljob::{DljobDriver, CHECKPOINT_SUBDIR};
+use herd_actors::driver::{Driver, WorkloadSpec, WorkloadState};
 use herd_actors::toy_train::checkpoint::{self, DoneRecord, WeightsRecord};
+use herd_api::job::TaskSpec;
 use herd_chaos::agents::AgentSet;
 use herd_chaos::process_cluster::ProcessCluster;
 
@@ -253,16 +257,13 @@ async fn a_dljob_runs_and_is_readopted_after_an_agent_restart_and_stops_with_a_c
     let logs = |min: u64| {
         let out = must_run_cli(&["--addr", &addr, "alloc", "logs", &alloc]);
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let last = text
-            .lines()
-            .filter_map(|l| {
-                l.strip_prefix("step=")?
-                    .split(' ')
-                    .next()?
-                    .parse::<u64>()
-                    .ok()
-            })
-            .last()?;
+        let last = text.lines().rev().find_map(|l| {
+            l.strip_prefix("step=")?
+                .split(' ')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })?;
         (out.status.success() && last > min).then_some(last)
     };
     let seen = until("step lines in the logs", Duration::from_secs(10), || {
@@ -319,4 +320,71 @@ async fn a_dljob_runs_and_is_readopted_after_an_agent_restart_and_stops_with_a_c
         stdout.contains(&format!("stopped at step {}", resumed.state.step)),
         "{stdout}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_driver_asks_a_running_trainer_for_checkpoints_and_stops_it_with_one() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let driver = DljobDriver::new(herd_bin());
+    let spec = WorkloadSpec {
+        alloc_id: "dl-1".into(),
+        generation: 1,
+        job: "train".into(),
+        task: TaskSpec {
+            driver: "dljob".into(),
+            command: None,
+            args: ["--steps", "100000", "--step-ms", "10"]
+                .map(String::from)
+                .to_vec(),
+            env: Default::default(),
+            workdir: None,
+            resources: Default::default(),
+            config: Default::default(),
+        },
+        alloc_dir: tmp.path().join("alloc"),
+        env: [("HERD_GANG_RANK".to_string(), "0".to_string())].into(),
+    };
+    driver.check(&spec).expect("check");
+    let handle = driver.start(&spec).await.expect("start");
+    assert_eq!(handle.driver, "dljob");
+    let dir = DljobDriver::checkpoint_dir(&handle).expect("dir");
+    assert!(dir.ends_with(CHECKPOINT_SUBDIR) && dir.is_dir());
+    let pid = handle.pid.expect("pid");
+    assert_eq!(checkpoint_dir_of(pid), dir);
+
+    let first = driver
+        .checkpoint(&handle, Duration::from_secs(10))
+        .await
+        .expect("first checkpoint");
+    let second = driver
+        .checkpoint(&handle, Duration::from_secs(10))
+        .await
+        .expect("second checkpoint");
+    assert!(second >= first);
+    let found = checkpoint::latest(&dir).expect("look");
+    assert!(found.resumed.expect("one").state.step >= second);
+    assert_eq!(
+        driver.state(&handle).await.expect("state"),
+        WorkloadState::Running
+    );
+
+    let exit = driver
+        .stop(&handle, Duration::from_secs(10))
+        .await
+        .expect("stop");
+    assert_eq!(
+        exit.code,
+        Some(0),
+        "SIGTERM: checkpoint, then exit 0: {exit:?}"
+    );
+    let last = checkpoint::latest(&dir)
+        .expect("look")
+        .resumed
+        .expect("one");
+    assert!(last.state.step >= second);
+    let err = driver
+        .checkpoint(&handle, Duration::from_secs(1))
+        .await
+        .expect_err("not running");
+    assert!(err.to_string().contains("not running"), "{err}");
 }
