@@ -11,6 +11,7 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
+use common::agents::{json, must_have_ready_nodes, running_allocs, until, write_spec};
 use common::*;
 use herd_chaos::agents::{AgentSet, WorkloadProcess};
 use herd_chaos::process_cluster::ProcessCluster;
@@ -19,48 +20,10 @@ use serde_json::Value;
 /// The liveness TTL the tests run coordinators with.
 const TTL_MS: &str = "2000";
 
-fn json(addr: &str, args: &[&str]) -> Value {
-    let mut full = vec!["--addr", addr];
-    full.extend_from_slice(args);
-    full.extend_from_slice(&["-o", "json"]);
-    serde_json::from_str(&must_cli_ok(&full)).expect("json output")
-}
-
-fn write_spec(dir: &std::path::Path, name: &str, text: &str) -> String {
-    let path = dir.join(format!("{name}.toml"));
-    std::fs::write(&path, text).expect("write spec");
-    path.display().to_string()
-}
-
 fn sleep_spec(name: &str, kind: &str, count: u32, priority: u32, cpu: u32) -> String {
     format!(
         "name = \"{name}\"\ntype = \"{kind}\"\ncount = {count}\npriority = {priority}\n[task]\ndriver = \"exec\"\ncommand = \"/bin/sh\"\nargs = [\"-c\", \"echo hello from $HERD_ALLOC_ID; exec sleep 600\"]\n[task.resources]\ncpu = {cpu}\nmemory = \"32MiB\"\n"
     )
-}
-
-/// Polls `probe` until it returns Some, or fails after `limit` naming `what`.
-async fn until<T>(what: &str, limit: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
-    let started = Instant::now();
-    loop {
-        if let Some(value) = probe() {
-            return value;
-        }
-        assert!(
-            started.elapsed() < limit,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-fn running_allocs(addr: &str, job: &str) -> Vec<Value> {
-    json(addr, &["alloc", "list", "--job", job])
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|a| a["status"] == "running" && a["desired"] == "run")
-        .collect()
 }
 
 fn processes_of(agents: &AgentSet, job: &str) -> Vec<WorkloadProcess> {
@@ -107,24 +70,6 @@ fn settled(addr: &str, agents: &AgentSet, job: &str, count: usize) -> Option<Vec
         && instances.values().all(|ps| ps.len() == 1)
         && wanted == seen)
         .then_some(allocs)
-}
-
-async fn must_have_ready_nodes(addr: &str, names: &[&str]) {
-    until(
-        &format!("nodes {names:?} ready"),
-        Duration::from_secs(20),
-        || {
-            let nodes = json(addr, &["node", "list"]);
-            let ready: BTreeSet<String> = nodes
-                .as_array()?
-                .iter()
-                .filter(|n| n["status"] == "ready")
-                .filter_map(|n| n["name"].as_str().map(str::to_string))
-                .collect();
-            names.iter().all(|n| ready.contains(*n)).then_some(())
-        },
-    )
-    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

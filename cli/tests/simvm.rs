@@ -6,17 +6,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::agents::json;
 use common::*;
 use herd_chaos::agents::AgentSet;
 use herd_chaos::process_cluster::ProcessCluster;
-use serde_json::Value;
-
-fn json(addr: &str, args: &[&str]) -> Value {
-    let mut full = vec!["--addr", addr];
-    full.extend_from_slice(args);
-    full.extend_from_slice(&["-o", "json"]);
-    serde_json::from_str(&must_cli_ok(&full)).expect("json output")
-}
 
 fn writes(log: &str) -> Option<u64> {
     log.lines()

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use common::agents::json;
 use common::*;
 use herd_actors::driver::vm::guest::{write_initramfs, GuestLoad};
 use herd_actors::driver::vm::VmDriver;
@@ -199,13 +200,6 @@ fn qemu_running(needle: &str) -> bool {
             let text = String::from_utf8_lossy(&cmdline);
             text.contains("qemu-system") && text.contains(needle)
         })
-}
-
-fn json(addr: &str, args: &[&str]) -> Value {
-    let mut full = vec!["--addr", addr];
-    full.extend_from_slice(args);
-    full.extend_from_slice(&["-o", "json"]);
-    serde_json::from_str(&must_cli_ok(&full)).expect("json output")
 }
 
 fn qemu_pids(needle: &str) -> Vec<u32> {
