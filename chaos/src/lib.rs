@@ -9,5 +9,7 @@
 #![warn(missing_docs)]
 
 pub mod agents;
+pub mod check;
+pub mod history;
 pub mod ports;
 pub mod process_cluster;
