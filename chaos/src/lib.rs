@@ -11,5 +11,6 @@
 pub mod agents;
 pub mod check;
 pub mod history;
+pub mod nemesis;
 pub mod ports;
 pub mod process_cluster;
