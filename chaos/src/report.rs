@@ -15,11 +15,17 @@ pub struct Counts {
     pub failed: u64,
     /// Unknown outcome.
     pub unknown: u64,
+    /// Answered by the cluster: acknowledged, or refused with an answer (a
+    /// CAS on a stale version is the cluster working, not unavailable).
+    pub answered: u64,
 }
 
 impl Counts {
-    fn add(&mut self, outcome: Outcome) {
-        match outcome {
+    fn add(&mut self, op: &crate::history::Op) {
+        if op.outcome == Outcome::Ok || (op.kind == OpKind::Cas && op.version.is_some()) {
+            self.answered += 1;
+        }
+        match op.outcome {
             Outcome::Ok => self.ok += 1,
             Outcome::Fail => self.failed += 1,
             Outcome::Unknown => self.unknown += 1,
@@ -31,12 +37,12 @@ impl Counts {
         self.ok + self.failed + self.unknown
     }
 
-    /// Share acknowledged, in percent (100 with no operations).
-    pub fn ok_percent(&self) -> f64 {
+    /// Share answered, in percent (100 with no operations).
+    pub fn answered_percent(&self) -> f64 {
         if self.total() == 0 {
             100.0
         } else {
-            self.ok as f64 * 100.0 / self.total() as f64
+            self.answered as f64 * 100.0 / self.total() as f64
         }
     }
 }
@@ -88,14 +94,14 @@ impl Report {
         let mut during = Counts::default();
         let mut outside = Counts::default();
         for op in history.ops() {
-            ops.add(op.outcome);
+            ops.add(op);
             if windows
                 .iter()
                 .any(|(s, e)| op.invoke_ns >= *s && op.invoke_ns < *e)
             {
-                during.add(op.outcome);
+                during.add(op);
             } else {
-                outside.add(op.outcome);
+                outside.add(op);
             }
         }
         let faults = history
@@ -171,10 +177,10 @@ impl Report {
         );
         let _ = writeln!(
             out,
-            "availability: {:.1}% ok during faults ({} ops), {:.1}% outside ({} ops)",
-            self.during_faults.ok_percent(),
+            "availability (answered): {:.1}% during faults ({} ops), {:.1}% outside ({} ops)",
+            self.during_faults.answered_percent(),
             self.during_faults.total(),
-            self.outside_faults.ok_percent(),
+            self.outside_faults.answered_percent(),
             self.outside_faults.total()
         );
         let recoveries = self.recoveries_ms();

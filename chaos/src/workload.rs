@@ -100,6 +100,12 @@ fn failed(error: String) -> Answer {
     }
 }
 
+/// Whether an error means the request never left this client: no TCP
+/// connection could be made, so no coordinator can have applied it.
+fn never_sent(error: &str) -> bool {
+    error.contains("tcp connect error")
+}
+
 /// Runs `call` with [`OP_TIMEOUT`]; Err is the error text.
 async fn bounded<T>(
     call: impl std::future::Future<Output = Result<T, ClientError>>,
@@ -171,6 +177,7 @@ pub async fn register_op(
                     error: Some("compare-and-set refused".into()),
                 },
                 Err((Some(tonic::Code::InvalidArgument), e)) => failed(e),
+                Err((_, e)) if never_sent(&e) => failed(e),
                 Err((_, e)) => unknown(e),
             }
         }
@@ -309,6 +316,7 @@ pub async fn submit(
     match bounded(call).await {
         Ok(_) => (Outcome::Ok, None),
         Err((Some(tonic::Code::InvalidArgument), e)) => (Outcome::Fail, Some(e)),
+        Err((_, e)) if never_sent(&e) => (Outcome::Fail, Some(e)),
         Err((_, e)) => (Outcome::Unknown, Some(e)),
     }
 }
@@ -355,6 +363,7 @@ pub async fn job_client(ctx: ClientContext, process: u64, mut rng: Rng) {
                 Err((Some(tonic::Code::NotFound | tonic::Code::InvalidArgument), e)) => {
                     (Outcome::Fail, Some(e))
                 }
+                Err((_, e)) if never_sent(&e) => (Outcome::Fail, Some(e)),
                 Err((_, e)) => (Outcome::Unknown, Some(e)),
             };
             record(
