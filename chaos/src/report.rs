@@ -47,6 +47,10 @@ impl Counts {
     }
 }
 
+/// One fault's figures: what, start ms, length ms, whole again ms after
+/// the heal, writes acknowledged again ms after injection.
+pub type FaultFigures = (String, u64, u64, Option<u64>, Option<u64>);
+
 /// The figures of one run.
 #[derive(Debug, Clone)]
 pub struct Report {
@@ -60,9 +64,8 @@ pub struct Report {
     pub during_faults: Counts,
     /// Operations invoked with no fault in force.
     pub outside_faults: Counts,
-    /// Faults: what, start ms, length ms, recovery after heal ms, writes
-    /// resumed ms after injection.
-    pub faults: Vec<(String, u64, u64, Option<u64>, Option<u64>)>,
+    /// Faults, in injection order.
+    pub faults: Vec<FaultFigures>,
     /// Each checker's verdict.
     pub verdicts: Vec<(&'static str, Verdict)>,
 }
