@@ -213,6 +213,11 @@ impl AgentSet {
         found
     }
 
+    /// The directory holding every agent's data dir and log.
+    pub fn root(&self) -> &Path {
+        self.root.path()
+    }
+
     /// Names of the agents of this set.
     pub fn names(&self) -> Vec<String> {
         self.agents.keys().cloned().collect()
@@ -229,8 +234,9 @@ fn is_zombie(pid: u32) -> bool {
         .unwrap_or(false)
 }
 
-/// SIGKILLs every process whose command line or `HERD_ALLOC_DIR` points under `dir`.
-fn kill_processes_under(dir: &Path) {
+/// SIGKILLs every process whose command line or environment points under
+/// `dir` (a run's last resort against leaks).
+pub fn kill_processes_under(dir: &Path) {
     let needle = dir.to_string_lossy().into_owned();
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return;
@@ -243,6 +249,9 @@ fn kill_processes_under(dir: &Path) {
         else {
             continue;
         };
+        if pid as u32 == std::process::id() {
+            continue;
+        }
         let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
         let environ = std::fs::read(entry.path().join("environ")).unwrap_or_default();
         let mentions = |bytes: &[u8]| String::from_utf8_lossy(bytes).contains(&needle);
@@ -254,6 +263,36 @@ fn kill_processes_under(dir: &Path) {
             }
         }
     }
+}
+
+/// Live (not zombie) processes other than this one whose command line or
+/// environment mentions `dir`, as `PID COMMAND LINE`.
+pub fn processes_under(dir: &Path) -> Vec<String> {
+    let needle = dir.to_string_lossy().into_owned();
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == std::process::id() || is_zombie(pid) {
+            continue;
+        }
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let environ = std::fs::read(entry.path().join("environ")).unwrap_or_default();
+        let mentions = |bytes: &[u8]| String::from_utf8_lossy(bytes).contains(&needle);
+        if mentions(&cmdline) || mentions(&environ) {
+            let command = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            found.push(format!("{pid} {}", command.trim()));
+        }
+    }
+    found
 }
 
 impl Drop for AgentSet {

@@ -223,6 +223,41 @@ impl ProcessCluster {
         result
     }
 
+    /// SIGSTOPs a member: it keeps its sockets but answers nothing, like a
+    /// process stuck in a long GC pause or a hung VM.
+    pub fn pause(&mut self, id: u64) -> Result<(), ClusterError> {
+        self.signal(id, libc::SIGSTOP)
+    }
+
+    /// SIGCONTs a paused member.
+    pub fn resume(&mut self, id: u64) -> Result<(), ClusterError> {
+        self.signal(id, libc::SIGCONT)
+    }
+
+    fn signal(&mut self, id: u64, signal: i32) -> Result<(), ClusterError> {
+        let member = self.member_mut(id)?;
+        let Some(child) = &member.child else {
+            return Ok(());
+        };
+        let pid = i32::try_from(child.id()).map_err(|_| ClusterError::UnknownMember(id))?;
+        // SAFETY: kill(2) takes plain integers; the child is not reaped yet,
+        // so the pid still names it.
+        let rc = unsafe { libc::kill(pid, signal) };
+        if rc != 0 {
+            return Err(ClusterError::Io {
+                what: format!("signal {signal} to member {id}"),
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The directory holding every member's data and log (process command
+    /// lines mention it, which is how leaked processes are found).
+    pub fn root(&self) -> &Path {
+        self.root.path()
+    }
+
     /// Deletes a (killed) member's data dir, as a lost disk would.
     pub fn wipe(&mut self, id: u64) -> Result<(), ClusterError> {
         let dir = self.member(id)?.data_dir.clone();

@@ -1,5 +1,5 @@
 //! `herd`: the one binary. Daemons (`coordinator`, `dev`) and client commands
-//! (`cluster`, `job`, `node`, `var`), plus `bench`.
+//! (`cluster`, `job`, `node`, `var`), plus `bench` and `chaos`.
 
 mod bench;
 mod cmd;
@@ -58,6 +58,9 @@ enum Command {
     /// Read and write variables (replicated registers with compare-and-set).
     #[command(subcommand)]
     Var(cmd::var::VarCommand),
+    /// Inject faults into real clusters and check what clients saw.
+    #[command(subcommand)]
+    Chaos(cmd::chaos::ChaosCommand),
     /// Measure herd against its targets.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -116,6 +119,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Var(command) => cmd::var::run(&ctx, command).await,
         Command::Bench(command) => bench::run(&ctx, command).await,
         Command::SimVm(args) => cmd::sim_vm::run(args).await,
+        Command::Chaos(command) => cmd::chaos::run(command).await,
         Command::Executor(_) => Err(CliError::runtime("the executor runs outside the runtime")),
         Command::ToyTrain(_) => Err(CliError::runtime("toy-train runs outside the runtime")),
     }

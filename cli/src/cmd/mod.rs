@@ -2,6 +2,7 @@
 
 pub mod agent;
 pub mod alloc;
+pub mod chaos;
 pub mod cluster;
 pub mod coordinator;
 pub mod dev;

@@ -1,0 +1,96 @@
+//! Never two running copies: in no sample may one allocation run as two
+//! processes, and once the cluster has settled no job instance may either.
+//!
+//! While an agent is dead its workloads run on unsupervised and the
+//! coordinator rightly starts replacements elsewhere, so two copies of an
+//! *instance* can overlap until the agent returns and stops its stale one;
+//! two copies of one *allocation* never may.
+
+use std::collections::BTreeMap;
+
+use super::Verdict;
+use crate::history::Sample;
+
+/// Checks every sample.
+pub fn check(samples: &[Sample]) -> Verdict {
+    if samples.is_empty() {
+        return Verdict::Pass;
+    }
+    for sample in samples {
+        let mut by_alloc: BTreeMap<&str, Vec<u32>> = BTreeMap::new();
+        let mut by_instance: BTreeMap<(&str, u32), Vec<u32>> = BTreeMap::new();
+        for p in &sample.processes {
+            by_alloc.entry(&p.alloc_id).or_default().push(p.pid);
+            if let Some(instance) = p.instance {
+                by_instance
+                    .entry((&p.job, instance))
+                    .or_default()
+                    .push(p.pid);
+            }
+        }
+        if let Some((alloc, pids)) = by_alloc.iter().find(|(_, pids)| pids.len() > 1) {
+            return Verdict::Fail(format!(
+                "allocation {alloc} ran as pids {pids:?} at {} ms",
+                sample.at_ns / 1_000_000
+            ));
+        }
+        if sample.settled {
+            if let Some(((job, instance), pids)) =
+                by_instance.iter().find(|(_, pids)| pids.len() > 1)
+            {
+                return Verdict::Fail(format!(
+                    "instance {instance} of job {job} ran twice (pids {pids:?}) at {} ms, after the cluster settled",
+                    sample.at_ns / 1_000_000
+                ));
+            }
+        }
+    }
+    Verdict::Pass
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::history::SeenProcess;
+
+    fn seen(pid: u32, alloc: &str, instance: u32) -> SeenProcess {
+        SeenProcess {
+            pid,
+            node: "n1".into(),
+            alloc_id: alloc.into(),
+            job: "web".into(),
+            instance: Some(instance),
+        }
+    }
+
+    fn sample(settled: bool, processes: Vec<SeenProcess>) -> Sample {
+        Sample {
+            at_ns: 1_000_000,
+            settled,
+            processes,
+        }
+    }
+
+    #[test]
+    fn one_copy_each_passes() {
+        let samples = vec![
+            sample(false, vec![seen(1, "a0", 0), seen(2, "a1", 1)]),
+            // An orphan overlapping its replacement while unsettled is allowed.
+            sample(false, vec![seen(1, "a0", 0), seen(3, "b0", 0)]),
+            sample(true, vec![seen(3, "b0", 0), seen(2, "a1", 1)]),
+        ];
+        assert_eq!(check(&samples), Verdict::Pass);
+    }
+
+    #[test]
+    fn one_allocation_running_twice_fails() {
+        let samples = vec![sample(false, vec![seen(1, "a0", 0), seen(2, "a0", 0)])];
+        assert!(check(&samples).is_fail());
+    }
+
+    #[test]
+    fn an_instance_running_twice_after_settling_fails() {
+        let samples = vec![sample(true, vec![seen(1, "a0", 0), seen(2, "b0", 0)])];
+        assert!(check(&samples).is_fail());
+    }
+}

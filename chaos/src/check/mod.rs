@@ -1,0 +1,87 @@
+//! Checkers: each reads a [`History`](crate::history::History) and returns a
+//! [`Verdict`]. A checker that cannot decide says [`Verdict::Unknown`] rather
+//! than passing: a chaos run must never claim a correctness it did not show.
+
+pub mod converge;
+pub mod double_run;
+pub mod jobs;
+pub mod leaks;
+pub mod linear;
+
+use serde::Serialize;
+
+use crate::history::History;
+
+/// A checker's answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "verdict", content = "detail", rename_all = "lowercase")]
+pub enum Verdict {
+    /// The property held.
+    Pass,
+    /// The property was violated; says how.
+    Fail(String),
+    /// The checker could not decide (bound hit, data missing); says why.
+    Unknown(String),
+}
+
+impl Verdict {
+    /// Whether this is [`Verdict::Pass`].
+    pub fn is_pass(&self) -> bool {
+        matches!(self, Verdict::Pass)
+    }
+
+    /// Whether this is [`Verdict::Fail`].
+    pub fn is_fail(&self) -> bool {
+        matches!(self, Verdict::Fail(_))
+    }
+
+    /// The word a report prints.
+    pub fn word(&self) -> &'static str {
+        match self {
+            Verdict::Pass => "pass",
+            Verdict::Fail(_) => "FAIL",
+            Verdict::Unknown(_) => "unknown",
+        }
+    }
+
+    /// Folds several verdicts: any failure fails, else any unknown is unknown.
+    pub fn all(verdicts: impl IntoIterator<Item = Verdict>) -> Verdict {
+        let mut unknown = None;
+        for verdict in verdicts {
+            match verdict {
+                Verdict::Pass => {}
+                Verdict::Fail(why) => return Verdict::Fail(why),
+                Verdict::Unknown(why) => {
+                    unknown.get_or_insert(why);
+                }
+            }
+        }
+        unknown.map_or(Verdict::Pass, Verdict::Unknown)
+    }
+}
+
+/// Which properties a run checks, with their bounds.
+#[derive(Debug, Clone)]
+pub struct CheckConfig {
+    /// Search steps the linearizability checker may take per key.
+    pub linear_step_budget: u64,
+    /// Whether the scenario ran jobs (else the job checkers are skipped).
+    pub jobs: bool,
+}
+
+/// Every checker's verdict on `history`, named.
+pub fn check_all(history: &History, config: &CheckConfig) -> Vec<(&'static str, Verdict)> {
+    let ops: Vec<_> = history.ops().cloned().collect();
+    let mut verdicts = vec![(
+        "linearizable registers",
+        linear::check_registers(&ops, config.linear_step_budget),
+    )];
+    if config.jobs {
+        verdicts.push(("no acknowledged job lost", jobs::check_history(history)));
+        let samples: Vec<_> = history.samples().cloned().collect();
+        verdicts.push(("no double run", double_run::check(&samples)));
+    }
+    verdicts.push(("converged within bound", converge::check_history(history)));
+    verdicts.push(("no leaked processes", leaks::check_history(history)));
+    verdicts
+}

@@ -1,0 +1,289 @@
+//! What a chaos run observed, as JSON lines: every client operation with its
+//! invocation and completion, every fault window, periodic samples of the
+//! workload processes, and the final state read once faults healed.
+//!
+//! The checkers in [`crate::check`] read only this record, so a history file
+//! can be checked again (or by another tool) long after the run.
+
+use std::io::{BufRead, Write};
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+/// How an operation ended, from the client's point of view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    /// Acknowledged: it took effect (or, for a read, it returned this).
+    Ok,
+    /// Definitely did not take effect (a refused CAS, a read that failed).
+    Fail,
+    /// May or may not have taken effect (timeout, connection lost).
+    Unknown,
+}
+
+/// What an operation did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OpKind {
+    /// Unconditional register write of `value`.
+    Write,
+    /// Compare-and-set of `value` if the version is `expected`.
+    Cas,
+    /// Linearizable register read.
+    Read,
+    /// Job submit (the key is the job name).
+    Submit,
+    /// Job stop.
+    Stop,
+    /// Job query (informational; not checked).
+    Query,
+}
+
+/// One client operation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Op {
+    /// Unique within the history.
+    pub id: u64,
+    /// The client that ran it (operations of one client never overlap).
+    pub process: u64,
+    /// What it did.
+    pub kind: OpKind,
+    /// Register key or job name.
+    pub key: String,
+    /// Written value (write, CAS) or the value a read returned (None: absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// The version a CAS expected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected: Option<u64>,
+    /// Version returned: after a write, read (0: absent), or the actual
+    /// version that made a CAS fail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
+    /// When the client sent it, ns since the run started.
+    pub invoke_ns: u64,
+    /// When the answer (or the error) came back.
+    pub complete_ns: u64,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// The error, when there was one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// A fault the nemesis injected, from start to heal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FaultWindow {
+    /// What was done, e.g. `kill member 2 (leader)`.
+    pub what: String,
+    /// When it started, ns since the run started.
+    pub start_ns: u64,
+    /// When it was healed (None: never, e.g. the run was cut short).
+    pub end_ns: Option<u64>,
+    /// How long after the heal the cluster was whole again (leader elected,
+    /// services at count), when measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovered_after_ns: Option<u64>,
+}
+
+/// One running workload process seen in a sample.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeenProcess {
+    /// Its pid.
+    pub pid: u32,
+    /// The node that started it.
+    pub node: String,
+    /// Its allocation.
+    pub alloc_id: String,
+    /// Its job.
+    pub job: String,
+    /// Its instance number, when the driver set one.
+    pub instance: Option<u32>,
+}
+
+/// The workload processes running at one moment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sample {
+    /// When, ns since the run started.
+    pub at_ns: u64,
+    /// Whether every fault had healed and the cluster had converged: from
+    /// then on even one *job instance* must never run twice (while an agent
+    /// is dead its orphaned copy may legitimately overlap its replacement).
+    pub settled: bool,
+    /// What ran.
+    pub processes: Vec<SeenProcess>,
+}
+
+/// A job as listed at the end of the run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FinalJob {
+    /// Name.
+    pub name: String,
+    /// Status (`running`, `stopped`, ...).
+    pub status: String,
+}
+
+/// One line of a history file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Record {
+    /// A client operation.
+    Op(Op),
+    /// A fault window.
+    Fault(FaultWindow),
+    /// A process sample.
+    Sample(Sample),
+    /// The jobs listed once faults healed (None: the list could not be read).
+    FinalJobs {
+        /// The jobs.
+        jobs: Option<Vec<FinalJob>>,
+    },
+    /// Processes of the run still alive after teardown.
+    Leftovers {
+        /// Their pids and command lines.
+        processes: Vec<String>,
+    },
+    /// When the cluster converged after the last heal (None: not within the bound).
+    Converged {
+        /// When the last fault healed.
+        healed_ns: u64,
+        /// When it converged.
+        at_ns: Option<u64>,
+        /// The bound it had.
+        bound_ns: u64,
+    },
+}
+
+/// A whole run's record, in the order things were recorded.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct History {
+    /// The records.
+    pub records: Vec<Record>,
+}
+
+/// A history file could not be written or read.
+#[derive(Debug, thiserror::Error)]
+pub enum HistoryError {
+    /// File I/O failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A line is not a record.
+    #[error("{path} line {line}: {source}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// 1-based line number.
+        line: usize,
+        /// Why.
+        source: serde_json::Error,
+    },
+}
+
+impl History {
+    /// Client operations, in recording order.
+    pub fn ops(&self) -> impl Iterator<Item = &Op> {
+        self.records.iter().filter_map(|r| match r {
+            Record::Op(op) => Some(op),
+            _ => None,
+        })
+    }
+
+    /// Fault windows.
+    pub fn faults(&self) -> impl Iterator<Item = &FaultWindow> {
+        self.records.iter().filter_map(|r| match r {
+            Record::Fault(f) => Some(f),
+            _ => None,
+        })
+    }
+
+    /// Process samples.
+    pub fn samples(&self) -> impl Iterator<Item = &Sample> {
+        self.records.iter().filter_map(|r| match r {
+            Record::Sample(s) => Some(s),
+            _ => None,
+        })
+    }
+
+    /// Writes one JSON object per line.
+    pub fn write_jsonl(&self, path: &Path) -> Result<(), HistoryError> {
+        let err = |source| HistoryError::Io {
+            path: path.display().to_string(),
+            source,
+        };
+        let file = std::fs::File::create(path).map_err(err)?;
+        let mut out = std::io::BufWriter::new(file);
+        for record in &self.records {
+            let line = serde_json::to_string(record).map_err(|e| err(std::io::Error::other(e)))?;
+            writeln!(out, "{line}").map_err(err)?;
+        }
+        out.flush().map_err(err)
+    }
+
+    /// Reads a file [`History::write_jsonl`] wrote.
+    pub fn read_jsonl(path: &Path) -> Result<Self, HistoryError> {
+        let file = std::fs::File::open(path).map_err(|source| HistoryError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let mut records = Vec::new();
+        for (n, line) in std::io::BufReader::new(file).lines().enumerate() {
+            let line = line.map_err(|source| HistoryError::Io {
+                path: path.display().to_string(),
+                source,
+            })?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            let record = serde_json::from_str(&line).map_err(|source| HistoryError::Parse {
+                path: path.display().to_string(),
+                line: n + 1,
+                source,
+            })?;
+            records.push(record);
+        }
+        Ok(Self { records })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_history_survives_a_round_trip_through_json_lines() {
+        let history = History {
+            records: vec![
+                Record::Op(Op {
+                    id: 1,
+                    process: 0,
+                    kind: OpKind::Cas,
+                    key: "k".into(),
+                    value: Some("v1".into()),
+                    expected: Some(0),
+                    version: Some(1),
+                    invoke_ns: 10,
+                    complete_ns: 20,
+                    outcome: Outcome::Ok,
+                    error: None,
+                }),
+                Record::Fault(FaultWindow {
+                    what: "kill member 1".into(),
+                    start_ns: 5,
+                    end_ns: Some(50),
+                    recovered_after_ns: None,
+                }),
+                Record::FinalJobs { jobs: None },
+            ],
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("h.jsonl");
+        history.write_jsonl(&path).unwrap();
+        assert_eq!(History::read_jsonl(&path).unwrap(), history);
+    }
+}

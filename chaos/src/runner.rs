@@ -1,0 +1,449 @@
+//! Runs one scenario: starts the cluster (and agents), runs the clients,
+//! injects the seeded fault schedule, waits for convergence, tears down and
+//! looks for leftovers. The result is a [`History`]; judging it is the
+//! checkers' job.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use herd_api::client::HerdClient;
+use herd_api::proto::v1::allocs_client::AllocsClient;
+use herd_api::proto::v1::jobs_client::JobsClient;
+use herd_api::proto::v1::nodes_client::NodesClient;
+use herd_api::proto::v1::{ListAllocsRequest, ListJobsRequest, ListNodesRequest};
+
+use crate::agents::{kill_processes_under, processes_under, AgentSet};
+use crate::history::{FaultWindow, FinalJob, History, OpKind, Record, Sample, SeenProcess};
+use crate::nemesis::rng::Rng;
+use crate::nemesis::schedule::{plan, ScheduleShape};
+use crate::nemesis::{self, NemesisError};
+use crate::process_cluster::{ClusterError, ProcessCluster};
+use crate::scenario::Scenario;
+use crate::workload::{self, ClientContext, Recorder};
+
+/// The name of the service job scenarios with agents keep running.
+pub const SERVICE_JOB: &str = "chaos-svc";
+
+/// How a run is carried out.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    /// The herd binary to start.
+    pub binary: PathBuf,
+    /// What to run.
+    pub scenario: Scenario,
+    /// How long faults are injected (convergence is awaited after).
+    pub duration: Duration,
+    /// The seed of the schedule and the clients.
+    pub seed: u64,
+    /// How long after the last heal the cluster must be whole again.
+    pub converge_bound: Duration,
+    /// Register clients.
+    pub register_clients: u64,
+    /// Register keys.
+    pub keys: usize,
+}
+
+/// Why a run could not be carried out (not a herd bug: a harness failure
+/// or a cluster that never got going).
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// Starting, killing or signalling processes failed.
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    /// A nemesis could not act.
+    #[error(transparent)]
+    Nemesis(#[from] NemesisError),
+    /// The cluster did not get ready before any fault.
+    #[error("setup: {0}")]
+    Setup(String),
+}
+
+/// Probes with a deadline: a paused member must not stall the run.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(1500);
+
+async fn leader(cluster: &ProcessCluster) -> Option<u64> {
+    let status = tokio::time::timeout(PROBE_TIMEOUT, cluster.status())
+        .await
+        .ok()??;
+    (status.leader != 0).then_some(status.leader)
+}
+
+/// The workload processes running now.
+fn sample(agents: &AgentSet, at_ns: u64, settled: bool) -> Sample {
+    Sample {
+        at_ns,
+        settled,
+        processes: agents
+            .workloads()
+            .into_iter()
+            .map(|w| SeenProcess {
+                pid: w.pid,
+                node: w.node,
+                alloc_id: w.alloc_id,
+                job: w.job,
+                instance: w.instance,
+            })
+            .collect(),
+    }
+}
+
+/// Whether the cluster is whole: a leader every member knows, every agent's
+/// node ready, the service running at its count (one process per instance).
+async fn whole(
+    cluster: &ProcessCluster,
+    client: &HerdClient,
+    agents: Option<&AgentSet>,
+    service_count: u32,
+) -> bool {
+    if leader(cluster).await.is_none() {
+        return false;
+    }
+    for id in cluster.ids() {
+        let report = tokio::time::timeout(PROBE_TIMEOUT, cluster.member_report(id)).await;
+        match report {
+            Ok(Some(r)) if r.leader.is_some() => {}
+            _ => return false,
+        }
+    }
+    let Some(agents) = agents else {
+        return true;
+    };
+    let nodes = tokio::time::timeout(
+        PROBE_TIMEOUT,
+        client.call(|ch| async move {
+            NodesClient::new(ch)
+                .list(ListNodesRequest { stale: false })
+                .await
+                .map(|r| r.into_inner())
+        }),
+    )
+    .await;
+    let Ok(Ok(nodes)) = nodes else {
+        return false;
+    };
+    let ready: BTreeSet<String> = nodes
+        .nodes
+        .into_iter()
+        .filter(|n| n.status == "ready")
+        .map(|n| n.name)
+        .collect();
+    if !agents.names().iter().all(|n| ready.contains(n)) {
+        return false;
+    }
+    if service_count == 0 {
+        return true;
+    }
+    let allocs = tokio::time::timeout(
+        PROBE_TIMEOUT,
+        client.call(|ch| async move {
+            AllocsClient::new(ch)
+                .list(ListAllocsRequest {
+                    job: SERVICE_JOB.into(),
+                    stale: false,
+                })
+                .await
+                .map(|r| r.into_inner())
+        }),
+    )
+    .await;
+    let Ok(Ok(allocs)) = allocs else {
+        return false;
+    };
+    let running = allocs
+        .allocs
+        .iter()
+        .filter(|a| a.status == "running" && a.desired == "run")
+        .count();
+    let processes: Vec<_> = agents
+        .workloads()
+        .into_iter()
+        .filter(|w| w.job == SERVICE_JOB)
+        .collect();
+    let instances: BTreeSet<Option<u32>> = processes.iter().map(|p| p.instance).collect();
+    running == service_count as usize
+        && processes.len() == service_count as usize
+        && instances.len() == service_count as usize
+}
+
+async fn until_whole(
+    cluster: &ProcessCluster,
+    client: &HerdClient,
+    agents: Option<&AgentSet>,
+    service_count: u32,
+    limit: Duration,
+) -> bool {
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        if whole(cluster, client, agents, service_count).await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    false
+}
+
+/// Runs `config`'s scenario and returns what was observed.
+pub async fn run(config: &RunConfig) -> Result<History, RunError> {
+    let scenario = &config.scenario;
+    let mut rng = Rng::new(config.seed);
+    let recorder = Arc::new(Recorder::new());
+    let mut cluster =
+        ProcessCluster::start(&config.binary, scenario.members, &["--node-ttl-ms", "2000"])?;
+    let cluster_root = cluster.root().to_path_buf();
+    cluster
+        .wait_for_leader(Duration::from_secs(30))
+        .await
+        .map_err(|e| RunError::Setup(e.to_string()))?;
+    let addrs: Vec<String> = cluster
+        .ids()
+        .iter()
+        .filter_map(|id| cluster.member(*id).ok().map(|m| m.addr.clone()))
+        .collect();
+    let client = cluster.client()?;
+    let mut agents = None;
+    if scenario.agents > 0 {
+        let mut set = AgentSet::new(&config.binary, &cluster.addr_list())?;
+        for i in 1..=scenario.agents {
+            set.start(&format!("n{i}"), &[])?;
+        }
+        agents = Some(set);
+    }
+    let agents_root = agents.as_ref().map(|a| a.root().to_path_buf());
+    if scenario.service_count > 0 {
+        let invoke_ns = recorder.now_ns();
+        let spec = workload::sleeper_spec(SERVICE_JOB, scenario.service_count);
+        let (outcome, error) = workload::submit(&client, 0, spec).await;
+        recorder.push(Record::Op(crate::history::Op {
+            id: recorder.next_id(),
+            process: 0,
+            kind: OpKind::Submit,
+            key: SERVICE_JOB.into(),
+            value: None,
+            expected: None,
+            version: None,
+            invoke_ns,
+            complete_ns: recorder.now_ns(),
+            outcome,
+            error: error.clone(),
+        }));
+        if let Some(error) = error {
+            return Err(RunError::Setup(format!("submit {SERVICE_JOB}: {error}")));
+        }
+    }
+    if !until_whole(
+        &cluster,
+        &client,
+        agents.as_ref(),
+        scenario.service_count,
+        Duration::from_secs(40),
+    )
+    .await
+    {
+        return Err(RunError::Setup(
+            "the cluster was not whole (leader, nodes ready, service at count) within 40 s of starting".into(),
+        ));
+    }
+
+    // Clients.
+    let stop = Arc::new(AtomicBool::new(false));
+    let ctx = ClientContext {
+        addrs: addrs.clone(),
+        recorder: recorder.clone(),
+        stop: stop.clone(),
+    };
+    let keys = workload::register_keys(config.keys);
+    let mut tasks = Vec::new();
+    for process in 1..=config.register_clients {
+        tasks.push(tokio::spawn(workload::register_client(
+            ctx.clone(),
+            process,
+            keys.clone(),
+            rng.fork(),
+        )));
+    }
+    tasks.push(tokio::spawn(workload::job_client(
+        ctx.clone(),
+        config.register_clients + 1,
+        rng.fork(),
+    )));
+
+    // Faults.
+    let run_start = Instant::now();
+    let windows = plan(
+        &mut rng,
+        scenario.faults,
+        config.duration,
+        &ScheduleShape::default(),
+    );
+    let mut faults: Vec<FaultWindow> = Vec::new();
+    let mut active: Option<(nemesis::Active, usize)> = None;
+    let mut unrecovered: Vec<usize> = Vec::new();
+    let mut next = 0;
+    let mut last_probe = Instant::now();
+    let mut last_sample = Instant::now();
+    let mut last_heal_ns = recorder.now_ns();
+    loop {
+        let now = run_start.elapsed();
+        if let Some((fault, index)) = active.take() {
+            let window = &windows[index];
+            if now < window.start + window.length {
+                active = Some((fault, index));
+            } else {
+                nemesis::heal(&fault, &mut cluster, agents.as_mut())?;
+                last_heal_ns = recorder.now_ns();
+                if let Some(f) = faults.last_mut() {
+                    f.end_ns = Some(last_heal_ns);
+                }
+                unrecovered.push(faults.len() - 1);
+                next = index + 1;
+            }
+        } else if next < windows.len() && now >= windows[next].start {
+            let known_leader = leader(&cluster).await;
+            let fault = nemesis::inject(
+                windows[next].fault,
+                &mut cluster,
+                agents.as_mut(),
+                known_leader,
+                &mut rng,
+            )?;
+            tracing::info!(fault = %fault.what, "injected");
+            faults.push(FaultWindow {
+                what: fault.what.clone(),
+                start_ns: recorder.now_ns(),
+                end_ns: None,
+                recovered_after_ns: None,
+            });
+            active = Some((fault, next));
+        }
+        if !unrecovered.is_empty()
+            && active.is_none()
+            && last_probe.elapsed() >= Duration::from_millis(200)
+        {
+            last_probe = Instant::now();
+            if whole(&cluster, &client, agents.as_ref(), scenario.service_count).await {
+                let at = recorder.now_ns();
+                for index in unrecovered.drain(..) {
+                    let end = faults[index].end_ns.unwrap_or(at);
+                    faults[index].recovered_after_ns = Some(at.saturating_sub(end));
+                }
+            }
+        }
+        if let Some(set) = &agents {
+            if last_sample.elapsed() >= Duration::from_millis(250) {
+                last_sample = Instant::now();
+                let settled = active.is_none() && unrecovered.is_empty();
+                recorder.push(Record::Sample(sample(set, recorder.now_ns(), settled)));
+            }
+        }
+        if now >= config.duration && active.is_none() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Convergence after the last heal.
+    let converge_started = Instant::now();
+    let mut converged_at = None;
+    while converge_started.elapsed() < config.converge_bound {
+        if whole(&cluster, &client, agents.as_ref(), scenario.service_count).await {
+            converged_at = Some(recorder.now_ns());
+            break;
+        }
+        if let Some(set) = &agents {
+            recorder.push(Record::Sample(sample(set, recorder.now_ns(), false)));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    if let Some(at) = converged_at {
+        for index in unrecovered.drain(..) {
+            let end = faults[index].end_ns.unwrap_or(at);
+            faults[index].recovered_after_ns = Some(at.saturating_sub(end));
+        }
+    }
+    recorder.push(Record::Converged {
+        healed_ns: last_heal_ns,
+        at_ns: converged_at,
+        bound_ns: config.converge_bound.as_nanos() as u64,
+    });
+
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        // A client finishes its current operation (bounded) and returns.
+        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+    }
+    if let Some(set) = &agents {
+        // Settled samples: now no instance may run twice.
+        for _ in 0..4 {
+            recorder.push(Record::Sample(sample(
+                set,
+                recorder.now_ns(),
+                converged_at.is_some(),
+            )));
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+    // Final reads: a lost acknowledged write shows here at the latest.
+    for key in &keys {
+        let invoke_ns = recorder.now_ns();
+        let answer = workload::register_op(&client, 0, OpKind::Read, key, None, None).await;
+        recorder.push(Record::Op(crate::history::Op {
+            id: recorder.next_id(),
+            process: 0,
+            kind: OpKind::Read,
+            key: key.clone(),
+            value: answer.1,
+            expected: None,
+            version: answer.2,
+            invoke_ns,
+            complete_ns: recorder.now_ns(),
+            outcome: answer.0,
+            error: answer.3,
+        }));
+    }
+    let jobs = tokio::time::timeout(
+        Duration::from_secs(5),
+        client.call(|ch| async move {
+            JobsClient::new(ch)
+                .list(ListJobsRequest { stale: false })
+                .await
+                .map(|r| r.into_inner())
+        }),
+    )
+    .await;
+    let jobs = match jobs {
+        Ok(Ok(reply)) => Some(
+            reply
+                .jobs
+                .into_iter()
+                .filter_map(|j| {
+                    j.spec.map(|s| FinalJob {
+                        name: s.name,
+                        status: j.status,
+                    })
+                })
+                .collect(),
+        ),
+        _ => None,
+    };
+    recorder.push(Record::FinalJobs { jobs });
+
+    // Teardown, then anything still alive is a leak.
+    drop(agents);
+    drop(cluster);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut leftovers = processes_under(&cluster_root);
+    if let Some(root) = &agents_root {
+        leftovers.extend(processes_under(root));
+        kill_processes_under(root);
+    }
+    kill_processes_under(&cluster_root);
+    recorder.push(Record::Leftovers {
+        processes: leftovers,
+    });
+    let mut records = recorder.take();
+    records.extend(faults.into_iter().map(Record::Fault));
+    Ok(History { records })
+}

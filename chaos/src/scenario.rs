@@ -1,0 +1,92 @@
+//! Named scenarios: a cluster shape, the faults drawn from, and the workload.
+
+use crate::nemesis::Fault;
+
+/// One scenario `herd chaos run --scenario NAME` can run.
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    /// Its name on the command line.
+    pub name: &'static str,
+    /// One line for `herd chaos list`.
+    pub about: &'static str,
+    /// Coordinators.
+    pub members: u64,
+    /// Node agents (0: coordinators only).
+    pub agents: usize,
+    /// The faults its schedule draws from.
+    pub faults: &'static [Fault],
+    /// Service instances kept running on the agents (0: none).
+    pub service_count: u32,
+}
+
+/// Every scenario, in the order `all` runs them.
+pub const SCENARIOS: &[Scenario] = &[
+    Scenario {
+        name: "kill-leader",
+        about: "kill -9 the leader of 3 coordinators, restart it",
+        members: 3,
+        agents: 0,
+        faults: &[Fault::KillLeader],
+        service_count: 0,
+    },
+    Scenario {
+        name: "kill-one",
+        about: "kill -9 a random one of 5 coordinators, restart it",
+        members: 5,
+        agents: 0,
+        faults: &[Fault::KillOne],
+        service_count: 0,
+    },
+    Scenario {
+        name: "kill-majority",
+        about: "kill -9 a majority (leader included) of 3 coordinators, restart them",
+        members: 3,
+        agents: 0,
+        faults: &[Fault::KillMajority],
+        service_count: 0,
+    },
+    Scenario {
+        name: "restart-all",
+        about: "kill -9 every coordinator at once, restart them all",
+        members: 3,
+        agents: 0,
+        faults: &[Fault::KillAll],
+        service_count: 0,
+    },
+    Scenario {
+        name: "pause-member",
+        about: "SIGSTOP the leader or a random coordinator of 3, SIGCONT it",
+        members: 3,
+        agents: 0,
+        faults: &[Fault::PauseLeader, Fault::PauseOne],
+        service_count: 0,
+    },
+    Scenario {
+        name: "agent-loss",
+        about: "3 coordinators, 3 agents, a 3-instance service; kill -9 a node (agent and workloads) or an agent alone, restart it",
+        members: 3,
+        agents: 3,
+        faults: &[Fault::KillNode, Fault::KillAgent],
+        service_count: 3,
+    },
+    Scenario {
+        name: "mixed",
+        about: "3 coordinators, 2 agents; any of the faults above",
+        members: 3,
+        agents: 2,
+        faults: &[
+            Fault::KillLeader,
+            Fault::KillOne,
+            Fault::KillMajority,
+            Fault::PauseLeader,
+            Fault::KillNode,
+            Fault::KillAgent,
+        ],
+        service_count: 2,
+    },
+];
+
+/// The scenario called `name`.
+pub fn find(name: &str) -> Option<&'static Scenario> {
+    SCENARIOS.iter().find(|s| s.name == name)
+}

@@ -1,0 +1,398 @@
+//! Clients of a chaos run: register readers/writers and a job client, each
+//! recording every operation's invocation and completion into a shared
+//! [`Recorder`].
+//!
+//! Every operation is one gRPC call to one coordinator (picked at random),
+//! never retried behind the client's back: a retried write could be applied
+//! twice, and the history would then lie about what the client did. Any
+//! error on a write makes its outcome unknown; only answers that say the
+//! write was refused make it a failure.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use herd_api::client::{ClientError, HerdClient};
+use herd_api::proto::v1::jobs_client::JobsClient;
+use herd_api::proto::v1::variables_client::VariablesClient;
+use herd_api::proto::v1::{
+    GetJobRequest, GetVariableRequest, JobSpec, PutVariableRequest, Resources, StopJobRequest,
+    SubmitJobRequest, TaskSpec,
+};
+
+use crate::history::{Op, OpKind, Outcome, Record};
+use crate::nemesis::rng::Rng;
+
+/// How long a client waits for one answer before calling the outcome unknown.
+pub const OP_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Collects the records of a run, stamped against one start instant.
+pub struct Recorder {
+    t0: Instant,
+    next_id: AtomicU64,
+    records: Mutex<Vec<Record>>,
+}
+
+impl Recorder {
+    /// A recorder whose clock starts now.
+    pub fn new() -> Self {
+        Self {
+            t0: Instant::now(),
+            next_id: AtomicU64::new(1),
+            records: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Nanoseconds since the recorder was made.
+    pub fn now_ns(&self) -> u64 {
+        self.t0.elapsed().as_nanos() as u64
+    }
+
+    /// A fresh operation id.
+    pub fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Appends a record.
+    pub fn push(&self, record: Record) {
+        // A poisoned lock only means another client panicked mid-push; the
+        // records themselves are still whole.
+        let mut records = self.records.lock().unwrap_or_else(|p| p.into_inner());
+        records.push(record);
+    }
+
+    /// Everything recorded so far.
+    pub fn take(&self) -> Vec<Record> {
+        let mut records = self.records.lock().unwrap_or_else(|p| p.into_inner());
+        std::mem::take(&mut *records)
+    }
+}
+
+impl Default for Recorder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// What one call returned, classified.
+struct Answer {
+    outcome: Outcome,
+    value: Option<String>,
+    version: Option<u64>,
+    error: Option<String>,
+}
+
+fn unknown(error: String) -> Answer {
+    Answer {
+        outcome: Outcome::Unknown,
+        value: None,
+        version: None,
+        error: Some(error),
+    }
+}
+
+fn failed(error: String) -> Answer {
+    Answer {
+        outcome: Outcome::Fail,
+        value: None,
+        version: None,
+        error: Some(error),
+    }
+}
+
+/// Whether an error means the request never left this client: no TCP
+/// connection could be made, so no coordinator can have applied it.
+fn never_sent(error: &str) -> bool {
+    error.contains("tcp connect error")
+}
+
+/// Runs `call` with [`OP_TIMEOUT`]; Err is the error text.
+async fn bounded<T>(
+    call: impl std::future::Future<Output = Result<T, ClientError>>,
+) -> Result<T, (Option<tonic::Code>, String)> {
+    match tokio::time::timeout(OP_TIMEOUT, call).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => Err((e.code(), e.to_string())),
+        Err(_) => Err((None, format!("no answer within {OP_TIMEOUT:?}"))),
+    }
+}
+
+/// One register operation against coordinator `member`.
+pub async fn register_op(
+    client: &HerdClient,
+    member: usize,
+    kind: OpKind,
+    key: &str,
+    value: Option<String>,
+    expected: Option<u64>,
+) -> (Outcome, Option<String>, Option<u64>, Option<String>) {
+    let answer = match kind {
+        OpKind::Read => {
+            let request = GetVariableRequest {
+                key: key.to_string(),
+                stale: false,
+            };
+            let call = client.call_one(member, |ch| async move {
+                VariablesClient::new(ch)
+                    .get(request)
+                    .await
+                    .map(|r| r.into_inner())
+            });
+            match bounded(call).await {
+                Ok(reply) => Answer {
+                    outcome: Outcome::Ok,
+                    value: reply
+                        .found
+                        .then(|| String::from_utf8_lossy(&reply.value).into_owned()),
+                    version: Some(if reply.found { reply.version } else { 0 }),
+                    error: None,
+                },
+                // A read that failed changed nothing.
+                Err((_, e)) => failed(e),
+            }
+        }
+        _ => {
+            let request = PutVariableRequest {
+                key: key.to_string(),
+                value: value.clone().unwrap_or_default().into_bytes(),
+                expected_version: expected,
+            };
+            let call = client.call_one(member, |ch| async move {
+                VariablesClient::new(ch)
+                    .put(request)
+                    .await
+                    .map(|r| r.into_inner())
+            });
+            match bounded(call).await {
+                Ok(reply) if reply.ok => Answer {
+                    outcome: Outcome::Ok,
+                    value: value.clone(),
+                    version: Some(reply.version),
+                    error: None,
+                },
+                Ok(reply) => Answer {
+                    outcome: Outcome::Fail,
+                    value: value.clone(),
+                    version: Some(reply.version),
+                    error: Some("compare-and-set refused".into()),
+                },
+                Err((Some(tonic::Code::InvalidArgument), e)) => failed(e),
+                Err((_, e)) if never_sent(&e) => failed(e),
+                Err((_, e)) => unknown(e),
+            }
+        }
+    };
+    let value = if kind == OpKind::Read {
+        answer.value
+    } else {
+        value
+    };
+    (answer.outcome, value, answer.version, answer.error)
+}
+
+/// Shared by every client of a run.
+#[derive(Clone)]
+pub struct ClientContext {
+    /// Coordinator addresses.
+    pub addrs: Vec<String>,
+    /// Where operations go.
+    pub recorder: Arc<Recorder>,
+    /// Set when the run is over.
+    pub stop: Arc<AtomicBool>,
+}
+
+impl ClientContext {
+    fn client(&self) -> Option<HerdClient> {
+        HerdClient::new(&self.addrs).ok()
+    }
+}
+
+/// Records one finished operation.
+#[allow(clippy::too_many_arguments)]
+fn record(
+    ctx: &ClientContext,
+    process: u64,
+    kind: OpKind,
+    key: &str,
+    expected: Option<u64>,
+    invoke_ns: u64,
+    (outcome, value, version, error): (Outcome, Option<String>, Option<u64>, Option<String>),
+) {
+    ctx.recorder.push(Record::Op(Op {
+        id: ctx.recorder.next_id(),
+        process,
+        kind,
+        key: key.to_string(),
+        value,
+        expected,
+        version,
+        invoke_ns,
+        complete_ns: ctx.recorder.now_ns(),
+        outcome,
+        error,
+    }));
+}
+
+/// The register keys a run uses.
+pub fn register_keys(count: usize) -> Vec<String> {
+    (0..count).map(|i| format!("chaos-r{i}")).collect()
+}
+
+/// A register client: reads, writes and compare-and-sets on `keys` until
+/// stopped. Written values are unique (`c{process}-{n}`).
+pub async fn register_client(ctx: ClientContext, process: u64, keys: Vec<String>, mut rng: Rng) {
+    let Some(client) = ctx.client() else {
+        return;
+    };
+    let members = ctx.addrs.len() as u64;
+    let mut last_version = vec![0u64; keys.len()];
+    let mut n = 0u64;
+    while !ctx.stop.load(Ordering::Relaxed) {
+        let k = rng.below(keys.len() as u64) as usize;
+        let key = &keys[k];
+        let member = rng.below(members) as usize;
+        let roll = rng.below(10);
+        let (kind, value, expected) = match roll {
+            0..=3 => (OpKind::Read, None, None),
+            4..=6 => {
+                n += 1;
+                (OpKind::Write, Some(format!("c{process}-{n}")), None)
+            }
+            _ => {
+                n += 1;
+                (
+                    OpKind::Cas,
+                    Some(format!("c{process}-{n}")),
+                    Some(last_version[k]),
+                )
+            }
+        };
+        let invoke_ns = ctx.recorder.now_ns();
+        let answer = register_op(&client, member, kind, key, value, expected).await;
+        if answer.0 != Outcome::Unknown {
+            if let Some(version) = answer.2 {
+                last_version[k] = version;
+            }
+        }
+        record(&ctx, process, kind, key, expected, invoke_ns, answer);
+        tokio::time::sleep(Duration::from_millis(10 + rng.below(20))).await;
+    }
+}
+
+/// The spec of a small service job whose one instance sleeps.
+pub fn sleeper_spec(name: &str, count: u32) -> JobSpec {
+    JobSpec {
+        name: name.to_string(),
+        r#type: "service".into(),
+        count,
+        priority: 50,
+        task: Some(TaskSpec {
+            driver: "exec".into(),
+            command: "/bin/sh".into(),
+            args: vec!["-c".into(), "exec sleep 600".into()],
+            resources: Some(Resources {
+                cpu_millis: 10,
+                memory_bytes: 8 << 20,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Submits `spec` through coordinator `member`, classified.
+pub async fn submit(
+    client: &HerdClient,
+    member: usize,
+    spec: JobSpec,
+) -> (Outcome, Option<String>) {
+    let call = client.call_one(member, |ch| async move {
+        JobsClient::new(ch)
+            .submit(SubmitJobRequest { spec: Some(spec) })
+            .await
+            .map(|r| r.into_inner())
+    });
+    match bounded(call).await {
+        Ok(_) => (Outcome::Ok, None),
+        Err((Some(tonic::Code::InvalidArgument), e)) => (Outcome::Fail, Some(e)),
+        Err((_, e)) if never_sent(&e) => (Outcome::Fail, Some(e)),
+        Err((_, e)) => (Outcome::Unknown, Some(e)),
+    }
+}
+
+/// A job client: submits small sleeper jobs, stops some, queries others,
+/// until stopped.
+pub async fn job_client(ctx: ClientContext, process: u64, mut rng: Rng) {
+    let Some(client) = ctx.client() else {
+        return;
+    };
+    let members = ctx.addrs.len() as u64;
+    let mut submitted: Vec<String> = Vec::new();
+    let mut n = 0u64;
+    while !ctx.stop.load(Ordering::Relaxed) {
+        let member = rng.below(members) as usize;
+        let roll = rng.below(10);
+        let invoke_ns = ctx.recorder.now_ns();
+        if roll < 4 || submitted.is_empty() {
+            n += 1;
+            let name = format!("chaos-j{process}-{n}");
+            let (outcome, error) = submit(&client, member, sleeper_spec(&name, 1)).await;
+            submitted.push(name.clone());
+            record(
+                &ctx,
+                process,
+                OpKind::Submit,
+                &name,
+                None,
+                invoke_ns,
+                (outcome, None, None, error),
+            );
+        } else if roll < 6 {
+            let index = rng.below(submitted.len() as u64) as usize;
+            let name = submitted.swap_remove(index);
+            let request = StopJobRequest { name: name.clone() };
+            let call = client.call_one(member, |ch| async move {
+                JobsClient::new(ch)
+                    .stop(request)
+                    .await
+                    .map(|r| r.into_inner())
+            });
+            let (outcome, error) = match bounded(call).await {
+                Ok(_) => (Outcome::Ok, None),
+                Err((Some(tonic::Code::NotFound | tonic::Code::InvalidArgument), e)) => {
+                    (Outcome::Fail, Some(e))
+                }
+                Err((_, e)) if never_sent(&e) => (Outcome::Fail, Some(e)),
+                Err((_, e)) => (Outcome::Unknown, Some(e)),
+            };
+            record(
+                &ctx,
+                process,
+                OpKind::Stop,
+                &name,
+                None,
+                invoke_ns,
+                (outcome, None, None, error),
+            );
+        } else {
+            let name = rng.pick(&submitted).cloned().unwrap_or_default();
+            let request = GetJobRequest {
+                name: name.clone(),
+                stale: false,
+            };
+            let call = client.call_one(member, |ch| async move {
+                JobsClient::new(ch)
+                    .get(request)
+                    .await
+                    .map(|r| r.into_inner())
+            });
+            let answer = match bounded(call).await {
+                Ok(job) => (Outcome::Ok, Some(job.status), None, None),
+                Err((_, e)) => (Outcome::Fail, None, None, Some(e)),
+            };
+            record(&ctx, process, OpKind::Query, &name, None, invoke_ns, answer);
+        }
+        tokio::time::sleep(Duration::from_millis(150 + rng.below(200))).await;
+    }
+}

@@ -1,0 +1,207 @@
+//! `herd chaos`: run fault-injection scenarios against real clusters and
+//! check what clients observed. Exit 0: every checker passed; 1: a checker
+//! found a violation; 2: the run could not be carried out or a checker could
+//! not decide.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use herd_chaos::check::{check_all, CheckConfig};
+use herd_chaos::report::Report;
+use herd_chaos::runner::{self, RunConfig};
+use herd_chaos::scenario::{self, Scenario, SCENARIOS};
+
+use crate::exit::CliError;
+
+/// Subcommands of `herd chaos`.
+#[derive(Subcommand, Debug)]
+pub enum ChaosCommand {
+    /// Name the scenarios.
+    List,
+    /// Run a scenario (or `all`) and check its history.
+    Run(RunArgs),
+}
+
+/// Flags of `herd chaos run`.
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Scenario name, or `all`.
+    #[arg(long)]
+    scenario: String,
+    /// How long to inject faults (e.g. 30s, 2m, 1500ms).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Seed of the fault schedule and the clients (default: from the clock).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Directory for the history and timeline (default: ./chaos-out).
+    #[arg(long, default_value = "chaos-out")]
+    out: PathBuf,
+    /// How long after the last heal the cluster must be whole again.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    converge_bound: Duration,
+    /// Search steps the linearizability checker may take per key.
+    #[arg(long, default_value_t = 5_000_000)]
+    step_budget: u64,
+    /// Register clients.
+    #[arg(long, default_value_t = 4)]
+    clients: u64,
+}
+
+/// Parses `30s`, `2m`, `1500ms`, or plain seconds.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => text.split_at(i),
+        None => (text, "s"),
+    };
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 30s, 2m or 1500ms"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        _ => Err(format!("{text:?}: unit must be ms, s or m")),
+    }
+}
+
+/// Runs a `herd chaos` subcommand.
+pub async fn run(command: ChaosCommand) -> Result<(), CliError> {
+    match command {
+        ChaosCommand::List => {
+            for s in SCENARIOS {
+                println!("{:<14} {}", s.name, s.about);
+            }
+            Ok(())
+        }
+        ChaosCommand::Run(args) => run_scenarios(args).await,
+    }
+}
+
+/// How one scenario's run ended.
+enum Ending {
+    Passed,
+    Violated,
+    Undecided,
+}
+
+async fn run_scenarios(args: RunArgs) -> Result<(), CliError> {
+    let scenarios: Vec<&Scenario> = if args.scenario == "all" {
+        SCENARIOS.iter().collect()
+    } else {
+        vec![scenario::find(&args.scenario).ok_or_else(|| {
+            CliError::input(format!(
+                "no scenario {:?}; `herd chaos list` names them",
+                args.scenario
+            ))
+        })?]
+    };
+    let seed = args.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1)
+    });
+    let binary = std::env::current_exe()
+        .map_err(|e| CliError::runtime(format!("cannot find the herd binary: {e}")))?;
+    let mut endings = Vec::new();
+    for scenario in scenarios {
+        let ending = run_one(&args, &binary, scenario, seed).await?;
+        endings.push(ending);
+    }
+    if endings.iter().any(|e| matches!(e, Ending::Violated)) {
+        return Err(CliError::runtime("a checker found a violation"));
+    }
+    if endings.iter().any(|e| matches!(e, Ending::Undecided)) {
+        return Err(CliError::input(
+            "a run could not be carried out or a checker could not decide",
+        ));
+    }
+    Ok(())
+}
+
+async fn run_one(
+    args: &RunArgs,
+    binary: &std::path::Path,
+    scenario: &Scenario,
+    seed: u64,
+) -> Result<Ending, CliError> {
+    let replay = format!(
+        "herd chaos run --scenario {} --duration {}ms --seed {seed}",
+        scenario.name,
+        args.duration.as_millis()
+    );
+    println!("== {}: {} ==", scenario.name, scenario.about);
+    let config = RunConfig {
+        binary: binary.to_path_buf(),
+        scenario: scenario.clone(),
+        duration: args.duration,
+        seed,
+        converge_bound: args.converge_bound,
+        register_clients: args.clients,
+        keys: 3,
+    };
+    let history = match runner::run(&config).await {
+        Ok(history) => history,
+        Err(e) => {
+            println!("could not carry out the run: {e}\nreplay: {replay}\n");
+            return Ok(Ending::Undecided);
+        }
+    };
+    let dir = args.out.join(format!("{}-{seed}", scenario.name));
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| CliError::runtime(format!("create {}: {e}", dir.display())))?;
+    let history_path = dir.join("history.jsonl");
+    history
+        .write_jsonl(&history_path)
+        .map_err(CliError::runtime)?;
+    let verdicts = check_all(
+        &history,
+        &CheckConfig {
+            linear_step_budget: args.step_budget,
+            jobs: true,
+        },
+    );
+    let report = Report::new(scenario.name, seed, &history, verdicts);
+    let svg_path = dir.join("timeline.svg");
+    let title = format!("herd chaos {} seed {seed}", scenario.name);
+    std::fs::write(&svg_path, herd_chaos::svg::timeline(&history, &title))
+        .map_err(|e| CliError::runtime(format!("write {}: {e}", svg_path.display())))?;
+    std::fs::write(dir.join("report.txt"), report.render())
+        .map_err(|e| CliError::runtime(format!("write report: {e}")))?;
+    print!("{}", report.render());
+    println!(
+        "history: {}\ntimeline: {}",
+        history_path.display(),
+        svg_path.display()
+    );
+    let ending = if report.violated() {
+        println!("VIOLATION; replay with: {replay}");
+        Ending::Violated
+    } else if report.passed() {
+        println!("all checkers passed");
+        Ending::Passed
+    } else {
+        println!("UNDECIDED; replay with: {replay}");
+        Ending::Undecided
+    };
+    println!();
+    Ok(ending)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1500ms"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert!(parse_duration("3h").is_err());
+        assert!(parse_duration("x").is_err());
+    }
+}
