@@ -11,6 +11,7 @@
 pub mod driver;
 pub mod inference;
 pub mod resources;
+pub mod toy_train;
 pub mod workload;
 
 pub use resources::{

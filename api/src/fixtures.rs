@@ -24,6 +24,7 @@ pub(crate) fn minimal_batch() -> JobSpec {
                 gpus: 0,
                 gpu_model: None,
             },
+            config: Default::default(),
         },
         placement: Default::default(),
     }

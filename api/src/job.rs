@@ -17,7 +17,7 @@ use crate::resources::Resources;
 ///
 /// Validation rejects any other driver, so a job never reaches a node that
 /// cannot run it. Later drivers (`dljob`, `inference`, `vm`) are added here.
-pub const KNOWN_DRIVERS: &[&str] = &["exec"];
+pub const KNOWN_DRIVERS: &[&str] = &["exec", "vm", "simvm", "dljob"];
 
 /// Priority a spec gets when its file leaves `priority` out, so that most jobs
 /// sit in the middle of the 0..=100 range and can be ranked either way.
@@ -93,7 +93,8 @@ pub(crate) fn unknown_job_type_message(got: &str) -> String {
 pub struct TaskSpec {
     /// Which driver runs the task; one of [`KNOWN_DRIVERS`].
     pub driver: String,
-    /// Program to run (required by the `exec` driver).
+    /// Program to run (required by the `exec` driver; `dljob` defaults to
+    /// `herd toy-train`).
     pub command: Option<String>,
     /// Arguments passed to `command`.
     pub args: Vec<String>,
@@ -103,6 +104,11 @@ pub struct TaskSpec {
     pub workdir: Option<String>,
     /// Resources reserved on the node for each instance.
     pub resources: Resources,
+    /// Settings of the driver (`[task.config]`), as text: each driver reads
+    /// and checks its own keys (an inference engine's KV cache size, a VM's
+    /// disk image...), so that a new driver needs no new spec fields.
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
 }
 
 #[cfg(test)]

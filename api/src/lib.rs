@@ -19,3 +19,4 @@ pub mod proto;
 pub mod resources;
 pub mod spec_file;
 pub mod validate;
+pub mod vm;

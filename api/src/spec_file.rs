@@ -156,7 +156,15 @@ const ROOT_FIELDS: &[&str] = &[
 ];
 const CONSTRAINT_FIELDS: &[&str] = &["label", "op", "value"];
 const AFFINITY_FIELDS: &[&str] = &["label", "value", "weight"];
-const TASK_FIELDS: &[&str] = &["driver", "command", "args", "env", "workdir", "resources"];
+const TASK_FIELDS: &[&str] = &[
+    "driver",
+    "command",
+    "args",
+    "env",
+    "workdir",
+    "resources",
+    "config",
+];
 const RESOURCE_FIELDS: &[&str] = &["cpu", "memory", "gpus", "gpu_model"];
 
 impl<'s> Reader<'s> {
@@ -330,6 +338,10 @@ impl<'s> Reader<'s> {
             Some(v) => Some(self.string("task.workdir", v)?),
             None => None,
         };
+        let config = match table.get("config") {
+            Some(v) => self.scalar_table("task.config", v)?,
+            None => BTreeMap::new(),
+        };
         let resources = required(
             "task",
             at,
@@ -346,6 +358,7 @@ impl<'s> Reader<'s> {
             env,
             workdir,
             resources,
+            config,
         })
     }
 
@@ -469,6 +482,38 @@ impl<'s> Reader<'s> {
             let text = self.string(&item_path, item)?;
             // Point at the key: most rules about an entry are about its name.
             self.record(&item_path, key.span());
+            map.insert(key.get_ref().to_string(), text);
+        }
+        Ok(map)
+    }
+
+    /// Reads a table of scalars (strings, numbers, booleans) as text, the
+    /// way drivers take their settings; numbers keep their source spelling.
+    fn scalar_table(
+        &mut self,
+        path: &str,
+        value: &Value<'_>,
+    ) -> Result<BTreeMap<String, String>, Problem> {
+        let table = self.table(path, value)?;
+        let mut entries: Vec<_> = table.iter().collect();
+        entries.sort_by_key(|(key, _)| key.span().start);
+        let mut map = BTreeMap::new();
+        for (key, item) in entries {
+            let item_path = join_path(path, key.get_ref());
+            self.record(&item_path, key.span());
+            let text = match item.get_ref() {
+                DeValue::String(s) => s.to_string(),
+                DeValue::Integer(_) | DeValue::Float(_) => self.text(item.span()).to_string(),
+                DeValue::Boolean(b) => b.to_string(),
+                other => {
+                    return Err(type_problem(
+                        item.span(),
+                        &item_path,
+                        "a string, number or boolean",
+                        other,
+                    ))
+                }
+            };
             map.insert(key.get_ref().to_string(), text);
         }
         Ok(map)
@@ -643,6 +688,21 @@ memory = "64MiB"
             Err(e) => e,
             Ok(spec) => panic!("accepted {spec:?}"),
         }
+    }
+
+    #[test]
+    fn driver_settings_take_scalars_and_the_exec_driver_takes_none() {
+        let e = error(&format!("{HELLO}[task.config]\nblocks = [1, 2]\n"));
+        assert_eq!(
+            (e.line, e.field.as_deref()),
+            (12, Some("task.config.blocks"))
+        );
+        assert!(e.message.contains("a string, number or boolean"), "{e}");
+        let e = error(&format!(
+            "{HELLO}[task.config]\nblocks = 64\nratio = 0.5\nswap = true\nmode = \"x\"\n"
+        ));
+        assert_eq!(e.field.as_deref(), Some("task.config"));
+        assert!(e.message.contains("exec driver takes no settings"), "{e}");
     }
 
     /// HELLO with line `line` (1-based) replaced by `replacement`.

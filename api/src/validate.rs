@@ -48,6 +48,10 @@ pub const MAX_ARGS: usize = 1024;
 pub const MAX_ARG_BYTES: usize = 4096;
 /// Most environment variables a task may set.
 pub const MAX_ENV_VARS: usize = 256;
+/// Most driver settings in `[task.config]`.
+pub const MAX_CONFIG_ENTRIES: usize = 64;
+/// Longest value of one driver setting.
+pub const MAX_CONFIG_VALUE_BYTES: usize = 1024;
 /// Most CPU one task may reserve, in millicores (1000 cores).
 pub const MAX_CPU_MILLIS: u64 = 1_000_000;
 /// Least memory a task may reserve; below this nothing useful runs.
@@ -389,6 +393,72 @@ impl TaskSpec {
             no_nul(env_path(key), value)?;
         }
 
+        if self.config.len() > MAX_CONFIG_ENTRIES {
+            return Err(FieldError::new(
+                "task.config",
+                format!(
+                    "at most {MAX_CONFIG_ENTRIES} settings are allowed, got {}",
+                    self.config.len()
+                ),
+            ));
+        }
+        for (key, value) in &self.config {
+            let field = format!("task.config.{key}");
+            let valid_key = !key.is_empty()
+                && key.len() <= 64
+                && key
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+            if !valid_key {
+                return Err(FieldError::new(
+                    field,
+                    format!(
+                        "{key:?} is not a valid setting name: 1 to 64 letters, digits, `_` or `-`"
+                    ),
+                ));
+            }
+            if value.len() > MAX_CONFIG_VALUE_BYTES {
+                return Err(FieldError::new(
+                    field,
+                    format!(
+                        "must be at most {MAX_CONFIG_VALUE_BYTES} bytes, got {}",
+                        value.len()
+                    ),
+                ));
+            }
+            no_nul(field, value)?;
+        }
+        if self.driver == "vm" {
+            if self.command.is_some() {
+                return Err(FieldError::new(
+                    "task.command",
+                    "a VM runs QEMU; describe it in [task.config] (kernel, disk...), not command",
+                ));
+            }
+            crate::vm::VmSettings::parse(&self.config, &self.resources)?;
+        }
+        if self.driver == "simvm" {
+            if self.command.is_some() {
+                return Err(FieldError::new(
+                    "task.command",
+                    "a simulated VM runs herd's own simulator; set [task.config] dirty_rate, not command",
+                ));
+            }
+            crate::vm::SimVmSettings::parse(&self.config, &self.resources)?;
+        }
+        if self.driver == "dljob" && !self.config.is_empty() {
+            return Err(FieldError::new(
+                "task.config",
+                "the dljob driver takes no settings; pass the trainer's flags in args",
+            ));
+        }
+        if self.driver == "exec" && !self.config.is_empty() {
+            return Err(FieldError::new(
+                "task.config",
+                "the exec driver takes no settings; use command, args and env",
+            ));
+        }
+
         if let Some(workdir) = &self.workdir {
             if !workdir.starts_with('/') {
                 return Err(FieldError::new(
@@ -466,6 +536,32 @@ mod tests {
         let mut spec = valid();
         change(&mut spec);
         assert_eq!(spec.validate(), Ok(()), "{spec:?}");
+    }
+
+    #[test]
+    fn driver_settings_are_bounded_and_named() {
+        let e = rejected(|s| {
+            s.task.config.insert("k".into(), "v".into());
+        });
+        assert_eq!(e.field, "task.config");
+        // The checks that apply to every driver come first.
+        let e = rejected(|s| {
+            s.task.config.insert("bad key".into(), "v".into());
+        });
+        assert_eq!(e.field, "task.config.bad key");
+        let e = rejected(|s| {
+            s.task
+                .config
+                .insert("k".into(), "x".repeat(MAX_CONFIG_VALUE_BYTES + 1));
+        });
+        assert_eq!(e.field, "task.config.k");
+        let e = rejected(|s| {
+            for i in 0..=MAX_CONFIG_ENTRIES {
+                s.task.config.insert(format!("k{i}"), "v".into());
+            }
+        });
+        assert_eq!(e.field, "task.config");
+        assert!(e.message.contains("at most"), "{e}");
     }
 
     #[test]
@@ -585,6 +681,25 @@ mod tests {
             rejected(|s| s.task.driver = String::new()).field,
             "task.driver"
         );
+    }
+
+    #[test]
+    fn dljob_runs_herd_toy_train_without_a_command() {
+        accepted(|s| {
+            s.task.driver = "dljob".into();
+            s.task.command = None;
+            s.task.args = vec!["--steps".into(), "100".into()];
+        });
+        accepted(|s| {
+            s.task.driver = "dljob".into();
+            s.task.command = Some("/opt/train".into());
+        });
+        let e = rejected(|s| {
+            s.task.driver = "dljob".into();
+            s.task.command = None;
+            s.task.config.insert("steps".into(), "3".into());
+        });
+        assert_eq!(e.field, "task.config");
     }
 
     #[test]

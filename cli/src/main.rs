@@ -64,6 +64,11 @@ enum Command {
     /// Supervise one workload of the exec driver (started by the node agent).
     #[command(hide = true)]
     Executor(cmd::executor::ExecutorArgs),
+    /// Train a small model, checkpointing and resuming (the dljob driver's default).
+    ToyTrain(cmd::toy_train::ToyTrainArgs),
+    /// One simulated VM of the simvm driver (started by the node agent).
+    #[command(hide = true)]
+    SimVm(cmd::sim_vm::SimVmArgs),
 }
 
 fn init_tracing(filter: Option<&str>, json: bool, default: &str) {
@@ -110,7 +115,9 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Alloc(command) => cmd::alloc::run(&ctx, command).await,
         Command::Var(command) => cmd::var::run(&ctx, command).await,
         Command::Bench(command) => bench::run(&ctx, command).await,
+        Command::SimVm(args) => cmd::sim_vm::run(args).await,
         Command::Executor(_) => Err(CliError::runtime("the executor runs outside the runtime")),
+        Command::ToyTrain(_) => Err(CliError::runtime("toy-train runs outside the runtime")),
     }
 }
 
@@ -120,6 +127,10 @@ fn main() {
         // Before any runtime thread exists: the executor waits with blocked
         // signals, which must not be delivered to another thread.
         std::process::exit(cmd::executor::run(args));
+    }
+    if let Command::ToyTrain(args) = &cli.command {
+        // Single-threaded too: it waits for its signals between steps.
+        std::process::exit(cmd::toy_train::run(args));
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -37,7 +37,7 @@ fn dev_cluster_serves_the_commands_it_suggests_and_cleans_up() {
     }
     let text = printed.join("\n");
     assert!(text.contains(&addr), "{text}");
-    assert!(text.contains("herd job run examples/hello.toml"), "{text}");
+    assert!(text.contains("herd job run examples/web.toml"), "{text}");
     let data_dir = printed
         .iter()
         .find_map(|l| l.split("(data in ").nth(1))
@@ -47,11 +47,11 @@ fn dev_cluster_serves_the_commands_it_suggests_and_cleans_up() {
     assert!(data_dir.exists());
 
     // The suggested commands work against it.
-    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/hello.toml");
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/web.toml");
     let out = must_cli_ok(&["--addr", &addr, "job", "run", example]);
-    assert!(out.contains("job hello submitted: version 1"), "{out}");
+    assert!(out.contains("job web submitted: version 1"), "{out}");
     let list = must_cli_ok(&["--addr", &addr, "job", "list", "-o", "json"]);
-    assert!(list.contains("\"hello\""), "{list}");
+    assert!(list.contains("\"web\""), "{list}");
     let status = must_cli_ok(&["--addr", &addr, "cluster", "status", "-o", "json"]);
     let status: serde_json::Value = serde_json::from_str(&status).expect("json");
     assert_eq!(status["leader"], 1);

@@ -42,6 +42,7 @@ fn spec(dir: &Path, command: &str, args: &[&str]) -> WorkloadSpec {
                 gpus: 0,
                 gpu_model: None,
             },
+            config: Default::default(),
         },
         alloc_dir: dir.join("alloc"),
         env: BTreeMap::new(),

@@ -482,6 +482,38 @@ async fn a_gang_waits_whole_until_a_node_joins_then_starts_whole() {
     .await;
     let nodes: BTreeSet<&str> = allocs.iter().filter_map(|a| a["node"].as_str()).collect();
     assert_eq!(nodes.len(), 4, "one learner per node: {allocs:#?}");
+    // Each learner knows its rank, the gang's size and where the others run.
+    let mut ranks = BTreeSet::new();
+    for learner in processes_of(&agents, "train") {
+        let environ = std::fs::read(format!("/proc/{}/environ", learner.pid)).expect("environ");
+        let env: BTreeMap<String, String> = environ
+            .split(|b| *b == 0)
+            .filter_map(|kv| {
+                let kv = String::from_utf8_lossy(kv);
+                kv.split_once('=')
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+            })
+            .collect();
+        assert_eq!(
+            env.get("HERD_GANG_SIZE").map(String::as_str),
+            Some("4"),
+            "{env:?}"
+        );
+        assert_eq!(
+            env.get("HERD_GANG_PEERS").map(|p| p.split(',').count()),
+            Some(4),
+            "{env:?}"
+        );
+        assert_eq!(
+            env.get("HERD_GANG_MASTER").map(String::as_str),
+            Some("127.0.0.1")
+        );
+        ranks.insert(env.get("HERD_GANG_RANK").cloned().unwrap_or_default());
+    }
+    assert_eq!(
+        ranks,
+        BTreeSet::from(["0", "1", "2", "3"].map(String::from))
+    );
     let job = json(&addr, &["job", "status", "train"]);
     assert_eq!(job["status"], "running", "{job:#}");
     // Heartbeats carry what each node measures; the GPUs say they are simulated.

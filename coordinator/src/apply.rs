@@ -233,6 +233,7 @@ mod tests {
                     gpus: 0,
                     gpu_model: None,
                 },
+                config: Default::default(),
             },
             placement: Default::default(),
         }

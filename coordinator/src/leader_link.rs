@@ -27,9 +27,26 @@ const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(120);
 /// delivered; anything else may have reached the leader and been applied,
 /// so it must not be retried blindly.
 pub fn is_connect_failure(status: &tonic::Status) -> bool {
-    let text = format!("{status:?}").to_lowercase();
-    status.code() == tonic::Code::Unavailable
-        && (text.contains("connection refused") || text.contains("connect error"))
+    if status.code() != tonic::Code::Unavailable {
+        return false;
+    }
+    // The transport's error chain ends, for a connection that was never
+    // made, in the OS error of `connect(2)` (hyper's ConnectError wraps it).
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
+    while let Some(error) = source {
+        if let Some(io) = error.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionRefused
+                    | std::io::ErrorKind::AddrNotAvailable
+                    | std::io::ErrorKind::HostUnreachable
+                    | std::io::ErrorKind::NetworkUnreachable
+                    | std::io::ErrorKind::NotFound
+            );
+        }
+        source = error.source();
+    }
+    false
 }
 
 /// Connections from this member to the others; cheap to clone.
@@ -165,5 +182,32 @@ impl LeaderLink {
                 status.message()
             ))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use herd_api::proto::internal::internal_client::InternalClient;
+
+    #[tokio::test]
+    async fn a_refused_connection_is_recognised_by_its_os_error() {
+        // A port nothing listens on: bind, learn it, close it.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("port");
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+            .expect("endpoint")
+            .connect_lazy();
+        let status = InternalClient::new(channel)
+            .forward(herd_api::proto::internal::RaftEnvelope::default())
+            .await
+            .expect_err("nothing listens");
+        assert!(is_connect_failure(&status), "{status:?}");
+        // An answer from a server, even an unavailable one, proves nothing was refused.
+        assert!(!is_connect_failure(&tonic::Status::unavailable(
+            "connection refused"
+        )));
     }
 }

@@ -1,15 +1,18 @@
-//! Decoding of data written before job specs had a `placement` field.
+//! Decoding of data written by the first release, whose job specs were plain
+//! bincode structs without `placement` or driver `config`.
 //!
 //! bincode is not self-describing: a [`JobSpec`] with one more field cannot
 //! read the bytes of an older one, and `#[serde(default)]` does not help. So
-//! the older shapes are kept here, frozen, and converted on read:
+//! specs are now written as JSON text inside bincode ([`crate::spec_codec`]),
+//! where later fields can default; the first release's shapes are kept
+//! here, frozen, and converted on read:
 //! - state records of format 1 (`state::keys`): jobs decode as [`JobV1`];
 //!   every record written now is format 2;
 //! - Raft log entries proposed by an older release: a command that does not
 //!   decode as [`Command`] is retried as [`CommandV1`].
 //!
 //! Members of a mixed-version cluster cannot read each other's new entries:
-//! upgrade all members before submitting jobs that use placement fields.
+//! upgrade all members before submitting jobs.
 
 use std::collections::BTreeMap;
 
@@ -58,6 +61,7 @@ impl From<JobSpecV1> for JobSpec {
                 env: t.env,
                 workdir: t.workdir,
                 resources: t.resources,
+                config: Default::default(),
             },
             placement: Default::default(),
         }
@@ -166,6 +170,32 @@ pub fn decode_command(bytes: &[u8]) -> Result<Command, herd_consensus::error::Co
     })
 }
 
+/// A task as format 1 wrote it (no `config`), for tests that write old bytes.
+#[cfg(test)]
+#[derive(serde::Serialize)]
+pub(crate) struct OldTask<'a> {
+    driver: &'a str,
+    command: &'a Option<String>,
+    args: &'a [String],
+    env: &'a BTreeMap<String, String>,
+    workdir: &'a Option<String>,
+    resources: &'a Resources,
+}
+
+#[cfg(test)]
+impl<'a> From<&'a TaskSpec> for OldTask<'a> {
+    fn from(t: &'a TaskSpec) -> Self {
+        OldTask {
+            driver: &t.driver,
+            command: &t.command,
+            args: &t.args,
+            env: &t.env,
+            workdir: &t.workdir,
+            resources: &t.resources,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use serde::Serialize;
@@ -179,7 +209,7 @@ mod tests {
         job_type: JobType,
         count: u32,
         priority: u32,
-        task: &'a TaskSpec,
+        task: OldTask<'a>,
     }
 
     #[derive(Serialize)]
@@ -206,6 +236,7 @@ mod tests {
                     gpus: 0,
                     gpu_model: None,
                 },
+                config: Default::default(),
             },
             placement: Default::default(),
         }
@@ -220,7 +251,7 @@ mod tests {
                 job_type: spec.job_type,
                 count: spec.count,
                 priority: spec.priority,
-                task: &spec.task,
+                task: (&spec.task).into(),
             },
             now_ms: 1_700_000_000_000,
         };

@@ -28,6 +28,7 @@ pub mod read_index;
 pub mod reconcile;
 pub mod scheduler;
 pub mod service;
+pub mod spec_codec;
 pub mod start;
 pub mod state;
 pub mod status;

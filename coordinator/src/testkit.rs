@@ -29,6 +29,7 @@ pub fn spec(name: &str, job_type: JobType, count: u32) -> JobSpec {
                 gpus: 0,
                 gpu_model: None,
             },
+            config: Default::default(),
         },
         placement: Default::default(),
     }

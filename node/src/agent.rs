@@ -20,7 +20,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use herd_actors::driver::dljob::DljobDriver;
 use herd_actors::driver::exec::ExecDriver;
+use herd_actors::driver::simvm::SimVmDriver;
+use herd_actors::driver::vm::VmDriver;
 use herd_actors::driver::Driver;
 use herd_actors::resources::{self, MonitorArgs, ResourceMonitor, ResourceMsg};
 use herd_actors::workload::{
@@ -192,6 +195,12 @@ impl Actor for NodeAgent {
         let mut drivers: HashMap<String, Arc<dyn Driver>> = HashMap::new();
         let exec: Arc<dyn Driver> = Arc::new(ExecDriver::new(&args.executor));
         drivers.insert(exec.name().to_string(), exec);
+        let vm: Arc<dyn Driver> = Arc::new(VmDriver::new(&args.executor));
+        drivers.insert(vm.name().to_string(), vm);
+        let simvm: Arc<dyn Driver> = Arc::new(SimVmDriver::new(&args.executor));
+        drivers.insert(simvm.name().to_string(), simvm);
+        let dljob: Arc<dyn Driver> = Arc::new(DljobDriver::new(&args.executor));
+        drivers.insert(dljob.name().to_string(), dljob);
         let (report_tx, report_rx) = mpsc::unbounded_channel();
         let report_rx = Arc::new(Mutex::new(report_rx));
         let monitor = Self::spawn_monitor(&myself, &args.config).await?;

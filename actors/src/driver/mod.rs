@@ -13,9 +13,12 @@
 //!   workload allows (checkpoint/restart for training, pre-copy for VMs,
 //!   KV-cache transfer for inference requests) before any is attempted.
 
+pub mod dljob;
 mod error;
 pub mod exec;
+pub mod simvm;
 mod types;
+pub mod vm;
 
 pub use error::DriverError;
 pub use types::{

@@ -178,6 +178,7 @@ mod tests {
                 env: Default::default(),
                 workdir: None,
                 resources: Default::default(),
+                config: Default::default(),
             },
             env: Default::default(),
         }

@@ -39,6 +39,7 @@ fn desired(id: &str, generation: u64, job_type: JobType, script: &str) -> Desire
             env: Default::default(),
             workdir: None,
             resources: Default::default(),
+            config: Default::default(),
         },
         env: Default::default(),
     }

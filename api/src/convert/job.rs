@@ -83,6 +83,7 @@ mod tests {
                     gpus: 1,
                     gpu_model: Some("a100".into()),
                 },
+                config: Default::default(),
             },
             placement: PlacementSpec {
                 constraints: vec![

@@ -17,6 +17,11 @@ impl From<&TaskSpec> for proto::TaskSpec {
                 .collect(),
             workdir: task.workdir.clone().unwrap_or_default(),
             resources: Some((&task.resources).into()),
+            config: task
+                .config
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
         }
     }
 }
@@ -46,6 +51,7 @@ pub(super) fn from_proto(task: proto::TaskSpec) -> Result<TaskSpec, FieldError> 
         env: task.env.into_iter().collect(),
         workdir: super::non_empty(task.workdir),
         resources: super::resources::from_proto(resources),
+        config: task.config.into_iter().collect(),
     })
 }
 
@@ -72,6 +78,7 @@ mod tests {
                 gpus: 0,
                 gpu_model: None,
             },
+            config: Default::default(),
         }
     }
 

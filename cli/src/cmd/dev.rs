@@ -101,9 +101,10 @@ pub async fn run(args: DevArgs) -> Result<(), CliError> {
     println!(
         "Next, in another terminal (from a checkout, `cargo run --release --` stands for `herd`):"
     );
-    println!("  herd job run examples/hello.toml");
-    println!("  herd job list");
-    println!("  herd alloc list");
+    println!("  herd job run examples/web.toml    # three instances of a small service");
+    println!("  herd alloc list                   # where they run");
+    println!("  herd alloc logs ID -f             # what one prints");
+    println!("  herd node drain dev-1             # move them off a node");
     println!("  herd cluster status");
     println!();
     println!("Press Ctrl-C to stop (the workloads stop with it).");

@@ -8,6 +8,8 @@ pub mod dev;
 pub mod executor;
 pub mod job;
 pub mod node;
+pub mod sim_vm;
+pub mod toy_train;
 pub mod var;
 
 use herd_api::client::HerdClient;

@@ -2,6 +2,8 @@
 //! variable writes/reads through the real gRPC API.
 #![allow(dead_code)]
 
+pub mod agents;
+
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};

@@ -1,6 +1,7 @@
 //! The agent API: node agents register, heartbeat, watch the allocations
 //! assigned to them and report what their workloads do.
 
+use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -64,7 +65,7 @@ pub fn assigned_to(state: &ClusterState, node: &str) -> Vec<AssignedAllocation> 
             if job.version != a.job_version {
                 return None;
             }
-            let env = [
+            let mut env: HashMap<String, String> = [
                 ("HERD_ALLOC_INSTANCE", a.instance.to_string()),
                 ("HERD_JOB_VERSION", a.job_version.to_string()),
                 ("HERD_JOB_COUNT", job.spec.count.to_string()),
@@ -73,6 +74,9 @@ pub fn assigned_to(state: &ClusterState, node: &str) -> Vec<AssignedAllocation> 
             .into_iter()
             .map(|(k, v)| (k.to_string(), v))
             .collect();
+            if job.spec.placement.gang {
+                env.extend(gang_env(state, a));
+            }
             Some(AssignedAllocation {
                 id: a.id.clone(),
                 generation: a.generation,
@@ -83,6 +87,36 @@ pub fn assigned_to(state: &ClusterState, node: &str) -> Vec<AssignedAllocation> 
             })
         })
         .collect()
+}
+
+/// What a gang member needs to find the others: its rank (the instance
+/// number), the gang's size, and the hosts of every member in rank order
+/// (the host part of each node's agent address; rank 0's is the master).
+fn gang_env(state: &ClusterState, alloc: &herd_api::alloc::Allocation) -> Vec<(String, String)> {
+    let mut members: Vec<(u32, String)> = state
+        .allocs_of_job(&alloc.job)
+        .filter(|m| {
+            m.job_version == alloc.job_version
+                && m.desired == AllocDesired::Run
+                && !m.status.is_terminal()
+        })
+        .map(|m| {
+            let addr = state.nodes.get(&m.node).map_or("", |n| n.addr.as_str());
+            let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
+            (m.instance, host.to_string())
+        })
+        .collect();
+    members.sort();
+    let hosts: Vec<String> = members.iter().map(|(_, host)| host.clone()).collect();
+    vec![
+        ("HERD_GANG_RANK".to_string(), alloc.instance.to_string()),
+        ("HERD_GANG_SIZE".to_string(), members.len().to_string()),
+        ("HERD_GANG_PEERS".to_string(), hosts.join(",")),
+        (
+            "HERD_GANG_MASTER".to_string(),
+            hosts.first().cloned().unwrap_or_default(),
+        ),
+    ]
 }
 
 fn update_from_proto(report: herd_api::proto::agent::AllocReport) -> Result<AllocUpdate, Status> {

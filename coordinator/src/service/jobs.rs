@@ -13,7 +13,7 @@ use crate::error::CoordinatorError;
 use crate::handle::Coordinator;
 use crate::scheduler::could_hold;
 use crate::state::{ClusterState, Job};
-use herd_api::resources::format_memory;
+use herd_api::resources::display_memory;
 
 /// Serves [`Jobs`].
 pub struct JobsService {
@@ -74,12 +74,12 @@ fn larger_than_every_node(state: &ClusterState, spec: &JobSpec) -> Option<String
         .max()
         .unwrap_or(0);
     Some(format!(
-        "field `task.resources`: no node could ever hold one instance ({}m cpu, {}, {} GPUs); the largest nodes have {}m cpu, {}, {} GPUs",
+        "field `task.resources`: no node could ever hold one instance (cpu {}m, memory {}, {} GPUs); the largest nodes have cpu {}m, memory {}, {} GPUs",
         need.cpu_millis,
-        format_memory(need.memory_bytes),
+        display_memory(need.memory_bytes),
         need.gpus,
         max_cpu,
-        format_memory(max_mem),
+        display_memory(max_mem),
         max_gpus
     ))
 }

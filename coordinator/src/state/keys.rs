@@ -5,9 +5,11 @@
 //! format byte followed by bincode, so a later release can tell old records
 //! from new ones.
 //!
-//! Format 2 (current) added `placement` to job specs; format 1 records are
-//! still read (jobs through [`crate::legacy::JobV1`], every other record is
-//! unchanged) and rewritten as format 2 when next changed.
+//! Format 2 (current) stores a job's spec as JSON text inside the bincode
+//! record ([`crate::spec_codec`]), so that spec fields added later (with a
+//! serde default) need no new format; format 1 records are still read (jobs
+//! through [`crate::legacy::JobV1`], every other record is unchanged) and
+//! rewritten as format 2 when next changed.
 
 use super::{ClusterState, Job, Variable};
 use herd_api::alloc::Allocation;
@@ -144,7 +146,7 @@ mod tests {
             job_type: JobType,
             count: u32,
             priority: u32,
-            task: &'a TaskSpec,
+            task: crate::legacy::OldTask<'a>,
         }
         #[derive(Serialize)]
         struct OldJob<'a> {
@@ -168,6 +170,7 @@ mod tests {
                 gpus: 0,
                 gpu_model: None,
             },
+            config: Default::default(),
         };
         let old = OldJob {
             spec: OldSpec {
@@ -175,7 +178,7 @@ mod tests {
                 job_type: JobType::Service,
                 count: 3,
                 priority: 50,
-                task: &task,
+                task: (&task).into(),
             },
             version: 4,
             status: JobStatus::Running,

@@ -49,6 +49,7 @@ impl JobStatus {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Job {
     /// The spec of the current version.
+    #[serde(with = "crate::spec_codec")]
     pub spec: JobSpec,
     /// Bumped on every change of spec or desired state (starts at 1).
     pub version: u64,

@@ -232,6 +232,7 @@ mod tests {
                     gpus: 0,
                     gpu_model: None,
                 },
+                config: Default::default(),
             },
             alloc_dir: "/var/herd/a1".into(),
             env: [("B".to_string(), "agent".to_string())].into(),

@@ -1,0 +1,188 @@
+//! `herd toy-train`: a small real trainer shipped with herd (linear regression
+//! by gradient descent on seeded synthetic data, see
+//! `herd_actors::toy_train`), the `dljob` driver's default task, and a
+//! reference for the checkpoint protocol of `docs/dljob.md`:
+//! - resumes from the newest valid checkpoint in its checkpoint directory;
+//! - checkpoints every `--checkpoint-every` steps, on SIGUSR1, and when
+//!   `checkpoint.request` appears (answering with `checkpoint.done`);
+//! - on SIGTERM or SIGINT checkpoints at the step boundary and exits 0;
+//! - prints `step=N loss=L` per step and, at the end, `done step=N weights=..`
+//!   (bit patterns), also written to `weights.json`.
+//!
+//! It runs before the async runtime starts, single-threaded, so that it can
+//! wait for its signals synchronously between steps (`sigtimedwait`).
+
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use herd_actors::toy_train::{checkpoint, final_line, step_line, TrainState, Trainer};
+
+use crate::exit::CliError;
+
+/// Arguments of `herd toy-train`.
+#[derive(Args, Debug)]
+pub struct ToyTrainArgs {
+    /// Steps to train for in all (a resumed run continues up to this).
+    #[arg(long, default_value_t = 1000)]
+    pub steps: u64,
+    /// Seed of the synthetic data and the hidden parameters.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Where checkpoints are written and resumed from (the dljob driver sets
+    /// HERD_CHECKPOINT_DIR); without one, nothing is checkpointed.
+    #[arg(long, env = "HERD_CHECKPOINT_DIR")]
+    pub checkpoint_dir: Option<PathBuf>,
+    /// Checkpoint every K steps (0: only on request, on SIGTERM and at the end).
+    #[arg(long, default_value_t = 0)]
+    pub checkpoint_every: u64,
+    /// Sleep this long after each step (so that a run can be watched and interrupted).
+    #[arg(long, default_value_t = 0)]
+    pub step_ms: u64,
+}
+
+/// Trains to the end or to SIGTERM; returns the process exit code.
+pub fn run(args: &ToyTrainArgs) -> i32 {
+    match train(args) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("herd toy-train: {}", e.message);
+            e.code
+        }
+    }
+}
+
+fn train(args: &ToyTrainArgs) -> Result<(), CliError> {
+    let signals = Signals::block().map_err(|e| CliError::runtime(format!("signals: {e}")))?;
+    let dir = args.checkpoint_dir.as_deref();
+    let state = initial_state(dir, args.seed)?;
+    let mut trainer = Trainer::new(state)
+        .ok_or_else(|| CliError::runtime("the checkpoint does not hold this model's parameters"))?;
+    let mut out = io::stdout().lock();
+    let mut print = |line: String| {
+        writeln!(out, "{line}").map_err(|e| CliError::runtime(format!("stdout: {e}")))
+    };
+    let mut asked = Received::default();
+    loop {
+        if let Some(dir) = dir {
+            if asked.checkpoint || asked.stop || checkpoint::requested(dir) {
+                save(dir, trainer.state())?;
+            }
+        } else if asked.checkpoint {
+            eprintln!("herd toy-train: checkpoint asked for, but no checkpoint directory is set");
+        }
+        if asked.stop {
+            print(format!("stopped at step {}", trainer.state().step))?;
+            return Ok(());
+        }
+        if trainer.state().step >= args.steps {
+            break;
+        }
+        let report = trainer.step();
+        print(step_line(&report))?;
+        if let Some(dir) = dir {
+            if args.checkpoint_every > 0 && report.step % args.checkpoint_every == 0 {
+                save(dir, trainer.state())?;
+            }
+        }
+        asked = signals.wait(Duration::from_millis(args.step_ms));
+    }
+    if let Some(dir) = dir {
+        save(dir, trainer.state())?;
+        checkpoint::write_weights(dir, trainer.state()).map_err(CliError::runtime)?;
+    }
+    print(final_line(trainer.state()))
+}
+
+/// The newest valid checkpoint's state, or a fresh one.
+fn initial_state(dir: Option<&Path>, seed: u64) -> Result<TrainState, CliError> {
+    let Some(dir) = dir else {
+        return Ok(TrainState::fresh(seed));
+    };
+    let found = checkpoint::latest(dir).map_err(CliError::runtime)?;
+    for skipped in &found.skipped {
+        eprintln!("herd toy-train: warning: skipping {skipped}");
+    }
+    match found.resumed {
+        Some(resumed) if resumed.state.seed != seed => Err(CliError::input(format!(
+            "{} holds a run of seed {}, not {seed}; use another checkpoint directory",
+            dir.join(&resumed.file).display(),
+            resumed.state.seed
+        ))),
+        Some(resumed) => {
+            eprintln!(
+                "herd toy-train: resuming from {} at step {}",
+                resumed.file, resumed.state.step
+            );
+            Ok(resumed.state)
+        }
+        None => Ok(TrainState::fresh(seed)),
+    }
+}
+
+/// Writes a checkpoint and answers a pending request.
+fn save(dir: &Path, state: &TrainState) -> Result<(), CliError> {
+    let file = checkpoint::save(dir, state).map_err(CliError::runtime)?;
+    checkpoint::answer_request(dir, state.step, &file).map_err(CliError::runtime)?;
+    Ok(())
+}
+
+/// What arrived while waiting.
+#[derive(Debug, Default, Clone, Copy)]
+struct Received {
+    /// SIGUSR1: checkpoint at the next step boundary.
+    checkpoint: bool,
+    /// SIGTERM or SIGINT: checkpoint and exit.
+    stop: bool,
+}
+
+/// SIGUSR1, SIGTERM and SIGINT, blocked and collected with `sigtimedwait`.
+struct Signals {
+    set: libc::sigset_t,
+}
+
+impl Signals {
+    /// Blocks the signals; the process must be single-threaded (or every
+    /// other thread must block them too).
+    fn block() -> io::Result<Self> {
+        // SAFETY: the set is initialised by sigemptyset before use.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            for signal in [libc::SIGUSR1, libc::SIGTERM, libc::SIGINT] {
+                libc::sigaddset(&mut set, signal);
+            }
+            match libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) {
+                0 => Ok(Self { set }),
+                e => Err(io::Error::from_raw_os_error(e)),
+            }
+        }
+    }
+
+    /// Waits `timeout`, or less when asked to stop; returns what arrived.
+    fn wait(&self, timeout: Duration) -> Received {
+        let deadline = Instant::now() + timeout;
+        let mut got = Received::default();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let ts = libc::timespec {
+                tv_sec: left.as_secs().try_into().unwrap_or(libc::time_t::MAX),
+                tv_nsec: left.subsec_nanos().into(),
+            };
+            // SAFETY: a valid, initialised set and timespec; no siginfo wanted.
+            let signal = unsafe { libc::sigtimedwait(&self.set, std::ptr::null_mut(), &ts) };
+            match signal {
+                libc::SIGUSR1 => got.checkpoint = true,
+                libc::SIGTERM | libc::SIGINT => {
+                    got.stop = true;
+                    return got;
+                }
+                _ if signal >= 0 => {}
+                _ if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted => {}
+                // EAGAIN: the time is up.
+                _ => return got,
+            }
+        }
+    }
+}

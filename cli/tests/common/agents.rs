@@ -1,0 +1,69 @@
+//! Helpers for tests of node agents through the CLI: JSON output of client
+//! commands, spec files, polling, nodes ready.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::must_cli_ok;
+
+/// `herd --addr ADDR ARGS -o json`, parsed; the command must succeed.
+pub fn json(addr: &str, args: &[&str]) -> Value {
+    let mut full = vec!["--addr", addr];
+    full.extend_from_slice(args);
+    full.extend_from_slice(&["-o", "json"]);
+    serde_json::from_str(&must_cli_ok(&full)).expect("json output")
+}
+
+/// Writes `text` to `dir/name.toml`; returns its path.
+pub fn write_spec(dir: &std::path::Path, name: &str, text: &str) -> String {
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, text).expect("write spec");
+    path.display().to_string()
+}
+
+/// Polls `probe` until it returns Some, or fails after `limit` naming `what`.
+pub async fn until<T>(what: &str, limit: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
+    let started = Instant::now();
+    loop {
+        if let Some(value) = probe() {
+            return value;
+        }
+        assert!(
+            started.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The allocations of `job` that run and should.
+pub fn running_allocs(addr: &str, job: &str) -> Vec<Value> {
+    json(addr, &["alloc", "list", "--job", job])
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|a| a["status"] == "running" && a["desired"] == "run")
+        .collect()
+}
+
+/// Waits until every node of `names` is listed as ready.
+pub async fn must_have_ready_nodes(addr: &str, names: &[&str]) {
+    until(
+        &format!("nodes {names:?} ready"),
+        Duration::from_secs(20),
+        || {
+            let nodes = json(addr, &["node", "list"]);
+            let ready: BTreeSet<String> = nodes
+                .as_array()?
+                .iter()
+                .filter(|n| n["status"] == "ready")
+                .filter_map(|n| n["name"].as_str().map(str::to_string))
+                .collect();
+            names.iter().all(|n| ready.contains(*n)).then_some(())
+        },
+    )
+    .await;
+}

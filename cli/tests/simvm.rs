@@ -1,0 +1,100 @@
+//! Simulated VMs (the `simvm` driver) end to end: a job of several runs as
+//! `herd sim-vm` processes writing their memory at the set rate, reports
+//! through the allocation logs, and stops with the job.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use herd_chaos::agents::AgentSet;
+use herd_chaos::process_cluster::ProcessCluster;
+use serde_json::Value;
+
+fn json(addr: &str, args: &[&str]) -> Value {
+    let mut full = vec!["--addr", addr];
+    full.extend_from_slice(args);
+    full.extend_from_slice(&["-o", "json"]);
+    serde_json::from_str(&must_cli_ok(&full)).expect("json output")
+}
+
+fn writes(log: &str) -> Option<u64> {
+    log.lines()
+        .rev()
+        .find_map(|l| l.split("): ").nth(1)?.split(' ').next()?.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simulated_vms_run_dirty_their_memory_and_stop() {
+    let cluster = ProcessCluster::start(herd_bin(), 1, &[]).expect("cluster");
+    cluster
+        .wait_for_leader(Duration::from_secs(10))
+        .await
+        .expect("leader");
+    let addr = cluster.addr_list();
+    let mut agents = AgentSet::new(herd_bin(), &addr).expect("agents");
+    agents.start("s1", &[]).expect("agent");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spec = dir.path().join("sim.toml");
+    std::fs::write(
+        &spec,
+        "name = \"fleet\"\ntype = \"service\"\ncount = 3\n[task]\ndriver = \"simvm\"\n[task.config]\ndirty_rate = \"4MiB\"\nseed = 5\n[task.resources]\ncpu = 100\nmemory = \"32MiB\"\n",
+    )
+    .expect("spec");
+    must_cli_ok(&["--addr", &addr, "job", "run", &spec.display().to_string()]);
+
+    let started = Instant::now();
+    let ids: Vec<String> = loop {
+        let allocs = json(&addr, &["alloc", "list", "--job", "fleet"]);
+        let running: Vec<String> = allocs
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|a| a["status"] == "running")
+            .filter_map(|a| a["id"].as_str().map(str::to_string))
+            .collect();
+        if running.len() == 3 {
+            break running;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "{allocs:#}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(
+        agents
+            .workloads()
+            .iter()
+            .filter(|w| w.job == "fleet")
+            .count(),
+        3
+    );
+    // Each writes its memory at about 1,024 pages a second, and says so.
+    let id = &ids[0];
+    let log = |id: &str| {
+        String::from_utf8_lossy(&must_cli_ok(&["--addr", &addr, "alloc", "logs", id]).into_bytes())
+            .into_owned()
+    };
+    let first = loop {
+        if let Some(n) = writes(&log(id)) {
+            break n;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "{}", log(id));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(log(id).contains("simulated VM"), "named as simulated");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let later = writes(&log(id)).expect("writes");
+    assert!(
+        later > first,
+        "the simulated guest keeps writing: {first} then {later}"
+    );
+
+    must_cli_ok(&["--addr", &addr, "job", "stop", "fleet"]);
+    let stopped = Instant::now();
+    while agents.workloads().iter().any(|w| w.job == "fleet") {
+        assert!(
+            stopped.elapsed() < Duration::from_secs(20),
+            "simulated VMs left running"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -1,0 +1,342 @@
+//! The `vm` driver on real QEMU (TCG, so it runs wherever QEMU does) with a
+//! guest the test builds itself: a Debian kernel (`.ci/vm-guest.sh` puts it
+//! in target/vm-guest) and a busybox initramfs that dirties memory. Skipped,
+//! with a message, where QEMU, busybox or the kernel are missing.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::*;
+use herd_actors::driver::vm::guest::{write_initramfs, GuestLoad};
+use herd_actors::driver::vm::VmDriver;
+use herd_actors::driver::{Driver, DriverError, WorkloadSpec, WorkloadState};
+use herd_api::job::TaskSpec;
+use herd_api::resources::Resources;
+use herd_chaos::agents::AgentSet;
+use herd_chaos::process_cluster::ProcessCluster;
+use serde_json::Value;
+
+const PATIENCE: Duration = Duration::from_secs(60);
+
+/// The kernel and busybox, or why the test cannot run here.
+fn guest_parts() -> Result<(PathBuf, PathBuf), String> {
+    let kernel = std::env::var_os("HERD_VM_KERNEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/vm-guest/vmlinuz")
+        });
+    if !kernel.is_file() {
+        return Err(format!(
+            "no guest kernel at {} (run .ci/vm-guest.sh or set HERD_VM_KERNEL)",
+            kernel.display()
+        ));
+    }
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+        .ok_or("no static busybox (apt-get install busybox-static)")?;
+    if herd_actors::driver::vm::qemu::find_in_path("qemu-system-x86_64").is_none() {
+        return Err("qemu-system-x86_64 not installed (apt-get install qemu-system-x86)".into());
+    }
+    Ok((kernel, busybox))
+}
+
+fn config(kernel: &Path, initrd: &Path) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("kernel".to_string(), kernel.display().to_string()),
+        ("initrd".to_string(), initrd.display().to_string()),
+        ("accel".to_string(), "tcg".to_string()),
+        (
+            "append".to_string(),
+            "console=ttyS0 quiet panic=-1".to_string(),
+        ),
+    ])
+}
+
+fn spec(dir: &Path, config: BTreeMap<String, String>) -> WorkloadSpec {
+    WorkloadSpec {
+        alloc_id: "vm-test".to_string(),
+        generation: 1,
+        job: "vm-test".to_string(),
+        task: TaskSpec {
+            driver: "vm".to_string(),
+            command: None,
+            args: vec![],
+            env: BTreeMap::new(),
+            workdir: None,
+            resources: Resources {
+                cpu_millis: 1000,
+                memory_bytes: 128 << 20,
+                gpus: 0,
+                gpu_model: None,
+            },
+            config,
+        },
+        alloc_dir: dir.join("a"),
+        env: BTreeMap::new(),
+    }
+}
+
+fn console(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("a/stdout.log")).unwrap_or_default()
+}
+
+async fn until(what: &str, mut probe: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !probe() {
+        assert!(started.elapsed() < PATIENCE, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn ticks(text: &str) -> usize {
+    text.matches("herd-guest: tick").count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vm_boots_pauses_resumes_and_stops_through_qmp() {
+    let (kernel, busybox) = match guest_parts() {
+        Ok(parts) => parts,
+        Err(why) => {
+            eprintln!("skipping: {why}");
+            return;
+        }
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let initrd = dir.path().join("initrd");
+    write_initramfs(
+        &initrd,
+        &busybox,
+        GuestLoad {
+            working_set_mib: 16,
+            dirty_mib_per_sec: 2,
+        },
+    )
+    .expect("initramfs");
+    let driver = VmDriver::new(herd_bin());
+    let spec = spec(dir.path(), config(&kernel, &initrd));
+    let handle = driver.start(&spec).await.expect("start");
+    until("the guest to boot", || {
+        console(dir.path()).contains("herd-guest: up")
+    })
+    .await;
+    until("the guest to tick", || ticks(&console(dir.path())) >= 2).await;
+    assert_eq!(
+        driver.state(&handle).await.expect("state"),
+        WorkloadState::Running
+    );
+
+    driver.pause(&handle).await.expect("pause");
+    assert_eq!(
+        driver.state(&handle).await.expect("state"),
+        WorkloadState::Paused
+    );
+    let frozen = ticks(&console(dir.path()));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        ticks(&console(dir.path())),
+        frozen,
+        "a paused guest does not run"
+    );
+
+    driver.resume(&handle).await.expect("resume");
+    until("the guest to tick again", || {
+        ticks(&console(dir.path())) > frozen
+    })
+    .await;
+
+    // A second driver (an agent restarted) sees the same VM through the handle.
+    let again = VmDriver::new(herd_bin());
+    assert_eq!(
+        again.state(&handle).await.expect("state"),
+        WorkloadState::Running
+    );
+    let exit = again
+        .stop(&handle, Duration::from_secs(4))
+        .await
+        .expect("stop");
+    assert!(exit.code.is_some() || exit.signal.is_some(), "{exit:?}");
+    assert!(matches!(
+        driver.state(&handle).await.expect("state"),
+        WorkloadState::Exited(_)
+    ));
+    assert!(
+        !qemu_running(&dir.path().display().to_string()),
+        "QEMU is gone after stop"
+    );
+}
+
+#[tokio::test]
+async fn bad_vm_specs_are_refused_before_anything_runs() {
+    if let Err(why) = guest_parts() {
+        eprintln!("skipping: {why}");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let driver = VmDriver::new(herd_bin());
+    let missing = BTreeMap::from([("disk".to_string(), "/nonexistent/disk.qcow2".to_string())]);
+    match driver.start(&spec(dir.path(), missing)).await {
+        Err(DriverError::Unsupported { message, .. }) => {
+            assert!(message.contains("task.config.disk"), "{message}");
+            assert!(message.contains("/nonexistent/disk.qcow2"), "{message}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert!(!qemu_running(&dir.path().display().to_string()));
+}
+
+fn qemu_running(needle: &str) -> bool {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|entry| {
+            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            let text = String::from_utf8_lossy(&cmdline);
+            text.contains("qemu-system") && text.contains(needle)
+        })
+}
+
+fn json(addr: &str, args: &[&str]) -> Value {
+    let mut full = vec!["--addr", addr];
+    full.extend_from_slice(args);
+    full.extend_from_slice(&["-o", "json"]);
+    serde_json::from_str(&must_cli_ok(&full)).expect("json output")
+}
+
+fn qemu_pids(needle: &str) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let pid = entry.file_name().to_str()?.parse::<u32>().ok()?;
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            let text = String::from_utf8_lossy(&cmdline);
+            (text.starts_with('/') && text.contains("qemu-system") && text.contains(needle))
+                .then_some(pid)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vm_job_runs_through_the_cli_and_survives_an_agent_restart() {
+    let (kernel, busybox) = match guest_parts() {
+        Ok(parts) => parts,
+        Err(why) => {
+            eprintln!("skipping: {why}");
+            return;
+        }
+    };
+    let cluster =
+        ProcessCluster::start(herd_bin(), 1, &["--node-ttl-ms", "3000"]).expect("cluster");
+    cluster
+        .wait_for_leader(Duration::from_secs(10))
+        .await
+        .expect("leader");
+    let addr = cluster.addr_list();
+    let mut agents = AgentSet::new(herd_bin(), &addr).expect("agents");
+    agents.start("v1", &[]).expect("agent");
+    agents.start("v2", &[]).expect("agent");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let initrd = dir.path().join("initrd");
+    write_initramfs(
+        &initrd,
+        &busybox,
+        GuestLoad {
+            working_set_mib: 8,
+            dirty_mib_per_sec: 1,
+        },
+    )
+    .expect("initramfs");
+
+    // More memory than any node has: refused at submit, nothing stored.
+    let huge = dir.path().join("huge.toml");
+    std::fs::write(
+        &huge,
+        format!(
+            "name = \"huge\"\ntype = \"service\"\n[task]\ndriver = \"vm\"\n[task.config]\nkernel = \"{}\"\n[task.resources]\ncpu = 1000\nmemory = \"64TiB\"\n",
+            kernel.display()
+        ),
+    )
+    .expect("spec");
+    let out = must_run_cli(&["--addr", &addr, "job", "run", &huge.display().to_string()]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("memory"), "{stderr}");
+
+    let spec = dir.path().join("vm.toml");
+    std::fs::write(
+        &spec,
+        format!(
+            "name = \"vm\"\ntype = \"service\"\n[task]\ndriver = \"vm\"\n[task.config]\nkernel = \"{}\"\ninitrd = \"{}\"\naccel = \"tcg\"\nappend = \"console=ttyS0 quiet panic=-1\"\n[task.resources]\ncpu = 1000\nmemory = \"128MiB\"\n",
+            kernel.display(),
+            initrd.display()
+        ),
+    )
+    .expect("spec");
+    must_cli_ok(&["--addr", &addr, "job", "run", &spec.display().to_string()]);
+    let started = Instant::now();
+    let (id, node) = loop {
+        let allocs = json(&addr, &["alloc", "list", "--job", "vm"]);
+        if let Some(a) = allocs
+            .as_array()
+            .and_then(|a| a.iter().find(|a| a["status"] == "running"))
+        {
+            break (
+                a["id"].as_str().expect("id").to_string(),
+                a["node"].as_str().expect("node").to_string(),
+            );
+        }
+        assert!(started.elapsed() < PATIENCE, "the VM never ran: {allocs:#}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    // Its console is the allocation's log.
+    until("the console through herd alloc logs", || {
+        let out = must_run_cli(&["--addr", &addr, "alloc", "logs", &id]);
+        String::from_utf8_lossy(&out.stdout).contains("herd-guest: up")
+    })
+    .await;
+    let data_dir = agents
+        .agent(&node)
+        .expect("agent")
+        .data_dir
+        .display()
+        .to_string();
+    let pids = qemu_pids(&data_dir);
+    assert_eq!(pids.len(), 1, "one QEMU: {pids:?}");
+
+    // The agent dies and comes back: the same QEMU runs on, re-adopted.
+    agents.kill_agent(&node).expect("kill agent");
+    agents.restart(&node).expect("restart agent");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        qemu_pids(&data_dir),
+        pids,
+        "the VM was re-adopted, not restarted"
+    );
+    let allocs = json(&addr, &["alloc", "list", "--job", "vm"]);
+    let running: Vec<&Value> = allocs
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter(|a| a["status"] == "running")
+        .collect();
+    assert_eq!(running.len(), 1, "{allocs:#}");
+    assert_eq!(running[0]["id"], id.as_str());
+
+    must_cli_ok(&["--addr", &addr, "job", "stop", "vm"]);
+    until("QEMU gone after job stop", || {
+        qemu_pids(&data_dir).is_empty()
+    })
+    .await;
+}
