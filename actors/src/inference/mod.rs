@@ -13,6 +13,7 @@
 //! - [`settings`]: `[task.config]` keys and their bounds.
 //! - [`runtime`]: the core on the real clock, for the engine process.
 //! - [`endpoint`]: `engine.json`, where a running engine listens.
+//! - [`wire`]: conversions to and from `herd.inference.v1`.
 
 pub mod blocks;
 pub mod cost;
@@ -21,6 +22,7 @@ pub mod engine;
 mod error;
 pub mod runtime;
 pub mod settings;
+pub mod wire;
 
 #[cfg(test)]
 mod tests;
