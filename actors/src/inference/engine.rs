@@ -499,10 +499,7 @@ impl Engine {
             if !running.contains(&id) {
                 continue; // preempted earlier in this loop
             }
-            loop {
-                let Some(request) = self.requests.get(&id) else {
-                    break;
-                };
+            while let Some(request) = self.requests.get(&id) {
                 if !request.needs_block() {
                     decode.push(id);
                     break;
