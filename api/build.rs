@@ -8,6 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/herd/internal.proto",
         "proto/herd/client.proto",
         "proto/herd/agent.proto",
+        "proto/herd/inference.proto",
     ];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");

@@ -9,6 +9,7 @@
 #![warn(missing_docs)]
 
 pub mod driver;
+pub mod inference;
 pub mod resources;
 pub mod toy_train;
 pub mod workload;

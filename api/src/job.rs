@@ -16,8 +16,8 @@ use crate::resources::Resources;
 /// Task drivers this version of herd can run.
 ///
 /// Validation rejects any other driver, so a job never reaches a node that
-/// cannot run it. Later drivers (`dljob`, `inference`, `vm`) are added here.
-pub const KNOWN_DRIVERS: &[&str] = &["exec", "vm", "simvm", "dljob"];
+/// cannot run it. `inference` runs herd's SIMULATED LLM engine.
+pub const KNOWN_DRIVERS: &[&str] = &["exec", "vm", "simvm", "dljob", "inference"];
 
 /// Priority a spec gets when its file leaves `priority` out, so that most jobs
 /// sit in the middle of the 0..=100 range and can be ranked either way.

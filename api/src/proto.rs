@@ -15,6 +15,13 @@ pub mod herd {
             tonic::include_proto!("herd.agent.v1");
         }
     }
+    /// The SIMULATED inference engine's API, served to its node agent.
+    pub mod inference {
+        /// Version 1.
+        pub mod v1 {
+            tonic::include_proto!("herd.inference.v1");
+        }
+    }
     /// Coordinator-to-coordinator messages (Raft and leader forwarding).
     pub mod internal {
         /// Version 1.
@@ -25,5 +32,6 @@ pub mod herd {
 }
 
 pub use herd::agent::v1 as agent;
+pub use herd::inference::v1 as inference;
 pub use herd::internal::v1 as internal;
 pub use herd::v1;

@@ -72,6 +72,11 @@ enum Command {
     /// One simulated VM of the simvm driver (started by the node agent).
     #[command(hide = true)]
     SimVm(cmd::sim_vm::SimVmArgs),
+    /// Run one request on a SIMULATED LLM inference service and stream its tokens.
+    Infer(cmd::infer::InferArgs),
+    /// Run a SIMULATED LLM engine (started by the inference driver).
+    #[command(hide = true)]
+    InferenceEngine(cmd::inference_engine::InferenceEngineArgs),
 }
 
 fn init_tracing(filter: Option<&str>, json: bool, default: &str) {
@@ -93,7 +98,7 @@ const CLIENT_LOG: &str = "warn,openraft=error";
 
 async fn run(cli: Cli) -> Result<(), CliError> {
     let daemon = match &cli.command {
-        Command::Coordinator(_) | Command::Dev(_) => true,
+        Command::Coordinator(_) | Command::Dev(_) | Command::InferenceEngine(_) => true,
         Command::Node(args) => args.command.is_none(),
         _ => false,
     };
@@ -120,6 +125,8 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Bench(command) => bench::run(&ctx, command).await,
         Command::SimVm(args) => cmd::sim_vm::run(args).await,
         Command::Chaos(command) => cmd::chaos::run(command).await,
+        Command::Infer(args) => cmd::infer::run(&ctx, args).await,
+        Command::InferenceEngine(args) => cmd::inference_engine::run(args).await,
         Command::Executor(_) => Err(CliError::runtime("the executor runs outside the runtime")),
         Command::ToyTrain(_) => Err(CliError::runtime("toy-train runs outside the runtime")),
     }

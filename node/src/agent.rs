@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use herd_actors::driver::dljob::DljobDriver;
 use herd_actors::driver::exec::ExecDriver;
+use herd_actors::driver::inference::InferenceDriver;
 use herd_actors::driver::simvm::SimVmDriver;
 use herd_actors::driver::vm::VmDriver;
 use herd_actors::driver::Driver;
@@ -57,7 +58,8 @@ pub struct AgentArgs {
     pub config: Arc<NodeConfig>,
     /// Where clients reach this agent.
     pub advertise: String,
-    /// The herd binary, which the exec driver runs as each workload's executor.
+    /// The herd binary, which the exec driver runs as each workload's executor
+    /// (and the inference driver as its engine).
     pub executor: PathBuf,
 }
 
@@ -201,6 +203,8 @@ impl Actor for NodeAgent {
         drivers.insert(simvm.name().to_string(), simvm);
         let dljob: Arc<dyn Driver> = Arc::new(DljobDriver::new(&args.executor));
         drivers.insert(dljob.name().to_string(), dljob);
+        let inference: Arc<dyn Driver> = Arc::new(InferenceDriver::new(&args.executor));
+        drivers.insert(inference.name().to_string(), inference);
         let (report_tx, report_rx) = mpsc::unbounded_channel();
         let report_rx = Arc::new(Mutex::new(report_rx));
         let monitor = Self::spawn_monitor(&myself, &args.config).await?;

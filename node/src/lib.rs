@@ -1,7 +1,8 @@
 //! The node agent daemon (`herd node`): configuration, the wiring of the
 //! actors from `herd-actors` into a supervision tree ([`agent`]), the link
-//! to the coordinators ([`link`]) and the agent's own gRPC server
-//! ([`logs`]).
+//! to the coordinators ([`link`]), the agent's own gRPC server ([`logs`])
+//! and the SIMULATED inference engines it proxies and polls ([`engines`],
+//! [`infer`]).
 //!
 //! It never depends on the coordinator or consensus crates: agents and
 //! coordinators meet only on the wire.
@@ -9,6 +10,8 @@
 
 pub mod agent;
 pub mod config;
+pub mod engines;
+pub mod infer;
 pub mod link;
 pub mod logs;
 
@@ -61,12 +64,14 @@ pub struct RunningNode {
     root_task: JoinHandle<()>,
     shutdown: Option<oneshot::Sender<()>>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
+    engine_poller: JoinHandle<()>,
 }
 
 impl RunningNode {
     /// Stops the agent: its actors and server end, its workloads keep running
     /// (a restarted agent re-adopts them).
     pub async fn shutdown(mut self) {
+        self.engine_poller.abort();
         self.root.stop(Some("shutdown".into()));
         let _ = (&mut self.root_task).await;
         if let Some(tx) = self.shutdown.take() {
@@ -138,6 +143,7 @@ pub async fn start(config: NodeConfig, executor: PathBuf) -> Result<RunningNode,
         config.advertise.clone()
     };
     let name = config.name.clone();
+    let engines = engines::Engines::new(&config.data_dir);
     let args = AgentArgs {
         config: Arc::new(config),
         advertise: advertise.clone(),
@@ -147,7 +153,8 @@ pub async fn start(config: NodeConfig, executor: PathBuf) -> Result<RunningNode,
         .await
         .map_err(|e| NodeError::Actors(e.to_string()))?;
     let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
-    let service = NodeAgentService::new(SupervisorLogs { root: root.clone() });
+    let engine_poller = engines.spawn_poller();
+    let service = NodeAgentService::new(SupervisorLogs { root: root.clone() }, engines);
     let server = tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(NodeAgentServer::new(service))
@@ -162,5 +169,6 @@ pub async fn start(config: NodeConfig, executor: PathBuf) -> Result<RunningNode,
         root_task,
         shutdown: Some(shutdown_tx),
         server,
+        engine_poller,
     })
 }

@@ -1,5 +1,7 @@
-//! `NodeAgent.AllocLogs`: an allocation's stdout or stderr, whole, from the
-//! end, or followed as it grows (`herd alloc logs ID [-f]`).
+//! The agent's own gRPC service, `NodeAgent`: `AllocLogs`, an allocation's
+//! stdout or stderr, whole, from the end, or followed as it grows (`herd
+//! alloc logs ID [-f]`); `Infer` and `EngineStats`, handed to
+//! [`crate::infer`] and [`crate::engines`].
 
 use std::io::SeekFrom;
 use std::path::PathBuf;
@@ -8,11 +10,16 @@ use std::time::Duration;
 
 use futures::Stream;
 use herd_api::proto::agent::node_agent_server::NodeAgent;
-use herd_api::proto::agent::{AllocLogsRequest, LogChunk};
+use herd_api::proto::agent::{
+    AllocLogsRequest, EngineStatsReply, EngineStatsRequest, InferRequest, LogChunk,
+};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
+
+use crate::engines::Engines;
+use crate::infer::InferStream;
 
 /// Bytes read and sent per message.
 const CHUNK: usize = 64 * 1024;
@@ -29,12 +36,13 @@ pub trait LogLocator: Send + Sync + 'static {
 /// Serves [`NodeAgent`].
 pub struct NodeAgentService<L> {
     locator: L,
+    engines: Engines,
 }
 
 impl<L: LogLocator> NodeAgentService<L> {
-    /// Serves the logs `locator` finds.
-    pub fn new(locator: L) -> Self {
-        Self { locator }
+    /// Serves the logs `locator` finds and the inference `engines` of this node.
+    pub fn new(locator: L, engines: Engines) -> Self {
+        Self { locator, engines }
     }
 }
 
@@ -43,6 +51,25 @@ type LogStream = Pin<Box<dyn Stream<Item = Result<LogChunk, Status>> + Send>>;
 #[tonic::async_trait]
 impl<L: LogLocator> NodeAgent for NodeAgentService<L> {
     type AllocLogsStream = LogStream;
+    type InferStream = InferStream;
+
+    async fn infer(
+        &self,
+        request: Request<InferRequest>,
+    ) -> Result<Response<Self::InferStream>, Status> {
+        crate::infer::infer(&self.engines, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn engine_stats(
+        &self,
+        _request: Request<EngineStatsRequest>,
+    ) -> Result<Response<EngineStatsReply>, Status> {
+        Ok(Response::new(EngineStatsReply {
+            engines: self.engines.snapshot(),
+        }))
+    }
 
     async fn alloc_logs(
         &self,

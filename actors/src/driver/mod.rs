@@ -16,6 +16,7 @@
 pub mod dljob;
 mod error;
 pub mod exec;
+pub mod inference;
 pub mod simvm;
 mod types;
 pub mod vm;

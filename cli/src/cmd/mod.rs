@@ -7,6 +7,8 @@ pub mod cluster;
 pub mod coordinator;
 pub mod dev;
 pub mod executor;
+pub mod infer;
+pub mod inference_engine;
 pub mod job;
 pub mod node;
 pub mod sim_vm;

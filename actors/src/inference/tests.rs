@@ -1,0 +1,218 @@
+//! The engine under load, on the simulated clock.
+
+use std::collections::BTreeMap;
+
+use super::cost::CostModel;
+use super::engine::*;
+use super::EngineError;
+
+fn config(kv_blocks: u32, max_batch: usize, preemption: PreemptionMode) -> EngineConfig {
+    EngineConfig {
+        kv_blocks,
+        bytes_per_token: 4,
+        max_batch,
+        preemption,
+        swap_blocks: kv_blocks,
+        cost: CostModel::default(),
+    }
+}
+
+fn normal(prompt: u32, max: u32) -> RequestSpec {
+    RequestSpec {
+        prompt_tokens: prompt,
+        max_tokens: max,
+        priority: Priority::Normal,
+    }
+}
+
+/// Tokens and TTFTs per request, and the preemptions seen.
+#[derive(Default)]
+struct Run {
+    tokens: BTreeMap<RequestId, Vec<u32>>,
+    ttft: BTreeMap<RequestId, u64>,
+    preempted: Vec<(RequestId, PreemptionMode)>,
+    now: u64,
+}
+
+impl Run {
+    /// Steps until the engine is idle (or `max_steps`), advancing the clock.
+    fn drive(&mut self, engine: &mut Engine, max_steps: usize) {
+        for _ in 0..max_steps {
+            if engine.is_idle() {
+                return;
+            }
+            self.step(engine);
+        }
+        panic!(
+            "engine not idle after {max_steps} steps: {:?}",
+            engine.stats()
+        );
+    }
+
+    fn step(&mut self, engine: &mut Engine) {
+        let report = engine.step(self.now);
+        assert!(report.duration_us > 0, "a busy engine makes progress");
+        // Every request in the batch keeps a verifiable cache.
+        for (id, phase) in engine.phases() {
+            if phase != Phase::Waiting {
+                assert!(engine.verify_request(id).expect("known"), "cache of {id}");
+            }
+        }
+        self.now += report.duration_us;
+        self.preempted.extend(report.preempted);
+        for t in report.tokens {
+            assert_eq!(t.at_us, self.now);
+            self.tokens.entry(t.request).or_default().push(t.index);
+            if let Some(ttft) = t.ttft_us {
+                self.ttft.insert(t.request, ttft);
+            }
+        }
+    }
+}
+
+fn exhausting_load_completes(mode: PreemptionMode) {
+    // 24 blocks = 384 tokens of KV; 12 requests of 40 + 60 tokens need
+    // 7 blocks each at the end: far more than fits at once.
+    let mut engine = Engine::new(config(24, 8, mode));
+    let mut run = Run::default();
+    let ids: Vec<_> = (0..12)
+        .map(|_| engine.submit(normal(40, 60), 0).expect("fits alone"))
+        .collect();
+    run.drive(&mut engine, 10_000);
+    assert!(
+        !run.preempted.is_empty(),
+        "the load must exhaust the blocks"
+    );
+    assert!(
+        run.preempted.iter().all(|(_, m)| *m == mode),
+        "{:?}",
+        run.preempted
+    );
+    for id in ids {
+        let tokens = &run.tokens[&id];
+        assert_eq!(tokens.len(), 60, "request {id}");
+        assert_eq!(
+            *tokens,
+            (0..60).collect::<Vec<_>>(),
+            "request {id} in order"
+        );
+    }
+    let stats = engine.stats();
+    assert_eq!((stats.free_blocks, stats.completed_total), (24, 12));
+}
+
+#[test]
+fn exhausted_kv_blocks_preempt_by_recompute_and_all_complete() {
+    exhausting_load_completes(PreemptionMode::Recompute);
+}
+
+#[test]
+fn exhausted_kv_blocks_preempt_by_swap_and_all_complete() {
+    exhausting_load_completes(PreemptionMode::Swap);
+}
+
+#[test]
+fn a_high_priority_request_gets_its_first_token_quickly_in_a_saturated_engine() {
+    let mut engine = Engine::new(config(160, 8, PreemptionMode::Recompute));
+    let mut run = Run::default();
+    let low: Vec<_> = (0..32)
+        .map(|_| engine.submit(normal(200, 100), 0).expect("fits"))
+        .collect();
+    for _ in 0..20 {
+        run.step(&mut engine);
+    }
+    let stats = engine.stats();
+    assert_eq!(stats.batch_size, 8, "saturated: {stats:?}");
+    assert!(stats.queue_len > 0);
+    let high = engine
+        .submit(
+            RequestSpec {
+                prompt_tokens: 200,
+                max_tokens: 100,
+                priority: Priority::High,
+            },
+            run.now,
+        )
+        .expect("fits");
+    run.drive(&mut engine, 100_000);
+    let high_ttft = run.ttft[&high];
+    let mut low_ttfts: Vec<u64> = low.iter().map(|id| run.ttft[id]).collect();
+    low_ttfts.sort();
+    let median_low = low_ttfts[low_ttfts.len() / 2];
+    // About one iteration (a 200-token prefill plus a decode step).
+    assert!(high_ttft < 250_000, "high-priority TTFT {high_ttft} µs");
+    assert!(
+        high_ttft * 10 < median_low,
+        "high {high_ttft} µs vs median low {median_low} µs"
+    );
+    assert_eq!(run.tokens[&high].len(), 100);
+    assert!(low.iter().all(|id| run.tokens[id].len() == 100));
+}
+
+#[test]
+fn a_request_longer_than_the_kv_capacity_is_refused_and_leaves_nothing() {
+    let mut engine = Engine::new(config(4, 8, PreemptionMode::Recompute));
+    // 4 blocks hold 64 tokens; 40 + 30 - 1 = 69 do not fit.
+    let err = engine.submit(normal(40, 30), 0).expect_err("too long");
+    assert!(
+        matches!(
+            err,
+            EngineError::OverCapacity {
+                needed_tokens: 69,
+                capacity_tokens: 64,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("64 tokens"), "{err}");
+    assert!(engine.is_idle());
+    // Exactly at capacity is fine.
+    engine.submit(normal(40, 25), 0).expect("64 tokens fit");
+    for bad in [
+        normal(0, 5),
+        normal(5, 0),
+        normal(MAX_REQUEST_TOKENS + 1, 1),
+    ] {
+        assert!(matches!(
+            engine.check(&bad),
+            Err(EngineError::Invalid { .. })
+        ));
+    }
+}
+
+#[test]
+fn an_exported_request_resumes_in_another_engine_with_its_cache_intact() {
+    let mut a = Engine::new(config(16, 4, PreemptionMode::Recompute));
+    let mut b = Engine::new(config(16, 4, PreemptionMode::Recompute));
+    let id = a.submit(normal(30, 20), 0).expect("fits");
+    let mut run = Run::default();
+    for _ in 0..5 {
+        run.step(&mut a);
+    }
+    let exported = a.export_request(id).expect("export");
+    assert_eq!(exported.generated, 5);
+    assert_eq!(a.stats().free_blocks, 16, "blocks freed at the source");
+    let moved = b.import_request(exported, run.now).expect("import");
+    assert!(b.verify_request(moved).expect("known"));
+    let mut rest = Run {
+        now: run.now,
+        ..Run::default()
+    };
+    rest.drive(&mut b, 1000);
+    assert_eq!(rest.tokens[&moved], (5..20).collect::<Vec<_>>());
+}
+
+#[test]
+fn the_same_load_runs_the_same_way() {
+    let go = || {
+        let mut engine = Engine::new(config(20, 6, PreemptionMode::Swap));
+        for i in 0..10 {
+            engine.submit(normal(20 + i, 30 + i), 0).expect("fits");
+        }
+        let mut run = Run::default();
+        run.drive(&mut engine, 10_000);
+        (run.now, run.preempted, run.ttft)
+    };
+    assert_eq!(go(), go());
+}

@@ -1,0 +1,239 @@
+//! `herd infer SERVICE --prompt-tokens N --max-tokens M [--priority high]`:
+//! one request to a SIMULATED LLM inference service. Finds a running
+//! allocation of the job through the coordinators, asks its node's agent to
+//! run the request (`NodeAgent.Infer`), prints the tokens as they stream,
+//! then the time to first token and the time between tokens, on the
+//! engine's modelled clock.
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use clap::{Args, ValueEnum};
+use herd_actors::inference::MAX_REQUEST_TOKENS;
+use herd_api::client::HerdClient;
+use herd_api::proto::agent::node_agent_client::NodeAgentClient;
+use herd_api::proto::agent::InferRequest;
+use herd_api::proto::v1 as pb;
+use herd_api::proto::v1::allocs_client::AllocsClient;
+use herd_api::proto::v1::nodes_client::NodesClient;
+use serde_json::json;
+
+use super::Context;
+use crate::exit::CliError;
+use crate::output::print_json;
+
+/// Scheduling class of the request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PriorityArg {
+    /// Served in arrival order.
+    Normal,
+    /// Admitted first; may preempt normal requests.
+    High,
+}
+
+/// Arguments of `herd infer`.
+#[derive(Args, Debug)]
+pub struct InferArgs {
+    /// The inference job (driver = "inference").
+    pub service: String,
+    /// Tokens in the prompt.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=MAX_REQUEST_TOKENS as i64))]
+    pub prompt_tokens: u32,
+    /// Tokens to generate.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=MAX_REQUEST_TOKENS as i64))]
+    pub max_tokens: u32,
+    /// Scheduling class.
+    #[arg(long, value_enum, default_value = "normal")]
+    pub priority: PriorityArg,
+    /// A specific allocation of the service instead of any running one.
+    #[arg(long)]
+    pub alloc: Option<String>,
+}
+
+/// The allocation to ask and its node's agent address.
+async fn target(
+    client: &HerdClient,
+    service: &str,
+    alloc: Option<&str>,
+) -> Result<(pb::Alloc, String), CliError> {
+    let job = service.to_string();
+    let allocs = client
+        .call(|ch| {
+            let request = pb::ListAllocsRequest {
+                job: job.clone(),
+                stale: false,
+            };
+            async move {
+                AllocsClient::new(ch)
+                    .list(request)
+                    .await
+                    .map(|r| r.into_inner().allocs)
+            }
+        })
+        .await?;
+    let alloc = allocs
+        .into_iter()
+        .filter(|a| a.status == "running" && a.desired == "run")
+        .find(|a| alloc.is_none_or(|id| a.id == id))
+        .ok_or_else(|| match alloc {
+            Some(id) => CliError::input(format!("allocation {id} of {service} is not running")),
+            None => CliError::input(format!(
+                "service {service} has no running allocation (see herd job status {service})"
+            )),
+        })?;
+    let nodes = client
+        .call(|ch| async move {
+            NodesClient::new(ch)
+                .list(pb::ListNodesRequest { stale: false })
+                .await
+                .map(|r| r.into_inner().nodes)
+        })
+        .await?;
+    let addr = nodes
+        .into_iter()
+        .find(|n| n.name == alloc.node)
+        .map(|n| n.addr)
+        .ok_or_else(|| {
+            CliError::runtime(format!(
+                "node {} of allocation {} is not registered",
+                alloc.node, alloc.id
+            ))
+        })?;
+    Ok((alloc, addr))
+}
+
+/// The p-th percentile (0..=100) of sorted values.
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// Runs `herd infer`.
+pub async fn run(ctx: &Context, args: InferArgs) -> Result<(), CliError> {
+    let client = ctx.client()?;
+    let (alloc, addr) = target(&client, &args.service, args.alloc.as_deref()).await?;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| {
+            CliError::runtime(format!(
+                "node {} has a bad address {addr:?}: {e}",
+                alloc.node
+            ))
+        })?
+        .connect_timeout(Duration::from_secs(3))
+        .connect()
+        .await
+        .map_err(|e| {
+            CliError::runtime(format!(
+                "cannot reach the agent of node {} at {addr}: {e}",
+                alloc.node
+            ))
+        })?;
+    let node_error = |s: tonic::Status| {
+        let message = format!("node {}: {}", alloc.node, s.message());
+        if s.code() == tonic::Code::InvalidArgument {
+            CliError::input(message)
+        } else {
+            CliError::runtime(message)
+        }
+    };
+    let started = Instant::now();
+    let mut stream = NodeAgentClient::new(channel)
+        .infer(InferRequest {
+            alloc_id: alloc.id.clone(),
+            job: args.service.clone(),
+            prompt_tokens: args.prompt_tokens,
+            max_tokens: args.max_tokens,
+            priority: match args.priority {
+                PriorityArg::Normal => "normal",
+                PriorityArg::High => "high",
+            }
+            .to_string(),
+        })
+        .await
+        .map_err(node_error)?
+        .into_inner();
+    let mut ttft_us = None;
+    let mut times: Vec<u64> = Vec::new();
+    let mut wall_ttft = None;
+    while let Some(token) = stream.message().await.map_err(node_error)? {
+        if token.ttft_us.is_some() {
+            ttft_us = token.ttft_us;
+            wall_ttft = Some(started.elapsed());
+        }
+        if !ctx.json() {
+            let since = times.last().map(|t| token.at_us.saturating_sub(*t));
+            let mut out = std::io::stdout();
+            let line = match (token.ttft_us, since) {
+                (Some(ttft), _) => format!(
+                    "token {:>5}  first, TTFT {:.1} ms",
+                    token.index,
+                    ttft as f64 / 1e3
+                ),
+                (None, Some(gap)) => {
+                    format!("token {:>5}  +{:.1} ms", token.index, gap as f64 / 1e3)
+                }
+                (None, None) => format!("token {:>5}", token.index),
+            };
+            writeln!(out, "{line}")
+                .and_then(|()| out.flush())
+                .map_err(|e| CliError::runtime(format!("cannot write: {e}")))?;
+        }
+        times.push(token.at_us);
+    }
+    let wall = started.elapsed();
+    if times.len() != args.max_tokens as usize {
+        return Err(CliError::runtime(format!(
+            "the stream ended after {} of {} tokens",
+            times.len(),
+            args.max_tokens
+        )));
+    }
+    let mut gaps: Vec<f64> = times
+        .windows(2)
+        .map(|w| w[1].saturating_sub(w[0]) as f64 / 1e3)
+        .collect();
+    gaps.sort_by(f64::total_cmp);
+    let mean = if gaps.is_empty() {
+        0.0
+    } else {
+        gaps.iter().sum::<f64>() / gaps.len() as f64
+    };
+    let p99 = percentile(&gaps, 99.0);
+    let ttft_ms = ttft_us.unwrap_or(0) as f64 / 1e3;
+    if ctx.json() {
+        print_json(&json!({
+            "service": args.service, "alloc_id": alloc.id, "node": alloc.node,
+            "prompt_tokens": args.prompt_tokens, "tokens": times.len(),
+            "simulated": true,
+            "ttft_ms": ttft_ms, "tbt_mean_ms": mean, "tbt_p99_ms": p99,
+            "wall_ttft_ms": wall_ttft.map(|d| d.as_secs_f64() * 1e3),
+            "wall_ms": wall.as_secs_f64() * 1e3,
+        }));
+    } else {
+        println!(
+            "{} tokens from {} on {} (SIMULATED engine, modelled times): TTFT {ttft_ms:.1} ms, time between tokens mean {mean:.1} ms, p99 {p99:.1} ms; wall clock {:.0} ms",
+            times.len(),
+            alloc.id,
+            alloc.node,
+            wall.as_secs_f64() * 1e3
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percentile;
+
+    #[test]
+    fn percentiles_pick_the_rank() {
+        let v: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&v, 99.0), 99.0);
+        assert_eq!(percentile(&v, 100.0), 100.0);
+        assert_eq!(percentile(&[5.0], 99.0), 5.0);
+        assert_eq!(percentile(&[], 99.0), 0.0);
+    }
+}
