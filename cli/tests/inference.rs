@@ -2,40 +2,21 @@
 //! `herd node` agents run a SIMULATED LLM engine as a service job; `herd
 //! infer` streams exactly the tokens asked for with a TTFT; a request longer
 //! than the instance's KV cache fails with a clear error and exit code 2,
-//! leaving the engine serving; the agent reports the engine's stats; `herd
-//! job stop` leaves no engine process.
+//! leaving the engine serving; the agent reports the engine's stats; an
+//! agent restart re-adopts the engine without restarting it; `herd job
+//! stop` leaves no engine process.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
+use common::agents::{json, until};
 use common::*;
 use herd_api::proto::agent::node_agent_client::NodeAgentClient;
 use herd_api::proto::agent::EngineStatsRequest;
 use herd_chaos::agents::AgentSet;
 use herd_chaos::process_cluster::ProcessCluster;
 use serde_json::Value;
-
-fn json(addr: &str, args: &[&str]) -> Value {
-    let mut full = vec!["--addr", addr];
-    full.extend_from_slice(args);
-    full.extend_from_slice(&["-o", "json"]);
-    serde_json::from_str(&must_cli_ok(&full)).expect("json output")
-}
-
-async fn until<T>(what: &str, limit: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
-    let started = Instant::now();
-    loop {
-        if let Some(value) = probe() {
-            return value;
-        }
-        assert!(
-            started.elapsed() < limit,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
 
 /// The example spec, made small through its `[task.config]`: 32 KV
 /// blocks (512 tokens), 10× faster than modelled.
@@ -202,12 +183,47 @@ async fn herd_infer_streams_tokens_refuses_over_capacity_and_stop_leaves_nothing
     assert_eq!(stats.total_blocks, 32);
     assert_eq!((stats.free_blocks, stats.queue_len), (32, 0));
 
-    let engines = agents
+    let engines: Vec<u32> = agents
         .workloads()
         .into_iter()
         .filter(|w| w.job == "llm")
-        .count();
-    assert_eq!(engines, 1, "one engine process");
+        .map(|w| w.pid)
+        .collect();
+    assert_eq!(engines.len(), 1, "one engine process");
+
+    // The agent dies and comes back: the same engine serves on, re-adopted.
+    agents.kill_agent(&node).expect("kill agent");
+    agents.restart(&node).expect("restart agent");
+    let answer = until(
+        "herd infer after the agent restart",
+        Duration::from_secs(20),
+        || {
+            let out = must_run_cli(&[
+                "--addr",
+                &addr,
+                "infer",
+                "llm",
+                "--prompt-tokens",
+                "10",
+                "--max-tokens",
+                "3",
+                "-o",
+                "json",
+            ]);
+            out.status
+                .success()
+                .then(|| serde_json::from_slice::<Value>(&out.stdout).expect("json summary"))
+        },
+    )
+    .await;
+    assert_eq!(answer["tokens"], 3, "{answer}");
+    let after: Vec<u32> = agents
+        .workloads()
+        .into_iter()
+        .filter(|w| w.job == "llm")
+        .map(|w| w.pid)
+        .collect();
+    assert_eq!(after, engines, "the engine was re-adopted, not restarted");
     must_cli_ok(&["--addr", &addr, "job", "stop", "llm"]);
     until("no engine process left", Duration::from_secs(15), || {
         agents
