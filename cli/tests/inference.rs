@@ -155,6 +155,10 @@ async fn herd_infer_streams_tokens_refuses_over_capacity_and_stop_leaves_nothing
         .and_then(|n| n["addr"].as_str())
         .expect("node address")
         .to_string();
+    // The engine's output is the allocation's log.
+    let id = alloc["id"].as_str().expect("id").to_string();
+    let logs = must_cli_ok(&["--addr", &addr, "alloc", "logs", &id]);
+    assert!(logs.contains("SIMULATED"), "{logs}");
     let mut agent = NodeAgentClient::connect(format!("http://{node_addr}"))
         .await
         .expect("agent");
