@@ -213,24 +213,40 @@ pub async fn run(config: &RunConfig) -> Result<History, RunError> {
     }
     let agents_root = agents.as_ref().map(|a| a.root().to_path_buf());
     if scenario.service_count > 0 {
-        let invoke_ns = recorder.now_ns();
-        let spec = workload::sleeper_spec(SERVICE_JOB, scenario.service_count);
-        let (outcome, error) = workload::submit(&client, 0, spec).await;
-        recorder.push(Record::Op(crate::history::Op {
-            id: recorder.next_id(),
-            process: 0,
-            kind: OpKind::Submit,
-            key: SERVICE_JOB.into(),
-            value: None,
-            expected: None,
-            version: None,
-            invoke_ns,
-            complete_ns: recorder.now_ns(),
-            outcome,
-            error: error.clone(),
-        }));
-        if let Some(error) = error {
-            return Err(RunError::Setup(format!("submit {SERVICE_JOB}: {error}")));
+        // A member elected moments ago may not know yet that it belongs to
+        // the cluster: the setup submit goes round the members until one
+        // takes it (resubmitting the same spec changes nothing), every
+        // attempt recorded.
+        let started = std::time::Instant::now();
+        let mut attempt = 0usize;
+        loop {
+            let invoke_ns = recorder.now_ns();
+            let spec = workload::sleeper_spec(SERVICE_JOB, scenario.service_count);
+            let member = attempt % addrs.len().max(1);
+            let (outcome, error) = workload::submit(&client, member, spec).await;
+            recorder.push(Record::Op(crate::history::Op {
+                id: recorder.next_id(),
+                process: 0,
+                kind: OpKind::Submit,
+                key: SERVICE_JOB.into(),
+                value: None,
+                expected: None,
+                version: None,
+                invoke_ns,
+                complete_ns: recorder.now_ns(),
+                outcome,
+                error: error.clone(),
+            }));
+            match error {
+                None => break,
+                Some(error) if started.elapsed() > Duration::from_secs(20) => {
+                    return Err(RunError::Setup(format!("submit {SERVICE_JOB}: {error}")));
+                }
+                Some(_) => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
         }
     }
     if !until_whole(
