@@ -8,6 +8,7 @@
 
 pub mod alloc;
 pub mod client;
+pub mod config_file;
 pub mod convert;
 pub mod duration;
 #[cfg(test)]

@@ -8,40 +8,8 @@ use std::time::Duration;
 
 use herd_api::resources::parse_memory;
 use serde::{Deserialize, Serialize};
-use thiserror::Error;
 
-/// A configuration that cannot be used, with where the problem is.
-#[derive(Debug, Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("{file}: cannot read: {message}")]
-    Read {
-        /// The file.
-        file: String,
-        /// The OS error.
-        message: String,
-    },
-    /// The file is not valid TOML for [`NodeSettings`].
-    #[error("{file}:{line}:{column}: {message}")]
-    Parse {
-        /// The file.
-        file: String,
-        /// 1-based line.
-        line: usize,
-        /// 1-based column.
-        column: usize,
-        /// What is wrong.
-        message: String,
-    },
-    /// A setting is missing or wrong.
-    #[error("setting `{field}`: {message}")]
-    Invalid {
-        /// The setting (file key; the flag is the same with dashes).
-        field: &'static str,
-        /// What is wrong.
-        message: String,
-    },
-}
+pub use herd_api::config_file::{check_host_port, ConfigError};
 
 /// Every setting optional: what a config file or the command line provides.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -76,25 +44,12 @@ pub struct NodeSettings {
 impl NodeSettings {
     /// Reads settings from a TOML file, naming file, line and column on errors.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
-            file: file.clone(),
-            message: e.to_string(),
-        })?;
-        Self::from_toml(&text, &file)
+        herd_api::config_file::read_toml(path)
     }
 
     /// Parses settings from TOML text; `file` names it in errors.
     pub fn from_toml(text: &str, file: &str) -> Result<Self, ConfigError> {
-        toml::from_str(text).map_err(|e: toml::de::Error| {
-            let (line, column) = e.span().map_or((1, 1), |span| line_col(text, span.start));
-            ConfigError::Parse {
-                file: file.to_string(),
-                line,
-                column,
-                message: e.message().to_string(),
-            }
-        })
+        herd_api::config_file::parse_toml(text, file)
     }
 
     /// These settings, with every setting `overrides` provides taking precedence.
@@ -114,13 +69,6 @@ impl NodeSettings {
             stop_grace_ms: overrides.stop_grace_ms.or(self.stop_grace_ms),
         }
     }
-}
-
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
-    let line = before.matches('\n').count() + 1;
-    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-    (line, column)
 }
 
 /// Simulated GPUs the agent reports (named simulated everywhere).
@@ -161,15 +109,6 @@ pub struct NodeConfig {
 
 /// Largest number of simulated GPUs one node may claim.
 const MAX_SIM_GPUS: u32 = 64;
-
-fn check_host_port(addr: &str) -> Result<(), String> {
-    match addr.rsplit_once(':') {
-        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0) => {
-            Ok(())
-        }
-        _ => Err(format!("address {addr:?} is not HOST:PORT")),
-    }
-}
 
 impl NodeConfig {
     /// Validates settings into a configuration.
