@@ -237,30 +237,14 @@ fn is_zombie(pid: u32) -> bool {
 /// SIGKILLs every process whose command line or environment points under
 /// `dir` (a run's last resort against leaks).
 pub fn kill_processes_under(dir: &Path) {
-    let needle = dir.to_string_lossy().into_owned();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<i32>().ok())
-        else {
+    for (pid, _) in mentioning(dir) {
+        let Ok(pid) = i32::try_from(pid) else {
             continue;
         };
-        if pid as u32 == std::process::id() {
-            continue;
-        }
-        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        let environ = std::fs::read(entry.path().join("environ")).unwrap_or_default();
-        let mentions = |bytes: &[u8]| String::from_utf8_lossy(bytes).contains(&needle);
-        if mentions(&cmdline) || mentions(&environ) {
-            // SAFETY: kill(2) takes plain integers; a pid gone meanwhile only
-            // makes it fail with ESRCH.
-            unsafe {
-                libc::kill(pid, libc::SIGKILL);
-            }
+        // SAFETY: kill(2) takes plain integers; a pid gone meanwhile only
+        // makes it fail with ESRCH.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
         }
     }
 }
@@ -268,6 +252,15 @@ pub fn kill_processes_under(dir: &Path) {
 /// Live (not zombie) processes other than this one whose command line or
 /// environment mentions `dir`, as `PID COMMAND LINE`.
 pub fn processes_under(dir: &Path) -> Vec<String> {
+    mentioning(dir)
+        .into_iter()
+        .map(|(pid, command)| format!("{pid} {command}"))
+        .collect()
+}
+
+/// Pids and command lines of the live processes, other than this one,
+/// whose command line or environment mentions `dir`.
+fn mentioning(dir: &Path) -> Vec<(u32, String)> {
     let needle = dir.to_string_lossy().into_owned();
     let mut found = Vec::new();
     let Ok(entries) = std::fs::read_dir("/proc") else {
@@ -289,7 +282,7 @@ pub fn processes_under(dir: &Path) -> Vec<String> {
         let mentions = |bytes: &[u8]| String::from_utf8_lossy(bytes).contains(&needle);
         if mentions(&cmdline) || mentions(&environ) {
             let command = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            found.push(format!("{pid} {}", command.trim()));
+            found.push((pid, command.trim().to_string()));
         }
     }
     found
