@@ -137,9 +137,8 @@ pub fn mark_node_down(
     info.status = NodeStatus::Down;
     changes.put(Record::Node(node), state);
     let lost: Vec<String> = state
-        .allocations
-        .values()
-        .filter(|a| a.node == node && !a.status.is_terminal())
+        .allocs_on_node(node)
+        .filter(|a| !a.status.is_terminal())
         .map(|a| a.id.clone())
         .collect();
     let mut jobs = BTreeSet::new();
@@ -176,9 +175,8 @@ pub fn refresh_job_status(
         return;
     }
     let histories = instance_histories(state, job);
-    let running = state.allocations.values().any(|a| {
-        a.job == job.spec.name
-            && a.job_version == job.version
+    let running = state.allocs_of_job(&job.spec.name).any(|a| {
+        a.job_version == job.version
             && a.desired == AllocDesired::Run
             && a.status == AllocStatus::Running
     });

@@ -57,9 +57,8 @@ fn check_node_name(name: &str) -> Result<(), Status> {
 /// The allocations `node` should run, as its agent receives them.
 pub fn assigned_to(state: &ClusterState, node: &str) -> Vec<AssignedAllocation> {
     state
-        .allocations
-        .values()
-        .filter(|a| a.node == node && a.desired == AllocDesired::Run && !a.status.is_terminal())
+        .allocs_on_node(node)
+        .filter(|a| a.desired == AllocDesired::Run && !a.status.is_terminal())
         .filter_map(|a| {
             let job = state.jobs.get(&a.job)?;
             if job.version != a.job_version {
