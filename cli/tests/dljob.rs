@@ -15,14 +15,12 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::agents::{json, must_have_ready_nodes, running_allocs, until};
+use common::agents::{cluster_with_agents, json, must_have_ready_nodes, running_allocs, until};
 use common::*;
 use herd_actors::driver::dljob::{DljobDriver, CHECKPOINT_SUBDIR};
 use herd_actors::driver::{Driver, WorkloadSpec, WorkloadState};
 use herd_actors::toy_train::checkpoint::{self, DoneRecord, WeightsRecord};
 use herd_api::job::TaskSpec;
-use herd_chaos::agents::AgentSet;
-use herd_chaos::process_cluster::ProcessCluster;
 
 const STEPS: &str = "60";
 const SEED: &str = "9";
@@ -219,14 +217,7 @@ fn alive(pid: u32) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dljob_runs_and_is_readopted_after_an_agent_restart_and_stops_with_a_checkpoint() {
-    let cluster =
-        ProcessCluster::start(herd_bin(), 1, &["--node-ttl-ms", "2000"]).expect("start cluster");
-    cluster
-        .wait_for_leader(Duration::from_secs(10))
-        .await
-        .expect("leader");
-    let addr = cluster.addr_list();
-    let mut agents = AgentSet::new(herd_bin(), &addr).expect("agents");
+    let (_cluster, addr, mut agents) = cluster_with_agents(1, "2000").await;
     for name in ["t1", "t2"] {
         agents.start(name, &[]).expect("start agent");
     }

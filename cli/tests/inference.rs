@@ -10,12 +10,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::agents::{json, until};
+use common::agents::{cluster_with_agents, json, until};
 use common::*;
 use herd_api::proto::agent::node_agent_client::NodeAgentClient;
 use herd_api::proto::agent::EngineStatsRequest;
-use herd_chaos::agents::AgentSet;
-use herd_chaos::process_cluster::ProcessCluster;
 use serde_json::Value;
 
 /// The example spec, made small through its `[task.config]`: 32 KV
@@ -36,14 +34,7 @@ fn spec() -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn herd_infer_streams_tokens_refuses_over_capacity_and_stop_leaves_nothing() {
-    let cluster =
-        ProcessCluster::start(herd_bin(), 1, &["--node-ttl-ms", "2000"]).expect("start cluster");
-    cluster
-        .wait_for_leader(Duration::from_secs(10))
-        .await
-        .expect("leader");
-    let addr = cluster.addr_list();
-    let mut agents = AgentSet::new(herd_bin(), &addr).expect("agents");
+    let (_cluster, addr, mut agents) = cluster_with_agents(1, "2000").await;
     for name in ["i1", "i2"] {
         agents.start(name, &[]).expect("start agent");
     }

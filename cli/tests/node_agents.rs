@@ -11,10 +11,11 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use common::agents::{json, must_have_ready_nodes, running_allocs, until, write_spec};
+use common::agents::{
+    cluster_with_agents, json, must_have_ready_nodes, running_allocs, until, write_spec,
+};
 use common::*;
 use herd_chaos::agents::{AgentSet, WorkloadProcess};
-use herd_chaos::process_cluster::ProcessCluster;
 use serde_json::Value;
 
 /// The liveness TTL the tests run coordinators with.
@@ -74,14 +75,7 @@ fn settled(addr: &str, agents: &AgentSet, job: &str, count: usize) -> Option<Vec
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn service_instances_survive_node_loss_without_duplicates() {
-    let cluster =
-        ProcessCluster::start(herd_bin(), 3, &["--node-ttl-ms", TTL_MS]).expect("start cluster");
-    cluster
-        .wait_for_leader(Duration::from_secs(10))
-        .await
-        .expect("leader");
-    let addr = cluster.addr_list();
-    let mut agents = AgentSet::new(herd_bin(), &addr).expect("agents");
+    let (cluster, addr, mut agents) = cluster_with_agents(3, TTL_MS).await;
     for name in ["a", "b", "c"] {
         agents.start(name, &[]).expect("start agent");
     }
@@ -228,14 +222,7 @@ async fn service_instances_survive_node_loss_without_duplicates() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_high_priority_job_evicts_only_what_it_needs_on_real_agents() {
-    let cluster =
-        ProcessCluster::start(herd_bin(), 1, &["--node-ttl-ms", TTL_MS]).expect("start cluster");
-    cluster
-        .wait_for_leader(Duration::from_secs(10))
-        .await
-        .expect("leader");
-    let addr = cluster.addr_list();
-    let mut agents = AgentSet::new(herd_bin(), &addr).expect("agents");
+    let (_cluster, addr, mut agents) = cluster_with_agents(1, TTL_MS).await;
     // Two nodes of exactly 2 CPUs each, whatever this host has.
     for name in ["p1", "p2"] {
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
@@ -301,14 +288,7 @@ async fn a_high_priority_job_evicts_only_what_it_needs_on_real_agents() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batch_jobs_complete_or_fail_after_their_attempts() {
-    let cluster =
-        ProcessCluster::start(herd_bin(), 1, &["--node-ttl-ms", TTL_MS]).expect("start cluster");
-    cluster
-        .wait_for_leader(Duration::from_secs(10))
-        .await
-        .expect("leader");
-    let addr = cluster.addr_list();
-    let mut agents = AgentSet::new(herd_bin(), &addr).expect("agents");
+    let (_cluster, addr, mut agents) = cluster_with_agents(1, TTL_MS).await;
     agents.start("b1", &[]).expect("start agent");
     must_have_ready_nodes(&addr, &["b1"]).await;
     let dir = tempfile::tempdir().expect("tempdir");
@@ -373,14 +353,7 @@ async fn batch_jobs_complete_or_fail_after_their_attempts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gang_waits_whole_until_a_node_joins_then_starts_whole() {
-    let cluster =
-        ProcessCluster::start(herd_bin(), 1, &["--node-ttl-ms", TTL_MS]).expect("start cluster");
-    cluster
-        .wait_for_leader(Duration::from_secs(10))
-        .await
-        .expect("leader");
-    let addr = cluster.addr_list();
-    let mut agents = AgentSet::new(herd_bin(), &addr).expect("agents");
+    let (_cluster, addr, mut agents) = cluster_with_agents(1, TTL_MS).await;
     let sim = ["--sim-gpus", "2", "--sim-gpu-model", "h100"];
     for name in ["g1", "g2", "g3"] {
         agents.start(name, &sim).expect("start agent");
@@ -485,14 +458,7 @@ async fn a_gang_waits_whole_until_a_node_joins_then_starts_whole() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drain_with_a_deadline_moves_services_now_and_batch_work_by_the_deadline() {
-    let cluster =
-        ProcessCluster::start(herd_bin(), 1, &["--node-ttl-ms", TTL_MS]).expect("start cluster");
-    cluster
-        .wait_for_leader(Duration::from_secs(10))
-        .await
-        .expect("leader");
-    let addr = cluster.addr_list();
-    let mut agents = AgentSet::new(herd_bin(), &addr).expect("agents");
+    let (_cluster, addr, mut agents) = cluster_with_agents(1, TTL_MS).await;
     agents.start("d1", &[]).expect("start agent");
     must_have_ready_nodes(&addr, &["d1"]).await;
     let dir = tempfile::tempdir().expect("tempdir");
@@ -561,14 +527,7 @@ async fn a_drain_with_a_deadline_moves_services_now_and_batch_work_by_the_deadli
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn work_keeps_running_while_no_coordinator_answers() {
-    let mut cluster =
-        ProcessCluster::start(herd_bin(), 1, &["--node-ttl-ms", TTL_MS]).expect("start cluster");
-    cluster
-        .wait_for_leader(Duration::from_secs(10))
-        .await
-        .expect("leader");
-    let addr = cluster.addr_list();
-    let mut agents = AgentSet::new(herd_bin(), &addr).expect("agents");
+    let (mut cluster, addr, mut agents) = cluster_with_agents(1, TTL_MS).await;
     agents.start("o1", &[]).expect("start agent");
     must_have_ready_nodes(&addr, &["o1"]).await;
     let dir = tempfile::tempdir().expect("tempdir");

@@ -9,15 +9,13 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::agents::json;
+use common::agents::{cluster_with_agents, json};
 use common::*;
 use herd_actors::driver::vm::guest::{write_initramfs, GuestLoad};
 use herd_actors::driver::vm::VmDriver;
 use herd_actors::driver::{Driver, DriverError, WorkloadSpec, WorkloadState};
 use herd_api::job::TaskSpec;
 use herd_api::resources::Resources;
-use herd_chaos::agents::AgentSet;
-use herd_chaos::process_cluster::ProcessCluster;
 use serde_json::Value;
 
 const PATIENCE: Duration = Duration::from_secs(60);
@@ -226,14 +224,7 @@ async fn a_vm_job_runs_through_the_cli_and_survives_an_agent_restart() {
             return;
         }
     };
-    let cluster =
-        ProcessCluster::start(herd_bin(), 1, &["--node-ttl-ms", "3000"]).expect("cluster");
-    cluster
-        .wait_for_leader(Duration::from_secs(10))
-        .await
-        .expect("leader");
-    let addr = cluster.addr_list();
-    let mut agents = AgentSet::new(herd_bin(), &addr).expect("agents");
+    let (_cluster, addr, mut agents) = cluster_with_agents(1, "3000").await;
     agents.start("v1", &[]).expect("agent");
     agents.start("v2", &[]).expect("agent");
     let dir = tempfile::tempdir().expect("tempdir");

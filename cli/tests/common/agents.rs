@@ -67,3 +67,29 @@ pub async fn must_have_ready_nodes(addr: &str, names: &[&str]) {
     )
     .await;
 }
+
+/// `members` coordinator processes marking nodes down after `ttl_ms`, once
+/// they have a leader, with their address list and an agent set (empty)
+/// pointed at them: the start of every test of agents.
+pub async fn cluster_with_agents(
+    members: u64,
+    ttl_ms: &str,
+) -> (
+    herd_chaos::process_cluster::ProcessCluster,
+    String,
+    herd_chaos::agents::AgentSet,
+) {
+    let cluster = herd_chaos::process_cluster::ProcessCluster::start(
+        super::herd_bin(),
+        members,
+        &["--node-ttl-ms", ttl_ms],
+    )
+    .expect("start cluster");
+    cluster
+        .wait_for_leader(Duration::from_secs(10))
+        .await
+        .expect("leader");
+    let addr = cluster.addr_list();
+    let agents = herd_chaos::agents::AgentSet::new(super::herd_bin(), &addr).expect("agents");
+    (cluster, addr, agents)
+}
