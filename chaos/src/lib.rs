@@ -17,6 +17,7 @@ pub mod history;
 pub mod nemesis;
 pub mod ports;
 pub mod process_cluster;
+pub mod proxy;
 pub mod report;
 pub mod runner;
 pub mod scenario;

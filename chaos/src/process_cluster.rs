@@ -69,6 +69,8 @@ pub struct MemberProcess {
     /// Where its stdout and stderr go.
     pub log_path: PathBuf,
     launch: Launch,
+    /// Arguments for this member only (its `--dial` map), kept across restarts.
+    own_args: Vec<String>,
     child: Option<Child>,
 }
 
@@ -93,6 +95,28 @@ pub struct ProcessCluster {
 impl ProcessCluster {
     /// Starts `size` members bootstrapped together, with `extra_args` on every command line.
     pub fn start(binary: &Path, size: u64, extra_args: &[&str]) -> Result<Self, ClusterError> {
+        let addrs = Self::pick_addrs(size)?;
+        Self::start_at(binary, &addrs, extra_args, BTreeMap::new())
+    }
+
+    /// Loopback addresses for members `1..=size`, on ports free a moment ago.
+    pub fn pick_addrs(size: u64) -> Result<BTreeMap<u64, String>, ClusterError> {
+        (1..=size)
+            .map(|id| {
+                let port = free_loopback_port().map_err(io("pick a port"))?;
+                Ok((id, format!("127.0.0.1:{port}")))
+            })
+            .collect()
+    }
+
+    /// Starts members at `addrs`, bootstrapped together, with `extra_args`
+    /// on every command line and `own_args` on each member's own.
+    pub fn start_at(
+        binary: &Path,
+        addrs: &BTreeMap<u64, String>,
+        extra_args: &[&str],
+        mut own_args: BTreeMap<u64, Vec<String>>,
+    ) -> Result<Self, ClusterError> {
         let root = tempfile::Builder::new()
             .prefix("herd-cluster-")
             .tempdir()
@@ -103,17 +127,14 @@ impl ProcessCluster {
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             members: BTreeMap::new(),
         };
-        let mut peers = Vec::new();
-        let mut addrs = BTreeMap::new();
-        for id in 1..=size {
-            let port = free_loopback_port().map_err(io("pick a port"))?;
-            let addr = format!("127.0.0.1:{port}");
-            peers.push(format!("{id}={addr}"));
-            addrs.insert(id, addr);
-        }
-        let peers = peers.join(",");
+        let peers = addrs
+            .iter()
+            .map(|(id, addr)| format!("{id}={addr}"))
+            .collect::<Vec<_>>()
+            .join(",");
         for (id, addr) in addrs {
-            cluster.add_process(id, addr, Launch::Bootstrap(peers.clone()))?;
+            let own = own_args.remove(id).unwrap_or_default();
+            cluster.add_process(*id, addr.clone(), Launch::Bootstrap(peers.clone()), own)?;
         }
         Ok(cluster)
     }
@@ -122,11 +143,17 @@ impl ProcessCluster {
     pub fn spawn_member(&mut self, id: u64, launch: Launch) -> Result<String, ClusterError> {
         let port = free_loopback_port().map_err(io("pick a port"))?;
         let addr = format!("127.0.0.1:{port}");
-        self.add_process(id, addr.clone(), launch)?;
+        self.add_process(id, addr.clone(), launch, Vec::new())?;
         Ok(addr)
     }
 
-    fn add_process(&mut self, id: u64, addr: String, launch: Launch) -> Result<(), ClusterError> {
+    fn add_process(
+        &mut self,
+        id: u64,
+        addr: String,
+        launch: Launch,
+        own_args: Vec<String>,
+    ) -> Result<(), ClusterError> {
         let data_dir = self.root.path().join(format!("member-{id}"));
         let log_path = self.root.path().join(format!("member-{id}.log"));
         let mut member = MemberProcess {
@@ -135,6 +162,7 @@ impl ProcessCluster {
             data_dir,
             log_path,
             launch,
+            own_args,
             child: None,
         };
         self.spawn(&mut member)?;
@@ -166,6 +194,7 @@ impl ProcessCluster {
         }
         command
             .args(&self.extra_args)
+            .args(&member.own_args)
             .env(
                 "HERD_LOG",
                 "info,openraft=warn,sled=warn,h2=warn,tower=warn,hyper=warn",

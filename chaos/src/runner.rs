@@ -3,7 +3,7 @@
 //! looks for leftovers. The result is a [`History`]; judging it is the
 //! checkers' job.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -19,8 +19,9 @@ use crate::agents::{kill_processes_under, processes_under, AgentSet};
 use crate::history::{FaultWindow, FinalJob, History, OpKind, Record, Sample, SeenProcess};
 use crate::nemesis::rng::Rng;
 use crate::nemesis::schedule::{plan, ScheduleShape};
-use crate::nemesis::{self, NemesisError};
+use crate::nemesis::{self, NemesisError, Targets};
 use crate::process_cluster::{ClusterError, ProcessCluster};
+use crate::proxy::ProxyNet;
 use crate::scenario::Scenario;
 use crate::workload::{self, ClientContext, Recorder};
 
@@ -190,8 +191,30 @@ pub async fn run(config: &RunConfig) -> Result<History, RunError> {
     let scenario = &config.scenario;
     let mut rng = Rng::new(config.seed);
     let recorder = Arc::new(Recorder::new());
-    let mut cluster =
-        ProcessCluster::start(&config.binary, scenario.members, &["--node-ttl-ms", "2000"])?;
+    let member_addrs = ProcessCluster::pick_addrs(scenario.members)?;
+    // Coordinators dial each other through fault-injecting proxies when the
+    // scenario cuts or slows their links.
+    let net = if scenario.faults.iter().any(|f| f.needs_proxies()) {
+        let net = ProxyNet::start(&member_addrs, rng.next_u64())
+            .await
+            .map_err(|e| RunError::Setup(format!("start the proxies: {e}")))?;
+        Some(net)
+    } else {
+        None
+    };
+    let dial_args: BTreeMap<u64, Vec<String>> = match &net {
+        Some(net) => member_addrs
+            .keys()
+            .map(|id| (*id, vec!["--dial".to_string(), net.dial_arg(*id)]))
+            .collect(),
+        None => BTreeMap::new(),
+    };
+    let mut cluster = ProcessCluster::start_at(
+        &config.binary,
+        &member_addrs,
+        &["--node-ttl-ms", "2000"],
+        dial_args,
+    )?;
     let cluster_root = cluster.root().to_path_buf();
     cluster
         .wait_for_leader(Duration::from_secs(30))
@@ -308,7 +331,12 @@ pub async fn run(config: &RunConfig) -> Result<History, RunError> {
             if now < window.start + window.length {
                 active = Some((fault, index));
             } else {
-                nemesis::heal(&fault, &mut cluster, agents.as_mut())?;
+                let mut targets = Targets {
+                    cluster: &mut cluster,
+                    agents: agents.as_mut(),
+                    net: net.as_ref(),
+                };
+                nemesis::heal(&fault, &mut targets)?;
                 last_heal_ns = recorder.now_ns();
                 if let Some(f) = faults.last_mut() {
                     f.end_ns = Some(last_heal_ns);
@@ -318,13 +346,12 @@ pub async fn run(config: &RunConfig) -> Result<History, RunError> {
             }
         } else if next < windows.len() && now >= windows[next].start {
             let known_leader = leader(&cluster).await;
-            let fault = nemesis::inject(
-                windows[next].fault,
-                &mut cluster,
-                agents.as_mut(),
-                known_leader,
-                &mut rng,
-            )?;
+            let mut targets = Targets {
+                cluster: &mut cluster,
+                agents: agents.as_mut(),
+                net: net.as_ref(),
+            };
+            let fault = nemesis::inject(windows[next].fault, &mut targets, known_leader, &mut rng)?;
             tracing::info!(fault = %fault.what, "injected");
             faults.push(FaultWindow {
                 what: fault.what.clone(),
@@ -449,6 +476,7 @@ pub async fn run(config: &RunConfig) -> Result<History, RunError> {
     // Teardown, then anything still alive is a leak.
     drop(agents);
     drop(cluster);
+    drop(net);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut leftovers = processes_under(&cluster_root);
     if let Some(root) = &agents_root {

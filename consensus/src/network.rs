@@ -4,7 +4,7 @@
 //! carry the sender's cluster id and the intended member, so a receiver can
 //! refuse traffic that is not meant for it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -46,6 +46,31 @@ pub fn internal_client(channel: Channel) -> InternalClient<Channel> {
         .max_encoding_message_size(limit)
 }
 
+/// Addresses to dial for members that cannot be reached at the address they
+/// advertise in the membership: across address translation, or through the
+/// chaos harness's fault-injecting proxies, one per directed link. Every
+/// path from this member to another (Raft, forwarding, start-up checks)
+/// resolves the address through it, so a proxy sees all of that traffic.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DialMap(Arc<BTreeMap<NodeId, String>>);
+
+impl DialMap {
+    /// Dial member `id` at `addr` for every `(id, addr)` in `overrides`.
+    pub fn new(overrides: BTreeMap<NodeId, String>) -> Self {
+        Self(Arc::new(overrides))
+    }
+
+    /// Where to dial member `id`, which advertises `advertised`.
+    pub fn resolve<'a>(&'a self, id: NodeId, advertised: &'a str) -> &'a str {
+        self.0.get(&id).map(String::as_str).unwrap_or(advertised)
+    }
+
+    /// Whether any member is dialled at another address.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
 /// Creates connections to peers for openraft.
 ///
 /// openraft asks for a new client per replication stream and per
@@ -54,15 +79,18 @@ pub fn internal_client(channel: Channel) -> InternalClient<Channel> {
 pub struct NetworkFactory {
     identity: Arc<ClusterIdentity>,
     health: Arc<PeerHealth>,
+    dial: DialMap,
     channels: HashMap<String, InternalClient<Channel>>,
 }
 
 impl NetworkFactory {
-    /// A factory whose connections stamp `identity` and record into `health`.
-    pub fn new(identity: Arc<ClusterIdentity>, health: Arc<PeerHealth>) -> Self {
+    /// A factory whose connections stamp `identity`, record into `health`
+    /// and reach members where `dial` says.
+    pub fn new(identity: Arc<ClusterIdentity>, health: Arc<PeerHealth>, dial: DialMap) -> Self {
         Self {
             identity,
             health,
+            dial,
             channels: HashMap::new(),
         }
     }
@@ -81,10 +109,11 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     type Network = PeerConnection;
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerConnection {
+        let addr = self.dial.resolve(target, &node.addr).to_string();
         PeerConnection {
             target,
-            addr: node.addr.clone(),
-            client: self.client(&node.addr),
+            client: self.client(&addr),
+            addr,
             identity: self.identity.clone(),
             health: self.health.clone(),
         }

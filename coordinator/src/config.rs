@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use herd_consensus::network::DialMap;
 use herd_consensus::raft_config::RaftTuning;
 use serde::{Deserialize, Serialize};
 
@@ -33,6 +34,10 @@ pub struct CoordinatorSettings {
     pub raft: Option<RaftTuning>,
     /// A node that sends no heartbeat for this long is marked down (ms).
     pub node_ttl_ms: Option<u64>,
+    /// Members to reach at another address than the one they advertise,
+    /// `2=HOST:PORT,3=HOST:PORT` (address translation between sites, or the
+    /// chaos harness's fault-injecting proxies).
+    pub dial: Option<String>,
 }
 
 impl CoordinatorSettings {
@@ -58,6 +63,7 @@ impl CoordinatorSettings {
             join: overrides.join.or(self.join),
             raft: overrides.raft.or(self.raft),
             node_ttl_ms: overrides.node_ttl_ms.or(self.node_ttl_ms),
+            dial: overrides.dial.or(self.dial),
         }
     }
 }
@@ -90,6 +96,8 @@ pub struct CoordinatorConfig {
     pub raft: RaftTuning,
     /// How long a node may miss heartbeats before it is marked down.
     pub node_ttl: Duration,
+    /// Addresses to dial instead of what members advertise.
+    pub dial: DialMap,
 }
 
 /// Parses `1=HOST:PORT,2=HOST:PORT`.
@@ -209,6 +217,19 @@ impl CoordinatorConfig {
                 ))
             }
         };
+        let dial = match settings.dial {
+            None => DialMap::default(),
+            Some(text) => {
+                let map = parse_peers(&text).map_err(|e| invalid("dial", e))?;
+                if map.contains_key(&id) {
+                    return Err(invalid(
+                        "dial",
+                        format!("names member {id}, this one; list only other members"),
+                    ));
+                }
+                DialMap::new(map)
+            }
+        };
         Ok(Self {
             id,
             listen,
@@ -217,6 +238,7 @@ impl CoordinatorConfig {
             mode,
             raft,
             node_ttl,
+            dial,
         })
     }
 }
@@ -354,6 +376,26 @@ mod tests {
             RaftTuning::default(),
             "the documented values are the defaults"
         );
+    }
+
+    #[test]
+    fn dial_overrides_resolve_other_members_only() {
+        let config = CoordinatorConfig::resolve(CoordinatorSettings {
+            dial: Some("2=127.0.0.1:9002,3=10.0.0.3:7000".into()),
+            ..base()
+        })
+        .expect("valid");
+        assert_eq!(config.dial.resolve(2, "127.0.0.1:7002"), "127.0.0.1:9002");
+        assert_eq!(config.dial.resolve(4, "127.0.0.1:7004"), "127.0.0.1:7004");
+        for (bad, needle) in [("1=127.0.0.1:9001", "this one"), ("2=nope", "member 2")] {
+            let err = CoordinatorConfig::resolve(CoordinatorSettings {
+                dial: Some(bad.into()),
+                ..base()
+            })
+            .expect_err(bad)
+            .to_string();
+            assert!(err.contains("dial") && err.contains(needle), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use herd_consensus::health::PeerHealth;
 use herd_consensus::identity::ClusterIdentity;
+use herd_consensus::network::DialMap;
 use herd_consensus::state_machine::StateMachineStats;
 use herd_consensus::Raft;
 use openraft::{BasicNode, RaftMetrics};
@@ -22,6 +23,7 @@ use crate::command::{Command, CommandResult};
 use crate::error::CoordinatorError;
 use crate::forward::{ForwardError, LeaderReply, LeaderRequest, Written};
 use crate::leader_link::LeaderLink;
+use crate::leadership::LeadershipWatch;
 use crate::liveness::Liveness;
 use crate::propose::Proposer;
 use crate::read_index::ReadIndexBatcher;
@@ -54,6 +56,7 @@ pub struct Coordinator {
     pub(crate) health: Arc<PeerHealth>,
     pub(crate) sm_stats: Arc<StateMachineStats>,
     link: LeaderLink,
+    leadership: LeadershipWatch,
     proposer: Proposer,
     forwarded_writes: Batcher<Command, Written>,
     read_batcher: ReadIndexBatcher,
@@ -77,9 +80,11 @@ impl Coordinator {
         health: Arc<PeerHealth>,
         sm_stats: Arc<StateMachineStats>,
         node_ttl: Duration,
+        dial: DialMap,
     ) -> Self {
         Self {
-            link: LeaderLink::new(raft.clone(), identity.clone()),
+            link: LeaderLink::new(raft.clone(), identity.clone(), dial),
+            leadership: LeadershipWatch::new(raft.clone(), identity.member_id()),
             proposer: Proposer::new(raft.clone()),
             forwarded_writes: Batcher::new(FORWARD_LIMITS),
             read_batcher: ReadIndexBatcher::default(),
@@ -173,22 +178,26 @@ impl Coordinator {
                 return Err(CoordinatorError::NotMember { id: self.id() });
             }
             let leader = self.raft.metrics().borrow().current_leader;
-            let attempt = match (leader, &request) {
-                (Some(leader), _) if leader == self.id() => {
-                    self.execute_as_leader(request.clone()).await
+            let attempt = match leader {
+                Some(leader) => {
+                    if let Some(reason) = self.leadership.doubt(leader) {
+                        // Nothing was sent: another member may do better.
+                        return Err(CoordinatorError::Unavailable(reason));
+                    }
+                    tokio::select! {
+                        attempt = self.attempt_on(leader, &request) => attempt,
+                        reason = self.leadership.lost(leader) => match request {
+                            // Read-only: ask again under the new leader.
+                            LeaderRequest::Status => Err(ForwardError::NotLeader),
+                            _ => {
+                                return Err(CoordinatorError::OutcomeUnknown(format!(
+                                    "{reason} while the request was in flight; it may or may not have been applied"
+                                )))
+                            }
+                        },
+                    }
                 }
-                (Some(_), LeaderRequest::Write(command)) => {
-                    let link = self.link.clone();
-                    self.forwarded_writes
-                        .submit(command.clone(), 1, move |batch| {
-                            let link = link.clone();
-                            async move { link.forward_writes(batch).await }
-                        })
-                        .await
-                        .map(LeaderReply::Written)
-                }
-                (Some(leader), _) => self.link.forward(leader, &request).await,
-                (None, _) => Err(ForwardError::NotLeader),
+                None => Err(ForwardError::NotLeader),
             };
             match attempt {
                 Ok(reply) => return Ok(reply),
@@ -215,6 +224,30 @@ impl Coordinator {
                 });
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// One try of `request` on `leader`: here when this member leads, else forwarded.
+    async fn attempt_on(
+        &self,
+        leader: u64,
+        request: &LeaderRequest,
+    ) -> Result<LeaderReply, ForwardError> {
+        if leader == self.id() {
+            return self.execute_as_leader(request.clone()).await;
+        }
+        match request {
+            LeaderRequest::Write(command) => {
+                let link = self.link.clone();
+                self.forwarded_writes
+                    .submit(command.clone(), 1, move |batch| {
+                        let link = link.clone();
+                        async move { link.forward_writes(batch).await }
+                    })
+                    .await
+                    .map(LeaderReply::Written)
+            }
+            _ => self.link.forward(leader, request).await,
         }
     }
 
@@ -264,8 +297,23 @@ impl Coordinator {
             }
             let leader = self.raft.metrics().borrow().current_leader;
             let attempt = match leader {
-                Some(leader) if leader == self.id() => self.read_index_as_leader().await,
-                Some(leader) => self.link.read_index(leader).await,
+                Some(leader) => {
+                    if let Some(reason) = self.leadership.doubt(leader) {
+                        return Err(CoordinatorError::Unavailable(reason));
+                    }
+                    let confirm = async {
+                        if leader == self.id() {
+                            self.read_index_as_leader().await
+                        } else {
+                            self.link.read_index(leader).await
+                        }
+                    };
+                    tokio::select! {
+                        attempt = confirm => attempt,
+                        // A read has no effect: ask again under the new leader.
+                        _ = self.leadership.lost(leader) => Err(ForwardError::NotLeader),
+                    }
+                }
                 None => Err(ForwardError::NotLeader),
             };
             match attempt {

@@ -9,7 +9,7 @@ use herd_api::proto::internal::internal_client::InternalClient;
 use herd_api::proto::internal::{RaftEnvelope, ReadIndexRequest};
 use herd_consensus::codec;
 use herd_consensus::identity::ClusterIdentity;
-use herd_consensus::network::{channel_to, internal_client};
+use herd_consensus::network::{channel_to, internal_client, DialMap};
 use herd_consensus::Raft;
 use tonic::transport::Channel;
 
@@ -54,20 +54,22 @@ pub fn is_connect_failure(status: &tonic::Status) -> bool {
 pub struct LeaderLink {
     raft: Raft,
     identity: Arc<ClusterIdentity>,
+    dial: DialMap,
     peers: Arc<Mutex<HashMap<String, InternalClient<Channel>>>>,
 }
 
 impl LeaderLink {
     /// Links for the member running `raft`.
-    pub fn new(raft: Raft, identity: Arc<ClusterIdentity>) -> Self {
+    pub fn new(raft: Raft, identity: Arc<ClusterIdentity>, dial: DialMap) -> Self {
         Self {
             raft,
             identity,
+            dial,
             peers: Arc::new(Mutex::new(HashMap::new())),
         }
     }
 
-    /// The address of member `id` in the current membership.
+    /// The address member `id` advertises in the current membership.
     pub fn member_addr(&self, id: u64) -> Option<String> {
         self.raft
             .metrics()
@@ -76,6 +78,13 @@ impl LeaderLink {
             .membership()
             .get_node(&id)
             .map(|n| n.addr.clone())
+    }
+
+    /// Where to dial member `id`: its advertised address unless the dial
+    /// map says otherwise.
+    fn dial_addr(&self, id: u64) -> Option<String> {
+        let advertised = self.member_addr(id)?;
+        Some(self.dial.resolve(id, &advertised).to_string())
     }
 
     /// The current leader, if it is another member.
@@ -108,7 +117,7 @@ impl LeaderLink {
         leader: u64,
         request: &LeaderRequest,
     ) -> Result<LeaderReply, ForwardError> {
-        let Some(addr) = self.member_addr(leader) else {
+        let Some(addr) = self.dial_addr(leader) else {
             return Err(ForwardError::NotLeader);
         };
         let mut client = self.client(&addr)?;
@@ -161,7 +170,7 @@ impl LeaderLink {
 
     /// Asks member `leader` for the index a linearizable read must wait for.
     pub async fn read_index(&self, leader: u64) -> Result<u64, ForwardError> {
-        let Some(addr) = self.member_addr(leader) else {
+        let Some(addr) = self.dial_addr(leader) else {
             return Err(ForwardError::NotLeader);
         };
         let mut client = self.client(&addr)?;

@@ -19,6 +19,7 @@ pub mod error;
 pub mod forward;
 pub mod handle;
 pub mod leader_link;
+pub mod leadership;
 pub mod legacy;
 pub mod liveness;
 pub mod membership;

@@ -155,7 +155,7 @@ pub async fn start(config: CoordinatorConfig) -> Result<RunningCoordinator, Star
     })?;
 
     let health = Arc::new(PeerHealth::default());
-    let network = NetworkFactory::new(identity.clone(), health.clone());
+    let network = NetworkFactory::new(identity.clone(), health.clone(), config.dial.clone());
     let raft_config = config
         .raft
         .to_openraft()
@@ -176,6 +176,7 @@ pub async fn start(config: CoordinatorConfig) -> Result<RunningCoordinator, Star
         health,
         sm_stats,
         config.node_ttl,
+        config.dial.clone(),
     ));
 
     let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
@@ -283,7 +284,7 @@ async fn check_peers_cluster(config: &CoordinatorConfig, mine: &str) -> Result<(
         StartMode::Bootstrap(peers) => peers
             .iter()
             .filter(|(id, _)| **id != config.id)
-            .map(|(_, addr)| addr.clone())
+            .map(|(id, addr)| config.dial.resolve(*id, addr).to_string())
             .collect(),
         StartMode::Join(addr) => vec![addr.clone()],
         StartMode::Wait => Vec::new(),

@@ -1,16 +1,22 @@
 //! Nemeses: the faults a chaos run injects into a real cluster, and how each
 //! is healed. Every target is drawn from the run's seeded [`rng::Rng`].
 //!
-//! Network partitions are not here yet: they need each coordinator to dial
-//! its peers through a fault-injecting proxy (see docs/chaos.md).
+//! Network faults act on the links between coordinators through the
+//! [`ProxyNet`] the cluster was started behind; clients and node agents
+//! reach the coordinators directly.
 
+pub mod partition;
 pub mod rng;
 pub mod schedule;
+
+use std::time::Duration;
 
 use serde::Serialize;
 
 use crate::agents::AgentSet;
 use crate::process_cluster::{ClusterError, ProcessCluster};
+use crate::proxy::{LinkFault, ProxyNet};
+use partition::Partition;
 use rng::Rng;
 
 /// A kind of fault.
@@ -34,6 +40,45 @@ pub enum Fault {
     KillNode,
     /// `kill -9` one node agent only; its workloads run on unsupervised.
     KillAgent,
+    /// Cut the leader off from every other coordinator.
+    PartitionLeader,
+    /// Split the coordinators into two random halves.
+    PartitionHalves,
+    /// A majority ring: each coordinator reaches a majority, no two the same one.
+    PartitionRing,
+    /// Two sides joined only through one coordinator.
+    PartitionBridge,
+    /// Every link between coordinators delayed by 20-100 ms, plus jitter.
+    SlowNetwork,
+    /// Every link between coordinators losing 5-25% of its segments
+    /// (each loss costs a retransmission timeout).
+    LossyNetwork,
+}
+
+impl Fault {
+    /// Whether the fault acts on the network between coordinators, so the
+    /// cluster must run behind a [`ProxyNet`].
+    pub fn needs_proxies(self) -> bool {
+        matches!(
+            self,
+            Fault::PartitionLeader
+                | Fault::PartitionHalves
+                | Fault::PartitionRing
+                | Fault::PartitionBridge
+                | Fault::SlowNetwork
+                | Fault::LossyNetwork
+        )
+    }
+}
+
+/// What nemeses act on.
+pub struct Targets<'a> {
+    /// The coordinators.
+    pub cluster: &'a mut ProcessCluster,
+    /// The node agents, when the scenario has any.
+    pub agents: Option<&'a mut AgentSet>,
+    /// The links between coordinators, when the cluster runs behind proxies.
+    pub net: Option<&'a ProxyNet>,
 }
 
 /// A fault in force, and what undoes it.
@@ -49,6 +94,7 @@ enum Heal {
     Restart(Vec<u64>),
     Resume(Vec<u64>),
     RestartAgents(Vec<String>),
+    Network,
 }
 
 /// A nemesis could not act on the cluster.
@@ -60,16 +106,19 @@ pub enum NemesisError {
     /// The fault needs node agents and the scenario has none.
     #[error("fault {0:?} needs node agents")]
     NoAgents(Fault),
+    /// The fault needs the cluster behind proxies and it is not.
+    #[error("fault {0:?} needs the coordinators behind the harness's proxies")]
+    NoProxies(Fault),
 }
 
 /// Injects `fault`; `leader` is the current leader when known.
 pub fn inject(
     fault: Fault,
-    cluster: &mut ProcessCluster,
-    agents: Option<&mut AgentSet>,
+    targets: &mut Targets<'_>,
     leader: Option<u64>,
     rng: &mut Rng,
 ) -> Result<Active, NemesisError> {
+    let cluster = &mut *targets.cluster;
     let mut ids = cluster.ids();
     rng.shuffle(&mut ids);
     // The leader when asked for it (and known), else a random member.
@@ -123,7 +172,10 @@ pub fn inject(
             }
         }
         Fault::KillNode | Fault::KillAgent => {
-            let agents = agents.ok_or(NemesisError::NoAgents(fault))?;
+            let agents = targets
+                .agents
+                .as_deref_mut()
+                .ok_or(NemesisError::NoAgents(fault))?;
             let names = agents.names();
             let Some(name) = rng.pick(&names).cloned() else {
                 return Err(NemesisError::NoAgents(fault));
@@ -143,32 +195,87 @@ pub fn inject(
                 heal: Heal::RestartAgents(vec![name]),
             }
         }
+        Fault::PartitionLeader
+        | Fault::PartitionHalves
+        | Fault::PartitionRing
+        | Fault::PartitionBridge => {
+            let net = targets.net.ok_or(NemesisError::NoProxies(fault))?;
+            let (partition, note) = match fault {
+                Fault::PartitionLeader => {
+                    let (id, note) = leader_or_any(&ids);
+                    (Partition::isolate(id, &ids), note)
+                }
+                Fault::PartitionHalves => (Partition::halves(&ids, rng), ""),
+                Fault::PartitionRing => (Partition::majority_ring(&ids, rng), ""),
+                _ => (Partition::bridge(&ids, rng), ""),
+            };
+            net.partition(|a, b| partition.connected(a, b));
+            Active {
+                what: format!("partition {partition}{note}"),
+                heal: Heal::Network,
+            }
+        }
+        Fault::SlowNetwork | Fault::LossyNetwork => {
+            let net = targets.net.ok_or(NemesisError::NoProxies(fault))?;
+            let link = if fault == Fault::SlowNetwork {
+                let delay = rng.between(20, 100);
+                LinkFault {
+                    delay: Duration::from_millis(delay),
+                    jitter: Duration::from_millis(delay / 2),
+                    ..LinkFault::HEALTHY
+                }
+            } else {
+                LinkFault {
+                    loss_per_mille: rng.between(50, 250) as u32,
+                    ..LinkFault::HEALTHY
+                }
+            };
+            net.set_all(link);
+            let what = if fault == Fault::SlowNetwork {
+                format!(
+                    "delay every link {} ms (+ up to {} ms jitter)",
+                    link.delay.as_millis(),
+                    link.jitter.as_millis()
+                )
+            } else {
+                format!(
+                    "lose {:.1}% of segments on every link",
+                    f64::from(link.loss_per_mille) / 10.0
+                )
+            };
+            Active {
+                what,
+                heal: Heal::Network,
+            }
+        }
     };
     Ok(active)
 }
 
-/// Undoes `active`: restarts what was killed, resumes what was paused.
-pub fn heal(
-    active: &Active,
-    cluster: &mut ProcessCluster,
-    agents: Option<&mut AgentSet>,
-) -> Result<(), NemesisError> {
+/// Undoes `active`: restarts what was killed, resumes what was paused,
+/// mends the network.
+pub fn heal(active: &Active, targets: &mut Targets<'_>) -> Result<(), NemesisError> {
     match &active.heal {
         Heal::Restart(ids) => {
             for id in ids {
-                cluster.restart(*id)?;
+                targets.cluster.restart(*id)?;
             }
         }
         Heal::Resume(ids) => {
             for id in ids {
-                cluster.resume(*id)?;
+                targets.cluster.resume(*id)?;
             }
         }
         Heal::RestartAgents(names) => {
-            if let Some(agents) = agents {
+            if let Some(agents) = targets.agents.as_deref_mut() {
                 for name in names {
                     agents.restart(name)?;
                 }
+            }
+        }
+        Heal::Network => {
+            if let Some(net) = targets.net {
+                net.heal();
             }
         }
     }

@@ -44,6 +44,10 @@ pub struct CoordinatorArgs {
     /// Mark a node down after this many ms without a heartbeat (default 5000).
     #[arg(long)]
     pub node_ttl_ms: Option<u64>,
+    /// Reach these members at other addresses than they advertise:
+    /// 2=HOST:PORT,3=HOST:PORT (address translation; the chaos harness's proxies).
+    #[arg(long)]
+    pub dial: Option<String>,
 }
 
 impl CoordinatorArgs {
@@ -63,6 +67,7 @@ impl CoordinatorArgs {
             join: self.join.clone(),
             raft: None,
             node_ttl_ms: self.node_ttl_ms,
+            dial: self.dial.clone(),
         };
         let mut settings = file.overridden_by(flags);
         if self.snapshot_every.is_some() || self.keep_logs.is_some() {
