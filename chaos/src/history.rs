@@ -36,8 +36,15 @@ pub enum OpKind {
     Submit,
     /// Job stop.
     Stop,
-    /// Job query (informational; not checked).
+    /// Job query: the version and marker it saw (checked as a read of the
+    /// job's versioned state).
     Query,
+    /// Job update: a resubmission with a changed spec (a new version).
+    Update,
+    /// Node drain (the key is the node name; the version the log index).
+    Drain,
+    /// Node made eligible again, ending its drain (the version the log index).
+    Undrain,
 }
 
 /// One client operation.
@@ -144,6 +151,11 @@ pub enum Record {
         /// Their pids and command lines.
         processes: Vec<String>,
     },
+    /// Allocations listed once faults healed (None: could not be read).
+    FinalAllocs {
+        /// The allocations.
+        allocs: Option<Vec<FinalAlloc>>,
+    },
     /// When the cluster converged after the last heal (None: not within the bound).
     Converged {
         /// When the last fault healed.
@@ -153,6 +165,19 @@ pub enum Record {
         /// The bound it had.
         bound_ns: u64,
     },
+}
+
+/// An allocation as listed at the end of a run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FinalAlloc {
+    /// Allocation id.
+    pub id: String,
+    /// Its job.
+    pub job: String,
+    /// The node it was placed on.
+    pub node: String,
+    /// Raft index of the plan that placed it.
+    pub create_index: u64,
 }
 
 /// A whole run's record, in the order things were recorded.

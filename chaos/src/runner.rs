@@ -16,7 +16,9 @@ use herd_api::proto::v1::nodes_client::NodesClient;
 use herd_api::proto::v1::{ListAllocsRequest, ListJobsRequest, ListNodesRequest};
 
 use crate::agents::{kill_processes_under, processes_under, AgentSet};
-use crate::history::{FaultWindow, FinalJob, History, OpKind, Record, Sample, SeenProcess};
+use crate::history::{
+    FaultWindow, FinalAlloc, FinalJob, History, OpKind, Record, Sample, SeenProcess,
+};
 use crate::nemesis::rng::Rng;
 use crate::nemesis::schedule::{plan, ScheduleShape};
 use crate::nemesis::{self, NemesisError, Targets};
@@ -128,7 +130,9 @@ async fn whole(
     let ready: BTreeSet<String> = nodes
         .nodes
         .into_iter()
-        .filter(|n| n.status == "ready")
+        // A node drained by the workload is alive; drains end before the
+        // final convergence, so every node is ready again by then.
+        .filter(|n| n.status == "ready" || n.status == "draining")
         .map(|n| n.name)
         .collect();
     if !agents.names().iter().all(|n| ready.contains(n)) {
@@ -308,6 +312,21 @@ pub async fn run(config: &RunConfig) -> Result<History, RunError> {
         config.register_clients + 1,
         rng.fork(),
     )));
+    // Drains stop with the faults, so that every node is eligible again
+    // before convergence is judged.
+    let node_stop = Arc::new(AtomicBool::new(false));
+    let node_task = agents.as_ref().map(|set| {
+        let node_ctx = ClientContext {
+            stop: node_stop.clone(),
+            ..ctx.clone()
+        };
+        tokio::spawn(workload::node_client(
+            node_ctx,
+            config.register_clients + 2,
+            set.names(),
+            rng.fork(),
+        ))
+    });
 
     // Faults.
     let run_start = Instant::now();
@@ -385,6 +404,12 @@ pub async fn run(config: &RunConfig) -> Result<History, RunError> {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    node_stop.store(true, Ordering::Relaxed);
+    if let Some(task) = node_task {
+        // It finishes the drain cycle it is in (bounded by its retries).
+        let _ = tokio::time::timeout(Duration::from_secs(30), task).await;
     }
 
     // Convergence after the last heal.
@@ -472,6 +497,35 @@ pub async fn run(config: &RunConfig) -> Result<History, RunError> {
         _ => None,
     };
     recorder.push(Record::FinalJobs { jobs });
+    let allocs = tokio::time::timeout(
+        Duration::from_secs(5),
+        client.call(|ch| async move {
+            AllocsClient::new(ch)
+                .list(ListAllocsRequest {
+                    job: String::new(),
+                    stale: false,
+                })
+                .await
+                .map(|r| r.into_inner())
+        }),
+    )
+    .await;
+    let allocs = match allocs {
+        Ok(Ok(reply)) => Some(
+            reply
+                .allocs
+                .into_iter()
+                .map(|a| FinalAlloc {
+                    id: a.id,
+                    job: a.job,
+                    node: a.node,
+                    create_index: a.create_index,
+                })
+                .collect(),
+        ),
+        _ => None,
+    };
+    recorder.push(Record::FinalAllocs { allocs });
 
     // Teardown, then anything still alive is a leak.
     drop(agents);

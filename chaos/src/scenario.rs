@@ -103,7 +103,7 @@ pub const SCENARIOS: &[Scenario] = &[
     },
     Scenario {
         name: "slow-network",
-        about: "3 coordinators, 2 agents; links between coordinators delayed (20-100 ms + jitter) or lossy (5-25%)",
+        about: "3 coordinators, 2 agents; links between coordinators delayed (5-30 ms each way + jitter) or lossy (5-25%)",
         members: 3,
         agents: 2,
         faults: &[Fault::SlowNetwork, Fault::LossyNetwork],

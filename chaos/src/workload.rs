@@ -14,10 +14,12 @@ use std::time::{Duration, Instant};
 
 use herd_api::client::{ClientError, HerdClient};
 use herd_api::proto::v1::jobs_client::JobsClient;
+use herd_api::proto::v1::nodes_client::NodesClient;
 use herd_api::proto::v1::variables_client::VariablesClient;
 use herd_api::proto::v1::{
-    GetJobRequest, GetVariableRequest, JobSpec, PutVariableRequest, Resources, StopJobRequest,
-    SubmitJobRequest, TaskSpec,
+    DrainNodeRequest, GetJobRequest, GetVariableRequest, JobSpec, NodeUpdateReply,
+    PutVariableRequest, Resources, SetEligibilityRequest, StopJobRequest, SubmitJobRequest,
+    TaskSpec,
 };
 
 use crate::history::{Op, OpKind, Outcome, Record};
@@ -279,7 +281,24 @@ pub async fn register_client(ctx: ClientContext, process: u64, keys: Vec<String>
     }
 }
 
-/// The spec of a small service job whose one instance sleeps.
+/// The environment variable a job client's specs carry their marker in:
+/// unique per submit or update, so a query names the write it saw.
+pub const MARK_ENV: &str = "HERD_CHAOS_MARK";
+
+/// What a query of a stopped job is recorded as having seen (a job is
+/// stopped at most once per run, so the marker is unique per job).
+pub const STOPPED_MARK: &str = "stopped";
+
+/// [`sleeper_spec`] with one instance, marked with `mark`.
+pub fn marked_spec(name: &str, mark: &str) -> JobSpec {
+    let mut spec = sleeper_spec(name, 1);
+    if let Some(task) = spec.task.as_mut() {
+        task.env.insert(MARK_ENV.to_string(), mark.to_string());
+    }
+    spec
+}
+
+/// The spec of a small service job whose instances sleep.
 pub fn sleeper_spec(name: &str, count: u32) -> JobSpec {
     JobSpec {
         name: name.to_string(),
@@ -307,6 +326,16 @@ pub async fn submit(
     member: usize,
     spec: JobSpec,
 ) -> (Outcome, Option<String>) {
+    let (outcome, _, error) = submit_versioned(client, member, spec).await;
+    (outcome, error)
+}
+
+/// Submits `spec`, returning also the job version the answer names.
+async fn submit_versioned(
+    client: &HerdClient,
+    member: usize,
+    spec: JobSpec,
+) -> (Outcome, Option<u64>, Option<String>) {
     let call = client.call_one(member, |ch| async move {
         JobsClient::new(ch)
             .submit(SubmitJobRequest { spec: Some(spec) })
@@ -314,15 +343,18 @@ pub async fn submit(
             .map(|r| r.into_inner())
     });
     match bounded(call).await {
-        Ok(_) => (Outcome::Ok, None),
-        Err((Some(tonic::Code::InvalidArgument), e)) => (Outcome::Fail, Some(e)),
-        Err((_, e)) if never_sent(&e) => (Outcome::Fail, Some(e)),
-        Err((_, e)) => (Outcome::Unknown, Some(e)),
+        Ok(reply) => (Outcome::Ok, Some(reply.version), None),
+        Err((Some(tonic::Code::InvalidArgument), e)) => (Outcome::Fail, None, Some(e)),
+        Err((_, e)) if never_sent(&e) => (Outcome::Fail, None, Some(e)),
+        Err((_, e)) => (Outcome::Unknown, None, Some(e)),
     }
 }
 
-/// A job client: submits small sleeper jobs, stops some, queries others,
-/// until stopped.
+/// A job client: submits small sleeper jobs, updates some (a changed spec,
+/// so a new version), stops some, queries others, until stopped. Every
+/// submit and update carries a unique marker ([`MARK_ENV`]) and every
+/// answer a version, so each job's history is a versioned register the
+/// register checkers can judge.
 pub async fn job_client(ctx: ClientContext, process: u64, mut rng: Rng) {
     let Some(client) = ctx.client() else {
         return;
@@ -330,14 +362,18 @@ pub async fn job_client(ctx: ClientContext, process: u64, mut rng: Rng) {
     let members = ctx.addrs.len() as u64;
     let mut submitted: Vec<String> = Vec::new();
     let mut n = 0u64;
+    let mut marks = 0u64;
     while !ctx.stop.load(Ordering::Relaxed) {
         let member = rng.below(members) as usize;
         let roll = rng.below(10);
         let invoke_ns = ctx.recorder.now_ns();
-        if roll < 4 || submitted.is_empty() {
+        if roll < 3 || submitted.is_empty() {
             n += 1;
+            marks += 1;
             let name = format!("chaos-j{process}-{n}");
-            let (outcome, error) = submit(&client, member, sleeper_spec(&name, 1)).await;
+            let mark = format!("m{marks}");
+            let (outcome, version, error) =
+                submit_versioned(&client, member, marked_spec(&name, &mark)).await;
             submitted.push(name.clone());
             record(
                 &ctx,
@@ -346,7 +382,22 @@ pub async fn job_client(ctx: ClientContext, process: u64, mut rng: Rng) {
                 &name,
                 None,
                 invoke_ns,
-                (outcome, None, None, error),
+                (outcome, Some(mark), version, error),
+            );
+        } else if roll < 5 {
+            marks += 1;
+            let name = rng.pick(&submitted).cloned().unwrap_or_default();
+            let mark = format!("m{marks}");
+            let (outcome, version, error) =
+                submit_versioned(&client, member, marked_spec(&name, &mark)).await;
+            record(
+                &ctx,
+                process,
+                OpKind::Update,
+                &name,
+                None,
+                invoke_ns,
+                (outcome, Some(mark), version, error),
             );
         } else if roll < 6 {
             let index = rng.below(submitted.len() as u64) as usize;
@@ -358,13 +409,13 @@ pub async fn job_client(ctx: ClientContext, process: u64, mut rng: Rng) {
                     .await
                     .map(|r| r.into_inner())
             });
-            let (outcome, error) = match bounded(call).await {
-                Ok(_) => (Outcome::Ok, None),
+            let (outcome, version, error) = match bounded(call).await {
+                Ok(reply) => (Outcome::Ok, Some(reply.version), None),
                 Err((Some(tonic::Code::NotFound | tonic::Code::InvalidArgument), e)) => {
-                    (Outcome::Fail, Some(e))
+                    (Outcome::Fail, None, Some(e))
                 }
-                Err((_, e)) if never_sent(&e) => (Outcome::Fail, Some(e)),
-                Err((_, e)) => (Outcome::Unknown, Some(e)),
+                Err((_, e)) if never_sent(&e) => (Outcome::Fail, None, Some(e)),
+                Err((_, e)) => (Outcome::Unknown, None, Some(e)),
             };
             record(
                 &ctx,
@@ -373,7 +424,7 @@ pub async fn job_client(ctx: ClientContext, process: u64, mut rng: Rng) {
                 &name,
                 None,
                 invoke_ns,
-                (outcome, None, None, error),
+                (outcome, Some(STOPPED_MARK.to_string()), version, error),
             );
         } else {
             let name = rng.pick(&submitted).cloned().unwrap_or_default();
@@ -388,11 +439,102 @@ pub async fn job_client(ctx: ClientContext, process: u64, mut rng: Rng) {
                     .map(|r| r.into_inner())
             });
             let answer = match bounded(call).await {
-                Ok(job) => (Outcome::Ok, Some(job.status), None, None),
+                Ok(job) => {
+                    let mark = if job.status == "stopped" {
+                        Some(STOPPED_MARK.to_string())
+                    } else {
+                        job.spec
+                            .and_then(|s| s.task)
+                            .and_then(|t| t.env.get(MARK_ENV).cloned())
+                    };
+                    (Outcome::Ok, mark, Some(job.version), None)
+                }
                 Err((_, e)) => (Outcome::Fail, None, None, Some(e)),
             };
             record(&ctx, process, OpKind::Query, &name, None, invoke_ns, answer);
         }
         tokio::time::sleep(Duration::from_millis(150 + rng.below(200))).await;
+    }
+}
+
+/// A node client: drains a random node (no deadline), keeps it drained a
+/// few seconds, then makes it eligible again, retrying that until it is
+/// acknowledged (it is idempotent), so no node stays drained past the run.
+/// Runs until `ctx.stop`; always ends with every node it drained undrained
+/// or the attempt recorded.
+pub async fn node_client(ctx: ClientContext, process: u64, nodes: Vec<String>, mut rng: Rng) {
+    let Some(client) = ctx.client() else {
+        return;
+    };
+    let members = ctx.addrs.len() as u64;
+    while !ctx.stop.load(Ordering::Relaxed) {
+        tokio::time::sleep(Duration::from_millis(1000 + rng.below(2000))).await;
+        if ctx.stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let Some(node) = rng.pick(&nodes).cloned() else {
+            return;
+        };
+        let invoke_ns = ctx.recorder.now_ns();
+        let request = DrainNodeRequest {
+            name: node.clone(),
+            deadline_ms: 0,
+        };
+        let call = client.call_one(rng.below(members) as usize, |ch| async move {
+            NodesClient::new(ch)
+                .drain(request)
+                .await
+                .map(|r| r.into_inner())
+        });
+        let answer = node_answer(bounded(call).await);
+        let drained = answer.0 != Outcome::Fail;
+        record(&ctx, process, OpKind::Drain, &node, None, invoke_ns, answer);
+        if !drained {
+            continue;
+        }
+        tokio::time::sleep(Duration::from_millis(2000 + rng.below(2000))).await;
+        // Undrain until acknowledged, even after the run is told to stop.
+        for _ in 0..60 {
+            let invoke_ns = ctx.recorder.now_ns();
+            let request = SetEligibilityRequest {
+                name: node.clone(),
+                eligible: true,
+            };
+            let call = client.call_one(rng.below(members) as usize, |ch| async move {
+                NodesClient::new(ch)
+                    .set_eligibility(request)
+                    .await
+                    .map(|r| r.into_inner())
+            });
+            let answer = node_answer(bounded(call).await);
+            let done = answer.0 == Outcome::Ok;
+            record(
+                &ctx,
+                process,
+                OpKind::Undrain,
+                &node,
+                None,
+                invoke_ns,
+                answer,
+            );
+            if done {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+}
+
+/// Classifies a node update's answer; the version is the command's log index.
+fn node_answer(
+    result: Result<NodeUpdateReply, (Option<tonic::Code>, String)>,
+) -> (Outcome, Option<String>, Option<u64>, Option<String>) {
+    match result {
+        Ok(reply) => (Outcome::Ok, None, Some(reply.log_index), None),
+        Err((Some(tonic::Code::NotFound | tonic::Code::InvalidArgument), e)) => {
+            (Outcome::Fail, None, None, Some(e))
+        }
+        Err((_, e)) if never_sent(&e) => (Outcome::Fail, None, None, Some(e)),
+        Err((_, e)) => (Outcome::Unknown, None, None, Some(e)),
     }
 }

@@ -239,10 +239,12 @@ impl Coordinator {
         match request {
             LeaderRequest::Write(command) => {
                 let link = self.link.clone();
+                let leadership = self.leadership.clone();
                 self.forwarded_writes
                     .submit(command.clone(), 1, move |batch| {
                         let link = link.clone();
-                        async move { link.forward_writes(batch).await }
+                        let leadership = leadership.clone();
+                        async move { link.forward_writes(batch, &leadership).await }
                     })
                     .await
                     .map(LeaderReply::Written)

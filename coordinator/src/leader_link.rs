@@ -15,6 +15,7 @@ use tonic::transport::Channel;
 
 use crate::command::Command;
 use crate::forward::{ForwardError, LeaderReply, LeaderRequest, Written};
+use crate::leadership::LeadershipWatch;
 
 /// Forwarded requests give up after this long.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(15);
@@ -147,19 +148,28 @@ impl LeaderLink {
     }
 
     /// Forwards a batch of writes to the current leader in one call.
+    ///
+    /// The call is abandoned once `leadership` doubts the leader it went to:
+    /// a batch stuck on a leader cut off from the others would otherwise
+    /// hold its in-flight slot, and every write behind it, until the cut heals.
     pub async fn forward_writes(
         &self,
         commands: Vec<Command>,
+        leadership: &LeadershipWatch,
     ) -> Vec<Result<Written, ForwardError>> {
         let count = commands.len();
         let all = |e: ForwardError| vec![Err(e); count];
         let Some(leader) = self.remote_leader() else {
             return all(ForwardError::NotLeader);
         };
-        match self
-            .forward(leader, &LeaderRequest::WriteBatch(commands))
-            .await
-        {
+        let request = LeaderRequest::WriteBatch(commands);
+        let reply = tokio::select! {
+            reply = self.forward(leader, &request) => reply,
+            reason = leadership.lost(leader) => Err(ForwardError::Failed(format!(
+                "{reason} while the forwarded batch was in flight; it may or may not have been applied"
+            ))),
+        };
+        match reply {
             Ok(LeaderReply::WrittenBatch(results)) if results.len() == count => results,
             Ok(other) => all(ForwardError::Failed(format!(
                 "unexpected leader reply {other:?}"

@@ -23,10 +23,13 @@ pub struct LeadershipWatch {
 }
 
 impl LeadershipWatch {
-    /// A watch for member `me`; a leader is doubted after one maximal
-    /// election timeout without a quorum's acknowledgement.
+    /// A watch for member `me`; a leader is doubted once it has heard from
+    /// no quorum for as long as a follower waits before calling an
+    /// election (openraft's leader lease, the maximal election timeout,
+    /// plus the minimal one): by then another leader may be elected.
     pub fn new(raft: Raft, me: u64) -> Self {
-        let quorum_timeout_ms = raft.config().election_timeout_max;
+        let config = raft.config();
+        let quorum_timeout_ms = config.election_timeout_max + config.election_timeout_min;
         Self {
             raft,
             me,

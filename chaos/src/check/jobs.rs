@@ -20,6 +20,28 @@ pub fn check_history(history: &History) -> Verdict {
     }
 }
 
+/// Each job's history as a versioned register: submits, updates and stops
+/// write their marker (the answer names the version they made), queries
+/// read the marker and version they saw. Operations without a marker (the
+/// harness's own setup submit) are left out.
+pub fn as_registers(ops: &[Op]) -> Vec<Op> {
+    ops.iter()
+        .filter(|o| o.value.is_some())
+        .filter_map(|o| {
+            let kind = match o.kind {
+                OpKind::Submit | OpKind::Update | OpKind::Stop => OpKind::Write,
+                OpKind::Query => OpKind::Read,
+                _ => return None,
+            };
+            Some(Op {
+                kind,
+                key: format!("job:{}", o.key),
+                ..o.clone()
+            })
+        })
+        .collect()
+}
+
 /// Checks `ops` against the jobs listed at the end (None: never listed).
 pub fn check(ops: &[Op], final_jobs: Option<&[FinalJob]>) -> Verdict {
     let acknowledged: Vec<&Op> = ops
@@ -102,6 +124,34 @@ mod tests {
         ];
         let jobs = listed(&[("a", "running")]);
         assert_eq!(check(&ops, Some(&jobs)), Verdict::Pass);
+    }
+
+    #[test]
+    fn job_versions_are_judged_as_registers() {
+        let marked = |id, kind, mark: &str, version, t| Op {
+            value: Some(mark.to_string()),
+            version: Some(version),
+            ..job_op(id, kind, "a", Outcome::Ok, t)
+        };
+        let good = vec![
+            marked(1, OpKind::Submit, "m1", 1, (0, 10)),
+            marked(2, OpKind::Update, "m2", 2, (20, 30)),
+            marked(3, OpKind::Query, "m2", 2, (40, 50)),
+            marked(4, OpKind::Stop, "stopped", 3, (60, 70)),
+            marked(5, OpKind::Query, "stopped", 3, (80, 90)),
+        ];
+        let registers = as_registers(&good);
+        assert_eq!(registers.len(), 5);
+        assert!(registers.iter().all(|o| o.key == "job:a"));
+        assert_eq!(
+            crate::check::version_order::check_registers(&registers),
+            Verdict::Pass
+        );
+        // A query after the update that still sees the first version.
+        let mut stale = good;
+        stale[2] = marked(3, OpKind::Query, "m1", 1, (40, 50));
+        let verdict = crate::check::version_order::check_registers(&as_registers(&stale));
+        assert!(verdict.is_fail(), "{verdict:?}");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 pub mod converge;
 pub mod double_run;
+pub mod drain;
 pub mod jobs;
 pub mod leaks;
 pub mod linear;
@@ -92,6 +93,11 @@ pub fn check_all(history: &History, config: &CheckConfig) -> Vec<(&'static str, 
     )];
     if config.jobs {
         verdicts.push(("no acknowledged job lost", jobs::check_history(history)));
+        verdicts.push((
+            "linearizable job versions",
+            registers(&jobs::as_registers(&ops), config.linear_step_budget),
+        ));
+        verdicts.push(("drains respected", drain::check_history(history)));
         let samples: Vec<_> = history.samples().cloned().collect();
         verdicts.push(("no double run", double_run::check(&samples)));
     }

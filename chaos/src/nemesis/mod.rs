@@ -48,7 +48,9 @@ pub enum Fault {
     PartitionRing,
     /// Two sides joined only through one coordinator.
     PartitionBridge,
-    /// Every link between coordinators delayed by 20-100 ms, plus jitter.
+    /// Every link between coordinators delayed by 5-30 ms each way, plus up
+    /// to half that in jitter (round trips stay under the default
+    /// heartbeat period, which bounds each replication call).
     SlowNetwork,
     /// Every link between coordinators losing 5-25% of its segments
     /// (each loss costs a retransmission timeout).
@@ -218,7 +220,7 @@ pub fn inject(
         Fault::SlowNetwork | Fault::LossyNetwork => {
             let net = targets.net.ok_or(NemesisError::NoProxies(fault))?;
             let link = if fault == Fault::SlowNetwork {
-                let delay = rng.between(20, 100);
+                let delay = rng.between(5, 30);
                 LinkFault {
                     delay: Duration::from_millis(delay),
                     jitter: Duration::from_millis(delay / 2),
