@@ -71,6 +71,8 @@ pub struct MemberProcess {
     launch: Launch,
     /// Arguments for this member only (its `--dial` map), kept across restarts.
     own_args: Vec<String>,
+    /// Whether its data dir is a size-limited tmpfs this harness mounted.
+    mounted: bool,
     child: Option<Child>,
 }
 
@@ -89,14 +91,20 @@ pub struct ProcessCluster {
     binary: PathBuf,
     root: tempfile::TempDir,
     extra_args: Vec<String>,
+    /// Size of each member's own tmpfs data dir, MiB (None: the plain
+    /// file system), so that a disk can really fill up.
+    disk_mib: Option<u64>,
     members: BTreeMap<u64, MemberProcess>,
 }
+
+/// The file a full-disk fault fills a member's data dir with.
+const FILLER: &str = "chaos-filler";
 
 impl ProcessCluster {
     /// Starts `size` members bootstrapped together, with `extra_args` on every command line.
     pub fn start(binary: &Path, size: u64, extra_args: &[&str]) -> Result<Self, ClusterError> {
         let addrs = Self::pick_addrs(size)?;
-        Self::start_at(binary, &addrs, extra_args, BTreeMap::new())
+        Self::start_at(binary, &addrs, extra_args, BTreeMap::new(), None)
     }
 
     /// Loopback addresses for members `1..=size`, on ports free a moment ago.
@@ -110,12 +118,15 @@ impl ProcessCluster {
     }
 
     /// Starts members at `addrs`, bootstrapped together, with `extra_args`
-    /// on every command line and `own_args` on each member's own.
+    /// on every command line and `own_args` on each member's own; with
+    /// `disk_mib`, each member's data dir is its own tmpfs of that size
+    /// (mounting needs root), so [`ProcessCluster::fill_disk`] can fill it.
     pub fn start_at(
         binary: &Path,
         addrs: &BTreeMap<u64, String>,
         extra_args: &[&str],
         mut own_args: BTreeMap<u64, Vec<String>>,
+        disk_mib: Option<u64>,
     ) -> Result<Self, ClusterError> {
         let root = tempfile::Builder::new()
             .prefix("herd-cluster-")
@@ -125,6 +136,7 @@ impl ProcessCluster {
             binary: binary.to_path_buf(),
             root,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            disk_mib,
             members: BTreeMap::new(),
         };
         let peers = addrs
@@ -156,6 +168,13 @@ impl ProcessCluster {
     ) -> Result<(), ClusterError> {
         let data_dir = self.root.path().join(format!("member-{id}"));
         let log_path = self.root.path().join(format!("member-{id}.log"));
+        let mounted = match self.disk_mib {
+            Some(mib) => {
+                mount_tmpfs(&data_dir, mib)?;
+                true
+            }
+            None => false,
+        };
         let mut member = MemberProcess {
             id,
             addr,
@@ -163,6 +182,7 @@ impl ProcessCluster {
             log_path,
             launch,
             own_args,
+            mounted,
             child: None,
         };
         self.spawn(&mut member)?;
@@ -300,6 +320,59 @@ impl ProcessCluster {
         }
     }
 
+    /// Fills member `id`'s data dir to the last byte (it must be on its own
+    /// tmpfs): its next write fails with ENOSPC, as on a full disk.
+    pub fn fill_disk(&mut self, id: u64) -> Result<u64, ClusterError> {
+        let member = self.member(id)?;
+        if !member.mounted {
+            return Err(ClusterError::Io {
+                what: format!("fill the disk of member {id}"),
+                source: std::io::Error::other("its data dir is not a tmpfs of this harness"),
+            });
+        }
+        let path = member.data_dir.join(FILLER);
+        let mut file = File::create(&path).map_err(io(format!("create {}", path.display())))?;
+        let chunk = vec![0u8; 1 << 20];
+        let mut written = 0u64;
+        loop {
+            use std::io::Write;
+            match file.write(&chunk) {
+                Ok(0) => break,
+                Ok(n) => written += n as u64,
+                Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => break,
+                Err(e) => {
+                    return Err(ClusterError::Io {
+                        what: format!("fill {}", path.display()),
+                        source: e,
+                    })
+                }
+            }
+        }
+        // The last partial chunk: byte by byte would be slow; halve instead.
+        let mut size = chunk.len() / 2;
+        while size > 0 {
+            use std::io::Write;
+            match file.write(&chunk[..size]) {
+                Ok(0) | Err(_) => size /= 2,
+                Ok(n) => written += n as u64,
+            }
+        }
+        Ok(written)
+    }
+
+    /// Frees what [`ProcessCluster::fill_disk`] took.
+    pub fn free_disk(&mut self, id: u64) -> Result<(), ClusterError> {
+        let path = self.member(id)?.data_dir.join(FILLER);
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(ClusterError::Io {
+                what: format!("remove {}", path.display()),
+                source: e,
+            }),
+        }
+    }
+
     /// Forgets a member (after killing it), e.g. once it is removed from the cluster.
     pub fn forget(&mut self, id: u64) -> Result<(), ClusterError> {
         self.kill(id)?;
@@ -416,6 +489,58 @@ impl Drop for ProcessCluster {
                 let _ = child.kill();
                 let _ = child.wait();
             }
+            if member.mounted {
+                unmount(&member.data_dir);
+            }
         }
+    }
+}
+
+/// Mounts a tmpfs of `mib` MiB at `dir` (created first).
+fn mount_tmpfs(dir: &Path, mib: u64) -> Result<(), ClusterError> {
+    use std::os::unix::ffi::OsStrExt;
+    std::fs::create_dir_all(dir).map_err(io(format!("create {}", dir.display())))?;
+    let target =
+        std::ffi::CString::new(dir.as_os_str().as_bytes()).map_err(|_| ClusterError::Io {
+            what: format!("mount at {}", dir.display()),
+            source: std::io::Error::other("path holds a NUL byte"),
+        })?;
+    let options =
+        std::ffi::CString::new(format!("size={mib}m,mode=0700")).map_err(|_| ClusterError::Io {
+            what: "tmpfs options".into(),
+            source: std::io::Error::other("NUL byte"),
+        })?;
+    // SAFETY: every pointer is a valid NUL-terminated string that outlives the call.
+    let rc = unsafe {
+        libc::mount(
+            c"tmpfs".as_ptr(),
+            target.as_ptr(),
+            c"tmpfs".as_ptr(),
+            0,
+            options.as_ptr().cast(),
+        )
+    };
+    if rc != 0 {
+        return Err(ClusterError::Io {
+            what: format!(
+                "mount a {mib} MiB tmpfs at {} (full-disk faults need root or CAP_SYS_ADMIN)",
+                dir.display()
+            ),
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    Ok(())
+}
+
+/// Detaches the tmpfs at `dir`; its contents vanish with it.
+fn unmount(dir: &Path) {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(target) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+        return;
+    };
+    // SAFETY: a valid NUL-terminated path; MNT_DETACH never blocks.
+    let rc = unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
+    if rc != 0 {
+        tracing::warn!(dir = %dir.display(), error = %std::io::Error::last_os_error(), "cannot unmount tmpfs");
     }
 }

@@ -64,6 +64,9 @@ pub enum RunError {
     Setup(String),
 }
 
+/// Size of each coordinator's own file system in scenarios that fill disks.
+const DISK_MIB: u64 = 128;
+
 /// Probes with a deadline: a paused member must not stall the run.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(1500);
 
@@ -218,7 +221,13 @@ pub async fn run(config: &RunConfig) -> Result<History, RunError> {
         &member_addrs,
         &["--node-ttl-ms", "2000"],
         dial_args,
-    )?;
+        scenario
+            .faults
+            .iter()
+            .any(|f| f.needs_disks())
+            .then_some(DISK_MIB),
+    )
+    .map_err(|e| RunError::Setup(e.to_string()))?;
     let cluster_root = cluster.root().to_path_buf();
     cluster
         .wait_for_leader(Duration::from_secs(30))

@@ -110,6 +110,14 @@ pub const SCENARIOS: &[Scenario] = &[
         service_count: 2,
     },
     Scenario {
+        name: "disk-full",
+        about: "fill the data dir (its own 128 MiB tmpfs; needs root) of the leader or a random one of 3 coordinators, free it, restart the member if it stopped",
+        members: 3,
+        agents: 0,
+        faults: &[Fault::DiskFull],
+        service_count: 0,
+    },
+    Scenario {
         name: "mixed",
         about: "3 coordinators, 2 agents; any of the faults above",
         members: 3,

@@ -88,6 +88,23 @@ impl RunningCoordinator {
         }
     }
 
+    /// Resolves, with the reason, once Raft on this member has stopped on a
+    /// fatal error, such as a log write refused by a full disk: openraft
+    /// then stops rather than risk its log, and the member can serve
+    /// nothing more. Its process should exit so that its supervisor
+    /// restarts it from the durable state once the cause is mended.
+    pub async fn raft_stopped(&self) -> String {
+        let mut metrics = self.coordinator.raft().metrics();
+        loop {
+            if let Err(fatal) = &metrics.borrow_and_update().running_state {
+                return fatal.to_string();
+            }
+            if metrics.changed().await.is_err() {
+                return "raft has shut down".to_string();
+            }
+        }
+    }
+
     /// Stops serving and shuts Raft down.
     pub async fn shutdown(mut self) {
         if let Some(tx) = self.shutdown.take() {

@@ -55,6 +55,10 @@ pub enum Fault {
     /// Every link between coordinators losing 5-25% of its segments
     /// (each loss costs a retransmission timeout).
     LossyNetwork,
+    /// Fill the data dir of the leader or a random coordinator to the last
+    /// byte (a tmpfs of its own); free it and restart the member if it
+    /// stopped.
+    DiskFull,
 }
 
 impl Fault {
@@ -70,6 +74,12 @@ impl Fault {
                 | Fault::SlowNetwork
                 | Fault::LossyNetwork
         )
+    }
+
+    /// Whether the fault fills disks, so each coordinator needs a data dir
+    /// of its own size-limited file system.
+    pub fn needs_disks(self) -> bool {
+        self == Fault::DiskFull
     }
 }
 
@@ -97,6 +107,7 @@ enum Heal {
     Resume(Vec<u64>),
     RestartAgents(Vec<String>),
     Network,
+    FreeDisk(u64),
 }
 
 /// A nemesis could not act on the cluster.
@@ -217,6 +228,18 @@ pub fn inject(
                 heal: Heal::Network,
             }
         }
+        Fault::DiskFull => {
+            let (id, note) = if rng.below(2) == 0 {
+                leader_or_any(&ids)
+            } else {
+                (ids.first().copied().unwrap_or(1), "")
+            };
+            let filled = cluster.fill_disk(id)?;
+            Active {
+                what: format!("fill the disk of member {id}{note} ({} MiB)", filled >> 20),
+                heal: Heal::FreeDisk(id),
+            }
+        }
         Fault::SlowNetwork | Fault::LossyNetwork => {
             let net = targets.net.ok_or(NemesisError::NoProxies(fault))?;
             let link = if fault == Fault::SlowNetwork {
@@ -279,6 +302,12 @@ pub fn heal(active: &Active, targets: &mut Targets<'_>) -> Result<(), NemesisErr
             if let Some(net) = targets.net {
                 net.heal();
             }
+        }
+        Heal::FreeDisk(id) => {
+            targets.cluster.free_disk(*id)?;
+            // A member whose log write failed has exited; it resumes from
+            // its data dir, as its supervisor would restart it.
+            targets.cluster.restart(*id)?;
         }
     }
     Ok(())

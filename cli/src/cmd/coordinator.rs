@@ -93,7 +93,17 @@ pub async fn run(args: CoordinatorArgs) -> Result<(), CliError> {
         other => CliError::input(other),
     })?;
     let coordinator = running.coordinator.clone();
-    wait_for_signal().await.map_err(CliError::runtime)?;
+    tokio::select! {
+        signal = wait_for_signal() => signal.map_err(CliError::runtime)?,
+        reason = running.raft_stopped() => {
+            tracing::error!(member = coordinator.id(), %reason, "raft stopped; exiting so that the supervisor restarts this member");
+            running.shutdown().await;
+            return Err(CliError::runtime(format!(
+                "raft stopped on member {}: {reason}; restart it once the cause (a full or failing disk) is mended: it resumes from its data dir",
+                coordinator.id()
+            )));
+        }
+    }
     tracing::info!(member = coordinator.id(), "shutting down");
     running.shutdown().await;
     Ok(())
