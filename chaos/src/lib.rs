@@ -21,5 +21,6 @@ pub mod proxy;
 pub mod report;
 pub mod runner;
 pub mod scenario;
+pub mod summary;
 pub mod svg;
 pub mod workload;

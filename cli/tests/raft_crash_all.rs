@@ -19,19 +19,25 @@ async fn killing_every_member_mid_write_loses_no_acknowledged_write() {
         .expect("leader");
     let client = cluster.client().expect("client");
 
-    // Writers record a write only once it is acknowledged.
+    // Writers record a write only once it is acknowledged, and keep going
+    // past errors (an election at start-up) until the cluster is killed.
     let acked = Arc::new(Mutex::new(Vec::new()));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut writers = Vec::new();
     for w in 0..8 {
         let client = client.clone();
         let acked = acked.clone();
+        let stop = stop.clone();
         writers.push(tokio::spawn(async move {
             for i in 0.. {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    return;
+                }
                 let key = format!("w{w}-{i}");
                 let value = format!("v{i}");
                 match put(&client, &key, &value).await {
                     Ok(_) => acked.lock().await.push((key, value)),
-                    Err(_) => return,
+                    Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
                 }
             }
         }));
@@ -43,6 +49,7 @@ async fn killing_every_member_mid_write_loses_no_acknowledged_write() {
     for id in [1, 2, 3] {
         cluster.kill(id).expect("kill");
     }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
     for writer in writers {
         writer.await.expect("writer");
     }

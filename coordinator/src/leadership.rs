@@ -76,15 +76,26 @@ pub fn doubt(
     leader: u64,
     quorum_timeout_ms: u64,
 ) -> Option<String> {
-    if metrics.current_leader != Some(leader) {
+    if leader == me {
+        // An election without a winner yet may elect this member again;
+        // openraft answers what it proposed once the outcome is known.
+        match metrics.current_leader {
+            None => return None,
+            Some(other) if other != me => {
+                return Some(format!(
+                    "leadership passed from member {me} to member {other}"
+                ))
+            }
+            Some(_) => {}
+        }
+    } else if metrics.current_leader != Some(leader) {
         return Some(match metrics.current_leader {
             Some(other) => format!("leadership passed from member {leader} to member {other}"),
             None => {
                 format!("member {me} no longer follows member {leader} (an election is under way)")
             }
         });
-    }
-    if leader != me {
+    } else {
         return None;
     }
     match metrics.millis_since_quorum_ack {
@@ -125,5 +136,9 @@ mod tests {
         assert!(moved.contains("from member 1 to member 3"), "{moved}");
         let electing = doubt(&metrics(2, None, None), 2, 1, 800).expect("doubted");
         assert!(electing.contains("election"), "{electing}");
+        // A leader in an election of its own may win again: not doubted yet.
+        assert_eq!(doubt(&metrics(1, None, None), 1, 1, 800), None);
+        let replaced = doubt(&metrics(1, Some(2), None), 1, 1, 800).expect("doubted");
+        assert!(replaced.contains("from member 1 to member 2"), "{replaced}");
     }
 }

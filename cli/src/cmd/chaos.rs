@@ -11,6 +11,7 @@ use herd_chaos::check::{check_all, CheckConfig};
 use herd_chaos::report::Report;
 use herd_chaos::runner::{self, RunConfig};
 use herd_chaos::scenario::{self, Scenario, SCENARIOS};
+use herd_chaos::summary::Summary;
 
 use crate::exit::CliError;
 
@@ -47,6 +48,10 @@ pub struct RunArgs {
     /// Register clients.
     #[arg(long, default_value_t = 4)]
     clients: u64,
+    /// Runs per scenario, with seeds SEED, SEED+1, ...; more than one
+    /// prints a table of figures over all of them at the end.
+    #[arg(long, default_value_t = 1)]
+    runs: u32,
 }
 
 /// Parses `30s`, `2m`, `1500ms`, or plain seconds.
@@ -106,10 +111,25 @@ async fn run_scenarios(args: RunArgs) -> Result<(), CliError> {
     });
     let binary = std::env::current_exe()
         .map_err(|e| CliError::runtime(format!("cannot find the herd binary: {e}")))?;
+    if args.runs == 0 {
+        return Err(CliError::input("--runs must be at least 1"));
+    }
     let mut endings = Vec::new();
+    let mut summaries = Vec::new();
     for scenario in scenarios {
-        let ending = run_one(&args, &binary, scenario, seed).await?;
-        endings.push(ending);
+        let mut summary = Summary::new(scenario.name);
+        for run in 0..args.runs {
+            let run_seed = seed.wrapping_add(u64::from(run));
+            let ending = run_one(&args, &binary, scenario, run_seed, &mut summary).await?;
+            endings.push(ending);
+        }
+        summaries.push(summary);
+    }
+    if args.runs > 1 {
+        println!("{}", Summary::header());
+        for summary in &summaries {
+            println!("{}", summary.row());
+        }
     }
     if endings.iter().any(|e| matches!(e, Ending::Violated)) {
         return Err(CliError::runtime("a checker found a violation"));
@@ -127,6 +147,7 @@ async fn run_one(
     binary: &std::path::Path,
     scenario: &Scenario,
     seed: u64,
+    summary: &mut Summary,
 ) -> Result<Ending, CliError> {
     let replay = format!(
         "herd chaos run --scenario {} --duration {}ms --seed {seed}",
@@ -147,6 +168,7 @@ async fn run_one(
         Ok(history) => history,
         Err(e) => {
             println!("could not carry out the run: {e}\nreplay: {replay}\n");
+            summary.add_undecided();
             return Ok(Ending::Undecided);
         }
     };
@@ -165,6 +187,7 @@ async fn run_one(
         },
     );
     let report = Report::new(scenario.name, seed, &history, verdicts);
+    summary.add(&report);
     let svg_path = dir.join("timeline.svg");
     let title = format!("herd chaos {} seed {seed}", scenario.name);
     std::fs::write(&svg_path, herd_chaos::svg::timeline(&history, &title))

@@ -1,0 +1,149 @@
+//! Figures over many runs of one scenario (`herd chaos run --runs N`): how
+//! many passed, and recovery percentiles across every fault of every run,
+//! as docs/chaos.md reports them.
+
+use std::fmt::Write as _;
+
+use crate::report::Report;
+
+/// Accumulated figures of one scenario's runs.
+#[derive(Debug, Clone, Default)]
+pub struct Summary {
+    /// Scenario name.
+    pub scenario: String,
+    /// Runs carried out (checked).
+    pub runs: u32,
+    /// Runs with every checker passing.
+    pub passed: u32,
+    /// Runs with a violation.
+    pub violated: u32,
+    /// Runs that could not be carried out or decided.
+    pub undecided: u32,
+    /// Faults injected over all runs.
+    pub faults: u32,
+    /// Operations over all runs.
+    pub ops: u64,
+    /// Whole again after each heal, ms (faults after which it never was are absent).
+    pub recovered_ms: Vec<u64>,
+    /// First acknowledged write after each injection, ms.
+    pub writes_back_ms: Vec<u64>,
+    /// Faults after which the cluster was never whole again within the bound.
+    pub never_recovered: u32,
+}
+
+impl Summary {
+    /// An empty summary for `scenario`.
+    pub fn new(scenario: &str) -> Self {
+        Self {
+            scenario: scenario.to_string(),
+            ..Self::default()
+        }
+    }
+
+    /// Adds one checked run.
+    pub fn add(&mut self, report: &Report) {
+        self.runs += 1;
+        if report.violated() {
+            self.violated += 1;
+        } else if report.passed() {
+            self.passed += 1;
+        } else {
+            self.undecided += 1;
+        }
+        self.faults += report.faults.len() as u32;
+        self.ops += report.ops.total();
+        for (_, _, _, recovered, resumed) in &report.faults {
+            match recovered {
+                Some(ms) => self.recovered_ms.push(*ms),
+                None => self.never_recovered += 1,
+            }
+            if let Some(ms) = resumed {
+                self.writes_back_ms.push(*ms);
+            }
+        }
+    }
+
+    /// Adds a run that could not be carried out.
+    pub fn add_undecided(&mut self) {
+        self.runs += 1;
+        self.undecided += 1;
+    }
+
+    /// One Markdown table row: scenario, runs, verdicts, faults, ops,
+    /// whole-again p50/p99/max, writes-back p50/p99/max.
+    pub fn row(&self) -> String {
+        let mut row = String::new();
+        let _ = write!(
+            row,
+            "| {} | {} | {} pass / {} violation / {} undecided | {} | {} | {} | {} |",
+            self.scenario,
+            self.runs,
+            self.passed,
+            self.violated,
+            self.undecided,
+            self.faults,
+            self.ops,
+            spread(&self.recovered_ms),
+            spread(&self.writes_back_ms),
+        );
+        row
+    }
+
+    /// The header [`Summary::row`] fits under.
+    pub fn header() -> &'static str {
+        "| scenario | runs | verdicts | faults | ops | whole again after heal, ms (p50 / p99 / max) | writes back after injection, ms (p50 / p99 / max) |\n| --- | --- | --- | --- | --- | --- | --- |"
+    }
+}
+
+/// The `q`-quantile (0..=1) of `values` by nearest rank; None when empty.
+pub fn quantile(values: &[u64], q: f64) -> Option<u64> {
+    if values.is_empty() {
+        return None;
+    }
+    let mut sorted = values.to_vec();
+    sorted.sort_unstable();
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    Some(sorted[rank - 1])
+}
+
+fn spread(values: &[u64]) -> String {
+    match (
+        quantile(values, 0.5),
+        quantile(values, 0.99),
+        quantile(values, 1.0),
+    ) {
+        (Some(p50), Some(p99), Some(max)) => format!("{p50} / {p99} / {max}"),
+        _ => "-".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_take_the_nearest_rank() {
+        let values: Vec<u64> = (1..=100).collect();
+        assert_eq!(quantile(&values, 0.5), Some(50));
+        assert_eq!(quantile(&values, 0.99), Some(99));
+        assert_eq!(quantile(&values, 1.0), Some(100));
+        assert_eq!(quantile(&[7], 0.99), Some(7));
+        assert_eq!(quantile(&[], 0.5), None);
+    }
+
+    #[test]
+    fn a_row_counts_verdicts_and_spreads_recoveries() {
+        let mut summary = Summary::new("kill-leader");
+        summary.runs = 3;
+        summary.passed = 2;
+        summary.undecided = 1;
+        summary.recovered_ms = vec![10, 30, 20];
+        let row = summary.row();
+        assert!(
+            row.starts_with("| kill-leader | 3 | 2 pass / 0 violation / 1 undecided |"),
+            "{row}"
+        );
+        assert!(row.contains("20 / 30 / 30"), "{row}");
+        assert!(row.ends_with("| - |"), "{row}");
+    }
+}
