@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 
-use crate::report::Report;
+use crate::report::{quantile, Report};
 
 /// Accumulated figures of one scenario's runs.
 #[derive(Debug, Clone, Default)]
@@ -95,17 +95,6 @@ impl Summary {
     }
 }
 
-/// The `q`-quantile (0..=1) of `values` by nearest rank; None when empty.
-pub fn quantile(values: &[u64], q: f64) -> Option<u64> {
-    if values.is_empty() {
-        return None;
-    }
-    let mut sorted = values.to_vec();
-    sorted.sort_unstable();
-    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    Some(sorted[rank - 1])
-}
-
 fn spread(values: &[u64]) -> String {
     match (
         quantile(values, 0.5),
@@ -120,16 +109,6 @@ fn spread(values: &[u64]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn quantiles_take_the_nearest_rank() {
-        let values: Vec<u64> = (1..=100).collect();
-        assert_eq!(quantile(&values, 0.5), Some(50));
-        assert_eq!(quantile(&values, 0.99), Some(99));
-        assert_eq!(quantile(&values, 1.0), Some(100));
-        assert_eq!(quantile(&[7], 0.99), Some(7));
-        assert_eq!(quantile(&[], 0.5), None);
-    }
 
     #[test]
     fn a_row_counts_verdicts_and_spreads_recoveries() {
