@@ -92,6 +92,10 @@ pub struct FaultWindow {
     /// services at count), when measured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recovered_after_ns: Option<u64>,
+    /// The node agent the fault took down with its workloads, if it did:
+    /// rescheduling off it is measured from the workload samples.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lost_node: Option<String>,
 }
 
 /// One running workload process seen in a sample.
@@ -302,6 +306,7 @@ mod tests {
                     start_ns: 5,
                     end_ns: Some(50),
                     recovered_after_ns: None,
+                    lost_node: Some("n1".into()),
                 }),
                 Record::FinalJobs { jobs: None },
             ],

@@ -2,7 +2,8 @@
 //! into them, and checks on what clients observed.
 //!
 //! [`process_cluster`] and [`agents`] start, kill, pause and restart real
-//! `herd coordinator` and `herd node` processes; [`nemesis`] draws faults
+//! `herd coordinator` and `herd node` processes, and [`shim`] slows their
+//! fsyncs and skews their clocks from inside; [`nemesis`] draws faults
 //! from a seeded schedule; [`workload`] runs clients that record every
 //! operation into a [`history`]; [`runner`] ties them together per
 //! [`scenario`]; [`check`] judges the history; [`report`] and [`svg`]
@@ -21,6 +22,7 @@ pub mod proxy;
 pub mod report;
 pub mod runner;
 pub mod scenario;
+pub mod shim;
 pub mod summary;
 pub mod svg;
 pub mod workload;

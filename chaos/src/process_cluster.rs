@@ -17,6 +17,7 @@ use herd_api::proto::v1::{ClusterStatus, ClusterStatusRequest, MemberReport, Mem
 use thiserror::Error;
 
 use crate::ports::free_loopback_port;
+use crate::shim::{ShimFaults, CONTROL_ENV};
 
 /// A harness failure (not a herd failure: those are test assertions).
 #[derive(Debug, Error)]
@@ -73,6 +74,8 @@ pub struct MemberProcess {
     own_args: Vec<String>,
     /// Whether its data dir is a size-limited tmpfs this harness mounted.
     mounted: bool,
+    /// Its fault shim's control file, when the cluster runs with the shim.
+    shim_control: Option<PathBuf>,
     child: Option<Child>,
 }
 
@@ -86,14 +89,30 @@ impl MemberProcess {
     }
 }
 
+/// How the members of a [`ProcessCluster`] are started, beyond their ids
+/// and addresses.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterSetup {
+    /// Arguments on every member's command line.
+    pub extra_args: Vec<String>,
+    /// Arguments for one member only (its `--dial` map), kept across restarts.
+    pub own_args: BTreeMap<u64, Vec<String>>,
+    /// Size of each member's own tmpfs data dir, MiB (None: the plain file
+    /// system), so that a disk can really fill up. Mounting needs root.
+    pub disk_mib: Option<u64>,
+    /// `libherd_chaos_shim.so`, preloaded into every member so that
+    /// [`ProcessCluster::set_shim_faults`] can slow its fsyncs and skew its
+    /// wall clock.
+    pub shim: Option<PathBuf>,
+}
+
 /// A cluster of coordinator processes.
 pub struct ProcessCluster {
     binary: PathBuf,
     root: tempfile::TempDir,
     extra_args: Vec<String>,
-    /// Size of each member's own tmpfs data dir, MiB (None: the plain
-    /// file system), so that a disk can really fill up.
     disk_mib: Option<u64>,
+    shim: Option<PathBuf>,
     members: BTreeMap<u64, MemberProcess>,
 }
 
@@ -104,7 +123,11 @@ impl ProcessCluster {
     /// Starts `size` members bootstrapped together, with `extra_args` on every command line.
     pub fn start(binary: &Path, size: u64, extra_args: &[&str]) -> Result<Self, ClusterError> {
         let addrs = Self::pick_addrs(size)?;
-        Self::start_at(binary, &addrs, extra_args, BTreeMap::new(), None)
+        let setup = ClusterSetup {
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            ..ClusterSetup::default()
+        };
+        Self::start_at(binary, &addrs, setup)
     }
 
     /// Loopback addresses for members `1..=size`, on ports free a moment ago.
@@ -117,17 +140,18 @@ impl ProcessCluster {
             .collect()
     }
 
-    /// Starts members at `addrs`, bootstrapped together, with `extra_args`
-    /// on every command line and `own_args` on each member's own; with
-    /// `disk_mib`, each member's data dir is its own tmpfs of that size
-    /// (mounting needs root), so [`ProcessCluster::fill_disk`] can fill it.
+    /// Starts members at `addrs`, bootstrapped together, as `setup` says.
     pub fn start_at(
         binary: &Path,
         addrs: &BTreeMap<u64, String>,
-        extra_args: &[&str],
-        mut own_args: BTreeMap<u64, Vec<String>>,
-        disk_mib: Option<u64>,
+        setup: ClusterSetup,
     ) -> Result<Self, ClusterError> {
+        let ClusterSetup {
+            extra_args,
+            mut own_args,
+            disk_mib,
+            shim,
+        } = setup;
         let root = tempfile::Builder::new()
             .prefix("herd-cluster-")
             .tempdir()
@@ -135,8 +159,9 @@ impl ProcessCluster {
         let mut cluster = Self {
             binary: binary.to_path_buf(),
             root,
-            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            extra_args,
             disk_mib,
+            shim,
             members: BTreeMap::new(),
         };
         let peers = addrs
@@ -175,6 +200,16 @@ impl ProcessCluster {
             }
             None => false,
         };
+        let shim_control = match &self.shim {
+            Some(_) => {
+                let path = self.root.path().join(format!("member-{id}.shim"));
+                ShimFaults::default()
+                    .write(&path)
+                    .map_err(io(format!("write {}", path.display())))?;
+                Some(path)
+            }
+            None => None,
+        };
         let mut member = MemberProcess {
             id,
             addr,
@@ -183,6 +218,7 @@ impl ProcessCluster {
             launch,
             own_args,
             mounted,
+            shim_control,
             child: None,
         };
         self.spawn(&mut member)?;
@@ -222,6 +258,9 @@ impl ProcessCluster {
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err);
+        if let (Some(shim), Some(control)) = (&self.shim, &member.shim_control) {
+            command.env("LD_PRELOAD", shim).env(CONTROL_ENV, control);
+        }
         let child = command.spawn().map_err(io(format!(
             "spawn {} for member {}",
             self.binary.display(),
@@ -358,6 +397,22 @@ impl ProcessCluster {
             }
         }
         Ok(written)
+    }
+
+    /// Makes the shim preloaded into member `id` slow its fsyncs and skew
+    /// its wall clock as `faults` says (from the next 25 ms on); the
+    /// setting survives restarts until changed.
+    pub fn set_shim_faults(&mut self, id: u64, faults: ShimFaults) -> Result<(), ClusterError> {
+        let member = self.member(id)?;
+        let Some(control) = &member.shim_control else {
+            return Err(ClusterError::Io {
+                what: format!("set the fault shim of member {id}"),
+                source: std::io::Error::other("the cluster was started without the shim"),
+            });
+        };
+        faults
+            .write(control)
+            .map_err(io(format!("write {}", control.display())))
     }
 
     /// Frees what [`ProcessCluster::fill_disk`] took.

@@ -4,7 +4,10 @@
 use std::fmt::Write as _;
 
 use crate::check::Verdict;
-use crate::history::{History, OpKind, Outcome};
+use std::collections::BTreeSet;
+
+use crate::history::{History, OpKind, Outcome, Sample};
+use crate::runner::SERVICE_JOB;
 
 /// Operation counts by outcome.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -47,9 +50,52 @@ impl Counts {
     }
 }
 
-/// One fault's figures: what, start ms, length ms, whole again ms after
-/// the heal, writes acknowledged again ms after injection.
-pub type FaultFigures = (String, u64, u64, Option<u64>, Option<u64>);
+/// One fault's figures.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FaultFigures {
+    /// What was done.
+    pub what: String,
+    /// When, ms from the start of the run.
+    pub start_ms: u64,
+    /// How long it was in force, ms.
+    pub length_ms: u64,
+    /// Whole again this long after the heal, ms (None: not measured).
+    pub recovered_ms: Option<u64>,
+    /// The first write acknowledged this long after injection, ms.
+    pub writes_back_ms: Option<u64>,
+    /// For a lost node: its service instances ran again on the other nodes
+    /// this long after the loss, ms (None: another fault, or they did not
+    /// before the node came back).
+    pub rescheduled_ms: Option<u64>,
+}
+
+/// Distinct service instances running in `sample`, leaving out `node`.
+fn service_instances(sample: &Sample, without: Option<&str>) -> usize {
+    sample
+        .processes
+        .iter()
+        .filter(|p| p.job == SERVICE_JOB && Some(p.node.as_str()) != without)
+        .map(|p| p.instance)
+        .collect::<BTreeSet<_>>()
+        .len()
+}
+
+/// How long after losing `node` at `start_ns` the service ran at its
+/// earlier count on the remaining nodes, from the workload samples.
+fn rescheduled_after(history: &History, node: &str, start_ns: u64) -> Option<u64> {
+    let samples: Vec<&Sample> = history.samples().collect();
+    let before = samples.iter().rev().find(|s| s.at_ns < start_ns)?;
+    let count = service_instances(before, None);
+    if count == 0 || service_instances(before, Some(node)) >= count {
+        // Nothing ran there: nothing to reschedule.
+        return None;
+    }
+    samples
+        .iter()
+        .filter(|s| s.at_ns >= start_ns)
+        .find(|s| service_instances(s, Some(node)) >= count)
+        .map(|s| s.at_ns - start_ns)
+}
 
 /// The figures of one run.
 #[derive(Debug, Clone)]
@@ -119,13 +165,19 @@ impl Report {
                     })
                     .map(|o| o.complete_ns - f.start_ns)
                     .min();
-                (
-                    f.what.clone(),
-                    f.start_ns / 1_000_000,
-                    f.end_ns.unwrap_or(f.start_ns).saturating_sub(f.start_ns) / 1_000_000,
-                    f.recovered_after_ns.map(|n| n / 1_000_000),
-                    resumed.map(|n| n / 1_000_000),
-                )
+                FaultFigures {
+                    what: f.what.clone(),
+                    start_ms: f.start_ns / 1_000_000,
+                    length_ms: f.end_ns.unwrap_or(f.start_ns).saturating_sub(f.start_ns)
+                        / 1_000_000,
+                    recovered_ms: f.recovered_after_ns.map(|n| n / 1_000_000),
+                    writes_back_ms: resumed.map(|n| n / 1_000_000),
+                    rescheduled_ms: f
+                        .lost_node
+                        .as_deref()
+                        .and_then(|node| rescheduled_after(history, node, f.start_ns))
+                        .map(|n| n / 1_000_000),
+                }
             })
             .collect();
         Self {
@@ -141,7 +193,7 @@ impl Report {
 
     /// Recovery times after heals, ms.
     pub fn recoveries_ms(&self) -> Vec<u64> {
-        self.faults.iter().filter_map(|f| f.3).collect()
+        self.faults.iter().filter_map(|f| f.recovered_ms).collect()
     }
 
     /// Whether any checker failed.
@@ -159,14 +211,23 @@ impl Report {
         let mut out = String::new();
         let _ = writeln!(out, "scenario {} (seed {})", self.scenario, self.seed);
         let _ = writeln!(out, "faults injected: {}", self.faults.len());
-        for (what, start, length, recovered, resumed) in &self.faults {
-            let recovered = recovered.map_or("not measured".into(), |r| format!("{r} ms"));
-            let resumed = resumed.map_or("never".into(), |r| format!("{r} ms"));
+        for f in &self.faults {
+            let recovered = f
+                .recovered_ms
+                .map_or("not measured".into(), |r| format!("{r} ms"));
+            let resumed = f
+                .writes_back_ms
+                .map_or("never".into(), |r| format!("{r} ms"));
+            let rescheduled = f
+                .rescheduled_ms
+                .map(|r| format!("; service rescheduled {r} ms after the loss"))
+                .unwrap_or_default();
             let _ = writeln!(
                 out,
-                "  at {:>6.1} s for {:>5} ms  {what}; whole again {recovered} after heal; writes acknowledged again {resumed} after injection",
-                *start as f64 / 1000.0,
-                length
+                "  at {:>6.1} s for {:>5} ms  {}; whole again {recovered} after heal; writes acknowledged again {resumed} after injection{rescheduled}",
+                f.start_ms as f64 / 1000.0,
+                f.length_ms,
+                f.what
             );
         }
         let c = &self.ops;
@@ -212,6 +273,67 @@ impl Report {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::history::{FaultWindow, Record, SeenProcess};
+
+    fn sample(at_ns: u64, running: &[(&str, u32)]) -> Record {
+        Record::Sample(Sample {
+            at_ns,
+            settled: false,
+            processes: running
+                .iter()
+                .map(|(node, instance)| SeenProcess {
+                    pid: 100 + instance,
+                    node: node.to_string(),
+                    alloc_id: format!("a-{node}-{instance}"),
+                    job: SERVICE_JOB.into(),
+                    instance: Some(*instance),
+                })
+                .collect(),
+        })
+    }
+
+    fn node_loss(records: Vec<Record>) -> Option<u64> {
+        let mut records = records;
+        records.push(Record::Fault(FaultWindow {
+            what: "kill -9 node n1".into(),
+            start_ns: 10,
+            end_ns: Some(100),
+            recovered_after_ns: None,
+            lost_node: Some("n1".into()),
+        }));
+        let report = Report::new("node-loss", 1, &History { records }, vec![]);
+        report.faults[0].rescheduled_ms
+    }
+
+    #[test]
+    fn rescheduling_is_timed_from_the_loss_to_the_count_on_other_nodes() {
+        let ms = 1_000_000;
+        let before = sample(5, &[("n1", 0), ("n2", 1), ("n3", 2)]);
+        // Instance 0 runs again on n2 4 ms after the loss.
+        let rescheduled = node_loss(vec![
+            before.clone(),
+            sample(10 + ms, &[("n2", 1), ("n3", 2)]),
+            sample(10 + 4 * ms, &[("n2", 0), ("n2", 1), ("n3", 2)]),
+        ]);
+        assert_eq!(rescheduled, Some(4));
+        // Running again only on the lost node (it came back) is not a
+        // rescheduling.
+        let back = node_loss(vec![
+            before,
+            sample(10 + 4 * ms, &[("n1", 0), ("n2", 1), ("n3", 2)]),
+        ]);
+        assert_eq!(back, None);
+        // No service before the loss, or none on the lost node: nothing
+        // to measure.
+        assert_eq!(node_loss(vec![sample(5, &[])]), None);
+        assert_eq!(
+            node_loss(vec![
+                sample(5, &[("n2", 0), ("n2", 1)]),
+                sample(10 + ms, &[("n2", 0), ("n2", 1)]),
+            ]),
+            None
+        );
+    }
 
     #[test]
     fn nearest_rank_quantiles() {

@@ -22,7 +22,7 @@ use crate::history::{
 use crate::nemesis::rng::Rng;
 use crate::nemesis::schedule::{plan, ScheduleShape};
 use crate::nemesis::{self, NemesisError, Targets};
-use crate::process_cluster::{ClusterError, ProcessCluster};
+use crate::process_cluster::{ClusterError, ClusterSetup, ProcessCluster};
 use crate::proxy::ProxyNet;
 use crate::scenario::Scenario;
 use crate::workload::{self, ClientContext, Recorder};
@@ -47,6 +47,9 @@ pub struct RunConfig {
     pub register_clients: u64,
     /// Register keys.
     pub keys: usize,
+    /// `libherd_chaos_shim.so`, for scenarios that slow fsyncs or skew
+    /// clocks (see [`crate::shim::beside`]).
+    pub shim: Option<PathBuf>,
 }
 
 /// Why a run could not be carried out (not a herd bug: a harness failure
@@ -216,18 +219,30 @@ pub async fn run(config: &RunConfig) -> Result<History, RunError> {
             .collect(),
         None => BTreeMap::new(),
     };
-    let mut cluster = ProcessCluster::start_at(
-        &config.binary,
-        &member_addrs,
-        &["--node-ttl-ms", "2000"],
-        dial_args,
-        scenario
+    let shim = if scenario.faults.iter().any(|f| f.needs_shim()) {
+        let shim = config.shim.clone().ok_or_else(|| {
+            RunError::Setup(format!(
+                "scenario {} needs the fault shim {}: build it with `cargo build [--release] -p herd-chaos-shim` (cargo puts it beside the herd binary) or name it with --shim",
+                scenario.name,
+                crate::shim::SHIM_FILE
+            ))
+        })?;
+        Some(shim)
+    } else {
+        None
+    };
+    let setup = ClusterSetup {
+        extra_args: vec!["--node-ttl-ms".into(), "2000".into()],
+        own_args: dial_args,
+        disk_mib: scenario
             .faults
             .iter()
             .any(|f| f.needs_disks())
             .then_some(DISK_MIB),
-    )
-    .map_err(|e| RunError::Setup(e.to_string()))?;
+        shim,
+    };
+    let mut cluster = ProcessCluster::start_at(&config.binary, &member_addrs, setup)
+        .map_err(|e| RunError::Setup(e.to_string()))?;
     let cluster_root = cluster.root().to_path_buf();
     cluster
         .wait_for_leader(Duration::from_secs(30))
@@ -324,7 +339,7 @@ pub async fn run(config: &RunConfig) -> Result<History, RunError> {
     // Drains stop with the faults, so that every node is eligible again
     // before convergence is judged.
     let node_stop = Arc::new(AtomicBool::new(false));
-    let node_task = agents.as_ref().map(|set| {
+    let node_task = agents.as_ref().filter(|_| scenario.drains).map(|set| {
         let node_ctx = ClientContext {
             stop: node_stop.clone(),
             ..ctx.clone()
@@ -343,7 +358,10 @@ pub async fn run(config: &RunConfig) -> Result<History, RunError> {
         &mut rng,
         scenario.faults,
         config.duration,
-        &ScheduleShape::default(),
+        &ScheduleShape {
+            fault_ms: scenario.fault_ms,
+            ..ScheduleShape::default()
+        },
     );
     let mut faults: Vec<FaultWindow> = Vec::new();
     let mut active: Option<(nemesis::Active, usize)> = None;
@@ -386,6 +404,7 @@ pub async fn run(config: &RunConfig) -> Result<History, RunError> {
                 start_ns: recorder.now_ns(),
                 end_ns: None,
                 recovered_after_ns: None,
+                lost_node: fault.lost_node.clone(),
             });
             active = Some((fault, next));
         }

@@ -1,5 +1,6 @@
 //! Named scenarios: a cluster shape, the faults drawn from, and the workload.
 
+use crate::nemesis::schedule::SHORT_FAULTS_MS;
 use crate::nemesis::Fault;
 
 /// One scenario `herd chaos run --scenario NAME` can run.
@@ -17,6 +18,11 @@ pub struct Scenario {
     pub faults: &'static [Fault],
     /// Service instances kept running on the agents (0: none).
     pub service_count: u32,
+    /// Shortest and longest fault, ms.
+    pub fault_ms: (u64, u64),
+    /// Whether a client drains nodes and makes them eligible again (with
+    /// agents only). Off where a drain would hide what is measured.
+    pub drains: bool,
 }
 
 /// Every scenario, in the order `all` runs them.
@@ -28,6 +34,8 @@ pub const SCENARIOS: &[Scenario] = &[
         agents: 0,
         faults: &[Fault::KillLeader],
         service_count: 0,
+        fault_ms: SHORT_FAULTS_MS,
+        drains: false,
     },
     Scenario {
         name: "kill-one",
@@ -36,6 +44,8 @@ pub const SCENARIOS: &[Scenario] = &[
         agents: 0,
         faults: &[Fault::KillOne],
         service_count: 0,
+        fault_ms: SHORT_FAULTS_MS,
+        drains: false,
     },
     Scenario {
         name: "kill-majority",
@@ -44,6 +54,8 @@ pub const SCENARIOS: &[Scenario] = &[
         agents: 0,
         faults: &[Fault::KillMajority],
         service_count: 0,
+        fault_ms: SHORT_FAULTS_MS,
+        drains: false,
     },
     Scenario {
         name: "restart-all",
@@ -52,6 +64,8 @@ pub const SCENARIOS: &[Scenario] = &[
         agents: 0,
         faults: &[Fault::KillAll],
         service_count: 0,
+        fault_ms: SHORT_FAULTS_MS,
+        drains: false,
     },
     Scenario {
         name: "pause-member",
@@ -60,6 +74,8 @@ pub const SCENARIOS: &[Scenario] = &[
         agents: 0,
         faults: &[Fault::PauseLeader, Fault::PauseOne],
         service_count: 0,
+        fault_ms: SHORT_FAULTS_MS,
+        drains: false,
     },
     Scenario {
         name: "agent-loss",
@@ -68,6 +84,18 @@ pub const SCENARIOS: &[Scenario] = &[
         agents: 3,
         faults: &[Fault::KillNode, Fault::KillAgent],
         service_count: 3,
+        fault_ms: SHORT_FAULTS_MS,
+        drains: true,
+    },
+    Scenario {
+        name: "node-loss",
+        about: "3 coordinators, 3 agents, a 3-instance service; a node (agent and workloads) down for 7-10 s, long enough to be declared down and its work placed elsewhere",
+        members: 3,
+        agents: 3,
+        faults: &[Fault::KillNode],
+        service_count: 3,
+        fault_ms: (7000, 10_000),
+        drains: false,
     },
     Scenario {
         name: "partition-leader",
@@ -76,6 +104,8 @@ pub const SCENARIOS: &[Scenario] = &[
         agents: 0,
         faults: &[Fault::PartitionLeader],
         service_count: 0,
+        fault_ms: SHORT_FAULTS_MS,
+        drains: false,
     },
     Scenario {
         name: "partition-halves",
@@ -84,6 +114,8 @@ pub const SCENARIOS: &[Scenario] = &[
         agents: 0,
         faults: &[Fault::PartitionHalves],
         service_count: 0,
+        fault_ms: SHORT_FAULTS_MS,
+        drains: false,
     },
     Scenario {
         name: "partition-ring",
@@ -92,6 +124,8 @@ pub const SCENARIOS: &[Scenario] = &[
         agents: 0,
         faults: &[Fault::PartitionRing],
         service_count: 0,
+        fault_ms: SHORT_FAULTS_MS,
+        drains: false,
     },
     Scenario {
         name: "partition-bridge",
@@ -100,6 +134,8 @@ pub const SCENARIOS: &[Scenario] = &[
         agents: 0,
         faults: &[Fault::PartitionBridge],
         service_count: 0,
+        fault_ms: SHORT_FAULTS_MS,
+        drains: false,
     },
     Scenario {
         name: "slow-network",
@@ -108,6 +144,8 @@ pub const SCENARIOS: &[Scenario] = &[
         agents: 2,
         faults: &[Fault::SlowNetwork, Fault::LossyNetwork],
         service_count: 2,
+        fault_ms: SHORT_FAULTS_MS,
+        drains: true,
     },
     Scenario {
         name: "disk-full",
@@ -116,6 +154,28 @@ pub const SCENARIOS: &[Scenario] = &[
         agents: 0,
         faults: &[Fault::DiskFull],
         service_count: 0,
+        fault_ms: SHORT_FAULTS_MS,
+        drains: false,
+    },
+    Scenario {
+        name: "slow-fsync",
+        about: "make every fsync of the leader or a random one of 3 coordinators sleep 50-400 ms first (LD_PRELOAD shim)",
+        members: 3,
+        agents: 0,
+        faults: &[Fault::SlowFsync],
+        service_count: 0,
+        fault_ms: SHORT_FAULTS_MS,
+        drains: false,
+    },
+    Scenario {
+        name: "clock-skew",
+        about: "3 coordinators, 2 agents; move each coordinator's wall clock by up to 10 minutes either way (LD_PRELOAD shim), then back",
+        members: 3,
+        agents: 2,
+        faults: &[Fault::ClockSkew],
+        service_count: 2,
+        fault_ms: SHORT_FAULTS_MS,
+        drains: true,
     },
     Scenario {
         name: "mixed",
@@ -134,6 +194,8 @@ pub const SCENARIOS: &[Scenario] = &[
             Fault::SlowNetwork,
         ],
         service_count: 2,
+        fault_ms: SHORT_FAULTS_MS,
+        drains: true,
     },
 ];
 

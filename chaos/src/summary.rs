@@ -27,6 +27,8 @@ pub struct Summary {
     pub recovered_ms: Vec<u64>,
     /// First acknowledged write after each injection, ms.
     pub writes_back_ms: Vec<u64>,
+    /// Service rescheduled off each lost node, ms after the loss.
+    pub rescheduled_ms: Vec<u64>,
     /// Faults after which the cluster was never whole again within the bound.
     pub never_recovered: u32,
 }
@@ -52,14 +54,13 @@ impl Summary {
         }
         self.faults += report.faults.len() as u32;
         self.ops += report.ops.total();
-        for (_, _, _, recovered, resumed) in &report.faults {
-            match recovered {
-                Some(ms) => self.recovered_ms.push(*ms),
+        for f in &report.faults {
+            match f.recovered_ms {
+                Some(ms) => self.recovered_ms.push(ms),
                 None => self.never_recovered += 1,
             }
-            if let Some(ms) = resumed {
-                self.writes_back_ms.push(*ms);
-            }
+            self.writes_back_ms.extend(f.writes_back_ms);
+            self.rescheduled_ms.extend(f.rescheduled_ms);
         }
     }
 
@@ -69,13 +70,13 @@ impl Summary {
         self.undecided += 1;
     }
 
-    /// One Markdown table row: scenario, runs, verdicts, faults, ops,
-    /// whole-again p50/p99/max, writes-back p50/p99/max.
+    /// One Markdown table row: scenario, runs, verdicts, faults, ops, then
+    /// p50/p99/max of whole-again, writes-back and node-loss rescheduling.
     pub fn row(&self) -> String {
         let mut row = String::new();
         let _ = write!(
             row,
-            "| {} | {} | {} pass / {} violation / {} undecided | {} | {} | {} | {} |",
+            "| {} | {} | {} pass / {} violation / {} undecided | {} | {} | {} | {} | {} |",
             self.scenario,
             self.runs,
             self.passed,
@@ -85,13 +86,14 @@ impl Summary {
             self.ops,
             spread(&self.recovered_ms),
             spread(&self.writes_back_ms),
+            spread(&self.rescheduled_ms),
         );
         row
     }
 
     /// The header [`Summary::row`] fits under.
     pub fn header() -> &'static str {
-        "| scenario | runs | verdicts | faults | ops | whole again after heal, ms (p50 / p99 / max) | writes back after injection, ms (p50 / p99 / max) |\n| --- | --- | --- | --- | --- | --- | --- |"
+        "| scenario | runs | verdicts | faults | ops | whole again after heal, ms (p50 / p99 / max) | writes back after injection, ms (p50 / p99 / max) | service rescheduled after node loss, ms (p50 / p99 / max) |\n| --- | --- | --- | --- | --- | --- | --- | --- |"
     }
 }
 
@@ -123,6 +125,6 @@ mod tests {
             "{row}"
         );
         assert!(row.contains("20 / 30 / 30"), "{row}");
-        assert!(row.ends_with("| - |"), "{row}");
+        assert!(row.ends_with("| - | - |"), "{row}");
     }
 }

@@ -125,6 +125,7 @@ mod tests {
                     start_ns: 1,
                     end_ns: Some(5),
                     recovered_after_ns: None,
+                    lost_node: None,
                 }),
             ],
         };

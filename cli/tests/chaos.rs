@@ -15,10 +15,11 @@ fn must_pass(scenario: &str, duration: &str, seed: &str) {
 /// As [`must_pass`], but a run that could not mount its tmpfs data dirs
 /// (no root) is skipped with a message; returns whether it ran.
 fn must_pass_where_tmpfs_mounts(scenario: &str, duration: &str, seed: &str) -> bool {
-    run_scenario(scenario, duration, seed, true)
+    run_scenario(scenario, duration, seed, true).is_some()
 }
 
-fn run_scenario(scenario: &str, duration: &str, seed: &str, needs_mount: bool) -> bool {
+/// Runs the scenario; its report, or None when it was skipped.
+fn run_scenario(scenario: &str, duration: &str, seed: &str, needs_mount: bool) -> Option<String> {
     let out_dir = tempfile::tempdir().expect("temp dir");
     let out = Command::new(herd_bin())
         .args([
@@ -39,7 +40,7 @@ fn run_scenario(scenario: &str, duration: &str, seed: &str, needs_mount: bool) -
         eprintln!(
             "skipping {scenario}: this machine does not let the harness mount a tmpfs:\n{stdout}"
         );
-        return false;
+        return None;
     }
     assert_eq!(
         out.status.code(),
@@ -82,7 +83,7 @@ fn run_scenario(scenario: &str, duration: &str, seed: &str, needs_mount: bool) -
     assert!(history.contains("\"type\":\"fault\""));
     let svg = std::fs::read_to_string(dir.join("timeline.svg")).expect("timeline");
     assert!(svg.starts_with("<svg"));
-    true
+    Some(stdout.into_owned())
 }
 
 #[test]
@@ -100,6 +101,8 @@ fn list_names_the_scenarios_and_an_unknown_one_is_bad_input() {
         "partition-bridge",
         "slow-network",
         "disk-full",
+        "slow-fsync",
+        "clock-skew",
     ] {
         assert!(listed.contains(name), "{listed}");
     }
@@ -114,6 +117,13 @@ fn short_scenarios_pass_every_checker() {
     must_pass("kill-leader", "10s", "11");
     must_pass("pause-member", "10s", "12");
     must_pass("agent-loss", "12s", "13");
+    // A node down long enough to be declared down: its service instances
+    // must run again on the other nodes while it is away.
+    let report = run_scenario("node-loss", "12s", "19", false).unwrap_or_default();
+    assert!(
+        report.contains("service rescheduled"),
+        "the lost node's work was not placed elsewhere:\n{report}"
+    );
     // Through the fault-injecting proxies: a cut leader, then slow and
     // lossy links with node agents and drains.
     must_pass("partition-leader", "10s", "14");
@@ -121,4 +131,9 @@ fn short_scenarios_pass_every_checker() {
     // A real full disk (each member on its own small tmpfs): the member
     // stops, is restarted once space is freed, and loses nothing.
     must_pass_where_tmpfs_mounts("disk-full", "10s", "16");
+    // Through the LD_PRELOAD shim, which herd finds beside its binary:
+    // slow fsyncs on one member, then skewed wall clocks on all.
+    chaos_shim();
+    must_pass("slow-fsync", "10s", "17");
+    must_pass("clock-skew", "10s", "18");
 }

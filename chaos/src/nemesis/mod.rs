@@ -9,6 +9,7 @@ pub mod partition;
 pub mod rng;
 pub mod schedule;
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -16,6 +17,7 @@ use serde::Serialize;
 use crate::agents::AgentSet;
 use crate::process_cluster::{ClusterError, ProcessCluster};
 use crate::proxy::{LinkFault, ProxyNet};
+use crate::shim::ShimFaults;
 use partition::Partition;
 use rng::Rng;
 
@@ -59,6 +61,13 @@ pub enum Fault {
     /// byte (a tmpfs of its own); free it and restart the member if it
     /// stopped.
     DiskFull,
+    /// Make every fsync, fdatasync and sync_file_range of the leader or a
+    /// random coordinator sleep 50-400 ms first (through the fault shim).
+    SlowFsync,
+    /// Move the wall clock of every coordinator by its own random offset of
+    /// up to ten minutes either way (through the fault shim); the heal
+    /// jumps them back.
+    ClockSkew,
 }
 
 impl Fault {
@@ -81,6 +90,12 @@ impl Fault {
     pub fn needs_disks(self) -> bool {
         self == Fault::DiskFull
     }
+
+    /// Whether the fault acts through `libherd_chaos_shim.so`, so every
+    /// coordinator must run with it preloaded.
+    pub fn needs_shim(self) -> bool {
+        matches!(self, Fault::SlowFsync | Fault::ClockSkew)
+    }
 }
 
 /// What nemeses act on.
@@ -98,6 +113,8 @@ pub struct Targets<'a> {
 pub struct Active {
     /// What was done, for the report (`kill -9 members [2] (leader)`).
     pub what: String,
+    /// The node taken down with its workloads, if any.
+    pub lost_node: Option<String>,
     heal: Heal,
 }
 
@@ -108,6 +125,7 @@ enum Heal {
     RestartAgents(Vec<String>),
     Network,
     FreeDisk(u64),
+    ClearShim(Vec<u64>),
 }
 
 /// A nemesis could not act on the cluster.
@@ -169,6 +187,7 @@ pub fn inject(
             }
             Active {
                 what: format!("kill -9 members {targets:?}{note}"),
+                lost_node: None,
                 heal: Heal::Restart(targets),
             }
         }
@@ -181,6 +200,7 @@ pub fn inject(
             cluster.pause(id)?;
             Active {
                 what: format!("SIGSTOP member {id}{note}"),
+                lost_node: None,
                 heal: Heal::Resume(vec![id]),
             }
         }
@@ -189,7 +209,13 @@ pub fn inject(
                 .agents
                 .as_deref_mut()
                 .ok_or(NemesisError::NoAgents(fault))?;
-            let names = agents.names();
+            // A node running work, when any does: losing it is the case
+            // that must be rescheduled.
+            let busy: BTreeSet<String> = agents.workloads().into_iter().map(|w| w.node).collect();
+            let mut names = agents.names();
+            if names.iter().any(|n| busy.contains(n)) {
+                names.retain(|n| busy.contains(n));
+            }
             let Some(name) = rng.pick(&names).cloned() else {
                 return Err(NemesisError::NoAgents(fault));
             };
@@ -205,6 +231,7 @@ pub fn inject(
             };
             Active {
                 what,
+                lost_node: (fault == Fault::KillNode).then(|| name.clone()),
                 heal: Heal::RestartAgents(vec![name]),
             }
         }
@@ -225,6 +252,7 @@ pub fn inject(
             net.partition(|a, b| partition.connected(a, b));
             Active {
                 what: format!("partition {partition}{note}"),
+                lost_node: None,
                 heal: Heal::Network,
             }
         }
@@ -237,7 +265,47 @@ pub fn inject(
             let filled = cluster.fill_disk(id)?;
             Active {
                 what: format!("fill the disk of member {id}{note} ({} MiB)", filled >> 20),
+                lost_node: None,
                 heal: Heal::FreeDisk(id),
+            }
+        }
+        Fault::SlowFsync => {
+            let (id, note) = if rng.below(2) == 0 {
+                leader_or_any(&ids)
+            } else {
+                (ids.first().copied().unwrap_or(1), "")
+            };
+            let delay = rng.between(50, 400);
+            cluster.set_shim_faults(
+                id,
+                ShimFaults {
+                    fsync_delay_ms: delay,
+                    ..ShimFaults::default()
+                },
+            )?;
+            Active {
+                what: format!("slow every fsync of member {id}{note} by {delay} ms"),
+                lost_node: None,
+                heal: Heal::ClearShim(vec![id]),
+            }
+        }
+        Fault::ClockSkew => {
+            let mut offsets = Vec::new();
+            for id in cluster.ids() {
+                let offset = rng.between(0, 1_200_000) as i64 - 600_000;
+                cluster.set_shim_faults(
+                    id,
+                    ShimFaults {
+                        clock_offset_ms: offset,
+                        ..ShimFaults::default()
+                    },
+                )?;
+                offsets.push(format!("{id}: {:+.1} s", offset as f64 / 1000.0));
+            }
+            Active {
+                what: format!("skew wall clocks ({})", offsets.join(", ")),
+                lost_node: None,
+                heal: Heal::ClearShim(cluster.ids()),
             }
         }
         Fault::SlowNetwork | Fault::LossyNetwork => {
@@ -270,6 +338,7 @@ pub fn inject(
             };
             Active {
                 what,
+                lost_node: None,
                 heal: Heal::Network,
             }
         }
@@ -301,6 +370,13 @@ pub fn heal(active: &Active, targets: &mut Targets<'_>) -> Result<(), NemesisErr
         Heal::Network => {
             if let Some(net) = targets.net {
                 net.heal();
+            }
+        }
+        Heal::ClearShim(ids) => {
+            for id in ids {
+                targets
+                    .cluster
+                    .set_shim_faults(*id, ShimFaults::default())?;
             }
         }
         Heal::FreeDisk(id) => {

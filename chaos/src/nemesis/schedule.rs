@@ -28,11 +28,15 @@ pub struct ScheduleShape {
     pub gap_ms: (u64, u64),
 }
 
+/// Faults of 1.5-4 s: long enough for an election, short enough for
+/// several in a run.
+pub const SHORT_FAULTS_MS: (u64, u64) = (1500, 4000);
+
 impl Default for ScheduleShape {
     fn default() -> Self {
         Self {
             warmup: Duration::from_secs(2),
-            fault_ms: (1500, 4000),
+            fault_ms: SHORT_FAULTS_MS,
             gap_ms: (2500, 4500),
         }
     }

@@ -48,10 +48,15 @@ pub struct RunArgs {
     /// Register clients.
     #[arg(long, default_value_t = 4)]
     clients: u64,
-    /// Runs per scenario, with seeds SEED, SEED+1, ...; more than one
-    /// prints a table of figures over all of them at the end.
+    /// Runs per scenario, with seeds SEED, SEED+1, ... (one round of every
+    /// scenario per seed); more than one prints a table of figures over
+    /// all of them after each round.
     #[arg(long, default_value_t = 1)]
     runs: u32,
+    /// The fault shim for slow-fsync and clock-skew (default:
+    /// libherd_chaos_shim.so beside the herd binary, where cargo builds it).
+    #[arg(long)]
+    shim: Option<PathBuf>,
 }
 
 /// Parses `30s`, `2m`, `1500ms`, or plain seconds.
@@ -114,21 +119,28 @@ async fn run_scenarios(args: RunArgs) -> Result<(), CliError> {
     if args.runs == 0 {
         return Err(CliError::input("--runs must be at least 1"));
     }
+    if let Some(shim) = args.shim.as_ref().filter(|s| !s.is_file()) {
+        return Err(CliError::input(format!(
+            "--shim {}: no such file (build it with `cargo build -p herd-chaos-shim`)",
+            shim.display()
+        )));
+    }
     let mut endings = Vec::new();
-    let mut summaries = Vec::new();
-    for scenario in scenarios {
-        let mut summary = Summary::new(scenario.name);
-        for run in 0..args.runs {
-            let run_seed = seed.wrapping_add(u64::from(run));
-            let ending = run_one(&args, &binary, scenario, run_seed, &mut summary).await?;
+    let mut summaries: Vec<Summary> = scenarios.iter().map(|s| Summary::new(s.name)).collect();
+    // Round by round, every scenario once per seed: a soak cut short still
+    // covers every scenario, and the table so far is printed after each round.
+    for run in 0..args.runs {
+        let run_seed = seed.wrapping_add(u64::from(run));
+        for (scenario, summary) in scenarios.iter().zip(summaries.iter_mut()) {
+            let ending = run_one(&args, &binary, scenario, run_seed, summary).await?;
             endings.push(ending);
         }
-        summaries.push(summary);
-    }
-    if args.runs > 1 {
-        println!("{}", Summary::header());
-        for summary in &summaries {
-            println!("{}", summary.row());
+        if args.runs > 1 {
+            println!("figures after {} of {} rounds:", run + 1, args.runs);
+            println!("{}", Summary::header());
+            for summary in &summaries {
+                println!("{}", summary.row());
+            }
         }
     }
     if endings.iter().any(|e| matches!(e, Ending::Violated)) {
@@ -163,6 +175,10 @@ async fn run_one(
         converge_bound: args.converge_bound,
         register_clients: args.clients,
         keys: 3,
+        shim: args
+            .shim
+            .clone()
+            .or_else(|| herd_chaos::shim::beside(binary)),
     };
     let history = match runner::run(&config).await {
         Ok(history) => history,

@@ -4,7 +4,7 @@
 
 pub mod agents;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
@@ -16,6 +16,30 @@ use herd_chaos::process_cluster::ProcessCluster;
 /// The herd binary cargo built for these tests.
 pub fn herd_bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_herd"))
+}
+
+/// `libherd_chaos_shim.so` beside the herd binary, where `herd chaos run`
+/// looks for it. Built here with the herd binary's profile and target dir:
+/// a test build of the workspace compiles the shim's unit tests, not the
+/// library itself, and a stale library would test old code.
+pub fn chaos_shim() -> PathBuf {
+    let profile_dir = herd_bin().parent().expect("herd's profile dir");
+    let target_dir = profile_dir.parent().expect("herd's target dir");
+    let mut cargo = Command::new(env!("CARGO"));
+    cargo
+        .args(["build", "--quiet", "-p", "herd-chaos-shim", "--target-dir"])
+        .arg(target_dir);
+    if profile_dir
+        .file_name()
+        .is_some_and(|name| name == "release")
+    {
+        cargo.arg("--release");
+    }
+    let status = cargo.status().expect("run cargo");
+    assert!(status.success(), "cargo build -p herd-chaos-shim failed");
+    let shim = profile_dir.join(herd_chaos::shim::SHIM_FILE);
+    assert!(shim.is_file(), "{} was not built", shim.display());
+    shim
 }
 
 /// Runs `herd ARGS` to completion.
