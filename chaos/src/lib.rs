@@ -14,6 +14,7 @@
 
 pub mod agents;
 pub mod check;
+pub mod docker;
 pub mod history;
 pub mod nemesis;
 pub mod ports;

@@ -6,9 +6,11 @@
 //! process it started.
 
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use herd_api::client::HerdClient;
@@ -16,6 +18,7 @@ use herd_api::proto::v1::cluster_client::ClusterClient;
 use herd_api::proto::v1::{ClusterStatus, ClusterStatusRequest, MemberReport, MemberStatusRequest};
 use thiserror::Error;
 
+use crate::docker::{DockerEnv, SHIM_IN_IMAGE};
 use crate::ports::free_loopback_port;
 use crate::shim::{ShimFaults, CONTROL_ENV};
 
@@ -77,6 +80,8 @@ pub struct MemberProcess {
     /// Its fault shim's control file, when the cluster runs with the shim.
     shim_control: Option<PathBuf>,
     child: Option<Child>,
+    /// Its container, once created (Docker mode).
+    container: Option<String>,
 }
 
 impl MemberProcess {
@@ -104,6 +109,10 @@ pub struct ClusterSetup {
     /// [`ProcessCluster::set_shim_faults`] can slow its fsyncs and skew its
     /// wall clock.
     pub shim: Option<PathBuf>,
+    /// Run members as containers of this Docker environment instead of
+    /// local processes (addresses must come from
+    /// [`DockerEnv::member_addr`]).
+    pub docker: Option<Arc<DockerEnv>>,
 }
 
 /// A cluster of coordinator processes.
@@ -113,8 +122,12 @@ pub struct ProcessCluster {
     extra_args: Vec<String>,
     disk_mib: Option<u64>,
     shim: Option<PathBuf>,
+    docker: Option<Arc<DockerEnv>>,
     members: BTreeMap<u64, MemberProcess>,
 }
+
+/// What members log: herd at info, its libraries' chatter at warn.
+const MEMBER_LOG_FILTER: &str = "info,openraft=warn,sled=warn,h2=warn,tower=warn,hyper=warn";
 
 /// The file a full-disk fault fills a member's data dir with.
 const FILLER: &str = "chaos-filler";
@@ -151,6 +164,7 @@ impl ProcessCluster {
             mut own_args,
             disk_mib,
             shim,
+            docker,
         } = setup;
         let root = tempfile::Builder::new()
             .prefix("herd-cluster-")
@@ -162,6 +176,7 @@ impl ProcessCluster {
             extra_args,
             disk_mib,
             shim,
+            docker,
             members: BTreeMap::new(),
         };
         let peers = addrs
@@ -220,13 +235,40 @@ impl ProcessCluster {
             mounted,
             shim_control,
             child: None,
+            container: None,
         };
         self.spawn(&mut member)?;
         self.members.insert(id, member);
         Ok(())
     }
 
+    /// `herd coordinator ...` for `member`, its data dir at `data_dir`.
+    fn member_args(&self, member: &MemberProcess, data_dir: &Path) -> Vec<OsString> {
+        let mut args: Vec<OsString> = vec![
+            "coordinator".into(),
+            "--id".into(),
+            member.id.to_string().into(),
+            "--listen".into(),
+            member.addr.clone().into(),
+            "--data-dir".into(),
+            data_dir.into(),
+        ];
+        match &member.launch {
+            Launch::Bootstrap(peers) => {
+                args.extend(["--bootstrap".into(), "--peers".into(), peers.into()]);
+            }
+            Launch::Join(addr) => args.extend(["--join".into(), addr.into()]),
+            Launch::Wait => {}
+        }
+        args.extend(self.extra_args.iter().map(OsString::from));
+        args.extend(member.own_args.iter().map(OsString::from));
+        args
+    }
+
     fn spawn(&self, member: &mut MemberProcess) -> Result<(), ClusterError> {
+        if let Some(docker) = &self.docker {
+            return self.spawn_container(docker, member);
+        }
         let log = File::options()
             .create(true)
             .append(true)
@@ -235,26 +277,8 @@ impl ProcessCluster {
         let log_err = log.try_clone().map_err(io("clone log handle"))?;
         let mut command = Command::new(&self.binary);
         command
-            .arg("coordinator")
-            .args(["--id", &member.id.to_string(), "--listen", &member.addr])
-            .arg("--data-dir")
-            .arg(&member.data_dir);
-        match &member.launch {
-            Launch::Bootstrap(peers) => {
-                command.args(["--bootstrap", "--peers", peers]);
-            }
-            Launch::Join(addr) => {
-                command.args(["--join", addr]);
-            }
-            Launch::Wait => {}
-        }
-        command
-            .args(&self.extra_args)
-            .args(&member.own_args)
-            .env(
-                "HERD_LOG",
-                "info,openraft=warn,sled=warn,h2=warn,tower=warn,hyper=warn",
-            )
+            .args(self.member_args(member, &member.data_dir))
+            .env("HERD_LOG", MEMBER_LOG_FILTER)
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err);
@@ -267,6 +291,49 @@ impl ProcessCluster {
             member.id
         )))?;
         member.child = Some(child);
+        Ok(())
+    }
+
+    /// Docker mode: creates member's container the first time, starts it
+    /// again after that (same file system, same address).
+    fn spawn_container(
+        &self,
+        docker: &DockerEnv,
+        member: &mut MemberProcess,
+    ) -> Result<(), ClusterError> {
+        if let Some(name) = &member.container {
+            return docker.start(name);
+        }
+        let name = docker.member_container(member.id);
+        std::fs::create_dir_all(&member.data_dir)
+            .map_err(io(format!("create {}", member.data_dir.display())))?;
+        let ip = member
+            .addr
+            .rsplit_once(':')
+            .map_or(member.addr.as_str(), |(host, _)| host);
+        let args: Vec<String> = self
+            .member_args(member, Path::new("/data"))
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let mut mounts = vec![(member.data_dir.clone(), "/data")];
+        // The run's root in the environment: leaked processes are found by
+        // it, inside containers as outside.
+        let mut env = vec![
+            ("HERD_LOG", MEMBER_LOG_FILTER.to_string()),
+            ("HERD_CHAOS_ROOT", self.root.path().display().to_string()),
+        ];
+        if let Some(control) = &member.shim_control {
+            mounts.push((self.root.path().to_path_buf(), "/chaos"));
+            let file = control
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            env.push(("LD_PRELOAD", SHIM_IN_IMAGE.to_string()));
+            env.push((CONTROL_ENV, format!("/chaos/{file}")));
+        }
+        docker.run(&name, ip, &mounts, &env, &args)?;
+        member.container = Some(name);
         Ok(())
     }
 
@@ -288,6 +355,12 @@ impl ProcessCluster {
 
     /// `kill -9` a member and reap it.
     pub fn kill(&mut self, id: u64) -> Result<(), ClusterError> {
+        if let Some(docker) = self.docker.clone() {
+            if let Some(name) = &self.member(id)?.container {
+                docker.kill(name)?;
+            }
+            return Ok(());
+        }
         let member = self.member_mut(id)?;
         if let Some(mut child) = member.child.take() {
             child.kill().map_err(io(format!("kill member {id}")))?;
@@ -302,7 +375,11 @@ impl ProcessCluster {
             .members
             .remove(&id)
             .ok_or(ClusterError::UnknownMember(id))?;
-        let result = if member.is_running() {
+        let running = match (&self.docker, &member.container) {
+            (Some(docker), Some(name)) => docker.is_running(name),
+            _ => member.is_running(),
+        };
+        let result = if running {
             Ok(())
         } else {
             self.spawn(&mut member)
@@ -323,6 +400,17 @@ impl ProcessCluster {
     }
 
     fn signal(&mut self, id: u64, signal: i32) -> Result<(), ClusterError> {
+        if let Some(docker) = self.docker.clone() {
+            // The cgroup freezer stops every process of the container.
+            let Some(name) = &self.member(id)?.container else {
+                return Ok(());
+            };
+            return match signal {
+                libc::SIGSTOP => docker.pause(name),
+                libc::SIGCONT => docker.unpause(name),
+                _ => docker.kill(name),
+            };
+        }
         let member = self.member_mut(id)?;
         let Some(child) = &member.child else {
             return Ok(());
@@ -431,7 +519,11 @@ impl ProcessCluster {
     /// Forgets a member (after killing it), e.g. once it is removed from the cluster.
     pub fn forget(&mut self, id: u64) -> Result<(), ClusterError> {
         self.kill(id)?;
-        self.members.remove(&id);
+        if let Some(member) = self.members.remove(&id) {
+            if let (Some(docker), Some(name)) = (&self.docker, &member.container) {
+                docker.remove(name);
+            }
+        }
         Ok(())
     }
 
@@ -543,6 +635,11 @@ impl Drop for ProcessCluster {
             if let Some(mut child) = member.child.take() {
                 let _ = child.kill();
                 let _ = child.wait();
+            }
+            if let (Some(docker), Some(name)) = (&self.docker, &member.container) {
+                // Its log outlives the container, as a local member's does.
+                let _ = std::fs::write(&member.log_path, docker.logs(name));
+                docker.remove(name);
             }
             if member.mounted {
                 unmount(&member.data_dir);

@@ -82,10 +82,11 @@ pub struct LinkProxy {
 }
 
 impl LinkProxy {
-    /// Starts a proxy on a free loopback port towards `target`; `seed`
-    /// drives its jitter and loss.
-    pub async fn start(target: String, seed: u64) -> std::io::Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+    /// Starts a proxy on a free port of `host` (loopback, or in Docker mode
+    /// the gateway of the run's own container network) towards `target`;
+    /// `seed` drives its jitter and loss.
+    pub async fn start(host: &str, target: String, seed: u64) -> std::io::Result<Self> {
+        let listener = TcpListener::bind((host, 0)).await?;
         let listen = listener.local_addr()?.to_string();
         let (control, faults) = watch::channel(LinkFault::HEALTHY);
         let rng = Arc::new(Mutex::new(Rng::new(seed)));
@@ -229,9 +230,13 @@ pub struct ProxyNet {
 }
 
 impl ProxyNet {
-    /// Starts a proxy for every ordered pair of distinct members in `addrs`
-    /// (member id → the address it listens on).
-    pub async fn start(addrs: &BTreeMap<u64, String>, seed: u64) -> std::io::Result<Self> {
+    /// Starts a proxy on `host` for every ordered pair of distinct members
+    /// in `addrs` (member id → the address it listens on).
+    pub async fn start(
+        host: &str,
+        addrs: &BTreeMap<u64, String>,
+        seed: u64,
+    ) -> std::io::Result<Self> {
         let mut rng = Rng::new(seed);
         let mut links = BTreeMap::new();
         for from in addrs.keys() {
@@ -239,7 +244,7 @@ impl ProxyNet {
                 if from == to {
                     continue;
                 }
-                let proxy = LinkProxy::start(target.clone(), rng.next_u64()).await?;
+                let proxy = LinkProxy::start(host, target.clone(), rng.next_u64()).await?;
                 links.insert((*from, *to), proxy);
             }
         }
@@ -330,7 +335,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_healthy_link_carries_bytes_both_ways() {
-        let proxy = LinkProxy::start(echo_server().await, 1)
+        let proxy = LinkProxy::start("127.0.0.1", echo_server().await, 1)
             .await
             .expect("proxy");
         let mut stream = TcpStream::connect(proxy.addr()).await.expect("connect");
@@ -339,7 +344,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_cut_link_stalls_open_and_new_connections_until_it_heals() {
-        let proxy = LinkProxy::start(echo_server().await, 2)
+        let proxy = LinkProxy::start("127.0.0.1", echo_server().await, 2)
             .await
             .expect("proxy");
         let mut open = TcpStream::connect(proxy.addr()).await.expect("connect");
@@ -375,7 +380,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_slow_link_delays_each_direction() {
-        let proxy = LinkProxy::start(echo_server().await, 3)
+        let proxy = LinkProxy::start("127.0.0.1", echo_server().await, 3)
             .await
             .expect("proxy");
         let mut stream = TcpStream::connect(proxy.addr()).await.expect("connect");
@@ -421,7 +426,7 @@ mod tests {
         for id in 1..=3 {
             addrs.insert(id, echo_server().await);
         }
-        let net = ProxyNet::start(&addrs, 4).await.expect("net");
+        let net = ProxyNet::start("127.0.0.1", &addrs, 4).await.expect("net");
         assert_eq!(net.dial_arg(1).split(',').count(), 2);
         assert!(net.dial_arg(1).starts_with("2=127.0.0.1:"));
         // Isolate member 1.

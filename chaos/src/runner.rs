@@ -16,6 +16,7 @@ use herd_api::proto::v1::nodes_client::NodesClient;
 use herd_api::proto::v1::{ListAllocsRequest, ListJobsRequest, ListNodesRequest};
 
 use crate::agents::{kill_processes_under, processes_under, AgentSet};
+use crate::docker::DockerEnv;
 use crate::history::{
     FaultWindow, FinalAlloc, FinalJob, History, OpKind, Record, Sample, SeenProcess,
 };
@@ -50,6 +51,8 @@ pub struct RunConfig {
     /// `libherd_chaos_shim.so`, for scenarios that slow fsyncs or skew
     /// clocks (see [`crate::shim::beside`]).
     pub shim: Option<PathBuf>,
+    /// Docker mode: coordinators run as containers of this environment.
+    pub docker: Option<Arc<DockerEnv>>,
 }
 
 /// Why a run could not be carried out (not a herd bug: a harness failure
@@ -201,11 +204,28 @@ pub async fn run(config: &RunConfig) -> Result<History, RunError> {
     let scenario = &config.scenario;
     let mut rng = Rng::new(config.seed);
     let recorder = Arc::new(Recorder::new());
-    let member_addrs = ProcessCluster::pick_addrs(scenario.members)?;
+    let (member_addrs, proxy_host) = match &config.docker {
+        Some(docker) => {
+            if scenario.agents > 0 {
+                return Err(RunError::Setup(format!(
+                    "scenario {} has node agents, which do not run in Docker mode yet",
+                    scenario.name
+                )));
+            }
+            let addrs = (1..=scenario.members)
+                .map(|id| (id, docker.member_addr(id)))
+                .collect();
+            (addrs, docker.gateway())
+        }
+        None => (
+            ProcessCluster::pick_addrs(scenario.members)?,
+            "127.0.0.1".to_string(),
+        ),
+    };
     // Coordinators dial each other through fault-injecting proxies when the
     // scenario cuts or slows their links.
     let net = if scenario.faults.iter().any(|f| f.needs_proxies()) {
-        let net = ProxyNet::start(&member_addrs, rng.next_u64())
+        let net = ProxyNet::start(&proxy_host, &member_addrs, rng.next_u64())
             .await
             .map_err(|e| RunError::Setup(format!("start the proxies: {e}")))?;
         Some(net)
@@ -240,6 +260,7 @@ pub async fn run(config: &RunConfig) -> Result<History, RunError> {
             .any(|f| f.needs_disks())
             .then_some(DISK_MIB),
         shim,
+        docker: config.docker.clone(),
     };
     let mut cluster = ProcessCluster::start_at(&config.binary, &member_addrs, setup)
         .map_err(|e| RunError::Setup(e.to_string()))?;
@@ -566,6 +587,9 @@ pub async fn run(config: &RunConfig) -> Result<History, RunError> {
         kill_processes_under(root);
     }
     kill_processes_under(&cluster_root);
+    if let Some(docker) = &config.docker {
+        leftovers.extend(docker.leftover_containers());
+    }
     recorder.push(Record::Leftovers {
         processes: leftovers,
     });

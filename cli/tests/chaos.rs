@@ -9,17 +9,28 @@ use common::*;
 
 /// Runs `herd chaos run` for `scenario` and checks the outcome and files.
 fn must_pass(scenario: &str, duration: &str, seed: &str) {
-    let _ = run_scenario(scenario, duration, seed, false);
+    let _ = run_scenario(scenario, duration, seed, Mode::Local);
+}
+
+/// Where and how a scenario runs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Local processes.
+    Local,
+    /// Local processes on tmpfs data dirs the harness mounts (root only).
+    Mounts,
+    /// Containers (`--docker`).
+    Docker,
 }
 
 /// As [`must_pass`], but a run that could not mount its tmpfs data dirs
 /// (no root) is skipped with a message; returns whether it ran.
 fn must_pass_where_tmpfs_mounts(scenario: &str, duration: &str, seed: &str) -> bool {
-    run_scenario(scenario, duration, seed, true).is_some()
+    run_scenario(scenario, duration, seed, Mode::Mounts).is_some()
 }
 
 /// Runs the scenario; its report, or None when it was skipped.
-fn run_scenario(scenario: &str, duration: &str, seed: &str, needs_mount: bool) -> Option<String> {
+fn run_scenario(scenario: &str, duration: &str, seed: &str, mode: Mode) -> Option<String> {
     let out_dir = tempfile::tempdir().expect("temp dir");
     let out = Command::new(herd_bin())
         .args([
@@ -32,11 +43,12 @@ fn run_scenario(scenario: &str, duration: &str, seed: &str, needs_mount: bool) -
         ])
         .args(["--seed", seed, "--out"])
         .arg(out_dir.path())
+        .args((mode == Mode::Docker).then_some("--docker"))
         .env("HERD_LOG", "error")
         .output()
         .expect("run herd chaos");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    if needs_mount && out.status.code() == Some(2) && stdout.contains("CAP_SYS_ADMIN") {
+    if mode == Mode::Mounts && out.status.code() == Some(2) && stdout.contains("CAP_SYS_ADMIN") {
         eprintln!(
             "skipping {scenario}: this machine does not let the harness mount a tmpfs:\n{stdout}"
         );
@@ -119,7 +131,7 @@ fn short_scenarios_pass_every_checker() {
     must_pass("agent-loss", "12s", "13");
     // A node down long enough to be declared down: its service instances
     // must run again on the other nodes while it is away.
-    let report = run_scenario("node-loss", "12s", "19", false).unwrap_or_default();
+    let report = run_scenario("node-loss", "12s", "19", Mode::Local).unwrap_or_default();
     assert!(
         report.contains("service rescheduled"),
         "the lost node's work was not placed elsewhere:\n{report}"
@@ -136,4 +148,23 @@ fn short_scenarios_pass_every_checker() {
     chaos_shim();
     must_pass("slow-fsync", "10s", "17");
     must_pass("clock-skew", "10s", "18");
+}
+
+/// The same harness with the coordinators in containers on a private
+/// network, from an image built out of this binary: kills, pauses and a
+/// partition through the proxies on the network's gateway.
+#[test]
+fn docker_mode_runs_the_same_scenarios() {
+    let reachable = Command::new("docker")
+        .args(["version", "--format", "{{.Server.Version}}"])
+        .output()
+        .is_ok_and(|out| out.status.success());
+    if !reachable {
+        eprintln!("skipping Docker mode: no reachable Docker daemon on this machine");
+        return;
+    }
+    chaos_shim();
+    let report = run_scenario("mixed-coordinators", "14s", "21", Mode::Docker)
+        .expect("a Docker run is never skipped once the daemon answers");
+    assert!(report.contains("faults injected"), "{report}");
 }

@@ -199,7 +199,7 @@ pub fn inject(
             };
             cluster.pause(id)?;
             Active {
-                what: format!("SIGSTOP member {id}{note}"),
+                what: format!("pause member {id}{note}"),
                 lost_node: None,
                 heal: Heal::Resume(vec![id]),
             }
