@@ -142,6 +142,36 @@ impl AgentSet {
         Ok(())
     }
 
+    /// SIGSTOPs the agent only: its workloads run on, but it sends and
+    /// answers nothing, so the coordinators see what a node cut off from
+    /// them looks like.
+    pub fn pause_agent(&mut self, name: &str) -> Result<(), ClusterError> {
+        self.signal(name, libc::SIGSTOP)
+    }
+
+    /// SIGCONTs a paused agent.
+    pub fn resume_agent(&mut self, name: &str) -> Result<(), ClusterError> {
+        self.signal(name, libc::SIGCONT)
+    }
+
+    fn signal(&mut self, name: &str, signal: i32) -> Result<(), ClusterError> {
+        let Some(child) = &self.agent(name)?.child else {
+            return Ok(());
+        };
+        let Ok(pid) = i32::try_from(child.id()) else {
+            return Ok(());
+        };
+        // SAFETY: kill(2) takes plain integers; the child is not reaped yet,
+        // so the pid still names it.
+        if unsafe { libc::kill(pid, signal) } != 0 {
+            return Err(ClusterError::Io {
+                what: format!("signal {signal} to agent {name}"),
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        Ok(())
+    }
+
     /// Starts a killed agent again with the same command line and data dir.
     pub fn restart(&mut self, name: &str) -> Result<(), ClusterError> {
         let mut agent = self.agents.remove(name).ok_or_else(|| ClusterError::Io {

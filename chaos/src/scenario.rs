@@ -98,6 +98,16 @@ pub const SCENARIOS: &[Scenario] = &[
         drains: false,
     },
     Scenario {
+        name: "agent-pause",
+        about: "3 coordinators, 3 agents, a 3-instance service; SIGSTOP an agent for 6-9 s (its workloads run on, it answers nothing): its node is declared down and its work placed elsewhere; once resumed it must stop its now-stale copies",
+        members: 3,
+        agents: 3,
+        faults: &[Fault::PauseAgent],
+        service_count: 3,
+        fault_ms: (6000, 9000),
+        drains: false,
+    },
+    Scenario {
         name: "partition-leader",
         about: "cut the leader of 3 coordinators off from the others (through the harness's TCP proxies), heal",
         members: 3,

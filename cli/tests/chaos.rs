@@ -115,6 +115,9 @@ fn list_names_the_scenarios_and_an_unknown_one_is_bad_input() {
         "disk-full",
         "slow-fsync",
         "clock-skew",
+        "node-loss",
+        "agent-pause",
+        "mixed-coordinators",
     ] {
         assert!(listed.contains(name), "{listed}");
     }
@@ -129,6 +132,10 @@ fn short_scenarios_pass_every_checker() {
     must_pass("kill-leader", "10s", "11");
     must_pass("pause-member", "10s", "12");
     must_pass("agent-loss", "12s", "13");
+    // An agent frozen long enough for its node to be declared down: once it
+    // resumes it must stop the copies that were placed elsewhere (the run
+    // converges only with each instance running once).
+    must_pass("agent-pause", "12s", "20");
     // A node down long enough to be declared down: its service instances
     // must run again on the other nodes while it is away.
     let report = run_scenario("node-loss", "12s", "19", Mode::Local).unwrap_or_default();

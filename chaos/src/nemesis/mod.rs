@@ -42,6 +42,10 @@ pub enum Fault {
     KillNode,
     /// `kill -9` one node agent only; its workloads run on unsupervised.
     KillAgent,
+    /// SIGSTOP one node agent (its workloads run on), as a node cut off
+    /// from the coordinators; SIGCONT at the heal, when it must stop the
+    /// copies that were placed elsewhere meanwhile.
+    PauseAgent,
     /// Cut the leader off from every other coordinator.
     PartitionLeader,
     /// Split the coordinators into two random halves.
@@ -123,6 +127,7 @@ enum Heal {
     Restart(Vec<u64>),
     Resume(Vec<u64>),
     RestartAgents(Vec<String>),
+    ResumeAgents(Vec<String>),
     Network,
     FreeDisk(u64),
     ClearShim(Vec<u64>),
@@ -204,7 +209,7 @@ pub fn inject(
                 heal: Heal::Resume(vec![id]),
             }
         }
-        Fault::KillNode | Fault::KillAgent => {
+        Fault::KillNode | Fault::KillAgent | Fault::PauseAgent => {
             let agents = targets
                 .agents
                 .as_deref_mut()
@@ -219,20 +224,33 @@ pub fn inject(
             let Some(name) = rng.pick(&names).cloned() else {
                 return Err(NemesisError::NoAgents(fault));
             };
-            if fault == Fault::KillNode {
-                agents.kill_node(&name)?;
-            } else {
-                agents.kill_agent(&name)?;
-            }
-            let what = if fault == Fault::KillNode {
-                format!("kill -9 node {name} (agent and workloads)")
-            } else {
-                format!("kill -9 agent {name}")
+            let (what, heal) = match fault {
+                Fault::KillNode => {
+                    agents.kill_node(&name)?;
+                    (
+                        format!("kill -9 node {name} (agent and workloads)"),
+                        Heal::RestartAgents(vec![name.clone()]),
+                    )
+                }
+                Fault::KillAgent => {
+                    agents.kill_agent(&name)?;
+                    (
+                        format!("kill -9 agent {name}"),
+                        Heal::RestartAgents(vec![name.clone()]),
+                    )
+                }
+                _ => {
+                    agents.pause_agent(&name)?;
+                    (
+                        format!("pause agent {name} (its workloads run on)"),
+                        Heal::ResumeAgents(vec![name.clone()]),
+                    )
+                }
             };
             Active {
                 what,
-                lost_node: (fault == Fault::KillNode).then(|| name.clone()),
-                heal: Heal::RestartAgents(vec![name]),
+                lost_node: matches!(fault, Fault::KillNode | Fault::PauseAgent).then_some(name),
+                heal,
             }
         }
         Fault::PartitionLeader
@@ -364,6 +382,13 @@ pub fn heal(active: &Active, targets: &mut Targets<'_>) -> Result<(), NemesisErr
             if let Some(agents) = targets.agents.as_deref_mut() {
                 for name in names {
                     agents.restart(name)?;
+                }
+            }
+        }
+        Heal::ResumeAgents(names) => {
+            if let Some(agents) = targets.agents.as_deref_mut() {
+                for name in names {
+                    agents.resume_agent(name)?;
                 }
             }
         }
