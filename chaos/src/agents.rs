@@ -10,7 +10,12 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 
+/// What agents log: herd at info, its libraries' chatter at warn.
+const AGENT_LOG_FILTER: &str = "info,h2=warn,tower=warn,hyper=warn";
+
+use crate::docker::DockerEnv;
 use crate::ports::free_loopback_port;
 use crate::process_cluster::ClusterError;
 
@@ -26,6 +31,8 @@ pub struct AgentProcess {
     pub log_path: PathBuf,
     args: Vec<String>,
     child: Option<Child>,
+    /// Its container, once created (Docker mode).
+    container: Option<String>,
 }
 
 /// A workload process found on this machine.
@@ -49,6 +56,7 @@ pub struct AgentSet {
     root: tempfile::TempDir,
     coordinators: String,
     agents: BTreeMap<String, AgentProcess>,
+    docker: Option<Arc<DockerEnv>>,
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ClusterError {
@@ -68,7 +76,16 @@ impl AgentSet {
             root,
             coordinators: coordinators.to_string(),
             agents: BTreeMap::new(),
+            docker: None,
         })
+    }
+
+    /// Runs the agents as containers of `docker` (Docker mode). Each data
+    /// dir is mounted at its own path, so workloads are found through
+    /// /proc as locally.
+    pub fn in_docker(mut self, docker: Arc<DockerEnv>) -> Self {
+        self.docker = Some(docker);
+        self
     }
 
     /// Starts agent `name` with `extra_args` (e.g. `--sim-gpus 2`).
@@ -77,21 +94,74 @@ impl AgentSet {
         name: &str,
         extra_args: &[&str],
     ) -> Result<&AgentProcess, ClusterError> {
-        let port = free_loopback_port().map_err(io("pick a port"))?;
+        let addr = match &self.docker {
+            Some(docker) => docker.agent_addr(self.agents.len()),
+            None => format!(
+                "127.0.0.1:{}",
+                free_loopback_port().map_err(io("pick a port"))?
+            ),
+        };
         let mut agent = AgentProcess {
             name: name.to_string(),
-            addr: format!("127.0.0.1:{port}"),
+            addr,
             data_dir: self.root.path().join(format!("node-{name}")),
             log_path: self.root.path().join(format!("node-{name}.log")),
             args: extra_args.iter().map(|s| s.to_string()).collect(),
             child: None,
+            container: None,
         };
         self.spawn(&mut agent)?;
         self.agents.insert(name.to_string(), agent);
         self.agent(name)
     }
 
+    /// `herd node ...` for `agent`.
+    fn agent_args(&self, agent: &AgentProcess) -> Vec<String> {
+        let mut args: Vec<String> = [
+            "node",
+            "--name",
+            &agent.name,
+            "--listen",
+            &agent.addr,
+            "--coordinators",
+            &self.coordinators,
+            "--data-dir",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.push(agent.data_dir.display().to_string());
+        args.extend(agent.args.iter().cloned());
+        args
+    }
+
     fn spawn(&self, agent: &mut AgentProcess) -> Result<(), ClusterError> {
+        if let Some(docker) = &self.docker {
+            if let Some(name) = &agent.container {
+                return docker.start(name);
+            }
+            let name = docker.agent_container(&agent.name);
+            std::fs::create_dir_all(&agent.data_dir)
+                .map_err(io(format!("create {}", agent.data_dir.display())))?;
+            let ip = agent
+                .addr
+                .rsplit_once(':')
+                .map_or(agent.addr.as_str(), |(host, _)| host);
+            let env = [
+                ("HERD_LOG", AGENT_LOG_FILTER.to_string()),
+                ("HERD_CHAOS_ROOT", self.root.path().display().to_string()),
+            ];
+            let data_dir = agent.data_dir.display().to_string();
+            docker.run(
+                &name,
+                ip,
+                &[(agent.data_dir.clone(), &data_dir)],
+                &env,
+                &self.agent_args(agent),
+            )?;
+            agent.container = Some(name);
+            return Ok(());
+        }
         let log = File::options()
             .create(true)
             .append(true)
@@ -99,12 +169,8 @@ impl AgentSet {
             .map_err(io(format!("open {}", agent.log_path.display())))?;
         let log_err = log.try_clone().map_err(io("clone log handle"))?;
         let child = Command::new(&self.binary)
-            .args(["node", "--name", &agent.name, "--listen", &agent.addr])
-            .args(["--coordinators", &self.coordinators])
-            .arg("--data-dir")
-            .arg(&agent.data_dir)
-            .args(&agent.args)
-            .env("HERD_LOG", "info,h2=warn,tower=warn,hyper=warn")
+            .args(self.agent_args(agent))
+            .env("HERD_LOG", AGENT_LOG_FILTER)
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err)
@@ -122,8 +188,18 @@ impl AgentSet {
         })
     }
 
-    /// `kill -9` the agent only: its workloads keep running.
+    /// `kill -9` the agent only: its workloads keep running. Not in Docker
+    /// mode, where the agent is its container's first process and takes
+    /// every workload with it.
     pub fn kill_agent(&mut self, name: &str) -> Result<(), ClusterError> {
+        if self.docker.is_some() {
+            return Err(ClusterError::Io {
+                what: format!("kill agent {name} alone"),
+                source: std::io::Error::other(
+                    "in Docker mode an agent is its container's first process: its workloads die with it",
+                ),
+            });
+        }
         if let Some(agent) = self.agents.get_mut(name) {
             if let Some(mut child) = agent.child.take() {
                 child.kill().map_err(io(format!("kill agent {name}")))?;
@@ -136,7 +212,11 @@ impl AgentSet {
     /// `kill -9` the agent and every process of its workloads, as a node
     /// losing power would.
     pub fn kill_node(&mut self, name: &str) -> Result<(), ClusterError> {
-        self.kill_agent(name)?;
+        match (&self.docker, &self.agent(name)?.container) {
+            (Some(docker), Some(container)) => docker.kill(container)?,
+            (Some(_), None) => {}
+            (None, _) => self.kill_agent(name)?,
+        }
         let dir = self.agent(name)?.data_dir.clone();
         kill_processes_under(&dir);
         Ok(())
@@ -155,6 +235,15 @@ impl AgentSet {
     }
 
     fn signal(&mut self, name: &str, signal: i32) -> Result<(), ClusterError> {
+        if let (Some(docker), Some(container)) = (&self.docker, &self.agent(name)?.container) {
+            // The agent only (the container's first process), as locally.
+            let signal = if signal == libc::SIGSTOP {
+                "STOP"
+            } else {
+                "CONT"
+            };
+            return docker.signal(container, signal);
+        }
         let Some(child) = &self.agent(name)?.child else {
             return Ok(());
         };
@@ -178,10 +267,13 @@ impl AgentSet {
             what: format!("restart agent {name}"),
             source: std::io::Error::new(std::io::ErrorKind::NotFound, "not started by this set"),
         })?;
-        let running = agent
-            .child
-            .as_mut()
-            .is_some_and(|child| matches!(child.try_wait(), Ok(None)));
+        let running = match (&self.docker, &agent.container) {
+            (Some(docker), Some(container)) => docker.is_running(container),
+            _ => agent
+                .child
+                .as_mut()
+                .is_some_and(|child| matches!(child.try_wait(), Ok(None))),
+        };
         let result = if running {
             Ok(())
         } else {
@@ -323,6 +415,15 @@ impl Drop for AgentSet {
         let names: Vec<String> = self.agents.keys().cloned().collect();
         for name in names {
             let _ = self.kill_node(&name);
+        }
+        if let Some(docker) = &self.docker {
+            for agent in self.agents.values() {
+                if let Some(container) = &agent.container {
+                    // Its log outlives the container, as a local agent's does.
+                    let _ = std::fs::write(&agent.log_path, docker.logs(container));
+                    docker.remove(container);
+                }
+            }
         }
     }
 }

@@ -30,6 +30,14 @@ pub const SHIM_IN_IMAGE: &str = "/usr/local/lib/libherd_chaos_shim.so";
 /// The port every coordinator listens on, at its own address.
 pub const MEMBER_PORT: u16 = 7100;
 
+/// The port every node agent listens on, at its own address.
+pub const AGENT_PORT: u16 = 7200;
+
+/// What the chaos workloads run (`/bin/sh -c "exec sleep 600"`), copied
+/// into the image from this machine; they need only the C library, which
+/// herd's own libraries in the image provide.
+const WORKLOAD_TOOLS: &[(&str, &str)] = &[("/bin/sh", "sh"), ("/bin/sleep", "sleep")];
+
 /// The label every object of a run carries, with the run id as value.
 const LABEL: &str = "herd-chaos-run";
 
@@ -115,6 +123,12 @@ impl DockerEnv {
         std::fs::create_dir_all(&layer)
             .map_err(|e| docker_error(&["build"], format!("create layer dir: {e}")))?;
         let mut dockerfile = format!("FROM {base}\nLABEL {LABEL}={}\n", self.run);
+        for (path, file) in WORKLOAD_TOOLS {
+            // fs::copy follows symlinks (/bin/sh is one on Debian).
+            std::fs::copy(path, layer.join(file))
+                .map_err(|e| docker_error(&["build"], format!("copy {path}: {e}")))?;
+            dockerfile.push_str(&format!("COPY {file} {path}\n"));
+        }
         if let Some(shim) = shim {
             std::fs::copy(shim, layer.join("shim.so"))
                 .map_err(|e| docker_error(&["build"], format!("copy {}: {e}", shim.display())))?;
@@ -174,6 +188,16 @@ impl DockerEnv {
         format!("herd-chaos-{}-c{id}", self.run)
     }
 
+    /// The address of the `index`-th node agent (from 0).
+    pub fn agent_addr(&self, index: usize) -> String {
+        format!("{}.{}:{AGENT_PORT}", self.prefix, 100 + index.min(150))
+    }
+
+    /// The container name of node agent `name`.
+    pub fn agent_container(&self, name: &str) -> String {
+        format!("herd-chaos-{}-{name}", self.run)
+    }
+
     /// Creates and starts a container named `name` at `ip` running
     /// `herd ARGS`, with host directories mounted (`host`, `inside`) and
     /// environment variables set.
@@ -229,6 +253,12 @@ impl DockerEnv {
     /// `docker start` a stopped container: same file system, same address.
     pub fn start(&self, name: &str) -> Result<(), ClusterError> {
         docker(&["start", name]).map(|_| ())
+    }
+
+    /// Sends `signal` (`STOP`, `CONT`, ...) to the container's first
+    /// process only.
+    pub fn signal(&self, name: &str, signal: &str) -> Result<(), ClusterError> {
+        docker(&["kill", "--signal", signal, name]).map(|_| ())
     }
 
     /// `docker pause` (every process of the container frozen).

@@ -206,9 +206,9 @@ pub async fn run(config: &RunConfig) -> Result<History, RunError> {
     let recorder = Arc::new(Recorder::new());
     let (member_addrs, proxy_host) = match &config.docker {
         Some(docker) => {
-            if scenario.agents > 0 {
+            if !scenario.runs_in_docker() {
                 return Err(RunError::Setup(format!(
-                    "scenario {} has node agents, which do not run in Docker mode yet",
+                    "scenario {} kills agents alone, which Docker mode cannot do (an agent is its container's first process)",
                     scenario.name
                 )));
             }
@@ -278,6 +278,9 @@ pub async fn run(config: &RunConfig) -> Result<History, RunError> {
     let mut agents = None;
     if scenario.agents > 0 {
         let mut set = AgentSet::new(&config.binary, &cluster.addr_list())?;
+        if let Some(docker) = &config.docker {
+            set = set.in_docker(docker.clone());
+        }
         for i in 1..=scenario.agents {
             set.start(&format!("n{i}"), &[])?;
         }

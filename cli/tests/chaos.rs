@@ -157,9 +157,9 @@ fn short_scenarios_pass_every_checker() {
     must_pass("clock-skew", "10s", "18");
 }
 
-/// The same harness with the coordinators in containers on a private
-/// network, from an image built out of this binary: kills, pauses and a
-/// partition through the proxies on the network's gateway.
+/// The same harness with the cluster in containers on a private network,
+/// from an image built out of this binary: kills, pauses, partitions through
+/// the proxies on the network's gateway, the shim's faults, and agents.
 #[test]
 fn docker_mode_runs_the_same_scenarios() {
     let reachable = Command::new("docker")
@@ -174,4 +174,9 @@ fn docker_mode_runs_the_same_scenarios() {
     let report = run_scenario("mixed-coordinators", "14s", "21", Mode::Docker)
         .expect("a Docker run is never skipped once the daemon answers");
     assert!(report.contains("faults injected"), "{report}");
+    // Node agents in containers too: a frozen agent's work is placed
+    // elsewhere and its stale copies stopped once it resumes.
+    let report = run_scenario("agent-pause", "12s", "22", Mode::Docker)
+        .expect("a Docker run is never skipped once the daemon answers");
+    assert!(report.contains("service rescheduled"), "{report}");
 }
