@@ -16,7 +16,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
 use crate::proto::v1::cluster_client::ClusterClient;
-use crate::proto::v1::ClusterStatusRequest;
+use crate::proto::v1::{ClusterStatusRequest, MemberStatusRequest};
 
 /// Why a call failed everywhere it was tried.
 #[derive(Debug, Error)]
@@ -60,6 +60,9 @@ impl ClientError {
 
 /// How long a leader-routing client trusts what it learned about the leader.
 const LEADER_REFRESH: Duration = Duration::from_secs(5);
+
+/// How long a given address may take to say which member it reaches.
+const MEMBER_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The leader as a leader-routing client last learned it.
 #[derive(Default)]
@@ -145,16 +148,45 @@ impl HerdClient {
             .find(|m| m.id == status.leader)?
             .addr
             .clone();
-        let channel = match self.endpoints.iter().find(|(a, _)| *a == addr) {
-            Some((_, channel)) => channel.clone(),
-            None => Endpoint::from_shared(format!("http://{addr}"))
-                .ok()?
-                .connect_timeout(Duration::from_secs(2))
-                .tcp_nodelay(true)
-                .connect_lazy(),
+        let leader = match self.endpoints.iter().find(|(a, _)| *a == addr) {
+            Some(endpoint) => endpoint.clone(),
+            None => match self.endpoint_of_member(status.leader).await {
+                Some(endpoint) => endpoint,
+                None => (
+                    addr.clone(),
+                    Endpoint::from_shared(format!("http://{addr}"))
+                        .ok()?
+                        .connect_timeout(Duration::from_secs(2))
+                        .tcp_nodelay(true)
+                        .connect_lazy(),
+                ),
+            },
         };
-        cache.leader = Some((addr, channel));
+        cache.leader = Some(leader);
         cache.leader.clone()
+    }
+
+    /// The given address that reaches member `id`, when the members are
+    /// given at other addresses than they advertise (behind address
+    /// translation or proxies): each is asked who it is. Only the
+    /// operator's addresses are used then, so the leader is reached the way
+    /// the operator said to reach it. None with a single address (a seed,
+    /// not a list of the members) or when no address answers as `id`.
+    async fn endpoint_of_member(&self, id: u64) -> Option<(String, Channel)> {
+        if self.endpoints.len() < 2 {
+            return None;
+        }
+        for (addr, channel) in &self.endpoints {
+            let mut request = tonic::Request::new(MemberStatusRequest { with_digest: false });
+            request.set_timeout(MEMBER_PROBE_TIMEOUT);
+            let answered = ClusterClient::new(channel.clone())
+                .member_status(request)
+                .await;
+            if answered.is_ok_and(|report| report.into_inner().id == id) {
+                return Some((addr.clone(), channel.clone()));
+            }
+        }
+        None
     }
 
     async fn forget_leader(&self) {

@@ -30,6 +30,8 @@ pub struct AgentProcess {
     /// Where its output goes.
     pub log_path: PathBuf,
     args: Vec<String>,
+    /// Where it reaches the coordinators (`HOST:PORT,...`).
+    coordinators: String,
     child: Option<Child>,
     /// Its container, once created (Docker mode).
     container: Option<String>,
@@ -94,6 +96,18 @@ impl AgentSet {
         name: &str,
         extra_args: &[&str],
     ) -> Result<&AgentProcess, ClusterError> {
+        let coordinators = self.coordinators.clone();
+        self.start_via(name, &coordinators, extra_args)
+    }
+
+    /// Starts agent `name` reaching the coordinators at `coordinators`
+    /// (`HOST:PORT,...`; e.g. its own proxies) instead of the set's list.
+    pub fn start_via(
+        &mut self,
+        name: &str,
+        coordinators: &str,
+        extra_args: &[&str],
+    ) -> Result<&AgentProcess, ClusterError> {
         let addr = match &self.docker {
             Some(docker) => docker.agent_addr(self.agents.len()),
             None => format!(
@@ -107,6 +121,7 @@ impl AgentSet {
             data_dir: self.root.path().join(format!("node-{name}")),
             log_path: self.root.path().join(format!("node-{name}.log")),
             args: extra_args.iter().map(|s| s.to_string()).collect(),
+            coordinators: coordinators.to_string(),
             child: None,
             container: None,
         };
@@ -124,7 +139,7 @@ impl AgentSet {
             "--listen",
             &agent.addr,
             "--coordinators",
-            &self.coordinators,
+            &agent.coordinators,
             "--data-dir",
         ]
         .iter()

@@ -303,6 +303,62 @@ impl ProxyNet {
     }
 }
 
+/// Proxies between node agents and coordinators: each agent is given its
+/// own proxy per coordinator as its `--coordinators` list, so the harness
+/// can cut one node off from the control plane while it and its workloads
+/// run on. (Agents reach the leader through the address they were given
+/// for it, so every path from an agent crosses these proxies.)
+pub struct AgentLinks {
+    links: BTreeMap<(String, u64), LinkProxy>,
+}
+
+impl AgentLinks {
+    /// Starts a proxy on `host` from every agent in `agents` to every
+    /// coordinator in `coordinators` (id → address).
+    pub async fn start(
+        host: &str,
+        agents: &[String],
+        coordinators: &BTreeMap<u64, String>,
+        seed: u64,
+    ) -> std::io::Result<Self> {
+        let mut rng = Rng::new(seed);
+        let mut links = BTreeMap::new();
+        for agent in agents {
+            for (id, target) in coordinators {
+                let proxy = LinkProxy::start(host, target.clone(), rng.next_u64()).await?;
+                links.insert((agent.clone(), *id), proxy);
+            }
+        }
+        Ok(Self { links })
+    }
+
+    /// The `--coordinators` list agent `name` is started with.
+    pub fn coordinators_arg(&self, name: &str) -> String {
+        self.links
+            .iter()
+            .filter(|((agent, _), _)| agent == name)
+            .map(|(_, proxy)| proxy.addr().to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Cuts agent `name` off from every coordinator.
+    pub fn isolate(&self, name: &str) {
+        for ((agent, _), link) in &self.links {
+            if agent == name {
+                link.set(LinkFault::CUT);
+            }
+        }
+    }
+
+    /// Every agent link healthy again.
+    pub fn heal(&self) {
+        for link in self.links.values() {
+            link.set(LinkFault::HEALTHY);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

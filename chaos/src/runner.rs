@@ -24,7 +24,7 @@ use crate::nemesis::rng::Rng;
 use crate::nemesis::schedule::{plan, ScheduleShape};
 use crate::nemesis::{self, NemesisError, Targets};
 use crate::process_cluster::{ClusterError, ClusterSetup, ProcessCluster};
-use crate::proxy::ProxyNet;
+use crate::proxy::{AgentLinks, ProxyNet};
 use crate::scenario::Scenario;
 use crate::workload::{self, ClientContext, Recorder};
 
@@ -276,13 +276,27 @@ pub async fn run(config: &RunConfig) -> Result<History, RunError> {
         .collect();
     let client = cluster.client()?;
     let mut agents = None;
+    let mut agent_net = None;
     if scenario.agents > 0 {
         let mut set = AgentSet::new(&config.binary, &cluster.addr_list())?;
         if let Some(docker) = &config.docker {
             set = set.in_docker(docker.clone());
         }
-        for i in 1..=scenario.agents {
-            set.start(&format!("n{i}"), &[])?;
+        let names: Vec<String> = (1..=scenario.agents).map(|i| format!("n{i}")).collect();
+        // Agents reach the coordinators through proxies of their own when
+        // the scenario cuts nodes off.
+        if scenario.faults.iter().any(|f| f.needs_agent_proxies()) {
+            let links = AgentLinks::start(&proxy_host, &names, &member_addrs, rng.next_u64())
+                .await
+                .map_err(|e| RunError::Setup(format!("start the agent proxies: {e}")))?;
+            for name in &names {
+                set.start_via(name, &links.coordinators_arg(name), &[])?;
+            }
+            agent_net = Some(links);
+        } else {
+            for name in &names {
+                set.start(name, &[])?;
+            }
         }
         agents = Some(set);
     }
@@ -405,6 +419,7 @@ pub async fn run(config: &RunConfig) -> Result<History, RunError> {
                     cluster: &mut cluster,
                     agents: agents.as_mut(),
                     net: net.as_ref(),
+                    agent_net: agent_net.as_ref(),
                 };
                 nemesis::heal(&fault, &mut targets)?;
                 last_heal_ns = recorder.now_ns();
@@ -420,6 +435,7 @@ pub async fn run(config: &RunConfig) -> Result<History, RunError> {
                 cluster: &mut cluster,
                 agents: agents.as_mut(),
                 net: net.as_ref(),
+                agent_net: agent_net.as_ref(),
             };
             let fault = nemesis::inject(windows[next].fault, &mut targets, known_leader, &mut rng)?;
             tracing::info!(fault = %fault.what, "injected");
@@ -581,6 +597,7 @@ pub async fn run(config: &RunConfig) -> Result<History, RunError> {
 
     // Teardown, then anything still alive is a leak.
     drop(agents);
+    drop(agent_net);
     drop(cluster);
     drop(net);
     tokio::time::sleep(Duration::from_millis(500)).await;

@@ -108,6 +108,16 @@ pub const SCENARIOS: &[Scenario] = &[
         drains: false,
     },
     Scenario {
+        name: "node-partition",
+        about: "3 coordinators, 3 agents, a 3-instance service; cut a node off from every coordinator for 6-9 s (it and its workloads run on): its work is placed elsewhere, and once healed it must stop its stale copies",
+        members: 3,
+        agents: 3,
+        faults: &[Fault::PartitionNode],
+        service_count: 3,
+        fault_ms: (6000, 9000),
+        drains: false,
+    },
+    Scenario {
         name: "partition-leader",
         about: "cut the leader of 3 coordinators off from the others (through the harness's TCP proxies), heal",
         members: 3,

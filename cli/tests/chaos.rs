@@ -117,6 +117,7 @@ fn list_names_the_scenarios_and_an_unknown_one_is_bad_input() {
         "clock-skew",
         "node-loss",
         "agent-pause",
+        "node-partition",
         "mixed-coordinators",
     ] {
         assert!(listed.contains(name), "{listed}");
@@ -136,6 +137,14 @@ fn short_scenarios_pass_every_checker() {
     // resumes it must stop the copies that were placed elsewhere (the run
     // converges only with each instance running once).
     must_pass("agent-pause", "12s", "20");
+    // A node cut off from every coordinator (its agent dials them through
+    // proxies of its own, the leader included): the same, while the agent
+    // keeps running and retrying.
+    let report = run_scenario("node-partition", "12s", "23", Mode::Local).unwrap_or_default();
+    assert!(
+        report.contains("service rescheduled"),
+        "the cut-off node's work was not placed elsewhere:\n{report}"
+    );
     // A node down long enough to be declared down: its service instances
     // must run again on the other nodes while it is away.
     let report = run_scenario("node-loss", "12s", "19", Mode::Local).unwrap_or_default();

@@ -16,7 +16,7 @@ use serde::Serialize;
 
 use crate::agents::AgentSet;
 use crate::process_cluster::{ClusterError, ProcessCluster};
-use crate::proxy::{LinkFault, ProxyNet};
+use crate::proxy::{AgentLinks, LinkFault, ProxyNet};
 use crate::shim::ShimFaults;
 use partition::Partition;
 use rng::Rng;
@@ -42,6 +42,9 @@ pub enum Fault {
     KillNode,
     /// `kill -9` one node agent only; its workloads run on unsupervised.
     KillAgent,
+    /// Cut one node agent off from every coordinator (through its own
+    /// proxies) while it and its workloads run on; heal the links.
+    PartitionNode,
     /// SIGSTOP one node agent (its workloads run on), as a node cut off
     /// from the coordinators; SIGCONT at the heal, when it must stop the
     /// copies that were placed elsewhere meanwhile.
@@ -89,6 +92,12 @@ impl Fault {
         )
     }
 
+    /// Whether the fault cuts agents off, so every agent must reach the
+    /// coordinators through [`AgentLinks`].
+    pub fn needs_agent_proxies(self) -> bool {
+        self == Fault::PartitionNode
+    }
+
     /// Whether the fault fills disks, so each coordinator needs a data dir
     /// of its own size-limited file system.
     pub fn needs_disks(self) -> bool {
@@ -110,6 +119,8 @@ pub struct Targets<'a> {
     pub agents: Option<&'a mut AgentSet>,
     /// The links between coordinators, when the cluster runs behind proxies.
     pub net: Option<&'a ProxyNet>,
+    /// The links from agents to coordinators, when agents run behind proxies.
+    pub agent_net: Option<&'a AgentLinks>,
 }
 
 /// A fault in force, and what undoes it.
@@ -128,6 +139,7 @@ enum Heal {
     Resume(Vec<u64>),
     RestartAgents(Vec<String>),
     ResumeAgents(Vec<String>),
+    AgentNetwork,
     Network,
     FreeDisk(u64),
     ClearShim(Vec<u64>),
@@ -209,7 +221,7 @@ pub fn inject(
                 heal: Heal::Resume(vec![id]),
             }
         }
-        Fault::KillNode | Fault::KillAgent | Fault::PauseAgent => {
+        Fault::KillNode | Fault::KillAgent | Fault::PauseAgent | Fault::PartitionNode => {
             let agents = targets
                 .agents
                 .as_deref_mut()
@@ -239,6 +251,14 @@ pub fn inject(
                         Heal::RestartAgents(vec![name.clone()]),
                     )
                 }
+                Fault::PartitionNode => {
+                    let links = targets.agent_net.ok_or(NemesisError::NoProxies(fault))?;
+                    links.isolate(&name);
+                    (
+                        format!("cut node {name} off from every coordinator"),
+                        Heal::AgentNetwork,
+                    )
+                }
                 _ => {
                     agents.pause_agent(&name)?;
                     (
@@ -249,7 +269,7 @@ pub fn inject(
             };
             Active {
                 what,
-                lost_node: matches!(fault, Fault::KillNode | Fault::PauseAgent).then_some(name),
+                lost_node: (fault != Fault::KillAgent).then_some(name),
                 heal,
             }
         }
@@ -390,6 +410,11 @@ pub fn heal(active: &Active, targets: &mut Targets<'_>) -> Result<(), NemesisErr
                 for name in names {
                     agents.resume_agent(name)?;
                 }
+            }
+        }
+        Heal::AgentNetwork => {
+            if let Some(links) = targets.agent_net {
+                links.heal();
             }
         }
         Heal::Network => {
