@@ -147,6 +147,17 @@ async fn whole(
     if !agents.names().iter().all(|n| ready.contains(n)) {
         return false;
     }
+    // No stale copy anywhere: an agent back from a fault has stopped what
+    // was placed elsewhere meanwhile, for every job, not only the service.
+    let workloads = agents.workloads();
+    let mut instances = BTreeSet::new();
+    if !workloads
+        .iter()
+        .filter_map(|w| w.instance.map(|i| (w.job.as_str(), i)))
+        .all(|key| instances.insert(key))
+    {
+        return false;
+    }
     if service_count == 0 {
         return true;
     }
@@ -171,8 +182,7 @@ async fn whole(
         .iter()
         .filter(|a| a.status == "running" && a.desired == "run")
         .count();
-    let processes: Vec<_> = agents
-        .workloads()
+    let processes: Vec<_> = workloads
         .into_iter()
         .filter(|w| w.job == SERVICE_JOB)
         .collect();
