@@ -1,12 +1,14 @@
-//! The chaos harness: real herd clusters as OS processes, faults injected
-//! into them, and checks on what clients observed.
+//! The chaos harness: real herd clusters as OS processes (or containers,
+//! [`docker`]), faults injected into them, and checks on what clients
+//! observed.
 //!
 //! [`process_cluster`] and [`agents`] start, kill, pause and restart real
-//! `herd coordinator` and `herd node` processes, and [`shim`] slows their
+//! `herd coordinator` and `herd node` processes, [`proxy`] carries their
+//! traffic through fault-injecting links, and [`shim`] slows their
 //! fsyncs and skews their clocks from inside; [`nemesis`] draws faults
 //! from a seeded schedule; [`workload`] runs clients that record every
-//! operation into a [`history`]; [`runner`] ties them together per
-//! [`scenario`]; [`check`] judges the history; [`report`] and [`svg`]
+//! operation into a [`history`]; [`setup`] starts what a [`scenario`] needs
+//! and [`runner`] runs it; [`check`] judges the history; [`report`] and [`svg`]
 //! present it. `herd chaos` is the command line over all of this. The crate
 //! talks to herd only through its binary and its public gRPC API, never
 //! through internal crates.
@@ -23,6 +25,7 @@ pub mod proxy;
 pub mod report;
 pub mod runner;
 pub mod scenario;
+pub mod setup;
 pub mod shim;
 pub mod summary;
 pub mod svg;

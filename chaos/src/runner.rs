@@ -3,7 +3,7 @@
 //! looks for leftovers. The result is a [`History`]; judging it is the
 //! checkers' job.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -23,9 +23,9 @@ use crate::history::{
 use crate::nemesis::rng::Rng;
 use crate::nemesis::schedule::{plan, ScheduleShape};
 use crate::nemesis::{self, NemesisError, Targets};
-use crate::process_cluster::{ClusterError, ClusterSetup, ProcessCluster};
-use crate::proxy::{AgentLinks, ProxyNet};
+use crate::process_cluster::{ClusterError, ProcessCluster};
 use crate::scenario::Scenario;
+use crate::setup::{start, Started};
 use crate::workload::{self, ClientContext, Recorder};
 
 /// The name of the service job scenarios with agents keep running.
@@ -69,9 +69,6 @@ pub enum RunError {
     #[error("setup: {0}")]
     Setup(String),
 }
-
-/// Size of each coordinator's own file system in scenarios that fill disks.
-const DISK_MIB: u64 = 128;
 
 /// Probes with a deadline: a paused member must not stall the run.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(1500);
@@ -214,102 +211,19 @@ pub async fn run(config: &RunConfig) -> Result<History, RunError> {
     let scenario = &config.scenario;
     let mut rng = Rng::new(config.seed);
     let recorder = Arc::new(Recorder::new());
-    let (member_addrs, proxy_host) = match &config.docker {
-        Some(docker) => {
-            if !scenario.runs_in_docker() {
-                return Err(RunError::Setup(format!(
-                    "scenario {} kills agents alone, which Docker mode cannot do (an agent is its container's first process)",
-                    scenario.name
-                )));
-            }
-            let addrs = (1..=scenario.members)
-                .map(|id| (id, docker.member_addr(id)))
-                .collect();
-            (addrs, docker.gateway())
-        }
-        None => (
-            ProcessCluster::pick_addrs(scenario.members)?,
-            "127.0.0.1".to_string(),
-        ),
-    };
-    // Coordinators dial each other through fault-injecting proxies when the
-    // scenario cuts or slows their links.
-    let net = if scenario.faults.iter().any(|f| f.needs_proxies()) {
-        let net = ProxyNet::start(&proxy_host, &member_addrs, rng.next_u64())
-            .await
-            .map_err(|e| RunError::Setup(format!("start the proxies: {e}")))?;
-        Some(net)
-    } else {
-        None
-    };
-    let dial_args: BTreeMap<u64, Vec<String>> = match &net {
-        Some(net) => member_addrs
-            .keys()
-            .map(|id| (*id, vec!["--dial".to_string(), net.dial_arg(*id)]))
-            .collect(),
-        None => BTreeMap::new(),
-    };
-    let shim = if scenario.faults.iter().any(|f| f.needs_shim()) {
-        let shim = config.shim.clone().ok_or_else(|| {
-            RunError::Setup(format!(
-                "scenario {} needs the fault shim {}: build it with `cargo build [--release] -p herd-chaos-shim` (cargo puts it beside the herd binary) or name it with --shim",
-                scenario.name,
-                crate::shim::SHIM_FILE
-            ))
-        })?;
-        Some(shim)
-    } else {
-        None
-    };
-    let setup = ClusterSetup {
-        extra_args: vec!["--node-ttl-ms".into(), "2000".into()],
-        own_args: dial_args,
-        disk_mib: scenario
-            .faults
-            .iter()
-            .any(|f| f.needs_disks())
-            .then_some(DISK_MIB),
-        shim,
-        docker: config.docker.clone(),
-    };
-    let mut cluster = ProcessCluster::start_at(&config.binary, &member_addrs, setup)
-        .map_err(|e| RunError::Setup(e.to_string()))?;
+    let Started {
+        mut cluster,
+        net,
+        mut agents,
+        agent_net,
+    } = start(config, &mut rng).await?;
     let cluster_root = cluster.root().to_path_buf();
-    cluster
-        .wait_for_leader(Duration::from_secs(30))
-        .await
-        .map_err(|e| RunError::Setup(e.to_string()))?;
     let addrs: Vec<String> = cluster
         .ids()
         .iter()
         .filter_map(|id| cluster.member(*id).ok().map(|m| m.addr.clone()))
         .collect();
     let client = cluster.client()?;
-    let mut agents = None;
-    let mut agent_net = None;
-    if scenario.agents > 0 {
-        let mut set = AgentSet::new(&config.binary, &cluster.addr_list())?;
-        if let Some(docker) = &config.docker {
-            set = set.in_docker(docker.clone());
-        }
-        let names: Vec<String> = (1..=scenario.agents).map(|i| format!("n{i}")).collect();
-        // Agents reach the coordinators through proxies of their own when
-        // the scenario cuts nodes off.
-        if scenario.faults.iter().any(|f| f.needs_agent_proxies()) {
-            let links = AgentLinks::start(&proxy_host, &names, &member_addrs, rng.next_u64())
-                .await
-                .map_err(|e| RunError::Setup(format!("start the agent proxies: {e}")))?;
-            for name in &names {
-                set.start_via(name, &links.coordinators_arg(name), &[])?;
-            }
-            agent_net = Some(links);
-        } else {
-            for name in &names {
-                set.start(name, &[])?;
-            }
-        }
-        agents = Some(set);
-    }
     let agents_root = agents.as_ref().map(|a| a.root().to_path_buf());
     if scenario.service_count > 0 {
         // A member elected moments ago may not know yet that it belongs to
