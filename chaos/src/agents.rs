@@ -158,10 +158,6 @@ impl AgentSet {
             let name = docker.agent_container(&agent.name);
             std::fs::create_dir_all(&agent.data_dir)
                 .map_err(io(format!("create {}", agent.data_dir.display())))?;
-            let ip = agent
-                .addr
-                .rsplit_once(':')
-                .map_or(agent.addr.as_str(), |(host, _)| host);
             let env = [
                 ("HERD_LOG", AGENT_LOG_FILTER.to_string()),
                 ("HERD_CHAOS_ROOT", self.root.path().display().to_string()),
@@ -169,7 +165,7 @@ impl AgentSet {
             let data_dir = agent.data_dir.display().to_string();
             docker.run(
                 &name,
-                ip,
+                &agent.addr,
                 &[(agent.data_dir.clone(), &data_dir)],
                 &env,
                 &self.agent_args(agent),

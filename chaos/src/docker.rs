@@ -198,18 +198,20 @@ impl DockerEnv {
         format!("herd-chaos-{}-{name}", self.run)
     }
 
-    /// Creates and starts a container named `name` at `ip` running
-    /// `herd ARGS`, with host directories mounted (`host`, `inside`) and
-    /// environment variables set.
+    /// Creates and starts a container named `name` at `addr`'s host (an
+    /// address of this network, from [`DockerEnv::member_addr`] or
+    /// [`DockerEnv::agent_addr`]) running `herd ARGS`, with host directories
+    /// mounted (`host`, `inside`) and environment variables set.
     pub fn run(
         &self,
         name: &str,
-        ip: &str,
+        addr: &str,
         mounts: &[(PathBuf, &str)],
         env: &[(&str, String)],
         args: &[String],
     ) -> Result<(), ClusterError> {
         let label = format!("{LABEL}={}", self.run);
+        let ip = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
         let mut command: Vec<String> = [
             "run",
             "--detach",

@@ -307,10 +307,6 @@ impl ProcessCluster {
         let name = docker.member_container(member.id);
         std::fs::create_dir_all(&member.data_dir)
             .map_err(io(format!("create {}", member.data_dir.display())))?;
-        let ip = member
-            .addr
-            .rsplit_once(':')
-            .map_or(member.addr.as_str(), |(host, _)| host);
         let args: Vec<String> = self
             .member_args(member, Path::new("/data"))
             .iter()
@@ -332,7 +328,7 @@ impl ProcessCluster {
             env.push(("LD_PRELOAD", SHIM_IN_IMAGE.to_string()));
             env.push((CONTROL_ENV, format!("/chaos/{file}")));
         }
-        docker.run(&name, ip, &mounts, &env, &args)?;
+        docker.run(&name, &member.addr, &mounts, &env, &args)?;
         member.container = Some(name);
         Ok(())
     }
