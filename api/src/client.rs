@@ -115,6 +115,19 @@ impl HerdClient {
         })
     }
 
+    /// A client over channels made elsewhere (`(address, channel)` each):
+    /// the deterministic simulation's, whose network is not the operating
+    /// system's.
+    pub fn from_channels(endpoints: Vec<(String, Channel)>) -> Result<Self, ClientError> {
+        if endpoints.is_empty() {
+            return Err(ClientError::NoAddress);
+        }
+        Ok(Self {
+            endpoints,
+            leader: None,
+        })
+    }
+
     /// Sends [`HerdClient::call_leader`] requests straight to the leader,
     /// learned from the cluster status and refreshed every few seconds, so
     /// writes skip the hop through a follower. Any coordinator still serves

@@ -278,11 +278,7 @@ pub async fn run(config: &RunConfig) -> Result<History, RunError> {
 
     // Clients.
     let stop = Arc::new(AtomicBool::new(false));
-    let ctx = ClientContext {
-        addrs: addrs.clone(),
-        recorder: recorder.clone(),
-        stop: stop.clone(),
-    };
+    let ctx = ClientContext::new(addrs.clone(), recorder.clone(), stop.clone());
     let keys = workload::register_keys(config.keys);
     let mut tasks = Vec::new();
     for process in 1..=config.register_clients {

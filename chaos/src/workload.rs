@@ -119,6 +119,9 @@ async fn bounded<T>(
     }
 }
 
+/// What a register operation observed: outcome, value, version, error.
+pub type RegisterAnswer = (Outcome, Option<String>, Option<u64>, Option<String>);
+
 /// One register operation against coordinator `member`.
 pub async fn register_op(
     client: &HerdClient,
@@ -127,12 +130,25 @@ pub async fn register_op(
     key: &str,
     value: Option<String>,
     expected: Option<u64>,
-) -> (Outcome, Option<String>, Option<u64>, Option<String>) {
+) -> RegisterAnswer {
+    register_op_reading(client, member, kind, key, value, expected, false).await
+}
+
+/// [`register_op`], with reads served `stale` when asked (a planted bug).
+async fn register_op_reading(
+    client: &HerdClient,
+    member: usize,
+    kind: OpKind,
+    key: &str,
+    value: Option<String>,
+    expected: Option<u64>,
+    stale: bool,
+) -> RegisterAnswer {
     let answer = match kind {
         OpKind::Read => {
             let request = GetVariableRequest {
                 key: key.to_string(),
-                stale: false,
+                stale,
             };
             let call = client.call_one(member, |ch| async move {
                 VariablesClient::new(ch)
@@ -201,11 +217,31 @@ pub struct ClientContext {
     pub recorder: Arc<Recorder>,
     /// Set when the run is over.
     pub stop: Arc<AtomicBool>,
+    /// A client to use instead of one over TCP to `addrs` (the
+    /// deterministic simulation's, over its own network).
+    pub client: Option<HerdClient>,
+    /// Reads ask for `stale: true`: a planted bug the linearizability
+    /// checker must catch (the simulation's self-test), never set by runs.
+    pub stale_reads: bool,
 }
 
 impl ClientContext {
+    /// Clients of `addrs` recording into `recorder` until `stop` is set.
+    pub fn new(addrs: Vec<String>, recorder: Arc<Recorder>, stop: Arc<AtomicBool>) -> Self {
+        Self {
+            addrs,
+            recorder,
+            stop,
+            client: None,
+            stale_reads: false,
+        }
+    }
+
     fn client(&self) -> Option<HerdClient> {
-        HerdClient::new(&self.addrs).ok()
+        match &self.client {
+            Some(client) => Some(client.clone()),
+            None => HerdClient::new(&self.addrs).ok(),
+        }
     }
 }
 
@@ -270,7 +306,8 @@ pub async fn register_client(ctx: ClientContext, process: u64, keys: Vec<String>
             }
         };
         let invoke_ns = ctx.recorder.now_ns();
-        let answer = register_op(&client, member, kind, key, value, expected).await;
+        let answer =
+            register_op_reading(&client, member, kind, key, value, expected, ctx.stale_reads).await;
         if answer.0 != Outcome::Unknown {
             if let Some(version) = answer.2 {
                 last_version[k] = version;

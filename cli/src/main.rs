@@ -95,6 +95,9 @@ fn init_tracing(filter: Option<&str>, json: bool, default: &str) {
 
 const DAEMON_LOG: &str = "info,openraft=warn,sled=warn,h2=warn,tower=warn,hyper=warn";
 const CLIENT_LOG: &str = "warn,openraft=error";
+/// `herd chaos sim` runs whole simulated clusters in this process, whose
+/// members log every fault they live through: only its own lines show.
+const SIM_LOG: &str = "off";
 
 async fn run(cli: Cli) -> Result<(), CliError> {
     let daemon = match &cli.command {
@@ -102,11 +105,18 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Node(args) => args.command.is_none(),
         _ => false,
     };
-    init_tracing(
-        cli.log.as_deref(),
-        cli.log_json,
-        if daemon { DAEMON_LOG } else { CLIENT_LOG },
+    let simulation = matches!(
+        &cli.command,
+        Command::Chaos(cmd::chaos::ChaosCommand::Sim(_))
     );
+    let default_log = if daemon {
+        DAEMON_LOG
+    } else if simulation {
+        SIM_LOG
+    } else {
+        CLIENT_LOG
+    };
+    init_tracing(cli.log.as_deref(), cli.log_json, default_log);
     let ctx = cmd::Context {
         addr: cli.addr,
         output: cli.output,

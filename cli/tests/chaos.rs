@@ -189,3 +189,29 @@ fn docker_mode_runs_the_same_scenarios() {
         .expect("a Docker run is never skipped once the daemon answers");
     assert!(report.contains("service rescheduled"), "{report}");
 }
+
+/// `herd chaos sim`: seeds of the simulated cluster pass, with a line each
+/// and a summary, and exit 0.
+#[test]
+fn simulated_seeds_pass() {
+    let out = must_run_cli(&[
+        "chaos",
+        "sim",
+        "--seeds",
+        "2",
+        "--seed",
+        "31",
+        "--duration",
+        "12s",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert_eq!(
+        stdout.lines().filter(|l| l.ends_with(": pass")).count(),
+        2,
+        "{stdout}"
+    );
+    assert!(stdout.contains("2 seeds: 2 passed, 0 violated"), "{stdout}");
+    let bad = must_run_cli(&["chaos", "sim", "--seeds", "0"]);
+    assert_eq!(bad.status.code(), Some(2));
+}

@@ -29,7 +29,7 @@ use crate::identity::ClusterIdentity;
 use crate::types::{NodeId, TypeConfig};
 
 /// Opens a lazily connected gRPC channel to a coordinator at `addr` (`host:port`).
-pub fn channel_to(addr: &str) -> Result<Channel, String> {
+fn channel_to(addr: &str) -> Result<Channel, String> {
     let endpoint = Endpoint::from_shared(format!("http://{addr}"))
         .map_err(|e| format!("invalid coordinator address {addr:?}: {e}"))?
         .connect_timeout(Duration::from_secs(1))
@@ -46,28 +46,73 @@ pub fn internal_client(channel: Channel) -> InternalClient<Channel> {
         .max_encoding_message_size(limit)
 }
 
-/// Addresses to dial for members that cannot be reached at the address they
-/// advertise in the membership: across address translation, or through the
-/// chaos harness's fault-injecting proxies, one per directed link. Every
-/// path from this member to another (Raft, forwarding, start-up checks)
-/// resolves the address through it, so a proxy sees all of that traffic.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct DialMap(Arc<BTreeMap<NodeId, String>>);
+/// Opens a channel to a member's address over a transport other than the
+/// operating system's TCP: the deterministic simulation's network.
+pub type Connector = Arc<dyn Fn(&str) -> Result<Channel, String> + Send + Sync>;
+
+/// How this member reaches the others. Addresses to dial for members that
+/// cannot be reached at the address they advertise in the membership:
+/// across address translation, or through the chaos harness's
+/// fault-injecting proxies, one per directed link. Every path from this
+/// member to another (Raft, forwarding, start-up checks) resolves the
+/// address and opens its channel through it, so a proxy, or a simulated
+/// network, sees all of that traffic.
+#[derive(Clone, Default)]
+pub struct DialMap {
+    overrides: Arc<BTreeMap<NodeId, String>>,
+    connector: Option<Connector>,
+}
+
+impl std::fmt::Debug for DialMap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DialMap")
+            .field("overrides", &self.overrides)
+            .field("connector", &self.connector.as_ref().map(|_| "custom"))
+            .finish()
+    }
+}
+
+impl PartialEq for DialMap {
+    /// Equal overrides; a custom connector is never equal to another.
+    fn eq(&self, other: &Self) -> bool {
+        self.overrides == other.overrides && self.connector.is_none() && other.connector.is_none()
+    }
+}
 
 impl DialMap {
     /// Dial member `id` at `addr` for every `(id, addr)` in `overrides`.
     pub fn new(overrides: BTreeMap<NodeId, String>) -> Self {
-        Self(Arc::new(overrides))
+        Self {
+            overrides: Arc::new(overrides),
+            connector: None,
+        }
+    }
+
+    /// Opens every channel with `connector` instead of TCP.
+    pub fn with_connector(mut self, connector: Connector) -> Self {
+        self.connector = Some(connector);
+        self
     }
 
     /// Where to dial member `id`, which advertises `advertised`.
     pub fn resolve<'a>(&'a self, id: NodeId, advertised: &'a str) -> &'a str {
-        self.0.get(&id).map(String::as_str).unwrap_or(advertised)
+        self.overrides
+            .get(&id)
+            .map(String::as_str)
+            .unwrap_or(advertised)
     }
 
     /// Whether any member is dialled at another address.
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.overrides.is_empty()
+    }
+
+    /// A lazily connected channel to `addr`, over TCP or the connector.
+    pub fn channel(&self, addr: &str) -> Result<Channel, String> {
+        match &self.connector {
+            Some(connect) => connect(addr),
+            None => channel_to(addr),
+        }
     }
 }
 
@@ -99,7 +144,7 @@ impl NetworkFactory {
         if let Some(client) = self.channels.get(addr) {
             return Ok(client.clone());
         }
-        let client = internal_client(channel_to(addr)?);
+        let client = internal_client(self.dial.channel(addr)?);
         self.channels.insert(addr.to_string(), client.clone());
         Ok(client)
     }

@@ -9,7 +9,7 @@ use herd_api::proto::internal::internal_client::InternalClient;
 use herd_api::proto::internal::{RaftEnvelope, ReadIndexRequest};
 use herd_consensus::codec;
 use herd_consensus::identity::ClusterIdentity;
-use herd_consensus::network::{channel_to, internal_client, DialMap};
+use herd_consensus::network::{internal_client, DialMap};
 use herd_consensus::Raft;
 use tonic::transport::Channel;
 
@@ -99,7 +99,7 @@ impl LeaderLink {
         if let Some(client) = peers.get(addr) {
             return Ok(client.clone());
         }
-        let client = internal_client(channel_to(addr).map_err(ForwardError::Failed)?);
+        let client = internal_client(self.dial.channel(addr).map_err(ForwardError::Failed)?);
         peers.insert(addr.to_string(), client.clone());
         Ok(client)
     }

@@ -13,16 +13,18 @@ use herd_consensus::codec;
 use herd_consensus::health::PeerHealth;
 use herd_consensus::identity::ClusterIdentity;
 use herd_consensus::log_store::LogStore;
-use herd_consensus::network::{channel_to, internal_client, NetworkFactory};
+use herd_consensus::network::{internal_client, DialMap, NetworkFactory};
 use herd_consensus::state_machine::StateMachineStore;
 use herd_consensus::storage::{KvStore, SledStore, Space};
 use herd_consensus::Raft;
 use openraft::BasicNode;
 use thiserror::Error;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
-use tokio_stream::StreamExt;
+use tokio_stream::{Stream, StreamExt};
+use tonic::transport::server::Connected;
 
 use crate::app::StateApp;
 use crate::command::Command;
@@ -124,7 +126,8 @@ impl RunningCoordinator {
     }
 }
 
-/// Starts a coordinator as `config` says.
+/// Starts a coordinator as `config` says: its state in sled under the data
+/// dir, serving TCP on the listen address.
 pub async fn start(config: CoordinatorConfig) -> Result<RunningCoordinator, StartError> {
     let restarted = data_dir::claim(&config.data_dir, config.id)?;
     tracing::info!(member = config.id, dir = %config.data_dir.display(), restarted, "data dir ready");
@@ -133,6 +136,46 @@ pub async fn start(config: CoordinatorConfig) -> Result<RunningCoordinator, Star
         SledStore::open(&config.data_dir.join("raft"))
             .map_err(|e| StartError::Storage(e.to_string()))?,
     );
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| StartError::Bind {
+            addr: config.listen,
+            message: e.to_string(),
+        })?;
+    let local_addr = listener.local_addr().map_err(|e| StartError::Bind {
+        addr: config.listen,
+        message: e.to_string(),
+    })?;
+    // Nagle's algorithm with delayed ACKs would hold small replies for up
+    // to 40 ms; Raft and client RPCs are all small and latency-bound.
+    let incoming = TcpListenerStream::new(listener).map(|stream| {
+        if let Ok(stream) = &stream {
+            if let Err(e) = stream.set_nodelay(true) {
+                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+            }
+        }
+        stream
+    });
+    start_with(config, store, incoming, local_addr).await
+}
+
+/// Starts a coordinator on `store`, serving the connections `incoming`
+/// yields (`local_addr` is what it reports as bound). [`start`] passes
+/// sled and a TCP listener; the deterministic simulation passes the
+/// in-memory store and its simulated network, so the same code runs in
+/// both.
+pub async fn start_with<S, IO, E>(
+    config: CoordinatorConfig,
+    store: Arc<dyn KvStore>,
+    incoming: S,
+    local_addr: SocketAddr,
+) -> Result<RunningCoordinator, StartError>
+where
+    S: Stream<Item = Result<IO, E>> + Send + 'static,
+    IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
+    IO::ConnectInfo: Clone + Send + Sync + 'static,
+    E: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
+{
     let has_state = store
         .last(Space::Log)
         .map_err(|e| StartError::Storage(e.to_string()))?
@@ -159,17 +202,6 @@ pub async fn start(config: CoordinatorConfig) -> Result<RunningCoordinator, Star
     if let Some(mine) = identity.cluster_id() {
         check_peers_cluster(&config, &mine).await?;
     }
-
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|e| StartError::Bind {
-            addr: config.listen,
-            message: e.to_string(),
-        })?;
-    let local_addr = listener.local_addr().map_err(|e| StartError::Bind {
-        addr: config.listen,
-        message: e.to_string(),
-    })?;
 
     let health = Arc::new(PeerHealth::default());
     let network = NetworkFactory::new(identity.clone(), health.clone(), config.dial.clone());
@@ -198,21 +230,9 @@ pub async fn start(config: CoordinatorConfig) -> Result<RunningCoordinator, Star
 
     let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
     let server = tokio::spawn(
-        service::router(coordinator.clone()).serve_with_incoming_shutdown(
-            // Nagle's algorithm with delayed ACKs would hold small replies for
-            // up to 40 ms; Raft and client RPCs are all small and latency-bound.
-            TcpListenerStream::new(listener).map(|stream| {
-                if let Ok(stream) = &stream {
-                    if let Err(e) = stream.set_nodelay(true) {
-                        tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-                    }
-                }
-                stream
-            }),
-            async {
-                let _ = shutdown_rx.await;
-            },
-        ),
+        service::router(coordinator.clone()).serve_with_incoming_shutdown(incoming, async {
+            let _ = shutdown_rx.await;
+        }),
     );
     tracing::info!(member = config.id, addr = %local_addr, advertise = %config.advertise, "serving gRPC");
 
@@ -243,6 +263,7 @@ pub async fn start(config: CoordinatorConfig) -> Result<RunningCoordinator, Star
                     config.id,
                     config.advertise.clone(),
                     addr.clone(),
+                    config.dial.clone(),
                 )));
             }
             StartMode::Wait => tracing::info!(
@@ -308,7 +329,7 @@ async fn check_peers_cluster(config: &CoordinatorConfig, mine: &str) -> Result<(
     };
     addrs.dedup();
     for addr in addrs {
-        let Ok(channel) = channel_to(&addr) else {
+        let Ok(channel) = config.dial.channel(&addr) else {
             continue;
         };
         let mut client = internal_client(channel);
@@ -332,10 +353,10 @@ async fn check_peers_cluster(config: &CoordinatorConfig, mine: &str) -> Result<(
 }
 
 /// Asks the cluster at `join_addr` to add this member, until it does.
-async fn join_cluster(id: u64, advertise: String, join_addr: String) {
+async fn join_cluster(id: u64, advertise: String, join_addr: String, dial: DialMap) {
     let mut delay = Duration::from_millis(200);
     loop {
-        match channel_to(&join_addr) {
+        match dial.channel(&join_addr) {
             Ok(channel) => {
                 let mut client = ClusterClient::new(channel);
                 let mut request = tonic::Request::new(AddMemberRequest {

@@ -74,7 +74,7 @@ pub struct CheckConfig {
 /// Both register checkers folded: a failure of either fails. The version
 /// order decides every history; the exhaustive search is exact but bounded,
 /// so where it runs out of steps the version order's pass stands.
-fn registers(ops: &[crate::history::Op], budget: u64) -> Verdict {
+pub fn registers(ops: &[crate::history::Op], budget: u64) -> Verdict {
     let by_order = version_order::check_registers(ops);
     let by_search = linear::check_registers(ops, budget);
     match (by_order, by_search) {

@@ -24,6 +24,9 @@ pub enum ChaosCommand {
     List,
     /// Run a scenario (or `all`) and check its history.
     Run(RunArgs),
+    /// Run the coordinators under a simulated network and clock, many
+    /// seeds a minute (a simulation: no processes, disks or agents).
+    Sim(super::chaos_sim::SimArgs),
 }
 
 /// Flags of `herd chaos run`.
@@ -67,7 +70,7 @@ pub struct RunArgs {
 }
 
 /// Parses `30s`, `2m`, `1500ms`, or plain seconds.
-fn parse_duration(text: &str) -> Result<Duration, String> {
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
         Some(i) => text.split_at(i),
@@ -94,6 +97,7 @@ pub async fn run(command: ChaosCommand) -> Result<(), CliError> {
             Ok(())
         }
         ChaosCommand::Run(args) => run_scenarios(args).await,
+        ChaosCommand::Sim(args) => super::chaos_sim::run(args).await,
     }
 }
 

@@ -3,6 +3,7 @@
 pub mod agent;
 pub mod alloc;
 pub mod chaos;
+pub mod chaos_sim;
 pub mod cluster;
 pub mod coordinator;
 pub mod dev;
