@@ -346,6 +346,22 @@ impl AgentSet {
         found
     }
 
+    /// Copies every agent's log into `dir` as `node-NAME.log` (from the
+    /// container in Docker mode).
+    pub fn save_logs(&self, dir: &Path) -> std::io::Result<()> {
+        std::fs::create_dir_all(dir)?;
+        for agent in self.agents.values() {
+            let target = dir.join(format!("node-{}.log", agent.name));
+            match (&self.docker, &agent.container) {
+                (Some(docker), Some(name)) => std::fs::write(target, docker.logs(name))?,
+                _ => {
+                    std::fs::copy(&agent.log_path, target)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The directory holding every agent's data dir and log.
     pub fn root(&self) -> &Path {
         self.root.path()

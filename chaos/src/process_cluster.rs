@@ -82,6 +82,8 @@ pub struct MemberProcess {
     child: Option<Child>,
     /// Its container, once created (Docker mode).
     container: Option<String>,
+    /// Killed by the harness, to be restarted by it: not a crash.
+    killed: bool,
 }
 
 impl MemberProcess {
@@ -236,6 +238,7 @@ impl ProcessCluster {
             shim_control,
             child: None,
             container: None,
+            killed: false,
         };
         self.spawn(&mut member)?;
         self.members.insert(id, member);
@@ -266,6 +269,7 @@ impl ProcessCluster {
     }
 
     fn spawn(&self, member: &mut MemberProcess) -> Result<(), ClusterError> {
+        member.killed = false;
         if let Some(docker) = &self.docker {
             return self.spawn_container(docker, member);
         }
@@ -351,6 +355,7 @@ impl ProcessCluster {
 
     /// `kill -9` a member and reap it.
     pub fn kill(&mut self, id: u64) -> Result<(), ClusterError> {
+        self.member_mut(id)?.killed = true;
         if let Some(docker) = self.docker.clone() {
             if let Some(name) = &self.member(id)?.container {
                 docker.kill(name)?;
@@ -365,16 +370,43 @@ impl ProcessCluster {
         Ok(())
     }
 
+    fn running(&self, member: &mut MemberProcess) -> bool {
+        match (&self.docker, &member.container) {
+            (Some(docker), Some(name)) => docker.is_running(name),
+            _ => member.is_running(),
+        }
+    }
+
+    /// Restarts every member that exited on its own (a coordinator exits
+    /// when its Raft stops on a storage error), as a supervisor such as
+    /// systemd's `Restart=on-failure` would; members the harness killed
+    /// wait for their heal. Returns the members restarted.
+    pub fn supervise(&mut self) -> Result<Vec<u64>, ClusterError> {
+        let mut restarted = Vec::new();
+        for id in self.ids() {
+            let mut member = self
+                .members
+                .remove(&id)
+                .ok_or(ClusterError::UnknownMember(id))?;
+            let result = if member.killed || self.running(&mut member) {
+                Ok(())
+            } else {
+                restarted.push(id);
+                self.spawn(&mut member)
+            };
+            self.members.insert(id, member);
+            result?;
+        }
+        Ok(restarted)
+    }
+
     /// Starts a killed member again with the same command line and data dir.
     pub fn restart(&mut self, id: u64) -> Result<(), ClusterError> {
         let mut member = self
             .members
             .remove(&id)
             .ok_or(ClusterError::UnknownMember(id))?;
-        let running = match (&self.docker, &member.container) {
-            (Some(docker), Some(name)) => docker.is_running(name),
-            _ => member.is_running(),
-        };
+        let running = self.running(&mut member);
         let result = if running {
             Ok(())
         } else {
@@ -420,6 +452,22 @@ impl ProcessCluster {
                 what: format!("signal {signal} to member {id}"),
                 source: std::io::Error::last_os_error(),
             });
+        }
+        Ok(())
+    }
+
+    /// Copies every member's log into `dir` as `member-ID.log` (from the
+    /// container in Docker mode), so a run's logs outlive its cluster.
+    pub fn save_logs(&self, dir: &Path) -> std::io::Result<()> {
+        std::fs::create_dir_all(dir)?;
+        for member in self.members.values() {
+            let target = dir.join(format!("member-{}.log", member.id));
+            match (&self.docker, &member.container) {
+                (Some(docker), Some(name)) => std::fs::write(target, docker.logs(name))?,
+                _ => {
+                    std::fs::copy(&member.log_path, target)?;
+                }
+            }
         }
         Ok(())
     }

@@ -53,6 +53,8 @@ pub struct RunConfig {
     pub shim: Option<PathBuf>,
     /// Docker mode: coordinators run as containers of this environment.
     pub docker: Option<Arc<DockerEnv>>,
+    /// Where the members' and agents' logs are copied at the end.
+    pub logs: Option<PathBuf>,
 }
 
 /// Why a run could not be carried out (not a herd bug: a harness failure
@@ -187,6 +189,22 @@ async fn whole(
     running == service_count as usize
         && processes.len() == service_count as usize
         && instances.len() == service_count as usize
+}
+
+/// How often members that exited on their own are restarted, as systemd's
+/// `RestartSec=1` would.
+const SUPERVISE_EVERY: Duration = Duration::from_secs(1);
+
+/// Restarts members that exited on their own (see
+/// [`ProcessCluster::supervise`]).
+fn supervise(cluster: &mut ProcessCluster) -> Result<(), ClusterError> {
+    for id in cluster.supervise()? {
+        tracing::info!(
+            member = id,
+            "member exited on its own; restarted as its supervisor would"
+        );
+    }
+    Ok(())
 }
 
 async fn until_whole(
@@ -327,6 +345,7 @@ pub async fn run(config: &RunConfig) -> Result<History, RunError> {
     let mut next = 0;
     let mut last_probe = Instant::now();
     let mut last_sample = Instant::now();
+    let mut last_supervised = Instant::now();
     let mut last_heal_ns = recorder.now_ns();
     loop {
         let now = run_start.elapsed();
@@ -388,6 +407,10 @@ pub async fn run(config: &RunConfig) -> Result<History, RunError> {
                 recorder.push(Record::Sample(sample(set, recorder.now_ns(), settled)));
             }
         }
+        if last_supervised.elapsed() >= SUPERVISE_EVERY {
+            last_supervised = Instant::now();
+            supervise(&mut cluster)?;
+        }
         if now >= config.duration && active.is_none() {
             break;
         }
@@ -410,6 +433,10 @@ pub async fn run(config: &RunConfig) -> Result<History, RunError> {
         }
         if let Some(set) = &agents {
             recorder.push(Record::Sample(sample(set, recorder.now_ns(), false)));
+        }
+        if last_supervised.elapsed() >= SUPERVISE_EVERY {
+            last_supervised = Instant::now();
+            supervise(&mut cluster)?;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -515,7 +542,17 @@ pub async fn run(config: &RunConfig) -> Result<History, RunError> {
     };
     recorder.push(Record::FinalAllocs { allocs });
 
-    // Teardown, then anything still alive is a leak.
+    // Logs first (a failing run is read from them), then teardown; anything
+    // still alive after it is a leak.
+    if let Some(dir) = &config.logs {
+        let saved = cluster.save_logs(dir).and_then(|()| match &agents {
+            Some(set) => set.save_logs(dir),
+            None => Ok(()),
+        });
+        if let Err(e) = saved {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot save the run's logs");
+        }
+    }
     drop(agents);
     drop(agent_net);
     drop(cluster);

@@ -221,6 +221,7 @@ async fn run_one(
         }
     );
     println!("== {}: {} ==", scenario.name, scenario.about);
+    let dir = args.out.join(format!("{}-{seed}", scenario.name));
     let config = RunConfig {
         binary: setup.binary.to_path_buf(),
         scenario: scenario.clone(),
@@ -231,6 +232,7 @@ async fn run_one(
         keys: 3,
         shim: setup.shim.map(Path::to_path_buf),
         docker: setup.docker.cloned(),
+        logs: Some(dir.join("logs")),
     };
     let history = match runner::run(&config).await {
         Ok(history) => history,
@@ -240,7 +242,6 @@ async fn run_one(
             return Ok(Ending::Undecided);
         }
     };
-    let dir = args.out.join(format!("{}-{seed}", scenario.name));
     std::fs::create_dir_all(&dir)
         .map_err(|e| CliError::runtime(format!("create {}: {e}", dir.display())))?;
     let history_path = dir.join("history.jsonl");
