@@ -283,22 +283,7 @@ fn unlift(entries: &mut [Entry], call: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn op(id: u64, kind: OpKind, value: Option<&str>, version: Option<u64>, t: (u64, u64)) -> Op {
-        Op {
-            id,
-            process: id,
-            kind,
-            key: "x".into(),
-            value: value.map(str::to_string),
-            expected: None,
-            version,
-            invoke_ns: t.0,
-            complete_ns: t.1,
-            outcome: Outcome::Ok,
-            error: None,
-        }
-    }
+    use crate::check::testkit::op;
 
     fn cas(id: u64, value: &str, expected: u64, version: u64, ok: bool, t: (u64, u64)) -> Op {
         Op {

@@ -105,3 +105,33 @@ pub fn check_all(history: &History, config: &CheckConfig) -> Vec<(&'static str, 
     verdicts.push(("no leaked processes", leaks::check_history(history)));
     verdicts
 }
+
+/// Histories for the checkers' tests.
+#[cfg(test)]
+pub(crate) mod testkit {
+    use crate::history::{Op, OpKind, Outcome};
+
+    /// An acknowledged operation of process `id` on key `x`, invoked and
+    /// completed at `t` (ns).
+    pub fn op(
+        id: u64,
+        kind: OpKind,
+        value: Option<&str>,
+        version: Option<u64>,
+        t: (u64, u64),
+    ) -> Op {
+        Op {
+            id,
+            process: id,
+            kind,
+            key: "x".into(),
+            value: value.map(str::to_string),
+            expected: None,
+            version,
+            invoke_ns: t.0,
+            complete_ns: t.1,
+            outcome: Outcome::Ok,
+            error: None,
+        }
+    }
+}

@@ -314,23 +314,8 @@ fn check_key(key: &str, ops: &[&Op]) -> Verdict {
 mod tests {
     use super::*;
     use crate::check::linear;
+    use crate::check::testkit::op;
     use crate::nemesis::rng::Rng;
-
-    fn op(id: u64, kind: OpKind, value: Option<&str>, version: Option<u64>, t: (u64, u64)) -> Op {
-        Op {
-            id,
-            process: id,
-            kind,
-            key: "k".into(),
-            value: value.map(str::to_string),
-            expected: None,
-            version,
-            invoke_ns: t.0,
-            complete_ns: t.1,
-            outcome: Outcome::Ok,
-            error: None,
-        }
-    }
 
     fn unknown(mut op: Op) -> Op {
         op.outcome = Outcome::Unknown;
