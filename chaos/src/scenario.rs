@@ -199,7 +199,7 @@ pub const SCENARIOS: &[Scenario] = &[
     },
     Scenario {
         name: "mixed-coordinators",
-        about: "3 coordinators, no agents (runs in Docker mode); kills, pauses, partitions, slow links, slow fsyncs, skewed clocks",
+        about: "3 coordinators, no agents; kills, pauses, partitions, slow links, slow fsyncs, skewed clocks",
         members: 3,
         agents: 0,
         faults: &[

@@ -91,8 +91,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 pub async fn run(command: ChaosCommand) -> Result<(), CliError> {
     match command {
         ChaosCommand::List => {
+            let width = SCENARIOS.iter().map(|s| s.name.len()).max().unwrap_or(0);
             for s in SCENARIOS {
-                println!("{:<14} {}", s.name, s.about);
+                println!("{:<width$}  {}", s.name, s.about);
             }
             Ok(())
         }
