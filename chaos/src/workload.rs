@@ -31,6 +31,8 @@ pub const OP_TIMEOUT: Duration = Duration::from_secs(2);
 /// Collects the records of a run, stamped against one start instant.
 pub struct Recorder {
     t0: Instant,
+    /// Another clock than real time (the simulation's), ns.
+    clock: Option<fn() -> u64>,
     next_id: AtomicU64,
     records: Mutex<Vec<Record>>,
 }
@@ -40,14 +42,27 @@ impl Recorder {
     pub fn new() -> Self {
         Self {
             t0: Instant::now(),
+            clock: None,
             next_id: AtomicU64::new(1),
             records: Mutex::new(Vec::new()),
         }
     }
 
-    /// Nanoseconds since the recorder was made.
+    /// A recorder stamping with `clock` (ns) instead of real time: the
+    /// simulation's clock, so that recorded times are simulated times.
+    pub fn with_clock(clock: fn() -> u64) -> Self {
+        Self {
+            clock: Some(clock),
+            ..Self::new()
+        }
+    }
+
+    /// Nanoseconds since the recorder was made (or on its clock).
     pub fn now_ns(&self) -> u64 {
-        self.t0.elapsed().as_nanos() as u64
+        match self.clock {
+            Some(clock) => clock(),
+            None => self.t0.elapsed().as_nanos() as u64,
+        }
     }
 
     /// A fresh operation id.

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use herd_api::client::HerdClient;
 use herd_chaos::check::{self, Verdict};
-use herd_chaos::history::{History, Op, OpKind, Record};
+use herd_chaos::history::{History, Op, OpKind, Outcome, Record};
 use herd_chaos::nemesis::rng::Rng;
 use herd_chaos::workload::{self, ClientContext, Recorder};
 use herd_consensus::network::DialMap;
@@ -44,6 +44,8 @@ pub struct SimConfig {
     /// Clients read with `stale: true`, a planted bug the checkers must
     /// catch: the simulator's self-test.
     pub stale_reads: bool,
+    /// The coordinators' Raft timings (to compare settings quickly).
+    pub raft: RaftTuning,
 }
 
 impl Default for SimConfig {
@@ -56,6 +58,7 @@ impl Default for SimConfig {
             keys: 2,
             faults: true,
             stale_reads: false,
+            raft: RaftTuning::default(),
         }
     }
 }
@@ -71,6 +74,9 @@ pub struct SimOutcome {
     pub faults: Vec<String>,
     /// The folded linearizability verdict on the registers.
     pub verdict: Verdict,
+    /// For each fault that crashed the leader or cut it off from the
+    /// others: simulated ms from the fault to the first acknowledged write.
+    pub failovers_ms: Vec<u64>,
     /// Simulated time the run covered.
     pub simulated: Duration,
 }
@@ -99,7 +105,7 @@ fn member_addr(id: u64) -> String {
 /// A coordinator as the host that runs it last started it.
 type Slot = Arc<Mutex<Option<Arc<Coordinator>>>>;
 
-fn coordinator_config(id: u64, members: u64) -> CoordinatorConfig {
+fn coordinator_config(id: u64, members: u64, raft: RaftTuning) -> CoordinatorConfig {
     let peers: BTreeMap<u64, String> = (1..=members).map(|m| (m, member_addr(m))).collect();
     CoordinatorConfig {
         id,
@@ -107,7 +113,7 @@ fn coordinator_config(id: u64, members: u64) -> CoordinatorConfig {
         advertise: member_addr(id),
         data_dir: PathBuf::from(format!("/simulated/{}", host_name(id))),
         mode: StartMode::Bootstrap(peers),
-        raft: RaftTuning::default(),
+        raft,
         node_ttl: Duration::from_secs(5),
         dial: DialMap::default().with_connector(transport::connector()),
     }
@@ -152,15 +158,17 @@ pub fn run(config: &SimConfig) -> Result<SimOutcome, SimError> {
         let slot: Slot = Arc::new(Mutex::new(None));
         slots.push(slot.clone());
         let members = config.members;
+        let raft = config.raft.clone();
         sim.host(host_name(id), move || {
             let store = store.clone();
             let slot = slot.clone();
+            let raft = raft.clone();
             async move {
                 let listener =
                     turmoil::net::TcpListener::bind((Ipv4Addr::UNSPECIFIED, PORT)).await?;
                 let local = SocketAddr::from((Ipv4Addr::UNSPECIFIED, PORT));
                 let running = start_with(
-                    coordinator_config(id, members),
+                    coordinator_config(id, members, raft),
                     store,
                     transport::incoming(listener),
                     local,
@@ -175,7 +183,7 @@ pub fn run(config: &SimConfig) -> Result<SimOutcome, SimError> {
     }
 
     // Clients.
-    let recorder = Arc::new(Recorder::new());
+    let recorder = Arc::new(Recorder::with_clock(simulated_ns));
     let stop = Arc::new(AtomicBool::new(false));
     let addrs: Vec<String> = (1..=config.members).map(member_addr).collect();
     let keys = workload::register_keys(config.keys);
@@ -229,6 +237,8 @@ pub fn run(config: &SimConfig) -> Result<SimOutcome, SimError> {
     let mut next = 0;
     let mut active: Option<(Active, Duration)> = None;
     let mut faults = Vec::new();
+    // Simulated start of each fault that took the leader away.
+    let mut leader_lost_at: Vec<u64> = Vec::new();
     loop {
         let now = sim.elapsed();
         if now >= config.duration {
@@ -239,7 +249,7 @@ pub fn run(config: &SimConfig) -> Result<SimOutcome, SimError> {
                 match &fault {
                     Active::Partition(pairs) => {
                         for (a, b) in pairs {
-                            sim.repair(a.as_str(), b.as_str());
+                            sim.release(a.as_str(), b.as_str());
                         }
                     }
                     Active::Crash(host) => sim.bounce(host.as_str()),
@@ -252,8 +262,12 @@ pub fn run(config: &SimConfig) -> Result<SimOutcome, SimError> {
             if now >= at {
                 next += 1;
                 let members: Vec<u64> = (1..=config.members).collect();
-                let (fault, what) = inject(&mut sim, kind, &members, leader(&slots), &mut rng);
+                let injected = inject(&mut sim, kind, &members, leader(&slots), &mut rng);
+                let (fault, what, took_leader) = injected;
                 faults.push(format!("{:>7.3} s  {what}", now.as_secs_f64()));
+                if took_leader {
+                    leader_lost_at.push(now.as_nanos() as u64);
+                }
                 active = Some((fault, now + length));
             }
         }
@@ -268,13 +282,32 @@ pub fn run(config: &SimConfig) -> Result<SimOutcome, SimError> {
     };
     let ops: Vec<Op> = history.ops().cloned().collect();
     let verdict = check::registers(&ops, 2_000_000);
+    let failovers_ms = leader_lost_at
+        .iter()
+        .filter_map(|start| {
+            ops.iter()
+                .filter(|o| {
+                    matches!(o.kind, OpKind::Write | OpKind::Cas)
+                        && o.outcome == Outcome::Ok
+                        && o.complete_ns >= *start
+                })
+                .map(|o| (o.complete_ns - start) / 1_000_000)
+                .min()
+        })
+        .collect();
     Ok(SimOutcome {
         seed: config.seed,
         history,
         faults,
         verdict,
+        failovers_ms,
         simulated: sim.elapsed(),
     })
+}
+
+/// The simulation's clock, ns (0 outside a simulated host).
+fn simulated_ns() -> u64 {
+    turmoil::sim_elapsed().map_or(0, |d| d.as_nanos() as u64)
 }
 
 /// A client of every coordinator over the simulated network.
@@ -323,13 +356,15 @@ pub fn schedule(rng: &mut Rng, config: &SimConfig) -> Vec<(Duration, Duration, S
     windows
 }
 
+/// Injects `kind`: what mends it, what was done, and whether it took the
+/// leader away (crashed it or cut it off from a majority).
 fn inject(
     sim: &mut turmoil::Sim<'_>,
     kind: SimFault,
     members: &[u64],
     leader: Option<u64>,
     rng: &mut Rng,
-) -> (Active, String) {
+) -> (Active, String, bool) {
     let mut ids = members.to_vec();
     rng.shuffle(&mut ids);
     let cut = |side_a: &[u64], side_b: &[u64]| {
@@ -345,20 +380,28 @@ fn inject(
         SimFault::Crash => {
             let victim = host_name(ids[0]);
             sim.crash(victim.as_str());
-            return (Active::Crash(victim.clone()), format!("crash {victim}"));
+            let took_leader = leader == Some(ids[0]);
+            return (
+                Active::Crash(victim.clone()),
+                format!("crash {victim}"),
+                took_leader,
+            );
         }
         SimFault::IsolateLeader => {
             let target = leader.filter(|l| ids.contains(l)).unwrap_or(ids[0]);
             let rest: Vec<u64> = ids.iter().copied().filter(|i| *i != target).collect();
-            cut(&[target], &rest)
+            (cut(&[target], &rest), leader == Some(target))
         }
         SimFault::Halves => {
+            // The smaller half first: a leader there has lost its majority.
             let half = ids.len() / 2;
-            cut(&ids[..half], &ids[half..])
+            let took_leader = leader.is_some_and(|l| ids[..half].contains(&l));
+            (cut(&ids[..half], &ids[half..]), took_leader)
         }
     };
+    let (pairs, took_leader) = pairs;
     for (a, b) in &pairs {
-        sim.partition(a.as_str(), b.as_str());
+        sim.hold(a.as_str(), b.as_str());
     }
     let what = format!(
         "partition {}",
@@ -368,5 +411,5 @@ fn inject(
             .collect::<Vec<_>>()
             .join(" ")
     );
-    (Active::Partition(pairs), what)
+    (Active::Partition(pairs), what, took_leader)
 }

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use herd_chaos::check::Verdict;
+use herd_chaos::report::quantile;
 use herd_sim::SimConfig;
 
 use crate::exit::CliError;
@@ -44,6 +45,7 @@ pub async fn run(args: SimArgs) -> Result<(), CliError> {
     });
     let started = Instant::now();
     let (mut passed, mut violated, mut undecided) = (0u64, 0u64, 0u64);
+    let mut failovers_ms = Vec::new();
     for seed in first..first.saturating_add(args.seeds) {
         let config = SimConfig {
             seed,
@@ -62,6 +64,7 @@ pub async fn run(args: SimArgs) -> Result<(), CliError> {
             .map_err(|e| CliError::runtime(format!("simulation of seed {seed} panicked: {e}")))?;
         match outcome {
             Ok(outcome) => {
+                failovers_ms.extend(outcome.failovers_ms.iter().copied());
                 let ops = outcome.history.ops().count();
                 let faults = outcome
                     .faults
@@ -92,6 +95,16 @@ pub async fn run(args: SimArgs) -> Result<(), CliError> {
                 println!("seed {seed}: could not run: {e}\n  replay: {replay}");
             }
         }
+    }
+    if let (Some(p50), Some(p99), Some(max)) = (
+        quantile(&failovers_ms, 0.5),
+        quantile(&failovers_ms, 0.99),
+        quantile(&failovers_ms, 1.0),
+    ) {
+        println!(
+            "leader lost {} times: writes acknowledged again after p50 {p50} ms, p99 {p99} ms, max {max} ms (simulated time)",
+            failovers_ms.len()
+        );
     }
     let minutes = started.elapsed().as_secs_f64() / 60.0;
     println!(
