@@ -50,6 +50,8 @@ pub struct WorkloadProcess {
     pub job: String,
     /// `HERD_ALLOC_INSTANCE`, when set.
     pub instance: Option<u32>,
+    /// The job version's marker (`HERD_CHAOS_MARK`), when its spec had one.
+    pub mark: Option<String>,
 }
 
 /// Node agents started against one cluster.
@@ -340,6 +342,7 @@ impl AgentSet {
                 alloc_id: alloc_id.clone(),
                 job: env.get("HERD_JOB").cloned().unwrap_or_default(),
                 instance: env.get("HERD_ALLOC_INSTANCE").and_then(|i| i.parse().ok()),
+                mark: env.get(crate::workload::MARK_ENV).cloned(),
             });
         }
         found.sort_by_key(|w| w.pid);

@@ -111,6 +111,9 @@ pub struct SeenProcess {
     pub job: String,
     /// Its instance number, when the driver set one.
     pub instance: Option<u32>,
+    /// The marker of the job version it runs (job-client jobs only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mark: Option<String>,
 }
 
 /// The workload processes running at one moment.

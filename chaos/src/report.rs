@@ -287,6 +287,7 @@ mod tests {
                     alloc_id: format!("a-{node}-{instance}"),
                     job: SERVICE_JOB.into(),
                     instance: Some(*instance),
+                    mark: None,
                 })
                 .collect(),
         })

@@ -96,6 +96,7 @@ fn sample(agents: &AgentSet, at_ns: u64, settled: bool) -> Sample {
                 alloc_id: w.alloc_id,
                 job: w.job,
                 instance: w.instance,
+                mark: w.mark,
             })
             .collect(),
     }

@@ -1,10 +1,14 @@
 //! Never two running copies: in no sample may one allocation run as two
-//! processes, and once the cluster has settled no job instance may either.
+//! processes, and once the cluster has settled no job instance may either,
+//! in one version of the job.
 //!
 //! While an agent is dead its workloads run on unsupervised and the
 //! coordinator rightly starts replacements elsewhere, so two copies of an
 //! *instance* can overlap until the agent returns and stops its stale one;
-//! two copies of one *allocation* never may.
+//! two copies of one *allocation* never may. An update starts the new
+//! version's instance while the old one is being stopped (herd does not
+//! order the two yet, as Nomad's destructive updates do not), so copies of
+//! *different* versions may overlap briefly, settled or not.
 
 use std::collections::BTreeMap;
 
@@ -18,12 +22,12 @@ pub fn check(samples: &[Sample]) -> Verdict {
     }
     for sample in samples {
         let mut by_alloc: BTreeMap<&str, Vec<u32>> = BTreeMap::new();
-        let mut by_instance: BTreeMap<(&str, u32), Vec<u32>> = BTreeMap::new();
+        let mut by_instance: BTreeMap<(&str, u32, Option<&str>), Vec<u32>> = BTreeMap::new();
         for p in &sample.processes {
             by_alloc.entry(&p.alloc_id).or_default().push(p.pid);
             if let Some(instance) = p.instance {
                 by_instance
-                    .entry((&p.job, instance))
+                    .entry((&p.job, instance, p.mark.as_deref()))
                     .or_default()
                     .push(p.pid);
             }
@@ -35,7 +39,7 @@ pub fn check(samples: &[Sample]) -> Verdict {
             ));
         }
         if sample.settled {
-            if let Some(((job, instance), pids)) =
+            if let Some(((job, instance, _), pids)) =
                 by_instance.iter().find(|(_, pids)| pids.len() > 1)
             {
                 return Verdict::Fail(format!(
@@ -60,6 +64,7 @@ mod tests {
             alloc_id: alloc.into(),
             job: "web".into(),
             instance: Some(instance),
+            mark: None,
         }
     }
 
@@ -92,5 +97,29 @@ mod tests {
     fn an_instance_running_twice_after_settling_fails() {
         let samples = vec![sample(true, vec![seen(1, "a0", 0), seen(2, "b0", 0)])];
         assert!(check(&samples).is_fail());
+    }
+
+    #[test]
+    fn versions_may_overlap_in_an_update_but_one_version_may_not_run_twice() {
+        let version = |mut p: SeenProcess, mark: &str| {
+            p.mark = Some(mark.into());
+            p
+        };
+        let update = vec![sample(
+            true,
+            vec![
+                version(seen(1, "a0", 0), "v1"),
+                version(seen(2, "b0", 0), "v2"),
+            ],
+        )];
+        assert_eq!(check(&update), Verdict::Pass);
+        let twice = vec![sample(
+            true,
+            vec![
+                version(seen(1, "a0", 0), "v2"),
+                version(seen(2, "b0", 0), "v2"),
+            ],
+        )];
+        assert!(check(&twice).is_fail());
     }
 }
