@@ -648,6 +648,36 @@ impl ProcessCluster {
         }
     }
 
+    /// Waits until every member answers at its address as itself: a member
+    /// that could not start (its port taken meanwhile) fails the wait
+    /// rather than leaving a smaller cluster to be tested unawares.
+    pub async fn wait_members(&self, timeout: Duration) -> Result<(), ClusterError> {
+        let started = Instant::now();
+        for id in self.ids() {
+            loop {
+                if self
+                    .member_report(id)
+                    .await
+                    .is_some_and(|report| report.id == id)
+                {
+                    break;
+                }
+                if started.elapsed() > timeout {
+                    return Err(ClusterError::Timeout {
+                        what: format!(
+                            "member {id} to answer at {} (see {})",
+                            self.member(id)?.addr,
+                            self.member(id)?.log_path.display()
+                        ),
+                        waited: timeout,
+                    });
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+        }
+        Ok(())
+    }
+
     /// Waits until member `id` reports applying at least `index`.
     pub async fn wait_applied(
         &self,

@@ -10,7 +10,7 @@
 //! lost segment is a retransmission timeout's worth of extra delay, not a
 //! hole in the byte stream (TCP never shows applications one).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -84,9 +84,15 @@ pub struct LinkProxy {
 impl LinkProxy {
     /// Starts a proxy on a free port of `host` (loopback, or in Docker mode
     /// the gateway of the run's own container network) towards `target`;
-    /// `seed` drives its jitter and loss.
-    pub async fn start(host: &str, target: String, seed: u64) -> std::io::Result<Self> {
-        let listener = TcpListener::bind((host, 0)).await?;
+    /// `seed` drives its jitter and loss. Ports in `avoid` are never taken:
+    /// they were picked for members that have not bound them yet.
+    pub async fn start(
+        host: &str,
+        target: String,
+        seed: u64,
+        avoid: &BTreeSet<u16>,
+    ) -> std::io::Result<Self> {
+        let listener = bind_avoiding(host, avoid).await?;
         let listen = listener.local_addr()?.to_string();
         let (control, faults) = watch::channel(LinkFault::HEALTHY);
         let rng = Arc::new(Mutex::new(Rng::new(seed)));
@@ -224,6 +230,33 @@ async fn pump(
     let _ = to.shutdown().await;
 }
 
+/// A listener on a free port of `host` that is not in `avoid`. The ports
+/// refused stay bound until one is found, so the system cannot offer them
+/// again meanwhile.
+async fn bind_avoiding(host: &str, avoid: &BTreeSet<u16>) -> std::io::Result<TcpListener> {
+    let mut refused = Vec::new();
+    loop {
+        let listener = TcpListener::bind((host, 0)).await?;
+        if !avoid.contains(&listener.local_addr()?.port()) {
+            return Ok(listener);
+        }
+        refused.push(listener);
+        if refused.len() > 64 {
+            return Err(std::io::Error::other(
+                "the system keeps offering ports reserved for members",
+            ));
+        }
+    }
+}
+
+/// The ports of `addrs` (`HOST:PORT` each), which proxies must leave free.
+fn ports_of<'a>(addrs: impl IntoIterator<Item = &'a String>) -> BTreeSet<u16> {
+    addrs
+        .into_iter()
+        .filter_map(|a| a.rsplit_once(':').and_then(|(_, p)| p.parse().ok()))
+        .collect()
+}
+
 /// Proxies for every directed link between a set of members.
 pub struct ProxyNet {
     links: BTreeMap<(u64, u64), LinkProxy>,
@@ -238,13 +271,14 @@ impl ProxyNet {
         seed: u64,
     ) -> std::io::Result<Self> {
         let mut rng = Rng::new(seed);
+        let avoid = ports_of(addrs.values());
         let mut links = BTreeMap::new();
         for from in addrs.keys() {
             for (to, target) in addrs {
                 if from == to {
                     continue;
                 }
-                let proxy = LinkProxy::start(host, target.clone(), rng.next_u64()).await?;
+                let proxy = LinkProxy::start(host, target.clone(), rng.next_u64(), &avoid).await?;
                 links.insert((*from, *to), proxy);
             }
         }
@@ -322,10 +356,11 @@ impl AgentLinks {
         seed: u64,
     ) -> std::io::Result<Self> {
         let mut rng = Rng::new(seed);
+        let avoid = ports_of(coordinators.values());
         let mut links = BTreeMap::new();
         for agent in agents {
             for (id, target) in coordinators {
-                let proxy = LinkProxy::start(host, target.clone(), rng.next_u64()).await?;
+                let proxy = LinkProxy::start(host, target.clone(), rng.next_u64(), &avoid).await?;
                 links.insert((agent.clone(), *id), proxy);
             }
         }
@@ -391,7 +426,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_healthy_link_carries_bytes_both_ways() {
-        let proxy = LinkProxy::start("127.0.0.1", echo_server().await, 1)
+        let proxy = LinkProxy::start("127.0.0.1", echo_server().await, 1, &BTreeSet::new())
             .await
             .expect("proxy");
         let mut stream = TcpStream::connect(proxy.addr()).await.expect("connect");
@@ -400,7 +435,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_cut_link_stalls_open_and_new_connections_until_it_heals() {
-        let proxy = LinkProxy::start("127.0.0.1", echo_server().await, 2)
+        let proxy = LinkProxy::start("127.0.0.1", echo_server().await, 2, &BTreeSet::new())
             .await
             .expect("proxy");
         let mut open = TcpStream::connect(proxy.addr()).await.expect("connect");
@@ -436,7 +471,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_slow_link_delays_each_direction() {
-        let proxy = LinkProxy::start("127.0.0.1", echo_server().await, 3)
+        let proxy = LinkProxy::start("127.0.0.1", echo_server().await, 3, &BTreeSet::new())
             .await
             .expect("proxy");
         let mut stream = TcpStream::connect(proxy.addr()).await.expect("connect");

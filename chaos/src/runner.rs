@@ -116,7 +116,9 @@ async fn whole(
     for id in cluster.ids() {
         let report = tokio::time::timeout(PROBE_TIMEOUT, cluster.member_report(id)).await;
         match report {
-            Ok(Some(r)) if r.leader.is_some() => {}
+            // Answered as itself: an address reused by another process
+            // (a proxy, another member) must not pass for this member.
+            Ok(Some(r)) if r.leader.is_some() && r.id == id => {}
             _ => return false,
         }
     }

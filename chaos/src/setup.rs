@@ -100,6 +100,10 @@ pub async fn start(config: &RunConfig, rng: &mut Rng) -> Result<Started, RunErro
         .wait_for_leader(Duration::from_secs(30))
         .await
         .map_err(|e| RunError::Setup(e.to_string()))?;
+    cluster
+        .wait_members(Duration::from_secs(30))
+        .await
+        .map_err(|e| RunError::Setup(e.to_string()))?;
     let (agents, agent_net) = if scenario.agents > 0 {
         let (set, links) = start_agents(config, &cluster, &proxy_host, &member_addrs, rng).await?;
         (Some(set), links)
