@@ -9,7 +9,8 @@ use std::future::Future;
 use std::time::Duration;
 
 use std::sync::Arc;
-use std::time::Instant;
+// The runtime's clock: the deterministic simulation drives it.
+use tokio::time::Instant;
 
 use thiserror::Error;
 use tonic::transport::{Channel, Endpoint};
@@ -57,6 +58,12 @@ impl ClientError {
         }
     }
 }
+
+/// Opens a lazily connected channel to `HOST:PORT` over a transport other
+/// than the operating system's TCP: the deterministic simulation's network.
+/// Coordinators dial each other through one (`DialMap`), agents their
+/// coordinators ([`HerdClient::with_connector`]).
+pub type Connector = Arc<dyn Fn(&str) -> Result<Channel, String> + Send + Sync>;
 
 /// How long a leader-routing client trusts what it learned about the leader.
 const LEADER_REFRESH: Duration = Duration::from_secs(5);
@@ -113,6 +120,28 @@ impl HerdClient {
             endpoints,
             leader: None,
         })
+    }
+
+    /// Connects lazily to `addrs` through `connect` instead of the operating
+    /// system's TCP: how a node agent in the deterministic simulation
+    /// reaches its coordinators with the same link code as on a real host.
+    pub fn with_connector<S: AsRef<str>>(
+        addrs: &[S],
+        connect: &Connector,
+    ) -> Result<Self, ClientError> {
+        let mut endpoints = Vec::new();
+        for addr in addrs
+            .iter()
+            .map(|a| a.as_ref().trim())
+            .filter(|a| !a.is_empty())
+        {
+            let channel = connect(addr).map_err(|message| ClientError::BadAddress {
+                addr: addr.to_string(),
+                message,
+            })?;
+            endpoints.push((addr.to_string(), channel));
+        }
+        Self::from_channels(endpoints)
     }
 
     /// A client over channels made elsewhere (`(address, channel)` each):

@@ -96,6 +96,11 @@ pub struct FaultWindow {
     /// rescheduling off it is measured from the workload samples.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lost_node: Option<String>,
+    /// How long after injection a majority of the members named a leader
+    /// other than the one before the fault (None: the leader did not
+    /// change while the fault was in force, or was not known before it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new_leader_after_ns: Option<u64>,
 }
 
 /// One running workload process seen in a sample.
@@ -310,6 +315,7 @@ mod tests {
                     end_ns: Some(50),
                     recovered_after_ns: None,
                     lost_node: Some("n1".into()),
+                    new_leader_after_ns: None,
                 }),
                 Record::FinalJobs { jobs: None },
             ],

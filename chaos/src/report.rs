@@ -63,6 +63,9 @@ pub struct FaultFigures {
     pub recovered_ms: Option<u64>,
     /// The first write acknowledged this long after injection, ms.
     pub writes_back_ms: Option<u64>,
+    /// A majority named a new leader this long after injection, ms (None:
+    /// the leader did not change).
+    pub new_leader_ms: Option<u64>,
     /// For a lost node: its service instances ran again on the other nodes
     /// this long after the loss, ms (None: another fault, or they did not
     /// before the node came back).
@@ -172,6 +175,7 @@ impl Report {
                         / 1_000_000,
                     recovered_ms: f.recovered_after_ns.map(|n| n / 1_000_000),
                     writes_back_ms: resumed.map(|n| n / 1_000_000),
+                    new_leader_ms: f.new_leader_after_ns.map(|n| n / 1_000_000),
                     rescheduled_ms: f
                         .lost_node
                         .as_deref()
@@ -218,13 +222,17 @@ impl Report {
             let resumed = f
                 .writes_back_ms
                 .map_or("never".into(), |r| format!("{r} ms"));
+            let new_leader = f
+                .new_leader_ms
+                .map(|l| format!("; new leader {l} ms after injection"))
+                .unwrap_or_default();
             let rescheduled = f
                 .rescheduled_ms
                 .map(|r| format!("; service rescheduled {r} ms after the loss"))
                 .unwrap_or_default();
             let _ = writeln!(
                 out,
-                "  at {:>6.1} s for {:>5} ms  {}; whole again {recovered} after heal; writes acknowledged again {resumed} after injection{rescheduled}",
+                "  at {:>6.1} s for {:>5} ms  {}; whole again {recovered} after heal; writes acknowledged again {resumed} after injection{new_leader}{rescheduled}",
                 f.start_ms as f64 / 1000.0,
                 f.length_ms,
                 f.what
@@ -301,6 +309,7 @@ mod tests {
             end_ns: Some(100),
             recovered_after_ns: None,
             lost_node: Some("n1".into()),
+            new_leader_after_ns: None,
         }));
         let report = Report::new("node-loss", 1, &History { records }, vec![]);
         report.faults[0].rescheduled_ms
@@ -334,6 +343,46 @@ mod tests {
             ]),
             None
         );
+    }
+
+    #[test]
+    fn a_leader_change_is_reported_in_ms_after_injection() {
+        let fault = |new_leader_after_ns| {
+            Record::Fault(FaultWindow {
+                what: "kill -9 members [2] (leader)".into(),
+                start_ns: 10,
+                end_ns: Some(100),
+                recovered_after_ns: None,
+                lost_node: None,
+                new_leader_after_ns,
+            })
+        };
+        let changed = Report::new(
+            "kill-leader",
+            1,
+            &History {
+                records: vec![fault(Some(312_000_000))],
+            },
+            vec![],
+        );
+        assert_eq!(changed.faults[0].new_leader_ms, Some(312));
+        assert!(
+            changed
+                .render()
+                .contains("new leader 312 ms after injection"),
+            "{}",
+            changed.render()
+        );
+        let unchanged = Report::new(
+            "kill-one",
+            1,
+            &History {
+                records: vec![fault(None)],
+            },
+            vec![],
+        );
+        assert_eq!(unchanged.faults[0].new_leader_ms, None);
+        assert!(!unchanged.render().contains("new leader"));
     }
 
     #[test]

@@ -3,23 +3,22 @@
 //! looks for leftovers. The result is a [`History`]; judging it is the
 //! checkers' job.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::stream::{FuturesUnordered, StreamExt};
 use herd_api::client::HerdClient;
 use herd_api::proto::v1::allocs_client::AllocsClient;
-use herd_api::proto::v1::jobs_client::JobsClient;
 use herd_api::proto::v1::nodes_client::NodesClient;
-use herd_api::proto::v1::{ListAllocsRequest, ListJobsRequest, ListNodesRequest};
+use herd_api::proto::v1::{ListAllocsRequest, ListNodesRequest};
 
 use crate::agents::{kill_processes_under, processes_under, AgentSet};
 use crate::docker::DockerEnv;
-use crate::history::{
-    FaultWindow, FinalAlloc, FinalJob, History, OpKind, Record, Sample, SeenProcess,
-};
+use crate::finals;
+use crate::history::{FaultWindow, History, OpKind, Record, Sample, SeenProcess};
 use crate::nemesis::rng::Rng;
 use crate::nemesis::schedule::{plan, ScheduleShape};
 use crate::nemesis::{self, NemesisError, Targets};
@@ -80,6 +79,38 @@ async fn leader(cluster: &ProcessCluster) -> Option<u64> {
         .await
         .ok()??;
     (status.leader != 0).then_some(status.leader)
+}
+
+/// Longest a member may take to say whom it follows while a fault is in
+/// force (short: a paused member must not hold the fault loop up).
+const LEADER_PROBE_TIMEOUT: Duration = Duration::from_millis(300);
+
+/// The leader a majority of the members name, as soon as a majority does.
+async fn majority_leader(cluster: &ProcessCluster) -> Option<u64> {
+    let ids = cluster.ids();
+    let majority = ids.len() / 2 + 1;
+    let mut answers: FuturesUnordered<_> = ids
+        .iter()
+        .map(|id| async move {
+            let report = tokio::time::timeout(LEADER_PROBE_TIMEOUT, cluster.member_report(*id))
+                .await
+                .ok()
+                .flatten()?;
+            // Answered as itself, not as a process that took its port.
+            (report.id == *id).then_some(report.leader).flatten()
+        })
+        .collect();
+    let mut named: BTreeMap<u64, usize> = BTreeMap::new();
+    while let Some(answer) = answers.next().await {
+        if let Some(leader) = answer {
+            let count = named.entry(leader).or_default();
+            *count += 1;
+            if *count >= majority {
+                return Some(leader);
+            }
+        }
+    }
+    None
 }
 
 /// The workload processes running now.
@@ -347,6 +378,10 @@ pub async fn run(config: &RunConfig) -> Result<History, RunError> {
     let mut unrecovered: Vec<usize> = Vec::new();
     let mut next = 0;
     let mut last_probe = Instant::now();
+    // The leader before the fault in force, and its window, until a
+    // majority names another.
+    let mut awaiting_leader: Option<(u64, usize)> = None;
+    let mut last_leader_probe = Instant::now();
     let mut last_sample = Instant::now();
     let mut last_supervised = Instant::now();
     let mut last_heal_ns = recorder.now_ns();
@@ -364,6 +399,7 @@ pub async fn run(config: &RunConfig) -> Result<History, RunError> {
                     agent_net: agent_net.as_ref(),
                 };
                 nemesis::heal(&fault, &mut targets)?;
+                awaiting_leader = None;
                 last_heal_ns = recorder.now_ns();
                 if let Some(f) = faults.last_mut() {
                     f.end_ns = Some(last_heal_ns);
@@ -387,8 +423,22 @@ pub async fn run(config: &RunConfig) -> Result<History, RunError> {
                 end_ns: None,
                 recovered_after_ns: None,
                 lost_node: fault.lost_node.clone(),
+                new_leader_after_ns: None,
             });
             active = Some((fault, next));
+            awaiting_leader = known_leader.map(|l| (l, faults.len() - 1));
+        }
+        if let (Some((old, index)), Some(_)) = (awaiting_leader, &active) {
+            if last_leader_probe.elapsed() >= Duration::from_millis(100) {
+                last_leader_probe = Instant::now();
+                if let Some(new) = majority_leader(&cluster).await.filter(|l| *l != old) {
+                    let window = &mut faults[index];
+                    window.new_leader_after_ns =
+                        Some(recorder.now_ns().saturating_sub(window.start_ns));
+                    awaiting_leader = None;
+                    tracing::info!(leader = new, "a majority names a new leader");
+                }
+            }
         }
         if !unrecovered.is_empty()
             && active.is_none()
@@ -471,79 +521,7 @@ pub async fn run(config: &RunConfig) -> Result<History, RunError> {
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }
-    // Final reads: a lost acknowledged write shows here at the latest.
-    for key in &keys {
-        let invoke_ns = recorder.now_ns();
-        let answer = workload::register_op(&client, 0, OpKind::Read, key, None, None).await;
-        recorder.push(Record::Op(crate::history::Op {
-            id: recorder.next_id(),
-            process: 0,
-            kind: OpKind::Read,
-            key: key.clone(),
-            value: answer.1,
-            expected: None,
-            version: answer.2,
-            invoke_ns,
-            complete_ns: recorder.now_ns(),
-            outcome: answer.0,
-            error: answer.3,
-        }));
-    }
-    let jobs = tokio::time::timeout(
-        Duration::from_secs(5),
-        client.call(|ch| async move {
-            JobsClient::new(ch)
-                .list(ListJobsRequest { stale: false })
-                .await
-                .map(|r| r.into_inner())
-        }),
-    )
-    .await;
-    let jobs = match jobs {
-        Ok(Ok(reply)) => Some(
-            reply
-                .jobs
-                .into_iter()
-                .filter_map(|j| {
-                    j.spec.map(|s| FinalJob {
-                        name: s.name,
-                        status: j.status,
-                    })
-                })
-                .collect(),
-        ),
-        _ => None,
-    };
-    recorder.push(Record::FinalJobs { jobs });
-    let allocs = tokio::time::timeout(
-        Duration::from_secs(5),
-        client.call(|ch| async move {
-            AllocsClient::new(ch)
-                .list(ListAllocsRequest {
-                    job: String::new(),
-                    stale: false,
-                })
-                .await
-                .map(|r| r.into_inner())
-        }),
-    )
-    .await;
-    let allocs = match allocs {
-        Ok(Ok(reply)) => Some(
-            reply
-                .allocs
-                .into_iter()
-                .map(|a| FinalAlloc {
-                    id: a.id,
-                    job: a.job,
-                    node: a.node,
-                    create_index: a.create_index,
-                })
-                .collect(),
-        ),
-        _ => None,
-    };
-    recorder.push(Record::FinalAllocs { allocs });
+    finals::record(&client, &keys, &recorder).await;
 
     // Logs first (a failing run is read from them), then teardown; anything
     // still alive after it is a leak.

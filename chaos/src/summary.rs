@@ -27,6 +27,8 @@ pub struct Summary {
     pub recovered_ms: Vec<u64>,
     /// First acknowledged write after each injection, ms.
     pub writes_back_ms: Vec<u64>,
+    /// Leader changes after injection, ms.
+    pub new_leader_ms: Vec<u64>,
     /// Service rescheduled off each lost node, ms after the loss.
     pub rescheduled_ms: Vec<u64>,
     /// Faults after which the cluster was never whole again within the bound.
@@ -60,6 +62,7 @@ impl Summary {
                 None => self.never_recovered += 1,
             }
             self.writes_back_ms.extend(f.writes_back_ms);
+            self.new_leader_ms.extend(f.new_leader_ms);
             self.rescheduled_ms.extend(f.rescheduled_ms);
         }
     }
@@ -76,7 +79,7 @@ impl Summary {
         let mut row = String::new();
         let _ = write!(
             row,
-            "| {} | {} | {} pass / {} violation / {} undecided | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} pass / {} violation / {} undecided | {} | {} | {} | {} | {} | {} |",
             self.scenario,
             self.runs,
             self.passed,
@@ -86,6 +89,7 @@ impl Summary {
             self.ops,
             spread(&self.recovered_ms),
             spread(&self.writes_back_ms),
+            spread(&self.new_leader_ms),
             spread(&self.rescheduled_ms),
         );
         row
@@ -93,7 +97,7 @@ impl Summary {
 
     /// The header [`Summary::row`] fits under.
     pub fn header() -> &'static str {
-        "| scenario | runs | verdicts | faults | ops | whole again after heal, ms (p50 / p99 / max) | writes back after injection, ms (p50 / p99 / max) | service rescheduled after node loss, ms (p50 / p99 / max) |\n| --- | --- | --- | --- | --- | --- | --- | --- |"
+        "| scenario | runs | verdicts | faults | ops | whole again after heal, ms (p50 / p99 / max) | writes back after injection, ms (p50 / p99 / max) | new leader after injection, ms (p50 / p99 / max) | service rescheduled after node loss, ms (p50 / p99 / max) |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
     }
 }
 
@@ -125,6 +129,6 @@ mod tests {
             "{row}"
         );
         assert!(row.contains("20 / 30 / 30"), "{row}");
-        assert!(row.ends_with("| - | - |"), "{row}");
+        assert!(row.ends_with("| - | - | - |"), "{row}");
     }
 }

@@ -214,4 +214,8 @@ fn simulated_seeds_pass() {
     assert!(stdout.contains("2 seeds: 2 passed, 0 violated"), "{stdout}");
     let bad = must_run_cli(&["chaos", "sim", "--seeds", "0"]);
     assert_eq!(bad.status.code(), Some(2));
+    let unknown = must_run_cli(&["chaos", "sim", "--fault", "meteor"]);
+    assert_eq!(unknown.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&unknown.stderr);
+    assert!(stderr.contains("node-loss"), "{stderr}");
 }

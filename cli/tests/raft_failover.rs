@@ -50,6 +50,11 @@ async fn leader_kill_keeps_every_acknowledged_write_and_old_leader_catches_up_by
     // A leader-routing client learns the leader now and must survive its death.
     let routed = cluster.client().expect("client").with_leader_routing();
     must_put_via_leader(&routed, "routed-before", "1").await;
+    let leader_log_end = cluster
+        .member_report(leader)
+        .await
+        .and_then(|r| r.last_log_index)
+        .expect("the leader reports its log");
     cluster.kill(leader).expect("kill leader");
     let killed_at = Instant::now();
     let survivors: Vec<u64> = cluster
@@ -102,11 +107,29 @@ async fn leader_kill_keeps_every_acknowledged_write_and_old_leader_catches_up_by
     acked.push(("routed-after".into(), "2".into()));
     phase("every acknowledged write read back");
 
-    // Far behind: 600 more writes while the old leader is down, past several snapshots.
-    acked.extend(must_write_many(&cluster, &survivors, "late", 600, 16).await);
+    // Far behind: writes while the old leader is down until the survivors
+    // have purged their logs past its end (writes are batched into Raft
+    // entries, so how many entries a number of writes makes varies).
+    let mut round = 0;
+    loop {
+        let purged =
+            futures::future::join_all(survivors.iter().map(|id| cluster.member_report(*id)))
+                .await
+                .into_iter()
+                .map(|r| r.and_then(|r| r.purged_index).unwrap_or(0))
+                .min()
+                .unwrap_or(0);
+        if purged > leader_log_end {
+            break;
+        }
+        assert!(round < 20, "logs never purged past {leader_log_end}");
+        round += 1;
+        let prefix = format!("late{round}-");
+        acked.extend(must_write_many(&cluster, &survivors, &prefix, 300, 16).await);
+    }
     let status = cluster.status().await.expect("status");
 
-    phase("600 more writes while the old leader is down");
+    phase("the survivors purged their logs past the old leader's end");
     cluster.restart(leader).expect("restart old leader");
     let report = cluster
         .wait_applied(leader, status.commit_index, Duration::from_secs(30))

@@ -46,9 +46,7 @@ pub fn internal_client(channel: Channel) -> InternalClient<Channel> {
         .max_encoding_message_size(limit)
 }
 
-/// Opens a channel to a member's address over a transport other than the
-/// operating system's TCP: the deterministic simulation's network.
-pub type Connector = Arc<dyn Fn(&str) -> Result<Channel, String> + Send + Sync>;
+pub use herd_api::client::Connector;
 
 /// How this member reaches the others. Addresses to dial for members that
 /// cannot be reached at the address they advertise in the membership:

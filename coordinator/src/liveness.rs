@@ -12,7 +12,9 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+// The runtime's clock: the deterministic simulation drives it.
+use tokio::time::Instant;
 
 use herd_api::node::NodeStatus;
 use herd_api::proto::v1::NodeUsage;

@@ -15,7 +15,9 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+// The runtime's clock: the deterministic simulation drives it.
+use tokio::time::Instant;
 
 use crate::command::Command;
 use crate::handle::{now_ms, Coordinator};

@@ -18,23 +18,22 @@ use std::collections::HashMap;
 use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+// The runtime's clock: the deterministic simulation drives it.
+use tokio::time::Instant;
 
-use herd_actors::driver::dljob::DljobDriver;
-use herd_actors::driver::exec::ExecDriver;
-use herd_actors::driver::inference::InferenceDriver;
-use herd_actors::driver::simvm::SimVmDriver;
-use herd_actors::driver::vm::VmDriver;
 use herd_actors::driver::Driver;
 use herd_actors::resources::{self, MonitorArgs, ResourceMonitor, ResourceMsg};
 use herd_actors::workload::{
     AllocReport, RestartPolicy, SupervisorArgs, SupervisorMsg, WorkloadSupervisor,
 };
+use herd_api::client::Connector;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use tokio::sync::{mpsc, Mutex};
 
 use crate::config::NodeConfig;
 use crate::link::{CoordinatorLink, LinkArgs, LinkMsg};
+use crate::wiring::Wiring;
 
 /// Most child restarts tolerated within [`RESTART_WINDOW`].
 pub const MAX_RESTARTS: usize = 10;
@@ -58,9 +57,8 @@ pub struct AgentArgs {
     pub config: Arc<NodeConfig>,
     /// Where clients reach this agent.
     pub advertise: String,
-    /// The herd binary, which the exec driver runs as each workload's executor
-    /// (and the inference driver as its engine).
-    pub executor: PathBuf,
+    /// Its drivers and its transport to the coordinators.
+    pub wiring: Wiring,
 }
 
 /// The root's state: its children and what rebuilding them needs.
@@ -68,6 +66,7 @@ pub struct AgentState {
     config: Arc<NodeConfig>,
     advertise: String,
     drivers: HashMap<String, Arc<dyn Driver>>,
+    connector: Option<Connector>,
     report_tx: mpsc::UnboundedSender<AllocReport>,
     report_rx: Arc<Mutex<mpsc::UnboundedReceiver<AllocReport>>>,
     monitor: ActorRef<ResourceMsg>,
@@ -129,35 +128,22 @@ impl NodeAgent {
         myself: &ActorRef<AgentMsg>,
         state: &AgentState,
     ) -> Result<ActorRef<LinkMsg>, ActorProcessingErr> {
-        Self::spawn_link_with(
-            myself,
-            &state.config,
-            &state.advertise,
-            state.supervisor.clone(),
-            state.monitor.clone(),
-            state.report_rx.clone(),
-            state.report_tx.clone(),
-        )
-        .await
+        let args = LinkArgs {
+            config: state.config.clone(),
+            advertise: state.advertise.clone(),
+            connector: state.connector.clone(),
+            supervisor: state.supervisor.clone(),
+            monitor: state.monitor.clone(),
+            reports: state.report_rx.clone(),
+            report_tx: state.report_tx.clone(),
+        };
+        Self::spawn_link_with(myself, args).await
     }
 
     async fn spawn_link_with(
         myself: &ActorRef<AgentMsg>,
-        config: &Arc<NodeConfig>,
-        advertise: &str,
-        supervisor: ActorRef<SupervisorMsg>,
-        monitor: ActorRef<ResourceMsg>,
-        reports: Arc<Mutex<mpsc::UnboundedReceiver<AllocReport>>>,
-        report_tx: mpsc::UnboundedSender<AllocReport>,
+        args: LinkArgs,
     ) -> Result<ActorRef<LinkMsg>, ActorProcessingErr> {
-        let args = LinkArgs {
-            config: config.clone(),
-            advertise: advertise.to_string(),
-            supervisor,
-            monitor,
-            reports,
-            report_tx,
-        };
         let (link, _) = Actor::spawn_linked(None, CoordinatorLink, args, myself.get_cell()).await?;
         Ok(link)
     }
@@ -194,17 +180,7 @@ impl Actor for NodeAgent {
         myself: ActorRef<Self::Msg>,
         args: AgentArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let mut drivers: HashMap<String, Arc<dyn Driver>> = HashMap::new();
-        let exec: Arc<dyn Driver> = Arc::new(ExecDriver::new(&args.executor));
-        drivers.insert(exec.name().to_string(), exec);
-        let vm: Arc<dyn Driver> = Arc::new(VmDriver::new(&args.executor));
-        drivers.insert(vm.name().to_string(), vm);
-        let simvm: Arc<dyn Driver> = Arc::new(SimVmDriver::new(&args.executor));
-        drivers.insert(simvm.name().to_string(), simvm);
-        let dljob: Arc<dyn Driver> = Arc::new(DljobDriver::new(&args.executor));
-        drivers.insert(dljob.name().to_string(), dljob);
-        let inference: Arc<dyn Driver> = Arc::new(InferenceDriver::new(&args.executor));
-        drivers.insert(inference.name().to_string(), inference);
+        let Wiring { drivers, connector } = args.wiring;
         let (report_tx, report_rx) = mpsc::unbounded_channel();
         let report_rx = Arc::new(Mutex::new(report_rx));
         let monitor = Self::spawn_monitor(&myself, &args.config).await?;
@@ -216,20 +192,21 @@ impl Actor for NodeAgent {
             args.config.stop_grace,
         )
         .await?;
-        let link = Self::spawn_link_with(
-            &myself,
-            &args.config,
-            &args.advertise,
-            supervisor.clone(),
-            monitor.clone(),
-            report_rx.clone(),
-            report_tx.clone(),
-        )
-        .await?;
+        let link_args = LinkArgs {
+            config: args.config.clone(),
+            advertise: args.advertise.clone(),
+            connector: connector.clone(),
+            supervisor: supervisor.clone(),
+            monitor: monitor.clone(),
+            reports: report_rx.clone(),
+            report_tx: report_tx.clone(),
+        };
+        let link = Self::spawn_link_with(&myself, link_args).await?;
         Ok(AgentState {
             config: args.config,
             advertise: args.advertise,
             drivers,
+            connector,
             report_tx,
             report_rx,
             monitor,

@@ -14,20 +14,26 @@ pub mod engines;
 pub mod infer;
 pub mod link;
 pub mod logs;
+pub mod wiring;
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use futures::Stream;
 use herd_actors::workload::SupervisorMsg;
 use herd_api::proto::agent::node_agent_server::NodeAgentServer;
 use ractor::{Actor, ActorRef};
 use thiserror::Error;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::Connected;
 
 pub use config::{NodeConfig, NodeSettings};
+pub use wiring::Wiring;
 
 use agent::{AgentArgs, AgentMsg, NodeAgent};
 use logs::{LogLocator, NodeAgentService};
@@ -59,7 +65,7 @@ pub enum NodeError {
 /// A running node agent.
 pub struct RunningNode {
     /// Where its gRPC server listens.
-    pub local_addr: std::net::SocketAddr,
+    pub local_addr: SocketAddr,
     root: ActorRef<AgentMsg>,
     root_task: JoinHandle<()>,
     shutdown: Option<oneshot::Sender<()>>,
@@ -123,10 +129,6 @@ impl LogLocator for SupervisorLogs {
 /// Starts an agent: binds its server, starts its actors and returns once
 /// both run. `executor` is the herd binary (the exec driver's supervisor).
 pub async fn start(config: NodeConfig, executor: PathBuf) -> Result<RunningNode, NodeError> {
-    std::fs::create_dir_all(&config.data_dir).map_err(|e| NodeError::DataDir {
-        path: config.data_dir.display().to_string(),
-        message: e.to_string(),
-    })?;
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|e| NodeError::Bind {
@@ -135,6 +137,35 @@ pub async fn start(config: NodeConfig, executor: PathBuf) -> Result<RunningNode,
         })?;
     let local_addr = listener.local_addr().map_err(|e| NodeError::Bind {
         addr: config.listen.to_string(),
+        message: e.to_string(),
+    })?;
+    start_with(
+        config,
+        Wiring::host(&executor),
+        TcpListenerStream::new(listener),
+        local_addr,
+    )
+    .await
+}
+
+/// Starts an agent on `wiring`, serving the connections `incoming` yields
+/// (`local_addr` is what it reports as bound). [`start`] passes every
+/// driver and a TCP listener; the deterministic simulation passes its
+/// simulated drivers and network, so the same agent runs in both.
+pub async fn start_with<S, IO, E>(
+    config: NodeConfig,
+    wiring: Wiring,
+    incoming: S,
+    local_addr: SocketAddr,
+) -> Result<RunningNode, NodeError>
+where
+    S: Stream<Item = Result<IO, E>> + Send + 'static,
+    IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
+    IO::ConnectInfo: Clone + Send + Sync + 'static,
+    E: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
+{
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| NodeError::DataDir {
+        path: config.data_dir.display().to_string(),
         message: e.to_string(),
     })?;
     let advertise = if config.advertise.ends_with(":0") {
@@ -147,7 +178,7 @@ pub async fn start(config: NodeConfig, executor: PathBuf) -> Result<RunningNode,
     let args = AgentArgs {
         config: Arc::new(config),
         advertise: advertise.clone(),
-        executor,
+        wiring,
     };
     let (root, root_task) = Actor::spawn(None, NodeAgent, args)
         .await
@@ -158,7 +189,7 @@ pub async fn start(config: NodeConfig, executor: PathBuf) -> Result<RunningNode,
     let server = tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(NodeAgentServer::new(service))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+            .serve_with_incoming_shutdown(incoming, async {
                 let _ = shutdown_rx.await;
             }),
     );

@@ -3,7 +3,9 @@
 //! place elsewhere).
 
 use std::collections::VecDeque;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+// The runtime's clock: the deterministic simulation drives it.
+use tokio::time::Instant;
 
 /// How a workload that exited (a service, or batch work that failed) is
 /// restarted in place. Restarts older than `interval` are forgotten, so a

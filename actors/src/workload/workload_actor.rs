@@ -6,7 +6,9 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+// The runtime's clock: the deterministic simulation drives it.
+use tokio::time::Instant;
 
 use herd_api::alloc::AllocStatus;
 use herd_api::job::JobType;

@@ -1,30 +1,25 @@
-//! One seeded simulation: coordinators on turmoil hosts, register clients
-//! recording a history, faults from a seeded schedule, then the chaos
-//! harness's linearizability checkers on what the clients saw.
+//! One seeded simulation: coordinators and node agents on turmoil hosts,
+//! the chaos harness's clients recording a history, faults from a seeded
+//! schedule, convergence judged from outside, then the harness's checkers
+//! on the whole history.
 
-use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use herd_api::client::HerdClient;
-use herd_chaos::check::{self, Verdict};
-use herd_chaos::history::{History, Op, OpKind, Outcome, Record};
+use herd_chaos::check::{self, CheckConfig, Verdict};
+use herd_chaos::finals;
+use herd_chaos::history::{FaultWindow, History, Op, OpKind, Outcome, Record};
 use herd_chaos::nemesis::rng::Rng;
+use herd_chaos::report::Report;
+use herd_chaos::runner::SERVICE_JOB;
 use herd_chaos::workload::{self, ClientContext, Recorder};
-use herd_consensus::network::DialMap;
 use herd_consensus::raft_config::RaftTuning;
-use herd_consensus::storage::{KvStore, MemoryStore};
-use herd_coordinator::config::StartMode;
-use herd_coordinator::start::start_with;
-use herd_coordinator::{Coordinator, CoordinatorConfig};
 
-use crate::transport;
-
-/// The port every simulated coordinator listens on.
-const PORT: u16 = 7100;
+use crate::faults::{self, Active, SimFault, Targets, Window};
+use crate::hosts::{self, SimAgent, Slot};
+use crate::observe;
 
 /// How one simulation runs.
 #[derive(Debug, Clone)]
@@ -35,17 +30,27 @@ pub struct SimConfig {
     pub duration: Duration,
     /// Coordinators.
     pub members: u64,
+    /// Node agents (0: coordinators and register clients only).
+    pub agents: u64,
+    /// Instances of the service job the agents run throughout.
+    pub service_count: u32,
     /// Register clients.
     pub clients: u64,
     /// Register keys.
     pub keys: usize,
-    /// Inject faults (off: a fault-free baseline).
-    pub faults: bool,
+    /// The kinds of fault drawn (empty: a fault-free baseline; agent faults
+    /// are left out when there are no agents).
+    pub faults: Vec<SimFault>,
     /// Clients read with `stale: true`, a planted bug the checkers must
     /// catch: the simulator's self-test.
     pub stale_reads: bool,
+    /// The simulated machines ignore requests to stop workloads, a planted
+    /// bug the job checkers must catch: their self-test.
+    pub ignore_stops: bool,
     /// The coordinators' Raft timings (to compare settings quickly).
     pub raft: RaftTuning,
+    /// Longest the cluster may take to be whole again after the last heal.
+    pub converge_bound: Duration,
 }
 
 impl Default for SimConfig {
@@ -54,11 +59,15 @@ impl Default for SimConfig {
             seed: 1,
             duration: Duration::from_secs(20),
             members: 3,
+            agents: 3,
+            service_count: 2,
             clients: 3,
             keys: 2,
-            faults: true,
+            faults: faults::ALL.to_vec(),
             stale_reads: false,
+            ignore_stops: false,
             raft: RaftTuning::default(),
+            converge_bound: Duration::from_secs(30),
         }
     }
 }
@@ -68,15 +77,24 @@ impl Default for SimConfig {
 pub struct SimOutcome {
     /// The seed.
     pub seed: u64,
-    /// Every operation the clients made.
+    /// Everything recorded: operations, faults, samples, final lists.
     pub history: History,
-    /// The faults injected, with their simulated times.
+    /// The faults injected and healed, with their simulated times.
     pub faults: Vec<String>,
-    /// The folded linearizability verdict on the registers.
+    /// Each checker's verdict.
+    pub verdicts: Vec<(&'static str, Verdict)>,
+    /// The verdicts folded: the first failure (named), else the first
+    /// undecided one, else a pass.
     pub verdict: Verdict,
     /// For each fault that crashed the leader or cut it off from the
     /// others: simulated ms from the fault to the first acknowledged write.
     pub failovers_ms: Vec<u64>,
+    /// For each fault during which a majority came to name another leader:
+    /// simulated ms from the fault until it did.
+    pub new_leader_ms: Vec<u64>,
+    /// For each fault that took a busy node's agent away: simulated ms
+    /// until its service instances ran elsewhere.
+    pub rescheduled_ms: Vec<u64>,
     /// Simulated time the run covered.
     pub simulated: Duration,
 }
@@ -89,50 +107,69 @@ pub enum SimError {
     Failed {
         /// The seed.
         seed: u64,
-        /// What turmoil said.
+        /// What went wrong.
         message: String,
     },
 }
 
-fn host_name(id: u64) -> String {
-    format!("c{id}")
+/// Longest the cluster may take to become whole before the clients start.
+const SETUP_BOUND: Duration = Duration::from_secs(40);
+/// How often the observer looks at the cluster and the machines.
+const OBSERVE_EVERY: Duration = Duration::from_millis(100);
+/// How long settled samples are taken once the cluster converged.
+const SETTLED_FOR: Duration = Duration::from_secs(1);
+/// Longest the final reads and lists may take.
+const FINALS_BOUND: Duration = Duration::from_secs(30);
+
+/// Flags the simulation's driver loop raises for its client hosts.
+#[derive(Default)]
+struct Signals {
+    /// The cluster was whole: clients start.
+    go: AtomicBool,
+    /// Drains end (before convergence is judged).
+    drains_stop: Arc<AtomicBool>,
+    /// Register and job clients end.
+    clients_stop: Arc<AtomicBool>,
+    /// The final reads and lists may run.
+    finals: AtomicBool,
+    /// They ran.
+    finals_done: AtomicBool,
 }
 
-fn member_addr(id: u64) -> String {
-    format!("{}:{PORT}", host_name(id))
-}
-
-/// A coordinator as the host that runs it last started it.
-type Slot = Arc<Mutex<Option<Arc<Coordinator>>>>;
-
-fn coordinator_config(id: u64, members: u64, raft: RaftTuning) -> CoordinatorConfig {
-    let peers: BTreeMap<u64, String> = (1..=members).map(|m| (m, member_addr(m))).collect();
-    CoordinatorConfig {
-        id,
-        listen: SocketAddr::from((Ipv4Addr::UNSPECIFIED, PORT)),
-        advertise: member_addr(id),
-        data_dir: PathBuf::from(format!("/simulated/{}", host_name(id))),
-        mode: StartMode::Bootstrap(peers),
-        raft,
-        node_ttl: Duration::from_secs(5),
-        dial: DialMap::default().with_connector(transport::connector()),
+/// Waits (in simulated time) until `flag` is raised.
+async fn raised(flag: &AtomicBool) {
+    while !flag.load(Ordering::Relaxed) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
-/// The members' leader, as the first running member that knows one says.
-fn leader(slots: &[Slot]) -> Option<u64> {
-    slots.iter().find_map(|slot| {
-        let guard = slot.lock().unwrap_or_else(|p| p.into_inner());
-        guard
-            .as_ref()
-            .and_then(|c| c.raft().metrics().borrow().current_leader)
-    })
+/// Where the simulated agents' data directories live (real files).
+fn data_root(seed: u64) -> PathBuf {
+    std::env::temp_dir().join(format!("herd-sim-{}-{seed}", std::process::id()))
 }
 
-/// A fault in force and what mends it.
-enum Active {
-    Partition(Vec<(String, String)>),
-    Crash(String),
+/// Removes the agents' data directories when the simulation ends.
+struct DataRoot(PathBuf);
+
+impl Drop for DataRoot {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Where the run stands.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Phase {
+    /// Waiting for the cluster to be whole, then the clients start.
+    Setup,
+    /// Clients and faults, from this simulated time.
+    Faults { from: Duration },
+    /// Faults over: waiting for the cluster to be whole again.
+    Converging { since: Duration },
+    /// Converged (or not): settled samples until then.
+    Settling { until: Duration, converged: bool },
+    /// Final reads and lists, started at this time.
+    Finals { since: Duration },
 }
 
 /// Runs one simulation.
@@ -143,133 +180,56 @@ pub fn run(config: &SimConfig) -> Result<SimOutcome, SimError> {
     };
     let mut rng = Rng::new(config.seed);
     let mut sim = turmoil::Builder::new()
-        .simulation_duration(config.duration + Duration::from_secs(60))
+        .simulation_duration(config.duration + SETUP_BOUND + config.converge_bound + 60 * SEC)
         .tick_duration(Duration::from_millis(1))
         .min_message_latency(Duration::from_millis(1))
         .max_message_latency(Duration::from_millis(5))
         .rng_seed(rng.next_u64())
         .build();
-
-    // Coordinators: each host keeps its in-memory store across crashes, as
-    // a disk keeps what was synced.
-    let mut slots: Vec<Slot> = Vec::new();
-    for id in 1..=config.members {
-        let store: Arc<dyn KvStore> = Arc::new(MemoryStore::new());
-        let slot: Slot = Arc::new(Mutex::new(None));
-        slots.push(slot.clone());
-        let members = config.members;
-        let raft = config.raft.clone();
-        sim.host(host_name(id), move || {
-            let store = store.clone();
-            let slot = slot.clone();
-            let raft = raft.clone();
-            async move {
-                let listener =
-                    turmoil::net::TcpListener::bind((Ipv4Addr::UNSPECIFIED, PORT)).await?;
-                let local = SocketAddr::from((Ipv4Addr::UNSPECIFIED, PORT));
-                let running = start_with(
-                    coordinator_config(id, members, raft),
-                    store,
-                    transport::incoming(listener),
-                    local,
-                )
-                .await
-                .map_err(|e| e.to_string())?;
-                *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(running.coordinator.clone());
-                running.wait().await?;
-                Ok(())
-            }
-        });
-    }
-
-    // Clients.
+    let root = DataRoot(data_root(config.seed));
+    let slots = hosts::add_coordinators(&mut sim, config.members, &config.raft);
+    let agents = hosts::add_agents(
+        &mut sim,
+        config.agents,
+        config.members,
+        &root.0,
+        config.ignore_stops,
+    );
     let recorder = Arc::new(Recorder::with_clock(simulated_ns));
-    let stop = Arc::new(AtomicBool::new(false));
-    let addrs: Vec<String> = (1..=config.members).map(member_addr).collect();
+    let signals = Arc::new(Signals::default());
     let keys = workload::register_keys(config.keys);
-    for process in 1..=config.clients {
-        let mut ctx = ClientContext::new(addrs.clone(), recorder.clone(), stop.clone());
-        ctx.stale_reads = config.stale_reads;
-        let keys = keys.clone();
-        let client_rng = rng.fork();
-        let addrs = addrs.clone();
-        sim.client(format!("client{process}"), async move {
-            ctx.client = Some(sim_client(&addrs)?);
-            // Let the first election settle, as the process harness does.
-            tokio::time::sleep(Duration::from_secs(2)).await;
-            workload::register_client(ctx, process, keys, client_rng).await;
-            Ok(())
-        });
-    }
-    // A last linearizable read of every key once the faults have healed:
-    // a lost acknowledged write shows there at the latest.
-    {
-        let recorder = recorder.clone();
-        let addrs = addrs.clone();
-        let keys = keys.clone();
-        let wait = config.duration + Duration::from_secs(5);
-        sim.client("final-reader", async move {
-            let client = sim_client(&addrs)?;
-            tokio::time::sleep(wait).await;
-            for key in &keys {
-                let invoke_ns = recorder.now_ns();
-                let answer = workload::register_op(&client, 0, OpKind::Read, key, None, None).await;
-                recorder.push(Record::Op(Op {
-                    id: recorder.next_id(),
-                    process: 0,
-                    kind: OpKind::Read,
-                    key: key.clone(),
-                    value: answer.1,
-                    expected: None,
-                    version: answer.2,
-                    invoke_ns,
-                    complete_ns: recorder.now_ns(),
-                    outcome: answer.0,
-                    error: answer.3,
-                }));
-            }
-            Ok(())
-        });
-    }
+    add_clients(
+        &mut sim, config, &agents, &recorder, &signals, &keys, &mut rng,
+    );
 
-    // Faults, drawn from the seed, injected between steps.
-    let schedule = schedule(&mut rng, config);
-    let mut next = 0;
-    let mut active: Option<(Active, Duration)> = None;
-    let mut faults = Vec::new();
-    // Simulated start of each fault that took the leader away.
-    let mut leader_lost_at: Vec<u64> = Vec::new();
+    let schedule = faults::schedule(
+        &mut rng,
+        config.duration,
+        &config.faults,
+        !agents.is_empty(),
+    );
+    let mut driver = Driver {
+        config,
+        slots: &slots,
+        agents: &agents,
+        recorder: &recorder,
+        signals: &signals,
+        schedule,
+        next: 0,
+        active: None,
+        windows: Vec::new(),
+        took_leader: Vec::new(),
+        awaiting_leader: None,
+        unrecovered: Vec::new(),
+        last_heal: Duration::ZERO,
+        last_observed: None,
+        lines: Vec::new(),
+        phase: Phase::Setup,
+    };
     loop {
         let now = sim.elapsed();
-        if now >= config.duration {
-            stop.store(true, Ordering::Relaxed);
-        }
-        if let Some((fault, until)) = active.take() {
-            if now >= until {
-                match &fault {
-                    Active::Partition(pairs) => {
-                        for (a, b) in pairs {
-                            sim.release(a.as_str(), b.as_str());
-                        }
-                    }
-                    Active::Crash(host) => sim.bounce(host.as_str()),
-                }
-                faults.push(format!("{:>7.3} s  heal", now.as_secs_f64()));
-            } else {
-                active = Some((fault, until));
-            }
-        } else if let Some(&(at, length, kind)) = schedule.get(next) {
-            if now >= at {
-                next += 1;
-                let members: Vec<u64> = (1..=config.members).collect();
-                let injected = inject(&mut sim, kind, &members, leader(&slots), &mut rng);
-                let (fault, what, took_leader) = injected;
-                faults.push(format!("{:>7.3} s  {what}", now.as_secs_f64()));
-                if took_leader {
-                    leader_lost_at.push(now.as_nanos() as u64);
-                }
-                active = Some((fault, now + length));
-            }
+        if driver.tick(&mut sim, now, &mut rng)? {
+            break;
         }
         match sim.step() {
             Ok(true) => break,
@@ -277,139 +237,392 @@ pub fn run(config: &SimConfig) -> Result<SimOutcome, SimError> {
             Err(e) => return Err(failed(e.to_string())),
         }
     }
-    let history = History {
-        records: recorder.take(),
-    };
-    let ops: Vec<Op> = history.ops().cloned().collect();
-    let verdict = check::registers(&ops, 2_000_000);
-    let failovers_ms = leader_lost_at
+    if !signals.finals_done.load(Ordering::Relaxed) {
+        return Err(failed(format!(
+            "the final reads did not finish within {} s",
+            FINALS_BOUND.as_secs()
+        )));
+    }
+    let Driver {
+        windows,
+        took_leader,
+        lines,
+        ..
+    } = driver;
+    let mut records = recorder.take();
+    records.extend(windows.into_iter().map(Record::Fault));
+    let history = History { records };
+    let verdicts = check::check_all(
+        &history,
+        &CheckConfig {
+            linear_step_budget: 2_000_000,
+            jobs: !agents.is_empty(),
+            processes: false,
+        },
+    );
+    let verdict = fold(&verdicts);
+    let report = Report::new("sim", config.seed, &history, verdicts.clone());
+    let failovers_ms = report
+        .faults
         .iter()
-        .filter_map(|start| {
-            ops.iter()
-                .filter(|o| {
-                    matches!(o.kind, OpKind::Write | OpKind::Cas)
-                        && o.outcome == Outcome::Ok
-                        && o.complete_ns >= *start
-                })
-                .map(|o| (o.complete_ns - start) / 1_000_000)
-                .min()
-        })
+        .zip(&took_leader)
+        .filter(|(_, took)| **took)
+        .filter_map(|(f, _)| f.writes_back_ms)
+        .collect();
+    let new_leader_ms = report
+        .faults
+        .iter()
+        .filter_map(|f| f.new_leader_ms)
+        .collect();
+    let rescheduled_ms = report
+        .faults
+        .iter()
+        .filter_map(|f| f.rescheduled_ms)
         .collect();
     Ok(SimOutcome {
         seed: config.seed,
         history,
-        faults,
+        faults: lines,
+        verdicts,
         verdict,
         failovers_ms,
+        new_leader_ms,
+        rescheduled_ms,
         simulated: sim.elapsed(),
     })
+}
+
+const SEC: Duration = Duration::from_secs(1);
+
+/// The first failing verdict, named; else the first undecided; else pass.
+fn fold(verdicts: &[(&'static str, Verdict)]) -> Verdict {
+    let named = |name: &str, why: &str| format!("{name}: {why}");
+    if let Some((name, Verdict::Fail(why))) = verdicts.iter().find(|(_, v)| v.is_fail()) {
+        return Verdict::Fail(named(name, why));
+    }
+    match verdicts
+        .iter()
+        .find(|(_, v)| matches!(v, Verdict::Unknown(_)))
+    {
+        Some((name, Verdict::Unknown(why))) => Verdict::Unknown(named(name, why)),
+        _ => Verdict::Pass,
+    }
+}
+
+/// Adds the client hosts: the service's submitter, register clients, a job
+/// client and a draining node client (with agents), and the final reader.
+#[allow(clippy::too_many_arguments)]
+fn add_clients(
+    sim: &mut turmoil::Sim<'_>,
+    config: &SimConfig,
+    agents: &[SimAgent],
+    recorder: &Arc<Recorder>,
+    signals: &Arc<Signals>,
+    keys: &[String],
+    rng: &mut Rng,
+) {
+    let members = config.members;
+    let addrs: Vec<String> = (1..=members).map(hosts::member_addr).collect();
+    if !agents.is_empty() && config.service_count > 0 {
+        let recorder = recorder.clone();
+        let count = config.service_count;
+        sim.client("service", async move {
+            let client = hosts::client(members)?;
+            submit_service(&client, members, count, &recorder).await;
+            Ok(())
+        });
+    }
+    let context =
+        |stop: &Arc<AtomicBool>| ClientContext::new(addrs.clone(), recorder.clone(), stop.clone());
+    let mut clients: Vec<(String, StartClient)> = Vec::new();
+    for process in 1..=config.clients {
+        let keys = keys.to_vec();
+        let client_rng = rng.fork();
+        let stale = config.stale_reads;
+        clients.push((
+            format!("client{process}"),
+            Box::new(move |mut ctx| {
+                ctx.stale_reads = stale;
+                Box::pin(workload::register_client(ctx, process, keys, client_rng))
+            }),
+        ));
+    }
+    if !agents.is_empty() {
+        let job_rng = rng.fork();
+        let process = config.clients + 1;
+        clients.push((
+            "jobs".into(),
+            Box::new(move |ctx| Box::pin(workload::job_client(ctx, process, job_rng))),
+        ));
+    }
+    for (name, task) in clients {
+        let ctx = context(&signals.clients_stop);
+        let signals = signals.clone();
+        sim.client(name, async move {
+            let ctx = ClientContext {
+                client: Some(hosts::client(members)?),
+                ..ctx
+            };
+            raised(&signals.go).await;
+            task(ctx).await;
+            Ok(())
+        });
+    }
+    if !agents.is_empty() {
+        let ctx = context(&signals.drains_stop);
+        let nodes: Vec<String> = agents.iter().map(|a| a.name.clone()).collect();
+        let node_rng = rng.fork();
+        let process = config.clients + 2;
+        let signals = signals.clone();
+        sim.client("drains", async move {
+            let ctx = ClientContext {
+                client: Some(hosts::client(members)?),
+                ..ctx
+            };
+            raised(&signals.go).await;
+            workload::node_client(ctx, process, nodes, node_rng).await;
+            Ok(())
+        });
+    }
+    // The final reads and lists once the cluster converged: a lost
+    // acknowledged write or job shows there at the latest.
+    let recorder = recorder.clone();
+    let signals = signals.clone();
+    let keys = keys.to_vec();
+    sim.client("finals", async move {
+        let client = hosts::client(members)?;
+        raised(&signals.finals).await;
+        finals::record(&client, &keys, &recorder).await;
+        signals.finals_done.store(true, Ordering::Relaxed);
+        Ok(())
+    });
+}
+
+/// A client's work, boxed so that different clients share one list.
+type ClientTask = std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>;
+
+/// Starts a client's work once its context is ready.
+type StartClient = Box<dyn FnOnce(ClientContext) -> ClientTask>;
+
+/// Submits the service job, going round the members until one takes it
+/// (a member elected moments ago may not know yet that it belongs to the
+/// cluster), every attempt recorded, as `chaos run`'s setup does.
+async fn submit_service(
+    client: &herd_api::client::HerdClient,
+    members: u64,
+    count: u32,
+    recorder: &Recorder,
+) {
+    for attempt in 0usize.. {
+        let invoke_ns = recorder.now_ns();
+        let spec = workload::sleeper_spec(SERVICE_JOB, count);
+        let member = attempt % members.max(1) as usize;
+        let (outcome, error) = workload::submit(client, member, spec).await;
+        recorder.push(Record::Op(Op {
+            id: recorder.next_id(),
+            process: 0,
+            kind: OpKind::Submit,
+            key: SERVICE_JOB.into(),
+            value: None,
+            expected: None,
+            version: None,
+            invoke_ns,
+            complete_ns: recorder.now_ns(),
+            outcome,
+            error: error.clone(),
+        }));
+        if outcome == Outcome::Ok {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The simulation's driver: between steps it injects and heals faults,
+/// observes the cluster, samples the machines and moves the run through
+/// its phases.
+struct Driver<'a> {
+    config: &'a SimConfig,
+    slots: &'a [Slot],
+    agents: &'a [SimAgent],
+    recorder: &'a Recorder,
+    signals: &'a Signals,
+    schedule: Vec<Window>,
+    next: usize,
+    active: Option<(Active, Duration)>,
+    windows: Vec<FaultWindow>,
+    /// Per window: whether it took the leader away.
+    took_leader: Vec<bool>,
+    /// The leader before the fault in force, and its window, until a
+    /// majority names another.
+    awaiting_leader: Option<(u64, usize)>,
+    /// Windows healed but not yet whole again.
+    unrecovered: Vec<usize>,
+    last_heal: Duration,
+    last_observed: Option<Duration>,
+    /// The fault log for the report (`  3.000 s  crash c2`).
+    lines: Vec<String>,
+    phase: Phase,
+}
+
+fn ns(at: Duration) -> u64 {
+    at.as_nanos() as u64
+}
+
+impl Driver<'_> {
+    /// One look between steps at simulated time `now`; true: the run is over.
+    fn tick(
+        &mut self,
+        sim: &mut turmoil::Sim<'_>,
+        now: Duration,
+        rng: &mut Rng,
+    ) -> Result<bool, SimError> {
+        let observe = self
+            .last_observed
+            .is_none_or(|at| now.saturating_sub(at) >= OBSERVE_EVERY);
+        if let Phase::Faults { from } = self.phase {
+            self.faults(sim, now, from, rng);
+        }
+        if !observe {
+            return Ok(false);
+        }
+        self.last_observed = Some(now);
+        if let (Some((old, index)), Some(_)) = (self.awaiting_leader, &self.active) {
+            if observe::majority_leader(self.slots).is_some_and(|l| l != old) {
+                let window = &mut self.windows[index];
+                window.new_leader_after_ns = Some(ns(now).saturating_sub(window.start_ns));
+                self.awaiting_leader = None;
+            }
+        }
+        let whole = observe::whole(self.slots, self.agents, self.config.service_count);
+        let settled = match self.phase {
+            Phase::Faults { .. } => self.active.is_none() && self.unrecovered.is_empty(),
+            Phase::Settling { converged, .. } => converged,
+            _ => false,
+        };
+        if !self.agents.is_empty() && self.phase != Phase::Setup {
+            self.recorder.push(Record::Sample(observe::sample(
+                self.agents,
+                ns(now),
+                settled,
+            )));
+        }
+        match self.phase {
+            Phase::Setup if whole => {
+                self.signals.go.store(true, Ordering::Relaxed);
+                self.phase = Phase::Faults { from: now };
+            }
+            Phase::Setup if now > SETUP_BOUND => {
+                return Err(SimError::Failed {
+                    seed: self.config.seed,
+                    message: format!(
+                        "the cluster was not whole (leader, nodes ready, service at count) within {} s of starting",
+                        SETUP_BOUND.as_secs()
+                    ),
+                });
+            }
+            Phase::Setup => {}
+            Phase::Faults { from } => {
+                if whole && self.active.is_none() {
+                    self.recovered(now);
+                }
+                if now >= from + self.config.duration && self.active.is_none() {
+                    self.signals.drains_stop.store(true, Ordering::Relaxed);
+                    self.phase = Phase::Converging { since: now };
+                }
+            }
+            Phase::Converging { since } => {
+                let late = now.saturating_sub(since) > self.config.converge_bound;
+                if whole || late {
+                    if whole {
+                        self.recovered(now);
+                    }
+                    self.recorder.push(Record::Converged {
+                        healed_ns: ns(self.last_heal),
+                        at_ns: whole.then(|| ns(now)),
+                        bound_ns: ns(self.config.converge_bound),
+                    });
+                    self.signals.clients_stop.store(true, Ordering::Relaxed);
+                    self.phase = Phase::Settling {
+                        until: now + SETTLED_FOR,
+                        converged: whole,
+                    };
+                }
+            }
+            Phase::Settling { until, .. } if now >= until => {
+                self.signals.finals.store(true, Ordering::Relaxed);
+                self.phase = Phase::Finals { since: now };
+            }
+            Phase::Settling { .. } => {}
+            Phase::Finals { since } => {
+                if self.signals.finals_done.load(Ordering::Relaxed)
+                    || now.saturating_sub(since) > FINALS_BOUND
+                {
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(false)
+    }
+
+    /// Injects the next scheduled fault, or heals the one in force.
+    fn faults(&mut self, sim: &mut turmoil::Sim<'_>, now: Duration, from: Duration, rng: &mut Rng) {
+        if let Some((active, until)) = self.active.take() {
+            if now < until {
+                self.active = Some((active, until));
+                return;
+            }
+            faults::heal(sim, &active);
+            self.awaiting_leader = None;
+            self.last_heal = now;
+            self.lines
+                .push(format!("{:>7.3} s  heal", now.as_secs_f64()));
+            if let Some(window) = self.windows.last_mut() {
+                window.end_ns = Some(ns(now));
+            }
+            self.unrecovered.push(self.windows.len() - 1);
+            return;
+        }
+        let Some(&(at, length, kind)) = self.schedule.get(self.next) else {
+            return;
+        };
+        if now < from + at {
+            return;
+        }
+        self.next += 1;
+        let leader = observe::majority_leader(self.slots);
+        let targets = Targets {
+            slots: self.slots,
+            agents: self.agents,
+            leader: leader.or_else(|| observe::some_leader(self.slots)),
+        };
+        let injected = faults::inject(sim, kind, &targets, rng);
+        self.lines
+            .push(format!("{:>7.3} s  {}", now.as_secs_f64(), injected.what));
+        self.windows.push(FaultWindow {
+            what: injected.what,
+            start_ns: ns(now),
+            end_ns: None,
+            recovered_after_ns: None,
+            lost_node: injected.lost_node,
+            new_leader_after_ns: None,
+        });
+        self.took_leader.push(injected.took_leader);
+        self.awaiting_leader = leader.map(|l| (l, self.windows.len() - 1));
+        self.active = Some((injected.active, now + length));
+    }
+
+    /// The cluster is whole at `now`: every healed fault has recovered.
+    fn recovered(&mut self, now: Duration) {
+        for index in self.unrecovered.drain(..) {
+            let window = &mut self.windows[index];
+            let end = window.end_ns.unwrap_or(ns(now));
+            window.recovered_after_ns = Some(ns(now).saturating_sub(end));
+        }
+    }
 }
 
 /// The simulation's clock, ns (0 outside a simulated host).
 fn simulated_ns() -> u64 {
     turmoil::sim_elapsed().map_or(0, |d| d.as_nanos() as u64)
-}
-
-/// A client of every coordinator over the simulated network.
-fn sim_client(addrs: &[String]) -> Result<HerdClient, Box<dyn std::error::Error>> {
-    let channels = addrs
-        .iter()
-        .map(|a| transport::channel(a).map(|c| (a.clone(), c)))
-        .collect::<Result<Vec<_>, String>>()?;
-    Ok(HerdClient::from_channels(channels)?)
-}
-
-/// A kind of fault the simulation injects.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SimFault {
-    /// Cut the leader (or a random member) off from the other members.
-    IsolateLeader,
-    /// Split the members into two random halves.
-    Halves,
-    /// Crash a random member; restart it on its store at the heal.
-    Crash,
-}
-
-/// `(start, length, fault)` windows: after 3 s, faults of 1-4 s separated
-/// by 2-4 s, healed before the clients stop.
-pub fn schedule(rng: &mut Rng, config: &SimConfig) -> Vec<(Duration, Duration, SimFault)> {
-    let kinds = [SimFault::IsolateLeader, SimFault::Halves, SimFault::Crash];
-    let mut windows = Vec::new();
-    if !config.faults {
-        return windows;
-    }
-    let end = config.duration.as_millis() as u64;
-    let mut at = 3_000;
-    loop {
-        let length = rng.between(1_000, 4_000);
-        if at + length > end {
-            break;
-        }
-        let kind = kinds[rng.below(kinds.len() as u64) as usize];
-        windows.push((
-            Duration::from_millis(at),
-            Duration::from_millis(length),
-            kind,
-        ));
-        at += length + rng.between(2_000, 4_000);
-    }
-    windows
-}
-
-/// Injects `kind`: what mends it, what was done, and whether it took the
-/// leader away (crashed it or cut it off from a majority).
-fn inject(
-    sim: &mut turmoil::Sim<'_>,
-    kind: SimFault,
-    members: &[u64],
-    leader: Option<u64>,
-    rng: &mut Rng,
-) -> (Active, String, bool) {
-    let mut ids = members.to_vec();
-    rng.shuffle(&mut ids);
-    let cut = |side_a: &[u64], side_b: &[u64]| {
-        let mut pairs = Vec::new();
-        for a in side_a {
-            for b in side_b {
-                pairs.push((host_name(*a), host_name(*b)));
-            }
-        }
-        pairs
-    };
-    let pairs = match kind {
-        SimFault::Crash => {
-            let victim = host_name(ids[0]);
-            sim.crash(victim.as_str());
-            let took_leader = leader == Some(ids[0]);
-            return (
-                Active::Crash(victim.clone()),
-                format!("crash {victim}"),
-                took_leader,
-            );
-        }
-        SimFault::IsolateLeader => {
-            let target = leader.filter(|l| ids.contains(l)).unwrap_or(ids[0]);
-            let rest: Vec<u64> = ids.iter().copied().filter(|i| *i != target).collect();
-            (cut(&[target], &rest), leader == Some(target))
-        }
-        SimFault::Halves => {
-            // The smaller half first: a leader there has lost its majority.
-            let half = ids.len() / 2;
-            let took_leader = leader.is_some_and(|l| ids[..half].contains(&l));
-            (cut(&ids[..half], &ids[half..]), took_leader)
-        }
-    };
-    let (pairs, took_leader) = pairs;
-    for (a, b) in &pairs {
-        sim.hold(a.as_str(), b.as_str());
-    }
-    let what = format!(
-        "partition {}",
-        pairs
-            .iter()
-            .map(|(a, b)| format!("{a}-{b}"))
-            .collect::<Vec<_>>()
-            .join(" ")
-    );
-    (Active::Partition(pairs), what, took_leader)
 }

@@ -1,36 +1,84 @@
-//! The simulation end to end: seeds pass the linearizability checkers with
-//! faults injected, and a planted bug (stale reads) is caught.
+//! The simulation end to end: coordinators and agents pass every checker
+//! with faults injected, lost nodes' work is rescheduled, and planted bugs
+//! (stale reads, ignored stops) are caught.
 
 use std::time::{Duration, Instant};
 
-use herd_sim::{run, SimConfig};
+use herd_chaos::history::Record;
+use herd_sim::{run, SimConfig, SimFault, SimOutcome};
+
+fn simulate(config: SimConfig) -> SimOutcome {
+    let started = Instant::now();
+    let outcome = run(&config).expect("simulation");
+    eprintln!(
+        "seed {}: {} ops, {:?} simulated in {:?}: {:?}\n{}",
+        config.seed,
+        outcome.history.ops().count(),
+        outcome.simulated,
+        started.elapsed(),
+        outcome.verdict,
+        outcome.faults.join("\n")
+    );
+    outcome
+}
 
 #[test]
-fn seeds_pass_the_checkers_under_partitions_and_crashes() {
+fn coordinators_and_agents_pass_every_checker_under_faults() {
     for seed in 1..=2 {
-        let started = Instant::now();
-        let outcome = run(&SimConfig {
+        let outcome = simulate(SimConfig {
             seed,
             ..SimConfig::default()
-        })
-        .expect("simulation");
-        let ops = outcome.history.ops().count();
-        eprintln!(
-            "seed {seed}: {ops} ops, {} fault events, {:?} simulated in {:?}: {:?}\n{}",
-            outcome.faults.len(),
-            outcome.simulated,
-            started.elapsed(),
-            outcome.verdict,
-            outcome.faults.join("\n")
-        );
+        });
         assert!(
             outcome.verdict.is_pass(),
             "seed {seed}: {:?}",
-            outcome.verdict
+            outcome.verdicts
         );
+        let names: Vec<&str> = outcome.verdicts.iter().map(|(n, _)| *n).collect();
+        for checker in [
+            "linearizable registers",
+            "no acknowledged job lost",
+            "linearizable job versions",
+            "drains respected",
+            "no double run",
+            "converged within bound",
+        ] {
+            assert!(names.contains(&checker), "seed {seed}: {names:?}");
+        }
+        let ops = outcome.history.ops().count();
         assert!(ops > 100, "seed {seed}: only {ops} operations");
         assert!(!outcome.faults.is_empty());
+        let samples = outcome.history.samples().count();
+        assert!(samples > 100, "seed {seed}: only {samples} samples");
+        assert!(
+            outcome.history.samples().any(|s| s.processes.len() >= 2),
+            "seed {seed}: the service never ran"
+        );
         assert!(outcome.simulated >= Duration::from_secs(20));
+    }
+}
+
+#[test]
+fn a_lost_node_s_service_instances_are_rescheduled_within_seconds() {
+    let outcome = simulate(SimConfig {
+        seed: 11,
+        faults: vec![SimFault::NodeLoss],
+        ..SimConfig::default()
+    });
+    assert!(outcome.verdict.is_pass(), "{:?}", outcome.verdicts);
+    let losses = outcome
+        .history
+        .records
+        .iter()
+        .filter(|r| matches!(r, Record::Fault(f) if f.lost_node.is_some()))
+        .count();
+    assert!(losses >= 2, "{losses} node losses");
+    // Every loss took a busy node: each must have been rescheduled within
+    // 10 s, and not before the node could be judged down: the 2 s TTL
+    // counts from its last heartbeat, at most a third of it before the loss.
+    assert_eq!(outcome.rescheduled_ms.len(), losses, "{outcome:?}");
+    for ms in &outcome.rescheduled_ms {
+        assert!((1_300..10_000).contains(ms), "rescheduled after {ms} ms");
     }
 }
 
@@ -40,13 +88,12 @@ fn stale_reads_are_caught() {
     // linearizable once a member is cut off: the checkers must say so, or
     // the simulation could not find the bugs it is for.
     let caught = (1..=3).any(|seed| {
-        let outcome = run(&SimConfig {
+        let outcome = simulate(SimConfig {
             seed,
+            agents: 0,
             stale_reads: true,
             ..SimConfig::default()
-        })
-        .expect("simulation");
-        eprintln!("seed {seed} with stale reads: {:?}", outcome.verdict);
+        });
         outcome.verdict.is_fail()
     });
     assert!(
@@ -56,13 +103,40 @@ fn stale_reads_are_caught() {
 }
 
 #[test]
+fn workloads_that_never_stop_are_caught() {
+    // Agents whose stops do nothing leave stale copies running after a
+    // node comes back: the cluster must not look whole, or the job checkers
+    // could not find the bugs they are for.
+    let outcome = simulate(SimConfig {
+        seed: 3,
+        faults: vec![SimFault::AgentPartition],
+        ignore_stops: true,
+        ..SimConfig::default()
+    });
+    assert!(outcome.verdict.is_fail(), "{:?}", outcome.verdicts);
+    eprintln!("caught: {:?}", outcome.verdict);
+}
+
+#[test]
 fn a_seed_draws_the_same_schedule() {
-    let config = SimConfig::default();
     let draw = |seed| {
         let mut rng = herd_chaos::nemesis::rng::Rng::new(seed);
-        herd_sim::run::schedule(&mut rng, &config)
+        herd_sim::faults::schedule(
+            &mut rng,
+            Duration::from_secs(20),
+            &herd_sim::faults::ALL,
+            true,
+        )
     };
     assert_eq!(draw(7), draw(7));
     assert_ne!(draw(7), draw(8));
     assert!(!draw(7).is_empty());
+    let mut rng = herd_chaos::nemesis::rng::Rng::new(7);
+    let coordinators_only = herd_sim::faults::schedule(
+        &mut rng,
+        Duration::from_secs(60),
+        &herd_sim::faults::ALL,
+        false,
+    );
+    assert!(coordinators_only.iter().all(|(_, _, k)| !k.needs_agents()));
 }

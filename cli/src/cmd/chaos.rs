@@ -254,6 +254,7 @@ async fn run_one(
         &CheckConfig {
             linear_step_budget: args.step_budget,
             jobs: true,
+            processes: true,
         },
     );
     let report = Report::new(scenario.name, seed, &history, verdicts);

@@ -4,7 +4,9 @@
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+// The runtime's clock: the deterministic simulation drives it.
+use tokio::time::Instant;
 
 use futures::Stream;
 use herd_api::alloc::{AllocDesired, AllocStatus, AllocUpdate};

@@ -19,7 +19,7 @@ use std::time::Duration;
 use herd_actors::resources::{HostReport, Reserved, ResourceMsg};
 use herd_actors::workload::{AllocReport, DesiredAlloc, SupervisorMsg};
 use herd_api::alloc::AllocStatus;
-use herd_api::client::HerdClient;
+use herd_api::client::{Connector, HerdClient};
 use herd_api::job::{JobType, TaskSpec};
 use herd_api::proto::agent::agent_client::AgentClient;
 use herd_api::proto::agent::{
@@ -58,6 +58,8 @@ pub struct LinkArgs {
     pub config: Arc<NodeConfig>,
     /// Where clients reach this agent (its server is already bound).
     pub advertise: String,
+    /// How to reach the coordinators; `None`: TCP.
+    pub connector: Option<Connector>,
     /// The workload supervisor, fed with assignments.
     pub supervisor: ActorRef<SupervisorMsg>,
     /// The resource monitor, asked for figures at every heartbeat.
@@ -98,7 +100,11 @@ impl Actor for CoordinatorLink {
         myself: ActorRef<Self::Msg>,
         args: LinkArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let client = HerdClient::new(&args.config.coordinators)?.with_leader_routing();
+        let client = match &args.connector {
+            Some(connect) => HerdClient::with_connector(&args.config.coordinators, connect)?,
+            None => HerdClient::new(&args.config.coordinators)?,
+        }
+        .with_leader_routing();
         let last_index = std::fs::read_to_string(last_index_path(&args.config.data_dir))
             .ok()
             .and_then(|t| t.trim().parse().ok())

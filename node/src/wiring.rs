@@ -1,0 +1,68 @@
+//! What an agent runs on besides its configuration: the drivers it offers
+//! and the transport to its coordinators.
+//!
+//! A real host gets [`Wiring::host`]: every driver, over the operating
+//! system's TCP. The deterministic simulation (`chaos/sim`) passes its
+//! own SIMULATED drivers and network instead, so that the agent's actors,
+//! link and supervision run there as the same code.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use herd_actors::driver::dljob::DljobDriver;
+use herd_actors::driver::exec::ExecDriver;
+use herd_actors::driver::inference::InferenceDriver;
+use herd_actors::driver::simvm::SimVmDriver;
+use herd_actors::driver::vm::VmDriver;
+use herd_actors::driver::Driver;
+use herd_api::client::Connector;
+
+/// The drivers and transport of one agent; cloned into every restart of
+/// its actors.
+#[derive(Clone)]
+pub struct Wiring {
+    /// The drivers, keyed by the name job specs use.
+    pub drivers: HashMap<String, Arc<dyn Driver>>,
+    /// How to reach the coordinators; `None`: TCP.
+    pub connector: Option<Connector>,
+}
+
+impl Wiring {
+    /// Every driver herd has, over TCP. `executor` is the herd binary: the
+    /// exec driver's supervisor and the other drivers' helper.
+    pub fn host(executor: &Path) -> Self {
+        Self::with_drivers(vec![
+            Arc::new(ExecDriver::new(executor)),
+            Arc::new(VmDriver::new(executor)),
+            Arc::new(SimVmDriver::new(executor)),
+            Arc::new(DljobDriver::new(executor)),
+            Arc::new(InferenceDriver::new(executor)),
+        ])
+    }
+
+    /// These drivers only, over TCP until [`Wiring::connector`] is set.
+    pub fn with_drivers(drivers: Vec<Arc<dyn Driver>>) -> Self {
+        Self {
+            drivers: drivers
+                .into_iter()
+                .map(|d| (d.name().to_string(), d))
+                .collect(),
+            connector: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_host_offers_every_driver_a_job_spec_may_name() {
+        let wiring = Wiring::host(Path::new("/usr/bin/herd"));
+        for name in herd_api::job::KNOWN_DRIVERS {
+            assert!(wiring.drivers.contains_key(*name), "no {name} driver");
+        }
+        assert_eq!(wiring.drivers.len(), herd_api::job::KNOWN_DRIVERS.len());
+    }
+}
