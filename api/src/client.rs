@@ -65,6 +65,16 @@ impl ClientError {
 /// coordinators ([`HerdClient::with_connector`]).
 pub type Connector = Arc<dyn Fn(&str) -> Result<Channel, String> + Send + Sync>;
 
+/// A lazily connected TCP channel to `addr`, with the client's timeouts.
+fn tcp_channel(addr: &str) -> Result<Channel, String> {
+    let endpoint = Endpoint::from_shared(format!("http://{addr}")).map_err(|e| e.to_string())?;
+    Ok(endpoint
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(150))
+        .tcp_nodelay(true)
+        .connect_lazy())
+}
+
 /// How long a leader-routing client trusts what it learned about the leader.
 const LEADER_REFRESH: Duration = Duration::from_secs(5);
 
@@ -94,32 +104,8 @@ fn try_next(status: &Status) -> bool {
 impl HerdClient {
     /// Connects lazily to `addrs` (`HOST:PORT` each).
     pub fn new<S: AsRef<str>>(addrs: &[S]) -> Result<Self, ClientError> {
-        let mut endpoints = Vec::new();
-        for addr in addrs
-            .iter()
-            .map(|a| a.as_ref().trim())
-            .filter(|a| !a.is_empty())
-        {
-            let endpoint = Endpoint::from_shared(format!("http://{addr}")).map_err(|e| {
-                ClientError::BadAddress {
-                    addr: addr.to_string(),
-                    message: e.to_string(),
-                }
-            })?;
-            let channel = endpoint
-                .connect_timeout(Duration::from_secs(2))
-                .timeout(Duration::from_secs(150))
-                .tcp_nodelay(true)
-                .connect_lazy();
-            endpoints.push((addr.to_string(), channel));
-        }
-        if endpoints.is_empty() {
-            return Err(ClientError::NoAddress);
-        }
-        Ok(Self {
-            endpoints,
-            leader: None,
-        })
+        let tcp: Connector = Arc::new(tcp_channel);
+        Self::with_connector(addrs, &tcp)
     }
 
     /// Connects lazily to `addrs` through `connect` instead of the operating

@@ -84,8 +84,10 @@ fn service_instances(sample: &Sample, without: Option<&str>) -> usize {
 }
 
 /// How long after losing `node` at `start_ns` the service ran at its
-/// earlier count on the remaining nodes, from the workload samples.
-fn rescheduled_after(history: &History, node: &str, start_ns: u64) -> Option<u64> {
+/// earlier count on the remaining nodes, from the workload samples taken
+/// before the node came back at `end_ns` (after that, work leaving it is
+/// not a rescheduling: a drain or another fault moved it).
+fn rescheduled_after(history: &History, node: &str, start_ns: u64, end_ns: u64) -> Option<u64> {
     let samples: Vec<&Sample> = history.samples().collect();
     let before = samples.iter().rev().find(|s| s.at_ns < start_ns)?;
     let count = service_instances(before, None);
@@ -95,7 +97,7 @@ fn rescheduled_after(history: &History, node: &str, start_ns: u64) -> Option<u64
     }
     samples
         .iter()
-        .filter(|s| s.at_ns >= start_ns)
+        .filter(|s| s.at_ns >= start_ns && s.at_ns <= end_ns)
         .find(|s| service_instances(s, Some(node)) >= count)
         .map(|s| s.at_ns - start_ns)
 }
@@ -179,7 +181,10 @@ impl Report {
                     rescheduled_ms: f
                         .lost_node
                         .as_deref()
-                        .and_then(|node| rescheduled_after(history, node, f.start_ns))
+                        .and_then(|node| {
+                            let end = f.end_ns.unwrap_or(u64::MAX);
+                            rescheduled_after(history, node, f.start_ns, end)
+                        })
                         .map(|n| n / 1_000_000),
                 }
             })
@@ -306,7 +311,7 @@ mod tests {
         records.push(Record::Fault(FaultWindow {
             what: "kill -9 node n1".into(),
             start_ns: 10,
-            end_ns: Some(100),
+            end_ns: Some(10 + 5_000_000),
             recovered_after_ns: None,
             lost_node: Some("n1".into()),
             new_leader_after_ns: None,
@@ -326,6 +331,13 @@ mod tests {
             sample(10 + 4 * ms, &[("n2", 0), ("n2", 1), ("n3", 2)]),
         ]);
         assert_eq!(rescheduled, Some(4));
+        // Moved after the node came back (5 ms after the loss): not a
+        // rescheduling.
+        let late = node_loss(vec![
+            before.clone(),
+            sample(10 + 6 * ms, &[("n2", 0), ("n2", 1), ("n3", 2)]),
+        ]);
+        assert_eq!(late, None);
         // Running again only on the lost node (it came back) is not a
         // rescheduling.
         let back = node_loss(vec![
