@@ -18,7 +18,7 @@ use herd_api::proto::v1::{ListAllocsRequest, ListNodesRequest};
 use crate::agents::{kill_processes_under, processes_under, AgentSet};
 use crate::docker::DockerEnv;
 use crate::finals;
-use crate::history::{FaultWindow, History, OpKind, Record, Sample, SeenProcess};
+use crate::history::{FaultWindow, History, Record, Sample, SeenProcess};
 use crate::nemesis::rng::Rng;
 use crate::nemesis::schedule::{plan, ScheduleShape};
 use crate::nemesis::{self, NemesisError, Targets};
@@ -285,23 +285,15 @@ pub async fn run(config: &RunConfig) -> Result<History, RunError> {
         let started = std::time::Instant::now();
         let mut attempt = 0usize;
         loop {
-            let invoke_ns = recorder.now_ns();
-            let spec = workload::sleeper_spec(SERVICE_JOB, scenario.service_count);
             let member = attempt % addrs.len().max(1);
-            let (outcome, error) = workload::submit(&client, member, spec).await;
-            recorder.push(Record::Op(crate::history::Op {
-                id: recorder.next_id(),
-                process: 0,
-                kind: OpKind::Submit,
-                key: SERVICE_JOB.into(),
-                value: None,
-                expected: None,
-                version: None,
-                invoke_ns,
-                complete_ns: recorder.now_ns(),
-                outcome,
-                error: error.clone(),
-            }));
+            let error = workload::submit_service(
+                &client,
+                member,
+                SERVICE_JOB,
+                scenario.service_count,
+                &recorder,
+            )
+            .await;
             match error {
                 None => break,
                 Some(error) if started.elapsed() > Duration::from_secs(20) => {

@@ -402,6 +402,35 @@ async fn submit_versioned(
     }
 }
 
+/// One attempt of a run's setup: submits the service job `name` with
+/// `count` sleeping instances through coordinator `member`, recorded as an
+/// operation of process 0 (without a marker, so the job-version checker
+/// leaves it out). Returns the error, if the attempt failed.
+pub async fn submit_service(
+    client: &HerdClient,
+    member: usize,
+    name: &str,
+    count: u32,
+    recorder: &Recorder,
+) -> Option<String> {
+    let invoke_ns = recorder.now_ns();
+    let (outcome, error) = submit(client, member, sleeper_spec(name, count)).await;
+    recorder.push(Record::Op(Op {
+        id: recorder.next_id(),
+        process: 0,
+        kind: OpKind::Submit,
+        key: name.to_string(),
+        value: None,
+        expected: None,
+        version: None,
+        invoke_ns,
+        complete_ns: recorder.now_ns(),
+        outcome,
+        error: error.clone(),
+    }));
+    error
+}
+
 /// A job client: submits small sleeper jobs, updates some (a changed spec,
 /// so a new version), stops some, queries others, until stopped. Every
 /// submit and update carries a unique marker ([`MARK_ENV`]) and every

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use herd_chaos::check::{self, CheckConfig, Verdict};
 use herd_chaos::finals;
-use herd_chaos::history::{FaultWindow, History, Op, OpKind, Outcome, Record};
+use herd_chaos::history::{FaultWindow, History, Record};
 use herd_chaos::nemesis::rng::Rng;
 use herd_chaos::report::Report;
 use herd_chaos::runner::SERVICE_JOB;
@@ -414,24 +414,9 @@ async fn submit_service(
     recorder: &Recorder,
 ) {
     for attempt in 0usize.. {
-        let invoke_ns = recorder.now_ns();
-        let spec = workload::sleeper_spec(SERVICE_JOB, count);
         let member = attempt % members.max(1) as usize;
-        let (outcome, error) = workload::submit(client, member, spec).await;
-        recorder.push(Record::Op(Op {
-            id: recorder.next_id(),
-            process: 0,
-            kind: OpKind::Submit,
-            key: SERVICE_JOB.into(),
-            value: None,
-            expected: None,
-            version: None,
-            invoke_ns,
-            complete_ns: recorder.now_ns(),
-            outcome,
-            error: error.clone(),
-        }));
-        if outcome == Outcome::Ok {
+        let error = workload::submit_service(client, member, SERVICE_JOB, count, recorder).await;
+        if error.is_none() {
             return;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;

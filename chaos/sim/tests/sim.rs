@@ -66,17 +66,31 @@ fn a_lost_node_s_service_instances_are_rescheduled_within_seconds() {
         ..SimConfig::default()
     });
     assert!(outcome.verdict.is_pass(), "{:?}", outcome.verdicts);
-    let losses = outcome
+    let losses: Vec<u64> = outcome
         .history
         .records
         .iter()
-        .filter(|r| matches!(r, Record::Fault(f) if f.lost_node.is_some()))
-        .count();
-    assert!(losses >= 2, "{losses} node losses");
-    // Every loss took a busy node: each must have been rescheduled within
-    // 10 s, and not before the node could be judged down: the 2 s TTL
-    // counts from its last heartbeat, at most a third of it before the loss.
-    assert_eq!(outcome.rescheduled_ms.len(), losses, "{outcome:?}");
+        .filter_map(|r| match r {
+            Record::Fault(f) if f.lost_node.is_some() => {
+                Some(f.end_ns.unwrap_or(u64::MAX).saturating_sub(f.start_ns) / 1_000_000)
+            }
+            _ => None,
+        })
+        .collect();
+    assert!(losses.len() >= 2, "node losses lasting {losses:?} ms");
+    // Every loss took a busy node. One that lasted 3 s or more outlived
+    // the 2 s TTL and the placement after it, so its instances must have
+    // run elsewhere before it came back; a shorter one may come back first.
+    // None may be rescheduled before the node could be judged down: the
+    // TTL counts from its last heartbeat, at most a third of it before the
+    // loss.
+    let long = losses.iter().filter(|ms| **ms >= 3_000).count();
+    assert!(
+        !outcome.rescheduled_ms.is_empty() && outcome.rescheduled_ms.len() >= long,
+        "losses lasting {losses:?} ms, rescheduled after {:?} ms\n{}",
+        outcome.rescheduled_ms,
+        outcome.faults.join("\n")
+    );
     for ms in &outcome.rescheduled_ms {
         assert!((1_300..10_000).contains(ms), "rescheduled after {ms} ms");
     }
