@@ -143,36 +143,21 @@ pub async fn run(args: SimArgs) -> Result<(), CliError> {
             }
         }
     }
-    if let (Some(p50), Some(p99), Some(max)) = (
-        quantile(&failovers_ms, 0.5),
-        quantile(&failovers_ms, 0.99),
-        quantile(&failovers_ms, 1.0),
-    ) {
-        println!(
-            "leader lost {} times: writes acknowledged again after p50 {p50} ms, p99 {p99} ms, max {max} ms (simulated time)",
-            failovers_ms.len()
-        );
-    }
-    if let (Some(p50), Some(p99), Some(max)) = (
-        quantile(&new_leader_ms, 0.5),
-        quantile(&new_leader_ms, 0.99),
-        quantile(&new_leader_ms, 1.0),
-    ) {
-        println!(
-            "leader changed {} times: a majority named the new one after p50 {p50} ms, p99 {p99} ms, max {max} ms (simulated time)",
-            new_leader_ms.len()
-        );
-    }
-    if let (Some(p50), Some(p99), Some(max)) = (
-        quantile(&rescheduled_ms, 0.5),
-        quantile(&rescheduled_ms, 0.99),
-        quantile(&rescheduled_ms, 1.0),
-    ) {
-        println!(
-            "busy node lost {} times: its service instances ran elsewhere after p50 {p50} ms, p99 {p99} ms, max {max} ms (simulated time)",
-            rescheduled_ms.len()
-        );
-    }
+    print_spread(
+        &failovers_ms,
+        "leader lost",
+        "writes acknowledged again after",
+    );
+    print_spread(
+        &new_leader_ms,
+        "leader changed",
+        "a majority named the new one after",
+    );
+    print_spread(
+        &rescheduled_ms,
+        "busy node lost",
+        "its service instances ran elsewhere after",
+    );
     let minutes = started.elapsed().as_secs_f64() / 60.0;
     println!(
         "{} seeds: {passed} passed, {violated} violated, {undecided} undecided; {:.1} seeds per minute",
@@ -188,4 +173,19 @@ pub async fn run(args: SimArgs) -> Result<(), CliError> {
         ));
     }
     Ok(())
+}
+
+/// Prints `SUBJECT N times: WHAT p50 .. ms, p99 .. ms, max .. ms`, when
+/// there are values.
+fn print_spread(values: &[u64], subject: &str, what: &str) {
+    if let (Some(p50), Some(p99), Some(max)) = (
+        quantile(values, 0.5),
+        quantile(values, 0.99),
+        quantile(values, 1.0),
+    ) {
+        println!(
+            "{subject} {} times: {what} p50 {p50} ms, p99 {p99} ms, max {max} ms (simulated time)",
+            values.len()
+        );
+    }
 }
