@@ -1,9 +1,11 @@
 //! The replicated state machine over a [`KvStore`], driving an [`Application`].
 //!
-//! Every batch of applied entries becomes one atomic write holding the
-//! application's changes and the new applied position, so a crash leaves the
-//! persisted state at an entry boundary; Raft re-applies the rest from the log.
+//! Applied changes are written in batches across entries, as etcd's backend
+//! does: each write is atomic and holds the changes and the applied position
+//! they lead to, so a crash leaves the persisted state at an entry boundary
+//! and Raft re-applies the rest from its durable log.
 
+use std::collections::BTreeMap;
 use std::io::Cursor;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -79,7 +81,18 @@ pub struct StateMachineStore<A: Application> {
     applied: Option<LogId>,
     membership: StoredMembership,
     stats: Arc<StateMachineStats>,
+    /// Applied changes not yet written to the store, last write per key.
+    pending: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    /// When the oldest pending change was applied (the runtime's clock, so
+    /// the deterministic simulation controls it too).
+    pending_since: Option<tokio::time::Instant>,
 }
+
+/// Applied changes are written to the store at most this late (checked when
+/// the next entries are applied)...
+const PERSIST_AFTER: std::time::Duration = std::time::Duration::from_millis(100);
+/// ...or once this many keys are pending, whichever comes first.
+const PERSIST_KEYS: usize = 8192;
 
 impl<A: Application> StateMachineStore<A> {
     /// Loads the persisted state into `app` and wraps both.
@@ -111,7 +124,23 @@ impl<A: Application> StateMachineStore<A> {
             applied,
             membership,
             stats: Arc::new(StateMachineStats::default()),
+            pending: BTreeMap::new(),
+            pending_since: None,
         })
+    }
+
+    /// Writes every pending change and the applied position in one atomic batch.
+    fn persist_pending(&mut self) -> Result<(), StorageError> {
+        let mut ops: Vec<WriteOp> = std::mem::take(&mut self.pending)
+            .into_iter()
+            .map(|(key, value)| match value {
+                Some(value) => WriteOp::Put(key, value),
+                None => WriteOp::Delete(key),
+            })
+            .collect();
+        self.pending_since = None;
+        ops.extend(self.position_ops()?);
+        self.store.write(Space::State, ops).map_err(sm_err)
     }
 
     /// Counters for status reports.
@@ -236,35 +265,49 @@ impl<A: Application> RaftStateMachine<TypeConfig> for StateMachineStore<A> {
                 }
             }
         }
-        // Written at once, in the same atomic batch as the applied position.
-        // (Deferring it across entries, as etcd's backend does, measured no
-        // gain; see docs/benchmarks.md.)
-        let mut ops: Vec<WriteOp> = changes
-            .into_iter()
-            .map(|op| match op {
-                WriteOp::Put(k, v) => WriteOp::Put(app_key(&k), v),
-                WriteOp::Delete(k) => WriteOp::Delete(app_key(&k)),
-            })
-            .collect();
-        ops.extend(self.position_ops()?);
-        self.store.write(Space::State, ops).map_err(sm_err)?;
+        // Persisted in batches across entries: the durable log keeps every
+        // applied entry until a snapshot, and a snapshot is built only from
+        // persisted state (see get_snapshot_builder), so a crash loses
+        // nothing Raft cannot re-apply. Each sled batch costs two buffer
+        // writes of its own; one per 100 ms instead of one per entry was
+        // worth about a tenth of the throughput (docs/benchmarks.md).
+        // Start-up checks that need applied state newer than this read the
+        // log (the cluster id: coordinator/src/start.rs).
+        for op in changes {
+            match op {
+                WriteOp::Put(k, v) => self.pending.insert(app_key(&k), Some(v)),
+                WriteOp::Delete(k) => self.pending.insert(app_key(&k), None),
+            };
+        }
+        let since = *self
+            .pending_since
+            .get_or_insert_with(tokio::time::Instant::now);
+        if self.pending.len() >= PERSIST_KEYS || since.elapsed() >= PERSIST_AFTER {
+            self.persist_pending()?;
+        }
         Ok(outcomes)
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        // Captured here, where no apply runs concurrently, so the pairs and
-        // the position match exactly. A failed read makes the build fail:
-        // never an empty or partial snapshot.
-        let pairs = self
-            .store
-            .range(Space::State, APP_PREFIX, Some(APP_END))
-            .map(|pairs| {
-                pairs
-                    .into_iter()
-                    .map(|(k, v)| (k[APP_PREFIX.len()..].to_vec(), v))
-                    .collect()
-            })
-            .map_err(|e| format!("cannot read state for a snapshot: {e}"));
+        // Captured here, where no apply runs concurrently, after persisting
+        // what is pending, so the pairs and the position match exactly (and
+        // a later purge of the log behind the snapshot keeps nothing needed).
+        // A failure makes the build fail: never an empty or partial snapshot.
+        let pairs = match self.persist_pending() {
+            Err(e) => Err(format!(
+                "cannot persist applied state before a snapshot: {e}"
+            )),
+            Ok(()) => self
+                .store
+                .range(Space::State, APP_PREFIX, Some(APP_END))
+                .map(|pairs| {
+                    pairs
+                        .into_iter()
+                        .map(|(k, v)| (k[APP_PREFIX.len()..].to_vec(), v))
+                        .collect()
+                })
+                .map_err(|e| format!("cannot read state for a snapshot: {e}")),
+        };
         SnapshotBuilder {
             store: self.store.clone(),
             applied: self.applied,
@@ -297,6 +340,9 @@ impl<A: Application> RaftStateMachine<TypeConfig> for StateMachineStore<A> {
             )
             .into());
         }
+        // The snapshot replaces everything, including what was pending.
+        self.pending.clear();
+        self.pending_since = None;
         let mut ops: Vec<WriteOp> = self
             .store
             .range(Space::State, APP_PREFIX, Some(APP_END))

@@ -8,8 +8,11 @@ use serde::{Deserialize, Serialize};
 pub type NodeId = u64;
 
 /// A command as the log carries it: encoded by the application, opaque here.
+///
+/// Serialized as a byte string (one copy, not one call per byte); bincode
+/// writes that exactly as it writes a plain `Vec<u8>`, so old logs decode.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Proposal(pub Vec<u8>);
+pub struct Proposal(#[serde(with = "serde_bytes")] pub Vec<u8>);
 
 impl std::fmt::Display for Proposal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -19,7 +22,7 @@ impl std::fmt::Display for Proposal {
 
 /// The application's answer to an applied command, encoded by the application.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Outcome(pub Vec<u8>);
+pub struct Outcome(#[serde(with = "serde_bytes")] pub Vec<u8>);
 
 openraft::declare_raft_types!(
     /// herd's openraft types: opaque commands, u64 member ids, members known by address.

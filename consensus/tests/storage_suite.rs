@@ -95,7 +95,7 @@ fn normal_entry(index: u64) -> herd_consensus::types::Entry {
 }
 
 #[tokio::test]
-async fn applied_state_is_persisted_with_its_position_and_snapshots_capture_it() {
+async fn applied_state_is_persisted_in_batches_and_before_every_snapshot() {
     use openraft::storage::RaftStateMachine;
     use openraft::RaftSnapshotBuilder;
 
@@ -112,20 +112,12 @@ async fn applied_state_is_persisted_with_its_position_and_snapshots_capture_it()
         Some(3)
     );
 
-    // Written with the applied position: a member restarting now resumes
-    // there (start-up checks read this state before Raft runs).
+    // Not written yet: a member restarting now resumes from an earlier
+    // position, and Raft re-applies the rest from its durable log.
     let mut restarted = reopen();
-    assert_eq!(
-        restarted
-            .applied_state()
-            .await
-            .expect("state")
-            .0
-            .map(|l| l.index),
-        Some(3)
-    );
+    assert_eq!(restarted.applied_state().await.expect("state").0, None);
 
-    // A snapshot is built from the persisted state at that position.
+    // A snapshot is built only from persisted state, so it persists first.
     let snapshot = sm
         .get_snapshot_builder()
         .await
@@ -142,5 +134,29 @@ async fn applied_state_is_persisted_with_its_position_and_snapshots_capture_it()
             .0
             .map(|l| l.index),
         Some(3)
+    );
+
+    // Changes wait at most about 100 ms: the first apply after that writes
+    // them with their position.
+    sm.apply([normal_entry(4)]).await.expect("apply");
+    assert_eq!(
+        reopen()
+            .applied_state()
+            .await
+            .expect("state")
+            .0
+            .map(|l| l.index),
+        Some(3)
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    sm.apply([normal_entry(5)]).await.expect("apply");
+    assert_eq!(
+        reopen()
+            .applied_state()
+            .await
+            .expect("state")
+            .0
+            .map(|l| l.index),
+        Some(5)
     );
 }

@@ -43,22 +43,21 @@ impl Application for StateApp {
     /// Applies a batch of commands (see `propose`), each on its own: one
     /// malformed command is rejected without touching the others.
     fn apply(&mut self, index: u64, batch: &[u8], changes: &mut Vec<WriteOp>) -> Vec<u8> {
-        let results: Vec<CommandResult> =
-            match codec::decode::<Vec<Vec<u8>>>(batch, "command batch") {
-                Ok(commands) => commands
-                    .iter()
-                    .map(|bytes| match crate::legacy::decode_command(bytes) {
-                        Ok(command) => apply(
-                            &mut self.state,
-                            index,
-                            command,
-                            &mut ChangeLog::new(changes),
-                        ),
-                        Err(e) => CommandResult::Rejected(Rejection::Invalid(e.to_string())),
-                    })
-                    .collect(),
-                Err(e) => vec![CommandResult::Rejected(Rejection::Invalid(e.to_string()))],
-            };
+        let results: Vec<CommandResult> = match codec::decode_batch(batch, "command batch") {
+            Ok(commands) => commands
+                .iter()
+                .map(|bytes| match crate::legacy::decode_command(bytes) {
+                    Ok(command) => apply(
+                        &mut self.state,
+                        index,
+                        command,
+                        &mut ChangeLog::new(changes),
+                    ),
+                    Err(e) => CommandResult::Rejected(Rejection::Invalid(e.to_string())),
+                })
+                .collect(),
+            Err(e) => vec![CommandResult::Rejected(Rejection::Invalid(e.to_string()))],
+        };
         self.sync_identity();
         codec::encode(&results).unwrap_or_default()
     }

@@ -69,7 +69,8 @@ pub enum Command {
     PutVariable {
         /// Variable key.
         key: String,
-        /// New value.
+        /// New value (a byte string to serde: copied whole, not per byte).
+        #[serde(with = "serde_bytes")]
         value: Vec<u8>,
         /// Required current version (0: must not exist); None writes unconditionally.
         expected_version: Option<u64>,

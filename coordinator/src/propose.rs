@@ -63,7 +63,7 @@ impl Proposer {
 async fn commit(raft: Raft, commands: Vec<Vec<u8>>) -> Vec<Result<Written, ForwardError>> {
     let count = commands.len();
     let all = |e: ForwardError| vec![Err(e); count];
-    let bytes = match codec::encode(&commands) {
+    let bytes = match codec::encode_batch(&commands) {
         Ok(bytes) => bytes,
         Err(e) => return all(ForwardError::Failed(e.to_string())),
     };

@@ -306,7 +306,7 @@ fn cluster_id_from_log(store: &dyn KvStore) -> Option<String> {
         let openraft::EntryPayload::Normal(proposal) = entry.payload else {
             return None;
         };
-        let batch: Vec<Vec<u8>> = codec::decode(&proposal.0, "command batch").ok()?;
+        let batch = codec::decode_batch(&proposal.0, "command batch").ok()?;
         batch.iter().find_map(
             |command| match codec::decode::<Command>(command, "command") {
                 Ok(Command::InitCluster { cluster_id }) => Some(cluster_id),

@@ -63,7 +63,11 @@ pub struct StoreError {
 ///
 /// Writes become visible to reads at once; they are durable only after
 /// [`KvStore::sync`] returns. Implementations must make `sync` mean "on
-/// stable storage" (fsync), not "handed to the kernel".
+/// stable storage" (fsync), not "handed to the kernel". After a crash, the
+/// unsynced writes that survive must be a prefix, in the order they were
+/// made, of those made (a [`KvStore::write`] counting as one): the Raft log
+/// appends entries one write at a time and relies on never recovering a
+/// later entry without the earlier ones.
 pub trait KvStore: Send + Sync + 'static {
     /// Reads one key.
     fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;

@@ -68,7 +68,8 @@ pub struct Job {
 /// A replicated register with a version for compare-and-set.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Variable {
-    /// The stored bytes.
+    /// The stored bytes (a byte string to serde: copied whole, not per byte).
+    #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
     /// Bumped on every write (starts at 1; 0 means "absent" in a CAS).
     pub version: u64,
