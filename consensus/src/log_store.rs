@@ -4,6 +4,12 @@
 //! takes every append callback waiting, makes the store durable once, and
 //! only then acknowledges them all. Under load many client writes share one
 //! fsync, which is where herd's commit throughput comes from.
+//!
+//! Purging the log behind a snapshot only records how far it was purged;
+//! a purger thread then discards the entries. openraft awaits `purge` in its
+//! core loop, and discarding ten thousand entries there stalled heartbeats
+//! for most of a second on every member at once, long enough for leaders to
+//! doubt their quorum.
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
@@ -33,15 +39,20 @@ fn read_err(e: impl std::error::Error + 'static) -> StorageError {
     StorageIOError::read_logs(AnyError::new(&e)).into()
 }
 
-/// Raft log storage; cheap to clone (clones share the store and the flusher).
+/// Raft log storage; cheap to clone (clones share the store and the
+/// flusher and purger threads).
 #[derive(Clone)]
 pub struct LogStore {
     store: Arc<dyn KvStore>,
     flusher: mpsc::Sender<LogFlushed<TypeConfig>>,
+    /// Receives "discard every entry below this index".
+    purger: mpsc::Sender<u64>,
 }
 
 impl LogStore {
-    /// Wraps `store`, starting the group-commit flusher thread.
+    /// Wraps `store`, starting the group-commit flusher thread and the
+    /// purger thread; the purger first discards what a crash left behind
+    /// the last purge.
     pub fn new(store: Arc<dyn KvStore>) -> Self {
         let (tx, rx) = mpsc::channel::<LogFlushed<TypeConfig>>();
         let flusher_store = store.clone();
@@ -50,7 +61,32 @@ impl LogStore {
             .spawn(move || run_flusher(flusher_store, rx))
             .map(|_| ())
             .unwrap_or_else(|e| tracing::error!(error = %e, "cannot start log flusher thread"));
-        Self { store, flusher: tx }
+        let (purge_tx, purge_rx) = mpsc::channel::<u64>();
+        let purger_store = store.clone();
+        std::thread::Builder::new()
+            .name("herd-log-purge".into())
+            .spawn(move || run_purger(purger_store, purge_rx))
+            .map(|_| ())
+            .unwrap_or_else(|e| tracing::error!(error = %e, "cannot start log purger thread"));
+        let log = Self {
+            store,
+            flusher: tx,
+            purger: purge_tx,
+        };
+        match log.read_meta::<LogId>(KEY_LAST_PURGED) {
+            Ok(Some(purged)) => log.discard_below(purged.index.saturating_add(1)),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot read how far the log was purged"),
+        }
+        log
+    }
+
+    /// Has every entry below `end` discarded, on the purger thread (here
+    /// when that thread is gone).
+    fn discard_below(&self, end: u64) {
+        if let Err(mpsc::SendError(end)) = self.purger.send(end) {
+            discard(self.store.as_ref(), end);
+        }
     }
 
     fn read_meta<T: serde::de::DeserializeOwned>(
@@ -91,6 +127,24 @@ fn run_flusher(store: Arc<dyn KvStore>, rx: mpsc::Receiver<LogFlushed<TypeConfig
             };
             callback.log_io_completed(outcome);
         }
+    }
+}
+
+/// Discards log entries as purges ask, the furthest asked for at a time.
+fn run_purger(store: Arc<dyn KvStore>, rx: mpsc::Receiver<u64>) {
+    while let Ok(mut end) = rx.recv() {
+        while let Ok(further) = rx.try_recv() {
+            end = end.max(further);
+        }
+        discard(store.as_ref(), end);
+    }
+}
+
+/// Discards every log entry below index `end`. A failure leaves entries
+/// behind, which nothing reads and the next purge discards.
+fn discard(store: &dyn KvStore, end: u64) {
+    if let Err(e) = store.discard_range(Space::Log, &index_key(0), Some(&index_key(end))) {
+        tracing::warn!(error = %e, "cannot discard purged log entries; the next purge retries");
     }
 }
 
@@ -137,13 +191,20 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
         let last_purged: Option<LogId> = self.read_meta(KEY_LAST_PURGED)?;
-        let last = match self.store.last(Space::Log).map_err(read_err)? {
+        let last_entry = match self.store.last(Space::Log).map_err(read_err)? {
             Some((_, value)) => Some(
                 codec::decode::<Entry>(&value, "last log entry")
                     .map_err(read_err)?
                     .log_id,
             ),
-            None => last_purged,
+            None => None,
+        };
+        // Entries at or below the purge point may still be on disk, not yet
+        // discarded; they never count.
+        let last = match (last_entry, last_purged) {
+            (Some(entry), Some(purged)) if entry.index > purged.index => Some(entry),
+            (Some(entry), None) => Some(entry),
+            (_, purged) => purged,
         };
         Ok(LogState {
             last_purged_log_id: last_purged,
@@ -220,12 +281,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // Syncing first also makes the applied state machine durable up to the
         // snapshot that allowed this purge, so no entry still needed is lost.
         self.store.sync().map_err(io_err)?;
-        match log_id.index.checked_add(1) {
-            Some(end) => self
-                .store
-                .delete_range(Space::Log, &index_key(0), Some(&index_key(end))),
-            None => self.store.delete_range(Space::Log, &index_key(0), None),
-        }
-        .map_err(io_err)
+        // From here on the entries are gone as far as Raft is concerned
+        // (get_log_state reads the purge point); discarding them can wait.
+        self.discard_below(log_id.index.saturating_add(1));
+        Ok(())
     }
 }

@@ -160,3 +160,86 @@ async fn applied_state_is_persisted_in_batches_and_before_every_snapshot() {
         Some(5)
     );
 }
+
+/// Appends `entries` and waits until the flusher acknowledges them.
+async fn append_durably(log: &mut LogStore, entries: Vec<herd_consensus::types::Entry>) {
+    use openraft::storage::RaftLogStorageExt;
+    log.blocking_append(entries).await.expect("append");
+}
+
+#[tokio::test]
+async fn purged_entries_are_discarded_behind_raft_and_never_count() {
+    use openraft::storage::{RaftLogReader, RaftLogStorage};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store: Arc<dyn KvStore> = Arc::new(SledStore::open(dir.path()).expect("open"));
+    let mut log = LogStore::new(store.clone());
+    append_durably(&mut log, (1..=2000).map(normal_entry).collect()).await;
+
+    // Purging the whole log: Raft sees it gone at once, whether or not the
+    // purger thread has discarded the entries yet.
+    let purge_point = normal_entry(2000).log_id;
+    log.purge(purge_point).await.expect("purge");
+    let state = log.get_log_state().await.expect("state");
+    assert_eq!(state.last_purged_log_id, Some(purge_point));
+    assert_eq!(
+        state.last_log_id,
+        Some(purge_point),
+        "leftovers never count"
+    );
+
+    // The purger discards them soon after.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while store
+        .last(herd_consensus::storage::Space::Log)
+        .expect("last")
+        .is_some()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "purged entries stay on disk"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+
+    // Entries a crash left behind the purge point never count...
+    let leftovers: Vec<WriteOp> = (1990..2000u64)
+        .map(|i| {
+            let bytes = herd_consensus::codec::encode(&normal_entry(i)).expect("encode");
+            WriteOp::Put(i.to_be_bytes().to_vec(), bytes)
+        })
+        .collect();
+    store
+        .write(herd_consensus::storage::Space::Log, leftovers)
+        .expect("plant leftovers");
+    assert_eq!(
+        log.get_log_state().await.expect("state").last_log_id,
+        Some(purge_point),
+        "an entry behind the purge point was taken for the last one"
+    );
+    // ...and are discarded on reopening, while the entries after it stay.
+    append_durably(&mut log, (2001..=2010).map(normal_entry).collect()).await;
+    let mut reopened = LogStore::new(store.clone());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let first = store
+            .range(herd_consensus::storage::Space::Log, &[0; 8], None)
+            .expect("range")
+            .first()
+            .map(|(k, _)| k.clone());
+        if first == Some(2001u64.to_be_bytes().to_vec()) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "leftovers stay: {first:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let entries = reopened.try_get_log_entries(2001..).await.expect("read");
+    assert_eq!(entries.len(), 10);
+    assert_eq!(
+        reopened.get_log_state().await.expect("state").last_log_id,
+        Some(normal_entry(2010).log_id)
+    );
+}

@@ -9,8 +9,15 @@
 //! try another member), and a request in flight when the leader changes or
 //! goes quiet is abandoned with an honest "outcome unknown" (writes) or
 //! retried under the new leader (reads), rather than hanging.
+//!
+//! One task per member watches openraft's metrics and republishes only the
+//! verdict (who leads, in which term, whether it has gone quiet). openraft
+//! publishes metrics on every turn of its loop, thousands of times a second
+//! under load, and waking every in-flight request on each turn was a
+//! measurable share of a loaded leader's CPU (docs/benchmarks.md).
 
 use openraft::{BasicNode, RaftMetrics};
+use tokio::sync::watch;
 
 use herd_consensus::Raft;
 
@@ -20,6 +27,41 @@ pub struct LeadershipWatch {
     raft: Raft,
     me: u64,
     quorum_timeout_ms: u64,
+    verdicts: watch::Receiver<LeaderView>,
+}
+
+/// The part of the metrics that decides whether a leader is relied on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaderView {
+    /// Whom this member takes for the leader.
+    pub leader: Option<u64>,
+    /// The term it is in.
+    pub term: u64,
+    /// How long this member, if it leads, has heard from no quorum; kept
+    /// only once that is longer than the quorum timeout, so the view
+    /// changes when the silence starts to matter, not on every tick.
+    pub quiet_ms: Option<u64>,
+}
+
+impl LeaderView {
+    /// The view of `metrics` under `quorum_timeout_ms`.
+    pub fn of(metrics: &RaftMetrics<u64, BasicNode>, quorum_timeout_ms: u64) -> Self {
+        Self {
+            leader: metrics.current_leader,
+            term: metrics.current_term,
+            quiet_ms: metrics
+                .millis_since_quorum_ack
+                .filter(|silent| *silent > quorum_timeout_ms),
+        }
+    }
+
+    /// Whether `other` would lead to the same decisions (the length of a
+    /// silence past the timeout does not matter, only that it is past).
+    pub fn same_verdict(&self, other: &Self) -> bool {
+        self.leader == other.leader
+            && self.term == other.term
+            && self.quiet_ms.is_some() == other.quiet_ms.is_some()
+    }
 }
 
 impl LeadershipWatch {
@@ -27,13 +69,17 @@ impl LeadershipWatch {
     /// no quorum for as long as a follower waits before calling an
     /// election (openraft's leader lease, the maximal election timeout,
     /// plus the minimal one): by then another leader may be elected.
+    ///
+    /// Spawns the task that publishes verdicts; it ends with Raft.
     pub fn new(raft: Raft, me: u64) -> Self {
         let config = raft.config();
         let quorum_timeout_ms = config.election_timeout_max + config.election_timeout_min;
+        let verdicts = spawn_verdicts(raft.metrics(), quorum_timeout_ms);
         Self {
             raft,
             me,
             quorum_timeout_ms,
+            verdicts,
         }
     }
 
@@ -49,22 +95,44 @@ impl LeadershipWatch {
 
     /// Resolves, with the reason, once `leader` should no longer be relied on.
     pub async fn lost(&self, leader: u64) -> String {
-        let mut metrics = self.raft.metrics();
-        loop {
-            let reason = doubt(
-                &metrics.borrow_and_update(),
-                self.me,
-                leader,
-                self.quorum_timeout_ms,
-            );
-            if let Some(reason) = reason {
-                return reason;
-            }
-            // openraft publishes metrics on every turn of its loop, ticks
-            // included, so a growing quorum silence is seen as it grows.
-            if metrics.changed().await.is_err() {
-                return "raft has stopped on this member".to_string();
-            }
+        lost(self.verdicts.clone(), self.me, leader).await
+    }
+}
+
+/// Publishes the [`LeaderView`] of every metrics update that changes the
+/// verdict, until the metrics end (Raft stopped).
+fn spawn_verdicts(
+    mut metrics: watch::Receiver<RaftMetrics<u64, BasicNode>>,
+    quorum_timeout_ms: u64,
+) -> watch::Receiver<LeaderView> {
+    let first = LeaderView::of(&metrics.borrow_and_update(), quorum_timeout_ms);
+    let (tx, rx) = watch::channel(first);
+    tokio::spawn(async move {
+        // Dropping `tx` when Raft stops tells every waiter so.
+        while metrics.changed().await.is_ok() {
+            let view = LeaderView::of(&metrics.borrow_and_update(), quorum_timeout_ms);
+            tx.send_if_modified(|published| {
+                let changed = !published.same_verdict(&view);
+                if changed {
+                    *published = view;
+                }
+                changed
+            });
+        }
+    });
+    rx
+}
+
+/// Resolves, with the reason, once the views from `verdicts` say `leader`
+/// should no longer be relied on by member `me`.
+async fn lost(mut verdicts: watch::Receiver<LeaderView>, me: u64, leader: u64) -> String {
+    loop {
+        let reason = doubt_view(&verdicts.borrow_and_update(), me, leader);
+        if let Some(reason) = reason {
+            return reason;
+        }
+        if verdicts.changed().await.is_err() {
+            return "raft has stopped on this member".to_string();
         }
     }
 }
@@ -76,10 +144,15 @@ pub fn doubt(
     leader: u64,
     quorum_timeout_ms: u64,
 ) -> Option<String> {
+    doubt_view(&LeaderView::of(metrics, quorum_timeout_ms), me, leader)
+}
+
+/// Why `leader` should not be relied on, seen from member `me`'s view.
+fn doubt_view(view: &LeaderView, me: u64, leader: u64) -> Option<String> {
     if leader == me {
         // An election without a winner yet may elect this member again;
         // openraft answers what it proposed once the outcome is known.
-        match metrics.current_leader {
+        match view.leader {
             None => return None,
             Some(other) if other != me => {
                 return Some(format!(
@@ -88,8 +161,8 @@ pub fn doubt(
             }
             Some(_) => {}
         }
-    } else if metrics.current_leader != Some(leader) {
-        return Some(match metrics.current_leader {
+    } else if view.leader != Some(leader) {
+        return Some(match view.leader {
             Some(other) => format!("leadership passed from member {leader} to member {other}"),
             None => {
                 format!("member {me} no longer follows member {leader} (an election is under way)")
@@ -98,13 +171,12 @@ pub fn doubt(
     } else {
         return None;
     }
-    match metrics.millis_since_quorum_ack {
-        Some(silent) if silent > quorum_timeout_ms => Some(format!(
+    view.quiet_ms.map(|silent| {
+        format!(
             "member {me} leads term {} but has heard from no quorum for {silent} ms; it may be cut off from the others",
-            metrics.current_term
-        )),
-        _ => None,
-    }
+            view.term
+        )
+    })
 }
 
 #[cfg(test)]
@@ -140,5 +212,38 @@ mod tests {
         assert_eq!(doubt(&metrics(1, None, None), 1, 1, 800), None);
         let replaced = doubt(&metrics(1, Some(2), None), 1, 1, 800).expect("doubted");
         assert!(replaced.contains("from member 1 to member 2"), "{replaced}");
+    }
+
+    #[tokio::test]
+    async fn waiters_wake_only_when_the_verdict_changes() {
+        let (tx, rx) = watch::channel(metrics(1, Some(1), Some(10)));
+        let mut verdicts = spawn_verdicts(rx, 800);
+        // Metrics published on every turn of Raft's loop, same verdict.
+        for silent in 11..200 {
+            tx.send_modify(|m| m.millis_since_quorum_ack = Some(silent));
+            tokio::task::yield_now().await;
+        }
+        assert!(!verdicts.has_changed().expect("open"), "woken for nothing");
+        let waiting = tokio::spawn(lost(verdicts.clone(), 2, 1));
+        // The silence passes the timeout: the verdict changes once.
+        tx.send_modify(|m| m.millis_since_quorum_ack = Some(900));
+        tokio::task::yield_now().await;
+        tx.send_modify(|m| m.millis_since_quorum_ack = Some(950));
+        tokio::task::yield_now().await;
+        verdicts.changed().await.expect("changed");
+        assert_eq!(verdicts.borrow_and_update().quiet_ms, Some(900));
+        // A follower of member 1 trusts it whatever the leader's silence...
+        assert!(!waiting.is_finished());
+        // ...until member 1 is no longer the one it follows.
+        tx.send_modify(|m| m.current_leader = Some(3));
+        let reason = tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
+            .await
+            .expect("woken")
+            .expect("task");
+        assert!(reason.contains("from member 1 to member 3"), "{reason}");
+        // Raft stopping ends every wait.
+        drop(tx);
+        let stopped = lost(verdicts, 2, 3).await;
+        assert!(stopped.contains("stopped"), "{stopped}");
     }
 }

@@ -99,7 +99,32 @@ pub trait KvStore: Send + Sync + 'static {
         let ops = keys.into_iter().map(|(k, _)| WriteOp::Delete(k)).collect();
         self.write(space, ops)
     }
+
+    /// Removes every key in `start <= key < end`, in key order and not
+    /// atomically: a crash may leave any of them behind.
+    ///
+    /// For discarding what nobody reads again (the Raft log behind a
+    /// snapshot), where one atomic batch of thousands of deletions would
+    /// hold the writer up for as long as it takes.
+    fn discard_range(
+        &self,
+        space: Space,
+        start: &[u8],
+        end: Option<&[u8]>,
+    ) -> Result<(), StoreError> {
+        for chunk in self.range(space, start, end)?.chunks(DISCARD_CHUNK) {
+            let ops = chunk
+                .iter()
+                .map(|(k, _)| WriteOp::Delete(k.clone()))
+                .collect();
+            self.write(space, ops)?;
+        }
+        Ok(())
+    }
 }
+
+/// Keys removed per write by the default [`KvStore::discard_range`].
+const DISCARD_CHUNK: usize = 256;
 
 #[cfg(test)]
 pub(crate) mod conformance {
@@ -139,6 +164,28 @@ pub(crate) mod conformance {
         );
         store.delete_range(Space::Log, &[2], None).expect("delete");
         assert_eq!(store.range(Space::Log, &[0], None).expect("range").len(), 1);
+        let many: Vec<WriteOp> = (10u8..=200)
+            .map(|k| WriteOp::Put(vec![k], vec![k; 100]))
+            .collect();
+        store.write(Space::Log, many).expect("write");
+        store
+            .discard_range(Space::Log, &[0], Some(&[150]))
+            .expect("discard");
+        let left: Vec<u8> = store
+            .range(Space::Log, &[0], None)
+            .expect("range")
+            .into_iter()
+            .map(|(k, _)| k[0])
+            .collect();
+        assert_eq!(
+            left,
+            (150u8..=200).collect::<Vec<_>>(),
+            "discarded exactly the range"
+        );
+        store
+            .discard_range(Space::Log, &[0], None)
+            .expect("discard");
+        assert_eq!(store.last(Space::Log).expect("last"), None);
         store
             .write(
                 Space::Meta,

@@ -181,6 +181,27 @@ impl KvStore for SledStore {
         tree.apply_batch(batch).map_err(failed)
     }
 
+    fn discard_range(
+        &self,
+        space: Space,
+        start: &[u8],
+        end: Option<&[u8]>,
+    ) -> Result<(), StoreError> {
+        // Keys only, one plain removal each: neither the values (megabytes
+        // of log) nor one batch manifest for thousands of removals.
+        let tree = self.tree(space);
+        let keys = match end {
+            Some(end) => tree.range(start..end),
+            None => tree.range(start..),
+        }
+        .keys();
+        let failed = |e: sled::Error| self.error(format!("discard from {}: {e}", space.name()));
+        for key in keys {
+            tree.remove(key.map_err(failed)?).map_err(failed)?;
+        }
+        Ok(())
+    }
+
     fn range(
         &self,
         space: Space,
