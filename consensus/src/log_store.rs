@@ -54,24 +54,12 @@ impl LogStore {
     /// purger thread; the purger first discards what a crash left behind
     /// the last purge.
     pub fn new(store: Arc<dyn KvStore>) -> Self {
-        let (tx, rx) = mpsc::channel::<LogFlushed<TypeConfig>>();
-        let flusher_store = store.clone();
-        std::thread::Builder::new()
-            .name("herd-log-flush".into())
-            .spawn(move || run_flusher(flusher_store, rx))
-            .map(|_| ())
-            .unwrap_or_else(|e| tracing::error!(error = %e, "cannot start log flusher thread"));
-        let (purge_tx, purge_rx) = mpsc::channel::<u64>();
-        let purger_store = store.clone();
-        std::thread::Builder::new()
-            .name("herd-log-purge".into())
-            .spawn(move || run_purger(purger_store, purge_rx))
-            .map(|_| ())
-            .unwrap_or_else(|e| tracing::error!(error = %e, "cannot start log purger thread"));
+        let flusher = spawn_worker("herd-log-flush", store.clone(), run_flusher);
+        let purger = spawn_worker("herd-log-purge", store.clone(), run_purger);
         let log = Self {
             store,
-            flusher: tx,
-            purger: purge_tx,
+            flusher,
+            purger,
         };
         match log.read_meta::<LogId>(KEY_LAST_PURGED) {
             Ok(Some(purged)) => log.discard_below(purged.index.saturating_add(1)),
@@ -107,6 +95,25 @@ impl LogStore {
             .write(Space::Meta, vec![WriteOp::Put(key.to_vec(), bytes)])
             .map_err(io_err)
     }
+}
+
+/// Starts a thread running `work` on what is sent to the returned sender;
+/// it ends when every sender is dropped. When the thread cannot start, sends
+/// fail and callers do the work themselves.
+fn spawn_worker<T: Send + 'static>(
+    name: &str,
+    store: Arc<dyn KvStore>,
+    work: fn(Arc<dyn KvStore>, mpsc::Receiver<T>),
+) -> mpsc::Sender<T> {
+    let (tx, rx) = mpsc::channel::<T>();
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || work(store, rx))
+        .map(|_| ())
+        .unwrap_or_else(
+            |e| tracing::error!(error = %e, thread = name, "cannot start a log thread"),
+        );
+    tx
 }
 
 /// Acknowledges appends in batches, one durable sync per batch, in order.

@@ -105,6 +105,15 @@ async fn applied_state_is_persisted_in_batches_and_before_every_snapshot() {
         StateMachineStore::open(store.clone(), Arc::new(RwLock::new(Counter::default())))
             .expect("reopen")
     };
+    // The applied index a member restarting now would resume from.
+    let persisted = || async {
+        reopen()
+            .applied_state()
+            .await
+            .expect("state")
+            .0
+            .map(|l| l.index)
+    };
     let mut sm = reopen();
     sm.apply((1..=3).map(normal_entry)).await.expect("apply");
     assert_eq!(
@@ -114,8 +123,7 @@ async fn applied_state_is_persisted_in_batches_and_before_every_snapshot() {
 
     // Not written yet: a member restarting now resumes from an earlier
     // position, and Raft re-applies the rest from its durable log.
-    let mut restarted = reopen();
-    assert_eq!(restarted.applied_state().await.expect("state").0, None);
+    assert_eq!(persisted().await, None);
 
     // A snapshot is built only from persisted state, so it persists first.
     let snapshot = sm
@@ -125,40 +133,15 @@ async fn applied_state_is_persisted_in_batches_and_before_every_snapshot() {
         .await
         .expect("snapshot");
     assert_eq!(snapshot.meta.last_log_id.map(|l| l.index), Some(3));
-    let mut restarted = reopen();
-    assert_eq!(
-        restarted
-            .applied_state()
-            .await
-            .expect("state")
-            .0
-            .map(|l| l.index),
-        Some(3)
-    );
+    assert_eq!(persisted().await, Some(3));
 
     // Changes wait at most about 100 ms: the first apply after that writes
     // them with their position.
     sm.apply([normal_entry(4)]).await.expect("apply");
-    assert_eq!(
-        reopen()
-            .applied_state()
-            .await
-            .expect("state")
-            .0
-            .map(|l| l.index),
-        Some(3)
-    );
+    assert_eq!(persisted().await, Some(3));
     tokio::time::sleep(std::time::Duration::from_millis(150)).await;
     sm.apply([normal_entry(5)]).await.expect("apply");
-    assert_eq!(
-        reopen()
-            .applied_state()
-            .await
-            .expect("state")
-            .0
-            .map(|l| l.index),
-        Some(5)
-    );
+    assert_eq!(persisted().await, Some(5));
 }
 
 /// Appends `entries` and waits until the flusher acknowledges them.
