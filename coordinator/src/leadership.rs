@@ -32,20 +32,20 @@ pub struct LeadershipWatch {
 
 /// The part of the metrics that decides whether a leader is relied on.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LeaderView {
+struct LeaderView {
     /// Whom this member takes for the leader.
-    pub leader: Option<u64>,
+    leader: Option<u64>,
     /// The term it is in.
-    pub term: u64,
+    term: u64,
     /// How long this member, if it leads, has heard from no quorum; kept
     /// only once that is longer than the quorum timeout, so the view
     /// changes when the silence starts to matter, not on every tick.
-    pub quiet_ms: Option<u64>,
+    quiet_ms: Option<u64>,
 }
 
 impl LeaderView {
     /// The view of `metrics` under `quorum_timeout_ms`.
-    pub fn of(metrics: &RaftMetrics<u64, BasicNode>, quorum_timeout_ms: u64) -> Self {
+    fn of(metrics: &RaftMetrics<u64, BasicNode>, quorum_timeout_ms: u64) -> Self {
         Self {
             leader: metrics.current_leader,
             term: metrics.current_term,
@@ -57,7 +57,7 @@ impl LeaderView {
 
     /// Whether `other` would lead to the same decisions (the length of a
     /// silence past the timeout does not matter, only that it is past).
-    pub fn same_verdict(&self, other: &Self) -> bool {
+    fn same_verdict(&self, other: &Self) -> bool {
         self.leader == other.leader
             && self.term == other.term
             && self.quiet_ms.is_some() == other.quiet_ms.is_some()

@@ -164,13 +164,11 @@ impl KvStore for SledStore {
         // batch manifest), each a pwrite, a sync_file_range and a wake-up
         // of its I/O thread. Skipping it for single writes cut those
         // buffer writes from seven to three per Raft entry.
-        if ops.len() == 1 {
-            return match ops.into_iter().next() {
-                Some(WriteOp::Put(k, v)) => tree.insert(k, v).map(drop).map_err(failed),
-                Some(WriteOp::Delete(k)) => tree.remove(k).map(drop).map_err(failed),
-                None => Ok(()),
-            };
-        }
+        let ops = match <[WriteOp; 1]>::try_from(ops) {
+            Ok([WriteOp::Put(k, v)]) => return tree.insert(k, v).map(drop).map_err(failed),
+            Ok([WriteOp::Delete(k)]) => return tree.remove(k).map(drop).map_err(failed),
+            Err(ops) => ops,
+        };
         let mut batch = sled::Batch::default();
         for op in ops {
             match op {
