@@ -27,5 +27,6 @@ pub(crate) fn minimal_batch() -> JobSpec {
             config: Default::default(),
         },
         placement: Default::default(),
+        stop_after_disconnect: None,
     }
 }

@@ -44,6 +44,13 @@ pub struct JobSpec {
     /// that the persisted form of older specs is a prefix of the new one.
     #[serde(default)]
     pub placement: PlacementSpec,
+    /// Stop instances on a node that no coordinator has heard from for this
+    /// long, so that they do not overlap the replacements placed elsewhere
+    /// once the node is declared lost (Nomad's
+    /// `stop_after_client_disconnect`). `None`: they keep running, which
+    /// suits work that may run twice but should not pause.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_after_disconnect: Option<std::time::Duration>,
 }
 
 /// How the cluster treats a job's instances once they exit.

@@ -153,6 +153,7 @@ const ROOT_FIELDS: &[&str] = &[
     "spread",
     "constraint",
     "affinity",
+    "stop_after_disconnect",
 ];
 const CONSTRAINT_FIELDS: &[&str] = &["label", "op", "value"];
 const AFFINITY_FIELDS: &[&str] = &["label", "value", "weight"];
@@ -195,6 +196,15 @@ impl<'s> Reader<'s> {
         let task = required("", 0, root, "task", " (a [task] table)")?;
         let task = self.task(task)?;
         let placement = self.placement(root)?;
+        let stop_after_disconnect = match root.get("stop_after_disconnect") {
+            Some(v) => {
+                let text = self.string("stop_after_disconnect", v)?;
+                let after = crate::duration::parse_duration(&text)
+                    .map_err(|e| problem(v.span(), "stop_after_disconnect", e))?;
+                Some(after)
+            }
+            None => None,
+        };
 
         Ok(JobSpec {
             name,
@@ -203,6 +213,7 @@ impl<'s> Reader<'s> {
             priority,
             task,
             placement,
+            stop_after_disconnect,
         })
     }
 
@@ -713,6 +724,33 @@ memory = "64MiB"
             .map(|(i, l)| if i + 1 == line { replacement } else { l })
             .collect::<Vec<_>>()
             .join("\n")
+    }
+
+    #[test]
+    fn stop_after_disconnect_parses_and_bad_values_are_located() {
+        let spec = parse(&hello_with(3, "stop_after_disconnect = \"2s\"")).expect("valid");
+        assert_eq!(
+            spec.stop_after_disconnect,
+            Some(std::time::Duration::from_secs(2))
+        );
+        assert_eq!(parse(HELLO).expect("valid").stop_after_disconnect, None);
+
+        let e = error(&hello_with(3, "stop_after_disconnect = \"soon\""));
+        assert_eq!(
+            (e.line, e.field.as_deref()),
+            (3, Some("stop_after_disconnect"))
+        );
+        assert!(e.message.contains("invalid duration"), "{e}");
+
+        let e = error(&hello_with(3, "stop_after_disconnect = \"200ms\""));
+        assert_eq!(
+            (e.line, e.field.as_deref()),
+            (3, Some("stop_after_disconnect"))
+        );
+        assert!(e.message.contains("between 1s and 86400s"), "{e}");
+
+        let e = error(&hello_with(3, "stop_after_disconnect = 30"));
+        assert_eq!(e.field.as_deref(), Some("stop_after_disconnect"));
     }
 
     #[test]

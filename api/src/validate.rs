@@ -177,9 +177,30 @@ impl JobSpec {
         COUNT_RANGE.check("count", u64::from(self.count))?;
         PRIORITY_RANGE.check("priority", u64::from(self.priority))?;
         self.task.validate()?;
-        self.placement.validate()
+        self.placement.validate()?;
+        if let Some(after) = self.stop_after_disconnect {
+            if !(MIN_STOP_AFTER_DISCONNECT..=MAX_STOP_AFTER_DISCONNECT).contains(&after) {
+                return Err(FieldError::new(
+                    "stop_after_disconnect",
+                    format!(
+                        "must be between {}s and {}s, got {} ms; leave it out to keep \
+                         instances running while their node is cut off",
+                        MIN_STOP_AFTER_DISCONNECT.as_secs(),
+                        MAX_STOP_AFTER_DISCONNECT.as_secs(),
+                        after.as_millis()
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 }
+
+/// Shortest `stop_after_disconnect`: a node must miss a few heartbeats
+/// before its work is stopped, or one slow round trip would stop it.
+pub const MIN_STOP_AFTER_DISCONNECT: std::time::Duration = std::time::Duration::from_secs(1);
+/// Longest `stop_after_disconnect`: a day.
+pub const MAX_STOP_AFTER_DISCONNECT: std::time::Duration = std::time::Duration::from_secs(86_400);
 
 impl PlacementSpec {
     /// Checks constraints, affinities and the spread label. Paths are the

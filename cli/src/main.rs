@@ -142,6 +142,40 @@ async fn run(cli: Cli) -> Result<(), CliError> {
     }
 }
 
+/// Client commands print their answer and exit; daemons, the harness and
+/// the benchmark run on and hold sockets and child pipes of their own.
+fn prints_and_exits(command: &Command) -> bool {
+    match command {
+        Command::Cluster(_)
+        | Command::Job(_)
+        | Command::Alloc(_)
+        | Command::Var(_)
+        | Command::Infer(_) => true,
+        Command::Node(args) => args.command.is_some(),
+        Command::Coordinator(_)
+        | Command::Dev(_)
+        | Command::Chaos(_)
+        | Command::Bench(_)
+        | Command::Executor(_)
+        | Command::ToyTrain(_)
+        | Command::SimVm(_)
+        | Command::InferenceEngine(_) => false,
+    }
+}
+
+/// Lets a client command end the way Unix tools do when its reader goes
+/// away (`herd job list | head -1`): Rust ignores SIGPIPE, so the next
+/// `println!` would panic with "failed printing to stdout: Broken pipe".
+/// Only for client commands: their only pipe is stdout, and dying there
+/// loses nothing, since every request has already been answered.
+fn die_quietly_on_closed_stdout() {
+    // SAFETY: called before any other thread exists; restoring a signal's
+    // default disposition touches no memory of this process.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() {
     let cli = Cli::parse();
     if let Command::Executor(args) = &cli.command {
@@ -152,6 +186,9 @@ fn main() {
     if let Command::ToyTrain(args) = &cli.command {
         // Single-threaded too: it waits for its signals between steps.
         std::process::exit(cmd::toy_train::run(args));
+    }
+    if prints_and_exits(&cli.command) {
+        die_quietly_on_closed_stdout();
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -255,3 +255,30 @@ async fn requests_to_a_non_member_and_bad_flags_are_refused() {
     assert_eq!(no_id.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&no_id.stderr).contains("`id`"));
 }
+
+/// `herd job list | head -1`: a reader that goes away ends the client the
+/// way it ends `ls`, by SIGPIPE, not with a panic about a broken pipe.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_stdout_ends_a_client_command_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::Stdio;
+
+    let cluster = ProcessCluster::start(herd_bin(), 1, &[]).expect("start");
+    cluster
+        .wait_for_leader(Duration::from_secs(20))
+        .await
+        .expect("leader");
+    let mut child = Command::new(herd_bin())
+        .args(["--addr", &cluster.addr_list(), "cluster", "status"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn herd");
+    // Closed before the command has asked the cluster anything, so its
+    // first line meets a pipe without a reader.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("wait");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{stderr}");
+}

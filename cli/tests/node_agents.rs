@@ -35,6 +35,11 @@ fn processes_of(agents: &AgentSet, job: &str) -> Vec<WorkloadProcess> {
         .collect()
 }
 
+/// The process ids of `job`'s workloads on every agent.
+fn pids_of(agents: &AgentSet, job: &str) -> BTreeSet<u32> {
+    processes_of(agents, job).iter().map(|p| p.pid).collect()
+}
+
 /// Instances of `job` by number, with the processes running each.
 fn by_instance(processes: &[WorkloadProcess]) -> BTreeMap<u32, Vec<&WorkloadProcess>> {
     let mut map: BTreeMap<u32, Vec<&WorkloadProcess>> = BTreeMap::new();
@@ -569,4 +574,85 @@ async fn work_keeps_running_while_no_coordinator_answers() {
     assert_eq!(ids(&after), ids(&before));
     let now: BTreeSet<u32> = processes_of(&agents, "web").iter().map(|p| p.pid).collect();
     assert_eq!(now, pids, "no process was restarted");
+}
+
+/// A job with `stop_after_disconnect` is stopped on a node the coordinators
+/// cannot hear, before the node would be declared lost; work without it
+/// runs on. Back in touch, the stopped instance is replaced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_that_asks_stops_while_no_coordinator_answers() {
+    let (mut cluster, addr, mut agents) = cluster_with_agents(1, TTL_MS).await;
+    agents.start("o1", &[]).expect("start agent");
+    must_have_ready_nodes(&addr, &["o1"]).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let careful = sleep_spec("careful", "service", 1, 50, 100).replacen(
+        "\n[task]",
+        "\nstop_after_disconnect = \"1s\"\n[task]",
+        1,
+    );
+    let careful = write_spec(dir.path(), "careful", &careful);
+    let carefree = write_spec(
+        dir.path(),
+        "carefree",
+        &sleep_spec("carefree", "service", 1, 50, 100),
+    );
+    must_cli_ok(&["--addr", &addr, "job", "run", &careful]);
+    must_cli_ok(&["--addr", &addr, "job", "run", &carefree]);
+    let status = json(&addr, &["job", "status", "careful"]);
+    assert_eq!(status["stop_after_disconnect_ms"], 1000, "{status:#}");
+    let before = until("both jobs running", Duration::from_secs(20), || {
+        let careful = settled(&addr, &agents, "careful", 1)?;
+        settled(&addr, &agents, "carefree", 1)?;
+        Some(careful)
+    })
+    .await;
+    let carefree_pids = pids_of(&agents, "carefree");
+
+    // A setting as long as the node TTL is refused: it could not stop the
+    // work before its replacement starts.
+    let too_long = sleep_spec("late", "service", 1, 50, 100).replacen(
+        "\n[task]",
+        "\nstop_after_disconnect = \"2s\"\n[task]",
+        1,
+    );
+    let too_long = write_spec(dir.path(), "late", &too_long);
+    let refused = must_run_cli(&["--addr", &addr, "job", "run", &too_long]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("stop_after_disconnect"), "{stderr}");
+
+    cluster.kill(1).expect("kill coordinator");
+    until(
+        "the careful job's process stopped",
+        Duration::from_secs(10),
+        || processes_of(&agents, "careful").is_empty().then_some(()),
+    )
+    .await;
+    let during = pids_of(&agents, "carefree");
+    assert_eq!(during, carefree_pids, "the job without the setting runs on");
+
+    cluster.restart(1).expect("restart coordinator");
+    cluster
+        .wait_for_leader(Duration::from_secs(10))
+        .await
+        .expect("leader again");
+    let old_id = before[0]["id"].as_str().expect("alloc id").to_string();
+    let after = until("the careful job replaced", Duration::from_secs(30), || {
+        settled(&addr, &agents, "careful", 1)
+    })
+    .await;
+    assert_ne!(after[0]["id"].as_str(), Some(old_id.as_str()));
+    let old = json(&addr, &["alloc", "list", "--job", "careful"])
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .find(|a| a["id"].as_str() == Some(old_id.as_str()))
+        .expect("the stopped allocation is listed");
+    assert_eq!(old["status"], "lost", "{old:#}");
+    let now = pids_of(&agents, "carefree");
+    assert_eq!(
+        now, carefree_pids,
+        "the job without the setting was never restarted"
+    );
 }

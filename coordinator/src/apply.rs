@@ -236,6 +236,7 @@ mod tests {
                 config: Default::default(),
             },
             placement: Default::default(),
+            stop_after_disconnect: None,
         }
     }
 

@@ -248,6 +248,7 @@ mod tests {
                 config: Default::default(),
             },
             placement: Default::default(),
+            stop_after_disconnect: None,
         }
     }
 

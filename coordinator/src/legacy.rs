@@ -64,6 +64,7 @@ impl From<JobSpecV1> for JobSpec {
                 config: Default::default(),
             },
             placement: Default::default(),
+            stop_after_disconnect: None,
         }
     }
 }
@@ -239,6 +240,7 @@ mod tests {
                 config: Default::default(),
             },
             placement: Default::default(),
+            stop_after_disconnect: None,
         }
     }
 

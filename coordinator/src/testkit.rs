@@ -32,6 +32,7 @@ pub fn spec(name: &str, job_type: JobType, count: u32) -> JobSpec {
             config: Default::default(),
         },
         placement: Default::default(),
+        stop_after_disconnect: None,
     }
 }
 

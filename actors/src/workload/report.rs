@@ -26,6 +26,10 @@ pub struct DesiredAlloc {
     pub task: TaskSpec,
     /// Extra environment set by the agent (ranks, peers, ports).
     pub env: BTreeMap<String, String>,
+    /// Stop the workload once the coordinators have been silent this long
+    /// (the job's `stop_after_disconnect`); `None`: run on regardless.
+    #[serde(default)]
+    pub stop_after_disconnect: Option<std::time::Duration>,
 }
 
 /// The stable event names of [`AllocReport::event`], so that the agent and
@@ -53,6 +57,10 @@ pub mod event {
     pub const EXITED: &str = "exited";
     /// The driver could not stop the workload; its handle is kept.
     pub const STOP_FAILED: &str = "stop_failed";
+    /// No coordinator heard from this node for the job's
+    /// `stop_after_disconnect`, so the workload was stopped before a
+    /// replacement could start elsewhere.
+    pub const STOPPED_AFTER_DISCONNECT: &str = "stopped_after_disconnect";
 }
 
 /// Something that happened to an allocation on this node, as the supervisor

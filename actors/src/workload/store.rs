@@ -181,6 +181,7 @@ mod tests {
                 config: Default::default(),
             },
             env: Default::default(),
+            stop_after_disconnect: None,
         }
     }
 

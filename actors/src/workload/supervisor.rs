@@ -8,7 +8,10 @@
 //! - nothing is stopped before the first `Reconcile` (an agent that starts
 //!   while the coordinators are unreachable keeps running its work);
 //! - a workload with a persisted handle is re-adopted, never started twice;
-//! - a crashed workload actor is reported and never stops the supervisor.
+//! - a crashed workload actor is reported and never stops the supervisor;
+//! - a job that asked for it (`stop_after_disconnect`) is stopped once the
+//!   coordinators have been silent that long, reported lost, and not
+//!   started again at that generation.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -45,6 +48,9 @@ pub enum SupervisorMsg {
     /// stopping or finished but still desired); 0 once a `Reconcile` with an
     /// empty set has taken effect.
     Active(RpcReplyPort<usize>),
+    /// No coordinator has accepted this node's heartbeat for this long (sent
+    /// by the agent's link on every heartbeat tick).
+    CoordinatorsSilent(Duration),
 }
 
 /// What the supervisor is started with.
@@ -71,6 +77,8 @@ struct Entry {
     stopping: bool,
     /// Started once the stopping actor has ended.
     replacement: Option<DesiredAlloc>,
+    /// The job's `stop_after_disconnect`, from the latest desired state.
+    stop_after_disconnect: Option<Duration>,
 }
 
 /// The supervisor's state.
@@ -165,6 +173,7 @@ impl Actor for WorkloadSupervisor {
             SupervisorMsg::Active(reply) => {
                 let _ = reply.send(state.entries.len());
             }
+            SupervisorMsg::CoordinatorsSilent(silent) => state.stop_disconnected(silent),
         }
         Ok(())
     }
@@ -246,6 +255,10 @@ impl SupervisorState {
             restart: self.restart,
             stop_grace: self.stop_grace,
         };
+        let stop_after_disconnect = match &args.mode {
+            Mode::Start(desired) => desired.stop_after_disconnect,
+            Mode::Adopt { desired, .. } => desired.as_ref().and_then(|d| d.stop_after_disconnect),
+        };
         match Actor::spawn_linked(None, WorkloadActor, args, myself.get_cell()).await {
             Ok((actor, _)) => {
                 self.by_actor.insert(actor.get_id(), alloc_id.to_string());
@@ -256,6 +269,7 @@ impl SupervisorState {
                         generation,
                         stopping: false,
                         replacement: None,
+                        stop_after_disconnect,
                     },
                 );
                 Some(actor)
@@ -345,6 +359,45 @@ impl SupervisorState {
         }
     }
 
+    /// Stops every workload whose job asked to stop after the coordinators
+    /// have been silent for `silent`. The report (lost, so the coordinators
+    /// place a replacement if they have not already) is sent first and
+    /// queued until they answer; the generation is remembered as refused,
+    /// so an assignment still naming it does not start it again.
+    fn stop_disconnected(&mut self, silent: Duration) {
+        let due: Vec<(String, u64, Duration)> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| !e.stopping)
+            .filter_map(|(id, e)| {
+                let after = e.stop_after_disconnect?;
+                (silent >= after).then(|| (id.clone(), e.generation, after))
+            })
+            .collect();
+        for (alloc_id, generation, after) in due {
+            let detail = format!(
+                "no coordinator answered for {} s (the job's stop_after_disconnect is {} s): stopped",
+                silent.as_secs(),
+                after.as_secs()
+            );
+            tracing::warn!(alloc = %alloc_id, generation, "{detail}");
+            self.record(AllocReport::new(
+                &alloc_id,
+                generation,
+                AllocStatus::Lost,
+                event::STOPPED_AFTER_DISCONNECT,
+                detail,
+                None,
+            ));
+            self.rejected.insert(alloc_id.clone(), generation);
+            if let Some(entry) = self.entries.get_mut(&alloc_id) {
+                entry.stopping = true;
+                entry.replacement = None;
+                let _ = entry.actor.cast(WorkloadMsg::Stop);
+            }
+        }
+    }
+
     /// Stops the allocation's actor and starts `desired` once it has ended.
     fn replace(&mut self, alloc_id: &str, desired: DesiredAlloc) {
         if let Some(entry) = self.entries.get_mut(alloc_id) {
@@ -392,10 +445,13 @@ impl SupervisorState {
                 }
                 None => {}
             }
-            let Some(entry) = self.entries.get(alloc_id) else {
+            let Some(entry) = self.entries.get_mut(alloc_id) else {
                 self.place(myself, d.clone()).await;
                 continue;
             };
+            if d.generation == entry.generation {
+                entry.stop_after_disconnect = d.stop_after_disconnect;
+            }
             if d.generation < entry.generation {
                 tracing::warn!(
                     alloc = %alloc_id,

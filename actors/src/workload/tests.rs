@@ -42,6 +42,7 @@ fn desired(id: &str, generation: u64, job_type: JobType, script: &str) -> Desire
             config: Default::default(),
         },
         env: Default::default(),
+        stop_after_disconnect: None,
     }
 }
 
@@ -423,5 +424,67 @@ async fn a_panicking_driver_is_reported_as_a_failed_start() {
     h.reconcile(vec![]);
     let quiet = h.drain(Duration::from_millis(200)).await;
     assert!(quiet.is_empty(), "nothing ran, nothing to stop: {quiet:?}");
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn silent_coordinators_stop_only_the_jobs_that_asked_and_never_restart_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let driver = Arc::new(TestDriver::default());
+    let mut h = Harness::start(dir.path(), &driver).await;
+    let mut careful = desired("c1", 1, JobType::Service, "sleep 30");
+    careful.stop_after_disconnect = Some(Duration::from_secs(2));
+    let carefree = desired("f1", 1, JobType::Service, "sleep 30");
+    // One at a time: `expect` skips the reports it is not waiting for.
+    h.reconcile(vec![careful.clone()]);
+    h.expect("c1", event::STARTED).await;
+    h.reconcile(vec![careful.clone(), carefree.clone()]);
+    h.expect("f1", event::STARTED).await;
+    let careful_pid = persisted_pid(dir.path(), "c1");
+    let carefree_pid = persisted_pid(dir.path(), "f1");
+
+    // Silent, but not yet for long enough: nothing happens.
+    h.sup
+        .cast(SupervisorMsg::CoordinatorsSilent(Duration::from_millis(
+            1900,
+        )))
+        .expect("sent");
+    assert_eq!(h.drain(Duration::from_millis(300)).await, vec![]);
+
+    h.sup
+        .cast(SupervisorMsg::CoordinatorsSilent(Duration::from_secs(2)))
+        .expect("sent");
+    let lost = h.expect("c1", event::STOPPED_AFTER_DISCONNECT).await;
+    assert_eq!((lost.status, lost.generation), (AllocStatus::Lost, 1));
+    assert!(
+        lost.detail.contains("stop_after_disconnect is 2 s"),
+        "{lost:?}"
+    );
+    h.expect("c1", event::STOPPED).await;
+    assert!(!alive(careful_pid), "the careful job's workload still runs");
+    assert!(
+        alive(carefree_pid),
+        "the job without the setting was stopped"
+    );
+
+    // An assignment that still names the stopped generation (the
+    // coordinators have not heard the report yet) does not start it again;
+    // a new generation does.
+    h.reconcile(vec![careful.clone(), carefree.clone()]);
+    let quiet = h.drain(Duration::from_millis(500)).await;
+    assert!(
+        quiet.iter().all(|r| r.alloc_id != "c1"),
+        "the stopped generation came back: {quiet:?}"
+    );
+    careful.generation = 2;
+    h.reconcile(vec![careful, carefree]);
+    let again = h.expect("c1", event::STARTED).await;
+    assert_eq!(again.generation, 2);
+    assert!(alive(carefree_pid));
+
+    h.reconcile(vec![desired("f1", 1, JobType::Service, "sleep 30")]);
+    h.expect("c1", event::STOPPED).await;
+    h.reconcile(vec![]);
+    h.expect("f1", event::STOPPED).await;
     h.stop().await;
 }

@@ -12,6 +12,9 @@ impl From<&JobSpec> for proto::JobSpec {
             count: spec.count,
             priority: spec.priority,
             task: Some((&spec.task).into()),
+            stop_after_disconnect_ms: spec
+                .stop_after_disconnect
+                .map_or(0, |d| d.as_millis().max(1) as u64),
             ..Default::default()
         };
         super::placement::to_proto(&spec.placement, &mut wire);
@@ -41,6 +44,8 @@ impl TryFrom<proto::JobSpec> for JobSpec {
             priority: spec.priority,
             task: super::task::from_proto(task)?,
             placement,
+            stop_after_disconnect: (spec.stop_after_disconnect_ms > 0)
+                .then(|| std::time::Duration::from_millis(spec.stop_after_disconnect_ms)),
         };
         spec.validate()?;
         Ok(spec)
@@ -106,6 +111,7 @@ mod tests {
                 spread: SpreadPolicy::Label("rack".into()),
                 gang: true,
             },
+            stop_after_disconnect: Some(std::time::Duration::from_millis(2500)),
         }
     }
 

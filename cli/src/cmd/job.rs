@@ -79,6 +79,11 @@ fn job_json(job: &pb::Job) -> serde_json::Value {
             "spread": if spec.spread.is_empty() { "bin-pack" } else { spec.spread.as_str() },
             "gang": spec.gang,
         },
+        "stop_after_disconnect_ms": if spec.stop_after_disconnect_ms == 0 {
+            serde_json::Value::Null
+        } else {
+            json!(spec.stop_after_disconnect_ms)
+        },
     })
 }
 
@@ -239,6 +244,12 @@ pub async fn run(ctx: &Context, command: JobCommand) -> Result<(), CliError> {
                 );
                 for line in placement_lines(&spec) {
                     println!("{line}");
+                }
+                if spec.stop_after_disconnect_ms > 0 {
+                    println!(
+                        "on cut-off nodes  stopped after {} ms without a coordinator",
+                        spec.stop_after_disconnect_ms
+                    );
                 }
                 println!("submitted  {} UTC", format_time(job.submitted_at_ms));
                 println!("updated    {} UTC", format_time(job.updated_at_ms));

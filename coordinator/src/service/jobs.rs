@@ -84,6 +84,23 @@ fn larger_than_every_node(state: &ClusterState, spec: &JobSpec) -> Option<String
     ))
 }
 
+/// Why `spec`'s `stop_after_disconnect` would not do its job: a node is
+/// declared lost (and its work placed elsewhere) after `node_ttl` without a
+/// heartbeat, so instances stopping any later would overlap their
+/// replacements, which is what the setting exists to prevent.
+fn stops_after_replacement(spec: &JobSpec, node_ttl: std::time::Duration) -> Option<String> {
+    let after = spec.stop_after_disconnect?;
+    (after >= node_ttl).then(|| {
+        format!(
+            "field `stop_after_disconnect`: {} ms is not shorter than the coordinators' \
+             node TTL ({} ms), after which the node's work is placed elsewhere; \
+             choose at most half of it",
+            after.as_millis(),
+            node_ttl.as_millis()
+        )
+    })
+}
+
 #[tonic::async_trait]
 impl Jobs for JobsService {
     async fn submit(
@@ -94,6 +111,9 @@ impl Jobs for JobsService {
             return Err(Status::invalid_argument("field `spec` is missing"));
         };
         let spec = JobSpec::try_from(spec).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if let Some(problem) = stops_after_replacement(&spec, self.coordinator.liveness().ttl()) {
+            return Err(Status::invalid_argument(problem));
+        }
         if let Some(problem) = self
             .coordinator
             .read_state(|s| larger_than_every_node(s, &spec))

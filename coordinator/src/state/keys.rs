@@ -201,6 +201,7 @@ mod tests {
                 priority: 50,
                 task,
                 placement: Default::default(),
+                stop_after_disconnect: None,
             }
         );
         assert_eq!((job.version, job.modify_index), (4, 3));

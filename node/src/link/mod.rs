@@ -4,7 +4,9 @@
 //! moves), watches the allocations assigned here and hands them to the
 //! workload supervisor, and delivers the supervisor's reports. When no
 //! coordinator answers it keeps retrying and changes nothing on the node:
-//! the work runs on.
+//! the work runs on, except that of jobs with `stop_after_disconnect`, which
+//! the supervisor stops once it is told the coordinators have been silent
+//! that long (the link tells it how long on every tick).
 //!
 //! Every network wait happens in a spawned task that messages the actor
 //! back, so the actor's mailbox never blocks on a coordinator.
@@ -29,6 +31,7 @@ use herd_api::proto::v1::NodeUsage;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::{mpsc, Mutex};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 use crate::config::NodeConfig;
 
@@ -43,10 +46,10 @@ const LAST_INDEX_FILE: &str = "last-assigned-index";
 pub enum LinkMsg {
     /// Time to register or heartbeat.
     Tick,
-    /// A registration attempt ended.
-    Registered(Result<(), String>),
-    /// A heartbeat ended.
-    HeartbeatDone(Result<HeartbeatReply, String>),
+    /// A registration attempt, sent at the instant given, ended.
+    Registered(Result<(), String>, Instant),
+    /// A heartbeat, sent at the instant given, ended.
+    HeartbeatDone(Result<HeartbeatReply, String>, Instant),
     /// The coordinators sent the allocations wanted here.
     Assigned(AssignedAllocations),
 }
@@ -80,6 +83,11 @@ pub struct LinkState {
     heartbeat: Duration,
     /// Assignments older than this come from a lagging coordinator: ignored.
     last_index: u64,
+    /// When the last registration or heartbeat a coordinator accepted was
+    /// sent (the leader judges node liveness by these, and received it
+    /// later, so the silence measured here is never shorter than the
+    /// leader's); the link's start before any.
+    last_contact: Instant,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -125,6 +133,7 @@ impl Actor for CoordinatorLink {
             watching: false,
             heartbeat,
             last_index,
+            last_contact: Instant::now(),
             tasks: vec![reports],
         })
     }
@@ -148,30 +157,38 @@ impl Actor for CoordinatorLink {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             LinkMsg::Tick => {
+                state
+                    .args
+                    .supervisor
+                    .cast(SupervisorMsg::CoordinatorsSilent(
+                        state.last_contact.elapsed(),
+                    ))?;
                 if state.in_flight {
                     return Ok(());
                 }
                 state.in_flight = true;
                 let args = state.args.clone();
                 let client = state.client.clone();
+                let sent = Instant::now();
                 if state.registered {
                     tokio::spawn(async move {
                         let result = heartbeat(&args, &client).await;
-                        let _ = myself.cast(LinkMsg::HeartbeatDone(result));
+                        let _ = myself.cast(LinkMsg::HeartbeatDone(result, sent));
                     });
                 } else {
                     tokio::spawn(async move {
                         let result = register(&args, &client).await;
-                        let _ = myself.cast(LinkMsg::Registered(result));
+                        let _ = myself.cast(LinkMsg::Registered(result, sent));
                     });
                 }
             }
-            LinkMsg::Registered(result) => {
+            LinkMsg::Registered(result, sent) => {
                 state.in_flight = false;
                 match result {
                     Ok(()) => {
                         tracing::info!(node = %state.args.config.name, "registered with the coordinators");
                         state.registered = true;
+                        state.last_contact = state.last_contact.max(sent);
                         if !state.watching {
                             state.watching = true;
                             state.tasks.push(tokio::spawn(watch::run(
@@ -184,7 +201,7 @@ impl Actor for CoordinatorLink {
                     Err(e) => tracing::warn!(error = %e, "cannot register; retrying"),
                 }
             }
-            LinkMsg::HeartbeatDone(result) => {
+            LinkMsg::HeartbeatDone(result, sent) => {
                 state.in_flight = false;
                 match result {
                     Ok(reply) if reply.reregister => {
@@ -193,6 +210,7 @@ impl Actor for CoordinatorLink {
                         myself.cast(LinkMsg::Tick)?;
                     }
                     Ok(reply) => {
+                        state.last_contact = state.last_contact.max(sent);
                         // Three heartbeats per TTL, so one lost one never marks the node down.
                         let wanted = Duration::from_millis(reply.ttl_ms / 3)
                             .max(Duration::from_millis(100))
@@ -276,6 +294,8 @@ fn desired_from_proto(alloc: AssignedAllocation) -> Result<DesiredAlloc, Box<All
         job_type,
         task,
         env: alloc.env.into_iter().collect(),
+        stop_after_disconnect: (alloc.stop_after_disconnect_ms > 0)
+            .then(|| Duration::from_millis(alloc.stop_after_disconnect_ms)),
     })
 }
 
