@@ -11,7 +11,9 @@
 //! - a crashed workload actor is reported and never stops the supervisor;
 //! - a job that asked for it (`stop_after_disconnect`) is stopped once the
 //!   coordinators have been silent that long, reported lost, and not
-//!   started again at that generation.
+//!   started again at that generation; the one exception to the rule above,
+//!   since a re-adopted workload's persisted desired state carries the
+//!   setting (the agent's start then counts as the last contact).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
