@@ -45,6 +45,19 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_millis(total_ms))
 }
 
+/// An optional duration as proto3 carries it: whole milliseconds, 0 for
+/// none (a set duration under 1 ms still counts as set).
+pub fn to_wire_ms(duration: Option<Duration>) -> u64 {
+    duration.map_or(0, |d| {
+        u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+    })
+}
+
+/// Reads what [`to_wire_ms`] wrote.
+pub fn from_wire_ms(ms: u64) -> Option<Duration> {
+    (ms > 0).then(|| Duration::from_millis(ms))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,9 +12,7 @@ impl From<&JobSpec> for proto::JobSpec {
             count: spec.count,
             priority: spec.priority,
             task: Some((&spec.task).into()),
-            stop_after_disconnect_ms: spec
-                .stop_after_disconnect
-                .map_or(0, |d| d.as_millis().max(1) as u64),
+            stop_after_disconnect_ms: crate::duration::to_wire_ms(spec.stop_after_disconnect),
             ..Default::default()
         };
         super::placement::to_proto(&spec.placement, &mut wire);
@@ -44,8 +42,7 @@ impl TryFrom<proto::JobSpec> for JobSpec {
             priority: spec.priority,
             task: super::task::from_proto(task)?,
             placement,
-            stop_after_disconnect: (spec.stop_after_disconnect_ms > 0)
-                .then(|| std::time::Duration::from_millis(spec.stop_after_disconnect_ms)),
+            stop_after_disconnect: crate::duration::from_wire_ms(spec.stop_after_disconnect_ms),
         };
         spec.validate()?;
         Ok(spec)

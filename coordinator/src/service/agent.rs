@@ -85,10 +85,9 @@ pub fn assigned_to(state: &ClusterState, node: &str) -> Vec<AssignedAllocation> 
                 job_type: job.spec.job_type.as_str().to_string(),
                 task: Some((&job.spec.task).into()),
                 env,
-                stop_after_disconnect_ms: job
-                    .spec
-                    .stop_after_disconnect
-                    .map_or(0, |d| d.as_millis().max(1) as u64),
+                stop_after_disconnect_ms: herd_api::duration::to_wire_ms(
+                    job.spec.stop_after_disconnect,
+                ),
             })
         })
         .collect()

@@ -294,8 +294,7 @@ fn desired_from_proto(alloc: AssignedAllocation) -> Result<DesiredAlloc, Box<All
         job_type,
         task,
         env: alloc.env.into_iter().collect(),
-        stop_after_disconnect: (alloc.stop_after_disconnect_ms > 0)
-            .then(|| Duration::from_millis(alloc.stop_after_disconnect_ms)),
+        stop_after_disconnect: herd_api::duration::from_wire_ms(alloc.stop_after_disconnect_ms),
     })
 }
 
