@@ -96,6 +96,11 @@ pub struct FaultWindow {
     /// rescheduling off it is measured from the workload samples.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lost_node: Option<String>,
+    /// The node whose agent the fault killed or paused while its workloads
+    /// ran on: until the agent is back nothing stops them, so their overlap
+    /// with replacements is no broken promise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unsupervised_node: Option<String>,
     /// How long after injection a majority of the members named a leader
     /// other than the one before the fault (None: the leader did not
     /// change while the fault was in force, or was not known before it).
@@ -315,6 +320,7 @@ mod tests {
                     end_ns: Some(50),
                     recovered_after_ns: None,
                     lost_node: Some("n1".into()),
+                    unsupervised_node: None,
                     new_leader_after_ns: None,
                 }),
                 Record::FinalJobs { jobs: None },

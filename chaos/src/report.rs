@@ -314,6 +314,7 @@ mod tests {
             end_ns: Some(10 + 5_000_000),
             recovered_after_ns: None,
             lost_node: Some("n1".into()),
+            unsupervised_node: None,
             new_leader_after_ns: None,
         }));
         let report = Report::new("node-loss", 1, &History { records }, vec![]);
@@ -366,6 +367,7 @@ mod tests {
                 end_ns: Some(100),
                 recovered_after_ns: None,
                 lost_node: None,
+                unsupervised_node: None,
                 new_leader_after_ns,
             })
         };

@@ -29,6 +29,15 @@ use crate::workload::{self, ClientContext, Recorder};
 
 /// The name of the service job scenarios with agents keep running.
 pub const SERVICE_JOB: &str = "chaos-svc";
+/// A second service those scenarios keep running, with
+/// `stop_after_disconnect` set: herd promises that two copies of one of its
+/// instances never run at once, and the at-most-once checker holds it to that.
+pub const CAREFUL_JOB: &str = "chaos-careful";
+/// How many instances [`CAREFUL_JOB`] runs.
+pub const CAREFUL_COUNT: u32 = 2;
+/// Its `stop_after_disconnect`: half the node TTL the harness gives the
+/// coordinators (`--node-ttl-ms 2000`), as docs/job-specs.md advises.
+pub const CAREFUL_STOP_AFTER: Duration = Duration::from_secs(1);
 
 /// How a run is carried out.
 #[derive(Debug, Clone)]
@@ -70,6 +79,9 @@ pub enum RunError {
     #[error("setup: {0}")]
     Setup(String),
 }
+
+/// How long the jobs a run starts with may take to be accepted.
+const SETUP_LIMIT: Duration = Duration::from_secs(20);
 
 /// Probes with a deadline: a paused member must not stall the run.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(1500);
@@ -194,12 +206,28 @@ async fn whole(
     if service_count == 0 {
         return true;
     }
+    for (job, count) in [(SERVICE_JOB, service_count), (CAREFUL_JOB, CAREFUL_COUNT)] {
+        if !at_count(client, &workloads, job, count).await {
+            return false;
+        }
+    }
+    true
+}
+
+/// Whether `job` runs `count` allocations, each as one process of its own
+/// instance.
+async fn at_count(
+    client: &HerdClient,
+    workloads: &[crate::agents::WorkloadProcess],
+    job: &str,
+    count: u32,
+) -> bool {
     let allocs = tokio::time::timeout(
         PROBE_TIMEOUT,
         client.call(|ch| async move {
             AllocsClient::new(ch)
                 .list(ListAllocsRequest {
-                    job: SERVICE_JOB.into(),
+                    job: job.into(),
                     stale: false,
                 })
                 .await
@@ -215,14 +243,11 @@ async fn whole(
         .iter()
         .filter(|a| a.status == "running" && a.desired == "run")
         .count();
-    let processes: Vec<_> = workloads
-        .into_iter()
-        .filter(|w| w.job == SERVICE_JOB)
-        .collect();
+    let processes: Vec<_> = workloads.iter().filter(|w| w.job == job).collect();
     let instances: BTreeSet<Option<u32>> = processes.iter().map(|p| p.instance).collect();
-    running == service_count as usize
-        && processes.len() == service_count as usize
-        && instances.len() == service_count as usize
+    running == count as usize
+        && processes.len() == count as usize
+        && instances.len() == count as usize
 }
 
 /// How often members that exited on their own are restarted, as systemd's
@@ -278,32 +303,15 @@ pub async fn run(config: &RunConfig) -> Result<History, RunError> {
     let client = cluster.client()?;
     let agents_root = agents.as_ref().map(|a| a.root().to_path_buf());
     if scenario.service_count > 0 {
-        // A member elected moments ago may not know yet that it belongs to
-        // the cluster: the setup submit goes round the members until one
-        // takes it (resubmitting the same spec changes nothing), every
-        // attempt recorded.
-        let started = std::time::Instant::now();
-        let mut attempt = 0usize;
-        loop {
-            let member = attempt % addrs.len().max(1);
-            let error = workload::submit_service(
-                &client,
-                member,
-                SERVICE_JOB,
-                scenario.service_count,
-                &recorder,
-            )
-            .await;
-            match error {
-                None => break,
-                Some(error) if started.elapsed() > Duration::from_secs(20) => {
-                    return Err(RunError::Setup(format!("submit {SERVICE_JOB}: {error}")));
-                }
-                Some(_) => {
-                    attempt += 1;
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-            }
+        let careful = workload::careful_spec(CAREFUL_JOB, CAREFUL_COUNT, CAREFUL_STOP_AFTER);
+        for spec in [
+            workload::sleeper_spec(SERVICE_JOB, scenario.service_count),
+            careful,
+        ] {
+            let name = spec.name.clone();
+            workload::submit_setup(&client, addrs.len(), spec, &recorder, SETUP_LIMIT)
+                .await
+                .map_err(|error| RunError::Setup(format!("submit {name}: {error}")))?;
         }
     }
     if !until_whole(
@@ -415,6 +423,7 @@ pub async fn run(config: &RunConfig) -> Result<History, RunError> {
                 end_ns: None,
                 recovered_after_ns: None,
                 lost_node: fault.lost_node.clone(),
+                unsupervised_node: fault.unsupervised_node.clone(),
                 new_leader_after_ns: None,
             });
             active = Some((fault, next));

@@ -126,6 +126,7 @@ mod tests {
                     end_ns: Some(5),
                     recovered_after_ns: None,
                     lost_node: None,
+                    unsupervised_node: None,
                     new_leader_after_ns: None,
                 }),
             ],

@@ -372,6 +372,16 @@ pub fn sleeper_spec(name: &str, count: u32) -> JobSpec {
     }
 }
 
+/// A sleeper service whose instances must never run twice at once: it sets
+/// `stop_after_disconnect`, so a node cut off from the coordinators stops
+/// it, and herd starts no replacement before the copy it replaces ended.
+pub fn careful_spec(name: &str, count: u32, stop_after: Duration) -> JobSpec {
+    JobSpec {
+        stop_after_disconnect_ms: herd_api::duration::to_wire_ms(Some(stop_after)),
+        ..sleeper_spec(name, count)
+    }
+}
+
 /// Submits `spec` through coordinator `member`, classified.
 pub async fn submit(
     client: &HerdClient,
@@ -402,33 +412,45 @@ async fn submit_versioned(
     }
 }
 
-/// One attempt of a run's setup: submits the service job `name` with
-/// `count` sleeping instances through coordinator `member`, recorded as an
-/// operation of process 0 (without a marker, so the job-version checker
-/// leaves it out). Returns the error, if the attempt failed.
-pub async fn submit_service(
+/// Submits one of the jobs a run starts with. A member elected moments ago
+/// may not know yet that it belongs to the cluster, so the submit goes
+/// round the `members` until one takes it (resubmitting the same spec
+/// changes nothing), each attempt recorded as an operation of process 0
+/// (without a marker, so the job-version checker leaves it out). Gives up
+/// with the last error after `limit`.
+pub async fn submit_setup(
     client: &HerdClient,
-    member: usize,
-    name: &str,
-    count: u32,
+    members: usize,
+    spec: JobSpec,
     recorder: &Recorder,
-) -> Option<String> {
-    let invoke_ns = recorder.now_ns();
-    let (outcome, error) = submit(client, member, sleeper_spec(name, count)).await;
-    recorder.push(Record::Op(Op {
-        id: recorder.next_id(),
-        process: 0,
-        kind: OpKind::Submit,
-        key: name.to_string(),
-        value: None,
-        expected: None,
-        version: None,
-        invoke_ns,
-        complete_ns: recorder.now_ns(),
-        outcome,
-        error: error.clone(),
-    }));
-    error
+    limit: Duration,
+) -> Result<(), String> {
+    // The runtime's clock: the simulation drives it.
+    let started = tokio::time::Instant::now();
+    for attempt in 0usize.. {
+        let member = attempt % members.max(1);
+        let invoke_ns = recorder.now_ns();
+        let (outcome, error) = submit(client, member, spec.clone()).await;
+        recorder.push(Record::Op(Op {
+            id: recorder.next_id(),
+            process: 0,
+            kind: OpKind::Submit,
+            key: spec.name.clone(),
+            value: None,
+            expected: None,
+            version: None,
+            invoke_ns,
+            complete_ns: recorder.now_ns(),
+            outcome,
+            error: error.clone(),
+        }));
+        match error {
+            None => return Ok(()),
+            Some(error) if started.elapsed() > limit => return Err(error),
+            Some(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+    Err("no attempt was made".into())
 }
 
 /// A job client: submits small sleeper jobs, updates some (a changed spec,

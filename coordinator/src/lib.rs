@@ -11,6 +11,7 @@ pub mod apply;
 pub mod apply_alloc;
 pub mod apply_drain;
 pub mod apply_plan;
+pub mod assignments;
 pub mod batch;
 pub mod command;
 pub mod config;

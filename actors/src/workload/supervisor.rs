@@ -13,7 +13,11 @@
 //!   coordinators have been silent that long, reported lost, and not
 //!   started again at that generation; the one exception to the rule above,
 //!   since a re-adopted workload's persisted desired state carries the
-//!   setting (the agent's start then counts as the last contact).
+//!   setting (the agent's start then counts as the last contact);
+//! - such a job is not *started* while the coordinators have been silent
+//!   that long either (an assignment can arrive before the first heartbeat
+//!   after an outage is accepted): it is held until one is, instead of
+//!   being started and stopped at once, which would report it lost.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -51,7 +55,7 @@ pub enum SupervisorMsg {
     /// empty set has taken effect.
     Active(RpcReplyPort<usize>),
     /// No coordinator has accepted this node's heartbeat for this long (sent
-    /// by the agent's link on every heartbeat tick).
+    /// by the agent's link every 100 ms).
     CoordinatorsSilent(Duration),
 }
 
@@ -96,6 +100,12 @@ pub struct SupervisorState {
     /// that they are reported once rather than on every reconcile.
     rejected: HashMap<String, u64>,
     latest: BTreeMap<String, AllocReport>,
+    /// How long the coordinators had been silent at the last word from the
+    /// link.
+    silent: Duration,
+    /// New allocations of jobs with `stop_after_disconnect` waiting for
+    /// the coordinators to be heard again before they start.
+    held: BTreeMap<String, DesiredAlloc>,
 }
 
 impl Actor for WorkloadSupervisor {
@@ -118,6 +128,8 @@ impl Actor for WorkloadSupervisor {
             by_actor: HashMap::new(),
             rejected: HashMap::new(),
             latest: BTreeMap::new(),
+            silent: Duration::ZERO,
+            held: BTreeMap::new(),
         })
     }
 
@@ -175,7 +187,11 @@ impl Actor for WorkloadSupervisor {
             SupervisorMsg::Active(reply) => {
                 let _ = reply.send(state.entries.len());
             }
-            SupervisorMsg::CoordinatorsSilent(silent) => state.stop_disconnected(silent),
+            SupervisorMsg::CoordinatorsSilent(silent) => {
+                state.silent = silent;
+                state.stop_disconnected(silent);
+                state.start_held(&myself).await;
+            }
         }
         Ok(())
     }
@@ -400,6 +416,30 @@ impl SupervisorState {
         }
     }
 
+    /// Whether `desired` must wait for the coordinators before it starts.
+    fn must_hold(&self, desired: &DesiredAlloc) -> bool {
+        desired
+            .stop_after_disconnect
+            .is_some_and(|after| self.silent >= after)
+    }
+
+    /// Starts the held allocations the coordinators' silence no longer
+    /// forbids.
+    async fn start_held(&mut self, myself: &ActorRef<SupervisorMsg>) {
+        let due: Vec<String> = self
+            .held
+            .iter()
+            .filter(|(_, d)| !self.must_hold(d))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for alloc_id in due {
+            if let Some(desired) = self.held.remove(&alloc_id) {
+                tracing::info!(alloc = %alloc_id, "coordinators heard again: starting");
+                self.place(myself, desired).await;
+            }
+        }
+    }
+
     /// Stops the allocation's actor and starts `desired` once it has ended.
     fn replace(&mut self, alloc_id: &str, desired: DesiredAlloc) {
         if let Some(entry) = self.entries.get_mut(alloc_id) {
@@ -439,6 +479,7 @@ impl SupervisorState {
             }
         }
         self.rejected.retain(|id, _| wanted.contains_key(id));
+        self.held.retain(|id, _| wanted.contains_key(id));
         for (alloc_id, d) in &wanted {
             match self.rejected.get(alloc_id) {
                 Some(generation) if *generation >= d.generation => continue,
@@ -448,7 +489,19 @@ impl SupervisorState {
                 None => {}
             }
             let Some(entry) = self.entries.get_mut(alloc_id) else {
-                self.place(myself, d.clone()).await;
+                if self.must_hold(d) {
+                    if !self.held.contains_key(alloc_id) {
+                        tracing::info!(
+                            alloc = %alloc_id,
+                            silent_ms = self.silent.as_millis() as u64,
+                            "not started until a coordinator is heard again (stop_after_disconnect)"
+                        );
+                    }
+                    self.held.insert(alloc_id.clone(), d.clone());
+                } else {
+                    self.held.remove(alloc_id);
+                    self.place(myself, d.clone()).await;
+                }
                 continue;
             };
             if d.generation == entry.generation {

@@ -469,7 +469,8 @@ async fn silent_coordinators_stop_only_the_jobs_that_asked_and_never_restart_the
 
     // An assignment that still names the stopped generation (the
     // coordinators have not heard the report yet) does not start it again;
-    // a new generation does.
+    // a new generation does, but only once a coordinator is heard again:
+    // started now it would only be stopped and reported lost once more.
     h.reconcile(vec![careful.clone(), carefree.clone()]);
     let quiet = h.drain(Duration::from_millis(500)).await;
     assert!(
@@ -478,6 +479,16 @@ async fn silent_coordinators_stop_only_the_jobs_that_asked_and_never_restart_the
     );
     careful.generation = 2;
     h.reconcile(vec![careful, carefree]);
+    let held = h.drain(Duration::from_millis(500)).await;
+    assert!(
+        held.iter().all(|r| r.alloc_id != "c1"),
+        "started while the coordinators were still silent: {held:?}"
+    );
+    h.sup
+        .cast(SupervisorMsg::CoordinatorsSilent(Duration::from_millis(
+            100,
+        )))
+        .expect("sent");
     let again = h.expect("c1", event::STARTED).await;
     assert_eq!(again.generation, 2);
     assert!(alive(carefree_pid));

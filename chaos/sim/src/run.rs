@@ -328,7 +328,11 @@ fn add_clients(
         let count = config.service_count;
         sim.client("service", async move {
             let client = hosts::client(members)?;
-            submit_service(&client, members, count, &recorder).await;
+            let spec = workload::sleeper_spec(SERVICE_JOB, count);
+            // Tried until the simulation ends; every attempt is recorded.
+            let _ =
+                workload::submit_setup(&client, members as usize, spec, &recorder, Duration::MAX)
+                    .await;
             Ok(())
         });
     }
@@ -403,25 +407,6 @@ type ClientTask = std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>;
 
 /// Starts a client's work once its context is ready.
 type StartClient = Box<dyn FnOnce(ClientContext) -> ClientTask>;
-
-/// Submits the service job, going round the members until one takes it
-/// (a member elected moments ago may not know yet that it belongs to the
-/// cluster), every attempt recorded, as `chaos run`'s setup does.
-async fn submit_service(
-    client: &herd_api::client::HerdClient,
-    members: u64,
-    count: u32,
-    recorder: &Recorder,
-) {
-    for attempt in 0usize.. {
-        let member = attempt % members.max(1) as usize;
-        let error = workload::submit_service(client, member, SERVICE_JOB, count, recorder).await;
-        if error.is_none() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
 
 /// The simulation's driver: between steps it injects and heals faults,
 /// observes the cluster, samples the machines and moves the run through
@@ -589,6 +574,11 @@ impl Driver<'_> {
             start_ns: ns(now),
             end_ns: None,
             recovered_after_ns: None,
+            // A crashed agent's workloads run on with nothing to stop them.
+            unsupervised_node: injected
+                .lost_node
+                .clone()
+                .filter(|_| kind == SimFault::AgentCrash),
             lost_node: injected.lost_node,
             new_leader_after_ns: None,
         });

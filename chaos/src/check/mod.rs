@@ -2,6 +2,7 @@
 //! [`Verdict`]. A checker that cannot decide says [`Verdict::Unknown`] rather
 //! than passing: a chaos run must never claim a correctness it did not show.
 
+pub mod at_most_once;
 pub mod converge;
 pub mod double_run;
 pub mod drain;
@@ -103,6 +104,9 @@ pub fn check_all(history: &History, config: &CheckConfig) -> Vec<(&'static str, 
         verdicts.push(("drains respected", drain::check_history(history)));
         let samples: Vec<_> = history.samples().cloned().collect();
         verdicts.push(("no double run", double_run::check(&samples)));
+        if let Some(verdict) = at_most_once::check_history(history, crate::runner::CAREFUL_JOB) {
+            verdicts.push(("at most one copy", verdict));
+        }
     }
     verdicts.push(("converged within bound", converge::check_history(history)));
     if config.processes {

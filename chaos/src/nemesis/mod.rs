@@ -130,6 +130,9 @@ pub struct Active {
     pub what: String,
     /// The node taken down with its workloads, if any.
     pub lost_node: Option<String>,
+    /// The node whose agent the fault killed or paused while its workloads
+    /// ran on, unsupervised: nothing can stop them until the agent is back.
+    pub unsupervised_node: Option<String>,
     heal: Heal,
 }
 
@@ -205,6 +208,7 @@ pub fn inject(
             Active {
                 what: format!("kill -9 members {targets:?}{note}"),
                 lost_node: None,
+                unsupervised_node: None,
                 heal: Heal::Restart(targets),
             }
         }
@@ -218,6 +222,7 @@ pub fn inject(
             Active {
                 what: format!("pause member {id}{note}"),
                 lost_node: None,
+                unsupervised_node: None,
                 heal: Heal::Resume(vec![id]),
             }
         }
@@ -269,7 +274,9 @@ pub fn inject(
             };
             Active {
                 what,
-                lost_node: (fault != Fault::KillAgent).then_some(name),
+                lost_node: (fault != Fault::KillAgent).then(|| name.clone()),
+                unsupervised_node: matches!(fault, Fault::KillAgent | Fault::PauseAgent)
+                    .then_some(name),
                 heal,
             }
         }
@@ -291,6 +298,7 @@ pub fn inject(
             Active {
                 what: format!("partition {partition}{note}"),
                 lost_node: None,
+                unsupervised_node: None,
                 heal: Heal::Network,
             }
         }
@@ -304,6 +312,7 @@ pub fn inject(
             Active {
                 what: format!("fill the disk of member {id}{note} ({} MiB)", filled >> 20),
                 lost_node: None,
+                unsupervised_node: None,
                 heal: Heal::FreeDisk(id),
             }
         }
@@ -324,6 +333,7 @@ pub fn inject(
             Active {
                 what: format!("slow every fsync of member {id}{note} by {delay} ms"),
                 lost_node: None,
+                unsupervised_node: None,
                 heal: Heal::ClearShim(vec![id]),
             }
         }
@@ -343,6 +353,7 @@ pub fn inject(
             Active {
                 what: format!("skew wall clocks ({})", offsets.join(", ")),
                 lost_node: None,
+                unsupervised_node: None,
                 heal: Heal::ClearShim(cluster.ids()),
             }
         }
@@ -377,6 +388,7 @@ pub fn inject(
             Active {
                 what,
                 lost_node: None,
+                unsupervised_node: None,
                 heal: Heal::Network,
             }
         }

@@ -1,7 +1,6 @@
 //! The agent API: node agents register, heartbeat, watch the allocations
 //! assigned to them and report what their workloads do.
 
-use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,7 +8,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use futures::Stream;
-use herd_api::alloc::{AllocDesired, AllocStatus, AllocUpdate};
+use herd_api::alloc::{AllocStatus, AllocUpdate};
 use herd_api::node::{NodeInfo, NodeStatus};
 use herd_api::proto::agent::agent_server::Agent;
 use herd_api::proto::agent::{
@@ -22,9 +21,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::apply_alloc::MAX_UPDATES;
+use crate::assignments::assigned_to;
 use crate::command::{Command, CommandResult};
 use crate::handle::{Coordinator, ReadConsistency};
-use crate::state::ClusterState;
 
 /// A watch stream sends the set again after this long even when it did not
 /// change, so an agent notices a stream that silently stalled.
@@ -54,73 +53,6 @@ fn check_node_name(name: &str) -> Result<(), Status> {
         )));
     }
     Ok(())
-}
-
-/// The allocations `node` should run, as its agent receives them.
-pub fn assigned_to(state: &ClusterState, node: &str) -> Vec<AssignedAllocation> {
-    state
-        .allocs_on_node(node)
-        .filter(|a| a.desired == AllocDesired::Run && !a.status.is_terminal())
-        .filter_map(|a| {
-            let job = state.jobs.get(&a.job)?;
-            if job.version != a.job_version {
-                return None;
-            }
-            let mut env: HashMap<String, String> = [
-                ("HERD_ALLOC_INSTANCE", a.instance.to_string()),
-                ("HERD_JOB_VERSION", a.job_version.to_string()),
-                ("HERD_JOB_COUNT", job.spec.count.to_string()),
-                ("HERD_NODE", node.to_string()),
-            ]
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v))
-            .collect();
-            if job.spec.placement.gang {
-                env.extend(gang_env(state, a));
-            }
-            Some(AssignedAllocation {
-                id: a.id.clone(),
-                generation: a.generation,
-                job: a.job.clone(),
-                job_type: job.spec.job_type.as_str().to_string(),
-                task: Some((&job.spec.task).into()),
-                env,
-                stop_after_disconnect_ms: herd_api::duration::to_wire_ms(
-                    job.spec.stop_after_disconnect,
-                ),
-            })
-        })
-        .collect()
-}
-
-/// What a gang member needs to find the others: its rank (the instance
-/// number), the gang's size, and the hosts of every member in rank order
-/// (the host part of each node's agent address; rank 0's is the master).
-fn gang_env(state: &ClusterState, alloc: &herd_api::alloc::Allocation) -> Vec<(String, String)> {
-    let mut members: Vec<(u32, String)> = state
-        .allocs_of_job(&alloc.job)
-        .filter(|m| {
-            m.job_version == alloc.job_version
-                && m.desired == AllocDesired::Run
-                && !m.status.is_terminal()
-        })
-        .map(|m| {
-            let addr = state.nodes.get(&m.node).map_or("", |n| n.addr.as_str());
-            let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
-            (m.instance, host.to_string())
-        })
-        .collect();
-    members.sort();
-    let hosts: Vec<String> = members.iter().map(|(_, host)| host.clone()).collect();
-    vec![
-        ("HERD_GANG_RANK".to_string(), alloc.instance.to_string()),
-        ("HERD_GANG_SIZE".to_string(), members.len().to_string()),
-        ("HERD_GANG_PEERS".to_string(), hosts.join(",")),
-        (
-            "HERD_GANG_MASTER".to_string(),
-            hosts.first().cloned().unwrap_or_default(),
-        ),
-    ]
 }
 
 fn update_from_proto(report: herd_api::proto::agent::AllocReport) -> Result<AllocUpdate, Status> {

@@ -6,7 +6,7 @@
 //! coordinator answers it keeps retrying and changes nothing on the node:
 //! the work runs on, except that of jobs with `stop_after_disconnect`, which
 //! the supervisor stops once it is told the coordinators have been silent
-//! that long (the link tells it how long on every tick).
+//! that long (the link tells it how long every [`SILENCE_CHECK`]).
 //!
 //! Every network wait happens in a spawned task that messages the actor
 //! back, so the actor's mailbox never blocks on a coordinator.
@@ -41,11 +41,18 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(3);
 const MONITOR_TIMEOUT: Duration = Duration::from_secs(2);
 /// File in the data dir holding the newest assignment index acted on.
 const LAST_INDEX_FILE: &str = "last-assigned-index";
+/// How often the supervisor hears how long the coordinators have been
+/// silent. Much finer than the heartbeat (a third of the node TTL): a job's
+/// `stop_after_disconnect` must act well before the TTL runs out and its
+/// replacement starts, so the check may not add a heartbeat period to it.
+pub const SILENCE_CHECK: Duration = Duration::from_millis(100);
 
 /// Messages of the [`CoordinatorLink`].
 pub enum LinkMsg {
     /// Time to register or heartbeat.
     Tick,
+    /// Time to tell the supervisor how long the coordinators have been silent.
+    CheckSilence,
     /// A registration attempt, sent at the instant given, ended.
     Registered(Result<(), String>, Instant),
     /// A heartbeat, sent at the instant given, ended.
@@ -80,7 +87,14 @@ pub struct LinkState {
     registered: bool,
     in_flight: bool,
     watching: bool,
+    /// The heartbeat period in force (see [`heartbeat_period`]).
     heartbeat: Duration,
+    /// The task that sends [`LinkMsg::Tick`] every `heartbeat`.
+    ticker: JoinHandle<()>,
+    /// The coordinators' node TTL, once a heartbeat reply said it.
+    ttl: Option<Duration>,
+    /// The shortest `stop_after_disconnect` among the jobs assigned here.
+    shortest_stop_after: Option<Duration>,
     /// Assignments older than this come from a lagging coordinator: ignored.
     last_index: u64,
     /// When the last registration or heartbeat a coordinator accepted was
@@ -123,7 +137,8 @@ impl Actor for CoordinatorLink {
             args.reports.clone(),
         ));
         let heartbeat = args.config.heartbeat;
-        myself.send_interval(heartbeat, || LinkMsg::Tick);
+        let ticker = myself.send_interval(heartbeat, || LinkMsg::Tick);
+        myself.send_interval(SILENCE_CHECK, || LinkMsg::CheckSilence);
         myself.cast(LinkMsg::Tick)?;
         Ok(LinkState {
             args,
@@ -132,6 +147,9 @@ impl Actor for CoordinatorLink {
             in_flight: false,
             watching: false,
             heartbeat,
+            ticker,
+            ttl: None,
+            shortest_stop_after: None,
             last_index,
             last_contact: Instant::now(),
             tasks: vec![reports],
@@ -146,6 +164,7 @@ impl Actor for CoordinatorLink {
         for task in state.tasks.drain(..) {
             task.abort();
         }
+        state.ticker.abort();
         Ok(())
     }
 
@@ -156,13 +175,15 @@ impl Actor for CoordinatorLink {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            LinkMsg::Tick => {
+            LinkMsg::CheckSilence => {
                 state
                     .args
                     .supervisor
                     .cast(SupervisorMsg::CoordinatorsSilent(
                         state.last_contact.elapsed(),
                     ))?;
+            }
+            LinkMsg::Tick => {
                 if state.in_flight {
                     return Ok(());
                 }
@@ -211,19 +232,13 @@ impl Actor for CoordinatorLink {
                     }
                     Ok(reply) => {
                         state.last_contact = state.last_contact.max(sent);
-                        // Three heartbeats per TTL, so one lost one never marks the node down.
-                        let wanted = Duration::from_millis(reply.ttl_ms / 3)
-                            .max(Duration::from_millis(100))
-                            .min(state.args.config.heartbeat);
-                        if wanted < state.heartbeat {
-                            state.heartbeat = wanted;
-                            myself.send_interval(wanted, || LinkMsg::Tick);
-                        }
+                        state.ttl = Some(Duration::from_millis(reply.ttl_ms));
+                        state.retune(&myself)?;
                     }
                     Err(e) => tracing::debug!(error = %e, "heartbeat failed; retrying"),
                 }
             }
-            LinkMsg::Assigned(assigned) => self.assigned(state, assigned)?,
+            LinkMsg::Assigned(assigned) => self.assigned(&myself, state, assigned)?,
         }
         Ok(())
     }
@@ -232,6 +247,7 @@ impl Actor for CoordinatorLink {
 impl CoordinatorLink {
     fn assigned(
         &self,
+        myself: &ActorRef<LinkMsg>,
         state: &mut LinkState,
         assigned: AssignedAllocations,
     ) -> Result<(), ActorProcessingErr> {
@@ -250,6 +266,12 @@ impl CoordinatorLink {
                 tracing::warn!(path = %path.display(), error = %e, "cannot record the assignment index");
             }
         }
+        state.shortest_stop_after = assigned
+            .allocs
+            .iter()
+            .filter_map(|a| herd_api::duration::from_wire_ms(a.stop_after_disconnect_ms))
+            .min();
+        state.retune(myself)?;
         let mut desired = Vec::with_capacity(assigned.allocs.len());
         for alloc in assigned.allocs {
             match desired_from_proto(alloc) {
@@ -263,6 +285,62 @@ impl CoordinatorLink {
             .args
             .supervisor
             .cast(SupervisorMsg::Reconcile(desired))?;
+        Ok(())
+    }
+}
+
+/// Fewest heartbeats in one node TTL: one lost heartbeat must never mark
+/// the node down.
+const HEARTBEATS_PER_TTL: u32 = 3;
+/// Fewest heartbeats within a job's `stop_after_disconnect`: one slow
+/// heartbeat must never stop its work.
+const HEARTBEATS_PER_STOP_WINDOW: u32 = 4;
+/// The shortest heartbeat period, whatever asks for less.
+const MIN_HEARTBEAT: Duration = Duration::from_millis(100);
+
+/// How often to heartbeat: the configured period, shortened to fit
+/// [`HEARTBEATS_PER_TTL`] in the coordinators' node TTL and
+/// [`HEARTBEATS_PER_STOP_WINDOW`] in the shortest `stop_after_disconnect`
+/// of the work assigned here (a node running such work heartbeats faster,
+/// and no faster than [`MIN_HEARTBEAT`]).
+pub fn heartbeat_period(
+    configured: Duration,
+    ttl: Option<Duration>,
+    shortest_stop_after: Option<Duration>,
+) -> Duration {
+    let mut period = configured;
+    if let Some(ttl) = ttl {
+        period = period.min(ttl / HEARTBEATS_PER_TTL);
+    }
+    if let Some(window) = shortest_stop_after {
+        period = period.min(window / HEARTBEATS_PER_STOP_WINDOW);
+    }
+    period.max(MIN_HEARTBEAT)
+}
+
+impl LinkState {
+    /// Re-arms the heartbeat ticker when what it depends on changed; a
+    /// shorter period starts with a heartbeat at once.
+    fn retune(&mut self, myself: &ActorRef<LinkMsg>) -> Result<(), ActorProcessingErr> {
+        let wanted = heartbeat_period(
+            self.args.config.heartbeat,
+            self.ttl,
+            self.shortest_stop_after,
+        );
+        if wanted == self.heartbeat {
+            return Ok(());
+        }
+        let shorter = wanted < self.heartbeat;
+        tracing::debug!(
+            period_ms = wanted.as_millis() as u64,
+            "heartbeat period changed"
+        );
+        self.heartbeat = wanted;
+        self.ticker.abort();
+        self.ticker = myself.send_interval(wanted, || LinkMsg::Tick);
+        if shorter {
+            myself.cast(LinkMsg::Tick)?;
+        }
         Ok(())
     }
 }
@@ -375,4 +453,32 @@ fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECOND: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn the_heartbeat_fits_three_in_the_ttl_and_four_in_the_shortest_stop_window() {
+        // Before any reply: as configured.
+        assert_eq!(heartbeat_period(SECOND, None, None), SECOND);
+        // A 2 s TTL: a third of it.
+        let ttl = Some(2 * SECOND);
+        assert_eq!(heartbeat_period(SECOND, ttl, None), 2 * SECOND / 3);
+        // A TTL longer than three periods changes nothing.
+        assert_eq!(heartbeat_period(SECOND, Some(60 * SECOND), None), SECOND);
+        // Work that stops after 1 s of silence: a quarter of that.
+        assert_eq!(
+            heartbeat_period(SECOND, ttl, Some(SECOND)),
+            Duration::from_millis(250)
+        );
+        // Never below the floor.
+        assert_eq!(
+            heartbeat_period(SECOND, Some(Duration::from_millis(150)), Some(SECOND)),
+            MIN_HEARTBEAT
+        );
+    }
 }

@@ -1,0 +1,247 @@
+//! What each node agent is told to run: the allocations placed on its node
+//! that should run, with the environment their workloads get.
+//!
+//! Kept apart from the agent service because it is a pure function of the
+//! replicated state: every member computes the same set for the same
+//! applied index, and the rules below are tested without a server.
+//!
+//! One rule holds work back. A job that set `stop_after_disconnect` has
+//! said that two copies of one instance must never run at once (a training
+//! job writing one checkpoint directory, a leader holding a lease). The
+//! agent side of that promise stops a cut-off node's copy before the node
+//! TTL runs out; this side makes herd's own moves keep it too: a copy that
+//! replaces another (a drain, an update, a node lost) is handed to its node
+//! only once every older copy of its instance has ended, reported by its
+//! agent or declared lost with its node. Other jobs start replacements at
+//! once, as Nomad does, and may overlap briefly.
+
+use std::collections::HashMap;
+
+use herd_api::alloc::{AllocDesired, Allocation};
+use herd_api::proto::agent::AssignedAllocation;
+
+use crate::state::{ClusterState, Job};
+
+/// The allocations `node` should run, as its agent receives them.
+pub fn assigned_to(state: &ClusterState, node: &str) -> Vec<AssignedAllocation> {
+    state
+        .allocs_on_node(node)
+        .filter(|a| a.desired == AllocDesired::Run && !a.status.is_terminal())
+        .filter_map(|a| {
+            let job = state.jobs.get(&a.job)?;
+            if job.version != a.job_version || waits_for_an_older_copy(state, job, a) {
+                return None;
+            }
+            let mut env: HashMap<String, String> = [
+                ("HERD_ALLOC_INSTANCE", a.instance.to_string()),
+                ("HERD_JOB_VERSION", a.job_version.to_string()),
+                ("HERD_JOB_COUNT", job.spec.count.to_string()),
+                ("HERD_NODE", node.to_string()),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+            if job.spec.placement.gang {
+                env.extend(gang_env(state, a));
+            }
+            Some(AssignedAllocation {
+                id: a.id.clone(),
+                generation: a.generation,
+                job: a.job.clone(),
+                job_type: job.spec.job_type.as_str().to_string(),
+                task: Some((&job.spec.task).into()),
+                env,
+                stop_after_disconnect_ms: herd_api::duration::to_wire_ms(
+                    job.spec.stop_after_disconnect,
+                ),
+            })
+        })
+        .collect()
+}
+
+/// Whether `alloc` must wait before its node may start it: its job wants at
+/// most one copy of each instance (it set `stop_after_disconnect`) and an
+/// older copy of the same instance has not ended yet. Only older copies
+/// count, so two copies can never hold each other back.
+///
+/// A preempted copy is terminal from the moment it is evicted, though its
+/// node may take a moment to stop it; its replacement does not wait.
+fn waits_for_an_older_copy(state: &ClusterState, job: &Job, alloc: &Allocation) -> bool {
+    job.spec.stop_after_disconnect.is_some()
+        && state.allocs_of_job(&alloc.job).any(|other| {
+            other.instance == alloc.instance
+                && other.create_index < alloc.create_index
+                && !other.status.is_terminal()
+        })
+}
+
+/// What a gang member needs to find the others: its rank (the instance
+/// number), the gang's size, and the hosts of every member in rank order
+/// (the host part of each node's agent address; rank 0's is the master).
+fn gang_env(state: &ClusterState, alloc: &Allocation) -> Vec<(String, String)> {
+    let mut members: Vec<(u32, String)> = state
+        .allocs_of_job(&alloc.job)
+        .filter(|m| {
+            m.job_version == alloc.job_version
+                && m.desired == AllocDesired::Run
+                && !m.status.is_terminal()
+        })
+        .map(|m| {
+            let addr = state.nodes.get(&m.node).map_or("", |n| n.addr.as_str());
+            let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
+            (m.instance, host.to_string())
+        })
+        .collect();
+    members.sort();
+    let hosts: Vec<String> = members.iter().map(|(_, host)| host.clone()).collect();
+    vec![
+        ("HERD_GANG_RANK".to_string(), alloc.instance.to_string()),
+        ("HERD_GANG_SIZE".to_string(), members.len().to_string()),
+        ("HERD_GANG_PEERS".to_string(), hosts.join(",")),
+        (
+            "HERD_GANG_MASTER".to_string(),
+            hosts.first().cloned().unwrap_or_default(),
+        ),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use herd_api::alloc::{AllocStatus, AllocUpdate};
+    use herd_api::job::{JobSpec, JobType};
+
+    use super::*;
+    use crate::command::Command;
+    use crate::placement::plan_job;
+    use crate::testkit::{place, run, spec};
+
+    fn careful(name: &str) -> JobSpec {
+        JobSpec {
+            stop_after_disconnect: Some(Duration::from_secs(1)),
+            ..spec(name, JobType::Service, 1)
+        }
+    }
+
+    /// The node running `job`'s instance 0 and its allocation.
+    fn running_copy(state: &ClusterState, job: &str) -> (String, Allocation) {
+        let alloc = state
+            .allocs_of_job(job)
+            .find(|a| a.desired == AllocDesired::Run)
+            .expect("a copy to run")
+            .clone();
+        (alloc.node.clone(), alloc)
+    }
+
+    fn report(state: &mut ClusterState, index: u64, alloc: &Allocation, status: AllocStatus) {
+        let (result, _) = run(
+            state,
+            index,
+            Command::UpdateAllocs {
+                node: alloc.node.clone(),
+                updates: vec![AllocUpdate {
+                    id: alloc.id.clone(),
+                    generation: alloc.generation,
+                    status,
+                    event: status.as_str().into(),
+                    detail: String::new(),
+                }],
+                now_ms: 3_000,
+            },
+        );
+        assert!(
+            matches!(
+                result,
+                crate::command::CommandResult::AllocsUpdated { accepted: 1, .. }
+            ),
+            "{result:?}"
+        );
+    }
+
+    /// Drains the node running `job` and places its replacement; returns
+    /// the old copy, the replacement's node and the next free index.
+    fn drain_and_replace(
+        state: &mut ClusterState,
+        index: u64,
+        job: &str,
+    ) -> (Allocation, String, u64) {
+        let (from, old) = running_copy(state, job);
+        report(state, index, &old, AllocStatus::Running);
+        run(
+            state,
+            index + 1,
+            Command::DrainNode {
+                node: from.clone(),
+                now_ms: 2_000,
+            },
+        );
+        let plan = plan_job(state, &state.jobs[job], 2_000).expect("a replacement plan");
+        run(
+            state,
+            index + 2,
+            Command::ApplyPlan {
+                plan,
+                now_ms: 2_000,
+            },
+        );
+        let (to, _) = running_copy(state, job);
+        assert_ne!(to, from, "the replacement is placed on the other node");
+        (old, to, index + 3)
+    }
+
+    fn ids(assigned: &[AssignedAllocation]) -> Vec<&str> {
+        assigned.iter().map(|a| a.job.as_str()).collect()
+    }
+
+    #[test]
+    fn a_careful_replacement_waits_until_the_copy_it_replaces_has_stopped() {
+        let mut state = ClusterState::default();
+        let index = place(&mut state, &["n1", "n2"], vec![careful("lease")], 1_000);
+        let (old, to, index) = drain_and_replace(&mut state, index, "lease");
+
+        assert!(
+            assigned_to(&state, &to).is_empty(),
+            "the old copy still runs on {}: its replacement must not start yet",
+            old.node
+        );
+        // The old node is told to stop its copy meanwhile.
+        assert!(assigned_to(&state, &old.node).is_empty());
+
+        report(&mut state, index, &old, AllocStatus::Stopped);
+        assert_eq!(ids(&assigned_to(&state, &to)), vec!["lease"]);
+    }
+
+    #[test]
+    fn a_careful_replacement_starts_once_the_old_node_is_declared_lost() {
+        let mut state = ClusterState::default();
+        let index = place(&mut state, &["n1", "n2"], vec![careful("lease")], 1_000);
+        let (old, to, index) = drain_and_replace(&mut state, index, "lease");
+        assert!(assigned_to(&state, &to).is_empty());
+
+        // A node that misses its heartbeats has stopped the job itself
+        // (stop_after_disconnect is shorter than the TTL).
+        run(
+            &mut state,
+            index,
+            Command::MarkNodeDown {
+                node: old.node.clone(),
+                now_ms: 9_000,
+            },
+        );
+        assert_eq!(ids(&assigned_to(&state, &to)), vec!["lease"]);
+    }
+
+    #[test]
+    fn other_jobs_start_their_replacements_at_once() {
+        let mut state = ClusterState::default();
+        let index = place(
+            &mut state,
+            &["n1", "n2"],
+            vec![spec("web", JobType::Service, 1)],
+            1_000,
+        );
+        let (_, to, _) = drain_and_replace(&mut state, index, "web");
+        assert_eq!(ids(&assigned_to(&state, &to)), vec!["web"]);
+    }
+}
