@@ -45,6 +45,30 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_millis(total_ms))
 }
 
+/// Writes `duration` the way [`parse_duration`] reads it, in whole
+/// milliseconds and largest units first (`1h30m`, `1s500ms`, `0ms`), so
+/// that what herd prints can be pasted back into a spec or a flag.
+pub fn format_duration(duration: Duration) -> String {
+    let mut ms = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
+    if ms == 0 {
+        return "0ms".into();
+    }
+    let mut text = String::new();
+    for (unit, unit_ms) in [
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1_000),
+        ("ms", 1),
+    ] {
+        if ms >= unit_ms {
+            text.push_str(&format!("{}{unit}", ms / unit_ms));
+            ms %= unit_ms;
+        }
+    }
+    text
+}
+
 /// An optional duration as proto3 carries it: whole milliseconds, 0 for
 /// none (a set duration under 1 ms still counts as set).
 pub fn to_wire_ms(duration: Option<Duration>) -> u64 {
@@ -69,6 +93,22 @@ mod tests {
         assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
         assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
         assert_eq!(parse_duration(" 2d "), Ok(Duration::from_secs(172_800)));
+    }
+
+    #[test]
+    fn durations_print_as_they_parse() {
+        for (ms, text) in [
+            (0, "0ms"),
+            (250, "250ms"),
+            (1_000, "1s"),
+            (1_500, "1s500ms"),
+            (5_400_000, "1h30m"),
+            (90_061_001, "1d1h1m1s1ms"),
+        ] {
+            let duration = Duration::from_millis(ms);
+            assert_eq!(format_duration(duration), text);
+            assert_eq!(parse_duration(text), Ok(duration));
+        }
     }
 
     #[test]

@@ -11,9 +11,24 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// What agents log: herd at info, its libraries' chatter at warn.
 const AGENT_LOG_FILTER: &str = "info,h2=warn,tower=warn,hyper=warn";
+
+/// The first process of an agent's container in Docker mode, in the role
+/// systemd plays on a host: it runs `herd ARGS` and runs it again when it
+/// exits, except while the file `$HERD_CHAOS_HOLD` exists. So the harness
+/// can kill the agent alone (hold, then `kill -9` it) while its workloads
+/// run on in the container, as on a host, and bring it back by removing
+/// the file.
+const DOCKER_AGENT_LOOP: &str =
+    r#"while :; do [ -e "$HERD_CHAOS_HOLD" ] || /usr/local/bin/herd "$@"; sleep 0.2; done"#;
+/// Inside an agent's data dir: while it exists, [`DOCKER_AGENT_LOOP`]
+/// does not start the agent.
+const HOLD_FILE: &str = "chaos-agent-held";
+/// How long a killed agent may take to be gone.
+const KILL_WAIT: Duration = Duration::from_secs(5);
 
 use crate::docker::DockerEnv;
 use crate::ports::free_loopback_port;
@@ -163,14 +178,22 @@ impl AgentSet {
             let env = [
                 ("HERD_LOG", AGENT_LOG_FILTER.to_string()),
                 ("HERD_CHAOS_ROOT", self.root.path().display().to_string()),
+                ("HERD_CHAOS_HOLD", hold_file(agent).display().to_string()),
             ];
             let data_dir = agent.data_dir.display().to_string();
+            let mut args = vec![
+                "-c".to_string(),
+                DOCKER_AGENT_LOOP.to_string(),
+                "herd-agent-loop".to_string(),
+            ];
+            args.extend(self.agent_args(agent));
             docker.run(
                 &name,
                 &agent.addr,
                 &[(agent.data_dir.clone(), &data_dir)],
                 &env,
-                &self.agent_args(agent),
+                Some("/bin/sh"),
+                &args,
             )?;
             agent.container = Some(name);
             return Ok(());
@@ -201,17 +224,30 @@ impl AgentSet {
         })
     }
 
-    /// `kill -9` the agent only: its workloads keep running. Not in Docker
-    /// mode, where the agent is its container's first process and takes
-    /// every workload with it.
+    /// `kill -9` the agent only: its workloads keep running. In Docker
+    /// mode its container's loop is held first, so it stays down until
+    /// [`AgentSet::restart`].
     pub fn kill_agent(&mut self, name: &str) -> Result<(), ClusterError> {
         if self.docker.is_some() {
-            return Err(ClusterError::Io {
-                what: format!("kill agent {name} alone"),
-                source: std::io::Error::other(
-                    "in Docker mode an agent is its container's first process: its workloads die with it",
-                ),
-            });
+            let agent = self.agent(name)?;
+            let hold = hold_file(agent);
+            std::fs::write(&hold, b"").map_err(io(format!("create {}", hold.display())))?;
+            let started = Instant::now();
+            while let Some(pid) = docker_agent_pid(agent) {
+                // SAFETY: kill(2) takes plain integers; a pid gone
+                // meanwhile only makes it fail with ESRCH.
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                }
+                if started.elapsed() > KILL_WAIT {
+                    return Err(ClusterError::Io {
+                        what: format!("kill agent {name}"),
+                        source: std::io::Error::other(format!("pid {pid} still runs")),
+                    });
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            return Ok(());
         }
         if let Some(agent) = self.agents.get_mut(name) {
             if let Some(mut child) = agent.child.take() {
@@ -248,23 +284,23 @@ impl AgentSet {
     }
 
     fn signal(&mut self, name: &str, signal: i32) -> Result<(), ClusterError> {
-        if let (Some(docker), Some(container)) = (&self.docker, &self.agent(name)?.container) {
-            // The agent only (the container's first process), as locally.
-            let signal = if signal == libc::SIGSTOP {
-                "STOP"
-            } else {
-                "CONT"
-            };
-            return docker.signal(container, signal);
-        }
-        let Some(child) = &self.agent(name)?.child else {
+        let agent = self.agent(name)?;
+        // The agent only, as locally (in Docker mode not its container's
+        // loop, which would go on starting it).
+        let pid = if self.docker.is_some() {
+            docker_agent_pid(agent)
+        } else {
+            agent
+                .child
+                .as_ref()
+                .and_then(|c| i32::try_from(c.id()).ok())
+        };
+        let Some(pid) = pid else {
             return Ok(());
         };
-        let Ok(pid) = i32::try_from(child.id()) else {
-            return Ok(());
-        };
-        // SAFETY: kill(2) takes plain integers; the child is not reaped yet,
-        // so the pid still names it.
+        // SAFETY: kill(2) takes plain integers. A local child is not
+        // reaped yet, so the pid still names it; a Docker agent's pid was
+        // read from /proc just now, and one gone meanwhile fails (ESRCH).
         if unsafe { libc::kill(pid, signal) } != 0 {
             return Err(ClusterError::Io {
                 what: format!("signal {signal} to agent {name}"),
@@ -281,7 +317,15 @@ impl AgentSet {
             source: std::io::Error::new(std::io::ErrorKind::NotFound, "not started by this set"),
         })?;
         let running = match (&self.docker, &agent.container) {
-            (Some(docker), Some(container)) => docker.is_running(container),
+            (Some(docker), Some(container)) => {
+                // Killed alone: its container's loop starts it again.
+                let hold = hold_file(&agent);
+                if hold.exists() {
+                    std::fs::remove_file(&hold)
+                        .map_err(io(format!("remove {}", hold.display())))?;
+                }
+                docker.is_running(container)
+            }
             _ => agent
                 .child
                 .as_mut()
@@ -374,6 +418,43 @@ impl AgentSet {
     pub fn names(&self) -> Vec<String> {
         self.agents.keys().cloned().collect()
     }
+}
+
+/// The hold file of `agent`'s container loop ([`DOCKER_AGENT_LOOP`]).
+fn hold_file(agent: &AgentProcess) -> PathBuf {
+    agent.data_dir.join(HOLD_FILE)
+}
+
+/// The pid (seen from this host) of the agent process a Docker agent's
+/// container loop runs: `herd node ... --data-dir DIR` with its data dir,
+/// not the loop itself (whose command line holds the same arguments).
+fn docker_agent_pid(agent: &AgentProcess) -> Option<i32> {
+    let data_dir = agent.data_dir.to_string_lossy().into_owned();
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let is_agent = args.first().is_some_and(|a| a.ends_with("/herd"))
+            && args.get(1).is_some_and(|a| a == "node")
+            && args
+                .windows(2)
+                .any(|w| w[0] == "--data-dir" && w[1] == data_dir);
+        if is_agent && !is_zombie(pid as u32) {
+            return Some(pid);
+        }
+    }
+    None
 }
 
 fn is_zombie(pid: u32) -> bool {

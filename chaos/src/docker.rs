@@ -201,13 +201,15 @@ impl DockerEnv {
     /// Creates and starts a container named `name` at `addr`'s host (an
     /// address of this network, from [`DockerEnv::member_addr`] or
     /// [`DockerEnv::agent_addr`]) running `herd ARGS`, with host directories
-    /// mounted (`host`, `inside`) and environment variables set.
+    /// mounted (`host`, `inside`) and environment variables set; with
+    /// `entrypoint`, that program runs ARGS instead of herd.
     pub fn run(
         &self,
         name: &str,
         addr: &str,
         mounts: &[(PathBuf, &str)],
         env: &[(&str, String)],
+        entrypoint: Option<&str>,
         args: &[String],
     ) -> Result<(), ClusterError> {
         let label = format!("{LABEL}={}", self.run);
@@ -238,6 +240,10 @@ impl DockerEnv {
             command.push("--env".into());
             command.push(format!("{key}={value}"));
         }
+        if let Some(entrypoint) = entrypoint {
+            command.push("--entrypoint".into());
+            command.push(entrypoint.into());
+        }
         command.push(self.image.clone());
         command.extend(args.iter().cloned());
         let refs: Vec<&str> = command.iter().map(String::as_str).collect();
@@ -255,12 +261,6 @@ impl DockerEnv {
     /// `docker start` a stopped container: same file system, same address.
     pub fn start(&self, name: &str) -> Result<(), ClusterError> {
         docker(&["start", name]).map(|_| ())
-    }
-
-    /// Sends `signal` (`STOP`, `CONT`, ...) to the container's first
-    /// process only.
-    pub fn signal(&self, name: &str, signal: &str) -> Result<(), ClusterError> {
-        docker(&["kill", "--signal", signal, name]).map(|_| ())
     }
 
     /// `docker pause` (every process of the container frozen).

@@ -332,7 +332,7 @@ impl ProcessCluster {
             env.push(("LD_PRELOAD", SHIM_IN_IMAGE.to_string()));
             env.push((CONTROL_ENV, format!("/chaos/{file}")));
         }
-        docker.run(&name, &member.addr, &mounts, &env, &args)?;
+        docker.run(&name, &member.addr, &mounts, &env, None, &args)?;
         member.container = Some(name);
         Ok(())
     }

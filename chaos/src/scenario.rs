@@ -238,15 +238,6 @@ pub const SCENARIOS: &[Scenario] = &[
     },
 ];
 
-impl Scenario {
-    /// Whether the scenario can run in Docker mode: every fault but killing
-    /// an agent alone can (there an agent is its container's first process,
-    /// and its workloads die with it).
-    pub fn runs_in_docker(&self) -> bool {
-        !self.faults.contains(&Fault::KillAgent)
-    }
-}
-
 /// The scenario called `name`.
 pub fn find(name: &str) -> Option<&'static Scenario> {
     SCENARIOS.iter().find(|s| s.name == name)

@@ -32,12 +32,6 @@ fn addresses(config: &RunConfig) -> Result<(BTreeMap<u64, String>, String), RunE
     let scenario = &config.scenario;
     match &config.docker {
         Some(docker) => {
-            if !scenario.runs_in_docker() {
-                return Err(RunError::Setup(format!(
-                    "scenario {} kills agents alone, which Docker mode cannot do (an agent is its container's first process)",
-                    scenario.name
-                )));
-            }
             let addrs = (1..=scenario.members)
                 .map(|id| (id, docker.member_addr(id)))
                 .collect();

@@ -188,6 +188,11 @@ fn docker_mode_runs_the_same_scenarios() {
     let report = run_scenario("agent-pause", "12s", "22", Mode::Docker)
         .expect("a Docker run is never skipped once the daemon answers");
     assert!(report.contains("service rescheduled"), "{report}");
+    // An agent killed alone while its workloads run on in its container
+    // (seed 22 draws that fault second, after a whole node's loss).
+    let report = run_scenario("agent-loss", "14s", "22", Mode::Docker)
+        .expect("a Docker run is never skipped once the daemon answers");
+    assert!(report.contains("kill -9 agent n"), "{report}");
 }
 
 /// `herd chaos sim`: seeds of the simulated cluster pass, with a line each

@@ -600,6 +600,11 @@ async fn a_job_that_asks_stops_while_no_coordinator_answers() {
     must_cli_ok(&["--addr", &addr, "job", "run", &carefree]);
     let status = json(&addr, &["job", "status", "careful"]);
     assert_eq!(status["stop_after_disconnect_ms"], 1000, "{status:#}");
+    let text = must_cli_ok(&["--addr", &addr, "job", "status", "careful"]);
+    assert!(
+        text.contains("stopped after 1s without a coordinator"),
+        "{text}"
+    );
     let before = until("both jobs running", Duration::from_secs(20), || {
         let careful = settled(&addr, &agents, "careful", 1)?;
         settled(&addr, &agents, "carefree", 1)?;

@@ -25,6 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use herd_api::alloc::AllocStatus;
+use herd_api::duration::format_duration;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -394,9 +395,9 @@ impl SupervisorState {
             .collect();
         for (alloc_id, generation, after) in due {
             let detail = format!(
-                "no coordinator answered for {} s (the job's stop_after_disconnect is {} s): stopped",
-                silent.as_secs(),
-                after.as_secs()
+                "no coordinator answered for {} (the job's stop_after_disconnect is {}): stopped",
+                format_duration(silent),
+                format_duration(after)
             );
             tracing::warn!(alloc = %alloc_id, generation, "{detail}");
             self.record(AllocReport::new(

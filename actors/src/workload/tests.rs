@@ -457,7 +457,7 @@ async fn silent_coordinators_stop_only_the_jobs_that_asked_and_never_restart_the
     let lost = h.expect("c1", event::STOPPED_AFTER_DISCONNECT).await;
     assert_eq!((lost.status, lost.generation), (AllocStatus::Lost, 1));
     assert!(
-        lost.detail.contains("stop_after_disconnect is 2 s"),
+        lost.detail.contains("stop_after_disconnect is 2s"),
         "{lost:?}"
     );
     h.expect("c1", event::STOPPED).await;

@@ -111,19 +111,7 @@ enum Ending {
 
 async fn run_scenarios(args: RunArgs) -> Result<(), CliError> {
     let scenarios: Vec<&Scenario> = if args.scenario == "all" {
-        SCENARIOS
-            .iter()
-            .filter(|s| {
-                let runs = !args.docker || s.runs_in_docker();
-                if !runs {
-                    println!(
-                        "skipping {}: it kills agents alone, which Docker mode cannot do",
-                        s.name
-                    );
-                }
-                runs
-            })
-            .collect()
+        SCENARIOS.iter().collect()
     } else {
         vec![scenario::find(&args.scenario).ok_or_else(|| {
             CliError::input(format!(

@@ -3,6 +3,7 @@
 use std::io::Read;
 
 use clap::Subcommand;
+use herd_api::duration::{format_duration, from_wire_ms};
 use herd_api::proto::v1 as pb;
 use herd_api::proto::v1::jobs_client::JobsClient;
 use herd_api::resources::format_memory;
@@ -245,10 +246,10 @@ pub async fn run(ctx: &Context, command: JobCommand) -> Result<(), CliError> {
                 for line in placement_lines(&spec) {
                     println!("{line}");
                 }
-                if spec.stop_after_disconnect_ms > 0 {
+                if let Some(after) = from_wire_ms(spec.stop_after_disconnect_ms) {
                     println!(
-                        "on cut-off nodes  stopped after {} ms without a coordinator",
-                        spec.stop_after_disconnect_ms
+                        "on cut-off nodes  stopped after {} without a coordinator",
+                        format_duration(after)
                     );
                 }
                 println!("submitted  {} UTC", format_time(job.submitted_at_ms));
