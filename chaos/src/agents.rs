@@ -343,23 +343,10 @@ impl AgentSet {
     /// Every workload process running under any agent of this set.
     pub fn workloads(&self) -> Vec<WorkloadProcess> {
         let mut found = Vec::new();
-        let Ok(entries) = std::fs::read_dir("/proc") else {
-            return found;
-        };
-        for entry in entries.flatten() {
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|s| s.parse::<u32>().ok())
-            else {
+        for (pid, dir) in live_processes() {
+            let Ok(environ) = std::fs::read(dir.join("environ")) else {
                 continue;
             };
-            let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
-                continue;
-            };
-            if is_zombie(pid) {
-                continue;
-            }
             let env: BTreeMap<String, String> = environ
                 .split(|b| *b == 0)
                 .filter_map(|kv| {
@@ -430,15 +417,8 @@ fn hold_file(agent: &AgentProcess) -> PathBuf {
 /// not the loop itself (whose command line holds the same arguments).
 fn docker_agent_pid(agent: &AgentProcess) -> Option<i32> {
     let data_dir = agent.data_dir.to_string_lossy().into_owned();
-    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+    for (pid, dir) in live_processes() {
+        let Ok(cmdline) = std::fs::read(dir.join("cmdline")) else {
             continue;
         };
         let args: Vec<String> = cmdline
@@ -450,11 +430,26 @@ fn docker_agent_pid(agent: &AgentProcess) -> Option<i32> {
             && args
                 .windows(2)
                 .any(|w| w[0] == "--data-dir" && w[1] == data_dir);
-        if is_agent && !is_zombie(pid as u32) {
-            return Some(pid);
+        if is_agent {
+            return i32::try_from(pid).ok();
         }
     }
     None
+}
+
+/// Every live (not zombie) process on this machine, with its /proc
+/// directory (containers' processes included: they are the host's).
+fn live_processes() -> Vec<(u32, PathBuf)> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let pid = entry.file_name().to_str()?.parse::<u32>().ok()?;
+            (!is_zombie(pid)).then(|| (pid, entry.path()))
+        })
+        .collect()
 }
 
 fn is_zombie(pid: u32) -> bool {
@@ -496,22 +491,12 @@ pub fn processes_under(dir: &Path) -> Vec<String> {
 fn mentioning(dir: &Path) -> Vec<(u32, String)> {
     let needle = dir.to_string_lossy().into_owned();
     let mut found = Vec::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return found;
-    };
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if pid == std::process::id() || is_zombie(pid) {
+    for (pid, proc_dir) in live_processes() {
+        if pid == std::process::id() {
             continue;
         }
-        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        let environ = std::fs::read(entry.path().join("environ")).unwrap_or_default();
+        let cmdline = std::fs::read(proc_dir.join("cmdline")).unwrap_or_default();
+        let environ = std::fs::read(proc_dir.join("environ")).unwrap_or_default();
         let mentions = |bytes: &[u8]| String::from_utf8_lossy(bytes).contains(&needle);
         if mentions(&cmdline) || mentions(&environ) {
             let command = String::from_utf8_lossy(&cmdline).replace('\0', " ");

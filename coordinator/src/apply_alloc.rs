@@ -206,10 +206,10 @@ mod tests {
     use herd_api::job::JobType;
     use herd_api::node::NodeStatus;
 
-    use crate::command::{Command, CommandResult};
+    use crate::command::Command;
     use crate::placement::{missing_instances, retry_delay_ms, BATCH_ATTEMPTS};
     use crate::state::{ClusterState, JobStatus};
-    use crate::testkit::{place, run, spec};
+    use crate::testkit::{place, report, run, spec};
 
     fn update(state: &ClusterState, job: &str, instance: u32, status: AllocStatus) -> AllocUpdate {
         let alloc = state
@@ -223,29 +223,6 @@ mod tests {
             status,
             event: "test".into(),
             detail: format!("now {}", status.as_str()),
-        }
-    }
-
-    fn report(
-        state: &mut ClusterState,
-        index: u64,
-        node: &str,
-        updates: Vec<AllocUpdate>,
-        now_ms: u64,
-    ) -> (u32, Vec<String>) {
-        match run(
-            state,
-            index,
-            Command::UpdateAllocs {
-                node: node.into(),
-                updates,
-                now_ms,
-            },
-        )
-        .0
-        {
-            CommandResult::AllocsUpdated { accepted, refused } => (accepted, refused),
-            other => panic!("unexpected {other:?}"),
         }
     }
 

@@ -20,17 +20,26 @@ use std::collections::HashMap;
 use herd_api::alloc::{AllocDesired, Allocation};
 use herd_api::proto::agent::AssignedAllocation;
 
-use crate::state::{ClusterState, Job};
+use crate::state::ClusterState;
 
 /// The allocations `node` should run, as its agent receives them.
 pub fn assigned_to(state: &ClusterState, node: &str) -> Vec<AssignedAllocation> {
+    let mut oldest_live: HashMap<&str, HashMap<u32, u64>> = HashMap::new();
     state
         .allocs_on_node(node)
         .filter(|a| a.desired == AllocDesired::Run && !a.status.is_terminal())
         .filter_map(|a| {
             let job = state.jobs.get(&a.job)?;
-            if job.version != a.job_version || waits_for_an_older_copy(state, job, a) {
+            if job.version != a.job_version {
                 return None;
+            }
+            if job.spec.stop_after_disconnect.is_some() {
+                let oldest = oldest_live
+                    .entry(a.job.as_str())
+                    .or_insert_with(|| oldest_live_copies(state, &a.job));
+                if oldest.get(&a.instance).is_some_and(|i| *i < a.create_index) {
+                    return None;
+                }
             }
             let mut env: HashMap<String, String> = [
                 ("HERD_ALLOC_INSTANCE", a.instance.to_string()),
@@ -59,20 +68,22 @@ pub fn assigned_to(state: &ClusterState, node: &str) -> Vec<AssignedAllocation> 
         .collect()
 }
 
-/// Whether `alloc` must wait before its node may start it: its job wants at
-/// most one copy of each instance (it set `stop_after_disconnect`) and an
-/// older copy of the same instance has not ended yet. Only older copies
-/// count, so two copies can never hold each other back.
+/// Per instance of `job`, the creation index of its oldest copy that has
+/// not ended. A copy of a job that set `stop_after_disconnect` waits while
+/// an older one lives: only older copies count, so two copies can never
+/// hold each other back. Computed once per job and node, not per copy.
 ///
 /// A preempted copy is terminal from the moment it is evicted, though its
 /// node may take a moment to stop it; its replacement does not wait.
-fn waits_for_an_older_copy(state: &ClusterState, job: &Job, alloc: &Allocation) -> bool {
-    job.spec.stop_after_disconnect.is_some()
-        && state.allocs_of_job(&alloc.job).any(|other| {
-            other.instance == alloc.instance
-                && other.create_index < alloc.create_index
-                && !other.status.is_terminal()
-        })
+fn oldest_live_copies(state: &ClusterState, job: &str) -> HashMap<u32, u64> {
+    let mut oldest: HashMap<u32, u64> = HashMap::new();
+    for copy in state.allocs_of_job(job).filter(|a| !a.status.is_terminal()) {
+        oldest
+            .entry(copy.instance)
+            .and_modify(|index| *index = (*index).min(copy.create_index))
+            .or_insert(copy.create_index);
+    }
+    oldest
 }
 
 /// What a gang member needs to find the others: its rank (the instance
@@ -115,7 +126,7 @@ mod tests {
     use super::*;
     use crate::command::Command;
     use crate::placement::plan_job;
-    use crate::testkit::{place, run, spec};
+    use crate::testkit::{place, report, run, spec};
 
     fn careful(name: &str) -> JobSpec {
         JobSpec {
@@ -134,29 +145,17 @@ mod tests {
         (alloc.node.clone(), alloc)
     }
 
-    fn report(state: &mut ClusterState, index: u64, alloc: &Allocation, status: AllocStatus) {
-        let (result, _) = run(
-            state,
-            index,
-            Command::UpdateAllocs {
-                node: alloc.node.clone(),
-                updates: vec![AllocUpdate {
-                    id: alloc.id.clone(),
-                    generation: alloc.generation,
-                    status,
-                    event: status.as_str().into(),
-                    detail: String::new(),
-                }],
-                now_ms: 3_000,
-            },
-        );
-        assert!(
-            matches!(
-                result,
-                crate::command::CommandResult::AllocsUpdated { accepted: 1, .. }
-            ),
-            "{result:?}"
-        );
+    /// `alloc`'s agent reports it `status`.
+    fn observe(state: &mut ClusterState, index: u64, alloc: &Allocation, status: AllocStatus) {
+        let update = AllocUpdate {
+            id: alloc.id.clone(),
+            generation: alloc.generation,
+            status,
+            event: status.as_str().into(),
+            detail: String::new(),
+        };
+        let (accepted, refused) = report(state, index, &alloc.node, vec![update], 3_000);
+        assert_eq!(accepted, 1, "{refused:?}");
     }
 
     /// Drains the node running `job` and places its replacement; returns
@@ -167,7 +166,7 @@ mod tests {
         job: &str,
     ) -> (Allocation, String, u64) {
         let (from, old) = running_copy(state, job);
-        report(state, index, &old, AllocStatus::Running);
+        observe(state, index, &old, AllocStatus::Running);
         run(
             state,
             index + 1,
@@ -208,7 +207,7 @@ mod tests {
         // The old node is told to stop its copy meanwhile.
         assert!(assigned_to(&state, &old.node).is_empty());
 
-        report(&mut state, index, &old, AllocStatus::Stopped);
+        observe(&mut state, index, &old, AllocStatus::Stopped);
         assert_eq!(ids(&assigned_to(&state, &to)), vec!["lease"]);
     }
 

@@ -65,6 +65,31 @@ pub fn run(
     (result, ops)
 }
 
+/// Applies `node`'s allocation reports at `index`; returns how many were
+/// accepted and why the others were refused.
+pub fn report(
+    state: &mut ClusterState,
+    index: u64,
+    node: &str,
+    updates: Vec<herd_api::alloc::AllocUpdate>,
+    now_ms: u64,
+) -> (u32, Vec<String>) {
+    match run(
+        state,
+        index,
+        Command::UpdateAllocs {
+            node: node.into(),
+            updates,
+            now_ms,
+        },
+    )
+    .0
+    {
+        CommandResult::AllocsUpdated { accepted, refused } => (accepted, refused),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
 /// Registers `nodes`, submits `jobs` and applies the leader's plan for each
 /// at time `now_ms`; returns the next free log index.
 pub fn place(state: &mut ClusterState, nodes: &[&str], jobs: Vec<JobSpec>, now_ms: u64) -> u64 {

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use herd_api::alloc::{AllocDesired, AllocStatus};
 use herd_api::node::NodeStatus;
 use herd_chaos::history::Sample;
-use herd_chaos::runner::SERVICE_JOB;
+use herd_chaos::runner::{CAREFUL_COUNT, CAREFUL_JOB, SERVICE_JOB};
 
 use crate::hosts::{self, SimAgent, Slot};
 
@@ -52,8 +52,8 @@ pub fn some_leader(slots: &[Slot]) -> Option<u64> {
 
 /// Whether the cluster is whole, as `chaos run` judges it: a leader every
 /// member agrees on, every agent's node ready (or draining) in its state,
-/// the service's allocations running at their count, and on the machines
-/// exactly one workload per service instance and no job instance twice.
+/// both services' allocations running at their counts, and on the machines
+/// exactly one workload per instance of each and no job instance twice.
 pub fn whole(slots: &[Slot], agents: &[SimAgent], service_count: u32) -> bool {
     let Some(leader) = agreed_leader(slots) else {
         return false;
@@ -67,20 +67,24 @@ pub fn whole(slots: &[Slot], agents: &[SimAgent], service_count: u32) -> bool {
     if agents.is_empty() {
         return true;
     }
-    let (nodes_ready, service_running) = coordinator.read_state(|state| {
+    let jobs = [(SERVICE_JOB, service_count), (CAREFUL_JOB, CAREFUL_COUNT)];
+    let (nodes_ready, at_count) = coordinator.read_state(|state| {
         let ready = agents.iter().all(|a| {
             state
                 .nodes
                 .get(&a.name)
                 .is_some_and(|n| matches!(n.status, NodeStatus::Ready | NodeStatus::Draining))
         });
-        let running = state
-            .allocs_of_job(SERVICE_JOB)
-            .filter(|a| a.status == AllocStatus::Running && a.desired == AllocDesired::Run)
-            .count();
-        (ready, running)
+        let at_count = jobs.iter().all(|(job, count)| {
+            state
+                .allocs_of_job(job)
+                .filter(|a| a.status == AllocStatus::Running && a.desired == AllocDesired::Run)
+                .count()
+                == *count as usize
+        });
+        (ready, at_count)
     });
-    if !nodes_ready || service_running != service_count as usize {
+    if !nodes_ready || !at_count {
         return false;
     }
     let processes: Vec<_> = agents.iter().flat_map(|a| a.machine.processes()).collect();
@@ -92,13 +96,15 @@ pub fn whole(slots: &[Slot], agents: &[SimAgent], service_count: u32) -> bool {
     {
         return false;
     }
-    let service: BTreeSet<Option<u32>> = processes
-        .iter()
-        .filter(|p| p.job == SERVICE_JOB)
-        .map(|p| p.instance)
-        .collect();
-    let service_processes = processes.iter().filter(|p| p.job == SERVICE_JOB).count();
-    service_processes == service_count as usize && service.len() == service_count as usize
+    jobs.iter().all(|(job, count)| {
+        let instances: BTreeSet<Option<u32>> = processes
+            .iter()
+            .filter(|p| p.job == *job)
+            .map(|p| p.instance)
+            .collect();
+        let copies = processes.iter().filter(|p| p.job == *job).count();
+        copies == *count as usize && instances.len() == *count as usize
+    })
 }
 
 /// What runs on every machine now.

@@ -13,7 +13,7 @@ use herd_chaos::finals;
 use herd_chaos::history::{FaultWindow, History, Record};
 use herd_chaos::nemesis::rng::Rng;
 use herd_chaos::report::Report;
-use herd_chaos::runner::SERVICE_JOB;
+use herd_chaos::runner::{CAREFUL_COUNT, CAREFUL_JOB, CAREFUL_STOP_AFTER, SERVICE_JOB};
 use herd_chaos::workload::{self, ClientContext, Recorder};
 use herd_consensus::raft_config::RaftTuning;
 
@@ -328,11 +328,18 @@ fn add_clients(
         let count = config.service_count;
         sim.client("service", async move {
             let client = hosts::client(members)?;
-            let spec = workload::sleeper_spec(SERVICE_JOB, count);
-            // Tried until the simulation ends; every attempt is recorded.
-            let _ =
-                workload::submit_setup(&client, members as usize, spec, &recorder, Duration::MAX)
-                    .await;
+            let careful = workload::careful_spec(CAREFUL_JOB, CAREFUL_COUNT, CAREFUL_STOP_AFTER);
+            for spec in [workload::sleeper_spec(SERVICE_JOB, count), careful] {
+                // Tried until the simulation ends; every attempt is recorded.
+                let _ = workload::submit_setup(
+                    &client,
+                    members as usize,
+                    spec,
+                    &recorder,
+                    Duration::MAX,
+                )
+                .await;
+            }
             Ok(())
         });
     }

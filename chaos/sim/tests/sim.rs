@@ -41,6 +41,7 @@ fn coordinators_and_agents_pass_every_checker_under_faults() {
             "linearizable job versions",
             "drains respected",
             "no double run",
+            "at most one copy",
             "converged within bound",
         ] {
             assert!(names.contains(&checker), "seed {seed}: {names:?}");
@@ -128,6 +129,18 @@ fn workloads_that_never_stop_are_caught() {
         ..SimConfig::default()
     });
     assert!(outcome.verdict.is_fail(), "{:?}", outcome.verdicts);
+    // Among them the promise of a job with stop_after_disconnect: the cut
+    // off node's copy ran on beside its replacement.
+    let at_most_once = outcome
+        .verdicts
+        .iter()
+        .find(|(name, _)| *name == "at most one copy")
+        .map(|(_, verdict)| verdict);
+    assert!(
+        at_most_once.is_some_and(|v| v.is_fail()),
+        "{:?}",
+        outcome.verdicts
+    );
     eprintln!("caught: {:?}", outcome.verdict);
 }
 

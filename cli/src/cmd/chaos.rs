@@ -24,8 +24,9 @@ pub enum ChaosCommand {
     List,
     /// Run a scenario (or `all`) and check its history.
     Run(RunArgs),
-    /// Run the coordinators under a simulated network and clock, many
-    /// seeds a minute (a simulation: no processes, disks or agents).
+    /// Run coordinators and node agents under a simulated network and
+    /// clock, many seeds a minute (a simulation: workloads are simulated,
+    /// storage is in memory, no process is started).
     Sim(super::chaos_sim::SimArgs),
 }
 
