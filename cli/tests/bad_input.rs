@@ -19,11 +19,7 @@ const GOOD: &str = "name = \"hello\"\ntype = \"batch\"\npriority = 50\n[task]\nd
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn malformed_specs_exit_2_with_location_and_store_nothing() {
-    let cluster = ProcessCluster::start(herd_bin(), 1, &[]).expect("start");
-    cluster
-        .wait_for_leader(Duration::from_secs(20))
-        .await
-        .expect("leader");
+    let cluster = must_start_one_member(&[]).await;
     let addr = cluster.addr_list();
     let dir = tempfile::tempdir().expect("tempdir");
 
@@ -211,11 +207,7 @@ async fn data_dirs_of_another_cluster_or_member_are_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn requests_to_a_non_member_and_bad_flags_are_refused() {
-    let mut cluster = ProcessCluster::start(herd_bin(), 1, &[]).expect("start");
-    cluster
-        .wait_for_leader(Duration::from_secs(20))
-        .await
-        .expect("leader");
+    let mut cluster = must_start_one_member(&[]).await;
     let lonely = cluster
         .spawn_member(9, Launch::Wait)
         .expect("spawn non-member");
@@ -263,11 +255,7 @@ async fn a_closed_stdout_ends_a_client_command_quietly() {
     use std::os::unix::process::ExitStatusExt;
     use std::process::Stdio;
 
-    let cluster = ProcessCluster::start(herd_bin(), 1, &[]).expect("start");
-    cluster
-        .wait_for_leader(Duration::from_secs(20))
-        .await
-        .expect("leader");
+    let cluster = must_start_one_member(&[]).await;
     let mut child = Command::new(herd_bin())
         .args(["--addr", &cluster.addr_list(), "cluster", "status"])
         .stdout(Stdio::piped())

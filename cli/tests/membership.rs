@@ -36,11 +36,7 @@ async fn must_have_voters(cluster: &ProcessCluster, want: &[u64]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn grow_shrink_and_replace_a_wiped_member() {
-    let mut cluster = ProcessCluster::start(herd_bin(), 1, &[]).expect("start");
-    cluster
-        .wait_for_leader(Duration::from_secs(20))
-        .await
-        .expect("leader");
+    let mut cluster = must_start_one_member(&[]).await;
     let first = cluster.member(1).expect("member 1").addr.clone();
     let mut acked = must_write_many(&cluster, &[1], "one-", 50, 8).await;
 

@@ -2,13 +2,10 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::*;
 use herd_api::proto::agent::agent_client::AgentClient;
 use herd_api::proto::agent::RegisterNodeRequest;
 use herd_api::proto::v1::Resources;
-use herd_chaos::process_cluster::ProcessCluster;
 
 fn request(name: &str, cpu_millis: u64) -> RegisterNodeRequest {
     RegisterNodeRequest {
@@ -29,12 +26,7 @@ fn request(name: &str, cpu_millis: u64) -> RegisterNodeRequest {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn registered_nodes_are_listed_and_bad_registrations_refused() {
     // Registrations without agents send no heartbeats: a TTL that outlasts the test.
-    let cluster =
-        ProcessCluster::start(herd_bin(), 1, &["--node-ttl-ms", "3600000"]).expect("start");
-    cluster
-        .wait_for_leader(Duration::from_secs(20))
-        .await
-        .expect("leader");
+    let cluster = must_start_one_member(&["--node-ttl-ms", "3600000"]).await;
     let client = cluster.client().expect("client");
 
     let register = |req: RegisterNodeRequest| {

@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 use common::agents::json;
 use common::*;
 use herd_chaos::agents::AgentSet;
-use herd_chaos::process_cluster::ProcessCluster;
 
 fn writes(log: &str) -> Option<u64> {
     log.lines()
@@ -19,11 +18,7 @@ fn writes(log: &str) -> Option<u64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simulated_vms_run_dirty_their_memory_and_stop() {
-    let cluster = ProcessCluster::start(herd_bin(), 1, &[]).expect("cluster");
-    cluster
-        .wait_for_leader(Duration::from_secs(10))
-        .await
-        .expect("leader");
+    let cluster = must_start_one_member(&[]).await;
     let addr = cluster.addr_list();
     let mut agents = AgentSet::new(herd_bin(), &addr).expect("agents");
     agents.start("s1", &[]).expect("agent");

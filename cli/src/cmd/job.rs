@@ -80,11 +80,9 @@ fn job_json(job: &pb::Job) -> serde_json::Value {
             "spread": if spec.spread.is_empty() { "bin-pack" } else { spec.spread.as_str() },
             "gang": spec.gang,
         },
-        "stop_after_disconnect_ms": if spec.stop_after_disconnect_ms == 0 {
-            serde_json::Value::Null
-        } else {
-            json!(spec.stop_after_disconnect_ms)
-        },
+        // 0 on the wire means not set: null for scripts.
+        "stop_after_disconnect_ms": (spec.stop_after_disconnect_ms > 0)
+            .then_some(spec.stop_after_disconnect_ms),
     })
 }
 

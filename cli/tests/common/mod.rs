@@ -42,6 +42,16 @@ pub fn chaos_shim() -> PathBuf {
     shim
 }
 
+/// A one-member cluster with `extra` coordinator flags, once it leads.
+pub async fn must_start_one_member(extra: &[&str]) -> ProcessCluster {
+    let cluster = ProcessCluster::start(herd_bin(), 1, extra).expect("start a coordinator");
+    cluster
+        .wait_for_leader(Duration::from_secs(20))
+        .await
+        .expect("leader");
+    cluster
+}
+
 /// Runs `herd ARGS` to completion.
 pub fn must_run_cli(args: &[&str]) -> Output {
     Command::new(herd_bin())
