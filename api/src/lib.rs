@@ -17,6 +17,7 @@ pub mod job;
 pub mod node;
 pub mod placement;
 pub mod proto;
+pub mod put_stream;
 pub mod resources;
 pub mod spec_file;
 pub mod validate;

@@ -2,6 +2,7 @@
 //! cluster of `herd coordinator` processes on loopback, then the same load
 //! against a 3-member etcd cluster when etcd is installed.
 
+use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -9,6 +10,7 @@ use clap::Args;
 use herd_api::client::HerdClient;
 use herd_api::proto::v1::variables_client::VariablesClient;
 use herd_api::proto::v1::PutVariableRequest;
+use herd_api::put_stream::PutStream;
 use herd_chaos::process_cluster::ProcessCluster;
 use tonic::transport::{Channel, Endpoint};
 
@@ -61,10 +63,27 @@ fn row(system: &str, r: &LoadReport) -> String {
     )
 }
 
-/// Runs the benchmark and prints a Markdown table.
-pub async fn run(args: RaftBenchArgs) -> Result<(), CliError> {
+/// Measures `op` at each client count of `args`, adding a row per count.
+async fn series<F, Fut>(system: &str, args: &RaftBenchArgs, rows: &mut Vec<String>, op: F)
+where
+    F: Fn(usize, u64) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), String>> + Send,
+{
     let warmup = Duration::from_secs(args.warmup_seconds);
     let measured = Duration::from_secs(args.seconds);
+    for &clients in &args.clients {
+        let report = closed_loop(clients, warmup, measured, op.clone()).await;
+        if let Some(e) = &report.first_error {
+            eprintln!("{system}, {clients} clients: first error: {e}");
+        }
+        let line = row(system, &report);
+        eprintln!("{line}");
+        rows.push(line);
+    }
+}
+
+/// Runs the benchmark and prints a Markdown table.
+pub async fn run(args: RaftBenchArgs) -> Result<(), CliError> {
     let value = vec![b'x'; args.value_size];
     let mut rows = Vec::new();
 
@@ -99,16 +118,16 @@ pub async fn run(args: RaftBenchArgs) -> Result<(), CliError> {
         }
     };
     let channels: Vec<Channel> = addrs.iter().map(|a| channel(a)).collect::<Result<_, _>>()?;
-    for &clients in &args.clients {
-        let channels = channels.clone();
-        let value = value.clone();
-        let report = closed_loop(clients, warmup, measured, move |client, _seq| {
+    let put = move |client: usize, value: &Vec<u8>| PutVariableRequest {
+        key: format!("bench/{client}"),
+        value: value.clone(),
+        expected_version: None,
+    };
+    {
+        let (channels, value) = (channels.clone(), value.clone());
+        series("herd", &args, &mut rows, move |client, _seq| {
             let channel = channels[client % channels.len()].clone();
-            let request = PutVariableRequest {
-                key: format!("bench/{client}"),
-                value: value.clone(),
-                expected_version: None,
-            };
+            let request = put(client, &value);
             async move {
                 VariablesClient::new(channel)
                     .put(request)
@@ -118,43 +137,63 @@ pub async fn run(args: RaftBenchArgs) -> Result<(), CliError> {
             }
         })
         .await;
-        if let Some(e) = &report.first_error {
-            eprintln!("herd, {clients} clients: first error: {e}");
-        }
-        eprintln!("{}", row("herd", &report));
-        rows.push(row("herd", &report));
     }
     // The same load through herd's own client with leader routing: writes
     // go straight to the leader instead of through a follower.
     let routed = HerdClient::new(&addrs)
         .map_err(CliError::input)?
         .with_leader_routing();
-    for &clients in &args.clients {
-        let routed = routed.clone();
-        let value = value.clone();
-        let report = closed_loop(clients, warmup, measured, move |client, _seq| {
-            let routed = routed.clone();
-            let request = PutVariableRequest {
-                key: format!("bench/{client}"),
-                value: value.clone(),
-                expected_version: None,
-            };
-            async move {
-                routed
+    {
+        let (routed, value) = (routed.clone(), value.clone());
+        series(
+            "herd, leader-routed client",
+            &args,
+            &mut rows,
+            move |client, _seq| {
+                let routed = routed.clone();
+                let request = put(client, &value);
+                async move {
+                    routed
                     .call_leader(|channel| {
                         let request = request.clone();
                         async move { VariablesClient::new(channel).put(request).await.map(|_| ()) }
                     })
                     .await
                     .map_err(|e| e.to_string())
+                }
+            },
+        )
+        .await;
+    }
+    // The same writes over one `PutStream` per member, spread as above, and
+    // over one stream to the leader.
+    let mut spread = Vec::new();
+    for channel in &channels {
+        spread.push(PutStream::open(channel.clone()).await.map_err(|s| {
+            CliError::runtime(format!("cannot open a put stream: {}", s.message()))
+        })?);
+    }
+    let to_leader = routed
+        .call_leader(|channel| async move { PutStream::open(channel).await })
+        .await
+        .map_err(|e| CliError::runtime(format!("cannot open a put stream to the leader: {e}")))?;
+    for (system, streams) in [
+        ("herd, put stream", spread),
+        ("herd, put stream to the leader", vec![to_leader]),
+    ] {
+        let value = value.clone();
+        series(system, &args, &mut rows, move |client, _seq| {
+            let stream = streams[client % streams.len()].clone();
+            let request = put(client, &value);
+            async move {
+                stream
+                    .put(request)
+                    .await
+                    .map(|_| ())
+                    .map_err(|s| s.message().to_string())
             }
         })
         .await;
-        if let Some(e) = &report.first_error {
-            eprintln!("herd (leader-routed client), {clients} clients: first error: {e}");
-        }
-        eprintln!("{}", row("herd, leader-routed client", &report));
-        rows.push(row("herd, leader-routed client", &report));
     }
     drop(cluster);
 
@@ -165,26 +204,17 @@ pub async fn run(args: RaftBenchArgs) -> Result<(), CliError> {
                 eprintln!("starting 3 etcd members ({})", binary.display());
                 let cluster = EtcdCluster::start(&binary).await.map_err(CliError::runtime)?;
                 let channels: Vec<Channel> = (0..3).map(|i| cluster.channel(i)).collect::<Result<_, _>>().map_err(CliError::runtime)?;
-                for &clients in &args.clients {
-                    let channels = channels.clone();
-                    let value = value.clone();
-                    let report = closed_loop(clients, warmup, measured, move |client, _seq| {
-                        let channel = channels[client % channels.len()].clone();
-                        etcd::put(channel, format!("bench/{client}").into_bytes(), value.clone())
-                    })
-                    .await;
-                    if let Some(e) = &report.first_error {
-                        eprintln!("etcd, {clients} clients: first error: {e}");
-                    }
-                    eprintln!("{}", row("etcd", &report));
-                    rows.push(row("etcd", &report));
-                }
+                series("etcd", &args, &mut rows, move |client, _seq| {
+                    let channel = channels[client % channels.len()].clone();
+                    etcd::put(channel, format!("bench/{client}").into_bytes(), value.clone())
+                })
+                .await;
             }
         }
     }
 
     println!(
-        "3 members on loopback, durable writes, {}-byte values, {} s measured after {} s warm-up; \"herd\" and \"etcd\" rows spread clients over the members, \"leader-routed client\" rows use herd's client sending writes to the leader",
+        "3 members on loopback, durable writes, {}-byte values, {} s measured after {} s warm-up; \"herd\" and \"etcd\" rows spread clients over the members with one request per write, \"leader-routed client\" rows use herd's client sending writes to the leader, \"put stream\" rows send the same writes over one long-lived stream per member (Variables.PutStream)",
         args.value_size, args.seconds, args.warmup_seconds
     );
     println!();

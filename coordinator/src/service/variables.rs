@@ -1,15 +1,26 @@
 //! Variables: replicated registers with compare-and-set.
 
+use std::pin::Pin;
 use std::sync::Arc;
 
+use futures::Stream;
 use herd_api::proto::v1 as pb;
 use herd_api::proto::v1::variables_server::Variables;
-use tonic::{Request, Response, Status};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tonic::{Request, Response, Status, Streaming};
 
 use super::consistency;
 use crate::command::{Command, CommandResult, Rejection};
 use crate::error::CoordinatorError;
 use crate::handle::Coordinator;
+
+/// Puts of one `PutStream` in flight, from read to answer sent. Past it the
+/// stream is not read until some answers leave: a client that writes
+/// without reading cannot make a member hold more.
+const MAX_STREAMED_PUTS_IN_FLIGHT: usize = 4096;
+
+/// Most results sent back in one message of a `PutStream`.
+const MAX_RESULTS_PER_MESSAGE: usize = 1024;
 
 /// Serves [`Variables`].
 pub struct VariablesService {
@@ -23,43 +34,136 @@ impl VariablesService {
     }
 }
 
+/// One put, as both the unary call and the stream serve it.
+async fn put_variable(
+    coordinator: &Coordinator,
+    request: pb::PutVariableRequest,
+) -> Result<pb::PutVariableReply, Status> {
+    let pb::PutVariableRequest {
+        key,
+        value,
+        expected_version,
+    } = request;
+    let command = Command::PutVariable {
+        key,
+        value,
+        expected_version,
+    };
+    match coordinator.write(command).await {
+        Ok(written) => match written.result {
+            CommandResult::VariablePut { version } => Ok(pb::PutVariableReply {
+                ok: true,
+                version,
+                log_index: written.log_index,
+            }),
+            other => Err(CoordinatorError::Internal(format!("unexpected result {other:?}")).into()),
+        },
+        // A failed compare-and-set is an answer, not an error.
+        Err(CoordinatorError::Rejected(Rejection::VersionMismatch { actual, .. })) => {
+            Ok(pb::PutVariableReply {
+                ok: false,
+                version: actual,
+                log_index: 0,
+            })
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A streamed put's answer, tagged as the client asked.
+fn tagged_result(tag: u64, result: Result<pb::PutVariableReply, Status>) -> pb::TaggedPutResult {
+    match result {
+        Ok(reply) => pb::TaggedPutResult {
+            tag,
+            reply: Some(reply),
+            ..Default::default()
+        },
+        Err(status) => pb::TaggedPutResult {
+            tag,
+            reply: None,
+            error_code: status.code() as i32,
+            error_message: status.message().to_string(),
+        },
+    }
+}
+
+/// Reads a `PutStream` until the client closes it, proposing each put on
+/// its own task so that puts of one stream share group commits; results go
+/// to `results` as they come.
+async fn serve_put_stream(
+    coordinator: Arc<Coordinator>,
+    mut incoming: Streaming<pb::PutVariableBatch>,
+    results: mpsc::UnboundedSender<(pb::TaggedPutResult, OwnedSemaphorePermit)>,
+) {
+    let in_flight = Arc::new(Semaphore::new(MAX_STREAMED_PUTS_IN_FLIGHT));
+    // A broken or closed request stream ends the reading; puts already
+    // proposed still finish and answer while the response stream is open.
+    while let Ok(Some(batch)) = incoming.message().await {
+        for tagged in batch.puts {
+            let Ok(permit) = in_flight.clone().acquire_owned().await else {
+                return;
+            };
+            let coordinator = coordinator.clone();
+            let results = results.clone();
+            tokio::spawn(async move {
+                let result = match tagged.put {
+                    Some(put) => put_variable(&coordinator, put).await,
+                    None => Err(Status::invalid_argument(format!(
+                        "put {}: the field `put` is missing",
+                        tagged.tag
+                    ))),
+                };
+                // The permit travels with the answer until it is sent. The
+                // client may have gone; the put stands all the same.
+                let _ = results.send((tagged_result(tagged.tag, result), permit));
+            });
+        }
+    }
+}
+
+type PutResultStream = Pin<Box<dyn Stream<Item = Result<pb::PutVariableResults, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl Variables for VariablesService {
     async fn put(
         &self,
         request: Request<pb::PutVariableRequest>,
     ) -> Result<Response<pb::PutVariableReply>, Status> {
-        let pb::PutVariableRequest {
-            key,
-            value,
-            expected_version,
-        } = request.into_inner();
-        let command = Command::PutVariable {
-            key,
-            value,
-            expected_version,
-        };
-        match self.coordinator.write(command).await {
-            Ok(written) => match written.result {
-                CommandResult::VariablePut { version } => Ok(Response::new(pb::PutVariableReply {
-                    ok: true,
-                    version,
-                    log_index: written.log_index,
-                })),
-                other => {
-                    Err(CoordinatorError::Internal(format!("unexpected result {other:?}")).into())
-                }
-            },
-            // A failed compare-and-set is an answer, not an error.
-            Err(CoordinatorError::Rejected(Rejection::VersionMismatch { actual, .. })) => {
-                Ok(Response::new(pb::PutVariableReply {
-                    ok: false,
-                    version: actual,
-                    log_index: 0,
-                }))
+        put_variable(&self.coordinator, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    type PutStreamStream = PutResultStream;
+
+    async fn put_stream(
+        &self,
+        request: Request<Streaming<pb::PutVariableBatch>>,
+    ) -> Result<Response<Self::PutStreamStream>, Status> {
+        // Unbounded in type only: each answer holds a permit of the
+        // semaphore in `serve_put_stream` until it is handed to the
+        // transport, which bounds what can wait here.
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(serve_put_stream(
+            self.coordinator.clone(),
+            request.into_inner(),
+            tx,
+        ));
+        // Whatever finished while the last message was being sent goes out
+        // together; the stream ends once the client closed its side and
+        // every put has answered.
+        let out = futures::stream::unfold(rx, |mut rx| async move {
+            let mut answered = Vec::new();
+            if rx.recv_many(&mut answered, MAX_RESULTS_PER_MESSAGE).await == 0 {
+                return None;
             }
-            Err(e) => Err(e.into()),
-        }
+            let results = answered
+                .into_iter()
+                .map(|(result, _permit)| result)
+                .collect();
+            Some((Ok(pb::PutVariableResults { results }), rx))
+        });
+        Ok(Response::new(Box::pin(out)))
     }
 
     async fn get(
