@@ -197,7 +197,13 @@ impl Coordinator {
                         },
                     }
                 }
-                None => Err(ForwardError::NotLeader),
+                None => {
+                    if let Some(reason) = self.leadership.cut_off(&self.health) {
+                        // Nothing is in flight: another member may do better.
+                        return Err(CoordinatorError::Unavailable(reason));
+                    }
+                    Err(ForwardError::NotLeader)
+                }
             };
             match attempt {
                 Ok(reply) => return Ok(reply),
@@ -316,7 +322,13 @@ impl Coordinator {
                         _ = self.leadership.lost(leader) => Err(ForwardError::NotLeader),
                     }
                 }
-                None => Err(ForwardError::NotLeader),
+                None => {
+                    if let Some(reason) = self.leadership.cut_off(&self.health) {
+                        // Nothing is in flight: another member may do better.
+                        return Err(CoordinatorError::Unavailable(reason));
+                    }
+                    Err(ForwardError::NotLeader)
+                }
             };
             match attempt {
                 Ok(index) => break index,

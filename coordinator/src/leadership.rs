@@ -16,8 +16,14 @@
 //! under load, and waking every in-flight request on each turn was a
 //! measurable share of a loaded leader's CPU (docs/benchmarks.md).
 
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use herd_consensus::health::PeerHealth;
 use openraft::{BasicNode, RaftMetrics};
 use tokio::sync::watch;
+// The runtime's clock: the deterministic simulation drives it.
+use tokio::time::Instant;
 
 use herd_consensus::Raft;
 
@@ -41,6 +47,9 @@ struct LeaderView {
     /// only once that is longer than the quorum timeout, so the view
     /// changes when the silence starts to matter, not on every tick.
     quiet_ms: Option<u64>,
+    /// Since when this member has known no leader; None while it has one.
+    /// Carried across the terms of one leaderless stretch.
+    leaderless_since: Option<Instant>,
 }
 
 impl LeaderView {
@@ -52,7 +61,19 @@ impl LeaderView {
             quiet_ms: metrics
                 .millis_since_quorum_ack
                 .filter(|silent| *silent > quorum_timeout_ms),
+            leaderless_since: None,
         }
+    }
+
+    /// This view, with the leaderless stretch it continues from `before`.
+    fn after(mut self, before: Option<&LeaderView>) -> Self {
+        self.leaderless_since = match self.leader {
+            Some(_) => None,
+            None => before
+                .and_then(|b| b.leaderless_since)
+                .or_else(|| Some(Instant::now())),
+        };
+        self
     }
 
     /// Whether `other` would lead to the same decisions (the length of a
@@ -97,6 +118,56 @@ impl LeadershipWatch {
     pub async fn lost(&self, leader: u64) -> String {
         lost(self.verdicts.clone(), self.me, leader).await
     }
+
+    /// Why this member should stop waiting for a leader, if it should: it
+    /// has had none for longer than a quorum timeout, and within the last
+    /// one it was in touch (per `health`) with no majority of the voters.
+    /// A member in a majority exchanges votes with the others while it
+    /// elects and waits; one cut off from a majority would wait in vain, so
+    /// its callers are told at once (`Unavailable`) and try another member.
+    pub fn cut_off(&self, health: &PeerHealth) -> Option<String> {
+        let since = self.verdicts.borrow().leaderless_since?;
+        let voters: BTreeSet<u64> = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect();
+        let window = Duration::from_millis(self.quorum_timeout_ms);
+        cut_off_reason(self.me, since.elapsed(), &voters, window, |peer| {
+            health.in_touch_within(peer, window)
+        })
+    }
+}
+
+/// Why member `me`, without a leader for `leaderless_for`, should stop
+/// waiting for one: see [`LeadershipWatch::cut_off`].
+fn cut_off_reason(
+    me: u64,
+    leaderless_for: Duration,
+    voters: &BTreeSet<u64>,
+    quorum_timeout: Duration,
+    in_touch: impl Fn(u64) -> bool,
+) -> Option<String> {
+    // Learners do not elect; a short stretch is an election under way.
+    if !voters.contains(&me) || leaderless_for <= quorum_timeout {
+        return None;
+    }
+    let reached = voters
+        .iter()
+        .filter(|&&voter| voter == me || in_touch(voter))
+        .count();
+    if reached * 2 > voters.len() {
+        return None;
+    }
+    Some(format!(
+        "member {me} has had no leader for {} ms and was in touch with {reached} of the {} voters (itself included) in the last {} ms: it may be cut off from a majority",
+        leaderless_for.as_millis(),
+        voters.len(),
+        quorum_timeout.as_millis()
+    ))
 }
 
 /// Publishes the [`LeaderView`] of every metrics update that changes the
@@ -105,13 +176,21 @@ fn spawn_verdicts(
     mut metrics: watch::Receiver<RaftMetrics<u64, BasicNode>>,
     quorum_timeout_ms: u64,
 ) -> watch::Receiver<LeaderView> {
-    let first = LeaderView::of(&metrics.borrow_and_update(), quorum_timeout_ms);
+    let mut first = LeaderView::of(&metrics.borrow_and_update(), quorum_timeout_ms).after(None);
+    // A member just started has heard no leader yet, and its first election
+    // comes only after a lease and a timeout (`RaftTuning`): date its
+    // leaderless stretch from then, so that a cluster starting up together
+    // is not taken for one cut off.
+    first.leaderless_since = first
+        .leaderless_since
+        .map(|since| since + Duration::from_millis(quorum_timeout_ms));
     let (tx, rx) = watch::channel(first);
     tokio::spawn(async move {
         // Dropping `tx` when Raft stops tells every waiter so.
         while metrics.changed().await.is_ok() {
             let view = LeaderView::of(&metrics.borrow_and_update(), quorum_timeout_ms);
             tx.send_if_modified(|published| {
+                let view = view.after(Some(published));
                 let changed = !published.same_verdict(&view);
                 if changed {
                     *published = view;
@@ -212,6 +291,70 @@ mod tests {
         assert_eq!(doubt(&metrics(1, None, None), 1, 1, 800), None);
         let replaced = doubt(&metrics(1, Some(2), None), 1, 1, 800).expect("doubted");
         assert!(replaced.contains("from member 1 to member 2"), "{replaced}");
+    }
+
+    #[test]
+    fn a_leaderless_member_gives_up_waiting_only_when_cut_off_from_a_majority() {
+        let voters = |ids: &[u64]| ids.iter().copied().collect::<BTreeSet<u64>>();
+        let quorum_timeout = Duration::from_millis(400);
+        let long = Duration::from_millis(900);
+        let alone = cut_off_reason(1, long, &voters(&[1, 2, 3]), quorum_timeout, |_| false)
+            .expect("in touch with no one");
+        assert!(alone.contains("1 of the 3 voters"), "{alone}");
+        assert!(alone.contains("no leader for 900 ms"), "{alone}");
+        // With one other of three it can elect: an election is under way.
+        assert_eq!(
+            cut_off_reason(1, long, &voters(&[1, 2, 3]), quorum_timeout, |p| p == 2),
+            None
+        );
+        // Two of five is a minority; three is not.
+        let minority = cut_off_reason(2, long, &voters(&[1, 2, 3, 4, 5]), quorum_timeout, |p| {
+            p == 1
+        })
+        .expect("a minority");
+        assert!(minority.contains("2 of the 5 voters"), "{minority}");
+        assert_eq!(
+            cut_off_reason(2, long, &voters(&[1, 2, 3, 4, 5]), quorum_timeout, |p| p
+                == 1
+                || p == 3),
+            None
+        );
+        // A short stretch is an election, and a learner does not elect.
+        let short = Duration::from_millis(300);
+        assert_eq!(
+            cut_off_reason(1, short, &voters(&[1, 2, 3]), quorum_timeout, |_| false),
+            None
+        );
+        assert_eq!(
+            cut_off_reason(4, long, &voters(&[1, 2, 3]), quorum_timeout, |_| false),
+            None
+        );
+        // A member alone in its cluster is its own majority.
+        assert_eq!(
+            cut_off_reason(1, long, &voters(&[1]), quorum_timeout, |_| false),
+            None
+        );
+    }
+
+    #[tokio::test]
+    async fn a_leaderless_stretch_is_dated_from_its_start_across_terms() {
+        let (tx, rx) = watch::channel(metrics(2, Some(1), None));
+        let mut verdicts = spawn_verdicts(rx, 400);
+        assert_eq!(verdicts.borrow_and_update().leaderless_since, None);
+        tx.send_modify(|m| m.current_leader = None);
+        verdicts.changed().await.expect("changed");
+        let started = verdicts
+            .borrow_and_update()
+            .leaderless_since
+            .expect("dated");
+        // A new election round moves the term, not the start.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        tx.send_modify(|m| m.current_term = 5);
+        verdicts.changed().await.expect("changed");
+        assert_eq!(verdicts.borrow_and_update().leaderless_since, Some(started));
+        tx.send_modify(|m| m.current_leader = Some(3));
+        verdicts.changed().await.expect("changed");
+        assert_eq!(verdicts.borrow_and_update().leaderless_since, None);
     }
 
     #[tokio::test]

@@ -50,13 +50,27 @@ impl Internal for InternalService {
     ) -> Result<Response<RaftEnvelope>, Status> {
         let envelope = request.into_inner();
         self.check(&envelope)?;
-        Ok(self.reply(rpc::append_entries(self.coordinator.raft(), &envelope.payload).await?))
+        Ok(self.reply(
+            rpc::append_entries(
+                self.coordinator.raft(),
+                &self.coordinator.health,
+                &envelope.payload,
+            )
+            .await?,
+        ))
     }
 
     async fn vote(&self, request: Request<RaftEnvelope>) -> Result<Response<RaftEnvelope>, Status> {
         let envelope = request.into_inner();
         self.check(&envelope)?;
-        Ok(self.reply(rpc::vote(self.coordinator.raft(), &envelope.payload).await?))
+        Ok(self.reply(
+            rpc::vote(
+                self.coordinator.raft(),
+                &self.coordinator.health,
+                &envelope.payload,
+            )
+            .await?,
+        ))
     }
 
     async fn install_snapshot(
@@ -65,7 +79,14 @@ impl Internal for InternalService {
     ) -> Result<Response<RaftEnvelope>, Status> {
         let envelope = request.into_inner();
         self.check(&envelope)?;
-        Ok(self.reply(rpc::install_snapshot(self.coordinator.raft(), &envelope.payload).await?))
+        Ok(self.reply(
+            rpc::install_snapshot(
+                self.coordinator.raft(),
+                &self.coordinator.health,
+                &envelope.payload,
+            )
+            .await?,
+        ))
     }
 
     async fn forward(
