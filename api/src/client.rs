@@ -1,9 +1,11 @@
 //! A client for the coordinators' API that tries each given address in turn.
 //!
-//! Used by the CLI, the chaos harness and benchmarks. A coordinator that is
-//! down, not a member yet, or without a leader is skipped for the next one;
-//! any other answer (a rejection, a not-found) is final, so a write is never
-//! sent twice when its first attempt may have been applied.
+//! Used by the CLI, the chaos harness and benchmarks. A coordinator that
+//! refuses the connection, or answers that it cannot serve (not a member
+//! yet, no leader, cut off from a majority), is skipped for the next one.
+//! Any other outcome is final: an answer (a rejection, a not-found), and a
+//! connection lost after the request left, which may have carried a write
+//! that was applied. So a write is never sent twice.
 
 use std::future::Future;
 use std::time::Duration;
@@ -96,9 +98,63 @@ pub struct HerdClient {
     leader: Option<Arc<tokio::sync::Mutex<LeaderCache>>>,
 }
 
-/// Whether another coordinator might serve a request this one could not.
-fn try_next(status: &Status) -> bool {
+/// Whether a failed call certainly never reached the peer.
+///
+/// Only a refused or failed connection proves the request was not
+/// delivered; anything else may have reached the leader and been applied,
+/// so it must not be retried blindly.
+pub fn is_connect_failure(status: &Status) -> bool {
+    if status.code() != Code::Unavailable {
+        return false;
+    }
+    // The transport's error chain ends, for a connection that was never
+    // made, in the OS error of `connect(2)` (hyper's ConnectError wraps it).
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
+    while let Some(error) = source {
+        if let Some(io) = error.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionRefused
+                    | std::io::ErrorKind::AddrNotAvailable
+                    | std::io::ErrorKind::HostUnreachable
+                    | std::io::ErrorKind::NetworkUnreachable
+                    | std::io::ErrorKind::NotFound
+            );
+        }
+        source = error.source();
+    }
+    false
+}
+
+/// Whether a coordinator itself answered with `status`, rather than the
+/// transport failing: statuses read from a response carry no source error,
+/// the transport's own (a reset, a keep-alive timeout) do.
+fn answered_by_coordinator(status: &Status) -> bool {
+    std::error::Error::source(status).is_none()
+}
+
+/// Whether another coordinator might serve a request this one did not,
+/// with no risk of running it twice: either the connection was never made,
+/// so nothing was delivered, or the coordinator answered that it cannot
+/// serve (no leader, not a member, cut off from a majority), which it does
+/// only before proposing anything. A connection lost after the request
+/// left may have carried a write that was applied: that failure is final.
+/// A request that may run twice without harm ([`Repeat::Safe`]) moves on
+/// after a lost connection too.
+fn try_next(status: &Status, repeat: Repeat) -> bool {
     matches!(status.code(), Code::Unavailable | Code::FailedPrecondition)
+        && (repeat == Repeat::Safe || answered_by_coordinator(status) || is_connect_failure(status))
+}
+
+/// Whether a request may run twice without harm, which decides when the
+/// client sends it to another coordinator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Repeat {
+    /// A write: sent again only when it certainly did not run.
+    Unsafe,
+    /// A read, a heartbeat, a registration: sent again after a lost
+    /// connection as well.
+    Safe,
 }
 
 impl HerdClient {
@@ -232,14 +288,30 @@ impl HerdClient {
         F: Fn(Channel) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
     {
+        self.call_leader_as(Repeat::Unsafe, call).await
+    }
+
+    /// [`HerdClient::call_leader`] for a request that may run twice
+    /// without harm: see [`Repeat`].
+    pub async fn call_leader_as<T, F, Fut>(&self, repeat: Repeat, call: F) -> Result<T, ClientError>
+    where
+        F: Fn(Channel) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
         if let Some((addr, channel)) = self.leader_channel().await {
             match call(channel).await {
                 Ok(value) => return Ok(value),
-                Err(status) if try_next(&status) => self.forget_leader().await,
-                Err(status) => return Err(ClientError::Status { addr, status }),
+                Err(status) if try_next(&status, repeat) => self.forget_leader().await,
+                Err(status) => {
+                    if !answered_by_coordinator(&status) {
+                        // The connection broke: learn the leader afresh next time.
+                        self.forget_leader().await;
+                    }
+                    return Err(ClientError::Status { addr, status });
+                }
             }
         }
-        self.call(call).await
+        self.call_as(repeat, call).await
     }
 
     /// Parses a comma-separated address list, as `--addr` and `HERD_ADDR` take it.
@@ -252,8 +324,19 @@ impl HerdClient {
         self.endpoints.iter().map(|(a, _)| a.clone()).collect()
     }
 
-    /// Runs `call` against each coordinator in turn until one serves it.
+    /// Runs `call` against each coordinator in turn until one serves it,
+    /// never sending it twice when it may have run ([`Repeat::Unsafe`]).
     pub async fn call<T, F, Fut>(&self, call: F) -> Result<T, ClientError>
+    where
+        F: Fn(Channel) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        self.call_as(Repeat::Unsafe, call).await
+    }
+
+    /// [`HerdClient::call`] for a request that may run twice without harm:
+    /// see [`Repeat`].
+    pub async fn call_as<T, F, Fut>(&self, repeat: Repeat, call: F) -> Result<T, ClientError>
     where
         F: Fn(Channel) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
@@ -262,7 +345,7 @@ impl HerdClient {
         for (addr, channel) in &self.endpoints {
             match call(channel.clone()).await {
                 Ok(value) => return Ok(value),
-                Err(status) if try_next(&status) => {
+                Err(status) if try_next(&status, repeat) => {
                     tried.push((addr.clone(), status.message().to_string()))
                 }
                 Err(status) => {
@@ -286,7 +369,7 @@ impl HerdClient {
             return Err(ClientError::NoAddress);
         };
         call(channel.clone()).await.map_err(|status| {
-            if try_next(&status) {
+            if try_next(&status, Repeat::Unsafe) {
                 // Name the coordinator that could not serve, as `call` does.
                 ClientError::Unavailable {
                     tried: vec![(addr.clone(), status.message().to_string())],
@@ -304,6 +387,49 @@ impl HerdClient {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn only_answers_and_refused_connections_are_tried_elsewhere() {
+        // A port nothing listens on: bind, learn it, close it.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("port");
+        let channel = Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+            .expect("endpoint")
+            .connect_lazy();
+        let refused = ClusterClient::new(channel)
+            .status(ClusterStatusRequest { stale: true })
+            .await
+            .expect_err("nothing listens");
+        assert!(is_connect_failure(&refused), "{refused:?}");
+        assert!(try_next(&refused, Repeat::Unsafe), "{refused:?}");
+        // A coordinator's own answer, even one naming a refused connection,
+        // proves nothing about connections; it is tried elsewhere because
+        // the coordinator says it did nothing.
+        let answered = Status::unavailable("connection refused");
+        assert!(!is_connect_failure(&answered));
+        assert!(try_next(&answered, Repeat::Unsafe));
+        assert!(try_next(
+            &Status::failed_precondition("not a member"),
+            Repeat::Unsafe
+        ));
+        assert!(!try_next(
+            &Status::deadline_exceeded("outcome unknown"),
+            Repeat::Safe
+        ));
+        // The transport failing after the request left (here a reset):
+        // the write may have been applied, so it is not sent again.
+        // tonic reports it as Unavailable with the transport's error as source.
+        let mut reset = Status::unavailable("transport error");
+        reset.set_source(Arc::new(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "connection reset by peer",
+        )));
+        assert!(!try_next(&reset, Repeat::Unsafe), "{reset:?}");
+        // A heartbeat or a read may go to another coordinator all the same.
+        assert!(try_next(&reset, Repeat::Safe), "{reset:?}");
+    }
 
     #[tokio::test]
     async fn address_lists_parse() {

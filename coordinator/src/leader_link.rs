@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use herd_api::client::is_connect_failure;
 use herd_api::proto::internal::internal_client::InternalClient;
 use herd_api::proto::internal::{RaftEnvelope, ReadIndexRequest};
 use herd_consensus::codec;
@@ -21,34 +22,6 @@ use crate::leadership::LeadershipWatch;
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(15);
 /// Membership changes can wait for a learner to catch up.
 const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(120);
-
-/// Whether a failed call certainly never reached the peer.
-///
-/// Only a refused or failed connection proves the request was not
-/// delivered; anything else may have reached the leader and been applied,
-/// so it must not be retried blindly.
-pub fn is_connect_failure(status: &tonic::Status) -> bool {
-    if status.code() != tonic::Code::Unavailable {
-        return false;
-    }
-    // The transport's error chain ends, for a connection that was never
-    // made, in the OS error of `connect(2)` (hyper's ConnectError wraps it).
-    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
-    while let Some(error) = source {
-        if let Some(io) = error.downcast_ref::<std::io::Error>() {
-            return matches!(
-                io.kind(),
-                std::io::ErrorKind::ConnectionRefused
-                    | std::io::ErrorKind::AddrNotAvailable
-                    | std::io::ErrorKind::HostUnreachable
-                    | std::io::ErrorKind::NetworkUnreachable
-                    | std::io::ErrorKind::NotFound
-            );
-        }
-        source = error.source();
-    }
-    false
-}
 
 /// Connections from this member to the others; cheap to clone.
 #[derive(Clone)]
@@ -201,32 +174,5 @@ impl LeaderLink {
                 status.message()
             ))),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use herd_api::proto::internal::internal_client::InternalClient;
-
-    #[tokio::test]
-    async fn a_refused_connection_is_recognised_by_its_os_error() {
-        // A port nothing listens on: bind, learn it, close it.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("port");
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
-            .expect("endpoint")
-            .connect_lazy();
-        let status = InternalClient::new(channel)
-            .forward(herd_api::proto::internal::RaftEnvelope::default())
-            .await
-            .expect_err("nothing listens");
-        assert!(is_connect_failure(&status), "{status:?}");
-        // An answer from a server, even an unavailable one, proves nothing was refused.
-        assert!(!is_connect_failure(&tonic::Status::unavailable(
-            "connection refused"
-        )));
     }
 }

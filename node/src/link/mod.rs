@@ -21,7 +21,7 @@ use std::time::Duration;
 use herd_actors::resources::{HostReport, Reserved, ResourceMsg};
 use herd_actors::workload::{AllocReport, DesiredAlloc, SupervisorMsg};
 use herd_api::alloc::AllocStatus;
-use herd_api::client::{Connector, HerdClient};
+use herd_api::client::{Connector, HerdClient, Repeat};
 use herd_api::job::{JobType, TaskSpec};
 use herd_api::proto::agent::agent_client::AgentClient;
 use herd_api::proto::agent::{
@@ -400,7 +400,8 @@ async fn register(args: &LinkArgs, client: &HerdClient) -> Result<(), String> {
     };
     tokio::time::timeout(
         CALL_TIMEOUT * 3,
-        client.call(|channel| {
+        // Registering again is harmless: any coordinator may take it.
+        client.call_as(Repeat::Safe, |channel| {
             let request = request.clone();
             async move { AgentClient::new(channel).register(request).await }
         }),
@@ -434,7 +435,8 @@ async fn heartbeat(args: &LinkArgs, client: &HerdClient) -> Result<HeartbeatRepl
     };
     tokio::time::timeout(
         CALL_TIMEOUT,
-        client.call_leader(|channel| {
+        // A heartbeat sent twice is two heartbeats.
+        client.call_leader_as(Repeat::Safe, |channel| {
             let request = request.clone();
             async move {
                 AgentClient::new(channel)

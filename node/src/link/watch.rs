@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use futures::StreamExt;
-use herd_api::client::HerdClient;
+use herd_api::client::{HerdClient, Repeat};
 use herd_api::proto::agent::agent_client::AgentClient;
 use herd_api::proto::agent::WatchAllocationsRequest;
 use ractor::ActorRef;
@@ -24,7 +24,8 @@ pub async fn run(node: String, client: HerdClient, link: ActorRef<LinkMsg>) {
         let request = WatchAllocationsRequest { node: node.clone() };
         let opened = tokio::time::timeout(
             OPEN_TIMEOUT,
-            client.call_leader(|channel| {
+            // Opening a watch changes nothing: any coordinator may take it.
+            client.call_leader_as(Repeat::Safe, |channel| {
                 let request = request.clone();
                 async move {
                     AgentClient::new(channel)
