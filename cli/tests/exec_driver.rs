@@ -393,6 +393,34 @@ async fn starting_the_same_generation_again_adopts_it_instead_of_starting_twice(
 }
 
 #[tokio::test]
+async fn a_running_workload_is_recovered_from_its_directory_without_a_handle() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let driver = driver();
+    let spec = spec(tmp.path(), "sleep", &["30"]);
+    assert_eq!(
+        driver.recover(&spec).await.expect("recover"),
+        None,
+        "nothing ran yet"
+    );
+    let handle = driver.start(&spec).await.expect("start");
+    // An agent that died before persisting `handle` finds it again from the
+    // executor's own report, without starting anything.
+    let recovered = driver.recover(&spec).await.expect("recover");
+    assert_eq!(recovered.as_ref(), Some(&handle));
+    let dir = tmp.path().display().to_string();
+    assert_eq!(processes_mentioning(&dir), vec![executor_pid(&handle)]);
+    driver
+        .stop(&handle, Duration::from_secs(5))
+        .await
+        .expect("stop");
+    assert_eq!(
+        driver.recover(&spec).await.expect("recover"),
+        None,
+        "an ended workload is not recovered"
+    );
+}
+
+#[tokio::test]
 async fn a_recycled_pid_is_reported_lost_not_running() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let driver = driver();

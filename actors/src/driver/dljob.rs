@@ -206,6 +206,14 @@ impl Driver for DljobDriver {
         })
     }
 
+    async fn recover(&self, spec: &WorkloadSpec) -> Result<Option<WorkloadHandle>, DriverError> {
+        let handle = self.exec.recover(&self.exec_spec(spec)?).await?;
+        Ok(handle.map(|handle| WorkloadHandle {
+            driver: NAME.into(),
+            ..handle
+        }))
+    }
+
     async fn state(&self, handle: &WorkloadHandle) -> Result<WorkloadState, DriverError> {
         self.exec.state(&exec_handle(handle)?).await
     }

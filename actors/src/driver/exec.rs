@@ -252,6 +252,10 @@ impl Driver for ExecDriver {
         start::start(&self.executor, self.start_timeout, spec).await
     }
 
+    async fn recover(&self, spec: &WorkloadSpec) -> Result<Option<WorkloadHandle>, DriverError> {
+        start::recover(spec)
+    }
+
     async fn state(&self, handle: &WorkloadHandle) -> Result<WorkloadState, DriverError> {
         Detail::of(handle)?.observe(&handle.alloc_id)
     }

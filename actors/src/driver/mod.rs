@@ -44,6 +44,17 @@ pub trait Driver: Send + Sync + 'static {
     /// Starts the workload and returns its handle once it is running.
     async fn start(&self, spec: &WorkloadSpec) -> Result<WorkloadHandle, DriverError>;
 
+    /// The handle of a workload that already runs for `spec` though none
+    /// was persisted: the agent died between starting it and persisting its
+    /// handle. The supervisor asks at start-up, so that such a workload is
+    /// adopted (and stopped if no longer wanted) instead of running on
+    /// unseen beside its replacement. None when nothing runs; drivers whose
+    /// workloads die with the agent keep this default.
+    async fn recover(&self, spec: &WorkloadSpec) -> Result<Option<WorkloadHandle>, DriverError> {
+        let _ = spec;
+        Ok(None)
+    }
+
     /// The workload's state now, from its handle (works across agent restarts).
     async fn state(&self, handle: &WorkloadHandle) -> Result<WorkloadState, DriverError>;
 

@@ -7,7 +7,7 @@ use herd_api::alloc::AllocStatus;
 use herd_api::job::{JobType, TaskSpec};
 use serde::{Deserialize, Serialize};
 
-use crate::driver::ExitInfo;
+use crate::driver::{ExitInfo, WorkloadSpec};
 
 /// One allocation the coordinators want on this node. It is persisted next to
 /// the workload's handle so that a restarted agent knows how to treat the
@@ -30,6 +30,20 @@ pub struct DesiredAlloc {
     /// (the job's `stop_after_disconnect`); `None`: run on regardless.
     #[serde(default)]
     pub stop_after_disconnect: Option<std::time::Duration>,
+}
+
+impl DesiredAlloc {
+    /// What its driver is given to run it in `alloc_dir`.
+    pub fn spec(&self, alloc_dir: std::path::PathBuf) -> WorkloadSpec {
+        WorkloadSpec {
+            alloc_id: self.alloc_id.clone(),
+            generation: self.generation,
+            job: self.job.clone(),
+            task: self.task.clone(),
+            alloc_dir,
+            env: self.env.clone(),
+        }
+    }
 }
 
 /// The stable event names of [`AllocReport::event`], so that the agent and

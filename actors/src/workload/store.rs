@@ -120,6 +120,36 @@ impl AllocStore {
         }))
     }
 
+    /// Every allocation whose desired state was persisted but no handle:
+    /// ended ones, and any whose start an agent's death cut short between
+    /// the workload starting and its handle being written. Each with its
+    /// directory; an unreadable one is skipped with a warning.
+    pub fn without_handle(&self) -> Result<Vec<(DesiredAlloc, PathBuf)>, StoreError> {
+        let entries = match fs::read_dir(&self.root) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(source) => return Err(io_err(&self.root, source)),
+        };
+        let mut found = Vec::new();
+        for entry in entries {
+            let dir = entry.map_err(|source| io_err(&self.root, source))?.path();
+            if !dir.is_dir() || dir.join(HANDLE).exists() {
+                continue;
+            }
+            match files::read_json::<DesiredAlloc>(&dir, DESIRED) {
+                // Only a file its own directory names counts.
+                Ok(Some(desired)) if dir.file_name() == Some(desired.alloc_id.as_ref()) => {
+                    found.push((desired, dir))
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => {}
+                Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "cannot read {DESIRED}"),
+            }
+        }
+        found.sort_by(|a, b| a.0.alloc_id.cmp(&b.0.alloc_id));
+        Ok(found)
+    }
+
     /// Every allocation with a persisted handle, each read on its own: one
     /// unreadable directory does not hide the others.
     pub fn scan(&self) -> Result<Vec<Result<Persisted, StoreError>>, StoreError> {

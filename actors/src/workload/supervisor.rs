@@ -156,6 +156,7 @@ impl Actor for WorkloadSupervisor {
                 Err(e) => tracing::error!(error = %e, "cannot re-adopt an allocation"),
             }
         }
+        state.recover_unpersisted(&myself).await;
         Ok(())
     }
 
@@ -304,6 +305,48 @@ impl SupervisorState {
                 ));
                 None
             }
+        }
+    }
+
+    /// Re-adopts workloads that run though their handle was never
+    /// persisted (the agent died between starting one and writing its
+    /// handle): their drivers find them from their own records. Without
+    /// this such a workload would run on unseen, beside its replacement if
+    /// the coordinators placed one meanwhile.
+    async fn recover_unpersisted(&mut self, myself: &ActorRef<SupervisorMsg>) {
+        let candidates = match self.store.without_handle() {
+            Ok(candidates) => candidates,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot scan the allocation directories");
+                return;
+            }
+        };
+        for (desired, alloc_dir) in candidates {
+            let Ok(driver) = self.driver(&desired.task.driver) else {
+                continue;
+            };
+            let alloc_id = desired.alloc_id.clone();
+            let handle = match driver.recover(&desired.spec(alloc_dir)).await {
+                Ok(Some(handle)) => handle,
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::error!(alloc = %alloc_id, error = %e, "cannot tell whether its workload runs");
+                    continue;
+                }
+            };
+            tracing::warn!(
+                alloc = %alloc_id,
+                "its workload runs though its handle was never written (the agent died while starting it): adopting it"
+            );
+            if let Err(e) = self.store.save_handle(&handle) {
+                tracing::error!(alloc = %alloc_id, error = %e, "cannot persist the recovered handle");
+            }
+            let persisted = Persisted {
+                alloc_id,
+                handle,
+                desired: Some(desired),
+            };
+            self.adopt(myself, persisted, false).await;
         }
     }
 

@@ -24,6 +24,9 @@ pub const PANIC: &str = "panic-in-start";
 
 const POLL: Duration = Duration::from_millis(10);
 
+/// The record `start` leaves in the allocation directory for `recover`.
+const STARTED: &str = "test-started.json";
+
 /// Counts what it was asked to do.
 #[derive(Debug, Default)]
 pub struct TestDriver {
@@ -175,14 +178,29 @@ impl Driver for TestDriver {
                 let _ = files::write_atomic(dir, name, &exit);
             }
         });
-        Ok(WorkloadHandle {
+        let handle = WorkloadHandle {
             driver: NAME.into(),
             alloc_id: spec.alloc_id.clone(),
             generation: spec.generation,
             pid: Some(pid),
             started_at_ms: files::now_ms(),
             detail: serde_json::json!({ "exit_file": exit_path }),
-        })
+        };
+        // Its own record, as the exec driver's executor writes started.json.
+        files::write_atomic(&spec.alloc_dir, STARTED, &handle).map_err(err)?;
+        Ok(handle)
+    }
+
+    async fn recover(&self, spec: &WorkloadSpec) -> Result<Option<WorkloadHandle>, DriverError> {
+        let record: Option<WorkloadHandle> =
+            files::read_json(&spec.alloc_dir, STARTED).map_err(|e| DriverError::Io {
+                alloc: spec.alloc_id.clone(),
+                message: e.to_string(),
+            })?;
+        Ok(record.filter(|handle| {
+            handle.generation == spec.generation
+                && matches!(observe(handle), Ok(WorkloadState::Running))
+        }))
     }
 
     async fn state(&self, handle: &WorkloadHandle) -> Result<WorkloadState, DriverError> {

@@ -281,6 +281,32 @@ async fn a_new_supervisor_adopts_running_work_and_stops_nothing_before_reconcili
 }
 
 #[tokio::test]
+async fn a_workload_whose_handle_was_never_written_is_recovered_and_stopped_when_unwanted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let driver = Arc::new(TestDriver::default());
+    let mut first = Harness::start(dir.path(), &driver).await;
+    first.reconcile(vec![desired("a1", 1, JobType::Service, "sleep 30")]);
+    first.expect("a1", event::STARTED).await;
+    let pid = persisted_pid(dir.path(), "a1");
+    first.stop().await;
+    // The agent died after starting it, before writing its handle.
+    let handle = dir.path().join("allocs").join("a1").join(HANDLE);
+    std::fs::remove_file(&handle).expect("remove the handle");
+
+    let mut second = Harness::start(dir.path(), &driver).await;
+    let adopted = second.expect("a1", event::ADOPTED).await;
+    assert_eq!(adopted.status, AllocStatus::Running);
+    assert!(handle.exists(), "the recovered handle is persisted again");
+    assert_eq!(driver.starts(), 1, "recovered, not started again");
+    // Replaced while no agent ran: no longer desired, so it is stopped
+    // rather than left running beside its replacement.
+    second.reconcile(vec![]);
+    second.expect("a1", event::STOPPED).await;
+    assert!(!alive(pid));
+    second.stop().await;
+}
+
+#[tokio::test]
 async fn an_exit_while_no_agent_ran_is_restarted_once_confirmed() {
     let dir = tempfile::tempdir().expect("tempdir");
     let driver = Arc::new(TestDriver::default());

@@ -18,7 +18,7 @@ use super::report::{describe_exit, event, is_lost, AllocReport, DesiredAlloc};
 use super::restart::{RestartPolicy, RestartTracker};
 use super::store::AllocStore;
 use super::supervisor::SupervisorMsg;
-use crate::driver::{Driver, ExitInfo, WorkloadHandle, WorkloadSpec, WorkloadState};
+use crate::driver::{Driver, ExitInfo, WorkloadHandle, WorkloadState};
 
 /// How a workload actor begins.
 #[derive(Debug, Clone)]
@@ -573,14 +573,7 @@ async fn start(
     desired: DesiredAlloc,
 ) -> Result<WorkloadHandle, String> {
     let alloc_dir = store.save_desired(&desired).map_err(|e| e.to_string())?;
-    let spec = WorkloadSpec {
-        alloc_id: desired.alloc_id,
-        generation: desired.generation,
-        job: desired.job,
-        task: desired.task,
-        alloc_dir,
-        env: desired.env,
-    };
+    let spec = desired.spec(alloc_dir);
     driver.check(&spec).map_err(|e| e.to_string())?;
     let handle = driver.start(&spec).await.map_err(|e| e.to_string())?;
     if let Err(e) = store.save_handle(&handle) {

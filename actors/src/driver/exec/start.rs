@@ -213,6 +213,16 @@ pub async fn start(
 
 /// The handle of a run of `generation` still running in `dir`, if any; an
 /// error if a run of another generation still runs there.
+/// The handle of the executor that runs `spec` in its directory, from the
+/// executor's own report (`started.json`): see [`crate::driver::Driver::recover`].
+pub fn recover(spec: &WorkloadSpec) -> Result<Option<WorkloadHandle>, DriverError> {
+    let Ok(dir) = fs::canonicalize(&spec.alloc_dir) else {
+        // No directory, nothing was ever started there.
+        return Ok(None);
+    };
+    running(&spec.alloc_id, &dir, spec.generation)
+}
+
 fn running(
     alloc: &str,
     dir: &Path,
