@@ -109,6 +109,14 @@ impl Driver for InferenceDriver {
         Ok(handle)
     }
 
+    async fn recover(&self, spec: &WorkloadSpec) -> Result<Option<WorkloadHandle>, DriverError> {
+        let handle = self.exec.recover(&self.engine_spec(spec)?).await?;
+        Ok(handle.map(|mut handle| {
+            handle.driver = NAME.to_string();
+            handle
+        }))
+    }
+
     async fn state(&self, handle: &WorkloadHandle) -> Result<WorkloadState, DriverError> {
         self.exec.state(&Self::as_exec(handle)?).await
     }

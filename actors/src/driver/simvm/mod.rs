@@ -94,6 +94,14 @@ impl Driver for SimVmDriver {
         })
     }
 
+    async fn recover(&self, spec: &WorkloadSpec) -> Result<Option<WorkloadHandle>, DriverError> {
+        let handle = self.exec.recover(&self.exec_spec(spec)?).await?;
+        Ok(handle.map(|handle| WorkloadHandle {
+            driver: "simvm".into(),
+            ..handle
+        }))
+    }
+
     async fn state(&self, handle: &WorkloadHandle) -> Result<WorkloadState, DriverError> {
         self.exec.state(&Self::exec_handle(handle)).await
     }

@@ -258,6 +258,26 @@ impl Driver for VmDriver {
         })
     }
 
+    async fn recover(&self, spec: &WorkloadSpec) -> Result<Option<WorkloadHandle>, DriverError> {
+        // QEMU runs under the executor; only the directory and generation
+        // matter to find it, not the command line `start` built.
+        let Some(exec) = self.exec.recover(spec).await? else {
+            return Ok(None);
+        };
+        let detail = VmDetail {
+            exec: exec.detail.clone(),
+            qmp: spec.alloc_dir.join(qemu::QMP_SOCKET),
+        };
+        Ok(Some(WorkloadHandle {
+            driver: "vm".to_string(),
+            detail: serde_json::to_value(&detail).map_err(|e| DriverError::Start {
+                alloc: spec.alloc_id.clone(),
+                message: format!("cannot encode the handle: {e}"),
+            })?,
+            ..exec
+        }))
+    }
+
     async fn state(&self, handle: &WorkloadHandle) -> Result<WorkloadState, DriverError> {
         let (exec, socket) = Self::exec_handle(handle)?;
         let state = self.exec.state(&exec).await?;
