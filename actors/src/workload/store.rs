@@ -120,20 +120,31 @@ impl AllocStore {
         }))
     }
 
-    /// Every allocation whose desired state was persisted but no handle:
-    /// ended ones, and any whose start an agent's death cut short between
-    /// the workload starting and its handle being written. Each with its
-    /// directory; an unreadable one is skipped with a warning.
-    pub fn without_handle(&self) -> Result<Vec<(DesiredAlloc, PathBuf)>, StoreError> {
+    /// The allocation directories (none before the first allocation).
+    fn alloc_dirs(&self) -> Result<Vec<PathBuf>, StoreError> {
         let entries = match fs::read_dir(&self.root) {
             Ok(entries) => entries,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(source) => return Err(io_err(&self.root, source)),
         };
-        let mut found = Vec::new();
+        let mut dirs = Vec::new();
         for entry in entries {
             let dir = entry.map_err(|source| io_err(&self.root, source))?.path();
-            if !dir.is_dir() || dir.join(HANDLE).exists() {
+            if dir.is_dir() {
+                dirs.push(dir);
+            }
+        }
+        Ok(dirs)
+    }
+
+    /// Every allocation whose desired state was persisted but no handle:
+    /// ended ones, and any whose start an agent's death cut short between
+    /// the workload starting and its handle being written. Each with its
+    /// directory; an unreadable one is skipped with a warning.
+    pub fn without_handle(&self) -> Result<Vec<(DesiredAlloc, PathBuf)>, StoreError> {
+        let mut found = Vec::new();
+        for dir in self.alloc_dirs()? {
+            if dir.join(HANDLE).exists() {
                 continue;
             }
             match files::read_json::<DesiredAlloc>(&dir, DESIRED) {
@@ -153,20 +164,12 @@ impl AllocStore {
     /// Every allocation with a persisted handle, each read on its own: one
     /// unreadable directory does not hide the others.
     pub fn scan(&self) -> Result<Vec<Result<Persisted, StoreError>>, StoreError> {
-        let entries = match fs::read_dir(&self.root) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(source) => return Err(io_err(&self.root, source)),
-        };
         let mut found = Vec::new();
-        for entry in entries {
-            let entry = entry.map_err(|source| io_err(&self.root, source))?;
-            let Some(alloc_id) = entry.file_name().to_str().map(str::to_string) else {
+        for dir in self.alloc_dirs()? {
+            let Some(alloc_id) = dir.file_name().and_then(|n| n.to_str()).map(str::to_string)
+            else {
                 continue;
             };
-            if !entry.path().is_dir() {
-                continue;
-            }
             match self.load(&alloc_id) {
                 Ok(Some(persisted)) => found.push(Ok(persisted)),
                 Ok(None) => {}

@@ -164,6 +164,26 @@ impl VmDriver {
     }
 }
 
+/// The VM's handle: the executor's, with the QMP socket beside it.
+fn vm_handle(
+    spec: &WorkloadSpec,
+    exec: WorkloadHandle,
+    qmp: PathBuf,
+) -> Result<WorkloadHandle, DriverError> {
+    let detail = VmDetail {
+        exec: exec.detail.clone(),
+        qmp,
+    };
+    Ok(WorkloadHandle {
+        driver: "vm".to_string(),
+        detail: serde_json::to_value(&detail).map_err(|e| DriverError::Start {
+            alloc: spec.alloc_id.clone(),
+            message: format!("cannot encode the handle: {e}"),
+        })?,
+        ..exec
+    })
+}
+
 #[async_trait::async_trait]
 impl Driver for VmDriver {
     fn name(&self) -> &'static str {
@@ -244,18 +264,7 @@ impl Driver for VmDriver {
         exec_spec.task.args = qemu::args(&settings, &spec.alloc_dir, disk.as_deref());
         exec_spec.task.config.clear();
         let exec = self.exec.start(&exec_spec).await?;
-        let detail = VmDetail {
-            exec: exec.detail.clone(),
-            qmp: socket,
-        };
-        Ok(WorkloadHandle {
-            driver: "vm".to_string(),
-            detail: serde_json::to_value(&detail).map_err(|e| DriverError::Start {
-                alloc: spec.alloc_id.clone(),
-                message: format!("cannot encode the handle: {e}"),
-            })?,
-            ..exec
-        })
+        vm_handle(spec, exec, socket)
     }
 
     async fn recover(&self, spec: &WorkloadSpec) -> Result<Option<WorkloadHandle>, DriverError> {
@@ -264,18 +273,7 @@ impl Driver for VmDriver {
         let Some(exec) = self.exec.recover(spec).await? else {
             return Ok(None);
         };
-        let detail = VmDetail {
-            exec: exec.detail.clone(),
-            qmp: spec.alloc_dir.join(qemu::QMP_SOCKET),
-        };
-        Ok(Some(WorkloadHandle {
-            driver: "vm".to_string(),
-            detail: serde_json::to_value(&detail).map_err(|e| DriverError::Start {
-                alloc: spec.alloc_id.clone(),
-                message: format!("cannot encode the handle: {e}"),
-            })?,
-            ..exec
-        }))
+        vm_handle(spec, exec, spec.alloc_dir.join(qemu::QMP_SOCKET)).map(Some)
     }
 
     async fn state(&self, handle: &WorkloadHandle) -> Result<WorkloadState, DriverError> {
