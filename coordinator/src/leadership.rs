@@ -8,7 +8,10 @@
 //! an election timeout refuses new work at once (`Unavailable`, so clients
 //! try another member), and a request in flight when the leader changes or
 //! goes quiet is abandoned with an honest "outcome unknown" (writes) or
-//! retried under the new leader (reads), rather than hanging.
+//! retried under the new leader (reads), rather than hanging. A member with
+//! no leader at all, in touch with no majority of the voters, is likewise
+//! taken for cut off ([`LeadershipWatch::cut_off`]): its requests are
+//! refused at once instead of waiting for an election it cannot win.
 //!
 //! One task per member watches openraft's metrics and republishes only the
 //! verdict (who leads, in which term, whether it has gone quiet). openraft
