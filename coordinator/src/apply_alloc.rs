@@ -209,7 +209,7 @@ mod tests {
     use crate::command::Command;
     use crate::placement::{missing_instances, retry_delay_ms, BATCH_ATTEMPTS};
     use crate::state::{ClusterState, JobStatus};
-    use crate::testkit::{place, report, run, spec};
+    use crate::testkit::{alloc_update, place, report, run, spec};
 
     fn update(state: &ClusterState, job: &str, instance: u32, status: AllocStatus) -> AllocUpdate {
         let alloc = state
@@ -217,13 +217,7 @@ mod tests {
             .values()
             .find(|a| a.job == job && a.instance == instance && !a.status.is_terminal())
             .expect("a live allocation");
-        AllocUpdate {
-            id: alloc.id.clone(),
-            generation: alloc.generation,
-            status,
-            event: "test".into(),
-            detail: format!("now {}", status.as_str()),
-        }
+        alloc_update(alloc, status)
     }
 
     #[test]

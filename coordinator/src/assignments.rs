@@ -120,13 +120,13 @@ fn gang_env(state: &ClusterState, alloc: &Allocation) -> Vec<(String, String)> {
 mod tests {
     use std::time::Duration;
 
-    use herd_api::alloc::{AllocStatus, AllocUpdate};
+    use herd_api::alloc::AllocStatus;
     use herd_api::job::{JobSpec, JobType};
 
     use super::*;
     use crate::command::Command;
     use crate::placement::plan_job;
-    use crate::testkit::{place, report, run, spec};
+    use crate::testkit::{alloc_update, place, report, run, spec};
 
     fn careful(name: &str) -> JobSpec {
         JobSpec {
@@ -147,13 +147,7 @@ mod tests {
 
     /// `alloc`'s agent reports it `status`.
     fn observe(state: &mut ClusterState, index: u64, alloc: &Allocation, status: AllocStatus) {
-        let update = AllocUpdate {
-            id: alloc.id.clone(),
-            generation: alloc.generation,
-            status,
-            event: status.as_str().into(),
-            detail: String::new(),
-        };
+        let update = alloc_update(alloc, status);
         let (accepted, refused) = report(state, index, &alloc.node, vec![update], 3_000);
         assert_eq!(accepted, 1, "{refused:?}");
     }

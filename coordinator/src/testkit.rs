@@ -65,6 +65,21 @@ pub fn run(
     (result, ops)
 }
 
+/// What `alloc`'s agent says when its workload reaches `status` (event
+/// "test", as the tests match it).
+pub fn alloc_update(
+    alloc: &herd_api::alloc::Allocation,
+    status: herd_api::alloc::AllocStatus,
+) -> herd_api::alloc::AllocUpdate {
+    herd_api::alloc::AllocUpdate {
+        id: alloc.id.clone(),
+        generation: alloc.generation,
+        status,
+        event: "test".into(),
+        detail: format!("now {}", status.as_str()),
+    }
+}
+
 /// Applies `node`'s allocation reports at `index`; returns how many were
 /// accepted and why the others were refused.
 pub fn report(

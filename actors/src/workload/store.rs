@@ -92,10 +92,16 @@ impl AllocStore {
         files::write_atomic(&dir, HANDLE, handle).map_err(|s| io_err(&dir.join(HANDLE), s))
     }
 
-    /// Forgets the allocation's workload (its directory and logs stay).
-    pub fn remove_handle(&self, alloc_id: &str) -> Result<(), StoreError> {
+    /// Forgets the allocation's workload: its handle, then its desired
+    /// state, so that a directory holding a desired state but no handle
+    /// means a start an agent's death cut short ([`Self::without_handle`]).
+    /// The directory and its logs stay.
+    pub fn forget(&self, alloc_id: &str) -> Result<(), StoreError> {
         let dir = self.alloc_dir(alloc_id)?;
-        files::remove(&dir, HANDLE).map_err(|s| io_err(&dir.join(HANDLE), s))
+        for name in [HANDLE, DESIRED] {
+            files::remove(&dir, name).map_err(|s| io_err(&dir.join(name), s))?;
+        }
+        Ok(())
     }
 
     /// What is persisted for one allocation: `None` when no handle is.
@@ -138,9 +144,10 @@ impl AllocStore {
     }
 
     /// Every allocation whose desired state was persisted but no handle:
-    /// ended ones, and any whose start an agent's death cut short between
-    /// the workload starting and its handle being written. Each with its
-    /// directory; an unreadable one is skipped with a warning.
+    /// a start an agent's death cut short (between the workload starting
+    /// and its handle being written), or one that failed. Stopped ones are
+    /// forgotten whole ([`Self::forget`]), so this stays short. Each with
+    /// its directory; an unreadable one is skipped with a warning.
     pub fn without_handle(&self) -> Result<Vec<(DesiredAlloc, PathBuf)>, StoreError> {
         let mut found = Vec::new();
         for dir in self.alloc_dirs()? {
@@ -242,10 +249,17 @@ mod tests {
         let a1 = found[0].as_ref().expect("readable");
         assert_eq!(a1.handle, handle("a1"));
         assert_eq!(a1.desired, Some(desired("a1")));
-        store.remove_handle("a1").expect("remove");
-        store.remove_handle("a1").expect("remove twice");
+        // a2's desired state without a handle: a start cut short.
+        let cut_short: Vec<_> = store.without_handle().expect("scan");
+        assert_eq!(cut_short.len(), 1, "{cut_short:?}");
+        assert_eq!(cut_short[0].0, desired("a2"));
+        store.forget("a1").expect("forget");
+        store.forget("a1").expect("forget twice");
         assert_eq!(store.load("a1").expect("load"), None);
         assert!(alloc_dir.is_dir());
+        // Forgotten whole: not taken for a start cut short either.
+        let cut_short: Vec<_> = store.without_handle().expect("scan");
+        assert_eq!(cut_short.len(), 1, "only a2: {cut_short:?}");
     }
 
     #[test]

@@ -328,7 +328,14 @@ impl SupervisorState {
             let alloc_id = desired.alloc_id.clone();
             let handle = match driver.recover(&desired.spec(alloc_dir)).await {
                 Ok(Some(handle)) => handle,
-                Ok(None) => continue,
+                Ok(None) => {
+                    // Nothing runs for it (a failed start): forget it, so
+                    // the next agent start does not ask again.
+                    if let Err(e) = self.store.forget(&alloc_id) {
+                        tracing::warn!(alloc = %alloc_id, error = %e, "cannot forget a start that left nothing running");
+                    }
+                    continue;
+                }
                 Err(e) => {
                     tracing::error!(alloc = %alloc_id, error = %e, "cannot tell whether its workload runs");
                     continue;

@@ -314,7 +314,7 @@ impl WorkloadActorState {
                     .await
                     .map_err(|e| e.to_string())?;
                 store
-                    .remove_handle(&handle.alloc_id)
+                    .forget(&handle.alloc_id)
                     .map_err(|e| format!("stopped, but cannot forget its handle: {e}"))?;
                 Ok(exit)
             },
