@@ -1,7 +1,7 @@
 //! The node agent's working parts: the `Driver` seam through which every kind
-//! of workload runs (processes now; DL jobs, inference engines and VMs next),
-//! and, as they land, the ractor actors that supervise workloads, report
-//! resources and execute migrations.
+//! of workload runs (processes, VMs, simulated VMs, training jobs, simulated
+//! inference engines), the ractor actors that supervise workloads and report
+//! resources, and, as they land, those that execute migrations.
 //!
 //! This crate owns what happens on one node. It must never depend on the
 //! coordinator's state or on consensus: it sees the cluster only through

@@ -51,19 +51,21 @@ impl AllocStatus {
         }
     }
 
+    /// Every status this release knows, so that parsing and the errors that
+    /// list what is accepted cannot drift apart.
+    pub const ALL: [AllocStatus; 7] = [
+        AllocStatus::Pending,
+        AllocStatus::Running,
+        AllocStatus::Complete,
+        AllocStatus::Failed,
+        AllocStatus::Lost,
+        AllocStatus::Preempted,
+        AllocStatus::Stopped,
+    ];
+
     /// Reads a name written by [`AllocStatus::as_str`]; `None` for anything else.
     pub fn parse(text: &str) -> Option<Self> {
-        [
-            AllocStatus::Pending,
-            AllocStatus::Running,
-            AllocStatus::Complete,
-            AllocStatus::Failed,
-            AllocStatus::Lost,
-            AllocStatus::Preempted,
-            AllocStatus::Stopped,
-        ]
-        .into_iter()
-        .find(|s| s.as_str() == text)
+        Self::ALL.into_iter().find(|s| s.as_str() == text)
     }
 
     /// Whether the allocation has ended for good: no report can revive it.

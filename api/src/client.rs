@@ -1,11 +1,16 @@
 //! A client for the coordinators' API that tries each given address in turn.
 //!
-//! Used by the CLI, the chaos harness and benchmarks. A coordinator that
-//! refuses the connection, or answers that it cannot serve (not a member
-//! yet, no leader, cut off from a majority), is skipped for the next one.
-//! Any other outcome is final: an answer (a rejection, a not-found), and a
-//! connection lost after the request left, which may have carried a write
-//! that was applied. So a write is never sent twice.
+//! Used by the CLI, the chaos harness, benchmarks and node agents. Whether a
+//! failed request goes to the next coordinator is decided on what the
+//! coordinator said ([`crate::retry`]): a status marked "not applied" goes
+//! on whatever the request, one that may have been applied goes on only
+//! when the request may run twice ([`Repeat::Safe`]); a connection that was
+//! never made delivered nothing and goes on too. Any other outcome is final:
+//! an answer (a rejection, a not-found), and a connection lost after the
+//! request left, which may have carried a write that was applied. So a
+//! write is never sent twice. Statuses of older coordinators, which carry
+//! no marks, are judged as before: by code, and by whether the transport
+//! rather than the coordinator produced them.
 
 use std::future::Future;
 use std::time::Duration;
@@ -20,6 +25,7 @@ use tonic::{Code, Status};
 
 use crate::proto::v1::cluster_client::ClusterClient;
 use crate::proto::v1::{ClusterStatusRequest, MemberStatusRequest};
+use crate::retry::{ErrorMarks, LeaderHint};
 
 /// Why a call failed everywhere it was tried.
 #[derive(Debug, Error)]
@@ -94,32 +100,28 @@ struct LeaderCache {
 #[derive(Clone)]
 pub struct HerdClient {
     endpoints: Vec<(String, Channel)>,
+    /// How to reach an address none of `endpoints` names (a leader learned
+    /// from the cluster status or a hint): the same transport as theirs.
+    /// None for channels made elsewhere, whose transport is not known here.
+    connector: Option<Connector>,
     /// Set by [`HerdClient::with_leader_routing`].
     leader: Option<Arc<tokio::sync::Mutex<LeaderCache>>>,
 }
 
-/// Whether a failed call certainly never reached the peer.
+/// Whether a failed call certainly never reached the peer: the channel
+/// could not connect, so no request left.
 ///
-/// Only a refused or failed connection proves the request was not
-/// delivered; anything else may have reached the leader and been applied,
-/// so it must not be retried blindly.
+/// tonic wraps every error of the connecting phase, whatever the connector
+/// (the operating system's TCP, the simulation's network, a connect
+/// timeout), in [`tonic::ConnectError`], and keeps the transport's error as
+/// the status's source; a request is only written once a connection
+/// exists. A status a server sent has no source at all. So the marker is
+/// looked for in the source chain, not in error kinds or messages.
 pub fn is_connect_failure(status: &Status) -> bool {
-    if status.code() != Code::Unavailable {
-        return false;
-    }
-    // The transport's error chain ends, for a connection that was never
-    // made, in the OS error of `connect(2)` (hyper's ConnectError wraps it).
     let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
     while let Some(error) = source {
-        if let Some(io) = error.downcast_ref::<std::io::Error>() {
-            return matches!(
-                io.kind(),
-                std::io::ErrorKind::ConnectionRefused
-                    | std::io::ErrorKind::AddrNotAvailable
-                    | std::io::ErrorKind::HostUnreachable
-                    | std::io::ErrorKind::NetworkUnreachable
-                    | std::io::ErrorKind::NotFound
-            );
+        if error.is::<tonic::ConnectError>() {
+            return true;
         }
         source = error.source();
     }
@@ -133,17 +135,31 @@ fn answered_by_coordinator(status: &Status) -> bool {
     std::error::Error::source(status).is_none()
 }
 
-/// Whether another coordinator might serve a request this one did not,
-/// with no risk of running it twice: either the connection was never made,
-/// so nothing was delivered, or the coordinator answered that it cannot
-/// serve (no leader, not a member, cut off from a majority), which it does
-/// only before proposing anything. A connection lost after the request
-/// left may have carried a write that was applied: that failure is final.
-/// A request that may run twice without harm ([`Repeat::Safe`]) moves on
-/// after a lost connection too.
-fn try_next(status: &Status, repeat: Repeat) -> bool {
-    matches!(status.code(), Code::Unavailable | Code::FailedPrecondition)
-        && (repeat == Repeat::Safe || answered_by_coordinator(status) || is_connect_failure(status))
+/// Whether a request that failed with `status` may be sent to another
+/// coordinator without risk of running it twice.
+///
+/// - A connection never made delivered nothing: yes.
+/// - A coordinator that marks its statuses ([`crate::retry`]): when its
+///   reason says another member might serve (no leader, not a member, cut
+///   off, not the leader, outcome unknown...), and either it marked the
+///   request "not applied" or the request may run twice ([`Repeat::Safe`]).
+///   A reason this release does not know counts as "might serve" when its
+///   code is `Unavailable` or `FailedPrecondition`.
+/// - An unmarked status (an older coordinator, or the transport failing
+///   after the request left): today's rules before the marks, by code, and
+///   for a write only when the coordinator itself answered.
+pub fn may_try_elsewhere(status: &Status, repeat: Repeat) -> bool {
+    if is_connect_failure(status) {
+        return true;
+    }
+    let retryable_code = matches!(status.code(), Code::Unavailable | Code::FailedPrecondition);
+    match ErrorMarks::read(status) {
+        Some(marks) => {
+            let elsewhere = marks.reason.map_or(retryable_code, |r| r.elsewhere());
+            elsewhere && (marks.not_applied || repeat == Repeat::Safe)
+        }
+        None => retryable_code && (repeat == Repeat::Safe || answered_by_coordinator(status)),
+    }
 }
 
 /// Whether a request may run twice without harm, which decides when the
@@ -167,6 +183,8 @@ impl HerdClient {
     /// Connects lazily to `addrs` through `connect` instead of the operating
     /// system's TCP: how a node agent in the deterministic simulation
     /// reaches its coordinators with the same link code as on a real host.
+    /// Every other address the client learns (the leader's) is reached
+    /// through `connect` too.
     pub fn with_connector<S: AsRef<str>>(
         addrs: &[S],
         connect: &Connector,
@@ -183,26 +201,30 @@ impl HerdClient {
             })?;
             endpoints.push((addr.to_string(), channel));
         }
-        Self::from_channels(endpoints)
+        let mut client = Self::from_channels(endpoints)?;
+        client.connector = Some(connect.clone());
+        Ok(client)
     }
 
     /// A client over channels made elsewhere (`(address, channel)` each):
     /// the deterministic simulation's, whose network is not the operating
-    /// system's.
+    /// system's. Such a client reaches no address beyond these.
     pub fn from_channels(endpoints: Vec<(String, Channel)>) -> Result<Self, ClientError> {
         if endpoints.is_empty() {
             return Err(ClientError::NoAddress);
         }
         Ok(Self {
             endpoints,
+            connector: None,
             leader: None,
         })
     }
 
     /// Sends [`HerdClient::call_leader`] requests straight to the leader,
-    /// learned from the cluster status and refreshed every few seconds, so
-    /// writes skip the hop through a follower. Any coordinator still serves
-    /// them when the leader moved; the client then learns the new one.
+    /// learned from the cluster status (or from the leader hint of a member
+    /// that is not it) and refreshed every few seconds, so writes skip the
+    /// hop through a follower. Any coordinator still serves them when the
+    /// leader moved; the client then learns the new one.
     pub fn with_leader_routing(mut self) -> Self {
         self.leader = Some(Arc::new(tokio::sync::Mutex::new(LeaderCache::default())));
         self
@@ -232,22 +254,31 @@ impl HerdClient {
             .find(|m| m.id == status.leader)?
             .addr
             .clone();
-        let leader = match self.endpoints.iter().find(|(a, _)| *a == addr) {
-            Some(endpoint) => endpoint.clone(),
-            None => match self.endpoint_of_member(status.leader).await {
-                Some(endpoint) => endpoint,
-                None => (
-                    addr.clone(),
-                    Endpoint::from_shared(format!("http://{addr}"))
-                        .ok()?
-                        .connect_timeout(Duration::from_secs(2))
-                        .tcp_nodelay(true)
-                        .connect_lazy(),
-                ),
-            },
-        };
+        let leader = self
+            .channel_for(&LeaderHint {
+                id: Some(status.leader),
+                addr,
+            })
+            .await?;
         cache.leader = Some(leader);
         cache.leader.clone()
+    }
+
+    /// A channel to the leader `hint` names: the given address that is it
+    /// (by address, or by asking each which member it is), else a new
+    /// channel through the client's connector; None when neither works.
+    async fn channel_for(&self, hint: &LeaderHint) -> Option<(String, Channel)> {
+        if let Some(endpoint) = self.endpoints.iter().find(|(a, _)| *a == hint.addr) {
+            return Some(endpoint.clone());
+        }
+        if let Some(id) = hint.id {
+            if let Some(endpoint) = self.endpoint_of_member(id).await {
+                return Some(endpoint);
+            }
+        }
+        let connect = self.connector.as_ref()?;
+        let channel = connect(&hint.addr).ok()?;
+        Some((hint.addr.clone(), channel))
     }
 
     /// The given address that reaches member `id`, when the members are
@@ -281,6 +312,39 @@ impl HerdClient {
         }
     }
 
+    /// After the presumed leader at `addr` failed with `status`: takes the
+    /// leader it names as the new one and returns it, when it names another;
+    /// otherwise forgets the leader when `status` says it could not serve
+    /// or the connection broke, so it is learned afresh next time.
+    async fn learn_from(
+        &self,
+        addr: &str,
+        status: &Status,
+        moved_on: bool,
+    ) -> Option<(String, Channel)> {
+        let cache = self.leader.as_ref()?;
+        let hint = ErrorMarks::read(status)
+            .and_then(|marks| marks.leader)
+            .filter(|hint| hint.addr != addr);
+        let hinted = match hint {
+            Some(hint) => self.channel_for(&hint).await,
+            None => None,
+        };
+        let mut cache = cache.lock().await;
+        match &hinted {
+            Some(leader) => {
+                cache.leader = Some(leader.clone());
+                cache.learned_at = Some(Instant::now());
+            }
+            None if moved_on || !answered_by_coordinator(status) => {
+                cache.leader = None;
+                cache.learned_at = None;
+            }
+            None => {}
+        }
+        hinted
+    }
+
     /// Like [`HerdClient::call`], but tries the leader first when leader
     /// routing is on.
     pub async fn call_leader<T, F, Fut>(&self, call: F) -> Result<T, ClientError>
@@ -299,15 +363,26 @@ impl HerdClient {
         Fut: Future<Output = Result<T, Status>>,
     {
         if let Some((addr, channel)) = self.leader_channel().await {
-            match call(channel).await {
+            let status = match call(channel).await {
                 Ok(value) => return Ok(value),
-                Err(status) if try_next(&status, repeat) => self.forget_leader().await,
-                Err(status) => {
-                    if !answered_by_coordinator(&status) {
-                        // The connection broke: learn the leader afresh next time.
-                        self.forget_leader().await;
+                Err(status) => status,
+            };
+            let moved_on = may_try_elsewhere(&status, repeat);
+            let hinted = self.learn_from(&addr, &status, moved_on).await;
+            if !moved_on {
+                return Err(ClientError::Status { addr, status });
+            }
+            // The member that is not the leader named it: go there first.
+            if let Some((addr, channel)) = hinted {
+                match call(channel).await {
+                    Ok(value) => return Ok(value),
+                    Err(status) if may_try_elsewhere(&status, repeat) => self.forget_leader().await,
+                    Err(status) => {
+                        if !answered_by_coordinator(&status) {
+                            self.forget_leader().await;
+                        }
+                        return Err(ClientError::Status { addr, status });
                     }
-                    return Err(ClientError::Status { addr, status });
                 }
             }
         }
@@ -345,7 +420,7 @@ impl HerdClient {
         for (addr, channel) in &self.endpoints {
             match call(channel.clone()).await {
                 Ok(value) => return Ok(value),
-                Err(status) if try_next(&status, repeat) => {
+                Err(status) if may_try_elsewhere(&status, repeat) => {
                     tried.push((addr.clone(), status.message().to_string()))
                 }
                 Err(status) => {
@@ -369,7 +444,7 @@ impl HerdClient {
             return Err(ClientError::NoAddress);
         };
         call(channel.clone()).await.map_err(|status| {
-            if try_next(&status, Repeat::Unsafe) {
+            if may_try_elsewhere(&status, Repeat::Unsafe) {
                 // Name the coordinator that could not serve, as `call` does.
                 ClientError::Unavailable {
                     tried: vec![(addr.clone(), status.message().to_string())],
@@ -388,47 +463,168 @@ impl HerdClient {
 mod tests {
     use super::*;
 
+    use crate::retry::Reason;
+
+    fn marked(status: Status, reason: Reason, not_applied: bool) -> Status {
+        ErrorMarks {
+            reason: Some(reason),
+            not_applied,
+            leader: None,
+        }
+        .on(status)
+    }
+
     #[tokio::test]
-    async fn only_answers_and_refused_connections_are_tried_elsewhere() {
+    async fn a_connection_never_made_is_told_apart_from_one_lost() {
         // A port nothing listens on: bind, learn it, close it.
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
             .expect("port");
-        let channel = Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
-            .expect("endpoint")
-            .connect_lazy();
+        let channel = tcp_channel(&format!("127.0.0.1:{port}")).expect("channel");
         let refused = ClusterClient::new(channel)
             .status(ClusterStatusRequest { stale: true })
             .await
             .expect_err("nothing listens");
         assert!(is_connect_failure(&refused), "{refused:?}");
-        assert!(try_next(&refused, Repeat::Unsafe), "{refused:?}");
+        assert!(may_try_elsewhere(&refused, Repeat::Unsafe), "{refused:?}");
+        // Any connector's failure, as tonic wraps it.
+        let mut wrapped = Status::unavailable("connect");
+        wrapped.set_source(Arc::new(tonic::ConnectError(Box::new(
+            std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"),
+        ))));
+        assert!(is_connect_failure(&wrapped));
         // A coordinator's own answer, even one naming a refused connection,
-        // proves nothing about connections; it is tried elsewhere because
-        // the coordinator says it did nothing.
-        let answered = Status::unavailable("connection refused");
-        assert!(!is_connect_failure(&answered));
-        assert!(try_next(&answered, Repeat::Unsafe));
-        assert!(try_next(
-            &Status::failed_precondition("not a member"),
-            Repeat::Unsafe
-        ));
-        assert!(!try_next(
-            &Status::deadline_exceeded("outcome unknown"),
-            Repeat::Safe
-        ));
-        // The transport failing after the request left (here a reset):
-        // the write may have been applied, so it is not sent again.
-        // tonic reports it as Unavailable with the transport's error as source.
+        // proves nothing about connections.
+        assert!(!is_connect_failure(&Status::unavailable(
+            "connection refused"
+        )));
+        // The transport failing after the request left (here a reset),
+        // with an OS error of the same family as a refusal: not a connect
+        // failure, so a write is not sent again.
         let mut reset = Status::unavailable("transport error");
         reset.set_source(Arc::new(std::io::Error::new(
             std::io::ErrorKind::ConnectionReset,
             "connection reset by peer",
         )));
-        assert!(!try_next(&reset, Repeat::Unsafe), "{reset:?}");
+        assert!(!is_connect_failure(&reset));
+        assert!(!may_try_elsewhere(&reset, Repeat::Unsafe), "{reset:?}");
         // A heartbeat or a read may go to another coordinator all the same.
-        assert!(try_next(&reset, Repeat::Safe), "{reset:?}");
+        assert!(may_try_elsewhere(&reset, Repeat::Safe), "{reset:?}");
+    }
+
+    #[test]
+    fn marked_statuses_are_classified_on_their_marks() {
+        use Repeat::{Safe, Unsafe};
+        // Not applied: any request goes on, even under a code an unmarked
+        // status would stop at.
+        for reason in [Reason::NotLeader, Reason::NoLeader, Reason::CutOff] {
+            let status = marked(Status::unavailable("x"), reason, true);
+            assert!(may_try_elsewhere(&status, Unsafe), "{reason:?}");
+            assert!(may_try_elsewhere(&status, Safe), "{reason:?}");
+        }
+        let not_member = marked(Status::failed_precondition("x"), Reason::NotMember, true);
+        assert!(may_try_elsewhere(&not_member, Unsafe));
+        // May have been applied: only a request that may run twice goes on.
+        let unknown = marked(
+            Status::deadline_exceeded("outcome unknown"),
+            Reason::OutcomeUnknown,
+            false,
+        );
+        assert!(!may_try_elsewhere(&unknown, Unsafe));
+        assert!(may_try_elsewhere(&unknown, Safe));
+        // The same code without the mark: the mark, not the code, decides.
+        let unmarked_unavailable = marked(Status::unavailable("x"), Reason::Unavailable, false);
+        assert!(!may_try_elsewhere(&unmarked_unavailable, Unsafe));
+        assert!(may_try_elsewhere(&unmarked_unavailable, Safe));
+        // Answers any member would give alike are final, applied or not.
+        for reason in [
+            Reason::Rejected,
+            Reason::NotFound,
+            Reason::Conflict,
+            Reason::Invalid,
+            Reason::Membership,
+            Reason::Internal,
+        ] {
+            let status = marked(Status::unavailable("x"), reason, true);
+            assert!(!may_try_elsewhere(&status, Safe), "{reason:?}");
+        }
+        // A reason from a newer coordinator: judged by its code, and by the mark.
+        let mut future = Status::unavailable("x");
+        future.metadata_mut().insert(
+            crate::retry::REASON_KEY,
+            tonic::metadata::MetadataValue::from_static("something-new"),
+        );
+        assert!(!may_try_elsewhere(&future, Unsafe));
+        assert!(may_try_elsewhere(&future, Safe));
+        future.metadata_mut().insert(
+            crate::retry::APPLIED_KEY,
+            tonic::metadata::MetadataValue::from_static(crate::retry::NOT_APPLIED),
+        );
+        assert!(may_try_elsewhere(&future, Unsafe));
+        let mut future_answer = Status::invalid_argument("x");
+        future_answer.metadata_mut().insert(
+            crate::retry::REASON_KEY,
+            tonic::metadata::MetadataValue::from_static("something-new"),
+        );
+        assert!(!may_try_elsewhere(&future_answer, Safe));
+    }
+
+    #[test]
+    fn unmarked_statuses_of_older_coordinators_keep_the_old_rules() {
+        // A coordinator's own answer that it cannot serve: it did nothing.
+        assert!(may_try_elsewhere(
+            &Status::unavailable("no leader"),
+            Repeat::Unsafe
+        ));
+        assert!(may_try_elsewhere(
+            &Status::failed_precondition("not a member"),
+            Repeat::Unsafe
+        ));
+        // Outcome unknown and answers: final, whatever the request.
+        assert!(!may_try_elsewhere(
+            &Status::deadline_exceeded("outcome unknown"),
+            Repeat::Safe
+        ));
+        assert!(!may_try_elsewhere(
+            &Status::invalid_argument("bad spec"),
+            Repeat::Safe
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_learned_leader_is_dialled_through_the_clients_connector() {
+        let dialled = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = dialled.clone();
+        let connect: Connector = Arc::new(move |addr: &str| {
+            seen.lock().expect("lock").push(addr.to_string());
+            tcp_channel(addr)
+        });
+        let client = HerdClient::with_connector(&["127.0.0.1:1"], &connect)
+            .expect("client")
+            .with_leader_routing();
+        let hint = LeaderHint {
+            id: Some(2),
+            addr: "127.0.0.1:2".into(),
+        };
+        let (addr, _) = client.channel_for(&hint).await.expect("a channel");
+        assert_eq!(addr, "127.0.0.1:2");
+        assert_eq!(
+            *dialled.lock().expect("lock"),
+            vec!["127.0.0.1:1".to_string(), "127.0.0.1:2".to_string()]
+        );
+        // A given address is reused, not dialled again.
+        let given = LeaderHint {
+            id: None,
+            addr: "127.0.0.1:1".into(),
+        };
+        assert!(client.channel_for(&given).await.is_some());
+        assert_eq!(dialled.lock().expect("lock").len(), 2);
+        // Channels made elsewhere: no transport to reach other addresses with.
+        let channel = tcp_channel("127.0.0.1:1").expect("channel");
+        let foreign =
+            HerdClient::from_channels(vec![("127.0.0.1:1".into(), channel)]).expect("client");
+        assert!(foreign.channel_for(&hint).await.is_none());
     }
 
     #[tokio::test]

@@ -111,9 +111,10 @@ pub struct TaskSpec {
     pub workdir: Option<String>,
     /// Resources reserved on the node for each instance.
     pub resources: Resources,
-    /// Settings of the driver (`[task.config]`), as text: each driver reads
-    /// and checks its own keys (an inference engine's KV cache size, a VM's
-    /// disk image...), so that a new driver needs no new spec fields.
+    /// Settings of the driver (`[task.config]`), as text: each driver's
+    /// keys (an inference engine's KV cache size, a VM's disk image...) are
+    /// read by its function in [`crate::driver_settings`], at submit and on
+    /// the node alike, so that a new driver needs no new spec fields.
     #[serde(default)]
     pub config: BTreeMap<String, String>,
 }

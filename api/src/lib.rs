@@ -8,8 +8,10 @@
 
 pub mod alloc;
 pub mod client;
+pub mod clock;
 pub mod config_file;
 pub mod convert;
+pub mod driver_settings;
 pub mod duration;
 #[cfg(test)]
 mod fixtures;
@@ -19,6 +21,8 @@ pub mod placement;
 pub mod proto;
 pub mod put_stream;
 pub mod resources;
+pub mod retry;
+pub mod rng;
 pub mod spec_file;
 pub mod validate;
 pub mod vm;

@@ -716,6 +716,35 @@ memory = "64MiB"
         assert!(e.message.contains("exec driver takes no settings"), "{e}");
     }
 
+    #[test]
+    fn bad_driver_settings_are_located_at_submit() {
+        const LLM: &str = "name = \"llm\"\ntype = \"service\"\n[task]\ndriver = \"inference\"\n\
+            [task.resources]\ncpu = 200\nmemory = \"128MiB\"\n[task.config]\nkv_blocks = 8\n";
+        assert!(parse(LLM).is_ok(), "{:?}", parse(LLM));
+        let e = error(&format!("{LLM}preemption = \"drop\"\n"));
+        assert_eq!(
+            (e.file.as_str(), e.line, e.field.as_deref()),
+            ("test.toml", 10, Some("task.config.preemption"))
+        );
+        assert!(
+            e.to_string()
+                .starts_with("test.toml:10:1: field `task.config.preemption`"),
+            "{e}"
+        );
+        let e = error(&LLM.replace(
+            "[task.resources]",
+            "command = \"/bin/engine\"\n[task.resources]",
+        ));
+        assert_eq!((e.line, e.field.as_deref()), (5, Some("task.command")));
+
+        let simvm = "name = \"vm\"\ntype = \"service\"\n[task]\ndriver = \"simvm\"\n\
+            [task.resources]\ncpu = 200\nmemory = \"64MiB\"\n[task.config]\n\
+            dirty_rate = \"1MiB\"\nseed = \"many\"\n";
+        let e = error(simvm);
+        assert_eq!((e.line, e.field.as_deref()), (10, Some("task.config.seed")));
+        assert!(e.message.contains("not a whole number"), "{e}");
+    }
+
     /// HELLO with line `line` (1-based) replaced by `replacement`.
     fn hello_with(line: usize, replacement: &str) -> String {
         HELLO

@@ -336,8 +336,10 @@ fn validate_name(name: &str) -> Result<(), FieldError> {
 
 impl TaskSpec {
     /// Checks the task's own rules (driver, command, arguments, environment,
-    /// working directory, resources); part of [`JobSpec::validate`], and used
-    /// alone where a task arrives without its job. Paths start with `task.`.
+    /// working directory, resources, then the driver's settings through
+    /// [`crate::driver_settings::parse`], the parser the node's driver uses
+    /// too); part of [`JobSpec::validate`], and used alone where a task
+    /// arrives without its job. Paths start with `task.`.
     pub fn validate(&self) -> Result<(), FieldError> {
         if !KNOWN_DRIVERS.contains(&self.driver.as_str()) {
             return Err(FieldError::new(
@@ -351,12 +353,6 @@ impl TaskSpec {
         }
 
         match self.command.as_deref() {
-            None if self.driver == "exec" => {
-                return Err(FieldError::new(
-                    "task.command",
-                    "the exec driver needs a command to run, e.g. command = \"/bin/sleep\"",
-                ));
-            }
             None => {}
             Some("") => {
                 return Err(FieldError::new(
@@ -449,37 +445,6 @@ impl TaskSpec {
             }
             no_nul(field, value)?;
         }
-        if self.driver == "vm" {
-            if self.command.is_some() {
-                return Err(FieldError::new(
-                    "task.command",
-                    "a VM runs QEMU; describe it in [task.config] (kernel, disk...), not command",
-                ));
-            }
-            crate::vm::VmSettings::parse(&self.config, &self.resources)?;
-        }
-        if self.driver == "simvm" {
-            if self.command.is_some() {
-                return Err(FieldError::new(
-                    "task.command",
-                    "a simulated VM runs herd's own simulator; set [task.config] dirty_rate, not command",
-                ));
-            }
-            crate::vm::SimVmSettings::parse(&self.config, &self.resources)?;
-        }
-        if self.driver == "dljob" && !self.config.is_empty() {
-            return Err(FieldError::new(
-                "task.config",
-                "the dljob driver takes no settings; pass the trainer's flags in args",
-            ));
-        }
-        if self.driver == "exec" && !self.config.is_empty() {
-            return Err(FieldError::new(
-                "task.config",
-                "the exec driver takes no settings; use command, args and env",
-            ));
-        }
-
         if let Some(workdir) = &self.workdir {
             if !workdir.starts_with('/') {
                 return Err(FieldError::new(
@@ -490,7 +455,9 @@ impl TaskSpec {
             no_nul("task.workdir", workdir)?;
         }
 
-        self.resources.validate()
+        self.resources.validate()?;
+        // Last: a driver's rules may read the generic fields checked above.
+        crate::driver_settings::parse(self).map(|_| ())
     }
 }
 
@@ -721,6 +688,26 @@ mod tests {
             s.task.config.insert("steps".into(), "3".into());
         });
         assert_eq!(e.field, "task.config");
+    }
+
+    #[test]
+    fn inference_settings_are_checked_at_submit() {
+        accepted(|s| {
+            s.task.driver = "inference".into();
+            s.task.command = None;
+            s.task.args.clear();
+            s.task.config.insert("max_batch".into(), "8".into());
+        });
+        let e = rejected(|s| {
+            s.task.driver = "inference".into();
+            s.task.command = None;
+            s.task.args.clear();
+            s.task.config.insert("max_batch".into(), "0".into());
+        });
+        assert_eq!(e.field, "task.config.max_batch");
+        // The engine is herd's: the node refused a command of the user's; submit does too.
+        let e = rejected(|s| s.task.driver = "inference".into());
+        assert_eq!(e.field, "task.command");
     }
 
     #[test]

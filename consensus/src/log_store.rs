@@ -77,6 +77,39 @@ impl LogStore {
         }
     }
 
+    /// Makes a member that led before it stopped stand for election again
+    /// instead of resuming as leader of its old term; call before `Raft::new`.
+    ///
+    /// openraft restores a member whose persisted vote is committed for
+    /// itself as leader at once, and a restored leader's read index is the
+    /// larger of the first entry of its term and the commit point it last
+    /// persisted. That commit point is written without a sync, so after a
+    /// crash it can sit behind writes already acknowledged to clients, and a
+    /// linearizable read served before the leader commits again misses them
+    /// (a stale read, seen after every coordinator was killed at once). Worse,
+    /// the restored leader may have lost unsynced entries that followers
+    /// hold, and would reuse their indexes in the same term. An uncommitted
+    /// vote keeps what Raft needs (this member voted in that term, so it
+    /// cannot vote twice) but not leadership: leading again takes an
+    /// election, whose new term appends a fresh entry that every read must
+    /// wait for, as after any other leader change.
+    pub fn forget_leadership(&self) -> Result<(), StorageError> {
+        let Some(vote) = self.read_meta::<Vote>(KEY_VOTE)? else {
+            return Ok(());
+        };
+        if !vote.committed {
+            return Ok(());
+        }
+        let demoted = Vote {
+            committed: false,
+            ..vote
+        };
+        self.write_meta(KEY_VOTE, &demoted)?;
+        self.store.sync().map_err(io_err)?;
+        tracing::info!(vote = %vote, "leadership from before this start forgotten");
+        Ok(())
+    }
+
     fn read_meta<T: serde::de::DeserializeOwned>(
         &self,
         key: &[u8],

@@ -26,11 +26,32 @@ use crate::types::{
 /// every member applies the same commands and must reach the same state. The
 /// application persists itself as key/value pairs through `changes`.
 pub trait Application: Send + Sync + 'static {
-    /// Applies one committed command at `index`, recording the keys it changed,
+    /// Applies one committed command at `at`, recording the keys it changed,
     /// and returns the encoded answer for the proposer.
-    fn apply(&mut self, index: u64, command: &[u8], changes: &mut Vec<WriteOp>) -> Vec<u8>;
+    fn apply(&mut self, at: EntryPosition, command: &[u8], changes: &mut Vec<WriteOp>) -> Vec<u8>;
     /// Replaces the whole state with persisted pairs (at start-up, or from a snapshot).
     fn restore(&mut self, pairs: Vec<(Vec<u8>, Vec<u8>)>) -> Result<(), String>;
+    /// The log index the state now reflects, told under the same lock as
+    /// the change: after every batch of entries (blank and membership
+    /// entries included) and after every restore. Raft's metrics publish
+    /// the applied index later than the state changes, so an application
+    /// that labels what it reads with an index (the agents' assignment
+    /// fence) must take it from here. Ignored by default.
+    fn applied_to(&mut self, _index: u64) {}
+}
+
+/// Where a committed entry sits in the log: its index, and the term of the
+/// leader that appended it.
+///
+/// The term lets the application refuse a decision a leader made in one
+/// term when it reaches the log in another (a leader deposed between
+/// deciding and proposing, whose proposal a newer leader appended).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EntryPosition {
+    /// The entry's log index (increases with every entry).
+    pub index: u64,
+    /// The term of the leader that appended the entry.
+    pub term: u64,
 }
 
 const APP_PREFIX: &[u8] = b"a/";
@@ -115,9 +136,13 @@ impl<A: Application> StateMachineStore<A> {
             .into_iter()
             .map(|(k, v)| (k[APP_PREFIX.len()..].to_vec(), v))
             .collect();
-        write_app(&app).restore(stripped).map_err(|e| {
-            StorageError::from(StorageIOError::read_state_machine(AnyError::error(e)))
-        })?;
+        {
+            let mut app = write_app(&app);
+            app.restore(stripped).map_err(|e| {
+                StorageError::from(StorageIOError::read_state_machine(AnyError::error(e)))
+            })?;
+            app.applied_to(applied.map_or(0, |id: LogId| id.index));
+        }
         Ok(Self {
             store,
             app,
@@ -255,7 +280,11 @@ impl<A: Application> RaftStateMachine<TypeConfig> for StateMachineStore<A> {
                 match entry.payload {
                     EntryPayload::Blank => outcomes.push(Outcome::default()),
                     EntryPayload::Normal(proposal) => {
-                        let answer = app.apply(entry.log_id.index, &proposal.0, &mut changes);
+                        let at = EntryPosition {
+                            index: entry.log_id.index,
+                            term: entry.log_id.leader_id.term,
+                        };
+                        let answer = app.apply(at, &proposal.0, &mut changes);
                         outcomes.push(Outcome(answer));
                     }
                     EntryPayload::Membership(membership) => {
@@ -263,6 +292,9 @@ impl<A: Application> RaftStateMachine<TypeConfig> for StateMachineStore<A> {
                         outcomes.push(Outcome::default());
                     }
                 }
+            }
+            if let Some(applied) = self.applied {
+                app.applied_to(applied.index);
             }
         }
         // Persisted in batches across entries: the durable log keeps every
@@ -359,9 +391,13 @@ impl<A: Application> RaftStateMachine<TypeConfig> for StateMachineStore<A> {
         self.membership = meta.last_membership.clone();
         ops.extend(self.position_ops()?);
         self.store.write(Space::State, ops).map_err(sm_err)?;
-        write_app(&self.app).restore(body.pairs).map_err(|e| {
-            StorageError::from(StorageIOError::read_snapshot(None, AnyError::error(e)))
-        })?;
+        {
+            let mut app = write_app(&self.app);
+            app.restore(body.pairs).map_err(|e| {
+                StorageError::from(StorageIOError::read_snapshot(None, AnyError::error(e)))
+            })?;
+            app.applied_to(meta.last_log_id.map_or(0, |id| id.index));
+        }
         save_snapshot(self.store.as_ref(), meta, &data, None)?;
         self.stats
             .snapshots_installed

@@ -4,7 +4,7 @@
 use std::sync::{Arc, RwLock};
 
 use herd_consensus::log_store::LogStore;
-use herd_consensus::state_machine::StateMachineStore;
+use herd_consensus::state_machine::{EntryPosition, StateMachineStore};
 use herd_consensus::storage::{KvStore, MemoryStore, SledStore, WriteOp};
 use herd_consensus::types::{StorageError, TypeConfig};
 use herd_consensus::Application;
@@ -17,7 +17,8 @@ struct Counter {
 }
 
 impl Application for Counter {
-    fn apply(&mut self, index: u64, command: &[u8], changes: &mut Vec<WriteOp>) -> Vec<u8> {
+    fn apply(&mut self, at: EntryPosition, command: &[u8], changes: &mut Vec<WriteOp>) -> Vec<u8> {
+        let index = at.index;
         self.applied += 1;
         changes.push(WriteOp::Put(
             b"count".to_vec(),
@@ -225,4 +226,33 @@ async fn purged_entries_are_discarded_behind_raft_and_never_count() {
         reopened.get_log_state().await.expect("state").last_log_id,
         Some(normal_entry(2010).log_id)
     );
+}
+
+#[tokio::test]
+async fn a_restarted_member_forgets_that_it_led_but_not_its_vote() {
+    use openraft::storage::RaftLogStorage;
+    use openraft::Vote;
+
+    let store: Arc<dyn KvStore> = Arc::new(MemoryStore::new());
+    let mut log = LogStore::new(store);
+    // Nothing stored yet: nothing to forget.
+    log.forget_leadership().expect("forget with no vote");
+    assert_eq!(log.read_vote().await.expect("read"), None);
+
+    // Member 2 led term 5 when it stopped.
+    log.save_vote(&Vote::new_committed(5, 2))
+        .await
+        .expect("save");
+    log.forget_leadership().expect("forget");
+    let vote = log.read_vote().await.expect("read").expect("a vote");
+    assert!(!vote.is_committed(), "a restart resumed leadership: {vote}");
+    assert_eq!(
+        vote,
+        Vote::new(5, 2),
+        "the vote itself (term, candidate) was lost"
+    );
+
+    // An uncommitted vote stays as it is.
+    log.forget_leadership().expect("forget again");
+    assert_eq!(log.read_vote().await.expect("read"), Some(Vote::new(5, 2)));
 }

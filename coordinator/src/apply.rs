@@ -5,6 +5,7 @@
 //! whole with a reason.
 
 use herd_api::node::NodeStatus;
+use herd_consensus::state_machine::EntryPosition;
 
 use crate::apply_alloc::{apply_updates, mark_node_down};
 use crate::apply_drain::{clear_deadline, drain_now, drain_within};
@@ -16,6 +17,27 @@ use crate::state::{ChangeLog, ClusterState, Job, JobStatus, Record, Variable};
 pub const MAX_VARIABLE_BYTES: usize = 64 * 1024;
 /// Longest variable key.
 pub const MAX_VARIABLE_KEY: usize = 256;
+
+/// Applies `command`, appended at `at`, recording persisted changes in
+/// `changes`: the entry point for committed entries, where a leader's
+/// [`Command::Fenced`] decision is checked against the term that appended it.
+pub fn apply_entry(
+    state: &mut ClusterState,
+    at: EntryPosition,
+    command: Command,
+    changes: &mut ChangeLog<'_>,
+) -> CommandResult {
+    match command {
+        Command::Fenced { term, command } if term == at.term => {
+            apply(state, at.index, *command, changes)
+        }
+        Command::Fenced { term, .. } => CommandResult::Rejected(Rejection::StaleLeader {
+            decided_in: term,
+            appended_in: at.term,
+        }),
+        command => apply(state, at.index, command, changes),
+    }
+}
 
 /// Applies `command`, committed at log `index`, recording persisted changes in `changes`.
 pub fn apply(
@@ -153,6 +175,11 @@ pub fn apply(
             CommandResult::NodeUpdated
         }
         Command::DrainNode { node, now_ms } => drain_now(state, index, &node, now_ms, changes),
+        // Only `apply_entry` knows the entry's term; a fence inside a fence
+        // is not something herd proposes.
+        Command::Fenced { .. } => CommandResult::Rejected(Rejection::Invalid(
+            "a fenced command must be the entry's own command, not nested".into(),
+        )),
         Command::DrainNodeWithin {
             node,
             grace_ms,
@@ -465,5 +492,79 @@ mod tests {
             ClusterState::from_pairs(vec![(b"job/x".to_vec(), vec![9, 1, 2])]).is_err(),
             "unknown format refused"
         );
+    }
+    #[test]
+    fn a_leaders_decision_applies_only_in_the_term_it_was_made_in() {
+        use crate::testkit;
+        use herd_api::node::NodeStatus;
+        let mut state = ClusterState::default();
+        testkit::run(
+            &mut state,
+            1,
+            Command::RegisterNode {
+                node: testkit::node("n1"),
+                now_ms: 1,
+            },
+        );
+        let mark_down = || {
+            Command::fenced(
+                3,
+                Command::MarkNodeDown {
+                    node: "n1".into(),
+                    now_ms: 2,
+                },
+            )
+        };
+        let entry = |term| EntryPosition { index: 2, term };
+
+        // The leader of term 3 was deposed; the leader of term 4 appended
+        // its verdict (a forwarded proposal): refused, nothing changes.
+        let before = state.clone();
+        let mut ops = Vec::new();
+        let result = apply_entry(
+            &mut state,
+            entry(4),
+            mark_down(),
+            &mut ChangeLog::new(&mut ops),
+        );
+        assert_eq!(
+            result,
+            CommandResult::Rejected(Rejection::StaleLeader {
+                decided_in: 3,
+                appended_in: 4
+            })
+        );
+        assert!(ops.is_empty(), "a refused decision persisted {ops:?}");
+        assert_eq!(state, before);
+
+        // Appended by the leader that made it: applied as the plain command.
+        let result = apply_entry(
+            &mut state,
+            entry(3),
+            mark_down(),
+            &mut ChangeLog::new(&mut ops),
+        );
+        assert!(!matches!(result, CommandResult::Rejected(_)), "{result:?}");
+        assert_eq!(state.nodes["n1"].status, NodeStatus::Down);
+
+        // A fence inside a fence is refused, never unwrapped twice.
+        let nested = Command::fenced(3, mark_down());
+        let result = apply_entry(&mut state, entry(3), nested, &mut ChangeLog::new(&mut ops));
+        assert!(
+            matches!(result, CommandResult::Rejected(Rejection::Invalid(_))),
+            "{result:?}"
+        );
+
+        // Unfenced commands apply in any term.
+        let result = apply_entry(
+            &mut state,
+            entry(9),
+            Command::SetNodeEligibility {
+                node: "n1".into(),
+                eligible: false,
+            },
+            &mut ChangeLog::new(&mut ops),
+        );
+        assert_eq!(result, CommandResult::NodeUpdated);
     }
 }

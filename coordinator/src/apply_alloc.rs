@@ -9,7 +9,7 @@ use herd_api::job::JobType;
 use herd_api::node::NodeStatus;
 
 use crate::command::{CommandResult, Rejection};
-use crate::placement::{exhausted, instance_histories};
+use crate::planning::{exhausted, instance_histories};
 use crate::state::{ChangeLog, ClusterState, JobStatus, Record};
 
 /// Most reports one command may carry (bounds the work of one apply).
@@ -207,7 +207,7 @@ mod tests {
     use herd_api::node::NodeStatus;
 
     use crate::command::Command;
-    use crate::placement::{missing_instances, retry_delay_ms, BATCH_ATTEMPTS};
+    use crate::planning::{missing_instances, retry_delay_ms, BATCH_ATTEMPTS};
     use crate::state::{ClusterState, JobStatus};
     use crate::testkit::{alloc_update, place, report, run, spec};
 
@@ -299,11 +299,8 @@ mod tests {
             missing_instances(&state, &state.jobs["web"], 2_000).len(),
             on_n1.len()
         );
-        let plan = crate::placement::plan_job(&state, &state.jobs["web"], 2_000).expect("plan");
-        assert!(
-            plan.placements.iter().all(|(_, node)| node == "n2"),
-            "{plan:?}"
-        );
+        let plan = crate::planning::plan_job(&state, &state.jobs["web"], 2_000).expect("plan");
+        assert!(plan.placements.iter().all(|p| p.node == "n2"), "{plan:?}");
         // Registering again makes it ready.
         run(
             &mut state,
@@ -342,14 +339,14 @@ mod tests {
                 );
                 now += retry_delay_ms(attempt);
                 assert_eq!(missing_instances(&state, job, now), vec![1]);
-                let plan = crate::placement::plan_job(&state, job, now).expect("plan");
+                let plan = crate::planning::plan_job(&state, job, now).expect("plan");
                 run(&mut state, index, Command::ApplyPlan { plan, now_ms: now });
                 index += 1;
             }
         }
         assert_eq!(state.jobs["b"].status, JobStatus::Failed);
         assert!(missing_instances(&state, &state.jobs["b"], u64::MAX / 2).is_empty());
-        assert!(crate::placement::plan_job(&state, &state.jobs["b"], u64::MAX / 2).is_none());
+        assert!(crate::planning::plan_job(&state, &state.jobs["b"], u64::MAX / 2).is_none());
         let failed = state
             .allocations
             .values()
@@ -387,8 +384,8 @@ mod tests {
         for _ in 0..20 {
             let failed = update(&state, "web", 0, AllocStatus::Failed);
             report(&mut state, index, "n1", vec![failed], now);
-            now += crate::placement::RETRY_MAX_MS;
-            let plan = crate::placement::plan_job(&state, &state.jobs["web"], now).expect("plan");
+            now += crate::planning::RETRY_MAX_MS;
+            let plan = crate::planning::plan_job(&state, &state.jobs["web"], now).expect("plan");
             let (_, ops) = run(
                 &mut state,
                 index + 1,
@@ -421,6 +418,6 @@ mod tests {
         assert_eq!(retry_delay_ms(1), 1_000);
         assert_eq!(retry_delay_ms(2), 2_000);
         assert_eq!(retry_delay_ms(3), 4_000);
-        assert_eq!(retry_delay_ms(100), crate::placement::RETRY_MAX_MS);
+        assert_eq!(retry_delay_ms(100), crate::planning::RETRY_MAX_MS);
     }
 }

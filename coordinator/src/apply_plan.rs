@@ -11,7 +11,7 @@ use herd_api::alloc::{AllocDesired, AllocStatus, Allocation};
 
 use crate::apply_alloc::refresh_job_status;
 use crate::command::{CommandResult, Rejection};
-use crate::placement::{
+use crate::planning::{
     gang_of, missing_instances, request_for, to_scheduler_plan, touched_views, PlanCommand,
 };
 use crate::scheduler::verify_plan;
@@ -41,14 +41,14 @@ pub fn apply_plan(
     // An instance placed by an earlier plan must not be placed twice.
     let missing: BTreeSet<u32> = missing_instances(state, job, now_ms).into_iter().collect();
     let mut rejected: Vec<String> = Vec::new();
-    plan.placements.retain(|(instance, _)| {
-        let keep = missing.contains(instance);
+    plan.placements.retain(|p| {
+        let keep = missing.contains(&p.instance);
         if !keep {
-            rejected.push(format!("instance {instance} is already placed"));
+            rejected.push(format!("instance {} is already placed", p.instance));
         }
         keep
     });
-    let request = request_for(job, plan.placements.iter().map(|(i, _)| *i).collect());
+    let request = request_for(job, plan.placements.iter().map(|p| p.instance).collect());
     // Only the nodes (and gangs) the plan touches: the same verdict as over
     // the whole cluster, without indexing all of it for every plan.
     let (nodes, allocs) = touched_views(state, &plan);
@@ -137,11 +137,11 @@ pub fn apply_plan(
 
 /// Ended allocations kept per job instance; older ones are deleted when a
 /// new one is placed, so a crash-looping service cannot grow the state
-/// without bound. It is at least [`crate::placement::BATCH_ATTEMPTS`], so a
+/// without bound. It is at least [`crate::planning::BATCH_ATTEMPTS`], so a
 /// batch instance's failed attempts are all still counted.
 pub const ENDED_KEPT_PER_INSTANCE: usize = 4;
 
-const _: () = assert!(ENDED_KEPT_PER_INSTANCE >= crate::placement::BATCH_ATTEMPTS);
+const _: () = assert!(ENDED_KEPT_PER_INSTANCE >= crate::planning::BATCH_ATTEMPTS);
 
 /// Deletes the ended allocations of `job`'s `instance` beyond the newest
 /// [`ENDED_KEPT_PER_INSTANCE`].
@@ -157,8 +157,9 @@ fn collect_ended(state: &mut ClusterState, job: &str, instance: u32, changes: &m
     ended.sort_unstable();
     let excess = ended.len() - ENDED_KEPT_PER_INSTANCE;
     for (_, id) in ended.into_iter().take(excess) {
-        state.remove_alloc(&id);
-        changes.put(Record::Alloc(&id), state);
+        if let Some(removed) = state.remove_alloc(&id) {
+            changes.removed_alloc(&removed);
+        }
     }
 }
 
@@ -219,7 +220,7 @@ mod tests {
 
     use crate::apply::apply;
     use crate::command::{Command, CommandResult};
-    use crate::placement::plan_job;
+    use crate::planning::plan_job;
     use crate::state::{ChangeLog, ClusterState};
 
     fn run(state: &mut ClusterState, index: u64, command: Command) -> CommandResult {
@@ -289,8 +290,14 @@ mod tests {
         // Both plans come from the same snapshot, and both pick n1.
         let plan_a = plan_job(&state, &state.jobs["a"], 10).expect("plan a");
         let plan_b = plan_job(&state, &state.jobs["b"], 10).expect("plan b");
-        assert_eq!(plan_a.placements, vec![(0, "n1".to_string())]);
-        assert_eq!(plan_b.placements, vec![(0, "n1".to_string())]);
+        assert_eq!(
+            plan_a.placements,
+            vec![crate::planning::PlannedPlacement::new(0, "n1")]
+        );
+        assert_eq!(
+            plan_b.placements,
+            vec![crate::planning::PlannedPlacement::new(0, "n1")]
+        );
 
         let applied_a = run(
             &mut state,
@@ -335,11 +342,11 @@ mod tests {
             .is_some_and(|r| r.contains("refused at apply")));
 
         // Re-applying the same plan for an already placed instance is refused too.
-        let duplicate = crate::placement::PlanCommand {
-            placements: vec![(0, "n1".to_string())],
+        let duplicate = crate::planning::PlanCommand {
+            placements: vec![crate::planning::PlannedPlacement::new(0, "n1")],
             ..plan_b
         };
-        let duplicate = crate::placement::PlanCommand {
+        let duplicate = crate::planning::PlanCommand {
             job: "a".into(),
             ..duplicate
         };
@@ -369,7 +376,7 @@ mod tests {
         use herd_consensus::Application;
 
         use crate::app::StateApp;
-        use crate::placement::{pass_input, plan_pass, PlanCommand};
+        use crate::planning::{pass_input, plan_pass, PlanCommand};
 
         let mut state = ClusterState::default();
         for (i, name) in ["n1", "n2"].iter().enumerate() {
@@ -406,7 +413,7 @@ mod tests {
         // A stale plan from an earlier pass for job c, claiming n1 again,
         // rides in the same entry after the pass's plans.
         let stale = PlanCommand {
-            placements: vec![(2, "n1".to_string())],
+            placements: vec![crate::planning::PlannedPlacement::new(2, "n1")],
             blocked: None,
             ..plans[2].clone()
         };
@@ -423,8 +430,9 @@ mod tests {
         app.restore(state.to_pairs()).expect("restore");
         let bytes = herd_consensus::codec::encode(&batch).expect("encode");
         let mut ops = Vec::new();
+        let at = herd_consensus::state_machine::EntryPosition { index: 9, term: 1 };
         let results: Vec<CommandResult> =
-            herd_consensus::codec::decode(&app.apply(9, &bytes, &mut ops), "results")
+            herd_consensus::codec::decode(&app.apply(at, &bytes, &mut ops), "results")
                 .expect("decode");
         assert_eq!(results.len(), 5);
         match &results[3] {
@@ -461,7 +469,7 @@ mod tests {
                 now_ms: 1,
             },
         );
-        let plan = crate::placement::PlanCommand {
+        let plan = crate::planning::PlanCommand {
             job: "a".into(),
             job_version: 1,
             placements: vec![],

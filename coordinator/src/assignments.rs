@@ -125,7 +125,7 @@ mod tests {
 
     use super::*;
     use crate::command::Command;
-    use crate::placement::plan_job;
+    use crate::planning::plan_job;
     use crate::testkit::{alloc_update, place, report, run, spec};
 
     fn careful(name: &str) -> JobSpec {

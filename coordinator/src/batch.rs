@@ -172,17 +172,99 @@ mod tests {
         );
     }
 
-    #[tokio::test]
+    /// Items queued behind a blocked first batch are split by weight (a
+    /// heavier item than the limit still goes, alone), and every item of a
+    /// batch gets its own outcome: its own error, or the batch's error when
+    /// the commit answered with the wrong number of results.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn weight_limits_split_batches_and_errors_reach_every_item() {
         let batcher: Batcher<u32, u32> = Batcher::new(BatchLimits {
             max_in_flight: 1,
             max_items: 100,
             max_weight: 10,
         });
-        let first = batcher.submit(1, 8, |items| async move {
-            assert_eq!(items.len(), 1);
-            vec![Err(ForwardError::NotLeader)]
-        });
-        assert!(matches!(first.await, Err(ForwardError::NotLeader)));
+        // The first batch waits at the gate until every other item is queued.
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let batches: Arc<Mutex<Vec<Vec<u32>>>> = Arc::default();
+        let commit = {
+            let gate = gate.clone();
+            let batches = batches.clone();
+            move |items: Vec<u32>| {
+                let gate = gate.clone();
+                let batches = batches.clone();
+                async move {
+                    if items == [0] {
+                        gate.acquire().await.expect("gate open").forget();
+                    }
+                    batches
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(items.clone());
+                    if items == [3, 4] {
+                        // One result for two items: both must hear of it.
+                        return vec![Ok(0)];
+                    }
+                    items
+                        .into_iter()
+                        .map(|x| match x {
+                            0 => Ok(0),
+                            1 => Err(ForwardError::NotLeader),
+                            x => Err(ForwardError::Failed(format!("item {x} refused"))),
+                        })
+                        .collect()
+                }
+            }
+        };
+        let submit = |item: u32, weight: usize| {
+            let batcher = batcher.clone();
+            let commit = commit.clone();
+            tokio::spawn(async move { batcher.submit(item, weight, commit).await })
+        };
+        // (batches in flight, items waiting)
+        let queue = || {
+            let queue = batcher.queue.lock().unwrap_or_else(|p| p.into_inner());
+            (queue.in_flight, queue.waiting.len())
+        };
+        let settle = |want: (usize, usize)| async move {
+            let started = std::time::Instant::now();
+            while queue() != want {
+                assert!(
+                    started.elapsed() < Duration::from_secs(10),
+                    "queue {:?}, expected {want:?}",
+                    queue()
+                );
+                tokio::task::yield_now().await;
+            }
+        };
+        let first = submit(0, 4);
+        settle((1, 0)).await;
+        let rest: Vec<_> = [(1, 4), (2, 4), (3, 4), (4, 4), (5, 4), (6, 15)]
+            .into_iter()
+            .map(|(item, weight)| submit(item, weight))
+            .collect();
+        settle((1, 6)).await;
+        gate.add_permits(1);
+
+        assert_eq!(first.await.expect("task").expect("item 0"), 0);
+        let mut outcomes = Vec::new();
+        for task in rest {
+            outcomes.push(format!("{:?}", task.await.expect("task")));
+        }
+        assert_eq!(
+            outcomes,
+            [
+                "Err(NotLeader)",
+                "Err(Failed(\"item 2 refused\"))",
+                "Err(Failed(\"a batch of 2 produced 1 results\"))",
+                "Err(Failed(\"a batch of 2 produced 1 results\"))",
+                "Err(Failed(\"item 5 refused\"))",
+                "Err(Failed(\"item 6 refused\"))",
+            ]
+        );
+        // Weight 10: two items of 4 fit, a third does not; 15 goes alone.
+        assert_eq!(
+            *batches.lock().unwrap_or_else(|p| p.into_inner()),
+            [vec![0], vec![1, 2], vec![3, 4], vec![5], vec![6]]
+        );
     }
 }

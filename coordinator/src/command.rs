@@ -4,7 +4,7 @@
 //! stamps them before proposing, so every member applies the same bytes to
 //! the same result.
 
-use crate::placement::PlanCommand;
+use crate::planning::PlanCommand;
 use herd_api::alloc::AllocUpdate;
 use herd_api::job::JobSpec;
 use herd_api::node::NodeInfo;
@@ -103,9 +103,31 @@ pub enum Command {
         /// Leader's clock, ms since the epoch.
         now_ms: u64,
     },
+    /// A leader's own decision (a node marked down, a plan, a lapsed drain),
+    /// valid only in the term it was made in: applied when the entry was
+    /// appended by the leader of `term`, refused in any other term.
+    ///
+    /// A leader decides from what only it knows (heartbeats it received, a
+    /// snapshot it planned on). Deposed between deciding and proposing, its
+    /// proposal must not be committed by the next leader, whose view differs
+    /// (a new leader grants every node a fresh TTL first).
+    Fenced {
+        /// The term the decision was made in.
+        term: u64,
+        /// The decision.
+        command: Box<Command>,
+    },
 }
 
 impl Command {
+    /// `command` as a decision of the leader of `term` (see [`Command::Fenced`]).
+    pub fn fenced(term: u64, command: Command) -> Self {
+        Command::Fenced {
+            term,
+            command: Box::new(command),
+        }
+    }
+
     /// Sets the leader-stamped time, for commands that carry one.
     pub fn stamp(&mut self, now: u64) {
         match self {
@@ -117,6 +139,7 @@ impl Command {
             | Command::MarkNodeDown { now_ms, .. }
             | Command::UpdateAllocs { now_ms, .. }
             | Command::DrainNodeWithin { now_ms, .. } => *now_ms = now,
+            Command::Fenced { command, .. } => command.stamp(now),
             Command::InitCluster { .. }
             | Command::PutVariable { .. }
             | Command::SetNodeEligibility { .. } => {}
@@ -137,6 +160,7 @@ impl Command {
             Command::MarkNodeDown { .. } => "mark_node_down",
             Command::UpdateAllocs { .. } => "update_allocs",
             Command::DrainNodeWithin { .. } => "drain_node_within",
+            Command::Fenced { command, .. } => command.kind(),
         }
     }
 }
@@ -218,4 +242,13 @@ pub enum Rejection {
     /// A malformed command (bad key, oversized value).
     #[error("invalid command: {0}")]
     Invalid(String),
+    /// A leader's decision reached the log in a later term than it was made
+    /// in: its leader was deposed, and the decision is void.
+    #[error("decided by the leader of term {decided_in}, but appended in term {appended_in}: that leader was deposed")]
+    StaleLeader {
+        /// The term the decision was made in.
+        decided_in: u64,
+        /// The term of the leader that appended it.
+        appended_in: u64,
+    },
 }

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use herd_consensus::network::DialMap;
@@ -11,6 +11,7 @@ use herd_consensus::raft_config::RaftTuning;
 use serde::{Deserialize, Serialize};
 
 pub use herd_api::config_file::{check_host_port, ConfigError};
+use herd_api::config_file::{invalid, listen_and_advertise, required};
 
 /// Every setting optional: what a config file or the command line provides.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -40,33 +41,18 @@ pub struct CoordinatorSettings {
     pub dial: Option<String>,
 }
 
-impl CoordinatorSettings {
-    /// Reads settings from a TOML file, naming file, line and column on errors.
-    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        herd_api::config_file::read_toml(path)
-    }
-
-    /// Parses settings from TOML text; `file` names it in errors.
-    pub fn from_toml(text: &str, file: &str) -> Result<Self, ConfigError> {
-        herd_api::config_file::parse_toml(text, file)
-    }
-
-    /// These settings, with every setting `overrides` provides taking precedence.
-    pub fn overridden_by(self, overrides: CoordinatorSettings) -> CoordinatorSettings {
-        CoordinatorSettings {
-            id: overrides.id.or(self.id),
-            listen: overrides.listen.or(self.listen),
-            advertise: overrides.advertise.or(self.advertise),
-            data_dir: overrides.data_dir.or(self.data_dir),
-            bootstrap: overrides.bootstrap.or(self.bootstrap),
-            peers: overrides.peers.or(self.peers),
-            join: overrides.join.or(self.join),
-            raft: overrides.raft.or(self.raft),
-            node_ttl_ms: overrides.node_ttl_ms.or(self.node_ttl_ms),
-            dial: overrides.dial.or(self.dial),
-        }
-    }
-}
+herd_api::daemon_settings!(CoordinatorSettings {
+    id,
+    listen,
+    advertise,
+    data_dir,
+    bootstrap,
+    peers,
+    join,
+    raft,
+    node_ttl_ms,
+    dial,
+});
 
 /// How a member starts when its data dir is empty.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -128,53 +114,23 @@ pub fn parse_peers(text: &str) -> Result<BTreeMap<u64, String>, String> {
 impl CoordinatorConfig {
     /// Validates settings into a configuration.
     pub fn resolve(settings: CoordinatorSettings) -> Result<Self, ConfigError> {
-        let invalid = |field, message: String| ConfigError::Invalid { field, message };
-        let id = settings
-            .id
-            .ok_or_else(|| invalid("id", "required (a positive member id)".into()))?;
+        let id = required(settings.id, "id", "a positive member id")?;
         if id == 0 {
-            return Err(invalid(
-                "id",
-                "member id 0 is reserved; use 1, 2, ...".into(),
-            ));
+            return Err(invalid("id", "member id 0 is reserved; use 1, 2, ..."));
         }
-        let listen_text = settings
-            .listen
-            .ok_or_else(|| invalid("listen", "required (HOST:PORT)".into()))?;
-        let listen: SocketAddr = listen_text
-            .parse()
-            .map_err(|e| invalid("listen", format!("{listen_text:?} is not IP:PORT: {e}")))?;
-        let advertise = match settings.advertise {
-            Some(addr) => {
-                check_host_port(&addr).map_err(|e| invalid("advertise", e))?;
-                addr
-            }
-            None if listen.ip().is_unspecified() => {
-                return Err(invalid(
-                    "advertise",
-                    format!(
-                    "required when listening on {listen}: other members need a reachable address"
-                ),
-                ))
-            }
-            None => listen.to_string(),
-        };
-        let data_dir = settings.data_dir.ok_or_else(|| {
-            invalid(
-                "data-dir",
-                "required (a directory for the Raft log and state)".into(),
-            )
-        })?;
+        let listen = required(settings.listen, "listen", "HOST:PORT")?;
+        let (listen, advertise) =
+            listen_and_advertise(&listen, settings.advertise, "other members")?;
+        let data_dir = required(
+            settings.data_dir,
+            "data-dir",
+            "a directory for the Raft log and state",
+        )?;
         let bootstrap = settings.bootstrap.unwrap_or(false);
         let mode = match (bootstrap, settings.peers, settings.join) {
-            (true, _, Some(_)) => {
-                return Err(invalid("join", "cannot be combined with bootstrap".into()))
-            }
+            (true, _, Some(_)) => return Err(invalid("join", "cannot be combined with bootstrap")),
             (true, None, None) => {
-                return Err(invalid(
-                    "peers",
-                    "bootstrap needs the initial members".into(),
-                ))
+                return Err(invalid("peers", "bootstrap needs the initial members"))
             }
             (true, Some(peers), None) => {
                 let peers = parse_peers(&peers).map_err(|e| invalid("peers", e))?;
@@ -197,7 +153,7 @@ impl CoordinatorConfig {
                 }
                 StartMode::Bootstrap(peers)
             }
-            (false, Some(_), _) => return Err(invalid("peers", "only used with bootstrap".into())),
+            (false, Some(_), _) => return Err(invalid("peers", "only used with bootstrap")),
             (false, None, Some(join)) => {
                 check_host_port(&join).map_err(|e| invalid("join", e))?;
                 StartMode::Join(join)

@@ -8,7 +8,9 @@
 //! it has applied that index and answers from its own state.
 
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+// The runtime's clock: the deterministic simulation drives it.
+use tokio::time::Instant;
 
 use herd_consensus::health::PeerHealth;
 use herd_consensus::identity::ClusterIdentity;
@@ -27,7 +29,7 @@ use crate::leadership::LeadershipWatch;
 use crate::liveness::Liveness;
 use crate::propose::Proposer;
 use crate::read_index::ReadIndexBatcher;
-use crate::state::ClusterState;
+use crate::state::{Changed, ClusterState};
 
 /// How fresh a read must be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,12 +66,7 @@ pub struct Coordinator {
 }
 
 /// Milliseconds since the Unix epoch; the leader stamps commands with it.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+pub use herd_api::clock::now_ms;
 
 impl Coordinator {
     /// Wraps the running pieces of a member.
@@ -112,10 +109,29 @@ impl Coordinator {
         &self.identity
     }
 
+    /// What each batch applied from now on changed: loops wait on this
+    /// instead of recomputing on every Raft entry.
+    pub fn subscribe_changes(&self) -> tokio::sync::broadcast::Receiver<Arc<Changed>> {
+        self.app
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .feed()
+            .subscribe()
+    }
+
     /// Reads the applied state. Call [`Coordinator::read_barrier`] first for fresh reads.
     pub fn read_state<R>(&self, f: impl FnOnce(&ClusterState) -> R) -> R {
         let guard = self.app.read().unwrap_or_else(|p| p.into_inner());
         f(guard.state())
+    }
+
+    /// Reads the applied state together with the log index it reflects,
+    /// under one lock: [`Coordinator::applied_index`] comes from Raft's
+    /// metrics, published after the state moves, so reading the two apart
+    /// can label a read with an index older or newer than what it saw.
+    pub fn read_state_at<R>(&self, f: impl FnOnce(&ClusterState) -> R) -> (u64, R) {
+        let guard = self.app.read().unwrap_or_else(|p| p.into_inner());
+        (guard.applied_index(), f(guard.state()))
     }
 
     pub(crate) fn metrics(&self) -> RaftMetrics<u64, BasicNode> {
@@ -170,58 +186,107 @@ impl Coordinator {
         }
     }
 
+    /// Proposes a decision this member made as leader of `term` (a node
+    /// marked down, a plan, a lapsed drain): proposed here, never forwarded,
+    /// and fenced by `term` so that apply refuses it if another leader
+    /// appended it (see [`Command::Fenced`]).
+    ///
+    /// A leader loop that lost leadership gets an error and decides again
+    /// under the next leader, from that leader's view.
+    pub async fn decide_as_leader(
+        &self,
+        term: u64,
+        command: Command,
+    ) -> Result<Written, CoordinatorError> {
+        let request = LeaderRequest::Write(Command::fenced(term, command));
+        match self.execute_as_leader(request).await {
+            Ok(LeaderReply::Written(written)) => match written.result {
+                CommandResult::Rejected(rejection) => Err(CoordinatorError::Rejected(rejection)),
+                _ => Ok(written),
+            },
+            Ok(other) => Err(CoordinatorError::Internal(format!(
+                "unexpected reply to a leader's decision {other:?}"
+            ))),
+            Err(ForwardError::NotLeader) => Err(CoordinatorError::Unavailable(format!(
+                "member {} no longer leads term {term}; the decision is dropped",
+                self.id()
+            ))),
+            Err(ForwardError::NotMember { id }) => Err(CoordinatorError::NotMember { id }),
+            Err(ForwardError::Membership(message)) => Err(CoordinatorError::Membership(message)),
+            Err(ForwardError::Failed(message)) => Err(CoordinatorError::OutcomeUnknown(message)),
+        }
+    }
+
     /// Runs `request` on the leader, wherever it is, waiting for one if needed.
     pub async fn on_leader(&self, request: LeaderRequest) -> Result<LeaderReply, CoordinatorError> {
+        let request = &request;
+        self.with_leader(|leader| async move {
+            let attempt = tokio::select! {
+                attempt = self.attempt_on(leader, request) => attempt,
+                reason = self.leadership.lost(leader) => match request {
+                    // Read-only: ask again under the new leader.
+                    LeaderRequest::Status => Err(ForwardError::NotLeader),
+                    _ => {
+                        return Err(CoordinatorError::OutcomeUnknown(format!(
+                            "{reason} while the request was in flight; it may or may not have been applied"
+                        )))
+                    }
+                },
+            };
+            match attempt {
+                Ok(reply) => Ok(Some(reply)),
+                Err(ForwardError::NotLeader) => Ok(None),
+                Err(ForwardError::NotMember { id }) => {
+                    tracing::debug!(
+                        member = id,
+                        "forward target is not a member; waiting for a new leader"
+                    );
+                    Ok(None)
+                }
+                Err(ForwardError::Membership(message)) => {
+                    Err(CoordinatorError::Membership(message))
+                }
+                Err(ForwardError::Failed(message)) => Err(match request {
+                    LeaderRequest::Status => CoordinatorError::Unavailable(message),
+                    _ => CoordinatorError::OutcomeUnknown(message),
+                }),
+            }
+        })
+        .await
+    }
+
+    /// Waits for a leader (up to [`LEADER_WAIT`], on the runtime's clock)
+    /// and runs `attempt` on it until it gives an answer: `Ok(Some(_))`, or
+    /// an error, ends the wait; `Ok(None)` (that member was not the leader
+    /// after all) asks again once a leader is known.
+    ///
+    /// Refuses at once, with nothing sent, when this member is not in a
+    /// cluster, doubts the leader it knows, or has no leader and may be cut
+    /// off from a majority: another member may do better.
+    async fn with_leader<T, F, Fut>(&self, mut attempt: F) -> Result<T, CoordinatorError>
+    where
+        F: FnMut(u64) -> Fut,
+        Fut: std::future::Future<Output = Result<Option<T>, CoordinatorError>>,
+    {
         let started = Instant::now();
         loop {
             if !self.is_member() {
                 return Err(CoordinatorError::NotMember { id: self.id() });
             }
             let leader = self.raft.metrics().borrow().current_leader;
-            let attempt = match leader {
+            match leader {
                 Some(leader) => {
                     if let Some(reason) = self.leadership.doubt(leader) {
-                        // Nothing was sent: another member may do better.
-                        return Err(CoordinatorError::Unavailable(reason));
+                        return Err(CoordinatorError::CutOff(reason));
                     }
-                    tokio::select! {
-                        attempt = self.attempt_on(leader, &request) => attempt,
-                        reason = self.leadership.lost(leader) => match request {
-                            // Read-only: ask again under the new leader.
-                            LeaderRequest::Status => Err(ForwardError::NotLeader),
-                            _ => {
-                                return Err(CoordinatorError::OutcomeUnknown(format!(
-                                    "{reason} while the request was in flight; it may or may not have been applied"
-                                )))
-                            }
-                        },
+                    if let Some(answer) = attempt(leader).await? {
+                        return Ok(answer);
                     }
                 }
                 None => {
                     if let Some(reason) = self.leadership.cut_off(&self.health) {
-                        // Nothing is in flight: another member may do better.
-                        return Err(CoordinatorError::Unavailable(reason));
+                        return Err(CoordinatorError::CutOff(reason));
                     }
-                    Err(ForwardError::NotLeader)
-                }
-            };
-            match attempt {
-                Ok(reply) => return Ok(reply),
-                Err(ForwardError::NotLeader) => {}
-                Err(ForwardError::NotMember { id }) => {
-                    tracing::debug!(
-                        member = id,
-                        "forward target is not a member; waiting for a new leader"
-                    )
-                }
-                Err(ForwardError::Membership(message)) => {
-                    return Err(CoordinatorError::Membership(message))
-                }
-                Err(ForwardError::Failed(message)) => {
-                    return Err(match request {
-                        LeaderRequest::Status => CoordinatorError::Unavailable(message),
-                        _ => CoordinatorError::OutcomeUnknown(message),
-                    })
                 }
             }
             if started.elapsed() > LEADER_WAIT {
@@ -298,51 +363,29 @@ impl Coordinator {
         if consistency == ReadConsistency::Stale {
             return Ok(());
         }
-        let started = Instant::now();
-        let read_index = loop {
-            if !self.is_member() {
-                return Err(CoordinatorError::NotMember { id: self.id() });
-            }
-            let leader = self.raft.metrics().borrow().current_leader;
-            let attempt = match leader {
-                Some(leader) => {
-                    if let Some(reason) = self.leadership.doubt(leader) {
-                        return Err(CoordinatorError::Unavailable(reason));
+        let read_index = self
+            .with_leader(|leader| async move {
+                let confirm = async {
+                    if leader == self.id() {
+                        self.read_index_as_leader().await
+                    } else {
+                        self.link.read_index(leader).await
                     }
-                    let confirm = async {
-                        if leader == self.id() {
-                            self.read_index_as_leader().await
-                        } else {
-                            self.link.read_index(leader).await
-                        }
-                    };
-                    tokio::select! {
-                        attempt = confirm => attempt,
-                        // A read has no effect: ask again under the new leader.
-                        _ = self.leadership.lost(leader) => Err(ForwardError::NotLeader),
+                };
+                let attempt = tokio::select! {
+                    attempt = confirm => attempt,
+                    // A read has no effect: ask again under the new leader.
+                    _ = self.leadership.lost(leader) => Err(ForwardError::NotLeader),
+                };
+                match attempt {
+                    Ok(index) => Ok(Some(index)),
+                    Err(ForwardError::Failed(message)) => {
+                        Err(CoordinatorError::Unavailable(message))
                     }
+                    Err(_) => Ok(None),
                 }
-                None => {
-                    if let Some(reason) = self.leadership.cut_off(&self.health) {
-                        // Nothing is in flight: another member may do better.
-                        return Err(CoordinatorError::Unavailable(reason));
-                    }
-                    Err(ForwardError::NotLeader)
-                }
-            };
-            match attempt {
-                Ok(index) => break index,
-                Err(ForwardError::Failed(message)) => {
-                    return Err(CoordinatorError::Unavailable(message))
-                }
-                Err(_) if started.elapsed() > LEADER_WAIT => {
-                    return Err(CoordinatorError::NoLeader {
-                        waited_ms: started.elapsed().as_millis() as u64,
-                    })
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-            }
-        };
+            })
+            .await?;
         self.raft
             .wait(Some(LEADER_WAIT))
             .applied_index_at_least(Some(read_index), "linearizable read")

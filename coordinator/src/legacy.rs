@@ -22,7 +22,7 @@ use herd_api::resources::Resources;
 use serde::Deserialize;
 
 use crate::command::Command;
-use crate::placement::PlanCommand;
+use crate::planning::PlanCommand;
 use crate::state::{Job, JobStatus};
 
 /// A job spec as format 1 stored it: no placement.

@@ -24,7 +24,7 @@ pub mod leadership;
 pub mod legacy;
 pub mod liveness;
 pub mod membership;
-pub mod placement;
+pub mod planning;
 pub mod propose;
 pub mod read_index;
 pub mod reconcile;

@@ -138,10 +138,13 @@ pub async fn run(coordinator: Arc<Coordinator>) {
         for node in drains {
             tracing::info!(%node, "drain deadline passed; stopping what still runs there");
             if let Err(e) = coordinator
-                .write(Command::DrainNode {
-                    node: node.clone(),
-                    now_ms: 0,
-                })
+                .decide_as_leader(
+                    term,
+                    Command::DrainNode {
+                        node: node.clone(),
+                        now_ms: 0,
+                    },
+                )
                 .await
             {
                 tracing::warn!(%node, error = %e, "could not end the drain");
@@ -150,10 +153,13 @@ pub async fn run(coordinator: Arc<Coordinator>) {
         for node in lapsed {
             tracing::warn!(%node, ttl_ms = liveness.ttl().as_millis() as u64, "node missed its heartbeats; marking it down");
             if let Err(e) = coordinator
-                .write(Command::MarkNodeDown {
-                    node: node.clone(),
-                    now_ms: 0,
-                })
+                .decide_as_leader(
+                    term,
+                    Command::MarkNodeDown {
+                        node: node.clone(),
+                        now_ms: 0,
+                    },
+                )
                 .await
             {
                 tracing::warn!(%node, error = %e, "could not mark node down");

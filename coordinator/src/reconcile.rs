@@ -1,8 +1,9 @@
 //! The leader's scheduling loop: compare what jobs want with the
 //! allocations that exist, and propose plans for the difference.
 //!
-//! Runs on every member but acts only while it leads, re-evaluating when the
-//! applied state moved. Plans are built from the leader's applied state (a
+//! Runs on every member but acts only while it leads, re-evaluating when
+//! apply reports a change to jobs, nodes or allocations (variable writes
+//! never wake it), when leadership changes, and at least once a second. Plans are built from the leader's applied state (a
 //! snapshot) and re-checked inside `apply`, so a plan that raced another
 //! never over-commits a node; it is simply re-planned on the next pass.
 //!
@@ -19,11 +20,13 @@ use std::time::Duration;
 // The runtime's clock: the deterministic simulation drives it.
 use tokio::time::Instant;
 
+use tokio::sync::broadcast::error::RecvError;
+
 use crate::command::Command;
 use crate::handle::{now_ms, Coordinator};
 use futures::future::join_all;
 
-use crate::placement::{pass_input, plan_pass, PlanCommand};
+use crate::planning::{pass_input, plan_pass, PlanCommand};
 
 /// Longest pause between passes while leading, even when nothing moved.
 const IDLE_PASS: Duration = Duration::from_secs(1);
@@ -34,32 +37,44 @@ const SAME_PLAN_BACKOFF: Duration = Duration::from_secs(5);
 /// Runs the loop until the member shuts down.
 pub async fn run(coordinator: Arc<Coordinator>) {
     let mut metrics = coordinator.raft().metrics();
-    let mut evaluated_at: Option<u64> = None;
+    let mut changes = coordinator.subscribe_changes();
+    // Whether something the scheduler reads changed since the last pass.
+    let mut dirty = true;
+    let mut leading_term: Option<u64> = None;
     let mut last_pass = Instant::now();
     let mut proposed: HashMap<String, (PlanCommand, Instant)> = HashMap::new();
     loop {
         tokio::select! {
+            // Leadership (and everything else Raft reports): checked below.
             changed = metrics.changed() => if changed.is_err() { return },
-            _ = tokio::time::sleep(IDLE_PASS) => {}
+            change = changes.recv() => match change {
+                Ok(change) => dirty |= change.concerns_scheduling(),
+                Err(RecvError::Lagged(_)) => dirty = true,
+                Err(RecvError::Closed) => return,
+            },
+            _ = tokio::time::sleep_until(last_pass + IDLE_PASS) => {}
         }
-        let (leading, applied) = {
+        let (leading, term) = {
             let m = metrics.borrow();
-            (
-                m.current_leader == Some(coordinator.id()),
-                m.last_applied.map(|l| l.index),
-            )
+            (m.current_leader == Some(coordinator.id()), m.current_term)
         };
         if !leading {
-            evaluated_at = None;
+            leading_term = None;
             proposed.clear();
+            last_pass = Instant::now();
             continue;
         }
-        // Re-evaluated when the state moved, and at least every IDLE_PASS:
-        // failed instances wait out a retry delay that no write ends.
-        if applied == evaluated_at && last_pass.elapsed() < IDLE_PASS {
+        if leading_term != Some(term) {
+            // A new leadership: plan from scratch.
+            leading_term = Some(term);
+            dirty = true;
+        }
+        // Re-evaluated when what it reads changed, and at least every
+        // IDLE_PASS: failed instances wait out a retry delay that no write ends.
+        if !dirty && last_pass.elapsed() < IDLE_PASS {
             continue;
         }
-        evaluated_at = applied;
+        dirty = false;
         last_pass = Instant::now();
         let now = now_ms();
         let input = coordinator.read_state(|state| pass_input(state, now));
@@ -88,7 +103,7 @@ pub async fn run(coordinator: Arc<Coordinator>) {
             let coordinator = coordinator.clone();
             writes.push(async move {
                 match coordinator
-                    .write(Command::ApplyPlan { plan, now_ms: 0 })
+                    .decide_as_leader(term, Command::ApplyPlan { plan, now_ms: 0 })
                     .await
                 {
                     Ok(written) => {

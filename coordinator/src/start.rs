@@ -209,15 +209,13 @@ where
         .raft
         .to_openraft()
         .map_err(|e| StartError::Raft(e.to_string()))?;
-    let raft = Raft::new(
-        config.id,
-        raft_config,
-        network,
-        LogStore::new(store),
-        state_machine,
-    )
-    .await
-    .map_err(|e| StartError::Raft(e.to_string()))?;
+    let log_store = LogStore::new(store);
+    log_store
+        .forget_leadership()
+        .map_err(|e| StartError::Storage(e.to_string()))?;
+    let raft = Raft::new(config.id, raft_config, network, log_store, state_machine)
+        .await
+        .map_err(|e| StartError::Raft(e.to_string()))?;
     let coordinator = Arc::new(Coordinator::new(
         raft.clone(),
         app,

@@ -124,7 +124,7 @@ pub fn place(state: &mut ClusterState, nodes: &[&str], jobs: Vec<JobSpec>, now_m
         let name = spec.name.clone();
         run(state, index, Command::SubmitJob { spec, now_ms });
         index += 1;
-        if let Some(plan) = crate::placement::plan_job(state, &state.jobs[&name], now_ms) {
+        if let Some(plan) = crate::planning::plan_job(state, &state.jobs[&name], now_ms) {
             run(state, index, Command::ApplyPlan { plan, now_ms });
             index += 1;
         }

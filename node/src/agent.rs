@@ -32,7 +32,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent
 use tokio::sync::{mpsc, Mutex};
 
 use crate::config::NodeConfig;
-use crate::link::{CoordinatorLink, LinkArgs, LinkMsg};
+use crate::link::{CoordinatorLink, LinkArgs, LinkMsg, SharedFence};
 use crate::wiring::Wiring;
 
 /// Most child restarts tolerated within [`RESTART_WINDOW`].
@@ -59,6 +59,9 @@ pub struct AgentArgs {
     pub advertise: String,
     /// Its drivers and its transport to the coordinators.
     pub wiring: Wiring,
+    /// The assignment fence, loaded (and checked) before the tree starts;
+    /// shared by every incarnation of the link, so a restarted link keeps it.
+    pub fence: SharedFence,
 }
 
 /// The root's state: its children and what rebuilding them needs.
@@ -72,6 +75,7 @@ pub struct AgentState {
     monitor: ActorRef<ResourceMsg>,
     supervisor: ActorRef<SupervisorMsg>,
     link: ActorRef<LinkMsg>,
+    fence: SharedFence,
     restarts: VecDeque<Instant>,
     /// Set by [`AgentMsg::StopWorkloads`]: the link stays down.
     winding_down: bool,
@@ -136,6 +140,7 @@ impl NodeAgent {
             monitor: state.monitor.clone(),
             reports: state.report_rx.clone(),
             report_tx: state.report_tx.clone(),
+            fence: state.fence.clone(),
         };
         Self::spawn_link_with(myself, args).await
     }
@@ -200,6 +205,7 @@ impl Actor for NodeAgent {
             monitor: monitor.clone(),
             reports: report_rx.clone(),
             report_tx: report_tx.clone(),
+            fence: args.fence.clone(),
         };
         let link = Self::spawn_link_with(&myself, link_args).await?;
         Ok(AgentState {
@@ -212,6 +218,7 @@ impl Actor for NodeAgent {
             monitor,
             supervisor,
             link,
+            fence: args.fence,
             restarts: VecDeque::new(),
             winding_down: false,
         })

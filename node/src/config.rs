@@ -3,13 +3,14 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use herd_api::resources::parse_memory;
 use serde::{Deserialize, Serialize};
 
 pub use herd_api::config_file::{check_host_port, ConfigError};
+use herd_api::config_file::{invalid, listen_and_advertise, required};
 
 /// Every setting optional: what a config file or the command line provides.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -41,35 +42,20 @@ pub struct NodeSettings {
     pub stop_grace_ms: Option<u64>,
 }
 
-impl NodeSettings {
-    /// Reads settings from a TOML file, naming file, line and column on errors.
-    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        herd_api::config_file::read_toml(path)
-    }
-
-    /// Parses settings from TOML text; `file` names it in errors.
-    pub fn from_toml(text: &str, file: &str) -> Result<Self, ConfigError> {
-        herd_api::config_file::parse_toml(text, file)
-    }
-
-    /// These settings, with every setting `overrides` provides taking precedence.
-    pub fn overridden_by(self, overrides: NodeSettings) -> NodeSettings {
-        NodeSettings {
-            name: overrides.name.or(self.name),
-            coordinators: overrides.coordinators.or(self.coordinators),
-            listen: overrides.listen.or(self.listen),
-            advertise: overrides.advertise.or(self.advertise),
-            data_dir: overrides.data_dir.or(self.data_dir),
-            labels: overrides.labels.or(self.labels),
-            sim_gpus: overrides.sim_gpus.or(self.sim_gpus),
-            sim_gpu_model: overrides.sim_gpu_model.or(self.sim_gpu_model),
-            reserved_cpu: overrides.reserved_cpu.or(self.reserved_cpu),
-            reserved_memory: overrides.reserved_memory.or(self.reserved_memory),
-            heartbeat_ms: overrides.heartbeat_ms.or(self.heartbeat_ms),
-            stop_grace_ms: overrides.stop_grace_ms.or(self.stop_grace_ms),
-        }
-    }
-}
+herd_api::daemon_settings!(NodeSettings {
+    name,
+    coordinators,
+    listen,
+    advertise,
+    data_dir,
+    labels,
+    sim_gpus,
+    sim_gpu_model,
+    reserved_cpu,
+    reserved_memory,
+    heartbeat_ms,
+    stop_grace_ms,
+});
 
 /// Simulated GPUs the agent reports (named simulated everywhere).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -113,10 +99,7 @@ const MAX_SIM_GPUS: u32 = 64;
 impl NodeConfig {
     /// Validates settings into a configuration.
     pub fn resolve(settings: NodeSettings) -> Result<Self, ConfigError> {
-        let invalid = |field, message: String| ConfigError::Invalid { field, message };
-        let name = settings
-            .name
-            .ok_or_else(|| invalid("name", "required (a cluster-unique node name)".into()))?;
+        let name = required(settings.name, "name", "a cluster-unique node name")?;
         if name.is_empty()
             || name.len() > 128
             || !name
@@ -128,51 +111,34 @@ impl NodeConfig {
                 format!("{name:?} must be 1 to 128 letters, digits, '-', '_' or '.'"),
             ));
         }
-        let coordinators: Vec<String> = settings
-            .coordinators
-            .ok_or_else(|| invalid("coordinators", "required (HOST:PORT[,HOST:PORT...])".into()))?
-            .split(',')
-            .map(|a| a.trim().to_string())
-            .filter(|a| !a.is_empty())
-            .collect();
+        let coordinators: Vec<String> = required(
+            settings.coordinators,
+            "coordinators",
+            "HOST:PORT[,HOST:PORT...]",
+        )?
+        .split(',')
+        .map(|a| a.trim().to_string())
+        .filter(|a| !a.is_empty())
+        .collect();
         if coordinators.is_empty() {
-            return Err(invalid("coordinators", "no address given".into()));
+            return Err(invalid("coordinators", "no address given"));
         }
         for addr in &coordinators {
             check_host_port(addr).map_err(|e| invalid("coordinators", e))?;
         }
-        let listen_text = settings.listen.unwrap_or_else(|| "127.0.0.1:0".to_string());
-        let listen: SocketAddr = listen_text
-            .parse()
-            .map_err(|e| invalid("listen", format!("{listen_text:?} is not IP:PORT: {e}")))?;
-        let advertise = match settings.advertise {
-            Some(addr) => {
-                check_host_port(&addr).map_err(|e| invalid("advertise", e))?;
-                addr
-            }
-            None if listen.ip().is_unspecified() => {
-                return Err(invalid(
-                    "advertise",
-                    format!(
-                        "required when listening on {listen}: clients need a reachable address"
-                    ),
-                ))
-            }
-            // Port 0 is resolved once the server is bound.
-            None => listen.to_string(),
-        };
-        let data_dir = settings.data_dir.ok_or_else(|| {
-            invalid(
-                "data-dir",
-                "required (a directory for allocations and their logs)".into(),
-            )
-        })?;
+        let listen = settings.listen.unwrap_or_else(|| "127.0.0.1:0".to_string());
+        let (listen, advertise) = listen_and_advertise(&listen, settings.advertise, "clients")?;
+        let data_dir = required(
+            settings.data_dir,
+            "data-dir",
+            "a directory for allocations and their logs",
+        )?;
         let sim_gpus = match (settings.sim_gpus, settings.sim_gpu_model) {
             (None | Some(0), None) => None,
             (None | Some(0), Some(_)) => {
                 return Err(invalid(
                     "sim-gpu-model",
-                    "given without sim-gpus (how many simulated GPUs?)".into(),
+                    "given without sim-gpus (how many simulated GPUs?)",
                 ))
             }
             (Some(n), _) if n > MAX_SIM_GPUS => {
@@ -184,10 +150,7 @@ impl NodeConfig {
             (Some(n), model) => {
                 let model = model.unwrap_or_else(|| "h100".to_string()).to_lowercase();
                 if model.is_empty() || model.len() > 64 {
-                    return Err(invalid(
-                        "sim-gpu-model",
-                        "must be 1 to 64 characters".into(),
-                    ));
+                    return Err(invalid("sim-gpu-model", "must be 1 to 64 characters"));
                 }
                 Some(SimGpus { count: n, model })
             }
@@ -205,7 +168,7 @@ impl NodeConfig {
         }
         let stop_grace = Duration::from_millis(settings.stop_grace_ms.unwrap_or(5000));
         if stop_grace > Duration::from_secs(3600) {
-            return Err(invalid("stop-grace-ms", "at most one hour".into()));
+            return Err(invalid("stop-grace-ms", "at most one hour"));
         }
         let labels = settings.labels.unwrap_or_default();
         for (key, value) in &labels {

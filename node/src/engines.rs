@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use herd_actors::inference::endpoint::EngineEndpoint;
 use herd_api::proto::agent::AllocEngineStats;
@@ -135,7 +135,7 @@ impl Engines {
                         AllocEngineStats {
                             alloc_id: engine.alloc_id,
                             job: engine.job,
-                            at_ms: now_ms(),
+                            at_ms: herd_api::clock::now_ms(),
                             stats: Some(stats.into_inner()),
                         },
                     );
@@ -157,11 +157,4 @@ pub fn connect_lazy(addr: &str) -> Result<Channel, Status> {
     Endpoint::from_shared(format!("http://{addr}"))
         .map(|e| e.connect_timeout(CALL_TIMEOUT).connect_lazy())
         .map_err(|e| Status::internal(format!("bad engine address {addr:?}: {e}")))
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }

@@ -57,6 +57,10 @@ pub enum NodeError {
         /// The OS error.
         message: String,
     },
+    /// The assignment fence in the data dir cannot be used (the message
+    /// names the file, what is wrong and what the operator can do).
+    #[error(transparent)]
+    Fence(#[from] link::fence::FenceError),
     /// The actor tree did not start.
     #[error("the agent's actors did not start: {0}")]
     Actors(String),
@@ -90,7 +94,7 @@ impl RunningNode {
     /// none runs, then shuts the agent down. For `herd dev`, whose data
     /// directory is removed on exit; a real node is drained instead.
     pub async fn stop_workloads_and_shutdown(self, limit: std::time::Duration) {
-        let started = std::time::Instant::now();
+        let started = tokio::time::Instant::now();
         if let Ok(supervisor) = ractor::call_t!(self.root, AgentMsg::StopWorkloads, 2000) {
             while started.elapsed() < limit {
                 let active = ractor::call_t!(supervisor, SupervisorMsg::Active, 2000).unwrap_or(0);
@@ -173,12 +177,16 @@ where
     } else {
         config.advertise.clone()
     };
+    // Before anything runs: an agent must not act on assignments without
+    // knowing which ones it already acted on.
+    let fence = link::fence::AssignmentFence::load(&config.data_dir)?;
     let name = config.name.clone();
     let engines = engines::Engines::new(&config.data_dir);
     let args = AgentArgs {
         config: Arc::new(config),
         advertise: advertise.clone(),
         wiring,
+        fence: Arc::new(std::sync::Mutex::new(fence)),
     };
     let (root, root_task) = Actor::spawn(None, NodeAgent, args)
         .await

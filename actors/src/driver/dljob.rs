@@ -3,7 +3,7 @@
 //! restarted (and later migrated) without losing more than a step.
 //!
 //! A dljob runs exactly like an exec task (same executor, same re-adoption by
-//! handle, same logs); this driver wraps [`ExecDriver`] and adds:
+//! handle, same logs): it is [`ExecBacked`] by the kind [`Dljob`], which adds:
 //! - `HERD_CHECKPOINT_DIR=<alloc_dir>/checkpoints`, created before start, in
 //!   the task's environment (set by the driver: the task cannot shadow it);
 //! - a default trainer: without `command`, the task runs `herd toy-train`
@@ -15,18 +15,24 @@
 //! `HERD_GANG_PEERS`) arrive in the spec's `env` and are passed through. The
 //! protocol a trainer follows is in `docs/dljob.md`.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::exec::{Detail, ExecDriver};
+use herd_api::driver_settings::{self, DljobSettings};
+use herd_api::job::TaskSpec;
+use herd_api::validate::FieldError;
+
+use super::exec::Detail;
+use super::exec_backed::{ExecBacked, ExecCommand, ExecKind};
 use super::{
-    Driver, DriverCapabilities, DriverError, ExitInfo, MigrationMode, WorkloadHandle, WorkloadSpec,
+    Driver, DriverCapabilities, DriverError, MigrationMode, WorkloadHandle, WorkloadSpec,
     WorkloadState,
 };
 use crate::toy_train::checkpoint::{self, DoneRecord};
 
 /// The driver's name in job specs.
-pub const NAME: &str = "dljob";
+pub const NAME: &str = driver_settings::DLJOB;
 /// The checkpoint directory, under the allocation directory.
 pub const CHECKPOINT_SUBDIR: &str = "checkpoints";
 /// The variable naming the checkpoint directory.
@@ -35,27 +41,64 @@ pub const CHECKPOINT_ENV: &str = "HERD_CHECKPOINT_DIR";
 /// How often [`DljobDriver::checkpoint`] looks for the trainer's answer.
 const POLL: Duration = Duration::from_millis(20);
 
-/// The `dljob` driver.
-#[derive(Debug, Clone)]
-pub struct DljobDriver {
-    exec: ExecDriver,
-    herd: PathBuf,
-}
+/// The `dljob` kind of exec-backed workload: a trainer with a checkpoint
+/// directory.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Dljob;
 
-impl DljobDriver {
-    /// A driver whose executors, and default trainer (`herd toy-train`), are
-    /// the herd binary `herd`.
-    pub fn new(herd: impl Into<PathBuf>) -> Self {
-        let herd = herd.into();
-        Self {
-            exec: ExecDriver::new(&herd),
-            herd,
+/// The `dljob` driver.
+pub type DljobDriver = ExecBacked<Dljob>;
+
+impl ExecKind for Dljob {
+    const NAME: &'static str = NAME;
+    type Settings = DljobSettings;
+
+    fn capabilities(&self) -> DriverCapabilities {
+        DriverCapabilities {
+            migration: MigrationMode::CheckpointRestart,
+            pause: false,
+            power_cap: false,
         }
     }
 
+    fn settings(&self, task: &TaskSpec) -> Result<DljobSettings, FieldError> {
+        driver_settings::dljob(task)
+    }
+
+    /// The user's trainer, or `herd toy-train` with the task's args; the
+    /// checkpoint directory created and named in the environment.
+    fn command(
+        &self,
+        herd: &Path,
+        spec: &WorkloadSpec,
+        settings: &DljobSettings,
+    ) -> Result<ExecCommand, DriverError> {
+        let dir =
+            checkpoint_dir_of(&spec.alloc_dir).map_err(|message| DriverError::Unsupported {
+                alloc: spec.alloc_id.clone(),
+                message,
+            })?;
+        let (program, args) = match &settings.command {
+            Some(command) => (command.clone(), spec.task.args.clone()),
+            None => (
+                herd.display().to_string(),
+                std::iter::once("toy-train".to_string())
+                    .chain(spec.task.args.iter().cloned())
+                    .collect(),
+            ),
+        };
+        Ok(ExecCommand {
+            program,
+            args,
+            env: BTreeMap::from([(CHECKPOINT_ENV.to_string(), dir.display().to_string())]),
+        })
+    }
+}
+
+impl ExecBacked<Dljob> {
     /// The checkpoint directory of the workload of `handle`.
     pub fn checkpoint_dir(handle: &WorkloadHandle) -> Result<PathBuf, DriverError> {
-        let detail = Detail::of(&exec_handle(handle)?)?;
+        let detail = Detail::of(&Self::exec_handle(handle)?)?;
         Ok(detail.alloc_dir.join(CHECKPOINT_SUBDIR))
     }
 
@@ -69,14 +112,14 @@ impl DljobDriver {
         handle: &WorkloadHandle,
         timeout: Duration,
     ) -> Result<u64, DriverError> {
-        let exec = exec_handle(handle)?;
+        let exec = Self::exec_handle(handle)?;
         let alloc = handle.alloc_id.as_str();
         let dir = Self::checkpoint_dir(handle)?;
         let io = |what: String| DriverError::Io {
             alloc: alloc.to_string(),
             message: what,
         };
-        if self.exec.state(&exec).await? != WorkloadState::Running {
+        if self.exec().state(&exec).await? != WorkloadState::Running {
             return Err(io("cannot checkpoint: the trainer is not running".into()));
         }
         let id = request_id();
@@ -89,7 +132,7 @@ impl DljobDriver {
                     return Ok(done.step);
                 }
             }
-            if self.exec.state(&exec).await? != WorkloadState::Running {
+            if self.exec().state(&exec).await? != WorkloadState::Running {
                 // It may have answered just before ending.
                 if let Some(done) = read_done(&dir).filter(|d| d.request == id) {
                     return Ok(done.step);
@@ -108,33 +151,6 @@ impl DljobDriver {
             tokio::time::sleep(POLL).await;
         }
     }
-
-    /// The exec spec that runs `spec`: default command, checkpoint directory
-    /// created and named in the environment.
-    fn exec_spec(&self, spec: &WorkloadSpec) -> Result<WorkloadSpec, DriverError> {
-        let unsupported = |message: String| DriverError::Unsupported {
-            alloc: spec.alloc_id.clone(),
-            message,
-        };
-        if !spec.task.config.is_empty() {
-            return Err(unsupported(
-                "the dljob driver takes no [task.config] settings; pass the trainer's flags in args"
-                    .into(),
-            ));
-        }
-        let dir = checkpoint_dir_of(&spec.alloc_dir).map_err(&unsupported)?;
-        let mut exec = spec.clone();
-        if exec.task.command.is_none() {
-            exec.task.command = Some(self.herd.display().to_string());
-            exec.task.args = std::iter::once("toy-train".to_string())
-                .chain(spec.task.args.iter().cloned())
-                .collect();
-        }
-        exec.task.driver = "exec".into();
-        exec.env
-            .insert(CHECKPOINT_ENV.to_string(), dir.display().to_string());
-        Ok(exec)
-    }
 }
 
 /// Creates `<alloc_dir>/checkpoints` and returns its absolute path.
@@ -148,20 +164,6 @@ fn checkpoint_dir_of(alloc_dir: &Path) -> Result<PathBuf, String> {
                 dir.display()
             )
         })
-}
-
-/// The exec driver's view of a dljob handle.
-fn exec_handle(handle: &WorkloadHandle) -> Result<WorkloadHandle, DriverError> {
-    if handle.driver != NAME {
-        return Err(DriverError::BadHandle {
-            alloc: handle.alloc_id.clone(),
-            message: format!("it belongs to driver {:?}, not \"{NAME}\"", handle.driver),
-        });
-    }
-    Ok(WorkloadHandle {
-        driver: "exec".into(),
-        ..handle.clone()
-    })
 }
 
 fn read_done(dir: &Path) -> Option<DoneRecord> {
@@ -180,62 +182,8 @@ fn request_id() -> String {
     format!("{}-{now}-{n}", std::process::id())
 }
 
-#[async_trait::async_trait]
-impl Driver for DljobDriver {
-    fn name(&self) -> &'static str {
-        NAME
-    }
-
-    fn capabilities(&self) -> DriverCapabilities {
-        DriverCapabilities {
-            migration: MigrationMode::CheckpointRestart,
-            pause: false,
-            power_cap: false,
-        }
-    }
-
-    fn check(&self, spec: &WorkloadSpec) -> Result<(), DriverError> {
-        self.exec.check(&self.exec_spec(spec)?)
-    }
-
-    async fn start(&self, spec: &WorkloadSpec) -> Result<WorkloadHandle, DriverError> {
-        let handle = self.exec.start(&self.exec_spec(spec)?).await?;
-        Ok(WorkloadHandle {
-            driver: NAME.into(),
-            ..handle
-        })
-    }
-
-    async fn recover(&self, spec: &WorkloadSpec) -> Result<Option<WorkloadHandle>, DriverError> {
-        let handle = self.exec.recover(&self.exec_spec(spec)?).await?;
-        Ok(handle.map(|handle| WorkloadHandle {
-            driver: NAME.into(),
-            ..handle
-        }))
-    }
-
-    async fn state(&self, handle: &WorkloadHandle) -> Result<WorkloadState, DriverError> {
-        self.exec.state(&exec_handle(handle)?).await
-    }
-
-    async fn wait(&self, handle: &WorkloadHandle) -> Result<ExitInfo, DriverError> {
-        self.exec.wait(&exec_handle(handle)?).await
-    }
-
-    async fn stop(
-        &self,
-        handle: &WorkloadHandle,
-        grace: Duration,
-    ) -> Result<ExitInfo, DriverError> {
-        self.exec.stop(&exec_handle(handle)?, grace).await
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
-    use herd_api::job::TaskSpec;
     use herd_api::resources::Resources;
 
     use super::*;
@@ -259,11 +207,15 @@ mod tests {
         }
     }
 
+    fn launch(driver: &DljobDriver, spec: &WorkloadSpec) -> Result<WorkloadSpec, DriverError> {
+        driver.checked_launch(spec).map(|(_, launch)| launch)
+    }
+
     #[test]
     fn without_a_command_it_runs_herd_toy_train_with_a_checkpoint_dir() {
         let dir = tempfile::tempdir().expect("tempdir");
         let driver = DljobDriver::new("/usr/bin/herd");
-        let exec = driver.exec_spec(&spec(dir.path(), None)).expect("spec");
+        let exec = launch(&driver, &spec(dir.path(), None)).expect("spec");
         assert_eq!(exec.task.command.as_deref(), Some("/usr/bin/herd"));
         assert_eq!(exec.task.args, ["toy-train", "--steps", "10"]);
         assert_eq!(exec.task.driver, "exec");
@@ -274,39 +226,24 @@ mod tests {
     }
 
     #[test]
-    fn a_given_command_is_kept_and_settings_are_refused() {
+    fn a_given_command_is_kept_and_settings_are_refused_by_the_submit_parser() {
         let dir = tempfile::tempdir().expect("tempdir");
         let driver = DljobDriver::new("/usr/bin/herd");
-        let exec = driver
-            .exec_spec(&spec(dir.path(), Some("/opt/train.sh")))
-            .expect("spec");
+        let exec = launch(&driver, &spec(dir.path(), Some("/opt/train.sh"))).expect("spec");
         assert_eq!(exec.task.command.as_deref(), Some("/opt/train.sh"));
         assert_eq!(exec.task.args, ["--steps", "10"]);
         let mut with_config = spec(dir.path(), None);
         with_config.task.config.insert("x".into(), "1".into());
-        assert!(matches!(
-            driver.exec_spec(&with_config),
-            Err(DriverError::Unsupported { .. })
-        ));
+        let submit = driver_settings::dljob(&with_config.task).expect_err("refused at submit");
+        match driver.check(&with_config) {
+            Err(DriverError::Unsupported { message, .. }) => {
+                assert_eq!(message, submit.to_string())
+            }
+            other => panic!("{other:?}"),
+        }
         assert_eq!(
             driver.capabilities().migration,
             MigrationMode::CheckpointRestart
         );
-    }
-
-    #[test]
-    fn handles_of_other_drivers_are_refused() {
-        let handle = WorkloadHandle {
-            driver: "exec".into(),
-            alloc_id: "a1".into(),
-            generation: 1,
-            pid: None,
-            started_at_ms: 0,
-            detail: serde_json::json!({}),
-        };
-        assert!(matches!(
-            exec_handle(&handle),
-            Err(DriverError::BadHandle { .. })
-        ));
     }
 }

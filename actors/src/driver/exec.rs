@@ -96,11 +96,7 @@ impl ExecDriver {
     /// The task's stdout and stderr files, for `herd alloc logs`. They are
     /// appended to across restarts of the allocation.
     pub fn log_paths(handle: &WorkloadHandle) -> Result<(PathBuf, PathBuf), DriverError> {
-        let detail = Detail::of(handle)?;
-        Ok((
-            detail.alloc_dir.join(files::STDOUT),
-            detail.alloc_dir.join(files::STDERR),
-        ))
+        Ok(super::logs::paths(&Detail::of(handle)?.alloc_dir))
     }
 }
 

@@ -9,14 +9,24 @@
 //! - Handles are plain serialisable data persisted by the agent, so a
 //!   restarted agent re-adopts running workloads through [`Driver::state`] and [`Driver::wait`] on the saved handle
 //!   instead of starting duplicates.
-//! - [`DriverCapabilities`] tells the scheduler and rescheduler which moves a
-//!   workload allows (checkpoint/restart for training, pre-copy for VMs,
-//!   KV-cache transfer for inference requests) before any is attempted.
+//! - [`DriverCapabilities`] says which moves a workload allows
+//!   (checkpoint/restart for training, pre-copy for VMs, KV-cache transfer
+//!   for inference requests). Nothing reads it yet: it is not reported to
+//!   the coordinators; the migration work will, before attempting a move.
+//!
+//! `exec` runs a process under a detached `herd executor`; the other drivers
+//! (`dljob`, `simvm`, `inference`, `vm`) run theirs as the exec driver's
+//! task through one adaptor, [`exec_backed::ExecBacked`], each supplying
+//! only what differs ([`exec_backed::ExecKind`]). Every driver's settings
+//! are parsed by its function in `herd_api::driver_settings`, which submit
+//! validation calls too. Output goes where [`logs`] says, for every driver.
 
 pub mod dljob;
 mod error;
 pub mod exec;
+pub mod exec_backed;
 pub mod inference;
+pub mod logs;
 pub mod simvm;
 mod types;
 pub mod vm;

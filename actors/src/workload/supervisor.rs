@@ -33,8 +33,7 @@ use super::report::{event, AllocReport, DesiredAlloc};
 use super::restart::RestartPolicy;
 use super::store::{AllocStore, Persisted};
 use super::workload_actor::{Mode, WorkloadActor, WorkloadArgs, WorkloadMsg};
-use crate::driver::exec::files;
-use crate::driver::Driver;
+use crate::driver::{logs, Driver};
 
 /// Messages of the supervisor.
 #[derive(Debug)]
@@ -618,7 +617,6 @@ impl SupervisorState {
 
     fn log_paths(&self, alloc_id: &str) -> Option<(PathBuf, PathBuf)> {
         let dir = self.store.alloc_dir(alloc_id).ok()?;
-        dir.is_dir()
-            .then(|| (dir.join(files::STDOUT), dir.join(files::STDERR)))
+        dir.is_dir().then(|| logs::paths(&dir))
     }
 }

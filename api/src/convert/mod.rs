@@ -10,6 +10,7 @@
 
 mod job;
 mod placement;
+pub mod report;
 mod resources;
 mod task;
 

@@ -8,12 +8,14 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use futures::Stream;
-use herd_api::alloc::{AllocStatus, AllocUpdate};
+use herd_api::alloc::AllocUpdate;
+use herd_api::convert::report::MAX_REPORT_ID;
 use herd_api::node::{NodeInfo, NodeStatus};
 use herd_api::proto::agent::agent_server::Agent;
 use herd_api::proto::agent::{
-    AssignedAllocation, AssignedAllocations, HeartbeatReply, HeartbeatRequest, RegisterNodeReply,
-    RegisterNodeRequest, ReportAllocationsReply, ReportAllocationsRequest, WatchAllocationsRequest,
+    AllocReport, AssignedAllocation, AssignedAllocations, HeartbeatReply, HeartbeatRequest,
+    MalformedReport, RegisterNodeReply, RegisterNodeRequest, ReportAllocationsReply,
+    ReportAllocationsRequest, WatchAllocationsRequest,
 };
 use herd_api::resources::Resources;
 use tokio::sync::mpsc;
@@ -23,6 +25,7 @@ use tonic::{Request, Response, Status};
 use crate::apply_alloc::MAX_UPDATES;
 use crate::assignments::assigned_to;
 use crate::command::{Command, CommandResult};
+use crate::error;
 use crate::handle::{Coordinator, ReadConsistency};
 
 /// A watch stream sends the set again after this long even when it did not
@@ -47,7 +50,7 @@ impl AgentService {
 
 fn check_node_name(name: &str) -> Result<(), Status> {
     if name.is_empty() || name.len() > MAX_NODE_NAME {
-        return Err(Status::invalid_argument(format!(
+        return Err(error::invalid_argument(format!(
             "field `name`: node names are 1 to {MAX_NODE_NAME} bytes, got {}",
             name.len()
         )));
@@ -55,27 +58,43 @@ fn check_node_name(name: &str) -> Result<(), Status> {
     Ok(())
 }
 
-fn update_from_proto(report: herd_api::proto::agent::AllocReport) -> Result<AllocUpdate, Status> {
-    let status = AllocStatus::parse(&report.status).ok_or_else(|| {
-        Status::invalid_argument(format!(
-            "report for {}: field `status`: unknown status {:?}",
-            report.id, report.status
-        ))
-    })?;
-    let mut detail = report.detail;
-    if let Some(code) = report.exit_code {
-        detail = format!("{detail} (exit code {code})");
+/// The reports of one request split into those to apply and those this
+/// coordinator cannot read, each refused on its own: a newer agent's report
+/// with a status this release does not know (a rolling upgrade) must not
+/// cost the other reports of its batch.
+fn read_reports(reports: Vec<AllocReport>) -> (Vec<AllocUpdate>, Vec<MalformedReport>) {
+    let mut updates = Vec::with_capacity(reports.len());
+    let mut malformed = Vec::new();
+    for (position, report) in reports.into_iter().enumerate() {
+        let (id, generation) = (report.id.clone(), report.generation);
+        match AllocUpdate::try_from(report) {
+            Ok(update) => updates.push(update),
+            Err(e) => malformed.push(MalformedReport {
+                position: position as u32,
+                // An id too long to keep is cut, so the reply stays small.
+                id: id.chars().take(MAX_REPORT_ID).collect(),
+                generation,
+                reason: format!("reports[{position}]: {e}"),
+            }),
+        }
     }
-    if let Some(signal) = report.signal {
-        detail = format!("{detail} (signal {signal})");
+    (updates, malformed)
+}
+
+/// The set of allocations `node` should run, labelled with the index and
+/// cluster of the very state it was computed from (one read, one lock).
+fn assignment_set(coordinator: &Coordinator, node: &str) -> AssignedAllocations {
+    let (index, (allocs, cluster_id)) = coordinator.read_state_at(|state| {
+        (
+            assigned_to(state, node),
+            state.cluster_id.clone().unwrap_or_default(),
+        )
+    });
+    AssignedAllocations {
+        index,
+        allocs,
+        cluster_id,
     }
-    Ok(AllocUpdate {
-        id: report.id,
-        generation: report.generation,
-        status,
-        event: report.event,
-        detail: detail.trim().to_string(),
-    })
 }
 
 type AssignedStream = Pin<Box<dyn Stream<Item = Result<AssignedAllocations, Status>> + Send>>;
@@ -90,9 +109,9 @@ impl Agent for AgentService {
         check_node_name(&request.name)?;
         let capacity = match request.capacity {
             Some(c) => {
-                Resources::try_from(c).map_err(|e| Status::invalid_argument(e.to_string()))?
+                Resources::try_from(c).map_err(|e| error::invalid_argument(e.to_string()))?
             }
-            None => return Err(Status::invalid_argument("field `capacity` is missing")),
+            None => return Err(error::invalid_argument("field `capacity` is missing")),
         };
         let name = request.name.clone();
         let node = NodeInfo {
@@ -112,8 +131,12 @@ impl Agent for AgentService {
         if self.coordinator.is_leader() {
             self.coordinator.liveness().heartbeat(&name, Instant::now());
         }
+        let cluster_id = self
+            .coordinator
+            .read_state(|state| state.cluster_id.clone().unwrap_or_default());
         Ok(Response::new(RegisterNodeReply {
             log_index: written.log_index,
+            cluster_id,
         }))
     }
 
@@ -124,10 +147,13 @@ impl Agent for AgentService {
         let request = request.into_inner();
         check_node_name(&request.name)?;
         if !self.coordinator.is_leader() {
-            return Err(Status::failed_precondition(format!(
-                "coordinator {} is not the leader; heartbeats go to the leader",
-                self.coordinator.id()
-            )));
+            return Err(error::not_leader(
+                &self.coordinator,
+                format!(
+                    "coordinator {} is not the leader; heartbeats go to the leader",
+                    self.coordinator.id()
+                ),
+            ));
         }
         let status = self
             .coordinator
@@ -163,17 +189,12 @@ impl Agent for AgentService {
             let mut last: Option<Vec<AssignedAllocation>> = None;
             let mut sent_at = Instant::now();
             loop {
-                let index = coordinator.applied_index();
-                let allocs = coordinator.read_state(|state| assigned_to(state, &node));
-                if last.as_ref() != Some(&allocs) || sent_at.elapsed() >= RESEND_EVERY {
-                    let message = AssignedAllocations {
-                        index,
-                        allocs: allocs.clone(),
-                    };
-                    if tx.send(Ok(message)).await.is_err() {
+                let set = assignment_set(&coordinator, &node);
+                if last.as_ref() != Some(&set.allocs) || sent_at.elapsed() >= RESEND_EVERY {
+                    last = Some(set.allocs.clone());
+                    if tx.send(Ok(set)).await.is_err() {
                         return;
                     }
-                    last = Some(allocs);
                     sent_at = Instant::now();
                 }
                 tokio::select! {
@@ -199,11 +220,27 @@ impl Agent for AgentService {
                 request.reports.len()
             )));
         }
-        let updates = request
-            .reports
-            .into_iter()
-            .map(update_from_proto)
-            .collect::<Result<Vec<_>, _>>()?;
+        let (updates, malformed) = read_reports(request.reports);
+        for bad in &malformed {
+            tracing::warn!(
+                node = %request.node,
+                alloc = %bad.id,
+                generation = bad.generation,
+                reason = %bad.reason,
+                "refused an allocation report this coordinator cannot read (a newer agent?)"
+            );
+        }
+        let unreadable = malformed
+            .iter()
+            .map(|bad| format!("{}: {}", bad.id, bad.reason));
+        if updates.is_empty() {
+            // Nothing to apply: no Raft entry for a request of refusals.
+            return Ok(Response::new(ReportAllocationsReply {
+                accepted: 0,
+                refused: unreadable.collect(),
+                malformed,
+            }));
+        }
         let written = self
             .coordinator
             .write(Command::UpdateAllocs {
@@ -213,12 +250,168 @@ impl Agent for AgentService {
             })
             .await?;
         match written.result {
-            CommandResult::AllocsUpdated { accepted, refused } => {
-                Ok(Response::new(ReportAllocationsReply { accepted, refused }))
+            CommandResult::AllocsUpdated {
+                accepted,
+                refused: applied_refused,
+            } => {
+                let refused = unreadable.chain(applied_refused).collect();
+                Ok(Response::new(ReportAllocationsReply {
+                    accepted,
+                    refused,
+                    malformed,
+                }))
             }
             other => Err(Status::internal(format!(
                 "unexpected result of an allocation report: {other:?}"
             ))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::RwLock;
+
+    use herd_api::alloc::AllocStatus;
+    use herd_consensus::codec;
+    use herd_consensus::identity::ClusterIdentity;
+    use herd_consensus::state_machine::StateMachineStore;
+    use herd_consensus::storage::{KvStore, MemoryStore};
+    use herd_consensus::types::{Entry, Proposal};
+    use openraft::storage::RaftStateMachine;
+    use openraft::RaftSnapshotBuilder;
+
+    use super::*;
+    use crate::app::StateApp;
+
+    fn report(id: &str, status: &str) -> AllocReport {
+        AllocReport {
+            id: id.into(),
+            generation: 2,
+            status: status.into(),
+            at_ms: 1,
+            event: "started".into(),
+            detail: String::new(),
+            exit_code: None,
+            signal: None,
+        }
+    }
+
+    #[test]
+    fn a_report_this_release_cannot_read_is_refused_alone_with_its_place_and_field() {
+        let (updates, malformed) = read_reports(vec![
+            report("a1", "running"),
+            report("a2", "migrating"),
+            report("a3", "complete"),
+        ]);
+        let kept: Vec<(&str, AllocStatus)> =
+            updates.iter().map(|u| (u.id.as_str(), u.status)).collect();
+        assert_eq!(
+            kept,
+            vec![("a1", AllocStatus::Running), ("a3", AllocStatus::Complete)]
+        );
+        assert_eq!(malformed.len(), 1);
+        let bad = &malformed[0];
+        assert_eq!(
+            (bad.position, bad.id.as_str(), bad.generation),
+            (1, "a2", 2)
+        );
+        assert!(
+            bad.reason.starts_with("reports[1]: field `status`")
+                && bad.reason.contains("migrating"),
+            "{}",
+            bad.reason
+        );
+    }
+
+    #[test]
+    fn a_huge_id_is_not_echoed_whole() {
+        let (updates, malformed) = read_reports(vec![report(&"x".repeat(100_000), "running")]);
+        assert!(updates.is_empty());
+        assert_eq!(malformed[0].id.len(), MAX_REPORT_ID);
+    }
+
+    fn entry(
+        index: u64,
+        payload: openraft::EntryPayload<herd_consensus::types::TypeConfig>,
+    ) -> Entry {
+        Entry {
+            log_id: openraft::LogId::new(openraft::CommittedLeaderId::new(1, 1), index),
+            payload,
+        }
+    }
+
+    fn app() -> Arc<RwLock<StateApp>> {
+        Arc::new(RwLock::new(StateApp::new(Arc::new(ClusterIdentity::new(
+            1, None,
+        )))))
+    }
+
+    fn index_of(app: &RwLock<StateApp>) -> u64 {
+        app.read().expect("lock").applied_index()
+    }
+
+    /// The watch labels each set with the index the state beside it
+    /// reflects: that index moves with the state, under its lock, on every
+    /// path that changes the state (entries of every kind, a restart, a
+    /// snapshot), not when Raft's metrics get round to it.
+    #[tokio::test]
+    async fn the_state_says_which_log_index_it_reflects() {
+        let store: Arc<dyn KvStore> = Arc::new(MemoryStore::new());
+        let first = app();
+        let mut sm = StateMachineStore::open(store.clone(), first.clone()).expect("open");
+        assert_eq!(index_of(&first), 0);
+        let init = codec::encode(&Command::InitCluster {
+            cluster_id: "c-1".into(),
+        })
+        .expect("encode");
+        let batch = codec::encode(&vec![init]).expect("encode");
+        sm.apply([entry(1, openraft::EntryPayload::Normal(Proposal(batch)))])
+            .await
+            .expect("apply");
+        assert_eq!(index_of(&first), 1);
+        // Blank entries change no record, but the state reflects them too,
+        // as Raft's applied index does.
+        sm.apply([
+            entry(2, openraft::EntryPayload::Blank),
+            entry(3, openraft::EntryPayload::Blank),
+        ])
+        .await
+        .expect("apply");
+        assert_eq!(index_of(&first), 3);
+        assert_eq!(
+            first.read().expect("lock").state().cluster_id.as_deref(),
+            Some("c-1")
+        );
+
+        // A snapshot persists the state; a member restarting on the store
+        // and one installing the snapshot both know where their state is.
+        let snapshot = sm
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .expect("snapshot");
+        let restarted = app();
+        StateMachineStore::open(store, restarted.clone()).expect("reopen");
+        assert_eq!(index_of(&restarted), 3);
+
+        let installed = app();
+        let mut other =
+            StateMachineStore::open(Arc::new(MemoryStore::new()), installed.clone()).expect("open");
+        other
+            .install_snapshot(&snapshot.meta, snapshot.snapshot)
+            .await
+            .expect("install");
+        assert_eq!(index_of(&installed), 3);
+        assert_eq!(
+            installed
+                .read()
+                .expect("lock")
+                .state()
+                .cluster_id
+                .as_deref(),
+            Some("c-1")
+        );
     }
 }

@@ -8,6 +8,7 @@ use herd_api::proto::v1::allocs_server::Allocs;
 use tonic::{Request, Response, Status};
 
 use super::consistency;
+use crate::error;
 use crate::handle::Coordinator;
 
 /// Serves [`Allocs`].
@@ -83,6 +84,6 @@ impl Allocs for AllocsService {
         self.coordinator
             .read_state(|s| s.allocations.get(&request.id).map(to_proto))
             .map(Response::new)
-            .ok_or_else(|| Status::not_found(format!("allocation {:?} not found", request.id)))
+            .ok_or_else(|| error::not_found(format!("allocation {:?} not found", request.id)))
     }
 }

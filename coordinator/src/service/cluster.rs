@@ -10,7 +10,7 @@ use herd_api::proto::v1::{
 use tonic::{Request, Response, Status};
 
 use crate::config::check_host_port;
-use crate::error::CoordinatorError;
+use crate::error::{self, CoordinatorError};
 use crate::forward::{LeaderReply, LeaderRequest};
 use crate::handle::Coordinator;
 
@@ -40,7 +40,7 @@ impl ClusterService {
 }
 
 fn check_addr(addr: &str) -> Result<(), Status> {
-    check_host_port(addr).map_err(Status::invalid_argument)
+    check_host_port(addr).map_err(error::invalid_argument)
 }
 
 #[tonic::async_trait]

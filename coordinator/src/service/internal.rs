@@ -9,6 +9,7 @@ use herd_api::proto::internal::{
 use herd_consensus::{codec, rpc};
 use tonic::{Request, Response, Status};
 
+use crate::error::{self, CoordinatorError};
 use crate::forward::{ForwardError, LeaderReply, LeaderRequest};
 use crate::handle::Coordinator;
 
@@ -29,7 +30,7 @@ impl InternalService {
             .check_incoming(&envelope.cluster_id, envelope.target_id)
             .map_err(|reason| {
                 tracing::warn!(%reason, "refused raft message");
-                Status::failed_precondition(reason)
+                error::wrong_member(reason)
             })
     }
 
@@ -96,10 +97,10 @@ impl Internal for InternalService {
         let envelope = request.into_inner();
         self.check(&envelope)?;
         let leader_request: LeaderRequest = codec::decode(&envelope.payload, "forwarded request")
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            .map_err(|e| error::invalid_argument(e.to_string()))?;
         let result: Result<LeaderReply, ForwardError> =
             self.coordinator.execute_as_leader(leader_request).await;
-        let payload = codec::encode(&result).map_err(|e| Status::internal(e.to_string()))?;
+        let payload = codec::encode(&result).map_err(|e| error::internal(e.to_string()))?;
         Ok(self.reply(payload))
     }
 
@@ -111,11 +112,13 @@ impl Internal for InternalService {
         self.coordinator
             .identity()
             .check_incoming(&request.cluster_id, 0)
-            .map_err(Status::failed_precondition)?;
+            .map_err(error::wrong_member)?;
         match self.coordinator.read_index_as_leader().await {
             Ok(read_index) => Ok(Response::new(ReadIndexReply { read_index })),
-            Err(ForwardError::Failed(message)) => Err(Status::unavailable(message)),
-            Err(_) => Err(Status::failed_precondition("not the leader")),
+            Err(ForwardError::Failed(message)) => {
+                Err(CoordinatorError::Unavailable(message).to_status())
+            }
+            Err(_) => Err(error::not_leader(&self.coordinator, "not the leader")),
         }
     }
 

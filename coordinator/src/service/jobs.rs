@@ -9,7 +9,7 @@ use tonic::{Request, Response, Status};
 
 use super::consistency;
 use crate::command::{Command, CommandResult};
-use crate::error::CoordinatorError;
+use crate::error::{self, CoordinatorError};
 use crate::handle::Coordinator;
 use crate::scheduler::could_hold;
 use crate::state::{ClusterState, Job};
@@ -29,7 +29,7 @@ impl JobsService {
 
 fn to_proto(state: &ClusterState, job: &Job) -> pb::Job {
     // Instances with a live (pending or running) allocation.
-    let placed = crate::placement::instance_histories(state, job)
+    let placed = crate::planning::instance_histories(state, job)
         .values()
         .filter(|h| h.live)
         .count();
@@ -108,17 +108,17 @@ impl Jobs for JobsService {
         request: Request<pb::SubmitJobRequest>,
     ) -> Result<Response<pb::SubmitJobReply>, Status> {
         let Some(spec) = request.into_inner().spec else {
-            return Err(Status::invalid_argument("field `spec` is missing"));
+            return Err(error::invalid_argument("field `spec` is missing"));
         };
-        let spec = JobSpec::try_from(spec).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let spec = JobSpec::try_from(spec).map_err(|e| error::invalid_argument(e.to_string()))?;
         if let Some(problem) = stops_after_replacement(&spec, self.coordinator.liveness().ttl()) {
-            return Err(Status::invalid_argument(problem));
+            return Err(error::invalid_argument(problem));
         }
         if let Some(problem) = self
             .coordinator
             .read_state(|s| larger_than_every_node(s, &spec))
         {
-            return Err(Status::invalid_argument(problem));
+            return Err(error::invalid_argument(problem));
         }
         let written = self
             .coordinator
@@ -157,7 +157,7 @@ impl Jobs for JobsService {
         self.coordinator
             .read_state(|s| s.jobs.get(&request.name).map(|j| to_proto(s, j)))
             .map(Response::new)
-            .ok_or_else(|| Status::not_found(format!("job {:?} not found", request.name)))
+            .ok_or_else(|| error::not_found(format!("job {:?} not found", request.name)))
     }
 
     async fn stop(

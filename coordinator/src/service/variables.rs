@@ -11,7 +11,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::consistency;
 use crate::command::{Command, CommandResult, Rejection};
-use crate::error::CoordinatorError;
+use crate::error::{self, CoordinatorError};
 use crate::handle::Coordinator;
 
 /// Puts of one `PutStream` in flight, from read to answer sent. Past it the
@@ -108,7 +108,7 @@ async fn serve_put_stream(
             tokio::spawn(async move {
                 let result = match tagged.put {
                     Some(put) => put_variable(&coordinator, put).await,
-                    None => Err(Status::invalid_argument(format!(
+                    None => Err(error::invalid_argument(format!(
                         "put {}: the field `put` is missing",
                         tagged.tag
                     ))),

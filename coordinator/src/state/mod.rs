@@ -4,6 +4,7 @@
 //! record, so applying a command writes only what it changed.
 
 mod alloc_index;
+pub mod changes;
 mod keys;
 
 use std::collections::BTreeMap;
@@ -15,6 +16,7 @@ use herd_consensus::storage::WriteOp;
 use serde::{Deserialize, Serialize};
 
 pub use alloc_index::AllocIndex;
+pub use changes::{ChangeFeed, Changed};
 pub use keys::Record;
 
 /// What a job is doing, as the replicated state knows it.
@@ -98,22 +100,65 @@ pub struct ClusterState {
     alloc_index: AllocIndex,
 }
 
-/// Collects the persisted form of what a command changed.
+/// Collects the persisted form of what a command changed, and (when
+/// recording) which records, for the loops that wake on changes.
 pub struct ChangeLog<'a> {
     ops: &'a mut Vec<WriteOp>,
+    touched: Option<&'a mut Changed>,
 }
 
 impl<'a> ChangeLog<'a> {
-    /// Records into `ops`.
+    /// Records into `ops` only.
     pub fn new(ops: &'a mut Vec<WriteOp>) -> Self {
-        Self { ops }
+        Self { ops, touched: None }
     }
 
-    /// Records that `record` now has this value.
+    /// Records into `ops`, and which records changed into `touched`.
+    pub fn recording(ops: &'a mut Vec<WriteOp>, touched: &'a mut Changed) -> Self {
+        Self {
+            ops,
+            touched: Some(touched),
+        }
+    }
+
+    /// Records that `record` now has this value. Call it after the change
+    /// (an allocation's node is read from the state), or call
+    /// [`ChangeLog::removed_alloc`] for an allocation that is gone.
     pub fn put(&mut self, record: Record<'_>, state: &ClusterState) {
         match record.encode_value(state) {
             Some(value) => self.ops.push(WriteOp::Put(record.key(), value)),
             None => self.ops.push(WriteOp::Delete(record.key())),
+        }
+        let Some(touched) = self.touched.as_deref_mut() else {
+            return;
+        };
+        match record {
+            Record::ClusterId => {}
+            Record::Node(name) | Record::DrainDeadline(name) => {
+                touched.nodes.insert(name.to_string());
+            }
+            Record::Job(name) => {
+                touched.jobs.insert(name.to_string());
+            }
+            Record::Variable(_) => touched.variables = true,
+            Record::Alloc(id) => match state.allocations.get(id) {
+                Some(alloc) => {
+                    touched.alloc_nodes.insert(alloc.node.clone());
+                    touched.alloc_jobs.insert(alloc.job.clone());
+                }
+                // Its node is unknown here: assume the worst.
+                None => touched.everything = true,
+            },
+        }
+    }
+
+    /// Records that `alloc` was deleted from the state.
+    pub fn removed_alloc(&mut self, alloc: &Allocation) {
+        self.ops
+            .push(WriteOp::Delete(Record::Alloc(&alloc.id).key()));
+        if let Some(touched) = self.touched.as_deref_mut() {
+            touched.alloc_nodes.insert(alloc.node.clone());
+            touched.alloc_jobs.insert(alloc.job.clone());
         }
     }
 }

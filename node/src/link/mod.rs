@@ -11,10 +11,10 @@
 //! Every network wait happens in a spawned task that messages the actor
 //! back, so the actor's mailbox never blocks on a coordinator.
 
+pub mod fence;
 mod reports;
 mod watch;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,13 +34,16 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::config::NodeConfig;
+use fence::{Admission, AssignmentFence};
+
+/// The assignment fence, shared by every incarnation of the link (a
+/// restarted link keeps the fence its predecessor moved).
+pub type SharedFence = Arc<std::sync::Mutex<AssignmentFence>>;
 
 /// Longest a registration or heartbeat call may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(3);
 /// Longest the link waits for the resource monitor.
 const MONITOR_TIMEOUT: Duration = Duration::from_secs(2);
-/// File in the data dir holding the newest assignment index acted on.
-const LAST_INDEX_FILE: &str = "last-assigned-index";
 /// How often the supervisor hears how long the coordinators have been
 /// silent. Much finer than the heartbeat (a third of the node TTL): a job's
 /// `stop_after_disconnect` must act well before the TTL runs out and its
@@ -53,8 +56,9 @@ pub enum LinkMsg {
     Tick,
     /// Time to tell the supervisor how long the coordinators have been silent.
     CheckSilence,
-    /// A registration attempt, sent at the instant given, ended.
-    Registered(Result<(), String>, Instant),
+    /// A registration attempt, sent at the instant given, ended; with the
+    /// cluster id the coordinators answered (empty when they did not say).
+    Registered(Result<String, String>, Instant),
     /// A heartbeat, sent at the instant given, ended.
     HeartbeatDone(Result<HeartbeatReply, String>, Instant),
     /// The coordinators sent the allocations wanted here.
@@ -78,6 +82,8 @@ pub struct LinkArgs {
     pub reports: Arc<Mutex<mpsc::UnboundedReceiver<AllocReport>>>,
     /// Sender of that channel, for reports the link makes itself.
     pub report_tx: mpsc::UnboundedSender<AllocReport>,
+    /// Which assignment sets are stale (see [`fence`]).
+    pub fence: SharedFence,
 }
 
 /// The link's state.
@@ -95,8 +101,6 @@ pub struct LinkState {
     ttl: Option<Duration>,
     /// The shortest `stop_after_disconnect` among the jobs assigned here.
     shortest_stop_after: Option<Duration>,
-    /// Assignments older than this come from a lagging coordinator: ignored.
-    last_index: u64,
     /// When the last registration or heartbeat a coordinator accepted was
     /// sent (the leader judges node liveness by these, and received it
     /// later, so the silence measured here is never shorter than the
@@ -107,10 +111,6 @@ pub struct LinkState {
 
 /// The actor; see the module documentation.
 pub struct CoordinatorLink;
-
-fn last_index_path(data_dir: &std::path::Path) -> PathBuf {
-    data_dir.join(LAST_INDEX_FILE)
-}
 
 impl Actor for CoordinatorLink {
     type Msg = LinkMsg;
@@ -127,10 +127,6 @@ impl Actor for CoordinatorLink {
             None => HerdClient::new(&args.config.coordinators)?,
         }
         .with_leader_routing();
-        let last_index = std::fs::read_to_string(last_index_path(&args.config.data_dir))
-            .ok()
-            .and_then(|t| t.trim().parse().ok())
-            .unwrap_or(0);
         let reports = tokio::spawn(reports::run(
             args.config.name.clone(),
             client.clone(),
@@ -150,7 +146,6 @@ impl Actor for CoordinatorLink {
             ticker,
             ttl: None,
             shortest_stop_after: None,
-            last_index,
             last_contact: Instant::now(),
             tasks: vec![reports],
         })
@@ -206,8 +201,13 @@ impl Actor for CoordinatorLink {
             LinkMsg::Registered(result, sent) => {
                 state.in_flight = false;
                 match result {
-                    Ok(()) => {
-                        tracing::info!(node = %state.args.config.name, "registered with the coordinators");
+                    Ok(cluster_id) => {
+                        tracing::info!(node = %state.args.config.name, cluster = %cluster_id, "registered with the coordinators");
+                        if let Err(reason) =
+                            lock_fence(&state.args.fence).observe_cluster(&cluster_id)
+                        {
+                            tracing::warn!(%reason, "the registration named a bad cluster id; the assignment fence keeps its own");
+                        }
                         state.registered = true;
                         state.last_contact = state.last_contact.max(sent);
                         if !state.watching {
@@ -251,19 +251,22 @@ impl CoordinatorLink {
         state: &mut LinkState,
         assigned: AssignedAllocations,
     ) -> Result<(), ActorProcessingErr> {
-        if assigned.index < state.last_index {
-            tracing::debug!(
-                index = assigned.index,
-                newest = state.last_index,
-                "ignoring assignments from a coordinator that lags"
-            );
-            return Ok(());
-        }
-        if assigned.index > state.last_index {
-            state.last_index = assigned.index;
-            let path = last_index_path(&state.args.config.data_dir);
-            if let Err(e) = std::fs::write(&path, assigned.index.to_string()) {
-                tracing::warn!(path = %path.display(), error = %e, "cannot record the assignment index");
+        // Moved (and recorded) before the set is acted on: a crash after
+        // acting must not leave an older fence behind.
+        let admission = lock_fence(&state.args.fence).admit(assigned.index, &assigned.cluster_id);
+        match admission {
+            Admission::Act => {}
+            Admission::Stale { newest } => {
+                tracing::debug!(
+                    index = assigned.index,
+                    newest,
+                    "ignoring assignments from a coordinator that lags"
+                );
+                return Ok(());
+            }
+            Admission::BadCluster { reason } => {
+                tracing::warn!(%reason, index = assigned.index, "ignoring an assignment set that names a bad cluster id");
+                return Ok(());
             }
         }
         state.shortest_stop_after = assigned
@@ -353,7 +356,7 @@ fn desired_from_proto(alloc: AssignedAllocation) -> Result<DesiredAlloc, Box<All
             alloc_id: alloc.id.clone(),
             generation: alloc.generation,
             status: AllocStatus::Failed,
-            at_ms: now_ms(),
+            at_ms: herd_api::clock::now_ms(),
             event: "start_failed".to_string(),
             detail,
             exit: None,
@@ -386,7 +389,14 @@ async fn host_report(args: &LinkArgs) -> Result<HostReport, String> {
     Ok(report)
 }
 
-async fn register(args: &LinkArgs, client: &HerdClient) -> Result<(), String> {
+/// The fence, whoever held it last (it holds no invariant a panic could
+/// have broken halfway: each move is one assignment).
+fn lock_fence(fence: &SharedFence) -> std::sync::MutexGuard<'_, AssignmentFence> {
+    fence.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Registers the node; returns the cluster id the coordinators answered.
+async fn register(args: &LinkArgs, client: &HerdClient) -> Result<String, String> {
     let report = host_report(args).await?;
     let capacity = report.capacity(&Reserved {
         cpu_millis: args.config.reserved_cpu_millis,
@@ -408,8 +418,8 @@ async fn register(args: &LinkArgs, client: &HerdClient) -> Result<(), String> {
     )
     .await
     .map_err(|_| "registration timed out".to_string())?
-    .map_err(|e| e.to_string())?;
-    Ok(())
+    .map_err(|e| e.to_string())
+    .map(|reply| reply.into_inner().cluster_id)
 }
 
 async fn heartbeat(args: &LinkArgs, client: &HerdClient) -> Result<HeartbeatReply, String> {
@@ -449,12 +459,6 @@ async fn heartbeat(args: &LinkArgs, client: &HerdClient) -> Result<HeartbeatRepl
     .await
     .map_err(|_| "heartbeat timed out".to_string())?
     .map_err(|e| e.to_string())
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 #[cfg(test)]

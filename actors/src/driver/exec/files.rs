@@ -26,10 +26,9 @@ pub const STARTED: &str = "started.json";
 pub const START_ERROR: &str = "start-error.json";
 /// Written once the task ended.
 pub const EXIT: &str = "exit.json";
-/// The task's standard output (appended across runs).
-pub const STDOUT: &str = "stdout.log";
-/// The task's standard error (appended across runs).
-pub const STDERR: &str = "stderr.log";
+/// The task's standard output and error (appended across runs), where every
+/// driver's output goes ([`crate::driver::logs`]).
+pub use crate::driver::logs::{STDERR, STDOUT};
 /// The executor's own diagnostics (appended across runs).
 pub const EXECUTOR_LOG: &str = "executor.log";
 
@@ -198,13 +197,9 @@ pub fn remove(dir: &Path, name: &str) -> io::Result<()> {
     }
 }
 
-/// Milliseconds since the epoch (0 if the clock is before it).
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+/// Milliseconds since the epoch (0 if the clock is before it): herd's one
+/// wall-clock stamp, re-exported for the executor's records.
+pub use herd_api::clock::now_ms;
 
 #[cfg(test)]
 mod tests {

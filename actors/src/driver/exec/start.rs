@@ -26,10 +26,11 @@ pub fn check(spec: &WorkloadSpec) -> Result<(), DriverError> {
         alloc: spec.alloc_id.clone(),
         message,
     };
-    let command = match spec.task.command.as_deref() {
-        Some(c) if !c.trim().is_empty() => c,
-        _ => return Err(unsupported("the exec driver needs a command".to_string())),
-    };
+    // The same parser as submit's; the exec-backed drivers hand over a spec
+    // whose command line is theirs and whose settings they consumed.
+    let settings =
+        herd_api::driver_settings::exec(&spec.task).map_err(|e| unsupported(e.to_string()))?;
+    let command = settings.command.as_str();
     let dir = &spec.alloc_dir;
     fs::create_dir_all(dir).map_err(|e| {
         unsupported(format!(

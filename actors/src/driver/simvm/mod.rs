@@ -1,7 +1,9 @@
 //! The `simvm` driver: SIMULATED VMs, for scale tests and the rescheduler.
 //!
 //! Each one is a `herd sim-vm` process (under the exec driver's executor,
-//! so it is re-adopted and supervised like any workload) holding its memory
+//! through [`ExecBacked`], so it is re-adopted and supervised like any
+//! workload; its settings parsed by `herd_api::driver_settings::simvm`, as
+//! at submit) holding its memory
 //! as a real buffer that it writes at the configured dirty rate
 //! ([`memory::SimulatedMemory`]). Nothing is emulated: it costs a process
 //! and its memory, not a QEMU, so thousands fit where real VMs would not.
@@ -9,70 +11,27 @@
 
 pub mod memory;
 
-use std::path::PathBuf;
-use std::time::Duration;
+use std::path::Path;
 
+use herd_api::driver_settings;
+use herd_api::job::TaskSpec;
+use herd_api::validate::FieldError;
 use herd_api::vm::SimVmSettings;
 
-use super::exec::ExecDriver;
-use super::{
-    Driver, DriverCapabilities, DriverError, ExitInfo, MigrationMode, WorkloadHandle, WorkloadSpec,
-    WorkloadState,
-};
+use super::exec_backed::{ExecBacked, ExecCommand, ExecKind};
+use super::{DriverCapabilities, DriverError, MigrationMode, WorkloadSpec};
+
+/// The `simvm` kind of exec-backed workload: `herd sim-vm` sized by the
+/// task's memory.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SimVm;
 
 /// The `simvm` driver.
-#[derive(Debug, Clone)]
-pub struct SimVmDriver {
-    exec: ExecDriver,
-    herd: PathBuf,
-}
+pub type SimVmDriver = ExecBacked<SimVm>;
 
-impl SimVmDriver {
-    /// A driver whose simulated VMs run `herd sim-vm`, supervised by the same binary.
-    pub fn new(herd: impl Into<PathBuf>) -> Self {
-        let herd = herd.into();
-        Self {
-            exec: ExecDriver::new(&herd),
-            herd,
-        }
-    }
-
-    fn exec_spec(&self, spec: &WorkloadSpec) -> Result<WorkloadSpec, DriverError> {
-        let settings =
-            SimVmSettings::parse(&spec.task.config, &spec.task.resources).map_err(|e| {
-                DriverError::Unsupported {
-                    alloc: spec.alloc_id.clone(),
-                    message: e.to_string(),
-                }
-            })?;
-        let mut exec = spec.clone();
-        exec.task.command = Some(self.herd.display().to_string());
-        exec.task.args = vec![
-            "sim-vm".into(),
-            "--memory-mib".into(),
-            settings.memory_mib.to_string(),
-            "--dirty-bytes-per-sec".into(),
-            settings.dirty_bytes_per_sec.to_string(),
-            "--seed".into(),
-            settings.seed.to_string(),
-        ];
-        exec.task.config.clear();
-        Ok(exec)
-    }
-
-    fn exec_handle(handle: &WorkloadHandle) -> WorkloadHandle {
-        WorkloadHandle {
-            driver: "exec".into(),
-            ..handle.clone()
-        }
-    }
-}
-
-#[async_trait::async_trait]
-impl Driver for SimVmDriver {
-    fn name(&self) -> &'static str {
-        "simvm"
-    }
+impl ExecKind for SimVm {
+    const NAME: &'static str = driver_settings::SIMVM;
+    type Settings = SimVmSettings;
 
     fn capabilities(&self) -> DriverCapabilities {
         DriverCapabilities {
@@ -82,39 +41,83 @@ impl Driver for SimVmDriver {
         }
     }
 
-    fn check(&self, spec: &WorkloadSpec) -> Result<(), DriverError> {
-        self.exec.check(&self.exec_spec(spec)?)
+    fn settings(&self, task: &TaskSpec) -> Result<SimVmSettings, FieldError> {
+        driver_settings::simvm(task)
     }
 
-    async fn start(&self, spec: &WorkloadSpec) -> Result<WorkloadHandle, DriverError> {
-        let handle = self.exec.start(&self.exec_spec(spec)?).await?;
-        Ok(WorkloadHandle {
-            driver: "simvm".into(),
-            ..handle
+    fn command(
+        &self,
+        herd: &Path,
+        _spec: &WorkloadSpec,
+        settings: &SimVmSettings,
+    ) -> Result<ExecCommand, DriverError> {
+        Ok(ExecCommand {
+            program: herd.display().to_string(),
+            args: vec![
+                "sim-vm".into(),
+                "--memory-mib".into(),
+                settings.memory_mib.to_string(),
+                "--dirty-bytes-per-sec".into(),
+                settings.dirty_bytes_per_sec.to_string(),
+                "--seed".into(),
+                settings.seed.to_string(),
+            ],
+            env: Default::default(),
         })
     }
+}
 
-    async fn recover(&self, spec: &WorkloadSpec) -> Result<Option<WorkloadHandle>, DriverError> {
-        let handle = self.exec.recover(&self.exec_spec(spec)?).await?;
-        Ok(handle.map(|handle| WorkloadHandle {
-            driver: "simvm".into(),
-            ..handle
-        }))
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use herd_api::resources::{Resources, MIB};
+
+    use super::*;
+    use crate::driver::Driver;
+
+    fn spec(config: &[(&str, &str)]) -> WorkloadSpec {
+        WorkloadSpec {
+            alloc_id: "a1".into(),
+            generation: 1,
+            job: "vms".into(),
+            task: TaskSpec {
+                driver: "simvm".into(),
+                command: None,
+                args: Vec::new(),
+                env: BTreeMap::new(),
+                workdir: None,
+                resources: Resources {
+                    cpu_millis: 100,
+                    memory_bytes: 64 * MIB,
+                    gpus: 0,
+                    gpu_model: None,
+                },
+                config: config
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            },
+            alloc_dir: "/tmp/herd-simvm-test/a1".into(),
+            env: BTreeMap::new(),
+        }
     }
 
-    async fn state(&self, handle: &WorkloadHandle) -> Result<WorkloadState, DriverError> {
-        self.exec.state(&Self::exec_handle(handle)).await
-    }
-
-    async fn wait(&self, handle: &WorkloadHandle) -> Result<ExitInfo, DriverError> {
-        self.exec.wait(&Self::exec_handle(handle)).await
-    }
-
-    async fn stop(
-        &self,
-        handle: &WorkloadHandle,
-        grace: Duration,
-    ) -> Result<ExitInfo, DriverError> {
-        self.exec.stop(&Self::exec_handle(handle), grace).await
+    #[test]
+    fn the_simulator_runs_as_the_herd_binary_sized_by_the_task() {
+        let driver = SimVmDriver::new("/usr/bin/herd");
+        let (_, exec) = driver
+            .checked_launch(&spec(&[("dirty_rate", "1MiB"), ("seed", "7")]))
+            .expect("valid");
+        assert_eq!(exec.task.command.as_deref(), Some("/usr/bin/herd"));
+        assert_eq!(
+            exec.task.args.join(" "),
+            "sim-vm --memory-mib 64 --dirty-bytes-per-sec 1048576 --seed 7"
+        );
+        assert!(exec.task.config.is_empty(), "settings consumed");
+        let err = driver
+            .check(&spec(&[("dirty_rate", "fast")]))
+            .expect_err("invalid");
+        assert!(err.to_string().contains("task.config.dirty_rate"), "{err}");
     }
 }

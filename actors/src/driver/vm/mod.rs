@@ -1,7 +1,9 @@
 //! The `vm` driver: virtual machines under real QEMU, driven through QMP.
 //!
-//! QEMU runs as the task of the exec driver's detached executor, so
-//! everything the exec driver guarantees holds for VMs too: the VM outlives
+//! QEMU runs as the task of the exec driver's detached executor (through
+//! [`ExecBacked`], the kind [`Vm`] adding QEMU's command line, the host
+//! checks, the fresh disk and the QMP socket in the handle), so everything
+//! the exec driver guarantees holds for VMs too: the VM outlives
 //! an agent restart and is re-adopted from its handle, its exit is recorded
 //! while no agent runs, and its serial console is captured (to
 //! `stdout.log`, read by `herd alloc logs`). On top of that, QMP (a unix
@@ -20,13 +22,15 @@ pub mod qmp;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use herd_api::driver_settings;
+use herd_api::job::TaskSpec;
+use herd_api::validate::FieldError;
 use herd_api::vm::{Accel, VmSettings};
 use serde::{Deserialize, Serialize};
 
-use super::exec::ExecDriver;
+use super::exec_backed::{ExecBacked, ExecCommand, ExecKind, Run};
 use super::{
-    Driver, DriverCapabilities, DriverError, ExitInfo, MigrationMode, WorkloadHandle, WorkloadSpec,
-    WorkloadState,
+    DriverCapabilities, DriverError, MigrationMode, WorkloadHandle, WorkloadSpec, WorkloadState,
 };
 use qmp::Qmp;
 
@@ -35,13 +39,15 @@ const IMG_TIMEOUT: Duration = Duration::from_secs(60);
 /// Most of the stop grace given to the guest to power itself down.
 const POWERDOWN_WAIT: Duration = Duration::from_secs(10);
 
-/// The `vm` driver.
-#[derive(Debug, Clone)]
-pub struct VmDriver {
-    exec: ExecDriver,
-}
+/// The `vm` kind of exec-backed workload: QEMU, plus its QMP socket.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Vm;
 
-/// The handle's driver-specific part: the exec run that is QEMU, and its socket.
+/// The `vm` driver.
+pub type VmDriver = ExecBacked<Vm>;
+
+/// The handle's driver-specific part: the exec run that is QEMU, and its
+/// socket (the persisted format of VM handles; it must keep reading).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct VmDetail {
     /// The exec driver's detail of the QEMU process.
@@ -57,138 +63,76 @@ fn unsupported(spec: &WorkloadSpec, message: String) -> DriverError {
     }
 }
 
-impl VmDriver {
-    /// A driver whose QEMU processes are supervised by `executor` (the herd binary).
-    pub fn new(executor: impl Into<PathBuf>) -> Self {
-        Self {
-            exec: ExecDriver::new(executor),
-        }
-    }
-
-    fn settings(spec: &WorkloadSpec) -> Result<VmSettings, DriverError> {
-        VmSettings::parse(&spec.task.config, &spec.task.resources)
-            .map_err(|e| unsupported(spec, e.to_string()))
-    }
-
-    fn exec_handle(handle: &WorkloadHandle) -> Result<(WorkloadHandle, PathBuf), DriverError> {
-        let bad = |message: String| DriverError::BadHandle {
-            alloc: handle.alloc_id.clone(),
-            message,
-        };
-        if handle.driver != "vm" {
-            return Err(bad(format!(
-                "it belongs to driver {:?}, not \"vm\"",
-                handle.driver
-            )));
-        }
-        let detail: VmDetail =
-            serde_json::from_value(handle.detail.clone()).map_err(|e| bad(e.to_string()))?;
-        let mut exec = handle.clone();
-        exec.driver = "exec".to_string();
-        exec.detail = detail.exec;
-        Ok((exec, detail.qmp))
-    }
-
-    async fn qmp(handle: &WorkloadHandle, socket: &Path) -> Result<Qmp, DriverError> {
-        Qmp::connect(socket).await.map_err(|e| DriverError::Io {
+/// The QMP socket named in one of our handles.
+fn socket(handle: &WorkloadHandle) -> Result<PathBuf, DriverError> {
+    VmDriver::exec_handle(handle)?;
+    serde_json::from_value::<VmDetail>(handle.detail.clone())
+        .map(|detail| detail.qmp)
+        .map_err(|e| DriverError::BadHandle {
             alloc: handle.alloc_id.clone(),
             message: e.to_string(),
         })
-    }
+}
 
-    async fn command(&self, handle: &WorkloadHandle, command: &str) -> Result<(), DriverError> {
-        let (_, socket) = Self::exec_handle(handle)?;
-        let mut qmp = Self::qmp(handle, &socket).await?;
-        qmp.execute(command, None)
-            .await
-            .map(|_| ())
-            .map_err(|e| DriverError::Io {
-                alloc: handle.alloc_id.clone(),
-                message: e.to_string(),
-            })
-    }
-
-    /// Freezes the VM's vCPUs in place (QMP `stop`); its memory stays.
-    pub async fn pause(&self, handle: &WorkloadHandle) -> Result<(), DriverError> {
-        self.command(handle, "stop").await
-    }
-
-    /// Lets a paused VM run again (QMP `cont`).
-    pub async fn resume(&self, handle: &WorkloadHandle) -> Result<(), DriverError> {
-        self.command(handle, "cont").await
-    }
-
-    /// Creates the fresh qcow2 disk a spec asks for, unless it exists (a
-    /// restart of the allocation keeps its disk).
-    async fn fresh_disk(spec: &WorkloadSpec, bytes: u64) -> Result<PathBuf, DriverError> {
-        let path = spec.alloc_dir.join(qemu::FRESH_DISK);
-        if path.exists() {
-            return Ok(path);
-        }
-        let img = qemu::find_in_path(qemu::QEMU_IMG).ok_or_else(|| {
-            unsupported(
-                spec,
-                format!(
-                    "{} not found in PATH: install Debian's qemu-utils",
-                    qemu::QEMU_IMG
-                ),
-            )
-        })?;
-        let output = tokio::time::timeout(
-            IMG_TIMEOUT,
-            tokio::process::Command::new(img)
-                .args(["create", "-q", "-f", "qcow2"])
-                .arg(&path)
-                .arg(bytes.to_string())
-                .output(),
-        )
-        .await
-        .map_err(|_| DriverError::Start {
-            alloc: spec.alloc_id.clone(),
-            message: "qemu-img create timed out".into(),
-        })?
-        .map_err(|e| DriverError::Start {
-            alloc: spec.alloc_id.clone(),
-            message: format!("cannot run qemu-img: {e}"),
-        })?;
-        if !output.status.success() {
-            return Err(DriverError::Start {
-                alloc: spec.alloc_id.clone(),
-                message: format!(
-                    "qemu-img create failed: {}",
-                    String::from_utf8_lossy(&output.stderr).trim()
-                ),
-            });
-        }
-        Ok(path)
+/// The disk QEMU attaches: the one given, or the fresh one `prepare`
+/// creates in the allocation directory.
+fn disk_path(spec: &WorkloadSpec, settings: &VmSettings) -> Option<PathBuf> {
+    match (&settings.disk, settings.disk_size) {
+        (Some(disk), _) => Some(PathBuf::from(disk)),
+        (None, Some(_)) => Some(spec.alloc_dir.join(qemu::FRESH_DISK)),
+        (None, None) => None,
     }
 }
 
-/// The VM's handle: the executor's, with the QMP socket beside it.
-fn vm_handle(
-    spec: &WorkloadSpec,
-    exec: WorkloadHandle,
-    qmp: PathBuf,
-) -> Result<WorkloadHandle, DriverError> {
-    let detail = VmDetail {
-        exec: exec.detail.clone(),
-        qmp,
-    };
-    Ok(WorkloadHandle {
-        driver: "vm".to_string(),
-        detail: serde_json::to_value(&detail).map_err(|e| DriverError::Start {
+/// Creates the fresh qcow2 disk a spec asks for, unless it exists (a
+/// restart of the allocation keeps its disk).
+async fn fresh_disk(spec: &WorkloadSpec, bytes: u64) -> Result<(), DriverError> {
+    let path = spec.alloc_dir.join(qemu::FRESH_DISK);
+    if path.exists() {
+        return Ok(());
+    }
+    let img = qemu::find_in_path(qemu::QEMU_IMG).ok_or_else(|| {
+        unsupported(
+            spec,
+            format!(
+                "{} not found in PATH: install Debian's qemu-utils",
+                qemu::QEMU_IMG
+            ),
+        )
+    })?;
+    let output = tokio::time::timeout(
+        IMG_TIMEOUT,
+        tokio::process::Command::new(img)
+            .args(["create", "-q", "-f", "qcow2"])
+            .arg(&path)
+            .arg(bytes.to_string())
+            .output(),
+    )
+    .await
+    .map_err(|_| DriverError::Start {
+        alloc: spec.alloc_id.clone(),
+        message: "qemu-img create timed out".into(),
+    })?
+    .map_err(|e| DriverError::Start {
+        alloc: spec.alloc_id.clone(),
+        message: format!("cannot run qemu-img: {e}"),
+    })?;
+    if !output.status.success() {
+        return Err(DriverError::Start {
             alloc: spec.alloc_id.clone(),
-            message: format!("cannot encode the handle: {e}"),
-        })?,
-        ..exec
-    })
+            message: format!(
+                "qemu-img create failed: {}",
+                String::from_utf8_lossy(&output.stderr).trim()
+            ),
+        });
+    }
+    Ok(())
 }
 
 #[async_trait::async_trait]
-impl Driver for VmDriver {
-    fn name(&self) -> &'static str {
-        "vm"
-    }
+impl ExecKind for Vm {
+    const NAME: &'static str = driver_settings::VM;
+    type Settings = VmSettings;
 
     fn capabilities(&self) -> DriverCapabilities {
         DriverCapabilities {
@@ -198,8 +142,11 @@ impl Driver for VmDriver {
         }
     }
 
-    fn check(&self, spec: &WorkloadSpec) -> Result<(), DriverError> {
-        let settings = Self::settings(spec)?;
+    fn settings(&self, task: &TaskSpec) -> Result<VmSettings, FieldError> {
+        driver_settings::vm(task)
+    }
+
+    fn check_host(&self, spec: &WorkloadSpec, settings: &VmSettings) -> Result<(), DriverError> {
         if qemu::find_in_path(qemu::QEMU).is_none() {
             return Err(unsupported(
                 spec,
@@ -242,76 +189,78 @@ impl Driver for VmDriver {
         Ok(())
     }
 
-    async fn start(&self, spec: &WorkloadSpec) -> Result<WorkloadHandle, DriverError> {
-        self.check(spec)?;
-        let settings = Self::settings(spec)?;
+    fn command(
+        &self,
+        _herd: &Path,
+        spec: &WorkloadSpec,
+        settings: &VmSettings,
+    ) -> Result<ExecCommand, DriverError> {
+        let qemu = qemu::find_in_path(qemu::QEMU)
+            .ok_or_else(|| unsupported(spec, format!("{} not found in PATH", qemu::QEMU)))?;
+        Ok(ExecCommand {
+            program: qemu.display().to_string(),
+            args: qemu::args(
+                settings,
+                &spec.alloc_dir,
+                disk_path(spec, settings).as_deref(),
+            ),
+            env: Default::default(),
+        })
+    }
+
+    async fn prepare(&self, spec: &WorkloadSpec, settings: &VmSettings) -> Result<(), DriverError> {
         std::fs::create_dir_all(&spec.alloc_dir).map_err(|e| DriverError::Start {
             alloc: spec.alloc_id.clone(),
             message: format!("cannot create {}: {e}", spec.alloc_dir.display()),
         })?;
-        let disk = match (&settings.disk, settings.disk_size) {
-            (Some(disk), _) => Some(PathBuf::from(disk)),
-            (None, Some(bytes)) => Some(Self::fresh_disk(spec, bytes).await?),
-            (None, None) => None,
-        };
-        let socket = spec.alloc_dir.join(qemu::QMP_SOCKET);
-        // A socket left by an earlier run would make QEMU fail to bind.
-        let _ = std::fs::remove_file(&socket);
-        let qemu = qemu::find_in_path(qemu::QEMU)
-            .ok_or_else(|| unsupported(spec, format!("{} not found in PATH", qemu::QEMU)))?;
-        let mut exec_spec = spec.clone();
-        exec_spec.task.command = Some(qemu.display().to_string());
-        exec_spec.task.args = qemu::args(&settings, &spec.alloc_dir, disk.as_deref());
-        exec_spec.task.config.clear();
-        let exec = self.exec.start(&exec_spec).await?;
-        vm_handle(spec, exec, socket)
-    }
-
-    async fn recover(&self, spec: &WorkloadSpec) -> Result<Option<WorkloadHandle>, DriverError> {
-        // QEMU runs under the executor; only the directory and generation
-        // matter to find it, not the command line `start` built.
-        let Some(exec) = self.exec.recover(spec).await? else {
-            return Ok(None);
-        };
-        vm_handle(spec, exec, spec.alloc_dir.join(qemu::QMP_SOCKET)).map(Some)
-    }
-
-    async fn state(&self, handle: &WorkloadHandle) -> Result<WorkloadState, DriverError> {
-        let (exec, socket) = Self::exec_handle(handle)?;
-        let state = self.exec.state(&exec).await?;
-        if state != WorkloadState::Running {
-            return Ok(state);
+        if let (None, Some(bytes)) = (&settings.disk, settings.disk_size) {
+            fresh_disk(spec, bytes).await?;
         }
-        // Running as a process; QMP says whether the guest is paused. A VM
-        // still creating its socket counts as running.
+        // A socket left by an earlier run would make QEMU fail to bind.
+        let _ = std::fs::remove_file(spec.alloc_dir.join(qemu::QMP_SOCKET));
+        Ok(())
+    }
+
+    fn wrap_detail(alloc_dir: &Path, exec: serde_json::Value) -> Result<serde_json::Value, String> {
+        serde_json::to_value(VmDetail {
+            exec,
+            qmp: alloc_dir.join(qemu::QMP_SOCKET),
+        })
+        .map_err(|e| e.to_string())
+    }
+
+    fn exec_detail(detail: &serde_json::Value) -> Result<serde_json::Value, String> {
+        serde_json::from_value::<VmDetail>(detail.clone())
+            .map(|detail| detail.exec)
+            .map_err(|e| e.to_string())
+    }
+
+    /// QMP says whether the guest is paused. A VM still creating its socket
+    /// counts as running.
+    async fn running_state(&self, run: &Run<'_>) -> WorkloadState {
+        let Ok(socket) = socket(run.handle) else {
+            return WorkloadState::Running;
+        };
         match Qmp::connect(&socket).await {
             Ok(mut qmp) => match qmp.status().await {
-                Ok(status) if status == "paused" => Ok(WorkloadState::Paused),
-                _ => Ok(WorkloadState::Running),
+                Ok(status) if status == "paused" => WorkloadState::Paused,
+                _ => WorkloadState::Running,
             },
-            Err(_) => Ok(WorkloadState::Running),
+            Err(_) => WorkloadState::Running,
         }
     }
 
-    async fn wait(&self, handle: &WorkloadHandle) -> Result<ExitInfo, DriverError> {
-        let (exec, _) = Self::exec_handle(handle)?;
-        self.exec.wait(&exec).await
-    }
-
-    async fn stop(
-        &self,
-        handle: &WorkloadHandle,
-        grace: Duration,
-    ) -> Result<ExitInfo, DriverError> {
-        let (exec, socket) = Self::exec_handle(handle)?;
+    /// Asks the guest to power down and gives it up to half the grace (at
+    /// most [`POWERDOWN_WAIT`]); a guest without ACPI handling ignores it,
+    /// and QEMU then quits cleanly on the SIGTERM the executor forwards.
+    async fn before_stop(&self, run: &Run<'_>, grace: Duration) -> Result<(), DriverError> {
         let started = Instant::now();
-        // Ask the guest first; a guest without ACPI handling ignores it.
-        if let Ok(mut qmp) = Qmp::connect(&socket).await {
+        if let Ok(mut qmp) = Qmp::connect(&socket(run.handle)?).await {
             let _ = qmp.execute("system_powerdown", None).await;
             let deadline = (grace / 2).min(POWERDOWN_WAIT);
             while started.elapsed() < deadline {
                 if !matches!(
-                    self.exec.state(&exec).await?,
+                    run.exec_state().await?,
                     WorkloadState::Running | WorkloadState::Paused
                 ) {
                     break;
@@ -319,9 +268,28 @@ impl Driver for VmDriver {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
-        // QEMU quits cleanly on the SIGTERM the executor forwards.
-        self.exec
-            .stop(&exec, grace.saturating_sub(started.elapsed()))
-            .await
+        Ok(())
+    }
+}
+
+impl ExecBacked<Vm> {
+    async fn command(&self, handle: &WorkloadHandle, command: &str) -> Result<(), DriverError> {
+        let socket = socket(handle)?;
+        let io = |e: qmp::QmpError| DriverError::Io {
+            alloc: handle.alloc_id.clone(),
+            message: e.to_string(),
+        };
+        let mut qmp = Qmp::connect(&socket).await.map_err(io)?;
+        qmp.execute(command, None).await.map(|_| ()).map_err(io)
+    }
+
+    /// Freezes the VM's vCPUs in place (QMP `stop`); its memory stays.
+    pub async fn pause(&self, handle: &WorkloadHandle) -> Result<(), DriverError> {
+        self.command(handle, "stop").await
+    }
+
+    /// Lets a paused VM run again (QMP `cont`).
+    pub async fn resume(&self, handle: &WorkloadHandle) -> Result<(), DriverError> {
+        self.command(handle, "cont").await
     }
 }

@@ -1,0 +1,425 @@
+//! [`ExecBacked`]: one adaptor through which every driver that runs its
+//! workload as the exec driver's task (`dljob`, `simvm`, `inference`, `vm`)
+//! implements [`Driver`].
+//!
+//! The exec driver's detached executor supervises the process, records its
+//! exit while no agent runs and lets a new agent re-adopt it (see
+//! [`super::exec`]). What a kind adds is small and goes through
+//! [`ExecKind`]: its name and capabilities, how its settings are parsed (by
+//! the same `herd_api::driver_settings` function that submit calls), which
+//! host checks it needs, the command line, environment and files its
+//! settings turn into, and, where its handle carries more than the exec
+//! run's, how that is stored. Everything else (handle checks, start,
+//! recovery, state, wait, stop) is written here once, so the kinds cannot
+//! drift apart.
+//!
+//! A kind's own operations (a VM's pause and resume, a trainer's checkpoint)
+//! are methods of `ExecBacked<ThatKind>`; the moves the migration work adds
+//! per kind (pause, resume, checkpoint and their inverse) become further
+//! hooks of [`ExecKind`] with defaults, so that a kind that cannot do them
+//! says so in one place.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use herd_api::job::TaskSpec;
+use herd_api::validate::FieldError;
+
+use super::exec::ExecDriver;
+use super::{
+    Driver, DriverCapabilities, DriverError, ExitInfo, WorkloadHandle, WorkloadSpec, WorkloadState,
+};
+
+/// What an exec-backed kind runs: the exec task its settings turn into.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecCommand {
+    /// The program (a path, or a name looked up in `PATH`).
+    pub program: String,
+    /// Its arguments.
+    pub args: Vec<String>,
+    /// Variables the kind sets; they win over the task's own `env`, as the
+    /// agent's do, so a task cannot shadow them by accident.
+    pub env: BTreeMap<String, String>,
+}
+
+/// One workload of an exec-backed kind, as the kind's hooks see it.
+pub struct Run<'a> {
+    /// The workload's handle, as this kind wrote it.
+    pub handle: &'a WorkloadHandle,
+    exec_handle: WorkloadHandle,
+    exec: &'a ExecDriver,
+}
+
+impl Run<'_> {
+    /// The state of the process under the executor (not refined by the kind).
+    pub async fn exec_state(&self) -> Result<WorkloadState, DriverError> {
+        self.exec.state(&self.exec_handle).await
+    }
+}
+
+/// What differs between the kinds of workload run under the exec driver;
+/// see the module documentation. Only [`ExecKind::NAME`],
+/// [`ExecKind::capabilities`], [`ExecKind::settings`] and
+/// [`ExecKind::command`] are required; the other hooks default to what a
+/// plain process needs.
+#[async_trait::async_trait]
+pub trait ExecKind: Default + Send + Sync + 'static {
+    /// The name job specs use and this kind's handles carry.
+    const NAME: &'static str;
+
+    /// The kind's typed settings.
+    type Settings: Send + Sync;
+
+    /// What this kind's workloads allow beyond start and stop.
+    fn capabilities(&self) -> DriverCapabilities;
+
+    /// Parses the task's settings: the `herd_api::driver_settings` function
+    /// of this kind, which submit validation calls too.
+    fn settings(&self, task: &TaskSpec) -> Result<Self::Settings, FieldError>;
+
+    /// Checks on this host beyond the exec driver's (a binary installed, a
+    /// device usable, a path short enough). Errors say what and where.
+    fn check_host(
+        &self,
+        spec: &WorkloadSpec,
+        settings: &Self::Settings,
+    ) -> Result<(), DriverError> {
+        let _ = (spec, settings);
+        Ok(())
+    }
+
+    /// The command line and environment that run `spec`. `herd` is the herd
+    /// binary (for kinds whose program is one of its subcommands). It may
+    /// create the directories it names (it runs at check and at start).
+    fn command(
+        &self,
+        herd: &Path,
+        spec: &WorkloadSpec,
+        settings: &Self::Settings,
+    ) -> Result<ExecCommand, DriverError>;
+
+    /// Creates what the run needs that a check must not create (a fresh
+    /// disk) or must clear (a stale socket); called by `start` only, and not
+    /// when a run of this generation is adopted instead.
+    async fn prepare(
+        &self,
+        spec: &WorkloadSpec,
+        settings: &Self::Settings,
+    ) -> Result<(), DriverError> {
+        let _ = (spec, settings);
+        Ok(())
+    }
+
+    /// The detail this kind's handle stores, from the exec run's detail;
+    /// `alloc_dir` is the allocation's directory. Default: the exec detail
+    /// itself, so the handle differs from the exec driver's by name only.
+    fn wrap_detail(alloc_dir: &Path, exec: serde_json::Value) -> Result<serde_json::Value, String> {
+        let _ = alloc_dir;
+        Ok(exec)
+    }
+
+    /// The exec run's detail inside one of this kind's handles: the inverse
+    /// of [`ExecKind::wrap_detail`].
+    fn exec_detail(detail: &serde_json::Value) -> Result<serde_json::Value, String> {
+        Ok(detail.clone())
+    }
+
+    /// The state of a workload whose process runs: `Running` unless the
+    /// kind knows better (a VM's guest may be paused).
+    async fn running_state(&self, run: &Run<'_>) -> WorkloadState {
+        let _ = run;
+        WorkloadState::Running
+    }
+
+    /// Asks the workload to wind down before the executor is told to stop
+    /// it (a VM's guest is asked to power off); the time it takes comes out
+    /// of `grace`.
+    async fn before_stop(&self, run: &Run<'_>, grace: Duration) -> Result<(), DriverError> {
+        let _ = (run, grace);
+        Ok(())
+    }
+}
+
+/// A [`Driver`] for the kind `K`, running its workloads under the exec
+/// driver's executor.
+#[derive(Debug, Clone)]
+pub struct ExecBacked<K> {
+    exec: ExecDriver,
+    herd: PathBuf,
+    kind: K,
+}
+
+impl<K: ExecKind> ExecBacked<K> {
+    /// A driver whose executors (and whose herd subcommands, for the kinds
+    /// that run one) are the herd binary `herd`.
+    pub fn new(herd: impl Into<PathBuf>) -> Self {
+        let herd = herd.into();
+        Self {
+            exec: ExecDriver::new(&herd),
+            herd,
+            kind: K::default(),
+        }
+    }
+
+    /// The exec driver underneath, for a kind's own operations.
+    pub fn exec(&self) -> &ExecDriver {
+        &self.exec
+    }
+
+    /// The exec driver's view of one of this kind's handles; a handle of
+    /// another driver, or one whose detail does not decode, is refused.
+    pub fn exec_handle(handle: &WorkloadHandle) -> Result<WorkloadHandle, DriverError> {
+        let bad = |message: String| DriverError::BadHandle {
+            alloc: handle.alloc_id.clone(),
+            message,
+        };
+        if handle.driver != K::NAME {
+            return Err(bad(format!(
+                "it belongs to driver {:?}, not {:?}",
+                handle.driver,
+                K::NAME
+            )));
+        }
+        Ok(WorkloadHandle {
+            driver: "exec".to_string(),
+            detail: K::exec_detail(&handle.detail).map_err(bad)?,
+            ..handle.clone()
+        })
+    }
+
+    /// This kind's handle of the exec run `exec` of `spec`.
+    fn own_handle(
+        spec: &WorkloadSpec,
+        exec: WorkloadHandle,
+    ) -> Result<WorkloadHandle, DriverError> {
+        let detail = K::wrap_detail(&spec.alloc_dir, exec.detail.clone()).map_err(|e| {
+            DriverError::Start {
+                alloc: spec.alloc_id.clone(),
+                message: format!("cannot encode the handle: {e}"),
+            }
+        })?;
+        Ok(WorkloadHandle {
+            driver: K::NAME.to_string(),
+            detail,
+            ..exec
+        })
+    }
+
+    fn settings(&self, spec: &WorkloadSpec) -> Result<K::Settings, DriverError> {
+        self.kind
+            .settings(&spec.task)
+            .map_err(|e| DriverError::Unsupported {
+                alloc: spec.alloc_id.clone(),
+                message: e.to_string(),
+            })
+    }
+
+    /// The exec spec that runs `spec`: its command line and environment are
+    /// the kind's, its driver settings consumed.
+    fn launch(
+        &self,
+        spec: &WorkloadSpec,
+        settings: &K::Settings,
+    ) -> Result<WorkloadSpec, DriverError> {
+        let command = self.kind.command(&self.herd, spec, settings)?;
+        let mut exec = spec.clone();
+        exec.task.driver = "exec".to_string();
+        exec.task.command = Some(command.program);
+        exec.task.args = command.args;
+        exec.task.config.clear();
+        exec.env.extend(command.env);
+        Ok(exec)
+    }
+
+    /// Settings parsed, host checked: the exec spec that runs `spec`, as
+    /// `check` and `start` hand it to the exec driver.
+    pub(crate) fn checked_launch(
+        &self,
+        spec: &WorkloadSpec,
+    ) -> Result<(K::Settings, WorkloadSpec), DriverError> {
+        let settings = self.settings(spec)?;
+        self.kind.check_host(spec, &settings)?;
+        let launch = self.launch(spec, &settings)?;
+        Ok((settings, launch))
+    }
+
+    fn run<'a>(&'a self, handle: &'a WorkloadHandle) -> Result<Run<'a>, DriverError> {
+        Ok(Run {
+            handle,
+            exec_handle: Self::exec_handle(handle)?,
+            exec: &self.exec,
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl<K: ExecKind> Driver for ExecBacked<K> {
+    fn name(&self) -> &'static str {
+        K::NAME
+    }
+
+    fn capabilities(&self) -> DriverCapabilities {
+        self.kind.capabilities()
+    }
+
+    fn check(&self, spec: &WorkloadSpec) -> Result<(), DriverError> {
+        let (_, launch) = self.checked_launch(spec)?;
+        self.exec.check(&launch)
+    }
+
+    async fn start(&self, spec: &WorkloadSpec) -> Result<WorkloadHandle, DriverError> {
+        let (settings, launch) = self.checked_launch(spec)?;
+        self.exec.check(&launch)?;
+        // A run of this generation already going (its agent died before
+        // persisting the handle) is adopted before anything is prepared:
+        // preparing could disturb it (a VM's QMP socket).
+        if let Some(running) = self.exec.recover(spec).await? {
+            return Self::own_handle(spec, running);
+        }
+        self.kind.prepare(spec, &settings).await?;
+        let exec = self.exec.start(&launch).await?;
+        Self::own_handle(spec, exec)
+    }
+
+    async fn recover(&self, spec: &WorkloadSpec) -> Result<Option<WorkloadHandle>, DriverError> {
+        // Only the directory and generation find a run, not the command
+        // line: a workload must be found (and so stopped if unwanted) even
+        // if its settings would no longer be accepted here.
+        match self.exec.recover(spec).await? {
+            Some(exec) => Self::own_handle(spec, exec).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    async fn state(&self, handle: &WorkloadHandle) -> Result<WorkloadState, DriverError> {
+        let run = self.run(handle)?;
+        match run.exec_state().await? {
+            WorkloadState::Running => Ok(self.kind.running_state(&run).await),
+            other => Ok(other),
+        }
+    }
+
+    async fn wait(&self, handle: &WorkloadHandle) -> Result<ExitInfo, DriverError> {
+        self.exec.wait(&Self::exec_handle(handle)?).await
+    }
+
+    async fn stop(
+        &self,
+        handle: &WorkloadHandle,
+        grace: Duration,
+    ) -> Result<ExitInfo, DriverError> {
+        let run = self.run(handle)?;
+        let started = Instant::now();
+        self.kind.before_stop(&run, grace).await?;
+        self.exec
+            .stop(&run.exec_handle, grace.saturating_sub(started.elapsed()))
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::dljob::Dljob;
+    use super::super::inference::Inference;
+    use super::super::simvm::SimVm;
+    use super::super::vm::Vm;
+    use super::*;
+
+    fn exec_handle() -> WorkloadHandle {
+        WorkloadHandle {
+            driver: "exec".into(),
+            alloc_id: "a1".into(),
+            generation: 3,
+            pid: Some(42),
+            started_at_ms: 7,
+            detail: serde_json::json!({"alloc_dir": "/var/herd/a1", "executor_pid": 41}),
+        }
+    }
+
+    fn spec() -> WorkloadSpec {
+        WorkloadSpec {
+            alloc_id: "a1".into(),
+            generation: 3,
+            job: "j".into(),
+            task: TaskSpec {
+                driver: "exec".into(),
+                command: None,
+                args: Vec::new(),
+                env: BTreeMap::new(),
+                workdir: None,
+                resources: Default::default(),
+                config: BTreeMap::new(),
+            },
+            alloc_dir: "/var/herd/a1".into(),
+            env: BTreeMap::new(),
+        }
+    }
+
+    /// Wraps the exec handle as `K`, checks it is named `K` and unwraps to
+    /// the exec handle again; a handle of any other driver is refused.
+    fn round_trip<K: ExecKind>() -> WorkloadHandle {
+        let own = ExecBacked::<K>::own_handle(&spec(), exec_handle()).expect("wraps");
+        assert_eq!(own.driver, K::NAME);
+        assert_eq!((own.generation, own.pid), (3, Some(42)));
+        assert_eq!(
+            ExecBacked::<K>::exec_handle(&own).expect("ours"),
+            exec_handle()
+        );
+        for other in ["exec", "dljob", "simvm", "inference", "vm"] {
+            if other == K::NAME {
+                continue;
+            }
+            let foreign = WorkloadHandle {
+                driver: other.into(),
+                ..own.clone()
+            };
+            let err = ExecBacked::<K>::exec_handle(&foreign).expect_err(other);
+            assert!(matches!(err, DriverError::BadHandle { .. }), "{err}");
+            assert!(err.to_string().contains(K::NAME), "{err}");
+        }
+        own
+    }
+
+    #[test]
+    fn every_kind_checks_that_a_handle_is_its_own() {
+        for flat in [
+            round_trip::<Dljob>(),
+            round_trip::<SimVm>(),
+            round_trip::<Inference>(),
+        ] {
+            assert_eq!(
+                flat.detail,
+                exec_handle().detail,
+                "stored as the exec detail"
+            );
+        }
+        let vm = round_trip::<Vm>();
+        assert_eq!(vm.detail["exec"], exec_handle().detail);
+        assert_eq!(vm.detail["qmp"], "/var/herd/a1/qmp.sock");
+        let mut broken = vm;
+        broken.detail = serde_json::json!({"exec": {}});
+        assert!(matches!(
+            ExecBacked::<Vm>::exec_handle(&broken),
+            Err(DriverError::BadHandle { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn recovery_needs_only_the_directory_not_valid_settings() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut spec = spec();
+        spec.alloc_dir = dir.path().to_path_buf();
+        spec.task.driver = "simvm".into();
+        spec.task
+            .config
+            .insert("seed".into(), "not a number".into());
+        let driver = ExecBacked::<SimVm>::new("/usr/bin/herd");
+        assert!(matches!(
+            driver.check(&spec),
+            Err(DriverError::Unsupported { .. })
+        ));
+        // Nothing runs there: nothing is recovered, and no error either.
+        assert_eq!(driver.recover(&spec).await.expect("looks"), None);
+    }
+}

@@ -1,0 +1,168 @@
+//! What applying a batch of commands changed, told to the loops that care.
+//!
+//! The scheduler and the agents' watch streams used to wake on every Raft
+//! metrics change (every entry, a variable write included) and recompute.
+//! Apply now says which records it touched, so each wakes only for what
+//! concerns it: the scheduler for jobs, nodes and allocations, a node's
+//! watch stream for its own node and the jobs it runs.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use tokio::sync::broadcast;
+
+/// The records one applied batch of commands changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Changed {
+    /// The log index of the batch.
+    pub index: u64,
+    /// The whole state was replaced (start-up, or a snapshot installed):
+    /// anything may have changed.
+    pub everything: bool,
+    /// Jobs whose record changed (submitted, stopped, status).
+    pub jobs: BTreeSet<String>,
+    /// Nodes whose record or drain deadline changed.
+    pub nodes: BTreeSet<String>,
+    /// Nodes that gained, lost or changed an allocation.
+    pub alloc_nodes: BTreeSet<String>,
+    /// Jobs that gained, lost or changed an allocation.
+    pub alloc_jobs: BTreeSet<String>,
+    /// Whether a variable changed.
+    pub variables: bool,
+}
+
+impl Changed {
+    /// A change of unknown extent (the state was replaced).
+    pub fn everything(index: u64) -> Self {
+        Self {
+            index,
+            everything: true,
+            ..Self::default()
+        }
+    }
+
+    /// Whether nothing was recorded.
+    pub fn is_empty(&self) -> bool {
+        !self.everything
+            && self.jobs.is_empty()
+            && self.nodes.is_empty()
+            && self.alloc_nodes.is_empty()
+            && self.alloc_jobs.is_empty()
+            && !self.variables
+    }
+
+    /// Whether the scheduler could plan differently: jobs, nodes or
+    /// allocations changed (variables never matter to it).
+    pub fn concerns_scheduling(&self) -> bool {
+        self.everything
+            || !self.jobs.is_empty()
+            || !self.nodes.is_empty()
+            || !self.alloc_nodes.is_empty()
+    }
+
+    /// Whether what `node` is assigned could differ: its record, its own
+    /// allocations, or a job it runs (`jobs_on_node`, whose spec, version
+    /// or other copies decide what the node runs) changed.
+    pub fn concerns_node<'a>(
+        &self,
+        node: &str,
+        mut jobs_on_node: impl Iterator<Item = &'a str>,
+    ) -> bool {
+        self.everything
+            || self.nodes.contains(node)
+            || self.alloc_nodes.contains(node)
+            || jobs_on_node.any(|job| self.jobs.contains(job) || self.alloc_jobs.contains(job))
+    }
+}
+
+/// Where apply publishes what it changed; loops subscribe.
+///
+/// A subscriber that falls more than [`FEED_DEPTH`] batches behind is told
+/// it lagged (`broadcast::error::RecvError::Lagged`) and must assume
+/// everything changed.
+#[derive(Debug, Clone)]
+pub struct ChangeFeed {
+    sender: broadcast::Sender<Arc<Changed>>,
+}
+
+/// Batches a subscriber may fall behind before it is told it lagged.
+pub const FEED_DEPTH: usize = 1024;
+
+impl Default for ChangeFeed {
+    fn default() -> Self {
+        Self {
+            sender: broadcast::channel(FEED_DEPTH).0,
+        }
+    }
+}
+
+impl ChangeFeed {
+    /// Tells every subscriber; a batch that changed nothing is not sent.
+    pub fn publish(&self, changed: Changed) {
+        if changed.is_empty() {
+            return;
+        }
+        // No subscriber is fine: nobody is waiting.
+        let _ = self.sender.send(Arc::new(changed));
+    }
+
+    /// Changes applied from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Changed>> {
+        self.sender.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_variable_write_concerns_neither_the_scheduler_nor_any_node() {
+        let changed = Changed {
+            index: 7,
+            variables: true,
+            ..Changed::default()
+        };
+        assert!(!changed.concerns_scheduling());
+        assert!(!changed.concerns_node("n1", ["web"].into_iter()));
+    }
+
+    #[test]
+    fn a_node_is_concerned_by_its_allocations_its_record_and_its_jobs() {
+        let allocs = Changed {
+            alloc_nodes: ["n2".to_string()].into(),
+            alloc_jobs: ["db".to_string()].into(),
+            ..Changed::default()
+        };
+        assert!(allocs.concerns_scheduling());
+        assert!(allocs.concerns_node("n2", std::iter::empty()));
+        // Another node running db: its copies there may now be released.
+        assert!(allocs.concerns_node("n1", ["web", "db"].into_iter()));
+        assert!(!allocs.concerns_node("n1", ["web"].into_iter()));
+
+        let record = Changed {
+            nodes: ["n1".to_string()].into(),
+            ..Changed::default()
+        };
+        assert!(record.concerns_node("n1", std::iter::empty()));
+        assert!(!record.concerns_node("n3", std::iter::empty()));
+        assert!(Changed::everything(1).concerns_node("n3", std::iter::empty()));
+    }
+
+    #[tokio::test]
+    async fn empty_batches_are_not_published() {
+        let feed = ChangeFeed::default();
+        let mut rx = feed.subscribe();
+        feed.publish(Changed {
+            index: 1,
+            ..Changed::default()
+        });
+        feed.publish(Changed {
+            index: 2,
+            jobs: ["web".to_string()].into(),
+            ..Changed::default()
+        });
+        let first = rx.recv().await.expect("a change");
+        assert_eq!(first.index, 2, "the empty batch was published");
+    }
+}
