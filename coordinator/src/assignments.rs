@@ -20,6 +20,7 @@ use std::collections::HashMap;
 use herd_api::alloc::{AllocDesired, Allocation};
 use herd_api::proto::agent::AssignedAllocation;
 
+use crate::state::changes::NodeInterest;
 use crate::state::ClusterState;
 
 /// The allocations `node` should run, as its agent receives them.
@@ -66,6 +67,24 @@ pub fn assigned_to(state: &ClusterState, node: &str) -> Vec<AssignedAllocation> 
             })
         })
         .collect()
+}
+
+/// What [`assigned_to`] reads for `node`: its watch stream recomputes the
+/// set only when apply reports a change to one of these.
+pub fn interest_of(state: &ClusterState, node: &str) -> NodeInterest {
+    let mut interest = NodeInterest {
+        node: node.to_string(),
+        ..NodeInterest::default()
+    };
+    for alloc in state.allocs_on_node(node) {
+        if interest.jobs.insert(alloc.job.clone()) {
+            interest.other_nodes |= state
+                .jobs
+                .get(&alloc.job)
+                .is_some_and(|job| job.spec.placement.gang);
+        }
+    }
+    interest
 }
 
 /// Per instance of `job`, the creation index of its oldest copy that has
@@ -236,5 +255,55 @@ mod tests {
         );
         let (_, to, _) = drain_and_replace(&mut state, index, "web");
         assert_eq!(ids(&assigned_to(&state, &to)), vec!["web"]);
+    }
+    #[test]
+    fn a_change_to_what_a_nodes_set_reads_concerns_that_node_only() {
+        use crate::apply::apply;
+        use crate::state::{ChangeLog, Changed};
+        let mut state = ClusterState::default();
+        let index = place(
+            &mut state,
+            &["n1", "n2"],
+            vec![spec("web", JobType::Service, 1)],
+            1_000,
+        );
+        let (here, _) = running_copy(&state, "web");
+        let elsewhere = if here == "n1" { "n2" } else { "n1" };
+        let interest = interest_of(&state, &here);
+        assert_eq!(interest.jobs, ["web".to_string()].into());
+        assert!(!interest.other_nodes, "web is no gang");
+        let before = assigned_to(&state, &here);
+
+        let (mut ops, mut touched) = (Vec::new(), Changed::default());
+        apply(
+            &mut state,
+            index,
+            Command::StopJob {
+                name: "web".into(),
+                now_ms: 5_000,
+            },
+            &mut ChangeLog::recording(&mut ops, &mut touched),
+        );
+        assert_ne!(assigned_to(&state, &here), before, "the set changed");
+        assert!(touched.concerns(&interest), "{touched:?}");
+        assert!(
+            !touched.concerns(&interest_of(&state, elsewhere)),
+            "{touched:?}"
+        );
+
+        // A variable write concerns no node.
+        let (mut ops, mut touched) = (Vec::new(), Changed::default());
+        apply(
+            &mut state,
+            index + 1,
+            Command::PutVariable {
+                key: "k".into(),
+                value: b"v".to_vec(),
+                expected_version: None,
+            },
+            &mut ChangeLog::recording(&mut ops, &mut touched),
+        );
+        assert!(touched.variables);
+        assert!(!touched.concerns(&interest) && !touched.concerns_scheduling());
     }
 }

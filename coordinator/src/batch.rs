@@ -238,11 +238,12 @@ mod tests {
         };
         let first = submit(0, 4);
         settle((1, 0)).await;
-        let rest: Vec<_> = [(1, 4), (2, 4), (3, 4), (4, 4), (5, 4), (6, 15)]
-            .into_iter()
-            .map(|(item, weight)| submit(item, weight))
-            .collect();
-        settle((1, 6)).await;
+        // Queued one by one, so the queue holds them in this order.
+        let mut rest = Vec::new();
+        for (item, weight) in [(1, 4), (2, 4), (3, 4), (4, 4), (5, 4), (6, 15)] {
+            rest.push(submit(item, weight));
+            settle((1, rest.len())).await;
+        }
         gate.add_permits(1);
 
         assert_eq!(first.await.expect("task").expect("item 0"), 0);

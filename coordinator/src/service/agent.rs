@@ -18,15 +18,17 @@ use herd_api::proto::agent::{
     ReportAllocationsRequest, WatchAllocationsRequest,
 };
 use herd_api::resources::Resources;
+use tokio::sync::broadcast::{self, error::RecvError};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::apply_alloc::MAX_UPDATES;
-use crate::assignments::assigned_to;
+use crate::assignments::{assigned_to, interest_of};
 use crate::command::{Command, CommandResult};
 use crate::error;
 use crate::handle::{Coordinator, ReadConsistency};
+use crate::state::changes::{Changed, NodeInterest};
 
 /// A watch stream sends the set again after this long even when it did not
 /// change, so an agent notices a stream that silently stalled.
@@ -83,17 +85,42 @@ fn read_reports(reports: Vec<AllocReport>) -> (Vec<AllocUpdate>, Vec<MalformedRe
 
 /// The set of allocations `node` should run, labelled with the index and
 /// cluster of the very state it was computed from (one read, one lock).
-fn assignment_set(coordinator: &Coordinator, node: &str) -> AssignedAllocations {
-    let (index, (allocs, cluster_id)) = coordinator.read_state_at(|state| {
+fn assignment_set(coordinator: &Coordinator, node: &str) -> (AssignedAllocations, NodeInterest) {
+    let (index, (allocs, cluster_id, interest)) = coordinator.read_state_at(|state| {
         (
             assigned_to(state, node),
             state.cluster_id.clone().unwrap_or_default(),
+            interest_of(state, node),
         )
     });
-    AssignedAllocations {
+    let set = AssignedAllocations {
         index,
         allocs,
         cluster_id,
+    };
+    (set, interest)
+}
+
+/// Waits until apply reports a change that concerns `interest`, `deadline`
+/// passes, or the stream's receiver is gone (false).
+async fn concerning_change(
+    changes: &mut broadcast::Receiver<Arc<Changed>>,
+    interest: &NodeInterest,
+    deadline: Instant,
+    tx: &mpsc::Sender<Result<AssignedAllocations, Status>>,
+) -> bool {
+    loop {
+        tokio::select! {
+            change = changes.recv() => match change {
+                Ok(change) if change.concerns(interest) => return true,
+                Ok(_) => {}
+                // Fell behind: anything may have changed.
+                Err(RecvError::Lagged(_)) => return true,
+                Err(RecvError::Closed) => return false,
+            },
+            _ = tokio::time::sleep_until(deadline) => return true,
+            _ = tx.closed() => return false,
+        }
     }
 }
 
@@ -185,11 +212,12 @@ impl Agent for AgentService {
         let coordinator = self.coordinator.clone();
         let (tx, rx) = mpsc::channel(2);
         tokio::spawn(async move {
-            let mut metrics = coordinator.raft().metrics();
+            // Subscribed before the first set is read: no change is missed.
+            let mut changes = coordinator.subscribe_changes();
             let mut last: Option<Vec<AssignedAllocation>> = None;
             let mut sent_at = Instant::now();
             loop {
-                let set = assignment_set(&coordinator, &node);
+                let (set, interest) = assignment_set(&coordinator, &node);
                 if last.as_ref() != Some(&set.allocs) || sent_at.elapsed() >= RESEND_EVERY {
                     last = Some(set.allocs.clone());
                     if tx.send(Ok(set)).await.is_err() {
@@ -197,10 +225,9 @@ impl Agent for AgentService {
                     }
                     sent_at = Instant::now();
                 }
-                tokio::select! {
-                    changed = metrics.changed() => if changed.is_err() { return },
-                    _ = tokio::time::sleep(RESEND_EVERY) => {}
-                    _ = tx.closed() => return,
+                let deadline = sent_at + RESEND_EVERY;
+                if !concerning_change(&mut changes, &interest, deadline, &tx).await {
+                    return;
                 }
                 tokio::time::sleep(COALESCE).await;
             }

@@ -60,19 +60,31 @@ impl Changed {
             || !self.alloc_nodes.is_empty()
     }
 
-    /// Whether what `node` is assigned could differ: its record, its own
-    /// allocations, or a job it runs (`jobs_on_node`, whose spec, version
-    /// or other copies decide what the node runs) changed.
-    pub fn concerns_node<'a>(
-        &self,
-        node: &str,
-        mut jobs_on_node: impl Iterator<Item = &'a str>,
-    ) -> bool {
+    /// Whether what a node is assigned could differ (see [`NodeInterest`]).
+    pub fn concerns(&self, interest: &NodeInterest) -> bool {
         self.everything
-            || self.nodes.contains(node)
-            || self.alloc_nodes.contains(node)
-            || jobs_on_node.any(|job| self.jobs.contains(job) || self.alloc_jobs.contains(job))
+            || self.nodes.contains(&interest.node)
+            || self.alloc_nodes.contains(&interest.node)
+            || (interest.other_nodes && !self.nodes.is_empty())
+            || interest
+                .jobs
+                .iter()
+                .any(|job| self.jobs.contains(job) || self.alloc_jobs.contains(job))
     }
+}
+
+/// What one node's assignment set is computed from, so that its watch
+/// stream recomputes only when one of these changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeInterest {
+    /// The node.
+    pub node: String,
+    /// Jobs with allocations on the node: their spec and version decide
+    /// what it runs, and their copies elsewhere can hold a copy here back.
+    pub jobs: BTreeSet<String>,
+    /// Whether other nodes' records matter too (a gang member is told
+    /// every member's host).
+    pub other_nodes: bool,
 }
 
 /// Where apply publishes what it changed; loops subscribe.
@@ -116,6 +128,14 @@ impl ChangeFeed {
 mod tests {
     use super::*;
 
+    fn interest(node: &str, jobs: &[&str], other_nodes: bool) -> NodeInterest {
+        NodeInterest {
+            node: node.into(),
+            jobs: jobs.iter().map(|j| j.to_string()).collect(),
+            other_nodes,
+        }
+    }
+
     #[test]
     fn a_variable_write_concerns_neither_the_scheduler_nor_any_node() {
         let changed = Changed {
@@ -124,7 +144,7 @@ mod tests {
             ..Changed::default()
         };
         assert!(!changed.concerns_scheduling());
-        assert!(!changed.concerns_node("n1", ["web"].into_iter()));
+        assert!(!changed.concerns(&interest("n1", &["web"], true)));
     }
 
     #[test]
@@ -135,18 +155,20 @@ mod tests {
             ..Changed::default()
         };
         assert!(allocs.concerns_scheduling());
-        assert!(allocs.concerns_node("n2", std::iter::empty()));
+        assert!(allocs.concerns(&interest("n2", &[], false)));
         // Another node running db: its copies there may now be released.
-        assert!(allocs.concerns_node("n1", ["web", "db"].into_iter()));
-        assert!(!allocs.concerns_node("n1", ["web"].into_iter()));
+        assert!(allocs.concerns(&interest("n1", &["web", "db"], false)));
+        assert!(!allocs.concerns(&interest("n1", &["web"], false)));
 
         let record = Changed {
             nodes: ["n1".to_string()].into(),
             ..Changed::default()
         };
-        assert!(record.concerns_node("n1", std::iter::empty()));
-        assert!(!record.concerns_node("n3", std::iter::empty()));
-        assert!(Changed::everything(1).concerns_node("n3", std::iter::empty()));
+        assert!(record.concerns(&interest("n1", &[], false)));
+        assert!(!record.concerns(&interest("n3", &["web"], false)));
+        // A gang member on n3 is told n1's host.
+        assert!(record.concerns(&interest("n3", &["train"], true)));
+        assert!(Changed::everything(1).concerns(&interest("n3", &[], false)));
     }
 
     #[tokio::test]
