@@ -164,7 +164,7 @@ impl CoordinatorConfig {
         raft.to_openraft()
             .map_err(|e| invalid("raft", e.to_string()))?;
         let node_ttl = match settings.node_ttl_ms {
-            None => crate::liveness::DEFAULT_NODE_TTL,
+            None => crate::leader::liveness::DEFAULT_NODE_TTL,
             Some(ms) if (500..=3_600_000).contains(&ms) => Duration::from_millis(ms),
             Some(ms) => {
                 return Err(invalid(

@@ -9,8 +9,8 @@ use herd_api::retry::{ErrorMarks, LeaderHint, Reason};
 use thiserror::Error;
 use tonic::{Code, Status};
 
-use crate::command::Rejection;
-use crate::handle::Coordinator;
+use crate::coordinator::Coordinator;
+use crate::machine::command::Rejection;
 
 /// Metadata key carrying the leader's address on errors, so clients can go
 /// there (defined once, in `herd_api::retry`, for clients and coordinators).

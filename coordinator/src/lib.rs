@@ -1,43 +1,40 @@
 //! The coordinator: the replicated cluster state, the commands that change
 //! it, and the gRPC services that serve clients, agents and peers.
 //!
-//! Owns `ClusterState` and its deterministic `apply`; leader-side machinery
-//! (forwarding, cluster id) lives beside it. Storage and Raft mechanics come
-//! from `herd-consensus`; this crate never names sled.
+//! Laid out by role:
+//! - [`state`]: what is replicated (`ClusterState`), how it persists, what
+//!   each node is assigned, and the feed of what each batch changed;
+//! - [`machine`]: how it changes: commands and the deterministic `apply`;
+//! - [`coordinator`] and [`routing`]: one member's handle, and how any
+//!   member gets a request to the leader (forwarding, group commit,
+//!   read-index, leadership doubts, membership changes);
+//! - [`leader`]: the loops only the leader runs (scheduling, liveness),
+//!   each deciding in a term and proposing fenced by it;
+//! - [`planning`] and [`scheduler`]: the bridge from the state to the pure
+//!   placement policy, and the policy itself;
+//! - [`service`]: the gRPC services; [`start`], [`config`]: running a member.
+//!
+//! Storage and Raft mechanics come from `herd-consensus`; this crate never
+//! names sled.
 #![warn(missing_docs)]
 
-pub mod app;
-pub mod apply;
-pub mod apply_alloc;
-pub mod apply_drain;
-pub mod apply_plan;
-pub mod assignments;
-pub mod batch;
-pub mod command;
 pub mod config;
+pub mod coordinator;
 pub mod data_dir;
 pub mod error;
-pub mod forward;
-pub mod handle;
-pub mod leader_link;
-pub mod leadership;
-pub mod legacy;
-pub mod liveness;
-pub mod membership;
+pub mod leader;
+pub mod machine;
 pub mod planning;
-pub mod propose;
-pub mod read_index;
-pub mod reconcile;
+pub mod routing;
 pub mod scheduler;
 pub mod service;
-pub mod spec_codec;
 pub mod start;
 pub mod state;
-pub mod status;
 #[cfg(test)]
 mod testkit;
 
 pub use config::CoordinatorConfig;
+pub use coordinator::{Coordinator, ReadConsistency};
 pub use error::CoordinatorError;
-pub use handle::{Coordinator, ReadConsistency};
+pub use machine::command;
 pub use start::{start, RunningCoordinator};

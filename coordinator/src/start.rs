@@ -26,11 +26,11 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::transport::server::Connected;
 
-use crate::app::StateApp;
-use crate::command::Command;
 use crate::config::{CoordinatorConfig, StartMode};
+use crate::coordinator::Coordinator;
 use crate::data_dir::{self, DataDirError};
-use crate::handle::Coordinator;
+use crate::machine::app::StateApp;
+use crate::machine::command::Command;
 use crate::service;
 
 /// Why a coordinator did not start.
@@ -273,8 +273,12 @@ where
         }
     }
     background.push(tokio::spawn(establish_cluster_id(coordinator.clone())));
-    background.push(tokio::spawn(crate::reconcile::run(coordinator.clone())));
-    background.push(tokio::spawn(crate::liveness::run(coordinator.clone())));
+    background.push(tokio::spawn(crate::leader::scheduling::run(
+        coordinator.clone(),
+    )));
+    background.push(tokio::spawn(crate::leader::liveness::run(
+        coordinator.clone(),
+    )));
 
     Ok(RunningCoordinator {
         coordinator,
@@ -394,9 +398,9 @@ async fn establish_cluster_id(coordinator: Arc<Coordinator>) {
         if is_leader {
             let cluster_id = uuid::Uuid::new_v4().to_string();
             match coordinator
-                .execute_as_leader(crate::forward::LeaderRequest::Write(Command::InitCluster {
-                    cluster_id,
-                }))
+                .execute_as_leader(crate::routing::forward::LeaderRequest::Write(
+                    Command::InitCluster { cluster_id },
+                ))
                 .await
             {
                 Ok(_) => {

@@ -6,8 +6,8 @@ use herd_api::node::{NodeInfo, NodeStatus};
 use herd_api::resources::Resources;
 use herd_consensus::storage::WriteOp;
 
-use crate::apply::apply;
-use crate::command::{Command, CommandResult};
+use crate::machine::apply::apply;
+use crate::machine::command::{Command, CommandResult};
 use crate::state::{ChangeLog, ClusterState};
 
 /// A job of `count` instances of 100 millicores each.

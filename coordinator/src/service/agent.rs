@@ -23,11 +23,11 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::apply_alloc::MAX_UPDATES;
-use crate::assignments::{assigned_to, interest_of};
-use crate::command::{Command, CommandResult};
+use crate::coordinator::{Coordinator, ReadConsistency};
 use crate::error;
-use crate::handle::{Coordinator, ReadConsistency};
+use crate::machine::apply::alloc::MAX_UPDATES;
+use crate::machine::command::{Command, CommandResult};
+use crate::state::assignments::{assigned_to, interest_of};
 use crate::state::changes::{Changed, NodeInterest};
 
 /// A watch stream sends the set again after this long even when it did not
@@ -309,7 +309,7 @@ mod tests {
     use openraft::RaftSnapshotBuilder;
 
     use super::*;
-    use crate::app::StateApp;
+    use crate::machine::app::StateApp;
 
     fn report(id: &str, status: &str) -> AllocReport {
         AllocReport {

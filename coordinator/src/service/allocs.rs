@@ -8,8 +8,8 @@ use herd_api::proto::v1::allocs_server::Allocs;
 use tonic::{Request, Response, Status};
 
 use super::consistency;
+use crate::coordinator::Coordinator;
 use crate::error;
-use crate::handle::Coordinator;
 
 /// Serves [`Allocs`].
 pub struct AllocsService {

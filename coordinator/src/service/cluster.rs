@@ -10,9 +10,9 @@ use herd_api::proto::v1::{
 use tonic::{Request, Response, Status};
 
 use crate::config::check_host_port;
+use crate::coordinator::Coordinator;
 use crate::error::{self, CoordinatorError};
-use crate::forward::{LeaderReply, LeaderRequest};
-use crate::handle::Coordinator;
+use crate::routing::forward::{LeaderReply, LeaderRequest};
 
 /// Serves [`Cluster`].
 pub struct ClusterService {

@@ -9,9 +9,9 @@ use herd_api::proto::internal::{
 use herd_consensus::{codec, rpc};
 use tonic::{Request, Response, Status};
 
+use crate::coordinator::Coordinator;
 use crate::error::{self, CoordinatorError};
-use crate::forward::{ForwardError, LeaderReply, LeaderRequest};
-use crate::handle::Coordinator;
+use crate::routing::forward::{ForwardError, LeaderReply, LeaderRequest};
 
 /// Serves [`Internal`] for one member.
 pub struct InternalService {

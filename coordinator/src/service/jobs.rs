@@ -8,9 +8,9 @@ use herd_api::proto::v1::jobs_server::Jobs;
 use tonic::{Request, Response, Status};
 
 use super::consistency;
-use crate::command::{Command, CommandResult};
+use crate::coordinator::Coordinator;
 use crate::error::{self, CoordinatorError};
-use crate::handle::Coordinator;
+use crate::machine::command::{Command, CommandResult};
 use crate::scheduler::could_hold;
 use crate::state::{ClusterState, Job};
 use herd_api::resources::display_memory;

@@ -21,7 +21,7 @@ use herd_consensus::codec::MAX_DECODED_BYTES;
 use tonic::transport::server::Router;
 use tonic::transport::Server;
 
-use crate::handle::{Coordinator, ReadConsistency};
+use crate::coordinator::{Coordinator, ReadConsistency};
 
 /// Largest client request accepted (job specs are small; this bounds abuse).
 const MAX_CLIENT_MESSAGE: usize = 4 * 1024 * 1024;

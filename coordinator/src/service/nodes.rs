@@ -8,8 +8,8 @@ use herd_api::proto::v1::nodes_server::Nodes;
 use tonic::{Request, Response, Status};
 
 use super::consistency;
-use crate::command::Command;
-use crate::handle::Coordinator;
+use crate::coordinator::Coordinator;
+use crate::machine::command::Command;
 use crate::state::ClusterState;
 
 /// Serves [`Nodes`].

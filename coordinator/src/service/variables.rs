@@ -10,9 +10,9 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::consistency;
-use crate::command::{Command, CommandResult, Rejection};
+use crate::coordinator::Coordinator;
 use crate::error::{self, CoordinatorError};
-use crate::handle::Coordinator;
+use crate::machine::command::{Command, CommandResult, Rejection};
 
 /// Puts of one `PutStream` in flight, from read to answer sent. Past it the
 /// stream is not read until some answers leave: a client that writes

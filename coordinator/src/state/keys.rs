@@ -6,9 +6,9 @@
 //! from new ones.
 //!
 //! Format 2 (current) stores a job's spec as JSON text inside the bincode
-//! record ([`crate::spec_codec`]), so that spec fields added later (with a
+//! record ([`crate::machine::spec_codec`]), so that spec fields added later (with a
 //! serde default) need no new format; format 1 records are still read (jobs
-//! through [`crate::legacy::JobV1`], every other record is unchanged) and
+//! through [`crate::machine::legacy::JobV1`], every other record is unchanged) and
 //! rewritten as format 2 when next changed.
 
 use super::{ClusterState, Job, Variable};
@@ -108,7 +108,7 @@ pub(super) fn load_pair(state: &mut ClusterState, key: &[u8], value: &[u8]) -> R
             .insert(name.to_string(), decode::<NodeInfo>(key, value)?);
     } else if let Some(name) = key.strip_prefix("job/") {
         let job = match value.first() {
-            Some(&FORMAT_V1) => decode::<crate::legacy::JobV1>(key, value)?.into(),
+            Some(&FORMAT_V1) => decode::<crate::machine::legacy::JobV1>(key, value)?.into(),
             _ => decode::<Job>(key, value)?,
         };
         state.jobs.insert(name.to_string(), job);
@@ -146,7 +146,7 @@ mod tests {
             job_type: JobType,
             count: u32,
             priority: u32,
-            task: crate::legacy::OldTask<'a>,
+            task: crate::machine::legacy::OldTask<'a>,
         }
         #[derive(Serialize)]
         struct OldJob<'a> {

@@ -4,6 +4,7 @@
 //! record, so applying a command writes only what it changed.
 
 mod alloc_index;
+pub mod assignments;
 pub mod changes;
 mod keys;
 
@@ -51,7 +52,7 @@ impl JobStatus {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Job {
     /// The spec of the current version.
-    #[serde(with = "crate::spec_codec")]
+    #[serde(with = "crate::machine::spec_codec")]
     pub spec: JobSpec,
     /// Bumped on every change of spec or desired state (starts at 1).
     pub version: u64,

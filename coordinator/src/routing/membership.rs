@@ -5,9 +5,9 @@ use std::collections::BTreeSet;
 
 use openraft::{BasicNode, ChangeMembers};
 
-use crate::forward::{ForwardError, LeaderReply};
-use crate::handle::Coordinator;
-use crate::propose::write_error;
+use crate::coordinator::Coordinator;
+use crate::routing::forward::{ForwardError, LeaderReply};
+use crate::routing::propose::write_error;
 
 impl Coordinator {
     pub(crate) fn voters(&self) -> BTreeSet<u64> {

@@ -24,7 +24,7 @@ pub enum Command {
     /// Creates a job or a new version of it.
     SubmitJob {
         /// The validated spec.
-        #[serde(with = "crate::spec_codec")]
+        #[serde(with = "crate::machine::spec_codec")]
         spec: JobSpec,
         /// Leader's clock, ms since the epoch.
         now_ms: u64,

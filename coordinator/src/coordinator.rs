@@ -19,16 +19,16 @@ use herd_consensus::state_machine::StateMachineStats;
 use herd_consensus::Raft;
 use openraft::{BasicNode, RaftMetrics};
 
-use crate::app::StateApp;
-use crate::batch::{BatchLimits, Batcher};
-use crate::command::{Command, CommandResult};
 use crate::error::CoordinatorError;
-use crate::forward::{ForwardError, LeaderReply, LeaderRequest, Written};
-use crate::leader_link::LeaderLink;
-use crate::leadership::LeadershipWatch;
-use crate::liveness::Liveness;
-use crate::propose::Proposer;
-use crate::read_index::ReadIndexBatcher;
+use crate::leader::liveness::Liveness;
+use crate::machine::app::StateApp;
+use crate::machine::command::{Command, CommandResult};
+use crate::routing::batch::{BatchLimits, Batcher};
+use crate::routing::forward::{ForwardError, LeaderReply, LeaderRequest, Written};
+use crate::routing::leader_link::LeaderLink;
+use crate::routing::leadership::LeadershipWatch;
+use crate::routing::propose::Proposer;
+use crate::routing::read_index::ReadIndexBatcher;
 use crate::state::{Changed, ClusterState};
 
 /// How fresh a read must be.

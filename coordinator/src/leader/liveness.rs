@@ -19,9 +19,9 @@ use tokio::time::Instant;
 use herd_api::node::NodeStatus;
 use herd_api::proto::v1::NodeUsage;
 
-use crate::apply_drain::lapsed_drains;
-use crate::command::Command;
-use crate::handle::Coordinator;
+use crate::coordinator::Coordinator;
+use crate::machine::apply::drain::lapsed_drains;
+use crate::machine::command::Command;
 
 /// TTL a coordinator gives nodes unless configured otherwise.
 pub const DEFAULT_NODE_TTL: Duration = Duration::from_secs(5);
@@ -133,7 +133,7 @@ pub async fn run(coordinator: Arc<Coordinator>) {
                 .collect()
         });
         let lapsed = liveness.lapsed(term, alive.iter().map(String::as_str), Instant::now());
-        let now = crate::handle::now_ms();
+        let now = crate::coordinator::now_ms();
         let drains = coordinator.read_state(|state| lapsed_drains(state, now));
         for node in drains {
             tracing::info!(%node, "drain deadline passed; stopping what still runs there");

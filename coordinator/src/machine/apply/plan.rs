@@ -9,8 +9,8 @@ use std::collections::BTreeSet;
 
 use herd_api::alloc::{AllocDesired, AllocStatus, Allocation};
 
-use crate::apply_alloc::refresh_job_status;
-use crate::command::{CommandResult, Rejection};
+use crate::machine::apply::alloc::refresh_job_status;
+use crate::machine::command::{CommandResult, Rejection};
 use crate::planning::{
     gang_of, missing_instances, request_for, to_scheduler_plan, touched_views, PlanCommand,
 };
@@ -218,8 +218,8 @@ mod tests {
     use herd_api::resources::Resources;
     use herd_consensus::storage::WriteOp;
 
-    use crate::apply::apply;
-    use crate::command::{Command, CommandResult};
+    use crate::machine::apply::apply;
+    use crate::machine::command::{Command, CommandResult};
     use crate::planning::plan_job;
     use crate::state::{ChangeLog, ClusterState};
 
@@ -375,7 +375,7 @@ mod tests {
         use herd_consensus::identity::ClusterIdentity;
         use herd_consensus::Application;
 
-        use crate::app::StateApp;
+        use crate::machine::app::StateApp;
         use crate::planning::{pass_input, plan_pass, PlanCommand};
 
         let mut state = ClusterState::default();
@@ -486,7 +486,7 @@ mod tests {
         );
         assert!(matches!(
             run(&mut state, 3, Command::ApplyPlan { plan, now_ms: 3 }),
-            CommandResult::Rejected(crate::command::Rejection::StalePlan(_))
+            CommandResult::Rejected(crate::machine::command::Rejection::StalePlan(_))
         ));
     }
 }

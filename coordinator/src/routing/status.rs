@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use openraft::ServerState;
 
+use crate::coordinator::Coordinator;
 use crate::error::CoordinatorError;
-use crate::forward::{LeaderReply, LeaderRequest, MemberView, StatusView};
-use crate::handle::Coordinator;
+use crate::routing::forward::{LeaderReply, LeaderRequest, MemberView, StatusView};
 
 /// Peers that answered within this window count as healthy (ten heartbeats
 /// at the default interval).

@@ -5,8 +5,8 @@
 use herd_api::job::JobType;
 use herd_api::node::NodeStatus;
 
-use crate::apply_plan::stop_matching;
-use crate::command::{CommandResult, Rejection};
+use crate::machine::apply::plan::stop_matching;
+use crate::machine::command::{CommandResult, Rejection};
 use crate::state::{ChangeLog, ClusterState, Record};
 
 /// Longest grace a drain accepts (a week): a longer one is a typo.
@@ -118,7 +118,7 @@ mod tests {
     use herd_api::node::NodeStatus;
 
     use super::*;
-    use crate::command::Command;
+    use crate::machine::command::Command;
     use crate::testkit::{place, run, spec};
 
     fn desired_on(state: &ClusterState, job: &str, node: &str) -> Vec<AllocDesired> {

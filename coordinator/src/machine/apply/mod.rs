@@ -4,13 +4,17 @@
 //! member computes the same result. A command that does not fit is rejected
 //! whole with a reason.
 
+pub mod alloc;
+pub mod drain;
+pub mod plan;
+
 use herd_api::node::NodeStatus;
 use herd_consensus::state_machine::EntryPosition;
 
-use crate::apply_alloc::{apply_updates, mark_node_down};
-use crate::apply_drain::{clear_deadline, drain_now, drain_within};
-use crate::apply_plan::{apply_plan, stop_allocations};
-use crate::command::{Command, CommandResult, Rejection};
+use crate::machine::apply::alloc::{apply_updates, mark_node_down};
+use crate::machine::apply::drain::{clear_deadline, drain_now, drain_within};
+use crate::machine::apply::plan::{apply_plan, stop_allocations};
+use crate::machine::command::{Command, CommandResult, Rejection};
 use crate::state::{ChangeLog, ClusterState, Job, JobStatus, Record, Variable};
 
 /// Largest variable value: variables are configuration, not blobs.

@@ -9,8 +9,8 @@ use herd_consensus::state_machine::EntryPosition;
 use herd_consensus::storage::WriteOp;
 use herd_consensus::Application;
 
-use crate::apply::apply_entry;
-use crate::command::{CommandResult, Rejection};
+use crate::machine::apply::apply_entry;
+use crate::machine::command::{CommandResult, Rejection};
 use crate::state::{ChangeFeed, ChangeLog, Changed, ClusterState};
 
 /// The coordinator's [`Application`]: `ClusterState` plus identity upkeep.
@@ -70,15 +70,17 @@ impl Application for StateApp {
         let results: Vec<CommandResult> = match codec::decode_batch(batch, "command batch") {
             Ok(commands) => commands
                 .iter()
-                .map(|bytes| match crate::legacy::decode_command(bytes) {
-                    Ok(command) => apply_entry(
-                        &mut self.state,
-                        at,
-                        command,
-                        &mut ChangeLog::recording(changes, &mut touched),
-                    ),
-                    Err(e) => CommandResult::Rejected(Rejection::Invalid(e.to_string())),
-                })
+                .map(
+                    |bytes| match crate::machine::legacy::decode_command(bytes) {
+                        Ok(command) => apply_entry(
+                            &mut self.state,
+                            at,
+                            command,
+                            &mut ChangeLog::recording(changes, &mut touched),
+                        ),
+                        Err(e) => CommandResult::Rejected(Rejection::Invalid(e.to_string())),
+                    },
+                )
                 .collect(),
             Err(e) => vec![CommandResult::Rejected(Rejection::Invalid(e.to_string()))],
         };

@@ -10,8 +10,8 @@
 use herd_consensus::Raft;
 use openraft::error::RaftError;
 
-use crate::batch::{BatchLimits, Batcher};
-use crate::forward::ForwardError;
+use crate::routing::batch::{BatchLimits, Batcher};
+use crate::routing::forward::ForwardError;
 
 /// One confirmation at a time; every read waiting joins the next one.
 const LIMITS: BatchLimits = BatchLimits {

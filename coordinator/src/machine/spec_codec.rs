@@ -6,7 +6,7 @@
 //! as one JSON string inside the bincode record: a field added later with
 //! `#[serde(default)]` reads old specs without a new record format. Specs
 //! are small and written once per job version, so the cost is nil.
-//! Use as `#[serde(with = "crate::spec_codec")]` on a `JobSpec` field.
+//! Use as `#[serde(with = "crate::machine::spec_codec")]` on a `JobSpec` field.
 
 use herd_api::job::JobSpec;
 use serde::de::Error as _;

@@ -13,10 +13,10 @@ use herd_consensus::Raft;
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::BasicNode;
 
-use crate::batch::{BatchLimits, Batcher};
-use crate::command::{Command, CommandResult};
-use crate::forward::{ForwardError, Written};
-use crate::handle::now_ms;
+use crate::coordinator::now_ms;
+use crate::machine::command::{Command, CommandResult};
+use crate::routing::batch::{BatchLimits, Batcher};
+use crate::routing::forward::{ForwardError, Written};
 
 /// One entry commits at a time: the next batch fills while it does.
 const LIMITS: BatchLimits = BatchLimits {

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::command::{Command, CommandResult};
+use crate::machine::command::{Command, CommandResult};
 
 /// A request that must run on the leader.
 #[derive(Debug, Clone, Serialize, Deserialize)]

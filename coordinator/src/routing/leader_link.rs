@@ -14,9 +14,9 @@ use herd_consensus::network::{internal_client, DialMap};
 use herd_consensus::Raft;
 use tonic::transport::Channel;
 
-use crate::command::Command;
-use crate::forward::{ForwardError, LeaderReply, LeaderRequest, Written};
-use crate::leadership::LeadershipWatch;
+use crate::machine::command::Command;
+use crate::routing::forward::{ForwardError, LeaderReply, LeaderRequest, Written};
+use crate::routing::leadership::LeadershipWatch;
 
 /// Forwarded requests give up after this long.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(15);

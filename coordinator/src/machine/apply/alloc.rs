@@ -8,7 +8,7 @@ use herd_api::alloc::{AllocDesired, AllocStatus, AllocUpdate};
 use herd_api::job::JobType;
 use herd_api::node::NodeStatus;
 
-use crate::command::{CommandResult, Rejection};
+use crate::machine::command::{CommandResult, Rejection};
 use crate::planning::{exhausted, instance_histories};
 use crate::state::{ChangeLog, ClusterState, JobStatus, Record};
 
@@ -206,7 +206,7 @@ mod tests {
     use herd_api::job::JobType;
     use herd_api::node::NodeStatus;
 
-    use crate::command::Command;
+    use crate::machine::command::Command;
     use crate::planning::{missing_instances, retry_delay_ms, BATCH_ATTEMPTS};
     use crate::state::{ClusterState, JobStatus};
     use crate::testkit::{alloc_update, place, report, run, spec};
@@ -400,12 +400,12 @@ mod tests {
         // 21 allocations were created; all but the newest 5 were deleted, in the log's writes.
         assert_eq!(
             deleted,
-            21 - (crate::apply_plan::ENDED_KEPT_PER_INSTANCE + 1)
+            21 - (crate::machine::apply::plan::ENDED_KEPT_PER_INSTANCE + 1)
         );
         let kept: Vec<AllocStatus> = state.allocs_of_job("web").map(|a| a.status).collect();
         assert_eq!(
             kept.len(),
-            crate::apply_plan::ENDED_KEPT_PER_INSTANCE + 1,
+            crate::machine::apply::plan::ENDED_KEPT_PER_INSTANCE + 1,
             "{kept:?}"
         );
         assert_eq!(kept.iter().filter(|s| !s.is_terminal()).count(), 1);

@@ -143,7 +143,7 @@ mod tests {
     use herd_api::job::{JobSpec, JobType};
 
     use super::*;
-    use crate::command::Command;
+    use crate::machine::command::Command;
     use crate::planning::plan_job;
     use crate::testkit::{alloc_update, place, report, run, spec};
 
@@ -258,7 +258,7 @@ mod tests {
     }
     #[test]
     fn a_change_to_what_a_nodes_set_reads_concerns_that_node_only() {
-        use crate::apply::apply;
+        use crate::machine::apply::apply;
         use crate::state::{ChangeLog, Changed};
         let mut state = ClusterState::default();
         let index = place(

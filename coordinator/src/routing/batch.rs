@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::oneshot;
 
-use crate::forward::ForwardError;
+use crate::routing::forward::ForwardError;
 
 type Reply<R> = oneshot::Sender<Result<R, ForwardError>>;
 

@@ -22,8 +22,8 @@ use tokio::time::Instant;
 
 use tokio::sync::broadcast::error::RecvError;
 
-use crate::command::Command;
-use crate::handle::{now_ms, Coordinator};
+use crate::coordinator::{now_ms, Coordinator};
+use crate::machine::command::Command;
 use futures::future::join_all;
 
 use crate::planning::{pass_input, plan_pass, PlanCommand};

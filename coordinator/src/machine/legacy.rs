@@ -3,7 +3,7 @@
 //!
 //! bincode is not self-describing: a [`JobSpec`] with one more field cannot
 //! read the bytes of an older one, and `#[serde(default)]` does not help. So
-//! specs are now written as JSON text inside bincode ([`crate::spec_codec`]),
+//! specs are now written as JSON text inside bincode ([`crate::machine::spec_codec`]),
 //! where later fields can default; the first release's shapes are kept
 //! here, frozen, and converted on read:
 //! - state records of format 1 (`state::keys`): jobs decode as [`JobV1`];
@@ -21,7 +21,7 @@ use herd_api::node::NodeInfo;
 use herd_api::resources::Resources;
 use serde::Deserialize;
 
-use crate::command::Command;
+use crate::machine::command::Command;
 use crate::planning::PlanCommand;
 use crate::state::{Job, JobStatus};
 

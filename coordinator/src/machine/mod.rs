@@ -1,0 +1,9 @@
+//! The replicated state machine: the commands that change the cluster
+//! state and the deterministic, total `apply` that every member runs on
+//! them, with the decoding of what older releases wrote.
+
+pub mod app;
+pub mod apply;
+pub mod command;
+pub mod legacy;
+pub mod spec_codec;
