@@ -169,6 +169,21 @@ fn no_nul(field: impl Into<String>, value: &str) -> Result<(), FieldError> {
 }
 
 impl JobSpec {
+    /// Checks only what the replicated state relies on (the name, which
+    /// keys its records, and the instance count and priority, which size
+    /// and order its work): rules frozen since the first release.
+    ///
+    /// `apply` calls this instead of [`JobSpec::validate`]: every member
+    /// must reach the same verdict on an entry whichever release replays
+    /// it, and the full rules (driver settings above all) grow stricter
+    /// from release to release. A spec is checked in full where it enters,
+    /// at the coordinator's API.
+    pub fn validate_stored(&self) -> Result<(), FieldError> {
+        validate_name(&self.name)?;
+        COUNT_RANGE.check("count", u64::from(self.count))?;
+        PRIORITY_RANGE.check("priority", u64::from(self.priority))
+    }
+
     /// Checks every semantic rule on the whole spec and returns the first
     /// broken one. Cheap and pure: the server calls it on every network input,
     /// the CLI and spec-file parser call it before submitting.

@@ -337,7 +337,13 @@ async fn check_peers_cluster(config: &CoordinatorConfig, mine: &str) -> Result<(
         let mut client = internal_client(channel);
         let mut request = tonic::Request::new(IdentityRequest {});
         request.set_timeout(Duration::from_secs(1));
-        let Ok(reply) = client.identity(request).await else {
+        // The header alone bounds nothing on this side: a peer that is
+        // itself starting (listening, not serving yet) would hold this
+        // start for as long as HTTP/2 keep-alive takes to give up, and
+        // members restarted all at once would wait on each other.
+        let Ok(Ok(reply)) =
+            tokio::time::timeout(Duration::from_secs(1), client.identity(request)).await
+        else {
             tracing::debug!(%addr, "peer did not answer the identity check");
             continue;
         };

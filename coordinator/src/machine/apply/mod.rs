@@ -62,7 +62,9 @@ pub fn apply(
             CommandResult::ClusterInitialized { cluster_id }
         }
         Command::SubmitJob { spec, now_ms } => {
-            if let Err(e) = spec.validate() {
+            // Only the frozen rules: an entry an older release accepted must
+            // apply the same on every release (see `validate_stored`).
+            if let Err(e) = spec.validate_stored() {
                 return CommandResult::Rejected(Rejection::InvalidSpec(e.to_string()));
             }
             let name = spec.name.clone();
@@ -242,43 +244,15 @@ pub fn apply(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use herd_api::job::{JobSpec, JobType, TaskSpec};
-    use herd_api::resources::Resources;
-    use herd_consensus::storage::WriteOp;
+    use crate::testkit::{self, run};
+    use herd_api::job::{JobSpec, JobType};
 
+    /// A one-instance batch job running `/bin/sleep` with `args`.
     fn spec(name: &str, args: &[&str]) -> JobSpec {
-        JobSpec {
-            name: name.to_string(),
-            job_type: JobType::Batch,
-            count: 1,
-            priority: 50,
-            task: TaskSpec {
-                driver: "exec".to_string(),
-                command: Some("/bin/sleep".to_string()),
-                args: args.iter().map(|s| s.to_string()).collect(),
-                env: Default::default(),
-                workdir: None,
-                resources: Resources {
-                    cpu_millis: 100,
-                    memory_bytes: 64 << 20,
-                    gpus: 0,
-                    gpu_model: None,
-                },
-                config: Default::default(),
-            },
-            placement: Default::default(),
-            stop_after_disconnect: None,
-        }
-    }
-
-    fn run(
-        state: &mut ClusterState,
-        index: u64,
-        command: Command,
-    ) -> (CommandResult, Vec<WriteOp>) {
-        let mut ops = Vec::new();
-        let result = apply(state, index, command, &mut ChangeLog::new(&mut ops));
-        (result, ops)
+        let mut spec = testkit::spec(name, JobType::Batch, 1);
+        spec.task.command = Some("/bin/sleep".to_string());
+        spec.task.args = args.iter().map(|s| s.to_string()).collect();
+        spec
     }
 
     #[test]
@@ -499,7 +473,6 @@ mod tests {
     }
     #[test]
     fn a_leaders_decision_applies_only_in_the_term_it_was_made_in() {
-        use crate::testkit;
         use herd_api::node::NodeStatus;
         let mut state = ClusterState::default();
         testkit::run(
@@ -570,5 +543,46 @@ mod tests {
             &mut ChangeLog::new(&mut ops),
         );
         assert_eq!(result, CommandResult::NodeUpdated);
+    }
+    #[test]
+    fn a_spec_an_older_release_accepted_applies_though_todays_rules_refuse_it() {
+        let mut state = ClusterState::default();
+        let mut logged = spec("old", &["1"]);
+        // A driver setting today's rules do not know.
+        logged
+            .task
+            .config
+            .insert("retired_setting".into(), "1".into());
+        assert!(logged.validate().is_err(), "today's rules must refuse it");
+        let (result, _) = run(
+            &mut state,
+            1,
+            Command::SubmitJob {
+                spec: logged,
+                now_ms: 1,
+            },
+        );
+        assert_eq!(
+            result,
+            CommandResult::JobSubmitted {
+                version: 1,
+                changed: true
+            }
+        );
+        // What the state relies on is still checked.
+        let mut nameless = spec("x", &[]);
+        nameless.name = String::new();
+        let (result, _) = run(
+            &mut state,
+            2,
+            Command::SubmitJob {
+                spec: nameless,
+                now_ms: 2,
+            },
+        );
+        assert!(
+            matches!(result, CommandResult::Rejected(Rejection::InvalidSpec(_))),
+            "{result:?}"
+        );
     }
 }

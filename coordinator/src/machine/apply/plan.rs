@@ -216,16 +216,13 @@ mod tests {
     use herd_api::job::{JobSpec, JobType, TaskSpec};
     use herd_api::node::{NodeInfo, NodeStatus};
     use herd_api::resources::Resources;
-    use herd_consensus::storage::WriteOp;
 
-    use crate::machine::apply::apply;
     use crate::machine::command::{Command, CommandResult};
     use crate::planning::plan_job;
-    use crate::state::{ChangeLog, ClusterState};
+    use crate::state::ClusterState;
 
     fn run(state: &mut ClusterState, index: u64, command: Command) -> CommandResult {
-        let mut ops: Vec<WriteOp> = Vec::new();
-        apply(state, index, command, &mut ChangeLog::new(&mut ops))
+        crate::testkit::run(state, index, command).0
     }
 
     fn job(name: &str, cpu: u64) -> JobSpec {
