@@ -33,6 +33,7 @@ pub async fn record(client: &HerdClient, keys: &[String], recorder: &Recorder) {
             complete_ns: recorder.now_ns(),
             outcome: answer.0,
             error: answer.3,
+            member: workload::member_id(0),
         }));
     }
     let jobs = tokio::time::timeout(

@@ -77,6 +77,24 @@ pub struct Op {
     /// The error, when there was one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The member id of the coordinator the client sent it to (its place,
+    /// from 1, in the clients' address list, which the harness orders by
+    /// member id), so that a stale answer can be traced to the member that
+    /// gave it. A request a member forwarded to the leader is still
+    /// recorded against the member it was sent to. None in histories
+    /// recorded before this field existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub member: Option<u64>,
+}
+
+impl Op {
+    /// Where it was sent, for reports: ` via member N`, or nothing when
+    /// not recorded.
+    pub fn via(&self) -> String {
+        self.member
+            .map(|m| format!(" via member {m}"))
+            .unwrap_or_default()
+    }
 }
 
 /// A fault the nemesis injected, from start to heal.
@@ -313,6 +331,7 @@ mod tests {
                     complete_ns: 20,
                     outcome: Outcome::Ok,
                     error: None,
+                    member: Some(2),
                 }),
                 Record::Fault(FaultWindow {
                     what: "kill member 1".into(),

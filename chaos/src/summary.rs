@@ -17,8 +17,13 @@ pub struct Summary {
     pub passed: u32,
     /// Runs with a violation.
     pub violated: u32,
-    /// Runs that could not be carried out or decided.
+    /// Runs checked but not decided: a checker could not decide (e.g. the
+    /// linearizability search ran out of steps) and none failed. Not a
+    /// pass, and counted apart from passes for that reason.
     pub undecided: u32,
+    /// Runs that could not be carried out at all (the cluster never got
+    /// ready, a harness failure): nothing was checked.
+    pub not_carried_out: u32,
     /// Faults injected over all runs.
     pub faults: u32,
     /// Operations over all runs.
@@ -68,9 +73,9 @@ impl Summary {
     }
 
     /// Adds a run that could not be carried out.
-    pub fn add_undecided(&mut self) {
+    pub fn add_not_carried_out(&mut self) {
         self.runs += 1;
-        self.undecided += 1;
+        self.not_carried_out += 1;
     }
 
     /// One Markdown table row: scenario, runs, verdicts, faults, ops, then
@@ -79,12 +84,17 @@ impl Summary {
         let mut row = String::new();
         let _ = write!(
             row,
-            "| {} | {} | {} pass / {} violation / {} undecided | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} pass / {} violation / {} undecided{} | {} | {} | {} | {} | {} | {} |",
             self.scenario,
             self.runs,
             self.passed,
             self.violated,
             self.undecided,
+            if self.not_carried_out > 0 {
+                format!(" / {} not carried out", self.not_carried_out)
+            } else {
+                String::new()
+            },
             self.faults,
             self.ops,
             spread(&self.recovered_ms),
@@ -130,5 +140,18 @@ mod tests {
         );
         assert!(row.contains("20 / 30 / 30"), "{row}");
         assert!(row.ends_with("| - | - | - |"), "{row}");
+    }
+
+    #[test]
+    fn runs_not_carried_out_are_told_apart_from_undecided_ones() {
+        let mut summary = Summary::new("restart-all");
+        summary.add_not_carried_out();
+        let row = summary.row();
+        assert!(
+            row.starts_with(
+                "| restart-all | 1 | 0 pass / 0 violation / 0 undecided / 1 not carried out |"
+            ),
+            "{row}"
+        );
     }
 }

@@ -119,6 +119,7 @@ mod tests {
                     complete_ns: 2_000_000_000,
                     outcome: Outcome::Ok,
                     error: None,
+                    member: None,
                 }),
                 Record::Fault(FaultWindow {
                     what: "kill <leader>".into(),

@@ -260,11 +260,18 @@ impl ClientContext {
     }
 }
 
-/// Records one finished operation.
+/// The member id recorded for a request sent to the coordinator at
+/// `member` (an index into the clients' address list, ordered by id).
+pub fn member_id(member: usize) -> Option<u64> {
+    Some(member as u64 + 1)
+}
+
+/// Records one finished operation, sent to coordinator `member` (an index).
 #[allow(clippy::too_many_arguments)]
 fn record(
     ctx: &ClientContext,
     process: u64,
+    member: usize,
     kind: OpKind,
     key: &str,
     expected: Option<u64>,
@@ -283,6 +290,7 @@ fn record(
         complete_ns: ctx.recorder.now_ns(),
         outcome,
         error,
+        member: member_id(member),
     }));
 }
 
@@ -328,7 +336,9 @@ pub async fn register_client(ctx: ClientContext, process: u64, keys: Vec<String>
                 last_version[k] = version;
             }
         }
-        record(&ctx, process, kind, key, expected, invoke_ns, answer);
+        record(
+            &ctx, process, member, kind, key, expected, invoke_ns, answer,
+        );
         tokio::time::sleep(Duration::from_millis(10 + rng.below(20))).await;
     }
 }
@@ -443,6 +453,7 @@ pub async fn submit_setup(
             complete_ns: recorder.now_ns(),
             outcome,
             error: error.clone(),
+            member: member_id(member),
         }));
         match error {
             None => return Ok(()),
@@ -481,6 +492,7 @@ pub async fn job_client(ctx: ClientContext, process: u64, mut rng: Rng) {
             record(
                 &ctx,
                 process,
+                member,
                 OpKind::Submit,
                 &name,
                 None,
@@ -496,6 +508,7 @@ pub async fn job_client(ctx: ClientContext, process: u64, mut rng: Rng) {
             record(
                 &ctx,
                 process,
+                member,
                 OpKind::Update,
                 &name,
                 None,
@@ -523,6 +536,7 @@ pub async fn job_client(ctx: ClientContext, process: u64, mut rng: Rng) {
             record(
                 &ctx,
                 process,
+                member,
                 OpKind::Stop,
                 &name,
                 None,
@@ -552,9 +566,22 @@ pub async fn job_client(ctx: ClientContext, process: u64, mut rng: Rng) {
                     };
                     (Outcome::Ok, mark, Some(job.version), None)
                 }
+                // Answered after the read barrier: the job did not exist,
+                // an observation of absence (version 0) as much as a found
+                // job is one of presence, and checked as such.
+                Err((Some(tonic::Code::NotFound), _)) => (Outcome::Ok, None, Some(0), None),
                 Err((_, e)) => (Outcome::Fail, None, None, Some(e)),
             };
-            record(&ctx, process, OpKind::Query, &name, None, invoke_ns, answer);
+            record(
+                &ctx,
+                process,
+                member,
+                OpKind::Query,
+                &name,
+                None,
+                invoke_ns,
+                answer,
+            );
         }
         tokio::time::sleep(Duration::from_millis(150 + rng.below(200))).await;
     }
@@ -583,7 +610,8 @@ pub async fn node_client(ctx: ClientContext, process: u64, nodes: Vec<String>, m
             name: node.clone(),
             deadline_ms: 0,
         };
-        let call = client.call_one(rng.below(members) as usize, |ch| async move {
+        let member = rng.below(members) as usize;
+        let call = client.call_one(member, |ch| async move {
             NodesClient::new(ch)
                 .drain(request)
                 .await
@@ -591,7 +619,16 @@ pub async fn node_client(ctx: ClientContext, process: u64, nodes: Vec<String>, m
         });
         let answer = node_answer(bounded(call).await);
         let drained = answer.0 != Outcome::Fail;
-        record(&ctx, process, OpKind::Drain, &node, None, invoke_ns, answer);
+        record(
+            &ctx,
+            process,
+            member,
+            OpKind::Drain,
+            &node,
+            None,
+            invoke_ns,
+            answer,
+        );
         if !drained {
             continue;
         }
@@ -603,7 +640,8 @@ pub async fn node_client(ctx: ClientContext, process: u64, nodes: Vec<String>, m
                 name: node.clone(),
                 eligible: true,
             };
-            let call = client.call_one(rng.below(members) as usize, |ch| async move {
+            let member = rng.below(members) as usize;
+            let call = client.call_one(member, |ch| async move {
                 NodesClient::new(ch)
                     .set_eligibility(request)
                     .await
@@ -614,6 +652,7 @@ pub async fn node_client(ctx: ClientContext, process: u64, nodes: Vec<String>, m
             record(
                 &ctx,
                 process,
+                member,
                 OpKind::Undrain,
                 &node,
                 None,

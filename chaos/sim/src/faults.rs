@@ -16,6 +16,10 @@ pub enum SimFault {
     Halves,
     /// Crash a random member; restart it on its store at the heal.
     Crash,
+    /// Crash every member at once; restart them all at the heal, each on
+    /// what its store had synced (`herd chaos run`'s restart-all, which
+    /// once served a stale read after the restart: docs/chaos.md).
+    CrashAll,
     /// Crash a node agent; its workloads run on (as processes outlive a
     /// killed agent); restart it at the heal, when it re-adopts them.
     AgentCrash,
@@ -33,6 +37,7 @@ impl SimFault {
             SimFault::IsolateLeader => "isolate-leader",
             SimFault::Halves => "halves",
             SimFault::Crash => "crash",
+            SimFault::CrashAll => "crash-all",
             SimFault::AgentCrash => "agent-crash",
             SimFault::NodeLoss => "node-loss",
             SimFault::AgentPartition => "agent-partition",
@@ -54,10 +59,11 @@ impl SimFault {
 }
 
 /// Every kind, coordinators' first.
-pub const ALL: [SimFault; 6] = [
+pub const ALL: [SimFault; 7] = [
     SimFault::IsolateLeader,
     SimFault::Halves,
     SimFault::Crash,
+    SimFault::CrashAll,
     SimFault::AgentCrash,
     SimFault::NodeLoss,
     SimFault::AgentPartition,
@@ -106,8 +112,8 @@ pub fn schedule(
 pub enum Active {
     /// Messages held between these host pairs.
     Partition(Vec<(String, String)>),
-    /// This host is crashed; it restarts at the heal.
-    Crashed(String),
+    /// These hosts are crashed; they restart at the heal.
+    Crashed(Vec<String>),
 }
 
 /// What [`inject`] did.
@@ -159,9 +165,23 @@ pub fn inject(
             sim.crash(victim.as_str());
             hosts::clear(&targets.slots[(ids[0] - 1) as usize]);
             return Injected {
-                active: Active::Crashed(victim.clone()),
+                active: Active::Crashed(vec![victim.clone()]),
                 what: format!("crash {victim}"),
                 took_leader: leader == Some(ids[0]),
+                lost_node: None,
+            };
+        }
+        SimFault::CrashAll => {
+            ids.sort_unstable();
+            let victims = names(&ids);
+            for (victim, slot) in victims.iter().zip(targets.slots) {
+                sim.crash(victim.as_str());
+                hosts::clear(slot);
+            }
+            return Injected {
+                what: format!("crash all: {}", victims.join(" ")),
+                active: Active::Crashed(victims),
+                took_leader: leader.is_some(),
                 lost_node: None,
             };
         }
@@ -175,7 +195,7 @@ pub fn inject(
                 format!("crash agent {}", victim.name)
             };
             return Injected {
-                active: Active::Crashed(victim.name.clone()),
+                active: Active::Crashed(vec![victim.name.clone()]),
                 what,
                 took_leader: false,
                 lost_node: Some(victim.name.clone()),
@@ -238,7 +258,11 @@ pub fn heal(sim: &mut turmoil::Sim<'_>, active: &Active) {
                 sim.release(a.as_str(), b.as_str());
             }
         }
-        Active::Crashed(host) => sim.bounce(host.as_str()),
+        Active::Crashed(hosts) => {
+            for host in hosts {
+                sim.bounce(host.as_str());
+            }
+        }
     }
 }
 

@@ -72,16 +72,25 @@ fn coordinator_config(id: u64, members: u64, raft: RaftTuning) -> CoordinatorCon
 }
 
 /// Adds `members` coordinators. Each keeps its in-memory store across
-/// crashes, as a disk keeps what was synced.
+/// crashes, as a disk keeps what was synced: a restarted host first loses
+/// every write its store had not synced ([`MemoryStore::lose_unsynced`]),
+/// as a real crash may (a crash that kept them would hide every bug that
+/// needs a lost unsynced write, like the stale read after restart-all).
 pub fn add_coordinators(sim: &mut turmoil::Sim<'_>, members: u64, raft: &RaftTuning) -> Vec<Slot> {
     let mut slots = Vec::new();
     for id in 1..=members {
-        let store: Arc<dyn KvStore> = Arc::new(MemoryStore::new());
+        let disk = Arc::new(MemoryStore::new());
         let slot: Slot = Arc::new(Mutex::new(None));
         slots.push(slot.clone());
         let raft = raft.clone();
         sim.host(coordinator_host(id), move || {
-            let store = store.clone();
+            // The host starts (first start: nothing written, nothing lost)
+            // or restarts after a crash: the power loss happens here.
+            let lost = disk.lose_unsynced();
+            if lost > 0 {
+                tracing::info!(member = id, lost, "restart: unsynced writes lost");
+            }
+            let store: Arc<dyn KvStore> = disk.clone();
             let slot = slot.clone();
             let raft = raft.clone();
             async move {

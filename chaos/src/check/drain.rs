@@ -110,6 +110,7 @@ mod tests {
             complete_ns: t + 1,
             outcome,
             error: None,
+            member: None,
         }
     }
 

@@ -22,11 +22,14 @@ pub fn check_history(history: &History) -> Verdict {
 
 /// Each job's history as a versioned register: submits, updates and stops
 /// write their marker (the answer names the version they made), queries
-/// read the marker and version they saw. Operations without a marker (the
+/// read the marker and version they saw, and a query answered "not found"
+/// after the read barrier read the job absent (no marker, version 0), so
+/// that an acknowledged job that vanished, or one seen before its submit,
+/// fails as a stale read would. Other operations without a marker (the
 /// harness's own setup submit) are left out.
 pub fn as_registers(ops: &[Op]) -> Vec<Op> {
     ops.iter()
-        .filter(|o| o.value.is_some())
+        .filter(|o| o.value.is_some() || (o.kind == OpKind::Query && o.outcome == Outcome::Ok))
         .filter_map(|o| {
             let kind = match o.kind {
                 OpKind::Submit | OpKind::Update | OpKind::Stop => OpKind::Write,
@@ -101,6 +104,7 @@ mod tests {
             complete_ns: t.1,
             outcome,
             error: None,
+            member: None,
         }
     }
 
@@ -152,6 +156,45 @@ mod tests {
         stale[2] = marked(3, OpKind::Query, "m1", 1, (40, 50));
         let verdict = crate::check::version_order::check_registers(&as_registers(&stale));
         assert!(verdict.is_fail(), "{verdict:?}");
+    }
+
+    #[test]
+    fn a_job_not_found_after_its_acknowledged_submit_fails() {
+        let marked = |id, kind, mark: &str, version, t| Op {
+            value: Some(mark.to_string()),
+            version: Some(version),
+            ..job_op(id, kind, "a", Outcome::Ok, t)
+        };
+        // "not found" after the read barrier: recorded as absent, version 0.
+        let absent = |id, t| Op {
+            version: Some(0),
+            ..job_op(id, OpKind::Query, "a", Outcome::Ok, t)
+        };
+        // Absent before the submit (or while its outcome is unknown) is fine.
+        let mut maybe = marked(2, OpKind::Submit, "m1", 1, (20, 30));
+        maybe.outcome = Outcome::Unknown;
+        maybe.version = None;
+        let good = vec![
+            absent(1, (0, 10)),
+            maybe,
+            absent(3, (40, 50)),
+            marked(4, OpKind::Query, "m1", 1, (60, 70)),
+        ];
+        assert_eq!(as_registers(&good).len(), 4);
+        assert_eq!(
+            crate::check::registers(&as_registers(&good), 1_000_000),
+            Verdict::Pass
+        );
+        // Absent after an acknowledged submit: the job vanished.
+        let lost = vec![
+            marked(1, OpKind::Submit, "m1", 1, (0, 10)),
+            absent(2, (20, 30)),
+        ];
+        let verdict = crate::check::registers(&as_registers(&lost), 1_000_000);
+        assert!(verdict.is_fail(), "{verdict:?}");
+        // A query that failed (no answer) observed nothing and is left out.
+        let failed = job_op(3, OpKind::Query, "a", Outcome::Fail, (40, 50));
+        assert!(as_registers(&[failed]).is_empty());
     }
 
     #[test]

@@ -43,7 +43,7 @@ impl Verdict {
         match self {
             Verdict::Pass => "pass",
             Verdict::Fail(_) => "FAIL",
-            Verdict::Unknown(_) => "unknown",
+            Verdict::Unknown(_) => "UNDECIDED",
         }
     }
 
@@ -75,16 +75,29 @@ pub struct CheckConfig {
     pub processes: bool,
 }
 
-/// Both register checkers folded: a failure of either fails. The version
-/// order decides every history; the exhaustive search is exact but bounded,
-/// so where it runs out of steps the version order's pass stands.
+/// Both register checkers folded: a failure of either fails. The
+/// exhaustive search is exact, so its pass proves linearizability alone.
+/// The version order's pass does not (it leaves the real-time order of
+/// unobserved unknown writes unchecked), so where the search ran out of
+/// steps the verdict is *undecided*, never a pass: a run must not claim
+/// what no checker showed.
 pub fn registers(ops: &[crate::history::Op], budget: u64) -> Verdict {
     let by_order = version_order::check_registers(ops);
     let by_search = linear::check_registers(ops, budget);
+    fold_registers(by_order, by_search)
+}
+
+/// [`registers`]' rule for the two verdicts, on its own for its tests.
+fn fold_registers(by_order: Verdict, by_search: Verdict) -> Verdict {
     match (by_order, by_search) {
         (Verdict::Fail(why), _) | (_, Verdict::Fail(why)) => Verdict::Fail(why),
-        (Verdict::Pass, _) | (_, Verdict::Pass) => Verdict::Pass,
-        (Verdict::Unknown(why), Verdict::Unknown(_)) => Verdict::Unknown(why),
+        (_, Verdict::Pass) => Verdict::Pass,
+        (Verdict::Pass, Verdict::Unknown(why)) => Verdict::Unknown(format!(
+            "undecided: the version-order check passed, but the exhaustive search did not finish ({why})"
+        )),
+        (Verdict::Unknown(order), Verdict::Unknown(search)) => Verdict::Unknown(format!(
+            "undecided: version order: {order}; exhaustive search: {search}"
+        )),
     }
 }
 
@@ -141,6 +154,63 @@ pub(crate) mod testkit {
             complete_ns: t.1,
             outcome: Outcome::Ok,
             error: None,
+            member: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::check::testkit::op;
+    use crate::history::{OpKind, Outcome};
+
+    #[test]
+    fn a_search_out_of_budget_leaves_the_registers_undecided() {
+        // Valid, but with enough overlapping unknown writes that a search
+        // of 50 steps cannot finish; the version order passes it.
+        let mut ops: Vec<_> = (0..12)
+            .map(|i| {
+                let mut o = op(i, OpKind::Write, Some(&format!("v{i}")), None, (i, i + 1));
+                o.outcome = Outcome::Unknown;
+                o
+            })
+            .collect();
+        // Version 1 unseen: any of the others may have made it, so the
+        // search must try them.
+        ops.push(op(100, OpKind::Read, Some("v3"), Some(2), (50, 51)));
+        assert_eq!(version_order::check_registers(&ops), Verdict::Pass);
+        assert!(matches!(
+            linear::check_registers(&ops, 50),
+            Verdict::Unknown(_)
+        ));
+        let verdict = registers(&ops, 50);
+        assert!(
+            matches!(&verdict, Verdict::Unknown(why) if why.contains("did not finish")),
+            "{verdict:?}"
+        );
+        // With the budget to finish, the same history passes.
+        assert_eq!(registers(&ops, 1_000_000), Verdict::Pass);
+    }
+
+    #[test]
+    fn the_fold_passes_only_on_an_exact_pass_and_fails_on_any_failure() {
+        let pass = || Verdict::Pass;
+        let fail = || Verdict::Fail("stale".into());
+        let unknown = || Verdict::Unknown("bound".into());
+        assert!(fold_registers(pass(), pass()).is_pass());
+        assert!(fold_registers(fail(), unknown()).is_fail());
+        assert!(fold_registers(pass(), fail()).is_fail());
+        // The search is exact: its pass stands even where the version
+        // order could not decide (values written twice).
+        assert!(fold_registers(unknown(), pass()).is_pass());
+        assert!(matches!(
+            fold_registers(pass(), unknown()),
+            Verdict::Unknown(_)
+        ));
+        assert!(matches!(
+            fold_registers(unknown(), unknown()),
+            Verdict::Unknown(_)
+        ));
     }
 }

@@ -61,8 +61,16 @@ fn fail(key: &str, why: String) -> Verdict {
 
 fn describe(op: &Op) -> String {
     format!(
-        "op {} ({:?} by client {}, value {:?}, version {:?}, {:?}, {}..{} ns)",
-        op.id, op.kind, op.process, op.value, op.version, op.outcome, op.invoke_ns, op.complete_ns
+        "op {} ({:?} by client {}{}, value {:?}, version {:?}, {:?}, {}..{} ns)",
+        op.id,
+        op.kind,
+        op.process,
+        op.via(),
+        op.value,
+        op.version,
+        op.outcome,
+        op.invoke_ns,
+        op.complete_ns
     )
 }
 
@@ -123,7 +131,13 @@ fn check_key(key: &str, ops: &[&Op]) -> Verdict {
         let at = match (op.kind, op.outcome) {
             (OpKind::Write | OpKind::Cas, Outcome::Ok) => {
                 let Some(version) = op.version.filter(|v| *v > 0) else {
-                    return Verdict::Unknown(format!("{} has no version", describe(op)));
+                    return fail(
+                        key,
+                        format!(
+                            "{} was acknowledged without the version it made, so it cannot be placed (a harness or server bug)",
+                            describe(op)
+                        ),
+                    );
                 };
                 if op.kind == OpKind::Cas && op.expected.map(|e| e + 1) != Some(version) {
                     return fail(
@@ -155,7 +169,13 @@ fn check_key(key: &str, ops: &[&Op]) -> Verdict {
             }
             (OpKind::Read, Outcome::Ok) => {
                 let Some(version) = op.version else {
-                    return Verdict::Unknown(format!("{} has no version", describe(op)));
+                    return fail(
+                        key,
+                        format!(
+                            "{} was acknowledged without the version it saw, so it cannot be placed (a harness or server bug)",
+                            describe(op)
+                        ),
+                    );
                 };
                 match (version, op.value.as_deref()) {
                     (0, None) => {}
@@ -355,6 +375,38 @@ mod tests {
             op(3, OpKind::Write, Some("c"), Some(2), (40, 50)),
         ];
         assert!(check_registers(&ops).is_fail());
+    }
+
+    #[test]
+    fn an_acknowledged_operation_without_a_version_fails() {
+        let ops = vec![
+            op(1, OpKind::Write, Some("a"), Some(1), (0, 10)),
+            op(2, OpKind::Write, Some("b"), Some(2), (20, 30)),
+            op(3, OpKind::Read, Some("a"), None, (40, 50)),
+        ];
+        let verdict = check_registers(&ops);
+        assert!(
+            matches!(&verdict, Verdict::Fail(why) if why.contains("without the version")),
+            "{verdict:?}"
+        );
+        let write = vec![op(1, OpKind::Write, Some("a"), None, (0, 10))];
+        assert!(check_registers(&write).is_fail());
+    }
+
+    #[test]
+    fn a_stale_read_names_the_member_that_served_it() {
+        let mut stale = op(3, OpKind::Read, Some("a"), Some(1), (40, 50));
+        stale.member = Some(3);
+        let ops = vec![
+            op(1, OpKind::Write, Some("a"), Some(1), (0, 10)),
+            op(2, OpKind::Write, Some("b"), Some(2), (20, 30)),
+            stale,
+        ];
+        let verdict = check_registers(&ops);
+        assert!(
+            matches!(&verdict, Verdict::Fail(why) if why.contains("via member 3")),
+            "{verdict:?}"
+        );
     }
 
     #[test]

@@ -1,14 +1,15 @@
 //! `herd chaos`: run fault-injection scenarios against real clusters and
 //! check what clients observed. Exit 0: every checker passed; 1: a checker
 //! found a violation; 2: the run could not be carried out or a checker could
-//! not decide.
+//! not decide (undecided: a third outcome, never a pass; the closing tally
+//! counts the two apart).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
-use herd_chaos::check::{check_all, CheckConfig};
+use herd_chaos::check::{check_all, CheckConfig, Verdict};
 use herd_chaos::docker::DockerEnv;
 use herd_chaos::report::Report;
 use herd_chaos::runner::{self, RunConfig};
@@ -103,11 +104,13 @@ pub async fn run(command: ChaosCommand) -> Result<(), CliError> {
     }
 }
 
-/// How one scenario's run ended.
+/// How one scenario's run ended. Undecided is a third outcome, never a
+/// pass: a checker could not decide, so the run shows nothing either way.
 enum Ending {
     Passed,
     Violated,
     Undecided,
+    NotCarriedOut,
 }
 
 async fn run_scenarios(args: RunArgs) -> Result<(), CliError> {
@@ -175,13 +178,25 @@ async fn run_scenarios(args: RunArgs) -> Result<(), CliError> {
             }
         }
     }
-    if endings.iter().any(|e| matches!(e, Ending::Violated)) {
-        return Err(CliError::runtime("a checker found a violation"));
+    let count = |wanted: fn(&Ending) -> bool| endings.iter().filter(|e| wanted(e)).count();
+    let (passed, violated, undecided, not_run) = (
+        count(|e| matches!(e, Ending::Passed)),
+        count(|e| matches!(e, Ending::Violated)),
+        count(|e| matches!(e, Ending::Undecided)),
+        count(|e| matches!(e, Ending::NotCarriedOut)),
+    );
+    let tally = format!(
+        "{} runs: {passed} passed, {violated} violated, {undecided} undecided (a checker could not decide: not a pass), {not_run} not carried out",
+        endings.len()
+    );
+    println!("{tally}");
+    if violated > 0 {
+        return Err(CliError::runtime(format!(
+            "a checker found a violation ({tally})"
+        )));
     }
-    if endings.iter().any(|e| matches!(e, Ending::Undecided)) {
-        return Err(CliError::input(
-            "a run could not be carried out or a checker could not decide",
-        ));
+    if undecided > 0 || not_run > 0 {
+        return Err(CliError::input(format!("not every run passed ({tally})")));
     }
     Ok(())
 }
@@ -228,8 +243,8 @@ async fn run_one(
         Ok(history) => history,
         Err(e) => {
             println!("could not carry out the run: {e}\nreplay: {replay}\n");
-            summary.add_undecided();
-            return Ok(Ending::Undecided);
+            summary.add_not_carried_out();
+            return Ok(Ending::NotCarriedOut);
         }
     };
     std::fs::create_dir_all(&dir)
@@ -267,7 +282,18 @@ async fn run_one(
         println!("all checkers passed");
         Ending::Passed
     } else {
-        println!("UNDECIDED; replay with: {replay}");
+        let why: Vec<String> = report
+            .verdicts
+            .iter()
+            .filter_map(|(name, v)| match v {
+                Verdict::Unknown(why) => Some(format!("{name}: {why}")),
+                _ => None,
+            })
+            .collect();
+        println!(
+            "UNDECIDED, not a pass ({}); replay with: {replay}",
+            why.join("; ")
+        );
         Ending::Undecided
     };
     println!();

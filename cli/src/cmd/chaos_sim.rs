@@ -32,7 +32,7 @@ pub struct SimArgs {
     #[arg(long, default_value_t = 3)]
     agents: u64,
     /// Draw only this kind of fault (repeatable): isolate-leader, halves,
-    /// crash, agent-crash, node-loss, agent-partition. Default: all.
+    /// crash, crash-all, agent-crash, node-loss, agent-partition. Default: all.
     #[arg(long = "fault", value_name = "KIND")]
     faults: Vec<String>,
 }
