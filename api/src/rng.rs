@@ -94,6 +94,17 @@ mod tests {
     }
 
     #[test]
+    fn a_saved_state_continues_the_sequence() {
+        // What a checkpointed trainer relies on to resume bit for bit.
+        let mut a = SplitMix64::new(42);
+        a.next_u64();
+        let mut b = SplitMix64::new(a.state());
+        for _ in 0..10 {
+            assert_eq!(a.next_u64(), b.next_u64());
+        }
+    }
+
+    #[test]
     fn ranges_hold_and_shuffles_keep_every_item() {
         let mut r = SplitMix64::new(1);
         assert!((0..1000).all(|_| (3..=9).contains(&r.between(3, 9))));

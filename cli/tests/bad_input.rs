@@ -9,12 +9,6 @@ use std::time::Duration;
 use common::*;
 use herd_chaos::process_cluster::{Launch, ProcessCluster};
 
-fn write_spec(dir: &std::path::Path, name: &str, text: &str) -> String {
-    let path = dir.join(name);
-    std::fs::write(&path, text).expect("write spec");
-    path.display().to_string()
-}
-
 const GOOD: &str = "name = \"hello\"\ntype = \"batch\"\npriority = 50\n[task]\ndriver = \"exec\"\ncommand = \"/bin/sleep\"\nargs = [\"30\"]\n[task.resources]\ncpu = 100\nmemory = \"64MiB\"\n";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -25,43 +19,33 @@ async fn malformed_specs_exit_2_with_location_and_store_nothing() {
 
     let cases = [
         (
-            "unknown-field.toml",
+            "unknown-field",
             GOOD.replace("command =", "comand ="),
             6,
             "comand",
         ),
         (
-            "missing-name.toml",
+            "missing-name",
             GOOD.replace("name = \"hello\"\n", ""),
             1,
             "name",
         ),
         (
-            "priority.toml",
+            "priority",
             GOOD.replace("priority = 50", "priority = 150"),
             3,
             "priority",
         ),
         (
-            "memory.toml",
+            "memory",
             GOOD.replace("\"64MiB\"", "\"64 potatoes\""),
             10,
             "memory",
         ),
+        ("syntax", GOOD.replace("cpu = 100", "cpu = = 100"), 9, ""),
+        ("negative", GOOD.replace("cpu = 100", "cpu = -5"), 9, "cpu"),
         (
-            "syntax.toml",
-            GOOD.replace("cpu = 100", "cpu = = 100"),
-            9,
-            "",
-        ),
-        (
-            "negative.toml",
-            GOOD.replace("cpu = 100", "cpu = -5"),
-            9,
-            "cpu",
-        ),
-        (
-            "driver.toml",
+            "driver",
             GOOD.replace("\"exec\"", "\"teleport\""),
             5,
             "driver",
@@ -90,10 +74,17 @@ async fn malformed_specs_exit_2_with_location_and_store_nothing() {
     );
 
     // The good spec is stored, and a resubmission with a change is version 2.
-    let good = write_spec(dir.path(), "good.toml", GOOD);
-    must_cli_ok(&["--addr", &addr, "job", "run", &good]);
-    let changed = write_spec(dir.path(), "good2.toml", &GOOD.replace("\"30\"", "\"60\""));
-    must_cli_ok(&["--addr", &addr, "job", "run", &changed]);
+    // No node is registered: `--detach` returns once the job is stored,
+    // without waiting for a placement that cannot happen here.
+    let good = write_spec(dir.path(), "good", GOOD);
+    // A wait that cannot be read is bad input too, refused before submitting.
+    let out = must_run_cli(&["--addr", &addr, "job", "run", "--timeout", "soon", &good]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("invalid duration \"soon\""), "{stderr}");
+    must_cli_ok(&["--addr", &addr, "job", "run", "--detach", &good]);
+    let changed = write_spec(dir.path(), "good2", &GOOD.replace("\"30\"", "\"60\""));
+    must_cli_ok(&["--addr", &addr, "job", "run", "--detach", &changed]);
     let list: serde_json::Value = serde_json::from_str(&must_cli_ok(&[
         "--addr", &addr, "job", "list", "--output", "json",
     ]))
@@ -122,9 +113,7 @@ async fn data_dirs_of_another_cluster_or_member_are_refused() {
     b.wait_for_leader(Duration::from_secs(20))
         .await
         .expect("leader b");
-    put(&a.client().expect("client"), "x", "from-a")
-        .await
-        .expect("write a");
+    must_put(&a.client().expect("client"), "x", "from-a").await;
     a.kill(1).expect("kill a1");
     b.kill(1).expect("kill b1");
     let a1_dir = a.member(1).expect("a1").data_dir.clone();

@@ -24,7 +24,8 @@ enum Mode {
 }
 
 /// As [`must_pass`], but a run that could not mount its tmpfs data dirs
-/// (no root) is skipped with a message; returns whether it ran.
+/// (no root) is skipped with a message, or fails in CI (`skip_or_fail`);
+/// returns whether it ran.
 fn must_pass_where_tmpfs_mounts(scenario: &str, duration: &str, seed: &str) -> bool {
     run_scenario(scenario, duration, seed, Mode::Mounts).is_some()
 }
@@ -49,9 +50,9 @@ fn run_scenario(scenario: &str, duration: &str, seed: &str, mode: Mode) -> Optio
         .expect("run herd chaos");
     let stdout = String::from_utf8_lossy(&out.stdout);
     if mode == Mode::Mounts && out.status.code() == Some(2) && stdout.contains("CAP_SYS_ADMIN") {
-        eprintln!(
-            "skipping {scenario}: this machine does not let the harness mount a tmpfs:\n{stdout}"
-        );
+        skip_or_fail(&format!(
+            "{scenario}: this machine does not let the harness mount a tmpfs (needs root or CAP_SYS_ADMIN):\n{stdout}"
+        ));
         return None;
     }
     assert_eq!(
@@ -176,8 +177,7 @@ fn docker_mode_runs_the_same_scenarios() {
         .output()
         .is_ok_and(|out| out.status.success());
     if !reachable {
-        eprintln!("skipping Docker mode: no reachable Docker daemon on this machine");
-        return;
+        return skip_or_fail("Docker mode: no reachable Docker daemon on this machine");
     }
     chaos_shim();
     let report = run_scenario("mixed-coordinators", "14s", "21", Mode::Docker)

@@ -6,7 +6,10 @@
 //! reads the write back through the new leader, then replaces every container
 //! with a new one and reads it back again from what the volumes kept.
 //!
-//! Passes with a "skipping" message where Docker or compose is not available.
+//! Passes with a "skipping" message where Docker or compose is not
+//! available, except in CI (`CI=true`), where that fails (`skip_or_fail`).
+
+mod common;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -15,6 +18,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tokio::process::Command;
+
+use common::skip_or_fail;
 
 /// How long the cluster may take to form, or to elect a new leader.
 const FORM_TIMEOUT: Duration = Duration::from_secs(60);
@@ -323,12 +328,12 @@ fn formed(status: &Value) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compose_cluster_forms_fails_over_and_restarts_from_its_volumes() {
     if !succeeds("docker", &["info"]) {
-        eprintln!("skipping: Docker not available (`docker info` failed)");
-        return;
+        return skip_or_fail("Docker not available (`docker info` failed)");
     }
     let Some(compose) = compose_command() else {
-        eprintln!("skipping: Docker compose not available (neither `docker compose` nor `docker-compose`)");
-        return;
+        return skip_or_fail(
+            "Docker compose not available (neither `docker compose` nor `docker-compose`)",
+        );
     };
     let t0 = Instant::now();
     let phase = |what: &str| eprintln!("[{:>6.2}s] {what}", t0.elapsed().as_secs_f64());

@@ -50,6 +50,17 @@ fn dev_cluster_serves_the_commands_it_suggests_and_cleans_up() {
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/web.toml");
     let out = must_cli_ok(&["--addr", &addr, "job", "run", example]);
     assert!(out.contains("job web submitted: version 1"), "{out}");
+    // `herd job run` returned once every instance was placed: the README's
+    // next command, `herd alloc list`, needs no sleep before it.
+    assert!(out.contains("job web: all 3 instances placed"), "{out}");
+    let allocs = json(&addr, &["alloc", "list", "--job", "web"]);
+    let live = allocs
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|a| a["desired"] == "run" && (a["status"] == "pending" || a["status"] == "running"))
+        .count();
+    assert_eq!(live, 3, "{allocs:#}");
     let list = must_cli_ok(&["--addr", &addr, "job", "list", "-o", "json"]);
     assert!(list.contains("\"web\""), "{list}");
     let status = must_cli_ok(&["--addr", &addr, "cluster", "status", "-o", "json"]);

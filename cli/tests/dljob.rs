@@ -15,7 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::agents::{cluster_with_agents, json, must_have_ready_nodes, running_allocs, until};
+use common::agents::{cluster_with_agents, must_have_ready_nodes, running_allocs};
 use common::*;
 use herd_actors::driver::dljob::{DljobDriver, CHECKPOINT_SUBDIR};
 use herd_actors::driver::{Driver, WorkloadSpec, WorkloadState};

@@ -2,6 +2,8 @@
 //! exit codes, logs, signals and grace periods, environment, start failures,
 //! and re-adoption of a workload by a driver that did not start it.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -13,6 +15,8 @@ use herd_actors::driver::{
 };
 use herd_api::job::TaskSpec;
 use herd_api::resources::Resources;
+
+use common::until;
 
 /// Bound on anything that should take a moment, so a regression fails
 /// instead of hanging.
@@ -98,14 +102,6 @@ fn scan_proc(mut keep: impl FnMut(u32, &procfs::Stat) -> bool) -> Vec<u32> {
         }
     }
     found
-}
-
-async fn until(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + PATIENCE;
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 async fn wait(driver: &ExecDriver, handle: &WorkloadHandle) -> ExitInfo {
@@ -196,8 +192,8 @@ async fn stop_ends_a_running_task_by_sigterm_within_the_grace() {
     );
     assert!(group_members(task_pid(&handle)).is_empty());
     let dir = tmp.path().display().to_string();
-    until("the executor to exit", || {
-        processes_mentioning(&dir).is_empty()
+    until("the executor to exit", PATIENCE, || {
+        (processes_mentioning(&dir).is_empty()).then_some(())
     })
     .await;
 }
@@ -211,8 +207,8 @@ async fn a_task_ignoring_sigterm_is_killed_after_the_grace() {
         .await
         .expect("start");
     let (stdout, _) = ExecDriver::log_paths(&handle).expect("log paths");
-    until("the trap to be set", || {
-        fs::read_to_string(&stdout).is_ok_and(|s| s.contains("ready"))
+    until("the trap to be set", PATIENCE, || {
+        (fs::read_to_string(&stdout).is_ok_and(|s| s.contains("ready"))).then_some(())
     })
     .await;
     let grace = Duration::from_secs(1);
@@ -240,8 +236,8 @@ async fn an_executor_unable_to_record_the_kill_is_killed_and_the_exit_written_fo
         .expect("start");
     let executor = executor_pid(&handle);
     procfs::signal_process(executor, SIGSTOP).expect("stop the executor");
-    until("the executor to be stopped", || {
-        procfs::stat(executor).is_ok_and(|s| s.is_some_and(|s| s.state == 'T'))
+    until("the executor to be stopped", PATIENCE, || {
+        (procfs::stat(executor).is_ok_and(|s| s.is_some_and(|s| s.state == 'T'))).then_some(())
     })
     .await;
     let exit = driver
@@ -467,8 +463,9 @@ async fn an_executor_killed_by_sigkill_is_lost_and_stop_kills_its_orphan() {
         .await
         .expect("start");
     procfs::signal_process(executor_pid(&handle), 9).expect("kill the executor");
-    until("the executor to die", || {
-        procfs::stat(executor_pid(&handle)).is_ok_and(|s| s.is_none_or(|s| !s.running()))
+    until("the executor to die", PATIENCE, || {
+        (procfs::stat(executor_pid(&handle)).is_ok_and(|s| s.is_none_or(|s| !s.running())))
+            .then_some(())
     })
     .await;
     assert_eq!(
@@ -490,8 +487,8 @@ async fn an_executor_killed_by_sigkill_is_lost_and_stop_kills_its_orphan() {
         message.starts_with("lost:") && message.contains("orphaned task was killed"),
         "{message}"
     );
-    until("the orphan to die", || {
-        group_members(task_pid(&handle)).is_empty()
+    until("the orphan to die", PATIENCE, || {
+        (group_members(task_pid(&handle)).is_empty()).then_some(())
     })
     .await;
 }

@@ -10,7 +10,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::agents::{cluster_with_agents, json, until};
+use common::agents::cluster_with_agents;
 use common::*;
 use herd_api::proto::agent::node_agent_client::NodeAgentClient;
 use herd_api::proto::agent::EngineStatsRequest;

@@ -29,6 +29,17 @@ async fn a_member_without_a_majority_refuses_at_once_and_serves_when_one_returns
         .expect("another follower");
     let alone = HerdClient::new(&[cluster.member(survivor).expect("survivor").addr.clone()])
         .expect("client of the survivor");
+    // The write is acknowledged once a majority holds it; the survivor
+    // applies it when it next hears the commit point. Wait for that, so the
+    // stale read below has something to show.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get(&alone, "before", true).await.ok().flatten().as_deref() != Some("1") {
+        assert!(
+            Instant::now() < deadline,
+            "the survivor never applied the write"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     cluster.kill(leader).expect("kill the leader");
     cluster.kill(other).expect("kill a follower");

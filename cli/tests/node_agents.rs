@@ -11,9 +11,7 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use common::agents::{
-    cluster_with_agents, json, must_have_ready_nodes, running_allocs, until, write_spec,
-};
+use common::agents::{cluster_with_agents, must_have_ready_nodes, running_allocs};
 use common::*;
 use herd_chaos::agents::{AgentSet, WorkloadProcess};
 use serde_json::Value;
@@ -305,7 +303,9 @@ async fn batch_jobs_complete_or_fail_after_their_attempts() {
     let ok = write_spec(dir.path(), "ok", &script("ok", 2, 0));
     let bad = write_spec(dir.path(), "bad", &script("bad", 1, 3));
     must_cli_ok(&["--addr", &addr, "job", "run", &ok]);
-    must_cli_ok(&["--addr", &addr, "job", "run", &bad]);
+    // Detached: following a job whose every attempt fails could end in its
+    // failure (exit 1) before this test looks.
+    must_cli_ok(&["--addr", &addr, "job", "run", "--detach", &bad]);
 
     until("job ok complete", Duration::from_secs(20), || {
         let job = json(&addr, &["job", "status", "ok"]);
@@ -377,7 +377,8 @@ async fn a_gang_waits_whole_until_a_node_joins_then_starts_whole() {
         "train",
         "name = \"train\"\ntype = \"batch\"\ncount = 4\ngang = true\n[task]\ndriver = \"exec\"\ncommand = \"/bin/sleep\"\nargs = [\"600\"]\n[task.resources]\ncpu = 100\nmemory = \"32MiB\"\ngpus = 2\ngpu_model = \"h100\"\n",
     );
-    must_cli_ok(&["--addr", &addr, "job", "run", &spec]);
+    // Detached: the gang cannot be placed yet, so following it would time out.
+    must_cli_ok(&["--addr", &addr, "job", "run", "--detach", &spec]);
     let job = until("the gang's blocked reason", Duration::from_secs(20), || {
         let job = json(&addr, &["job", "status", "train"]);
         job["blocked"]

@@ -6,7 +6,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use herd_api::proto::agent::agent_client::AgentClient;
@@ -44,32 +44,20 @@ fn spec(name: &str, priority: u32, count: u32, cpu: u32) -> String {
     )
 }
 
-fn json(addr: &str, args: &[&str]) -> Value {
-    let mut full = vec!["--addr", addr];
-    full.extend_from_slice(args);
-    full.extend_from_slice(&["-o", "json"]);
-    serde_json::from_str(&must_cli_ok(&full)).expect("json output")
-}
-
 /// Waits until `condition` holds for `herd alloc list -o json`.
 async fn must_see_allocs(
     addr: &str,
     what: &str,
     condition: impl Fn(&[Value]) -> bool,
 ) -> Vec<Value> {
-    let started = Instant::now();
-    loop {
+    let mut last = Vec::new();
+    let found = until_or_none(Duration::from_secs(20), || {
         let allocs = json(addr, &["alloc", "list"]);
-        let allocs = allocs.as_array().cloned().unwrap_or_default();
-        if condition(&allocs) {
-            return allocs;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "never saw {what}: {allocs:#?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        last = allocs.as_array().cloned().unwrap_or_default();
+        condition(&last).then(|| last.clone())
+    })
+    .await;
+    found.unwrap_or_else(|| panic!("never saw {what}: {last:#?}"))
 }
 
 fn live<'a>(allocs: &'a [Value], job: &str) -> Vec<&'a Value> {
@@ -135,26 +123,21 @@ async fn jobs_are_placed_blocked_preempted_and_stopped() {
         "over-committed: {per_node:?}"
     );
 
-    // A seventh filler instance has no room: pending with a reason, never over-committed.
-    must_cli_ok(&[
-        "--addr",
-        &addr,
-        "job",
-        "run",
-        &write("filler7.toml", spec("filler", 10, 7, 2000)),
-    ]);
-    let started = Instant::now();
-    let status = loop {
+    // A seventh filler instance has no room: pending with a reason, never
+    // over-committed. `herd job run` waits for it, then gives up naming why.
+    let filler7 = write("filler7.toml", spec("filler", 10, 7, 2000));
+    let out = must_run_cli(&["--addr", &addr, "job", "run", "--timeout", "5s", &filler7]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("6/7 instances placed after 5s") && stderr.contains("free cpu"),
+        "{stderr}"
+    );
+    let status = until("the blocked reason", Duration::from_secs(20), || {
         let status = json(&addr, &["job", "status", "filler"]);
-        if status["version"] == 2 && status["blocked"].is_string() {
-            break status;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "no blocked reason: {status}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+        (status["version"] == 2 && status["blocked"].is_string()).then_some(status)
+    })
+    .await;
     let reason = status["blocked"].as_str().unwrap_or("");
     assert!(
         reason.contains("lack free cpu") || reason.contains("free cpu"),

@@ -4,9 +4,8 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::agents::json;
 use common::*;
 use herd_chaos::agents::AgentSet;
 
@@ -31,8 +30,7 @@ async fn simulated_vms_run_dirty_their_memory_and_stop() {
     .expect("spec");
     must_cli_ok(&["--addr", &addr, "job", "run", &spec.display().to_string()]);
 
-    let started = Instant::now();
-    let ids: Vec<String> = loop {
+    let ids: Vec<String> = until("3 simulated VMs running", Duration::from_secs(20), || {
         let allocs = json(&addr, &["alloc", "list", "--job", "fleet"]);
         let running: Vec<String> = allocs
             .as_array()
@@ -41,12 +39,9 @@ async fn simulated_vms_run_dirty_their_memory_and_stop() {
             .filter(|a| a["status"] == "running")
             .filter_map(|a| a["id"].as_str().map(str::to_string))
             .collect();
-        if running.len() == 3 {
-            break running;
-        }
-        assert!(started.elapsed() < Duration::from_secs(20), "{allocs:#}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+        (running.len() == 3).then_some(running)
+    })
+    .await;
     assert_eq!(
         agents
             .workloads()
@@ -61,28 +56,31 @@ async fn simulated_vms_run_dirty_their_memory_and_stop() {
         String::from_utf8_lossy(&must_cli_ok(&["--addr", &addr, "alloc", "logs", id]).into_bytes())
             .into_owned()
     };
-    let first = loop {
-        if let Some(n) = writes(&log(id)) {
-            break n;
-        }
-        assert!(started.elapsed() < Duration::from_secs(30), "{}", log(id));
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let first = until(
+        "a report of writes in the log",
+        Duration::from_secs(30),
+        || writes(&log(id)),
+    )
+    .await;
     assert!(log(id).contains("simulated VM"), "named as simulated");
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    let later = writes(&log(id)).expect("writes");
-    assert!(
-        later > first,
-        "the simulated guest keeps writing: {first} then {later}"
-    );
+    until(
+        "the simulated guest to report more writes",
+        Duration::from_secs(30),
+        || writes(&log(id)).filter(|later| *later > first),
+    )
+    .await;
 
     must_cli_ok(&["--addr", &addr, "job", "stop", "fleet"]);
-    let stopped = Instant::now();
-    while agents.workloads().iter().any(|w| w.job == "fleet") {
-        assert!(
-            stopped.elapsed() < Duration::from_secs(20),
-            "simulated VMs left running"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    until(
+        "no simulated VM left running",
+        Duration::from_secs(20),
+        || {
+            agents
+                .workloads()
+                .iter()
+                .all(|w| w.job != "fleet")
+                .then_some(())
+        },
+    )
+    .await;
 }

@@ -1,15 +1,16 @@
 //! The `vm` driver on real QEMU (TCG, so it runs wherever QEMU does) with a
 //! guest the test builds itself: a Debian kernel (`.ci/vm-guest.sh` puts it
 //! in target/vm-guest) and a busybox initramfs that dirties memory. Skipped,
-//! with a message, where QEMU, busybox or the kernel are missing.
+//! with a message, where QEMU, busybox or the kernel are missing, except in
+//! CI (`CI=true`), where that fails (see `skip_or_fail`).
 
 mod common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::agents::{cluster_with_agents, json};
+use common::agents::cluster_with_agents;
 use common::*;
 use herd_actors::driver::vm::guest::{write_initramfs, GuestLoad};
 use herd_actors::driver::vm::VmDriver;
@@ -84,14 +85,6 @@ fn console(dir: &Path) -> String {
     std::fs::read_to_string(dir.join("a/stdout.log")).unwrap_or_default()
 }
 
-async fn until(what: &str, mut probe: impl FnMut() -> bool) {
-    let started = Instant::now();
-    while !probe() {
-        assert!(started.elapsed() < PATIENCE, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 fn ticks(text: &str) -> usize {
     text.matches("herd-guest: tick").count()
 }
@@ -100,10 +93,7 @@ fn ticks(text: &str) -> usize {
 async fn a_vm_boots_pauses_resumes_and_stops_through_qmp() {
     let (kernel, busybox) = match guest_parts() {
         Ok(parts) => parts,
-        Err(why) => {
-            eprintln!("skipping: {why}");
-            return;
-        }
+        Err(why) => return skip_or_fail(&why),
     };
     let dir = tempfile::tempdir().expect("tempdir");
     let initrd = dir.path().join("initrd");
@@ -119,11 +109,14 @@ async fn a_vm_boots_pauses_resumes_and_stops_through_qmp() {
     let driver = VmDriver::new(herd_bin());
     let spec = spec(dir.path(), config(&kernel, &initrd));
     let handle = driver.start(&spec).await.expect("start");
-    until("the guest to boot", || {
-        console(dir.path()).contains("herd-guest: up")
+    until("the guest to boot", PATIENCE, || {
+        console(dir.path()).contains("herd-guest: up").then_some(())
     })
     .await;
-    until("the guest to tick", || ticks(&console(dir.path())) >= 2).await;
+    until("the guest to tick", PATIENCE, || {
+        (ticks(&console(dir.path())) >= 2).then_some(())
+    })
+    .await;
     assert_eq!(
         driver.state(&handle).await.expect("state"),
         WorkloadState::Running
@@ -135,6 +128,8 @@ async fn a_vm_boots_pauses_resumes_and_stops_through_qmp() {
         WorkloadState::Paused
     );
     let frozen = ticks(&console(dir.path()));
+    // No condition to wait for: this checks that nothing happens, over
+    // more than the guest's tick interval.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(
         ticks(&console(dir.path())),
@@ -143,8 +138,8 @@ async fn a_vm_boots_pauses_resumes_and_stops_through_qmp() {
     );
 
     driver.resume(&handle).await.expect("resume");
-    until("the guest to tick again", || {
-        ticks(&console(dir.path())) > frozen
+    until("the guest to tick again", PATIENCE, || {
+        (ticks(&console(dir.path())) > frozen).then_some(())
     })
     .await;
 
@@ -172,8 +167,7 @@ async fn a_vm_boots_pauses_resumes_and_stops_through_qmp() {
 #[tokio::test]
 async fn bad_vm_specs_are_refused_before_anything_runs() {
     if let Err(why) = guest_parts() {
-        eprintln!("skipping: {why}");
-        return;
+        return skip_or_fail(&why);
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let driver = VmDriver::new(herd_bin());
@@ -219,10 +213,7 @@ fn qemu_pids(needle: &str) -> Vec<u32> {
 async fn a_vm_job_runs_through_the_cli_and_survives_an_agent_restart() {
     let (kernel, busybox) = match guest_parts() {
         Ok(parts) => parts,
-        Err(why) => {
-            eprintln!("skipping: {why}");
-            return;
-        }
+        Err(why) => return skip_or_fail(&why),
     };
     let (_cluster, addr, mut agents) = cluster_with_agents(1, "3000").await;
     agents.start("v1", &[]).expect("agent");
@@ -270,25 +261,24 @@ async fn a_vm_job_runs_through_the_cli_and_survives_an_agent_restart() {
     )
     .expect("spec");
     must_cli_ok(&["--addr", &addr, "job", "run", &spec.display().to_string()]);
-    let started = Instant::now();
-    let (id, node) = loop {
+    let (id, node) = until("the VM running", PATIENCE, || {
         let allocs = json(&addr, &["alloc", "list", "--job", "vm"]);
-        if let Some(a) = allocs
-            .as_array()
-            .and_then(|a| a.iter().find(|a| a["status"] == "running"))
-        {
-            break (
-                a["id"].as_str().expect("id").to_string(),
-                a["node"].as_str().expect("node").to_string(),
-            );
-        }
-        assert!(started.elapsed() < PATIENCE, "the VM never ran: {allocs:#}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+        let a = allocs
+            .as_array()?
+            .iter()
+            .find(|a| a["status"] == "running")?;
+        Some((
+            a["id"].as_str().expect("id").to_string(),
+            a["node"].as_str().expect("node").to_string(),
+        ))
+    })
+    .await;
     // Its console is the allocation's log.
-    until("the console through herd alloc logs", || {
+    until("the console through herd alloc logs", PATIENCE, || {
         let out = must_run_cli(&["--addr", &addr, "alloc", "logs", &id]);
-        String::from_utf8_lossy(&out.stdout).contains("herd-guest: up")
+        String::from_utf8_lossy(&out.stdout)
+            .contains("herd-guest: up")
+            .then_some(())
     })
     .await;
     let data_dir = agents
@@ -303,7 +293,14 @@ async fn a_vm_job_runs_through_the_cli_and_survives_an_agent_restart() {
     // The agent dies and comes back: the same QEMU runs on, re-adopted.
     agents.kill_agent(&node).expect("kill agent");
     agents.restart(&node).expect("restart agent");
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Judged once the new agent has reported what it found: the
+    // allocation's "adopted" event (a restart would report "started").
+    until("the new agent's adoption reported", PATIENCE, || {
+        let status = json(&addr, &["alloc", "status", &id]);
+        let events = status["events"].as_array()?.clone();
+        events.iter().any(|e| e["kind"] == "adopted").then_some(())
+    })
+    .await;
     assert_eq!(
         qemu_pids(&data_dir),
         pids,
@@ -320,8 +317,8 @@ async fn a_vm_job_runs_through_the_cli_and_survives_an_agent_restart() {
     assert_eq!(running[0]["id"], id.as_str());
 
     must_cli_ok(&["--addr", &addr, "job", "stop", "vm"]);
-    until("QEMU gone after job stop", || {
-        qemu_pids(&data_dir).is_empty()
+    until("QEMU gone after job stop", PATIENCE, || {
+        qemu_pids(&data_dir).is_empty().then_some(())
     })
     .await;
 }

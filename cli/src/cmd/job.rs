@@ -1,10 +1,13 @@
 //! `herd job run|list|status|stop`.
 
 use std::io::Read;
+use std::time::Duration;
 
 use clap::Subcommand;
-use herd_api::duration::{format_duration, from_wire_ms};
+use herd_api::client::HerdClient;
+use herd_api::duration::{format_duration, from_wire_ms, parse_duration};
 use herd_api::proto::v1 as pb;
+use herd_api::proto::v1::allocs_client::AllocsClient;
 use herd_api::proto::v1::jobs_client::JobsClient;
 use herd_api::resources::format_memory;
 use herd_api::spec_file::parse_job_spec;
@@ -18,9 +21,21 @@ use crate::output::{format_time, print_json, print_table};
 #[derive(Subcommand, Debug)]
 pub enum JobCommand {
     /// Submit a job spec (TOML); resubmitting a name makes a new version.
+    /// Then follow it until every instance is placed (exit 0) or report why
+    /// it is blocked once `--timeout` has passed (exit 1), so that a script
+    /// or a person knows the work has a home before moving on.
     Run {
         /// Spec file, or `-` for standard input.
         file: String,
+        /// Return as soon as the job is accepted, without waiting for its
+        /// placement (the job is still scheduled).
+        #[arg(long)]
+        detach: bool,
+        /// How long to wait for every instance to be placed before exiting
+        /// non-zero with the scheduler's reason (e.g. 30s, 2m). The job stays
+        /// submitted either way.
+        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        timeout: Duration,
     },
     /// All jobs.
     List {
@@ -125,7 +140,11 @@ fn placement_lines(spec: &pb::JobSpec) -> Vec<String> {
 /// Runs a `herd job` subcommand.
 pub async fn run(ctx: &Context, command: JobCommand) -> Result<(), CliError> {
     match command {
-        JobCommand::Run { file } => {
+        JobCommand::Run {
+            file,
+            detach,
+            timeout,
+        } => {
             let (text, name) = read_spec(&file)?;
             let spec = parse_job_spec(&text, &name).map_err(CliError::input)?;
             let client = ctx.client()?;
@@ -143,22 +162,47 @@ pub async fn run(ctx: &Context, command: JobCommand) -> Result<(), CliError> {
                     }
                 })
                 .await?;
-            if ctx.json() {
-                print_json(
-                    &json!({"name": spec.name, "version": reply.version, "changed": reply.changed,
-                                   "log_index": reply.log_index}),
-                );
-            } else if reply.changed {
-                println!(
-                    "job {} submitted: version {} (log index {})",
-                    spec.name, reply.version, reply.log_index
-                );
-            } else {
-                println!(
-                    "job {} unchanged: version {} is identical",
-                    spec.name, reply.version
-                );
+            let submitted = json!({"name": spec.name, "version": reply.version,
+                                   "changed": reply.changed, "log_index": reply.log_index});
+            if !ctx.json() {
+                if reply.changed {
+                    println!(
+                        "job {} submitted: version {} (log index {})",
+                        spec.name, reply.version, reply.log_index
+                    );
+                } else {
+                    println!(
+                        "job {} unchanged: version {} is identical",
+                        spec.name, reply.version
+                    );
+                }
             }
+            if detach {
+                if ctx.json() {
+                    print_json(&submitted);
+                }
+                return Ok(());
+            }
+            let outcome = follow(&client, &spec.name, reply.version, timeout, !ctx.json()).await?;
+            if ctx.json() {
+                let mut doc = submitted;
+                if let Some(fields) = doc.as_object_mut() {
+                    fields.insert("outcome".into(), json!(outcome.state.name()));
+                    fields.insert("placed".into(), json!(outcome.placed));
+                    fields.insert("count".into(), json!(outcome.count));
+                    fields.insert("status".into(), json!(outcome.status));
+                    fields.insert(
+                        "blocked".into(),
+                        if outcome.blocked.is_empty() {
+                            serde_json::Value::Null
+                        } else {
+                            json!(outcome.blocked)
+                        },
+                    );
+                }
+                print_json(&doc);
+            }
+            outcome.verdict(&spec.name, reply.version, timeout, !ctx.json())?;
         }
         JobCommand::List { stale } => {
             let jobs = ctx
@@ -280,4 +324,363 @@ pub async fn run(ctx: &Context, command: JobCommand) -> Result<(), CliError> {
         }
     }
     Ok(())
+}
+
+/// How often `herd job run` looks at its job while following it: often
+/// enough that it returns soon after placement, rare enough to cost the
+/// coordinators nothing.
+const FOLLOW_POLL: Duration = Duration::from_millis(250);
+
+/// Where a followed job stands, as `herd job run` judges it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FollowState {
+    /// Some instances have no allocation yet.
+    Waiting,
+    /// Every instance has a live (pending or running) or completed allocation.
+    Placed,
+    /// A batch job that ran to completion (perhaps before we looked).
+    Complete,
+    /// A batch job with an instance that used up its attempts.
+    Failed,
+    /// Stopped by someone while we followed it.
+    Stopped,
+    /// A newer version was submitted meanwhile: that one is followed by its
+    /// own submitter.
+    Superseded,
+}
+
+impl FollowState {
+    /// The stable name in `--output json` (`outcome`).
+    fn name(self) -> &'static str {
+        match self {
+            FollowState::Waiting => "blocked",
+            FollowState::Placed => "placed",
+            FollowState::Complete => "complete",
+            FollowState::Failed => "failed",
+            FollowState::Stopped => "stopped",
+            FollowState::Superseded => "superseded",
+        }
+    }
+}
+
+/// One look at a followed job: its state and what to tell the user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FollowOutcome {
+    state: FollowState,
+    /// Instances of the followed version placed (or complete).
+    placed: u32,
+    /// Instances the followed version asks for.
+    count: u32,
+    /// The job's status as the coordinators report it.
+    status: String,
+    /// The scheduler's reason why instances are unplaced, when it gave one.
+    blocked: String,
+    /// The job's current version (differs from ours when superseded).
+    version: u64,
+}
+
+impl FollowOutcome {
+    /// The progress line printed when it changes.
+    fn progress_line(&self, name: &str) -> String {
+        let mut line = format!(
+            "job {name}: {}/{} instances placed ({})",
+            self.placed, self.count, self.status
+        );
+        if !self.blocked.is_empty() {
+            line.push_str(&format!("; blocked: {}", self.blocked));
+        }
+        line
+    }
+
+    /// Ok when the followed submission reached a good end; otherwise the
+    /// error `herd job run` exits with, saying why and what to do next.
+    fn verdict(
+        &self,
+        name: &str,
+        version: u64,
+        timeout: Duration,
+        announce: bool,
+    ) -> Result<(), CliError> {
+        let say = |line: String| {
+            if announce {
+                println!("{line}");
+            }
+        };
+        match self.state {
+            FollowState::Placed => {
+                say(format!(
+                    "job {name}: all {} instances placed (`herd alloc list --job {name}`)",
+                    self.count
+                ));
+                Ok(())
+            }
+            FollowState::Complete => {
+                say(format!("job {name}: complete"));
+                Ok(())
+            }
+            FollowState::Superseded => {
+                say(format!(
+                    "job {name}: version {version} was superseded by version {} while waiting",
+                    self.version
+                ));
+                Ok(())
+            }
+            FollowState::Stopped => Err(CliError::runtime(format!(
+                "job {name} was stopped before all its instances were placed ({}/{})",
+                self.placed, self.count
+            ))),
+            FollowState::Failed => Err(CliError::runtime(format!(
+                "job {name} failed: an instance used up its attempts (`herd alloc list --job {name}` shows them)"
+            ))),
+            FollowState::Waiting => {
+                let why = if self.blocked.is_empty() {
+                    "the scheduler has not placed them yet and gave no reason".to_string()
+                } else {
+                    format!("blocked: {}", self.blocked)
+                };
+                Err(CliError::runtime(format!(
+                    "job {name}: {}/{} instances placed after {}; {why}. The job stays submitted: \
+                     `herd job status {name}` follows it, `herd job stop {name}` withdraws it",
+                    self.placed,
+                    self.count,
+                    format_duration(timeout)
+                )))
+            }
+        }
+    }
+}
+
+/// Judges `job` (followed at `version`) from its allocations: an instance
+/// counts as placed when an allocation of that version is meant to run and
+/// holds its place (pending or running), or has completed.
+fn judge(version: u64, job: &pb::Job, allocs: &[pb::Alloc]) -> FollowOutcome {
+    let count = job.spec.as_ref().map_or(0, |s| s.count);
+    let mut instances = std::collections::BTreeSet::new();
+    for alloc in allocs.iter().filter(|a| a.job_version == version) {
+        let live = alloc.desired == "run" && matches!(alloc.status.as_str(), "pending" | "running");
+        if live || alloc.status == "complete" {
+            instances.insert(alloc.instance);
+        }
+    }
+    let placed = u32::try_from(instances.len()).unwrap_or(u32::MAX);
+    let state = if job.version != version {
+        FollowState::Superseded
+    } else {
+        match job.status.as_str() {
+            "complete" => FollowState::Complete,
+            "failed" => FollowState::Failed,
+            "stopped" => FollowState::Stopped,
+            _ if placed >= count => FollowState::Placed,
+            _ => FollowState::Waiting,
+        }
+    };
+    FollowOutcome {
+        state,
+        placed,
+        count,
+        status: job.status.clone(),
+        blocked: job.blocked.clone(),
+        version: job.version,
+    }
+}
+
+/// Whether a failed read while following is worth another try: the
+/// coordinators being briefly unreachable or electing must not end the wait.
+fn transient(e: &herd_api::client::ClientError) -> bool {
+    matches!(
+        e.code(),
+        None | Some(
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Aborted
+        )
+    )
+}
+
+/// One linearizable look at `name` and its allocations.
+async fn look(
+    client: &HerdClient,
+    name: &str,
+    version: u64,
+) -> Result<FollowOutcome, herd_api::client::ClientError> {
+    let job = client
+        .call(|ch| {
+            let name = name.to_string();
+            async move {
+                JobsClient::new(ch)
+                    .get(pb::GetJobRequest { name, stale: false })
+                    .await
+                    .map(|r| r.into_inner())
+            }
+        })
+        .await?;
+    let allocs = client
+        .call(|ch| {
+            let request = pb::ListAllocsRequest {
+                job: name.to_string(),
+                stale: false,
+            };
+            async move {
+                AllocsClient::new(ch)
+                    .list(request)
+                    .await
+                    .map(|r| r.into_inner().allocs)
+            }
+        })
+        .await?;
+    Ok(judge(version, &job, &allocs))
+}
+
+/// Follows job `name` at `version` until it is placed or ends, or `timeout`
+/// passes; prints a line whenever its progress changes (when `announce`).
+/// Returns the last look, which says whether the wait succeeded.
+async fn follow(
+    client: &HerdClient,
+    name: &str,
+    version: u64,
+    timeout: Duration,
+    announce: bool,
+) -> Result<FollowOutcome, CliError> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut last_line = String::new();
+    let mut last: Option<FollowOutcome> = None;
+    let mut last_error: Option<String> = None;
+    loop {
+        match look(client, name, version).await {
+            Ok(outcome) => {
+                let line = outcome.progress_line(name);
+                if announce && outcome.state == FollowState::Waiting && line != last_line {
+                    println!("{line}");
+                    last_line = line;
+                }
+                if outcome.state != FollowState::Waiting {
+                    return Ok(outcome);
+                }
+                last = Some(outcome);
+            }
+            // Kept for the final report if no later look succeeds.
+            Err(e) if transient(&e) => last_error = Some(e.to_string()),
+            Err(e) => return Err(e.into()),
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return last.ok_or_else(|| {
+                CliError::runtime(format!(
+                    "job {name}: no answer from the coordinators within {}: {}",
+                    format_duration(timeout),
+                    last_error.as_deref().unwrap_or("no reply")
+                ))
+            });
+        }
+        tokio::time::sleep(FOLLOW_POLL).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{judge, FollowState};
+    use herd_api::proto::v1 as pb;
+
+    fn job(version: u64, status: &str, count: u32, blocked: &str) -> pb::Job {
+        pb::Job {
+            spec: Some(pb::JobSpec {
+                name: "web".into(),
+                count,
+                ..Default::default()
+            }),
+            version,
+            status: status.into(),
+            blocked: blocked.into(),
+            ..Default::default()
+        }
+    }
+
+    fn alloc(version: u64, instance: u32, status: &str, desired: &str) -> pb::Alloc {
+        pb::Alloc {
+            job: "web".into(),
+            job_version: version,
+            instance,
+            status: status.into(),
+            desired: desired.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn placed_only_when_every_instance_of_the_followed_version_holds_a_place() {
+        let allocs = [
+            alloc(2, 0, "running", "run"),
+            alloc(2, 1, "pending", "run"),
+            // Older versions, stopping copies and failures do not count.
+            alloc(1, 2, "running", "run"),
+            alloc(2, 2, "running", "stop"),
+            alloc(2, 2, "failed", "run"),
+        ];
+        let waiting = judge(
+            2,
+            &job(2, "running", 3, "instance 2: no node fits"),
+            &allocs,
+        );
+        assert_eq!(waiting.state, FollowState::Waiting);
+        assert_eq!((waiting.placed, waiting.count), (2, 3));
+        assert!(waiting
+            .progress_line("web")
+            .contains("2/3 instances placed (running); blocked: instance 2: no node fits"));
+
+        let mut all = allocs.to_vec();
+        all.push(alloc(2, 2, "complete", "run"));
+        let placed = judge(2, &job(2, "running", 3, ""), &all);
+        assert_eq!(placed.state, FollowState::Placed);
+        assert_eq!(placed.placed, 3);
+    }
+
+    #[test]
+    fn ends_of_the_job_end_the_wait() {
+        assert_eq!(
+            judge(2, &job(2, "complete", 2, ""), &[]).state,
+            FollowState::Complete
+        );
+        assert_eq!(
+            judge(2, &job(2, "failed", 2, ""), &[]).state,
+            FollowState::Failed
+        );
+        assert_eq!(
+            judge(2, &job(2, "stopped", 2, ""), &[]).state,
+            FollowState::Stopped
+        );
+        assert_eq!(
+            judge(2, &job(3, "pending", 2, ""), &[]).state,
+            FollowState::Superseded
+        );
+    }
+
+    #[test]
+    fn a_blocked_job_fails_naming_the_reason_and_the_way_out() {
+        let outcome = judge(
+            1,
+            &job(1, "pending", 1, "instance 0: no node fits memory 1TiB"),
+            &[],
+        );
+        let err = outcome
+            .verdict("web", 1, std::time::Duration::from_secs(3), false)
+            .expect_err("blocked is a failure");
+        assert_eq!(err.code, 1);
+        assert!(
+            err.message.contains("0/1 instances placed after 3s"),
+            "{}",
+            err.message
+        );
+        assert!(
+            err.message
+                .contains("blocked: instance 0: no node fits memory 1TiB"),
+            "{}",
+            err.message
+        );
+        assert!(err.message.contains("herd job stop web"), "{}", err.message);
+        let quiet = judge(1, &job(1, "pending", 1, ""), &[])
+            .verdict("web", 1, std::time::Duration::from_secs(3), false)
+            .expect_err("unplaced is a failure");
+        assert!(
+            quiet.message.contains("gave no reason"),
+            "{}",
+            quiet.message
+        );
+    }
 }

@@ -1,42 +1,12 @@
-//! Helpers for tests of node agents through the CLI: JSON output of client
-//! commands, spec files, polling, nodes ready.
+//! Helpers for tests of node agents through the CLI: running allocations,
+//! nodes ready, a cluster with an agent set.
 
 use std::collections::BTreeSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
-use super::must_cli_ok;
-
-/// `herd --addr ADDR ARGS -o json`, parsed; the command must succeed.
-pub fn json(addr: &str, args: &[&str]) -> Value {
-    let mut full = vec!["--addr", addr];
-    full.extend_from_slice(args);
-    full.extend_from_slice(&["-o", "json"]);
-    serde_json::from_str(&must_cli_ok(&full)).expect("json output")
-}
-
-/// Writes `text` to `dir/name.toml`; returns its path.
-pub fn write_spec(dir: &std::path::Path, name: &str, text: &str) -> String {
-    let path = dir.join(format!("{name}.toml"));
-    std::fs::write(&path, text).expect("write spec");
-    path.display().to_string()
-}
-
-/// Polls `probe` until it returns Some, or fails after `limit` naming `what`.
-pub async fn until<T>(what: &str, limit: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
-    let started = Instant::now();
-    loop {
-        if let Some(value) = probe() {
-            return value;
-        }
-        assert!(
-            started.elapsed() < limit,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
+use super::{json, until};
 
 /// The allocations of `job` that run and should.
 pub fn running_allocs(addr: &str, job: &str) -> Vec<Value> {

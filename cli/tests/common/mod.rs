@@ -1,5 +1,8 @@
-//! Helpers shared by the end-to-end tests: the herd binary, CLI runs, and
-//! variable writes/reads through the real gRPC API.
+//! Helpers shared by the end-to-end tests, kept in one place so that every
+//! test waits, parses and skips the same way: the herd binary, CLI runs and
+//! their JSON output, spec files, waiting on a condition, skipping (or, in
+//! CI, failing) where a tool is missing, and variable writes/reads through
+//! the real gRPC API.
 #![allow(dead_code)]
 
 pub mod agents;
@@ -12,6 +15,73 @@ use herd_api::client::HerdClient;
 use herd_api::proto::v1::variables_client::VariablesClient;
 use herd_api::proto::v1::{GetVariableRequest, PutVariableRequest};
 use herd_chaos::process_cluster::ProcessCluster;
+use serde_json::Value;
+
+/// Whether these tests run in CI, where `CI` is set (to anything but empty,
+/// `0` or `false`, as CI services set it): there a missing tool is a broken
+/// machine, not a reason to pass.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !matches!(v.trim(), "" | "0" | "false" | "FALSE"))
+}
+
+/// Called by a test that cannot run here because `why` (a missing tool or
+/// permission): outside CI it prints why and the caller returns, so a
+/// laptop without Docker or QEMU still runs the rest; in CI it panics,
+/// so CI can never pass by skipping. `.ci/run` installs what these need.
+pub fn skip_or_fail(why: &str) {
+    if in_ci() {
+        panic!(
+            "{why}\n(in CI, CI=true, a test whose tool is missing fails instead of \
+             skipping: .ci/run must install it)"
+        );
+    }
+    eprintln!("skipping: {why}");
+}
+
+/// Polls `probe` until it returns Some, and returns that; fails the test
+/// after `limit` naming `what`. Every wait on a condition goes through here
+/// (or [`until_or_none`]), so that no test asserts after a fixed sleep that
+/// a slow machine can outrun.
+pub async fn until<T>(what: &str, limit: Duration, probe: impl FnMut() -> Option<T>) -> T {
+    match until_or_none(limit, probe).await {
+        Some(value) => value,
+        None => panic!("timed out after {limit:?} waiting for {what}"),
+    }
+}
+
+/// Polls `probe` until it returns Some, or None after `limit`, for a caller
+/// that says more than [`until`] can when the wait fails. It polls quickly at
+/// first (a condition that is nearly true costs little) and backs off to
+/// 200 ms.
+pub async fn until_or_none<T>(limit: Duration, mut probe: impl FnMut() -> Option<T>) -> Option<T> {
+    let started = Instant::now();
+    let mut pause = Duration::from_millis(10);
+    loop {
+        if let Some(value) = probe() {
+            return Some(value);
+        }
+        if started.elapsed() >= limit {
+            return None;
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(200));
+    }
+}
+
+/// `herd --addr ADDR ARGS -o json`, parsed; the command must succeed.
+pub fn json(addr: &str, args: &[&str]) -> Value {
+    let mut full = vec!["--addr", addr];
+    full.extend_from_slice(args);
+    full.extend_from_slice(&["-o", "json"]);
+    serde_json::from_str(&must_cli_ok(&full)).expect("json output")
+}
+
+/// Writes `text` to `dir/name.toml`; returns its path.
+pub fn write_spec(dir: &Path, name: &str, text: &str) -> String {
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, text).expect("write spec");
+    path.display().to_string()
+}
 
 /// The herd binary cargo built for these tests.
 pub fn herd_bin() -> &'static Path {
@@ -91,6 +161,22 @@ pub async fn put(client: &HerdClient, key: &str, value: &str) -> Result<u64, Str
         })
         .await
         .map_err(|e| e.to_string())
+}
+
+/// Writes `key = value`, sending it again after any error until it is
+/// acknowledged (30 s at most): for set-up writes, where writing the same
+/// value twice is harmless and an election at start-up must not fail the test.
+pub async fn must_put(client: &HerdClient, key: &str, value: &str) -> u64 {
+    let started = Instant::now();
+    loop {
+        match put(client, key, value).await {
+            Ok(version) => return version,
+            Err(e) if started.elapsed() > Duration::from_secs(30) => {
+                panic!("{key} = {value} not acknowledged within 30 s: {e}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
 }
 
 /// Reads `key` (linearizable unless `stale`); None when absent.
