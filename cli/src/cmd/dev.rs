@@ -101,7 +101,7 @@ pub async fn run(args: DevArgs) -> Result<(), CliError> {
     println!(
         "Next, in another terminal (from a checkout, `cargo run --release --` stands for `herd`):"
     );
-    println!("  herd job run examples/web.toml    # three instances of a small service");
+    println!("  herd job run examples/web.toml    # three instances of a small service; returns once they are placed");
     println!("  herd alloc list                   # where they run");
     println!("  herd alloc logs ID -f             # what one prints");
     println!("  herd node drain dev-1             # move them off a node");
