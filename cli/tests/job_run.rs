@@ -10,35 +10,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use herd_api::proto::agent::agent_client::AgentClient;
-use herd_api::proto::agent::RegisterNodeRequest;
-use herd_api::proto::v1::Resources;
-use herd_chaos::process_cluster::ProcessCluster;
 use serde_json::Value;
-
-/// Registers node `name` with 4 CPUs and 8 GiB.
-async fn must_register(cluster: &ProcessCluster, name: &str) {
-    let request = RegisterNodeRequest {
-        name: name.to_string(),
-        addr: "127.0.0.1:1".to_string(),
-        capacity: Some(Resources {
-            cpu_millis: 4000,
-            memory_bytes: 8 << 30,
-            gpus: 0,
-            gpu_model: String::new(),
-        }),
-        labels: Default::default(),
-    };
-    cluster
-        .client()
-        .expect("client")
-        .call(|ch| {
-            let request = request.clone();
-            async move { AgentClient::new(ch).register(request).await }
-        })
-        .await
-        .expect("register");
-}
 
 fn spec(name: &str, count: u32, memory: &str) -> String {
     format!(
@@ -66,7 +38,7 @@ async fn job_run_waits_until_placed_fails_naming_why_when_blocked_and_detaches_o
     // Registrations send no heartbeats: a TTL that never marks them down.
     let cluster = must_start_one_member(&["--node-ttl-ms", "3600000"]).await;
     let addr = cluster.addr_list();
-    must_register(&cluster, "n1").await;
+    must_register_node(&cluster, "n1", 4000).await;
     let dir = tempfile::tempdir().expect("tempdir");
 
     // Placed: it returns 0 and the allocations are there when it does.

@@ -9,34 +9,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::*;
-use herd_api::proto::agent::agent_client::AgentClient;
-use herd_api::proto::agent::RegisterNodeRequest;
-use herd_api::proto::v1::Resources;
 use herd_chaos::process_cluster::ProcessCluster;
 use serde_json::Value;
-
-async fn must_register(cluster: &ProcessCluster, name: &str, cpu_millis: u64) {
-    let request = RegisterNodeRequest {
-        name: name.to_string(),
-        addr: "127.0.0.1:1".to_string(),
-        capacity: Some(Resources {
-            cpu_millis,
-            memory_bytes: 8 << 30,
-            gpus: 0,
-            gpu_model: String::new(),
-        }),
-        labels: Default::default(),
-    };
-    cluster
-        .client()
-        .expect("client")
-        .call(|ch| {
-            let request = request.clone();
-            async move { AgentClient::new(ch).register(request).await }
-        })
-        .await
-        .expect("register");
-}
 
 fn spec(name: &str, priority: u32, count: u32, cpu: u32) -> String {
     format!(
@@ -79,7 +53,7 @@ async fn jobs_are_placed_blocked_preempted_and_stopped() {
         .expect("leader");
     let addr = cluster.addr_list();
     for node in ["n1", "n2", "n3"] {
-        must_register(&cluster, node, 4000).await;
+        must_register_node(&cluster, node, 4000).await;
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let write = |name: &str, text: String| {
@@ -229,7 +203,7 @@ async fn jobs_are_placed_blocked_preempted_and_stopped() {
         (n("n3")["status"].clone(), n("n3")["eligible"].clone()),
         (Value::from("ready"), Value::from(false))
     );
-    must_register(&cluster, "n4", 4000).await;
+    must_register_node(&cluster, "n4", 4000).await;
     let replaced = must_see_allocs(&addr, "filler re-placed on n4", |a| {
         live(a, "filler").len() == 6
     })

@@ -295,3 +295,32 @@ pub async fn must_converge(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Registers a node of `cpu_millis` and 8 GiB with no agent behind it, so
+/// that the scheduler has room to place on (its allocations never run).
+pub async fn must_register_node(cluster: &ProcessCluster, name: &str, cpu_millis: u64) {
+    let request = herd_api::proto::agent::RegisterNodeRequest {
+        name: name.to_string(),
+        addr: "127.0.0.1:1".to_string(),
+        capacity: Some(herd_api::proto::v1::Resources {
+            cpu_millis,
+            memory_bytes: 8 << 30,
+            gpus: 0,
+            gpu_model: String::new(),
+        }),
+        labels: Default::default(),
+    };
+    cluster
+        .client()
+        .expect("client")
+        .call(|ch| {
+            let request = request.clone();
+            async move {
+                herd_api::proto::agent::agent_client::AgentClient::new(ch)
+                    .register(request)
+                    .await
+            }
+        })
+        .await
+        .expect("register");
+}
