@@ -242,7 +242,7 @@ impl Agent for AgentService {
         let request = request.into_inner();
         check_node_name(&request.node)?;
         if request.reports.len() > MAX_UPDATES {
-            return Err(Status::invalid_argument(format!(
+            return Err(error::invalid_argument(format!(
                 "{} reports in one request; at most {MAX_UPDATES}",
                 request.reports.len()
             )));
@@ -288,7 +288,7 @@ impl Agent for AgentService {
                     malformed,
                 }))
             }
-            other => Err(Status::internal(format!(
+            other => Err(error::internal(format!(
                 "unexpected result of an allocation report: {other:?}"
             ))),
         }
