@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 
 pub mod alloc;
+pub mod capabilities;
 pub mod client;
 pub mod clock;
 pub mod config_file;
@@ -16,6 +17,7 @@ pub mod duration;
 #[cfg(test)]
 mod fixtures;
 pub mod job;
+pub mod migration;
 pub mod node;
 pub mod placement;
 pub mod proto;

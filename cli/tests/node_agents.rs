@@ -84,6 +84,20 @@ async fn service_instances_survive_node_loss_without_duplicates() {
     }
     must_have_ready_nodes(&addr, &["a", "b", "c"]).await;
 
+    // Each agent declared its drivers when it registered: how each moves.
+    let out = must_cli_ok(&["--addr", &addr, "node", "list", "-o", "json"]);
+    let nodes: Value = serde_json::from_str(&out).expect("json");
+    for node in nodes.as_array().expect("array") {
+        let drivers = &node["drivers"];
+        assert_eq!(drivers["exec"]["migration"], "none", "{out}");
+        assert_eq!(drivers["vm"]["migration"], "live", "{out}");
+        assert_eq!(drivers["vm"]["pause"], true, "{out}");
+        assert_eq!(drivers["dljob"]["migration"], "checkpoint", "{out}");
+        for (name, caps) in drivers.as_object().expect("drivers known") {
+            assert!(caps["migration"].is_string(), "{name}: {out}");
+        }
+    }
+
     let dir = tempfile::tempdir().expect("tempdir");
     let spec = write_spec(dir.path(), "web", &sleep_spec("web", "service", 4, 50, 100));
     must_cli_ok(&["--addr", &addr, "job", "run", &spec]);

@@ -279,6 +279,9 @@ where
     background.push(tokio::spawn(crate::leader::liveness::run(
         coordinator.clone(),
     )));
+    background.push(tokio::spawn(crate::leader::migrations::run(
+        coordinator.clone(),
+    )));
 
     Ok(RunningCoordinator {
         coordinator,

@@ -90,6 +90,8 @@ async fn agents_learn_the_cluster_and_one_bad_report_costs_no_other() {
                 gpu_model: String::new(),
             }),
             labels: Default::default(),
+            // An agent older than driver capabilities.
+            drivers: vec![],
         })
         .await
         .expect("register")

@@ -32,7 +32,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent
 use tokio::sync::{mpsc, Mutex};
 
 use crate::config::NodeConfig;
-use crate::link::{CoordinatorLink, LinkArgs, LinkMsg, SharedFence};
+use crate::link::{capabilities_of, CoordinatorLink, LinkArgs, LinkMsg, SharedFence};
 use crate::wiring::Wiring;
 
 /// Most child restarts tolerated within [`RESTART_WINDOW`].
@@ -141,6 +141,7 @@ impl NodeAgent {
             reports: state.report_rx.clone(),
             report_tx: state.report_tx.clone(),
             fence: state.fence.clone(),
+            drivers: capabilities_of(&state.drivers),
         };
         Self::spawn_link_with(myself, args).await
     }
@@ -206,6 +207,7 @@ impl Actor for NodeAgent {
             reports: report_rx.clone(),
             report_tx: report_tx.clone(),
             fence: args.fence.clone(),
+            drivers: capabilities_of(&drivers),
         };
         let link = Self::spawn_link_with(&myself, link_args).await?;
         Ok(AgentState {

@@ -6,29 +6,12 @@ use std::path::PathBuf;
 use herd_api::job::TaskSpec;
 use serde::{Deserialize, Serialize};
 
-/// How a running workload of a driver can move to another node.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum MigrationMode {
-    /// It cannot move while running; it is stopped and started elsewhere.
-    None,
-    /// Checkpoint, copy the checkpoint, resume from it (DL training jobs).
-    CheckpointRestart,
-    /// Memory copied in rounds while it runs, then a short stop (VMs).
-    LivePreCopy,
-    /// Running requests' KV caches copied while they decode (inference instances).
-    RequestKvCache,
-}
-
-/// What a driver's workloads allow beyond start and stop.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DriverCapabilities {
-    /// How a running workload can move.
-    pub migration: MigrationMode,
-    /// Whether it can be paused and resumed in place.
-    pub pause: bool,
-    /// Whether the driver enforces GPU power caps on it.
-    pub power_cap: bool,
-}
+/// How a running workload of a driver can move, and what a driver's
+/// workloads allow beyond start and stop: the very types the agent sends at
+/// registration and the coordinators store per node (`herd_api::capabilities`),
+/// re-exported under the names drivers have always used, so that what a
+/// driver declares and what the cluster believes cannot drift apart.
+pub use herd_api::capabilities::{DriverCaps as DriverCapabilities, MigrationMode};
 
 /// Everything a driver needs to start one allocation's workload.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

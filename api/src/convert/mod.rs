@@ -8,6 +8,7 @@
 //! Proto3 strings cannot be absent, so an empty string on the wire stands for
 //! `None` in the optional fields (`command`, `workdir`, `gpu_model`).
 
+pub mod capabilities;
 mod job;
 mod placement;
 pub mod report;

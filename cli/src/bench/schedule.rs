@@ -164,6 +164,8 @@ pub async fn run(args: ScheduleBenchArgs) -> Result<(), CliError> {
                 addr: format!("127.0.0.1:{}", 20_000 + i % 40_000),
                 capacity: Some(node_capacity()),
                 labels: [("rack".to_string(), format!("r{}", i % 20))].into(),
+                // Simulated nodes run nothing: no drivers to declare.
+                drivers: vec![],
             };
             register(&client, request).await
         }

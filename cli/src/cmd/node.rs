@@ -2,10 +2,12 @@
 //! an agent.
 
 use clap::{Args, Subcommand};
+use herd_api::capabilities::MigrationMode;
 use herd_api::proto::v1::nodes_client::NodesClient;
+use herd_api::proto::v1::DriverCapabilities;
 use herd_api::proto::v1::{DrainNodeRequest, ListNodesRequest, SetEligibilityRequest};
 use herd_api::resources::display_memory;
-use serde_json::json;
+use serde_json::{json, Value};
 
 use super::Context;
 use crate::exit::CliError;
@@ -51,6 +53,44 @@ pub enum NodeCommand {
     },
 }
 
+/// A node's drivers for `-o json`: `{"vm": {"migration": "live", "pause":
+/// true, "power_cap": false}, ...}`, or null when its agent did not say (an
+/// agent older than driver capabilities): scripts can tell "cannot move"
+/// from "unknown".
+fn drivers_json(drivers: &[DriverCapabilities]) -> Value {
+    if drivers.is_empty() {
+        return Value::Null;
+    }
+    let map: serde_json::Map<String, Value> = drivers
+        .iter()
+        .map(|d| {
+            let caps =
+                json!({"migration": d.migration, "pause": d.pause, "power_cap": d.power_cap});
+            (d.driver.clone(), caps)
+        })
+        .collect();
+    Value::Object(map)
+}
+
+/// The table's short MOVES column: the drivers whose workloads can move
+/// without a restart (`dljob,vm`), `-` when none can, `unknown` when the
+/// node's agent did not say.
+fn movable_drivers(drivers: &[DriverCapabilities]) -> String {
+    if drivers.is_empty() {
+        return "unknown".to_string();
+    }
+    let movable: Vec<&str> = drivers
+        .iter()
+        .filter(|d| d.migration != MigrationMode::None.as_str())
+        .map(|d| d.driver.as_str())
+        .collect();
+    if movable.is_empty() {
+        "-".to_string()
+    } else {
+        movable.join(",")
+    }
+}
+
 /// Runs a `herd node` subcommand.
 pub async fn run(ctx: &Context, command: NodeCommand) -> Result<(), CliError> {
     let client = ctx.client()?;
@@ -83,7 +123,8 @@ pub async fn run(ctx: &Context, command: NodeCommand) -> Result<(), CliError> {
                                    "gpus_simulated": u.gpus_simulated, "gpu_power_watts": u.gpu_power_watts,
                                    "heartbeat_age_ms": n.heartbeat_age_ms})),
                                "capacity": {"cpu_millis": cap.cpu_millis, "memory_bytes": cap.memory_bytes,
-                                            "gpus": cap.gpus, "gpu_model": cap.gpu_model}})
+                                            "gpus": cap.gpus, "gpu_model": cap.gpu_model},
+                               "drivers": drivers_json(&n.drivers)})
                     })
                     .collect();
                 print_json(&json!(list));
@@ -121,13 +162,14 @@ pub async fn run(ctx: &Context, command: NodeCommand) -> Result<(), CliError> {
                             n.usage
                                 .as_ref()
                                 .map_or("-".to_string(), |u| u.running_allocs.to_string()),
+                            movable_drivers(&n.drivers),
                         ]
                     })
                     .collect();
                 print_table(
                     &[
                         "NAME", "STATUS", "ADDRESS", "CPU(m)", "MEMORY", "GPUS", "CPU BUSY",
-                        "MEM FREE", "RUNNING",
+                        "MEM FREE", "RUNNING", "MOVES",
                     ],
                     &rows,
                 );

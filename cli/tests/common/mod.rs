@@ -309,6 +309,8 @@ pub async fn must_register_node(cluster: &ProcessCluster, name: &str, cpu_millis
             gpu_model: String::new(),
         }),
         labels: Default::default(),
+        // No agent behind it, so no drivers to declare (capabilities unknown).
+        drivers: vec![],
     };
     cluster
         .client()

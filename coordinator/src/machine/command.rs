@@ -7,6 +7,7 @@
 use crate::planning::PlanCommand;
 use herd_api::alloc::AllocUpdate;
 use herd_api::job::JobSpec;
+use herd_api::migration::MigrationPhase;
 use herd_api::node::NodeInfo;
 use serde::{Deserialize, Serialize};
 
@@ -117,6 +118,70 @@ pub enum Command {
         /// The decision.
         command: Box<Command>,
     },
+    /// Starts moving a running allocation, keeping its id, to `target`:
+    /// records a migration in phase `planned` and reserves the
+    /// allocation's resources on the target until it ends.
+    StartMigration {
+        /// The allocation to move.
+        alloc_id: String,
+        /// The node it goes to.
+        target: String,
+        /// The longest pause allowed, ms.
+        downtime_limit_ms: u64,
+        /// A bandwidth cap, bytes per second (None: as fast as it goes).
+        bandwidth_bytes_per_sec: Option<u64>,
+        /// Leader's clock, ms since the epoch.
+        now_ms: u64,
+    },
+    /// An agent's report of a running migration: its phase (the same, or
+    /// the next one) and progress.
+    AdvanceMigration {
+        /// The migration.
+        id: String,
+        /// The phase it is in now.
+        phase: MigrationPhase,
+        /// State moved so far.
+        bytes: u64,
+        /// Transfer rounds so far.
+        rounds: u32,
+        /// Leader's clock, ms since the epoch.
+        now_ms: u64,
+    },
+    /// The switch-over: the allocation's owner becomes the target and its
+    /// generation rises, in one command, so the source's copy is fenced
+    /// off from this entry on and the target's may resume.
+    SwitchMigration {
+        /// The migration, in phase `switching`.
+        id: String,
+        /// How long the workload was paused, ms.
+        downtime_ms: u64,
+        /// Leader's clock, ms since the epoch.
+        now_ms: u64,
+    },
+    /// Gives a migration up: the source keeps the allocation, the target
+    /// cleans up, and the reservation is released.
+    AbortMigration {
+        /// The migration.
+        id: String,
+        /// Why, for `herd migration status`.
+        reason: String,
+        /// Leader's clock, ms since the epoch.
+        now_ms: u64,
+    },
+    /// Records the drivers a registered node's agent offers and what each
+    /// allows, proposed by the registration handler right after
+    /// [`Command::RegisterNode`]. A variant of its own rather than a field
+    /// of `RegisterNode` or `NodeInfo`: those are bincode in old log entries
+    /// and stored records, which a new field would make unreadable.
+    SetNodeDrivers {
+        /// Node name; an unknown node is refused.
+        node: String,
+        /// The drivers by name; None: unknown (an agent too old to say),
+        /// which forgets what a newer agent said before. JSON inside the
+        /// entry, so capability fields added later can default.
+        #[serde(with = "crate::machine::json_codec")]
+        drivers: Option<herd_api::capabilities::NodeDrivers>,
+    },
 }
 
 impl Command {
@@ -138,11 +203,16 @@ impl Command {
             | Command::DrainNode { now_ms, .. }
             | Command::MarkNodeDown { now_ms, .. }
             | Command::UpdateAllocs { now_ms, .. }
-            | Command::DrainNodeWithin { now_ms, .. } => *now_ms = now,
+            | Command::DrainNodeWithin { now_ms, .. }
+            | Command::StartMigration { now_ms, .. }
+            | Command::AdvanceMigration { now_ms, .. }
+            | Command::SwitchMigration { now_ms, .. }
+            | Command::AbortMigration { now_ms, .. } => *now_ms = now,
             Command::Fenced { command, .. } => command.stamp(now),
             Command::InitCluster { .. }
             | Command::PutVariable { .. }
-            | Command::SetNodeEligibility { .. } => {}
+            | Command::SetNodeEligibility { .. }
+            | Command::SetNodeDrivers { .. } => {}
         }
     }
 
@@ -161,6 +231,11 @@ impl Command {
             Command::UpdateAllocs { .. } => "update_allocs",
             Command::DrainNodeWithin { .. } => "drain_node_within",
             Command::Fenced { command, .. } => command.kind(),
+            Command::StartMigration { .. } => "start_migration",
+            Command::AdvanceMigration { .. } => "advance_migration",
+            Command::SwitchMigration { .. } => "switch_migration",
+            Command::AbortMigration { .. } => "abort_migration",
+            Command::SetNodeDrivers { .. } => "set_node_drivers",
         }
     }
 }
@@ -212,6 +287,13 @@ pub enum CommandResult {
     },
     /// The command no longer fits the state; nothing changed.
     Rejected(Rejection),
+    /// A migration was recorded or moved on.
+    MigrationUpdated {
+        /// Its id.
+        id: String,
+        /// Its phase now.
+        phase: MigrationPhase,
+    },
 }
 
 /// Why `apply` refused a command. Nothing is ever half-applied.
@@ -251,4 +333,8 @@ pub enum Rejection {
         /// The term of the leader that appended it.
         appended_in: u64,
     },
+    /// A migration that cannot start or move on as asked (the reason
+    /// names what and where).
+    #[error("migration refused: {0}")]
+    Migration(String),
 }

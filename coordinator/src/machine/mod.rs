@@ -5,5 +5,6 @@
 pub mod app;
 pub mod apply;
 pub mod command;
+pub mod json_codec;
 pub mod legacy;
 pub mod spec_codec;

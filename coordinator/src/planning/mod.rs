@@ -14,4 +14,7 @@ pub use retry::{
     exhausted, instance_histories, missing_instances, retry_delay_ms, InstanceHistory,
     BATCH_ATTEMPTS, RETRY_BASE_MS, RETRY_MAX_MS,
 };
-pub use views::{alloc_views, gang_of, is_live, node_views, request_for, touched_views};
+pub use views::{
+    alloc_views, gang_of, is_live, node_views, request_for, reservations, touched_views,
+    RESERVATION_PRIORITY,
+};

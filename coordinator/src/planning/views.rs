@@ -27,14 +27,48 @@ pub fn is_live(alloc: &Allocation) -> bool {
 }
 
 /// Allocations holding resources, as the placement policy sees them: a
-/// stopping allocation holds its node's resources until it has stopped.
+/// stopping allocation holds its node's resources until it has stopped,
+/// and a moving one holds them on its migration's target too
+/// ([`reservations`]).
 pub fn alloc_views(state: &ClusterState) -> Vec<AllocView> {
     state
         .allocations
         .values()
         .filter(|a| a.status.holds_resources())
         .map(alloc_view)
+        .chain(reservations(state, |_| true))
         .collect()
+}
+
+/// The priority of a migration's reservation: above every job's (0..=100),
+/// so that preemption, which evicts strictly lower priorities only, never
+/// takes the room a migration is moving into.
+pub const RESERVATION_PRIORITY: u32 = u32::MAX;
+
+/// What each migration in flight holds on its target (on the nodes `on`
+/// accepts): the allocation's resources, under an id of its own
+/// (`ALLOC@TARGET`), so the scheduler and `verify_plan` count the
+/// allocation on both nodes until the migration ends, and nothing is
+/// placed in the room it moves into.
+pub fn reservations<'a>(
+    state: &'a ClusterState,
+    on: impl Fn(&str) -> bool + 'a,
+) -> impl Iterator<Item = AllocView> + 'a {
+    state
+        .migrations
+        .values()
+        .filter(move |m| m.is_active() && on(&m.target))
+        .filter_map(|m| {
+            let alloc = state.allocations.get(&m.alloc_id)?;
+            Some(AllocView {
+                id: format!("{}@{}", alloc.id, m.target),
+                job: alloc.job.clone(),
+                node: m.target.clone(),
+                resources: alloc.resources.clone(),
+                priority: RESERVATION_PRIORITY,
+                gang: None,
+            })
+        })
 }
 
 fn alloc_view(a: &Allocation) -> AllocView {
@@ -100,6 +134,7 @@ pub fn touched_views(state: &ClusterState, plan: &PlanCommand) -> (Vec<NodeView>
             }
         }
     }
+    allocs.extend(reservations(state, |node| names.contains(node)));
     (nodes, allocs)
 }
 

@@ -9,6 +9,7 @@ use tokio::time::Instant;
 
 use futures::Stream;
 use herd_api::alloc::AllocUpdate;
+use herd_api::convert::capabilities::drivers_from_proto;
 use herd_api::convert::report::MAX_REPORT_ID;
 use herd_api::node::{NodeInfo, NodeStatus};
 use herd_api::proto::agent::agent_server::Agent;
@@ -140,6 +141,11 @@ impl Agent for AgentService {
             }
             None => return Err(error::invalid_argument("field `capacity` is missing")),
         };
+        // Read whole before anything is written: a bad declaration refuses
+        // the registration, never half-applies it. Empty from an agent
+        // older than the field: its capabilities are unknown.
+        let drivers = drivers_from_proto(request.drivers)
+            .map_err(|e| error::invalid_argument(e.to_string()))?;
         let name = request.name.clone();
         let node = NodeInfo {
             name: request.name,
@@ -150,9 +156,21 @@ impl Agent for AgentService {
             eligible: true,
             registered_at_ms: 0,
         };
+        self.coordinator
+            .write(Command::RegisterNode { node, now_ms: 0 })
+            .await?;
+        // Then what its drivers allow, as a command of its own (a field of
+        // `RegisterNode` would make old log entries unreadable). Sent on
+        // every registration, an unknown set included, so an older agent
+        // that replaces a newer one does not inherit what it cannot do;
+        // apply writes nothing when nothing changed. A failure here fails
+        // the registration, and the agent registers again.
         let written = self
             .coordinator
-            .write(Command::RegisterNode { node, now_ms: 0 })
+            .write(Command::SetNodeDrivers {
+                node: name.clone(),
+                drivers: (!drivers.is_empty()).then_some(drivers),
+            })
             .await?;
         // A node registering through the leader starts its TTL now.
         if self.coordinator.is_leader() {

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use herd_api::convert::capabilities::drivers_to_proto;
 use herd_api::node::NodeInfo;
 use herd_api::proto::v1 as pb;
 use herd_api::proto::v1::nodes_server::Nodes;
@@ -36,6 +37,11 @@ fn to_proto(state: &ClusterState, node: &NodeInfo) -> pb::Node {
         eligible: node.eligible,
         usage: None,
         heartbeat_age_ms: 0,
+        drivers: state
+            .node_drivers
+            .get(&node.name)
+            .map(drivers_to_proto)
+            .unwrap_or_default(),
     }
 }
 

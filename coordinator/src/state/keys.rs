@@ -1,7 +1,8 @@
 //! Persisted layout of `ClusterState`: one key per record, values versioned.
 //!
 //! Keys: `cluster_id`, `node/<name>`, `job/<name>`, `var/<key>`, `alloc/<id>`,
-//! `drain/<node>` (a drain's deadline, ms since the epoch). Values are a
+//! `drain/<node>` (a drain's deadline, ms since the epoch), `drivers/<node>`
+//! (what the node's drivers allow, JSON inside the record). Values are a
 //! format byte followed by bincode, so a later release can tell old records
 //! from new ones.
 //!
@@ -35,6 +36,13 @@ pub enum Record<'a> {
     Alloc(&'a str),
     /// The deadline of a node's drain, by node name.
     DrainDeadline(&'a str),
+    /// A live migration by id (JSON inside the record, so that later
+    /// fields can default).
+    Migration(&'a str),
+    /// The drivers a node's agent offers and what each allows, by node name
+    /// (JSON inside the record, so that capability fields added later can
+    /// default; absent: the agent did not say).
+    NodeDrivers(&'a str),
 }
 
 impl Record<'_> {
@@ -47,6 +55,8 @@ impl Record<'_> {
             Record::Variable(key) => format!("var/{key}").into_bytes(),
             Record::Alloc(id) => format!("alloc/{id}").into_bytes(),
             Record::DrainDeadline(node) => format!("drain/{node}").into_bytes(),
+            Record::Migration(id) => format!("migration/{id}").into_bytes(),
+            Record::NodeDrivers(node) => format!("drivers/{node}").into_bytes(),
         }
     }
 
@@ -77,6 +87,16 @@ impl Record<'_> {
                 .drain_deadlines
                 .get(*node)
                 .and_then(|d| herd_consensus::codec::encode(d).ok()),
+            Record::Migration(id) => state
+                .migrations
+                .get(*id)
+                .and_then(|m| serde_json::to_vec(m).ok())
+                .and_then(|json| herd_consensus::codec::encode(&json).ok()),
+            Record::NodeDrivers(node) => state
+                .node_drivers
+                .get(*node)
+                .and_then(|d| serde_json::to_vec(d).ok())
+                .and_then(|json| herd_consensus::codec::encode(&json).ok()),
         }?;
         let mut value = Vec::with_capacity(body.len() + 1);
         value.push(FORMAT);
@@ -120,6 +140,16 @@ pub(super) fn load_pair(state: &mut ClusterState, key: &[u8], value: &[u8]) -> R
         state
             .drain_deadlines
             .insert(node.to_string(), decode::<u64>(key, value)?);
+    } else if let Some(id) = key.strip_prefix("migration/") {
+        let json: Vec<u8> = decode(key, value)?;
+        let migration =
+            serde_json::from_slice(&json).map_err(|e| format!("record {key}: migration: {e}"))?;
+        state.migrations.insert(id.to_string(), migration);
+    } else if let Some(node) = key.strip_prefix("drivers/") {
+        let json: Vec<u8> = decode(key, value)?;
+        let drivers = serde_json::from_slice(&json)
+            .map_err(|e| format!("record {key}: node drivers: {e}"))?;
+        state.node_drivers.insert(node.to_string(), drivers);
     } else if let Some(name) = key.strip_prefix("var/") {
         state
             .variables
@@ -210,5 +240,43 @@ mod tests {
         assert_eq!(pairs[0].1[0], FORMAT);
         assert_eq!(ClusterState::from_pairs(pairs).expect("reads"), state);
         assert!(load_pair(&mut state, b"job/web", &[9, 0]).is_err());
+    }
+
+    #[test]
+    fn node_drivers_records_round_trip_and_read_newer_fields() {
+        use herd_api::capabilities::{DriverCaps, MigrationMode};
+        let mut state = ClusterState::default();
+        let vm = DriverCaps {
+            migration: MigrationMode::LivePreCopy,
+            pause: true,
+            power_cap: false,
+        };
+        state
+            .node_drivers
+            .insert("n1".into(), [("vm".to_string(), vm)].into());
+        let pairs = state.to_pairs();
+        assert_eq!(pairs.len(), 1);
+        assert_eq!(pairs[0].0, b"drivers/n1");
+        assert_eq!(pairs[0].1[0], FORMAT);
+        assert_eq!(ClusterState::from_pairs(pairs).expect("reads"), state);
+        assert_eq!(state.driver_capabilities("n1", "vm"), Some(&vm));
+        assert_eq!(state.driver_capabilities("n1", "exec"), None);
+        assert_eq!(state.driver_capabilities("n2", "vm"), None);
+
+        // A later release's record, with a capability this one does not
+        // know, still reads (JSON inside the record).
+        let record = |json: &str| {
+            let mut value = vec![FORMAT];
+            value.extend(herd_consensus::codec::encode(&json.as_bytes().to_vec()).expect("encode"));
+            value
+        };
+        let newer = r#"{"vm":{"migration":"live","pause":true,"power_cap":false,"later":7}}"#;
+        let mut read = ClusterState::default();
+        load_pair(&mut read, b"drivers/n1", &record(newer)).expect("reads");
+        assert_eq!(read, state);
+        // A mode it does not know is an error naming the record.
+        let unknown = r#"{"vm":{"migration":"teleport","pause":true,"power_cap":false}}"#;
+        let e = load_pair(&mut read, b"drivers/n1", &record(unknown)).expect_err("unknown");
+        assert!(e.contains("drivers/n1"), "{e}");
     }
 }

@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 
 use herd_api::alloc::Allocation;
 use herd_api::job::JobSpec;
+use herd_api::migration::Migration;
 use herd_api::node::NodeInfo;
 use herd_consensus::storage::WriteOp;
 use serde::{Deserialize, Serialize};
@@ -97,6 +98,14 @@ pub struct ClusterState {
     /// Nodes draining with a deadline: when it passes, what still runs there
     /// is stopped (ms since the epoch, by node name).
     pub drain_deadlines: BTreeMap<String, u64>,
+    /// Live migrations by id, running and ended (ended ones are kept for
+    /// `herd migration list`, a bounded number per allocation).
+    pub migrations: BTreeMap<String, Migration>,
+    /// The drivers each node's agent offers and what each allows, by node
+    /// name, as its agent declared at registration; a node without an entry
+    /// registered through an agent too old to say (its capabilities are
+    /// unknown). Read it through [`ClusterState::driver_capabilities`].
+    pub node_drivers: BTreeMap<String, herd_api::capabilities::NodeDrivers>,
     /// Allocation ids by job and by node (derived, not persisted).
     alloc_index: AllocIndex,
 }
@@ -142,6 +151,22 @@ impl<'a> ChangeLog<'a> {
                 touched.jobs.insert(name.to_string());
             }
             Record::Variable(_) => touched.variables = true,
+            // What a node's drivers allow is part of the node, for the
+            // loops that will place and move work by it.
+            Record::NodeDrivers(name) => {
+                touched.nodes.insert(name.to_string());
+            }
+            Record::Migration(id) => {
+                // A migration reserves room on its target and fences its
+                // allocation: both nodes' views and the scheduler care.
+                if let Some(m) = state.migrations.get(id) {
+                    touched.alloc_nodes.insert(m.source.clone());
+                    touched.alloc_nodes.insert(m.target.clone());
+                    touched.alloc_jobs.insert(m.job.clone());
+                } else {
+                    touched.everything = true;
+                }
+            }
             Record::Alloc(id) => match state.allocations.get(id) {
                 Some(alloc) => {
                     touched.alloc_nodes.insert(alloc.node.clone());
@@ -165,6 +190,18 @@ impl<'a> ChangeLog<'a> {
 }
 
 impl ClusterState {
+    /// What `driver` allows on `node`, as the node's agent declared it;
+    /// None when the node is unknown, its agent did not say (an older
+    /// release), or it does not offer that driver. A migration must treat
+    /// None as "cannot move": nothing is moved on a guess.
+    pub fn driver_capabilities(
+        &self,
+        node: &str,
+        driver: &str,
+    ) -> Option<&herd_api::capabilities::DriverCaps> {
+        self.node_drivers.get(node)?.get(driver)
+    }
+
     /// Rebuilds the state from its persisted pairs.
     pub fn from_pairs(pairs: Vec<(Vec<u8>, Vec<u8>)>) -> Result<Self, String> {
         let mut state = ClusterState::default();
@@ -176,10 +213,23 @@ impl ClusterState {
     }
 
     /// Adds (or replaces) an allocation and indexes it. An allocation's job
-    /// and node never change, so this is the only place the index moves.
+    /// never changes and its node only through [`ClusterState::move_alloc`],
+    /// so the index moves only in these three places.
     pub fn insert_alloc(&mut self, alloc: Allocation) {
         self.alloc_index.add(&alloc);
         self.allocations.insert(alloc.id.clone(), alloc);
+    }
+
+    /// Gives allocation `id` to `node` (a migration's switch-over), keeping
+    /// the index current; false when there is no such allocation.
+    pub fn move_alloc(&mut self, id: &str, node: &str) -> bool {
+        let Some(alloc) = self.allocations.get_mut(id) else {
+            return false;
+        };
+        self.alloc_index.remove(alloc);
+        alloc.node = node.to_string();
+        self.alloc_index.add(alloc);
+        true
     }
 
     /// Removes an allocation (garbage collection of ended ones), keeping the
@@ -249,6 +299,12 @@ impl ClusterState {
         }
         for id in self.allocations.keys() {
             log.put(Record::Alloc(id), self);
+        }
+        for id in self.migrations.keys() {
+            log.put(Record::Migration(id), self);
+        }
+        for node in self.node_drivers.keys() {
+            log.put(Record::NodeDrivers(node), self);
         }
         ops.into_iter()
             .filter_map(|op| match op {

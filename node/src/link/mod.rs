@@ -18,10 +18,13 @@ mod watch;
 use std::sync::Arc;
 use std::time::Duration;
 
+use herd_actors::driver::Driver;
 use herd_actors::resources::{HostReport, Reserved, ResourceMsg};
 use herd_actors::workload::{AllocReport, DesiredAlloc, SupervisorMsg};
 use herd_api::alloc::AllocStatus;
+use herd_api::capabilities::NodeDrivers;
 use herd_api::client::{Connector, HerdClient, Repeat};
+use herd_api::convert::capabilities::drivers_to_proto;
 use herd_api::job::{JobType, TaskSpec};
 use herd_api::proto::agent::agent_client::AgentClient;
 use herd_api::proto::agent::{
@@ -84,6 +87,21 @@ pub struct LinkArgs {
     pub report_tx: mpsc::UnboundedSender<AllocReport>,
     /// Which assignment sets are stale (see [`fence`]).
     pub fence: SharedFence,
+    /// The drivers this agent offers and what each allows, declared at
+    /// every registration so the coordinators know what can move here
+    /// (see [`capabilities_of`]).
+    pub drivers: NodeDrivers,
+}
+
+/// What each of the agent's drivers allows, by the name job specs use: the
+/// declaration a registration carries.
+pub fn capabilities_of<'a>(
+    drivers: impl IntoIterator<Item = (&'a String, &'a Arc<dyn Driver>)>,
+) -> NodeDrivers {
+    drivers
+        .into_iter()
+        .map(|(name, driver)| (name.clone(), driver.capabilities()))
+        .collect()
 }
 
 /// The link's state.
@@ -407,6 +425,7 @@ async fn register(args: &LinkArgs, client: &HerdClient) -> Result<String, String
         addr: args.advertise.clone(),
         capacity: Some((&capacity).into()),
         labels: args.config.labels.clone().into_iter().collect(),
+        drivers: drivers_to_proto(&args.drivers),
     };
     tokio::time::timeout(
         CALL_TIMEOUT * 3,
@@ -466,6 +485,36 @@ mod tests {
     use super::*;
 
     const SECOND: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn the_registration_declares_every_driver_and_the_coordinators_accept_it() {
+        use herd_api::capabilities::MigrationMode;
+        let wiring = crate::wiring::Wiring::host(std::path::Path::new("/usr/bin/herd"));
+        let drivers = capabilities_of(&wiring.drivers);
+        let modes: Vec<(&str, &str)> = drivers
+            .iter()
+            .map(|(name, caps)| (name.as_str(), caps.migration.as_str()))
+            .collect();
+        assert_eq!(
+            modes,
+            [
+                ("dljob", "checkpoint"),
+                ("exec", "none"),
+                ("inference", "kv_cache"),
+                ("simvm", "live"),
+                ("vm", "live"),
+            ]
+        );
+        assert!(drivers["vm"].pause && !drivers["exec"].pause);
+        assert_eq!(drivers["exec"].migration, MigrationMode::None);
+        // What the agent sends is what a coordinator reads back whole.
+        let wire = drivers_to_proto(&drivers);
+        assert_eq!(
+            herd_api::convert::capabilities::drivers_from_proto(wire).expect("accepted"),
+            drivers
+        );
+        herd_api::capabilities::check_drivers(&drivers).expect("within bounds");
+    }
 
     #[test]
     fn the_heartbeat_fits_three_in_the_ttl_and_four_in_the_shortest_stop_window() {

@@ -6,6 +6,7 @@
 
 pub mod alloc;
 pub mod drain;
+pub mod migration;
 pub mod plan;
 
 use herd_api::node::NodeStatus;
@@ -181,6 +182,50 @@ pub fn apply(
             CommandResult::NodeUpdated
         }
         Command::DrainNode { node, now_ms } => drain_now(state, index, &node, now_ms, changes),
+        Command::StartMigration {
+            alloc_id,
+            target,
+            downtime_limit_ms,
+            bandwidth_bytes_per_sec,
+            now_ms,
+        } => migration::start_migration(
+            state,
+            index,
+            migration::MoveRequest {
+                alloc_id: &alloc_id,
+                target: &target,
+                downtime_limit_ms,
+                bandwidth_bytes_per_sec,
+            },
+            now_ms,
+            changes,
+        ),
+        Command::AdvanceMigration {
+            id,
+            phase,
+            bytes,
+            rounds,
+            now_ms,
+        } => migration::advance_migration(
+            state,
+            index,
+            &id,
+            migration::Progress {
+                phase,
+                bytes,
+                rounds,
+            },
+            now_ms,
+            changes,
+        ),
+        Command::SwitchMigration {
+            id,
+            downtime_ms,
+            now_ms,
+        } => migration::switch_migration(state, index, &id, downtime_ms, now_ms, changes),
+        Command::AbortMigration { id, reason, now_ms } => {
+            migration::abort_migration(state, index, &id, &reason, now_ms, changes)
+        }
         // Only `apply_entry` knows the entry's term; a fence inside a fence
         // is not something herd proposes.
         Command::Fenced { .. } => CommandResult::Rejected(Rejection::Invalid(
@@ -237,6 +282,31 @@ pub fn apply(
             );
             changes.put(Record::Variable(&key), state);
             CommandResult::VariablePut { version }
+        }
+        Command::SetNodeDrivers { node, drivers } => {
+            if !state.nodes.contains_key(&node) {
+                return CommandResult::Rejected(Rejection::NodeNotFound(node));
+            }
+            // Checked again here (the entry is network input relayed), with
+            // rules that may loosen in a later release but never tighten.
+            if let Some(drivers) = &drivers {
+                if let Err(e) = herd_api::capabilities::check_drivers(drivers) {
+                    return CommandResult::Rejected(Rejection::Invalid(format!(
+                        "node {node:?}: {e}"
+                    )));
+                }
+            }
+            // An agent that registers again with the same drivers changes
+            // nothing, and wakes no loop.
+            if state.node_drivers.get(&node) == drivers.as_ref() {
+                return CommandResult::NodeUpdated;
+            }
+            match drivers {
+                Some(drivers) => state.node_drivers.insert(node.clone(), drivers),
+                None => state.node_drivers.remove(&node),
+            };
+            changes.put(Record::NodeDrivers(&node), state);
+            CommandResult::NodeUpdated
         }
     }
 }
@@ -544,6 +614,112 @@ mod tests {
         );
         assert_eq!(result, CommandResult::NodeUpdated);
     }
+    #[test]
+    fn a_nodes_drivers_are_stored_checked_and_survive_a_restart() {
+        use herd_api::capabilities::{DriverCaps, MigrationMode, NodeDrivers, MAX_DRIVERS};
+        use herd_consensus::storage::WriteOp;
+        let caps = |migration, pause| DriverCaps {
+            migration,
+            pause,
+            power_cap: false,
+        };
+        let drivers: NodeDrivers = [
+            ("exec".to_string(), caps(MigrationMode::None, false)),
+            ("vm".to_string(), caps(MigrationMode::LivePreCopy, true)),
+        ]
+        .into();
+        let set = |node: &str, drivers: Option<NodeDrivers>| Command::SetNodeDrivers {
+            node: node.into(),
+            drivers,
+        };
+        let mut state = ClusterState::default();
+
+        // An unknown node is refused.
+        let (result, ops) = run(&mut state, 1, set("n1", Some(drivers.clone())));
+        assert_eq!(
+            result,
+            CommandResult::Rejected(Rejection::NodeNotFound("n1".into()))
+        );
+        assert!(ops.is_empty());
+
+        // An older agent's registration: the node works, capabilities unknown.
+        run(
+            &mut state,
+            2,
+            Command::RegisterNode {
+                node: testkit::node("n1"),
+                now_ms: 1,
+            },
+        );
+        assert_eq!(state.nodes["n1"].status, NodeStatus::Ready);
+        assert_eq!(state.driver_capabilities("n1", "vm"), None);
+
+        // A newer agent says what its drivers allow: stored as a node change.
+        let mut ops = Vec::new();
+        let mut touched = crate::state::Changed::default();
+        let result = apply(
+            &mut state,
+            3,
+            set("n1", Some(drivers.clone())),
+            &mut ChangeLog::recording(&mut ops, &mut touched),
+        );
+        assert_eq!(result, CommandResult::NodeUpdated);
+        assert!(
+            matches!(&ops[..], [WriteOp::Put(key, _)] if key == b"drivers/n1"),
+            "{ops:?}"
+        );
+        assert!(touched.nodes.contains("n1"), "{touched:?}");
+        assert_eq!(
+            state.driver_capabilities("n1", "vm").map(|c| c.migration),
+            Some(MigrationMode::LivePreCopy)
+        );
+        assert_eq!(
+            state.driver_capabilities("n1", "exec").map(|c| c.migration),
+            Some(MigrationMode::None)
+        );
+        // The same again writes nothing.
+        assert!(run(&mut state, 4, set("n1", Some(drivers.clone())))
+            .1
+            .is_empty());
+
+        // Snapshot and restart keep them.
+        let rebuilt = ClusterState::from_pairs(state.to_pairs()).expect("rebuild");
+        assert_eq!(rebuilt, state);
+        assert_eq!(rebuilt.node_drivers["n1"], drivers);
+
+        // Bad declarations are refused whole, naming what is wrong.
+        let before = state.clone();
+        let too_many: NodeDrivers = (0..=MAX_DRIVERS)
+            .map(|i| (format!("d{i}"), caps(MigrationMode::None, false)))
+            .collect();
+        let long: NodeDrivers = [("x".repeat(65), caps(MigrationMode::None, false))].into();
+        for (bad, says) in [
+            (too_many, "1 to 32 drivers, got 33"),
+            (long, "1 to 64 bytes, got 65"),
+            (NodeDrivers::new(), "1 to 32 drivers, got 0"),
+        ] {
+            let (result, ops) = run(&mut state, 5, set("n1", Some(bad)));
+            match result {
+                CommandResult::Rejected(Rejection::Invalid(e)) => {
+                    assert!(e.contains(says) && e.contains("drivers"), "{e}")
+                }
+                other => panic!("accepted: {other:?}"),
+            }
+            assert!(ops.is_empty());
+        }
+        assert_eq!(state, before);
+
+        // An older agent replacing a newer one: what it cannot say is forgotten.
+        let (result, ops) = run(&mut state, 6, set("n1", None));
+        assert_eq!(result, CommandResult::NodeUpdated);
+        assert!(matches!(&ops[..], [WriteOp::Delete(key)] if key == b"drivers/n1"));
+        assert_eq!(state.driver_capabilities("n1", "vm"), None);
+        assert!(ClusterState::from_pairs(state.to_pairs())
+            .expect("rebuild")
+            .node_drivers
+            .is_empty());
+    }
+
     #[test]
     fn a_spec_an_older_release_accepted_applies_though_todays_rules_refuse_it() {
         let mut state = ClusterState::default();

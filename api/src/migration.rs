@@ -1,0 +1,159 @@
+//! Live migrations as the replicated state records them.
+//!
+//! A migration moves one allocation, keeping its id, from its node (the
+//! source) to another (the target). It is a record that advances through
+//! phases, each with a deadline the leader enforces; the switch-over is one
+//! Raft command that changes the allocation's owner and raises its
+//! generation, so every failure ends with exactly one running copy: before
+//! the switch the source's copy is the one, after it the target's.
+
+use serde::{Deserialize, Serialize};
+
+/// Where a migration stands. Phases only move forward; `Completed` and
+/// `Aborted` are final.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum MigrationPhase {
+    /// Recorded; the agents have not started.
+    Planned,
+    /// The target readies a place for the workload (a QEMU waiting for an
+    /// incoming stream, a directory for a checkpoint).
+    Preparing,
+    /// State moves from the source to the target while the source runs.
+    Transferring,
+    /// The source has paused; the last state moves and the switch-over
+    /// command is due.
+    Switching,
+    /// The allocation belongs to the target now.
+    Completed,
+    /// Given up: the source keeps the allocation, the target cleans up.
+    Aborted,
+}
+
+impl MigrationPhase {
+    /// Every phase, in order.
+    pub const ALL: [MigrationPhase; 6] = [
+        MigrationPhase::Planned,
+        MigrationPhase::Preparing,
+        MigrationPhase::Transferring,
+        MigrationPhase::Switching,
+        MigrationPhase::Completed,
+        MigrationPhase::Aborted,
+    ];
+
+    /// The stable lower-case name scripts read in `--output json`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MigrationPhase::Planned => "planned",
+            MigrationPhase::Preparing => "preparing",
+            MigrationPhase::Transferring => "transferring",
+            MigrationPhase::Switching => "switching",
+            MigrationPhase::Completed => "completed",
+            MigrationPhase::Aborted => "aborted",
+        }
+    }
+
+    /// The phase named `name` (as [`MigrationPhase::as_str`] writes it).
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.as_str() == name)
+    }
+
+    /// Whether the migration is over.
+    pub fn is_final(self) -> bool {
+        matches!(self, MigrationPhase::Completed | MigrationPhase::Aborted)
+    }
+
+    /// The phase an agent may report next: each running phase leads to the
+    /// following one, up to `Switching`; the switch-over and an abort have
+    /// commands of their own.
+    pub fn next(self) -> Option<Self> {
+        match self {
+            MigrationPhase::Planned => Some(MigrationPhase::Preparing),
+            MigrationPhase::Preparing => Some(MigrationPhase::Transferring),
+            MigrationPhase::Transferring => Some(MigrationPhase::Switching),
+            MigrationPhase::Switching | MigrationPhase::Completed | MigrationPhase::Aborted => None,
+        }
+    }
+}
+
+/// One migration, as recorded in the replicated state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Migration {
+    /// Unique id, derived from the log index that created it (`mig-INDEX`).
+    pub id: String,
+    /// The allocation moved (its id does not change).
+    pub alloc_id: String,
+    /// The allocation's job.
+    pub job: String,
+    /// The driver that moves it (`vm`, `simvm`, `dljob`...).
+    pub kind: String,
+    /// The node it leaves.
+    pub source: String,
+    /// The node it goes to.
+    pub target: String,
+    /// Where it stands.
+    pub phase: MigrationPhase,
+    /// When the current phase must have ended, ms since the epoch (leader's
+    /// clock); the leader aborts a migration whose phase outlives it.
+    pub phase_deadline_ms: u64,
+    /// When it was recorded, ms since the epoch.
+    pub started_at_ms: u64,
+    /// When it completed or was aborted.
+    pub ended_at_ms: Option<u64>,
+    /// State moved so far, as the agents report it.
+    pub bytes: u64,
+    /// Transfer rounds so far (pre-copy passes).
+    pub rounds: u32,
+    /// How long the workload was paused, once known.
+    pub downtime_ms: Option<u64>,
+    /// The longest pause the operator allows (`--downtime-limit`).
+    pub downtime_limit_ms: u64,
+    /// The bandwidth cap the operator set, bytes per second.
+    pub bandwidth_bytes_per_sec: Option<u64>,
+    /// Why it was aborted.
+    pub error: Option<String>,
+    /// The allocation's generation when the migration began; the
+    /// switch-over raises it by one.
+    pub from_generation: u64,
+    /// Raft index that created the record.
+    pub create_index: u64,
+    /// Raft index that last changed it.
+    pub modify_index: u64,
+}
+
+impl Migration {
+    /// Whether it still holds resources on the target and keeps its
+    /// allocation from moving again.
+    pub fn is_active(&self) -> bool {
+        !self.phase.is_final()
+    }
+
+    /// Time from start to end, once ended.
+    pub fn total_ms(&self) -> Option<u64> {
+        self.ended_at_ms
+            .map(|end| end.saturating_sub(self.started_at_ms))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phases_move_forward_only_and_name_themselves_stably() {
+        let mut phase = MigrationPhase::Planned;
+        let mut seen = vec![phase];
+        while let Some(next) = phase.next() {
+            assert!(next > phase, "{next:?} after {phase:?}");
+            phase = next;
+            seen.push(phase);
+        }
+        assert_eq!(phase, MigrationPhase::Switching);
+        assert_eq!(seen.len(), 4);
+        for p in MigrationPhase::ALL {
+            assert_eq!(MigrationPhase::parse(p.as_str()), Some(p));
+        }
+        assert!(MigrationPhase::Completed.is_final() && MigrationPhase::Aborted.is_final());
+        assert!(!MigrationPhase::Switching.is_final());
+        assert_eq!(MigrationPhase::parse("done"), None);
+    }
+}
