@@ -58,6 +58,9 @@ enum Command {
     /// Read and write variables (replicated registers with compare-and-set).
     #[command(subcommand)]
     Var(cmd::var::VarCommand),
+    /// Prepare what the vm driver boots (`herd vm guest DIR`: a small test guest).
+    #[command(subcommand)]
+    Vm(cmd::vm::VmCommand),
     /// Inject faults into real clusters and check what clients saw.
     #[command(subcommand)]
     Chaos(cmd::chaos::ChaosCommand),
@@ -132,6 +135,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         },
         Command::Alloc(command) => cmd::alloc::run(&ctx, command).await,
         Command::Var(command) => cmd::var::run(&ctx, command).await,
+        Command::Vm(command) => cmd::vm::run(&ctx, command),
         Command::Bench(command) => bench::run(&ctx, command).await,
         Command::SimVm(args) => cmd::sim_vm::run(args).await,
         Command::Chaos(command) => cmd::chaos::run(command).await,
@@ -150,6 +154,7 @@ fn prints_and_exits(command: &Command) -> bool {
         | Command::Job(_)
         | Command::Alloc(_)
         | Command::Var(_)
+        | Command::Vm(_)
         | Command::Infer(_) => true,
         Command::Node(args) => args.command.is_some(),
         Command::Coordinator(_)

@@ -316,7 +316,8 @@ async fn a_dljob_runs_and_is_readopted_after_an_agent_restart_and_stops_with_a_c
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_driver_asks_a_running_trainer_for_checkpoints_and_stops_it_with_one() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let driver = DljobDriver::new(herd_bin());
+    // As the agent holds it: the checkpoint is reached through the trait.
+    let driver: std::sync::Arc<dyn Driver> = std::sync::Arc::new(DljobDriver::new(herd_bin()));
     let spec = WorkloadSpec {
         alloc_id: "dl-1".into(),
         generation: 1,

@@ -8,11 +8,12 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 use std::time::Duration;
 
-use common::agents::cluster_with_agents;
+use common::agents::{cluster_with_agents, running_allocs};
 use common::*;
-use herd_actors::driver::vm::guest::{write_initramfs, GuestLoad};
+use herd_actors::driver::vm::guest::{find_busybox, write_initramfs, GuestLoad};
 use herd_actors::driver::vm::VmDriver;
 use herd_actors::driver::{Driver, DriverError, WorkloadSpec, WorkloadState};
 use herd_api::job::TaskSpec;
@@ -34,11 +35,7 @@ fn guest_parts() -> Result<(PathBuf, PathBuf), String> {
             kernel.display()
         ));
     }
-    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
-        .into_iter()
-        .map(PathBuf::from)
-        .find(|p| p.is_file())
-        .ok_or("no static busybox (apt-get install busybox-static)")?;
+    let busybox = find_busybox().map_err(|e| e.to_string())?;
     if herd_actors::driver::vm::qemu::find_in_path("qemu-system-x86_64").is_none() {
         return Err("qemu-system-x86_64 not installed (apt-get install qemu-system-x86)".into());
     }
@@ -106,7 +103,8 @@ async fn a_vm_boots_pauses_resumes_and_stops_through_qmp() {
         },
     )
     .expect("initramfs");
-    let driver = VmDriver::new(herd_bin());
+    // As the agent holds it: pause and resume are reached through the trait.
+    let driver: std::sync::Arc<dyn Driver> = std::sync::Arc::new(VmDriver::new(herd_bin()));
     let spec = spec(dir.path(), config(&kernel, &initrd));
     let handle = driver.start(&spec).await.expect("start");
     until("the guest to boot", PATIENCE, || {
@@ -321,4 +319,138 @@ async fn a_vm_job_runs_through_the_cli_and_survives_an_agent_restart() {
         qemu_pids(&data_dir).is_empty().then_some(())
     })
     .await;
+}
+
+/// herd's source tree, where `herd vm guest` finds the kernel
+/// `.ci/vm-guest.sh` fetched, as it does for someone who just cloned it.
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// `herd vm guest ARGS` run from the source tree.
+fn vm_guest(args: &[&str]) -> Output {
+    Command::new(herd_bin())
+        .current_dir(workspace_root())
+        .args(["vm", "guest"])
+        .args(args)
+        .env("HERD_LOG", "error")
+        .output()
+        .expect("run herd vm guest")
+}
+
+fn non_empty(path: &str) -> bool {
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.len() > 0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn herd_vm_guest_prepares_a_guest_whose_printed_config_boots() {
+    let (kernel, _) = match guest_parts() {
+        Ok(parts) => parts,
+        Err(why) => return skip_or_fail(&why),
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let guest = dir.path().join("guest"); // created by the command
+    let guest_arg = guest.display().to_string();
+
+    let out = vm_guest(&[&guest_arg, "-o", "json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let paths: Value = serde_json::from_slice(&out.stdout).expect("json");
+    let (vmlinuz, initrd) = (
+        paths["kernel"].as_str().expect("kernel"),
+        paths["initrd"].as_str().expect("initrd"),
+    );
+    assert!(non_empty(vmlinuz) && non_empty(initrd), "{paths:#}");
+    assert_eq!(
+        std::fs::metadata(vmlinuz).expect("kernel").len(),
+        std::fs::metadata(&kernel).expect("kernel").len(),
+        "the kernel .ci/vm-guest.sh fetched (or HERD_VM_KERNEL) was copied: {paths:#}"
+    );
+
+    // Again, for people: the `[task.config]` lines, which must boot as printed.
+    let out = vm_guest(&[&guest_arg]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let config: Vec<&str> = text
+        .lines()
+        .skip_while(|line| *line != "[task.config]")
+        .skip(1)
+        .take_while(|line| !line.is_empty())
+        .collect();
+    assert!(
+        config.iter().any(|l| l.starts_with("kernel = "))
+            && config.iter().any(|l| l.starts_with("initrd = ")),
+        "{text}"
+    );
+    // examples/vm.toml holds the same lines for the command's default directory.
+    let example =
+        std::fs::read_to_string(workspace_root().join("examples/vm.toml")).expect("example");
+    let canonical = std::fs::canonicalize(&guest)
+        .expect("guest dir")
+        .display()
+        .to_string();
+    for line in &config {
+        let default = line.replace(&canonical, "/tmp/herd-vm-guest");
+        assert!(
+            example.lines().any(|l| l.starts_with(&default)),
+            "examples/vm.toml lacks {default:?}"
+        );
+    }
+
+    let (_cluster, addr, mut agents) = cluster_with_agents(1, "3000").await;
+    agents.start("g1", &[]).expect("agent");
+    let spec = write_spec(
+        dir.path(),
+        "guest",
+        &format!(
+            "name = \"guest\"\ntype = \"service\"\n[task]\ndriver = \"vm\"\n[task.config]\n{}\naccel = \"tcg\"\n[task.resources]\ncpu = 1000\nmemory = \"128MiB\"\n",
+            config.join("\n")
+        ),
+    );
+    must_cli_ok(&["--addr", &addr, "job", "run", &spec]);
+    let id = until("the guest VM running", PATIENCE, || {
+        let a = running_allocs(&addr, "guest").into_iter().next()?;
+        Some(a["id"].as_str()?.to_string())
+    })
+    .await;
+    until(
+        "the guest's first tick in herd alloc logs",
+        PATIENCE,
+        || {
+            let out = must_run_cli(&["--addr", &addr, "alloc", "logs", &id]);
+            String::from_utf8_lossy(&out.stdout)
+                .contains("herd-guest: tick")
+                .then_some(())
+        },
+    )
+    .await;
+    must_cli_ok(&["--addr", &addr, "job", "stop", "guest"]);
+    until("QEMU gone after job stop", PATIENCE, || {
+        qemu_pids(&canonical).is_empty().then_some(())
+    })
+    .await;
+}
+
+#[test]
+fn herd_vm_guest_without_a_kernel_says_what_to_do_and_exits_2() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let guest = dir.path().join("guest");
+    let out = vm_guest(&[
+        &guest.display().to_string(),
+        "--kernel",
+        "/nonexistent/vmlinuz",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    for hint in ["/nonexistent/vmlinuz", ".ci/vm-guest.sh", "--kernel"] {
+        assert!(stderr.contains(hint), "no {hint:?} in: {stderr}");
+    }
+    assert!(!guest.exists(), "nothing written on refusal");
 }

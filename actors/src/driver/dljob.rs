@@ -49,6 +49,7 @@ pub struct Dljob;
 /// The `dljob` driver.
 pub type DljobDriver = ExecBacked<Dljob>;
 
+#[async_trait::async_trait]
 impl ExecKind for Dljob {
     const NAME: &'static str = NAME;
     type Settings = DljobSettings;
@@ -63,6 +64,14 @@ impl ExecKind for Dljob {
 
     fn settings(&self, task: &TaskSpec) -> Result<DljobSettings, FieldError> {
         driver_settings::dljob(task)
+    }
+
+    async fn checkpoint(
+        driver: &DljobDriver,
+        handle: &WorkloadHandle,
+        timeout: Duration,
+    ) -> Result<u64, DriverError> {
+        driver.checkpoint_trainer(handle, timeout).await
     }
 
     /// The user's trainer, or `herd toy-train` with the task's args; the
@@ -106,8 +115,9 @@ impl ExecBacked<Dljob> {
     /// `checkpoint.request`) and waits up to `timeout` for its answer
     /// (`checkpoint.done` echoing the request). Returns the step it
     /// checkpointed at. For the migration of training jobs: checkpoint, copy
-    /// the directory, start elsewhere.
-    pub async fn checkpoint(
+    /// the directory, start elsewhere. Reached through
+    /// [`crate::driver::Driver::checkpoint`].
+    async fn checkpoint_trainer(
         &self,
         handle: &WorkloadHandle,
         timeout: Duration,

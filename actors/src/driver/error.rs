@@ -38,3 +38,14 @@ pub enum DriverError {
         message: String,
     },
 }
+
+impl DriverError {
+    /// `driver` cannot do `what` to the workload of `handle` (a move its
+    /// capabilities do not include).
+    pub fn cannot(handle: &super::WorkloadHandle, driver: &str, what: &str) -> Self {
+        DriverError::Unsupported {
+            alloc: handle.alloc_id.clone(),
+            message: format!("the {driver} driver cannot {what} a running workload"),
+        }
+    }
+}

@@ -13,11 +13,10 @@
 //! recovery, state, wait, stop) is written here once, so the kinds cannot
 //! drift apart.
 //!
-//! A kind's own operations (a VM's pause and resume, a trainer's checkpoint)
-//! are methods of `ExecBacked<ThatKind>`; the moves the migration work adds
-//! per kind (pause, resume, checkpoint and their inverse) become further
-//! hooks of [`ExecKind`] with defaults, so that a kind that cannot do them
-//! says so in one place.
+//! The moves a migration needs (pause, resume, checkpoint) are hooks of
+//! [`ExecKind`] with refusing defaults, reachable through [`Driver`] (so
+//! through `Arc<dyn Driver>`): a VM overrides pause and resume, a trainer
+//! checkpoint, and a kind that cannot do one says so in one place.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -73,6 +72,29 @@ pub trait ExecKind: Default + Send + Sync + 'static {
 
     /// What this kind's workloads allow beyond start and stop.
     fn capabilities(&self) -> DriverCapabilities;
+
+    /// [`Driver::pause`] for this kind; refuses unless the kind overrides it.
+    async fn pause(driver: &ExecBacked<Self>, handle: &WorkloadHandle) -> Result<(), DriverError> {
+        let _ = driver;
+        Err(DriverError::cannot(handle, Self::NAME, "pause"))
+    }
+
+    /// [`Driver::resume`] for this kind; refuses unless the kind overrides it.
+    async fn resume(driver: &ExecBacked<Self>, handle: &WorkloadHandle) -> Result<(), DriverError> {
+        let _ = driver;
+        Err(DriverError::cannot(handle, Self::NAME, "resume"))
+    }
+
+    /// [`Driver::checkpoint`] for this kind; refuses unless the kind
+    /// overrides it.
+    async fn checkpoint(
+        driver: &ExecBacked<Self>,
+        handle: &WorkloadHandle,
+        timeout: Duration,
+    ) -> Result<u64, DriverError> {
+        let _ = (driver, timeout);
+        Err(DriverError::cannot(handle, Self::NAME, "checkpoint"))
+    }
 
     /// Parses the task's settings: the `herd_api::driver_settings` function
     /// of this kind, which submit validation calls too.
@@ -316,6 +338,25 @@ impl<K: ExecKind> Driver for ExecBacked<K> {
             .stop(&run.exec_handle, grace.saturating_sub(started.elapsed()))
             .await
     }
+
+    async fn pause(&self, handle: &WorkloadHandle) -> Result<(), DriverError> {
+        self.run(handle)?;
+        K::pause(self, handle).await
+    }
+
+    async fn resume(&self, handle: &WorkloadHandle) -> Result<(), DriverError> {
+        self.run(handle)?;
+        K::resume(self, handle).await
+    }
+
+    async fn checkpoint(
+        &self,
+        handle: &WorkloadHandle,
+        timeout: Duration,
+    ) -> Result<u64, DriverError> {
+        self.run(handle)?;
+        K::checkpoint(self, handle, timeout).await
+    }
 }
 
 #[cfg(test)]
@@ -421,5 +462,58 @@ mod tests {
         ));
         // Nothing runs there: nothing is recovered, and no error either.
         assert_eq!(driver.recover(&spec).await.expect("looks"), None);
+    }
+    #[tokio::test]
+    async fn moves_a_kind_cannot_make_are_refused_through_the_trait_naming_it() {
+        use std::sync::Arc;
+        // As the agent holds drivers: behind `dyn Driver`.
+        let drivers: Vec<(Arc<dyn Driver>, WorkloadHandle, [&str; 3])> = vec![
+            (
+                Arc::new(ExecBacked::<SimVm>::new("/usr/bin/herd")),
+                round_trip::<SimVm>(),
+                ["pause", "resume", "checkpoint"],
+            ),
+            (
+                Arc::new(ExecBacked::<Inference>::new("/usr/bin/herd")),
+                round_trip::<Inference>(),
+                ["pause", "resume", "checkpoint"],
+            ),
+            (
+                Arc::new(ExecBacked::<Dljob>::new("/usr/bin/herd")),
+                round_trip::<Dljob>(),
+                ["pause", "resume", "pause"],
+            ),
+            (
+                Arc::new(ExecBacked::<Vm>::new("/usr/bin/herd")),
+                round_trip::<Vm>(),
+                ["checkpoint", "checkpoint", "checkpoint"],
+            ),
+        ];
+        for (driver, handle, refused) in drivers {
+            for what in refused {
+                let result = match what {
+                    "pause" => driver.pause(&handle).await,
+                    "resume" => driver.resume(&handle).await,
+                    _ => driver
+                        .checkpoint(&handle, Duration::from_millis(1))
+                        .await
+                        .map(|_| ()),
+                };
+                let err = result.expect_err(what);
+                assert!(matches!(err, DriverError::Unsupported { .. }), "{err}");
+                assert!(
+                    err.to_string()
+                        .contains(&format!("the {} driver cannot {what}", driver.name())),
+                    "{err}"
+                );
+            }
+        }
+        // Another driver's handle is refused before any move is tried.
+        let vm = ExecBacked::<Vm>::new("/usr/bin/herd");
+        let foreign = round_trip::<SimVm>();
+        assert!(matches!(
+            vm.pause(&foreign).await,
+            Err(DriverError::BadHandle { .. })
+        ));
     }
 }

@@ -74,4 +74,30 @@ pub trait Driver: Send + Sync + 'static {
     /// Asks the workload to stop, forcing it after `grace`, and reports how it ended.
     async fn stop(&self, handle: &WorkloadHandle, grace: Duration)
         -> Result<ExitInfo, DriverError>;
+
+    /// Freezes the running workload in place, keeping its state (a live
+    /// migration's last stop-and-copy). Drivers whose capabilities say
+    /// `pause: false` keep this default, which refuses.
+    async fn pause(&self, handle: &WorkloadHandle) -> Result<(), DriverError> {
+        Err(DriverError::cannot(handle, self.name(), "pause"))
+    }
+
+    /// Lets a paused workload run again (an aborted migration's source).
+    async fn resume(&self, handle: &WorkloadHandle) -> Result<(), DriverError> {
+        Err(DriverError::cannot(handle, self.name(), "resume"))
+    }
+
+    /// Has the running workload write a checkpoint it can resume from,
+    /// waiting up to `timeout`, and returns the step it checkpointed at (a
+    /// training job's move: checkpoint, copy, resume elsewhere). Drivers
+    /// whose migration mode is not `checkpoint` keep this default, which
+    /// refuses.
+    async fn checkpoint(
+        &self,
+        handle: &WorkloadHandle,
+        timeout: Duration,
+    ) -> Result<u64, DriverError> {
+        let _ = timeout;
+        Err(DriverError::cannot(handle, self.name(), "checkpoint"))
+    }
 }

@@ -15,6 +15,7 @@ pub mod node;
 pub mod sim_vm;
 pub mod toy_train;
 pub mod var;
+pub mod vm;
 
 use herd_api::client::HerdClient;
 

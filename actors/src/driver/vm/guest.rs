@@ -3,10 +3,87 @@
 //! rate, so that a VM that really runs (and, later, migrates under a real
 //! dirty rate) is a few megabytes, boots in a second or two, and needs no
 //! disk image. The kernel comes from the host's distribution (see
-//! `.ci/vm-kernel.sh`).
+//! `.ci/vm-guest.sh`). Public, not test code: `herd vm guest DIR` builds
+//! the same guest for people as the tests build for themselves.
 
 use std::io::{self, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+use thiserror::Error;
+
+/// Where distributions put busybox (Debian's `busybox-static` installs it
+/// at `/bin/busybox`), looked at in this order by [`find_busybox`].
+pub const BUSYBOX_PATHS: [&str; 2] = ["/bin/busybox", "/usr/bin/busybox"];
+
+/// Why a guest cannot be built, each naming the file and what to do, since
+/// the person who reads it is setting up a machine for the first time.
+#[derive(Debug, Error)]
+pub enum GuestError {
+    /// No busybox at any of [`BUSYBOX_PATHS`].
+    #[error(
+        "no busybox at {} (install a static one: apt-get install busybox-static)",
+        BUSYBOX_PATHS.join(" or ")
+    )]
+    NoBusybox,
+    /// The busybox found needs a dynamic loader and libraries, which the
+    /// initramfs does not have: the guest's `/init` would not start.
+    #[error(
+        "{} is not a statically linked 64-bit executable, so it cannot run alone \
+         in the guest (install a static one: apt-get install busybox-static)",
+        path.display()
+    )]
+    NotStatic {
+        /// The busybox looked at.
+        path: PathBuf,
+    },
+    /// A file could not be read or written.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        source: io::Error,
+    },
+}
+
+/// The first busybox of [`BUSYBOX_PATHS`] that exists, so that callers
+/// (the tests, `herd vm guest`) look in the same places.
+pub fn find_busybox() -> Result<PathBuf, GuestError> {
+    BUSYBOX_PATHS
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+        .ok_or(GuestError::NoBusybox)
+}
+
+/// Whether `bytes` are a 64-bit little-endian ELF executable with no
+/// program interpreter (`PT_INTERP`), i.e. one that runs with nothing else
+/// in the initramfs. `None` when they are not such an ELF file at all.
+pub fn is_static_elf(bytes: &[u8]) -> Option<bool> {
+    const PT_INTERP: u32 = 3;
+    let u16_at = |at: usize| -> Option<u16> {
+        Some(u16::from_le_bytes(bytes.get(at..at + 2)?.try_into().ok()?))
+    };
+    let u32_at = |at: usize| -> Option<u32> {
+        Some(u32::from_le_bytes(bytes.get(at..at + 4)?.try_into().ok()?))
+    };
+    let u64_at = |at: usize| -> Option<u64> {
+        Some(u64::from_le_bytes(bytes.get(at..at + 8)?.try_into().ok()?))
+    };
+    // Magic, ELFCLASS64, ELFDATA2LSB.
+    if bytes.get(..6)? != b"\x7fELF\x02\x01" {
+        return None;
+    }
+    let phoff = usize::try_from(u64_at(0x20)?).ok()?;
+    let phentsize = usize::from(u16_at(0x36)?);
+    let phnum = usize::from(u16_at(0x38)?);
+    for i in 0..phnum {
+        if u32_at(phoff.checked_add(i.checked_mul(phentsize)?)?)? == PT_INTERP {
+            return Some(false);
+        }
+    }
+    Some(true)
+}
 
 /// What the guest does once up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,12 +172,24 @@ pub fn initramfs(busybox: &[u8], load: GuestLoad) -> Vec<u8> {
     out
 }
 
-/// Writes the guest's initramfs to `dest`, with the static busybox at `busybox`.
-pub fn write_initramfs(dest: &Path, busybox: &Path, load: GuestLoad) -> io::Result<()> {
-    let binary = std::fs::read(busybox)?;
-    let mut file = std::fs::File::create(dest)?;
-    file.write_all(&initramfs(&binary, load))?;
-    file.sync_all()
+/// Writes the guest's initramfs to `dest`, with the static busybox at
+/// `busybox`; refuses a busybox that could not run alone in the guest, which
+/// would otherwise show only as a kernel panic on the VM's console.
+pub fn write_initramfs(dest: &Path, busybox: &Path, load: GuestLoad) -> Result<(), GuestError> {
+    let io_at = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| GuestError::Io { path, source }
+    };
+    let binary = std::fs::read(busybox).map_err(io_at(busybox))?;
+    if is_static_elf(&binary) != Some(true) {
+        return Err(GuestError::NotStatic {
+            path: busybox.to_path_buf(),
+        });
+    }
+    let mut file = std::fs::File::create(dest).map_err(io_at(dest))?;
+    file.write_all(&initramfs(&binary, load))
+        .map_err(io_at(dest))?;
+    file.sync_all().map_err(io_at(dest))
 }
 
 #[cfg(test)]
@@ -128,5 +217,62 @@ mod tests {
         // Every header is 110 bytes of ASCII hex after the magic.
         let header = &bytes[..110];
         assert!(header[6..].iter().all(|b| b.is_ascii_hexdigit()));
+    }
+
+    /// A 64-bit little-endian ELF header with one program header of `kind`.
+    fn elf_with_segment(kind: u32) -> Vec<u8> {
+        let mut bytes = vec![0u8; 64 + 56];
+        bytes[..6].copy_from_slice(b"\x7fELF\x02\x01");
+        bytes[0x20..0x28].copy_from_slice(&64u64.to_le_bytes());
+        bytes[0x36..0x38].copy_from_slice(&56u16.to_le_bytes());
+        bytes[0x38..0x3a].copy_from_slice(&1u16.to_le_bytes());
+        bytes[64..68].copy_from_slice(&kind.to_le_bytes());
+        bytes
+    }
+
+    #[test]
+    fn only_a_static_elf_is_taken_for_busybox() {
+        assert_eq!(is_static_elf(&elf_with_segment(1)), Some(true), "PT_LOAD");
+        assert_eq!(
+            is_static_elf(&elf_with_segment(3)),
+            Some(false),
+            "PT_INTERP"
+        );
+        assert_eq!(is_static_elf(b"#!/bin/sh\n"), None);
+        // Program headers past the end: not an ELF file we can judge.
+        let mut cut = elf_with_segment(1);
+        cut.truncate(66);
+        assert_eq!(is_static_elf(&cut), None);
+    }
+
+    #[test]
+    fn a_real_dynamic_binary_is_seen_as_dynamic() {
+        // Every distribution links coreutils dynamically.
+        if let Ok(ls) = std::fs::read("/bin/ls") {
+            assert_eq!(is_static_elf(&ls), Some(false), "/bin/ls");
+        }
+    }
+
+    #[test]
+    fn a_dynamic_busybox_is_refused_naming_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let busybox = dir.path().join("busybox");
+        std::fs::write(&busybox, elf_with_segment(3)).expect("write");
+        let load = GuestLoad {
+            working_set_mib: 1,
+            dirty_mib_per_sec: 0,
+        };
+        let dest = dir.path().join("initrd");
+        let err = write_initramfs(&dest, &busybox, load).expect_err("dynamic");
+        assert!(
+            err.to_string().contains(&busybox.display().to_string()),
+            "{err}"
+        );
+        assert!(err.to_string().contains("busybox-static"), "{err}");
+        assert!(!dest.exists(), "nothing written");
+
+        std::fs::write(&busybox, elf_with_segment(1)).expect("write");
+        write_initramfs(&dest, &busybox, load).expect("static");
+        assert!(std::fs::metadata(&dest).expect("initrd").len() > 110);
     }
 }

@@ -142,6 +142,16 @@ impl ExecKind for Vm {
         }
     }
 
+    /// Freezes the VM's vCPUs in place (QMP `stop`); its memory stays.
+    async fn pause(driver: &VmDriver, handle: &WorkloadHandle) -> Result<(), DriverError> {
+        driver.command(handle, "stop").await
+    }
+
+    /// Lets a paused VM run again (QMP `cont`).
+    async fn resume(driver: &VmDriver, handle: &WorkloadHandle) -> Result<(), DriverError> {
+        driver.command(handle, "cont").await
+    }
+
     fn settings(&self, task: &TaskSpec) -> Result<VmSettings, FieldError> {
         driver_settings::vm(task)
     }
@@ -281,15 +291,5 @@ impl ExecBacked<Vm> {
         };
         let mut qmp = Qmp::connect(&socket).await.map_err(io)?;
         qmp.execute(command, None).await.map(|_| ()).map_err(io)
-    }
-
-    /// Freezes the VM's vCPUs in place (QMP `stop`); its memory stays.
-    pub async fn pause(&self, handle: &WorkloadHandle) -> Result<(), DriverError> {
-        self.command(handle, "stop").await
-    }
-
-    /// Lets a paused VM run again (QMP `cont`).
-    pub async fn resume(&self, handle: &WorkloadHandle) -> Result<(), DriverError> {
-        self.command(handle, "cont").await
     }
 }
