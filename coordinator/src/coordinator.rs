@@ -143,6 +143,15 @@ impl Coordinator {
         &self.liveness
     }
 
+    /// The term this member leads in, if it leads now (as far as it
+    /// knows): what a leader loop decides under and fences its proposals by
+    /// ([`Coordinator::decide_as_leader`]).
+    pub fn leading_term(&self) -> Option<u64> {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        (m.current_leader == Some(self.id())).then_some(m.current_term)
+    }
+
     /// Whether this member leads now (as far as it knows).
     pub fn is_leader(&self) -> bool {
         self.raft.metrics().borrow().current_leader == Some(self.id())

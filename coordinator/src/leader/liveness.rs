@@ -115,15 +115,10 @@ pub async fn run(coordinator: Arc<Coordinator>) {
     let tick = (liveness.ttl() / 5).clamp(Duration::from_millis(50), Duration::from_secs(1));
     loop {
         tokio::time::sleep(tick).await;
-        let (leading, term) = {
-            let metrics = coordinator.raft().metrics();
-            let m = metrics.borrow();
-            (m.current_leader == Some(coordinator.id()), m.current_term)
-        };
-        if !leading {
+        let Some(term) = coordinator.leading_term() else {
             liveness.step_down();
             continue;
-        }
+        };
         let alive: Vec<String> = coordinator.read_state(|state| {
             state
                 .nodes

@@ -21,14 +21,9 @@ const TICK: Duration = Duration::from_millis(500);
 pub async fn run(coordinator: Arc<Coordinator>) {
     loop {
         tokio::time::sleep(TICK).await;
-        let (leading, term) = {
-            let metrics = coordinator.raft().metrics();
-            let m = metrics.borrow();
-            (m.current_leader == Some(coordinator.id()), m.current_term)
-        };
-        if !leading {
+        let Some(term) = coordinator.leading_term() else {
             continue;
-        }
+        };
         let now = now_ms();
         let doomed = coordinator.read_state(|state| migrations_to_abort(state, now));
         for (id, reason) in doomed {
