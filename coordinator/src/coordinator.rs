@@ -154,16 +154,7 @@ impl Coordinator {
 
     /// Whether this member leads now (as far as it knows).
     pub fn is_leader(&self) -> bool {
-        self.raft.metrics().borrow().current_leader == Some(self.id())
-    }
-
-    /// The applied log index (what reads of [`Coordinator::read_state`] reflect).
-    pub fn applied_index(&self) -> u64 {
-        self.raft
-            .metrics()
-            .borrow()
-            .last_applied
-            .map_or(0, |l| l.index)
+        self.leading_term().is_some()
     }
 
     /// Whether this member belongs to a cluster (has a membership config).

@@ -1,6 +1,7 @@
 //! `herd alloc list|status|logs`.
 
 use clap::Subcommand;
+use herd_api::client::{ClientError, HerdClient};
 use herd_api::proto::v1 as pb;
 use herd_api::proto::v1::allocs_client::AllocsClient;
 use herd_api::resources::format_memory;
@@ -64,20 +65,7 @@ pub async fn run(ctx: &Context, command: AllocCommand) -> Result<(), CliError> {
     match command {
         AllocCommand::List { job, stale } => {
             let job = job.unwrap_or_default();
-            let allocs = client
-                .call(|ch| {
-                    let request = pb::ListAllocsRequest {
-                        job: job.clone(),
-                        stale,
-                    };
-                    async move {
-                        AllocsClient::new(ch)
-                            .list(request)
-                            .await
-                            .map(|r| r.into_inner().allocs)
-                    }
-                })
-                .await?;
+            let allocs = list_allocs(&client, &job, stale).await?;
             if ctx.json() {
                 print_json(&json!(allocs.iter().map(alloc_json).collect::<Vec<_>>()));
             } else {
@@ -244,4 +232,27 @@ async fn logs(
             .map_err(|e| CliError::runtime(format!("cannot write the log: {e}")))?;
     }
     Ok(())
+}
+
+/// The allocations of `job` (every job's when empty), linearizable unless
+/// `stale`: what `alloc list`, `job run`'s follow and `infer` all ask.
+pub(crate) async fn list_allocs(
+    client: &HerdClient,
+    job: &str,
+    stale: bool,
+) -> Result<Vec<pb::Alloc>, ClientError> {
+    client
+        .call(|ch| {
+            let request = pb::ListAllocsRequest {
+                job: job.to_string(),
+                stale,
+            };
+            async move {
+                AllocsClient::new(ch)
+                    .list(request)
+                    .await
+                    .map(|r| r.into_inner().allocs)
+            }
+        })
+        .await
 }

@@ -14,7 +14,6 @@ use herd_api::client::HerdClient;
 use herd_api::proto::agent::node_agent_client::NodeAgentClient;
 use herd_api::proto::agent::InferRequest;
 use herd_api::proto::v1 as pb;
-use herd_api::proto::v1::allocs_client::AllocsClient;
 use herd_api::proto::v1::nodes_client::NodesClient;
 use serde_json::json;
 
@@ -57,20 +56,7 @@ async fn target(
     alloc: Option<&str>,
 ) -> Result<(pb::Alloc, String), CliError> {
     let job = service.to_string();
-    let allocs = client
-        .call(|ch| {
-            let request = pb::ListAllocsRequest {
-                job: job.clone(),
-                stale: false,
-            };
-            async move {
-                AllocsClient::new(ch)
-                    .list(request)
-                    .await
-                    .map(|r| r.into_inner().allocs)
-            }
-        })
-        .await?;
+    let allocs = super::alloc::list_allocs(client, &job, false).await?;
     let alloc = allocs
         .into_iter()
         .filter(|a| a.status == "running" && a.desired == "run")

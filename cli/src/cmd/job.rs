@@ -7,7 +7,6 @@ use clap::Subcommand;
 use herd_api::client::HerdClient;
 use herd_api::duration::{format_duration, from_wire_ms, parse_duration};
 use herd_api::proto::v1 as pb;
-use herd_api::proto::v1::allocs_client::AllocsClient;
 use herd_api::proto::v1::jobs_client::JobsClient;
 use herd_api::resources::format_memory;
 use herd_api::spec_file::parse_job_spec;
@@ -245,18 +244,7 @@ pub async fn run(ctx: &Context, command: JobCommand) -> Result<(), CliError> {
             }
         }
         JobCommand::Status { name, stale } => {
-            let job = ctx
-                .client()?
-                .call(|ch| {
-                    let name = name.clone();
-                    async move {
-                        JobsClient::new(ch)
-                            .get(pb::GetJobRequest { name, stale })
-                            .await
-                            .map(|r| r.into_inner())
-                    }
-                })
-                .await?;
+            let job = get_job(&ctx.client()?, &name, stale).await?;
             if ctx.json() {
                 print_json(&job_json(&job));
             } else {
@@ -495,37 +483,33 @@ fn transient(e: &herd_api::client::ClientError) -> bool {
     )
 }
 
+/// Job `name`, linearizable unless `stale`.
+async fn get_job(
+    client: &HerdClient,
+    name: &str,
+    stale: bool,
+) -> Result<pb::Job, herd_api::client::ClientError> {
+    client
+        .call(|ch| {
+            let name = name.to_string();
+            async move {
+                JobsClient::new(ch)
+                    .get(pb::GetJobRequest { name, stale })
+                    .await
+                    .map(|r| r.into_inner())
+            }
+        })
+        .await
+}
+
 /// One linearizable look at `name` and its allocations.
 async fn look(
     client: &HerdClient,
     name: &str,
     version: u64,
 ) -> Result<FollowOutcome, herd_api::client::ClientError> {
-    let job = client
-        .call(|ch| {
-            let name = name.to_string();
-            async move {
-                JobsClient::new(ch)
-                    .get(pb::GetJobRequest { name, stale: false })
-                    .await
-                    .map(|r| r.into_inner())
-            }
-        })
-        .await?;
-    let allocs = client
-        .call(|ch| {
-            let request = pb::ListAllocsRequest {
-                job: name.to_string(),
-                stale: false,
-            };
-            async move {
-                AllocsClient::new(ch)
-                    .list(request)
-                    .await
-                    .map(|r| r.into_inner().allocs)
-            }
-        })
-        .await?;
+    let job = get_job(client, name, false).await?;
+    let allocs = super::alloc::list_allocs(client, name, false).await?;
     Ok(judge(version, &job, &allocs))
 }
 

@@ -98,8 +98,9 @@ pub struct ClusterState {
     /// Nodes draining with a deadline: when it passes, what still runs there
     /// is stopped (ms since the epoch, by node name).
     pub drain_deadlines: BTreeMap<String, u64>,
-    /// Live migrations by id, running and ended (ended ones are kept for
-    /// `herd migration list`, a bounded number per allocation).
+    /// Live migrations by id, running and ended (the newest ended ones are
+    /// kept, a bounded number per allocation: see
+    /// `machine::apply::migration::ENDED_KEPT_PER_ALLOC`).
     pub migrations: BTreeMap<String, Migration>,
     /// The drivers each node's agent offers and what each allows, by node
     /// name, as its agent declared at registration; a node without an entry
@@ -175,6 +176,17 @@ impl<'a> ChangeLog<'a> {
                 // Its node is unknown here: assume the worst.
                 None => touched.everything = true,
             },
+        }
+    }
+
+    /// Records that migration `m` was deleted from the state.
+    pub fn removed_migration(&mut self, m: &Migration) {
+        self.ops
+            .push(WriteOp::Delete(Record::Migration(&m.id).key()));
+        if let Some(touched) = self.touched.as_deref_mut() {
+            touched.alloc_nodes.insert(m.source.clone());
+            touched.alloc_nodes.insert(m.target.clone());
+            touched.alloc_jobs.insert(m.job.clone());
         }
     }
 

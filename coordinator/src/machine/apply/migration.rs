@@ -34,6 +34,31 @@ pub fn phase_timeout_ms(phase: MigrationPhase) -> u64 {
     }
 }
 
+/// Ended migrations kept per allocation (the newest), so that the state
+/// does not grow with every move an allocation ever made.
+pub const ENDED_KEPT_PER_ALLOC: usize = 4;
+
+/// Deletes the ended migrations of `alloc_id` beyond the newest
+/// [`ENDED_KEPT_PER_ALLOC`]; called whenever one ends.
+fn forget_old_migrations(state: &mut ClusterState, alloc_id: &str, changes: &mut ChangeLog<'_>) {
+    let mut ended: Vec<(u64, String)> = state
+        .migrations
+        .values()
+        .filter(|m| m.alloc_id == alloc_id && m.phase.is_final())
+        .map(|m| (m.create_index, m.id.clone()))
+        .collect();
+    if ended.len() <= ENDED_KEPT_PER_ALLOC {
+        return;
+    }
+    ended.sort_unstable();
+    let excess = ended.len() - ENDED_KEPT_PER_ALLOC;
+    for (_, id) in ended.into_iter().take(excess) {
+        if let Some(removed) = state.migrations.remove(&id) {
+            changes.removed_migration(&removed);
+        }
+    }
+}
+
 /// Longest downtime limit an operator may ask for, ms.
 pub const MAX_DOWNTIME_LIMIT_MS: u64 = 60_000;
 /// Longest reason kept with an aborted migration.
@@ -337,6 +362,7 @@ pub fn switch_migration(
     }
     changes.put(Record::Migration(id), state);
     changes.put(Record::Alloc(&alloc_id), state);
+    forget_old_migrations(state, &alloc_id, changes);
     CommandResult::MigrationUpdated {
         id: id.to_string(),
         phase: MigrationPhase::Completed,
@@ -370,6 +396,7 @@ pub fn abort_migration(
         changes.put(Record::Alloc(&alloc_id), state);
     }
     changes.put(Record::Migration(id), state);
+    forget_old_migrations(state, &alloc_id, changes);
     CommandResult::MigrationUpdated {
         id: id.to_string(),
         phase: MigrationPhase::Aborted,
@@ -422,6 +449,7 @@ mod tests {
     use crate::machine::command::Command;
     use crate::planning::{alloc_views, plan_job};
     use crate::testkit::{alloc_update, place, report, run, spec};
+    use herd_consensus::storage::WriteOp;
 
     /// One running instance of a 3-CPU `web` (nodes have 4), placed on one
     /// of `nodes`; returns the state, the allocation and the next index.
@@ -852,6 +880,49 @@ mod tests {
         assert!(
             matches!(result, CommandResult::MigrationUpdated { .. }),
             "{result:?}"
+        );
+    }
+    #[test]
+    fn only_the_newest_ended_migrations_of_an_allocation_are_kept() {
+        let nodes = ["n1", "n2"];
+        let (mut state, alloc, mut index) = running(&nodes);
+        let target = elsewhere(&alloc, &nodes);
+        let mut ids = Vec::new();
+        for _ in 0..ENDED_KEPT_PER_ALLOC + 2 {
+            let id = format!("mig-{index}");
+            start(&mut state, index, &alloc.id, target);
+            let (result, ops) = run(
+                &mut state,
+                index + 1,
+                Command::AbortMigration {
+                    id: id.clone(),
+                    reason: "test".into(),
+                    now_ms: 2_100,
+                },
+            );
+            assert!(
+                matches!(result, CommandResult::MigrationUpdated { .. }),
+                "{result:?}"
+            );
+            if ids.len() >= ENDED_KEPT_PER_ALLOC {
+                let forgotten = format!("migration/{}", ids[ids.len() - ENDED_KEPT_PER_ALLOC]);
+                assert!(
+                    ops.iter()
+                        .any(|op| matches!(op, WriteOp::Delete(k) if k == forgotten.as_bytes())),
+                    "{forgotten} was not deleted from the store"
+                );
+            }
+            ids.push(id);
+            index += 2;
+        }
+        let kept: Vec<&String> = state.migrations.keys().collect();
+        assert_eq!(kept.len(), ENDED_KEPT_PER_ALLOC);
+        for old in &ids[..2] {
+            assert!(!state.migrations.contains_key(old), "{old} kept");
+        }
+        assert_eq!(
+            ClusterState::from_pairs(state.to_pairs()).expect("rebuild"),
+            state
         );
     }
 }
