@@ -25,6 +25,7 @@ use crate::proto::v1::{
     PutVariableBatch, PutVariableReply, PutVariableRequest, PutVariableResults, TaggedPut,
     TaggedPutResult,
 };
+use crate::retry::{ErrorMarks, Reason};
 
 /// Puts one stream keeps in flight; more callers wait for a slot. Below the
 /// coordinator's own bound (4096), so that it never stops reading this
@@ -91,10 +92,21 @@ fn outcome(result: TaggedPutResult) -> Result<PutVariableReply, Status> {
             "put {}: the coordinator sent neither a reply nor an error",
             result.tag
         ))),
-        None => Err(Status::new(
-            Code::from(result.error_code),
-            result.error_message,
-        )),
+        None => {
+            let status = Status::new(Code::from(result.error_code), result.error_message);
+            // The marks a unary Put would carry in its metadata; a reason
+            // this release does not know (or none, from an older
+            // coordinator) leaves the status unmarked.
+            match Reason::parse(&result.error_reason) {
+                Some(reason) => Err(ErrorMarks {
+                    reason: Some(reason),
+                    not_applied: result.error_not_applied,
+                    leader: None,
+                }
+                .on(status)),
+                None => Err(status),
+            }
+        }
     }
 }
 
@@ -174,10 +186,37 @@ mod tests {
             reply: None,
             error_code: Code::InvalidArgument as i32,
             error_message: "key: must not be empty".into(),
+            ..Default::default()
         })
         .expect_err("an error");
         assert_eq!(refused.code(), Code::InvalidArgument);
         assert_eq!(refused.message(), "key: must not be empty");
+        assert_eq!(ErrorMarks::read(&refused), None, "no marks were sent");
+
+        // An election mid-put: the marks travel as a unary Put's would, so
+        // a client can tell "try again" from "refused".
+        let unknown = outcome(TaggedPutResult {
+            tag: 4,
+            error_code: Code::Unavailable as i32,
+            error_message: "outcome unknown".into(),
+            error_reason: Reason::OutcomeUnknown.as_str().into(),
+            ..Default::default()
+        })
+        .expect_err("an error");
+        let marks = ErrorMarks::read(&unknown).expect("marks");
+        assert_eq!(marks.reason, Some(Reason::OutcomeUnknown));
+        assert!(!marks.not_applied);
+        let not_applied = outcome(TaggedPutResult {
+            tag: 5,
+            error_code: Code::Unavailable as i32,
+            error_reason: Reason::NoLeader.as_str().into(),
+            error_not_applied: true,
+            ..Default::default()
+        })
+        .expect_err("an error");
+        let marks = ErrorMarks::read(&not_applied).expect("marks");
+        assert_eq!(marks.reason, Some(Reason::NoLeader));
+        assert!(marks.not_applied);
 
         let empty = outcome(TaggedPutResult {
             tag: 3,

@@ -253,6 +253,15 @@ impl Agent for AgentService {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
+    async fn report_migration(
+        &self,
+        _request: Request<herd_api::proto::agent::MigrationReportRequest>,
+    ) -> Result<Response<herd_api::proto::agent::MigrationReportReply>, Status> {
+        Err(Status::unimplemented(
+            "migration reports are not served yet",
+        ))
+    }
+
     async fn report_allocations(
         &self,
         request: Request<ReportAllocationsRequest>,

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use futures::Stream;
 use herd_api::proto::v1 as pb;
 use herd_api::proto::v1::variables_server::Variables;
+use herd_api::retry::ErrorMarks;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tonic::{Request, Response, Status, Streaming};
 
@@ -78,12 +79,21 @@ fn tagged_result(tag: u64, result: Result<pb::PutVariableReply, Status>) -> pb::
             reply: Some(reply),
             ..Default::default()
         },
-        Err(status) => pb::TaggedPutResult {
-            tag,
-            reply: None,
-            error_code: status.code() as i32,
-            error_message: status.message().to_string(),
-        },
+        Err(status) => {
+            let marks = ErrorMarks::read(&status);
+            pb::TaggedPutResult {
+                tag,
+                reply: None,
+                error_code: status.code() as i32,
+                error_message: status.message().to_string(),
+                error_reason: marks
+                    .as_ref()
+                    .and_then(|m| m.reason)
+                    .map(|r| r.as_str().to_string())
+                    .unwrap_or_default(),
+                error_not_applied: marks.is_some_and(|m| m.not_applied),
+            }
+        }
     }
 }
 

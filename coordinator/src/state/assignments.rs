@@ -64,6 +64,7 @@ pub fn assigned_to(state: &ClusterState, node: &str) -> Vec<AssignedAllocation> 
                 stop_after_disconnect_ms: herd_api::duration::to_wire_ms(
                     job.spec.stop_after_disconnect,
                 ),
+                migration: None,
             })
         })
         .collect()

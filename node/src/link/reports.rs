@@ -230,6 +230,12 @@ mod tests {
         ) -> Result<Response<Stream>, Status> {
             Err(Status::unimplemented("not in this test"))
         }
+        async fn report_migration(
+            &self,
+            _: Request<herd_api::proto::agent::MigrationReportRequest>,
+        ) -> Result<Response<herd_api::proto::agent::MigrationReportReply>, Status> {
+            Err(Status::unimplemented("not in this test"))
+        }
         async fn report_allocations(
             &self,
             request: Request<ReportAllocationsRequest>,
