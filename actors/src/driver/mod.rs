@@ -26,6 +26,7 @@ mod error;
 pub mod exec;
 pub mod exec_backed;
 pub mod inference;
+pub mod live;
 pub mod logs;
 pub mod simvm;
 mod types;
@@ -99,5 +100,49 @@ pub trait Driver: Send + Sync + 'static {
     ) -> Result<u64, DriverError> {
         let _ = timeout;
         Err(DriverError::cannot(handle, self.name(), "checkpoint"))
+    }
+
+    /// On a live migration's target: starts the workload of `spec` waiting
+    /// for its state (not running: QEMU with `-incoming`, paused) and says
+    /// where the source's program connects. The handle is persisted like a
+    /// started workload's, so an agent restart finds it; an abort stops it.
+    /// Drivers whose migration mode is not `live` keep this default.
+    async fn prepare_incoming(
+        &self,
+        spec: &WorkloadSpec,
+    ) -> Result<(WorkloadHandle, live::IncomingEndpoints), DriverError> {
+        Err(DriverError::Unsupported {
+            alloc: spec.alloc_id.clone(),
+            message: format!("the {} driver cannot receive a live migration", self.name()),
+        })
+    }
+
+    /// On the source: moves the running workload's state to the target's
+    /// `to` while it keeps running (pre-copy), then pauses it and sends the
+    /// rest. Returns once the target holds the whole state, the source's
+    /// copy left paused: the agent resumes it if the migration is aborted,
+    /// and stops it after the switch-over. Gives up (workload running) past
+    /// `limits.deadline`.
+    async fn migrate_out(
+        &self,
+        handle: &WorkloadHandle,
+        to: &live::IncomingEndpoints,
+        limits: &live::MoveLimits,
+        progress: live::ProgressSink<'_>,
+    ) -> Result<live::MoveStats, DriverError> {
+        let _ = (to, limits, progress);
+        Err(DriverError::cannot(handle, self.name(), "live-migrate"))
+    }
+
+    /// On the source: cancels a [`Driver::migrate_out`] in flight or done,
+    /// leaving the workload running here (an aborted migration).
+    async fn cancel_out(&self, handle: &WorkloadHandle) -> Result<(), DriverError> {
+        Err(DriverError::cannot(handle, self.name(), "cancel a live migration of"))
+    }
+
+    /// On the target, after the switch-over committed: lets the workload
+    /// that arrived run (releases what only the move needed, then resumes).
+    async fn finish_incoming(&self, handle: &WorkloadHandle) -> Result<(), DriverError> {
+        Err(DriverError::cannot(handle, self.name(), "finish a live migration of"))
     }
 }
