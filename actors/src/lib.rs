@@ -10,6 +10,7 @@
 
 pub mod driver;
 pub mod inference;
+pub mod power;
 pub mod resources;
 pub mod toy_train;
 pub mod workload;

@@ -20,6 +20,7 @@ pub mod job;
 pub mod migration;
 pub mod node;
 pub mod placement;
+pub mod power;
 pub mod proto;
 pub mod put_stream;
 pub mod resources;

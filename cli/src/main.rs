@@ -52,12 +52,18 @@ enum Command {
     /// Inspect allocations (job instances placed on nodes).
     #[command(subcommand)]
     Alloc(cmd::alloc::AllocCommand),
+    /// Inspect live migrations (`herd alloc migrate` starts one).
+    #[command(subcommand)]
+    Migration(cmd::migration::MigrationCommand),
     /// Run a node agent (`herd node --name N --coordinators ADDR`), or
     /// inspect and drive nodes (`herd node list|drain|eligibility`).
     Node(cmd::node::NodeArgs),
     /// Read and write variables (replicated registers with compare-and-set).
     #[command(subcommand)]
     Var(cmd::var::VarCommand),
+    /// GPU power budgets per group of nodes, and what the nodes draw.
+    #[command(subcommand)]
+    Power(cmd::power::PowerCommand),
     /// Prepare what the vm driver boots (`herd vm guest DIR`: a small test guest).
     #[command(subcommand)]
     Vm(cmd::vm::VmCommand),
@@ -134,7 +140,9 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             None => cmd::agent::run(args.agent).await,
         },
         Command::Alloc(command) => cmd::alloc::run(&ctx, command).await,
+        Command::Migration(command) => cmd::migration::run(&ctx, command).await,
         Command::Var(command) => cmd::var::run(&ctx, command).await,
+        Command::Power(command) => cmd::power::run(&ctx, command).await,
         Command::Vm(command) => cmd::vm::run(&ctx, command),
         Command::Bench(command) => bench::run(&ctx, command).await,
         Command::SimVm(args) => cmd::sim_vm::run(args).await,
@@ -153,7 +161,9 @@ fn prints_and_exits(command: &Command) -> bool {
         Command::Cluster(_)
         | Command::Job(_)
         | Command::Alloc(_)
+        | Command::Migration(_)
         | Command::Var(_)
+        | Command::Power(_)
         | Command::Vm(_)
         | Command::Infer(_) => true,
         Command::Node(args) => args.command.is_some(),

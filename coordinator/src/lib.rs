@@ -25,6 +25,7 @@ pub mod error;
 pub mod leader;
 pub mod machine;
 pub mod planning;
+pub mod power;
 pub mod routing;
 pub mod scheduler;
 pub mod service;

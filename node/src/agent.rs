@@ -3,6 +3,7 @@
 //! ```text
 //! NodeAgent
 //! ├── ResourceMonitor      host and GPU figures
+//! ├── PowerGovernor        the node's share of the power budgets, enforced
 //! ├── WorkloadSupervisor   one WorkloadActor per allocation
 //! └── CoordinatorLink      register, heartbeat, watch, report
 //! ```
@@ -11,7 +12,8 @@
 //! stop the root with it). The link holds references to the other two, so
 //! it is restarted after either of them. Restarts are bounded: more than
 //! [`MAX_RESTARTS`] within [`RESTART_WINDOW`] stops the agent, because a
-//! child that cannot stay up is a fault an operator must see. Stopping the
+//! child that cannot stay up is a fault an operator must see. The monitor
+//! and the governor share one GPU backend, chosen once at start. Stopping the
 //! tree never stops workloads: they outlive the agent and are re-adopted.
 
 use std::collections::HashMap;
@@ -23,6 +25,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use herd_actors::driver::Driver;
+use herd_actors::power::{GovernorArgs, PolicyConfig, PowerGovernor, PowerMsg};
+use herd_actors::resources::GpuBackend;
 use herd_actors::resources::{self, MonitorArgs, ResourceMonitor, ResourceMsg};
 use herd_actors::workload::{
     AllocReport, RestartPolicy, SupervisorArgs, SupervisorMsg, WorkloadSupervisor,
@@ -33,6 +37,8 @@ use tokio::sync::{mpsc, Mutex};
 
 use crate::config::NodeConfig;
 use crate::link::{capabilities_of, CoordinatorLink, LinkArgs, LinkMsg, SharedFence};
+use crate::migrate::manager::{MigrationManager, MigrationManagerArgs, MigrationMsg};
+use crate::migrate::IncomingRegistry;
 use crate::wiring::Wiring;
 
 /// Most child restarts tolerated within [`RESTART_WINDOW`].
@@ -62,6 +68,9 @@ pub struct AgentArgs {
     /// The assignment fence, loaded (and checked) before the tree starts;
     /// shared by every incarnation of the link, so a restarted link keeps it.
     pub fence: SharedFence,
+    /// The migrations this agent's `AgentPeer` service may receive, which
+    /// the migration manager authorizes from its assignment sets.
+    pub incoming: IncomingRegistry,
 }
 
 /// The root's state: its children and what rebuilding them needs.
@@ -73,8 +82,14 @@ pub struct AgentState {
     report_tx: mpsc::UnboundedSender<AllocReport>,
     report_rx: Arc<Mutex<mpsc::UnboundedReceiver<AllocReport>>>,
     monitor: ActorRef<ResourceMsg>,
+    /// The GPUs, shared by the monitor and the governor (a restarted child
+    /// gets the same backend, so simulated limits survive it).
+    gpu: Arc<dyn GpuBackend>,
+    governor: ActorRef<PowerMsg>,
     supervisor: ActorRef<SupervisorMsg>,
     link: ActorRef<LinkMsg>,
+    migrations: ActorRef<MigrationMsg>,
+    incoming: IncomingRegistry,
     fence: SharedFence,
     restarts: VecDeque<Instant>,
     /// Set by [`AgentMsg::StopWorkloads`]: the link stays down.
@@ -85,10 +100,8 @@ pub struct AgentState {
 pub struct NodeAgent;
 
 impl NodeAgent {
-    async fn spawn_monitor(
-        myself: &ActorRef<AgentMsg>,
-        config: &NodeConfig,
-    ) -> Result<ActorRef<ResourceMsg>, ActorProcessingErr> {
+    /// Picks the GPU backend once, saying which and why in the log.
+    fn detect_gpus(config: &NodeConfig) -> Result<Arc<dyn GpuBackend>, ActorProcessingErr> {
         let sim = config
             .sim_gpus
             .as_ref()
@@ -99,14 +112,38 @@ impl NodeAgent {
             "GPUs: {}",
             detection.note
         );
+        Ok(detection.backend)
+    }
+
+    async fn spawn_monitor(
+        myself: &ActorRef<AgentMsg>,
+        config: &NodeConfig,
+        gpu: &Arc<dyn GpuBackend>,
+    ) -> Result<ActorRef<ResourceMsg>, ActorProcessingErr> {
         let args = MonitorArgs {
             data_dir: config.data_dir.clone(),
-            gpu: detection.backend,
+            gpu: gpu.clone(),
             refresh_interval: SAMPLE_EVERY,
         };
         let (monitor, _) =
             Actor::spawn_linked(None, ResourceMonitor, args, myself.get_cell()).await?;
         Ok(monitor)
+    }
+
+    async fn spawn_governor(
+        myself: &ActorRef<AgentMsg>,
+        config: &NodeConfig,
+        gpu: &Arc<dyn GpuBackend>,
+    ) -> Result<ActorRef<PowerMsg>, ActorProcessingErr> {
+        let args = GovernorArgs {
+            node: config.name.clone(),
+            gpu: gpu.clone(),
+            sample_every: herd_actors::power::governor::SAMPLE_EVERY,
+            config: PolicyConfig::default(),
+        };
+        let (governor, _) =
+            Actor::spawn_linked(None, PowerGovernor, args, myself.get_cell()).await?;
+        Ok(governor)
     }
 
     async fn spawn_supervisor(
@@ -128,6 +165,23 @@ impl NodeAgent {
         Ok(supervisor)
     }
 
+    async fn spawn_migrations(
+        myself: &ActorRef<AgentMsg>,
+        config: &NodeConfig,
+        drivers: &HashMap<String, Arc<dyn Driver>>,
+        incoming: &IncomingRegistry,
+    ) -> Result<ActorRef<MigrationMsg>, ActorProcessingErr> {
+        let args = MigrationManagerArgs {
+            node: config.name.clone(),
+            data_dir: config.data_dir.clone(),
+            drivers: drivers.clone(),
+            incoming: incoming.clone(),
+        };
+        let (manager, _) =
+            Actor::spawn_linked(None, MigrationManager, args, myself.get_cell()).await?;
+        Ok(manager)
+    }
+
     async fn spawn_link(
         myself: &ActorRef<AgentMsg>,
         state: &AgentState,
@@ -137,7 +191,9 @@ impl NodeAgent {
             advertise: state.advertise.clone(),
             connector: state.connector.clone(),
             supervisor: state.supervisor.clone(),
+            migrations: state.migrations.clone(),
             monitor: state.monitor.clone(),
+            governor: state.governor.clone(),
             reports: state.report_rx.clone(),
             report_tx: state.report_tx.clone(),
             fence: state.fence.clone(),
@@ -189,7 +245,9 @@ impl Actor for NodeAgent {
         let Wiring { drivers, connector } = args.wiring;
         let (report_tx, report_rx) = mpsc::unbounded_channel();
         let report_rx = Arc::new(Mutex::new(report_rx));
-        let monitor = Self::spawn_monitor(&myself, &args.config).await?;
+        let gpu = Self::detect_gpus(&args.config)?;
+        let monitor = Self::spawn_monitor(&myself, &args.config, &gpu).await?;
+        let governor = Self::spawn_governor(&myself, &args.config, &gpu).await?;
         let supervisor = Self::spawn_supervisor(
             &myself,
             args.config.data_dir.clone(),
@@ -198,12 +256,16 @@ impl Actor for NodeAgent {
             args.config.stop_grace,
         )
         .await?;
+        let migrations =
+            Self::spawn_migrations(&myself, &args.config, &drivers, &args.incoming).await?;
         let link_args = LinkArgs {
             config: args.config.clone(),
             advertise: args.advertise.clone(),
             connector: connector.clone(),
             supervisor: supervisor.clone(),
+            migrations: migrations.clone(),
             monitor: monitor.clone(),
+            governor: governor.clone(),
             reports: report_rx.clone(),
             report_tx: report_tx.clone(),
             fence: args.fence.clone(),
@@ -218,8 +280,12 @@ impl Actor for NodeAgent {
             report_tx,
             report_rx,
             monitor,
+            gpu,
+            governor,
             supervisor,
             link,
+            migrations,
+            incoming: args.incoming,
             fence: args.fence,
             restarts: VecDeque::new(),
             winding_down: false,
@@ -266,10 +332,19 @@ impl Actor for NodeAgent {
         if id == state.monitor.get_id() {
             tracing::error!(%why, "resource monitor ended; restarting it and the link");
             Self::count_restart(state)?;
-            state.monitor = Self::spawn_monitor(&myself, &state.config).await?;
+            state.monitor = Self::spawn_monitor(&myself, &state.config, &state.gpu).await?;
             state
                 .link
                 .stop(Some("restarting with a new monitor".into()));
+        } else if id == state.governor.get_id() {
+            // It starts with no share; the next heartbeat reply gives it
+            // the share again (the limits it set stay on the GPUs meanwhile).
+            tracing::error!(%why, "power governor ended; restarting it and the link");
+            Self::count_restart(state)?;
+            state.governor = Self::spawn_governor(&myself, &state.config, &state.gpu).await?;
+            state
+                .link
+                .stop(Some("restarting with a new power governor".into()));
         } else if id == state.supervisor.get_id() {
             tracing::error!(%why, "workload supervisor ended; restarting it (it re-adopts running work) and the link");
             Self::count_restart(state)?;
@@ -284,6 +359,15 @@ impl Actor for NodeAgent {
             state
                 .link
                 .stop(Some("restarting with a new supervisor".into()));
+        } else if id == state.migrations.get_id() {
+            tracing::error!(%why, "migration manager ended; restarting it and the link");
+            Self::count_restart(state)?;
+            state.migrations =
+                Self::spawn_migrations(&myself, &state.config, &state.drivers, &state.incoming)
+                    .await?;
+            state
+                .link
+                .stop(Some("restarting with a new migration manager".into()));
         } else if id == state.link.get_id() && state.winding_down {
             tracing::info!("coordinator link stopped; winding down");
         } else if id == state.link.get_id() {

@@ -14,6 +14,7 @@ pub mod engines;
 pub mod infer;
 pub mod link;
 pub mod logs;
+pub mod migrate;
 pub mod wiring;
 
 use std::net::SocketAddr;
@@ -70,6 +71,9 @@ pub enum NodeError {
 pub struct RunningNode {
     /// Where its gRPC server listens.
     pub local_addr: SocketAddr,
+    /// The migrations this agent may receive, served by its `AgentPeer`
+    /// service; the migration orchestration authorizes and revokes them.
+    pub incoming: migrate::IncomingRegistry,
     root: ActorRef<AgentMsg>,
     root_task: JoinHandle<()>,
     shutdown: Option<oneshot::Sender<()>>,
@@ -182,11 +186,13 @@ where
     let fence = link::fence::AssignmentFence::load(&config.data_dir)?;
     let name = config.name.clone();
     let engines = engines::Engines::new(&config.data_dir);
+    let incoming_migrations = migrate::IncomingRegistry::new();
     let args = AgentArgs {
         config: Arc::new(config),
         advertise: advertise.clone(),
         wiring,
         fence: Arc::new(std::sync::Mutex::new(fence)),
+        incoming: incoming_migrations.clone(),
     };
     let (root, root_task) = Actor::spawn(None, NodeAgent, args)
         .await
@@ -194,9 +200,11 @@ where
     let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
     let engine_poller = engines.spawn_poller();
     let service = NodeAgentService::new(SupervisorLogs { root: root.clone() }, engines);
+    let peer = migrate::AgentPeerService::new(incoming_migrations.clone());
     let server = tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(NodeAgentServer::new(service))
+            .add_service(peer.into_server())
             .serve_with_incoming_shutdown(incoming, async {
                 let _ = shutdown_rx.await;
             }),
@@ -204,6 +212,7 @@ where
     tracing::info!(node = %name, addr = %local_addr, %advertise, "node agent running");
     Ok(RunningNode {
         local_addr,
+        incoming: incoming_migrations,
         root,
         root_task,
         shutdown: Some(shutdown_tx),

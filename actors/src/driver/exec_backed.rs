@@ -13,10 +13,12 @@
 //! recovery, state, wait, stop) is written here once, so the kinds cannot
 //! drift apart.
 //!
-//! The moves a migration needs (pause, resume, checkpoint) are hooks of
-//! [`ExecKind`] with refusing defaults, reachable through [`Driver`] (so
-//! through `Arc<dyn Driver>`): a VM overrides pause and resume, a trainer
-//! checkpoint, and a kind that cannot do one says so in one place.
+//! The moves a migration needs (pause, resume, checkpoint, and a live
+//! move's prepare-incoming, migrate-out, cancel-out and finish-incoming)
+//! are hooks of [`ExecKind`] with refusing defaults, reachable through
+//! [`Driver`] (so through `Arc<dyn Driver>`): a VM overrides pause, resume
+//! and the live moves, a trainer checkpoint, and a kind that cannot do one
+//! says so in one place.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -26,6 +28,7 @@ use herd_api::job::TaskSpec;
 use herd_api::validate::FieldError;
 
 use super::exec::ExecDriver;
+use super::live::{IncomingEndpoints, MoveLimits, MoveStats, ProgressSink};
 use super::{
     Driver, DriverCapabilities, DriverError, ExitInfo, WorkloadHandle, WorkloadSpec, WorkloadState,
 };
@@ -94,6 +97,60 @@ pub trait ExecKind: Default + Send + Sync + 'static {
     ) -> Result<u64, DriverError> {
         let _ = (driver, timeout);
         Err(DriverError::cannot(handle, Self::NAME, "checkpoint"))
+    }
+
+    /// [`Driver::prepare_incoming`] for this kind; refuses unless the kind
+    /// overrides it.
+    async fn prepare_incoming(
+        driver: &ExecBacked<Self>,
+        spec: &WorkloadSpec,
+    ) -> Result<(WorkloadHandle, IncomingEndpoints), DriverError> {
+        let _ = driver;
+        Err(DriverError::Unsupported {
+            alloc: spec.alloc_id.clone(),
+            message: format!("the {} driver cannot receive a live migration", Self::NAME),
+        })
+    }
+
+    /// [`Driver::migrate_out`] for this kind; refuses unless the kind
+    /// overrides it.
+    async fn migrate_out(
+        driver: &ExecBacked<Self>,
+        handle: &WorkloadHandle,
+        to: &IncomingEndpoints,
+        limits: &MoveLimits,
+        progress: ProgressSink<'_>,
+    ) -> Result<MoveStats, DriverError> {
+        let _ = (driver, to, limits, progress);
+        Err(DriverError::cannot(handle, Self::NAME, "live-migrate"))
+    }
+
+    /// [`Driver::cancel_out`] for this kind; refuses unless the kind
+    /// overrides it.
+    async fn cancel_out(
+        driver: &ExecBacked<Self>,
+        handle: &WorkloadHandle,
+    ) -> Result<(), DriverError> {
+        let _ = driver;
+        Err(DriverError::cannot(
+            handle,
+            Self::NAME,
+            "cancel a live migration of",
+        ))
+    }
+
+    /// [`Driver::finish_incoming`] for this kind; refuses unless the kind
+    /// overrides it.
+    async fn finish_incoming(
+        driver: &ExecBacked<Self>,
+        handle: &WorkloadHandle,
+    ) -> Result<(), DriverError> {
+        let _ = driver;
+        Err(DriverError::cannot(
+            handle,
+            Self::NAME,
+            "finish a live migration of",
+        ))
     }
 
     /// Parses the task's settings: the `herd_api::driver_settings` function
@@ -266,6 +323,24 @@ impl<K: ExecKind> ExecBacked<K> {
         Ok((settings, launch))
     }
 
+    /// Starts `spec` as [`Driver::start`] does, with `extra_args` after the
+    /// kind's own arguments (a live move's target: QEMU's `-incoming defer
+    /// -S`). Unlike `start` it adopts nothing: a run of this generation
+    /// already going is the caller's to deal with first (see
+    /// [`Driver::recover`]), since its state is not what the caller asks for.
+    pub async fn start_with_args(
+        &self,
+        spec: &WorkloadSpec,
+        extra_args: &[String],
+    ) -> Result<WorkloadHandle, DriverError> {
+        let (settings, mut launch) = self.checked_launch(spec)?;
+        launch.task.args.extend(extra_args.iter().cloned());
+        self.exec.check(&launch)?;
+        self.kind.prepare(spec, &settings).await?;
+        let exec = self.exec.start(&launch).await?;
+        Self::own_handle(spec, exec)
+    }
+
     fn run<'a>(&'a self, handle: &'a WorkloadHandle) -> Result<Run<'a>, DriverError> {
         Ok(Run {
             handle,
@@ -356,6 +431,34 @@ impl<K: ExecKind> Driver for ExecBacked<K> {
     ) -> Result<u64, DriverError> {
         self.run(handle)?;
         K::checkpoint(self, handle, timeout).await
+    }
+
+    async fn prepare_incoming(
+        &self,
+        spec: &WorkloadSpec,
+    ) -> Result<(WorkloadHandle, IncomingEndpoints), DriverError> {
+        K::prepare_incoming(self, spec).await
+    }
+
+    async fn migrate_out(
+        &self,
+        handle: &WorkloadHandle,
+        to: &IncomingEndpoints,
+        limits: &MoveLimits,
+        progress: ProgressSink<'_>,
+    ) -> Result<MoveStats, DriverError> {
+        self.run(handle)?;
+        K::migrate_out(self, handle, to, limits, progress).await
+    }
+
+    async fn cancel_out(&self, handle: &WorkloadHandle) -> Result<(), DriverError> {
+        self.run(handle)?;
+        K::cancel_out(self, handle).await
+    }
+
+    async fn finish_incoming(&self, handle: &WorkloadHandle) -> Result<(), DriverError> {
+        self.run(handle)?;
+        K::finish_incoming(self, handle).await
     }
 }
 
@@ -515,5 +618,71 @@ mod tests {
             vm.pause(&foreign).await,
             Err(DriverError::BadHandle { .. })
         ));
+        let to = IncomingEndpoints::default();
+        let limits = MoveLimits {
+            downtime_limit: Duration::from_millis(300),
+            bandwidth_bytes_per_sec: None,
+            deadline: Duration::from_secs(1),
+        };
+        assert!(matches!(
+            vm.migrate_out(&foreign, &to, &limits, &|_| {}).await,
+            Err(DriverError::BadHandle { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn live_moves_are_refused_by_kinds_that_do_not_move_live_naming_them() {
+        use std::sync::Arc;
+        let drivers: Vec<(Arc<dyn Driver>, WorkloadHandle)> = vec![
+            (
+                Arc::new(ExecBacked::<Dljob>::new("/usr/bin/herd")),
+                round_trip::<Dljob>(),
+            ),
+            (
+                Arc::new(ExecBacked::<Inference>::new("/usr/bin/herd")),
+                round_trip::<Inference>(),
+            ),
+        ];
+        let to = IncomingEndpoints::default();
+        let limits = MoveLimits {
+            downtime_limit: Duration::from_millis(300),
+            bandwidth_bytes_per_sec: None,
+            deadline: Duration::from_secs(1),
+        };
+        for (driver, handle) in drivers {
+            let name = driver.name();
+            let mut spec = spec();
+            spec.task.driver = name.into();
+            let refusals = [
+                (
+                    driver.prepare_incoming(&spec).await.map(|_| ()),
+                    "cannot receive a live migration",
+                ),
+                (
+                    driver
+                        .migrate_out(&handle, &to, &limits, &|_| {})
+                        .await
+                        .map(|_| ()),
+                    "cannot live-migrate",
+                ),
+                (
+                    driver.cancel_out(&handle).await,
+                    "cannot cancel a live migration of",
+                ),
+                (
+                    driver.finish_incoming(&handle).await,
+                    "cannot finish a live migration of",
+                ),
+            ];
+            for (result, what) in refusals {
+                let err = result.expect_err(what);
+                assert!(matches!(err, DriverError::Unsupported { .. }), "{err}");
+                assert!(
+                    err.to_string()
+                        .contains(&format!("the {name} driver {what}")),
+                    "{err}"
+                );
+            }
+        }
     }
 }

@@ -73,6 +73,12 @@ pub trait GpuBackend: Send + Sync {
     /// Sets the power limit of GPU `index`; a value outside the GPU's
     /// settable range is an error naming the range.
     fn set_power_limit(&self, index: u32, watts: u32) -> Result<(), ResourceError>;
+    /// The simulated backend behind this one, when it is simulated: its
+    /// activity knob ([`SimulatedGpuBackend::set_activity`]) drives the
+    /// simulated draw. None for real GPUs.
+    fn as_simulated(&self) -> Option<&SimulatedGpuBackend> {
+        None
+    }
 }
 
 /// The backend of a host without usable GPUs: zero GPUs, and the reason why,

@@ -1,15 +1,22 @@
 //! Simulated GPUs (`--sim-gpus 8 --sim-gpu-model h100`), so that scheduling
 //! and power capping can be developed and tested on machines without GPUs.
 //!
-//! The figures are plausible nameplate ones and deterministic: each GPU has a
-//! fixed load, and its draw is that load capped by its power limit, so a test
-//! can set a limit and see the draw follow. Everything is marked simulated.
+//! A SIMULATION, marked as such everywhere it is reported. Its power model:
+//! each GPU has an activity `a` in `0.0..=1.0` (how busy the work bound to
+//! it keeps it) and draws `idle + a × (nameplate − idle)` watts, clamped by
+//! its power limit; the work it gets done per second falls with the limit
+//! along its model's curve ([`throughput_fraction`], documented with its
+//! sources in docs/power.md). Until allocations are bound to GPU indices,
+//! each GPU starts at a fixed activity (60 %, 70 %, 80 %, 90 %, then again,
+//! by index); tests and callers change it with
+//! [`SimulatedGpuBackend::set_activity`].
 
 use std::sync::{Mutex, PoisonError};
 
 use super::gpu::{GpuBackend, GpuInfo};
 
 use super::error::ResourceError;
+use herd_api::power::{gpu_nameplate, GpuNameplate};
 use herd_api::resources::GIB;
 
 /// What to simulate: how many GPUs, of which model.
@@ -32,49 +39,101 @@ impl SimGpus {
     }
 }
 
-/// Nameplate figures of a simulated model.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Nameplate {
-    /// Default (and highest settable) power limit.
-    max_watts: u32,
-    /// Lowest settable power limit.
-    min_watts: u32,
-    memory_bytes: u64,
-}
-
-/// The nameplate of `model` (already lower-cased); a generic 300 W / 16 GiB
-/// GPU for models not in the table.
-fn nameplate(model: &str) -> Nameplate {
-    let (max_watts, min_watts, memory_gib) = match model {
-        "h200" => (700, 200, 141),
-        "h100" => (700, 200, 80),
-        "a100" => (400, 100, 80),
-        "l40s" => (350, 100, 48),
-        "a10" | "a10g" => (150, 100, 24),
-        "l4" => (72, 40, 24),
-        "t4" => (70, 60, 16),
-        _ => (300, 100, 16),
-    };
-    Nameplate {
-        max_watts,
-        min_watts,
-        memory_bytes: memory_gib * GIB,
-    }
-}
-
-/// Deterministic share of the nameplate power GPU `index` would draw if
-/// uncapped: 60 %, 70 %, 80 %, 90 %, then again.
-fn load_fraction(index: u32) -> f64 {
+/// The activity GPU `index` starts at (SIMULATION): 60 %, 70 %, 80 %, 90 %,
+/// then again, so an idle-looking fleet still draws something to cap.
+fn initial_activity(index: u32) -> f64 {
     0.6 + 0.1 * f64::from(index % 4)
+}
+
+/// Throughput of a fully busy GPU of `model` capped at `limit_watts`, as a
+/// fraction of its throughput at its nameplate limit (SIMULATION, from
+/// published measurements: see docs/power.md). Piecewise linear in the
+/// limit as a fraction of the nameplate; 1.0 at or above the nameplate,
+/// the curve's last point below its lowest settable limit. Models without
+/// a curve of their own use the A100's, the more power-sensitive one.
+pub fn throughput_fraction(model: &str, limit_watts: f64) -> f64 {
+    let plate = gpu_nameplate(model);
+    let curve: &[(f64, f64)] = match model {
+        // H100 SXM (700 W): flat to ~80 % of TDP, then falling faster.
+        "h100" | "h200" => &[
+            (1.00, 1.00),
+            (0.80, 0.97),
+            (0.60, 0.88),
+            (0.45, 0.75),
+            (0.2857, 0.50),
+        ],
+        // A100 SXM (400 W).
+        _ => &[
+            (1.00, 1.00),
+            (0.75, 0.97),
+            (0.625, 0.92),
+            (0.50, 0.80),
+            (0.25, 0.45),
+        ],
+    };
+    let x = if limit_watts.is_finite() {
+        (limit_watts / f64::from(plate.max_watts)).max(0.0)
+    } else {
+        1.0
+    };
+    interpolate(curve, x)
+}
+
+/// Linear interpolation on `curve` (x descending), flat beyond both ends.
+fn interpolate(curve: &[(f64, f64)], x: f64) -> f64 {
+    let (Some(&(x_hi, y_hi)), Some(&(x_lo, y_lo))) = (curve.first(), curve.last()) else {
+        return 1.0;
+    };
+    if x >= x_hi {
+        return y_hi;
+    }
+    if x <= x_lo {
+        return y_lo;
+    }
+    for pair in curve.windows(2) {
+        let ((x1, y1), (x0, y0)) = (pair[0], pair[1]);
+        if x <= x1 && x >= x0 {
+            return y0 + (y1 - y0) * (x - x0) / (x1 - x0);
+        }
+    }
+    y_lo
+}
+
+/// The share of its uncapped throughput a GPU of `model` keeps when its work
+/// would draw `wanted_watts` but the limit is `limit_watts` (SIMULATION):
+/// 1.0 when the limit does not bind, else the ratio of the curve's values.
+pub fn relative_throughput(model: &str, limit_watts: f64, wanted_watts: f64) -> f64 {
+    if limit_watts >= wanted_watts {
+        return 1.0;
+    }
+    let wanted = throughput_fraction(model, wanted_watts);
+    if wanted <= 0.0 {
+        return 1.0;
+    }
+    (throughput_fraction(model, limit_watts) / wanted).clamp(0.0, 1.0)
+}
+
+/// What a GPU of `plate` would draw at `activity` with no limit
+/// (SIMULATION): `idle + activity × (nameplate − idle)`.
+pub fn uncapped_draw(plate: &GpuNameplate, activity: f64) -> f64 {
+    let idle = f64::from(plate.idle_watts);
+    idle + activity.clamp(0.0, 1.0) * (f64::from(plate.max_watts) - idle)
+}
+
+/// One simulated GPU's settings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct SimGpu {
+    limit_watts: u32,
+    activity: f64,
 }
 
 /// N simulated GPUs of one model; see the module doc.
 #[derive(Debug)]
 pub struct SimulatedGpuBackend {
     model: String,
-    nameplate: Nameplate,
-    /// Power limit of each GPU, by index.
-    limits: Mutex<Vec<u32>>,
+    nameplate: GpuNameplate,
+    /// Each GPU's limit and activity, by index.
+    gpus: Mutex<Vec<SimGpu>>,
 }
 
 impl SimulatedGpuBackend {
@@ -87,19 +146,24 @@ impl SimulatedGpuBackend {
                 "the GPU model name is empty".to_string(),
             ));
         }
-        let nameplate = nameplate(&model);
+        let nameplate = gpu_nameplate(&model);
         let count = usize::try_from(sim.count)
             .map_err(|_| ResourceError::BadSimulation(format!("too many GPUs: {}", sim.count)))?;
+        let mut gpus = Vec::with_capacity(count);
+        gpus.extend((0..sim.count).map(|index| SimGpu {
+            limit_watts: nameplate.max_watts,
+            activity: initial_activity(index),
+        }));
         Ok(SimulatedGpuBackend {
             model,
             nameplate,
-            limits: Mutex::new(vec![nameplate.max_watts; count]),
+            gpus: Mutex::new(gpus),
         })
     }
 
     /// Number of simulated GPUs.
     pub fn count(&self) -> u32 {
-        u32::try_from(self.limits().len()).unwrap_or(u32::MAX)
+        u32::try_from(self.lock().len()).unwrap_or(u32::MAX)
     }
 
     /// The simulated model, lower-cased.
@@ -107,27 +171,88 @@ impl SimulatedGpuBackend {
         &self.model
     }
 
-    fn limits(&self) -> std::sync::MutexGuard<'_, Vec<u32>> {
-        // The data is a plain Vec<u32>: a panic elsewhere cannot leave it
-        // half-written, so a poisoned lock is still good to use.
-        self.limits.lock().unwrap_or_else(PoisonError::into_inner)
+    /// The simulated model's power figures.
+    pub fn nameplate(&self) -> GpuNameplate {
+        self.nameplate
     }
 
-    fn info(&self, index: u32, limit: u32) -> GpuInfo {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<SimGpu>> {
+        // Plain numbers: a panic elsewhere cannot leave them half-written,
+        // so a poisoned lock is still good to use.
+        self.gpus.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn with_gpu<T>(
+        &self,
+        index: u32,
+        f: impl FnOnce(&mut SimGpu) -> Result<T, ResourceError>,
+    ) -> Result<T, ResourceError> {
+        let mut gpus = self.lock();
+        let count = u32::try_from(gpus.len()).unwrap_or(u32::MAX);
+        let slot = usize::try_from(index)
+            .ok()
+            .and_then(|i| gpus.get_mut(i))
+            .ok_or_else(|| ResourceError::NoSuchGpu {
+                backend: "simulated".to_string(),
+                index,
+                count,
+            })?;
+        f(slot)
+    }
+
+    /// Sets how busy GPU `index`'s work keeps it (SIMULATION), `0.0..=1.0`:
+    /// its draw follows at once. An activity outside that range (or NaN)
+    /// is refused, naming it.
+    pub fn set_activity(&self, index: u32, activity: f64) -> Result<(), ResourceError> {
+        if !(0.0..=1.0).contains(&activity) {
+            return Err(ResourceError::BadSimulation(format!(
+                "GPU {index}: activity must be 0.0 to 1.0, got {activity}"
+            )));
+        }
+        self.with_gpu(index, |gpu| {
+            gpu.activity = activity;
+            Ok(())
+        })
+    }
+
+    /// Sets every GPU's activity (a load spike or lull in tests).
+    pub fn set_all_activity(&self, activity: f64) -> Result<(), ResourceError> {
+        for index in 0..self.count() {
+            self.set_activity(index, activity)?;
+        }
+        Ok(())
+    }
+
+    /// The share of its uncapped throughput GPU `index` keeps under its
+    /// limit now (SIMULATION; see [`relative_throughput`]).
+    pub fn throughput(&self, index: u32) -> Result<f64, ResourceError> {
         let plate = self.nameplate;
-        let load = load_fraction(index);
-        let uncapped = f64::from(plate.max_watts) * load;
+        let model = self.model.clone();
+        self.with_gpu(index, |gpu| {
+            let wanted = uncapped_draw(&plate, gpu.activity);
+            Ok(relative_throughput(
+                &model,
+                f64::from(gpu.limit_watts),
+                wanted,
+            ))
+        })
+    }
+
+    fn info(&self, index: u32, gpu: SimGpu) -> GpuInfo {
+        let plate = self.nameplate;
+        let memory_bytes = plate.memory_gib * GIB;
+        let wanted = uncapped_draw(&plate, gpu.activity);
         GpuInfo {
             index,
             uuid: format!("SIM-GPU-{index}"),
             model: self.model.clone(),
-            memory_total_bytes: plate.memory_bytes,
-            memory_used_bytes: (plate.memory_bytes as f64 * load * 0.5) as u64,
-            power_draw_watts: uncapped.min(f64::from(limit)),
-            power_limit_watts: limit,
+            memory_total_bytes: memory_bytes,
+            memory_used_bytes: (memory_bytes as f64 * gpu.activity * 0.5) as u64,
+            power_draw_watts: wanted.min(f64::from(gpu.limit_watts)),
+            power_limit_watts: gpu.limit_watts,
             power_limit_min_watts: plate.min_watts,
             power_limit_max_watts: plate.max_watts,
-            utilisation_percent: (load * 100.0).round() as u32,
+            utilisation_percent: (gpu.activity * 100.0).round() as u32,
         }
     }
 }
@@ -142,27 +267,24 @@ impl GpuBackend for SimulatedGpuBackend {
     }
 
     fn gpus(&self) -> Result<Vec<GpuInfo>, ResourceError> {
-        let limits = self.limits().clone();
+        let gpus = self.lock().clone();
         Ok((0u32..)
-            .zip(limits)
-            .map(|(index, limit)| self.info(index, limit))
+            .zip(gpus)
+            .map(|(index, gpu)| self.info(index, gpu))
             .collect())
     }
 
     fn set_power_limit(&self, index: u32, watts: u32) -> Result<(), ResourceError> {
-        let mut limits = self.limits();
-        let count = u32::try_from(limits.len()).unwrap_or(u32::MAX);
-        let slot = usize::try_from(index)
-            .ok()
-            .and_then(|i| limits.get_mut(i))
-            .ok_or_else(|| ResourceError::NoSuchGpu {
-                backend: "simulated".to_string(),
-                index,
-                count,
-            })?;
-        self.info(index, *slot).check_power_limit(watts)?;
-        *slot = watts;
-        Ok(())
+        let info = self.with_gpu(index, |gpu| Ok(*gpu))?;
+        self.info(index, info).check_power_limit(watts)?;
+        self.with_gpu(index, |gpu| {
+            gpu.limit_watts = watts;
+            Ok(())
+        })
+    }
+
+    fn as_simulated(&self) -> Option<&SimulatedGpuBackend> {
+        Some(self)
     }
 }
 
@@ -217,16 +339,16 @@ mod tests {
     #[test]
     fn draw_follows_the_power_limit() {
         let backend = sim(2, "h100");
-        // GPU 1 would draw 70 % of 700 W uncapped.
+        // GPU 1 starts 70 % busy: 80 W idle + 0.7 × 620 W = 514 W uncapped.
         let before = &backend.gpus().expect("gpus")[1];
-        assert!((before.power_draw_watts - 490.0).abs() < 1e-9);
+        assert!((before.power_draw_watts - 514.0).abs() < 1e-9);
         backend.set_power_limit(1, 300).expect("in range");
         let after = &backend.gpus().expect("gpus")[1];
         assert_eq!(after.power_limit_watts, 300);
         assert!((after.power_draw_watts - 300.0).abs() < 1e-9);
         // A limit above the load leaves the draw at the load.
         backend.set_power_limit(1, 600).expect("in range");
-        assert!((backend.gpus().expect("gpus")[1].power_draw_watts - 490.0).abs() < 1e-9);
+        assert!((backend.gpus().expect("gpus")[1].power_draw_watts - 514.0).abs() < 1e-9);
         // GPU 0 was not touched.
         assert_eq!(backend.gpus().expect("gpus")[0].power_limit_watts, 700);
     }
@@ -249,5 +371,54 @@ mod tests {
         let err = backend.set_power_limit(2, 300).expect_err("no GPU 2");
         assert!(err.to_string().contains("this host has 2 GPU(s)"), "{err}");
         assert_eq!(backend.gpus().expect("gpus")[0].power_limit_watts, 700);
+    }
+
+    #[test]
+    fn draw_follows_the_activity_between_idle_and_nameplate() {
+        let backend = sim(2, "a100");
+        backend.set_activity(0, 0.0).expect("valid");
+        backend.set_activity(1, 1.0).expect("valid");
+        let gpus = backend.gpus().expect("gpus");
+        assert!((gpus[0].power_draw_watts - 55.0).abs() < 1e-9);
+        assert!((gpus[1].power_draw_watts - 400.0).abs() < 1e-9);
+        assert_eq!(gpus[1].utilisation_percent, 100);
+        // Clamped by the limit, and the work slows down accordingly.
+        backend.set_power_limit(1, 200).expect("in range");
+        assert!((backend.gpus().expect("gpus")[1].power_draw_watts - 200.0).abs() < 1e-9);
+        let slowed = backend.throughput(1).expect("gpu 1");
+        assert!((slowed - 0.80).abs() < 1e-9, "{slowed}");
+        // An idle GPU under the same limit loses nothing.
+        backend.set_power_limit(0, 200).expect("in range");
+        assert_eq!(backend.throughput(0).expect("gpu 0"), 1.0);
+        for bad in [-0.1, 1.5, f64::NAN] {
+            assert!(backend.set_activity(0, bad).is_err(), "{bad}");
+        }
+        assert!(backend.set_activity(2, 0.5).is_err());
+        backend.set_all_activity(0.5).expect("valid");
+        assert!(backend.gpus().expect("gpus").iter().all(|g| g.utilisation_percent == 50));
+    }
+
+    #[test]
+    fn throughput_falls_with_the_limit_along_the_model_curve() {
+        for (model, max, min) in [("h100", 700.0, 200.0), ("a100", 400.0, 100.0)] {
+            assert_eq!(throughput_fraction(model, max), 1.0);
+            assert_eq!(throughput_fraction(model, max * 2.0), 1.0);
+            let mut previous = 1.0;
+            let mut watts = max;
+            while watts >= min {
+                let f = throughput_fraction(model, watts);
+                assert!(f <= previous + 1e-12 && f > 0.0, "{model} {watts} W: {f}");
+                previous = f;
+                watts -= 10.0;
+            }
+            // Mild near the nameplate, steep near the floor.
+            assert!(throughput_fraction(model, max * 0.8) > 0.95, "{model}");
+            assert!(throughput_fraction(model, min) < 0.55, "{model}");
+        }
+        assert!((throughput_fraction("h100", 420.0) - 0.88).abs() < 1e-9);
+        assert_eq!(throughput_fraction("h100", f64::NAN), 1.0);
+        assert_eq!(relative_throughput("h100", 700.0, 500.0), 1.0);
+        let r = relative_throughput("h100", 420.0, 700.0);
+        assert!((r - 0.88).abs() < 1e-9, "{r}");
     }
 }

@@ -23,4 +23,4 @@ mod tests;
 pub use report::{event, AllocReport, DesiredAlloc};
 pub use restart::RestartPolicy;
 pub use supervisor::{SupervisorArgs, SupervisorMsg, WorkloadSupervisor};
-pub use workload_actor::WorkloadActor;
+pub use workload_actor::{MoveOutReady, WorkloadActor};

@@ -30,6 +30,13 @@ pub struct DesiredAlloc {
     /// (the job's `stop_after_disconnect`); `None`: run on regardless.
     #[serde(default)]
     pub stop_after_disconnect: Option<std::time::Duration>,
+    /// The migration moving this allocation out of this node, while one
+    /// runs (the assignment's `migration` with role source). Once a set
+    /// lists the allocation without it at the same generation, the
+    /// migration was aborted and a workload stopped or paused for it runs
+    /// again here.
+    #[serde(default)]
+    pub moving_out: Option<String>,
 }
 
 impl DesiredAlloc {
@@ -75,6 +82,14 @@ pub mod event {
     /// `stop_after_disconnect`, so the workload was stopped before a
     /// replacement could start elsewhere.
     pub const STOPPED_AFTER_DISCONNECT: &str = "stopped_after_disconnect";
+    /// The workload was stopped or paused here to move to another node (a
+    /// migration's last copy).
+    pub const MOVING_OUT: &str = "moving_out";
+    /// A migration out of this node was aborted: the workload stopped or
+    /// paused for it runs here again.
+    pub const MOVE_ABORTED: &str = "move_aborted";
+    /// The workload arrived by a live migration and runs here now.
+    pub const MIGRATED_IN: &str = "migrated_in";
 }
 
 /// Something that happened to an allocation on this node, as the supervisor

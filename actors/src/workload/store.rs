@@ -20,6 +20,11 @@ use crate::driver::WorkloadHandle;
 pub const HANDLE: &str = "handle.json";
 /// The persisted desired allocation it runs for.
 pub const DESIRED: &str = "desired.json";
+/// Present while the allocation's workload takes part in a migration out of
+/// this node (it holds the migration's id): a workload found stopped or
+/// paused with it is not finished but moving, and is resumed if the
+/// migration is aborted, even by an agent that restarted meanwhile.
+pub const MOVING: &str = "moving.json";
 
 /// Why the allocation directories could not be read or written.
 #[derive(Debug, Error)]
@@ -102,6 +107,28 @@ impl AllocStore {
             files::remove(&dir, name).map_err(|s| io_err(&dir.join(name), s))?;
         }
         Ok(())
+    }
+
+    /// Records that the allocation's workload is moving out under
+    /// `migration_id` (see [`MOVING`]), durably, before it is stopped or
+    /// paused for the move.
+    pub fn mark_moving(&self, alloc_id: &str, migration_id: &str) -> Result<(), StoreError> {
+        let dir = self.alloc_dir(alloc_id)?;
+        fs::create_dir_all(&dir).map_err(|source| io_err(&dir, source))?;
+        files::write_atomic(&dir, MOVING, &migration_id.to_string())
+            .map_err(|s| io_err(&dir.join(MOVING), s))
+    }
+
+    /// The migration the allocation's workload is moving out under, if any.
+    pub fn moving(&self, alloc_id: &str) -> Result<Option<String>, StoreError> {
+        let dir = self.alloc_dir(alloc_id)?;
+        files::read_json(&dir, MOVING).map_err(|s| io_err(&dir.join(MOVING), s))
+    }
+
+    /// Clears the moving mark: the migration ended.
+    pub fn clear_moving(&self, alloc_id: &str) -> Result<(), StoreError> {
+        let dir = self.alloc_dir(alloc_id)?;
+        files::remove(&dir, MOVING).map_err(|s| io_err(&dir.join(MOVING), s))
     }
 
     /// What is persisted for one allocation: `None` when no handle is.

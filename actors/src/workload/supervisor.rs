@@ -32,7 +32,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use super::report::{event, AllocReport, DesiredAlloc};
 use super::restart::RestartPolicy;
 use super::store::{AllocStore, Persisted};
-use super::workload_actor::{Mode, WorkloadActor, WorkloadArgs, WorkloadMsg};
+use super::workload_actor::{Mode, MoveOutReady, WorkloadActor, WorkloadArgs, WorkloadMsg};
 use crate::driver::{logs, Driver};
 
 /// Messages of the supervisor.
@@ -57,6 +57,21 @@ pub enum SupervisorMsg {
     /// No coordinator has accepted this node's heartbeat for this long (sent
     /// by the agent's link every 100 ms).
     CoordinatorsSilent(Duration),
+    /// A migration takes an allocation running here at `generation` out of
+    /// this node: its workload actor marks it moving and, with `stop`,
+    /// stops it at a checkpoint (see [`WorkloadMsg::MoveOut`]).
+    MoveOut {
+        /// The allocation.
+        alloc_id: String,
+        /// The generation the migration began with.
+        generation: u64,
+        /// The migration.
+        migration_id: String,
+        /// Stop the workload (checkpoint moves) or leave it running (live).
+        stop: bool,
+        /// The workload as it stands for the move.
+        reply: RpcReplyPort<Result<MoveOutReady, String>>,
+    },
 }
 
 /// What the supervisor is started with.
@@ -188,6 +203,31 @@ impl Actor for WorkloadSupervisor {
             SupervisorMsg::Active(reply) => {
                 let _ = reply.send(state.entries.len());
             }
+            SupervisorMsg::MoveOut {
+                alloc_id,
+                generation,
+                migration_id,
+                stop,
+                reply,
+            } => match state.entries.get(&alloc_id) {
+                Some(entry) if entry.generation == generation && !entry.stopping => {
+                    let _ = entry.actor.cast(WorkloadMsg::MoveOut {
+                        migration_id,
+                        stop,
+                        reply,
+                    });
+                }
+                Some(entry) => {
+                    let _ = reply.send(Err(format!(
+                        "generation {generation} does not run here (generation {}{})",
+                        entry.generation,
+                        if entry.stopping { ", stopping" } else { "" }
+                    )));
+                }
+                None => {
+                    let _ = reply.send(Err("no workload runs here for it".into()));
+                }
+            },
             SupervisorMsg::CoordinatorsSilent(silent) => {
                 state.silent = silent;
                 state.stop_disconnected(silent);

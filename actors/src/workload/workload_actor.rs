@@ -12,7 +12,7 @@ use tokio::time::Instant;
 
 use herd_api::alloc::AllocStatus;
 use herd_api::job::JobType;
-use ractor::{Actor, ActorProcessingErr, ActorRef};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use super::report::{describe_exit, event, is_lost, AllocReport, DesiredAlloc};
 use super::restart::{RestartPolicy, RestartTracker};
@@ -97,9 +97,50 @@ pub enum WorkloadMsg {
         /// How the workload ended, or why it could not be stopped.
         result: Result<ExitInfo, String>,
     },
+    /// A migration takes the workload out of this node: mark it moving
+    /// (durably), and with `stop` (a checkpoint move) stop it so that it
+    /// checkpoints and exits, keeping its handle; answer once it is ready
+    /// to be copied. A live move leaves it running: the driver moves it.
+    MoveOut {
+        /// The migration.
+        migration_id: String,
+        /// Stop the workload (checkpoint moves) or leave it running (live).
+        stop: bool,
+        /// The workload as it stands for the move.
+        reply: RpcReplyPort<Result<MoveOutReady, String>>,
+    },
+    /// A stop for a move finished.
+    Suspended {
+        /// The run it belongs to.
+        run: u64,
+        /// How the workload ended, or why it could not be stopped.
+        result: Result<ExitInfo, String>,
+    },
     /// Makes the handler fail, to test how the supervisor takes a crash.
     #[cfg(test)]
     Crash,
+}
+
+/// A workload ready to be moved out: what the migration copies or hands to
+/// its driver.
+#[derive(Clone)]
+pub struct MoveOutReady {
+    /// Its handle (of the stopped workload for a checkpoint move).
+    pub handle: WorkloadHandle,
+    /// The driver that runs it.
+    pub driver: Arc<dyn Driver>,
+    /// How it ended, for a checkpoint move.
+    pub exit: Option<ExitInfo>,
+}
+
+impl std::fmt::Debug for MoveOutReady {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MoveOutReady")
+            .field("handle", &self.handle)
+            .field("driver", &self.driver.name())
+            .field("exit", &self.exit)
+            .finish()
+    }
 }
 
 /// The ractor actor of one allocation.
@@ -126,6 +167,13 @@ enum Phase {
         /// Whether a "stopped" report follows.
         report: bool,
     },
+    /// Stopping for a move: the workload checkpoints and exits; its
+    /// handle stays, and the answer goes to the migration.
+    Suspending,
+    /// Stopped for a move (its moving mark persisted): it runs again here
+    /// if the migration is aborted, and is forgotten once the allocation
+    /// left.
+    Suspended,
 }
 
 /// The state of a workload actor.
@@ -138,6 +186,11 @@ pub struct WorkloadActorState {
     phase: Phase,
     run: u64,
     stop_requested: bool,
+    /// The migration moving the workload out, while one does (mirrors the
+    /// persisted moving mark).
+    moving: Option<String>,
+    /// Who waits for a stop for a move.
+    suspend_reply: Option<RpcReplyPort<Result<MoveOutReady, String>>>,
     tracker: RestartTracker,
     pending_restart: Option<ExitInfo>,
     driver: Arc<dyn Driver>,
@@ -185,6 +238,8 @@ impl Actor for WorkloadActor {
             phase: Phase::Observing,
             run: 0,
             stop_requested: false,
+            moving: None,
+            suspend_reply: None,
             tracker: RestartTracker::new(args.restart),
             pending_restart: None,
             driver: args.driver,
@@ -192,6 +247,10 @@ impl Actor for WorkloadActor {
             supervisor: args.supervisor,
             stop_grace: args.stop_grace,
         };
+        match state.store.moving(&state.alloc_id) {
+            Ok(moving) => state.moving = moving,
+            Err(e) => tracing::warn!(alloc = %state.alloc_id, error = %e, "cannot read its moving mark"),
+        }
         match state.handle.clone() {
             Some(handle) => state.begin_observe(&myself, handle),
             None => state.begin_start(&myself, None),
@@ -220,6 +279,14 @@ impl Actor for WorkloadActor {
             WorkloadMsg::RestartDue { run } if run == state.run => state.on_restart_due(&myself),
             WorkloadMsg::Stopped { run, result } if run == state.run => {
                 state.on_stopped(&myself, result)
+            }
+            WorkloadMsg::MoveOut {
+                migration_id,
+                stop,
+                reply,
+            } => state.on_move_out(&myself, migration_id, stop, reply),
+            WorkloadMsg::Suspended { run, result } if run == state.run => {
+                state.on_suspended(&myself, result)
             }
             #[cfg(test)]
             WorkloadMsg::Crash => return Err("crash requested by a test".into()),
@@ -316,6 +383,9 @@ impl WorkloadActorState {
                 store
                     .forget(&handle.alloc_id)
                     .map_err(|e| format!("stopped, but cannot forget its handle: {e}"))?;
+                store
+                    .clear_moving(&handle.alloc_id)
+                    .map_err(|e| format!("stopped, but cannot clear its moving mark: {e}"))?;
                 Ok(exit)
             },
             move |result| WorkloadMsg::Stopped { run, result },
@@ -326,8 +396,13 @@ impl WorkloadActorState {
         if desired.generation != self.generation {
             return;
         }
+        let aborted = self.moving.is_some() && desired.moving_out.is_none();
         self.desired = Some(desired);
         self.confirmed = true;
+        if aborted {
+            self.on_move_aborted(myself);
+            return;
+        }
         if let Phase::AwaitingConfirm(exit) = self.phase.clone() {
             self.on_exit(myself, exit);
         }
@@ -337,10 +412,158 @@ impl WorkloadActorState {
         self.stop_requested = true;
         match self.phase {
             // The task in flight decides; its answer sees `stop_requested`.
-            Phase::Starting(_) | Phase::Observing | Phase::Stopping { .. } => {}
-            Phase::Running | Phase::Backoff | Phase::AwaitingConfirm(_) | Phase::Finished => {
-                self.begin_stop(myself)
+            Phase::Starting(_) | Phase::Observing | Phase::Stopping { .. } | Phase::Suspending => {}
+            Phase::Running
+            | Phase::Backoff
+            | Phase::AwaitingConfirm(_)
+            | Phase::Finished
+            | Phase::Suspended => self.begin_stop(myself),
+        }
+    }
+
+    /// Persists the moving mark (so a restarted agent knows too).
+    fn mark_moving(&mut self, migration_id: &str) -> Result<(), String> {
+        self.store
+            .mark_moving(&self.alloc_id, migration_id)
+            .map_err(|e| format!("cannot persist the moving mark: {e}"))?;
+        self.moving = Some(migration_id.to_string());
+        Ok(())
+    }
+
+    fn clear_moving(&mut self) {
+        if let Err(e) = self.store.clear_moving(&self.alloc_id) {
+            tracing::warn!(alloc = %self.alloc_id, error = %e, "cannot clear its moving mark");
+        }
+        self.moving = None;
+    }
+
+    fn on_move_out(
+        &mut self,
+        myself: &ActorRef<WorkloadMsg>,
+        migration_id: String,
+        stop: bool,
+        reply: RpcReplyPort<Result<MoveOutReady, String>>,
+    ) {
+        let driver = self.driver.clone();
+        let ready = |handle: WorkloadHandle, exit| MoveOutReady {
+            handle,
+            driver,
+            exit,
+        };
+        if self.stop_requested {
+            let _ = reply.send(Err("the allocation is being stopped here".into()));
+            return;
+        }
+        match (&self.phase, self.handle.clone()) {
+            // Asked again (a retried step of the same migration).
+            (Phase::Suspended, Some(handle)) if self.moving.as_deref() == Some(&migration_id) => {
+                let _ = reply.send(Ok(ready(handle, None)));
             }
+            (Phase::Running, Some(handle)) => {
+                if let Err(e) = self.mark_moving(&migration_id) {
+                    let _ = reply.send(Err(e));
+                    return;
+                }
+                if !stop {
+                    let _ = reply.send(Ok(ready(handle, None)));
+                    return;
+                }
+                tracing::info!(alloc = %self.alloc_id, migration = %migration_id, "stopping to move out");
+                self.phase = Phase::Suspending;
+                self.suspend_reply = Some(reply);
+                let run = self.next_run();
+                let (driver, grace) = (self.driver.clone(), self.stop_grace);
+                spawn_task(
+                    myself,
+                    async move { driver.stop(&handle, grace).await.map_err(|e| e.to_string()) },
+                    move |result| WorkloadMsg::Suspended { run, result },
+                );
+            }
+            (phase, _) => {
+                let _ = reply.send(Err(format!(
+                    "the workload is not running here ({phase:?})"
+                )));
+            }
+        }
+    }
+
+    fn on_suspended(&mut self, myself: &ActorRef<WorkloadMsg>, result: Result<ExitInfo, String>) {
+        let reply = self.suspend_reply.take();
+        match (result, self.handle.clone()) {
+            (Ok(exit), Some(handle)) => {
+                self.phase = Phase::Suspended;
+                if self.stop_requested {
+                    self.begin_stop(myself);
+                    if let Some(reply) = reply {
+                        let _ = reply.send(Err("the allocation is being stopped here".into()));
+                    }
+                    return;
+                }
+                if self.moving.is_none() {
+                    // Aborted while it stopped: run it here again.
+                    if let Some(reply) = reply {
+                        let _ = reply.send(Err("the migration was aborted".into()));
+                    }
+                    self.moving = Some(String::new());
+                    self.on_move_aborted(myself);
+                    return;
+                }
+                if let Some(reply) = reply {
+                    let _ = reply.send(Ok(MoveOutReady {
+                        handle,
+                        driver: self.driver.clone(),
+                        exit: Some(exit),
+                    }));
+                }
+            }
+            (result, _) => {
+                // It may still run: it stays this node's, as if never asked.
+                let message = match result {
+                    Err(e) => format!("cannot stop it to move: {e}"),
+                    Ok(_) => "stopped with no handle".to_string(),
+                };
+                self.phase = Phase::Finished;
+                self.report(AllocStatus::Failed, event::FAILED, message.clone(), None);
+                if let Some(reply) = reply {
+                    let _ = reply.send(Err(message));
+                }
+            }
+        }
+    }
+
+    /// The migration out ended without the allocation leaving: run here
+    /// again what was stopped or paused for it.
+    fn on_move_aborted(&mut self, myself: &ActorRef<WorkloadMsg>) {
+        let migration = self.moving.clone().unwrap_or_default();
+        self.clear_moving();
+        match (&self.phase, self.handle.clone()) {
+            (Phase::Suspended, _) => {
+                self.report(
+                    AllocStatus::Running,
+                    event::MOVE_ABORTED,
+                    format!("migration {migration} aborted: starting again here from its checkpoint"),
+                    None,
+                );
+                self.begin_start(myself, None);
+            }
+            (Phase::Running, Some(handle)) => {
+                self.report(
+                    AllocStatus::Running,
+                    event::MOVE_ABORTED,
+                    format!("migration {migration} aborted: running on here"),
+                    None,
+                );
+                let driver = self.driver.clone();
+                let alloc = self.alloc_id.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = driver.cancel_out(&handle).await {
+                        tracing::warn!(%alloc, error = %e, "cannot cancel the move out");
+                    }
+                });
+            }
+            // A stop in flight for the move: its answer finds the mark gone
+            // and the next confirm starts it again.
+            _ => {}
         }
     }
 
@@ -412,6 +635,12 @@ impl WorkloadActorState {
                     None,
                 );
                 self.begin_wait(myself, handle);
+                return;
+            }
+            Ok(WorkloadState::Exited(_)) if self.moving.is_some() => {
+                // Stopped for a move before the agent restarted: the next
+                // confirm says whether the move went on or was aborted.
+                self.phase = Phase::Suspended;
                 return;
             }
             Ok(WorkloadState::Exited(exit)) => exit,

@@ -1,4 +1,4 @@
-//! `herd alloc list|status|logs`.
+//! `herd alloc list|status|logs|migrate`.
 
 use clap::Subcommand;
 use herd_api::client::{ClientError, HerdClient};
@@ -45,6 +45,9 @@ pub enum AllocCommand {
         #[arg(long)]
         tail: Option<u64>,
     },
+    /// Move a running allocation, keeping its id, to another node while it
+    /// runs (VMs, simulated VMs, DL jobs; exec work cannot move live).
+    Migrate(super::migration::MigrateArgs),
 }
 
 fn alloc_json(a: &pb::Alloc) -> serde_json::Value {
@@ -103,6 +106,7 @@ pub async fn run(ctx: &Context, command: AllocCommand) -> Result<(), CliError> {
             stderr,
             tail,
         } => logs(&client, id, follow, stderr, tail).await?,
+        AllocCommand::Migrate(args) => super::migration::migrate(ctx, &client, args).await?,
         AllocCommand::Status { id, stale } => {
             let alloc = client
                 .call(|ch| {

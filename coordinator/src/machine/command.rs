@@ -182,6 +182,25 @@ pub enum Command {
         #[serde(with = "crate::machine::json_codec")]
         drivers: Option<herd_api::capabilities::NodeDrivers>,
     },
+    /// Sets (or replaces) a group's GPU power budget (`herd power budget
+    /// set`); the nodes' PowerGovernors enforce it through their shares.
+    SetPowerBudget {
+        /// `cluster` or a node label `key=value`.
+        group: String,
+        /// Watts the group's GPUs may draw together.
+        watts: u64,
+        /// First threshold, thousandths of `watts`.
+        cap_permille: u32,
+        /// Second threshold, thousandths of `watts`.
+        hard_permille: u32,
+        /// Leader's clock, ms since the epoch.
+        now_ms: u64,
+    },
+    /// Removes a group's GPU power budget (`herd power budget remove`).
+    RemovePowerBudget {
+        /// The group, as set.
+        group: String,
+    },
 }
 
 impl Command {
@@ -207,12 +226,14 @@ impl Command {
             | Command::StartMigration { now_ms, .. }
             | Command::AdvanceMigration { now_ms, .. }
             | Command::SwitchMigration { now_ms, .. }
-            | Command::AbortMigration { now_ms, .. } => *now_ms = now,
+            | Command::AbortMigration { now_ms, .. }
+            | Command::SetPowerBudget { now_ms, .. } => *now_ms = now,
             Command::Fenced { command, .. } => command.stamp(now),
             Command::InitCluster { .. }
             | Command::PutVariable { .. }
             | Command::SetNodeEligibility { .. }
-            | Command::SetNodeDrivers { .. } => {}
+            | Command::SetNodeDrivers { .. }
+            | Command::RemovePowerBudget { .. } => {}
         }
     }
 
@@ -236,6 +257,8 @@ impl Command {
             Command::SwitchMigration { .. } => "switch_migration",
             Command::AbortMigration { .. } => "abort_migration",
             Command::SetNodeDrivers { .. } => "set_node_drivers",
+            Command::SetPowerBudget { .. } => "set_power_budget",
+            Command::RemovePowerBudget { .. } => "remove_power_budget",
         }
     }
 }
@@ -294,6 +317,11 @@ pub enum CommandResult {
         /// Its phase now.
         phase: MigrationPhase,
     },
+    /// A group's power budget was set or removed.
+    PowerBudgetUpdated {
+        /// The group, as stored.
+        group: String,
+    },
 }
 
 /// Why `apply` refused a command. Nothing is ever half-applied.
@@ -337,4 +365,8 @@ pub enum Rejection {
     /// names what and where).
     #[error("migration refused: {0}")]
     Migration(String),
+    /// A power budget that cannot be set or removed as asked (the reason
+    /// names the field and what is wrong).
+    #[error("power budget refused: {0}")]
+    PowerBudget(String),
 }

@@ -15,8 +15,9 @@ use herd_api::node::{NodeInfo, NodeStatus};
 use herd_api::proto::agent::agent_server::Agent;
 use herd_api::proto::agent::{
     AllocReport, AssignedAllocation, AssignedAllocations, HeartbeatReply, HeartbeatRequest,
-    MalformedReport, RegisterNodeReply, RegisterNodeRequest, ReportAllocationsReply,
-    ReportAllocationsRequest, WatchAllocationsRequest,
+    MalformedReport, MigrationReportReply, MigrationReportRequest, RegisterNodeReply,
+    RegisterNodeRequest, ReportAllocationsReply, ReportAllocationsRequest,
+    WatchAllocationsRequest,
 };
 use herd_api::resources::Resources;
 use tokio::sync::broadcast::{self, error::RecvError};
@@ -24,10 +25,12 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use super::migration_report::{decide, read_report, reply_for, Decision};
+use super::migrations::{applied, refused};
 use crate::coordinator::{Coordinator, ReadConsistency};
-use crate::error;
+use crate::error::{self, CoordinatorError};
 use crate::machine::apply::alloc::MAX_UPDATES;
-use crate::machine::command::{Command, CommandResult};
+use crate::machine::command::{Command, CommandResult, Rejection};
 use crate::state::assignments::{assigned_to, interest_of};
 use crate::state::changes::{Changed, NodeInterest};
 
@@ -200,18 +203,24 @@ impl Agent for AgentService {
                 ),
             ));
         }
-        let status = self
-            .coordinator
-            .read_state(|state| state.nodes.get(&request.name).map(|n| n.status));
+        // The node's share of the power budgets covering it, from the
+        // replicated state alone: every leader sends the same.
+        let (status, share) = self.coordinator.read_state(|state| {
+            (
+                state.nodes.get(&request.name).map(|n| n.status),
+                crate::power::share::share_of(state, &request.name),
+            )
+        });
         let now = Instant::now();
         let liveness = self.coordinator.liveness();
         liveness.heartbeat(&request.name, now);
         if let Some(usage) = request.usage {
-            liveness.record_usage(&request.name, usage, now);
+            liveness.record_usage(&request.name, crate::power::report::bound_usage(usage), now);
         }
         Ok(Response::new(HeartbeatReply {
             ttl_ms: self.coordinator.liveness().ttl().as_millis() as u64,
             reregister: matches!(status, None | Some(NodeStatus::Down)),
+            power: share.as_ref().map(Into::into),
         }))
     }
 
@@ -255,11 +264,45 @@ impl Agent for AgentService {
 
     async fn report_migration(
         &self,
-        _request: Request<herd_api::proto::agent::MigrationReportRequest>,
-    ) -> Result<Response<herd_api::proto::agent::MigrationReportReply>, Status> {
-        Err(Status::unimplemented(
-            "migration reports are not served yet",
-        ))
+        request: Request<MigrationReportRequest>,
+    ) -> Result<Response<MigrationReportReply>, Status> {
+        let report = read_report(request.into_inner())?;
+        // The migration may have started an instant ago on another member.
+        self.coordinator
+            .read_barrier(ReadConsistency::Linearizable)
+            .await?;
+        let command = match self.coordinator.read_state(|s| decide(s, &report)) {
+            Decision::Answer(reply) => return Ok(Response::new(reply)),
+            Decision::Refuse(status) => return Err(status),
+            Decision::Propose(command) => command,
+        };
+        let written = match self.coordinator.write(*command).await {
+            Ok(written) => written,
+            Err(CoordinatorError::Rejected(Rejection::Migration(why))) => {
+                // The state moved between the decision and apply (the
+                // leader aborted it, a retry raced): answer as it is now.
+                self.coordinator
+                    .read_barrier(ReadConsistency::Linearizable)
+                    .await?;
+                return match self.coordinator.read_state(|s| decide(s, &report)) {
+                    Decision::Answer(reply) => Ok(Response::new(reply)),
+                    Decision::Refuse(status) => Err(status),
+                    Decision::Propose(_) => Err(refused(
+                        tonic::Code::FailedPrecondition,
+                        herd_api::retry::Reason::Rejected,
+                        why,
+                    )),
+                };
+            }
+            Err(e) => return Err(e.into()),
+        };
+        applied(&self.coordinator, written.log_index).await?;
+        self.coordinator
+            .read_state(|s| s.migrations.get(&report.id).map(|m| reply_for(s, m)))
+            .map(Response::new)
+            .ok_or_else(|| {
+                error::internal(format!("migration {} vanished once written", report.id))
+            })
     }
 
     async fn report_allocations(

@@ -5,7 +5,10 @@ mod allocs;
 mod cluster;
 mod internal;
 mod jobs;
+mod migration_report;
+mod migrations;
 mod nodes;
+mod power;
 mod variables;
 
 use std::sync::Arc;
@@ -15,7 +18,9 @@ use herd_api::proto::internal::internal_server::InternalServer;
 use herd_api::proto::v1::allocs_server::AllocsServer;
 use herd_api::proto::v1::cluster_server::ClusterServer;
 use herd_api::proto::v1::jobs_server::JobsServer;
+use herd_api::proto::v1::migrations_server::MigrationsServer;
 use herd_api::proto::v1::nodes_server::NodesServer;
+use herd_api::proto::v1::power_server::PowerServer;
 use herd_api::proto::v1::variables_server::VariablesServer;
 use herd_consensus::codec::MAX_DECODED_BYTES;
 use tonic::transport::server::Router;
@@ -57,6 +62,14 @@ pub fn router(coordinator: Arc<Coordinator>) -> Router {
         )
         .add_service(
             AllocsServer::new(allocs::AllocsService::new(coordinator.clone()))
+                .max_decoding_message_size(MAX_CLIENT_MESSAGE),
+        )
+        .add_service(
+            MigrationsServer::new(migrations::MigrationsService::new(coordinator.clone()))
+                .max_decoding_message_size(MAX_CLIENT_MESSAGE),
+        )
+        .add_service(
+            PowerServer::new(power::PowerService::new(coordinator.clone()))
                 .max_decoding_message_size(MAX_CLIENT_MESSAGE),
         )
         .add_service(

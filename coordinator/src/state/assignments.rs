@@ -18,15 +18,24 @@
 use std::collections::HashMap;
 
 use herd_api::alloc::{AllocDesired, Allocation};
-use herd_api::proto::agent::AssignedAllocation;
+use herd_api::migration::Migration;
+use herd_api::proto::agent::{AssignedAllocation, MigrationAssignment};
 
 use crate::state::changes::NodeInterest;
-use crate::state::ClusterState;
+use crate::state::{ClusterState, Job};
 
 /// The allocations `node` should run, as its agent receives them.
+///
+/// An allocation that moves (a migration in flight, not ended) is listed
+/// on both of its nodes, each told its part ([`MigrationAssignment`]): on
+/// the source as it runs, on the target with the generation the
+/// switch-over will give it, to be readied but not run. An ended migration
+/// adds nothing: after a switch-over the allocation is the target's own,
+/// after an abort the source's.
 pub fn assigned_to(state: &ClusterState, node: &str) -> Vec<AssignedAllocation> {
+    let moving = migrations_of(state, node);
     let mut oldest_live: HashMap<&str, HashMap<u32, u64>> = HashMap::new();
-    state
+    let mut assigned: Vec<AssignedAllocation> = state
         .allocs_on_node(node)
         .filter(|a| a.desired == AllocDesired::Run && !a.status.is_terminal())
         .filter_map(|a| {
@@ -42,32 +51,106 @@ pub fn assigned_to(state: &ClusterState, node: &str) -> Vec<AssignedAllocation> 
                     return None;
                 }
             }
-            let mut env: HashMap<String, String> = [
-                ("HERD_ALLOC_INSTANCE", a.instance.to_string()),
-                ("HERD_JOB_VERSION", a.job_version.to_string()),
-                ("HERD_JOB_COUNT", job.spec.count.to_string()),
-                ("HERD_NODE", node.to_string()),
-            ]
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v))
-            .collect();
-            if job.spec.placement.gang {
-                env.extend(gang_env(state, a));
-            }
-            Some(AssignedAllocation {
-                id: a.id.clone(),
-                generation: a.generation,
-                job: a.job.clone(),
-                job_type: job.spec.job_type.as_str().to_string(),
-                task: Some((&job.spec.task).into()),
-                env,
-                stop_after_disconnect_ms: herd_api::duration::to_wire_ms(
-                    job.spec.stop_after_disconnect,
-                ),
-                migration: None,
-            })
+            let migration = moving
+                .iter()
+                .find(|m| m.alloc_id == a.id && m.source == node)
+                .map(|m| migration_assignment(state, m, node));
+            Some(assignment(state, job, a, node, a.generation, migration))
         })
+        .collect();
+    // Incoming: allocations of other nodes that move here.
+    for m in moving.iter().filter(|m| m.target == node) {
+        let Some(a) = state.allocations.get(&m.alloc_id) else {
+            continue;
+        };
+        if a.node != m.source || a.desired != AllocDesired::Run || a.status.is_terminal() {
+            continue;
+        }
+        let Some(job) = state
+            .jobs
+            .get(&a.job)
+            .filter(|j| j.version == a.job_version)
+        else {
+            continue;
+        };
+        let migration = Some(migration_assignment(state, m, node));
+        assigned.push(assignment(
+            state,
+            job,
+            a,
+            node,
+            m.from_generation + 1,
+            migration,
+        ));
+    }
+    assigned
+}
+
+/// The migrations in flight that `node` takes part in, as source or target.
+fn migrations_of<'s>(state: &'s ClusterState, node: &str) -> Vec<&'s Migration> {
+    state
+        .migrations
+        .values()
+        .filter(|m| m.is_active() && (m.source == node || m.target == node))
         .collect()
+}
+
+/// `node`'s part in migration `m`, with the other node's agent address.
+fn migration_assignment(state: &ClusterState, m: &Migration, node: &str) -> MigrationAssignment {
+    let (role, peer) = if m.source == node {
+        ("source", &m.target)
+    } else {
+        ("target", &m.source)
+    };
+    MigrationAssignment {
+        id: m.id.clone(),
+        role: role.to_string(),
+        peer_node: peer.clone(),
+        peer_addr: state
+            .nodes
+            .get(peer)
+            .map(|n| n.addr.clone())
+            .unwrap_or_default(),
+        phase: m.phase.as_str().to_string(),
+        kind: m.kind.clone(),
+        downtime_limit_ms: m.downtime_limit_ms,
+        bandwidth_bytes_per_sec: m.bandwidth_bytes_per_sec.unwrap_or(0),
+        from_generation: m.from_generation,
+        phase_deadline_ms: m.phase_deadline_ms,
+    }
+}
+
+/// Allocation `a` of `job` as `node`'s agent is told it, at `generation`.
+fn assignment(
+    state: &ClusterState,
+    job: &Job,
+    a: &Allocation,
+    node: &str,
+    generation: u64,
+    migration: Option<MigrationAssignment>,
+) -> AssignedAllocation {
+    let mut env: HashMap<String, String> = [
+        ("HERD_ALLOC_INSTANCE", a.instance.to_string()),
+        ("HERD_JOB_VERSION", a.job_version.to_string()),
+        ("HERD_JOB_COUNT", job.spec.count.to_string()),
+        ("HERD_NODE", node.to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    if job.spec.placement.gang {
+        env.extend(gang_env(state, a));
+    }
+    AssignedAllocation {
+        id: a.id.clone(),
+        generation,
+        job: a.job.clone(),
+        job_type: job.spec.job_type.as_str().to_string(),
+        task: Some((&job.spec.task).into()),
+        env,
+        stop_after_disconnect_ms: herd_api::duration::to_wire_ms(job.spec.stop_after_disconnect),
+        migration,
+    }
 }
 
 /// What [`assigned_to`] reads for `node`: its watch stream recomputes the
@@ -84,6 +167,17 @@ pub fn interest_of(state: &ClusterState, node: &str) -> NodeInterest {
                 .get(&alloc.job)
                 .is_some_and(|job| job.spec.placement.gang);
         }
+    }
+    // A migration's record (its phase, its end) touches both of its nodes;
+    // the set also reads an incoming allocation's job and the peer's address.
+    for m in migrations_of(state, node) {
+        interest.jobs.insert(m.job.clone());
+        let peer = if m.source == node {
+            &m.target
+        } else {
+            &m.source
+        };
+        interest.peers.insert(peer.clone());
     }
     interest
 }
@@ -257,6 +351,190 @@ mod tests {
         let (_, to, _) = drain_and_replace(&mut state, index, "web");
         assert_eq!(ids(&assigned_to(&state, &to)), vec!["web"]);
     }
+    /// A running simvm `vm` on one of n1, n2 (both able to move it live)
+    /// and a migration of it to the other; returns the state, the
+    /// allocation, the migration id, the target and the next free index.
+    fn moving() -> (ClusterState, Allocation, String, String, u64) {
+        use herd_api::capabilities::{DriverCaps, MigrationMode};
+        let mut state = ClusterState::default();
+        let mut vm = spec("vm", JobType::Service, 1);
+        vm.task.driver = "simvm".into();
+        let mut index = place(&mut state, &["n1", "n2"], vec![vm], 1_000);
+        for node in ["n1", "n2"] {
+            let caps = DriverCaps {
+                migration: MigrationMode::LivePreCopy,
+                pause: true,
+                power_cap: false,
+            };
+            run(
+                &mut state,
+                index,
+                Command::SetNodeDrivers {
+                    node: node.into(),
+                    drivers: Some([("simvm".to_string(), caps)].into()),
+                },
+            );
+            index += 1;
+        }
+        let (_, alloc) = running_copy(&state, "vm");
+        observe(&mut state, index, &alloc, AllocStatus::Running);
+        let target = if alloc.node == "n1" { "n2" } else { "n1" };
+        let (result, _) = run(
+            &mut state,
+            index + 1,
+            Command::StartMigration {
+                alloc_id: alloc.id.clone(),
+                target: target.into(),
+                downtime_limit_ms: 250,
+                bandwidth_bytes_per_sec: Some(1 << 30),
+                now_ms: 2_000,
+            },
+        );
+        let crate::machine::command::CommandResult::MigrationUpdated { id, .. } = result else {
+            panic!("not started: {result:?}");
+        };
+        let alloc = state.allocations[&alloc.id].clone();
+        (state, alloc, id, target.to_string(), index + 2)
+    }
+
+    #[test]
+    fn both_nodes_of_a_migration_are_told_their_part_until_it_ends() {
+        let (mut state, alloc, id, target, index) = moving();
+        let source = alloc.node.clone();
+        let on_source = assigned_to(&state, &source);
+        assert_eq!(on_source.len(), 1);
+        let outgoing = on_source[0].migration.clone().expect("the source's part");
+        assert_eq!(on_source[0].generation, alloc.generation);
+        assert_eq!(
+            (
+                outgoing.id.as_str(),
+                outgoing.role.as_str(),
+                outgoing.peer_node.as_str()
+            ),
+            (id.as_str(), "source", target.as_str())
+        );
+        assert_eq!(outgoing.peer_addr, state.nodes[&target].addr);
+        assert_eq!(
+            (outgoing.phase.as_str(), outgoing.kind.as_str()),
+            ("planned", "simvm")
+        );
+        assert_eq!(
+            (outgoing.downtime_limit_ms, outgoing.bandwidth_bytes_per_sec),
+            (250, 1 << 30)
+        );
+
+        let on_target = assigned_to(&state, &target);
+        assert_eq!(on_target.len(), 1, "the target readies the same allocation");
+        let incoming = &on_target[0];
+        assert_eq!(incoming.id, alloc.id);
+        assert_eq!(incoming.generation, alloc.generation + 1);
+        assert_eq!(incoming.env["HERD_NODE"], target);
+        assert_eq!(
+            incoming.env["HERD_ALLOC_INSTANCE"],
+            on_source[0].env["HERD_ALLOC_INSTANCE"]
+        );
+        assert_eq!(incoming.task, on_source[0].task);
+        let part = incoming.migration.clone().expect("the target's part");
+        assert_eq!(
+            (
+                part.role.as_str(),
+                part.peer_node.as_str(),
+                part.from_generation
+            ),
+            ("target", source.as_str(), alloc.generation)
+        );
+
+        // Aborted: the source keeps running it, the target has nothing.
+        let mut aborted = state.clone();
+        run(
+            &mut aborted,
+            index,
+            Command::AbortMigration {
+                id: id.clone(),
+                reason: "test".into(),
+                now_ms: 2_100,
+            },
+        );
+        let kept = assigned_to(&aborted, &source);
+        assert_eq!(kept.len(), 1);
+        assert_eq!(
+            (kept[0].migration.as_ref(), kept[0].generation),
+            (None, alloc.generation)
+        );
+        assert!(assigned_to(&aborted, &target).is_empty());
+
+        // Switched over: the target runs it, one generation up; the source
+        // has nothing.
+        for (i, phase) in [
+            herd_api::migration::MigrationPhase::Preparing,
+            herd_api::migration::MigrationPhase::Transferring,
+            herd_api::migration::MigrationPhase::Switching,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            run(
+                &mut state,
+                index + i as u64,
+                Command::AdvanceMigration {
+                    id: id.clone(),
+                    phase,
+                    bytes: 1,
+                    rounds: 1,
+                    now_ms: 2_100,
+                },
+            );
+        }
+        let phase = assigned_to(&state, &target)[0]
+            .migration
+            .clone()
+            .map(|m| m.phase);
+        assert_eq!(phase.as_deref(), Some("switching"));
+        run(
+            &mut state,
+            index + 3,
+            Command::SwitchMigration {
+                id,
+                downtime_ms: 3,
+                now_ms: 2_200,
+            },
+        );
+        assert!(assigned_to(&state, &source).is_empty());
+        let owned = assigned_to(&state, &target);
+        assert_eq!(owned.len(), 1);
+        assert_eq!(
+            (owned[0].migration.as_ref(), owned[0].generation),
+            (None, alloc.generation + 1)
+        );
+    }
+
+    #[test]
+    fn a_migration_concerns_both_of_its_nodes_watch_streams() {
+        use crate::machine::apply::apply;
+        use crate::state::{ChangeLog, Changed};
+        let (mut state, alloc, id, target, index) = moving();
+        let interest = interest_of(&state, &target);
+        assert!(interest.jobs.contains("vm"), "{interest:?}");
+        assert!(interest.peers.contains(&alloc.node), "{interest:?}");
+        for (i, node) in [alloc.node.clone(), target.clone()].into_iter().enumerate() {
+            let interest = interest_of(&state, &node);
+            let (mut ops, mut touched) = (Vec::new(), Changed::default());
+            apply(
+                &mut state,
+                index + i as u64,
+                Command::AdvanceMigration {
+                    id: id.clone(),
+                    phase: herd_api::migration::MigrationPhase::Preparing,
+                    bytes: 1 + i as u64,
+                    rounds: 1,
+                    now_ms: 2_100,
+                },
+                &mut ChangeLog::recording(&mut ops, &mut touched),
+            );
+            assert!(touched.concerns(&interest), "{node}: {touched:?}");
+        }
+    }
+
     #[test]
     fn a_change_to_what_a_nodes_set_reads_concerns_that_node_only() {
         use crate::machine::apply::apply;

@@ -66,6 +66,7 @@ impl Changed {
             || self.nodes.contains(&interest.node)
             || self.alloc_nodes.contains(&interest.node)
             || (interest.other_nodes && !self.nodes.is_empty())
+            || interest.peers.iter().any(|peer| self.nodes.contains(peer))
             || interest
                 .jobs
                 .iter()
@@ -85,6 +86,9 @@ pub struct NodeInterest {
     /// Whether other nodes' records matter too (a gang member is told
     /// every member's host).
     pub other_nodes: bool,
+    /// Other nodes whose record matters: the peers of the migrations the
+    /// node takes part in (it is told their agent's address).
+    pub peers: BTreeSet<String>,
 }
 
 /// Where apply publishes what it changed; loops subscribe.
@@ -133,6 +137,7 @@ mod tests {
             node: node.into(),
             jobs: jobs.iter().map(|j| j.to_string()).collect(),
             other_nodes,
+            peers: BTreeSet::new(),
         }
     }
 
@@ -169,6 +174,10 @@ mod tests {
         // A gang member on n3 is told n1's host.
         assert!(record.concerns(&interest("n3", &["train"], true)));
         assert!(Changed::everything(1).concerns(&interest("n3", &[], false)));
+        // A migration's peer re-registered at another address.
+        let mut moving = interest("n4", &[], false);
+        moving.peers.insert("n1".into());
+        assert!(record.concerns(&moving));
     }
 
     #[tokio::test]

@@ -2,7 +2,8 @@
 //!
 //! Keys: `cluster_id`, `node/<name>`, `job/<name>`, `var/<key>`, `alloc/<id>`,
 //! `drain/<node>` (a drain's deadline, ms since the epoch), `drivers/<node>`
-//! (what the node's drivers allow, JSON inside the record). Values are a
+//! (what the node's drivers allow, JSON inside the record), `power/<group>`
+//! (a group's GPU power budget, JSON inside the record). Values are a
 //! format byte followed by bincode, so a later release can tell old records
 //! from new ones.
 //!
@@ -43,6 +44,9 @@ pub enum Record<'a> {
     /// (JSON inside the record, so that capability fields added later can
     /// default; absent: the agent did not say).
     NodeDrivers(&'a str),
+    /// A group's GPU power budget, by group (JSON inside the record, so
+    /// that later fields can default).
+    PowerBudget(&'a str),
 }
 
 impl Record<'_> {
@@ -57,6 +61,7 @@ impl Record<'_> {
             Record::DrainDeadline(node) => format!("drain/{node}").into_bytes(),
             Record::Migration(id) => format!("migration/{id}").into_bytes(),
             Record::NodeDrivers(node) => format!("drivers/{node}").into_bytes(),
+            Record::PowerBudget(group) => format!("power/{group}").into_bytes(),
         }
     }
 
@@ -96,6 +101,11 @@ impl Record<'_> {
                 .node_drivers
                 .get(*node)
                 .and_then(|d| serde_json::to_vec(d).ok())
+                .and_then(|json| herd_consensus::codec::encode(&json).ok()),
+            Record::PowerBudget(group) => state
+                .power_budgets
+                .get(*group)
+                .and_then(|b| serde_json::to_vec(b).ok())
                 .and_then(|json| herd_consensus::codec::encode(&json).ok()),
         }?;
         let mut value = Vec::with_capacity(body.len() + 1);
@@ -150,6 +160,11 @@ pub(super) fn load_pair(state: &mut ClusterState, key: &[u8], value: &[u8]) -> R
         let drivers = serde_json::from_slice(&json)
             .map_err(|e| format!("record {key}: node drivers: {e}"))?;
         state.node_drivers.insert(node.to_string(), drivers);
+    } else if let Some(group) = key.strip_prefix("power/") {
+        let json: Vec<u8> = decode(key, value)?;
+        let budget = serde_json::from_slice(&json)
+            .map_err(|e| format!("record {key}: power budget: {e}"))?;
+        state.power_budgets.insert(group.to_string(), budget);
     } else if let Some(name) = key.strip_prefix("var/") {
         state
             .variables
@@ -278,5 +293,24 @@ mod tests {
         let unknown = r#"{"vm":{"migration":"teleport","pause":true,"power_cap":false}}"#;
         let e = load_pair(&mut read, b"drivers/n1", &record(unknown)).expect_err("unknown");
         assert!(e.contains("drivers/n1"), "{e}");
+    }
+
+    #[test]
+    fn power_budget_records_round_trip() {
+        let mut state = ClusterState::default();
+        state.power_budgets.insert(
+            "rack=r1".into(),
+            crate::power::PowerBudget {
+                watts: 40_000,
+                cap_permille: 900,
+                hard_permille: 970,
+                set_at_ms: 7,
+                modify_index: 3,
+            },
+        );
+        let pairs = state.to_pairs();
+        assert_eq!(pairs.len(), 1);
+        assert_eq!(pairs[0].0, b"power/rack=r1");
+        assert_eq!(ClusterState::from_pairs(pairs).expect("reads"), state);
     }
 }

@@ -107,6 +107,9 @@ pub struct ClusterState {
     /// registered through an agent too old to say (its capabilities are
     /// unknown). Read it through [`ClusterState::driver_capabilities`].
     pub node_drivers: BTreeMap<String, herd_api::capabilities::NodeDrivers>,
+    /// GPU power budgets by group (`cluster` or a node label `key=value`,
+    /// as `herd_api::power::PowerGroup` prints it).
+    pub power_budgets: BTreeMap<String, crate::power::PowerBudget>,
     /// Allocation ids by job and by node (derived, not persisted).
     alloc_index: AllocIndex,
 }
@@ -157,6 +160,8 @@ impl<'a> ChangeLog<'a> {
             Record::NodeDrivers(name) => {
                 touched.nodes.insert(name.to_string());
             }
+            // Budgets are read at every heartbeat; no loop waits on them.
+            Record::PowerBudget(_) => {}
             Record::Migration(id) => {
                 // A migration reserves room on its target and fences its
                 // allocation: both nodes' views and the scheduler care.
@@ -317,6 +322,9 @@ impl ClusterState {
         }
         for node in self.node_drivers.keys() {
             log.put(Record::NodeDrivers(node), self);
+        }
+        for group in self.power_budgets.keys() {
+            log.put(Record::PowerBudget(group), self);
         }
         ops.into_iter()
             .filter_map(|op| match op {

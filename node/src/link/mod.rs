@@ -19,8 +19,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use herd_actors::driver::Driver;
+use herd_actors::power::{GovernorStatus, NodeShare, PowerMsg};
 use herd_actors::resources::{HostReport, Reserved, ResourceMsg};
 use herd_actors::workload::{AllocReport, DesiredAlloc, SupervisorMsg};
+
+use crate::migrate::manager::MigrationMsg;
 use herd_api::alloc::AllocStatus;
 use herd_api::capabilities::NodeDrivers;
 use herd_api::client::{Connector, HerdClient, Repeat};
@@ -30,7 +33,9 @@ use herd_api::proto::agent::agent_client::AgentClient;
 use herd_api::proto::agent::{
     AssignedAllocation, AssignedAllocations, HeartbeatReply, HeartbeatRequest, RegisterNodeRequest,
 };
-use herd_api::proto::v1::NodeUsage;
+use herd_api::power::Thresholds;
+use herd_api::proto::agent::PowerShare;
+use herd_api::proto::v1::{GpuPower, NodeUsage, PowerEvent};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::{mpsc, Mutex};
 use tokio::task::JoinHandle;
@@ -77,10 +82,16 @@ pub struct LinkArgs {
     pub advertise: String,
     /// How to reach the coordinators; `None`: TCP.
     pub connector: Option<Connector>,
-    /// The workload supervisor, fed with assignments.
+    /// The workload supervisor, fed with assignments (through `migrations`).
     pub supervisor: ActorRef<SupervisorMsg>,
+    /// The migration manager, which acts on an assignment set's migrations
+    /// and passes the set on to the supervisor.
+    pub migrations: ActorRef<MigrationMsg>,
     /// The resource monitor, asked for figures at every heartbeat.
     pub monitor: ActorRef<ResourceMsg>,
+    /// The power governor: given the power share each heartbeat reply
+    /// carries, asked for its GPUs' power figures at every heartbeat.
+    pub governor: ActorRef<PowerMsg>,
     /// Reports from the supervisor, delivered by the link.
     pub reports: Arc<Mutex<mpsc::UnboundedReceiver<AllocReport>>>,
     /// Sender of that channel, for reports the link makes itself.
@@ -252,6 +263,12 @@ impl Actor for CoordinatorLink {
                         state.last_contact = state.last_contact.max(sent);
                         state.ttl = Some(Duration::from_millis(reply.ttl_ms));
                         state.retune(&myself)?;
+                        // The governor checks the share and keeps it (and
+                        // the last one while no reply comes).
+                        let share = reply.power.map(share_from_proto);
+                        if let Err(e) = state.args.governor.cast(PowerMsg::SetShare(share)) {
+                            tracing::warn!(error = %e, "power governor unreachable; share not passed on");
+                        }
                     }
                     Err(e) => tracing::debug!(error = %e, "heartbeat failed; retrying"),
                 }
@@ -293,19 +310,21 @@ impl CoordinatorLink {
             .filter_map(|a| herd_api::duration::from_wire_ms(a.stop_after_disconnect_ms))
             .min();
         state.retune(myself)?;
-        let mut desired = Vec::with_capacity(assigned.allocs.len());
-        for alloc in assigned.allocs {
+        let mut allocs = Vec::with_capacity(assigned.allocs.len());
+        for mut alloc in assigned.allocs {
+            let migration = alloc.migration.take();
             match desired_from_proto(alloc) {
-                Ok(d) => desired.push(d),
+                Ok(d) => allocs.push((d, migration)),
                 Err(report) => {
                     let _ = state.args.report_tx.send(*report);
                 }
             }
         }
-        state
-            .args
-            .supervisor
-            .cast(SupervisorMsg::Reconcile(desired))?;
+        state.args.migrations.cast(MigrationMsg::Assigned {
+            allocs,
+            supervisor: state.args.supervisor.clone(),
+            client: state.client.clone(),
+        })?;
         Ok(())
     }
 }
@@ -394,6 +413,7 @@ fn desired_from_proto(alloc: AssignedAllocation) -> Result<DesiredAlloc, Box<All
         task,
         env: alloc.env.into_iter().collect(),
         stop_after_disconnect: herd_api::duration::from_wire_ms(alloc.stop_after_disconnect_ms),
+        moving_out: None,
     })
 }
 
@@ -441,8 +461,70 @@ async fn register(args: &LinkArgs, client: &HerdClient) -> Result<String, String
     .map(|reply| reply.into_inner().cluster_id)
 }
 
+/// The node's power share as the governor takes it.
+fn share_from_proto(share: PowerShare) -> NodeShare {
+    NodeShare {
+        watts: share.watts,
+        thresholds: Thresholds {
+            cap: share.cap_fraction,
+            hard: share.hard_fraction,
+            release: share.release_fraction,
+        },
+        group: share.group,
+    }
+}
+
+/// The GPUs' power figures and the governor's events for a heartbeat: the
+/// governor's (sampled every 50 ms while it holds a share) when it has
+/// them, else the monitor's.
+fn power_usage(report: &HostReport, governor: Option<GovernorStatus>) -> (Vec<GpuPower>, Vec<PowerEvent>) {
+    let governor = governor.unwrap_or(GovernorStatus {
+        share: None,
+        gpus: Vec::new(),
+        events: Vec::new(),
+        rounds: 0,
+    });
+    let gpus = if governor.gpus.is_empty() {
+        report
+            .gpus
+            .iter()
+            .map(|g| (g, false, String::new()))
+            .collect::<Vec<_>>()
+    } else {
+        governor
+            .gpus
+            .iter()
+            .map(|g| (&g.info, g.capped, g.class.as_str().to_string()))
+            .collect()
+    };
+    let gpus = gpus
+        .into_iter()
+        .map(|(g, capped, class)| GpuPower {
+            index: g.index,
+            draw_watts: g.power_draw_watts,
+            limit_watts: g.power_limit_watts,
+            min_watts: g.power_limit_min_watts,
+            max_watts: g.power_limit_max_watts,
+            capped,
+            class,
+        })
+        .collect();
+    let events = governor
+        .events
+        .into_iter()
+        .map(|e| PowerEvent {
+            at_ms: e.at_ms,
+            kind: e.kind,
+            detail: e.detail,
+        })
+        .collect();
+    (gpus, events)
+}
+
 async fn heartbeat(args: &LinkArgs, client: &HerdClient) -> Result<HeartbeatReply, String> {
     let report = host_report(args).await?;
+    let governor = ractor::call_t!(args.governor, PowerMsg::Status, 500).ok();
+    let (gpus, power_events) = power_usage(&report, governor);
     let running = ractor::call_t!(args.supervisor, SupervisorMsg::Snapshot, 1000)
         .map(|allocs| {
             allocs
@@ -459,7 +541,9 @@ async fn heartbeat(args: &LinkArgs, client: &HerdClient) -> Result<HeartbeatRepl
             disk_available_bytes: report.disk_available_bytes,
             running_allocs: running,
             gpus_simulated: report.gpus_simulated,
-            gpu_power_watts: report.gpus.iter().map(|g| g.power_draw_watts).sum(),
+            gpu_power_watts: gpus.iter().map(|g| g.draw_watts).sum(),
+            gpus,
+            power_events,
         }),
     };
     tokio::time::timeout(

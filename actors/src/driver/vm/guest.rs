@@ -94,7 +94,21 @@ pub struct GuestLoad {
     pub dirty_mib_per_sec: u32,
 }
 
+/// The kernel command-line word that turns on the guest's disk probe:
+/// `herd.disk=WORD` (in the VM's `append`). With it, and a virtio disk
+/// attached (`/dev/vda`), the guest writes `herd-disk:WORD` to the disk's
+/// first sector at boot, rewrites its second sector with a counter every
+/// tick, and adds to each tick line what the first sector reads back
+/// straight from the disk (`disk herd-disk:WORD`, its page cache dropped
+/// first): so a test sees that a disk moved with a VM holds what the guest
+/// wrote, and that the guest keeps writing to it across the move.
+pub const DISK_PROBE_ARG: &str = "herd.disk";
+
 /// The guest's `/init`: mount what busybox needs, then loop forever.
+///
+/// `/dev` is a devtmpfs mounted by the init itself: an initramfs gets no
+/// device nodes from the kernel (only `/dev/console`), and without
+/// `/dev/urandom` the dirtying `dd` would fail silently.
 fn init_script(load: GuestLoad) -> String {
     let GuestLoad {
         working_set_mib: ws,
@@ -105,19 +119,40 @@ fn init_script(load: GuestLoad) -> String {
          /bin/busybox --install -s /bin\n\
          mount -t proc proc /proc\n\
          mount -t sysfs sys /sys\n\
+         mount -t devtmpfs devtmpfs /dev\n\
          mount -t tmpfs -o size={tmpfs}m tmpfs /tmp\n\
          echo \"herd-guest: up, working set {ws} MiB, dirtying {rate} MiB/s\"\n\
+         disk=\n\
+         for word in $(cat /proc/cmdline); do\n\
+           case \"$word\" in {probe}=*) disk=\"${{word#{probe}=}}\" ;; esac\n\
+         done\n\
+         [ -b /dev/vda ] || disk=\n\
+         if [ -n \"$disk\" ]; then\n\
+           echo \"herd-disk:$disk\" | dd of=/dev/vda bs=512 count=1 conv=sync 2>/dev/null\n\
+           sync\n\
+           echo \"herd-guest: disk wrote herd-disk:$disk\"\n\
+         fi\n\
          dd if=/dev/zero of=/tmp/ws bs=1M count={ws} 2>/dev/null\n\
          offset=0\n\
+         n=0\n\
          while true; do\n\
            if [ {rate} -gt 0 ]; then\n\
              dd if=/dev/urandom of=/tmp/ws bs=1M count={rate} seek=$offset conv=notrunc 2>/dev/null\n\
              offset=$(( (offset + {rate}) % {ws} ))\n\
            fi\n\
-           echo \"herd-guest: tick $(cut -d' ' -f1 /proc/uptime)\"\n\
+           n=$((n + 1))\n\
+           line=\"herd-guest: tick $(cut -d' ' -f1 /proc/uptime)\"\n\
+           if [ -n \"$disk\" ]; then\n\
+             echo \"tick $n\" | dd of=/dev/vda bs=512 seek=1 count=1 conv=sync 2>/dev/null\n\
+             sync\n\
+             echo 3 > /proc/sys/vm/drop_caches\n\
+             line=\"$line disk $(dd if=/dev/vda bs=512 count=1 2>/dev/null | head -n 1)\"\n\
+           fi\n\
+           echo \"$line\"\n\
            sleep 1\n\
          done\n",
         tmpfs = ws + 8,
+        probe = DISK_PROBE_ARG,
     )
 }
 
@@ -213,6 +248,9 @@ mod tests {
         assert!(text.contains("init\0"));
         assert!(text.contains("#!/bin/busybox sh\n"));
         assert!(text.contains("count=4 seek=$offset"));
+        // Device nodes exist only once the init mounts them.
+        assert!(text.contains("mount -t devtmpfs devtmpfs /dev\n"));
+        assert!(text.contains("herd.disk=*) disk=\"${word#herd.disk=}\""));
         assert!(text.contains("TRAILER!!!\0"));
         // Every header is 110 bytes of ASCII hex after the magic.
         let header = &bytes[..110];

@@ -13,9 +13,11 @@
 //! Acceleration: KVM when `/dev/kvm` opens (`accel = "auto"`, the default),
 //! TCG otherwise; `accel = "tcg"` forces emulation where nested KVM
 //! misbehaves. Live migration (pre-copy through QMP `migrate` to a target
-//! started with `-incoming`) builds on this driver next.
+//! started with `-incoming defer -S`, the local disk mirrored over NBD) is
+//! in [`migrate`].
 
 pub mod guest;
+pub mod migrate;
 pub mod qemu;
 pub mod qmp;
 
@@ -29,6 +31,7 @@ use herd_api::vm::{Accel, VmSettings};
 use serde::{Deserialize, Serialize};
 
 use super::exec_backed::{ExecBacked, ExecCommand, ExecKind, Run};
+use super::live::{IncomingEndpoints, MoveLimits, MoveStats, ProgressSink};
 use super::{
     DriverCapabilities, DriverError, MigrationMode, WorkloadHandle, WorkloadSpec, WorkloadState,
 };
@@ -38,6 +41,18 @@ use qmp::Qmp;
 const IMG_TIMEOUT: Duration = Duration::from_secs(60);
 /// Most of the stop grace given to the guest to power itself down.
 const POWERDOWN_WAIT: Duration = Duration::from_secs(10);
+/// QEMU run states (`query-status`) of a VM whose guest is frozen with
+/// its memory kept: paused by `stop`, an incoming migration's target
+/// (`inmigrate`, then `paused` under `-S`), a source stopped for or after
+/// the switch-over (`finish-migrate`, `postmigrate`), before `cont`
+/// (`prelaunch`).
+const FROZEN: [&str; 5] = [
+    "paused",
+    "inmigrate",
+    "prelaunch",
+    "finish-migrate",
+    "postmigrate",
+];
 
 /// The `vm` kind of exec-backed workload: QEMU, plus its QMP socket.
 #[derive(Debug, Clone, Copy, Default)]
@@ -152,6 +167,39 @@ impl ExecKind for Vm {
         driver.command(handle, "cont").await
     }
 
+    /// Starts QEMU waiting for the VM (`-incoming defer -S`), its local
+    /// disk exported over NBD; see [`migrate`].
+    async fn prepare_incoming(
+        driver: &VmDriver,
+        spec: &WorkloadSpec,
+    ) -> Result<(WorkloadHandle, IncomingEndpoints), DriverError> {
+        migrate::prepare_incoming(driver, spec).await
+    }
+
+    /// Mirrors the local disk, then QMP `migrate`; see [`migrate`].
+    async fn migrate_out(
+        _driver: &VmDriver,
+        handle: &WorkloadHandle,
+        to: &IncomingEndpoints,
+        limits: &MoveLimits,
+        progress: ProgressSink<'_>,
+    ) -> Result<MoveStats, DriverError> {
+        migrate::migrate_out(handle, to, limits, progress).await
+    }
+
+    /// `migrate_cancel`, the mirror cancelled, the VM running again.
+    async fn cancel_out(_driver: &VmDriver, handle: &WorkloadHandle) -> Result<(), DriverError> {
+        migrate::cancel_out(handle).await
+    }
+
+    /// Waits for the incoming migration, stops the NBD server, `cont`.
+    async fn finish_incoming(
+        _driver: &VmDriver,
+        handle: &WorkloadHandle,
+    ) -> Result<(), DriverError> {
+        migrate::finish_incoming(handle).await
+    }
+
     fn settings(&self, task: &TaskSpec) -> Result<VmSettings, FieldError> {
         driver_settings::vm(task)
     }
@@ -245,15 +293,16 @@ impl ExecKind for Vm {
             .map_err(|e| e.to_string())
     }
 
-    /// QMP says whether the guest is paused. A VM still creating its socket
-    /// counts as running.
+    /// QMP says whether the guest is paused: by `stop`, or by a live
+    /// migration (a target waiting for it, a source that handed it over).
+    /// A VM still creating its socket counts as running.
     async fn running_state(&self, run: &Run<'_>) -> WorkloadState {
         let Ok(socket) = socket(run.handle) else {
             return WorkloadState::Running;
         };
         match Qmp::connect(&socket).await {
             Ok(mut qmp) => match qmp.status().await {
-                Ok(status) if status == "paused" => WorkloadState::Paused,
+                Ok(status) if FROZEN.contains(&status.as_str()) => WorkloadState::Paused,
                 _ => WorkloadState::Running,
             },
             Err(_) => WorkloadState::Running,
@@ -262,10 +311,15 @@ impl ExecKind for Vm {
 
     /// Asks the guest to power down and gives it up to half the grace (at
     /// most [`POWERDOWN_WAIT`]); a guest without ACPI handling ignores it,
-    /// and QEMU then quits cleanly on the SIGTERM the executor forwards.
+    /// and QEMU then quits cleanly on the SIGTERM the executor forwards. A
+    /// guest that does not run (paused, or a migration's source or target)
+    /// cannot act on the request, so none is made.
     async fn before_stop(&self, run: &Run<'_>, grace: Duration) -> Result<(), DriverError> {
         let started = Instant::now();
         if let Ok(mut qmp) = Qmp::connect(&socket(run.handle)?).await {
+            if qmp.status().await.map_or(true, |s| s != "running") {
+                return Ok(());
+            }
             let _ = qmp.execute("system_powerdown", None).await;
             let deadline = (grace / 2).min(POWERDOWN_WAIT);
             while started.elapsed() < deadline {

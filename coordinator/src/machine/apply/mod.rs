@@ -8,6 +8,7 @@ pub mod alloc;
 pub mod drain;
 pub mod migration;
 pub mod plan;
+pub mod power;
 
 use herd_api::node::NodeStatus;
 use herd_consensus::state_machine::EntryPosition;
@@ -308,6 +309,25 @@ pub fn apply(
             changes.put(Record::NodeDrivers(&node), state);
             CommandResult::NodeUpdated
         }
+        Command::SetPowerBudget {
+            group,
+            watts,
+            cap_permille,
+            hard_permille,
+            now_ms,
+        } => power::set_budget(
+            state,
+            index,
+            power::BudgetRequest {
+                group: &group,
+                watts,
+                cap_permille,
+                hard_permille,
+            },
+            now_ms,
+            changes,
+        ),
+        Command::RemovePowerBudget { group } => power::remove_budget(state, &group, changes),
     }
 }
 

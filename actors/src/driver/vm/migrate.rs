@@ -1,0 +1,641 @@
+//! Live migration of a QEMU VM between two agents, through QMP: QEMU moves
+//! the bytes, herd orchestrates it.
+//!
+//! **Target** ([`prepare_incoming`]): the VM's QEMU is started from the same
+//! spec as a normal start (same command line, same handle), plus
+//! `-incoming defer -S`. If the VM has a local disk (the fresh `disk_size`
+//! disk in the allocation directory, created empty with the same size), an
+//! NBD server on `127.0.0.1` exports it writable; then `migrate-incoming`
+//! listens on `tcp:127.0.0.1:0`, the port QEMU took read back from
+//! `query-migrate`. The endpoints say where: `main` (the migration stream),
+//! `nbd` and `nbd_export` (the disk).
+//!
+//! **Source** ([`migrate_out`]): `migrate-set-parameters` sets the downtime
+//! limit and the bandwidth cap, with `auto-converge` on; a local disk is
+//! mirrored first (`drive-mirror sync=full mode=existing` to the NBD
+//! export, at the same cap) until it is in sync (job `ready`); then
+//! `migrate` to `main`, followed every 100 ms through `query-migrate`. With
+//! a disk, `pause-before-switchover` is on: once QEMU has stopped the VM for
+//! the last pass, the mirror is cancelled (a ready mirror, cancelled, first
+//! copies what is still dirty: the target's disk is then an exact copy,
+//! taken with the VM stopped), and the migration goes on with
+//! `migrate-continue`. On `completed` the source is paused (`postmigrate`).
+//! Past the deadline, or on any error, the move is abandoned as
+//! [`cancel_out`] does, the VM running on here.
+//!
+//! **Abort** ([`cancel_out`], source): `migrate_cancel`, the mirror
+//! force-cancelled, then `cont` if the VM was left paused (a completed
+//! migration leaves it in `postmigrate`; QEMU itself restarts a VM whose
+//! migration was cancelled midway).
+//!
+//! **Switch** ([`finish_incoming`], target, after the switch-over
+//! committed): waits for the incoming migration to be `completed` (the VM
+//! paused, thanks to `-S`), stops the NBD server (its export holds the disk,
+//! and a guest resumed beside it gets a permission conflict), then `cont`.
+//! Order across the two: the source's mirror is cancelled before the
+//! source's migration completes, so before `migrate_out` returns and so
+//! before the target is finished; the source is stopped by the agent after
+//! the switch-over (QEMU quits; nothing more to cancel there).
+//!
+//! A VM that dirties memory faster than the link: QEMU keeps iterating, and
+//! with `auto-converge` it throttles the guest's vCPUs step by step until
+//! the rest fits the downtime limit; a move that still does not converge
+//! is cancelled at its deadline. A disk given by the user (`disk`, not
+//! `disk_size`) is not copied: it is taken to be shared storage, the same
+//! image at the same path on both nodes (QEMU opens it inactive on the
+//! target until the switch-over).
+//!
+//! One QMP client at a time: QEMU serves one connection on its QMP socket,
+//! so every step connects, asks, and disconnects, leaving room for
+//! [`cancel_out`] and the agent's state checks while a move runs.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use super::qmp::{Qmp, QmpError};
+use super::{qemu, socket, VmDriver};
+use crate::driver::live::{IncomingEndpoints, MoveLimits, MoveProgress, MoveStats, ProgressSink};
+use crate::driver::{Driver, DriverError, WorkloadHandle, WorkloadSpec, WorkloadState};
+
+/// The endpoint name, in [`IncomingEndpoints::extra`], of the target's NBD
+/// server (`HOST:PORT`) that receives the VM's local disk.
+pub const NBD_ENDPOINT: &str = "nbd";
+/// The endpoint name, in [`IncomingEndpoints::extra`], of the NBD export
+/// (the target's disk device) the source mirrors its disk into.
+pub const NBD_EXPORT: &str = "nbd_export";
+/// The address the target listens on. Loopback only for now: agents on
+/// other hosts need an advertised address (a node setting, not there yet).
+pub const LISTEN_HOST: &str = "127.0.0.1";
+
+/// The id of the disk mirror job on the source.
+const MIRROR_JOB: &str = "herd-mirror";
+/// How often a move in flight is looked at.
+const POLL: Duration = Duration::from_millis(100);
+/// How long QEMU may take to open its QMP socket after it started.
+const QMP_UP_WAIT: Duration = Duration::from_secs(30);
+/// How long a cancelled move may take to wind down, and a target to see
+/// the end of a migration its source completed.
+const SETTLE_WAIT: Duration = Duration::from_secs(30);
+/// The grace a half-prepared target gets when it is stopped.
+const TARGET_STOP_GRACE: Duration = Duration::from_secs(5);
+/// How many free ports are tried for the NBD server.
+const PORT_TRIES: usize = 5;
+/// QEMU's `max-bandwidth` when no cap is asked for (1 TiB/s: none).
+const UNCAPPED: u64 = 1 << 40;
+/// QEMU's largest `downtime-limit`, ms.
+const MAX_DOWNTIME_MS: u64 = 2_000_000;
+/// `query-migrate` states of a migration still under way.
+const ACTIVE: [&str; 7] = [
+    "setup",
+    "active",
+    "pre-switchover",
+    "device",
+    "wait-unplug",
+    "cancelling",
+    "postcopy-active",
+];
+
+/// One QEMU (source or target) as the move sees it: its QMP socket and
+/// directory, and errors that name its allocation.
+struct Machine<'a> {
+    alloc: &'a str,
+    socket: PathBuf,
+    /// Where the fresh disk lives (the socket's directory).
+    alloc_dir: PathBuf,
+}
+
+impl<'a> Machine<'a> {
+    fn of(handle: &'a WorkloadHandle) -> Result<Self, DriverError> {
+        let socket = socket(handle)?;
+        let alloc_dir =
+            socket
+                .parent()
+                .map(Path::to_path_buf)
+                .ok_or_else(|| DriverError::BadHandle {
+                    alloc: handle.alloc_id.clone(),
+                    message: format!("QMP socket {} has no directory", socket.display()),
+                })?;
+        Ok(Machine {
+            alloc: &handle.alloc_id,
+            socket,
+            alloc_dir,
+        })
+    }
+
+    fn error(&self, message: impl Into<String>) -> DriverError {
+        DriverError::Io {
+            alloc: self.alloc.to_string(),
+            message: message.into(),
+        }
+    }
+
+    fn qmp_error(&self, e: QmpError) -> DriverError {
+        self.error(e.to_string())
+    }
+
+    async fn connect(&self) -> Result<Qmp, DriverError> {
+        Qmp::connect(&self.socket)
+            .await
+            .map_err(|e| self.qmp_error(e))
+    }
+
+    /// Runs one command on a connection of its own.
+    async fn execute(&self, command: &str, arguments: Option<Value>) -> Result<Value, DriverError> {
+        self.connect()
+            .await?
+            .execute(command, arguments)
+            .await
+            .map_err(|e| self.qmp_error(e))
+    }
+
+    /// `query-migrate`'s `status` ("none" before any migration).
+    async fn migration(&self) -> Result<Value, DriverError> {
+        self.execute("query-migrate", None).await
+    }
+
+    /// The VM's run state (`query-status`).
+    async fn run_state(&self) -> Result<String, DriverError> {
+        self.connect()
+            .await?
+            .status()
+            .await
+            .map_err(|e| self.qmp_error(e))
+    }
+
+    /// The mirror job, when there is one (`query-jobs`).
+    async fn mirror(&self) -> Result<Option<Value>, DriverError> {
+        let jobs = self.execute("query-jobs", None).await?;
+        Ok(jobs
+            .as_array()
+            .and_then(|jobs| jobs.iter().find(|j| j["id"] == MIRROR_JOB))
+            .cloned())
+    }
+
+    /// The block device of the VM's local disk (the fresh disk in its
+    /// directory), if it has one; a disk given by the user is not local.
+    async fn local_disk(&self) -> Result<Option<String>, DriverError> {
+        let fresh = self.alloc_dir.join(qemu::FRESH_DISK);
+        let blocks = self.execute("query-block", None).await?;
+        let same = |file: &str| {
+            let file = Path::new(file);
+            file == fresh
+                || matches!(
+                    (std::fs::canonicalize(file), std::fs::canonicalize(&fresh)),
+                    (Ok(a), Ok(b)) if a == b
+                )
+        };
+        for block in blocks.as_array().into_iter().flatten() {
+            let Some(file) = block["inserted"]["file"].as_str() else {
+                continue;
+            };
+            if !same(file) {
+                continue;
+            }
+            let device = match block["device"].as_str() {
+                Some(device) if !device.is_empty() => device,
+                _ => block["inserted"]["node-name"].as_str().unwrap_or_default(),
+            };
+            if device.is_empty() {
+                return Err(self.error(format!(
+                    "QEMU names no device for the disk {}",
+                    fresh.display()
+                )));
+            }
+            return Ok(Some(device.to_string()));
+        }
+        Ok(None)
+    }
+}
+
+fn u64_at(value: &Value, key: &str) -> u64 {
+    value[key].as_u64().unwrap_or(0)
+}
+
+/// A port nothing listens on now, on [`LISTEN_HOST`] (QEMU binds it next;
+/// the caller retries if another process took it in between).
+fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind((LISTEN_HOST, 0))?
+        .local_addr()?
+        .port())
+}
+
+/// Waits until QEMU answers on its QMP socket, failing early if it exited.
+async fn wait_for_qmp(driver: &VmDriver, handle: &WorkloadHandle) -> Result<(), DriverError> {
+    let vm = Machine::of(handle)?;
+    let exec = VmDriver::exec_handle(handle)?;
+    let started = Instant::now();
+    loop {
+        let last = match Qmp::connect(&vm.socket).await {
+            Ok(_) => return Ok(()),
+            Err(e) => e,
+        };
+        if !matches!(
+            driver.exec().state(&exec).await?,
+            WorkloadState::Running | WorkloadState::Paused
+        ) {
+            return Err(vm.error(format!(
+                "QEMU exited before it answered on QMP (see stdout.log and stderr.log in {})",
+                vm.alloc_dir.display()
+            )));
+        }
+        if started.elapsed() > QMP_UP_WAIT {
+            return Err(vm.qmp_error(last));
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// [`Driver::prepare_incoming`] for VMs; see the module documentation.
+pub(super) async fn prepare_incoming(
+    driver: &VmDriver,
+    spec: &WorkloadSpec,
+) -> Result<(WorkloadHandle, IncomingEndpoints), DriverError> {
+    // A target readied twice (its agent restarted midway) starts over: an
+    // incoming QEMU holds nothing yet worth keeping.
+    if let Some(stale) = driver.recover(spec).await? {
+        driver.stop(&stale, TARGET_STOP_GRACE).await?;
+    }
+    let args = ["-incoming", "defer", "-S"].map(String::from);
+    let handle = driver.start_with_args(spec, &args).await?;
+    match listen(driver, &handle).await {
+        Ok(endpoints) => Ok((handle, endpoints)),
+        Err(e) => {
+            let _ = driver.stop(&handle, TARGET_STOP_GRACE).await;
+            Err(e)
+        }
+    }
+}
+
+/// On a started incoming QEMU: exports its local disk and listens for the
+/// migration stream.
+async fn listen(
+    driver: &VmDriver,
+    handle: &WorkloadHandle,
+) -> Result<IncomingEndpoints, DriverError> {
+    wait_for_qmp(driver, handle).await?;
+    let vm = Machine::of(handle)?;
+    let mut extra = BTreeMap::new();
+    if let Some(device) = vm.local_disk().await? {
+        let mut last = None;
+        for _ in 0..PORT_TRIES {
+            let port = free_port().map_err(|e| vm.error(format!("no free port: {e}")))?;
+            let addr =
+                json!({"type": "inet", "data": {"host": LISTEN_HOST, "port": port.to_string()}});
+            match vm
+                .execute("nbd-server-start", Some(json!({ "addr": addr })))
+                .await
+            {
+                Ok(_) => {
+                    last = None;
+                    extra.insert(NBD_ENDPOINT.to_string(), format!("{LISTEN_HOST}:{port}"));
+                    break;
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        if let Some(e) = last {
+            return Err(e);
+        }
+        vm.execute(
+            "nbd-server-add",
+            Some(json!({"device": device, "name": device, "writable": true})),
+        )
+        .await?;
+        extra.insert(NBD_EXPORT.to_string(), device);
+    }
+    vm.execute(
+        "migrate-incoming",
+        Some(json!({ "uri": format!("tcp:{LISTEN_HOST}:0") })),
+    )
+    .await?;
+    let info = vm.migration().await?;
+    let port = info["socket-address"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find_map(|address| address["port"].as_str().map(str::to_string))
+        .ok_or_else(|| {
+            vm.error(format!(
+                "QEMU did not say which port it listens on for the migration: {info}"
+            ))
+        })?;
+    Ok(IncomingEndpoints {
+        main: format!("{LISTEN_HOST}:{port}"),
+        extra,
+    })
+}
+
+/// [`Driver::migrate_out`] for VMs; see the module documentation.
+pub(super) async fn migrate_out(
+    handle: &WorkloadHandle,
+    to: &IncomingEndpoints,
+    limits: &MoveLimits,
+    progress: ProgressSink<'_>,
+) -> Result<MoveStats, DriverError> {
+    let vm = Machine::of(handle)?;
+    let result = move_out(&vm, to, limits, progress).await;
+    if result.is_err() {
+        // Whatever went wrong, the VM runs on here; that abandoning fails
+        // too (QEMU gone) adds nothing to the first error.
+        let _ = abandon(&vm).await;
+    }
+    result
+}
+
+/// Gives up past `deadline`, naming it.
+fn in_time(vm: &Machine<'_>, deadline: Instant, limit: Duration) -> Result<(), DriverError> {
+    if Instant::now() >= deadline {
+        return Err(vm.error(format!(
+            "the live migration did not finish within its deadline of {limit:?}; cancelled, the VM runs on here"
+        )));
+    }
+    Ok(())
+}
+
+async fn move_out(
+    vm: &Machine<'_>,
+    to: &IncomingEndpoints,
+    limits: &MoveLimits,
+    progress: ProgressSink<'_>,
+) -> Result<MoveStats, DriverError> {
+    let started = Instant::now();
+    let deadline = started + limits.deadline;
+    let status = vm.migration().await?;
+    if let Some(active) = status["status"].as_str().filter(|s| ACTIVE.contains(s)) {
+        return Err(vm.error(format!(
+            "a migration of this VM is already under way ({active})"
+        )));
+    }
+    let disk = vm.local_disk().await?;
+    let nbd = match (&disk, to.extra.get(NBD_ENDPOINT), to.extra.get(NBD_EXPORT)) {
+        (None, None, _) => None,
+        (Some(_), Some(addr), Some(export)) => Some(format!("nbd://{addr}/{export}")),
+        (Some(_), _, _) => {
+            return Err(
+                vm.error("the VM has a local disk but the target exports none to copy it into")
+            )
+        }
+        (None, Some(_), _) => {
+            return Err(vm.error(
+                "the target exports a disk but the VM has no local disk: the two do not match",
+            ))
+        }
+    };
+    let bandwidth = limits.bandwidth_bytes_per_sec;
+    let downtime_ms = u64::try_from(limits.downtime_limit.as_millis())
+        .unwrap_or(u64::MAX)
+        .clamp(1, MAX_DOWNTIME_MS);
+    vm.execute(
+        "migrate-set-capabilities",
+        Some(json!({"capabilities": [
+            {"capability": "auto-converge", "state": true},
+            {"capability": "pause-before-switchover", "state": nbd.is_some()},
+        ]})),
+    )
+    .await?;
+    vm.execute(
+        "migrate-set-parameters",
+        Some(json!({
+            "downtime-limit": downtime_ms,
+            "max-bandwidth": bandwidth.unwrap_or(UNCAPPED),
+        })),
+    )
+    .await?;
+
+    let mut disk_bytes = 0;
+    if let (Some(device), Some(target)) = (&disk, &nbd) {
+        vm.execute(
+            "drive-mirror",
+            Some(json!({
+                "job-id": MIRROR_JOB,
+                "device": device,
+                "target": target,
+                "format": "raw",
+                "sync": "full",
+                "mode": "existing",
+                "speed": bandwidth.unwrap_or(0),
+                "auto-dismiss": false,
+            })),
+        )
+        .await?;
+        disk_bytes = mirror_until_ready(vm, deadline, limits.deadline, progress).await?;
+    }
+
+    vm.execute(
+        "migrate",
+        Some(json!({ "uri": format!("tcp:{}", to.main) })),
+    )
+    .await?;
+    let mut continued = false;
+    loop {
+        in_time(vm, deadline, limits.deadline)?;
+        let info = vm.migration().await?;
+        let ram = &info["ram"];
+        let rounds = u32::try_from(u64_at(ram, "dirty-sync-count")).unwrap_or(u32::MAX);
+        let bytes = u64_at(ram, "transferred").saturating_add(disk_bytes);
+        match info["status"].as_str().unwrap_or("") {
+            "completed" => {
+                return Ok(MoveStats {
+                    bytes,
+                    rounds,
+                    downtime_ms: u64_at(&info, "downtime"),
+                    total_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                })
+            }
+            "pre-switchover" if !continued => {
+                // The VM is stopped: the mirror drains what is still dirty
+                // and ends, the target's disk an exact copy.
+                if nbd.is_some() {
+                    disk_bytes = finish_mirror(vm, deadline, limits.deadline).await?;
+                }
+                vm.execute("migrate-continue", Some(json!({"state": "pre-switchover"})))
+                    .await?;
+                continued = true;
+            }
+            "failed" => {
+                return Err(vm.error(format!(
+                    "the migration failed: {}",
+                    info["error-desc"].as_str().unwrap_or("QEMU gave no reason")
+                )))
+            }
+            "cancelling" | "cancelled" => {
+                return Err(vm.error("the migration was cancelled"));
+            }
+            _ => {
+                let dirty =
+                    u64_at(ram, "dirty-pages-rate").saturating_mul(u64_at(ram, "page-size"));
+                progress(MoveProgress {
+                    bytes,
+                    rounds,
+                    dirty_rate_bytes_per_sec: (rounds > 1).then_some(dirty),
+                    remaining_bytes: ram.get("remaining").and_then(Value::as_u64),
+                });
+            }
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Follows the mirror until source and target disks are in sync; returns
+/// the bytes it copied.
+async fn mirror_until_ready(
+    vm: &Machine<'_>,
+    deadline: Instant,
+    limit: Duration,
+    progress: ProgressSink<'_>,
+) -> Result<u64, DriverError> {
+    loop {
+        in_time(vm, deadline, limit)?;
+        let job = vm
+            .mirror()
+            .await?
+            .ok_or_else(|| vm.error("the disk mirror ended before its disk was copied"))?;
+        let done = u64_at(&job, "current-progress");
+        match job["status"].as_str().unwrap_or("") {
+            "ready" => return Ok(done),
+            "concluded" | "aborting" | "null" => {
+                return Err(vm.error(format!(
+                    "the disk mirror ended before its disk was copied: {}",
+                    job["error"].as_str().unwrap_or("cancelled")
+                )))
+            }
+            _ => progress(MoveProgress {
+                bytes: done,
+                rounds: 0,
+                dirty_rate_bytes_per_sec: None,
+                remaining_bytes: Some(u64_at(&job, "total-progress").saturating_sub(done)),
+            }),
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Ends the mirror of a stopped VM so that the target holds an exact copy
+/// (`block-job-cancel` on a ready mirror completes it without pivoting);
+/// returns the bytes it copied.
+async fn finish_mirror(
+    vm: &Machine<'_>,
+    deadline: Instant,
+    limit: Duration,
+) -> Result<u64, DriverError> {
+    match vm.mirror().await? {
+        Some(job) if job["status"] == "ready" => {}
+        Some(job) => {
+            return Err(vm.error(format!(
+                "the disk mirror is not in sync at the switch-over ({})",
+                job["status"]
+            )))
+        }
+        None => return Err(vm.error("the disk mirror ended before the switch-over")),
+    }
+    vm.execute("block-job-cancel", Some(json!({ "device": MIRROR_JOB })))
+        .await?;
+    loop {
+        in_time(vm, deadline, limit)?;
+        let job = vm
+            .mirror()
+            .await?
+            .ok_or_else(|| vm.error("the disk mirror vanished while it finished"))?;
+        if job["status"] == "concluded" {
+            vm.execute("job-dismiss", Some(json!({ "id": MIRROR_JOB })))
+                .await?;
+            if let Some(error) = job["error"].as_str() {
+                return Err(vm.error(format!("the disk mirror failed: {error}")));
+            }
+            return Ok(u64_at(&job, "current-progress"));
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Cancels the migration and the mirror, waits for both to wind down,
+/// and lets the VM run again if it was left paused.
+async fn abandon(vm: &Machine<'_>) -> Result<(), DriverError> {
+    let info = vm.migration().await?;
+    if info["status"].as_str().is_some_and(|s| ACTIVE.contains(&s)) {
+        vm.execute("migrate_cancel", None).await?;
+    }
+    if let Some(job) = vm.mirror().await? {
+        if job["status"] != "concluded" && job["status"] != "null" {
+            vm.execute(
+                "block-job-cancel",
+                Some(json!({"device": MIRROR_JOB, "force": true})),
+            )
+            .await?;
+        }
+    }
+    let started = Instant::now();
+    loop {
+        let migrating = vm.migration().await?["status"]
+            .as_str()
+            .is_some_and(|s| ACTIVE.contains(&s));
+        let state = vm.run_state().await?;
+        let mirror = vm.mirror().await?;
+        if let Some(job) = &mirror {
+            if job["status"] == "concluded" {
+                vm.execute("job-dismiss", Some(json!({ "id": MIRROR_JOB })))
+                    .await?;
+            }
+        }
+        if !migrating && mirror.is_none() && state != "finish-migrate" {
+            if state == "postmigrate" || state == "paused" {
+                vm.execute("cont", None).await?;
+            }
+            return Ok(());
+        }
+        if started.elapsed() > SETTLE_WAIT {
+            return Err(vm.error(format!(
+                "the cancelled migration did not wind down within {SETTLE_WAIT:?} (VM {state})"
+            )));
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// [`Driver::cancel_out`] for VMs; see the module documentation.
+pub(super) async fn cancel_out(handle: &WorkloadHandle) -> Result<(), DriverError> {
+    abandon(&Machine::of(handle)?).await
+}
+
+/// [`Driver::finish_incoming`] for VMs; see the module documentation.
+pub(super) async fn finish_incoming(handle: &WorkloadHandle) -> Result<(), DriverError> {
+    let vm = Machine::of(handle)?;
+    let started = Instant::now();
+    loop {
+        let info = vm.migration().await?;
+        match info["status"].as_str().unwrap_or("") {
+            "completed" => break,
+            "failed" | "cancelled" => {
+                return Err(vm.error(format!(
+                    "the incoming migration ended {}: {}",
+                    info["status"],
+                    info["error-desc"].as_str().unwrap_or("QEMU gave no reason")
+                )))
+            }
+            status if started.elapsed() > SETTLE_WAIT => {
+                return Err(vm.error(format!(
+                    "the incoming migration is not complete after {SETTLE_WAIT:?} ({status})"
+                )))
+            }
+            _ => tokio::time::sleep(POLL).await,
+        }
+    }
+    if vm.local_disk().await?.is_some() {
+        match vm.execute("nbd-server-stop", None).await {
+            Ok(_) => {}
+            // Already stopped: a second finish after a lost reply.
+            Err(DriverError::Io { message, .. }) if message.contains("not running") => {}
+            Err(e) => return Err(e),
+        }
+    }
+    if vm.run_state().await? != "running" {
+        vm.execute("cont", None).await?;
+    }
+    match vm.run_state().await?.as_str() {
+        "running" => Ok(()),
+        other => Err(vm.error(format!("the migrated VM does not run after cont ({other})"))),
+    }
+}

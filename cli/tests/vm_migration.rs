@@ -1,0 +1,419 @@
+//! Live migration of a real QEMU VM (TCG) between two `vm` driver
+//! instances on this host, as two agents on loopback drive it: the target
+//! readied (`prepare_incoming`), the source moved (`migrate_out`, its local
+//! disk mirrored over NBD), the source stopped, the target finished. The
+//! guest writes a pattern to its disk at boot, rewrites a counter on it and
+//! dirties memory every second, and reads the pattern back from the disk
+//! (its page cache dropped) on each tick line: so the console shows that the
+//! same guest, not a rebooted one, runs on with its disk on the target.
+//! Skipped, with a message, where QEMU, qemu-img, busybox or the kernel are
+//! missing, except in CI (`CI=true`), where that fails (see `skip_or_fail`).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+use herd_actors::driver::live::{IncomingEndpoints, MoveLimits, MoveProgress};
+use herd_actors::driver::vm::guest::{find_busybox, write_initramfs, GuestLoad, DISK_PROBE_ARG};
+use herd_actors::driver::vm::migrate::{NBD_ENDPOINT, NBD_EXPORT};
+use herd_actors::driver::vm::{qemu, VmDriver};
+use herd_actors::driver::{Driver, WorkloadHandle, WorkloadSpec, WorkloadState};
+use herd_api::job::TaskSpec;
+use herd_api::resources::Resources;
+
+const PATIENCE: Duration = Duration::from_secs(60);
+const GRACE: Duration = Duration::from_secs(4);
+const PATTERN: &str = "moved-7f3a";
+
+/// The kernel and busybox, or why the test cannot run here.
+fn guest_parts() -> Result<(PathBuf, PathBuf), String> {
+    let kernel = std::env::var_os("HERD_VM_KERNEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/vm-guest/vmlinuz")
+        });
+    if !kernel.is_file() {
+        return Err(format!(
+            "no guest kernel at {} (run .ci/vm-guest.sh or set HERD_VM_KERNEL)",
+            kernel.display()
+        ));
+    }
+    let busybox = find_busybox().map_err(|e| e.to_string())?;
+    for (tool, package) in [
+        (qemu::QEMU, "qemu-system-x86"),
+        (qemu::QEMU_IMG, "qemu-utils"),
+    ] {
+        if qemu::find_in_path(tool).is_none() {
+            return Err(format!("{tool} not installed (apt-get install {package})"));
+        }
+    }
+    Ok((kernel, busybox))
+}
+
+/// A 128 MiB VM with a fresh 64 MiB disk, its guest told to probe it.
+fn spec(alloc_dir: PathBuf, generation: u64, kernel: &Path, initrd: &Path) -> WorkloadSpec {
+    let config = BTreeMap::from([
+        ("kernel".to_string(), kernel.display().to_string()),
+        ("initrd".to_string(), initrd.display().to_string()),
+        ("accel".to_string(), "tcg".to_string()),
+        ("disk_size".to_string(), "64MiB".to_string()),
+        (
+            "append".to_string(),
+            format!("console=ttyS0 quiet panic=-1 {DISK_PROBE_ARG}={PATTERN}"),
+        ),
+    ]);
+    WorkloadSpec {
+        alloc_id: "vm-move".to_string(),
+        generation,
+        job: "vm-move".to_string(),
+        task: TaskSpec {
+            driver: "vm".to_string(),
+            command: None,
+            args: vec![],
+            env: BTreeMap::new(),
+            workdir: None,
+            resources: Resources {
+                cpu_millis: 1000,
+                memory_bytes: 128 << 20,
+                gpus: 0,
+                gpu_model: None,
+            },
+            config,
+        },
+        alloc_dir,
+        env: BTreeMap::new(),
+    }
+}
+
+/// The guest's console so far.
+fn console(alloc_dir: &Path) -> String {
+    std::fs::read_to_string(alloc_dir.join("stdout.log")).unwrap_or_default()
+}
+
+/// One tick line: the guest's uptime and what its disk's first sector read.
+#[derive(Debug, Clone, PartialEq)]
+struct Tick {
+    uptime: f64,
+    disk: String,
+}
+
+fn ticks(text: &str) -> Vec<Tick> {
+    text.lines()
+        .filter_map(|line| {
+            let rest = line.trim().strip_prefix("herd-guest: tick ")?;
+            let (uptime, disk) = rest.split_once(" disk ")?;
+            Some(Tick {
+                uptime: uptime.trim().parse().ok()?,
+                disk: disk.trim().to_string(),
+            })
+        })
+        .collect()
+}
+
+fn expected_disk() -> String {
+    format!("herd-disk:{PATTERN}")
+}
+
+/// PIDs of QEMU processes whose command line names `needle`, from /proc.
+fn qemu_pids(needle: &str) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let pid = entry.file_name().to_str()?.parse::<u32>().ok()?;
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            let text = String::from_utf8_lossy(&cmdline);
+            (text.starts_with('/') && text.contains("qemu-system") && text.contains(needle))
+                .then_some(pid)
+        })
+        .collect()
+}
+
+/// The first two sectors of a qcow2 disk, read on the host (the VM stopped).
+fn disk_head(disk: &Path, scratch: &Path) -> Vec<u8> {
+    let raw = scratch.join("head.raw");
+    let out = std::process::Command::new(qemu::QEMU_IMG)
+        .args(["dd", "-f", "qcow2", "-O", "raw", "bs=512", "count=2"])
+        .arg(format!("if={}", disk.display()))
+        .arg(format!("of={}", raw.display()))
+        .output()
+        .expect("run qemu-img dd");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::read(&raw).expect("raw head")
+}
+
+/// The text at the start of `sector` (up to its first newline).
+fn sector_text(bytes: &[u8], sector: usize) -> String {
+    let sector = bytes.get(sector * 512..(sector + 1) * 512).unwrap_or(&[]);
+    let end = sector.iter().position(|b| *b == b'\n').unwrap_or(0);
+    String::from_utf8_lossy(&sector[..end]).to_string()
+}
+
+/// Starts the source VM and waits until its guest wrote its disk and ticks.
+async fn booted_source(driver: &dyn Driver, spec: &WorkloadSpec) -> WorkloadHandle {
+    let handle = driver.start(spec).await.expect("start the source VM");
+    let dir = spec.alloc_dir.clone();
+    until("the guest to write its disk", PATIENCE, || {
+        console(&dir)
+            .contains(&format!("herd-guest: disk wrote {}", expected_disk()))
+            .then_some(())
+    })
+    .await;
+    until("the guest to tick, reading its disk", PATIENCE, || {
+        let ticks = ticks(&console(&dir));
+        (ticks.len() >= 2 && ticks.iter().all(|t| t.disk == expected_disk())).then_some(())
+    })
+    .await;
+    handle
+}
+
+fn guest_initrd(dir: &Path, busybox: &Path) -> PathBuf {
+    let initrd = dir.join("initrd");
+    write_initramfs(
+        &initrd,
+        busybox,
+        GuestLoad {
+            working_set_mib: 16,
+            dirty_mib_per_sec: 2,
+        },
+    )
+    .expect("initramfs");
+    initrd
+}
+
+fn assert_endpoints(endpoints: &IncomingEndpoints) {
+    assert!(endpoints.main.starts_with("127.0.0.1:"), "{endpoints:?}");
+    assert!(
+        endpoints
+            .extra
+            .get(NBD_ENDPOINT)
+            .is_some_and(|a| a.starts_with("127.0.0.1:")),
+        "the disk is exported: {endpoints:?}"
+    );
+    assert!(endpoints.extra.contains_key(NBD_EXPORT), "{endpoints:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vm_moves_live_with_its_disk_and_its_guest_runs_on() {
+    let (kernel, busybox) = match guest_parts() {
+        Ok(parts) => parts,
+        Err(why) => return skip_or_fail(&why),
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let initrd = guest_initrd(dir.path(), &busybox);
+    // Two agents' drivers, each with its own data directory; the same
+    // allocation, one generation further on the target.
+    let source: Arc<dyn Driver> = Arc::new(VmDriver::new(herd_bin()));
+    let target: Arc<dyn Driver> = Arc::new(VmDriver::new(herd_bin()));
+    let src_dir = dir.path().join("src/vm-move");
+    let dst_dir = dir.path().join("dst/vm-move");
+    let src_spec = spec(src_dir.clone(), 1, &kernel, &initrd);
+    let dst_spec = spec(dst_dir.clone(), 2, &kernel, &initrd);
+
+    let src = booted_source(source.as_ref(), &src_spec).await;
+    let (dst, endpoints) = target
+        .prepare_incoming(&dst_spec)
+        .await
+        .expect("prepare the target");
+    assert_endpoints(&endpoints);
+    assert_eq!(
+        target.state(&dst).await.expect("target state"),
+        WorkloadState::Paused,
+        "the target waits for the VM"
+    );
+
+    let reports: Mutex<Vec<MoveProgress>> = Mutex::new(Vec::new());
+    let sink = |p: MoveProgress| reports.lock().expect("reports").push(p);
+    let limits = MoveLimits {
+        downtime_limit: Duration::from_millis(300),
+        bandwidth_bytes_per_sec: None,
+        deadline: Duration::from_secs(120),
+    };
+    let stats = source
+        .migrate_out(&src, &endpoints, &limits, &sink)
+        .await
+        .expect("migrate out");
+    // At least the guest's kernel, initramfs and working set went over.
+    assert!(stats.bytes > 8 << 20, "{stats:?}");
+    assert!(stats.rounds >= 1, "{stats:?}");
+    assert!(stats.total_ms >= stats.downtime_ms, "{stats:?}");
+    let reports = reports.lock().expect("reports").clone();
+    assert!(
+        reports.windows(2).all(|w| w[0].bytes <= w[1].bytes),
+        "progress goes forward: {reports:?}"
+    );
+    assert_eq!(
+        source.state(&src).await.expect("source state"),
+        WorkloadState::Paused,
+        "the source handed the VM over and waits"
+    );
+    let before = ticks(&console(&src_dir));
+    let last_on_source = before.last().expect("source ticks").uptime;
+
+    // The switch-over: the source stopped, then the target let run.
+    let exit = source.stop(&src, GRACE).await.expect("stop the source");
+    assert!(exit.code.is_some() || exit.signal.is_some(), "{exit:?}");
+    assert!(
+        qemu_pids(&src_dir.display().to_string()).is_empty(),
+        "no source QEMU after stop"
+    );
+    target
+        .finish_incoming(&dst)
+        .await
+        .expect("finish on the target");
+    assert_eq!(
+        target.state(&dst).await.expect("target state"),
+        WorkloadState::Running
+    );
+
+    // The same guest runs on: its uptime goes on from the source's, it did
+    // not boot again, and it reads its pattern from the target's disk.
+    let after = until("the guest to tick on the target", PATIENCE, || {
+        let ticks = ticks(&console(&dst_dir));
+        (ticks.len() >= 3).then_some(ticks)
+    })
+    .await;
+    let text = console(&dst_dir);
+    assert!(!text.contains("herd-guest: up"), "no reboot: {text}");
+    assert!(
+        after[0].uptime > last_on_source,
+        "uptime goes on ({last_on_source} on the source): {after:?}"
+    );
+    assert!(
+        after.iter().all(|t| t.disk == expected_disk()),
+        "the disk moved: {after:?}"
+    );
+
+    let exit = target.stop(&dst, GRACE).await.expect("stop the target");
+    assert!(exit.code.is_some() || exit.signal.is_some(), "{exit:?}");
+    assert!(qemu_pids(&dir.path().display().to_string()).is_empty());
+    // On the host, the target's disk holds the pattern, and the counter the
+    // guest kept writing after the move: past every tick the source saw.
+    let head = disk_head(&dst_dir.join(qemu::FRESH_DISK), dir.path());
+    assert_eq!(sector_text(&head, 0), expected_disk());
+    let counter: usize = sector_text(&head, 1)
+        .strip_prefix("tick ")
+        .and_then(|n| n.parse().ok())
+        .expect("a tick counter on the disk");
+    assert!(
+        counter > before.len(),
+        "written on the target: tick {counter}, {} ticks on the source",
+        before.len()
+    );
+}
+
+/// Waits until the source's guest ticks again after `seen` ticks, and
+/// checks it runs here.
+async fn runs_on(driver: &dyn Driver, handle: &WorkloadHandle, dir: &Path, seen: usize) {
+    until("the source's guest to tick again", PATIENCE, || {
+        (ticks(&console(dir)).len() > seen + 1).then_some(())
+    })
+    .await;
+    assert_eq!(
+        driver.state(handle).await.expect("source state"),
+        WorkloadState::Running
+    );
+}
+
+/// Stops a target that never took over, and checks no QEMU is left there.
+async fn stop_target(driver: &dyn Driver, handle: &WorkloadHandle, dir: &Path) {
+    driver.stop(handle, GRACE).await.expect("stop the target");
+    assert!(matches!(
+        driver.state(handle).await.expect("target state"),
+        WorkloadState::Exited(_)
+    ));
+    assert!(
+        qemu_pids(&dir.display().to_string()).is_empty(),
+        "no target QEMU left"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_move_leaves_the_vm_running_where_it_was() {
+    let (kernel, busybox) = match guest_parts() {
+        Ok(parts) => parts,
+        Err(why) => return skip_or_fail(&why),
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let initrd = guest_initrd(dir.path(), &busybox);
+    let source: Arc<dyn Driver> = Arc::new(VmDriver::new(herd_bin()));
+    let target: Arc<dyn Driver> = Arc::new(VmDriver::new(herd_bin()));
+    let src_dir = dir.path().join("src/vm-move");
+    let dst_dir = dir.path().join("dst/vm-move");
+    let src_spec = spec(src_dir.clone(), 1, &kernel, &initrd);
+    let dst_spec = spec(dst_dir.clone(), 2, &kernel, &initrd);
+    let src = booted_source(source.as_ref(), &src_spec).await;
+    // 1 MiB/s: the guest's memory takes far longer than either attempt.
+    let slow = MoveLimits {
+        downtime_limit: Duration::from_millis(300),
+        bandwidth_bytes_per_sec: Some(1 << 20),
+        deadline: Duration::from_secs(3),
+    };
+
+    // A move past its deadline gives up by itself.
+    let (dst, endpoints) = target
+        .prepare_incoming(&dst_spec)
+        .await
+        .expect("prepare the target");
+    assert_endpoints(&endpoints);
+    let err = source
+        .migrate_out(&src, &endpoints, &slow, &|_| {})
+        .await
+        .expect_err("past its deadline");
+    assert!(err.to_string().contains("deadline"), "{err}");
+    runs_on(
+        source.as_ref(),
+        &src,
+        &src_dir,
+        ticks(&console(&src_dir)).len(),
+    )
+    .await;
+    stop_target(target.as_ref(), &dst, &dst_dir).await;
+
+    // A move cancelled midway, the target readied again in the same place.
+    let (dst, endpoints) = target
+        .prepare_incoming(&dst_spec)
+        .await
+        .expect("prepare the target again");
+    let sent = Arc::new(AtomicU64::new(0));
+    let moving = {
+        let (source, src, sent) = (source.clone(), src.clone(), sent.clone());
+        let limits = MoveLimits {
+            deadline: Duration::from_secs(600),
+            ..slow
+        };
+        tokio::spawn(async move {
+            let sink = |p: MoveProgress| {
+                sent.fetch_max(p.bytes, Ordering::Relaxed);
+            };
+            source.migrate_out(&src, &endpoints, &limits, &sink).await
+        })
+    };
+    until("the move to send its first MiB", PATIENCE, || {
+        (sent.load(Ordering::Relaxed) > 1 << 20).then_some(())
+    })
+    .await;
+    let seen = ticks(&console(&src_dir)).len();
+    source.cancel_out(&src).await.expect("cancel the move");
+    let result = moving.await.expect("the move's task");
+    assert!(result.is_err(), "a cancelled move fails: {result:?}");
+    runs_on(source.as_ref(), &src, &src_dir, seen).await;
+    stop_target(target.as_ref(), &dst, &dst_dir).await;
+
+    // The source's disk is its own still: the guest reads its pattern.
+    assert!(ticks(&console(&src_dir))
+        .iter()
+        .all(|t| t.disk == expected_disk()));
+    source.stop(&src, GRACE).await.expect("stop the source");
+    assert!(qemu_pids(&dir.path().display().to_string()).is_empty());
+}

@@ -1,0 +1,278 @@
+//! `herd alloc migrate` and `herd migration list|status`: the client side of
+//! live migrations.
+//!
+//! Start proposes `Command::StartMigration` through the leader like every
+//! write; apply decides (see `machine::apply::migration`) and its reason is
+//! passed on as is. Only the gRPC code is chosen here, from the state: a
+//! name that does not exist is NOT_FOUND, a request wrong in itself
+//! (migrate to its own node, a limit out of range) INVALID_ARGUMENT, and a
+//! request the cluster cannot serve now (not running, already moving, a
+//! target down or full, a kind that cannot move) FAILED_PRECONDITION.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use herd_api::migration::Migration;
+use herd_api::proto::v1 as pb;
+use herd_api::proto::v1::migrations_server::Migrations;
+use herd_api::retry::{ErrorMarks, Reason};
+use tonic::{Code, Request, Response, Status};
+
+use super::consistency;
+use crate::coordinator::{Coordinator, ReadConsistency};
+use crate::error::{self, CoordinatorError};
+use crate::machine::apply::migration::MAX_DOWNTIME_LIMIT_MS;
+use crate::machine::command::{Command, CommandResult, Rejection};
+use crate::state::ClusterState;
+
+/// The downtime limit of a request that sets none (0), ms.
+pub const DEFAULT_DOWNTIME_LIMIT_MS: u64 = 300;
+/// Longest allocation id, node name or migration id accepted, in bytes
+/// (ids are short; the bound keeps an echoed error small).
+pub const MAX_NAME: usize = 128;
+/// How long a reply waits for this member to apply the write it forwarded,
+/// so that it can answer with the record as written.
+const APPLY_WAIT: Duration = Duration::from_secs(10);
+
+/// Serves [`Migrations`].
+pub struct MigrationsService {
+    coordinator: Arc<Coordinator>,
+}
+
+impl MigrationsService {
+    /// Serves `coordinator`.
+    pub fn new(coordinator: Arc<Coordinator>) -> Self {
+        Self { coordinator }
+    }
+}
+
+/// `migration` as clients see it, its total time counted to `now_ms`
+/// while it runs.
+pub fn to_proto(m: &Migration, now_ms: u64) -> pb::MigrationInfo {
+    pb::MigrationInfo {
+        id: m.id.clone(),
+        alloc_id: m.alloc_id.clone(),
+        job: m.job.clone(),
+        kind: m.kind.clone(),
+        source: m.source.clone(),
+        target: m.target.clone(),
+        phase: m.phase.as_str().to_string(),
+        bytes: m.bytes,
+        rounds: m.rounds,
+        downtime_ms: m.downtime_ms,
+        total_ms: m
+            .ended_at_ms
+            .unwrap_or(now_ms)
+            .saturating_sub(m.started_at_ms),
+        error: m.error.clone().unwrap_or_default(),
+        started_at_ms: m.started_at_ms,
+        ended_at_ms: m.ended_at_ms,
+        phase_deadline_ms: m.phase_deadline_ms,
+        downtime_limit_ms: m.downtime_limit_ms,
+        bandwidth_bytes_per_sec: m.bandwidth_bytes_per_sec.unwrap_or(0),
+        from_generation: m.from_generation,
+        create_index: m.create_index,
+        modify_index: m.modify_index,
+    }
+}
+
+/// Checks that `value` (field `field`) is a plausible name or id.
+pub fn check_name(field: &str, value: &str) -> Result<(), Status> {
+    if value.is_empty() {
+        return Err(error::invalid_argument(format!("field `{field}` is empty")));
+    }
+    if value.len() > MAX_NAME {
+        return Err(error::invalid_argument(format!(
+            "field `{field}`: at most {MAX_NAME} bytes, got {}",
+            value.len()
+        )));
+    }
+    Ok(())
+}
+
+/// A status with `code` and `message`, marked as a refusal that changed
+/// nothing (`herd_api::retry`), so that no client sends it elsewhere.
+pub fn refused(code: Code, reason: Reason, message: impl Into<String>) -> Status {
+    ErrorMarks {
+        reason: Some(reason),
+        not_applied: true,
+        leader: None,
+    }
+    .on(Status::new(code, message.into()))
+}
+
+/// The gRPC status of apply's refusal of `request`, its code chosen from
+/// what `state` says of the names it carries.
+fn start_refusal(state: &ClusterState, request: &pb::StartMigrationRequest, why: String) -> Status {
+    let message = format!("cannot migrate: {why}");
+    let alloc = state.allocations.get(&request.alloc_id);
+    if alloc.is_none() || !state.nodes.contains_key(&request.target) {
+        return refused(Code::NotFound, Reason::NotFound, message);
+    }
+    if alloc.is_some_and(|a| a.node == request.target)
+        || request.downtime_limit_ms > MAX_DOWNTIME_LIMIT_MS
+    {
+        return refused(Code::InvalidArgument, Reason::Rejected, message);
+    }
+    refused(Code::FailedPrecondition, Reason::Rejected, message)
+}
+
+/// Waits until this member applied `log_index` (a write forwarded to the
+/// leader is applied here a little later).
+pub async fn applied(coordinator: &Coordinator, log_index: u64) -> Result<(), Status> {
+    coordinator
+        .raft()
+        .wait(Some(APPLY_WAIT))
+        .applied_index_at_least(Some(log_index), "migration reply")
+        .await
+        .map(|_| ())
+        .map_err(|e| {
+            CoordinatorError::Unavailable(format!("waiting to apply index {log_index}: {e}"))
+                .to_status()
+        })
+}
+
+#[tonic::async_trait]
+impl Migrations for MigrationsService {
+    async fn start(
+        &self,
+        request: Request<pb::StartMigrationRequest>,
+    ) -> Result<Response<pb::MigrationInfo>, Status> {
+        let request = request.into_inner();
+        check_name("alloc_id", &request.alloc_id)?;
+        check_name("target", &request.target)?;
+        let downtime_limit_ms = match request.downtime_limit_ms {
+            0 => DEFAULT_DOWNTIME_LIMIT_MS,
+            ms => ms,
+        };
+        let command = Command::StartMigration {
+            alloc_id: request.alloc_id.clone(),
+            target: request.target.clone(),
+            downtime_limit_ms,
+            bandwidth_bytes_per_sec: (request.bandwidth_bytes_per_sec > 0)
+                .then_some(request.bandwidth_bytes_per_sec),
+            now_ms: 0,
+        };
+        let written = match self.coordinator.write(command).await {
+            Ok(written) => written,
+            Err(CoordinatorError::Rejected(Rejection::Migration(why))) => {
+                // The state the refusal was decided on, or a newer one.
+                self.coordinator
+                    .read_barrier(ReadConsistency::Linearizable)
+                    .await?;
+                return Err(self
+                    .coordinator
+                    .read_state(|s| start_refusal(s, &request, why)));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let CommandResult::MigrationUpdated { id, .. } = written.result else {
+            return Err(error::internal(format!(
+                "unexpected result of a migration start: {:?}",
+                written.result
+            )));
+        };
+        applied(&self.coordinator, written.log_index).await?;
+        let now = herd_api::clock::now_ms();
+        self.coordinator
+            .read_state(|s| s.migrations.get(&id).map(|m| to_proto(m, now)))
+            .map(Response::new)
+            // Ended and forgotten already: not in a few milliseconds.
+            .ok_or_else(|| error::internal(format!("migration {id} vanished once written")))
+    }
+
+    async fn list(
+        &self,
+        request: Request<pb::ListMigrationsRequest>,
+    ) -> Result<Response<pb::ListMigrationsReply>, Status> {
+        let request = request.into_inner();
+        if request.alloc_id.len() > MAX_NAME {
+            return Err(error::invalid_argument(format!(
+                "field `alloc_id`: at most {MAX_NAME} bytes, got {}",
+                request.alloc_id.len()
+            )));
+        }
+        self.coordinator
+            .read_barrier(consistency(request.stale))
+            .await?;
+        let now = herd_api::clock::now_ms();
+        let mut migrations: Vec<pb::MigrationInfo> = self.coordinator.read_state(|s| {
+            s.migrations
+                .values()
+                .filter(|m| request.alloc_id.is_empty() || m.alloc_id == request.alloc_id)
+                .map(|m| to_proto(m, now))
+                .collect()
+        });
+        // Oldest first, as they were started (ids sort as strings).
+        migrations.sort_by_key(|m| m.create_index);
+        Ok(Response::new(pb::ListMigrationsReply { migrations }))
+    }
+
+    async fn get(
+        &self,
+        request: Request<pb::GetMigrationRequest>,
+    ) -> Result<Response<pb::MigrationInfo>, Status> {
+        let request = request.into_inner();
+        check_name("id", &request.id)?;
+        self.coordinator
+            .read_barrier(consistency(request.stale))
+            .await?;
+        let now = herd_api::clock::now_ms();
+        self.coordinator
+            .read_state(|s| s.migrations.get(&request.id).map(|m| to_proto(m, now)))
+            .map(Response::new)
+            .ok_or_else(|| error::not_found(format!("migration {:?} not found", request.id)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use herd_api::job::JobType;
+
+    use super::*;
+    use crate::testkit::{place, spec};
+
+    fn request(alloc_id: &str, target: &str, limit: u64) -> pb::StartMigrationRequest {
+        pb::StartMigrationRequest {
+            alloc_id: alloc_id.into(),
+            target: target.into(),
+            downtime_limit_ms: limit,
+            bandwidth_bytes_per_sec: 0,
+        }
+    }
+
+    #[test]
+    fn refusals_carry_a_code_by_what_is_wrong_and_apply_reason() {
+        let mut state = ClusterState::default();
+        place(
+            &mut state,
+            &["n1", "n2"],
+            vec![spec("web", JobType::Service, 1)],
+            1_000,
+        );
+        let alloc = state.allocations.values().next().expect("placed").clone();
+        let other = if alloc.node == "n1" { "n2" } else { "n1" };
+        for (req, code) in [
+            (request("nope", other, 300), Code::NotFound),
+            (request(&alloc.id, "n9", 300), Code::NotFound),
+            (request(&alloc.id, &alloc.node, 300), Code::InvalidArgument),
+            (request(&alloc.id, other, 600_000), Code::InvalidArgument),
+            (request(&alloc.id, other, 300), Code::FailedPrecondition),
+        ] {
+            let status = start_refusal(&state, &req, "why".into());
+            assert_eq!(status.code(), code, "{req:?}");
+            assert_eq!(status.message(), "cannot migrate: why");
+            let marks = ErrorMarks::read(&status).expect("marked");
+            assert!(marks.not_applied, "{req:?}");
+        }
+    }
+
+    #[test]
+    fn names_are_bounded_and_required() {
+        assert!(check_name("id", "mig-3").is_ok());
+        let empty = check_name("target", "").expect_err("empty");
+        assert!(empty.message().contains("`target`"), "{}", empty.message());
+        let long = check_name("id", &"x".repeat(MAX_NAME + 1)).expect_err("long");
+        assert_eq!(long.code(), Code::InvalidArgument);
+    }
+}

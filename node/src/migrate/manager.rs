@@ -1,0 +1,418 @@
+//! The MigrationManager actor: the agent's part in the migrations its
+//! assignment set names.
+//!
+//! Every assignment set passes through it on its way from the coordinator
+//! link to the workload supervisor, so that it can act before the
+//! supervisor does:
+//! - **source** (the allocation runs here and leaves): the allocation goes
+//!   on to the supervisor marked `moving_out`, and the source's steps
+//!   ([`super::source`]) run in a task, once per migration;
+//! - **target** (the allocation arrives here at generation + 1): kept from
+//!   the supervisor, which must not run it yet; the migration is
+//!   authorized in the [`IncomingRegistry`] the `AgentPeer` service serves,
+//!   and a live move's driver readies its incoming workload there;
+//! - **ended**: a target whose allocation now comes without the migration,
+//!   at the migration's generation, saw the switch-over commit: what
+//!   arrived is installed (the checkpoint put in the allocation's
+//!   directory, the incoming VM let run) *before* the set reaches the
+//!   supervisor, which then starts or adopts it. Otherwise the migration
+//!   was aborted and what arrived is dropped.
+//!
+//! A source agent that restarts mid-migration does not take the migration
+//! up again: it aborts it, and its workload actor resumes the workload
+//! stopped or paused for it (the persisted moving mark says so).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use herd_actors::driver::{Driver, MigrationMode, WorkloadHandle};
+use herd_actors::workload::store::AllocStore;
+use herd_actors::workload::{DesiredAlloc, SupervisorMsg};
+use herd_api::client::HerdClient;
+use herd_api::migration::MigrationPhase;
+use herd_api::proto::agent::MigrationAssignment;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::task::JoinHandle;
+
+use super::receiver::{EndpointsFuture, IncomingMigration, IncomingRegistry};
+use super::report::MigrationReporter;
+use super::source::{self, Outgoing, CHECKPOINT_SUBDIR};
+
+/// The role names of `MigrationAssignment.role`.
+const SOURCE: &str = "source";
+const TARGET: &str = "target";
+
+/// Messages of the manager.
+pub enum MigrationMsg {
+    /// An assignment set, each allocation with the migration it takes part
+    /// in, if any; passed on to `supervisor` once acted on.
+    Assigned {
+        /// The allocations wanted here.
+        allocs: Vec<(DesiredAlloc, Option<MigrationAssignment>)>,
+        /// The workload supervisor to pass the set on to.
+        supervisor: ActorRef<SupervisorMsg>,
+        /// The link's client, to report migrations with.
+        client: HerdClient,
+    },
+}
+
+/// What the manager is started with.
+pub struct MigrationManagerArgs {
+    /// This node's name.
+    pub node: String,
+    /// The agent's data directory.
+    pub data_dir: PathBuf,
+    /// The drivers, by name.
+    pub drivers: HashMap<String, Arc<dyn Driver>>,
+    /// The migrations the `AgentPeer` service may receive.
+    pub incoming: IncomingRegistry,
+}
+
+/// The actor; see the module documentation.
+pub struct MigrationManager;
+
+/// A migration arriving here.
+struct Arrival {
+    migration_id: String,
+    /// The generation the switch-over gives the allocation.
+    generation: u64,
+    mode: MigrationMode,
+    driver: Arc<dyn Driver>,
+    /// A live move's incoming workload, once its driver readied it.
+    live: Arc<Mutex<Option<WorkloadHandle>>>,
+}
+
+/// The manager's state.
+pub struct ManagerState {
+    node: String,
+    data_dir: PathBuf,
+    drivers: HashMap<String, Arc<dyn Driver>>,
+    registry: IncomingRegistry,
+    store: AllocStore,
+    /// Source tasks by migration id (finished ones stay until the set no
+    /// longer names the migration, so that none runs twice).
+    outgoing: HashMap<String, JoinHandle<()>>,
+    /// Arrivals by allocation id.
+    arrivals: HashMap<String, Arrival>,
+}
+
+impl Actor for MigrationManager {
+    type Msg = MigrationMsg;
+    type State = ManagerState;
+    type Arguments = MigrationManagerArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        args: Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Ok(ManagerState {
+            store: AllocStore::new(&args.data_dir),
+            node: args.node,
+            data_dir: args.data_dir,
+            drivers: args.drivers,
+            registry: args.incoming,
+            outgoing: HashMap::new(),
+            arrivals: HashMap::new(),
+        })
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        // A source task dies with its manager: the migration times out or
+        // is aborted by the next manager (see the module documentation).
+        for (_, task) in state.outgoing.drain() {
+            task.abort();
+        }
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            MigrationMsg::Assigned {
+                allocs,
+                supervisor,
+                client,
+            } => {
+                let desired = state.assigned(allocs, &supervisor, &client).await;
+                supervisor.cast(SupervisorMsg::Reconcile(desired))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl ManagerState {
+    /// Acts on a set; returns what the supervisor is to run.
+    async fn assigned(
+        &mut self,
+        allocs: Vec<(DesiredAlloc, Option<MigrationAssignment>)>,
+        supervisor: &ActorRef<SupervisorMsg>,
+        client: &HerdClient,
+    ) -> Vec<DesiredAlloc> {
+        let mut forward = Vec::with_capacity(allocs.len());
+        let mut incoming: BTreeMap<String, (DesiredAlloc, MigrationAssignment)> = BTreeMap::new();
+        let mut named: HashSet<String> = HashSet::new();
+        for (mut desired, migration) in allocs {
+            match migration {
+                Some(m) if m.role == TARGET => {
+                    incoming.insert(desired.alloc_id.clone(), (desired, m));
+                }
+                Some(m) if m.role == SOURCE => {
+                    named.insert(m.id.clone());
+                    desired.moving_out = Some(m.id.clone());
+                    self.begin_source(&desired, m, supervisor, client);
+                    forward.push(desired);
+                }
+                Some(m) => {
+                    tracing::warn!(alloc = %desired.alloc_id, role = %m.role, "ignoring a migration with a role this agent does not know");
+                    forward.push(desired);
+                }
+                None => forward.push(desired),
+            }
+        }
+        // Source tasks of migrations that ended: nothing more to do.
+        self.outgoing.retain(|id, task| {
+            let keep = named.contains(id);
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
+        self.end_arrivals(&incoming, &forward).await;
+        for (alloc_id, (desired, m)) in incoming {
+            self.begin_arrival(alloc_id, desired, m);
+        }
+        forward
+    }
+
+    /// Starts the source's steps of `m` once.
+    fn begin_source(
+        &mut self,
+        desired: &DesiredAlloc,
+        m: MigrationAssignment,
+        supervisor: &ActorRef<SupervisorMsg>,
+        client: &HerdClient,
+    ) {
+        if self.outgoing.contains_key(&m.id) {
+            return;
+        }
+        let reporter = MigrationReporter::new(self.node.clone(), client.clone());
+        let id = m.id.clone();
+        let key = m.id.clone();
+        let planned = MigrationPhase::parse(&m.phase) == Some(MigrationPhase::Planned);
+        let mode = self
+            .drivers
+            .get(&desired.task.driver)
+            .map(|d| d.capabilities().migration);
+        let alloc_dir = match self.store.alloc_dir(&desired.alloc_id) {
+            Ok(dir) => dir,
+            Err(e) => {
+                tracing::warn!(alloc = %desired.alloc_id, error = %e, "bad allocation id");
+                return;
+            }
+        };
+        let task = match mode {
+            Some(mode) if planned => {
+                let outgoing = Outgoing {
+                    node: self.node.clone(),
+                    alloc_id: desired.alloc_id.clone(),
+                    generation: desired.generation,
+                    alloc_dir,
+                    mode,
+                    assignment: m,
+                };
+                let supervisor = supervisor.clone();
+                tokio::spawn(async move {
+                    let _ = source::run(outgoing, supervisor, reporter).await;
+                })
+            }
+            _ => {
+                let reason = match mode {
+                    None => format!("this node has no {} driver", desired.task.driver),
+                    Some(_) => format!(
+                        "the source agent restarted while the migration was {}",
+                        m.phase
+                    ),
+                };
+                tokio::spawn(async move {
+                    if let Err(e) = reporter.abort(&id, &reason).await {
+                        tracing::warn!(migration = %id, error = %e, "cannot report the abort");
+                    }
+                })
+            }
+        };
+        self.outgoing.insert(key, task);
+    }
+
+    /// Authorizes an arrival the first time the set names it.
+    fn begin_arrival(&mut self, alloc_id: String, desired: DesiredAlloc, m: MigrationAssignment) {
+        if self.arrivals.contains_key(&alloc_id) {
+            return;
+        }
+        let Some(driver) = self.drivers.get(&desired.task.driver).cloned() else {
+            tracing::warn!(alloc = %alloc_id, driver = %desired.task.driver, "cannot receive: no such driver here");
+            return;
+        };
+        let mode = driver.capabilities().migration;
+        let live = Arc::new(Mutex::new(None));
+        let endpoints = (mode == MigrationMode::LivePreCopy).then(|| {
+            let (driver, store, desired, live) = (
+                driver.clone(),
+                self.store.clone(),
+                desired.clone(),
+                live.clone(),
+            );
+            let ready: Arc<dyn Fn() -> EndpointsFuture + Send + Sync> = Arc::new(move || {
+                let (driver, store, desired, live) =
+                    (driver.clone(), store.clone(), desired.clone(), live.clone());
+                Box::pin(async move {
+                    let alloc_dir = store.save_desired(&desired).map_err(|e| e.to_string())?;
+                    let (handle, endpoints) = driver
+                        .prepare_incoming(&desired.spec(alloc_dir))
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    store.save_handle(&handle).map_err(|e| e.to_string())?;
+                    *lock(&live) = Some(handle);
+                    Ok((endpoints.main, endpoints.extra))
+                })
+            });
+            ready
+        });
+        self.registry.authorize(IncomingMigration {
+            migration_id: m.id.clone(),
+            alloc_id: alloc_id.clone(),
+            source_node: m.peer_node.clone(),
+            kind: m.kind.clone(),
+            staging_dir: self.data_dir.join("migrations").join(&m.id),
+            endpoints,
+        });
+        tracing::info!(migration = %m.id, alloc = %alloc_id, source = %m.peer_node, "ready to receive");
+        self.arrivals.insert(
+            alloc_id,
+            Arrival {
+                migration_id: m.id,
+                generation: desired.generation,
+                mode,
+                driver,
+                live,
+            },
+        );
+    }
+
+    /// Ends the arrivals the set no longer names: installs those whose
+    /// switch-over committed (the allocation is now this node's at their
+    /// generation), drops the others.
+    async fn end_arrivals(
+        &mut self,
+        incoming: &BTreeMap<String, (DesiredAlloc, MigrationAssignment)>,
+        forward: &[DesiredAlloc],
+    ) {
+        let ended: Vec<String> = self
+            .arrivals
+            .iter()
+            .filter(|(alloc, arrival)| {
+                incoming
+                    .get(*alloc)
+                    .is_none_or(|(_, m)| m.id != arrival.migration_id)
+            })
+            .map(|(alloc, _)| alloc.clone())
+            .collect();
+        for alloc_id in ended {
+            let Some(arrival) = self.arrivals.remove(&alloc_id) else {
+                continue;
+            };
+            let switched = forward
+                .iter()
+                .any(|d| d.alloc_id == alloc_id && d.generation == arrival.generation);
+            if switched {
+                if let Err(e) = self.install(&alloc_id, &arrival).await {
+                    tracing::error!(migration = %arrival.migration_id, alloc = %alloc_id, error = %e, "cannot install what arrived");
+                }
+            } else {
+                self.drop_arrival(&alloc_id, &arrival).await;
+            }
+        }
+    }
+
+    /// The switch-over committed: make what arrived the allocation's.
+    async fn install(&self, alloc_id: &str, arrival: &Arrival) -> Result<(), String> {
+        let staging = self.registry.take(&arrival.migration_id).await;
+        match arrival.mode {
+            MigrationMode::CheckpointRestart => {
+                let staging = staging.ok_or("nothing arrived")?;
+                let alloc_dir = self.store.alloc_dir(alloc_id).map_err(|e| e.to_string())?;
+                let target = alloc_dir.join(CHECKPOINT_SUBDIR);
+                tokio::task::spawn_blocking(move || install_dir(&staging, &target))
+                    .await
+                    .map_err(|e| e.to_string())??;
+                tracing::info!(migration = %arrival.migration_id, alloc = %alloc_id, "checkpoint installed; the workload starts from it");
+            }
+            MigrationMode::LivePreCopy => {
+                if let Some(staging) = staging {
+                    let _ = tokio::fs::remove_dir_all(staging).await;
+                }
+                let handle = lock(&arrival.live).clone().ok_or("no incoming workload was readied")?;
+                arrival
+                    .driver
+                    .finish_incoming(&handle)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                tracing::info!(migration = %arrival.migration_id, alloc = %alloc_id, "live migration arrived; the workload runs here");
+            }
+            MigrationMode::None | MigrationMode::RequestKvCache => {}
+        }
+        Ok(())
+    }
+
+    /// The migration was aborted: drop what arrived.
+    async fn drop_arrival(&self, alloc_id: &str, arrival: &Arrival) {
+        tracing::info!(migration = %arrival.migration_id, alloc = %alloc_id, "migration ended without the switch-over; dropping what arrived");
+        if let Err(e) = self.registry.revoke(&arrival.migration_id).await {
+            tracing::warn!(migration = %arrival.migration_id, error = %e, "cannot drop the staging directory");
+        }
+        let live = lock(&arrival.live).take();
+        if let Some(handle) = live {
+            match arrival.driver.stop(&handle, std::time::Duration::from_secs(5)).await {
+                Ok(_) => {
+                    if let Err(e) = self.store.forget(alloc_id) {
+                        tracing::warn!(alloc = %alloc_id, error = %e, "cannot forget the incoming workload");
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(alloc = %alloc_id, error = %e, "cannot stop the incoming workload")
+                }
+            }
+        }
+    }
+}
+
+/// Moves the staging directory's files into `target` (replacing what was
+/// there), durably.
+fn install_dir(staging: &Path, target: &Path) -> Result<(), String> {
+    let parent = target
+        .parent()
+        .ok_or_else(|| format!("{}: no parent directory", target.display()))?;
+    std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+    if target.exists() {
+        std::fs::remove_dir_all(target).map_err(|e| format!("{}: {e}", target.display()))?;
+    }
+    std::fs::rename(staging, target)
+        .map_err(|e| format!("{} -> {}: {e}", staging.display(), target.display()))?;
+    std::fs::File::open(parent)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| format!("{}: {e}", parent.display()))
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}

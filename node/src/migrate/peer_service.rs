@@ -1,0 +1,139 @@
+//! The tonic `AgentPeer` server: what a migration's source asks of this
+//! node as its target, answered from the [`IncomingRegistry`]. Served on the
+//! agent's `--listen` address beside `NodeAgent`.
+
+use herd_api::proto::agent::agent_peer_server::{AgentPeer, AgentPeerServer};
+use herd_api::proto::agent::{
+    AbortIncomingReply, AbortIncomingRequest, PrepareIncomingReply, PrepareIncomingRequest,
+    TransferChunk, TransferReply,
+};
+use tonic::{Request, Response, Status, Streaming};
+
+use super::receiver::{IncomingError, IncomingRegistry};
+use super::MAX_MESSAGE_BYTES;
+
+/// The longest migration id accepted (ids are short; this bounds what an
+/// untrusted peer makes the target look up and log).
+const MAX_ID_BYTES: usize = 256;
+
+/// Serves `AgentPeer` over a registry shared with the orchestration.
+#[derive(Clone)]
+pub struct AgentPeerService {
+    registry: IncomingRegistry,
+}
+
+impl AgentPeerService {
+    /// Serves the migrations `registry` authorizes.
+    pub fn new(registry: IncomingRegistry) -> Self {
+        Self { registry }
+    }
+
+    /// The tonic service, its message size bounded to one chunk and its
+    /// framing (the default 4 MiB would let a peer make it buffer more).
+    pub fn into_server(self) -> AgentPeerServer<Self> {
+        AgentPeerServer::new(self)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+}
+
+impl From<IncomingError> for Status {
+    fn from(e: IncomingError) -> Self {
+        let message = e.to_string();
+        match e {
+            IncomingError::NotTarget { .. }
+            | IncomingError::Aborted { .. }
+            | IncomingError::Closed { .. }
+            | IncomingError::NotPrepared { .. }
+            | IncomingError::OutOfStep { .. } => Status::failed_precondition(message),
+            IncomingError::BadChunk { .. } => Status::invalid_argument(message),
+            IncomingError::Checksum { .. } => Status::data_loss(message),
+            IncomingError::TooManyFiles { .. } => Status::resource_exhausted(message),
+            IncomingError::Endpoints { .. } => Status::unavailable(message),
+            IncomingError::Io { .. } | IncomingError::Internal(_) => Status::internal(message),
+        }
+    }
+}
+
+fn check_id(id: &str) -> Result<(), Status> {
+    if id.is_empty() {
+        return Err(Status::invalid_argument("migration_id is empty"));
+    }
+    if id.len() > MAX_ID_BYTES {
+        return Err(Status::invalid_argument(format!(
+            "migration_id is {} bytes long, over the limit of {MAX_ID_BYTES}",
+            id.len()
+        )));
+    }
+    Ok(())
+}
+
+#[tonic::async_trait]
+impl AgentPeer for AgentPeerService {
+    async fn prepare_incoming(
+        &self,
+        request: Request<PrepareIncomingRequest>,
+    ) -> Result<Response<PrepareIncomingReply>, Status> {
+        let request = request.into_inner();
+        check_id(&request.migration_id)?;
+        let reply = self.registry.prepare(&request).await.inspect_err(|e| {
+            tracing::warn!(migration = %request.migration_id, error = %e, "PrepareIncoming refused");
+        })?;
+        tracing::info!(
+            migration = %request.migration_id,
+            source = %request.source_node,
+            held = reply.received.len(),
+            "incoming migration prepared"
+        );
+        Ok(Response::new(reply))
+    }
+
+    async fn transfer(
+        &self,
+        request: Request<Streaming<TransferChunk>>,
+    ) -> Result<Response<TransferReply>, Status> {
+        let mut stream = request.into_inner();
+        let mut migration: Option<String> = None;
+        while let Some(chunk) = stream.message().await? {
+            let first = match &migration {
+                None => {
+                    check_id(&chunk.migration_id)?;
+                    migration = Some(chunk.migration_id.clone());
+                    true
+                }
+                Some(id) if *id != chunk.migration_id => {
+                    return Err(Status::invalid_argument(format!(
+                        "a Transfer stream carries one migration: started with {id:?}, then a chunk of {:?}",
+                        chunk.migration_id
+                    )))
+                }
+                Some(_) => false,
+            };
+            self.registry
+                .receive(chunk, first)
+                .await
+                .inspect_err(|e| tracing::warn!(error = %e, "transfer chunk refused"))?;
+        }
+        // The source closed the stream: everything it meant to send came.
+        let Some(id) = migration else {
+            return Ok(Response::new(TransferReply::default()));
+        };
+        let (bytes, files) = self.registry.stream_ended(&id).await?;
+        Ok(Response::new(TransferReply { bytes, files }))
+    }
+
+    async fn abort_incoming(
+        &self,
+        request: Request<AbortIncomingRequest>,
+    ) -> Result<Response<AbortIncomingReply>, Status> {
+        let request = request.into_inner();
+        check_id(&request.migration_id)?;
+        let known = self
+            .registry
+            .abort(&request.migration_id, &request.reason)
+            .await?;
+        let reason = self.registry.aborted(&request.migration_id);
+        tracing::info!(migration = %request.migration_id, known, ?reason, "incoming migration aborted by its source");
+        Ok(Response::new(AbortIncomingReply {}))
+    }
+}

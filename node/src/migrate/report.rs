@@ -1,0 +1,123 @@
+//! How an agent tells the coordinators where a migration it takes part in
+//! stands (`Agent.ReportMigration`): each step of the source's flow, the
+//! switch-over it asks for, or an abort.
+
+use std::time::Duration;
+
+use herd_api::client::HerdClient;
+use herd_api::migration::MigrationPhase;
+use herd_api::proto::agent::agent_client::AgentClient;
+use herd_api::proto::agent::{MigrationReportReply, MigrationReportRequest};
+
+/// The longest one report may take, retries included: past it the flow
+/// gives up and the leader's phase deadline ends the migration.
+const REPORT_BUDGET: Duration = Duration::from_secs(10);
+/// One call's timeout.
+const CALL_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Sends one node's migration reports.
+#[derive(Clone)]
+pub struct MigrationReporter {
+    node: String,
+    client: HerdClient,
+}
+
+impl MigrationReporter {
+    /// Reports for `node` through `client` (the link's, which finds the leader).
+    pub fn new(node: String, client: HerdClient) -> Self {
+        Self { node, client }
+    }
+
+    /// The migration reached `phase`, with the figures so far.
+    pub async fn advance(
+        &self,
+        id: &str,
+        phase: MigrationPhase,
+        bytes: u64,
+        rounds: u32,
+    ) -> Result<MigrationReportReply, String> {
+        self.send(MigrationReportRequest {
+            node: self.node.clone(),
+            id: id.to_string(),
+            action: "advance".into(),
+            phase: phase.as_str().into(),
+            bytes,
+            rounds,
+            ..Default::default()
+        })
+        .await
+    }
+
+    /// The target holds everything and the source is stopped or paused:
+    /// hand the allocation over.
+    pub async fn switch(
+        &self,
+        id: &str,
+        bytes: u64,
+        rounds: u32,
+        downtime_ms: u64,
+    ) -> Result<MigrationReportReply, String> {
+        self.send(MigrationReportRequest {
+            node: self.node.clone(),
+            id: id.to_string(),
+            action: "switch".into(),
+            bytes,
+            rounds,
+            downtime_ms,
+            ..Default::default()
+        })
+        .await
+    }
+
+    /// Gives the migration up, saying why.
+    pub async fn abort(&self, id: &str, reason: &str) -> Result<MigrationReportReply, String> {
+        self.send(MigrationReportRequest {
+            node: self.node.clone(),
+            id: id.to_string(),
+            action: "abort".into(),
+            reason: reason.to_string(),
+            ..Default::default()
+        })
+        .await
+    }
+
+    /// Sends `request`, trying again while no coordinator answers; a
+    /// refusal is final.
+    async fn send(&self, request: MigrationReportRequest) -> Result<MigrationReportReply, String> {
+        let deadline = tokio::time::Instant::now() + REPORT_BUDGET;
+        let mut pause = Duration::from_millis(100);
+        loop {
+            let call = self.client.call_leader(|channel| {
+                let request = request.clone();
+                async move {
+                    AgentClient::new(channel)
+                        .report_migration(request)
+                        .await
+                        .map(|r| r.into_inner())
+                }
+            });
+            let error = match tokio::time::timeout(CALL_TIMEOUT, call).await {
+                Ok(Ok(reply)) => return Ok(reply),
+                Ok(Err(e)) => match e.code() {
+                    Some(
+                        tonic::Code::InvalidArgument
+                        | tonic::Code::FailedPrecondition
+                        | tonic::Code::NotFound
+                        | tonic::Code::PermissionDenied,
+                    ) => return Err(e.to_string()),
+                    _ => e.to_string(),
+                },
+                Err(_) => "timed out".to_string(),
+            };
+            if tokio::time::Instant::now() + pause > deadline {
+                return Err(format!(
+                    "no coordinator took the {} report: {error}",
+                    request.action
+                ));
+            }
+            tracing::debug!(migration = %request.id, %error, "migration report failed; trying again");
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(1));
+        }
+    }
+}

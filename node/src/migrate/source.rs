@@ -1,0 +1,222 @@
+//! The source's side of a migration: the steps the agent that runs the
+//! allocation takes to move it, reported to the coordinators one by one.
+//!
+//! 1. `preparing`: ask the target to ready itself (`PrepareIncoming`).
+//! 2. `transferring`: move the state while the workload runs (a live
+//!    move's pre-copy), or stop it at a checkpoint and copy the checkpoint
+//!    directory (a checkpoint move).
+//! 3. `switching`: the source is paused or stopped and the target holds
+//!    everything; then ask for the switch-over.
+//!
+//! Any failure aborts the migration: the source's copy runs on (its
+//! workload actor starts or resumes it once the assignment no longer names
+//! the migration) and the target drops what it received.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use herd_actors::driver::live::{IncomingEndpoints, MoveLimits, MoveProgress};
+use herd_actors::driver::MigrationMode;
+use herd_actors::workload::{MoveOutReady, SupervisorMsg};
+use herd_api::migration::MigrationPhase;
+use herd_api::proto::agent::{MigrationAssignment, PrepareIncomingRequest};
+use ractor::ActorRef;
+
+use super::report::MigrationReporter;
+use super::transfer::{self, SendOptions};
+
+/// The checkpoint directory of an allocation, relative to its directory:
+/// what a checkpoint move copies (the dljob driver's `HERD_CHECKPOINT_DIR`).
+pub const CHECKPOINT_SUBDIR: &str = "checkpoints";
+/// How many Transfer streams a checkpoint copy may open after cuts.
+const TRANSFER_ATTEMPTS: u32 = 5;
+/// How long the source waits for its workload to stop or hand its handle.
+const MOVE_OUT_TIMEOUT: Duration = Duration::from_secs(120);
+/// The shortest time a step is given whatever its phase deadline says.
+const MIN_STEP: Duration = Duration::from_secs(5);
+
+/// One migration out of this node, as its assignment describes it.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    /// This node's name.
+    pub node: String,
+    /// The allocation that moves.
+    pub alloc_id: String,
+    /// Its generation here (the migration's `from_generation`).
+    pub generation: u64,
+    /// The allocation's directory on this node.
+    pub alloc_dir: PathBuf,
+    /// How its driver moves it.
+    pub mode: MigrationMode,
+    /// The migration, as assigned.
+    pub assignment: MigrationAssignment,
+}
+
+/// Runs the source's steps to the switch-over; on failure reports the abort
+/// (to the coordinators, and to the target) and returns why.
+pub async fn run(
+    outgoing: Outgoing,
+    supervisor: ActorRef<SupervisorMsg>,
+    reporter: MigrationReporter,
+) -> Result<(), String> {
+    let id = outgoing.assignment.id.clone();
+    let result = steps(&outgoing, &supervisor, &reporter).await;
+    if let Err(reason) = &result {
+        tracing::warn!(migration = %id, alloc = %outgoing.alloc_id, %reason, "migration out failed; aborting it");
+        if let Ok(mut peer) = transfer::connect(&outgoing.assignment.peer_addr) {
+            let _ = transfer::abort_incoming(&mut peer, &id, reason).await;
+        }
+        if let Err(e) = reporter.abort(&id, reason).await {
+            tracing::warn!(migration = %id, error = %e, "cannot report the abort; the leader's deadline ends it");
+        }
+    }
+    result
+}
+
+async fn steps(
+    outgoing: &Outgoing,
+    supervisor: &ActorRef<SupervisorMsg>,
+    reporter: &MigrationReporter,
+) -> Result<(), String> {
+    let a = &outgoing.assignment;
+    let started = Instant::now();
+    reporter
+        .advance(&a.id, MigrationPhase::Preparing, 0, 0)
+        .await
+        .map_err(|e| format!("cannot report preparing: {e}"))?;
+    let mut peer = transfer::connect(&a.peer_addr).map_err(|e| e.to_string())?;
+    let request = PrepareIncomingRequest {
+        migration_id: a.id.clone(),
+        alloc_id: outgoing.alloc_id.clone(),
+        source_node: outgoing.node.clone(),
+        kind: a.kind.clone(),
+    };
+    let prepared = transfer::prepare(&mut peer, &request)
+        .await
+        .map_err(|e| format!("the target {} could not prepare: {e}", a.peer_node))?;
+    reporter
+        .advance(&a.id, MigrationPhase::Transferring, 0, 0)
+        .await
+        .map_err(|e| format!("cannot report transferring: {e}"))?;
+    let (bytes, rounds, downtime_ms) = match outgoing.mode {
+        MigrationMode::CheckpointRestart => {
+            let ready = move_out(outgoing, supervisor, true).await?;
+            let stopped_at = Instant::now();
+            let dir = outgoing.alloc_dir.join(CHECKPOINT_SUBDIR);
+            let options = SendOptions {
+                bandwidth_bytes_per_sec: bandwidth(a),
+                ..SendOptions::default()
+            };
+            let stats = transfer::send_with_resume(
+                &mut peer,
+                &request,
+                &dir,
+                &options,
+                TRANSFER_ATTEMPTS,
+                &|_| {},
+            )
+            .await
+            .map_err(|e| format!("copying the checkpoint failed: {e}"))?;
+            tracing::info!(
+                migration = %a.id,
+                step = ?ready.exit,
+                bytes = stats.bytes_sent,
+                "checkpoint copied to the target"
+            );
+            let moved = stats.bytes_sent + stats.bytes_skipped;
+            // The workload is down from its stop until the target starts it
+            // after the switch-over; measured here up to the switch.
+            (moved, 1, stopped_at.elapsed().as_millis() as u64)
+        }
+        MigrationMode::LivePreCopy => {
+            let ready = move_out(outgoing, supervisor, false).await?;
+            let endpoints = IncomingEndpoints {
+                main: prepared.endpoint.clone(),
+                extra: prepared.endpoints.clone().into_iter().collect(),
+            };
+            let limits = MoveLimits {
+                downtime_limit: Duration::from_millis(a.downtime_limit_ms.max(1)),
+                bandwidth_bytes_per_sec: bandwidth(a),
+                deadline: step_budget(a),
+            };
+            let last = Arc::new(AtomicU64::new(0));
+            let seen = last.clone();
+            let progress = move |p: MoveProgress| seen.store(p.bytes, Ordering::Relaxed);
+            let stats = ready
+                .driver
+                .migrate_out(&ready.handle, &endpoints, &limits, &progress)
+                .await
+                .map_err(|e| format!("the live move failed: {e}"))?;
+            (
+                stats.bytes.max(last.load(Ordering::Relaxed)),
+                stats.rounds,
+                stats.downtime_ms,
+            )
+        }
+        MigrationMode::None | MigrationMode::RequestKvCache => {
+            return Err(format!(
+                "the {} driver's workloads cannot move whole ({} moves)",
+                a.kind,
+                outgoing.mode.as_str()
+            ))
+        }
+    };
+    reporter
+        .advance(&a.id, MigrationPhase::Switching, bytes, rounds)
+        .await
+        .map_err(|e| format!("cannot report switching: {e}"))?;
+    let reply = reporter
+        .switch(&a.id, bytes, rounds, downtime_ms)
+        .await
+        .map_err(|e| format!("the switch-over was refused: {e}"))?;
+    tracing::info!(
+        migration = %a.id,
+        alloc = %outgoing.alloc_id,
+        target = %a.peer_node,
+        phase = %reply.phase,
+        generation = reply.generation,
+        bytes,
+        downtime_ms,
+        total_ms = started.elapsed().as_millis() as u64,
+        "migrated out"
+    );
+    Ok(())
+}
+
+/// Asks the workload actor for the workload, stopped at a checkpoint
+/// (`stop`) or running (a live move).
+async fn move_out(
+    outgoing: &Outgoing,
+    supervisor: &ActorRef<SupervisorMsg>,
+    stop: bool,
+) -> Result<MoveOutReady, String> {
+    let asked = ractor::call_t!(
+        supervisor,
+        |reply| SupervisorMsg::MoveOut {
+            alloc_id: outgoing.alloc_id.clone(),
+            generation: outgoing.generation,
+            migration_id: outgoing.assignment.id.clone(),
+            stop,
+            reply,
+        },
+        MOVE_OUT_TIMEOUT.as_millis() as u64
+    );
+    match asked {
+        Ok(Ok(ready)) => Ok(ready),
+        Ok(Err(e)) => Err(format!("the workload cannot move out: {e}")),
+        Err(e) => Err(format!("the workload supervisor did not answer: {e}")),
+    }
+}
+
+fn bandwidth(a: &MigrationAssignment) -> Option<u64> {
+    (a.bandwidth_bytes_per_sec > 0).then_some(a.bandwidth_bytes_per_sec)
+}
+
+/// How long a step may take: up to the phase deadline the leader set, but
+/// never less than [`MIN_STEP`].
+fn step_budget(a: &MigrationAssignment) -> Duration {
+    let now = herd_api::clock::now_ms();
+    Duration::from_millis(a.phase_deadline_ms.saturating_sub(now)).max(MIN_STEP)
+}

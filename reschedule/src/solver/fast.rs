@@ -1,0 +1,327 @@
+//! herd's own planner: steepest descent over single moves, ranked by slots
+//! gained and then by a potential that rewards gathering fragments on few
+//! NUMA nodes, followed by large-neighbourhood search (drop some moves of
+//! the best plan, replay the rest, descend again with randomised
+//! tie-breaking) until the deadline. Anytime: it returns the best plan
+//! found when the deadline hits.
+//!
+//! One descent step costs O(shapes × placements + VMs): VMs of one shape
+//! (cores and memory per NUMA node, span) share their best destinations,
+//! so the best destination of every VM comes from a short per-shape list.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use super::{best_prefix, Limits, Solution, SolveError, Solver};
+use crate::model::{placements_on, Instance, Move, Placement};
+use crate::objective::node_slots;
+use crate::rng::SplitMix64;
+use crate::state::{mem_i64, State};
+
+/// herd's anytime planner.
+#[derive(Debug, Clone, Copy)]
+pub struct Fast {
+    /// Large-neighbourhood search after the first descent (`true`), or
+    /// restarts from the initial state with fresh tie-breaking (`false`,
+    /// the design it was compared with).
+    pub lns: bool,
+    /// Best destinations kept per VM shape (enough to skip a VM's own
+    /// nodes; a VM with anti-affinity groups falls back to a full scan).
+    pub top: usize,
+}
+
+impl Default for Fast {
+    fn default() -> Self {
+        Fast { lns: true, top: 4 }
+    }
+}
+
+/// A move's worth: slots gained first, then the potential's change.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Gain {
+    slots: i64,
+    phi: i64,
+}
+
+impl Gain {
+    fn improves(self) -> bool {
+        self.slots > 0 || (self.slots == 0 && self.phi > 0)
+    }
+    fn add(self, o: Gain) -> Gain {
+        Gain {
+            slots: self.slots + o.slots,
+            phi: self.phi + o.phi,
+        }
+    }
+}
+
+/// Slots and fragments² of a node with these free resources.
+fn node_value(state: &State<'_>, cpu: i64, mem: i64) -> (i64, i64) {
+    let k = node_slots(cpu, mem, state.shape());
+    let r = cpu.max(0) - i64::from(state.shape().cpu) * k;
+    (k, r * r)
+}
+
+/// Gain on `node` of its free resources changing by (dc, dm); None if it
+/// would go negative.
+fn node_gain(state: &State<'_>, node: usize, dc: i64, dm: i64) -> Option<Gain> {
+    let (c, m) = (state.free_cpu(node), state.free_mem(node));
+    if c + dc < 0 || m + dm < 0 {
+        return None;
+    }
+    if !state.node_active(node) {
+        return Some(Gain { slots: 0, phi: 0 });
+    }
+    let (k0, p0) = node_value(state, c, m);
+    let (k1, p1) = node_value(state, c + dc, m + dm);
+    Some(Gain {
+        slots: k1 - k0,
+        phi: p1 - p0,
+    })
+}
+
+/// The per-instance data a descent needs, built once per solve.
+struct Prep {
+    /// Shape id of each VM (usize::MAX: never moved).
+    shape_of: Vec<usize>,
+    /// Per shape: (cores per node, MiB per node, span).
+    shapes: Vec<(u32, u64, u8)>,
+    /// Destinations for span 1 and span 2 on active PMs.
+    dests: [Vec<Placement>; 2],
+}
+
+impl Prep {
+    fn new(inst: &Instance) -> Prep {
+        let mut ids: HashMap<(u32, u64, u8), usize> = HashMap::new();
+        let mut shapes = Vec::new();
+        let mut shape_of = Vec::with_capacity(inst.vms.len());
+        for vm in &inst.vms {
+            let key = (vm.numa_cpu, vm.numa_mem_mb, vm.span);
+            let id = *ids.entry(key).or_insert_with(|| {
+                shapes.push(key);
+                shapes.len() - 1
+            });
+            shape_of.push(id);
+        }
+        let mut dests = [Vec::new(), Vec::new()];
+        for (p, pm) in inst.pms.iter().enumerate() {
+            if !pm.active {
+                continue;
+            }
+            for span in 1..=2u8 {
+                for numa in placements_on(pm.numa.len(), span) {
+                    dests[usize::from(span - 1)].push(Placement { pm: p, numa });
+                }
+            }
+        }
+        Prep {
+            shape_of,
+            shapes,
+            dests,
+        }
+    }
+}
+
+/// Gain of putting a VM of shape (c, m) on `to` (the VM not there yet).
+fn dest_gain(state: &State<'_>, to: Placement, c: i64, m: i64) -> Option<Gain> {
+    let mut g = Gain { slots: 0, phi: 0 };
+    for n in to.numa.iter() {
+        let node = state.node(to.pm, n)?;
+        g = g.add(node_gain(state, node, -c, -m)?);
+    }
+    Some(g)
+}
+
+/// Gain of taking VM `v` off its nodes.
+fn source_gain(state: &State<'_>, v: usize) -> Gain {
+    let vm = &state.instance().vms[v];
+    let from = state.placement(v);
+    let mut g = Gain { slots: 0, phi: 0 };
+    for n in from.numa.iter() {
+        if let Some(node) = state.node(from.pm, n) {
+            if let Some(x) = node_gain(state, node, i64::from(vm.numa_cpu), mem_i64(vm.numa_mem_mb)) {
+                g = g.add(x);
+            }
+        }
+    }
+    g
+}
+
+/// Score used to rank improving moves: slots dominate, then potential plus
+/// a random nudge (`noise` in 0..amplitude).
+fn score(g: Gain, noise: f64) -> f64 {
+    g.slots as f64 * 1.0e7 + g.phi as f64 + noise
+}
+
+/// The best improving move from `state` (None: no move improves), skipping
+/// VMs in `moved`.
+fn best_move(
+    state: &State<'_>,
+    prep: &Prep,
+    top: usize,
+    moved: &[bool],
+    rng: &mut SplitMix64,
+    noise: f64,
+) -> Option<Move> {
+    let inst = state.instance();
+    // Per shape, its best few destinations by score.
+    let mut tops: Vec<Vec<(f64, Gain, Placement)>> = Vec::with_capacity(prep.shapes.len());
+    for &(c, m, span) in &prep.shapes {
+        let mut best: Vec<(f64, Gain, Placement)> = Vec::with_capacity(top + 1);
+        for &to in &prep.dests[usize::from(span.clamp(1, 2) - 1)] {
+            let Some(g) = dest_gain(state, to, i64::from(c), mem_i64(m)) else {
+                continue;
+            };
+            let s = score(g, if noise > 0.0 { rng.unit() * noise } else { 0.0 });
+            if best.len() == top && best.last().is_some_and(|b| b.0 >= s) {
+                continue;
+            }
+            let at = best.iter().position(|b| b.0 < s).unwrap_or(best.len());
+            best.insert(at, (s, g, to));
+            best.truncate(top);
+        }
+        tops.push(best);
+    }
+    let mut pick: Option<(f64, Move)> = None;
+    for (v, vm) in inst.vms.iter().enumerate() {
+        if moved[v] || !state.movable(v) {
+            continue;
+        }
+        let from = state.placement(v);
+        let out = source_gain(state, v);
+        let own = |to: &Placement| to.pm == from.pm && to.numa.overlaps(from.numa);
+        let mut chosen = None;
+        for &(s, g, to) in &tops[prep.shape_of[v]] {
+            if own(&to) || (!vm.groups.is_empty() && state.conflicts(v, to.pm).is_some()) {
+                continue;
+            }
+            chosen = Some((s, g, to));
+            break;
+        }
+        if chosen.is_none() && !vm.groups.is_empty() {
+            // Every listed destination conflicts: scan them all.
+            for &to in &prep.dests[usize::from(vm.span.clamp(1, 2) - 1)] {
+                if own(&to) || state.conflicts(v, to.pm).is_some() {
+                    continue;
+                }
+                let Some(g) = dest_gain(state, to, i64::from(vm.numa_cpu), mem_i64(vm.numa_mem_mb)) else {
+                    continue;
+                };
+                let s = score(g, 0.0);
+                if chosen.is_none_or(|(b, _, _)| s > b) {
+                    chosen = Some((s, g, to));
+                }
+            }
+        }
+        let Some((s, g, to)) = chosen else { continue };
+        let total = out.add(g);
+        if !total.improves() {
+            continue;
+        }
+        let s = s + score(out, 0.0);
+        if pick.is_none_or(|(b, _)| s > b) {
+            pick = Some((s, Move { vm: v, to }));
+        }
+    }
+    pick.map(|(_, mv)| mv)
+}
+
+/// Descends from `state` (already holding `moves`) until no move improves,
+/// the budget is spent or the deadline passes.
+#[allow(clippy::too_many_arguments)]
+fn descend(
+    state: &mut State<'_>,
+    moves: &mut Vec<Move>,
+    moved: &mut [bool],
+    prep: &Prep,
+    fast: &Fast,
+    limits: &Limits,
+    start: Instant,
+    rng: &mut SplitMix64,
+    noise: f64,
+) {
+    while moves.len() < limits.max_moves && start.elapsed() < limits.deadline {
+        let Some(mv) = best_move(state, prep, fast.top, moved, rng, noise) else {
+            break;
+        };
+        if state.check(mv).is_err() {
+            break;
+        }
+        state.apply_unchecked(mv);
+        moved[mv.vm] = true;
+        moves.push(mv);
+    }
+}
+
+impl Solver for Fast {
+    fn name(&self) -> &'static str {
+        if self.lns {
+            "herd"
+        } else {
+            "herd-restart"
+        }
+    }
+
+    fn solve(&self, inst: &Instance, limits: &Limits) -> Result<Solution, SolveError> {
+        let start = Instant::now();
+        let prep = Prep::new(inst);
+        let mut rng = SplitMix64::new(limits.seed);
+        let top = self.top.max(3);
+        let fast = Fast { top, ..*self };
+
+        let mut state = State::new(inst, limits.shape);
+        let mut moves = Vec::new();
+        let mut moved = vec![false; inst.vms.len()];
+        descend(&mut state, &mut moves, &mut moved, &prep, &fast, limits, start, &mut rng, 0.0);
+        let (mut best, mut best_fr) = best_prefix(inst, limits.shape, &moves);
+        let mut best_slots = slots_of(inst, limits, &best);
+        let mut iterations = 0u64;
+
+        while start.elapsed() < limits.deadline && limits.max_moves > 0 {
+            iterations += 1;
+            let mut state = State::new(inst, limits.shape);
+            let mut moves = Vec::new();
+            let mut moved = vec![false; inst.vms.len()];
+            if self.lns && !best.is_empty() {
+                // Destroy: drop a random share of the best plan's moves, or
+                // cut it at a random point; replay what is left.
+                let cut = rng.unit() < 0.3;
+                let keep_upto = rng.below(best.len() + 1);
+                let drop_p = 0.1 + 0.4 * rng.unit();
+                for (i, &mv) in best.iter().enumerate() {
+                    let keep = if cut { i < keep_upto } else { rng.unit() >= drop_p };
+                    if keep && state.check(mv).is_ok() {
+                        state.apply_unchecked(mv);
+                        moved[mv.vm] = true;
+                        moves.push(mv);
+                    }
+                }
+            }
+            let noise = 8.0 + 120.0 * rng.unit();
+            descend(&mut state, &mut moves, &mut moved, &prep, &fast, limits, start, &mut rng, noise);
+            let (cand, fr) = best_prefix(inst, limits.shape, &moves);
+            let slots = slots_of(inst, limits, &cand);
+            if slots > best_slots || (slots == best_slots && cand.len() < best.len()) {
+                best = cand;
+                best_fr = fr;
+                best_slots = slots;
+            }
+        }
+        Ok(Solution {
+            moves: best,
+            fr_after: best_fr,
+            proved_optimal: false,
+            note: Some(format!("{iterations} search rounds after the first descent")),
+        })
+    }
+}
+
+/// Slots reached by replaying `moves` (all valid).
+fn slots_of(inst: &Instance, limits: &Limits, moves: &[Move]) -> i64 {
+    let mut state = State::new(inst, limits.shape);
+    for &mv in moves {
+        state.apply_unchecked(mv);
+    }
+    state.slots()
+}
+
