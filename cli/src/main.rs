@@ -64,6 +64,10 @@ enum Command {
     /// GPU power budgets per group of nodes, and what the nodes draw.
     #[command(subcommand)]
     Power(cmd::power::PowerCommand),
+    /// Plan defragmenting migrations (`herd reschedule eval FILE`: compare
+    /// the planners on an instance file; `generate`: a synthetic one).
+    #[command(subcommand)]
+    Reschedule(cmd::reschedule::RescheduleCommand),
     /// Prepare what the vm driver boots (`herd vm guest DIR`: a small test guest).
     #[command(subcommand)]
     Vm(cmd::vm::VmCommand),
@@ -144,6 +148,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Var(command) => cmd::var::run(&ctx, command).await,
         Command::Power(command) => cmd::power::run(&ctx, command).await,
         Command::Vm(command) => cmd::vm::run(&ctx, command),
+        Command::Reschedule(command) => cmd::reschedule::run(&ctx, command),
         Command::Bench(command) => bench::run(&ctx, command).await,
         Command::SimVm(args) => cmd::sim_vm::run(args).await,
         Command::Chaos(command) => cmd::chaos::run(command).await,
@@ -165,6 +170,7 @@ fn prints_and_exits(command: &Command) -> bool {
         | Command::Var(_)
         | Command::Power(_)
         | Command::Vm(_)
+        | Command::Reschedule(_)
         | Command::Infer(_) => true,
         Command::Node(args) => args.command.is_some(),
         Command::Coordinator(_)

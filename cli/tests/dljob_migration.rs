@@ -15,6 +15,7 @@ use std::time::Duration;
 use common::agents::{cluster_with_agents, must_have_ready_nodes, running_allocs};
 use common::*;
 use herd_actors::toy_train::checkpoint::{self, WeightsRecord};
+use herd_node::migrate::source::FAULT_HOLD_ENV;
 
 const STEPS: u64 = 400;
 const ARGS: [&str; 8] = [
@@ -51,9 +52,21 @@ fn reference_weights(dir: &Path) -> WeightsRecord {
     serde_json::from_str(&text).expect("weights json")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_training_job_moves_to_another_node_and_ends_as_if_never_moved() {
-    let (_cluster, addr, mut agents) = cluster_with_agents(1, "3000").await;
+/// What every test here starts from: three coordinators, agents m1 and m2,
+/// the training job running past its first checkpoint.
+struct Training {
+    _cluster: herd_chaos::process_cluster::ProcessCluster,
+    addr: String,
+    agents: herd_chaos::agents::AgentSet,
+    alloc: String,
+    source: String,
+    target: &'static str,
+    source_log: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+async fn training() -> Training {
+    let (cluster, addr, mut agents) = cluster_with_agents(1, "3000").await;
     for name in ["m1", "m2"] {
         agents.start(name, &[]).expect("start agent");
     }
@@ -81,7 +94,6 @@ async fn a_training_job_moves_to_another_node_and_ends_as_if_never_moved() {
     .await;
     let target = if source == "m1" { "m2" } else { "m1" };
     let source_dir = agents.agent(&source).expect("source").data_dir.clone();
-    let target_dir = agents.agent(target).expect("target").data_dir.clone();
     let source_log = source_dir.join("allocs").join(&alloc).join("stdout.log");
     until(
         "steps past the first checkpoint",
@@ -92,16 +104,101 @@ async fn a_training_job_moves_to_another_node_and_ends_as_if_never_moved() {
         },
     )
     .await;
+    Training {
+        _cluster: cluster,
+        addr,
+        agents,
+        alloc,
+        source,
+        target,
+        source_log,
+        _dir: dir,
+    }
+}
 
+/// How many trainer processes of the job run now (through /proc).
+fn copies(agents: &herd_chaos::agents::AgentSet) -> usize {
+    agents
+        .workloads()
+        .into_iter()
+        .filter(|w| w.job == "train")
+        .count()
+}
+
+/// Waits for the job to complete, counting trainer copies meanwhile;
+/// returns the most seen at once.
+async fn until_complete(t: &Training, mut most: usize) -> usize {
+    let started = std::time::Instant::now();
+    loop {
+        most = most.max(copies(&t.agents));
+        if json(&t.addr, &["job", "status", "train"])["status"] == "complete" {
+            return most;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "the job never completed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The job's migration record.
+fn the_migration(t: &Training) -> Option<serde_json::Value> {
+    json(&t.addr, &["migration", "list", "--alloc", &t.alloc])
+        .as_array()?
+        .first()
+        .cloned()
+}
+
+/// Waits until the migration is in `phase`, counting copies meanwhile.
+async fn until_phase(
+    t: &Training,
+    phase: &str,
+    most: &mut usize,
+    limit: Duration,
+) -> serde_json::Value {
+    let started = std::time::Instant::now();
+    loop {
+        *most = (*most).max(copies(&t.agents));
+        if let Some(m) = the_migration(t).filter(|m| m["phase"] == phase) {
+            return m;
+        }
+        assert!(
+            started.elapsed() < limit,
+            "the migration never reached {phase}: {:?}",
+            the_migration(t)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Every step ran once and the weights are those of a run never moved.
+fn ends_as_if_never_moved(logs: &[&Path], weights: &Path) {
+    let mut all = Vec::new();
+    for log in logs {
+        all.extend(steps_in(&std::fs::read_to_string(log).expect("log")));
+    }
+    let expected: Vec<u64> = (1..=STEPS).collect();
+    assert_eq!(all, expected, "steps of {logs:?}");
+    let reference_dir = tempfile::tempdir().expect("tempdir");
+    let reference = reference_weights(reference_dir.path());
+    let text = std::fs::read_to_string(weights).expect("weights");
+    let moved: WeightsRecord = serde_json::from_str(&text).expect("weights json");
+    assert_eq!(moved.step, STEPS);
+    assert_eq!(
+        moved.weight_bits, reference.weight_bits,
+        "{moved:?} vs {reference:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_training_job_moves_to_another_node_and_ends_as_if_never_moved() {
+    let t = training().await;
+    let (addr, alloc, source, target) =
+        (t.addr.clone(), t.alloc.clone(), t.source.clone(), t.target);
+    let target_dir = t.agents.agent(target).expect("target").data_dir.clone();
     // The move runs in a thread while the trainer processes are watched
     // through /proc for the whole of it.
-    let copies = |agents: &herd_chaos::agents::AgentSet| {
-        agents
-            .workloads()
-            .into_iter()
-            .filter(|w| w.job == "train")
-            .count()
-    };
     let migrate = {
         let args: Vec<String> = [
             "--addr", &addr, "alloc", "migrate", &alloc, "--to", target, "--wait",
@@ -116,7 +213,7 @@ async fn a_training_job_moves_to_another_node_and_ends_as_if_never_moved() {
     };
     let mut most = 0;
     while !migrate.is_finished() {
-        most = most.max(copies(&agents));
+        most = most.max(copies(&t.agents));
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let moved = migrate.join().expect("migrate thread");
@@ -126,9 +223,8 @@ async fn a_training_job_moves_to_another_node_and_ends_as_if_never_moved() {
         String::from_utf8_lossy(&moved.stdout),
         String::from_utf8_lossy(&moved.stderr)
     );
-    let migrations = json(&addr, &["migration", "list", "--alloc", &alloc]);
-    let record = &migrations.as_array().expect("list")[0];
-    assert_eq!(record["phase"], "completed", "{migrations:#}");
+    let record = the_migration(&t).expect("a migration");
+    assert_eq!(record["phase"], "completed", "{record:#}");
     assert_eq!(record["source"], source.as_str());
     assert_eq!(record["target"], target);
     assert!(record["bytes"].as_u64().unwrap_or(0) > 0, "{record:#}");
@@ -137,43 +233,132 @@ async fn a_training_job_moves_to_another_node_and_ends_as_if_never_moved() {
     assert_eq!(status["node"], target, "{status:#}");
     assert_eq!(status["generation"], 2, "{status:#}");
 
-    // The job completes on the target.
-    let started = std::time::Instant::now();
-    loop {
-        most = most.max(copies(&agents));
-        if json(&addr, &["job", "status", "train"])["status"] == "complete" {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "the job never completed"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let most = until_complete(&t, most).await;
     assert_eq!(most, 1, "two trainers ran at once (or none was seen)");
-
-    // Every step ran exactly once, split between the two nodes.
-    let before = steps_in(&std::fs::read_to_string(&source_log).expect("source log"));
+    // Every step ran exactly once, split between the two nodes, and the
+    // weights are bit for bit those of a run never moved.
     let target_alloc = target_dir.join("allocs").join(&alloc);
-    let after =
-        steps_in(&std::fs::read_to_string(target_alloc.join("stdout.log")).expect("target log"));
+    let before = steps_in(&std::fs::read_to_string(&t.source_log).expect("source log"));
     assert!(
-        !before.is_empty() && !after.is_empty(),
-        "{before:?} {after:?}"
+        !before.is_empty() && (before.len() as u64) < STEPS,
+        "{before:?}"
     );
-    let all: Vec<u64> = before.iter().chain(after.iter()).copied().collect();
-    let expected: Vec<u64> = (1..=STEPS).collect();
-    assert_eq!(all, expected, "steps on {source} then {target}");
+    ends_as_if_never_moved(
+        &[&t.source_log, &target_alloc.join("stdout.log")],
+        &target_alloc.join("checkpoints").join(checkpoint::WEIGHTS),
+    );
+    // The target's staging directory was handed over, none is left.
+    let staging = target_dir.join("migrations");
+    let left = std::fs::read_dir(&staging).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(left, 0, "staging left in {}", staging.display());
+}
 
-    // Bit for bit the weights of a run never moved.
-    let reference_dir = tempfile::tempdir().expect("tempdir");
-    let reference = reference_weights(reference_dir.path());
-    let text = std::fs::read_to_string(target_alloc.join("checkpoints").join(checkpoint::WEIGHTS))
-        .expect("moved weights");
-    let moved: WeightsRecord = serde_json::from_str(&text).expect("weights json");
-    assert_eq!(moved.step, STEPS);
-    assert_eq!(
-        moved.weight_bits, reference.weight_bits,
-        "moved {moved:?} vs {reference:?}"
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_killed_mid_transfer_aborts_the_move_and_the_trainer_resumes_at_home() {
+    // The source holds 5 s once its trainer stopped at a checkpoint.
+    std::env::set_var(FAULT_HOLD_ENV, "transferring:5000");
+    let mut t = training().await;
+    let source_dir = t.agents.agent(&t.source).expect("source").data_dir.clone();
+    let target_dir = t.agents.agent(t.target).expect("target").data_dir.clone();
+    must_cli_ok(&[
+        "--addr", &t.addr, "alloc", "migrate", &t.alloc, "--to", t.target,
+    ]);
+    let mut most = 0;
+    until_phase(&t, "transferring", &mut most, Duration::from_secs(20)).await;
+    // The trainer stops at its checkpoint; then the target dies.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    t.agents.kill_agent(t.target).expect("kill target");
+    let record = until_phase(&t, "aborted", &mut most, Duration::from_secs(30)).await;
+    assert!(
+        record["error"].as_str().is_some_and(|e| !e.is_empty()),
+        "{record:#}"
+    );
+    let status = json(&t.addr, &["alloc", "status", &t.alloc]);
+    assert_eq!(status["node"], t.source.as_str(), "{status:#}");
+    assert_eq!(status["generation"], 1, "{status:#}");
+
+    let most = until_complete(&t, most).await;
+    assert_eq!(most, 1, "two trainers ran at once (or none was seen)");
+    let events = json(&t.addr, &["alloc", "status", &t.alloc])["events"].clone();
+    let kinds: Vec<&str> = events
+        .as_array()
+        .map(|e| e.iter().filter_map(|e| e["kind"].as_str()).collect())
+        .unwrap_or_default();
+    assert!(kinds.contains(&"move_aborted"), "{events:#}");
+    let alloc_dir = source_dir.join("allocs").join(&t.alloc);
+    ends_as_if_never_moved(
+        &[&t.source_log],
+        &alloc_dir.join("checkpoints").join(checkpoint::WEIGHTS),
+    );
+
+    // The target comes back and drops what it had received.
+    t.agents.restart(t.target).expect("restart target");
+    until(
+        "the target's staging removed",
+        Duration::from_secs(20),
+        || {
+            let left = std::fs::read_dir(target_dir.join("migrations"))
+                .map(|d| d.count())
+                .unwrap_or(0);
+            (left == 0).then_some(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_agent_killed_before_the_switch_over_keeps_the_trainer_and_the_target_drops_its_copy(
+) {
+    // Everything is copied, then the source holds 6 s before the switch.
+    std::env::set_var(FAULT_HOLD_ENV, "switching:6000");
+    let mut t = training().await;
+    let source_dir = t.agents.agent(&t.source).expect("source").data_dir.clone();
+    let target_dir = t.agents.agent(t.target).expect("target").data_dir.clone();
+    must_cli_ok(&[
+        "--addr", &t.addr, "alloc", "migrate", &t.alloc, "--to", t.target,
+    ]);
+    let mut most = 0;
+    until_phase(&t, "switching", &mut most, Duration::from_secs(20)).await;
+    // The source agent dies (its trainer is stopped at a checkpoint) and
+    // comes back: it gives the migration up and runs the trainer again.
+    let source = t.source.clone();
+    t.agents.kill_agent(&source).expect("kill source");
+    t.agents.restart(&source).expect("restart source");
+    let record = until_phase(&t, "aborted", &mut most, Duration::from_secs(30)).await;
+    assert!(
+        record["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("restarted")),
+        "{record:#}"
+    );
+    let status = json(&t.addr, &["alloc", "status", &t.alloc]);
+    assert_eq!(status["node"], source.as_str(), "{status:#}");
+    assert_eq!(status["generation"], 1, "{status:#}");
+
+    let most = until_complete(&t, most).await;
+    assert_eq!(most, 1, "two trainers ran at once (or none was seen)");
+    let alloc_dir = source_dir.join("allocs").join(&t.alloc);
+    ends_as_if_never_moved(
+        &[&t.source_log],
+        &alloc_dir.join("checkpoints").join(checkpoint::WEIGHTS),
+    );
+    until(
+        "the target's staging removed",
+        Duration::from_secs(20),
+        || {
+            let left = std::fs::read_dir(target_dir.join("migrations"))
+                .map(|d| d.count())
+                .unwrap_or(0);
+            (left == 0).then_some(())
+        },
+    )
+    .await;
+    assert!(
+        !target_dir
+            .join("allocs")
+            .join(&t.alloc)
+            .join("checkpoints")
+            .exists(),
+        "the target installed a checkpoint of a migration that was aborted"
     );
 }

@@ -233,7 +233,11 @@ async fn send_then_cut(
     let sent = (n * CHUNK_BYTES) as u64;
     for _ in 0..500 {
         let status = registry.status(ID).await.expect("status").expect("known");
-        if status.progress.bytes == sent {
+        if status
+            .files
+            .iter()
+            .any(|f| f.path == BIG && f.bytes == sent)
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -679,4 +683,39 @@ async fn the_bandwidth_cap_paces_the_transfer() {
 fn a_bad_address_is_an_error_not_a_panic() {
     let err = connect("not a host:port\n").expect_err("bad address");
     assert!(matches!(err, TransferError::BadAddress { .. }), "{err:?}");
+}
+
+#[tokio::test]
+async fn a_cut_stream_is_never_taken_for_a_finished_one() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let source = tmp.path().join("source");
+    let staging = tmp.path().join("staging");
+    std::fs::create_dir_all(&source).expect("mkdir");
+    std::fs::write(source.join("a"), pattern(1000, 11)).expect("write");
+    std::fs::write(source.join("b"), pattern(1000, 12)).expect("write");
+    let registry = IncomingRegistry::new();
+    registry.authorize(migration(ID, &staging));
+    let target = serve(&registry).await;
+    let mut peer = client(&target);
+    transfer::prepare(&mut peer, &prepare_request(ID))
+        .await
+        .expect("prepare");
+    // Cut right after "a" is whole: the target then holds no partial file,
+    // and only a clean end of the stream could make it complete.
+    let options = SendOptions {
+        cut_after_bytes: Some(1000),
+        ..SendOptions::default()
+    };
+    let err = transfer::send_dir_with(&mut peer, ID, &source, &[], &options, &no_progress)
+        .await
+        .expect_err("cut");
+    assert!(
+        matches!(err, TransferError::Cut(_)) && err.is_retryable(),
+        "{err:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let status = registry.status(ID).await.expect("status").expect("known");
+    assert_eq!(status.files.len(), 1, "{:?}", status.files);
+    assert!(status.files[0].complete);
+    assert!(!status.progress.complete, "{:?}", status.progress);
 }

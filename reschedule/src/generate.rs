@@ -87,13 +87,21 @@ const FLAVOURS: [(u32, u8, u32); 11] = [
 /// A synthetic instance; errors on bad parameters or an FR not reached.
 pub fn generate(p: &GenParams) -> Result<Instance, GenError> {
     if p.pms == 0 || p.pms > 100_000 {
-        return Err(GenError::BadParam(format!("pms is {} (1 to 100000)", p.pms)));
+        return Err(GenError::BadParam(format!(
+            "pms is {} (1 to 100000)",
+            p.pms
+        )));
     }
     if !(p.load > 0.0 && p.load < 1.0) {
-        return Err(GenError::BadParam(format!("load is {} (between 0 and 1)", p.load)));
+        return Err(GenError::BadParam(format!(
+            "load is {} (between 0 and 1)",
+            p.load
+        )));
     }
     if !(0.0..=1.0).contains(&p.fr) || !(0.0..=1.0).contains(&p.immovable) {
-        return Err(GenError::BadParam("fr and immovable must be between 0 and 1".into()));
+        return Err(GenError::BadParam(
+            "fr and immovable must be between 0 and 1".into(),
+        ));
     }
     if p.groups > 0 && (p.group_size < 2 || p.group_size > p.pms) {
         return Err(GenError::BadParam(format!(
@@ -142,9 +150,10 @@ pub fn generate(p: &GenParams) -> Result<Instance, GenError> {
             let pm = rng.below(p.pms);
             let opts = placements_on(2, span);
             let numa = opts[rng.below(opts.len())];
-            if numa.iter().all(|n| {
-                free[pm][n].0 >= i64::from(numa_cpu) && free[pm][n].1 >= numa_mem as i64
-            }) {
+            if numa
+                .iter()
+                .all(|n| free[pm][n].0 >= i64::from(numa_cpu) && free[pm][n].1 >= numa_mem as i64)
+            {
                 for n in numa.iter() {
                     free[pm][n].0 -= i64::from(numa_cpu);
                     free[pm][n].1 -= numa_mem as i64;
@@ -192,9 +201,12 @@ fn shuffle_to_fr(inst: &mut Instance, p: &GenParams, rng: &mut SplitMix64) -> Re
             return Err(GenError::BadParam("no VM could be placed".into()));
         }
         let mut best = state.fragment_rate();
-        for _ in 0..4_000_000u32 {
+        for i in 0..4_000_000u32 {
             let fr = state.fragment_rate();
             if (fr - p.fr).abs() <= p.fr_tolerance {
+                break;
+            }
+            if (fr - p.fr).abs() <= (best - p.fr).abs() && i > 1_000_000 {
                 break;
             }
             let v = rng.below(n_vm);
@@ -221,8 +233,14 @@ fn shuffle_to_fr(inst: &mut Instance, p: &GenParams, rng: &mut SplitMix64) -> Re
             }
         }
         let fr = state.fragment_rate();
-        if (fr - p.fr).abs() > p.fr_tolerance {
-            return Err(GenError::FrNotReached { target: p.fr, got: best });
+        // A small instance cannot hit a tight tolerance: one move shifts FR
+        // by up to 16 cores over the total free.
+        let reachable = 32.0 / state.total_free().max(1) as f64;
+        if (fr - p.fr).abs() > p.fr_tolerance.max(reachable) {
+            return Err(GenError::FrNotReached {
+                target: p.fr,
+                got: best,
+            });
         }
         state.placements().to_vec()
     };
@@ -249,7 +267,9 @@ fn add_constraints(inst: &mut Instance, p: &GenParams, rng: &mut SplitMix64) {
             let v = rng.below(n);
             let pm = inst.vms[v].placement.pm;
             if inst.vms[v].groups.is_empty()
-                && !members.iter().any(|&m| m == v || inst.vms[m].placement.pm == pm)
+                && !members
+                    .iter()
+                    .any(|&m| m == v || inst.vms[m].placement.pm == pm)
             {
                 members.push(v);
             }

@@ -208,10 +208,16 @@ impl Instance {
         }
         for vm in &self.vms {
             let Some(pm) = self.pms.get(vm.placement.pm) else {
-                return Err(format!("VM {}: sits on PM index {} that does not exist", vm.id, vm.placement.pm));
+                return Err(format!(
+                    "VM {}: sits on PM index {} that does not exist",
+                    vm.id, vm.placement.pm
+                ));
             };
             if !(1..=2).contains(&vm.span) {
-                return Err(format!("VM {}: spans {} NUMA nodes (1 or 2 supported)", vm.id, vm.span));
+                return Err(format!(
+                    "VM {}: spans {} NUMA nodes (1 or 2 supported)",
+                    vm.id, vm.span
+                ));
             }
             if vm.placement.numa.len() != usize::from(vm.span)
                 || vm.placement.numa.iter().any(|n| n >= pm.numa.len())
@@ -248,7 +254,10 @@ impl Instance {
             let mut seen = std::collections::HashMap::new();
             for &i in &group.vms {
                 let Some(vm) = self.vms.get(i) else {
-                    return Err(format!("anti-affinity group {}: VM index {i} does not exist", group.name));
+                    return Err(format!(
+                        "anti-affinity group {}: VM index {i} does not exist",
+                        group.name
+                    ));
                 };
                 if let Some(other) = seen.insert(vm.placement.pm, i) {
                     return Err(format!(

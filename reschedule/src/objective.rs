@@ -32,7 +32,12 @@ pub fn free_per_node(inst: &Instance, placements: &[Placement]) -> Vec<Vec<(i64,
         .map(|pm| {
             pm.numa
                 .iter()
-                .map(|n| (i64::from(n.cpu), i64::try_from(n.mem_mb).unwrap_or(i64::MAX)))
+                .map(|n| {
+                    (
+                        i64::from(n.cpu),
+                        i64::try_from(n.mem_mb).unwrap_or(i64::MAX),
+                    )
+                })
                 .collect()
         })
         .collect();

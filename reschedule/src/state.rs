@@ -221,7 +221,12 @@ impl<'a> State<'a> {
         let Some(v) = self.inst.vms.get(vm) else {
             return false;
         };
-        v.movable && self.inst.pms.get(self.place[vm].pm).is_some_and(|p| p.active)
+        v.movable
+            && self
+                .inst
+                .pms
+                .get(self.place[vm].pm)
+                .is_some_and(|p| p.active)
     }
 
     /// Whether PM `pm` hosts another VM of one of `vm`'s anti-affinity groups.
@@ -238,14 +243,18 @@ impl<'a> State<'a> {
     pub fn check(&self, mv: Move) -> Result<(), MoveError> {
         let inst = self.inst;
         let v = inst.vms.get(mv.vm).ok_or(MoveError::NoSuchVm(mv.vm))?;
-        let pm = inst.pms.get(mv.to.pm).ok_or(MoveError::NoSuchPm(mv.to.pm))?;
+        let pm = inst
+            .pms
+            .get(mv.to.pm)
+            .ok_or(MoveError::NoSuchPm(mv.to.pm))?;
         if !self.movable(mv.vm) {
             return Err(MoveError::Immovable(v.id.clone()));
         }
         if !pm.active {
             return Err(MoveError::InactivePm(pm.id.clone()));
         }
-        if mv.to.numa.len() != usize::from(v.span) || mv.to.numa.iter().any(|n| n >= pm.numa.len()) {
+        if mv.to.numa.len() != usize::from(v.span) || mv.to.numa.iter().any(|n| n >= pm.numa.len())
+        {
             return Err(MoveError::BadNuma {
                 vm: v.id.clone(),
                 pm: pm.id.clone(),
@@ -290,7 +299,11 @@ impl<'a> State<'a> {
             return Err(MoveError::AntiAffinity {
                 vm: v.id.clone(),
                 pm: pm.id.clone(),
-                group: inst.groups.get(g).map(|g| g.name.clone()).unwrap_or_default(),
+                group: inst
+                    .groups
+                    .get(g)
+                    .map(|g| g.name.clone())
+                    .unwrap_or_default(),
             });
         }
         Ok(())
@@ -363,8 +376,11 @@ impl<'a> State<'a> {
             if !self.node_active[node] {
                 continue;
             }
-            d += node_slots(self.free_cpu[node] + dc, self.free_mem[node] + dm, self.shape)
-                - self.node_slots(node);
+            d += node_slots(
+                self.free_cpu[node] + dc,
+                self.free_mem[node] + dm,
+                self.shape,
+            ) - self.node_slots(node);
         }
         d
     }

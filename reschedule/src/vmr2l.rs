@@ -168,22 +168,34 @@ fn from_raw(raw: RawFile) -> Result<Instance, String> {
         for host in &cluster.host_info {
             let at = || format!("cluster {cname}, PM {}", host.node_id);
             if host.numa.is_empty() || host.numa.len() > MAX_NUMA {
-                return Err(format!("{}: numa has {} entries (1 to {MAX_NUMA})", at(), host.numa.len()));
+                return Err(format!(
+                    "{}: numa has {} entries (1 to {MAX_NUMA})",
+                    at(),
+                    host.numa.len()
+                ));
             }
             let mut numa = vec![None; host.numa.len()];
             for n in &host.numa {
                 let slot = numa.get_mut(n.node).ok_or_else(|| {
-                    format!("{}: numa node {} out of range (it has {} entries)", at(), n.node, host.numa.len())
+                    format!(
+                        "{}: numa node {} out of range (it has {} entries)",
+                        at(),
+                        n.node,
+                        host.numa.len()
+                    )
                 })?;
                 if slot.is_some() {
                     return Err(format!("{}: numa node {} listed twice", at(), n.node));
                 }
-                let cpu = whole(n.total_cpu, || format!("{}: numa[{}].total_cpu", at(), n.node))?;
+                let cpu = whole(n.total_cpu, || {
+                    format!("{}: numa[{}].total_cpu", at(), n.node)
+                })?;
                 let mem = whole(n.memory_huge_total_mb, || {
                     format!("{}: numa[{}].memory_huge_total_mb", at(), n.node)
                 })?;
                 *slot = Some(NumaCap {
-                    cpu: u32::try_from(cpu).map_err(|_| format!("{}: numa[{}].total_cpu too large", at(), n.node))?,
+                    cpu: u32::try_from(cpu)
+                        .map_err(|_| format!("{}: numa[{}].total_cpu too large", at(), n.node))?,
                     mem_mb: mem,
                 });
             }
@@ -208,11 +220,19 @@ fn from_raw(raw: RawFile) -> Result<Instance, String> {
         };
         for raw_vm in &cluster.vm_instance {
             let at = || format!("cluster {cname}, VM {}", raw_vm.instance_id);
-            let &pm = pm_index
-                .get(&raw_vm.host_id)
-                .ok_or_else(|| format!("{}: host_id {} names no PM in host_info", at(), raw_vm.host_id))?;
+            let &pm = pm_index.get(&raw_vm.host_id).ok_or_else(|| {
+                format!(
+                    "{}: host_id {} names no PM in host_info",
+                    at(),
+                    raw_vm.host_id
+                )
+            })?;
             if raw_vm.numa.is_empty() || raw_vm.numa.len() > 2 {
-                return Err(format!("{}: numa has {} entries (1 or 2)", at(), raw_vm.numa.len()));
+                return Err(format!(
+                    "{}: numa has {} entries (1 or 2)",
+                    at(),
+                    raw_vm.numa.len()
+                ));
             }
             let first = &raw_vm.numa[0];
             let cpu = whole(first.cpu, || format!("{}: numa[0].cpu", at()))?;
@@ -230,7 +250,10 @@ fn from_raw(raw: RawFile) -> Result<Instance, String> {
                 if whole(n.cpu, || format!("{}: numa[{i}].cpu", at()))? != cpu
                     || whole(n.mem_mb, || format!("{}: numa[{i}].mem_mb", at()))? != mem
                 {
-                    return Err(format!("{}: the two numa entries differ in cpu or mem_mb (must be halves)", at()));
+                    return Err(format!(
+                        "{}: the two numa entries differ in cpu or mem_mb (must be halves)",
+                        at()
+                    ));
                 }
             }
             let nodes: Vec<usize> = raw_vm.numa.iter().map(|n| n.node).collect();
@@ -238,7 +261,10 @@ fn from_raw(raw: RawFile) -> Result<Instance, String> {
             if numa.len() != nodes.len() {
                 return Err(format!("{}: numa lists node {} twice", at(), nodes[0]));
             }
-            if vm_index.insert(raw_vm.instance_id.clone(), vms.len()).is_some() {
+            if vm_index
+                .insert(raw_vm.instance_id.clone(), vms.len())
+                .is_some()
+            {
                 return Err(format!("{}: instance_id appears twice", at()));
             }
             vms.push(Vm {
@@ -266,9 +292,9 @@ fn from_raw(raw: RawFile) -> Result<Instance, String> {
             let gid = groups.len();
             let mut members = Vec::new();
             for id in &g.instance_ids {
-                let &v = vm_index
-                    .get(id)
-                    .ok_or_else(|| format!("deployment_set {name}: instance_id {id} names no VM"))?;
+                let &v = vm_index.get(id).ok_or_else(|| {
+                    format!("deployment_set {name}: instance_id {id} names no VM")
+                })?;
                 if !vms[v].groups.contains(&gid) {
                     vms[v].groups.push(gid);
                     members.push(v);

@@ -219,11 +219,11 @@ fn seconds(ms: u64) -> String {
 
 /// One line of progress: phase, bytes, rounds, average rate, time.
 fn progress_line(m: &pb::MigrationInfo) -> String {
-    let rate = if m.total_ms > 0 {
-        m.bytes.saturating_mul(1000) / m.total_ms
-    } else {
-        0
-    };
+    let rate = m
+        .bytes
+        .saturating_mul(1000)
+        .checked_div(m.total_ms)
+        .unwrap_or(0);
     format!(
         "{} {:<12} {:>11}  round {:<3} {:>11}/s  {}",
         m.id,

@@ -14,6 +14,7 @@ pub mod job;
 pub mod migration;
 pub mod node;
 pub mod power;
+pub mod reschedule;
 pub mod sim_vm;
 pub mod toy_train;
 pub mod var;

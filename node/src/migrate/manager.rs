@@ -95,6 +95,9 @@ pub struct ManagerState {
     outgoing: HashMap<String, JoinHandle<()>>,
     /// Arrivals by allocation id.
     arrivals: HashMap<String, Arrival>,
+    /// Whether staging directories left by an earlier agent process were
+    /// looked at (once, on the first set).
+    swept: bool,
 }
 
 impl Actor for MigrationManager {
@@ -115,6 +118,7 @@ impl Actor for MigrationManager {
             registry: args.incoming,
             outgoing: HashMap::new(),
             arrivals: HashMap::new(),
+            swept: false,
         })
     }
 
@@ -192,7 +196,36 @@ impl ManagerState {
         for (alloc_id, (desired, m)) in incoming {
             self.begin_arrival(alloc_id, desired, m);
         }
+        if !self.swept {
+            self.swept = true;
+            self.sweep_staging().await;
+        }
         forward
+    }
+
+    /// Deletes the staging directories no arrival of the first set names:
+    /// an earlier agent process received them for migrations that ended
+    /// while it was down.
+    async fn sweep_staging(&self) {
+        let root = self.data_dir.join("migrations");
+        let live: HashSet<String> = self
+            .arrivals
+            .values()
+            .map(|a| a.migration_id.clone())
+            .collect();
+        let Ok(mut entries) = tokio::fs::read_dir(&root).await else {
+            return;
+        };
+        while let Ok(Some(entry)) = entries.next_entry().await {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if live.contains(&name) {
+                continue;
+            }
+            tracing::info!(migration = %name, "removing what an earlier agent received for a migration that ended");
+            if let Err(e) = tokio::fs::remove_dir_all(entry.path()).await {
+                tracing::warn!(path = %entry.path().display(), error = %e, "cannot remove a stale staging directory");
+            }
+        }
     }
 
     /// Starts the source's steps of `m` once.
@@ -361,7 +394,9 @@ impl ManagerState {
                 if let Some(staging) = staging {
                     let _ = tokio::fs::remove_dir_all(staging).await;
                 }
-                let handle = lock(&arrival.live).clone().ok_or("no incoming workload was readied")?;
+                let handle = lock(&arrival.live)
+                    .clone()
+                    .ok_or("no incoming workload was readied")?;
                 arrival
                     .driver
                     .finish_incoming(&handle)
@@ -382,7 +417,11 @@ impl ManagerState {
         }
         let live = lock(&arrival.live).take();
         if let Some(handle) = live {
-            match arrival.driver.stop(&handle, std::time::Duration::from_secs(5)).await {
+            match arrival
+                .driver
+                .stop(&handle, std::time::Duration::from_secs(5))
+                .await
+            {
                 Ok(_) => {
                     if let Err(e) = self.store.forget(alloc_id) {
                         tracing::warn!(alloc = %alloc_id, error = %e, "cannot forget the incoming workload");

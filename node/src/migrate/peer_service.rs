@@ -94,7 +94,8 @@ impl AgentPeer for AgentPeerService {
     ) -> Result<Response<TransferReply>, Status> {
         let mut stream = request.into_inner();
         let mut migration: Option<String> = None;
-        while let Some(chunk) = stream.message().await? {
+        while let Some(chunk) = stream.message().await.inspect_err(|e| eprintln!("DEBUG stream err {e:?}"))? {
+            eprintln!("DEBUG chunk {} {} {} last={}", chunk.path, chunk.offset, chunk.data.len(), chunk.last);
             let first = match &migration {
                 None => {
                     check_id(&chunk.migration_id)?;
@@ -114,6 +115,7 @@ impl AgentPeer for AgentPeerService {
                 .await
                 .inspect_err(|e| tracing::warn!(error = %e, "transfer chunk refused"))?;
         }
+        eprintln!("DEBUG clean end {migration:?}");
         // The source closed the stream: everything it meant to send came.
         let Some(id) = migration else {
             return Ok(Response::new(TransferReply::default()));

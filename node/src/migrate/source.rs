@@ -37,6 +37,29 @@ const MOVE_OUT_TIMEOUT: Duration = Duration::from_secs(120);
 /// The shortest time a step is given whatever its phase deadline says.
 const MIN_STEP: Duration = Duration::from_secs(5);
 
+/// FAULT-INJECTION HOOK for tests: `PHASE:MS` makes a source hold for MS
+/// milliseconds once it reached PHASE (`transferring`: its workload
+/// stopped or handed over, nothing sent yet; `switching`: everything sent,
+/// the switch-over not asked for), so that a test can kill an agent or a
+/// coordinator at that point. Unset in production.
+pub const FAULT_HOLD_ENV: &str = "HERD_FAULT_MIGRATION_HOLD";
+
+/// Holds for as long as [`FAULT_HOLD_ENV`] says at `phase`.
+async fn fault_hold(phase: MigrationPhase) {
+    let Ok(value) = std::env::var(FAULT_HOLD_ENV) else {
+        return;
+    };
+    let Some((at, ms)) = value.split_once(':') else {
+        return;
+    };
+    if at == phase.as_str() {
+        if let Ok(ms) = ms.parse::<u64>() {
+            tracing::warn!(phase = at, ms, "fault injection: holding the migration");
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
+    }
+}
+
 /// One migration out of this node, as its assignment describes it.
 #[derive(Debug, Clone)]
 pub struct Outgoing {
@@ -104,6 +127,7 @@ async fn steps(
         MigrationMode::CheckpointRestart => {
             let ready = move_out(outgoing, supervisor, true).await?;
             let stopped_at = Instant::now();
+            fault_hold(MigrationPhase::Transferring).await;
             let dir = outgoing.alloc_dir.join(CHECKPOINT_SUBDIR);
             let options = SendOptions {
                 bandwidth_bytes_per_sec: bandwidth(a),
@@ -132,6 +156,7 @@ async fn steps(
         }
         MigrationMode::LivePreCopy => {
             let ready = move_out(outgoing, supervisor, false).await?;
+            fault_hold(MigrationPhase::Transferring).await;
             let endpoints = IncomingEndpoints {
                 main: prepared.endpoint.clone(),
                 extra: prepared.endpoints.clone().into_iter().collect(),
@@ -167,6 +192,7 @@ async fn steps(
         .advance(&a.id, MigrationPhase::Switching, bytes, rounds)
         .await
         .map_err(|e| format!("cannot report switching: {e}"))?;
+    fault_hold(MigrationPhase::Switching).await;
     let reply = reporter
         .switch(&a.id, bytes, rounds, downtime_ms)
         .await

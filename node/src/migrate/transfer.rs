@@ -353,8 +353,11 @@ pub async fn send_dir_with(
 
 /// Prepares the target and sends `dir`; after a cut (or a target out of
 /// step, or a corrupt chunk) prepares again and resumes from what the
-/// target holds, up to `attempts` streams in all, waiting a little longer
-/// each time. `progress` gets the bytes sent over all attempts.
+/// target holds, up to `attempts` tries (prepare and transfer) in all,
+/// waiting a little longer each time. `progress` gets the bytes sent over
+/// all tries. In the stats, `bytes_sent` and `attempts` count every try,
+/// `bytes_skipped`/`files_skipped` what the target held at the first
+/// prepare, `chunks`/`files_sent` the last try.
 pub async fn send_with_resume(
     peer: &mut AgentPeerClient<Channel>,
     request: &PrepareIncomingRequest,
@@ -364,14 +367,25 @@ pub async fn send_with_resume(
     progress: &(dyn Fn(u64) + Send + Sync),
 ) -> Result<TransferStats, TransferError> {
     let mut total = TransferStats::default();
+    let mut first_prepare = true;
     let mut backoff = Duration::from_millis(100);
-    let mut attempt = 0;
     loop {
-        attempt += 1;
+        total.attempts += 1;
         let sent_before = total.bytes_sent;
+        // What this attempt sent, known even when it fails.
+        let sent = std::sync::atomic::AtomicU64::new(0);
+        let report = |n: u64| {
+            sent.store(n, std::sync::atomic::Ordering::Relaxed);
+            progress(sent_before + n);
+        };
         let result = match prepare(peer, request).await {
             Ok(reply) => {
-                let report = |n: u64| progress(sent_before + n);
+                if first_prepare {
+                    first_prepare = false;
+                    total.bytes_skipped = reply.received.iter().map(|f| f.bytes).sum();
+                    total.files_skipped =
+                        reply.received.iter().filter(|f| f.complete).count() as u32;
+                }
                 send_dir_with(
                     peer,
                     &request.migration_id,
@@ -384,22 +398,17 @@ pub async fn send_with_resume(
             }
             Err(e) => Err(e),
         };
+        total.bytes_sent += sent.load(std::sync::atomic::Ordering::Relaxed);
         match result {
             Ok(stats) => {
-                total.bytes_sent += stats.bytes_sent;
                 total.chunks += stats.chunks;
                 total.files_sent += stats.files_sent;
-                total.attempts += stats.attempts;
-                if total.attempts == stats.attempts {
-                    total.files_skipped = stats.files_skipped;
-                    total.bytes_skipped = stats.bytes_skipped;
-                }
                 total.target_bytes = stats.target_bytes;
                 total.target_files = stats.target_files;
                 return Ok(total);
             }
-            Err(e) if e.is_retryable() && attempt < attempts => {
-                tracing::warn!(migration = %request.migration_id, attempt, error = %e, "transfer cut; resuming");
+            Err(e) if e.is_retryable() && total.attempts < attempts => {
+                tracing::warn!(migration = %request.migration_id, attempt = total.attempts, error = %e, "transfer cut; resuming");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(3));
             }

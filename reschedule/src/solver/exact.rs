@@ -32,7 +32,9 @@ pub struct Exact {
 
 impl Default for Exact {
     fn default() -> Self {
-        Exact { max_columns: 400_000 }
+        Exact {
+            max_columns: 400_000,
+        }
     }
 }
 
@@ -86,7 +88,8 @@ impl Solver for Exact {
                     let fits = numa.iter().all(|n| {
                         state0.node(p, n).is_some_and(|node| {
                             i64::from(pm.numa[n].cpu) - fixed_cpu[node] >= i64::from(vm.numa_cpu)
-                                && mem_i64(pm.numa[n].mem_mb) - fixed_mem[node] >= mem_i64(vm.numa_mem_mb)
+                                && mem_i64(pm.numa[n].mem_mb) - fixed_mem[node]
+                                    >= mem_i64(vm.numa_mem_mb)
                         })
                     });
                     let here = Placement { pm: p, numa };
@@ -101,7 +104,10 @@ impl Solver for Exact {
         if columns > self.max_columns {
             return Err(SolveError::TooLarge {
                 solver: "exact",
-                why: format!("{columns} placement variables, at most {} supported", self.max_columns),
+                why: format!(
+                    "{columns} placement variables, at most {} supported",
+                    self.max_columns
+                ),
             });
         }
 
@@ -173,7 +179,10 @@ impl Solver for Exact {
         for (i, &v) in movable.iter().enumerate() {
             for &g in &inst.vms[v].groups {
                 for (j, p) in cands[i].iter().enumerate() {
-                    group_terms.entry((g, p.pm)).or_default().push((xcols[i][j], 1.0));
+                    group_terms
+                        .entry((g, p.pm))
+                        .or_default()
+                        .push((xcols[i][j], 1.0));
                 }
             }
         }
@@ -186,7 +195,10 @@ impl Solver for Exact {
 
         let mut model = pb.optimise(Sense::Maximise);
         model.make_quiet();
-        let left = limits.deadline.saturating_sub(start.elapsed()).max(Duration::from_millis(10));
+        let left = limits
+            .deadline
+            .saturating_sub(start.elapsed())
+            .max(Duration::from_millis(10));
         model
             .try_set_option("time_limit", left.as_secs_f64())
             .map_err(|e| SolveError::Mip(format!("time_limit: {e:?}")))?;
@@ -201,7 +213,9 @@ impl Solver for Exact {
         model
             .try_set_solution(Some(&start_cols), None, None, None)
             .map_err(|e| SolveError::Mip(format!("start solution: {e:?}")))?;
-        let solved = model.try_solve().map_err(|e| SolveError::Mip(format!("{e:?}")))?;
+        let solved = model
+            .try_solve()
+            .map_err(|e| SolveError::Mip(format!("{e:?}")))?;
         let status = solved.status();
         let solution = solved.get_solution();
         let values = solution.columns();
@@ -224,11 +238,15 @@ impl Solver for Exact {
         let optimal = status == HighsModelStatus::Optimal && dropped == 0;
         let mut note = match status {
             HighsModelStatus::Optimal => "optimal".to_string(),
-            HighsModelStatus::ReachedTimeLimit => "time limit reached; best placement found so far".to_string(),
+            HighsModelStatus::ReachedTimeLimit => {
+                "time limit reached; best placement found so far".to_string()
+            }
             other => format!("HiGHS status {other:?}"),
         };
         if dropped > 0 {
-            note.push_str(&format!("; {dropped} moves could not be ordered and were dropped"));
+            note.push_str(&format!(
+                "; {dropped} moves could not be ordered and were dropped"
+            ));
         }
         Ok(Solution {
             moves,
@@ -259,7 +277,11 @@ fn node_owner(inst: &Instance, state: &State<'_>, node: usize) -> (usize, usize)
 /// Orders the changed placements into moves, each possible at its turn:
 /// repeatedly makes every pending move that fits now. Returns the moves,
 /// how many could not be made, and the FR reached.
-pub(crate) fn sequence(inst: &Instance, limits: &Limits, mut pending: Vec<(usize, Placement)>) -> (Vec<Move>, usize, f64) {
+pub(crate) fn sequence(
+    inst: &Instance,
+    limits: &Limits,
+    mut pending: Vec<(usize, Placement)>,
+) -> (Vec<Move>, usize, f64) {
     let mut state = State::new(inst, limits.shape);
     let mut moves = Vec::new();
     loop {

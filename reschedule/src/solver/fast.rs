@@ -32,7 +32,7 @@ pub struct Fast {
 
 impl Default for Fast {
     fn default() -> Self {
-        Fast { lns: true, top: 4 }
+        Fast { lns: true, top: 8 }
     }
 }
 
@@ -139,7 +139,8 @@ fn source_gain(state: &State<'_>, v: usize) -> Gain {
     let mut g = Gain { slots: 0, phi: 0 };
     for n in from.numa.iter() {
         if let Some(node) = state.node(from.pm, n) {
-            if let Some(x) = node_gain(state, node, i64::from(vm.numa_cpu), mem_i64(vm.numa_mem_mb)) {
+            if let Some(x) = node_gain(state, node, i64::from(vm.numa_cpu), mem_i64(vm.numa_mem_mb))
+            {
                 g = g.add(x);
             }
         }
@@ -153,19 +154,17 @@ fn score(g: Gain, noise: f64) -> f64 {
     g.slots as f64 * 1.0e7 + g.phi as f64 + noise
 }
 
-/// The best improving move from `state` (None: no move improves), skipping
-/// VMs in `moved`.
-fn best_move(
+/// Per VM shape, its best few destinations by score (randomly nudged).
+type Tops = Vec<Vec<(f64, Gain, Placement)>>;
+
+fn shape_tops(
     state: &State<'_>,
     prep: &Prep,
     top: usize,
-    moved: &[bool],
     rng: &mut SplitMix64,
     noise: f64,
-) -> Option<Move> {
-    let inst = state.instance();
-    // Per shape, its best few destinations by score.
-    let mut tops: Vec<Vec<(f64, Gain, Placement)>> = Vec::with_capacity(prep.shapes.len());
+) -> Tops {
+    let mut tops: Tops = Vec::with_capacity(prep.shapes.len());
     for &(c, m, span) in &prep.shapes {
         let mut best: Vec<(f64, Gain, Placement)> = Vec::with_capacity(top + 1);
         for &to in &prep.dests[usize::from(span.clamp(1, 2) - 1)] {
@@ -182,7 +181,14 @@ fn best_move(
         }
         tops.push(best);
     }
-    let mut pick: Option<(f64, Move)> = None;
+    tops
+}
+
+/// The best improving single move from `state` with its gain (None: no
+/// move improves), skipping VMs in `moved`.
+fn best_move(state: &State<'_>, prep: &Prep, tops: &Tops, moved: &[bool]) -> Option<(Gain, Move)> {
+    let inst = state.instance();
+    let mut pick: Option<(f64, Gain, Move)> = None;
     for (v, vm) in inst.vms.iter().enumerate() {
         if moved[v] || !state.movable(v) {
             continue;
@@ -204,7 +210,8 @@ fn best_move(
                 if own(&to) || state.conflicts(v, to.pm).is_some() {
                     continue;
                 }
-                let Some(g) = dest_gain(state, to, i64::from(vm.numa_cpu), mem_i64(vm.numa_mem_mb)) else {
+                let Some(g) = dest_gain(state, to, i64::from(vm.numa_cpu), mem_i64(vm.numa_mem_mb))
+                else {
                     continue;
                 };
                 let s = score(g, 0.0);
@@ -219,11 +226,118 @@ fn best_move(
             continue;
         }
         let s = s + score(out, 0.0);
-        if pick.is_none_or(|(b, _)| s > b) {
-            pick = Some((s, Move { vm: v, to }));
+        if pick.is_none_or(|(b, _, _)| s > b) {
+            pick = Some((s, total, Move { vm: v, to }));
         }
     }
-    pick.map(|(_, mv)| mv)
+    pick.map(|(_, g, mv)| (g, mv))
+}
+
+/// The best compound move: two or three VMs taken off one PM together
+/// (which frees a slot none of them frees alone), each put on the best
+/// destination left for its shape. Returns the moves with the most slots
+/// gained per move, or None when no compound of at most `budget` moves
+/// gains a slot.
+fn best_compound(
+    state: &mut State<'_>,
+    prep: &Prep,
+    tops: &Tops,
+    moved: &[bool],
+    budget: usize,
+) -> Option<Vec<Move>> {
+    if budget < 2 {
+        return None;
+    }
+    let inst = state.instance();
+    let mut on_pm: Vec<Vec<usize>> = vec![Vec::new(); inst.pms.len()];
+    for v in 0..inst.vms.len() {
+        if !moved[v] && state.movable(v) {
+            on_pm[state.placement(v).pm].push(v);
+        }
+    }
+    let shape = state.shape();
+    let mut best: Option<(f64, Vec<Move>)> = None;
+    let mut subset: Vec<usize> = Vec::with_capacity(3);
+    for (p, vms) in on_pm.iter().enumerate() {
+        let n = vms.len();
+        if n < 2 {
+            continue;
+        }
+        let Some(base0) = state.node(p, 0) else {
+            continue;
+        };
+        let nodes = inst.pms[p].numa.len();
+        let max_size = budget.min(3);
+        // Enumerate subsets of size 2..=max_size by index triples.
+        for a in 0..n {
+            for b in a + 1..n {
+                for c in b..=n {
+                    if c > b && max_size < 3 {
+                        break;
+                    }
+                    if c == b {
+                        // size 2 marker: (a, b)
+                    } else if c == n {
+                        continue;
+                    }
+                    subset.clear();
+                    subset.push(vms[a]);
+                    subset.push(vms[b]);
+                    if c > b {
+                        subset.push(vms[c]);
+                    }
+                    // Precheck: does taking them off free a slot here?
+                    let mut gain = 0;
+                    for k in 0..nodes {
+                        let node = base0 + k;
+                        let (mut fc, mut fm) = (state.free_cpu(node), state.free_mem(node));
+                        for &v in &subset {
+                            let vm = &inst.vms[v];
+                            if state.placement(v).numa.iter().any(|x| x == k) {
+                                fc += i64::from(vm.numa_cpu);
+                                fm += mem_i64(vm.numa_mem_mb);
+                            }
+                        }
+                        gain += node_slots(fc, fm, shape) - state.node_slots(node);
+                    }
+                    if gain <= 0 {
+                        continue;
+                    }
+                    let before = state.slots();
+                    let mut applied: Vec<(Move, Placement)> = Vec::with_capacity(3);
+                    let mut ok = true;
+                    for &v in &subset {
+                        let from = state.placement(v);
+                        let dest = tops[prep.shape_of[v]].iter().find(|(_, _, to)| {
+                            to.pm != p && state.check(Move { vm: v, to: *to }).is_ok()
+                        });
+                        let Some(&(_, _, to)) = dest else {
+                            ok = false;
+                            break;
+                        };
+                        let mv = Move { vm: v, to };
+                        state.apply_unchecked(mv);
+                        applied.push((mv, from));
+                    }
+                    let delta = state.slots() - before;
+                    for &(mv, from) in applied.iter().rev() {
+                        state.apply_unchecked(Move {
+                            vm: mv.vm,
+                            to: from,
+                        });
+                    }
+                    if !ok || delta <= 0 {
+                        continue;
+                    }
+                    let ratio = delta as f64 / applied.len() as f64;
+                    if best.as_ref().is_none_or(|(r, _)| ratio > *r) {
+                        best = Some((ratio, applied.iter().map(|(mv, _)| *mv).collect()));
+                    }
+                }
+            }
+        }
+    }
+    best.map(|(_, moves)| moves)
 }
 
 /// Descends from `state` (already holding `moves`) until no move improves,
@@ -241,15 +355,26 @@ fn descend(
     noise: f64,
 ) {
     while moves.len() < limits.max_moves && start.elapsed() < limits.deadline {
-        let Some(mv) = best_move(state, prep, fast.top, moved, rng, noise) else {
-            break;
+        let tops = shape_tops(state, prep, fast.top, rng, noise);
+        let single = best_move(state, prep, &tops, moved);
+        let step: Vec<Move> = match single {
+            Some((g, mv)) if g.slots > 0 => vec![mv],
+            _ => match best_compound(state, prep, &tops, moved, limits.max_moves - moves.len()) {
+                Some(c) => c,
+                None => match single {
+                    Some((_, mv)) => vec![mv],
+                    None => break,
+                },
+            },
         };
-        if state.check(mv).is_err() {
-            break;
+        for mv in step {
+            if state.check(mv).is_err() {
+                return;
+            }
+            state.apply_unchecked(mv);
+            moved[mv.vm] = true;
+            moves.push(mv);
         }
-        state.apply_unchecked(mv);
-        moved[mv.vm] = true;
-        moves.push(mv);
     }
 }
 
@@ -272,7 +397,9 @@ impl Solver for Fast {
         let mut state = State::new(inst, limits.shape);
         let mut moves = Vec::new();
         let mut moved = vec![false; inst.vms.len()];
-        descend(&mut state, &mut moves, &mut moved, &prep, &fast, limits, start, &mut rng, 0.0);
+        descend(
+            &mut state, &mut moves, &mut moved, &prep, &fast, limits, start, &mut rng, 0.0,
+        );
         let (mut best, mut best_fr) = best_prefix(inst, limits.shape, &moves);
         let mut best_slots = slots_of(inst, limits, &best);
         let mut iterations = 0u64;
@@ -289,7 +416,11 @@ impl Solver for Fast {
                 let keep_upto = rng.below(best.len() + 1);
                 let drop_p = 0.1 + 0.4 * rng.unit();
                 for (i, &mv) in best.iter().enumerate() {
-                    let keep = if cut { i < keep_upto } else { rng.unit() >= drop_p };
+                    let keep = if cut {
+                        i < keep_upto
+                    } else {
+                        rng.unit() >= drop_p
+                    };
                     if keep && state.check(mv).is_ok() {
                         state.apply_unchecked(mv);
                         moved[mv.vm] = true;
@@ -298,7 +429,9 @@ impl Solver for Fast {
                 }
             }
             let noise = 8.0 + 120.0 * rng.unit();
-            descend(&mut state, &mut moves, &mut moved, &prep, &fast, limits, start, &mut rng, noise);
+            descend(
+                &mut state, &mut moves, &mut moved, &prep, &fast, limits, start, &mut rng, noise,
+            );
             let (cand, fr) = best_prefix(inst, limits.shape, &moves);
             let slots = slots_of(inst, limits, &cand);
             if slots > best_slots || (slots == best_slots && cand.len() < best.len()) {
@@ -311,7 +444,9 @@ impl Solver for Fast {
             moves: best,
             fr_after: best_fr,
             proved_optimal: false,
-            note: Some(format!("{iterations} search rounds after the first descent")),
+            note: Some(format!(
+                "{iterations} search rounds after the first descent"
+            )),
         })
     }
 }
@@ -324,4 +459,3 @@ fn slots_of(inst: &Instance, limits: &Limits, moves: &[Move]) -> i64 {
     }
     state.slots()
 }
-

@@ -65,10 +65,16 @@ impl Solver for Greedy {
                     }
                     let mut gain = 0;
                     for n in numa.iter() {
-                        let Some(node) = state.node(p, n) else { continue };
+                        let Some(node) = state.node(p, n) else {
+                            continue;
+                        };
                         let (c, m) = (state.free_cpu(node), state.free_mem(node));
                         gain += frag(&state, c, m)
-                            - frag(&state, c - i64::from(vm.numa_cpu), m - mem_i64(vm.numa_mem_mb));
+                            - frag(
+                                &state,
+                                c - i64::from(vm.numa_cpu),
+                                m - mem_i64(vm.numa_mem_mb),
+                            );
                     }
                     if best.is_none_or(|(g, _)| gain > g) {
                         best = Some((gain, to));
@@ -98,9 +104,16 @@ fn removal_gain(state: &State<'_>, v: usize) -> i64 {
     let from = state.placement(v);
     let mut gain = 0;
     for n in from.numa.iter() {
-        let Some(node) = state.node(from.pm, n) else { continue };
+        let Some(node) = state.node(from.pm, n) else {
+            continue;
+        };
         let (c, m) = (state.free_cpu(node), state.free_mem(node));
-        gain += frag(state, c, m) - frag(state, c + i64::from(vm.numa_cpu), m + mem_i64(vm.numa_mem_mb));
+        gain += frag(state, c, m)
+            - frag(
+                state,
+                c + i64::from(vm.numa_cpu),
+                m + mem_i64(vm.numa_mem_mb),
+            );
     }
     gain
 }
