@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Fetches what the VM tests boot: QEMU and a static busybox from Debian, and
-# a Linux kernel (Debian's cloud kernel: small, virtio and serial built in)
-# unpacked to target/vm-guest/vmlinuz. The tests build the initramfs
-# themselves. Safe to run again; skips what is there.
+# a Linux kernel (Debian's cloud kernel: small, serial built in) unpacked to
+# target/vm-guest/vmlinuz, with the modules a virtio disk needs (that kernel
+# builds virtio as modules) in target/vm-guest/modules/. The tests build the
+# initramfs themselves. Safe to run again; skips what is there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,11 +17,17 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 out=target/vm-guest
-if [ -s "$out/vmlinuz" ]; then
+# In load order; actors/src/driver/vm/guest.rs (VIRTIO_BLK_MODULES) loads them.
+modules=(virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk)
+complete() {
+    [ -s "$out/vmlinuz" ] || return 1
+    for m in "${modules[@]}"; do [ -s "$out/modules/$m.ko" ] || return 1; done
+}
+if complete; then
     echo "kernel already at $out/vmlinuz"
     exit 0
 fi
-mkdir -p "$out"
+mkdir -p "$out/modules"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 (
@@ -31,4 +38,9 @@ trap 'rm -rf "$work"' EXIT
     dpkg-deb -x "$image"_*.deb root
 )
 cp "$work"/root/boot/vmlinuz-* "$out/vmlinuz"
-echo "kernel at $out/vmlinuz"
+for m in "${modules[@]}"; do
+    ko=$(find "$work"/root/lib/modules -name "$m.ko" | head -n 1)
+    [ -n "$ko" ] || { echo "no $m.ko in the kernel package" >&2; exit 1; }
+    cp "$ko" "$out/modules/$m.ko"
+done
+echo "kernel at $out/vmlinuz, virtio disk modules in $out/modules"

@@ -109,8 +109,9 @@ pub struct Thresholds {
 }
 
 impl Default for Thresholds {
-    /// POLCA's two thresholds (Patel et al. 2024 used about 90 % and 97 %
-    /// of the provisioned power), and a release 5 points under the first.
+    /// Two thresholds in the manner of POLCA's two-level capping (herd's
+    /// defaults, not the paper's figures: 90 % and 97 % of the budget), and
+    /// a release 5 points under the first.
     fn default() -> Self {
         Thresholds {
             cap: DEFAULT_CAP_PERMILLE as f64 / 1000.0,
@@ -148,7 +149,11 @@ impl Thresholds {
             && self.release < self.cap
             && self.cap <= self.hard
             && self.hard <= 1.0;
-        if ordered && [self.cap, self.hard, self.release].iter().all(|f| f.is_finite()) {
+        if ordered
+            && [self.cap, self.hard, self.release]
+                .iter()
+                .all(|f| f.is_finite())
+        {
             Ok(())
         } else {
             Err(format!(
@@ -235,9 +240,13 @@ mod tests {
         assert_eq!(rack.to_string(), "rack=r1");
         let labels: BTreeMap<String, String> = [("rack".to_string(), "r1".to_string())].into();
         assert!(rack.contains(&labels));
-        assert!(!PowerGroup::parse("rack=r2").expect("label").contains(&labels));
+        assert!(!PowerGroup::parse("rack=r2")
+            .expect("label")
+            .contains(&labels));
         assert!(PowerGroup::Cluster.contains(&BTreeMap::new()));
-        for bad in ["", "rack", "=r1", "rack=", " rack=r1", "rack=r1 ", "a=b=c", "a=b,c=d"] {
+        for bad in [
+            "", "rack", "=r1", "rack=", " rack=r1", "rack=r1 ", "a=b=c", "a=b,c=d",
+        ] {
             let e = PowerGroup::parse(bad).expect_err(bad);
             assert!(e.contains("group"), "{bad}: {e}");
         }
@@ -249,7 +258,9 @@ mod tests {
         assert!(check_watts(1).is_ok());
         assert!(check_watts(MAX_BUDGET_WATTS).is_ok());
         assert!(check_watts(0).unwrap_err().contains("more than 0"));
-        assert!(check_watts(MAX_BUDGET_WATTS + 1).unwrap_err().contains("100 MW"));
+        assert!(check_watts(MAX_BUDGET_WATTS + 1)
+            .unwrap_err()
+            .contains("100 MW"));
         let t = Thresholds::from_permille(900, 970).expect("valid");
         assert_eq!(t, Thresholds::default());
         assert!(t.check().is_ok());

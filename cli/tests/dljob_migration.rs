@@ -55,7 +55,7 @@ fn reference_weights(dir: &Path) -> WeightsRecord {
 /// What every test here starts from: three coordinators, agents m1 and m2,
 /// the training job running past its first checkpoint.
 struct Training {
-    _cluster: herd_chaos::process_cluster::ProcessCluster,
+    cluster: herd_chaos::process_cluster::ProcessCluster,
     addr: String,
     agents: herd_chaos::agents::AgentSet,
     alloc: String,
@@ -66,7 +66,11 @@ struct Training {
 }
 
 async fn training() -> Training {
-    let (cluster, addr, mut agents) = cluster_with_agents(1, "3000").await;
+    training_with(1).await
+}
+
+async fn training_with(members: u64) -> Training {
+    let (cluster, addr, mut agents) = cluster_with_agents(members, "3000").await;
     for name in ["m1", "m2"] {
         agents.start(name, &[]).expect("start agent");
     }
@@ -105,7 +109,7 @@ async fn training() -> Training {
     )
     .await;
     Training {
-        _cluster: cluster,
+        cluster,
         addr,
         agents,
         alloc,
@@ -360,5 +364,33 @@ async fn a_source_agent_killed_before_the_switch_over_keeps_the_trainer_and_the_
             .join("checkpoints")
             .exists(),
         "the target installed a checkpoint of a migration that was aborted"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_goes_on_through_the_leader_s_death() {
+    // The source holds 4 s with its trainer stopped; the leader dies then.
+    std::env::set_var(FAULT_HOLD_ENV, "transferring:4000");
+    let mut t = training_with(3).await;
+    let target_dir = t.agents.agent(t.target).expect("target").data_dir.clone();
+    must_cli_ok(&[
+        "--addr", &t.addr, "alloc", "migrate", &t.alloc, "--to", t.target,
+    ]);
+    let mut most = 0;
+    until_phase(&t, "transferring", &mut most, Duration::from_secs(20)).await;
+    let leader = t
+        .cluster
+        .wait_for_leader(Duration::from_secs(5))
+        .await
+        .expect("leader");
+    t.cluster.kill(leader).expect("kill leader");
+    let record = until_phase(&t, "completed", &mut most, Duration::from_secs(40)).await;
+    assert_eq!(record["target"], t.target, "{record:#}");
+    let most = until_complete(&t, most).await;
+    assert_eq!(most, 1, "two trainers ran at once (or none was seen)");
+    let target_alloc = target_dir.join("allocs").join(&t.alloc);
+    ends_as_if_never_moved(
+        &[&t.source_log, &target_alloc.join("stdout.log")],
+        &target_alloc.join("checkpoints").join(checkpoint::WEIGHTS),
     );
 }

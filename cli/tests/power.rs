@@ -86,7 +86,9 @@ async fn budgets_are_set_listed_and_removed_and_bad_input_changes_nothing() {
     register(&cluster, "b", "r1", 8).await;
     register(&cluster, "c", "r2", 0).await;
 
-    must_cli_ok(&["--addr", &addr, "power", "budget", "set", "rack=r1", "--watts", "8000"]);
+    must_cli_ok(&[
+        "--addr", &addr, "power", "budget", "set", "rack=r1", "--watts", "8000",
+    ]);
     let listed = budgets(&addr);
     let list = listed.as_array().expect("list");
     assert_eq!(list.len(), 1, "{listed:#}");
@@ -99,17 +101,61 @@ async fn budgets_are_set_listed_and_removed_and_bad_input_changes_nothing() {
 
     // Bad input: exit 2, a clear error, and the budget as it was.
     for (args, needle) in [
-        (vec!["power", "budget", "set", "rack=r1", "--watts", "0"], "more than 0"),
-        (vec!["power", "budget", "set", "rack=r1", "--watts", "-5"], "--watts"),
-        (vec!["power", "budget", "set", "rack=r1", "--watts", "200000000"], "100 MW"),
-        (vec!["power", "budget", "set", "rack", "--watts", "5000"], "key=value"),
-        (vec!["power", "budget", "set", "rack=r9", "--watts", "5000"], "no node has rack=r9"),
-        (vec!["power", "budget", "set", "zone=z1", "--watts", "5000"], "no node has the label"),
-        (vec!["power", "budget", "set", "rack=r2", "--watts", "5000"], "no GPU"),
-        (vec!["power", "budget", "set", "rack=r1", "--watts", "1000"], "idle GPU power of 1280 W"),
-        (vec!["power", "budget", "set", "rack=r1", "--watts", "5000", "--cap-at", "1.5"], "--cap-at"),
-        (vec!["power", "budget", "set", "rack=r1", "--watts", "5000", "--hard-at", "0.8"], "second threshold"),
-        (vec!["power", "budget", "remove", "cluster"], "no power budget"),
+        (
+            vec!["power", "budget", "set", "rack=r1", "--watts", "0"],
+            "more than 0",
+        ),
+        (
+            vec!["power", "budget", "set", "rack=r1", "--watts", "-5"],
+            "--watts",
+        ),
+        (
+            vec!["power", "budget", "set", "rack=r1", "--watts", "200000000"],
+            "100 MW",
+        ),
+        (
+            vec!["power", "budget", "set", "rack", "--watts", "5000"],
+            "key=value",
+        ),
+        (
+            vec!["power", "budget", "set", "rack=r9", "--watts", "5000"],
+            "no node has rack=r9",
+        ),
+        (
+            vec!["power", "budget", "set", "zone=z1", "--watts", "5000"],
+            "no node has the label",
+        ),
+        (
+            vec!["power", "budget", "set", "rack=r2", "--watts", "5000"],
+            "no GPU",
+        ),
+        (
+            vec!["power", "budget", "set", "rack=r1", "--watts", "1000"],
+            "idle GPU power of 1280 W",
+        ),
+        (
+            vec![
+                "power", "budget", "set", "rack=r1", "--watts", "5000", "--cap-at", "1.5",
+            ],
+            "--cap-at",
+        ),
+        (
+            vec![
+                "power",
+                "budget",
+                "set",
+                "rack=r1",
+                "--watts",
+                "5000",
+                "--hard-at",
+                "0.8",
+            ],
+            "second threshold",
+        ),
+        (
+            vec!["power", "budget", "remove", "cluster"],
+            "no power budget",
+        ),
     ] {
         must_refuse(&addr, &args, needle);
         assert_eq!(budgets(&addr), listed, "after {args:?}");
@@ -146,7 +192,10 @@ async fn budgets_are_set_listed_and_removed_and_bad_input_changes_nothing() {
     let share = reply.power.expect("a share");
     assert_eq!((share.watts, share.group.as_str()), (4000.0, "rack=r1"));
     assert_eq!((share.cap_fraction, share.hard_fraction), (0.9, 0.97));
-    assert!(heartbeat(&cluster, "c", NodeUsage::default()).await.power.is_none());
+    assert!(heartbeat(&cluster, "c", NodeUsage::default())
+        .await
+        .power
+        .is_none());
     let status = json(&addr, &["power", "status"]);
     let group = &status.as_array().expect("groups")[0];
     assert_eq!(group["draw_watts"], 3500.0);
@@ -155,12 +204,34 @@ async fn budgets_are_set_listed_and_removed_and_bad_input_changes_nothing() {
     assert_eq!(group["events"][0]["detail"], "a: 2 GPU(s) lowered");
 
     // Replaced, then removed: the share follows.
-    must_cli_ok(&["--addr", &addr, "power", "budget", "set", "rack=r1", "--watts", "6000", "--cap-at", "0.8", "--hard-at", "0.95"]);
-    let share = heartbeat(&cluster, "a", NodeUsage::default()).await.power.expect("share");
-    assert_eq!((share.watts, share.cap_fraction, share.hard_fraction), (3000.0, 0.8, 0.95));
+    must_cli_ok(&[
+        "--addr",
+        &addr,
+        "power",
+        "budget",
+        "set",
+        "rack=r1",
+        "--watts",
+        "6000",
+        "--cap-at",
+        "0.8",
+        "--hard-at",
+        "0.95",
+    ]);
+    let share = heartbeat(&cluster, "a", NodeUsage::default())
+        .await
+        .power
+        .expect("share");
+    assert_eq!(
+        (share.watts, share.cap_fraction, share.hard_fraction),
+        (3000.0, 0.8, 0.95)
+    );
     must_cli_ok(&["--addr", &addr, "power", "budget", "remove", "rack=r1"]);
     assert_eq!(budgets(&addr), Value::Array(vec![]));
-    assert!(heartbeat(&cluster, "a", NodeUsage::default()).await.power.is_none());
+    assert!(heartbeat(&cluster, "a", NodeUsage::default())
+        .await
+        .power
+        .is_none());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -170,34 +241,52 @@ async fn a_real_agent_caps_its_simulated_gpus_under_its_share_and_releases_them(
     agents
         .start(
             "p1",
-            &["--sim-gpus", "8", "--sim-gpu-model", "h100", "--labels", "rack=r1"],
+            &[
+                "--sim-gpus",
+                "8",
+                "--sim-gpu-model",
+                "h100",
+                "--labels",
+                "rack=r1",
+            ],
         )
         .expect("start agent");
     must_have_ready_nodes(&addr, &["p1"]).await;
-    must_cli_ok(&["--addr", &addr, "power", "budget", "set", "rack=r1", "--watts", "4000"]);
+    must_cli_ok(&[
+        "--addr", &addr, "power", "budget", "set", "rack=r1", "--watts", "4000",
+    ]);
 
-    let capped = until("the agent to cap its GPUs under 4000 W", Duration::from_secs(30), || {
-        let status = json(&addr, &["power", "status"]);
-        let group = status.as_array()?.first()?.clone();
-        let draw = group["draw_watts"].as_f64()?;
-        (group["capped_gpus"].as_u64()? > 0 && draw > 0.0 && draw <= 4000.0).then_some(group)
-    })
+    let capped = until(
+        "the agent to cap its GPUs under 4000 W",
+        Duration::from_secs(30),
+        || {
+            let status = json(&addr, &["power", "status"]);
+            let group = status.as_array()?.first()?.clone();
+            let draw = group["draw_watts"].as_f64()?;
+            (group["capped_gpus"].as_u64()? > 0 && draw > 0.0 && draw <= 4000.0).then_some(group)
+        },
+    )
     .await;
     let events = capped["events"].as_array().expect("events");
     assert!(
         events.iter().any(|e| e["kind"] == "share")
-            && events.iter().any(|e| e["kind"] == "cap" || e["kind"] == "cap_all"),
+            && events
+                .iter()
+                .any(|e| e["kind"] == "cap" || e["kind"] == "cap_all"),
         "{capped:#}"
     );
     assert!(capped["headroom_watts"].as_f64().expect("headroom") >= 0.0);
 
     // The budget removed: the agent puts its limits back.
     must_cli_ok(&["--addr", &addr, "power", "budget", "remove", "rack=r1"]);
-    must_cli_ok(&["--addr", &addr, "power", "budget", "set", "cluster", "--watts", "100000"]);
+    must_cli_ok(&[
+        "--addr", &addr, "power", "budget", "set", "cluster", "--watts", "100000",
+    ]);
     until("the caps released", Duration::from_secs(30), || {
         let status = json(&addr, &["power", "status"]);
         let group = status.as_array()?.first()?.clone();
-        (group["capped_gpus"].as_u64()? == 0 && group["draw_watts"].as_f64()? > 4000.0).then_some(())
+        (group["capped_gpus"].as_u64()? == 0 && group["draw_watts"].as_f64()? > 4000.0)
+            .then_some(())
     })
     .await;
 }

@@ -19,7 +19,9 @@ use std::time::Duration;
 
 use common::*;
 use herd_actors::driver::live::{IncomingEndpoints, MoveLimits, MoveProgress};
-use herd_actors::driver::vm::guest::{find_busybox, write_initramfs, GuestLoad, DISK_PROBE_ARG};
+use herd_actors::driver::vm::guest::{
+    find_busybox, write_initramfs_with_modules, GuestLoad, DISK_PROBE_ARG, VIRTIO_BLK_MODULES,
+};
 use herd_actors::driver::vm::migrate::{NBD_ENDPOINT, NBD_EXPORT};
 use herd_actors::driver::vm::{qemu, VmDriver};
 use herd_actors::driver::{Driver, WorkloadHandle, WorkloadSpec, WorkloadState};
@@ -30,17 +32,39 @@ const PATIENCE: Duration = Duration::from_secs(60);
 const GRACE: Duration = Duration::from_secs(4);
 const PATTERN: &str = "moved-7f3a";
 
-/// The kernel and busybox, or why the test cannot run here.
-fn guest_parts() -> Result<(PathBuf, PathBuf), String> {
+/// What a guest with a disk is built from.
+struct Parts {
+    kernel: PathBuf,
+    busybox: PathBuf,
+    /// The kernel's virtio disk modules.
+    modules: PathBuf,
+}
+
+/// The kernel, its virtio modules and busybox, or why the test cannot run
+/// here.
+fn guest_parts() -> Result<Parts, String> {
+    let guest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/vm-guest");
     let kernel = std::env::var_os("HERD_VM_KERNEL")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/vm-guest/vmlinuz")
-        });
+        .unwrap_or_else(|| guest.join("vmlinuz"));
     if !kernel.is_file() {
         return Err(format!(
             "no guest kernel at {} (run .ci/vm-guest.sh or set HERD_VM_KERNEL)",
             kernel.display()
+        ));
+    }
+    // Beside the kernel, as .ci/vm-guest.sh puts them.
+    let modules = kernel
+        .parent()
+        .map_or_else(|| guest.join("modules"), |dir| dir.join("modules"));
+    if let Some(missing) = VIRTIO_BLK_MODULES
+        .iter()
+        .map(|m| modules.join(format!("{m}.ko")))
+        .find(|path| !path.is_file())
+    {
+        return Err(format!(
+            "no virtio disk module {} (run .ci/vm-guest.sh)",
+            missing.display()
         ));
     }
     let busybox = find_busybox().map_err(|e| e.to_string())?;
@@ -52,7 +76,25 @@ fn guest_parts() -> Result<(PathBuf, PathBuf), String> {
             return Err(format!("{tool} not installed (apt-get install {package})"));
         }
     }
-    Ok((kernel, busybox))
+    Ok(Parts {
+        kernel,
+        busybox,
+        modules,
+    })
+}
+
+/// Kills, when a test ends (passed or panicked), every QEMU left under its
+/// directory, so that a failing test leaks no VM.
+struct Reaper(PathBuf);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        for pid in qemu_pids(&self.0.display().to_string()) {
+            let _ = std::process::Command::new("kill")
+                .args(["-9", &pid.to_string()])
+                .status();
+        }
+    }
 }
 
 /// A 128 MiB VM with a fresh 64 MiB disk, its guest told to probe it.
@@ -88,6 +130,10 @@ fn spec(alloc_dir: PathBuf, generation: u64, kernel: &Path, initrd: &Path) -> Wo
         alloc_dir,
         env: BTreeMap::new(),
     }
+}
+
+fn reports_len(reports: &Mutex<Vec<MoveProgress>>) -> usize {
+    reports.lock().map_or(0, |r| r.len())
 }
 
 /// The guest's console so far.
@@ -177,15 +223,16 @@ async fn booted_source(driver: &dyn Driver, spec: &WorkloadSpec) -> WorkloadHand
     handle
 }
 
-fn guest_initrd(dir: &Path, busybox: &Path) -> PathBuf {
+fn guest_initrd(dir: &Path, parts: &Parts) -> PathBuf {
     let initrd = dir.join("initrd");
-    write_initramfs(
+    write_initramfs_with_modules(
         &initrd,
-        busybox,
+        &parts.busybox,
         GuestLoad {
             working_set_mib: 16,
             dirty_mib_per_sec: 2,
         },
+        Some(&parts.modules),
     )
     .expect("initramfs");
     initrd
@@ -205,12 +252,14 @@ fn assert_endpoints(endpoints: &IncomingEndpoints) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vm_moves_live_with_its_disk_and_its_guest_runs_on() {
-    let (kernel, busybox) = match guest_parts() {
+    let parts = match guest_parts() {
         Ok(parts) => parts,
         Err(why) => return skip_or_fail(&why),
     };
     let dir = tempfile::tempdir().expect("tempdir");
-    let initrd = guest_initrd(dir.path(), &busybox);
+    let _reaper = Reaper(dir.path().to_path_buf());
+    let initrd = guest_initrd(dir.path(), &parts);
+    let kernel = parts.kernel;
     // Two agents' drivers, each with its own data directory; the same
     // allocation, one generation further on the target.
     let source: Arc<dyn Driver> = Arc::new(VmDriver::new(herd_bin()));
@@ -243,6 +292,10 @@ async fn a_vm_moves_live_with_its_disk_and_its_guest_runs_on() {
         .migrate_out(&src, &endpoints, &limits, &sink)
         .await
         .expect("migrate out");
+    eprintln!(
+        "moved: {stats:?}, {} progress reports",
+        reports_len(&reports)
+    );
     // At least the guest's kernel, initramfs and working set went over.
     assert!(stats.bytes > 8 << 20, "{stats:?}");
     assert!(stats.rounds >= 1, "{stats:?}");
@@ -340,12 +393,14 @@ async fn stop_target(driver: &dyn Driver, handle: &WorkloadHandle, dir: &Path) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_abandoned_move_leaves_the_vm_running_where_it_was() {
-    let (kernel, busybox) = match guest_parts() {
+    let parts = match guest_parts() {
         Ok(parts) => parts,
         Err(why) => return skip_or_fail(&why),
     };
     let dir = tempfile::tempdir().expect("tempdir");
-    let initrd = guest_initrd(dir.path(), &busybox);
+    let _reaper = Reaper(dir.path().to_path_buf());
+    let initrd = guest_initrd(dir.path(), &parts);
+    let kernel = parts.kernel;
     let source: Arc<dyn Driver> = Arc::new(VmDriver::new(herd_bin()));
     let target: Arc<dyn Driver> = Arc::new(VmDriver::new(herd_bin()));
     let src_dir = dir.path().join("src/vm-move");

@@ -206,7 +206,7 @@ fn shuffle_to_fr(inst: &mut Instance, p: &GenParams, rng: &mut SplitMix64) -> Re
             if (fr - p.fr).abs() <= p.fr_tolerance {
                 break;
             }
-            if (fr - p.fr).abs() <= (best - p.fr).abs() && i > 1_000_000 {
+            if (fr - p.fr).abs() <= (best - p.fr).abs() && i > 200_000 {
                 break;
             }
             let v = rng.below(n_vm);

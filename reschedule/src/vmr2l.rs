@@ -150,7 +150,7 @@ pub fn import_reader<R: Read>(reader: R, source_name: &str) -> Result<Instance, 
 
 /// A whole, non-negative number from a JSON number, or a message.
 fn whole(v: f64, what: impl Fn() -> String) -> Result<u64, String> {
-    if !v.is_finite() || v < 0.0 || v > 9.0e15 {
+    if !v.is_finite() || !(0.0..=9.0e15).contains(&v) {
         return Err(format!("{} is {v} (must be a number >= 0)", what()));
     }
     Ok(v.round() as u64)

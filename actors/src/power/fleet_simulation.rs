@@ -75,13 +75,12 @@ fn an_oversubscribed_fleet_is_back_under_budget_within_a_second_of_a_spike() {
         settle(gpus);
     }
     let group_draw = |nodes: &Vec<Vec<SimGpu>>| -> f64 {
-        nodes
-            .iter()
-            .flatten()
-            .map(|g| g.state.draw_watts)
-            .sum()
+        nodes.iter().flatten().map(|g| g.state.draw_watts).sum()
     };
-    assert!(group_draw(&nodes) < thresholds.release * budget, "calm before the spike");
+    assert!(
+        group_draw(&nodes) < thresholds.release * budget,
+        "calm before the spike"
+    );
 
     let spike_at_ms = 1000;
     let end_ms = 6000;
@@ -157,13 +156,23 @@ fn an_oversubscribed_fleet_is_back_under_budget_within_a_second_of_a_spike() {
         "back under budget {} ms after the spike",
         back_under_at - spike_at_ms
     );
-    assert!(over_budget_ms <= 1000, "{over_budget_ms} ms over budget in all");
+    assert!(
+        over_budget_ms <= 1000,
+        "{over_budget_ms} ms over budget in all"
+    );
     let low = first_low_cap_ms.expect("low-priority work was capped");
     if let Some(inference) = first_inference_cap_ms {
-        assert!(low < inference, "inference capped at {inference} ms, low priority at {low} ms");
+        assert!(
+            low < inference,
+            "inference capped at {inference} ms, low priority at {low} ms"
+        );
     }
     let loss = 1.0 - inference_work / inference_uncapped;
-    assert!(loss < 0.05, "inference throughput fell by {:.1} %", loss * 100.0);
+    assert!(
+        loss < 0.05,
+        "inference throughput fell by {:.1} %",
+        loss * 100.0
+    );
     // The group ends under its budget, and its low-priority work capped.
     assert!(group_draw(&nodes) <= budget);
     assert!(nodes

@@ -299,7 +299,10 @@ fn run_round(
                 .map(|g| GpuPowerState {
                     index: g.index,
                     node: node.to_string(),
-                    class: classes.get(&g.index).copied().unwrap_or(PriorityClass::Batch),
+                    class: classes
+                        .get(&g.index)
+                        .copied()
+                        .unwrap_or(PriorityClass::Batch),
                     limit_watts: g.power_limit_watts,
                     min_watts: g.power_limit_min_watts,
                     max_watts: g.power_limit_max_watts,

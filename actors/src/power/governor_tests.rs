@@ -89,7 +89,9 @@ fn draw(gpu: &SimulatedGpuBackend) -> f64 {
 async fn a_spike_is_capped_in_the_next_round_low_priority_first() {
     let gpu = fleet();
     let actor = spawn(gpu.clone()).await;
-    actor.cast(PowerMsg::SetShare(share(2000.0))).expect("share");
+    actor
+        .cast(PowerMsg::SetShare(share(2000.0)))
+        .expect("share");
     rounds_later(&actor, 2).await;
     assert_eq!(limits(&gpu), [700; 4], "1064 W of 2000 W: nothing to cap");
 
@@ -107,7 +109,11 @@ async fn a_spike_is_capped_in_the_next_round_low_priority_first() {
         .map(|g| g.info.index)
         .collect();
     assert_eq!(capped, [2, 3]);
-    assert!(after.events.iter().any(|e| e.kind == "cap"), "{:?}", after.events);
+    assert!(
+        after.events.iter().any(|e| e.kind == "cap"),
+        "{:?}",
+        after.events
+    );
     actor.stop(None);
 }
 
@@ -115,7 +121,9 @@ async fn a_spike_is_capped_in_the_next_round_low_priority_first() {
 async fn past_the_second_threshold_inference_is_capped_too() {
     let gpu = fleet();
     let actor = spawn(gpu.clone()).await;
-    actor.cast(PowerMsg::SetShare(share(1500.0))).expect("share");
+    actor
+        .cast(PowerMsg::SetShare(share(1500.0)))
+        .expect("share");
     gpu.set_all_activity(1.0).expect("spike");
     rounds_later(&actor, 2).await;
     let l = limits(&gpu);
@@ -130,7 +138,9 @@ async fn past_the_second_threshold_inference_is_capped_too() {
 async fn the_last_share_is_kept_and_caps_are_released_as_the_load_falls() {
     let gpu = fleet();
     let actor = spawn(gpu.clone()).await;
-    actor.cast(PowerMsg::SetShare(share(2000.0))).expect("share");
+    actor
+        .cast(PowerMsg::SetShare(share(2000.0)))
+        .expect("share");
     gpu.set_all_activity(1.0).expect("spike");
     rounds_later(&actor, 2).await;
     assert_eq!(limits(&gpu), [700, 700, 200, 200]);
@@ -141,7 +151,9 @@ async fn the_last_share_is_kept_and_caps_are_released_as_the_load_falls() {
         thresholds: Thresholds::default(),
         group: "x".into(),
     };
-    actor.cast(PowerMsg::SetShare(Some(bad))).expect("bad share");
+    actor
+        .cast(PowerMsg::SetShare(Some(bad)))
+        .expect("bad share");
 
     // The load falls: limits come back, a step at a time.
     gpu.set_all_activity(0.2).expect("lull");
@@ -172,15 +184,30 @@ async fn without_a_share_nothing_is_done_and_a_withdrawn_share_puts_limits_back(
     assert_eq!(idle.rounds, 0, "no share: not even a sample");
     assert_eq!(limits(&gpu), [700; 4]);
 
-    actor.cast(PowerMsg::SetShare(share(1000.0))).expect("share");
+    actor
+        .cast(PowerMsg::SetShare(share(1000.0)))
+        .expect("share");
     rounds_later(&actor, 2).await;
     assert!(limits(&gpu).iter().all(|l| *l < 700), "{:?}", limits(&gpu));
 
     actor.cast(PowerMsg::SetShare(None)).expect("withdrawn");
-    rounds_later(&actor, 2).await;
-    assert_eq!(limits(&gpu), [700; 4]);
-    let after = status(&actor).await;
-    assert!(after.gpus.iter().all(|g| !g.capped));
+    for _ in 0..1000 {
+        if limits(&gpu) == [700; 4] {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(limits(&gpu), [700; 4], "limits put back");
+    // The round that put them back reports to the actor just after.
+    let mut after = status(&actor).await;
+    for _ in 0..1000 {
+        if after.gpus.iter().all(|g| !g.capped) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        after = status(&actor).await;
+    }
+    assert!(after.gpus.iter().all(|g| !g.capped), "{after:?}");
     // Nothing is left to put back: the governor goes quiet again.
     let rounds = after.rounds;
     tokio::time::sleep(Duration::from_millis(200)).await;

@@ -18,4 +18,6 @@ mod governor_tests;
 pub use governor::{
     GovernedGpu, GovernorArgs, GovernorStatus, NodeShare, PowerEvent, PowerGovernor, PowerMsg,
 };
-pub use policy::{decide, Decision, GpuPowerState, LimitChange, Phase, PolicyConfig, PriorityClass};
+pub use policy::{
+    decide, Decision, GpuPowerState, LimitChange, Phase, PolicyConfig, PriorityClass,
+};

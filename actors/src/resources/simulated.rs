@@ -395,7 +395,11 @@ mod tests {
         }
         assert!(backend.set_activity(2, 0.5).is_err());
         backend.set_all_activity(0.5).expect("valid");
-        assert!(backend.gpus().expect("gpus").iter().all(|g| g.utilisation_percent == 50));
+        assert!(backend
+            .gpus()
+            .expect("gpus")
+            .iter()
+            .all(|g| g.utilisation_percent == 50));
     }
 
     #[test]

@@ -249,6 +249,7 @@ mod tests {
             },
             env: Default::default(),
             stop_after_disconnect: None,
+            moving_out: None,
         }
     }
 

@@ -607,7 +607,7 @@ impl SupervisorState {
             } else if entry.stopping || d.generation > entry.generation {
                 self.replace(alloc_id, d.clone());
             } else {
-                let _ = entry.actor.cast(WorkloadMsg::Confirm(d.clone()));
+                let _ = entry.actor.cast(WorkloadMsg::Confirm(Box::new(d.clone())));
             }
         }
         let entries = &self.entries;

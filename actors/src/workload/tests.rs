@@ -43,6 +43,7 @@ fn desired(id: &str, generation: u64, job_type: JobType, script: &str) -> Desire
         },
         env: Default::default(),
         stop_after_disconnect: None,
+        moving_out: None,
     }
 }
 

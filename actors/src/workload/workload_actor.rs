@@ -60,7 +60,7 @@ pub struct WorkloadArgs {
 #[derive(Debug)]
 pub enum WorkloadMsg {
     /// The coordinators still want this allocation at this generation.
-    Confirm(DesiredAlloc),
+    Confirm(Box<DesiredAlloc>),
     /// The allocation is no longer wanted here: stop its workload, forget
     /// its handle and end.
     Stop,
@@ -265,7 +265,7 @@ impl Actor for WorkloadActor {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            WorkloadMsg::Confirm(desired) => state.on_confirm(&myself, desired),
+            WorkloadMsg::Confirm(desired) => state.on_confirm(&myself, *desired),
             WorkloadMsg::Stop => state.on_stop(&myself),
             WorkloadMsg::Started { run, result } if run == state.run => {
                 state.on_started(&myself, result)

@@ -101,7 +101,9 @@ pub async fn run(ctx: &Context, command: PowerCommand) -> Result<(), CliError> {
                 })
                 .await?;
             if ctx.json() {
-                print_json(&json!({"group": group.to_string(), "budget_watts": watts, "log_index": reply.log_index}));
+                print_json(
+                    &json!({"group": group.to_string(), "budget_watts": watts, "log_index": reply.log_index}),
+                );
             } else {
                 println!("power budget of group {group}: {watts} W");
             }
@@ -143,7 +145,15 @@ pub async fn run(ctx: &Context, command: PowerCommand) -> Result<(), CliError> {
                     })
                     .collect();
                 print_table(
-                    &["GROUP", "BUDGET_W", "CAP_AT", "HARD_AT", "NODES", "IDLE_W", "SET (UTC)"],
+                    &[
+                        "GROUP",
+                        "BUDGET_W",
+                        "CAP_AT",
+                        "HARD_AT",
+                        "NODES",
+                        "IDLE_W",
+                        "SET (UTC)",
+                    ],
                     &rows,
                 );
             }
@@ -211,13 +221,25 @@ pub async fn run(ctx: &Context, command: PowerCommand) -> Result<(), CliError> {
                     })
                     .collect();
                 print_table(
-                    &["GROUP", "BUDGET_W", "DRAW_W", "HEADROOM_W", "CAPPED", "REPORTING"],
+                    &[
+                        "GROUP",
+                        "BUDGET_W",
+                        "DRAW_W",
+                        "HEADROOM_W",
+                        "CAPPED",
+                        "REPORTING",
+                    ],
                     &rows,
                 );
                 for g in &groups {
                     let group = g.budget.as_ref().map(|b| b.group.as_str()).unwrap_or("");
                     for e in g.events.iter().rev().take(5).rev() {
-                        println!("{group}  {} UTC  {}  {}", format_time(e.at_ms), e.kind, e.detail);
+                        println!(
+                            "{group}  {} UTC  {}  {}",
+                            format_time(e.at_ms),
+                            e.kind,
+                            e.detail
+                        );
                     }
                 }
             }

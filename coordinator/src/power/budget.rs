@@ -117,7 +117,11 @@ pub(crate) mod tests {
     #[test]
     fn budgets_need_a_group_with_gpus_and_at_least_its_idle_power() {
         let mut state = ClusterState::default();
-        for n in [node("a", "r1", 8, "h100"), node("b", "r1", 4, "a100"), node("c", "r2", 0, "")] {
+        for n in [
+            node("a", "r1", 8, "h100"),
+            node("b", "r1", 4, "a100"),
+            node("c", "r2", 0, ""),
+        ] {
             state.nodes.insert(n.name.clone(), n);
         }
         let r1 = PowerGroup::parse("rack=r1").expect("group");
@@ -125,18 +129,29 @@ pub(crate) mod tests {
         // Idle: 8 × 80 W + 4 × 55 W = 860 W.
         assert_eq!(check_against_nodes(&state, &r1, 860), None);
         let e = check_against_nodes(&state, &r1, 859).expect("below idle");
-        assert!(e.contains("idle GPU power of 860 W") && e.contains("12 GPU(s) on 2 node(s)"), "{e}");
+        assert!(
+            e.contains("idle GPU power of 860 W") && e.contains("12 GPU(s) on 2 node(s)"),
+            "{e}"
+        );
         let e = check_against_nodes(&state, &PowerGroup::parse("rack=r9").expect("g"), 10_000)
             .expect("unknown");
-        assert!(e.contains("no node has rack=r9 (values of rack: r1, r2)"), "{e}");
+        assert!(
+            e.contains("no node has rack=r9 (values of rack: r1, r2)"),
+            "{e}"
+        );
         let e = check_against_nodes(&state, &PowerGroup::parse("zone=z").expect("g"), 10_000)
             .expect("unknown");
         assert!(e.contains("no node has the label \"zone\""), "{e}");
         let e = check_against_nodes(&state, &PowerGroup::parse("rack=r2").expect("g"), 10_000)
             .expect("no GPU");
         assert!(e.contains("no GPU"), "{e}");
-        assert_eq!(check_against_nodes(&state, &PowerGroup::Cluster, 10_000), None);
-        assert!(check_against_nodes(&ClusterState::default(), &PowerGroup::Cluster, 10_000).is_some());
+        assert_eq!(
+            check_against_nodes(&state, &PowerGroup::Cluster, 10_000),
+            None
+        );
+        assert!(
+            check_against_nodes(&ClusterState::default(), &PowerGroup::Cluster, 10_000).is_some()
+        );
         assert_eq!(nameplate_watts(&state.nodes["a"].capacity), 5600.0);
     }
 }

@@ -144,16 +144,26 @@ mod tests {
         let bounded = bound_usage(usage);
         assert_eq!(bounded.gpu_power_watts, 0.0);
         assert_eq!(bounded.gpus.len(), MAX_REPORTED_GPUS);
-        assert!(bounded.gpus.iter().all(|g| g.draw_watts == 0.0 && g.class.len() == MAX_WORD));
+        assert!(bounded
+            .gpus
+            .iter()
+            .all(|g| g.draw_watts == 0.0 && g.class.len() == MAX_WORD));
         assert_eq!(bounded.power_events.len(), MAX_REPORTED_EVENTS);
         assert_eq!(bounded.power_events[0].at_ms, 12, "the newest kept");
-        assert_eq!(bounded.power_events[0].detail.chars().count(), MAX_EVENT_DETAIL);
+        assert_eq!(
+            bounded.power_events[0].detail.chars().count(),
+            MAX_EVENT_DETAIL
+        );
     }
 
     #[test]
     fn status_sums_the_groups_reports() {
         let mut state = ClusterState::default();
-        for n in [node("a", "r1", 8, "h100"), node("b", "r1", 8, "h100"), node("c", "r2", 8, "h100")] {
+        for n in [
+            node("a", "r1", 8, "h100"),
+            node("b", "r1", 8, "h100"),
+            node("c", "r2", 8, "h100"),
+        ] {
             state.nodes.insert(n.name.clone(), n);
         }
         state.power_budgets.insert(
@@ -171,10 +181,22 @@ mod tests {
             (name != "b").then(|| NodeUsage {
                 gpu_power_watts: 4500.0,
                 gpus: vec![
-                    GpuPower { index: 0, capped, ..GpuPower::default() },
-                    GpuPower { index: 1, capped, ..GpuPower::default() },
+                    GpuPower {
+                        index: 0,
+                        capped,
+                        ..GpuPower::default()
+                    },
+                    GpuPower {
+                        index: 1,
+                        capped,
+                        ..GpuPower::default()
+                    },
                 ],
-                power_events: vec![PowerEvent { at_ms: 3, kind: "cap".into(), detail: "2 GPU(s) lowered".into() }],
+                power_events: vec![PowerEvent {
+                    at_ms: 3,
+                    kind: "cap".into(),
+                    detail: "2 GPU(s) lowered".into(),
+                }],
                 ..NodeUsage::default()
             })
         };
@@ -182,7 +204,10 @@ mod tests {
         assert_eq!(status.len(), 1);
         let s = &status[0];
         let budget = s.budget.as_ref().expect("budget");
-        assert_eq!((budget.group.as_str(), budget.watts, budget.nodes), ("rack=r1", 8000, 2));
+        assert_eq!(
+            (budget.group.as_str(), budget.watts, budget.nodes),
+            ("rack=r1", 8000, 2)
+        );
         assert_eq!(budget.idle_watts, 1280.0);
         assert_eq!((s.draw_watts, s.headroom_watts), (4500.0, 3500.0));
         assert_eq!((s.capped_gpus, s.reporting_nodes), (2, 1));

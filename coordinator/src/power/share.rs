@@ -119,7 +119,12 @@ mod tests {
     #[test]
     fn a_node_gets_the_smallest_share_of_the_budgets_covering_it() {
         let mut state = ClusterState::default();
-        for n in [node("a", "r1", 8, "h100"), node("b", "r1", 8, "h100"), node("c", "r2", 8, "h100"), node("d", "r2", 0, "")] {
+        for n in [
+            node("a", "r1", 8, "h100"),
+            node("b", "r1", 8, "h100"),
+            node("c", "r2", 8, "h100"),
+            node("d", "r2", 0, ""),
+        ] {
             state.nodes.insert(n.name.clone(), n);
         }
         assert_eq!(share_of(&state, "a"), None, "no budget yet");

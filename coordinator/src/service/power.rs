@@ -45,8 +45,7 @@ impl Power for PowerService {
     ) -> Result<Response<pb::PowerBudgetReply>, Status> {
         let request = request.into_inner();
         let group = parse_group(&request.group)?;
-        check_watts(request.watts)
-            .map_err(|e| error::invalid_argument(format!("watts: {e}")))?;
+        check_watts(request.watts).map_err(|e| error::invalid_argument(format!("watts: {e}")))?;
         let cap = match request.cap_permille {
             0 => DEFAULT_CAP_PERMILLE,
             cap => cap,
@@ -55,7 +54,8 @@ impl Power for PowerService {
             0 => DEFAULT_HARD_PERMILLE.max(cap),
             hard => hard,
         };
-        check_permille(cap, hard).map_err(|e| error::invalid_argument(format!("thresholds: {e}")))?;
+        check_permille(cap, hard)
+            .map_err(|e| error::invalid_argument(format!("thresholds: {e}")))?;
         // Judge the group on every node registered so far.
         self.coordinator
             .read_barrier(ReadConsistency::Linearizable)

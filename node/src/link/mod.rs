@@ -29,12 +29,12 @@ use herd_api::capabilities::NodeDrivers;
 use herd_api::client::{Connector, HerdClient, Repeat};
 use herd_api::convert::capabilities::drivers_to_proto;
 use herd_api::job::{JobType, TaskSpec};
+use herd_api::power::Thresholds;
 use herd_api::proto::agent::agent_client::AgentClient;
+use herd_api::proto::agent::PowerShare;
 use herd_api::proto::agent::{
     AssignedAllocation, AssignedAllocations, HeartbeatReply, HeartbeatRequest, RegisterNodeRequest,
 };
-use herd_api::power::Thresholds;
-use herd_api::proto::agent::PowerShare;
 use herd_api::proto::v1::{GpuPower, NodeUsage, PowerEvent};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::{mpsc, Mutex};
@@ -477,7 +477,10 @@ fn share_from_proto(share: PowerShare) -> NodeShare {
 /// The GPUs' power figures and the governor's events for a heartbeat: the
 /// governor's (sampled every 50 ms while it holds a share) when it has
 /// them, else the monitor's.
-fn power_usage(report: &HostReport, governor: Option<GovernorStatus>) -> (Vec<GpuPower>, Vec<PowerEvent>) {
+fn power_usage(
+    report: &HostReport,
+    governor: Option<GovernorStatus>,
+) -> (Vec<GpuPower>, Vec<PowerEvent>) {
     let governor = governor.unwrap_or(GovernorStatus {
         share: None,
         gpus: Vec::new(),
@@ -598,6 +601,67 @@ mod tests {
             drivers
         );
         herd_api::capabilities::check_drivers(&drivers).expect("within bounds");
+    }
+
+    #[test]
+    fn the_power_share_and_figures_cross_the_heartbeat() {
+        use herd_actors::power::{GovernedGpu, PriorityClass};
+        use herd_actors::resources::GpuInfo;
+        let share = share_from_proto(PowerShare {
+            watts: 4000.0,
+            cap_fraction: 0.9,
+            hard_fraction: 0.97,
+            release_fraction: 0.85,
+            group: "rack=r1".into(),
+        });
+        assert_eq!(share.thresholds, Thresholds::default());
+        assert_eq!((share.watts, share.group.as_str()), (4000.0, "rack=r1"));
+        share.check().expect("a valid share");
+
+        let gpu = |index: u32, limit: u32| GpuInfo {
+            index,
+            uuid: format!("SIM-GPU-{index}"),
+            model: "h100".into(),
+            memory_total_bytes: 1,
+            memory_used_bytes: 0,
+            power_draw_watts: f64::from(limit) - 10.0,
+            power_limit_watts: limit,
+            power_limit_min_watts: 200,
+            power_limit_max_watts: 700,
+            utilisation_percent: 50,
+        };
+        let report = HostReport {
+            gpus: vec![gpu(0, 700), gpu(1, 700)],
+            ..HostReport::default()
+        };
+        // No governor answer: the monitor's figures, nothing capped.
+        let (gpus, events) = power_usage(&report, None);
+        assert_eq!(gpus.len(), 2);
+        assert!(gpus.iter().all(|g| !g.capped && g.class.is_empty()));
+        assert!(events.is_empty());
+        // The governor's, with what it capped and why.
+        let status = GovernorStatus {
+            share: Some(share),
+            gpus: vec![GovernedGpu {
+                info: gpu(1, 300),
+                class: PriorityClass::Training,
+                capped: true,
+            }],
+            events: vec![herd_actors::power::PowerEvent {
+                at_ms: 5,
+                kind: "cap".into(),
+                detail: "1 GPU(s) lowered".into(),
+            }],
+            rounds: 3,
+        };
+        let (gpus, events) = power_usage(&report, Some(status));
+        assert_eq!(gpus.len(), 1);
+        assert_eq!(
+            (gpus[0].index, gpus[0].limit_watts, gpus[0].capped),
+            (1, 300, true)
+        );
+        assert_eq!(gpus[0].class, "training");
+        assert_eq!(events[0].kind, "cap");
     }
 
     #[test]

@@ -94,8 +94,7 @@ impl AgentPeer for AgentPeerService {
     ) -> Result<Response<TransferReply>, Status> {
         let mut stream = request.into_inner();
         let mut migration: Option<String> = None;
-        while let Some(chunk) = stream.message().await.inspect_err(|e| eprintln!("DEBUG stream err {e:?}"))? {
-            eprintln!("DEBUG chunk {} {} {} last={}", chunk.path, chunk.offset, chunk.data.len(), chunk.last);
+        while let Some(chunk) = stream.message().await? {
             let first = match &migration {
                 None => {
                     check_id(&chunk.migration_id)?;
@@ -115,12 +114,13 @@ impl AgentPeer for AgentPeerService {
                 .await
                 .inspect_err(|e| tracing::warn!(error = %e, "transfer chunk refused"))?;
         }
-        eprintln!("DEBUG clean end {migration:?}");
-        // The source closed the stream: everything it meant to send came.
+        // The stream ended: closed by the source, or cancelled (tonic reads
+        // a cancelled request stream as its end, so this says nothing of
+        // completion; the end-of-transfer chunk does).
         let Some(id) = migration else {
             return Ok(Response::new(TransferReply::default()));
         };
-        let (bytes, files) = self.registry.stream_ended(&id).await?;
+        let (bytes, files) = self.registry.totals(&id).await?;
         Ok(Response::new(TransferReply { bytes, files }))
     }
 

@@ -14,6 +14,12 @@
 //! Every chunk comes from the network and is checked before anything is
 //! written: the migration, the path (see [`super::check_relative_path`]),
 //! the offset against what is held, the size, the CRC-32C.
+//!
+//! The end of a transfer is marked by its sender, not by the end of the
+//! stream (tonic reads a cancelled request stream as a clean end, so a cut
+//! would look like a finish): the last chunk of a finished transfer repeats
+//! the end of a file already whole (empty data, `last`, offset and size
+//! equal to the file's size). No other chunk looks like that.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, OpenOptions};
@@ -91,9 +97,9 @@ pub struct IncomingProgress {
     pub bytes: u64,
     /// Whole files held.
     pub files: u32,
-    /// The last Transfer stream ended cleanly (the source closed it, it did
-    /// not break) and no file is partial: the target holds everything the
-    /// source sent. A new stream clears it.
+    /// The source marked the end of its transfer (see the module doc) and
+    /// no file is partial: the target holds everything the source meant to
+    /// send. The first chunk of a new stream clears it.
     pub complete: bool,
     /// The source gave the migration up (AbortIncoming), with its reason;
     /// the data was dropped.
@@ -508,7 +514,8 @@ impl IncomingRegistry {
     }
 
     /// Serves one chunk of a Transfer stream (`first`: the stream's first
-    /// chunk, which clears [`IncomingProgress::complete`]).
+    /// chunk, which clears [`IncomingProgress::complete`]; an end-of-transfer
+    /// chunk sets it when no file is partial).
     pub async fn receive(&self, chunk: TransferChunk, first: bool) -> Result<(), IncomingError> {
         let id = chunk.migration_id.clone();
         let entry = self.entry(&id).ok_or_else(|| IncomingError::NotTarget {
@@ -525,21 +532,22 @@ impl IncomingRegistry {
                 entry.progress.send_modify(|p| p.complete = false);
             }
             let applied = store.apply(&id, &chunk);
-            let progress = entry.progress.borrow().clone();
-            let figures = store.figures(progress);
+            let mut figures = store.figures(entry.progress.borrow().clone());
+            if matches!(applied, Ok(Applied::EndOfTransfer)) {
+                figures.complete = store.files.values().all(|h| h.complete);
+            }
             entry.progress.send_if_modified(|p| {
                 let changed = *p != figures;
                 *p = figures;
                 changed
             });
-            applied
+            applied.map(|_| ())
         })
         .await
     }
 
-    /// A Transfer stream of `migration_id` ended cleanly: marks it complete
-    /// when no file is partial, and returns (bytes held, whole files).
-    pub async fn stream_ended(&self, migration_id: &str) -> Result<(u64, u32), IncomingError> {
+    /// (bytes held, whole files) of a migration, for a TransferReply.
+    pub async fn totals(&self, migration_id: &str) -> Result<(u64, u32), IncomingError> {
         let entry = self
             .entry(migration_id)
             .ok_or_else(|| closed(migration_id))?;
@@ -547,11 +555,8 @@ impl IncomingRegistry {
         blocking(move || {
             let store = lock(&entry.store);
             store.usable(&id)?;
-            let mut figures = store.figures(entry.progress.borrow().clone());
-            figures.complete = store.files.values().all(|h| h.complete);
-            let totals = (figures.bytes, figures.files);
-            entry.progress.send_replace(figures);
-            Ok(totals)
+            let figures = store.figures(entry.progress.borrow().clone());
+            Ok((figures.bytes, figures.files))
         })
         .await
     }
@@ -607,6 +612,15 @@ enum State {
     Open,
     Aborted(String),
     Closed,
+}
+
+/// What a chunk did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Applied {
+    /// Data appended (or a file finished).
+    Written,
+    /// The sender's end-of-transfer mark: nothing written.
+    EndOfTransfer,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -691,7 +705,11 @@ impl Store {
         Ok(())
     }
 
-    fn apply(&mut self, migration_id: &str, chunk: &TransferChunk) -> Result<(), IncomingError> {
+    fn apply(
+        &mut self,
+        migration_id: &str,
+        chunk: &TransferChunk,
+    ) -> Result<Applied, IncomingError> {
         let path = chunk.path.as_str();
         let bad = |message: String| IncomingError::BadChunk {
             migration_id: migration_id.to_string(),
@@ -725,10 +743,9 @@ impl Store {
             detail: detail.to_string(),
         };
         if let Some(h) = held.filter(|h| h.complete) {
-            // The sender confirms a whole file (it has nothing else to send
-            // and closes its stream after it): accepted, nothing written.
+            // The end-of-transfer mark: accepted, nothing written.
             if len == 0 && chunk.last && chunk.offset == h.bytes && chunk.size == h.bytes {
-                return Ok(());
+                return Ok(Applied::EndOfTransfer);
             }
             return Err(out_of_step(" (the file is already whole)"));
         }
@@ -773,7 +790,7 @@ impl Store {
         if chunk.last {
             self.finish(path, &partial, chunk.mode)?;
         }
-        Ok(())
+        Ok(Applied::Written)
     }
 
     /// A new file must not sit under a file held, nor over a directory of

@@ -4,7 +4,9 @@
 //! flow control behind a bounded queue), optionally paced to a bandwidth
 //! cap. It skips what the target already holds whole and resumes partial
 //! files from their offset, so [`send_with_resume`] can prepare again after
-//! a cut and send only the missing bytes.
+//! a cut and send only the missing bytes. Every finished transfer ends with
+//! an end-of-transfer chunk (the end of its last file again, see
+//! [`super::receiver`]), which tells the target it holds everything.
 //!
 //! Symlinks are refused (the migration fails with the path named): their
 //! target would not move with them, and following them could send files
@@ -142,7 +144,7 @@ impl TransferError {
 pub struct TransferStats {
     /// File bytes sent (queued onto the stream).
     pub bytes_sent: u64,
-    /// Chunks sent, the confirmation chunk included.
+    /// Chunks sent, the end-of-transfer chunk included.
     pub chunks: u64,
     /// Files whose last chunk was sent.
     pub files_sent: u32,
@@ -574,20 +576,18 @@ async fn produce(
             }
         }
     }
-    if stats.chunks == 0 {
-        // Everything was already whole on the target: confirm the last file
-        // so that the stream names the migration and the target learns the
-        // transfer is complete.
-        if let Some(file) = files.last() {
-            let c = chunk(
-                migration_id,
-                &file.rel,
-                file.size,
-                Vec::new(),
-                Some((file.size, file.mode)),
-            );
-            send(c, stats).await?;
-        }
+    // The end-of-transfer mark: the end of the last file again, so that the
+    // target knows everything was sent (the end of the stream cannot tell
+    // it: a cancelled stream reads as ended).
+    if let Some(file) = files.last() {
+        let end = chunk(
+            migration_id,
+            &file.rel,
+            file.size,
+            Vec::new(),
+            Some((file.size, file.mode)),
+        );
+        send(end, stats).await?;
     }
     Ok(())
 }

@@ -354,7 +354,10 @@ fn descend(
     rng: &mut SplitMix64,
     noise: f64,
 ) {
-    while moves.len() < limits.max_moves && start.elapsed() < limits.deadline {
+    // Stop before a step that would likely end past the deadline.
+    let mut last_step = std::time::Duration::ZERO;
+    while moves.len() < limits.max_moves && start.elapsed() + last_step < limits.deadline {
+        let step_start = Instant::now();
         let tops = shape_tops(state, prep, fast.top, rng, noise);
         let single = best_move(state, prep, &tops, moved);
         let step: Vec<Move> = match single {
@@ -367,6 +370,7 @@ fn descend(
                 },
             },
         };
+        last_step = step_start.elapsed();
         for mv in step {
             if state.check(mv).is_err() {
                 return;

@@ -104,16 +104,34 @@ pub struct GuestLoad {
 /// wrote, and that the guest keeps writing to it across the move.
 pub const DISK_PROBE_ARG: &str = "herd.disk";
 
-/// The guest's `/init`: mount what busybox needs, then loop forever.
+/// The kernel modules a virtio disk needs, in load order, for kernels that
+/// build virtio as modules (Debian's cloud kernel does: `.ci/vm-guest.sh`
+/// copies these from its package to `target/vm-guest/modules/`). Without
+/// them the guest sees no `/dev/vda`.
+pub const VIRTIO_BLK_MODULES: [&str; 6] = [
+    "virtio_ring",
+    "virtio",
+    "virtio_pci_legacy_dev",
+    "virtio_pci_modern_dev",
+    "virtio_pci",
+    "virtio_blk",
+];
+
+/// The guest's `/init`: mount what busybox needs, load `modules` (from
+/// `/lib/modules`, in order), then loop forever.
 ///
 /// `/dev` is a devtmpfs mounted by the init itself: an initramfs gets no
 /// device nodes from the kernel (only `/dev/console`), and without
 /// `/dev/urandom` the dirtying `dd` would fail silently.
-fn init_script(load: GuestLoad) -> String {
+fn init_script(load: GuestLoad, modules: &[&str]) -> String {
     let GuestLoad {
         working_set_mib: ws,
         dirty_mib_per_sec: rate,
     } = load;
+    let insmod: String = modules
+        .iter()
+        .map(|m| format!("insmod /lib/modules/{m}.ko || echo \"herd-guest: cannot load {m}\"\n"))
+        .collect();
     format!(
         "#!/bin/busybox sh\n\
          /bin/busybox --install -s /bin\n\
@@ -121,12 +139,18 @@ fn init_script(load: GuestLoad) -> String {
          mount -t sysfs sys /sys\n\
          mount -t devtmpfs devtmpfs /dev\n\
          mount -t tmpfs -o size={tmpfs}m tmpfs /tmp\n\
+         {insmod}\
          echo \"herd-guest: up, working set {ws} MiB, dirtying {rate} MiB/s\"\n\
          disk=\n\
          for word in $(cat /proc/cmdline); do\n\
            case \"$word\" in {probe}=*) disk=\"${{word#{probe}=}}\" ;; esac\n\
          done\n\
-         [ -b /dev/vda ] || disk=\n\
+         i=0\n\
+         while [ -n \"$disk\" ] && [ ! -b /dev/vda ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done\n\
+         if [ -n \"$disk\" ] && [ ! -b /dev/vda ]; then\n\
+           echo \"herd-guest: no disk at /dev/vda\"\n\
+           disk=\n\
+         fi\n\
          if [ -n \"$disk\" ]; then\n\
            echo \"herd-disk:$disk\" | dd of=/dev/vda bs=512 count=1 conv=sync 2>/dev/null\n\
            sync\n\
@@ -193,16 +217,44 @@ fn pad4(out: &mut Vec<u8>) {
 /// The initramfs bytes: `busybox` (a static binary) as `/bin/busybox`, and
 /// an `/init` that runs `load`.
 pub fn initramfs(busybox: &[u8], load: GuestLoad) -> Vec<u8> {
+    initramfs_with_modules(busybox, load, &[])
+}
+
+/// [`initramfs`] plus kernel `modules` (name, `.ko` bytes) in
+/// `/lib/modules`, which the `/init` loads in the order given.
+pub fn initramfs_with_modules(
+    busybox: &[u8],
+    load: GuestLoad,
+    modules: &[(&str, Vec<u8>)],
+) -> Vec<u8> {
     const DIR: u32 = 0o040_755;
     const EXE: u32 = 0o100_755;
+    const FILE: u32 = 0o100_644;
     let mut out = Vec::with_capacity(busybox.len() + 4096);
     let mut ino = 1;
-    for dir in ["bin", "proc", "sys", "dev", "tmp"] {
+    for dir in ["bin", "proc", "sys", "dev", "tmp", "lib", "lib/modules"] {
         ino += 1;
         newc_entry(&mut out, ino, dir, DIR, &[]);
     }
+    for (name, bytes) in modules {
+        ino += 1;
+        newc_entry(
+            &mut out,
+            ino,
+            &format!("lib/modules/{name}.ko"),
+            FILE,
+            bytes,
+        );
+    }
+    let names: Vec<&str> = modules.iter().map(|(name, _)| *name).collect();
     newc_entry(&mut out, ino + 1, "bin/busybox", EXE, busybox);
-    newc_entry(&mut out, ino + 2, "init", EXE, init_script(load).as_bytes());
+    newc_entry(
+        &mut out,
+        ino + 2,
+        "init",
+        EXE,
+        init_script(load, &names).as_bytes(),
+    );
     newc_entry(&mut out, 0, "TRAILER!!!", 0, &[]);
     out
 }
@@ -211,6 +263,18 @@ pub fn initramfs(busybox: &[u8], load: GuestLoad) -> Vec<u8> {
 /// `busybox`; refuses a busybox that could not run alone in the guest, which
 /// would otherwise show only as a kernel panic on the VM's console.
 pub fn write_initramfs(dest: &Path, busybox: &Path, load: GuestLoad) -> Result<(), GuestError> {
+    write_initramfs_with_modules(dest, busybox, load, None)
+}
+
+/// [`write_initramfs`], plus, from `modules_dir`, the
+/// [`VIRTIO_BLK_MODULES`] (`NAME.ko` each) that give the guest its virtio
+/// disk; a module missing there is an error naming it.
+pub fn write_initramfs_with_modules(
+    dest: &Path,
+    busybox: &Path,
+    load: GuestLoad,
+    modules_dir: Option<&Path>,
+) -> Result<(), GuestError> {
     let io_at = |path: &Path| {
         let path = path.to_path_buf();
         move |source| GuestError::Io { path, source }
@@ -221,8 +285,15 @@ pub fn write_initramfs(dest: &Path, busybox: &Path, load: GuestLoad) -> Result<(
             path: busybox.to_path_buf(),
         });
     }
+    let mut modules = Vec::new();
+    if let Some(dir) = modules_dir {
+        for name in VIRTIO_BLK_MODULES {
+            let path = dir.join(format!("{name}.ko"));
+            modules.push((name, std::fs::read(&path).map_err(io_at(&path))?));
+        }
+    }
     let mut file = std::fs::File::create(dest).map_err(io_at(dest))?;
-    file.write_all(&initramfs(&binary, load))
+    file.write_all(&initramfs_with_modules(&binary, load, &modules))
         .map_err(io_at(dest))?;
     file.sync_all().map_err(io_at(dest))
 }
@@ -251,6 +322,37 @@ mod tests {
         // Device nodes exist only once the init mounts them.
         assert!(text.contains("mount -t devtmpfs devtmpfs /dev\n"));
         assert!(text.contains("herd.disk=*) disk=\"${word#herd.disk=}\""));
+        assert!(!text.contains("insmod"), "no modules, none loaded");
+    }
+
+    #[test]
+    fn modules_go_in_lib_modules_and_load_in_order() {
+        let load = GuestLoad {
+            working_set_mib: 1,
+            dirty_mib_per_sec: 0,
+        };
+        let modules = [
+            ("virtio_ring", b"RING".to_vec()),
+            ("virtio", b"VIRT".to_vec()),
+        ];
+        let bytes = initramfs_with_modules(b"BUSYBOX", load, &modules);
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(text.contains("lib/modules/virtio_ring.ko\0"));
+        assert!(text.contains("RING") && text.contains("VIRT"));
+        let ring = text
+            .find("insmod /lib/modules/virtio_ring.ko")
+            .expect("ring");
+        let virtio = text.find("insmod /lib/modules/virtio.ko").expect("virtio");
+        assert!(ring < virtio, "in the order given");
+
+        // A module missing from the directory is named.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let busybox = dir.path().join("busybox");
+        std::fs::write(&busybox, elf_with_segment(1)).expect("write");
+        let dest = dir.path().join("initrd");
+        let err = write_initramfs_with_modules(&dest, &busybox, load, Some(dir.path()))
+            .expect_err("no modules there");
+        assert!(err.to_string().contains("virtio_ring.ko"), "{err}");
         assert!(text.contains("TRAILER!!!\0"));
         // Every header is 110 bytes of ASCII hex after the magic.
         let header = &bytes[..110];

@@ -104,15 +104,34 @@ mod tests {
     fn budgets_are_set_replaced_and_removed() {
         let mut state = ClusterState::default();
         let (r, ops) = run(&mut state, 5, set("rack=r1", 40_000, 900, 970));
-        assert_eq!(r, CommandResult::PowerBudgetUpdated { group: "rack=r1".into() });
+        assert_eq!(
+            r,
+            CommandResult::PowerBudgetUpdated {
+                group: "rack=r1".into()
+            }
+        );
         assert_eq!(ops.len(), 1);
         let budget = &state.power_budgets["rack=r1"];
-        assert_eq!((budget.watts, budget.set_at_ms, budget.modify_index), (40_000, 42, 5));
+        assert_eq!(
+            (budget.watts, budget.set_at_ms, budget.modify_index),
+            (40_000, 42, 5)
+        );
         run(&mut state, 6, set("rack=r1", 30_000, 800, 950));
         assert_eq!(state.power_budgets["rack=r1"].watts, 30_000);
         assert_eq!(state.power_budgets.len(), 1);
-        let (r, ops) = run(&mut state, 7, Command::RemovePowerBudget { group: "rack=r1".into() });
-        assert_eq!(r, CommandResult::PowerBudgetUpdated { group: "rack=r1".into() });
+        let (r, ops) = run(
+            &mut state,
+            7,
+            Command::RemovePowerBudget {
+                group: "rack=r1".into(),
+            },
+        );
+        assert_eq!(
+            r,
+            CommandResult::PowerBudgetUpdated {
+                group: "rack=r1".into()
+            }
+        );
         assert_eq!(ops.len(), 1);
         assert!(state.power_budgets.is_empty());
     }
@@ -129,8 +148,18 @@ mod tests {
             (set("rack=", 1000, 900, 970), "non-empty"),
             (set("cluster", 1000, 990, 970), "second threshold"),
             (set("cluster", 1000, 100, 970), "first threshold"),
-            (Command::RemovePowerBudget { group: "rack=r1".into() }, "no power budget"),
-            (Command::RemovePowerBudget { group: "bad group".into() }, "group"),
+            (
+                Command::RemovePowerBudget {
+                    group: "rack=r1".into(),
+                },
+                "no power budget",
+            ),
+            (
+                Command::RemovePowerBudget {
+                    group: "bad group".into(),
+                },
+                "group",
+            ),
         ] {
             let (r, ops) = run(&mut state, 2, command.clone());
             match r {
@@ -146,7 +175,12 @@ mod tests {
 
     #[test]
     fn power_commands_round_trip_through_the_log_codec() {
-        for command in [set("rack=r1", 5, 900, 970), Command::RemovePowerBudget { group: "cluster".into() }] {
+        for command in [
+            set("rack=r1", 5, 900, 970),
+            Command::RemovePowerBudget {
+                group: "cluster".into(),
+            },
+        ] {
             let bytes = herd_consensus::codec::encode(&command).expect("encode");
             let back = crate::machine::legacy::decode_command(&bytes).expect("decode");
             assert_eq!(back, command);
