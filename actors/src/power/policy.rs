@@ -477,7 +477,7 @@ mod tests {
         assert!(gpus[0].limit_watts < 700 && gpus[1].limit_watts < 700);
         // Inference is capped only to 95 % of the budget, not 88 %.
         let draw = total(&gpus);
-        assert!(draw <= 0.97 * 1500.0 && draw >= 0.94 * 1500.0, "{draw}");
+        assert!((0.94 * 1500.0..=0.97 * 1500.0).contains(&draw), "{draw}");
     }
 
     #[test]
