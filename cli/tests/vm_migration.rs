@@ -472,3 +472,126 @@ async fn an_abandoned_move_leaves_the_vm_running_where_it_was() {
     source.stop(&src, GRACE).await.expect("stop the source");
     assert!(qemu_pids(&dir.path().display().to_string()).is_empty());
 }
+
+/// A VM job moved between two node agents with `herd alloc migrate`: the
+/// agents orchestrate QEMU's own migration (the target agent readies an
+/// incoming QEMU, the source agent drives `migrate` to it), the switch-over
+/// hands the allocation over, and the guest runs on on the target with its
+/// disk, never rebooted; one QEMU is left, the target's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vm_job_moves_between_two_agents_with_herd_alloc_migrate() {
+    let parts = match guest_parts() {
+        Ok(parts) => parts,
+        Err(why) => return skip_or_fail(&why),
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_cluster, addr, mut agents) = common::agents::cluster_with_agents(1, "3000").await;
+    for name in ["q1", "q2"] {
+        agents.start(name, &[]).expect("agent");
+    }
+    let _reapers: Vec<Reaper> = ["q1", "q2"]
+        .iter()
+        .map(|n| Reaper(agents.agent(n).expect("agent").data_dir.clone()))
+        .collect();
+    common::agents::must_have_ready_nodes(&addr, &["q1", "q2"]).await;
+    let initrd = guest_initrd(dir.path(), &parts);
+    let spec = write_spec(
+        dir.path(),
+        "vm",
+        &format!(
+            "name = \"vm\"\ntype = \"service\"\n[task]\ndriver = \"vm\"\n[task.config]\nkernel = \"{}\"\ninitrd = \"{}\"\naccel = \"tcg\"\ndisk_size = \"64MiB\"\nappend = \"console=ttyS0 quiet panic=-1 {DISK_PROBE_ARG}={PATTERN}\"\n[task.resources]\ncpu = 1000\nmemory = \"128MiB\"\n",
+            parts.kernel.display(),
+            initrd.display()
+        ),
+    );
+    must_cli_ok(&["--addr", &addr, "job", "run", "--detach", &spec]);
+    let (alloc, source) = until("the VM running", PATIENCE, || {
+        let allocs = common::agents::running_allocs(&addr, "vm");
+        let [a] = allocs.as_slice() else { return None };
+        Some((
+            a["id"].as_str()?.to_string(),
+            a["node"].as_str()?.to_string(),
+        ))
+    })
+    .await;
+    let target = if source == "q1" { "q2" } else { "q1" };
+    let source_dir = agents
+        .agent(&source)
+        .expect("source")
+        .data_dir
+        .join("allocs")
+        .join(&alloc);
+    let target_dir = agents
+        .agent(target)
+        .expect("target")
+        .data_dir
+        .join("allocs")
+        .join(&alloc);
+    until("the guest ticking with its disk", PATIENCE, || {
+        let ticks = ticks(&console(&source_dir));
+        (ticks.len() >= 2 && ticks.iter().all(|t| t.disk == expected_disk())).then_some(())
+    })
+    .await;
+    let before = ticks(&console(&source_dir));
+
+    let out = must_run_cli(&[
+        "--addr",
+        &addr,
+        "alloc",
+        "migrate",
+        &alloc,
+        "--to",
+        target,
+        "--wait",
+        "--downtime-limit",
+        "300ms",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let record = json(&addr, &["migration", "list", "--alloc", &alloc])[0].clone();
+    assert_eq!(record["phase"], "completed", "{record:#}");
+    assert_eq!(record["kind"], "vm", "{record:#}");
+    assert!(
+        record["bytes"].as_u64().unwrap_or(0) > 64 << 20,
+        "memory and disk moved: {record:#}"
+    );
+    assert!(record["rounds"].as_u64().unwrap_or(0) >= 1, "{record:#}");
+    let status = json(&addr, &["alloc", "status", &alloc]);
+    assert_eq!(status["node"], target, "{status:#}");
+    assert_eq!(status["generation"], 2, "{status:#}");
+
+    // The same guest ticks on the target (its uptime goes on from the
+    // source's, no boot), reading its pattern from the target's disk.
+    let last_before = before.last().map_or(0.0, |t| t.uptime);
+    let after = until("the guest ticking on the target", PATIENCE, || {
+        let after = ticks(&console(&target_dir));
+        (after.len() >= 2).then_some(after)
+    })
+    .await;
+    assert!(
+        after.iter().all(|t| t.disk == expected_disk()),
+        "the disk moved: {after:?}"
+    );
+    assert!(
+        after[0].uptime > last_before,
+        "not rebooted: {after:?} after {before:?}"
+    );
+    assert!(
+        !console(&target_dir).contains("herd-guest: disk wrote"),
+        "the target's guest did not boot again"
+    );
+    // The source's QEMU is gone; exactly one runs, the target's.
+    until("one QEMU left", Duration::from_secs(20), || {
+        let source_qemu = qemu_pids(&source_dir.display().to_string());
+        let target_qemu = qemu_pids(&target_dir.display().to_string());
+        (source_qemu.is_empty() && target_qemu.len() == 1).then_some(())
+    })
+    .await;
+    let running = common::agents::running_allocs(&addr, "vm");
+    assert_eq!(running.len(), 1, "{running:#?}");
+    assert_eq!(running[0]["node"], target);
+}
