@@ -369,6 +369,12 @@ async fn herd_vm_guest_prepares_a_guest_whose_printed_config_boots() {
         std::fs::metadata(&kernel).expect("kernel").len(),
         "the kernel .ci/vm-guest.sh fetched (or HERD_VM_KERNEL) was copied: {paths:#}"
     );
+    // The virtio disk modules .ci/vm-guest.sh put beside that kernel are
+    // packed, so a VM with a disk sees it.
+    let beside = kernel.parent().map(|d| d.join("modules/virtio_blk.ko"));
+    if beside.is_some_and(|m| m.is_file()) {
+        assert_eq!(paths["disk_modules"], true, "{paths:#}");
+    }
 
     // Again, for people: the `[task.config]` lines, which must boot as printed.
     let out = vm_guest(&[&guest_arg]);

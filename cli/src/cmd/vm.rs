@@ -126,10 +126,20 @@ fn guest(ctx: &Context, args: GuestArgs) -> Result<(), CliError> {
             ))
         })?;
     }
-    guest::write_initramfs(&initrd, &busybox, load).map_err(|e| match e {
-        guest::GuestError::Io { .. } => CliError::runtime(e),
-        _ => CliError::input(e),
-    })?;
+    // The virtio disk modules `.ci/vm-guest.sh` puts beside its kernel, so
+    // that a VM with a `disk` sees it (the fetched kernel has no built-in
+    // virtio); a host kernel's guest goes without.
+    let modules = kernel_from.parent().map(|d| d.join("modules")).filter(|d| {
+        guest::VIRTIO_BLK_MODULES
+            .iter()
+            .all(|m| d.join(format!("{m}.ko")).is_file())
+    });
+    guest::write_initramfs_with_modules(&initrd, &busybox, load, modules.as_deref()).map_err(
+        |e| match e {
+            guest::GuestError::Io { .. } => CliError::runtime(e),
+            _ => CliError::input(e),
+        },
+    )?;
 
     if ctx.json() {
         print_json(&json!({
@@ -138,6 +148,7 @@ fn guest(ctx: &Context, args: GuestArgs) -> Result<(), CliError> {
             "initrd": initrd_text,
             "append": APPEND,
             "kernel_from": kernel_from.display().to_string(),
+            "disk_modules": modules.is_some(),
             "busybox": busybox.display().to_string(),
             "working_set_mib": load.working_set_mib,
             "dirty_mib_per_sec": load.dirty_mib_per_sec,
