@@ -140,6 +140,14 @@ pub struct Allocation {
     pub create_index: u64,
     /// Raft index that last changed it.
     pub modify_index: u64,
+    /// The GPUs it holds on its node, by index (0..the node's GPU count),
+    /// chosen at placement (and, for a move, on the target when the
+    /// migration starts); each index is held by at most one live
+    /// allocation of the node. Its workload sees them as
+    /// `CUDA_VISIBLE_DEVICES`. Empty when it asks for no GPU, and in
+    /// records written before GPUs were bound (those hold a count only).
+    #[serde(default)]
+    pub gpu_indices: Vec<u32>,
 }
 
 /// Most events kept per allocation; older ones are dropped first.

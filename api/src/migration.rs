@@ -118,6 +118,12 @@ pub struct Migration {
     pub create_index: u64,
     /// Raft index that last changed it.
     pub modify_index: u64,
+    /// The GPU indices the allocation holds on the target, chosen when the
+    /// migration starts (reserved there until it ends; the allocation's
+    /// own once it switches over). Empty for work without GPUs, and in
+    /// records written before GPUs were bound.
+    #[serde(default)]
+    pub target_gpu_indices: Vec<u32>,
 }
 
 impl Migration {

@@ -462,18 +462,36 @@ fn is_zombie(pid: u32) -> bool {
         .unwrap_or(false)
 }
 
+/// How many times [`kill_processes_under`] looks again for processes
+/// started while it killed.
+const KILL_ROUNDS: usize = 20;
+
 /// SIGKILLs every process whose command line or environment points under
-/// `dir` (a run's last resort against leaks).
+/// `dir` (a node's power loss, and a run's last resort against leaks).
+///
+/// It looks again until a look finds nothing: an executor may fork its task
+/// after /proc was listed and before the executor itself is killed, and a
+/// task escaping so would run on with nobody knowing of it, which no power
+/// loss does (found by the migrate scenario: a sleeper ran twice ever after).
 pub fn kill_processes_under(dir: &Path) {
-    for (pid, _) in mentioning(dir) {
-        let Ok(pid) = i32::try_from(pid) else {
-            continue;
-        };
-        // SAFETY: kill(2) takes plain integers; a pid gone meanwhile only
-        // makes it fail with ESRCH.
-        unsafe {
-            libc::kill(pid, libc::SIGKILL);
+    for _ in 0..KILL_ROUNDS {
+        let found = mentioning(dir);
+        if found.is_empty() {
+            return;
         }
+        for (pid, _) in found {
+            let Ok(pid) = i32::try_from(pid) else {
+                continue;
+            };
+            // SAFETY: kill(2) takes plain integers; a pid gone meanwhile only
+            // makes it fail with ESRCH.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+        }
+        // Killed processes turn zombie (left out by the next look) once
+        // the kernel has delivered the signal.
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
 

@@ -191,6 +191,12 @@ pub enum Record {
         /// The allocations.
         allocs: Option<Vec<FinalAlloc>>,
     },
+    /// One migration the migration client asked for, from its start to
+    /// the end it saw ([`crate::migrate`]).
+    Migration(Box<MigrationAttempt>),
+    /// Migrations, allocations and node capacities read once faults healed
+    /// and the migration clients stopped (runs that migrate only).
+    FinalMigrations(FinalMigrationState),
     /// When the cluster converged after the last heal (None: not within the bound).
     Converged {
         /// When the last fault healed.
@@ -213,6 +219,147 @@ pub struct FinalAlloc {
     pub node: String,
     /// Raft index of the plan that placed it.
     pub create_index: u64,
+}
+
+/// A migration as the Migrations API showed it at one moment: the
+/// checkers judge phases, deadlines and the switch-over from these.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeenMigration {
+    /// Its id (`mig-INDEX`).
+    pub id: String,
+    /// The allocation it moves.
+    pub alloc_id: String,
+    /// The driver that moves it (`dljob`, `vm`, `simvm`).
+    pub kind: String,
+    /// The node it leaves.
+    pub source: String,
+    /// The node it goes to.
+    pub target: String,
+    /// `planned`, `preparing`, `transferring`, `switching`, `completed` or `aborted`.
+    pub phase: String,
+    /// When the current phase must end, ms since the epoch (leader's clock).
+    pub phase_deadline_ms: u64,
+    /// When it was recorded, ms since the epoch.
+    pub started_at_ms: u64,
+    /// When it completed or was aborted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_at_ms: Option<u64>,
+    /// The allocation's generation when it began.
+    pub from_generation: u64,
+    /// Raft index that created it (orders an allocation's migrations).
+    pub create_index: u64,
+    /// State moved, bytes.
+    pub bytes: u64,
+    /// How long the workload was paused, once known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub downtime_ms: Option<u64>,
+    /// Why it was aborted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl SeenMigration {
+    /// Whether it is over (completed or aborted).
+    pub fn is_final(&self) -> bool {
+        self.phase == "completed" || self.phase == "aborted"
+    }
+}
+
+/// A phase of a migration as the migration client first saw it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PhaseSeen {
+    /// When, ns since the run started.
+    pub at_ns: u64,
+    /// When, ms since the epoch on this machine's clock (the clock the
+    /// leader stamps deadlines with: the harness runs on the same host).
+    pub wall_ms: u64,
+    /// The phase.
+    pub phase: String,
+    /// Its deadline, ms since the epoch.
+    pub deadline_ms: u64,
+}
+
+/// One `Migrations.Start` of the migration client and what followed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigrationAttempt {
+    /// Unique among the run's operations.
+    pub id: u64,
+    /// The client that made it.
+    pub process: u64,
+    /// The allocation it asked to move.
+    pub alloc_id: String,
+    /// The node the allocation was listed on when it was picked.
+    pub source: String,
+    /// The node asked for.
+    pub target: String,
+    /// When the start was sent, ns since the run started.
+    pub invoke_ns: u64,
+    /// When its answer (or error) came back.
+    pub complete_ns: u64,
+    /// Ok: started; Fail: refused (nothing changed); Unknown: may have started.
+    pub outcome: Outcome,
+    /// The member the start was sent to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub member: Option<u64>,
+    /// The error of a start that did not succeed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Each phase as first seen, in order (starting with the start's answer).
+    #[serde(default)]
+    pub phases: Vec<PhaseSeen>,
+    /// The record as last seen (None: never seen, e.g. refused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last: Option<SeenMigration>,
+    /// When its end (completed or aborted) was first seen, ns since the
+    /// run started; None when the client never saw it end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_ns: Option<u64>,
+}
+
+/// An allocation as listed at the end of a run that migrates.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AllocState {
+    /// Allocation id.
+    pub id: String,
+    /// Its job.
+    pub job: String,
+    /// Its node.
+    pub node: String,
+    /// `pending`, `running`, ... (the API's words).
+    pub status: String,
+    /// Its generation (raised by each switch-over).
+    pub generation: u64,
+    /// The CPU it holds, millicores.
+    pub cpu_millis: u64,
+    /// The memory it holds, bytes.
+    pub memory_bytes: u64,
+    /// The GPUs it holds.
+    pub gpus: u32,
+}
+
+/// A node's capacity as listed at the end of a run that migrates.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRoom {
+    /// Node name.
+    pub name: String,
+    /// Millicores.
+    pub cpu_millis: u64,
+    /// Bytes.
+    pub memory_bytes: u64,
+    /// GPUs.
+    pub gpus: u32,
+}
+
+/// What a run that migrates reads at its end (each None where it could
+/// not be read; its checks are then undecided).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FinalMigrationState {
+    /// Every migration the cluster still records.
+    pub migrations: Option<Vec<SeenMigration>>,
+    /// Every allocation.
+    pub allocs: Option<Vec<AllocState>>,
+    /// Every node's capacity.
+    pub nodes: Option<Vec<NodeRoom>>,
 }
 
 /// A whole run's record, in the order things were recorded.
@@ -266,6 +413,14 @@ impl History {
     pub fn samples(&self) -> impl Iterator<Item = &Sample> {
         self.records.iter().filter_map(|r| match r {
             Record::Sample(s) => Some(s),
+            _ => None,
+        })
+    }
+
+    /// The migration client's attempts.
+    pub fn migrations(&self) -> impl Iterator<Item = &MigrationAttempt> {
+        self.records.iter().filter_map(|r| match r {
+            Record::Migration(m) => Some(m.as_ref()),
             _ => None,
         })
     }

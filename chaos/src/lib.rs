@@ -7,7 +7,8 @@
 //! traffic through fault-injecting links, and [`shim`] slows their
 //! fsyncs and skews their clocks from inside; [`nemesis`] draws faults
 //! from a seeded schedule; [`workload`] runs clients that record every
-//! operation into a [`history`], ending with the [`finals`]; [`setup`] starts what a [`scenario`] needs
+//! operation into a [`history`], ending with the [`finals`]; [`migrate`]
+//! keeps moving a training job between agents; [`setup`] starts what a [`scenario`] needs
 //! and [`runner`] runs it; [`check`] judges the history; [`report`] and [`svg`]
 //! present it. `herd chaos` is the command line over all of this. The crate
 //! talks to herd only through its binary and its public gRPC API, never
@@ -19,6 +20,7 @@ pub mod check;
 pub mod docker;
 pub mod finals;
 pub mod history;
+pub mod migrate;
 pub mod nemesis;
 pub mod ports;
 pub mod process_cluster;

@@ -119,6 +119,8 @@ pub struct Report {
     pub faults: Vec<FaultFigures>,
     /// Each checker's verdict.
     pub verdicts: Vec<(&'static str, Verdict)>,
+    /// What the migration client did, in runs that migrate.
+    pub migrations: Option<crate::check::migrations::MigrationCounts>,
 }
 
 /// The `q` quantile (0..=1) of `values`, nearest rank (None when empty).
@@ -197,6 +199,7 @@ impl Report {
             outside_faults: outside,
             faults,
             verdicts,
+            migrations: crate::check::migrations::counts(history),
         }
     }
 
@@ -260,6 +263,9 @@ impl Report {
             self.outside_faults.answered_percent(),
             self.outside_faults.total()
         );
+        if let Some(m) = &self.migrations {
+            let _ = writeln!(out, "{}", migration_line(m));
+        }
         let recoveries = self.recoveries_ms();
         if let (Some(p50), Some(p99), Some(max)) = (
             quantile(&recoveries, 0.5),
@@ -281,6 +287,24 @@ impl Report {
         }
         out
     }
+}
+
+/// The report's line about migrations.
+fn migration_line(m: &crate::check::migrations::MigrationCounts) -> String {
+    let mut line = format!(
+        "migrations: {} asked ({} started, {} refused, {} unknown); {} completed, {} aborted",
+        m.attempts, m.started, m.refused, m.unknown, m.completed, m.aborted
+    );
+    if let (Some(p50), Some(max)) = (quantile(&m.total_ms, 0.5), m.total_ms.iter().max()) {
+        let _ = write!(line, "; total p50 {p50} ms, max {max} ms");
+    }
+    if let (Some(p50), Some(max)) = (quantile(&m.downtime_ms, 0.5), m.downtime_ms.iter().max()) {
+        let _ = write!(line, "; downtime p50 {p50} ms, max {max} ms");
+    }
+    for (reason, n) in &m.abort_reasons {
+        let _ = write!(line, "\n  aborted {n}x: {reason}");
+    }
+    line
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@ use crate::agents::{kill_processes_under, processes_under, AgentSet};
 use crate::docker::DockerEnv;
 use crate::finals;
 use crate::history::{FaultWindow, History, Record, Sample, SeenProcess};
+use crate::migrate;
 use crate::nemesis::rng::Rng;
 use crate::nemesis::schedule::{plan, ScheduleShape};
 use crate::nemesis::{self, NemesisError, Targets};
@@ -314,6 +315,18 @@ pub async fn run(config: &RunConfig) -> Result<History, RunError> {
                 .map_err(|error| RunError::Setup(format!("submit {name}: {error}")))?;
         }
     }
+    let migrates = scenario.migrations && agents.is_some();
+    if migrates {
+        workload::submit_setup(
+            &client,
+            addrs.len(),
+            migrate::train_spec(),
+            &recorder,
+            SETUP_LIMIT,
+        )
+        .await
+        .map_err(|error| RunError::Setup(format!("submit {}: {error}", migrate::TRAIN_JOB)))?;
+    }
     if !until_whole(
         &cluster,
         &client,
@@ -326,6 +339,13 @@ pub async fn run(config: &RunConfig) -> Result<History, RunError> {
         return Err(RunError::Setup(
             "the cluster was not whole (leader, nodes ready, service at count) within 40 s of starting".into(),
         ));
+    }
+    if migrates && !migrate::until_training(&client, SETUP_LIMIT).await {
+        return Err(RunError::Setup(format!(
+            "{} did not run its {} trainers within {SETUP_LIMIT:?}",
+            migrate::TRAIN_JOB,
+            migrate::TRAIN_COUNT
+        )));
     }
 
     // Clients.
@@ -361,6 +381,22 @@ pub async fn run(config: &RunConfig) -> Result<History, RunError> {
             rng.fork(),
         ))
     });
+
+    // Migration clients stop moving with the faults and follow what they
+    // started to its end, so that every migration has ended before
+    // convergence is judged.
+    let migrate_stop = Arc::new(AtomicBool::new(false));
+    let migrate_tasks = match agents.as_ref().filter(|_| migrates) {
+        Some(set) => migrate::spawn_clients(
+            &ctx,
+            migrate_stop.clone(),
+            config.register_clients + 3,
+            u64::from(migrate::TRAIN_COUNT),
+            &set.names(),
+            &mut rng,
+        ),
+        None => Vec::new(),
+    };
 
     // Faults.
     let run_start = Instant::now();
@@ -476,6 +512,11 @@ pub async fn run(config: &RunConfig) -> Result<History, RunError> {
         // It finishes the drain cycle it is in (bounded by its retries).
         let _ = tokio::time::timeout(Duration::from_secs(30), task).await;
     }
+    migrate_stop.store(true, Ordering::Relaxed);
+    for task in migrate_tasks {
+        let bound = migrate::FOLLOW_AFTER_STOP + Duration::from_secs(5);
+        let _ = tokio::time::timeout(bound, task).await;
+    }
 
     // Convergence after the last heal.
     let converge_started = Instant::now();
@@ -523,6 +564,9 @@ pub async fn run(config: &RunConfig) -> Result<History, RunError> {
         }
     }
     finals::record(&client, &keys, &recorder).await;
+    if migrates {
+        migrate::record_final(&client, &recorder).await;
+    }
 
     // Logs first (a failing run is read from them), then teardown; anything
     // still alive after it is a leak.

@@ -23,6 +23,10 @@ pub struct Scenario {
     /// Whether a client drains nodes and makes them eligible again (with
     /// agents only). Off where a drain would hide what is measured.
     pub drains: bool,
+    /// Whether a training job runs on the agents and migration clients keep
+    /// moving its allocations between them ([`crate::migrate`]), judged by
+    /// the migration checker (with agents only).
+    pub migrations: bool,
 }
 
 /// Every scenario, in the order `all` runs them.
@@ -36,6 +40,7 @@ pub const SCENARIOS: &[Scenario] = &[
         service_count: 0,
         fault_ms: SHORT_FAULTS_MS,
         drains: false,
+        migrations: false,
     },
     Scenario {
         name: "kill-one",
@@ -46,6 +51,7 @@ pub const SCENARIOS: &[Scenario] = &[
         service_count: 0,
         fault_ms: SHORT_FAULTS_MS,
         drains: false,
+        migrations: false,
     },
     Scenario {
         name: "kill-majority",
@@ -56,6 +62,7 @@ pub const SCENARIOS: &[Scenario] = &[
         service_count: 0,
         fault_ms: SHORT_FAULTS_MS,
         drains: false,
+        migrations: false,
     },
     Scenario {
         name: "restart-all",
@@ -66,6 +73,7 @@ pub const SCENARIOS: &[Scenario] = &[
         service_count: 0,
         fault_ms: SHORT_FAULTS_MS,
         drains: false,
+        migrations: false,
     },
     Scenario {
         name: "pause-member",
@@ -76,6 +84,7 @@ pub const SCENARIOS: &[Scenario] = &[
         service_count: 0,
         fault_ms: SHORT_FAULTS_MS,
         drains: false,
+        migrations: false,
     },
     Scenario {
         name: "agent-loss",
@@ -86,6 +95,7 @@ pub const SCENARIOS: &[Scenario] = &[
         service_count: 3,
         fault_ms: SHORT_FAULTS_MS,
         drains: true,
+        migrations: false,
     },
     Scenario {
         name: "node-loss",
@@ -96,6 +106,7 @@ pub const SCENARIOS: &[Scenario] = &[
         service_count: 3,
         fault_ms: (7000, 10_000),
         drains: false,
+        migrations: false,
     },
     Scenario {
         name: "agent-pause",
@@ -106,6 +117,7 @@ pub const SCENARIOS: &[Scenario] = &[
         service_count: 3,
         fault_ms: (6000, 9000),
         drains: false,
+        migrations: false,
     },
     Scenario {
         name: "node-partition",
@@ -116,6 +128,7 @@ pub const SCENARIOS: &[Scenario] = &[
         service_count: 3,
         fault_ms: (6000, 9000),
         drains: false,
+        migrations: false,
     },
     Scenario {
         name: "partition-leader",
@@ -126,6 +139,7 @@ pub const SCENARIOS: &[Scenario] = &[
         service_count: 0,
         fault_ms: SHORT_FAULTS_MS,
         drains: false,
+        migrations: false,
     },
     Scenario {
         name: "partition-halves",
@@ -136,6 +150,7 @@ pub const SCENARIOS: &[Scenario] = &[
         service_count: 0,
         fault_ms: SHORT_FAULTS_MS,
         drains: false,
+        migrations: false,
     },
     Scenario {
         name: "partition-ring",
@@ -146,6 +161,7 @@ pub const SCENARIOS: &[Scenario] = &[
         service_count: 0,
         fault_ms: SHORT_FAULTS_MS,
         drains: false,
+        migrations: false,
     },
     Scenario {
         name: "partition-bridge",
@@ -156,6 +172,7 @@ pub const SCENARIOS: &[Scenario] = &[
         service_count: 0,
         fault_ms: SHORT_FAULTS_MS,
         drains: false,
+        migrations: false,
     },
     Scenario {
         name: "slow-network",
@@ -166,6 +183,7 @@ pub const SCENARIOS: &[Scenario] = &[
         service_count: 2,
         fault_ms: SHORT_FAULTS_MS,
         drains: true,
+        migrations: false,
     },
     Scenario {
         name: "disk-full",
@@ -176,6 +194,7 @@ pub const SCENARIOS: &[Scenario] = &[
         service_count: 0,
         fault_ms: SHORT_FAULTS_MS,
         drains: false,
+        migrations: false,
     },
     Scenario {
         name: "slow-fsync",
@@ -186,6 +205,7 @@ pub const SCENARIOS: &[Scenario] = &[
         service_count: 0,
         fault_ms: SHORT_FAULTS_MS,
         drains: false,
+        migrations: false,
     },
     Scenario {
         name: "clock-skew",
@@ -196,6 +216,7 @@ pub const SCENARIOS: &[Scenario] = &[
         service_count: 2,
         fault_ms: SHORT_FAULTS_MS,
         drains: true,
+        migrations: false,
     },
     Scenario {
         name: "mixed-coordinators",
@@ -215,6 +236,7 @@ pub const SCENARIOS: &[Scenario] = &[
         service_count: 0,
         fault_ms: SHORT_FAULTS_MS,
         drains: false,
+        migrations: false,
     },
     Scenario {
         name: "mixed",
@@ -235,6 +257,18 @@ pub const SCENARIOS: &[Scenario] = &[
         service_count: 2,
         fault_ms: SHORT_FAULTS_MS,
         drains: true,
+        migrations: false,
+    },
+    Scenario {
+        name: "migrate",
+        about: "3 coordinators, 3 agents; a training job (dljob) kept moving between agents by migration clients while agents (alone or with their workloads) and the leader are killed and restarted",
+        members: 3,
+        agents: 3,
+        faults: &[Fault::KillAgent, Fault::KillNode, Fault::KillLeader],
+        service_count: 2,
+        fault_ms: SHORT_FAULTS_MS,
+        drains: false,
+        migrations: true,
     },
 ];
 

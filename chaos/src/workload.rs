@@ -609,6 +609,7 @@ pub async fn node_client(ctx: ClientContext, process: u64, nodes: Vec<String>, m
         let request = DrainNodeRequest {
             name: node.clone(),
             deadline_ms: 0,
+            no_migrate: false,
         };
         let member = rng.below(members) as usize;
         let call = client.call_one(member, |ch| async move {

@@ -187,7 +187,9 @@ async fn jobs_are_placed_blocked_preempted_and_stopped() {
         .filter(|a| a["node"] == "n1" && a["job"] == "filler" && a["status"] == "stopped")
         .any(|a| a["events"]
             .as_array()
-            .is_some_and(|e| e.iter().any(|x| x["detail"] == "node n1 drained"))));
+            .is_some_and(|e| e.iter().any(|x| x["detail"]
+                .as_str()
+                .is_some_and(|d| d.starts_with("node n1 drained; restarted elsewhere"))))));
     let nodes = json(&addr, &["node", "list"]);
     let n = |name: &str| {
         nodes

@@ -480,6 +480,24 @@ async fn an_abandoned_move_leaves_the_vm_running_where_it_was() {
 /// disk, never rebooted; one QEMU is left, the target's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vm_job_moves_between_two_agents_with_herd_alloc_migrate() {
+    move_vm_job(false).await;
+}
+
+/// The same move with the target's agent killed and restarted while its
+/// incoming QEMU waits (the source holds before sending): the QEMU, a
+/// detached process, takes the move; the restarted agent takes the arrival
+/// up from its directory and lets it run once the switch-over commits, and
+/// its supervisor does not adopt (and stop) it before then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vm_move_survives_a_restart_of_the_target_agent() {
+    std::env::set_var(
+        herd_node::migrate::source::FAULT_HOLD_ENV,
+        "transferring:5000",
+    );
+    move_vm_job(true).await;
+}
+
+async fn move_vm_job(restart_target_mid_move: bool) {
     let parts = match guest_parts() {
         Ok(parts) => parts,
         Err(why) => return skip_or_fail(&why),
@@ -534,18 +552,37 @@ async fn a_vm_job_moves_between_two_agents_with_herd_alloc_migrate() {
     .await;
     let before = ticks(&console(&source_dir));
 
-    let out = must_run_cli(&[
-        "--addr",
-        &addr,
-        "alloc",
-        "migrate",
-        &alloc,
-        "--to",
-        target,
-        "--wait",
-        "--downtime-limit",
-        "300ms",
-    ]);
+    let migrate = {
+        let args: Vec<String> = [
+            "--addr",
+            &addr,
+            "alloc",
+            "migrate",
+            &alloc,
+            "--to",
+            target,
+            "--wait",
+            "--downtime-limit",
+            "300ms",
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+        std::thread::spawn(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            must_run_cli(&args)
+        })
+    };
+    if restart_target_mid_move {
+        until("the move holding at transferring", PATIENCE, || {
+            let list = json(&addr, &["migration", "list", "--alloc", &alloc]);
+            (list[0]["phase"] == "transferring").then_some(())
+        })
+        .await;
+        agents.kill_agent(target).expect("kill the target agent");
+        agents.restart(target).expect("restart the target agent");
+    }
+    let out = migrate.join().expect("migrate thread");
     assert!(
         out.status.success(),
         "{}\n{}",

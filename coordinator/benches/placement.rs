@@ -52,6 +52,7 @@ fn cluster() -> (Vec<NodeView>, Vec<AllocView>) {
                 resources: resources(cores / 8, cores / 4, 0),
                 priority: below(101) as u32,
                 gang: None,
+                gpu_indices: Vec::new(),
             });
         }
         nodes.push(NodeView {
@@ -121,6 +122,7 @@ fn many_requests(nodes: &[NodeView], allocs: &[AllocView], size: u32, calls: u32
                 resources: req.resources.clone(),
                 priority: req.priority,
                 gang: None,
+                gpu_indices: p.gpu_indices,
             });
         }
     }

@@ -90,7 +90,10 @@ fn fragment_rate_of_the_published_instances_matches_the_readme() {
         assert_eq!(inst.target.cpu, 16);
         assert!(inst.target.mem_mb > 0);
         let fr_mem = initial_fragment_rate(&inst, inst.target);
-        assert!(fr_mem >= fr - 1e-12, "{file}: FR with memory {fr_mem:.6} < {fr:.6}");
+        assert!(
+            fr_mem >= fr - 1e-12,
+            "{file}: FR with memory {fr_mem:.6} < {fr:.6}"
+        );
     }
 }
 

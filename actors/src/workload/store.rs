@@ -25,6 +25,11 @@ pub const DESIRED: &str = "desired.json";
 /// paused with it is not finished but moving, and is resumed if the
 /// migration is aborted, even by an agent that restarted meanwhile.
 pub const MOVING: &str = "moving.json";
+/// Present while the allocation's directory holds a workload arriving by a
+/// live migration (it holds the migration's id): the agent's migration
+/// manager owns it until the switch-over lets it run, so the supervisor's
+/// scans at start-up leave such a directory alone.
+pub const INCOMING: &str = "incoming.json";
 
 /// Why the allocation directories could not be read or written.
 #[derive(Debug, Error)]
@@ -131,6 +136,51 @@ impl AllocStore {
         files::remove(&dir, MOVING).map_err(|s| io_err(&dir.join(MOVING), s))
     }
 
+    /// Records that the allocation's directory holds a workload arriving
+    /// under `migration_id` (see [`INCOMING`]), before it is started.
+    pub fn mark_incoming(&self, alloc_id: &str, migration_id: &str) -> Result<(), StoreError> {
+        let dir = self.alloc_dir(alloc_id)?;
+        fs::create_dir_all(&dir).map_err(|source| io_err(&dir, source))?;
+        files::write_atomic(&dir, INCOMING, &migration_id.to_string())
+            .map_err(|s| io_err(&dir.join(INCOMING), s))
+    }
+
+    /// Clears the incoming mark: the workload is the allocation's now, or
+    /// was dropped.
+    pub fn clear_incoming(&self, alloc_id: &str) -> Result<(), StoreError> {
+        let dir = self.alloc_dir(alloc_id)?;
+        files::remove(&dir, INCOMING).map_err(|s| io_err(&dir.join(INCOMING), s))
+    }
+
+    /// The desired state persisted for `alloc_id`, whatever else is there.
+    pub fn desired_of(&self, alloc_id: &str) -> Option<DesiredAlloc> {
+        let dir = self.alloc_dir(alloc_id).ok()?;
+        files::read_json::<DesiredAlloc>(&dir, DESIRED)
+            .ok()
+            .flatten()
+    }
+
+    /// Every allocation whose directory holds an arriving workload: its id,
+    /// the migration's, and what is persisted (None when the agent died
+    /// before the handle was written).
+    pub fn incoming(&self) -> Result<Vec<(String, String, Option<Persisted>)>, StoreError> {
+        let mut found = Vec::new();
+        for dir in self.alloc_dirs()? {
+            let Some(alloc_id) = dir.file_name().and_then(|n| n.to_str()).map(str::to_string)
+            else {
+                continue;
+            };
+            let migration: Option<String> =
+                files::read_json(&dir, INCOMING).map_err(|s| io_err(&dir.join(INCOMING), s))?;
+            if let Some(migration) = migration {
+                let persisted = self.load(&alloc_id)?;
+                found.push((alloc_id, migration, persisted));
+            }
+        }
+        found.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(found)
+    }
+
     /// What is persisted for one allocation: `None` when no handle is.
     pub fn load(&self, alloc_id: &str) -> Result<Option<Persisted>, StoreError> {
         let dir = self.alloc_dir(alloc_id)?;
@@ -178,7 +228,7 @@ impl AllocStore {
     pub fn without_handle(&self) -> Result<Vec<(DesiredAlloc, PathBuf)>, StoreError> {
         let mut found = Vec::new();
         for dir in self.alloc_dirs()? {
-            if dir.join(HANDLE).exists() {
+            if dir.join(HANDLE).exists() || dir.join(INCOMING).exists() {
                 continue;
             }
             match files::read_json::<DesiredAlloc>(&dir, DESIRED) {
@@ -204,6 +254,10 @@ impl AllocStore {
             else {
                 continue;
             };
+            if dir.join(INCOMING).exists() {
+                // An arriving workload: the migration manager's until it runs.
+                continue;
+            }
             match self.load(&alloc_id) {
                 Ok(Some(persisted)) => found.push(Ok(persisted)),
                 Ok(None) => {}

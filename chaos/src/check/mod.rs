@@ -9,6 +9,7 @@ pub mod drain;
 pub mod jobs;
 pub mod leaks;
 pub mod linear;
+pub mod migrations;
 pub mod version_order;
 
 use serde::Serialize;
@@ -118,6 +119,9 @@ pub fn check_all(history: &History, config: &CheckConfig) -> Vec<(&'static str, 
         if let Some(verdict) = at_most_once::check_history(history, crate::runner::CAREFUL_JOB) {
             verdicts.push(("at most one copy", verdict));
         }
+    }
+    if let Some(verdict) = migrations::check_history(history) {
+        verdicts.push(("migrations end, one copy", verdict));
     }
     verdicts.push(("converged within bound", converge::check_history(history)));
     if config.processes {

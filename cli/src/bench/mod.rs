@@ -3,6 +3,7 @@
 
 mod etcd;
 mod load;
+mod migrate;
 mod raft;
 mod schedule;
 
@@ -18,12 +19,15 @@ pub enum BenchCommand {
     Raft(raft::RaftBenchArgs),
     /// Placements/s and submit-to-placed latency with thousands of simulated nodes.
     Schedule(schedule::ScheduleBenchArgs),
+    /// Live migrations through a coordinator and two agents: VMs beside QEMU alone, DL checkpoints, simulated VMs.
+    Migrate(migrate::MigrateBenchArgs),
 }
 
 /// Runs a benchmark.
-pub async fn run(_ctx: &Context, command: BenchCommand) -> Result<(), CliError> {
+pub async fn run(ctx: &Context, command: BenchCommand) -> Result<(), CliError> {
     match command {
         BenchCommand::Raft(args) => raft::run(args).await,
         BenchCommand::Schedule(args) => schedule::run(args).await,
+        BenchCommand::Migrate(args) => migrate::run(ctx, args).await,
     }
 }

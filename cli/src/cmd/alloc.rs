@@ -59,7 +59,22 @@ fn alloc_json(a: &pb::Alloc) -> serde_json::Value {
                       "gpu_model": res.gpu_model},
         "events": a.events.iter().map(|e| json!({"at_ms": e.at_ms, "kind": e.kind, "detail": e.detail})).collect::<Vec<_>>(),
         "create_index": a.create_index, "modify_index": a.modify_index,
+        "gpu_indices": a.gpu_indices,
     })
+}
+
+/// The GPUs an allocation holds, as `herd alloc status` shows them: `0,2`,
+/// or why there are none to show.
+fn gpu_line(a: &pb::Alloc, gpus: u32) -> String {
+    match (a.gpu_indices.as_slice(), gpus) {
+        (_, 0) => "none".to_string(),
+        ([], _) => "not bound (placed before GPU indices)".to_string(),
+        (indices, _) => indices
+            .iter()
+            .map(u32::to_string)
+            .collect::<Vec<_>>()
+            .join(","),
+    }
 }
 
 /// Runs a `herd alloc` subcommand.
@@ -140,6 +155,7 @@ pub async fn run(ctx: &Context, command: AllocCommand) -> Result<(), CliError> {
                     format_memory(res.memory_bytes),
                     res.gpus
                 );
+                println!("gpu indices {}", gpu_line(&alloc, res.gpus));
                 println!("events:");
                 for event in &alloc.events {
                     println!(

@@ -69,6 +69,11 @@ pub struct RunArgs {
     /// agents).
     #[arg(long)]
     docker: bool,
+    /// Also run a training job on the agents and keep migrating its
+    /// allocations between them during the faults, checked by the
+    /// migration checker (scenarios with agents; `migrate` always does).
+    #[arg(long)]
+    migrations: bool,
 }
 
 /// Parses `30s`, `2m`, `1500ms`, or plain seconds.
@@ -215,15 +220,19 @@ async fn run_one(
     seed: u64,
     summary: &mut Summary,
 ) -> Result<Ending, CliError> {
+    let mut scenario = scenario.clone();
+    scenario.migrations |= args.migrations && scenario.agents > 0;
+    let scenario = &scenario;
     let replay = format!(
-        "herd chaos run --scenario {} --duration {}ms --seed {seed}{}",
+        "herd chaos run --scenario {} --duration {}ms --seed {seed}{}{}",
         scenario.name,
         args.duration.as_millis(),
         if setup.docker.is_some() {
             " --docker"
         } else {
             ""
-        }
+        },
+        if args.migrations { " --migrations" } else { "" }
     );
     println!("== {}: {} ==", scenario.name, scenario.about);
     let dir = args.out.join(format!("{}-{seed}", scenario.name));

@@ -5,7 +5,9 @@ use clap::{Args, Subcommand};
 use herd_api::capabilities::MigrationMode;
 use herd_api::proto::v1::nodes_client::NodesClient;
 use herd_api::proto::v1::DriverCapabilities;
-use herd_api::proto::v1::{DrainNodeRequest, ListNodesRequest, SetEligibilityRequest};
+use herd_api::proto::v1::{
+    DrainNodeRequest, DrainedAlloc, ListNodesRequest, NodeUpdateReply, SetEligibilityRequest,
+};
 use herd_api::resources::display_memory;
 use serde_json::{json, Value};
 
@@ -42,14 +44,20 @@ pub enum NodeCommand {
         #[arg(value_parser = ["on", "off"])]
         state: String,
     },
-    /// Empty a node: no new work, and its allocations are placed again elsewhere.
+    /// Empty a node: no new work; what can move live moves (same allocation,
+    /// to a node the scheduler picks), the rest is placed again elsewhere.
     Drain {
         /// Node name.
         name: String,
-        /// Let batch work run to completion for up to this long (e.g. 30m);
-        /// service work moves at once. Without it, everything moves at once.
+        /// Let batch work that cannot move run to completion for up to this
+        /// long (e.g. 30m); the rest moves at once. Without it, everything
+        /// moves at once.
         #[arg(long, value_parser = herd_api::duration::parse_duration)]
         deadline: Option<std::time::Duration>,
+        /// Move nothing live: stop everything and place it again elsewhere
+        /// (new allocations), as drains did before live moves.
+        #[arg(long)]
+        no_migrate: bool,
     },
 }
 
@@ -88,6 +96,62 @@ fn movable_drivers(drivers: &[DriverCapabilities]) -> String {
         "-".to_string()
     } else {
         movable.join(",")
+    }
+}
+
+/// One drained allocation for `-o json`: moving ones carry `target` and
+/// `migration`, the others `reason`.
+fn drained_json(a: &DrainedAlloc) -> Value {
+    if a.migration.is_empty() {
+        json!({"alloc": a.alloc, "job": a.job, "reason": a.reason})
+    } else {
+        json!({"alloc": a.alloc, "job": a.job, "target": a.target, "migration": a.migration})
+    }
+}
+
+/// `herd node drain -o json`: `{"node", "deadline_ms", "moving": [...],
+/// "restarting": [...], "until_deadline": [...]}`.
+fn drain_json(name: &str, deadline_ms: u64, reply: &NodeUpdateReply) -> Value {
+    let list = |items: &[DrainedAlloc]| items.iter().map(drained_json).collect::<Vec<_>>();
+    json!({
+        "node": name,
+        "deadline_ms": (deadline_ms > 0).then_some(deadline_ms),
+        "moving": list(&reply.moving),
+        "restarting": list(&reply.restarting),
+        "until_deadline": list(&reply.until_deadline),
+    })
+}
+
+/// `herd node drain`'s answer in words: what moves live (and where), what
+/// restarts elsewhere (and why it does not move), what may finish first.
+fn print_drain(name: &str, deadline: Option<std::time::Duration>, reply: &NodeUpdateReply) {
+    match deadline {
+        Some(d) => println!(
+            "node {name} draining: batch work that cannot move may run {}s more",
+            d.as_secs()
+        ),
+        None => println!("node {name} draining"),
+    }
+    if reply.moving.is_empty() && reply.restarting.is_empty() && reply.until_deadline.is_empty() {
+        println!("nothing runs there");
+        return;
+    }
+    for m in &reply.moving {
+        println!(
+            "  {:<15}{} ({}) to {}, {}",
+            "moving live", m.alloc, m.job, m.target, m.migration
+        );
+    }
+    for r in &reply.restarting {
+        let what = "restarting";
+        println!("  {what:<15}{} ({}): {}", r.alloc, r.job, r.reason);
+    }
+    for r in &reply.until_deadline {
+        let what = "until deadline";
+        println!("  {what:<15}{} ({}): {}", r.alloc, r.job, r.reason);
+    }
+    if !reply.moving.is_empty() {
+        println!("follow the moves with `herd migration list`");
     }
 }
 
@@ -188,24 +252,28 @@ pub async fn run(ctx: &Context, command: NodeCommand) -> Result<(), CliError> {
                 .await?;
             println!("node {name}: eligibility {state}");
         }
-        NodeCommand::Drain { name, deadline } => {
+        NodeCommand::Drain {
+            name,
+            deadline,
+            no_migrate,
+        } => {
             let deadline_ms =
                 deadline.map_or(0, |d| d.as_millis().clamp(1, u64::MAX as u128) as u64);
-            client
+            let reply = client
                 .call(|ch| {
                     let request = DrainNodeRequest {
                         name: name.clone(),
                         deadline_ms,
+                        no_migrate,
                     };
                     async move { NodesClient::new(ch).drain(request).await }
                 })
-                .await?;
-            match deadline {
-                Some(d) => println!(
-                    "node {name} draining: services are placed elsewhere now, batch work within {}s",
-                    d.as_secs()
-                ),
-                None => println!("node {name} draining: its allocations are placed elsewhere"),
+                .await?
+                .into_inner();
+            if ctx.json() {
+                print_json(&drain_json(&name, deadline_ms, &reply));
+            } else {
+                print_drain(&name, deadline, &reply);
             }
         }
     }

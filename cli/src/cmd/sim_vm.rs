@@ -1,15 +1,16 @@
 //! `herd sim-vm` (hidden): one SIMULATED VM, as the `simvm` driver runs it:
-//! a real memory buffer written at a set rate, with a status line a second.
+//! a real memory buffer written at a set rate, with a status line a second,
+//! steered over a control socket (`--control`, in the allocation directory)
+//! and able to move live to another `herd sim-vm` started with
+//! `--incoming` (see `herd_actors::driver::simvm::machine`).
 
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::sync::Arc;
 
 use clap::Args;
-use herd_actors::driver::simvm::memory::{SimulatedMemory, PAGE_SIZE};
+use herd_actors::driver::simvm::machine::{self, MachineConfig, MachineError};
 
 use crate::exit::CliError;
-
-/// How often the simulated guest writes.
-const TICK: Duration = Duration::from_millis(100);
 
 /// Arguments of `herd sim-vm`.
 #[derive(Args, Debug)]
@@ -23,43 +24,29 @@ pub struct SimVmArgs {
     /// Seed of its write pattern.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// The control socket to serve (JSON lines: status, checksum, migrate,
+    /// cancel, resume).
+    #[arg(long)]
+    pub control: Option<PathBuf>,
+    /// Start paused, as an incoming migration's target listening here
+    /// (`127.0.0.1:0` picks a free port; the control socket says which).
+    #[arg(long, value_name = "IP:PORT")]
+    pub incoming: Option<String>,
 }
 
 /// Runs until SIGTERM or SIGINT.
 pub async fn run(args: SimVmArgs) -> Result<(), CliError> {
-    let pages = usize::try_from(args.memory_mib.saturating_mul(1 << 20) / PAGE_SIZE as u64)
-        .map_err(|_| CliError::input("--memory-mib is too large for this machine"))?;
-    let rate = args.dirty_bytes_per_sec as f64 / PAGE_SIZE as f64;
-    let mut memory = SimulatedMemory::new(pages, rate, args.seed);
-    println!(
-        "sim-vm (simulated VM): {} MiB in {pages} pages, writing {:.0} pages/s",
-        args.memory_mib, rate
-    );
-    let stop = super::coordinator::wait_for_signal();
-    tokio::pin!(stop);
-    let mut last = Instant::now();
-    let mut reported = Instant::now();
-    let mut ticker = tokio::time::interval(TICK);
-    loop {
-        tokio::select! {
-            signal = &mut stop => {
-                signal.map_err(CliError::runtime)?;
-                println!("sim-vm (simulated VM): stopping after {} page writes", memory.writes());
-                return Ok(());
-            }
-            _ = ticker.tick() => {
-                let now = Instant::now();
-                memory.advance(now.duration_since(last).as_secs_f64());
-                last = now;
-                if reported.elapsed() >= Duration::from_secs(1) {
-                    reported = now;
-                    println!(
-                        "sim-vm (simulated VM): {} page writes, {} pages dirty",
-                        memory.writes(),
-                        memory.dirty_pages()
-                    );
-                }
-            }
-        }
+    let config = MachineConfig {
+        memory_mib: args.memory_mib,
+        dirty_bytes_per_sec: args.dirty_bytes_per_sec,
+        seed: args.seed,
+        control: args.control,
+        incoming: args.incoming,
+    };
+    let log: machine::Log = Arc::new(|line: &str| println!("{line}"));
+    match machine::run(config, super::coordinator::wait_for_signal(), log).await {
+        Ok(_) => Ok(()),
+        Err(MachineError::Config(e)) => Err(CliError::input(e)),
+        Err(MachineError::Io(e)) => Err(CliError::runtime(e)),
     }
 }

@@ -103,7 +103,7 @@ pub async fn run(coordinator: Arc<Coordinator>) {
             let coordinator = coordinator.clone();
             writes.push(async move {
                 match coordinator
-                    .decide_as_leader(term, Command::ApplyPlan { plan, now_ms: 0 })
+                    .decide_as_leader(term, Command::apply_plan(plan, 0))
                     .await
                 {
                     Ok(written) => {

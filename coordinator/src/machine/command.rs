@@ -45,8 +45,13 @@ pub enum Command {
         now_ms: u64,
     },
     /// Places (and evicts for) one job version, re-checked against the newest state.
+    ///
+    /// Its plan keeps the shape of older entries (no GPU indices, see
+    /// `machine::plan_codec`); a plan binding GPUs is an
+    /// [`Command::ApplyGpuPlan`]. Build either with [`Command::apply_plan`].
     ApplyPlan {
         /// The plan the leader built from a snapshot.
+        #[serde(with = "crate::machine::plan_codec")]
         plan: PlanCommand,
         /// Leader's clock, ms since the epoch.
         now_ms: u64,
@@ -201,9 +206,47 @@ pub enum Command {
         /// The group, as set.
         group: String,
     },
+    /// Drains a node as `herd node drain` asks now: what can move live is
+    /// migrated to a node the scheduler picks (unless `migrate` is false),
+    /// the rest is stopped and placed again elsewhere, or, batch work under
+    /// a deadline, left to finish until then. Answers which is which.
+    /// [`Command::DrainNode`] and [`Command::DrainNodeWithin`] stay for
+    /// older log entries and the leader's drain at a deadline.
+    DrainNodeLive {
+        /// Node name.
+        node: String,
+        /// How long batch work that does not move may keep running, ms (0:
+        /// none).
+        grace_ms: u64,
+        /// Whether allocations that can move live do.
+        migrate: bool,
+        /// Leader's clock, ms since the epoch.
+        now_ms: u64,
+    },
+    /// [`Command::ApplyPlan`] for a plan whose placements bind GPU indices:
+    /// the plan as JSON inside the entry, so placement fields added later
+    /// can default. Applied exactly as `ApplyPlan`.
+    ApplyGpuPlan {
+        /// The plan the leader built from a snapshot.
+        #[serde(with = "crate::machine::json_codec")]
+        plan: PlanCommand,
+        /// Leader's clock, ms since the epoch.
+        now_ms: u64,
+    },
 }
 
 impl Command {
+    /// The command that applies `plan`: [`Command::ApplyGpuPlan`] when a
+    /// placement binds GPU indices, else [`Command::ApplyPlan`] (the
+    /// compact shape older releases read).
+    pub fn apply_plan(plan: PlanCommand, now_ms: u64) -> Self {
+        if plan.placements.iter().any(|p| !p.gpu_indices.is_empty()) {
+            Command::ApplyGpuPlan { plan, now_ms }
+        } else {
+            Command::ApplyPlan { plan, now_ms }
+        }
+    }
+
     /// `command` as a decision of the leader of `term` (see [`Command::Fenced`]).
     pub fn fenced(term: u64, command: Command) -> Self {
         Command::Fenced {
@@ -227,7 +270,9 @@ impl Command {
             | Command::AdvanceMigration { now_ms, .. }
             | Command::SwitchMigration { now_ms, .. }
             | Command::AbortMigration { now_ms, .. }
-            | Command::SetPowerBudget { now_ms, .. } => *now_ms = now,
+            | Command::SetPowerBudget { now_ms, .. }
+            | Command::DrainNodeLive { now_ms, .. }
+            | Command::ApplyGpuPlan { now_ms, .. } => *now_ms = now,
             Command::Fenced { command, .. } => command.stamp(now),
             Command::InitCluster { .. }
             | Command::PutVariable { .. }
@@ -259,6 +304,8 @@ impl Command {
             Command::SetNodeDrivers { .. } => "set_node_drivers",
             Command::SetPowerBudget { .. } => "set_power_budget",
             Command::RemovePowerBudget { .. } => "remove_power_budget",
+            Command::DrainNodeLive { .. } => "drain_node_live",
+            Command::ApplyGpuPlan { .. } => "apply_plan",
         }
     }
 }
@@ -322,6 +369,9 @@ pub enum CommandResult {
         /// The group, as stored.
         group: String,
     },
+    /// A node is draining: which of its allocations move live, which
+    /// restart elsewhere, which may finish until the deadline.
+    NodeDrained(crate::machine::apply::drain::DrainOutcome),
 }
 
 /// Why `apply` refused a command. Nothing is ever half-applied.

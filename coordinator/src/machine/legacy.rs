@@ -16,6 +16,7 @@
 
 use std::collections::BTreeMap;
 
+use herd_api::alloc::{AllocDesired, AllocEvent, AllocStatus, Allocation};
 use herd_api::job::{JobSpec, JobType, TaskSpec};
 use herd_api::node::NodeInfo;
 use herd_api::resources::Resources;
@@ -95,6 +96,49 @@ impl From<JobV1> for Job {
     }
 }
 
+/// An allocation record of formats 1 and 2, before allocations held GPU
+/// indices (`state::keys`): the same fields, in the same order, without
+/// `gpu_indices`, which reads as empty (a count-only holder of GPUs).
+#[derive(Deserialize)]
+pub(crate) struct AllocationV2 {
+    id: String,
+    job: String,
+    job_version: u64,
+    instance: u32,
+    node: String,
+    resources: Resources,
+    priority: u32,
+    gang: Option<String>,
+    generation: u64,
+    desired: AllocDesired,
+    status: AllocStatus,
+    events: Vec<AllocEvent>,
+    create_index: u64,
+    modify_index: u64,
+}
+
+impl From<AllocationV2> for Allocation {
+    fn from(v2: AllocationV2) -> Self {
+        Allocation {
+            id: v2.id,
+            job: v2.job,
+            job_version: v2.job_version,
+            instance: v2.instance,
+            node: v2.node,
+            resources: v2.resources,
+            priority: v2.priority,
+            gang: v2.gang,
+            generation: v2.generation,
+            desired: v2.desired,
+            status: v2.status,
+            events: v2.events,
+            create_index: v2.create_index,
+            modify_index: v2.modify_index,
+            gpu_indices: Vec::new(),
+        }
+    }
+}
+
 /// [`Command`] as releases before placement fields proposed it; variants in
 /// the same order, so that bincode's variant indexes match.
 #[derive(Deserialize)]
@@ -115,6 +159,7 @@ enum CommandV1 {
         now_ms: u64,
     },
     ApplyPlan {
+        #[serde(with = "crate::machine::plan_codec")]
         plan: PlanCommand,
         now_ms: u64,
     },

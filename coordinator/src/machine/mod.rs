@@ -7,4 +7,5 @@ pub mod apply;
 pub mod command;
 pub mod json_codec;
 pub mod legacy;
+pub mod plan_codec;
 pub mod spec_codec;

@@ -3,11 +3,13 @@
 //! policy for failed instances ([`retry`]), a scheduling pass ([`pass`]),
 //! and the plan the leader proposes through Raft ([`plan`]).
 
+pub mod moves;
 pub mod pass;
 pub mod plan;
 pub mod retry;
 pub mod views;
 
+pub use moves::{move_targets, MoveTarget};
 pub use pass::{pass_input, plan_job, plan_pass, PassInput};
 pub use plan::{to_scheduler_plan, PlanCommand, PlannedEviction, PlannedPlacement};
 pub use retry::{

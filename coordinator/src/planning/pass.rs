@@ -104,7 +104,10 @@ fn plan_in_pass(
         placements: plan
             .placements
             .iter()
-            .map(|p| PlannedPlacement::new(p.instance, p.node.clone()))
+            .map(|p| PlannedPlacement {
+                gpu_indices: p.gpu_indices.clone(),
+                ..PlannedPlacement::new(p.instance, p.node.clone())
+            })
             .collect(),
         evictions: plan
             .evictions

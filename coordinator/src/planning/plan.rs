@@ -3,6 +3,9 @@
 //!
 //! Encoded with bincode in the log: fields keep their order (a named struct
 //! encodes exactly as the tuple it replaced, so older entries still decode).
+//! A plan that binds GPU indices travels as JSON in its own command
+//! (`Command::ApplyGpuPlan`, see `machine::plan_codec`), so that entries
+//! logged before placements had GPU indices still decode.
 
 use serde::{Deserialize, Serialize};
 
@@ -30,6 +33,10 @@ pub struct PlannedPlacement {
     pub instance: u32,
     /// The node it goes to.
     pub node: String,
+    /// The GPUs it gets there, by index (empty: none asked for; in a plan
+    /// logged before GPUs were bound, `apply` chooses them).
+    #[serde(default)]
+    pub gpu_indices: Vec<u32>,
 }
 
 /// One allocation to evict, and the instance it makes room for.
@@ -49,6 +56,7 @@ impl PlannedPlacement {
         Self {
             instance,
             node: node.into(),
+            gpu_indices: Vec::new(),
         }
     }
 }
@@ -62,6 +70,7 @@ pub fn to_scheduler_plan(command: &PlanCommand) -> PlacementPlan {
             .map(|p| Placement {
                 instance: p.instance,
                 node: p.node.clone(),
+                gpu_indices: p.gpu_indices.clone(),
             })
             .collect(),
         evictions: command
@@ -100,7 +109,10 @@ mod tests {
             blocked: Some("instance 1: no room".into()),
         };
         let bytes = bincode::serialize(&old).expect("encode");
-        let decoded: PlanCommand = bincode::deserialize(&bytes).expect("decode");
+        // As `Command::ApplyPlan` reads it (crate::machine::plan_codec).
+        #[derive(Deserialize)]
+        struct Logged(#[serde(with = "crate::machine::plan_codec")] PlanCommand);
+        let Logged(decoded) = bincode::deserialize(&bytes).expect("decode");
         assert_eq!(
             decoded,
             PlanCommand {

@@ -67,6 +67,7 @@ pub fn reservations<'a>(
                 resources: alloc.resources.clone(),
                 priority: RESERVATION_PRIORITY,
                 gang: None,
+                gpu_indices: m.target_gpu_indices.clone(),
             })
         })
 }
@@ -79,6 +80,7 @@ fn alloc_view(a: &Allocation) -> AllocView {
         resources: a.resources.clone(),
         priority: a.priority,
         gang: a.gang.clone(),
+        gpu_indices: a.gpu_indices.clone(),
     }
 }
 

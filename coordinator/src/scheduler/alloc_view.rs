@@ -22,4 +22,8 @@ pub struct AllocView {
     /// The gang it belongs to, if any: a gang's allocations are evicted all
     /// together or not at all, on whatever nodes they run.
     pub gang: Option<String>,
+    /// The GPU indices it holds on its node (empty: none, or a record from
+    /// before GPUs were bound, which holds a count only): no index is
+    /// given to a new placement while something holds it.
+    pub gpu_indices: Vec<u32>,
 }

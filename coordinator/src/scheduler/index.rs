@@ -3,7 +3,7 @@
 //! Built once per call in O(nodes + allocations), so that the per-instance
 //! work never walks the allocation list or hashes a name again.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
 
 use herd_api::resources::Resources;
@@ -45,6 +45,9 @@ pub(crate) struct ClusterIndex<'a> {
     pub(crate) allocs: &'a [AllocView],
     capacity: Vec<Amounts>,
     used: Vec<Amounts>,
+    /// Per node, the GPU indices held and by how many allocations (more
+    /// than one only in a state that is already wrong).
+    gpus_held: Vec<BTreeMap<u32, u32>>,
     alloc_node: Vec<Option<usize>>,
     by_name: HashMap<&'a str, usize, BuildHasherDefault<NameHasher>>,
 }
@@ -64,6 +67,7 @@ impl<'a> ClusterIndex<'a> {
             allocs,
             capacity,
             used: vec![[0; 3]; nodes.len()],
+            gpus_held: vec![BTreeMap::new(); nodes.len()],
             alloc_node: Vec::with_capacity(allocs.len()),
             by_name,
         };
@@ -71,6 +75,7 @@ impl<'a> ClusterIndex<'a> {
             let node = index.node_id(&alloc.node);
             if let Some(node) = node {
                 index.take(node, &amounts(&alloc.resources));
+                index.hold_gpus(node, &alloc.gpu_indices);
             }
             index.alloc_node.push(node);
         }
@@ -117,6 +122,69 @@ impl<'a> ClusterIndex<'a> {
         for d in DIMS {
             used[d] = used[d].saturating_sub(amounts[d]);
         }
+    }
+
+    /// Marks GPU `indices` of node `node` as held.
+    pub(crate) fn hold_gpus(&mut self, node: usize, indices: &[u32]) {
+        let held = &mut self.gpus_held[node];
+        for &i in indices {
+            *held.entry(i).or_default() += 1;
+        }
+    }
+
+    /// Gives GPU `indices` of node `node` back.
+    pub(crate) fn free_gpus(&mut self, node: usize, indices: &[u32]) {
+        let held = &mut self.gpus_held[node];
+        for i in indices {
+            if let Some(count) = held.get_mut(i) {
+                *count -= 1;
+                if *count == 0 {
+                    held.remove(i);
+                }
+            }
+        }
+    }
+
+    /// The `count` lowest GPU indices of node `node` that nothing holds
+    /// (fewer when there are not that many: the check at apply refuses
+    /// such a placement). Room counted in GPUs always leaves enough free
+    /// indices, since each holder holds as many indices as GPUs at most.
+    pub(crate) fn pick_gpus(&self, node: usize, count: u64) -> Vec<u32> {
+        let capacity = u32::try_from(self.capacity[node][GPUS]).unwrap_or(u32::MAX);
+        let held = &self.gpus_held[node];
+        (0..capacity)
+            .filter(|i| !held.contains_key(i))
+            .take(usize::try_from(count).unwrap_or(usize::MAX))
+            .collect()
+    }
+
+    /// Why GPU `indices` cannot go to a placement needing `count` GPUs on
+    /// node `node`: not as many as it needs, an index past the node's GPU
+    /// count, one named twice, or one something already holds.
+    pub(crate) fn gpu_clash(&self, node: usize, indices: &[u32], count: u64) -> Option<String> {
+        let name = &self.nodes[node].name;
+        if indices.len() as u64 != count {
+            return Some(format!(
+                "gives {} GPU indices for {count} GPUs",
+                indices.len()
+            ));
+        }
+        let capacity = self.capacity[node][GPUS];
+        let mut seen = std::collections::BTreeSet::new();
+        for &i in indices {
+            if u64::from(i) >= capacity {
+                return Some(format!(
+                    "GPU index {i} is past node {name}'s {capacity} GPUs"
+                ));
+            }
+            if !seen.insert(i) {
+                return Some(format!("GPU index {i} is given twice"));
+            }
+            if self.gpus_held[node].contains_key(&i) {
+                return Some(format!("GPU {i} of node {name} is already held"));
+            }
+        }
+        None
     }
 
     /// How full node `node` would be with `need` added: the mean over the

@@ -49,6 +49,8 @@ mod verdict;
 mod verify;
 
 #[cfg(test)]
+mod gpu_index_tests;
+#[cfg(test)]
 mod testkit;
 
 pub use affinity::Affinity;

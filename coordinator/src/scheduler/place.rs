@@ -3,7 +3,7 @@
 
 use super::candidates::{Candidates, Strategy};
 use super::feasibility::Feasibility;
-use super::index::{amounts, Amounts, ClusterIndex};
+use super::index::{amounts, Amounts, ClusterIndex, GPUS};
 use super::preempt::Victims;
 use super::reason::blocked_reason;
 use super::{AllocView, Blocked, Eviction, NodeView, Placement, PlacementPlan, PlacementRequest};
@@ -101,12 +101,15 @@ pub(crate) fn place_in<'a>(
             break;
         };
         index.take(node, &need);
-        taken.push(node);
+        let gpus = index.pick_gpus(node, need[GPUS]);
+        index.hold_gpus(node, &gpus);
         candidates.placed(index, node);
         plan.placements.push(Placement {
             instance,
             node: nodes[node].name.clone(),
+            gpu_indices: gpus.clone(),
         });
+        taken.push((node, gpus));
     }
     plan
 }
@@ -117,16 +120,18 @@ fn undo<'a>(
     index: &mut ClusterIndex<'a>,
     victims: &mut Option<Victims<'a>>,
     need: &Amounts,
-    taken: &[usize],
+    taken: &[(usize, Vec<u32>)],
     evicted: &[usize],
 ) {
-    for &node in taken {
-        index.release(node, need);
+    for (node, gpus) in taken {
+        index.release(*node, need);
+        index.free_gpus(*node, gpus);
     }
     let allocs = index.allocs;
     for &a in evicted {
         if let Some(n) = index.alloc_node(a) {
             index.take(n, &amounts(&allocs[a].resources));
+            index.hold_gpus(n, &allocs[a].gpu_indices);
         }
     }
     if let Some(victims) = victims {
@@ -166,6 +171,7 @@ impl<'a> Ctx<'_, 'a> {
             let alloc = &allocs[a];
             if let Some(n) = self.index.alloc_node(a) {
                 self.index.release(n, &amounts(&alloc.resources));
+                self.index.free_gpus(n, &alloc.gpu_indices);
                 let same_job = u32::from(alloc.job == self.request.job);
                 self.candidates.freed(self.index, n, same_job);
             }

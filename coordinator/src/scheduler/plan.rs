@@ -23,6 +23,11 @@ pub struct Placement {
     pub instance: u32,
     /// The name of the node it goes to.
     pub node: String,
+    /// The GPUs it gets there, by index: the lowest free ones, as many as
+    /// the request asks for (empty when it asks for none). In a plan
+    /// checked by [`verify_plan`](super::verify_plan), empty means "choose
+    /// them at the check" (plans logged before GPUs were bound).
+    pub gpu_indices: Vec<u32>,
 }
 
 /// One allocation evicted so that a higher-priority instance fits.

@@ -60,6 +60,7 @@ pub(crate) fn alloc(
         resources: resources(cpu, mem_gib, 0, None),
         priority: prio,
         gang: None,
+        gpu_indices: Vec::new(),
     }
 }
 
@@ -72,6 +73,12 @@ pub(crate) fn gpu_alloc(id: &str, job: &str, node: &str, gpus: u32, prio: u32) -
 }
 
 impl AllocView {
+    /// The same allocation holding GPU `indices`.
+    pub(crate) fn on_gpus(mut self, indices: &[u32]) -> Self {
+        self.gpu_indices = indices.to_vec();
+        self
+    }
+
     /// The same allocation as a member of gang `gang`.
     pub(crate) fn in_gang(mut self, gang: &str) -> Self {
         self.gang = Some(gang.to_string());
@@ -155,6 +162,36 @@ pub(crate) fn must_not_overcommit(
             "node {} over-committed: {u:?} of {c:?}",
             n.name
         );
+    }
+    // GPU indices: each placement gets as many as it asks for, within its
+    // node's count, and no index is held twice on a node.
+    let mut held: BTreeSet<(&str, u32)> = BTreeSet::new();
+    for a in allocs.iter().filter(|a| !evicted.contains(a.id.as_str())) {
+        for &i in &a.gpu_indices {
+            assert!(held.insert((&a.node, i)), "GPU {i} of {} held twice", a.node);
+        }
+    }
+    for p in &plan.placements {
+        assert_eq!(
+            p.gpu_indices.len(),
+            request.resources.gpus as usize,
+            "instance {} GPU indices {:?}",
+            p.instance,
+            p.gpu_indices
+        );
+        let count = nodes
+            .iter()
+            .find(|n| n.name == p.node)
+            .map_or(0, |n| n.capacity.gpus);
+        for &i in &p.gpu_indices {
+            assert!(i < count, "GPU {i} past {}'s {count}", p.node);
+            assert!(
+                held.insert((&p.node, i)),
+                "GPU {i} of {} given to instance {} while held",
+                p.node,
+                p.instance
+            );
+        }
     }
     let mut seen = BTreeSet::new();
     for i in plan.placements.iter().map(|p| p.instance) {

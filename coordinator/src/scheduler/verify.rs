@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use super::feasibility::check_node;
-use super::index::{amounts, Amounts, ClusterIndex};
+use super::index::{amounts, Amounts, ClusterIndex, GPUS};
 use super::reason::node_reason;
 use super::{
     AllocView, Eviction, NodeView, Placement, PlacementPlan, PlacementRequest, PlanVerdict,
@@ -68,11 +68,14 @@ pub fn verify_plan(
             Err(format!("instance {instance} is placed twice in the plan"))
         } else {
             let evictions = evictions_for.get(&instance).map_or(&[][..], Vec::as_slice);
-            check.placement(&placement.node, evictions)
+            check.placement(&placement.node, &placement.gpu_indices, evictions)
         };
         match result {
-            Ok(applied) => {
-                verdict.accepted.push(placement.clone());
+            Ok((applied, gpu_indices)) => {
+                verdict.accepted.push(Placement {
+                    gpu_indices,
+                    ..placement.clone()
+                });
                 verdict.evictions.extend(applied.into_iter().cloned());
             }
             Err(reason) => verdict.rejected.push(Rejection {
@@ -134,6 +137,9 @@ fn reject_gang(plan: &PlacementPlan, verdict: PlanVerdict, cause: &str) -> PlanV
 /// Evictions that still apply, and the allocations (positions) they evict.
 type Allowed<'e> = (Vec<&'e Eviction>, Vec<usize>);
 
+/// An accepted placement's evictions that still applied, and its GPU indices.
+type Placed<'e> = (Vec<&'e Eviction>, Vec<u32>);
+
 /// The state of the check as it walks the plan.
 struct Check<'a> {
     index: ClusterIndex<'a>,
@@ -145,14 +151,17 @@ struct Check<'a> {
 }
 
 impl<'a> Check<'a> {
-    /// Checks one placement on `node` after `evictions`; on success the
-    /// placement and its evictions stay applied and the evictions that still
-    /// had something to evict are returned.
+    /// Checks one placement on `node` with GPU indices `gpus` after
+    /// `evictions`; on success the placement and its evictions stay
+    /// applied, and the evictions that still had something to evict are
+    /// returned with the placement's GPU indices (the lowest free ones
+    /// when `gpus` is empty and the request asks for GPUs).
     fn placement<'e>(
         &mut self,
         node: &str,
+        gpus: &[u32],
         evictions: &[&'e Eviction],
-    ) -> Result<Vec<&'e Eviction>, String> {
+    ) -> Result<Placed<'e>, String> {
         let n = self
             .index
             .node_id(node)
@@ -176,19 +185,33 @@ impl<'a> Check<'a> {
             self.evicted[a] = true;
             if let Some(on) = self.index.alloc_node(a) {
                 self.index.release(on, &amounts(&allocs[a].resources));
+                self.index.free_gpus(on, &allocs[a].gpu_indices);
             }
         }
-        if self.index.fits(n, &self.need) {
-            self.index.take(n, &self.need);
-            return Ok(applied);
-        }
-        let free = self.index.free(n);
-        let capacity = self.index.capacity(n);
-        let reason = node_reason(node, None, self.request, &self.need, capacity, &free);
+        let reason = if self.index.fits(n, &self.need) {
+            let gpus = if gpus.is_empty() {
+                self.index.pick_gpus(n, self.need[GPUS])
+            } else {
+                gpus.to_vec()
+            };
+            match self.index.gpu_clash(n, &gpus, self.need[GPUS]) {
+                None => {
+                    self.index.take(n, &self.need);
+                    self.index.hold_gpus(n, &gpus);
+                    return Ok((applied, gpus));
+                }
+                Some(why) => format!("node {node}: {why}"),
+            }
+        } else {
+            let free = self.index.free(n);
+            let capacity = self.index.capacity(n);
+            node_reason(node, None, self.request, &self.need, capacity, &free)
+        };
         for &a in &victims {
             self.evicted[a] = false;
             if let Some(on) = self.index.alloc_node(a) {
                 self.index.take(on, &amounts(&allocs[a].resources));
+                self.index.hold_gpus(on, &allocs[a].gpu_indices);
             }
         }
         Err(reason)
@@ -249,6 +272,7 @@ mod tests {
         Placement {
             instance,
             node: node.to_string(),
+            gpu_indices: Vec::new(),
         }
     }
 

@@ -50,6 +50,7 @@ fn to_proto(alloc: &Allocation) -> pb::Alloc {
             .collect(),
         create_index: alloc.create_index,
         modify_index: alloc.modify_index,
+        gpu_indices: alloc.gpu_indices.clone(),
     }
 }
 

@@ -1,4 +1,4 @@
-//! `herd node list`.
+//! `herd node list`, `eligibility` and `drain`.
 
 use std::sync::Arc;
 
@@ -10,7 +10,8 @@ use tonic::{Request, Response, Status};
 
 use super::consistency;
 use crate::coordinator::Coordinator;
-use crate::machine::command::Command;
+use crate::machine::apply::drain::{DrainMove, Unmoved};
+use crate::machine::command::{Command, CommandResult};
 use crate::state::ClusterState;
 
 /// Serves [`Nodes`].
@@ -42,6 +43,25 @@ fn to_proto(state: &ClusterState, node: &NodeInfo) -> pb::Node {
             .get(&node.name)
             .map(drivers_to_proto)
             .unwrap_or_default(),
+    }
+}
+
+fn moving_to_proto(m: DrainMove) -> pb::DrainedAlloc {
+    pb::DrainedAlloc {
+        alloc: m.alloc_id,
+        job: m.job,
+        target: m.target,
+        migration: m.migration,
+        reason: String::new(),
+    }
+}
+
+fn unmoved_to_proto(u: Unmoved) -> pb::DrainedAlloc {
+    pb::DrainedAlloc {
+        alloc: u.alloc_id,
+        job: u.job,
+        reason: u.why,
+        ..Default::default()
     }
 }
 
@@ -84,6 +104,7 @@ impl Nodes for NodesService {
             .await?;
         Ok(Response::new(pb::NodeUpdateReply {
             log_index: written.log_index,
+            ..Default::default()
         }))
     }
 
@@ -92,20 +113,30 @@ impl Nodes for NodesService {
         request: Request<pb::DrainNodeRequest>,
     ) -> Result<Response<pb::NodeUpdateReply>, Status> {
         let request = request.into_inner();
-        let command = match request.deadline_ms {
-            0 => Command::DrainNode {
-                node: request.name,
-                now_ms: 0,
-            },
-            grace_ms => Command::DrainNodeWithin {
-                node: request.name,
-                grace_ms,
-                now_ms: 0,
-            },
+        let command = Command::DrainNodeLive {
+            node: request.name,
+            grace_ms: request.deadline_ms,
+            migrate: !request.no_migrate,
+            now_ms: 0,
         };
         let written = self.coordinator.write(command).await?;
-        Ok(Response::new(pb::NodeUpdateReply {
+        let mut reply = pb::NodeUpdateReply {
             log_index: written.log_index,
-        }))
+            ..Default::default()
+        };
+        if let CommandResult::NodeDrained(outcome) = written.result {
+            reply.moving = outcome.moving.into_iter().map(moving_to_proto).collect();
+            reply.restarting = outcome
+                .restarting
+                .into_iter()
+                .map(unmoved_to_proto)
+                .collect();
+            reply.until_deadline = outcome
+                .until_deadline
+                .into_iter()
+                .map(unmoved_to_proto)
+                .collect();
+        }
+        Ok(Response::new(reply))
     }
 }

@@ -141,6 +141,13 @@ fn assignment(
     if job.spec.placement.gang {
         env.extend(gang_env(state, a));
     }
+    let gpu_indices = gpus_on(state, a, node);
+    if !gpu_indices.is_empty() {
+        let list = crate::machine::apply::plan::gpu_list(&gpu_indices);
+        for key in GPU_ENV {
+            env.insert(key.to_string(), list.clone());
+        }
+    }
     AssignedAllocation {
         id: a.id.clone(),
         generation,
@@ -150,7 +157,31 @@ fn assignment(
         env,
         stop_after_disconnect_ms: herd_api::duration::to_wire_ms(job.spec.stop_after_disconnect),
         migration,
+        gpu_indices,
     }
+}
+
+/// The variables that name an allocation's GPUs to its workload, each set
+/// to the indices comma-separated: CUDA's and the NVIDIA container
+/// runtime's, and herd's own for programs that want to know.
+pub const GPU_ENV: [&str; 3] = [
+    "CUDA_VISIBLE_DEVICES",
+    "NVIDIA_VISIBLE_DEVICES",
+    "HERD_GPU_INDICES",
+];
+
+/// The GPUs allocation `a` holds on `node`: its own on its node, those its
+/// migration reserved on the target.
+fn gpus_on(state: &ClusterState, a: &Allocation, node: &str) -> Vec<u32> {
+    if a.node == node {
+        return a.gpu_indices.clone();
+    }
+    state
+        .migrations
+        .values()
+        .find(|m| m.is_active() && m.alloc_id == a.id && m.target == node)
+        .map(|m| m.target_gpu_indices.clone())
+        .unwrap_or_default()
 }
 
 /// What [`assigned_to`] reads for `node`: its watch stream recomputes the

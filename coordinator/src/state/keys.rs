@@ -7,18 +7,25 @@
 //! format byte followed by bincode, so a later release can tell old records
 //! from new ones.
 //!
-//! Format 2 (current) stores a job's spec as JSON text inside the bincode
-//! record ([`crate::machine::spec_codec`]), so that spec fields added later (with a
+//! Format 2 stores a job's spec as JSON text inside the bincode record
+//! ([`crate::machine::spec_codec`]), so that spec fields added later (with a
 //! serde default) need no new format; format 1 records are still read (jobs
 //! through [`crate::machine::legacy::JobV1`], every other record is unchanged) and
-//! rewritten as format 2 when next changed.
+//! rewritten in the current format when next changed.
+//!
+//! Format 3 (current) adds an allocation's GPU indices at the end of its
+//! record; allocations of formats 1 and 2 are read through
+//! [`crate::machine::legacy::AllocationV2`] (no GPU indices), every other
+//! record is unchanged.
 
 use super::{ClusterState, Job, Variable};
 use herd_api::alloc::Allocation;
 use herd_api::node::NodeInfo;
 
 /// The format every record is written in.
-const FORMAT: u8 = 2;
+const FORMAT: u8 = 3;
+/// The format before allocations held GPU indices.
+const FORMAT_V2: u8 = 2;
 /// The format before job specs had placement fields.
 const FORMAT_V1: u8 = 1;
 
@@ -117,11 +124,11 @@ impl Record<'_> {
 
 fn decode<T: serde::de::DeserializeOwned>(key: &str, value: &[u8]) -> Result<T, String> {
     match value.split_first() {
-        Some((&FORMAT | &FORMAT_V1, body)) => {
+        Some((&FORMAT | &FORMAT_V2 | &FORMAT_V1, body)) => {
             herd_consensus::codec::decode(body, key).map_err(|e| e.to_string())
         }
         Some((format, _)) => Err(format!(
-            "record {key}: unknown format {format} (this herd reads formats {FORMAT_V1} and {FORMAT})"
+            "record {key}: unknown format {format} (this herd reads formats {FORMAT_V1} to {FORMAT})"
         )),
         None => Err(format!("record {key}: empty value")),
     }
@@ -143,9 +150,13 @@ pub(super) fn load_pair(state: &mut ClusterState, key: &[u8], value: &[u8]) -> R
         };
         state.jobs.insert(name.to_string(), job);
     } else if let Some(id) = key.strip_prefix("alloc/") {
-        state
-            .allocations
-            .insert(id.to_string(), decode::<Allocation>(key, value)?);
+        let alloc = match value.first() {
+            Some(&FORMAT_V1 | &FORMAT_V2) => {
+                decode::<crate::machine::legacy::AllocationV2>(key, value)?.into()
+            }
+            _ => decode::<Allocation>(key, value)?,
+        };
+        state.allocations.insert(id.to_string(), alloc);
     } else if let Some(node) = key.strip_prefix("drain/") {
         state
             .drain_deadlines

@@ -163,6 +163,9 @@ impl ManagerState {
         supervisor: &ActorRef<SupervisorMsg>,
         client: &HerdClient,
     ) -> Vec<DesiredAlloc> {
+        if !self.swept {
+            self.recover_arrivals().await;
+        }
         let mut forward = Vec::with_capacity(allocs.len());
         let mut incoming: BTreeMap<String, (DesiredAlloc, MigrationAssignment)> = BTreeMap::new();
         let mut named: HashSet<String> = HashSet::new();
@@ -201,6 +204,64 @@ impl ManagerState {
             self.sweep_staging().await;
         }
         forward
+    }
+
+    /// Takes up the live arrivals an earlier agent process readied (their
+    /// directories carry the incoming mark): the first set then installs
+    /// those whose switch-over committed meanwhile and drops the others like
+    /// any arrival. A mark without a handle (the agent died while readying
+    /// it) is dropped, stopping whatever its driver finds running.
+    async fn recover_arrivals(&mut self) {
+        let found = match self.store.incoming() {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot look for arriving workloads");
+                return;
+            }
+        };
+        for (alloc_id, migration_id, persisted) in found {
+            let handle_driver = persisted.as_ref().map(|p| p.handle.driver.clone());
+            let desired = persisted.as_ref().and_then(|p| p.desired.clone());
+            let Some(driver) = handle_driver
+                .or_else(|| desired.as_ref().map(|d| d.task.driver.clone()))
+                .and_then(|name| self.drivers.get(&name).cloned())
+            else {
+                tracing::warn!(alloc = %alloc_id, "an arriving workload of a driver this node lacks; forgetting it");
+                let _ = self.store.clear_incoming(&alloc_id);
+                continue;
+            };
+            match persisted {
+                Some(p) => {
+                    tracing::info!(migration = %migration_id, alloc = %alloc_id, "taking up an arrival an earlier agent readied");
+                    self.arrivals.insert(
+                        alloc_id,
+                        Arrival {
+                            migration_id,
+                            generation: p.handle.generation,
+                            mode: driver.capabilities().migration,
+                            driver,
+                            live: Arc::new(Mutex::new(Some(p.handle))),
+                        },
+                    );
+                }
+                None => {
+                    let dir = self.store.alloc_dir(&alloc_id);
+                    let spec = match (self.store.desired_of(&alloc_id), dir) {
+                        (Some(desired), Ok(dir)) => Some(desired.spec(dir)),
+                        _ => None,
+                    };
+                    if let Some(spec) = spec {
+                        if let Ok(Some(handle)) = driver.recover(&spec).await {
+                            let _ = driver
+                                .stop(&handle, std::time::Duration::from_secs(5))
+                                .await;
+                        }
+                    }
+                    let _ = self.store.forget(&alloc_id);
+                    let _ = self.store.clear_incoming(&alloc_id);
+                }
+            }
+        }
     }
 
     /// Deletes the staging directories no arrival of the first set names:
@@ -299,16 +360,27 @@ impl ManagerState {
         let mode = driver.capabilities().migration;
         let live = Arc::new(Mutex::new(None));
         let endpoints = (mode == MigrationMode::LivePreCopy).then(|| {
-            let (driver, store, desired, live) = (
+            let (driver, store, desired, live, migration_id) = (
                 driver.clone(),
                 self.store.clone(),
                 desired.clone(),
                 live.clone(),
+                m.id.clone(),
             );
             let ready: Arc<dyn Fn() -> EndpointsFuture + Send + Sync> = Arc::new(move || {
-                let (driver, store, desired, live) =
-                    (driver.clone(), store.clone(), desired.clone(), live.clone());
+                let (driver, store, desired, live, migration_id) = (
+                    driver.clone(),
+                    store.clone(),
+                    desired.clone(),
+                    live.clone(),
+                    migration_id.clone(),
+                );
                 Box::pin(async move {
+                    // Marked first: from here the supervisor's start-up
+                    // scans leave the directory to the manager.
+                    store
+                        .mark_incoming(&desired.alloc_id, &migration_id)
+                        .map_err(|e| e.to_string())?;
                     let alloc_dir = store.save_desired(&desired).map_err(|e| e.to_string())?;
                     let (handle, endpoints) = driver
                         .prepare_incoming(&desired.spec(alloc_dir))
@@ -402,6 +474,10 @@ impl ManagerState {
                     .finish_incoming(&handle)
                     .await
                     .map_err(|e| e.to_string())?;
+                // The supervisor adopts it from here (same generation).
+                self.store
+                    .clear_incoming(alloc_id)
+                    .map_err(|e| e.to_string())?;
                 tracing::info!(migration = %arrival.migration_id, alloc = %alloc_id, "live migration arrived; the workload runs here");
             }
             MigrationMode::None | MigrationMode::RequestKvCache => {}
@@ -423,7 +499,11 @@ impl ManagerState {
                 .await
             {
                 Ok(_) => {
-                    if let Err(e) = self.store.forget(alloc_id) {
+                    let forgot = self
+                        .store
+                        .forget(alloc_id)
+                        .and_then(|()| self.store.clear_incoming(alloc_id));
+                    if let Err(e) = forgot {
                         tracing::warn!(alloc = %alloc_id, error = %e, "cannot forget the incoming workload");
                     }
                 }

@@ -9,6 +9,32 @@
 /// Bytes per page, as x86 guests use.
 pub const PAGE_SIZE: usize = 4096;
 
+/// A page of zeros, to compare with (a `memcmp`, fast in any build).
+static ZERO_PAGE: [u8; PAGE_SIZE] = [0; PAGE_SIZE];
+
+/// What the simulated guest "executes" besides its memory: where its
+/// write pattern stands. A live migration sends it last, with the guest
+/// paused (as QEMU sends the vCPUs' state after the last RAM pass), so the
+/// target goes on writing the pattern exactly where the source stopped.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GuestState {
+    /// The write pattern's generator state.
+    pub rng: u64,
+    /// Pages written so far (each write stamps the page with this count).
+    pub written: u64,
+    /// Fraction of a page owed (in `[0, 1)`).
+    pub carry: f64,
+}
+
+impl GuestState {
+    /// Whether the values could come from a guest (a state read off the
+    /// network is checked before use): a generator state is never zero and
+    /// the carry is a fraction.
+    pub fn is_valid(&self) -> bool {
+        self.rng != 0 && self.carry.is_finite() && (0.0..1.0).contains(&self.carry)
+    }
+}
+
 /// The memory of one simulated VM.
 pub struct SimulatedMemory {
     bytes: Vec<u8>,
@@ -101,12 +127,77 @@ impl SimulatedMemory {
 
     /// One page's bytes.
     pub fn page(&self, page: usize) -> Option<&[u8]> {
+        if page >= self.pages() {
+            return None;
+        }
         self.bytes.get(page * PAGE_SIZE..(page + 1) * PAGE_SIZE)
     }
 
     /// Pages written since creation (counting rewrites).
     pub fn writes(&self) -> u64 {
         self.written
+    }
+
+    /// Whether a page holds only zeros (a migration sends such a page as a
+    /// mark, not its bytes, as QEMU does); false for a page out of range.
+    pub fn page_is_zero(&self, page: usize) -> bool {
+        self.page(page).is_some_and(|b| b == &ZERO_PAGE[..])
+    }
+
+    /// Overwrites one page with `bytes` (an incoming migration's page); not
+    /// marked dirty. False when the page is out of range or `bytes` is not
+    /// one page long.
+    pub fn set_page(&mut self, page: usize, bytes: &[u8]) -> bool {
+        if bytes.len() != PAGE_SIZE || page >= self.pages() {
+            return false;
+        }
+        match self.bytes.get_mut(page * PAGE_SIZE..(page + 1) * PAGE_SIZE) {
+            Some(target) => {
+                target.copy_from_slice(bytes);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Zeroes one page (an incoming zero page), writing only if it is not
+    /// zero already so that untouched memory stays unmapped. False when
+    /// the page is out of range.
+    pub fn zero_page(&mut self, page: usize) -> bool {
+        if page >= self.pages() {
+            return false;
+        }
+        if !self.page_is_zero(page) {
+            self.bytes[page * PAGE_SIZE..(page + 1) * PAGE_SIZE].fill(0);
+        }
+        true
+    }
+
+    /// CRC-32C of the whole memory: what the two sides of a migration
+    /// compare to show that the target holds the source's memory exactly.
+    pub fn checksum(&self) -> u32 {
+        crc32c::crc32c(&self.bytes)
+    }
+
+    /// Where the write pattern stands (sent at a migration's end).
+    pub fn guest_state(&self) -> GuestState {
+        GuestState {
+            rng: self.rng,
+            written: self.written,
+            carry: self.carry,
+        }
+    }
+
+    /// Continues the write pattern from `state` (a migrated guest's); an
+    /// invalid state is refused and nothing changes.
+    pub fn restore_guest_state(&mut self, state: GuestState) -> bool {
+        if !state.is_valid() {
+            return false;
+        }
+        self.rng = state.rng;
+        self.written = state.written;
+        self.carry = state.carry;
+        true
     }
 }
 
@@ -130,6 +221,47 @@ mod tests {
         assert_eq!(memory.dirty_pages(), 0);
         assert!(memory.take_dirty().is_empty());
         assert_eq!(memory.writes(), 51);
+    }
+
+    #[test]
+    fn a_copy_made_page_by_page_with_the_guest_state_goes_on_identically() {
+        let mut source = SimulatedMemory::new(256, 5000.0, 3);
+        source.advance(0.1);
+        let mut target = SimulatedMemory::new(256, 5000.0, 99);
+        assert_ne!(source.checksum(), target.checksum());
+        for page in 0..source.pages() {
+            if source.page_is_zero(page) {
+                assert!(target.zero_page(page));
+            } else {
+                let bytes = source.page(page).expect("in range").to_vec();
+                assert!(target.set_page(page, &bytes));
+            }
+        }
+        assert_eq!(source.checksum(), target.checksum());
+        assert_eq!(target.dirty_pages(), 0, "arrivals are not dirt");
+        assert!(target.restore_guest_state(source.guest_state()));
+        source.take_dirty();
+        source.advance(0.05);
+        target.advance(0.05);
+        assert_eq!(source.checksum(), target.checksum());
+        assert_eq!(source.take_dirty(), target.take_dirty());
+        // Out of range or malformed: refused, nothing written.
+        assert!(!target.set_page(256, &[0; PAGE_SIZE]));
+        assert!(!target.set_page(0, &[1; 10]));
+        assert!(!target.zero_page(256));
+        let bad = GuestState {
+            rng: 0,
+            written: 1,
+            carry: 0.5,
+        };
+        assert!(!target.restore_guest_state(bad));
+        let bad = GuestState {
+            rng: 1,
+            written: 1,
+            carry: f64::NAN,
+        };
+        assert!(!target.restore_guest_state(bad));
+        assert_eq!(source.checksum(), target.checksum());
     }
 
     #[test]

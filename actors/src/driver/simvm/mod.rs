@@ -8,8 +8,23 @@
 //! ([`memory::SimulatedMemory`]). Nothing is emulated: it costs a process
 //! and its memory, not a QEMU, so thousands fit where real VMs would not.
 //! It is named simulated wherever it appears.
+//!
+//! Live migration (mode `live`): the simulated VM models QEMU, so it moves
+//! its memory the way QEMU does, over its own migration stream
+//! ([`stream`]) from the source's `herd sim-vm` to an incoming one started
+//! on the target, pre-copy rounds then stop-and-copy, with auto-converge
+//! throttling a guest that dirties faster than the link ([`machine`]). The
+//! agents orchestrate it through the driver's live-move methods
+//! ([`migrate`]), which steer each process over its control socket in the
+//! allocation directory ([`control`], what QMP is to QEMU); the target's
+//! endpoint is the incoming process's listening address. The agents'
+//! `AgentPeer` service carries files (checkpoints), not this memory.
 
+pub mod control;
+pub mod machine;
 pub mod memory;
+pub mod migrate;
+pub mod stream;
 
 use std::path::Path;
 
@@ -18,17 +33,21 @@ use herd_api::job::TaskSpec;
 use herd_api::validate::FieldError;
 use herd_api::vm::SimVmSettings;
 
-use super::exec_backed::{ExecBacked, ExecCommand, ExecKind};
-use super::{DriverCapabilities, DriverError, MigrationMode, WorkloadSpec};
+use super::exec_backed::{ExecBacked, ExecCommand, ExecKind, Run};
+use super::live::{IncomingEndpoints, MoveLimits, MoveStats, ProgressSink};
+use super::{
+    DriverCapabilities, DriverError, MigrationMode, WorkloadHandle, WorkloadSpec, WorkloadState,
+};
 
 /// The `simvm` kind of exec-backed workload: `herd sim-vm` sized by the
-/// task's memory.
+/// task's memory, with its control socket in the allocation directory.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SimVm;
 
 /// The `simvm` driver.
 pub type SimVmDriver = ExecBacked<SimVm>;
 
+#[async_trait::async_trait]
 impl ExecKind for SimVm {
     const NAME: &'static str = driver_settings::SIMVM;
     type Settings = SimVmSettings;
@@ -41,14 +60,67 @@ impl ExecKind for SimVm {
         }
     }
 
+    /// Starts `herd sim-vm --incoming`, paused and listening; see [`migrate`].
+    async fn prepare_incoming(
+        driver: &SimVmDriver,
+        spec: &WorkloadSpec,
+    ) -> Result<(WorkloadHandle, IncomingEndpoints), DriverError> {
+        migrate::prepare_incoming(driver, spec).await
+    }
+
+    /// Pre-copy, then stop-and-copy, over the processes' own stream; see
+    /// [`migrate`].
+    async fn migrate_out(
+        _driver: &SimVmDriver,
+        handle: &WorkloadHandle,
+        to: &IncomingEndpoints,
+        limits: &MoveLimits,
+        progress: ProgressSink<'_>,
+    ) -> Result<MoveStats, DriverError> {
+        migrate::migrate_out(handle, to, limits, progress).await
+    }
+
+    /// `cancel`: the guest runs on here, unthrottled.
+    async fn cancel_out(_driver: &SimVmDriver, handle: &WorkloadHandle) -> Result<(), DriverError> {
+        migrate::cancel_out(handle).await
+    }
+
+    /// `resume` once the memory has arrived.
+    async fn finish_incoming(
+        _driver: &SimVmDriver,
+        handle: &WorkloadHandle,
+    ) -> Result<(), DriverError> {
+        migrate::finish_incoming(handle).await
+    }
+
     fn settings(&self, task: &TaskSpec) -> Result<SimVmSettings, FieldError> {
         driver_settings::simvm(task)
+    }
+
+    /// The control socket must fit a unix socket's path.
+    fn check_host(
+        &self,
+        spec: &WorkloadSpec,
+        _settings: &SimVmSettings,
+    ) -> Result<(), DriverError> {
+        let socket = spec.alloc_dir.join(control::CONTROL_SOCKET);
+        if socket.as_os_str().len() > control::MAX_SOCKET_PATH {
+            return Err(DriverError::Unsupported {
+                alloc: spec.alloc_id.clone(),
+                message: format!(
+                    "the simulated VM's control socket {} is longer than the {} bytes a unix socket allows; use a shorter data directory",
+                    socket.display(),
+                    control::MAX_SOCKET_PATH
+                ),
+            });
+        }
+        Ok(())
     }
 
     fn command(
         &self,
         herd: &Path,
-        _spec: &WorkloadSpec,
+        spec: &WorkloadSpec,
         settings: &SimVmSettings,
     ) -> Result<ExecCommand, DriverError> {
         Ok(ExecCommand {
@@ -61,9 +133,19 @@ impl ExecKind for SimVm {
                 settings.dirty_bytes_per_sec.to_string(),
                 "--seed".into(),
                 settings.seed.to_string(),
+                "--control".into(),
+                spec.alloc_dir
+                    .join(control::CONTROL_SOCKET)
+                    .display()
+                    .to_string(),
             ],
             env: Default::default(),
         })
+    }
+
+    /// Paused while a migration holds it (see [`migrate`]).
+    async fn running_state(&self, run: &Run<'_>) -> WorkloadState {
+        migrate::running_state(run.handle).await
     }
 }
 
@@ -112,12 +194,21 @@ mod tests {
         assert_eq!(exec.task.command.as_deref(), Some("/usr/bin/herd"));
         assert_eq!(
             exec.task.args.join(" "),
-            "sim-vm --memory-mib 64 --dirty-bytes-per-sec 1048576 --seed 7"
+            "sim-vm --memory-mib 64 --dirty-bytes-per-sec 1048576 --seed 7 --control /tmp/herd-simvm-test/a1/simvm.sock"
+        );
+        assert_eq!(
+            driver.capabilities().migration,
+            MigrationMode::LivePreCopy,
+            "moves live"
         );
         assert!(exec.task.config.is_empty(), "settings consumed");
         let err = driver
             .check(&spec(&[("dirty_rate", "fast")]))
             .expect_err("invalid");
         assert!(err.to_string().contains("task.config.dirty_rate"), "{err}");
+        let mut long = spec(&[]);
+        long.alloc_dir = std::path::PathBuf::from("/").join("d".repeat(120));
+        let err = driver.check(&long).expect_err("socket path too long");
+        assert!(err.to_string().contains("simvm.sock"), "{err}");
     }
 }

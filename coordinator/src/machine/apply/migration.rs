@@ -14,6 +14,7 @@ use herd_api::capabilities::MigrationMode;
 use herd_api::migration::{Migration, MigrationPhase};
 use herd_api::node::NodeStatus;
 
+use crate::machine::apply::drain;
 use crate::machine::command::{CommandResult, Rejection};
 use crate::planning::{
     alloc_views, node_views, request_for, to_scheduler_plan, PlanCommand, PlannedPlacement,
@@ -103,7 +104,7 @@ pub struct Progress {
 /// Whether `node`'s agent says its `kind` driver can move a whole running
 /// workload (live, or through a checkpoint), as it declared at registration.
 /// Unknown (an agent too old to say) counts as no.
-fn moves_whole(state: &ClusterState, node: &str, kind: &str) -> Result<(), String> {
+pub fn moves_whole(state: &ClusterState, node: &str, kind: &str) -> Result<(), String> {
     match state.driver_capabilities(node, kind) {
         Some(caps)
             if matches!(
@@ -121,6 +122,20 @@ fn moves_whole(state: &ClusterState, node: &str, kind: &str) -> Result<(), Strin
             "{node}: its agent did not say that its {kind} driver can move"
         )),
     }
+}
+
+/// A fresh id for a migration created at log `index`: `mig-INDEX`, or
+/// `mig-INDEX-N` (N from 2) when one entry starts several (a drain, or a
+/// batch of commands sharing the entry's index), so none overwrites another.
+fn migration_id(state: &ClusterState, index: u64) -> String {
+    let first = format!("mig-{index}");
+    if !state.migrations.contains_key(&first) {
+        return first;
+    }
+    (2u64..)
+        .map(|n| format!("mig-{index}-{n}"))
+        .find(|id| !state.migrations.contains_key(id))
+        .unwrap_or(first)
 }
 
 /// Records the migration `request` asks for, or says why not.
@@ -222,7 +237,7 @@ pub fn start_migration(
             rejected.reason
         ));
     }
-    let id = format!("mig-{index}");
+    let id = migration_id(state, index);
     let migration = Migration {
         id: id.clone(),
         alloc_id: alloc_id.to_string(),
@@ -243,6 +258,12 @@ pub fn start_migration(
         from_generation: alloc.generation,
         create_index: index,
         modify_index: index,
+        // The lowest GPUs free on the target, reserved there until it ends.
+        target_gpu_indices: verdict
+            .accepted
+            .first()
+            .map(|p| p.gpu_indices.clone())
+            .unwrap_or_default(),
     };
     if let Some(alloc) = state.allocations.get_mut(alloc_id) {
         alloc.record(
@@ -344,14 +365,26 @@ pub fn switch_migration(
             alloc.generation
         ));
     }
+    let (bytes, rounds, started_at_ms) = (m.bytes, m.rounds, m.started_at_ms);
+    let gpu_indices = m.target_gpu_indices.clone();
     state.move_alloc(&alloc_id, &target);
     if let Some(alloc) = state.allocations.get_mut(&alloc_id) {
         alloc.generation += 1;
+        // Its GPUs on the target, reserved since the migration started
+        // (none recorded by a release before GPU indices: a count only).
+        alloc.gpu_indices = gpu_indices;
         alloc.modify_index = index;
         alloc.record(
             now_ms,
             "migrated",
-            format!("{id}: from {source} to {target}, downtime {downtime_ms} ms"),
+            migrated_detail(
+                id,
+                (&source, &target),
+                bytes,
+                rounds,
+                downtime_ms,
+                now_ms.saturating_sub(started_at_ms),
+            ),
         );
     }
     if let Some(m) = state.migrations.get_mut(id) {
@@ -369,7 +402,24 @@ pub fn switch_migration(
     }
 }
 
-/// Gives migration `id` up; the source keeps the allocation.
+/// The detail of an allocation's `migrated` event: the figures of the move,
+/// so that `herd alloc status` says what it cost without a second lookup.
+fn migrated_detail(
+    id: &str,
+    (source, target): (&str, &str),
+    bytes: u64,
+    rounds: u32,
+    downtime_ms: u64,
+    total_ms: u64,
+) -> String {
+    format!(
+        "{id}: {source} \u{2192} {target}, {bytes} bytes in {rounds} round{}, downtime {downtime_ms} ms, total {total_ms} ms",
+        if rounds == 1 { "" } else { "s" }
+    )
+}
+
+/// Gives migration `id` up; the source keeps the allocation (unless its
+/// node is being drained, see [`drain::fall_back_to_restart`]).
 pub fn abort_migration(
     state: &mut ClusterState,
     index: u64,
@@ -391,11 +441,12 @@ pub fn abort_migration(
     m.modify_index = index;
     let alloc_id = m.alloc_id.clone();
     if let Some(alloc) = state.allocations.get_mut(&alloc_id) {
-        alloc.record(now_ms, "migration aborted", format!("{id}: {reason}"));
+        alloc.record(now_ms, "migration_aborted", format!("{id}: {reason}"));
         alloc.modify_index = index;
         changes.put(Record::Alloc(&alloc_id), state);
     }
     changes.put(Record::Migration(id), state);
+    drain::fall_back_to_restart(state, index, id, now_ms, changes);
     forget_old_migrations(state, &alloc_id, changes);
     CommandResult::MigrationUpdated {
         id: id.to_string(),

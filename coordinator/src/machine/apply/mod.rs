@@ -165,7 +165,9 @@ pub fn apply(
             changes.put(Record::Node(&name), state);
             CommandResult::NodeRegistered
         }
-        Command::ApplyPlan { plan, now_ms } => apply_plan(state, index, plan, now_ms, changes),
+        Command::ApplyPlan { plan, now_ms } | Command::ApplyGpuPlan { plan, now_ms } => {
+            apply_plan(state, index, plan, now_ms, changes)
+        }
         Command::SetNodeEligibility { node, eligible } => {
             let Some(info) = state.nodes.get_mut(&node) else {
                 return CommandResult::Rejected(Rejection::NodeNotFound(node));
@@ -237,6 +239,22 @@ pub fn apply(
             grace_ms,
             now_ms,
         } => drain_within(state, index, &node, grace_ms, now_ms, changes),
+        Command::DrainNodeLive {
+            node,
+            grace_ms,
+            migrate,
+            now_ms,
+        } => drain::drain_live(
+            state,
+            index,
+            drain::DrainRequest {
+                node: &node,
+                grace_ms,
+                migrate,
+            },
+            now_ms,
+            changes,
+        ),
         Command::MarkNodeDown { node, now_ms } => {
             mark_node_down(state, index, &node, now_ms, changes)
         }
@@ -331,6 +349,8 @@ pub fn apply(
     }
 }
 
+#[cfg(test)]
+mod gpu_tests;
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -110,8 +110,17 @@ pub fn apply_plan(
             events: Vec::new(),
             create_index: index,
             modify_index: index,
+            gpu_indices: placement.gpu_indices.clone(),
         };
-        alloc.record(now_ms, "placed", format!("on node {}", placement.node));
+        let gpus = match placement.gpu_indices.as_slice() {
+            [] => String::new(),
+            indices => format!(", GPUs {}", gpu_list(indices)),
+        };
+        alloc.record(
+            now_ms,
+            "placed",
+            format!("on node {}{gpus}", placement.node),
+        );
         state.insert_alloc(alloc);
         changes.put(Record::Alloc(&id), state);
         collect_ended(state, &plan.job, placement.instance, changes);
@@ -133,6 +142,15 @@ pub fn apply_plan(
         evicted,
         rejected,
     }
+}
+
+/// GPU indices as the environment and events write them: `0,2,3`.
+pub fn gpu_list(indices: &[u32]) -> String {
+    indices
+        .iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Ended allocations kept per job instance; older ones are deleted when a

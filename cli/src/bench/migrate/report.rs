@@ -1,0 +1,310 @@
+//! The rows of `herd bench migrate` and how they are printed: a Markdown
+//! table for docs/benchmarks.md, or `-o json`. Pure: no process is started
+//! here, so the shapes and the goal arithmetic are unit-tested.
+
+use herd_api::resources::display_memory;
+use serde_json::{json, Value};
+
+/// The goal: herd's total time within this factor of QEMU's own.
+pub const TOTAL_GOAL: f64 = 1.2;
+
+/// What herd measured for one migration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HerdFigures {
+    /// Start to switch-over, from the migration record (`total_ms`).
+    pub total_ms: u64,
+    /// The pause this row reports: for a VM the record's `downtime_ms`
+    /// (QEMU's stop-and-copy, as the source agent read it from
+    /// `query-migrate`); for a DL job the trainer's stop to its first step
+    /// on the target, timed by the bench from the two logs.
+    pub downtime_ms: Option<u64>,
+    /// The record's own `downtime_ms` (for a DL job: stop to switch-over).
+    pub record_downtime_ms: Option<u64>,
+    /// Bytes moved, from the record.
+    pub bytes: u64,
+    /// Rounds (pre-copy passes), from the record.
+    pub rounds: u32,
+    /// From the bench first seeing the record in `switching` (the source
+    /// done) to the workload seen running on the target: the wait for the
+    /// switch-over's Raft commit, the target's assignment and its start.
+    pub resumed_after_ms: Option<u64>,
+}
+
+/// What QEMU alone measured for the same VM (`query-migrate`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BaselineFigures {
+    /// QEMU's `total-time`: `migrate` to `completed`.
+    pub total_ms: u64,
+    /// QEMU's `downtime`.
+    pub downtime_ms: u64,
+    /// Starting the incoming QEMU until it listens (not in `total_ms`;
+    /// herd's total includes its equivalent).
+    pub setup_ms: u64,
+    /// RAM bytes transferred.
+    pub bytes: u64,
+    /// Dirty-sync count.
+    pub rounds: u32,
+}
+
+/// One row: one migration of one kind, size and load.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    /// `vm`, `dljob` or `simvm`.
+    pub kind: &'static str,
+    /// Memory of the VM, or the checkpoint's padding.
+    pub size_bytes: u64,
+    /// `idle`, `dirty N MiB/s`, ... (what the workload did meanwhile).
+    pub load: String,
+    /// Which repetition (1-based).
+    pub run: u32,
+    /// The downtime limit the migration was given, ms.
+    pub downtime_limit_ms: u64,
+    /// herd's figures; `None` when the row could not be measured.
+    pub herd: Option<HerdFigures>,
+    /// QEMU alone's figures, for real-VM rows.
+    pub baseline: Option<BaselineFigures>,
+    /// Why a figure is missing, or anything a reader must know.
+    pub note: Option<String>,
+}
+
+/// Whether a real-VM row meets the goal.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Goal {
+    /// herd's total ≤ [`TOTAL_GOAL`] × QEMU's.
+    pub total: bool,
+    /// herd's downtime ≤ the limit.
+    pub downtime: bool,
+}
+
+impl Goal {
+    /// Both parts hold.
+    pub fn met(self) -> bool {
+        self.total && self.downtime
+    }
+}
+
+impl Row {
+    /// herd's total over QEMU alone's, when both were measured.
+    pub fn ratio(&self) -> Option<f64> {
+        let herd = self.herd.as_ref()?;
+        let base = self.baseline.as_ref()?;
+        (base.total_ms > 0).then(|| herd.total_ms as f64 / base.total_ms as f64)
+    }
+
+    /// The goal's verdict, for rows with a baseline.
+    pub fn goal(&self) -> Option<Goal> {
+        let ratio = self.ratio()?;
+        let downtime = self.herd.as_ref()?.downtime_ms?;
+        Some(Goal {
+            total: ratio <= TOTAL_GOAL,
+            downtime: downtime <= self.downtime_limit_ms,
+        })
+    }
+
+    /// The goal column: `yes`, `no (...)` naming what missed, or `-`.
+    pub fn goal_text(&self) -> String {
+        let Some(goal) = self.goal() else {
+            return "-".to_string();
+        };
+        if goal.met() {
+            return "yes".to_string();
+        }
+        let mut missed = Vec::new();
+        if !goal.total {
+            missed.push(format!("total > {TOTAL_GOAL}×"));
+        }
+        if !goal.downtime {
+            missed.push(format!("downtime > {} ms", self.downtime_limit_ms));
+        }
+        format!("no ({})", missed.join(", "))
+    }
+
+    /// The row's `-o json` object (field names are a stable interface).
+    pub fn to_json(&self) -> Value {
+        let herd = self.herd.as_ref();
+        let base = self.baseline.as_ref();
+        json!({
+            "kind": self.kind,
+            "size": display_memory(self.size_bytes),
+            "size_bytes": self.size_bytes,
+            "load": self.load,
+            "run": self.run,
+            "downtime_limit_ms": self.downtime_limit_ms,
+            "herd_total_ms": herd.map(|h| h.total_ms),
+            "herd_downtime_ms": herd.and_then(|h| h.downtime_ms),
+            "record_downtime_ms": herd.and_then(|h| h.record_downtime_ms),
+            "resumed_after_ms": herd.and_then(|h| h.resumed_after_ms),
+            "bytes": herd.map(|h| h.bytes),
+            "rounds": herd.map(|h| h.rounds),
+            "baseline_total_ms": base.map(|b| b.total_ms),
+            "baseline_downtime_ms": base.map(|b| b.downtime_ms),
+            "baseline_setup_ms": base.map(|b| b.setup_ms),
+            "baseline_bytes": base.map(|b| b.bytes),
+            "baseline_rounds": base.map(|b| b.rounds),
+            "ratio": self.ratio().map(|r| (r * 100.0).round() / 100.0),
+            "goal_met": self.goal().map(Goal::met),
+            "note": self.note,
+        })
+    }
+
+    fn cells(&self) -> Vec<String> {
+        let opt = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
+        let herd = self.herd.as_ref();
+        let base = self.baseline.as_ref();
+        vec![
+            self.kind.to_string(),
+            display_memory(self.size_bytes),
+            self.load.clone(),
+            opt(herd.map(|h| h.total_ms)),
+            opt(herd.and_then(|h| h.downtime_ms)),
+            opt(herd.and_then(|h| h.resumed_after_ms)),
+            herd.map_or("-".to_string(), |h| mib(h.bytes)),
+            opt(herd.map(|h| u64::from(h.rounds))),
+            opt(base.map(|b| b.total_ms)),
+            opt(base.map(|b| b.downtime_ms)),
+            opt(base.map(|b| b.setup_ms)),
+            self.ratio().map_or("-".to_string(), |r| format!("{r:.2}×")),
+            self.goal_text(),
+            self.note.clone().unwrap_or_default(),
+        ]
+    }
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1}", bytes as f64 / f64::from(1u32 << 20))
+}
+
+/// The table's header.
+pub const HEADER: [&str; 14] = [
+    "kind",
+    "size",
+    "load",
+    "herd total ms",
+    "herd downtime ms",
+    "resumed +ms",
+    "MiB moved",
+    "rounds",
+    "QEMU total ms",
+    "QEMU downtime ms",
+    "QEMU setup ms",
+    "ratio",
+    "goal",
+    "note",
+];
+
+/// The rows as one Markdown table.
+pub fn markdown(rows: &[Row]) -> String {
+    let mut out = format!("| {} |\n", HEADER.join(" | "));
+    out.push_str(&format!("|{}\n", "---|".repeat(HEADER.len())));
+    for row in rows {
+        out.push_str(&format!("| {} |\n", row.cells().join(" | ")));
+    }
+    out
+}
+
+/// The rows as the `-o json` array.
+pub fn json_rows(rows: &[Row]) -> Value {
+    Value::Array(rows.iter().map(Row::to_json).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vm_row(herd_total: u64, herd_down: u64, base_total: u64) -> Row {
+        Row {
+            kind: "vm",
+            size_bytes: 128 << 20,
+            load: "idle".into(),
+            run: 1,
+            downtime_limit_ms: 300,
+            herd: Some(HerdFigures {
+                total_ms: herd_total,
+                downtime_ms: Some(herd_down),
+                record_downtime_ms: Some(herd_down),
+                bytes: 3 << 20,
+                rounds: 4,
+                resumed_after_ms: Some(40),
+            }),
+            baseline: Some(BaselineFigures {
+                total_ms: base_total,
+                downtime_ms: 20,
+                setup_ms: 150,
+                bytes: 3 << 20,
+                rounds: 3,
+            }),
+            note: None,
+        }
+    }
+
+    #[test]
+    fn the_ratio_and_the_goal_follow_the_figures() {
+        let met = vm_row(1100, 250, 1000);
+        assert_eq!(met.ratio(), Some(1.1));
+        assert_eq!(met.goal_text(), "yes");
+        let slow = vm_row(1300, 250, 1000);
+        assert_eq!(slow.goal_text(), "no (total > 1.2×)");
+        let both = vm_row(2500, 301, 1000);
+        assert_eq!(both.goal_text(), "no (total > 1.2×, downtime > 300 ms)");
+        // At the bound exactly, the goal holds.
+        assert!(vm_row(1200, 300, 1000).goal().is_some_and(Goal::met));
+        // No baseline (or a zero one): no ratio, no verdict.
+        let mut lone = vm_row(1000, 10, 0);
+        assert_eq!(lone.ratio(), None);
+        lone.baseline = None;
+        assert_eq!(lone.goal_text(), "-");
+    }
+
+    #[test]
+    fn json_rows_carry_the_documented_fields_with_nulls_for_what_is_missing() {
+        let missing = Row {
+            kind: "simvm",
+            size_bytes: 1 << 30,
+            load: "dirty 64 MiB/s".into(),
+            run: 1,
+            downtime_limit_ms: 300,
+            herd: None,
+            baseline: None,
+            note: Some("not available: ...".into()),
+        };
+        let value = json_rows(&[vm_row(1500, 200, 1000), missing]);
+        let rows = value.as_array().expect("an array");
+        assert_eq!(rows.len(), 2);
+        for key in [
+            "kind",
+            "size",
+            "load",
+            "herd_total_ms",
+            "herd_downtime_ms",
+            "bytes",
+            "rounds",
+            "baseline_total_ms",
+            "baseline_downtime_ms",
+            "ratio",
+        ] {
+            assert!(rows[0].get(key).is_some(), "{key} in {}", rows[0]);
+            assert!(rows[1].get(key).is_some(), "{key} in {}", rows[1]);
+        }
+        assert_eq!(rows[0]["ratio"], json!(1.5));
+        assert_eq!(rows[0]["goal_met"], json!(false));
+        assert_eq!(rows[0]["size"], json!("128MiB"));
+        assert_eq!(rows[1]["herd_total_ms"], Value::Null);
+        assert_eq!(rows[1]["ratio"], Value::Null);
+        assert_eq!(rows[1]["note"], json!("not available: ..."));
+    }
+
+    #[test]
+    fn the_table_has_one_line_per_row_under_its_header() {
+        let text = markdown(&[vm_row(1100, 250, 1000)]);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        assert!(lines[0].starts_with("| kind | size | load |"), "{text}");
+        assert_eq!(
+            lines[2],
+            "| vm | 128MiB | idle | 1100 | 250 | 40 | 3.0 | 4 | 1000 | 20 | 150 | 1.10× | yes |  |"
+        );
+        // Every line has as many cells as the header.
+        let cells = |l: &str| l.matches('|').count();
+        assert!(lines.iter().all(|l| cells(l) == cells(lines[0])), "{text}");
+    }
+}
