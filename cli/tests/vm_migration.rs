@@ -480,7 +480,7 @@ async fn an_abandoned_move_leaves_the_vm_running_where_it_was() {
 /// disk, never rebooted; one QEMU is left, the target's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vm_job_moves_between_two_agents_with_herd_alloc_migrate() {
-    move_vm_job(false).await;
+    move_vm_job(Fault::None).await;
 }
 
 /// The same move with the target's agent killed and restarted while its
@@ -494,10 +494,32 @@ async fn a_vm_move_survives_a_restart_of_the_target_agent() {
         herd_node::migrate::source::FAULT_HOLD_ENV,
         "transferring:5000",
     );
-    move_vm_job(true).await;
+    move_vm_job(Fault::RestartTarget).await;
 }
 
-async fn move_vm_job(restart_target_mid_move: bool) {
+/// The source's agent killed and restarted while it holds before sending:
+/// it gives the move up, the VM runs on at the source (never paused for
+/// long, never rebooted) and the target's waiting QEMU is stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vm_move_whose_source_agent_restarts_is_aborted_and_the_vm_stays() {
+    std::env::set_var(
+        herd_node::migrate::source::FAULT_HOLD_ENV,
+        "transferring:5000",
+    );
+    move_vm_job(Fault::RestartSource).await;
+}
+
+/// What happens to a VM's move between two agents.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Fault {
+    None,
+    /// The target's agent is killed and restarted mid-move.
+    RestartTarget,
+    /// The source's agent is killed and restarted mid-move.
+    RestartSource,
+}
+
+async fn move_vm_job(fault: Fault) {
     let parts = match guest_parts() {
         Ok(parts) => parts,
         Err(why) => return skip_or_fail(&why),
@@ -573,16 +595,59 @@ async fn move_vm_job(restart_target_mid_move: bool) {
             must_run_cli(&args)
         })
     };
-    if restart_target_mid_move {
+    if fault != Fault::None {
         until("the move holding at transferring", PATIENCE, || {
             let list = json(&addr, &["migration", "list", "--alloc", &alloc]);
             (list[0]["phase"] == "transferring").then_some(())
         })
         .await;
-        agents.kill_agent(target).expect("kill the target agent");
-        agents.restart(target).expect("restart the target agent");
+        let node = if fault == Fault::RestartTarget {
+            target
+        } else {
+            source.as_str()
+        };
+        agents.kill_agent(node).expect("kill an agent");
+        agents.restart(node).expect("restart it");
     }
     let out = migrate.join().expect("migrate thread");
+    if fault == Fault::RestartSource {
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let record = json(&addr, &["migration", "list", "--alloc", &alloc])[0].clone();
+        assert_eq!(record["phase"], "aborted", "{record:#}");
+        assert!(
+            record["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("restarted")),
+            "{record:#}"
+        );
+        let status = json(&addr, &["alloc", "status", &alloc]);
+        assert_eq!(status["node"], source.as_str(), "{status:#}");
+        assert_eq!(status["generation"], 1, "{status:#}");
+        // The guest ticks on at the source, the same one, and the target's
+        // QEMU is gone.
+        let seen = before.len();
+        until("the guest ticking on at the source", PATIENCE, || {
+            let now = ticks(&console(&source_dir));
+            (now.len() >= seen + 2).then_some(())
+        })
+        .await;
+        let booted = console(&source_dir)
+            .matches("herd-guest: disk wrote")
+            .count();
+        assert_eq!(booted, 1, "the source's guest booted once");
+        until("only the source's QEMU", Duration::from_secs(20), || {
+            let source_qemu = qemu_pids(&source_dir.display().to_string());
+            let target_qemu = qemu_pids(&target_dir.display().to_string());
+            (source_qemu.len() == 1 && target_qemu.is_empty()).then_some(())
+        })
+        .await;
+        return;
+    }
     assert!(
         out.status.success(),
         "{}\n{}",

@@ -17,6 +17,14 @@
 //!    the target starts, so that is judged strictly from the moment the
 //!    client saw the migration end; a live move's paused source may linger
 //!    as a process for [`LIVE_SOURCE_GRACE_NS`] after the switch-over.
+//!    Migrations the client did not start (a drain's live moves) count
+//!    too, timed by the record's own start and end (the leader's clock,
+//!    mapped onto the run's through the client's observations, with
+//!    [`FOREIGN_SLACK_NS`] of slack). The owner is judged only for an
+//!    allocation whose every move is known: as many completed migrations
+//!    as its final generation says (the cluster keeps only the newest
+//!    ended migrations of each allocation); otherwise only the two-copies
+//!    rule applies to it.
 //! 5. **The switch-over is the only change of owner.** An allocation's
 //!    migrations (as listed at the end, oldest first) chain: each begins
 //!    where the one before left it (on the target at generation + 1 after
@@ -44,6 +52,10 @@ pub const DEADLINE_GRACE_MS: u64 = 5_000;
 /// show as a process, ns.
 pub const LIVE_SOURCE_GRACE_NS: u64 = 3_000_000_000;
 
+/// Slack around a migration the client did not start, whose window comes
+/// from the record's wall-clock stamps, ns.
+pub const FOREIGN_SLACK_NS: u64 = 250_000_000;
+
 /// The migration checker's verdict on `history`; None when the run did
 /// not migrate (no final migration state was recorded).
 pub fn check_history(history: &History) -> Option<Verdict> {
@@ -66,7 +78,7 @@ pub fn check(
         ended(attempts, finals),
         deadlines(attempts, finals),
         forward(attempts),
-        one_copy(attempts, samples),
+        one_copy(attempts, samples, finals),
         switch_overs(finals),
         room(finals),
     ])
@@ -196,9 +208,14 @@ struct Window<'a> {
     after: Option<&'a str>,
 }
 
-/// The windows of each allocation's migrations, in start order. A refused
-/// start changed nothing and makes none.
-fn windows(attempts: &[MigrationAttempt]) -> BTreeMap<&str, Vec<Window<'_>>> {
+/// The windows of each allocation's migrations, in start order: the
+/// client's (a refused start changed nothing and makes none), then those
+/// it did not start, from the final list. The second map says, per
+/// allocation, whether its every move is known (see the module's rule 4).
+fn windows<'a>(
+    attempts: &'a [MigrationAttempt],
+    finals: &'a FinalMigrationState,
+) -> (BTreeMap<&'a str, Vec<Window<'a>>>, BTreeMap<&'a str, bool>) {
     let mut by_alloc: BTreeMap<&str, Vec<Window<'_>>> = BTreeMap::new();
     for a in attempts.iter().filter(|a| a.outcome != Outcome::Fail) {
         let (source, target) = match &a.last {
@@ -235,10 +252,84 @@ fn windows(attempts: &[MigrationAttempt]) -> BTreeMap<&str, Vec<Window<'_>>> {
                 after,
             });
     }
+    // The leader's wall clock onto the run's: both read on this host.
+    let offset_ms: Option<i128> = attempts
+        .iter()
+        .flat_map(|a| a.phases.first())
+        .next()
+        .map(|p| i128::from(p.wall_ms) - i128::from(p.at_ns / 1_000_000));
+    let to_ns = |wall_ms: u64| {
+        offset_ms.map(|offset| {
+            let ms = (i128::from(wall_ms) - offset).max(0);
+            u64::try_from(ms.saturating_mul(1_000_000)).unwrap_or(u64::MAX)
+        })
+    };
+    let client_ids: BTreeSet<&str> = attempts
+        .iter()
+        .filter_map(|a| a.last.as_ref().map(|m| m.id.as_str()))
+        .collect();
+    let mut unplaced: BTreeSet<&str> = BTreeSet::new();
+    for m in finals.migrations.iter().flatten() {
+        if client_ids.contains(m.id.as_str()) {
+            continue;
+        }
+        let Some(start_ns) = to_ns(m.started_at_ms) else {
+            unplaced.insert(&m.alloc_id);
+            continue;
+        };
+        let grace = if m.kind == "dljob" {
+            FOREIGN_SLACK_NS
+        } else {
+            FOREIGN_SLACK_NS + LIVE_SOURCE_GRACE_NS
+        };
+        let end_ns = m
+            .ended_at_ms
+            .filter(|_| m.is_final())
+            .and_then(to_ns)
+            .map(|end| end.saturating_add(grace));
+        let after = m.is_final().then(|| {
+            if m.phase == "completed" {
+                m.target.as_str()
+            } else {
+                m.source.as_str()
+            }
+        });
+        by_alloc.entry(&m.alloc_id).or_default().push(Window {
+            id: &m.id,
+            start_ns: start_ns.saturating_sub(FOREIGN_SLACK_NS),
+            end_ns,
+            before: &m.source,
+            after,
+        });
+    }
     for list in by_alloc.values_mut() {
         list.sort_by_key(|w| w.start_ns);
     }
-    by_alloc
+    // Every move known: the completed migrations seen (by id) are as many
+    // as the generations the allocation gained.
+    let mut completed: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    let seen = attempts
+        .iter()
+        .filter_map(|a| a.last.as_ref())
+        .chain(finals.migrations.iter().flatten());
+    for m in seen.filter(|m| m.phase == "completed") {
+        completed.entry(&m.alloc_id).or_default().insert(&m.id);
+    }
+    let known = by_alloc
+        .keys()
+        .map(|alloc| {
+            let generation = finals
+                .allocs
+                .iter()
+                .flatten()
+                .find(|a| a.id == *alloc)
+                .map(|a| a.generation);
+            let moves = completed.get(alloc).map_or(0, |ids| ids.len() as u64);
+            let whole = !unplaced.contains(alloc) && generation == Some(moves + 1);
+            (*alloc, whole)
+        })
+        .collect();
+    (by_alloc, known)
 }
 
 /// Where `alloc` must run at `t` (None: anywhere, once): inside a
@@ -259,8 +350,12 @@ fn owner_at<'a>(windows: &'a [Window<'a>], t: u64) -> Option<(&'a str, Option<&'
 }
 
 /// Rule 4.
-fn one_copy(attempts: &[MigrationAttempt], samples: &[Sample]) -> Verdict {
-    let windows = windows(attempts);
+fn one_copy(
+    attempts: &[MigrationAttempt],
+    samples: &[Sample],
+    finals: &FinalMigrationState,
+) -> Verdict {
+    let (windows, known) = windows(attempts, finals);
     for sample in samples {
         let mut by_alloc: BTreeMap<&str, Vec<(u32, &str)>> = BTreeMap::new();
         for p in &sample.processes {
@@ -277,6 +372,9 @@ fn one_copy(attempts: &[MigrationAttempt], samples: &[Sample]) -> Verdict {
                 return Verdict::Fail(format!(
                     "allocation {alloc}, moved by the migration client, ran as two copies at {at_ms} ms: {copies:?} (pid, node)"
                 ));
+            }
+            if known.get(alloc) != Some(&true) {
+                continue;
             }
             let Some((owner, after)) = windows.get(alloc).and_then(|w| owner_at(w, sample.at_ns))
             else {
@@ -429,13 +527,13 @@ pub fn counts(history: &History) -> Option<MigrationCounts> {
             c.downtime_ms.extend(m.downtime_ms);
         } else {
             c.aborted += 1;
-            // The reason without its figures, so that alike ones group.
+            // The reason's start, so that alike ones group.
             let reason: String = m
                 .error
                 .as_deref()
                 .unwrap_or("no reason given")
                 .chars()
-                .take(60)
+                .take(100)
                 .collect();
             *c.abort_reasons.entry(reason).or_default() += 1;
         }
@@ -664,7 +762,8 @@ mod tests {
         samples.insert(0, sample(100, &[(15, "n2")]));
         fails(&attempts, &samples, &finals, "before its first migration");
         // A refused start moves nothing: the source stays owner.
-        let (mut attempts, _, finals) = good();
+        let (mut attempts, _, _) = good();
+        let finals = finals(vec![record("mig-10", "completed", "n1", "n2", 1)], "n2", 2);
         attempts.truncate(1);
         let mut refused = attempts[0].clone();
         refused.outcome = Outcome::Fail;
@@ -678,6 +777,40 @@ mod tests {
             &finals,
             "before its first migration",
         );
+    }
+
+    #[test]
+    fn moves_the_client_did_not_start_count_when_every_move_is_known() {
+        // After the client's move n1 -> n2 (1000-1500 ms of the run, wall
+        // clock 49 000 ms ahead), a drain moved the allocation back to n1
+        // from 2000 to 2200 ms: known only from the final list.
+        let (mut attempts, _, _) = good();
+        attempts.truncate(1);
+        let mut drained = record("mig-30", "completed", "n2", "n1", 2);
+        drained.started_at_ms = 51_000;
+        drained.ended_at_ms = Some(51_200);
+        let all = vec![record("mig-10", "completed", "n1", "n2", 1), drained];
+        let known = finals(all.clone(), "n1", 3);
+        let moved_back = [
+            sample(500, &[(11, "n1")]),
+            sample(1800, &[(12, "n2")]),
+            sample(2100, &[]),
+            sample(3000, &[(13, "n1")]),
+        ];
+        assert_eq!(check(&attempts, &moved_back, &known), Verdict::Pass);
+        let mut stale = moved_back.to_vec();
+        stale.push(sample(3500, &[(12, "n2")]));
+        fails(&attempts, &stale, &known, "after migration mig-30 ended");
+        // With a move forgotten (generation 4 but two completions known),
+        // where it runs is not judged; two copies at once still are.
+        let mut unknown = finals(all, "n1", 4);
+        if let Some(list) = unknown.migrations.as_mut() {
+            list[1].from_generation = 3;
+        }
+        let judged = |samples: &[Sample]| one_copy(&attempts, samples, &unknown);
+        assert_eq!(judged(&stale), Verdict::Pass);
+        stale.push(sample(4000, &[(12, "n2"), (13, "n1")]));
+        assert!(judged(&stale).is_fail());
     }
 
     #[test]

@@ -141,8 +141,9 @@ mod tests {
     use crate::machine::command::Command;
     use crate::testkit::{node, place, run, spec};
 
-    /// `web` (1 CPU, `driver`) on n1; n2 full of low-priority work; n3
-    /// labelled `zone=b`. Returns the state and web's allocation id.
+    /// `web` (1 CPU, a vm, with `zone != VALUE` when `constraint` names a
+    /// value) on n1; n2 full of low-priority work; n3 labelled `zone=b`.
+    /// Returns the state and web's allocation id.
     fn cluster(constraint: Option<&str>) -> (ClusterState, String) {
         let mut state = ClusterState::default();
         let mut web = spec("web", JobType::Service, 1);
@@ -151,7 +152,7 @@ mod tests {
         if let Some(zone) = constraint {
             web.placement.constraints.push(LabelConstraint {
                 label: "zone".into(),
-                op: ConstraintOp::Equals,
+                op: ConstraintOp::NotEquals,
                 value: Some(zone.into()),
             });
         }
@@ -213,8 +214,8 @@ mod tests {
         // n3 receives it.
         let any = move_targets(&state, &ids, |n, kind| kind == "vm" && n != "n1");
         assert_eq!(any[0].target, Ok("n3".to_string()));
-        // A constraint n3 does not meet leaves nowhere to go.
-        let (state, id) = cluster(Some("a"));
+        // A constraint n3 does not meet (zone != b) leaves nowhere to go.
+        let (state, id) = cluster(Some("b"));
         let constrained = move_targets(&state, &[id], |_, _| true);
         assert!(constrained[0].target.is_err(), "{constrained:?}");
         // An unknown allocation is named, not skipped.

@@ -47,7 +47,10 @@ fn placements_get_the_lowest_free_indices_and_never_share_one() {
     assert_eq!(indices(&first), [vec![0, 1], vec![2, 3]]);
     assert_eq!(indices(&second), [vec![4], vec![5]]);
     let third = pass.place(&gpu_request("c", 50, 1, 3, None));
-    assert!(third.placements.is_empty(), "only 2 GPUs are left: {third:?}");
+    assert!(
+        third.placements.is_empty(),
+        "only 2 GPUs are left: {third:?}"
+    );
 }
 
 #[test]
@@ -93,16 +96,28 @@ fn the_check_refuses_an_index_held_twice_past_the_count_or_miscounted() {
         verdict.rejected.into_iter().map(|r| r.reason).collect()
     };
     let held = refused(plan_of(vec![one(0, "g", &[0, 2])]));
-    assert!(held[0].contains("GPU 2 of node g is already held"), "{held:?}");
+    assert!(
+        held[0].contains("GPU 2 of node g is already held"),
+        "{held:?}"
+    );
     let twice = refused(plan_of(vec![one(0, "g", &[0, 1]), one(1, "g", &[1, 3])]));
     assert_eq!(twice.len(), 1, "the first placement holds: {twice:?}");
-    assert!(twice[0].contains("GPU 1 of node g is already held"), "{twice:?}");
+    assert!(
+        twice[0].contains("GPU 1 of node g is already held"),
+        "{twice:?}"
+    );
     let same = refused(plan_of(vec![one(0, "g", &[3, 3])]));
     assert!(same[0].contains("GPU index 3 is given twice"), "{same:?}");
     let past = refused(plan_of(vec![one(0, "g", &[0, 6])]));
-    assert!(past[0].contains("GPU index 6 is past node g's 6 GPUs"), "{past:?}");
+    assert!(
+        past[0].contains("GPU index 6 is past node g's 6 GPUs"),
+        "{past:?}"
+    );
     let short = refused(plan_of(vec![one(0, "g", &[0])]));
-    assert!(short[0].contains("gives 1 GPU indices for 2 GPUs"), "{short:?}");
+    assert!(
+        short[0].contains("gives 1 GPU indices for 2 GPUs"),
+        "{short:?}"
+    );
 
     // A good plan is accepted as given; one without indices (logged before
     // GPUs were bound) gets the lowest free ones at the check.

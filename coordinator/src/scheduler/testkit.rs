@@ -168,7 +168,11 @@ pub(crate) fn must_not_overcommit(
     let mut held: BTreeSet<(&str, u32)> = BTreeSet::new();
     for a in allocs.iter().filter(|a| !evicted.contains(a.id.as_str())) {
         for &i in &a.gpu_indices {
-            assert!(held.insert((&a.node, i)), "GPU {i} of {} held twice", a.node);
+            assert!(
+                held.insert((&a.node, i)),
+                "GPU {i} of {} held twice",
+                a.node
+            );
         }
     }
     for p in &plan.placements {

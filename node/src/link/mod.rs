@@ -12,6 +12,7 @@
 //! back, so the actor's mailbox never blocks on a coordinator.
 
 pub mod fence;
+mod gpu_classes;
 mod reports;
 mod watch;
 
@@ -303,6 +304,11 @@ impl CoordinatorLink {
                 tracing::warn!(%reason, index = assigned.index, "ignoring an assignment set that names a bad cluster id");
                 return Ok(());
             }
+        }
+        // The governor caps GPUs by the class of the work bound to each.
+        let classes = gpu_classes::gpu_classes(&assigned.allocs);
+        if let Err(e) = state.args.governor.cast(PowerMsg::SetClasses(classes)) {
+            tracing::warn!(error = %e, "power governor unreachable; GPU classes not passed on");
         }
         state.shortest_stop_after = assigned
             .allocs

@@ -90,7 +90,7 @@ pub struct MigrateBenchArgs {
     /// Guest kernel [default: ./target/vm-guest/vmlinuz, from .ci/vm-guest.sh].
     #[arg(long, env = "HERD_VM_KERNEL")]
     kernel: Option<PathBuf>,
-    /// The VMs' `accel` setting (`auto`: KVM where /dev/kvm opens, else TCG).
+    /// QEMU accelerator for the VMs: kvm, tcg, or auto (kvm where /dev/kvm works).
     #[arg(long, default_value = "auto")]
     accel: String,
 }

@@ -25,7 +25,14 @@ fn gpu_node(state: &mut ClusterState, index: u64, name: &str, gpus: u32) {
         gpu_model: Some("h100".into()),
         ..info.capacity
     };
-    run(state, index, Command::RegisterNode { node: info, now_ms: 1 });
+    run(
+        state,
+        index,
+        Command::RegisterNode {
+            node: info,
+            now_ms: 1,
+        },
+    );
 }
 
 /// A service of one instance on `gpus` GPUs, run by `driver`.
@@ -40,7 +47,14 @@ fn gpu_job(name: &str, gpus: u32, driver: &str) -> JobSpec {
 /// the log's codec as the leader proposes it.
 fn submit_and_place(state: &mut ClusterState, index: u64, job: JobSpec) -> CommandResult {
     let name = job.name.clone();
-    run(state, index, Command::SubmitJob { spec: job, now_ms: 2 });
+    run(
+        state,
+        index,
+        Command::SubmitJob {
+            spec: job,
+            now_ms: 2,
+        },
+    );
     let plan = plan_job(state, &state.jobs[&name], 2).expect("a plan");
     let command = Command::apply_plan(plan, 3);
     let bytes = herd_consensus::codec::encode(&command).expect("encode");
@@ -176,7 +190,10 @@ fn a_move_reserves_gpus_on_its_target_when_it_starts_and_takes_them_at_the_switc
     submit_and_place(&mut state, 5, gpu_job("vm", 1, "vm"));
     submit_and_place(&mut state, 7, gpu_job("other", 1, "exec"));
     let vm = only_alloc_of(&state, "vm").clone();
-    assert_eq!((vm.node.as_str(), vm.gpu_indices.as_slice()), ("g1", &[0][..]));
+    assert_eq!(
+        (vm.node.as_str(), vm.gpu_indices.as_slice()),
+        ("g1", &[0][..])
+    );
     // g1 is full: the next GPU job goes to g2, on GPU 0.
     let pinned = gpu_job("pinned", 1, "exec");
     submit_and_place(&mut state, 10, pinned);
@@ -250,11 +267,20 @@ fn a_move_reserves_gpus_on_its_target_when_it_starts_and_takes_them_at_the_switc
     )
     .0;
     assert!(
-        matches!(switched, CommandResult::MigrationUpdated { phase: MigrationPhase::Completed, .. }),
+        matches!(
+            switched,
+            CommandResult::MigrationUpdated {
+                phase: MigrationPhase::Completed,
+                ..
+            }
+        ),
         "{switched:?}"
     );
     let moved = &state.allocations[&vm.id];
-    assert_eq!((moved.node.as_str(), moved.gpu_indices.as_slice()), ("g2", &[1][..]));
+    assert_eq!(
+        (moved.node.as_str(), moved.gpu_indices.as_slice()),
+        ("g2", &[1][..])
+    );
     assert_eq!(
         env_of(&state, "g2", &vm.id, "HERD_GPU_INDICES").as_deref(),
         Some("1")
