@@ -78,7 +78,8 @@ impl MigrationPhase {
 /// One migration, as recorded in the replicated state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Migration {
-    /// Unique id, derived from the log index that created it (`mig-INDEX`).
+    /// Unique id, derived from the log index that created it (`mig-INDEX`,
+    /// or `mig-INDEX-N` when one entry starts several, as a drain does).
     pub id: String,
     /// The allocation moved (its id does not change).
     pub alloc_id: String,

@@ -85,6 +85,7 @@ pub async fn record(client: &HerdClient, keys: &[String], recorder: &Recorder) {
                     job: a.job,
                     node: a.node,
                     create_index: a.create_index,
+                    generation: Some(a.generation),
                 })
                 .collect(),
         ),

@@ -219,6 +219,11 @@ pub struct FinalAlloc {
     pub node: String,
     /// Raft index of the plan that placed it.
     pub create_index: u64,
+    /// Its generation: above 1 once a migration's switch-over moved it, so
+    /// `node` may not be where it was placed (None in histories recorded
+    /// before this field existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<u64>,
 }
 
 /// A migration as the Migrations API showed it at one moment: the

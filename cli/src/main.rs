@@ -65,7 +65,8 @@ enum Command {
     #[command(subcommand)]
     Power(cmd::power::PowerCommand),
     /// Plan defragmenting migrations (`herd reschedule eval FILE`: compare
-    /// the planners on an instance file; `generate`: a synthetic one).
+    /// the planners on an instance file; `generate`: a synthetic one;
+    /// `plan|apply`: on the live cluster).
     #[command(subcommand)]
     Reschedule(cmd::reschedule::RescheduleCommand),
     /// Prepare what the vm driver boots (`herd vm guest DIR`: a small test guest).
@@ -148,7 +149,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Var(command) => cmd::var::run(&ctx, command).await,
         Command::Power(command) => cmd::power::run(&ctx, command).await,
         Command::Vm(command) => cmd::vm::run(&ctx, command),
-        Command::Reschedule(command) => cmd::reschedule::run(&ctx, command),
+        Command::Reschedule(command) => cmd::reschedule::run(&ctx, command).await,
         Command::Bench(command) => bench::run(&ctx, command).await,
         Command::SimVm(args) => cmd::sim_vm::run(args).await,
         Command::Chaos(command) => cmd::chaos::run(command).await,

@@ -121,7 +121,7 @@ async fn a_drain_moves_a_training_job_live_and_restarts_an_exec_job_elsewhere() 
     let reply = json(&addr, &["node", "drain", "m1"]);
     assert_eq!(
         allocs_of(&reply["moving"]),
-        [train_alloc.clone()],
+        std::slice::from_ref(&train_alloc),
         "{reply:#}"
     );
     assert_eq!(reply["moving"][0]["target"], "m2", "{reply:#}");
@@ -131,7 +131,7 @@ async fn a_drain_moves_a_training_job_live_and_restarts_an_exec_job_elsewhere() 
         .to_string();
     assert_eq!(
         allocs_of(&reply["restarting"]),
-        [tool_alloc.clone()],
+        std::slice::from_ref(&tool_alloc),
         "{reply:#}"
     );
     assert!(

@@ -54,6 +54,7 @@ async fn register(client: &HerdClient, name: &str) {
                 power_cap: false,
             },
         ],
+        http: String::new(),
     };
     client
         .call(|ch| {

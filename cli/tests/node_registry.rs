@@ -22,6 +22,7 @@ fn request(name: &str, cpu_millis: u64) -> RegisterNodeRequest {
             .collect(),
         // An agent older than driver capabilities sends none.
         drivers: vec![],
+        http: String::new(),
     }
 }
 

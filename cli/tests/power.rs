@@ -30,6 +30,7 @@ async fn register(cluster: &ProcessCluster, name: &str, rack: &str, gpus: u32) {
         }),
         labels: [("rack".to_string(), rack.to_string())].into(),
         drivers: vec![],
+        http: String::new(),
     };
     cluster
         .client()

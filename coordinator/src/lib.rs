@@ -26,6 +26,7 @@ pub mod leader;
 pub mod machine;
 pub mod planning;
 pub mod power;
+pub mod reschedule;
 pub mod routing;
 pub mod scheduler;
 pub mod service;

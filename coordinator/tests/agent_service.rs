@@ -92,6 +92,7 @@ async fn agents_learn_the_cluster_and_one_bad_report_costs_no_other() {
             labels: Default::default(),
             // An agent older than driver capabilities.
             drivers: vec![],
+            http: String::new(),
         })
         .await
         .expect("register")

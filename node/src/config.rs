@@ -40,6 +40,11 @@ pub struct NodeSettings {
     pub heartbeat_ms: Option<u64>,
     /// How long a stopping workload gets before it is killed, ms.
     pub stop_grace_ms: Option<u64>,
+    /// Address of the agent's OpenAI-compatible HTTP endpoint; none: no
+    /// endpoint.
+    pub http_listen: Option<String>,
+    /// Address HTTP clients reach it at (default: `http_listen`).
+    pub http_advertise: Option<String>,
 }
 
 herd_api::daemon_settings!(NodeSettings {
@@ -55,7 +60,18 @@ herd_api::daemon_settings!(NodeSettings {
     reserved_memory,
     heartbeat_ms,
     stop_grace_ms,
+    http_listen,
+    http_advertise,
 });
+
+/// Where the agent's OpenAI-compatible HTTP endpoint listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpEndpoint {
+    /// The address bound.
+    pub listen: SocketAddr,
+    /// The address registered for clients (port 0: the one bound).
+    pub advertise: String,
+}
 
 /// Simulated GPUs the agent reports (named simulated everywhere).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,6 +107,8 @@ pub struct NodeConfig {
     pub heartbeat: Duration,
     /// Grace period of a stopping workload.
     pub stop_grace: Duration,
+    /// The OpenAI-compatible HTTP endpoint, when asked for.
+    pub http: Option<HttpEndpoint>,
 }
 
 /// Largest number of simulated GPUs one node may claim.
@@ -170,6 +188,31 @@ impl NodeConfig {
         if stop_grace > Duration::from_secs(3600) {
             return Err(invalid("stop-grace-ms", "at most one hour"));
         }
+        let http = match settings.http_listen {
+            Some(listen) => {
+                let (listen, advertise) =
+                    listen_and_advertise(&listen, settings.http_advertise, "HTTP clients")
+                        .map_err(|e| match e {
+                            ConfigError::Invalid { field, message } => invalid(
+                                if field == "listen" {
+                                    "http-listen"
+                                } else {
+                                    "http-advertise"
+                                },
+                                message,
+                            ),
+                            other => other,
+                        })?;
+                Some(HttpEndpoint { listen, advertise })
+            }
+            None if settings.http_advertise.is_some() => {
+                return Err(invalid(
+                    "http-advertise",
+                    "given without http-listen (where does the endpoint listen?)",
+                ))
+            }
+            None => None,
+        };
         let labels = settings.labels.unwrap_or_default();
         for (key, value) in &labels {
             if key.is_empty() || key.len() > 64 || value.len() > 256 {
@@ -191,6 +234,7 @@ impl NodeConfig {
             reserved_memory_bytes,
             heartbeat,
             stop_grace,
+            http,
         })
     }
 }
@@ -313,12 +357,47 @@ mod tests {
                 },
                 "heartbeat-ms",
             ),
+            (
+                NodeSettings {
+                    http_listen: Some("localhost".into()),
+                    ..base()
+                },
+                "http-listen",
+            ),
+            (
+                NodeSettings {
+                    http_listen: Some("0.0.0.0:8000".into()),
+                    ..base()
+                },
+                "http-advertise",
+            ),
+            (
+                NodeSettings {
+                    http_advertise: Some("h:8000".into()),
+                    ..base()
+                },
+                "http-advertise",
+            ),
         ] {
             match NodeConfig::resolve(settings) {
                 Err(ConfigError::Invalid { field: f, .. }) => assert_eq!(f, field),
                 other => panic!("expected an error on {field}, got {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn the_http_endpoint_is_off_unless_asked_for() {
+        assert_eq!(NodeConfig::resolve(base()).expect("resolve").http, None);
+        let config = NodeConfig::resolve(NodeSettings {
+            http_listen: Some("0.0.0.0:8000".into()),
+            http_advertise: Some("gpu-7:8000".into()),
+            ..base()
+        })
+        .expect("resolve");
+        let http = config.http.expect("an endpoint");
+        assert_eq!(http.listen.port(), 8000);
+        assert_eq!(http.advertise, "gpu-7:8000");
     }
 
     #[test]

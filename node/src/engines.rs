@@ -7,12 +7,12 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use herd_actors::inference::endpoint::EngineEndpoint;
 use herd_api::proto::agent::AllocEngineStats;
 use herd_api::proto::inference::inference_engine_client::InferenceEngineClient;
-use herd_api::proto::inference::StatsRequest;
+use herd_api::proto::inference::{EngineStats, StatsRequest};
 use tokio::task::JoinHandle;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Status;
@@ -26,7 +26,8 @@ const CALL_TIMEOUT: Duration = Duration::from_millis(1000);
 #[derive(Clone)]
 pub struct Engines {
     allocs_dir: PathBuf,
-    latest: Arc<RwLock<BTreeMap<String, AllocEngineStats>>>,
+    /// Each engine's latest stats, with when the poll that read them began.
+    latest: Arc<RwLock<BTreeMap<String, (AllocEngineStats, Instant)>>>,
 }
 
 impl Engines {
@@ -65,7 +66,7 @@ impl Engines {
             self.latest
                 .read()
                 .ok()
-                .and_then(|l| l.get(&e.alloc_id).and_then(|s| s.stats.clone()))
+                .and_then(|l| l.get(&e.alloc_id).and_then(|(s, _)| s.stats.clone()))
                 .map(|s| s.batch_size + s.queue_len)
                 .unwrap_or(0)
         };
@@ -76,6 +77,23 @@ impl Engines {
             .ok_or_else(|| {
                 Status::not_found(format!("job {job:?} runs no inference engine on this node"))
             })
+    }
+
+    /// Every engine that wrote an `engine.json`, with its latest stats and
+    /// when the poll that read them began (none before its first poll), for
+    /// the fleet view's dispatcher.
+    pub fn local(&self) -> Vec<(EngineEndpoint, Option<(EngineStats, Instant)>)> {
+        let latest = self.latest.read().ok();
+        self.all()
+            .into_iter()
+            .map(|e| {
+                let stats = latest.as_ref().and_then(|l| {
+                    l.get(&e.alloc_id)
+                        .and_then(|(s, at)| s.stats.clone().map(|s| (s, *at)))
+                });
+                (e, stats)
+            })
+            .collect()
     }
 
     /// Every engine that wrote an `engine.json`.
@@ -92,7 +110,7 @@ impl Engines {
     pub fn snapshot(&self) -> Vec<AllocEngineStats> {
         self.latest
             .read()
-            .map(|l| l.values().cloned().collect())
+            .map(|l| l.values().map(|(s, _)| s.clone()).collect())
             .unwrap_or_default()
     }
 
@@ -112,6 +130,7 @@ impl Engines {
     }
 
     async fn poll_once(&self, channels: &mut HashMap<String, Channel>) {
+        let started = Instant::now();
         let found = self.all();
         channels.retain(|addr, _| found.iter().any(|e| &e.addr == addr));
         let mut fresh = BTreeMap::new();
@@ -132,12 +151,15 @@ impl Engines {
                 Ok(Ok(stats)) => {
                     fresh.insert(
                         engine.alloc_id.clone(),
-                        AllocEngineStats {
-                            alloc_id: engine.alloc_id,
-                            job: engine.job,
-                            at_ms: herd_api::clock::now_ms(),
-                            stats: Some(stats.into_inner()),
-                        },
+                        (
+                            AllocEngineStats {
+                                alloc_id: engine.alloc_id,
+                                job: engine.job,
+                                at_ms: herd_api::clock::now_ms(),
+                                stats: Some(stats.into_inner()),
+                            },
+                            started,
+                        ),
                     );
                 }
                 // Gone or stuck (a stale engine.json): not reported.

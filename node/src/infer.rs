@@ -1,20 +1,47 @@
-//! `NodeAgent.Infer`: one request run on a SIMULATED inference engine of
-//! this node, its tokens proxied back as the engine streams them. Inputs
-//! are checked here (bounds, priority) before any engine is contacted.
+//! `NodeAgent.Infer`: one request run on a SIMULATED inference engine, its
+//! tokens relayed as the engine streams them. Inputs are checked here
+//! (bounds, priority) before any engine is contacted.
+//!
+//! A request naming an allocation runs on that engine of this node. A
+//! request naming only its service (job) is dispatched across the fleet
+//! ([`crate::serve::fleet`]): to the instance with the lowest virtual
+//! usage, here or, through that node's agent, on another node. Either way
+//! the stream is checked to carry every position once, in order, and its
+//! first token names the allocation and node that served it.
 
 use std::pin::Pin;
 
 use futures::{Stream, StreamExt};
 use herd_actors::inference::{wire, MAX_REQUEST_TOKENS};
+use herd_api::proto::agent::node_agent_client::NodeAgentClient;
 use herd_api::proto::agent::{InferRequest, InferToken};
 use herd_api::proto::inference::inference_engine_client::InferenceEngineClient;
 use herd_api::proto::inference::GenerateRequest;
 use tonic::Status;
 
 use crate::engines::{connect_lazy, Engines};
+use crate::serve::fleet::Fleet;
 
 /// The tokens of one request.
 pub type InferStream = Pin<Box<dyn Stream<Item = Result<InferToken, Status>> + Send>>;
+
+/// Where a request runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Served {
+    /// The allocation whose engine serves it.
+    pub alloc_id: String,
+    /// Its node.
+    pub node: String,
+}
+
+/// What runs requests on this agent: its own engines and, when the agent
+/// follows the fleet, the fleet view; cheap to clone.
+#[derive(Clone)]
+pub struct Inference {
+    node: String,
+    engines: Engines,
+    fleet: Option<Fleet>,
+}
 
 fn check(request: &InferRequest) -> Result<(), Status> {
     for (field, value) in [
@@ -31,42 +58,197 @@ fn check(request: &InferRequest) -> Result<(), Status> {
     Ok(())
 }
 
-/// Runs `request` on the engine it names and streams its tokens.
-pub async fn infer(engines: &Engines, request: InferRequest) -> Result<InferStream, Status> {
-    check(&request)?;
-    let engine = engines.find(&request.alloc_id, &request.job)?;
-    let channel = connect_lazy(&engine.addr)?;
-    let tokens = InferenceEngineClient::new(channel)
-        .generate(GenerateRequest {
-            prompt_tokens: request.prompt_tokens,
-            max_tokens: request.max_tokens,
-            priority: request.priority,
-        })
-        .await
-        .map_err(|s| {
-            let message = format!("inference engine of {}: {}", engine.alloc_id, s.message());
-            match s.code() {
-                tonic::Code::InvalidArgument => Status::invalid_argument(message),
-                tonic::Code::Unavailable => Status::unavailable(message),
-                _ => Status::internal(message),
-            }
-        })?
-        .into_inner();
-    let alloc_id = engine.alloc_id;
-    let stream = tokens.map(move |token| {
-        let id = alloc_id.clone();
-        token
-            .map(|t| InferToken {
-                index: t.index,
-                at_us: t.at_us,
-                ttft_us: t.ttft_us,
-                alloc_id: if t.ttft_us.is_some() {
-                    id.clone()
-                } else {
-                    String::new()
-                },
+impl Inference {
+    /// Runs requests on the engines of node `node` and, with `fleet`, on
+    /// the whole fleet.
+    pub fn new(node: &str, engines: Engines, fleet: Option<Fleet>) -> Self {
+        Self {
+            node: node.to_string(),
+            engines,
+            fleet,
+        }
+    }
+
+    /// This node's engines.
+    pub fn engines(&self) -> &Engines {
+        &self.engines
+    }
+
+    /// The fleet view, when the agent follows the fleet.
+    pub fn fleet(&self) -> Option<&Fleet> {
+        self.fleet.as_ref()
+    }
+
+    /// Runs `request` (see the module documentation) and streams its tokens.
+    pub async fn infer(&self, request: InferRequest) -> Result<InferStream, Status> {
+        self.dispatch(request).await.map(|(_, stream)| stream)
+    }
+
+    /// [`Inference::infer`], saying where the request runs before its
+    /// first token.
+    pub async fn dispatch(&self, request: InferRequest) -> Result<(Served, InferStream), Status> {
+        check(&request)?;
+        if !request.alloc_id.is_empty() {
+            return self.local(request).await;
+        }
+        if request.job.is_empty() {
+            return Err(Status::invalid_argument(
+                "give `alloc_id` or `job` to choose the engine",
+            ));
+        }
+        let Some(fleet) = &self.fleet else {
+            return self.local(request).await;
+        };
+        let instance = fleet.choose(&request.job, request.prompt_tokens, request.max_tokens)?;
+        let request = InferRequest {
+            alloc_id: instance.alloc_id.clone(),
+            ..request
+        };
+        if instance.node == self.node {
+            return self.local(request).await;
+        }
+        let served = Served {
+            alloc_id: instance.alloc_id,
+            node: instance.node,
+        };
+        let agent = instance.agent;
+        let tokens = NodeAgentClient::new(fleet.channel(&agent)?)
+            .infer(request)
+            .await
+            .map_err(|s| relayed(&served.node, &agent, s))?
+            .into_inner();
+        let (node, agent_addr) = (served.node.clone(), agent.clone());
+        let stream = tokens.map(move |t| t.map_err(|s| relayed(&node, &agent_addr, s)));
+        Ok((served.clone(), in_order(Box::pin(stream), served)))
+    }
+
+    /// Runs `request` on an engine of this node: the one of its
+    /// `alloc_id`, else the least loaded of its `job`.
+    async fn local(&self, request: InferRequest) -> Result<(Served, InferStream), Status> {
+        let engine = self.engines.find(&request.alloc_id, &request.job)?;
+        let channel = connect_lazy(&engine.addr)?;
+        let tokens = InferenceEngineClient::new(channel)
+            .generate(GenerateRequest {
+                prompt_tokens: request.prompt_tokens,
+                max_tokens: request.max_tokens,
+                priority: request.priority,
             })
-            .map_err(|s| Status::unavailable(format!("inference engine of {id}: {}", s.message())))
-    });
-    Ok(Box::pin(stream))
+            .await
+            .map_err(|s| {
+                let message = format!("inference engine of {}: {}", engine.alloc_id, s.message());
+                match s.code() {
+                    tonic::Code::InvalidArgument => Status::invalid_argument(message),
+                    tonic::Code::Unavailable => Status::unavailable(message),
+                    _ => Status::internal(message),
+                }
+            })?
+            .into_inner();
+        let served = Served {
+            alloc_id: engine.alloc_id,
+            node: self.node.clone(),
+        };
+        let id = served.alloc_id.clone();
+        let stream = tokens.map(move |token| {
+            token
+                .map(|t| InferToken {
+                    index: t.index,
+                    at_us: t.at_us,
+                    ttft_us: t.ttft_us,
+                    alloc_id: String::new(),
+                    node: String::new(),
+                })
+                .map_err(|s| {
+                    Status::unavailable(format!("inference engine of {id}: {}", s.message()))
+                })
+        });
+        Ok((served.clone(), in_order(Box::pin(stream), served)))
+    }
+}
+
+/// A failure of another node's agent, relayed.
+fn relayed(node: &str, agent: &str, s: Status) -> Status {
+    let message = format!("node {node} (agent {agent}): {}", s.message());
+    match s.code() {
+        tonic::Code::InvalidArgument => Status::invalid_argument(message),
+        tonic::Code::NotFound => Status::not_found(message),
+        _ => Status::unavailable(message),
+    }
+}
+
+/// `tokens` checked to carry positions 0, 1, 2... once each, in order
+/// (ending the stream with an error otherwise), the first naming where the
+/// request runs.
+pub fn in_order(tokens: InferStream, served: Served) -> InferStream {
+    let mut next: u32 = 0;
+    let mut failed = false;
+    Box::pin(tokens.scan((), move |(), token| {
+        if failed {
+            return futures::future::ready(None);
+        }
+        futures::future::ready(Some(match token {
+            Ok(mut t) if t.index == next => {
+                if next == 0 {
+                    t.alloc_id = served.alloc_id.clone();
+                    t.node = served.node.clone();
+                }
+                next += 1;
+                Ok(t)
+            }
+            Ok(t) => {
+                failed = true;
+                Err(Status::internal(format!(
+                    "allocation {} sent token {} where token {next} was due",
+                    served.alloc_id, t.index
+                )))
+            }
+            Err(e) => {
+                failed = true;
+                Err(e)
+            }
+        }))
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token(index: u32) -> Result<InferToken, Status> {
+        Ok(InferToken {
+            index,
+            ..Default::default()
+        })
+    }
+
+    #[tokio::test]
+    async fn a_stream_in_order_passes_and_names_where_it_runs_on_the_first_token() {
+        let served = Served {
+            alloc_id: "a1".into(),
+            node: "n1".into(),
+        };
+        let stream = futures::stream::iter(vec![token(0), token(1), token(2)]);
+        let out: Vec<_> = in_order(Box::pin(stream), served).collect().await;
+        let out: Vec<InferToken> = out.into_iter().map(|t| t.expect("token")).collect();
+        assert_eq!(out.iter().map(|t| t.index).collect::<Vec<_>>(), [0, 1, 2]);
+        assert_eq!(
+            (out[0].alloc_id.as_str(), out[0].node.as_str()),
+            ("a1", "n1")
+        );
+        assert!(out[1].alloc_id.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_gap_or_a_duplicate_ends_the_stream_with_an_error() {
+        for indexes in [vec![0, 2, 3], vec![0, 1, 1, 2]] {
+            let served = Served {
+                alloc_id: "a1".into(),
+                node: "n1".into(),
+            };
+            let stream = futures::stream::iter(indexes.into_iter().map(token).collect::<Vec<_>>());
+            let out: Vec<_> = in_order(Box::pin(stream), served).collect().await;
+            let errors = out.iter().filter(|t| t.is_err()).count();
+            assert_eq!(errors, 1, "{out:?}");
+            assert!(out.last().is_some_and(|t| t.is_err()), "{out:?}");
+        }
+    }
 }

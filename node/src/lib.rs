@@ -15,6 +15,7 @@ pub mod infer;
 pub mod link;
 pub mod logs;
 pub mod migrate;
+pub mod serve;
 pub mod wiring;
 
 use std::net::SocketAddr;
@@ -74,11 +75,15 @@ pub struct RunningNode {
     /// The migrations this agent may receive, served by its `AgentPeer`
     /// service; the migration orchestration authorizes and revokes them.
     pub incoming: migrate::IncomingRegistry,
+    /// Where its OpenAI-compatible HTTP endpoint listens, when it has one.
+    pub http_addr: Option<SocketAddr>,
     root: ActorRef<AgentMsg>,
     root_task: JoinHandle<()>,
     shutdown: Option<oneshot::Sender<()>>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     engine_poller: JoinHandle<()>,
+    fleet_view: Option<JoinHandle<()>>,
+    http_server: Option<JoinHandle<std::io::Result<()>>>,
 }
 
 impl RunningNode {
@@ -86,6 +91,12 @@ impl RunningNode {
     /// (a restarted agent re-adopts them).
     pub async fn shutdown(mut self) {
         self.engine_poller.abort();
+        if let Some(task) = self.fleet_view.take() {
+            task.abort();
+        }
+        if let Some(task) = self.http_server.take() {
+            task.abort();
+        }
         self.root.stop(Some("shutdown".into()));
         let _ = (&mut self.root_task).await;
         if let Some(tx) = self.shutdown.take() {
@@ -161,7 +172,7 @@ pub async fn start(config: NodeConfig, executor: PathBuf) -> Result<RunningNode,
 /// driver and a TCP listener; the deterministic simulation passes its
 /// simulated drivers and network, so the same agent runs in both.
 pub async fn start_with<S, IO, E>(
-    config: NodeConfig,
+    mut config: NodeConfig,
     wiring: Wiring,
     incoming: S,
     local_addr: SocketAddr,
@@ -186,6 +197,42 @@ where
     let fence = link::fence::AssignmentFence::load(&config.data_dir)?;
     let name = config.name.clone();
     let engines = engines::Engines::new(&config.data_dir);
+    // Bound before the actors start, so the registration carries its address.
+    let http_listener = match config.http.as_mut() {
+        Some(http) => {
+            let listen = http.listen;
+            let bind_error = |e: std::io::Error| NodeError::Bind {
+                addr: listen.to_string(),
+                message: e.to_string(),
+            };
+            let listener = TcpListener::bind(listen).await.map_err(bind_error)?;
+            let bound = listener.local_addr().map_err(bind_error)?;
+            if http.advertise.ends_with(":0") {
+                http.advertise = bound.to_string();
+            }
+            Some((listener, bound))
+        }
+        None => None,
+    };
+    // An agent that runs inference engines follows the fleet's instances.
+    let fleet = wiring.drivers.contains_key("inference").then(|| {
+        serve::fleet::Fleet::new(&name, engines.clone(), serve::dispatch::Policy::default())
+    });
+    let coordinators = match &wiring.connector {
+        Some(connect) => {
+            herd_api::client::HerdClient::with_connector(&config.coordinators, connect)
+        }
+        None => herd_api::client::HerdClient::new(&config.coordinators),
+    };
+    let fleet_view = match (&fleet, coordinators) {
+        (Some(fleet), Ok(client)) => Some(fleet.spawn(client)),
+        (Some(_), Err(e)) => {
+            tracing::warn!(error = %e, "no fleet view: only this node's engines serve");
+            None
+        }
+        (None, _) => None,
+    };
+    let inference = infer::Inference::new(&name, engines.clone(), fleet);
     let incoming_migrations = migrate::IncomingRegistry::new();
     let args = AgentArgs {
         config: Arc::new(config),
@@ -199,7 +246,9 @@ where
         .map_err(|e| NodeError::Actors(e.to_string()))?;
     let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
     let engine_poller = engines.spawn_poller();
-    let service = NodeAgentService::new(SupervisorLogs { root: root.clone() }, engines);
+    let service = NodeAgentService::new(SupervisorLogs { root: root.clone() }, inference.clone());
+    let http_addr = http_listener.as_ref().map(|(_, bound)| *bound);
+    let http_server = http_listener.map(|(listener, _)| serve::http::spawn(listener, inference));
     let peer = migrate::AgentPeerService::new(incoming_migrations.clone());
     let server = tokio::spawn(
         tonic::transport::Server::builder()
@@ -209,14 +258,17 @@ where
                 let _ = shutdown_rx.await;
             }),
     );
-    tracing::info!(node = %name, addr = %local_addr, %advertise, "node agent running");
+    tracing::info!(node = %name, addr = %local_addr, %advertise, http = ?http_addr, "node agent running");
     Ok(RunningNode {
         local_addr,
         incoming: incoming_migrations,
+        http_addr,
         root,
         root_task,
         shutdown: Some(shutdown_tx),
         server,
         engine_poller,
+        fleet_view,
+        http_server,
     })
 }

@@ -18,8 +18,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::engines::Engines;
-use crate::infer::InferStream;
+use crate::infer::{InferStream, Inference};
 
 /// Bytes read and sent per message.
 const CHUNK: usize = 64 * 1024;
@@ -36,13 +35,13 @@ pub trait LogLocator: Send + Sync + 'static {
 /// Serves [`NodeAgent`].
 pub struct NodeAgentService<L> {
     locator: L,
-    engines: Engines,
+    inference: Inference,
 }
 
 impl<L: LogLocator> NodeAgentService<L> {
-    /// Serves the logs `locator` finds and the inference `engines` of this node.
-    pub fn new(locator: L, engines: Engines) -> Self {
-        Self { locator, engines }
+    /// Serves the logs `locator` finds and runs requests through `inference`.
+    pub fn new(locator: L, inference: Inference) -> Self {
+        Self { locator, inference }
     }
 }
 
@@ -57,7 +56,8 @@ impl<L: LogLocator> NodeAgent for NodeAgentService<L> {
         &self,
         request: Request<InferRequest>,
     ) -> Result<Response<Self::InferStream>, Status> {
-        crate::infer::infer(&self.engines, request.into_inner())
+        self.inference
+            .infer(request.into_inner())
             .await
             .map(Response::new)
     }
@@ -67,7 +67,7 @@ impl<L: LogLocator> NodeAgent for NodeAgentService<L> {
         _request: Request<EngineStatsRequest>,
     ) -> Result<Response<EngineStatsReply>, Status> {
         Ok(Response::new(EngineStatsReply {
-            engines: self.engines.snapshot(),
+            engines: self.inference.engines().snapshot(),
         }))
     }
 

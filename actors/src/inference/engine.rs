@@ -148,6 +148,10 @@ pub struct RequestProgress {
     pub blocks: u32,
     /// Times it was preempted.
     pub preemptions: u32,
+    /// Tokens in its prompt (with `generated`, what a waiting request
+    /// needs in KV blocks: the dispatcher's virtual usage counts it).
+    #[serde(default)]
+    pub prompt_tokens: u32,
 }
 
 /// A snapshot of the engine, reported several times a second.
@@ -618,6 +622,7 @@ impl Engine {
                     max_tokens: r.spec.max_tokens,
                     blocks: r.table.len() as u32,
                     preemptions: r.preemptions,
+                    prompt_tokens: r.spec.prompt_tokens,
                 })
                 .collect(),
         }

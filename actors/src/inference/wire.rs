@@ -72,6 +72,7 @@ pub fn stats(s: &EngineStats) -> pb::EngineStats {
                 max_tokens: r.max_tokens,
                 blocks: r.blocks,
                 preemptions: r.preemptions,
+                prompt_tokens: r.prompt_tokens,
             })
             .collect(),
     }

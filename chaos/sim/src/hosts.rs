@@ -137,6 +137,7 @@ fn node_config(name: &str, members: u64, data_dir: PathBuf) -> NodeConfig {
         reserved_memory_bytes: 0,
         heartbeat: Duration::from_secs(1),
         stop_grace: Duration::from_secs(1),
+        http: None,
     }
 }
 

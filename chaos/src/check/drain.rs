@@ -8,9 +8,13 @@
 //! unknown is skipped, since that attempt may have ended the drain at an
 //! index nobody saw. Allocations garbage-collected before the end are not
 //! seen; the check can miss a violation that way but never invent one.
+//! An allocation a migration moved (generation above 1) is judged on the
+//! node it was placed on: the source of its first migration, where the
+//! history still holds that migration; else it is left out, on the same
+//! rule.
 
 use super::Verdict;
-use crate::history::{FinalAlloc, History, Op, OpKind, Outcome, Record};
+use crate::history::{FinalAlloc, History, Op, OpKind, Outcome, Record, SeenMigration};
 
 /// Checks the history's drains against its final allocation list.
 pub fn check_history(history: &History) -> Verdict {
@@ -19,7 +23,35 @@ pub fn check_history(history: &History) -> Verdict {
         _ => None,
     });
     let ops: Vec<Op> = history.ops().cloned().collect();
-    check(&ops, allocs.flatten().as_deref())
+    let placed = allocs.flatten().map(|list| placed(history, list));
+    check(&ops, placed.as_deref())
+}
+
+/// `allocs` on the nodes they were placed on: a moved one (generation
+/// above 1) on the source of its first migration, or left out when the
+/// history no longer holds it.
+fn placed(history: &History, allocs: Vec<FinalAlloc>) -> Vec<FinalAlloc> {
+    let migrations: Vec<&SeenMigration> = history
+        .migrations()
+        .filter_map(|a| a.last.as_ref())
+        .chain(history.records.iter().flat_map(|r| match r {
+            Record::FinalMigrations(f) => f.migrations.iter().flatten().collect(),
+            _ => Vec::new(),
+        }))
+        .collect();
+    allocs
+        .into_iter()
+        .filter_map(|mut alloc| {
+            if alloc.generation.unwrap_or(1) <= 1 {
+                return Some(alloc);
+            }
+            let first = migrations
+                .iter()
+                .find(|m| m.alloc_id == alloc.id && m.from_generation == 1)?;
+            alloc.node = first.source.clone();
+            Some(alloc)
+        })
+        .collect()
 }
 
 /// A node's drained span of log indexes: `(node, drained at, eligible at)`.
@@ -120,6 +152,7 @@ mod tests {
             job: "j".into(),
             node: node.into(),
             create_index: index,
+            generation: None,
         }
     }
 
@@ -151,5 +184,60 @@ mod tests {
         assert_eq!(check(&ops, Some(&[alloc("n1", 15)])), Verdict::Pass);
         // Without the allocation list a provable window cannot be judged.
         assert!(matches!(check(&cycle(), None), Verdict::Unknown(_)));
+    }
+
+    #[test]
+    fn a_moved_allocation_is_judged_where_it_was_placed() {
+        use crate::history::{FinalMigrationState, SeenMigration};
+        // Placed on n2 at index 15 (n1 drained), moved to n1 later.
+        let mut moved = alloc("n1", 15);
+        moved.generation = Some(2);
+        let migration = SeenMigration {
+            id: "mig-30".into(),
+            alloc_id: moved.id.clone(),
+            kind: "dljob".into(),
+            source: "n2".into(),
+            target: "n1".into(),
+            phase: "completed".into(),
+            phase_deadline_ms: 0,
+            started_at_ms: 0,
+            ended_at_ms: Some(1),
+            from_generation: 1,
+            create_index: 30,
+            bytes: 0,
+            downtime_ms: None,
+            error: None,
+        };
+        let mut records: Vec<Record> = cycle().into_iter().map(Record::Op).collect();
+        records.push(Record::FinalAllocs {
+            allocs: Some(vec![moved.clone()]),
+        });
+        let without = History {
+            records: records.clone(),
+        };
+        // Its first move unknown: left out rather than judged on n1.
+        assert_eq!(check_history(&without), Verdict::Pass);
+        records.push(Record::FinalMigrations(FinalMigrationState {
+            migrations: Some(vec![migration.clone()]),
+            allocs: None,
+            nodes: None,
+        }));
+        assert_eq!(
+            check_history(&History {
+                records: records.clone()
+            }),
+            Verdict::Pass
+        );
+        // Had it been placed on n1, the drained node, it fails.
+        let mut from_n1 = migration;
+        from_n1.source = "n1".into();
+        from_n1.target = "n2".into();
+        records.pop();
+        records.push(Record::FinalMigrations(FinalMigrationState {
+            migrations: Some(vec![from_n1]),
+            allocs: None,
+            nodes: None,
+        }));
+        assert!(check_history(&History { records }).is_fail());
     }
 }

@@ -763,7 +763,8 @@ mod tests {
         fails(&attempts, &samples, &finals, "before its first migration");
         // A refused start moves nothing: the source stays owner.
         let (mut attempts, _, _) = good();
-        let finals = finals(vec![record("mig-10", "completed", "n1", "n2", 1)], "n2", 2);
+        let finals =
+            super::tests::finals(vec![record("mig-10", "completed", "n1", "n2", 1)], "n2", 2);
         attempts.truncate(1);
         let mut refused = attempts[0].clone();
         refused.outcome = Outcome::Fail;

@@ -166,6 +166,7 @@ pub async fn run(args: ScheduleBenchArgs) -> Result<(), CliError> {
                 labels: [("rack".to_string(), format!("r{}", i % 20))].into(),
                 // Simulated nodes run nothing: no drivers to declare.
                 drivers: vec![],
+                http: String::new(),
             };
             register(&client, request).await
         }

@@ -48,6 +48,13 @@ pub struct AgentArgs {
     /// Heartbeat period in ms (default 1000).
     #[arg(long)]
     pub heartbeat_ms: Option<u64>,
+    /// Serve the OpenAI-compatible HTTP endpoint (/v1/completions,
+    /// /v1/chat/completions, /v1/models) on this IP:PORT.
+    #[arg(long)]
+    pub http_listen: Option<String>,
+    /// Address HTTP clients reach that endpoint at (default: --http-listen).
+    #[arg(long)]
+    pub http_advertise: Option<String>,
 }
 
 impl AgentArgs {
@@ -77,6 +84,8 @@ impl AgentArgs {
             reserved_memory: self.reserved_memory.clone(),
             heartbeat_ms: self.heartbeat_ms,
             stop_grace_ms: None,
+            http_listen: self.http_listen.clone(),
+            http_advertise: self.http_advertise.clone(),
         };
         NodeConfig::resolve(file.overridden_by(flags))
     }

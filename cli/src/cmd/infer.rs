@@ -1,9 +1,11 @@
 //! `herd infer SERVICE --prompt-tokens N --max-tokens M [--priority high]`:
-//! one request to a SIMULATED LLM inference service. Finds a running
-//! allocation of the job through the coordinators, asks its node's agent to
-//! run the request (`NodeAgent.Infer`), prints the tokens as they stream,
-//! then the time to first token and the time between tokens, on the
-//! engine's modelled clock.
+//! one request to a SIMULATED LLM inference service. Enters at a node
+//! agent (`--via NODE`, else the node of a running instance) and lets it
+//! dispatch the request over the fleet (`NodeAgent.Infer` by service: the
+//! instance with the lowest virtual usage, on any node; `--alloc` pins
+//! one), prints the tokens as they stream, checking their positions, then
+//! where the request ran, the time to first token and the time between
+//! tokens, on the engine's modelled clock.
 
 use std::io::Write;
 use std::time::{Duration, Instant};
@@ -44,24 +46,30 @@ pub struct InferArgs {
     /// Scheduling class.
     #[arg(long, value_enum, default_value = "normal")]
     pub priority: PriorityArg,
-    /// A specific allocation of the service instead of any running one.
+    /// A specific allocation of the service instead of the fleet's choice.
     #[arg(long)]
     pub alloc: Option<String>,
+    /// The node whose agent the request enters at (default: the node of a
+    /// running instance); ignored with --alloc.
+    #[arg(long)]
+    pub via: Option<String>,
 }
 
-/// The allocation to ask and its node's agent address.
+/// The allocation to ask (or whose node to enter at) and the address of
+/// the agent to enter at.
 async fn target(
     client: &HerdClient,
     service: &str,
-    alloc: Option<&str>,
+    pinned: Option<&str>,
+    via: Option<&str>,
 ) -> Result<(pb::Alloc, String), CliError> {
     let job = service.to_string();
     let allocs = super::alloc::list_allocs(client, &job, false).await?;
     let alloc = allocs
         .into_iter()
         .filter(|a| a.status == "running" && a.desired == "run")
-        .find(|a| alloc.is_none_or(|id| a.id == id))
-        .ok_or_else(|| match alloc {
+        .find(|a| pinned.is_none_or(|id| a.id == id))
+        .ok_or_else(|| match pinned {
             Some(id) => CliError::input(format!("allocation {id} of {service} is not running")),
             None => CliError::input(format!(
                 "service {service} has no running allocation (see herd job status {service})"
@@ -75,15 +83,23 @@ async fn target(
                 .map(|r| r.into_inner().nodes)
         })
         .await?;
+    // A pinned allocation is asked for at its own node.
+    let entry = match (pinned, via) {
+        (None, Some(node)) => node,
+        _ => alloc.node.as_str(),
+    };
     let addr = nodes
         .into_iter()
-        .find(|n| n.name == alloc.node)
+        .find(|n| n.name == entry)
         .map(|n| n.addr)
-        .ok_or_else(|| {
-            CliError::runtime(format!(
+        .ok_or_else(|| match via {
+            Some(node) if node == entry => {
+                CliError::input(format!("node {node} (--via) is not registered"))
+            }
+            _ => CliError::runtime(format!(
                 "node {} of allocation {} is not registered",
                 alloc.node, alloc.id
-            ))
+            )),
         })?;
     Ok((alloc, addr))
 }
@@ -100,7 +116,13 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 /// Runs `herd infer`.
 pub async fn run(ctx: &Context, args: InferArgs) -> Result<(), CliError> {
     let client = ctx.client()?;
-    let (alloc, addr) = target(&client, &args.service, args.alloc.as_deref()).await?;
+    let (alloc, addr) = target(
+        &client,
+        &args.service,
+        args.alloc.as_deref(),
+        args.via.as_deref(),
+    )
+    .await?;
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .map_err(|e| {
             CliError::runtime(format!(
@@ -128,7 +150,8 @@ pub async fn run(ctx: &Context, args: InferArgs) -> Result<(), CliError> {
     let started = Instant::now();
     let mut stream = NodeAgentClient::new(channel)
         .infer(InferRequest {
-            alloc_id: alloc.id.clone(),
+            // Empty: the agent dispatches over the fleet.
+            alloc_id: args.alloc.clone().unwrap_or_default(),
             job: args.service.clone(),
             prompt_tokens: args.prompt_tokens,
             max_tokens: args.max_tokens,
@@ -144,7 +167,19 @@ pub async fn run(ctx: &Context, args: InferArgs) -> Result<(), CliError> {
     let mut ttft_us = None;
     let mut times: Vec<u64> = Vec::new();
     let mut wall_ttft = None;
+    let (mut served_alloc, mut served_node) = (alloc.id.clone(), alloc.node.clone());
     while let Some(token) = stream.message().await.map_err(node_error)? {
+        if token.index as usize != times.len() {
+            return Err(CliError::runtime(format!(
+                "token {} arrived where token {} was due",
+                token.index,
+                times.len()
+            )));
+        }
+        if !token.alloc_id.is_empty() {
+            served_alloc = token.alloc_id.clone();
+            served_node = token.node.clone();
+        }
         if token.ttft_us.is_some() {
             ttft_us = token.ttft_us;
             wall_ttft = Some(started.elapsed());
@@ -191,7 +226,7 @@ pub async fn run(ctx: &Context, args: InferArgs) -> Result<(), CliError> {
     let ttft_ms = ttft_us.unwrap_or(0) as f64 / 1e3;
     if ctx.json() {
         print_json(&json!({
-            "service": args.service, "alloc_id": alloc.id, "node": alloc.node,
+            "service": args.service, "alloc_id": served_alloc, "node": served_node,
             "prompt_tokens": args.prompt_tokens, "tokens": times.len(),
             "simulated": true,
             "ttft_ms": ttft_ms, "tbt_mean_ms": mean, "tbt_p99_ms": p99,
@@ -202,8 +237,8 @@ pub async fn run(ctx: &Context, args: InferArgs) -> Result<(), CliError> {
         println!(
             "{} tokens from {} on {} (SIMULATED engine, modelled times): TTFT {ttft_ms:.1} ms, time between tokens mean {mean:.1} ms, p99 {p99:.1} ms; wall clock {:.0} ms",
             times.len(),
-            alloc.id,
-            alloc.node,
+            served_alloc,
+            served_node,
             wall.as_secs_f64() * 1e3
         );
     }

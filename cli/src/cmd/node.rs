@@ -180,6 +180,7 @@ pub async fn run(ctx: &Context, command: NodeCommand) -> Result<(), CliError> {
                     .map(|n| {
                         let cap = n.capacity.clone().unwrap_or_default();
                         json!({"name": n.name, "addr": n.addr, "status": n.status, "eligible": n.eligible, "labels": n.labels,
+                               "http": (!n.http.is_empty()).then_some(&n.http),
                                "drain_deadline_ms": (n.drain_deadline_ms > 0).then_some(n.drain_deadline_ms),
                                "usage": n.usage.as_ref().map(|u| json!({
                                    "cpu_busy": u.cpu_busy, "memory_available_bytes": u.memory_available_bytes,
@@ -278,4 +279,40 @@ pub async fn run(ctx: &Context, command: NodeCommand) -> Result<(), CliError> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drain_json_lists_moves_with_their_target_and_restarts_with_their_reason() {
+        let reply = NodeUpdateReply {
+            log_index: 9,
+            moving: vec![DrainedAlloc {
+                alloc: "a-1".into(),
+                job: "train".into(),
+                target: "m2".into(),
+                migration: "mig-9".into(),
+                reason: String::new(),
+            }],
+            restarting: vec![DrainedAlloc {
+                alloc: "a-2".into(),
+                job: "tool".into(),
+                reason: "m1: its exec driver moves none only".into(),
+                ..Default::default()
+            }],
+            until_deadline: Vec::new(),
+        };
+        assert_eq!(
+            drain_json("m1", 0, &reply),
+            json!({
+                "node": "m1",
+                "deadline_ms": null,
+                "moving": [{"alloc": "a-1", "job": "train", "target": "m2", "migration": "mig-9"}],
+                "restarting": [{"alloc": "a-2", "job": "tool", "reason": "m1: its exec driver moves none only"}],
+                "until_deadline": [],
+            })
+        );
+    }
 }

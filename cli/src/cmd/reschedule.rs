@@ -1,6 +1,12 @@
 //! `herd reschedule eval FILE` runs the defragmenting planners on an
 //! instance file and compares them; `herd reschedule generate` writes a
 //! seeded synthetic instance, so every benchmark figure can be reproduced.
+//! `herd reschedule plan` plans for the live cluster ([`live`]) and
+//! `herd reschedule apply` runs such a plan through live migrations
+//! ([`apply`]).
+
+mod apply;
+mod live;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -24,6 +30,13 @@ pub enum RescheduleCommand {
     Eval(EvalArgs),
     /// Write a seeded synthetic instance (VMR2L format) to stdout.
     Generate(GenerateArgs),
+    /// Plan defragmenting live migrations for the cluster: the fragment
+    /// rate before and after, and the moves in order (nothing moves).
+    Plan(live::PlanArgs),
+    /// Plan (or read a plan with --plan) and run it through live
+    /// migrations, a few at a time; a move that no longer fits is skipped
+    /// and said so.
+    Apply(apply::ApplyArgs),
 }
 
 /// Arguments of `herd reschedule eval`.
@@ -83,8 +96,10 @@ pub struct GenerateArgs {
 }
 
 /// Runs a `herd reschedule` subcommand.
-pub fn run(ctx: &Context, command: RescheduleCommand) -> Result<(), CliError> {
+pub async fn run(ctx: &Context, command: RescheduleCommand) -> Result<(), CliError> {
     match command {
+        RescheduleCommand::Plan(args) => live::plan(ctx, args).await,
+        RescheduleCommand::Apply(args) => apply::apply(ctx, args).await,
         RescheduleCommand::Eval(args) => eval(ctx, args),
         RescheduleCommand::Generate(args) => {
             let params = GenParams {

@@ -311,6 +311,7 @@ pub async fn must_register_node(cluster: &ProcessCluster, name: &str, cpu_millis
         labels: Default::default(),
         // No agent behind it, so no drivers to declare (capabilities unknown).
         drivers: vec![],
+        http: String::new(),
     };
     cluster
         .client()

@@ -233,6 +233,17 @@ pub enum Command {
         /// Leader's clock, ms since the epoch.
         now_ms: u64,
     },
+    /// Records where a registered node's agent serves clients besides its
+    /// gRPC address (`"http"`: its OpenAI-compatible endpoint), proposed
+    /// by the registration handler after [`Command::RegisterNode`]. A
+    /// variant of its own, last, for the reason given at
+    /// [`Command::SetNodeDrivers`]; empty: none.
+    SetNodeEndpoints {
+        /// Node name; an unknown node is refused.
+        node: String,
+        /// `HOST:PORT` by endpoint name.
+        endpoints: std::collections::BTreeMap<String, String>,
+    },
 }
 
 impl Command {
@@ -278,6 +289,7 @@ impl Command {
             | Command::PutVariable { .. }
             | Command::SetNodeEligibility { .. }
             | Command::SetNodeDrivers { .. }
+            | Command::SetNodeEndpoints { .. }
             | Command::RemovePowerBudget { .. } => {}
         }
     }
@@ -302,6 +314,7 @@ impl Command {
             Command::SwitchMigration { .. } => "switch_migration",
             Command::AbortMigration { .. } => "abort_migration",
             Command::SetNodeDrivers { .. } => "set_node_drivers",
+            Command::SetNodeEndpoints { .. } => "set_node_endpoints",
             Command::SetPowerBudget { .. } => "set_power_budget",
             Command::RemovePowerBudget { .. } => "remove_power_budget",
             Command::DrainNodeLive { .. } => "drain_node_live",

@@ -149,6 +149,13 @@ impl Agent for AgentService {
         // older than the field: its capabilities are unknown.
         let drivers = drivers_from_proto(request.drivers)
             .map_err(|e| error::invalid_argument(e.to_string()))?;
+        let endpoints: std::collections::BTreeMap<String, String> = if request.http.is_empty() {
+            Default::default()
+        } else {
+            [("http".to_string(), request.http)].into()
+        };
+        crate::machine::apply::check_endpoints(&endpoints)
+            .map_err(|e| error::invalid_argument(format!("field `http`: {e}")))?;
         let name = request.name.clone();
         let node = NodeInfo {
             name: request.name,
@@ -168,11 +175,18 @@ impl Agent for AgentService {
         // that replaces a newer one does not inherit what it cannot do;
         // apply writes nothing when nothing changed. A failure here fails
         // the registration, and the agent registers again.
-        let written = self
-            .coordinator
+        self.coordinator
             .write(Command::SetNodeDrivers {
                 node: name.clone(),
                 drivers: (!drivers.is_empty()).then_some(drivers),
+            })
+            .await?;
+        // Then where it serves clients besides gRPC, the same way.
+        let written = self
+            .coordinator
+            .write(Command::SetNodeEndpoints {
+                node: name.clone(),
+                endpoints,
             })
             .await?;
         // A node registering through the leader starts its TTL now.

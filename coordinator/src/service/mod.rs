@@ -9,6 +9,7 @@ mod migration_report;
 mod migrations;
 mod nodes;
 mod power;
+mod reschedule;
 mod variables;
 
 use std::sync::Arc;
@@ -71,6 +72,12 @@ pub fn router(coordinator: Arc<Coordinator>) -> Router {
         .add_service(
             PowerServer::new(power::PowerService::new(coordinator.clone()))
                 .max_decoding_message_size(MAX_CLIENT_MESSAGE),
+        )
+        .add_service(
+            herd_api::proto::v1::reschedule_server::RescheduleServer::new(
+                reschedule::RescheduleService::new(coordinator.clone()),
+            )
+            .max_decoding_message_size(MAX_CLIENT_MESSAGE),
         )
         .add_service(
             VariablesServer::new(variables::VariablesService::new(coordinator.clone()))

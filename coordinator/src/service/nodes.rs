@@ -43,6 +43,11 @@ fn to_proto(state: &ClusterState, node: &NodeInfo) -> pb::Node {
             .get(&node.name)
             .map(drivers_to_proto)
             .unwrap_or_default(),
+        http: state
+            .node_endpoints
+            .get(&node.name)
+            .and_then(|e| e.get("http").cloned())
+            .unwrap_or_default(),
     }
 }
 

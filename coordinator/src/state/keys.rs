@@ -54,6 +54,8 @@ pub enum Record<'a> {
     /// A group's GPU power budget, by group (JSON inside the record, so
     /// that later fields can default).
     PowerBudget(&'a str),
+    /// Where a node's agent serves clients besides gRPC, by node name.
+    NodeEndpoints(&'a str),
 }
 
 impl Record<'_> {
@@ -69,6 +71,7 @@ impl Record<'_> {
             Record::Migration(id) => format!("migration/{id}").into_bytes(),
             Record::NodeDrivers(node) => format!("drivers/{node}").into_bytes(),
             Record::PowerBudget(group) => format!("power/{group}").into_bytes(),
+            Record::NodeEndpoints(node) => format!("endpoints/{node}").into_bytes(),
         }
     }
 
@@ -114,6 +117,10 @@ impl Record<'_> {
                 .get(*group)
                 .and_then(|b| serde_json::to_vec(b).ok())
                 .and_then(|json| herd_consensus::codec::encode(&json).ok()),
+            Record::NodeEndpoints(node) => state
+                .node_endpoints
+                .get(*node)
+                .and_then(|e| herd_consensus::codec::encode(e).ok()),
         }?;
         let mut value = Vec::with_capacity(body.len() + 1);
         value.push(FORMAT);
@@ -171,6 +178,11 @@ pub(super) fn load_pair(state: &mut ClusterState, key: &[u8], value: &[u8]) -> R
         let drivers = serde_json::from_slice(&json)
             .map_err(|e| format!("record {key}: node drivers: {e}"))?;
         state.node_drivers.insert(node.to_string(), drivers);
+    } else if let Some(node) = key.strip_prefix("endpoints/") {
+        state.node_endpoints.insert(
+            node.to_string(),
+            decode::<std::collections::BTreeMap<String, String>>(key, value)?,
+        );
     } else if let Some(group) = key.strip_prefix("power/") {
         let json: Vec<u8> = decode(key, value)?;
         let budget = serde_json::from_slice(&json)

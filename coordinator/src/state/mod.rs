@@ -107,6 +107,10 @@ pub struct ClusterState {
     /// registered through an agent too old to say (its capabilities are
     /// unknown). Read it through [`ClusterState::driver_capabilities`].
     pub node_drivers: BTreeMap<String, herd_api::capabilities::NodeDrivers>,
+    /// Where each node's agent serves clients besides its gRPC address
+    /// (`"http"`: its OpenAI-compatible endpoint), `HOST:PORT` by name, as
+    /// declared at registration; no entry: none.
+    pub node_endpoints: BTreeMap<String, BTreeMap<String, String>>,
     /// GPU power budgets by group (`cluster` or a node label `key=value`,
     /// as `herd_api::power::PowerGroup` prints it).
     pub power_budgets: BTreeMap<String, crate::power::PowerBudget>,
@@ -161,7 +165,8 @@ impl<'a> ChangeLog<'a> {
                 touched.nodes.insert(name.to_string());
             }
             // Budgets are read at every heartbeat; no loop waits on them.
-            Record::PowerBudget(_) => {}
+            // Endpoints are only listed; nothing places work by them.
+            Record::PowerBudget(_) | Record::NodeEndpoints(_) => {}
             Record::Migration(id) => {
                 // A migration reserves room on its target and fences its
                 // allocation: both nodes' views and the scheduler care.
@@ -322,6 +327,9 @@ impl ClusterState {
         }
         for node in self.node_drivers.keys() {
             log.put(Record::NodeDrivers(node), self);
+        }
+        for node in self.node_endpoints.keys() {
+            log.put(Record::NodeEndpoints(node), self);
         }
         for group in self.power_budgets.keys() {
             log.put(Record::PowerBudget(group), self);

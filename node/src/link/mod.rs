@@ -452,6 +452,12 @@ async fn register(args: &LinkArgs, client: &HerdClient) -> Result<String, String
         capacity: Some((&capacity).into()),
         labels: args.config.labels.clone().into_iter().collect(),
         drivers: drivers_to_proto(&args.drivers),
+        http: args
+            .config
+            .http
+            .as_ref()
+            .map(|h| h.advertise.clone())
+            .unwrap_or_default(),
     };
     tokio::time::timeout(
         CALL_TIMEOUT * 3,

@@ -70,6 +70,8 @@ pub const MAX_ROUNDS: u32 = 64;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the source waits for the target's acknowledgement.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
+/// The most a sender that fell behind the bandwidth cap may catch up.
+const PACING_CREDIT: Duration = Duration::from_millis(100);
 /// Socket buffers of the stream.
 const STREAM_BUFFER: usize = 256 * 1024;
 
@@ -535,7 +537,9 @@ async fn send(shared: Arc<Shared>, to: SocketAddr, limit: Duration, cap: Option<
 struct Sender<'a> {
     shared: &'a Shared,
     w: BufWriter<OwnedWriteHalf>,
-    started: Instant,
+    /// When the pacing window opened, and the bytes sent before it.
+    window: Instant,
+    window_bytes: u64,
     cap: Option<u64>,
     bytes: u64,
 }
@@ -589,13 +593,21 @@ impl Sender<'_> {
         Ok(self.bytes - before)
     }
 
-    /// Sleeps as long as the bytes sent so far are ahead of the cap.
+    /// Sleeps as long as the bytes sent since the pacing window opened are
+    /// ahead of the cap. A sender that fell behind (pages slow to read)
+    /// keeps at most [`PACING_CREDIT`] of credit, so it never bursts far
+    /// above the cap afterwards.
     async fn pace(&mut self) {
         let Some(cap) = self.cap else { return };
-        let due = Duration::from_secs_f64(self.bytes as f64 / cap as f64);
-        let elapsed = self.started.elapsed();
+        let sent = self.bytes - self.window_bytes;
+        let due = Duration::from_secs_f64(sent as f64 / cap as f64);
+        let elapsed = self.window.elapsed();
         if due > elapsed {
             tokio::time::sleep(due - elapsed).await;
+        } else if elapsed > due + PACING_CREDIT {
+            let now = Instant::now();
+            self.window = now.checked_sub(PACING_CREDIT).unwrap_or(now);
+            self.window_bytes = self.bytes;
         }
     }
 
@@ -623,7 +635,8 @@ async fn precopy(
     let mut tx = Sender {
         shared,
         w: BufWriter::with_capacity(STREAM_BUFFER, write),
-        started,
+        window: started,
+        window_bytes: 0,
         cap,
         bytes: 0,
     };

@@ -137,6 +137,7 @@ async fn herd_move(
             bytes: m.bytes,
             rounds: m.rounds,
             resumed_after_ms: gap_ms(timeline.switching, timeline.resumed),
+            phases: timeline.phases,
         })
     }
     .await;

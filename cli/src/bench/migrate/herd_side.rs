@@ -94,8 +94,12 @@ impl LogTail {
 }
 
 /// When the bench saw each moment of one migration.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 pub struct Timeline {
+    /// Each phase the record was seen in, in order, with the milliseconds
+    /// from the start request to the first poll that showed it (a phase
+    /// shorter than a poll may be missed).
+    pub phases: Vec<(String, u64)>,
     /// The workload stopped on the source (the `stopped` probe held).
     pub stopped: Option<Instant>,
     /// The record first seen in `switching` (or already `completed`).
@@ -310,6 +314,7 @@ impl HerdCluster {
                 .max(1),
             bandwidth_bytes_per_sec: bandwidth.unwrap_or(0),
         };
+        let begun = Instant::now();
         let started = self
             .client
             .call(|ch| {
@@ -329,7 +334,6 @@ impl HerdCluster {
         } = probes;
         let mut timeline = Timeline::default();
         let mut ended: Option<(pb::MigrationInfo, Instant)> = None;
-        let begun = Instant::now();
         loop {
             let now = Instant::now();
             if timeline.stopped.is_none() && stopped.as_mut().is_some_and(|probe| probe()) {
@@ -337,6 +341,11 @@ impl HerdCluster {
             }
             if ended.is_none() {
                 let m = self.migration(&started.id).await?;
+                if timeline.phases.last().is_none_or(|(p, _)| *p != m.phase) {
+                    let ms = u64::try_from(now.saturating_duration_since(begun).as_millis())
+                        .unwrap_or(u64::MAX);
+                    timeline.phases.push((m.phase.clone(), ms));
+                }
                 if timeline.switching.is_none()
                     && (m.phase == "switching" || m.phase == "completed")
                 {
@@ -363,8 +372,10 @@ impl HerdCluster {
             if timeline.switching.is_some() && resumed() {
                 timeline.resumed = Some(now);
             }
-            if let (Some((m, _)), Some(_)) = (&ended, timeline.resumed) {
-                return Ok((m.clone(), timeline));
+            if timeline.resumed.is_some() {
+                if let Some((m, _)) = ended {
+                    return Ok((m, timeline));
+                }
             }
             if let Some((m, at)) = &ended {
                 if at.elapsed() > RESUME_WAIT {

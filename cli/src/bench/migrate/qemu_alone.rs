@@ -183,6 +183,7 @@ async fn move_to(source: &Qemu, port: &str, limits: &Limits) -> Result<BaselineF
                     total_ms: u64_at(&info, "total-time"),
                     downtime_ms: u64_at(&info, "downtime"),
                     setup_ms: 0,
+                    polled_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
                     bytes: u64_at(ram, "transferred"),
                     rounds: u32::try_from(u64_at(ram, "dirty-sync-count")).unwrap_or(u32::MAX),
                 });

@@ -28,6 +28,9 @@ pub struct HerdFigures {
     /// done) to the workload seen running on the target: the wait for the
     /// switch-over's Raft commit, the target's assignment and its start.
     pub resumed_after_ms: Option<u64>,
+    /// Each phase the bench saw the record in, with when it first saw it
+    /// (ms from the start request), polling every 10 ms.
+    pub phases: Vec<(String, u64)>,
 }
 
 /// What QEMU alone measured for the same VM (`query-migrate`).
@@ -40,6 +43,9 @@ pub struct BaselineFigures {
     /// Starting the incoming QEMU until it listens (not in `total_ms`;
     /// herd's total includes its equivalent).
     pub setup_ms: u64,
+    /// `migrate` sent to `completed` seen, polling every 100 ms as herd's
+    /// driver polls.
+    pub polled_ms: u64,
     /// RAM bytes transferred.
     pub bytes: u64,
     /// Dirty-sync count.
@@ -134,11 +140,16 @@ impl Row {
             "herd_downtime_ms": herd.and_then(|h| h.downtime_ms),
             "record_downtime_ms": herd.and_then(|h| h.record_downtime_ms),
             "resumed_after_ms": herd.and_then(|h| h.resumed_after_ms),
+            "phases_seen_ms": herd.map(|h| h.phases
+                .iter()
+                .map(|(phase, ms)| (phase.clone(), json!(ms)))
+                .collect::<serde_json::Map<String, Value>>()),
             "bytes": herd.map(|h| h.bytes),
             "rounds": herd.map(|h| h.rounds),
             "baseline_total_ms": base.map(|b| b.total_ms),
             "baseline_downtime_ms": base.map(|b| b.downtime_ms),
             "baseline_setup_ms": base.map(|b| b.setup_ms),
+            "baseline_polled_ms": base.map(|b| b.polled_ms),
             "baseline_bytes": base.map(|b| b.bytes),
             "baseline_rounds": base.map(|b| b.rounds),
             "ratio": self.ratio().map(|r| (r * 100.0).round() / 100.0),
@@ -158,11 +169,13 @@ impl Row {
             opt(herd.map(|h| h.total_ms)),
             opt(herd.and_then(|h| h.downtime_ms)),
             opt(herd.and_then(|h| h.resumed_after_ms)),
+            herd.map_or("-".to_string(), |h| phases_text(&h.phases)),
             herd.map_or("-".to_string(), |h| mib(h.bytes)),
             opt(herd.map(|h| u64::from(h.rounds))),
             opt(base.map(|b| b.total_ms)),
             opt(base.map(|b| b.downtime_ms)),
             opt(base.map(|b| b.setup_ms)),
+            opt(base.map(|b| b.polled_ms)),
             self.ratio().map_or("-".to_string(), |r| format!("{r:.2}×")),
             self.goal_text(),
             self.note.clone().unwrap_or_default(),
@@ -170,23 +183,45 @@ impl Row {
     }
 }
 
+/// `prep 12 · xfer 150 · switch 330 · done 350`: when each phase was
+/// first seen.
+fn phases_text(phases: &[(String, u64)]) -> String {
+    phases
+        .iter()
+        .filter(|(phase, _)| phase != "planned")
+        .map(|(phase, ms)| {
+            let short = match phase.as_str() {
+                "preparing" => "prep",
+                "transferring" => "xfer",
+                "switching" => "switch",
+                "completed" => "done",
+                other => other,
+            };
+            format!("{short} {ms}")
+        })
+        .collect::<Vec<_>>()
+        .join(" · ")
+}
+
 fn mib(bytes: u64) -> String {
     format!("{:.1}", bytes as f64 / f64::from(1u32 << 20))
 }
 
 /// The table's header.
-pub const HEADER: [&str; 14] = [
+pub const HEADER: [&str; 16] = [
     "kind",
     "size",
     "load",
     "herd total ms",
     "herd downtime ms",
     "resumed +ms",
+    "phases seen at ms",
     "MiB moved",
     "rounds",
     "QEMU total ms",
     "QEMU downtime ms",
     "QEMU setup ms",
+    "QEMU polled ms",
     "ratio",
     "goal",
     "note",
@@ -225,11 +260,18 @@ mod tests {
                 bytes: 3 << 20,
                 rounds: 4,
                 resumed_after_ms: Some(40),
+                phases: vec![
+                    ("planned".into(), 3),
+                    ("preparing".into(), 12),
+                    ("transferring".into(), 150),
+                    ("completed".into(), 350),
+                ],
             }),
             baseline: Some(BaselineFigures {
                 total_ms: base_total,
                 downtime_ms: 20,
                 setup_ms: 150,
+                polled_ms: 200,
                 bytes: 3 << 20,
                 rounds: 3,
             }),
@@ -288,6 +330,7 @@ mod tests {
         assert_eq!(rows[0]["ratio"], json!(1.5));
         assert_eq!(rows[0]["goal_met"], json!(false));
         assert_eq!(rows[0]["size"], json!("128MiB"));
+        assert_eq!(rows[0]["phases_seen_ms"]["transferring"], json!(150));
         assert_eq!(rows[1]["herd_total_ms"], Value::Null);
         assert_eq!(rows[1]["ratio"], Value::Null);
         assert_eq!(rows[1]["note"], json!("not available: ..."));
@@ -301,7 +344,7 @@ mod tests {
         assert!(lines[0].starts_with("| kind | size | load |"), "{text}");
         assert_eq!(
             lines[2],
-            "| vm | 128MiB | idle | 1100 | 250 | 40 | 3.0 | 4 | 1000 | 20 | 150 | 1.10× | yes |  |"
+            "| vm | 128MiB | idle | 1100 | 250 | 40 | prep 12 · xfer 150 · done 350 | 3.0 | 4 | 1000 | 20 | 150 | 200 | 1.10× | yes |  |"
         );
         // Every line has as many cells as the header.
         let cells = |l: &str| l.matches('|').count();

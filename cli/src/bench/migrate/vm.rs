@@ -252,6 +252,7 @@ async fn herd_move(
             bytes: m.bytes,
             rounds: m.rounds,
             resumed_after_ms: gap_ms(timeline.switching, timeline.resumed),
+            phases: timeline.phases,
         })
     }
     .await;
@@ -265,14 +266,6 @@ async fn herd_move(
 pub fn gap_ms(from: Option<Instant>, to: Option<Instant>) -> Option<u64> {
     let (from, to) = (from?, to?);
     Some(u64::try_from(to.saturating_duration_since(from).as_millis()).unwrap_or(u64::MAX))
-}
-
-/// The `[task.config]` of a VM spec, for tests.
-#[cfg(test)]
-fn config_of(toml: &str) -> BTreeMap<String, String> {
-    parse_job_spec(toml, "t")
-        .map(|s| s.task.config)
-        .unwrap_or_default()
 }
 
 #[cfg(test)]

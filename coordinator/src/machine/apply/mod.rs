@@ -327,6 +327,27 @@ pub fn apply(
             changes.put(Record::NodeDrivers(&node), state);
             CommandResult::NodeUpdated
         }
+        Command::SetNodeEndpoints { node, endpoints } => {
+            if !state.nodes.contains_key(&node) {
+                return CommandResult::Rejected(Rejection::NodeNotFound(node));
+            }
+            // Checked again here (network input relayed), with rules that
+            // may loosen in a later release but never tighten.
+            if let Err(e) = check_endpoints(&endpoints) {
+                return CommandResult::Rejected(Rejection::Invalid(format!("node {node:?}: {e}")));
+            }
+            let current = state.node_endpoints.get(&node);
+            if current == Some(&endpoints) || (current.is_none() && endpoints.is_empty()) {
+                return CommandResult::NodeUpdated;
+            }
+            if endpoints.is_empty() {
+                state.node_endpoints.remove(&node);
+            } else {
+                state.node_endpoints.insert(node.clone(), endpoints);
+            }
+            changes.put(Record::NodeEndpoints(&node), state);
+            CommandResult::NodeUpdated
+        }
         Command::SetPowerBudget {
             group,
             watts,
@@ -351,6 +372,41 @@ pub fn apply(
 
 #[cfg(test)]
 mod gpu_tests;
+/// Most endpoints a node may declare.
+pub const MAX_NODE_ENDPOINTS: usize = 8;
+
+/// Checks the endpoints a node's agent declared: at most
+/// [`MAX_NODE_ENDPOINTS`], each named 1 to 32 bytes of `a-z`, `0-9`, `-`
+/// and `_`, at a `HOST:PORT` of at most 256 bytes.
+pub fn check_endpoints(
+    endpoints: &std::collections::BTreeMap<String, String>,
+) -> Result<(), String> {
+    if endpoints.len() > MAX_NODE_ENDPOINTS {
+        return Err(format!(
+            "at most {MAX_NODE_ENDPOINTS} endpoints, got {}",
+            endpoints.len()
+        ));
+    }
+    for (name, addr) in endpoints {
+        let named = !name.is_empty()
+            && name.len() <= 32
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+        if !named {
+            return Err(format!(
+                "endpoint name {name:?} is not 1 to 32 of a-z, 0-9, '-', '_'"
+            ));
+        }
+        if addr.len() > 256 {
+            return Err(format!("endpoint {name}: address longer than 256 bytes"));
+        }
+        herd_api::config_file::check_host_port(addr)
+            .map_err(|e| format!("endpoint {name}: {e}"))?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -654,6 +710,67 @@ mod tests {
         );
         assert_eq!(result, CommandResult::NodeUpdated);
     }
+    #[test]
+    fn a_nodes_http_endpoint_is_stored_checked_and_survives_a_restart() {
+        use herd_consensus::storage::WriteOp;
+        let set = |endpoints: &[(&str, &str)]| Command::SetNodeEndpoints {
+            node: "n1".into(),
+            endpoints: endpoints
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        };
+        let mut state = ClusterState::default();
+        let (result, ops) = run(&mut state, 1, set(&[("http", "127.0.0.1:8000")]));
+        assert_eq!(
+            result,
+            CommandResult::Rejected(Rejection::NodeNotFound("n1".into()))
+        );
+        assert!(ops.is_empty());
+        run(
+            &mut state,
+            2,
+            Command::RegisterNode {
+                node: testkit::node("n1"),
+                now_ms: 1,
+            },
+        );
+        // None declared (an older agent): nothing written.
+        assert!(run(&mut state, 3, set(&[])).1.is_empty());
+        let (result, ops) = run(&mut state, 4, set(&[("http", "127.0.0.1:8000")]));
+        assert_eq!(result, CommandResult::NodeUpdated);
+        assert!(
+            matches!(&ops[..], [WriteOp::Put(key, _)] if key == b"endpoints/n1"),
+            "{ops:?}"
+        );
+        assert!(run(&mut state, 5, set(&[("http", "127.0.0.1:8000")]))
+            .1
+            .is_empty());
+        let rebuilt = ClusterState::from_pairs(state.to_pairs()).expect("rebuild");
+        assert_eq!(rebuilt, state);
+        assert_eq!(rebuilt.node_endpoints["n1"]["http"], "127.0.0.1:8000");
+        // Bad declarations are refused, naming what is wrong.
+        for bad in [
+            set(&[("http", "no-port")]),
+            set(&[("HTTP", "h:1")]),
+            set(&[("http", &"h".repeat(300))]),
+        ] {
+            let (result, ops) = run(&mut state, 6, bad);
+            assert!(
+                matches!(&result, CommandResult::Rejected(Rejection::Invalid(m)) if m.contains("endpoint")),
+                "{result:?}"
+            );
+            assert!(ops.is_empty());
+        }
+        // An agent restarted without the endpoint forgets it.
+        let (_, ops) = run(&mut state, 7, set(&[]));
+        assert!(
+            matches!(&ops[..], [WriteOp::Delete(key)] if key == b"endpoints/n1"),
+            "{ops:?}"
+        );
+        assert!(!state.node_endpoints.contains_key("n1"));
+    }
+
     #[test]
     fn a_nodes_drivers_are_stored_checked_and_survive_a_restart() {
         use herd_api::capabilities::{DriverCaps, MigrationMode, NodeDrivers, MAX_DRIVERS};

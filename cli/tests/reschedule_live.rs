@@ -1,0 +1,299 @@
+//! The defragmenting rescheduler on a live cluster: three node agents run
+//! seven SIMULATED VMs (`simvm`, real `herd sim-vm` processes that move
+//! live) placed so that free CPU is fragmented; `herd reschedule plan`
+//! finds moves lowering the fragment rate, a plan made stale on purpose
+//! (its allocation stopped between plan and apply) is skipped and said so,
+//! and `herd reschedule apply --wait` runs a fresh plan through live
+//! migrations that complete, leaving each allocation on its planned node
+//! and the fragment rate the plan promised.
+
+mod common;
+
+use std::time::Duration;
+
+use common::agents::{cluster_with_agents, must_have_ready_nodes, running_allocs};
+use common::*;
+use serde_json::Value;
+
+const NODES: [&str; 3] = ["r1", "r2", "r3"];
+
+/// Submits simvm job `name` of `millis` millicores and waits until its one
+/// allocation runs; returns the node it runs on.
+async fn run_vm(addr: &str, dir: &std::path::Path, name: &str, millis: u64, seed: usize) -> String {
+    let spec = write_spec(
+        dir,
+        name,
+        &format!(
+            "name = \"{name}\"\ntype = \"service\"\n[task]\ndriver = \"simvm\"\n[task.config]\ndirty_rate = \"1MiB\"\nseed = {seed}\n[task.resources]\ncpu = {millis}\nmemory = \"32MiB\"\n"
+        ),
+    );
+    must_cli_ok(&["--addr", addr, "job", "run", "--detach", &spec]);
+    until(
+        &format!("job {name} running"),
+        Duration::from_secs(30),
+        || {
+            let allocs = running_allocs(addr, name);
+            let [a] = allocs.as_slice() else { return None };
+            a["node"].as_str().map(str::to_string)
+        },
+    )
+    .await
+}
+
+/// Only `node` takes new work.
+fn only_eligible(addr: &str, node: &str) {
+    for n in NODES {
+        let state = if n == node { "on" } else { "off" };
+        must_cli_ok(&["--addr", addr, "node", "eligibility", n, state]);
+    }
+}
+
+fn alloc_node(addr: &str, id: &str) -> String {
+    json(addr, &["alloc", "status", id])["node"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn fr(plan: &Value, key: &str) -> f64 {
+    plan[key]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{key} in {plan:#}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fragmented_cluster_is_planned_and_defragmented_by_live_migrations() {
+    let (_cluster, addr, mut agents) = cluster_with_agents(1, "3000").await;
+    for name in NODES {
+        agents.start(name, &[]).expect("start agent");
+    }
+    must_have_ready_nodes(&addr, &NODES).await;
+    // Every agent of this host offers the same CPU; a quarter of it per VM
+    // and half of it as the target shape.
+    let capacity = json(&addr, &["node", "list"])
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .filter_map(|n| n["capacity"]["cpu_millis"].as_u64())
+        .min()
+        .expect("a capacity");
+    let q = capacity / 4;
+    assert!(q >= 100, "nodes of {capacity} millicores are too small");
+    let target = format!("{}m", 2 * q);
+    let dir = tempfile::tempdir().expect("tempdir");
+
+    // r1 and r2 get three VMs each (a quarter-node fragment left), r3 one.
+    let mut vm = 0;
+    for (node, count) in [("r1", 3), ("r2", 3), ("r3", 1)] {
+        only_eligible(&addr, node);
+        for _ in 0..count {
+            vm += 1;
+            let ran_on = run_vm(&addr, dir.path(), &format!("v{vm}"), q, vm).await;
+            assert_eq!(ran_on, node);
+        }
+    }
+    for n in NODES {
+        must_cli_ok(&["--addr", &addr, "node", "eligibility", n, "on"]);
+    }
+
+    // The plan: the FR the layout has, one move lowering it.
+    let r = capacity - 4 * q;
+    let free = 2 * (q + r) + (3 * q + r);
+    let expected_before = (3 * (q + r)) as f64 / free as f64;
+    let text = must_cli_ok(&[
+        "--addr",
+        &addr,
+        "reschedule",
+        "plan",
+        "--max-migrations",
+        "1",
+        "--deadline",
+        "300ms",
+        "--target-cpu",
+        &target,
+        "-o",
+        "json",
+    ]);
+    let stale_plan: Value = serde_json::from_str(&text).expect("plan json");
+    assert!(
+        (fr(&stale_plan, "fr_before") - expected_before).abs() < 1e-9,
+        "{stale_plan:#}"
+    );
+    assert!(
+        fr(&stale_plan, "fr_after") < fr(&stale_plan, "fr_before"),
+        "{stale_plan:#}"
+    );
+    assert_eq!(stale_plan["movable"], 7, "{stale_plan:#}");
+    let moves = stale_plan["moves"].as_array().expect("moves");
+    assert_eq!(moves.len(), 1, "{stale_plan:#}");
+    let doomed = moves[0]["alloc"].as_str().expect("alloc").to_string();
+    let doomed_job = moves[0]["job"].as_str().expect("job").to_string();
+    assert_eq!(
+        alloc_node(&addr, &doomed),
+        moves[0]["source"].as_str().unwrap_or("")
+    );
+    let plan_file = dir.path().join("plan.json");
+    std::fs::write(&plan_file, &text).expect("write plan");
+    // The text form says the same.
+    let shown = must_cli_ok(&[
+        "--addr",
+        &addr,
+        "reschedule",
+        "plan",
+        "--max-migrations",
+        "1",
+        "--deadline",
+        "300ms",
+        "--target-cpu",
+        &target,
+    ]);
+    assert!(
+        shown.contains("fragment rate") && shown.contains("ALLOC"),
+        "{shown}"
+    );
+
+    // Made stale: its allocation is stopped before the plan is applied.
+    must_cli_ok(&["--addr", &addr, "job", "stop", &doomed_job]);
+    until(
+        "the planned allocation stopping",
+        Duration::from_secs(20),
+        || running_allocs(&addr, &doomed_job).is_empty().then_some(()),
+    )
+    .await;
+    let out = must_run_cli(&[
+        "--addr",
+        &addr,
+        "reschedule",
+        "apply",
+        "--plan",
+        plan_file.to_str().expect("utf-8 path"),
+        "--wait",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "apply of a stale plan: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(&format!("{doomed} ({doomed_job})"))
+            && stdout.contains("skipped: ")
+            && (stdout.contains("only a running allocation can move")
+                || stdout.contains("is gone")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("0 completed, 0 aborted, 1 skipped"),
+        "{stdout}"
+    );
+    let migrations = json(&addr, &["migration", "list"]);
+    assert_eq!(
+        migrations.as_array().map(Vec::len),
+        Some(0),
+        "{migrations:#}"
+    );
+
+    // A fresh plan, applied: every move completes and lands where planned.
+    let applied = json(
+        &addr,
+        &[
+            "reschedule",
+            "apply",
+            "--max-migrations",
+            "5",
+            "--deadline",
+            "300ms",
+            "--target-cpu",
+            &target,
+            "--concurrency",
+            "2",
+            "--wait",
+        ],
+    );
+    let plan = &applied["plan"];
+    assert!(fr(plan, "fr_after") < fr(plan, "fr_before"), "{applied:#}");
+    let moves = applied["moves"].as_array().expect("moves");
+    assert!(!moves.is_empty(), "{applied:#}");
+    assert_eq!(applied["completed"], moves.len(), "{applied:#}");
+    assert_eq!(applied["skipped"], 0, "{applied:#}");
+    for m in moves {
+        assert_eq!(m["outcome"], "completed", "{m:#}");
+        let id = m["alloc"].as_str().expect("alloc");
+        assert_eq!(
+            alloc_node(&addr, id),
+            m["target"].as_str().unwrap_or(""),
+            "{m:#}"
+        );
+        let record = json(&addr, &["migration", "list", "--alloc", id])
+            .as_array()
+            .and_then(|l| l.last().cloned())
+            .expect("a migration");
+        assert_eq!(record["phase"], "completed", "{record:#}");
+        assert_eq!(record["kind"], "simvm", "{record:#}");
+    }
+    // The live FR afterwards is the one planned (nothing else changed).
+    let after = applied["fr_after"].as_f64().expect("fr_after measured");
+    assert!((after - fr(plan, "fr_after")).abs() < 1e-9, "{applied:#}");
+    // Nothing left to gain: a new plan has no move.
+    let again = json(
+        &addr,
+        &[
+            "reschedule",
+            "plan",
+            "--max-migrations",
+            "5",
+            "--deadline",
+            "300ms",
+            "--target-cpu",
+            &target,
+        ],
+    );
+    assert!((fr(&again, "fr_before") - after).abs() < 1e-9, "{again:#}");
+    assert!(fr(&again, "fr_after") >= after - 1e-9, "{again:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_reschedule_input_exits_2_naming_what_is_wrong() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bad = dir.path().join("bad.json");
+    std::fs::write(
+        &bad,
+        "{\"moves\": [{\"alloc\": \"a\", \"source\": \"n1\"}]}",
+    )
+    .expect("write");
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            vec!["plan".into(), "--max-migrations".into(), "5000".into()],
+            "--max-migrations",
+        ),
+        (
+            vec!["plan".into(), "--solver".into(), "exact".into()],
+            "--solver",
+        ),
+        (
+            vec!["plan".into(), "--target-cpu".into(), "0".into()],
+            "CPU",
+        ),
+        (
+            vec!["apply".into(), "--concurrency".into(), "0".into()],
+            "--concurrency",
+        ),
+        (
+            vec!["apply".into(), "--plan".into(), bad.display().to_string()],
+            "moves[0].target",
+        ),
+    ];
+    for (args, says) in cases {
+        let mut full = vec![
+            "--addr".to_string(),
+            "127.0.0.1:1".into(),
+            "reschedule".into(),
+        ];
+        full.extend(args.iter().cloned());
+        let refs: Vec<&str> = full.iter().map(String::as_str).collect();
+        let out = must_run_cli(&refs);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
+}
