@@ -332,12 +332,18 @@ impl Fleet {
             .iter()
             .map(|i| (i.alloc_id.clone(), i.job.clone()))
             .collect();
+        // What another agent answers is its own poller's latest read, up to
+        // one of its poll periods old: counted as read then, so that a
+        // request sent meanwhile stays pending until stats show it.
+        let read_at = started
+            .checked_sub(crate::engines::POLL_EVERY)
+            .unwrap_or(started);
         for engine in replies.into_iter().flatten().flatten() {
             // Only the instances the coordinators listed, under their job.
             let listed = known.get(&engine.alloc_id) == Some(&engine.job);
             if let (true, Some(stats)) = (listed, engine.stats) {
                 view.polled
-                    .insert(engine.alloc_id, Polled { stats, at: started });
+                    .insert(engine.alloc_id, Polled { stats, at: read_at });
             }
         }
         view.polled
