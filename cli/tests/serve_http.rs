@@ -15,10 +15,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use common::agents::{cluster_with_agents, must_have_ready_nodes, running_allocs};
+use common::serve::{call, events, must_list_model, run_job, send, start_http_agent};
 use common::*;
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
+use tokio::io::AsyncReadExt;
 
 /// Two instances (one per node) of 64 KV blocks (1 024 tokens) each, at
 /// half the modelled speed's wall time.
@@ -40,65 +40,6 @@ kv_blocks = "64"
 time_scale = "0.5"
 "#;
 
-/// An HTTP/1.0 exchange (the server closes the connection after the
-/// response, so the body needs no chunked decoding): the status, the
-/// headers (lower-case names) and a reader positioned at the body.
-async fn send(
-    addr: &str,
-    method: &str,
-    path: &str,
-    body: &str,
-) -> (u16, BTreeMap<String, String>, BufReader<TcpStream>) {
-    let mut stream = TcpStream::connect(addr)
-        .await
-        .expect("connect to the endpoint");
-    let request = format!(
-        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(request.as_bytes()).await.expect("send");
-    let mut reader = BufReader::new(stream);
-    let mut line = String::new();
-    reader.read_line(&mut line).await.expect("status line");
-    let status: u16 = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("bad status line {line:?}"));
-    let mut headers = BTreeMap::new();
-    loop {
-        line.clear();
-        reader.read_line(&mut line).await.expect("header");
-        let Some((name, value)) = line.trim_end().split_once(':') else {
-            break;
-        };
-        headers.insert(name.to_lowercase(), value.trim().to_string());
-    }
-    (status, headers, reader)
-}
-
-/// [`send`], the body read whole as JSON.
-async fn call(
-    addr: &str,
-    method: &str,
-    path: &str,
-    body: &str,
-) -> (u16, BTreeMap<String, String>, Value) {
-    let (status, headers, mut reader) = send(addr, method, path, body).await;
-    let mut text = String::new();
-    reader.read_to_string(&mut text).await.expect("body");
-    let value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text:?}"));
-    (status, headers, value)
-}
-
-/// The `data:` payloads of a server-sent event stream.
-fn events(text: &str) -> Vec<String> {
-    text.lines()
-        .filter_map(|l| l.strip_prefix("data:"))
-        .map(|d| d.trim().to_string())
-        .collect()
-}
-
 fn short(prompt: usize) -> String {
     json!({"model": "llm", "prompt": vec![1; prompt], "max_tokens": 4}).to_string()
 }
@@ -108,12 +49,7 @@ async fn requests_entering_at_one_agent_spread_over_the_fleet_by_virtual_usage()
     let (_cluster, addr, mut agents) = cluster_with_agents(1, "2000").await;
     let mut http = BTreeMap::new();
     for name in ["h1", "h2"] {
-        let port = herd_chaos::ports::free_loopback_port().expect("a free port");
-        let listen = format!("127.0.0.1:{port}");
-        agents
-            .start(name, &["--http-listen", &listen])
-            .expect("start agent");
-        http.insert(name, listen);
+        http.insert(name, start_http_agent(&mut agents, name));
     }
     must_have_ready_nodes(&addr, &["h1", "h2"]).await;
     // Each node's HTTP endpoint is registered and listed.
@@ -132,9 +68,7 @@ async fn requests_entering_at_one_agent_spread_over_the_fleet_by_virtual_usage()
         assert_eq!(listed.get(*name), Some(listen), "{listed:?}");
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("llm.toml");
-    std::fs::write(&path, SPEC).expect("write spec");
-    must_cli_ok(&["--addr", &addr, "job", "run", &path.display().to_string()]);
+    run_job(&addr, dir.path(), "llm", SPEC);
     let instances: BTreeMap<String, String> =
         until("two running instances", Duration::from_secs(20), || {
             let allocs = running_allocs(&addr, "llm");
@@ -156,22 +90,7 @@ async fn requests_entering_at_one_agent_spread_over_the_fleet_by_virtual_usage()
     let entry = http["h1"].clone();
 
     // The agent lists the services from the coordinators every 2 s.
-    let started = std::time::Instant::now();
-    loop {
-        let (status, _, body) = call(&entry, "GET", "/v1/models", "").await;
-        assert_eq!(status, 200, "{body}");
-        if body["data"]
-            .as_array()
-            .is_some_and(|d| d.iter().any(|m| m["id"] == "llm"))
-        {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "llm not listed: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    must_list_model(&entry, "llm").await;
 
     // Idle instances tie: requests entering at h1 reach both, once h1's
     // fleet view knows h2's instance and its load.

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use common::agents::{cluster_with_agents, running_allocs};
+use common::agents::{cluster_with_agents, must_have_ready_nodes, running_allocs};
 use common::*;
 use herd_actors::driver::vm::guest::{find_busybox, write_initramfs, GuestLoad};
 use herd_actors::driver::vm::VmDriver;
@@ -216,6 +216,9 @@ async fn a_vm_job_runs_through_the_cli_and_survives_an_agent_restart() {
     let (_cluster, addr, mut agents) = cluster_with_agents(1, "3000").await;
     agents.start("v1", &[]).expect("agent");
     agents.start("v2", &[]).expect("agent");
+    // Registered first: a job is refused at submit only against the nodes
+    // the cluster knows (with none yet, it is accepted and waits).
+    must_have_ready_nodes(&addr, &["v1", "v2"]).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let initrd = dir.path().join("initrd");
     write_initramfs(

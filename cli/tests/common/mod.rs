@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod agents;
+pub mod serve;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
