@@ -13,6 +13,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::agents::{cluster_with_agents, must_have_ready_nodes, running_allocs};
+use common::training::{reference_weights, steps_in};
 use common::*;
 use herd_actors::toy_train::checkpoint::{self, WeightsRecord};
 use herd_node::migrate::source::FAULT_HOLD_ENV;
@@ -28,29 +29,6 @@ const ARGS: [&str; 8] = [
     "--checkpoint-every",
     "50",
 ];
-
-/// Step numbers of the `step=N ...` lines of a trainer's stdout.
-fn steps_in(stdout: &str) -> Vec<u64> {
-    stdout
-        .lines()
-        .filter_map(|l| l.strip_prefix("step=")?.split(' ').next()?.parse().ok())
-        .collect()
-}
-
-/// The same training run, uninterrupted, in `dir`: its final weights.
-fn reference_weights(dir: &Path) -> WeightsRecord {
-    let out = std::process::Command::new(herd_bin())
-        .arg("toy-train")
-        .args(ARGS)
-        .arg("--checkpoint-dir")
-        .arg(dir)
-        .env_remove("HERD_CHECKPOINT_DIR")
-        .output()
-        .expect("run toy-train");
-    assert!(out.status.success(), "{out:?}");
-    let text = std::fs::read_to_string(dir.join(checkpoint::WEIGHTS)).expect("weights");
-    serde_json::from_str(&text).expect("weights json")
-}
 
 /// What every test here starts from: three coordinators, agents m1 and m2,
 /// the training job running past its first checkpoint.
@@ -185,7 +163,7 @@ fn ends_as_if_never_moved(logs: &[&Path], weights: &Path) {
     let expected: Vec<u64> = (1..=STEPS).collect();
     assert_eq!(all, expected, "steps of {logs:?}");
     let reference_dir = tempfile::tempdir().expect("tempdir");
-    let reference = reference_weights(reference_dir.path());
+    let reference = reference_weights(reference_dir.path(), &ARGS);
     let text = std::fs::read_to_string(weights).expect("weights");
     let moved: WeightsRecord = serde_json::from_str(&text).expect("weights json");
     assert_eq!(moved.step, STEPS);

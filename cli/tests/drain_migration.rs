@@ -11,6 +11,7 @@ mod common;
 use std::time::Duration;
 
 use common::agents::{cluster_with_agents, must_have_ready_nodes, running_allocs};
+use common::training::{reference_weights, steps_in};
 use common::*;
 use herd_actors::toy_train::checkpoint::{self, WeightsRecord};
 use serde_json::Value;
@@ -26,29 +27,6 @@ const ARGS: [&str; 8] = [
     "--checkpoint-every",
     "50",
 ];
-
-/// Step numbers of the `step=N ...` lines of a trainer's stdout.
-fn steps_in(stdout: &str) -> Vec<u64> {
-    stdout
-        .lines()
-        .filter_map(|l| l.strip_prefix("step=")?.split(' ').next()?.parse().ok())
-        .collect()
-}
-
-/// The same training run, never moved, in `dir`: its final weights.
-fn reference_weights(dir: &std::path::Path) -> WeightsRecord {
-    let out = std::process::Command::new(herd_bin())
-        .arg("toy-train")
-        .args(ARGS)
-        .arg("--checkpoint-dir")
-        .arg(dir)
-        .env_remove("HERD_CHECKPOINT_DIR")
-        .output()
-        .expect("run toy-train");
-    assert!(out.status.success(), "{out:?}");
-    let text = std::fs::read_to_string(dir.join(checkpoint::WEIGHTS)).expect("weights");
-    serde_json::from_str(&text).expect("weights json")
-}
 
 /// The only live allocation of `job`, once it runs: (id, node).
 async fn the_running(addr: &str, job: &str) -> (String, String) {
@@ -194,7 +172,7 @@ async fn a_drain_moves_a_training_job_live_and_restarts_an_exec_job_elsewhere() 
     ));
     assert_eq!(steps, (1..=STEPS).collect::<Vec<_>>());
     let reference_dir = tempfile::tempdir().expect("tempdir");
-    let reference = reference_weights(reference_dir.path());
+    let reference = reference_weights(reference_dir.path(), &ARGS);
     let weights = target_alloc.join("checkpoints").join(checkpoint::WEIGHTS);
     let moved: WeightsRecord =
         serde_json::from_str(&std::fs::read_to_string(weights).expect("weights")).expect("json");

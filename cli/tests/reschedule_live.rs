@@ -195,10 +195,14 @@ async fn a_fragmented_cluster_is_planned_and_defragmented_by_live_migrations() {
     // The stopped allocation holds its room until its agent reports it
     // stopped: the fresh plan below must see the room it leaves, or the
     // live FR after the moves differs from the plan's.
-    until("the stopped allocation gone", Duration::from_secs(20), || {
-        let status = json(&addr, &["alloc", "status", &doomed]);
-        (status["status"] != "running").then_some(())
-    })
+    until(
+        "the stopped allocation gone",
+        Duration::from_secs(20),
+        || {
+            let status = json(&addr, &["alloc", "status", &doomed]);
+            (status["status"] != "running").then_some(())
+        },
+    )
     .await;
 
     // A fresh plan, applied: every move completes and lands where planned.

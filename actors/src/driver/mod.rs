@@ -137,12 +137,20 @@ pub trait Driver: Send + Sync + 'static {
     /// On the source: cancels a [`Driver::migrate_out`] in flight or done,
     /// leaving the workload running here (an aborted migration).
     async fn cancel_out(&self, handle: &WorkloadHandle) -> Result<(), DriverError> {
-        Err(DriverError::cannot(handle, self.name(), "cancel a live migration of"))
+        Err(DriverError::cannot(
+            handle,
+            self.name(),
+            "cancel a live migration of",
+        ))
     }
 
     /// On the target, after the switch-over committed: lets the workload
     /// that arrived run (releases what only the move needed, then resumes).
     async fn finish_incoming(&self, handle: &WorkloadHandle) -> Result<(), DriverError> {
-        Err(DriverError::cannot(handle, self.name(), "finish a live migration of"))
+        Err(DriverError::cannot(
+            handle,
+            self.name(),
+            "finish a live migration of",
+        ))
     }
 }

@@ -249,7 +249,9 @@ impl Actor for WorkloadActor {
         };
         match state.store.moving(&state.alloc_id) {
             Ok(moving) => state.moving = moving,
-            Err(e) => tracing::warn!(alloc = %state.alloc_id, error = %e, "cannot read its moving mark"),
+            Err(e) => {
+                tracing::warn!(alloc = %state.alloc_id, error = %e, "cannot read its moving mark")
+            }
         }
         match state.handle.clone() {
             Some(handle) => state.begin_observe(&myself, handle),
@@ -480,9 +482,7 @@ impl WorkloadActorState {
                 );
             }
             (phase, _) => {
-                let _ = reply.send(Err(format!(
-                    "the workload is not running here ({phase:?})"
-                )));
+                let _ = reply.send(Err(format!("the workload is not running here ({phase:?})")));
             }
         }
     }
@@ -541,7 +541,9 @@ impl WorkloadActorState {
                 self.report(
                     AllocStatus::Running,
                     event::MOVE_ABORTED,
-                    format!("migration {migration} aborted: starting again here from its checkpoint"),
+                    format!(
+                        "migration {migration} aborted: starting again here from its checkpoint"
+                    ),
                     None,
                 );
                 self.begin_start(myself, None);

@@ -112,7 +112,32 @@ fn refusal(e: ClientError) -> CliError {
     }
 }
 
-async fn get(client: &HerdClient, id: &str, stale: bool) -> Result<pb::MigrationInfo, ClientError> {
+/// Starts a migration (`Migrations.Start`); the one place the CLI does,
+/// for `herd alloc migrate` and `herd reschedule apply`.
+pub(crate) async fn start(
+    client: &HerdClient,
+    request: &pb::StartMigrationRequest,
+) -> Result<pb::MigrationInfo, ClientError> {
+    client
+        .call(|ch| {
+            let request = request.clone();
+            async move {
+                MigrationsClient::new(ch)
+                    .start(request)
+                    .await
+                    .map(|r| r.into_inner())
+            }
+        })
+        .await
+}
+
+/// One migration's record (`Migrations.Get`), as every follower of a move
+/// reads it.
+pub(crate) async fn get(
+    client: &HerdClient,
+    id: &str,
+    stale: bool,
+) -> Result<pb::MigrationInfo, ClientError> {
     client
         .call_as(Repeat::Safe, |ch| {
             let request = pb::GetMigrationRequest {
@@ -150,18 +175,7 @@ pub async fn migrate(
         downtime_limit_ms,
         bandwidth_bytes_per_sec: args.bandwidth.unwrap_or(0),
     };
-    let started = client
-        .call(|ch| {
-            let request = request.clone();
-            async move {
-                MigrationsClient::new(ch)
-                    .start(request)
-                    .await
-                    .map(|r| r.into_inner())
-            }
-        })
-        .await
-        .map_err(refusal)?;
+    let started = start(client, &request).await.map_err(refusal)?;
     if !args.wait {
         if ctx.json() {
             print_json(&migration_json(&started));

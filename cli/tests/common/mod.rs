@@ -7,6 +7,7 @@
 
 pub mod agents;
 pub mod serve;
+pub mod training;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -16,8 +16,7 @@ use herd_api::proto::agent::agent_server::Agent;
 use herd_api::proto::agent::{
     AllocReport, AssignedAllocation, AssignedAllocations, HeartbeatReply, HeartbeatRequest,
     MalformedReport, MigrationReportReply, MigrationReportRequest, RegisterNodeReply,
-    RegisterNodeRequest, ReportAllocationsReply, ReportAllocationsRequest,
-    WatchAllocationsRequest,
+    RegisterNodeRequest, ReportAllocationsReply, ReportAllocationsRequest, WatchAllocationsRequest,
 };
 use herd_api::resources::Resources;
 use tokio::sync::broadcast::{self, error::RecvError};

@@ -12,7 +12,6 @@ use herd_api::client::{HerdClient, Repeat};
 use herd_api::proto::v1 as pb;
 use herd_api::proto::v1::allocs_client::AllocsClient;
 use herd_api::proto::v1::jobs_client::JobsClient;
-use herd_api::proto::v1::migrations_client::MigrationsClient;
 use herd_api::proto::v1::nodes_client::NodesClient;
 use herd_api::spec_file::parse_job_spec;
 use herd_chaos::agents::{kill_processes_under, AgentSet};
@@ -315,17 +314,7 @@ impl HerdCluster {
             bandwidth_bytes_per_sec: bandwidth.unwrap_or(0),
         };
         let begun = Instant::now();
-        let started = self
-            .client
-            .call(|ch| {
-                let request = request.clone();
-                async move {
-                    MigrationsClient::new(ch)
-                        .start(request)
-                        .await
-                        .map(|r| r.into_inner())
-                }
-            })
+        let started = crate::cmd::migration::start(&self.client, &request)
             .await
             .map_err(runtime("cannot start the migration"))?;
         let Probes {
@@ -392,20 +381,7 @@ impl HerdCluster {
     }
 
     async fn migration(&self, id: &str) -> Result<pb::MigrationInfo, CliError> {
-        let request = pb::GetMigrationRequest {
-            id: id.to_string(),
-            stale: false,
-        };
-        self.client
-            .call_as(Repeat::Safe, |ch| {
-                let request = request.clone();
-                async move {
-                    MigrationsClient::new(ch)
-                        .get(request)
-                        .await
-                        .map(|r| r.into_inner())
-                }
-            })
+        crate::cmd::migration::get(&self.client, id, false)
             .await
             .map_err(runtime("cannot read the migration"))
     }

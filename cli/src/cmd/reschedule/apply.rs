@@ -16,7 +16,6 @@ use clap::Args;
 use herd_api::client::{ClientError, HerdClient, Repeat};
 use herd_api::proto::v1 as pb;
 use herd_api::proto::v1::allocs_client::AllocsClient;
-use herd_api::proto::v1::migrations_client::MigrationsClient;
 use serde_json::{json, Value};
 
 use super::live::{fetch_plan, plan_json, print_plan, read_plan_file, target_text, PlanOptions};
@@ -152,17 +151,7 @@ async fn start(
         downtime_limit_ms,
         bandwidth_bytes_per_sec: 0,
     };
-    let answer = client
-        .call(|ch| {
-            let request = request.clone();
-            async move {
-                MigrationsClient::new(ch)
-                    .start(request)
-                    .await
-                    .map(|r| r.into_inner())
-            }
-        })
-        .await;
+    let answer = crate::cmd::migration::start(client, &request).await;
     match answer {
         Ok(started) => Ok(Ok(started)),
         Err(ClientError::Status { status, .. })
@@ -178,24 +167,6 @@ async fn start(
         }
         Err(e) => Err(CliError::from(e)),
     }
-}
-
-async fn get(client: &HerdClient, id: &str) -> Result<pb::MigrationInfo, ClientError> {
-    let request = pb::GetMigrationRequest {
-        id: id.to_string(),
-        stale: false,
-    };
-    client
-        .call_as(Repeat::Safe, |ch| {
-            let request = request.clone();
-            async move {
-                MigrationsClient::new(ch)
-                    .get(request)
-                    .await
-                    .map(|r| r.into_inner())
-            }
-        })
-        .await
 }
 
 /// A started move of the plan, followed until it ends.
@@ -223,7 +194,7 @@ async fn poll(
     let mut ended = Vec::new();
     let mut still = Vec::new();
     for mut f in in_flight.drain(..) {
-        match get(client, &f.id).await {
+        match crate::cmd::migration::get(client, &f.id, false).await {
             Ok(m) if m.phase == "completed" => ended.push((
                 f.index,
                 Outcome::Completed {
