@@ -73,7 +73,7 @@ pub const LISTEN_HOST: &str = "127.0.0.1";
 /// The id of the disk mirror job on the source.
 const MIRROR_JOB: &str = "herd-mirror";
 /// How often a move in flight is looked at.
-const POLL: Duration = Duration::from_millis(100);
+const POLL: Duration = Duration::from_millis(20);
 /// How long QEMU may take to open its QMP socket after it started.
 const QMP_UP_WAIT: Duration = Duration::from_secs(30);
 /// How long a cancelled move may take to wind down, and a target to see
