@@ -302,7 +302,7 @@ pub async fn run(ctx: &Context, args: MigrateBenchArgs) -> Result<(), CliError> 
         other => other.to_string(),
     };
     println!(
-        "1 coordinator and 2 node agents on loopback; downtime limit {} ms; bandwidth {}; VMs: accel {accel}, 1 vCPU, no disk on either side (nothing mirrored), query-migrate every 100 ms on both sides; herd figures from the migration record (total: start to switch-over), QEMU alone's from query-migrate (total-time, downtime); \"resumed +ms\": from the record seen in switching to the workload seen running on the target; dljob downtime: trainer stopped to its first step on the target",
+        "1 coordinator and 2 node agents on loopback; downtime limit {} ms; bandwidth {}; VMs: accel {accel}, 1 vCPU, no disk on either side (nothing mirrored), query-migrate every 20 ms on both sides; herd figures from the migration record (total: start to switch-over), QEMU alone's from query-migrate (total-time, downtime); \"resumed +ms\": from the record seen in switching to the workload seen running on the target; dljob downtime: trainer stopped to its first step on the target",
         limits.downtime_limit_ms(),
         limits
             .bandwidth

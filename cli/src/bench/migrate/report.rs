@@ -43,7 +43,7 @@ pub struct BaselineFigures {
     /// Starting the incoming QEMU until it listens (not in `total_ms`;
     /// herd's total includes its equivalent).
     pub setup_ms: u64,
-    /// `migrate` sent to `completed` seen, polling every 100 ms as herd's
+    /// `migrate` sent to `completed` seen, polling every 20 ms as herd's
     /// driver polls.
     pub polled_ms: u64,
     /// RAM bytes transferred.
