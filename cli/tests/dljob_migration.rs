@@ -372,3 +372,35 @@ async fn a_move_goes_on_through_the_leader_s_death() {
         &target_alloc.join("checkpoints").join(checkpoint::WEIGHTS),
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_agent_down_at_the_switch_over_resumes_from_the_staged_checkpoint() {
+    // Everything is copied, then the source holds 1.5 s before the switch
+    // (less than the node TTL, 3 s: past it the leader would mark the
+    // target down and abort the move); the target's agent dies meanwhile
+    // and comes back only after the switch-over.
+    std::env::set_var(FAULT_HOLD_ENV, "switching:1500");
+    let mut t = training().await;
+    let target_dir = t.agents.agent(t.target).expect("target").data_dir.clone();
+    must_cli_ok(&[
+        "--addr", &t.addr, "alloc", "migrate", &t.alloc, "--to", t.target,
+    ]);
+    let mut most = 0;
+    until_phase(&t, "switching", &mut most, Duration::from_secs(20)).await;
+    t.agents.kill_agent(t.target).expect("kill target");
+    until_phase(&t, "completed", &mut most, Duration::from_secs(30)).await;
+    // The allocation is the target's now, and its agent is away: the new
+    // agent must take the staged checkpoint up, not start from step 0.
+    t.agents.restart(t.target).expect("restart target");
+    let most = until_complete(&t, most).await;
+    assert_eq!(most, 1, "two trainers ran at once (or none was seen)");
+    let target_alloc = target_dir.join("allocs").join(&t.alloc);
+    ends_as_if_never_moved(
+        &[&t.source_log, &target_alloc.join("stdout.log")],
+        &target_alloc.join("checkpoints").join(checkpoint::WEIGHTS),
+    );
+    assert!(
+        !target_alloc.join("incoming.json").exists(),
+        "the arrival's mark is cleared once installed"
+    );
+}

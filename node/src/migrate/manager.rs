@@ -81,6 +81,10 @@ struct Arrival {
     driver: Arc<dyn Driver>,
     /// A live move's incoming workload, once its driver readied it.
     live: Arc<Mutex<Option<WorkloadHandle>>>,
+    /// Whether the `AgentPeer` registry serves it (an arrival taken up
+    /// from disk after an agent restart is authorized again once a set
+    /// names it).
+    authorized: bool,
 }
 
 /// The manager's state.
@@ -221,7 +225,10 @@ impl ManagerState {
         };
         for (alloc_id, migration_id, persisted) in found {
             let handle_driver = persisted.as_ref().map(|p| p.handle.driver.clone());
-            let desired = persisted.as_ref().and_then(|p| p.desired.clone());
+            let desired = persisted
+                .as_ref()
+                .and_then(|p| p.desired.clone())
+                .or_else(|| self.store.desired_of(&alloc_id));
             let Some(driver) = handle_driver
                 .or_else(|| desired.as_ref().map(|d| d.task.driver.clone()))
                 .and_then(|name| self.drivers.get(&name).cloned())
@@ -230,7 +237,27 @@ impl ManagerState {
                 let _ = self.store.clear_incoming(&alloc_id);
                 continue;
             };
+            let mode = driver.capabilities().migration;
+            let desired_here = desired;
             match persisted {
+                None if mode == MigrationMode::CheckpointRestart => {
+                    let Some(desired) = desired_here else {
+                        let _ = self.store.clear_incoming(&alloc_id);
+                        continue;
+                    };
+                    tracing::info!(migration = %migration_id, alloc = %alloc_id, "taking up a checkpoint arrival an earlier agent staged");
+                    self.arrivals.insert(
+                        alloc_id,
+                        Arrival {
+                            migration_id,
+                            generation: desired.generation,
+                            mode,
+                            driver,
+                            live: Arc::new(Mutex::new(None)),
+                            authorized: false,
+                        },
+                    );
+                }
                 Some(p) => {
                     tracing::info!(migration = %migration_id, alloc = %alloc_id, "taking up an arrival an earlier agent readied");
                     self.arrivals.insert(
@@ -238,15 +265,16 @@ impl ManagerState {
                         Arrival {
                             migration_id,
                             generation: p.handle.generation,
-                            mode: driver.capabilities().migration,
+                            mode,
                             driver,
                             live: Arc::new(Mutex::new(Some(p.handle))),
+                            authorized: false,
                         },
                     );
                 }
                 None => {
                     let dir = self.store.alloc_dir(&alloc_id);
-                    let spec = match (self.store.desired_of(&alloc_id), dir) {
+                    let spec = match (desired_here, dir) {
                         (Some(desired), Ok(dir)) => Some(desired.spec(dir)),
                         _ => None,
                     };
@@ -350,7 +378,20 @@ impl ManagerState {
 
     /// Authorizes an arrival the first time the set names it.
     fn begin_arrival(&mut self, alloc_id: String, desired: DesiredAlloc, m: MigrationAssignment) {
-        if self.arrivals.contains_key(&alloc_id) {
+        if let Some(arrival) = self.arrivals.get_mut(&alloc_id) {
+            if !arrival.authorized && arrival.migration_id == m.id {
+                // Taken up from disk: serve what it holds again (files
+                // only: a live move's endpoints were handed out already).
+                arrival.authorized = true;
+                self.registry.authorize(IncomingMigration {
+                    migration_id: m.id.clone(),
+                    alloc_id: alloc_id.clone(),
+                    source_node: m.peer_node.clone(),
+                    kind: m.kind.clone(),
+                    staging_dir: self.staging_dir(&m.id),
+                    endpoints: None,
+                });
+            }
             return;
         }
         let Some(driver) = self.drivers.get(&desired.task.driver).cloned() else {
@@ -358,6 +399,18 @@ impl ManagerState {
             return;
         };
         let mode = driver.capabilities().migration;
+        if mode == MigrationMode::CheckpointRestart {
+            // Marked, with what it will run, so that an agent restarted
+            // before the install still finds the staged checkpoint (and its
+            // supervisor leaves the directory alone until then).
+            let marked = self
+                .store
+                .mark_incoming(&alloc_id, &m.id)
+                .and_then(|()| self.store.save_desired(&desired).map(|_| ()));
+            if let Err(e) = marked {
+                tracing::warn!(alloc = %alloc_id, error = %e, "cannot mark an arrival; receiving it anyway");
+            }
+        }
         let live = Arc::new(Mutex::new(None));
         let endpoints = (mode == MigrationMode::LivePreCopy).then(|| {
             let (driver, store, desired, live, migration_id) = (
@@ -398,7 +451,7 @@ impl ManagerState {
             alloc_id: alloc_id.clone(),
             source_node: m.peer_node.clone(),
             kind: m.kind.clone(),
-            staging_dir: self.data_dir.join("migrations").join(&m.id),
+            staging_dir: self.staging_dir(&m.id),
             endpoints,
         });
         tracing::info!(migration = %m.id, alloc = %alloc_id, source = %m.peer_node, "ready to receive");
@@ -410,6 +463,7 @@ impl ManagerState {
                 mode,
                 driver,
                 live,
+                authorized: true,
             },
         );
     }
@@ -449,17 +503,33 @@ impl ManagerState {
         }
     }
 
+    /// Where migration `id` arrives on this node.
+    fn staging_dir(&self, id: &str) -> PathBuf {
+        self.data_dir.join("migrations").join(id)
+    }
+
     /// The switch-over committed: make what arrived the allocation's.
     async fn install(&self, alloc_id: &str, arrival: &Arrival) -> Result<(), String> {
         let staging = self.registry.take(&arrival.migration_id).await;
         match arrival.mode {
             MigrationMode::CheckpointRestart => {
-                let staging = staging.ok_or("nothing arrived")?;
+                // An arrival taken up from disk was never served by this
+                // process's registry: its staging directory is the truth
+                // (the switch-over commits only after the source sent all).
+                let staging = staging
+                    .or_else(|| {
+                        let dir = self.staging_dir(&arrival.migration_id);
+                        dir.is_dir().then_some(dir)
+                    })
+                    .ok_or("nothing arrived")?;
                 let alloc_dir = self.store.alloc_dir(alloc_id).map_err(|e| e.to_string())?;
                 let target = alloc_dir.join(CHECKPOINT_SUBDIR);
                 tokio::task::spawn_blocking(move || install_dir(&staging, &target))
                     .await
                     .map_err(|e| e.to_string())??;
+                self.store
+                    .clear_incoming(alloc_id)
+                    .map_err(|e| e.to_string())?;
                 tracing::info!(migration = %arrival.migration_id, alloc = %alloc_id, "checkpoint installed; the workload starts from it");
             }
             MigrationMode::LivePreCopy => {
@@ -488,8 +558,25 @@ impl ManagerState {
     /// The migration was aborted: drop what arrived.
     async fn drop_arrival(&self, alloc_id: &str, arrival: &Arrival) {
         tracing::info!(migration = %arrival.migration_id, alloc = %alloc_id, "migration ended without the switch-over; dropping what arrived");
-        if let Err(e) = self.registry.revoke(&arrival.migration_id).await {
-            tracing::warn!(migration = %arrival.migration_id, error = %e, "cannot drop the staging directory");
+        match self.registry.revoke(&arrival.migration_id).await {
+            Ok(true) => {}
+            // Not served by this process (taken up from disk): its
+            // staging directory is removed here.
+            Ok(false) => {
+                let _ = tokio::fs::remove_dir_all(self.staging_dir(&arrival.migration_id)).await;
+            }
+            Err(e) => {
+                tracing::warn!(migration = %arrival.migration_id, error = %e, "cannot drop the staging directory")
+            }
+        }
+        if arrival.mode == MigrationMode::CheckpointRestart {
+            let forgot = self
+                .store
+                .forget(alloc_id)
+                .and_then(|()| self.store.clear_incoming(alloc_id));
+            if let Err(e) = forgot {
+                tracing::warn!(alloc = %alloc_id, error = %e, "cannot forget an arrival");
+            }
         }
         let live = lock(&arrival.live).take();
         if let Some(handle) = live {
