@@ -11,8 +11,12 @@
 //!   instead of starting duplicates.
 //! - [`DriverCapabilities`] says which moves a workload allows
 //!   (checkpoint/restart for training, pre-copy for VMs, KV-cache transfer
-//!   for inference requests). Nothing reads it yet: it is not reported to
-//!   the coordinators; the migration work will, before attempting a move.
+//!   for inference requests). Agents declare it at registration, and the
+//!   coordinators refuse a migration neither side's driver can make.
+//! - Moves are methods: `pause`, `resume`, `checkpoint`, and for live
+//!   moves `prepare_incoming`, `migrate_out`, `cancel_out` and
+//!   `finish_incoming` ([`live`]); each refuses by default, so a driver
+//!   implements only the moves it declares.
 //!
 //! `exec` runs a process under a detached `herd executor`; the other drivers
 //! (`dljob`, `simvm`, `inference`, `vm`) run theirs as the exec driver's

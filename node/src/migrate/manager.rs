@@ -99,9 +99,9 @@ pub struct ManagerState {
     outgoing: HashMap<String, JoinHandle<()>>,
     /// Arrivals by allocation id.
     arrivals: HashMap<String, Arrival>,
-    /// Whether staging directories left by an earlier agent process were
-    /// looked at (once, on the first set).
-    swept: bool,
+    /// Whether the first set was acted on: arrivals and staging
+    /// directories an earlier agent process left are looked at before it.
+    first_set_seen: bool,
 }
 
 impl Actor for MigrationManager {
@@ -122,7 +122,7 @@ impl Actor for MigrationManager {
             registry: args.incoming,
             outgoing: HashMap::new(),
             arrivals: HashMap::new(),
-            swept: false,
+            first_set_seen: false,
         })
     }
 
@@ -167,7 +167,7 @@ impl ManagerState {
         supervisor: &ActorRef<SupervisorMsg>,
         client: &HerdClient,
     ) -> Vec<DesiredAlloc> {
-        if !self.swept {
+        if !self.first_set_seen {
             self.recover_arrivals().await;
         }
         let mut forward = Vec::with_capacity(allocs.len());
@@ -203,18 +203,19 @@ impl ManagerState {
         for (alloc_id, (desired, m)) in incoming {
             self.begin_arrival(alloc_id, desired, m);
         }
-        if !self.swept {
-            self.swept = true;
+        if !self.first_set_seen {
+            self.first_set_seen = true;
             self.sweep_staging().await;
         }
         forward
     }
 
-    /// Takes up the live arrivals an earlier agent process readied (their
-    /// directories carry the incoming mark): the first set then installs
+    /// Takes up the arrivals an earlier agent process readied (their
+    /// directories carry the incoming mark): a checkpoint move's staged
+    /// files, a live move's incoming workload. The first set then installs
     /// those whose switch-over committed meanwhile and drops the others like
-    /// any arrival. A mark without a handle (the agent died while readying
-    /// it) is dropped, stopping whatever its driver finds running.
+    /// any arrival. A live mark without a handle (the agent died while
+    /// readying it) is dropped, stopping whatever its driver finds running.
     async fn recover_arrivals(&mut self) {
         let found = match self.store.incoming() {
             Ok(found) => found,
