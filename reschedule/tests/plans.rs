@@ -12,21 +12,15 @@ use herd_reschedule::model::{Move, NumaSet, Placement};
 use herd_reschedule::objective::initial_fragment_rate;
 use herd_reschedule::{by_name, validate_plan, vmr2l, Instance, Limits, PlanError, Shape};
 
+/// One of the two published instances, kept in the repository
+/// (`reschedule/data/vmr2l/`, Apache-2.0, with their provenance in its
+/// README) so that every checkout has them.
 fn data_file(name: &str) -> Option<PathBuf> {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/data/vmr2l")
+        .join("data/vmr2l")
         .join(name);
-    if path.exists() {
-        return Some(path);
-    }
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{} missing: CI must have shared/data/vmr2l", path.display());
-    }
-    eprintln!(
-        "skipping: {} not found (shared/data/vmr2l absent)",
-        path.display()
-    );
-    None
+    assert!(path.exists(), "{} missing from the checkout", path.display());
+    Some(path)
 }
 
 fn limits(max_moves: usize, ms: u64) -> Limits {
