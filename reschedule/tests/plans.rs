@@ -19,7 +19,11 @@ fn data_file(name: &str) -> Option<PathBuf> {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("data/vmr2l")
         .join(name);
-    assert!(path.exists(), "{} missing from the checkout", path.display());
+    assert!(
+        path.exists(),
+        "{} missing from the checkout",
+        path.display()
+    );
     Some(path)
 }
 
