@@ -35,7 +35,9 @@ use herd_api::proto::agent::MigrationAssignment;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::task::JoinHandle;
 
-use super::receiver::{EndpointsFuture, IncomingMigration, IncomingRegistry};
+use super::receiver::{
+    EndpointsFuture, IncomingEndpointsSource, IncomingMigration, IncomingRegistry,
+};
 use super::report::MigrationReporter;
 use super::source::{self, Outgoing, CHECKPOINT_SUBDIR};
 
@@ -384,14 +386,7 @@ impl ManagerState {
                 // Taken up from disk: serve what it holds again (files
                 // only: a live move's endpoints were handed out already).
                 arrival.authorized = true;
-                self.registry.authorize(IncomingMigration {
-                    migration_id: m.id.clone(),
-                    alloc_id: alloc_id.clone(),
-                    source_node: m.peer_node.clone(),
-                    kind: m.kind.clone(),
-                    staging_dir: self.staging_dir(&m.id),
-                    endpoints: None,
-                });
+                self.authorize(&alloc_id, &m, None);
             }
             return;
         }
@@ -447,14 +442,7 @@ impl ManagerState {
             });
             ready
         });
-        self.registry.authorize(IncomingMigration {
-            migration_id: m.id.clone(),
-            alloc_id: alloc_id.clone(),
-            source_node: m.peer_node.clone(),
-            kind: m.kind.clone(),
-            staging_dir: self.staging_dir(&m.id),
-            endpoints,
-        });
+        self.authorize(&alloc_id, &m, endpoints);
         tracing::info!(migration = %m.id, alloc = %alloc_id, source = %m.peer_node, "ready to receive");
         self.arrivals.insert(
             alloc_id,
@@ -502,6 +490,24 @@ impl ManagerState {
                 self.drop_arrival(&alloc_id, &arrival).await;
             }
         }
+    }
+
+    /// Lets the `AgentPeer` service receive `m` for `alloc_id` from its
+    /// source, into its staging directory.
+    fn authorize(
+        &self,
+        alloc_id: &str,
+        m: &MigrationAssignment,
+        endpoints: IncomingEndpointsSource,
+    ) {
+        self.registry.authorize(IncomingMigration {
+            migration_id: m.id.clone(),
+            alloc_id: alloc_id.to_string(),
+            source_node: m.peer_node.clone(),
+            kind: m.kind.clone(),
+            staging_dir: self.staging_dir(&m.id),
+            endpoints,
+        });
     }
 
     /// Where migration `id` arrives on this node.
