@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use herd_api::resources::{display_memory, MIB};
 
-use super::herd_side::{HerdCluster, LogTail, Placed, Probes, NODES};
+use super::herd_side::{HerdCluster, Placed, NODES};
 use super::report::{HerdFigures, Row};
-use super::vm::gap_ms;
+use super::vm::live_move;
 use super::Limits;
 use crate::exit::CliError;
 
@@ -144,28 +144,7 @@ async fn herd_move(
     let placed: Placed = cluster.running(job).await?;
     let result: Result<HerdFigures, CliError> = async {
         tokio::time::sleep(WARM_UP).await;
-        let mut target_log = LogTail::from_end(&cluster.agent_log(placed.other_node()));
-        let mut resumed = || target_log.saw("live migration arrived");
-        let (m, timeline) = cluster
-            .migrate(
-                &placed,
-                limits.downtime_limit,
-                limits.bandwidth,
-                Probes {
-                    stopped: None,
-                    resumed: &mut resumed,
-                },
-            )
-            .await?;
-        Ok(HerdFigures {
-            total_ms: m.total_ms,
-            downtime_ms: m.downtime_ms,
-            record_downtime_ms: m.downtime_ms,
-            bytes: m.bytes,
-            rounds: m.rounds,
-            resumed_after_ms: gap_ms(timeline.switching, timeline.resumed),
-            phases: timeline.phases,
-        })
+        live_move(cluster, &placed, limits).await
     }
     .await;
     let finished = cluster.finish(job, &placed.alloc).await;

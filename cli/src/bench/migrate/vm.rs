@@ -231,29 +231,7 @@ async fn herd_move(
                 .join("stdout.log"),
         )
         .await?;
-        // The target agent logs this once `cont` let the moved VM run.
-        let mut target_log = LogTail::from_end(&cluster.agent_log(placed.other_node()));
-        let mut resumed = || target_log.saw("live migration arrived");
-        let (m, timeline) = cluster
-            .migrate(
-                &placed,
-                limits.downtime_limit,
-                limits.bandwidth,
-                Probes {
-                    stopped: None,
-                    resumed: &mut resumed,
-                },
-            )
-            .await?;
-        Ok(HerdFigures {
-            total_ms: m.total_ms,
-            downtime_ms: m.downtime_ms,
-            record_downtime_ms: m.downtime_ms,
-            bytes: m.bytes,
-            rounds: m.rounds,
-            resumed_after_ms: gap_ms(timeline.switching, timeline.resumed),
-            phases: timeline.phases,
-        })
+        live_move(cluster, &placed, limits).await
     }
     .await;
     let finished = cluster.finish(job, &placed.alloc).await;
@@ -266,6 +244,39 @@ async fn herd_move(
 pub fn gap_ms(from: Option<Instant>, to: Option<Instant>) -> Option<u64> {
     let (from, to) = (from?, to?);
     Some(u64::try_from(to.saturating_duration_since(from).as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Moves a live-moving workload (a VM, real or simulated) of `placed` and
+/// reads herd's figures: the record's, and when the target agent said the
+/// workload runs there (it logs "live migration arrived" once it let the
+/// moved workload run).
+pub async fn live_move(
+    cluster: &HerdCluster,
+    placed: &super::herd_side::Placed,
+    limits: &Limits,
+) -> Result<HerdFigures, CliError> {
+    let mut target_log = LogTail::from_end(&cluster.agent_log(placed.other_node()));
+    let mut resumed = || target_log.saw("live migration arrived");
+    let (m, timeline) = cluster
+        .migrate(
+            placed,
+            limits.downtime_limit,
+            limits.bandwidth,
+            Probes {
+                stopped: None,
+                resumed: &mut resumed,
+            },
+        )
+        .await?;
+    Ok(HerdFigures {
+        total_ms: m.total_ms,
+        downtime_ms: m.downtime_ms,
+        record_downtime_ms: m.downtime_ms,
+        bytes: m.bytes,
+        rounds: m.rounds,
+        resumed_after_ms: gap_ms(timeline.switching, timeline.resumed),
+        phases: timeline.phases,
+    })
 }
 
 #[cfg(test)]
