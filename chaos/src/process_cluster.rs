@@ -651,7 +651,10 @@ impl ProcessCluster {
     /// Waits until every member answers at its address as itself: a member
     /// that could not start (its port taken meanwhile) fails the wait
     /// rather than leaving a smaller cluster to be tested unawares.
-    pub async fn wait_members(&self, timeout: Duration) -> Result<(), ClusterError> {
+    /// On a timeout the error carries the member's state and the tail of
+    /// its log, because the log lives in this cluster's temporary root and
+    /// is gone once the failed run is dropped.
+    pub async fn wait_members(&mut self, timeout: Duration) -> Result<(), ClusterError> {
         let started = Instant::now();
         for id in self.ids() {
             loop {
@@ -663,11 +666,11 @@ impl ProcessCluster {
                     break;
                 }
                 if started.elapsed() > timeout {
+                    let evidence = self.member_evidence(id);
                     return Err(ClusterError::Timeout {
                         what: format!(
-                            "member {id} to answer at {} (see {})",
+                            "member {id} to answer at {} ({evidence})",
                             self.member(id)?.addr,
-                            self.member(id)?.log_path.display()
                         ),
                         waited: timeout,
                     });
@@ -676,6 +679,33 @@ impl ProcessCluster {
             }
         }
         Ok(())
+    }
+
+    /// What is known of a member that does not answer: whether its process
+    /// still runs (or how it ended) and the last lines of its log.
+    fn member_evidence(&mut self, id: u64) -> String {
+        const TAIL_LINES: usize = 15;
+        let docker = self.docker.clone();
+        let Some(member) = self.members.get_mut(&id) else {
+            return format!("no member {id}");
+        };
+        let state = match (&mut member.child, &docker, &member.container) {
+            (Some(child), _, _) => match child.try_wait() {
+                Ok(None) => "process running".to_string(),
+                Ok(Some(status)) => format!("process ended: {status}"),
+                Err(e) => format!("process state unknown: {e}"),
+            },
+            (None, Some(_), Some(name)) => format!("container {name}"),
+            _ => "no process".to_string(),
+        };
+        let log = match (&docker, &member.container) {
+            (Some(docker), Some(name)) => docker.logs(name),
+            _ => std::fs::read_to_string(&member.log_path)
+                .unwrap_or_else(|e| format!("cannot read {}: {e}", member.log_path.display())),
+        };
+        let lines: Vec<&str> = log.lines().collect();
+        let tail = lines[lines.len().saturating_sub(TAIL_LINES)..].join("\n  ");
+        format!("{state}; last lines of its log:\n  {tail}")
     }
 
     /// Waits until member `id` reports applying at least `index`.

@@ -88,7 +88,7 @@ pub async fn start(config: &RunConfig, rng: &mut Rng) -> Result<Started, RunErro
         shim,
         docker: config.docker.clone(),
     };
-    let cluster = ProcessCluster::start_at(&config.binary, &member_addrs, setup)
+    let mut cluster = ProcessCluster::start_at(&config.binary, &member_addrs, setup)
         .map_err(|e| RunError::Setup(e.to_string()))?;
     cluster
         .wait_for_leader(Duration::from_secs(30))
