@@ -20,6 +20,8 @@ use std::sync::Arc;
 use tokio::time::Instant;
 
 use thiserror::Error;
+use tonic::metadata::AsciiMetadataValue;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
@@ -67,6 +69,45 @@ impl ClientError {
     }
 }
 
+/// A token that cannot travel as gRPC metadata.
+#[derive(Debug, Error)]
+#[error("invalid token: {0}")]
+pub struct InvalidToken(String);
+
+/// Sends the client's bearer token, if it has one, as
+/// `authorization: Bearer TOKEN` metadata on every request: the credential
+/// a bootstrapped cluster asks for (docs/security.md).
+#[derive(Debug, Clone, Default)]
+pub struct BearerToken(Option<AsciiMetadataValue>);
+
+impl BearerToken {
+    /// The metadata for `token`; an empty token sends nothing.
+    pub fn new(token: &str) -> Result<Self, InvalidToken> {
+        let token = token.trim();
+        if token.is_empty() {
+            return Ok(Self(None));
+        }
+        format!("Bearer {token}")
+            .parse::<AsciiMetadataValue>()
+            .map(|value| Self(Some(value)))
+            .map_err(|_| InvalidToken("it must be printable ASCII without spaces".into()))
+    }
+}
+
+impl tonic::service::Interceptor for BearerToken {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        if let Some(value) = &self.0 {
+            request.metadata_mut().insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// What each call of a [`HerdClient`] is given: a channel to one
+/// coordinator that carries the client's token. Generated clients take it
+/// as they take a plain channel (`JobsClient::new(channel)`).
+pub type HerdChannel = InterceptedService<Channel, BearerToken>;
+
 /// Opens a lazily connected channel to `HOST:PORT` over a transport other
 /// than the operating system's TCP: the deterministic simulation's network.
 /// Coordinators dial each other through one (`DialMap`), agents their
@@ -106,6 +147,8 @@ pub struct HerdClient {
     connector: Option<Connector>,
     /// Set by [`HerdClient::with_leader_routing`].
     leader: Option<Arc<tokio::sync::Mutex<LeaderCache>>>,
+    /// Set by [`HerdClient::with_token`]; sent on every call.
+    token: BearerToken,
 }
 
 /// Whether a failed call certainly never reached the peer: the channel
@@ -217,7 +260,20 @@ impl HerdClient {
             endpoints,
             connector: None,
             leader: None,
+            token: BearerToken::default(),
         })
+    }
+
+    /// Sends `token` (`--token`, `HERD_TOKEN`) with every request, as a
+    /// bootstrapped cluster requires; an empty token sends none.
+    pub fn with_token(mut self, token: &str) -> Result<Self, InvalidToken> {
+        self.token = BearerToken::new(token)?;
+        Ok(self)
+    }
+
+    /// `channel` with this client's token on every request.
+    fn authed(&self, channel: Channel) -> HerdChannel {
+        InterceptedService::new(channel, self.token.clone())
     }
 
     /// Sends [`HerdClient::call_leader`] requests straight to the leader,
@@ -294,7 +350,7 @@ impl HerdClient {
         for (addr, channel) in &self.endpoints {
             let mut request = tonic::Request::new(MemberStatusRequest { with_digest: false });
             request.set_timeout(MEMBER_PROBE_TIMEOUT);
-            let answered = ClusterClient::new(channel.clone())
+            let answered = ClusterClient::new(self.authed(channel.clone()))
                 .member_status(request)
                 .await;
             if answered.is_ok_and(|report| report.into_inner().id == id) {
@@ -349,7 +405,7 @@ impl HerdClient {
     /// routing is on.
     pub async fn call_leader<T, F, Fut>(&self, call: F) -> Result<T, ClientError>
     where
-        F: Fn(Channel) -> Fut,
+        F: Fn(HerdChannel) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
     {
         self.call_leader_as(Repeat::Unsafe, call).await
@@ -359,11 +415,11 @@ impl HerdClient {
     /// without harm: see [`Repeat`].
     pub async fn call_leader_as<T, F, Fut>(&self, repeat: Repeat, call: F) -> Result<T, ClientError>
     where
-        F: Fn(Channel) -> Fut,
+        F: Fn(HerdChannel) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
     {
         if let Some((addr, channel)) = self.leader_channel().await {
-            let status = match call(channel).await {
+            let status = match call(self.authed(channel)).await {
                 Ok(value) => return Ok(value),
                 Err(status) => status,
             };
@@ -374,7 +430,7 @@ impl HerdClient {
             }
             // The member that is not the leader named it: go there first.
             if let Some((addr, channel)) = hinted {
-                match call(channel).await {
+                match call(self.authed(channel)).await {
                     Ok(value) => return Ok(value),
                     Err(status) if may_try_elsewhere(&status, repeat) => self.forget_leader().await,
                     Err(status) => {
@@ -403,7 +459,7 @@ impl HerdClient {
     /// never sending it twice when it may have run ([`Repeat::Unsafe`]).
     pub async fn call<T, F, Fut>(&self, call: F) -> Result<T, ClientError>
     where
-        F: Fn(Channel) -> Fut,
+        F: Fn(HerdChannel) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
     {
         self.call_as(Repeat::Unsafe, call).await
@@ -413,12 +469,12 @@ impl HerdClient {
     /// see [`Repeat`].
     pub async fn call_as<T, F, Fut>(&self, repeat: Repeat, call: F) -> Result<T, ClientError>
     where
-        F: Fn(Channel) -> Fut,
+        F: Fn(HerdChannel) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
     {
         let mut tried = Vec::new();
         for (addr, channel) in &self.endpoints {
-            match call(channel.clone()).await {
+            match call(self.authed(channel.clone())).await {
                 Ok(value) => return Ok(value),
                 Err(status) if may_try_elsewhere(&status, repeat) => {
                     tried.push((addr.clone(), status.message().to_string()))
@@ -437,13 +493,13 @@ impl HerdClient {
     /// Runs `call` against one coordinator only (by position), for member-local questions.
     pub async fn call_one<T, F, Fut>(&self, index: usize, call: F) -> Result<T, ClientError>
     where
-        F: FnOnce(Channel) -> Fut,
+        F: FnOnce(HerdChannel) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
     {
         let Some((addr, channel)) = self.endpoints.get(index) else {
             return Err(ClientError::NoAddress);
         };
-        call(channel.clone()).await.map_err(|status| {
+        call(self.authed(channel.clone())).await.map_err(|status| {
             if may_try_elsewhere(&status, Repeat::Unsafe) {
                 // Name the coordinator that could not serve, as `call` does.
                 ClientError::Unavailable {
@@ -625,6 +681,21 @@ mod tests {
         let foreign =
             HerdClient::from_channels(vec![("127.0.0.1:1".into(), channel)]).expect("client");
         assert!(foreign.channel_for(&hint).await.is_none());
+    }
+
+    #[test]
+    fn the_token_travels_as_bearer_metadata() {
+        use tonic::service::Interceptor;
+        let mut token = BearerToken::new(" abc.def ").expect("valid");
+        let request = token.call(tonic::Request::new(())).expect("intercepted");
+        assert_eq!(
+            request.metadata().get("authorization").map(|v| v.to_str().ok()),
+            Some(Some("Bearer abc.def"))
+        );
+        let mut none = BearerToken::new("").expect("empty is none");
+        let request = none.call(tonic::Request::new(())).expect("intercepted");
+        assert!(request.metadata().get("authorization").is_none());
+        assert!(BearerToken::new("line\nbreak").is_err());
     }
 
     #[tokio::test]

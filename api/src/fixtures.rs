@@ -28,5 +28,6 @@ pub(crate) fn minimal_batch() -> JobSpec {
         },
         placement: Default::default(),
         stop_after_disconnect: None,
+        balance: Default::default(),
     }
 }

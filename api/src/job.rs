@@ -51,6 +51,27 @@ pub struct JobSpec {
     /// suits work that may run twice but should not pause.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_after_disconnect: Option<std::time::Duration>,
+    /// Whether the node agents may move this job's instances among
+    /// themselves to even out load (decentralised balancing, see
+    /// docs/balancing.md). Off by default: a move costs a live migration.
+    #[serde(default, skip_serializing_if = "BalanceSpec::is_default")]
+    pub balance: BalanceSpec,
+}
+
+/// A job's `[balance]` table: what decentralised balancing may do with it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BalanceSpec {
+    /// The agents may move running instances live to a lighter node
+    /// (only where the driver can move live: `vm`, `simvm`, `dljob`).
+    #[serde(default)]
+    pub movable: bool,
+}
+
+impl BalanceSpec {
+    /// Whether nothing is asked for (kept out of the stored spec then).
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 /// How the cluster treats a job's instances once they exit.

@@ -125,6 +125,48 @@ pub struct Migration {
     /// records written before GPUs were bound.
     #[serde(default)]
     pub target_gpu_indices: Vec<u32>,
+    /// Set when this migration moves one member of a gang: the members
+    /// move as one group (see [`GangPart`]). None for a lone allocation
+    /// and in records written before gangs moved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gang: Option<GangPart>,
+}
+
+/// What one member's migration of a gang move shares with the others.
+///
+/// A gang's learners must stop at one common step and move together: every
+/// member has its own record (its own allocation, source, target and
+/// reservation), all with the same `group`; the step is agreed through the
+/// members' probes, and the switch-over of the whole group is one Raft
+/// entry, taken once every member asked for it. An abort of one member
+/// aborts them all.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GangPart {
+    /// The group's id: the first member's migration id.
+    pub group: String,
+    /// The learner's step and pace as its source probed them, once it did.
+    #[serde(default)]
+    pub probe: Option<GangProbe>,
+    /// The step every member's learner stops at, set on every member in one
+    /// entry once all of them were probed.
+    #[serde(default)]
+    pub stop_step: Option<u64>,
+    /// Whether this member's source asked for the switch-over (stopped at
+    /// the step, everything sent); the group switches when all did.
+    #[serde(default)]
+    pub switch_asked: bool,
+}
+
+/// One learner's progress as its source measured it, to choose the
+/// group's step from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GangProbe {
+    /// Steps done at the probe.
+    pub step: u64,
+    /// Its pace, thousandths of a step per second.
+    pub pace_milli: u64,
+    /// When the leader took the report, ms since the epoch (leader's clock).
+    pub at_ms: u64,
 }
 
 impl Migration {

@@ -17,7 +17,6 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio_stream::wrappers::UnboundedReceiverStream;
-use tonic::transport::Channel;
 use tonic::{Code, Status, Streaming};
 
 use crate::proto::v1::variables_client::VariablesClient;
@@ -54,7 +53,16 @@ pub struct PutStream {
 impl PutStream {
     /// Opens a stream on `channel`: to a follower, which forwards the puts
     /// to the leader as it forwards unary ones, or to the leader itself.
-    pub async fn open(channel: Channel) -> Result<Self, Status> {
+    /// Any channel a generated client takes: a plain one, or a
+    /// [`crate::client::HerdChannel`] that carries a token.
+    pub async fn open<T>(channel: T) -> Result<Self, Status>
+    where
+        T: tonic::client::GrpcService<tonic::body::Body> + Send + 'static,
+        T::Future: Send,
+        T::Error: Into<tonic::codegen::StdError>,
+        T::ResponseBody: tonic::codegen::Body<Data = tonic::codegen::Bytes> + Send + 'static,
+        <T::ResponseBody as tonic::codegen::Body>::Error: Into<tonic::codegen::StdError> + Send,
+    {
         let (to_server, outgoing) = mpsc::unbounded_channel();
         let incoming = VariablesClient::new(channel)
             .put_stream(UnboundedReceiverStream::new(outgoing))

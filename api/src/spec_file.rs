@@ -154,7 +154,9 @@ const ROOT_FIELDS: &[&str] = &[
     "constraint",
     "affinity",
     "stop_after_disconnect",
+    "balance",
 ];
+const BALANCE_FIELDS: &[&str] = &["movable"];
 const CONSTRAINT_FIELDS: &[&str] = &["label", "op", "value"];
 const AFFINITY_FIELDS: &[&str] = &["label", "value", "weight"];
 const TASK_FIELDS: &[&str] = &[
@@ -206,6 +208,11 @@ impl<'s> Reader<'s> {
             None => None,
         };
 
+        let balance = match root.get("balance") {
+            Some(v) => self.balance(v)?,
+            None => crate::job::BalanceSpec::default(),
+        };
+
         Ok(JobSpec {
             name,
             job_type,
@@ -214,6 +221,7 @@ impl<'s> Reader<'s> {
             task,
             placement,
             stop_after_disconnect,
+            balance,
         })
     }
 
@@ -321,6 +329,16 @@ impl<'s> Reader<'s> {
             value,
             weight,
         })
+    }
+
+    fn balance(&mut self, value: &Value<'_>) -> Result<crate::job::BalanceSpec, Problem> {
+        let table = self.table("balance", value)?;
+        check_keys("balance", table, BALANCE_FIELDS)?;
+        let movable = match table.get("movable") {
+            Some(v) => self.boolean("balance.movable", v)?,
+            None => false,
+        };
+        Ok(crate::job::BalanceSpec { movable })
     }
 
     fn task(&mut self, value: &Value<'_>) -> Result<TaskSpec, Problem> {

@@ -14,7 +14,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use herd_api::client::{is_connect_failure, ClientError, HerdClient};
 use herd_api::proto::v1::allocs_client::AllocsClient;
@@ -74,13 +74,11 @@ pub fn train_spec() -> JobSpec {
     }
 }
 
-/// This host's wall clock, ms since the epoch (the clock the leader stamps
-/// deadlines with, the harness running on the same host).
+/// This host's wall clock, ms since the epoch: the clock the leader stamps
+/// deadlines with (`herd_api::clock`, which the simulation turns into
+/// simulated time), the harness running on the same host.
 fn wall_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    herd_api::clock::now_ms()
 }
 
 /// `call` with [`OP_TIMEOUT`]; a timeout is None.
@@ -154,17 +152,22 @@ fn observe(attempt: &mut MigrationAttempt, m: &MigrationInfo, recorder: &Recorde
     attempt.last = Some(record);
 }
 
-/// A running allocation of [`TRAIN_JOB`] and the node it runs on, picked
-/// at random; None when none runs or the list could not be read.
-async fn pick_alloc(client: &HerdClient, member: usize, rng: &mut Rng) -> Option<(String, String)> {
-    let call = client.call_one(member, |ch| async move {
-        AllocsClient::new(ch)
-            .list(ListAllocsRequest {
-                job: TRAIN_JOB.into(),
-                stale: false,
-            })
-            .await
-            .map(|r| r.into_inner())
+/// A running allocation of `job` and the node it runs on, picked at
+/// random; None when none runs or the list could not be read.
+async fn pick_alloc(
+    client: &HerdClient,
+    member: usize,
+    job: &str,
+    rng: &mut Rng,
+) -> Option<(String, String)> {
+    let call = client.call_one(member, |ch| {
+        let job = job.to_string();
+        async move {
+            AllocsClient::new(ch)
+                .list(ListAllocsRequest { job, stale: false })
+                .await
+                .map(|r| r.into_inner())
+        }
     });
     let allocs = bounded(call).await?.ok()?;
     let running: Vec<(String, String)> = allocs
@@ -212,7 +215,19 @@ pub const FOLLOW_AFTER_STOP: Duration = Duration::from_secs(30);
 /// allocation of [`TRAIN_JOB`] and a ready node among `nodes` other than
 /// its own, asks to move it there, and follows the migration until it ends
 /// (past the stop by at most [`FOLLOW_AFTER_STOP`]), recording each attempt.
-pub async fn migration_client(ctx: ClientContext, process: u64, nodes: Vec<String>, mut rng: Rng) {
+pub async fn migration_client(ctx: ClientContext, process: u64, nodes: Vec<String>, rng: Rng) {
+    migration_client_of(ctx, process, TRAIN_JOB, nodes, rng).await;
+}
+
+/// [`migration_client`] moving the allocations of `job` (the simulation's
+/// live-moving VMs).
+pub async fn migration_client_of(
+    ctx: ClientContext,
+    process: u64,
+    job: &str,
+    nodes: Vec<String>,
+    mut rng: Rng,
+) {
     let client = match &ctx.client {
         Some(client) => client.clone(),
         None => match HerdClient::new(&ctx.addrs) {
@@ -227,7 +242,7 @@ pub async fn migration_client(ctx: ClientContext, process: u64, nodes: Vec<Strin
             break;
         }
         let member = rng.below(members) as usize;
-        let Some((alloc_id, source)) = pick_alloc(&client, member, &mut rng).await else {
+        let Some((alloc_id, source)) = pick_alloc(&client, member, job, &mut rng).await else {
             continue;
         };
         let Some(target) = pick_target(&client, member, &nodes, &source, &mut rng).await else {

@@ -33,6 +33,11 @@ struct Cli {
     /// Log as JSON lines instead of text.
     #[arg(long, global = true)]
     log_json: bool,
+    /// Bearer token sent with every request, once the cluster is
+    /// bootstrapped (`herd acl bootstrap`); node agents and joining
+    /// coordinators send it too.
+    #[arg(long, global = true, env = "HERD_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -52,6 +57,10 @@ enum Command {
     /// Inspect allocations (job instances placed on nodes).
     #[command(subcommand)]
     Alloc(cmd::alloc::AllocCommand),
+    /// Decentralised load balancing among the node agents (`herd balance
+    /// status`: the spread one agent sees).
+    #[command(subcommand)]
+    Balance(cmd::balance::BalanceCommand),
     /// Inspect live migrations (`herd alloc migrate` starts one).
     #[command(subcommand)]
     Migration(cmd::migration::MigrationCommand),
@@ -61,6 +70,12 @@ enum Command {
     /// Read and write variables (replicated registers with compare-and-set).
     #[command(subcommand)]
     Var(cmd::var::VarCommand),
+    /// Client authentication: bootstrap, and create, list, revoke tokens.
+    #[command(subcommand)]
+    Acl(cmd::acl::AclCommand),
+    /// Operate the cluster: back up its state and restore it into a new cluster.
+    #[command(subcommand)]
+    Operator(cmd::operator::OperatorCommand),
     /// GPU power budgets per group of nodes, and what the nodes draw.
     #[command(subcommand)]
     Power(cmd::power::PowerCommand),
@@ -134,19 +149,23 @@ async fn run(cli: Cli) -> Result<(), CliError> {
     let ctx = cmd::Context {
         addr: cli.addr,
         output: cli.output,
+        token: cli.token,
     };
     match cli.command {
-        Command::Coordinator(args) => cmd::coordinator::run(args).await,
+        Command::Coordinator(args) => cmd::coordinator::run(args, ctx.token.as_deref()).await,
         Command::Dev(args) => cmd::dev::run(args).await,
         Command::Cluster(command) => cmd::cluster::run(&ctx, command).await,
         Command::Job(command) => cmd::job::run(&ctx, command).await,
         Command::Node(args) => match args.command {
             Some(command) => cmd::node::run(&ctx, command).await,
-            None => cmd::agent::run(args.agent).await,
+            None => cmd::agent::run(args.agent, ctx.token.as_deref()).await,
         },
         Command::Alloc(command) => cmd::alloc::run(&ctx, command).await,
         Command::Migration(command) => cmd::migration::run(&ctx, command).await,
+        Command::Balance(command) => cmd::balance::run(&ctx, command).await,
         Command::Var(command) => cmd::var::run(&ctx, command).await,
+        Command::Acl(command) => cmd::acl::run(&ctx, command).await,
+        Command::Operator(command) => cmd::operator::run(&ctx, command).await,
         Command::Power(command) => cmd::power::run(&ctx, command).await,
         Command::Vm(command) => cmd::vm::run(&ctx, command),
         Command::Reschedule(command) => cmd::reschedule::run(&ctx, command).await,
@@ -168,7 +187,10 @@ fn prints_and_exits(command: &Command) -> bool {
         | Command::Job(_)
         | Command::Alloc(_)
         | Command::Migration(_)
+        | Command::Balance(_)
         | Command::Var(_)
+        | Command::Acl(_)
+        | Command::Operator(_)
         | Command::Power(_)
         | Command::Vm(_)
         | Command::Reschedule(_)

@@ -111,6 +111,7 @@ async fn report(
         rounds,
         downtime_ms,
         reason: reason.into(),
+        ..Default::default()
     };
     client
         .call(|ch| {

@@ -12,48 +12,11 @@ mod common;
 use std::time::Duration;
 
 use common::agents::{cluster_with_agents, must_have_ready_nodes, running_allocs};
+use common::vms::{alloc_node, min_cpu_capacity, place_vms};
 use common::*;
 use serde_json::Value;
 
 const NODES: [&str; 3] = ["r1", "r2", "r3"];
-
-/// Submits simvm job `name` of `millis` millicores and waits until its one
-/// allocation runs; returns the node it runs on.
-async fn run_vm(addr: &str, dir: &std::path::Path, name: &str, millis: u64, seed: usize) -> String {
-    let spec = write_spec(
-        dir,
-        name,
-        &format!(
-            "name = \"{name}\"\ntype = \"service\"\n[task]\ndriver = \"simvm\"\n[task.config]\ndirty_rate = \"1MiB\"\nseed = {seed}\n[task.resources]\ncpu = {millis}\nmemory = \"32MiB\"\n"
-        ),
-    );
-    must_cli_ok(&["--addr", addr, "job", "run", "--detach", &spec]);
-    until(
-        &format!("job {name} running"),
-        Duration::from_secs(30),
-        || {
-            let allocs = running_allocs(addr, name);
-            let [a] = allocs.as_slice() else { return None };
-            a["node"].as_str().map(str::to_string)
-        },
-    )
-    .await
-}
-
-/// Only `node` takes new work.
-fn only_eligible(addr: &str, node: &str) {
-    for n in NODES {
-        let state = if n == node { "on" } else { "off" };
-        must_cli_ok(&["--addr", addr, "node", "eligibility", n, state]);
-    }
-}
-
-fn alloc_node(addr: &str, id: &str) -> String {
-    json(addr, &["alloc", "status", id])["node"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string()
-}
 
 fn fr(plan: &Value, key: &str) -> f64 {
     plan[key]
@@ -70,31 +33,22 @@ async fn a_fragmented_cluster_is_planned_and_defragmented_by_live_migrations() {
     must_have_ready_nodes(&addr, &NODES).await;
     // Every agent of this host offers the same CPU; a quarter of it per VM
     // and half of it as the target shape.
-    let capacity = json(&addr, &["node", "list"])
-        .as_array()
-        .expect("nodes")
-        .iter()
-        .filter_map(|n| n["capacity"]["cpu_millis"].as_u64())
-        .min()
-        .expect("a capacity");
+    let capacity = min_cpu_capacity(&addr);
     let q = capacity / 4;
     assert!(q >= 100, "nodes of {capacity} millicores are too small");
     let target = format!("{}m", 2 * q);
     let dir = tempfile::tempdir().expect("tempdir");
 
     // r1 and r2 get three VMs each (a quarter-node fragment left), r3 one.
-    let mut vm = 0;
-    for (node, count) in [("r1", 3), ("r2", 3), ("r3", 1)] {
-        only_eligible(&addr, node);
-        for _ in 0..count {
-            vm += 1;
-            let ran_on = run_vm(&addr, dir.path(), &format!("v{vm}"), q, vm).await;
-            assert_eq!(ran_on, node);
-        }
-    }
-    for n in NODES {
-        must_cli_ok(&["--addr", &addr, "node", "eligibility", n, "on"]);
-    }
+    place_vms(
+        &addr,
+        dir.path(),
+        &NODES,
+        &[("r1", 3), ("r2", 3), ("r3", 1)],
+        q,
+        50,
+    )
+    .await;
 
     // The plan: the FR the layout has, one move lowering it.
     let r = capacity - 4 * q;

@@ -19,6 +19,7 @@ pub mod log_store;
 pub mod network;
 pub mod raft_config;
 pub mod rpc;
+pub mod seed;
 pub mod state_machine;
 pub mod storage;
 pub mod types;

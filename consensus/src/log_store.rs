@@ -23,11 +23,11 @@ use crate::codec;
 use crate::storage::{KvStore, Space, WriteOp};
 use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
 
-const KEY_VOTE: &[u8] = b"vote";
-const KEY_COMMITTED: &[u8] = b"committed";
-const KEY_LAST_PURGED: &[u8] = b"last_purged";
+pub(crate) const KEY_VOTE: &[u8] = b"vote";
+pub(crate) const KEY_COMMITTED: &[u8] = b"committed";
+pub(crate) const KEY_LAST_PURGED: &[u8] = b"last_purged";
 
-fn index_key(index: u64) -> [u8; 8] {
+pub(crate) fn index_key(index: u64) -> [u8; 8] {
     index.to_be_bytes()
 }
 
@@ -47,6 +47,8 @@ pub struct LogStore {
     flusher: mpsc::Sender<LogFlushed<TypeConfig>>,
     /// Receives "discard every entry below this index".
     purger: mpsc::Sender<u64>,
+    /// The last index known committed (the metrics' commit index).
+    committed: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl LogStore {
@@ -60,6 +62,7 @@ impl LogStore {
             store,
             flusher,
             purger,
+            committed: Arc::default(),
         };
         match log.read_meta::<LogId>(KEY_LAST_PURGED) {
             Ok(Some(purged)) => log.discard_below(purged.index.saturating_add(1)),
@@ -67,6 +70,19 @@ impl LogStore {
             Err(e) => tracing::warn!(error = %e, "cannot read how far the log was purged"),
         }
         log
+    }
+
+    /// The last log index known committed, as openraft saves it before
+    /// applying (0 before the first), shared for the metrics to read.
+    pub fn committed_index(&self) -> Arc<std::sync::atomic::AtomicU64> {
+        self.committed.clone()
+    }
+
+    fn note_committed(&self, committed: Option<&LogId>) {
+        if let Some(id) = committed {
+            self.committed
+                .fetch_max(id.index, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 
     /// Has every entry below `end` discarded, on the purger thread (here
@@ -270,11 +286,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        self.note_committed(committed.as_ref());
         self.write_meta(KEY_COMMITTED, &committed)
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
-        Ok(self.read_meta::<Option<LogId>>(KEY_COMMITTED)?.flatten())
+        let committed = self.read_meta::<Option<LogId>>(KEY_COMMITTED)?.flatten();
+        self.note_committed(committed.as_ref());
+        Ok(committed)
     }
 
     async fn append<I>(

@@ -56,10 +56,10 @@ pub struct EntryPosition {
 
 const APP_PREFIX: &[u8] = b"a/";
 const APP_END: &[u8] = b"a0"; // '0' follows '/' in ASCII: every key under "a/" sorts before it
-const KEY_APPLIED: &[u8] = b"m/applied";
-const KEY_MEMBERSHIP: &[u8] = b"m/membership";
-const KEY_SNAPSHOT_META: &[u8] = b"snapshot_meta";
-const KEY_SNAPSHOT_DATA: &[u8] = b"snapshot_data";
+pub(crate) const KEY_APPLIED: &[u8] = b"m/applied";
+pub(crate) const KEY_MEMBERSHIP: &[u8] = b"m/membership";
+pub(crate) const KEY_SNAPSHOT_META: &[u8] = b"snapshot_meta";
+pub(crate) const KEY_SNAPSHOT_DATA: &[u8] = b"snapshot_data";
 const KEY_SNAPSHOT_SEQ: &[u8] = b"snapshot_seq";
 const SNAPSHOT_FORMAT: u32 = 1;
 
@@ -68,6 +68,32 @@ const SNAPSHOT_FORMAT: u32 = 1;
 struct SnapshotBody {
     format: u32,
     pairs: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+/// Encodes application pairs as a snapshot body, as Raft snapshots carry
+/// them: what a backup file holds and what [`crate::seed`] installs, so a
+/// backup is read by the same code as a snapshot sent between members.
+pub fn encode_snapshot_body(pairs: Vec<Pair>) -> Result<Vec<u8>, crate::ConsensusError> {
+    codec::encode(&SnapshotBody {
+        format: SNAPSHOT_FORMAT,
+        pairs,
+    })
+}
+
+/// Decodes a snapshot body into its application pairs, refusing a body
+/// format this release does not know; `what` names the source in errors.
+pub fn decode_snapshot_body(data: &[u8], what: &str) -> Result<Vec<Pair>, crate::ConsensusError> {
+    let body: SnapshotBody = codec::decode(data, what)?;
+    if body.format != SNAPSHOT_FORMAT {
+        return Err(crate::ConsensusError::Decode {
+            what: what.to_string(),
+            message: format!(
+                "snapshot format {} is not supported (expected {SNAPSHOT_FORMAT})",
+                body.format
+            ),
+        });
+    }
+    Ok(body.pairs)
 }
 
 fn sm_err(e: impl std::error::Error + 'static) -> StorageError {
@@ -82,7 +108,8 @@ fn snap_err(e: impl std::error::Error + 'static) -> StorageError {
     StorageIOError::write_snapshot(None, AnyError::new(&e)).into()
 }
 
-fn app_key(key: &[u8]) -> Vec<u8> {
+/// The store key of application key `key` in the state space.
+pub(crate) fn app_key(key: &[u8]) -> Vec<u8> {
     let mut full = APP_PREFIX.to_vec();
     full.extend_from_slice(key);
     full

@@ -39,6 +39,14 @@ pub struct CoordinatorSettings {
     /// `2=HOST:PORT,3=HOST:PORT` (address translation between sites, or the
     /// chaos harness's fault-injecting proxies).
     pub dial: Option<String>,
+    /// Serve the read-only web dashboard on this `IP:PORT` (off when unset).
+    pub http_listen: Option<String>,
+    /// Serve Prometheus metrics at `/metrics` on this `IP:PORT` (off when unset).
+    pub metrics_listen: Option<String>,
+    /// The leader's defragmenting loop (`[reschedule]`; off unless `every` is set).
+    pub reschedule: Option<crate::reschedule::config::RescheduleSettings>,
+    /// The exact solver's window for pending high-priority jobs (`[placement_fallback]`).
+    pub placement_fallback: Option<crate::reschedule::config::FallbackSettings>,
 }
 
 herd_api::daemon_settings!(CoordinatorSettings {
@@ -52,6 +60,10 @@ herd_api::daemon_settings!(CoordinatorSettings {
     raft,
     node_ttl_ms,
     dial,
+    http_listen,
+    metrics_listen,
+    reschedule,
+    placement_fallback,
 });
 
 /// How a member starts when its data dir is empty.
@@ -84,6 +96,16 @@ pub struct CoordinatorConfig {
     pub node_ttl: Duration,
     /// Addresses to dial instead of what members advertise.
     pub dial: DialMap,
+    /// Where the web dashboard listens, when it is on.
+    pub http_listen: Option<SocketAddr>,
+    /// Where the Prometheus metrics endpoint listens, when it is on.
+    pub metrics_listen: Option<SocketAddr>,
+    /// The bearer token a member started with `--join` sends to be added
+    /// to a bootstrapped cluster (an operator's; `--token`/`HERD_TOKEN`,
+    /// never read from the config file). None: it sends none.
+    pub join_token: Option<String>,
+    /// The defragmenting loop and the placement fallback.
+    pub reschedule: crate::reschedule::config::Rescheduling,
 }
 
 /// Parses `1=HOST:PORT,2=HOST:PORT`.
@@ -186,6 +208,20 @@ impl CoordinatorConfig {
                 DialMap::new(map)
             }
         };
+        let http_listen = match settings.http_listen {
+            None => None,
+            Some(text) => Some(
+                text.parse::<SocketAddr>()
+                    .map_err(|e| invalid("http_listen", format!("{text:?} is not IP:PORT: {e}")))?,
+            ),
+        };
+        let metrics_listen =
+            match settings.metrics_listen {
+                None => None,
+                Some(text) => Some(text.parse::<SocketAddr>().map_err(|e| {
+                    invalid("metrics-listen", format!("{text:?} is not IP:PORT: {e}"))
+                })?),
+            };
         Ok(Self {
             id,
             listen,
@@ -195,6 +231,13 @@ impl CoordinatorConfig {
             raft,
             node_ttl,
             dial,
+            http_listen,
+            metrics_listen,
+            join_token: None,
+            reschedule: crate::reschedule::config::resolve(
+                settings.reschedule,
+                settings.placement_fallback,
+            )?,
         })
     }
 }
@@ -352,6 +395,64 @@ mod tests {
             .to_string();
             assert!(err.contains("dial") && err.contains(needle), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn the_dashboard_is_off_unless_given_an_address() {
+        assert_eq!(
+            CoordinatorConfig::resolve(base())
+                .expect("plain")
+                .http_listen,
+            None
+        );
+        let on = CoordinatorConfig::resolve(CoordinatorSettings {
+            http_listen: Some("127.0.0.1:7180".into()),
+            ..base()
+        })
+        .expect("valid");
+        assert_eq!(
+            on.http_listen,
+            Some("127.0.0.1:7180".parse().expect("addr"))
+        );
+        let file = CoordinatorSettings::from_toml("http_listen = \"0.0.0.0:7180\"\n", "c.toml")
+            .expect("parse");
+        assert_eq!(file.http_listen.as_deref(), Some("0.0.0.0:7180"));
+        for bad in ["localhost", "nope:80", "127.0.0.1"] {
+            let err = CoordinatorConfig::resolve(CoordinatorSettings {
+                http_listen: Some(bad.into()),
+                ..base()
+            })
+            .expect_err(bad)
+            .to_string();
+            assert!(
+                err.contains("http_listen") && err.contains(bad),
+                "{bad}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn metrics_are_off_unless_given_an_address() {
+        let plain = CoordinatorConfig::resolve(base()).expect("plain");
+        assert_eq!(plain.metrics_listen, None);
+        let file =
+            CoordinatorSettings::from_toml("metrics_listen = \"127.0.0.1:9100\"\n", "c.toml")
+                .expect("parse");
+        let on = CoordinatorConfig::resolve(file.overridden_by(base())).expect("valid");
+        assert_eq!(
+            on.metrics_listen,
+            Some("127.0.0.1:9100".parse().expect("addr"))
+        );
+        let err = CoordinatorConfig::resolve(CoordinatorSettings {
+            metrics_listen: Some("localhost:9100".into()),
+            ..base()
+        })
+        .expect_err("a host name")
+        .to_string();
+        assert!(
+            err.contains("metrics-listen") && err.contains("localhost:9100"),
+            "{err}"
+        );
     }
 
     #[test]

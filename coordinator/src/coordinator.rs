@@ -63,6 +63,7 @@ pub struct Coordinator {
     forwarded_writes: Batcher<Command, Written>,
     read_batcher: ReadIndexBatcher,
     liveness: Arc<Liveness>,
+    instruments: Arc<crate::metrics::Instruments>,
 }
 
 /// Milliseconds since the Unix epoch; the leader stamps commands with it.
@@ -86,6 +87,7 @@ impl Coordinator {
             forwarded_writes: Batcher::new(FORWARD_LIMITS),
             read_batcher: ReadIndexBatcher::default(),
             liveness: Arc::new(Liveness::new(node_ttl)),
+            instruments: Arc::default(),
             raft,
             app,
             identity,
@@ -136,6 +138,11 @@ impl Coordinator {
 
     pub(crate) fn metrics(&self) -> RaftMetrics<u64, BasicNode> {
         self.raft.metrics().borrow().clone()
+    }
+
+    /// What this member counts as it happens, for its metrics.
+    pub fn instruments(&self) -> &Arc<crate::metrics::Instruments> {
+        &self.instruments
     }
 
     /// The leader's record of node heartbeats.

@@ -13,23 +13,30 @@
 //! - [`planning`] and [`scheduler`]: the bridge from the state to the pure
 //!   placement policy, and the policy itself;
 //! - [`service`]: the gRPC services; [`start`], [`config`]: running a member.
+//! - [`dashboard`]: the read-only web pages of `--http-listen`.
+//! - [`acl`]: client authentication, tokens and the role each RPC needs.
+//! - [`metrics`]: the Prometheus metrics of `--metrics-listen`.
 //!
 //! Storage and Raft mechanics come from `herd-consensus`; this crate never
 //! names sled.
 #![warn(missing_docs)]
 
+pub mod acl;
 pub mod config;
 pub mod coordinator;
+pub mod dashboard;
 pub mod data_dir;
 pub mod error;
 pub mod leader;
 pub mod machine;
+pub mod metrics;
 pub mod planning;
 pub mod power;
 pub mod reschedule;
 pub mod routing;
 pub mod scheduler;
 pub mod service;
+pub mod snapshot;
 pub mod start;
 pub mod state;
 #[cfg(test)]

@@ -73,6 +73,10 @@ pub struct RunningCoordinator {
     pub coordinator: Arc<Coordinator>,
     /// The address actually bound (useful with port 0).
     pub local_addr: SocketAddr,
+    /// Where the web dashboard is served, when it is on (bound address).
+    pub dashboard_addr: Option<SocketAddr>,
+    /// Where Prometheus metrics are served, when they are on (bound address).
+    pub metrics_addr: Option<SocketAddr>,
     shutdown: Option<oneshot::Sender<()>>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     background: Vec<JoinHandle<()>>,
@@ -156,7 +160,29 @@ pub async fn start(config: CoordinatorConfig) -> Result<RunningCoordinator, Star
         }
         stream
     });
-    start_with(config, store, incoming, local_addr).await
+    // Bound before Raft starts, so that a taken port refuses the start.
+    let dashboard = match config.http_listen {
+        Some(addr) => {
+            let bind_error = |e: std::io::Error| StartError::Bind {
+                addr,
+                message: format!("(the dashboard, --http-listen) {e}"),
+            };
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(bind_error)?;
+            let bound = listener.local_addr().map_err(bind_error)?;
+            Some((listener, bound))
+        }
+        None => None,
+    };
+    let mut running = start_with(config, store, incoming, local_addr).await?;
+    if let Some((listener, bound)) = dashboard {
+        let tasks = crate::dashboard::spawn(listener, running.coordinator.clone());
+        running.background.extend(tasks);
+        running.dashboard_addr = Some(bound);
+        tracing::info!(member = running.coordinator.id(), addr = %bound, "serving the dashboard at http://{bound}/");
+    }
+    Ok(running)
 }
 
 /// Starts a coordinator on `store`, serving the connections `incoming`
@@ -209,7 +235,22 @@ where
         .raft
         .to_openraft()
         .map_err(|e| StartError::Raft(e.to_string()))?;
+    // Bound before Raft starts, so that a taken port refuses the start.
+    let metrics_listener = match config.metrics_listen {
+        Some(addr) => {
+            Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| StartError::Bind {
+                        addr,
+                        message: format!("(metrics, --metrics-listen) {e}"),
+                    })?,
+            )
+        }
+        None => None,
+    };
     let log_store = LogStore::new(store);
+    let committed = log_store.committed_index();
     log_store
         .forget_leadership()
         .map_err(|e| StartError::Storage(e.to_string()))?;
@@ -226,6 +267,21 @@ where
         config.dial.clone(),
     ));
 
+    let mut background = Vec::new();
+    let mut metrics_addr = None;
+    if let Some(listener) = metrics_listener {
+        let metrics =
+            crate::metrics::serve(listener, coordinator.clone(), committed).map_err(|e| {
+                StartError::Bind {
+                    addr: config.metrics_listen.unwrap_or(local_addr),
+                    message: format!("(metrics, --metrics-listen) {e}"),
+                }
+            })?;
+        tracing::info!(member = config.id, addr = %metrics.local_addr, "serving metrics at http://{}/metrics", metrics.local_addr);
+        metrics_addr = Some(metrics.local_addr);
+        background.extend(metrics.tasks);
+    }
+
     let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
     let server = tokio::spawn(
         service::router(coordinator.clone()).serve_with_incoming_shutdown(incoming, async {
@@ -234,7 +290,6 @@ where
     );
     tracing::info!(member = config.id, addr = %local_addr, advertise = %config.advertise, "serving gRPC");
 
-    let mut background = Vec::new();
     if has_state {
         tracing::info!(
             member = config.id,
@@ -262,6 +317,7 @@ where
                     config.advertise.clone(),
                     addr.clone(),
                     config.dial.clone(),
+                    config.join_token.clone(),
                 )));
             }
             StartMode::Wait => tracing::info!(
@@ -282,10 +338,16 @@ where
     background.push(tokio::spawn(crate::leader::migrations::run(
         coordinator.clone(),
     )));
+    background.extend(crate::reschedule::spawn_loops(
+        &coordinator,
+        &config.reschedule,
+    ));
 
     Ok(RunningCoordinator {
         coordinator,
         local_addr,
+        dashboard_addr: None,
+        metrics_addr,
         shutdown: Some(shutdown_tx),
         server,
         background,
@@ -363,13 +425,27 @@ async fn check_peers_cluster(config: &CoordinatorConfig, mine: &str) -> Result<(
     Ok(())
 }
 
-/// Asks the cluster at `join_addr` to add this member, until it does.
-async fn join_cluster(id: u64, advertise: String, join_addr: String, dial: DialMap) {
+/// Asks the cluster at `join_addr` to add this member, until it does,
+/// with `token` (an operator's) when the cluster is bootstrapped.
+async fn join_cluster(
+    id: u64,
+    advertise: String,
+    join_addr: String,
+    dial: DialMap,
+    token: Option<String>,
+) {
+    let bearer = match herd_api::client::BearerToken::new(token.as_deref().unwrap_or("")) {
+        Ok(bearer) => bearer,
+        Err(e) => {
+            tracing::error!(member = id, error = %e, "cannot join: the join token is unusable");
+            return;
+        }
+    };
     let mut delay = Duration::from_millis(200);
     loop {
         match dial.channel(&join_addr) {
             Ok(channel) => {
-                let mut client = ClusterClient::new(channel);
+                let mut client = ClusterClient::with_interceptor(channel, bearer.clone());
                 let mut request = tonic::Request::new(AddMemberRequest {
                     id,
                     addr: advertise.clone(),

@@ -36,6 +36,10 @@ async fn start_one() -> RunningCoordinator {
         raft: RaftTuning::default(),
         node_ttl: Duration::from_secs(600),
         dial: DialMap::default(),
+        http_listen: None,
+        metrics_listen: None,
+        join_token: None,
+        reschedule: herd_coordinator::reschedule::config::Rescheduling::default(),
     };
     start_with(
         config,

@@ -55,6 +55,10 @@ async fn start_three() -> Vec<RunningCoordinator> {
             // not mark the test's node down.
             node_ttl: Duration::from_secs(600),
             dial: DialMap::default(),
+            http_listen: None,
+            metrics_listen: None,
+            join_token: None,
+            reschedule: herd_coordinator::reschedule::config::Rescheduling::default(),
         };
         members.push(
             start_with(

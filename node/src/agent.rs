@@ -35,8 +35,11 @@ use herd_api::client::Connector;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use tokio::sync::{mpsc, Mutex};
 
+use crate::balance::assigned::{self, AssignedTx};
+use crate::balance::{BalanceMsg, Balancer, BalancerArgs};
 use crate::config::NodeConfig;
 use crate::link::{capabilities_of, CoordinatorLink, LinkArgs, LinkMsg, SharedFence};
+use crate::metrics::AgentStats;
 use crate::migrate::manager::{MigrationManager, MigrationManagerArgs, MigrationMsg};
 use crate::migrate::IncomingRegistry;
 use crate::wiring::Wiring;
@@ -55,12 +58,31 @@ pub enum AgentMsg {
     /// Stops listening to the coordinators and stops every workload (for
     /// `herd dev`, whose data vanishes on exit); replies once asked.
     StopWorkloads(RpcReplyPort<ActorRef<SupervisorMsg>>),
+    /// The children the metrics ask before each scrape (they change when
+    /// restarted).
+    Children(RpcReplyPort<Children>),
+}
+
+/// The children a scrape of the agent's metrics asks.
+pub struct Children {
+    /// The resource monitor.
+    pub monitor: ActorRef<ResourceMsg>,
+    /// The power governor.
+    pub governor: ActorRef<PowerMsg>,
+    /// The workload supervisor.
+    pub supervisor: ActorRef<SupervisorMsg>,
 }
 
 /// What the root needs to build its children.
 pub struct AgentArgs {
     /// The node's configuration.
     pub config: Arc<NodeConfig>,
+    /// Where the gRPC services find the balancer (set once it runs).
+    pub balance: crate::balance::BalanceHandle,
+    /// This node's inference engines (their queues count in its load).
+    pub engines: crate::engines::Engines,
+    /// This agent's HTTP endpoint as clients reach it, if it has one.
+    pub http_advertise: Option<String>,
     /// Where clients reach this agent.
     pub advertise: String,
     /// Its drivers and its transport to the coordinators.
@@ -71,6 +93,8 @@ pub struct AgentArgs {
     /// The migrations this agent's `AgentPeer` service may receive, which
     /// the migration manager authorizes from its assignment sets.
     pub incoming: IncomingRegistry,
+    /// What the actors count for the agent's metrics.
+    pub stats: Arc<AgentStats>,
 }
 
 /// The root's state: its children and what rebuilding them needs.
@@ -91,9 +115,16 @@ pub struct AgentState {
     migrations: ActorRef<MigrationMsg>,
     incoming: IncomingRegistry,
     fence: SharedFence,
+    /// The balancer (when `balance` is on) and what it needs to restart.
+    balancer: Option<ActorRef<BalanceMsg>>,
+    balance: crate::balance::BalanceHandle,
+    engines: crate::engines::Engines,
+    http_advertise: Option<String>,
+    assigned_tx: AssignedTx,
     restarts: VecDeque<Instant>,
     /// Set by [`AgentMsg::StopWorkloads`]: the link stays down.
     winding_down: bool,
+    stats: Arc<AgentStats>,
 }
 
 /// The actor; see the module documentation.
@@ -170,12 +201,14 @@ impl NodeAgent {
         config: &NodeConfig,
         drivers: &HashMap<String, Arc<dyn Driver>>,
         incoming: &IncomingRegistry,
+        stats: &Arc<AgentStats>,
     ) -> Result<ActorRef<MigrationMsg>, ActorProcessingErr> {
         let args = MigrationManagerArgs {
             node: config.name.clone(),
             data_dir: config.data_dir.clone(),
             drivers: drivers.clone(),
             incoming: incoming.clone(),
+            stats: stats.clone(),
         };
         let (manager, _) =
             Actor::spawn_linked(None, MigrationManager, args, myself.get_cell()).await?;
@@ -198,6 +231,8 @@ impl NodeAgent {
             report_tx: state.report_tx.clone(),
             fence: state.fence.clone(),
             drivers: capabilities_of(&state.drivers),
+            assigned: state.assigned_tx.clone(),
+            stats: state.stats.clone(),
         };
         Self::spawn_link_with(myself, args).await
     }
@@ -211,6 +246,60 @@ impl NodeAgent {
     }
 
     /// Counts a restart; an error when there were too many.
+    /// Starts the balancer (decentralised balancing, docs/balancing.md) and
+    /// points the gRPC services at it.
+    #[allow(clippy::too_many_arguments)]
+    async fn spawn_balancer(
+        myself: &ActorRef<AgentMsg>,
+        config: &NodeConfig,
+        advertise: &str,
+        http_advertise: Option<String>,
+        connector: &Option<Connector>,
+        monitor: &ActorRef<ResourceMsg>,
+        engines: &crate::engines::Engines,
+        assigned_tx: &AssignedTx,
+        drivers: &HashMap<String, Arc<dyn Driver>>,
+        handle: &crate::balance::BalanceHandle,
+    ) -> Result<ActorRef<BalanceMsg>, ActorProcessingErr> {
+        let coordinators = match connector {
+            Some(connect) => {
+                herd_api::client::HerdClient::with_connector(&config.coordinators, connect)
+            }
+            None => herd_api::client::HerdClient::new(&config.coordinators),
+        };
+        let coordinators = match coordinators {
+            Ok(client) => Some(client),
+            Err(e) => {
+                tracing::warn!(error = %e, "balancing without the coordinators' node list");
+                None
+            }
+        };
+        let movable_drivers = drivers
+            .iter()
+            .filter(|(_, d)| {
+                d.capabilities().migration != herd_api::capabilities::MigrationMode::None
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        let args = BalancerArgs {
+            node: config.name.clone(),
+            peer_addr: advertise.to_string(),
+            http_addr: http_advertise,
+            data_dir: config.data_dir.clone(),
+            coordinators,
+            monitor: monitor.clone(),
+            engines: engines.clone(),
+            assigned: assigned_tx.subscribe(),
+            reserved_cpu_millis: config.reserved_cpu_millis,
+            reserved_memory_bytes: config.reserved_memory_bytes,
+            movable_drivers,
+            config: config.balance.clone(),
+        };
+        let (balancer, _) = Actor::spawn_linked(None, Balancer, args, myself.get_cell()).await?;
+        handle.set(balancer.clone());
+        Ok(balancer)
+    }
+
     fn count_restart(state: &mut AgentState) -> Result<(), ActorProcessingErr> {
         let now = Instant::now();
         state.restarts.push_back(now);
@@ -256,8 +345,10 @@ impl Actor for NodeAgent {
             args.config.stop_grace,
         )
         .await?;
+        let (assigned_tx, _) = assigned::channel();
         let migrations =
-            Self::spawn_migrations(&myself, &args.config, &drivers, &args.incoming).await?;
+            Self::spawn_migrations(&myself, &args.config, &drivers, &args.incoming, &args.stats)
+                .await?;
         let link_args = LinkArgs {
             config: args.config.clone(),
             advertise: args.advertise.clone(),
@@ -270,8 +361,29 @@ impl Actor for NodeAgent {
             report_tx: report_tx.clone(),
             fence: args.fence.clone(),
             drivers: capabilities_of(&drivers),
+            stats: args.stats.clone(),
+            assigned: assigned_tx.clone(),
         };
         let link = Self::spawn_link_with(&myself, link_args).await?;
+        let balancer = if args.config.balance_enabled {
+            Some(
+                Self::spawn_balancer(
+                    &myself,
+                    &args.config,
+                    &args.advertise,
+                    args.http_advertise.clone(),
+                    &connector,
+                    &monitor,
+                    &args.engines,
+                    &assigned_tx,
+                    &drivers,
+                    &args.balance,
+                )
+                .await?,
+            )
+        } else {
+            None
+        };
         Ok(AgentState {
             config: args.config,
             advertise: args.advertise,
@@ -287,8 +399,14 @@ impl Actor for NodeAgent {
             migrations,
             incoming: args.incoming,
             fence: args.fence,
+            balancer,
+            balance: args.balance,
+            engines: args.engines,
+            http_advertise: args.http_advertise,
+            assigned_tx,
             restarts: VecDeque::new(),
             winding_down: false,
+            stats: args.stats,
         })
     }
 
@@ -309,6 +427,13 @@ impl Actor for NodeAgent {
                     .supervisor
                     .cast(SupervisorMsg::Reconcile(Vec::new()))?;
                 let _ = reply.send(state.supervisor.clone());
+            }
+            AgentMsg::Children(reply) => {
+                let _ = reply.send(Children {
+                    monitor: state.monitor.clone(),
+                    governor: state.governor.clone(),
+                    supervisor: state.supervisor.clone(),
+                });
             }
         }
         Ok(())
@@ -362,12 +487,35 @@ impl Actor for NodeAgent {
         } else if id == state.migrations.get_id() {
             tracing::error!(%why, "migration manager ended; restarting it and the link");
             Self::count_restart(state)?;
-            state.migrations =
-                Self::spawn_migrations(&myself, &state.config, &state.drivers, &state.incoming)
-                    .await?;
+            state.migrations = Self::spawn_migrations(
+                &myself,
+                &state.config,
+                &state.drivers,
+                &state.incoming,
+                &state.stats,
+            )
+            .await?;
             state
                 .link
                 .stop(Some("restarting with a new migration manager".into()));
+        } else if state.balancer.as_ref().is_some_and(|b| b.get_id() == id) {
+            tracing::error!(%why, "balancer ended; restarting it");
+            Self::count_restart(state)?;
+            state.balancer = Some(
+                Self::spawn_balancer(
+                    &myself,
+                    &state.config,
+                    &state.advertise,
+                    state.http_advertise.clone(),
+                    &state.connector,
+                    &state.monitor,
+                    &state.engines,
+                    &state.assigned_tx,
+                    &state.drivers,
+                    &state.balance,
+                )
+                .await?,
+            );
         } else if id == state.link.get_id() && state.winding_down {
             tracing::info!("coordinator link stopped; winding down");
         } else if id == state.link.get_id() {

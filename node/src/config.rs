@@ -45,6 +45,11 @@ pub struct NodeSettings {
     pub http_listen: Option<String>,
     /// Address HTTP clients reach it at (default: `http_listen`).
     pub http_advertise: Option<String>,
+    /// Serve Prometheus metrics at `/metrics` on this `IP:PORT` (off when unset).
+    pub metrics_listen: Option<String>,
+    /// Decentralised balancing among agents (docs/balancing.md); on by
+    /// default: it only gossips until a job says `[balance] movable`.
+    pub balance: Option<bool>,
 }
 
 herd_api::daemon_settings!(NodeSettings {
@@ -62,6 +67,8 @@ herd_api::daemon_settings!(NodeSettings {
     stop_grace_ms,
     http_listen,
     http_advertise,
+    metrics_listen,
+    balance,
 });
 
 /// Where the agent's OpenAI-compatible HTTP endpoint listens.
@@ -109,6 +116,16 @@ pub struct NodeConfig {
     pub stop_grace: Duration,
     /// The OpenAI-compatible HTTP endpoint, when asked for.
     pub http: Option<HttpEndpoint>,
+    /// Whether the agent balances load with its peers.
+    pub balance_enabled: bool,
+    /// The balancing protocol's and policy's settings.
+    pub balance: herd_balance::Config,
+    /// Where the Prometheus metrics endpoint listens, when it is on.
+    pub metrics_listen: Option<SocketAddr>,
+    /// The bearer token (role `node`) sent to the coordinators, which a
+    /// bootstrapped cluster requires (`--token`/`HERD_TOKEN`, never read
+    /// from the config file). None: none is sent.
+    pub token: Option<String>,
 }
 
 /// Largest number of simulated GPUs one node may claim.
@@ -213,6 +230,13 @@ impl NodeConfig {
             }
             None => None,
         };
+        let metrics_listen =
+            match settings.metrics_listen {
+                None => None,
+                Some(text) => Some(text.parse::<SocketAddr>().map_err(|e| {
+                    invalid("metrics-listen", format!("{text:?} is not IP:PORT: {e}"))
+                })?),
+            };
         let labels = settings.labels.unwrap_or_default();
         for (key, value) in &labels {
             if key.is_empty() || key.len() > 64 || value.len() > 256 {
@@ -235,6 +259,10 @@ impl NodeConfig {
             heartbeat,
             stop_grace,
             http,
+            metrics_listen,
+            token: None,
+            balance_enabled: settings.balance.unwrap_or(true),
+            balance: herd_balance::Config::default(),
         })
     }
 }
@@ -398,6 +426,33 @@ mod tests {
         let http = config.http.expect("an endpoint");
         assert_eq!(http.listen.port(), 8000);
         assert_eq!(http.advertise, "gpu-7:8000");
+    }
+
+    #[test]
+    fn metrics_are_off_unless_given_an_address() {
+        assert_eq!(
+            NodeConfig::resolve(base()).expect("resolve").metrics_listen,
+            None
+        );
+        let on = NodeConfig::resolve(NodeSettings {
+            metrics_listen: Some("127.0.0.1:9101".into()),
+            ..base()
+        })
+        .expect("resolve");
+        assert_eq!(
+            on.metrics_listen,
+            Some("127.0.0.1:9101".parse().expect("addr"))
+        );
+        match NodeConfig::resolve(NodeSettings {
+            metrics_listen: Some("metrics.local:9101".into()),
+            ..base()
+        }) {
+            Err(ConfigError::Invalid { field, message }) => {
+                assert_eq!(field, "metrics-listen");
+                assert!(message.contains("metrics.local:9101"), "{message}");
+            }
+            other => panic!("expected an error on metrics-listen, got {other:?}"),
+        }
     }
 
     #[test]

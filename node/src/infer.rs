@@ -41,6 +41,7 @@ pub struct Inference {
     node: String,
     engines: Engines,
     fleet: Option<Fleet>,
+    stats: Option<std::sync::Arc<crate::metrics::AgentStats>>,
 }
 
 fn check(request: &InferRequest) -> Result<(), Status> {
@@ -66,7 +67,14 @@ impl Inference {
             node: node.to_string(),
             engines,
             fleet,
+            stats: None,
         }
+    }
+
+    /// Counts each request's outcome into `stats` (the agent's metrics).
+    pub fn counted(mut self, stats: std::sync::Arc<crate::metrics::AgentStats>) -> Self {
+        self.stats = Some(stats);
+        self
     }
 
     /// This node's engines.
@@ -87,6 +95,19 @@ impl Inference {
     /// [`Inference::infer`], saying where the request runs before its
     /// first token.
     pub async fn dispatch(&self, request: InferRequest) -> Result<(Served, InferStream), Status> {
+        let result = self.route(request).await;
+        if let Some(stats) = &self.stats {
+            stats.inference(match &result {
+                Ok((served, _)) if served.node == self.node => "local",
+                Ok(_) => "relayed",
+                Err(_) => "refused",
+            });
+        }
+        result
+    }
+
+    /// [`Inference::dispatch`], uncounted.
+    async fn route(&self, request: InferRequest) -> Result<(Served, InferStream), Status> {
         check(&request)?;
         if !request.alloc_id.is_empty() {
             return self.local(request).await;

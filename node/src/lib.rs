@@ -9,11 +9,13 @@
 #![warn(missing_docs)]
 
 pub mod agent;
+pub mod balance;
 pub mod config;
 pub mod engines;
 pub mod infer;
 pub mod link;
 pub mod logs;
+pub mod metrics;
 pub mod migrate;
 pub mod serve;
 pub mod wiring;
@@ -77,6 +79,8 @@ pub struct RunningNode {
     pub incoming: migrate::IncomingRegistry,
     /// Where its OpenAI-compatible HTTP endpoint listens, when it has one.
     pub http_addr: Option<SocketAddr>,
+    /// Where it serves Prometheus metrics, when it does.
+    pub metrics_addr: Option<SocketAddr>,
     root: ActorRef<AgentMsg>,
     root_task: JoinHandle<()>,
     shutdown: Option<oneshot::Sender<()>>,
@@ -84,6 +88,7 @@ pub struct RunningNode {
     engine_poller: JoinHandle<()>,
     fleet_view: Option<JoinHandle<()>>,
     http_server: Option<JoinHandle<std::io::Result<()>>>,
+    metrics_server: Option<JoinHandle<()>>,
 }
 
 impl RunningNode {
@@ -95,6 +100,9 @@ impl RunningNode {
             task.abort();
         }
         if let Some(task) = self.http_server.take() {
+            task.abort();
+        }
+        if let Some(task) = self.metrics_server.take() {
             task.abort();
         }
         self.root.stop(Some("shutdown".into()));
@@ -214,6 +222,22 @@ where
         }
         None => None,
     };
+    let metrics_listen = config.metrics_listen;
+    let metrics_listener = match metrics_listen {
+        Some(listen) => Some(
+            TcpListener::bind(listen)
+                .await
+                .map_err(|e| NodeError::Bind {
+                    addr: listen.to_string(),
+                    message: format!("(metrics, --metrics-listen) {e}"),
+                })?,
+        ),
+        None => None,
+    };
+    let stats = Arc::new(metrics::AgentStats::default());
+    let grpc_metrics = herd_metrics::GrpcMetrics::default();
+    let mut drivers: Vec<String> = wiring.drivers.keys().cloned().collect();
+    drivers.sort();
     // An agent that runs inference engines follows the fleet's instances.
     let fleet = wiring.drivers.contains_key("inference").then(|| {
         serve::fleet::Fleet::new(&name, engines.clone(), serve::dispatch::Policy::default())
@@ -223,7 +247,13 @@ where
             herd_api::client::HerdClient::with_connector(&config.coordinators, connect)
         }
         None => herd_api::client::HerdClient::new(&config.coordinators),
-    };
+    }
+    .map_err(|e| e.to_string())
+    .and_then(|client| {
+        client
+            .with_token(config.token.as_deref().unwrap_or(""))
+            .map_err(|e| e.to_string())
+    });
     let fleet_view = match (&fleet, coordinators) {
         (Some(fleet), Ok(client)) => Some(fleet.spawn(client)),
         (Some(_), Err(e)) => {
@@ -232,37 +262,66 @@ where
         }
         (None, _) => None,
     };
-    let inference = infer::Inference::new(&name, engines.clone(), fleet);
-    let incoming_migrations = migrate::IncomingRegistry::new();
+    let inference = infer::Inference::new(&name, engines.clone(), fleet).counted(stats.clone());
+    let incoming_migrations =
+        migrate::IncomingRegistry::new().dialing_peers_with(wiring.connector.clone());
+    let balance = balance::BalanceHandle::new(&name);
+    let http_advertise = config.http.as_ref().map(|h| h.advertise.clone());
     let args = AgentArgs {
+        balance: balance.clone(),
+        engines: engines.clone(),
+        http_advertise,
         config: Arc::new(config),
         advertise: advertise.clone(),
         wiring,
         fence: Arc::new(std::sync::Mutex::new(fence)),
         incoming: incoming_migrations.clone(),
+        stats: stats.clone(),
     };
     let (root, root_task) = Actor::spawn(None, NodeAgent, args)
         .await
         .map_err(|e| NodeError::Actors(e.to_string()))?;
     let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
     let engine_poller = engines.spawn_poller();
-    let service = NodeAgentService::new(SupervisorLogs { root: root.clone() }, inference.clone());
+    let service = NodeAgentService::new(
+        SupervisorLogs { root: root.clone() },
+        inference.clone(),
+        balance.clone(),
+    );
     let http_addr = http_listener.as_ref().map(|(_, bound)| *bound);
     let http_server = http_listener.map(|(listener, _)| serve::http::spawn(listener, inference));
-    let peer = migrate::AgentPeerService::new(incoming_migrations.clone());
+    let peer = migrate::AgentPeerService::new(incoming_migrations.clone(), balance);
+    let metrics_server = match metrics_listener {
+        Some(listener) => {
+            match metrics::serve(listener, root.clone(), stats, &grpc_metrics, drivers) {
+                Ok(running) => Some(running),
+                Err(e) => {
+                    root.stop(Some("the metrics endpoint did not start".into()));
+                    return Err(NodeError::Bind {
+                        addr: metrics_listen.map(|a| a.to_string()).unwrap_or_default(),
+                        message: format!("(metrics, --metrics-listen) {e}"),
+                    });
+                }
+            }
+        }
+        None => None,
+    };
+    let metrics_addr = metrics_server.as_ref().map(|m| m.local_addr);
     let server = tokio::spawn(
         tonic::transport::Server::builder()
+            .layer(grpc_metrics.layer())
             .add_service(NodeAgentServer::new(service))
             .add_service(peer.into_server())
             .serve_with_incoming_shutdown(incoming, async {
                 let _ = shutdown_rx.await;
             }),
     );
-    tracing::info!(node = %name, addr = %local_addr, %advertise, http = ?http_addr, "node agent running");
+    tracing::info!(node = %name, addr = %local_addr, %advertise, http = ?http_addr, metrics = ?metrics_addr, "node agent running");
     Ok(RunningNode {
         local_addr,
         incoming: incoming_migrations,
         http_addr,
+        metrics_addr,
         root,
         root_task,
         shutdown: Some(shutdown_tx),
@@ -270,5 +329,6 @@ where
         engine_poller,
         fleet_view,
         http_server,
+        metrics_server: metrics_server.map(|m| m.into_task()),
     })
 }

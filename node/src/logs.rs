@@ -11,7 +11,8 @@ use std::time::Duration;
 use futures::Stream;
 use herd_api::proto::agent::node_agent_server::NodeAgent;
 use herd_api::proto::agent::{
-    AllocLogsRequest, EngineStatsReply, EngineStatsRequest, InferRequest, LogChunk,
+    AllocLogsRequest, BalanceStatusReply, BalanceStatusRequest, EngineStatsReply,
+    EngineStatsRequest, InferRequest, LogChunk,
 };
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::mpsc;
@@ -36,12 +37,17 @@ pub trait LogLocator: Send + Sync + 'static {
 pub struct NodeAgentService<L> {
     locator: L,
     inference: Inference,
+    balance: crate::balance::BalanceHandle,
 }
 
 impl<L: LogLocator> NodeAgentService<L> {
     /// Serves the logs `locator` finds and runs requests through `inference`.
-    pub fn new(locator: L, inference: Inference) -> Self {
-        Self { locator, inference }
+    pub fn new(locator: L, inference: Inference, balance: crate::balance::BalanceHandle) -> Self {
+        Self {
+            locator,
+            inference,
+            balance,
+        }
     }
 }
 
@@ -69,6 +75,13 @@ impl<L: LogLocator> NodeAgent for NodeAgentService<L> {
         Ok(Response::new(EngineStatsReply {
             engines: self.inference.engines().snapshot(),
         }))
+    }
+
+    async fn balance_status(
+        &self,
+        _request: Request<BalanceStatusRequest>,
+    ) -> Result<Response<BalanceStatusReply>, Status> {
+        Ok(Response::new(self.balance.status().await?))
     }
 
     async fn alloc_logs(

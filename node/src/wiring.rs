@@ -24,7 +24,8 @@ use herd_api::client::Connector;
 pub struct Wiring {
     /// The drivers, keyed by the name job specs use.
     pub drivers: HashMap<String, Arc<dyn Driver>>,
-    /// How to reach the coordinators; `None`: TCP.
+    /// How to reach the coordinators, and other agents for migrations;
+    /// `None`: TCP.
     pub connector: Option<Connector>,
 }
 

@@ -40,7 +40,11 @@ impl Drop for Target {
 async fn serve(registry: &IncomingRegistry) -> Target {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let service = AgentPeerService::new(registry.clone()).into_server();
+    let service = AgentPeerService::new(
+        registry.clone(),
+        herd_node::balance::BalanceHandle::new("target"),
+    )
+    .into_server();
     let server = tokio::spawn(async move {
         let _ = tonic::transport::Server::builder()
             .add_service(service)

@@ -17,7 +17,10 @@
 //! - [`solver`]: the solvers behind one trait.
 //! - [`vmr2l`]: the VMR2L paper's instance format.
 //! - [`generate`]: seeded synthetic instances.
+//! - [`fallback`]: the placement fallback's exact model (make room for a
+//!   pending job by moving or evicting flexible work, or prove none).
 
+pub mod fallback;
 pub mod generate;
 pub mod model;
 pub mod objective;

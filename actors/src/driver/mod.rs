@@ -32,6 +32,7 @@ pub mod exec_backed;
 pub mod inference;
 pub mod live;
 pub mod logs;
+pub mod move_timing;
 pub mod simvm;
 mod types;
 pub mod vm;

@@ -27,6 +27,11 @@ pub const LATEST: &str = "latest";
 pub const REQUEST: &str = "checkpoint.request";
 /// Written by the trainer once it checkpointed for a request ([`DoneRecord`]).
 pub const DONE: &str = "checkpoint.done";
+/// While it exists, a trainer that checkpointed for a request with an
+/// `at_step` stays at that step (takes no further step) until it is
+/// removed or the trainer is stopped: how a gang's learners are all
+/// stopped at one step (`docs/dljob.md`).
+pub const HOLD: &str = "checkpoint.hold";
 /// The final parameters, written when a run completes.
 pub const WEIGHTS: &str = "weights.json";
 /// Checkpoints kept; older ones are removed after each new one.
@@ -268,26 +273,90 @@ pub struct DoneRecord {
     pub checkpoint: String,
 }
 
-/// Answers a pending [`REQUEST`] in `dir`, if any, after a checkpoint of
-/// `step` was written to `checkpoint`: writes [`DONE`], then removes the
-/// request. Returns whether there was one.
-pub fn answer_request(dir: &Path, step: u64, checkpoint: &str) -> Result<bool, CheckpointError> {
+/// A checkpoint request as [`REQUEST`] holds it: a bare id (checkpoint at
+/// the next step boundary), or JSON `{"request": ID, "at_step": N}`
+/// (checkpoint once N steps are done; at once, answering the step reached,
+/// if already past N).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    /// The id the answer echoes.
+    #[serde(rename = "request")]
+    pub id: String,
+    /// The step to checkpoint at, if not the next boundary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at_step: Option<u64>,
+}
+
+impl Request {
+    /// Reads a request file's text: JSON when it is a JSON object with a
+    /// `request` field, else the trimmed text as a bare id (the older form).
+    pub fn parse(text: &str) -> Self {
+        let text = text.trim();
+        if text.starts_with('{') {
+            if let Ok(request) = serde_json::from_str::<Request>(text) {
+                return request;
+            }
+        }
+        Self {
+            id: text.to_string(),
+            at_step: None,
+        }
+    }
+
+    /// The text to write into [`REQUEST`]: the bare id when no step is
+    /// asked for (what every trainer of the protocol reads), JSON otherwise.
+    pub fn encode(&self) -> String {
+        match self.at_step {
+            None => self.id.clone(),
+            Some(_) => serde_json::to_string(self).unwrap_or_else(|_| self.id.clone()),
+        }
+    }
+
+    /// Whether a trainer that has done `step` steps answers it now.
+    pub fn due(&self, step: u64) -> bool {
+        self.at_step.is_none_or(|at| step >= at)
+    }
+}
+
+/// The pending [`REQUEST`] in `dir`, if any.
+pub fn pending(dir: &Path) -> Result<Option<Request>, CheckpointError> {
     let path = dir.join(REQUEST);
-    let request = match fs::read_to_string(&path) {
-        Ok(text) => text.trim().to_string(),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
-        Err(e) => return Err(err(&path)(e)),
+    match fs::read_to_string(&path) {
+        Ok(text) => Ok(Some(Request::parse(&text))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(err(&path)(e)),
+    }
+}
+
+/// Whether [`HOLD`] is present in `dir`.
+pub fn holding(dir: &Path) -> bool {
+    dir.join(HOLD).exists()
+}
+
+/// Answers the pending [`REQUEST`] in `dir`, if any is due at `step`
+/// ([`Request::due`]), after a checkpoint of `step` was written to
+/// `checkpoint`: writes [`DONE`], then removes the request. Returns the
+/// request answered.
+pub fn answer_request(
+    dir: &Path,
+    step: u64,
+    checkpoint: &str,
+) -> Result<Option<Request>, CheckpointError> {
+    let path = dir.join(REQUEST);
+    let request = match pending(dir)? {
+        Some(request) if request.due(step) => request,
+        _ => return Ok(None),
     };
     let record = DoneRecord {
-        request,
+        request: request.id.clone(),
         step,
         checkpoint: checkpoint.to_string(),
     };
     let bytes = serde_json::to_vec(&record).map_err(|e| err(&path)(io::Error::other(e)))?;
     write_atomic(dir, DONE, &bytes)?;
     match fs::remove_file(&path) {
-        Ok(()) => Ok(true),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(true),
+        Ok(()) => Ok(Some(request)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Some(request)),
         Err(e) => Err(err(&path)(e)),
     }
 }

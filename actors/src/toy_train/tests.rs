@@ -129,10 +129,14 @@ fn only_the_newest_checkpoints_are_kept() {
 #[test]
 fn a_request_is_answered_with_its_id_and_step() {
     let dir = tempfile::tempdir().expect("tempdir");
-    assert!(!checkpoint::answer_request(dir.path(), 1, "x").expect("none"));
+    assert!(checkpoint::answer_request(dir.path(), 1, "x")
+        .expect("none")
+        .is_none());
     fs::write(dir.path().join(checkpoint::REQUEST), "req-42\n").expect("request");
     assert!(checkpoint::requested(dir.path()));
-    assert!(checkpoint::answer_request(dir.path(), 9, "ckpt-000000000009.json").expect("answer"));
+    assert!(checkpoint::answer_request(dir.path(), 9, "ckpt-000000000009.json")
+        .expect("answer")
+        .is_some());
     assert!(!checkpoint::requested(dir.path()));
     let done: checkpoint::DoneRecord =
         serde_json::from_slice(&fs::read(dir.path().join(checkpoint::DONE)).expect("done"))
@@ -146,4 +150,46 @@ fn states_of_the_wrong_size_are_refused() {
     state.weights.pop();
     assert!(Trainer::new(state).is_none());
     assert_eq!(TrainState::fresh(1).weights.len(), PARAMS);
+}
+
+#[test]
+fn a_request_for_a_step_waits_for_it_and_a_late_one_says_where_it_is() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let asked = checkpoint::Request {
+        id: "gang-1".into(),
+        at_step: Some(20),
+    };
+    assert_eq!(checkpoint::Request::parse(&asked.encode()), asked);
+    // The older form still reads as a bare id.
+    assert_eq!(
+        checkpoint::Request::parse("req-7\n"),
+        checkpoint::Request {
+            id: "req-7".into(),
+            at_step: None
+        }
+    );
+    fs::write(dir.path().join(checkpoint::REQUEST), asked.encode()).expect("request");
+    // Before the step: not answered, still pending.
+    assert!(checkpoint::answer_request(dir.path(), 19, "ckpt-000000000019.json")
+        .expect("read")
+        .is_none());
+    assert!(checkpoint::requested(dir.path()));
+    // At the step: answered with its id.
+    let answered = checkpoint::answer_request(dir.path(), 20, "ckpt-000000000020.json")
+        .expect("answer")
+        .expect("due");
+    assert_eq!(answered, asked);
+    let done: checkpoint::DoneRecord =
+        serde_json::from_slice(&fs::read(dir.path().join(checkpoint::DONE)).expect("done"))
+            .expect("parse");
+    assert_eq!((done.request.as_str(), done.step), ("gang-1", 20));
+    // Past the step: answered at once with the step reached.
+    fs::write(dir.path().join(checkpoint::REQUEST), asked.encode()).expect("request");
+    checkpoint::answer_request(dir.path(), 23, "ckpt-000000000023.json")
+        .expect("answer")
+        .expect("due");
+    let done: checkpoint::DoneRecord =
+        serde_json::from_slice(&fs::read(dir.path().join(checkpoint::DONE)).expect("done"))
+            .expect("parse");
+    assert_eq!(done.step, 23);
 }

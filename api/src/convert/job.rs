@@ -13,6 +13,7 @@ impl From<&JobSpec> for proto::JobSpec {
             priority: spec.priority,
             task: Some((&spec.task).into()),
             stop_after_disconnect_ms: crate::duration::to_wire_ms(spec.stop_after_disconnect),
+            balance_movable: spec.balance.movable,
             ..Default::default()
         };
         super::placement::to_proto(&spec.placement, &mut wire);
@@ -43,6 +44,9 @@ impl TryFrom<proto::JobSpec> for JobSpec {
             task: super::task::from_proto(task)?,
             placement,
             stop_after_disconnect: crate::duration::from_wire_ms(spec.stop_after_disconnect_ms),
+            balance: crate::job::BalanceSpec {
+                movable: spec.balance_movable,
+            },
         };
         spec.validate()?;
         Ok(spec)
@@ -109,6 +113,7 @@ mod tests {
                 gang: true,
             },
             stop_after_disconnect: Some(std::time::Duration::from_millis(2500)),
+            balance: Default::default(),
         }
     }
 

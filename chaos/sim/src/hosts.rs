@@ -17,6 +17,7 @@ use herd_coordinator::start::start_with;
 use herd_coordinator::{Coordinator, CoordinatorConfig};
 use herd_node::{NodeConfig, Wiring};
 
+use crate::live::{Fleet, SimulatedLiveVm};
 use crate::machine::{Machine, SimulatedExec};
 use crate::transport;
 
@@ -68,6 +69,12 @@ fn coordinator_config(id: u64, members: u64, raft: RaftTuning) -> CoordinatorCon
         raft,
         node_ttl: NODE_TTL,
         dial: DialMap::default().with_connector(transport::connector()),
+        http_listen: None,
+        metrics_listen: None,
+        join_token: None,
+        // Off: the fallback's solver limit is wall-clock time, not the
+        // simulation's, and would make runs differ.
+        reschedule: herd_coordinator::reschedule::config::Rescheduling::off(),
     }
 }
 
@@ -138,42 +145,65 @@ fn node_config(name: &str, members: u64, data_dir: PathBuf) -> NodeConfig {
         heartbeat: Duration::from_secs(1),
         stop_grace: Duration::from_secs(1),
         http: None,
+        metrics_listen: None,
+        token: None,
+        // The agents' balancing dials peers over plain TCP, outside the
+        // simulated network: off in the simulation.
+        balance_enabled: false,
+        balance: Default::default(),
     }
 }
 
 /// Adds `count` node agents, each with its data directory (real files)
-/// under `root` and a [`Machine`] of SIMULATED workloads. A restarted host
-/// starts the agent again on the same directory and machine, so it
-/// re-adopts what still runs there. `ignore_stops` plants a bug for the
-/// checkers' self-test (see [`SimulatedExec::ignoring_stops`]).
+/// under `root` and a [`Machine`] of SIMULATED workloads: `exec` ones and
+/// live-moving VMs (`simvm`, [`SimulatedLiveVm`], which move to the other
+/// agents' machines). A restarted host starts the agent again on the same
+/// directory and machine, so it re-adopts what still runs there.
+/// `ignore_stops` and `leave_sources_running` plant bugs for the checkers'
+/// self-tests (see [`SimulatedExec::ignoring_stops`] and
+/// [`SimulatedLiveVm::leaving_sources_running`]).
 pub fn add_agents(
     sim: &mut turmoil::Sim<'_>,
     count: u64,
     members: u64,
     root: &Path,
     ignore_stops: bool,
+    leave_sources_running: bool,
 ) -> Vec<SimAgent> {
-    let mut agents = Vec::new();
-    for index in 1..=count {
-        let name = agent_host(index);
-        let machine = Machine::new(&name, index as u32);
-        agents.push(SimAgent {
-            name: name.clone(),
-            machine: machine.clone(),
-        });
+    let agents: Vec<SimAgent> = (1..=count)
+        .map(|index| {
+            let name = agent_host(index);
+            SimAgent {
+                machine: Machine::new(&name, index as u32),
+                name,
+            }
+        })
+        .collect();
+    let fleet: Fleet = Arc::new(
+        agents
+            .iter()
+            .map(|a| (a.name.clone(), a.machine.clone()))
+            .collect(),
+    );
+    for agent in &agents {
+        let (name, machine, fleet) = (agent.name.clone(), agent.machine.clone(), fleet.clone());
         let data_dir = root.join(&name);
         sim.host(name.clone(), move || {
             let config = node_config(&name, members, data_dir.clone());
-            let machine = machine.clone();
+            let (machine, fleet) = (machine.clone(), fleet.clone());
             async move {
                 let listener =
                     turmoil::net::TcpListener::bind((Ipv4Addr::UNSPECIFIED, AGENT_PORT)).await?;
                 let local = SocketAddr::from((Ipv4Addr::UNSPECIFIED, AGENT_PORT));
+                let mut live = SimulatedLiveVm::new(machine.clone(), fleet);
+                if leave_sources_running {
+                    live = live.leaving_sources_running();
+                }
                 let mut driver = SimulatedExec::new(machine);
                 if ignore_stops {
                     driver = driver.ignoring_stops();
                 }
-                let mut wiring = Wiring::with_drivers(vec![Arc::new(driver)]);
+                let mut wiring = Wiring::with_drivers(vec![Arc::new(driver), Arc::new(live)]);
                 wiring.connector = Some(transport::connector());
                 let mut running =
                     herd_node::start_with(config, wiring, transport::incoming(listener), local)

@@ -7,7 +7,8 @@
 //! and the real `herd_node` agent (its actor tree, coordinator link,
 //! workload supervision and re-adoption), serving and dialling through
 //! turmoil's network instead of the operating system's ([`transport`]).
-//! The agents' workloads are SIMULATED ([`machine`]). The chaos harness's
+//! The agents' workloads are SIMULATED ([`machine`]), VMs that move live
+//! between them included ([`live`]). The chaos harness's
 //! clients run as simulated hosts too, a seeded schedule partitions and
 //! crashes members and agents between simulation steps ([`faults`]), an
 //! observer judges when the cluster is whole ([`observe`]), and the
@@ -19,6 +20,7 @@
 
 pub mod faults;
 pub mod hosts;
+pub mod live;
 pub mod machine;
 pub mod observe;
 pub mod run;

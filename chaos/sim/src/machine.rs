@@ -10,6 +10,10 @@
 //! [`SimulatedExec`] is the driver the simulated agents offer under the
 //! name `exec` (so the chaos harness's job specs run unchanged): it starts
 //! nothing, it records the workload on its machine until it is stopped.
+//! [`crate::live::SimulatedLiveVm`] records VMs that move live between
+//! machines (`simvm`); a copy of one may be paused or waiting for its
+//! state ([`RunState`]), and only running copies count as running
+//! ([`Machine::processes`]).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -28,22 +32,43 @@ const WAIT_POLL: Duration = Duration::from_millis(50);
 /// The signal a stopped workload is reported to have ended by (SIGTERM).
 const STOP_SIGNAL: i32 = 15;
 
+/// Whether a simulated workload runs: always for `exec`; a live-moving
+/// VM's copy may hold its state without running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunState {
+    /// It runs.
+    Running,
+    /// Frozen with its state: a source stopped for the last copy of a move.
+    Paused,
+    /// A move's target, waiting for the state (`received`: all of it is in).
+    Incoming {
+        /// The whole state arrived.
+        received: bool,
+    },
+}
+
 /// One simulated workload.
 #[derive(Debug, Clone)]
-struct SimProcess {
-    alloc_id: String,
-    job: String,
-    instance: Option<u32>,
-    mark: Option<String>,
+pub(crate) struct SimProcess {
+    pub(crate) alloc_id: String,
+    pub(crate) job: String,
+    pub(crate) instance: Option<u32>,
+    pub(crate) mark: Option<String>,
+    pub(crate) generation: u64,
+    pub(crate) state: RunState,
+    /// Handed its state over and left running: only the planted bug of
+    /// [`crate::live::SimulatedLiveVm::leaving_sources_running`] does it.
+    pub(crate) moved_out: bool,
 }
 
 #[derive(Debug, Default)]
-struct MachineState {
+pub(crate) struct MachineState {
     /// Bumped when the machine loses its workloads.
-    boot: u64,
-    next_pid: u32,
-    running: BTreeMap<u32, SimProcess>,
-    ended: BTreeMap<u32, ExitInfo>,
+    pub(crate) boot: u64,
+    pub(crate) next_pid: u32,
+    /// Every workload present, running or not (see [`RunState`]).
+    pub(crate) running: BTreeMap<u32, SimProcess>,
+    pub(crate) ended: BTreeMap<u32, ExitInfo>,
 }
 
 /// One simulated machine's workloads, shared by the agent's driver and the
@@ -67,15 +92,29 @@ impl Machine {
         }
     }
 
-    fn state(&self) -> MutexGuard<'_, MachineState> {
+    pub(crate) fn state(&self) -> MutexGuard<'_, MachineState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// What runs here now, as the double-run checker's samples name it.
+    /// The node this machine is.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// A new workload's pid on this machine, in `state` (locked by the caller).
+    pub(crate) fn next_pid(&self, state: &mut MachineState) -> u32 {
+        state.next_pid += 1;
+        self.pid_base + state.next_pid
+    }
+
+    /// What runs here now, as the double-run checker's samples name it: a
+    /// paused or incoming copy of a moving VM holds state but runs nothing,
+    /// like a stopped QEMU, and is left out.
     pub fn processes(&self) -> Vec<SeenProcess> {
         self.state()
             .running
             .iter()
+            .filter(|(_, p)| p.state == RunState::Running)
             .map(|(pid, p)| SeenProcess {
                 pid: *pid,
                 node: self.node.clone(),
@@ -84,6 +123,17 @@ impl Machine {
                 instance: p.instance,
                 mark: p.mark.clone(),
             })
+            .collect()
+    }
+
+    /// Copies here that hold state without running (paused, incoming), as
+    /// (pid, allocation, state): what a finished run must not leave behind.
+    pub fn frozen(&self) -> Vec<(u32, String, RunState)> {
+        self.state()
+            .running
+            .iter()
+            .filter(|(_, p)| p.state != RunState::Running)
+            .map(|(pid, p)| (*pid, p.alloc_id.clone(), p.state))
             .collect()
     }
 
@@ -98,13 +148,29 @@ impl Machine {
 }
 
 /// Simulated ms, as handles and exit records carry them.
-fn simulated_ms() -> u64 {
+pub(crate) fn simulated_ms() -> u64 {
     turmoil::sim_elapsed().map_or(0, |d| d.as_millis() as u64)
 }
 
 /// The machine boot a handle was started in.
-fn boot_of(handle: &WorkloadHandle) -> Option<u64> {
+pub(crate) fn boot_of(handle: &WorkloadHandle) -> Option<u64> {
     handle.detail.get("boot").and_then(|b| b.as_u64())
+}
+
+/// The record of a workload of `spec` in `state`, as the samples name it.
+pub(crate) fn process_of(spec: &WorkloadSpec, state: RunState) -> SimProcess {
+    SimProcess {
+        alloc_id: spec.alloc_id.clone(),
+        job: spec.job.clone(),
+        instance: spec
+            .env
+            .get("HERD_ALLOC_INSTANCE")
+            .and_then(|i| i.parse().ok()),
+        mark: spec.task.env.get(MARK_ENV).cloned(),
+        generation: spec.generation,
+        state,
+        moved_out: false,
+    }
 }
 
 /// The SIMULATED `exec` driver; see the module documentation.
@@ -170,18 +236,10 @@ impl Driver for SimulatedExec {
 
     async fn start(&self, spec: &WorkloadSpec) -> Result<WorkloadHandle, DriverError> {
         let mut state = self.machine.state();
-        state.next_pid += 1;
-        let pid = self.machine.pid_base + state.next_pid;
-        let process = SimProcess {
-            alloc_id: spec.alloc_id.clone(),
-            job: spec.job.clone(),
-            instance: spec
-                .env
-                .get("HERD_ALLOC_INSTANCE")
-                .and_then(|i| i.parse().ok()),
-            mark: spec.task.env.get(MARK_ENV).cloned(),
-        };
-        state.running.insert(pid, process);
+        let pid = self.machine.next_pid(&mut state);
+        state
+            .running
+            .insert(pid, process_of(spec, RunState::Running));
         Ok(WorkloadHandle {
             driver: "exec".into(),
             alloc_id: spec.alloc_id.clone(),

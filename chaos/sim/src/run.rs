@@ -11,6 +11,7 @@ use std::time::Duration;
 use herd_chaos::check::{self, CheckConfig, Verdict};
 use herd_chaos::finals;
 use herd_chaos::history::{FaultWindow, History, Record};
+use herd_chaos::migrate;
 use herd_chaos::nemesis::rng::Rng;
 use herd_chaos::report::Report;
 use herd_chaos::runner::{CAREFUL_COUNT, CAREFUL_JOB, CAREFUL_STOP_AFTER, SERVICE_JOB};
@@ -19,6 +20,7 @@ use herd_consensus::raft_config::RaftTuning;
 
 use crate::faults::{self, Active, SimFault, Targets, Window};
 use crate::hosts::{self, SimAgent, Slot};
+use crate::live;
 use crate::observe;
 
 /// How one simulation runs.
@@ -51,6 +53,15 @@ pub struct SimConfig {
     pub raft: RaftTuning,
     /// Longest the cluster may take to be whole again after the last heal.
     pub converge_bound: Duration,
+    /// Live migrations during the faults: the agents run [`live::VM_JOB`]
+    /// (SIMULATED VMs, [`live::SimulatedLiveVm`]) and a migration client
+    /// keeps moving its allocations between them (needs agents); the
+    /// migration checker then judges the run.
+    pub migrations: bool,
+    /// The simulated VMs' moves leave the source running beside the
+    /// target, a planted bug the migration checker must catch: its
+    /// self-test.
+    pub leave_sources_running: bool,
 }
 
 impl Default for SimConfig {
@@ -68,6 +79,8 @@ impl Default for SimConfig {
             ignore_stops: false,
             raft: RaftTuning::default(),
             converge_bound: Duration::from_secs(30),
+            migrations: false,
+            leave_sources_running: false,
         }
     }
 }
@@ -120,6 +133,12 @@ const OBSERVE_EVERY: Duration = Duration::from_millis(100);
 const SETTLED_FOR: Duration = Duration::from_secs(1);
 /// Longest the final reads and lists may take.
 const FINALS_BOUND: Duration = Duration::from_secs(30);
+/// Longest the finals wait for the migration client to see its last
+/// migration end (within [`FINALS_BOUND`]).
+const MIGRATIONS_BOUND: Duration = Duration::from_secs(15);
+/// The simulated wall clock's epoch (2026-01-01T00:00:00Z): stamps are this
+/// plus simulated time, the same in every run of a seed.
+const SIMULATED_EPOCH_MS: u64 = 1_767_225_600_000;
 
 /// Flags the simulation's driver loop raises for its client hosts.
 #[derive(Default)]
@@ -134,6 +153,8 @@ struct Signals {
     finals: AtomicBool,
     /// They ran.
     finals_done: AtomicBool,
+    /// The migration client followed its last migration to its end.
+    migrations_done: AtomicBool,
 }
 
 /// Waits (in simulated time) until `flag` is raised.
@@ -178,6 +199,8 @@ pub fn run(config: &SimConfig) -> Result<SimOutcome, SimError> {
         seed: config.seed,
         message,
     };
+    // Stamps (deadlines the leader judges) on simulated time, as timers.
+    herd_api::clock::set_source(simulated_wall_ms);
     let mut rng = Rng::new(config.seed);
     let mut sim = turmoil::Builder::new()
         .simulation_duration(config.duration + SETUP_BOUND + config.converge_bound + 60 * SEC)
@@ -194,6 +217,7 @@ pub fn run(config: &SimConfig) -> Result<SimOutcome, SimError> {
         config.members,
         &root.0,
         config.ignore_stops,
+        config.leave_sources_running,
     );
     let recorder = Arc::new(Recorder::with_clock(simulated_ns));
     let signals = Arc::new(Signals::default());
@@ -323,13 +347,18 @@ fn add_clients(
 ) {
     let members = config.members;
     let addrs: Vec<String> = (1..=members).map(hosts::member_addr).collect();
+    let migrates = config.migrations && !agents.is_empty();
     if !agents.is_empty() && config.service_count > 0 {
         let recorder = recorder.clone();
         let count = config.service_count;
         sim.client("service", async move {
             let client = hosts::client(members)?;
             let careful = workload::careful_spec(CAREFUL_JOB, CAREFUL_COUNT, CAREFUL_STOP_AFTER);
-            for spec in [workload::sleeper_spec(SERVICE_JOB, count), careful] {
+            let mut specs = vec![workload::sleeper_spec(SERVICE_JOB, count), careful];
+            if migrates {
+                specs.push(live::vm_job_spec());
+            }
+            for spec in specs {
                 // Tried until the simulation ends; every attempt is recorded.
                 let _ = workload::submit_setup(
                     &client,
@@ -395,6 +424,24 @@ fn add_clients(
             Ok(())
         });
     }
+    if migrates {
+        // Moves with the faults, then follows its last move to its end.
+        let ctx = context(&signals.drains_stop);
+        let nodes: Vec<String> = agents.iter().map(|a| a.name.clone()).collect();
+        let migrate_rng = rng.fork();
+        let process = config.clients + 3;
+        let signals = signals.clone();
+        sim.client("migrations", async move {
+            let ctx = ClientContext {
+                client: Some(hosts::client(members)?),
+                ..ctx
+            };
+            raised(&signals.go).await;
+            migrate::migration_client_of(ctx, process, live::VM_JOB, nodes, migrate_rng).await;
+            signals.migrations_done.store(true, Ordering::Relaxed);
+            Ok(())
+        });
+    }
     // The final reads and lists once the cluster converged: a lost
     // acknowledged write or job shows there at the latest.
     let recorder = recorder.clone();
@@ -404,6 +451,13 @@ fn add_clients(
         let client = hosts::client(members)?;
         raised(&signals.finals).await;
         finals::record(&client, &keys, &recorder).await;
+        if migrates {
+            // Every migration has ended by now, unless one never does,
+            // which the checker then reports.
+            let waited = tokio::time::timeout(MIGRATIONS_BOUND, raised(&signals.migrations_done));
+            let _ = waited.await;
+            migrate::record_final(&client, &recorder).await;
+        }
         signals.finals_done.store(true, Ordering::Relaxed);
         Ok(())
     });
@@ -607,4 +661,11 @@ impl Driver<'_> {
 /// The simulation's clock, ns (0 outside a simulated host).
 fn simulated_ns() -> u64 {
     turmoil::sim_elapsed().map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// The wall clock inside a simulation ([`herd_api::clock::set_source`]):
+/// [`SIMULATED_EPOCH_MS`] plus simulated time; None outside one (the
+/// system clock is read then).
+fn simulated_wall_ms() -> Option<u64> {
+    turmoil::sim_elapsed().map(|d| SIMULATED_EPOCH_MS + d.as_millis() as u64)
 }

@@ -243,3 +243,76 @@ fn sweep() {
     );
     assert!(failed.is_empty(), "seeds not passing: {failed:?}");
 }
+
+#[test]
+fn live_migrations_end_well_while_agents_crash_and_nodes_are_lost() {
+    // SIMULATED VMs moved live between three agents while agents crash
+    // and nodes go down mid-move: every migration ends, within its
+    // deadline, with one running copy, the switch-over the only change of
+    // owner, and nothing left reserved.
+    let outcome = simulate(SimConfig {
+        seed: 5,
+        duration: Duration::from_secs(12),
+        clients: 1,
+        migrations: true,
+        faults: vec![SimFault::AgentCrash, SimFault::NodeLoss],
+        ..SimConfig::default()
+    });
+    let judged = outcome
+        .verdicts
+        .iter()
+        .find(|(name, _)| *name == "migrations end, one copy")
+        .map(|(_, verdict)| verdict);
+    assert!(
+        judged.is_some_and(|v| v.is_pass()),
+        "{:?}",
+        outcome.verdicts
+    );
+    assert!(outcome.verdict.is_pass(), "{:?}", outcome.verdicts);
+    let counts = herd_chaos::check::migrations::counts(&outcome.history).expect("migrations");
+    eprintln!("{counts:?}");
+    assert!(counts.completed >= 3, "{counts:?}");
+    assert!(counts.aborted >= 1, "{counts:?}");
+    // Some moves were under way when a fault struck one of their agents.
+    let struck = outcome
+        .history
+        .migrations()
+        .filter(|a| a.last.is_some())
+        .filter(|a| {
+            outcome.history.records.iter().any(|r| match r {
+                Record::Fault(f) => {
+                    let node = f.lost_node.as_deref();
+                    (node == Some(a.source.as_str()) || node == Some(a.target.as_str()))
+                        && f.start_ns <= a.ended_ns.unwrap_or(u64::MAX)
+                        && f.end_ns.unwrap_or(u64::MAX) >= a.invoke_ns
+                }
+                _ => false,
+            })
+        })
+        .count();
+    assert!(struck >= 1, "no fault struck a move in flight: {:?}", outcome.faults);
+}
+
+#[test]
+fn sources_left_running_after_a_move_are_caught() {
+    // Moves that hand the state over without stopping the source leave
+    // two running copies: the migration checker must say so, or it could
+    // not find the bugs it is for.
+    let outcome = simulate(SimConfig {
+        seed: 5,
+        duration: Duration::from_secs(4),
+        converge_bound: Duration::from_secs(3),
+        clients: 1,
+        migrations: true,
+        leave_sources_running: true,
+        faults: Vec::new(),
+        ..SimConfig::default()
+    });
+    let judged = outcome
+        .verdicts
+        .iter()
+        .find(|(name, _)| *name == "migrations end, one copy")
+        .map(|(_, verdict)| verdict);
+    assert!(judged.is_some_and(|v| v.is_fail()), "{:?}", outcome.verdicts);
+    eprintln!("caught: {:?}", judged);
+}

@@ -55,6 +55,13 @@ pub struct AgentArgs {
     /// Address HTTP clients reach that endpoint at (default: --http-listen).
     #[arg(long)]
     pub http_advertise: Option<String>,
+    /// Serve Prometheus metrics at /metrics on this IP:PORT (off when unset).
+    #[arg(long)]
+    pub metrics_listen: Option<String>,
+    /// Take no part in decentralised balancing (no gossip with other
+    /// agents, nothing moved off or onto this node by it).
+    #[arg(long)]
+    pub no_balance: bool,
 }
 
 impl AgentArgs {
@@ -86,6 +93,8 @@ impl AgentArgs {
             stop_grace_ms: None,
             http_listen: self.http_listen.clone(),
             http_advertise: self.http_advertise.clone(),
+            metrics_listen: self.metrics_listen.clone(),
+            balance: self.no_balance.then_some(false),
         };
         NodeConfig::resolve(file.overridden_by(flags))
     }
@@ -99,8 +108,11 @@ pub fn executor_path() -> Result<PathBuf, CliError> {
 
 /// Runs the agent until SIGINT or SIGTERM. Workloads keep running after it
 /// exits; drain the node first to move them.
-pub async fn run(args: AgentArgs) -> Result<(), CliError> {
-    let config = args.resolve().map_err(CliError::input)?;
+/// `token` (`--token`/`HERD_TOKEN`, role `node`) goes with every request
+/// to the coordinators.
+pub async fn run(args: AgentArgs, token: Option<&str>) -> Result<(), CliError> {
+    let mut config = args.resolve().map_err(CliError::input)?;
+    config.token = token.map(str::to_string);
     let mut running = herd_node::start(config, executor_path()?)
         .await
         .map_err(CliError::runtime)?;

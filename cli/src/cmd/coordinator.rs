@@ -48,6 +48,24 @@ pub struct CoordinatorArgs {
     /// 2=HOST:PORT,3=HOST:PORT (address translation; the chaos harness's proxies).
     #[arg(long)]
     pub dial: Option<String>,
+    /// Serve the read-only web dashboard on this IP:PORT (off when unset).
+    #[arg(long)]
+    pub http_listen: Option<String>,
+    /// Serve Prometheus metrics at /metrics on this IP:PORT (off when unset).
+    #[arg(long)]
+    pub metrics_listen: Option<String>,
+    /// Start a NEW one-member cluster from a backup (`herd operator snapshot
+    /// save`): seeds the empty --data-dir from FILE, then runs; other members
+    /// join it with --join. For a cluster that lost its quorum, or a restore
+    /// into a new cluster. Not with --bootstrap, --peers or --join.
+    #[arg(long, value_name = "FILE")]
+    pub recover_from: Option<PathBuf>,
+    /// With --recover-from: replace the Raft state --data-dir already holds.
+    #[arg(long, requires = "recover_from")]
+    pub force_recover: bool,
+    /// The defragmenting loop and the placement fallback.
+    #[command(flatten)]
+    pub reschedule: super::reschedule::RescheduleFlags,
 }
 
 impl CoordinatorArgs {
@@ -68,8 +86,16 @@ impl CoordinatorArgs {
             raft: None,
             node_ttl_ms: self.node_ttl_ms,
             dial: self.dial.clone(),
+            http_listen: self.http_listen.clone(),
+            metrics_listen: self.metrics_listen.clone(),
+            reschedule: None,
+            placement_fallback: None,
         };
         let mut settings = file.overridden_by(flags);
+        settings.reschedule = self.reschedule.reschedule(settings.reschedule.take());
+        settings.placement_fallback = self
+            .reschedule
+            .fallback(settings.placement_fallback.take());
         if self.snapshot_every.is_some() || self.keep_logs.is_some() {
             let mut raft = settings.raft.take().unwrap_or_default();
             if let Some(n) = self.snapshot_every {
@@ -85,8 +111,26 @@ impl CoordinatorArgs {
 }
 
 /// Runs the coordinator until SIGINT or SIGTERM.
-pub async fn run(args: CoordinatorArgs) -> Result<(), CliError> {
-    let config = args.resolve().map_err(CliError::input)?;
+/// `token` (`--token`/`HERD_TOKEN`, an operator's) is sent when `--join`
+/// asks a bootstrapped cluster to add this member.
+pub async fn run(args: CoordinatorArgs, token: Option<&str>) -> Result<(), CliError> {
+    let mut config = args.resolve().map_err(CliError::input)?;
+    config.join_token = token.map(str::to_string);
+    if let Some(file) = &args.recover_from {
+        if config.mode != herd_coordinator::config::StartMode::Wait {
+            return Err(CliError::input(
+                "--recover-from starts a new cluster from the backup alone: drop --bootstrap, --peers and --join (from the config file too); other members join it afterwards",
+            ));
+        }
+        super::operator::recover(&herd_coordinator::snapshot::restore::RestoreOptions {
+            file: file.clone(),
+            data_dir: config.data_dir.clone(),
+            member: config.id,
+            advertise: config.advertise.clone(),
+            force: args.force_recover,
+            resume_if_restored: true,
+        })?;
+    }
     let running = herd_coordinator::start(config).await.map_err(|e| match e {
         herd_coordinator::start::StartError::Bind { .. }
         | herd_coordinator::start::StartError::Storage(_) => CliError::runtime(e),

@@ -13,6 +13,9 @@ use crate::exit::CliError;
 /// Where `herd dev` listens, and where client commands look by default.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:7100";
 
+/// Where `herd dev` serves the web dashboard unless told otherwise.
+pub const DEFAULT_DASHBOARD_ADDR: &str = "127.0.0.1:7180";
+
 /// Flags of `herd dev`.
 #[derive(Args, Debug, Clone)]
 pub struct DevArgs {
@@ -28,6 +31,20 @@ pub struct DevArgs {
     /// Simulated GPUs each node agent reports (none by default).
     #[arg(long)]
     pub sim_gpus: Option<u32>,
+    /// Where to serve the read-only web dashboard (port 0: any free port).
+    #[arg(long, default_value = DEFAULT_DASHBOARD_ADDR)]
+    pub http_listen: String,
+}
+
+/// `wanted`, unless it is the default address and that is taken (another
+/// `herd dev` runs): then any free port, so that a second dev cluster
+/// still starts; its address is printed either way.
+fn dashboard_addr(wanted: &str) -> String {
+    if wanted == DEFAULT_DASHBOARD_ADDR && std::net::TcpListener::bind(wanted).is_err() {
+        "127.0.0.1:0".to_string()
+    } else {
+        wanted.to_string()
+    }
 }
 
 /// Runs the dev cluster until Ctrl-C.
@@ -44,12 +61,14 @@ pub async fn run(args: DevArgs) -> Result<(), CliError> {
             (temp.path().to_path_buf(), Some(temp))
         }
     };
+    let http_listen = dashboard_addr(&args.http_listen);
     let config = CoordinatorConfig::resolve(CoordinatorSettings {
         id: Some(1),
         listen: Some(args.listen.clone()),
         data_dir: Some(data_dir.join("coordinator-1")),
         bootstrap: Some(true),
         peers: Some(format!("1={}", args.listen)),
+        http_listen: Some(http_listen),
         ..Default::default()
     })
     .map_err(CliError::input)?;
@@ -96,6 +115,9 @@ pub async fn run(args: DevArgs) -> Result<(), CliError> {
     );
     for (name, agent) in &agents {
         println!("  node agent   {name} at {}", agent.local_addr);
+    }
+    if let Some(dashboard) = running.dashboard_addr {
+        println!("  dashboard    http://{dashboard}/  (read-only web pages)");
     }
     println!();
     println!(

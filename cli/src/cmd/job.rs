@@ -1,4 +1,4 @@
-//! `herd job run|list|status|stop`.
+//! `herd job run|list|status|stop|migrate`.
 
 use std::io::Read;
 use std::time::Duration;
@@ -55,6 +55,9 @@ pub enum JobCommand {
         /// Job name.
         name: String,
     },
+    /// Move a gang job live: every member to its own node, its learners
+    /// stopped at one common step, all moved or none (docs/dljob.md).
+    Migrate(super::gang_migrate::JobMigrateArgs),
 }
 
 fn read_spec(file: &str) -> Result<(String, String), CliError> {
@@ -310,6 +313,7 @@ pub async fn run(ctx: &Context, command: JobCommand) -> Result<(), CliError> {
                 println!("job {name} stopped (version {})", reply.version);
             }
         }
+        JobCommand::Migrate(args) => super::gang_migrate::run(ctx, args).await?,
     }
     Ok(())
 }

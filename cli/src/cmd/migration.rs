@@ -88,13 +88,14 @@ pub fn migration_json(m: &pb::MigrationInfo) -> Value {
         "id": m.id, "alloc": m.alloc_id, "kind": m.kind, "source": m.source, "target": m.target,
         "phase": m.phase, "bytes": m.bytes, "rounds": m.rounds, "downtime_ms": m.downtime_ms,
         "total_ms": m.total_ms, "error": (!m.error.is_empty()).then_some(&m.error),
+        "group": (!m.group.is_empty()).then_some(&m.group), "stop_step": m.stop_step,
     })
 }
 
 /// A refused request is bad input (exit 2) when the coordinator says the
 /// request itself cannot be served: wrong, naming what does not exist, or
 /// refused by the state machine. Anything else is a failure (exit 1).
-fn refusal(e: ClientError) -> CliError {
+pub(crate) fn refusal(e: ClientError) -> CliError {
     let refused = match &e {
         ClientError::Status { status, .. } => {
             let reason = ErrorMarks::read(status).and_then(|m| m.reason);
@@ -227,12 +228,12 @@ pub async fn migrate(
     Ok(())
 }
 
-fn seconds(ms: u64) -> String {
+pub(crate) fn seconds(ms: u64) -> String {
     format!("{:.1}s", ms as f64 / 1000.0)
 }
 
 /// One line of progress: phase, bytes, rounds, average rate, time.
-fn progress_line(m: &pb::MigrationInfo) -> String {
+pub(crate) fn progress_line(m: &pb::MigrationInfo) -> String {
     let rate = m
         .bytes
         .saturating_mul(1000)
@@ -380,6 +381,14 @@ pub async fn run(ctx: &Context, command: MigrationCommand) -> Result<(), CliErro
                     m.source, m.from_generation
                 );
                 println!("to          {}", m.target);
+                if !m.group.is_empty() {
+                    println!(
+                        "gang        moves with group {}{}",
+                        m.group,
+                        m.stop_step
+                            .map_or(String::new(), |s| format!(", learners stop at step {s}"))
+                    );
+                }
                 println!("phase       {}", m.phase);
                 if !m.error.is_empty() {
                     println!("error       {}", m.error);
@@ -457,11 +466,13 @@ mod tests {
                 "bytes",
                 "downtime_ms",
                 "error",
+                "group",
                 "id",
                 "kind",
                 "phase",
                 "rounds",
                 "source",
+                "stop_step",
                 "target",
                 "total_ms"
             ]
@@ -469,6 +480,11 @@ mod tests {
         assert_eq!(
             (value["downtime_ms"].clone(), value["error"].clone()),
             (json!(7), Value::Null)
+        );
+        assert_eq!(
+            (value["group"].clone(), value["stop_step"].clone()),
+            (Value::Null, Value::Null),
+            "a lone move has no gang"
         );
     }
 }

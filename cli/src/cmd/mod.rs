@@ -1,18 +1,22 @@
 //! One module per command group.
 
+pub mod acl;
 pub mod agent;
 pub mod alloc;
+pub mod balance;
 pub mod chaos;
 pub mod chaos_sim;
 pub mod cluster;
 pub mod coordinator;
 pub mod dev;
 pub mod executor;
+pub mod gang_migrate;
 pub mod infer;
 pub mod inference_engine;
 pub mod job;
 pub mod migration;
 pub mod node;
+pub mod operator;
 pub mod power;
 pub mod reschedule;
 pub mod sim_vm;
@@ -31,12 +35,17 @@ pub struct Context {
     pub addr: String,
     /// `--output`.
     pub output: OutputFormat,
+    /// `--token` / `HERD_TOKEN`.
+    pub token: Option<String>,
 }
 
 impl Context {
-    /// A client for the configured coordinators.
+    /// A client for the configured coordinators, sending the token.
     pub fn client(&self) -> Result<HerdClient, CliError> {
-        HerdClient::from_list(&self.addr).map_err(CliError::input)
+        HerdClient::from_list(&self.addr)
+            .map_err(CliError::input)?
+            .with_token(self.token.as_deref().unwrap_or(""))
+            .map_err(|e| CliError::input(format!("--token / HERD_TOKEN: {e}")))
     }
 
     /// Whether to print JSON.

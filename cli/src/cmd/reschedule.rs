@@ -6,7 +6,11 @@
 //! ([`apply`]).
 
 mod apply;
+mod flags;
 mod live;
+pub mod status;
+
+pub use flags::RescheduleFlags;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -37,6 +41,9 @@ pub enum RescheduleCommand {
     /// migrations, a few at a time; a move that no longer fits is skipped
     /// and said so.
     Apply(apply::ApplyArgs),
+    /// What the leader's defragmenting loop did last: when, the fragment
+    /// rate before and after, the moves started and skipped.
+    Status(status::StatusArgs),
 }
 
 /// Arguments of `herd reschedule eval`.
@@ -100,6 +107,7 @@ pub async fn run(ctx: &Context, command: RescheduleCommand) -> Result<(), CliErr
     match command {
         RescheduleCommand::Plan(args) => live::plan(ctx, args).await,
         RescheduleCommand::Apply(args) => apply::apply(ctx, args).await,
+        RescheduleCommand::Status(args) => status::status(ctx, args).await,
         RescheduleCommand::Eval(args) => eval(ctx, args),
         RescheduleCommand::Generate(args) => {
             let params = GenParams {

@@ -4,7 +4,9 @@
 //! reference for the checkpoint protocol of `docs/dljob.md`:
 //! - resumes from the newest valid checkpoint in its checkpoint directory;
 //! - checkpoints every `--checkpoint-every` steps, on SIGUSR1, and when
-//!   `checkpoint.request` appears (answering with `checkpoint.done`);
+//!   `checkpoint.request` appears (answering with `checkpoint.done`); a
+//!   request for a step (`at_step`) is answered at that step, and the
+//!   trainer then stays there while `checkpoint.hold` exists;
 //! - on SIGTERM or SIGINT checkpoints at the step boundary and exits 0;
 //! - prints `step=N loss=L` per step and, at the end, `done step=N weights=..`
 //!   (bit patterns), also written to `weights.json`.
@@ -66,8 +68,13 @@ fn train(args: &ToyTrainArgs) -> Result<(), CliError> {
     let mut asked = Received::default();
     loop {
         if let Some(dir) = dir {
-            if asked.checkpoint || asked.stop || checkpoint::requested(dir) {
-                save(dir, trainer.state())?;
+            let due = checkpoint::pending(dir)
+                .map_err(CliError::runtime)?
+                .is_some_and(|r| r.due(trainer.state().step));
+            if asked.checkpoint || asked.stop || due {
+                if save(dir, trainer.state())? && !asked.stop {
+                    asked = hold(dir, trainer.state(), &signals)?;
+                }
             }
         } else if asked.checkpoint {
             eprintln!("herd toy-train: checkpoint asked for, but no checkpoint directory is set");
@@ -83,7 +90,12 @@ fn train(args: &ToyTrainArgs) -> Result<(), CliError> {
         print(step_line(&report))?;
         if let Some(dir) = dir {
             if args.checkpoint_every > 0 && report.step % args.checkpoint_every == 0 {
-                save(dir, trainer.state())?;
+                if save(dir, trainer.state())? {
+                    asked = hold(dir, trainer.state(), &signals)?;
+                    if asked.stop {
+                        continue;
+                    }
+                }
             }
         }
         asked = signals.wait(Duration::from_millis(args.step_ms));
@@ -121,11 +133,32 @@ fn initial_state(dir: Option<&Path>, seed: u64) -> Result<TrainState, CliError> 
     }
 }
 
-/// Writes a checkpoint and answers a pending request.
-fn save(dir: &Path, state: &TrainState) -> Result<(), CliError> {
+/// Writes a checkpoint and answers a pending request that is due; returns
+/// whether that request asked for exactly this step (the trainer then
+/// holds there while `checkpoint.hold` exists, see [`hold`]).
+fn save(dir: &Path, state: &TrainState) -> Result<bool, CliError> {
     let file = checkpoint::save(dir, state).map_err(CliError::runtime)?;
-    checkpoint::answer_request(dir, state.step, &file).map_err(CliError::runtime)?;
-    Ok(())
+    let answered =
+        checkpoint::answer_request(dir, state.step, &file).map_err(CliError::runtime)?;
+    Ok(answered.is_some_and(|r| r.at_step == Some(state.step)))
+}
+
+/// How often a holding trainer looks whether it may go on.
+const HOLD_POLL: Duration = Duration::from_millis(20);
+
+/// Stays at this step while `checkpoint.hold` exists in `dir` (a gang's
+/// move stops every learner at one step, then stops them): SIGUSR1 still
+/// checkpoints, SIGTERM ends the hold (returned, so the caller checkpoints
+/// and exits as always).
+fn hold(dir: &Path, state: &TrainState, signals: &Signals) -> Result<Received, CliError> {
+    let mut got = Received::default();
+    while checkpoint::holding(dir) && !got.stop {
+        got = signals.wait(HOLD_POLL);
+        if got.checkpoint && !got.stop {
+            save(dir, state)?;
+        }
+    }
+    Ok(got)
 }
 
 /// What arrived while waiting.

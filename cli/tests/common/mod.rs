@@ -8,6 +8,7 @@
 pub mod agents;
 pub mod serve;
 pub mod training;
+pub mod vms;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

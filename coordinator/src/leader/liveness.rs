@@ -76,6 +76,16 @@ impl Liveness {
         self.seen().usage.get(node).cloned()
     }
 
+    /// When each node was last heard from, while this member leads (for
+    /// the metrics' heartbeat ages).
+    pub fn last_heard(&self) -> Vec<(String, Instant)> {
+        self.seen()
+            .at
+            .iter()
+            .map(|(node, at)| (node.clone(), *at))
+            .collect()
+    }
+
     /// Forgets everything: called when this member stops leading.
     pub fn step_down(&self) {
         let mut seen = self.seen();

@@ -102,10 +102,11 @@ pub async fn run(coordinator: Arc<Coordinator>) {
             let job = plan.job.clone();
             let coordinator = coordinator.clone();
             writes.push(async move {
-                match coordinator
+                let result = coordinator
                     .decide_as_leader(term, Command::apply_plan(plan, 0))
-                    .await
-                {
+                    .await;
+                coordinator.instruments().scheduler.record(&result);
+                match result {
                     Ok(written) => {
                         tracing::debug!(%job, index = written.log_index, result = ?written.result, "plan applied")
                     }

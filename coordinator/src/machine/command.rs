@@ -244,6 +244,54 @@ pub enum Command {
         /// `HOST:PORT` by endpoint name.
         endpoints: std::collections::BTreeMap<String, String>,
     },
+    /// Turns client authentication on with the first operator token
+    /// (`herd acl bootstrap`); refused once done (see `crate::acl`).
+    BootstrapAcl {
+        /// The token: accessor, role, digest of its secret.
+        #[serde(with = "crate::machine::json_codec")]
+        grant: crate::acl::TokenGrant,
+        /// Leader's clock, ms since the epoch.
+        now_ms: u64,
+    },
+    /// Adds a token (`herd acl token create`).
+    CreateToken {
+        /// The token: accessor, role, digest of its secret, TTL.
+        #[serde(with = "crate::machine::json_codec")]
+        grant: crate::acl::TokenGrant,
+        /// Leader's clock, ms since the epoch.
+        now_ms: u64,
+    },
+    /// Refuses a token from now on (`herd acl token revoke`).
+    RevokeToken {
+        /// The token's accessor.
+        accessor: String,
+    },
+    /// Moves every member of a gang together (`herd job migrate`): one
+    /// migration per member, all in one group, each reserving its target;
+    /// refused whole, changing nothing, if any member cannot move. See
+    /// `machine::apply::gang_migration`.
+    StartGangMigration {
+        /// (allocation, target) per member, every live member once.
+        moves: Vec<(String, String)>,
+        /// The longest pause allowed, ms.
+        downtime_limit_ms: u64,
+        /// A bandwidth cap, bytes per second (None: as fast as it goes).
+        bandwidth_bytes_per_sec: Option<u64>,
+        /// Leader's clock, ms since the epoch.
+        now_ms: u64,
+    },
+    /// A gang member's source says where its learner stands; once every
+    /// member did, the group's common stop step is chosen in this entry.
+    GangMigrationStep {
+        /// The member's migration.
+        id: String,
+        /// Steps its learner has done.
+        step: u64,
+        /// Its pace, thousandths of a step per second.
+        pace_milli: u64,
+        /// Leader's clock, ms since the epoch.
+        now_ms: u64,
+    },
 }
 
 impl Command {
@@ -281,16 +329,21 @@ impl Command {
             | Command::AdvanceMigration { now_ms, .. }
             | Command::SwitchMigration { now_ms, .. }
             | Command::AbortMigration { now_ms, .. }
+            | Command::StartGangMigration { now_ms, .. }
+            | Command::GangMigrationStep { now_ms, .. }
             | Command::SetPowerBudget { now_ms, .. }
             | Command::DrainNodeLive { now_ms, .. }
-            | Command::ApplyGpuPlan { now_ms, .. } => *now_ms = now,
+            | Command::ApplyGpuPlan { now_ms, .. }
+            | Command::BootstrapAcl { now_ms, .. }
+            | Command::CreateToken { now_ms, .. } => *now_ms = now,
             Command::Fenced { command, .. } => command.stamp(now),
             Command::InitCluster { .. }
             | Command::PutVariable { .. }
             | Command::SetNodeEligibility { .. }
             | Command::SetNodeDrivers { .. }
             | Command::SetNodeEndpoints { .. }
-            | Command::RemovePowerBudget { .. } => {}
+            | Command::RemovePowerBudget { .. }
+            | Command::RevokeToken { .. } => {}
         }
     }
 
@@ -313,12 +366,17 @@ impl Command {
             Command::AdvanceMigration { .. } => "advance_migration",
             Command::SwitchMigration { .. } => "switch_migration",
             Command::AbortMigration { .. } => "abort_migration",
+            Command::StartGangMigration { .. } => "start_gang_migration",
+            Command::GangMigrationStep { .. } => "gang_migration_step",
             Command::SetNodeDrivers { .. } => "set_node_drivers",
             Command::SetNodeEndpoints { .. } => "set_node_endpoints",
             Command::SetPowerBudget { .. } => "set_power_budget",
             Command::RemovePowerBudget { .. } => "remove_power_budget",
             Command::DrainNodeLive { .. } => "drain_node_live",
             Command::ApplyGpuPlan { .. } => "apply_plan",
+            Command::BootstrapAcl { .. } => "bootstrap_acl",
+            Command::CreateToken { .. } => "create_token",
+            Command::RevokeToken { .. } => "revoke_token",
         }
     }
 }
@@ -385,6 +443,8 @@ pub enum CommandResult {
     /// A node is draining: which of its allocations move live, which
     /// restart elsewhere, which may finish until the deadline.
     NodeDrained(crate::machine::apply::drain::DrainOutcome),
+    /// A token was created, or revoked.
+    AclToken(crate::acl::TokenWritten),
 }
 
 /// Why `apply` refused a command. Nothing is ever half-applied.
@@ -432,4 +492,8 @@ pub enum Rejection {
     /// names the field and what is wrong).
     #[error("power budget refused: {0}")]
     PowerBudget(String),
+    /// An ACL command that does not fit (bootstrapped already, an unknown
+    /// accessor...).
+    #[error("access control: {0}")]
+    Acl(String),
 }

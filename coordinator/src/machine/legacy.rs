@@ -66,6 +66,7 @@ impl From<JobSpecV1> for JobSpec {
             },
             placement: Default::default(),
             stop_after_disconnect: None,
+            balance: Default::default(),
         }
     }
 }
@@ -286,6 +287,7 @@ mod tests {
             },
             placement: Default::default(),
             stop_after_disconnect: None,
+            balance: Default::default(),
         }
     }
 

@@ -9,7 +9,7 @@ pub mod plan;
 pub mod retry;
 pub mod views;
 
-pub use moves::{move_targets, MoveTarget};
+pub use moves::{gang_targets, move_targets, MoveTarget};
 pub use pass::{pass_input, plan_job, plan_pass, PassInput};
 pub use plan::{to_scheduler_plan, PlanCommand, PlannedEviction, PlannedPlacement};
 pub use retry::{

@@ -90,6 +90,52 @@ pub fn move_targets(
         .collect()
 }
 
+/// A target for each member of a gang (`member_ids`, all of one job), in
+/// their order, for a gang move: like [`move_targets`], except that every
+/// member must leave its own node (a gang moves whole), so each is placed
+/// in a pass of its own where its node takes nothing, counting the room of
+/// the members placed before it.
+pub fn gang_targets(
+    state: &ClusterState,
+    member_ids: &[String],
+    receives: impl Fn(&str, &str) -> bool,
+) -> Vec<MoveTarget> {
+    let base_nodes = node_views(state);
+    let mut views: Vec<AllocView> = alloc_views(state);
+    member_ids
+        .iter()
+        .map(|id| {
+            let target = match state.allocations.get(id) {
+                None => Err(format!("allocation {id} not found")),
+                Some(alloc) => match state.jobs.get(&alloc.job) {
+                    None => Err(format!("its job {} is gone", alloc.job)),
+                    Some(job) => {
+                        let kind = job.spec.task.driver.clone();
+                        let nodes: Vec<_> = base_nodes
+                            .iter()
+                            .cloned()
+                            .map(|mut n| {
+                                n.schedulable &= n.name != alloc.node && receives(&n.name, &kind);
+                                n
+                            })
+                            .collect();
+                        let mut pass = Pass::new(&nodes, &views);
+                        let placed = target_in(&mut pass, state, alloc, &kind);
+                        placed.map(|(node, gpus)| {
+                            views.push(reservation(alloc, &node, gpus));
+                            node
+                        })
+                    }
+                },
+            };
+            MoveTarget {
+                alloc_id: id.clone(),
+                target,
+            }
+        })
+        .collect()
+}
+
 /// The node `pass` places `alloc` on (and the GPUs it would get there),
 /// with its job's placement rules and the allocation's own resources, or
 /// why none fits.

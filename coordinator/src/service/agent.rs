@@ -36,7 +36,10 @@ use crate::state::changes::{Changed, NodeInterest};
 /// A watch stream sends the set again after this long even when it did not
 /// change, so an agent notices a stream that silently stalled.
 const RESEND_EVERY: Duration = Duration::from_secs(5);
-/// Changes closer together than this are sent as one set.
+/// Changes closer together than this are sent as one set. The first change
+/// after a quiet spell goes out at once (a migration's start and its
+/// switch-over are waited for by the agents): only a change within this
+/// long of the last set sent waits for the rest of it.
 const COALESCE: Duration = Duration::from_millis(20);
 /// Longest node name accepted (as `RegisterNode` checks in apply).
 const MAX_NODE_NAME: usize = 128;
@@ -269,7 +272,7 @@ impl Agent for AgentService {
                 if !concerning_change(&mut changes, &interest, deadline, &tx).await {
                     return;
                 }
-                tokio::time::sleep(COALESCE).await;
+                tokio::time::sleep_until(sent_at + COALESCE).await;
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))

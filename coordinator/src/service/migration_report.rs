@@ -45,6 +45,15 @@ pub enum Action {
         /// Why, as the agent said it (bounded).
         reason: String,
     },
+    /// A gang member's learner stands at `step`, going at `pace_milli`
+    /// thousandths of a step per second; repeated, it asks for the common
+    /// stop step.
+    GangStep {
+        /// Steps done.
+        step: u64,
+        /// Pace, thousandths of a step per second.
+        pace_milli: u64,
+    },
 }
 
 /// A checked report: who sent it, about which migration, asking what.
@@ -92,9 +101,13 @@ pub fn read_report(request: MigrationReportRequest) -> Result<Report, Status> {
         "abort" => Action::Abort {
             reason: request.reason.chars().take(MAX_REASON_BYTES).collect(),
         },
+        "gang_step" => Action::GangStep {
+            step: request.step,
+            pace_milli: request.pace_milli,
+        },
         other => {
             return Err(error::invalid_argument(format!(
-                "field `action`: {:?} is not one of advance, switch, abort",
+                "field `action`: {:?} is not one of advance, switch, abort, gang_step",
                 other.chars().take(32).collect::<String>()
             )))
         }
@@ -130,6 +143,7 @@ pub fn reply_for(state: &ClusterState, m: &Migration) -> MigrationReportReply {
     MigrationReportReply {
         phase: m.phase.as_str().to_string(),
         generation,
+        stop_step: m.gang.as_ref().and_then(|g| g.stop_step),
     }
 }
 
@@ -155,7 +169,9 @@ pub fn decide(state: &ClusterState, report: &Report) -> Decision {
     }
     let answer = || Decision::Answer(reply_for(state, m));
     match &report.action {
-        Action::Advance { .. } | Action::Switch { .. } if !from_source => {
+        Action::Advance { .. } | Action::Switch { .. } | Action::GangStep { .. }
+            if !from_source =>
+        {
             Decision::Refuse(precondition(format!(
                 "migration {id}: only its source ({}) reports progress and the switch-over; the target {} may abort",
                 m.source, report.node
@@ -181,8 +197,26 @@ pub fn decide(state: &ClusterState, report: &Report) -> Decision {
                 }))
             }
         }
+        Action::GangStep { step, pace_milli } => match &m.gang {
+            _ if m.phase.is_final() => Decision::Refuse(precondition(ended(m))),
+            None => Decision::Refuse(precondition(format!(
+                "migration {id} does not move a gang member"
+            ))),
+            // Taken already: the answer carries the step once agreed.
+            Some(part) if part.probe.is_some() || part.stop_step.is_some() => answer(),
+            Some(_) => Decision::Propose(Box::new(Command::GangMigrationStep {
+                id: id.clone(),
+                step: *step,
+                pace_milli: *pace_milli,
+                now_ms: 0,
+            })),
+        },
         Action::Switch { downtime_ms } => match m.phase {
             MigrationPhase::Completed => answer(),
+            // A gang member ready, waiting for the others.
+            MigrationPhase::Switching if m.gang.as_ref().is_some_and(|g| g.switch_asked) => {
+                answer()
+            }
             MigrationPhase::Aborted => Decision::Refuse(precondition(ended(m))),
             _ => Decision::Propose(Box::new(Command::SwitchMigration {
                 id: id.clone(),
@@ -241,6 +275,7 @@ mod tests {
             rounds: 1,
             downtime_ms: 5,
             reason: String::new(),
+            ..Default::default()
         }
     }
 

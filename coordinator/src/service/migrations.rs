@@ -21,6 +21,7 @@ use tonic::{Code, Request, Response, Status};
 use super::consistency;
 use crate::coordinator::{Coordinator, ReadConsistency};
 use crate::error::{self, CoordinatorError};
+use crate::machine::apply::gang_migration::{gang_members, MAX_GANG_MEMBERS};
 use crate::machine::apply::migration::MAX_DOWNTIME_LIMIT_MS;
 use crate::machine::command::{Command, CommandResult, Rejection};
 use crate::state::ClusterState;
@@ -73,6 +74,8 @@ pub fn to_proto(m: &Migration, now_ms: u64) -> pb::MigrationInfo {
         from_generation: m.from_generation,
         create_index: m.create_index,
         modify_index: m.modify_index,
+        group: m.gang.as_ref().map(|g| g.group.clone()).unwrap_or_default(),
+        stop_step: m.gang.as_ref().and_then(|g| g.stop_step),
     }
 }
 
@@ -115,6 +118,68 @@ fn start_refusal(state: &ClusterState, request: &pb::StartMigrationRequest, why:
         return refused(Code::InvalidArgument, Reason::Rejected, message);
     }
     refused(Code::FailedPrecondition, Reason::Rejected, message)
+}
+
+/// The moves of a `herd job migrate`: the live members of `job`'s gang in
+/// rank order, each paired with the target named at its rank. Refused with
+/// what is wrong when the job is unknown, not a gang, or the count of
+/// targets differs from the count of members.
+fn gang_moves(
+    state: &ClusterState,
+    job: &str,
+    targets: &[String],
+) -> Result<Vec<(String, String)>, Status> {
+    let Some(spec) = state.jobs.get(job).map(|j| &j.spec) else {
+        return Err(refused(
+            Code::NotFound,
+            Reason::NotFound,
+            format!("cannot migrate: job {job:?} not found"),
+        ));
+    };
+    if !spec.placement.gang {
+        return Err(refused(
+            Code::InvalidArgument,
+            Reason::Rejected,
+            format!(
+                "cannot migrate: job {job} is not a gang; move its allocations one by one with `herd alloc migrate`"
+            ),
+        ));
+    }
+    let gang = state
+        .allocs_of_job(job)
+        .filter(|a| a.desired == herd_api::alloc::AllocDesired::Run && !a.status.is_terminal())
+        .find_map(|a| a.gang.clone());
+    let members = gang
+        .map(|g| gang_members(state, job, &g))
+        .unwrap_or_default();
+    if members.is_empty() {
+        return Err(refused(
+            Code::FailedPrecondition,
+            Reason::Rejected,
+            format!("cannot migrate: job {job} has no running gang to move"),
+        ));
+    }
+    if members.len() != targets.len() {
+        let ranks: Vec<String> = members
+            .iter()
+            .map(|m| format!("rank {} on {}", m.instance, m.node))
+            .collect();
+        return Err(refused(
+            Code::InvalidArgument,
+            Reason::Rejected,
+            format!(
+                "cannot migrate: the gang of job {job} has {} members ({}); name one target node per member, in rank order, got {}",
+                members.len(),
+                ranks.join(", "),
+                targets.len()
+            ),
+        ));
+    }
+    Ok(members
+        .iter()
+        .zip(targets)
+        .map(|(m, t)| (m.id.clone(), t.clone()))
+        .collect())
 }
 
 /// Waits until this member applied `log_index` (a write forwarded to the
@@ -179,6 +244,82 @@ impl Migrations for MigrationsService {
             .map(Response::new)
             // Ended and forgotten already: not in a few milliseconds.
             .ok_or_else(|| error::internal(format!("migration {id} vanished once written")))
+    }
+
+    async fn start_gang(
+        &self,
+        request: Request<pb::StartGangMigrationRequest>,
+    ) -> Result<Response<pb::StartGangMigrationReply>, Status> {
+        let request = request.into_inner();
+        check_name("job", &request.job)?;
+        if request.targets.len() > MAX_GANG_MEMBERS {
+            return Err(error::invalid_argument(format!(
+                "field `targets`: at most {MAX_GANG_MEMBERS} nodes, got {}",
+                request.targets.len()
+            )));
+        }
+        for (i, target) in request.targets.iter().enumerate() {
+            check_name(&format!("targets[{i}]"), target)?;
+        }
+        let downtime_limit_ms = match request.downtime_limit_ms {
+            0 => DEFAULT_DOWNTIME_LIMIT_MS,
+            ms => ms,
+        };
+        // The members as the state holds them now; apply checks again.
+        self.coordinator
+            .read_barrier(ReadConsistency::Linearizable)
+            .await?;
+        let moves = self
+            .coordinator
+            .read_state(|s| gang_moves(s, &request.job, &request.targets))?;
+        let command = Command::StartGangMigration {
+            moves,
+            downtime_limit_ms,
+            bandwidth_bytes_per_sec: (request.bandwidth_bytes_per_sec > 0)
+                .then_some(request.bandwidth_bytes_per_sec),
+            now_ms: 0,
+        };
+        let written = match self.coordinator.write(command).await {
+            Ok(written) => written,
+            Err(CoordinatorError::Rejected(Rejection::Migration(why))) => {
+                let code = if why.contains("not found") {
+                    (Code::NotFound, Reason::NotFound)
+                } else if why.contains("already runs on") || why.contains("downtime limit") {
+                    (Code::InvalidArgument, Reason::Rejected)
+                } else {
+                    (Code::FailedPrecondition, Reason::Rejected)
+                };
+                return Err(refused(
+                    code.0,
+                    code.1,
+                    format!("cannot migrate the gang of job {}: {why}", request.job),
+                ));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let CommandResult::MigrationUpdated { id: group, .. } = written.result else {
+            return Err(error::internal(format!(
+                "unexpected result of a gang migration start: {:?}",
+                written.result
+            )));
+        };
+        applied(&self.coordinator, written.log_index).await?;
+        let now = herd_api::clock::now_ms();
+        let mut migrations: Vec<(u32, pb::MigrationInfo)> = self.coordinator.read_state(|s| {
+            s.migrations
+                .values()
+                .filter(|m| m.gang.as_ref().is_some_and(|g| g.group == group))
+                .map(|m| {
+                    let rank = s.allocations.get(&m.alloc_id).map_or(0, |a| a.instance);
+                    (rank, to_proto(m, now))
+                })
+                .collect()
+        });
+        migrations.sort_by_key(|(rank, _)| *rank);
+        Ok(Response::new(pb::StartGangMigrationReply {
+            group,
+            migrations: migrations.into_iter().map(|(_, m)| m).collect(),
+        }))
     }
 
     async fn list(

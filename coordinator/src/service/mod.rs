@@ -8,6 +8,7 @@ mod jobs;
 mod migration_report;
 mod migrations;
 mod nodes;
+mod operator;
 mod power;
 mod reschedule;
 mod variables;
@@ -24,9 +25,11 @@ use herd_api::proto::v1::nodes_server::NodesServer;
 use herd_api::proto::v1::power_server::PowerServer;
 use herd_api::proto::v1::variables_server::VariablesServer;
 use herd_consensus::codec::MAX_DECODED_BYTES;
+use herd_metrics::WithGrpcMetrics;
 use tonic::transport::server::Router;
 use tonic::transport::Server;
 
+use crate::acl::guard;
 use crate::coordinator::{Coordinator, ReadConsistency};
 
 /// Largest client request accepted (job specs are small; this bounds abuse).
@@ -40,51 +43,78 @@ fn consistency(stale: bool) -> ReadConsistency {
     }
 }
 
-/// Every service of a coordinator, ready to serve.
-pub fn router(coordinator: Arc<Coordinator>) -> Router {
+/// Every service of a coordinator, ready to serve: each client and agent
+/// service behind [`guard`] (tokens and roles, once bootstrapped); the
+/// coordinator-to-coordinator service unguarded (docs/security.md).
+/// Every call is counted for the metrics (`herd_metrics` layer).
+pub fn router(coordinator: Arc<Coordinator>) -> Router<WithGrpcMetrics> {
     let raft_limit = MAX_DECODED_BYTES as usize;
     Server::builder()
+        .layer(coordinator.instruments().grpc.layer())
         .add_service(
             InternalServer::new(internal::InternalService::new(coordinator.clone()))
                 .max_decoding_message_size(raft_limit)
                 .max_encoding_message_size(raft_limit),
         )
-        .add_service(
+        .add_service(guard(
+            &coordinator,
             ClusterServer::new(cluster::ClusterService::new(coordinator.clone()))
                 .max_decoding_message_size(MAX_CLIENT_MESSAGE),
-        )
-        .add_service(
+        ))
+        .add_service(guard(
+            &coordinator,
             JobsServer::new(jobs::JobsService::new(coordinator.clone()))
                 .max_decoding_message_size(MAX_CLIENT_MESSAGE),
-        )
-        .add_service(
+        ))
+        .add_service(guard(
+            &coordinator,
             NodesServer::new(nodes::NodesService::new(coordinator.clone()))
                 .max_decoding_message_size(MAX_CLIENT_MESSAGE),
-        )
-        .add_service(
+        ))
+        .add_service(guard(
+            &coordinator,
             AllocsServer::new(allocs::AllocsService::new(coordinator.clone()))
                 .max_decoding_message_size(MAX_CLIENT_MESSAGE),
-        )
-        .add_service(
+        ))
+        .add_service(guard(
+            &coordinator,
             MigrationsServer::new(migrations::MigrationsService::new(coordinator.clone()))
                 .max_decoding_message_size(MAX_CLIENT_MESSAGE),
-        )
-        .add_service(
+        ))
+        .add_service(guard(
+            &coordinator,
             PowerServer::new(power::PowerService::new(coordinator.clone()))
                 .max_decoding_message_size(MAX_CLIENT_MESSAGE),
-        )
-        .add_service(
+        ))
+        .add_service(guard(
+            &coordinator,
             herd_api::proto::v1::reschedule_server::RescheduleServer::new(
                 reschedule::RescheduleService::new(coordinator.clone()),
             )
             .max_decoding_message_size(MAX_CLIENT_MESSAGE),
-        )
-        .add_service(
+        ))
+        .add_service(guard(
+            &coordinator,
             VariablesServer::new(variables::VariablesService::new(coordinator.clone()))
                 .max_decoding_message_size(MAX_CLIENT_MESSAGE),
-        )
-        .add_service(
-            AgentServer::new(agent::AgentService::new(coordinator))
+        ))
+        .add_service(guard(
+            &coordinator,
+            AgentServer::new(agent::AgentService::new(coordinator.clone()))
                 .max_decoding_message_size(MAX_CLIENT_MESSAGE),
-        )
+        ))
+        .add_service(guard(
+            &coordinator,
+            herd_api::proto::v1::operator_server::OperatorServer::new(
+                operator::OperatorService::new(coordinator.clone()),
+            )
+            .max_decoding_message_size(MAX_CLIENT_MESSAGE),
+        ))
+        .add_service(guard(
+            &coordinator,
+            herd_api::proto::v1::acl_server::AclServer::new(crate::acl::service::AclService::new(
+                coordinator.clone(),
+            ))
+            .max_decoding_message_size(MAX_CLIENT_MESSAGE),
+        ))
 }

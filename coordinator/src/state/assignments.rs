@@ -117,6 +117,7 @@ fn migration_assignment(state: &ClusterState, m: &Migration, node: &str) -> Migr
         bandwidth_bytes_per_sec: m.bandwidth_bytes_per_sec.unwrap_or(0),
         from_generation: m.from_generation,
         phase_deadline_ms: m.phase_deadline_ms,
+        group: m.gang.as_ref().map(|g| g.group.clone()).unwrap_or_default(),
     }
 }
 
@@ -158,6 +159,7 @@ fn assignment(
         stop_after_disconnect_ms: herd_api::duration::to_wire_ms(job.spec.stop_after_disconnect),
         migration,
         gpu_indices,
+        balance_movable: job.spec.balance.movable,
     }
 }
 

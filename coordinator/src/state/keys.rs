@@ -3,7 +3,8 @@
 //! Keys: `cluster_id`, `node/<name>`, `job/<name>`, `var/<key>`, `alloc/<id>`,
 //! `drain/<node>` (a drain's deadline, ms since the epoch), `drivers/<node>`
 //! (what the node's drivers allow, JSON inside the record), `power/<group>`
-//! (a group's GPU power budget, JSON inside the record). Values are a
+//! (a group's GPU power budget, JSON inside the record), `acl/bootstrap`
+//! and `acl/token/<accessor>` (client authentication, JSON inside the record). Values are a
 //! format byte followed by bincode, so a later release can tell old records
 //! from new ones.
 //!
@@ -56,6 +57,11 @@ pub enum Record<'a> {
     PowerBudget(&'a str),
     /// Where a node's agent serves clients besides gRPC, by node name.
     NodeEndpoints(&'a str),
+    /// When client authentication was turned on (JSON inside the record).
+    AclBootstrap,
+    /// A client token by accessor, its secret hashed (JSON inside the
+    /// record, so that later fields can default).
+    AclToken(&'a str),
 }
 
 impl Record<'_> {
@@ -72,6 +78,8 @@ impl Record<'_> {
             Record::NodeDrivers(node) => format!("drivers/{node}").into_bytes(),
             Record::PowerBudget(group) => format!("power/{group}").into_bytes(),
             Record::NodeEndpoints(node) => format!("endpoints/{node}").into_bytes(),
+            Record::AclBootstrap => b"acl/bootstrap".to_vec(),
+            Record::AclToken(accessor) => format!("acl/token/{accessor}").into_bytes(),
         }
     }
 
@@ -121,6 +129,18 @@ impl Record<'_> {
                 .node_endpoints
                 .get(*node)
                 .and_then(|e| herd_consensus::codec::encode(e).ok()),
+            Record::AclBootstrap => state
+                .acl
+                .bootstrapped
+                .as_ref()
+                .and_then(|b| serde_json::to_vec(b).ok())
+                .and_then(|json| herd_consensus::codec::encode(&json).ok()),
+            Record::AclToken(accessor) => state
+                .acl
+                .tokens
+                .get(*accessor)
+                .and_then(|t| serde_json::to_vec(t).ok())
+                .and_then(|json| herd_consensus::codec::encode(&json).ok()),
         }?;
         let mut value = Vec::with_capacity(body.len() + 1);
         value.push(FORMAT);
@@ -188,6 +208,16 @@ pub(super) fn load_pair(state: &mut ClusterState, key: &[u8], value: &[u8]) -> R
         let budget = serde_json::from_slice(&json)
             .map_err(|e| format!("record {key}: power budget: {e}"))?;
         state.power_budgets.insert(group.to_string(), budget);
+    } else if key == "acl/bootstrap" {
+        let json: Vec<u8> = decode(key, value)?;
+        let bootstrapped =
+            serde_json::from_slice(&json).map_err(|e| format!("record {key}: acl bootstrap: {e}"))?;
+        state.acl.bootstrapped = Some(bootstrapped);
+    } else if let Some(accessor) = key.strip_prefix("acl/token/") {
+        let json: Vec<u8> = decode(key, value)?;
+        let token =
+            serde_json::from_slice(&json).map_err(|e| format!("record {key}: acl token: {e}"))?;
+        state.acl.tokens.insert(accessor.to_string(), token);
     } else if let Some(name) = key.strip_prefix("var/") {
         state
             .variables
@@ -270,6 +300,7 @@ mod tests {
                 task,
                 placement: Default::default(),
                 stop_after_disconnect: None,
+                balance: Default::default(),
             }
         );
         assert_eq!((job.version, job.modify_index), (4, 3));

@@ -114,6 +114,8 @@ pub struct ClusterState {
     /// GPU power budgets by group (`cluster` or a node label `key=value`,
     /// as `herd_api::power::PowerGroup` prints it).
     pub power_budgets: BTreeMap<String, crate::power::PowerBudget>,
+    /// Client authentication: whether it is on, and the tokens (hashed).
+    pub acl: crate::acl::AclState,
     /// Allocation ids by job and by node (derived, not persisted).
     alloc_index: AllocIndex,
 }
@@ -167,6 +169,8 @@ impl<'a> ChangeLog<'a> {
             // Budgets are read at every heartbeat; no loop waits on them.
             // Endpoints are only listed; nothing places work by them.
             Record::PowerBudget(_) | Record::NodeEndpoints(_) => {}
+            // Tokens are checked per request; no loop waits on them.
+            Record::AclBootstrap | Record::AclToken(_) => {}
             Record::Migration(id) => {
                 // A migration reserves room on its target and fences its
                 // allocation: both nodes' views and the scheduler care.
@@ -333,6 +337,12 @@ impl ClusterState {
         }
         for group in self.power_budgets.keys() {
             log.put(Record::PowerBudget(group), self);
+        }
+        if self.acl.bootstrapped.is_some() {
+            log.put(Record::AclBootstrap, self);
+        }
+        for accessor in self.acl.tokens.keys() {
+            log.put(Record::AclToken(accessor), self);
         }
         ops.into_iter()
             .filter_map(|op| match op {

@@ -103,6 +103,10 @@ pub struct LinkArgs {
     /// every registration so the coordinators know what can move here
     /// (see [`capabilities_of`]).
     pub drivers: NodeDrivers,
+    /// Where the link's calls are counted (the agent's metrics).
+    pub stats: Arc<crate::metrics::AgentStats>,
+    /// Where every admitted assignment set is published for the balancer.
+    pub assigned: crate::balance::AssignedTx,
 }
 
 /// What each of the agent's drivers allows, by the name job specs use: the
@@ -156,6 +160,7 @@ impl Actor for CoordinatorLink {
             Some(connect) => HerdClient::with_connector(&args.config.coordinators, connect)?,
             None => HerdClient::new(&args.config.coordinators)?,
         }
+        .with_token(args.config.token.as_deref().unwrap_or(""))?
         .with_leader_routing();
         let reports = tokio::spawn(reports::run(
             args.config.name.clone(),
@@ -166,6 +171,7 @@ impl Actor for CoordinatorLink {
         let ticker = myself.send_interval(heartbeat, || LinkMsg::Tick);
         myself.send_interval(SILENCE_CHECK, || LinkMsg::CheckSilence);
         myself.cast(LinkMsg::Tick)?;
+        args.stats.link_restarted();
         Ok(LinkState {
             args,
             client,
@@ -232,6 +238,7 @@ impl Actor for CoordinatorLink {
                 state.in_flight = false;
                 match result {
                     Ok(cluster_id) => {
+                        state.args.stats.contact("register", sent);
                         tracing::info!(node = %state.args.config.name, cluster = %cluster_id, "registered with the coordinators");
                         if let Err(reason) =
                             lock_fence(&state.args.fence).observe_cluster(&cluster_id)
@@ -249,18 +256,23 @@ impl Actor for CoordinatorLink {
                             )));
                         }
                     }
-                    Err(e) => tracing::warn!(error = %e, "cannot register; retrying"),
+                    Err(e) => {
+                        state.args.stats.contact_failed("register", "failed");
+                        tracing::warn!(error = %e, "cannot register; retrying")
+                    }
                 }
             }
             LinkMsg::HeartbeatDone(result, sent) => {
                 state.in_flight = false;
                 match result {
                     Ok(reply) if reply.reregister => {
+                        state.args.stats.contact_failed("heartbeat", "reregister");
                         tracing::warn!("the coordinators ask this node to register again");
                         state.registered = false;
                         myself.cast(LinkMsg::Tick)?;
                     }
                     Ok(reply) => {
+                        state.args.stats.contact("heartbeat", sent);
                         state.last_contact = state.last_contact.max(sent);
                         state.ttl = Some(Duration::from_millis(reply.ttl_ms));
                         state.retune(&myself)?;
@@ -271,7 +283,10 @@ impl Actor for CoordinatorLink {
                             tracing::warn!(error = %e, "power governor unreachable; share not passed on");
                         }
                     }
-                    Err(e) => tracing::debug!(error = %e, "heartbeat failed; retrying"),
+                    Err(e) => {
+                        state.args.stats.contact_failed("heartbeat", "failed");
+                        tracing::debug!(error = %e, "heartbeat failed; retrying")
+                    }
                 }
             }
             LinkMsg::Assigned(assigned) => self.assigned(&myself, state, assigned)?,
@@ -316,6 +331,12 @@ impl CoordinatorLink {
             .filter_map(|a| herd_api::duration::from_wire_ms(a.stop_after_disconnect_ms))
             .min();
         state.retune(myself)?;
+        let work = assigned
+            .allocs
+            .iter()
+            .filter_map(crate::balance::assigned::from_assignment)
+            .collect();
+        state.args.assigned.send_replace(work);
         let mut allocs = Vec::with_capacity(assigned.allocs.len());
         for mut alloc in assigned.allocs {
             let migration = alloc.migration.take();
@@ -489,7 +510,7 @@ fn share_from_proto(share: PowerShare) -> NodeShare {
 /// The GPUs' power figures and the governor's events for a heartbeat: the
 /// governor's (sampled every 50 ms while it holds a share) when it has
 /// them, else the monitor's.
-fn power_usage(
+pub(crate) fn power_usage(
     report: &HostReport,
     governor: Option<GovernorStatus>,
 ) -> (Vec<GpuPower>, Vec<PowerEvent>) {

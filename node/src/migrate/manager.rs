@@ -35,6 +35,7 @@ use herd_api::proto::agent::MigrationAssignment;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::task::JoinHandle;
 
+use super::gang;
 use super::receiver::{
     EndpointsFuture, IncomingEndpointsSource, IncomingMigration, IncomingRegistry,
 };
@@ -69,6 +70,8 @@ pub struct MigrationManagerArgs {
     pub drivers: HashMap<String, Arc<dyn Driver>>,
     /// The migrations the `AgentPeer` service may receive.
     pub incoming: IncomingRegistry,
+    /// Where ended migrations are counted (the agent's metrics).
+    pub stats: Arc<crate::metrics::AgentStats>,
 }
 
 /// The actor; see the module documentation.
@@ -104,6 +107,7 @@ pub struct ManagerState {
     /// Whether the first set was acted on: arrivals and staging
     /// directories an earlier agent process left are looked at before it.
     first_set_seen: bool,
+    stats: Arc<crate::metrics::AgentStats>,
 }
 
 impl Actor for MigrationManager {
@@ -125,6 +129,7 @@ impl Actor for MigrationManager {
             outgoing: HashMap::new(),
             arrivals: HashMap::new(),
             first_set_seen: false,
+            stats: args.stats,
         })
     }
 
@@ -201,6 +206,9 @@ impl ManagerState {
             }
             keep
         });
+        self.release_held_learners(&forward);
+        self.stats
+            .observe_assignments(&forward, incoming.values().map(|(d, m)| (d, m)));
         self.end_arrivals(&incoming, &forward).await;
         for (alloc_id, (desired, m)) in incoming {
             self.begin_arrival(alloc_id, desired, m);
@@ -320,6 +328,24 @@ impl ManagerState {
         }
     }
 
+    /// Lets go every learner a gang move held (`checkpoint.hold`) whose
+    /// allocation no longer moves out: the move ended without it, however
+    /// (see [`super::gang`]).
+    fn release_held_learners(&self, forward: &[DesiredAlloc]) {
+        for desired in forward.iter().filter(|d| d.moving_out.is_none()) {
+            let checkpoints = self
+                .drivers
+                .get(&desired.task.driver)
+                .is_some_and(|d| d.capabilities().migration == MigrationMode::CheckpointRestart);
+            if !checkpoints {
+                continue;
+            }
+            if let Ok(dir) = self.store.alloc_dir(&desired.alloc_id) {
+                gang::release_hold(&dir.join(CHECKPOINT_SUBDIR));
+            }
+        }
+    }
+
     /// Starts the source's steps of `m` once.
     fn begin_source(
         &mut self,
@@ -355,6 +381,7 @@ impl ManagerState {
                     alloc_dir,
                     mode,
                     assignment: m,
+                    peers: self.registry.peer_connector(),
                 };
                 let supervisor = supervisor.clone();
                 tokio::spawn(async move {
@@ -443,6 +470,8 @@ impl ManagerState {
             ready
         });
         self.authorize(&alloc_id, &m, endpoints);
+        // A live move's target program starts now, not when the source asks.
+        self.registry.ready_early(&m.id);
         tracing::info!(migration = %m.id, alloc = %alloc_id, source = %m.peer_node, "ready to receive");
         self.arrivals.insert(
             alloc_id,

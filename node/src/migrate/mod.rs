@@ -17,6 +17,7 @@
 //! The rules every path and chunk must follow are here, shared by both
 //! sides, so that a sender refuses locally what the target would refuse.
 
+pub mod gang;
 pub mod manager;
 pub mod peer_service;
 pub mod receiver;

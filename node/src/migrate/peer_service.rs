@@ -4,8 +4,8 @@
 
 use herd_api::proto::agent::agent_peer_server::{AgentPeer, AgentPeerServer};
 use herd_api::proto::agent::{
-    AbortIncomingReply, AbortIncomingRequest, PrepareIncomingReply, PrepareIncomingRequest,
-    TransferChunk, TransferReply,
+    AbortIncomingReply, AbortIncomingRequest, GossipPacket, GossipReply, PrepareIncomingReply,
+    PrepareIncomingRequest, TransferChunk, TransferReply,
 };
 use tonic::{Request, Response, Status, Streaming};
 
@@ -20,12 +20,13 @@ const MAX_ID_BYTES: usize = 256;
 #[derive(Clone)]
 pub struct AgentPeerService {
     registry: IncomingRegistry,
+    balance: crate::balance::BalanceHandle,
 }
 
 impl AgentPeerService {
     /// Serves the migrations `registry` authorizes.
-    pub fn new(registry: IncomingRegistry) -> Self {
-        Self { registry }
+    pub fn new(registry: IncomingRegistry, balance: crate::balance::BalanceHandle) -> Self {
+        Self { registry, balance }
     }
 
     /// The tonic service, its message size bounded to one chunk and its
@@ -137,5 +138,13 @@ impl AgentPeer for AgentPeerService {
         let reason = self.registry.aborted(&request.migration_id);
         tracing::info!(migration = %request.migration_id, known, ?reason, "incoming migration aborted by its source");
         Ok(Response::new(AbortIncomingReply {}))
+    }
+
+    async fn gossip(
+        &self,
+        request: Request<GossipPacket>,
+    ) -> Result<Response<GossipReply>, Status> {
+        let payloads = self.balance.gossip(request.into_inner()).await?;
+        Ok(Response::new(GossipReply { payloads }))
     }
 }

@@ -230,6 +230,9 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> IncomingError + '_ {
 #[derive(Clone)]
 pub struct IncomingRegistry {
     inner: Arc<Inner>,
+    /// How this agent's migrations reach their peers' `AgentPeer` service:
+    /// None over TCP; the simulation's network in `chaos/sim`.
+    peers: Option<herd_api::client::Connector>,
 }
 
 struct Inner {
@@ -284,7 +287,20 @@ impl IncomingRegistry {
                 authorized: watch::Sender::new(0),
                 authorization_wait: wait,
             }),
+            peers: None,
         }
+    }
+
+    /// This registry, its agent's migrations dialling their peers through
+    /// `connector` (None: TCP), as the agent's coordinator link does.
+    pub fn dialing_peers_with(mut self, connector: Option<herd_api::client::Connector>) -> Self {
+        self.peers = connector;
+        self
+    }
+
+    /// How this agent's migrations reach their peers (None: TCP).
+    pub fn peer_connector(&self) -> Option<herd_api::client::Connector> {
+        self.peers.clone()
     }
 
     /// Allows `migration` to be received. Idempotent: the assignment set
@@ -318,6 +334,12 @@ impl IncomingRegistry {
         let Some(entry) = lock(&self.inner.entries).remove(migration_id) else {
             return Ok(false);
         };
+        // Endpoints being readied (early, or for a PrepareIncoming) are
+        // waited for: the caller stops what they started once this returns.
+        let _ = entry
+            .endpoints
+            .get_or_try_init(|| async { Err::<(String, BTreeMap<String, String>), ()>(()) })
+            .await;
         blocking(move || {
             let mut store = lock(&entry.store);
             store.state = State::Closed;
@@ -328,6 +350,28 @@ impl IncomingRegistry {
         })
         .await?;
         Ok(true)
+    }
+
+    /// Starts readying a migration's endpoints now, in the background,
+    /// instead of when the source's PrepareIncoming asks for them: a live
+    /// move's target program (an incoming QEMU) then starts while the
+    /// source reports `preparing`, off the move's critical path. A
+    /// PrepareIncoming meanwhile waits for this readiness rather than
+    /// starting another; one that fails here is tried again by the
+    /// PrepareIncoming. Does nothing for a migration without endpoints.
+    pub fn ready_early(&self, migration_id: &str) {
+        let Some(entry) = self.entry(migration_id) else {
+            return;
+        };
+        let Some(source) = entry.auth.endpoints.clone() else {
+            return;
+        };
+        let id = migration_id.to_string();
+        tokio::spawn(async move {
+            if let Err(message) = entry.endpoints.get_or_try_init(|| source()).await {
+                tracing::debug!(migration = %id, %message, "readying the endpoints early failed; the source's PrepareIncoming tries again");
+            }
+        });
     }
 
     /// Hands the staging directory over (once the switch-over committed):

@@ -69,6 +69,27 @@ impl MigrationReporter {
         .await
     }
 
+    /// A gang member's learner stands at `step`, going at `pace_milli`
+    /// thousandths of a step per second. Repeated once taken, it only asks
+    /// where the group stands: the reply's `stop_step` is set once every
+    /// member reported.
+    pub async fn gang_step(
+        &self,
+        id: &str,
+        step: u64,
+        pace_milli: u64,
+    ) -> Result<MigrationReportReply, String> {
+        self.send(MigrationReportRequest {
+            node: self.node.clone(),
+            id: id.to_string(),
+            action: "gang_step".into(),
+            step,
+            pace_milli,
+            ..Default::default()
+        })
+        .await
+    }
+
     /// Gives the migration up, saying why.
     pub async fn abort(&self, id: &str, reason: &str) -> Result<MigrationReportReply, String> {
         self.send(MigrationReportRequest {

@@ -8,9 +8,20 @@
 //! 3. `switching`: the source is paused or stopped and the target holds
 //!    everything; then ask for the switch-over.
 //!
+//! A gang member's learner first stops at the step its gang agreed on
+//! ([`super::gang`]), between 1 and 2.
+//!
 //! Any failure aborts the migration: the source's copy runs on (its
 //! workload actor starts or resumes it once the assignment no longer names
 //! the migration) and the target drops what it received.
+//!
+//! The reports of steps 1 and 2 are Raft round trips that nothing on the
+//! source waits for: `preparing` is sent while the target readies itself,
+//! `transferring` while the move runs, and each is awaited only before the
+//! next report (phases advance one at a time). Step 3's two reports are in
+//! series: the switch-over is refused until `switching` is in. Each step
+//! leaves a timing mark in the log (`source.*`,
+//! `herd_actors::driver::move_timing`) for `herd bench migrate`.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,12 +29,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use herd_actors::driver::live::{IncomingEndpoints, MoveLimits, MoveProgress};
+use herd_actors::driver::move_timing;
 use herd_actors::driver::MigrationMode;
 use herd_actors::workload::{MoveOutReady, SupervisorMsg};
 use herd_api::migration::MigrationPhase;
 use herd_api::proto::agent::{MigrationAssignment, PrepareIncomingRequest};
 use ractor::ActorRef;
 
+use super::gang;
 use super::report::MigrationReporter;
 use super::transfer::{self, SendOptions};
 
@@ -44,24 +57,84 @@ const MIN_STEP: Duration = Duration::from_secs(5);
 /// coordinator at that point. Unset in production.
 pub const FAULT_HOLD_ENV: &str = "HERD_FAULT_MIGRATION_HOLD";
 
-/// Holds for as long as [`FAULT_HOLD_ENV`] says at `phase`.
-async fn fault_hold(phase: MigrationPhase) {
-    let Ok(value) = std::env::var(FAULT_HOLD_ENV) else {
-        return;
+/// How long [`FAULT_HOLD_ENV`] says to hold at `phase`, if at all.
+fn fault_hold_at(phase: MigrationPhase) -> Option<Duration> {
+    let value = std::env::var(FAULT_HOLD_ENV).ok()?;
+    let (at, ms) = value.split_once(':')?;
+    (at == phase.as_str())
+        .then(|| ms.parse::<u64>().ok())
+        .flatten()
+        .map(Duration::from_millis)
+}
+
+/// Holds for as long as [`FAULT_HOLD_ENV`] says at `phase`; the record
+/// shows `phase` by then (`pending`, its report, is awaited first), so a
+/// test that waits for the phase finds the source holding.
+async fn fault_hold(phase: MigrationPhase, pending: &mut PendingReport) -> Result<(), String> {
+    let Some(hold) = fault_hold_at(phase) else {
+        return Ok(());
     };
-    let Some((at, ms)) = value.split_once(':') else {
-        return;
-    };
-    if at == phase.as_str() {
-        if let Ok(ms) = ms.parse::<u64>() {
-            tracing::warn!(phase = at, ms, "fault injection: holding the migration");
-            tokio::time::sleep(Duration::from_millis(ms)).await;
+    pending.done().await?;
+    tracing::warn!(
+        phase = phase.as_str(),
+        ms = hold.as_millis() as u64,
+        "fault injection: holding the migration"
+    );
+    tokio::time::sleep(hold).await;
+    Ok(())
+}
+
+/// A phase report sent in the background while the flow goes on; awaited
+/// before the next report.
+struct PendingReport {
+    phase: MigrationPhase,
+    task: Option<tokio::task::JoinHandle<Result<(), String>>>,
+}
+
+impl PendingReport {
+    /// Sends `phase` for migration `id` now, in a task of its own.
+    fn send(reporter: &MigrationReporter, id: &str, alloc: &str, phase: MigrationPhase) -> Self {
+        let (reporter, id, alloc) = (reporter.clone(), id.to_string(), alloc.to_string());
+        let task = tokio::spawn(async move {
+            reporter
+                .advance(&id, phase, 0, 0)
+                .await
+                .map_err(|e| format!("cannot report {}: {e}", phase.as_str()))?;
+            move_timing::mark(&alloc, &format!("source.{}_reported", phase.as_str()), "");
+            Ok(())
+        });
+        Self {
+            phase,
+            task: Some(task),
+        }
+    }
+
+    /// Waits for the report's answer (once; later calls return at once).
+    async fn done(&mut self) -> Result<(), String> {
+        let Some(task) = self.task.take() else {
+            return Ok(());
+        };
+        task.await.map_err(|e| {
+            format!(
+                "the {} report's task ended abnormally: {e}",
+                self.phase.as_str()
+            )
+        })?
+    }
+}
+
+impl Drop for PendingReport {
+    fn drop(&mut self) {
+        // A flow that failed meanwhile reports its abort; a late phase
+        // report after it would only be refused.
+        if let Some(task) = self.task.take() {
+            task.abort();
         }
     }
 }
 
 /// One migration out of this node, as its assignment describes it.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Outgoing {
     /// This node's name.
     pub node: String,
@@ -75,6 +148,22 @@ pub struct Outgoing {
     pub mode: MigrationMode,
     /// The migration, as assigned.
     pub assignment: MigrationAssignment,
+    /// How to reach the target's `AgentPeer` service (None: TCP).
+    pub peers: Option<herd_api::client::Connector>,
+}
+
+impl std::fmt::Debug for Outgoing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outgoing")
+            .field("node", &self.node)
+            .field("alloc_id", &self.alloc_id)
+            .field("generation", &self.generation)
+            .field("alloc_dir", &self.alloc_dir)
+            .field("mode", &self.mode)
+            .field("assignment", &self.assignment)
+            .field("peers", &self.peers.as_ref().map(|_| "a connector"))
+            .finish()
+    }
 }
 
 /// Runs the source's steps to the switch-over; on failure reports the abort
@@ -88,7 +177,12 @@ pub async fn run(
     let result = steps(&outgoing, &supervisor, &reporter).await;
     if let Err(reason) = &result {
         tracing::warn!(migration = %id, alloc = %outgoing.alloc_id, %reason, "migration out failed; aborting it");
-        if let Ok(mut peer) = transfer::connect(&outgoing.assignment.peer_addr) {
+        if !outgoing.assignment.group.is_empty() {
+            gang::release(&outgoing.alloc_dir.join(CHECKPOINT_SUBDIR), &id);
+        }
+        if let Ok(mut peer) =
+            transfer::connect_via(&outgoing.assignment.peer_addr, outgoing.peers.as_ref())
+        {
             let _ = transfer::abort_incoming(&mut peer, &id, reason).await;
         }
         if let Err(e) = reporter.abort(&id, reason).await {
@@ -104,12 +198,12 @@ async fn steps(
     reporter: &MigrationReporter,
 ) -> Result<(), String> {
     let a = &outgoing.assignment;
+    let alloc = outgoing.alloc_id.as_str();
     let started = Instant::now();
-    reporter
-        .advance(&a.id, MigrationPhase::Preparing, 0, 0)
-        .await
-        .map_err(|e| format!("cannot report preparing: {e}"))?;
-    let mut peer = transfer::connect(&a.peer_addr).map_err(|e| e.to_string())?;
+    move_timing::mark(alloc, "source.begin", "");
+    let mut preparing = PendingReport::send(reporter, &a.id, alloc, MigrationPhase::Preparing);
+    let mut peer =
+        transfer::connect_via(&a.peer_addr, outgoing.peers.as_ref()).map_err(|e| e.to_string())?;
     let request = PrepareIncomingRequest {
         migration_id: a.id.clone(),
         alloc_id: outgoing.alloc_id.clone(),
@@ -119,16 +213,32 @@ async fn steps(
     let prepared = transfer::prepare(&mut peer, &request)
         .await
         .map_err(|e| format!("the target {} could not prepare: {e}", a.peer_node))?;
-    reporter
-        .advance(&a.id, MigrationPhase::Transferring, 0, 0)
-        .await
-        .map_err(|e| format!("cannot report transferring: {e}"))?;
+    move_timing::mark(alloc, "source.target_ready", "");
+    preparing.done().await?;
+    // A gang member's learner first stops at the step the gang agrees on.
+    let gang_stop = if a.group.is_empty() {
+        None
+    } else if outgoing.mode != MigrationMode::CheckpointRestart {
+        return Err(format!(
+            "a gang moves through checkpoints only, and the {} driver moves {}",
+            a.kind,
+            outgoing.mode.as_str()
+        ));
+    } else {
+        let dir = outgoing.alloc_dir.join(CHECKPOINT_SUBDIR);
+        Some(gang::stop_at_common_step(&dir, &a.id, reporter).await?)
+    };
+    let mut transferring =
+        PendingReport::send(reporter, &a.id, alloc, MigrationPhase::Transferring);
     let (bytes, rounds, downtime_ms) = match outgoing.mode {
         MigrationMode::CheckpointRestart => {
             let ready = move_out(outgoing, supervisor, true).await?;
             let stopped_at = Instant::now();
-            fault_hold(MigrationPhase::Transferring).await;
             let dir = outgoing.alloc_dir.join(CHECKPOINT_SUBDIR);
+            if let Some(stopped) = &gang_stop {
+                gang::check_stopped(&dir, &a.id, stopped)?;
+            }
+            fault_hold(MigrationPhase::Transferring, &mut transferring).await?;
             let options = SendOptions {
                 bandwidth_bytes_per_sec: bandwidth(a),
                 ..SendOptions::default()
@@ -156,7 +266,8 @@ async fn steps(
         }
         MigrationMode::LivePreCopy => {
             let ready = move_out(outgoing, supervisor, false).await?;
-            fault_hold(MigrationPhase::Transferring).await;
+            move_timing::mark(alloc, "source.handed_over", "");
+            fault_hold(MigrationPhase::Transferring, &mut transferring).await?;
             let endpoints = IncomingEndpoints {
                 main: prepared.endpoint.clone(),
                 extra: prepared.endpoints.clone().into_iter().collect(),
@@ -174,6 +285,7 @@ async fn steps(
                 .migrate_out(&ready.handle, &endpoints, &limits, &progress)
                 .await
                 .map_err(|e| format!("the live move failed: {e}"))?;
+            move_timing::mark(alloc, "source.moved", "");
             (
                 stats.bytes.max(last.load(Ordering::Relaxed)),
                 stats.rounds,
@@ -188,15 +300,38 @@ async fn steps(
             ))
         }
     };
+    transferring.done().await?;
     reporter
         .advance(&a.id, MigrationPhase::Switching, bytes, rounds)
         .await
         .map_err(|e| format!("cannot report switching: {e}"))?;
-    fault_hold(MigrationPhase::Switching).await;
+    move_timing::mark(alloc, "source.switching_reported", "");
+    if let Some(hold) = fault_hold_at(MigrationPhase::Switching) {
+        tracing::warn!(
+            phase = "switching",
+            ms = hold.as_millis() as u64,
+            "fault injection: holding the migration"
+        );
+        tokio::time::sleep(hold).await;
+    }
     let reply = reporter
         .switch(&a.id, bytes, rounds, downtime_ms)
         .await
         .map_err(|e| format!("the switch-over was refused: {e}"))?;
+    move_timing::mark(alloc, "source.switched", "");
+    if reply.phase == MigrationPhase::Switching.as_str() {
+        // A gang member: the group switches over once every member asked;
+        // the assignment set says how it ended.
+        tracing::info!(
+            migration = %a.id,
+            alloc = %outgoing.alloc_id,
+            group = %a.group,
+            step = ?gang_stop.as_ref().map(|s| s.step),
+            bytes,
+            "ready to switch over; waiting for the rest of the gang"
+        );
+        return Ok(());
+    }
     tracing::info!(
         migration = %a.id,
         alloc = %outgoing.alloc_id,

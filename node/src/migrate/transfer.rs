@@ -202,6 +202,24 @@ pub fn connect(addr: &str) -> Result<AgentPeerClient<Channel>, TransferError> {
         .max_encoding_message_size(MAX_MESSAGE_BYTES))
 }
 
+/// [`connect`], or through `connector` when the agent was given one for its
+/// peers (the deterministic simulation's network).
+pub fn connect_via(
+    addr: &str,
+    connector: Option<&herd_api::client::Connector>,
+) -> Result<AgentPeerClient<Channel>, TransferError> {
+    let Some(dial) = connector else {
+        return connect(addr);
+    };
+    let channel = dial(addr).map_err(|message| TransferError::BadAddress {
+        addr: addr.to_string(),
+        message,
+    })?;
+    Ok(AgentPeerClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES))
+}
+
 /// One chunk of `path` at `offset`, its CRC-32C computed; `last`: the file's
 /// (size, mode) on its last chunk. For senders of other shapes (a VM's
 /// memory pages) that still go through the target's checks.

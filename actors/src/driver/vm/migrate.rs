@@ -14,7 +14,7 @@
 //! limit and the bandwidth cap, with `auto-converge` on; a local disk is
 //! mirrored first (`drive-mirror sync=full mode=existing` to the NBD
 //! export, at the same cap) until it is in sync (job `ready`); then
-//! `migrate` to `main`, followed every 100 ms through `query-migrate`. With
+//! `migrate` to `main`, followed every [`POLL`] through `query-migrate`. With
 //! a disk, `pause-before-switchover` is on: once QEMU has stopped the VM for
 //! the last pass, the mirror is cancelled (a ready mirror, cancelled, first
 //! copies what is still dirty: the target's disk is then an exact copy,
@@ -46,8 +46,16 @@
 //! target until the switch-over).
 //!
 //! One QMP client at a time: QEMU serves one connection on its QMP socket,
-//! so every step connects, asks, and disconnects, leaving room for
-//! [`cancel_out`] and the agent's state checks while a move runs.
+//! so every step connects, asks what it needs on that one connection, and
+//! disconnects, leaving room for [`cancel_out`] and the agent's state checks
+//! while a move runs. The waits (QMP coming up, a migration or mirror in
+//! flight) look every [`POLL`]: every look that comes late adds to the move,
+//! and one costs QEMU a connection and two small JSON exchanges.
+//!
+//! Each step leaves a timing mark in the agent's log
+//! ([`crate::driver::move_timing`]: `vm.in.*` on the target, `vm.out.*` on
+//! the source), which `herd bench migrate` reads to say where a move's time
+//! goes.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -58,6 +66,7 @@ use serde_json::{json, Value};
 use super::qmp::{Qmp, QmpError};
 use super::{qemu, socket, VmDriver};
 use crate::driver::live::{IncomingEndpoints, MoveLimits, MoveProgress, MoveStats, ProgressSink};
+use crate::driver::move_timing;
 use crate::driver::{Driver, DriverError, WorkloadHandle, WorkloadSpec, WorkloadState};
 
 /// The endpoint name, in [`IncomingEndpoints::extra`], of the target's NBD
@@ -72,8 +81,11 @@ pub const LISTEN_HOST: &str = "127.0.0.1";
 
 /// The id of the disk mirror job on the source.
 const MIRROR_JOB: &str = "herd-mirror";
-/// How often a move in flight is looked at.
-const POLL: Duration = Duration::from_millis(20);
+/// How often a wait on QEMU looks again: a new QMP socket, a migration or
+/// a mirror in flight. Measured (docs/benchmarks.md): at 100 ms, then 20
+/// ms, the late look was a visible part of a small VM's move; at 5 ms it
+/// is under 3 ms on average, for about 200 short QMP exchanges a second.
+const POLL: Duration = Duration::from_millis(5);
 /// How long QEMU may take to open its QMP socket after it started.
 const QMP_UP_WAIT: Duration = Duration::from_secs(30);
 /// How long a cancelled move may take to wind down, and a target to see
@@ -142,13 +154,18 @@ impl<'a> Machine<'a> {
             .map_err(|e| self.qmp_error(e))
     }
 
+    /// One connection for several commands in a row (see the module
+    /// documentation: dropped as soon as the step is done).
+    async fn session(&self) -> Result<Session<'_, 'a>, DriverError> {
+        Ok(Session {
+            vm: self,
+            qmp: self.connect().await?,
+        })
+    }
+
     /// Runs one command on a connection of its own.
     async fn execute(&self, command: &str, arguments: Option<Value>) -> Result<Value, DriverError> {
-        self.connect()
-            .await?
-            .execute(command, arguments)
-            .await
-            .map_err(|e| self.qmp_error(e))
+        self.session().await?.execute(command, arguments).await
     }
 
     /// `query-migrate`'s `status` ("none" before any migration).
@@ -173,11 +190,36 @@ impl<'a> Machine<'a> {
             .and_then(|jobs| jobs.iter().find(|j| j["id"] == MIRROR_JOB))
             .cloned())
     }
+}
+
+/// One QMP connection to a [`Machine`], for a step's commands in a row.
+struct Session<'m, 'a> {
+    vm: &'m Machine<'a>,
+    qmp: Qmp,
+}
+
+impl Session<'_, '_> {
+    /// Runs `command` on this connection.
+    async fn execute(
+        &mut self,
+        command: &str,
+        arguments: Option<Value>,
+    ) -> Result<Value, DriverError> {
+        self.qmp
+            .execute(command, arguments)
+            .await
+            .map_err(|e| self.vm.qmp_error(e))
+    }
+
+    /// The VM's run state (`query-status`).
+    async fn run_state(&mut self) -> Result<String, DriverError> {
+        self.qmp.status().await.map_err(|e| self.vm.qmp_error(e))
+    }
 
     /// The block device of the VM's local disk (the fresh disk in its
     /// directory), if it has one; a disk given by the user is not local.
-    async fn local_disk(&self) -> Result<Option<String>, DriverError> {
-        let fresh = self.alloc_dir.join(qemu::FRESH_DISK);
+    async fn local_disk(&mut self) -> Result<Option<String>, DriverError> {
+        let fresh = self.vm.alloc_dir.join(qemu::FRESH_DISK);
         let blocks = self.execute("query-block", None).await?;
         let same = |file: &str| {
             let file = Path::new(file);
@@ -199,7 +241,7 @@ impl<'a> Machine<'a> {
                 _ => block["inserted"]["node-name"].as_str().unwrap_or_default(),
             };
             if device.is_empty() {
-                return Err(self.error(format!(
+                return Err(self.vm.error(format!(
                     "QEMU names no device for the disk {}",
                     fresh.display()
                 )));
@@ -222,14 +264,18 @@ fn free_port() -> std::io::Result<u16> {
         .port())
 }
 
-/// Waits until QEMU answers on its QMP socket, failing early if it exited.
-async fn wait_for_qmp(driver: &VmDriver, handle: &WorkloadHandle) -> Result<(), DriverError> {
-    let vm = Machine::of(handle)?;
+/// Waits until QEMU answers on its QMP socket, failing early if it exited;
+/// returns the connection that got the answer, for the next commands.
+async fn wait_for_qmp<'m, 'a>(
+    driver: &VmDriver,
+    vm: &'m Machine<'a>,
+    handle: &WorkloadHandle,
+) -> Result<Session<'m, 'a>, DriverError> {
     let exec = VmDriver::exec_handle(handle)?;
     let started = Instant::now();
     loop {
         let last = match Qmp::connect(&vm.socket).await {
-            Ok(_) => return Ok(()),
+            Ok(qmp) => return Ok(Session { vm, qmp }),
             Err(e) => e,
         };
         if !matches!(
@@ -253,6 +299,7 @@ pub(super) async fn prepare_incoming(
     driver: &VmDriver,
     spec: &WorkloadSpec,
 ) -> Result<(WorkloadHandle, IncomingEndpoints), DriverError> {
+    move_timing::mark(&spec.alloc_id, "vm.in.begin", "");
     // A target readied twice (its agent restarted midway) starts over: an
     // incoming QEMU holds nothing yet worth keeping.
     if let Some(stale) = driver.recover(spec).await? {
@@ -260,8 +307,12 @@ pub(super) async fn prepare_incoming(
     }
     let args = ["-incoming", "defer", "-S"].map(String::from);
     let handle = driver.start_with_args(spec, &args).await?;
+    move_timing::mark(&spec.alloc_id, "vm.in.spawned", "");
     match listen(driver, &handle).await {
-        Ok(endpoints) => Ok((handle, endpoints)),
+        Ok(endpoints) => {
+            move_timing::mark(&spec.alloc_id, "vm.in.listening", "");
+            Ok((handle, endpoints))
+        }
         Err(e) => {
             let _ = driver.stop(&handle, TARGET_STOP_GRACE).await;
             Err(e)
@@ -270,21 +321,22 @@ pub(super) async fn prepare_incoming(
 }
 
 /// On a started incoming QEMU: exports its local disk and listens for the
-/// migration stream.
+/// migration stream, all on the connection that saw QMP come up.
 async fn listen(
     driver: &VmDriver,
     handle: &WorkloadHandle,
 ) -> Result<IncomingEndpoints, DriverError> {
-    wait_for_qmp(driver, handle).await?;
     let vm = Machine::of(handle)?;
+    let mut qmp = wait_for_qmp(driver, &vm, handle).await?;
+    move_timing::mark(&handle.alloc_id, "vm.in.qmp_up", "");
     let mut extra = BTreeMap::new();
-    if let Some(device) = vm.local_disk().await? {
+    if let Some(device) = qmp.local_disk().await? {
         let mut last = None;
         for _ in 0..PORT_TRIES {
             let port = free_port().map_err(|e| vm.error(format!("no free port: {e}")))?;
             let addr =
                 json!({"type": "inet", "data": {"host": LISTEN_HOST, "port": port.to_string()}});
-            match vm
+            match qmp
                 .execute("nbd-server-start", Some(json!({ "addr": addr })))
                 .await
             {
@@ -299,19 +351,19 @@ async fn listen(
         if let Some(e) = last {
             return Err(e);
         }
-        vm.execute(
+        qmp.execute(
             "nbd-server-add",
             Some(json!({"device": device, "name": device, "writable": true})),
         )
         .await?;
         extra.insert(NBD_EXPORT.to_string(), device);
     }
-    vm.execute(
+    qmp.execute(
         "migrate-incoming",
         Some(json!({ "uri": format!("tcp:{LISTEN_HOST}:0") })),
     )
     .await?;
-    let info = vm.migration().await?;
+    let info = qmp.execute("query-migrate", None).await?;
     let port = info["socket-address"]
         .as_array()
         .into_iter()
@@ -363,13 +415,17 @@ async fn move_out(
 ) -> Result<MoveStats, DriverError> {
     let started = Instant::now();
     let deadline = started + limits.deadline;
-    let status = vm.migration().await?;
+    move_timing::mark(vm.alloc, "vm.out.begin", "");
+    // The checks and settings on one connection, `migrate` on it too when
+    // there is no disk to mirror first.
+    let mut qmp = vm.session().await?;
+    let status = qmp.execute("query-migrate", None).await?;
     if let Some(active) = status["status"].as_str().filter(|s| ACTIVE.contains(s)) {
         return Err(vm.error(format!(
             "a migration of this VM is already under way ({active})"
         )));
     }
-    let disk = vm.local_disk().await?;
+    let disk = qmp.local_disk().await?;
     let nbd = match (&disk, to.extra.get(NBD_ENDPOINT), to.extra.get(NBD_EXPORT)) {
         (None, None, _) => None,
         (Some(_), Some(addr), Some(export)) => Some(format!("nbd://{addr}/{export}")),
@@ -388,7 +444,7 @@ async fn move_out(
     let downtime_ms = u64::try_from(limits.downtime_limit.as_millis())
         .unwrap_or(u64::MAX)
         .clamp(1, MAX_DOWNTIME_MS);
-    vm.execute(
+    qmp.execute(
         "migrate-set-capabilities",
         Some(json!({"capabilities": [
             {"capability": "auto-converge", "state": true},
@@ -396,7 +452,7 @@ async fn move_out(
         ]})),
     )
     .await?;
-    vm.execute(
+    qmp.execute(
         "migrate-set-parameters",
         Some(json!({
             "downtime-limit": downtime_ms,
@@ -407,7 +463,7 @@ async fn move_out(
 
     let mut disk_bytes = 0;
     if let (Some(device), Some(target)) = (&disk, &nbd) {
-        vm.execute(
+        qmp.execute(
             "drive-mirror",
             Some(json!({
                 "job-id": MIRROR_JOB,
@@ -421,14 +477,20 @@ async fn move_out(
             })),
         )
         .await?;
+        drop(qmp);
+        move_timing::mark(vm.alloc, "vm.out.mirror_started", "");
         disk_bytes = mirror_until_ready(vm, deadline, limits.deadline, progress).await?;
+        move_timing::mark(vm.alloc, "vm.out.mirror_ready", "");
+        qmp = vm.session().await?;
     }
 
-    vm.execute(
+    qmp.execute(
         "migrate",
         Some(json!({ "uri": format!("tcp:{}", to.main) })),
     )
     .await?;
+    drop(qmp);
+    move_timing::mark(vm.alloc, "vm.out.migrate_sent", "");
     let mut continued = false;
     loop {
         in_time(vm, deadline, limits.deadline)?;
@@ -438,16 +500,27 @@ async fn move_out(
         let bytes = u64_at(ram, "transferred").saturating_add(disk_bytes);
         match info["status"].as_str().unwrap_or("") {
             "completed" => {
+                let downtime_ms = u64_at(&info, "downtime");
+                move_timing::mark(
+                    vm.alloc,
+                    "vm.out.completed",
+                    &format!(
+                        "qemu_total_ms={} qemu_setup_ms={} downtime_ms={downtime_ms} rounds={rounds}",
+                        u64_at(&info, "total-time"),
+                        u64_at(&info, "setup-time"),
+                    ),
+                );
                 return Ok(MoveStats {
                     bytes,
                     rounds,
-                    downtime_ms: u64_at(&info, "downtime"),
+                    downtime_ms,
                     total_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-                })
+                });
             }
             "pre-switchover" if !continued => {
                 // The VM is stopped: the mirror drains what is still dirty
                 // and ends, the target's disk an exact copy.
+                move_timing::mark(vm.alloc, "vm.out.pre_switchover", "");
                 if nbd.is_some() {
                     disk_bytes = finish_mirror(vm, deadline, limits.deadline).await?;
                 }
@@ -603,11 +676,15 @@ pub(super) async fn cancel_out(handle: &WorkloadHandle) -> Result<(), DriverErro
 /// [`Driver::finish_incoming`] for VMs; see the module documentation.
 pub(super) async fn finish_incoming(handle: &WorkloadHandle) -> Result<(), DriverError> {
     let vm = Machine::of(handle)?;
+    move_timing::mark(vm.alloc, "vm.in.finish_begin", "");
     let started = Instant::now();
-    loop {
-        let info = vm.migration().await?;
+    // The wait reconnects on every look (another client may need QEMU
+    // meanwhile); once the migration is in, the rest is one connection.
+    let mut qmp = loop {
+        let mut qmp = vm.session().await?;
+        let info = qmp.execute("query-migrate", None).await?;
         match info["status"].as_str().unwrap_or("") {
-            "completed" => break,
+            "completed" => break qmp,
             "failed" | "cancelled" => {
                 return Err(vm.error(format!(
                     "the incoming migration ended {}: {}",
@@ -620,22 +697,28 @@ pub(super) async fn finish_incoming(handle: &WorkloadHandle) -> Result<(), Drive
                     "the incoming migration is not complete after {SETTLE_WAIT:?} ({status})"
                 )))
             }
-            _ => tokio::time::sleep(POLL).await,
+            _ => {
+                drop(qmp);
+                tokio::time::sleep(POLL).await;
+            }
         }
-    }
-    if vm.local_disk().await?.is_some() {
-        match vm.execute("nbd-server-stop", None).await {
+    };
+    if qmp.local_disk().await?.is_some() {
+        match qmp.execute("nbd-server-stop", None).await {
             Ok(_) => {}
             // Already stopped: a second finish after a lost reply.
             Err(DriverError::Io { message, .. }) if message.contains("not running") => {}
             Err(e) => return Err(e),
         }
     }
-    if vm.run_state().await? != "running" {
-        vm.execute("cont", None).await?;
+    if qmp.run_state().await? != "running" {
+        qmp.execute("cont", None).await?;
     }
-    match vm.run_state().await?.as_str() {
-        "running" => Ok(()),
+    match qmp.run_state().await?.as_str() {
+        "running" => {
+            move_timing::mark(vm.alloc, "vm.in.resumed", "");
+            Ok(())
+        }
         other => Err(vm.error(format!("the migrated VM does not run after cont ({other})"))),
     }
 }

@@ -138,6 +138,7 @@ async fn herd_move(
             rounds: m.rounds,
             resumed_after_ms: gap_ms(timeline.switching, timeline.resumed),
             phases: timeline.phases,
+            breakdown: None,
         })
     }
     .await;

@@ -105,6 +105,9 @@ pub struct Timeline {
     pub switching: Option<Instant>,
     /// The workload first seen running on the target (the `resumed` probe).
     pub resumed: Option<Instant>,
+    /// The wall clock (µs since the epoch) when the start request was
+    /// sent: where the agents' timing marks are measured from.
+    pub requested_us: u64,
 }
 
 /// Probes a migration's watch calls every [`WATCH_EVERY`]; each returns
@@ -314,6 +317,7 @@ impl HerdCluster {
             bandwidth_bytes_per_sec: bandwidth.unwrap_or(0),
         };
         let begun = Instant::now();
+        let requested_us = herd_actors::driver::move_timing::wall_us();
         let started = crate::cmd::migration::start(&self.client, &request)
             .await
             .map_err(runtime("cannot start the migration"))?;
@@ -321,7 +325,10 @@ impl HerdCluster {
             mut stopped,
             resumed,
         } = probes;
-        let mut timeline = Timeline::default();
+        let mut timeline = Timeline {
+            requested_us,
+            ..Timeline::default()
+        };
         let mut ended: Option<(pb::MigrationInfo, Instant)> = None;
         loop {
             let now = Instant::now();

@@ -5,6 +5,7 @@
 //! (`simvm`) where their live moves work. Prints a Markdown table for
 //! docs/benchmarks.md, or the rows as JSON with `-o json`.
 
+mod breakdown;
 mod dljob;
 mod herd_side;
 mod qemu_alone;
@@ -302,7 +303,7 @@ pub async fn run(ctx: &Context, args: MigrateBenchArgs) -> Result<(), CliError> 
         other => other.to_string(),
     };
     println!(
-        "1 coordinator and 2 node agents on loopback; downtime limit {} ms; bandwidth {}; VMs: accel {accel}, 1 vCPU, no disk on either side (nothing mirrored), query-migrate every 20 ms on both sides; herd figures from the migration record (total: start to switch-over), QEMU alone's from query-migrate (total-time, downtime); \"resumed +ms\": from the record seen in switching to the workload seen running on the target; dljob downtime: trainer stopped to its first step on the target",
+        "1 coordinator and 2 node agents on loopback; downtime limit {} ms; bandwidth {}; VMs: accel {accel}, 1 vCPU, no disk on either side (nothing mirrored), query-migrate every 5 ms on both sides; herd figures from the migration record (total: start request to switch-over), QEMU alone's from query-migrate (total-time, downtime; setup: starting the target QEMU until it listens; start+move: setup plus migrate until completed seen); \"guest paused\": the source VM's stop to the target's cont, from the agents' timing marks; \"resumed +ms\": from the record seen in switching to the workload seen running on the target; ratio: herd total / QEMU total; dljob downtime: trainer stopped to its first step on the target",
         limits.downtime_limit_ms(),
         limits
             .bandwidth
@@ -310,6 +311,13 @@ pub async fn run(ctx: &Context, args: MigrateBenchArgs) -> Result<(), CliError> 
     );
     println!();
     print!("{}", report::markdown(&rows));
+    let lines = report::breakdown_lines(&rows);
+    if !lines.is_empty() {
+        println!();
+        println!("Where herd's time went (ms after the start request):");
+        println!();
+        print!("{lines}");
+    }
     Ok(())
 }
 

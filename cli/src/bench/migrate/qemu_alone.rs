@@ -5,7 +5,7 @@
 //! `migrate` over QMP after the same `migrate-set-capabilities`
 //! (`auto-converge` on) and `migrate-set-parameters` (downtime limit,
 //! bandwidth cap; uncapped as herd's driver leaves it: 1 TiB/s) that the
-//! driver sends, and followed with `query-migrate` every 20 ms as the
+//! driver sends, and followed with `query-migrate` every 5 ms as the
 //! driver follows it. No agent, no coordinator: what is left is QEMU's own
 //! cost of the move. The target runs without `-S`, so it resumes the guest
 //! the moment the last byte is in, which is the best QEMU alone can do.
@@ -28,7 +28,7 @@ use crate::exit::CliError;
 /// QEMU's `max-bandwidth` when no cap is asked for, as herd's driver sets it.
 const UNCAPPED: u64 = 1 << 40;
 /// How often `query-migrate` is asked, as herd's driver asks.
-const POLL: Duration = Duration::from_millis(20);
+const POLL: Duration = Duration::from_millis(5);
 /// How long QEMU may take to answer on its QMP socket.
 const QMP_WAIT: Duration = Duration::from_secs(30);
 /// How long the move may take before it is given up.
@@ -82,7 +82,7 @@ impl Qemu {
                     vm.dir.join("stderr.log").display()
                 )));
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(POLL).await;
         }
     }
 

@@ -5,6 +5,8 @@
 use herd_api::resources::display_memory;
 use serde_json::{json, Value};
 
+use super::breakdown::Breakdown;
+
 /// The goal: herd's total time within this factor of QEMU's own.
 pub const TOTAL_GOAL: f64 = 1.2;
 
@@ -31,6 +33,21 @@ pub struct HerdFigures {
     /// Each phase the bench saw the record in, with when it first saw it
     /// (ms from the start request), polling every 10 ms.
     pub phases: Vec<(String, u64)>,
+    /// The agents' timing marks of the move, when they logged them.
+    pub breakdown: Option<Breakdown>,
+}
+
+impl HerdFigures {
+    /// How long the guest really ran nowhere: from the source VM's stop to
+    /// the target's `cont` (which waits for the switch-over), when the
+    /// marks say; QEMU's own downtime ends earlier, when the source has
+    /// sent everything.
+    pub fn guest_paused_ms(&self) -> Option<u64> {
+        self.breakdown
+            .as_ref()?
+            .guest_paused_ms
+            .map(|ms| ms.max(0.0).round() as u64)
+    }
 }
 
 /// What QEMU alone measured for the same VM (`query-migrate`).
@@ -43,7 +60,7 @@ pub struct BaselineFigures {
     /// Starting the incoming QEMU until it listens (not in `total_ms`;
     /// herd's total includes its equivalent).
     pub setup_ms: u64,
-    /// `migrate` sent to `completed` seen, polling every 20 ms as herd's
+    /// `migrate` sent to `completed` seen, polling as often as herd's
     /// driver polls.
     pub polled_ms: u64,
     /// RAM bytes transferred.
@@ -89,18 +106,45 @@ impl Goal {
     }
 }
 
+impl BaselineFigures {
+    /// QEMU alone from end to end, as herd's total counts its own move:
+    /// starting the target QEMU until it listens, then `migrate` until
+    /// `completed` was seen.
+    pub fn start_and_move_ms(&self) -> u64 {
+        self.setup_ms.saturating_add(self.polled_ms)
+    }
+}
+
 impl Row {
-    /// herd's total over QEMU alone's, when both were measured.
+    /// herd's total over QEMU alone's `total-time` (the yardstick:
+    /// `migrate` between two QEMUs already started), when both were
+    /// measured.
     pub fn ratio(&self) -> Option<f64> {
         let herd = self.herd.as_ref()?;
         let base = self.baseline.as_ref()?;
         (base.total_ms > 0).then(|| herd.total_ms as f64 / base.total_ms as f64)
     }
 
+    /// herd's total over QEMU alone from end to end
+    /// ([`BaselineFigures::start_and_move_ms`]): the same work on both
+    /// sides, a target QEMU started and the VM moved.
+    pub fn ratio_end_to_end(&self) -> Option<f64> {
+        let herd = self.herd.as_ref()?;
+        let base = self.baseline.as_ref()?.start_and_move_ms();
+        (base > 0).then(|| herd.total_ms as f64 / base as f64)
+    }
+
+    /// The pause the goal judges: the guest's real pause where the marks
+    /// give it, else the recorded downtime.
+    pub fn judged_downtime_ms(&self) -> Option<u64> {
+        let herd = self.herd.as_ref()?;
+        herd.guest_paused_ms().or(herd.downtime_ms)
+    }
+
     /// The goal's verdict, for rows with a baseline.
     pub fn goal(&self) -> Option<Goal> {
         let ratio = self.ratio()?;
-        let downtime = self.herd.as_ref()?.downtime_ms?;
+        let downtime = self.judged_downtime_ms()?;
         Some(Goal {
             total: ratio <= TOTAL_GOAL,
             downtime: downtime <= self.downtime_limit_ms,
@@ -144,15 +188,23 @@ impl Row {
                 .iter()
                 .map(|(phase, ms)| (phase.clone(), json!(ms)))
                 .collect::<serde_json::Map<String, Value>>()),
+            "guest_paused_ms": herd.and_then(HerdFigures::guest_paused_ms),
+            "herd_qemu_total_ms": herd.and_then(|h| h.breakdown.as_ref()?.qemu_total_ms),
+            "timeline_ms": herd.and_then(|h| h.breakdown.as_ref()).map(|b| b.timeline
+                .iter()
+                .map(|(mark, ms)| json!([mark, (ms * 10.0).round() / 10.0]))
+                .collect::<Vec<Value>>()),
             "bytes": herd.map(|h| h.bytes),
             "rounds": herd.map(|h| h.rounds),
             "baseline_total_ms": base.map(|b| b.total_ms),
             "baseline_downtime_ms": base.map(|b| b.downtime_ms),
             "baseline_setup_ms": base.map(|b| b.setup_ms),
             "baseline_polled_ms": base.map(|b| b.polled_ms),
+            "baseline_start_and_move_ms": base.map(BaselineFigures::start_and_move_ms),
             "baseline_bytes": base.map(|b| b.bytes),
             "baseline_rounds": base.map(|b| b.rounds),
             "ratio": self.ratio().map(|r| (r * 100.0).round() / 100.0),
+            "ratio_end_to_end": self.ratio_end_to_end().map(|r| (r * 100.0).round() / 100.0),
             "goal_met": self.goal().map(Goal::met),
             "note": self.note,
         })
@@ -162,24 +214,58 @@ impl Row {
         let opt = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
         let herd = self.herd.as_ref();
         let base = self.baseline.as_ref();
+        let times = |r: Option<f64>| r.map_or("-".to_string(), |r| format!("{r:.2}×"));
         vec![
             self.kind.to_string(),
             display_memory(self.size_bytes),
             self.load.clone(),
             opt(herd.map(|h| h.total_ms)),
             opt(herd.and_then(|h| h.downtime_ms)),
+            opt(herd.and_then(HerdFigures::guest_paused_ms)),
             opt(herd.and_then(|h| h.resumed_after_ms)),
-            herd.map_or("-".to_string(), |h| phases_text(&h.phases)),
             herd.map_or("-".to_string(), |h| mib(h.bytes)),
             opt(herd.map(|h| u64::from(h.rounds))),
             opt(base.map(|b| b.total_ms)),
             opt(base.map(|b| b.downtime_ms)),
             opt(base.map(|b| b.setup_ms)),
-            opt(base.map(|b| b.polled_ms)),
-            self.ratio().map_or("-".to_string(), |r| format!("{r:.2}×")),
+            opt(base.map(BaselineFigures::start_and_move_ms)),
+            times(self.ratio()),
+            times(self.ratio_end_to_end()),
             self.goal_text(),
             self.note.clone().unwrap_or_default(),
         ]
+    }
+
+    /// The row's breakdown line: where herd's time went (see
+    /// [`breakdown_lines`]); None without marks.
+    fn breakdown_line(&self) -> Option<String> {
+        let herd = self.herd.as_ref()?;
+        let b = herd.breakdown.as_ref()?;
+        if b.timeline.is_empty() {
+            return None;
+        }
+        let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.0}"));
+        let target_ready = b.at("source.target_ready");
+        let sent = b.at("vm.out.migrate_sent");
+        let seen = b.at("vm.out.completed");
+        Some(format!(
+            "- {} {} {}: planned committed {} · target readies {} (QEMU runs {} → QMP up {} → listening {}) · source sees it ready {} · `migrate` sent {} · completion seen {} (QEMU's own total-time {}) · switch-over committed {} · target resumed {} ms after the request (the record's phases seen by the bench: {})",
+            self.kind,
+            display_memory(self.size_bytes),
+            self.load,
+            ms(b.at("leader.planned")),
+            ms(b.at("vm.in.begin")),
+            ms(b.at("vm.in.spawned")),
+            ms(b.at("vm.in.qmp_up")),
+            ms(b.at("vm.in.listening")),
+            ms(target_ready),
+            ms(sent),
+            ms(seen),
+            b.qemu_total_ms.map_or("-".to_string(), |t| t.to_string()),
+            ms(b.at("leader.switched")),
+            ms(b.at("vm.in.resumed")),
+            phases_text(&herd.phases),
+        ))
     }
 }
 
@@ -208,21 +294,22 @@ fn mib(bytes: u64) -> String {
 }
 
 /// The table's header.
-pub const HEADER: [&str; 16] = [
+pub const HEADER: [&str; 17] = [
     "kind",
     "size",
     "load",
     "herd total ms",
     "herd downtime ms",
+    "guest paused ms",
     "resumed +ms",
-    "phases seen at ms",
     "MiB moved",
     "rounds",
     "QEMU total ms",
     "QEMU downtime ms",
     "QEMU setup ms",
-    "QEMU polled ms",
+    "QEMU start+move ms",
     "ratio",
+    "ratio (start+move)",
     "goal",
     "note",
 ];
@@ -235,6 +322,16 @@ pub fn markdown(rows: &[Row]) -> String {
         out.push_str(&format!("| {} |\n", row.cells().join(" | ")));
     }
     out
+}
+
+/// One line per row with marks: when each step of herd's move happened,
+/// in ms after the start request (the agents' timing marks and the
+/// record's leader-stamped start and end, on one host's clock).
+pub fn breakdown_lines(rows: &[Row]) -> String {
+    rows.iter()
+        .filter_map(Row::breakdown_line)
+        .map(|line| line + "\n")
+        .collect()
 }
 
 /// The rows as the `-o json` array.
@@ -266,6 +363,7 @@ mod tests {
                     ("transferring".into(), 150),
                     ("completed".into(), 350),
                 ],
+                breakdown: None,
             }),
             baseline: Some(BaselineFigures {
                 total_ms: base_total,
@@ -290,6 +388,16 @@ mod tests {
         assert_eq!(both.goal_text(), "no (total > 1.2×, downtime > 300 ms)");
         // At the bound exactly, the goal holds.
         assert!(vm_row(1200, 300, 1000).goal().is_some_and(Goal::met));
+        // The end-to-end ratio counts QEMU alone's start of its target.
+        assert_eq!(met.ratio_end_to_end(), Some(1100.0 / 350.0));
+        // The guest's real pause, where marks give it, is what is judged.
+        let mut paused = vm_row(1100, 250, 1000);
+        paused.herd.as_mut().expect("herd").breakdown = Some(Breakdown {
+            guest_paused_ms: Some(320.4),
+            ..Breakdown::default()
+        });
+        assert_eq!(paused.judged_downtime_ms(), Some(320));
+        assert_eq!(paused.goal_text(), "no (downtime > 300 ms)");
         // No baseline (or a zero one): no ratio, no verdict.
         let mut lone = vm_row(1000, 10, 0);
         assert_eq!(lone.ratio(), None);
@@ -344,10 +452,39 @@ mod tests {
         assert!(lines[0].starts_with("| kind | size | load |"), "{text}");
         assert_eq!(
             lines[2],
-            "| vm | 128MiB | idle | 1100 | 250 | 40 | prep 12 · xfer 150 · done 350 | 3.0 | 4 | 1000 | 20 | 150 | 200 | 1.10× | yes |  |"
+            "| vm | 128MiB | idle | 1100 | 250 | - | 40 | 3.0 | 4 | 1000 | 20 | 150 | 350 | 1.10× | 3.14× | yes |  |"
         );
         // Every line has as many cells as the header.
         let cells = |l: &str| l.matches('|').count();
         assert!(lines.iter().all(|l| cells(l) == cells(lines[0])), "{text}");
+    }
+
+    #[test]
+    fn a_breakdown_line_names_each_step_with_its_time() {
+        let mut row = vm_row(150, 2, 60);
+        assert_eq!(breakdown_lines(std::slice::from_ref(&row)), "");
+        row.herd.as_mut().expect("herd").breakdown = Some(Breakdown {
+            timeline: vec![
+                ("leader.planned".into(), 2.4),
+                ("vm.in.spawned".into(), 20.0),
+                ("vm.in.qmp_up".into(), 55.2),
+                ("vm.out.completed".into(), 120.0),
+            ],
+            qemu_total_ms: Some(58),
+            ..Breakdown::default()
+        });
+        let line = breakdown_lines(&[row]);
+        assert!(line.starts_with("- vm 128MiB idle: planned committed 2 · target readies - (QEMU runs 20 → QMP up 55"), "{line}");
+        assert!(
+            line.contains("completion seen 120 (QEMU's own total-time 58)"),
+            "{line}"
+        );
+        assert!(line.contains("listening -"), "{line}");
+        assert!(
+            line.ends_with(
+                "(the record's phases seen by the bench: prep 12 · xfer 150 · done 350)\n"
+            ),
+            "{line}"
+        );
     }
 }

@@ -16,6 +16,7 @@ use herd_api::resources::MIB;
 use herd_api::spec_file::parse_job_spec;
 use herd_api::vm::VmSettings;
 
+use super::breakdown;
 use super::herd_side::{HerdCluster, LogTail, Probes};
 use super::qemu_alone;
 use super::report::{HerdFigures, Row};
@@ -268,6 +269,17 @@ pub async fn live_move(
             },
         )
         .await?;
+    let logs = [
+        cluster.agent_log(&placed.node),
+        cluster.agent_log(placed.other_node()),
+    ];
+    let breakdown = breakdown::read(
+        &[logs[0].as_path(), logs[1].as_path()],
+        &placed.alloc,
+        timeline.requested_us,
+        Some(m.started_at_ms),
+        m.ended_at_ms,
+    );
     Ok(HerdFigures {
         total_ms: m.total_ms,
         downtime_ms: m.downtime_ms,
@@ -276,6 +288,7 @@ pub async fn live_move(
         rounds: m.rounds,
         resumed_after_ms: gap_ms(timeline.switching, timeline.resumed),
         phases: timeline.phases,
+        breakdown: Some(breakdown),
     })
 }
 

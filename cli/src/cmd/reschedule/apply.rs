@@ -1,21 +1,26 @@
 //! `herd reschedule apply`: runs a defragmenting plan through live
 //! migrations, a few at a time, in the plan's order.
 //!
-//! Nothing is trusted from planning time: each move is started with
-//! `Migrations.Start`, which re-checks room, constraints and movability
-//! against the state at that moment, and a move whose allocation no longer
-//! runs where the plan found it is not started. A refused move is skipped
-//! and said so with the reason; the others go on. A move waits while an
-//! earlier move of the plan that leaves its target (the room it may count
-//! on) or moves the same allocation is still in flight.
+//! The engine is the coordinator's (`herd_coordinator::reschedule::apply`,
+//! which the leader's rescheduling loop runs too); this file gives it the
+//! cluster over gRPC and prints its progress. Nothing is trusted from
+//! planning time: each move is started with `Migrations.Start`, which
+//! re-checks room, constraints and movability against the state at that
+//! moment, and a move whose allocation no longer runs where the plan found
+//! it is not started. A refused move is skipped and said so with the
+//! reason; the others go on.
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use clap::Args;
 use herd_api::client::{ClientError, HerdClient, Repeat};
 use herd_api::proto::v1 as pb;
 use herd_api::proto::v1::allocs_client::AllocsClient;
+use herd_coordinator::reschedule::apply::{
+    self as engine, ApplyError, ApplyOptions, Cluster, Event, Outcome, Phase, Poll, Started,
+};
+use herd_coordinator::reschedule::LiveMove;
 use serde_json::{json, Value};
 
 use super::live::{fetch_plan, plan_json, print_plan, read_plan_file, target_text, PlanOptions};
@@ -23,11 +28,6 @@ use crate::cmd::Context;
 use crate::exit::CliError;
 use crate::output::print_json;
 
-/// How often in-flight migrations are asked where they stand.
-const POLL_EVERY: Duration = Duration::from_millis(200);
-/// How long coordinators that cannot answer (an election) are ridden out
-/// before apply gives up following.
-const UNREACHABLE_FOR: Duration = Duration::from_secs(30);
 /// Most migrations at once.
 const MAX_CONCURRENCY: usize = 64;
 
@@ -55,30 +55,6 @@ pub struct ApplyArgs {
     pub downtime_limit: Option<Duration>,
 }
 
-/// How one move of the plan ended.
-#[derive(Debug, Clone, PartialEq)]
-enum Outcome {
-    /// Migration `id` completed.
-    Completed { id: String, downtime_ms: u64 },
-    /// Migration `id` was aborted (the allocation stays at its source).
-    Aborted { id: String, why: String },
-    /// Not started: the reason.
-    Skipped(String),
-    /// Started and still under way when apply returned (no --wait).
-    Running { id: String },
-}
-
-impl Outcome {
-    fn name(&self) -> &'static str {
-        match self {
-            Outcome::Completed { .. } => "completed",
-            Outcome::Aborted { .. } => "aborted",
-            Outcome::Skipped(_) => "skipped",
-            Outcome::Running { .. } => "running",
-        }
-    }
-}
-
 fn line(i: usize, total: usize, m: &pb::RescheduleMove, outcome: &Outcome) -> String {
     let head = format!(
         "move {}/{}: {} ({}) {} -> {}:",
@@ -101,146 +77,116 @@ fn line(i: usize, total: usize, m: &pb::RescheduleMove, outcome: &Outcome) -> St
     }
 }
 
-/// Why the move may not start: the allocation no longer runs where the
-/// plan found it (moved since, or gone), checked just before starting.
-async fn stale_source(
-    client: &HerdClient,
-    m: &pb::RescheduleMove,
-) -> Result<Option<String>, CliError> {
-    let request = pb::GetAllocRequest {
-        id: m.alloc_id.clone(),
-        stale: false,
-    };
-    let answer = client
-        .call_as(Repeat::Safe, |ch| {
-            let request = request.clone();
-            async move {
-                AllocsClient::new(ch)
-                    .get(request)
-                    .await
-                    .map(|r| r.into_inner())
-            }
-        })
-        .await;
-    match answer {
-        Ok(alloc) if alloc.node != m.source => Ok(Some(format!(
-            "allocation {} now runs on {}, not {} as planned",
-            m.alloc_id, alloc.node, m.source
-        ))),
-        Ok(_) => Ok(None),
-        Err(e) if e.code() == Some(tonic::Code::NotFound) => {
-            Ok(Some(format!("allocation {} is gone", m.alloc_id)))
-        }
-        Err(e) => Err(CliError::from(e)),
+/// A CLI error as the engine carries it (it only needs to print it).
+#[derive(Debug)]
+struct GrpcError(CliError);
+
+impl std::fmt::Display for GrpcError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0.message)
     }
 }
 
-/// Starts move `m`: the migration record, or why it is skipped (a refusal
-/// of the request; an unreachable cluster is an error).
-async fn start(
-    client: &HerdClient,
-    m: &pb::RescheduleMove,
+/// The cluster over gRPC, moves asked with `downtime_limit_ms` (0: the
+/// coordinator's default).
+struct GrpcCluster<'c> {
+    client: &'c HerdClient,
     downtime_limit_ms: u64,
-) -> Result<Result<pb::MigrationInfo, String>, CliError> {
-    if let Some(why) = stale_source(client, m).await? {
-        return Ok(Err(why));
-    }
-    let request = pb::StartMigrationRequest {
-        alloc_id: m.alloc_id.clone(),
-        target: m.target.clone(),
-        downtime_limit_ms,
-        bandwidth_bytes_per_sec: 0,
-    };
-    let answer = crate::cmd::migration::start(client, &request).await;
-    match answer {
-        Ok(started) => Ok(Ok(started)),
-        Err(ClientError::Status { status, .. })
-            if matches!(
-                status.code(),
-                tonic::Code::FailedPrecondition
-                    | tonic::Code::NotFound
-                    | tonic::Code::InvalidArgument
-                    | tonic::Code::ResourceExhausted
-            ) =>
-        {
-            Ok(Err(status.message().to_string()))
-        }
-        Err(e) => Err(CliError::from(e)),
-    }
 }
 
-/// A started move of the plan, followed until it ends.
-struct InFlight {
-    index: usize,
-    id: String,
-    unreachable_since: Option<Instant>,
-}
+impl Cluster for GrpcCluster<'_> {
+    type Error = GrpcError;
 
-/// Whether move `i` must wait for the moves in flight: one of them moves
-/// the same allocation, or leaves the node move `i` goes to.
-fn must_wait(moves: &[pb::RescheduleMove], i: usize, in_flight: &[InFlight]) -> bool {
-    let m = &moves[i];
-    in_flight.iter().any(|f| {
-        let earlier = &moves[f.index];
-        earlier.alloc_id == m.alloc_id || earlier.source == m.target
-    })
-}
-
-/// Polls every in-flight migration once; returns the moves that ended.
-async fn poll(
-    client: &HerdClient,
-    in_flight: &mut Vec<InFlight>,
-) -> Result<Vec<(usize, Outcome)>, CliError> {
-    let mut ended = Vec::new();
-    let mut still = Vec::new();
-    for mut f in in_flight.drain(..) {
-        match crate::cmd::migration::get(client, &f.id, false).await {
-            Ok(m) if m.phase == "completed" => ended.push((
-                f.index,
-                Outcome::Completed {
-                    id: m.id,
-                    downtime_ms: m.downtime_ms.unwrap_or(0),
-                },
-            )),
-            Ok(m) if m.phase == "aborted" => ended.push((
-                f.index,
-                Outcome::Aborted {
-                    id: m.id,
-                    why: if m.error.is_empty() {
-                        "no reason given".into()
-                    } else {
-                        m.error
-                    },
-                },
-            )),
-            Ok(_) => {
-                f.unreachable_since = None;
-                still.push(f);
-            }
-            Err(e) if e.code() == Some(tonic::Code::NotFound) => {
-                return Err(CliError::runtime(format!(
-                    "lost sight of migration {}: {e}",
-                    f.id
-                )))
-            }
-            Err(e) => {
-                let since = *f.unreachable_since.get_or_insert_with(Instant::now);
-                if since.elapsed() > UNREACHABLE_FOR {
-                    return Err(CliError::runtime(format!(
-                        "cannot follow migration {} (it goes on; see `herd migration status {}`): {e}",
-                        f.id, f.id
-                    )));
+    async fn node_of(&self, alloc_id: &str) -> Result<Option<String>, GrpcError> {
+        let request = pb::GetAllocRequest {
+            id: alloc_id.to_string(),
+            stale: false,
+        };
+        let answer = self
+            .client
+            .call_as(Repeat::Safe, |ch| {
+                let request = request.clone();
+                async move {
+                    AllocsClient::new(ch)
+                        .get(request)
+                        .await
+                        .map(|r| r.into_inner())
                 }
-                still.push(f);
-            }
+            })
+            .await;
+        match answer {
+            Ok(alloc) => Ok(Some(alloc.node)),
+            Err(e) if e.code() == Some(tonic::Code::NotFound) => Ok(None),
+            Err(e) => Err(GrpcError(CliError::from(e))),
         }
     }
-    *in_flight = still;
-    Ok(ended)
+
+    async fn start(&self, m: &LiveMove) -> Result<Result<Started, String>, GrpcError> {
+        let request = pb::StartMigrationRequest {
+            alloc_id: m.alloc_id.clone(),
+            target: m.target.clone(),
+            downtime_limit_ms: self.downtime_limit_ms,
+            bandwidth_bytes_per_sec: 0,
+        };
+        match crate::cmd::migration::start(self.client, &request).await {
+            Ok(started) => Ok(Ok(Started {
+                id: started.id,
+                source: started.source,
+                target: started.target,
+            })),
+            Err(ClientError::Status { status, .. })
+                if matches!(
+                    status.code(),
+                    tonic::Code::FailedPrecondition
+                        | tonic::Code::NotFound
+                        | tonic::Code::InvalidArgument
+                        | tonic::Code::ResourceExhausted
+                ) =>
+            {
+                Ok(Err(status.message().to_string()))
+            }
+            Err(e) => Err(GrpcError(CliError::from(e))),
+        }
+    }
+
+    async fn poll(&self, id: &str) -> Result<Poll, GrpcError> {
+        match crate::cmd::migration::get(self.client, id, false).await {
+            Ok(m) if m.phase == "completed" => Ok(Poll::Phase(Phase::Completed {
+                downtime_ms: m.downtime_ms.unwrap_or(0),
+            })),
+            Ok(m) if m.phase == "aborted" => Ok(Poll::Phase(Phase::Aborted {
+                why: if m.error.is_empty() {
+                    "no reason given".into()
+                } else {
+                    m.error
+                },
+            })),
+            Ok(_) => Ok(Poll::Phase(Phase::Running)),
+            Err(e) if e.code() == Some(tonic::Code::NotFound) => Err(GrpcError(
+                CliError::runtime(format!("lost sight of migration {id}: {e}")),
+            )),
+            Err(e) => Ok(Poll::Unreachable(e.to_string())),
+        }
+    }
+}
+
+/// The plan's moves as the engine takes them.
+fn live_moves(plan: &pb::ReschedulePlanReply) -> Vec<LiveMove> {
+    plan.moves
+        .iter()
+        .map(|m| LiveMove {
+            alloc_id: m.alloc_id.clone(),
+            job: m.job.clone(),
+            source: m.source.clone(),
+            target: m.target.clone(),
+            cpu_millis: m.cpu_millis,
+            memory_bytes: m.memory_bytes,
+        })
+        .collect()
 }
 
 /// Runs `plan`'s moves: at most `concurrency` at a time, in order, each
-/// line printed (text output) as its move ends or is skipped.
+/// line printed (text output) as its move starts, ends or is skipped.
 async fn execute(
     ctx: &Context,
     client: &HerdClient,
@@ -248,69 +194,42 @@ async fn execute(
     args: &ApplyArgs,
     downtime_limit_ms: u64,
 ) -> Result<Vec<Outcome>, CliError> {
+    let cluster = GrpcCluster {
+        client,
+        downtime_limit_ms,
+    };
+    let options = ApplyOptions {
+        concurrency: args.concurrency,
+        wait: args.wait,
+        ..ApplyOptions::default()
+    };
     let moves = &plan.moves;
     let total = moves.len();
-    let mut outcomes: Vec<Option<Outcome>> = vec![None; total];
-    let mut in_flight: Vec<InFlight> = Vec::new();
-    let mut next = 0usize;
-    let report = |i: usize, outcome: &Outcome| {
-        if !ctx.json() {
-            println!("{}", line(i, total, &moves[i], outcome));
+    let text = !ctx.json();
+    let run = engine::execute(&cluster, &live_moves(plan), &options, |event| {
+        if !text {
+            return;
         }
-    };
-    loop {
-        while next < total
-            && in_flight.len() < args.concurrency
-            && !must_wait(moves, next, &in_flight)
-        {
-            match start(client, &moves[next], downtime_limit_ms).await? {
-                Ok(started) => {
-                    if !ctx.json() {
-                        println!(
-                            "move {}/{}: {} {} -> {}: started ({})",
-                            next + 1,
-                            total,
-                            moves[next].alloc_id,
-                            started.source,
-                            started.target,
-                            started.id
-                        );
-                    }
-                    in_flight.push(InFlight {
-                        index: next,
-                        id: started.id,
-                        unreachable_since: None,
-                    });
-                }
-                Err(why) => {
-                    let outcome = Outcome::Skipped(why);
-                    report(next, &outcome);
-                    outcomes[next] = Some(outcome);
-                }
+        match event {
+            Event::Started { index, started } => println!(
+                "move {}/{}: {} {} -> {}: started ({})",
+                index + 1,
+                total,
+                moves[index].alloc_id,
+                started.source,
+                started.target,
+                started.id
+            ),
+            Event::Ended { index, outcome } => {
+                println!("{}", line(index, total, &moves[index], outcome))
             }
-            next += 1;
         }
-        if in_flight.is_empty() && next >= total {
-            break;
-        }
-        if next >= total && !args.wait {
-            for f in &in_flight {
-                let outcome = Outcome::Running { id: f.id.clone() };
-                report(f.index, &outcome);
-                outcomes[f.index] = Some(outcome);
-            }
-            break;
-        }
-        tokio::time::sleep(POLL_EVERY).await;
-        for (i, outcome) in poll(client, &mut in_flight).await? {
-            report(i, &outcome);
-            outcomes[i] = Some(outcome);
-        }
-    }
-    Ok(outcomes
-        .into_iter()
-        .map(|o| o.unwrap_or_else(|| Outcome::Skipped("never started".into())))
-        .collect())
+    })
+    .await;
+    run.map_err(|e| match e {
+        ApplyError::Cluster(GrpcError(e)) => e,
+        lost @ ApplyError::LostSight { .. } => CliError::runtime(lost),
+    })
 }
 
 /// `herd reschedule apply`.
@@ -361,7 +280,7 @@ pub async fn apply(ctx: &Context, args: ApplyArgs) -> Result<(), CliError> {
         }
     }
     let outcomes = execute(ctx, &client, &plan, &args, downtime_limit_ms).await?;
-    let count = |name: &str| outcomes.iter().filter(|o| o.name() == name).count();
+    let count = |name: &str| engine::count(&outcomes, name);
     let fr_now = if args.wait {
         let measure = pb::ReschedulePlanRequest {
             max_migrations: 0,
@@ -432,30 +351,6 @@ mod tests {
             target: target.into(),
             ..Default::default()
         }
-    }
-
-    #[test]
-    fn a_move_waits_for_earlier_ones_leaving_its_target_or_moving_its_allocation() {
-        let moves = vec![
-            mv("a", "n1", "n3"),
-            mv("b", "n2", "n1"),
-            mv("c", "n2", "n3"),
-            mv("a", "n3", "n2"),
-        ];
-        let flying = |index: usize| InFlight {
-            index,
-            id: format!("mig-{index}"),
-            unreachable_since: None,
-        };
-        // b goes into n1, which a is leaving: it waits.
-        assert!(must_wait(&moves, 1, &[flying(0)]));
-        // c goes into n3 like a: both fit per the plan, no wait.
-        assert!(!must_wait(&moves, 2, &[flying(0)]));
-        // a's second move waits for its first.
-        assert!(must_wait(&moves, 3, &[flying(0)]));
-        // ... and for c, which leaves n2, where it goes.
-        assert!(must_wait(&moves, 3, &[flying(2)]));
-        assert!(!must_wait(&moves, 1, &[]));
     }
 
     #[test]

@@ -58,25 +58,10 @@ pub struct PlanArgs {
     pub stale: bool,
 }
 
-/// Parses a CPU amount as cores (`2`, `0.5`) or millicores (`500m`).
+/// Parses a CPU amount as cores (`2`, `0.5`) or millicores (`500m`): the
+/// coordinator's `[reschedule] target_cpu` reads the same way.
 pub fn parse_cpu(text: &str) -> Result<u64, String> {
-    let t = text.trim();
-    let millis = if let Some(m) = t.strip_suffix('m') {
-        m.parse::<u64>()
-            .map_err(|_| format!("invalid CPU {text:?}: expected e.g. 16, 0.5 or 500m"))?
-    } else {
-        let cores: f64 = t
-            .parse()
-            .map_err(|_| format!("invalid CPU {text:?}: expected e.g. 16, 0.5 or 500m"))?;
-        if !cores.is_finite() || !(0.0..=1_000_000.0).contains(&cores) {
-            return Err(format!("invalid CPU {text:?}: 0 to 1000000 cores"));
-        }
-        (cores * 1000.0).round() as u64
-    };
-    if millis == 0 {
-        return Err(format!("invalid CPU {text:?}: more than 0 needed"));
-    }
-    Ok(millis)
+    herd_coordinator::reschedule::config::parse_cpu(text)
 }
 
 impl PlanOptions {

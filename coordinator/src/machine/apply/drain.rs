@@ -19,6 +19,7 @@ use herd_api::migration::MigrationPhase;
 use herd_api::node::NodeStatus;
 use serde::{Deserialize, Serialize};
 
+use crate::machine::apply::gang_migration;
 use crate::machine::apply::migration::{
     abort_migration, active_migration_of, moves_whole, start_migration, MoveRequest,
 };
@@ -221,6 +222,8 @@ pub fn drain_live(
     // Why each allocation that does not move stays unmoved.
     let mut unmoved: Vec<(String, String)> = Vec::new();
     let mut candidates: Vec<String> = Vec::new();
+    // Gangs with members here, by (job, gang): each moves whole.
+    let mut gangs: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
     let ids: Vec<String> = state
         .allocs_on_node(node)
         .filter(|a| a.desired == AllocDesired::Run && !a.status.is_terminal())
@@ -245,8 +248,12 @@ pub fn drain_live(
                 target: m.target.clone(),
                 migration: m.id.clone(),
             });
-        } else if alloc.gang.is_some() {
-            unmoved.push((id, "gang members move together, not live yet".into()));
+        } else if let Some(gang) = alloc.gang.clone() {
+            // Moved whole below, with the gang's other members.
+            gangs
+                .entry((alloc.job.clone(), gang))
+                .or_default()
+                .push(id);
         } else if alloc.status != AllocStatus::Running {
             unmoved.push((id, format!("not running yet ({})", alloc.status.as_str())));
         } else if let Some(kind) = kind {
@@ -295,6 +302,13 @@ pub fn drain_live(
             }),
             CommandResult::Rejected(why) => unmoved.push((planned.alloc_id, why.to_string())),
             other => unmoved.push((planned.alloc_id, format!("{other:?}"))),
+        }
+    }
+
+    for ((job, gang), here) in gangs {
+        match gang_migration::move_gang_off(state, index, &job, &gang, now_ms, changes) {
+            Ok(moves) => outcome.moving.extend(moves),
+            Err(why) => unmoved.extend(here.into_iter().map(|id| (id, why.clone()))),
         }
     }
 
@@ -931,7 +945,7 @@ mod live_tests {
     }
 
     #[test]
-    fn gangs_pending_work_and_moves_into_the_node_are_not_moved_live() {
+    fn gangs_move_whole_and_moves_into_the_node_are_aborted() {
         let mut gang = job("gang", "dljob", JobType::Batch, 2);
         gang.placement.gang = true;
         let (mut state, index) = running_on_n1(
@@ -975,15 +989,22 @@ mod live_tests {
         );
 
         // Draining n1 instead: the move already under way goes on, the
-        // gang restarts.
+        // gang moves whole (both members, one group).
         let outcome = drain(&mut state, index + 1, 0, true);
-        assert_eq!(outcome.moving.len(), 1, "{outcome:?}");
+        assert_eq!(outcome.moving.len(), 3, "{outcome:?}");
         assert_eq!(outcome.moving[0].migration, mig);
-        assert_eq!(outcome.restarting.len(), 2, "{outcome:?}");
-        assert!(outcome
-            .restarting
+        assert!(outcome.restarting.is_empty(), "{outcome:?}");
+        let groups: Vec<_> = outcome.moving[1..]
             .iter()
-            .all(|r| r.job == "gang" && r.why.contains("gang")));
+            .map(|m| {
+                assert_eq!((m.job.as_str(), m.target.as_str()), ("gang", "n2"));
+                state.migrations[&m.migration]
+                    .gang
+                    .as_ref()
+                    .map(|g| g.group.clone())
+            })
+            .collect();
+        assert!(groups[0].is_some() && groups[0] == groups[1], "{groups:?}");
     }
 
     #[test]

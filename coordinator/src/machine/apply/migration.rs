@@ -14,7 +14,7 @@ use herd_api::capabilities::MigrationMode;
 use herd_api::migration::{Migration, MigrationPhase};
 use herd_api::node::NodeStatus;
 
-use crate::machine::apply::drain;
+use crate::machine::apply::{drain, gang_migration};
 use crate::machine::command::{CommandResult, Rejection};
 use crate::planning::{
     alloc_views, node_views, request_for, to_scheduler_plan, PlanCommand, PlannedPlacement,
@@ -138,13 +138,28 @@ fn migration_id(state: &ClusterState, index: u64) -> String {
         .unwrap_or(first)
 }
 
-/// Records the migration `request` asks for, or says why not.
+/// Records the migration `request` asks for, or says why not. A member of
+/// a gang is refused: its gang moves whole (`gang_migration`).
 pub fn start_migration(
     state: &mut ClusterState,
     index: u64,
     request: MoveRequest<'_>,
     now_ms: u64,
     changes: &mut ChangeLog<'_>,
+) -> CommandResult {
+    start_member(state, index, request, now_ms, changes, false)
+}
+
+/// [`start_migration`], for a gang member too when `as_gang_member` (a
+/// gang's move records its members' migrations through this, with the same
+/// checks, then marks them as one group).
+pub(crate) fn start_member(
+    state: &mut ClusterState,
+    index: u64,
+    request: MoveRequest<'_>,
+    now_ms: u64,
+    changes: &mut ChangeLog<'_>,
+    as_gang_member: bool,
 ) -> CommandResult {
     let MoveRequest {
         alloc_id,
@@ -177,9 +192,11 @@ pub fn start_migration(
     if alloc.node == target {
         return refuse(format!("allocation {alloc_id} already runs on {target}"));
     }
-    if alloc.gang.is_some() {
+    if alloc.gang.is_some() && !as_gang_member {
         return refuse(format!(
-            "allocation {alloc_id} belongs to a gang, whose members move together: not supported yet"
+            "allocation {alloc_id} belongs to the gang of job {job}, whose members move together: \
+             move the whole gang with `herd job migrate {job} --to NODE,...` (one node per member, in rank order)",
+            job = alloc.job
         ));
     }
     if downtime_limit_ms == 0 || downtime_limit_ms > MAX_DOWNTIME_LIMIT_MS {
@@ -264,6 +281,7 @@ pub fn start_migration(
             .first()
             .map(|p| p.gpu_indices.clone())
             .unwrap_or_default(),
+        gang: None,
     };
     if let Some(alloc) = state.allocations.get_mut(alloc_id) {
         alloc.record(
@@ -310,6 +328,13 @@ pub fn advance_migration(
             phase.as_str()
         ));
     }
+    if phase == MigrationPhase::Transferring
+        && m.gang.as_ref().is_some_and(|g| g.stop_step.is_none())
+    {
+        return refuse(format!(
+            "migration {id}: its gang has not agreed on the step to stop at yet"
+        ));
+    }
     if phase != m.phase {
         m.phase = phase;
         m.phase_deadline_ms = now_ms.saturating_add(phase_timeout_ms(phase));
@@ -335,36 +360,61 @@ pub fn switch_migration(
     now_ms: u64,
     changes: &mut ChangeLog<'_>,
 ) -> CommandResult {
+    if let Err(why) = switchable(state, id) {
+        return refuse(why);
+    }
+    if state.migrations.get(id).is_some_and(|m| m.gang.is_some()) {
+        return gang_migration::switch_member(state, index, id, downtime_ms, now_ms, changes);
+    }
+    complete_switch(state, index, id, downtime_ms, now_ms, changes)
+}
+
+/// Whether migration `id` may switch over now: it is in `switching` and its
+/// allocation is still the one it began with (same node and generation,
+/// still wanted). Says why not.
+pub(crate) fn switchable(state: &ClusterState, id: &str) -> Result<(), String> {
     let Some(m) = state.migrations.get(id) else {
-        return refuse(format!("migration {id:?} not found"));
+        return Err(format!("migration {id:?} not found"));
     };
     if m.phase != MigrationPhase::Switching {
-        return refuse(format!(
+        return Err(format!(
             "migration {id} is {}, not switching: the source has not paused",
             m.phase.as_str()
         ));
     }
-    let (alloc_id, source, target, from_generation) = (
-        m.alloc_id.clone(),
-        m.source.clone(),
-        m.target.clone(),
-        m.from_generation,
-    );
-    let Some(alloc) = state.allocations.get_mut(&alloc_id) else {
-        return refuse(format!("migration {id}: allocation {alloc_id} is gone"));
+    let alloc_id = &m.alloc_id;
+    let Some(alloc) = state.allocations.get(alloc_id) else {
+        return Err(format!("migration {id}: allocation {alloc_id} is gone"));
     };
-    if alloc.node != source
-        || alloc.generation != from_generation
+    if alloc.node != m.source
+        || alloc.generation != m.from_generation
         || alloc.desired != AllocDesired::Run
         || alloc.status.is_terminal()
     {
-        return refuse(format!(
+        return Err(format!(
             "migration {id}: allocation {alloc_id} changed since the migration began ({} on {}, generation {})",
             alloc.status.as_str(),
             alloc.node,
             alloc.generation
         ));
     }
+    Ok(())
+}
+
+/// Switches migration `id` over, [`switchable`] checked by the caller: its
+/// allocation now belongs to the target, one generation higher.
+pub(crate) fn complete_switch(
+    state: &mut ClusterState,
+    index: u64,
+    id: &str,
+    downtime_ms: u64,
+    now_ms: u64,
+    changes: &mut ChangeLog<'_>,
+) -> CommandResult {
+    let Some(m) = state.migrations.get(id) else {
+        return refuse(format!("migration {id:?} not found"));
+    };
+    let (alloc_id, source, target) = (m.alloc_id.clone(), m.source.clone(), m.target.clone());
     let (bytes, rounds, started_at_ms) = (m.bytes, m.rounds, m.started_at_ms);
     let gpu_indices = m.target_gpu_indices.clone();
     state.move_alloc(&alloc_id, &target);
@@ -428,6 +478,36 @@ pub fn abort_migration(
     now_ms: u64,
     changes: &mut ChangeLog<'_>,
 ) -> CommandResult {
+    let Some(m) = state.migrations.get(id) else {
+        return refuse(format!("migration {id:?} not found"));
+    };
+    if m.phase.is_final() {
+        return refuse(format!("migration {id} already {}", m.phase.as_str()));
+    }
+    let group = m.gang.as_ref().map(|g| g.group.clone());
+    let result = abort_one(state, index, id, reason, now_ms, changes);
+    // A gang moves whole or not at all: the other members give up too.
+    if let Some(group) = group {
+        let reason: String = format!("gang member {id} aborted: {reason}")
+            .chars()
+            .take(MAX_REASON_BYTES)
+            .collect();
+        for other in gang_migration::active_members(state, &group) {
+            abort_one(state, index, &other, &reason, now_ms, changes);
+        }
+    }
+    result
+}
+
+/// Aborts migration `id` alone (see [`abort_migration`]).
+fn abort_one(
+    state: &mut ClusterState,
+    index: u64,
+    id: &str,
+    reason: &str,
+    now_ms: u64,
+    changes: &mut ChangeLog<'_>,
+) -> CommandResult {
     let Some(m) = state.migrations.get_mut(id) else {
         return refuse(format!("migration {id:?} not found"));
     };
@@ -464,7 +544,10 @@ pub fn migrations_to_abort(state: &ClusterState, now_ms: u64) -> Vec<(String, St
         .values()
         .filter(|m| m.is_active())
         .filter_map(|m| {
-            let why = if now_ms > m.phase_deadline_ms {
+            // A gang member that asked for the switch-over waits for the
+            // others, whose own deadlines bound the wait.
+            let waits_for_gang = m.gang.as_ref().is_some_and(|g| g.switch_asked);
+            let why = if now_ms > m.phase_deadline_ms && !waits_for_gang {
                 format!(
                     "phase {} outlived its deadline ({} ms)",
                     m.phase.as_str(),

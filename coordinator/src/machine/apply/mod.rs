@@ -6,6 +6,7 @@
 
 pub mod alloc;
 pub mod drain;
+pub mod gang_migration;
 pub mod migration;
 pub mod plan;
 pub mod power;
@@ -229,6 +230,28 @@ pub fn apply(
         Command::AbortMigration { id, reason, now_ms } => {
             migration::abort_migration(state, index, &id, &reason, now_ms, changes)
         }
+        Command::StartGangMigration {
+            moves,
+            downtime_limit_ms,
+            bandwidth_bytes_per_sec,
+            now_ms,
+        } => gang_migration::start_gang_migration(
+            state,
+            index,
+            &moves,
+            gang_migration::GangLimits {
+                downtime_limit_ms,
+                bandwidth_bytes_per_sec,
+            },
+            now_ms,
+            changes,
+        ),
+        Command::GangMigrationStep {
+            id,
+            step,
+            pace_milli,
+            now_ms,
+        } => gang_migration::gang_step(state, index, &id, step, pace_milli, now_ms, changes),
         // Only `apply_entry` knows the entry's term; a fence inside a fence
         // is not something herd proposes.
         Command::Fenced { .. } => CommandResult::Rejected(Rejection::Invalid(
@@ -367,6 +390,15 @@ pub fn apply(
             changes,
         ),
         Command::RemovePowerBudget { group } => power::remove_budget(state, &group, changes),
+        Command::BootstrapAcl { grant, now_ms } => {
+            crate::acl::apply::bootstrap(state, index, grant, now_ms, changes)
+        }
+        Command::CreateToken { grant, now_ms } => {
+            crate::acl::apply::create_token(state, index, grant, now_ms, changes)
+        }
+        Command::RevokeToken { accessor } => {
+            crate::acl::apply::revoke_token(state, index, &accessor, changes)
+        }
     }
 }
 

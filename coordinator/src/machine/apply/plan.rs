@@ -265,6 +265,7 @@ mod tests {
             },
             placement: Default::default(),
             stop_after_disconnect: None,
+            balance: Default::default(),
         }
     }
 

@@ -1,0 +1,190 @@
+//! The move policy as pure functions: when an agent pushes, which peer it
+//! offers to, which item, and whether a recipient accepts.
+//!
+//! The rules (why they converge: docs/balancing.md):
+//! - **Trigger**: push only when `score − mean > max(threshold × mean,
+//!   min_excess)`, the mean taken over the agent and its fresh
+//!   neighbourhood.
+//! - **Damping**: aim to shed `damping × excess`, never the whole excess,
+//!   since peers act on views as stale as ours.
+//! - **Recipient**: the lightest of `choices` random peers below the mean
+//!   (power of d choices), skipping peers in back-off.
+//! - **Item**: the eligible item whose weight is nearest the damped target
+//!   without exceeding half the gap to the recipient (so the pair never
+//!   swaps order) nor the excess (so the sender does not fall below the
+//!   mean); eligible = under its move budget, out of its cool-down, not
+//!   already offered.
+//! - **Acceptance** (the recipient, on fresh local figures and its
+//!   reservations): after the move it must stay no heavier than the sender
+//!   after the move, and not rise above its own threshold.
+
+use crate::config::Config;
+use crate::item::MovableItem;
+use crate::wire::{Offer, RejectReason, Verdict};
+
+/// Slack for float comparisons of scores.
+const EPS: f64 = 1e-9;
+
+/// The band above the mean within which an agent does nothing.
+pub fn band(config: &Config, mean: f64) -> f64 {
+    (config.threshold * mean).max(config.min_excess)
+}
+
+/// Mean of the agent's own score and its peers'.
+pub fn mean_of(own: f64, peers: impl IntoIterator<Item = f64>) -> f64 {
+    let (sum, n) = peers
+        .into_iter()
+        .fold((own, 1usize), |(s, n), x| (s + x, n + 1));
+    sum / n as f64
+}
+
+/// How far above the band the agent is, if it should push at all: the
+/// excess over the mean.
+pub fn excess(config: &Config, own: f64, mean: f64) -> Option<f64> {
+    let e = own - mean;
+    (e > band(config, mean) + EPS).then_some(e)
+}
+
+/// Whether `item` may move now: under budget, out of cool-down.
+pub fn eligible(config: &Config, item: &MovableItem, now_ms: u64) -> bool {
+    item.weight > 0.0
+        && item.weight.is_finite()
+        && item.moves_so_far < config.move_budget
+        && item
+            .last_moved_ms
+            .is_none_or(|t| now_ms.saturating_sub(t) >= config.item_cooldown_ms)
+}
+
+/// Picks the item to offer a recipient whose effective score is
+/// `recipient`, or none if no item fits (see the module docs).
+pub fn choose_item<'a>(
+    config: &Config,
+    items: impl IntoIterator<Item = &'a MovableItem>,
+    own: f64,
+    excess: f64,
+    recipient: f64,
+) -> Option<&'a MovableItem> {
+    let target = config.damping * excess;
+    let cap = ((own - recipient) / 2.0).min(excess);
+    let mut below: Option<&MovableItem> = None;
+    let mut above: Option<&MovableItem> = None;
+    for item in items {
+        let w = item.weight;
+        if w > cap + EPS {
+            continue;
+        }
+        if w <= target + EPS {
+            if below.is_none_or(|b| w > b.weight || (w == b.weight && item.id < b.id)) {
+                below = Some(item);
+            }
+        } else if above.is_none_or(|a| w < a.weight || (w == a.weight && item.id < a.id)) {
+            above = Some(item);
+        }
+    }
+    below.or(above)
+}
+
+/// The recipient's verdict on `offer`, from its own score `own` (load plus
+/// what it has reserved already), its neighbourhood mean, and how many
+/// reservations it holds.
+pub fn judge_offer(
+    config: &Config,
+    offer: &Offer,
+    own: f64,
+    mean: f64,
+    reservations: usize,
+) -> Verdict {
+    if offer.moves_so_far >= config.move_budget {
+        return Verdict::Rejected(RejectReason::OverBudget);
+    }
+    if reservations >= config.max_reservations {
+        return Verdict::Rejected(RejectReason::TooManyReservations);
+    }
+    let after = own + offer.weight;
+    if after > offer.sender_score - offer.weight + EPS {
+        return Verdict::Rejected(RejectReason::WouldReverse);
+    }
+    // Judge against the higher of the two means, so that a recipient in a
+    // lighter neighbourhood still takes work from a heavier one.
+    let m = mean.max(offer.sender_mean);
+    if after > m + band(config, m) + EPS {
+        return Verdict::Rejected(RejectReason::Overloaded);
+    }
+    Verdict::Accepted
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::item::ItemKind;
+
+    fn item(id: &str, w: f64) -> MovableItem {
+        MovableItem {
+            id: id.into(),
+            kind: ItemKind::BatchInstance,
+            weight: w,
+            moves_so_far: 0,
+            last_moved_ms: None,
+        }
+    }
+
+    #[test]
+    fn trigger_needs_both_the_relative_and_absolute_band() {
+        let c = Config::default();
+        assert_eq!(excess(&c, 10.5, 10.0), None, "under min_excess");
+        assert_eq!(excess(&c, 105.0, 100.0), None, "under 10 %");
+        assert!(excess(&c, 120.0, 100.0).is_some());
+    }
+
+    #[test]
+    fn item_choice_is_damped_and_never_reverses_the_pair() {
+        let c = Config::default();
+        let items = [item("a", 1.0), item("b", 8.0), item("c", 30.0)];
+        // excess 20 → target 10 → b (8); cap = min((120-70)/2, 20) = 20.
+        assert_eq!(choose_item(&c, &items, 120.0, 20.0, 70.0).unwrap().id, "b");
+        // a recipient close to us: cap (120-115)/2 = 2.5 → only a fits.
+        assert_eq!(choose_item(&c, &items, 120.0, 20.0, 115.0).unwrap().id, "a");
+        // nothing fits under a cap of 0.5.
+        assert!(choose_item(&c, &items, 120.0, 20.0, 119.0).is_none());
+    }
+
+    #[test]
+    fn budget_and_cooldown_make_items_ineligible() {
+        let c = Config::default();
+        let mut i = item("a", 1.0);
+        assert!(eligible(&c, &i, 0));
+        i.moves_so_far = c.move_budget;
+        assert!(!eligible(&c, &i, 0));
+        i.moves_so_far = 0;
+        i.last_moved_ms = Some(1_000);
+        assert!(!eligible(&c, &i, 1_000 + c.item_cooldown_ms - 1));
+        assert!(eligible(&c, &i, 1_000 + c.item_cooldown_ms));
+    }
+
+    #[test]
+    fn recipient_refuses_reversal_overload_and_pile_on() {
+        let c = Config::default();
+        let offer = Offer {
+            offer_id: 1,
+            item: "x".into(),
+            kind: ItemKind::BatchInstance,
+            weight: 10.0,
+            moves_so_far: 0,
+            sender_score: 100.0,
+            sender_mean: 60.0,
+        };
+        assert_eq!(judge_offer(&c, &offer, 40.0, 60.0, 0), Verdict::Accepted);
+        assert_eq!(
+            judge_offer(&c, &offer, 85.0, 60.0, 0),
+            Verdict::Rejected(RejectReason::WouldReverse)
+        );
+        assert_eq!(
+            judge_offer(&c, &offer, 65.0, 50.0, 0),
+            Verdict::Rejected(RejectReason::Overloaded)
+        );
+        assert_eq!(
+            judge_offer(&c, &offer, 40.0, 60.0, c.max_reservations),
+            Verdict::Rejected(RejectReason::TooManyReservations)
+        );
+    }
+}

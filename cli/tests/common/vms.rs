@@ -1,0 +1,97 @@
+//! Simulated VMs (`simvm`: real `herd sim-vm` processes that move live) on
+//! node agents, placed where a test wants them through node eligibility:
+//! the fragmented clusters of the rescheduler's tests.
+
+use std::path::Path;
+use std::time::Duration;
+
+use super::agents::running_allocs;
+use super::{json, must_cli_ok, until, write_spec};
+
+/// Submits simvm job `name` of `millis` millicores at `priority` and waits
+/// until its one allocation runs; returns the node it runs on.
+pub async fn run_vm(
+    addr: &str,
+    dir: &Path,
+    name: &str,
+    millis: u64,
+    priority: u32,
+    seed: usize,
+) -> String {
+    let spec = write_spec(
+        dir,
+        name,
+        &format!(
+            "name = \"{name}\"\ntype = \"service\"\npriority = {priority}\n[task]\ndriver = \"simvm\"\n[task.config]\ndirty_rate = \"1MiB\"\nseed = {seed}\n[task.resources]\ncpu = {millis}\nmemory = \"32MiB\"\n"
+        ),
+    );
+    must_cli_ok(&["--addr", addr, "job", "run", "--detach", &spec]);
+    until(
+        &format!("job {name} running"),
+        Duration::from_secs(30),
+        || {
+            let allocs = running_allocs(addr, name);
+            let [a] = allocs.as_slice() else { return None };
+            a["node"].as_str().map(str::to_string)
+        },
+    )
+    .await
+}
+
+/// Only `node` of `nodes` takes new work.
+pub fn only_eligible(addr: &str, nodes: &[&str], node: &str) {
+    for n in nodes {
+        let state = if *n == node { "on" } else { "off" };
+        must_cli_ok(&["--addr", addr, "node", "eligibility", n, state]);
+    }
+}
+
+/// Every node of `nodes` takes new work.
+pub fn all_eligible(addr: &str, nodes: &[&str]) {
+    for n in nodes {
+        must_cli_ok(&["--addr", addr, "node", "eligibility", n, "on"]);
+    }
+}
+
+/// The node allocation `id` is on.
+pub fn alloc_node(addr: &str, id: &str) -> String {
+    json(addr, &["alloc", "status", id])["node"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// The smallest CPU capacity of the registered nodes, millicores.
+pub fn min_cpu_capacity(addr: &str) -> u64 {
+    json(addr, &["node", "list"])
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .filter_map(|n| n["capacity"]["cpu_millis"].as_u64())
+        .min()
+        .expect("a capacity")
+}
+
+/// Places `layout` (node, VMs of `millis` each), one VM job per VM named
+/// `v1`, `v2`, ... in order, at `priority`; every node eligible after.
+/// Returns the number of VMs placed.
+pub async fn place_vms(
+    addr: &str,
+    dir: &Path,
+    nodes: &[&str],
+    layout: &[(&str, usize)],
+    millis: u64,
+    priority: u32,
+) -> usize {
+    let mut vm = 0;
+    for &(node, count) in layout {
+        only_eligible(addr, nodes, node);
+        for _ in 0..count {
+            vm += 1;
+            let ran_on = run_vm(addr, dir, &format!("v{vm}"), millis, priority, vm).await;
+            assert_eq!(ran_on, node);
+        }
+    }
+    all_eligible(addr, nodes);
+    vm
+}

@@ -1,0 +1,196 @@
+//! `herd acl ...`: the `Acl` gRPC service. Secrets are made here, on the
+//! member that took the request, and leave it only in the reply: the log
+//! and the state hold their digests.
+
+use std::sync::Arc;
+
+use herd_api::proto::v1 as pb;
+use herd_api::proto::v1::acl_server::Acl;
+use herd_api::retry::{ErrorMarks, Reason};
+use tonic::{Request, Response, Status};
+
+use super::secret;
+use super::state::{check_grant, TokenGrant, TokenRecord, TokenWritten};
+use super::Role;
+use crate::coordinator::{Coordinator, ReadConsistency};
+use crate::error::{self, CoordinatorError};
+use crate::machine::command::{Command, CommandResult, Rejection};
+
+/// Name of the token `herd acl bootstrap` makes.
+pub const BOOTSTRAP_TOKEN_NAME: &str = "bootstrap";
+
+/// Serves [`Acl`].
+pub struct AclService {
+    coordinator: Arc<Coordinator>,
+}
+
+impl AclService {
+    /// Serves `coordinator`.
+    pub fn new(coordinator: Arc<Coordinator>) -> Self {
+        Self { coordinator }
+    }
+
+    /// Proposes a bootstrap or creation of `grant` and answers with the
+    /// secret `bearer`.
+    async fn grant(
+        &self,
+        command: Command,
+        grant: &TokenGrant,
+        bearer: String,
+    ) -> Result<Response<pb::AclTokenSecret>, Status> {
+        let written = self.coordinator.write(command).await.map_err(acl_error)?;
+        let CommandResult::AclToken(token) = written.result else {
+            return Err(CoordinatorError::Internal(format!(
+                "unexpected result {:?}",
+                written.result
+            ))
+            .into());
+        };
+        Ok(Response::new(pb::AclTokenSecret {
+            token: Some(written_to_proto(&token, grant)),
+            secret: bearer,
+            log_index: written.log_index,
+        }))
+    }
+}
+
+/// A refusal by apply as the caller should see it: `FAILED_PRECONDITION`
+/// for a cluster already bootstrapped, `NOT_FOUND` for an unknown
+/// accessor, final either way.
+fn acl_error(e: CoordinatorError) -> Status {
+    match e {
+        CoordinatorError::Rejected(Rejection::Acl(reason)) => {
+            let status = if reason.starts_with("no token") {
+                Status::not_found(reason)
+            } else if reason.contains("already bootstrapped") {
+                Status::failed_precondition(reason)
+            } else {
+                Status::invalid_argument(reason)
+            };
+            ErrorMarks {
+                reason: Some(Reason::Rejected),
+                not_applied: true,
+                leader: None,
+            }
+            .on(status)
+        }
+        other => other.into(),
+    }
+}
+
+fn written_to_proto(token: &TokenWritten, grant: &TokenGrant) -> pb::AclToken {
+    pb::AclToken {
+        accessor: token.accessor.clone(),
+        name: grant.name.clone(),
+        role: grant.role.as_str().to_string(),
+        created_at_ms: token.created_at_ms,
+        expires_at_ms: token.expires_at_ms,
+        revoked: false,
+    }
+}
+
+fn record_to_proto(accessor: &str, token: &TokenRecord) -> pb::AclToken {
+    pb::AclToken {
+        accessor: accessor.to_string(),
+        name: token.name.clone(),
+        role: token.role.as_str().to_string(),
+        created_at_ms: token.created_at_ms,
+        expires_at_ms: token.expires_at_ms,
+        revoked: token.revoked,
+    }
+}
+
+/// A fresh secret, or an internal error naming the generator's failure.
+fn fresh() -> Result<secret::NewSecret, Status> {
+    secret::generate().map_err(|e| error::internal(e.to_string()))
+}
+
+#[tonic::async_trait]
+impl Acl for AclService {
+    async fn bootstrap(
+        &self,
+        _request: Request<pb::AclBootstrapRequest>,
+    ) -> Result<Response<pb::AclTokenSecret>, Status> {
+        if self.coordinator.read_state(|s| s.acl.enforced()) {
+            return Err(acl_error(CoordinatorError::Rejected(Rejection::Acl(
+                "ACLs are already bootstrapped; ask an operator for a token".into(),
+            ))));
+        }
+        let made = fresh()?;
+        let grant = TokenGrant {
+            accessor: made.accessor,
+            name: BOOTSTRAP_TOKEN_NAME.into(),
+            role: Role::Operator,
+            secret_hash: made.hash,
+            ttl_ms: None,
+        };
+        let command = Command::BootstrapAcl {
+            grant: grant.clone(),
+            now_ms: 0,
+        };
+        let reply = self.grant(command, &grant, made.bearer).await?;
+        tracing::info!(accessor = %grant.accessor, "ACLs bootstrapped: requests now need a token");
+        Ok(reply)
+    }
+
+    async fn create_token(
+        &self,
+        request: Request<pb::CreateAclTokenRequest>,
+    ) -> Result<Response<pb::AclTokenSecret>, Status> {
+        let request = request.into_inner();
+        let role =
+            Role::parse(&request.role).map_err(|e| error::invalid_argument(format!("field `role`: {e}")))?;
+        let made = fresh()?;
+        let grant = TokenGrant {
+            accessor: made.accessor,
+            name: request.name,
+            role,
+            secret_hash: made.hash,
+            ttl_ms: (request.ttl_ms > 0).then_some(request.ttl_ms),
+        };
+        check_grant(&grant).map_err(error::invalid_argument)?;
+        let command = Command::CreateToken {
+            grant: grant.clone(),
+            now_ms: 0,
+        };
+        self.grant(command, &grant, made.bearer).await
+    }
+
+    async fn list_tokens(
+        &self,
+        request: Request<pb::ListAclTokensRequest>,
+    ) -> Result<Response<pb::ListAclTokensReply>, Status> {
+        let consistency = if request.into_inner().stale {
+            ReadConsistency::Stale
+        } else {
+            ReadConsistency::Linearizable
+        };
+        self.coordinator.read_barrier(consistency).await?;
+        let tokens = self.coordinator.read_state(|s| {
+            s.acl
+                .tokens
+                .iter()
+                .map(|(accessor, token)| record_to_proto(accessor, token))
+                .collect()
+        });
+        Ok(Response::new(pb::ListAclTokensReply { tokens }))
+    }
+
+    async fn revoke_token(
+        &self,
+        request: Request<pb::RevokeAclTokenRequest>,
+    ) -> Result<Response<pb::RevokeAclTokenReply>, Status> {
+        let accessor = request.into_inner().accessor;
+        if accessor.is_empty() {
+            return Err(error::invalid_argument("field `accessor` is empty"));
+        }
+        let written = self
+            .coordinator
+            .write(Command::RevokeToken { accessor })
+            .await
+            .map_err(acl_error)?;
+        Ok(Response::new(pb::RevokeAclTokenReply {
+            log_index: written.log_index,
+        }))
+    }
+}
