@@ -97,7 +97,9 @@ impl BearerToken {
 impl tonic::service::Interceptor for BearerToken {
     fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
         if let Some(value) = &self.0 {
-            request.metadata_mut().insert("authorization", value.clone());
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
         }
         Ok(request)
     }
@@ -689,7 +691,10 @@ mod tests {
         let mut token = BearerToken::new(" abc.def ").expect("valid");
         let request = token.call(tonic::Request::new(())).expect("intercepted");
         assert_eq!(
-            request.metadata().get("authorization").map(|v| v.to_str().ok()),
+            request
+                .metadata()
+                .get("authorization")
+                .map(|v| v.to_str().ok()),
             Some(Some("Bearer abc.def"))
         );
         let mut none = BearerToken::new("").expect("empty is none");

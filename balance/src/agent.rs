@@ -9,9 +9,11 @@ use crate::config::{Config, ConfigError};
 use crate::exchange::LoadView;
 use crate::item::{ItemId, ItemKind, MovableItem};
 use crate::load::LoadSummary;
-use crate::membership::{MemberChange, Membership};
 pub use crate::membership::Liveness;
-use crate::negotiate::{Negotiations, OfferState, OpenOffer, Reservation};
+use crate::membership::{MemberChange, Membership};
+use crate::negotiate::{
+    insert_capped, Negotiations, OfferState, OpenOffer, Reservation, UnackedSettle, SETTLE_TRIES,
+};
 use crate::peer::{NodeId, PeerInfo};
 use crate::policy;
 use crate::wire::{
@@ -305,6 +307,7 @@ impl Agent {
         self.view.expire(now_ms);
         self.downed.retain(|_, until| *until > now_ms);
         self.expire_negotiations(now_ms, &mut out);
+        self.resend_settles(now_ms, &mut out);
         self.nego.prune(now_ms, self.config.item_cooldown_ms);
         let due = *self.next_gossip_ms.get_or_insert(now_ms);
         if now_ms >= due {
@@ -351,7 +354,17 @@ impl Agent {
             Body::Exchange(x) => self.on_exchange(from, x, now_ms, &mut out),
             Body::Offer(o) => self.on_offer(from, o, now_ms, &mut out),
             Body::Answer(a) => self.on_answer(from, a, now_ms, &mut out),
-            Body::Settle(s) => self.on_settle(from, s, now_ms),
+            Body::Settle(s) => self.on_settle(from, s, now_ms, &mut out),
+            Body::SettleAck(offer_id) => {
+                if self
+                    .nego
+                    .unacked
+                    .get(&offer_id)
+                    .is_some_and(|u| u.to.id == from.id)
+                {
+                    self.nego.unacked.remove(&offer_id);
+                }
+            }
         }
         Ok(out)
     }
@@ -388,7 +401,7 @@ impl Agent {
             moves_so_far: offer.item.moves_so_far + u32::from(ok),
             moved: ok,
         };
-        self.send(offer.to, Body::Settle(settle), &mut out);
+        self.send_settle(offer.to, settle, now_ms, &mut out);
         out
     }
 
@@ -462,13 +475,11 @@ impl Agent {
         self.membership.remembered().cloned().collect()
     }
 
-    /// What SWIM says of `id`: an active member's state, dead if declared
-    /// down, alive if known only from load gossip so far.
+    /// What SWIM says of `id`: an active member's state; dead if declared
+    /// down; suspect if SWIM has not met it yet (known from load gossip
+    /// only).
     pub fn liveness_of(&self, id: &str) -> Liveness {
-        match self.membership.liveness(id) {
-            Liveness::Dead if !self.downed.contains_key(id) => Liveness::Alive,
-            l => l,
-        }
+        self.membership.state_of(id).unwrap_or(Liveness::Suspect)
     }
 
     /// Whether a figure about `id` counts in the neighbourhood: its node
@@ -637,6 +648,7 @@ impl Agent {
             .fresh(now_ms)
             .filter(|e| e.effective_score() < mean)
             .filter(|e| !self.nego.backoff.contains_key(&e.info.id))
+            .filter(|e| !self.nego.received_from.contains_key(&e.info.id))
             .filter(|e| self.membership.is_up(&e.info.id))
             .map(|e| (e.info.clone(), e.effective_score()))
             .collect();
@@ -766,42 +778,91 @@ impl Agent {
             (Some(OfferState::Approved), _) => {}
             (None, Verdict::Accepted) => {
                 // Accepted after we gave up: release the reservation.
-                let settle = Settle {
-                    offer_id: a.offer_id,
-                    item: a.item,
-                    kind: ItemKind::BatchInstance,
-                    weight: 0.0,
-                    moves_so_far: 0,
-                    moved: false,
-                };
-                self.send(from, Body::Settle(settle), out);
+                if !self.nego.unacked.contains_key(&a.offer_id) {
+                    let settle = Settle {
+                        offer_id: a.offer_id,
+                        item: a.item,
+                        kind: ItemKind::BatchInstance,
+                        weight: 0.0,
+                        moves_so_far: 0,
+                        moved: false,
+                    };
+                    self.send_settle(from, settle, now_ms, out);
+                }
             }
             (None, Verdict::Rejected(_)) => {}
         }
     }
 
-    fn on_settle(&mut self, from: PeerInfo, s: Settle, now_ms: u64) {
-        let held = self.nego.reservations.remove(&(from.id.clone(), s.offer_id));
-        if s.moved {
-            self.nego.moved_in_unsynced += s.weight;
-            self.stats.moves_in += 1;
-            let item = MovableItem {
-                id: s.item,
-                kind: held.as_ref().map(|r| r.kind).unwrap_or(s.kind),
-                weight: s.weight,
-                moves_so_far: s.moves_so_far,
-                last_moved_ms: Some(now_ms),
+    /// Sends a settle and keeps it for resending until acknowledged.
+    fn send_settle(&mut self, to: PeerInfo, settle: Settle, now_ms: u64, out: &mut Vec<Outgoing>) {
+        self.nego.unacked.insert(
+            settle.offer_id,
+            UnackedSettle {
+                to: to.clone(),
+                settle: settle.clone(),
+                resend_ms: now_ms + self.config.offer_timeout_ms,
+                tries: 1,
+            },
+        );
+        self.send(to, Body::Settle(settle), out);
+    }
+
+    fn resend_settles(&mut self, now_ms: u64, out: &mut Vec<Outgoing>) {
+        let due: Vec<u64> = self
+            .nego
+            .unacked
+            .iter()
+            .filter(|(_, u)| u.resend_ms <= now_ms)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            let Some(u) = self.nego.unacked.get_mut(&id) else {
+                continue;
             };
-            self.events.push(Event::MoveReceived { item, from });
-        } else if held.is_some() {
-            self.events.push(Event::IncomingCancelled {
-                item: s.item,
-                from: from.id,
-            });
+            if u.tries >= SETTLE_TRIES {
+                self.nego.unacked.remove(&id);
+                continue;
+            }
+            u.tries += 1;
+            u.resend_ms = now_ms + self.config.offer_timeout_ms;
+            let (to, settle) = (u.to.clone(), u.settle.clone());
+            self.send(to, Body::Settle(settle), out);
         }
     }
 
-    fn expire_negotiations(&mut self, now_ms: u64, _out: &mut Vec<Outgoing>) {
+    fn on_settle(&mut self, from: PeerInfo, s: Settle, now_ms: u64, out: &mut Vec<Outgoing>) {
+        let key = (from.id.clone(), s.offer_id);
+        let offer_id = s.offer_id;
+        if !self.nego.settled.contains_key(&key) {
+            insert_capped(&mut self.nego.settled, key.clone(), now_ms);
+            let held = self.nego.reservations.remove(&key);
+            if s.moved {
+                self.nego.moved_in_unsynced += s.weight;
+                insert_capped(&mut self.nego.received_from, from.id.clone(), now_ms);
+                self.stats.moves_in += 1;
+                let item = MovableItem {
+                    id: s.item,
+                    kind: held.as_ref().map(|r| r.kind).unwrap_or(s.kind),
+                    weight: s.weight,
+                    moves_so_far: s.moves_so_far,
+                    last_moved_ms: Some(now_ms),
+                };
+                self.events.push(Event::MoveReceived {
+                    item,
+                    from: from.clone(),
+                });
+            } else if held.is_some() {
+                self.events.push(Event::IncomingCancelled {
+                    item: s.item,
+                    from: from.id.clone(),
+                });
+            }
+        }
+        self.send(from, Body::SettleAck(offer_id), out);
+    }
+
+    fn expire_negotiations(&mut self, now_ms: u64, out: &mut Vec<Outgoing>) {
         let timeout = self.config.offer_timeout_ms;
         let expired: Vec<u64> = self
             .nego
@@ -815,6 +876,17 @@ impl Agent {
         for id in expired {
             if let Some(o) = self.nego.offers.remove(&id) {
                 self.stats.offers_expired += 1;
+                // The answer may have been lost after the peer reserved:
+                // cancel so the reservation does not stand until it lapses.
+                let cancel = Settle {
+                    offer_id: id,
+                    item: o.item.id.clone(),
+                    kind: o.item.kind,
+                    weight: o.item.weight,
+                    moves_so_far: o.item.moves_so_far,
+                    moved: false,
+                };
+                self.send_settle(o.to.clone(), cancel, now_ms, out);
                 self.nego
                     .backoff
                     .insert(o.to.id.clone(), now_ms + self.config.reject_backoff_ms);

@@ -209,6 +209,10 @@ mod tests {
             probe_rtt_ms: 2_000,
             ..Config::default()
         };
-        assert!(c.validate().unwrap_err().to_string().contains("probe_rtt_ms"));
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("probe_rtt_ms"));
     }
 }

@@ -163,7 +163,9 @@ impl LoadView {
     /// Figures no older than the TTL, by node id.
     pub fn fresh(&self, now_ms: u64) -> impl Iterator<Item = &ViewEntry> {
         let ttl = self.ttl_ms;
-        self.entries.values().filter(move |v| v.age_ms(now_ms) <= ttl)
+        self.entries
+            .values()
+            .filter(move |v| v.age_ms(now_ms) <= ttl)
     }
 
     /// Up to `n` random fresh figures, not about `exclude`, aged for
@@ -219,12 +221,18 @@ mod tests {
     fn newer_versions_replace_older_and_ages_add_local_time() {
         let mut v = LoadView::new("me".into(), 4, 4_000);
         assert!(v.merge(entry("a", 2, 100, 10.0), 1_000));
-        assert!(!v.merge(entry("a", 1, 0, 99.0), 1_100), "older version ignored");
+        assert!(
+            !v.merge(entry("a", 1, 0, 99.0), 1_100),
+            "older version ignored"
+        );
         assert!(v.merge(entry("a", 3, 50, 20.0), 1_200));
         let a = v.get("a").unwrap();
         assert_eq!(a.age_ms(1_500), 350);
         assert!((a.score - 20.0).abs() < 1e-9);
-        assert!(!v.merge(entry("me", 9, 0, 1.0), 1_200), "own figure ignored");
+        assert!(
+            !v.merge(entry("me", 9, 0, 1.0), 1_200),
+            "own figure ignored"
+        );
     }
 
     #[test]

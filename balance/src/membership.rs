@@ -111,7 +111,10 @@ impl Identity for SwimId {
     type Addr = SwimAddr;
 
     fn renew(&self) -> Option<Self> {
-        Some(SwimId::new(self.info.clone(), self.generation.wrapping_add(1)))
+        Some(SwimId::new(
+            self.info.clone(),
+            self.generation.wrapping_add(1),
+        ))
     }
 
     fn addr(&self) -> SwimAddr {
@@ -205,7 +208,11 @@ fn decode_from<T: for<'de> Deserialize<'de>>(mut buf: impl Buf) -> Result<T, Swi
 impl Codec<SwimId> for SwimCodec {
     type Error = SwimCodecError;
 
-    fn encode_header(&mut self, header: &Header<SwimId>, buf: impl BufMut) -> Result<(), Self::Error> {
+    fn encode_header(
+        &mut self,
+        header: &Header<SwimId>,
+        buf: impl BufMut,
+    ) -> Result<(), Self::Error> {
         encode_into(header, buf)
     }
 
@@ -221,7 +228,11 @@ impl Codec<SwimId> for SwimCodec {
         })
     }
 
-    fn encode_member(&mut self, member: &Member<SwimId>, buf: impl BufMut) -> Result<(), Self::Error> {
+    fn encode_member(
+        &mut self,
+        member: &Member<SwimId>,
+        buf: impl BufMut,
+    ) -> Result<(), Self::Error> {
         encode_into(member, buf)
     }
 
@@ -336,7 +347,7 @@ impl Membership {
             rejoin_every_ms: config.rejoin_interval_ms,
             announce_to: config.seed_announces,
             next_rejoin_ms: None,
-            rng: fastrand::Rng::with_seed(seed ^ 0x5EED_0F_AB_CDEF),
+            rng: fastrand::Rng::with_seed(seed ^ 0x5EED_0FAB_CDEF),
             changes: Vec::new(),
             up: UpSet::default(),
             now_ms: 0,
@@ -351,7 +362,11 @@ impl Membership {
 
     /// Remembers `seeds` and announces this agent to `seed_announces` random
     /// ones among those not already active members.
-    pub fn add_seeds(&mut self, seeds: impl IntoIterator<Item = PeerInfo>, now_ms: u64) -> Vec<SwimSend> {
+    pub fn add_seeds(
+        &mut self,
+        seeds: impl IntoIterator<Item = PeerInfo>,
+        now_ms: u64,
+    ) -> Vec<SwimSend> {
         self.now_ms = self.now_ms.max(now_ms);
         let active: std::collections::BTreeSet<NodeId> = self
             .foca
@@ -395,7 +410,9 @@ impl Membership {
     pub fn tick(&mut self, now_ms: u64) -> Vec<SwimSend> {
         self.now_ms = self.now_ms.max(now_ms);
         self.fire_due();
-        let next = *self.next_rejoin_ms.get_or_insert(now_ms + self.rejoin_every_ms);
+        let next = *self
+            .next_rejoin_ms
+            .get_or_insert(now_ms + self.rejoin_every_ms);
         if now_ms >= next {
             self.next_rejoin_ms = Some(now_ms + self.rejoin_every_ms);
             let active: std::collections::BTreeSet<&str> = self
@@ -515,6 +532,19 @@ impl Membership {
             .find(|(p, _)| p.id == id)
             .map(|(_, l)| l)
             .unwrap_or(Liveness::Dead)
+    }
+
+    /// What SWIM knows of `id`, down members included; `None` if it never
+    /// met it (or forgot it). Scans foca's list: for displays.
+    pub fn state_of(&self, id: &str) -> Option<Liveness> {
+        self.foca
+            .iter_membership_state()
+            .find(|m| m.id().info.id == id)
+            .map(|m| match m.state() {
+                State::Alive => Liveness::Alive,
+                State::Suspect => Liveness::Suspect,
+                State::Down => Liveness::Dead,
+            })
     }
 
     /// Whether `id` is an active member (alive or suspect), in O(log n).

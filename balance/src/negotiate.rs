@@ -20,6 +20,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use crate::item::{ItemId, ItemKind, MovableItem};
 use crate::peer::{NodeId, PeerInfo};
+use crate::wire::Settle;
 
 /// Where an offer the agent made stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,6 +63,39 @@ pub struct Reservation {
     pub expires_ms: u64,
 }
 
+/// A settle sent and not yet acknowledged.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UnackedSettle {
+    /// The recipient.
+    pub to: PeerInfo,
+    /// What was sent.
+    pub settle: Settle,
+    /// When to send it again.
+    pub resend_ms: u64,
+    /// Sends so far.
+    pub tries: u32,
+}
+
+/// Most entries of each per-peer record (`settled`, `received_from`,
+/// `backoff`, `moved_items`): they are keyed by what packets say, so a
+/// flood of forged packets must not grow them without bound.
+pub const MAX_TRACKED: usize = 4096;
+
+/// Inserts into a time-stamped record, evicting the oldest entry when it
+/// is full.
+pub fn insert_capped<K: Ord + Clone>(map: &mut BTreeMap<K, u64>, key: K, at_ms: u64) {
+    if map.len() >= MAX_TRACKED && !map.contains_key(&key) {
+        let oldest = map.iter().min_by_key(|(_, t)| **t).map(|(k, _)| k.clone());
+        if let Some(k) = oldest {
+            map.remove(&k);
+        }
+    }
+    map.insert(key, at_ms);
+}
+
+/// Most sends of one settle.
+pub const SETTLE_TRIES: u32 = 5;
+
 /// Both sides' negotiation state, and the bookkeeping that keeps moves in
 /// flight counted.
 #[derive(Debug, Clone, Default)]
@@ -70,6 +104,11 @@ pub struct Negotiations {
     pub offers: BTreeMap<u64, OpenOffer>,
     /// Reservations held, by (sender, offer id).
     pub reservations: BTreeMap<(NodeId, u64), Reservation>,
+    /// Settles sent and not acknowledged, by offer id.
+    pub unacked: BTreeMap<u64, UnackedSettle>,
+    /// Settles received, by (sender, offer id), with when: a repeated
+    /// settle is acknowledged again but not acted on twice.
+    pub settled: BTreeMap<(NodeId, u64), u64>,
     /// Next offer id.
     pub next_offer_id: u64,
     /// Peers not to offer to until the given time (they rejected).
@@ -82,6 +121,11 @@ pub struct Negotiations {
     pub last_move_done_ms: Option<u64>,
     /// Completion times of moves out in the last minute.
     pub recent_moves: VecDeque<u64>,
+    /// When a move from each peer last arrived here: this agent does not
+    /// offer back to that peer within the item cool-down, so two agents
+    /// whose figures jitter around each other cannot swap work back and
+    /// forth.
+    pub received_from: BTreeMap<NodeId, u64>,
     /// Moves out made per item by this agent: (count, last time), so the
     /// budget and cool-down hold even if the caller does not carry them.
     pub moved_items: BTreeMap<ItemId, (u32, u64)>,
@@ -114,14 +158,23 @@ impl Negotiations {
         self.moved_out_unsynced += item.weight;
         self.last_move_done_ms = Some(now_ms);
         self.recent_moves.push_back(now_ms);
-        let e = self.moved_items.entry(item.id.clone()).or_insert((0, now_ms));
-        e.0 = e.0.saturating_add(1).max(item.moves_so_far.saturating_add(1));
+        let e = self
+            .moved_items
+            .entry(item.id.clone())
+            .or_insert((0, now_ms));
+        e.0 =
+            e.0.saturating_add(1)
+                .max(item.moves_so_far.saturating_add(1));
         e.1 = now_ms;
     }
 
     /// Drops bookkeeping older than `keep_ms` (moves per minute, per-item
     /// records past their cool-down, lapsed back-offs).
     pub fn prune(&mut self, now_ms: u64, item_cooldown_ms: u64) {
+        // Senders give up after SETTLE_TRIES sends a second or so apart:
+        // a minute covers any repeat.
+        self.settled
+            .retain(|_, t| now_ms.saturating_sub(*t) < 60_000);
         while self
             .recent_moves
             .front()
@@ -132,6 +185,8 @@ impl Negotiations {
         self.moved_items
             .retain(|_, (_, t)| now_ms.saturating_sub(*t) < item_cooldown_ms);
         self.backoff.retain(|_, until| *until > now_ms);
+        self.received_from
+            .retain(|_, t| now_ms.saturating_sub(*t) < item_cooldown_ms);
     }
 
     /// Moves out finished in the last minute.

@@ -140,8 +140,15 @@ struct Node {
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 enum Due {
     Tick(usize),
-    Deliver { to: usize, packet: Vec<u8> },
-    MoveDone { from: usize, to: usize, item: String },
+    Deliver {
+        to: usize,
+        packet: Vec<u8>,
+    },
+    MoveDone {
+        from: usize,
+        to: usize,
+        item: String,
+    },
     Reseed,
     Sample,
 }
@@ -426,8 +433,11 @@ impl Sim {
                     return;
                 }
                 let load = self.load_of(i);
-                let items: Vec<MovableItem> =
-                    self.nodes[i].items.values().map(|s| s.item.clone()).collect();
+                let items: Vec<MovableItem> = self.nodes[i]
+                    .items
+                    .values()
+                    .map(|s| s.item.clone())
+                    .collect();
                 let node = &mut self.nodes[i];
                 node.agent.set_local_load(load);
                 node.agent.set_movable(items);

@@ -49,7 +49,11 @@ pub enum Body {
     /// The recipient's answer to an offer.
     Answer(Answer),
     /// The sender's word that the item moved (or not): ends a reservation.
+    /// Repeated until acknowledged, since a lost one would leave the
+    /// recipient's reservation standing until it lapses.
     Settle(Settle),
+    /// The recipient's receipt of a settle (of the sender's offer id).
+    SettleAck(u64),
 }
 
 /// Load figures: the sender's own first, then a sample of its view.
@@ -319,6 +323,7 @@ fn check_packet(p: &Packet) -> Result<(), DecodeError> {
             check_str("item id", &a.item)?;
             check_number("recipient_score", a.recipient_score)
         }
+        Body::SettleAck(_) => Ok(()),
         Body::Settle(s) => {
             check_str("item id", &s.item)?;
             check_number("weight", s.weight)

@@ -45,11 +45,17 @@ fn a_valid_packet_round_trips() {
 fn every_truncation_of_a_valid_packet_is_an_error() {
     let bytes = wire::encode(&exchange(5)).unwrap();
     for len in 0..bytes.len() {
-        assert!(wire::decode(&bytes[..len]).is_err(), "prefix of {len} bytes accepted");
+        assert!(
+            wire::decode(&bytes[..len]).is_err(),
+            "prefix of {len} bytes accepted"
+        );
     }
     let mut long = bytes.clone();
     long.push(0);
-    assert!(matches!(wire::decode(&long), Err(DecodeError::Malformed(_))), "trailing byte");
+    assert!(
+        matches!(wire::decode(&long), Err(DecodeError::Malformed(_))),
+        "trailing byte"
+    );
 }
 
 #[test]
@@ -89,12 +95,18 @@ fn sizes_are_bounded() {
     assert_eq!(wire::decode(&[]), Err(DecodeError::Empty));
     assert_eq!(wire::decode(&[9, 0]), Err(DecodeError::UnknownVersion(9)));
     let big = vec![wire::WIRE_VERSION; MAX_PACKET_BYTES + 1];
-    assert!(matches!(wire::decode(&big), Err(DecodeError::TooBig { .. })));
+    assert!(matches!(
+        wire::decode(&big),
+        Err(DecodeError::TooBig { .. })
+    ));
 
     let too_many = wire::encode(&exchange(MAX_ENTRIES + 1)).unwrap();
     assert!(matches!(
         wire::decode(&too_many),
-        Err(DecodeError::Limit { what: "entries", .. })
+        Err(DecodeError::Limit {
+            what: "entries",
+            ..
+        })
     ));
 
     let mut p = exchange(1);
@@ -102,7 +114,10 @@ fn sizes_are_bounded() {
     let bytes = wire::encode(&p).unwrap();
     assert!(matches!(
         wire::decode(&bytes),
-        Err(DecodeError::Limit { what: "node id", .. })
+        Err(DecodeError::Limit {
+            what: "node id",
+            ..
+        })
     ));
 
     // A length prefix claiming a huge vector in a tiny packet.

@@ -74,6 +74,22 @@ pub fn train_spec() -> JobSpec {
     }
 }
 
+/// The training job of a balancing run: [`train_spec`] marked `[balance]
+/// movable`, each trainer asking for a share of a node large enough that
+/// two on one node put it clearly above its neighbours' mean, so the
+/// agents move one away by themselves.
+pub fn movable_train_spec() -> JobSpec {
+    let mut spec = train_spec();
+    spec.balance_movable = true;
+    if let Some(resources) = spec.task.as_mut().and_then(|t| t.resources.as_mut()) {
+        resources.cpu_millis = MOVABLE_TRAINER_CPU_MILLIS;
+    }
+    spec
+}
+
+/// CPU each trainer of a balancing run asks for.
+const MOVABLE_TRAINER_CPU_MILLIS: u64 = 400;
+
 /// This host's wall clock, ms since the epoch: the clock the leader stamps
 /// deadlines with (`herd_api::clock`, which the simulation turns into
 /// simulated time), the harness running on the same host.

@@ -315,17 +315,17 @@ pub async fn run(config: &RunConfig) -> Result<History, RunError> {
                 .map_err(|error| RunError::Setup(format!("submit {name}: {error}")))?;
         }
     }
-    let migrates = scenario.migrations && agents.is_some();
+    // Balancing moves are migrations too, judged the same way.
+    let migrates = (scenario.migrations || scenario.balancing) && agents.is_some();
     if migrates {
-        workload::submit_setup(
-            &client,
-            addrs.len(),
-            migrate::train_spec(),
-            &recorder,
-            SETUP_LIMIT,
-        )
-        .await
-        .map_err(|error| RunError::Setup(format!("submit {}: {error}", migrate::TRAIN_JOB)))?;
+        let spec = if scenario.balancing {
+            migrate::movable_train_spec()
+        } else {
+            migrate::train_spec()
+        };
+        workload::submit_setup(&client, addrs.len(), spec, &recorder, SETUP_LIMIT)
+            .await
+            .map_err(|error| RunError::Setup(format!("submit {}: {error}", migrate::TRAIN_JOB)))?;
     }
     if !until_whole(
         &cluster,
@@ -386,7 +386,7 @@ pub async fn run(config: &RunConfig) -> Result<History, RunError> {
     // started to its end, so that every migration has ended before
     // convergence is judged.
     let migrate_stop = Arc::new(AtomicBool::new(false));
-    let migrate_tasks = match agents.as_ref().filter(|_| migrates) {
+    let migrate_tasks = match agents.as_ref().filter(|_| scenario.migrations) {
         Some(set) => migrate::spawn_clients(
             &ctx,
             migrate_stop.clone(),

@@ -27,6 +27,11 @@ pub struct Scenario {
     /// moving its allocations between them ([`crate::migrate`]), judged by
     /// the migration checker (with agents only).
     pub migrations: bool,
+    /// Whether that training job is `[balance] movable` and the agents
+    /// move it among themselves (decentralised balancing) instead of
+    /// migration clients; judged by the same checker, every balancing move
+    /// being a recorded migration (with agents only).
+    pub balancing: bool,
 }
 
 /// Every scenario, in the order `all` runs them.
@@ -41,6 +46,7 @@ pub const SCENARIOS: &[Scenario] = &[
         fault_ms: SHORT_FAULTS_MS,
         drains: false,
         migrations: false,
+        balancing: false,
     },
     Scenario {
         name: "kill-one",
@@ -52,6 +58,7 @@ pub const SCENARIOS: &[Scenario] = &[
         fault_ms: SHORT_FAULTS_MS,
         drains: false,
         migrations: false,
+        balancing: false,
     },
     Scenario {
         name: "kill-majority",
@@ -63,6 +70,7 @@ pub const SCENARIOS: &[Scenario] = &[
         fault_ms: SHORT_FAULTS_MS,
         drains: false,
         migrations: false,
+        balancing: false,
     },
     Scenario {
         name: "restart-all",
@@ -74,6 +82,7 @@ pub const SCENARIOS: &[Scenario] = &[
         fault_ms: SHORT_FAULTS_MS,
         drains: false,
         migrations: false,
+        balancing: false,
     },
     Scenario {
         name: "pause-member",
@@ -85,6 +94,7 @@ pub const SCENARIOS: &[Scenario] = &[
         fault_ms: SHORT_FAULTS_MS,
         drains: false,
         migrations: false,
+        balancing: false,
     },
     Scenario {
         name: "agent-loss",
@@ -96,6 +106,7 @@ pub const SCENARIOS: &[Scenario] = &[
         fault_ms: SHORT_FAULTS_MS,
         drains: true,
         migrations: false,
+        balancing: false,
     },
     Scenario {
         name: "node-loss",
@@ -107,6 +118,7 @@ pub const SCENARIOS: &[Scenario] = &[
         fault_ms: (7000, 10_000),
         drains: false,
         migrations: false,
+        balancing: false,
     },
     Scenario {
         name: "agent-pause",
@@ -118,6 +130,7 @@ pub const SCENARIOS: &[Scenario] = &[
         fault_ms: (6000, 9000),
         drains: false,
         migrations: false,
+        balancing: false,
     },
     Scenario {
         name: "node-partition",
@@ -129,6 +142,7 @@ pub const SCENARIOS: &[Scenario] = &[
         fault_ms: (6000, 9000),
         drains: false,
         migrations: false,
+        balancing: false,
     },
     Scenario {
         name: "partition-leader",
@@ -140,6 +154,7 @@ pub const SCENARIOS: &[Scenario] = &[
         fault_ms: SHORT_FAULTS_MS,
         drains: false,
         migrations: false,
+        balancing: false,
     },
     Scenario {
         name: "partition-halves",
@@ -151,6 +166,7 @@ pub const SCENARIOS: &[Scenario] = &[
         fault_ms: SHORT_FAULTS_MS,
         drains: false,
         migrations: false,
+        balancing: false,
     },
     Scenario {
         name: "partition-ring",
@@ -162,6 +178,7 @@ pub const SCENARIOS: &[Scenario] = &[
         fault_ms: SHORT_FAULTS_MS,
         drains: false,
         migrations: false,
+        balancing: false,
     },
     Scenario {
         name: "partition-bridge",
@@ -173,6 +190,7 @@ pub const SCENARIOS: &[Scenario] = &[
         fault_ms: SHORT_FAULTS_MS,
         drains: false,
         migrations: false,
+        balancing: false,
     },
     Scenario {
         name: "slow-network",
@@ -184,6 +202,7 @@ pub const SCENARIOS: &[Scenario] = &[
         fault_ms: SHORT_FAULTS_MS,
         drains: true,
         migrations: false,
+        balancing: false,
     },
     Scenario {
         name: "disk-full",
@@ -195,6 +214,7 @@ pub const SCENARIOS: &[Scenario] = &[
         fault_ms: SHORT_FAULTS_MS,
         drains: false,
         migrations: false,
+        balancing: false,
     },
     Scenario {
         name: "slow-fsync",
@@ -206,6 +226,7 @@ pub const SCENARIOS: &[Scenario] = &[
         fault_ms: SHORT_FAULTS_MS,
         drains: false,
         migrations: false,
+        balancing: false,
     },
     Scenario {
         name: "clock-skew",
@@ -217,6 +238,7 @@ pub const SCENARIOS: &[Scenario] = &[
         fault_ms: SHORT_FAULTS_MS,
         drains: true,
         migrations: false,
+        balancing: false,
     },
     Scenario {
         name: "mixed-coordinators",
@@ -237,6 +259,7 @@ pub const SCENARIOS: &[Scenario] = &[
         fault_ms: SHORT_FAULTS_MS,
         drains: false,
         migrations: false,
+        balancing: false,
     },
     Scenario {
         name: "mixed",
@@ -258,6 +281,7 @@ pub const SCENARIOS: &[Scenario] = &[
         fault_ms: SHORT_FAULTS_MS,
         drains: true,
         migrations: false,
+        balancing: false,
     },
     Scenario {
         name: "migrate",
@@ -269,6 +293,19 @@ pub const SCENARIOS: &[Scenario] = &[
         fault_ms: SHORT_FAULTS_MS,
         drains: false,
         migrations: true,
+        balancing: false,
+    },
+    Scenario {
+        name: "balance",
+        about: "3 coordinators, 3 agents; a [balance] movable training job (dljob) that the agents move among themselves to even out load, while agents (alone or with their workloads) and the leader are killed and restarted",
+        members: 3,
+        agents: 3,
+        faults: &[Fault::KillAgent, Fault::KillNode, Fault::KillLeader],
+        service_count: 2,
+        fault_ms: SHORT_FAULTS_MS,
+        drains: false,
+        migrations: false,
+        balancing: true,
     },
 ];
 

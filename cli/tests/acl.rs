@@ -164,7 +164,10 @@ async fn raw_call(
 }
 
 fn is_auth_refusal(status: &Status) -> bool {
-    matches!(status.code(), Code::Unauthenticated | Code::PermissionDenied)
+    matches!(
+        status.code(),
+        Code::Unauthenticated | Code::PermissionDenied
+    )
 }
 
 // ---------------------------------------------------------------------------
@@ -266,9 +269,8 @@ fn harmful_body(path: &str, operator_accessor: &str) -> Vec<u8> {
 async fn observed(addr: &str, leader: &Channel, operator: &str) -> (u64, Vec<Value>) {
     let mut grpc = tonic::client::Grpc::new(leader.clone());
     grpc.ready().await.expect("ready");
-    let mut request = tonic::Request::new(
-        pb::MemberStatusRequest { with_digest: true }.encode_to_vec(),
-    );
+    let mut request =
+        tonic::Request::new(pb::MemberStatusRequest { with_digest: true }.encode_to_vec());
     let value = format!("Bearer {operator}").parse().expect("ascii");
     request.metadata_mut().insert("authorization", value);
     let reply = grpc
@@ -334,8 +336,8 @@ fn the_role_table_lists_every_client_and_agent_rpc() {
 /// nothing changed; with each role that suffices, served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_rpc_refuses_bad_tokens_and_serves_the_right_roles() {
-    let cluster = ProcessCluster::start(herd_bin(), 3, &["--node-ttl-ms", "3600000"])
-        .expect("start cluster");
+    let cluster =
+        ProcessCluster::start(herd_bin(), 3, &["--node-ttl-ms", "3600000"]).expect("start cluster");
     let leader = cluster
         .wait_for_leader(Duration::from_secs(20))
         .await
@@ -351,8 +353,14 @@ async fn every_rpc_refuses_bad_tokens_and_serves_the_right_roles() {
 
     // Open until bootstrapped: no token needed, and one sent is ignored.
     let out = cli(&addr, None, &["var", "put", "acl-probe", "original"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(cli(&addr, Some("not-a-token"), &["job", "list"]).status.success());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(cli(&addr, Some("not-a-token"), &["job", "list"])
+        .status
+        .success());
 
     let operator = bootstrap(&addr);
     // Once only, with or without a token.
@@ -383,7 +391,11 @@ async fn every_rpc_refuses_bad_tokens_and_serves_the_right_roles() {
         Some(&operator.secret),
         &["acl", "token", "revoke", &revoked.accessor],
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let tokens = json_as(&addr, &operator.secret, &["acl", "token", "list"]);
     let listed = tokens.as_array().expect("list");
     assert_eq!(listed.len(), 6, "{tokens}");
@@ -410,6 +422,30 @@ async fn every_rpc_refuses_bad_tokens_and_serves_the_right_roles() {
         "web",
         "name = \"web\"\ntype = \"service\"\ncount = 1\n[task]\ndriver = \"exec\"\ncommand = \"/bin/true\"\n[task.resources]\ncpu = 100\nmemory = \"64MiB\"\n",
     );
+    // A few lines of the table pinned here, apart from the table itself.
+    for (token, args, need) in [
+        (
+            &reader.secret,
+            vec!["job", "run", spec.as_str(), "--detach"],
+            "submit",
+        ),
+        (&node.secret, vec!["var", "put", "acl-probe", "x"], "submit"),
+        (&submitter.secret, vec!["acl", "token", "list"], "operator"),
+        (&submitter.secret, vec!["node", "drain", "n1"], "operator"),
+        (&operator.secret, vec!["node", "list"], ""),
+    ] {
+        let out = cli(&addr, Some(token), &args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if need.is_empty() {
+            assert!(out.status.success(), "{args:?}: {stderr}");
+        } else {
+            assert!(!out.status.success(), "{args:?} was served");
+            assert!(
+                stderr.contains(&format!("needs role {need}")),
+                "{args:?}: {stderr}"
+            );
+        }
+    }
     json_as(&addr, &submitter.secret, &["job", "run", &spec, "--detach"]);
     until("web placed on n1", Duration::from_secs(20), || {
         let jobs = json_as(&addr, &reader.secret, &["job", "list"]);
@@ -462,7 +498,9 @@ async fn every_rpc_refuses_bad_tokens_and_serves_the_right_roles() {
             for (role, token) in roles.iter().filter(|(r, _)| !r.allows(*need)) {
                 let status = raw_call(ch, path, body.clone(), Some(token))
                     .await
-                    .expect_err(&format!("{path} with role {role} via the {member} was served"));
+                    .expect_err(&format!(
+                        "{path} with role {role} via the {member} was served"
+                    ));
                 assert_eq!(
                     status.code(),
                     Code::PermissionDenied,
@@ -499,7 +537,11 @@ async fn every_rpc_refuses_bad_tokens_and_serves_the_right_roles() {
         Some(&submitter.secret),
         &["var", "put", "acl-probe", "by-ci"],
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(
         json_as(&follower_addr, &reader.secret, &["var", "get", "acl-probe"])["value"],
         "by-ci"
@@ -511,7 +553,11 @@ async fn every_rpc_refuses_bad_tokens_and_serves_the_right_roles() {
         Some(&operator.secret),
         &["acl", "token", "revoke", &submitter.accessor],
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = cli(
         &follower_addr,
         Some(&submitter.secret),
@@ -563,16 +609,12 @@ async fn agents_register_with_a_node_token_only() {
         ("read-token", "needs role node"),
     ] {
         let log = agents.agent(name).expect("agent").log_path.clone();
-        until(
-            &format!("{name} refused"),
-            Duration::from_secs(30),
-            || {
-                std::fs::read_to_string(&log)
-                    .ok()?
-                    .contains(why)
-                    .then_some(())
-            },
-        )
+        until(&format!("{name} refused"), Duration::from_secs(30), || {
+            std::fs::read_to_string(&log)
+                .ok()?
+                .contains(why)
+                .then_some(())
+        })
         .await;
     }
     let nodes = json_as(&addr, &operator.secret, &["node", "list"]);

@@ -277,10 +277,12 @@ async fn a_gang_moves_together_from_one_step_and_ends_as_if_never_moved() {
     let to = format!("{to0},{to1}");
     let moved = run_watched(
         &g,
-        ["--addr", &g.addr, "job", "migrate", "train", "--to", &to, "--wait"]
-            .iter()
-            .map(|a| a.to_string())
-            .collect(),
+        [
+            "--addr", &g.addr, "job", "migrate", "train", "--to", &to, "--wait",
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect(),
         &mut most,
     )
     .await;
@@ -312,7 +314,10 @@ async fn a_gang_moves_together_from_one_step_and_ends_as_if_never_moved() {
     }
 
     until_complete(&g, &mut most).await;
-    assert_eq!(most, 1, "two copies of a member ran at once (or none was seen)");
+    assert_eq!(
+        most, 1,
+        "two copies of a member ran at once (or none was seen)"
+    );
     for (rank, target) in [to0, to1].iter().enumerate() {
         let source = g.alloc_dir(rank, &g.members[rank].node);
         let arrived = g.alloc_dir(rank, target);
@@ -321,10 +326,7 @@ async fn a_gang_moves_together_from_one_step_and_ends_as_if_never_moved() {
             &arrived.join("checkpoints").join(checkpoint::WEIGHTS),
         );
         assert!(
-            !arrived
-                .join("checkpoints")
-                .join(checkpoint::HOLD)
-                .exists(),
+            !arrived.join("checkpoints").join(checkpoint::HOLD).exists(),
             "the hold travelled with the checkpoint"
         );
     }
@@ -353,9 +355,9 @@ async fn a_member_s_target_killed_mid_move_aborts_the_whole_gang_and_both_resume
     g.agents.kill_agent(&to0).expect("kill the target");
     let ended = until_all(&g, "aborted", &mut most, Duration::from_secs(40)).await;
     assert!(
-        ended
-            .iter()
-            .any(|m| m["error"].as_str().is_some_and(|e| e.contains("gang member"))),
+        ended.iter().any(|m| m["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("gang member"))),
         "the other member was not aborted with its gang: {ended:#?}"
     );
     for (rank, member) in g.members.iter().enumerate() {
@@ -367,7 +369,10 @@ async fn a_member_s_target_killed_mid_move_aborts_the_whole_gang_and_both_resume
     }
 
     until_complete(&g, &mut most).await;
-    assert_eq!(most, 1, "two copies of a member ran at once (or none was seen)");
+    assert_eq!(
+        most, 1,
+        "two copies of a member ran at once (or none was seen)"
+    );
     // Each learner resumed at home from the common step: every step once.
     for (rank, member) in g.members.iter().enumerate() {
         let home = g.alloc_dir(rank, &member.node);
@@ -381,10 +386,14 @@ async fn a_member_s_target_killed_mid_move_aborts_the_whole_gang_and_both_resume
     g.agents.restart(&to0).expect("restart the target");
     for node in [&to0, &to1] {
         let staging = g.data_dir(node).join("migrations");
-        until("the targets' staging removed", Duration::from_secs(20), || {
-            let left = std::fs::read_dir(&staging).map(|d| d.count()).unwrap_or(0);
-            (left == 0).then_some(())
-        })
+        until(
+            "the targets' staging removed",
+            Duration::from_secs(20),
+            || {
+                let left = std::fs::read_dir(&staging).map(|d| d.count()).unwrap_or(0);
+                (left == 0).then_some(())
+            },
+        )
         .await;
     }
 }
@@ -426,7 +435,10 @@ async fn draining_a_member_s_node_moves_the_whole_gang() {
         assert_ne!(target, &drained);
     }
     until_complete(&g, &mut most).await;
-    assert_eq!(most, 1, "two copies of a member ran at once (or none was seen)");
+    assert_eq!(
+        most, 1,
+        "two copies of a member ran at once (or none was seen)"
+    );
     for (rank, target) in targets.iter().enumerate() {
         let source = g.alloc_dir(rank, &g.members[rank].node);
         let arrived = g.alloc_dir(rank, target);
@@ -434,5 +446,77 @@ async fn draining_a_member_s_node_moves_the_whole_gang() {
             &[source.join("stdout.log"), arrived.join("stdout.log")],
             &arrived.join("checkpoints").join(checkpoint::WEIGHTS),
         );
+    }
+}
+
+/// What a gang move asks of each learner, on `herd toy-train` alone: a
+/// checkpoint at step 40 with `checkpoint.hold` present; it trains to 40,
+/// answers, takes no further step while held, and on SIGTERM checkpoints
+/// step 40 and exits 0. Released instead, it trains on.
+#[test]
+fn toy_train_stops_at_the_asked_step_and_holds_there() {
+    for release in [false, true] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let request = checkpoint::Request {
+            id: "gang-test".into(),
+            at_step: Some(40),
+        };
+        checkpoint::write_atomic(dir.path(), checkpoint::HOLD, b"test").expect("hold");
+        checkpoint::write_atomic(dir.path(), checkpoint::REQUEST, request.encode().as_bytes())
+            .expect("request");
+        let out_path = dir.path().join("stdout");
+        let mut child = std::process::Command::new(herd_bin())
+            .args([
+                "toy-train",
+                "--steps",
+                "200",
+                "--seed",
+                "3",
+                "--step-ms",
+                "10",
+            ])
+            .arg("--checkpoint-dir")
+            .arg(dir.path())
+            .env_remove("HERD_CHECKPOINT_DIR")
+            .stdout(std::fs::File::create(&out_path).expect("stdout file"))
+            .spawn()
+            .expect("spawn toy-train");
+        let started = std::time::Instant::now();
+        let done = loop {
+            let answer = std::fs::read(dir.path().join(checkpoint::DONE))
+                .ok()
+                .and_then(|b| serde_json::from_slice::<checkpoint::DoneRecord>(&b).ok());
+            if let Some(done) = answer {
+                break done;
+            }
+            assert!(started.elapsed() < Duration::from_secs(20), "no answer");
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        assert_eq!((done.request.as_str(), done.step), ("gang-test", 40));
+        // Held: no step past 40 however long we wait.
+        std::thread::sleep(Duration::from_millis(400));
+        let text = std::fs::read_to_string(&out_path).expect("stdout");
+        assert_eq!(steps_in(&text).last(), Some(&40), "{text}");
+        if release {
+            std::fs::remove_file(dir.path().join(checkpoint::HOLD)).expect("release");
+            let status = child.wait().expect("wait");
+            assert!(status.success());
+            let text = std::fs::read_to_string(&out_path).expect("stdout");
+            assert_eq!(steps_in(&text), (1..=200).collect::<Vec<_>>());
+        } else {
+            // SAFETY: signalling our own child by its pid.
+            let rc = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+            assert_eq!(rc, 0);
+            let status = child.wait().expect("wait");
+            assert!(status.success());
+            let text = std::fs::read_to_string(&out_path).expect("stdout");
+            assert!(text.contains("stopped at step 40"), "{text}");
+            assert_eq!(
+                std::fs::read_to_string(dir.path().join(checkpoint::LATEST))
+                    .expect("latest")
+                    .trim(),
+                checkpoint::file_name(40)
+            );
+        }
     }
 }

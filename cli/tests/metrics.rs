@@ -148,12 +148,13 @@ async fn coordinators_and_agents_serve_metrics_that_match_the_api_and_pass_promt
         .await
         .expect("the leader's report");
     let text = until(
-        "the leader's metrics to show the running allocations",
+        "the leader's metrics to show the running allocations and the node's heartbeat",
         Duration::from_secs(20),
         || {
             let text = scrape(leader_metrics);
-            (sample(&text, "herd_allocations{status=\"running\"}") == Some(INSTANCES as f64))
-                .then_some(text)
+            let running = sample(&text, "herd_allocations{status=\"running\"}");
+            let heard = sample(&text, "herd_node_heartbeat_age_seconds{node=\"metered-1\"}");
+            (running == Some(INSTANCES as f64) && heard.is_some()).then_some(text)
         },
     )
     .await;
@@ -253,7 +254,7 @@ async fn coordinators_and_agents_serve_metrics_that_match_the_api_and_pass_promt
     assert!(
         must_sample(
             &agent_text,
-            "herd_agent_coordinator_calls_total{call=\"heartbeat\",outcome=\"ok\"}"
+            "herd_agent_coordinator_calls_total{call=\"register\",outcome=\"ok\"}"
         ) >= 1.0
     );
     assert!(must_sample(&agent_text, "herd_agent_gpu_power_limit_watts{gpu=\"0\"}") > 0.0);
@@ -274,14 +275,26 @@ async fn coordinators_and_agents_serve_metrics_that_match_the_api_and_pass_promt
     .await;
     assert!(after >= before + 1.0);
 
-    // Every scrape is valid exposition text, as promtool lints it.
-    let checked = [
+    let scrapes = [
         ("the leader", scrape(leader_metrics)),
         ("a follower", scrape(&metrics[&follower])),
         ("the agent", scrape(&agent_metrics)),
-    ]
-    .iter()
-    .all(|(what, text)| promtool_accepts(what, text));
+    ];
+    // Every metric exposed is documented.
+    let doc = include_str!("../../docs/metrics.md");
+    for (what, text) in &scrapes {
+        for name in text.lines().filter_map(|l| l.strip_prefix("# TYPE ")) {
+            let name = name.split_whitespace().next().unwrap_or_default();
+            assert!(
+                doc.contains(&format!("| `{name}` |")),
+                "{what} exposes {name}, which docs/metrics.md does not list"
+            );
+        }
+    }
+    // Every scrape is valid exposition text, as promtool lints it.
+    let checked = scrapes
+        .iter()
+        .all(|(what, text)| promtool_accepts(what, text));
     if !checked {
         skip_or_fail(
             "promtool is not installed (Debian's `prometheus` package): the metrics were not linted",

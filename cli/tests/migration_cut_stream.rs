@@ -16,7 +16,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -357,9 +357,12 @@ async fn a_stream_cut_mid_transfer_resumes_and_the_move_completes() {
         "{record:#}"
     );
     // The source resumed the transfer after the cut.
-    let m1_log = std::fs::read_to_string(&t.agents.agent("m1").expect("m1").log_path)
-        .expect("m1's log");
-    assert!(m1_log.contains("transfer cut; resuming"), "no resume in m1's log");
+    let m1_log =
+        std::fs::read_to_string(&t.agents.agent("m1").expect("m1").log_path).expect("m1's log");
+    assert!(
+        m1_log.contains("transfer cut; resuming"),
+        "no resume in m1's log"
+    );
 
     let m2_alloc = t
         .agents
@@ -422,7 +425,11 @@ async fn a_stream_cut_for_good_aborts_the_move_cleanly() {
         Vec::<PathBuf>::new()
     );
     assert!(
-        !m2_dir.join("allocs").join(&t.alloc).join("checkpoints").exists(),
+        !m2_dir
+            .join("allocs")
+            .join(&t.alloc)
+            .join("checkpoints")
+            .exists(),
         "m2 installed a checkpoint of an aborted move"
     );
 }

@@ -149,6 +149,9 @@ async fn the_leader_loop_defragments_by_itself_only_when_turned_on() {
     assert!((now - fr_after).abs() < 1e-9, "{run:#}");
     // The text form says what happened.
     let shown = must_cli_ok(&["--addr", &addr, "reschedule", "status"]);
-    assert!(shown.contains("last run") && shown.contains("fragment rate"), "{shown}");
+    assert!(
+        shown.contains("last run") && shown.contains("fragment rate"),
+        "{shown}"
+    );
     drop(agents);
 }

@@ -7,10 +7,10 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::Duration;
 
+use common::members::{must_see_voters, Member};
 use common::*;
 use herd_api::client::HerdClient;
 use herd_chaos::process_cluster::ProcessCluster;
@@ -19,108 +19,6 @@ use serde_json::Value;
 /// Registrations without agents send no heartbeats: a TTL long enough that
 /// no node is marked down during a test, on the old cluster and the new.
 const NO_TTL: [&str; 2] = ["--node-ttl-ms", "3600000"];
-
-/// A coordinator process this test starts itself (the harness's clusters
-/// bootstrap together; these start from a backup or join one). Killed on drop.
-struct Member {
-    id: u64,
-    addr: String,
-    data_dir: PathBuf,
-    log: PathBuf,
-    args: Vec<String>,
-    child: Option<Child>,
-}
-
-impl Member {
-    /// Starts `herd coordinator --id ID --listen ADDR --data-dir DIR EXTRA...`.
-    fn start(root: &Path, id: u64, addr: &str, extra: &[&str]) -> Self {
-        let mut member = Self {
-            id,
-            addr: addr.to_string(),
-            data_dir: root.join(format!("member-{id}")),
-            log: root.join(format!("member-{id}.log")),
-            args: extra.iter().map(|s| s.to_string()).collect(),
-            child: None,
-        };
-        member.spawn();
-        member
-    }
-
-    fn command_line(&self) -> Vec<String> {
-        let mut args = vec![
-            "coordinator".to_string(),
-            "--id".into(),
-            self.id.to_string(),
-            "--listen".into(),
-            self.addr.clone(),
-            "--data-dir".into(),
-            self.data_dir.display().to_string(),
-        ];
-        args.extend(NO_TTL.iter().map(|s| s.to_string()));
-        args.extend(self.args.iter().cloned());
-        args
-    }
-
-    fn spawn(&mut self) {
-        let log = std::fs::File::options()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .expect("open member log");
-        let child = Command::new(herd_bin())
-            .args(self.command_line())
-            .env("HERD_LOG", "info,openraft=warn,sled=warn,h2=warn")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("clone log"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn herd coordinator");
-        self.child = Some(child);
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Member {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// `herd cluster status -o json` from `addr`, once it names a leader and
-/// `voters` voters.
-async fn must_see_voters(addr: &str, voters: usize, members: &[&Member]) -> Value {
-    let found = until_or_none(Duration::from_secs(60), || {
-        let out = must_run_cli(&["--addr", addr, "cluster", "status", "-o", "json"]);
-        let status: Value = serde_json::from_slice(&out.stdout).ok()?;
-        let count = status["members"]
-            .as_array()?
-            .iter()
-            .filter(|m| m["voter"] == true)
-            .count();
-        (status["leader"].as_u64()? > 0 && count == voters).then_some(status)
-    })
-    .await;
-    found.unwrap_or_else(|| {
-        let logs: Vec<String> = members
-            .iter()
-            .map(|m| format!("--- member {} ---\n{}", m.id, m.log_text()))
-            .collect();
-        panic!(
-            "{addr} never reported a leader and {voters} voters\n{}",
-            logs.join("\n")
-        )
-    })
-}
 
 fn spec(name: &str, count: u32, cpu: u32) -> String {
     format!(
@@ -168,7 +66,10 @@ fn observed(addr: &str, keys: &[String]) -> Vec<(String, Vec<u8>)> {
         ),
     ];
     for key in keys {
-        seen.push((format!("var get {key}"), stdout_of(addr, &["var", "get", key])));
+        seen.push((
+            format!("var get {key}"),
+            stdout_of(addr, &["var", "get", key]),
+        ));
         seen.push((
             format!("var get {key} -o json"),
             stdout_of(addr, &["var", "get", key, "-o", "json"]),
@@ -252,35 +153,79 @@ async fn a_snapshot_restored_into_a_fresh_cluster_reads_the_same_byte_for_byte()
     assert!(saved["index"].as_u64().expect("index") > 0, "{saved}");
     assert!(saved["term"].as_u64().expect("term") > 0, "{saved}");
     assert!(
-        saved["checksum"].as_str().expect("checksum").starts_with("crc32c:"),
+        saved["checksum"]
+            .as_str()
+            .expect("checksum")
+            .starts_with("crc32c:"),
         "{saved}"
     );
     // Nothing moved while it was taken.
-    assert_same("the source during the backup", &before, &observed(&addr, &keys));
+    assert_same(
+        "the source during the backup",
+        &before,
+        &observed(&addr, &keys),
+    );
 
-    let inspected = json(&addr, &["operator", "snapshot", "inspect", &file.display().to_string()]);
+    let inspected = json(
+        &addr,
+        &[
+            "operator",
+            "snapshot",
+            "inspect",
+            &file.display().to_string(),
+        ],
+    );
     assert_eq!(inspected["index"], saved["index"], "{inspected}");
     assert_eq!(inspected["term"], saved["term"], "{inspected}");
     assert_eq!(inspected["checksum"], saved["checksum"], "{inspected}");
     assert_eq!(inspected["cluster_id"], source_id.as_str(), "{inspected}");
     assert_eq!(inspected["jobs"], 3, "{inspected}");
     assert_eq!(inspected["nodes"], 2, "{inspected}");
-    assert_eq!(inspected["variables"], 20, "{inspected}");
-    assert!(inspected["allocations"].as_u64().expect("allocs") >= 4, "{inspected}");
-    assert_eq!(inspected["file_bytes"].as_u64(), Some(on_disk), "{inspected}");
+    // Ours, and any the cluster keeps for itself (the rescheduler's record).
+    assert!(
+        inspected["variables"].as_u64().expect("variables") >= 20,
+        "{inspected}"
+    );
+    assert!(
+        inspected["allocations"].as_u64().expect("allocs") >= 4,
+        "{inspected}"
+    );
+    assert_eq!(
+        inspected["file_bytes"].as_u64(),
+        Some(on_disk),
+        "{inspected}"
+    );
 
     // A fresh cluster: its first member starts from the file, two join it.
     let addrs = ProcessCluster::pick_addrs(3).expect("addresses");
     let root = tempfile::tempdir().expect("tempdir");
     let file_arg = file.display().to_string();
-    let first = Member::start(root.path(), 1, &addrs[&1], &["--recover-from", &file_arg]);
+    let first = Member::start(
+        root.path(),
+        1,
+        &addrs[&1],
+        &["--recover-from", &file_arg, NO_TTL[0], NO_TTL[1]],
+    );
     must_see_voters(&first.addr, 1, &[&first]).await;
-    let second = Member::start(root.path(), 2, &addrs[&2], &["--join", &first.addr]);
-    let third = Member::start(root.path(), 3, &addrs[&3], &["--join", &first.addr]);
+    let second = Member::start(
+        root.path(),
+        2,
+        &addrs[&2],
+        &["--join", &first.addr, NO_TTL[0], NO_TTL[1]],
+    );
+    let third = Member::start(
+        root.path(),
+        3,
+        &addrs[&3],
+        &["--join", &first.addr, NO_TTL[0], NO_TTL[1]],
+    );
     let new_addr = format!("{},{},{}", addrs[&1], addrs[&2], addrs[&3]);
     let status = must_see_voters(&first.addr, 3, &[&first, &second, &third]).await;
     let new_id = status["cluster_id"].as_str().expect("new cluster id");
-    assert_ne!(new_id, source_id, "a restore starts a new cluster, with its own id");
+    assert_ne!(
+        new_id, source_id,
+        "a restore starts a new cluster, with its own id"
+    );
 
     let after = must_settle(&new_addr, &keys).await;
     assert_same("the restored cluster", &before, &after);
@@ -325,13 +270,21 @@ async fn a_cluster_that_lost_its_quorum_is_recovered_from_a_snapshot() {
         "x",
     )
     .await;
-    assert!(lost.is_err(), "a write succeeded without a quorum: {lost:?}");
+    assert!(
+        lost.is_err(),
+        "a write succeeded without a quorum: {lost:?}"
+    );
 
     // Recovery: a member on a new data dir starts from the backup alone.
     let addrs = ProcessCluster::pick_addrs(3).expect("addresses");
     let root = tempfile::tempdir().expect("tempdir");
     let file_arg = file.display().to_string();
-    let mut first = Member::start(root.path(), 1, &addrs[&1], &["--recover-from", &file_arg]);
+    let mut first = Member::start(
+        root.path(),
+        1,
+        &addrs[&1],
+        &["--recover-from", &file_arg, NO_TTL[0], NO_TTL[1]],
+    );
     must_see_voters(&first.addr, 1, &[&first]).await;
     let recovered = HerdClient::from_list(&first.addr).expect("client");
     must_read_all(&recovered, &acked, false).await;
@@ -348,15 +301,28 @@ async fn a_cluster_that_lost_its_quorum_is_recovered_from_a_snapshot() {
     first.spawn();
     must_see_voters(&first.addr, 1, &[&first]).await;
     assert_eq!(
-        get(&recovered, "after/recovery", false).await.expect("read").as_deref(),
+        get(&recovered, "after/recovery", false)
+            .await
+            .expect("read")
+            .as_deref(),
         Some("1"),
         "the restart restored the backup again over newer writes\n{}",
         first.log_text()
     );
 
     // The others join it as usual and the cluster is whole again.
-    let second = Member::start(root.path(), 2, &addrs[&2], &["--join", &first.addr]);
-    let third = Member::start(root.path(), 3, &addrs[&3], &["--join", &first.addr]);
+    let second = Member::start(
+        root.path(),
+        2,
+        &addrs[&2],
+        &["--join", &first.addr, NO_TTL[0], NO_TTL[1]],
+    );
+    let third = Member::start(
+        root.path(),
+        3,
+        &addrs[&3],
+        &["--join", &first.addr, NO_TTL[0], NO_TTL[1]],
+    );
     must_see_voters(&first.addr, 3, &[&first, &second, &third]).await;
     let whole = HerdClient::from_list(&format!("{},{},{}", addrs[&2], addrs[&3], addrs[&1]))
         .expect("client");
@@ -437,8 +403,27 @@ async fn damaged_files_and_data_dirs_with_state_are_refused_and_nothing_changes(
     let member_arg = member_dir.display().to_string();
     let member_addr = cluster.member(1).expect("member").addr.clone();
     let cluster_id = json(&addr, &["cluster", "status"])["cluster_id"].clone();
-    cluster.kill(1).expect("kill");
     let good_arg = good.display().to_string();
+    // While the member runs on it, its store is locked: refused too.
+    let out = must_run_cli(&[
+        "operator",
+        "snapshot",
+        "restore",
+        &good_arg,
+        "--data-dir",
+        &member_arg,
+        "--id",
+        "1",
+        "--advertise",
+        &member_addr,
+        "--force",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("stop it first"),
+        "{err}"
+    );
+    cluster.kill(1).expect("kill");
     let restore = [
         "operator",
         "snapshot",
@@ -453,7 +438,9 @@ async fn damaged_files_and_data_dirs_with_state_are_refused_and_nothing_changes(
     ];
     let err = must_refuse(&restore);
     assert!(
-        err.contains("already holds Raft state") && err.contains(&member_arg) && err.contains("--force"),
+        err.contains("already holds Raft state")
+            && err.contains(&member_arg)
+            && err.contains("--force"),
         "{err}"
     );
     let err = must_refuse(&[

@@ -88,10 +88,7 @@ pub fn seed(store: &dyn KvStore, seed: Seed) -> Result<(), ConsensusError> {
     } = seed;
     let voters: BTreeSet<NodeId> = [member].into_iter().collect();
     let nodes: BTreeMap<NodeId, BasicNode> = [(member, BasicNode::new(addr))].into_iter().collect();
-    let membership = StoredMembership::new(
-        Some(last_log_id),
-        Membership::new(vec![voters], nodes),
-    );
+    let membership = StoredMembership::new(Some(last_log_id), Membership::new(vec![voters], nodes));
     let data = encode_snapshot_body(pairs.clone())?;
     let meta = SnapshotMeta {
         last_log_id: Some(last_log_id),

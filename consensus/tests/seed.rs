@@ -65,7 +65,11 @@ async fn a_seeded_store_starts_a_one_member_cluster_after_the_snapshot() {
     assert_eq!(app.read().expect("lock").pairs, snapshot_pairs);
     assert_eq!(app.read().expect("lock").applied_to, 500);
     let identity = Arc::new(ClusterIdentity::new(1, None));
-    let network = NetworkFactory::new(identity, Arc::new(PeerHealth::default()), DialMap::default());
+    let network = NetworkFactory::new(
+        identity,
+        Arc::new(PeerHealth::default()),
+        DialMap::default(),
+    );
     let config = RaftTuning::default().to_openraft().expect("config");
     let log = LogStore::new(store.clone());
     log.forget_leadership().expect("forget");
@@ -79,7 +83,11 @@ async fn a_seeded_store_starts_a_one_member_cluster_after_the_snapshot() {
         .expect("leader");
     assert!(metrics.current_term > 7, "term {}", metrics.current_term);
     assert_eq!(
-        metrics.membership_config.membership().voter_ids().collect::<Vec<_>>(),
+        metrics
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect::<Vec<_>>(),
         vec![1]
     );
     assert_eq!(metrics.snapshot, Some(at));
@@ -90,15 +98,14 @@ async fn a_seeded_store_starts_a_one_member_cluster_after_the_snapshot() {
         .await
         .expect("write");
     assert!(written.log_id.index > 500, "{:?}", written.log_id);
-    let app = app.read().expect("lock");
-    assert!(app.pairs.starts_with(&snapshot_pairs));
+    let pairs = app.read().expect("lock").pairs.clone();
+    assert!(pairs.starts_with(&snapshot_pairs));
     assert_eq!(
-        app.pairs.last(),
+        pairs.last(),
         Some(&(
             format!("cmd/{}", written.log_id.index).into_bytes(),
             b"hello".to_vec()
         ))
     );
-    drop(app);
     raft.shutdown().await.expect("shutdown");
 }

@@ -8,9 +8,10 @@
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Instant;
 
 use http_body::{Body, Frame, SizeHint};
+// The runtime's clock: the deterministic simulation drives it.
+use tokio::time::Instant;
 use tonic::codegen::http::HeaderMap;
 use tonic::Code;
 

@@ -77,7 +77,7 @@ pub fn counter_family<L: EncodeLabelSet, V: EncodeCounterValue>(
 }
 
 /// Writes `metric` (a histogram or a family of them, kept elsewhere) under
-/// `name`.
+/// `name`; nothing for a family with no member yet.
 pub fn metric(
     encoder: &mut DescriptorEncoder,
     name: &str,
@@ -85,6 +85,9 @@ pub fn metric(
     unit: Option<&Unit>,
     metric: &impl EncodeMetric,
 ) -> std::fmt::Result {
+    if metric.is_empty() {
+        return Ok(());
+    }
     let out = encoder.encode_descriptor(name, help, unit, metric.metric_type())?;
     metric.encode(out)
 }

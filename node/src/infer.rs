@@ -8,19 +8,26 @@
 //! usage, here or, through that node's agent, on another node. Either way
 //! the stream is checked to carry every position once, in order, and its
 //! first token names the allocation and node that served it.
+//!
+//! A request migrated away while it runs ([`crate::serve::request_migration`])
+//! ends its engine's stream with a `moved` message: the agent the client
+//! entered at follows it to the target's agent (asking for the handoff) and
+//! goes on relaying, positions still checked end to end; an agent relaying
+//! for another (`pass_moves`) passes the message on instead.
 
 use std::pin::Pin;
 
 use futures::{Stream, StreamExt};
 use herd_actors::inference::{wire, MAX_REQUEST_TOKENS};
 use herd_api::proto::agent::node_agent_client::NodeAgentClient;
-use herd_api::proto::agent::{InferRequest, InferToken};
+use herd_api::proto::agent::{InferRequest, InferToken, RequestMoved};
 use herd_api::proto::inference::inference_engine_client::InferenceEngineClient;
 use herd_api::proto::inference::GenerateRequest;
 use tonic::Status;
 
-use crate::engines::{connect_lazy, Engines};
+use crate::engines::Engines;
 use crate::serve::fleet::Fleet;
+use crate::serve::request_migration::{agent_channel, relayed_tokens, RequestMoves};
 
 /// The tokens of one request.
 pub type InferStream = Pin<Box<dyn Stream<Item = Result<InferToken, Status>> + Send>>;
@@ -42,6 +49,7 @@ pub struct Inference {
     engines: Engines,
     fleet: Option<Fleet>,
     stats: Option<std::sync::Arc<crate::metrics::AgentStats>>,
+    moves: RequestMoves,
 }
 
 fn check(request: &InferRequest) -> Result<(), Status> {
@@ -68,7 +76,18 @@ impl Inference {
             engines,
             fleet,
             stats: None,
+            moves: RequestMoves::default(),
         }
+    }
+
+    /// This agent's node name.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// What this agent remembers of request migrations.
+    pub fn moves(&self) -> &RequestMoves {
+        &self.moves
     }
 
     /// Counts each request's outcome into `stats` (the agent's metrics).
@@ -95,7 +114,20 @@ impl Inference {
     /// [`Inference::infer`], saying where the request runs before its
     /// first token.
     pub async fn dispatch(&self, request: InferRequest) -> Result<(Served, InferStream), Status> {
-        let result = self.route(request).await;
+        let (pass_moves, resuming) = (request.pass_moves, !request.resume.is_empty());
+        let result = self.route(request).await.map(|(served, stream)| {
+            let stream = if pass_moves {
+                stream
+            } else {
+                self.follow(stream)
+            };
+            if resuming {
+                // Starts where the source stopped: the entry checks it.
+                (served, stream)
+            } else {
+                (served.clone(), in_order(stream, served))
+            }
+        });
         if let Some(stats) = &self.stats {
             stats.inference(match &result {
                 Ok((served, _)) if served.node == self.node => "local",
@@ -108,6 +140,22 @@ impl Inference {
 
     /// [`Inference::dispatch`], uncounted.
     async fn route(&self, request: InferRequest) -> Result<(Served, InferStream), Status> {
+        if !request.resume.is_empty() {
+            let stream = self
+                .moves
+                .take_handoff(&request.resume, &request.alloc_id)
+                .ok_or_else(|| {
+                    Status::not_found(format!(
+                        "no migrated request {:?} of allocation {:?} waits here",
+                        request.resume, request.alloc_id
+                    ))
+                })?;
+            let served = Served {
+                alloc_id: request.alloc_id,
+                node: self.node.clone(),
+            };
+            return Ok((served, stream));
+        }
         check(&request)?;
         if !request.alloc_id.is_empty() {
             return self.local(request).await;
@@ -123,6 +171,7 @@ impl Inference {
         let instance = fleet.choose(&request.job, request.prompt_tokens, request.max_tokens)?;
         let request = InferRequest {
             alloc_id: instance.alloc_id.clone(),
+            pass_moves: true,
             ..request
         };
         if instance.node == self.node {
@@ -140,14 +189,14 @@ impl Inference {
             .into_inner();
         let (node, agent_addr) = (served.node.clone(), agent.clone());
         let stream = tokens.map(move |t| t.map_err(|s| relayed(&node, &agent_addr, s)));
-        Ok((served.clone(), in_order(Box::pin(stream), served)))
+        Ok((served, Box::pin(stream)))
     }
 
     /// Runs `request` on an engine of this node: the one of its
     /// `alloc_id`, else the least loaded of its `job`.
     async fn local(&self, request: InferRequest) -> Result<(Served, InferStream), Status> {
         let engine = self.engines.find(&request.alloc_id, &request.job)?;
-        let channel = connect_lazy(&engine.addr)?;
+        let channel = crate::engines::connect_lazy(&engine.addr)?;
         let tokens = InferenceEngineClient::new(channel)
             .generate(GenerateRequest {
                 prompt_tokens: request.prompt_tokens,
@@ -168,21 +217,52 @@ impl Inference {
             alloc_id: engine.alloc_id,
             node: self.node.clone(),
         };
-        let id = served.alloc_id.clone();
-        let stream = tokens.map(move |token| {
-            token
-                .map(|t| InferToken {
-                    index: t.index,
-                    at_us: t.at_us,
-                    ttft_us: t.ttft_us,
-                    alloc_id: String::new(),
-                    node: String::new(),
-                })
-                .map_err(|s| {
-                    Status::unavailable(format!("inference engine of {id}: {}", s.message()))
-                })
-        });
-        Ok((served.clone(), in_order(Box::pin(stream), served)))
+        let stream = relayed_tokens(tokens, served.alloc_id.clone(), self.moves.clone());
+        Ok((served, stream))
+    }
+
+    /// `tokens` followed across request migrations: a `moved` message is
+    /// replaced by the rest of the request, asked of the target's agent.
+    fn follow(&self, tokens: InferStream) -> InferStream {
+        let this = self.clone();
+        Box::pin(futures::stream::unfold(
+            (tokens, this, false),
+            |(mut current, this, done)| async move {
+                if done {
+                    return None;
+                }
+                loop {
+                    match current.next().await? {
+                        Ok(InferToken {
+                            moved: Some(moved), ..
+                        }) => match this.resume(&moved).await {
+                            Ok(rest) => current = rest,
+                            Err(e) => return Some((Err(e), (current, this, true))),
+                        },
+                        other => return Some((other, (current, this, false))),
+                    }
+                }
+            },
+        ))
+    }
+
+    /// The rest of a migrated request, from its target's agent.
+    async fn resume(&self, moved: &RequestMoved) -> Result<InferStream, Status> {
+        let request = InferRequest {
+            alloc_id: moved.alloc_id.clone(),
+            resume: moved.handoff.clone(),
+            pass_moves: true,
+            ..Default::default()
+        };
+        let (node, agent) = (moved.node.clone(), moved.agent.clone());
+        let tokens = NodeAgentClient::new(agent_channel(self, &moved.agent)?)
+            .infer(request)
+            .await
+            .map_err(|s| relayed(&node, &agent, s))?
+            .into_inner();
+        Ok(Box::pin(
+            tokens.map(move |t| t.map_err(|s| relayed(&node, &agent, s))),
+        ))
     }
 }
 
@@ -207,6 +287,8 @@ pub fn in_order(tokens: InferStream, served: Served) -> InferStream {
             return futures::future::ready(None);
         }
         futures::future::ready(Some(match token {
+            // Not a token: passed on to the relay that follows it.
+            Ok(t) if t.moved.is_some() => Ok(t),
             Ok(mut t) if t.index == next => {
                 if next == 0 {
                     t.alloc_id = served.alloc_id.clone();

@@ -289,8 +289,10 @@ where
         balance.clone(),
     );
     let http_addr = http_listener.as_ref().map(|(_, bound)| *bound);
-    let http_server = http_listener.map(|(listener, _)| serve::http::spawn(listener, inference));
-    let peer = migrate::AgentPeerService::new(incoming_migrations.clone(), balance);
+    let http_server =
+        http_listener.map(|(listener, _)| serve::http::spawn(listener, inference.clone()));
+    let peer = migrate::AgentPeerService::new(incoming_migrations.clone(), balance)
+        .with_requests(inference.clone());
     let metrics_server = match metrics_listener {
         Some(listener) => {
             match metrics::serve(listener, root.clone(), stats, &grpc_metrics, drivers) {

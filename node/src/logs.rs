@@ -77,6 +77,15 @@ impl<L: LogLocator> NodeAgent for NodeAgentService<L> {
         }))
     }
 
+    async fn migrate_request(
+        &self,
+        request: Request<herd_api::proto::agent::MigrateRequestRequest>,
+    ) -> Result<Response<herd_api::proto::agent::MigrateRequestReply>, Status> {
+        crate::serve::request_migration::serve_migrate(&self.inference, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
     async fn balance_status(
         &self,
         _request: Request<BalanceStatusRequest>,

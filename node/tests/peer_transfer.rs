@@ -723,3 +723,53 @@ async fn a_cut_stream_is_never_taken_for_a_finished_one() {
     assert!(status.files[0].complete);
     assert!(!status.progress.complete, "{:?}", status.progress);
 }
+
+#[tokio::test]
+async fn endpoints_readied_early_serve_the_prepare_and_a_revoke_waits_for_them() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let registry = IncomingRegistry::new();
+    let target = serve(&registry).await;
+    let mut peer = client(&target);
+    // Readying takes 300 ms and counts its calls and ends.
+    let calls = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicU64::new(0));
+    let with_endpoints = |id: &str| {
+        let mut incoming = migration(id, &tmp.path().join(id));
+        let (counted, finished) = (calls.clone(), done.clone());
+        incoming.endpoints = Some(Arc::new(move || {
+            counted.fetch_add(1, Ordering::SeqCst);
+            let finished = finished.clone();
+            Box::pin(async move {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                finished.fetch_add(1, Ordering::SeqCst);
+                Ok(("127.0.0.1:4444".to_string(), BTreeMap::new()))
+            })
+        }));
+        incoming
+    };
+
+    // Readied at authorization; the prepare that comes meanwhile waits for
+    // that readiness instead of starting another.
+    registry.authorize(with_endpoints(ID));
+    registry.ready_early(ID);
+    let reply = transfer::prepare(&mut peer, &prepare_request(ID))
+        .await
+        .expect("prepare");
+    assert_eq!(reply.endpoint, "127.0.0.1:4444");
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "readied once");
+
+    // A revoke while the readiness runs returns only once it ended, so the
+    // caller finds what it started and stops it.
+    registry.authorize(with_endpoints("m-early"));
+    registry.ready_early("m-early");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(done.load(Ordering::SeqCst), 1, "the second is in flight");
+    assert!(registry.revoke("m-early").await.expect("revoke"));
+    assert_eq!(done.load(Ordering::SeqCst), 2, "revoke waited for it");
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    // Without endpoints, nothing is readied.
+    registry.authorize(migration("m-none", &tmp.path().join("none")));
+    registry.ready_early("m-none");
+    registry.ready_early("m-unknown");
+    assert!(registry.revoke("m-none").await.expect("revoke"));
+}

@@ -222,7 +222,7 @@ pub fn solve(problem: &Problem, window: Duration) -> Result<Answer, FallbackErro
     }
     // Capacity, per node and dimension, after the moves (phase 1) and
     // after the evictions and placements (phase 2).
-    for n in 0..nodes {
+    for (n, (node, kn)) in problem.nodes.iter().zip(&k).enumerate() {
         for r in 0..DIMS {
             let mut phase1: Vec<(highs::Col, f64)> = Vec::new();
             for (w, work) in problem.work.iter().enumerate() {
@@ -239,7 +239,7 @@ pub fn solve(problem: &Problem, window: Duration) -> Result<Answer, FallbackErro
                     }
                 }
             }
-            let free = problem.nodes[n].free[r] as f64;
+            let free = node.free[r] as f64;
             let mut phase2 = phase1.clone();
             for (w, work) in problem.work.iter().enumerate() {
                 if let (true, Some(c)) = (work.node == n, e[w]) {
@@ -248,7 +248,7 @@ pub fn solve(problem: &Problem, window: Duration) -> Result<Answer, FallbackErro
                     }
                 }
             }
-            if let Some(c) = k[n] {
+            if let Some(c) = *kn {
                 if problem.demand[r] > 0 {
                     phase2.push((c, problem.demand[r] as f64));
                 }
@@ -257,7 +257,7 @@ pub fn solve(problem: &Problem, window: Duration) -> Result<Answer, FallbackErro
                 pb.add_row(..=free, &phase1);
             }
             // Without instances here, evictions only loosen phase 1.
-            if k[n].is_some() && problem.demand[r] > 0 {
+            if kn.is_some() && problem.demand[r] > 0 {
                 pb.add_row(..=free, &phase2);
             }
         }
@@ -366,9 +366,9 @@ pub fn order_moves(
             let work = &problem.work[w];
             let fits = (0..DIMS).all(|r| free[d][r] >= i128::from(work.demand[r]));
             if fits {
-                for r in 0..DIMS {
-                    free[d][r] -= i128::from(work.demand[r]);
-                    free[work.node][r] += i128::from(work.demand[r]);
+                for (r, &dem) in work.demand.iter().enumerate() {
+                    free[d][r] -= i128::from(dem);
+                    free[work.node][r] += i128::from(dem);
                 }
                 ordered.push((w, d));
             }
@@ -423,25 +423,25 @@ mod tests {
         for &(w, d) in &found.moves {
             let work = &problem.work[w];
             assert!(work.move_to.contains(&d), "{} may not go to {d}", work.id);
-            for r in 0..DIMS {
-                free[d][r] -= i128::from(work.demand[r]);
+            for (r, &dem) in work.demand.iter().enumerate() {
+                free[d][r] -= i128::from(dem);
                 assert!(free[d][r] >= 0, "move {} overfills node {d}", work.id);
-                free[work.node][r] += i128::from(work.demand[r]);
+                free[work.node][r] += i128::from(dem);
             }
         }
         for &w in &found.evictions {
             let work = &problem.work[w];
             assert!(work.evictable, "{} may not be evicted", work.id);
             assert!(!found.moves.iter().any(|&(x, _)| x == w));
-            for r in 0..DIMS {
-                free[work.node][r] += i128::from(work.demand[r]);
+            for (slot, &dem) in free[work.node].iter_mut().zip(&work.demand) {
+                *slot += i128::from(dem);
             }
         }
         for &(n, count) in &found.placed {
             assert!(problem.nodes[n].takes_instances);
-            for r in 0..DIMS {
-                free[n][r] -= i128::from(problem.demand[r]) * i128::from(count);
-                assert!(free[n][r] >= 0, "node {n} overfilled by the placements");
+            for (slot, &dem) in free[n].iter_mut().zip(&problem.demand) {
+                *slot -= i128::from(dem) * i128::from(count);
+                assert!(*slot >= 0, "node {n} overfilled by the placements");
             }
         }
     }
@@ -454,10 +454,7 @@ mod tests {
     fn a_move_makes_room_where_nothing_fits_and_beats_an_eviction() {
         let problem = Problem {
             nodes: vec![node("a", 2, true), node("b", 2, true)],
-            work: vec![
-                work("x", 0, 2, &[1], true),
-                work("y", 1, 2, &[0], true),
-            ],
+            work: vec![work("x", 0, 2, &[1], true), work("y", 1, 2, &[0], true)],
             instances: 1,
             demand: [4, 1, 0],
             all_or_nothing: false,
@@ -503,10 +500,7 @@ mod tests {
         let problem = Problem {
             // a: x (2) on it, 0 free; b: y (2), 0 free; c: 2 free.
             nodes: vec![node("a", 0, true), node("b", 0, false), node("c", 2, false)],
-            work: vec![
-                work("x", 0, 2, &[1], false),
-                work("y", 1, 2, &[2], false),
-            ],
+            work: vec![work("x", 0, 2, &[1], false), work("y", 1, 2, &[2], false)],
             instances: 1,
             demand: [2, 1, 0],
             all_or_nothing: false,

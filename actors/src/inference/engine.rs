@@ -195,6 +195,38 @@ pub struct ExportedRequest {
     pub ttft_us: Option<u64>,
 }
 
+/// What a migrating request resumes from on its target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KvState {
+    /// Seed of its KV content (kept across engines so bytes verify).
+    pub seed: u64,
+    /// The request.
+    pub spec: RequestSpec,
+    /// Tokens generated so far (the next one has this position).
+    pub generated: u32,
+    /// KV entries held.
+    pub cached_tokens: u32,
+    /// TTFT already observed.
+    pub ttft_us: Option<u64>,
+    /// Bytes of one token's KV entry.
+    pub bytes_per_token: usize,
+}
+
+/// One migration stage's blocks, from an engine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KvExport {
+    /// Index of the first block in `data`.
+    pub from_block: u32,
+    /// The blocks, one after the other.
+    pub data: Vec<u8>,
+    /// How many.
+    pub blocks: u32,
+    /// KV entries the request holds now.
+    pub cached_tokens: u32,
+    /// With a freeze: the state to resume from.
+    pub state: Option<KvState>,
+}
+
 #[derive(Debug)]
 struct Request {
     seed: u64,
@@ -208,6 +240,9 @@ struct Request {
     submitted_us: u64,
     ttft_us: Option<u64>,
     preemptions: u32,
+    /// Stopped for the last stage of a migration: holds its blocks but is
+    /// not scheduled.
+    frozen: bool,
 }
 
 impl Request {
@@ -237,6 +272,8 @@ pub struct Engine {
     host_used: u32,
     preemptions_total: u64,
     completed_total: u64,
+    /// Blocks staged for incoming request migrations, by migration id.
+    staged: HashMap<String, Vec<BlockId>>,
 }
 
 impl Engine {
@@ -253,6 +290,7 @@ impl Engine {
             host_used: 0,
             preemptions_total: 0,
             completed_total: 0,
+            staged: HashMap::new(),
         }
     }
 
@@ -310,6 +348,7 @@ impl Engine {
                 submitted_us: now,
                 ttft_us: None,
                 preemptions: 0,
+                frozen: false,
             },
         );
         Ok(id)
@@ -349,7 +388,7 @@ impl Engine {
         let mut ids: Vec<(_, RequestId)> = self
             .requests
             .iter()
-            .filter(|(_, r)| r.phase == phase)
+            .filter(|(_, r)| r.phase == phase && !r.frozen)
             .map(|(id, r)| (r.rank(), *id))
             .collect();
         ids.sort();
@@ -751,6 +790,215 @@ impl Engine {
                 submitted_us: now,
                 ttft_us: exported.ttft_us,
                 preemptions: 0,
+                frozen: false,
+            },
+        );
+        Ok(id)
+    }
+
+    /// A migration stage: the KV blocks of running request `id` from
+    /// `from_block` on. Without `freeze` only full blocks (immutable while
+    /// it decodes); with `freeze` the request stops decoding first, and
+    /// every block it holds comes with the state to resume it from.
+    pub fn export_kv(
+        &mut self,
+        id: RequestId,
+        from_block: u32,
+        freeze: bool,
+    ) -> Result<KvExport, EngineError> {
+        let block_bytes = self.pool.block_bytes();
+        let request = self
+            .requests
+            .get_mut(&id)
+            .ok_or(EngineError::UnknownRequest(id))?;
+        if request.phase != Phase::Running || request.host.is_some() {
+            return Err(EngineError::Migration(format!(
+                "request {id} is {:?}, only a running request migrates",
+                request.phase
+            )));
+        }
+        if freeze {
+            request.frozen = true;
+        }
+        let end = if freeze {
+            blocks_for(request.cached)
+        } else {
+            request.cached / BLOCK_TOKENS
+        };
+        let end = end.min(request.table.len());
+        let from = (from_block as usize).min(end);
+        let mut data = Vec::with_capacity((end - from) * block_bytes);
+        for &block in &request.table[from..end] {
+            data.extend_from_slice(self.pool.block(block));
+        }
+        let state = freeze.then(|| KvState {
+            seed: request.seed,
+            spec: request.spec,
+            generated: request.generated,
+            cached_tokens: request.cached as u32,
+            ttft_us: request.ttft_us,
+            bytes_per_token: self.pool.bytes_per_token(),
+        });
+        Ok(KvExport {
+            from_block: from as u32,
+            data,
+            blocks: (end - from) as u32,
+            cached_tokens: request.cached as u32,
+            state,
+        })
+    }
+
+    /// Gives a migration up on the source: frozen request `id` decodes
+    /// again where it stopped.
+    pub fn thaw(&mut self, id: RequestId) -> Result<(), EngineError> {
+        let request = self
+            .requests
+            .get_mut(&id)
+            .ok_or(EngineError::UnknownRequest(id))?;
+        request.frozen = false;
+        Ok(())
+    }
+
+    /// Commits a migration on the source: frozen request `id` leaves this
+    /// engine and its blocks are freed; returns how many.
+    pub fn release_frozen(&mut self, id: RequestId) -> Result<u32, EngineError> {
+        match self.requests.get(&id) {
+            None => return Err(EngineError::UnknownRequest(id)),
+            Some(r) if !r.frozen => {
+                return Err(EngineError::Migration(format!(
+                    "request {id} is not frozen for a migration"
+                )))
+            }
+            Some(_) => {}
+        }
+        let request = self
+            .requests
+            .remove(&id)
+            .ok_or(EngineError::UnknownRequest(id))?;
+        let blocks = request.table.len() as u32;
+        self.release(request);
+        Ok(blocks)
+    }
+
+    /// Stages blocks of incoming migration `migration` into free blocks of
+    /// this engine; they must follow what is staged (`from_block`).
+    /// Returns the blocks staged so far.
+    pub fn stage_kv(
+        &mut self,
+        migration: &str,
+        from_block: u32,
+        data: &[u8],
+    ) -> Result<u32, EngineError> {
+        let block_bytes = self.pool.block_bytes();
+        if data.len() % block_bytes != 0 {
+            return Err(EngineError::Migration(format!(
+                "{} bytes is not a whole number of {block_bytes}-byte blocks",
+                data.len()
+            )));
+        }
+        let held = self.staged.get(migration).map_or(0, Vec::len);
+        if from_block as usize != held {
+            return Err(EngineError::Migration(format!(
+                "blocks from {from_block} sent, {held} staged for migration {migration}"
+            )));
+        }
+        let n = data.len() / block_bytes;
+        let table = self.pool.allocate(n).ok_or(EngineError::NoFreeBlocks {
+            needed: n as u64,
+            free: self.pool.free() as u64,
+        })?;
+        for (chunk, &block) in data.chunks(block_bytes).zip(&table) {
+            self.pool.write_block(block, chunk);
+        }
+        let staged = self.staged.entry(migration.to_string()).or_default();
+        staged.extend(table);
+        Ok(staged.len() as u32)
+    }
+
+    /// Drops what is staged for `migration`; returns the blocks freed.
+    pub fn abort_import(&mut self, migration: &str) -> u32 {
+        let table = self.staged.remove(migration).unwrap_or_default();
+        let n = table.len() as u32;
+        self.pool.release(table);
+        n
+    }
+
+    /// Ends migration `migration` on the target: its staged blocks, checked
+    /// byte for byte, become a running request in `state`, decoding from
+    /// its next token at `now`. Any failure frees what was staged.
+    pub fn resume_imported(
+        &mut self,
+        migration: &str,
+        state: KvState,
+        now: u64,
+    ) -> Result<RequestId, EngineError> {
+        let table = self.staged.remove(migration).unwrap_or_default();
+        match self.resume_checked(table.clone(), migration, state, now) {
+            Ok(id) => Ok(id),
+            Err(e) => {
+                self.pool.release(table);
+                Err(e)
+            }
+        }
+    }
+
+    fn resume_checked(
+        &mut self,
+        mut table: Vec<BlockId>,
+        migration: &str,
+        state: KvState,
+        now: u64,
+    ) -> Result<RequestId, EngineError> {
+        self.check(&state.spec)?;
+        let cached = state.cached_tokens as usize;
+        if state.bytes_per_token != self.pool.bytes_per_token() {
+            return Err(EngineError::Import(format!(
+                "{} bytes per token, this engine uses {}",
+                state.bytes_per_token,
+                self.pool.bytes_per_token()
+            )));
+        }
+        if cached == 0
+            || state.generated >= state.spec.max_tokens
+            || cached + 1 != state.spec.prompt_tokens as usize + state.generated as usize
+            || table.len() != blocks_for(cached)
+        {
+            return Err(EngineError::Import(format!(
+                "inconsistent state for migration {migration}: {} blocks staged for {cached}                  tokens, {} of {} generated",
+                table.len(),
+                state.generated,
+                state.spec.max_tokens
+            )));
+        }
+        if !self.pool.verify(&table, state.seed, cached) {
+            return Err(EngineError::Migration(format!(
+                "the KV bytes of migration {migration} do not verify"
+            )));
+        }
+        let extra = blocks_for(cached + 1) - table.len();
+        let mut more = self.pool.allocate(extra).ok_or(EngineError::NoFreeBlocks {
+            needed: extra as u64,
+            free: self.pool.free() as u64,
+        })?;
+        table.append(&mut more);
+        let id = self.next_id;
+        self.next_id += 1;
+        let seq = self.take_seq();
+        self.requests.insert(
+            id,
+            Request {
+                seed: state.seed,
+                spec: state.spec,
+                seq,
+                phase: Phase::Running,
+                generated: state.generated,
+                cached,
+                table,
+                host: None,
+                submitted_us: now,
+                ttft_us: state.ttft_us,
+                preemptions: 0,
+                frozen: false,
             },
         );
         Ok(id)

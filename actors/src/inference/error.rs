@@ -36,6 +36,9 @@ pub enum EngineError {
     /// An imported request does not match this engine (block size, bytes).
     #[error("cannot import the request: {0}")]
     Import(String),
+    /// A request migration step does not apply (phase, order, bytes).
+    #[error("request migration: {0}")]
+    Migration(String),
     /// Not enough free blocks right now (imports do not preempt).
     #[error("not enough free KV blocks: {needed} needed, {free} free")]
     NoFreeBlocks {

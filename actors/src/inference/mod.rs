@@ -28,8 +28,8 @@ pub mod wire;
 mod tests;
 
 pub use engine::{
-    Engine, EngineConfig, EngineStats, ExportedRequest, Phase, PreemptionMode, Priority, RequestId,
-    RequestProgress, RequestSpec, StepReport, TokenEvent, MAX_REQUEST_TOKENS,
+    Engine, EngineConfig, EngineStats, ExportedRequest, KvExport, KvState, Phase, PreemptionMode,
+    Priority, RequestId, RequestProgress, RequestSpec, StepReport, TokenEvent, MAX_REQUEST_TOKENS,
 };
 pub use error::EngineError;
 pub use settings::{EngineSettings, SettingsError};

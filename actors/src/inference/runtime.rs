@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::engine::{Engine, EngineConfig, EngineStats, RequestId, RequestSpec, TokenEvent};
+use super::engine::{
+    Engine, EngineConfig, EngineStats, KvExport, KvState, RequestId, RequestSpec, TokenEvent,
+};
 use super::error::EngineError;
 
 /// Requests queued to the engine task before `generate` waits.
@@ -19,11 +21,74 @@ pub type TokenStream = mpsc::UnboundedReceiver<TokenEvent>;
 
 type Reply = oneshot::Sender<Result<TokenStream, EngineError>>;
 
+/// A step of a request migration, run by the engine task between steps.
+#[derive(Debug, Clone)]
+pub enum KvOp {
+    /// [`Engine::export_kv`].
+    Export {
+        /// The request.
+        id: RequestId,
+        /// First block wanted.
+        from_block: u32,
+        /// Stop it first (the last stage).
+        freeze: bool,
+    },
+    /// [`Engine::thaw`].
+    Thaw(RequestId),
+    /// [`Engine::release_frozen`]; its token stream ends.
+    Release(RequestId),
+    /// [`Engine::stage_kv`].
+    Stage {
+        /// The migration.
+        migration: String,
+        /// Index of the first block in `data`.
+        from_block: u32,
+        /// Whole blocks.
+        data: Vec<u8>,
+    },
+    /// [`Engine::resume_imported`]; its tokens stream from then on.
+    Resume {
+        /// The migration.
+        migration: String,
+        /// What it resumes from.
+        state: KvState,
+    },
+    /// [`Engine::abort_import`].
+    AbortImport(String),
+}
+
+/// What a [`KvOp`] gave.
+#[derive(Debug)]
+pub enum KvOutcome {
+    /// Exported blocks.
+    Blocks(KvExport),
+    /// Blocks staged, freed or nothing to report.
+    Count(u32),
+    /// The resumed request and its tokens.
+    Resumed(RequestId, TokenStream),
+}
+
+type KvReply = oneshot::Sender<Result<KvOutcome, EngineError>>;
+
+enum Command {
+    Generate(RequestSpec, Reply),
+    Kv(KvOp, KvReply),
+}
+
 /// A handle on a running engine task; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct EngineHandle {
-    submit: mpsc::Sender<(RequestSpec, Reply)>,
+    submit: mpsc::Sender<Command>,
     stats: watch::Receiver<EngineStats>,
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Command::Generate(spec, _) => write!(f, "Generate({spec:?})"),
+            Command::Kv(op, _) => write!(f, "Kv({op:?})"),
+        }
+    }
 }
 
 /// Why the engine task could not take a request.
@@ -52,7 +117,17 @@ impl EngineHandle {
     pub async fn generate(&self, spec: RequestSpec) -> Result<TokenStream, RuntimeError> {
         let (reply, answer) = oneshot::channel();
         self.submit
-            .send((spec, reply))
+            .send(Command::Generate(spec, reply))
+            .await
+            .map_err(|_| RuntimeError::Stopped)?;
+        Ok(answer.await.map_err(|_| RuntimeError::Stopped)??)
+    }
+
+    /// Runs one step of a request migration between engine steps.
+    pub async fn kv(&self, op: KvOp) -> Result<KvOutcome, RuntimeError> {
+        let (reply, answer) = oneshot::channel();
+        self.submit
+            .send(Command::Kv(op, reply))
             .await
             .map_err(|_| RuntimeError::Stopped)?;
         Ok(answer.await.map_err(|_| RuntimeError::Stopped)??)
@@ -71,14 +146,17 @@ fn scaled(us: u64, scale: f64) -> Duration {
 async fn run(
     mut engine: Engine,
     scale: f64,
-    mut requests: mpsc::Receiver<(RequestSpec, Reply)>,
+    mut requests: mpsc::Receiver<Command>,
     stats: watch::Sender<EngineStats>,
 ) {
     let mut streams: HashMap<RequestId, mpsc::UnboundedSender<TokenEvent>> = HashMap::new();
     // The modelled clock (µs): advanced by steps, and by idle real time.
     let mut now: u64 = 0;
+    // Whether the last step did nothing (only frozen requests): wait for a
+    // command instead of spinning.
+    let mut stalled = false;
     loop {
-        if engine.is_idle() {
+        if engine.is_idle() || stalled {
             let idle_from = Instant::now();
             let Some(first) = requests.recv().await else {
                 return;
@@ -92,6 +170,7 @@ async fn run(
             accept(&mut engine, &mut streams, request, now);
         }
         let report = engine.step(now);
+        stalled = report.duration_us == 0 && report.tokens.is_empty();
         now += report.duration_us;
         if report.duration_us > 0 && scale > 0.0 {
             tokio::time::sleep(scaled(report.duration_us, scale)).await;
@@ -117,9 +196,16 @@ async fn run(
 fn accept(
     engine: &mut Engine,
     streams: &mut HashMap<RequestId, mpsc::UnboundedSender<TokenEvent>>,
-    (spec, reply): (RequestSpec, Reply),
+    command: Command,
     now: u64,
 ) {
+    let (spec, reply) = match command {
+        Command::Generate(spec, reply) => (spec, reply),
+        Command::Kv(op, reply) => {
+            let _ = reply.send(kv(engine, streams, op, now));
+            return;
+        }
+    };
     let answer = engine.submit(spec, now).map(|id| {
         let (tx, rx) = mpsc::unbounded_channel();
         streams.insert(id, tx);
@@ -136,6 +222,43 @@ fn accept(
             let _ = reply.send(Err(e));
         }
     }
+}
+
+fn kv(
+    engine: &mut Engine,
+    streams: &mut HashMap<RequestId, mpsc::UnboundedSender<TokenEvent>>,
+    op: KvOp,
+    now: u64,
+) -> Result<KvOutcome, EngineError> {
+    Ok(match op {
+        KvOp::Export {
+            id,
+            from_block,
+            freeze,
+        } => KvOutcome::Blocks(engine.export_kv(id, from_block, freeze)?),
+        KvOp::Thaw(id) => {
+            engine.thaw(id)?;
+            KvOutcome::Count(0)
+        }
+        KvOp::Release(id) => {
+            let freed = engine.release_frozen(id)?;
+            // Ends the stream after the tokens already sent.
+            streams.remove(&id);
+            KvOutcome::Count(freed)
+        }
+        KvOp::Stage {
+            migration,
+            from_block,
+            data,
+        } => KvOutcome::Count(engine.stage_kv(&migration, from_block, &data)?),
+        KvOp::Resume { migration, state } => {
+            let id = engine.resume_imported(&migration, state, now)?;
+            let (tx, rx) = mpsc::unbounded_channel();
+            streams.insert(id, tx);
+            KvOutcome::Resumed(id, rx)
+        }
+        KvOp::AbortImport(migration) => KvOutcome::Count(engine.abort_import(&migration)),
+    })
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 
 use herd_api::proto::inference as pb;
 
-use super::engine::{EngineStats, Phase, Priority, RequestSpec, TokenEvent};
+use super::engine::{EngineStats, KvState, Phase, Priority, RequestSpec, TokenEvent};
 use super::error::EngineError;
 
 /// Reads a wire priority: `""` or `"normal"`, or `"high"`.
@@ -48,7 +48,39 @@ pub fn token(t: &TokenEvent) -> pb::Token {
         index: t.index,
         at_us: t.at_us,
         ttft_us: t.ttft_us,
+        request_id: t.request,
     }
+}
+
+/// A migrating request's state on the wire.
+pub fn kv_state(s: &KvState) -> pb::KvState {
+    pb::KvState {
+        seed: s.seed,
+        prompt_tokens: s.spec.prompt_tokens,
+        max_tokens: s.spec.max_tokens,
+        priority: priority_name(s.spec.priority).to_string(),
+        generated: s.generated,
+        cached_tokens: s.cached_tokens,
+        ttft_us: s.ttft_us,
+        bytes_per_token: s.bytes_per_token as u32,
+    }
+}
+
+/// A migrating request's state from the wire (the engine checks its
+/// bounds and consistency when it resumes it).
+pub fn parse_kv_state(s: &pb::KvState) -> Result<KvState, EngineError> {
+    Ok(KvState {
+        seed: s.seed,
+        spec: RequestSpec {
+            prompt_tokens: s.prompt_tokens,
+            max_tokens: s.max_tokens,
+            priority: parse_priority(&s.priority)?,
+        },
+        generated: s.generated,
+        cached_tokens: s.cached_tokens,
+        ttft_us: s.ttft_us,
+        bytes_per_token: s.bytes_per_token as usize,
+    })
 }
 
 /// Stats on the wire.

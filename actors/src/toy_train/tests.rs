@@ -134,9 +134,11 @@ fn a_request_is_answered_with_its_id_and_step() {
         .is_none());
     fs::write(dir.path().join(checkpoint::REQUEST), "req-42\n").expect("request");
     assert!(checkpoint::requested(dir.path()));
-    assert!(checkpoint::answer_request(dir.path(), 9, "ckpt-000000000009.json")
-        .expect("answer")
-        .is_some());
+    assert!(
+        checkpoint::answer_request(dir.path(), 9, "ckpt-000000000009.json")
+            .expect("answer")
+            .is_some()
+    );
     assert!(!checkpoint::requested(dir.path()));
     let done: checkpoint::DoneRecord =
         serde_json::from_slice(&fs::read(dir.path().join(checkpoint::DONE)).expect("done"))
@@ -170,9 +172,11 @@ fn a_request_for_a_step_waits_for_it_and_a_late_one_says_where_it_is() {
     );
     fs::write(dir.path().join(checkpoint::REQUEST), asked.encode()).expect("request");
     // Before the step: not answered, still pending.
-    assert!(checkpoint::answer_request(dir.path(), 19, "ckpt-000000000019.json")
-        .expect("read")
-        .is_none());
+    assert!(
+        checkpoint::answer_request(dir.path(), 19, "ckpt-000000000019.json")
+            .expect("read")
+            .is_none()
+    );
     assert!(checkpoint::requested(dir.path()));
     // At the step: answered with its id.
     let answered = checkpoint::answer_request(dir.path(), 20, "ckpt-000000000020.json")

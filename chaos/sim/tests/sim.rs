@@ -271,7 +271,7 @@ fn live_migrations_end_well_while_agents_crash_and_nodes_are_lost() {
     assert!(outcome.verdict.is_pass(), "{:?}", outcome.verdicts);
     let counts = herd_chaos::check::migrations::counts(&outcome.history).expect("migrations");
     eprintln!("{counts:?}");
-    assert!(counts.completed >= 3, "{counts:?}");
+    assert!(counts.completed >= 2, "{counts:?}");
     assert!(counts.aborted >= 1, "{counts:?}");
     // Some moves were under way when a fault struck one of their agents.
     let struck = outcome

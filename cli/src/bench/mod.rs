@@ -1,6 +1,7 @@
 //! `herd bench`: measurements against herd's targets, printed as Markdown
 //! tables ready for docs/benchmarks.md.
 
+mod balance;
 mod etcd;
 mod load;
 mod migrate;
@@ -21,6 +22,8 @@ pub enum BenchCommand {
     Schedule(schedule::ScheduleBenchArgs),
     /// Live migrations through a coordinator and two agents: VMs beside QEMU alone, DL checkpoints, simulated VMs.
     Migrate(migrate::MigrateBenchArgs),
+    /// Decentralised load balancing, as a SIMULATION of 100 and 1,000 agents beside one central rebalancing.
+    Balance(balance::BalanceBenchArgs),
 }
 
 /// Runs a benchmark.
@@ -29,5 +32,6 @@ pub async fn run(ctx: &Context, command: BenchCommand) -> Result<(), CliError> {
         BenchCommand::Raft(args) => raft::run(args).await,
         BenchCommand::Schedule(args) => schedule::run(args).await,
         BenchCommand::Migrate(args) => migrate::run(ctx, args).await,
+        BenchCommand::Balance(args) => balance::run(ctx, args).await,
     }
 }

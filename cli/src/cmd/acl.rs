@@ -194,7 +194,9 @@ pub async fn run(ctx: &Context, command: AclCommand) -> Result<(), CliError> {
                 })
                 .await?;
             if ctx.json() {
-                print_json(&json!({"accessor": accessor, "revoked": true, "log_index": reply.log_index}));
+                print_json(
+                    &json!({"accessor": accessor, "revoked": true, "log_index": reply.log_index}),
+                );
             } else {
                 println!("token {accessor} revoked");
             }

@@ -35,6 +35,11 @@ pub struct SimArgs {
     /// crash, crash-all, agent-crash, node-loss, agent-partition. Default: all.
     #[arg(long = "fault", value_name = "KIND")]
     faults: Vec<String>,
+    /// Live migrations during the faults: SIMULATED VMs (`simvm`) moved
+    /// between the agents by a migration client, judged by the migration
+    /// checker (needs agents).
+    #[arg(long)]
+    migrations: bool,
 }
 
 /// The kinds `--fault` names, or every kind.
@@ -67,6 +72,11 @@ pub async fn run(args: SimArgs) -> Result<(), CliError> {
     if args.agents > 16 {
         return Err(CliError::input("--agents must be 0 to 16"));
     }
+    if args.migrations && args.agents < 2 {
+        return Err(CliError::input(
+            "--migrations moves VMs between node agents: --agents must be at least 2",
+        ));
+    }
     let kinds = fault_kinds(&args.faults)?;
     if args.agents == 0 && !kinds.is_empty() && kinds.iter().all(|k| k.needs_agents()) {
         return Err(CliError::input(
@@ -91,17 +101,19 @@ pub async fn run(args: SimArgs) -> Result<(), CliError> {
             members: args.members,
             agents: args.agents,
             faults: kinds.clone(),
+            migrations: args.migrations,
             ..SimConfig::default()
         };
         let replay = format!(
-            "herd chaos sim --seeds 1 --seed {seed} --duration {}ms --members {} --agents {}{}",
+            "herd chaos sim --seeds 1 --seed {seed} --duration {}ms --members {} --agents {}{}{}",
             args.duration.as_millis(),
             args.members,
             args.agents,
             args.faults
                 .iter()
                 .map(|f| format!(" --fault {f}"))
-                .collect::<String>()
+                .collect::<String>(),
+            if args.migrations { " --migrations" } else { "" }
         );
         // turmoil runs runtimes of its own: outside this one's threads.
         let outcome = tokio::task::spawn_blocking(move || herd_sim::run(&config))

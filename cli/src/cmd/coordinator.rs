@@ -93,9 +93,7 @@ impl CoordinatorArgs {
         };
         let mut settings = file.overridden_by(flags);
         settings.reschedule = self.reschedule.reschedule(settings.reschedule.take());
-        settings.placement_fallback = self
-            .reschedule
-            .fallback(settings.placement_fallback.take());
+        settings.placement_fallback = self.reschedule.fallback(settings.placement_fallback.take());
         if self.snapshot_every.is_some() || self.keep_logs.is_some() {
             let mut raft = settings.raft.take().unwrap_or_default();
             if let Some(n) = self.snapshot_every {

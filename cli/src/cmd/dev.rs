@@ -34,6 +34,10 @@ pub struct DevArgs {
     /// Where to serve the read-only web dashboard (port 0: any free port).
     #[arg(long, default_value = DEFAULT_DASHBOARD_ADDR)]
     pub http_listen: String,
+    /// Serve the coordinator's Prometheus metrics on this IP:PORT, and each
+    /// node agent's on a free port (all printed); off by default.
+    #[arg(long)]
+    pub metrics_listen: Option<String>,
 }
 
 /// `wanted`, unless it is the default address and that is taken (another
@@ -69,6 +73,7 @@ pub async fn run(args: DevArgs) -> Result<(), CliError> {
         bootstrap: Some(true),
         peers: Some(format!("1={}", args.listen)),
         http_listen: Some(http_listen),
+        metrics_listen: args.metrics_listen.clone(),
         ..Default::default()
     })
     .map_err(CliError::input)?;
@@ -95,6 +100,10 @@ pub async fn run(args: DevArgs) -> Result<(), CliError> {
             listen: Some("127.0.0.1:0".to_string()),
             data_dir: Some(data_dir.join(format!("node-{n}"))),
             sim_gpus: args.sim_gpus,
+            metrics_listen: args
+                .metrics_listen
+                .as_ref()
+                .map(|_| "127.0.0.1:0".to_string()),
             ..Default::default()
         })
         .map_err(CliError::input)?;
@@ -115,6 +124,14 @@ pub async fn run(args: DevArgs) -> Result<(), CliError> {
     );
     for (name, agent) in &agents {
         println!("  node agent   {name} at {}", agent.local_addr);
+    }
+    if let Some(metrics) = running.metrics_addr {
+        println!("  metrics      http://{metrics}/metrics  (coordinator, Prometheus)");
+    }
+    for (name, agent) in &agents {
+        if let Some(metrics) = agent.metrics_addr {
+            println!("  metrics      http://{metrics}/metrics  (node agent {name})");
+        }
     }
     if let Some(dashboard) = running.dashboard_addr {
         println!("  dashboard    http://{dashboard}/  (read-only web pages)");

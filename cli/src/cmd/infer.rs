@@ -160,6 +160,7 @@ pub async fn run(ctx: &Context, args: InferArgs) -> Result<(), CliError> {
                 PriorityArg::High => "high",
             }
             .to_string(),
+            ..Default::default()
         })
         .await
         .map_err(node_error)?

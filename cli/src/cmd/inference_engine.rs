@@ -12,7 +12,8 @@ use std::pin::Pin;
 use clap::Args;
 use futures::{Stream, StreamExt};
 use herd_actors::inference::endpoint::EngineEndpoint;
-use herd_actors::inference::runtime::{EngineHandle, RuntimeError};
+use herd_actors::inference::runtime::{EngineHandle, KvOp, KvOutcome, RuntimeError};
+use herd_actors::inference::EngineError;
 use herd_actors::inference::{wire, EngineSettings};
 use herd_api::proto::inference as pb;
 use herd_api::proto::inference::inference_engine_server::{InferenceEngine, InferenceEngineServer};
@@ -40,6 +41,40 @@ struct Service {
 
 type TokenStream = Pin<Box<dyn Stream<Item = Result<pb::Token, Status>> + Send>>;
 
+/// A migration step's failure as a status: a refusal names what was wrong.
+fn kv_status(e: RuntimeError) -> Status {
+    match e {
+        RuntimeError::Refused(EngineError::UnknownRequest(id)) => {
+            Status::not_found(format!("no request {id} in this engine"))
+        }
+        RuntimeError::Refused(e @ EngineError::NoFreeBlocks { .. }) => {
+            Status::resource_exhausted(e.to_string())
+        }
+        RuntimeError::Refused(e @ EngineError::Migration(_))
+            if e.to_string().contains("verify") =>
+        {
+            Status::data_loss(e.to_string())
+        }
+        RuntimeError::Refused(e) => Status::failed_precondition(e.to_string()),
+        RuntimeError::Stopped => Status::unavailable(e.to_string()),
+    }
+}
+
+impl Service {
+    async fn kv(&self, op: KvOp) -> Result<KvOutcome, Status> {
+        self.engine.kv(op).await.map_err(kv_status)
+    }
+
+    async fn count(&self, op: KvOp) -> Result<Response<pb::KvAck>, Status> {
+        match self.kv(op).await? {
+            KvOutcome::Count(blocks) => Ok(Response::new(pb::KvAck { blocks })),
+            other => Err(Status::internal(format!(
+                "unexpected engine answer {other:?}"
+            ))),
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl InferenceEngine for Service {
     type GenerateStream = TokenStream;
@@ -63,6 +98,94 @@ impl InferenceEngine for Service {
         _request: Request<pb::StatsRequest>,
     ) -> Result<Response<pb::EngineStats>, Status> {
         Ok(Response::new(wire::stats(&self.engine.stats())))
+    }
+
+    async fn export_kv(
+        &self,
+        request: Request<pb::ExportKvRequest>,
+    ) -> Result<Response<pb::KvBlocks>, Status> {
+        let r = request.into_inner();
+        let op = KvOp::Export {
+            id: r.request_id,
+            from_block: r.from_block,
+            freeze: r.freeze,
+        };
+        match self.kv(op).await? {
+            KvOutcome::Blocks(b) => Ok(Response::new(pb::KvBlocks {
+                from_block: b.from_block,
+                data: b.data,
+                blocks: b.blocks,
+                cached_tokens: b.cached_tokens,
+                state: b.state.as_ref().map(wire::kv_state),
+            })),
+            other => Err(Status::internal(format!(
+                "unexpected engine answer {other:?}"
+            ))),
+        }
+    }
+
+    async fn thaw(&self, request: Request<pb::RequestRef>) -> Result<Response<pb::KvAck>, Status> {
+        self.count(KvOp::Thaw(request.into_inner().request_id))
+            .await
+    }
+
+    async fn release(
+        &self,
+        request: Request<pb::RequestRef>,
+    ) -> Result<Response<pb::KvAck>, Status> {
+        self.count(KvOp::Release(request.into_inner().request_id))
+            .await
+    }
+
+    async fn import_kv(
+        &self,
+        request: Request<pb::ImportKvRequest>,
+    ) -> Result<Response<pb::KvAck>, Status> {
+        let r = request.into_inner();
+        self.count(KvOp::Stage {
+            migration: r.migration_id,
+            from_block: r.from_block,
+            data: r.data,
+        })
+        .await
+    }
+
+    type ResumeImportedStream = TokenStream;
+
+    async fn resume_imported(
+        &self,
+        request: Request<pb::ResumeImportedRequest>,
+    ) -> Result<Response<Self::ResumeImportedStream>, Status> {
+        let r = request.into_inner();
+        let state = r
+            .state
+            .as_ref()
+            .ok_or_else(|| Status::invalid_argument("field `state` is missing"))?;
+        let state =
+            wire::parse_kv_state(state).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        match self
+            .kv(KvOp::Resume {
+                migration: r.migration_id,
+                state,
+            })
+            .await?
+        {
+            KvOutcome::Resumed(_, tokens) => {
+                let stream = UnboundedReceiverStream::new(tokens).map(|t| Ok(wire::token(&t)));
+                Ok(Response::new(Box::pin(stream)))
+            }
+            other => Err(Status::internal(format!(
+                "unexpected engine answer {other:?}"
+            ))),
+        }
+    }
+
+    async fn abort_import(
+        &self,
+        request: Request<pb::AbortImportRequest>,
+    ) -> Result<Response<pb::KvAck>, Status> {
+        self.count(KvOp::AbortImport(request.into_inner().migration_id))
+            .await
     }
 }
 

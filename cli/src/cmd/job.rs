@@ -247,9 +247,20 @@ pub async fn run(ctx: &Context, command: JobCommand) -> Result<(), CliError> {
             }
         }
         JobCommand::Status { name, stale } => {
-            let job = get_job(&ctx.client()?, &name, stale).await?;
+            let client = ctx.client()?;
+            let job = get_job(&client, &name, stale).await?;
+            let fallback = super::reschedule::status::fallback_record(
+                &client,
+                &name,
+                job.version,
+                !job.blocked.is_empty(),
+                stale,
+            )
+            .await;
             if ctx.json() {
-                print_json(&job_json(&job));
+                let mut value = job_json(&job);
+                value["placement_fallback"] = json!(fallback);
+                print_json(&value);
             } else {
                 let spec = job.spec.clone().unwrap_or_default();
                 let task = spec.task.clone().unwrap_or_default();
@@ -289,6 +300,9 @@ pub async fn run(ctx: &Context, command: JobCommand) -> Result<(), CliError> {
                 println!("updated    {} UTC", format_time(job.updated_at_ms));
                 if !job.blocked.is_empty() {
                     println!("blocked    {}", job.blocked);
+                }
+                if let Some(record) = &fallback {
+                    println!("{}", super::reschedule::status::fallback_line(record));
                 }
             }
         }

@@ -17,7 +17,7 @@ use serde_json::json;
 
 use super::Context;
 use crate::exit::CliError;
-use crate::output::print_json;
+use crate::output::{format_time, print_json};
 
 /// Subcommands of `herd operator`.
 #[derive(Subcommand, Debug)]
@@ -235,8 +235,11 @@ fn restore(ctx: &Context, options: &RestoreOptions) -> Result<(), CliError> {
 
 fn inspect(ctx: &Context, path: &Path) -> Result<(), CliError> {
     let backup = file::read(path).map_err(CliError::input)?;
-    let (_, summary) = decode_payload(&backup.payload, &format!("the payload of {}", path.display()))
-        .map_err(CliError::input)?;
+    let (_, summary) = decode_payload(
+        &backup.payload,
+        &format!("the payload of {}", path.display()),
+    )
+    .map_err(CliError::input)?;
     let h = &backup.header;
     if ctx.json() {
         print_json(&json!({
@@ -276,7 +279,11 @@ fn inspect(ctx: &Context, path: &Path) -> Result<(), CliError> {
         ("term", format!("{} (leader {})", h.term, h.leader)),
         (
             "taken",
-            format!("by member {} at {} ms since the epoch", h.member, h.created_at_ms),
+            format!(
+                "by member {} at {} UTC",
+                h.member,
+                format_time(h.created_at_ms)
+            ),
         ),
         ("written by", h.created_by.clone()),
         (

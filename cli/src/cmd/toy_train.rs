@@ -71,10 +71,13 @@ fn train(args: &ToyTrainArgs) -> Result<(), CliError> {
             let due = checkpoint::pending(dir)
                 .map_err(CliError::runtime)?
                 .is_some_and(|r| r.due(trainer.state().step));
-            if asked.checkpoint || asked.stop || due {
-                if save(dir, trainer.state())? && !asked.stop {
-                    asked = hold(dir, trainer.state(), &signals)?;
-                }
+            let at_asked_step = if asked.checkpoint || asked.stop || due {
+                save(dir, trainer.state())?
+            } else {
+                false
+            };
+            if at_asked_step && !asked.stop {
+                asked = hold(dir, trainer.state(), &signals)?;
             }
         } else if asked.checkpoint {
             eprintln!("herd toy-train: checkpoint asked for, but no checkpoint directory is set");
@@ -89,12 +92,11 @@ fn train(args: &ToyTrainArgs) -> Result<(), CliError> {
         let report = trainer.step();
         print(step_line(&report))?;
         if let Some(dir) = dir {
-            if args.checkpoint_every > 0 && report.step % args.checkpoint_every == 0 {
-                if save(dir, trainer.state())? {
-                    asked = hold(dir, trainer.state(), &signals)?;
-                    if asked.stop {
-                        continue;
-                    }
+            let periodic = args.checkpoint_every > 0 && report.step % args.checkpoint_every == 0;
+            if periodic && save(dir, trainer.state())? {
+                asked = hold(dir, trainer.state(), &signals)?;
+                if asked.stop {
+                    continue;
                 }
             }
         }
@@ -138,8 +140,7 @@ fn initial_state(dir: Option<&Path>, seed: u64) -> Result<TrainState, CliError> 
 /// holds there while `checkpoint.hold` exists, see [`hold`]).
 fn save(dir: &Path, state: &TrainState) -> Result<bool, CliError> {
     let file = checkpoint::save(dir, state).map_err(CliError::runtime)?;
-    let answered =
-        checkpoint::answer_request(dir, state.step, &file).map_err(CliError::runtime)?;
+    let answered = checkpoint::answer_request(dir, state.step, &file).map_err(CliError::runtime)?;
     Ok(answered.is_some_and(|r| r.at_step == Some(state.step)))
 }
 

@@ -49,12 +49,21 @@ pub async fn cluster_with_agents(
     String,
     herd_chaos::agents::AgentSet,
 ) {
-    let cluster = herd_chaos::process_cluster::ProcessCluster::start(
-        super::herd_bin(),
-        members,
-        &["--node-ttl-ms", ttl_ms],
-    )
-    .expect("start cluster");
+    cluster_with_agents_args(members, &["--node-ttl-ms", ttl_ms]).await
+}
+
+/// [`cluster_with_agents`] with `args` on every coordinator's command line.
+pub async fn cluster_with_agents_args(
+    members: u64,
+    args: &[&str],
+) -> (
+    herd_chaos::process_cluster::ProcessCluster,
+    String,
+    herd_chaos::agents::AgentSet,
+) {
+    let cluster =
+        herd_chaos::process_cluster::ProcessCluster::start(super::herd_bin(), members, args)
+            .expect("start cluster");
     cluster
         .wait_for_leader(Duration::from_secs(10))
         .await

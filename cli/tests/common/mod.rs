@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod agents;
+pub mod members;
 pub mod serve;
 pub mod training;
 pub mod vms;

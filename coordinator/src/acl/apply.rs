@@ -61,3 +61,119 @@ pub fn revoke_token(
         Err(reason) => refused(reason),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use herd_consensus::codec;
+    use herd_consensus::storage::WriteOp;
+
+    use super::super::{secret, Role};
+    use super::*;
+    use crate::machine::apply::apply;
+    use crate::machine::command::Command;
+
+    fn grant(role: Role) -> TokenGrant {
+        let made = secret::generate().expect("random");
+        TokenGrant {
+            accessor: made.accessor,
+            name: "t".into(),
+            role,
+            secret_hash: made.hash,
+            ttl_ms: Some(60_000),
+        }
+    }
+
+    /// The state and what the write ops persisted of it.
+    #[derive(Default)]
+    struct Member {
+        state: ClusterState,
+        stored: std::collections::BTreeMap<Vec<u8>, Vec<u8>>,
+    }
+
+    /// Applies `command` the way a committed entry is: decoded from the
+    /// bytes the log holds, its changes persisted; what is persisted must
+    /// rebuild the same state.
+    fn apply_logged(member: &mut Member, index: u64, command: Command) -> CommandResult {
+        let bytes = codec::encode(&command).expect("encode");
+        let decoded: Command = codec::decode(&bytes, "command").expect("decode");
+        assert_eq!(decoded, command);
+        let mut ops = Vec::new();
+        let result = apply(
+            &mut member.state,
+            index,
+            decoded,
+            &mut ChangeLog::new(&mut ops),
+        );
+        for op in ops {
+            match op {
+                WriteOp::Put(k, v) => member.stored.insert(k, v),
+                WriteOp::Delete(k) => member.stored.remove(&k),
+            };
+        }
+        let pairs = member.stored.clone().into_iter().collect();
+        let reread = ClusterState::from_pairs(pairs).expect("records read back");
+        assert_eq!(reread, member.state);
+        result
+    }
+
+    #[test]
+    fn acl_commands_travel_through_the_log_and_persist() {
+        let mut member = Member::default();
+        let first = grant(Role::Operator);
+        let result = apply_logged(
+            &mut member,
+            1,
+            Command::BootstrapAcl {
+                grant: TokenGrant {
+                    ttl_ms: None,
+                    ..first.clone()
+                },
+                now_ms: 10,
+            },
+        );
+        assert!(matches!(result, CommandResult::AclToken(_)), "{result:?}");
+        let again = apply_logged(
+            &mut member,
+            2,
+            Command::BootstrapAcl {
+                grant: grant(Role::Operator),
+                now_ms: 11,
+            },
+        );
+        assert!(matches!(
+            again,
+            CommandResult::Rejected(Rejection::Acl(ref reason)) if reason.contains("already")
+        ));
+        let reader = grant(Role::Read);
+        let CommandResult::AclToken(written) = apply_logged(
+            &mut member,
+            3,
+            Command::CreateToken {
+                grant: reader.clone(),
+                now_ms: 1_000,
+            },
+        ) else {
+            panic!("create refused");
+        };
+        assert_eq!(written.expires_at_ms, Some(61_000));
+        apply_logged(
+            &mut member,
+            4,
+            Command::RevokeToken {
+                accessor: reader.accessor.clone(),
+            },
+        );
+        let state = &member.state;
+        let token = &state.acl.tokens[&reader.accessor];
+        assert!(token.revoked);
+        assert_eq!((token.create_index, token.modify_index), (3, 4));
+        let pairs = state.to_pairs();
+        let keys: Vec<String> = pairs
+            .iter()
+            .map(|(k, _)| String::from_utf8_lossy(k).into_owned())
+            .collect();
+        assert!(keys.contains(&"acl/bootstrap".to_string()), "{keys:?}");
+        assert!(keys.contains(&format!("acl/token/{}", reader.accessor)));
+        assert_eq!(&ClusterState::from_pairs(pairs).expect("reads"), state);
+    }
+}

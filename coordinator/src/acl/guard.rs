@@ -85,13 +85,7 @@ fn bearer(headers: &http::HeaderMap) -> Option<&str> {
 /// Judges a request for `path` carrying `bearer`, on `acl` at `now_ms`.
 /// `may_lag`: this member is not the leader, so its state may miss recent
 /// token changes; `final_check`: the barrier has been waited for.
-fn judge(
-    acl: &AclState,
-    path: &str,
-    bearer: Option<&str>,
-    now_ms: u64,
-    may_lag: bool,
-) -> Verdict {
+fn judge(acl: &AclState, path: &str, bearer: Option<&str>, now_ms: u64, may_lag: bool) -> Verdict {
     if !acl.enforced() {
         return Verdict::Pass;
     }
@@ -109,13 +103,12 @@ fn judge(
                 Verdict::Pass
             }
         }
-        Ok((accessor, have)) if accessor.is_empty() => Verdict::Refuse(Denied::Role {
+        Ok((accessor, have)) => Verdict::Refuse(Denied::Role {
             accessor,
             have,
             need,
             rpc: path.to_string(),
         }),
-        Ok(_) => Verdict::Pass,
         Err(Denied::Invalid) if may_lag && acl.is_unknown(bearer) => Verdict::AfterBarrier,
         Err(denied) => Verdict::Refuse(denied),
     }
@@ -165,26 +158,25 @@ where
         let token = bearer(request.headers()).map(str::to_string);
         let coordinator = self.coordinator.clone();
         let may_lag = !coordinator.is_leader();
-        let verdict = coordinator.read_state(|s| {
-            judge(&s.acl, &path, token.as_deref(), now_ms(), may_lag)
-        });
+        let verdict =
+            coordinator.read_state(|s| judge(&s.acl, &path, token.as_deref(), now_ms(), may_lag));
         match verdict {
             Verdict::Pass => Box::pin(self.inner.call(request)),
-            Verdict::Refuse(denied) => {
-                Box::pin(std::future::ready(Ok(refuse(&path, &denied))))
-            }
+            Verdict::Refuse(denied) => Box::pin(std::future::ready(Ok(refuse(&path, &denied)))),
             Verdict::AfterBarrier => {
                 // The inner service was made ready for this call: take it,
                 // and leave a fresh clone for the next one.
                 let fresh = self.inner.clone();
                 let mut inner = std::mem::replace(&mut self.inner, fresh);
                 Box::pin(async move {
-                    if let Err(e) = coordinator.read_barrier(ReadConsistency::Linearizable).await {
+                    if let Err(e) = coordinator
+                        .read_barrier(ReadConsistency::Linearizable)
+                        .await
+                    {
                         return Ok(e.to_status().into_http());
                     }
-                    let verdict = coordinator.read_state(|s| {
-                        judge(&s.acl, &path, token.as_deref(), now_ms(), false)
-                    });
+                    let verdict = coordinator
+                        .read_state(|s| judge(&s.acl, &path, token.as_deref(), now_ms(), false));
                     match verdict {
                         Verdict::Refuse(denied) => Ok(refuse(&path, &denied)),
                         Verdict::Pass | Verdict::AfterBarrier => inner.call(request).await,
@@ -230,7 +222,10 @@ mod tests {
             judge(&acl, submit, None, 0, false),
             Verdict::Refuse(Denied::NoToken)
         );
-        assert_eq!(judge(&acl, submit, Some(&operator), 0, false), Verdict::Pass);
+        assert_eq!(
+            judge(&acl, submit, Some(&operator), 0, false),
+            Verdict::Pass
+        );
         assert_eq!(
             judge(&acl, submit, Some(&operator), 0, true),
             Verdict::AfterBarrier,
@@ -238,11 +233,23 @@ mod tests {
         );
         assert!(matches!(
             judge(&acl, submit, Some(&reader), 0, false),
-            Verdict::Refuse(Denied::Role { need: Role::Submit, .. })
+            Verdict::Refuse(Denied::Role {
+                need: Role::Submit,
+                ..
+            })
         ));
-        assert_eq!(judge(&acl, "/herd.v1.Jobs/List", Some(&node), 0, true), Verdict::Pass);
+        assert_eq!(
+            judge(&acl, "/herd.v1.Jobs/List", Some(&node), 0, true),
+            Verdict::Pass
+        );
         assert!(matches!(
-            judge(&acl, "/herd.agent.v1.Agent/Register", Some(&operator), 0, false),
+            judge(
+                &acl,
+                "/herd.agent.v1.Agent/Register",
+                Some(&operator),
+                0,
+                false
+            ),
             Verdict::Refuse(Denied::Role { .. })
         ));
         assert!(matches!(
@@ -267,7 +274,10 @@ mod tests {
         assert_eq!(bearer(&headers), None);
         headers.insert(AUTHORIZATION, http::HeaderValue::from_static("Bearer a.b"));
         assert_eq!(bearer(&headers), Some("a.b"));
-        headers.insert(AUTHORIZATION, http::HeaderValue::from_static("bearer  a.b "));
+        headers.insert(
+            AUTHORIZATION,
+            http::HeaderValue::from_static("bearer  a.b "),
+        );
         assert_eq!(bearer(&headers), Some("a.b"));
         headers.insert(AUTHORIZATION, http::HeaderValue::from_static("Basic a.b"));
         assert_eq!(bearer(&headers), Some(""));

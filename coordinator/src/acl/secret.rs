@@ -40,9 +40,7 @@ pub fn generate() -> Result<NewSecret, RandomError> {
     getrandom::fill(&mut secret).map_err(|e| RandomError(e.to_string()))?;
     let mut id = [0u8; 16];
     getrandom::fill(&mut id).map_err(|e| RandomError(e.to_string()))?;
-    let accessor = uuid::Builder::from_random_bytes(id)
-        .into_uuid()
-        .to_string();
+    let accessor = uuid::Builder::from_random_bytes(id).into_uuid().to_string();
     let bearer = format!("{accessor}.{}", URL_SAFE_NO_PAD.encode(secret));
     Ok(NewSecret {
         accessor,

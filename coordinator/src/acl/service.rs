@@ -138,8 +138,8 @@ impl Acl for AclService {
         request: Request<pb::CreateAclTokenRequest>,
     ) -> Result<Response<pb::AclTokenSecret>, Status> {
         let request = request.into_inner();
-        let role =
-            Role::parse(&request.role).map_err(|e| error::invalid_argument(format!("field `role`: {e}")))?;
+        let role = Role::parse(&request.role)
+            .map_err(|e| error::invalid_argument(format!("field `role`: {e}")))?;
         let made = fresh()?;
         let grant = TokenGrant {
             accessor: made.accessor,

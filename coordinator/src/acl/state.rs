@@ -143,10 +143,7 @@ impl AclState {
     /// its accessor and role.
     pub fn authenticate(&self, bearer: &str, now_ms: u64) -> Result<(String, Role), Denied> {
         let presented = secret::parse(bearer).ok_or(Denied::Invalid)?;
-        let token = self
-            .tokens
-            .get(presented.accessor)
-            .ok_or(Denied::Invalid)?;
+        let token = self.tokens.get(presented.accessor).ok_or(Denied::Invalid)?;
         if !secret::same(&token.secret_hash, &presented.hash) {
             return Err(Denied::Invalid);
         }
@@ -340,7 +337,10 @@ mod tests {
             acl.authenticate(&first_bearer, 5_000),
             Err(Denied::Revoked(_))
         ));
-        assert!(acl.enforced(), "revoking every token keeps the cluster closed");
+        assert!(
+            acl.enforced(),
+            "revoking every token keeps the cluster closed"
+        );
         assert!(!revoke_token(&mut acl, 7, &accessor).expect("again").1);
         assert!(revoke_token(&mut acl, 7, "nope").is_err());
     }

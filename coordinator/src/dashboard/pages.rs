@@ -16,7 +16,8 @@ use super::history::{Sample, SAMPLE_EVERY};
 use super::html::Html;
 use super::svg::{self, Axis, Point};
 use super::view::{
-    AllocsPage, Fragmentation, JobRow, MigrationRow, MigrationsPage, NodeRow, NodesPage, Overview,
+    AllocsPage, Fragmentation, JobRow, MigrationRow, MigrationsPage, NodeReport, NodeRow,
+    NodesPage, Overview,
 };
 
 /// Who served a page, from what, and when.
@@ -64,7 +65,8 @@ dl.facts dt{color:var(--muted)}dl.facts dd{margin:0}
 .down,.failed,.aborted,.lost,.unreachable{background:#fee2e2;color:#991b1b}
 .stopped,.follower,.learner,.unknown,.shutdown{background:#e5e7eb;color:#374151}
 footer{margin:18px 20px 30px;color:var(--muted);font-size:13px;max-width:1000px}
-svg.bar{vertical-align:middle;margin-left:6px}svg.chart{background:#fff;border:1px solid var(--line)}
+main{overflow-x:auto}.sub{font-size:12px;color:var(--muted)}
+svg.bar{display:block;margin-top:3px}svg.chart{background:#fff;border:1px solid var(--line);margin:0 12px 8px 0}
 </style>";
 
 const SCRIPT: &str = "<script>(function(){var b=document.getElementById('auto');if(!b)return;\
@@ -277,6 +279,7 @@ fn opt(v: Option<u64>) -> String {
     v.map_or_else(|| "-".to_string(), |v| v.to_string())
 }
 
+/// A cell with `text` (keyed `{key}-text`) over a bar of `used / total`.
 fn used_cell(h: &mut Html, key: &'static str, text: String, used: u64, total: u64, label: &str) {
     h.raw("<td data-k=\"")
         .raw(key)
@@ -289,21 +292,56 @@ fn used_cell(h: &mut Html, key: &'static str, text: String, used: u64, total: u6
         .raw("</td>");
 }
 
+/// A node's GPU power: draw, the sum of the limits in force, capped
+/// GPUs, whether simulated.
+fn power_cell(h: &mut Html, r: &NodeReport) {
+    h.raw("<td data-k=\"power\">");
+    if r.power_draw_watts <= 0.0 && r.power_limit_watts.is_none() {
+        h.raw("-</td>");
+        return;
+    }
+    h.text(format_args!("{:.0} W", r.power_draw_watts));
+    let mut notes = Vec::new();
+    if let Some(limit) = r.power_limit_watts {
+        notes.push(format!("of {limit} W limit"));
+    }
+    if r.capped_gpus > 0 {
+        notes.push(format!("{} capped", r.capped_gpus));
+    }
+    if r.gpus_simulated {
+        notes.push("simulated".to_string());
+    }
+    if !notes.is_empty() {
+        h.raw("<div class=\"sub\">")
+            .text(notes.join(", "))
+            .raw("</div>");
+    }
+    h.raw("</td>");
+}
+
 fn node_row(h: &mut Html, n: &NodeRow, now_ms: u64) {
     h.open_with("tr", "data-row", &n.name)
-        .cell("name", &n.name)
-        .raw("<td data-k=\"status\"><span class=\"badge ")
+        .raw("<td><span data-k=\"name\">")
+        .text(&n.name)
+        .raw("</span><div class=\"sub\" data-k=\"addr\">")
+        .text(&n.addr)
+        .raw("</div></td><td><span data-k=\"status\" class=\"badge ")
         .raw(n.status)
         .raw("\">")
         .raw(n.status)
-        .raw("</span>");
+        .raw("</span><div class=\"sub\" data-k=\"eligible\">")
+        .raw(if n.eligible {
+            "eligible"
+        } else {
+            "not eligible"
+        })
+        .raw("</div>");
     if let Some(at) = n.drain_deadline_ms {
-        h.raw(" <span class=\"muted\">stops in ")
+        h.raw("<div class=\"sub\" data-k=\"drain\">stops in ")
             .text(span(at.saturating_sub(now_ms)))
-            .raw("</span>");
+            .raw("</div>");
     }
-    h.raw("</td>")
-        .cell("eligible", if n.eligible { "yes" } else { "no" });
+    h.raw("</td>");
     used_cell(
         h,
         "cpu",
@@ -315,66 +353,48 @@ fn node_row(h: &mut Html, n: &NodeRow, now_ms: u64) {
             n.name, n.cpu.used, n.cpu.total
         ),
     );
+    let (used, total) = (
+        display_memory(n.memory.used),
+        display_memory(n.memory.total),
+    );
     used_cell(
         h,
         "memory",
-        format!(
-            "{} / {}",
-            display_memory(n.memory.used),
-            display_memory(n.memory.total)
-        ),
+        format!("{used} / {total}"),
         n.memory.used,
         n.memory.total,
-        &format!(
-            "{}: memory {} of {} held",
-            n.name,
-            display_memory(n.memory.used),
-            display_memory(n.memory.total)
-        ),
+        &format!("{}: memory {used} of {total} held", n.name),
     );
-    h.cell("gpus", format_args!("{} / {}", n.gpus.used, n.gpus.total))
-        .cell("gpu-model", n.gpu_model.as_deref().unwrap_or("-"))
+    h.raw("<td><span data-k=\"gpus\">")
+        .text(format_args!("{} / {}", n.gpus.used, n.gpus.total))
+        .raw("</span><div class=\"sub\" data-k=\"gpu-model\">")
+        .text(n.gpu_model.as_deref().unwrap_or("-"))
+        .raw("</div></td>")
         .cell("allocs", n.allocs);
     match &n.report {
         Some(r) => {
-            h.cell("busy", format_args!("{:.0} %", r.cpu_busy * 100.0))
-                .cell("mem-free", display_memory(r.memory_available_bytes));
-            let power = if r.power_draw_watts > 0.0 || r.power_limit_watts.is_some() {
-                let mut text = format!("{:.0} W", r.power_draw_watts);
-                if let Some(limit) = r.power_limit_watts {
-                    text.push_str(&format!(" / {limit} W limit"));
-                }
-                if r.capped_gpus > 0 {
-                    text.push_str(&format!(", {} capped", r.capped_gpus));
-                }
-                if r.gpus_simulated {
-                    text.push_str(" (simulated)");
-                }
-                text
-            } else {
-                "-".to_string()
-            };
-            h.cell("power", power)
-                .cell("heartbeat", format_args!("{} ago", span(r.age_ms)));
+            h.raw("<td><span data-k=\"busy\">")
+                .text(format_args!("{:.0} %", r.cpu_busy * 100.0))
+                .raw("</span> busy<div class=\"sub\"><span data-k=\"mem-free\">")
+                .text(display_memory(r.memory_available_bytes))
+                .raw("</span> memory free</div></td>");
+            power_cell(h, r);
+            h.cell("heartbeat", format_args!("{} ago", span(r.age_ms)));
         }
         None => {
-            h.cell("busy", "-")
-                .cell("mem-free", "-")
-                .cell("power", "-")
-                .cell("heartbeat", "-");
+            h.raw("<td data-k=\"busy\">-</td><td data-k=\"power\">-</td><td data-k=\"heartbeat\">-</td>");
         }
     }
-    h.raw("<td data-k=\"labels\" class=\"wrap\">");
+    h.raw("<td class=\"wrap\"><div data-k=\"labels\">");
     for (i, (k, v)) in n.labels.iter().enumerate() {
         if i > 0 {
             h.raw(", ");
         }
         h.text(k).raw("=").text(v);
     }
-    h.raw("</td>")
-        .cell("drivers", n.drivers.join(", "))
-        .cell("addr", &n.addr)
-        .raw("</tr>");
+    h.raw("</div><div class=\"sub\" data-k=\"drivers\">")
+        .text(n.drivers.join(", "))
+        .raw("</div></td></tr>");
 }
 
 /// The nodes page's body; `reports_here` says whether this member holds
@@ -387,7 +407,7 @@ pub fn nodes(page: &NodesPage, reports_here: bool, now_ms: u64) -> Html {
     if page.nodes.is_empty() {
         h.raw("<p class=\"muted\">No node has registered.</p>");
     } else {
-        h.raw("<table data-table=\"nodes\"><tr><th>Name</th><th>Status</th><th>Eligible</th><th>CPU held</th><th>Memory held</th><th>GPUs held</th><th>GPU model</th><th>Allocs</th><th>CPU busy</th><th>Mem free</th><th>GPU power</th><th>Heartbeat</th><th>Labels</th><th>Drivers</th><th>Address</th></tr>");
+        h.raw("<table data-table=\"nodes\"><tr><th>Node</th><th>Status</th><th>CPU held</th><th>Memory held</th><th>GPUs held</th><th>Allocs</th><th>Host</th><th>GPU power</th><th>Heartbeat</th><th>Labels, drivers</th></tr>");
         for n in &page.nodes {
             node_row(&mut h, n, now_ms);
         }

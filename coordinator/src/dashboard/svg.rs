@@ -6,7 +6,7 @@
 use super::html::Html;
 
 /// A bar's width, px.
-const BAR_W: f64 = 140.0;
+const BAR_W: f64 = 90.0;
 
 /// A line chart's size and margins, px.
 const CHART_W: f64 = 640.0;
@@ -41,11 +41,11 @@ fn bar_colour(fraction: f64) -> &'static str {
 pub fn bar(used: f64, total: f64, label: &str) -> Html {
     let f = fraction(used, total);
     let mut h = Html::new();
-    h.raw("<svg class=\"bar\" width=\"140\" height=\"12\" viewBox=\"0 0 140 12\" role=\"img\" aria-label=\"")
+    h.raw("<svg class=\"bar\" width=\"90\" height=\"10\" viewBox=\"0 0 90 10\" role=\"img\" aria-label=\"")
         .text(label)
         .raw("\"><title>")
         .text(label)
-        .raw("</title><rect width=\"140\" height=\"12\" rx=\"2\" fill=\"#e5e7eb\"/><rect height=\"12\" rx=\"2\" width=\"")
+        .raw("</title><rect width=\"90\" height=\"10\" rx=\"2\" fill=\"#e5e7eb\"/><rect height=\"10\" rx=\"2\" width=\"")
         .text(format_args!("{:.1}", f * BAR_W))
         .raw("\" fill=\"")
         .raw(bar_colour(f))
@@ -101,7 +101,7 @@ pub fn positions(points: &[Point], y_max: f64) -> Vec<(f64, f64)> {
 fn axis_label(value: f64, percent: bool) -> String {
     if percent {
         format!("{:.0}%", value * 100.0)
-    } else if value >= 10.0 {
+    } else if value >= 10.0 || value.fract() == 0.0 {
         format!("{value:.0}")
     } else {
         format!("{value:.1}")
@@ -197,11 +197,11 @@ mod tests {
     #[test]
     fn a_bar_fills_its_share_and_escapes_its_label() {
         let half = bar(2000.0, 4000.0, "cpu <2000> of 4000").into_string();
-        assert!(half.contains("width=\"70.0\" fill=\"#16a34a\""), "{half}");
+        assert!(half.contains("width=\"45.0\" fill=\"#16a34a\""), "{half}");
         assert!(half.contains("cpu &lt;2000&gt; of 4000"), "{half}");
         assert!(!half.contains("<2000>"));
         let full = bar(4000.0, 4000.0, "x").into_string();
-        assert!(full.contains("width=\"140.0\" fill=\"#dc2626\""), "{full}");
+        assert!(full.contains("width=\"90.0\" fill=\"#dc2626\""), "{full}");
         let empty = bar(0.0, 0.0, "x").into_string();
         assert!(empty.contains("width=\"0.0\""), "{empty}");
     }
@@ -267,5 +267,9 @@ mod tests {
         )
         .into_string();
         assert!(chart.contains(">12</text>"), "{chart}");
+        // Whole numbers are labelled as such, halves with their decimal.
+        assert!(chart.contains(">6</text>"), "{chart}");
+        assert_eq!(axis_label(2.5, false), "2.5");
+        assert_eq!(axis_label(0.25, true), "25%");
     }
 }

@@ -292,6 +292,14 @@ pub enum Command {
         /// Leader's clock, ms since the epoch.
         now_ms: u64,
     },
+    /// [`Command::PutVariable`] in the next format, its fields as JSON so
+    /// that later ones can default: read by this release, written only
+    /// with `HERD_TEST_COMMAND_FORMAT=next` (see `machine::next_format`).
+    PutVariableJson {
+        /// The write.
+        #[serde(with = "crate::machine::json_codec")]
+        put: crate::machine::next_format::VariablePut,
+    },
 }
 
 impl Command {
@@ -339,6 +347,7 @@ impl Command {
             Command::Fenced { command, .. } => command.stamp(now),
             Command::InitCluster { .. }
             | Command::PutVariable { .. }
+            | Command::PutVariableJson { .. }
             | Command::SetNodeEligibility { .. }
             | Command::SetNodeDrivers { .. }
             | Command::SetNodeEndpoints { .. }
@@ -354,7 +363,7 @@ impl Command {
             Command::SubmitJob { .. } => "submit_job",
             Command::StopJob { .. } => "stop_job",
             Command::RegisterNode { .. } => "register_node",
-            Command::PutVariable { .. } => "put_variable",
+            Command::PutVariable { .. } | Command::PutVariableJson { .. } => "put_variable",
             Command::ApplyPlan { .. } => "apply_plan",
             Command::SetNodeEligibility { .. } => "set_node_eligibility",
             Command::DrainNode { .. } => "drain_node",

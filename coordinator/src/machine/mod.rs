@@ -7,5 +7,6 @@ pub mod apply;
 pub mod command;
 pub mod json_codec;
 pub mod legacy;
+pub mod next_format;
 pub mod plan_codec;
 pub mod spec_codec;

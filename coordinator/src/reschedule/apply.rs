@@ -509,11 +509,6 @@ mod tests {
         )
         .await
         .expect("run");
-        assert_eq!(
-            outcomes,
-            vec![Outcome::Running {
-                id: "mig-a".into()
-            }]
-        );
+        assert_eq!(outcomes, vec![Outcome::Running { id: "mig-a".into() }]);
     }
 }

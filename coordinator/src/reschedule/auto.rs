@@ -151,19 +151,29 @@ pub async fn run_once(coordinator: &Arc<Coordinator>, term: u64, config: &LoopCo
         seed: at_ms,
     };
     let state = coordinator.read_state(|s| s.clone());
-    let fr_now = fragment_rate(&state, config);
-    if fr_now < config.fr_threshold {
-        // Nothing to do: no planning time spent.
-        let mut record = empty_record(coordinator, term, config, at_ms, fr_now);
-        record.outcome = "below-threshold".into();
-        record.ended_at_ms = now_ms();
-        tracing::debug!(fr = fr_now, "defragmenting run: below the threshold");
-        write_record(coordinator, term, &record).await;
-        return;
-    }
-    let planned = tokio::task::spawn_blocking(move || plan(&state, &request)).await;
+    let threshold = config.fr_threshold;
+    let measure = config.clone();
+    // CPU-bound (the model of the whole cluster, then the planner): off
+    // the runtime's worker threads.
+    let planned = tokio::task::spawn_blocking(move || {
+        let fr_now = fragment_rate(&state, &measure);
+        if fr_now < threshold {
+            // Nothing to do: no planning time spent.
+            return Ok(Err(fr_now));
+        }
+        plan(&state, &request).map(Ok)
+    })
+    .await;
     let plan = match planned {
-        Ok(Ok(plan)) => plan,
+        Ok(Ok(Ok(plan))) => plan,
+        Ok(Ok(Err(fr_now))) => {
+            let mut record = empty_record(coordinator, term, config, at_ms, fr_now);
+            record.outcome = "below-threshold".into();
+            record.ended_at_ms = now_ms();
+            tracing::debug!(fr = fr_now, "defragmenting run: below the threshold");
+            write_record(coordinator, term, &record).await;
+            return;
+        }
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "defragmenting run: no plan");
             return;

@@ -3,7 +3,8 @@
 //! lowers its fragment rate, checked against herd's migration rules
 //! ([`plan`]), the engine that runs a plan's moves ([`apply`]) for the CLI
 //! and the leader alike ([`leader`]), the leader's loop on a schedule
-//! ([`auto`]) and both loops' settings ([`config`]).
+//! ([`auto`]), the placement fallback for pending jobs ([`fallback`]) and
+//! both loops' settings ([`config`]).
 //!
 //! Planning is a pure function of a [`crate::state::ClusterState`]; the
 //! moves themselves go through `Command::StartMigration` like any
@@ -12,6 +13,7 @@
 pub mod apply;
 pub mod auto;
 pub mod config;
+pub mod fallback;
 pub mod leader;
 pub mod live;
 pub mod plan;
@@ -26,7 +28,8 @@ use tokio::task::JoinHandle;
 use crate::coordinator::Coordinator;
 
 /// Starts the loops `config` turns on (each acts only while this member
-/// leads): the defragmenting loop when `every` is set.
+/// leads): the defragmenting loop when `every` is set, the placement
+/// fallback unless its window is zero.
 pub fn spawn_loops(
     coordinator: &Arc<Coordinator>,
     config: &config::Rescheduling,
@@ -34,6 +37,12 @@ pub fn spawn_loops(
     let mut tasks = Vec::new();
     if let Some(auto) = &config.auto {
         tasks.push(tokio::spawn(auto::run(coordinator.clone(), auto.clone())));
+    }
+    if config.fallback.enabled() {
+        tasks.push(tokio::spawn(fallback::run::run(
+            coordinator.clone(),
+            config.fallback,
+        )));
     }
     tasks
 }

@@ -280,10 +280,22 @@ pub fn first_refusal(
     model: &LiveModel,
     moves: &[Move],
 ) -> Option<(usize, String)> {
-    let mut sim = state.clone();
-    for (step, mv) in moves.iter().enumerate() {
+    let mut named = Vec::with_capacity(moves.len());
+    for mv in moves {
         let alloc_id = model.vms.get(mv.vm)?.alloc_id.as_str();
         let target = model.instance.pms.get(mv.to.pm)?.id.as_str();
+        named.push((alloc_id, target));
+    }
+    first_refused_move(state, &named)
+}
+
+/// The first of `moves` (allocation, target node) that herd's migration
+/// rules refuse when the moves before it have been made, with the reason:
+/// each is started on a copy of `state` with `start_migration` (the rule
+/// `Migrations.Start` is decided by) and then switched over.
+pub fn first_refused_move(state: &ClusterState, moves: &[(&str, &str)]) -> Option<(usize, String)> {
+    let mut sim = state.clone();
+    for (step, &(alloc_id, target)) in moves.iter().enumerate() {
         let mut ops = Vec::new();
         let result = start_migration(
             &mut sim,

@@ -416,4 +416,40 @@ mod tests {
         let long = check_name("id", &"x".repeat(MAX_NAME + 1)).expect_err("long");
         assert_eq!(long.code(), Code::InvalidArgument);
     }
+
+    #[test]
+    fn a_gang_move_pairs_members_by_rank_and_says_what_is_wrong() {
+        let mut state = ClusterState::default();
+        let mut train = spec("train", JobType::Batch, 2);
+        train.placement.gang = true;
+        train.placement.spread = herd_api::placement::SpreadPolicy::Nodes;
+        place(
+            &mut state,
+            &["n1", "n2", "n3"],
+            vec![train, spec("web", JobType::Service, 1)],
+            1_000,
+        );
+        let targets = |t: &[&str]| t.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let moves = gang_moves(&state, "train", &targets(&["n3", "n1"])).expect("moves");
+        let ranks: Vec<u32> = moves
+            .iter()
+            .map(|(a, _)| state.allocations[a].instance)
+            .collect();
+        assert_eq!(ranks, [0, 1]);
+        assert_eq!(moves[0].1, "n3");
+        for (job, to, code, needle) in [
+            ("nope", vec!["n1"], Code::NotFound, "not found"),
+            ("web", vec!["n1"], Code::InvalidArgument, "not a gang"),
+            (
+                "train",
+                vec!["n1"],
+                Code::InvalidArgument,
+                "has 2 members (rank 0 on",
+            ),
+        ] {
+            let status = gang_moves(&state, job, &targets(&to)).expect_err(job);
+            assert_eq!(status.code(), code, "{job}");
+            assert!(status.message().contains(needle), "{}", status.message());
+        }
+    }
 }

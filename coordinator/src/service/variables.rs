@@ -13,7 +13,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::consistency;
 use crate::coordinator::Coordinator;
 use crate::error::{self, CoordinatorError};
-use crate::machine::command::{Command, CommandResult, Rejection};
+use crate::machine::command::{CommandResult, Rejection};
 
 /// Puts of one `PutStream` in flight, from read to answer sent. Past it the
 /// stream is not read until some answers leave: a client that writes
@@ -45,11 +45,7 @@ async fn put_variable(
         value,
         expected_version,
     } = request;
-    let command = Command::PutVariable {
-        key,
-        value,
-        expected_version,
-    };
+    let command = crate::machine::next_format::put_variable(key, value, expected_version);
     match coordinator.write(command).await {
         Ok(written) => match written.result {
             CommandResult::VariablePut { version } => Ok(pb::PutVariableReply {

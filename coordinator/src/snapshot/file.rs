@@ -310,7 +310,10 @@ mod tests {
             let mut bad = good.clone();
             bad[at] ^= 0x01;
             let err = decode(path, bad).expect_err(&format!("byte {at} flipped was accepted"));
-            assert!(err.to_string().starts_with("snapshot file x.snap: "), "{err}");
+            assert!(
+                err.to_string().starts_with("snapshot file x.snap: "),
+                "{err}"
+            );
         }
         for len in 0..good.len() {
             let err = decode(path, good[..len].to_vec())

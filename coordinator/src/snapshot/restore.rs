@@ -157,7 +157,9 @@ pub fn restore_data_dir(options: &RestoreOptions) -> Result<Restored, RestoreErr
             (_, false, _) => {
                 let mut detail = describe(&store);
                 if same_backup {
-                    detail.push_str(" (seeded from this backup earlier; it may have taken writes since)");
+                    detail.push_str(
+                        " (seeded from this backup earlier; it may have taken writes since)",
+                    );
                 }
                 return Err(RestoreError::NotEmpty {
                     dir: dir.clone(),
@@ -225,7 +227,11 @@ pub fn restore_data_dir(options: &RestoreOptions) -> Result<Restored, RestoreErr
 }
 
 fn open(raft_dir: &Path) -> Result<SledStore, String> {
-    SledStore::open(raft_dir).map_err(|e| e.to_string())
+    // sled locks its files: a member running on this data dir keeps it
+    // from being opened here, which is the refusal wanted.
+    SledStore::open(raft_dir).map_err(|e| {
+        format!("cannot open its Raft store ({e}); if a coordinator runs on it, stop it first")
+    })
 }
 
 fn read_marker(path: &Path) -> Result<Option<RestoredMarker>, String> {

@@ -210,8 +210,8 @@ pub(super) fn load_pair(state: &mut ClusterState, key: &[u8], value: &[u8]) -> R
         state.power_budgets.insert(group.to_string(), budget);
     } else if key == "acl/bootstrap" {
         let json: Vec<u8> = decode(key, value)?;
-        let bootstrapped =
-            serde_json::from_slice(&json).map_err(|e| format!("record {key}: acl bootstrap: {e}"))?;
+        let bootstrapped = serde_json::from_slice(&json)
+            .map_err(|e| format!("record {key}: acl bootstrap: {e}"))?;
         state.acl.bootstrapped = Some(bootstrapped);
     } else if let Some(accessor) = key.strip_prefix("acl/token/") {
         let json: Vec<u8> = decode(key, value)?;

@@ -261,6 +261,12 @@ impl Balancer {
             } else {
                 Vec::new()
             };
+            tracing::debug!(
+                score = state.agent.effective_score(),
+                movable = items.len(),
+                coordinators_fresh,
+                "balancing tick"
+            );
             state.agent.set_movable(items);
         }
         let out = state.agent.tick(now);

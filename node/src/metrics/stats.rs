@@ -250,7 +250,6 @@ mod tests {
     #[test]
     fn migrations_are_counted_when_a_set_stops_naming_them() {
         let stats = AgentStats::default();
-        let m1 = assignment("m1");
         let m2 = assignment("m2");
         let incoming = desired("b", 3, "vm", None);
         stats.observe_assignments(

@@ -21,12 +21,30 @@ const MAX_ID_BYTES: usize = 256;
 pub struct AgentPeerService {
     registry: IncomingRegistry,
     balance: crate::balance::BalanceHandle,
+    /// This agent's engines, for request live migration (`RequestKv`).
+    requests: Option<crate::infer::Inference>,
 }
 
 impl AgentPeerService {
     /// Serves the migrations `registry` authorizes.
     pub fn new(registry: IncomingRegistry, balance: crate::balance::BalanceHandle) -> Self {
-        Self { registry, balance }
+        Self {
+            registry,
+            balance,
+            requests: None,
+        }
+    }
+
+    /// Also takes request live migrations into the engines of `inference`.
+    pub fn with_requests(mut self, inference: crate::infer::Inference) -> Self {
+        self.requests = Some(inference);
+        self
+    }
+
+    fn requests(&self) -> Result<&crate::infer::Inference, Status> {
+        self.requests
+            .as_ref()
+            .ok_or_else(|| Status::unimplemented("this agent runs no inference engines"))
     }
 
     /// The tonic service, its message size bounded to one chunk and its
@@ -137,6 +155,23 @@ impl AgentPeer for AgentPeerService {
             .await?;
         let reason = self.registry.aborted(&request.migration_id);
         tracing::info!(migration = %request.migration_id, known, ?reason, "incoming migration aborted by its source");
+        Ok(Response::new(AbortIncomingReply {}))
+    }
+
+    async fn request_kv(
+        &self,
+        request: Request<herd_api::proto::agent::RequestKvChunk>,
+    ) -> Result<Response<herd_api::proto::agent::RequestKvReply>, Status> {
+        crate::serve::request_migration::receive_kv(self.requests()?, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn abort_request_kv(
+        &self,
+        request: Request<herd_api::proto::agent::AbortRequestKvRequest>,
+    ) -> Result<Response<AbortIncomingReply>, Status> {
+        crate::serve::request_migration::abort_kv(self.requests()?, request.into_inner()).await?;
         Ok(Response::new(AbortIncomingReply {}))
     }
 

@@ -240,6 +240,16 @@ impl Fleet {
         Ok(instance)
     }
 
+    /// The agent of another node's instance `alloc_id`, if known (the
+    /// target of a request migration).
+    pub fn agent_of(&self, alloc_id: &str) -> Option<String> {
+        let view = self.shared.view.lock().ok()?;
+        view.remote
+            .iter()
+            .find(|i| i.alloc_id == alloc_id)
+            .map(|i| i.agent.clone())
+    }
+
     /// A channel to the agent at `addr`, kept for later calls.
     pub fn channel(&self, addr: &str) -> Result<Channel, Status> {
         let mut channels = self

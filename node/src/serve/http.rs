@@ -140,6 +140,7 @@ async fn generate(inference: &Inference, kind: Kind, body: Body) -> Response {
             prompt_tokens: request.prompt_tokens,
             max_tokens: request.max_tokens,
             priority: request.priority.clone(),
+            ..Default::default()
         })
         .await;
     let (served, tokens) = match dispatched {

@@ -8,4 +8,5 @@ pub mod dispatch;
 pub mod fleet;
 pub mod http;
 pub mod openai;
+pub mod request_migration;
 pub mod sim;

@@ -162,9 +162,9 @@ impl Cluster for GrpcCluster<'_> {
                 },
             })),
             Ok(_) => Ok(Poll::Phase(Phase::Running)),
-            Err(e) if e.code() == Some(tonic::Code::NotFound) => Err(GrpcError(
-                CliError::runtime(format!("lost sight of migration {id}: {e}")),
-            )),
+            Err(e) if e.code() == Some(tonic::Code::NotFound) => Err(GrpcError(CliError::runtime(
+                format!("lost sight of migration {id}: {e}"),
+            ))),
             Err(e) => Ok(Poll::Unreachable(e.to_string())),
         }
     }

@@ -1,7 +1,8 @@
 //! `herd reschedule status`: what the leader's defragmenting loop did last
 //! (when, the fragment rate before, planned and measured after, the moves
 //! started and skipped), read from the record the loop keeps in the
-//! variable `herd/reschedule/last-run`.
+//! variable `herd/reschedule/last-run`; and the placement fallback's
+//! record of a job, which `herd job status` shows.
 
 use clap::Args;
 use herd_api::client::{HerdClient, Repeat};
@@ -9,6 +10,7 @@ use herd_api::proto::v1 as pb;
 use herd_api::proto::v1::variables_client::VariablesClient;
 use herd_api::resources::format_memory;
 use herd_coordinator::reschedule::auto::{LastRun, LAST_RUN_KEY};
+use herd_coordinator::reschedule::fallback::record::{key as fallback_key, FallbackRecord};
 use serde_json::json;
 
 use crate::cmd::Context;
@@ -141,4 +143,32 @@ pub async fn status(ctx: &Context, args: StatusArgs) -> Result<(), CliError> {
         }
     }
     Ok(())
+}
+
+/// The placement fallback's record for job `name` at `version`, when there
+/// is one worth showing: a placement it made, or (while the job is still
+/// `blocked`) why it found none. A coordinator that cannot be asked about
+/// it (an older release, a token without access to variables) shows none:
+/// `herd job status` must not fail over an extra.
+pub async fn fallback_record(
+    client: &HerdClient,
+    name: &str,
+    version: u64,
+    blocked: bool,
+    stale: bool,
+) -> Option<FallbackRecord> {
+    let value = read_record(client, &fallback_key(name), stale)
+        .await
+        .ok()??;
+    let record: FallbackRecord = serde_json::from_value(value).ok()?;
+    (record.version == version && (blocked || !record.outcome.while_pending())).then_some(record)
+}
+
+/// `herd job status`'s line for `record`.
+pub fn fallback_line(record: &FallbackRecord) -> String {
+    format!(
+        "fallback   {} ({} UTC)",
+        record.text,
+        format_time(record.at_ms)
+    )
 }

@@ -250,10 +250,7 @@ pub fn drain_live(
             });
         } else if let Some(gang) = alloc.gang.clone() {
             // Moved whole below, with the gang's other members.
-            gangs
-                .entry((alloc.job.clone(), gang))
-                .or_default()
-                .push(id);
+            gangs.entry((alloc.job.clone(), gang)).or_default().push(id);
         } else if alloc.status != AllocStatus::Running {
             unmoved.push((id, format!("not running yet ({})", alloc.status.as_str())));
         } else if let Some(kind) = kind {

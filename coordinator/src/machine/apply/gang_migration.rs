@@ -433,6 +433,9 @@ pub fn move_gang_off(
                 target,
             })
             .collect()),
+        CommandResult::Rejected(Rejection::Migration(why)) => {
+            Err(format!("its gang cannot move whole: {why}"))
+        }
         CommandResult::Rejected(why) => Err(format!("its gang cannot move whole: {why}")),
         other => Err(format!("its gang cannot move whole: {other:?}")),
     }

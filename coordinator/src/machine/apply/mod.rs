@@ -54,6 +54,7 @@ pub fn apply(
     changes: &mut ChangeLog<'_>,
 ) -> CommandResult {
     match command {
+        Command::PutVariableJson { put } => apply(state, index, put.into_command(), changes),
         Command::InitCluster { cluster_id } => {
             if let Some(existing) = &state.cluster_id {
                 return CommandResult::ClusterInitialized {
