@@ -16,7 +16,8 @@
 //!   already offered.
 //! - **Acceptance** (the recipient, on fresh local figures and its
 //!   reservations): after the move it must stay no heavier than the sender
-//!   after the move, and not rise above its own threshold.
+//!   after the move, and not rise above its own threshold, unless the item
+//!   alone is heavier than the band (it could never land inside it).
 
 use crate::config::Config;
 use crate::item::MovableItem;
@@ -107,7 +108,11 @@ pub fn judge_offer(
     // Judge against the higher of the two means, so that a recipient in a
     // lighter neighbourhood still takes work from a heavier one.
     let m = mean.max(offer.sender_mean);
-    if after > m + band(config, m) + EPS {
+    // An item heavier than the band can never land inside it: such coarse
+    // items (a VM that is a fifth of a node) are judged by the pair rule
+    // alone, which still lowers the fleet's spread with every move.
+    let band = band(config, m);
+    if after > m + band + EPS && offer.weight <= band + EPS {
         return Verdict::Rejected(RejectReason::Overloaded);
     }
     Verdict::Accepted
@@ -178,13 +183,41 @@ mod tests {
             judge_offer(&c, &offer, 85.0, 60.0, 0),
             Verdict::Rejected(RejectReason::WouldReverse)
         );
+        // An item within the band (5 ≤ 6) must not lift the recipient
+        // above it (65 + 5 > 60 + 6).
+        let fine = Offer {
+            weight: 5.0,
+            ..offer.clone()
+        };
         assert_eq!(
-            judge_offer(&c, &offer, 65.0, 50.0, 0),
+            judge_offer(&c, &fine, 65.0, 50.0, 0),
             Verdict::Rejected(RejectReason::Overloaded)
         );
         assert_eq!(
             judge_offer(&c, &offer, 40.0, 60.0, c.max_reservations),
             Verdict::Rejected(RejectReason::TooManyReservations)
+        );
+    }
+
+    #[test]
+    fn a_coarse_item_moves_when_it_narrows_the_pair_even_past_the_band() {
+        // Three nodes at 44, 0, 0 (mean 14.7, band 2): an item of 20 can
+        // never land within the band, yet 44/0 -> 24/20 lowers the spread.
+        let c = Config::default();
+        let offer = Offer {
+            offer_id: 1,
+            item: "vm".into(),
+            kind: ItemKind::Allocation,
+            weight: 20.0,
+            moves_so_far: 0,
+            sender_score: 44.0,
+            sender_mean: 44.0 / 3.0,
+        };
+        assert_eq!(judge_offer(&c, &offer, 0.0, 44.0 / 3.0, 0), Verdict::Accepted);
+        // The pair rule still holds for it: 30 + 20 > 44 - 20.
+        assert_eq!(
+            judge_offer(&c, &offer, 30.0, 44.0 / 3.0, 0),
+            Verdict::Rejected(RejectReason::WouldReverse)
         );
     }
 }

@@ -103,6 +103,8 @@ enum Command {
     SimVm(cmd::sim_vm::SimVmArgs),
     /// Run one request on a SIMULATED LLM inference service and stream its tokens.
     Infer(cmd::infer::InferArgs),
+    /// Move a running request of a SIMULATED LLM service to another instance while it decodes.
+    InferMigrate(cmd::infer_migrate::InferMigrateArgs),
     /// Run a SIMULATED LLM engine (started by the inference driver).
     #[command(hide = true)]
     InferenceEngine(cmd::inference_engine::InferenceEngineArgs),
@@ -173,6 +175,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::SimVm(args) => cmd::sim_vm::run(args).await,
         Command::Chaos(command) => cmd::chaos::run(command).await,
         Command::Infer(args) => cmd::infer::run(&ctx, args).await,
+        Command::InferMigrate(args) => cmd::infer_migrate::run(&ctx, args).await,
         Command::InferenceEngine(args) => cmd::inference_engine::run(args).await,
         Command::Executor(_) => Err(CliError::runtime("the executor runs outside the runtime")),
         Command::ToyTrain(_) => Err(CliError::runtime("toy-train runs outside the runtime")),
@@ -194,7 +197,8 @@ fn prints_and_exits(command: &Command) -> bool {
         | Command::Power(_)
         | Command::Vm(_)
         | Command::Reschedule(_)
-        | Command::Infer(_) => true,
+        | Command::Infer(_)
+        | Command::InferMigrate(_) => true,
         Command::Node(args) => args.command.is_some(),
         Command::Coordinator(_)
         | Command::Dev(_)

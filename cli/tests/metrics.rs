@@ -302,3 +302,127 @@ async fn coordinators_and_agents_serve_metrics_that_match_the_api_and_pass_promt
     }
     must_cli_ok(&["--addr", &addr, "job", "stop", JOB]);
 }
+
+/// A live migration between two agents is counted as it ends: by the
+/// coordinator (ended by kind and outcome, with its downtime) and by both
+/// agents (as source and as target).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_live_migration_is_counted_by_the_coordinator_and_both_agents() {
+    let coordinator_metrics = format!("127.0.0.1:{}", free_loopback_port().expect("port"));
+    let cluster = must_start_one_member(&[
+        "--node-ttl-ms",
+        "3000",
+        "--metrics-listen",
+        &coordinator_metrics,
+    ])
+    .await;
+    let addr = cluster.addr_list();
+    let mut agents = AgentSet::new(herd_bin(), &addr).expect("agents");
+    let mut agent_metrics = BTreeMap::new();
+    for name in ["mv-1", "mv-2"] {
+        let at = format!("127.0.0.1:{}", free_loopback_port().expect("port"));
+        agents
+            .start(name, &["--metrics-listen", &at])
+            .expect("start agent");
+        agent_metrics.insert(name, at);
+    }
+    must_have_ready_nodes(&addr, &["mv-1", "mv-2"]).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let spec = write_spec(
+        dir.path(),
+        "vm",
+        "name = \"vm\"\ntype = \"service\"\n[task]\ndriver = \"simvm\"\n[task.config]\ndirty_rate = \"1MiB\"\nseed = 5\n[task.resources]\ncpu = 100\nmemory = \"32MiB\"\n",
+    );
+    must_cli_ok(&["--addr", &addr, "job", "run", "--detach", &spec]);
+    let (alloc, source) = until("the simulated VM running", Duration::from_secs(20), || {
+        let allocs = running_allocs(&addr, "vm");
+        let [a] = allocs.as_slice() else { return None };
+        Some((
+            a["id"].as_str()?.to_string(),
+            a["node"].as_str()?.to_string(),
+        ))
+    })
+    .await;
+    let target = if source == "mv-1" { "mv-2" } else { "mv-1" };
+    must_cli_ok(&[
+        "--addr", &addr, "alloc", "migrate", &alloc, "--to", target, "--wait",
+    ]);
+    let record = json(&addr, &["migration", "list", "--alloc", &alloc])
+        .as_array()
+        .and_then(|m| m.first().cloned())
+        .expect("a migration");
+    assert_eq!(record["phase"], "completed", "{record:#}");
+
+    let text = until(
+        "the coordinator to count the migration",
+        Duration::from_secs(20),
+        || {
+            let text = scrape(&coordinator_metrics);
+            sample(
+                &text,
+                "herd_migrations_ended_total{kind=\"simvm\",outcome=\"completed\"}",
+            )
+            .is_some()
+            .then_some(text)
+        },
+    )
+    .await;
+    assert_eq!(
+        must_sample(
+            &text,
+            "herd_migrations_ended_total{kind=\"simvm\",outcome=\"completed\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        must_sample(
+            &text,
+            "herd_migration_downtime_seconds_count{kind=\"simvm\"}"
+        ),
+        1.0
+    );
+    let downtime = must_sample(&text, "herd_migration_downtime_seconds_sum{kind=\"simvm\"}");
+    let reported = record["downtime_ms"].as_u64().expect("downtime") as f64 / 1000.0;
+    assert!(
+        (downtime - reported).abs() < 1e-6,
+        "{downtime} vs {reported}"
+    );
+    assert!(
+        sample(
+            &text,
+            "herd_migrations_active{kind=\"simvm\",phase=\"transferring\"}"
+        )
+        .is_none(),
+        "nothing in flight"
+    );
+    for (node, role) in [(source.as_str(), "source"), (target, "target")] {
+        let series = format!(
+            "herd_agent_migrations_total{{role=\"{role}\",kind=\"simvm\",outcome=\"completed\"}}"
+        );
+        let at = &agent_metrics[node];
+        until(
+            &format!("{node} to count the migration as its {role}"),
+            Duration::from_secs(20),
+            || (sample(&scrape(at), &series) == Some(1.0)).then_some(()),
+        )
+        .await;
+    }
+    let target_text = scrape(&agent_metrics[target]);
+    assert_eq!(
+        must_sample(
+            &target_text,
+            "herd_agent_allocations_running{driver=\"simvm\"}"
+        ),
+        1.0
+    );
+    for (what, text) in [
+        ("the coordinator", text.as_str()),
+        ("the target", target_text.as_str()),
+    ] {
+        if !promtool_accepts(what, text) {
+            skip_or_fail("promtool is not installed (Debian's `prometheus` package): the metrics were not linted");
+            break;
+        }
+    }
+    must_cli_ok(&["--addr", &addr, "job", "stop", "vm"]);
+}

@@ -341,6 +341,28 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_moved_message_passes_without_taking_a_position() {
+        let served = Served {
+            alloc_id: "a1".into(),
+            node: "n1".into(),
+        };
+        let moved = Ok(InferToken {
+            index: 2,
+            moved: Some(RequestMoved {
+                alloc_id: "a2".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let stream = futures::stream::iter(vec![token(0), token(1), moved, token(2)]);
+        let out: Vec<_> = in_order(Box::pin(stream), served).collect().await;
+        let out: Vec<InferToken> = out.into_iter().map(|t| t.expect("token")).collect();
+        assert_eq!(out.len(), 4);
+        assert!(out[2].moved.is_some());
+        assert_eq!(out[3].index, 2);
+    }
+
+    #[tokio::test]
     async fn a_gap_or_a_duplicate_ends_the_stream_with_an_error() {
         for indexes in [vec![0, 2, 3], vec![0, 1, 1, 2]] {
             let served = Served {

@@ -890,7 +890,7 @@ impl Engine {
         data: &[u8],
     ) -> Result<u32, EngineError> {
         let block_bytes = self.pool.block_bytes();
-        if data.len() % block_bytes != 0 {
+        if block_bytes == 0 || !data.len().is_multiple_of(block_bytes) {
             return Err(EngineError::Migration(format!(
                 "{} bytes is not a whole number of {block_bytes}-byte blocks",
                 data.len()

@@ -216,3 +216,103 @@ fn the_same_load_runs_the_same_way() {
     };
     assert_eq!(go(), go());
 }
+
+/// Request live migration between two engines: copy stages while the
+/// request decodes, a frozen last stage, resume on the target.
+mod request_migration {
+    use crate::inference::blocks::BLOCK_TOKENS;
+    use crate::inference::{Engine, EngineError, EngineSettings, Priority, RequestSpec};
+
+    fn engine() -> Engine {
+        let mut settings = EngineSettings::default();
+        settings.engine.kv_blocks = 32;
+        settings.engine.bytes_per_token = 8;
+        Engine::new(settings.engine)
+    }
+
+    fn spec() -> RequestSpec {
+        RequestSpec {
+            prompt_tokens: 40,
+            max_tokens: 100,
+            priority: Priority::Normal,
+        }
+    }
+
+    #[test]
+    fn stages_then_freeze_move_every_block_and_positions_go_on() {
+        let (mut source, mut target) = (engine(), engine());
+        let id = source.submit(spec(), 0).expect("submitted");
+        let mut now = 0;
+        let mut seen = Vec::new();
+        for _ in 0..10 {
+            let r = source.step(now);
+            now += r.duration_us;
+            seen.extend(r.tokens.iter().map(|t| t.index));
+        }
+        // Stage 1: the full blocks so far; the request keeps decoding.
+        let first = source.export_kv(id, 0, false).expect("stage 1");
+        assert_eq!(
+            first.blocks as usize,
+            first.cached_tokens as usize / BLOCK_TOKENS
+        );
+        assert!(first.state.is_none());
+        target.stage_kv("m", 0, &first.data).expect("staged");
+        for _ in 0..20 {
+            let r = source.step(now);
+            now += r.duration_us;
+            seen.extend(r.tokens.iter().map(|t| t.index));
+        }
+        // Out of step: refused.
+        assert!(matches!(
+            target.stage_kv("m", first.blocks + 1, &[0; 128]),
+            Err(EngineError::Migration(_))
+        ));
+        // Freeze: no more tokens on the source.
+        let last = source.export_kv(id, first.blocks, true).expect("freeze");
+        let state = last.state.expect("state");
+        assert_eq!(state.generated as usize, seen.len());
+        assert!(source.step(now).tokens.is_empty());
+        target
+            .stage_kv("m", last.from_block, &last.data)
+            .expect("staged");
+        let moved = target.resume_imported("m", state, now).expect("resumed");
+        assert!(target.verify_request(moved).expect("known"));
+        assert!(source.release_frozen(id).expect("released") > 0);
+        assert_eq!(source.stats().free_blocks, source.stats().total_blocks);
+        while !target.is_idle() {
+            let r = target.step(now);
+            now += r.duration_us;
+            seen.extend(r.tokens.iter().map(|t| t.index));
+        }
+        assert_eq!(seen, (0..100).collect::<Vec<_>>());
+        assert_eq!(target.stats().free_blocks, target.stats().total_blocks);
+    }
+
+    #[test]
+    fn an_abort_thaws_the_source_and_frees_the_staged_blocks() {
+        let (mut source, mut target) = (engine(), engine());
+        let id = source.submit(spec(), 0).expect("submitted");
+        source.step(0);
+        let frozen = source.export_kv(id, 0, true).expect("freeze");
+        target.stage_kv("m", 0, &frozen.data).expect("staged");
+        assert!(target.stats().free_blocks < target.stats().total_blocks);
+        assert_eq!(target.abort_import("m"), frozen.blocks);
+        assert_eq!(target.stats().free_blocks, target.stats().total_blocks);
+        source.thaw(id).expect("thawed");
+        assert_eq!(source.step(1).tokens.len(), 1);
+        // Bytes that do not verify are refused and freed.
+        let mut state = source
+            .export_kv(id, 0, true)
+            .expect("freeze")
+            .state
+            .expect("state");
+        let bad = vec![0u8; frozen.data.len()];
+        target.stage_kv("n", 0, &bad).expect("staged");
+        state.seed ^= 1;
+        assert!(matches!(
+            target.resume_imported("n", state, 0),
+            Err(EngineError::Migration(_))
+        ));
+        assert_eq!(target.stats().free_blocks, target.stats().total_blocks);
+    }
+}

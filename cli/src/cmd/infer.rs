@@ -57,7 +57,7 @@ pub struct InferArgs {
 
 /// The allocation to ask (or whose node to enter at) and the address of
 /// the agent to enter at.
-async fn target(
+pub(super) async fn target(
     client: &HerdClient,
     service: &str,
     pinned: Option<&str>,
@@ -190,9 +190,11 @@ pub async fn run(ctx: &Context, args: InferArgs) -> Result<(), CliError> {
             let mut out = std::io::stdout();
             let line = match (token.ttft_us, since) {
                 (Some(ttft), _) => format!(
-                    "token {:>5}  first, TTFT {:.1} ms",
+                    "token {:>5}  first, TTFT {:.1} ms (request {} of {})",
                     token.index,
-                    ttft as f64 / 1e3
+                    ttft as f64 / 1e3,
+                    token.request_id,
+                    token.alloc_id
                 ),
                 (None, Some(gap)) => {
                     format!("token {:>5}  +{:.1} ms", token.index, gap as f64 / 1e3)

@@ -12,6 +12,7 @@ pub mod dev;
 pub mod executor;
 pub mod gang_migrate;
 pub mod infer;
+pub mod infer_migrate;
 pub mod inference_engine;
 pub mod job;
 pub mod migration;

@@ -146,6 +146,9 @@ struct MovesInner {
     moved: HashMap<(String, u64), RequestMoved>,
     /// Requests resumed here, by migration id.
     handoffs: HashMap<String, Handoff>,
+    /// Channels to this node's engines, by address (kept: a new
+    /// connection per chunk would lengthen the downtime).
+    engines: HashMap<String, Channel>,
 }
 
 /// What an agent remembers of request migrations; cheap to clone.
@@ -202,6 +205,22 @@ impl RequestMoves {
         });
     }
 
+    /// A client of the engine at `addr`, on a kept channel.
+    fn engine(&self, addr: &str) -> Result<InferenceEngineClient<Channel>, Status> {
+        let kept = self.with(|i| i.engines.get(addr).cloned()).flatten();
+        let channel = match kept {
+            Some(c) => c,
+            None => {
+                let c = connect_lazy(addr)?;
+                self.with(|i| i.engines.insert(addr.to_string(), c.clone()));
+                c
+            }
+        };
+        Ok(InferenceEngineClient::new(channel)
+            .max_decoding_message_size(ENGINE_MESSAGE_BYTES)
+            .max_encoding_message_size(ENGINE_MESSAGE_BYTES))
+    }
+
     fn drop_handoff(&self, handoff: &str) {
         self.with(|i| i.handoffs.remove(handoff));
     }
@@ -217,12 +236,6 @@ pub fn agent_channel(inference: &Inference, addr: &str) -> Result<Channel, Statu
         .map_err(|e| Status::invalid_argument(format!("bad agent address {addr:?}: {e}")))?
         .connect_timeout(CONNECT_TIMEOUT)
         .connect_lazy())
-}
-
-fn engine_client(addr: &str) -> Result<InferenceEngineClient<Channel>, Status> {
-    Ok(InferenceEngineClient::new(connect_lazy(addr)?)
-        .max_decoding_message_size(ENGINE_MESSAGE_BYTES)
-        .max_encoding_message_size(ENGINE_MESSAGE_BYTES))
 }
 
 /// An engine's token stream as the agent relays it: each token naming its
@@ -335,7 +348,10 @@ pub async fn migrate_request(
         .engines()
         .find(alloc_id, "")
         .map_err(src("finding the engine"))?;
-    let mut source = engine_client(&engine.addr).map_err(src("dialing the engine"))?;
+    let mut source = inference
+        .moves()
+        .engine(&engine.addr)
+        .map_err(src("dialing the engine"))?;
     let channel = agent_channel(inference, &target.agent)
         .map_err(|status| RequestMigrationError::Invalid(status.message().to_string()))?;
     let mut peer = AgentPeerClient::new(channel)
@@ -538,7 +554,7 @@ pub async fn receive_kv(
         )));
     }
     let engine = inference.engines().find(&chunk.alloc_id, "")?;
-    let mut client = engine_client(&engine.addr)?;
+    let mut client = inference.moves().engine(&engine.addr)?;
     if !chunk.data.is_empty() {
         client
             .import_kv(ImportKvRequest {
@@ -578,7 +594,9 @@ pub async fn abort_kv(inference: &Inference, request: AbortRequestKvRequest) -> 
     check_id("alloc_id", &request.alloc_id)?;
     inference.moves().drop_handoff(&request.migration_id);
     let engine = inference.engines().find(&request.alloc_id, "")?;
-    engine_client(&engine.addr)?
+    inference
+        .moves()
+        .engine(&engine.addr)?
         .abort_import(AbortImportRequest {
             migration_id: request.migration_id,
         })
