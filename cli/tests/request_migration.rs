@@ -480,3 +480,115 @@ async fn a_migration_to_a_dead_target_fails_and_the_request_finishes_on_the_sour
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A measurement, not a check (run with `--ignored --no-capture`): the
+/// downtime of a migration as the sequence grows from 256 to 16 384
+/// tokens, beside the modelled cost of recomputing the prefill on the
+/// target instead. Figures in docs/inference.md.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement; prints figures"]
+async fn measure_downtime_by_sequence_length() {
+    const LONG: &str = r#"
+name = "llm"
+type = "service"
+count = 2
+spread = "node"
+
+[task]
+driver = "inference"
+
+[task.resources]
+cpu = 100
+memory = "64MiB"
+
+[task.config]
+kv_blocks = "1100"
+bytes_per_token = "64"
+time_scale = "0.2"
+"#;
+    let (_cluster, addr, mut agents) = cluster_with_agents(1, "2000").await;
+    for name in ["h1", "h2"] {
+        agents.start(name, &[]).expect("start agent");
+    }
+    must_have_ready_nodes(&addr, &["h1", "h2"]).await;
+    let agent_addr: BTreeMap<&str, String> = ["h1", "h2"]
+        .into_iter()
+        .map(|n| (n, agents.agent(n).expect("agent").addr.clone()))
+        .collect();
+    let dir = tempfile::tempdir().expect("tempdir");
+    run_job(&addr, dir.path(), "llm", LONG);
+    let instance: BTreeMap<String, String> =
+        until("two running instances", Duration::from_secs(20), || {
+            let allocs = running_allocs(&addr, "llm");
+            (allocs.len() == 2).then(|| {
+                allocs
+                    .iter()
+                    .map(|a| {
+                        (
+                            a["node"].as_str().unwrap_or_default().to_string(),
+                            a["id"].as_str().unwrap_or_default().to_string(),
+                        )
+                    })
+                    .collect()
+            })
+        })
+        .await;
+    let (source, target) = (instance["h1"].clone(), instance["h2"].clone());
+    let started = Instant::now();
+    while engine_stats(&agent_addr["h1"], &source).await.is_none() {
+        assert!(started.elapsed() < Duration::from_secs(20), "not polled");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let cost = herd_actors::inference::cost::CostModel::default();
+    println!(
+        "prompt_tokens stages blocks bytes downtime_ms total_ms recompute_prefill_ms(modelled)"
+    );
+    for prompt in [256u32, 1024, 4096, 16384] {
+        let mut tokens = agent(&agent_addr["h1"])
+            .await
+            .infer(InferRequest {
+                alloc_id: source.clone(),
+                job: "llm".into(),
+                prompt_tokens: prompt,
+                max_tokens: 1000,
+                ..Default::default()
+            })
+            .await
+            .expect("request accepted")
+            .into_inner();
+        let first = tokens.next().await.expect("a token").expect("token");
+        for _ in 0..20 {
+            tokens.next().await.expect("a token").expect("token");
+        }
+        let reader = tokio::spawn(async move {
+            let mut n = 21;
+            while let Some(t) = tokens.next().await {
+                t.expect("token");
+                n += 1;
+            }
+            n
+        });
+        let outcome = agent(&agent_addr["h1"])
+            .await
+            .migrate_request(MigrateRequestRequest {
+                alloc_id: source.clone(),
+                request_id: first.request_id,
+                to_alloc: target.clone(),
+                to_agent: agent_addr["h2"].clone(),
+            })
+            .await
+            .expect("migrated")
+            .into_inner();
+        assert_eq!(reader.await.expect("reader"), 1000);
+        let context = prompt as u64 + outcome.switched_at as u64;
+        println!(
+            "{prompt} {} {} {} {:.1} {:.1} {:.1}",
+            outcome.stages,
+            outcome.blocks,
+            outcome.bytes,
+            outcome.downtime_us as f64 / 1e3,
+            outcome.total_us as f64 / 1e3,
+            cost.prefill_us(context) as f64 / 1e3
+        );
+    }
+}

@@ -260,6 +260,7 @@ impl NodeAgent {
         assigned_tx: &AssignedTx,
         drivers: &HashMap<String, Arc<dyn Driver>>,
         handle: &crate::balance::BalanceHandle,
+        stats: &Arc<AgentStats>,
     ) -> Result<ActorRef<BalanceMsg>, ActorProcessingErr> {
         let coordinators = match connector {
             Some(connect) => {
@@ -294,6 +295,7 @@ impl NodeAgent {
             reserved_memory_bytes: config.reserved_memory_bytes,
             movable_drivers,
             config: config.balance.clone(),
+            stats: stats.clone(),
         };
         let (balancer, _) = Actor::spawn_linked(None, Balancer, args, myself.get_cell()).await?;
         handle.set(balancer.clone());
@@ -378,6 +380,7 @@ impl Actor for NodeAgent {
                     &assigned_tx,
                     &drivers,
                     &args.balance,
+                    &args.stats,
                 )
                 .await?,
             )
@@ -513,6 +516,7 @@ impl Actor for NodeAgent {
                     &state.assigned_tx,
                     &state.drivers,
                     &state.balance,
+                    &state.stats,
                 )
                 .await?,
             );

@@ -39,8 +39,12 @@ const RESEND_EVERY: Duration = Duration::from_secs(5);
 /// Changes closer together than this are sent as one set. The first change
 /// after a quiet spell goes out at once (a migration's start and its
 /// switch-over are waited for by the agents): only a change within this
-/// long of the last set sent waits for the rest of it.
-const COALESCE: Duration = Duration::from_millis(20);
+/// long of the last set sent waits for the rest of it. Short, because the
+/// second of two quick changes waits: a migration's switch-over commits a
+/// millisecond or two after its `switching` report, and the target's
+/// workload waits paused for that set (docs/benchmarks.md measured 20 ms
+/// here as 20 ms more pause).
+const COALESCE: Duration = Duration::from_millis(5);
 /// Longest node name accepted (as `RegisterNode` checks in apply).
 const MAX_NODE_NAME: usize = 128;
 

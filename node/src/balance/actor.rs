@@ -70,6 +70,8 @@ pub struct BalancerArgs {
     pub movable_drivers: BTreeSet<String>,
     /// The protocol's and the policy's settings.
     pub config: herd_balance::Config,
+    /// Where moves and bytes sent are counted (the agent's metrics).
+    pub stats: Arc<crate::metrics::AgentStats>,
 }
 
 /// The balancer's messages.
@@ -132,6 +134,7 @@ impl Balancer {
             let Some(channel) = Self::channel(state, &packet.to.peer_addr) else {
                 continue;
             };
+            state.args.stats.gossip_sent(packet.packet.len() as u64);
             let request = GossipPacket {
                 from_node: state.args.node.clone(),
                 from_addr: state.args.peer_addr.clone(),
@@ -180,6 +183,7 @@ impl Balancer {
                 Event::MoveApproved { item, to } => Self::start_move(myself, state, item, to),
                 Event::MoveReceived { item, from } => {
                     tracing::info!(item = %item.id, from = %from.id, moves = item.moves_so_far, "balancing: item moved here");
+                    state.args.stats.balance_move("in", "moved");
                     state
                         .history
                         .insert(item.id.clone(), (item.moves_so_far, item.last_moved_ms));
@@ -455,6 +459,10 @@ impl Actor for Balancer {
             }
             BalanceMsg::MoveFinished { item, outcome } => {
                 state.moving.remove(&item);
+                state
+                    .args
+                    .stats
+                    .balance_move("out", if outcome.moved { "moved" } else { "failed" });
                 if outcome.moved {
                     tracing::info!(%item, migration = ?outcome.migration, detail = %outcome.detail, "balancing: move done");
                     state.history.remove(&item);

@@ -23,6 +23,8 @@ pub struct AgentStats {
     calls: Family<Labels, Counter>,
     migrations: Family<Labels, Counter>,
     inference: Family<Labels, Counter>,
+    balance_moves: Family<Labels, Counter>,
+    gossip_bytes: Counter,
     inner: Mutex<Inner>,
 }
 
@@ -49,6 +51,8 @@ impl Default for AgentStats {
             calls: Family::default(),
             migrations: Family::default(),
             inference: Family::default(),
+            balance_moves: Family::default(),
+            gossip_bytes: Counter::default(),
             inner: Mutex::default(),
         }
     }
@@ -177,6 +181,23 @@ impl AgentStats {
             .inc();
     }
 
+    /// A balancing move this node took part in ended: `direction` `out`
+    /// (this node sent the item) or `in`; `outcome` `moved` or `failed`
+    /// (only the sender learns of a failure).
+    pub fn balance_move(&self, direction: &'static str, outcome: &'static str) {
+        self.balance_moves
+            .get_or_create(&vec![
+                ("direction", direction.to_string()),
+                ("outcome", outcome.to_string()),
+            ])
+            .inc();
+    }
+
+    /// Bytes of balancing packets this node sent (gossip and negotiation).
+    pub fn gossip_sent(&self, bytes: u64) {
+        self.gossip_bytes.inc_by(bytes);
+    }
+
     /// How many migrations ended so (for tests).
     pub fn migrations(&self, role: &'static str, kind: &str, outcome: &'static str) -> u64 {
         self.migrations
@@ -199,6 +220,16 @@ impl AgentStats {
             "agent_migrations",
             "Migrations this node took part in that ended, by role (source, target), kind and outcome (completed, aborted)",
             self.migrations.clone(),
+        );
+        registry.register(
+            "agent_balance_moves",
+            "Decentralised balancing moves this node took part in, by direction (out, in) and outcome (moved, failed)",
+            self.balance_moves.clone(),
+        );
+        registry.register(
+            "agent_balance_sent_bytes",
+            "Bytes of balancing packets (membership, load gossip, negotiation) this agent sent",
+            self.gossip_bytes.clone(),
         );
         registry.register(
             "agent_inference_requests",
