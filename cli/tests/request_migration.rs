@@ -8,8 +8,9 @@
 //! afterwards, and the source engine freed its blocks. Then a fault: the
 //! client entered at a third agent, and the source node is killed after
 //! the switch-over; the request finishes on the target. And a migration
-//! to a target node that is gone fails, the request finishing on the
-//! source.
+//! to a target node that is gone, before or during the copy, fails, the
+//! request finishing on the source. An ignored test measures the downtime
+//! against the sequence length.
 
 mod common;
 
@@ -591,4 +592,146 @@ time_scale = "0.2"
             cost.prefill_us(context) as f64 / 1e3
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_target_during_the_copy_leaves_the_request_decoding_on_the_source() {
+    // Long enough a copy (16 MiB of KV) to kill the target in the middle.
+    const BIG: &str = r#"
+name = "llm"
+type = "service"
+count = 2
+spread = "node"
+
+[task]
+driver = "inference"
+
+[task.resources]
+cpu = 100
+memory = "128MiB"
+
+[task.config]
+kv_blocks = "1100"
+bytes_per_token = "1024"
+time_scale = "0.2"
+"#;
+    let (_cluster, addr, mut agents) = cluster_with_agents(1, "2000").await;
+    for name in ["h1", "h2"] {
+        agents.start(name, &[]).expect("start agent");
+    }
+    must_have_ready_nodes(&addr, &["h1", "h2"]).await;
+    let agent_addr: BTreeMap<&str, String> = ["h1", "h2"]
+        .into_iter()
+        .map(|n| (n, agents.agent(n).expect("agent").addr.clone()))
+        .collect();
+    let dir = tempfile::tempdir().expect("tempdir");
+    run_job(&addr, dir.path(), "llm", BIG);
+    let instance: BTreeMap<String, String> =
+        until("two running instances", Duration::from_secs(20), || {
+            let allocs = running_allocs(&addr, "llm");
+            (allocs.len() == 2).then(|| {
+                allocs
+                    .iter()
+                    .map(|a| {
+                        (
+                            a["node"].as_str().unwrap_or_default().to_string(),
+                            a["id"].as_str().unwrap_or_default().to_string(),
+                        )
+                    })
+                    .collect()
+            })
+        })
+        .await;
+    let (source, target) = (instance["h1"].clone(), instance["h2"].clone());
+    let started = Instant::now();
+    // The target engine, asked directly (its engine.json) so that the
+    // staging is seen as it happens.
+    let target_dir = agents
+        .agent("h2")
+        .expect("agent")
+        .data_dir
+        .join("allocs")
+        .join(&target);
+    let target_engine = loop {
+        let found = herd_actors::inference::endpoint::EngineEndpoint::read(&target_dir)
+            .ok()
+            .flatten();
+        let polled = engine_stats(&agent_addr["h1"], &source).await.is_some();
+        if let (Some(e), true) = (found, polled) {
+            break e;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "engines not up"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let mut engine =
+        herd_api::proto::inference::inference_engine_client::InferenceEngineClient::connect(
+            format!("http://{}", target_engine.addr),
+        )
+        .await
+        .expect("connect to the target engine");
+    let mut tokens = agent(&agent_addr["h1"])
+        .await
+        .infer(InferRequest {
+            alloc_id: source.clone(),
+            job: "llm".into(),
+            prompt_tokens: 16_000,
+            max_tokens: 1000,
+            ..Default::default()
+        })
+        .await
+        .expect("request accepted")
+        .into_inner();
+    let first = tokens.next().await.expect("a token").expect("token");
+    let mut indexes = vec![first.index];
+    let reader = tokio::spawn(async move {
+        while let Some(t) = tokens.next().await {
+            let t = t.expect("every token, on the source");
+            assert!(t.moved.is_none(), "{t:?}");
+            indexes.push(t.index);
+        }
+        indexes
+    });
+    let h1 = agent_addr["h1"].clone();
+    let (from, to, to_agent) = (source.clone(), target.clone(), agent_addr["h2"].clone());
+    let migration = tokio::spawn(async move {
+        agent(&h1)
+            .await
+            .migrate_request(MigrateRequestRequest {
+                alloc_id: from,
+                request_id: first.request_id,
+                to_alloc: to,
+                to_agent,
+            })
+            .await
+    });
+    // Blocks staged on the target, no request resumed there yet: kill it.
+    loop {
+        let stats = engine
+            .stats(herd_api::proto::inference::StatsRequest {})
+            .await
+            .expect("target engine stats")
+            .into_inner();
+        assert!(
+            stats.requests.is_empty(),
+            "the copy ended before the target could be killed: {stats:?}"
+        );
+        if stats.free_blocks < stats.total_blocks {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    agents.kill_node("h2").expect("kill the target node");
+    let err = migration
+        .await
+        .expect("migration task")
+        .expect_err("the target died");
+    assert!(err.message().contains("target"), "{err}");
+    let indexes = tokio::time::timeout(Duration::from_secs(60), reader)
+        .await
+        .expect("the stream ends")
+        .expect("reader");
+    assert_eq!(indexes, (0..1000).collect::<Vec<_>>());
 }
