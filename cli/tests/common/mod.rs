@@ -317,17 +317,26 @@ pub async fn must_register_node(cluster: &ProcessCluster, name: &str, cpu_millis
         drivers: vec![],
         http: String::new(),
     };
-    cluster
-        .client()
-        .expect("client")
-        .call(|ch| {
-            let request = request.clone();
-            async move {
-                herd_api::proto::agent::agent_client::AgentClient::new(ch)
-                    .register(request)
-                    .await
-            }
-        })
-        .await
-        .expect("register");
+    // A registration is idempotent: one caught in an election ("outcome
+    // unknown") is sent again.
+    let client = cluster.client().expect("client");
+    let mut last_error = None;
+    for _ in 0..20 {
+        let sent = client
+            .call(|ch| {
+                let request = request.clone();
+                async move {
+                    herd_api::proto::agent::agent_client::AgentClient::new(ch)
+                        .register(request)
+                        .await
+                }
+            })
+            .await;
+        match sent {
+            Ok(_) => return,
+            Err(e) => last_error = Some(e),
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    panic!("register {name}: {last_error:?}");
 }

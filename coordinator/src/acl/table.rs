@@ -43,9 +43,11 @@ pub const RPC_ROLES: &[(&str, Role)] = &[
     ("/herd.v1.Power/RemoveBudget", Role::Operator),
     ("/herd.v1.Power/ListBudgets", Role::Read),
     ("/herd.v1.Power/Status", Role::Read),
-    // A plan moves nothing (`herd reschedule apply` goes through
-    // Migrations/Start, an operator's).
-    ("/herd.v1.Reschedule/Plan", Role::Read),
+    // A plan moves nothing, but it runs the solvers on the serving member
+    // for up to its deadline (60 s at most): CPU a read token must not be
+    // able to spend at will. Operators plan; `herd reschedule apply` goes
+    // through Migrations/Start, an operator's too.
+    ("/herd.v1.Reschedule/Plan", Role::Operator),
     // A backup holds every record, token hashes included.
     ("/herd.v1.Operator/SaveSnapshot", Role::Operator),
     // Tokens. Bootstrap needs no token while the cluster is open, which is
