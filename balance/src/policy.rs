@@ -213,7 +213,10 @@ mod tests {
             sender_score: 44.0,
             sender_mean: 44.0 / 3.0,
         };
-        assert_eq!(judge_offer(&c, &offer, 0.0, 44.0 / 3.0, 0), Verdict::Accepted);
+        assert_eq!(
+            judge_offer(&c, &offer, 0.0, 44.0 / 3.0, 0),
+            Verdict::Accepted
+        );
         // The pair rule still holds for it: 30 + 20 > 44 - 20.
         assert_eq!(
             judge_offer(&c, &offer, 30.0, 44.0 / 3.0, 0),

@@ -290,7 +290,11 @@ fn live_migrations_end_well_while_agents_crash_and_nodes_are_lost() {
             })
         })
         .count();
-    assert!(struck >= 1, "no fault struck a move in flight: {:?}", outcome.faults);
+    assert!(
+        struck >= 1,
+        "no fault struck a move in flight: {:?}",
+        outcome.faults
+    );
 }
 
 #[test]
@@ -313,6 +317,10 @@ fn sources_left_running_after_a_move_are_caught() {
         .iter()
         .find(|(name, _)| *name == "migrations end, one copy")
         .map(|(_, verdict)| verdict);
-    assert!(judged.is_some_and(|v| v.is_fail()), "{:?}", outcome.verdicts);
+    assert!(
+        judged.is_some_and(|v| v.is_fail()),
+        "{:?}",
+        outcome.verdicts
+    );
     eprintln!("caught: {:?}", judged);
 }

@@ -198,7 +198,13 @@ fn forward(attempts: &[MigrationAttempt]) -> Verdict {
 /// A migration of one allocation as the client saw it in time.
 struct Window<'a> {
     id: &'a str,
+    /// Where it begins to matter (a move the client did not start: its
+    /// start less [`FOREIGN_SLACK_NS`]).
     start_ns: u64,
+    /// Where it stands among the allocation's moves, which follow one
+    /// another: its start without slack (a slack could put a move that
+    /// began just after another before it).
+    order_ns: u64,
     /// When it stops mattering that two nodes may be involved (None: never
     /// seen to end).
     end_ns: Option<u64>,
@@ -247,6 +253,7 @@ fn windows<'a>(
                     .as_ref()
                     .map_or("(start of unknown outcome)", |m| m.id.as_str()),
                 start_ns: a.invoke_ns,
+                order_ns: a.invoke_ns,
                 end_ns,
                 before: source,
                 after,
@@ -297,13 +304,14 @@ fn windows<'a>(
         by_alloc.entry(&m.alloc_id).or_default().push(Window {
             id: &m.id,
             start_ns: start_ns.saturating_sub(FOREIGN_SLACK_NS),
+            order_ns: start_ns,
             end_ns,
             before: &m.source,
             after,
         });
     }
     for list in by_alloc.values_mut() {
-        list.sort_by_key(|w| w.start_ns);
+        list.sort_by_key(|w| w.order_ns);
     }
     // Every move known: the completed migrations seen (by id) are as many
     // as the generations the allocation gained.
@@ -812,6 +820,30 @@ mod tests {
         assert_eq!(judged(&stale), Verdict::Pass);
         stale.push(sample(4000, &[(12, "n2"), (13, "n1")]));
         assert!(judged(&stale).is_fail());
+    }
+
+    #[test]
+    fn a_move_the_client_did_not_start_right_after_its_own_keeps_its_place() {
+        // The client's move n1 -> n2 (1000-1100 ms), then a drain's back to
+        // n1 starting 50 ms after it ended: its slack reaches back before
+        // the client's start, but the allocation still ran on n1 first.
+        let mut first = record("mig-10", "completed", "n1", "n2", 1);
+        first.started_at_ms = 50_000;
+        first.ended_at_ms = Some(50_100);
+        let attempts = vec![attempt(&first, 1000, 1100)];
+        let mut drained = record("mig-30", "completed", "n2", "n1", 2);
+        drained.started_at_ms = 50_150;
+        drained.ended_at_ms = Some(50_250);
+        let known = finals(vec![first, drained], "n1", 3);
+        let samples = [
+            sample(500, &[(11, "n1")]),
+            sample(1050, &[]),
+            sample(5000, &[(13, "n1")]),
+        ];
+        assert_eq!(check(&attempts, &samples, &known), Verdict::Pass);
+        let mut late = samples.to_vec();
+        late.push(sample(5100, &[(12, "n2")]));
+        fails(&attempts, &late, &known, "after migration mig-30 ended");
     }
 
     #[test]
