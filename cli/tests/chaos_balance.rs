@@ -6,41 +6,12 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::*;
 use herd_chaos::history::{History, Record};
 
 #[test]
 fn the_balance_scenario_moves_work_by_the_agents_alone_and_passes_every_checker() {
-    let out_dir = tempfile::tempdir().expect("temp dir");
-    let seed = "2301";
-    let out = Command::new(herd_bin())
-        .args(["chaos", "run", "--scenario", "balance", "--duration", "12s"])
-        .args(["--seed", seed, "--out"])
-        .arg(out_dir.path())
-        .env("HERD_LOG", "error")
-        .output()
-        .expect("run herd chaos");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "herd chaos run --scenario balance failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(stdout.contains("all checkers passed"), "{stdout}");
-    assert!(
-        stdout
-            .lines()
-            .any(|l| l.contains("migrations end, one copy") && l.contains("pass")),
-        "the migration checker did not run or pass:\n{stdout}"
-    );
-
-    let path = out_dir
-        .path()
-        .join(format!("balance-{seed}"))
-        .join("history.jsonl");
+    let (_out_dir, stdout, path) = must_pass_moving_scenario("balance", "2301");
     let history = History::read_jsonl(&path).expect("history");
     // No client started a migration: whatever moved, the agents moved.
     assert_eq!(history.migrations().count(), 0, "a migration client ran");

@@ -340,3 +340,41 @@ pub async fn must_register_node(cluster: &ProcessCluster, name: &str, cpu_millis
     }
     panic!("register {name}: {last_error:?}");
 }
+
+/// Runs `herd chaos run --scenario SCENARIO --duration 12s --seed SEED`
+/// for a scenario that moves work, and asserts what every such run must
+/// show: exit 0, every checker passed, the migration checker among them.
+/// Returns the output directory (kept alive) and the report, and the path
+/// of the run's history.
+pub fn must_pass_moving_scenario(
+    scenario: &str,
+    seed: &str,
+) -> (tempfile::TempDir, String, std::path::PathBuf) {
+    let out_dir = tempfile::tempdir().expect("temp dir");
+    let out = std::process::Command::new(herd_bin())
+        .args(["chaos", "run", "--scenario", scenario, "--duration", "12s"])
+        .args(["--seed", seed, "--out"])
+        .arg(out_dir.path())
+        .env("HERD_LOG", "error")
+        .output()
+        .expect("run herd chaos");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "herd chaos run --scenario {scenario} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("all checkers passed"), "{stdout}");
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.contains("migrations end, one copy") && l.contains("pass")),
+        "the migration checker did not run or pass:\n{stdout}"
+    );
+    let history = out_dir
+        .path()
+        .join(format!("{scenario}-{seed}"))
+        .join("history.jsonl");
+    (out_dir, stdout, history)
+}
