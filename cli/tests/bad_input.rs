@@ -235,6 +235,23 @@ async fn requests_to_a_non_member_and_bad_flags_are_refused() {
     ]);
     assert_eq!(no_id.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&no_id.stderr).contains("`id`"));
+
+    // herd's own records (under `herd/`) are read-only to clients.
+    let addr = cluster.addr_list();
+    let reserved = must_run_cli(&[
+        "--addr",
+        &addr,
+        "var",
+        "put",
+        "herd/reschedule/last-run",
+        "{}",
+    ]);
+    let stderr = String::from_utf8_lossy(&reserved.stderr);
+    assert_eq!(reserved.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("herd's own records"), "{stderr}");
+    let get = must_run_cli(&["--addr", &addr, "var", "get", "herd/reschedule/last-run"]);
+    assert_ne!(get.status.code(), Some(0), "nothing was written");
+    must_cli_ok(&["--addr", &addr, "var", "put", "herdsman/key", "x"]);
 }
 
 /// `herd job list | head -1`: a reader that goes away ends the client the

@@ -205,32 +205,7 @@ async fn movable_vms_leave_a_crowded_node_within_their_budget_and_pinned_work_st
     until(
         "exactly one sim-vm process per VM",
         Duration::from_secs(30),
-        || (sim_vm_processes_mentioning(&root) == 6).then_some(()),
+        || (common::vms::sim_vm_pids_mentioning(&root).len() == 6).then_some(()),
     )
     .await;
-}
-
-/// Live `herd sim-vm` processes whose command line mentions `needle` (the
-/// agents' root directory), through /proc.
-fn sim_vm_processes_mentioning(needle: &str) -> usize {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return 0;
-    };
-    entries
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-                return false;
-            };
-            let args: Vec<String> = cmdline
-                .split(|b| *b == 0)
-                .map(|a| String::from_utf8_lossy(a).into_owned())
-                .collect();
-            let alive = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .ok()
-                .and_then(|s| Some(s[s.rfind(')')? + 2..].chars().next()? != 'Z'))
-                .unwrap_or(false);
-            alive && args.iter().any(|a| a == "sim-vm") && args.iter().any(|a| a.contains(needle))
-        })
-        .count()
 }

@@ -56,31 +56,9 @@ fn spec(node_dir: &Path, generation: u64, mib: u64, dirty_rate: &str) -> Workloa
 }
 
 /// The sim-vm processes whose command line names `under` (a test's
-/// directory), through /proc.
+/// directory).
 fn sim_vms_under(under: &Path) -> Vec<u32> {
-    let needle = under.display().to_string();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-                return false;
-            };
-            let args: Vec<String> = cmdline
-                .split(|b| *b == 0)
-                .map(|a| String::from_utf8_lossy(a).into_owned())
-                .collect();
-            let running = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .ok()
-                .and_then(|s| Some(s[s.rfind(')')? + 2..].chars().next()? != 'Z'))
-                .unwrap_or(false);
-            running
-                && args.iter().any(|a| a == "sim-vm")
-                && args.iter().any(|a| a.contains(&needle))
-        })
-        .collect()
+    common::vms::sim_vm_pids_mentioning(&under.display().to_string())
 }
 
 async fn writes(handle: &WorkloadHandle) -> u64 {

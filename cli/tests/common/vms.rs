@@ -95,3 +95,29 @@ pub async fn place_vms(
     all_eligible(addr, nodes);
     vm
 }
+
+/// Live `herd sim-vm` processes (not zombies) whose command line mentions
+/// `needle` (a test's or the agents' root directory), through /proc: what
+/// tells "one running copy per VM" from "the records say so".
+pub fn sim_vm_pids_mentioning(needle: &str) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+                return false;
+            };
+            let args: Vec<String> = cmdline
+                .split(|b| *b == 0)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            let alive = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| Some(s[s.rfind(')')? + 2..].chars().next()? != 'Z'))
+                .unwrap_or(false);
+            alive && args.iter().any(|a| a == "sim-vm") && args.iter().any(|a| a.contains(needle))
+        })
+        .collect()
+}

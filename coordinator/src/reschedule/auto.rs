@@ -257,7 +257,8 @@ async fn apply_plan(
     config: &LoopConfig,
     plan: &LivePlan,
 ) -> Result<Vec<Outcome>, ApplyError<LeaderError>> {
-    let cluster = LeaderCluster::new(coordinator.clone(), term, config.downtime_limit_ms);
+    let cluster = LeaderCluster::new(coordinator.clone(), term, config.downtime_limit_ms)
+        .with_bandwidth(config.bandwidth_bytes_per_sec);
     let options = ApplyOptions {
         concurrency: config.concurrency,
         wait: true,

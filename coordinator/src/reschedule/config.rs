@@ -20,6 +20,9 @@ pub const MAX_CONCURRENCY: usize = 64;
 /// Each move's longest pause unless configured: `Migrations.Start`'s own
 /// default for a request that sets none.
 pub const DEFAULT_DOWNTIME_LIMIT_MS: u64 = 300;
+/// Smallest transfer cap per move: below it a moving VM that dirties memory
+/// at an ordinary rate would never converge.
+pub const MIN_BANDWIDTH_BYTES_PER_SEC: u64 = 1 << 20;
 /// Longest window the placement fallback may be given.
 pub const MAX_FALLBACK_WINDOW: Duration = Duration::from_secs(60);
 
@@ -44,6 +47,10 @@ pub struct RescheduleSettings {
     pub target_memory: Option<String>,
     /// The longest pause of each moved workload (`"300ms"`).
     pub downtime_limit: Option<String>,
+    /// A cap on each move's transfer rate, per second (`"64MiB"`), so that
+    /// defragmenting in the background does not crowd out the workloads'
+    /// own traffic; unset: no cap.
+    pub bandwidth: Option<String>,
 }
 
 impl RescheduleSettings {
@@ -58,6 +65,7 @@ impl RescheduleSettings {
             target_cpu: overrides.target_cpu.or(self.target_cpu),
             target_memory: overrides.target_memory.or(self.target_memory),
             downtime_limit: overrides.downtime_limit.or(self.downtime_limit),
+            bandwidth: overrides.bandwidth.or(self.bandwidth),
         }
     }
 }
@@ -107,6 +115,8 @@ pub struct LoopConfig {
     pub target_memory_bytes: u64,
     /// Each move's longest pause, ms.
     pub downtime_limit_ms: u64,
+    /// Each move's transfer cap, bytes per second; None: uncapped.
+    pub bandwidth_bytes_per_sec: Option<u64>,
     /// The planner.
     pub solver: LiveSolver,
 }
@@ -291,6 +301,20 @@ pub fn resolve(
                     )?
                 }
             };
+            let bandwidth_bytes_per_sec = match &r.bandwidth {
+                None => None,
+                Some(text) => {
+                    let bytes =
+                        parse_memory(text).map_err(|e| invalid("reschedule.bandwidth", e))?;
+                    if bytes < MIN_BANDWIDTH_BYTES_PER_SEC {
+                        return Err(invalid(
+                            "reschedule.bandwidth",
+                            format!("at least 1MiB (per second), got {bytes} bytes"),
+                        ));
+                    }
+                    Some(bytes)
+                }
+            };
             Some(LoopConfig {
                 every,
                 fr_threshold,
@@ -300,6 +324,7 @@ pub fn resolve(
                 target_cpu_millis,
                 target_memory_bytes,
                 downtime_limit_ms,
+                bandwidth_bytes_per_sec,
                 solver: LiveSolver::Herd,
             })
         }
@@ -376,7 +401,21 @@ mod tests {
         assert_eq!(auto.target_cpu_millis, 500);
         assert_eq!(auto.max_migrations, 10);
         assert_eq!(auto.concurrency, 2);
+        assert_eq!(auto.bandwidth_bytes_per_sec, None);
         assert!(!resolved.fallback.enabled());
+        let capped = resolve(
+            Some(RescheduleSettings {
+                every: Some("10m".into()),
+                bandwidth: Some("64MiB".into()),
+                ..Default::default()
+            }),
+            None,
+        )
+        .expect("valid");
+        assert_eq!(
+            capped.auto.expect("on").bandwidth_bytes_per_sec,
+            Some(64 << 20)
+        );
     }
 
     #[test]
@@ -448,6 +487,20 @@ mod tests {
                     ..Default::default()
                 }),
                 "reschedule.target_memory",
+            ),
+            (
+                on(RescheduleSettings {
+                    bandwidth: Some("fast".into()),
+                    ..Default::default()
+                }),
+                "reschedule.bandwidth",
+            ),
+            (
+                on(RescheduleSettings {
+                    bandwidth: Some("10KiB".into()),
+                    ..Default::default()
+                }),
+                "reschedule.bandwidth",
             ),
         ];
         for (settings, field) in cases {

@@ -35,6 +35,7 @@ pub struct LeaderCluster {
     coordinator: Arc<Coordinator>,
     term: u64,
     downtime_limit_ms: u64,
+    bandwidth_bytes_per_sec: Option<u64>,
 }
 
 impl LeaderCluster {
@@ -44,7 +45,14 @@ impl LeaderCluster {
             coordinator,
             term,
             downtime_limit_ms,
+            bandwidth_bytes_per_sec: None,
         }
+    }
+
+    /// The same, capping each move's transfer at `bytes_per_sec`.
+    pub fn with_bandwidth(mut self, bytes_per_sec: Option<u64>) -> Self {
+        self.bandwidth_bytes_per_sec = bytes_per_sec;
+        self
     }
 
     /// Err unless this member still leads the run's term.
@@ -76,7 +84,7 @@ impl Cluster for LeaderCluster {
             alloc_id: m.alloc_id.clone(),
             target: m.target.clone(),
             downtime_limit_ms: self.downtime_limit_ms,
-            bandwidth_bytes_per_sec: None,
+            bandwidth_bytes_per_sec: self.bandwidth_bytes_per_sec,
             now_ms: 0,
         };
         match self.coordinator.decide_as_leader(self.term, command).await {

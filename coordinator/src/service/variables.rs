@@ -23,6 +23,13 @@ const MAX_STREAMED_PUTS_IN_FLIGHT: usize = 4096;
 /// Most results sent back in one message of a `PutStream`.
 const MAX_RESULTS_PER_MESSAGE: usize = 1024;
 
+/// Keys under this prefix are herd's own records (the defragmenting loop's
+/// last run, the placement fallback's outcomes): the leader writes them as
+/// commands of its term, and a client may read them but not write them, so
+/// that what `herd reschedule status` and `herd job status` show is what
+/// herd decided, not what anyone with write access put there.
+pub const RESERVED_PREFIX: &str = "herd/";
+
 /// Serves [`Variables`].
 pub struct VariablesService {
     coordinator: Arc<Coordinator>,
@@ -45,6 +52,11 @@ async fn put_variable(
         value,
         expected_version,
     } = request;
+    if key.starts_with(RESERVED_PREFIX) {
+        return Err(error::invalid_argument(format!(
+            "variable key {key:?}: keys under {RESERVED_PREFIX:?} are herd's own records and read-only to clients"
+        )));
+    }
     let command = crate::machine::next_format::put_variable(key, value, expected_version);
     match coordinator.write(command).await {
         Ok(written) => match written.result {

@@ -54,6 +54,7 @@ impl RescheduleFlags {
             target_cpu: self.reschedule_target_cpu.clone(),
             target_memory: self.reschedule_target_memory.clone(),
             downtime_limit: None,
+            bandwidth: None,
         };
         merged(file, flags, RescheduleSettings::overridden_by)
     }
