@@ -161,6 +161,57 @@ fn exact_is_never_beaten_when_it_proves_optimality() {
     );
 }
 
+/// The exact solver's FR bound (from HiGHS's dual bound) is a real bound:
+/// no planner's plan beats it, it equals the FR where optimality is proved,
+/// and it stays a bound when the MIP is cut off by its limit.
+#[test]
+fn the_exact_bound_is_never_beaten() {
+    let mut cut_off = 0;
+    for seed in 1..=4 {
+        let inst = generate(&GenParams {
+            pms: 12,
+            seed,
+            ..GenParams::default()
+        })
+        .expect("generates");
+        let before = initial_fragment_rate(&inst, Shape::default());
+        for (mnl, ms) in [(4, 2000), (12, 150)] {
+            let exact = by_name("exact")
+                .expect("exact")
+                .solve(&inst, &limits(mnl, ms))
+                .expect("solves");
+            let bound = exact.fr_bound.expect("a bound");
+            assert!(
+                (0.0..=before + 1e-12).contains(&bound),
+                "{bound} vs {before}"
+            );
+            assert!(
+                bound <= exact.fr_after + 1e-12,
+                "{bound} > {}",
+                exact.fr_after
+            );
+            if exact.proved_optimal {
+                assert!(
+                    (bound - exact.fr_after).abs() < 1e-9,
+                    "{bound} vs {}",
+                    exact.fr_after
+                );
+            } else {
+                cut_off += 1;
+            }
+            for other in ["greedy", "herd"] {
+                let (fr, _) = checked(&inst, other, &limits(mnl, 100));
+                assert!(
+                    bound <= fr + 1e-12,
+                    "seed {seed} MNL {mnl}: {other} {fr} beat the bound {bound}"
+                );
+            }
+        }
+    }
+    // Not a requirement of the bound, but the case it exists for.
+    eprintln!("{cut_off} of 8 MIPs stopped at their limit");
+}
+
 #[test]
 fn validator_rejects_each_broken_rule() {
     let inst = generate(&GenParams {

@@ -19,6 +19,7 @@ use clap::{Args, Subcommand};
 use herd_api::duration::parse_duration;
 use herd_reschedule::generate::{generate, GenParams};
 use herd_reschedule::objective::initial_fragment_rate;
+use herd_reschedule::solver::Solver;
 use herd_reschedule::{by_name, validate_plan, vmr2l, Instance, Limits, Shape, SOLVER_NAMES};
 use serde_json::{json, Value};
 
@@ -60,6 +61,11 @@ pub struct EvalArgs {
     /// Time limit of the exact (MIP) planner.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub exact_deadline: Duration,
+    /// The exact planner refuses instances needing more placement variables
+    /// than this (raise it to get a bound on large instances, given time
+    /// and memory).
+    #[arg(long, default_value_t = herd_reschedule::solver::exact::Exact::default().max_columns)]
+    pub exact_max_columns: usize,
     /// Planners to run, in order (repeatable): greedy, herd, herd-restart,
     /// exact [default: greedy, herd, exact].
     #[arg(long = "solver")]
@@ -187,11 +193,14 @@ fn eval(ctx: &Context, args: EvalArgs) -> Result<(), CliError> {
                     .as_u64()
                     .map(|m| m.to_string())
                     .unwrap_or("-".into()),
-                get("error")
-                    .as_str()
-                    .or(get("note").as_str())
-                    .unwrap_or("")
-                    .to_string(),
+                match (get("error").as_str(), get("fr_bound").as_f64()) {
+                    (Some(error), _) => error.to_string(),
+                    (None, Some(bound)) => format!(
+                        "{}; FR bound {bound:.4}",
+                        get("note").as_str().unwrap_or("")
+                    ),
+                    (None, None) => get("note").as_str().unwrap_or("").to_string(),
+                },
             ]
         })
         .collect();
@@ -204,8 +213,12 @@ fn eval(ctx: &Context, args: EvalArgs) -> Result<(), CliError> {
 
 /// Runs one planner, checks its plan by replay, and renders the result.
 fn run_one(inst: &Instance, name: &str, shape: Shape, args: &EvalArgs) -> Result<Value, CliError> {
-    let solver =
-        by_name(name).ok_or_else(|| CliError::input(format!("unknown solver {name:?}")))?;
+    let solver: Box<dyn Solver> = match name {
+        "exact" | "mip" => Box::new(herd_reschedule::solver::exact::Exact {
+            max_columns: args.exact_max_columns,
+        }),
+        _ => by_name(name).ok_or_else(|| CliError::input(format!("unknown solver {name:?}")))?,
+    };
     let deadline = if solver.name() == "exact" {
         args.exact_deadline
     } else {
@@ -248,6 +261,7 @@ fn run_one(inst: &Instance, name: &str, shape: Shape, args: &EvalArgs) -> Result
         "moves": replay.moves,
         "ms": ms,
         "optimal": solution.proved_optimal,
+        "fr_bound": solution.fr_bound,
         "note": solution.note,
         "plan": plan,
     }))

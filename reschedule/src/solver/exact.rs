@@ -217,6 +217,20 @@ impl Solver for Exact {
             .try_solve()
             .map_err(|e| SolveError::Mip(format!("{e:?}")))?;
         let status = solved.status();
+        // Σ y can be no higher than the dual bound, so the FR can be no
+        // lower than the FR with floor(bound) slots.
+        let fr_bound = solved
+            .double_info_value(c"mip_dual_bound")
+            .ok()
+            .filter(|b| b.is_finite())
+            .map(|bound| {
+                let total = state0.total_free();
+                if total <= 0 {
+                    return 0.0;
+                }
+                let slots = (bound + 1e-6).floor().max(0.0);
+                ((total as f64 - c_t * slots) / total as f64).max(0.0)
+            });
         let solution = solved.get_solution();
         let values = solution.columns();
 
@@ -253,6 +267,7 @@ impl Solver for Exact {
             fr_after,
             proved_optimal: optimal,
             note: Some(note),
+            fr_bound,
         })
     }
 }

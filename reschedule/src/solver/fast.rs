@@ -451,6 +451,7 @@ impl Solver for Fast {
             note: Some(format!(
                 "{iterations} search rounds after the first descent"
             )),
+            fr_bound: None,
         })
     }
 }

@@ -94,6 +94,7 @@ impl Solver for Greedy {
             moves,
             proved_optimal: false,
             note,
+            fr_bound: None,
         })
     }
 }

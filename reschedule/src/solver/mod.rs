@@ -40,6 +40,10 @@ pub struct Solution {
     pub proved_optimal: bool,
     /// Anything worth saying (e.g. a time limit hit).
     pub note: Option<String>,
+    /// A proven lower bound on the FR any plan within the budget reaches
+    /// (the exact solver's dual bound), so that a planner cut off by its
+    /// limit still tells how far the best plan found may be from optimal.
+    pub fr_bound: Option<f64>,
 }
 
 /// Why a solver gave no plan at all.
