@@ -21,6 +21,7 @@ pub mod migration;
 pub mod node;
 pub mod placement;
 pub mod power;
+pub mod power_class;
 pub mod proto;
 pub mod put_stream;
 pub mod resources;

@@ -9,6 +9,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::power_class::PowerClass;
+
 /// Everything a spec says about placement beyond resources. The default
 /// (no constraints or affinities, bin-packing, no gang) is what specs written
 /// before these fields existed mean.
@@ -23,6 +25,11 @@ pub struct PlacementSpec {
     pub spread: SpreadPolicy,
     /// All instances are placed together or not at all (`gang = true`).
     pub gang: bool,
+    /// What each GPU of an instance is expected to draw (`power_class =
+    /// "medium"`), committed against the hard budgets of the instance's
+    /// power groups at placement; the default (TDP) never under-counts.
+    #[serde(skip_serializing_if = "PowerClass::is_default")]
+    pub power_class: PowerClass,
 }
 
 impl PlacementSpec {

@@ -43,6 +43,10 @@
 //! value = "hopper"
 //! weight = 50               # -100..=100, not 0; negative avoids
 //! ```
+//!
+//! Power, optional, at the top level: `power_class = "medium"` (`low`,
+//! `medium`, `high` or `max`, the default), the expected draw of each GPU
+//! as a fraction of its TDP, which placement commits against power budgets.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
@@ -57,6 +61,7 @@ use crate::job::{
 use crate::placement::{
     unknown_op_message, Affinity, ConstraintOp, LabelConstraint, PlacementSpec, SpreadPolicy,
 };
+use crate::power_class::{unknown_power_class_message, PowerClass};
 use crate::resources::{parse_memory, Resources};
 use crate::validate::{
     join_path, memory_range_message, weight_message, COUNT_RANGE, CPU_RANGE, GPUS_RANGE,
@@ -155,6 +160,7 @@ const ROOT_FIELDS: &[&str] = &[
     "affinity",
     "stop_after_disconnect",
     "balance",
+    "power_class",
 ];
 const BALANCE_FIELDS: &[&str] = &["movable"];
 const CONSTRAINT_FIELDS: &[&str] = &["label", "op", "value"];
@@ -253,11 +259,26 @@ impl<'s> Reader<'s> {
             Some(v) => self.tables("affinity", v, AFFINITY_FIELDS, Self::affinity)?,
             None => Vec::new(),
         };
+        let power_class = match root.get("power_class") {
+            Some(v) => {
+                let text = self.string("power_class", v)?;
+                if text.is_empty() {
+                    return Err(problem(
+                        v.span(),
+                        "power_class",
+                        unknown_power_class_message(&text),
+                    ));
+                }
+                PowerClass::parse(&text).map_err(|e| problem(v.span(), "power_class", e))?
+            }
+            None => PowerClass::default(),
+        };
         Ok(PlacementSpec {
             constraints,
             affinities,
             spread,
             gang,
+            power_class,
         })
     }
 
@@ -761,6 +782,24 @@ memory = "64MiB"
         let e = error(simvm);
         assert_eq!((e.line, e.field.as_deref()), (10, Some("task.config.seed")));
         assert!(e.message.contains("not a whole number"), "{e}");
+    }
+
+    #[test]
+    fn power_class_parses_and_bad_values_are_located() {
+        let spec = parse(&hello_with(3, "power_class = \"medium\"")).expect("valid");
+        assert_eq!(spec.placement.power_class, PowerClass::Medium);
+        assert_eq!(
+            parse(HELLO).expect("valid").placement.power_class,
+            PowerClass::Max
+        );
+        let e = error(&hello_with(3, "power_class = \"huge\""));
+        assert_eq!((e.line, e.field.as_deref()), (3, Some("power_class")));
+        assert!(e.message.contains("low, medium, high, max"), "{e}");
+        let e = error(&hello_with(3, "power_class = \"\""));
+        assert_eq!((e.line, e.field.as_deref()), (3, Some("power_class")));
+        let e = error(&hello_with(3, "power_class = 450"));
+        assert_eq!((e.line, e.field.as_deref()), (3, Some("power_class")));
+        assert!(e.message.contains("a string"), "{e}");
     }
 
     /// HELLO with line `line` (1-based) replaced by `replacement`.

@@ -642,40 +642,56 @@ impl Agent {
         let Some(excess) = policy::excess(c, own, mean) else {
             return false;
         };
-        // Power of d choices among lighter, live, not backed-off peers.
-        let pool: Vec<(PeerInfo, f64)> = self
+        let c = &self.config;
+        let eligible: Vec<&MovableItem> = self
+            .items
+            .iter()
+            .filter(|i| {
+                policy::eligible(c, i, now_ms)
+                    && !self.nego.is_offered(&i.id)
+                    && self.nego.moved_items.get(&i.id).is_none_or(|(n, t)| {
+                        *n < c.move_budget && now_ms.saturating_sub(*t) >= c.item_cooldown_ms
+                    })
+            })
+            .collect();
+        if eligible.is_empty() {
+            return false;
+        }
+        // Power of d choices among lighter, live, not backed-off peers that
+        // can take at least one eligible item (a request needs a peer
+        // running its service).
+        let pool: Vec<(PeerInfo, f64, &LoadSummary)> = self
             .view
             .fresh(now_ms)
             .filter(|e| e.effective_score() < mean)
             .filter(|e| !self.nego.backoff.contains_key(&e.info.id))
             .filter(|e| !self.nego.received_from.contains_key(&e.info.id))
             .filter(|e| self.membership.is_up(&e.info.id))
-            .map(|e| (e.info.clone(), e.effective_score()))
+            .filter(|e| eligible.iter().any(|i| policy::compatible(i, &e.load)))
+            .map(|e| (e.info.clone(), e.effective_score(), &e.load))
             .collect();
         if pool.is_empty() {
             return false;
         }
-        let mut best: Option<(PeerInfo, f64)> = None;
-        for _ in 0..self.config.choices {
-            let cand = &pool[self.rng.usize(..pool.len())];
-            if best.as_ref().is_none_or(|b| cand.1 < b.1) {
-                best = Some(cand.clone());
+        let mut best: Option<usize> = None;
+        for _ in 0..c.choices {
+            let cand = self.rng.usize(..pool.len());
+            if best.is_none_or(|b| pool[cand].1 < pool[b].1) {
+                best = Some(cand);
             }
         }
-        let Some((to, their)) = best else {
+        let Some(best) = best else {
             return false;
         };
-        let c = &self.config;
-        let eligible = self.items.iter().filter(|i| {
-            policy::eligible(c, i, now_ms)
-                && !self.nego.is_offered(&i.id)
-                && self.nego.moved_items.get(&i.id).is_none_or(|(n, t)| {
-                    *n < c.move_budget && now_ms.saturating_sub(*t) >= c.item_cooldown_ms
-                })
-        });
-        let Some(item) = policy::choose_item(c, eligible, own, excess, their).cloned() else {
+        let (to, their, their_load) = &pool[best];
+        let compatible = eligible
+            .iter()
+            .copied()
+            .filter(|i| policy::compatible(i, their_load));
+        let Some(item) = policy::choose_item(c, compatible, own, excess, *their).cloned() else {
             return false;
         };
+        let to = to.clone();
         let offer_id = self.nego.next_offer_id;
         self.nego.next_offer_id += 1;
         let offer = Offer {
@@ -686,6 +702,7 @@ impl Agent {
             moves_so_far: item.moves_so_far,
             sender_score: own,
             sender_mean: mean,
+            service: item.service.clone(),
         };
         self.nego.offers.insert(
             offer_id,
@@ -709,7 +726,14 @@ impl Agent {
         } else {
             let own = self.effective_score();
             let mean = self.neighbourhood_mean(now_ms, own);
-            let v = policy::judge_offer(&self.config, &o, own, mean, self.nego.reservations.len());
+            let v = policy::judge_offer_on(
+                &self.config,
+                &o,
+                &self.load,
+                own,
+                mean,
+                self.nego.reservations.len(),
+            );
             if v == Verdict::Accepted {
                 self.nego.reservations.insert(
                     key,
@@ -720,6 +744,7 @@ impl Agent {
                         kind: o.kind,
                         weight: o.weight,
                         moves_so_far: o.moves_so_far,
+                        service: o.service.clone(),
                         expires_ms: now_ms + self.config.reservation_ttl_ms,
                     },
                 );
@@ -847,6 +872,7 @@ impl Agent {
                     weight: s.weight,
                     moves_so_far: s.moves_so_far,
                     last_moved_ms: Some(now_ms),
+                    service: held.as_ref().and_then(|r| r.service.clone()),
                 };
                 self.events.push(Event::MoveReceived {
                     item,

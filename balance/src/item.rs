@@ -37,4 +37,9 @@ pub struct MovableItem {
     pub moves_so_far: u32,
     /// When it last moved, in this caller's clock (ms), if ever.
     pub last_moved_ms: Option<u64>,
+    /// The service whose instance must take it (an inference request can
+    /// only continue on an engine of its own service); `None`: any peer
+    /// may. The policy offers it only to peers whose load names an instance
+    /// of it, and a recipient without one refuses.
+    pub service: Option<String>,
 }

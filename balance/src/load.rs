@@ -23,6 +23,15 @@ pub struct ServiceLoad {
     pub queued: u32,
     /// Requests being served.
     pub running: u32,
+    /// KV-cache blocks in use over the service's instances on the node.
+    pub kv_blocks_used: u32,
+    /// KV-cache blocks those instances hold in all (0: none known).
+    pub kv_blocks_total: u32,
+    /// The instance (allocation id) of this service on the node that takes
+    /// requests moved here, the one with the most free blocks; empty when
+    /// the node runs no instance of it that answers. A request may only
+    /// move to a node naming one (see [`LoadSummary::instance_of`]).
+    pub instance: String,
 }
 
 /// One agent's load, as measured by its caller and exchanged by gossip.
@@ -51,7 +60,8 @@ pub struct LoadSummary {
 
 impl LoadSummary {
     /// The scalar the policy balances: `100 × max(cpu share, memory share,
-    /// GPU utilisation)` plus [`QUEUE_POINTS_PER_ITEM_PER_CORE`] points per
+    /// GPU utilisation)` plus `100 ×` the KV-cache share of its inference
+    /// instances plus [`QUEUE_POINTS_PER_ITEM_PER_CORE`] points per
     /// waiting item per core (queued inference requests and queued batch
     /// instances).
     ///
@@ -83,7 +93,41 @@ impl LoadSummary {
             .sum::<u64>()
             + u64::from(self.queued_batch);
         let cores = (self.cpu_total_milli as f64 / 1000.0).max(1.0);
-        100.0 * dominant + QUEUE_POINTS_PER_ITEM_PER_CORE * waiting as f64 / cores
+        100.0 * dominant
+            + 100.0 * self.kv_share()
+            + QUEUE_POINTS_PER_ITEM_PER_CORE * waiting as f64 / cores
+    }
+
+    /// KV-cache blocks in use over those the node's inference instances
+    /// hold, all services together (0 with none): the part of the load
+    /// request migration moves. It is added to the dominant share rather
+    /// than competing in it, so that a request weighs the same on every
+    /// node whatever else the node reserves (its weight at the sender is
+    /// what it adds at a recipient of the same size, as the policy's pair
+    /// rule assumes), and the reservations of the instances themselves
+    /// (CPU, memory) still count.
+    pub fn kv_share(&self) -> f64 {
+        let (used, total) = self.services.iter().fold((0u64, 0u64), |(u, t), s| {
+            (
+                u + u64::from(s.kv_blocks_used),
+                t + u64::from(s.kv_blocks_total),
+            )
+        });
+        if total == 0 {
+            0.0
+        } else {
+            used as f64 / total as f64
+        }
+    }
+
+    /// The instance of `service` on this node that takes moved requests,
+    /// if the node runs one: what makes it a compatible recipient of that
+    /// service's requests.
+    pub fn instance_of(&self, service: &str) -> Option<&str> {
+        self.services
+            .iter()
+            .find(|s| s.service == service && !s.instance.is_empty() && s.kv_blocks_total > 0)
+            .map(|s| s.instance.as_str())
     }
 
     /// A summary whose score is `score` on a node of `cores` CPU cores
@@ -116,11 +160,41 @@ mod tests {
                 service: "llm".into(),
                 queued: 4,
                 running: 2,
+                ..Default::default()
             }],
             queued_batch: 4,
         };
         // memory 75 % dominates; 8 waiting over 8 cores adds 10.
         assert!((l.score() - 85.0).abs() < 1e-9, "{}", l.score());
+    }
+
+    #[test]
+    fn kv_cache_share_adds_to_the_dominant_share_and_names_the_instance() {
+        let l = LoadSummary {
+            cpu_used_milli: 100,
+            cpu_total_milli: 2000,
+            services: vec![
+                ServiceLoad {
+                    service: "llm".into(),
+                    kv_blocks_used: 96,
+                    kv_blocks_total: 256,
+                    instance: "a1".into(),
+                    ..Default::default()
+                },
+                ServiceLoad {
+                    service: "other".into(),
+                    kv_blocks_used: 32,
+                    kv_blocks_total: 256,
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        };
+        // 128 of 512 blocks (25) on top of the CPU's 5 %.
+        assert!((l.score() - 30.0).abs() < 1e-9, "{}", l.score());
+        assert_eq!(l.instance_of("llm"), Some("a1"));
+        assert_eq!(l.instance_of("other"), None, "no instance named");
+        assert_eq!(l.instance_of("absent"), None);
     }
 
     #[test]

@@ -59,6 +59,8 @@ pub struct Reservation {
     pub weight: f64,
     /// Moves it made before this one.
     pub moves_so_far: u32,
+    /// The service whose instance takes it, if any.
+    pub service: Option<String>,
     /// When it lapses (local clock).
     pub expires_ms: u64,
 }

@@ -14,13 +14,18 @@
 //!   swaps order) nor the excess (so the sender does not fall below the
 //!   mean); eligible = under its move budget, out of its cool-down, not
 //!   already offered.
+//! - **Compatibility**: an item naming a service (an inference request)
+//!   is offered only to a peer whose load names an instance of that
+//!   service, and a recipient that runs none refuses it.
 //! - **Acceptance** (the recipient, on fresh local figures and its
 //!   reservations): after the move it must stay no heavier than the sender
 //!   after the move, and not rise above its own threshold, unless the item
-//!   alone is heavier than the band (it could never land inside it).
+//!   alone is heavier than the band (it could never land inside it) and
+//!   the recipient is not above the mean already.
 
 use crate::config::Config;
 use crate::item::MovableItem;
+use crate::load::LoadSummary;
 use crate::wire::{Offer, RejectReason, Verdict};
 
 /// Slack for float comparisons of scores.
@@ -56,6 +61,14 @@ pub fn eligible(config: &Config, item: &MovableItem, now_ms: u64) -> bool {
             .is_none_or(|t| now_ms.saturating_sub(t) >= config.item_cooldown_ms)
 }
 
+/// Whether `item` may go to a node whose load is `recipient`: it needs no
+/// particular service, or the node runs an instance of the one it needs.
+pub fn compatible(item: &MovableItem, recipient: &LoadSummary) -> bool {
+    item.service
+        .as_deref()
+        .is_none_or(|service| recipient.instance_of(service).is_some())
+}
+
 /// Picks the item to offer a recipient whose effective score is
 /// `recipient`, or none if no item fits (see the module docs).
 pub fn choose_item<'a>(
@@ -85,6 +98,25 @@ pub fn choose_item<'a>(
     below.or(above)
 }
 
+/// The recipient's verdict on `offer` given its own load figures `load`:
+/// refused if the item needs a service it runs no instance of, otherwise
+/// as [`judge_offer`].
+pub fn judge_offer_on(
+    config: &Config,
+    offer: &Offer,
+    load: &LoadSummary,
+    own: f64,
+    mean: f64,
+    reservations: usize,
+) -> Verdict {
+    if let Some(service) = &offer.service {
+        if load.instance_of(service).is_none() {
+            return Verdict::Rejected(RejectReason::NoInstance);
+        }
+    }
+    judge_offer(config, offer, own, mean, reservations)
+}
+
 /// The recipient's verdict on `offer`, from its own score `own` (load plus
 /// what it has reserved already), its neighbourhood mean, and how many
 /// reservations it holds.
@@ -109,10 +141,17 @@ pub fn judge_offer(
     // lighter neighbourhood still takes work from a heavier one.
     let m = mean.max(offer.sender_mean);
     // An item heavier than the band can never land inside it: such coarse
-    // items (a VM that is a fifth of a node) are judged by the pair rule
-    // alone, which still lowers the fleet's spread with every move.
+    // items (a VM that is a fifth of a node, a long request) are judged by
+    // the pair rule alone, which still lowers the fleet's spread with every
+    // move — but only by a recipient not above the mean already (its
+    // reservations counted; the lower of the two means), so that one light node does not take two
+    // coarse items at once while others stay empty.
+    // "Not above the mean" takes the lower of the two means: either view
+    // may be stale, and a wrong refusal only delays a move.
     let band = band(config, m);
-    if after > m + band + EPS && offer.weight <= band + EPS {
+    let coarse = offer.weight > band + EPS;
+    let low = mean.min(offer.sender_mean);
+    if after > m + band + EPS && (!coarse || own > low + EPS) {
         return Verdict::Rejected(RejectReason::Overloaded);
     }
     Verdict::Accepted
@@ -130,6 +169,7 @@ mod tests {
             weight: w,
             moves_so_far: 0,
             last_moved_ms: None,
+            service: None,
         }
     }
 
@@ -177,6 +217,7 @@ mod tests {
             moves_so_far: 0,
             sender_score: 100.0,
             sender_mean: 60.0,
+            service: None,
         };
         assert_eq!(judge_offer(&c, &offer, 40.0, 60.0, 0), Verdict::Accepted);
         assert_eq!(
@@ -200,6 +241,63 @@ mod tests {
     }
 
     #[test]
+    fn a_request_goes_only_to_a_node_running_its_service() {
+        use crate::load::ServiceLoad;
+        let c = Config::default();
+        let mut request = item("r", 5.0);
+        request.service = Some("llm".into());
+        let with = LoadSummary {
+            services: vec![ServiceLoad {
+                service: "llm".into(),
+                kv_blocks_total: 64,
+                instance: "a2".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let other = LoadSummary {
+            services: vec![ServiceLoad {
+                service: "chat".into(),
+                kv_blocks_total: 64,
+                instance: "a3".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        assert!(compatible(&request, &with));
+        assert!(!compatible(&request, &other));
+        assert!(!compatible(&request, &LoadSummary::default()));
+        assert!(compatible(&item("vm", 5.0), &LoadSummary::default()));
+        let offer = Offer {
+            offer_id: 1,
+            item: "r".into(),
+            kind: ItemKind::InferenceRequest,
+            weight: 5.0,
+            moves_so_far: 0,
+            sender_score: 100.0,
+            sender_mean: 60.0,
+            service: Some("llm".into()),
+        };
+        assert_eq!(
+            judge_offer_on(&c, &offer, &other, 10.0, 60.0, 0),
+            Verdict::Rejected(RejectReason::NoInstance)
+        );
+        assert_eq!(
+            judge_offer_on(&c, &offer, &with, 10.0, 60.0, 0),
+            Verdict::Accepted
+        );
+        // Compatible but over budget: still refused.
+        let spent = Offer {
+            moves_so_far: c.move_budget,
+            ..offer
+        };
+        assert_eq!(
+            judge_offer_on(&c, &spent, &with, 10.0, 60.0, 0),
+            Verdict::Rejected(RejectReason::OverBudget)
+        );
+    }
+
+    #[test]
     fn a_coarse_item_moves_when_it_narrows_the_pair_even_past_the_band() {
         // Three nodes at 44, 0, 0 (mean 14.7, band 2): an item of 20 can
         // never land within the band, yet 44/0 -> 24/20 lowers the spread.
@@ -212,10 +310,22 @@ mod tests {
             moves_so_far: 0,
             sender_score: 44.0,
             sender_mean: 44.0 / 3.0,
+            service: None,
         };
         assert_eq!(
             judge_offer(&c, &offer, 0.0, 44.0 / 3.0, 0),
             Verdict::Accepted
+        );
+        // A recipient already above the mean (a reservation for another
+        // coarse item) takes no second one, though the pair rule would
+        // allow it: 15 + 20 ≤ 44 + 20 − 20 but 15 > 14.7.
+        let heavier = Offer {
+            sender_score: 64.0,
+            ..offer.clone()
+        };
+        assert_eq!(
+            judge_offer(&c, &heavier, 15.0, 44.0 / 3.0, 1),
+            Verdict::Rejected(RejectReason::Overloaded)
         );
         // The pair rule still holds for it: 30 + 20 > 44 - 20.
         assert_eq!(

@@ -240,6 +240,7 @@ fn make_items(node: &str, batch: u32, weights: &[f64]) -> BTreeMap<String, SimIt
                 weight: w,
                 moves_so_far: 0,
                 last_moved_ms: None,
+                service: None,
             };
             (id, SimItem { item })
         })

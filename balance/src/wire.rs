@@ -15,8 +15,12 @@ use crate::item::{ItemId, ItemKind};
 use crate::load::LoadSummary;
 use crate::peer::PeerInfo;
 
-/// The wire format version this build writes and reads.
-pub const WIRE_VERSION: u8 = 1;
+/// The wire format version this build writes and reads. Version 2 added
+/// per-service KV-cache figures and instances to load summaries and the
+/// service an offered item needs; a version-1 agent's packets are refused
+/// as [`DecodeError::UnknownVersion`] (bincode is not self-describing, so
+/// the two cannot share one encoding).
+pub const WIRE_VERSION: u8 = 2;
 /// Largest packet accepted, bytes (a gRPC message carries it whole).
 pub const MAX_PACKET_BYTES: usize = 64 * 1024;
 /// Most load entries in one exchange.
@@ -103,6 +107,9 @@ pub struct Offer {
     pub sender_score: f64,
     /// The neighbourhood mean the sender sees.
     pub sender_mean: f64,
+    /// The service whose instance must take the item (an inference
+    /// request), if any: a recipient running none refuses.
+    pub service: Option<String>,
 }
 
 /// Why a recipient refused an offer.
@@ -116,6 +123,8 @@ pub enum RejectReason {
     TooManyReservations,
     /// The item has used its move budget.
     OverBudget,
+    /// The item needs an instance of a service the recipient does not run.
+    NoInstance,
 }
 
 /// Accept (with a reservation held until the settle or its expiry) or
@@ -288,6 +297,10 @@ fn check_load(l: &LoadSummary) -> Result<(), DecodeError> {
     }
     for s in &l.services {
         check_str("service name", &s.service)?;
+        check_str("service instance", &s.instance)?;
+        if s.kv_blocks_used > s.kv_blocks_total {
+            return Err(DecodeError::Invalid("kv_blocks_used"));
+        }
     }
     Ok(())
 }
@@ -315,6 +328,9 @@ fn check_packet(p: &Packet) -> Result<(), DecodeError> {
         }
         Body::Offer(o) => {
             check_str("item id", &o.item)?;
+            if let Some(service) = &o.service {
+                check_str("offer service", service)?;
+            }
             check_number("weight", o.weight)?;
             check_number("sender_score", o.sender_score)?;
             check_number("sender_mean", o.sender_mean)

@@ -17,6 +17,7 @@ fn item(id: &str, w: f64) -> MovableItem {
         weight: w,
         moves_so_far: 0,
         last_moved_ms: None,
+        service: None,
     }
 }
 
@@ -171,6 +172,7 @@ fn reservations_prevent_pile_on() {
                 moves_so_far: 0,
                 sender_score: 80.0,
                 sender_mean: 66.7,
+                service: None,
             }),
         };
         let out = light.receive(&wire::encode(&offer).unwrap(), 10).unwrap();
@@ -200,6 +202,7 @@ fn reservations_prevent_pile_on() {
             moves_so_far: 0,
             sender_score: 80.0,
             sender_mean: 66.7,
+            service: None,
         }),
     };
     light.receive(&wire::encode(&again).unwrap(), 20).unwrap();
@@ -231,4 +234,136 @@ fn an_item_over_its_budget_is_never_offered_or_accepted() {
         }
     }
     assert_eq!(agents[0].stats().offers_sent, 0);
+}
+
+/// A load of `score` on a node running an instance (`instance`) of
+/// `service` whose KV cache is empty (so the score is the CPU's alone).
+fn running(score: f64, service: &str, instance: &str) -> LoadSummary {
+    let mut load = LoadSummary::from_score(score, 100);
+    load.services.push(herd_balance::ServiceLoad {
+        service: service.into(),
+        kv_blocks_total: 64,
+        instance: instance.into(),
+        ..Default::default()
+    });
+    load
+}
+
+fn request(id: &str, w: f64, moves: u32) -> MovableItem {
+    MovableItem {
+        moves_so_far: moves,
+        service: Some("llm".into()),
+        ..item(id, w)
+    }
+}
+
+/// A heavy agent holds requests of `llm`; the lightest peer runs only
+/// `chat`, a heavier one runs `llm`. Every request goes to the `llm` peer,
+/// none is even offered to the `chat` one, which refuses one if offered
+/// anyway; a request at its move budget never moves, and one moved its
+/// last allowed time arrives with its count spent.
+#[test]
+fn requests_go_only_to_peers_running_their_service_and_within_budget() {
+    let cfg = Config::default();
+    let mut agents = vec![
+        Agent::new(info(0), 1, cfg.clone(), 21).unwrap(),
+        Agent::new(info(1), 1, cfg.clone(), 22).unwrap(),
+        Agent::new(info(2), 1, cfg.clone(), 23).unwrap(),
+    ];
+    agents[0].set_local_load(running(90.0, "llm", "a0"));
+    agents[1].set_local_load(running(0.0, "chat", "a1"));
+    agents[2].set_local_load(running(30.0, "llm", "a2"));
+    let spent = request("spent", 5.0, cfg.move_budget);
+    let last = request("last", 5.0, cfg.move_budget - 1);
+    let items = vec![
+        request("r1", 5.0, 0),
+        request("r2", 4.0, 0),
+        request("r3", 6.0, 1),
+        spent.clone(),
+        last.clone(),
+    ];
+    agents[0].set_movable(items.clone());
+    let out = agents[0].add_seeds([info(1), info(2)], 0);
+    pump(&mut agents, out, 0);
+    let mut moved = Vec::new();
+    for t in (0..20_000).step_by(250) {
+        for i in 0..3 {
+            let out = agents[i].tick(t);
+            pump(&mut agents, out, t);
+        }
+        let approved: Vec<(MovableItem, PeerInfo)> = agents[0]
+            .take_events()
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::MoveApproved { item, to } => Some((item, to)),
+                _ => None,
+            })
+            .collect();
+        for (item, to) in approved {
+            assert_eq!(to.id, "n2", "{} offered to a peer without llm", item.id);
+            assert_ne!(item.id, "spent", "an item past its budget moved");
+            let out = agents[0].move_done(&item.id, true, t);
+            pump(&mut agents, out, t);
+            moved.push(item.id.clone());
+        }
+        // The sender lists what is still here, as a caller would.
+        let left: Vec<MovableItem> = items
+            .iter()
+            .filter(|i| !moved.contains(&i.id))
+            .cloned()
+            .collect();
+        agents[0].set_movable(left);
+    }
+    assert!(!moved.is_empty(), "no request moved to the llm peer");
+    assert!(
+        !agents[1]
+            .take_events()
+            .iter()
+            .any(|e| matches!(e, Event::IncomingReserved { .. })),
+        "the chat-only peer reserved room for a request"
+    );
+    let arrived: Vec<MovableItem> = agents[2]
+        .take_events()
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::MoveReceived { item, .. } => Some(item),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(arrived.len(), moved.len());
+    for item in &arrived {
+        assert_eq!(item.service.as_deref(), Some("llm"), "{item:?}");
+        assert!(item.moves_so_far <= cfg.move_budget, "{item:?}");
+        if item.id == "last" {
+            assert_eq!(item.moves_so_far, cfg.move_budget, "{item:?}");
+        }
+    }
+
+    // Offered anyway (a stale or hostile sender): refused, nothing held.
+    let forged = Packet {
+        from: info(0),
+        generation: 1,
+        body: Body::Offer(Offer {
+            offer_id: 99,
+            item: "r9".into(),
+            kind: ItemKind::InferenceRequest,
+            weight: 1.0,
+            moves_so_far: 0,
+            sender_score: 90.0,
+            sender_mean: 40.0,
+            service: Some("llm".into()),
+        }),
+    };
+    let out = agents[1]
+        .receive(&wire::encode(&forged).unwrap(), 30_000)
+        .unwrap();
+    let verdict = out
+        .iter()
+        .find_map(|o| match wire::decode(&o.packet).ok()?.body {
+            Body::Answer(a) => Some(a.verdict),
+            _ => None,
+        })
+        .expect("an answer");
+    assert_eq!(verdict, Verdict::Rejected(RejectReason::NoInstance));
+    assert!((agents[1].effective_score() - 0.0).abs() < 1e-9);
 }

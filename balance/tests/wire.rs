@@ -142,6 +142,7 @@ fn impossible_numbers_are_refused() {
                 moves_so_far: 0,
                 sender_score: 10.0,
                 sender_mean: 5.0,
+                service: None,
             }),
         };
         let bytes = wire::encode(&p).unwrap();

@@ -76,6 +76,9 @@ pub struct AgentSet {
     coordinators: String,
     agents: BTreeMap<String, AgentProcess>,
     docker: Option<Arc<DockerEnv>>,
+    /// Extra environment for every agent started locally (e.g. the
+    /// SIMULATED GPUs' spike file of the power scenario).
+    env: Vec<(String, String)>,
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ClusterError {
@@ -96,7 +99,15 @@ impl AgentSet {
             coordinators: coordinators.to_string(),
             agents: BTreeMap::new(),
             docker: None,
+            env: Vec::new(),
         })
+    }
+
+    /// Sets `key=value` in the environment of every agent started locally
+    /// from now on (restarts included); Docker mode ignores it.
+    pub fn with_env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_string(), value.to_string()));
+        self
     }
 
     /// Runs the agents as containers of `docker` (Docker mode). Each data
@@ -207,6 +218,7 @@ impl AgentSet {
         let child = Command::new(&self.binary)
             .args(self.agent_args(agent))
             .env("HERD_LOG", AGENT_LOG_FILTER)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err)

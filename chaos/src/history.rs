@@ -10,6 +10,8 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::power::record::{BudgetSet, GpuSample, NodePower, PowerTick, SpikeWindow};
+
 /// How an operation ended, from the client's point of view.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -167,7 +169,7 @@ pub struct FinalJob {
 }
 
 /// One line of a history file.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Record {
     /// A client operation.
@@ -206,6 +208,13 @@ pub enum Record {
         /// The bound it had.
         bound_ns: u64,
     },
+    /// The power budget a power run set (power runs only; watts are
+    /// floating point, so records compare with `PartialEq` only).
+    PowerBudget(BudgetSet),
+    /// Every agent's GPU power figures at one moment (power runs only).
+    Power(PowerTick),
+    /// A load spike forced on every simulated GPU (power runs only).
+    Spike(SpikeWindow),
 }
 
 /// An allocation as listed at the end of a run.
@@ -368,7 +377,7 @@ pub struct FinalMigrationState {
 }
 
 /// A whole run's record, in the order things were recorded.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct History {
     /// The records.
     pub records: Vec<Record>,
@@ -418,6 +427,30 @@ impl History {
     pub fn samples(&self) -> impl Iterator<Item = &Sample> {
         self.records.iter().filter_map(|r| match r {
             Record::Sample(s) => Some(s),
+            _ => None,
+        })
+    }
+
+    /// The power budget a power run set, if it set one.
+    pub fn power_budget(&self) -> Option<&BudgetSet> {
+        self.records.iter().find_map(|r| match r {
+            Record::PowerBudget(b) => Some(b),
+            _ => None,
+        })
+    }
+
+    /// Power samples, in recording order.
+    pub fn power_ticks(&self) -> impl Iterator<Item = &PowerTick> {
+        self.records.iter().filter_map(|r| match r {
+            Record::Power(t) => Some(t),
+            _ => None,
+        })
+    }
+
+    /// Forced load spikes.
+    pub fn spikes(&self) -> impl Iterator<Item = &SpikeWindow> {
+        self.records.iter().filter_map(|r| match r {
+            Record::Spike(s) => Some(s),
             _ => None,
         })
     }

@@ -8,7 +8,8 @@
 //! fsyncs and skews their clocks from inside; [`nemesis`] draws faults
 //! from a seeded schedule; [`workload`] runs clients that record every
 //! operation into a [`history`], ending with the [`finals`]; [`migrate`]
-//! keeps moving a training job between agents; [`setup`] starts what a [`scenario`] needs
+//! keeps moving a training job between agents; [`power`] sets a power
+//! budget, forces GPU load spikes and samples the GPUs' power; [`setup`] starts what a [`scenario`] needs
 //! and [`runner`] runs it; [`check`] judges the history; [`report`] and [`svg`]
 //! present it. `herd chaos` is the command line over all of this. The crate
 //! talks to herd only through its binary and its public gRPC API, never
@@ -23,6 +24,7 @@ pub mod history;
 pub mod migrate;
 pub mod nemesis;
 pub mod ports;
+pub mod power;
 pub mod process_cluster;
 pub mod proxy;
 pub mod report;

@@ -121,6 +121,8 @@ pub struct Report {
     pub verdicts: Vec<(&'static str, Verdict)>,
     /// What the migration client did, in runs that migrate.
     pub migrations: Option<crate::check::migrations::MigrationCounts>,
+    /// The power figures, in runs that set a power budget.
+    pub power: Option<String>,
 }
 
 /// The `q` quantile (0..=1) of `values`, nearest rank (None when empty).
@@ -200,6 +202,7 @@ impl Report {
             faults,
             verdicts,
             migrations: crate::check::migrations::counts(history),
+            power: power_line(history),
         }
     }
 
@@ -266,6 +269,9 @@ impl Report {
         if let Some(m) = &self.migrations {
             let _ = writeln!(out, "{}", migration_line(m));
         }
+        if let Some(p) = &self.power {
+            let _ = writeln!(out, "{p}");
+        }
         let recoveries = self.recoveries_ms();
         if let (Some(p50), Some(p99), Some(max)) = (
             quantile(&recoveries, 0.5),
@@ -287,6 +293,41 @@ impl Report {
         }
         out
     }
+}
+
+/// The report's lines about power (runs with a power budget): the budget,
+/// the sampling, the spikes (and how many overlapped a fault), the peak and
+/// the times above the hard budget.
+fn power_line(history: &History) -> Option<String> {
+    let (budget, f) = crate::check::power::figures_of(history)?;
+    let faults: Vec<(u64, u64)> = history
+        .faults()
+        .map(|w| (w.start_ns, w.end_ns.unwrap_or(u64::MAX)))
+        .collect();
+    let spikes: Vec<_> = history.spikes().collect();
+    let overlapping = spikes
+        .iter()
+        .filter(|s| {
+            let end = s.end_ns.unwrap_or(u64::MAX);
+            faults.iter().any(|(a, b)| s.start_ns < *b && *a < end)
+        })
+        .count();
+    let longest = f.excursions.iter().map(|e| e.length_ns).max().unwrap_or(0);
+    Some(format!(
+        "power (SIMULATED GPUs): budget {:.0} W on {} nodes (nameplate {:.0} W, hard {:.0} W); {} samples at {:.1} Hz ({} node answers missed); {} spikes ({} during a fault); peak {:.0} W; above the hard budget {} times, longest {} ms",
+        budget.watts,
+        budget.nodes.len(),
+        budget.nameplate_watts,
+        budget.hard_watts(),
+        f.samples,
+        f.rate_hz,
+        f.missed,
+        spikes.len(),
+        overlapping,
+        f.peak_watts,
+        f.excursions.len(),
+        longest / 1_000_000
+    ))
 }
 
 /// The report's line about migrations.

@@ -23,6 +23,7 @@ use crate::migrate;
 use crate::nemesis::rng::Rng;
 use crate::nemesis::schedule::{plan, ScheduleShape};
 use crate::nemesis::{self, NemesisError, Targets};
+use crate::power;
 use crate::process_cluster::{ClusterError, ProcessCluster};
 use crate::scenario::Scenario;
 use crate::setup::{start, Started};
@@ -294,6 +295,7 @@ pub async fn run(config: &RunConfig) -> Result<History, RunError> {
         net,
         mut agents,
         agent_net,
+        power: power_nodes,
     } = start(config, &mut rng).await?;
     let cluster_root = cluster.root().to_path_buf();
     let addrs: Vec<String> = cluster
@@ -346,6 +348,29 @@ pub async fn run(config: &RunConfig) -> Result<History, RunError> {
             migrate::TRAIN_JOB,
             migrate::TRAIN_COUNT
         )));
+    }
+
+    // Power: the budget, then the sampler (until teardown) and the spikes
+    // (until the faults end).
+    let power_stop = Arc::new(AtomicBool::new(false));
+    let spike_stop = Arc::new(AtomicBool::new(false));
+    let mut power_tasks = Vec::new();
+    let mut spike_task = None;
+    if let Some(nodes) = &power_nodes {
+        power::prepare(&client, nodes, &recorder, SETUP_LIMIT)
+            .await
+            .map_err(RunError::Setup)?;
+        power_tasks.push(power::spawn_sampler(
+            nodes.clone(),
+            recorder.clone(),
+            power_stop.clone(),
+        ));
+        spike_task = Some(power::spawn_spikes(
+            nodes.spike_file.clone(),
+            recorder.clone(),
+            spike_stop.clone(),
+            rng.fork(),
+        ));
     }
 
     // Clients.
@@ -507,6 +532,10 @@ pub async fn run(config: &RunConfig) -> Result<History, RunError> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
+    spike_stop.store(true, Ordering::Relaxed);
+    if let Some(task) = spike_task {
+        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+    }
     node_stop.store(true, Ordering::Relaxed);
     if let Some(task) = node_task {
         // It finishes the drain cycle it is in (bounded by its retries).
@@ -566,6 +595,10 @@ pub async fn run(config: &RunConfig) -> Result<History, RunError> {
     finals::record(&client, &keys, &recorder).await;
     if migrates {
         migrate::record_final(&client, &recorder).await;
+    }
+    power_stop.store(true, Ordering::Relaxed);
+    for task in power_tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
     }
 
     // Logs first (a failing run is read from them), then teardown; anything

@@ -32,6 +32,11 @@ pub struct Scenario {
     /// migration clients; judged by the same checker, every balancing move
     /// being a recorded migration (with agents only).
     pub balancing: bool,
+    /// Whether the agents run SIMULATED GPUs under an oversubscribed power
+    /// budget, with load spikes forced on them and their power sampled for
+    /// the power checker ([`crate::power`]; with agents only, not in
+    /// Docker mode).
+    pub power: bool,
 }
 
 /// Every scenario, in the order `all` runs them.
@@ -47,6 +52,7 @@ pub const SCENARIOS: &[Scenario] = &[
         drains: false,
         migrations: false,
         balancing: false,
+        power: false,
     },
     Scenario {
         name: "kill-one",
@@ -59,6 +65,7 @@ pub const SCENARIOS: &[Scenario] = &[
         drains: false,
         migrations: false,
         balancing: false,
+        power: false,
     },
     Scenario {
         name: "kill-majority",
@@ -71,6 +78,7 @@ pub const SCENARIOS: &[Scenario] = &[
         drains: false,
         migrations: false,
         balancing: false,
+        power: false,
     },
     Scenario {
         name: "restart-all",
@@ -83,6 +91,7 @@ pub const SCENARIOS: &[Scenario] = &[
         drains: false,
         migrations: false,
         balancing: false,
+        power: false,
     },
     Scenario {
         name: "pause-member",
@@ -95,6 +104,7 @@ pub const SCENARIOS: &[Scenario] = &[
         drains: false,
         migrations: false,
         balancing: false,
+        power: false,
     },
     Scenario {
         name: "agent-loss",
@@ -107,6 +117,7 @@ pub const SCENARIOS: &[Scenario] = &[
         drains: true,
         migrations: false,
         balancing: false,
+        power: false,
     },
     Scenario {
         name: "node-loss",
@@ -119,6 +130,7 @@ pub const SCENARIOS: &[Scenario] = &[
         drains: false,
         migrations: false,
         balancing: false,
+        power: false,
     },
     Scenario {
         name: "agent-pause",
@@ -131,6 +143,7 @@ pub const SCENARIOS: &[Scenario] = &[
         drains: false,
         migrations: false,
         balancing: false,
+        power: false,
     },
     Scenario {
         name: "node-partition",
@@ -143,6 +156,7 @@ pub const SCENARIOS: &[Scenario] = &[
         drains: false,
         migrations: false,
         balancing: false,
+        power: false,
     },
     Scenario {
         name: "partition-leader",
@@ -155,6 +169,7 @@ pub const SCENARIOS: &[Scenario] = &[
         drains: false,
         migrations: false,
         balancing: false,
+        power: false,
     },
     Scenario {
         name: "partition-halves",
@@ -167,6 +182,7 @@ pub const SCENARIOS: &[Scenario] = &[
         drains: false,
         migrations: false,
         balancing: false,
+        power: false,
     },
     Scenario {
         name: "partition-ring",
@@ -179,6 +195,7 @@ pub const SCENARIOS: &[Scenario] = &[
         drains: false,
         migrations: false,
         balancing: false,
+        power: false,
     },
     Scenario {
         name: "partition-bridge",
@@ -191,6 +208,7 @@ pub const SCENARIOS: &[Scenario] = &[
         drains: false,
         migrations: false,
         balancing: false,
+        power: false,
     },
     Scenario {
         name: "slow-network",
@@ -203,6 +221,7 @@ pub const SCENARIOS: &[Scenario] = &[
         drains: true,
         migrations: false,
         balancing: false,
+        power: false,
     },
     Scenario {
         name: "disk-full",
@@ -215,6 +234,7 @@ pub const SCENARIOS: &[Scenario] = &[
         drains: false,
         migrations: false,
         balancing: false,
+        power: false,
     },
     Scenario {
         name: "slow-fsync",
@@ -227,6 +247,7 @@ pub const SCENARIOS: &[Scenario] = &[
         drains: false,
         migrations: false,
         balancing: false,
+        power: false,
     },
     Scenario {
         name: "clock-skew",
@@ -239,6 +260,7 @@ pub const SCENARIOS: &[Scenario] = &[
         drains: true,
         migrations: false,
         balancing: false,
+        power: false,
     },
     Scenario {
         name: "mixed-coordinators",
@@ -260,6 +282,7 @@ pub const SCENARIOS: &[Scenario] = &[
         drains: false,
         migrations: false,
         balancing: false,
+        power: false,
     },
     Scenario {
         name: "mixed",
@@ -282,6 +305,7 @@ pub const SCENARIOS: &[Scenario] = &[
         drains: true,
         migrations: false,
         balancing: false,
+        power: false,
     },
     Scenario {
         name: "migrate",
@@ -294,6 +318,7 @@ pub const SCENARIOS: &[Scenario] = &[
         drains: false,
         migrations: true,
         balancing: false,
+        power: false,
     },
     Scenario {
         name: "balance",
@@ -306,6 +331,25 @@ pub const SCENARIOS: &[Scenario] = &[
         drains: false,
         migrations: false,
         balancing: true,
+        power: false,
+    },
+    Scenario {
+        name: "power",
+        about: "3 coordinators, 3 agents with 4 SIMULATED H100s each under a cluster power budget of nameplate / 1.3; load spikes on every GPU while nodes are killed, cut off from the coordinators, and coordinators killed or cut off; no group above its hard budget for over 1 s, no limit outside a device's range",
+        members: 3,
+        agents: 3,
+        faults: &[
+            Fault::KillNode,
+            Fault::PartitionNode,
+            Fault::KillMajority,
+            Fault::PartitionLeader,
+        ],
+        service_count: 2,
+        fault_ms: SHORT_FAULTS_MS,
+        drains: false,
+        migrations: false,
+        balancing: false,
+        power: true,
     },
 ];
 

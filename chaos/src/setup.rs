@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use crate::agents::AgentSet;
 use crate::nemesis::rng::Rng;
+use crate::ports::free_loopback_port;
+use crate::power::{self, PowerNodes};
 use crate::process_cluster::{ClusterSetup, ProcessCluster};
 use crate::proxy::{AgentLinks, ProxyNet};
 use crate::runner::{RunConfig, RunError};
@@ -25,6 +27,8 @@ pub struct Started {
     pub agents: Option<AgentSet>,
     /// The links from agents to coordinators, when faults cut nodes off.
     pub agent_net: Option<AgentLinks>,
+    /// Where the agents serve their power figures (power scenarios only).
+    pub power: Option<PowerNodes>,
 }
 
 /// Coordinator addresses, and the host the harness's proxies listen on.
@@ -98,46 +102,84 @@ pub async fn start(config: &RunConfig, rng: &mut Rng) -> Result<Started, RunErro
         .wait_members(Duration::from_secs(30))
         .await
         .map_err(|e| RunError::Setup(e.to_string()))?;
-    let (agents, agent_net) = if scenario.agents > 0 {
-        let (set, links) = start_agents(config, &cluster, &proxy_host, &member_addrs, rng).await?;
-        (Some(set), links)
+    let (agents, agent_net, power) = if scenario.agents > 0 {
+        let (set, links, power) =
+            start_agents(config, &cluster, &proxy_host, &member_addrs, rng).await?;
+        (Some(set), links, power)
     } else {
-        (None, None)
+        (None, None, None)
     };
     Ok(Started {
         cluster,
         net,
         agents,
         agent_net,
+        power,
     })
 }
 
 /// Starts the scenario's agents `n1..`, through proxies of their own when
-/// its faults cut nodes off.
+/// its faults cut nodes off, with SIMULATED GPUs and metrics endpoints in
+/// power scenarios.
 async fn start_agents(
     config: &RunConfig,
     cluster: &ProcessCluster,
     proxy_host: &str,
     member_addrs: &BTreeMap<u64, String>,
     rng: &mut Rng,
-) -> Result<(AgentSet, Option<AgentLinks>), RunError> {
+) -> Result<(AgentSet, Option<AgentLinks>, Option<PowerNodes>), RunError> {
     let scenario = &config.scenario;
     let mut set = AgentSet::new(&config.binary, &cluster.addr_list())?;
     if let Some(docker) = &config.docker {
+        if scenario.power {
+            return Err(RunError::Setup(format!(
+                "scenario {} runs on this host only, not in Docker mode (its agents' SIMULATED GPUs read a spike file of the harness)",
+                scenario.name
+            )));
+        }
         set = set.in_docker(docker.clone());
     }
     let names: Vec<String> = (1..=scenario.agents).map(|i| format!("n{i}")).collect();
+    let power = if scenario.power {
+        let spike_file = power::spike_file(set.root());
+        power::set_spike(&spike_file, 0.0)
+            .map_err(|e| RunError::Setup(format!("write {}: {e}", spike_file.display())))?;
+        set = set.with_env(power::SPIKE_FILE_ENV, &spike_file.display().to_string());
+        let mut metrics = BTreeMap::new();
+        for name in &names {
+            let port = free_loopback_port()
+                .map_err(|e| RunError::Setup(format!("pick a metrics port: {e}")))?;
+            metrics.insert(name.clone(), format!("127.0.0.1:{port}"));
+        }
+        Some(PowerNodes {
+            metrics,
+            spike_file,
+        })
+    } else {
+        None
+    };
+    let args_of = |name: &str| -> Vec<String> {
+        power
+            .as_ref()
+            .and_then(|p| p.metrics.get(name))
+            .map(|addr| power::agent_args(addr))
+            .unwrap_or_default()
+    };
     if !scenario.faults.iter().any(|f| f.needs_agent_proxies()) {
         for name in &names {
-            set.start(name, &[])?;
+            let args = args_of(name);
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            set.start(name, &args)?;
         }
-        return Ok((set, None));
+        return Ok((set, None, power));
     }
     let links = AgentLinks::start(proxy_host, &names, member_addrs, rng.next_u64())
         .await
         .map_err(|e| RunError::Setup(format!("start the agent proxies: {e}")))?;
     for name in &names {
-        set.start_via(name, &links.coordinators_arg(name), &[])?;
+        let args = args_of(name);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        set.start_via(name, &links.coordinators_arg(name), &args)?;
     }
-    Ok((set, Some(links)))
+    Ok((set, Some(links), power))
 }

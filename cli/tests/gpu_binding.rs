@@ -153,9 +153,20 @@ fn lowered(detail: &str) -> BTreeSet<u64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_governor_caps_a_training_jobs_gpu_before_an_inference_jobs() {
     let (_cluster, addr, mut agents) = cluster_with_agents(1, "3000").await;
-    // 2 SIMULATED H100s.
+    // 2 SIMULATED H100s, their activities pinned (60 %, 70 %) so that the
+    // draw is known before the work reports any.
     agents
-        .start("p1", &["--sim-gpus", "2", "--sim-gpu-model", "h100"])
+        .start(
+            "p1",
+            &[
+                "--sim-gpus",
+                "2",
+                "--sim-gpu-model",
+                "h100",
+                "--sim-gpu-activity",
+                "0.6,0.7",
+            ],
+        )
         .expect("start agent");
     must_have_ready_nodes(&addr, &["p1"]).await;
     let dir = tempfile::tempdir().expect("tempdir");

@@ -238,7 +238,8 @@ async fn budgets_are_set_listed_and_removed_and_bad_input_changes_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_agent_caps_its_simulated_gpus_under_its_share_and_releases_them() {
     let (_cluster, addr, mut agents) = cluster_with_agents(1, "3000").await;
-    // 8 SIMULATED H100s drawing about 4360 W (fixed activities 60 to 90 %).
+    // 8 SIMULATED H100s drawing about 4360 W (activities pinned at 60 to
+    // 90 %: no work runs on them).
     agents
         .start(
             "p1",
@@ -247,6 +248,8 @@ async fn a_real_agent_caps_its_simulated_gpus_under_its_share_and_releases_them(
                 "8",
                 "--sim-gpu-model",
                 "h100",
+                "--sim-gpu-activity",
+                "0.6,0.7,0.8,0.9",
                 "--labels",
                 "rack=r1",
             ],

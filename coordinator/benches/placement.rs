@@ -53,6 +53,7 @@ fn cluster() -> (Vec<NodeView>, Vec<AllocView>) {
                 priority: below(101) as u32,
                 gang: None,
                 gpu_indices: Vec::new(),
+                power_class: Default::default(),
             });
         }
         nodes.push(NodeView {
@@ -75,6 +76,7 @@ fn request(job: &str, instances: std::ops::Range<u32>, spread: Spread) -> Placem
         affinities: Vec::new(),
         spread,
         gang: false,
+        power_class: Default::default(),
     }
 }
 
@@ -123,6 +125,7 @@ fn many_requests(nodes: &[NodeView], allocs: &[AllocView], size: u32, calls: u32
                 priority: req.priority,
                 gang: None,
                 gpu_indices: p.gpu_indices,
+                power_class: Default::default(),
             });
         }
     }

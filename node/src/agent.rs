@@ -109,6 +109,9 @@ pub struct AgentState {
     /// The GPUs, shared by the monitor and the governor (a restarted child
     /// gets the same backend, so simulated limits survive it).
     gpu: Arc<dyn GpuBackend>,
+    /// SIMULATED GPUs driven by their work (none on real GPUs); stops with
+    /// the agent.
+    _gpu_drive: Option<crate::gpu_activity::GpuDrive>,
     governor: ActorRef<PowerMsg>,
     supervisor: ActorRef<SupervisorMsg>,
     link: ActorRef<LinkMsg>,
@@ -133,17 +136,42 @@ pub struct NodeAgent;
 impl NodeAgent {
     /// Picks the GPU backend once, saying which and why in the log.
     fn detect_gpus(config: &NodeConfig) -> Result<Arc<dyn GpuBackend>, ActorProcessingErr> {
-        let sim = config
-            .sim_gpus
-            .as_ref()
-            .map(|s| resources::SimGpus::new(s.count, &s.model));
+        let sim = config.sim_gpus.as_ref().map(|s| {
+            resources::SimGpus::new(s.count, &s.model)
+                .with_pinned_activity(s.pinned_activity.clone().unwrap_or_default())
+        });
         let detection = resources::detect(sim)?;
         tracing::info!(
             backend = detection.backend.name(),
             "GPUs: {}",
             detection.note
         );
+        if let Some((min, max)) = config.gpu_lock_clocks {
+            Self::lock_clocks(detection.backend.as_ref(), min, max);
+        }
         Ok(detection.backend)
+    }
+
+    /// Locks every GPU's graphics clock to `min..=max` MHz (the
+    /// `gpu_lock_clocks` setting); a GPU that refuses is logged, not fatal:
+    /// the agent still serves, with that GPU's clocks free.
+    fn lock_clocks(backend: &dyn GpuBackend, min: u32, max: u32) {
+        let gpus = match backend.gpus() {
+            Ok(gpus) => gpus,
+            Err(e) => {
+                tracing::warn!(error = %e, "GPU clocks not locked: cannot list the GPUs");
+                return;
+            }
+        };
+        for gpu in gpus {
+            match backend.lock_clocks(gpu.index, min, max) {
+                Ok(()) => tracing::info!(
+                    gpu = gpu.index,
+                    "graphics clock locked to {min}..={max} MHz"
+                ),
+                Err(e) => tracing::warn!(gpu = gpu.index, error = %e, "GPU clock not locked"),
+            }
+        }
     }
 
     async fn spawn_monitor(
@@ -171,6 +199,7 @@ impl NodeAgent {
             gpu: gpu.clone(),
             sample_every: herd_actors::power::governor::SAMPLE_EVERY,
             config: PolicyConfig::default(),
+            share_file: Some(herd_actors::power::share_file::path_in(&config.data_dir)),
         };
         let (governor, _) =
             Actor::spawn_linked(None, PowerGovernor, args, myself.get_cell()).await?;
@@ -296,6 +325,7 @@ impl NodeAgent {
             movable_drivers,
             config: config.balance.clone(),
             stats: stats.clone(),
+            inference: handle.inference(),
         };
         let (balancer, _) = Actor::spawn_linked(None, Balancer, args, myself.get_cell()).await?;
         handle.set(balancer.clone());
@@ -337,6 +367,7 @@ impl Actor for NodeAgent {
         let (report_tx, report_rx) = mpsc::unbounded_channel();
         let report_rx = Arc::new(Mutex::new(report_rx));
         let gpu = Self::detect_gpus(&args.config)?;
+        let gpu_drive = crate::gpu_activity::spawn(gpu.clone(), args.config.data_dir.clone());
         let monitor = Self::spawn_monitor(&myself, &args.config, &gpu).await?;
         let governor = Self::spawn_governor(&myself, &args.config, &gpu).await?;
         let supervisor = Self::spawn_supervisor(
@@ -396,6 +427,7 @@ impl Actor for NodeAgent {
             report_rx,
             monitor,
             gpu,
+            _gpu_drive: gpu_drive,
             governor,
             supervisor,
             link,

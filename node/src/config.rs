@@ -32,6 +32,13 @@ pub struct NodeSettings {
     pub sim_gpus: Option<u32>,
     /// Model of the simulated GPUs (`h100`, `a100`, `l4`...).
     pub sim_gpu_model: Option<String>,
+    /// Pinned activities of the simulated GPUs, `0.6,0.7,...` (0.0 to 1.0,
+    /// GPU `i` takes value `i % len`), instead of following their work: a
+    /// test knob (SIMULATION).
+    pub sim_gpu_activity: Option<String>,
+    /// Lock every GPU's graphics clock to `MIN:MAX` MHz at start (NVML
+    /// only; steadier speed and power under a cap). Unset: clocks free.
+    pub gpu_lock_clocks: Option<String>,
     /// CPU kept back for the system, millicores.
     pub reserved_cpu: Option<u64>,
     /// Memory kept back for the system (`"512MiB"`).
@@ -50,6 +57,9 @@ pub struct NodeSettings {
     /// Decentralised balancing among agents (docs/balancing.md); on by
     /// default: it only gossips until a job says `[balance] movable`.
     pub balance: Option<bool>,
+    /// Move running inference requests off this node's instances that
+    /// drain or run low on KV blocks (docs/inference.md); on by default.
+    pub reschedule: Option<bool>,
 }
 
 herd_api::daemon_settings!(NodeSettings {
@@ -61,6 +71,8 @@ herd_api::daemon_settings!(NodeSettings {
     labels,
     sim_gpus,
     sim_gpu_model,
+    sim_gpu_activity,
+    gpu_lock_clocks,
     reserved_cpu,
     reserved_memory,
     heartbeat_ms,
@@ -69,6 +81,7 @@ herd_api::daemon_settings!(NodeSettings {
     http_advertise,
     metrics_listen,
     balance,
+    reschedule,
 });
 
 /// Where the agent's OpenAI-compatible HTTP endpoint listens.
@@ -81,12 +94,14 @@ pub struct HttpEndpoint {
 }
 
 /// Simulated GPUs the agent reports (named simulated everywhere).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SimGpus {
     /// How many.
     pub count: u32,
     /// Their model, lower case.
     pub model: String,
+    /// Activities pinned by `sim_gpu_activity` (none: they follow the work).
+    pub pinned_activity: Option<Vec<f64>>,
 }
 
 /// A validated node agent configuration.
@@ -106,6 +121,9 @@ pub struct NodeConfig {
     pub labels: BTreeMap<String, String>,
     /// Simulated GPUs, when asked for.
     pub sim_gpus: Option<SimGpus>,
+    /// The graphics clock range (MHz) every GPU is locked to at start, when
+    /// asked for (`gpu_lock_clocks`).
+    pub gpu_lock_clocks: Option<(u32, u32)>,
     /// CPU kept back for the system, millicores.
     pub reserved_cpu_millis: u64,
     /// Memory kept back for the system, bytes.
@@ -118,6 +136,9 @@ pub struct NodeConfig {
     pub http: Option<HttpEndpoint>,
     /// Whether the agent balances load with its peers.
     pub balance_enabled: bool,
+    /// Whether the agent reschedules running inference requests
+    /// (`node/src/serve/resched.rs`).
+    pub reschedule_requests: bool,
     /// The balancing protocol's and policy's settings.
     pub balance: herd_balance::Config,
     /// Where the Prometheus metrics endpoint listens, when it is on.
@@ -168,6 +189,18 @@ impl NodeConfig {
             "data-dir",
             "a directory for allocations and their logs",
         )?;
+        let pinned_activity = settings
+            .sim_gpu_activity
+            .as_deref()
+            .map(parse_activities)
+            .transpose()
+            .map_err(|e| invalid("sim-gpu-activity", e))?;
+        if pinned_activity.is_some() && settings.sim_gpus.unwrap_or(0) == 0 {
+            return Err(invalid(
+                "sim-gpu-activity",
+                "given without sim-gpus (it pins simulated GPUs only)",
+            ));
+        }
         let sim_gpus = match (settings.sim_gpus, settings.sim_gpu_model) {
             (None | Some(0), None) => None,
             (None | Some(0), Some(_)) => {
@@ -187,7 +220,11 @@ impl NodeConfig {
                 if model.is_empty() || model.len() > 64 {
                     return Err(invalid("sim-gpu-model", "must be 1 to 64 characters"));
                 }
-                Some(SimGpus { count: n, model })
+                Some(SimGpus {
+                    count: n,
+                    model,
+                    pinned_activity,
+                })
             }
         };
         let reserved_memory_bytes = match settings.reserved_memory {
@@ -237,6 +274,12 @@ impl NodeConfig {
                     invalid("metrics-listen", format!("{text:?} is not IP:PORT: {e}"))
                 })?),
             };
+        let gpu_lock_clocks = settings
+            .gpu_lock_clocks
+            .as_deref()
+            .map(parse_clock_range)
+            .transpose()
+            .map_err(|e| invalid("gpu-lock-clocks", e))?;
         let labels = settings.labels.unwrap_or_default();
         for (key, value) in &labels {
             if key.is_empty() || key.len() > 64 || value.len() > 256 {
@@ -254,6 +297,7 @@ impl NodeConfig {
             data_dir,
             labels,
             sim_gpus,
+            gpu_lock_clocks,
             reserved_cpu_millis: settings.reserved_cpu.unwrap_or(0),
             reserved_memory_bytes,
             heartbeat,
@@ -262,9 +306,50 @@ impl NodeConfig {
             metrics_listen,
             token: None,
             balance_enabled: settings.balance.unwrap_or(true),
+            reschedule_requests: settings.reschedule.unwrap_or(true),
             balance: herd_balance::Config::default(),
         })
     }
+}
+
+/// Parses `MIN:MAX` MHz (the `--gpu-lock-clocks` flag): 1 ≤ MIN ≤ MAX ≤
+/// 10,000 (each device's own range is checked again before NVML is asked).
+pub fn parse_clock_range(text: &str) -> Result<(u32, u32), String> {
+    let (min, max) = text
+        .split_once(':')
+        .ok_or_else(|| format!("{text:?} is not MIN:MAX (MHz)"))?;
+    let mhz = |part: &str| {
+        part.trim()
+            .parse::<u32>()
+            .map_err(|_| format!("{part:?} is not a whole number of MHz"))
+    };
+    let (min, max) = (mhz(min)?, mhz(max)?);
+    if min == 0 || min > max || max > 10_000 {
+        return Err(format!("{min}:{max} MHz: needs 1 <= MIN <= MAX <= 10000"));
+    }
+    Ok((min, max))
+}
+
+/// Parses `0.6,0.7,0.8` (the `--sim-gpu-activity` flag): 1 to
+/// [`MAX_SIM_GPUS`] numbers, each 0.0 to 1.0.
+pub fn parse_activities(text: &str) -> Result<Vec<f64>, String> {
+    let mut activities = Vec::new();
+    for part in text.split(',').map(str::trim) {
+        let value: f64 = part
+            .parse()
+            .map_err(|_| format!("{part:?} is not a number (0.0 to 1.0)"))?;
+        if !(0.0..=1.0).contains(&value) {
+            return Err(format!("{part:?} is outside 0.0 to 1.0"));
+        }
+        activities.push(value);
+    }
+    if activities.len() > MAX_SIM_GPUS as usize {
+        return Err(format!(
+            "at most {MAX_SIM_GPUS} activities, got {}",
+            activities.len()
+        ));
+    }
+    Ok(activities)
 }
 
 /// Parses `key=value,key=value` (the `--labels` flag).
@@ -303,7 +388,8 @@ mod tests {
             config.sim_gpus,
             Some(SimGpus {
                 count: 8,
-                model: "h100".into()
+                model: "h100".into(),
+                pinned_activity: None,
             })
         );
         assert_eq!(config.reserved_memory_bytes, 1 << 30);
@@ -315,6 +401,22 @@ mod tests {
         });
         assert_eq!(merged.name.as_deref(), Some("other"));
         assert_eq!(merged.sim_gpus, Some(8));
+        let pinned = NodeConfig::resolve(NodeSettings {
+            sim_gpus: Some(2),
+            sim_gpu_activity: Some("0.6, 1".into()),
+            ..base()
+        })
+        .expect("valid");
+        assert_eq!(
+            pinned.sim_gpus.and_then(|s| s.pinned_activity),
+            Some(vec![0.6, 1.0])
+        );
+        let locked = NodeConfig::resolve(NodeSettings {
+            gpu_lock_clocks: Some("1000:1980".into()),
+            ..base()
+        })
+        .expect("valid");
+        assert_eq!(locked.gpu_lock_clocks, Some((1000, 1980)));
     }
 
     #[test]
@@ -370,6 +472,43 @@ mod tests {
                     ..base()
                 },
                 "sim-gpu-model",
+            ),
+            (
+                NodeSettings {
+                    sim_gpu_activity: Some("0.5".into()),
+                    ..base()
+                },
+                "sim-gpu-activity",
+            ),
+            (
+                NodeSettings {
+                    gpu_lock_clocks: Some("1980:1000".into()),
+                    ..base()
+                },
+                "gpu-lock-clocks",
+            ),
+            (
+                NodeSettings {
+                    gpu_lock_clocks: Some("1000".into()),
+                    ..base()
+                },
+                "gpu-lock-clocks",
+            ),
+            (
+                NodeSettings {
+                    sim_gpus: Some(2),
+                    sim_gpu_activity: Some("0.5,1.5".into()),
+                    ..base()
+                },
+                "sim-gpu-activity",
+            ),
+            (
+                NodeSettings {
+                    sim_gpus: Some(2),
+                    sim_gpu_activity: Some("0.5,,".into()),
+                    ..base()
+                },
+                "sim-gpu-activity",
             ),
             (
                 NodeSettings {

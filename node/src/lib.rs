@@ -12,6 +12,7 @@ pub mod agent;
 pub mod balance;
 pub mod config;
 pub mod engines;
+pub mod gpu_activity;
 pub mod infer;
 pub mod link;
 pub mod logs;
@@ -87,6 +88,7 @@ pub struct RunningNode {
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     engine_poller: JoinHandle<()>,
     fleet_view: Option<JoinHandle<()>>,
+    rescheduler: Option<JoinHandle<()>>,
     http_server: Option<JoinHandle<std::io::Result<()>>>,
     metrics_server: Option<JoinHandle<()>>,
 }
@@ -97,6 +99,9 @@ impl RunningNode {
     pub async fn shutdown(mut self) {
         self.engine_poller.abort();
         if let Some(task) = self.fleet_view.take() {
+            task.abort();
+        }
+        if let Some(task) = self.rescheduler.take() {
             task.abort();
         }
         if let Some(task) = self.http_server.take() {
@@ -262,10 +267,19 @@ where
         }
         (None, _) => None,
     };
+    let reschedule = fleet.is_some() && config.reschedule_requests;
     let inference = infer::Inference::new(&name, engines.clone(), fleet).counted(stats.clone());
+    let rescheduler = reschedule.then(|| {
+        serve::resched::spawn(
+            inference.clone(),
+            advertise.clone(),
+            serve::resched_policy::Settings::default(),
+        )
+    });
     let incoming_migrations =
         migrate::IncomingRegistry::new().dialing_peers_with(wiring.connector.clone());
-    let balance = balance::BalanceHandle::new(&name);
+    let balance = balance::BalanceHandle::new(&name).with_inference(inference.clone());
+    let data_dir = config.data_dir.clone();
     let http_advertise = config.http.as_ref().map(|h| h.advertise.clone());
     let args = AgentArgs {
         balance: balance.clone(),
@@ -292,7 +306,8 @@ where
     let http_server =
         http_listener.map(|(listener, _)| serve::http::spawn(listener, inference.clone()));
     let peer = migrate::AgentPeerService::new(incoming_migrations.clone(), balance)
-        .with_requests(inference.clone());
+        .with_requests(inference.clone())
+        .with_offline_moves(&name, &data_dir);
     let metrics_server = match metrics_listener {
         Some(listener) => {
             match metrics::serve(listener, root.clone(), stats, &grpc_metrics, drivers) {
@@ -330,6 +345,7 @@ where
         server,
         engine_poller,
         fleet_view,
+        rescheduler,
         http_server,
         metrics_server: metrics_server.map(|m| m.into_task()),
     })

@@ -4,6 +4,7 @@
 //! real time). Token times stay on the modelled clock, whatever the scale.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, watch};
@@ -12,6 +13,8 @@ use super::engine::{
     Engine, EngineConfig, EngineStats, KvExport, KvState, RequestId, RequestSpec, TokenEvent,
 };
 use super::error::EngineError;
+use super::watchdog::{Bounds, Watchdog};
+use crate::resources::gpu_work::{stretched, WorkMeter};
 
 /// Requests queued to the engine task before `generate` waits.
 const QUEUE: usize = 1024;
@@ -80,6 +83,11 @@ enum Command {
 pub struct EngineHandle {
     submit: mpsc::Sender<Command>,
     stats: watch::Receiver<EngineStats>,
+    /// How busy the engine keeps its GPU, and the throughput share its
+    /// (SIMULATED) GPU keeps under its power limit: every step's modelled
+    /// duration is stretched by the share's inverse (see
+    /// `resources::gpu_work`).
+    meter: Arc<WorkMeter>,
 }
 
 impl std::fmt::Debug for Command {
@@ -103,13 +111,36 @@ pub enum RuntimeError {
 }
 
 impl EngineHandle {
-    /// Starts an engine task on the current tokio runtime.
+    /// Starts an engine task on the current tokio runtime, with the
+    /// default [`Bounds`] on migration states.
     pub fn spawn(config: EngineConfig, time_scale: f64) -> Self {
+        Self::spawn_with(config, time_scale, Bounds::default())
+    }
+
+    /// Starts an engine task whose frozen requests thaw, and whose staged
+    /// blocks are freed, after `bounds` ([`super::watchdog`]).
+    pub fn spawn_with(config: EngineConfig, time_scale: f64, bounds: Bounds) -> Self {
+        let meter = Arc::new(WorkMeter::default());
+        let gpu = Gpu {
+            meter: meter.clone(),
+            max_batch: config.max_batch,
+        };
         let engine = Engine::new(config);
         let (submit, requests) = mpsc::channel(QUEUE);
         let (stats_tx, stats) = watch::channel(engine.stats());
-        tokio::spawn(run(engine, time_scale, requests, stats_tx));
-        Self { submit, stats }
+        let watchdog = Watchdog::new(bounds);
+        tokio::spawn(run(engine, time_scale, requests, stats_tx, watchdog, gpu));
+        Self {
+            submit,
+            stats,
+            meter,
+        }
+    }
+
+    /// The engine's GPU meter: its busy time, and the throughput share it
+    /// runs at (1.0 unless a throttle is set).
+    pub fn meter(&self) -> Arc<WorkMeter> {
+        self.meter.clone()
     }
 
     /// Queues a request; its tokens arrive on the stream, which ends after
@@ -143,11 +174,54 @@ fn scaled(us: u64, scale: f64) -> Duration {
     Duration::from_secs_f64((us as f64 * scale / 1e6).clamp(0.0, 3600.0))
 }
 
+/// What the engine loop needs of its GPU.
+struct Gpu {
+    meter: Arc<WorkMeter>,
+    max_batch: usize,
+}
+
+impl Gpu {
+    /// How hard a step of `report` works the GPU: a prefill is compute
+    /// bound (1.0); a decode step is memory bound, from 0.5 for one
+    /// sequence to 1.0 for a full batch (POLCA: inference draws well under
+    /// nameplate at low load, close to it under a full batch).
+    fn intensity(&self, report: &super::engine::StepReport) -> f64 {
+        if !report.prefilled.is_empty() {
+            return 1.0;
+        }
+        let full = self.max_batch.max(1) as f64;
+        0.5 + 0.5 * (report.decoded as f64 / full).min(1.0)
+    }
+
+    /// A step's modelled duration (µs) on this GPU: stretched by the
+    /// inverse of its throughput share; its busy time counted.
+    fn step_us(&self, report: &super::engine::StepReport, scale: f64) -> u64 {
+        let modelled = stretched(
+            Duration::from_micros(report.duration_us),
+            self.meter.throughput(),
+        );
+        let us = u64::try_from(modelled.as_micros()).unwrap_or(u64::MAX);
+        if us > 0 {
+            // With no sleeping (scale 0), the modelled time counts.
+            let busy = if scale > 0.0 {
+                scaled(us, scale)
+            } else {
+                modelled
+            };
+            self.meter
+                .add_busy(busy.as_secs_f64(), self.intensity(report));
+        }
+        us
+    }
+}
+
 async fn run(
     mut engine: Engine,
     scale: f64,
     mut requests: mpsc::Receiver<Command>,
     stats: watch::Sender<EngineStats>,
+    mut watchdog: Watchdog,
+    gpu: Gpu,
 ) {
     let mut streams: HashMap<RequestId, mpsc::UnboundedSender<TokenEvent>> = HashMap::new();
     // The modelled clock (µs): advanced by steps, and by idle real time.
@@ -158,22 +232,36 @@ async fn run(
     loop {
         if engine.is_idle() || stalled {
             let idle_from = Instant::now();
-            let Some(first) = requests.recv().await else {
-                return;
+            // Until a command, or the watchdog's next deadline.
+            let first = match watchdog.next_deadline() {
+                Some(at) => match tokio::time::timeout_at(at.into(), requests.recv()).await {
+                    Ok(Some(command)) => Some(command),
+                    Ok(None) => return,
+                    Err(_) => None,
+                },
+                None => match requests.recv().await {
+                    Some(command) => Some(command),
+                    None => return,
+                },
             };
             if scale > 0.0 {
                 now += (idle_from.elapsed().as_secs_f64() * 1e6 / scale) as u64;
             }
-            accept(&mut engine, &mut streams, first, now);
+            if let Some(first) = first {
+                accept(&mut engine, &mut streams, &mut watchdog, first, now);
+            }
         }
         while let Ok(request) = requests.try_recv() {
-            accept(&mut engine, &mut streams, request, now);
+            accept(&mut engine, &mut streams, &mut watchdog, request, now);
         }
+        expire(&mut engine, &mut watchdog);
         let report = engine.step(now);
         stalled = report.duration_us == 0 && report.tokens.is_empty();
-        now += report.duration_us;
-        if report.duration_us > 0 && scale > 0.0 {
-            tokio::time::sleep(scaled(report.duration_us, scale)).await;
+        // A capped (SIMULATED) GPU gets the step done more slowly.
+        let duration_us = gpu.step_us(&report, scale);
+        now += duration_us;
+        if duration_us > 0 && scale > 0.0 {
+            tokio::time::sleep(scaled(duration_us, scale)).await;
         } else {
             tokio::task::yield_now().await;
         }
@@ -193,16 +281,36 @@ async fn run(
     }
 }
 
+/// Thaws the frozen requests, and aborts the staged migrations, that the
+/// watchdog says waited too long for their agent.
+fn expire(engine: &mut Engine, watchdog: &mut Watchdog) {
+    let expired = watchdog.expired(Instant::now());
+    for id in expired.thaw {
+        // Gone already (cancelled) is fine: nothing is left frozen.
+        if engine.thaw(id).is_ok() {
+            tracing::warn!(
+                request = id,
+                "frozen for a migration that was neither committed nor given up in time: thawed"
+            );
+        }
+    }
+    for migration in expired.abort {
+        let freed = engine.abort_import(&migration);
+        tracing::warn!(%migration, freed, "staged KV blocks without progress: freed");
+    }
+}
+
 fn accept(
     engine: &mut Engine,
     streams: &mut HashMap<RequestId, mpsc::UnboundedSender<TokenEvent>>,
+    watchdog: &mut Watchdog,
     command: Command,
     now: u64,
 ) {
     let (spec, reply) = match command {
         Command::Generate(spec, reply) => (spec, reply),
         Command::Kv(op, reply) => {
-            let _ = reply.send(kv(engine, streams, op, now));
+            let _ = reply.send(kv(engine, streams, watchdog, op, now));
             return;
         }
     };
@@ -227,6 +335,7 @@ fn accept(
 fn kv(
     engine: &mut Engine,
     streams: &mut HashMap<RequestId, mpsc::UnboundedSender<TokenEvent>>,
+    watchdog: &mut Watchdog,
     op: KvOp,
     now: u64,
 ) -> Result<KvOutcome, EngineError> {
@@ -235,13 +344,21 @@ fn kv(
             id,
             from_block,
             freeze,
-        } => KvOutcome::Blocks(engine.export_kv(id, from_block, freeze)?),
+        } => {
+            let blocks = engine.export_kv(id, from_block, freeze)?;
+            if freeze {
+                watchdog.froze(id, Instant::now());
+            }
+            KvOutcome::Blocks(blocks)
+        }
         KvOp::Thaw(id) => {
+            watchdog.unfroze(id);
             engine.thaw(id)?;
             KvOutcome::Count(0)
         }
         KvOp::Release(id) => {
             let freed = engine.release_frozen(id)?;
+            watchdog.unfroze(id);
             // Ends the stream after the tokens already sent.
             streams.remove(&id);
             KvOutcome::Count(freed)
@@ -250,14 +367,23 @@ fn kv(
             migration,
             from_block,
             data,
-        } => KvOutcome::Count(engine.stage_kv(&migration, from_block, &data)?),
+        } => {
+            let staged = engine.stage_kv(&migration, from_block, &data)?;
+            watchdog.staged(&migration, Instant::now());
+            KvOutcome::Count(staged)
+        }
         KvOp::Resume { migration, state } => {
+            // Resumed or not, nothing stays staged for it.
+            watchdog.unstaged(&migration);
             let id = engine.resume_imported(&migration, state, now)?;
             let (tx, rx) = mpsc::unbounded_channel();
             streams.insert(id, tx);
             KvOutcome::Resumed(id, rx)
         }
-        KvOp::AbortImport(migration) => KvOutcome::Count(engine.abort_import(&migration)),
+        KvOp::AbortImport(migration) => {
+            watchdog.unstaged(&migration);
+            KvOutcome::Count(engine.abort_import(&migration))
+        }
     })
 }
 
@@ -294,5 +420,95 @@ mod tests {
             RuntimeError::Refused(EngineError::OverCapacity { .. })
         ));
         assert_eq!(engine.stats().free_blocks, 8);
+    }
+
+    /// A source agent that froze a request and died, and a target whose
+    /// source died mid-copy: the watchdog thaws the one and frees the other.
+    #[tokio::test]
+    async fn a_forgotten_freeze_thaws_and_forgotten_staged_blocks_are_freed() {
+        let mut settings = EngineSettings::default();
+        settings.engine.kv_blocks = 256;
+        let bounds = Bounds {
+            frozen: Duration::from_millis(300),
+            staged_idle: Duration::from_millis(300),
+        };
+        // About 1 ms a step: 600 tokens decode for well over the bound.
+        let engine = EngineHandle::spawn_with(settings.engine.clone(), 0.05, bounds);
+        let spec = RequestSpec {
+            prompt_tokens: 16,
+            max_tokens: 600,
+            priority: Priority::Normal,
+        };
+        let mut tokens = engine.generate(spec).await.expect("accepted");
+        let first = tokens.recv().await.expect("first token");
+        let frozen = engine
+            .kv(KvOp::Export {
+                id: first.request,
+                from_block: 0,
+                freeze: true,
+            })
+            .await
+            .expect("frozen");
+        let KvOutcome::Blocks(frozen) = frozen else {
+            panic!("blocks expected, got {frozen:?}");
+        };
+        let at = frozen.state.expect("state").generated;
+        // Drain what was produced before the freeze; then nothing comes.
+        while tokens.try_recv().is_ok() {}
+        let quiet = tokio::time::timeout(Duration::from_millis(100), tokens.recv()).await;
+        assert!(quiet.is_err(), "a frozen request decodes no token");
+        // Nobody commits or thaws: the bound thaws it, and it finishes here.
+        let started = Instant::now();
+        let mut last = None;
+        while let Some(t) = tokens.recv().await {
+            last = Some(t);
+        }
+        let last = last.expect("tokens after the thaw");
+        assert!(last.last && last.index == 599, "finished: {last:?}");
+        assert!(started.elapsed() >= Duration::from_millis(150));
+        assert!(at < 600);
+        // A late commit is refused: the migration aborts, not duplicated.
+        let late = engine.kv(KvOp::Release(first.request)).await;
+        assert!(late.is_err(), "released after the thaw: {late:?}");
+
+        // Two blocks staged for a migration whose source never comes back.
+        let block = 16 * settings.engine.bytes_per_token;
+        let staged = engine
+            .kv(KvOp::Stage {
+                migration: "m1".into(),
+                from_block: 0,
+                data: vec![0; 2 * block],
+            })
+            .await
+            .expect("staged");
+        assert!(matches!(staged, KvOutcome::Count(2)), "{staged:?}");
+        // The stats refresh after the engine's next step.
+        let started = Instant::now();
+        while engine.stats().free_blocks == 256 && started.elapsed() < Duration::from_millis(200) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(
+            engine.stats().free_blocks,
+            254,
+            "the staged blocks are held"
+        );
+        let started = Instant::now();
+        while engine.stats().free_blocks != 256 {
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "staged blocks never freed"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(started.elapsed() >= Duration::from_millis(200));
+        // The next chunk of that migration finds nothing staged.
+        let late = engine
+            .kv(KvOp::Stage {
+                migration: "m1".into(),
+                from_block: 2,
+                data: vec![0; block],
+            })
+            .await;
+        assert!(late.is_err(), "{late:?}");
     }
 }

@@ -107,5 +107,6 @@ pub fn stats(s: &EngineStats) -> pb::EngineStats {
                 prompt_tokens: r.prompt_tokens,
             })
             .collect(),
+        draining: false,
     }
 }

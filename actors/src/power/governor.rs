@@ -15,6 +15,7 @@
 //! time; a round still running when the next tick comes skips that tick.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -139,6 +140,9 @@ pub struct GovernorArgs {
     pub sample_every: Duration,
     /// The policy's tuning.
     pub config: PolicyConfig,
+    /// Where the last share is kept across restarts
+    /// ([`super::share_file`]); None: in memory only.
+    pub share_file: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for GovernorArgs {
@@ -376,9 +380,22 @@ impl Actor for PowerGovernor {
             tracing::info!("power governor: no GPU backend (NVML absent); power shares will be held but nothing can be capped");
             said_no_gpus = true;
         }
+        // The share held before a restart, until a heartbeat reply says
+        // otherwise: a restarted node must not run uncapped meanwhile.
+        let share = match args.share_file.as_deref().map(super::share_file::load) {
+            Some(Ok(Some(share))) => {
+                tracing::info!(watts = share.watts, group = %share.group, "power governor: holding the share kept from before the restart");
+                Some(share)
+            }
+            Some(Err(reason)) => {
+                tracing::warn!(%reason, "power governor: ignoring the kept share");
+                None
+            }
+            Some(Ok(None)) | None => None,
+        };
         Ok(GovernorState {
             args,
-            share: None,
+            share,
             classes: BTreeMap::new(),
             original: BTreeMap::new(),
             gpus: Vec::new(),
@@ -397,6 +414,14 @@ impl Actor for PowerGovernor {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         state.ticker = Some(myself.send_interval(state.args.sample_every, || PowerMsg::Tick));
+        if let Some(share) = &state.share {
+            let detail = format!(
+                "share {:.0} W from group {} kept from before the restart",
+                share.watts, share.group
+            );
+            state.event("share", detail);
+            myself.cast(PowerMsg::Tick)?;
+        }
         Ok(())
     }
 
@@ -441,6 +466,11 @@ impl Actor for PowerGovernor {
                         None => "no budget covers this node; caps released".to_string(),
                     };
                     state.event("share", detail);
+                    if let Some(path) = &state.args.share_file {
+                        if let Err(reason) = super::share_file::save(path, share.as_ref()) {
+                            tracing::warn!(%reason, "power governor: cannot keep the share on disk");
+                        }
+                    }
                     state.share = share;
                     // Act on the new share at once rather than at the next tick.
                     myself.cast(PowerMsg::Tick)?;

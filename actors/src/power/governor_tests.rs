@@ -22,11 +22,20 @@ fn fleet() -> Arc<SimulatedGpuBackend> {
 }
 
 async fn spawn(gpu: Arc<SimulatedGpuBackend>) -> ActorRef<PowerMsg> {
+    spawn_keeping(gpu, None).await
+}
+
+/// A governor that keeps its share in `share_file`.
+async fn spawn_keeping(
+    gpu: Arc<SimulatedGpuBackend>,
+    share_file: Option<std::path::PathBuf>,
+) -> ActorRef<PowerMsg> {
     let args = GovernorArgs {
         node: "n1".into(),
         gpu,
         sample_every: Duration::from_millis(20),
         config: PolicyConfig::default(),
+        share_file,
     };
     let (actor, _) = Actor::spawn(None, PowerGovernor, args)
         .await
@@ -213,4 +222,42 @@ async fn without_a_share_nothing_is_done_and_a_withdrawn_share_puts_limits_back(
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(status(&actor).await.rounds, rounds);
     actor.stop(None);
+}
+
+/// A governor restarted (a new actor on the same data directory) holds the
+/// share it had before and caps a spike with no coordinator saying
+/// anything; a withdrawn share is forgotten on disk too.
+#[tokio::test]
+async fn a_restarted_governor_caps_to_the_share_it_kept() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = crate::power::share_file::path_in(dir.path());
+    let gpu = fleet();
+    let first = spawn_keeping(gpu.clone(), Some(file.clone())).await;
+    first
+        .cast(PowerMsg::SetShare(share(2000.0)))
+        .expect("share");
+    rounds_later(&first, 2).await;
+    first.stop(None);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+
+    let second = spawn_keeping(gpu.clone(), Some(file.clone())).await;
+    gpu.set_all_activity(1.0).expect("spike");
+    let after = rounds_later(&second, 2).await;
+    assert_eq!(after.share, share(2000.0));
+    assert_eq!(limits(&gpu), [700, 700, 200, 200]);
+    assert!(draw(&gpu) <= 2000.0, "{}", draw(&gpu));
+    assert!(
+        after
+            .events
+            .iter()
+            .any(|e| e.detail.contains("kept from before")),
+        "{:?}",
+        after.events
+    );
+
+    second.cast(PowerMsg::SetShare(None)).expect("withdrawn");
+    // Handled in order: once the status answers, the share is gone.
+    assert_eq!(status(&second).await.share, None);
+    assert!(!file.exists(), "a withdrawn share is not kept");
+    second.stop(None);
 }

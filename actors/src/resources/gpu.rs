@@ -37,6 +37,12 @@ pub struct GpuInfo {
     pub power_limit_max_watts: u32,
     /// Percent of the last sample period a kernel was running (0 to 100).
     pub utilisation_percent: u32,
+    /// Energy the GPU has used, in millijoules: NVML's total energy counter
+    /// (since the driver loaded), or the simulation's since the agent
+    /// started; 0 where the device has no counter. Power budgets can check
+    /// measured energy against the sampled draw with it.
+    #[serde(default)]
+    pub energy_millijoules: u64,
 }
 
 impl GpuInfo {
@@ -73,6 +79,19 @@ pub trait GpuBackend: Send + Sync {
     /// Sets the power limit of GPU `index`; a value outside the GPU's
     /// settable range is an error naming the range.
     fn set_power_limit(&self, index: u32, watts: u32) -> Result<(), ResourceError>;
+    /// Locks GPU `index`'s graphics clock to `min_mhz..=max_mhz` (the
+    /// agent's `gpu_lock_clocks` setting: steadier power and speed under a
+    /// cap); a range the device does not support is an error. Only NVML
+    /// can: the others say so.
+    fn lock_clocks(&self, index: u32, min_mhz: u32, max_mhz: u32) -> Result<(), ResourceError> {
+        Err(ResourceError::Gpu {
+            backend: self.name().to_string(),
+            message: format!(
+                "GPU {index}: cannot lock clocks to {min_mhz}..={max_mhz} MHz: \
+                 only the nvml backend can"
+            ),
+        })
+    }
     /// The simulated backend behind this one, when it is simulated: its
     /// activity knob ([`SimulatedGpuBackend::set_activity`]) drives the
     /// simulated draw. None for real GPUs.
@@ -193,6 +212,7 @@ mod tests {
             power_limit_min_watts: min,
             power_limit_max_watts: max,
             utilisation_percent: 0,
+            energy_millijoules: 0,
         }
     }
 

@@ -10,6 +10,7 @@
 
 pub mod error;
 pub mod gpu;
+pub mod gpu_work;
 pub mod host;
 pub mod monitor;
 pub mod nvml;

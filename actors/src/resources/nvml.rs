@@ -1,7 +1,15 @@
 //! Real NVIDIA GPUs through NVML (`nvml-wrapper`, which loads
 //! `libnvidia-ml.so` at run time, so the agent builds and runs on hosts
 //! without the driver and simply finds no GPUs there).
+//!
+//! What the agent uses of it: each GPU's power draw, total energy counter,
+//! power limit and the limit's settable range (its constraints), setting
+//! the limit (never outside that range: checked before NVML is called),
+//! and, when the agent is configured to (`gpu_lock_clocks`), locking the
+//! graphics clock to a range the device supports.
 
+use nvml_wrapper::enum_wrappers::device::Clock;
+use nvml_wrapper::enums::device::GpuLockedClocksSetting;
 use nvml_wrapper::error::NvmlError;
 use nvml_wrapper::{Device, Nvml};
 
@@ -117,6 +125,7 @@ impl NvmlBackend {
         };
         let utilisation =
             optional(device.utilization_rates().map(|u| u.gpu)).map_err(err("utilisation"))?;
+        let energy = optional(device.total_energy_consumption()).map_err(err("energy counter"))?;
         Ok(GpuInfo {
             index,
             uuid: device.uuid().map_err(err("uuid"))?,
@@ -129,8 +138,46 @@ impl NvmlBackend {
             power_limit_min_watts: min_mw.div_ceil(1000),
             power_limit_max_watts: max_mw / 1000,
             utilisation_percent: utilisation.min(100),
+            energy_millijoules: energy,
         })
     }
+
+    /// Checks `index` against the device count, naming it when absent.
+    fn check_index(&self, index: u32) -> Result<(), ResourceError> {
+        let count = self
+            .nvml
+            .device_count()
+            .map_err(|e| gpu_error("cannot count devices", None, e))?;
+        if index >= count {
+            return Err(ResourceError::NoSuchGpu {
+                backend: NAME.to_string(),
+                index,
+                count,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Checks a clock lock `min_mhz..=max_mhz` against the device's highest
+/// graphics clock `device_max_mhz`, so that NVML is never asked for a range
+/// the device does not have.
+pub fn check_clock_range(
+    index: u32,
+    min_mhz: u32,
+    max_mhz: u32,
+    device_max_mhz: u32,
+) -> Result<(), ResourceError> {
+    if min_mhz == 0 || min_mhz > max_mhz || max_mhz > device_max_mhz {
+        return Err(ResourceError::Gpu {
+            backend: NAME.to_string(),
+            message: format!(
+                "GPU {index}: clock lock {min_mhz}..={max_mhz} MHz is outside the device's \
+                 range 1..={device_max_mhz} MHz (or its minimum is above its maximum)"
+            ),
+        });
+    }
+    Ok(())
 }
 
 impl GpuBackend for NvmlBackend {
@@ -151,23 +198,28 @@ impl GpuBackend for NvmlBackend {
     }
 
     fn set_power_limit(&self, index: u32, watts: u32) -> Result<(), ResourceError> {
-        let count = self
-            .nvml
-            .device_count()
-            .map_err(|e| gpu_error("cannot count devices", None, e))?;
-        if index >= count {
-            return Err(ResourceError::NoSuchGpu {
-                backend: NAME.to_string(),
-                index,
-                count,
-            });
-        }
+        self.check_index(index)?;
         self.info(index)?.check_power_limit(watts)?;
         let mut device = self.device(index)?;
         let milliwatts = watts.saturating_mul(1000);
         device
             .set_power_management_limit(milliwatts)
             .map_err(|e| gpu_error("cannot set power limit", Some(index), e))
+    }
+
+    fn lock_clocks(&self, index: u32, min_mhz: u32, max_mhz: u32) -> Result<(), ResourceError> {
+        self.check_index(index)?;
+        let mut device = self.device(index)?;
+        let device_max = device
+            .max_clock_info(Clock::Graphics)
+            .map_err(|e| gpu_error("highest graphics clock", Some(index), e))?;
+        check_clock_range(index, min_mhz, max_mhz, device_max)?;
+        device
+            .set_gpu_locked_clocks(GpuLockedClocksSetting::Numeric {
+                min_clock_mhz: min_mhz,
+                max_clock_mhz: max_mhz,
+            })
+            .map_err(|e| gpu_error("cannot lock clocks", Some(index), e))
     }
 }
 
@@ -199,6 +251,59 @@ mod tests {
         ] {
             assert_eq!(normalise_model_name(name), short, "{name}");
         }
+    }
+
+    #[test]
+    fn clock_locks_outside_the_device_range_are_refused() {
+        assert_eq!(check_clock_range(0, 1000, 1980, 1980), Ok(()));
+        assert_eq!(check_clock_range(0, 1980, 1980, 1980), Ok(()));
+        for (min, max) in [(0, 1000), (1500, 1000), (1000, 2000)] {
+            let err = check_clock_range(2, min, max, 1980).expect_err("out of range");
+            assert!(err.to_string().contains("GPU 2: clock lock"), "{err}");
+            assert!(err.to_string().contains("1..=1980 MHz"), "{err}");
+        }
+    }
+
+    /// On a host with the NVIDIA driver, every figure the agent uses reads
+    /// back sane; elsewhere the test says why it skipped.
+    #[test]
+    fn nvml_figures_read_back_where_a_gpu_is_present() {
+        let backend = match NvmlBackend::init() {
+            Ok(b) => b,
+            Err(e) => {
+                eprintln!("skipped: no NVIDIA driver or GPU here ({e})");
+                return;
+            }
+        };
+        let gpus = backend.gpus().expect("listing the GPUs");
+        if gpus.is_empty() {
+            eprintln!("skipped: NVML has no GPU here");
+            return;
+        }
+        for gpu in &gpus {
+            assert!(gpu.power_draw_watts >= 0.0, "{gpu:?}");
+            assert!(
+                gpu.power_limit_min_watts <= gpu.power_limit_max_watts,
+                "{gpu:?}"
+            );
+            // Never outside the range: refused before NVML is asked.
+            if gpu.power_limit_max_watts > 0 {
+                let err = backend
+                    .set_power_limit(gpu.index, gpu.power_limit_max_watts + 1)
+                    .expect_err("above the range");
+                assert!(
+                    matches!(err, ResourceError::PowerLimitOutOfRange { .. }),
+                    "{err}"
+                );
+            }
+            // The energy counter only grows.
+            let again = backend.gpus().expect("again");
+            assert!(again[gpu.index as usize].energy_millijoules >= gpu.energy_millijoules);
+            let err = backend.lock_clocks(gpu.index, 0, 1).expect_err("min 0");
+            assert!(err.to_string().contains("clock lock"), "{err}");
+        }
+        let count = u32::try_from(gpus.len()).expect("few GPUs");
+        assert!(backend.set_power_limit(count, 100).is_err());
     }
 
     #[test]

@@ -101,6 +101,7 @@ mod tests {
             power_limit_min_watts: 200,
             power_limit_max_watts: 700,
             utilisation_percent: 0,
+            energy_millijoules: 0,
         }
     }
 

@@ -6,12 +6,17 @@
 //! it keeps it) and draws `idle + a × (nameplate − idle)` watts, clamped by
 //! its power limit; the work it gets done per second falls with the limit
 //! along its model's curve ([`throughput_fraction`], documented with its
-//! sources in docs/power.md). Until allocations are bound to GPU indices,
-//! each GPU starts at a fixed activity (60 %, 70 %, 80 %, 90 %, then again,
-//! by index); tests and callers change it with
-//! [`SimulatedGpuBackend::set_activity`].
+//! sources in docs/power.md). A GPU starts idle (activity 0); the agent
+//! drives each GPU's activity from the work bound to it
+//! ([`SimulatedGpuBackend::set_work_activity`], fed by the `gpu-work` files
+//! of [`super::gpu_work`]). Tests pin the activities instead
+//! ([`SimGpus::with_pinned_activity`], `--sim-gpu-activity`), or set one
+//! directly with [`SimulatedGpuBackend::set_activity`]. Each GPU also
+//! counts the energy it used since the backend started, as NVML's total
+//! energy counter does.
 
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Instant;
 
 use super::gpu::{GpuBackend, GpuInfo};
 
@@ -20,29 +25,47 @@ use herd_api::power::{gpu_nameplate, GpuNameplate};
 use herd_api::resources::GIB;
 
 /// What to simulate: how many GPUs, of which model.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SimGpus {
     /// Number of GPUs.
     pub count: u32,
     /// Model name as reported (e.g. `"h100"`); known models get their
     /// nameplate figures, others a generic mid-range GPU's.
     pub model: String,
+    /// Fixed activities (SIMULATION, for tests): GPU `i` keeps
+    /// `pinned[i % len]` whatever runs on it; the work's reports are then
+    /// ignored. None: activity follows the work, idle when unbound.
+    pub pinned_activity: Option<Vec<f64>>,
 }
 
 impl SimGpus {
-    /// `count` GPUs of `model`.
+    /// `count` GPUs of `model`, their activity driven by their work.
     pub fn new(count: u32, model: impl Into<String>) -> Self {
         SimGpus {
             count,
             model: model.into(),
+            pinned_activity: None,
         }
+    }
+
+    /// The same GPUs with their activities pinned (see
+    /// [`SimGpus::pinned_activity`]); an empty list pins nothing.
+    pub fn with_pinned_activity(mut self, pinned: Vec<f64>) -> Self {
+        self.pinned_activity = (!pinned.is_empty()).then_some(pinned);
+        self
     }
 }
 
-/// The activity GPU `index` starts at (SIMULATION): 60 %, 70 %, 80 %, 90 %,
-/// then again, so an idle-looking fleet still draws something to cap.
-fn initial_activity(index: u32) -> f64 {
-    0.6 + 0.1 * f64::from(index % 4)
+/// The activity GPU `index` starts at (SIMULATION): its pinned one, else 0
+/// (idle: no work is bound to it yet).
+fn initial_activity(pinned: Option<&[f64]>, index: u32) -> f64 {
+    match pinned {
+        Some(list) if !list.is_empty() => {
+            let i = usize::try_from(index).unwrap_or(0) % list.len();
+            list[i]
+        }
+        _ => 0.0,
+    }
 }
 
 /// Throughput of a fully busy GPU of `model` capped at `limit_watts`, as a
@@ -125,6 +148,39 @@ pub fn uncapped_draw(plate: &GpuNameplate, activity: f64) -> f64 {
 struct SimGpu {
     limit_watts: u32,
     activity: f64,
+    /// Energy used since the backend started (mJ, fractional so that short
+    /// intervals are not lost to rounding).
+    energy_mj: f64,
+}
+
+impl SimGpu {
+    /// Its draw with its activity raised to `floor` (a spike file's).
+    fn draw(&self, plate: &GpuNameplate, floor: f64) -> f64 {
+        uncapped_draw(plate, self.activity.max(floor)).min(f64::from(self.limit_watts))
+    }
+}
+
+/// Every GPU, and when their energy was last added up.
+#[derive(Debug)]
+struct SimState {
+    gpus: Vec<SimGpu>,
+    accounted_at: Instant,
+}
+
+impl SimState {
+    /// Adds each GPU's energy since the last call at its present draw
+    /// (which held since then: every change goes through here first).
+    fn accrue(&mut self, plate: &GpuNameplate) {
+        let now = Instant::now();
+        let seconds = now
+            .saturating_duration_since(self.accounted_at)
+            .as_secs_f64();
+        self.accounted_at = now;
+        let floor = spiked(0.0);
+        for gpu in &mut self.gpus {
+            gpu.energy_mj += gpu.draw(plate, floor) * seconds * 1000.0;
+        }
+    }
 }
 
 /// N simulated GPUs of one model; see the module doc.
@@ -132,8 +188,10 @@ struct SimGpu {
 pub struct SimulatedGpuBackend {
     model: String,
     nameplate: GpuNameplate,
-    /// Each GPU's limit and activity, by index.
-    gpus: Mutex<Vec<SimGpu>>,
+    /// Whether activities are pinned (work reports ignored).
+    pinned: bool,
+    /// Each GPU's limit, activity and energy, by index.
+    state: Mutex<SimState>,
 }
 
 impl SimulatedGpuBackend {
@@ -149,21 +207,41 @@ impl SimulatedGpuBackend {
         let nameplate = gpu_nameplate(&model);
         let count = usize::try_from(sim.count)
             .map_err(|_| ResourceError::BadSimulation(format!("too many GPUs: {}", sim.count)))?;
+        let pinned = sim.pinned_activity.as_deref();
+        if let Some(bad) = pinned
+            .into_iter()
+            .flatten()
+            .find(|a| !(0.0..=1.0).contains(*a))
+        {
+            return Err(ResourceError::BadSimulation(format!(
+                "pinned activity must be 0.0 to 1.0, got {bad}"
+            )));
+        }
         let mut gpus = Vec::with_capacity(count);
         gpus.extend((0..sim.count).map(|index| SimGpu {
             limit_watts: nameplate.max_watts,
-            activity: initial_activity(index),
+            activity: initial_activity(pinned, index),
+            energy_mj: 0.0,
         }));
         Ok(SimulatedGpuBackend {
             model,
             nameplate,
-            gpus: Mutex::new(gpus),
+            pinned: pinned.is_some(),
+            state: Mutex::new(SimState {
+                gpus,
+                accounted_at: Instant::now(),
+            }),
         })
+    }
+
+    /// Whether the activities are pinned, so work reports change nothing.
+    pub fn pinned(&self) -> bool {
+        self.pinned
     }
 
     /// Number of simulated GPUs.
     pub fn count(&self) -> u32 {
-        u32::try_from(self.lock().len()).unwrap_or(u32::MAX)
+        u32::try_from(self.lock().gpus.len()).unwrap_or(u32::MAX)
     }
 
     /// The simulated model, lower-cased.
@@ -176,10 +254,14 @@ impl SimulatedGpuBackend {
         self.nameplate
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<SimGpu>> {
+    /// The state, its energy counters brought up to now (so that a change
+    /// made under the guard starts a new interval).
+    fn lock(&self) -> MutexGuard<'_, SimState> {
         // Plain numbers: a panic elsewhere cannot leave them half-written,
         // so a poisoned lock is still good to use.
-        self.gpus.lock().unwrap_or_else(PoisonError::into_inner)
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.accrue(&self.nameplate);
+        state
     }
 
     fn with_gpu<T>(
@@ -187,11 +269,11 @@ impl SimulatedGpuBackend {
         index: u32,
         f: impl FnOnce(&mut SimGpu) -> Result<T, ResourceError>,
     ) -> Result<T, ResourceError> {
-        let mut gpus = self.lock();
-        let count = u32::try_from(gpus.len()).unwrap_or(u32::MAX);
+        let mut state = self.lock();
+        let count = u32::try_from(state.gpus.len()).unwrap_or(u32::MAX);
         let slot = usize::try_from(index)
             .ok()
-            .and_then(|i| gpus.get_mut(i))
+            .and_then(|i| state.gpus.get_mut(i))
             .ok_or_else(|| ResourceError::NoSuchGpu {
                 backend: "simulated".to_string(),
                 index,
@@ -215,6 +297,16 @@ impl SimulatedGpuBackend {
         })
     }
 
+    /// Sets GPU `index`'s activity from what its work reported (the agent's
+    /// path, SIMULATION): like [`Self::set_activity`], but nothing changes
+    /// while the activities are pinned; returns whether it was applied.
+    pub fn set_work_activity(&self, index: u32, activity: f64) -> Result<bool, ResourceError> {
+        if self.pinned {
+            return Ok(false);
+        }
+        self.set_activity(index, activity).map(|()| true)
+    }
+
     /// Sets every GPU's activity (a load spike or lull in tests).
     pub fn set_all_activity(&self, activity: f64) -> Result<(), ResourceError> {
         for index in 0..self.count() {
@@ -229,7 +321,7 @@ impl SimulatedGpuBackend {
         let plate = self.nameplate;
         let model = self.model.clone();
         self.with_gpu(index, |gpu| {
-            let wanted = uncapped_draw(&plate, gpu.activity);
+            let wanted = uncapped_draw(&plate, spiked(gpu.activity));
             Ok(relative_throughput(
                 &model,
                 f64::from(gpu.limit_watts),
@@ -241,18 +333,19 @@ impl SimulatedGpuBackend {
     fn info(&self, index: u32, gpu: SimGpu) -> GpuInfo {
         let plate = self.nameplate;
         let memory_bytes = plate.memory_gib * GIB;
-        let wanted = uncapped_draw(&plate, gpu.activity);
+        let activity = spiked(gpu.activity);
         GpuInfo {
             index,
             uuid: format!("SIM-GPU-{index}"),
             model: self.model.clone(),
             memory_total_bytes: memory_bytes,
-            memory_used_bytes: (memory_bytes as f64 * gpu.activity * 0.5) as u64,
-            power_draw_watts: wanted.min(f64::from(gpu.limit_watts)),
+            memory_used_bytes: (memory_bytes as f64 * activity * 0.5) as u64,
+            power_draw_watts: gpu.draw(&plate, activity),
             power_limit_watts: gpu.limit_watts,
             power_limit_min_watts: plate.min_watts,
             power_limit_max_watts: plate.max_watts,
-            utilisation_percent: (gpu.activity * 100.0).round() as u32,
+            utilisation_percent: (activity * 100.0).round() as u32,
+            energy_millijoules: gpu.energy_mj as u64,
         }
     }
 }
@@ -267,7 +360,7 @@ impl GpuBackend for SimulatedGpuBackend {
     }
 
     fn gpus(&self) -> Result<Vec<GpuInfo>, ResourceError> {
-        let gpus = self.lock().clone();
+        let gpus = self.lock().gpus.clone();
         Ok((0u32..)
             .zip(gpus)
             .map(|(index, gpu)| self.info(index, gpu))
@@ -285,6 +378,52 @@ impl GpuBackend for SimulatedGpuBackend {
 
     fn as_simulated(&self) -> Option<&SimulatedGpuBackend> {
         Some(self)
+    }
+}
+
+/// The environment variable naming a SIMULATION spike file (a test knob for
+/// the chaos harness, docs/chaos.md "Power"): while the file holds a number
+/// `0.0..=1.0`, every simulated GPU of the process is at least that busy, so
+/// a harness can make a real agent's GPUs spike from outside, whatever work
+/// runs on them. Absent, empty or not such a number: no floor.
+pub const SPIKE_FILE_ENV: &str = "HERD_SIM_GPU_SPIKE_FILE";
+
+/// `activity` raised to the spike file's floor ([`SPIKE_FILE_ENV`]), when
+/// one is named and holds a valid number (SIMULATION). Read at every
+/// sample: the file is a few bytes and samples come every 50 ms at most.
+fn spiked(activity: f64) -> f64 {
+    let Some(path) = std::env::var_os(SPIKE_FILE_ENV) else {
+        return activity;
+    };
+    activity.max(spike_floor(std::path::Path::new(&path)))
+}
+
+/// The floor a spike file holds: its number when in `0.0..=1.0`, else 0.
+fn spike_floor(path: &std::path::Path) -> f64 {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|text| text.trim().parse::<f64>().ok())
+        .filter(|f| (0.0..=1.0).contains(f))
+        .unwrap_or(0.0)
+}
+
+#[cfg(test)]
+mod spike_tests {
+    #[test]
+    fn a_spike_file_holds_a_floor_or_nothing() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("spike");
+        assert_eq!(super::spike_floor(&path), 0.0);
+        for (text, floor) in [
+            ("1.0\n", 1.0),
+            ("0.25", 0.25),
+            ("", 0.0),
+            ("2", 0.0),
+            ("x", 0.0),
+        ] {
+            std::fs::write(&path, text).expect("write");
+            assert_eq!(super::spike_floor(&path), floor, "{text:?}");
+        }
     }
 }
 
@@ -339,7 +478,8 @@ mod tests {
     #[test]
     fn draw_follows_the_power_limit() {
         let backend = sim(2, "h100");
-        // GPU 1 starts 70 % busy: 80 W idle + 0.7 × 620 W = 514 W uncapped.
+        // GPU 1 70 % busy: 80 W idle + 0.7 × 620 W = 514 W uncapped.
+        backend.set_activity(1, 0.7).expect("valid");
         let before = &backend.gpus().expect("gpus")[1];
         assert!((before.power_draw_watts - 514.0).abs() < 1e-9);
         backend.set_power_limit(1, 300).expect("in range");
@@ -400,6 +540,62 @@ mod tests {
             .expect("gpus")
             .iter()
             .all(|g| g.utilisation_percent == 50));
+    }
+
+    #[test]
+    fn gpus_start_idle_and_follow_their_work_unless_pinned() {
+        let backend = sim(2, "h100");
+        assert!(!backend.pinned());
+        let gpus = backend.gpus().expect("gpus");
+        assert!(gpus
+            .iter()
+            .all(|g| (g.power_draw_watts - 80.0).abs() < 1e-9));
+        assert_eq!(backend.set_work_activity(0, 1.0), Ok(true));
+        assert!((backend.gpus().expect("gpus")[0].power_draw_watts - 700.0).abs() < 1e-9);
+        assert!(backend.set_work_activity(0, 1.5).is_err());
+        assert!(backend.set_work_activity(5, 0.5).is_err());
+
+        let pinned =
+            SimulatedGpuBackend::new(SimGpus::new(3, "h100").with_pinned_activity(vec![0.5, 1.0]))
+                .expect("valid");
+        assert!(pinned.pinned());
+        let draws: Vec<f64> = pinned
+            .gpus()
+            .expect("gpus")
+            .iter()
+            .map(|g| g.power_draw_watts)
+            .collect();
+        assert_eq!(draws, vec![390.0, 700.0, 390.0]);
+        // Work reports change nothing; the explicit knob still does.
+        assert_eq!(pinned.set_work_activity(0, 0.0), Ok(false));
+        assert_eq!(pinned.gpus().expect("gpus")[0].power_draw_watts, 390.0);
+        pinned.set_activity(0, 0.0).expect("valid");
+        assert_eq!(pinned.gpus().expect("gpus")[0].power_draw_watts, 80.0);
+        let bad = SimGpus::new(1, "h100").with_pinned_activity(vec![1.2]);
+        assert!(SimulatedGpuBackend::new(bad).is_err());
+        assert_eq!(
+            SimGpus::new(1, "h100")
+                .with_pinned_activity(Vec::new())
+                .pinned_activity,
+            None
+        );
+    }
+
+    #[test]
+    fn the_energy_counter_integrates_the_draw() {
+        let backend = sim(2, "h100");
+        backend.set_activity(1, 1.0).expect("valid");
+        let before = backend.gpus().expect("gpus");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let after = backend.gpus().expect("gpus");
+        let used = |i: usize| after[i].energy_millijoules - before[i].energy_millijoules;
+        // 80 W idle and 700 W busy for at least 0.2 s: at least 16 J and
+        // 140 J; a loaded machine may sleep longer, so no upper bound
+        // beyond the ratio of the draws.
+        assert!(used(0) >= 16_000, "{}", used(0));
+        assert!(used(1) >= 140_000, "{}", used(1));
+        let ratio = used(1) as f64 / used(0) as f64;
+        assert!((ratio - 700.0 / 80.0).abs() < 0.5, "{ratio}");
     }
 
     #[test]

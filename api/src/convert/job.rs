@@ -111,6 +111,7 @@ mod tests {
                 }],
                 spread: SpreadPolicy::Label("rack".into()),
                 gang: true,
+                power_class: crate::power_class::PowerClass::Medium,
             },
             stop_after_disconnect: Some(std::time::Duration::from_millis(2500)),
             balance: Default::default(),
@@ -176,6 +177,17 @@ mod tests {
             "task.driver"
         );
         assert_eq!(rejected_field(|w| w.count = 0), "count");
+        assert_eq!(
+            rejected_field(|w| w.power_class = "huge".into()),
+            "power_class"
+        );
+        // The default class travels as "" (proto3's unset), and back.
+        let wire = proto::JobSpec::from(&batch());
+        assert_eq!(wire.power_class, "");
+        assert_eq!(
+            JobSpec::try_from(wire).map(|s| s.placement.power_class),
+            Ok(crate::power_class::PowerClass::Max)
+        );
         let bad_op = |w: &mut proto::JobSpec| {
             w.constraints.push(proto::LabelConstraint {
                 label: "rack".into(),

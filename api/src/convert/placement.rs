@@ -28,6 +28,11 @@ pub(super) fn to_proto(spec: &PlacementSpec, wire: &mut proto::JobSpec) {
         .collect();
     wire.spread = spec.spread.as_str().to_string();
     wire.gang = spec.gang;
+    wire.power_class = if spec.power_class.is_default() {
+        String::new()
+    } else {
+        spec.power_class.as_str().to_string()
+    };
 }
 
 /// Reads the placement fields of `wire`; the operators are parsed here, every
@@ -55,10 +60,13 @@ pub(super) fn from_proto(wire: &mut proto::JobSpec) -> Result<PlacementSpec, Fie
             weight: a.weight,
         })
         .collect();
+    let power_class = crate::power_class::PowerClass::parse(&wire.power_class)
+        .map_err(|e| FieldError::new("power_class", e))?;
     Ok(PlacementSpec {
         constraints,
         affinities,
         spread: SpreadPolicy::parse(&wire.spread),
         gang: wire.gang,
+        power_class,
     })
 }

@@ -140,6 +140,7 @@ fn node_config(name: &str, members: u64, data_dir: PathBuf) -> NodeConfig {
         data_dir,
         labels: BTreeMap::new(),
         sim_gpus: None,
+        gpu_lock_clocks: None,
         reserved_cpu_millis: 0,
         reserved_memory_bytes: 0,
         heartbeat: Duration::from_secs(1),
@@ -151,6 +152,7 @@ fn node_config(name: &str, members: u64, data_dir: PathBuf) -> NodeConfig {
         // simulated network: off in the simulation.
         balance_enabled: false,
         balance: Default::default(),
+        reschedule_requests: true,
     }
 }
 

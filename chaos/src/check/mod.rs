@@ -10,6 +10,7 @@ pub mod jobs;
 pub mod leaks;
 pub mod linear;
 pub mod migrations;
+pub mod power;
 pub mod version_order;
 
 use serde::Serialize;
@@ -122,6 +123,9 @@ pub fn check_all(history: &History, config: &CheckConfig) -> Vec<(&'static str, 
     }
     if let Some(verdict) = migrations::check_history(history) {
         verdicts.push(("migrations end, one copy", verdict));
+    }
+    if let Some(verdict) = power::check_history(history) {
+        verdicts.push(("power under hard budget", verdict));
     }
     verdicts.push(("converged within bound", converge::check_history(history)));
     if config.processes {

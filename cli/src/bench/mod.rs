@@ -5,8 +5,10 @@ mod balance;
 mod etcd;
 mod load;
 mod migrate;
+mod power;
 mod raft;
 mod schedule;
+mod serve;
 
 use clap::Subcommand;
 
@@ -24,6 +26,10 @@ pub enum BenchCommand {
     Migrate(migrate::MigrateBenchArgs),
     /// Decentralised load balancing, as a SIMULATION of 100 and 1,000 agents beside one central rebalancing.
     Balance(balance::BalanceBenchArgs),
+    /// LLM serving dispatch (round-robin, least-loaded, herd, herd + migration) on a SIMULATED fleet of 16 instances.
+    Serve(serve::ServeBenchArgs),
+    /// Power oversubscription, as a SIMULATION: servers per MW, time over budget and throughput lost, herd's policy beside a static cap.
+    Power(power::PowerBenchArgs),
 }
 
 /// Runs a benchmark.
@@ -33,5 +39,7 @@ pub async fn run(ctx: &Context, command: BenchCommand) -> Result<(), CliError> {
         BenchCommand::Schedule(args) => schedule::run(args).await,
         BenchCommand::Migrate(args) => migrate::run(ctx, args).await,
         BenchCommand::Balance(args) => balance::run(ctx, args).await,
+        BenchCommand::Power(args) => power::run(ctx, args).await,
+        BenchCommand::Serve(args) => serve::run(ctx, args).await,
     }
 }

@@ -39,6 +39,15 @@ pub struct AgentArgs {
     /// Model of the simulated GPUs (default h100).
     #[arg(long)]
     pub sim_gpu_model: Option<String>,
+    /// Pin the simulated GPUs' activities (0.0 to 1.0, comma-separated,
+    /// GPU i takes value i % len) instead of deriving them from their work:
+    /// a SIMULATION knob for tests.
+    #[arg(long, value_name = "A,A,...")]
+    pub sim_gpu_activity: Option<String>,
+    /// Lock every GPU's graphics clock to MIN:MAX MHz at start (NVML only;
+    /// a range outside a device's is refused before NVML is asked).
+    #[arg(long, value_name = "MIN:MAX")]
+    pub gpu_lock_clocks: Option<String>,
     /// CPU kept back for the system, millicores.
     #[arg(long)]
     pub reserved_cpu: Option<u64>,
@@ -62,6 +71,10 @@ pub struct AgentArgs {
     /// agents, nothing moved off or onto this node by it).
     #[arg(long)]
     pub no_balance: bool,
+    /// Do not move running inference requests off this node's instances
+    /// that drain or run low on KV blocks (docs/inference.md).
+    #[arg(long)]
+    pub no_reschedule: bool,
 }
 
 impl AgentArgs {
@@ -87,6 +100,8 @@ impl AgentArgs {
             labels,
             sim_gpus: self.sim_gpus,
             sim_gpu_model: self.sim_gpu_model.clone(),
+            sim_gpu_activity: self.sim_gpu_activity.clone(),
+            gpu_lock_clocks: self.gpu_lock_clocks.clone(),
             reserved_cpu: self.reserved_cpu,
             reserved_memory: self.reserved_memory.clone(),
             heartbeat_ms: self.heartbeat_ms,
@@ -95,6 +110,7 @@ impl AgentArgs {
             http_advertise: self.http_advertise.clone(),
             metrics_listen: self.metrics_listen.clone(),
             balance: self.no_balance.then_some(false),
+            reschedule: self.no_reschedule.then_some(false),
         };
         NodeConfig::resolve(file.overridden_by(flags))
     }

@@ -2,12 +2,17 @@
 //! started by the `inference` driver. It serves `herd.inference.v1` on a
 //! port it picks on 127.0.0.1, written to `<alloc_dir>/engine.json` for the
 //! node agent, and runs the engine core on the real clock, sleeping for the
-//! modelled step durations scaled by `time_scale`. SIGTERM or SIGINT end it
-//! (and remove `engine.json`).
+//! modelled step durations scaled by `time_scale`. SIGTERM or SIGINT make it
+//! *drain*: it refuses new requests and says `draining` in its stats (the
+//! agent's rescheduler then moves its running requests to other instances),
+//! and it ends (removing `engine.json`) once no request is left in it or
+//! after [`DRAIN_LIMIT`].
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use clap::Args;
 use futures::{Stream, StreamExt};
@@ -15,6 +20,7 @@ use herd_actors::inference::endpoint::EngineEndpoint;
 use herd_actors::inference::runtime::{EngineHandle, KvOp, KvOutcome, RuntimeError};
 use herd_actors::inference::EngineError;
 use herd_actors::inference::{wire, EngineSettings};
+use herd_actors::resources::gpu_work;
 use herd_api::proto::inference as pb;
 use herd_api::proto::inference::inference_engine_server::{InferenceEngine, InferenceEngineServer};
 use tokio::net::TcpListener;
@@ -34,9 +40,16 @@ pub struct InferenceEngineArgs {
     pub set: Vec<String>,
 }
 
+/// Longest a stopping engine waits for its requests to finish or move
+/// away: below the agents' default 5 s stop grace, after which the
+/// process is killed.
+const DRAIN_LIMIT: std::time::Duration = std::time::Duration::from_secs(4);
+
 /// Serves one engine.
 struct Service {
     engine: EngineHandle,
+    /// Set on SIGTERM: new requests are refused, stats say so.
+    draining: Arc<AtomicBool>,
 }
 
 type TokenStream = Pin<Box<dyn Stream<Item = Result<pb::Token, Status>> + Send>>;
@@ -85,6 +98,11 @@ impl InferenceEngine for Service {
     ) -> Result<Response<Self::GenerateStream>, Status> {
         let spec = wire::request_spec(request.get_ref())
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if self.draining.load(Ordering::Relaxed) {
+            return Err(Status::unavailable(
+                "this engine is stopping (draining): send the request to another instance",
+            ));
+        }
         let tokens = self.engine.generate(spec).await.map_err(|e| match e {
             RuntimeError::Refused(e) => Status::invalid_argument(e.to_string()),
             RuntimeError::Stopped => Status::unavailable(e.to_string()),
@@ -97,7 +115,9 @@ impl InferenceEngine for Service {
         &self,
         _request: Request<pb::StatsRequest>,
     ) -> Result<Response<pb::EngineStats>, Status> {
-        Ok(Response::new(wire::stats(&self.engine.stats())))
+        let mut stats = wire::stats(&self.engine.stats());
+        stats.draining = self.draining.load(Ordering::Relaxed);
+        Ok(Response::new(stats))
     }
 
     async fn export_kv(
@@ -141,6 +161,11 @@ impl InferenceEngine for Service {
         &self,
         request: Request<pb::ImportKvRequest>,
     ) -> Result<Response<pb::KvAck>, Status> {
+        if self.draining.load(Ordering::Relaxed) {
+            return Err(Status::unavailable(
+                "this engine is stopping (draining): it takes no migrated request",
+            ));
+        }
         let r = request.into_inner();
         self.count(KvOp::Stage {
             migration: r.migration_id,
@@ -200,6 +225,37 @@ fn settings(args: &InferenceEngineArgs) -> Result<EngineSettings, CliError> {
     EngineSettings::from_config(&config).map_err(CliError::input)
 }
 
+/// On GPUs (`HERD_GPU_INDICES` set by the agent), reports every
+/// [`gpu_work::REPORT_EVERY`] how busy the engine keeps them and takes the
+/// throughput share the agent allows it (SIMULATED GPUs under a cap); see
+/// `herd_actors::resources::gpu_work`. None on no GPU.
+fn spawn_gpu_reporter(
+    alloc_dir: &std::path::Path,
+    engine: &EngineHandle,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let gpus = std::env::var("HERD_GPU_INDICES").unwrap_or_default();
+    if gpus.trim().is_empty() {
+        return None;
+    }
+    let meter = engine.meter();
+    let mut reporter = gpu_work::WorkReporter::new(alloc_dir);
+    reporter.read_throttle_now(&meter);
+    Some(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(gpu_work::REPORT_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut warned = false;
+        loop {
+            tick.tick().await;
+            if let Err(e) = reporter.tick(&meter) {
+                if !warned {
+                    eprintln!("herd inference-engine: warning: cannot report GPU work: {e}");
+                    warned = true;
+                }
+            }
+        }
+    }))
+}
+
 /// Runs the engine until SIGTERM or SIGINT.
 pub async fn run(args: InferenceEngineArgs) -> Result<(), CliError> {
     let settings = settings(&args)?;
@@ -224,19 +280,43 @@ pub async fn run(args: InferenceEngineArgs) -> Result<(), CliError> {
                 .display()
         ))
     })?;
+    let gpu_reporter = spawn_gpu_reporter(&args.alloc_dir, &engine);
     let e = &settings.engine;
     println!(
         "SIMULATED inference engine on {addr}: {} KV blocks of 16 tokens × {} bytes, batches of {}, {:?} preemption, time scale {}",
         e.kv_blocks, e.bytes_per_token, e.max_batch, e.preemption, settings.time_scale
     );
+    let draining = Arc::new(AtomicBool::new(false));
+    let service = Service {
+        engine: engine.clone(),
+        draining: draining.clone(),
+    };
     let served = tonic::transport::Server::builder()
-        .add_service(InferenceEngineServer::new(Service { engine }))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+        .add_service(InferenceEngineServer::new(service))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
             if let Err(e) = super::coordinator::wait_for_signal().await {
                 eprintln!("herd: {e}");
             }
+            draining.store(true, Ordering::Relaxed);
+            let started = std::time::Instant::now();
+            let left = |e: &EngineHandle| e.stats().requests.len();
+            println!(
+                "SIMULATED inference engine draining: {} requests left",
+                left(&engine)
+            );
+            while left(&engine) > 0 && started.elapsed() < DRAIN_LIMIT {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            println!(
+                "SIMULATED inference engine drained in {} ms, {} requests left",
+                started.elapsed().as_millis(),
+                left(&engine)
+            );
         })
         .await;
+    if let Some(reporter) = gpu_reporter {
+        reporter.abort();
+    }
     let removed = EngineEndpoint::remove(&args.alloc_dir);
     served.map_err(|e| CliError::runtime(format!("the engine's server failed: {e}")))?;
     removed.map_err(|e| CliError::runtime(format!("cannot remove engine.json: {e}")))?;

@@ -96,6 +96,7 @@ fn job_json(job: &pb::Job) -> serde_json::Value {
                 .collect::<Vec<_>>(),
             "spread": if spec.spread.is_empty() { "bin-pack" } else { spec.spread.as_str() },
             "gang": spec.gang,
+            "power_class": if spec.power_class.is_empty() { "max" } else { spec.power_class.as_str() },
         },
         // 0 on the wire means not set: null for scripts.
         "stop_after_disconnect_ms": (spec.stop_after_disconnect_ms > 0)
@@ -135,6 +136,9 @@ fn placement_lines(spec: &pb::JobSpec) -> Vec<String> {
             .map(|a| format!("{}={} (weight {})", a.label, a.value, a.weight))
             .collect();
         lines.push(format!("affinity   {}", all.join(", ")));
+    }
+    if !spec.power_class.is_empty() {
+        lines.push(format!("power      class {}", spec.power_class));
     }
     lines
 }

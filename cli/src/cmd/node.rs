@@ -80,6 +80,16 @@ fn drivers_json(drivers: &[DriverCapabilities]) -> Value {
     Value::Object(map)
 }
 
+/// The GPU backend a node's agent reported (`nvml`, `simulated`, `none`),
+/// `unknown` from an agent too old to say; cut short, since it comes from
+/// the agent unchecked.
+fn gpu_backend(usage: &herd_api::proto::v1::NodeUsage) -> String {
+    match usage.gpu_backend.as_str() {
+        "" => "unknown".to_string(),
+        name => name.chars().take(16).collect(),
+    }
+}
+
 /// The table's short MOVES column: the drivers whose workloads can move
 /// without a restart (`dljob,vm`), `-` when none can, `unknown` when the
 /// node's agent did not say.
@@ -186,6 +196,13 @@ pub async fn run(ctx: &Context, command: NodeCommand) -> Result<(), CliError> {
                                    "cpu_busy": u.cpu_busy, "memory_available_bytes": u.memory_available_bytes,
                                    "disk_available_bytes": u.disk_available_bytes, "running_allocs": u.running_allocs,
                                    "gpus_simulated": u.gpus_simulated, "gpu_power_watts": u.gpu_power_watts,
+                                   "gpu_backend": gpu_backend(u),
+                                   "gpus": u.gpus.iter().map(|g| json!({
+                                       "index": g.index, "draw_watts": g.draw_watts,
+                                       "limit_watts": g.limit_watts, "min_watts": g.min_watts,
+                                       "max_watts": g.max_watts, "capped": g.capped,
+                                       "class": g.class, "energy_mj": g.energy_mj,
+                                   })).collect::<Vec<_>>(),
                                    "heartbeat_age_ms": n.heartbeat_age_ms})),
                                "capacity": {"cpu_millis": cap.cpu_millis, "memory_bytes": cap.memory_bytes,
                                             "gpus": cap.gpus, "gpu_model": cap.gpu_model},
@@ -228,13 +245,14 @@ pub async fn run(ctx: &Context, command: NodeCommand) -> Result<(), CliError> {
                                 .as_ref()
                                 .map_or("-".to_string(), |u| u.running_allocs.to_string()),
                             movable_drivers(&n.drivers),
+                            n.usage.as_ref().map_or("-".to_string(), gpu_backend),
                         ]
                     })
                     .collect();
                 print_table(
                     &[
                         "NAME", "STATUS", "ADDRESS", "CPU(m)", "MEMORY", "GPUS", "CPU BUSY",
-                        "MEM FREE", "RUNNING", "MOVES",
+                        "MEM FREE", "RUNNING", "MOVES", "GPU API",
                     ],
                     &rows,
                 );

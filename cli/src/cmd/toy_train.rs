@@ -9,7 +9,12 @@
 //!   trainer then stays there while `checkpoint.hold` exists;
 //! - on SIGTERM or SIGINT checkpoints at the step boundary and exits 0;
 //! - prints `step=N loss=L` per step and, at the end, `done step=N weights=..`
-//!   (bit patterns), also written to `weights.json`.
+//!   (bit patterns), also written to `weights.json`;
+//! - on GPUs (`HERD_GPU_INDICES` and `HERD_ALLOC_DIR` set, as the agent sets
+//!   them), reports how busy it keeps them (`gpu-work`) and, on SIMULATED
+//!   GPUs capped by the agent's governor, stretches each step by the inverse
+//!   of the throughput share the agent writes (`gpu-throttle`); see
+//!   `herd_actors::resources::gpu_work` and docs/power.md.
 //!
 //! It runs before the async runtime starts, single-threaded, so that it can
 //! wait for its signals synchronously between steps (`sigtimedwait`).
@@ -19,6 +24,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use clap::Args;
+use herd_actors::resources::gpu_work::{stretched, WorkMeter, WorkReporter};
 use herd_actors::toy_train::{checkpoint, final_line, step_line, TrainState, Trainer};
 
 use crate::exit::CliError;
@@ -66,6 +72,7 @@ fn train(args: &ToyTrainArgs) -> Result<(), CliError> {
         writeln!(out, "{line}").map_err(|e| CliError::runtime(format!("stdout: {e}")))
     };
     let mut asked = Received::default();
+    let mut gpu = GpuLink::from_env();
     loop {
         if let Some(dir) = dir {
             let due = checkpoint::pending(dir)
@@ -83,12 +90,14 @@ fn train(args: &ToyTrainArgs) -> Result<(), CliError> {
             eprintln!("herd toy-train: checkpoint asked for, but no checkpoint directory is set");
         }
         if asked.stop {
+            gpu.idle();
             print(format!("stopped at step {}", trainer.state().step))?;
             return Ok(());
         }
         if trainer.state().step >= args.steps {
             break;
         }
+        let started = Instant::now();
         let report = trainer.step();
         print(step_line(&report))?;
         if let Some(dir) = dir {
@@ -100,13 +109,68 @@ fn train(args: &ToyTrainArgs) -> Result<(), CliError> {
                 }
             }
         }
-        asked = signals.wait(Duration::from_millis(args.step_ms));
+        // The sleep models the step's GPU time; a capped GPU takes longer.
+        let compute = started.elapsed();
+        let nominal = compute + Duration::from_millis(args.step_ms);
+        let wait = stretched(nominal, gpu.throughput()).saturating_sub(compute);
+        asked = signals.wait(wait);
+        gpu.worked(started.elapsed());
     }
+    gpu.idle();
     if let Some(dir) = dir {
         save(dir, trainer.state())?;
         checkpoint::write_weights(dir, trainer.state()).map_err(CliError::runtime)?;
     }
     print(final_line(trainer.state()))
+}
+
+/// The trainer's end of the GPU files (none when it runs on no GPU).
+struct GpuLink {
+    link: Option<(WorkMeter, WorkReporter)>,
+}
+
+impl GpuLink {
+    /// Reports into `HERD_ALLOC_DIR` when `HERD_GPU_INDICES` names GPUs.
+    fn from_env() -> Self {
+        let gpus = std::env::var("HERD_GPU_INDICES").unwrap_or_default();
+        let dir = std::env::var_os("HERD_ALLOC_DIR").map(PathBuf::from);
+        let link = match dir {
+            Some(dir) if !gpus.trim().is_empty() => {
+                let (meter, reporter) = (WorkMeter::default(), WorkReporter::new(dir));
+                reporter.read_throttle_now(&meter);
+                Some((meter, reporter))
+            }
+            _ => None,
+        };
+        Self { link }
+    }
+
+    /// The throughput share its GPUs keep (1.0 when not told otherwise).
+    fn throughput(&self) -> f64 {
+        self.link
+            .as_ref()
+            .map_or(1.0, |(meter, _)| meter.throughput())
+    }
+
+    /// Counts a step's time as busy (training keeps its GPUs fully busy)
+    /// and reports when due; a failed report is said, not fatal.
+    fn worked(&mut self, took: Duration) {
+        if let Some((meter, reporter)) = &mut self.link {
+            meter.add_busy(took.as_secs_f64(), 1.0);
+            if let Err(e) = reporter.tick(meter) {
+                eprintln!("herd toy-train: warning: cannot report GPU work: {e}");
+            }
+        }
+    }
+
+    /// Says the work is over.
+    fn idle(&mut self) {
+        if let Some((_, reporter)) = &mut self.link {
+            if let Err(e) = reporter.idle() {
+                eprintln!("herd toy-train: warning: cannot report GPU work: {e}");
+            }
+        }
+    }
 }
 
 /// The newest valid checkpoint's state, or a fresh one.

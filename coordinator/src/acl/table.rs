@@ -62,6 +62,7 @@ pub const RPC_ROLES: &[(&str, Role)] = &[
     ("/herd.agent.v1.Agent/WatchAllocations", Role::Node),
     ("/herd.agent.v1.Agent/ReportAllocations", Role::Node),
     ("/herd.agent.v1.Agent/ReportMigration", Role::Node),
+    ("/herd.agent.v1.Agent/ReportOfflineMove", Role::Node),
 ];
 
 /// The role `path` needs; None when the table has no line for it.

@@ -300,6 +300,25 @@ pub enum Command {
         #[serde(with = "crate::machine::json_codec")]
         put: crate::machine::next_format::VariablePut,
     },
+    /// A balancing move two agents made agent to agent while every
+    /// coordinator was away, reported once they answer: the switch-over
+    /// (the allocation becomes the target's, one generation higher), taken
+    /// only if the allocation is still where the move began, at the same
+    /// generation. See `machine::apply::offline_move`.
+    AcceptOfflineMove {
+        /// The move's id, as both agents journalled it.
+        move_id: String,
+        /// The allocation that moved (it keeps its id).
+        alloc_id: String,
+        /// The node it left.
+        source: String,
+        /// The node it runs on now.
+        target: String,
+        /// Its generation when the move began.
+        from_generation: u64,
+        /// Leader's clock, ms since the epoch.
+        now_ms: u64,
+    },
 }
 
 impl Command {
@@ -343,7 +362,8 @@ impl Command {
             | Command::DrainNodeLive { now_ms, .. }
             | Command::ApplyGpuPlan { now_ms, .. }
             | Command::BootstrapAcl { now_ms, .. }
-            | Command::CreateToken { now_ms, .. } => *now_ms = now,
+            | Command::CreateToken { now_ms, .. }
+            | Command::AcceptOfflineMove { now_ms, .. } => *now_ms = now,
             Command::Fenced { command, .. } => command.stamp(now),
             Command::InitCluster { .. }
             | Command::PutVariable { .. }
@@ -386,6 +406,7 @@ impl Command {
             Command::BootstrapAcl { .. } => "bootstrap_acl",
             Command::CreateToken { .. } => "create_token",
             Command::RevokeToken { .. } => "revoke_token",
+            Command::AcceptOfflineMove { .. } => "accept_offline_move",
         }
     }
 }

@@ -17,6 +17,6 @@ pub use retry::{
     BATCH_ATTEMPTS, RETRY_BASE_MS, RETRY_MAX_MS,
 };
 pub use views::{
-    alloc_views, gang_of, is_live, node_views, request_for, reservations, touched_views,
-    RESERVATION_PRIORITY,
+    alloc_views, gang_of, is_live, node_views, power_class_of, request_for, reservations,
+    touched_views, RESERVATION_PRIORITY,
 };

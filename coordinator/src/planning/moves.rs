@@ -10,7 +10,8 @@ use std::collections::BTreeMap;
 
 use herd_api::alloc::Allocation;
 
-use super::views::{alloc_views, node_views, request_for, RESERVATION_PRIORITY};
+use super::views::{alloc_views, node_views, power_class_of, request_for, RESERVATION_PRIORITY};
+use crate::power::placement::power_limits_all_seen;
 use crate::scheduler::{AllocView, Pass};
 use crate::state::ClusterState;
 
@@ -57,6 +58,7 @@ pub fn move_targets(
     }
     let base_nodes = node_views(state);
     let base_allocs = alloc_views(state);
+    let limits = power_limits_all_seen(state);
     let mut planned: Vec<AllocView> = Vec::new();
     for (kind, allocs) in by_kind {
         let nodes: Vec<_> = base_nodes
@@ -68,11 +70,11 @@ pub fn move_targets(
             })
             .collect();
         let views: Vec<AllocView> = base_allocs.iter().chain(&planned).cloned().collect();
-        let mut pass = Pass::new(&nodes, &views);
+        let mut pass = Pass::with_power(&nodes, &views, &limits);
         let mut chosen = Vec::new();
         for alloc in allocs {
             let target = target_in(&mut pass, state, alloc, &kind).map(|(node, gpus)| {
-                chosen.push(reservation(alloc, &node, gpus));
+                chosen.push(reservation(state, alloc, &node, gpus));
                 node
             });
             results.insert(&alloc.id, target);
@@ -102,6 +104,7 @@ pub fn gang_targets(
 ) -> Vec<MoveTarget> {
     let base_nodes = node_views(state);
     let mut views: Vec<AllocView> = alloc_views(state);
+    let limits = power_limits_all_seen(state);
     member_ids
         .iter()
         .map(|id| {
@@ -119,10 +122,10 @@ pub fn gang_targets(
                                 n
                             })
                             .collect();
-                        let mut pass = Pass::new(&nodes, &views);
+                        let mut pass = Pass::with_power(&nodes, &views, &limits);
                         let placed = target_in(&mut pass, state, alloc, &kind);
                         placed.map(|(node, gpus)| {
-                            views.push(reservation(alloc, &node, gpus));
+                            views.push(reservation(state, alloc, &node, gpus));
                             node
                         })
                     }
@@ -166,7 +169,12 @@ fn target_in(
 
 /// What a chosen move holds on its target until its migration ends, as
 /// `planning::reservations` will count it once the migration is recorded.
-fn reservation(alloc: &Allocation, target: &str, gpu_indices: Vec<u32>) -> AllocView {
+fn reservation(
+    state: &ClusterState,
+    alloc: &Allocation,
+    target: &str,
+    gpu_indices: Vec<u32>,
+) -> AllocView {
     AllocView {
         id: format!("{}@{}", alloc.id, target),
         job: alloc.job.clone(),
@@ -175,6 +183,7 @@ fn reservation(alloc: &Allocation, target: &str, gpu_indices: Vec<u32>) -> Alloc
         priority: RESERVATION_PRIORITY,
         gang: None,
         gpu_indices,
+        power_class: power_class_of(state, &alloc.job),
     }
 }
 

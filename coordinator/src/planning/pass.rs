@@ -4,7 +4,8 @@
 use super::plan::{PlanCommand, PlannedEviction, PlannedPlacement};
 use super::retry::missing_instances;
 use super::views::{alloc_views, node_views, request_for};
-use crate::scheduler::{self, AllocView, NodeView, PlacementPlan};
+use crate::power::placement::power_limits_all_seen;
+use crate::scheduler::{self, AllocView, NodeView, PlacementPlan, PowerLimit};
 use crate::state::{ClusterState, Job, JobStatus};
 
 /// Whether the scheduler has nothing more to do for a job in this status.
@@ -19,7 +20,8 @@ fn finished(status: JobStatus) -> bool {
 /// nothing would change.
 pub fn plan_job(state: &ClusterState, job: &Job, now_ms: u64) -> Option<PlanCommand> {
     let (nodes, allocs) = (node_views(state), alloc_views(state));
-    let mut pass = scheduler::Pass::new(&nodes, &allocs);
+    let limits = power_limits_all_seen(state);
+    let mut pass = scheduler::Pass::with_power(&nodes, &allocs, &limits);
     plan_in_pass(&mut pass, job, missing_instances(state, job, now_ms))
 }
 
@@ -32,6 +34,8 @@ pub struct PassInput {
     pub allocs: Vec<AllocView>,
     /// Jobs that may need a plan, with their missing instances, by name.
     pub jobs: Vec<(Job, Vec<u32>)>,
+    /// The power budgets, which placement keeps every group under.
+    pub power: Vec<PowerLimit>,
 }
 
 /// The jobs that may need a plan at `now_ms`: not finished, and either with
@@ -59,6 +63,11 @@ pub fn pass_input(state: &ClusterState, now_ms: u64) -> PassInput {
         } else {
             Vec::new()
         },
+        power: if needs_views {
+            power_limits_all_seen(state)
+        } else {
+            Vec::new()
+        },
         jobs,
     }
 }
@@ -66,7 +75,7 @@ pub fn pass_input(state: &ClusterState, now_ms: u64) -> PassInput {
 /// Plans every job of `input` in one [`scheduler::Pass`], in job-name order,
 /// each seeing the room the earlier ones took.
 pub fn plan_pass(input: &PassInput) -> Vec<PlanCommand> {
-    let mut pass = scheduler::Pass::new(&input.nodes, &input.allocs);
+    let mut pass = scheduler::Pass::with_power(&input.nodes, &input.allocs, &input.power);
     input
         .jobs
         .iter()

@@ -9,6 +9,7 @@ use std::collections::BTreeSet;
 use herd_api::alloc::{AllocDesired, Allocation};
 use herd_api::node::NodeStatus;
 use herd_api::placement::{ConstraintOp as SpecOp, SpreadPolicy};
+use herd_api::power_class::PowerClass;
 
 use super::plan::PlanCommand;
 use crate::scheduler::{
@@ -35,9 +36,20 @@ pub fn alloc_views(state: &ClusterState) -> Vec<AllocView> {
         .allocations
         .values()
         .filter(|a| a.status.holds_resources())
-        .map(alloc_view)
+        .map(|a| alloc_view(state, a))
         .chain(reservations(state, |_| true))
         .collect()
+}
+
+/// The power class of job `job`'s GPUs, which its allocations commit
+/// against power budgets: its current spec's, or the default (TDP, which
+/// never under-counts) for a job that is gone.
+pub fn power_class_of(state: &ClusterState, job: &str) -> PowerClass {
+    state
+        .jobs
+        .get(job)
+        .map(|j| j.spec.placement.power_class)
+        .unwrap_or_default()
 }
 
 /// The priority of a migration's reservation: above every job's (0..=100),
@@ -68,12 +80,14 @@ pub fn reservations<'a>(
                 priority: RESERVATION_PRIORITY,
                 gang: None,
                 gpu_indices: m.target_gpu_indices.clone(),
+                power_class: power_class_of(state, &alloc.job),
             })
         })
 }
 
-fn alloc_view(a: &Allocation) -> AllocView {
+fn alloc_view(state: &ClusterState, a: &Allocation) -> AllocView {
     AllocView {
+        power_class: power_class_of(state, &a.job),
         id: a.id.clone(),
         job: a.job.clone(),
         node: a.node.clone(),
@@ -114,7 +128,7 @@ pub fn touched_views(state: &ClusterState, plan: &PlanCommand) -> (Vec<NodeView>
     let mut allocs = Vec::new();
     let mut take = |a: &Allocation, allocs: &mut Vec<AllocView>| {
         if a.status.holds_resources() && ids.insert(a.id.clone()) {
-            allocs.push(alloc_view(a));
+            allocs.push(alloc_view(state, a));
         }
     };
     for node in &nodes {
@@ -177,6 +191,7 @@ pub fn request_for(job: &Job, instances: Vec<u32>) -> PlacementRequest {
             SpreadPolicy::Label(label) => Spread::SpreadLabel(label.clone()),
         },
         gang: placement.gang,
+        power_class: placement.power_class,
     }
 }
 

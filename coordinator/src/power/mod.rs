@@ -6,10 +6,13 @@
 //!   GPU power;
 //! - [`share`]: a group's budget split into node shares, sent to each node
 //!   with its heartbeat reply;
+//! - [`placement`]: the budgets as the scheduler's power limits, so
+//!   placement keeps every group under its hard budget;
 //! - [`report`]: what nodes report of their GPUs' power, bounded, and the
 //!   per-group status `herd power status` shows.
 
 pub mod budget;
+pub mod placement;
 pub mod report;
 pub mod share;
 

@@ -38,6 +38,7 @@ pub fn bound_usage(mut usage: NodeUsage) -> NodeUsage {
         }
         truncate(&mut gpu.class, MAX_WORD);
     }
+    truncate(&mut usage.gpu_backend, MAX_WORD);
     let extra = usage.power_events.len().saturating_sub(MAX_REPORTED_EVENTS);
     usage.power_events.drain(..extra);
     for event in &mut usage.power_events {
@@ -139,10 +140,12 @@ mod tests {
                     detail: "é".repeat(1000),
                 })
                 .collect(),
+            gpu_backend: "n".repeat(10_000),
             ..NodeUsage::default()
         };
         let bounded = bound_usage(usage);
         assert_eq!(bounded.gpu_power_watts, 0.0);
+        assert_eq!(bounded.gpu_backend.len(), MAX_WORD);
         assert_eq!(bounded.gpus.len(), MAX_REPORTED_GPUS);
         assert!(bounded
             .gpus

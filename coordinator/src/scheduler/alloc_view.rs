@@ -1,5 +1,6 @@
 //! An allocation as the scheduler sees it.
 
+use herd_api::power_class::PowerClass;
 use herd_api::resources::Resources;
 
 /// Work that already runs on a node, or has been placed there: it uses the
@@ -26,4 +27,7 @@ pub struct AllocView {
     /// before GPUs were bound, which holds a count only): no index is
     /// given to a new placement while something holds it.
     pub gpu_indices: Vec<u32>,
+    /// What each of its GPUs is expected to draw (its job's class): its
+    /// part of its node's power groups' committed power.
+    pub power_class: PowerClass,
 }

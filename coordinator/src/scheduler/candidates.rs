@@ -45,12 +45,16 @@ impl Strategy {
 
 /// A node's rank within its label value: fewer instances of the job first,
 /// then the better score (fill for the spread policy, less the affinity
-/// bonus), then the name (ties never depend on node order), then the
-/// position (only duplicate names reach it).
+/// bonus), then more power headroom in its tightest budgeted group, then
+/// the name (ties never depend on node order), then the position (only
+/// duplicate names reach it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 struct NodeKey<'a> {
     node_jobs: u32,
     score: i64,
+    /// `u64::MAX` less the headroom, as of the node's last refresh (the
+    /// same for every node without a budget).
+    short_of_power: u64,
     name: &'a str,
     id: usize,
 }
@@ -156,6 +160,15 @@ impl<'a> Candidates<'a> {
         self.refresh(index, node);
     }
 
+    /// Takes `node` out of the running for the rest of the request (its
+    /// power groups cannot take the instance).
+    pub(crate) fn exclude(&mut self, index: &ClusterIndex<'a>, node: usize) {
+        if let Some(feasible) = self.feasible.get_mut(node) {
+            *feasible = false;
+            self.refresh(index, node);
+        }
+    }
+
     fn group(&self, node: usize) -> usize {
         self.group_of.get(node).copied().unwrap_or(0)
     }
@@ -176,6 +189,7 @@ impl<'a> Candidates<'a> {
         Some(NodeKey {
             node_jobs,
             score: score.saturating_sub(bonus),
+            short_of_power: u64::MAX - index.power_headroom(n),
             name: index.nodes[n].name.as_str(),
             id: n,
         })

@@ -8,7 +8,8 @@ use std::hash::{BuildHasherDefault, Hasher};
 
 use herd_api::resources::Resources;
 
-use super::{AllocView, NodeView};
+use super::power::{extra_watts, PowerIndex, PowerLimit};
+use super::{AllocView, NodeView, PlacementRequest};
 
 /// Position of the GPU count in [`Amounts`].
 pub(crate) const GPUS: usize = 0;
@@ -50,13 +51,26 @@ pub(crate) struct ClusterIndex<'a> {
     gpus_held: Vec<BTreeMap<u32, u32>>,
     alloc_node: Vec<Option<usize>>,
     by_name: HashMap<&'a str, usize, BuildHasherDefault<NameHasher>>,
+    /// Committed power per power group (empty without budgets).
+    power: PowerIndex<'a>,
 }
 
 impl<'a> ClusterIndex<'a> {
     /// Indexes `nodes` and adds up what `allocs` use on each of them.
     /// Allocations on unknown nodes use nothing; with duplicate node names,
     /// the first node of a name takes the allocations.
+    #[cfg(test)]
     pub(crate) fn new(nodes: &'a [NodeView], allocs: &'a [AllocView]) -> Self {
+        Self::with_power(nodes, allocs, &[])
+    }
+
+    /// [`ClusterIndex::new`] that also counts each power group's committed
+    /// power (see [`PowerLimit`]).
+    pub(crate) fn with_power(
+        nodes: &'a [NodeView],
+        allocs: &'a [AllocView],
+        limits: &'a [PowerLimit],
+    ) -> Self {
         let mut by_name = HashMap::with_capacity_and_hasher(nodes.len(), Default::default());
         for (id, node) in nodes.iter().enumerate() {
             by_name.entry(node.name.as_str()).or_insert(id);
@@ -70,16 +84,90 @@ impl<'a> ClusterIndex<'a> {
             gpus_held: vec![BTreeMap::new(); nodes.len()],
             alloc_node: Vec::with_capacity(allocs.len()),
             by_name,
+            power: PowerIndex::new(nodes, limits),
         };
-        for alloc in allocs {
+        for (a, alloc) in allocs.iter().enumerate() {
             let node = index.node_id(&alloc.node);
+            index.alloc_node.push(node);
             if let Some(node) = node {
                 index.take(node, &amounts(&alloc.resources));
                 index.hold_gpus(node, &alloc.gpu_indices);
+                index.power.take(node, index.alloc_watts(a));
             }
-            index.alloc_node.push(node);
         }
         index
+    }
+
+    /// What allocation `alloc`'s GPUs are expected to draw above idle on
+    /// its node (0 on an unknown node).
+    pub(crate) fn alloc_watts(&self, alloc: usize) -> u64 {
+        match self.alloc_node(alloc) {
+            Some(n) => {
+                let a = &self.allocs[alloc];
+                extra_watts(&self.nodes[n], a.power_class, u64::from(a.resources.gpus))
+            }
+            None => 0,
+        }
+    }
+
+    /// What one instance of `request` is expected to draw above idle on
+    /// node `node`.
+    pub(crate) fn request_watts(&self, node: usize, request: &PlacementRequest) -> u64 {
+        extra_watts(
+            &self.nodes[node],
+            request.power_class,
+            u64::from(request.resources.gpus),
+        )
+    }
+
+    /// Why `watts` more on node `node` would push one of its power groups
+    /// past its hard budget, or None.
+    pub(crate) fn power_clash(&self, node: usize, watts: u64) -> Option<String> {
+        self.power
+            .clash(node, watts)
+            .map(|clash| self.power.describe(&clash))
+    }
+
+    /// Watts left under the hard budget of node `node`'s tightest group
+    /// (`u64::MAX` when no budget covers it): a tiebreak between equally
+    /// good nodes.
+    pub(crate) fn power_headroom(&self, node: usize) -> u64 {
+        self.power.headroom(node)
+    }
+
+    /// Counts `watts` more committed power on node `node`'s groups.
+    pub(crate) fn take_power(&mut self, node: usize, watts: u64) {
+        self.power.take(node, watts);
+    }
+
+    /// Counts `watts` less committed power on node `node`'s groups.
+    pub(crate) fn release_power(&mut self, node: usize, watts: u64) {
+        self.power.release(node, watts);
+    }
+
+    /// Releases what allocation `alloc` uses on its node (resources, GPU
+    /// indices and committed power), as an eviction does.
+    pub(crate) fn release_alloc(&mut self, alloc: usize) {
+        if let Some(n) = self.alloc_node(alloc) {
+            let allocs = self.allocs;
+            let a = &allocs[alloc];
+            self.release(n, &amounts(&a.resources));
+            self.free_gpus(n, &a.gpu_indices);
+            let watts = self.alloc_watts(alloc);
+            self.power.release(n, watts);
+        }
+    }
+
+    /// Takes back what [`ClusterIndex::release_alloc`] released.
+    pub(crate) fn retake_alloc(&mut self, alloc: usize) {
+        if let Some(n) = self.alloc_node(alloc) {
+            let allocs = self.allocs;
+            let a = &allocs[alloc];
+            self.take(n, &amounts(&a.resources));
+            self.hold_gpus(n, &a.gpu_indices);
+            let watts = self.alloc_watts(alloc);
+            self.power.take(n, watts);
+        }
     }
 
     /// The id of the node called `name`.

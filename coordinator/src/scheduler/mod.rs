@@ -41,6 +41,7 @@ mod node_view;
 mod pass;
 mod place;
 mod plan;
+mod power;
 mod preempt;
 mod reason;
 mod request;
@@ -50,6 +51,8 @@ mod verify;
 
 #[cfg(test)]
 mod gpu_index_tests;
+#[cfg(test)]
+mod power_tests;
 #[cfg(test)]
 mod testkit;
 
@@ -61,7 +64,9 @@ pub use node_view::NodeView;
 pub use pass::Pass;
 pub use place::place;
 pub use plan::{Blocked, Eviction, Placement, PlacementPlan};
+pub use power::PowerLimit;
+pub(crate) use power::{extra_watts_of, idle_watts_of};
 pub use request::PlacementRequest;
 pub use spread::Spread;
 pub use verdict::{PlanVerdict, Rejection};
-pub use verify::verify_plan;
+pub use verify::{verify_plan, verify_plan_with_power};

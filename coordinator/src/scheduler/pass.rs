@@ -6,7 +6,7 @@ use super::candidates::Strategy;
 use super::index::ClusterIndex;
 use super::place::place_in;
 use super::preempt::Victims;
-use super::{AllocView, NodeView, PlacementPlan, PlacementRequest};
+use super::{AllocView, NodeView, PlacementPlan, PlacementRequest, PowerLimit};
 
 /// One scheduling pass over a snapshot of the cluster, so that a leader with
 /// many pending jobs pays O(nodes + allocations) once per pass instead of
@@ -22,8 +22,19 @@ pub struct Pass<'a> {
 impl<'a> Pass<'a> {
     /// Indexes `nodes` and what `allocs` use on them.
     pub fn new(nodes: &'a [NodeView], allocs: &'a [AllocView]) -> Self {
+        Self::with_power(nodes, allocs, &[])
+    }
+
+    /// [`Pass::new`] that also keeps every power group of `limits` at or
+    /// under its hard budget: a GPU instance goes only where it fits the
+    /// committed power of every group its node belongs to.
+    pub fn with_power(
+        nodes: &'a [NodeView],
+        allocs: &'a [AllocView],
+        limits: &'a [PowerLimit],
+    ) -> Self {
         Self {
-            index: ClusterIndex::new(nodes, allocs),
+            index: ClusterIndex::with_power(nodes, allocs, limits),
             victims: None,
         }
     }

@@ -47,8 +47,12 @@ pub(crate) fn place_with(
     if request.instances.is_empty() {
         return PlacementPlan::default();
     }
-    let mut index = ClusterIndex::new(nodes, allocs);
-    place_in(&mut index, &mut None, request, strategy)
+    place_in(
+        &mut ClusterIndex::with_power(nodes, allocs, &[]),
+        &mut None,
+        request,
+        strategy,
+    )
 }
 
 /// Places `request` against `index`, leaving what the plan uses (and frees
@@ -72,7 +76,7 @@ pub(crate) fn place_in<'a>(
     let mut taken = Vec::new();
     let mut evicted = Vec::new();
     for (pos, &instance) in request.instances.iter().enumerate() {
-        let room = candidates.best().or_else(|| {
+        let room = best_with_power(index, &mut candidates, request).or_else(|| {
             let mut ctx = Ctx {
                 index: &mut *index,
                 feas: &feas,
@@ -85,7 +89,7 @@ pub(crate) fn place_in<'a>(
         let Some(node) = room else {
             let (reason, could_help) = blocked_reason(index, &feas, request, &need);
             if request.gang {
-                undo(index, victims, &need, &taken, &evicted);
+                undo(index, victims, request, &taken, &evicted);
                 return gang_blocked(request, pos, &reason, could_help);
             }
             // Nothing changed since this instance failed, and the rest are
@@ -101,6 +105,7 @@ pub(crate) fn place_in<'a>(
             break;
         };
         index.take(node, &need);
+        index.take_power(node, index.request_watts(node, request));
         let gpus = index.pick_gpus(node, need[GPUS]);
         index.hold_gpus(node, &gpus);
         candidates.placed(index, node);
@@ -114,25 +119,44 @@ pub(crate) fn place_in<'a>(
     plan
 }
 
+/// The best node with room whose power groups can also take one more
+/// instance: nodes that fit but would push a group past its hard budget
+/// are dropped for the rest of the request (placements only add power, so
+/// they stay refused).
+fn best_with_power<'a>(
+    index: &ClusterIndex<'a>,
+    candidates: &mut Candidates<'a>,
+    request: &PlacementRequest,
+) -> Option<usize> {
+    loop {
+        let node = candidates.best()?;
+        if index
+            .power_clash(node, index.request_watts(node, request))
+            .is_none()
+        {
+            return Some(node);
+        }
+        candidates.exclude(index, node);
+    }
+}
+
 /// Gives back what a failed gang took: its placements' room, and the
 /// allocations it evicted.
 fn undo<'a>(
     index: &mut ClusterIndex<'a>,
     victims: &mut Option<Victims<'a>>,
-    need: &Amounts,
+    request: &PlacementRequest,
     taken: &[(usize, Vec<u32>)],
     evicted: &[usize],
 ) {
+    let need = amounts(&request.resources);
     for (node, gpus) in taken {
-        index.release(*node, need);
+        index.release(*node, &need);
         index.free_gpus(*node, gpus);
+        index.release_power(*node, index.request_watts(*node, request));
     }
-    let allocs = index.allocs;
     for &a in evicted {
-        if let Some(n) = index.alloc_node(a) {
-            index.take(n, &amounts(&allocs[a].resources));
-            index.hold_gpus(n, &allocs[a].gpu_indices);
-        }
+        index.retake_alloc(a);
     }
     if let Some(victims) = victims {
         victims.restore(evicted);
@@ -164,14 +188,25 @@ impl<'a> Ctx<'_, 'a> {
         }
         let victims = victims.get_or_insert_with(|| Victims::new(self.index));
         let choice = victims.choose(self.index, self.feas, self.need, self.request.priority)?;
+        // Evicting frees power too; if the node's groups still cannot take
+        // the instance, nothing is evicted (preemption makes room, it does
+        // not yet search for power).
+        for &a in &choice.allocs {
+            self.index.release_alloc(a);
+        }
+        let watts = self.index.request_watts(choice.node, self.request);
+        if self.index.power_clash(choice.node, watts).is_some() {
+            for &a in &choice.allocs {
+                self.index.retake_alloc(a);
+            }
+            return None;
+        }
         victims.evict(&choice);
         let allocs = self.index.allocs;
         for &a in &choice.allocs {
             evicted.push(a);
             let alloc = &allocs[a];
             if let Some(n) = self.index.alloc_node(a) {
-                self.index.release(n, &amounts(&alloc.resources));
-                self.index.free_gpus(n, &alloc.gpu_indices);
                 let same_job = u32::from(alloc.job == self.request.job);
                 self.candidates.freed(self.index, n, same_job);
             }

@@ -27,6 +27,9 @@ pub(crate) fn blocked_reason(
     let mut gpus_free: BTreeMap<u64, usize> = BTreeMap::new();
     let mut fails_elsewhere = false;
     let mut could_help = false;
+    // Nodes with room whose power groups cannot take the instance, by the
+    // first group's words.
+    let mut power: BTreeMap<String, usize> = BTreeMap::new();
     for (n, unfit) in feas.unfit.iter().enumerate() {
         let free = index.free(n);
         match unfit {
@@ -53,6 +56,9 @@ pub(crate) fn blocked_reason(
                     } else {
                         fails_elsewhere = true;
                     }
+                } else if let Some(why) = index.power_clash(n, index.request_watts(n, request)) {
+                    *power.entry(why).or_default() += 1;
+                    fails_elsewhere = true;
                 }
             }
         }
@@ -106,6 +112,10 @@ pub(crate) fn blocked_reason(
                 items.push(format!("{lack} free {}", dim_noun(d)));
             }
         }
+    }
+    for (why, &count) in &power {
+        let held = nodes_verb(count, "is", "are");
+        items.push(format!("{held} held back by {why}"));
     }
     if feas.unfit.is_empty() {
         items.push("the cluster has no nodes".to_string());

@@ -1,5 +1,6 @@
 //! What the scheduler is asked to place.
 
+use herd_api::power_class::PowerClass;
 use herd_api::resources::Resources;
 
 use super::{Affinity, Constraint, Spread};
@@ -28,4 +29,7 @@ pub struct PlacementRequest {
     /// All or nothing: either every instance is placed or none is (learners
     /// of a training job are useless alone).
     pub gang: bool,
+    /// What each GPU of an instance is expected to draw: committed against
+    /// the hard budgets of the chosen node's power groups.
+    pub power_class: PowerClass,
 }

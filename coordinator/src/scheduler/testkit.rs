@@ -61,6 +61,7 @@ pub(crate) fn alloc(
         priority: prio,
         gang: None,
         gpu_indices: Vec::new(),
+        power_class: Default::default(),
     }
 }
 
@@ -103,6 +104,7 @@ pub(crate) fn request(
         affinities: Vec::new(),
         spread: Spread::BinPack,
         gang: false,
+        power_class: Default::default(),
     }
 }
 

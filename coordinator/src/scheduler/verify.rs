@@ -7,7 +7,7 @@ use super::index::{amounts, Amounts, ClusterIndex, GPUS};
 use super::reason::node_reason;
 use super::{
     AllocView, Eviction, NodeView, Placement, PlacementPlan, PlacementRequest, PlanVerdict,
-    Rejection,
+    PowerLimit, Rejection,
 };
 
 /// Re-checks `plan` (built by [`place`](super::place) from an older snapshot)
@@ -30,9 +30,26 @@ pub fn verify_plan(
     request: &PlacementRequest,
     plan: &PlacementPlan,
 ) -> PlanVerdict {
+    verify_plan_with_power(nodes, allocs, &[], request, plan)
+}
+
+/// [`verify_plan`] that also keeps every power group of `limits` at or
+/// under its hard budget: each accepted GPU placement (after its
+/// evictions) must fit the committed power of every group its node belongs
+/// to, counting the plan's earlier accepted placements, so two plans built
+/// on the same snapshot cannot together overshoot a budget. `nodes` may be
+/// a part of the cluster when `limits` carry what the rest commits
+/// ([`PowerLimit::unseen_watts`]).
+pub fn verify_plan_with_power(
+    nodes: &[NodeView],
+    allocs: &[AllocView],
+    limits: &[PowerLimit],
+    request: &PlacementRequest,
+    plan: &PlacementPlan,
+) -> PlanVerdict {
     let need = amounts(&request.resources);
     let mut check = Check {
-        index: ClusterIndex::new(nodes, allocs),
+        index: ClusterIndex::with_power(nodes, allocs, limits),
         request,
         need,
         evicted: vec![false; allocs.len()],
@@ -180,13 +197,9 @@ impl<'a> Check<'a> {
             ));
         }
         let (applied, victims) = self.allowed_evictions(evictions)?;
-        let allocs = self.index.allocs;
         for &a in &victims {
             self.evicted[a] = true;
-            if let Some(on) = self.index.alloc_node(a) {
-                self.index.release(on, &amounts(&allocs[a].resources));
-                self.index.free_gpus(on, &allocs[a].gpu_indices);
-            }
+            self.index.release_alloc(a);
         }
         let reason = if self.index.fits(n, &self.need) {
             let gpus = if gpus.is_empty() {
@@ -194,12 +207,17 @@ impl<'a> Check<'a> {
             } else {
                 gpus.to_vec()
             };
+            let watts = self.index.request_watts(n, self.request);
             match self.index.gpu_clash(n, &gpus, self.need[GPUS]) {
-                None => {
-                    self.index.take(n, &self.need);
-                    self.index.hold_gpus(n, &gpus);
-                    return Ok((applied, gpus));
-                }
+                None => match self.index.power_clash(n, watts) {
+                    None => {
+                        self.index.take(n, &self.need);
+                        self.index.hold_gpus(n, &gpus);
+                        self.index.take_power(n, watts);
+                        return Ok((applied, gpus));
+                    }
+                    Some(why) => format!("node {node}: {why}"),
+                },
                 Some(why) => format!("node {node}: {why}"),
             }
         } else {
@@ -209,10 +227,7 @@ impl<'a> Check<'a> {
         };
         for &a in &victims {
             self.evicted[a] = false;
-            if let Some(on) = self.index.alloc_node(a) {
-                self.index.take(on, &amounts(&allocs[a].resources));
-                self.index.hold_gpus(on, &allocs[a].gpu_indices);
-            }
+            self.index.retake_alloc(a);
         }
         Err(reason)
     }

@@ -282,6 +282,15 @@ impl Agent for AgentService {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
+    async fn report_offline_move(
+        &self,
+        request: Request<herd_api::proto::agent::OfflineMoveReport>,
+    ) -> Result<Response<herd_api::proto::agent::OfflineMoveVerdict>, Status> {
+        super::offline_move::serve(&self.coordinator, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
     async fn report_migration(
         &self,
         request: Request<MigrationReportRequest>,

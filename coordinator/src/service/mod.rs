@@ -8,6 +8,7 @@ mod jobs;
 mod migration_report;
 mod migrations;
 mod nodes;
+mod offline_move;
 mod operator;
 mod power;
 mod reschedule;

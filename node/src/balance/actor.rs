@@ -22,15 +22,19 @@ use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
 
 use super::assigned::AssignedRx;
+use super::journal::MoveJournal;
 use super::load::{self, Capacity, MoveHistory};
 use super::moves::{self, MoveOutcome};
+use super::offline::OfflineMoves;
 use super::peers;
+use super::requests;
 use crate::engines::Engines;
 
 /// How often the coordinators' node list is read while they answer.
 const LIST_EVERY: Duration = Duration::from_secs(3);
-/// Allocations are offered only while the coordinators answered this
-/// recently: they record every allocation move.
+/// While the coordinators answered this recently an allocation moves as a
+/// migration they record; otherwise agent to agent, journalled
+/// ([`super::offline`]).
 const COORDINATORS_FRESH: Duration = Duration::from_secs(10);
 /// How often the known peers are written to disk.
 const SAVE_EVERY: Duration = Duration::from_secs(10);
@@ -72,6 +76,9 @@ pub struct BalancerArgs {
     pub config: herd_balance::Config,
     /// Where moves and bytes sent are counted (the agent's metrics).
     pub stats: Arc<crate::metrics::AgentStats>,
+    /// What runs inference requests here, when the agent serves any: its
+    /// running requests are movable items, moved by request migration.
+    pub inference: Option<crate::infer::Inference>,
 }
 
 /// The balancer's messages.
@@ -108,10 +115,15 @@ pub struct BalancerState {
     capacity: Option<Capacity>,
     history: MoveHistory,
     moving: BTreeSet<String>,
+    /// Requests moved here, awaited under their new engine ids.
+    arrivals: requests::Arrivals,
     listing: bool,
     last_list: Option<Instant>,
     coordinators_seen: Option<Instant>,
     last_save: Instant,
+    /// Moves made with the coordinators away (None: no journal, and then
+    /// allocations move only while the coordinators answer).
+    offline: Option<Arc<OfflineMoves>>,
 }
 
 impl BalancerState {
@@ -179,14 +191,31 @@ impl Balancer {
     /// Acts on what the state machine decided.
     fn handle_events(myself: &ActorRef<BalanceMsg>, state: &mut BalancerState) {
         for event in state.agent.take_events() {
+            if let Some(offline) = &state.offline {
+                offline.on_event(&event, state.args.config.reservation_ttl_ms);
+            }
             match event {
                 Event::MoveApproved { item, to } => Self::start_move(myself, state, item, to),
                 Event::MoveReceived { item, from } => {
                     tracing::info!(item = %item.id, from = %from.id, moves = item.moves_so_far, "balancing: item moved here");
                     state.args.stats.balance_move("in", "moved");
-                    state
-                        .history
-                        .insert(item.id.clone(), (item.moves_so_far, item.last_moved_ms));
+                    if item.kind == ItemKind::InferenceRequest {
+                        // Known here under a new engine id, once seen.
+                        state.arrivals.expect(&item);
+                    } else {
+                        state
+                            .history
+                            .insert(item.id.clone(), (item.moves_so_far, item.last_moved_ms));
+                    }
+                }
+                Event::IncomingReserved {
+                    item,
+                    kind: ItemKind::InferenceRequest,
+                    weight,
+                    ..
+                } => state.arrivals.reserved(&item, weight),
+                Event::IncomingCancelled { item, .. } | Event::ReservationExpired { item, .. } => {
+                    state.arrivals.released(&item)
                 }
                 Event::PeerUp(peer) => tracing::info!(peer = %peer.id, "balancing: peer up"),
                 Event::PeerDown(peer) => {
@@ -203,8 +232,35 @@ impl Balancer {
         item: herd_balance::MovableItem,
         to: PeerInfo,
     ) {
-        let client = match (&state.args.coordinators, item.kind) {
-            (Some(client), ItemKind::Allocation) => client.clone(),
+        if item.kind == ItemKind::InferenceRequest {
+            Self::start_request_move(myself, state, item, to);
+            return;
+        }
+        // An agent just started counts its coordinators as answering
+        // until it has tried them for as long as a silence takes.
+        let fresh = state.args.coordinators.is_some()
+            && state.coordinators_seen.unwrap_or(state.started).elapsed() < COORDINATORS_FRESH;
+        let work = state.args.assigned.borrow().clone();
+        // GPUs are bound by the leader: work holding some moves only with it.
+        let offline_work = work
+            .into_iter()
+            .find(|w| w.alloc_id == item.id && w.resources.gpus == 0);
+        if let (false, Some(offline), Some(work), ItemKind::Allocation) =
+            (fresh, &state.offline, offline_work, item.kind)
+        {
+            state.moving.insert(item.id.clone());
+            let (offline, myself) = (offline.clone(), myself.clone());
+            tokio::spawn(async move {
+                let outcome = offline.move_allocation(&work, &to).await;
+                let _ = myself.cast(BalanceMsg::MoveFinished {
+                    item: item.id,
+                    outcome,
+                });
+            });
+            return;
+        }
+        let client = match (&state.args.coordinators, item.kind, fresh) {
+            (Some(client), ItemKind::Allocation, true) => client.clone(),
             _ => {
                 // Only allocations are listed as movable here; anything
                 // else is refused back to the state machine.
@@ -220,6 +276,39 @@ impl Balancer {
         let myself = myself.clone();
         tokio::spawn(async move {
             let outcome = moves::move_allocation(&client, &item.id, &to.id, &mut assigned).await;
+            let _ = myself.cast(BalanceMsg::MoveFinished {
+                item: item.id,
+                outcome,
+            });
+        });
+    }
+
+    /// Moves a request by request migration, agent to agent: no
+    /// coordinator is involved, so this works with them away.
+    fn start_request_move(
+        myself: &ActorRef<BalanceMsg>,
+        state: &mut BalancerState,
+        item: herd_balance::MovableItem,
+        to: PeerInfo,
+    ) {
+        let now = state.now_ms();
+        let target = item
+            .service
+            .as_deref()
+            .and_then(|service| requests::target_instance(&state.agent.view(now), &to.id, service));
+        let (Some(inference), Some(target)) = (state.args.inference.clone(), target) else {
+            tracing::debug!(item = %item.id, to = %to.id, "balancing: no instance to move the request to");
+            let out = state.agent.move_done(&item.id, false, now);
+            Self::send(myself, state, out);
+            return;
+        };
+        tracing::info!(item = %item.id, to = %to.id, %target, weight = item.weight, "balancing: migrating a request");
+        state.moving.insert(item.id.clone());
+        let engines = state.args.engines.clone();
+        let myself = myself.clone();
+        tokio::spawn(async move {
+            let outcome =
+                requests::move_request(&inference, &engines, &item.id, &to, &target).await;
             let _ = myself.cast(BalanceMsg::MoveFinished {
                 item: item.id,
                 outcome,
@@ -249,22 +338,52 @@ impl Balancer {
         Self::refresh_capacity(state).await;
         let now = state.now_ms();
         if let Some(capacity) = state.capacity {
-            let work = state.args.assigned.borrow().clone();
+            let mut work = state.args.assigned.borrow().clone();
+            if let Some(offline) = &state.offline {
+                work = offline.effective_work(work);
+            }
             let engines = state.args.engines.snapshot();
-            state
-                .agent
-                .set_local_load(load::summary(&work, capacity, &engines));
+            let mut summary = load::summary(&work, capacity, &engines);
+            if state.args.inference.is_some() {
+                // Requests moved here count before the engines' stats
+                // show them (the state machine stops counting a finished
+                // move at this call).
+                state.arrivals.recognise(&engines, &mut state.history);
+                state.arrivals.count_in(&mut summary);
+            }
+            state.agent.set_local_load(summary.clone());
             let coordinators_fresh = state
                 .coordinators_seen
                 .is_some_and(|at| at.elapsed() < COORDINATORS_FRESH);
-            let items = if coordinators_fresh {
+            let items = if coordinators_fresh || state.offline.is_some() {
                 load::movable_items(&work, capacity, &state.args.movable_drivers, &state.history)
                     .into_iter()
                     .filter(|item| !state.moving.contains(&item.id))
+                    .filter(|item| {
+                        state
+                            .offline
+                            .as_ref()
+                            .is_none_or(|o| !o.in_journal(&item.id))
+                    })
                     .collect()
             } else {
                 Vec::new()
             };
+            let mut items: Vec<herd_balance::MovableItem> = items;
+            if state.args.inference.is_some() {
+                // Requests move agent to agent: listed whether or not the
+                // coordinators answer.
+                requests::prune_history(&mut state.history, &engines);
+                items.extend(
+                    requests::movable_requests(&engines, &summary, &state.history)
+                        .into_iter()
+                        .filter(|item| !state.moving.contains(&item.id))
+                        .filter(|item| {
+                            // Maybe one arriving, its move count not known yet.
+                            state.history.contains_key(&item.id) || !state.arrivals.covers(&item.id)
+                        }),
+                );
+            }
             tracing::debug!(
                 score = state.agent.effective_score(),
                 movable = items.len(),
@@ -378,10 +497,18 @@ impl Actor for Balancer {
             capacity: None,
             history: MoveHistory::new(),
             moving: BTreeSet::new(),
+            arrivals: requests::Arrivals::default(),
             listing: false,
             last_list: None,
             coordinators_seen: None,
             last_save: Instant::now(),
+            offline: match MoveJournal::open(&args.data_dir) {
+                Ok(journal) => Some(Arc::new(OfflineMoves::new(&args.node, journal))),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read the balancing move journal; allocations move only while the coordinators answer");
+                    None
+                }
+            },
             args,
         };
         let remembered = peers::load(&peers::peers_file(&state.args.data_dir));
@@ -451,6 +578,11 @@ impl Actor for Balancer {
                 state.listing = false;
                 if let Some(seeds) = listed {
                     state.coordinators_seen = Some(Instant::now());
+                    if let (Some(offline), Some(client)) =
+                        (&state.offline, &state.args.coordinators)
+                    {
+                        offline.coordinators_answered(client);
+                    }
                     let now = state.now_ms();
                     let out = state.agent.add_seeds(seeds, now);
                     Self::send(&myself, state, out);

@@ -13,6 +13,8 @@ use tokio::sync::watch;
 pub struct AssignedWork {
     /// The allocation.
     pub alloc_id: String,
+    /// Its generation here (what an offline move begins from).
+    pub generation: u64,
     /// Its job.
     pub job: String,
     /// Its driver (what can move it, if anything).
@@ -24,6 +26,9 @@ pub struct AssignedWork {
     /// A migration involves it here (either side): it is already moving,
     /// so balancing leaves it alone.
     pub migrating: bool,
+    /// The GPUs it holds here (none while only readied as a migration's
+    /// target).
+    pub gpu_indices: Vec<u32>,
 }
 
 /// The link's end.
@@ -52,10 +57,16 @@ pub fn from_assignment(alloc: &AssignedAllocation) -> Option<AssignedWork> {
         .unwrap_or_default();
     Some(AssignedWork {
         alloc_id: alloc.id.clone(),
+        generation: alloc.generation,
         job: alloc.job.clone(),
         driver: task.driver.clone(),
         resources,
         movable: alloc.balance_movable,
         migrating: alloc.migration.is_some(),
+        gpu_indices: if alloc.migration.as_ref().is_some_and(|m| m.role == "target") {
+            Vec::new()
+        } else {
+            alloc.gpu_indices.clone()
+        },
     })
 }

@@ -24,6 +24,8 @@ const MAX_NAME_BYTES: usize = 256;
 pub struct BalanceHandle {
     slot: Arc<RwLock<Option<ActorRef<BalanceMsg>>>>,
     node: Arc<RwLock<String>>,
+    /// What runs requests here: the balancer moves requests through it.
+    inference: Option<crate::infer::Inference>,
 }
 
 impl BalanceHandle {
@@ -33,7 +35,20 @@ impl BalanceHandle {
         Self {
             slot: Arc::default(),
             node: Arc::new(RwLock::new(node.to_string())),
+            inference: None,
         }
+    }
+
+    /// The same handle, letting the balancer move inference requests
+    /// through `inference` (the agent's own, which relays the streams).
+    pub fn with_inference(mut self, inference: crate::infer::Inference) -> Self {
+        self.inference = Some(inference);
+        self
+    }
+
+    /// What the balancer moves requests through, if the agent serves any.
+    pub fn inference(&self) -> Option<crate::infer::Inference> {
+        self.inference.clone()
     }
 
     /// Points the services at `actor` (a new one after a restart).

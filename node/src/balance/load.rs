@@ -1,8 +1,8 @@
 //! This node's load as balancing counts it, and the items it may move.
 //!
 //! Load is what the work assigned here *reserves* (CPU, memory, GPUs of
-//! its allocations) over what the node offers, plus what waits in its
-//! inference engines' queues: the figures placement reasons with, rather
+//! its allocations) over what the node offers, the share of its inference
+//! engines' KV-cache blocks in use, plus what waits in their queues: the figures placement reasons with, rather
 //! than momentary host busyness, so that a move's effect is known the
 //! moment it is made and agents sharing one host (tests, `herd dev`) are
 //! told apart.
@@ -60,6 +60,16 @@ pub fn summary(
             });
         entry.queued = entry.queued.saturating_add(stats.queue_len);
         entry.running = entry.running.saturating_add(stats.batch_size);
+        let total = stats.total_blocks;
+        entry.kv_blocks_total = entry.kv_blocks_total.saturating_add(total);
+        entry.kv_blocks_used = entry
+            .kv_blocks_used
+            .saturating_add(total.saturating_sub(stats.free_blocks.min(total)));
+    }
+    for (service, (_, instance)) in super::requests::instances_by_service(engines) {
+        if let Some(entry) = services.get_mut(&service) {
+            entry.instance = instance;
+        }
     }
     let gpu_util_permille = if capacity.gpus == 0 {
         0
@@ -114,6 +124,7 @@ pub fn movable_items(
                 weight: 100.0 * dominant,
                 moves_so_far,
                 last_moved_ms,
+                service: None,
             }
         })
         .collect()
@@ -129,6 +140,7 @@ mod tests {
     fn work(id: &str, cpu: u64, movable: bool, driver: &str) -> AssignedWork {
         AssignedWork {
             alloc_id: id.into(),
+            generation: 1,
             job: "j".into(),
             driver: driver.into(),
             resources: Resources {
@@ -139,6 +151,7 @@ mod tests {
             },
             movable,
             migrating: false,
+            gpu_indices: Vec::new(),
         }
     }
 
@@ -157,6 +170,8 @@ mod tests {
             stats: Some(EngineStats {
                 queue_len: 3,
                 batch_size: 2,
+                free_blocks: 30,
+                total_blocks: 100,
                 ..Default::default()
             }),
         }];
@@ -172,6 +187,16 @@ mod tests {
         assert_eq!(load.cpu_total_milli, 4000);
         assert_eq!(load.services.len(), 1);
         assert_eq!((load.services[0].queued, load.services[0].running), (3, 2));
+        assert_eq!(
+            (
+                load.services[0].kv_blocks_used,
+                load.services[0].kv_blocks_total
+            ),
+            (70, 100)
+        );
+        assert_eq!(load.services[0].instance, "a");
+        // Half the CPU, plus 70 % of the KV cache, plus the queue.
+        assert!(load.score() > 120.0, "{}", load.score());
         assert!(
             load.score() > 50.0,
             "half the CPU plus a queue: {}",

@@ -9,6 +9,10 @@
 //! - [`peers`]: where the first peers come from (the coordinators' node
 //!   list, or the peers remembered on disk when the coordinators are away);
 //! - [`moves`]: carrying out an approved move;
+//! - [`requests`]: inference requests as items (moved by request
+//!   migration, with the coordinators away too);
+//! - [`journal`], [`offline`]: moves made agent to agent while every
+//!   coordinator is away, and their reconciliation once they return;
 //! - [`handle`]: how the gRPC services reach the actor.
 //!
 //! Packets travel over the agents' `AgentPeer.Gossip` RPC, so they take the
@@ -18,9 +22,12 @@
 pub mod actor;
 pub mod assigned;
 pub mod handle;
+pub mod journal;
 pub mod load;
 pub mod moves;
+pub mod offline;
 pub mod peers;
+pub mod requests;
 
 pub use actor::{BalanceMsg, Balancer, BalancerArgs};
 pub use assigned::{AssignedRx, AssignedTx, AssignedWork};

@@ -166,6 +166,7 @@ impl Actor for CoordinatorLink {
             args.config.name.clone(),
             client.clone(),
             args.reports.clone(),
+            crate::balance::journal::MoveJournal::open(&args.config.data_dir).ok(),
         ));
         let heartbeat = args.config.heartbeat;
         let ticker = myself.send_interval(heartbeat, || LinkMsg::Tick);
@@ -543,6 +544,7 @@ pub(crate) fn power_usage(
             max_watts: g.power_limit_max_watts,
             capped,
             class,
+            energy_mj: g.energy_millijoules,
         })
         .collect();
     let events = governor
@@ -580,6 +582,7 @@ async fn heartbeat(args: &LinkArgs, client: &HerdClient) -> Result<HeartbeatRepl
             gpu_power_watts: gpus.iter().map(|g| g.draw_watts).sum(),
             gpus,
             power_events,
+            gpu_backend: report.gpu_backend.clone(),
         }),
     };
     tokio::time::timeout(
@@ -662,6 +665,7 @@ mod tests {
             power_limit_min_watts: 200,
             power_limit_max_watts: 700,
             utilisation_percent: 50,
+            energy_millijoules: 0,
         };
         let report = HostReport {
             gpus: vec![gpu(0, 700), gpu(1, 700)],

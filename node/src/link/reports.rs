@@ -98,6 +98,55 @@ fn log_taken(reply: &ReportAllocationsReply) {
     tracing::debug!(accepted = reply.accepted, "allocation reports delivered");
 }
 
+/// How often reports held back are looked at again.
+const HELD_RECHECK: Duration = Duration::from_secs(1);
+/// The most reports held back; beyond it the oldest is dropped.
+const MAX_HELD: usize = 1024;
+
+/// Moves out of `batch` into `held` the reports the journal says must wait
+/// ([`crate::migrate::offline::report_withheld`]): the report of a copy
+/// that stopped because it moved away agent to agent while the coordinators
+/// were away must not reach them before they decided on the move (it would
+/// read as the work ending).
+fn hold_back(
+    journal: &crate::balance::journal::MoveJournal,
+    batch: &mut Vec<ProtoReport>,
+    held: &mut Vec<ProtoReport>,
+) {
+    let (wait, send): (Vec<_>, Vec<_>) = std::mem::take(batch)
+        .into_iter()
+        .partition(|r| crate::migrate::offline::report_withheld(journal, &r.id, r.generation));
+    for r in &wait {
+        tracing::debug!(alloc = %r.id, generation = r.generation, status = %r.status, "report of a copy moved away with the coordinators absent: held back");
+    }
+    held.extend(wait);
+    if held.len() > MAX_HELD {
+        let excess = held.len() - MAX_HELD;
+        tracing::warn!(
+            excess,
+            "too many allocation reports held back; dropping the oldest"
+        );
+        held.drain(..excess);
+    }
+    *batch = send;
+}
+
+/// Moves back into `batch` the held reports the journal no longer holds
+/// back: the coordinators refused the move (the report tells them the copy
+/// here stopped) or took it (the report is then refused by its old
+/// generation, harmlessly).
+fn release_held(
+    journal: &crate::balance::journal::MoveJournal,
+    held: &mut Vec<ProtoReport>,
+    batch: &mut Vec<ProtoReport>,
+) {
+    let (still, free): (Vec<_>, Vec<_>) = std::mem::take(held)
+        .into_iter()
+        .partition(|r| crate::migrate::offline::report_withheld(journal, &r.id, r.generation));
+    *held = still;
+    batch.extend(free);
+}
+
 /// Runs until the channel closes: takes reports as they come and delivers
 /// them. Holds the receiver's lock for its whole life, so a restarted link
 /// picks up exactly where this one stopped.
@@ -107,21 +156,41 @@ fn log_taken(reply: &ReportAllocationsReply) {
 /// half sent again, in order, down to the single report at fault, which is
 /// dropped with a warning: one report a coordinator cannot read never costs
 /// the others of its batch, and is never sent forever.
+///
+/// With a move `journal`, a report about an allocation this node moved
+/// away agent to agent while the coordinators were away is held back until
+/// they decided on the move ([`hold_back`]).
 pub async fn run(
     node: String,
     client: HerdClient,
     reports: Arc<Mutex<mpsc::UnboundedReceiver<AllocReport>>>,
+    journal: Option<crate::balance::journal::MoveJournal>,
 ) {
     let mut reports = reports.lock().await;
     // Requests to send, oldest first: splitting a refused one keeps order.
     let mut queue: VecDeque<Vec<ProtoReport>> = VecDeque::new();
+    // Reports held back while the journal says their copy moved away.
+    let mut held: Vec<ProtoReport> = Vec::new();
     let mut backoff = FIRST_BACKOFF;
     loop {
         if queue.is_empty() {
             let mut batch = Vec::new();
-            match reports.recv().await {
-                Some(report) => batch.push(to_proto(&report)),
-                None => return,
+            if let Some(journal) = &journal {
+                release_held(journal, &mut held, &mut batch);
+            }
+            if batch.is_empty() {
+                let next = if held.is_empty() {
+                    reports.recv().await
+                } else {
+                    match tokio::time::timeout(HELD_RECHECK, reports.recv()).await {
+                        Ok(next) => next,
+                        Err(_) => continue,
+                    }
+                };
+                match next {
+                    Some(report) => batch.push(to_proto(&report)),
+                    None => return,
+                }
             }
             while batch.len() < BATCH {
                 match reports.try_recv() {
@@ -131,9 +200,15 @@ pub async fn run(
             }
             queue.push_back(batch);
         }
-        let Some(batch) = queue.pop_front() else {
+        let Some(mut batch) = queue.pop_front() else {
             continue;
         };
+        if let Some(journal) = &journal {
+            hold_back(journal, &mut batch, &mut held);
+            if batch.is_empty() {
+                continue;
+            }
+        }
         match deliver(&node, &client, &batch).await {
             Delivery::Taken(reply) => {
                 log_taken(&reply);
@@ -236,6 +311,12 @@ mod tests {
         ) -> Result<Response<herd_api::proto::agent::MigrationReportReply>, Status> {
             Err(Status::unimplemented("not in this test"))
         }
+        async fn report_offline_move(
+            &self,
+            _: Request<herd_api::proto::agent::OfflineMoveReport>,
+        ) -> Result<Response<herd_api::proto::agent::OfflineMoveVerdict>, Status> {
+            Err(Status::unimplemented("not in this test"))
+        }
         async fn report_allocations(
             &self,
             request: Request<ReportAllocationsRequest>,
@@ -308,7 +389,7 @@ mod tests {
             tx.send(report).expect("queue");
         }
         let client = HerdClient::new(&[addr.to_string()]).expect("client");
-        let sender = tokio::spawn(run("n1".into(), client, Arc::new(Mutex::new(rx))));
+        let sender = tokio::spawn(run("n1".into(), client, Arc::new(Mutex::new(rx)), None));
         let expected = statuses
             .iter()
             .filter(|s| **s != AllocStatus::Stopped)

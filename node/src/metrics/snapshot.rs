@@ -155,6 +155,28 @@ impl Collector for SnapshotCollector {
             None,
             snapshot.gpus.iter().map(|g| (gpu(g), i64::from(g.capped))),
         )?;
+        // The device's settable range, so that a scraper (the chaos
+        // harness's power checker) can tell a limit outside it.
+        write::gauge_family(
+            &mut encoder,
+            "agent_gpu_power_limit_min",
+            "The lowest power limit each GPU of this node accepts.",
+            Some(&watts),
+            snapshot
+                .gpus
+                .iter()
+                .map(|g| (gpu(g), u64::from(g.min_watts))),
+        )?;
+        write::gauge_family(
+            &mut encoder,
+            "agent_gpu_power_limit_max",
+            "The highest power limit each GPU of this node accepts.",
+            Some(&watts),
+            snapshot
+                .gpus
+                .iter()
+                .map(|g| (gpu(g), u64::from(g.max_watts))),
+        )?;
         if let Some(share) = snapshot.share_watts {
             write::gauge(
                 &mut encoder,

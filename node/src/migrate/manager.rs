@@ -36,11 +36,16 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::task::JoinHandle;
 
 use super::gang;
+use super::offline::{self, OfflineSource, SetItem};
 use super::receiver::{
     EndpointsFuture, IncomingEndpointsSource, IncomingMigration, IncomingRegistry,
 };
 use super::report::MigrationReporter;
 use super::source::{self, Outgoing, CHECKPOINT_SUBDIR};
+use crate::balance::journal::{MoveJournal, Phase, Role};
+
+/// How often the move journal is laid over the last set unprompted.
+const JOURNAL_RECHECK: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The role names of `MigrationAssignment.role`.
 const SOURCE: &str = "source";
@@ -58,6 +63,9 @@ pub enum MigrationMsg {
         /// The link's client, to report migrations with.
         client: HerdClient,
     },
+    /// The move journal changed: act on the last set again, with the
+    /// journal laid over it (see [`super::offline`]).
+    JournalChanged,
 }
 
 /// What the manager is started with.
@@ -108,6 +116,20 @@ pub struct ManagerState {
     /// directories an earlier agent process left are looked at before it.
     first_set_seen: bool,
     stats: Arc<crate::metrics::AgentStats>,
+    /// The balancing moves made with the coordinators away (None: the
+    /// journal could not be read; no such move is made then).
+    journal: Option<MoveJournal>,
+    /// The last set from the link, acted on again when the journal changes.
+    last: Option<LastSet>,
+    /// Wakes the actor on every journal change.
+    journal_watch: Option<JoinHandle<()>>,
+}
+
+/// The last assignment set, as the link sent it.
+struct LastSet {
+    allocs: Vec<SetItem>,
+    supervisor: ActorRef<SupervisorMsg>,
+    client: HerdClient,
 }
 
 impl Actor for MigrationManager {
@@ -117,10 +139,36 @@ impl Actor for MigrationManager {
 
     async fn pre_start(
         &self,
-        _myself: ActorRef<Self::Msg>,
+        myself: ActorRef<Self::Msg>,
         args: Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
+        let journal = match MoveJournal::open(&args.data_dir) {
+            Ok(journal) => Some(journal),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the balancing move journal; no move is made with the coordinators away");
+                None
+            }
+        };
+        // The journal is laid over the last set again now and then, so that
+        // an arrival whose source went silent is given up even while no set
+        // and no journal change comes.
+        myself.send_interval(JOURNAL_RECHECK, || MigrationMsg::JournalChanged);
+        let journal_watch = journal.as_ref().map(|journal| {
+            offline::take_up(journal, &args.node, args.incoming.peer_connector());
+            let mut changes = journal.subscribe();
+            let myself = myself.clone();
+            tokio::spawn(async move {
+                while changes.changed().await.is_ok() {
+                    if myself.cast(MigrationMsg::JournalChanged).is_err() {
+                        return;
+                    }
+                }
+            })
+        });
         Ok(ManagerState {
+            journal,
+            last: None,
+            journal_watch,
             store: AllocStore::new(&args.data_dir),
             node: args.node,
             data_dir: args.data_dir,
@@ -143,6 +191,9 @@ impl Actor for MigrationManager {
         for (_, task) in state.outgoing.drain() {
             task.abort();
         }
+        if let Some(watch) = state.journal_watch.take() {
+            watch.abort();
+        }
         Ok(())
     }
 
@@ -158,6 +209,23 @@ impl Actor for MigrationManager {
                 supervisor,
                 client,
             } => {
+                state.last = Some(LastSet {
+                    allocs: allocs.clone(),
+                    supervisor: supervisor.clone(),
+                    client: client.clone(),
+                });
+                let desired = state.assigned(allocs, &supervisor, &client).await;
+                supervisor.cast(SupervisorMsg::Reconcile(desired))?;
+            }
+            MigrationMsg::JournalChanged => {
+                let Some(last) = &state.last else {
+                    return Ok(());
+                };
+                let (allocs, supervisor, client) = (
+                    last.allocs.clone(),
+                    last.supervisor.clone(),
+                    last.client.clone(),
+                );
                 let desired = state.assigned(allocs, &supervisor, &client).await;
                 supervisor.cast(SupervisorMsg::Reconcile(desired))?;
             }
@@ -177,6 +245,20 @@ impl ManagerState {
         if !self.first_set_seen {
             self.recover_arrivals().await;
         }
+        let allocs = match &self.journal {
+            Some(journal) => {
+                offline::expire_stale_arrivals(journal, herd_api::clock::now_ms());
+                let (allocs, close) = offline::overlay(&journal.entries(), allocs);
+                for id in close {
+                    tracing::info!(move_id = %id, "offline balancing move settled; closing its journal entry");
+                    if let Err(e) = journal.close(&id) {
+                        tracing::warn!(move_id = %id, error = %e, "cannot close a journal entry");
+                    }
+                }
+                allocs
+            }
+            None => allocs,
+        };
         let mut forward = Vec::with_capacity(allocs.len());
         let mut incoming: BTreeMap<String, (DesiredAlloc, MigrationAssignment)> = BTreeMap::new();
         let mut named: HashSet<String> = HashSet::new();
@@ -357,6 +439,10 @@ impl ManagerState {
         if self.outgoing.contains_key(&m.id) {
             return;
         }
+        if let Some(task) = self.begin_offline_source(desired, &m, supervisor, client) {
+            self.outgoing.insert(m.id.clone(), task);
+            return;
+        }
         let reporter = MigrationReporter::new(self.node.clone(), client.clone());
         let id = m.id.clone();
         let key = m.id.clone();
@@ -404,6 +490,73 @@ impl ManagerState {
             }
         };
         self.outgoing.insert(key, task);
+    }
+
+    /// Starts the source's steps of an offline balancing move (the journal
+    /// names `m` as one this agent is the source of): the offer to the
+    /// target, then the usual steps with the journal as the record. A move
+    /// found past `moving` (this agent restarted in the switch-over) is
+    /// only settled with the target. None: `m` is no offline move.
+    fn begin_offline_source(
+        &self,
+        desired: &DesiredAlloc,
+        m: &MigrationAssignment,
+        supervisor: &ActorRef<SupervisorMsg>,
+        client: &HerdClient,
+    ) -> Option<JoinHandle<()>> {
+        let journal = self.journal.clone()?;
+        let entry = journal.get(&m.id).filter(|e| e.role == Role::Source)?;
+        let source = OfflineSource {
+            journal,
+            move_id: m.id.clone(),
+            node: self.node.clone(),
+            connector: self.registry.peer_connector(),
+        };
+        if entry.phase != Phase::Moving {
+            return Some(tokio::spawn(offline::resolve_switching(source)));
+        }
+        let mode = self
+            .drivers
+            .get(&desired.task.driver)
+            .map(|d| d.capabilities().migration);
+        let alloc_dir = self.store.alloc_dir(&desired.alloc_id);
+        let reporter =
+            MigrationReporter::offline(self.node.clone(), client.clone(), source.clone());
+        let mut offered = desired.clone();
+        offered.moving_out = None;
+        let (node, alloc_id, generation) = (
+            self.node.clone(),
+            desired.alloc_id.clone(),
+            desired.generation,
+        );
+        let (m, supervisor, peers) = (
+            m.clone(),
+            supervisor.clone(),
+            self.registry.peer_connector(),
+        );
+        Some(tokio::spawn(async move {
+            let (Some(mode), Ok(alloc_dir)) = (mode, alloc_dir) else {
+                let _ = source
+                    .abort("this node cannot move the allocation (no driver, or a bad id)")
+                    .await;
+                return;
+            };
+            if let Err(e) = source.offer(&offered).await {
+                tracing::warn!(move_id = %m.id, alloc = %alloc_id, error = %e, "the target refused the offline move");
+                let _ = source.abort(&format!("the target refused: {e}")).await;
+                return;
+            }
+            let outgoing = Outgoing {
+                node,
+                alloc_id,
+                generation,
+                alloc_dir,
+                mode,
+                assignment: m,
+                peers,
+            };
+            let _ = source::run(outgoing, supervisor, reporter).await;
+        }))
     }
 
     /// Authorizes an arrival the first time the set names it.

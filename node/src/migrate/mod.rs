@@ -19,6 +19,7 @@
 
 pub mod gang;
 pub mod manager;
+pub mod offline;
 pub mod peer_service;
 pub mod receiver;
 pub mod report;

@@ -23,6 +23,9 @@ pub struct AgentPeerService {
     balance: crate::balance::BalanceHandle,
     /// This agent's engines, for request live migration (`RequestKv`).
     requests: Option<crate::infer::Inference>,
+    /// This node's name and move journal, for balancing moves made with the
+    /// coordinators away (`OfflineMove`).
+    offline: Option<(String, crate::balance::journal::MoveJournal)>,
 }
 
 impl AgentPeerService {
@@ -32,7 +35,21 @@ impl AgentPeerService {
             registry,
             balance,
             requests: None,
+            offline: None,
         }
+    }
+
+    /// Also takes balancing moves offered with the coordinators away, into
+    /// the journal of the agent `node` whose data dir is `data_dir` (none
+    /// if it cannot be read: offers are then refused).
+    pub fn with_offline_moves(mut self, node: &str, data_dir: &std::path::Path) -> Self {
+        match crate::balance::journal::MoveJournal::open(data_dir) {
+            Ok(journal) => self.offline = Some((node.to_string(), journal)),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the balancing move journal; offline moves are refused")
+            }
+        }
+        self
     }
 
     /// Also takes request live migrations into the engines of `inference`.
@@ -173,6 +190,18 @@ impl AgentPeer for AgentPeerService {
     ) -> Result<Response<AbortIncomingReply>, Status> {
         crate::serve::request_migration::abort_kv(self.requests()?, request.into_inner()).await?;
         Ok(Response::new(AbortIncomingReply {}))
+    }
+
+    async fn offline_move(
+        &self,
+        request: Request<herd_api::proto::agent::OfflineMoveRequest>,
+    ) -> Result<Response<herd_api::proto::agent::OfflineMoveReply>, Status> {
+        let Some((node, journal)) = &self.offline else {
+            return Err(Status::unavailable(
+                "this agent takes no balancing moves with the coordinators away",
+            ));
+        };
+        super::offline::serve(journal, node, request.into_inner()).map(Response::new)
     }
 
     async fn gossip(

@@ -9,6 +9,8 @@ use herd_api::migration::MigrationPhase;
 use herd_api::proto::agent::agent_client::AgentClient;
 use herd_api::proto::agent::{MigrationReportReply, MigrationReportRequest};
 
+use super::offline::OfflineSource;
+
 /// The longest one report may take, retries included: past it the flow
 /// gives up and the leader's phase deadline ends the migration.
 const REPORT_BUDGET: Duration = Duration::from_secs(10);
@@ -20,12 +22,46 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(3);
 pub struct MigrationReporter {
     node: String,
     client: HerdClient,
+    /// Set for a balancing move made with the coordinators away: its
+    /// reports go to the agents' journals and the switch-over is the
+    /// target's commit (see [`super::offline`]).
+    offline: Option<OfflineSource>,
+}
+
+fn offline_reply(phase: &str, generation: u64) -> MigrationReportReply {
+    MigrationReportReply {
+        phase: phase.to_string(),
+        generation,
+        stop_step: None,
+    }
 }
 
 impl MigrationReporter {
     /// Reports for `node` through `client` (the link's, which finds the leader).
     pub fn new(node: String, client: HerdClient) -> Self {
-        Self { node, client }
+        Self {
+            node,
+            client,
+            offline: None,
+        }
+    }
+
+    /// Reports of the offline move `source` describes: to the journal and
+    /// the target, never to the coordinators.
+    pub fn offline(node: String, client: HerdClient, source: OfflineSource) -> Self {
+        Self {
+            node,
+            client,
+            offline: Some(source),
+        }
+    }
+
+    /// Whether the target may still be told to drop what it received: not
+    /// for an offline move whose source asked for the commit already (the
+    /// target may own the allocation; [`super::offline::resolve_switching`]
+    /// settles it).
+    pub fn may_abort_target(&self) -> bool {
+        self.offline.as_ref().is_none_or(|o| o.still_moving())
     }
 
     /// The migration reached `phase`, with the figures so far.
@@ -36,6 +72,9 @@ impl MigrationReporter {
         bytes: u64,
         rounds: u32,
     ) -> Result<MigrationReportReply, String> {
+        if self.offline.is_some() {
+            return Ok(offline_reply(phase.as_str(), 0));
+        }
         self.send(MigrationReportRequest {
             node: self.node.clone(),
             id: id.to_string(),
@@ -57,6 +96,13 @@ impl MigrationReporter {
         rounds: u32,
         downtime_ms: u64,
     ) -> Result<MigrationReportReply, String> {
+        if let Some(offline) = &self.offline {
+            let generation = offline.switch().await?;
+            return Ok(offline_reply(
+                MigrationPhase::Completed.as_str(),
+                generation,
+            ));
+        }
         self.send(MigrationReportRequest {
             node: self.node.clone(),
             id: id.to_string(),
@@ -79,6 +125,9 @@ impl MigrationReporter {
         step: u64,
         pace_milli: u64,
     ) -> Result<MigrationReportReply, String> {
+        if self.offline.is_some() {
+            return Err("a gang does not move with the coordinators away".into());
+        }
         self.send(MigrationReportRequest {
             node: self.node.clone(),
             id: id.to_string(),
@@ -92,6 +141,10 @@ impl MigrationReporter {
 
     /// Gives the migration up, saying why.
     pub async fn abort(&self, id: &str, reason: &str) -> Result<MigrationReportReply, String> {
+        if let Some(offline) = &self.offline {
+            offline.abort(reason).await?;
+            return Ok(offline_reply(MigrationPhase::Aborted.as_str(), 0));
+        }
         self.send(MigrationReportRequest {
             node: self.node.clone(),
             id: id.to_string(),

@@ -180,9 +180,11 @@ pub async fn run(
         if !outgoing.assignment.group.is_empty() {
             gang::release(&outgoing.alloc_dir.join(CHECKPOINT_SUBDIR), &id);
         }
-        if let Ok(mut peer) =
-            transfer::connect_via(&outgoing.assignment.peer_addr, outgoing.peers.as_ref())
-        {
+        let may_abort = reporter.may_abort_target();
+        if let (true, Ok(mut peer)) = (
+            may_abort,
+            transfer::connect_via(&outgoing.assignment.peer_addr, outgoing.peers.as_ref()),
+        ) {
             let _ = transfer::abort_incoming(&mut peer, &id, reason).await;
         }
         if let Err(e) = reporter.abort(&id, reason).await {

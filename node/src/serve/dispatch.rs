@@ -14,10 +14,23 @@
 //!             + headroom    if any high-priority request is on it
 //! ```
 //!
-//! A new request goes to the instance with the lowest `V / total_blocks`
-//! (instances may differ in size) among those whose whole KV cache could
-//! hold it; ties are broken at random (seeded in tests). Kept free of I/O
-//! so that it is unit-tested and simulated ([`super::sim`]) as is.
+//! A new request goes to the instance with the highest *freeness* among
+//! those whose whole KV cache could hold it, Llumnix's dispatch metric:
+//!
+//! ```text
+//! F(instance) = (total_blocks − V) / (requests + pending requests + 1)
+//! ```
+//!
+//! (when `total_blocks − V` is negative, an overcommitted instance, it is
+//! multiplied by that count instead, so that more requests still make it
+//! worse). Dividing by the requests matters: balancing KV memory alone sends
+//! a run of short requests to one instance, whose prefills then queue
+//! behind each other; `herd bench serve` measured the plain `V /
+//! total_blocks` rule at up to twice round-robin's mean time to first token
+//! under bursty light load, and freeness never worse than round-robin
+//! (docs/benchmarks.md). Ties are broken at random (seeded in tests). Kept
+//! free of I/O so that it is unit-tested and simulated ([`super::sim`]) as
+//! is.
 
 use herd_actors::inference::blocks::{blocks_for, BLOCK_TOKENS};
 use herd_api::proto::inference::EngineStats;
@@ -42,6 +55,8 @@ pub struct InstanceLoad {
     pub requests: Vec<RequestLoad>,
     /// Blocks of the requests sent to it since those stats were read.
     pub pending_blocks: u64,
+    /// How many requests those are.
+    pub pending_requests: u32,
 }
 
 impl InstanceLoad {
@@ -69,6 +84,7 @@ impl InstanceLoad {
             total_blocks: stats.total_blocks,
             requests,
             pending_blocks: 0,
+            pending_requests: 0,
         }
     }
 }
@@ -132,9 +148,21 @@ pub enum DispatchError {
     },
 }
 
+/// An instance's freeness ([module documentation](self)) as an exact
+/// fraction (numerator, positive denominator).
+pub fn freeness(load: &InstanceLoad, policy: &Policy) -> (i128, i128) {
+    let free = i128::from(load.total_blocks) - i128::from(virtual_usage(load, policy));
+    let count = load.requests.len() as i128 + i128::from(load.pending_requests) + 1;
+    if free >= 0 {
+        (free, count)
+    } else {
+        (free * count, 1)
+    }
+}
+
 /// The index of the instance a request needing `needed_blocks` at its
-/// longest goes to: the lowest virtual usage per block among those that
-/// can hold it, ties broken by `rng`.
+/// longest goes to: the highest freeness among those that can hold it,
+/// ties broken by `rng`.
 pub fn pick(
     loads: &[InstanceLoad],
     needed_blocks: u64,
@@ -146,28 +174,28 @@ pub fn pick(
         .map(|l| l.total_blocks)
         .max()
         .ok_or(DispatchError::NoInstance)?;
-    // (virtual usage, total blocks) of each instance that fits.
-    let fitting: Vec<(usize, u64, u64)> = loads
+    // (index, freeness) of each instance that fits.
+    let fitting: Vec<(usize, (i128, i128))> = loads
         .iter()
         .enumerate()
         .filter(|(_, l)| l.total_blocks as u64 >= needed_blocks && l.total_blocks > 0)
-        .map(|(i, l)| (i, virtual_usage(l, policy), l.total_blocks as u64))
+        .map(|(i, l)| (i, freeness(l, policy)))
         .collect();
-    // a/b < c/d  ⇔  a·d < c·b (exact, in u128).
-    let ratio_cmp = |(_, va, ta): &(usize, u64, u64), (_, vb, tb): &(usize, u64, u64)| {
-        (*va as u128 * *tb as u128).cmp(&(*vb as u128 * *ta as u128))
+    // a/b against c/d with b, d > 0: a·d against c·b, exact.
+    let cmp = |(_, (a, b)): &(usize, (i128, i128)), (_, (c, d)): &(usize, (i128, i128))| {
+        (a * d).cmp(&(c * b))
     };
     let best = fitting
         .iter()
-        .min_by(|a, b| ratio_cmp(a, b))
+        .max_by(|a, b| cmp(a, b))
         .ok_or(DispatchError::TooLarge {
             needed_blocks,
             largest_blocks,
         })?;
     let tied: Vec<usize> = fitting
         .iter()
-        .filter(|c| ratio_cmp(c, best).is_eq())
-        .map(|(i, _, _)| *i)
+        .filter(|c| cmp(c, best).is_eq())
+        .map(|(i, _)| *i)
         .collect();
     Ok(tied[rng.usize(..tied.len())])
 }
@@ -190,6 +218,7 @@ mod tests {
             total_blocks: total,
             requests,
             pending_blocks: 0,
+            pending_requests: 0,
         }
     }
 
@@ -238,27 +267,37 @@ mod tests {
     }
 
     #[test]
-    fn the_lowest_virtual_usage_per_block_wins_and_a_long_queue_counts() {
+    fn the_highest_freeness_wins_and_a_long_queue_counts() {
         let policy = Policy::default();
         let mut rng = fastrand::Rng::with_seed(7);
-        // Few running requests but a long queue on 0: it is the fuller one.
+        // Few running requests but a long queue on 0: it is the fuller one
+        // (28 free blocks over 3 against 50 over 4).
         let queued = load(
             100,
             vec![
                 running(2),
                 RequestLoad {
                     running: false,
-                    blocks: 60,
+                    blocks: 70,
                     high: false,
                 },
             ],
         );
         let busy = load(100, vec![running(20), running(20), running(10)]);
         assert_eq!(pick(&[queued, busy], 1, &policy, &mut rng), Ok(1));
-        // Relative to size: 30 of 200 beats 20 of 100.
+        // Free blocks count, not shares: 170 free on the big one beats 80.
         let big = load(200, vec![running(30)]);
         let small = load(100, vec![running(20)]);
         assert_eq!(pick(&[small, big], 1, &policy, &mut rng), Ok(1));
+        // Per request: many short requests make an instance less free than
+        // one long one holding more blocks (90/5 = 18 against 70/2 = 35).
+        let many_short = load(100, vec![running(2); 4]);
+        let one_long = load(100, vec![running(30)]);
+        assert_eq!(pick(&[many_short, one_long], 1, &policy, &mut rng), Ok(1));
+        // Overcommitted instances: the one with fewer requests is less bad.
+        let over_many = load(10, vec![running(6), running(6), running(6)]);
+        let over_few = load(10, vec![running(18)]);
+        assert_eq!(pick(&[over_many, over_few], 1, &policy, &mut rng), Ok(1));
     }
 
     #[test]
@@ -288,6 +327,7 @@ mod tests {
         for _ in 0..10 {
             let i = pick(&loads, 4, &policy, &mut rng).expect("an instance");
             loads[i].pending_blocks += 4;
+            loads[i].pending_requests += 1;
             counts[i] += 1;
         }
         assert_eq!(counts, [5, 5]);

@@ -200,7 +200,11 @@ impl Fleet {
                 candidates.push((instance.clone(), p.stats.clone(), p.at));
             }
         }
-        candidates.retain(|(_, _, at)| now.saturating_duration_since(*at) < STALE_AFTER);
+        // Fresh stats only; a draining instance (its engine stopping) takes
+        // no new request.
+        candidates.retain(|(_, stats, at)| {
+            now.saturating_duration_since(*at) < STALE_AFTER && !stats.draining
+        });
         if candidates.is_empty() && !runs_here && !view.services.contains(job) {
             return Err(Status::not_found(format!(
                 "unknown inference service {job:?} (no job of driver \"inference\" by that name)"
@@ -210,16 +214,16 @@ impl Fleet {
             .iter()
             .map(|(instance, stats, at)| {
                 let mut load = InstanceLoad::from_stats(stats);
-                load.pending_blocks = view
+                for (_, blocks) in view
                     .pending
                     .get(&instance.alloc_id)
-                    .map(|p| {
-                        p.iter()
-                            .filter(|(sent, _)| *sent + PENDING_MARGIN > *at)
-                            .map(|(_, b)| b)
-                            .sum()
-                    })
-                    .unwrap_or(0);
+                    .into_iter()
+                    .flatten()
+                    .filter(|(sent, _)| *sent + PENDING_MARGIN > *at)
+                {
+                    load.pending_blocks += blocks;
+                    load.pending_requests += 1;
+                }
                 load
             })
             .collect();
@@ -238,6 +242,23 @@ impl Fleet {
         pending.retain(|(sent, _)| *sent + PENDING_MARGIN > at);
         pending.push((now, dispatch::prompt_blocks(prompt_tokens)));
         Ok(instance)
+    }
+
+    /// The instances on other nodes whose stats are fresh, with them (the
+    /// rescheduler's targets).
+    pub fn fresh_remote(&self) -> Vec<(Instance, EngineStats)> {
+        let now = Instant::now();
+        let Ok(view) = self.shared.view.lock() else {
+            return Vec::new();
+        };
+        view.remote
+            .iter()
+            .filter_map(|i| {
+                let p = view.polled.get(&i.alloc_id)?;
+                (now.saturating_duration_since(p.at) < STALE_AFTER)
+                    .then(|| (i.clone(), p.stats.clone()))
+            })
+            .collect()
     }
 
     /// The agent of another node's instance `alloc_id`, if known (the

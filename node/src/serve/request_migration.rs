@@ -149,6 +149,23 @@ struct MovesInner {
     /// Channels to this node's engines, by address (kept: a new
     /// connection per chunk would lengthen the downtime).
     engines: HashMap<String, Channel>,
+    /// Requests migrating off this node now: (allocation, engine id). A
+    /// second migration of the same request (the rescheduler and the
+    /// balancer both move requests) is refused while one runs.
+    migrating: std::collections::HashSet<(String, u64)>,
+}
+
+/// Marks a request as migrating while alive.
+struct Migrating {
+    moves: RequestMoves,
+    key: (String, u64),
+}
+
+impl Drop for Migrating {
+    fn drop(&mut self) {
+        let key = self.key.clone();
+        self.moves.with(|i| i.migrating.remove(&key));
+    }
 }
 
 /// What an agent remembers of request migrations; cheap to clone.
@@ -166,6 +183,16 @@ impl RequestMoves {
     pub fn take_moved(&self, alloc_id: &str, id: u64) -> Option<RequestMoved> {
         self.with(|i| i.moved.remove(&(alloc_id.to_string(), id)))
             .flatten()
+    }
+
+    /// Marks request `id` of `alloc_id` as migrating, unless it already is.
+    fn start_migrating(&self, alloc_id: &str, id: u64) -> Option<Migrating> {
+        let key = (alloc_id.to_string(), id);
+        let fresh = self.with(|i| i.migrating.insert(key.clone()))?;
+        fresh.then(|| Migrating {
+            moves: self.clone(),
+            key,
+        })
     }
 
     fn record_moved(&self, alloc_id: &str, id: u64, moved: RequestMoved) {
@@ -340,6 +367,14 @@ pub async fn migrate_request(
             "request {request_id} already runs on {alloc_id}"
         )));
     }
+    let Some(_migrating) = inference.moves().start_migrating(alloc_id, request_id) else {
+        return Err(RequestMigrationError::Source {
+            stage: "starting".into(),
+            status: Status::failed_precondition(format!(
+                "request {request_id} of {alloc_id} is already migrating"
+            )),
+        });
+    };
     let src = |stage: &str| {
         let stage = stage.to_string();
         move |status| RequestMigrationError::Source { stage, status }

@@ -19,7 +19,8 @@ use crate::machine::command::{CommandResult, Rejection};
 use crate::planning::{
     alloc_views, node_views, request_for, to_scheduler_plan, PlanCommand, PlannedPlacement,
 };
-use crate::scheduler::verify_plan;
+use crate::power::placement::power_limits;
+use crate::scheduler::verify_plan_with_power;
 use crate::state::{ChangeLog, ClusterState, Record};
 
 /// How long each phase may take before the leader aborts the migration, ms.
@@ -247,7 +248,15 @@ pub(crate) fn start_member(
         evictions: Vec::new(),
         blocked: None,
     };
-    let verdict = verify_plan(&nodes, &allocs, &request, &to_scheduler_plan(&plan));
+    // The target's power groups count the move's reservation too.
+    let limits = power_limits(state, |name| name == target);
+    let verdict = verify_plan_with_power(
+        &nodes,
+        &allocs,
+        &limits,
+        &request,
+        &to_scheduler_plan(&plan),
+    );
     if let Some(rejected) = verdict.rejected.first() {
         return refuse(format!(
             "target node {target} cannot take allocation {alloc_id}: {}",

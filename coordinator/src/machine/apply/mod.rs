@@ -8,6 +8,7 @@ pub mod alloc;
 pub mod drain;
 pub mod gang_migration;
 pub mod migration;
+pub mod offline_move;
 pub mod plan;
 pub mod power;
 
@@ -253,6 +254,26 @@ pub fn apply(
             pace_milli,
             now_ms,
         } => gang_migration::gang_step(state, index, &id, step, pace_milli, now_ms, changes),
+        Command::AcceptOfflineMove {
+            move_id,
+            alloc_id,
+            source,
+            target,
+            from_generation,
+            now_ms,
+        } => offline_move::accept(
+            state,
+            index,
+            &offline_move::OfflineMove {
+                move_id: &move_id,
+                alloc_id: &alloc_id,
+                source: &source,
+                target: &target,
+                from_generation,
+            },
+            now_ms,
+            changes,
+        ),
         // Only `apply_entry` knows the entry's term; a fence inside a fence
         // is not something herd proposes.
         Command::Fenced { .. } => CommandResult::Rejected(Rejection::Invalid(

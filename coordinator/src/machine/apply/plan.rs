@@ -14,7 +14,8 @@ use crate::machine::command::{CommandResult, Rejection};
 use crate::planning::{
     gang_of, missing_instances, request_for, to_scheduler_plan, touched_views, PlanCommand,
 };
-use crate::scheduler::verify_plan;
+use crate::power::placement::power_limits;
+use crate::scheduler::verify_plan_with_power;
 use crate::state::{ChangeLog, ClusterState, JobStatus, Record};
 
 /// Applies `plan`, committed at log `index`.
@@ -52,7 +53,16 @@ pub fn apply_plan(
     // Only the nodes (and gangs) the plan touches: the same verdict as over
     // the whole cluster, without indexing all of it for every plan.
     let (nodes, allocs) = touched_views(state, &plan);
-    let verdict = verify_plan(&nodes, &allocs, &request, &to_scheduler_plan(&plan));
+    // Power groups reach past the touched nodes: what their other nodes
+    // commit comes with the limits.
+    let limits = power_limits(state, |name| nodes.iter().any(|n| n.name == name));
+    let verdict = verify_plan_with_power(
+        &nodes,
+        &allocs,
+        &limits,
+        &request,
+        &to_scheduler_plan(&plan),
+    );
     rejected.extend(
         verdict
             .rejected

@@ -1,0 +1,351 @@
+//! The balancer's part in moves made with every coordinator away
+//! (docs/balancing.md, "Moves with the coordinators away"):
+//! - journalling an approved move of an allocation (the migration manager
+//!   carries it out agent to agent, [`crate::migrate::offline`]) and
+//!   waiting for its end;
+//! - the load this node carries according to the journal, not the stale
+//!   assignment set (what left is no longer counted, what arrived is);
+//! - the negotiation's reservations, which authorize a peer's offer;
+//! - once the coordinators answer again, reporting every move switched
+//!   over meanwhile and journalling their verdict.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use herd_api::client::{HerdClient, Repeat};
+use herd_api::proto::agent::agent_client::AgentClient;
+use herd_api::proto::agent::OfflineMoveReport;
+use herd_api::resources::Resources;
+use herd_balance::{Event, PeerInfo};
+
+use super::assigned::AssignedWork;
+use super::journal::{MoveEntry, MoveJournal, Phase, Role};
+use super::moves::MoveOutcome;
+
+/// Longest an offline move may take before the balancer counts it failed
+/// (the move itself ends on its own: aborted, or settled later).
+const MOVE_LIMIT: Duration = Duration::from_secs(300);
+/// One reconciliation report's timeout.
+const REPORT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// FAULT-INJECTION HOOK for tests: `MS` makes the agent wait that long,
+/// once the coordinators answer again, before it reports its offline moves,
+/// so that a test can have the coordinators decide otherwise meanwhile.
+/// Unset in production.
+pub const FAULT_REPORT_HOLD_ENV: &str = "HERD_FAULT_OFFLINE_REPORT_HOLD_MS";
+
+/// The balancer's offline-move state; see the module documentation.
+pub struct OfflineMoves {
+    node: String,
+    journal: MoveJournal,
+    reconciling: Arc<AtomicBool>,
+}
+
+impl OfflineMoves {
+    /// Offline moves of agent `node`, journalled in `journal`.
+    pub fn new(node: &str, journal: MoveJournal) -> Self {
+        Self {
+            node: node.to_string(),
+            journal,
+            reconciling: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// What runs here according to the journal: the assignment set `work`
+    /// less what left (or is switching away), plus what arrived.
+    pub fn effective_work(&self, work: Vec<AssignedWork>) -> Vec<AssignedWork> {
+        effective_work(work, &self.journal.entries())
+    }
+
+    /// Whether `alloc_id` is in a move of the journal (not to be offered
+    /// again until it is settled).
+    pub fn in_journal(&self, alloc_id: &str) -> bool {
+        self.journal.of_alloc(alloc_id).is_some()
+    }
+
+    /// Keeps the negotiation's reservations, which authorize offers.
+    pub fn on_event(&self, event: &Event, reservation_ttl_ms: u64) {
+        match event {
+            Event::IncomingReserved { item, from, .. } => self.journal.reserve(
+                item,
+                &from.id,
+                herd_api::clock::now_ms() + reservation_ttl_ms,
+            ),
+            Event::IncomingCancelled { item, from } | Event::ReservationExpired { item, from } => {
+                self.journal.release(item, from)
+            }
+            Event::MoveReceived { item, from } => self.journal.release(&item.id, &from.id),
+            _ => {}
+        }
+    }
+
+    /// Journals the move of `work` to `to`; the migration manager, woken by
+    /// the journal, carries it out. Then waits for its end.
+    pub async fn move_allocation(&self, work: &AssignedWork, to: &PeerInfo) -> MoveOutcome {
+        let move_id = format!(
+            "off-{}-{}-{}",
+            self.node,
+            work.alloc_id,
+            herd_api::clock::now_ms()
+        );
+        let entry = MoveEntry {
+            move_id: move_id.clone(),
+            alloc_id: work.alloc_id.clone(),
+            generation: work.generation,
+            source: self.node.clone(),
+            target: to.id.clone(),
+            peer_addr: to.peer_addr.clone(),
+            role: Role::Source,
+            phase: Phase::Moving,
+            at_ms: herd_api::clock::now_ms(),
+            desired: None,
+            reason: None,
+        };
+        let mut changes = self.journal.subscribe();
+        if let Err(e) = self.journal.record(entry) {
+            return MoveOutcome {
+                moved: false,
+                migration: None,
+                detail: format!("cannot journal the move: {e}"),
+            };
+        }
+        tracing::info!(%move_id, alloc = %work.alloc_id, to = %to.id, "balancing with the coordinators away: moving agent to agent");
+        let waited = tokio::time::timeout(MOVE_LIMIT, async {
+            loop {
+                match self.journal.get(&move_id).map(|e| (e.phase, e.reason)) {
+                    Some((phase, _)) if phase >= Phase::Switched && phase != Phase::Aborted => {
+                        return (true, "moved agent to agent (journalled)".to_string())
+                    }
+                    Some((Phase::Aborted, reason)) => {
+                        return (false, format!("aborted: {}", reason.unwrap_or_default()))
+                    }
+                    None => return (false, "the move's journal entry was closed".into()),
+                    Some(_) => {}
+                }
+                if changes.changed().await.is_err() {
+                    return (false, "the journal went away".into());
+                }
+            }
+        })
+        .await;
+        let (moved, detail) = waited.unwrap_or_else(|_| {
+            (
+                false,
+                format!("not settled after {} s", MOVE_LIMIT.as_secs()),
+            )
+        });
+        MoveOutcome {
+            moved,
+            migration: Some(move_id),
+            detail,
+        }
+    }
+
+    /// The coordinators answer: reports every move switched over while they
+    /// were away (one report task at a time).
+    pub fn coordinators_answered(&self, client: &HerdClient) {
+        let pending: Vec<MoveEntry> = self
+            .journal
+            .entries()
+            .into_iter()
+            .filter(|e| e.phase == Phase::Switched)
+            .collect();
+        if pending.is_empty() || self.reconciling.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let (client, journal, node, flag) = (
+            client.clone(),
+            self.journal.clone(),
+            self.node.clone(),
+            self.reconciling.clone(),
+        );
+        tokio::spawn(async move {
+            if let Some(hold) = std::env::var(FAULT_REPORT_HOLD_ENV)
+                .ok()
+                .and_then(|v| v.parse::<u64>().ok())
+            {
+                tracing::warn!(
+                    ms = hold,
+                    "fault injection: holding the offline move reports"
+                );
+                tokio::time::sleep(Duration::from_millis(hold)).await;
+            }
+            for entry in pending {
+                report(&client, &journal, &node, &entry).await;
+            }
+            flag.store(false, Ordering::SeqCst);
+        });
+    }
+}
+
+/// Reports one move and journals the verdict; a failed call leaves it for
+/// the next time the coordinators answer.
+async fn report(client: &HerdClient, journal: &MoveJournal, node: &str, entry: &MoveEntry) {
+    let request = OfflineMoveReport {
+        node: node.to_string(),
+        move_id: entry.move_id.clone(),
+        alloc_id: entry.alloc_id.clone(),
+        from_generation: entry.generation,
+        source: entry.source.clone(),
+        target: entry.target.clone(),
+    };
+    let call = client.call_leader_as(Repeat::Safe, |channel| {
+        let request = request.clone();
+        async move {
+            AgentClient::new(channel)
+                .report_offline_move(request)
+                .await
+                .map(|r| r.into_inner())
+        }
+    });
+    let verdict = match tokio::time::timeout(REPORT_TIMEOUT, call).await {
+        Ok(Ok(verdict)) => verdict,
+        Ok(Err(e)) => {
+            tracing::warn!(move_id = %entry.move_id, error = %e, "cannot report an offline move; trying again later");
+            return;
+        }
+        Err(_) => return,
+    };
+    let (phase, reason) = if verdict.accepted {
+        (Phase::Accepted, None)
+    } else {
+        (Phase::Refused, Some(verdict.reason.clone()))
+    };
+    tracing::info!(
+        move_id = %entry.move_id,
+        alloc = %entry.alloc_id,
+        accepted = verdict.accepted,
+        generation = verdict.generation,
+        reason = %verdict.reason,
+        "the coordinators answered an offline move"
+    );
+    if let Err(e) = journal.advance(&entry.move_id, phase, reason) {
+        tracing::warn!(move_id = %entry.move_id, error = %e, "cannot journal the verdict");
+    }
+}
+
+/// `work` (the assignment set) with the journal `entries` applied: an
+/// allocation switching or switched away is not counted here, one
+/// switched here is, with the resources it reserves.
+pub fn effective_work(mut work: Vec<AssignedWork>, entries: &[MoveEntry]) -> Vec<AssignedWork> {
+    for entry in entries {
+        match (entry.role, entry.phase) {
+            (Role::Source, Phase::Switching | Phase::Switched | Phase::Accepted) => {
+                work.retain(|w| !(w.alloc_id == entry.alloc_id && w.generation <= entry.generation))
+            }
+            (Role::Target, phase) if phase.target_owns() => {
+                let Some(desired) = &entry.desired else {
+                    continue;
+                };
+                if work.iter().any(|w| w.alloc_id == entry.alloc_id) {
+                    continue;
+                }
+                let r = &desired.task.resources;
+                work.push(AssignedWork {
+                    alloc_id: entry.alloc_id.clone(),
+                    generation: desired.generation,
+                    job: desired.job.clone(),
+                    driver: desired.task.driver.clone(),
+                    resources: Resources {
+                        cpu_millis: r.cpu_millis,
+                        memory_bytes: r.memory_bytes,
+                        gpus: r.gpus,
+                        gpu_model: None,
+                    },
+                    // It moved by balancing, so its job allows it.
+                    movable: true,
+                    migrating: false,
+                    gpu_indices: Vec::new(),
+                });
+            }
+            _ => {}
+        }
+    }
+    work
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use herd_actors::workload::DesiredAlloc;
+    use herd_api::job::{JobType, TaskSpec};
+
+    use super::*;
+
+    fn work(id: &str) -> AssignedWork {
+        AssignedWork {
+            alloc_id: id.into(),
+            generation: 1,
+            job: "vms".into(),
+            driver: "simvm".into(),
+            resources: Resources {
+                cpu_millis: 300,
+                memory_bytes: 1 << 20,
+                gpus: 0,
+                gpu_model: None,
+            },
+            movable: true,
+            migrating: false,
+            gpu_indices: Vec::new(),
+        }
+    }
+
+    fn entry(alloc: &str, role: Role, phase: Phase) -> MoveEntry {
+        MoveEntry {
+            move_id: format!("off-{alloc}"),
+            alloc_id: alloc.into(),
+            generation: 1,
+            source: "n1".into(),
+            target: "n2".into(),
+            peer_addr: String::new(),
+            role,
+            phase,
+            at_ms: 1,
+            desired: Some(DesiredAlloc {
+                alloc_id: alloc.into(),
+                generation: 2,
+                job: "vms".into(),
+                job_type: JobType::Service,
+                task: TaskSpec {
+                    driver: "simvm".into(),
+                    command: None,
+                    args: Vec::new(),
+                    env: BTreeMap::new(),
+                    workdir: None,
+                    resources: herd_api::resources::Resources {
+                        cpu_millis: 500,
+                        ..Default::default()
+                    },
+                    config: BTreeMap::new(),
+                },
+                env: BTreeMap::new(),
+                stop_after_disconnect: None,
+                moving_out: None,
+            }),
+            reason: None,
+        }
+    }
+
+    #[test]
+    fn load_follows_the_journal_not_the_stale_set() {
+        let set = vec![work("a"), work("b")];
+        let ids = |w: &[AssignedWork]| w.iter().map(|w| w.alloc_id.clone()).collect::<Vec<_>>();
+        // Still moving: counted where it runs.
+        let w = effective_work(set.clone(), &[entry("a", Role::Source, Phase::Moving)]);
+        assert_eq!(ids(&w), vec!["a", "b"]);
+        for phase in [Phase::Switching, Phase::Switched, Phase::Accepted] {
+            let w = effective_work(set.clone(), &[entry("a", Role::Source, phase)]);
+            assert_eq!(ids(&w), vec!["b"], "{phase:?}");
+        }
+        let w = effective_work(set.clone(), &[entry("c", Role::Target, Phase::Switched)]);
+        assert_eq!(ids(&w), vec!["a", "b", "c"]);
+        assert_eq!(w[2].resources.cpu_millis, 500);
+        assert_eq!(w[2].generation, 2);
+        for phase in [Phase::Moving, Phase::Refused, Phase::Aborted] {
+            let w = effective_work(set.clone(), &[entry("c", Role::Target, phase)]);
+            assert_eq!(ids(&w), vec!["a", "b"], "{phase:?}");
+        }
+    }
+}
