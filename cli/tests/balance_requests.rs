@@ -18,13 +18,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use common::agents::{cluster_with_agents, must_have_ready_nodes, running_allocs};
+use common::serve::agent;
 use common::serve::run_job;
 use common::*;
 use futures::StreamExt;
-use herd_api::proto::agent::node_agent_client::NodeAgentClient;
 use herd_api::proto::agent::{EngineStatsRequest, InferRequest};
 use serde_json::Value;
-use tonic::transport::Channel;
 
 /// One instance per node: 512 KV blocks of 16 tokens, a tiny CPU
 /// reservation (so a node's score is its KV-cache share), decoding at half
@@ -62,12 +61,6 @@ const SPREAD_BOUND: Duration = Duration::from_secs(30);
 /// The policy's band: `max(threshold × mean, min_excess)` (defaults).
 const THRESHOLD: f64 = 0.10;
 const MIN_EXCESS: f64 = 2.0;
-
-async fn agent(addr: &str) -> NodeAgentClient<Channel> {
-    NodeAgentClient::connect(format!("http://{addr}"))
-        .await
-        .expect("connect to the agent")
-}
 
 /// The stats of the one engine of the agent at `addr`.
 async fn engine_of(addr: &str) -> Option<herd_api::proto::inference::EngineStats> {

@@ -18,15 +18,14 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use common::agents::{cluster_with_agents, must_have_ready_nodes, running_allocs};
+use common::serve::agent;
 use common::serve::run_job;
 use common::*;
 use futures::StreamExt;
-use herd_api::proto::agent::node_agent_client::NodeAgentClient;
 use herd_api::proto::agent::InferToken;
 use herd_api::proto::agent::{
     AllocEngineStats, EngineStatsRequest, InferRequest, MigrateRequestRequest,
 };
-use tonic::transport::Channel;
 
 /// Two instances (one per node) of 64 KV blocks of 16 tokens × 64 bytes,
 /// decoding at the modelled speed (about 20 ms a token), so that a request
@@ -79,12 +78,6 @@ impl From<&serde_json::Value> for Outcome {
     }
 }
 const MAX_TOKENS: u32 = 400;
-
-async fn agent(addr: &str) -> NodeAgentClient<Channel> {
-    NodeAgentClient::connect(format!("http://{addr}"))
-        .await
-        .expect("connect to the agent")
-}
 
 /// The latest stats of `alloc_id`'s engine, as its agent polled them.
 async fn engine_stats(addr: &str, alloc_id: &str) -> Option<AllocEngineStats> {

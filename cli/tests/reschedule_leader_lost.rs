@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::agents::{must_have_ready_nodes, running_allocs};
-use common::vms::{min_cpu_capacity, place_vms, sim_vm_pids_mentioning};
+use common::vms::{live_fr, migrations, min_cpu_capacity, place_vms, sim_vm_pids_mentioning};
 use common::*;
 use herd_chaos::agents::AgentSet;
 use herd_chaos::process_cluster::ProcessCluster;
@@ -23,31 +23,6 @@ use serde_json::Value;
 
 const NODES: [&str; 3] = ["r1", "r2", "r3"];
 const VMS: usize = 7;
-
-fn live_fr(addr: &str, target: &str) -> f64 {
-    json(
-        addr,
-        &[
-            "reschedule",
-            "plan",
-            "--max-migrations",
-            "0",
-            "--deadline",
-            "10ms",
-            "--target-cpu",
-            target,
-        ],
-    )["fr_before"]
-        .as_f64()
-        .expect("fr_before")
-}
-
-fn migrations(addr: &str) -> Vec<Value> {
-    json(addr, &["migration", "list"])
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-}
 
 fn terminal(m: &Value) -> bool {
     m["phase"] == "completed" || m["phase"] == "aborted"

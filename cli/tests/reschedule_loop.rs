@@ -11,7 +11,7 @@ mod common;
 use std::time::Duration;
 
 use common::agents::must_have_ready_nodes;
-use common::vms::{min_cpu_capacity, place_vms};
+use common::vms::{live_fr, migrations, min_cpu_capacity, place_vms};
 use common::*;
 use herd_chaos::agents::AgentSet;
 use herd_chaos::process_cluster::ProcessCluster;
@@ -21,32 +21,6 @@ const NODES: [&str; 3] = ["r1", "r2", "r3"];
 /// The loop's period once on: long enough that an applied run's record is
 /// still the last one when the test reads it.
 const EVERY_S: u64 = 3;
-
-/// The live fragment rate for `target` (a plan of no moves).
-fn live_fr(addr: &str, target: &str) -> f64 {
-    json(
-        addr,
-        &[
-            "reschedule",
-            "plan",
-            "--max-migrations",
-            "0",
-            "--deadline",
-            "10ms",
-            "--target-cpu",
-            target,
-        ],
-    )["fr_before"]
-        .as_f64()
-        .expect("fr_before")
-}
-
-fn migrations(addr: &str) -> Vec<Value> {
-    json(addr, &["migration", "list"])
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-}
 
 fn last_run(addr: &str) -> Value {
     json(addr, &["reschedule", "status"])["last_run"].clone()

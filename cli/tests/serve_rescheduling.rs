@@ -21,12 +21,11 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use common::agents::{cluster_with_agents, must_have_ready_nodes, running_allocs};
+use common::serve::agent;
 use common::serve::run_job;
 use common::*;
 use futures::StreamExt;
-use herd_api::proto::agent::node_agent_client::NodeAgentClient;
 use herd_api::proto::agent::{EngineStatsRequest, InferRequest};
-use tonic::transport::Channel;
 
 /// Four instances, one per node, of 64 blocks of 16 tokens, decoding at
 /// the modelled speed (about 20 ms a step).
@@ -102,12 +101,6 @@ fn stream(seed: u64) -> Vec<Arrival> {
             }
         })
         .collect()
-}
-
-async fn agent(addr: &str) -> NodeAgentClient<Channel> {
-    NodeAgentClient::connect(format!("http://{addr}"))
-        .await
-        .expect("connect to the agent")
 }
 
 /// What one arm measured.

@@ -113,3 +113,13 @@ pub async fn must_list_model(entry: &str, model: &str) {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// A gRPC client of the node agent at `addr` (its agent port), for tests
+/// that call `Infer`, `EngineStats` or `MigrateRequest` directly.
+pub async fn agent(
+    addr: &str,
+) -> herd_api::proto::agent::node_agent_client::NodeAgentClient<tonic::transport::Channel> {
+    herd_api::proto::agent::node_agent_client::NodeAgentClient::connect(format!("http://{addr}"))
+        .await
+        .expect("connect to the agent")
+}

@@ -6,6 +6,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::agents::running_allocs;
+use serde_json::Value;
+
 use super::{json, must_cli_ok, until, write_spec};
 
 /// Submits simvm job `name` of `millis` millicores at `priority` and waits
@@ -120,4 +122,32 @@ pub fn sim_vm_pids_mentioning(needle: &str) -> Vec<u32> {
             alive && args.iter().any(|a| a == "sim-vm") && args.iter().any(|a| a.contains(needle))
         })
         .collect()
+}
+
+/// The live fragment rate for a target shape of `target` CPU (a plan of no
+/// moves, so nothing is planned or changed).
+pub fn live_fr(addr: &str, target: &str) -> f64 {
+    json(
+        addr,
+        &[
+            "reschedule",
+            "plan",
+            "--max-migrations",
+            "0",
+            "--deadline",
+            "10ms",
+            "--target-cpu",
+            target,
+        ],
+    )["fr_before"]
+        .as_f64()
+        .expect("fr_before")
+}
+
+/// Every migration record, as `herd migration list -o json` prints them.
+pub fn migrations(addr: &str) -> Vec<Value> {
+    json(addr, &["migration", "list"])
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
 }
