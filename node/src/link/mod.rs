@@ -269,6 +269,15 @@ impl Actor for CoordinatorLink {
                     Ok(reply) if reply.reregister => {
                         state.args.stats.contact_failed("heartbeat", "reregister");
                         tracing::warn!("the coordinators ask this node to register again");
+                        // The reply still carries the node's power share:
+                        // pass it on now rather than a heartbeat later.
+                        if let Some(share) = reply.power.map(share_from_proto) {
+                            if let Err(e) =
+                                state.args.governor.cast(PowerMsg::SetShare(Some(share)))
+                            {
+                                tracing::warn!(error = %e, "power governor unreachable; share not passed on");
+                            }
+                        }
                         state.registered = false;
                         myself.cast(LinkMsg::Tick)?;
                     }
