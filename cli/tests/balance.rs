@@ -209,3 +209,127 @@ async fn movable_vms_leave_a_crowded_node_within_their_budget_and_pinned_work_st
     )
     .await;
 }
+
+/// A one-VM movable simulated VM job named `name`.
+fn movable_vm_spec(dir: &std::path::Path, name: &str, seed: u32) -> String {
+    write_spec(
+        dir,
+        name,
+        &format!(
+            "name = \"{name}\"\ntype = \"service\"\n[balance]\nmovable = true\n[task]\ndriver = \"simvm\"\n[task.config]\ndirty_rate = \"1MiB\"\nseed = {seed}\n[task.resources]\ncpu = 300\nmemory = \"32MiB\"\n"
+        ),
+    )
+}
+
+/// Runs movable VM job `name` on `node` (only it eligible meanwhile) and
+/// waits until it runs there.
+async fn place_movable(
+    addr: &str,
+    nodes: &[&str],
+    dir: &std::path::Path,
+    name: &str,
+    node: &str,
+    seed: u32,
+) {
+    common::vms::only_eligible(addr, nodes, node);
+    let spec = movable_vm_spec(dir, name, seed);
+    must_cli_ok(&["--addr", addr, "job", "run", "--detach", &spec]);
+    until(
+        &format!("{name} running on {node}"),
+        Duration::from_secs(30),
+        || {
+            placement(addr, name)
+                .values()
+                .any(|n| n == node)
+                .then_some(())
+        },
+    )
+    .await;
+}
+
+/// Completed migrations recorded by the coordinators.
+fn completed_moves(addr: &str) -> usize {
+    common::vms::migrations(addr)
+        .iter()
+        .filter(|m| m["phase"] == "completed")
+        .count()
+}
+
+/// Oscillation on real processes: two agents, movable VMs split 2/1. The
+/// excess is exactly one VM, so any move would only mirror it (1/2); the
+/// balancer must not ping-pong, and makes no move in the quiet window. A
+/// fourth VM on the busy node (3/1) is a real imbalance: exactly one move
+/// settles it (2/2), and nothing moves after that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_odd_split_does_not_ping_pong_and_a_real_imbalance_settles_in_one_move() {
+    let (_cluster, addr, mut agents) = cluster_with_agents(1, "3000").await;
+    let nodes = ["p1", "p2"];
+    for name in nodes {
+        agents.start(name, &[]).expect("start agent");
+    }
+    must_have_ready_nodes(&addr, &nodes).await;
+    let p1 = agents.agent("p1").expect("p1").addr.clone();
+    until("p1 to see p2 alive", Duration::from_secs(30), || {
+        let seen = views(&status_at(&p1)?);
+        seen.get("p2")
+            .is_some_and(|(state, age)| state == "alive" && *age < FRESH_MS)
+            .then_some(())
+    })
+    .await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Placed so that no step of the way is itself an imbalance worth a
+    // move (0/1, 1/1, 2/1): a 2/0 on the way would rightly move one.
+    place_movable(&addr, &nodes, dir.path(), "m3", "p2", 3).await;
+    place_movable(&addr, &nodes, dir.path(), "m1", "p1", 1).await;
+    place_movable(&addr, &nodes, dir.path(), "m2", "p1", 2).await;
+    let counts = |addr: &str| {
+        let mut all = BTreeMap::new();
+        for job in ["m1", "m2", "m3", "m4"] {
+            all.extend(placement(addr, job));
+        }
+        per_node(&all)
+    };
+    until("2/1 running", Duration::from_secs(30), || {
+        let c = counts(&addr);
+        (c.get("p1") == Some(&2) && c.get("p2") == Some(&1)).then_some(())
+    })
+    .await;
+    common::vms::all_eligible(&addr, &nodes);
+
+    // The odd split: a quiet window of several cool-down-free rounds.
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert_eq!(
+        completed_moves(&addr),
+        0,
+        "{:#?}",
+        common::vms::migrations(&addr)
+    );
+    assert!(common::vms::migrations(&addr).is_empty());
+    let c = counts(&addr);
+    assert_eq!((c.get("p1"), c.get("p2")), (Some(&2), Some(&1)));
+    let status = status_at(&p1).expect("p1 answers");
+    assert_eq!(status["moves_per_minute"].as_f64(), Some(0.0), "{status:#}");
+
+    // A real imbalance: 3/1 settles to 2/2 in one move, then stays.
+    place_movable(&addr, &nodes, dir.path(), "m4", "p1", 4).await;
+    common::vms::all_eligible(&addr, &nodes);
+    until("3/1 settled to 2/2", Duration::from_secs(90), || {
+        let c = counts(&addr);
+        (c.get("p1") == Some(&2) && c.get("p2") == Some(&2)).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    assert_eq!(
+        completed_moves(&addr),
+        1,
+        "{:#?}",
+        common::vms::migrations(&addr)
+    );
+    let c = counts(&addr);
+    assert_eq!((c.get("p1"), c.get("p2")), (Some(&2), Some(&2)));
+    let root = agents.root().display().to_string();
+    until("one sim-vm process per VM", Duration::from_secs(30), || {
+        (common::vms::sim_vm_pids_mentioning(&root).len() == 4).then_some(())
+    })
+    .await;
+}
