@@ -39,6 +39,14 @@ pub const ABORT: &str = "abort";
 pub const STATUS: &str = "status";
 /// The phase answered for a move the target does not know.
 pub const UNKNOWN: &str = "unknown";
+/// Drivers whose work a target takes up from a peer's offline offer: those
+/// that move live (their capability `migration` is not `none`). The spec
+/// comes from the peer alone (no coordinator vouches for it), so an offer
+/// may never start a driver that runs arbitrary commands (`exec`): an
+/// allow-list, not the agent's own driver table, so that a driver added
+/// later is refused until someone decides it is safe here.
+const OFFLINE_MOVABLE_DRIVERS: [&str; 3] = ["simvm", "vm", "dljob"];
+
 /// The largest `desired_json` a target accepts.
 pub const MAX_DESIRED_BYTES: usize = 64 * 1024;
 /// Longest bound on a name or id in a request.
@@ -249,6 +257,13 @@ pub fn serve(
                 return Err(Status::invalid_argument(format!(
                     "field `desired_json` describes {} at generation {}, not {} at {}",
                     desired.alloc_id, desired.generation, request.alloc_id, request.generation
+                )));
+            }
+            if !OFFLINE_MOVABLE_DRIVERS.contains(&desired.task.driver.as_str()) {
+                return Err(Status::invalid_argument(format!(
+                    "field `desired_json`: driver {:?} does not move agent to agent (only {})",
+                    desired.task.driver.chars().take(32).collect::<String>(),
+                    OFFLINE_MOVABLE_DRIVERS.join(", ")
                 )));
             }
             desired.generation = request.generation.saturating_add(1);
@@ -670,6 +685,19 @@ mod tests {
         assert_eq!(err.code(), tonic::Code::InvalidArgument);
         let other = serde_json::to_vec(&desired("a9", 1)).expect("json");
         assert!(serve(&journal, "n2", offer(other)).is_err());
+        // A peer's spec may not start a driver that runs commands.
+        let mut exec = desired("a1", 1);
+        exec.task.driver = "exec".into();
+        exec.task.command = Some("/bin/sh".into());
+        let err = serve(
+            &journal,
+            "n2",
+            offer(serde_json::to_vec(&exec).expect("json")),
+        )
+        .expect_err("exec refused");
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        assert!(err.message().contains("does not move"), "{}", err.message());
+        assert!(journal.get("off-1").is_none(), "nothing journalled");
         let reply = serve(&journal, "n2", offer(good.clone())).expect("offer");
         assert_eq!(reply.phase, "moving");
         let e = journal.get("off-1").expect("journalled");

@@ -55,7 +55,9 @@ pub struct InstanceLoad {
     pub requests: Vec<RequestLoad>,
     /// Blocks of the requests sent to it since those stats were read.
     pub pending_blocks: u64,
-    /// How many requests those are.
+    /// Requests known to be on their way in (a migration landing there),
+    /// counted as requests too. The agents' own dispatch leaves it at 0:
+    /// requests it sent since the last poll may already have finished.
     pub pending_requests: u32,
 }
 

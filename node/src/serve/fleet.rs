@@ -214,16 +214,20 @@ impl Fleet {
             .iter()
             .map(|(instance, stats, at)| {
                 let mut load = InstanceLoad::from_stats(stats);
-                for (_, blocks) in view
+                // Pending requests add their blocks but not to the request
+                // count: a short request sent since the last poll has often
+                // finished already, and counting it would make a busy
+                // instance look freer than an idle one that just served a
+                // few (`pending_requests` is for moves known to be in
+                // flight, as the simulation's migrations are).
+                load.pending_blocks = view
                     .pending
                     .get(&instance.alloc_id)
                     .into_iter()
                     .flatten()
                     .filter(|(sent, _)| *sent + PENDING_MARGIN > *at)
-                {
-                    load.pending_blocks += blocks;
-                    load.pending_requests += 1;
-                }
+                    .map(|(_, blocks)| blocks)
+                    .sum();
                 load
             })
             .collect();
