@@ -50,19 +50,45 @@ pub struct WorkReport {
 }
 
 /// Writes `name` in `dir` whole or not at all (a temporary file renamed),
-/// so the reader never sees half a number.
+/// so the reader never sees half a number. The directory is the
+/// workload's, so the agent writing here never follows a link the workload
+/// put in its way: the temporary is created anew (`O_EXCL`, which fails on
+/// an existing name, a symbolic link included) and renamed over the link
+/// itself, never through it.
 fn write_atomic(dir: &Path, name: &str, text: &str) -> io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
     let tmp = dir.join(format!(".{name}.tmp"));
+    match std::fs::remove_file(&tmp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
     {
-        let mut file = std::fs::File::create(&tmp)?;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .mode(0o644)
+            .open(&tmp)?;
         file.write_all(text.as_bytes())?;
     }
     std::fs::rename(&tmp, dir.join(name))
 }
 
-/// At most [`MAX_FILE_BYTES`] of `dir/name`; None when absent or unreadable.
+/// At most [`MAX_FILE_BYTES`] of `dir/name`; None when absent, unreadable
+/// or not a plain file. Opened without following a link and without
+/// blocking, so that a workload's FIFO or link there cannot stall or
+/// redirect the reader.
 fn read_short(dir: &Path, name: &str) -> Option<String> {
-    let file = std::fs::File::open(dir.join(name)).ok()?;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(dir.join(name))
+        .ok()?;
+    if !file.metadata().ok()?.is_file() {
+        return None;
+    }
     let mut text = String::new();
     file.take(MAX_FILE_BYTES).read_to_string(&mut text).ok()?;
     Some(text)
@@ -305,5 +331,28 @@ mod tests {
         assert_eq!(meter.throughput(), 0.7);
         reporter.idle().expect("idle");
         assert_eq!(read_work(dir.path(), now), Some(0.0));
+    }
+    #[test]
+    fn links_and_fifos_in_the_workload_s_directory_are_not_followed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let outside = tempfile::tempdir().expect("tempdir");
+        let victim = outside.path().join("victim");
+        std::fs::write(&victim, "keep").expect("write");
+        // A link where the agent's temporary goes, and one as the file.
+        std::os::unix::fs::symlink(&victim, dir.path().join(".gpu-throttle.tmp")).expect("link");
+        write_atomic(dir.path(), "gpu-throttle", "0.5").expect("written beside the link");
+        assert_eq!(std::fs::read_to_string(&victim).expect("read"), "keep");
+        assert_eq!(
+            read_short(dir.path(), "gpu-throttle").as_deref(),
+            Some("0.5")
+        );
+        std::os::unix::fs::symlink(&victim, dir.path().join("linked")).expect("link");
+        assert_eq!(read_short(dir.path(), "linked"), None);
+        // A FIFO: neither blocks nor counts.
+        let fifo = dir.path().join("fifo");
+        let c = std::ffi::CString::new(fifo.to_str().expect("utf-8")).expect("c path");
+        // SAFETY: a valid NUL-terminated path; mkfifo touches nothing else.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+        assert_eq!(read_short(dir.path(), "fifo"), None);
     }
 }
