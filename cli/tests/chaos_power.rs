@@ -24,31 +24,10 @@ use herd_chaos::power::{self, scrape};
 
 #[test]
 fn the_power_scenario_spikes_under_faults_and_passes_every_checker() {
-    let out_dir = tempfile::tempdir().expect("temp dir");
-    let out = std::process::Command::new(herd_bin())
-        .args(["chaos", "run", "--scenario", "power", "--duration", "20s"])
-        .args(["--seed", "4005", "--out"])
-        .arg(out_dir.path())
-        .env("HERD_LOG", "error")
-        .output()
-        .expect("run herd chaos");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "herd chaos run --scenario power failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(stdout.contains("all checkers passed"), "{stdout}");
-    assert!(
-        stdout
-            .lines()
-            .any(|l| l.contains("power under hard budget") && l.contains("pass")),
-        "the power checker did not run or pass:\n{stdout}"
-    );
+    let (_out_dir, stdout, path) =
+        must_pass_scenario("power", "4005", "20s", "power under hard budget");
     assert!(stdout.contains("power (SIMULATED GPUs)"), "{stdout}");
 
-    let path = out_dir.path().join("power-4005").join("history.jsonl");
     let history = History::read_jsonl(&path).expect("history");
     let budget = history.power_budget().expect("a budget was recorded");
     assert_eq!(budget.nodes.len(), 3);

@@ -341,18 +341,26 @@ pub async fn must_register_node(cluster: &ProcessCluster, name: &str, cpu_millis
     panic!("register {name}: {last_error:?}");
 }
 
-/// Runs `herd chaos run --scenario SCENARIO --duration 12s --seed SEED`
-/// for a scenario that moves work, and asserts what every such run must
-/// show: exit 0, every checker passed, the migration checker among them.
-/// Returns the output directory (kept alive) and the report, and the path
-/// of the run's history.
-pub fn must_pass_moving_scenario(
+/// Runs `herd chaos run --scenario SCENARIO --duration DURATION --seed
+/// SEED` and asserts what every run must show: exit 0, every checker
+/// passed, the checker named `checker` among them. Returns the output
+/// directory (kept alive), the report, and the path of the run's history.
+pub fn must_pass_scenario(
     scenario: &str,
     seed: &str,
+    duration: &str,
+    checker: &str,
 ) -> (tempfile::TempDir, String, std::path::PathBuf) {
     let out_dir = tempfile::tempdir().expect("temp dir");
     let out = std::process::Command::new(herd_bin())
-        .args(["chaos", "run", "--scenario", scenario, "--duration", "12s"])
+        .args([
+            "chaos",
+            "run",
+            "--scenario",
+            scenario,
+            "--duration",
+            duration,
+        ])
         .args(["--seed", seed, "--out"])
         .arg(out_dir.path())
         .env("HERD_LOG", "error")
@@ -369,12 +377,21 @@ pub fn must_pass_moving_scenario(
     assert!(
         stdout
             .lines()
-            .any(|l| l.contains("migrations end, one copy") && l.contains("pass")),
-        "the migration checker did not run or pass:\n{stdout}"
+            .any(|l| l.contains(checker) && l.contains("pass")),
+        "the checker {checker:?} did not run or pass:\n{stdout}"
     );
     let history = out_dir
         .path()
         .join(format!("{scenario}-{seed}"))
         .join("history.jsonl");
     (out_dir, stdout, history)
+}
+
+/// [`must_pass_scenario`] for 12 s of a scenario that moves work: the
+/// migration checker must pass.
+pub fn must_pass_moving_scenario(
+    scenario: &str,
+    seed: &str,
+) -> (tempfile::TempDir, String, std::path::PathBuf) {
+    must_pass_scenario(scenario, seed, "12s", "migrations end, one copy")
 }

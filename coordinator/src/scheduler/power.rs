@@ -135,31 +135,23 @@ impl<'a> PowerIndex<'a> {
 
     /// Counts `watts` more on every group of node `node`.
     pub(crate) fn take(&mut self, node: usize, watts: u64) {
-        if watts == 0 {
-            return;
-        }
-        let Self {
-            groups_of,
-            committed,
-            ..
-        } = self;
-        for &g in groups_of.get(node).map_or(&[][..], Vec::as_slice) {
-            committed[g] = committed[g].saturating_add(watts);
-        }
+        self.adjust(node, |c| c.saturating_add(watts));
     }
 
     /// Counts `watts` less on every group of node `node`.
     pub(crate) fn release(&mut self, node: usize, watts: u64) {
-        if watts == 0 {
-            return;
-        }
+        self.adjust(node, |c| c.saturating_sub(watts));
+    }
+
+    /// Applies `change` to the committed watts of every group of `node`.
+    fn adjust(&mut self, node: usize, change: impl Fn(u64) -> u64) {
         let Self {
             groups_of,
             committed,
             ..
         } = self;
         for &g in groups_of.get(node).map_or(&[][..], Vec::as_slice) {
-            committed[g] = committed[g].saturating_sub(watts);
+            committed[g] = change(committed[g]);
         }
     }
 
