@@ -201,6 +201,17 @@ impl NodeConfig {
                 "given without sim-gpus (it pins simulated GPUs only)",
             ));
         }
+        if let (Some(pinned), Some(count)) = (&pinned_activity, settings.sim_gpus) {
+            if pinned.len() > count as usize {
+                return Err(invalid(
+                    "sim-gpu-activity",
+                    format!(
+                        "{} values for {count} simulated GPUs (one per GPU at most; fewer repeat)",
+                        pinned.len()
+                    ),
+                ));
+            }
+        }
         let sim_gpus = match (settings.sim_gpus, settings.sim_gpu_model) {
             (None | Some(0), None) => None,
             (None | Some(0), Some(_)) => {
@@ -476,6 +487,14 @@ mod tests {
             (
                 NodeSettings {
                     sim_gpu_activity: Some("0.5".into()),
+                    ..base()
+                },
+                "sim-gpu-activity",
+            ),
+            (
+                NodeSettings {
+                    sim_gpus: Some(2),
+                    sim_gpu_activity: Some("0.5,0.5,0.5".into()),
                     ..base()
                 },
                 "sim-gpu-activity",
