@@ -22,7 +22,7 @@ use tokio::time::Instant;
 use thiserror::Error;
 use tonic::metadata::AsciiMetadataValue;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use crate::proto::v1::cluster_client::ClusterClient;
@@ -118,7 +118,7 @@ pub type Connector = Arc<dyn Fn(&str) -> Result<Channel, String> + Send + Sync>;
 
 /// A lazily connected TCP channel to `addr`, with the client's timeouts.
 fn tcp_channel(addr: &str) -> Result<Channel, String> {
-    let endpoint = Endpoint::from_shared(format!("http://{addr}")).map_err(|e| e.to_string())?;
+    let endpoint = crate::tls::endpoint(addr, crate::tls::PeerRole::Coordinator)?;
     Ok(endpoint
         .connect_timeout(Duration::from_secs(2))
         .timeout(Duration::from_secs(150))

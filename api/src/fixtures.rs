@@ -29,5 +29,6 @@ pub(crate) fn minimal_batch() -> JobSpec {
         placement: Default::default(),
         stop_after_disconnect: None,
         balance: Default::default(),
+        autoscale: None,
     }
 }

@@ -56,6 +56,13 @@ pub struct JobSpec {
     /// docs/balancing.md). Off by default: a move costs a live migration.
     #[serde(default, skip_serializing_if = "BalanceSpec::is_default")]
     pub balance: BalanceSpec,
+    /// An inference service's `[autoscale]` table: the coordinators' leader
+    /// changes `count` within `min..=max` on load and latency objectives
+    /// (docs/inference.md). `None`: `count` changes only when asked. Boxed:
+    /// most jobs have none, and every log command holding a spec would
+    /// grow by its size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscale: Option<Box<crate::autoscale::AutoscaleSpec>>,
 }
 
 /// A job's `[balance]` table: what decentralised balancing may do with it.

@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 
 pub mod alloc;
+pub mod autoscale;
 pub mod capabilities;
 pub mod client;
 pub mod clock;
@@ -17,16 +18,19 @@ pub mod duration;
 #[cfg(test)]
 mod fixtures;
 pub mod job;
+pub mod limits;
 pub mod migration;
 pub mod node;
 pub mod placement;
 pub mod power;
 pub mod power_class;
+pub mod power_demand;
 pub mod proto;
 pub mod put_stream;
 pub mod resources;
 pub mod retry;
 pub mod rng;
 pub mod spec_file;
+pub mod tls;
 pub mod validate;
 pub mod vm;

@@ -161,8 +161,18 @@ const ROOT_FIELDS: &[&str] = &[
     "stop_after_disconnect",
     "balance",
     "power_class",
+    "autoscale",
 ];
 const BALANCE_FIELDS: &[&str] = &["movable"];
+const AUTOSCALE_FIELDS: &[&str] = &[
+    "min",
+    "max",
+    "target_load",
+    "ttft_p99_ms",
+    "tbt_p99_ms",
+    "scale_out_cooldown",
+    "scale_in_cooldown",
+];
 const CONSTRAINT_FIELDS: &[&str] = &["label", "op", "value"];
 const AFFINITY_FIELDS: &[&str] = &["label", "value", "weight"];
 const TASK_FIELDS: &[&str] = &[
@@ -218,6 +228,10 @@ impl<'s> Reader<'s> {
             Some(v) => self.balance(v)?,
             None => crate::job::BalanceSpec::default(),
         };
+        let autoscale = match root.get("autoscale") {
+            Some(v) => Some(Box::new(self.autoscale(v)?)),
+            None => None,
+        };
 
         Ok(JobSpec {
             name,
@@ -228,6 +242,7 @@ impl<'s> Reader<'s> {
             placement,
             stop_after_disconnect,
             balance,
+            autoscale,
         })
     }
 
@@ -360,6 +375,76 @@ impl<'s> Reader<'s> {
             None => false,
         };
         Ok(crate::job::BalanceSpec { movable })
+    }
+
+    /// The `[autoscale]` table; ranges and the fit with `count` are
+    /// checked by validation, which names the same fields.
+    fn autoscale(&mut self, value: &Value<'_>) -> Result<crate::autoscale::AutoscaleSpec, Problem> {
+        use crate::autoscale::{target_load_permille, AutoscaleSpec, MAX_INSTANCES, MAX_SLO_MS};
+        let table = self.table("autoscale", value)?;
+        check_keys("autoscale", table, AUTOSCALE_FIELDS)?;
+        let instances = |got: &str| format!("must be between 1 and {MAX_INSTANCES}, got {got}");
+        let min = required(
+            "autoscale",
+            value.span().start,
+            table,
+            "min",
+            " (fewest instances)",
+        )?;
+        let min = self.integer("autoscale.min", min, "an integer", instances)?;
+        let max = required(
+            "autoscale",
+            value.span().start,
+            table,
+            "max",
+            " (most instances)",
+        )?;
+        let max = self.integer("autoscale.max", max, "an integer", instances)?;
+        let mut spec = AutoscaleSpec::new(min, max);
+        if let Some(v) = table.get("target_load") {
+            self.record("autoscale.target_load", v.span());
+            let fraction = match v.get_ref() {
+                DeValue::Float(_) | DeValue::Integer(_) => {
+                    self.text(v.span()).trim().parse::<f64>().ok()
+                }
+                other => {
+                    return Err(type_problem(
+                        v.span(),
+                        "autoscale.target_load",
+                        "a fraction such as 0.7",
+                        other,
+                    ))
+                }
+            };
+            spec.target_load_permille =
+                fraction.and_then(target_load_permille).ok_or_else(|| {
+                    problem(
+                        v.span(),
+                        "autoscale.target_load",
+                        format!("must be a fraction in (0, 1], got {}", self.text(v.span())),
+                    )
+                })?;
+        }
+        let slo = |got: &str| format!("must be between 1 and {MAX_SLO_MS} ms, got {got}");
+        if let Some(v) = table.get("ttft_p99_ms") {
+            spec.ttft_p99_ms = Some(self.integer("autoscale.ttft_p99_ms", v, "an integer", slo)?);
+        }
+        if let Some(v) = table.get("tbt_p99_ms") {
+            spec.tbt_p99_ms = Some(self.integer("autoscale.tbt_p99_ms", v, "an integer", slo)?);
+        }
+        for (key, target) in [
+            ("scale_out_cooldown", &mut spec.scale_out_cooldown_ms),
+            ("scale_in_cooldown", &mut spec.scale_in_cooldown_ms),
+        ] {
+            if let Some(v) = table.get(key) {
+                let path = format!("autoscale.{key}");
+                let text = self.string(&path, v)?;
+                let duration = crate::duration::parse_duration(&text)
+                    .map_err(|e| problem(v.span(), &path, e))?;
+                *target = duration.as_millis() as u64;
+            }
+        }
+        Ok(spec)
     }
 
     fn task(&mut self, value: &Value<'_>) -> Result<TaskSpec, Problem> {
@@ -800,6 +885,78 @@ memory = "64MiB"
         let e = error(&hello_with(3, "power_class = 450"));
         assert_eq!((e.line, e.field.as_deref()), (3, Some("power_class")));
         assert!(e.message.contains("a string"), "{e}");
+    }
+
+    const LLM: &str = r#"name = "llm"
+type = "service"
+count = 2
+[task]
+driver = "inference"
+[task.resources]
+cpu = 100
+memory = "64MiB"
+[autoscale]
+min = 1
+max = 4
+"#;
+
+    #[test]
+    fn autoscale_parses_with_defaults_and_bad_values_are_located() {
+        use crate::autoscale::AutoscaleSpec;
+        let spec = parse(LLM).expect("valid");
+        assert_eq!(spec.autoscale, Some(Box::new(AutoscaleSpec::new(1, 4))));
+        let full = format!(
+            "{LLM}target_load = 0.5\nttft_p99_ms = 2000\ntbt_p99_ms = 150\n\
+             scale_out_cooldown = \"5s\"\nscale_in_cooldown = \"2m\"\n"
+        );
+        let a = parse(&full).expect("valid").autoscale.expect("autoscale");
+        assert_eq!(
+            (a.target_load_permille, a.ttft_p99_ms, a.tbt_p99_ms),
+            (500, Some(2000), Some(150))
+        );
+        assert_eq!(
+            (a.scale_out_cooldown_ms, a.scale_in_cooldown_ms),
+            (5_000, 120_000)
+        );
+        assert_eq!(parse(HELLO).expect("valid").autoscale, None);
+        // Each bad value is named, on its line.
+        for (extra, field, words) in [
+            ("target_load = 1.5", "autoscale.target_load", "(0, 1]"),
+            (
+                "target_load = \"high\"",
+                "autoscale.target_load",
+                "a fraction",
+            ),
+            ("ttft_p99_ms = 0", "autoscale.ttft_p99_ms", "between 1"),
+            (
+                "scale_in_cooldown = \"soon\"",
+                "autoscale.scale_in_cooldown",
+                "",
+            ),
+            (
+                "scale_out_cooldown = \"10ms\"",
+                "autoscale.scale_out_cooldown",
+                "between 1s",
+            ),
+            ("surge = 2", "autoscale.surge", ""),
+        ] {
+            let e = error(&format!("{LLM}{extra}\n"));
+            assert_eq!(
+                (e.line, e.field.as_deref()),
+                (12, Some(field)),
+                "{extra}: {e}"
+            );
+            assert!(e.message.contains(words), "{extra}: {e}");
+        }
+        let e = error(&LLM.replace("max = 4", "max = 0"));
+        assert_eq!(e.field.as_deref(), Some("autoscale.max"), "{e}");
+        let e = error(&LLM.replace("count = 2", "count = 5"));
+        assert_eq!(e.field.as_deref(), Some("count"), "{e}");
+        assert!(e.message.contains("1..=4"), "{e}");
+        let e = error(&LLM.replace("min = 1\n", ""));
+        assert!(e.message.contains("min"), "{e}");
+        let e = error(&LLM.replace("\"inference\"", "\"exec\"\ncommand = \"/bin/true\""));
+        assert_eq!(e.field.as_deref(), Some("autoscale"), "{e}");
     }
 
     /// HELLO with line `line` (1-based) replaced by `replacement`.

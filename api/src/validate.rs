@@ -48,6 +48,17 @@ pub const MAX_ARGS: usize = 1024;
 pub const MAX_ARG_BYTES: usize = 4096;
 /// Most environment variables a task may set.
 pub const MAX_ENV_VARS: usize = 256;
+/// Longest environment variable name, in bytes.
+pub const MAX_ENV_KEY_BYTES: usize = 256;
+/// Longest environment variable value, in bytes.
+pub const MAX_ENV_VALUE_BYTES: usize = 32 * 1024;
+/// Longest `task.command` and `task.workdir`, in bytes (a path).
+pub const MAX_PATH_BYTES: usize = 4096;
+/// Most bytes of text one task may carry in all (command, args, env,
+/// driver settings, workdir): every job spec is replicated to every
+/// coordinator and kept in memory, so the per-field limits alone (which
+/// multiply to megabytes) are not enough.
+pub const MAX_TASK_TEXT_BYTES: usize = 1024 * 1024;
 /// Most driver settings in `[task.config]`.
 pub const MAX_CONFIG_ENTRIES: usize = 64;
 /// Longest value of one driver setting.
@@ -160,6 +171,51 @@ pub(crate) fn env_path(key: &str) -> String {
     join_path("task.env", key)
 }
 
+/// `value` of `field` is at most `max` bytes.
+fn at_most_bytes(field: &str, value: &str, max: usize) -> Result<(), FieldError> {
+    if value.len() > max {
+        return Err(FieldError::new(
+            field,
+            format!("must be at most {max} bytes, got {}", value.len()),
+        ));
+    }
+    Ok(())
+}
+
+impl TaskSpec {
+    /// The task's text in all is at most [`MAX_TASK_TEXT_BYTES`]; the error
+    /// names the largest part, the one to shrink.
+    fn check_text_total(&self) -> Result<(), FieldError> {
+        let pairs = |map: &std::collections::BTreeMap<String, String>| {
+            map.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
+        };
+        let parts = [
+            ("task.command", self.command.as_deref().map_or(0, str::len)),
+            ("task.args", self.args.iter().map(String::len).sum()),
+            ("task.env", pairs(&self.env)),
+            ("task.config", pairs(&self.config)),
+            ("task.workdir", self.workdir.as_deref().map_or(0, str::len)),
+        ];
+        let total: usize = parts.iter().map(|(_, n)| n).sum();
+        if total <= MAX_TASK_TEXT_BYTES {
+            return Ok(());
+        }
+        let (largest, bytes) = parts
+            .iter()
+            .max_by_key(|(_, n)| *n)
+            .copied()
+            .unwrap_or(("task", total));
+        Err(FieldError::new(
+            largest,
+            format!(
+                "the task's text is {total} bytes in all ({bytes} of them here); at most \
+                 {MAX_TASK_TEXT_BYTES} bytes are allowed (MAX_TASK_TEXT_BYTES): ship large \
+                 inputs as files the task reads, not in its spec"
+            ),
+        ))
+    }
+}
+
 fn no_nul(field: impl Into<String>, value: &str) -> Result<(), FieldError> {
     if value.contains('\0') {
         Err(FieldError::new(field, "must not contain NUL bytes"))
@@ -193,6 +249,9 @@ impl JobSpec {
         PRIORITY_RANGE.check("priority", u64::from(self.priority))?;
         self.task.validate()?;
         self.placement.validate()?;
+        if let Some(autoscale) = &self.autoscale {
+            autoscale.validate(self.count, &self.task.driver)?;
+        }
         if let Some(after) = self.stop_after_disconnect {
             if !(MIN_STOP_AFTER_DISCONNECT..=MAX_STOP_AFTER_DISCONNECT).contains(&after) {
                 return Err(FieldError::new(
@@ -375,7 +434,10 @@ impl TaskSpec {
                     "must not be empty; give the program to run",
                 ));
             }
-            Some(command) => no_nul("task.command", command)?,
+            Some(command) => {
+                at_most_bytes("task.command", command, MAX_PATH_BYTES)?;
+                no_nul("task.command", command)?
+            }
         }
 
         if self.args.len() > MAX_ARGS {
@@ -422,6 +484,11 @@ impl TaskSpec {
                     ),
                 ));
             }
+            at_most_bytes(&env_path(key), key, MAX_ENV_KEY_BYTES).map_err(|e| FieldError {
+                message: format!("the name {}", e.message),
+                ..e
+            })?;
+            at_most_bytes(&env_path(key), value, MAX_ENV_VALUE_BYTES)?;
             no_nul(env_path(key), value)?;
         }
 
@@ -467,8 +534,10 @@ impl TaskSpec {
                     format!("must be an absolute path (starting with `/`), got {workdir:?}"),
                 ));
             }
+            at_most_bytes("task.workdir", workdir, MAX_PATH_BYTES)?;
             no_nul("task.workdir", workdir)?;
         }
+        self.check_text_total()?;
 
         self.resources.validate()?;
         // Last: a driver's rules may read the generic fields checked above.
@@ -876,6 +945,60 @@ mod tests {
             .field,
             "task.resources.gpu_model"
         );
+    }
+
+    #[test]
+    fn long_text_is_refused_naming_the_field_and_the_limit() {
+        let with = |edit: &dyn Fn(&mut JobSpec)| {
+            let mut spec = crate::fixtures::minimal_batch();
+            edit(&mut spec);
+            spec.validate()
+        };
+        let err = with(&|s| {
+            s.task
+                .env
+                .insert("HUGE".into(), "x".repeat(MAX_ENV_VALUE_BYTES + 1));
+        })
+        .expect_err("long value");
+        assert_eq!(err.field, "task.env.HUGE");
+        assert!(
+            err.message.contains(&MAX_ENV_VALUE_BYTES.to_string()),
+            "{err}"
+        );
+        let err = with(&|s| {
+            s.task
+                .env
+                .insert("K".repeat(MAX_ENV_KEY_BYTES + 1), "v".into());
+        })
+        .expect_err("long name");
+        assert!(err.message.starts_with("the name must be at most"), "{err}");
+        let err = with(&|s| s.task.command = Some("/".repeat(MAX_PATH_BYTES + 1)))
+            .expect_err("long command");
+        assert_eq!(err.field, "task.command");
+        let err = with(&|s| s.task.workdir = Some("/".repeat(MAX_PATH_BYTES + 1)))
+            .expect_err("long workdir");
+        assert_eq!(err.field, "task.workdir");
+        // Each value within its own limit, but together over the total.
+        let err = with(&|s| {
+            for i in 0..40 {
+                s.task
+                    .env
+                    .insert(format!("V{i}"), "x".repeat(MAX_ENV_VALUE_BYTES));
+            }
+        })
+        .expect_err("too much in all");
+        assert_eq!(err.field, "task.env");
+        assert!(err.message.contains("MAX_TASK_TEXT_BYTES"), "{err}");
+        assert!(
+            err.message.contains(&MAX_TASK_TEXT_BYTES.to_string()),
+            "{err}"
+        );
+        with(&|s| {
+            s.task
+                .env
+                .insert("OK".into(), "x".repeat(MAX_ENV_VALUE_BYTES));
+        })
+        .expect("at the limit is fine");
     }
 
     #[test]

@@ -29,6 +29,11 @@ pub const MAX_ENTRIES: usize = 64;
 pub const MAX_STRING: usize = 256;
 /// Most services in one load summary.
 pub const MAX_SERVICES: usize = 64;
+/// Largest weight, score or in-flight figure accepted. Real ones are about
+/// 100 per saturated resource plus queue points; without a bound, a few
+/// settles of weight `f64::MAX` add up to an infinite score (found by
+/// fuzzing, docs/fuzzing.md), which no comparison of the policy survives.
+pub const MAX_SCORE: f64 = 1e12;
 
 /// One packet: who sent it and what it says.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -200,7 +205,8 @@ pub enum DecodeError {
         /// The limit.
         max: usize,
     },
-    /// A field has an impossible value (negative or NaN weight, empty id).
+    /// A field has an impossible value (negative, NaN or over
+    /// [`MAX_SCORE`] weight, empty id).
     #[error("balance packet field {0} is invalid")]
     Invalid(&'static str),
     /// The packet names this agent as its sender.
@@ -280,7 +286,7 @@ fn check_peer(p: &PeerInfo) -> Result<(), DecodeError> {
 }
 
 fn check_number(what: &'static str, x: f64) -> Result<(), DecodeError> {
-    if x.is_finite() && x >= 0.0 {
+    if x.is_finite() && (0.0..=MAX_SCORE).contains(&x) {
         Ok(())
     } else {
         Err(DecodeError::Invalid(what))
@@ -320,7 +326,7 @@ fn check_packet(p: &Packet) -> Result<(), DecodeError> {
             for e in &x.entries {
                 check_peer(&e.info)?;
                 check_load(&e.load)?;
-                if !e.in_flight.is_finite() {
+                if !(e.in_flight.is_finite() && e.in_flight.abs() <= MAX_SCORE) {
                     return Err(DecodeError::Invalid("in_flight"));
                 }
             }

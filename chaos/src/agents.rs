@@ -33,6 +33,7 @@ const KILL_WAIT: Duration = Duration::from_secs(5);
 use crate::docker::DockerEnv;
 use crate::ports::free_loopback_port;
 use crate::process_cluster::ClusterError;
+use crate::tls::{daemon_args, ClusterTls};
 
 /// One agent process.
 pub struct AgentProcess {
@@ -79,6 +80,8 @@ pub struct AgentSet {
     /// Extra environment for every agent started locally (e.g. the
     /// SIMULATED GPUs' spike file of the power scenario).
     env: Vec<(String, String)>,
+    /// Mutual TLS with this CA (local agents only); None: `--insecure`.
+    tls: Option<ClusterTls>,
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ClusterError {
@@ -100,6 +103,7 @@ impl AgentSet {
             agents: BTreeMap::new(),
             docker: None,
             env: Vec::new(),
+            tls: None,
         })
     }
 
@@ -107,6 +111,13 @@ impl AgentSet {
     /// from now on (restarts included); Docker mode ignores it.
     pub fn with_env(mut self, key: &str, value: &str) -> Self {
         self.env.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    /// Starts every agent from now on with a certificate of `tls`'s CA for
+    /// its node (local agents only).
+    pub fn with_tls(mut self, tls: ClusterTls) -> Self {
+        self.tls = Some(tls);
         self
     }
 
@@ -175,10 +186,14 @@ impl AgentSet {
         .collect();
         args.push(agent.data_dir.display().to_string());
         args.extend(agent.args.iter().cloned());
+        args.extend(daemon_args(self.tls.as_ref(), "node", &agent.name));
         args
     }
 
     fn spawn(&self, agent: &mut AgentProcess) -> Result<(), ClusterError> {
+        if let Some(tls) = &self.tls {
+            tls.issue("node", &agent.name)?;
+        }
         if let Some(docker) = &self.docker {
             if let Some(name) = &agent.container {
                 return docker.start(name);

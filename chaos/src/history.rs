@@ -215,6 +215,9 @@ pub enum Record {
     Power(PowerTick),
     /// A load spike forced on every simulated GPU (power runs only).
     Spike(SpikeWindow),
+    /// Every agent's balancing journal and the movable trainers as listed,
+    /// once the cluster converged (the `balance-away` scenario only).
+    Offline(crate::away::OfflineState),
 }
 
 /// An allocation as listed at the end of a run.

@@ -17,6 +17,7 @@
 #![warn(missing_docs)]
 
 pub mod agents;
+pub mod away;
 pub mod check;
 pub mod docker;
 pub mod finals;
@@ -34,4 +35,5 @@ pub mod setup;
 pub mod shim;
 pub mod summary;
 pub mod svg;
+pub mod tls;
 pub mod workload;

@@ -21,6 +21,7 @@ use thiserror::Error;
 use crate::docker::{DockerEnv, SHIM_IN_IMAGE};
 use crate::ports::free_loopback_port;
 use crate::shim::{ShimFaults, CONTROL_ENV};
+use crate::tls::{daemon_args, ClusterTls};
 
 /// A harness failure (not a herd failure: those are test assertions).
 #[derive(Debug, Error)]
@@ -115,6 +116,8 @@ pub struct ClusterSetup {
     /// local processes (addresses must come from
     /// [`DockerEnv::member_addr`]).
     pub docker: Option<Arc<DockerEnv>>,
+    /// Mutual TLS with this CA (local processes only); None: `--insecure`.
+    pub tls: Option<ClusterTls>,
 }
 
 /// A cluster of coordinator processes.
@@ -125,6 +128,7 @@ pub struct ProcessCluster {
     disk_mib: Option<u64>,
     shim: Option<PathBuf>,
     docker: Option<Arc<DockerEnv>>,
+    tls: Option<ClusterTls>,
     members: BTreeMap<u64, MemberProcess>,
 }
 
@@ -167,6 +171,7 @@ impl ProcessCluster {
             disk_mib,
             shim,
             docker,
+            tls,
         } = setup;
         let root = tempfile::Builder::new()
             .prefix("herd-cluster-")
@@ -179,6 +184,7 @@ impl ProcessCluster {
             disk_mib,
             shim,
             docker,
+            tls,
             members: BTreeMap::new(),
         };
         let peers = addrs
@@ -265,11 +271,20 @@ impl ProcessCluster {
         }
         args.extend(self.extra_args.iter().map(OsString::from));
         args.extend(member.own_args.iter().map(OsString::from));
+        let name = member.id.to_string();
+        args.extend(
+            daemon_args(self.tls.as_ref(), "coordinator", &name)
+                .into_iter()
+                .map(OsString::from),
+        );
         args
     }
 
     fn spawn(&self, member: &mut MemberProcess) -> Result<(), ClusterError> {
         member.killed = false;
+        if let Some(tls) = &self.tls {
+            tls.issue("coordinator", &member.id.to_string())?;
+        }
         if let Some(docker) = &self.docker {
             return self.spawn_container(docker, member);
         }

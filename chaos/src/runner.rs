@@ -349,6 +349,13 @@ pub async fn run(config: &RunConfig) -> Result<History, RunError> {
             migrate::TRAIN_COUNT
         )));
     }
+    // balance-away: movable trainers crowded on one node before the
+    // coordinators go away.
+    if let (true, Some(set)) = (crate::away::applies(scenario), &agents) {
+        crate::away::prepare(&client, set, addrs.len(), &recorder, 2 * SETUP_LIMIT)
+            .await
+            .map_err(RunError::Setup)?;
+    }
 
     // Power: the budget, then the sampler (until teardown) and the spikes
     // (until the faults end).
@@ -451,6 +458,15 @@ pub async fn run(config: &RunConfig) -> Result<History, RunError> {
         if let Some((fault, index)) = active.take() {
             let window = &windows[index];
             if now < window.start + window.length {
+                // A fault acting in steps (agents killed inside it).
+                let mut fault = fault;
+                let mut targets = Targets {
+                    cluster: &mut cluster,
+                    agents: agents.as_mut(),
+                    net: net.as_ref(),
+                    agent_net: agent_net.as_ref(),
+                };
+                nemesis::advance(&mut fault, now.saturating_sub(window.start), &mut targets)?;
                 active = Some((fault, index));
             } else {
                 let mut targets = Targets {
@@ -593,6 +609,9 @@ pub async fn run(config: &RunConfig) -> Result<History, RunError> {
         }
     }
     finals::record(&client, &keys, &recorder).await;
+    if let (true, Some(set)) = (crate::away::applies(scenario), &agents) {
+        crate::away::record_final(&client, set, &recorder).await;
+    }
     if migrates {
         migrate::record_final(&client, &recorder).await;
     }

@@ -91,6 +91,7 @@ pub async fn start(config: &RunConfig, rng: &mut Rng) -> Result<Started, RunErro
             .then_some(DISK_MIB),
         shim,
         docker: config.docker.clone(),
+        tls: None,
     };
     let mut cluster = ProcessCluster::start_at(&config.binary, &member_addrs, setup)
         .map_err(|e| RunError::Setup(e.to_string()))?;

@@ -38,6 +38,21 @@ struct Cli {
     /// coordinators send it too.
     #[arg(long, global = true, env = "HERD_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// The cluster CA's certificate (PEM). With --tls-cert and --tls-key,
+    /// every connection is mutual TLS (`herd tls ca create`).
+    #[arg(long, global = true, env = "HERD_TLS_CA", value_name = "FILE")]
+    tls_ca: Option<std::path::PathBuf>,
+    /// This process's certificate (PEM), signed by the CA for its role and
+    /// name (`herd tls cert create --for coordinator|node|client NAME`).
+    #[arg(long, global = true, env = "HERD_TLS_CERT", value_name = "FILE")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, global = true, env = "HERD_TLS_KEY", value_name = "FILE")]
+    tls_key: Option<std::path::PathBuf>,
+    /// Serve a coordinator or node agent in plaintext, without TLS: anyone
+    /// who reaches its port can call it. Required to run without --tls-*.
+    #[arg(long, global = true, env = "HERD_INSECURE")]
+    insecure: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -70,9 +85,16 @@ enum Command {
     /// Read and write variables (replicated registers with compare-and-set).
     #[command(subcommand)]
     Var(cmd::var::VarCommand),
+    /// Inference services: status (instances, load, TTFT/TBT percentiles,
+    /// scaling events) and scale.
+    #[command(subcommand)]
+    Service(cmd::service::ServiceCommand),
     /// Client authentication: bootstrap, and create, list, revoke tokens.
     #[command(subcommand)]
     Acl(cmd::acl::AclCommand),
+    /// Make the cluster's CA and certificates for mutual TLS.
+    #[command(subcommand)]
+    Tls(cmd::tls::TlsCommand),
     /// Operate the cluster: back up its state and restore it into a new cluster.
     #[command(subcommand)]
     Operator(cmd::operator::OperatorCommand),
@@ -108,6 +130,18 @@ enum Command {
     /// Run a SIMULATED LLM engine (started by the inference driver).
     #[command(hide = true)]
     InferenceEngine(cmd::inference_engine::InferenceEngineArgs),
+}
+
+impl Cli {
+    /// The transport flags, for [`cmd::transport::install`].
+    fn transport_settings(&self) -> cmd::transport::TransportFlags {
+        cmd::transport::TransportFlags {
+            ca: self.tls_ca.clone(),
+            cert: self.tls_cert.clone(),
+            key: self.tls_key.clone(),
+            insecure: self.insecure,
+        }
+    }
 }
 
 fn init_tracing(filter: Option<&str>, json: bool, default: &str) {
@@ -166,7 +200,9 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Migration(command) => cmd::migration::run(&ctx, command).await,
         Command::Balance(command) => cmd::balance::run(&ctx, command).await,
         Command::Var(command) => cmd::var::run(&ctx, command).await,
+        Command::Service(command) => cmd::service::run(&ctx, command).await,
         Command::Acl(command) => cmd::acl::run(&ctx, command).await,
+        Command::Tls(command) => cmd::tls::run(command),
         Command::Operator(command) => cmd::operator::run(&ctx, command).await,
         Command::Power(command) => cmd::power::run(&ctx, command).await,
         Command::Vm(command) => cmd::vm::run(&ctx, command),
@@ -192,7 +228,9 @@ fn prints_and_exits(command: &Command) -> bool {
         | Command::Migration(_)
         | Command::Balance(_)
         | Command::Var(_)
+        | Command::Service(_)
         | Command::Acl(_)
+        | Command::Tls(_)
         | Command::Operator(_)
         | Command::Power(_)
         | Command::Vm(_)
@@ -208,6 +246,39 @@ fn prints_and_exits(command: &Command) -> bool {
         | Command::ToyTrain(_)
         | Command::SimVm(_)
         | Command::InferenceEngine(_) => false,
+    }
+}
+
+/// What `command` does with the network, for its transport (TLS or plaintext).
+fn transport_use(command: &Command) -> cmd::transport::Use {
+    use cmd::transport::Use;
+    use herd_api::tls::PeerRole;
+    match command {
+        Command::Coordinator(_) => Use::Serve(PeerRole::Coordinator),
+        Command::Node(args) if args.command.is_none() => Use::Serve(PeerRole::Node),
+        Command::Dev(_) => Use::WholeCluster("herd dev"),
+        Command::Chaos(_) => Use::WholeCluster("herd chaos"),
+        Command::Bench(_) => Use::WholeCluster("herd bench"),
+        Command::Executor(_)
+        | Command::ToyTrain(_)
+        | Command::SimVm(_)
+        | Command::InferenceEngine(_)
+        | Command::Vm(_)
+        | Command::Tls(_) => Use::Local,
+        Command::Node(_)
+        | Command::Cluster(_)
+        | Command::Job(_)
+        | Command::Alloc(_)
+        | Command::Migration(_)
+        | Command::Balance(_)
+        | Command::Var(_)
+        | Command::Service(_)
+        | Command::Acl(_)
+        | Command::Operator(_)
+        | Command::Power(_)
+        | Command::Reschedule(_)
+        | Command::Infer(_)
+        | Command::InferMigrate(_) => Use::Client,
     }
 }
 
@@ -237,6 +308,11 @@ fn main() {
     }
     if prints_and_exits(&cli.command) {
         die_quietly_on_closed_stdout();
+    }
+    if let Err(e) = cmd::transport::install(&cli.transport_settings(), transport_use(&cli.command))
+    {
+        eprintln!("herd: {}", e.message);
+        std::process::exit(e.code);
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -2,10 +2,15 @@
 //! bootstrap, tokens with roles, and every RPC of the role table refused or
 //! served as its role says (docs/security.md).
 
+// Test code: an unwrap/expect failing here fails the test at its line. The
+// workspace denies both lints outside tests (issue 24), and clippy's
+// `allow-*-in-tests` only covers `#[test]` functions, not these helpers.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::collections::BTreeSet;
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::time::Duration;
 
 use herd_api::proto::agent::RegisterNodeRequest;
@@ -30,7 +35,7 @@ use common::{herd_bin, until, write_spec};
 /// `herd --addr ADDR [--token TOKEN] ARGS`, whatever HERD_TOKEN the test
 /// process has.
 fn cli(addr: &str, token: Option<&str>, args: &[&str]) -> Output {
-    let mut command = Command::new(herd_bin());
+    let mut command = common::herd_command();
     command.args(["--addr", addr]);
     if let Some(token) = token {
         command.args(["--token", token]);
@@ -646,7 +651,7 @@ async fn a_member_joins_a_bootstrapped_cluster_with_an_operator_token() {
             .expect("port")
             .port();
         let log = std::fs::File::create(dir.path().join(format!("member-{id}.log"))).expect("log");
-        let mut command = Command::new(herd_bin());
+        let mut command = common::herd_command();
         command.args([
             "coordinator",
             "--id",

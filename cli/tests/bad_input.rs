@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -126,7 +125,7 @@ async fn data_dirs_of_another_cluster_or_member_are_refused() {
         .join(",");
 
     // A's member 1 directory, started as B's member 1: refused, B untouched.
-    let mut out = Command::new(herd_bin())
+    let mut out = common::herd_command()
         .args([
             "coordinator",
             "--id",
@@ -165,7 +164,7 @@ async fn data_dirs_of_another_cluster_or_member_are_refused() {
     );
 
     // Member 2 started on member 1's directory: refused.
-    let out = Command::new(herd_bin())
+    let out = common::herd_command()
         .args(["coordinator", "--id", "2", "--listen", "127.0.0.1:1"])
         .arg("--data-dir")
         .arg(&a1_dir)
@@ -262,7 +261,7 @@ async fn a_closed_stdout_ends_a_client_command_quietly() {
     use std::process::Stdio;
 
     let cluster = must_start_one_member(&[]).await;
-    let mut child = Command::new(herd_bin())
+    let mut child = common::herd_command()
         .args(["--addr", &cluster.addr_list(), "cluster", "status"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -3,6 +3,11 @@
 //! feed and spare inference, the same seed prints the same figures, and
 //! bad flags exit 2 naming what is wrong.
 
+// Test code: an unwrap/expect failing here fails the test at its line. The
+// workspace denies both lints outside tests (issue 24), and clippy's
+// `allow-*-in-tests` only covers `#[test]` functions, not these helpers.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::process::Command;
 
 use serde_json::Value;
@@ -37,13 +42,18 @@ fn bench_json(seed: &str) -> Vec<Value> {
 #[test]
 fn the_comparison_is_complete_and_deterministic() {
     let rows = bench_json("5");
-    // Nameplate, then uncapped, static cap and policy for each of 2 levels.
-    assert_eq!(rows.len(), 7, "{rows:?}");
+    // Nameplate, then uncapped, static cap, policy and demand shares for
+    // each of 2 levels.
+    assert_eq!(rows.len(), 9, "{rows:?}");
     assert!(rows.iter().all(|r| r["simulation"] == true));
     let nameplate = &rows[0];
     assert_eq!(nameplate["row"], "nameplate");
     assert_eq!(nameplate["over_budget_s"], 0.0, "{nameplate}");
-    for row in rows.iter().filter(|r| r["provisioning"] == "herd policy") {
+    let herd = |r: &&Value| {
+        r["provisioning"] == "herd policy" || r["provisioning"] == "herd demand shares"
+    };
+    assert_eq!(rows.iter().filter(herd).count(), 4);
+    for row in rows.iter().filter(herd) {
         assert!(
             row["more_servers"].as_f64().is_some_and(|m| m >= 0.29),
             "{row}"

@@ -9,6 +9,11 @@
 //! Passes with a "skipping" message where Docker or compose is not
 //! available, except in CI (`CI=true`), where that fails (`skip_or_fail`).
 
+// Test code: an unwrap/expect failing here fails the test at its line. The
+// workspace denies both lints outside tests (issue 24), and clippy's
+// `allow-*-in-tests` only covers `#[test]` functions, not these helpers.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::net::TcpListener;
@@ -114,6 +119,8 @@ struct Deployment {
     image: String,
     env: Vec<(String, String)>,
     addrs: String,
+    /// The admin client's certificate, copied out of the cluster's TLS volume.
+    tls: tempfile::TempDir,
 }
 
 impl Deployment {
@@ -128,9 +135,42 @@ impl Deployment {
         must_run(&self.compose[0], &self.compose_args(args), &self.env, limit).await
     }
 
-    /// Runs `herd --addr <the three published ports> ARGS`.
+    /// Copies the CA and the admin client's certificate out of the TLS
+    /// volume (made by the compose file's `herd tls quickstart` step).
+    async fn fetch_tls(&self) {
+        let member = self.container("herd-1").await;
+        let source = format!("{member}:/etc/herd/tls/.");
+        let target = self.tls.path().display().to_string();
+        must_run(
+            "docker",
+            &["cp", &source, &target],
+            &[],
+            Duration::from_secs(30),
+        )
+        .await;
+        for file in [
+            "herd-ca.pem",
+            "herd-client-admin.pem",
+            "herd-client-admin-key.pem",
+        ] {
+            assert!(
+                self.tls.path().join(file).exists(),
+                "no {file} in the TLS volume"
+            );
+        }
+    }
+
+    /// Runs `herd --addr <the three published ports> ARGS` as the admin
+    /// client, over mutual TLS.
     async fn herd(&self, args: &[&str]) -> Output {
+        let file = |name: &str| self.tls.path().join(name).display().to_string();
+        let (ca, cert, key) = (
+            file("herd-ca.pem"),
+            file("herd-client-admin.pem"),
+            file("herd-client-admin-key.pem"),
+        );
         let mut all = vec!["--addr", self.addrs.as_str()];
+        all.extend(["--tls-ca", &ca, "--tls-cert", &cert, "--tls-key", &key]);
         all.extend(args);
         run(
             env!("CARGO_BIN_EXE_herd"),
@@ -361,6 +401,7 @@ async fn compose_cluster_forms_fails_over_and_restarts_from_its_volumes() {
             .map(|p| format!("127.0.0.1:{p}"))
             .collect::<Vec<_>>()
             .join(","),
+        tls: tempfile::tempdir().expect("tempdir"),
     };
 
     let script = repo_root().join("deploy/image/build.sh");
@@ -394,6 +435,20 @@ async fn compose_cluster_forms_fails_over_and_restarts_from_its_volumes() {
         .compose(&["up", "-d", "--no-build"], Duration::from_secs(90))
         .await;
     phase(&format!("project {unique} up on ports {ports:?}"));
+    deployment.fetch_tls().await;
+    // Mutual TLS only: a plaintext client is not served.
+    let plaintext = run(
+        env!("CARGO_BIN_EXE_herd"),
+        &["--addr", &deployment.addrs, "cluster", "status"],
+        &[("HERD_LOG".into(), "error".into())],
+        Duration::from_secs(10),
+    )
+    .await;
+    assert!(
+        !plaintext.status.success(),
+        "a plaintext client was served: {}",
+        text(&plaintext.stdout)
+    );
     let status = deployment
         .wait_status("leader with three healthy voters", FORM_TIMEOUT, formed)
         .await;

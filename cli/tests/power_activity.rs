@@ -7,9 +7,14 @@
 //! its modelled clock, which the cap stretches) fall against the same
 //! request uncapped.
 
+// Test code: an unwrap/expect failing here fails the test at its line. The
+// workspace denies both lints outside tests (issue 24), and clippy's
+// `allow-*-in-tests` only covers `#[test]` functions, not these helpers.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use common::agents::{cluster_with_agents, must_have_ready_nodes, running_allocs};
@@ -70,7 +75,7 @@ struct Load(Child);
 
 impl Load {
     fn start(addr: &str) -> Self {
-        let child = Command::new(herd_bin())
+        let child = common::herd_command()
             .args([
                 "--addr",
                 addr,
@@ -106,7 +111,7 @@ fn toy_train_seconds(throttle: Option<&str>) -> (f64, tempfile::TempDir) {
         std::fs::write(dir.path().join("gpu-throttle"), share).expect("throttle");
     }
     let started = std::time::Instant::now();
-    let out = Command::new(herd_bin())
+    let out = common::herd_command()
         .args(["toy-train", "--steps", "40", "--step-ms", "25"])
         .env("HERD_ALLOC_DIR", dir.path())
         .env("HERD_GPU_INDICES", "0")

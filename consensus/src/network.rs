@@ -21,7 +21,7 @@ use openraft::raft::{
 use openraft::BasicNode;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::codec::{self, MAX_DECODED_BYTES};
 use crate::health::PeerHealth;
@@ -30,7 +30,7 @@ use crate::types::{NodeId, TypeConfig};
 
 /// Opens a lazily connected gRPC channel to a coordinator at `addr` (`host:port`).
 fn channel_to(addr: &str) -> Result<Channel, String> {
-    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+    let endpoint = herd_api::tls::endpoint(addr, herd_api::tls::PeerRole::Coordinator)
         .map_err(|e| format!("invalid coordinator address {addr:?}: {e}"))?
         .connect_timeout(Duration::from_secs(1))
         .tcp_nodelay(true)

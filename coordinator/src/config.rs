@@ -47,6 +47,8 @@ pub struct CoordinatorSettings {
     pub reschedule: Option<crate::reschedule::config::RescheduleSettings>,
     /// The exact solver's window for pending high-priority jobs (`[placement_fallback]`).
     pub placement_fallback: Option<crate::reschedule::config::FallbackSettings>,
+    /// Per-client request rate, streams and connections (`[limits]`).
+    pub limits: Option<herd_api::limits::LimitSettings>,
 }
 
 herd_api::daemon_settings!(CoordinatorSettings {
@@ -64,6 +66,7 @@ herd_api::daemon_settings!(CoordinatorSettings {
     metrics_listen,
     reschedule,
     placement_fallback,
+    limits,
 });
 
 /// How a member starts when its data dir is empty.
@@ -106,6 +109,8 @@ pub struct CoordinatorConfig {
     pub join_token: Option<String>,
     /// The defragmenting loop and the placement fallback.
     pub reschedule: crate::reschedule::config::Rescheduling,
+    /// What one client may ask of this member (docs/security.md, "Limits").
+    pub limits: herd_api::limits::Limits,
 }
 
 /// Parses `1=HOST:PORT,2=HOST:PORT`.
@@ -234,6 +239,7 @@ impl CoordinatorConfig {
             http_listen,
             metrics_listen,
             join_token: None,
+            limits: herd_api::limits::Limits::resolve(settings.limits)?,
             reschedule: crate::reschedule::config::resolve(
                 settings.reschedule,
                 settings.placement_fallback,

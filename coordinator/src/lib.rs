@@ -15,6 +15,8 @@
 //! - [`service`]: the gRPC services; [`start`], [`config`]: running a member.
 //! - [`dashboard`]: the read-only web pages of `--http-listen`.
 //! - [`acl`]: client authentication, tokens and the role each RPC needs.
+//! - [`autoscale`]: inference services' autoscaler (a leader loop) and
+//!   `herd service status|scale`.
 //! - [`metrics`]: the Prometheus metrics of `--metrics-listen`.
 //!
 //! Storage and Raft mechanics come from `herd-consensus`; this crate never
@@ -22,12 +24,14 @@
 #![warn(missing_docs)]
 
 pub mod acl;
+pub mod autoscale;
 pub mod config;
 pub mod coordinator;
 pub mod dashboard;
 pub mod data_dir;
 pub mod error;
 pub mod leader;
+pub mod limits;
 pub mod machine;
 pub mod metrics;
 pub mod planning;

@@ -65,6 +65,9 @@ pub enum StartError {
     /// Raft refused to start.
     #[error("cannot start raft: {0}")]
     Raft(String),
+    /// The server's TLS settings were refused.
+    #[error(transparent)]
+    Tls(#[from] herd_api::tls::TlsError),
 }
 
 /// A started coordinator: its handle, its address, and how to stop it.
@@ -160,6 +163,11 @@ pub async fn start(config: CoordinatorConfig) -> Result<RunningCoordinator, Star
         }
         stream
     });
+    let incoming = herd_metrics::limits::cap_connections(
+        incoming,
+        crate::limits::connection_cap(&config.limits),
+        crate::limits::tcp_peer,
+    );
     // Bound before Raft starts, so that a taken port refuses the start.
     let dashboard = match config.http_listen {
         Some(addr) => {
@@ -283,11 +291,10 @@ where
     }
 
     let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
-    let server = tokio::spawn(
-        service::router(coordinator.clone()).serve_with_incoming_shutdown(incoming, async {
-            let _ = shutdown_rx.await;
-        }),
-    );
+    let router = service::router(coordinator.clone(), &config.limits)?;
+    let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
+        let _ = shutdown_rx.await;
+    }));
     tracing::info!(member = config.id, addr = %local_addr, advertise = %config.advertise, "serving gRPC");
 
     if has_state {
@@ -338,6 +345,7 @@ where
     background.push(tokio::spawn(crate::leader::migrations::run(
         coordinator.clone(),
     )));
+    background.push(tokio::spawn(crate::autoscale::run(coordinator.clone())));
     background.extend(crate::reschedule::spawn_loops(
         &coordinator,
         &config.reschedule,

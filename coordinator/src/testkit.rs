@@ -34,6 +34,7 @@ pub fn spec(name: &str, job_type: JobType, count: u32) -> JobSpec {
         placement: Default::default(),
         stop_after_disconnect: None,
         balance: Default::default(),
+        autoscale: None,
     }
 }
 

@@ -61,7 +61,7 @@ rootfs=$context/rootfs
 
 install -d -m 0755 "$rootfs/usr/local/bin" "$rootfs/etc" "$rootfs/var/lib"
 install -d -m 1777 "$rootfs/tmp"
-install -d -m 0750 "$context/state"
+install -d -m 0750 "$context/state" "$context/tls"
 install -m 0755 "$binary" "$rootfs/usr/local/bin/herd"
 
 # Shared libraries. ldd prints `name => /path (addr)` for libraries, `/path

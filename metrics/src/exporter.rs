@@ -120,7 +120,9 @@ impl Exporter {
             .route("/metrics", get(metrics))
             .with_state(Arc::new(self));
         let task = tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, app).await {
+            // At most 64 scrapes in flight (docs/security.md, "Limits").
+            let limits = crate::limits::http::HttpLimits::read_only(None);
+            if let Err(e) = crate::limits::http::serve(listener, app, limits).await {
                 tracing::error!(error = %e, "the metrics endpoint stopped");
             }
         });

@@ -6,6 +6,8 @@
 //!   (OpenMetrics when the scraper asks for it);
 //! - [`grpc`] and [`layer`]: a tower layer for tonic servers that counts
 //!   every call by service, method and gRPC status code, and times it;
+//! - [`limits`]: a per-client request rate limit for tonic servers and a
+//!   cap on connections per address;
 //! - [`write`]: helpers for collectors that read their values at scrape
 //!   time instead of keeping them up to date.
 //!
@@ -20,6 +22,7 @@ pub mod error;
 pub mod exporter;
 pub mod grpc;
 pub mod layer;
+pub mod limits;
 pub mod write;
 
 pub use error::MetricsError;

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use herd_actors::driver::confine::{ConfineError, Confinement};
 use herd_api::resources::parse_memory;
 use serde::{Deserialize, Serialize};
 
@@ -60,6 +61,16 @@ pub struct NodeSettings {
     /// Move running inference requests off this node's instances that
     /// drain or run low on KV blocks (docs/inference.md); on by default.
     pub reschedule: Option<bool>,
+    /// Unprivileged user `exec` tasks run as (`"nobody"`); unset: the
+    /// agent's own user. Resolved at start: an unknown user is an error.
+    pub exec_user: Option<String>,
+    /// Directories, besides each allocation's own, that paths in job specs
+    /// (working directories, VM kernels and disks) may name; none by default.
+    pub allow_paths: Option<Vec<PathBuf>>,
+    /// Host block devices a VM may be given as its disk; none by default.
+    pub vm_devices: Option<Vec<PathBuf>>,
+    /// Per-client request rate, streams and connections (`[limits]`).
+    pub limits: Option<herd_api::limits::LimitSettings>,
 }
 
 herd_api::daemon_settings!(NodeSettings {
@@ -82,6 +93,10 @@ herd_api::daemon_settings!(NodeSettings {
     metrics_listen,
     balance,
     reschedule,
+    exec_user,
+    allow_paths,
+    vm_devices,
+    limits,
 });
 
 /// Where the agent's OpenAI-compatible HTTP endpoint listens.
@@ -147,6 +162,13 @@ pub struct NodeConfig {
     /// bootstrapped cluster requires (`--token`/`HERD_TOKEN`, never read
     /// from the config file). None: none is sent.
     pub token: Option<String>,
+    /// What the drivers confine jobs to: the exec user, the directories spec
+    /// paths may name, the host devices VMs may have (`exec_user`,
+    /// `allow_paths`, `vm_devices`; docs/security.md).
+    pub confinement: Confinement,
+    /// What one client may ask of this agent's servers (docs/security.md,
+    /// "Limits").
+    pub limits: herd_api::limits::Limits,
 }
 
 /// Largest number of simulated GPUs one node may claim.
@@ -291,6 +313,19 @@ impl NodeConfig {
             .map(parse_clock_range)
             .transpose()
             .map_err(|e| invalid("gpu-lock-clocks", e))?;
+        let confinement = Confinement::for_node(
+            settings.exec_user.as_deref(),
+            settings.allow_paths.as_deref().unwrap_or_default(),
+            settings.vm_devices.as_deref().unwrap_or_default(),
+        )
+        .map_err(|e| match e {
+            ConfineError::Setting {
+                setting: "vm_devices",
+                ..
+            } => invalid("vm-devices", e.to_string()),
+            ConfineError::Setting { .. } => invalid("allow-paths", e.to_string()),
+            _ => invalid("exec-user", e.to_string()),
+        })?;
         let labels = settings.labels.unwrap_or_default();
         for (key, value) in &labels {
             if key.is_empty() || key.len() > 64 || value.len() > 256 {
@@ -316,6 +351,8 @@ impl NodeConfig {
             http,
             metrics_listen,
             token: None,
+            limits: herd_api::limits::Limits::resolve(settings.limits)?,
+            confinement,
             balance_enabled: settings.balance.unwrap_or(true),
             reschedule_requests: settings.reschedule.unwrap_or(true),
             balance: herd_balance::Config::default(),
@@ -638,6 +675,75 @@ mod tests {
             Duration::from_secs(5),
             "documented default"
         );
+    }
+
+    #[test]
+    fn drivers_are_confined_by_default_and_bad_confinement_settings_are_named() {
+        use herd_actors::driver::confine::PathPolicy;
+        let config = NodeConfig::resolve(base()).expect("resolve");
+        assert_eq!(config.confinement.paths, PathPolicy::Within(Vec::new()));
+        assert_eq!(config.confinement.exec_user, None);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = NodeConfig::resolve(NodeSettings {
+            allow_paths: Some(vec![dir.path().to_path_buf()]),
+            ..base()
+        })
+        .expect("resolve");
+        let canonical = std::fs::canonicalize(dir.path()).expect("canonical");
+        assert_eq!(
+            config.confinement.paths,
+            PathPolicy::Within(vec![canonical])
+        );
+        for (settings, field, needle) in [
+            (
+                NodeSettings {
+                    exec_user: Some("no-such-user-herd".into()),
+                    ..base()
+                },
+                "exec-user",
+                "does not exist",
+            ),
+            (
+                NodeSettings {
+                    exec_user: Some("root".into()),
+                    ..base()
+                },
+                "exec-user",
+                "uid 0",
+            ),
+            (
+                NodeSettings {
+                    allow_paths: Some(vec!["images".into()]),
+                    ..base()
+                },
+                "allow-paths",
+                "absolute",
+            ),
+            (
+                NodeSettings {
+                    vm_devices: Some(vec![dir.path().to_path_buf()]),
+                    ..base()
+                },
+                "vm-devices",
+                "not a block device",
+            ),
+        ] {
+            match NodeConfig::resolve(settings) {
+                Err(ConfigError::Invalid { field: f, message }) => {
+                    assert_eq!(f, field);
+                    assert!(message.contains(needle), "{message}");
+                }
+                other => panic!("expected an error on {field}, got {other:?}"),
+            }
+        }
+        let file = NodeSettings::from_toml(
+            "exec_user = \"nobody\"\nallow_paths = [\"/srv/images\"]\nvm_devices = [\"/dev/sdb\"]\n",
+            "node.toml",
+        )
+        .expect("parse");
+        assert_eq!(file.exec_user.as_deref(), Some("nobody"));
+        assert_eq!(file.allow_paths, Some(vec![PathBuf::from("/srv/images")]));
+        assert_eq!(file.vm_devices, Some(vec![PathBuf::from("/dev/sdb")]));
     }
 
     #[test]

@@ -27,7 +27,7 @@ use tonic::Status;
 
 use crate::engines::Engines;
 use crate::serve::fleet::Fleet;
-use crate::serve::request_migration::{agent_channel, relayed_tokens, RequestMoves};
+use crate::serve::request_migration::{agent_channel, relayed_tokens, request_id_of, RequestMoves};
 
 /// The tokens of one request.
 pub type InferStream = Pin<Box<dyn Stream<Item = Result<InferToken, Status>> + Send>>;
@@ -211,13 +211,18 @@ impl Inference {
                     tonic::Code::Unavailable => Status::unavailable(message),
                     _ => Status::internal(message),
                 }
-            })?
-            .into_inner();
+            })?;
+        let id = request_id_of(tokens.metadata());
         let served = Served {
             alloc_id: engine.alloc_id,
             node: self.node.clone(),
         };
-        let stream = relayed_tokens(tokens, served.alloc_id.clone(), self.moves.clone());
+        let stream = relayed_tokens(
+            tokens.into_inner(),
+            served.alloc_id.clone(),
+            self.moves.clone(),
+            id,
+        );
         Ok((served, stream))
     }
 

@@ -14,6 +14,7 @@ pub mod config;
 pub mod engines;
 pub mod gpu_activity;
 pub mod infer;
+pub mod limits;
 pub mod link;
 pub mod logs;
 pub mod metrics;
@@ -69,6 +70,9 @@ pub enum NodeError {
     /// The actor tree did not start.
     #[error("the agent's actors did not start: {0}")]
     Actors(String),
+    /// The server's TLS settings were refused.
+    #[error(transparent)]
+    Tls(#[from] herd_api::tls::TlsError),
 }
 
 /// A running node agent.
@@ -171,13 +175,13 @@ pub async fn start(config: NodeConfig, executor: PathBuf) -> Result<RunningNode,
         addr: config.listen.to_string(),
         message: e.to_string(),
     })?;
-    start_with(
-        config,
-        Wiring::host(&executor),
+    let wiring = Wiring::host_confined(&executor, &config.confinement);
+    let incoming = herd_metrics::limits::cap_connections(
         TcpListenerStream::new(listener),
-        local_addr,
-    )
-    .await
+        limits::connection_cap(&config.limits),
+        limits::tcp_peer,
+    );
+    start_with(config, wiring, incoming, local_addr).await
 }
 
 /// Starts an agent on `wiring`, serving the connections `incoming` yields
@@ -280,6 +284,7 @@ where
         migrate::IncomingRegistry::new().dialing_peers_with(wiring.connector.clone());
     let balance = balance::BalanceHandle::new(&name).with_inference(inference.clone());
     let data_dir = config.data_dir.clone();
+    let server_limits = config.limits;
     let http_advertise = config.http.as_ref().map(|h| h.advertise.clone());
     let args = AgentArgs {
         balance: balance.clone(),
@@ -303,8 +308,13 @@ where
         balance.clone(),
     );
     let http_addr = http_listener.as_ref().map(|(_, bound)| *bound);
-    let http_server =
-        http_listener.map(|(listener, _)| serve::http::spawn(listener, inference.clone()));
+    let http_server = http_listener.map(|(listener, _)| {
+        limits::spawn_http(
+            listener,
+            serve::http::router(inference.clone()),
+            &server_limits,
+        )
+    });
     let peer = migrate::AgentPeerService::new(incoming_migrations.clone(), balance)
         .with_requests(inference.clone())
         .with_offline_moves(&name, &data_dir);
@@ -324,11 +334,28 @@ where
         None => None,
     };
     let metrics_addr = metrics_server.as_ref().map(|m| m.local_addr);
+    // Under mutual TLS the agent-to-agent service serves node agents'
+    // certificates only; `NodeAgent` (logs, inference, stats) any of the
+    // cluster's CA (docs/security.md).
+    let base = match herd_api::tls::transport().server(limits::server(&server_limits)) {
+        Ok(base) => base,
+        Err(e) => {
+            root.stop(Some("the server's TLS settings were refused".into()));
+            return Err(NodeError::Tls(e));
+        }
+    };
     let server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .layer(grpc_metrics.layer())
-            .add_service(NodeAgentServer::new(service))
-            .add_service(peer.into_server())
+        base.layer(grpc_metrics.layer())
+            .layer(limits::rate_layer(&server_limits))
+            .add_service(
+                NodeAgentServer::new(service)
+                    .max_decoding_message_size(limits::MAX_AGENT_MESSAGE)
+                    .max_encoding_message_size(limits::MAX_AGENT_MESSAGE),
+            )
+            .add_service(herd_api::tls::roles_only(
+                &[herd_api::tls::PeerRole::Node],
+                peer.into_server(),
+            ))
             .serve_with_incoming_shutdown(incoming, async {
                 let _ = shutdown_rx.await;
             }),

@@ -15,7 +15,7 @@ use herd_actors::driver::exec::ExecDriver;
 use herd_actors::driver::inference::InferenceDriver;
 use herd_actors::driver::simvm::SimVmDriver;
 use herd_actors::driver::vm::VmDriver;
-use herd_actors::driver::Driver;
+use herd_actors::driver::{Confinement, Driver};
 use herd_api::client::Connector;
 
 /// The drivers and transport of one agent; cloned into every restart of
@@ -33,12 +33,19 @@ impl Wiring {
     /// Every driver herd has, over TCP. `executor` is the herd binary: the
     /// exec driver's supervisor and the other drivers' helper.
     pub fn host(executor: &Path) -> Self {
+        Self::host_confined(executor, &Confinement::default())
+    }
+
+    /// Every driver herd has, over TCP, confined by the node's policy
+    /// (`exec_user`, `allow_paths`, `vm_devices`; see
+    /// `herd_actors::driver::confine`): what [`crate::start`] uses.
+    pub fn host_confined(executor: &Path, confinement: &Confinement) -> Self {
         Self::with_drivers(vec![
-            Arc::new(ExecDriver::new(executor)),
-            Arc::new(VmDriver::new(executor)),
-            Arc::new(SimVmDriver::new(executor)),
-            Arc::new(DljobDriver::new(executor)),
-            Arc::new(InferenceDriver::new(executor)),
+            Arc::new(ExecDriver::new(executor).with_confinement(confinement.clone())),
+            Arc::new(VmDriver::new(executor).with_confinement(confinement)),
+            Arc::new(SimVmDriver::new(executor).with_confinement(confinement)),
+            Arc::new(DljobDriver::new(executor).with_confinement(confinement)),
+            Arc::new(InferenceDriver::new(executor).with_confinement(confinement)),
         ])
     }
 

@@ -26,6 +26,12 @@
 //! the agent's extra `env`. The working directory defaults to the allocation
 //! directory. Limits: see [`cgroup`]; where they cannot be enforced,
 //! `limits.enforced` is false in the handle's detail with the reason.
+//!
+//! Confinement ([`ExecDriver::with_confinement`], the node's `exec_user`
+//! and `allow_paths`): the task runs as the exec user with no
+//! supplementary groups and `no_new_privs`, in an allocation directory
+//! made writable for it (sticky, so the driver's own files stay out of its
+//! reach), and the paths its spec names stay where the policy allows.
 
 pub mod cgroup;
 pub mod executor;
@@ -40,6 +46,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use self::files::Started;
+use super::confine::Confinement;
 use super::{
     Driver, DriverCapabilities, DriverError, ExitInfo, MigrationMode, WorkloadHandle, WorkloadSpec,
     WorkloadState,
@@ -65,6 +72,9 @@ pub struct ExecDriver {
     start_timeout: Duration,
     /// How long `stop` waits for the executor to record a SIGKILLed task.
     kill_wait: Duration,
+    /// The node's confinement: the user tasks run as, where spec paths may
+    /// lead (unconfined unless [`ExecDriver::with_confinement`] says).
+    confinement: Confinement,
 }
 
 impl ExecDriver {
@@ -75,7 +85,21 @@ impl ExecDriver {
             executor: executor.into(),
             start_timeout: Duration::from_secs(30),
             kill_wait: Duration::from_secs(5),
+            confinement: Confinement::default(),
         }
+    }
+
+    /// Confines the tasks of this driver: run as the policy's exec user
+    /// (if any), with the paths their specs name checked against it. The
+    /// node agent sets the node's policy; without it nothing is confined.
+    pub fn with_confinement(mut self, confinement: Confinement) -> Self {
+        self.confinement = confinement;
+        self
+    }
+
+    /// The confinement this driver applies.
+    pub fn confinement(&self) -> &Confinement {
+        &self.confinement
     }
 
     /// Changes how long `start` waits for the task to be running (default 30 s;
@@ -241,11 +265,11 @@ impl Driver for ExecDriver {
     }
 
     fn check(&self, spec: &WorkloadSpec) -> Result<(), DriverError> {
-        start::check(spec)
+        start::check(spec, &self.confinement)
     }
 
     async fn start(&self, spec: &WorkloadSpec) -> Result<WorkloadHandle, DriverError> {
-        start::start(&self.executor, self.start_timeout, spec).await
+        start::start(&self.executor, self.start_timeout, spec, &self.confinement).await
     }
 
     async fn recover(&self, spec: &WorkloadSpec) -> Result<Option<WorkloadHandle>, DriverError> {

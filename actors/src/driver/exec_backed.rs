@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 use herd_api::job::TaskSpec;
 use herd_api::validate::FieldError;
 
+use super::confine::Confinement;
 use super::exec::ExecDriver;
 use super::live::{IncomingEndpoints, MoveLimits, MoveStats, ProgressSink};
 use super::{
@@ -153,6 +154,15 @@ pub trait ExecKind: Default + Send + Sync + 'static {
         ))
     }
 
+    /// Takes the node's confinement (see [`super::confine`]) for the kind's
+    /// own checks (a VM's kernel and disk paths); the exec driver
+    /// underneath gets the paths policy but never the exec user, since a
+    /// kind runs herd's or QEMU's program rather than the job's own.
+    /// Default: the kind has no paths of its own to check.
+    fn confine(&mut self, confinement: &Confinement) {
+        let _ = confinement;
+    }
+
     /// Parses the task's settings: the `herd_api::driver_settings` function
     /// of this kind, which submit validation calls too.
     fn settings(&self, task: &TaskSpec) -> Result<Self::Settings, FieldError>;
@@ -239,6 +249,16 @@ impl<K: ExecKind> ExecBacked<K> {
             herd,
             kind: K::default(),
         }
+    }
+
+    /// Confines this driver's workloads by the node's policy: the paths
+    /// their specs name (checked by the kind and by the exec driver), but
+    /// not the exec user, which is for `exec` tasks only (see
+    /// [`ExecKind::confine`]).
+    pub fn with_confinement(mut self, confinement: &Confinement) -> Self {
+        self.exec = self.exec.with_confinement(confinement.without_exec_user());
+        self.kind.confine(confinement);
+        self
     }
 
     /// The exec driver underneath, for a kind's own operations.

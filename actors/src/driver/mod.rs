@@ -25,6 +25,7 @@
 //! are parsed by its function in `herd_api::driver_settings`, which submit
 //! validation calls too. Output goes where [`logs`] says, for every driver.
 
+pub mod confine;
 pub mod dljob;
 mod error;
 pub mod exec;
@@ -37,6 +38,7 @@ pub mod simvm;
 mod types;
 pub mod vm;
 
+pub use confine::Confinement;
 pub use error::DriverError;
 pub use types::{
     DriverCapabilities, ExitInfo, MigrationMode, WorkloadHandle, WorkloadSpec, WorkloadState,

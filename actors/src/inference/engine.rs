@@ -74,6 +74,17 @@ pub struct EngineConfig {
     pub swap_blocks: u32,
     /// Durations of prefill, decode and swap.
     pub cost: CostModel,
+    /// Whether a high-priority request that does not fit preempts normal
+    /// ones to get in (vLLM's priority scheduling); without it, it waits at
+    /// the head of the queue for room (FCFS engines), which the agents'
+    /// rescheduler can make by moving normal requests to other instances.
+    #[serde(default = "priority_preemption_default")]
+    pub priority_preemption: bool,
+}
+
+/// [`EngineConfig::priority_preemption`] where an older config has none.
+fn priority_preemption_default() -> bool {
+    true
 }
 
 /// A request as a client asks for it.
@@ -513,7 +524,7 @@ impl Engine {
                 // Only a high-priority request makes room, and only from normal ones.
                 let mut candidates = running.clone();
                 candidates.extend(&prefill);
-                let Some(victim) = (priority == Priority::High)
+                let Some(victim) = (priority == Priority::High && self.config.priority_preemption)
                     .then(|| self.victim(&candidates, Some(priority)))
                     .flatten()
                 else {
@@ -799,7 +810,9 @@ impl Engine {
     /// A migration stage: the KV blocks of running request `id` from
     /// `from_block` on. Without `freeze` only full blocks (immutable while
     /// it decodes); with `freeze` the request stops decoding first, and
-    /// every block it holds comes with the state to resume it from.
+    /// every block it holds comes with the state to resume it from. A
+    /// waiting request (queued for its prefill) has no blocks: its freeze
+    /// keeps it from being admitted, and its state has no cached token.
     pub fn export_kv(
         &mut self,
         id: RequestId,
@@ -811,9 +824,11 @@ impl Engine {
             .requests
             .get_mut(&id)
             .ok_or(EngineError::UnknownRequest(id))?;
-        if request.phase != Phase::Running || request.host.is_some() {
+        // A waiting request (queued for its prefill) holds no blocks: it
+        // migrates with none, and is queued on the target.
+        if request.phase == Phase::Swapped || request.host.is_some() {
             return Err(EngineError::Migration(format!(
-                "request {id} is {:?}, only a running request migrates",
+                "request {id} is {:?}, only a running or waiting request migrates",
                 request.phase
             )));
         }
@@ -925,7 +940,9 @@ impl Engine {
 
     /// Ends migration `migration` on the target: its staged blocks, checked
     /// byte for byte, become a running request in `state`, decoding from
-    /// its next token at `now`. Any failure frees what was staged.
+    /// its next token at `now` (a request with no cached token, moved while
+    /// it waited, is queued for its prefill instead). Any failure frees
+    /// what was staged.
     pub fn resume_imported(
         &mut self,
         migration: &str,
@@ -958,13 +975,17 @@ impl Engine {
                 self.pool.bytes_per_token()
             )));
         }
-        if cached == 0
-            || state.generated >= state.spec.max_tokens
-            || cached + 1 != state.spec.prompt_tokens as usize + state.generated as usize
+        // A request that waited for its (re-)prefill comes with no KV and
+        // is queued here; one that ran comes with its KV and decodes on.
+        let waiting = cached == 0;
+        if state.generated >= state.spec.max_tokens
+            || (!waiting
+                && cached + 1 != state.spec.prompt_tokens as usize + state.generated as usize)
             || table.len() != blocks_for(cached)
         {
             return Err(EngineError::Import(format!(
-                "inconsistent state for migration {migration}: {} blocks staged for {cached}                  tokens, {} of {} generated",
+                "inconsistent state for migration {migration}: {} blocks staged for {cached} \
+                 tokens, {} of {} generated",
                 table.len(),
                 state.generated,
                 state.spec.max_tokens
@@ -975,7 +996,11 @@ impl Engine {
                 "the KV bytes of migration {migration} do not verify"
             )));
         }
-        let extra = blocks_for(cached + 1) - table.len();
+        let extra = if waiting {
+            0
+        } else {
+            blocks_for(cached + 1) - table.len()
+        };
         let mut more = self.pool.allocate(extra).ok_or(EngineError::NoFreeBlocks {
             needed: extra as u64,
             free: self.pool.free() as u64,
@@ -990,7 +1015,11 @@ impl Engine {
                 seed: state.seed,
                 spec: state.spec,
                 seq,
-                phase: Phase::Running,
+                phase: if waiting {
+                    Phase::Waiting
+                } else {
+                    Phase::Running
+                },
                 generated: state.generated,
                 cached,
                 table,

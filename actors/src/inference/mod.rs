@@ -12,6 +12,7 @@
 //! - [`cost`]: the cost model and its constants, with their sources.
 //! - [`settings`]: `[task.config]` keys and their bounds.
 //! - [`runtime`]: the core on the real clock, for the engine process.
+//! - [`latency`]: recent TTFT and time-between-tokens samples, for stats.
 //! - [`watchdog`]: bounds on frozen requests and staged blocks of migrations.
 //! - [`endpoint`]: `engine.json`, where a running engine listens.
 //! - [`wire`]: conversions to and from `herd.inference.v1`.
@@ -21,6 +22,7 @@ pub mod cost;
 pub mod endpoint;
 pub mod engine;
 mod error;
+pub mod latency;
 pub mod runtime;
 pub mod settings;
 pub mod watchdog;

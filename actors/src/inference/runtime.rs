@@ -13,6 +13,7 @@ use super::engine::{
     Engine, EngineConfig, EngineStats, KvExport, KvState, RequestId, RequestSpec, TokenEvent,
 };
 use super::error::EngineError;
+use super::latency::LatencyLog;
 use super::watchdog::{Bounds, Watchdog};
 use crate::resources::gpu_work::{stretched, WorkMeter};
 
@@ -22,7 +23,7 @@ const QUEUE: usize = 1024;
 /// Tokens of one request, as the engine produces them.
 pub type TokenStream = mpsc::UnboundedReceiver<TokenEvent>;
 
-type Reply = oneshot::Sender<Result<TokenStream, EngineError>>;
+type Reply = oneshot::Sender<Result<(RequestId, TokenStream), EngineError>>;
 
 /// A step of a request migration, run by the engine task between steps.
 #[derive(Debug, Clone)]
@@ -88,6 +89,8 @@ pub struct EngineHandle {
     /// duration is stretched by the share's inverse (see
     /// `resources::gpu_work`).
     meter: Arc<WorkMeter>,
+    /// Recent TTFT and time-between-tokens samples.
+    latency: Arc<LatencyLog>,
 }
 
 impl std::fmt::Debug for Command {
@@ -129,11 +132,21 @@ impl EngineHandle {
         let (submit, requests) = mpsc::channel(QUEUE);
         let (stats_tx, stats) = watch::channel(engine.stats());
         let watchdog = Watchdog::new(bounds);
-        tokio::spawn(run(engine, time_scale, requests, stats_tx, watchdog, gpu));
+        let latency = Arc::new(LatencyLog::default());
+        tokio::spawn(run(
+            engine,
+            time_scale,
+            requests,
+            stats_tx,
+            watchdog,
+            gpu,
+            latency.clone(),
+        ));
         Self {
             submit,
             stats,
             meter,
+            latency,
         }
     }
 
@@ -146,6 +159,16 @@ impl EngineHandle {
     /// Queues a request; its tokens arrive on the stream, which ends after
     /// the last. Dropping the stream cancels the request.
     pub async fn generate(&self, spec: RequestSpec) -> Result<TokenStream, RuntimeError> {
+        self.generate_with_id(spec).await.map(|(_, tokens)| tokens)
+    }
+
+    /// [`EngineHandle::generate`], with the request's id in this engine (the
+    /// agent needs it to follow a request that migrates before its first
+    /// token, see [`super::wire::REQUEST_ID_HEADER`]).
+    pub async fn generate_with_id(
+        &self,
+        spec: RequestSpec,
+    ) -> Result<(RequestId, TokenStream), RuntimeError> {
         let (reply, answer) = oneshot::channel();
         self.submit
             .send(Command::Generate(spec, reply))
@@ -162,6 +185,12 @@ impl EngineHandle {
             .await
             .map_err(|_| RuntimeError::Stopped)?;
         Ok(answer.await.map_err(|_| RuntimeError::Stopped)??)
+    }
+
+    /// TTFT and time-between-tokens samples (ms, modelled clock) of the
+    /// last [`super::latency::WINDOW`] of wall time.
+    pub fn recent_latencies(&self) -> (Vec<u32>, Vec<u32>) {
+        self.latency.recent(Instant::now())
     }
 
     /// The latest stats (refreshed after every step).
@@ -222,6 +251,7 @@ async fn run(
     stats: watch::Sender<EngineStats>,
     mut watchdog: Watchdog,
     gpu: Gpu,
+    latency: Arc<LatencyLog>,
 ) {
     let mut streams: HashMap<RequestId, mpsc::UnboundedSender<TokenEvent>> = HashMap::new();
     // The modelled clock (µs): advanced by steps, and by idle real time.
@@ -265,6 +295,7 @@ async fn run(
         } else {
             tokio::task::yield_now().await;
         }
+        latency.record(&report.tokens, Instant::now());
         for token in report.tokens {
             let gone = match streams.get(&token.request) {
                 Some(tx) => tx.send(token).is_err(),
@@ -274,6 +305,7 @@ async fn run(
                 streams.remove(&token.request);
             } else if gone {
                 streams.remove(&token.request);
+                latency.forget(token.request);
                 let _ = engine.cancel(token.request);
             }
         }
@@ -321,7 +353,7 @@ fn accept(
     });
     match answer {
         Ok((id, rx)) => {
-            if reply.send(Ok(rx)).is_err() {
+            if reply.send(Ok((id, rx))).is_err() {
                 streams.remove(&id);
                 let _ = engine.cancel(id);
             }

@@ -77,6 +77,7 @@ impl EngineSettings {
                     Preemption::Swap => PreemptionMode::Swap,
                 },
                 swap_blocks: s.swap_blocks,
+                priority_preemption: s.priority_preemption,
                 cost: CostModel {
                     prefill_base_us: c.prefill_base_us.unwrap_or(fitted.prefill_base_us),
                     prefill_per_token_us: c

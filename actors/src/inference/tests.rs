@@ -14,6 +14,7 @@ fn config(kv_blocks: u32, max_batch: usize, preemption: PreemptionMode) -> Engin
         preemption,
         swap_blocks: kv_blocks,
         cost: CostModel::default(),
+        priority_preemption: true,
     }
 }
 
@@ -147,6 +148,47 @@ fn a_high_priority_request_gets_its_first_token_quickly_in_a_saturated_engine() 
     );
     assert_eq!(run.tokens[&high].len(), 100);
     assert!(low.iter().all(|id| run.tokens[id].len() == 100));
+}
+
+#[test]
+fn without_priority_preemption_a_high_request_waits_for_room_at_the_head_of_the_queue() {
+    let mut config = config(40, 8, PreemptionMode::Recompute);
+    config.priority_preemption = false;
+    let mut engine = Engine::new(config);
+    let mut run = Run::default();
+    // Two long requests hold 2 × 16 of the 40 blocks at the end.
+    let low: Vec<_> = (0..2)
+        .map(|_| engine.submit(normal(200, 50), 0).expect("fits"))
+        .collect();
+    for _ in 0..5 {
+        run.step(&mut engine);
+    }
+    // 19 blocks: more than the 40 - 2 × 13 left.
+    let high = engine
+        .submit(
+            RequestSpec {
+                prompt_tokens: 300,
+                max_tokens: 10,
+                priority: Priority::High,
+            },
+            run.now,
+        )
+        .expect("fits");
+    let queued = engine.submit(normal(16, 10), run.now).expect("fits");
+    for _ in 0..5 {
+        run.step(&mut engine);
+    }
+    assert!(run.preempted.is_empty(), "{:?}", run.preempted);
+    let phases = engine.phases();
+    assert_eq!(phases[&high], Phase::Waiting, "it waits for room");
+    // At the head of the queue: a normal request behind it waits too.
+    assert_eq!(phases[&queued], Phase::Waiting);
+    run.drive(&mut engine, 10_000);
+    assert!(run.preempted.is_empty(), "{:?}", run.preempted);
+    // Admitted only once a long request finished (its 50 tokens).
+    assert!(run.ttft[&high] > run.ttft[&low[0]] + 40 * 20_000);
+    assert_eq!(run.tokens[&high].len(), 10);
+    assert!(run.ttft[&queued] >= run.ttft[&high]);
 }
 
 #[test]
@@ -286,6 +328,93 @@ mod request_migration {
         }
         assert_eq!(seen, (0..100).collect::<Vec<_>>());
         assert_eq!(target.stats().free_blocks, target.stats().total_blocks);
+    }
+
+    #[test]
+    fn a_waiting_request_moves_with_no_blocks_and_is_queued_on_the_target() {
+        let (mut source, mut target) = (engine(), engine());
+        // 30 of the 32 blocks held: the next request waits.
+        let big = source
+            .submit(
+                RequestSpec {
+                    prompt_tokens: 470,
+                    max_tokens: 10,
+                    priority: Priority::Normal,
+                },
+                0,
+            )
+            .expect("fits");
+        let id = source.submit(spec(), 0).expect("submitted");
+        let r = source.step(0);
+        assert_eq!(r.prefilled, vec![big]);
+        // Nothing to copy while it waits; the freeze keeps it out of the batch.
+        let copy = source.export_kv(id, 0, false).expect("stage");
+        assert_eq!((copy.blocks, copy.data.len()), (0, 0));
+        let frozen = source.export_kv(id, 0, true).expect("freeze");
+        let state = frozen.state.expect("state");
+        assert_eq!(
+            (frozen.blocks, state.cached_tokens, state.generated),
+            (0, 0, 0)
+        );
+        let mut now = 1;
+        while source.stats().requests.len() > 1 {
+            let r = source.step(now);
+            now += r.duration_us.max(1);
+            assert!(r.tokens.iter().all(|t| t.request == big), "{r:?}");
+        }
+        let moved = target.resume_imported("w", state, now).expect("queued");
+        assert_eq!(target.phases()[&moved], super::Phase::Waiting);
+        assert_eq!(source.release_frozen(id).expect("released"), 0);
+        assert!(source.is_idle());
+        let mut seen = Vec::new();
+        while !target.is_idle() {
+            let r = target.step(now);
+            now += r.duration_us;
+            seen.extend(r.tokens.iter().map(|t| t.index));
+        }
+        assert_eq!(seen, (0..100).collect::<Vec<_>>());
+        assert_eq!(target.stats().free_blocks, target.stats().total_blocks);
+        // A swapped-out request does not migrate.
+        let mut settings = EngineSettings::default();
+        settings.engine.kv_blocks = 4;
+        settings.engine.bytes_per_token = 8;
+        settings.engine.preemption = crate::inference::PreemptionMode::Swap;
+        let mut small = Engine::new(settings.engine);
+        let a = small
+            .submit(
+                RequestSpec {
+                    prompt_tokens: 30,
+                    max_tokens: 30,
+                    priority: Priority::Normal,
+                },
+                0,
+            )
+            .expect("fits");
+        let b = small
+            .submit(
+                RequestSpec {
+                    prompt_tokens: 30,
+                    max_tokens: 30,
+                    priority: Priority::Normal,
+                },
+                0,
+            )
+            .expect("fits");
+        let mut now = 0;
+        let swapped = loop {
+            let r = small.step(now);
+            now += r.duration_us;
+            if let Some((v, _)) = r.preempted.first() {
+                break *v;
+            }
+            assert!(!small.is_idle(), "never preempted");
+        };
+        assert!([a, b].contains(&swapped));
+        assert_eq!(small.phases()[&swapped], super::Phase::Swapped);
+        assert!(matches!(
+            small.export_kv(swapped, 0, true),
+            Err(EngineError::Migration(_))
+        ));
     }
 
     #[test]

@@ -6,6 +6,11 @@ use herd_api::proto::inference as pb;
 use super::engine::{EngineStats, KvState, Phase, Priority, RequestSpec, TokenEvent};
 use super::error::EngineError;
 
+/// Response metadata of `Generate` and `ResumeImported`: the request's id
+/// in the engine, before any token (a request moved while it waits for its
+/// prefill has produced none, and its relay must know which it is).
+pub const REQUEST_ID_HEADER: &str = "x-herd-request-id";
+
 /// Reads a wire priority: `""` or `"normal"`, or `"high"`.
 pub fn parse_priority(text: &str) -> Result<Priority, EngineError> {
     match text {
@@ -108,5 +113,7 @@ pub fn stats(s: &EngineStats) -> pb::EngineStats {
             })
             .collect(),
         draining: false,
+        recent_ttft_ms: Vec::new(),
+        recent_tbt_ms: Vec::new(),
     }
 }

@@ -13,6 +13,13 @@
 //! - [`Provisioning::Policy`]: every node's governor runs herd's POLCA
 //!   policy ([`decide`], the same function the node's PowerGovernor calls)
 //!   on its share once per [`STEP_MS`];
+//! - [`Provisioning::DemandShares`]: the same governors, on shares the
+//!   coordinators re-split from the nodes' reported demand every
+//!   [`RESPLIT_MS`] ([`split_by_demand`], the function the leader calls):
+//!   a node reports, per class, the most its GPUs would have drawn
+//!   uncapped in any governor round since its last report; lowered shares
+//!   take effect at once, raised ones one trace step (50 ms) later, as the
+//!   leader grants watts only once their release is confirmed;
 //! - [`Provisioning::StaticCap`]: the naive yardstick, every GPU capped
 //!   once and for all at the feed divided by the GPU count, so the fleet
 //!   can never exceed the feed whatever runs.
@@ -23,7 +30,12 @@
 //! 10–50 ms, the governor's sampling period). Time over budget is counted
 //! in those sub-steps.
 
+use std::collections::BTreeMap;
+
 use herd_api::power::{gpu_nameplate, Thresholds};
+use herd_api::power_demand::{
+    gpu_demand_watts, split_by_demand, ClassDemand, DemandConfig, NodeDemand,
+};
 
 use super::policy::{decide, GpuPowerState, Phase, PolicyConfig, PriorityClass};
 use super::trace::{ServerMix, ServerTrace, STEP_MS};
@@ -34,6 +46,9 @@ pub const SUBSTEPS: u64 = 5;
 const SUBSTEP_MS: u64 = STEP_MS / SUBSTEPS;
 /// Longest replay accepted, hours (a week).
 pub const MAX_HOURS: f64 = 168.0;
+/// How often the coordinators re-split the feed from demand, ms of
+/// simulated time ([`Provisioning::DemandShares`]): about a heartbeat.
+pub const RESPLIT_MS: u64 = 1000;
 /// Most servers accepted in one replay.
 pub const MAX_SERVERS: usize = 20_000;
 
@@ -52,6 +67,8 @@ pub enum Provisioning {
     Uncapped,
     /// herd's governors, each on its node's share.
     Policy,
+    /// herd's governors, on shares re-split from demand.
+    DemandShares,
     /// Every GPU capped at feed / GPU count, for good.
     StaticCap,
 }
@@ -62,6 +79,7 @@ impl Provisioning {
         match self {
             Provisioning::Uncapped => "uncapped",
             Provisioning::Policy => "herd policy",
+            Provisioning::DemandShares => "herd demand shares",
             Provisioning::StaticCap => "static cap",
         }
     }
@@ -91,6 +109,8 @@ pub struct ReplayConfig {
     pub thresholds: Thresholds,
     /// The policy's tuning.
     pub policy: PolicyConfig,
+    /// The demand re-split's tuning ([`Provisioning::DemandShares`]).
+    pub demand: DemandConfig,
     /// Call the policy every round, even when it provably changes nothing
     /// (the draw between its release and first thresholds, or under the
     /// release with no GPU capped). Slower; tests use it to check that the
@@ -119,6 +139,7 @@ impl ReplayConfig {
             provisioning,
             thresholds: Thresholds::default(),
             policy: PolicyConfig::default(),
+            demand: DemandConfig::default(),
             always_decide: false,
         }
     }
@@ -166,6 +187,9 @@ impl ReplayConfig {
         }
         if let Err(e) = self.thresholds.check() {
             return bad(format!("thresholds: {e}"));
+        }
+        if let Err(e) = self.demand.check() {
+            return bad(e);
         }
         let (_, hosted) = self.servers();
         if hosted == 0 {
@@ -288,6 +312,15 @@ struct Node {
     gpus: Vec<GpuPowerState>,
     /// Sub-steps after a trace change before its governor samples.
     offset: u64,
+    /// Its share of the feed, watts.
+    share: f64,
+    /// A raised share waiting for the next step.
+    raise_to: Option<f64>,
+    /// What each class would have drawn uncapped, on average since its
+    /// last report, watts.
+    peak: ClassDemand,
+    /// The most all classes together would have drawn since then.
+    top: f64,
 }
 
 /// Replays `config`; see the module doc. Deterministic: the same config
@@ -298,6 +331,10 @@ pub fn replay(config: &ReplayConfig) -> Result<ReplayReport, ReplayError> {
     let (nameplate_servers, servers) = config.servers();
     let budget = config.feed_watts;
     let share = budget / servers as f64;
+    let floor_watts = f64::from(plate.min_watts) * f64::from(config.mix.gpus());
+    let names: Vec<String> = (0..servers).map(|n| format!("n{n}")).collect();
+    let mut sent: BTreeMap<String, f64> = BTreeMap::new();
+    let resplit_every = (RESPLIT_MS / STEP_MS).max(1);
     let start_ms = config.start_hour * 3_600_000.0;
     let initial_limit = match config.provisioning {
         Provisioning::StaticCap => config.static_cap_watts(servers),
@@ -321,6 +358,10 @@ pub fn replay(config: &ReplayConfig) -> Result<ReplayReport, ReplayError> {
                     })
                     .collect(),
                 offset: 1 + (n as u64 % SUBSTEPS),
+                share,
+                raise_to: None,
+                peak: ClassDemand::default(),
+                top: 0.0,
             }
         })
         .collect();
@@ -360,7 +401,42 @@ pub fn replay(config: &ReplayConfig) -> Result<ReplayReport, ReplayError> {
         let t = start_ms + (step * STEP_MS) as f64;
         before.fill(0.0);
         after.fill(0.0);
+        if config.provisioning == Provisioning::DemandShares {
+            for node in &mut nodes {
+                if let Some(raised) = node.raise_to.take() {
+                    node.share = raised;
+                }
+            }
+            if step > 0 && step % resplit_every == 0 {
+                let demands: Vec<NodeDemand> = nodes
+                    .iter()
+                    .zip(&names)
+                    .map(|(node, name)| NodeDemand {
+                        name: name.clone(),
+                        nameplate_watts: config.server_nameplate_watts(),
+                        floor_watts,
+                        demand: node.peak,
+                        spike_watts: (node.top - node.peak.total()).max(0.0),
+                        reporting: true,
+                    })
+                    .collect();
+                let shares = split_by_demand(budget, &demands, &sent, &config.demand)
+                    .map_err(ReplayError::BadConfig)?;
+                for (node, name) in nodes.iter_mut().zip(&names) {
+                    let new = shares.get(name).copied().unwrap_or(0.0);
+                    if new < node.share {
+                        node.share = new;
+                    } else if new > node.share {
+                        node.raise_to = Some(new);
+                    }
+                    node.peak = ClassDemand::default();
+                    node.top = 0.0;
+                }
+                sent = shares;
+            }
+        }
         for node in &mut nodes {
+            let share = node.share;
             node.trace.step(t, &mut activity);
             let mut draw_before = 0.0;
             for ((gpu, a), want) in node.gpus.iter_mut().zip(&activity).zip(wanted.iter_mut()) {
@@ -371,7 +447,10 @@ pub fn replay(config: &ReplayConfig) -> Result<ReplayReport, ReplayError> {
             limits_before.clear();
             limits_before.extend(node.gpus.iter().map(|g| g.limit_watts));
             let mut draw_after = draw_before;
-            if config.provisioning == Provisioning::Policy {
+            if matches!(
+                config.provisioning,
+                Provisioning::Policy | Provisioning::DemandShares
+            ) {
                 let any_capped = node.gpus.iter().any(|g| g.limit_watts < g.max_watts);
                 let may_act = draw_before > thresholds.cap * share
                     || (draw_before < thresholds.release * share && any_capped);
@@ -399,6 +478,28 @@ pub fn replay(config: &ReplayConfig) -> Result<ReplayReport, ReplayError> {
                         }
                     }
                 }
+            }
+            if config.provisioning == Provisioning::DemandShares {
+                let mut now = ClassDemand::default();
+                for (gpu, want) in node.gpus.iter().zip(&wanted) {
+                    let capped = gpu.limit_watts < gpu.max_watts;
+                    let asked = gpu_demand_watts(
+                        want.min(f64::from(gpu.limit_watts)),
+                        f64::from(gpu.limit_watts),
+                        f64::from(gpu.max_watts),
+                        capped,
+                    );
+                    match gpu.class {
+                        PriorityClass::Inference => now.inference += asked,
+                        PriorityClass::Training => now.training += asked,
+                        PriorityClass::Batch => now.batch += asked,
+                    }
+                }
+                let k = 1.0 / resplit_every as f64;
+                node.peak.inference += now.inference * k;
+                node.peak.training += now.training * k;
+                node.peak.batch += now.batch * k;
+                node.top = node.top.max(now.total());
             }
             let o = node.offset as usize;
             before[o] += draw_before;
@@ -528,6 +629,85 @@ mod tests {
         let fixed = run(0.3, Provisioning::StaticCap, false);
         assert_eq!(fixed.over_budget_ms, 0, "{fixed:?}");
         assert!(fixed.class(PriorityClass::Inference).loss() > inference);
+    }
+
+    /// Shares that follow demand keep the feed as the static ones do (no
+    /// time over it in these windows), spare inference as much, and do
+    /// about the same work: on this trace the fleet at +30 % sits near
+    /// the governors' aim most of the day, so there is little slack to
+    /// move (docs/power.md, Benchmark).
+    #[test]
+    fn demand_shares_keep_the_feed_and_spare_inference() {
+        for (seed, hour) in [(11, 15.0), (5, 6.0)] {
+            let go = |provisioning| {
+                let mut config = ReplayConfig::new(seed, 0.25, FEED * 4.0, 0.3, provisioning);
+                config.start_hour = hour;
+                replay(&config).expect("valid config")
+            };
+            let fixed = go(Provisioning::Policy);
+            let demand = go(Provisioning::DemandShares);
+            assert_eq!(demand.over_budget_ms, 0, "{demand:?}");
+            assert!(demand.cap_events > 0, "the shares bind: {demand:?}");
+            let inference = demand.class(PriorityClass::Inference).loss();
+            assert!(
+                inference <= demand.class(PriorityClass::Training).loss() && inference < 0.001,
+                "{demand:?}"
+            );
+            let ratio = demand.done_gpu_hours() / fixed.done_gpu_hours();
+            assert!(
+                (0.99..1.01).contains(&ratio),
+                "{ratio}: {demand:?} {fixed:?}"
+            );
+            assert_ne!(demand, fixed);
+        }
+    }
+
+    /// The day `herd bench power` replays at +30 % (1 MW, 24 h from
+    /// midnight, seed 1): its nameplate, static cap, herd policy and herd
+    /// demand shares rows, in parallel. Slow (minutes in release), so
+    /// ignored; run with `cargo test -p herd-actors --release --lib
+    /// bench_day -- --ignored --nocapture`. The herd rows never go over
+    /// the feed.
+    #[test]
+    #[ignore = "minutes of SIMULATION; run in release by hand"]
+    fn bench_day_at_30_percent() {
+        let rows: Vec<ReplayReport> = std::thread::scope(|scope| {
+            let handles: Vec<_> = [
+                (0.0, Provisioning::Uncapped),
+                (0.3, Provisioning::StaticCap),
+                (0.3, Provisioning::Policy),
+                (0.3, Provisioning::DemandShares),
+            ]
+            .into_iter()
+            .map(|(x, p)| {
+                scope.spawn(move || replay(&ReplayConfig::new(1, 24.0, 1e6, x, p)).expect("valid"))
+            })
+            .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("replay"))
+                .collect()
+        });
+        let base = rows[0].done_gpu_hours();
+        for r in &rows {
+            eprintln!(
+                "{} +{:.0} %: servers {} over {:.2} s longest {:.2} s peak {:.1} % cap events {} ({}) loss inference {:.2} % training {:.2} % batch {:.2} % work {:.3}",
+                r.provisioning.as_str(),
+                r.oversubscription * 100.0,
+                r.servers,
+                r.over_budget_ms as f64 / 1000.0,
+                r.longest_excursion_ms as f64 / 1000.0,
+                r.peak_watts / r.budget_watts * 100.0,
+                r.cap_events,
+                r.cap_all_events,
+                r.class(PriorityClass::Inference).loss() * 100.0,
+                r.class(PriorityClass::Training).loss() * 100.0,
+                r.class(PriorityClass::Batch).loss() * 100.0,
+                r.done_gpu_hours() / base,
+            );
+        }
+        assert_eq!(rows[2].over_budget_ms, 0, "{:?}", rows[2]);
+        assert_eq!(rows[3].over_budget_ms, 0, "{:?}", rows[3]);
     }
 
     #[test]

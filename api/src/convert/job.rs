@@ -1,5 +1,6 @@
 //! [`JobSpec`] to and from [`proto::JobSpec`].
 
+use crate::autoscale::AutoscaleSpec;
 use crate::job::{unknown_job_type_message, JobSpec, JobType};
 use crate::proto::v1 as proto;
 use crate::validate::FieldError;
@@ -14,6 +15,7 @@ impl From<&JobSpec> for proto::JobSpec {
             task: Some((&spec.task).into()),
             stop_after_disconnect_ms: crate::duration::to_wire_ms(spec.stop_after_disconnect),
             balance_movable: spec.balance.movable,
+            autoscale: spec.autoscale.as_deref().map(autoscale_to_proto),
             ..Default::default()
         };
         super::placement::to_proto(&spec.placement, &mut wire);
@@ -47,9 +49,41 @@ impl TryFrom<proto::JobSpec> for JobSpec {
             balance: crate::job::BalanceSpec {
                 movable: spec.balance_movable,
             },
+            autoscale: spec.autoscale.map(|a| Box::new(autoscale_from_proto(a))),
         };
         spec.validate()?;
         Ok(spec)
+    }
+}
+
+/// `[autoscale]` on the wire.
+fn autoscale_to_proto(a: &AutoscaleSpec) -> proto::AutoscaleSpec {
+    proto::AutoscaleSpec {
+        min: a.min,
+        max: a.max,
+        target_load_permille: a.target_load_permille,
+        ttft_p99_ms: a.ttft_p99_ms.unwrap_or(0),
+        tbt_p99_ms: a.tbt_p99_ms.unwrap_or(0),
+        scale_out_cooldown_ms: a.scale_out_cooldown_ms,
+        scale_in_cooldown_ms: a.scale_in_cooldown_ms,
+    }
+}
+
+/// `[autoscale]` from the wire: zeros mean the defaults (or no objective);
+/// the ranges are checked by [`JobSpec::validate`].
+fn autoscale_from_proto(a: proto::AutoscaleSpec) -> AutoscaleSpec {
+    let defaults = AutoscaleSpec::new(a.min, a.max);
+    let or = |value: u64, default: u64| if value == 0 { default } else { value };
+    AutoscaleSpec {
+        target_load_permille: match a.target_load_permille {
+            0 => defaults.target_load_permille,
+            n => n,
+        },
+        ttft_p99_ms: (a.ttft_p99_ms > 0).then_some(a.ttft_p99_ms),
+        tbt_p99_ms: (a.tbt_p99_ms > 0).then_some(a.tbt_p99_ms),
+        scale_out_cooldown_ms: or(a.scale_out_cooldown_ms, defaults.scale_out_cooldown_ms),
+        scale_in_cooldown_ms: or(a.scale_in_cooldown_ms, defaults.scale_in_cooldown_ms),
+        ..defaults
     }
 }
 
@@ -115,12 +149,28 @@ mod tests {
             },
             stop_after_disconnect: Some(std::time::Duration::from_millis(2500)),
             balance: Default::default(),
+            autoscale: None,
         }
+    }
+
+    fn autoscaled() -> JobSpec {
+        let mut spec = service();
+        spec.task.driver = "inference".into();
+        spec.task.command = None;
+        spec.task.args = Vec::new();
+        spec.task.resources.gpus = 0;
+        spec.task.resources.gpu_model = None;
+        spec.autoscale = Some(Box::new(AutoscaleSpec {
+            ttft_p99_ms: Some(2000),
+            target_load_permille: 600,
+            ..AutoscaleSpec::new(2, 5)
+        }));
+        spec
     }
 
     #[test]
     fn round_trips_through_proto_and_the_wire() {
-        for spec in [batch(), service()] {
+        for spec in [batch(), service(), autoscaled()] {
             let wire = proto::JobSpec::from(&spec);
             assert_eq!(JobSpec::try_from(wire.clone()), Ok(spec.clone()));
             // And through the encoded bytes a client actually sends.

@@ -26,6 +26,7 @@ pub const KEYS: &[&str] = &[
     "max_batch",
     "preemption",
     "swap_blocks",
+    "priority_preemption",
     "time_scale",
     "prefill_base_us",
     "prefill_per_token_us",
@@ -77,6 +78,9 @@ pub struct InferenceSettings {
     pub preemption: Preemption,
     /// Host-memory blocks for swapped-out requests (defaults to `kv_blocks`).
     pub swap_blocks: u32,
+    /// Whether a high-priority request that does not fit preempts normal
+    /// ones (`true`, the default) or waits for room (`false`).
+    pub priority_preemption: bool,
     /// Real time per modelled time (0.01 runs 100× faster; 0 never sleeps).
     pub time_scale: f64,
     /// Cost model overrides.
@@ -93,6 +97,7 @@ impl Default for InferenceSettings {
             max_batch: 32,
             preemption: Preemption::Recompute,
             swap_blocks: 512,
+            priority_preemption: true,
             time_scale: 1.0,
             costs: CostOverrides::default(),
         }
@@ -188,6 +193,9 @@ impl InferenceSettings {
                 }
             };
         }
+        if let Some(v) = parse::<bool>(config, "priority_preemption")? {
+            s.priority_preemption = v;
+        }
         if let Some(v) = parse::<u32>(config, "swap_blocks")? {
             s.swap_blocks = bounded("swap_blocks", v, 0, 1 << 22)?;
         }
@@ -237,8 +245,11 @@ mod tests {
             ("preemption", "swap"),
             ("time_scale", "0.01"),
             ("decode_base_us", "1000"),
+            ("priority_preemption", "false"),
         ]))
         .expect("valid");
+        assert!(!s.priority_preemption);
+        assert!(InferenceSettings::default().priority_preemption);
         assert_eq!((s.kv_blocks, s.swap_blocks), (8, 8));
         assert_eq!(s.preemption, Preemption::Swap);
         assert_eq!(s.costs.decode_base_us, Some(1000.0));
@@ -252,6 +263,10 @@ mod tests {
             (vec![("kv_blocks", "lots")], "task.config.kv_blocks"),
             (vec![("max_batch", "-1")], "task.config.max_batch"),
             (vec![("preemption", "drop")], "task.config.preemption"),
+            (
+                vec![("priority_preemption", "maybe")],
+                "task.config.priority_preemption",
+            ),
             (vec![("time_scale", "NaN")], "task.config.time_scale"),
             (vec![("kv_blcks", "3")], "task.config.kv_blcks"),
             (

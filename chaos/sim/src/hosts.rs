@@ -72,6 +72,7 @@ fn coordinator_config(id: u64, members: u64, raft: RaftTuning) -> CoordinatorCon
         http_listen: None,
         metrics_listen: None,
         join_token: None,
+        limits: Default::default(),
         // Off: the fallback's solver limit is wall-clock time, not the
         // simulation's, and would make runs differ.
         reschedule: herd_coordinator::reschedule::config::Rescheduling::off(),
@@ -148,6 +149,8 @@ fn node_config(name: &str, members: u64, data_dir: PathBuf) -> NodeConfig {
         http: None,
         metrics_listen: None,
         token: None,
+        limits: Default::default(),
+        confinement: Default::default(),
         // The agents' balancing dials peers over plain TCP, outside the
         // simulated network: off in the simulation.
         balance_enabled: false,

@@ -10,6 +10,7 @@ pub mod jobs;
 pub mod leaks;
 pub mod linear;
 pub mod migrations;
+pub mod offline_moves;
 pub mod power;
 pub mod version_order;
 
@@ -123,6 +124,9 @@ pub fn check_all(history: &History, config: &CheckConfig) -> Vec<(&'static str, 
     }
     if let Some(verdict) = migrations::check_history(history) {
         verdicts.push(("migrations end, one copy", verdict));
+    }
+    if let Some(verdict) = offline_moves::check_history(history) {
+        verdicts.push(("offline moves reported, one copy", verdict));
     }
     if let Some(verdict) = power::check_history(history) {
         verdicts.push(("power under hard budget", verdict));

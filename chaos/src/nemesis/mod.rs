@@ -5,6 +5,7 @@
 //! [`ProxyNet`] the cluster was started behind; clients and node agents
 //! reach the coordinators directly.
 
+pub mod away;
 pub mod partition;
 pub mod rng;
 pub mod schedule;
@@ -75,6 +76,11 @@ pub enum Fault {
     /// up to ten minutes either way (through the fault shim); the heal
     /// jumps them back.
     ClockSkew,
+    /// Every coordinator killed for a long stretch (the whole window)
+    /// while node agents are killed and restarted inside it
+    /// ([`away::Churn`]): the agents balance among themselves with the
+    /// coordinators away, and reconcile with them at the heal.
+    CoordinatorsAway,
 }
 
 impl Fault {
@@ -146,6 +152,9 @@ enum Heal {
     Network,
     FreeDisk(u64),
     ClearShim(Vec<u64>),
+    /// Restart these coordinators; agents killed inside the window are
+    /// restarted on the churn's own schedule ([`advance`]) or at the heal.
+    Away(Vec<u64>, away::Churn),
 }
 
 /// A nemesis could not act on the cluster.
@@ -357,6 +366,24 @@ pub fn inject(
                 heal: Heal::ClearShim(cluster.ids()),
             }
         }
+        Fault::CoordinatorsAway => {
+            let agents = targets
+                .agents
+                .as_deref()
+                .ok_or(NemesisError::NoAgents(fault))?;
+            let churn = away::Churn::plan(agents, rng);
+            for id in &ids {
+                cluster.kill(*id)?;
+            }
+            Active {
+                what: format!(
+                    "kill -9 every coordinator {ids:?} for the whole window; meanwhile {churn}"
+                ),
+                lost_node: None,
+                unsupervised_node: None,
+                heal: Heal::Away(ids.clone(), churn),
+            }
+        }
         Fault::SlowNetwork | Fault::LossyNetwork => {
             let net = targets.net.ok_or(NemesisError::NoProxies(fault))?;
             let link = if fault == Fault::SlowNetwork {
@@ -394,6 +421,23 @@ pub fn inject(
         }
     };
     Ok(active)
+}
+
+/// Carries out what is due, `elapsed` into the window of `active`, of a
+/// fault that acts in steps (agents killed and restarted while the
+/// coordinators are away); nothing for any other fault.
+pub fn advance(
+    active: &mut Active,
+    elapsed: Duration,
+    targets: &mut Targets<'_>,
+) -> Result<(), NemesisError> {
+    if let (Heal::Away(_, churn), Some(agents)) = (&mut active.heal, targets.agents.as_deref_mut())
+    {
+        for step in churn.due(elapsed, agents)? {
+            tracing::info!(step = %step, "inside the fault");
+        }
+    }
+    Ok(())
 }
 
 /// Undoes `active`: restarts what was killed, resumes what was paused,
@@ -439,6 +483,14 @@ pub fn heal(active: &Active, targets: &mut Targets<'_>) -> Result<(), NemesisErr
                 targets
                     .cluster
                     .set_shim_faults(*id, ShimFaults::default())?;
+            }
+        }
+        Heal::Away(ids, churn) => {
+            if let Some(agents) = targets.agents.as_deref_mut() {
+                churn.clone().finish(agents)?;
+            }
+            for id in ids {
+                targets.cluster.restart(*id)?;
             }
         }
         Heal::FreeDisk(id) => {

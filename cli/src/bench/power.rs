@@ -91,6 +91,7 @@ fn configs(args: &PowerBenchArgs) -> Vec<ReplayConfig> {
             Provisioning::Uncapped,
             Provisioning::StaticCap,
             Provisioning::Policy,
+            Provisioning::DemandShares,
         ] {
             out.push(make(pct / 100.0, provisioning));
         }
@@ -206,7 +207,7 @@ pub async fn run(ctx: &Context, args: PowerBenchArgs) -> Result<(), CliError> {
         return Ok(());
     }
     println!(
-        "SIMULATION (herd_actors::power::replay): {:.0} kW feed of GPU power, 8×H100 servers (4 inference, 2 training, 2 batch GPUs), synthetic POLCA-shaped trace, seed {}, {} simulated hours from {:02}:00; herd policy = the real POLCA policy per node share every 50 ms (reaction 10-50 ms); static cap = every GPU at feed / GPUs; loss = throughput lost to caps along the H100 curve; work = GPU-hours done / the nameplate fleet's\n",
+        "SIMULATION (herd_actors::power::replay): {:.0} kW feed of GPU power, 8×H100 servers (4 inference, 2 training, 2 batch GPUs), synthetic POLCA-shaped trace, seed {}, {} simulated hours from {:02}:00; herd policy = the real POLCA policy per node share every 50 ms (reaction 10-50 ms), shares static (equal); herd demand shares = the same, shares re-split from reported demand every 1 s (herd_api::power_demand); static cap = every GPU at feed / GPUs; loss = throughput lost to caps along the H100 curve; work = GPU-hours done / the nameplate fleet's\n",
         args.feed_kw, args.seed, args.hours, args.start_hour as u32
     );
     println!("| fleet | servers | servers/MW | more servers | s over budget | longest excursion (s) | peak / budget | cap events (inference) | loss inference | loss training | loss batch | work vs nameplate | wall s |");

@@ -160,6 +160,7 @@ impl ServeBenchArgs {
             preemption: PreemptionMode::Recompute,
             swap_blocks: 0,
             cost: CostModel::default(),
+            priority_preemption: true,
         }
     }
 

@@ -75,6 +75,20 @@ pub struct AgentArgs {
     /// that drain or run low on KV blocks (docs/inference.md).
     #[arg(long)]
     pub no_reschedule: bool,
+    /// Run `exec` tasks as this unprivileged user (e.g. nobody), with no
+    /// supplementary groups; the agent must run as root (docs/security.md).
+    #[arg(long)]
+    pub exec_user: Option<String>,
+    /// A directory, besides each allocation's own, that paths in job specs
+    /// (working directories, VM kernels and disks) may name; repeatable.
+    #[arg(long = "allow-path", value_name = "DIR")]
+    pub allow_paths: Vec<std::path::PathBuf>,
+    /// A host block device a VM may be given as its disk; repeatable.
+    #[arg(long = "vm-device", value_name = "DEVICE")]
+    pub vm_devices: Vec<std::path::PathBuf>,
+    /// Per-client request rate, streams and connections.
+    #[command(flatten)]
+    pub limits: super::limits::LimitFlags,
 }
 
 impl AgentArgs {
@@ -111,8 +125,14 @@ impl AgentArgs {
             metrics_listen: self.metrics_listen.clone(),
             balance: self.no_balance.then_some(false),
             reschedule: self.no_reschedule.then_some(false),
+            exec_user: self.exec_user.clone(),
+            allow_paths: (!self.allow_paths.is_empty()).then(|| self.allow_paths.clone()),
+            vm_devices: (!self.vm_devices.is_empty()).then(|| self.vm_devices.clone()),
+            limits: None,
         };
-        NodeConfig::resolve(file.overridden_by(flags))
+        let mut settings = file.overridden_by(flags);
+        settings.limits = self.limits.merge(settings.limits.take());
+        NodeConfig::resolve(settings)
     }
 }
 
@@ -129,6 +149,16 @@ pub fn executor_path() -> Result<PathBuf, CliError> {
 pub async fn run(args: AgentArgs, token: Option<&str>) -> Result<(), CliError> {
     let mut config = args.resolve().map_err(CliError::input)?;
     config.token = token.map(str::to_string);
+    if let herd_api::tls::Transport::Tls(material) = herd_api::tls::transport() {
+        let certified = &material.identity().name;
+        if *certified != config.name {
+            return Err(CliError::input(format!(
+                "--tls-cert is for node {certified:?}, but this agent is --name {:?}: \
+                 an agent may only speak for the node its certificate names",
+                config.name
+            )));
+        }
+    }
     let mut running = herd_node::start(config, executor_path()?)
         .await
         .map_err(CliError::runtime)?;

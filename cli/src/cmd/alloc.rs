@@ -215,7 +215,7 @@ async fn logs(
                 alloc.node
             ))
         })?;
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", node.addr))
+    let channel = herd_api::tls::endpoint(&node.addr, herd_api::tls::PeerRole::Node)
         .map_err(|e| {
             CliError::runtime(format!(
                 "node {} has a bad address {:?}: {e}",

@@ -105,7 +105,7 @@ async fn ready_agents(
 }
 
 async fn ask(addr: &str) -> Result<BalanceStatusReply, String> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+    let channel = herd_api::tls::endpoint(addr, herd_api::tls::PeerRole::Node)
         .map_err(|e| format!("bad address: {e}"))?
         .connect_timeout(AGENT_TIMEOUT)
         .timeout(AGENT_TIMEOUT)

@@ -66,6 +66,9 @@ pub struct CoordinatorArgs {
     /// The defragmenting loop and the placement fallback.
     #[command(flatten)]
     pub reschedule: super::reschedule::RescheduleFlags,
+    /// Per-client request rate, streams and connections.
+    #[command(flatten)]
+    pub limits: super::limits::LimitFlags,
 }
 
 impl CoordinatorArgs {
@@ -90,10 +93,12 @@ impl CoordinatorArgs {
             metrics_listen: self.metrics_listen.clone(),
             reschedule: None,
             placement_fallback: None,
+            limits: None,
         };
         let mut settings = file.overridden_by(flags);
         settings.reschedule = self.reschedule.reschedule(settings.reschedule.take());
         settings.placement_fallback = self.reschedule.fallback(settings.placement_fallback.take());
+        settings.limits = self.limits.merge(settings.limits.take());
         if self.snapshot_every.is_some() || self.keep_logs.is_some() {
             let mut raft = settings.raft.take().unwrap_or_default();
             if let Some(n) = self.snapshot_every {

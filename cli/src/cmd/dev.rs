@@ -104,6 +104,11 @@ pub async fn run(args: DevArgs) -> Result<(), CliError> {
                 .metrics_listen
                 .as_ref()
                 .map(|_| "127.0.0.1:0".to_string()),
+            // A throwaway cluster on this machine: jobs may also name files
+            // under the temporary directory (examples/web.toml's workdir,
+            // examples/vm.toml's guest from `herd vm guest`); a real node
+            // allows only what its operator lists (docs/security.md).
+            allow_paths: Some(vec![std::env::temp_dir()]),
             ..Default::default()
         })
         .map_err(CliError::input)?;
@@ -118,6 +123,7 @@ pub async fn run(args: DevArgs) -> Result<(), CliError> {
         "kept"
     };
     println!("herd dev: a one-member cluster is running");
+    println!("  transport    plaintext on this host (as with --insecure): for a first try only; see docs/security.md for TLS");
     println!(
         "  coordinator  {addr}  (data in {}, {kept})",
         data_dir.display()

@@ -123,7 +123,7 @@ pub async fn run(ctx: &Context, args: InferArgs) -> Result<(), CliError> {
         args.via.as_deref(),
     )
     .await?;
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+    let channel = herd_api::tls::endpoint(&addr, herd_api::tls::PeerRole::Node)
         .map_err(|e| {
             CliError::runtime(format!(
                 "node {} has a bad address {addr:?}: {e}",

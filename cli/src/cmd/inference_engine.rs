@@ -73,6 +73,14 @@ fn kv_status(e: RuntimeError) -> Status {
     }
 }
 
+/// `response` naming its request ([`wire::REQUEST_ID_HEADER`]).
+fn with_request_id<T>(mut response: Response<T>, id: u64) -> Response<T> {
+    response
+        .metadata_mut()
+        .insert(wire::REQUEST_ID_HEADER, id.into());
+    response
+}
+
 impl Service {
     async fn kv(&self, op: KvOp) -> Result<KvOutcome, Status> {
         self.engine.kv(op).await.map_err(kv_status)
@@ -103,12 +111,16 @@ impl InferenceEngine for Service {
                 "this engine is stopping (draining): send the request to another instance",
             ));
         }
-        let tokens = self.engine.generate(spec).await.map_err(|e| match e {
-            RuntimeError::Refused(e) => Status::invalid_argument(e.to_string()),
-            RuntimeError::Stopped => Status::unavailable(e.to_string()),
-        })?;
+        let (id, tokens) = self
+            .engine
+            .generate_with_id(spec)
+            .await
+            .map_err(|e| match e {
+                RuntimeError::Refused(e) => Status::invalid_argument(e.to_string()),
+                RuntimeError::Stopped => Status::unavailable(e.to_string()),
+            })?;
         let stream = UnboundedReceiverStream::new(tokens).map(|t| Ok(wire::token(&t)));
-        Ok(Response::new(Box::pin(stream)))
+        Ok(with_request_id(Response::new(Box::pin(stream)), id))
     }
 
     async fn stats(
@@ -117,6 +129,7 @@ impl InferenceEngine for Service {
     ) -> Result<Response<pb::EngineStats>, Status> {
         let mut stats = wire::stats(&self.engine.stats());
         stats.draining = self.draining.load(Ordering::Relaxed);
+        (stats.recent_ttft_ms, stats.recent_tbt_ms) = self.engine.recent_latencies();
         Ok(Response::new(stats))
     }
 
@@ -195,9 +208,9 @@ impl InferenceEngine for Service {
             })
             .await?
         {
-            KvOutcome::Resumed(_, tokens) => {
+            KvOutcome::Resumed(id, tokens) => {
                 let stream = UnboundedReceiverStream::new(tokens).map(|t| Ok(wire::token(&t)));
-                Ok(Response::new(Box::pin(stream)))
+                Ok(with_request_id(Response::new(Box::pin(stream)), id))
             }
             other => Err(Status::internal(format!(
                 "unexpected engine answer {other:?}"

@@ -15,13 +15,17 @@ pub mod infer;
 pub mod infer_migrate;
 pub mod inference_engine;
 pub mod job;
+pub mod limits;
 pub mod migration;
 pub mod node;
 pub mod operator;
 pub mod power;
 pub mod reschedule;
+pub mod service;
 pub mod sim_vm;
+pub mod tls;
 pub mod toy_train;
+pub mod transport;
 pub mod var;
 pub mod vm;
 

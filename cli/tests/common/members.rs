@@ -4,12 +4,12 @@
 //! member that joins one, a member restarted as a "newer binary".
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
 
-use super::{herd_bin, must_run_cli, until_or_none};
+use super::{must_run_cli, until_or_none};
 
 /// One `herd coordinator` process; killed when dropped.
 pub struct Member {
@@ -54,7 +54,7 @@ impl Member {
             .append(true)
             .open(&self.log)
             .expect("open member log");
-        let mut command = Command::new(herd_bin());
+        let mut command = super::herd_command();
         command
             .arg("coordinator")
             .args(["--id", &self.id.to_string(), "--listen", &self.addr])

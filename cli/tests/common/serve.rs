@@ -123,3 +123,72 @@ pub async fn agent(
         .await
         .expect("connect to the agent")
 }
+
+/// The running instances of `job` by node (node → allocation), once there
+/// are `count` of them on distinct nodes (30 s at most).
+pub async fn instances_by_node(addr: &str, job: &str, count: usize) -> BTreeMap<String, String> {
+    super::until(
+        &format!("{count} running instances of {job}"),
+        Duration::from_secs(30),
+        || {
+            let by_node: BTreeMap<String, String> = super::agents::running_allocs(addr, job)
+                .iter()
+                .map(|a| {
+                    (
+                        a["node"].as_str().unwrap_or_default().to_string(),
+                        a["id"].as_str().unwrap_or_default().to_string(),
+                    )
+                })
+                .collect();
+            (by_node.len() == count).then_some(by_node)
+        },
+    )
+    .await
+}
+
+/// Waits until the agent at `agent_addr` (which runs `source`) lists
+/// `other` in its fleet view: until then `MigrateRequest` refuses a target
+/// given without its agent; then it refuses the unknown request instead.
+/// 20 s at most; then a second more, so that its load is polled too.
+pub async fn must_know_instance(agent_addr: &str, source: &str, other: &str) {
+    let started = Instant::now();
+    loop {
+        let probe = agent(agent_addr)
+            .await
+            .migrate_request(herd_api::proto::agent::MigrateRequestRequest {
+                alloc_id: source.to_string(),
+                request_id: u64::MAX,
+                to_alloc: other.to_string(),
+                to_agent: String::new(),
+            })
+            .await;
+        match probe {
+            Err(s) if s.message().contains("to_agent") => {}
+            _ => break,
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{agent_addr} never listed {other}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+}
+
+/// The stats of allocation `alloc_id` as its agent at `agent_addr` serves
+/// them (`NodeAgent.EngineStats`), if it has read them.
+pub async fn engine_stats(
+    agent_addr: &str,
+    alloc_id: &str,
+) -> Option<herd_api::proto::inference::EngineStats> {
+    agent(agent_addr)
+        .await
+        .engine_stats(herd_api::proto::agent::EngineStatsRequest {})
+        .await
+        .expect("engine stats")
+        .into_inner()
+        .engines
+        .into_iter()
+        .find(|e| e.alloc_id == alloc_id)
+        .and_then(|e| e.stats)
+}

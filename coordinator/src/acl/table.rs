@@ -48,6 +48,10 @@ pub const RPC_ROLES: &[(&str, Role)] = &[
     // able to spend at will. Operators plan; `herd reschedule apply` goes
     // through Migrations/Start, an operator's too.
     ("/herd.v1.Reschedule/Plan", Role::Operator),
+    // Inference services: reading their status; scaling one is like
+    // changing its job's count, which whoever submits jobs may do.
+    ("/herd.v1.Services/Status", Role::Read),
+    ("/herd.v1.Services/Scale", Role::Submit),
     // A backup holds every record, token hashes included.
     ("/herd.v1.Operator/SaveSnapshot", Role::Operator),
     // Tokens. Bootstrap needs no token while the cluster is open, which is

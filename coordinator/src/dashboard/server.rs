@@ -272,7 +272,10 @@ pub fn spawn(listener: TcpListener, coordinator: Arc<Coordinator>) -> Vec<JoinHa
     let sampler = tokio::spawn(run_sampler(coordinator.clone(), history.clone()));
     let dashboard = Arc::new(Dashboard::new(coordinator, history));
     let server = tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, router(dashboard)).await {
+        // At most 64 requests in flight (docs/security.md, "Limits").
+        use herd_metrics::limits::http;
+        let limits = http::HttpLimits::read_only(None);
+        if let Err(e) = http::serve(listener, router(dashboard), limits).await {
             tracing::error!(error = %e, "the dashboard's HTTP server stopped");
         }
     });

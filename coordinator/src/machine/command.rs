@@ -319,6 +319,18 @@ pub enum Command {
         /// Leader's clock, ms since the epoch.
         now_ms: u64,
     },
+    /// Changes an inference service's instance count without a new job
+    /// version (its running instances stay): `herd service scale` and the
+    /// autoscaler. Scale-in stops the highest instances, whose engines
+    /// drain; each change is kept as a scaling event. See
+    /// `crate::autoscale::apply`.
+    ScaleJob {
+        /// The change, as JSON inside the entry so later fields can default.
+        #[serde(with = "crate::machine::json_codec")]
+        scale: crate::autoscale::apply::ScaleRequest,
+        /// Leader's clock, ms since the epoch.
+        now_ms: u64,
+    },
 }
 
 impl Command {
@@ -363,7 +375,8 @@ impl Command {
             | Command::ApplyGpuPlan { now_ms, .. }
             | Command::BootstrapAcl { now_ms, .. }
             | Command::CreateToken { now_ms, .. }
-            | Command::AcceptOfflineMove { now_ms, .. } => *now_ms = now,
+            | Command::AcceptOfflineMove { now_ms, .. }
+            | Command::ScaleJob { now_ms, .. } => *now_ms = now,
             Command::Fenced { command, .. } => command.stamp(now),
             Command::InitCluster { .. }
             | Command::PutVariable { .. }
@@ -407,6 +420,7 @@ impl Command {
             Command::CreateToken { .. } => "create_token",
             Command::RevokeToken { .. } => "revoke_token",
             Command::AcceptOfflineMove { .. } => "accept_offline_move",
+            Command::ScaleJob { .. } => "scale_job",
         }
     }
 }
@@ -475,6 +489,13 @@ pub enum CommandResult {
     NodeDrained(crate::machine::apply::drain::DrainOutcome),
     /// A token was created, or revoked.
     AclToken(crate::acl::TokenWritten),
+    /// A service's instance count changed (or already was as asked).
+    JobScaled {
+        /// The count before.
+        from: u32,
+        /// The count now.
+        to: u32,
+    },
 }
 
 /// Why `apply` refused a command. Nothing is ever half-applied.

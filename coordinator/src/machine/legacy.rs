@@ -67,6 +67,7 @@ impl From<JobSpecV1> for JobSpec {
             placement: Default::default(),
             stop_after_disconnect: None,
             balance: Default::default(),
+            autoscale: None,
         }
     }
 }
@@ -288,6 +289,7 @@ mod tests {
             placement: Default::default(),
             stop_after_disconnect: None,
             balance: Default::default(),
+            autoscale: None,
         }
     }
 

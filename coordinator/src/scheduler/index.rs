@@ -128,6 +128,17 @@ impl<'a> ClusterIndex<'a> {
             .map(|clash| self.power.describe(&clash))
     }
 
+    /// What must be freed, per power group of node `node`, before `watts`
+    /// more fit there: `(group, watts)` (see [`PowerIndex::shortfall`]).
+    pub(crate) fn power_shortfall(&self, node: usize, watts: u64) -> Vec<(usize, u64)> {
+        self.power.shortfall(node, watts)
+    }
+
+    /// Whether node `node` is in power group `group`.
+    pub(crate) fn in_power_group(&self, node: usize, group: usize) -> bool {
+        self.power.in_group(node, group)
+    }
+
     /// Watts left under the hard budget of node `node`'s tightest group
     /// (`u64::MAX` when no budget covers it): a tiebreak between equally
     /// good nodes.

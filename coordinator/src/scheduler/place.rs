@@ -187,10 +187,12 @@ impl<'a> Ctx<'_, 'a> {
             return None;
         }
         let victims = victims.get_or_insert_with(|| Victims::new(self.index));
-        let choice = victims.choose(self.index, self.feas, self.need, self.request.priority)?;
-        // Evicting frees power too; if the node's groups still cannot take
-        // the instance, nothing is evicted (preemption makes room, it does
-        // not yet search for power).
+        let index: &ClusterIndex<'a> = self.index;
+        let request = self.request;
+        let watts_on = |n: usize| index.request_watts(n, request);
+        let choice = victims.choose(index, self.feas, self.need, request.priority, &watts_on)?;
+        // The search frees power as well as resources (preempt.rs); the
+        // check below only guards against a disagreement between the two.
         for &a in &choice.allocs {
             self.index.release_alloc(a);
         }

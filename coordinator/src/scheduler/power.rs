@@ -168,6 +168,25 @@ impl<'a> PowerIndex<'a> {
         })
     }
 
+    /// For each group of node `node` (in the limits' order), how many
+    /// watts must be freed in it before `watts` more fit: `(group, watts)`,
+    /// 0 where the group has room. Empty when no budget covers the node.
+    pub(crate) fn shortfall(&self, node: usize, watts: u64) -> Vec<(usize, u64)> {
+        self.groups(node)
+            .iter()
+            .map(|&g| {
+                let would = self.committed[g].saturating_add(watts);
+                (g, would.saturating_sub(self.limits[g].hard_watts()))
+            })
+            .collect()
+    }
+
+    /// Whether node `node` belongs to group `group` (a position in the
+    /// limits).
+    pub(crate) fn in_group(&self, node: usize, group: usize) -> bool {
+        self.groups(node).contains(&group)
+    }
+
     /// Watts left under the hard budget of node `node`'s tightest group,
     /// 0 when one is already over, `u64::MAX` when no budget covers it.
     pub(crate) fn headroom(&self, node: usize) -> u64 {

@@ -161,12 +161,61 @@ fn evicting_lower_priority_gpu_work_frees_its_power() {
     assert_eq!(p.evictions.len(), 1, "{p:?}");
     let v = verify_plan_with_power(&nodes, &allocs, &limits, &req, &p);
     assert!(v.is_fully_accepted(), "{v:?}");
-    // Not done: preemption makes room in GPUs, memory and CPU, not in power.
-    // With a GPU free but no power, nothing is evicted and the job waits.
+    // A GPU free but no power (780 W of 873 W committed, +620 W): the
+    // search frees power too, evicting low1 for it.
+    let tight = [limit("rack=r1", 900)];
+    let p = plan(&nodes, &allocs[..1], &tight, &req);
+    assert_eq!(placed_on(&p), ["a"], "{p:?}");
+    assert_eq!(p.evictions.len(), 1, "{p:?}");
+    assert_eq!(p.evictions[0].alloc_id, "low1");
+    let v = verify_plan_with_power(&nodes, &allocs[..1], &tight, &req, &p);
+    assert!(v.is_fully_accepted(), "{v:?}");
+    // Where even evicting everything evictable leaves too little power
+    // (780 W committed, 776 W allowed), nothing is evicted and the job waits.
     let p = plan(&nodes, &allocs[..1], &[limit("rack=r1", 800)], &req);
     assert!(p.placements.is_empty() && p.evictions.is_empty(), "{p:?}");
     assert!(p.blocked[0].reason.contains("held back by power"));
     assert!(p.blocked[0].preemption_could_help);
+}
+
+#[test]
+fn preemption_frees_just_enough_power_from_the_lowest_priority_work() {
+    // Four H100s, three held by low-priority work at TDP: r1 commits
+    // 320 + 3 × 620 = 2180 W of 2425 W; one more at TDP needs 375 W freed.
+    let nodes = [gpu_node("a", 16, 64, 4, "h100").with_label("rack", "r1")];
+    let allocs = [
+        gpu_alloc("l1", "batch1", "a", 1, 30).on_gpus(&[0]),
+        gpu_alloc("l2", "batch2", "a", 1, 10).on_gpus(&[1]),
+        gpu_alloc("l3", "batch3", "a", 1, 20).on_gpus(&[2]),
+    ];
+    let limits = [limit("rack=r1", 2500)];
+    let req = gpu_request("serve", 90, 1, 1, None);
+    let p = plan(&nodes, &allocs, &limits, &req);
+    assert_eq!(placed_on(&p), ["a"], "{p:?}");
+    let evicted: Vec<&str> = p.evictions.iter().map(|e| e.alloc_id.as_str()).collect();
+    assert_eq!(evicted, ["l2"], "one eviction, the lowest priority: {p:?}");
+    // apply's check agrees, and refuses the same placement without its
+    // eviction (the power would not be there).
+    let v = verify_plan_with_power(&nodes, &allocs, &limits, &req, &p);
+    assert!(v.is_fully_accepted(), "{v:?}");
+    let mut bare = p.clone();
+    bare.evictions.clear();
+    let v = verify_plan_with_power(&nodes, &allocs, &limits, &req, &bare);
+    assert!(v.accepted.is_empty(), "{v:?}");
+    // Two instances need 995 W freed: two evictions, lowest priorities.
+    let two = gpu_request("serve", 90, 2, 1, None);
+    let p = plan(&nodes, &allocs, &limits, &two);
+    assert_eq!(placed_on(&p), ["a", "a"], "{p:?}");
+    let mut evicted: Vec<&str> = p.evictions.iter().map(|e| e.alloc_id.as_str()).collect();
+    evicted.sort_unstable();
+    assert_eq!(evicted, ["l2", "l3"], "{p:?}");
+    let v = verify_plan_with_power(&nodes, &allocs, &limits, &two, &p);
+    assert!(v.is_fully_accepted(), "{v:?}");
+    // Work of the same priority or higher is never evicted for power.
+    let peer = gpu_request("peer", 10, 1, 1, None);
+    let p = plan(&nodes, &allocs, &limits, &peer);
+    assert!(p.placements.is_empty() && p.evictions.is_empty(), "{p:?}");
+    assert!(p.blocked[0].reason.contains("power"), "{p:?}");
 }
 
 #[test]

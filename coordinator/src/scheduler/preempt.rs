@@ -1,6 +1,11 @@
 //! Preemption: the least set of lower-priority work whose eviction lets an
 //! instance fit.
 //!
+//! A node whose power groups cannot take the instance (issue 20) needs
+//! power freed too: each unit frees, in every group of the node, the
+//! committed watts of its members on that group's nodes, and a set makes
+//! room only when it covers the resources and every group's shortfall.
+//!
 //! Candidates on a node are "units": a single allocation, or a whole gang
 //! (all its allocations, wherever they run), and only when every allocation
 //! in the unit has a strictly lower priority than the request. The best set
@@ -47,6 +52,9 @@ struct Unit<'v> {
     priority: u64,
     on_node: Amounts,
     elsewhere: Amounts,
+    /// Committed watts freed in each of the node's power groups (in the
+    /// order of [`ClusterIndex::power_shortfall`]).
+    power: Vec<u64>,
 }
 
 /// Allocations per node and per gang, and which ones this plan evicted.
@@ -106,25 +114,37 @@ impl<'a> Victims<'a> {
     }
 
     /// The best node and eviction set for one instance needing `need` at
-    /// `priority`, among feasible nodes; `None` if no set makes room.
+    /// `priority` and drawing `watts_on(node)` of committed power there,
+    /// among feasible nodes; `None` if no set makes room in both resources
+    /// and power.
     pub(crate) fn choose(
         &self,
         index: &ClusterIndex<'a>,
         feas: &Feasibility,
         need: &Amounts,
         priority: u32,
+        watts_on: &dyn Fn(usize) -> u64,
     ) -> Option<Choice> {
         let mut best: Option<(Cost, &str, usize, Vec<usize>)> = None;
         let mut steps = 0;
         for &n in &feas.feasible {
             let free = index.free(n);
             let shortfall = DIMS.map(|d| need[d].saturating_sub(free[d]));
-            let units = self.units(index, n, priority);
+            let power = index.power_shortfall(n, watts_on(n));
+            let groups: Vec<usize> = power.iter().map(|(g, _)| *g).collect();
+            let power_need: Vec<u64> = power.iter().map(|(_, w)| *w).collect();
+            let units = self.units(index, n, priority, &groups);
             let total = units.iter().fold([0; 3], |acc, u| add(&acc, &u.on_node));
-            if units.is_empty() || !covers(&total, &shortfall) {
+            let power_total = units
+                .iter()
+                .fold(vec![0; groups.len()], |acc, u| add_watts(&acc, &u.power));
+            if units.is_empty()
+                || !covers(&total, &shortfall)
+                || !covers_watts(&power_total, &power_need)
+            {
                 continue;
             }
-            let mut search = Search::new(&units, shortfall, best.as_ref().map(|b| b.0));
+            let mut search = Search::new(&units, shortfall, power_need, best.as_ref().map(|b| b.0));
             search.run(&mut steps);
             let Some((cost, picked)) = search.best else {
                 continue;
@@ -147,8 +167,15 @@ impl<'a> Victims<'a> {
         best.map(|(_, _, node, allocs)| Choice { node, allocs })
     }
 
-    /// The evictable units on node `n` for work at `priority`, best first.
-    fn units(&self, index: &ClusterIndex<'a>, n: usize, priority: u32) -> Vec<Unit<'_>> {
+    /// The evictable units on node `n` for work at `priority`, best first,
+    /// with the watts each frees in the power groups `groups`.
+    fn units(
+        &self,
+        index: &ClusterIndex<'a>,
+        n: usize,
+        priority: u32,
+        groups: &[usize],
+    ) -> Vec<Unit<'_>> {
         let mut units = Vec::new();
         let mut gangs_seen: Vec<&str> = Vec::new();
         for pos in self.starts[n]..self.starts[n + 1] {
@@ -180,16 +207,26 @@ impl<'a> Victims<'a> {
                 priority: 0,
                 on_node: [0; 3],
                 elsewhere: [0; 3],
+                power: vec![0; groups.len()],
             };
             for &m in members.iter().filter(|&&m| !self.evicted[m]) {
                 let member = &index.allocs[m];
                 let used = amounts(&member.resources);
                 unit.evictions += 1;
                 unit.priority += u64::from(member.priority);
-                if index.alloc_node(m) == Some(n) {
+                let at = index.alloc_node(m);
+                if at == Some(n) {
                     unit.on_node = add(&unit.on_node, &used);
                 } else {
                     unit.elsewhere = add(&unit.elsewhere, &used);
+                }
+                if let Some(at) = at {
+                    let watts = index.alloc_watts(m);
+                    for (k, &g) in groups.iter().enumerate() {
+                        if index.in_power_group(at, g) {
+                            unit.power[k] = unit.power[k].saturating_add(watts);
+                        }
+                    }
                 }
             }
             units.push(unit);
@@ -224,12 +261,26 @@ fn add(x: &Amounts, y: &Amounts) -> Amounts {
     DIMS.map(|d| x[d].saturating_add(y[d]))
 }
 
+fn add_watts(x: &[u64], y: &[u64]) -> Vec<u64> {
+    x.iter().zip(y).map(|(a, b)| a.saturating_add(*b)).collect()
+}
+
+fn covers_watts(have: &[u64], need: &[u64]) -> bool {
+    have.iter().zip(need).all(|(h, n)| h >= n)
+}
+
 /// Branch and bound over the units of one node.
 struct Search<'u, 'v> {
     units: &'u [Unit<'v>],
     need: Amounts,
+    /// Watts to free in each of the node's power groups.
+    power_need: Vec<u64>,
     /// `suffix[i]`: what units `i..` free on the node together.
     suffix: Vec<Amounts>,
+    /// `power_suffix[i]`: the watts units `i..` free together, per group.
+    power_suffix: Vec<Vec<u64>>,
+    /// The watts the units chosen so far free, per group.
+    power_freed: Vec<u64>,
     /// The best cost on earlier nodes: branches that cannot match it are cut.
     bound: Option<Cost>,
     chosen: Vec<usize>,
@@ -237,15 +288,25 @@ struct Search<'u, 'v> {
 }
 
 impl<'u, 'v> Search<'u, 'v> {
-    fn new(units: &'u [Unit<'v>], need: Amounts, bound: Option<Cost>) -> Self {
+    fn new(
+        units: &'u [Unit<'v>],
+        need: Amounts,
+        power_need: Vec<u64>,
+        bound: Option<Cost>,
+    ) -> Self {
         let mut suffix = vec![[0; 3]; units.len() + 1];
+        let mut power_suffix = vec![vec![0; power_need.len()]; units.len() + 1];
         for i in (0..units.len()).rev() {
             suffix[i] = add(&suffix[i + 1], &units[i].on_node);
+            power_suffix[i] = add_watts(&power_suffix[i + 1], &units[i].power);
         }
         Self {
             units,
+            power_freed: vec![0; power_need.len()],
             need,
+            power_need,
             suffix,
+            power_suffix,
             bound,
             chosen: Vec::new(),
             best: None,
@@ -266,7 +327,7 @@ impl<'u, 'v> Search<'u, 'v> {
     }
 
     fn visit(&mut self, i: usize, evictions: u32, priority: u64, freed: Amounts, steps: &mut u32) {
-        if covers(&freed, &self.need) {
+        if covers(&freed, &self.need) && covers_watts(&self.power_freed, &self.power_need) {
             self.record(evictions, priority, &freed);
             return;
         }
@@ -275,12 +336,19 @@ impl<'u, 'v> Search<'u, 'v> {
                 .limit()
                 .is_some_and(|limit| (evictions + 1, priority) > limit)
             || !covers(&add(&freed, &self.suffix[i]), &self.need)
+            || !covers_watts(
+                &add_watts(&self.power_freed, &self.power_suffix[i]),
+                &self.power_need,
+            )
         {
             return;
         }
         *steps = steps.saturating_add(1);
         let unit = &self.units[i];
         self.chosen.push(i);
+        for (f, w) in self.power_freed.iter_mut().zip(&unit.power) {
+            *f = f.saturating_add(*w);
+        }
         self.visit(
             i + 1,
             evictions + unit.evictions,
@@ -288,6 +356,10 @@ impl<'u, 'v> Search<'u, 'v> {
             add(&freed, &unit.on_node),
             steps,
         );
+        let unit = &self.units[i];
+        for (f, w) in self.power_freed.iter_mut().zip(&unit.power) {
+            *f = f.saturating_sub(*w);
+        }
         self.chosen.pop();
         if *steps < STEP_BUDGET {
             self.visit(i + 1, evictions, priority, freed, steps);

@@ -136,12 +136,20 @@ async fn concerning_change(
 
 type AssignedStream = Pin<Box<dyn Stream<Item = Result<AssignedAllocations, Status>> + Send>>;
 
+/// Refuses an agent's call that speaks for `node` unless its TLS
+/// certificate names that node: an agent may only report for its own node
+/// (no check in plaintext, see `herd_api::tls`).
+fn speaks_for<T>(request: &Request<T>, node: &str, rpc: &str) -> Result<(), Status> {
+    herd_api::tls::require_node(request.extensions(), node, rpc)
+}
+
 #[tonic::async_trait]
 impl Agent for AgentService {
     async fn register(
         &self,
         request: Request<RegisterNodeRequest>,
     ) -> Result<Response<RegisterNodeReply>, Status> {
+        speaks_for(&request, &request.get_ref().name, "Agent.Register")?;
         let request = request.into_inner();
         check_node_name(&request.name)?;
         let capacity = match request.capacity {
@@ -212,6 +220,7 @@ impl Agent for AgentService {
         &self,
         request: Request<HeartbeatRequest>,
     ) -> Result<Response<HeartbeatReply>, Status> {
+        speaks_for(&request, &request.get_ref().name, "Agent.Heartbeat")?;
         let request = request.into_inner();
         check_node_name(&request.name)?;
         if !self.coordinator.is_leader() {
@@ -250,6 +259,7 @@ impl Agent for AgentService {
         &self,
         request: Request<WatchAllocationsRequest>,
     ) -> Result<Response<Self::WatchAllocationsStream>, Status> {
+        speaks_for(&request, &request.get_ref().node, "Agent.WatchAllocations")?;
         let node = request.into_inner().node;
         check_node_name(&node)?;
         // The first set is at least as fresh as anything the agent saw before.
@@ -286,6 +296,7 @@ impl Agent for AgentService {
         &self,
         request: Request<herd_api::proto::agent::OfflineMoveReport>,
     ) -> Result<Response<herd_api::proto::agent::OfflineMoveVerdict>, Status> {
+        speaks_for(&request, &request.get_ref().node, "Agent.ReportOfflineMove")?;
         super::offline_move::serve(&self.coordinator, request.into_inner())
             .await
             .map(Response::new)
@@ -295,6 +306,7 @@ impl Agent for AgentService {
         &self,
         request: Request<MigrationReportRequest>,
     ) -> Result<Response<MigrationReportReply>, Status> {
+        speaks_for(&request, &request.get_ref().node, "Agent.ReportMigration")?;
         let report = read_report(request.into_inner())?;
         // The migration may have started an instant ago on another member.
         self.coordinator
@@ -338,6 +350,7 @@ impl Agent for AgentService {
         &self,
         request: Request<ReportAllocationsRequest>,
     ) -> Result<Response<ReportAllocationsReply>, Status> {
+        speaks_for(&request, &request.get_ref().node, "Agent.ReportAllocations")?;
         let request = request.into_inner();
         check_node_name(&request.node)?;
         if request.reports.len() > MAX_UPDATES {

@@ -16,6 +16,7 @@ mod variables;
 
 use std::sync::Arc;
 
+use herd_api::limits::Limits;
 use herd_api::proto::agent::agent_server::AgentServer;
 use herd_api::proto::internal::internal_server::InternalServer;
 use herd_api::proto::v1::allocs_server::AllocsServer;
@@ -26,14 +27,16 @@ use herd_api::proto::v1::nodes_server::NodesServer;
 use herd_api::proto::v1::power_server::PowerServer;
 use herd_api::proto::v1::variables_server::VariablesServer;
 use herd_consensus::codec::MAX_DECODED_BYTES;
-use herd_metrics::WithGrpcMetrics;
+use herd_metrics::limits::WithLimits;
 use tonic::transport::server::Router;
-use tonic::transport::Server;
+
+use herd_api::tls::{roles_only, PeerRole};
 
 use crate::acl::guard;
 use crate::coordinator::{Coordinator, ReadConsistency};
 
-/// Largest client request accepted (job specs are small; this bounds abuse).
+/// Largest client request accepted and response sent (job specs are small;
+/// this bounds abuse; clients decode at most tonic's default, the same 4 MiB).
 const MAX_CLIENT_MESSAGE: usize = 4 * 1024 * 1024;
 
 fn consistency(stale: bool) -> ReadConsistency {
@@ -47,75 +50,108 @@ fn consistency(stale: bool) -> ReadConsistency {
 /// Every service of a coordinator, ready to serve: each client and agent
 /// service behind [`guard`] (tokens and roles, once bootstrapped); the
 /// coordinator-to-coordinator service unguarded (docs/security.md).
-/// Every call is counted for the metrics (`herd_metrics` layer).
-pub fn router(coordinator: Arc<Coordinator>) -> Router<WithGrpcMetrics> {
+/// Every call is counted for the metrics (`herd_metrics` layer), then held
+/// to `limits` (`crate::limits`; refusals are counted too).
+///
+/// Under mutual TLS (`herd_api::tls`) Raft serves coordinators' certificates
+/// only and the agent service node agents' only (each speaking for the node
+/// its certificate names); client services take any certificate of the
+/// cluster's CA, and tokens say what each caller may do.
+pub fn router(
+    coordinator: Arc<Coordinator>,
+    limits: &Limits,
+) -> Result<Router<WithLimits>, herd_api::tls::TlsError> {
     let raft_limit = MAX_DECODED_BYTES as usize;
-    Server::builder()
+    Ok(herd_api::tls::transport()
+        .server(crate::limits::server(limits))?
         .layer(coordinator.instruments().grpc.layer())
-        .add_service(
+        .layer(crate::limits::rate_layer(&coordinator, limits))
+        .add_service(roles_only(
+            &[PeerRole::Coordinator],
             InternalServer::new(internal::InternalService::new(coordinator.clone()))
                 .max_decoding_message_size(raft_limit)
                 .max_encoding_message_size(raft_limit),
-        )
+        ))
         .add_service(guard(
             &coordinator,
             ClusterServer::new(cluster::ClusterService::new(coordinator.clone()))
-                .max_decoding_message_size(MAX_CLIENT_MESSAGE),
+                .max_decoding_message_size(MAX_CLIENT_MESSAGE)
+                .max_encoding_message_size(MAX_CLIENT_MESSAGE),
         ))
         .add_service(guard(
             &coordinator,
             JobsServer::new(jobs::JobsService::new(coordinator.clone()))
-                .max_decoding_message_size(MAX_CLIENT_MESSAGE),
+                .max_decoding_message_size(MAX_CLIENT_MESSAGE)
+                .max_encoding_message_size(MAX_CLIENT_MESSAGE),
         ))
         .add_service(guard(
             &coordinator,
             NodesServer::new(nodes::NodesService::new(coordinator.clone()))
-                .max_decoding_message_size(MAX_CLIENT_MESSAGE),
+                .max_decoding_message_size(MAX_CLIENT_MESSAGE)
+                .max_encoding_message_size(MAX_CLIENT_MESSAGE),
         ))
         .add_service(guard(
             &coordinator,
             AllocsServer::new(allocs::AllocsService::new(coordinator.clone()))
-                .max_decoding_message_size(MAX_CLIENT_MESSAGE),
+                .max_decoding_message_size(MAX_CLIENT_MESSAGE)
+                .max_encoding_message_size(MAX_CLIENT_MESSAGE),
         ))
         .add_service(guard(
             &coordinator,
             MigrationsServer::new(migrations::MigrationsService::new(coordinator.clone()))
-                .max_decoding_message_size(MAX_CLIENT_MESSAGE),
+                .max_decoding_message_size(MAX_CLIENT_MESSAGE)
+                .max_encoding_message_size(MAX_CLIENT_MESSAGE),
         ))
         .add_service(guard(
             &coordinator,
             PowerServer::new(power::PowerService::new(coordinator.clone()))
-                .max_decoding_message_size(MAX_CLIENT_MESSAGE),
+                .max_decoding_message_size(MAX_CLIENT_MESSAGE)
+                .max_encoding_message_size(MAX_CLIENT_MESSAGE),
         ))
         .add_service(guard(
             &coordinator,
             herd_api::proto::v1::reschedule_server::RescheduleServer::new(
                 reschedule::RescheduleService::new(coordinator.clone()),
             )
+            .max_decoding_message_size(MAX_CLIENT_MESSAGE)
+            .max_encoding_message_size(MAX_CLIENT_MESSAGE),
+        ))
+        .add_service(guard(
+            &coordinator,
+            herd_api::proto::v1::services_server::ServicesServer::new(
+                crate::autoscale::service::ServicesService::new(coordinator.clone()),
+            )
             .max_decoding_message_size(MAX_CLIENT_MESSAGE),
         ))
         .add_service(guard(
             &coordinator,
             VariablesServer::new(variables::VariablesService::new(coordinator.clone()))
-                .max_decoding_message_size(MAX_CLIENT_MESSAGE),
+                .max_decoding_message_size(MAX_CLIENT_MESSAGE)
+                .max_encoding_message_size(MAX_CLIENT_MESSAGE),
         ))
         .add_service(guard(
             &coordinator,
-            AgentServer::new(agent::AgentService::new(coordinator.clone()))
-                .max_decoding_message_size(MAX_CLIENT_MESSAGE),
+            roles_only(
+                &[PeerRole::Node],
+                AgentServer::new(agent::AgentService::new(coordinator.clone()))
+                    .max_decoding_message_size(MAX_CLIENT_MESSAGE)
+                    .max_encoding_message_size(MAX_CLIENT_MESSAGE),
+            ),
         ))
         .add_service(guard(
             &coordinator,
             herd_api::proto::v1::operator_server::OperatorServer::new(
                 operator::OperatorService::new(coordinator.clone()),
             )
-            .max_decoding_message_size(MAX_CLIENT_MESSAGE),
+            .max_decoding_message_size(MAX_CLIENT_MESSAGE)
+            .max_encoding_message_size(MAX_CLIENT_MESSAGE),
         ))
         .add_service(guard(
             &coordinator,
             herd_api::proto::v1::acl_server::AclServer::new(crate::acl::service::AclService::new(
                 coordinator.clone(),
             ))
-            .max_decoding_message_size(MAX_CLIENT_MESSAGE),
-        ))
+            .max_decoding_message_size(MAX_CLIENT_MESSAGE)
+            .max_encoding_message_size(MAX_CLIENT_MESSAGE),
+        )))
 }

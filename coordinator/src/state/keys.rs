@@ -4,7 +4,8 @@
 //! `drain/<node>` (a drain's deadline, ms since the epoch), `drivers/<node>`
 //! (what the node's drivers allow, JSON inside the record), `power/<group>`
 //! (a group's GPU power budget, JSON inside the record), `acl/bootstrap`
-//! and `acl/token/<accessor>` (client authentication, JSON inside the record). Values are a
+//! and `acl/token/<accessor>` (client authentication, JSON inside the record),
+//! `scaling/<job>` (a service's recent scaling events, JSON inside the record). Values are a
 //! format byte followed by bincode, so a later release can tell old records
 //! from new ones.
 //!
@@ -62,6 +63,9 @@ pub enum Record<'a> {
     /// A client token by accessor, its secret hashed (JSON inside the
     /// record, so that later fields can default).
     AclToken(&'a str),
+    /// An inference service's recent scaling events, by job name (JSON
+    /// inside the record, so that later fields can default).
+    Scaling(&'a str),
 }
 
 impl Record<'_> {
@@ -80,6 +84,7 @@ impl Record<'_> {
             Record::NodeEndpoints(node) => format!("endpoints/{node}").into_bytes(),
             Record::AclBootstrap => b"acl/bootstrap".to_vec(),
             Record::AclToken(accessor) => format!("acl/token/{accessor}").into_bytes(),
+            Record::Scaling(job) => format!("scaling/{job}").into_bytes(),
         }
     }
 
@@ -140,6 +145,11 @@ impl Record<'_> {
                 .tokens
                 .get(*accessor)
                 .and_then(|t| serde_json::to_vec(t).ok())
+                .and_then(|json| herd_consensus::codec::encode(&json).ok()),
+            Record::Scaling(job) => state
+                .scaling
+                .get(*job)
+                .and_then(|l| serde_json::to_vec(l).ok())
                 .and_then(|json| herd_consensus::codec::encode(&json).ok()),
         }?;
         let mut value = Vec::with_capacity(body.len() + 1);
@@ -218,6 +228,11 @@ pub(super) fn load_pair(state: &mut ClusterState, key: &[u8], value: &[u8]) -> R
         let token =
             serde_json::from_slice(&json).map_err(|e| format!("record {key}: acl token: {e}"))?;
         state.acl.tokens.insert(accessor.to_string(), token);
+    } else if let Some(job) = key.strip_prefix("scaling/") {
+        let json: Vec<u8> = decode(key, value)?;
+        let log = serde_json::from_slice(&json)
+            .map_err(|e| format!("record {key}: scaling events: {e}"))?;
+        state.scaling.insert(job.to_string(), log);
     } else if let Some(name) = key.strip_prefix("var/") {
         state
             .variables
@@ -301,6 +316,7 @@ mod tests {
                 placement: Default::default(),
                 stop_after_disconnect: None,
                 balance: Default::default(),
+                autoscale: None,
             }
         );
         assert_eq!((job.version, job.modify_index), (4, 3));

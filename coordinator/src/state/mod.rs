@@ -116,6 +116,9 @@ pub struct ClusterState {
     pub power_budgets: BTreeMap<String, crate::power::PowerBudget>,
     /// Client authentication: whether it is on, and the tokens (hashed).
     pub acl: crate::acl::AclState,
+    /// Each inference service's recent scaling events, by job name (a
+    /// bounded number, newest last: `crate::autoscale::apply`).
+    pub scaling: BTreeMap<String, crate::autoscale::apply::ScalingLog>,
     /// Allocation ids by job and by node (derived, not persisted).
     alloc_index: AllocIndex,
 }
@@ -170,7 +173,7 @@ impl<'a> ChangeLog<'a> {
             // Endpoints are only listed; nothing places work by them.
             Record::PowerBudget(_) | Record::NodeEndpoints(_) => {}
             // Tokens are checked per request; no loop waits on them.
-            Record::AclBootstrap | Record::AclToken(_) => {}
+            Record::AclBootstrap | Record::AclToken(_) | Record::Scaling(_) => {}
             Record::Migration(id) => {
                 // A migration reserves room on its target and fences its
                 // allocation: both nodes' views and the scheduler care.
@@ -343,6 +346,9 @@ impl ClusterState {
         }
         for accessor in self.acl.tokens.keys() {
             log.put(Record::AclToken(accessor), self);
+        }
+        for job in self.scaling.keys() {
+            log.put(Record::Scaling(job), self);
         }
         ops.into_iter()
             .filter_map(|op| match op {

@@ -19,7 +19,7 @@ use herd_balance::{Agent, Event, ItemKind, Liveness, Outgoing, PeerInfo};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use super::assigned::AssignedRx;
 use super::journal::MoveJournal;
@@ -143,7 +143,8 @@ impl Balancer {
                 tracing::debug!(to = %packet.to.id, "gossip packet dropped: too many in flight");
                 continue;
             }
-            let Some(channel) = Self::channel(state, &packet.to.peer_addr) else {
+            let addr = super::dial::resolve(&packet.to.peer_addr);
+            let Some(channel) = Self::channel(state, &addr) else {
                 continue;
             };
             state.args.stats.gossip_sent(packet.packet.len() as u64);
@@ -176,7 +177,7 @@ impl Balancer {
         if state.channels.len() >= MAX_CHANNELS {
             state.channels.clear();
         }
-        let endpoint = match Endpoint::from_shared(format!("http://{addr}")) {
+        let endpoint = match herd_api::tls::endpoint(addr, herd_api::tls::PeerRole::Node) {
             Ok(endpoint) => endpoint,
             Err(e) => {
                 tracing::debug!(%addr, error = %e, "bad peer address in gossip");
@@ -474,6 +475,7 @@ impl Actor for Balancer {
         myself: ActorRef<BalanceMsg>,
         args: BalancerArgs,
     ) -> Result<BalancerState, ActorProcessingErr> {
+        super::dial::init(&args.data_dir);
         // Grows with every start: peers prefer a restarted agent's news.
         let generation = herd_api::clock::now_ms();
         let me = PeerInfo {

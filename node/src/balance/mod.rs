@@ -13,7 +13,9 @@
 //!   migration, with the coordinators away too);
 //! - [`journal`], [`offline`]: moves made agent to agent while every
 //!   coordinator is away, and their reconciliation once they return;
-//! - [`handle`]: how the gRPC services reach the actor.
+//! - [`handle`]: how the gRPC services reach the actor;
+//! - [`dial`]: a FAULT-INJECTION hook routing agent-to-agent connections
+//!   through a test's proxies (partitions of the agents).
 //!
 //! Packets travel over the agents' `AgentPeer.Gossip` RPC, so they take the
 //! same path (and the same partitions) as migrations. The protocol and the
@@ -21,6 +23,7 @@
 
 pub mod actor;
 pub mod assigned;
+pub mod dial;
 pub mod handle;
 pub mod journal;
 pub mod load;

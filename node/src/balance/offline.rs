@@ -43,8 +43,11 @@ pub struct OfflineMoves {
 }
 
 impl OfflineMoves {
-    /// Offline moves of agent `node`, journalled in `journal`.
+    /// Offline moves of agent `node`, journalled in `journal`. Arrivals an
+    /// earlier run of this agent left unfinished are given up
+    /// ([`give_up_orphaned_arrivals`]).
     pub fn new(node: &str, journal: MoveJournal) -> Self {
+        give_up_orphaned_arrivals(&journal);
         Self {
             node: node.to_string(),
             journal,
@@ -177,6 +180,37 @@ impl OfflineMoves {
             flag.store(false, Ordering::SeqCst);
         });
     }
+}
+
+/// Gives up every arrival (a target entry still `moving`) in `journal`,
+/// called as the balancer starts: none can be this run's, since a target
+/// takes an offer only for an item its own balancer reserved, and
+/// reservations live in memory, so these were journalled by an earlier run
+/// of the agent, killed in the middle of the move. Its source has most
+/// likely aborted already (the transfer broke) but could not tell a dead
+/// agent so; left `moving`, the entry would wait for the 11-minute limit
+/// of [`crate::migrate::offline::expire_stale_arrivals`], and found open by
+/// the `balance-away` chaos scenario's checker after the coordinators had
+/// returned. Safe for the same reason as that limit: the commit is the
+/// target's alone to journal, so a source still going hears `aborted` (or
+/// `unknown` once the entry is closed) and resumes its own copy. Returns
+/// how many were given up.
+pub fn give_up_orphaned_arrivals(journal: &MoveJournal) -> usize {
+    let mut given_up = 0;
+    for e in journal.entries() {
+        if e.role != Role::Target || e.phase != Phase::Moving {
+            continue;
+        }
+        tracing::warn!(move_id = %e.move_id, alloc = %e.alloc_id, source = %e.source, "an offline move was arriving when this agent stopped; giving it up");
+        let reason = "the target agent restarted before the commit".to_string();
+        match journal.advance(&e.move_id, Phase::Aborted, Some(reason)) {
+            Ok(_) => given_up += 1,
+            Err(err) => {
+                tracing::warn!(move_id = %e.move_id, error = %err, "cannot journal the abort")
+            }
+        }
+    }
+    given_up
 }
 
 /// Reports one move and journals the verdict; a failed call leaves it for
@@ -326,6 +360,29 @@ mod tests {
             }),
             reason: None,
         }
+    }
+
+    #[test]
+    fn a_restarted_target_gives_up_its_unfinished_arrivals_only() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let journal = MoveJournal::load(&dir.path().join("balance-moves.json")).expect("journal");
+        journal
+            .record(entry("arriving", Role::Target, Phase::Moving))
+            .expect("record");
+        journal
+            .record(entry("arrived", Role::Target, Phase::Switched))
+            .expect("record");
+        journal
+            .record(entry("leaving", Role::Source, Phase::Moving))
+            .expect("record");
+        let moves = OfflineMoves::new("n2", journal.clone());
+        let phase = |id: &str| journal.get(&format!("off-{id}")).map(|e| e.phase);
+        assert_eq!(phase("arriving"), Some(Phase::Aborted));
+        assert_eq!(phase("arrived"), Some(Phase::Switched));
+        assert_eq!(phase("leaving"), Some(Phase::Moving));
+        assert!(!moves.in_journal("nothing"));
+        // Nothing left to give up the second time.
+        assert_eq!(give_up_orphaned_arrivals(&journal), 0);
     }
 
     #[test]

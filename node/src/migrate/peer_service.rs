@@ -110,6 +110,8 @@ impl AgentPeer for AgentPeerService {
         &self,
         request: Request<PrepareIncomingRequest>,
     ) -> Result<Response<PrepareIncomingReply>, Status> {
+        let source = &request.get_ref().source_node;
+        herd_api::tls::require_node(request.extensions(), source, "AgentPeer.PrepareIncoming")?;
         let request = request.into_inner();
         check_id(&request.migration_id)?;
         let reply = self.registry.prepare(&request).await.inspect_err(|e| {
@@ -196,6 +198,8 @@ impl AgentPeer for AgentPeerService {
         &self,
         request: Request<herd_api::proto::agent::OfflineMoveRequest>,
     ) -> Result<Response<herd_api::proto::agent::OfflineMoveReply>, Status> {
+        let source = &request.get_ref().source_node;
+        herd_api::tls::require_node(request.extensions(), source, "AgentPeer.OfflineMove")?;
         let Some((node, journal)) = &self.offline else {
             return Err(Status::unavailable(
                 "this agent takes no balancing moves with the coordinators away",
@@ -208,6 +212,9 @@ impl AgentPeer for AgentPeerService {
         &self,
         request: Request<GossipPacket>,
     ) -> Result<Response<GossipReply>, Status> {
+        // A node may not speak for another in the membership protocol.
+        let from = &request.get_ref().from_node;
+        herd_api::tls::require_node(request.extensions(), from, "AgentPeer.Gossip")?;
         let payloads = self.balance.gossip(request.into_inner()).await?;
         Ok(Response::new(GossipReply { payloads }))
     }

@@ -29,7 +29,7 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
 
 use super::{check_relative_path, checksum, CHUNK_BYTES, MAX_MESSAGE_BYTES, MAX_PATH_DEPTH};
@@ -186,7 +186,7 @@ impl Default for SendOptions {
 /// connecting on first use, its message size bounded like the server's.
 pub fn connect(addr: &str) -> Result<AgentPeerClient<Channel>, TransferError> {
     let endpoint =
-        Endpoint::from_shared(format!("http://{addr}")).map_err(|e| TransferError::BadAddress {
+        herd_api::tls::endpoint(addr, herd_api::tls::PeerRole::Node).map_err(|e| TransferError::BadAddress {
             addr: addr.to_string(),
             message: e.to_string(),
         })?;
@@ -209,7 +209,8 @@ pub fn connect_via(
     connector: Option<&herd_api::client::Connector>,
 ) -> Result<AgentPeerClient<Channel>, TransferError> {
     let Some(dial) = connector else {
-        return connect(addr);
+        // Through a test's proxy when the FAULT-INJECTION dial map says so.
+        return connect(&crate::balance::dial::resolve(addr));
     };
     let channel = dial(addr).map_err(|message| TransferError::BadAddress {
         addr: addr.to_string(),

@@ -24,7 +24,7 @@ use herd_api::proto::v1::allocs_client::AllocsClient;
 use herd_api::proto::v1::jobs_client::JobsClient;
 use herd_api::proto::v1::nodes_client::NodesClient;
 use tokio::task::JoinHandle;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::Status;
 
 use super::dispatch::{self, DispatchError, InstanceLoad, Policy};
@@ -285,7 +285,7 @@ impl Fleet {
         if let Some(channel) = channels.get(addr) {
             return Ok(channel.clone());
         }
-        let channel = Endpoint::from_shared(format!("http://{addr}"))
+        let channel = herd_api::tls::endpoint(addr, herd_api::tls::PeerRole::Node)
             .map_err(|e| Status::internal(format!("bad agent address {addr:?}: {e}")))?
             .connect_timeout(CALL_TIMEOUT)
             .connect_lazy();

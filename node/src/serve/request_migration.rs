@@ -15,6 +15,11 @@
 //!    engine stream ends, and the agent relaying it to the client sees a
 //!    `moved` message and follows to the target ([`crate::infer`]).
 //!
+//! A request still waiting for its prefill moves the same way with no
+//! block to copy: frozen (kept out of its engine's batch), its state sent,
+//! queued on the target; the relay knows its id from the engine's answer
+//! (`x-herd-request-id`), since it has no token to name it yet.
+//!
 //! A failure before step 3 thaws the request on the source (it goes on
 //! decoding there) and tells the target to drop what it staged. The
 //! balancer can call [`migrate_request`] directly; `NodeAgent.MigrateRequest`
@@ -34,7 +39,7 @@ use herd_api::proto::inference::{
     AbortImportRequest, ExportKvRequest, ImportKvRequest, KvState, RequestRef,
     ResumeImportedRequest,
 };
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::Status;
 
 use crate::engines::connect_lazy;
@@ -259,21 +264,36 @@ pub fn agent_channel(inference: &Inference, addr: &str) -> Result<Channel, Statu
     if let Some(fleet) = inference.fleet() {
         return fleet.channel(addr);
     }
-    Ok(Endpoint::from_shared(format!("http://{addr}"))
+    Ok(herd_api::tls::endpoint(addr, herd_api::tls::PeerRole::Node)
         .map_err(|e| Status::invalid_argument(format!("bad agent address {addr:?}: {e}")))?
         .connect_timeout(CONNECT_TIMEOUT)
         .connect_lazy())
 }
 
+/// The request id an engine's `Generate` or `ResumeImported` answer names
+/// in its metadata (`REQUEST_ID_HEADER`); `None` from an engine that does
+/// not (then the first token names it).
+pub fn request_id_of(metadata: &tonic::metadata::MetadataMap) -> Option<u64> {
+    metadata
+        .get(herd_actors::inference::wire::REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
 /// An engine's token stream as the agent relays it: each token naming its
 /// request, and, when the request migrated away (its stream ended after a
-/// `Release`), a last `moved` message saying where it went.
+/// `Release`), a last `moved` message saying where it went. `request_id`
+/// is the request's id in the engine when the answer named it: a request
+/// moved while it waited for its prefill has no token to name it.
 pub fn relayed_tokens(
     tokens: tonic::Streaming<herd_api::proto::inference::Token>,
     alloc_id: String,
     moves: RequestMoves,
+    request_id: Option<u64>,
 ) -> InferStream {
-    let request = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let request = Arc::new(std::sync::atomic::AtomicU64::new(
+        request_id.unwrap_or_default(),
+    ));
     let seen = request.clone();
     let next = Arc::new(std::sync::atomic::AtomicU32::new(0));
     let after = next.clone();
@@ -347,7 +367,7 @@ async fn send_blocks(
     Ok(reply)
 }
 
-/// Moves running request `request_id` of this node's allocation
+/// Moves running (or waiting) request `request_id` of this node's allocation
 /// `alloc_id` to `target` (see the module documentation). On error the
 /// request goes on (or finished) on the source.
 pub async fn migrate_request(
@@ -605,14 +625,19 @@ pub async fn receive_kv(
             node: inference.node().to_string(),
         });
     };
-    let tokens = client
+    let answer = client
         .resume_imported(ResumeImportedRequest {
             migration_id: chunk.migration_id.clone(),
             state: Some(state),
         })
-        .await?
-        .into_inner();
-    let stream = relayed_tokens(tokens, chunk.alloc_id.clone(), inference.moves().clone());
+        .await?;
+    let id = request_id_of(answer.metadata());
+    let stream = relayed_tokens(
+        answer.into_inner(),
+        chunk.alloc_id.clone(),
+        inference.moves().clone(),
+        id,
+    );
     inference
         .moves()
         .put_handoff(&chunk.migration_id, &chunk.alloc_id, stream);

@@ -1,8 +1,9 @@
 //! The agent's request rescheduler: every [`EVERY`], it reads the loads of
 //! this node's inference instances (its own poller) and of the others (the
-//! fleet view), asks [`super::resched_policy::plan`] which running requests
-//! to move off this node's instances (draining ones, and ones about to run
-//! out of KV blocks), and moves each with
+//! fleet view), asks [`super::resched_policy::plan`] which requests to move
+//! off this node's instances (draining ones, ones where a high-priority
+//! request waits for KV blocks, and ones about to run out of them), and
+//! moves each with
 //! [`super::request_migration::migrate_request`]. No coordinator is on this
 //! path. A migration that fails leaves its request where it was (the
 //! migration's guarantee), so no request is lost or answered twice; the
@@ -145,6 +146,7 @@ fn round(inference: &Inference, self_agent: &str, settings: &Settings, state: &A
             .push((now, m.blocks));
         let why = match m.why {
             Why::Draining => "draining",
+            Why::HighPriorityRoom => "room for a high-priority request",
             Why::LowOnBlocks => "low on KV blocks",
         };
         let to = Target {

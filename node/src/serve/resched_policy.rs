@@ -3,7 +3,16 @@
 //!
 //! A request moves off an instance of this node when that instance is
 //! - **draining** (its engine is stopping: node drained, service scaled
-//!   in): every running request goes, to let it end without losing any;
+//!   in): every request goes, to let it end without losing any: each one
+//!   still waiting for its prefill at once (it holds no KV, so its move
+//!   copies nothing; it may join a queue elsewhere rather than be lost),
+//!   and the running ones one after the other;
+//! - **holding back a high-priority request**: one waits there, queued,
+//!   for KV blocks (an engine run with `priority_preemption = false`, or
+//!   one whose blocks other high-priority requests hold): the running
+//!   normal-priority request whose move frees enough blocks, the cheapest
+//!   (fewest blocks to copy) first, moves, instead of the high one waiting
+//!   for requests to finish or the engine preempting one;
 //! - **about to run out of KV blocks**: fewer free blocks than its reserve
 //!   (a tenth of its blocks, and at least one per running request, each of
 //!   which may need a new block within 16 tokens), or requests already
@@ -26,8 +35,8 @@
 
 use std::collections::BTreeSet;
 
-use herd_actors::inference::blocks::blocks_for;
-use herd_api::proto::inference::EngineStats;
+use herd_actors::inference::blocks::{blocks_for, BLOCK_TOKENS};
+use herd_api::proto::inference::{EngineStats, RequestProgress};
 
 use super::dispatch::{virtual_usage, InstanceLoad, Policy};
 
@@ -71,6 +80,8 @@ pub struct InstanceView {
 pub enum Why {
     /// Its instance is stopping.
     Draining,
+    /// A high-priority request waits on its instance for KV blocks.
+    HighPriorityRoom,
     /// Its instance is about to run out of KV blocks.
     LowOnBlocks,
 }
@@ -101,15 +112,98 @@ pub fn pressured(stats: &EngineStats, settings: &Settings) -> bool {
     stats.queue_len + stats.swapped > 0 || (stats.free_blocks as u64) < reserve(stats, settings)
 }
 
+/// Blocks a high-priority request waiting on `stats`' instance lacks to be
+/// admitted: its prefill's blocks plus one per running request (each of
+/// which may take a block meanwhile), less the free ones; `None` when no
+/// high-priority request waits or the first one fits already (it waits
+/// for a step, or for a batch slot, which moving blocks does not give).
+pub fn high_priority_deficit(stats: &EngineStats) -> Option<u64> {
+    let waiting = stats
+        .requests
+        .iter()
+        .filter(|r| r.priority == "high" && r.phase == "waiting")
+        .min_by_key(|r| r.id)?;
+    let need = blocks_for(waiting.prompt_tokens as usize + waiting.generated as usize) as u64
+        + stats.batch_size as u64;
+    let deficit = need.saturating_sub(stats.free_blocks as u64);
+    (deficit > 0).then_some(deficit)
+}
+
 /// Virtual usage with what moves there, in blocks.
 fn usage(view: &InstanceView) -> u64 {
     virtual_usage(&InstanceLoad::from_stats(&view.stats), &Policy::default()) + view.incoming_blocks
 }
 
+/// Blocks a request takes on its target: its context (the next token's
+/// block is the target's own reserve).
+fn blocks_on_target(request: &RequestProgress) -> u64 {
+    blocks_for(request.prompt_tokens as usize + request.generated as usize) as u64
+}
+
+/// How the target of one move is chosen.
+#[derive(Clone, Copy)]
+struct Need {
+    /// Blocks it takes there.
+    blocks: u64,
+    /// Whether the target must have room now (no queue, its reserve free
+    /// after taking it); else it only needs a cache that can hold it
+    /// whole (a waiting request off a draining instance queues there
+    /// rather than being lost).
+    room: bool,
+    /// With `room`: the source's load per block it must stay under (a
+    /// pressured source gives only to an instance less loaded than it is).
+    under: Option<(u64, u128)>,
+    /// Tokens its whole run needs (`prompt + max_tokens - 1`).
+    whole_tokens: u64,
+}
+
+/// The target of a move off source `s`: the instance of the same service,
+/// not draining, with the lowest virtual usage per block after the move.
+fn target(
+    views: &[InstanceView],
+    s: usize,
+    incoming: &[u64],
+    need: Need,
+    settings: &Settings,
+) -> Option<usize> {
+    let source = &views[s];
+    views
+        .iter()
+        .enumerate()
+        .filter(|(t, v)| *t != s && v.job == source.job && !v.agent.is_empty() && !v.stats.draining)
+        .filter(|(t, v)| {
+            if !need.room {
+                let capacity = v.stats.total_blocks as u64 * BLOCK_TOKENS as u64;
+                return capacity >= need.whole_tokens;
+            }
+            let free = (v.stats.free_blocks as u64).saturating_sub(incoming[*t]);
+            v.stats.queue_len + v.stats.swapped == 0
+                && free >= need.blocks + reserve(&v.stats, settings)
+        })
+        .map(|(t, v)| {
+            let used = usage(v) - v.incoming_blocks + incoming[t] + need.blocks;
+            (t, used, v.stats.total_blocks.max(1) as u128)
+        })
+        .filter(|(_, used, total)| match need.under {
+            None => true,
+            Some((source_usage, source_total)) => {
+                (*used as u128) * source_total < (source_usage as u128) * total
+            }
+        })
+        .min_by(|a, b| {
+            ((a.1 as u128) * b.2)
+                .cmp(&((b.1 as u128) * a.2))
+                .then(a.0.cmp(&b.0))
+        })
+        .map(|(t, _, _)| t)
+}
+
 /// The moves to start now. `busy` are sources that take no new move this
 /// round (one already running, or stats older than their last move);
 /// `skip` are `(source alloc, request)` pairs not to try (moving or
-/// recently failed). At most one move per source.
+/// recently failed). At most one move of a running request per source; a
+/// draining source also gives every request still waiting for its
+/// prefill (it holds no KV: its move copies nothing).
 pub fn plan(
     views: &[InstanceView],
     busy: &BTreeSet<String>,
@@ -122,78 +216,127 @@ pub fn plan(
         if !source.local || busy.contains(&source.alloc_id) {
             continue;
         }
-        let why = if source.stats.draining {
-            Why::Draining
-        } else if pressured(&source.stats, settings) {
-            Why::LowOnBlocks
-        } else {
-            continue;
-        };
-        let mut candidates: Vec<_> = source
+        let movable = |r: &&RequestProgress| !skip.contains(&(source.alloc_id.clone(), r.id));
+        let running: Vec<&RequestProgress> = source
             .stats
             .requests
             .iter()
             .filter(|r| r.phase == "running" && r.generated > 0 && r.blocks > 0)
             .filter(|r| r.max_tokens.saturating_sub(r.generated) >= settings.min_remaining_tokens)
-            .filter(|r| !skip.contains(&(source.alloc_id.clone(), r.id)))
+            .filter(movable)
             .collect();
-        // Most tokens left first; then the smaller (cheaper to copy); then id.
-        candidates.sort_by_key(|r| {
-            (
-                std::cmp::Reverse(r.max_tokens - r.generated),
-                r.blocks,
-                r.id,
-            )
-        });
-        let Some(request) = candidates.first() else {
-            continue;
-        };
-        // Blocks it holds on the target once resumed (the next token's too).
-        let context = request.prompt_tokens as usize + request.generated as usize;
-        let blocks = blocks_for(context) as u64;
-        let source_usage = usage(source);
-        let source_total = source.stats.total_blocks.max(1) as u128;
-        let best = views
-            .iter()
-            .enumerate()
-            .filter(|(t, v)| {
-                *t != s
-                    && v.job == source.job
-                    && !v.agent.is_empty()
-                    && !v.stats.draining
-                    && v.stats.queue_len + v.stats.swapped == 0
-            })
-            .filter(|(t, v)| {
-                let free = (v.stats.free_blocks as u64).saturating_sub(incoming[*t]);
-                free >= blocks + reserve(&v.stats, settings)
-            })
-            .map(|(t, v)| {
-                let used = usage(v) - v.incoming_blocks + incoming[t] + blocks;
-                (t, used, v.stats.total_blocks.max(1) as u128)
-            })
-            // A pressured source gives only to an instance that stays less
-            // loaded than it is now: never a ping-pong.
-            .filter(|(_, used, total)| {
-                why == Why::Draining
-                    || (*used as u128) * source_total < (source_usage as u128) * total
-            })
-            .min_by(|a, b| {
-                ((a.1 as u128) * b.2)
-                    .cmp(&((b.1 as u128) * a.2))
-                    .then(a.0.cmp(&b.0))
-            });
-        if let Some((t, _, _)) = best {
-            incoming[t] += blocks;
-            moves.push(Move {
-                source: s,
-                request_id: request.id,
-                target: t,
-                blocks,
-                why,
-            });
+        let whole = |r: &RequestProgress| r.prompt_tokens as u64 + r.max_tokens as u64 - 1;
+        if source.stats.draining {
+            // Waiting requests first (oldest first): nothing to copy.
+            let mut waiting: Vec<&RequestProgress> = source
+                .stats
+                .requests
+                .iter()
+                .filter(|r| r.phase == "waiting")
+                .filter(movable)
+                .collect();
+            waiting.sort_by_key(|r| (r.priority != "high", r.id));
+            for r in waiting {
+                let need = Need {
+                    blocks: blocks_on_target(r),
+                    room: false,
+                    under: None,
+                    whole_tokens: whole(r),
+                };
+                if let Some(t) = target(views, s, &incoming, need, settings) {
+                    push(&mut moves, &mut incoming, s, r, t, Why::Draining);
+                }
+            }
+        }
+        let source_under = Some((usage(source), source.stats.total_blocks.max(1) as u128));
+        // (the request, why, whether the target must be less loaded)
+        let mut choices: Vec<(&RequestProgress, Why, bool)> = Vec::new();
+        if source.stats.draining {
+            choices.extend(
+                longest_first(&running)
+                    .first()
+                    .map(|r| (*r, Why::Draining, false)),
+            );
+        } else {
+            if let Some(deficit) = high_priority_deficit(&source.stats) {
+                // Normal requests only; the cheapest that frees enough,
+                // else the one that frees the most (the next round moves
+                // another once the stats show this one gone).
+                let mut normal: Vec<&RequestProgress> = running
+                    .iter()
+                    .copied()
+                    .filter(|r| r.priority != "high")
+                    .collect();
+                normal.sort_by_key(|r| {
+                    (
+                        r.blocks,
+                        std::cmp::Reverse(r.max_tokens - r.generated),
+                        r.id,
+                    )
+                });
+                let pick = normal
+                    .iter()
+                    .find(|r| r.blocks as u64 >= deficit)
+                    .or_else(|| normal.last());
+                choices.extend(pick.map(|r| (*r, Why::HighPriorityRoom, false)));
+            }
+            if pressured(&source.stats, settings) {
+                choices.extend(
+                    longest_first(&running)
+                        .first()
+                        .map(|r| (*r, Why::LowOnBlocks, true)),
+                );
+            }
+        }
+        // The first choice with a target.
+        for (request, why, less_loaded) in choices {
+            let need = Need {
+                blocks: blocks_on_target(request),
+                room: true,
+                under: if less_loaded { source_under } else { None },
+                whole_tokens: whole(request),
+            };
+            if let Some(t) = target(views, s, &incoming, need, settings) {
+                push(&mut moves, &mut incoming, s, request, t, why);
+                break;
+            }
         }
     }
     moves
+}
+
+/// Records the move of `r` from `source` to `target`.
+fn push(
+    moves: &mut Vec<Move>,
+    incoming: &mut [u64],
+    source: usize,
+    r: &RequestProgress,
+    target: usize,
+    why: Why,
+) {
+    let blocks = blocks_on_target(r);
+    incoming[target] += blocks;
+    moves.push(Move {
+        source,
+        request_id: r.id,
+        target,
+        blocks,
+        why,
+    });
+}
+
+/// `running` with the most tokens left first (it would hold and grow its
+/// blocks longest); then the smaller (cheaper to copy); then by id.
+fn longest_first<'a>(running: &[&'a RequestProgress]) -> Vec<&'a RequestProgress> {
+    let mut sorted = running.to_vec();
+    sorted.sort_by_key(|r| {
+        (
+            std::cmp::Reverse(r.max_tokens.saturating_sub(r.generated)),
+            r.blocks,
+            r.id,
+        )
+    });
+    sorted
 }
 
 #[cfg(test)]
@@ -340,5 +483,147 @@ mod tests {
         let moves = plan(&[a, b, c], &busy, &skip, &settings);
         assert_eq!(moves.len(), 1, "{moves:?}");
         assert_eq!(moves[0].target, 2);
+    }
+
+    /// A high-priority request queued for its prefill of `blocks` blocks.
+    fn high_waiting(id: u64, blocks: u32) -> RequestProgress {
+        RequestProgress {
+            priority: "high".into(),
+            ..waiting(id, blocks)
+        }
+    }
+
+    fn high_running(id: u64, generated: u32, max_tokens: u32, blocks: u32) -> RequestProgress {
+        RequestProgress {
+            priority: "high".into(),
+            ..running(id, generated, max_tokens, blocks)
+        }
+    }
+
+    #[test]
+    fn a_waiting_high_request_gets_room_from_the_cheapest_normal_request_that_frees_enough() {
+        let settings = Settings::default();
+        // 64 blocks, 59 held: the high request needs 8 + 4 (one per
+        // running request) and 5 are free: 7 short.
+        let full = view(
+            "a",
+            true,
+            64,
+            vec![
+                running(1, 10, 400, 25),
+                running(2, 10, 200, 20),
+                running(3, 10, 300, 12),
+                high_running(4, 10, 300, 2),
+                high_waiting(5, 8),
+            ],
+        );
+        assert_eq!(high_priority_deficit(&full.stats), Some(7));
+        let idle = view("b", false, 64, vec![]);
+        let (b, s) = none();
+        let moves = plan(&[full.clone(), idle.clone()], &b, &s, &settings);
+        // Not the longest (1, what low-on-blocks moves), not the high one:
+        // the smallest normal one that frees 7.
+        assert_eq!(
+            moves,
+            vec![Move {
+                source: 0,
+                request_id: 3,
+                target: 1,
+                blocks: 12,
+                why: Why::HighPriorityRoom
+            }]
+        );
+        // Already trying that one: the next cheapest.
+        let skip: BTreeSet<(String, u64)> = [("a".to_string(), 3)].into();
+        let moves = plan(&[full.clone(), idle.clone()], &b, &skip, &settings);
+        assert_eq!(moves[0].request_id, 2, "{moves:?}");
+        // No single request frees enough: the one that frees the most.
+        let mut short = full.clone();
+        short.stats.requests[4] = high_waiting(5, 40);
+        let moves = plan(&[short, idle.clone()], &b, &s, &settings);
+        assert_eq!(
+            (moves[0].request_id, moves[0].why),
+            (1, Why::HighPriorityRoom)
+        );
+        // A target without room for it: none, and nothing else moves there.
+        let busy_target = view("b", false, 64, vec![running(9, 10, 200, 50)]);
+        assert!(plan(&[full, busy_target], &b, &s, &settings).is_empty());
+    }
+
+    #[test]
+    fn a_high_request_that_fits_or_only_normal_ones_waiting_move_as_low_on_blocks() {
+        let settings = Settings::default();
+        // The high request fits (it waits for the next step): no deficit.
+        let fits = view(
+            "a",
+            true,
+            64,
+            vec![
+                running(1, 10, 400, 20),
+                running(2, 10, 200, 10),
+                high_waiting(5, 4),
+            ],
+        );
+        assert_eq!(high_priority_deficit(&fits.stats), None);
+        let idle = view("b", false, 64, vec![]);
+        let (b, s) = none();
+        // The queue still makes it pressured: the longest moves.
+        let moves = plan(&[fits, idle.clone()], &b, &s, &settings);
+        assert_eq!((moves[0].request_id, moves[0].why), (1, Why::LowOnBlocks));
+        // Normal requests waiting: no high-priority room taken.
+        let normal = view(
+            "a",
+            true,
+            64,
+            vec![
+                running(1, 10, 400, 30),
+                running(2, 10, 200, 28),
+                waiting(5, 10),
+            ],
+        );
+        assert_eq!(high_priority_deficit(&normal.stats), None);
+        let moves = plan(&[normal, idle], &b, &s, &settings);
+        assert_eq!((moves[0].request_id, moves[0].why), (1, Why::LowOnBlocks));
+    }
+
+    #[test]
+    fn a_draining_instance_gives_its_waiting_requests_too_even_to_a_queue() {
+        let settings = Settings::default();
+        let mut stopping = view(
+            "a",
+            true,
+            64,
+            vec![
+                running(1, 10, 200, 20),
+                waiting(2, 10),
+                high_waiting(3, 12),
+                waiting(4, 3),
+            ],
+        );
+        stopping.stats.draining = true;
+        // Busy, with a queue: no room for a running request, but a waiting
+        // one queues there rather than being lost.
+        let queued = view("b", false, 64, vec![running(7, 10, 200, 60), waiting(8, 2)]);
+        let (b, s) = none();
+        let moves = plan(&[stopping.clone(), queued.clone()], &b, &s, &settings);
+        let ids: Vec<(u64, u64)> = moves.iter().map(|m| (m.request_id, m.blocks)).collect();
+        // The high-priority one first, then by age.
+        assert_eq!(ids, vec![(3, 12), (2, 10), (4, 3)]);
+        assert!(moves
+            .iter()
+            .all(|m| m.why == Why::Draining && m.target == 1));
+        // With room somewhere, the running request goes as well.
+        let idle = view("c", false, 64, vec![]);
+        let moves = plan(&[stopping.clone(), queued, idle], &b, &s, &settings);
+        assert_eq!(moves.len(), 4, "{moves:?}");
+        assert_eq!(moves[3].request_id, 1);
+        // A cache too small for the whole request is no target.
+        let tiny = view("d", false, 10, vec![]);
+        let moves = plan(&[stopping, tiny], &b, &s, &settings);
+        assert_eq!(
+            moves.iter().map(|m| m.request_id).collect::<Vec<_>>(),
+            vec![4],
+            "only the 3-block prompt (plus 99 tokens) fits in 10 blocks"
+        );
     }
 }

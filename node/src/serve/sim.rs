@@ -472,6 +472,7 @@ mod tests {
             preemption: PreemptionMode::Recompute,
             swap_blocks: 0,
             cost: CostModel::default(),
+            priority_preemption: true,
         }
     }
 

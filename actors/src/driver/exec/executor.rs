@@ -9,7 +9,7 @@
 //! whatever the task left behind in its group, writes `exit.json` atomically
 //! and exits.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
@@ -208,12 +208,8 @@ fn block_signals() -> io::Result<libc::sigset_t> {
 /// and (where limits apply) inside its cgroup from before its first instruction.
 fn spawn(launch: &Launch, cgroup: Option<&Cgroup>) -> Result<u32, String> {
     let open = |name: &str| -> Result<File, String> {
-        let path = launch.alloc_dir.join(name);
-        OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(|e| format!("cannot open {}: {e}", path.display()))
+        files::open_append(&launch.alloc_dir, name)
+            .map_err(|e| format!("cannot open {}: {e}", launch.alloc_dir.join(name).display()))
     };
     let mut command = Command::new(&launch.command);
     command
@@ -226,6 +222,7 @@ fn spawn(launch: &Launch, cgroup: Option<&Cgroup>) -> Result<u32, String> {
         .stderr(open(files::STDERR)?)
         .process_group(0);
     let cgroup = cgroup.cloned();
+    let run_as = launch.run_as.clone();
     // SAFETY: the set is initialised by sigemptyset before use.
     let empty = unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
@@ -233,7 +230,8 @@ fn spawn(launch: &Launch, cgroup: Option<&Cgroup>) -> Result<u32, String> {
         set
     };
     // SAFETY: between fork and exec only async-signal-safe calls: sigprocmask,
-    // and open/write/close in join_self.
+    // open/write/close in join_self, and setgroups/setgid/setuid/prctl in
+    // drop_privileges.
     unsafe {
         command.pre_exec(move || {
             // std passes the parent's mask on; ours blocks what we wait for,
@@ -241,15 +239,24 @@ fn spawn(launch: &Launch, cgroup: Option<&Cgroup>) -> Result<u32, String> {
             if libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) != 0 {
                 return Err(io::Error::last_os_error());
             }
-            match &cgroup {
-                Some(cgroup) => cgroup.join_self(),
+            // The cgroup is joined while still privileged; only then the
+            // task becomes the exec user, for good.
+            if let Some(cgroup) = &cgroup {
+                cgroup.join_self()?;
+            }
+            match &run_as {
+                Some(user) => user.drop_privileges(),
                 None => Ok(()),
             }
         });
     }
+    let user = match &launch.run_as {
+        Some(user) => format!(" as user {} (uid {})", user.user, user.uid),
+        None => String::new(),
+    };
     command.spawn().map(|child| child.id()).map_err(|e| {
         format!(
-            "cannot spawn {:?} in {}: {e}",
+            "cannot spawn {:?} in {}{user}: {e}",
             launch.command,
             launch.workdir.display()
         )

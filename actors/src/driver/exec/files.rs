@@ -9,13 +9,15 @@
 //! - `stdout.log`, `stderr.log`: the task's output; `executor.log`: the executor's.
 
 use std::collections::BTreeMap;
-use std::fs::{self, File};
+use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::driver::confine::RunAs;
 use crate::driver::{ExitInfo, WorkloadSpec};
 
 /// Launch description written by the driver.
@@ -59,6 +61,11 @@ pub struct Launch {
     pub cpu_millis: u64,
     /// Memory limit in bytes; 0 for none.
     pub memory_bytes: u64,
+    /// The unprivileged user the task runs as (the node's `exec_user`);
+    /// `None`: the executor's own user. Absent in launch files of older
+    /// agents.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_as: Option<RunAs>,
 }
 
 impl Launch {
@@ -83,6 +90,7 @@ impl Launch {
             alloc_dir: spec.alloc_dir.clone(),
             cpu_millis: spec.task.resources.cpu_millis,
             memory_bytes: spec.task.resources.memory_bytes,
+            run_as: None,
         })
     }
 }
@@ -167,10 +175,19 @@ pub struct ExitRecord {
 
 /// Writes `value` as JSON to `dir/name` atomically and durably: a reader sees
 /// either nothing or the whole file, even after a crash or power loss.
+///
+/// The temporary file is created afresh (`O_EXCL`, after removing whatever
+/// has its name), so a symlink a task planted under that name is replaced,
+/// never followed: the driver writes only inside the directory.
 pub fn write_atomic<T: Serialize>(dir: &Path, name: &str, value: &T) -> io::Result<()> {
     let bytes = serde_json::to_vec_pretty(value).map_err(io::Error::other)?;
     let tmp = dir.join(format!(".{name}.tmp"));
-    let mut file = File::create(&tmp)?;
+    remove(dir, &format!(".{name}.tmp"))?;
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .open(&tmp)?;
     file.write_all(&bytes)?;
     file.sync_all()?;
     drop(file);
@@ -179,14 +196,40 @@ pub fn write_atomic<T: Serialize>(dir: &Path, name: &str, value: &T) -> io::Resu
 }
 
 /// Reads `dir/name` as JSON: `Ok(None)` when it does not exist.
+/// A symlink under that name is not followed (`ELOOP`): a task cannot make
+/// the driver read a file outside the directory.
 pub fn read_json<T: DeserializeOwned>(dir: &Path, name: &str) -> io::Result<Option<T>> {
-    match fs::read(dir.join(name)) {
+    let read = || -> io::Result<Vec<u8>> {
+        let mut bytes = Vec::new();
+        io::Read::read_to_end(
+            &mut OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(dir.join(name))?,
+            &mut bytes,
+        )?;
+        Ok(bytes)
+    };
+    match read() {
         Ok(bytes) => serde_json::from_slice(&bytes)
             .map(Some)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e)),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e),
     }
+}
+
+/// Opens `dir/name` for appending, creating it (mode 0644) if absent, but
+/// never through a symlink (`O_NOFOLLOW`): the task's logs and the
+/// executor's are opened by the agent's user, and a task must not be able
+/// to point them at a file outside its directory.
+pub fn open_append(dir: &Path, name: &str) -> io::Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o644)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(dir.join(name))
 }
 
 /// Removes `dir/name`; absent is fine.
@@ -304,5 +347,24 @@ mod tests {
         );
         remove(dir.path(), EXIT).expect("remove");
         remove(dir.path(), EXIT).expect("removing an absent file is fine");
+    }
+
+    #[test]
+    fn symlinks_planted_in_the_directory_are_never_followed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let victim = dir.path().join("victim");
+        fs::write(&victim, "precious").expect("write");
+        let alloc = dir.path().join("alloc");
+        fs::create_dir(&alloc).expect("mkdir");
+        for name in [".exit.json.tmp", STDOUT, EXIT] {
+            std::os::unix::fs::symlink(&victim, alloc.join(name)).expect("symlink");
+        }
+        let err = open_append(&alloc, STDOUT).expect_err("a symlinked log");
+        assert_eq!(err.raw_os_error(), Some(libc::ELOOP), "{err}");
+        let err = read_json::<ExitRecord>(&alloc, EXIT).expect_err("a symlinked record");
+        assert_eq!(err.raw_os_error(), Some(libc::ELOOP), "{err}");
+        write_atomic(&alloc, EXIT, &serde_json::json!({"code": 0})).expect("write");
+        assert_eq!(fs::read_to_string(&victim).expect("read"), "precious");
+        assert!(!alloc.join(".exit.json.tmp").exists());
     }
 }

@@ -2,7 +2,7 @@
 //! for its word that the task runs.
 
 use std::ffi::CString;
-use std::fs::{self, OpenOptions};
+use std::fs;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use super::files::{self, Launch, StartFailure, Started};
 use super::{procfs, Detail};
+use crate::driver::confine::{self, Confinement, PathPolicy};
 use crate::driver::{DriverError, WorkloadHandle, WorkloadSpec};
 
 /// How often `start` looks for the executor's report.
@@ -21,7 +22,13 @@ const START_POLL: Duration = Duration::from_millis(10);
 const EXIT_WAIT: Duration = Duration::from_secs(5);
 
 /// The checks of [`crate::driver::Driver::check`] for the exec driver.
-pub fn check(spec: &WorkloadSpec) -> Result<(), DriverError> {
+///
+/// Under a confining `policy` the working directory and a relative command
+/// must resolve inside the allocation directory or an allowed directory
+/// (see [`crate::driver::confine`]); an absolute command or one looked up
+/// in `PATH` names a program of the node, which runs with the task's
+/// rights, and is not a file of the job's.
+pub fn check(spec: &WorkloadSpec, policy: &Confinement) -> Result<(), DriverError> {
     let unsupported = |message: String| DriverError::Unsupported {
         alloc: spec.alloc_id.clone(),
         message,
@@ -47,21 +54,28 @@ pub fn check(spec: &WorkloadSpec) -> Result<(), DriverError> {
     }
     let workdir = match &spec.task.workdir {
         Some(w) => {
-            let w = PathBuf::from(w);
-            if !w.is_absolute() || !w.is_dir() {
+            if !Path::new(w).is_absolute() || !Path::new(w).is_dir() {
                 return Err(unsupported(format!(
-                    "the working directory {} is not an existing absolute directory",
-                    w.display()
+                    "the working directory {w} is not an existing absolute directory"
                 )));
             }
-            w
+            policy
+                .resolve("task.workdir", w, dir, dir)
+                .map_err(unsupported)?
         }
         None => dir.clone(),
     };
     // A name without a slash is looked up in PATH at spawn time; a path must
-    // exist and be executable (relative ones are taken from the workdir).
+    // exist and be executable (relative ones are taken from the workdir, and
+    // must stay inside what the policy allows).
     if command.contains('/') {
-        let path = workdir.join(command);
+        let path = if Path::new(command).is_absolute() {
+            PathBuf::from(command)
+        } else {
+            policy
+                .resolve("task.command", command, &workdir, dir)
+                .map_err(unsupported)?
+        };
         let meta = fs::metadata(&path)
             .map_err(|e| unsupported(format!("command {}: {e}", path.display())))?;
         if !meta.is_file()
@@ -92,8 +106,9 @@ pub async fn start(
     executor: &Path,
     timeout: Duration,
     spec: &WorkloadSpec,
+    policy: &Confinement,
 ) -> Result<WorkloadHandle, DriverError> {
-    check(spec)?;
+    check(spec, policy)?;
     let alloc = spec.alloc_id.as_str();
     let fail = |message: String| DriverError::Start {
         alloc: alloc.to_string(),
@@ -113,16 +128,31 @@ pub async fn start(
     }
     let mut resolved = spec.clone();
     resolved.alloc_dir = dir.clone();
+    // Under a confining policy the task starts in the directory that was
+    // checked (symlinks resolved), not in whatever the name leads to later.
+    if let (Some(w), PathPolicy::Within(_)) = (&spec.task.workdir, &policy.paths) {
+        let checked = policy
+            .resolve("task.workdir", w, &dir, &dir)
+            .map_err(fail)?;
+        resolved.task.workdir = Some(checked.display().to_string());
+    }
     let path = std::env::var("PATH").ok();
-    let launch = Launch::from_spec(&resolved, path.as_deref())
+    let mut launch = Launch::from_spec(&resolved, path.as_deref())
         .ok_or_else(|| fail("the exec driver needs a command".to_string()))?;
+    if let Some(user) = &policy.exec_user {
+        confine::share_alloc_dir(&dir, user).map_err(|e| {
+            fail(format!(
+                "cannot make {} usable by exec user {}: {e}",
+                dir.display(),
+                user.user
+            ))
+        })?;
+        launch.run_as = Some(user.clone());
+    }
     files::write_atomic(&dir, files::LAUNCH, &launch)
         .map_err(|e| fail(format!("cannot write {}: {e}", files::LAUNCH)))?;
 
-    let log = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join(files::EXECUTOR_LOG))
+    let log = files::open_append(&dir, files::EXECUTOR_LOG)
         .map_err(|e| fail(format!("cannot open {}: {e}", files::EXECUTOR_LOG)))?;
     let log2 = log
         .try_clone()

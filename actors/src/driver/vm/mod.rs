@@ -15,6 +15,15 @@
 //! misbehaves. Live migration (pre-copy through QMP `migrate` to a target
 //! started with `-incoming defer -S`, the local disk mirrored over NBD) is
 //! in [`migrate`].
+//!
+//! Confinement: a spec cannot hand QEMU arguments of its own (its settings
+//! are a fixed set of keys, and every path is a single option value, commas
+//! escaped); its kernel, initrd and disk must resolve inside the allocation
+//! directory or a directory the node allows, and a host block device is a
+//! disk only if the node lists it (`vm_devices`). QEMU runs with
+//! `-sandbox` (seccomp: no exec, no privilege change, no obsolete or
+//! resource-control calls) where it is built with it, and with
+//! `-nodefaults`: no device the spec did not ask for.
 
 pub mod guest;
 pub mod migrate;
@@ -30,6 +39,7 @@ use herd_api::validate::FieldError;
 use herd_api::vm::{Accel, VmSettings};
 use serde::{Deserialize, Serialize};
 
+use super::confine::{self, Confinement};
 use super::exec_backed::{ExecBacked, ExecCommand, ExecKind, Run};
 use super::live::{IncomingEndpoints, MoveLimits, MoveStats, ProgressSink};
 use super::{
@@ -55,8 +65,12 @@ const FROZEN: [&str; 5] = [
 ];
 
 /// The `vm` kind of exec-backed workload: QEMU, plus its QMP socket.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Vm;
+/// Holds the node's confinement: where the kernel, initrd and disk a spec
+/// names may be, and which host block devices a VM may be given.
+#[derive(Debug, Clone, Default)]
+pub struct Vm {
+    confinement: Confinement,
+}
 
 /// The `vm` driver.
 pub type VmDriver = ExecBacked<Vm>;
@@ -87,6 +101,80 @@ fn socket(handle: &WorkloadHandle) -> Result<PathBuf, DriverError> {
             alloc: handle.alloc_id.clone(),
             message: e.to_string(),
         })
+}
+
+impl Vm {
+    /// `settings` with the kernel, initrd and disk it names resolved under
+    /// the node's confinement, each checked: kernel and initrd regular files
+    /// inside the allocation directory or an allowed directory; the disk the
+    /// same, or a host block device the node lists in `vm_devices`. What
+    /// QEMU is given is the resolved path, so what runs is what was checked.
+    /// Errors name the field.
+    pub fn confined(
+        &self,
+        spec: &WorkloadSpec,
+        settings: &VmSettings,
+    ) -> Result<VmSettings, DriverError> {
+        let mut resolved = settings.clone();
+        let base = &spec.alloc_dir;
+        for (key, path) in [
+            ("kernel", &mut resolved.kernel),
+            ("initrd", &mut resolved.initrd),
+        ] {
+            if let Some(given) = path.as_mut() {
+                let field = format!("task.config.{key}");
+                let found = self
+                    .confinement
+                    .resolve(&field, given, base, base)
+                    .map_err(|m| unsupported(spec, m))?;
+                if !found.is_file() {
+                    return Err(unsupported(
+                        spec,
+                        format!("{field}: {given} does not exist on this node as a regular file"),
+                    ));
+                }
+                *given = found.display().to_string();
+            }
+        }
+        if let Some(given) = resolved.disk.as_mut() {
+            *given = self.disk(spec, given)?.display().to_string();
+        }
+        Ok(resolved)
+    }
+
+    /// The disk image `given` as QEMU will open it (read-write, as the
+    /// agent's user): a host block device only if the node allows it.
+    fn disk(&self, spec: &WorkloadSpec, given: &str) -> Result<PathBuf, DriverError> {
+        let field = "task.config.disk";
+        let target = std::fs::canonicalize(spec.alloc_dir.join(given));
+        if let Ok(device) = &target {
+            if confine::is_block_device(device) {
+                if self.confinement.vm_device_allowed(device) {
+                    return Ok(device.clone());
+                }
+                return Err(unsupported(
+                    spec,
+                    format!(
+                        "{field}: {given} is the host device {}; a VM is given a host device                          only if the node's operator lists it in vm_devices (--vm-device)",
+                        device.display()
+                    ),
+                ));
+            }
+        }
+        let found = self
+            .confinement
+            .resolve(field, given, &spec.alloc_dir, &spec.alloc_dir)
+            .map_err(|m| unsupported(spec, m))?;
+        if !found.is_file() {
+            let what = if found.exists() {
+                "is not a regular file (nor an allowed block device)"
+            } else {
+                "does not exist on this node"
+            };
+            return Err(unsupported(spec, format!("{field}: {given} {what}")));
+        }
+        Ok(found)
+    }
 }
 
 /// The disk QEMU attaches: the one given, or the fresh one `prepare`
@@ -200,6 +288,10 @@ impl ExecKind for Vm {
         migrate::finish_incoming(handle).await
     }
 
+    fn confine(&mut self, confinement: &Confinement) {
+        self.confinement = confinement.clone();
+    }
+
     fn settings(&self, task: &TaskSpec) -> Result<VmSettings, FieldError> {
         driver_settings::vm(task)
     }
@@ -214,20 +306,7 @@ impl ExecKind for Vm {
                 ),
             ));
         }
-        for (key, path) in [
-            ("kernel", &settings.kernel),
-            ("initrd", &settings.initrd),
-            ("disk", &settings.disk),
-        ] {
-            if let Some(path) = path {
-                if !Path::new(path).is_file() {
-                    return Err(unsupported(
-                        spec,
-                        format!("task.config.{key}: {path} does not exist on this node"),
-                    ));
-                }
-            }
-        }
+        self.confined(spec, settings)?;
         if settings.accel == Accel::Kvm && !qemu::kvm_usable() {
             return Err(unsupported(
                 spec,
@@ -255,13 +334,18 @@ impl ExecKind for Vm {
     ) -> Result<ExecCommand, DriverError> {
         let qemu = qemu::find_in_path(qemu::QEMU)
             .ok_or_else(|| unsupported(spec, format!("{} not found in PATH", qemu::QEMU)))?;
+        let settings = &self.confined(spec, settings)?;
+        let mut args = qemu::args(
+            settings,
+            &spec.alloc_dir,
+            disk_path(spec, settings).as_deref(),
+        );
+        if qemu::sandbox_supported(&qemu) {
+            args.extend(qemu::SANDBOX.iter().map(|a| a.to_string()));
+        }
         Ok(ExecCommand {
             program: qemu.display().to_string(),
-            args: qemu::args(
-                settings,
-                &spec.alloc_dir,
-                disk_path(spec, settings).as_deref(),
-            ),
+            args,
             env: Default::default(),
         })
     }

@@ -4,6 +4,8 @@ use std::path::{Path, PathBuf};
 
 use herd_api::vm::{Accel, NumaPlacement, VmSettings};
 
+use crate::driver::confine::qemu_value;
+
 /// The QEMU binary herd runs.
 pub const QEMU: &str = "qemu-system-x86_64";
 /// The image tool that creates fresh disks.
@@ -14,6 +16,38 @@ pub const QMP_SOCKET: &str = "qmp.sock";
 pub const FRESH_DISK: &str = "disk.qcow2";
 /// Longest unix socket path the kernel accepts (sun_path, less the NUL).
 pub const MAX_SOCKET_PATH: usize = 107;
+
+/// QEMU's seccomp sandbox, as libvirt sets it: no obsolete system calls,
+/// no privilege changes, no new processes or exec, no scheduler or
+/// resource-control calls. Added where [`sandbox_supported`].
+pub const SANDBOX: [&str; 2] = [
+    "-sandbox",
+    "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
+];
+
+/// Whether the QEMU at `qemu` takes [`SANDBOX`] (built with seccomp):
+/// asked once per process (`-sandbox ... -version` exits 0 only then).
+pub fn sandbox_supported(qemu: &Path) -> bool {
+    static SUPPORTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *SUPPORTED.get_or_init(|| {
+        let supported = std::process::Command::new(qemu)
+            .args(SANDBOX)
+            .arg("-version")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if !supported {
+            tracing::warn!(
+                qemu = %qemu.display(),
+                "QEMU has no seccomp sandbox (-sandbox); VMs run without it"
+            );
+        }
+        supported
+    })
+}
 
 /// Finds `program` in `PATH`, as a shell would.
 pub fn find_in_path(program: &str) -> Option<PathBuf> {
@@ -49,7 +83,7 @@ pub fn args(settings: &VmSettings, alloc_dir: &Path, disk: Option<&Path>) -> Vec
         "-name".into(),
         alloc_dir
             .file_name()
-            .map_or_else(|| "herd-vm".into(), |n| n.to_string_lossy().into_owned()),
+            .map_or_else(|| "herd-vm".into(), |n| qemu_value(&n.to_string_lossy())),
         "-machine".into(),
         format!("q35,accel={}", accel_arg(settings.accel)),
         "-m".into(),
@@ -71,7 +105,7 @@ pub fn args(settings: &VmSettings, alloc_dir: &Path, disk: Option<&Path>) -> Vec
         "-qmp".into(),
         format!(
             "unix:{},server=on,wait=off",
-            alloc_dir.join(QMP_SOCKET).display()
+            qemu_value(&alloc_dir.join(QMP_SOCKET).display().to_string())
         ),
         "-no-reboot".into(),
     ];
@@ -89,7 +123,10 @@ pub fn args(settings: &VmSettings, alloc_dir: &Path, disk: Option<&Path>) -> Vec
     if let Some(disk) = disk {
         args.extend([
             "-drive".into(),
-            format!("file={},if=virtio,cache=none,aio=threads", disk.display()),
+            format!(
+                "file={},if=virtio,cache=none,aio=threads",
+                qemu_value(&disk.display().to_string())
+            ),
         ]);
     }
     match settings.numa {
@@ -168,5 +205,32 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("-name vm-0-7"), "{text}");
+        assert!(text.contains("-nodefaults"), "{text}");
+    }
+
+    #[test]
+    fn a_disk_path_with_commas_cannot_add_drive_options() {
+        let args = args(
+            &settings(),
+            Path::new("/var/herd/allocs/vm,1"),
+            Some(Path::new(
+                "/a/d.img,file.driver=host_device,filename=/dev/sda",
+            )),
+        );
+        let drive = args
+            .iter()
+            .skip_while(|a| *a != "-drive")
+            .nth(1)
+            .expect("a drive");
+        assert_eq!(
+            drive,
+            "file=/a/d.img,,file.driver=host_device,,filename=/dev/sda,if=virtio,cache=none,aio=threads"
+        );
+        let text = args.join(" ");
+        assert!(text.contains("-name vm,,1"), "{text}");
+        assert!(
+            text.contains("unix:/var/herd/allocs/vm,,1/qmp.sock,server=on"),
+            "{text}"
+        );
     }
 }

@@ -274,6 +274,9 @@ pub fn apply(
             now_ms,
             changes,
         ),
+        Command::ScaleJob { scale, now_ms } => {
+            crate::autoscale::apply::scale_job(state, index, &scale, now_ms, changes)
+        }
         // Only `apply_entry` knows the entry's term; a fence inside a fence
         // is not something herd proposes.
         Command::Fenced { .. } => CommandResult::Rejected(Rejection::Invalid(

@@ -276,6 +276,7 @@ mod tests {
             placement: Default::default(),
             stop_after_disconnect: None,
             balance: Default::default(),
+            autoscale: None,
         }
     }
 

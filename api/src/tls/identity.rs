@@ -1,0 +1,287 @@
+//! Who is on the other end of a TLS connection: the role and name the
+//! cluster's CA wrote into the peer's certificate.
+//!
+//! The identity is the URI SAN `spiffe://herd/<role>/<name>` (SPIFFE's
+//! shape, so that operators who already run a SPIFFE-aware CA can issue
+//! herd certificates with it). The chain was verified by rustls against
+//! the cluster's CA before any request is read, so what the certificate
+//! says can be trusted; this module only reads it.
+
+use std::fmt;
+use std::sync::Arc;
+
+use thiserror::Error;
+use tonic::codegen::http;
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+use tonic::Status;
+
+/// The trust domain of herd's SPIFFE-style identities.
+pub const TRUST_DOMAIN: &str = "herd";
+
+/// What a certificate allows its holder to be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PeerRole {
+    /// A Raft member serving the API.
+    Coordinator,
+    /// A node agent.
+    Node,
+    /// A user's or a program's client (the CLI).
+    Client,
+}
+
+impl PeerRole {
+    /// Every role, for help texts and tables.
+    pub const ALL: [PeerRole; 3] = [PeerRole::Coordinator, PeerRole::Node, PeerRole::Client];
+
+    /// The word used on the command line and in the identity URI.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PeerRole::Coordinator => "coordinator",
+            PeerRole::Node => "node",
+            PeerRole::Client => "client",
+        }
+    }
+
+    /// The role named `word`, if any.
+    pub fn parse(word: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|role| role.as_str() == word)
+    }
+
+    /// The DNS name every certificate of this role carries, and that a
+    /// dialer checks: `coordinator.herd`, `node.herd`, `client.herd`.
+    pub fn dns_name(self) -> String {
+        format!("{}.{TRUST_DOMAIN}", self.as_str())
+    }
+}
+
+impl fmt::Display for PeerRole {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The role and name of a certificate's holder.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerIdentity {
+    /// What the holder may act as.
+    pub role: PeerRole,
+    /// Which coordinator, node or client it is.
+    pub name: String,
+}
+
+impl PeerIdentity {
+    /// The URI SAN that carries this identity.
+    pub fn uri(&self) -> String {
+        format!("spiffe://{TRUST_DOMAIN}/{}/{}", self.role, self.name)
+    }
+
+    /// The identity in `uri`, if it is a herd identity.
+    pub fn from_uri(uri: &str) -> Option<Self> {
+        let rest = uri.strip_prefix("spiffe://")?;
+        let rest = rest.strip_prefix(TRUST_DOMAIN)?.strip_prefix('/')?;
+        let (role, name) = rest.split_once('/')?;
+        let role = PeerRole::parse(role)?;
+        valid_name(name).then(|| Self {
+            role,
+            name: name.to_string(),
+        })
+    }
+}
+
+impl fmt::Display for PeerIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {:?}", self.role, self.name)
+    }
+}
+
+/// Whether `name` may be a certificate's name: what herd accepts as node
+/// and member names (letters, digits, `-`, `_`, `.`; 1 to 63 bytes).
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+/// Why a certificate does not give a usable identity.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum TlsIdentityError {
+    /// Not DER X.509.
+    #[error("not an X.509 certificate: {0}")]
+    Malformed(String),
+    /// No `spiffe://herd/<role>/<name>` URI SAN.
+    #[error("names no herd identity (a URI SAN spiffe://herd/<role>/<name>; make certificates with `herd tls cert create`)")]
+    NoIdentity,
+    /// More than one herd identity: ambiguous, refused.
+    #[error("names more than one herd identity")]
+    Ambiguous,
+    /// Outside its validity period.
+    #[error("is not valid now (valid from {not_before} to {not_after}, Unix seconds)")]
+    NotValidNow {
+        /// Start of validity.
+        not_before: i64,
+        /// End of validity.
+        not_after: i64,
+    },
+    /// A certificate of another role than the process's.
+    #[error("is a {have} certificate; this process needs a {want} certificate")]
+    WrongRole {
+        /// The role the process runs as.
+        want: PeerRole,
+        /// The role the certificate names.
+        have: PeerRole,
+    },
+}
+
+/// The herd identity in the DER certificate `der`, checked to be valid at
+/// `now` (Unix seconds).
+pub fn parse_certificate(der: &[u8], now: i64) -> Result<PeerIdentity, TlsIdentityError> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der)
+        .map_err(|e| TlsIdentityError::Malformed(e.to_string()))?;
+    let validity = cert.validity();
+    let (not_before, not_after) = (
+        validity.not_before.timestamp(),
+        validity.not_after.timestamp(),
+    );
+    if now < not_before || now > not_after {
+        return Err(TlsIdentityError::NotValidNow {
+            not_before,
+            not_after,
+        });
+    }
+    identity_of(&cert)
+}
+
+/// The herd identity named in `cert`'s SANs.
+fn identity_of(
+    cert: &x509_parser::certificate::X509Certificate<'_>,
+) -> Result<PeerIdentity, TlsIdentityError> {
+    let sans = cert
+        .subject_alternative_name()
+        .map_err(|e| TlsIdentityError::Malformed(e.to_string()))?;
+    let mut found = None;
+    for name in sans.iter().flat_map(|ext| ext.value.general_names.iter()) {
+        if let x509_parser::extensions::GeneralName::URI(uri) = name {
+            if let Some(identity) = PeerIdentity::from_uri(uri) {
+                if found.is_some() {
+                    return Err(TlsIdentityError::Ambiguous);
+                }
+                found = Some(identity);
+            }
+        }
+    }
+    found.ok_or(TlsIdentityError::NoIdentity)
+}
+
+/// Whether the DER certificate `der` is a CA certificate (basic
+/// constraints `CA:TRUE`).
+pub fn is_ca_certificate(der: &[u8]) -> Result<bool, TlsIdentityError> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der)
+        .map_err(|e| TlsIdentityError::Malformed(e.to_string()))?;
+    Ok(cert.is_ca())
+}
+
+/// The identity of the peer of a request, from the certificate it showed
+/// during the handshake. None on a plaintext connection.
+pub fn peer_identity(extensions: &http::Extensions) -> Option<PeerIdentity> {
+    let certs: Arc<Vec<_>> = extensions
+        .get::<TlsConnectInfo<TcpConnectInfo>>()
+        .and_then(|info| info.peer_certs())?;
+    let leaf = certs.first()?;
+    // The chain was verified at the handshake, validity included; read the
+    // identity only.
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).ok()?;
+    identity_of(&cert).ok()
+}
+
+/// Refuses a request whose peer does not hold a certificate of one of
+/// `allowed` roles, when this process speaks TLS (plaintext processes have
+/// no peer identities: `--insecure` means exactly that). Returns the
+/// peer's identity under TLS, None in plaintext.
+pub fn require_role(
+    extensions: &http::Extensions,
+    allowed: &[PeerRole],
+    what: &str,
+) -> Result<Option<PeerIdentity>, Status> {
+    if !super::enabled() {
+        return Ok(None);
+    }
+    let Some(identity) = peer_identity(extensions) else {
+        return Err(Status::unauthenticated(format!(
+            "{what}: the connection shows no herd certificate"
+        )));
+    };
+    if allowed.contains(&identity.role) {
+        Ok(Some(identity))
+    } else {
+        let allowed: Vec<&str> = allowed.iter().map(|r| r.as_str()).collect();
+        Err(Status::permission_denied(format!(
+            "{what}: needs a {} certificate, the caller holds {identity}",
+            allowed.join(" or ")
+        )))
+    }
+}
+
+/// Refuses a node agent's call that speaks for `node` unless its
+/// certificate names that node (under TLS; nothing to check in plaintext).
+/// An agent may only report for its own node.
+pub fn require_node(extensions: &http::Extensions, node: &str, what: &str) -> Result<(), Status> {
+    match require_role(extensions, &[PeerRole::Node], what)? {
+        Some(identity) if identity.name != node => Err(Status::permission_denied(format!(
+            "{what}: the caller's certificate is for node {:?}, not {node:?}",
+            identity.name
+        ))),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identities_round_trip_through_their_uri() {
+        for role in PeerRole::ALL {
+            let identity = PeerIdentity {
+                role,
+                name: "gpu-07.rack_2".into(),
+            };
+            assert_eq!(PeerIdentity::from_uri(&identity.uri()), Some(identity));
+        }
+    }
+
+    #[test]
+    fn foreign_or_malformed_uris_are_not_identities() {
+        for uri in [
+            "spiffe://other/node/n1",
+            "spiffe://herd/admin/n1",
+            "spiffe://herd/node/",
+            "spiffe://herd/node/a/b",
+            "spiffe://herd/node/n 1",
+            "https://herd/node/n1",
+            "spiffe://herdx/node/n1",
+        ] {
+            assert_eq!(PeerIdentity::from_uri(uri), None, "{uri}");
+        }
+    }
+
+    #[test]
+    fn garbage_is_not_a_certificate() {
+        assert!(matches!(
+            parse_certificate(b"not der", 0),
+            Err(TlsIdentityError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn a_plaintext_process_checks_no_roles() {
+        // No transport installed in unit tests: plaintext.
+        let extensions = http::Extensions::new();
+        assert!(matches!(
+            require_role(&extensions, &[PeerRole::Coordinator], "Vote"),
+            Ok(None)
+        ));
+        assert!(require_node(&extensions, "n1", "Heartbeat").is_ok());
+    }
+}

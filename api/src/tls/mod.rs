@@ -1,0 +1,114 @@
+//! Mutual TLS between every herd process (docs/security.md, "Transport").
+//!
+//! One cluster, one certificate authority. Every process holds a
+//! certificate the CA signed for one *role* and one *name*:
+//!
+//! - `coordinator` NAME: serves the API and Raft; dials other coordinators;
+//! - `node` NAME: a node agent; dials coordinators and other agents;
+//! - `client` NAME: the CLI, scripts, dashboards' scrapers.
+//!
+//! The identity travels in the certificate as a SPIFFE-style URI SAN,
+//! `spiffe://herd/<role>/<name>` ([`identity`]); the DNS SAN `<role>.herd`
+//! is what a dialer checks, whatever address it dialed (Nomad's
+//! `server.<region>.nomad` scheme): an agent dialing `10.0.0.7:7400`
+//! verifies that the peer holds a `coordinator.herd` certificate of the
+//! cluster's CA, so addresses can change without reissuing certificates.
+//!
+//! Servers require a client certificate from the same CA (no anonymous
+//! TLS). What each role may call is checked on top of that
+//! ([`identity::require_role`]); a node agent may only speak for the node
+//! its certificate names.
+//!
+//! A process has one identity, so the transport is installed once per
+//! process ([`install`]) and every dial and every server reads it
+//! ([`transport`]), the way rustls installs one crypto provider per
+//! process: the alternative, threading a TLS handle through every client
+//! constructor of every crate, bought nothing, since no process ever needs
+//! two identities. A process that installs nothing (tests that run several
+//! members in one process, `herd dev`, the deterministic simulation) is
+//! plaintext.
+
+mod guard;
+pub mod identity;
+mod material;
+
+use std::sync::{Arc, OnceLock};
+
+pub use guard::{roles_only, RolesOnly};
+pub use identity::{require_node, require_role, PeerIdentity, PeerRole, TlsIdentityError};
+pub use material::{TlsError, TlsFiles, TlsMaterial};
+
+use tonic::transport::{Endpoint, Server};
+
+/// How this process talks to the others.
+#[derive(Clone, Debug, Default)]
+pub enum Transport {
+    /// No encryption, no peer authentication: only with `--insecure`, or in
+    /// a process that runs a whole cluster (`herd dev`, tests).
+    #[default]
+    Plaintext,
+    /// Mutual TLS with this process's certificate.
+    Tls(Arc<TlsMaterial>),
+}
+
+static TRANSPORT: OnceLock<Transport> = OnceLock::new();
+
+/// The transport was already installed: a process has one identity.
+#[derive(Debug, thiserror::Error)]
+#[error("the process's transport (TLS or plaintext) is already set")]
+pub struct AlreadyInstalled;
+
+/// Sets this process's transport, once, before any server starts or any
+/// channel is made.
+pub fn install(transport: Transport) -> Result<(), AlreadyInstalled> {
+    TRANSPORT.set(transport).map_err(|_| AlreadyInstalled)
+}
+
+/// This process's transport: plaintext unless [`install`] set TLS.
+pub fn transport() -> &'static Transport {
+    static PLAINTEXT: Transport = Transport::Plaintext;
+    TRANSPORT.get().unwrap_or(&PLAINTEXT)
+}
+
+/// Whether this process speaks mutual TLS.
+pub fn enabled() -> bool {
+    matches!(transport(), Transport::Tls(_))
+}
+
+impl Transport {
+    /// An endpoint for `addr` (`HOST:PORT`), a peer expected to hold a
+    /// certificate of role `peer`: `https` with this process's certificate
+    /// under TLS, `http` otherwise.
+    pub fn endpoint(&self, addr: &str, peer: PeerRole) -> Result<Endpoint, String> {
+        match self {
+            Transport::Plaintext => {
+                Endpoint::from_shared(format!("http://{addr}")).map_err(|e| e.to_string())
+            }
+            Transport::Tls(material) => Endpoint::from_shared(format!("https://{addr}"))
+                .map_err(|e| e.to_string())?
+                .tls_config(material.client_config(peer))
+                .map_err(|e| format!("TLS settings for {addr}: {e}")),
+        }
+    }
+
+    /// `server` with this process's certificate, asking every client for
+    /// one of the cluster's CA, under TLS; `server` unchanged otherwise.
+    pub fn server(&self, server: Server) -> Result<Server, TlsError> {
+        match self {
+            Transport::Plaintext => Ok(server),
+            Transport::Tls(material) => server
+                .tls_config(material.server_config())
+                .map_err(|e| TlsError::Config(e.to_string())),
+        }
+    }
+}
+
+/// [`Transport::endpoint`] on this process's transport.
+pub fn endpoint(addr: &str, peer: PeerRole) -> Result<Endpoint, String> {
+    transport().endpoint(addr, peer)
+}
+
+/// A fresh server builder on this process's transport.
+pub fn server() -> Result<Server, TlsError> {
+    transport().server(Server::builder())
+}

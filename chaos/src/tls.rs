@@ -1,0 +1,114 @@
+//! Mutual TLS for the harness's clusters: one CA per cluster, made with
+//! the binary's own `herd tls` commands, and a certificate issued on
+//! demand for each coordinator, agent and client the harness starts.
+//!
+//! Without it every process the harness starts runs `--insecure`
+//! (plaintext on loopback).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::process_cluster::ClusterError;
+
+/// A cluster's CA and the certificates issued from it, in one directory.
+#[derive(Debug, Clone)]
+pub struct ClusterTls {
+    binary: PathBuf,
+    dir: PathBuf,
+}
+
+fn run(binary: &Path, args: &[&str], what: String) -> Result<(), ClusterError> {
+    let out = Command::new(binary)
+        .args(args)
+        .env("HERD_LOG", "error")
+        .output()
+        .map_err(|source| ClusterError::Io {
+            what: what.clone(),
+            source,
+        })?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(ClusterError::Io {
+            what,
+            source: std::io::Error::other(String::from_utf8_lossy(&out.stderr).into_owned()),
+        })
+    }
+}
+
+impl ClusterTls {
+    /// Makes a new CA in `dir` (created if missing) with `binary`'s
+    /// `herd tls ca create`.
+    pub fn create(binary: &Path, dir: &Path) -> Result<Self, ClusterError> {
+        std::fs::create_dir_all(dir).map_err(|source| ClusterError::Io {
+            what: format!("create {}", dir.display()),
+            source,
+        })?;
+        let dir_text = dir.display().to_string();
+        run(
+            binary,
+            &["tls", "ca", "create", "--dir", &dir_text],
+            "herd tls ca create".into(),
+        )?;
+        Ok(Self {
+            binary: binary.to_path_buf(),
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// The CA certificate's path.
+    pub fn ca(&self) -> PathBuf {
+        self.dir.join("herd-ca.pem")
+    }
+
+    /// The certificate and key of `role` (`coordinator`, `node`, `client`)
+    /// `name`, issued now if they do not exist yet.
+    pub fn issue(&self, role: &str, name: &str) -> Result<(PathBuf, PathBuf), ClusterError> {
+        let cert = self.dir.join(format!("herd-{role}-{name}.pem"));
+        let key = self.dir.join(format!("herd-{role}-{name}-key.pem"));
+        if !cert.exists() {
+            let (ca, ca_key, dir) = (
+                self.ca().display().to_string(),
+                self.dir.join("herd-ca-key.pem").display().to_string(),
+                self.dir.display().to_string(),
+            );
+            run(
+                &self.binary,
+                &[
+                    "tls", "cert", "create", "--for", role, name, "--ca", &ca, "--ca-key", &ca_key,
+                    "--dir", &dir,
+                ],
+                format!("herd tls cert create --for {role} {name}"),
+            )?;
+        }
+        Ok((cert, key))
+    }
+
+    /// `--tls-ca ... --tls-cert ... --tls-key ...` for `role` `name`
+    /// (issued by [`ClusterTls::issue`]).
+    pub fn args(&self, role: &str, name: &str) -> Vec<String> {
+        vec![
+            "--tls-ca".into(),
+            self.ca().display().to_string(),
+            "--tls-cert".into(),
+            self.dir
+                .join(format!("herd-{role}-{name}.pem"))
+                .display()
+                .to_string(),
+            "--tls-key".into(),
+            self.dir
+                .join(format!("herd-{role}-{name}-key.pem"))
+                .display()
+                .to_string(),
+        ]
+    }
+}
+
+/// The transport arguments of a daemon: TLS when the cluster has it,
+/// `--insecure` otherwise.
+pub fn daemon_args(tls: Option<&ClusterTls>, role: &str, name: &str) -> Vec<String> {
+    match tls {
+        Some(tls) => tls.args(role, name),
+        None => vec!["--insecure".into()],
+    }
+}

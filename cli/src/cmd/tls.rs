@@ -1,0 +1,465 @@
+//! `herd tls ca create` and `herd tls cert create`: a cluster CA and the
+//! certificates of its coordinators, node agents and clients, for the quick
+//! start and for small clusters (docs/security.md, "Transport").
+//!
+//! Operators with their own PKI need none of this: any CA will do whose
+//! certificates carry the identity URI `spiffe://herd/<role>/<name>`, the
+//! DNS name `<role>.herd`, and the key usages below.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::net::IpAddr;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use clap::Subcommand;
+use herd_api::tls::identity::valid_name;
+use herd_api::tls::{PeerIdentity, PeerRole};
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+use time::{Duration, OffsetDateTime};
+
+use crate::exit::CliError;
+
+/// The CA's certificate and key, as `herd tls ca create` names them.
+const CA_CERT_FILE: &str = "herd-ca.pem";
+const CA_KEY_FILE: &str = "herd-ca-key.pem";
+
+/// Longest validity accepted, in days (ten years).
+const MAX_DAYS: u32 = 3650;
+
+/// Subcommands of `herd tls`.
+#[derive(Subcommand, Debug)]
+pub enum TlsCommand {
+    /// Create and manage the cluster's certificate authority.
+    #[command(subcommand)]
+    Ca(CaCommand),
+    /// Create certificates signed by the CA.
+    #[command(subcommand)]
+    Cert(CertCommand),
+    /// Make whatever is missing in --dir: the CA, then a certificate for each
+    /// name given. Safe to run again (a container's init step, say): what
+    /// exists is kept.
+    Quickstart {
+        /// Where the CA and the certificates are.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// A coordinator's name (repeatable).
+        #[arg(long = "coordinator", value_name = "NAME")]
+        coordinators: Vec<String>,
+        /// A node agent's name, its --name (repeatable).
+        #[arg(long = "node", value_name = "NAME")]
+        nodes: Vec<String>,
+        /// A client's name (repeatable).
+        #[arg(long = "client", value_name = "NAME")]
+        clients: Vec<String>,
+        /// Validity of new certificates, in days.
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+    },
+}
+
+/// Subcommands of `herd tls ca`.
+#[derive(Subcommand, Debug)]
+pub enum CaCommand {
+    /// Write a new CA: herd-ca.pem and herd-ca-key.pem (mode 0600) in --dir.
+    /// Never overwrites: a new CA invalidates every certificate of the old.
+    Create {
+        /// Where to write the files.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// Validity in days (at most 3650).
+        #[arg(long, default_value_t = 1825)]
+        days: u32,
+    },
+}
+
+/// Subcommands of `herd tls cert`.
+#[derive(Subcommand, Debug)]
+pub enum CertCommand {
+    /// Write a certificate and key for one coordinator, node or client:
+    /// herd-<role>-<name>.pem and herd-<role>-<name>-key.pem (0600).
+    Create {
+        /// coordinator, node or client.
+        #[arg(long = "for", value_name = "ROLE")]
+        role: String,
+        /// The member, node or client name (a node's certificate must carry
+        /// the node's --name: an agent may only speak for its own node).
+        name: String,
+        /// The CA's certificate.
+        #[arg(long, default_value = CA_CERT_FILE)]
+        ca: PathBuf,
+        /// The CA's private key.
+        #[arg(long, default_value = CA_KEY_FILE)]
+        ca_key: PathBuf,
+        /// Where to write the files.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// Validity in days (at most 3650).
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+        /// Extra DNS names (for tools that check the dialed host name).
+        #[arg(long = "dns")]
+        dns: Vec<String>,
+        /// Extra IP addresses, likewise.
+        #[arg(long = "ip")]
+        ips: Vec<IpAddr>,
+    },
+}
+
+/// Runs `herd tls ...`.
+pub fn run(command: TlsCommand) -> Result<(), CliError> {
+    match command {
+        TlsCommand::Quickstart {
+            dir,
+            coordinators,
+            nodes,
+            clients,
+            days,
+        } => {
+            let wanted = [
+                (PeerRole::Coordinator, coordinators),
+                (PeerRole::Node, nodes),
+                (PeerRole::Client, clients),
+            ];
+            quickstart(&dir, &wanted, days)
+        }
+        TlsCommand::Ca(CaCommand::Create { dir, days }) => create_ca(&dir, days),
+        TlsCommand::Cert(CertCommand::Create {
+            role,
+            name,
+            ca,
+            ca_key,
+            dir,
+            days,
+            dns,
+            ips,
+        }) => {
+            let role = PeerRole::parse(&role).ok_or_else(|| {
+                CliError::input(format!(
+                    "--for {role:?}: expected coordinator, node or client"
+                ))
+            })?;
+            let request = CertRequest {
+                identity: PeerIdentity { role, name },
+                days,
+                dns,
+                ips,
+            };
+            create_cert(&request, &ca, &ca_key, &dir)
+        }
+    }
+}
+
+/// Checks `--days`.
+fn validity(days: u32) -> Result<(OffsetDateTime, OffsetDateTime), CliError> {
+    if days == 0 || days > MAX_DAYS {
+        return Err(CliError::input(format!(
+            "--days {days}: expected 1 to {MAX_DAYS}"
+        )));
+    }
+    let now = OffsetDateTime::now_utc();
+    // An hour back, for peers whose clocks are a little behind.
+    Ok((
+        now - Duration::hours(1),
+        now + Duration::days(i64::from(days)),
+    ))
+}
+
+fn create_ca(dir: &Path, days: u32) -> Result<(), CliError> {
+    let (not_before, not_after) = validity(days)?;
+    let cert_path = dir.join(CA_CERT_FILE);
+    let key_path = dir.join(CA_KEY_FILE);
+    refuse_existing(&[&cert_path, &key_path])?;
+    let key = KeyPair::generate().map_err(|e| CliError::runtime(format!("CA key: {e}")))?;
+    let mut params = CertificateParams::default();
+    params.distinguished_name = DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "herd cluster CA");
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    params.not_before = not_before;
+    params.not_after = not_after;
+    let cert = params
+        .self_signed(&key)
+        .map_err(|e| CliError::runtime(format!("signing the CA: {e}")))?;
+    write_new(&cert_path, cert.pem().as_bytes(), 0o644)?;
+    write_new(&key_path, key.serialize_pem().as_bytes(), 0o600)?;
+    println!(
+        "wrote {} and {} (keep the key offline; every certificate it signs can join the cluster)",
+        cert_path.display(),
+        key_path.display()
+    );
+    Ok(())
+}
+
+/// Makes the CA in `dir` unless it exists, then each certificate of
+/// `wanted` that does not exist yet.
+fn quickstart(dir: &Path, wanted: &[(PeerRole, Vec<String>)], days: u32) -> Result<(), CliError> {
+    let (ca, ca_key) = (dir.join(CA_CERT_FILE), dir.join(CA_KEY_FILE));
+    match (ca.exists(), ca_key.exists()) {
+        (true, true) => println!("kept the CA in {}", dir.display()),
+        (false, false) => create_ca(dir, MAX_DAYS.min(days.saturating_mul(5)))?,
+        _ => {
+            return Err(CliError::input(format!(
+            "{} holds only one of {CA_CERT_FILE} and {CA_KEY_FILE}: remove it or restore the other",
+            dir.display()
+        )))
+        }
+    }
+    for (role, names) in wanted {
+        for name in names {
+            let stem = format!("herd-{role}-{name}");
+            if dir.join(format!("{stem}.pem")).exists() {
+                println!("kept {stem}.pem");
+                continue;
+            }
+            let request = CertRequest {
+                identity: PeerIdentity {
+                    role: *role,
+                    name: name.clone(),
+                },
+                days,
+                dns: vec![],
+                ips: vec![],
+            };
+            create_cert(&request, &ca, &ca_key, dir)?;
+        }
+    }
+    Ok(())
+}
+
+/// What a certificate is for.
+struct CertRequest {
+    identity: PeerIdentity,
+    days: u32,
+    dns: Vec<String>,
+    ips: Vec<IpAddr>,
+}
+
+/// The parameters of the certificate `request` asks for.
+fn leaf_params(request: &CertRequest) -> Result<CertificateParams, CliError> {
+    let identity = &request.identity;
+    if !valid_name(&identity.name) {
+        return Err(CliError::input(format!(
+            "name {:?}: expected 1 to 63 letters, digits, '-', '_' or '.'",
+            identity.name
+        )));
+    }
+    let (not_before, not_after) = validity(request.days)?;
+    let mut params = CertificateParams::default();
+    params.distinguished_name = DistinguishedName::new();
+    params.distinguished_name.push(
+        DnType::CommonName,
+        format!("{} {}", identity.role, identity.name),
+    );
+    let ia5 = |text: String, flag: &str| {
+        text.clone()
+            .try_into()
+            .map_err(|e| CliError::input(format!("{flag} {text:?}: {e}")))
+    };
+    params.subject_alt_names = vec![
+        SanType::URI(ia5(identity.uri(), "name")?),
+        SanType::DnsName(ia5(identity.role.dns_name(), "name")?),
+    ];
+    for dns in &request.dns {
+        params
+            .subject_alt_names
+            .push(SanType::DnsName(ia5(dns.clone(), "--dns")?));
+    }
+    params
+        .subject_alt_names
+        .extend(request.ips.iter().copied().map(SanType::IpAddress));
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    // Coordinators and agents both serve and dial; clients only dial.
+    params.extended_key_usages = match identity.role {
+        PeerRole::Client => vec![ExtendedKeyUsagePurpose::ClientAuth],
+        PeerRole::Coordinator | PeerRole::Node => vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ],
+    };
+    params.use_authority_key_identifier_extension = true;
+    params.not_before = not_before;
+    params.not_after = not_after;
+    Ok(params)
+}
+
+fn create_cert(
+    request: &CertRequest,
+    ca_path: &Path,
+    ca_key_path: &Path,
+    dir: &Path,
+) -> Result<(), CliError> {
+    let params = leaf_params(request)?;
+    let read = |path: &Path, flag: &str| {
+        std::fs::read_to_string(path)
+            .map_err(|e| CliError::input(format!("{flag} {}: {e}", path.display())))
+    };
+    let ca_pem = read(ca_path, "--ca")?;
+    let ca_key_pem = read(ca_key_path, "--ca-key")?;
+    let ca_key = KeyPair::from_pem(&ca_key_pem).map_err(|e| {
+        CliError::input(format!(
+            "--ca-key {}: not a private key: {e}",
+            ca_key_path.display()
+        ))
+    })?;
+    let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key).map_err(|e| {
+        CliError::input(format!(
+            "--ca {}: not a CA certificate: {e}",
+            ca_path.display()
+        ))
+    })?;
+    let identity = &request.identity;
+    let stem = format!("herd-{}-{}", identity.role, identity.name);
+    let cert_path = dir.join(format!("{stem}.pem"));
+    let key_path = dir.join(format!("{stem}-key.pem"));
+    refuse_existing(&[&cert_path, &key_path])?;
+    let key = KeyPair::generate().map_err(|e| CliError::runtime(format!("key: {e}")))?;
+    let cert = params
+        .signed_by(&key, &issuer)
+        .map_err(|e| CliError::runtime(format!("signing: {e}")))?;
+    write_new(&cert_path, cert.pem().as_bytes(), 0o644)?;
+    write_new(&key_path, key.serialize_pem().as_bytes(), 0o600)?;
+    println!(
+        "wrote {} and {} for {identity}",
+        cert_path.display(),
+        key_path.display()
+    );
+    Ok(())
+}
+
+/// Refuses to go on when any of `paths` exists: certificates and keys are
+/// never overwritten.
+fn refuse_existing(paths: &[&Path]) -> Result<(), CliError> {
+    for path in paths {
+        if path.exists() {
+            return Err(CliError::input(format!(
+                "{} exists: not overwriting it (remove it first to replace it)",
+                path.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Writes `bytes` to a new file `path` with `mode`, never over an existing
+/// one (O_EXCL), so a key is never readable by others, even briefly.
+fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<(), CliError> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .map_err(|e| CliError::input(format!("{}: {e}", path.display())))?;
+    file.write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .map_err(|e| CliError::runtime(format!("{}: {e}", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use herd_api::tls::identity::parse_certificate;
+
+    #[test]
+    fn a_signed_certificate_names_its_identity_and_chains_to_the_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        create_ca(dir.path(), 10).unwrap();
+        let request = CertRequest {
+            identity: PeerIdentity {
+                role: PeerRole::Node,
+                name: "gpu-1".into(),
+            },
+            days: 5,
+            dns: vec!["gpu-1.example".into()],
+            ips: vec!["10.0.0.1".parse().unwrap()],
+        };
+        create_cert(
+            &request,
+            &dir.path().join(CA_CERT_FILE),
+            &dir.path().join(CA_KEY_FILE),
+            dir.path(),
+        )
+        .unwrap();
+        let pem = std::fs::read(dir.path().join("herd-node-gpu-1.pem")).unwrap();
+        let block = x509_parser::pem::Pem::iter_from_buffer(&pem)
+            .next()
+            .unwrap()
+            .unwrap();
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        assert_eq!(
+            parse_certificate(&block.contents, now).unwrap(),
+            request.identity
+        );
+        // Not valid in six days.
+        assert!(parse_certificate(&block.contents, now + 6 * 86_400).is_err());
+        let key_mode = std::fs::metadata(dir.path().join("herd-node-gpu-1-key.pem"))
+            .unwrap()
+            .permissions();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&key_mode) & 0o777,
+            0o600
+        );
+        // Never overwritten.
+        let again = create_cert(
+            &request,
+            &dir.path().join(CA_CERT_FILE),
+            &dir.path().join(CA_KEY_FILE),
+            dir.path(),
+        );
+        assert!(again.unwrap_err().message.contains("exists"));
+        assert!(create_ca(dir.path(), 10)
+            .unwrap_err()
+            .message
+            .contains("exists"));
+    }
+
+    #[test]
+    fn quickstart_makes_what_is_missing_and_keeps_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let wanted = [
+            (PeerRole::Coordinator, vec!["c1".to_string()]),
+            (PeerRole::Client, vec!["admin".to_string()]),
+        ];
+        quickstart(dir.path(), &wanted, 30).unwrap();
+        let ca = std::fs::read(dir.path().join(CA_CERT_FILE)).unwrap();
+        let admin = std::fs::read(dir.path().join("herd-client-admin.pem")).unwrap();
+        let more = [(PeerRole::Node, vec!["n1".to_string()])];
+        quickstart(dir.path(), &more, 30).unwrap();
+        assert_eq!(std::fs::read(dir.path().join(CA_CERT_FILE)).unwrap(), ca);
+        quickstart(dir.path(), &wanted, 30).unwrap();
+        assert_eq!(
+            std::fs::read(dir.path().join("herd-client-admin.pem")).unwrap(),
+            admin
+        );
+        assert!(dir.path().join("herd-node-n1-key.pem").exists());
+        std::fs::remove_file(dir.path().join(CA_KEY_FILE)).unwrap();
+        assert!(quickstart(dir.path(), &more, 30).is_err());
+    }
+
+    #[test]
+    fn bad_names_and_validities_are_refused_before_any_file_is_written() {
+        let request = |name: &str, days| CertRequest {
+            identity: PeerIdentity {
+                role: PeerRole::Client,
+                name: name.into(),
+            },
+            days,
+            dns: vec![],
+            ips: vec![],
+        };
+        assert!(leaf_params(&request("a/b", 1)).is_err());
+        assert!(leaf_params(&request("", 1)).is_err());
+        assert!(leaf_params(&request("ok", 0)).is_err());
+        assert!(leaf_params(&request("ok", MAX_DAYS + 1)).is_err());
+        assert!(leaf_params(&request("ok", 1)).is_ok());
+    }
+}

@@ -1,0 +1,161 @@
+//! Chooses this process's transport from `--tls-ca|cert|key` and
+//! `--insecure` before anything dials or listens (docs/security.md,
+//! "Transport"): mutual TLS when the three files are given, plaintext
+//! otherwise, and for daemons plaintext only when asked for by name.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use herd_api::tls::{PeerRole, TlsFiles, TlsMaterial, Transport};
+
+use crate::exit::CliError;
+
+/// The transport flags as given.
+#[derive(Debug, Default, Clone)]
+pub struct TransportFlags {
+    /// `--tls-ca`.
+    pub ca: Option<PathBuf>,
+    /// `--tls-cert`.
+    pub cert: Option<PathBuf>,
+    /// `--tls-key`.
+    pub key: Option<PathBuf>,
+    /// `--insecure`.
+    pub insecure: bool,
+}
+
+/// What a command does with the network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Use {
+    /// A daemon serving as this role: TLS, or plaintext with --insecure.
+    Serve(PeerRole),
+    /// A client: TLS as a `client` when the files are given.
+    Client,
+    /// Runs whole clusters of its own, plaintext on loopback (named).
+    WholeCluster(&'static str),
+    /// Never dials a herd process (workload supervisors, file tools).
+    Local,
+}
+
+impl TransportFlags {
+    /// The three files, when all are given; an error naming the missing
+    /// ones when only some are.
+    fn files(&self) -> Result<Option<TlsFiles>, CliError> {
+        match (&self.ca, &self.cert, &self.key) {
+            (None, None, None) => Ok(None),
+            (Some(ca), Some(cert), Some(key)) => Ok(Some(TlsFiles {
+                ca: ca.clone(),
+                cert: cert.clone(),
+                key: key.clone(),
+            })),
+            _ => {
+                let missing: Vec<&str> = [
+                    ("--tls-ca", self.ca.is_none()),
+                    ("--tls-cert", self.cert.is_none()),
+                    ("--tls-key", self.key.is_none()),
+                ]
+                .into_iter()
+                .filter_map(|(flag, missing)| missing.then_some(flag))
+                .collect();
+                Err(CliError::input(format!(
+                    "TLS needs --tls-ca, --tls-cert and --tls-key together; missing {}",
+                    missing.join(", ")
+                )))
+            }
+        }
+    }
+}
+
+/// The transport `flags` ask of a command that does `usage`.
+pub fn choose(flags: &TransportFlags, usage: Use) -> Result<Transport, CliError> {
+    let files = flags.files()?;
+    if files.is_some() && flags.insecure {
+        return Err(CliError::input(
+            "--insecure and --tls-* contradict each other: give one or the other",
+        ));
+    }
+    let load = |role: Option<PeerRole>, files: &TlsFiles| {
+        TlsMaterial::load(files, role)
+            .map(|material| Transport::Tls(Arc::new(material)))
+            .map_err(CliError::input)
+    };
+    match (usage, files) {
+        (Use::Serve(role), Some(files)) => load(Some(role), &files),
+        (Use::Serve(role), None) if flags.insecure => {
+            tracing_free_warning(&format!(
+                "herd {role}: plaintext (--insecure): no encryption, and anyone who reaches its ports can call them"
+            ));
+            Ok(Transport::Plaintext)
+        }
+        (Use::Serve(role), None) => Err(CliError::input(format!(
+            "herd {role} serves mutual TLS only: pass --tls-ca, --tls-cert and --tls-key \
+             (make them with `herd tls ca create` and `herd tls cert create --for {role} NAME`), \
+             or --insecure to serve plaintext"
+        ))),
+        // Any role's certificate: a daemon's own runs its health checks.
+        (Use::Client, Some(files)) => load(None, &files),
+        (Use::WholeCluster(_) | Use::Local | Use::Client, _) => Ok(Transport::Plaintext),
+    }
+}
+
+/// Says something on stderr before logging is set up.
+fn tracing_free_warning(message: &str) {
+    eprintln!("herd: warning: {message}");
+}
+
+/// Chooses and installs this process's transport.
+pub fn install(flags: &TransportFlags, usage: Use) -> Result<(), CliError> {
+    let transport = choose(flags, usage)?;
+    herd_api::tls::install(transport).map_err(CliError::runtime)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn daemons_need_tls_or_insecure_by_name() {
+        let none = TransportFlags::default();
+        let error = choose(&none, Use::Serve(PeerRole::Node)).unwrap_err();
+        assert!(error.message.contains("--insecure"), "{}", error.message);
+        let insecure = TransportFlags {
+            insecure: true,
+            ..TransportFlags::default()
+        };
+        assert!(matches!(
+            choose(&insecure, Use::Serve(PeerRole::Coordinator)),
+            Ok(Transport::Plaintext)
+        ));
+        assert!(matches!(
+            choose(&none, Use::Client),
+            Ok(Transport::Plaintext)
+        ));
+        assert!(matches!(
+            choose(&none, Use::WholeCluster("herd dev")),
+            Ok(Transport::Plaintext)
+        ));
+    }
+
+    #[test]
+    fn partial_or_contradictory_flags_are_refused_by_name() {
+        let partial = TransportFlags {
+            ca: Some("ca.pem".into()),
+            ..TransportFlags::default()
+        };
+        let error = choose(&partial, Use::Client).unwrap_err();
+        assert!(
+            error.message.contains("--tls-cert, --tls-key"),
+            "{}",
+            error.message
+        );
+        let both = TransportFlags {
+            ca: Some("ca.pem".into()),
+            cert: Some("c.pem".into()),
+            key: Some("k.pem".into()),
+            insecure: true,
+        };
+        assert!(choose(&both, Use::Serve(PeerRole::Node))
+            .unwrap_err()
+            .message
+            .contains("contradict"));
+    }
+}
