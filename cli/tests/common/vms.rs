@@ -2,6 +2,7 @@
 //! node agents, placed where a test wants them through node eligibility:
 //! the fragmented clusters of the rescheduler's tests.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -150,4 +151,50 @@ pub fn migrations(addr: &str) -> Vec<Value> {
         .as_array()
         .cloned()
         .unwrap_or_default()
+}
+
+/// Live `herd sim-vm` processes under `root` (the agents' directory), each
+/// as (node, allocation) read from its control socket's path
+/// `ROOT/node-NODE/allocs/ALLOC/...`.
+pub fn sim_vms(root: &Path) -> Vec<(String, String)> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let root = root.display().to_string();
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            if stat[stat.rfind(')')? + 2..].starts_with('Z') {
+                return None;
+            }
+            let args: Vec<String> = cmdline
+                .split(|b| *b == 0)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            if !args.iter().any(|a| a == "sim-vm") {
+                return None;
+            }
+            let control = args
+                .iter()
+                .skip_while(|a| *a != "--control")
+                .nth(1)?
+                .strip_prefix(&root)?
+                .trim_start_matches('/')
+                .to_string();
+            let mut parts = control.split('/');
+            let node = parts.next()?.strip_prefix("node-")?.to_string();
+            (parts.next()? == "allocs").then_some(())?;
+            Some((node, parts.next()?.to_string()))
+        })
+        .collect()
+}
+
+/// Allocation to node, from /proc, if every VM runs exactly once.
+pub fn one_copy_each(root: &Path) -> Option<BTreeMap<String, String>> {
+    let found = sim_vms(root);
+    let placed: BTreeMap<String, String> =
+        found.iter().map(|(n, a)| (a.clone(), n.clone())).collect();
+    (placed.len() == found.len()).then_some(placed)
 }

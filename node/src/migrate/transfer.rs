@@ -185,11 +185,12 @@ impl Default for SendOptions {
 /// A client for a target agent's `AgentPeer` service at `addr` ("HOST:PORT"),
 /// connecting on first use, its message size bounded like the server's.
 pub fn connect(addr: &str) -> Result<AgentPeerClient<Channel>, TransferError> {
-    let endpoint =
-        herd_api::tls::endpoint(addr, herd_api::tls::PeerRole::Node).map_err(|e| TransferError::BadAddress {
+    let endpoint = herd_api::tls::endpoint(addr, herd_api::tls::PeerRole::Node).map_err(|e| {
+        TransferError::BadAddress {
             addr: addr.to_string(),
             message: e.to_string(),
-        })?;
+        }
+    })?;
     let channel = endpoint
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true)
