@@ -20,8 +20,6 @@ use axum::Router;
 use futures::StreamExt;
 use herd_api::proto::agent::InferRequest;
 use serde_json::Value;
-use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
 
 use super::openai::{self, Generate, Kind, Origin};
 use crate::infer::{InferStream, Inference, Served};
@@ -80,11 +78,6 @@ pub fn router(inference: Inference) -> Router {
         .route("/v1/models", get(models))
         .fallback(unknown_route)
         .with_state(Arc::new(inference))
-}
-
-/// Serves [`router`] on `listener` until the task is aborted.
-pub fn spawn(listener: TcpListener, inference: Inference) -> JoinHandle<std::io::Result<()>> {
-    tokio::spawn(async move { axum::serve(listener, router(inference)).await })
 }
 
 async fn unknown_route(method: Method, uri: Uri) -> Response {
