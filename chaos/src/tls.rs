@@ -64,8 +64,7 @@ impl ClusterTls {
     /// The certificate and key of `role` (`coordinator`, `node`, `client`)
     /// `name`, issued now if they do not exist yet.
     pub fn issue(&self, role: &str, name: &str) -> Result<(PathBuf, PathBuf), ClusterError> {
-        let cert = self.dir.join(format!("herd-{role}-{name}.pem"));
-        let key = self.dir.join(format!("herd-{role}-{name}-key.pem"));
+        let (cert, key) = self.paths(role, name);
         if !cert.exists() {
             let (ca, ca_key, dir) = (
                 self.ca().display().to_string(),
@@ -84,23 +83,27 @@ impl ClusterTls {
         Ok((cert, key))
     }
 
+    /// Where the certificate and key of `role` `name` are, as
+    /// `herd tls cert create` names them.
+    fn paths(&self, role: &str, name: &str) -> (PathBuf, PathBuf) {
+        (
+            self.dir.join(format!("herd-{role}-{name}.pem")),
+            self.dir.join(format!("herd-{role}-{name}-key.pem")),
+        )
+    }
+
     /// `--tls-ca ... --tls-cert ... --tls-key ...` for `role` `name`
     /// (issued by [`ClusterTls::issue`]).
     pub fn args(&self, role: &str, name: &str) -> Vec<String> {
-        vec![
-            "--tls-ca".into(),
-            self.ca().display().to_string(),
-            "--tls-cert".into(),
-            self.dir
-                .join(format!("herd-{role}-{name}.pem"))
-                .display()
-                .to_string(),
-            "--tls-key".into(),
-            self.dir
-                .join(format!("herd-{role}-{name}-key.pem"))
-                .display()
-                .to_string(),
+        let (cert, key) = self.paths(role, name);
+        [
+            ("--tls-ca", self.ca()),
+            ("--tls-cert", cert),
+            ("--tls-key", key),
         ]
+        .into_iter()
+        .flat_map(|(flag, path)| [flag.to_string(), path.display().to_string()])
+        .collect()
     }
 }
 

@@ -17,29 +17,21 @@
 // (clippy.toml allows unwrap/expect in tests; helpers outside #[test] need this).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
 #[path = "../../api/tests/fuzz_support/grpc.rs"]
 mod fuzz_grpc;
 #[path = "../../api/tests/fuzz_support/mod.rs"]
 mod fuzz_support;
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use herd_api::proto::agent::agent_client::AgentClient;
 use herd_api::proto::agent::RegisterNodeRequest;
 use herd_api::proto::v1::jobs_client::JobsClient;
 use herd_api::proto::v1::{self as pb, SubmitJobRequest};
-use herd_consensus::network::DialMap;
-use herd_consensus::raft_config::RaftTuning;
-use herd_consensus::storage::MemoryStore;
-use herd_coordinator::config::StartMode;
-use herd_coordinator::start::{start_with, RunningCoordinator};
-use herd_coordinator::CoordinatorConfig;
+use herd_coordinator::start::RunningCoordinator;
 use proptest::prelude::*;
 use prost::Message;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Channel;
 
 const TARGET: &str = "coordinator/tests/fuzz_handlers.rs";
@@ -58,33 +50,7 @@ fn disruptive(path: &str) -> bool {
 }
 
 async fn start_one() -> RunningCoordinator {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let config = CoordinatorConfig {
-        id: 1,
-        listen: addr,
-        advertise: addr.to_string(),
-        data_dir: PathBuf::from("/in-memory/1"),
-        mode: StartMode::Bootstrap(BTreeMap::from([(1, addr.to_string())])),
-        raft: RaftTuning::default(),
-        node_ttl: Duration::from_secs(600),
-        dial: DialMap::default(),
-        http_listen: None,
-        metrics_listen: None,
-        join_token: None,
-        reschedule: herd_coordinator::reschedule::config::Rescheduling::default(),
-        limits: Default::default(),
-    };
-    let member = start_with(
-        config,
-        Arc::new(MemoryStore::new()),
-        TcpListenerStream::new(listener),
-        addr,
-    )
-    .await
-    .expect("start member");
+    let member = common::start_one().await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while member.coordinator.read_state(|s| s.cluster_id.is_none()) {
         assert!(
