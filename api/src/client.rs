@@ -105,10 +105,31 @@ impl tonic::service::Interceptor for BearerToken {
     }
 }
 
+/// What a [`HerdClient`] sends with every call: its bearer token and the
+/// request id of the action it serves ([`crate::request_id`]), so that the
+/// logs of every process the action reaches carry the same id.
+#[derive(Debug, Clone, Default)]
+pub struct CallMetadata {
+    token: BearerToken,
+    request_id: Option<AsciiMetadataValue>,
+}
+
+impl tonic::service::Interceptor for CallMetadata {
+    fn call(&mut self, request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        let mut request = tonic::service::Interceptor::call(&mut self.token, request)?;
+        if let Some(id) = &self.request_id {
+            request
+                .metadata_mut()
+                .insert(crate::request_id::HEADER, id.clone());
+        }
+        Ok(request)
+    }
+}
+
 /// What each call of a [`HerdClient`] is given: a channel to one
-/// coordinator that carries the client's token. Generated clients take it
-/// as they take a plain channel (`JobsClient::new(channel)`).
-pub type HerdChannel = InterceptedService<Channel, BearerToken>;
+/// coordinator that carries the client's token and request id. Generated
+/// clients take it as they take a plain channel (`JobsClient::new(channel)`).
+pub type HerdChannel = InterceptedService<Channel, CallMetadata>;
 
 /// Opens a lazily connected channel to `HOST:PORT` over a transport other
 /// than the operating system's TCP: the deterministic simulation's network.
@@ -149,8 +170,9 @@ pub struct HerdClient {
     connector: Option<Connector>,
     /// Set by [`HerdClient::with_leader_routing`].
     leader: Option<Arc<tokio::sync::Mutex<LeaderCache>>>,
-    /// Set by [`HerdClient::with_token`]; sent on every call.
-    token: BearerToken,
+    /// Set by [`HerdClient::with_token`] and
+    /// [`HerdClient::with_request_id`]; sent on every call.
+    metadata: CallMetadata,
 }
 
 /// Whether a failed call certainly never reached the peer: the channel
@@ -262,20 +284,28 @@ impl HerdClient {
             endpoints,
             connector: None,
             leader: None,
-            token: BearerToken::default(),
+            metadata: CallMetadata::default(),
         })
     }
 
     /// Sends `token` (`--token`, `HERD_TOKEN`) with every request, as a
     /// bootstrapped cluster requires; an empty token sends none.
     pub fn with_token(mut self, token: &str) -> Result<Self, InvalidToken> {
-        self.token = BearerToken::new(token)?;
+        self.metadata.token = BearerToken::new(token)?;
         Ok(self)
     }
 
-    /// `channel` with this client's token on every request.
+    /// Sends `id` as the request id of every call (`herd --request-id`,
+    /// else one per CLI command): the coordinators log it, keep it with a
+    /// job it submits, and hand it to the agents that run the job.
+    pub fn with_request_id(mut self, id: &crate::request_id::RequestId) -> Self {
+        self.metadata.request_id = id.to_metadata();
+        self
+    }
+
+    /// `channel` with this client's token and request id on every request.
     fn authed(&self, channel: Channel) -> HerdChannel {
-        InterceptedService::new(channel, self.token.clone())
+        InterceptedService::new(channel, self.metadata.clone())
     }
 
     /// Sends [`HerdClient::call_leader`] requests straight to the leader,
@@ -701,6 +731,27 @@ mod tests {
         let request = none.call(tonic::Request::new(())).expect("intercepted");
         assert!(request.metadata().get("authorization").is_none());
         assert!(BearerToken::new("line\nbreak").is_err());
+    }
+
+    #[tokio::test]
+    async fn the_request_id_travels_beside_the_token() {
+        use tonic::service::Interceptor;
+        let id = crate::request_id::RequestId::parse("cli-test-1").expect("valid");
+        let client = HerdClient::from_list("127.0.0.1:1")
+            .expect("client")
+            .with_token("abc.def")
+            .expect("token")
+            .with_request_id(&id);
+        let mut metadata = client.metadata.clone();
+        let request = metadata.call(tonic::Request::new(())).expect("intercepted");
+        assert_eq!(
+            crate::request_id::RequestId::from_metadata(request.metadata()),
+            Some(id)
+        );
+        assert!(request.metadata().get("authorization").is_some());
+        let mut plain = CallMetadata::default();
+        let request = plain.call(tonic::Request::new(())).expect("intercepted");
+        assert!(request.metadata().get(crate::request_id::HEADER).is_none());
     }
 
     #[tokio::test]

@@ -6,6 +6,7 @@
 //! depend on consensus, storage or actor code: everything else depends on it.
 #![warn(missing_docs)]
 
+pub mod acl;
 pub mod alloc;
 pub mod autoscale;
 pub mod capabilities;
@@ -27,6 +28,7 @@ pub mod power_class;
 pub mod power_demand;
 pub mod proto;
 pub mod put_stream;
+pub mod request_id;
 pub mod resources;
 pub mod retry;
 pub mod rng;

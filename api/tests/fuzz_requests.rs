@@ -92,6 +92,7 @@ plain!(
     agent::RequestKvChunk,
     agent::AbortRequestKvRequest,
     agent::OfflineMoveRequest,
+    agent::AclTableRequest,
     inference::GenerateRequest,
     inference::StatsRequest,
     inference::ExportKvRequest,
@@ -210,6 +211,7 @@ fn targets() -> Vec<Target> {
         "herd.agent.v1", agent::RequestKvChunk;
         "herd.agent.v1", agent::AbortRequestKvRequest;
         "herd.agent.v1", agent::OfflineMoveRequest;
+        "herd.agent.v1", agent::AclTableRequest;
         "herd.inference.v1", inference::GenerateRequest;
         "herd.inference.v1", inference::StatsRequest;
         "herd.inference.v1", inference::ExportKvRequest;

@@ -38,6 +38,11 @@ struct Cli {
     /// coordinators send it too.
     #[arg(long, global = true, env = "HERD_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// The id this command's requests carry, for following it through the
+    /// coordinators' and agents' logs (letters, digits, `-_.:`, at most 64);
+    /// a fresh one by default, printed by `herd job run` and `herd job stop`.
+    #[arg(long, global = true, env = "HERD_REQUEST_ID", value_name = "ID")]
+    request_id: Option<String>,
     /// The cluster CA's certificate (PEM). With --tls-cert and --tls-key,
     /// every connection is mutual TLS (`herd tls ca create`).
     #[arg(long, global = true, env = "HERD_TLS_CA", value_name = "FILE")]
@@ -182,10 +187,16 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         CLIENT_LOG
     };
     init_tracing(cli.log.as_deref(), cli.log_json, default_log);
+    let request_id = match cli.request_id.as_deref() {
+        Some(text) => herd_api::request_id::RequestId::parse(text)
+            .map_err(|e| CliError::input(format!("--request-id / HERD_REQUEST_ID: {e}")))?,
+        None => herd_api::request_id::RequestId::generate(),
+    };
     let ctx = cmd::Context {
         addr: cli.addr,
         output: cli.output,
         token: cli.token,
+        request_id,
     };
     match cli.command {
         Command::Coordinator(args) => cmd::coordinator::run(args, ctx.token.as_deref()).await,

@@ -10,7 +10,7 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::process::{Output, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use herd_api::proto::agent::RegisterNodeRequest;
@@ -27,68 +27,8 @@ use tonic::codegen::http::uri::PathAndQuery;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
+use common::tokens::{bootstrap, cli_as as cli, create_token, json_as};
 use common::{herd_bin, until, write_spec};
-
-// ---------------------------------------------------------------------------
-// The CLI with a token.
-
-/// `herd --addr ADDR [--token TOKEN] ARGS`, whatever HERD_TOKEN the test
-/// process has.
-fn cli(addr: &str, token: Option<&str>, args: &[&str]) -> Output {
-    let mut command = common::herd_command();
-    command.args(["--addr", addr]);
-    if let Some(token) = token {
-        command.args(["--token", token]);
-    }
-    command
-        .args(args)
-        .env("HERD_LOG", "error")
-        .env_remove("HERD_TOKEN")
-        .output()
-        .expect("run herd")
-}
-
-/// `herd ... ARGS -o json` with `token`, parsed; it must succeed.
-fn json_as(addr: &str, token: &str, args: &[&str]) -> Value {
-    let mut full = args.to_vec();
-    full.extend_from_slice(&["-o", "json"]);
-    let out = cli(addr, Some(token), &full);
-    assert!(
-        out.status.success(),
-        "herd {args:?} failed ({:?}): {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("json output")
-}
-
-/// A token made by `herd acl token create`, as its JSON says.
-struct Token {
-    accessor: String,
-    secret: String,
-}
-
-fn create_token(addr: &str, operator: &str, name: &str, role: &str, ttl: Option<&str>) -> Token {
-    let mut args = vec!["acl", "token", "create", "--name", name, "--role", role];
-    if let Some(ttl) = ttl {
-        args.extend(["--ttl", ttl]);
-    }
-    let made = json_as(addr, operator, &args);
-    assert_eq!(made["role"], role);
-    Token {
-        accessor: made["accessor"].as_str().expect("accessor").to_string(),
-        secret: made["secret"].as_str().expect("secret").to_string(),
-    }
-}
-
-fn bootstrap(addr: &str) -> Token {
-    let first = json_as(addr, "", &["acl", "bootstrap"]);
-    assert_eq!(first["role"], "operator");
-    Token {
-        accessor: first["accessor"].as_str().expect("accessor").to_string(),
-        secret: first["secret"].as_str().expect("secret").to_string(),
-    }
-}
 
 // ---------------------------------------------------------------------------
 // Any RPC by its path, with raw protobuf bytes: the table drives the test,

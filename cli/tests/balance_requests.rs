@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use common::agents::{cluster_with_agents, must_have_ready_nodes, running_allocs};
 use common::serve::agent;
-use common::serve::run_job;
+use common::serve::ServiceSpec;
 use common::*;
 use futures::StreamExt;
 use herd_api::proto::agent::{EngineStatsRequest, InferRequest};
@@ -29,24 +29,13 @@ use serde_json::Value;
 /// reservation (so a node's score is its KV-cache share), decoding at half
 /// the modelled speed (about 40 ms a step) so that a long request lasts
 /// about half a minute.
-const SPEC: &str = r#"
-name = "llm"
-type = "service"
-count = 8
-spread = "node"
-
-[task]
-driver = "inference"
-
-[task.resources]
-cpu = 10
-memory = "32MiB"
-
-[task.config]
-kv_blocks = "512"
-bytes_per_token = "16"
-time_scale = "2"
-"#;
+fn spec() -> ServiceSpec {
+    ServiceSpec::llm(8)
+        .resources(10, "32MiB")
+        .kv_blocks(512)
+        .bytes_per_token(16)
+        .time_scale("2")
+}
 
 const NODES: [&str; 8] = ["b1", "b2", "b3", "b4", "b5", "b6", "b7", "b8"];
 /// Long requests, all sent to b1's instance: 32 blocks of prompt each.
@@ -185,7 +174,7 @@ async fn eight_agents_balance_requests_with_every_coordinator_stopped() {
         .map(|n| (n, agents.agent(n).expect("agent").addr.clone()))
         .collect();
     let dir = tempfile::tempdir().expect("tempdir");
-    run_job(&addr, dir.path(), "llm", SPEC);
+    spec().run(&addr, dir.path());
     let before = until("eight running instances", Duration::from_secs(60), || {
         let placed = placement(&addr);
         (placed.len() == NODES.len()).then_some(placed)

@@ -21,7 +21,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::agents::{cluster_with_agents, must_have_ready_nodes, running_allocs};
-use common::serve::{call, must_list_model, run_job, start_http_agent};
+use common::serve::{call, must_list_model, start_http_agent, ServiceSpec};
 use common::*;
 use serde_json::{json, Value};
 
@@ -34,22 +34,9 @@ const MAX_TOKENS: u64 = 20;
 
 /// One instance of 64 KV blocks, at a tenth of the modelled speed's wall
 /// time.
-const SPEC: &str = r#"
-name = "llm"
-type = "service"
-count = 1
-
-[task]
-driver = "inference"
-
-[task.resources]
-cpu = 100
-memory = "64MiB"
-
-[task.config]
-kv_blocks = "64"
-time_scale = "0.1"
-"#;
+fn spec() -> ServiceSpec {
+    ServiceSpec::llm(1).any_node().time_scale("0.1")
+}
 
 /// What the client does; prints one JSON object. Every field the client's
 /// types declare is read through the typed objects (an attribute missing
@@ -259,7 +246,7 @@ async fn the_official_openai_client_streams_with_usage_in_the_last_chunk() {
     let (_cluster, addr, mut agents) = cluster_with_agents(1, "2000").await;
     let entry = start_http_agent(&mut agents, "h1");
     must_have_ready_nodes(&addr, &["h1"]).await;
-    run_job(&addr, dir.path(), "llm", SPEC);
+    spec().run(&addr, dir.path());
     until("a running instance", Duration::from_secs(20), || {
         (running_allocs(&addr, "llm").len() == 1).then_some(())
     })

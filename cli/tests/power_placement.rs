@@ -86,9 +86,8 @@ async fn gpu_work_goes_where_power_allows_and_waits_with_the_reason_elsewhere() 
     budget(&addr, "rack=r2", "900");
     let second = write_spec(dir.path(), "second", &gpu_job("second", ""));
     must_cli_ok(&["--addr", &addr, "job", "run", "--detach", &second]);
-    // The scheduler's reason names both racks. (The placement fallback's
-    // solver does not count power: a placement it proposes is refused at
-    // apply with the power reason of one rack, until the next pass.)
+    // The scheduler's reason names both racks. (The placement fallback
+    // counts power too, and finds nothing here: nothing lower to evict.)
     let r1 = "1 node is held back by power: group rack=r1 would commit 940 W of GPU power, \
               over its hard budget of 873 W (97 % of 900 W)";
     let r2 = "1 node is held back by power: group rack=r2 would commit 1560 W";

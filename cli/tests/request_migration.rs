@@ -9,8 +9,13 @@
 //! client entered at a third agent, and the source node is killed after
 //! the switch-over; the request finishes on the target. And a migration
 //! to a target node that is gone, before or during the copy, fails, the
-//! request finishing on the source. An ignored test measures the downtime
-//! against the sequence length.
+//! request finishing on the source. Inside the freeze-to-commit window
+//! (held there by the FAULT-INJECTION hook `HERD_FAULT_REQUEST_MIGRATION_HOLD`):
+//! the target agent killed, the source engine's watchdog thaws the request
+//! and it finishes on the source; the source agent killed (client at a
+//! third agent), the client's stream fails and both engines' watchdogs
+//! free what they held. An ignored test measures the downtime against the
+//! sequence length.
 
 // Test code: an unwrap/expect failing here fails the test at its line. The
 // workspace denies both lints outside tests (issue 24), and clippy's
@@ -19,40 +24,23 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::agents::{cluster_with_agents, must_have_ready_nodes, running_allocs};
-use common::serve::agent;
-use common::serve::run_job;
+use common::serve::{agent, serving, ServiceSpec, Serving};
 use common::*;
 use futures::StreamExt;
 use herd_api::proto::agent::InferToken;
 use herd_api::proto::agent::{
     AllocEngineStats, EngineStatsRequest, InferRequest, MigrateRequestRequest,
 };
+use herd_node::serve::request_migration::FAULT_HOLD_ENV;
 
 /// Two instances (one per node) of 64 KV blocks of 16 tokens × 64 bytes,
 /// decoding at the modelled speed (about 20 ms a token), so that a request
 /// of 400 tokens decodes for about 8 s.
-const SPEC: &str = r#"
-name = "llm"
-type = "service"
-count = 2
-spread = "node"
-
-[task]
-driver = "inference"
-
-[task.resources]
-cpu = 100
-memory = "64MiB"
-
-[task.config]
-kv_blocks = "64"
-bytes_per_token = "64"
-time_scale = "1"
-"#;
+fn spec() -> ServiceSpec {
+    ServiceSpec::llm(2).bytes_per_token(64)
+}
 
 const PROMPT: u32 = 100;
 
@@ -99,34 +87,14 @@ async fn engine_stats(addr: &str, alloc_id: &str) -> Option<AllocEngineStats> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_migrated_mid_decode_streams_every_token_once_in_order() {
-    let (_cluster, addr, mut agents) = cluster_with_agents(1, "2000").await;
-    for name in ["h1", "h2"] {
-        agents.start(name, &[]).expect("start agent");
-    }
-    must_have_ready_nodes(&addr, &["h1", "h2"]).await;
-    let agent_addr: BTreeMap<&str, String> = ["h1", "h2"]
-        .into_iter()
-        .map(|n| (n, agents.agent(n).expect("agent").addr.clone()))
-        .collect();
-    let dir = tempfile::tempdir().expect("tempdir");
-    run_job(&addr, dir.path(), "llm", SPEC);
-    // node → its instance
-    let instance: BTreeMap<String, String> =
-        until("two running instances", Duration::from_secs(20), || {
-            let allocs = running_allocs(&addr, "llm");
-            (allocs.len() == 2).then(|| {
-                allocs
-                    .iter()
-                    .map(|a| {
-                        (
-                            a["node"].as_str().unwrap_or_default().to_string(),
-                            a["id"].as_str().unwrap_or_default().to_string(),
-                        )
-                    })
-                    .collect()
-            })
-        })
-        .await;
+    let Serving {
+        cluster: _cluster,
+        addr,
+        agents: _agents,
+        agent_addr,
+        instance,
+        ..
+    } = serving(&["h1", "h2"], &[], &[], &spec()).await;
     let (source, target) = (instance["h1"].clone(), instance["h2"].clone());
     // Both engines run (their agents poll them) before the request.
     for (node, alloc) in [("h1", &source), ("h2", &target)] {
@@ -292,34 +260,14 @@ async fn a_request_migrated_mid_decode_streams_every_token_once_in_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_migrated_away_finishes_after_its_source_node_is_killed() {
-    let (_cluster, addr, mut agents) = cluster_with_agents(1, "2000").await;
     let names = ["h1", "h2", "h3"];
-    for name in names {
-        agents.start(name, &[]).expect("start agent");
-    }
-    must_have_ready_nodes(&addr, &names).await;
-    let agent_addr: BTreeMap<&str, String> = names
-        .into_iter()
-        .map(|n| (n, agents.agent(n).expect("agent").addr.clone()))
-        .collect();
-    let dir = tempfile::tempdir().expect("tempdir");
-    run_job(&addr, dir.path(), "llm", SPEC);
-    let instance: BTreeMap<String, String> =
-        until("two running instances", Duration::from_secs(20), || {
-            let allocs = running_allocs(&addr, "llm");
-            (allocs.len() == 2).then(|| {
-                allocs
-                    .iter()
-                    .map(|a| {
-                        (
-                            a["node"].as_str().unwrap_or_default().to_string(),
-                            a["id"].as_str().unwrap_or_default().to_string(),
-                        )
-                    })
-                    .collect()
-            })
-        })
-        .await;
+    let Serving {
+        cluster: _cluster,
+        mut agents,
+        agent_addr,
+        instance,
+        ..
+    } = serving(&names, &[], &[], &spec()).await;
     // The client enters at the node without an instance.
     let entry = *names
         .iter()
@@ -397,33 +345,13 @@ async fn a_request_migrated_away_finishes_after_its_source_node_is_killed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_migration_to_a_dead_target_fails_and_the_request_finishes_on_the_source() {
-    let (_cluster, addr, mut agents) = cluster_with_agents(1, "2000").await;
-    for name in ["h1", "h2"] {
-        agents.start(name, &[]).expect("start agent");
-    }
-    must_have_ready_nodes(&addr, &["h1", "h2"]).await;
-    let agent_addr: BTreeMap<&str, String> = ["h1", "h2"]
-        .into_iter()
-        .map(|n| (n, agents.agent(n).expect("agent").addr.clone()))
-        .collect();
-    let dir = tempfile::tempdir().expect("tempdir");
-    run_job(&addr, dir.path(), "llm", SPEC);
-    let instance: BTreeMap<String, String> =
-        until("two running instances", Duration::from_secs(20), || {
-            let allocs = running_allocs(&addr, "llm");
-            (allocs.len() == 2).then(|| {
-                allocs
-                    .iter()
-                    .map(|a| {
-                        (
-                            a["node"].as_str().unwrap_or_default().to_string(),
-                            a["id"].as_str().unwrap_or_default().to_string(),
-                        )
-                    })
-                    .collect()
-            })
-        })
-        .await;
+    let Serving {
+        cluster: _cluster,
+        mut agents,
+        agent_addr,
+        instance,
+        ..
+    } = serving(&["h1", "h2"], &[], &[], &spec()).await;
     let (source, target) = (instance["h1"].clone(), instance["h2"].clone());
     let started = Instant::now();
     while engine_stats(&agent_addr["h1"], &source).await.is_none() {
@@ -487,51 +415,17 @@ async fn a_migration_to_a_dead_target_fails_and_the_request_finishes_on_the_sour
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a measurement; prints figures"]
 async fn measure_downtime_by_sequence_length() {
-    const LONG: &str = r#"
-name = "llm"
-type = "service"
-count = 2
-spread = "node"
-
-[task]
-driver = "inference"
-
-[task.resources]
-cpu = 100
-memory = "64MiB"
-
-[task.config]
-kv_blocks = "1100"
-bytes_per_token = "64"
-time_scale = "0.2"
-"#;
-    let (_cluster, addr, mut agents) = cluster_with_agents(1, "2000").await;
-    for name in ["h1", "h2"] {
-        agents.start(name, &[]).expect("start agent");
-    }
-    must_have_ready_nodes(&addr, &["h1", "h2"]).await;
-    let agent_addr: BTreeMap<&str, String> = ["h1", "h2"]
-        .into_iter()
-        .map(|n| (n, agents.agent(n).expect("agent").addr.clone()))
-        .collect();
-    let dir = tempfile::tempdir().expect("tempdir");
-    run_job(&addr, dir.path(), "llm", LONG);
-    let instance: BTreeMap<String, String> =
-        until("two running instances", Duration::from_secs(20), || {
-            let allocs = running_allocs(&addr, "llm");
-            (allocs.len() == 2).then(|| {
-                allocs
-                    .iter()
-                    .map(|a| {
-                        (
-                            a["node"].as_str().unwrap_or_default().to_string(),
-                            a["id"].as_str().unwrap_or_default().to_string(),
-                        )
-                    })
-                    .collect()
-            })
-        })
-        .await;
+    let long = ServiceSpec::llm(2)
+        .kv_blocks(1100)
+        .bytes_per_token(64)
+        .time_scale("0.2");
+    let Serving {
+        cluster: _cluster,
+        agents: _agents,
+        agent_addr,
+        instance,
+        ..
+    } = serving(&["h1", "h2"], &[], &[], &long).await;
     let (source, target) = (instance["h1"].clone(), instance["h2"].clone());
     let started = Instant::now();
     while engine_stats(&agent_addr["h1"], &source).await.is_none() {
@@ -595,51 +489,18 @@ time_scale = "0.2"
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_target_during_the_copy_leaves_the_request_decoding_on_the_source() {
     // Long enough a copy (16 MiB of KV) to kill the target in the middle.
-    const BIG: &str = r#"
-name = "llm"
-type = "service"
-count = 2
-spread = "node"
-
-[task]
-driver = "inference"
-
-[task.resources]
-cpu = 100
-memory = "128MiB"
-
-[task.config]
-kv_blocks = "1100"
-bytes_per_token = "1024"
-time_scale = "0.2"
-"#;
-    let (_cluster, addr, mut agents) = cluster_with_agents(1, "2000").await;
-    for name in ["h1", "h2"] {
-        agents.start(name, &[]).expect("start agent");
-    }
-    must_have_ready_nodes(&addr, &["h1", "h2"]).await;
-    let agent_addr: BTreeMap<&str, String> = ["h1", "h2"]
-        .into_iter()
-        .map(|n| (n, agents.agent(n).expect("agent").addr.clone()))
-        .collect();
-    let dir = tempfile::tempdir().expect("tempdir");
-    run_job(&addr, dir.path(), "llm", BIG);
-    let instance: BTreeMap<String, String> =
-        until("two running instances", Duration::from_secs(20), || {
-            let allocs = running_allocs(&addr, "llm");
-            (allocs.len() == 2).then(|| {
-                allocs
-                    .iter()
-                    .map(|a| {
-                        (
-                            a["node"].as_str().unwrap_or_default().to_string(),
-                            a["id"].as_str().unwrap_or_default().to_string(),
-                        )
-                    })
-                    .collect()
-            })
-        })
-        .await;
+    let big = ServiceSpec::llm(2)
+        .resources(100, "128MiB")
+        .kv_blocks(1100)
+        .bytes_per_token(1024)
+        .time_scale("0.2");
+    let Serving {
+        cluster: _cluster,
+        mut agents,
+        agent_addr,
+        instance,
+        ..
+    } = serving(&["h1", "h2"], &[], &[], &big).await;
     let (source, target) = (instance["h1"].clone(), instance["h2"].clone());
     let started = Instant::now();
     // The target engine, asked directly (its engine.json) so that the
@@ -732,4 +593,377 @@ time_scale = "0.2"
         .expect("the stream ends")
         .expect("reader");
     assert_eq!(indexes, (0..1000).collect::<Vec<_>>());
+}
+
+/// How long the source holds inside the freeze-to-commit window
+/// (FAULT-INJECTION hook): longer than an engine's 10 s bound on a freeze
+/// (`herd_actors::inference::watchdog::Bounds`), so that the source engine
+/// thaws the request on its own before the agent goes on.
+const WINDOW_HOLD_MS: u64 = 14_000;
+
+/// A client of the engine of `alloc_id` on `node`, dialled directly (its
+/// `engine.json`): it answers after its agent is killed.
+async fn direct_engine(
+    agents: &herd_chaos::agents::AgentSet,
+    node: &str,
+    alloc_id: &str,
+) -> herd_api::proto::inference::inference_engine_client::InferenceEngineClient<
+    tonic::transport::Channel,
+> {
+    let dir = agents
+        .agent(node)
+        .expect("agent")
+        .data_dir
+        .join("allocs")
+        .join(alloc_id);
+    let started = Instant::now();
+    let endpoint = loop {
+        if let Some(e) = herd_actors::inference::endpoint::EngineEndpoint::read(&dir)
+            .ok()
+            .flatten()
+        {
+            break e;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "engine of {alloc_id} not up"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    herd_api::proto::inference::inference_engine_client::InferenceEngineClient::connect(format!(
+        "http://{}",
+        endpoint.addr
+    ))
+    .await
+    .expect("connect to the engine")
+}
+
+/// The stats of an engine dialled directly.
+async fn direct_stats(
+    engine: &mut herd_api::proto::inference::inference_engine_client::InferenceEngineClient<
+        tonic::transport::Channel,
+    >,
+) -> herd_api::proto::inference::EngineStats {
+    engine
+        .stats(herd_api::proto::inference::StatsRequest {})
+        .await
+        .expect("engine stats")
+        .into_inner()
+}
+
+/// Waits (`within` at most) until `engine` holds no request and every KV
+/// block is free again; its stats then.
+async fn must_hold_nothing(
+    what: &str,
+    engine: &mut herd_api::proto::inference::inference_engine_client::InferenceEngineClient<
+        tonic::transport::Channel,
+    >,
+    within: Duration,
+) -> herd_api::proto::inference::EngineStats {
+    let started = Instant::now();
+    loop {
+        let stats = direct_stats(engine).await;
+        if stats.requests.is_empty() && stats.free_blocks == stats.total_blocks {
+            return stats;
+        }
+        assert!(
+            started.elapsed() < within,
+            "{what} still holds something: {stats:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Waits until the log at `path` says the source holds its migration at
+/// the hook.
+async fn must_hold_in_window(path: &std::path::Path) {
+    let started = Instant::now();
+    loop {
+        let log = std::fs::read_to_string(path).unwrap_or_default();
+        if log.contains("holding the request migration") {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the migration never reached the hook ({})",
+            path.display()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The freeze-to-commit window with the TARGET agent killed (`kill -9`,
+/// its engine left running): the source holds there after the target
+/// resumed the request, longer than the source engine's bound on a
+/// freeze. The source engine thaws the request on its own (the client's
+/// tokens flow again while the agent still holds), the late commit is
+/// refused, and the request finishes on the source, every position once;
+/// the target engine, whose relay died with its agent, holds nothing and
+/// finished nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_target_agent_between_freeze_and_commit_finishes_the_request_on_the_source() {
+    let hold = format!("resumed:{WINDOW_HOLD_MS}");
+    let Serving {
+        cluster: _cluster,
+        mut agents,
+        agent_addr,
+        instance,
+        ..
+    } = serving(
+        &["h1", "h2"],
+        &["--no-reschedule"],
+        &[(FAULT_HOLD_ENV, &hold)],
+        &spec(),
+    )
+    .await;
+    let (source, target) = (instance["h1"].clone(), instance["h2"].clone());
+    let mut target_engine = direct_engine(&agents, "h2", &target).await;
+    let started = Instant::now();
+    while engine_stats(&agent_addr["h1"], &source).await.is_none() {
+        assert!(started.elapsed() < Duration::from_secs(20), "not polled");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut tokens = agent(&agent_addr["h1"])
+        .await
+        .infer(InferRequest {
+            alloc_id: source.clone(),
+            job: "llm".into(),
+            prompt_tokens: PROMPT,
+            max_tokens: MAX_TOKENS,
+            ..Default::default()
+        })
+        .await
+        .expect("request accepted")
+        .into_inner();
+    let first = tokens.next().await.expect("a token").expect("token");
+    let mut indexes = vec![first.index];
+    while indexes.len() < 40 {
+        indexes.push(tokens.next().await.expect("a token").expect("token").index);
+    }
+    // Each later token with the time it arrived, after the time reading
+    // began.
+    let reader = tokio::spawn(async move {
+        let mut rest = vec![(u32::MAX, Instant::now())];
+        while let Some(t) = tokens.next().await {
+            let t = t.expect("every token, on the source");
+            assert!(t.moved.is_none(), "{t:?}");
+            rest.push((t.index, Instant::now()));
+        }
+        rest
+    });
+    let (h1, from, to, to_agent) = (
+        agent_addr["h1"].clone(),
+        source.clone(),
+        target.clone(),
+        agent_addr["h2"].clone(),
+    );
+    let migration = tokio::spawn(async move {
+        let answer = agent(&h1)
+            .await
+            .migrate_request(MigrateRequestRequest {
+                alloc_id: from,
+                request_id: first.request_id,
+                to_alloc: to,
+                to_agent,
+            })
+            .await;
+        (answer, Instant::now())
+    });
+    must_hold_in_window(&agents.agent("h1").expect("agent").log_path).await;
+    // The target resumed it (its engine decodes it; its stats follow
+    // within a step), the source has not committed: kill the target's
+    // agent.
+    let started = Instant::now();
+    loop {
+        let stats = direct_stats(&mut target_engine).await;
+        if stats.requests.len() == 1 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "not resumed on the target: {stats:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    agents.kill_agent("h2").expect("kill the target agent");
+    let (answer, gave_up_at) = migration.await.expect("migration task");
+    let err = answer.expect_err("the late commit is refused");
+    assert!(err.message().contains("release"), "{err}");
+    let rest = tokio::time::timeout(Duration::from_secs(60), reader)
+        .await
+        .expect("the stream ends")
+        .expect("reader");
+    // The longest pause is the freeze; the engine's watchdog ended it
+    // before the agent's hold did.
+    let (after_freeze, resumed_at) = rest
+        .windows(2)
+        .max_by_key(|w| w[1].1 - w[0].1)
+        .map(|w| (w[1].0, w[1].1))
+        .expect("tokens after the migration started");
+    assert!(
+        resumed_at < gave_up_at,
+        "token {after_freeze} came only after the migration gave up"
+    );
+    indexes.extend(rest.iter().skip(1).map(|(i, _)| *i));
+    assert_eq!(
+        indexes,
+        (0..MAX_TOKENS).collect::<Vec<_>>(),
+        "every position once, in order"
+    );
+    // Finished on the source; the target holds and finished nothing.
+    let started = Instant::now();
+    loop {
+        let stats = engine_stats(&agent_addr["h1"], &source)
+            .await
+            .and_then(|s| s.stats)
+            .expect("source stats");
+        if stats.completed_total == 1
+            && stats.requests.is_empty()
+            && stats.free_blocks == stats.total_blocks
+        {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "{stats:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let stats = must_hold_nothing(
+        "the target engine",
+        &mut target_engine,
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(stats.completed_total, 0, "{stats:?}");
+}
+
+/// The same window with the SOURCE agent killed (the client entered at a
+/// third agent, which relays through the source's agent), held where the
+/// target has only staged blocks: the request is lost with its relay, and
+/// the client's stream ends with an error after positions in order, none
+/// twice; nothing goes on decoding unseen. Both engines free everything on their
+/// own: the source's thaws the frozen request after its 10 s bound and,
+/// its stream gone, cancels it; the target's frees the staged blocks after
+/// 10 s without progress.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_source_agent_between_freeze_and_commit_frees_both_engines() {
+    let hold = "frozen:120000";
+    let names = ["h1", "h2", "h3"];
+    let Serving {
+        cluster: _cluster,
+        mut agents,
+        agent_addr,
+        instance,
+        ..
+    } = serving(
+        &names,
+        &["--no-reschedule"],
+        &[(FAULT_HOLD_ENV, hold)],
+        &spec(),
+    )
+    .await;
+    let entry = *names
+        .iter()
+        .find(|n| !instance.contains_key(**n))
+        .expect("a node without an instance");
+    let started = Instant::now();
+    let mut tokens = loop {
+        let answer = agent(&agent_addr[entry])
+            .await
+            .infer(InferRequest {
+                job: "llm".into(),
+                prompt_tokens: PROMPT,
+                max_tokens: MAX_TOKENS,
+                ..Default::default()
+            })
+            .await;
+        match answer {
+            Ok(stream) => break stream.into_inner(),
+            // The entry's fleet view does not know the instances yet.
+            Err(s) if matches!(s.code(), tonic::Code::Unavailable | tonic::Code::NotFound) => {
+                assert!(started.elapsed() < Duration::from_secs(20), "{s}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(s) => panic!("refused: {s}"),
+        }
+    };
+    let first: InferToken = tokens.next().await.expect("a token").expect("token");
+    let (source_node, source) = (first.node.clone(), first.alloc_id.clone());
+    let (target_node, target) = instance
+        .iter()
+        .find(|(_, a)| **a != source)
+        .map(|(n, a)| (n.clone(), a.clone()))
+        .expect("the other instance");
+    let source_node: &'static str = names
+        .into_iter()
+        .find(|n| *n == source_node)
+        .expect("the source is one of the agents");
+    let mut source_engine = direct_engine(&agents, source_node, &source).await;
+    let mut target_engine = direct_engine(&agents, &target_node, &target).await;
+    let mut indexes = vec![first.index];
+    while indexes.len() < 40 {
+        indexes.push(tokens.next().await.expect("a token").expect("token").index);
+    }
+    let reader = tokio::spawn(async move {
+        let mut got = Vec::new();
+        while let Some(t) = tokens.next().await {
+            match t {
+                Ok(t) => {
+                    assert!(t.moved.is_none(), "{t:?}");
+                    got.push(t.index);
+                }
+                Err(e) => return (got, Some(e)),
+            }
+        }
+        (got, None)
+    });
+    let (from_agent, to_agent) = (
+        agent_addr[source_node].clone(),
+        agent_addr[target_node.as_str()].clone(),
+    );
+    let (from, to) = (source.clone(), target.clone());
+    let migration = tokio::spawn(async move {
+        agent(&from_agent)
+            .await
+            .migrate_request(MigrateRequestRequest {
+                alloc_id: from,
+                request_id: first.request_id,
+                to_alloc: to,
+                to_agent,
+            })
+            .await
+    });
+    must_hold_in_window(&agents.agent(source_node).expect("agent").log_path).await;
+    // Frozen on the source; blocks staged on the target, nothing resumed.
+    let stats = direct_stats(&mut target_engine).await;
+    assert!(
+        stats.requests.is_empty() && stats.free_blocks < stats.total_blocks,
+        "staged only: {stats:?}"
+    );
+    agents
+        .kill_agent(source_node)
+        .expect("kill the source agent");
+    let killed_at = Instant::now();
+    migration
+        .await
+        .expect("migration task")
+        .expect_err("its agent died");
+    let (rest, error) = tokio::time::timeout(Duration::from_secs(30), reader)
+        .await
+        .expect("the stream ends")
+        .expect("reader");
+    let error = error.expect("the stream ends with an error, not as if complete");
+    assert_eq!(error.code(), tonic::Code::Unavailable, "{error}");
+    indexes.extend(rest);
+    let n = indexes.len() as u32;
+    assert!(n < MAX_TOKENS, "{n} tokens");
+    assert_eq!(indexes, (0..n).collect::<Vec<_>>(), "in order, none twice");
+    // Both watchdogs act 10 s after the freeze or the last staged block.
+    let within = Duration::from_secs(25);
+    let stats = must_hold_nothing("the source engine", &mut source_engine, within).await;
+    assert_eq!(stats.completed_total, 0, "{stats:?}");
+    let stats = must_hold_nothing("the target engine", &mut target_engine, within).await;
+    assert_eq!(stats.completed_total, 0, "{stats:?}");
+    assert!(
+        killed_at.elapsed() > Duration::from_secs(5),
+        "freed before the watchdogs' bound: by whom?"
+    );
 }

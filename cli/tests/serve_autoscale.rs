@@ -13,6 +13,12 @@
 //! - `herd_service_scale_and_its_errors_and_events_survive_a_leader_change`:
 //!   manual scaling within the autoscale range, the errors (exit 2), and
 //!   the scaling events still listed after the leader is killed.
+//! - `an_slo_miss_at_low_load_scales_out_and_resubmitting_keeps_the_count`:
+//!   a stream of short requests keeps a one-instance service far under its
+//!   load target while every TTFT misses the objective (a slow modelled
+//!   prefill); the autoscaler scales out on the SLO alone, the event saying
+//!   so. Then `herd job run` of the same file is a no-op and a changed file
+//!   a new version, both keeping the autoscaler's count.
 
 // Test code: an unwrap/expect failing here fails the test at its line.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -364,6 +370,172 @@ async fn herd_service_scale_and_its_errors_and_events_survive_a_leader_change() 
     assert_eq!(
         changes,
         vec![(1, 2, "manual".to_string()), (2, 1, "manual".to_string())],
+        "{next}"
+    );
+}
+
+/// One to two instances; each prefill costs 400 ms on the modelled clock
+/// (time scale 1), against a TTFT objective of 150 ms; a load target of
+/// 0.9 that three short requests in flight stay under (14 blocks each of
+/// 64). Long cooldowns: the one change is the SLO's scale-out.
+const SLO_SPEC: &str = r#"
+name = "llm"
+type = "service"
+count = 1
+spread = "node"
+
+[task]
+driver = "inference"
+
+[task.resources]
+cpu = 100
+memory = "64MiB"
+
+[task.config]
+kv_blocks = "64"
+bytes_per_token = "16"
+time_scale = "1"
+prefill_base_us = "400000"
+
+[autoscale]
+min = 1
+max = 2
+target_load = 0.9
+ttft_p99_ms = 150
+scale_out_cooldown = "1h"
+scale_in_cooldown = "1h"
+"#;
+
+/// The summed load an autoscaler's reason was decided on ("load 0.09 over
+/// 1 instances ...").
+fn load_in(reason: &str) -> f64 {
+    reason
+        .split("load ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no load in {reason:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_slo_miss_at_low_load_scales_out_and_resubmitting_keeps_the_count() {
+    let (_cluster, addr, mut agents) = cluster_with_agents(1, "2000").await;
+    let names = ["h1", "h2"];
+    for name in names {
+        agents.start(name, &["--no-balance"]).expect("start agent");
+    }
+    must_have_ready_nodes(&addr, &names).await;
+    let entry = agents.agent("h1").expect("agent h1").addr.clone();
+    let dir = tempfile::tempdir().expect("tempdir");
+    run_job(&addr, dir.path(), "llm", SLO_SPEC);
+    until_serving(&addr, 1, Duration::from_secs(30)).await;
+    let first = instances(&addr);
+    // The entry agent lists the service every 2 s.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+
+    // A steady stream, three requests in flight, until the count moves:
+    // each holds at most 14 blocks (160 + 50 tokens), so the load stays
+    // at or under 3 × 14 / 64 = 0.66 of the one instance, below its 0.9
+    // target: the load alone would not scale out. Every TTFT is a 400 ms
+    // prefill or more, against 150. The autoscaler acts on a p99 of 8
+    // samples and more (10 s of them).
+    let began = Instant::now();
+    let mut ttfts = Vec::new();
+    let mut peak_load: f64 = 0.0;
+    let mut in_flight: Vec<tokio::task::JoinHandle<Duration>> = Vec::new();
+    loop {
+        let (done, running): (Vec<_>, Vec<_>) =
+            in_flight.into_iter().partition(|t| t.is_finished());
+        in_flight = running;
+        for task in done {
+            ttfts.push(task.await.expect("request task"));
+        }
+        while in_flight.len() < 3 {
+            in_flight.push(tokio::spawn(request(entry.clone(), String::new(), 160, 50)));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let s = status(&addr);
+        if s["count"] != 1 {
+            break;
+        }
+        peak_load = peak_load.max(s["load"].as_f64().unwrap_or(0.0));
+        assert!(
+            began.elapsed() < Duration::from_secs(40),
+            "no scale-out in 40 s (TTFTs {ttfts:?}): {s}"
+        );
+    }
+    for task in in_flight {
+        ttfts.push(task.await.expect("request task"));
+    }
+    println!(
+        "scaled out after {:?}; peak load seen {peak_load:.2}; TTFTs {ttfts:?}",
+        began.elapsed()
+    );
+    assert!(
+        ttfts.iter().all(|t| *t >= Duration::from_millis(150)),
+        "every TTFT misses the objective: {ttfts:?}"
+    );
+    let scaled = until_serving(&addr, 2, Duration::from_secs(30)).await;
+    let events = scaled["events"].as_array().expect("events").clone();
+    assert_eq!(events.len(), 1, "{scaled}");
+    let event = &events[0];
+    assert_eq!(
+        (
+            event["from"].as_u64(),
+            event["to"].as_u64(),
+            event["source"].as_str()
+        ),
+        (Some(1), Some(2), Some("autoscaler")),
+        "{event}"
+    );
+    let reason = event["reason"].as_str().unwrap_or_default();
+    println!("scaling event: {reason}");
+    assert!(
+        reason.starts_with("latency objective missed") && reason.contains("TTFT p99"),
+        "{reason}"
+    );
+    // The load it was decided on would not have scaled on its own: one
+    // instance under its 0.9 target.
+    let load = load_in(reason);
+    assert!(load < 0.9, "load {load} in {reason}");
+    // The stream did load the instance, and never up to the target.
+    assert!(
+        (0.05..0.9).contains(&peak_load),
+        "peak load seen {peak_load}"
+    );
+
+    // The same file again: no new version, the autoscaler's 2 instances
+    // kept (the file says 1), none replaced.
+    let path = write_spec(dir.path(), "llm", SLO_SPEC);
+    let again = must_cli_ok(&["--addr", &addr, "job", "run", "--detach", &path]);
+    assert!(again.contains("unchanged: version 1"), "{again}");
+    let job = json(&addr, &["job", "status", "llm"]);
+    assert_eq!(job["version"], 1, "{job}");
+    let kept = status(&addr);
+    assert_eq!(kept["count"], 2, "{kept}");
+    let now = instances(&addr);
+    assert_eq!(now.len(), 2, "{now:?}");
+    assert!(
+        now.iter().any(|i| i.0 == first[0].0),
+        "{now:?} vs {first:?}"
+    );
+
+    // A changed file (max 3): a new version that keeps the count.
+    let changed = SLO_SPEC.replace("max = 2", "max = 3");
+    let path = write_spec(dir.path(), "llm", &changed);
+    let out: Value = serde_json::from_str(&must_cli_ok(&[
+        "--addr", &addr, "job", "run", "--detach", &path, "-o", "json",
+    ]))
+    .expect("json");
+    assert_eq!(
+        (out["changed"].as_bool(), out["version"].as_u64()),
+        (Some(true), Some(2)),
+        "{out}"
+    );
+    let next = status(&addr);
+    assert_eq!(
+        (next["count"].as_u64(), next["autoscale"]["max"].as_u64()),
+        (Some(2), Some(3)),
         "{next}"
     );
 }

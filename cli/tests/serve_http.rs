@@ -15,30 +15,16 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use common::agents::{cluster_with_agents, must_have_ready_nodes, running_allocs};
-use common::serve::{call, events, must_list_model, run_job, send, start_http_agent};
+use common::serve::{call, events, must_list_model, send, start_http_agent, ServiceSpec};
 use common::*;
 use serde_json::{json, Value};
 use tokio::io::AsyncReadExt;
 
 /// Two instances (one per node) of 64 KV blocks (1 024 tokens) each, at
 /// half the modelled speed's wall time.
-const SPEC: &str = r#"
-name = "llm"
-type = "service"
-count = 2
-spread = "node"
-
-[task]
-driver = "inference"
-
-[task.resources]
-cpu = 100
-memory = "64MiB"
-
-[task.config]
-kv_blocks = "64"
-time_scale = "0.5"
-"#;
+fn spec() -> ServiceSpec {
+    ServiceSpec::llm(2).time_scale("0.5")
+}
 
 fn short(prompt: usize) -> String {
     json!({"model": "llm", "prompt": vec![1; prompt], "max_tokens": 4}).to_string()
@@ -68,7 +54,7 @@ async fn requests_entering_at_one_agent_spread_over_the_fleet_by_virtual_usage()
         assert_eq!(listed.get(*name), Some(listen), "{listed:?}");
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    run_job(&addr, dir.path(), "llm", SPEC);
+    spec().run(&addr, dir.path());
     let instances: BTreeMap<String, String> =
         until("two running instances", Duration::from_secs(20), || {
             let allocs = running_allocs(&addr, "llm");

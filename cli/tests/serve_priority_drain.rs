@@ -28,7 +28,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::agents::{cluster_with_agents, must_have_ready_nodes, running_allocs};
-use common::serve::{agent, engine_stats, instances_by_node, must_know_instance, run_job};
+use common::serve::{
+    agent, engine_stats, instances_by_node, must_know_instance, serving, ServiceSpec, Serving,
+};
 use common::*;
 use futures::StreamExt;
 use herd_api::proto::agent::InferRequest;
@@ -99,25 +101,12 @@ async fn until_progress(progress: &[Arc<AtomicU32>], at_least: u32, limit: Durat
 
 /// Two instances, one per node, of 96 blocks of 16 tokens at the
 /// modelled speed (about 20 ms a step), not preempting for priority.
-const ROOM_SPEC: &str = r#"
-name = "llm"
-type = "service"
-count = 2
-spread = "node"
-
-[task]
-driver = "inference"
-
-[task.resources]
-cpu = 100
-memory = "64MiB"
-
-[task.config]
-kv_blocks = "96"
-bytes_per_token = "16"
-time_scale = "1"
-priority_preemption = "false"
-"#;
+fn room_spec() -> ServiceSpec {
+    ServiceSpec::llm(2)
+        .kv_blocks(96)
+        .bytes_per_token(16)
+        .priority_preemption(false)
+}
 
 /// The long normal requests: 240 prompt tokens (15 blocks) and 400 out,
 /// 40 blocks each at their end (80 of the 96, under the reserve).
@@ -141,15 +130,12 @@ struct RoomArm {
 /// Fills h1's instance with two long requests, then sends the high one;
 /// agents get `agent_args`.
 async fn room_arm(agent_args: &[&str]) -> RoomArm {
-    let (_cluster, addr, mut agents) = cluster_with_agents(1, "2000").await;
-    let names = ["h1", "h2"];
-    for name in names {
-        agents.start(name, agent_args).expect("start agent");
-    }
-    must_have_ready_nodes(&addr, &names).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    run_job(&addr, dir.path(), "llm", ROOM_SPEC);
-    let instance = instances_by_node(&addr, "llm", 2).await;
+    let Serving {
+        cluster: _cluster,
+        agents,
+        instance,
+        ..
+    } = serving(&["h1", "h2"], agent_args, &[], &room_spec()).await;
     let (full, other) = (instance["h1"].clone(), instance["h2"].clone());
     let entry = agents.agent("h1").expect("agent").addr.clone();
     let other_agent = agents.agent("h2").expect("agent").addr.clone();
@@ -255,25 +241,9 @@ async fn a_waiting_high_priority_request_gets_room_by_moving_a_normal_one() {
 }
 
 /// Three instances, one per node, of 64 blocks, batches of 2.
-const DRAIN_SPEC: &str = r#"
-name = "llm"
-type = "service"
-count = 3
-spread = "node"
-
-[task]
-driver = "inference"
-
-[task.resources]
-cpu = 100
-memory = "64MiB"
-
-[task.config]
-kv_blocks = "64"
-bytes_per_token = "16"
-max_batch = "2"
-time_scale = "1"
-"#;
+fn drain_spec() -> ServiceSpec {
+    ServiceSpec::llm(3).bytes_per_token(16).max_batch(2)
+}
 
 /// Three agents, three instances (so the drained one's replacement has no
 /// node: only the two others serve). Each of the two not drained (their
@@ -302,7 +272,7 @@ async fn a_drain_moves_its_queued_requests_too_and_loses_none() {
     }
     must_have_ready_nodes(&addr, &names).await;
     let dir = tempfile::tempdir().expect("tempdir");
-    run_job(&addr, dir.path(), "llm", DRAIN_SPEC);
+    drain_spec().run(&addr, dir.path());
     let instance = instances_by_node(&addr, "llm", 3).await;
     let source_node = "h1".to_string();
     let others: Vec<String> = names[1..].iter().map(|n| n.to_string()).collect();

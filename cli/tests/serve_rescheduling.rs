@@ -25,33 +25,17 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::agents::{cluster_with_agents, must_have_ready_nodes, running_allocs};
-use common::serve::agent;
-use common::serve::run_job;
+use common::agents::running_allocs;
+use common::serve::{agent, serving, ServiceSpec, Serving};
 use common::*;
 use futures::StreamExt;
 use herd_api::proto::agent::{EngineStatsRequest, InferRequest};
 
 /// Four instances, one per node, of 64 blocks of 16 tokens, decoding at
 /// the modelled speed (about 20 ms a step).
-const SPEC: &str = r#"
-name = "llm"
-type = "service"
-count = 4
-spread = "node"
-
-[task]
-driver = "inference"
-
-[task.resources]
-cpu = 100
-memory = "64MiB"
-
-[task.config]
-kv_blocks = "64"
-bytes_per_token = "16"
-time_scale = "1"
-"#;
+fn spec() -> ServiceSpec {
+    ServiceSpec::llm(4).bytes_per_token(16)
+}
 
 const NODES: [&str; 4] = ["h1", "h2", "h3", "h4"];
 /// Requests in the stream.
@@ -120,33 +104,14 @@ struct ArmResult {
 
 /// Runs the stream on a fresh cluster whose agents get `agent_args`.
 async fn arm(agent_args: &[&str]) -> ArmResult {
-    let (_cluster, addr, mut agents) = cluster_with_agents(1, "2000").await;
-    for name in NODES {
-        agents.start(name, agent_args).expect("start agent");
-    }
-    must_have_ready_nodes(&addr, &NODES).await;
-    let agent_addr: BTreeMap<&str, String> = NODES
-        .into_iter()
-        .map(|n| (n, agents.agent(n).expect("agent").addr.clone()))
-        .collect();
-    let dir = tempfile::tempdir().expect("tempdir");
-    run_job(&addr, dir.path(), "llm", SPEC);
-    // node → its instance
-    let instance: BTreeMap<String, String> =
-        until("four running instances", Duration::from_secs(30), || {
-            let allocs = running_allocs(&addr, "llm");
-            let by_node: BTreeMap<String, String> = allocs
-                .iter()
-                .map(|a| {
-                    (
-                        a["node"].as_str().unwrap_or_default().to_string(),
-                        a["id"].as_str().unwrap_or_default().to_string(),
-                    )
-                })
-                .collect();
-            (by_node.len() == 4).then_some(by_node)
-        })
-        .await;
+    let Serving {
+        cluster: _cluster,
+        agents: _agents,
+        agent_addr,
+        // node → its instance
+        instance,
+        ..
+    } = serving(&NODES, agent_args, &[], &spec()).await;
     // h1's agent sees every instance's load before the stream starts.
     let entry = agent_addr["h1"].clone();
     let started = Instant::now();
@@ -321,33 +286,19 @@ async fn rescheduling_lowers_the_p99_ttft_of_a_skewed_stream() {
 /// finishes by moving.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drained_node_s_running_request_moves_and_finishes_elsewhere() {
-    let (_cluster, addr, mut agents) = cluster_with_agents(1, "2000").await;
-    let names = ["h1", "h2", "h3"];
-    for name in names {
-        agents.start(name, &["--no-balance"]).expect("start agent");
-    }
-    must_have_ready_nodes(&addr, &names).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    run_job(
-        &addr,
-        dir.path(),
-        "llm",
-        &SPEC.replace("count = 4", "count = 2"),
-    );
-    let instance: BTreeMap<String, String> =
-        until("two running instances", Duration::from_secs(30), || {
-            let by_node: BTreeMap<String, String> = running_allocs(&addr, "llm")
-                .iter()
-                .map(|a| {
-                    (
-                        a["node"].as_str().unwrap_or_default().to_string(),
-                        a["id"].as_str().unwrap_or_default().to_string(),
-                    )
-                })
-                .collect();
-            (by_node.len() == 2).then_some(by_node)
-        })
-        .await;
+    let Serving {
+        cluster: _cluster,
+        addr,
+        agents,
+        instance,
+        ..
+    } = serving(
+        &["h1", "h2", "h3"],
+        &["--no-balance"],
+        &[],
+        &spec().count(2),
+    )
+    .await;
     let (source_node, source) = instance.iter().next().expect("an instance");
     let (source_node, source) = (source_node.clone(), source.clone());
     let other = instance

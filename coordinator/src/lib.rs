@@ -18,6 +18,8 @@
 //! - [`autoscale`]: inference services' autoscaler (a leader loop) and
 //!   `herd service status|scale`.
 //! - [`metrics`]: the Prometheus metrics of `--metrics-listen`.
+//! - [`request_record`]: which client request last changed a job, so its
+//!   request id reaches the leader's and the agents' logs.
 //!
 //! Storage and Raft mechanics come from `herd-consensus`; this crate never
 //! names sled.
@@ -36,6 +38,7 @@ pub mod machine;
 pub mod metrics;
 pub mod planning;
 pub mod power;
+pub mod request_record;
 pub mod reschedule;
 pub mod routing;
 pub mod scheduler;

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use herd_actors::driver::confine::{ConfineError, Confinement};
+use herd_actors::driver::live::MigrationHost;
 use herd_api::resources::parse_memory;
 use serde::{Deserialize, Serialize};
 
@@ -25,6 +26,10 @@ pub struct NodeSettings {
     pub listen: Option<String>,
     /// Address others reach the agent at (default: `listen`).
     pub advertise: Option<String>,
+    /// Host (IP or DNS name, no port) that incoming live migrations of VMs
+    /// listen on and that other agents connect to (default: the host of
+    /// `advertise`).
+    pub migration_host: Option<String>,
     /// Where allocations, their logs and the agent's state live.
     pub data_dir: Option<PathBuf>,
     /// Labels constraints and spreading match on (`rack = "r1"`).
@@ -78,6 +83,7 @@ herd_api::daemon_settings!(NodeSettings {
     coordinators,
     listen,
     advertise,
+    migration_host,
     data_dir,
     labels,
     sim_gpus,
@@ -130,6 +136,10 @@ pub struct NodeConfig {
     pub listen: SocketAddr,
     /// Where others reach it.
     pub advertise: String,
+    /// The host incoming live migrations of VMs (QEMU's migration stream
+    /// and NBD server, the simulated VM's stream) listen on and publish to
+    /// the source's agent: `migration_host`, or the host of `advertise`.
+    pub migration_host: MigrationHost,
     /// Data directory.
     pub data_dir: PathBuf,
     /// Node labels.
@@ -175,6 +185,27 @@ pub struct NodeConfig {
 const MAX_SIM_GPUS: u32 = 64;
 
 impl NodeConfig {
+    /// Checks what only this machine can tell, before the agent starts:
+    /// that a listener can bind the migration host (an address of this
+    /// host, or a name resolving to one), so that a wrong one stops the
+    /// agent (exit 2) rather than failing its first incoming migration.
+    /// Apart from [`NodeConfig::resolve`] so that a configuration for
+    /// another machine (the documented example) still resolves here.
+    pub fn check_on_this_host(&self) -> Result<(), ConfigError> {
+        self.migration_host.check_bindable().map_err(|e| {
+            invalid(
+                "migration-host",
+                format!(
+                    "{e}; set migration_host (--migration-host) to an address of this host \
+                     (unset, it is the host of advertise {:?})",
+                    self.advertise
+                ),
+            )
+        })
+    }
+}
+
+impl NodeConfig {
     /// Validates settings into a configuration.
     pub fn resolve(settings: NodeSettings) -> Result<Self, ConfigError> {
         let name = required(settings.name, "name", "a cluster-unique node name")?;
@@ -206,6 +237,7 @@ impl NodeConfig {
         }
         let listen = settings.listen.unwrap_or_else(|| "127.0.0.1:0".to_string());
         let (listen, advertise) = listen_and_advertise(&listen, settings.advertise, "clients")?;
+        let migration_host = migration_host(settings.migration_host.as_deref(), &advertise)?;
         let data_dir = required(
             settings.data_dir,
             "data-dir",
@@ -340,6 +372,7 @@ impl NodeConfig {
             coordinators,
             listen,
             advertise,
+            migration_host,
             data_dir,
             labels,
             sim_gpus,
@@ -357,6 +390,31 @@ impl NodeConfig {
             reschedule_requests: settings.reschedule.unwrap_or(true),
             balance: herd_balance::Config::default(),
         })
+    }
+}
+
+/// The host incoming live migrations listen on: `given`
+/// (`migration_host`), or the host part of `advertise`. Only its form is
+/// checked here; [`NodeConfig::check_on_this_host`] checks, when the agent
+/// starts, that it is an address of the machine.
+fn migration_host(given: Option<&str>, advertise: &str) -> Result<MigrationHost, ConfigError> {
+    let field = "migration-host";
+    match given {
+        Some(text) => MigrationHost::parse(text).map_err(|e| invalid(field, e.to_string())),
+        None => {
+            let text = advertise
+                .rsplit_once(':')
+                .map_or(advertise, |(host, _)| host);
+            MigrationHost::parse(text).map_err(|e| {
+                invalid(
+                    field,
+                    format!(
+                        "defaults to the host of advertise {advertise:?}, which does not do: {e}; \
+                         set migration_host (--migration-host) to an address of this host"
+                    ),
+                )
+            })
+        }
     }
 }
 
@@ -744,6 +802,115 @@ mod tests {
         assert_eq!(file.exec_user.as_deref(), Some("nobody"));
         assert_eq!(file.allow_paths, Some(vec![PathBuf::from("/srv/images")]));
         assert_eq!(file.vm_devices, Some(vec![PathBuf::from("/dev/sdb")]));
+    }
+
+    #[test]
+    fn migrations_listen_on_the_advertised_host_unless_told_otherwise() {
+        let config = NodeConfig::resolve(NodeSettings {
+            listen: Some("127.0.0.2:0".into()),
+            ..base()
+        })
+        .expect("resolve");
+        assert_eq!(config.migration_host.host(), "127.0.0.2");
+        let config = NodeConfig::resolve(NodeSettings {
+            listen: Some("0.0.0.0:7200".into()),
+            advertise: Some("127.0.0.5:7200".into()),
+            ..base()
+        })
+        .expect("resolve");
+        assert_eq!(
+            config.migration_host.host(),
+            "127.0.0.5",
+            "advertise's host"
+        );
+        let config = NodeConfig::resolve(NodeSettings {
+            listen: Some("[::1]:0".into()),
+            ..base()
+        })
+        .expect("resolve");
+        assert_eq!(config.migration_host.host(), "::1", "without brackets");
+        assert_eq!(config.migration_host.with_port(7), "[::1]:7");
+        let file = NodeSettings::from_toml("migration_host = \"127.0.0.4\"\n", "node.toml")
+            .expect("parse");
+        let config = NodeConfig::resolve(NodeSettings {
+            listen: Some("127.0.0.2:0".into()),
+            ..file.overridden_by(base())
+        })
+        .expect("resolve");
+        assert_eq!(
+            config.migration_host.host(),
+            "127.0.0.4",
+            "the setting wins"
+        );
+        for (settings, needle) in [
+            (
+                NodeSettings {
+                    migration_host: Some("0.0.0.0".into()),
+                    ..base()
+                },
+                "cannot be published",
+            ),
+            (
+                NodeSettings {
+                    migration_host: Some("127.0.0.1:7300".into()),
+                    ..base()
+                },
+                "without a port",
+            ),
+            (
+                NodeSettings {
+                    migration_host: Some("no such host".into()),
+                    ..base()
+                },
+                "neither",
+            ),
+            (
+                NodeSettings {
+                    listen: Some("0.0.0.0:7200".into()),
+                    advertise: Some("[10.0.0.7:7200".into()),
+                    ..base()
+                },
+                "defaults to the host of advertise \"[10.0.0.7:7200\"",
+            ),
+        ] {
+            match NodeConfig::resolve(settings) {
+                Err(ConfigError::Invalid { field, message }) => {
+                    assert_eq!(field, "migration-host");
+                    assert!(message.contains(needle), "{message}");
+                }
+                other => panic!("expected an error on migration-host, got {other:?}"),
+            }
+        }
+        // Only this machine can tell whether it has the address: checked
+        // when the agent starts. 192.0.2.0/24 is on no machine.
+        let here = NodeConfig::resolve(NodeSettings {
+            listen: Some("127.0.0.2:0".into()),
+            ..base()
+        })
+        .expect("resolve");
+        here.check_on_this_host().expect("loopback is here");
+        for settings in [
+            NodeSettings {
+                migration_host: Some("192.0.2.1".into()),
+                ..base()
+            },
+            NodeSettings {
+                listen: Some("0.0.0.0:7200".into()),
+                advertise: Some("192.0.2.1:7200".into()),
+                ..base()
+            },
+        ] {
+            let config = NodeConfig::resolve(settings).expect("well-formed");
+            match config.check_on_this_host() {
+                Err(ConfigError::Invalid { field, message }) => {
+                    assert_eq!(field, "migration-host");
+                    assert!(message.contains("cannot be listened on here"), "{message}");
+                    assert!(message.contains("192.0.2.1"), "{message}");
+                    assert!(message.contains("--migration-host"), "{message}");
+                }
+                other => panic!("expected an error on migration-host, got {other:?}"),
+            }
+        }
     }
 
     #[test]

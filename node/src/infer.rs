@@ -19,6 +19,7 @@ use std::pin::Pin;
 
 use futures::{Stream, StreamExt};
 use herd_actors::inference::{wire, MAX_REQUEST_TOKENS};
+use herd_api::client::BearerToken;
 use herd_api::proto::agent::node_agent_client::NodeAgentClient;
 use herd_api::proto::agent::{InferRequest, InferToken, RequestMoved};
 use herd_api::proto::inference::inference_engine_client::InferenceEngineClient;
@@ -50,6 +51,9 @@ pub struct Inference {
     fleet: Option<Fleet>,
     stats: Option<std::sync::Arc<crate::metrics::AgentStats>>,
     moves: RequestMoves,
+    /// This agent's own token, sent with requests forwarded to other
+    /// agents (their `NodeAgent` checks tokens once bootstrapped).
+    token: BearerToken,
 }
 
 fn check(request: &InferRequest) -> Result<(), Status> {
@@ -77,7 +81,15 @@ impl Inference {
             fleet,
             stats: None,
             moves: RequestMoves::default(),
+            token: BearerToken::default(),
         }
+    }
+
+    /// Sends `token` (the agent's node token) with the requests this agent
+    /// forwards to other agents.
+    pub fn with_token(mut self, token: BearerToken) -> Self {
+        self.token = token;
+        self
     }
 
     /// This agent's node name.
@@ -182,7 +194,7 @@ impl Inference {
             node: instance.node,
         };
         let agent = instance.agent;
-        let tokens = NodeAgentClient::new(fleet.channel(&agent)?)
+        let tokens = NodeAgentClient::with_interceptor(fleet.channel(&agent)?, self.token.clone())
             .infer(request)
             .await
             .map_err(|s| relayed(&served.node, &agent, s))?
@@ -260,11 +272,14 @@ impl Inference {
             ..Default::default()
         };
         let (node, agent) = (moved.node.clone(), moved.agent.clone());
-        let tokens = NodeAgentClient::new(agent_channel(self, &moved.agent)?)
-            .infer(request)
-            .await
-            .map_err(|s| relayed(&node, &agent, s))?
-            .into_inner();
+        let tokens = NodeAgentClient::with_interceptor(
+            agent_channel(self, &moved.agent)?,
+            self.token.clone(),
+        )
+        .infer(request)
+        .await
+        .map_err(|s| relayed(&node, &agent, s))?
+        .into_inner();
         Ok(Box::pin(
             tokens.map(move |t| t.map_err(|s| relayed(&node, &agent, s))),
         ))

@@ -8,6 +8,7 @@
 //! coordinators meet only on the wire.
 #![warn(missing_docs)]
 
+pub mod acl;
 pub mod agent;
 pub mod balance;
 pub mod config;
@@ -92,6 +93,7 @@ pub struct RunningNode {
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     engine_poller: JoinHandle<()>,
     fleet_view: Option<JoinHandle<()>>,
+    acl_refresher: Option<JoinHandle<()>>,
     rescheduler: Option<JoinHandle<()>>,
     http_server: Option<JoinHandle<std::io::Result<()>>>,
     metrics_server: Option<JoinHandle<()>>,
@@ -103,6 +105,9 @@ impl RunningNode {
     pub async fn shutdown(mut self) {
         self.engine_poller.abort();
         if let Some(task) = self.fleet_view.take() {
+            task.abort();
+        }
+        if let Some(task) = self.acl_refresher.take() {
             task.abort();
         }
         if let Some(task) = self.rescheduler.take() {
@@ -175,7 +180,7 @@ pub async fn start(config: NodeConfig, executor: PathBuf) -> Result<RunningNode,
         addr: config.listen.to_string(),
         message: e.to_string(),
     })?;
-    let wiring = Wiring::host_confined(&executor, &config.confinement);
+    let wiring = Wiring::host_confined(&executor, &config.confinement, &config.migration_host);
     let incoming = herd_metrics::limits::cap_connections(
         TcpListenerStream::new(listener),
         limits::connection_cap(&config.limits),
@@ -263,6 +268,36 @@ where
             .with_token(config.token.as_deref().unwrap_or(""))
             .map_err(|e| e.to_string())
     });
+    // The token table this agent checks its own callers against, fetched
+    // from the coordinators with this agent's node token (acl/).
+    let acl = acl::AgentAcl::new(Some(&config.data_dir));
+    // An agent given a token of its own is in a bootstrapped cluster (node
+    // tokens exist only there): without a saved table, it refuses callers
+    // until the first table comes, rather than serve as an open cluster
+    // would while the coordinators are out of reach. A table saying the
+    // cluster is open replaces this.
+    if config
+        .token
+        .as_deref()
+        .is_some_and(|t| !t.trim().is_empty())
+    {
+        acl.mark_closed();
+    }
+    let acl_refresher = match &coordinators {
+        Ok(client) => Some(acl::refresh::spawn(
+            acl.clone(),
+            client.clone(),
+            name.clone(),
+        )),
+        Err(_) => None,
+    };
+    // Calls to other agents (forwarded inference, engine stats) carry this
+    // agent's own token.
+    let agent_token = herd_api::client::BearerToken::new(config.token.as_deref().unwrap_or(""))
+        .unwrap_or_default();
+    if let Some(fleet) = &fleet {
+        fleet.set_token(agent_token.clone());
+    }
     let fleet_view = match (&fleet, coordinators) {
         (Some(fleet), Ok(client)) => Some(fleet.spawn(client)),
         (Some(_), Err(e)) => {
@@ -272,7 +307,9 @@ where
         (None, _) => None,
     };
     let reschedule = fleet.is_some() && config.reschedule_requests;
-    let inference = infer::Inference::new(&name, engines.clone(), fleet).counted(stats.clone());
+    let inference = infer::Inference::new(&name, engines.clone(), fleet)
+        .counted(stats.clone())
+        .with_token(agent_token);
     let rescheduler = reschedule.then(|| {
         serve::resched::spawn(
             inference.clone(),
@@ -311,7 +348,10 @@ where
     let http_server = http_listener.map(|(listener, _)| {
         limits::spawn_http(
             listener,
-            serve::http::router(inference.clone()),
+            serve::http::router(inference.clone()).layer(axum::middleware::from_fn_with_state(
+                acl.clone(),
+                acl::http::check,
+            )),
             &server_limits,
         )
     });
@@ -347,11 +387,12 @@ where
     let server = tokio::spawn(
         base.layer(grpc_metrics.layer())
             .layer(limits::rate_layer(&server_limits))
-            .add_service(
+            .add_service(acl::guard(
+                &acl,
                 NodeAgentServer::new(service)
                     .max_decoding_message_size(limits::MAX_AGENT_MESSAGE)
                     .max_encoding_message_size(limits::MAX_AGENT_MESSAGE),
-            )
+            ))
             .add_service(herd_api::tls::roles_only(
                 &[herd_api::tls::PeerRole::Node],
                 peer.into_server(),
@@ -372,6 +413,7 @@ where
         server,
         engine_poller,
         fleet_view,
+        acl_refresher,
         rescheduler,
         http_server,
         metrics_server: metrics_server.map(|m| m.into_task()),

@@ -13,7 +13,9 @@ use std::sync::Arc;
 use herd_actors::driver::dljob::DljobDriver;
 use herd_actors::driver::exec::ExecDriver;
 use herd_actors::driver::inference::InferenceDriver;
+use herd_actors::driver::live::MigrationHost;
 use herd_actors::driver::simvm::SimVmDriver;
+use herd_actors::driver::vm::tls::MigrationTls;
 use herd_actors::driver::vm::VmDriver;
 use herd_actors::driver::{Confinement, Driver};
 use herd_api::client::Connector;
@@ -33,17 +35,34 @@ impl Wiring {
     /// Every driver herd has, over TCP. `executor` is the herd binary: the
     /// exec driver's supervisor and the other drivers' helper.
     pub fn host(executor: &Path) -> Self {
-        Self::host_confined(executor, &Confinement::default())
+        Self::host_confined(executor, &Confinement::default(), &MigrationHost::default())
     }
 
     /// Every driver herd has, over TCP, confined by the node's policy
     /// (`exec_user`, `allow_paths`, `vm_devices`; see
-    /// `herd_actors::driver::confine`): what [`crate::start`] uses.
-    pub fn host_confined(executor: &Path, confinement: &Confinement) -> Self {
+    /// `herd_actors::driver::confine`), the VMs' incoming migrations
+    /// listening on `migration_host` (the node's `migration_host`), their
+    /// streams under TLS with the node's certificate when the process runs
+    /// with TLS (`herd_api::tls::transport`, installed from `--tls-*`
+    /// before the agent starts): what [`crate::start`] uses.
+    pub fn host_confined(
+        executor: &Path,
+        confinement: &Confinement,
+        migration_host: &MigrationHost,
+    ) -> Self {
         Self::with_drivers(vec![
             Arc::new(ExecDriver::new(executor).with_confinement(confinement.clone())),
-            Arc::new(VmDriver::new(executor).with_confinement(confinement)),
-            Arc::new(SimVmDriver::new(executor).with_confinement(confinement)),
+            Arc::new(
+                VmDriver::new(executor)
+                    .with_confinement(confinement)
+                    .with_migration_host(migration_host.clone())
+                    .with_migration_tls(MigrationTls::from_transport(herd_api::tls::transport())),
+            ),
+            Arc::new(
+                SimVmDriver::new(executor)
+                    .with_confinement(confinement)
+                    .with_migration_host(migration_host.clone()),
+            ),
             Arc::new(DljobDriver::new(executor).with_confinement(confinement)),
             Arc::new(InferenceDriver::new(executor).with_confinement(confinement)),
         ])

@@ -49,6 +49,7 @@ fn config(data_dir: &Path) -> NodeConfig {
         coordinators: vec!["127.0.0.1:1".into()],
         listen: "127.0.0.1:0".parse().expect("an address"),
         advertise: "127.0.0.1:0".into(),
+        migration_host: Default::default(),
         data_dir: data_dir.to_path_buf(),
         labels: BTreeMap::new(),
         sim_gpus: None,

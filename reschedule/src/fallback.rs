@@ -17,17 +17,27 @@
 //!   before any eviction, every node fits ("phase 1"); after the evictions
 //!   and the placements too ("phase 2"). The moves are then ordered so that
 //!   each fits at its turn (see [`order_moves`]).
+//! - Power: every [`PowerGroup`] with a hard budget stays under it while
+//!   moving and at the end, counting the watts instances and moved work
+//!   commit and the watts evictions and moves away free (`mip`'s
+//!   `power_rules`), so a plan passes the scheduler's own power check.
 //! - Maximise, lexicographically through weights: instances placed, then
 //!   fewest evictions, then the lowest total priority evicted, then fewest
-//!   moves. An all-or-nothing job (a gang) places all or none.
+//!   moves. An all-or-nothing job (a gang) places all or none. Among the
+//!   plans equal on all of that, a second solve takes the one the
+//!   scheduler's heuristic would prefer ([`Preference`]: spread, then
+//!   affinities).
 //!
 //! Doing nothing is always feasible, so HiGHS always has an answer: an
 //! optimum that places nothing is a proof that no placement exists under
 //! these rules; a time limit with nothing placed proves nothing.
 
-use std::time::Duration;
+mod mip;
+mod prefer;
 
-use highs::{HighsModelStatus, RowProblem, Sense};
+use std::time::{Duration, Instant};
+
+use highs::RowProblem;
 
 /// Resource dimensions every demand and free room has (CPU, memory, GPUs,
 /// in whatever units the caller uses, the same everywhere).
@@ -50,6 +60,10 @@ pub struct Node {
     /// Whether the job's instances may go there (it passes the job's
     /// filters).
     pub takes_instances: bool,
+    /// Watts one instance of the job commits here (its GPUs' expected draw
+    /// above idle, as the scheduler's power check counts it); 0 for work
+    /// without GPUs, which no power budget ever refuses.
+    pub instance_watts: u64,
 }
 
 /// Work already on a node that the model may move or evict.
@@ -67,6 +81,77 @@ pub struct Work {
     pub evictable: bool,
     /// Its priority (0 to 100): evicting lower priorities first.
     pub priority: u32,
+    /// Watts it commits on its node (its GPUs' expected draw above idle):
+    /// what evicting it or moving it away frees in the node's power groups.
+    pub watts: u64,
+    /// Watts it would commit at each destination of `move_to`, in the same
+    /// order (a GPU model of another TDP commits another figure); empty:
+    /// `watts` everywhere.
+    pub move_watts: Vec<u64>,
+}
+
+impl Work {
+    /// Watts it would commit on node `d` once moved there.
+    pub fn watts_at(&self, d: usize) -> u64 {
+        self.move_to
+            .iter()
+            .position(|&x| x == d)
+            .and_then(|i| self.move_watts.get(i).copied())
+            .unwrap_or(self.watts)
+    }
+
+    /// Takes node `d` out of its destinations (a move there was refused).
+    pub fn forbid(&mut self, d: usize) {
+        if let Some(i) = self.move_to.iter().position(|&x| x == d) {
+            self.move_to.remove(i);
+            if i < self.move_watts.len() {
+                self.move_watts.remove(i);
+            }
+        }
+    }
+}
+
+/// A power group with a hard budget (`power/<group>`): every plan keeps
+/// what its nodes commit at or under the budget, as the scheduler's power
+/// check (`verify_plan_with_power`) demands of every placement and move.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PowerGroup {
+    /// Its name (`rack=r1`, `cluster`), for messages.
+    pub id: String,
+    /// Indices of its nodes in the model.
+    pub nodes: Vec<usize>,
+    /// Watts left under its hard budget now (the budget less what the
+    /// group commits, flexible work included); negative when already over,
+    /// and then nothing that commits watts may be placed or moved there.
+    pub headroom: i64,
+}
+
+/// How the scheduler's heuristic would rank nodes for the job: the
+/// fallback keeps what its first objective decides (instances placed,
+/// evictions, moves) and, among the plans equal on all of it, takes the
+/// one the heuristic would prefer (see [`solve`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Preference {
+    /// The job's spread policy.
+    pub spread: SpreadPref,
+    /// Instances of the job already on each node (empty: none anywhere).
+    pub existing: Vec<u32>,
+    /// Each node's affinity bonus (the sum of the weights of the job's
+    /// affinities it matches; empty: no affinities).
+    pub bonus: Vec<i64>,
+}
+
+/// The spread policy, as the model needs it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum SpreadPref {
+    /// Bin-pack: no spreading preference.
+    #[default]
+    None,
+    /// As few instances of the job per node as possible.
+    Nodes,
+    /// As few instances per value of a label: each node's value as a group
+    /// number (nodes without the label share one more number).
+    Groups(Vec<usize>),
 }
 
 /// What to decide.
@@ -82,6 +167,10 @@ pub struct Problem {
     pub demand: [u64; DIMS],
     /// All instances or none (a gang).
     pub all_or_nothing: bool,
+    /// The power groups with a hard budget that hold some model node.
+    pub power: Vec<PowerGroup>,
+    /// Which of the equally good plans to take.
+    pub prefer: Preference,
 }
 
 /// A placement the solver found.
@@ -161,187 +250,107 @@ pub fn check(problem: &Problem) -> Result<(), FallbackError> {
                 w.id
             )));
         }
+        if !w.move_watts.is_empty() && w.move_watts.len() != w.move_to.len() {
+            return Err(FallbackError::Invalid(format!(
+                "work {} has {} destination watts for {} destinations",
+                w.id,
+                w.move_watts.len(),
+                w.move_to.len()
+            )));
+        }
+    }
+    for g in &problem.power {
+        if let Some(&n) = g.nodes.iter().find(|&&n| n >= nodes) {
+            return Err(FallbackError::Invalid(format!(
+                "power group {} holds node index {n} of {nodes}",
+                g.id
+            )));
+        }
+    }
+    let prefer = &problem.prefer;
+    for (what, len) in [
+        ("existing instances", prefer.existing.len()),
+        ("affinity bonuses", prefer.bonus.len()),
+        (
+            "spread groups",
+            match &prefer.spread {
+                SpreadPref::Groups(of) => of.len(),
+                _ => 0,
+            },
+        ),
+    ] {
+        if len != 0 && len != nodes {
+            return Err(FallbackError::Invalid(format!(
+                "{len} {what} for {nodes} nodes"
+            )));
+        }
     }
     Ok(())
 }
 
 /// Solves `problem` within `window`.
+///
+/// Two solves: the first decides what matters (the lexicographic
+/// objective above); when the job has a spread policy or affinities that
+/// tell nodes apart, a second one, in what is left of the window, picks
+/// among the plans equal on all of that the one the scheduler's heuristic
+/// would prefer ([`prefer`]). Its moves must still be orderable, or the
+/// first plan stands; so does it when the second solve fails.
 pub fn solve(problem: &Problem, window: Duration) -> Result<Answer, FallbackError> {
     check(problem)?;
-    let nodes = problem.nodes.len();
-    let works = problem.work.len();
-    if !problem.nodes.iter().any(|n| n.takes_instances) {
+    let started = Instant::now();
+    let caps = mip::caps(problem);
+    if caps.iter().all(|&c| c == 0) {
         return Ok(Answer::Impossible);
     }
+    let works = problem.work.len();
     // Weights, lexicographic: a move is 1; priorities scaled past all
     // moves; an eviction past all priorities; an instance past all
     // evictions.
     let a = works as f64 + 1.0;
     let b = (100.0 * works as f64 + 1.0) * a;
     let place_weight = (works as f64 + 1.0) * (b + 100.0 * a);
-
+    let place = |_: usize| place_weight;
+    let evict = |w: usize| -(b + a * f64::from(problem.work[w].priority));
+    let costs = mip::Costs {
+        place: &place,
+        moves: -1.0,
+        evict: &evict,
+    };
     let mut pb = RowProblem::default();
-    let mut start: Vec<f64> = Vec::new();
-    // k[n]
-    let mut k = vec![None; nodes];
-    for (n, node) in problem.nodes.iter().enumerate() {
-        if node.takes_instances {
-            let most = i32::try_from(problem.instances).unwrap_or(i32::MAX);
-            k[n] = Some(pb.add_integer_column(place_weight, 0..=most));
-            start.push(0.0);
-        }
-    }
-    // m[w, d], e[w]
-    let mut m: Vec<Vec<(usize, highs::Col)>> = Vec::with_capacity(works);
-    let mut e: Vec<Option<highs::Col>> = Vec::with_capacity(works);
-    for w in &problem.work {
-        let mut row = Vec::new();
-        for &d in &w.move_to {
-            if d != w.node && !row.iter().any(|&(x, _)| x == d) {
-                row.push((d, pb.add_integer_column(-1.0, 0..=1)));
-                start.push(0.0);
-            }
-        }
-        m.push(row);
-        e.push(if w.evictable {
-            start.push(0.0);
-            Some(pb.add_integer_column(-(b + a * f64::from(w.priority)), 0..=1))
-        } else {
-            None
-        });
-    }
-    // At most one fate per work item.
-    for (w, moves) in m.iter().enumerate() {
-        let mut terms: Vec<(highs::Col, f64)> = moves.iter().map(|&(_, c)| (c, 1.0)).collect();
-        if let Some(c) = e[w] {
-            terms.push((c, 1.0));
-        }
-        if terms.len() > 1 {
-            pb.add_row(..=1.0, &terms);
-        }
-    }
-    // Capacity, per node and dimension, after the moves (phase 1) and
-    // after the evictions and placements (phase 2).
-    for (n, (node, kn)) in problem.nodes.iter().zip(&k).enumerate() {
-        for r in 0..DIMS {
-            let mut phase1: Vec<(highs::Col, f64)> = Vec::new();
-            for (w, work) in problem.work.iter().enumerate() {
-                let dem = work.demand[r] as f64;
-                if dem == 0.0 {
-                    continue;
-                }
-                for &(d, c) in &m[w] {
-                    if d == n {
-                        phase1.push((c, dem));
-                    }
-                    if work.node == n {
-                        phase1.push((c, -dem));
-                    }
-                }
-            }
-            let free = node.free[r] as f64;
-            let mut phase2 = phase1.clone();
-            for (w, work) in problem.work.iter().enumerate() {
-                if let (true, Some(c)) = (work.node == n, e[w]) {
-                    if work.demand[r] > 0 {
-                        phase2.push((c, -(work.demand[r] as f64)));
-                    }
-                }
-            }
-            if let Some(c) = *kn {
-                if problem.demand[r] > 0 {
-                    phase2.push((c, problem.demand[r] as f64));
-                }
-            }
-            if phase1.iter().any(|&(_, v)| v > 0.0) {
-                pb.add_row(..=free, &phase1);
-            }
-            // Without instances here, evictions only loosen phase 1.
-            if kn.is_some() && problem.demand[r] > 0 {
-                pb.add_row(..=free, &phase2);
-            }
-        }
-    }
-    // How many instances: all or none for a gang.
-    let all: Vec<(highs::Col, f64)> = k.iter().flatten().map(|&c| (c, 1.0)).collect();
-    let wanted = f64::from(problem.instances);
-    if problem.all_or_nothing {
-        let g = pb.add_integer_column(0.0, 0..=1);
-        start.push(0.0);
-        let mut terms = all;
-        terms.push((g, -wanted));
-        pb.add_row(0.0..=0.0, &terms);
-    } else {
-        pb.add_row(..=wanted, &all);
-    }
-
-    let mut model = pb.optimise(Sense::Maximise);
-    model.make_quiet();
-    let set = |model: &mut highs::Model, name: &str, value: f64| {
-        model
-            .try_set_option(name, value)
-            .map_err(|e| FallbackError::Mip(format!("{name}: {e:?}")))
-    };
-    set(
-        &mut model,
-        "time_limit",
-        window.max(Duration::from_millis(10)).as_secs_f64(),
-    )?;
-    // The objective is a whole number: a gap under 1 proves the optimum.
-    set(&mut model, "mip_rel_gap", 0.0)?;
-    set(&mut model, "mip_abs_gap", 0.5)?;
-    model
-        .try_set_option("threads", 1)
-        .map_err(|e| FallbackError::Mip(format!("threads: {e:?}")))?;
-    model
-        .try_set_solution(Some(&start), None, None, None)
-        .map_err(|e| FallbackError::Mip(format!("start solution: {e:?}")))?;
-    let solved = model
-        .try_solve()
-        .map_err(|e| FallbackError::Mip(format!("{e:?}")))?;
-    let status = solved.status();
-    let optimal = match status {
-        HighsModelStatus::Optimal => true,
-        HighsModelStatus::ReachedTimeLimit => false,
-        other => return Err(FallbackError::Mip(format!("HiGHS status {other:?}"))),
-    };
-    let solution = solved.get_solution();
-    let values = solution.columns();
-    let value = |c: highs::Col| values.get(c.index()).copied().unwrap_or(0.0);
-    let placed: Vec<(usize, u32)> = k
-        .iter()
-        .enumerate()
-        .filter_map(|(n, c)| {
-            let count = value((*c)?).round();
-            (count >= 1.0).then_some((n, count as u32))
-        })
-        .collect();
-    if placed.is_empty() {
+    let mut cols = mip::columns(&mut pb, problem, &caps, &costs);
+    mip::rules(&mut pb, problem, &mut cols);
+    // Doing nothing is always feasible: HiGHS starts from it.
+    let nothing = vec![0.0; pb.num_cols()];
+    let run = mip::run(pb, window, Some(&nothing))?;
+    let optimal = run.optimal;
+    let mut chosen = mip::choice(&cols, &run.values);
+    if !run.feasible || chosen.total() == 0 {
         return Ok(if optimal {
             Answer::Impossible
         } else {
             Answer::TimedOut
         });
     }
-    let chosen: Vec<(usize, usize)> = m
-        .iter()
-        .enumerate()
-        .flat_map(|(w, row)| {
-            row.iter()
-                .filter(|&&(_, c)| value(c) > 0.5)
-                .map(move |&(d, _)| (w, d))
-        })
-        .collect();
-    let evictions: Vec<usize> = e
-        .iter()
-        .enumerate()
-        .filter_map(|(w, c)| (value((*c)?) > 0.5).then_some(w))
-        .collect();
-    let moves = order_moves(problem, &chosen)?;
+    let left = window.saturating_sub(started.elapsed());
+    if prefer::wanted(problem, &caps) && !left.is_zero() {
+        if let Ok(Some(better)) = prefer::refine(problem, &caps, &chosen, left) {
+            if order_moves(problem, &better.moves).is_ok() {
+                chosen = better;
+            }
+        }
+    }
+    let moves = order_moves(problem, &chosen.moves)?;
     Ok(Answer::Found(Found {
-        placed,
+        placed: chosen
+            .k
+            .iter()
+            .enumerate()
+            .filter(|&(_, &k)| k > 0)
+            .map(|(n, &k)| (n, k))
+            .collect(),
         moves,
-        evictions,
+        evictions: chosen.evictions,
         optimal,
     }))
 }
@@ -358,17 +367,40 @@ pub fn order_moves(
         .iter()
         .map(|n| n.free.map(i128::from))
         .collect();
+    // Watts left per power group; a move that commits watts needs them in
+    // every group of its destination, and gives its own back to its
+    // source's groups once it ends.
+    let mut headroom: Vec<i128> = problem
+        .power
+        .iter()
+        .map(|g| i128::from(g.headroom))
+        .collect();
     let mut pending: Vec<(usize, usize)> = moves.to_vec();
     let mut ordered = Vec::with_capacity(moves.len());
     while !pending.is_empty() {
         let before = pending.len();
         pending.retain(|&(w, d)| {
             let work = &problem.work[w];
-            let fits = (0..DIMS).all(|r| free[d][r] >= i128::from(work.demand[r]));
+            let watts = i128::from(work.watts_at(d));
+            let fits = (0..DIMS).all(|r| free[d][r] >= i128::from(work.demand[r]))
+                && (watts == 0
+                    || problem
+                        .power
+                        .iter()
+                        .zip(&headroom)
+                        .all(|(g, &left)| !g.nodes.contains(&d) || left >= watts));
             if fits {
                 for (r, &dem) in work.demand.iter().enumerate() {
                     free[d][r] -= i128::from(dem);
                     free[work.node][r] += i128::from(dem);
+                }
+                for (g, left) in problem.power.iter().zip(headroom.iter_mut()) {
+                    if g.nodes.contains(&d) {
+                        *left -= watts;
+                    }
+                    if g.nodes.contains(&work.node) {
+                        *left += i128::from(work.watts);
+                    }
                 }
                 ordered.push((w, d));
             }
@@ -396,6 +428,7 @@ mod tests {
             id: id.into(),
             free: [free_cpu, 1 << 20, 0],
             takes_instances: takes,
+            instance_watts: 0,
         }
     }
 
@@ -407,6 +440,8 @@ mod tests {
             move_to: move_to.to_vec(),
             evictable,
             priority: 10,
+            watts: 0,
+            move_watts: Vec::new(),
         }
     }
 
@@ -444,6 +479,57 @@ mod tests {
                 assert!(*slot >= 0, "node {n} overfilled by the placements");
             }
         }
+        must_keep_power(problem, found);
+    }
+
+    /// Replays `found`'s watts as the scheduler's power check does: each
+    /// move that commits watts fits every group of its destination at its
+    /// turn (its source still holding its own), and after the evictions
+    /// every placement that commits watts fits every group of its node.
+    fn must_keep_power(problem: &Problem, found: &Found) {
+        let mut left: Vec<i128> = problem
+            .power
+            .iter()
+            .map(|g| i128::from(g.headroom))
+            .collect();
+        let groups_of = |n: usize| -> Vec<usize> {
+            (0..problem.power.len())
+                .filter(|&g| problem.power[g].nodes.contains(&n))
+                .collect()
+        };
+        for &(w, d) in &found.moves {
+            let work = &problem.work[w];
+            let watts = i128::from(work.watts_at(d));
+            for g in groups_of(d) {
+                assert!(
+                    watts == 0 || left[g] >= watts,
+                    "moving {} breaks power group {}",
+                    work.id,
+                    problem.power[g].id
+                );
+                left[g] -= watts;
+            }
+            for g in groups_of(work.node) {
+                left[g] += i128::from(work.watts);
+            }
+        }
+        for &w in &found.evictions {
+            for g in groups_of(problem.work[w].node) {
+                left[g] += i128::from(problem.work[w].watts);
+            }
+        }
+        for &(n, count) in &found.placed {
+            let watts = i128::from(problem.nodes[n].instance_watts) * i128::from(count);
+            for g in groups_of(n) {
+                left[g] -= watts;
+                assert!(
+                    watts == 0 || left[g] >= 0,
+                    "placing on {} breaks power group {}",
+                    problem.nodes[n].id,
+                    problem.power[g].id
+                );
+            }
+        }
     }
 
     /// Two 4-CPU nodes each half full of movable work of lower priority
@@ -458,6 +544,8 @@ mod tests {
             instances: 1,
             demand: [4, 1, 0],
             all_or_nothing: false,
+            power: Vec::new(),
+            prefer: Preference::default(),
         };
         let Answer::Found(found) = solve(&problem, WINDOW).expect("solve") else {
             panic!("a placement exists")
@@ -482,6 +570,8 @@ mod tests {
             instances: 1,
             demand: [4, 1, 0],
             all_or_nothing: false,
+            power: Vec::new(),
+            prefer: Preference::default(),
         };
         problem.work[1].priority = 5;
         let Answer::Found(found) = solve(&problem, WINDOW).expect("solve") else {
@@ -504,6 +594,8 @@ mod tests {
             instances: 1,
             demand: [2, 1, 0],
             all_or_nothing: false,
+            power: Vec::new(),
+            prefer: Preference::default(),
         };
         let Answer::Found(found) = solve(&problem, WINDOW).expect("solve") else {
             panic!("a placement exists")
@@ -523,6 +615,8 @@ mod tests {
             instances: 1,
             demand: [4, 1, 0],
             all_or_nothing: false,
+            power: Vec::new(),
+            prefer: Preference::default(),
         };
         assert_eq!(solve(&problem, WINDOW), Ok(Answer::Impossible));
         // A gang of three when room exists for two: none.
@@ -532,12 +626,16 @@ mod tests {
             instances: 3,
             demand: [2, 1, 0],
             all_or_nothing: true,
+            power: Vec::new(),
+            prefer: Preference::default(),
         };
         assert_eq!(solve(&gang, WINDOW), Ok(Answer::Impossible));
         // The same job without all-or-nothing: two placed, proved the most.
         let Answer::Found(found) = solve(
             &Problem {
                 all_or_nothing: false,
+                power: Vec::new(),
+                prefer: Preference::default(),
                 ..gang
             },
             WINDOW,
@@ -557,6 +655,8 @@ mod tests {
             instances: 1,
             demand: [1, 0, 0],
             all_or_nothing: false,
+            power: Vec::new(),
+            prefer: Preference::default(),
         };
         assert!(matches!(solve(&bad, WINDOW), Err(FallbackError::Invalid(m)) if m.contains("x")));
         let none = Problem {
@@ -568,5 +668,339 @@ mod tests {
             solve(&none, WINDOW),
             Err(FallbackError::Invalid(_))
         ));
+    }
+
+    /// A GPU node: 8 GPUs free of `free_gpus`, plenty of CPU and memory,
+    /// one instance committing 620 W (an H100 at TDP above idle).
+    fn gpu_node(id: &str, free_gpus: u64, takes: bool) -> Node {
+        Node {
+            id: id.into(),
+            free: [64_000, 1 << 20, free_gpus],
+            takes_instances: takes,
+            instance_watts: 620,
+        }
+    }
+
+    /// One GPU of work of `priority` committing 620 W on `node`.
+    fn gpu_work(id: &str, node: usize, evictable: bool, priority: u32) -> Work {
+        Work {
+            id: id.into(),
+            node,
+            demand: [1000, 1, 1],
+            move_to: Vec::new(),
+            evictable,
+            priority,
+            watts: 620,
+            move_watts: Vec::new(),
+        }
+    }
+
+    fn group(id: &str, nodes: &[usize], headroom: i64) -> PowerGroup {
+        PowerGroup {
+            id: id.into(),
+            nodes: nodes.to_vec(),
+            headroom,
+        }
+    }
+
+    fn gpu_job(nodes: Vec<Node>, work: Vec<Work>, power: Vec<PowerGroup>) -> Problem {
+        Problem {
+            nodes,
+            work,
+            instances: 1,
+            demand: [1000, 1, 1],
+            all_or_nothing: false,
+            power,
+            prefer: Preference::default(),
+        }
+    }
+
+    fn found(problem: &Problem) -> Found {
+        match solve(problem, WINDOW).expect("solve") {
+            Answer::Found(found) => {
+                must_replay(problem, &found);
+                found
+            }
+            other => panic!("a placement exists: {other:?}"),
+        }
+    }
+
+    /// Both nodes have a free GPU, but rack r1 (node a) has no watts left:
+    /// the instance goes to b, in r2, where the budget has room.
+    #[test]
+    fn a_group_without_watts_is_avoided_where_another_has_room() {
+        let problem = gpu_job(
+            vec![gpu_node("a", 1, true), gpu_node("b", 1, true)],
+            Vec::new(),
+            vec![group("rack=r1", &[0], 100), group("rack=r2", &[1], 700)],
+        );
+        let found = found(&problem);
+        assert_eq!(found.placed, vec![(1, 1)]);
+        // With r2 out of watts too, nothing fits: proved.
+        let mut none = problem.clone();
+        none.power[1].headroom = 619;
+        assert_eq!(solve(&none, WINDOW), Ok(Answer::Impossible));
+    }
+
+    /// The GPU is free on a, but its group's watts are held by
+    /// lower-priority GPU work on b (a node the job cannot use): evicting
+    /// it frees the watts, as preemption frees power; moving it would not
+    /// (it stays in the group). Without an eviction allowed: impossible.
+    #[test]
+    fn evicting_work_elsewhere_in_the_group_frees_its_watts() {
+        let mut x = gpu_work("x", 1, true, 10);
+        x.move_to = vec![1];
+        let mut y = gpu_work("y", 1, true, 20);
+        y.move_to = vec![0];
+        let problem = gpu_job(
+            vec![gpu_node("a", 1, true), gpu_node("b", 0, false)],
+            vec![x, y],
+            vec![group("cluster", &[0, 1], 0)],
+        );
+        let found = found(&problem);
+        assert_eq!(found.placed, vec![(0, 1)]);
+        assert_eq!(found.evictions, vec![0], "the lowest priority: {found:?}");
+        assert!(found.moves.is_empty());
+
+        let mut kept = problem.clone();
+        for w in &mut kept.work {
+            w.evictable = false;
+        }
+        assert_eq!(solve(&kept, WINDOW), Ok(Answer::Impossible));
+    }
+
+    /// A group already over its budget takes nothing that commits watts,
+    /// even where the GPUs are free; work without GPUs still goes there.
+    #[test]
+    fn a_group_over_its_budget_takes_no_gpu_work() {
+        let problem = gpu_job(
+            vec![gpu_node("a", 8, true)],
+            Vec::new(),
+            vec![group("cluster", &[0], -5)],
+        );
+        assert_eq!(solve(&problem, WINDOW), Ok(Answer::Impossible));
+        let mut cpu = problem.clone();
+        cpu.demand = [1000, 1, 0];
+        cpu.nodes[0].instance_watts = 0;
+        assert_eq!(found(&cpu).placed, vec![(0, 1)]);
+    }
+
+    /// A move into a group needs its watts there at its turn: x (GPU
+    /// work) may go to b or c; b's group has no watts, so it goes to c.
+    #[test]
+    fn a_move_commits_watts_at_its_destination() {
+        let mut x = gpu_work("x", 0, false, 10);
+        x.move_to = vec![1, 2];
+        x.move_watts = vec![620, 320];
+        let problem = gpu_job(
+            vec![
+                gpu_node("a", 0, true),
+                gpu_node("b", 1, false),
+                gpu_node("c", 1, false),
+            ],
+            vec![x],
+            vec![group("rack=r1", &[0], 0), group("rack=r2", &[1], 0), {
+                group("rack=r3", &[2], 320)
+            }],
+        );
+        let found = found(&problem);
+        assert_eq!(found.moves, vec![(0, 2)]);
+        assert_eq!(found.placed, vec![(0, 1)]);
+        assert_eq!(problem.work[0].watts_at(2), 320);
+        assert_eq!(problem.work[0].watts_at(1), 620);
+    }
+
+    /// Three roomy nodes, three instances: without a preference any split
+    /// is as good; with `spread = "node"` one each; with two of the job
+    /// already on a, the two new ones go to b and c.
+    #[test]
+    fn a_spread_job_gets_spread_instances() {
+        let mut problem = Problem {
+            nodes: vec![node("a", 8, true), node("b", 8, true), node("c", 8, true)],
+            work: Vec::new(),
+            instances: 3,
+            demand: [1, 1, 0],
+            all_or_nothing: false,
+            power: Vec::new(),
+            prefer: Preference {
+                spread: SpreadPref::Nodes,
+                ..Preference::default()
+            },
+        };
+        assert_eq!(found(&problem).placed, vec![(0, 1), (1, 1), (2, 1)]);
+        problem.instances = 2;
+        problem.prefer.existing = vec![2, 0, 0];
+        assert_eq!(found(&problem).placed, vec![(1, 1), (2, 1)]);
+        // Spread by label: a and b share a value, c has another: of two
+        // instances one goes to c.
+        problem.prefer.existing.clear();
+        problem.prefer.spread = SpreadPref::Groups(vec![0, 0, 1]);
+        let placed = found(&problem).placed;
+        assert!(placed.contains(&(2, 1)), "{placed:?}");
+        assert_eq!(placed.len(), 2, "{placed:?}");
+    }
+
+    /// Spread never costs more: room on a for two instances, b full of
+    /// evictable work; a spread job still places both on a, evicting
+    /// nothing. And spread keeps the gang's all-or-nothing.
+    #[test]
+    fn spreading_never_costs_an_eviction_or_a_move() {
+        let mut x = work("x", 1, 4, &[0], true);
+        x.priority = 0;
+        let problem = Problem {
+            nodes: vec![node("a", 2, true), node("b", 0, true)],
+            work: vec![x],
+            instances: 2,
+            demand: [1, 1, 0],
+            all_or_nothing: true,
+            power: Vec::new(),
+            prefer: Preference {
+                spread: SpreadPref::Nodes,
+                ..Preference::default()
+            },
+        };
+        let found = found(&problem);
+        assert_eq!(found.placed, vec![(0, 2)]);
+        assert!(found.evictions.is_empty() && found.moves.is_empty());
+    }
+
+    /// An affinity is honoured when free: the instance goes to the node
+    /// with the bonus; when that node needs an eviction, not.
+    #[test]
+    fn an_affinity_is_honoured_when_it_costs_nothing() {
+        let mut problem = Problem {
+            nodes: vec![node("a", 4, true), node("b", 4, true), node("c", 4, true)],
+            work: Vec::new(),
+            instances: 1,
+            demand: [2, 1, 0],
+            all_or_nothing: false,
+            power: Vec::new(),
+            prefer: Preference {
+                bonus: vec![0, 50, -20],
+                ..Preference::default()
+            },
+        };
+        assert_eq!(found(&problem).placed, vec![(1, 1)]);
+        problem.nodes[1].free[0] = 0;
+        problem.work = vec![work("x", 1, 4, &[], true)];
+        let found = found(&problem);
+        assert_eq!(found.placed, vec![(0, 1)], "{found:?}");
+        assert!(found.evictions.is_empty());
+        // Spread ranks before affinities: two instances, one each on a
+        // and b rather than two on b.
+        problem.nodes[1].free[0] = 4;
+        problem.work.clear();
+        problem.instances = 2;
+        problem.prefer.spread = SpreadPref::Nodes;
+        assert_eq!(found_placed(&problem), vec![(0, 1), (1, 1)]);
+    }
+
+    fn found_placed(problem: &Problem) -> Vec<(usize, u32)> {
+        found(problem).placed
+    }
+
+    /// Random small problems with power groups, spread and affinities:
+    /// every plan found replays (room at every step, every power group
+    /// under its budget at every move and placement), and the preferred
+    /// plan is as good as the plan without preferences.
+    #[test]
+    fn every_plan_found_replays_within_room_and_power() {
+        let mut rng = crate::rng::SplitMix64::new(21);
+        let mut found_some = 0;
+        for _ in 0..60 {
+            let nodes = 2 + rng.below(4);
+            let problem = random_problem(&mut rng, nodes);
+            let answer = solve(&problem, WINDOW).expect("solve");
+            let plain = Problem {
+                prefer: Preference::default(),
+                ..problem.clone()
+            };
+            let without = solve(&plain, WINDOW).expect("solve");
+            match (&answer, &without) {
+                (Answer::Found(a), Answer::Found(b)) => {
+                    must_replay(&problem, a);
+                    found_some += 1;
+                    assert_eq!(a.total(), b.total());
+                    assert_eq!(a.evictions.len(), b.evictions.len());
+                    assert_eq!(a.moves.len(), b.moves.len());
+                }
+                (a, b) => assert_eq!(a, b),
+            }
+        }
+        assert!(found_some > 10, "only {found_some} plans found");
+    }
+
+    fn random_problem(rng: &mut crate::rng::SplitMix64, nodes: usize) -> Problem {
+        let mut problem = Problem {
+            nodes: (0..nodes)
+                .map(|n| Node {
+                    id: format!("n{n}"),
+                    free: [rng.below(5) as u64, 1 << 20, rng.below(3) as u64],
+                    takes_instances: rng.below(4) > 0,
+                    instance_watts: 300 + 100 * rng.below(4) as u64,
+                })
+                .collect(),
+            work: Vec::new(),
+            instances: 1 + rng.below(4) as u32,
+            demand: [1, 1, 1],
+            all_or_nothing: rng.below(3) == 0,
+            power: Vec::new(),
+            prefer: Preference {
+                spread: if rng.below(2) == 0 {
+                    SpreadPref::Nodes
+                } else {
+                    SpreadPref::Groups((0..nodes).map(|n| n % 2).collect())
+                },
+                existing: (0..nodes).map(|_| rng.below(2) as u32).collect(),
+                bonus: (0..nodes).map(|_| rng.below(3) as i64 * 25).collect(),
+            },
+        };
+        for w in 0..rng.below(6) {
+            let node = rng.below(nodes);
+            let move_to: Vec<usize> = (0..nodes).filter(|_| rng.below(2) == 0).collect();
+            let move_watts = move_to
+                .iter()
+                .map(|_| 200 + rng.below(3) as u64 * 100)
+                .collect();
+            problem.work.push(Work {
+                id: format!("w{w}"),
+                node,
+                demand: [1 + rng.below(2) as u64, 1, rng.below(2) as u64],
+                move_to,
+                evictable: rng.below(2) == 0,
+                priority: rng.below(50) as u32,
+                watts: 300,
+                move_watts,
+            });
+        }
+        let half: Vec<usize> = (0..nodes / 2).collect();
+        let all: Vec<usize> = (0..nodes).collect();
+        problem.power = vec![
+            group("rack=r1", &half, rng.below(1500) as i64),
+            group("cluster", &all, rng.below(3000) as i64 - 200),
+        ];
+        problem
+    }
+
+    #[test]
+    fn malformed_power_and_preferences_are_refused_naming_what() {
+        let mut problem = gpu_job(vec![gpu_node("a", 1, true)], Vec::new(), Vec::new());
+        problem.power = vec![group("rack=r9", &[3], 10)];
+        assert!(
+            matches!(solve(&problem, WINDOW), Err(FallbackError::Invalid(m)) if m.contains("rack=r9"))
+        );
+        problem.power.clear();
+        problem.prefer.bonus = vec![1, 2];
+        assert!(
+            matches!(solve(&problem, WINDOW), Err(FallbackError::Invalid(m)) if m.contains("affinity"))
+        );
+        problem.prefer.bonus.clear();
+        let mut x = gpu_work("x", 0, false, 1);
+        x.move_to = vec![0];
+        x.move_watts = vec![1, 2];
+        problem.work = vec![x];
+        assert!(
+            matches!(solve(&problem, WINDOW), Err(FallbackError::Invalid(m)) if m.contains("x"))
+        );
     }
 }

@@ -266,6 +266,17 @@ impl<K: ExecKind> ExecBacked<K> {
         &self.exec
     }
 
+    /// The kind's own settings, for its operations (a VM's migration host).
+    pub fn kind(&self) -> &K {
+        &self.kind
+    }
+
+    /// The kind's own settings, to set node settings the kind takes beyond
+    /// the confinement (a VM's migration host).
+    pub fn kind_mut(&mut self) -> &mut K {
+        &mut self.kind
+    }
+
     /// The exec driver's view of one of this kind's handles; a handle of
     /// another driver, or one whose detail does not decode, is refused.
     pub fn exec_handle(handle: &WorkloadHandle) -> Result<WorkloadHandle, DriverError> {

@@ -160,6 +160,14 @@ impl TlsMaterial {
         &self.identity
     }
 
+    /// The CA, certificate and key as loaded and checked at start (PEM),
+    /// for a program that speaks TLS on this process's behalf with the
+    /// same identity: QEMU's live-migration streams (docs/vm.md), which
+    /// read files, not rustls settings.
+    pub fn pem(&self) -> (&[u8], &[u8], &[u8]) {
+        (&self.ca_pem, &self.cert_pem, &self.key_pem)
+    }
+
     fn own_identity(&self) -> Identity {
         Identity::from_pem(&self.cert_pem, &self.key_pem)
     }

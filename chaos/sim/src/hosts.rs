@@ -138,6 +138,8 @@ fn node_config(name: &str, members: u64, data_dir: PathBuf) -> NodeConfig {
         coordinators: (1..=members).map(member_addr).collect(),
         listen: SocketAddr::from((Ipv4Addr::UNSPECIFIED, AGENT_PORT)),
         advertise: format!("{name}:{AGENT_PORT}"),
+        // Unused: the simulation's live VMs are simulated drivers.
+        migration_host: Default::default(),
         data_dir,
         labels: BTreeMap::new(),
         sim_gpus: None,

@@ -27,6 +27,11 @@ pub struct AgentArgs {
     /// Address clients reach the agent at (default: --listen).
     #[arg(long)]
     pub advertise: Option<String>,
+    /// Host (IP or DNS name of this machine, no port) that incoming live
+    /// migrations of VMs listen on and other agents connect to (default:
+    /// the host of --advertise).
+    #[arg(long, value_name = "HOST")]
+    pub migration_host: Option<String>,
     /// Directory for allocations, their logs and the agent's state.
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
@@ -110,6 +115,7 @@ impl AgentArgs {
             coordinators: self.coordinators.clone(),
             listen: self.listen.clone(),
             advertise: self.advertise.clone(),
+            migration_host: self.migration_host.clone(),
             data_dir: self.data_dir.clone(),
             labels,
             sim_gpus: self.sim_gpus,
@@ -148,6 +154,7 @@ pub fn executor_path() -> Result<PathBuf, CliError> {
 /// to the coordinators.
 pub async fn run(args: AgentArgs, token: Option<&str>) -> Result<(), CliError> {
     let mut config = args.resolve().map_err(CliError::input)?;
+    config.check_on_this_host().map_err(CliError::input)?;
     config.token = token.map(str::to_string);
     if let herd_api::tls::Transport::Tls(material) = herd_api::tls::transport() {
         let certified = &material.identity().name;

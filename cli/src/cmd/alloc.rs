@@ -120,7 +120,7 @@ pub async fn run(ctx: &Context, command: AllocCommand) -> Result<(), CliError> {
             follow,
             stderr,
             tail,
-        } => logs(&client, id, follow, stderr, tail).await?,
+        } => logs(&client, ctx.agent_token()?, id, follow, stderr, tail).await?,
         AllocCommand::Migrate(args) => super::migration::migrate(ctx, &client, args).await?,
         AllocCommand::Status { id, stale } => {
             let alloc = client
@@ -174,6 +174,7 @@ pub async fn run(ctx: &Context, command: AllocCommand) -> Result<(), CliError> {
 /// Finds the allocation's node, then streams the log from that node's agent.
 async fn logs(
     client: &herd_api::client::HerdClient,
+    token: herd_api::client::BearerToken,
     id: String,
     follow: bool,
     stderr: bool,
@@ -231,7 +232,7 @@ async fn logs(
                 node.name, node.addr
             ))
         })?;
-    let mut stream = NodeAgentClient::new(channel)
+    let mut stream = NodeAgentClient::with_interceptor(channel, token)
         .alloc_logs(AllocLogsRequest {
             alloc_id: id.clone(),
             stream: if stderr { "stderr" } else { "stdout" }.to_string(),

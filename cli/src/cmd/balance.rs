@@ -61,7 +61,7 @@ async fn status(ctx: &Context, args: StatusArgs) -> Result<(), CliError> {
     };
     let mut errors = Vec::new();
     for (name, addr) in &agents {
-        match ask(addr).await {
+        match ask(addr, ctx.agent_token()?).await {
             Ok(reply) => {
                 print(ctx, &reply);
                 return Ok(());
@@ -104,7 +104,10 @@ async fn ready_agents(
     }
 }
 
-async fn ask(addr: &str) -> Result<BalanceStatusReply, String> {
+async fn ask(
+    addr: &str,
+    token: herd_api::client::BearerToken,
+) -> Result<BalanceStatusReply, String> {
     let channel = herd_api::tls::endpoint(addr, herd_api::tls::PeerRole::Node)
         .map_err(|e| format!("bad address: {e}"))?
         .connect_timeout(AGENT_TIMEOUT)
@@ -112,7 +115,7 @@ async fn ask(addr: &str) -> Result<BalanceStatusReply, String> {
         .connect()
         .await
         .map_err(|e| format!("cannot connect: {e}"))?;
-    NodeAgentClient::new(channel)
+    NodeAgentClient::with_interceptor(channel, token)
         .balance_status(BalanceStatusRequest {})
         .await
         .map(|r| r.into_inner())

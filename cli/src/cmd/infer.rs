@@ -148,7 +148,7 @@ pub async fn run(ctx: &Context, args: InferArgs) -> Result<(), CliError> {
         }
     };
     let started = Instant::now();
-    let mut stream = NodeAgentClient::new(channel)
+    let mut stream = NodeAgentClient::with_interceptor(channel, ctx.agent_token()?)
         .infer(InferRequest {
             // Empty: the agent dispatches over the fleet.
             alloc_id: args.alloc.clone().unwrap_or_default(),

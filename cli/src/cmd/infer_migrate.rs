@@ -57,7 +57,7 @@ pub async fn run(ctx: &Context, args: InferMigrateArgs) -> Result<(), CliError> 
                 source.node
             ))
         })?;
-    let reply = NodeAgentClient::new(channel)
+    let reply = NodeAgentClient::with_interceptor(channel, ctx.agent_token()?)
         .migrate_request(MigrateRequestRequest {
             alloc_id: args.alloc.clone(),
             request_id: args.request,

@@ -44,6 +44,10 @@ pub struct InferenceEngineArgs {
 /// away: below the agents' default 5 s stop grace, after which the
 /// process is killed.
 const DRAIN_LIMIT: std::time::Duration = std::time::Duration::from_secs(4);
+/// How long, after the drain, the streams of requests still in the engine
+/// (those that neither finished nor moved) may stay open: enough for the
+/// last tokens already sent, and to stay within the agent's stop grace.
+const STREAM_CUT: std::time::Duration = std::time::Duration::from_millis(300);
 
 /// Serves one engine.
 struct Service {
@@ -304,7 +308,13 @@ pub async fn run(args: InferenceEngineArgs) -> Result<(), CliError> {
         engine: engine.clone(),
         draining: draining.clone(),
     };
-    let served = tonic::transport::Server::builder()
+    // Told when the drain is over (done or out of time). The server's own
+    // shutdown is graceful: it would wait for every open token stream to
+    // end, so a request still decoding would keep the engine streaming
+    // past DRAIN_LIMIT (up to the agent's SIGKILL); the streams are cut
+    // instead, STREAM_CUT after the drain, and the process ends.
+    let (drained, on_drained) = tokio::sync::oneshot::channel::<()>();
+    let server = tonic::transport::Server::builder()
         .add_service(InferenceEngineServer::new(service))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
             if let Err(e) = super::coordinator::wait_for_signal().await {
@@ -325,8 +335,21 @@ pub async fn run(args: InferenceEngineArgs) -> Result<(), CliError> {
                 started.elapsed().as_millis(),
                 left(&engine)
             );
-        })
-        .await;
+            let _ = drained.send(());
+        });
+    let served = tokio::select! {
+        served = server => served,
+        () = async {
+            if on_drained.await.is_err() {
+                // The server ended before the drain: its arm answers.
+                std::future::pending::<()>().await;
+            }
+            tokio::time::sleep(STREAM_CUT).await;
+        } => {
+            println!("SIMULATED inference engine cut its open streams");
+            Ok(())
+        }
+    };
     if let Some(reporter) = gpu_reporter {
         reporter.abort();
     }

@@ -82,6 +82,7 @@ fn job_json(job: &pb::Job) -> serde_json::Value {
         "name": spec.name, "status": job.status, "version": job.version, "type": spec.r#type,
         "count": spec.count, "placed": job.placed, "priority": spec.priority, "submitted_at_ms": job.submitted_at_ms,
         "updated_at_ms": job.updated_at_ms, "modify_index": job.modify_index,
+        "request_id": if job.request_id.is_empty() { serde_json::Value::Null } else { json!(job.request_id) },
         "blocked": if job.blocked.is_empty() { serde_json::Value::Null } else { json!(job.blocked) },
         "task": {"driver": task.driver, "command": task.command, "args": task.args, "env": task.env,
                  "workdir": task.workdir,
@@ -169,17 +170,18 @@ pub async fn run(ctx: &Context, command: JobCommand) -> Result<(), CliError> {
                 })
                 .await?;
             let submitted = json!({"name": spec.name, "version": reply.version,
-                                   "changed": reply.changed, "log_index": reply.log_index});
+                                   "changed": reply.changed, "log_index": reply.log_index,
+                                   "request_id": reply.request_id});
             if !ctx.json() {
                 if reply.changed {
                     println!(
-                        "job {} submitted: version {} (log index {})",
-                        spec.name, reply.version, reply.log_index
+                        "job {} submitted: version {} (log index {}, request {})",
+                        spec.name, reply.version, reply.log_index, reply.request_id
                     );
                 } else {
                     println!(
-                        "job {} unchanged: version {} is identical",
-                        spec.name, reply.version
+                        "job {} unchanged: version {} is identical (request {})",
+                        spec.name, reply.version, reply.request_id
                     );
                 }
             }
@@ -271,10 +273,17 @@ pub async fn run(ctx: &Context, command: JobCommand) -> Result<(), CliError> {
                 let res = task.resources.clone().unwrap_or_default();
                 println!("name       {}", spec.name);
                 println!("status     {}", job.status);
-                println!(
-                    "version    {} (log index {})",
-                    job.version, job.modify_index
-                );
+                if job.request_id.is_empty() {
+                    println!(
+                        "version    {} (log index {})",
+                        job.version, job.modify_index
+                    );
+                } else {
+                    println!(
+                        "version    {} (log index {}, request {})",
+                        job.version, job.modify_index, job.request_id
+                    );
+                }
                 println!(
                     "type       {} x{} ({} placed), priority {}",
                     spec.r#type, spec.count, job.placed, spec.priority
@@ -325,10 +334,14 @@ pub async fn run(ctx: &Context, command: JobCommand) -> Result<(), CliError> {
                 .await?;
             if ctx.json() {
                 print_json(
-                    &json!({"name": name, "version": reply.version, "log_index": reply.log_index}),
+                    &json!({"name": name, "version": reply.version, "log_index": reply.log_index,
+                            "request_id": reply.request_id}),
                 );
             } else {
-                println!("job {name} stopped (version {})", reply.version);
+                println!(
+                    "job {name} stopped (version {}, request {})",
+                    reply.version, reply.request_id
+                );
             }
         }
         JobCommand::Migrate(args) => super::gang_migrate::run(ctx, args).await?,

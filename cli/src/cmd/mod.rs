@@ -42,6 +42,9 @@ pub struct Context {
     pub output: OutputFormat,
     /// `--token` / `HERD_TOKEN`.
     pub token: Option<String>,
+    /// `--request-id` / `HERD_REQUEST_ID`, else a fresh id: sent with
+    /// every call of this command (api/src/request_id.rs).
+    pub request_id: herd_api::request_id::RequestId,
 }
 
 impl Context {
@@ -50,6 +53,15 @@ impl Context {
         HerdClient::from_list(&self.addr)
             .map_err(CliError::input)?
             .with_token(self.token.as_deref().unwrap_or(""))
+            .map(|client| client.with_request_id(&self.request_id))
+            .map_err(|e| CliError::input(format!("--token / HERD_TOKEN: {e}")))
+    }
+
+    /// The token as metadata for calls straight to node agents (`herd
+    /// alloc logs`, `herd infer`, `herd balance status`...), which check
+    /// it too once the cluster is bootstrapped (docs/security.md).
+    pub fn agent_token(&self) -> Result<herd_api::client::BearerToken, CliError> {
+        herd_api::client::BearerToken::new(self.token.as_deref().unwrap_or(""))
             .map_err(|e| CliError::input(format!("--token / HERD_TOKEN: {e}")))
     }
 

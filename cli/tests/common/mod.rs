@@ -12,6 +12,7 @@
 pub mod agents;
 pub mod members;
 pub mod serve;
+pub mod tokens;
 pub mod training;
 pub mod vms;
 

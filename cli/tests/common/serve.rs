@@ -192,3 +192,190 @@ pub async fn engine_stats(
         .find(|e| e.alloc_id == alloc_id)
         .and_then(|e| e.stats)
 }
+
+/// An inference service's spec as the serving tests run it: the SIMULATED
+/// engine's `inference` driver, one task whose `[task.config]` sizes the
+/// engine. The tests differ only in the few figures set here, so each says
+/// which ones it needs and the rest stays one shared text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceSpec {
+    name: String,
+    count: u32,
+    spread_node: bool,
+    cpu: u32,
+    memory: String,
+    kv_blocks: u32,
+    bytes_per_token: Option<u32>,
+    max_batch: Option<u32>,
+    time_scale: String,
+    priority_preemption: Option<bool>,
+}
+
+impl ServiceSpec {
+    /// `count` instances of service `llm`, one per node, of 100 CPU and 64
+    /// MiB each: 64 KV blocks, decoding at the modelled speed
+    /// (`time_scale` 1), the engine's defaults otherwise.
+    pub fn llm(count: u32) -> Self {
+        Self {
+            name: "llm".into(),
+            count,
+            spread_node: true,
+            cpu: 100,
+            memory: "64MiB".into(),
+            kv_blocks: 64,
+            bytes_per_token: None,
+            max_batch: None,
+            time_scale: "1".into(),
+            priority_preemption: None,
+        }
+    }
+
+    /// The service (job) is called `name`.
+    pub fn name(mut self, name: &str) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// `count` instances.
+    pub fn count(mut self, count: u32) -> Self {
+        self.count = count;
+        self
+    }
+
+    /// Instances may share a node (no `spread`).
+    pub fn any_node(mut self) -> Self {
+        self.spread_node = false;
+        self
+    }
+
+    /// Each instance reserves `cpu` (millicores) and `memory` (`"64MiB"`).
+    pub fn resources(mut self, cpu: u32, memory: &str) -> Self {
+        self.cpu = cpu;
+        self.memory = memory.into();
+        self
+    }
+
+    /// Each engine has `blocks` KV blocks (of 16 tokens).
+    pub fn kv_blocks(mut self, blocks: u32) -> Self {
+        self.kv_blocks = blocks;
+        self
+    }
+
+    /// KV bytes per token (a block is 16 of them): what a migration copies.
+    pub fn bytes_per_token(mut self, bytes: u32) -> Self {
+        self.bytes_per_token = Some(bytes);
+        self
+    }
+
+    /// At most `batch` requests decode together.
+    pub fn max_batch(mut self, batch: u32) -> Self {
+        self.max_batch = Some(batch);
+        self
+    }
+
+    /// Real time per modelled second (`"0.1"`: 10× faster than modelled).
+    pub fn time_scale(mut self, scale: &str) -> Self {
+        self.time_scale = scale.into();
+        self
+    }
+
+    /// Whether a high-priority request may preempt lower ones.
+    pub fn priority_preemption(mut self, on: bool) -> Self {
+        self.priority_preemption = Some(on);
+        self
+    }
+
+    /// The service's name.
+    pub fn job(&self) -> &str {
+        &self.name
+    }
+
+    /// The spec's TOML text.
+    pub fn toml(&self) -> String {
+        let mut text = format!(
+            "name = \"{}\"\ntype = \"service\"\ncount = {}\n",
+            self.name, self.count
+        );
+        if self.spread_node {
+            text.push_str("spread = \"node\"\n");
+        }
+        text.push_str(&format!(
+            "\n[task]\ndriver = \"inference\"\n\n[task.resources]\ncpu = {}\nmemory = \"{}\"\n\n[task.config]\nkv_blocks = \"{}\"\n",
+            self.cpu, self.memory, self.kv_blocks
+        ));
+        if let Some(bytes) = self.bytes_per_token {
+            text.push_str(&format!("bytes_per_token = \"{bytes}\"\n"));
+        }
+        if let Some(batch) = self.max_batch {
+            text.push_str(&format!("max_batch = \"{batch}\"\n"));
+        }
+        text.push_str(&format!("time_scale = \"{}\"\n", self.time_scale));
+        if let Some(on) = self.priority_preemption {
+            text.push_str(&format!("priority_preemption = \"{on}\"\n"));
+        }
+        text
+    }
+
+    /// Writes the spec into `dir` and runs it on the cluster at `addr`.
+    pub fn run(&self, addr: &str, dir: &std::path::Path) {
+        run_job(addr, dir, &self.name, &self.toml());
+    }
+}
+
+/// The gRPC address of each agent of `names` in `agents`.
+pub fn agent_addrs<'a>(agents: &AgentSet, names: &[&'a str]) -> BTreeMap<&'a str, String> {
+    names
+        .iter()
+        .map(|n| (*n, agents.agent(n).expect("agent").addr.clone()))
+        .collect()
+}
+
+/// A cluster serving one inference service, as most serving tests begin:
+/// one coordinator (nodes down after 2 s without a heartbeat), agents
+/// started and ready, the service running with an instance on each of
+/// `spec`'s count of nodes. Keep it alive for the whole test: dropping it
+/// stops the coordinator and the agents.
+pub struct Serving {
+    /// The coordinator.
+    pub cluster: herd_chaos::process_cluster::ProcessCluster,
+    /// Its address list (`--addr`).
+    pub addr: String,
+    /// The agents.
+    pub agents: AgentSet,
+    /// Each agent's gRPC address, by node.
+    pub agent_addr: BTreeMap<&'static str, String>,
+    /// Each instance, by node (node → allocation).
+    pub instance: BTreeMap<String, String>,
+    /// Where the spec was written.
+    _specs: tempfile::TempDir,
+}
+
+/// Starts [`Serving`]: agents `names`, each with `agent_args` and the
+/// environment `env`, running `spec`.
+pub async fn serving(
+    names: &[&'static str],
+    agent_args: &[&str],
+    env: &[(&str, &str)],
+    spec: &ServiceSpec,
+) -> Serving {
+    let (cluster, addr, agents) = super::agents::cluster_with_agents(1, "2000").await;
+    let mut agents = env
+        .iter()
+        .fold(agents, |agents, (key, value)| agents.with_env(key, value));
+    for name in names {
+        agents.start(name, agent_args).expect("start agent");
+    }
+    super::agents::must_have_ready_nodes(&addr, names).await;
+    let agent_addr = agent_addrs(&agents, names);
+    let specs = tempfile::tempdir().expect("tempdir");
+    spec.run(&addr, specs.path());
+    let instance = instances_by_node(&addr, spec.job(), spec.count as usize).await;
+    Serving {
+        cluster,
+        addr,
+        agents,
+        agent_addr,
+        instance,
+        _specs: specs,
+    }
+}

@@ -36,6 +36,28 @@ pub struct SledStore {
     synced_blobs: Mutex<HashSet<std::ffi::OsString>>,
 }
 
+/// How long an open waits for the directory's lock to be released.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Opens `config`'s database, waiting up to [`LOCK_WAIT`] while its lock
+/// is held: a handle this process just dropped (a data dir seeded from a
+/// snapshot, then opened to serve) releases the lock only when sled's own
+/// threads let go of it, a moment later. A lock still held after that is
+/// another live process's, and the error says so.
+fn open_waiting_for_lock(config: &sled::Config) -> sled::Result<sled::Db> {
+    let waited = std::time::Instant::now();
+    loop {
+        match config.open() {
+            Err(sled::Error::Io(e))
+                if e.kind() == std::io::ErrorKind::WouldBlock && waited.elapsed() < LOCK_WAIT =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            other => return other,
+        }
+    }
+}
+
 impl SledStore {
     /// Opens (or creates) the store in `dir`.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
@@ -45,15 +67,14 @@ impl SledStore {
             message,
         };
         std::fs::create_dir_all(dir).map_err(|e| err(format!("cannot create directory: {e}")))?;
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(dir)
             .segment_size(segment_size_for(dir))
             .mode(sled::Mode::HighThroughput)
             // herd decides when to make data durable; sled's background
             // flusher would only add unsynchronised writes.
-            .flush_every_ms(None)
-            .open()
-            .map_err(|e| err(format!("cannot open: {e}")))?;
+            .flush_every_ms(None);
+        let db = open_waiting_for_lock(&config).map_err(|e| err(format!("cannot open: {e}")))?;
         let open_tree = |space: Space| {
             db.open_tree(space.name())
                 .map_err(|e| err(format!("cannot open tree {}: {e}", space.name())))

@@ -33,7 +33,7 @@ use super::{table, Role};
 use crate::coordinator::{now_ms, Coordinator, ReadConsistency};
 
 /// The metadata key a token travels in.
-pub const AUTHORIZATION: &str = "authorization";
+pub use herd_api::acl::bearer::AUTHORIZATION;
 
 /// `inner`, with every request's token checked first.
 #[derive(Clone)]
@@ -71,15 +71,11 @@ enum Verdict {
 /// header's value when it is not `Bearer TOKEN` (which then fails as an
 /// invalid token).
 fn bearer(headers: &http::HeaderMap) -> Option<&str> {
-    let value = headers.get(AUTHORIZATION)?;
-    let Ok(text) = value.to_str() else {
-        return Some("");
-    };
-    let text = text.trim();
-    match text.split_once(' ') {
-        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => Some(token.trim()),
-        _ => Some(""),
-    }
+    herd_api::acl::bearer::from_header(
+        headers
+            .get(AUTHORIZATION)
+            .map(|value| value.to_str().map_err(|_| ())),
+    )
 }
 
 /// Judges a request for `path` carrying `bearer`, on `acl` at `now_ms`.

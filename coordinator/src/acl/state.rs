@@ -5,6 +5,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+pub use herd_api::acl::Denied;
+use herd_api::acl::{check, TokenView};
+
 use super::secret::{self, SecretHash};
 use super::Role;
 
@@ -47,6 +50,18 @@ pub struct TokenRecord {
     pub modify_index: u64,
 }
 
+impl TokenRecord {
+    /// What the token check (`herd_api::acl::check`) reads of it.
+    pub fn view(&self) -> TokenView<'_> {
+        TokenView {
+            role: self.role,
+            secret_hash: &self.secret_hash,
+            expires_at_ms: self.expires_at_ms,
+            revoked: self.revoked,
+        }
+    }
+}
+
 /// The access-control part of the cluster state.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AclState {
@@ -86,53 +101,6 @@ pub struct TokenWritten {
     pub expires_at_ms: Option<u64>,
 }
 
-/// Why a request was refused; the first four are `Unauthenticated`, the
-/// last `PermissionDenied`.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Denied {
-    /// No `authorization: Bearer ...` metadata.
-    #[error("this cluster requires a token: pass --token or set HERD_TOKEN")]
-    NoToken,
-    /// Not of the shape `ACCESSOR.SECRET`, or an unknown accessor, or the
-    /// wrong secret: the three are not told apart to the caller.
-    #[error("the token is not valid here")]
-    Invalid,
-    /// Past its expiry.
-    #[error("token {accessor} expired at {at_ms} ms since the epoch")]
-    Expired {
-        /// Its accessor.
-        accessor: String,
-        /// Its expiry.
-        at_ms: u64,
-    },
-    /// Revoked.
-    #[error("token {0} was revoked")]
-    Revoked(String),
-    /// A valid token whose role does not allow the RPC.
-    #[error("token {accessor} has role {have}; {rpc} needs role {need}")]
-    Role {
-        /// Its accessor.
-        accessor: String,
-        /// Its role.
-        have: Role,
-        /// The role the RPC needs.
-        need: Role,
-        /// The RPC.
-        rpc: String,
-    },
-    /// An RPC the role table does not list: refused to every token.
-    #[error("{0} has no entry in the role table; refused to every token")]
-    Unlisted(String),
-}
-
-impl Denied {
-    /// Whether the caller did not prove who it is (`Unauthenticated`), as
-    /// opposed to being someone not allowed (`PermissionDenied`).
-    pub fn is_unauthenticated(&self) -> bool {
-        !matches!(self, Denied::Role { .. } | Denied::Unlisted(_))
-    }
-}
-
 impl AclState {
     /// Whether requests need a token.
     pub fn enforced(&self) -> bool {
@@ -142,23 +110,9 @@ impl AclState {
     /// The valid token `bearer` names, at `now_ms` (this member's clock):
     /// its accessor and role.
     pub fn authenticate(&self, bearer: &str, now_ms: u64) -> Result<(String, Role), Denied> {
-        let presented = secret::parse(bearer).ok_or(Denied::Invalid)?;
-        let token = self.tokens.get(presented.accessor).ok_or(Denied::Invalid)?;
-        if !secret::same(&token.secret_hash, &presented.hash) {
-            return Err(Denied::Invalid);
-        }
-        if token.revoked {
-            return Err(Denied::Revoked(presented.accessor.to_string()));
-        }
-        if let Some(at_ms) = token.expires_at_ms {
-            if now_ms >= at_ms {
-                return Err(Denied::Expired {
-                    accessor: presented.accessor.to_string(),
-                    at_ms,
-                });
-            }
-        }
-        Ok((presented.accessor.to_string(), token.role))
+        check::authenticate(bearer, now_ms, |accessor| {
+            self.tokens.get(accessor).map(TokenRecord::view)
+        })
     }
 
     /// Whether `bearer` names an accessor this state does not hold (a

@@ -67,6 +67,9 @@ pub const RPC_ROLES: &[(&str, Role)] = &[
     ("/herd.agent.v1.Agent/ReportAllocations", Role::Node),
     ("/herd.agent.v1.Agent/ReportMigration", Role::Node),
     ("/herd.agent.v1.Agent/ReportOfflineMove", Role::Node),
+    // Digests, roles and expiry of every token (never a secret), for the
+    // agents to check their own services' callers.
+    ("/herd.agent.v1.Agent/AclTable", Role::Node),
 ];
 
 /// The role `path` needs; None when the table has no line for it.
@@ -80,33 +83,9 @@ pub fn required_role(path: &str) -> Option<Role> {
 /// Services whose RPCs a coordinator serves but never token-checks.
 pub const UNCHECKED_SERVICES: &[&str] = &["herd.internal.v1.Internal"];
 
-/// Every RPC of `proto` (a `.proto` file's text) as a full gRPC path, for
-/// the services named in `services` (`package.Service`), or every service
-/// when `services` is None. A small reader of what herd's own `.proto`
-/// files contain (`package`, `service X {`, `rpc Y(`), for the tests that
-/// hold [`RPC_ROLES`] against them; not a protobuf parser.
-pub fn rpcs_in_proto(proto: &str, services: Option<&[&str]>) -> Vec<String> {
-    let mut package = String::new();
-    let mut service: Option<String> = None;
-    let mut rpcs = Vec::new();
-    for line in proto.lines() {
-        let line = line.split("//").next().unwrap_or("").trim();
-        if let Some(rest) = line.strip_prefix("package ") {
-            package = rest.trim_end_matches(';').trim().to_string();
-        } else if let Some(rest) = line.strip_prefix("service ") {
-            let name = rest.trim_end_matches('{').trim();
-            service = Some(format!("{package}.{name}"));
-        } else if line == "}" {
-            service = None;
-        } else if let (Some(svc), Some(rest)) = (&service, line.strip_prefix("rpc ")) {
-            let wanted = services.is_none_or(|list| list.contains(&svc.as_str()));
-            if let (true, Some((method, _))) = (wanted, rest.split_once('(')) {
-                rpcs.push(format!("/{svc}/{}", method.trim()));
-            }
-        }
-    }
-    rpcs
-}
+/// Every RPC of a `.proto` file's text as a full gRPC path (moved to
+/// `herd_api::acl::proto_rpcs`, which the agents' table test reads too).
+pub use herd_api::acl::proto_rpcs::rpcs_in_proto;
 
 #[cfg(test)]
 mod tests {

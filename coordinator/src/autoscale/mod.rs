@@ -7,6 +7,7 @@
 //! - [`apply`]: [`Command::ScaleJob`], the replicated change of a service's
 //!   count and its bounded log of scaling events.
 //! - [`service`]: the `Services` gRPC service.
+//! - [`resubmit`]: a resubmitted spec keeps the autoscaler's count.
 //! - [`run`]: the leader's loop.
 //!
 //! Why the leader decides (and not the agents, which already see every
@@ -21,6 +22,7 @@
 
 pub mod apply;
 pub mod policy;
+pub mod resubmit;
 pub mod service;
 pub mod stats;
 

@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 
 use herd_api::resources::display_memory;
 
+use super::auth::Viewer;
 use super::history::{Sample, SAMPLE_EVERY};
 use super::html::Html;
 use super::svg::{self, Axis, Point};
@@ -33,6 +34,9 @@ pub struct Served {
     pub leader: Option<(u64, String)>,
     /// When, ms since the epoch.
     pub at_ms: u64,
+    /// Whose token the page was served to; None while the dashboard is
+    /// open (ACLs not bootstrapped).
+    pub viewer: Option<Viewer>,
 }
 
 /// The pages, in navigation order: path, title.
@@ -45,12 +49,14 @@ pub const PAGES: [(&str, &str); 6] = [
     ("/fragmentation", "Fragmentation"),
 ];
 
-const STYLE: &str = "<style>
+/// The pages' style sheet (the login page's too).
+pub(super) const STYLE: &str = "<style>
 :root{color-scheme:light;--muted:#6b7280;--line:#e5e7eb}
 body{font:14px/1.45 system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;margin:0;color:#111827;background:#f9fafb}
 header{display:flex;gap:18px;align-items:center;padding:10px 20px;background:#111827;color:#f9fafb;flex-wrap:wrap}
 header a{color:#d1d5db;text-decoration:none}header a[aria-current]{color:#fff;font-weight:600;border-bottom:2px solid #60a5fa}
 header .brand{font-weight:700;font-size:16px;color:#fff}header label{margin-left:auto;color:#d1d5db;font-size:13px}
+header .viewer{color:#d1d5db;font-size:13px}header .viewer code{color:#fff}header form.logout{margin:0}
 main{padding:16px 20px;max-width:1400px}h1{font-size:20px;margin:4px 0 14px}h2{font-size:16px;margin:22px 0 8px}
 table{border-collapse:collapse;background:#fff;border:1px solid var(--line);margin-bottom:8px}
 th,td{padding:5px 10px;border-bottom:1px solid var(--line);text-align:left;vertical-align:middle;white-space:nowrap}
@@ -93,7 +99,11 @@ pub fn layout(path: &str, title: &str, body: &Html, served: &Served) -> Html {
         }
         h.raw(">").raw(name).raw("</a>");
     }
-    h.raw("</nav><label><input type=\"checkbox\" id=\"auto\" checked> auto-refresh (5 s)</label></header><main><h1>")
+    h.raw("</nav><label><input type=\"checkbox\" id=\"auto\" checked> auto-refresh (5 s)</label>");
+    if let Some(viewer) = &served.viewer {
+        h.append(&viewer_badge(viewer));
+    }
+    h.raw("</header><main><h1>")
         .text(title)
         .raw("</h1>")
         .append(body)
@@ -101,6 +111,21 @@ pub fn layout(path: &str, title: &str, body: &Html, served: &Served) -> Html {
         .append(&footer(served))
         .raw(SCRIPT)
         .raw("</body></html>");
+    h
+}
+
+/// Who is looking (the token's accessor and role) and, for a browser that
+/// logged in, the button that logs it out.
+pub fn viewer_badge(viewer: &Viewer) -> Html {
+    let mut h = Html::new();
+    h.raw("<span class=\"viewer\" data-k=\"viewer\">token <code>")
+        .text(&viewer.accessor)
+        .raw("</code> (<span data-k=\"viewer-role\">")
+        .text(viewer.role)
+        .raw("</span>)</span>");
+    if viewer.by_cookie {
+        h.raw("<form method=\"post\" action=\"/logout\" class=\"logout\"><button type=\"submit\" data-k=\"logout\">Log out</button></form>");
+    }
     h
 }
 
@@ -709,7 +734,32 @@ mod tests {
             applied_index: 77,
             leader: Some((1, "127.0.0.1:7001".into())),
             at_ms: 3_723_000,
+            viewer: None,
         }
+    }
+
+    #[test]
+    fn pages_name_their_viewer_and_offer_logout_to_a_logged_in_browser() {
+        use crate::acl::Role;
+        let body = Html::new();
+        let open = layout("/", "Overview", &body, &served("leader")).into_string();
+        assert!(!open.contains("data-k=\"viewer\"") && !open.contains("/logout"));
+        let mut by_header = served("leader");
+        by_header.viewer = Some(Viewer {
+            accessor: "acc<1>".into(),
+            role: Role::Read,
+            by_cookie: false,
+        });
+        let page = layout("/", "Overview", &body, &by_header).into_string();
+        assert!(page.contains("<code>acc&lt;1&gt;</code>"), "{page}");
+        assert!(page.contains("data-k=\"viewer-role\">read<"), "{page}");
+        assert!(!page.contains("/logout"), "no cookie to clear: {page}");
+        let mut by_cookie = by_header;
+        if let Some(v) = by_cookie.viewer.as_mut() {
+            v.by_cookie = true;
+        }
+        let page = layout("/", "Overview", &body, &by_cookie).into_string();
+        assert!(page.contains("action=\"/logout\""), "{page}");
     }
 
     #[test]

@@ -7,16 +7,18 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::State;
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::Router;
+use axum::routing::{get, post};
+use axum::{middleware, Extension, Router};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+use super::auth::{self, Viewer};
 use super::history::{run_sampler, History};
 use super::html::{query_param, Html};
+use super::login;
 use super::pages::{self, Served};
 use super::view::{self, Contact, MemberInput, RaftInfo};
 use crate::coordinator::Coordinator;
@@ -38,6 +40,11 @@ impl Dashboard {
             coordinator,
             history,
         }
+    }
+
+    /// The coordinator whose state the pages show and whose ACLs guard them.
+    pub(super) fn coordinator(&self) -> &Coordinator {
+        &self.coordinator
     }
 
     /// What this member knows of Raft, and how it last heard from each member.
@@ -89,8 +96,14 @@ impl Dashboard {
         }
     }
 
-    /// Who serves a page built from the state at `applied_index`.
-    fn served(&self, raft: &RaftInfo, applied_index: u64) -> Served {
+    /// Who serves a page built from the state at `applied_index`, to
+    /// `viewer` (None while the dashboard is open).
+    fn served(
+        &self,
+        raft: &RaftInfo,
+        applied_index: u64,
+        viewer: Option<Extension<Viewer>>,
+    ) -> Served {
         let leader = raft.leader.map(|id| {
             let addr = raft
                 .members
@@ -106,6 +119,7 @@ impl Dashboard {
             applied_index,
             leader,
             at_ms: herd_api::clock::now_ms(),
+            viewer: viewer.map(|Extension(v)| v),
         }
     }
 
@@ -131,8 +145,8 @@ impl Dashboard {
 
 /// A page as an HTTP response: HTML, never cached, and a content security
 /// policy that lets it load nothing from anywhere (its style and script
-/// are inline).
-fn respond(status: StatusCode, page: Html) -> Response {
+/// are inline; forms post only to this server: the logout button).
+pub(super) fn respond(status: StatusCode, page: Html) -> Response {
     let mut response = (status, page.into_string()).into_response();
     let headers = response.headers_mut();
     headers.insert(
@@ -144,7 +158,7 @@ fn respond(status: StatusCode, page: Html) -> Response {
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static(
             "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; \
-             img-src data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+             img-src data:; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
         ),
     );
     headers.insert(
@@ -158,24 +172,24 @@ fn respond(status: StatusCode, page: Html) -> Response {
     response
 }
 
-async fn overview(State(d): State<Arc<Dashboard>>) -> Response {
+async fn overview(State(d): State<Arc<Dashboard>>, viewer: Option<Extension<Viewer>>) -> Response {
     let raft = d.raft_info();
     let (applied, o) = d.coordinator.read_state_at(|s| view::overview(s, &raft));
     let body = pages::overview(&o, &d.history.samples());
     respond(
         StatusCode::OK,
-        pages::layout("/", "Overview", &body, &d.served(&raft, applied)),
+        pages::layout("/", "Overview", &body, &d.served(&raft, applied, viewer)),
     )
 }
 
-async fn nodes(State(d): State<Arc<Dashboard>>) -> Response {
+async fn nodes(State(d): State<Arc<Dashboard>>, viewer: Option<Extension<Viewer>>) -> Response {
     let raft = d.raft_info();
     let reports = d.reports();
     let ttl_ms = u64::try_from(d.coordinator.liveness().ttl().as_millis()).unwrap_or(u64::MAX);
     let (applied, page) = d
         .coordinator
         .read_state_at(|s| view::nodes(s, &reports, ttl_ms));
-    let served = d.served(&raft, applied);
+    let served = d.served(&raft, applied, viewer);
     let leading = raft.leader == Some(raft.member_id);
     let body = pages::nodes(&page, leading, served.at_ms);
     respond(
@@ -184,17 +198,21 @@ async fn nodes(State(d): State<Arc<Dashboard>>) -> Response {
     )
 }
 
-async fn jobs(State(d): State<Arc<Dashboard>>) -> Response {
+async fn jobs(State(d): State<Arc<Dashboard>>, viewer: Option<Extension<Viewer>>) -> Response {
     let raft = d.raft_info();
     let (applied, rows) = d.coordinator.read_state_at(view::jobs);
     let body = pages::jobs(&rows);
     respond(
         StatusCode::OK,
-        pages::layout("/jobs", "Jobs", &body, &d.served(&raft, applied)),
+        pages::layout("/jobs", "Jobs", &body, &d.served(&raft, applied, viewer)),
     )
 }
 
-async fn allocs(State(d): State<Arc<Dashboard>>, uri: Uri) -> Response {
+async fn allocs(
+    State(d): State<Arc<Dashboard>>,
+    viewer: Option<Extension<Viewer>>,
+    uri: Uri,
+) -> Response {
     let raft = d.raft_info();
     let job = query_param(uri.query(), "job").filter(|j| !j.is_empty());
     let (applied, page) = d
@@ -203,11 +221,19 @@ async fn allocs(State(d): State<Arc<Dashboard>>, uri: Uri) -> Response {
     let body = pages::allocs(&page);
     respond(
         StatusCode::OK,
-        pages::layout("/allocs", "Allocations", &body, &d.served(&raft, applied)),
+        pages::layout(
+            "/allocs",
+            "Allocations",
+            &body,
+            &d.served(&raft, applied, viewer),
+        ),
     )
 }
 
-async fn migrations(State(d): State<Arc<Dashboard>>) -> Response {
+async fn migrations(
+    State(d): State<Arc<Dashboard>>,
+    viewer: Option<Extension<Viewer>>,
+) -> Response {
     let raft = d.raft_info();
     let now = herd_api::clock::now_ms();
     let (applied, page) = d.coordinator.read_state_at(|s| view::migrations(s, now));
@@ -218,12 +244,15 @@ async fn migrations(State(d): State<Arc<Dashboard>>) -> Response {
             "/migrations",
             "Migrations",
             &body,
-            &d.served(&raft, applied),
+            &d.served(&raft, applied, viewer),
         ),
     )
 }
 
-async fn fragmentation(State(d): State<Arc<Dashboard>>) -> Response {
+async fn fragmentation(
+    State(d): State<Arc<Dashboard>>,
+    viewer: Option<Extension<Viewer>>,
+) -> Response {
     let raft = d.raft_info();
     let (applied, f) = d.coordinator.read_state_at(view::fragmentation);
     let body = pages::fragmentation(&f, &d.history.samples());
@@ -233,12 +262,16 @@ async fn fragmentation(State(d): State<Arc<Dashboard>>) -> Response {
             "/fragmentation",
             "Fragmentation",
             &body,
-            &d.served(&raft, applied),
+            &d.served(&raft, applied, viewer),
         ),
     )
 }
 
-async fn not_found(State(d): State<Arc<Dashboard>>, uri: Uri) -> Response {
+async fn not_found(
+    State(d): State<Arc<Dashboard>>,
+    viewer: Option<Extension<Viewer>>,
+    uri: Uri,
+) -> Response {
     let raft = d.raft_info();
     let applied = d.coordinator.read_state_at(|_| ()).0;
     respond(
@@ -247,12 +280,13 @@ async fn not_found(State(d): State<Arc<Dashboard>>, uri: Uri) -> Response {
             uri.path(),
             "Not found",
             &pages::not_found(uri.path()),
-            &d.served(&raft, applied),
+            &d.served(&raft, applied, viewer),
         ),
     )
 }
 
-/// The dashboard's routes.
+/// The dashboard's routes, every one but the login's behind
+/// [`auth::require`].
 pub fn router(dashboard: Arc<Dashboard>) -> Router {
     Router::new()
         .route("/", get(overview))
@@ -261,7 +295,18 @@ pub fn router(dashboard: Arc<Dashboard>) -> Router {
         .route("/allocs", get(allocs))
         .route("/migrations", get(migrations))
         .route("/fragmentation", get(fragmentation))
+        .route(
+            "/login",
+            get(login::form)
+                .post(login::submit)
+                .layer(DefaultBodyLimit::max(login::MAX_FORM_BYTES)),
+        )
+        .route("/logout", post(login::logout))
         .fallback(not_found)
+        .layer(middleware::from_fn_with_state(
+            dashboard.clone(),
+            auth::require,
+        ))
         .with_state(dashboard)
 }
 

@@ -25,6 +25,7 @@ use tokio::sync::broadcast::error::RecvError;
 use crate::coordinator::{now_ms, Coordinator};
 use crate::machine::command::Command;
 use futures::future::join_all;
+use tracing::Instrument;
 
 use crate::planning::{pass_input, plan_pass, PlanCommand};
 
@@ -101,18 +102,33 @@ pub async fn run(coordinator: Arc<Coordinator>) {
             proposed.insert(plan.job.clone(), (plan.clone(), Instant::now()));
             let job = plan.job.clone();
             let coordinator = coordinator.clone();
-            writes.push(async move {
-                let result = coordinator
-                    .decide_as_leader(term, Command::apply_plan(plan, 0))
-                    .await;
-                coordinator.instruments().scheduler.record(&result);
-                match result {
-                    Ok(written) => {
-                        tracing::debug!(%job, index = written.log_index, result = ?written.result, "plan applied")
+            // The request that made the version, so that the placement's
+            // log lines name it (crate::request_record).
+            let request_id = coordinator
+                .read_state(|s| crate::request_record::of_current_version(s, &job))
+                .map(String::from)
+                .unwrap_or_default();
+            let span = tracing::info_span!("place", %job, %request_id);
+            writes.push(
+                async move {
+                    let placements = plan.placements.len();
+                    let evictions = plan.evictions.len();
+                    let result = coordinator
+                        .decide_as_leader(term, Command::apply_plan(plan, 0))
+                        .await;
+                    coordinator.instruments().scheduler.record(&result);
+                    match result {
+                        Ok(written) if placements > 0 || evictions > 0 => {
+                            tracing::info!(%job, %request_id, placements, evictions, index = written.log_index, result = ?written.result, "plan applied")
+                        }
+                        Ok(written) => {
+                            tracing::debug!(%job, index = written.log_index, result = ?written.result, "plan applied")
+                        }
+                        Err(e) => tracing::debug!(%job, error = %e, "plan not applied"),
                     }
-                    Err(e) => tracing::debug!(%job, error = %e, "plan not applied"),
                 }
-            });
+                .instrument(span),
+            );
         }
         join_all(writes).await;
     }

@@ -331,6 +331,32 @@ pub enum Command {
         /// Leader's clock, ms since the epoch.
         now_ms: u64,
     },
+    /// A balancing move made agent to agent while every coordinator was
+    /// away, reported by its source still `switching` (the target never
+    /// answered the commit): kept on the source if the target is down or
+    /// disowned it, recorded as an aborted migration under the move's id so
+    /// that a returning target is refused. See
+    /// `machine::apply::offline_move::settle`.
+    SettleOfflineMove {
+        /// The move's id, as the source journalled it.
+        move_id: String,
+        /// The allocation.
+        alloc_id: String,
+        /// The node it was leaving (the reporter).
+        source: String,
+        /// The node it was going to.
+        target: String,
+        /// Its generation when the move began.
+        from_generation: u64,
+        /// The leader had not heard the target for its TTL (a leader's
+        /// observation: proposed fenced by its term).
+        target_silent: bool,
+        /// The target told the source it does not hold the move as taken
+        /// over.
+        target_disowned: bool,
+        /// Leader's clock, ms since the epoch.
+        now_ms: u64,
+    },
 }
 
 impl Command {
@@ -376,7 +402,8 @@ impl Command {
             | Command::BootstrapAcl { now_ms, .. }
             | Command::CreateToken { now_ms, .. }
             | Command::AcceptOfflineMove { now_ms, .. }
-            | Command::ScaleJob { now_ms, .. } => *now_ms = now,
+            | Command::ScaleJob { now_ms, .. }
+            | Command::SettleOfflineMove { now_ms, .. } => *now_ms = now,
             Command::Fenced { command, .. } => command.stamp(now),
             Command::InitCluster { .. }
             | Command::PutVariable { .. }
@@ -421,6 +448,7 @@ impl Command {
             Command::RevokeToken { .. } => "revoke_token",
             Command::AcceptOfflineMove { .. } => "accept_offline_move",
             Command::ScaleJob { .. } => "scale_job",
+            Command::SettleOfflineMove { .. } => "settle_offline_move",
         }
     }
 }

@@ -292,6 +292,19 @@ impl Agent for AgentService {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
+    async fn acl_table(
+        &self,
+        _request: Request<herd_api::proto::agent::AclTableRequest>,
+    ) -> Result<Response<herd_api::proto::agent::AclTableReply>, Status> {
+        let (index, reply) = self
+            .coordinator
+            .read_state_at(|s| crate::acl::agent_table::reply(&s.acl, 0));
+        Ok(Response::new(herd_api::proto::agent::AclTableReply {
+            index,
+            ..reply
+        }))
+    }
+
     async fn report_offline_move(
         &self,
         request: Request<herd_api::proto::agent::OfflineMoveReport>,

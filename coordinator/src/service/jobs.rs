@@ -5,12 +5,14 @@ use std::sync::Arc;
 use herd_api::job::JobSpec;
 use herd_api::proto::v1 as pb;
 use herd_api::proto::v1::jobs_server::Jobs;
+use herd_api::request_id::RequestId;
 use tonic::{Request, Response, Status};
 
 use super::consistency;
 use crate::coordinator::Coordinator;
 use crate::error::{self, CoordinatorError};
 use crate::machine::command::{Command, CommandResult};
+use crate::request_record::{Action, JobRequest};
 use crate::scheduler::could_hold;
 use crate::state::{ClusterState, Job};
 use herd_api::resources::display_memory;
@@ -42,6 +44,50 @@ fn to_proto(state: &ClusterState, job: &Job) -> pb::Job {
         updated_at_ms: job.updated_at_ms,
         modify_index: job.modify_index,
         blocked: job.blocked.clone().unwrap_or_default(),
+        request_id: crate::request_record::of_current_version(state, &job.spec.name)
+            .map(String::from)
+            .unwrap_or_default(),
+    }
+}
+
+/// The request id of a call: the one the server's request-id layer gave
+/// it (the client's, or a fresh one), or a fresh one where no layer ran.
+fn request_id_of<T>(request: &Request<T>) -> RequestId {
+    RequestId::of(request).unwrap_or_else(RequestId::generate)
+}
+
+impl JobsService {
+    /// Records that request `id` is about to change `job`, so that the
+    /// leader and the agents can name it in their logs
+    /// ([`crate::request_record`]). A log aid: a record the state machine
+    /// refuses lets the change go ahead (logged), but a cluster that cannot
+    /// write now fails the call here, before the change, rather than make
+    /// the client wait twice.
+    async fn record_request(
+        &self,
+        job: &str,
+        id: &RequestId,
+        action: Action,
+    ) -> Result<(), CoordinatorError> {
+        let now = herd_api::clock::now_ms();
+        let request = self
+            .coordinator
+            .read_state(|s| JobRequest::new(s, job, id.clone(), action, now));
+        let command = match crate::request_record::record_command(job, &request) {
+            Ok(command) => command,
+            Err(e) => {
+                tracing::warn!(%job, request_id = %id, error = %e, "request record not encoded; the job's logs will not name this request");
+                return Ok(());
+            }
+        };
+        match self.coordinator.write(command).await {
+            Ok(_) => Ok(()),
+            Err(CoordinatorError::Rejected(rejection)) => {
+                tracing::warn!(%job, request_id = %id, ?rejection, "request record refused; the job's logs will not name this request");
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
     }
 }
 
@@ -107,6 +153,7 @@ impl Jobs for JobsService {
         &self,
         request: Request<pb::SubmitJobRequest>,
     ) -> Result<Response<pb::SubmitJobReply>, Status> {
+        let id = request_id_of(&request);
         let Some(spec) = request.into_inner().spec else {
             return Err(error::invalid_argument("field `spec` is missing"));
         };
@@ -120,16 +167,21 @@ impl Jobs for JobsService {
         {
             return Err(error::invalid_argument(problem));
         }
+        let job = spec.name.clone();
+        tracing::info!(%job, request_id = %id, "job submitted");
+        self.record_request(&job, &id, Action::Submit).await?;
         let written = self
             .coordinator
             .write(Command::SubmitJob { spec, now_ms: 0 })
             .await?;
         match written.result {
             CommandResult::JobSubmitted { version, changed } => {
+                tracing::info!(%job, version, changed, index = written.log_index, request_id = %id, "job written");
                 Ok(Response::new(pb::SubmitJobReply {
                     version,
                     log_index: written.log_index,
                     changed,
+                    request_id: id.to_string(),
                 }))
             }
             other => Err(CoordinatorError::Internal(format!("unexpected result {other:?}")).into()),
@@ -164,16 +216,30 @@ impl Jobs for JobsService {
         &self,
         request: Request<pb::StopJobRequest>,
     ) -> Result<Response<pb::StopJobReply>, Status> {
+        let id = request_id_of(&request);
         let name = request.into_inner().name;
+        tracing::info!(job = %name, request_id = %id, "job stop asked");
+        // A job this member does not know gets no record: the stop is
+        // refused (or, on a lagging member, goes through without one).
+        if self.coordinator.read_state(|s| s.jobs.contains_key(&name)) {
+            self.record_request(&name, &id, Action::Stop).await?;
+        }
         let written = self
             .coordinator
-            .write(Command::StopJob { name, now_ms: 0 })
+            .write(Command::StopJob {
+                name: name.clone(),
+                now_ms: 0,
+            })
             .await?;
         match written.result {
-            CommandResult::JobStopped { version } => Ok(Response::new(pb::StopJobReply {
-                version,
-                log_index: written.log_index,
-            })),
+            CommandResult::JobStopped { version } => {
+                tracing::info!(job = %name, version, index = written.log_index, request_id = %id, "job stopped");
+                Ok(Response::new(pb::StopJobReply {
+                    version,
+                    log_index: written.log_index,
+                    request_id: id.to_string(),
+                }))
+            }
             other => Err(CoordinatorError::Internal(format!("unexpected result {other:?}")).into()),
         }
     }

@@ -26,6 +26,7 @@ use herd_api::proto::v1::migrations_server::MigrationsServer;
 use herd_api::proto::v1::nodes_server::NodesServer;
 use herd_api::proto::v1::power_server::PowerServer;
 use herd_api::proto::v1::variables_server::VariablesServer;
+use herd_api::request_id::RequestIdLayer;
 use herd_consensus::codec::MAX_DECODED_BYTES;
 use herd_metrics::limits::WithLimits;
 use tonic::transport::server::Router;
@@ -39,6 +40,11 @@ use crate::coordinator::{Coordinator, ReadConsistency};
 /// this bounds abuse; clients decode at most tonic's default, the same 4 MiB).
 const MAX_CLIENT_MESSAGE: usize = 4 * 1024 * 1024;
 
+/// The layer stack of the coordinator's server: counted, limited, then
+/// given a request id ([`herd_api::request_id`]) that every log line of
+/// the call carries.
+pub type WithRequestIds = tower_layer::Stack<RequestIdLayer, WithLimits>;
+
 fn consistency(stale: bool) -> ReadConsistency {
     if stale {
         ReadConsistency::Stale
@@ -51,7 +57,8 @@ fn consistency(stale: bool) -> ReadConsistency {
 /// service behind [`guard`] (tokens and roles, once bootstrapped); the
 /// coordinator-to-coordinator service unguarded (docs/security.md).
 /// Every call is counted for the metrics (`herd_metrics` layer), then held
-/// to `limits` (`crate::limits`; refusals are counted too).
+/// to `limits` (`crate::limits`; refusals are counted too), then runs in a
+/// span naming its request id.
 ///
 /// Under mutual TLS (`herd_api::tls`) Raft serves coordinators' certificates
 /// only and the agent service node agents' only (each speaking for the node
@@ -60,12 +67,13 @@ fn consistency(stale: bool) -> ReadConsistency {
 pub fn router(
     coordinator: Arc<Coordinator>,
     limits: &Limits,
-) -> Result<Router<WithLimits>, herd_api::tls::TlsError> {
+) -> Result<Router<WithRequestIds>, herd_api::tls::TlsError> {
     let raft_limit = MAX_DECODED_BYTES as usize;
     Ok(herd_api::tls::transport()
         .server(crate::limits::server(limits))?
         .layer(coordinator.instruments().grpc.layer())
         .layer(crate::limits::rate_layer(&coordinator, limits))
+        .layer(RequestIdLayer)
         .add_service(roles_only(
             &[PeerRole::Coordinator],
             InternalServer::new(internal::InternalService::new(coordinator.clone()))

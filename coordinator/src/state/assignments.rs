@@ -160,6 +160,13 @@ fn assignment(
         migration,
         gpu_indices,
         balance_movable: job.spec.balance.movable,
+        request_id: if a.job_version == job.version {
+            crate::request_record::of_current_version(state, &a.job)
+                .map(String::from)
+                .unwrap_or_default()
+        } else {
+            String::new()
+        },
     }
 }
 

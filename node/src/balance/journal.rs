@@ -75,7 +75,11 @@ pub enum Role {
 }
 
 /// Where a move stands. Forward only: `Moving → Switching → Switched →
-/// Accepted | Refused`, or `Aborted` from `Moving`/`Switching`.
+/// Accepted | Refused`, or `Aborted` from `Moving`/`Switching`; a source's
+/// move whose commit went unanswered goes `Switching → Reported →
+/// Accepted | Kept | Refused`, as the coordinators decide (never
+/// `Switched` or `Aborted` from `Reported`: the target's word no longer
+/// counts once the coordinators were asked).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
@@ -93,6 +97,14 @@ pub enum Phase {
     Refused,
     /// Given up before the switch-over: the source's copy is the one.
     Aborted,
+    /// Source only: the target never answered the commit, and the move was
+    /// reported to the coordinators, whose answer alone settles it now
+    /// (the copy here stays paused until they do).
+    Reported,
+    /// Source only, after `Reported`: the coordinators kept the allocation
+    /// here (the target was down or disowned the move), and the copy here
+    /// resumed. Journalled once, so it resumes once.
+    Kept,
 }
 
 impl Phase {
@@ -105,6 +117,8 @@ impl Phase {
             Phase::Accepted => "accepted",
             Phase::Refused => "refused",
             Phase::Aborted => "aborted",
+            Phase::Reported => "reported",
+            Phase::Kept => "kept",
         }
     }
 
@@ -377,8 +391,9 @@ fn allowed(from: Phase, to: Phase) -> bool {
     matches!(
         (from, to),
         (Moving, Switching | Switched | Aborted)
-            | (Switching, Switched | Aborted)
+            | (Switching, Switched | Aborted | Reported)
             | (Switched, Accepted | Refused)
+            | (Reported, Accepted | Kept | Refused)
     )
 }
 
@@ -519,5 +534,62 @@ mod tests {
         let b = MoveJournal::open(dir.path()).expect("open again");
         a.record(entry("m1", "a1", Role::Source)).expect("record");
         assert!(b.get("m1").is_some());
+    }
+
+    #[test]
+    fn a_reported_move_heeds_only_the_coordinators() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(JOURNAL_FILE);
+        let journal = MoveJournal::load(&path).expect("journal");
+        journal
+            .record(entry("m1", "a1", Role::Source))
+            .expect("record");
+        // Not reported before the commit was asked.
+        let e = journal.advance("m1", Phase::Reported, None).expect("no-op");
+        assert_eq!(e.phase, Phase::Moving);
+        journal
+            .advance("m1", Phase::Switching, None)
+            .expect("switching");
+        journal
+            .advance("m1", Phase::Reported, None)
+            .expect("reported");
+        // A late word from the target changes nothing now.
+        for late in [Phase::Switched, Phase::Aborted, Phase::Moving] {
+            let e = journal.advance("m1", late, None).expect("no-op");
+            assert_eq!(e.phase, Phase::Reported, "{late:?}");
+        }
+        // Kept survives a restart, and is final: kept once, resumed once.
+        journal
+            .advance("m1", Phase::Kept, Some("target down".into()))
+            .expect("kept");
+        let again = MoveJournal::load(&path).expect("reload");
+        let e = again.get("m1").expect("m1");
+        assert_eq!(
+            (e.phase, e.reason.as_deref()),
+            (Phase::Kept, Some("target down"))
+        );
+        for later in [
+            Phase::Kept,
+            Phase::Accepted,
+            Phase::Refused,
+            Phase::Switched,
+        ] {
+            let e = again.advance("m1", later, None).expect("no-op");
+            assert_eq!(e.phase, Phase::Kept, "{later:?}");
+        }
+        assert!(!Phase::Kept.target_owns());
+        assert!(!Phase::Reported.target_owns());
+
+        // The other ends of a reported move: the target's, or refused.
+        for (end, id) in [(Phase::Accepted, "m2"), (Phase::Refused, "m3")] {
+            journal.record(entry(id, id, Role::Source)).expect("record");
+            journal
+                .advance(id, Phase::Switching, None)
+                .expect("switching");
+            journal
+                .advance(id, Phase::Reported, None)
+                .expect("reported");
+            assert_eq!(journal.advance(id, end, None).expect("end").phase, end);
+        }
     }
 }

@@ -7,7 +7,12 @@
 //!   assignment set (what left is no longer counted, what arrived is);
 //! - the negotiation's reservations, which authorize a peer's offer;
 //! - once the coordinators answer again, reporting every move switched
-//!   over meanwhile and journalling their verdict.
+//!   over meanwhile and journalling their verdict;
+//! - reporting a move this agent is the source of whose commit went
+//!   unanswered ([`UNSETTLED_AFTER`] in `switching`: the target died or is
+//!   cut off), journalled `reported` first, so that from then on only the
+//!   coordinators' answer settles it: the target's (the copy here goes),
+//!   kept here (journalled `kept`, and the copy resumes once), or wait.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -15,19 +20,25 @@ use std::time::Duration;
 
 use herd_api::client::{HerdClient, Repeat};
 use herd_api::proto::agent::agent_client::AgentClient;
-use herd_api::proto::agent::OfflineMoveReport;
+use herd_api::proto::agent::{OfflineMoveReport, OfflineMoveVerdict};
 use herd_api::resources::Resources;
 use herd_balance::{Event, PeerInfo};
 
 use super::assigned::AssignedWork;
 use super::journal::{MoveEntry, MoveJournal, Phase, Role};
 use super::moves::MoveOutcome;
+use crate::migrate::offline::OfflineSource;
 
 /// Longest an offline move may take before the balancer counts it failed
 /// (the move itself ends on its own: aborted, or settled later).
 const MOVE_LIMIT: Duration = Duration::from_secs(300);
 /// One reconciliation report's timeout.
 const REPORT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a source's move stays `switching` (its commit unanswered)
+/// before it is reported to the coordinators as unsettled: the time the
+/// source keeps asking for the commit, so that a target that answers late
+/// settles it itself.
+pub const UNSETTLED_AFTER: Duration = crate::migrate::offline::COMMIT_BUDGET;
 
 /// FAULT-INJECTION HOOK for tests: `MS` makes the agent wait that long,
 /// once the coordinators answer again, before it reports its offline moves,
@@ -117,11 +128,14 @@ impl OfflineMoves {
         let waited = tokio::time::timeout(MOVE_LIMIT, async {
             loop {
                 match self.journal.get(&move_id).map(|e| (e.phase, e.reason)) {
-                    Some((phase, _)) if phase >= Phase::Switched && phase != Phase::Aborted => {
+                    Some((Phase::Switched | Phase::Accepted | Phase::Refused, _)) => {
                         return (true, "moved agent to agent (journalled)".to_string())
                     }
-                    Some((Phase::Aborted, reason)) => {
-                        return (false, format!("aborted: {}", reason.unwrap_or_default()))
+                    Some((phase @ (Phase::Aborted | Phase::Kept), reason)) => {
+                        return (
+                            false,
+                            format!("{}: {}", phase.as_str(), reason.unwrap_or_default()),
+                        )
                     }
                     None => return (false, "the move's journal entry was closed".into()),
                     Some(_) => {}
@@ -146,13 +160,15 @@ impl OfflineMoves {
     }
 
     /// The coordinators answer: reports every move switched over while they
-    /// were away (one report task at a time).
+    /// were away, and every move of this source left unsettled (one report
+    /// task at a time).
     pub fn coordinators_answered(&self, client: &HerdClient) {
+        let now = herd_api::clock::now_ms();
         let pending: Vec<MoveEntry> = self
             .journal
             .entries()
             .into_iter()
-            .filter(|e| e.phase == Phase::Switched)
+            .filter(|e| e.phase == Phase::Switched || unsettled(e, now))
             .collect();
         if pending.is_empty() || self.reconciling.swap(true, Ordering::SeqCst) {
             return;
@@ -175,7 +191,11 @@ impl OfflineMoves {
                 tokio::time::sleep(Duration::from_millis(hold)).await;
             }
             for entry in pending {
-                report(&client, &journal, &node, &entry).await;
+                if entry.phase == Phase::Switched {
+                    report(&client, &journal, &node, &entry).await;
+                } else {
+                    report_unsettled(&client, &journal, &node, &entry).await;
+                }
             }
             flag.store(false, Ordering::SeqCst);
         });
@@ -213,17 +233,110 @@ pub fn give_up_orphaned_arrivals(journal: &MoveJournal) -> usize {
     given_up
 }
 
-/// Reports one move and journals the verdict; a failed call leaves it for
-/// the next time the coordinators answer.
-async fn report(client: &HerdClient, journal: &MoveJournal, node: &str, entry: &MoveEntry) {
-    let request = OfflineMoveReport {
+/// Whether `entry` is a move of this source to report unsettled at `now_ms`:
+/// `switching` for [`UNSETTLED_AFTER`] or more, or `reported` already (the
+/// coordinators said to wait, or did not answer).
+pub fn unsettled(entry: &MoveEntry, now_ms: u64) -> bool {
+    entry.role == Role::Source
+        && match entry.phase {
+            Phase::Reported => true,
+            Phase::Switching => {
+                now_ms.saturating_sub(entry.at_ms) >= UNSETTLED_AFTER.as_millis() as u64
+            }
+            _ => false,
+        }
+}
+
+/// What a source journals of the coordinators' answer to an unsettled
+/// report, if anything (`wait`: nothing, ask again later).
+pub fn unsettled_outcome(verdict: &OfflineMoveVerdict) -> Option<(Phase, Option<String>)> {
+    match verdict.decision.as_str() {
+        "source" => Some((Phase::Kept, Some(verdict.reason.clone()))),
+        "wait" => None,
+        "refused" => Some((Phase::Refused, Some(verdict.reason.clone()))),
+        "target" => Some((Phase::Accepted, None)),
+        // Coordinators older than the decision: only an acceptance is
+        // clear; anything else is asked again.
+        _ if verdict.accepted => Some((Phase::Accepted, None)),
+        _ => None,
+    }
+}
+
+/// Reports a move of this source whose commit went unanswered: journals
+/// `reported` first (from then on the target's word no longer counts),
+/// asks the target to abort (its answer, that it does not hold the move
+/// as taken over, lets the coordinators keep it here while the target
+/// lives), then asks the coordinators and journals their decision.
+async fn report_unsettled(
+    client: &HerdClient,
+    journal: &MoveJournal,
+    node: &str,
+    entry: &MoveEntry,
+) {
+    let entry = match journal.advance(&entry.move_id, Phase::Reported, None) {
+        Ok(now) if now.phase == Phase::Reported => now,
+        // Settled otherwise meanwhile (the target answered the commit).
+        Ok(_) => return,
+        Err(e) => {
+            tracing::warn!(move_id = %entry.move_id, error = %e, "cannot journal the report");
+            return;
+        }
+    };
+    let source = OfflineSource {
+        journal: journal.clone(),
+        move_id: entry.move_id.clone(),
+        node: node.to_string(),
+        connector: None,
+    };
+    let disowned = source.target_disowns(&entry).await;
+    let mut request = report_of(node, &entry);
+    request.unsettled = true;
+    request.target_disowned = disowned;
+    let Some(verdict) = ask(client, &entry, request).await else {
+        return;
+    };
+    tracing::info!(
+        move_id = %entry.move_id,
+        alloc = %entry.alloc_id,
+        target = %entry.target,
+        disowned,
+        decision = %verdict.decision,
+        reason = %verdict.reason,
+        "the coordinators answered a move whose commit went unanswered"
+    );
+    let Some((phase, reason)) = unsettled_outcome(&verdict) else {
+        return;
+    };
+    match journal.advance(&entry.move_id, phase, reason) {
+        Ok(now) if now.phase == Phase::Kept => {
+            tracing::warn!(move_id = %entry.move_id, alloc = %entry.alloc_id, "the coordinators kept the allocation here; resuming its copy");
+        }
+        Ok(_) => {}
+        Err(e) => {
+            tracing::warn!(move_id = %entry.move_id, error = %e, "cannot journal the decision")
+        }
+    }
+}
+
+fn report_of(node: &str, entry: &MoveEntry) -> OfflineMoveReport {
+    OfflineMoveReport {
         node: node.to_string(),
         move_id: entry.move_id.clone(),
         alloc_id: entry.alloc_id.clone(),
         from_generation: entry.generation,
         source: entry.source.clone(),
         target: entry.target.clone(),
-    };
+        unsettled: false,
+        target_disowned: false,
+    }
+}
+
+/// Sends `request` to the leader; None if it did not answer.
+async fn ask(
+    client: &HerdClient,
+    entry: &MoveEntry,
+    request: OfflineMoveReport,
+) -> Option<OfflineMoveVerdict> {
     let call = client.call_leader_as(Repeat::Safe, |channel| {
         let request = request.clone();
         async move {
@@ -233,13 +346,21 @@ async fn report(client: &HerdClient, journal: &MoveJournal, node: &str, entry: &
                 .map(|r| r.into_inner())
         }
     });
-    let verdict = match tokio::time::timeout(REPORT_TIMEOUT, call).await {
-        Ok(Ok(verdict)) => verdict,
+    match tokio::time::timeout(REPORT_TIMEOUT, call).await {
+        Ok(Ok(verdict)) => Some(verdict),
         Ok(Err(e)) => {
             tracing::warn!(move_id = %entry.move_id, error = %e, "cannot report an offline move; trying again later");
-            return;
+            None
         }
-        Err(_) => return,
+        Err(_) => None,
+    }
+}
+
+/// Reports one move and journals the verdict; a failed call leaves it for
+/// the next time the coordinators answer.
+async fn report(client: &HerdClient, journal: &MoveJournal, node: &str, entry: &MoveEntry) {
+    let Some(verdict) = ask(client, entry, report_of(node, entry)).await else {
+        return;
     };
     let (phase, reason) = if verdict.accepted {
         (Phase::Accepted, None)
@@ -265,7 +386,10 @@ async fn report(client: &HerdClient, journal: &MoveJournal, node: &str, entry: &
 pub fn effective_work(mut work: Vec<AssignedWork>, entries: &[MoveEntry]) -> Vec<AssignedWork> {
     for entry in entries {
         match (entry.role, entry.phase) {
-            (Role::Source, Phase::Switching | Phase::Switched | Phase::Accepted) => {
+            (
+                Role::Source,
+                Phase::Switching | Phase::Reported | Phase::Switched | Phase::Accepted,
+            ) => {
                 work.retain(|w| !(w.alloc_id == entry.alloc_id && w.generation <= entry.generation))
             }
             (Role::Target, phase) if phase.target_owns() => {
@@ -404,5 +528,63 @@ mod tests {
             let w = effective_work(set.clone(), &[entry("c", Role::Target, phase)]);
             assert_eq!(ids(&w), vec!["a", "b"], "{phase:?}");
         }
+    }
+
+    #[test]
+    fn a_long_switching_move_of_this_source_is_reported_unsettled() {
+        let limit = UNSETTLED_AFTER.as_millis() as u64;
+        let mut e = entry("a", Role::Source, Phase::Switching);
+        e.at_ms = 1_000;
+        assert!(
+            !unsettled(&e, 1_000 + limit - 1),
+            "the commit is still asked"
+        );
+        assert!(unsettled(&e, 1_000 + limit));
+        e.phase = Phase::Reported;
+        assert!(unsettled(&e, 1_000), "asked again until they settle it");
+        for phase in [Phase::Moving, Phase::Switched, Phase::Kept, Phase::Aborted] {
+            e.phase = phase;
+            assert!(!unsettled(&e, u64::MAX), "{phase:?}");
+        }
+        let mut t = entry("a", Role::Target, Phase::Switching);
+        t.at_ms = 0;
+        assert!(!unsettled(&t, u64::MAX), "only a source reports it");
+        // Left out of the load while reported; counted again once kept.
+        let w = effective_work(
+            vec![work("a")],
+            &[entry("a", Role::Source, Phase::Reported)],
+        );
+        assert!(w.is_empty());
+        let w = effective_work(vec![work("a")], &[entry("a", Role::Source, Phase::Kept)]);
+        assert_eq!(w.len(), 1);
+    }
+
+    #[test]
+    fn the_coordinators_decision_on_an_unsettled_move_is_journalled_as_it_says() {
+        let verdict = |decision: &str, accepted: bool| OfflineMoveVerdict {
+            accepted,
+            generation: 0,
+            reason: format!("because {decision}"),
+            decision: decision.into(),
+        };
+        assert_eq!(
+            unsettled_outcome(&verdict("source", false)),
+            Some((Phase::Kept, Some("because source".into())))
+        );
+        assert_eq!(unsettled_outcome(&verdict("wait", false)), None);
+        assert_eq!(
+            unsettled_outcome(&verdict("target", true)),
+            Some((Phase::Accepted, None))
+        );
+        assert_eq!(
+            unsettled_outcome(&verdict("refused", false)).map(|o| o.0),
+            Some(Phase::Refused)
+        );
+        // An older coordinator: only its acceptance is understood.
+        assert_eq!(
+            unsettled_outcome(&verdict("", true)).map(|o| o.0),
+            Some(Phase::Accepted)
+        );
+        assert_eq!(unsettled_outcome(&verdict("", false)), None);
     }
 }

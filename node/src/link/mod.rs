@@ -16,6 +16,7 @@ mod gpu_classes;
 mod reports;
 mod watch;
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -141,6 +142,10 @@ pub struct LinkState {
     /// leader's); the link's start before any.
     last_contact: Instant,
     tasks: Vec<JoinHandle<()>>,
+    /// The allocations (id, generation) whose assignment was logged, so
+    /// that each is logged once, with the request id that made its job
+    /// version, rather than on every set that lists it.
+    logged: HashSet<(String, u64)>,
 }
 
 /// The actor; see the module documentation.
@@ -185,6 +190,7 @@ impl Actor for CoordinatorLink {
             shortest_stop_after: None,
             last_contact: Instant::now(),
             tasks: vec![reports],
+            logged: HashSet::new(),
         })
     }
 
@@ -347,6 +353,7 @@ impl CoordinatorLink {
             .filter_map(crate::balance::assigned::from_assignment)
             .collect();
         state.args.assigned.send_replace(work);
+        log_new_assignments(&mut state.logged, &assigned.allocs);
         let mut allocs = Vec::with_capacity(assigned.allocs.len());
         for mut alloc in assigned.allocs {
             let migration = alloc.migration.take();
@@ -424,6 +431,29 @@ impl LinkState {
 
 /// An assignment as the supervisor takes it, or the failure report of one
 /// the agent cannot understand.
+/// Logs each allocation the first time a set lists it at its generation,
+/// naming the request that made its job version when the coordinators know
+/// it (the end of a request id's trail from the CLI: api/src/request_id.rs),
+/// and forgets those no longer listed.
+fn log_new_assignments(logged: &mut HashSet<(String, u64)>, allocs: &[AssignedAllocation]) {
+    let listed: HashSet<(String, u64)> = allocs
+        .iter()
+        .map(|a| (a.id.clone(), a.generation))
+        .collect();
+    for alloc in allocs {
+        if logged.contains(&(alloc.id.clone(), alloc.generation)) {
+            continue;
+        }
+        let role = alloc.migration.as_ref().map_or("", |m| m.role.as_str());
+        if alloc.request_id.is_empty() {
+            tracing::info!(alloc = %alloc.id, job = %alloc.job, generation = alloc.generation, migration_role = role, "allocation assigned");
+        } else {
+            tracing::info!(alloc = %alloc.id, job = %alloc.job, generation = alloc.generation, migration_role = role, request_id = %alloc.request_id, "allocation assigned");
+        }
+    }
+    *logged = listed;
+}
+
 fn desired_from_proto(alloc: AssignedAllocation) -> Result<DesiredAlloc, Box<AllocReport>> {
     let fail = |detail: String| {
         Box::new(AllocReport {

@@ -317,6 +317,12 @@ mod tests {
         ) -> Result<Response<herd_api::proto::agent::OfflineMoveVerdict>, Status> {
             Err(Status::unimplemented("not in this test"))
         }
+        async fn acl_table(
+            &self,
+            _: Request<herd_api::proto::agent::AclTableRequest>,
+        ) -> Result<Response<herd_api::proto::agent::AclTableReply>, Status> {
+            Err(Status::unimplemented("not in this test"))
+        }
         async fn report_allocations(
             &self,
             request: Request<ReportAllocationsRequest>,

@@ -26,6 +26,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use herd_actors::driver::live::SOURCE_NODE_ENV;
 use herd_actors::driver::{Driver, MigrationMode, WorkloadHandle};
 use herd_actors::workload::store::AllocStore;
 use herd_actors::workload::{DesiredAlloc, SupervisorMsg};
@@ -596,6 +597,7 @@ impl ManagerState {
                 live.clone(),
                 m.id.clone(),
             );
+            let source = m.peer_node.clone();
             let ready: Arc<dyn Fn() -> EndpointsFuture + Send + Sync> = Arc::new(move || {
                 let (driver, store, desired, live, migration_id) = (
                     driver.clone(),
@@ -604,6 +606,7 @@ impl ManagerState {
                     live.clone(),
                     migration_id.clone(),
                 );
+                let source = source.clone();
                 Box::pin(async move {
                     // Marked first: from here the supervisor's start-up
                     // scans leave the directory to the manager.
@@ -611,8 +614,11 @@ impl ManagerState {
                         .mark_incoming(&desired.alloc_id, &migration_id)
                         .map_err(|e| e.to_string())?;
                     let alloc_dir = store.save_desired(&desired).map_err(|e| e.to_string())?;
+                    // The source, for a target that checks who connects.
+                    let mut spec = desired.spec(alloc_dir);
+                    spec.env.insert(SOURCE_NODE_ENV.to_string(), source);
                     let (handle, endpoints) = driver
-                        .prepare_incoming(&desired.spec(alloc_dir))
+                        .prepare_incoming(&spec)
                         .await
                         .map_err(|e| e.to_string())?;
                     store.save_handle(&handle).map_err(|e| e.to_string())?;

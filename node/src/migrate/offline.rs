@@ -59,8 +59,34 @@ const STEP_BUDGET_MS: u64 = 600_000;
 /// One `OfflineMove` call's timeout.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the source keeps asking an unreachable target to commit
-/// before it leaves the question to [`resolve_switching`].
-const COMMIT_BUDGET: Duration = Duration::from_secs(30);
+/// before it leaves the question to [`resolve_switching`] (and, once the
+/// coordinators answer, to them: `balance::offline::UNSETTLED_AFTER`).
+pub const COMMIT_BUDGET: Duration = Duration::from_secs(30);
+
+/// FAULT-INJECTION HOOK for tests: `MS` makes a target that journalled an
+/// offline move's commit hold that long before it answers the source, so
+/// that a test can kill it between the two (the source then never hears
+/// the answer). Unset in production.
+pub const FAULT_COMMIT_HOLD_ENV: &str = "HERD_FAULT_OFFLINE_COMMIT_HOLD_MS";
+
+/// Holds a target's answer to a commit as [`FAULT_COMMIT_HOLD_ENV`] says
+/// (nothing when it is unset, or for any other action).
+pub async fn fault_commit_hold(action: &str) {
+    if action != COMMIT {
+        return;
+    }
+    let Some(ms) = std::env::var(FAULT_COMMIT_HOLD_ENV)
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    else {
+        return;
+    };
+    tracing::warn!(
+        ms,
+        "fault injection: holding the answer to an offline move's commit"
+    );
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+}
 
 fn source_assignment(entry: &MoveEntry, driver: &str) -> MigrationAssignment {
     MigrationAssignment {
@@ -115,8 +141,10 @@ pub fn overlay(entries: &[MoveEntry], mut allocs: Vec<SetItem>) -> (Vec<SetItem>
                 .any(|(d, _)| d.alloc_id == entry.alloc_id && pred(d.generation))
         };
         match (entry.role, entry.phase) {
-            (_, Phase::Aborted | Phase::Refused) => close.push(entry.move_id.clone()),
-            (Role::Source, Phase::Moving | Phase::Switching) => {
+            // Kept: the coordinators' set names the allocation here, at its
+            // generation, without the move: its copy resumes.
+            (_, Phase::Aborted | Phase::Refused | Phase::Kept) => close.push(entry.move_id.clone()),
+            (Role::Source, Phase::Moving | Phase::Switching | Phase::Reported) => {
                 for (d, m) in allocs.iter_mut() {
                     if d.alloc_id == entry.alloc_id
                         && d.generation == entry.generation
@@ -194,7 +222,10 @@ pub fn report_withheld(journal: &MoveJournal, alloc_id: &str, generation: u64) -
     journal.of_alloc(alloc_id).is_some_and(|e| {
         e.role == Role::Source
             && e.generation == generation
-            && matches!(e.phase, Phase::Switching | Phase::Switched)
+            && matches!(
+                e.phase,
+                Phase::Switching | Phase::Reported | Phase::Switched
+            )
     })
 }
 
@@ -405,23 +436,43 @@ impl OfflineSource {
         }
     }
 
-    /// Records what the target said of a commit or a status question.
+    /// Records what the target said of a commit or a status question;
+    /// a move reported to the coordinators meanwhile is theirs to settle,
+    /// and the answer changes nothing.
     fn settle(&self, entry: &MoveEntry, phase: &str) -> Result<u64, String> {
-        let (to, ok) = match phase {
+        let to = match phase {
             // Refused: the target had taken over, and the coordinators
             // since refused it; this agent's own report will hear so too.
-            "switched" | "accepted" | "refused" => (Phase::Switched, true),
-            _ => (Phase::Aborted, false),
+            "switched" | "accepted" | "refused" => Phase::Switched,
+            _ => Phase::Aborted,
         };
-        let reason = (!ok).then(|| format!("the target answered {phase}"));
-        self.journal
+        let reason = (to == Phase::Aborted).then(|| format!("the target answered {phase}"));
+        let now = self
+            .journal
             .advance(&entry.move_id, to, reason)
             .map_err(|e| e.to_string())?;
-        if ok {
-            Ok(entry.generation + 1)
-        } else {
-            Err(format!("the target did not take over: it says {phase}"))
+        match now.phase {
+            Phase::Switched => Ok(entry.generation + 1),
+            Phase::Aborted => Err(format!("the target did not take over: it says {phase}")),
+            other => Err(format!(
+                "the target answered {phase}, but the move is {} here: the coordinators settle it",
+                other.as_str()
+            )),
         }
+    }
+
+    /// Asks the target of a move reported unsettled to abort it, and
+    /// whether it answered that it does not hold it as taken over
+    /// (`aborted`, or no such move): then it never will, since its commit
+    /// is journalled forward only and this source asks for none any more.
+    /// False when it does not answer, or holds the move as switched.
+    pub async fn target_disowns(&self, entry: &MoveEntry) -> bool {
+        let mut request = self.request(ABORT, entry);
+        request.reason = "the commit went unanswered; the coordinators settle the move".into();
+        matches!(
+            self.call(entry, request).await.as_deref(),
+            Ok("aborted" | UNKNOWN)
+        )
     }
 
     /// Gives the move up before the switch-over; a move in `switching` is
@@ -743,5 +794,84 @@ mod tests {
             ..Default::default()
         };
         assert!(serve(&journal, "n2", bad).is_err());
+    }
+
+    #[test]
+    fn a_reported_move_stays_paused_until_the_coordinators_settle_it() {
+        let stale = vec![(desired("a1", 1), None), (desired("a2", 1), None)];
+        // Reported: still the source's move (the copy stays paused).
+        let (set, close) = overlay(&[entry(Role::Source, Phase::Reported)], stale.clone());
+        assert_eq!(
+            ids(&set),
+            vec![
+                ("a1".into(), 1, Some("source".into())),
+                ("a2".into(), 1, None)
+            ]
+        );
+        assert_eq!(
+            set[0].1.as_ref().map(|m| m.phase.as_str()),
+            Some("switching")
+        );
+        assert!(close.is_empty());
+        // Kept: the set as the coordinators send it, the move closed, so
+        // the copy resumes.
+        let (set, close) = overlay(&[entry(Role::Source, Phase::Kept)], stale);
+        assert_eq!(
+            ids(&set),
+            vec![("a1".into(), 1, None), ("a2".into(), 1, None)]
+        );
+        assert_eq!(close, vec!["off-1".to_string()]);
+    }
+
+    #[test]
+    fn a_late_answer_of_the_target_is_ignored_once_the_move_was_reported() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let journal = MoveJournal::load(&dir.path().join("j.json")).expect("journal");
+        journal
+            .record(entry(Role::Source, Phase::Moving))
+            .expect("record");
+        journal
+            .advance("off-1", Phase::Switching, None)
+            .expect("switching");
+        journal
+            .advance("off-1", Phase::Reported, None)
+            .expect("reported");
+        assert!(report_withheld(&journal, "a1", 1));
+        let source = OfflineSource {
+            journal: journal.clone(),
+            move_id: "off-1".into(),
+            node: "n1".into(),
+            connector: None,
+        };
+        let e = journal.get("off-1").expect("entry");
+        for late in ["aborted", "unknown", "switched"] {
+            let err = source
+                .settle(&e, late)
+                .expect_err("not settled by the target");
+            assert!(err.contains("coordinators"), "{err}");
+            assert_eq!(journal.get("off-1").map(|e| e.phase), Some(Phase::Reported));
+        }
+        // Kept by the coordinators: the report of its copy may go again.
+        journal
+            .advance("off-1", Phase::Kept, Some("target down".into()))
+            .expect("kept");
+        assert!(!report_withheld(&journal, "a1", 1));
+    }
+
+    #[tokio::test]
+    async fn a_target_that_does_not_answer_does_not_disown_the_move() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let journal = MoveJournal::load(&dir.path().join("j.json")).expect("journal");
+        let mut e = entry(Role::Source, Phase::Moving);
+        // Nothing listens there.
+        e.peer_addr = "127.0.0.1:1".into();
+        journal.record(e.clone()).expect("record");
+        let source = OfflineSource {
+            journal,
+            move_id: "off-1".into(),
+            node: "n1".into(),
+            connector: None,
+        };
+        assert!(!source.target_disowns(&e).await);
     }
 }

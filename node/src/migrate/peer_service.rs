@@ -205,7 +205,10 @@ impl AgentPeer for AgentPeerService {
                 "this agent takes no balancing moves with the coordinators away",
             ));
         };
-        super::offline::serve(journal, node, request.into_inner()).map(Response::new)
+        let action = request.get_ref().action.clone();
+        let reply = super::offline::serve(journal, node, request.into_inner())?;
+        super::offline::fault_commit_hold(&action).await;
+        Ok(Response::new(reply))
     }
 
     async fn gossip(

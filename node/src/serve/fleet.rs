@@ -84,6 +84,8 @@ struct Shared {
     view: Mutex<View>,
     rng: Mutex<fastrand::Rng>,
     channels: Mutex<HashMap<String, Channel>>,
+    /// The agent's own token, sent with its calls to other agents.
+    token: std::sync::OnceLock<herd_api::client::BearerToken>,
 }
 
 /// The fleet view; cheap to clone.
@@ -127,6 +129,7 @@ impl Fleet {
                 view: Mutex::default(),
                 rng: Mutex::new(fastrand::Rng::with_seed(seed)),
                 channels: Mutex::default(),
+                token: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -275,6 +278,13 @@ impl Fleet {
             .map(|i| i.agent.clone())
     }
 
+    /// Sends `token` (the agent's node token) with this view's calls to
+    /// other agents, which check tokens once the cluster is bootstrapped;
+    /// set once, before the view polls.
+    pub fn set_token(&self, token: herd_api::client::BearerToken) {
+        let _ = self.shared.token.set(token);
+    }
+
     /// A channel to the agent at `addr`, kept for later calls.
     pub fn channel(&self, addr: &str) -> Result<Channel, Status> {
         let mut channels = self
@@ -343,7 +353,8 @@ impl Fleet {
         let calls = agents.into_iter().filter_map(|addr| {
             let channel = self.channel(&addr).ok()?;
             Some(async move {
-                let mut client = NodeAgentClient::new(channel);
+                let token = self.shared.token.get().cloned().unwrap_or_default();
+                let mut client = NodeAgentClient::with_interceptor(channel, token);
                 let call = client.engine_stats(EngineStatsRequest {});
                 match tokio::time::timeout(CALL_TIMEOUT, call).await {
                     Ok(Ok(reply)) => Some(reply.into_inner().engines),

@@ -63,6 +63,37 @@ const MAX_ID_BYTES: usize = 256;
 /// How long dialing another agent may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// FAULT-INJECTION HOOK for tests: `STEP:MS` makes the source of every
+/// request migration hold for MS milliseconds at STEP, inside the window
+/// between the freeze and the commit, so that a test can kill an agent
+/// there: `frozen` (the request is frozen on the source and its last
+/// blocks read; nothing of the last stage sent, the target holds staged
+/// blocks only) or `resumed` (the target checked the blocks and resumed
+/// the request, holding its stream; the source has not committed). Read
+/// from this environment variable only; unset in production.
+pub const FAULT_HOLD_ENV: &str = "HERD_FAULT_REQUEST_MIGRATION_HOLD";
+
+/// How long [`FAULT_HOLD_ENV`] says to hold at `step`, if at all.
+fn fault_hold_at(step: &str) -> Option<Duration> {
+    let value = std::env::var(FAULT_HOLD_ENV).ok()?;
+    let (at, ms) = value.split_once(':')?;
+    (at == step)
+        .then(|| ms.parse::<u64>().ok())
+        .flatten()
+        .map(Duration::from_millis)
+}
+
+/// Holds for as long as [`FAULT_HOLD_ENV`] says at `step`.
+async fn fault_hold(step: &str, migration: &str) {
+    if let Some(hold) = fault_hold_at(step) {
+        tracing::warn!(
+            %migration, step, ms = hold.as_millis() as u64,
+            "fault injection: holding the request migration"
+        );
+        tokio::time::sleep(hold).await;
+    }
+}
+
 /// Where a request goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
@@ -492,6 +523,7 @@ pub async fn migrate_request(
             .await
             .map_err(src("freeze and final export"))?
             .into_inner();
+        fault_hold("frozen", &migration).await;
         let state = blocks
             .state
             .clone()
@@ -521,6 +553,7 @@ pub async fn migrate_request(
             return Err(e);
         }
     };
+    fault_hold("resumed", &migration).await;
     outcome.downtime = frozen_at.elapsed();
     outcome.stages = stage;
     outcome.blocks += blocks.blocks;

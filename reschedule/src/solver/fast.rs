@@ -10,7 +10,7 @@
 //! so the best destination of every VM comes from a short per-shape list.
 
 use std::collections::HashMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::{best_prefix, Limits, Solution, SolveError, Solver};
 use crate::model::{placements_on, Instance, Move, Placement};
@@ -398,18 +398,39 @@ impl Solver for Fast {
         let top = self.top.max(3);
         let fast = Fast { top, ..*self };
 
+        let built = Instant::now();
         let mut state = State::new(inst, limits.shape);
+        // The deadline is a promise ("in under 1 s"): what a round does
+        // around its descent (a fresh state, the replays that score its
+        // plan) is measured, and each descent stops that much earlier.
+        // Before any round, three state builds stand in for it.
+        // A last descent step can still run longer than the one before it:
+        // 1 % of the deadline is kept for that.
+        let mut overhead = built.elapsed() * 3 + limits.deadline / 100;
+        let within = |overhead: Duration| Limits {
+            deadline: limits.deadline.saturating_sub(overhead),
+            ..*limits
+        };
         let mut moves = Vec::new();
         let mut moved = vec![false; inst.vms.len()];
         descend(
-            &mut state, &mut moves, &mut moved, &prep, &fast, limits, start, &mut rng, 0.0,
+            &mut state,
+            &mut moves,
+            &mut moved,
+            &prep,
+            &fast,
+            &within(overhead),
+            start,
+            &mut rng,
+            0.0,
         );
         let (mut best, mut best_fr) = best_prefix(inst, limits.shape, &moves);
         let mut best_slots = slots_of(inst, limits, &best);
         let mut iterations = 0u64;
 
-        while start.elapsed() < limits.deadline && limits.max_moves > 0 {
+        while start.elapsed() + overhead < limits.deadline && limits.max_moves > 0 {
             iterations += 1;
+            let round = Instant::now();
             let mut state = State::new(inst, limits.shape);
             let mut moves = Vec::new();
             let mut moved = vec![false; inst.vms.len()];
@@ -433,9 +454,19 @@ impl Solver for Fast {
                 }
             }
             let noise = 8.0 + 120.0 * rng.unit();
+            let before = round.elapsed();
             descend(
-                &mut state, &mut moves, &mut moved, &prep, &fast, limits, start, &mut rng, noise,
+                &mut state,
+                &mut moves,
+                &mut moved,
+                &prep,
+                &fast,
+                &within(overhead),
+                start,
+                &mut rng,
+                noise,
             );
+            let after = Instant::now();
             let (cand, fr) = best_prefix(inst, limits.shape, &moves);
             let slots = slots_of(inst, limits, &cand);
             if slots > best_slots || (slots == best_slots && cand.len() < best.len()) {
@@ -443,6 +474,7 @@ impl Solver for Fast {
                 best_fr = fr;
                 best_slots = slots;
             }
+            overhead = overhead.max(before + after.elapsed() + limits.deadline / 100);
         }
         Ok(Solution {
             moves: best,

@@ -90,7 +90,7 @@ pub struct MachineConfig {
     /// The control socket to serve, if any.
     pub control: Option<PathBuf>,
     /// Start as an incoming migration's target, listening here
-    /// (`127.0.0.1:0`: a free port).
+    /// (`HOST:0`: a free port of HOST, the node's migration host).
     pub incoming: Option<String>,
 }
 

@@ -7,8 +7,11 @@
 //!
 //! - **Target** ([`prepare_incoming`]): the spec's `herd sim-vm` started as
 //!   a normal start would (same command line, same handle, persisted by the
-//!   agent), plus `--incoming 127.0.0.1:0`: paused, listening. The endpoint
-//!   is the address it reports over its control socket.
+//!   agent), plus `--incoming HOST:0`: paused, listening on a free port of
+//!   the driver's migration host (the node's `migration_host`, by default
+//!   the host of the agent's `advertise` address; loopback for a driver
+//!   built without a node's configuration). The endpoint is the address it
+//!   reports over its control socket, the address it bound.
 //! - **Source** ([`migrate_out`]): `migrate` to that address with the
 //!   downtime limit and the bandwidth cap, then `status` every 50 ms for
 //!   the progress, until `completed` (the target acknowledged the whole
@@ -30,10 +33,6 @@ use crate::driver::exec::Detail;
 use crate::driver::live::{IncomingEndpoints, MoveLimits, MoveProgress, MoveStats, ProgressSink};
 use crate::driver::{Driver, DriverError, WorkloadHandle, WorkloadSpec, WorkloadState};
 
-/// Where an incoming simulated VM listens: loopback, a free port. Agents
-/// on other hosts need an advertised address (a node setting, not there
-/// yet), as for real VMs.
-pub const LISTEN: &str = "127.0.0.1:0";
 /// How often a move in flight is looked at.
 const POLL: Duration = Duration::from_millis(50);
 /// How long a started process may take to answer on its control socket.
@@ -67,7 +66,10 @@ pub(super) async fn prepare_incoming(
     if let Some(stale) = driver.recover(spec).await? {
         driver.stop(&stale, TARGET_STOP_GRACE).await?;
     }
-    let args = ["--incoming", LISTEN].map(String::from);
+    let args = [
+        "--incoming".to_string(),
+        driver.migration_host().with_port(0),
+    ];
     let handle = driver.start_with_args(spec, &args).await?;
     match listening(driver, &handle).await {
         Ok(main) => Ok((

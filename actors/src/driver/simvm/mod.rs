@@ -34,18 +34,36 @@ use herd_api::validate::FieldError;
 use herd_api::vm::SimVmSettings;
 
 use super::exec_backed::{ExecBacked, ExecCommand, ExecKind, Run};
-use super::live::{IncomingEndpoints, MoveLimits, MoveStats, ProgressSink};
+use super::live::{IncomingEndpoints, MigrationHost, MoveLimits, MoveStats, ProgressSink};
 use super::{
     DriverCapabilities, DriverError, MigrationMode, WorkloadHandle, WorkloadSpec, WorkloadState,
 };
 
 /// The `simvm` kind of exec-backed workload: `herd sim-vm` sized by the
-/// task's memory, with its control socket in the allocation directory.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct SimVm;
+/// task's memory, with its control socket in the allocation directory;
+/// holds the host its incoming migrations listen on ([`migrate`]).
+#[derive(Debug, Clone, Default)]
+pub struct SimVm {
+    migration_host: MigrationHost,
+}
 
 /// The `simvm` driver.
 pub type SimVmDriver = ExecBacked<SimVm>;
+
+impl ExecBacked<SimVm> {
+    /// Makes incoming migrations listen on `host` and name it in their
+    /// endpoints: the node's `migration_host`, which other agents reach.
+    /// Default: loopback.
+    pub fn with_migration_host(mut self, host: MigrationHost) -> Self {
+        self.kind_mut().migration_host = host;
+        self
+    }
+
+    /// Where this driver's incoming migrations listen.
+    pub fn migration_host(&self) -> &MigrationHost {
+        &self.kind().migration_host
+    }
+}
 
 #[async_trait::async_trait]
 impl ExecKind for SimVm {

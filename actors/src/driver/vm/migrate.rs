@@ -5,15 +5,29 @@
 //! spec as a normal start (same command line, same handle), plus
 //! `-incoming defer -S`. If the VM has a local disk (the fresh `disk_size`
 //! disk in the allocation directory, created empty with the same size), an
-//! NBD server on `127.0.0.1` exports it writable; then `migrate-incoming`
-//! listens on `tcp:127.0.0.1:0`, the port QEMU took read back from
-//! `query-migrate`. The endpoints say where: `main` (the migration stream),
-//! `nbd` and `nbd_export` (the disk).
+//! NBD server on the driver's migration host exports it writable; then
+//! `migrate-incoming` listens on `tcp:HOST:0`, the port QEMU took read back
+//! from `query-migrate`. The migration host is the node's `migration_host`
+//! (by default the host of the agent's `advertise` address; loopback for a
+//! driver built without a node's configuration): the address the source's
+//! agent reaches this one at, bound and published in the endpoints, which
+//! say where: `main` (the migration stream), `nbd` and `nbd_export` (the
+//! disk). When the agent runs with TLS (the driver was given the node's
+//! identity), both streams are mutual TLS ([`super::tls`]): before it
+//! listens, the target gets a `tls-creds-x509` server object and a
+//! `tls-authz` admitting only the source node's certificate (named by
+//! [`SOURCE_NODE_ENV`] in the spec's environment), given to
+//! `migrate-set-parameters` and `nbd-server-start`; otherwise both are
+//! plain TCP (docs/vm.md, "What travels in the clear").
 //!
-//! **Source** ([`migrate_out`]): `migrate-set-parameters` sets the downtime
-//! limit and the bandwidth cap, with `auto-converge` on; a local disk is
-//! mirrored first (`drive-mirror sync=full mode=existing` to the NBD
-//! export, at the same cap) until it is in sync (job `ready`); then
+//! **Source** ([`migrate_out`]): `migrate-set-parameters` sets the
+//! downtime limit and the bandwidth cap, with `auto-converge` on, and under
+//! TLS a client `tls-creds-x509` object with `tls-hostname` `node.herd`
+//! (the target must hold a node certificate of the cluster's CA); a local
+//! disk is mirrored first (`blockdev-add` of an NBD client node for the
+//! target's export, with the same credentials under TLS, then
+//! `blockdev-mirror sync=full` into it, at the same cap) until it is in
+//! sync (job `ready`); then
 //! `migrate` to `main`, followed every [`POLL`] through `query-migrate`. With
 //! a disk, `pause-before-switchover` is on: once QEMU has stopped the VM for
 //! the last pass, the mirror is cancelled (a ready mirror, cancelled, first
@@ -24,7 +38,9 @@
 //! [`cancel_out`] does, the VM running on here.
 //!
 //! **Abort** ([`cancel_out`], source): `migrate_cancel`, the mirror
-//! force-cancelled, then `cont` if the VM was left paused (a completed
+//! force-cancelled, its NBD node and the TLS credentials dropped (a next
+//! move drops them too, should an agent crash have left them), then
+//! `cont` if the VM was left paused (a completed
 //! migration leaves it in `postmigrate`; QEMU itself restarts a VM whose
 //! migration was cancelled midway).
 //!
@@ -64,8 +80,12 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use super::qmp::{Qmp, QmpError};
+use super::tls::{self, MigrationTls, Side};
 use super::{qemu, socket, VmDriver};
-use crate::driver::live::{IncomingEndpoints, MoveLimits, MoveProgress, MoveStats, ProgressSink};
+pub use crate::driver::live::SOURCE_NODE_ENV;
+use crate::driver::live::{
+    IncomingEndpoints, MigrationHost, MoveLimits, MoveProgress, MoveStats, ProgressSink,
+};
 use crate::driver::move_timing;
 use crate::driver::{Driver, DriverError, WorkloadHandle, WorkloadSpec, WorkloadState};
 
@@ -75,12 +95,12 @@ pub const NBD_ENDPOINT: &str = "nbd";
 /// The endpoint name, in [`IncomingEndpoints::extra`], of the NBD export
 /// (the target's disk device) the source mirrors its disk into.
 pub const NBD_EXPORT: &str = "nbd_export";
-/// The address the target listens on. Loopback only for now: agents on
-/// other hosts need an advertised address (a node setting, not there yet).
-pub const LISTEN_HOST: &str = "127.0.0.1";
 
 /// The id of the disk mirror job on the source.
 const MIRROR_JOB: &str = "herd-mirror";
+/// The node name, on the source, of the NBD client node the mirror writes
+/// into (the target's export).
+const MIRROR_TARGET: &str = "herd-mirror-target";
 /// How often a wait on QEMU looks again: a new QMP socket, a migration or
 /// a mirror in flight. Measured (docs/benchmarks.md): at 100 ms, then 20
 /// ms, the late look was a visible part of a small VM's move; at 5 ms it
@@ -216,6 +236,44 @@ impl Session<'_, '_> {
         self.qmp.status().await.map_err(|e| self.vm.qmp_error(e))
     }
 
+    /// Gives QEMU the node's TLS credentials for `side` ([`tls`]): written
+    /// to a private directory, `object-add`ed, and the directory removed
+    /// at once (QEMU loaded the files when it made the object).
+    async fn add_tls_creds(
+        &mut self,
+        identity: &MigrationTls,
+        side: Side,
+    ) -> Result<(), DriverError> {
+        let dir = identity.write_dir(&self.vm.alloc_dir, side).map_err(|e| {
+            self.vm.error(format!(
+                "cannot write QEMU's TLS credentials in {}: {e}",
+                self.vm.alloc_dir.join(tls::CREDS_DIR).display()
+            ))
+        })?;
+        let added = self
+            .execute("object-add", Some(tls::creds_object(&dir, side)))
+            .await;
+        let removed = tls::remove_dir(&dir);
+        added?;
+        removed.map_err(|e| {
+            self.vm
+                .error(format!("cannot remove {}: {e}", dir.display()))
+        })
+    }
+
+    /// Drops what an earlier move of this QEMU left behind (the mirror's
+    /// NBD node, the TLS credentials), so that this one can add its own;
+    /// nothing to drop is no error, and a real failure shows in the next
+    /// command.
+    async fn forget_move(&mut self) {
+        let _ = self
+            .execute("blockdev-del", Some(json!({ "node-name": MIRROR_TARGET })))
+            .await;
+        let _ = self
+            .execute("object-del", Some(json!({ "id": tls::CREDS_ID })))
+            .await;
+    }
+
     /// The block device of the VM's local disk (the fresh disk in its
     /// directory), if it has one; a disk given by the user is not local.
     async fn local_disk(&mut self) -> Result<Option<String>, DriverError> {
@@ -256,10 +314,10 @@ fn u64_at(value: &Value, key: &str) -> u64 {
     value[key].as_u64().unwrap_or(0)
 }
 
-/// A port nothing listens on now, on [`LISTEN_HOST`] (QEMU binds it next;
-/// the caller retries if another process took it in between).
-fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind((LISTEN_HOST, 0))?
+/// A port nothing listens on now, on `host` (QEMU binds it next; the
+/// caller retries if another process took it in between).
+fn free_port(host: &MigrationHost) -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind((host.host(), 0))?
         .local_addr()?
         .port())
 }
@@ -300,6 +358,13 @@ pub(super) async fn prepare_incoming(
     spec: &WorkloadSpec,
 ) -> Result<(WorkloadHandle, IncomingEndpoints), DriverError> {
     move_timing::mark(&spec.alloc_id, "vm.in.begin", "");
+    let source = spec.env.get(SOURCE_NODE_ENV).map(String::as_str);
+    if let Some(name) = source.filter(|name| !herd_api::tls::identity::valid_name(name)) {
+        return Err(DriverError::Start {
+            alloc: spec.alloc_id.clone(),
+            message: format!("{SOURCE_NODE_ENV}: {name:?} is not a node name"),
+        });
+    }
     // A target readied twice (its agent restarted midway) starts over: an
     // incoming QEMU holds nothing yet worth keeping.
     if let Some(stale) = driver.recover(spec).await? {
@@ -308,9 +373,23 @@ pub(super) async fn prepare_incoming(
     let args = ["-incoming", "defer", "-S"].map(String::from);
     let handle = driver.start_with_args(spec, &args).await?;
     move_timing::mark(&spec.alloc_id, "vm.in.spawned", "");
-    match listen(driver, &handle).await {
+    match listen(driver, &handle, source).await {
         Ok(endpoints) => {
-            move_timing::mark(&spec.alloc_id, "vm.in.listening", "");
+            let nbd = endpoints
+                .extra
+                .get(NBD_ENDPOINT)
+                .map(|nbd| format!(" nbd={nbd}"))
+                .unwrap_or_default();
+            let tls = if driver.migration_tls().is_some() {
+                " tls=x509"
+            } else {
+                ""
+            };
+            move_timing::mark(
+                &spec.alloc_id,
+                "vm.in.listening",
+                &format!("main={}{nbd}{tls}", endpoints.main),
+            );
             Ok((handle, endpoints))
         }
         Err(e) => {
@@ -321,28 +400,47 @@ pub(super) async fn prepare_incoming(
 }
 
 /// On a started incoming QEMU: exports its local disk and listens for the
-/// migration stream, all on the connection that saw QMP come up.
+/// migration stream, on the driver's migration host, all on the connection
+/// that saw QMP come up; under TLS, both only for node `source` (any node
+/// when None).
 async fn listen(
     driver: &VmDriver,
     handle: &WorkloadHandle,
+    source: Option<&str>,
 ) -> Result<IncomingEndpoints, DriverError> {
+    let host = driver.migration_host();
     let vm = Machine::of(handle)?;
     let mut qmp = wait_for_qmp(driver, &vm, handle).await?;
     move_timing::mark(&handle.alloc_id, "vm.in.qmp_up", "");
+    let secured = |mut arguments: Value| {
+        if driver.migration_tls().is_some() {
+            arguments["tls-creds"] = json!(tls::CREDS_ID);
+            arguments["tls-authz"] = json!(tls::AUTHZ_ID);
+        }
+        arguments
+    };
+    if let Some(identity) = driver.migration_tls() {
+        qmp.add_tls_creds(identity, Side::Server).await?;
+        qmp.execute("object-add", Some(tls::authz_object(source)))
+            .await?;
+        qmp.execute("migrate-set-parameters", Some(secured(json!({}))))
+            .await?;
+    }
     let mut extra = BTreeMap::new();
     if let Some(device) = qmp.local_disk().await? {
         let mut last = None;
         for _ in 0..PORT_TRIES {
-            let port = free_port().map_err(|e| vm.error(format!("no free port: {e}")))?;
+            let port =
+                free_port(host).map_err(|e| vm.error(format!("no free port on {host}: {e}")))?;
             let addr =
-                json!({"type": "inet", "data": {"host": LISTEN_HOST, "port": port.to_string()}});
+                json!({"type": "inet", "data": {"host": host.host(), "port": port.to_string()}});
             match qmp
-                .execute("nbd-server-start", Some(json!({ "addr": addr })))
+                .execute("nbd-server-start", Some(secured(json!({ "addr": addr }))))
                 .await
             {
                 Ok(_) => {
                     last = None;
-                    extra.insert(NBD_ENDPOINT.to_string(), format!("{LISTEN_HOST}:{port}"));
+                    extra.insert(NBD_ENDPOINT.to_string(), host.with_port(port));
                     break;
                 }
                 Err(e) => last = Some(e),
@@ -360,7 +458,7 @@ async fn listen(
     }
     qmp.execute(
         "migrate-incoming",
-        Some(json!({ "uri": format!("tcp:{LISTEN_HOST}:0") })),
+        Some(json!({ "uri": format!("tcp:{}", host.with_port(0)) })),
     )
     .await?;
     let info = qmp.execute("query-migrate", None).await?;
@@ -368,27 +466,29 @@ async fn listen(
         .as_array()
         .into_iter()
         .flatten()
-        .find_map(|address| address["port"].as_str().map(str::to_string))
+        .find_map(|address| address["port"].as_str()?.parse::<u16>().ok())
         .ok_or_else(|| {
             vm.error(format!(
                 "QEMU did not say which port it listens on for the migration: {info}"
             ))
         })?;
     Ok(IncomingEndpoints {
-        main: format!("{LISTEN_HOST}:{port}"),
+        main: host.with_port(port),
         extra,
     })
 }
 
 /// [`Driver::migrate_out`] for VMs; see the module documentation.
+/// `tls`: the node's identity when the agent runs with TLS.
 pub(super) async fn migrate_out(
     handle: &WorkloadHandle,
     to: &IncomingEndpoints,
     limits: &MoveLimits,
+    tls: Option<&MigrationTls>,
     progress: ProgressSink<'_>,
 ) -> Result<MoveStats, DriverError> {
     let vm = Machine::of(handle)?;
-    let result = move_out(&vm, to, limits, progress).await;
+    let result = move_out(&vm, to, limits, tls, progress).await;
     if result.is_err() {
         // Whatever went wrong, the VM runs on here; that abandoning fails
         // too (QEMU gone) adds nothing to the first error.
@@ -407,10 +507,37 @@ fn in_time(vm: &Machine<'_>, deadline: Instant, limit: Duration) -> Result<(), D
     Ok(())
 }
 
+/// `blockdev-add`'s arguments for the NBD client node that the mirror
+/// writes into: the target's export `export` at `addr` (`HOST:PORT`, an
+/// IPv6 host in brackets), under TLS with the node's credentials, the
+/// target checked to hold a node certificate.
+fn nbd_node(addr: &str, export: &str, tls: Option<&MigrationTls>) -> Result<Value, String> {
+    let (host, port) = addr
+        .rsplit_once(':')
+        .filter(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
+        .ok_or_else(|| format!("the target's NBD endpoint {addr:?} is not HOST:PORT"))?;
+    let host = host
+        .strip_prefix('[')
+        .and_then(|inner| inner.strip_suffix(']'))
+        .unwrap_or(host);
+    let mut node = json!({
+        "driver": "nbd",
+        "node-name": MIRROR_TARGET,
+        "server": {"type": "inet", "host": host, "port": port},
+        "export": export,
+    });
+    if tls.is_some() {
+        node["tls-creds"] = json!(tls::CREDS_ID);
+        node["tls-hostname"] = json!(tls::peer_hostname());
+    }
+    Ok(node)
+}
+
 async fn move_out(
     vm: &Machine<'_>,
     to: &IncomingEndpoints,
     limits: &MoveLimits,
+    tls: Option<&MigrationTls>,
     progress: ProgressSink<'_>,
 ) -> Result<MoveStats, DriverError> {
     let started = Instant::now();
@@ -428,7 +555,9 @@ async fn move_out(
     let disk = qmp.local_disk().await?;
     let nbd = match (&disk, to.extra.get(NBD_ENDPOINT), to.extra.get(NBD_EXPORT)) {
         (None, None, _) => None,
-        (Some(_), Some(addr), Some(export)) => Some(format!("nbd://{addr}/{export}")),
+        (Some(_), Some(addr), Some(export)) => {
+            Some(nbd_node(addr, export, tls).map_err(|e| vm.error(e))?)
+        }
         (Some(_), _, _) => {
             return Err(
                 vm.error("the VM has a local disk but the target exports none to copy it into")
@@ -440,10 +569,20 @@ async fn move_out(
             ))
         }
     };
+    qmp.forget_move().await;
+    if let Some(identity) = tls {
+        qmp.add_tls_creds(identity, Side::Client).await?;
+    }
     let bandwidth = limits.bandwidth_bytes_per_sec;
     let downtime_ms = u64::try_from(limits.downtime_limit.as_millis())
         .unwrap_or(u64::MAX)
         .clamp(1, MAX_DOWNTIME_MS);
+    // Set either way: a VM keeps its parameters from an earlier move (its
+    // agent may have run with TLS then); empty ones mean plain TCP.
+    let (creds, hostname) = match tls {
+        Some(_) => (tls::CREDS_ID.to_string(), tls::peer_hostname()),
+        None => (String::new(), String::new()),
+    };
     qmp.execute(
         "migrate-set-capabilities",
         Some(json!({"capabilities": [
@@ -457,21 +596,24 @@ async fn move_out(
         Some(json!({
             "downtime-limit": downtime_ms,
             "max-bandwidth": bandwidth.unwrap_or(UNCAPPED),
+            "tls-creds": creds,
+            "tls-hostname": hostname,
         })),
     )
     .await?;
 
     let mut disk_bytes = 0;
     if let (Some(device), Some(target)) = (&disk, &nbd) {
+        // The target's export, opened as a node of its own (drive-mirror's
+        // `nbd://` URI cannot carry TLS), then mirrored into as it is.
+        qmp.execute("blockdev-add", Some(target.clone())).await?;
         qmp.execute(
-            "drive-mirror",
+            "blockdev-mirror",
             Some(json!({
                 "job-id": MIRROR_JOB,
                 "device": device,
-                "target": target,
-                "format": "raw",
+                "target": MIRROR_TARGET,
                 "sync": "full",
-                "mode": "existing",
                 "speed": bandwidth.unwrap_or(0),
                 "auto-dismiss": false,
             })),
@@ -500,6 +642,14 @@ async fn move_out(
         let bytes = u64_at(ram, "transferred").saturating_add(disk_bytes);
         match info["status"].as_str().unwrap_or("") {
             "completed" => {
+                if nbd.is_some() {
+                    // The mirror ended at the switch-over; its connection
+                    // to the target's export goes too (best effort: the
+                    // source is stopped next anyway).
+                    let _ = vm
+                        .execute("blockdev-del", Some(json!({ "node-name": MIRROR_TARGET })))
+                        .await;
+                }
                 let downtime_ms = u64_at(&info, "downtime");
                 move_timing::mark(
                     vm.alloc,
@@ -654,8 +804,10 @@ async fn abandon(vm: &Machine<'_>) -> Result<(), DriverError> {
             }
         }
         if !migrating && mirror.is_none() && state != "finish-migrate" {
+            let mut qmp = vm.session().await?;
+            qmp.forget_move().await;
             if state == "postmigrate" || state == "paused" {
-                vm.execute("cont", None).await?;
+                qmp.execute("cont", None).await?;
             }
             return Ok(());
         }
@@ -720,5 +872,32 @@ pub(super) async fn finish_incoming(handle: &WorkloadHandle) -> Result<(), Drive
             Ok(())
         }
         other => Err(vm.error(format!("the migrated VM does not run after cont ({other})"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_mirror_target_is_the_exports_nbd_node_under_tls_when_asked() {
+        let plain = nbd_node("10.0.0.7:10809", "virtio0", None).expect("plain");
+        assert_eq!(plain["driver"], "nbd");
+        assert_eq!(plain["node-name"], MIRROR_TARGET);
+        assert_eq!(plain["server"]["host"], "10.0.0.7");
+        assert_eq!(plain["server"]["port"], "10809");
+        assert_eq!(plain["export"], "virtio0");
+        assert!(plain.get("tls-creds").is_none(), "{plain}");
+
+        let tls = MigrationTls::new(b"CA".to_vec(), b"C".to_vec(), b"K".to_vec());
+        let secured = nbd_node("[fd00::7]:4000", "virtio0", Some(&tls)).expect("tls");
+        assert_eq!(secured["server"]["host"], "fd00::7", "no brackets");
+        assert_eq!(secured["tls-creds"], tls::CREDS_ID);
+        assert_eq!(secured["tls-hostname"], "node.herd");
+
+        for bad in ["10.0.0.7", ":4000", "host:port", "h:70000"] {
+            let error = nbd_node(bad, "virtio0", None).expect_err(bad);
+            assert!(error.contains(bad), "{error}");
+        }
     }
 }

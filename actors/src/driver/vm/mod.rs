@@ -29,6 +29,7 @@ pub mod guest;
 pub mod migrate;
 pub mod qemu;
 pub mod qmp;
+pub mod tls;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -41,7 +42,7 @@ use serde::{Deserialize, Serialize};
 
 use super::confine::{self, Confinement};
 use super::exec_backed::{ExecBacked, ExecCommand, ExecKind, Run};
-use super::live::{IncomingEndpoints, MoveLimits, MoveStats, ProgressSink};
+use super::live::{IncomingEndpoints, MigrationHost, MoveLimits, MoveStats, ProgressSink};
 use super::{
     DriverCapabilities, DriverError, MigrationMode, WorkloadHandle, WorkloadSpec, WorkloadState,
 };
@@ -66,10 +67,14 @@ const FROZEN: [&str; 5] = [
 
 /// The `vm` kind of exec-backed workload: QEMU, plus its QMP socket.
 /// Holds the node's confinement: where the kernel, initrd and disk a spec
-/// names may be, and which host block devices a VM may be given.
+/// names may be, and which host block devices a VM may be given; and the
+/// host its incoming migrations listen on ([`migrate`]), and the node's
+/// TLS identity that puts their streams under TLS ([`tls`]).
 #[derive(Debug, Clone, Default)]
 pub struct Vm {
     confinement: Confinement,
+    migration_host: MigrationHost,
+    migration_tls: Option<tls::MigrationTls>,
 }
 
 /// The `vm` driver.
@@ -266,13 +271,13 @@ impl ExecKind for Vm {
 
     /// Mirrors the local disk, then QMP `migrate`; see [`migrate`].
     async fn migrate_out(
-        _driver: &VmDriver,
+        driver: &VmDriver,
         handle: &WorkloadHandle,
         to: &IncomingEndpoints,
         limits: &MoveLimits,
         progress: ProgressSink<'_>,
     ) -> Result<MoveStats, DriverError> {
-        migrate::migrate_out(handle, to, limits, progress).await
+        migrate::migrate_out(handle, to, limits, driver.migration_tls(), progress).await
     }
 
     /// `migrate_cancel`, the mirror cancelled, the VM running again.
@@ -421,6 +426,34 @@ impl ExecKind for Vm {
 }
 
 impl ExecBacked<Vm> {
+    /// Makes incoming migrations listen on `host` (QEMU's migration
+    /// listener and NBD server) and name it in their endpoints: the node's
+    /// `migration_host`, which other agents reach. Default: loopback.
+    pub fn with_migration_host(mut self, host: MigrationHost) -> Self {
+        self.kind_mut().migration_host = host;
+        self
+    }
+
+    /// Where this driver's incoming migrations listen.
+    pub fn migration_host(&self) -> &MigrationHost {
+        &self.kind().migration_host
+    }
+
+    /// Puts this driver's live migrations (QEMU's migration stream and the
+    /// NBD copy of a local disk) under mutual TLS with `tls`, the node's
+    /// own identity (the agent's `--tls-*`); None keeps them plaintext, as
+    /// a plaintext agent's are. Both agents of a move run the same way:
+    /// a TLS agent only talks to TLS agents.
+    pub fn with_migration_tls(mut self, tls: Option<tls::MigrationTls>) -> Self {
+        self.kind_mut().migration_tls = tls;
+        self
+    }
+
+    /// The TLS identity this driver's migrations use, if any.
+    pub fn migration_tls(&self) -> Option<&tls::MigrationTls> {
+        self.kind().migration_tls.as_ref()
+    }
+
     async fn command(&self, handle: &WorkloadHandle, command: &str) -> Result<(), DriverError> {
         let socket = socket(handle)?;
         let io = |e: qmp::QmpError| DriverError::Io {

@@ -18,6 +18,8 @@ use tokio::net::UnixStream;
 const QMP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest line accepted from QEMU.
 const MAX_LINE: usize = 1 << 20;
+/// Most events skipped while waiting for a new session's greeting.
+const MAX_EVENTS_BEFORE_GREETING: usize = 64;
 
 /// Why a QMP exchange failed.
 #[derive(Debug, Error)]
@@ -75,12 +77,22 @@ impl Qmp {
             reader: BufReader::new(read),
             writer,
         };
-        let greeting = qmp.read_message().await?;
-        if greeting.get("QMP").is_none() {
-            return Err(QmpError::Protocol {
-                path: qmp.path.clone(),
-                reply: greeting.to_string(),
-            });
+        // The greeting comes first, but an event QEMU emits while the
+        // session opens (a block job changing state during a disk mirror)
+        // can come before it: events are skipped, a bounded number.
+        let mut skipped = 0;
+        loop {
+            let greeting = qmp.read_message().await?;
+            if greeting.get("QMP").is_some() {
+                break;
+            }
+            if greeting.get("event").is_none() || skipped >= MAX_EVENTS_BEFORE_GREETING {
+                return Err(QmpError::Protocol {
+                    path: qmp.path.clone(),
+                    reply: greeting.to_string(),
+                });
+            }
+            skipped += 1;
         }
         qmp.execute("qmp_capabilities", None).await?;
         Ok(qmp)

@@ -66,13 +66,15 @@ pub fn apply(
             changes.put(Record::ClusterId, state);
             CommandResult::ClusterInitialized { cluster_id }
         }
-        Command::SubmitJob { spec, now_ms } => {
+        Command::SubmitJob { mut spec, now_ms } => {
             // Only the frozen rules: an entry an older release accepted must
             // apply the same on every release (see `validate_stored`).
             if let Err(e) = spec.validate_stored() {
                 return CommandResult::Rejected(Rejection::InvalidSpec(e.to_string()));
             }
             let name = spec.name.clone();
+            // An autoscaled service's count is the autoscaler's, not the file's.
+            spec.count = crate::autoscale::resubmit::count_on_submit(state.jobs.get(&name), &spec);
             let result = match state.jobs.get_mut(&name) {
                 Some(job) if job.spec == spec && job.status != JobStatus::Stopped => {
                     CommandResult::JobSubmitted {
@@ -277,6 +279,32 @@ pub fn apply(
         Command::ScaleJob { scale, now_ms } => {
             crate::autoscale::apply::scale_job(state, index, &scale, now_ms, changes)
         }
+        Command::SettleOfflineMove {
+            move_id,
+            alloc_id,
+            source,
+            target,
+            from_generation,
+            target_silent,
+            target_disowned,
+            now_ms,
+        } => offline_move::settle_unfinished(
+            state,
+            index,
+            &offline_move::OfflineMove {
+                move_id: &move_id,
+                alloc_id: &alloc_id,
+                source: &source,
+                target: &target,
+                from_generation,
+            },
+            offline_move::TargetWord {
+                silent: target_silent,
+                disowned: target_disowned,
+            },
+            now_ms,
+            changes,
+        ),
         // Only `apply_entry` knows the entry's term; a fence inside a fence
         // is not something herd proposes.
         Command::Fenced { .. } => CommandResult::Rejected(Rejection::Invalid(

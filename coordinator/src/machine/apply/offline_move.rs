@@ -15,8 +15,24 @@
 //! move is **refused** and the target gives way. A move already accepted
 //! (the allocation is the target's at the next generation) is answered as
 //! accepted again, so either agent may report it, and repeat the report.
+//!
+//! A move its **source** reports still `switching` (it asked the target to
+//! commit and never heard the answer: the target died, or is cut off) is
+//! settled by [`settle`], again a pure function, taken as one entry
+//! ([`Command::SettleOfflineMove`](crate::machine::command::Command::SettleOfflineMove)):
+//! if the target reported the move switched (accepted above), it is the
+//! target's and the source destroys its copy; if the target is down (marked
+//! down, or its heartbeat TTL lapsed as the leader saw it) or told the
+//! source it never took over, the allocation stays the source's, at its
+//! generation, and the source resumes its copy. That decision is recorded
+//! as an aborted migration under the move's id, so that a target coming
+//! back later with the move journalled `switched` is refused by [`judge`]
+//! and gives way. Otherwise the target is alive and silent: the source asks
+//! again later.
 
 use herd_api::alloc::AllocDesired;
+use herd_api::migration::{Migration, MigrationPhase};
+use herd_api::node::NodeStatus;
 
 use crate::machine::apply::migration::active_migration_of;
 use crate::machine::command::{CommandResult, Rejection};
@@ -53,9 +69,27 @@ pub enum Verdict {
 
 /// Decides what `m` does to `state`; see the module documentation.
 pub fn judge(state: &ClusterState, m: &OfflineMove<'_>) -> Verdict {
+    match judge_allocation(state, m) {
+        Verdict::Accept if !state.nodes.contains_key(m.target) => {
+            Verdict::Refuse(format!("node {} is not registered", m.target))
+        }
+        verdict => verdict,
+    }
+}
+
+/// [`judge`] without the check that the target is registered (a target
+/// gone from the list is, to [`settle`], a target down).
+fn judge_allocation(state: &ClusterState, m: &OfflineMove<'_>) -> Verdict {
     let Some(alloc) = state.allocations.get(m.alloc_id) else {
         return Verdict::Refuse(format!("allocation {} is gone", m.alloc_id));
     };
+    if let Some(settled) = state.migrations.get(m.move_id) {
+        return Verdict::Refuse(format!(
+            "move {} was settled by the coordinators: {}",
+            m.move_id,
+            settled.error.as_deref().unwrap_or("not the target's")
+        ));
+    }
     if alloc.node == m.target && alloc.generation == m.from_generation + 1 {
         return Verdict::Accepted {
             generation: alloc.generation,
@@ -85,9 +119,6 @@ pub fn judge(state: &ClusterState, m: &OfflineMove<'_>) -> Verdict {
             "allocation {} has GPUs bound; only the coordinators move it",
             m.alloc_id
         ));
-    }
-    if !state.nodes.contains_key(m.target) {
-        return Verdict::Refuse(format!("node {} is not registered", m.target));
     }
     Verdict::Accept
 }
@@ -124,6 +155,156 @@ pub fn accept(
         );
     }
     changes.put(Record::Alloc(m.alloc_id), state);
+    CommandResult::AllocsUpdated {
+        accepted: 1,
+        refused: Vec::new(),
+    }
+}
+
+/// What the source of a move it could not finish says of its target.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TargetWord {
+    /// The leader has not heard the target's heartbeat for its TTL (the
+    /// leader's own observation, so the entry carrying it is fenced by
+    /// the leader's term).
+    pub silent: bool,
+    /// The target answered the source, after the source stopped asking
+    /// it to commit, that it does not hold the move as taken over
+    /// (`aborted`, or no such move): it never will.
+    pub disowned: bool,
+}
+
+/// What the coordinators make of a move its source reports unsettled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Settlement {
+    /// The target reported it switched and it was accepted: the
+    /// allocation is the target's at `generation`; the source's copy goes.
+    Target {
+        /// The allocation's generation now.
+        generation: u64,
+    },
+    /// The allocation stays the source's at its generation; the source
+    /// resumes its copy. `recorded`: the decision is in the state already.
+    Source {
+        /// Why (kept with the record).
+        reason: String,
+        /// Whether an entry recorded it already.
+        recorded: bool,
+    },
+    /// The target is alive and has not reported: ask again later.
+    Wait(String),
+    /// The coordinators decided otherwise meanwhile (the allocation
+    /// stopped, moved or was replaced): their own set says what runs.
+    Refuse(String),
+}
+
+/// Settles a move its source reports still `switching`; see the module
+/// documentation.
+pub fn settle(state: &ClusterState, m: &OfflineMove<'_>, word: TargetWord) -> Settlement {
+    if let Some(record) = state.migrations.get(m.move_id) {
+        let ours = record.alloc_id == m.alloc_id
+            && record.source == m.source
+            && record.target == m.target
+            && record.from_generation == m.from_generation
+            && record.phase == MigrationPhase::Aborted;
+        if !ours {
+            return Settlement::Refuse(format!("move id {} names another migration", m.move_id));
+        }
+        return Settlement::Source {
+            reason: record.error.clone().unwrap_or_default(),
+            recorded: true,
+        };
+    }
+    match judge_allocation(state, m) {
+        Verdict::Accepted { generation } => return Settlement::Target { generation },
+        Verdict::Refuse(why) => return Settlement::Refuse(why),
+        Verdict::Accept => {}
+    }
+    let target_down = state
+        .nodes
+        .get(m.target)
+        .is_none_or(|n| n.status == NodeStatus::Down);
+    let reason = if target_down {
+        format!("target node {} is down", m.target)
+    } else if word.silent {
+        format!("target node {} missed its heartbeats", m.target)
+    } else if word.disowned {
+        format!("target node {} never took the move over", m.target)
+    } else {
+        return Settlement::Wait(format!(
+            "target node {} is alive and has not reported the move",
+            m.target
+        ));
+    };
+    Settlement::Source {
+        reason: format!(
+            "{}: kept on {} ({reason}); the source resumes its copy",
+            m.move_id, m.source
+        ),
+        recorded: false,
+    }
+}
+
+/// Applies [`settle`]: records a decision for the source as an aborted
+/// migration under the move's id (the fence a returning target meets);
+/// changes nothing otherwise.
+pub fn settle_unfinished(
+    state: &mut ClusterState,
+    index: u64,
+    m: &OfflineMove<'_>,
+    word: TargetWord,
+    now_ms: u64,
+    changes: &mut ChangeLog<'_>,
+) -> CommandResult {
+    let reason = match settle(state, m, word) {
+        Settlement::Source {
+            reason,
+            recorded: false,
+        } => reason,
+        Settlement::Source { recorded: true, .. } | Settlement::Target { .. } => {
+            return CommandResult::AllocsUpdated {
+                accepted: 0,
+                refused: Vec::new(),
+            }
+        }
+        Settlement::Wait(why) | Settlement::Refuse(why) => {
+            return CommandResult::Rejected(Rejection::Migration(why))
+        }
+    };
+    let Some(alloc) = state.allocations.get_mut(m.alloc_id) else {
+        return CommandResult::Rejected(Rejection::Migration(format!(
+            "allocation {} is gone",
+            m.alloc_id
+        )));
+    };
+    alloc.modify_index = index;
+    alloc.record(now_ms, "migration_aborted", reason.clone());
+    let record = Migration {
+        id: m.move_id.to_string(),
+        alloc_id: m.alloc_id.to_string(),
+        job: alloc.job.clone(),
+        kind: "offline".into(),
+        source: m.source.to_string(),
+        target: m.target.to_string(),
+        phase: MigrationPhase::Aborted,
+        phase_deadline_ms: now_ms,
+        started_at_ms: now_ms,
+        ended_at_ms: Some(now_ms),
+        bytes: 0,
+        rounds: 0,
+        downtime_ms: None,
+        downtime_limit_ms: 0,
+        bandwidth_bytes_per_sec: None,
+        error: Some(reason),
+        from_generation: m.from_generation,
+        create_index: index,
+        modify_index: index,
+        target_gpu_indices: Vec::new(),
+        gang: None,
+    };
+    state.migrations.insert(m.move_id.to_string(), record);
+    changes.put(Record::Alloc(m.alloc_id), state);
+    changes.put(Record::Migration(m.move_id), state);
     CommandResult::AllocsUpdated {
         accepted: 1,
         refused: Vec::new(),
@@ -283,5 +464,233 @@ mod tests {
             from_generation: generation,
         };
         assert!(matches!(judge(&state, &m), Verdict::Refuse(_)));
+    }
+
+    fn settled(
+        state: &mut ClusterState,
+        index: u64,
+        m: &OfflineMove<'_>,
+        word: TargetWord,
+    ) -> CommandResult {
+        run(
+            state,
+            index,
+            Command::SettleOfflineMove {
+                move_id: m.move_id.into(),
+                alloc_id: m.alloc_id.into(),
+                source: m.source.into(),
+                target: m.target.into(),
+                from_generation: m.from_generation,
+                target_silent: word.silent,
+                target_disowned: word.disowned,
+                now_ms: 2_000,
+            },
+        )
+        .0
+    }
+
+    #[test]
+    fn an_unsettled_move_waits_while_its_target_lives_and_is_kept_once_it_is_down() {
+        let (mut state, id, source, target, index) = running();
+        let generation = state.allocations[&id].generation;
+        let m = OfflineMove {
+            move_id: "off-1",
+            alloc_id: &id,
+            source: &source,
+            target: &target,
+            from_generation: generation,
+        };
+        let alive = TargetWord::default();
+        assert!(matches!(settle(&state, &m, alive), Settlement::Wait(_)));
+        // Written anyway (the state changed between the service's look and
+        // apply): refused, nothing recorded.
+        let result = settled(&mut state, index, &m, alive);
+        assert!(
+            matches!(result, CommandResult::Rejected(Rejection::Migration(_))),
+            "{result:?}"
+        );
+        assert!(state.migrations.is_empty());
+
+        // The target missed its heartbeats, or disowned the move: kept.
+        for word in [
+            TargetWord {
+                silent: true,
+                disowned: false,
+            },
+            TargetWord {
+                silent: false,
+                disowned: true,
+            },
+        ] {
+            let Settlement::Source { reason, recorded } = settle(&state, &m, word) else {
+                panic!("{word:?} not kept on the source");
+            };
+            assert!(!recorded);
+            assert!(reason.contains(target.as_str()), "{reason}");
+        }
+
+        // Marked down: kept, recorded once, at the same node and generation.
+        run(
+            &mut state,
+            index,
+            Command::MarkNodeDown {
+                node: target.clone(),
+                now_ms: 1_800,
+            },
+        );
+        let result = settled(&mut state, index + 1, &m, alive);
+        assert!(
+            matches!(result, CommandResult::AllocsUpdated { accepted: 1, .. }),
+            "{result:?}"
+        );
+        let alloc = &state.allocations[&id];
+        assert_eq!(
+            (alloc.node.as_str(), alloc.generation),
+            (source.as_str(), generation)
+        );
+        let record = &state.migrations["off-1"];
+        assert_eq!(record.phase, MigrationPhase::Aborted);
+        assert!(record.error.as_deref().is_some_and(|e| e.contains("down")));
+        // Asked again (a lost answer): the same decision, nothing written.
+        assert!(matches!(
+            settle(&state, &m, alive),
+            Settlement::Source { recorded: true, .. }
+        ));
+        let again = settled(&mut state, index + 2, &m, alive);
+        assert!(
+            matches!(again, CommandResult::AllocsUpdated { accepted: 0, .. }),
+            "{again:?}"
+        );
+        assert_eq!(state.migrations.len(), 1);
+
+        // The target comes back with the move journalled switched: its
+        // report is refused, and the allocation stays the source's.
+        let Verdict::Refuse(why) = judge(&state, &m) else {
+            panic!("a returning target's report was not refused");
+        };
+        assert!(why.contains("settled"), "{why}");
+        let result = reported(&mut state, index + 3, &m);
+        assert!(
+            matches!(result, CommandResult::Rejected(Rejection::Migration(_))),
+            "{result:?}"
+        );
+        assert_eq!(state.allocations[&id].node, source);
+        assert_eq!(state.allocations[&id].generation, generation);
+    }
+
+    #[test]
+    fn an_unsettled_move_the_target_reported_is_the_targets() {
+        let (mut state, id, source, target, index) = running();
+        let generation = state.allocations[&id].generation;
+        let m = OfflineMove {
+            move_id: "off-1",
+            alloc_id: &id,
+            source: &source,
+            target: &target,
+            from_generation: generation,
+        };
+        let result = reported(&mut state, index, &m);
+        assert!(
+            matches!(result, CommandResult::AllocsUpdated { accepted: 1, .. }),
+            "{result:?}"
+        );
+        // Even with the target silent since: the switch-over stands.
+        let silent = TargetWord {
+            silent: true,
+            disowned: true,
+        };
+        assert_eq!(
+            settle(&state, &m, silent),
+            Settlement::Target {
+                generation: generation + 1
+            }
+        );
+        let again = settled(&mut state, index + 1, &m, silent);
+        assert!(
+            matches!(again, CommandResult::AllocsUpdated { accepted: 0, .. }),
+            "{again:?}"
+        );
+        assert!(state.migrations.is_empty());
+        assert_eq!(state.allocations[&id].node, target);
+
+        // The job stopped meanwhile: refused, whatever the target did.
+        let (mut state, id, source, target, index) = running();
+        let generation = state.allocations[&id].generation;
+        run(
+            &mut state,
+            index,
+            Command::StopJob {
+                name: "web".into(),
+                now_ms: 1_800,
+            },
+        );
+        let m = OfflineMove {
+            move_id: "off-2",
+            alloc_id: &id,
+            source: &source,
+            target: &target,
+            from_generation: generation,
+        };
+        assert!(matches!(settle(&state, &m, silent), Settlement::Refuse(_)));
+
+        // A move id naming a migration of the coordinators': refused.
+        let (state, id, source, target, _) = running();
+        let mut state = state;
+        let generation = state.allocations[&id].generation;
+        let m = OfflineMove {
+            move_id: "mig-9",
+            alloc_id: &id,
+            source: &source,
+            target: &target,
+            from_generation: generation,
+        };
+        state.migrations.insert(
+            "mig-9".into(),
+            Migration {
+                id: "mig-9".into(),
+                alloc_id: "another".into(),
+                job: "web".into(),
+                kind: "simvm".into(),
+                source: source.clone(),
+                target: target.clone(),
+                phase: MigrationPhase::Aborted,
+                phase_deadline_ms: 0,
+                started_at_ms: 0,
+                ended_at_ms: None,
+                bytes: 0,
+                rounds: 0,
+                downtime_ms: None,
+                downtime_limit_ms: 0,
+                bandwidth_bytes_per_sec: None,
+                error: None,
+                from_generation: generation,
+                create_index: 1,
+                modify_index: 1,
+                target_gpu_indices: Vec::new(),
+                gang: None,
+            },
+        );
+        assert!(matches!(settle(&state, &m, silent), Settlement::Refuse(_)));
+    }
+
+    #[test]
+    fn an_unregistered_target_counts_as_down() {
+        let (state, id, source, _, _) = running();
+        let generation = state.allocations[&id].generation;
+        let m = OfflineMove {
+            move_id: "off-1",
+            alloc_id: &id,
+            source: &source,
+            target: "n9",
+            from_generation: generation,
+        };
+        assert!(matches!(judge(&state, &m), Verdict::Refuse(_)));
+        assert!(matches!(
+            settle(&state, &m, TargetWord::default()),
+            Settlement::Source {
+                recorded: false,
+                ..
+            }
+        ));
     }
 }

@@ -12,17 +12,36 @@
 //! move (`reschedule::live::movability`) to a node its own job's filters
 //! accept. With `move_any_priority`, movable work of any priority may be
 //! moved too (never evicted): a live migration keeps it running.
+//!
+//! Power: every budgeted power group (`power/<group>`) comes with its
+//! headroom under the hard budget, counted as the scheduler counts it
+//! (`power_limits_all_seen`: idle GPUs plus each allocation's and
+//! reservation's expected draw above idle), and every instance, work item
+//! and destination with the watts it commits there, so the solver's plans
+//! pass the scheduler's power check. For a GPU job, lower-priority work on
+//! the other nodes of a candidate's power groups is flexible too: evicting
+//! it frees watts the job may need (the scheduler's preemption looks at
+//! one node only).
+//!
+//! Preferences: the job's spread policy, its instances already on each
+//! node, and each node's affinity bonus, as the scheduler's scoring sees
+//! them (`herd_reschedule::fallback::Preference`).
 
 use std::collections::BTreeMap;
 
 use herd_api::alloc::{AllocDesired, Allocation};
 use herd_api::resources::{Resources, MIB};
-use herd_reschedule::fallback::{Node, Problem, Work, DIMS, MAX_INSTANCES, MAX_WORK};
+use herd_reschedule::fallback::{
+    Node, PowerGroup, Preference, Problem, SpreadPref, Work, DIMS, MAX_INSTANCES, MAX_WORK,
+};
 
 use crate::machine::apply::migration::moves_whole;
-use crate::planning::{alloc_views, missing_instances, node_views, request_for};
+use crate::planning::{alloc_views, missing_instances, node_views, power_class_of, request_for};
+use crate::power::placement::power_limits_all_seen;
 use crate::reschedule::live::movability;
-use crate::scheduler::{could_hold, NodeView, PlacementRequest};
+use crate::scheduler::{
+    could_hold, extra_watts_of, idle_watts_of, AllocView, NodeView, PlacementRequest, Spread,
+};
 use crate::state::{ClusterState, Job};
 
 /// Most destinations one work item may be moved to (the roomiest ones):
@@ -129,11 +148,32 @@ pub fn build(
             id: v.name.clone(),
             free: std::array::from_fn(|r| cap[r].saturating_sub(u[r])),
             takes_instances: !over_full && passes(v, &request),
+            instance_watts: extra_watts_of(
+                &v.capacity,
+                request.power_class,
+                u64::from(request.resources.gpus),
+            ),
         });
         index.insert(v.name.as_str(), i);
     }
 
-    // Flexible work: on the nodes that could take the job.
+    let power = power_groups(state, &views, &allocs);
+    // Nodes sharing a budgeted group with a node that could take the job,
+    // for a job that commits watts: evicting GPU work there frees watts.
+    let gpu_job = nodes
+        .iter()
+        .any(|n| n.takes_instances && n.instance_watts > 0);
+    let mut power_peers = vec![false; nodes.len()];
+    for g in &power {
+        if gpu_job && g.nodes.iter().any(|&c| nodes[c].takes_instances) {
+            for &n in &g.nodes {
+                power_peers[n] = true;
+            }
+        }
+    }
+
+    // Flexible work: on the nodes that could take the job, and GPU work on
+    // their power groups' other nodes.
     let mut flexible: Vec<(&Allocation, bool, Vec<usize>)> = Vec::new();
     for alloc in state.allocations.values() {
         if !alloc.status.holds_resources() || alloc.job == job.spec.name {
@@ -142,7 +182,8 @@ pub fn build(
         let Some(&n) = index.get(alloc.node.as_str()) else {
             continue;
         };
-        if !nodes[n].takes_instances {
+        let frees_watts = power_peers[n] && alloc.resources.gpus > 0;
+        if !(nodes[n].takes_instances || frees_watts) {
             continue;
         }
         let lower = alloc.priority < job.spec.priority;
@@ -156,7 +197,15 @@ pub fn build(
             flexible.push((alloc, evictable, destinations));
         }
     }
-    let mut complete = flexible.iter().all(|(_, _, d)| d.len() < MAX_DESTINATIONS);
+    // A group already over its budget takes no GPU instance in the model,
+    // though evictions might bring it under: no proof then.
+    let mut complete = flexible.iter().all(|(_, _, d)| d.len() < MAX_DESTINATIONS)
+        && !power.iter().any(|g| {
+            g.headroom < 0
+                && g.nodes
+                    .iter()
+                    .any(|&n| nodes[n].takes_instances && nodes[n].instance_watts > 0)
+        });
     if flexible.len() > MAX_WORK {
         // The lowest priorities first, then the largest.
         flexible.sort_by(|a, b| {
@@ -180,6 +229,12 @@ pub fn build(
         let Some(&n) = index.get(alloc.node.as_str()) else {
             continue;
         };
+        let class = power_class_of(state, &alloc.job);
+        let gpus = u64::from(alloc.resources.gpus);
+        let move_watts = move_to
+            .iter()
+            .map(|&d| extra_watts_of(&views[d].capacity, class, gpus))
+            .collect();
         work.push(Work {
             id: alloc.id.clone(),
             node: n,
@@ -187,6 +242,8 @@ pub fn build(
             move_to,
             evictable,
             priority: alloc.priority,
+            watts: extra_watts_of(&views[n].capacity, class, gpus),
+            move_watts,
         });
         names.push(FlexWork {
             alloc_id: alloc.id.clone(),
@@ -202,6 +259,8 @@ pub fn build(
             instances: count,
             demand: units(&request.resources, true),
             all_or_nothing: request.gang,
+            power,
+            prefer: preference(&request, &views, &allocs),
         },
         nodes: views.iter().map(|v| v.name.clone()).collect(),
         work: names,
@@ -211,6 +270,112 @@ pub fn build(
         priority: job.spec.priority,
         complete,
     })
+}
+
+/// Every budgeted power group holding some node, with its headroom: the
+/// hard budget less what it commits now, counted as the scheduler's
+/// power index counts it (idle GPUs of its nodes, and each allocation's
+/// and migration reservation's expected draw above idle).
+fn power_groups(state: &ClusterState, views: &[NodeView], allocs: &[AllocView]) -> Vec<PowerGroup> {
+    let at: BTreeMap<&str, usize> = views
+        .iter()
+        .enumerate()
+        .map(|(i, v)| (v.name.as_str(), i))
+        .collect();
+    power_limits_all_seen(state)
+        .into_iter()
+        .filter_map(|limit| {
+            let member: Vec<bool> = views
+                .iter()
+                .map(|v| limit.group.contains(&v.labels))
+                .collect();
+            let members: Vec<usize> = (0..views.len()).filter(|&n| member[n]).collect();
+            if members.is_empty() {
+                return None;
+            }
+            let mut committed = limit.unseen_watts;
+            for &n in &members {
+                committed = committed.saturating_add(idle_watts_of(&views[n].capacity));
+            }
+            for a in allocs {
+                if let Some(&n) = at.get(a.node.as_str()) {
+                    if member[n] {
+                        let gpus = u64::from(a.resources.gpus);
+                        let watts = extra_watts_of(&views[n].capacity, a.power_class, gpus);
+                        committed = committed.saturating_add(watts);
+                    }
+                }
+            }
+            let signed = |w: u64| i64::try_from(w).unwrap_or(i64::MAX);
+            Some(PowerGroup {
+                id: limit.group.to_string(),
+                nodes: members,
+                headroom: signed(limit.hard_watts()).saturating_sub(signed(committed)),
+            })
+        })
+        .collect()
+}
+
+/// How the scheduler would rank the nodes for `request`: its spread
+/// policy, the job's instances on each node (allocations and migration
+/// reservations, as its spread counts them) and each node's affinity
+/// bonus.
+fn preference(request: &PlacementRequest, views: &[NodeView], allocs: &[AllocView]) -> Preference {
+    let spread = match &request.spread {
+        Spread::BinPack => SpreadPref::None,
+        Spread::SpreadNodes => SpreadPref::Nodes,
+        Spread::SpreadLabel(label) => {
+            let of: Vec<Option<&str>> = views
+                .iter()
+                .map(|v| v.labels.get(label).map(String::as_str))
+                .collect();
+            let values: std::collections::BTreeSet<Option<&str>> = of.iter().copied().collect();
+            let ids: BTreeMap<Option<&str>, usize> = values
+                .into_iter()
+                .enumerate()
+                .map(|(i, v)| (v, i))
+                .collect();
+            SpreadPref::Groups(
+                of.iter()
+                    .map(|v| ids.get(v).copied().unwrap_or(0))
+                    .collect(),
+            )
+        }
+    };
+    let existing = if spread == SpreadPref::None {
+        Vec::new()
+    } else {
+        views
+            .iter()
+            .map(|v| {
+                let count = allocs
+                    .iter()
+                    .filter(|a| a.job == request.job && a.node == v.name)
+                    .count();
+                u32::try_from(count).unwrap_or(u32::MAX)
+            })
+            .collect()
+    };
+    let bonus = if request.affinities.is_empty() {
+        Vec::new()
+    } else {
+        views
+            .iter()
+            .map(|v| {
+                request
+                    .affinities
+                    .iter()
+                    .filter(|a| a.matches(&v.labels))
+                    .map(|a| i64::from(a.weight))
+                    .sum()
+            })
+            .collect()
+    };
+    Preference {
+        spread,
+        existing,
+        bonus,
+    }
 }
 
 /// The nodes `alloc` (on model node `from`) may move to: schedulable, not
