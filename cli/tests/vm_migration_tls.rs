@@ -422,8 +422,10 @@ async fn a_vm_with_a_disk_moves_under_tls_and_the_target_admits_the_source_node_
     })
     .await;
     assert!(after.1, "the disk moved: {}", console(&target_dir));
+    // At or after: a line the serial port held at the switch-over can be
+    // printed again by the target; a rebooted guest would start near 0.
     assert!(
-        after.0[0] > last_before,
+        after.0[0] >= last_before,
         "not rebooted: {:?} after {last_before} at the source:\n{}",
         after.0,
         console(&target_dir)
