@@ -22,11 +22,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::qemu::{guest_parts, qemu_pids, Parts, Reaper};
 use common::*;
 use herd_actors::driver::live::{IncomingEndpoints, MoveLimits, MoveProgress};
-use herd_actors::driver::vm::guest::{
-    find_busybox, write_initramfs_with_modules, GuestLoad, DISK_PROBE_ARG, VIRTIO_BLK_MODULES,
-};
+use herd_actors::driver::vm::guest::{write_initramfs_with_modules, GuestLoad, DISK_PROBE_ARG};
 use herd_actors::driver::vm::migrate::{NBD_ENDPOINT, NBD_EXPORT};
 use herd_actors::driver::vm::{qemu, VmDriver};
 use herd_actors::driver::{Driver, WorkloadHandle, WorkloadSpec, WorkloadState};
@@ -36,71 +35,6 @@ use herd_api::resources::Resources;
 const PATIENCE: Duration = Duration::from_secs(60);
 const GRACE: Duration = Duration::from_secs(4);
 const PATTERN: &str = "moved-7f3a";
-
-/// What a guest with a disk is built from.
-struct Parts {
-    kernel: PathBuf,
-    busybox: PathBuf,
-    /// The kernel's virtio disk modules.
-    modules: PathBuf,
-}
-
-/// The kernel, its virtio modules and busybox, or why the test cannot run
-/// here.
-fn guest_parts() -> Result<Parts, String> {
-    let guest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/vm-guest");
-    let kernel = std::env::var_os("HERD_VM_KERNEL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| guest.join("vmlinuz"));
-    if !kernel.is_file() {
-        return Err(format!(
-            "no guest kernel at {} (run .ci/vm-guest.sh or set HERD_VM_KERNEL)",
-            kernel.display()
-        ));
-    }
-    // Beside the kernel, as .ci/vm-guest.sh puts them.
-    let modules = kernel
-        .parent()
-        .map_or_else(|| guest.join("modules"), |dir| dir.join("modules"));
-    if let Some(missing) = VIRTIO_BLK_MODULES
-        .iter()
-        .map(|m| modules.join(format!("{m}.ko")))
-        .find(|path| !path.is_file())
-    {
-        return Err(format!(
-            "no virtio disk module {} (run .ci/vm-guest.sh)",
-            missing.display()
-        ));
-    }
-    let busybox = find_busybox().map_err(|e| e.to_string())?;
-    for (tool, package) in [
-        (qemu::QEMU, "qemu-system-x86"),
-        (qemu::QEMU_IMG, "qemu-utils"),
-    ] {
-        if qemu::find_in_path(tool).is_none() {
-            return Err(format!("{tool} not installed (apt-get install {package})"));
-        }
-    }
-    Ok(Parts {
-        kernel,
-        busybox,
-        modules,
-    })
-}
-
-/// Kills, when a test ends (passed or panicked), every QEMU left under its
-/// directory, so that a failing test leaks no VM.
-struct Reaper(PathBuf);
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        for pid in qemu_pids(&self.0.display().to_string()) {
-            let _ = std::process::Command::new("kill")
-                .args(["-9", &pid.to_string()])
-                .status();
-        }
-    }
-}
 
 /// A 128 MiB VM with a fresh 64 MiB disk, its guest told to probe it.
 fn spec(alloc_dir: PathBuf, generation: u64, kernel: &Path, initrd: &Path) -> WorkloadSpec {
@@ -168,22 +102,6 @@ fn ticks(text: &str) -> Vec<Tick> {
 
 fn expected_disk() -> String {
     format!("herd-disk:{PATTERN}")
-}
-
-/// PIDs of QEMU processes whose command line names `needle`, from /proc.
-fn qemu_pids(needle: &str) -> Vec<u32> {
-    std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|entry| {
-            let pid = entry.file_name().to_str()?.parse::<u32>().ok()?;
-            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
-            let text = String::from_utf8_lossy(&cmdline);
-            (text.starts_with('/') && text.contains("qemu-system") && text.contains(needle))
-                .then_some(pid)
-        })
-        .collect()
 }
 
 /// The first two sectors of a qcow2 disk, read on the host (the VM stopped).

@@ -23,14 +23,13 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Output;
 use std::time::Duration;
 
+use common::qemu::{guest_parts, qemu_pids, Reaper};
 use common::*;
-use herd_actors::driver::vm::guest::{
-    find_busybox, write_initramfs_with_modules, GuestLoad, DISK_PROBE_ARG, VIRTIO_BLK_MODULES,
-};
+use herd_actors::driver::vm::guest::{write_initramfs_with_modules, GuestLoad, DISK_PROBE_ARG};
 use herd_actors::driver::vm::qemu;
 use herd_actors::driver::vm::qmp::Qmp;
 use herd_actors::driver::vm::tls::{AUTHZ_ID, CREDS_DIR, CREDS_ID};
@@ -42,84 +41,6 @@ use serde_json::{json, Value};
 /// How long a VM may take to boot or move on a loaded 2-core machine.
 const PATIENCE: Duration = Duration::from_secs(90);
 const PATTERN: &str = "tls-5c1e";
-
-/// What a guest with a disk is built from.
-struct Parts {
-    kernel: PathBuf,
-    busybox: PathBuf,
-    modules: PathBuf,
-}
-
-/// The kernel, its virtio disk modules and busybox, or why the test cannot
-/// run here.
-fn guest_parts() -> Result<Parts, String> {
-    let guest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/vm-guest");
-    let kernel = std::env::var_os("HERD_VM_KERNEL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| guest.join("vmlinuz"));
-    if !kernel.is_file() {
-        return Err(format!(
-            "no guest kernel at {} (run .ci/vm-guest.sh or set HERD_VM_KERNEL)",
-            kernel.display()
-        ));
-    }
-    let modules = kernel
-        .parent()
-        .map_or_else(|| guest.join("modules"), |dir| dir.join("modules"));
-    if let Some(missing) = VIRTIO_BLK_MODULES
-        .iter()
-        .map(|m| modules.join(format!("{m}.ko")))
-        .find(|path| !path.is_file())
-    {
-        return Err(format!(
-            "no virtio disk module {} (run .ci/vm-guest.sh)",
-            missing.display()
-        ));
-    }
-    let busybox = find_busybox().map_err(|e| e.to_string())?;
-    for (tool, package) in [
-        (qemu::QEMU, "qemu-system-x86"),
-        (qemu::QEMU_IMG, "qemu-utils"),
-    ] {
-        if qemu::find_in_path(tool).is_none() {
-            return Err(format!("{tool} not installed (apt-get install {package})"));
-        }
-    }
-    Ok(Parts {
-        kernel,
-        busybox,
-        modules,
-    })
-}
-
-/// PIDs of QEMU processes whose command line names `needle`, from /proc.
-fn qemu_pids(needle: &str) -> Vec<u32> {
-    std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|entry| {
-            let pid = entry.file_name().to_str()?.parse::<u32>().ok()?;
-            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
-            let text = String::from_utf8_lossy(&cmdline);
-            (text.contains("qemu-system") && text.contains(needle)).then_some(pid)
-        })
-        .collect()
-}
-
-/// Kills, when the test ends (passed or panicked), every QEMU left under
-/// its agents' directory: VMs outlive their agents by design.
-struct Reaper(PathBuf);
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        for pid in qemu_pids(&self.0.display().to_string()) {
-            let _ = std::process::Command::new("kill")
-                .args(["-9", &pid.to_string()])
-                .status();
-        }
-    }
-}
 
 /// `herd` as `tls`'s client `admin`.
 fn tls_cli(tls: &ClusterTls, args: &[&str]) -> Output {

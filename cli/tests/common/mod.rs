@@ -11,6 +11,7 @@
 
 pub mod agents;
 pub mod members;
+pub mod qemu;
 pub mod serve;
 pub mod tokens;
 pub mod training;
