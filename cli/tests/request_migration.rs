@@ -13,8 +13,10 @@
 //! (held there by the FAULT-INJECTION hook `HERD_FAULT_REQUEST_MIGRATION_HOLD`):
 //! the target agent killed, the source engine's watchdog thaws the request
 //! and it finishes on the source; the source agent killed (client at a
-//! third agent), the client's stream fails and both engines' watchdogs
-//! free what they held. An ignored test measures the downtime against the
+//! third agent) before the target resumed it, the client's stream fails
+//! and both engines' watchdogs free what they held; killed after, the
+//! client's agent finds the request resumed on the target and it finishes
+//! there. An ignored test measures the downtime against the
 //! sequence length.
 
 // Test code: an unwrap/expect failing here fails the test at its line. The
@@ -835,20 +837,46 @@ async fn killing_the_target_agent_between_freeze_and_commit_finishes_the_request
     assert_eq!(stats.completed_total, 0, "{stats:?}");
 }
 
-/// The same window with the SOURCE agent killed (the client entered at a
-/// third agent, which relays through the source's agent), held where the
-/// target has only staged blocks: the request is lost with its relay, and
-/// the client's stream ends with an error after positions in order, none
-/// twice; nothing goes on decoding unseen. Both engines free everything on their
-/// own: the source's thaws the frozen request after its 10 s bound and,
-/// its stream gone, cancels it; the target's frees the staged blocks after
-/// 10 s without progress.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killing_the_source_agent_between_freeze_and_commit_frees_both_engines() {
-    let hold = "frozen:120000";
+/// Where the source agent is killed in the freeze-to-commit window.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum SourceKilledAt {
+    /// Frozen on the source, the last blocks staged on the target; nothing
+    /// resumed.
+    Frozen,
+    /// The target resumed the request and holds its stream; the source has
+    /// not committed.
+    Resumed,
+}
+
+/// What a source-agent kill leaves: the positions the client read (before
+/// and after the kill), how its stream ended, both engines dialled
+/// directly, and when the agent was killed.
+struct SourceKilled {
+    _cluster: herd_chaos::process_cluster::ProcessCluster,
+    _agents: herd_chaos::agents::AgentSet,
+    indexes: Vec<u32>,
+    error: Option<tonic::Status>,
+    source_engine: herd_api::proto::inference::inference_engine_client::InferenceEngineClient<
+        tonic::transport::Channel,
+    >,
+    target_engine: herd_api::proto::inference::inference_engine_client::InferenceEngineClient<
+        tonic::transport::Channel,
+    >,
+    killed_at: Instant,
+}
+
+/// The freeze-to-commit window with the SOURCE agent killed (`kill -9`):
+/// 3 agents, 2 instances; the client enters at the agent without one, which
+/// relays through the source's agent; the source agent holds the migration
+/// at `at` and is killed there.
+async fn kill_the_source_agent_in_the_window(at: SourceKilledAt) -> SourceKilled {
+    let hold = match at {
+        SourceKilledAt::Frozen => "frozen:120000",
+        SourceKilledAt::Resumed => "resumed:120000",
+    };
     let names = ["h1", "h2", "h3"];
     let Serving {
-        cluster: _cluster,
+        cluster,
         mut agents,
         agent_addr,
         instance,
@@ -896,7 +924,7 @@ async fn killing_the_source_agent_between_freeze_and_commit_frees_both_engines()
         .into_iter()
         .find(|n| *n == source_node)
         .expect("the source is one of the agents");
-    let mut source_engine = direct_engine(&agents, source_node, &source).await;
+    let source_engine = direct_engine(&agents, source_node, &source).await;
     let mut target_engine = direct_engine(&agents, &target_node, &target).await;
     let mut indexes = vec![first.index];
     while indexes.len() < 40 {
@@ -932,12 +960,30 @@ async fn killing_the_source_agent_between_freeze_and_commit_frees_both_engines()
             .await
     });
     must_hold_in_window(&agents.agent(source_node).expect("agent").log_path).await;
-    // Frozen on the source; blocks staged on the target, nothing resumed.
-    let stats = direct_stats(&mut target_engine).await;
-    assert!(
-        stats.requests.is_empty() && stats.free_blocks < stats.total_blocks,
-        "staged only: {stats:?}"
-    );
+    match at {
+        SourceKilledAt::Frozen => {
+            let stats = direct_stats(&mut target_engine).await;
+            assert!(
+                stats.requests.is_empty() && stats.free_blocks < stats.total_blocks,
+                "staged only: {stats:?}"
+            );
+        }
+        SourceKilledAt::Resumed => {
+            // Its stats follow the resume within a step.
+            let started = Instant::now();
+            loop {
+                let stats = direct_stats(&mut target_engine).await;
+                if stats.requests.len() == 1 {
+                    break;
+                }
+                assert!(
+                    started.elapsed() < Duration::from_secs(2),
+                    "not resumed on the target: {stats:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
     agents
         .kill_agent(source_node)
         .expect("kill the source agent");
@@ -950,20 +996,80 @@ async fn killing_the_source_agent_between_freeze_and_commit_frees_both_engines()
         .await
         .expect("the stream ends")
         .expect("reader");
-    let error = error.expect("the stream ends with an error, not as if complete");
-    assert_eq!(error.code(), tonic::Code::Unavailable, "{error}");
     indexes.extend(rest);
-    let n = indexes.len() as u32;
+    SourceKilled {
+        _cluster: cluster,
+        _agents: agents,
+        indexes,
+        error,
+        source_engine,
+        target_engine,
+        killed_at,
+    }
+}
+
+/// The window with the source agent killed where the target has only
+/// staged blocks: the request is lost with its relay (nothing resumed it
+/// anywhere), and the client's stream ends with an error after positions
+/// in order, none twice; nothing goes on decoding unseen. Both engines
+/// free everything on their own: the source's thaws the frozen request
+/// after its 10 s bound and, its stream gone, cancels it; the target's
+/// frees the staged blocks after 10 s without progress.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_source_agent_between_freeze_and_commit_frees_both_engines() {
+    let mut killed = kill_the_source_agent_in_the_window(SourceKilledAt::Frozen).await;
+    let error = killed
+        .error
+        .expect("the stream ends with an error, not as if complete");
+    assert_eq!(error.code(), tonic::Code::Unavailable, "{error}");
+    let n = killed.indexes.len() as u32;
     assert!(n < MAX_TOKENS, "{n} tokens");
-    assert_eq!(indexes, (0..n).collect::<Vec<_>>(), "in order, none twice");
+    assert_eq!(
+        killed.indexes,
+        (0..n).collect::<Vec<_>>(),
+        "in order, none twice"
+    );
     // Both watchdogs act 10 s after the freeze or the last staged block.
     let within = Duration::from_secs(25);
-    let stats = must_hold_nothing("the source engine", &mut source_engine, within).await;
+    let stats = must_hold_nothing("the source engine", &mut killed.source_engine, within).await;
     assert_eq!(stats.completed_total, 0, "{stats:?}");
-    let stats = must_hold_nothing("the target engine", &mut target_engine, within).await;
+    let stats = must_hold_nothing("the target engine", &mut killed.target_engine, within).await;
     assert_eq!(stats.completed_total, 0, "{stats:?}");
     assert!(
-        killed_at.elapsed() > Duration::from_secs(5),
+        killed.killed_at.elapsed() > Duration::from_secs(5),
         "freed before the watchdogs' bound: by whom?"
     );
+}
+
+/// The window with the source agent killed after the target resumed the
+/// request: the `moved` message died with the source's agent, so the
+/// client's agent looks for the request on the fleet's agents, finds it
+/// resumed on the target and relays from there: every position once, in
+/// order, the target finishing it. The source engine thaws its frozen copy
+/// after its bound and, its stream gone, cancels it: it finishes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_source_agent_after_the_target_resumed_finishes_the_request_on_the_target() {
+    let mut killed = kill_the_source_agent_in_the_window(SourceKilledAt::Resumed).await;
+    assert!(
+        killed.error.is_none(),
+        "the request goes on where it was resumed: {:?}",
+        killed.error
+    );
+    assert_eq!(
+        killed.indexes,
+        (0..MAX_TOKENS).collect::<Vec<_>>(),
+        "every position once, in order"
+    );
+    let stats = direct_stats(&mut killed.target_engine).await;
+    assert_eq!(
+        stats.completed_total, 1,
+        "finished on the target: {stats:?}"
+    );
+    let stats = must_hold_nothing(
+        "the source engine",
+        &mut killed.source_engine,
+        Duration::from_secs(25),
+    )
+    .await;
+    assert_eq!(stats.completed_total, 0, "{stats:?}");
 }

@@ -126,7 +126,10 @@ impl Inference {
     /// [`Inference::infer`], saying where the request runs before its
     /// first token.
     pub async fn dispatch(&self, request: InferRequest) -> Result<(Served, InferStream), Status> {
-        let (pass_moves, resuming) = (request.pass_moves, !request.resume.is_empty());
+        let (pass_moves, resuming) = (
+            request.pass_moves,
+            !request.resume.is_empty() || !request.recover_alloc_id.is_empty(),
+        );
         let result = self.route(request).await.map(|(served, stream)| {
             let stream = if pass_moves {
                 stream
@@ -152,6 +155,22 @@ impl Inference {
 
     /// [`Inference::dispatch`], uncounted.
     async fn route(&self, request: InferRequest) -> Result<(Served, InferStream), Status> {
+        if !request.recover_alloc_id.is_empty() {
+            let (alloc_id, stream) = self
+                .moves
+                .take_handoff_of(&request.recover_alloc_id, request.recover_request_id)
+                .ok_or_else(|| {
+                    Status::not_found(format!(
+                        "no request {} of allocation {:?} was resumed here",
+                        request.recover_request_id, request.recover_alloc_id
+                    ))
+                })?;
+            let served = Served {
+                alloc_id,
+                node: self.node.clone(),
+            };
+            return Ok((served, stream));
+        }
         if !request.resume.is_empty() {
             let stream = self
                 .moves
@@ -240,27 +259,128 @@ impl Inference {
 
     /// `tokens` followed across request migrations: a `moved` message is
     /// replaced by the rest of the request, asked of the target's agent.
+    /// A relay that breaks off (`UNAVAILABLE`: the agent relaying from the
+    /// engine died) may have died between the target's resume and its
+    /// commit, the `moved` message lost with it: the rest of the request
+    /// is then looked for on the fleet's agents ([`Inference::recover`])
+    /// before the error is passed on. Positions are checked end to end
+    /// after this, so a recovered stream that does not continue exactly
+    /// where the client is ends the request with an error, never a gap.
     fn follow(&self, tokens: InferStream) -> InferStream {
-        let this = self.clone();
-        Box::pin(futures::stream::unfold(
-            (tokens, this, false),
-            |(mut current, this, done)| async move {
-                if done {
-                    return None;
-                }
-                loop {
-                    match current.next().await? {
-                        Ok(InferToken {
-                            moved: Some(moved), ..
-                        }) => match this.resume(&moved).await {
-                            Ok(rest) => current = rest,
-                            Err(e) => return Some((Err(e), (current, this, true))),
-                        },
-                        other => return Some((other, (current, this, false))),
+        let following = Following {
+            current: tokens,
+            this: self.clone(),
+            request: None,
+            done: false,
+        };
+        Box::pin(futures::stream::unfold(following, |mut f| async move {
+            if f.done {
+                return None;
+            }
+            loop {
+                match f.current.next().await? {
+                    Ok(InferToken {
+                        moved: Some(moved), ..
+                    }) => match f.this.resume(&moved).await {
+                        Ok(rest) => {
+                            // Its engine id there comes with its next token.
+                            f.request = Some((moved.alloc_id.clone(), 0));
+                            f.current = rest;
+                        }
+                        Err(e) => {
+                            f.done = true;
+                            return Some((Err(e), f));
+                        }
+                    },
+                    Ok(token) => {
+                        if !token.alloc_id.is_empty() {
+                            f.request = Some((token.alloc_id.clone(), token.request_id));
+                        } else if let Some((_, id)) = f.request.as_mut() {
+                            *id = token.request_id;
+                        }
+                        return Some((Ok(token), f));
+                    }
+                    Err(e) if e.code() == tonic::Code::Unavailable => {
+                        let found = match &f.request {
+                            Some((alloc, id)) => f.this.recover(alloc, *id).await,
+                            None => None,
+                        };
+                        match found {
+                            Some(rest) => {
+                                // Where it runs now is not named to the
+                                // caller: a second loss is not recovered.
+                                f.request = None;
+                                f.current = rest;
+                            }
+                            None => {
+                                f.done = true;
+                                return Some((Err(e), f));
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        f.done = true;
+                        return Some((Err(e), f));
                     }
                 }
-            },
-        ))
+            }
+        }))
+    }
+
+    /// The rest of request `request_id` of `alloc_id` if another agent of
+    /// the fleet resumed it (see [`Inference::follow`]): this agent and
+    /// each agent of the fleet's other instances are asked, a few times
+    /// over about a second
+    /// (the target may resume it just after the source's agent died);
+    /// None when none holds it, or the agent follows no fleet.
+    async fn recover(&self, alloc_id: &str, request_id: u64) -> Option<InferStream> {
+        let fleet = self.fleet.as_ref()?;
+        for attempt in 0..RECOVER_ATTEMPTS {
+            if attempt > 0 {
+                tokio::time::sleep(RECOVER_PAUSE).await;
+            }
+            // Resumed by an engine of this very node.
+            if let Some((_, stream)) = self.moves.take_handoff_of(alloc_id, request_id) {
+                return Some(stream);
+            }
+            let mut agents: Vec<(String, String)> = fleet
+                .fresh_remote()
+                .into_iter()
+                .filter(|(i, _)| i.alloc_id != alloc_id)
+                .map(|(i, _)| (i.node, i.agent))
+                .collect();
+            agents.sort();
+            agents.dedup();
+            let asks = agents.into_iter().map(|(node, agent)| async move {
+                let channel = fleet.channel(&agent).ok()?;
+                let request = InferRequest {
+                    recover_alloc_id: alloc_id.to_string(),
+                    recover_request_id: request_id,
+                    pass_moves: true,
+                    ..Default::default()
+                };
+                let answer = tokio::time::timeout(
+                    RECOVER_CALL_TIMEOUT,
+                    NodeAgentClient::with_interceptor(channel, self.token.clone()).infer(request),
+                )
+                .await
+                .ok()?
+                .ok()?;
+                Some((node, agent, answer.into_inner()))
+            });
+            let found = futures::future::join_all(asks).await.into_iter().flatten();
+            if let Some((node, agent, tokens)) = found.into_iter().next() {
+                tracing::info!(
+                    alloc = alloc_id,
+                    request_id,
+                    %node,
+                    "relay lost mid-migration: the request goes on where it was resumed"
+                );
+                let stream = tokens.map(move |t| t.map_err(|s| relayed(&node, &agent, s)));
+                return Some(Box::pin(stream));
+            }
+        }
+        None
     }
 
     /// The rest of a migrated request, from its target's agent.
@@ -285,6 +405,25 @@ impl Inference {
         ))
     }
 }
+
+/// The state of [`Inference::follow`]'s stream.
+struct Following {
+    /// Where tokens come from now.
+    current: InferStream,
+    this: Inference,
+    /// The allocation and engine request id tokens of `current` named
+    /// last: what a lost relay's recovery asks for.
+    request: Option<(String, u64)>,
+    /// The stream has ended (after an error).
+    done: bool,
+}
+
+/// How often a lost relay's request is looked for ([`Inference::recover`]).
+const RECOVER_ATTEMPTS: u32 = 4;
+/// Between two looks.
+const RECOVER_PAUSE: std::time::Duration = std::time::Duration::from_millis(300);
+/// How long one agent may take to answer a look.
+const RECOVER_CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// A failure of another node's agent, relayed.
 fn relayed(node: &str, agent: &str, s: Status) -> Status {

@@ -22,6 +22,17 @@ pub fn from_header(value: Option<Result<&str, ()>>) -> Option<&str> {
     }
 }
 
+/// The token in a request's headers, as [`from_header`] reads it: what
+/// every guard (coordinators' and agents' gRPC services, the agents' HTTP
+/// endpoint) takes from a request.
+pub fn from_headers(headers: &tonic::codegen::http::HeaderMap) -> Option<&str> {
+    from_header(
+        headers
+            .get(AUTHORIZATION)
+            .map(|value| value.to_str().map_err(|_| ())),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -34,5 +45,17 @@ mod tests {
         assert_eq!(from_header(Some(Ok("Basic a.b"))), Some(""));
         assert_eq!(from_header(Some(Ok("a.b"))), Some(""));
         assert_eq!(from_header(Some(Err(()))), Some(""));
+    }
+
+    #[test]
+    fn headers_are_read_through_the_authorization_header() {
+        use tonic::codegen::http::{HeaderMap, HeaderValue};
+        let mut headers = HeaderMap::new();
+        assert_eq!(from_headers(&headers), None);
+        headers.insert(AUTHORIZATION, HeaderValue::from_static("Bearer a.b"));
+        assert_eq!(from_headers(&headers), Some("a.b"));
+        let opaque = HeaderValue::from_bytes(b"Bearer \xff").expect("header bytes");
+        headers.insert(AUTHORIZATION, opaque);
+        assert_eq!(from_headers(&headers), Some(""), "not visible ASCII");
     }
 }

@@ -47,4 +47,38 @@ impl Denied {
     pub fn is_unauthenticated(&self) -> bool {
         !matches!(self, Denied::Role { .. } | Denied::Unlisted(_))
     }
+
+    /// The gRPC status a refused request gets, on coordinators and agents
+    /// alike: marked final (no other member would answer otherwise) and
+    /// certainly not applied, so that clients neither retry nor wonder.
+    pub fn to_status(&self) -> tonic::Status {
+        let status = if self.is_unauthenticated() {
+            tonic::Status::unauthenticated(self.to_string())
+        } else {
+            tonic::Status::permission_denied(self.to_string())
+        };
+        crate::retry::ErrorMarks {
+            reason: Some(crate::retry::Reason::Rejected),
+            not_applied: true,
+            leader: None,
+        }
+        .on(status)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_are_final_and_say_who_failed_to_prove_itself() {
+        let status = Denied::NoToken.to_status();
+        assert_eq!(status.code(), tonic::Code::Unauthenticated);
+        let marks = crate::retry::ErrorMarks::read(&status).expect("marked");
+        assert!(marks.not_applied, "{status:?}");
+        assert_eq!(marks.reason, Some(crate::retry::Reason::Rejected));
+        let status = Denied::Unlisted("/x/y".into()).to_status();
+        assert_eq!(status.code(), tonic::Code::PermissionDenied);
+        assert!(status.message().contains("/x/y"), "{status:?}");
+    }
 }

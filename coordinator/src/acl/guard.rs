@@ -21,11 +21,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use herd_api::retry::{ErrorMarks, Reason};
 use tonic::body::Body;
 use tonic::codegen::http;
 use tonic::server::NamedService;
-use tonic::Status;
 use tower_service::Service;
 
 use super::state::{AclState, Denied};
@@ -67,17 +65,6 @@ enum Verdict {
     AfterBarrier,
 }
 
-/// The token in `headers`: None without an `authorization` header, the
-/// header's value when it is not `Bearer TOKEN` (which then fails as an
-/// invalid token).
-fn bearer(headers: &http::HeaderMap) -> Option<&str> {
-    herd_api::acl::bearer::from_header(
-        headers
-            .get(AUTHORIZATION)
-            .map(|value| value.to_str().map_err(|_| ())),
-    )
-}
-
 /// Judges a request for `path` carrying `bearer`, on `acl` at `now_ms`.
 /// `may_lag`: this member is not the leader, so its state may miss recent
 /// token changes; `final_check`: the barrier has been waited for.
@@ -110,25 +97,9 @@ fn judge(acl: &AclState, path: &str, bearer: Option<&str>, now_ms: u64, may_lag:
     }
 }
 
-/// The status a refused request gets: final (no other member would
-/// answer otherwise) and certainly not applied.
-pub fn refusal(denied: &Denied) -> Status {
-    let status = if denied.is_unauthenticated() {
-        Status::unauthenticated(denied.to_string())
-    } else {
-        Status::permission_denied(denied.to_string())
-    };
-    ErrorMarks {
-        reason: Some(Reason::Rejected),
-        not_applied: true,
-        leader: None,
-    }
-    .on(status)
-}
-
 fn refuse(path: &str, denied: &Denied) -> http::Response<Body> {
     tracing::debug!(rpc = path, reason = %denied, "request refused");
-    refusal(denied).into_http()
+    denied.to_status().into_http()
 }
 
 type Reply = Pin<Box<dyn Future<Output = Result<http::Response<Body>, Infallible>> + Send>>;
@@ -151,7 +122,7 @@ where
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
         let path = request.uri().path().to_string();
-        let token = bearer(request.headers()).map(str::to_string);
+        let token = herd_api::acl::bearer::from_headers(request.headers()).map(str::to_string);
         let coordinator = self.coordinator.clone();
         let may_lag = !coordinator.is_leader();
         let verdict =
@@ -262,24 +233,5 @@ mod tests {
             Verdict::AfterBarrier,
             "an accessor a follower does not know may be new"
         );
-    }
-
-    #[test]
-    fn bearer_metadata_is_read_leniently_and_anything_else_is_invalid() {
-        let mut headers = http::HeaderMap::new();
-        assert_eq!(bearer(&headers), None);
-        headers.insert(AUTHORIZATION, http::HeaderValue::from_static("Bearer a.b"));
-        assert_eq!(bearer(&headers), Some("a.b"));
-        headers.insert(
-            AUTHORIZATION,
-            http::HeaderValue::from_static("bearer  a.b "),
-        );
-        assert_eq!(bearer(&headers), Some("a.b"));
-        headers.insert(AUTHORIZATION, http::HeaderValue::from_static("Basic a.b"));
-        assert_eq!(bearer(&headers), Some(""));
-        let status = refusal(&Denied::NoToken);
-        assert_eq!(status.code(), tonic::Code::Unauthenticated);
-        let status = refusal(&Denied::Unlisted("/x/y".into()));
-        assert_eq!(status.code(), tonic::Code::PermissionDenied);
     }
 }

@@ -34,6 +34,7 @@ use crate::state::{ClusterState, Job};
 /// after an abort the source's.
 pub fn assigned_to(state: &ClusterState, node: &str) -> Vec<AssignedAllocation> {
     let moving = migrations_of(state, node);
+    let mut request_ids = RequestIds::new(state);
     let mut oldest_live: HashMap<&str, HashMap<u32, u64>> = HashMap::new();
     let mut assigned: Vec<AssignedAllocation> = state
         .allocs_on_node(node)
@@ -55,7 +56,16 @@ pub fn assigned_to(state: &ClusterState, node: &str) -> Vec<AssignedAllocation> 
                 .iter()
                 .find(|m| m.alloc_id == a.id && m.source == node)
                 .map(|m| migration_assignment(state, m, node));
-            Some(assignment(state, job, a, node, a.generation, migration))
+            let request_id = request_ids.of(job);
+            Some(assignment(
+                state,
+                job,
+                a,
+                node,
+                a.generation,
+                migration,
+                request_id,
+            ))
         })
         .collect();
     // Incoming: allocations of other nodes that move here.
@@ -74,6 +84,7 @@ pub fn assigned_to(state: &ClusterState, node: &str) -> Vec<AssignedAllocation> 
             continue;
         };
         let migration = Some(migration_assignment(state, m, node));
+        let request_id = request_ids.of(job);
         assigned.push(assignment(
             state,
             job,
@@ -81,9 +92,41 @@ pub fn assigned_to(state: &ClusterState, node: &str) -> Vec<AssignedAllocation> 
             node,
             m.from_generation + 1,
             migration,
+            request_id,
         ));
     }
     assigned
+}
+
+/// The request id that made each job's current version, read from its
+/// record (a JSON variable, [`crate::request_record`]) once per job and
+/// call of [`assigned_to`], not once per allocation: a service of many
+/// instances on one node would parse the same record for each.
+struct RequestIds<'s> {
+    state: &'s ClusterState,
+    by_job: HashMap<&'s str, String>,
+}
+
+impl<'s> RequestIds<'s> {
+    fn new(state: &'s ClusterState) -> Self {
+        Self {
+            state,
+            by_job: HashMap::new(),
+        }
+    }
+
+    /// The id for `job`'s current version; empty when no record names it.
+    fn of(&mut self, job: &'s Job) -> String {
+        let state = self.state;
+        self.by_job
+            .entry(job.spec.name.as_str())
+            .or_insert_with(|| {
+                crate::request_record::of_current_version(state, &job.spec.name)
+                    .map(String::from)
+                    .unwrap_or_default()
+            })
+            .clone()
+    }
 }
 
 /// The migrations in flight that `node` takes part in, as source or target.
@@ -121,7 +164,8 @@ fn migration_assignment(state: &ClusterState, m: &Migration, node: &str) -> Migr
     }
 }
 
-/// Allocation `a` of `job` as `node`'s agent is told it, at `generation`.
+/// Allocation `a` of `job` as `node`'s agent is told it, at `generation`;
+/// `request_id`: the request that made `job`'s current version.
 fn assignment(
     state: &ClusterState,
     job: &Job,
@@ -129,6 +173,7 @@ fn assignment(
     node: &str,
     generation: u64,
     migration: Option<MigrationAssignment>,
+    request_id: String,
 ) -> AssignedAllocation {
     let mut env: HashMap<String, String> = [
         ("HERD_ALLOC_INSTANCE", a.instance.to_string()),
@@ -160,13 +205,7 @@ fn assignment(
         migration,
         gpu_indices,
         balance_movable: job.spec.balance.movable,
-        request_id: if a.job_version == job.version {
-            crate::request_record::of_current_version(state, &a.job)
-                .map(String::from)
-                .unwrap_or_default()
-        } else {
-            String::new()
-        },
+        request_id,
     }
 }
 
@@ -391,6 +430,57 @@ mod tests {
         let (_, to, _) = drain_and_replace(&mut state, index, "web");
         assert_eq!(ids(&assigned_to(&state, &to)), vec!["web"]);
     }
+    #[test]
+    fn every_copy_of_a_version_names_the_request_that_made_it() {
+        use crate::request_record::{record_command, Action, JobRequest};
+        use herd_api::request_id::RequestId;
+
+        let mut state = ClusterState::default();
+        let mut index = place(
+            &mut state,
+            &["n1"],
+            vec![spec("web", JobType::Service, 1)],
+            1_000,
+        );
+        assert_eq!(
+            assigned_to(&state, "n1")[0].request_id,
+            "",
+            "no record: no id"
+        );
+        // The record, then a new version of three copies.
+        let id = RequestId::parse("cli-42").expect("id");
+        let request = JobRequest::new(&state, "web", id, Action::Submit, 1_000);
+        let command = record_command("web", &request).expect("record");
+        run(&mut state, index, command);
+        let web3 = spec("web", JobType::Service, 3);
+        run(
+            &mut state,
+            index + 1,
+            Command::SubmitJob {
+                spec: JobSpec {
+                    priority: 60,
+                    ..web3
+                },
+                now_ms: 1_000,
+            },
+        );
+        index += 2;
+        let plan = plan_job(&state, &state.jobs["web"], 1_000).expect("a plan");
+        run(
+            &mut state,
+            index,
+            Command::ApplyPlan {
+                plan,
+                now_ms: 1_000,
+            },
+        );
+        let assigned = assigned_to(&state, "n1");
+        assert_eq!(assigned.len(), 3, "{assigned:?}");
+        for a in &assigned {
+            assert_eq!(a.request_id, "cli-42", "{a:?}");
+        }
+    }
+
     /// A running simvm `vm` on one of n1, n2 (both able to move it live)
     /// and a migration of it to the other; returns the state, the
     /// allocation, the migration id, the target and the next free index.

@@ -11,13 +11,11 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use herd_api::acl::bearer::{self, AUTHORIZATION};
+use herd_api::acl::bearer;
 use herd_api::acl::Denied;
-use herd_api::retry::{ErrorMarks, Reason};
 use tonic::body::Body;
 use tonic::codegen::http;
 use tonic::server::NamedService;
-use tonic::Status;
 use tower_service::Service;
 
 use super::{table, AgentAcl};
@@ -42,21 +40,6 @@ impl<S: NamedService> NamedService for Guarded<S> {
     const NAME: &'static str = S::NAME;
 }
 
-/// The status a refused request gets: final and certainly not applied.
-pub fn refusal(denied: &Denied) -> Status {
-    let status = if denied.is_unauthenticated() {
-        Status::unauthenticated(denied.to_string())
-    } else {
-        Status::permission_denied(denied.to_string())
-    };
-    ErrorMarks {
-        reason: Some(Reason::Rejected),
-        not_applied: true,
-        leader: None,
-    }
-    .on(status)
-}
-
 type Reply = Pin<Box<dyn Future<Output = Result<http::Response<Body>, Infallible>> + Send>>;
 
 impl<S> Service<http::Request<Body>> for Guarded<S>
@@ -77,13 +60,7 @@ where
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
         let path = request.uri().path().to_string();
-        let token = bearer::from_header(
-            request
-                .headers()
-                .get(AUTHORIZATION)
-                .map(|v| v.to_str().map_err(|_| ())),
-        )
-        .map(str::to_string);
+        let token = bearer::from_headers(request.headers()).map(str::to_string);
         let certified = herd_api::tls::identity::peer_identity(request.extensions())
             .is_some_and(|peer| table::certified(&path, peer.role));
         let acl = self.acl.clone();
@@ -104,7 +81,7 @@ where
             };
             match checked {
                 Ok(()) => inner.call(request).await,
-                Err(denied) => Ok(refusal(&denied).into_http()),
+                Err(denied) => Ok(denied.to_status().into_http()),
             }
         })
     }

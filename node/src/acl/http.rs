@@ -8,7 +8,7 @@ use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use herd_api::acl::bearer::{self, AUTHORIZATION};
+use herd_api::acl::bearer;
 use herd_api::acl::Denied;
 
 use super::{table, AgentAcl};
@@ -51,13 +51,7 @@ pub async fn check(State(acl): State<AgentAcl>, request: Request, next: Next) ->
     let method = request.method().as_str().to_string();
     let path = request.uri().path().to_string();
     let need = table::http_role(&method, &path);
-    let token = bearer::from_header(
-        request
-            .headers()
-            .get(AUTHORIZATION)
-            .map(|v| v.to_str().map_err(|_| ())),
-    )
-    .map(str::to_string);
+    let token = bearer::from_headers(request.headers()).map(str::to_string);
     let what = format!("{method} {path}");
     match acl.check(need, &what, token.as_deref()).await {
         Ok(()) => next.run(request).await,

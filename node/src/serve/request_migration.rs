@@ -172,7 +172,22 @@ impl From<RequestMigrationError> for Status {
 /// A resumed request waiting for the agent that relays it to its client.
 struct Handoff {
     alloc_id: String,
+    /// The request it continues: its source allocation and its id in the
+    /// source's engine, read from the migration id (see [`source_of`]).
+    source: Option<(String, u64)>,
     stream: InferStream,
+}
+
+/// The source allocation and engine request id a request migration's id
+/// names: the source agent makes it `ALLOC.REQUEST.UUID` (the uuid in its
+/// simple form, without dots; an allocation id may hold dots, so it is
+/// read from the right).
+fn source_of(migration_id: &str) -> Option<(String, u64)> {
+    let mut parts = migration_id.rsplitn(3, '.');
+    let _uuid = parts.next()?;
+    let request = parts.next()?.parse().ok()?;
+    let alloc = parts.next().filter(|a| !a.is_empty())?;
+    Some((alloc.to_string(), request))
 }
 
 #[derive(Default)]
@@ -244,12 +259,36 @@ impl RequestMoves {
         .flatten()
     }
 
+    /// The resumed request that continues request `request_id` of
+    /// `source_alloc` (whatever its migration's id), taken by a relay that
+    /// lost the source's `moved` message; with the allocation it runs on.
+    pub fn take_handoff_of(
+        &self,
+        source_alloc: &str,
+        request_id: u64,
+    ) -> Option<(String, InferStream)> {
+        self.with(|i| {
+            let key = i
+                .handoffs
+                .iter()
+                .find(|(_, h)| {
+                    h.source
+                        .as_ref()
+                        .is_some_and(|(a, r)| a == source_alloc && *r == request_id)
+                })
+                .map(|(k, _)| k.clone())?;
+            i.handoffs.remove(&key).map(|h| (h.alloc_id, h.stream))
+        })
+        .flatten()
+    }
+
     fn put_handoff(&self, handoff: &str, alloc_id: &str, stream: InferStream) {
         self.with(|i| {
             i.handoffs.insert(
                 handoff.to_string(),
                 Handoff {
                     alloc_id: alloc_id.to_string(),
+                    source: source_of(handoff),
                     stream,
                 },
             )
@@ -733,4 +772,42 @@ pub async fn serve_migrate(
         verified: outcome.verified,
         switched_at: outcome.switched_at,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_migration_id_names_its_source_read_from_the_right() {
+        assert_eq!(source_of("a1.42.0123abcd"), Some(("a1".to_string(), 42)));
+        assert_eq!(
+            source_of("web.3.7.0123abcd"),
+            Some(("web.3".to_string(), 7)),
+            "an allocation id with dots"
+        );
+        assert_eq!(source_of("a1.x.0123abcd"), None, "not a request id");
+        assert_eq!(source_of(".42.0123abcd"), None, "no allocation");
+        assert_eq!(source_of("0123abcd"), None);
+    }
+
+    #[tokio::test]
+    async fn a_handoff_is_found_by_the_request_it_continues_and_taken_once() {
+        let moves = RequestMoves::default();
+        let stream = || -> InferStream { Box::pin(futures::stream::empty()) };
+        moves.put_handoff("src.7.aaaa", "dst", stream());
+        moves.put_handoff("src.8.bbbb", "dst", stream());
+        assert!(moves.take_handoff_of("src", 9).is_none(), "no such request");
+        assert!(
+            moves.take_handoff_of("other", 7).is_none(),
+            "another source"
+        );
+        let (alloc, _) = moves.take_handoff_of("src", 7).expect("request 7");
+        assert_eq!(alloc, "dst");
+        assert!(moves.take_handoff_of("src", 7).is_none(), "taken once");
+        assert!(
+            moves.take_handoff("src.8.bbbb", "dst").is_some(),
+            "the other is still there by its migration id"
+        );
+    }
 }
