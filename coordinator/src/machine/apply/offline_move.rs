@@ -320,9 +320,31 @@ mod tests {
     use crate::machine::command::Command;
     use crate::testkit::{alloc_update, place, report, run, spec};
 
-    /// One running `web` on one of n1, n2; returns the state, the
-    /// allocation id, its node, the other node and the next index.
-    fn running() -> (ClusterState, String, String, String, u64) {
+    /// A running `web` and the nodes a move of it names.
+    struct Web {
+        id: String,
+        source: String,
+        target: String,
+        generation: u64,
+    }
+
+    impl Web {
+        /// A move `move_id` of `web` from its node to the other, as of its
+        /// generation.
+        fn move_named<'a>(&'a self, move_id: &'a str) -> OfflineMove<'a> {
+            OfflineMove {
+                move_id,
+                alloc_id: &self.id,
+                source: &self.source,
+                target: &self.target,
+                from_generation: self.generation,
+            }
+        }
+    }
+
+    /// One running `web` on one of n1, n2; returns the state, `web` and
+    /// the next index.
+    fn running() -> (ClusterState, Web, u64) {
         let mut state = ClusterState::default();
         let web = spec("web", JobType::Service, 1);
         let index = place(&mut state, &["n1", "n2"], vec![web], 1_000);
@@ -331,7 +353,13 @@ mod tests {
         let (accepted, refused) = report(&mut state, index, &alloc.node, vec![update], 1_500);
         assert_eq!(accepted, 1, "{refused:?}");
         let other = if alloc.node == "n1" { "n2" } else { "n1" };
-        (state, alloc.id, alloc.node, other.to_string(), index + 1)
+        let web = Web {
+            id: alloc.id.clone(),
+            source: alloc.node.clone(),
+            target: other.to_string(),
+            generation: alloc.generation,
+        };
+        (state, web, index + 1)
     }
 
     fn reported(state: &mut ClusterState, index: u64, m: &OfflineMove<'_>) -> CommandResult {
@@ -352,23 +380,17 @@ mod tests {
 
     #[test]
     fn a_move_of_an_allocation_still_where_it_began_is_a_switch_over() {
-        let (mut state, id, source, target, index) = running();
-        let generation = state.allocations[&id].generation;
-        let m = OfflineMove {
-            move_id: "off-1",
-            alloc_id: &id,
-            source: &source,
-            target: &target,
-            from_generation: generation,
-        };
+        let (mut state, web, index) = running();
+        let (id, generation) = (&web.id, web.generation);
+        let m = web.move_named("off-1");
         assert_eq!(judge(&state, &m), Verdict::Accept);
         let result = reported(&mut state, index, &m);
         assert!(
             matches!(result, CommandResult::AllocsUpdated { accepted: 1, .. }),
             "{result:?}"
         );
-        let alloc = &state.allocations[&id];
-        assert_eq!(alloc.node, target);
+        let alloc = &state.allocations[id];
+        assert_eq!(alloc.node, web.target);
         assert_eq!(alloc.generation, generation + 1);
         assert!(alloc.events.iter().any(|e| e.detail.contains("off-1")));
         // The other agent's report of the same move: accepted, unchanged.
@@ -383,21 +405,14 @@ mod tests {
             matches!(again, CommandResult::AllocsUpdated { accepted: 0, .. }),
             "{again:?}"
         );
-        assert_eq!(state.allocations[&id].generation, generation + 1);
+        assert_eq!(state.allocations[id].generation, generation + 1);
     }
 
     #[test]
     fn a_move_the_coordinators_overtook_is_refused() {
         // The job stopped meanwhile.
-        let (mut state, id, source, target, index) = running();
-        let generation = state.allocations[&id].generation;
-        let m = OfflineMove {
-            move_id: "off-1",
-            alloc_id: &id,
-            source: &source,
-            target: &target,
-            from_generation: generation,
-        };
+        let (mut state, web, index) = running();
+        let m = web.move_named("off-1");
         run(
             &mut state,
             index,
@@ -412,44 +427,33 @@ mod tests {
             matches!(result, CommandResult::Rejected(Rejection::Migration(_))),
             "{result:?}"
         );
-        assert_eq!(state.allocations[&id].node, source);
+        assert_eq!(state.allocations[&web.id].node, web.source);
 
         // The source node was marked down and its work replaced.
-        let (mut state, id, source, target, index) = running();
-        let generation = state.allocations[&id].generation;
+        let (mut state, web, index) = running();
         run(
             &mut state,
             index,
             Command::MarkNodeDown {
-                node: source.clone(),
+                node: web.source.clone(),
                 now_ms: 1_800,
             },
         );
-        let m = OfflineMove {
-            move_id: "off-2",
-            alloc_id: &id,
-            source: &source,
-            target: &target,
-            from_generation: generation,
-        };
-        let Verdict::Refuse(why) = judge(&state, &m) else {
+        let Verdict::Refuse(why) = judge(&state, &web.move_named("off-2")) else {
             panic!("a move off a node marked down was accepted");
         };
-        assert!(why.contains(&id), "{why}");
+        assert!(why.contains(&web.id), "{why}");
 
         // A stale generation, or a stranger's claim.
-        let (state, id, source, target, _) = running();
-        let generation = state.allocations[&id].generation;
+        let (state, web, _) = running();
         for (src, gen) in [
-            (source.as_str(), generation + 5),
-            (target.as_str(), generation),
+            (web.source.as_str(), web.generation + 5),
+            (web.target.as_str(), web.generation),
         ] {
             let m = OfflineMove {
-                move_id: "off-3",
-                alloc_id: &id,
                 source: src,
-                target: &target,
                 from_generation: gen,
+                ..web.move_named("off-3")
             };
             assert!(
                 matches!(judge(&state, &m), Verdict::Refuse(_)),
@@ -457,11 +461,8 @@ mod tests {
             );
         }
         let m = OfflineMove {
-            move_id: "off-4",
             alloc_id: "no-such",
-            source: &source,
-            target: &target,
-            from_generation: generation,
+            ..web.move_named("off-4")
         };
         assert!(matches!(judge(&state, &m), Verdict::Refuse(_)));
     }
@@ -491,15 +492,15 @@ mod tests {
 
     #[test]
     fn an_unsettled_move_waits_while_its_target_lives_and_is_kept_once_it_is_down() {
-        let (mut state, id, source, target, index) = running();
-        let generation = state.allocations[&id].generation;
-        let m = OfflineMove {
-            move_id: "off-1",
-            alloc_id: &id,
-            source: &source,
-            target: &target,
-            from_generation: generation,
-        };
+        let (mut state, web, index) = running();
+        let Web {
+            id,
+            source,
+            target,
+            generation,
+        } = &web;
+        let generation = *generation;
+        let m = web.move_named("off-1");
         let alive = TargetWord::default();
         assert!(matches!(settle(&state, &m, alive), Settlement::Wait(_)));
         // Written anyway (the state changed between the service's look and
@@ -543,7 +544,7 @@ mod tests {
             matches!(result, CommandResult::AllocsUpdated { accepted: 1, .. }),
             "{result:?}"
         );
-        let alloc = &state.allocations[&id];
+        let alloc = &state.allocations[id];
         assert_eq!(
             (alloc.node.as_str(), alloc.generation),
             (source.as_str(), generation)
@@ -574,21 +575,15 @@ mod tests {
             matches!(result, CommandResult::Rejected(Rejection::Migration(_))),
             "{result:?}"
         );
-        assert_eq!(state.allocations[&id].node, source);
-        assert_eq!(state.allocations[&id].generation, generation);
+        assert_eq!(state.allocations[id].node, *source);
+        assert_eq!(state.allocations[id].generation, generation);
     }
 
     #[test]
     fn an_unsettled_move_the_target_reported_is_the_targets() {
-        let (mut state, id, source, target, index) = running();
-        let generation = state.allocations[&id].generation;
-        let m = OfflineMove {
-            move_id: "off-1",
-            alloc_id: &id,
-            source: &source,
-            target: &target,
-            from_generation: generation,
-        };
+        let (mut state, web, index) = running();
+        let generation = web.generation;
+        let m = web.move_named("off-1");
         let result = reported(&mut state, index, &m);
         assert!(
             matches!(result, CommandResult::AllocsUpdated { accepted: 1, .. }),
@@ -611,11 +606,10 @@ mod tests {
             "{again:?}"
         );
         assert!(state.migrations.is_empty());
-        assert_eq!(state.allocations[&id].node, target);
+        assert_eq!(state.allocations[&web.id].node, web.target);
 
         // The job stopped meanwhile: refused, whatever the target did.
-        let (mut state, id, source, target, index) = running();
-        let generation = state.allocations[&id].generation;
+        let (mut state, web, index) = running();
         run(
             &mut state,
             index,
@@ -624,26 +618,12 @@ mod tests {
                 now_ms: 1_800,
             },
         );
-        let m = OfflineMove {
-            move_id: "off-2",
-            alloc_id: &id,
-            source: &source,
-            target: &target,
-            from_generation: generation,
-        };
+        let m = web.move_named("off-2");
         assert!(matches!(settle(&state, &m, silent), Settlement::Refuse(_)));
 
         // A move id naming a migration of the coordinators': refused.
-        let (state, id, source, target, _) = running();
-        let mut state = state;
-        let generation = state.allocations[&id].generation;
-        let m = OfflineMove {
-            move_id: "mig-9",
-            alloc_id: &id,
-            source: &source,
-            target: &target,
-            from_generation: generation,
-        };
+        let (mut state, web, _) = running();
+        let m = web.move_named("mig-9");
         state.migrations.insert(
             "mig-9".into(),
             Migration {
@@ -651,8 +631,8 @@ mod tests {
                 alloc_id: "another".into(),
                 job: "web".into(),
                 kind: "simvm".into(),
-                source: source.clone(),
-                target: target.clone(),
+                source: web.source.clone(),
+                target: web.target.clone(),
                 phase: MigrationPhase::Aborted,
                 phase_deadline_ms: 0,
                 started_at_ms: 0,
@@ -663,7 +643,7 @@ mod tests {
                 downtime_limit_ms: 0,
                 bandwidth_bytes_per_sec: None,
                 error: None,
-                from_generation: generation,
+                from_generation: web.generation,
                 create_index: 1,
                 modify_index: 1,
                 target_gpu_indices: Vec::new(),
@@ -675,14 +655,10 @@ mod tests {
 
     #[test]
     fn an_unregistered_target_counts_as_down() {
-        let (state, id, source, _, _) = running();
-        let generation = state.allocations[&id].generation;
+        let (state, web, _) = running();
         let m = OfflineMove {
-            move_id: "off-1",
-            alloc_id: &id,
-            source: &source,
             target: "n9",
-            from_generation: generation,
+            ..web.move_named("off-1")
         };
         assert!(matches!(judge(&state, &m), Verdict::Refuse(_)));
         assert!(matches!(
