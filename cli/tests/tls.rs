@@ -3,7 +3,8 @@
 //! simulated VM (coordinator-to-coordinator, agent-to-coordinator and
 //! agent-to-agent traffic all over TLS), while callers without a
 //! certificate, with another CA's, with the wrong role or with another
-//! node's certificate are refused.
+//! node's certificate are refused, and a dialer expecting one node refuses
+//! another node's agent.
 
 // Test code: an unwrap/expect failing here fails the test at its line. The
 // workspace denies both lints outside tests (issue 24), and clippy's
@@ -174,6 +175,25 @@ async fn a_tls_cluster_serves_certified_peers_only() {
     );
     let status = tls_json(&tls, &addr, &["alloc", "status", &alloc]).expect("alloc status");
     assert_eq!(status["node"], target, "{status:#}");
+    // The agents gossip over TLS, each dialing the other by its node name
+    // (`<name>.node.herd`): t1 keeps a fresh view of t2.
+    until(
+        "t1 to see t2 alive over TLS gossip",
+        Duration::from_secs(30),
+        || {
+            let view = tls_json(&tls, &addr, &["balance", "status", "--node", "t1"])?;
+            view["nodes"]
+                .as_array()?
+                .iter()
+                .any(|n| {
+                    n["name"] == "t2"
+                        && n["state"] == "alive"
+                        && n["view_age_ms"].as_u64() < Some(3_000)
+                })
+                .then_some(())
+        },
+    )
+    .await;
     // The agent's own endpoint serves a client certificate too (logs).
     let logs = tls_cli(&tls, "admin", &["--addr", &addr, "alloc", "logs", &alloc]);
     assert!(
@@ -181,6 +201,14 @@ async fn a_tls_cluster_serves_certified_peers_only() {
         "{}",
         String::from_utf8_lossy(&logs.stderr)
     );
+    // The memory itself went sim-vm to sim-vm under mutual TLS: the target
+    // admitted the source node's certificate, and nothing in the clear.
+    let vm_log = String::from_utf8_lossy(&logs.stdout);
+    assert!(
+        vm_log.contains(&format!("migration stream: TLS, from node {source} at")),
+        "the target's sim-vm log: {vm_log}"
+    );
+    assert!(!vm_log.contains("plain TCP"), "{vm_log}");
 
     // No certificate at all: a plaintext client gets nothing.
     let plain = must_run_cli(&["--addr", &addr, "node", "list"]);
@@ -253,6 +281,28 @@ async fn a_tls_cluster_serves_certified_peers_only() {
         })
         .await
         .expect_err("t2's certificate gossiped as t1");
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    // A dialer of one node checks that node (`<name>.node.herd`, as agents
+    // dial the target of a move): t1's agent does not pass for t2, however
+    // valid its node certificate, and passes for t1.
+    let (cert, key) = tls.issue("node", "t2").expect("t2's cert");
+    match channel_as(&tls.ca(), &cert, &key, &agent_addr, "t2.node").await {
+        Ok(_) => panic!("t1's agent passed a dial that expects node t2"),
+        Err(e) => {
+            let chain = format!("{e:?}");
+            assert!(chain.contains("NotValidForName"), "{chain}");
+        }
+    }
+    let as_t2 = channel_as(&tls.ca(), &cert, &key, &agent_addr, "t1.node")
+        .await
+        .expect("t1's agent passes a dial that expects node t1");
+    let refused = AgentPeerClient::new(as_t2)
+        .gossip(GossipPacket {
+            from_node: "t1".into(),
+            ..GossipPacket::default()
+        })
+        .await
+        .expect_err("past the handshake, t2 still cannot gossip as t1");
     assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
     // Nothing of the above registered anything.
     let nodes = tls_json(&tls, &addr, &["node", "list"]).expect("node list");

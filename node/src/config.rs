@@ -66,6 +66,13 @@ pub struct NodeSettings {
     /// Move running inference requests off this node's instances that
     /// drain or run low on KV blocks (docs/inference.md); on by default.
     pub reschedule: Option<bool>,
+    /// Free KV blocks each inference instance keeps, as a fraction of its
+    /// blocks: below it the rescheduler moves requests away, and a target
+    /// must keep it after taking one (0.0 to 0.9; default 0.1).
+    pub reschedule_reserve: Option<f64>,
+    /// A request with fewer tokens than this left to generate is not moved
+    /// (it would end before the move paid off; default 16).
+    pub reschedule_min_tokens_left: Option<u32>,
     /// Unprivileged user `exec` tasks run as (`"nobody"`); unset: the
     /// agent's own user. Resolved at start: an unknown user is an error.
     pub exec_user: Option<String>,
@@ -99,6 +106,8 @@ herd_api::daemon_settings!(NodeSettings {
     metrics_listen,
     balance,
     reschedule,
+    reschedule_reserve,
+    reschedule_min_tokens_left,
     exec_user,
     allow_paths,
     vm_devices,
@@ -164,6 +173,9 @@ pub struct NodeConfig {
     /// Whether the agent reschedules running inference requests
     /// (`node/src/serve/resched.rs`).
     pub reschedule_requests: bool,
+    /// The request rescheduler's policy settings (`reschedule_reserve`,
+    /// `reschedule_min_tokens_left`).
+    pub reschedule_policy: crate::serve::resched_policy::Settings,
     /// The balancing protocol's and policy's settings.
     pub balance: herd_balance::Config,
     /// Where the Prometheus metrics endpoint listens, when it is on.
@@ -358,6 +370,10 @@ impl NodeConfig {
             ConfineError::Setting { .. } => invalid("allow-paths", e.to_string()),
             _ => invalid("exec-user", e.to_string()),
         })?;
+        let reschedule_policy = reschedule_policy(
+            settings.reschedule_reserve,
+            settings.reschedule_min_tokens_left,
+        )?;
         let labels = settings.labels.unwrap_or_default();
         for (key, value) in &labels {
             if key.is_empty() || key.len() > 64 || value.len() > 256 {
@@ -388,9 +404,53 @@ impl NodeConfig {
             confinement,
             balance_enabled: settings.balance.unwrap_or(true),
             reschedule_requests: settings.reschedule.unwrap_or(true),
+            reschedule_policy,
             balance: herd_balance::Config::default(),
         })
     }
+}
+
+/// Largest KV reserve an instance may keep: above it an instance would
+/// count as short of blocks while most of them are free, and requests
+/// would be moved for ever.
+const MAX_RESCHEDULE_RESERVE: f64 = 0.9;
+
+/// The request rescheduler's settings from the node's, the defaults where
+/// unset.
+fn reschedule_policy(
+    reserve: Option<f64>,
+    min_tokens_left: Option<u32>,
+) -> Result<crate::serve::resched_policy::Settings, ConfigError> {
+    let defaults = crate::serve::resched_policy::Settings::default();
+    let reserve_fraction = match reserve {
+        None => defaults.reserve_fraction,
+        Some(r) if r.is_finite() && (0.0..=MAX_RESCHEDULE_RESERVE).contains(&r) => r,
+        Some(r) => {
+            return Err(invalid(
+                "reschedule-reserve",
+                format!(
+                    "{r} is not a fraction of the KV blocks from 0.0 to {MAX_RESCHEDULE_RESERVE}"
+                ),
+            ))
+        }
+    };
+    let min_remaining_tokens = match min_tokens_left {
+        None => defaults.min_remaining_tokens,
+        Some(n) if (1..=herd_actors::inference::MAX_REQUEST_TOKENS).contains(&n) => n,
+        Some(n) => {
+            return Err(invalid(
+                "reschedule-min-tokens-left",
+                format!(
+                    "{n} is not between 1 and {} tokens",
+                    herd_actors::inference::MAX_REQUEST_TOKENS
+                ),
+            ))
+        }
+    };
+    Ok(crate::serve::resched_policy::Settings {
+        reserve_fraction,
+        min_remaining_tokens,
+    })
 }
 
 /// The host incoming live migrations listen on: `given`
@@ -706,6 +766,66 @@ mod tests {
             }
             other => panic!("expected an error on metrics-listen, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn the_request_reschedulers_settings_are_checked_and_default() {
+        let defaults = crate::serve::resched_policy::Settings::default();
+        let config = NodeConfig::resolve(base()).expect("resolve");
+        assert_eq!(config.reschedule_policy, defaults);
+        let set = NodeConfig::resolve(NodeSettings {
+            reschedule_reserve: Some(0.25),
+            reschedule_min_tokens_left: Some(64),
+            ..base()
+        })
+        .expect("resolve");
+        assert_eq!(set.reschedule_policy.reserve_fraction, 0.25);
+        assert_eq!(set.reschedule_policy.min_remaining_tokens, 64);
+        for (settings, field) in [
+            (
+                NodeSettings {
+                    reschedule_reserve: Some(0.95),
+                    ..base()
+                },
+                "reschedule-reserve",
+            ),
+            (
+                NodeSettings {
+                    reschedule_reserve: Some(f64::NAN),
+                    ..base()
+                },
+                "reschedule-reserve",
+            ),
+            (
+                NodeSettings {
+                    reschedule_reserve: Some(-0.1),
+                    ..base()
+                },
+                "reschedule-reserve",
+            ),
+            (
+                NodeSettings {
+                    reschedule_min_tokens_left: Some(0),
+                    ..base()
+                },
+                "reschedule-min-tokens-left",
+            ),
+        ] {
+            match NodeConfig::resolve(settings) {
+                Err(ConfigError::Invalid { field: f, message }) => {
+                    assert_eq!(f, field, "{message}");
+                }
+                other => panic!("expected an error on {field}, got {other:?}"),
+            }
+        }
+        // From a file, as operators write it.
+        let file = NodeSettings::from_toml(
+            "name = \"n\"\ncoordinators = \"127.0.0.1:7000\"\ndata_dir = \"/var/lib/herd\"\nreschedule_reserve = 0.2\n",
+            "node.toml",
+        )
+        .expect("parse");
+        let config = NodeConfig::resolve(file).expect("resolve");
+        assert_eq!(config.reschedule_policy.reserve_fraction, 0.2);
     }
 
     #[test]

@@ -213,7 +213,8 @@ impl Inference {
             node: instance.node,
         };
         let agent = instance.agent;
-        let tokens = NodeAgentClient::with_interceptor(fleet.channel(&agent)?, self.token.clone())
+        let channel = fleet.channel(&served.node, &agent)?;
+        let tokens = NodeAgentClient::with_interceptor(channel, self.token.clone())
             .infer(request)
             .await
             .map_err(|s| relayed(&served.node, &agent, s))?
@@ -352,7 +353,7 @@ impl Inference {
             agents.sort();
             agents.dedup();
             let asks = agents.into_iter().map(|(node, agent)| async move {
-                let channel = fleet.channel(&agent).ok()?;
+                let channel = fleet.channel(&node, &agent).ok()?;
                 let request = InferRequest {
                     recover_alloc_id: alloc_id.to_string(),
                     recover_request_id: request_id,
@@ -393,7 +394,7 @@ impl Inference {
         };
         let (node, agent) = (moved.node.clone(), moved.agent.clone());
         let tokens = NodeAgentClient::with_interceptor(
-            agent_channel(self, &moved.agent)?,
+            agent_channel(self, Some(&moved.node), &moved.agent)?,
             self.token.clone(),
         )
         .infer(request)

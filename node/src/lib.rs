@@ -314,7 +314,7 @@ where
         serve::resched::spawn(
             inference.clone(),
             advertise.clone(),
-            serve::resched_policy::Settings::default(),
+            config.reschedule_policy,
         )
     });
     let incoming_migrations =

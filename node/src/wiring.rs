@@ -42,7 +42,8 @@ impl Wiring {
     /// (`exec_user`, `allow_paths`, `vm_devices`; see
     /// `herd_actors::driver::confine`), the VMs' incoming migrations
     /// listening on `migration_host` (the node's `migration_host`), their
-    /// streams under TLS with the node's certificate when the process runs
+    /// streams (QEMU's and the simulated VMs') under TLS with the node's
+    /// certificate when the process runs
     /// with TLS (`herd_api::tls::transport`, installed from `--tls-*`
     /// before the agent starts): what [`crate::start`] uses.
     pub fn host_confined(
@@ -61,7 +62,8 @@ impl Wiring {
             Arc::new(
                 SimVmDriver::new(executor)
                     .with_confinement(confinement)
-                    .with_migration_host(migration_host.clone()),
+                    .with_migration_host(migration_host.clone())
+                    .with_migration_tls(MigrationTls::from_transport(herd_api::tls::transport())),
             ),
             Arc::new(DljobDriver::new(executor).with_confinement(confinement)),
             Arc::new(InferenceDriver::new(executor).with_confinement(confinement)),

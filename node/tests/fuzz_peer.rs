@@ -66,6 +66,7 @@ fn config(data_dir: &Path) -> NodeConfig {
         balance_enabled: false,
         balance: Default::default(),
         reschedule_requests: false,
+        reschedule_policy: Default::default(),
     }
 }
 

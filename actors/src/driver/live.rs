@@ -24,6 +24,11 @@ pub struct IncomingEndpoints {
     pub main: String,
     /// Further endpoints by name (QEMU's NBD export of the disk: `"nbd"`).
     pub extra: BTreeMap<String, String>,
+    /// The node the move goes to, as the source's agent knows it from the
+    /// migration assignment (never from the target's answer): a source
+    /// that checks whom it connects to under TLS admits that node only.
+    /// None where no agent drives the move (a driver used on its own).
+    pub target_node: Option<String>,
 }
 
 /// What the operator allows a live move (`herd alloc migrate

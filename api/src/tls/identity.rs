@@ -48,9 +48,52 @@ impl PeerRole {
     }
 
     /// The DNS name every certificate of this role carries, and that a
-    /// dialer checks: `coordinator.herd`, `node.herd`, `client.herd`.
+    /// dialer checks when any holder of the role will do:
+    /// `coordinator.herd`, `node.herd`, `client.herd`.
     pub fn dns_name(self) -> String {
         format!("{}.{TRUST_DOMAIN}", self.as_str())
+    }
+}
+
+/// The DNS name node `name`'s certificate carries besides `node.herd`,
+/// `<name>.node.herd`, which a dialer of that one node checks (an agent
+/// dialing the target of a move, QEMU's `tls-hostname`): `node.herd` alone
+/// would admit any node of the cluster.
+///
+/// Refused when `name` does not make a DNS name that rustls (and GnuTLS,
+/// for QEMU) accept: node names allow `.` and `-` anywhere, DNS labels do
+/// not (`a..b`, `.a`, `-a`, `a-.b`). Such a node cannot hold a certificate
+/// (`herd tls cert create` refuses it) and so cannot run under TLS; it
+/// may run plaintext. No fallback to `node.herd`: a dialer that falls back
+/// would again admit any node.
+pub fn node_dns_name(name: &str) -> Result<String, TlsIdentityError> {
+    let refuse = |reason: &'static str| TlsIdentityError::NotDnsName {
+        name: name.to_string(),
+        reason,
+    };
+    if !valid_name(name) {
+        return Err(refuse(
+            "not a node name: 1 to 63 letters, digits, '-', '_' or '.'",
+        ));
+    }
+    for label in name.split('.') {
+        if label.is_empty() {
+            return Err(refuse("a '.' at an end or two in a row"));
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return Err(refuse("a part between dots starts or ends with '-'"));
+        }
+    }
+    Ok(format!("{name}.{}", PeerRole::Node.dns_name()))
+}
+
+impl PeerIdentity {
+    /// The DNS name that names this holder alone, as a dialer of exactly
+    /// this peer checks it: `<name>.node.herd` for a node ([`node_dns_name`]);
+    /// None for coordinators and clients, whose dialers accept any holder
+    /// of the role.
+    pub fn own_dns_name(&self) -> Option<Result<String, TlsIdentityError>> {
+        (self.role == PeerRole::Node).then(|| node_dns_name(&self.name))
     }
 }
 
@@ -124,6 +167,23 @@ pub enum TlsIdentityError {
         /// End of validity.
         not_after: i64,
     },
+    /// A node name that cannot be made into its certificate's DNS name.
+    #[error("node name {name:?} cannot be a DNS name ({reason}); a node's certificate carries <name>.node.herd, so a node under TLS needs a name of DNS labels: letters, digits, '-' and '_' between single dots, no part starting or ending with '-'")]
+    NotDnsName {
+        /// The node name.
+        name: String,
+        /// What about it is not DNS.
+        reason: &'static str,
+    },
+    /// A node certificate without its own DNS name, `<name>.node.herd`
+    /// (made before herd checked it): dialers of that node would refuse it.
+    #[error("lacks the DNS name {want} of node {name:?} (it was made before herd checked the exact node a connection reaches); re-issue it with `herd tls cert create --for node {name}` (or `herd tls quickstart --node {name}`, which re-issues it) and restart the agent with it")]
+    MissingNodeDnsName {
+        /// The node the certificate is for.
+        name: String,
+        /// The DNS name it should carry.
+        want: String,
+    },
     /// A certificate of another role than the process's.
     #[error("is a {have} certificate; this process needs a {want} certificate")]
     WrongRole {
@@ -172,6 +232,54 @@ fn identity_of(
         }
     }
     found.ok_or(TlsIdentityError::NoIdentity)
+}
+
+/// The DER bytes of the first certificate in the PEM text `pem`, if any:
+/// for tools that check a certificate file (`herd tls quickstart`).
+pub fn first_pem_certificate(pem: &[u8]) -> Option<Vec<u8>> {
+    x509_parser::pem::Pem::iter_from_buffer(pem)
+        .map_while(Result::ok)
+        .find(|block| block.label == "CERTIFICATE")
+        .map(|block| block.contents)
+}
+
+/// The DNS names (SAN `dNSName` entries) of the DER certificate `der`.
+pub fn certificate_dns_names(der: &[u8]) -> Result<Vec<String>, TlsIdentityError> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der)
+        .map_err(|e| TlsIdentityError::Malformed(e.to_string()))?;
+    let sans = cert
+        .subject_alternative_name()
+        .map_err(|e| TlsIdentityError::Malformed(e.to_string()))?;
+    Ok(sans
+        .iter()
+        .flat_map(|ext| ext.value.general_names.iter())
+        .filter_map(|name| match name {
+            x509_parser::extensions::GeneralName::DNSName(dns) => Some(dns.to_string()),
+            _ => None,
+        })
+        .collect())
+}
+
+/// Refuses a node certificate `der` of `identity` that lacks its own DNS
+/// name ([`node_dns_name`]): every dialer of that node would refuse it at
+/// the handshake, so an agent holding it is stopped at start with what to
+/// do instead. Coordinators' and clients' certificates pass.
+pub fn check_own_dns_name(der: &[u8], identity: &PeerIdentity) -> Result<(), TlsIdentityError> {
+    let Some(want) = identity.own_dns_name().transpose()? else {
+        return Ok(());
+    };
+    // DNS names compare without regard to case, as rustls compares them.
+    if certificate_dns_names(der)?
+        .iter()
+        .any(|have| have.eq_ignore_ascii_case(&want))
+    {
+        Ok(())
+    } else {
+        Err(TlsIdentityError::MissingNodeDnsName {
+            name: identity.name.clone(),
+            want,
+        })
+    }
 }
 
 /// Whether the DER certificate `der` is a CA certificate (basic
@@ -264,6 +372,32 @@ mod tests {
         ] {
             assert_eq!(PeerIdentity::from_uri(uri), None, "{uri}");
         }
+    }
+
+    #[test]
+    fn a_node_name_gives_its_dns_name_or_a_clear_refusal() {
+        for (name, want) in [
+            ("t1", "t1.node.herd"),
+            ("gpu-07.rack_2", "gpu-07.rack_2.node.herd"),
+            ("10.0.0.7", "10.0.0.7.node.herd"),
+        ] {
+            assert_eq!(node_dns_name(name).as_deref(), Ok(want));
+        }
+        for name in ["a..b", ".a", "a.", "-a", "a-", "a.-b", "a/b", ""] {
+            let error = node_dns_name(name).expect_err(name).to_string();
+            assert!(error.contains(&format!("{name:?}")), "{error}");
+            assert!(error.contains("DNS"), "{error}");
+        }
+        let node = PeerIdentity {
+            role: PeerRole::Node,
+            name: "n1".into(),
+        };
+        assert_eq!(node.own_dns_name(), Some(Ok("n1.node.herd".into())));
+        let client = PeerIdentity {
+            role: PeerRole::Client,
+            name: "n1".into(),
+        };
+        assert_eq!(client.own_dns_name(), None);
     }
 
     #[test]

@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use thiserror::Error;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 
-use super::identity::{parse_certificate, PeerIdentity, PeerRole, TlsIdentityError};
+use super::identity::{
+    check_own_dns_name, node_dns_name, parse_certificate, PeerIdentity, PeerRole, TlsIdentityError,
+};
 
 /// Where a process's TLS files are (`--tls-ca`, `--tls-cert`, `--tls-key`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -98,9 +100,12 @@ impl TlsMaterial {
     /// Reads and checks `files` for a process of role `role` (None: any
     /// role, for clients: a daemon's own certificate may run a health
     /// check): each file is PEM of the right kind, the certificate names a
-    /// herd identity of that role and is within its validity, the key
-    /// matches it, and the CA file holds a CA certificate. Signatures are
-    /// rustls's to check, at each handshake.
+    /// herd identity of that role and is within its validity, a node's
+    /// certificate carries its own DNS name `<name>.node.herd` (which every
+    /// dialer of that node checks: a certificate made before that is
+    /// refused here, with how to re-issue it, rather than at every
+    /// handshake), the key matches it, and the CA file holds a CA
+    /// certificate. Signatures are rustls's to check, at each handshake.
     pub fn load(files: &TlsFiles, role: Option<PeerRole>) -> Result<Self, TlsError> {
         let ca_pem = read_pem("--tls-ca", &files.ca)?;
         let cert_pem = read_pem("--tls-cert", &files.cert)?;
@@ -139,6 +144,14 @@ impl TlsMaterial {
                     have: identity.role,
                 },
             });
+        }
+        // A process serving as a node (not a client borrowing a node's
+        // certificate for a health check) is dialed as that node.
+        if role == Some(PeerRole::Node) {
+            check_own_dns_name(&cert_der, &identity).map_err(|source| TlsError::Identity {
+                path: files.cert.display().to_string(),
+                source,
+            })?;
         }
         let material = Self {
             ca_pem,
@@ -184,10 +197,23 @@ impl TlsMaterial {
     /// as the only root, the peer's certificate checked for `<role>.herd`
     /// (not the dialed address), and this process's certificate.
     pub fn client_config(&self, peer: PeerRole) -> ClientTlsConfig {
+        self.client_config_checking(peer.dns_name())
+    }
+
+    /// The settings of a channel to node `node` and no other: as
+    /// [`Self::client_config`], the peer's certificate checked for
+    /// `<node>.node.herd`, which only that node's certificate carries
+    /// ([`node_dns_name`]). Refused for a name that cannot be a DNS name
+    /// (no such node holds a certificate).
+    pub fn client_config_for_node(&self, node: &str) -> Result<ClientTlsConfig, TlsIdentityError> {
+        Ok(self.client_config_checking(node_dns_name(node)?))
+    }
+
+    fn client_config_checking(&self, server_name: String) -> ClientTlsConfig {
         ClientTlsConfig::new()
             .ca_certificate(Certificate::from_pem(&self.ca_pem))
             .identity(self.own_identity())
-            .domain_name(peer.dns_name())
+            .domain_name(server_name)
     }
 }
 

@@ -13,6 +13,11 @@
 //! `server.<region>.nomad` scheme): an agent dialing `10.0.0.7:7400`
 //! verifies that the peer holds a `coordinator.herd` certificate of the
 //! cluster's CA, so addresses can change without reissuing certificates.
+//! A node's certificate also carries `<name>.node.herd`
+//! ([`identity::node_dns_name`]): a dialer that wants one node (an agent
+//! dialing the target of a move, the CLI dialing an allocation's agent)
+//! checks that name ([`node_endpoint`]), so another node's certificate,
+//! however valid, does not pass for it.
 //!
 //! Servers require a client certificate from the same CA (no anonymous
 //! TLS). What each role may call is checked on top of that
@@ -91,6 +96,24 @@ impl Transport {
         }
     }
 
+    /// An endpoint for `addr` (`HOST:PORT`), the agent of node `node`
+    /// and of no other: under TLS its certificate must carry
+    /// `<node>.node.herd`, not merely `node.herd`; `http` in plaintext.
+    pub fn node_endpoint(&self, addr: &str, node: &str) -> Result<Endpoint, String> {
+        match self {
+            Transport::Plaintext => self.endpoint(addr, PeerRole::Node),
+            Transport::Tls(material) => {
+                let config = material
+                    .client_config_for_node(node)
+                    .map_err(|e| format!("TLS settings for {addr}: {e}"))?;
+                Endpoint::from_shared(format!("https://{addr}"))
+                    .map_err(|e| e.to_string())?
+                    .tls_config(config)
+                    .map_err(|e| format!("TLS settings for {addr}: {e}"))
+            }
+        }
+    }
+
     /// `server` with this process's certificate, asking every client for
     /// one of the cluster's CA, under TLS; `server` unchanged otherwise.
     pub fn server(&self, server: Server) -> Result<Server, TlsError> {
@@ -106,6 +129,12 @@ impl Transport {
 /// [`Transport::endpoint`] on this process's transport.
 pub fn endpoint(addr: &str, peer: PeerRole) -> Result<Endpoint, String> {
     transport().endpoint(addr, peer)
+}
+
+/// [`Transport::node_endpoint`] on this process's transport: dial the
+/// agent of node `node` at `addr`, checking under TLS that it is that node.
+pub fn node_endpoint(addr: &str, node: &str) -> Result<Endpoint, String> {
+    transport().node_endpoint(addr, node)
 }
 
 /// A fresh server builder on this process's transport.

@@ -158,6 +158,7 @@ fn node_config(name: &str, members: u64, data_dir: PathBuf) -> NodeConfig {
         balance_enabled: false,
         balance: Default::default(),
         reschedule_requests: true,
+        reschedule_policy: Default::default(),
     }
 }
 

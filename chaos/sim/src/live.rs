@@ -477,6 +477,7 @@ impl Driver for SimulatedLiveVm {
                 detail(&handle, "boot").to_string(),
             )]
             .into(),
+            target_node: None,
         };
         Ok((handle, endpoints))
     }

@@ -80,6 +80,14 @@ pub struct AgentArgs {
     /// that drain or run low on KV blocks (docs/inference.md).
     #[arg(long)]
     pub no_reschedule: bool,
+    /// Free KV blocks each inference instance keeps, as a fraction of its
+    /// blocks (0.0 to 0.9; default 0.1): below it requests are moved away.
+    #[arg(long, value_name = "FRACTION")]
+    pub reschedule_reserve: Option<f64>,
+    /// Requests with fewer tokens than this left to generate are not moved
+    /// (default 16).
+    #[arg(long, value_name = "TOKENS")]
+    pub reschedule_min_tokens_left: Option<u32>,
     /// Run `exec` tasks as this unprivileged user (e.g. nobody), with no
     /// supplementary groups; the agent must run as root (docs/security.md).
     #[arg(long)]
@@ -131,6 +139,8 @@ impl AgentArgs {
             metrics_listen: self.metrics_listen.clone(),
             balance: self.no_balance.then_some(false),
             reschedule: self.no_reschedule.then_some(false),
+            reschedule_reserve: self.reschedule_reserve,
+            reschedule_min_tokens_left: self.reschedule_min_tokens_left,
             exec_user: self.exec_user.clone(),
             allow_paths: (!self.allow_paths.is_empty()).then(|| self.allow_paths.clone()),
             vm_devices: (!self.vm_devices.is_empty()).then(|| self.vm_devices.clone()),

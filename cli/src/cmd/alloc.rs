@@ -216,7 +216,7 @@ async fn logs(
                 alloc.node
             ))
         })?;
-    let channel = herd_api::tls::endpoint(&node.addr, herd_api::tls::PeerRole::Node)
+    let channel = herd_api::tls::node_endpoint(&node.addr, &node.name)
         .map_err(|e| {
             CliError::runtime(format!(
                 "node {} has a bad address {:?}: {e}",

@@ -46,7 +46,7 @@ pub async fn run(ctx: &Context, args: InferMigrateArgs) -> Result<(), CliError> 
         super::infer::target(&client, &args.service, Some(&args.alloc), None).await?;
     let (_, target_addr) =
         super::infer::target(&client, &args.service, Some(&args.to), None).await?;
-    let channel = herd_api::tls::endpoint(&source_addr, herd_api::tls::PeerRole::Node)
+    let channel = herd_api::tls::node_endpoint(&source_addr, &source.node)
         .map_err(|e| CliError::runtime(format!("node {} has a bad address: {e}", source.node)))?
         .connect_timeout(Duration::from_secs(3))
         .connect()

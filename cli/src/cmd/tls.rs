@@ -4,7 +4,8 @@
 //!
 //! Operators with their own PKI need none of this: any CA will do whose
 //! certificates carry the identity URI `spiffe://herd/<role>/<name>`, the
-//! DNS name `<role>.herd`, and the key usages below.
+//! DNS name `<role>.herd` (and for a node also `<name>.node.herd`, which a
+//! dialer of that one node checks), and the key usages below.
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -13,7 +14,9 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use clap::Subcommand;
-use herd_api::tls::identity::valid_name;
+use herd_api::tls::identity::{
+    check_own_dns_name, first_pem_certificate, node_dns_name, valid_name,
+};
 use herd_api::tls::{PeerIdentity, PeerRole};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -41,7 +44,8 @@ pub enum TlsCommand {
     Cert(CertCommand),
     /// Make whatever is missing in --dir: the CA, then a certificate for each
     /// name given. Safe to run again (a container's init step, say): what
-    /// exists is kept.
+    /// exists is kept, except a node certificate that lacks its DNS name
+    /// NAME.node.herd (made by an older herd), which is re-issued.
     Quickstart {
         /// Where the CA and the certificates are.
         #[arg(long, default_value = ".")]
@@ -217,10 +221,6 @@ fn quickstart(dir: &Path, wanted: &[(PeerRole, Vec<String>)], days: u32) -> Resu
     for (role, names) in wanted {
         for name in names {
             let stem = format!("herd-{role}-{name}");
-            if dir.join(format!("{stem}.pem")).exists() {
-                println!("kept {stem}.pem");
-                continue;
-            }
             let request = CertRequest {
                 identity: PeerIdentity {
                     role: *role,
@@ -230,10 +230,76 @@ fn quickstart(dir: &Path, wanted: &[(PeerRole, Vec<String>)], days: u32) -> Resu
                 dns: vec![],
                 ips: vec![],
             };
-            create_cert(&request, &ca, &ca_key, dir)?;
+            let cert_path = dir.join(format!("{stem}.pem"));
+            if !cert_path.exists() {
+                create_cert(&request, &ca, &ca_key, dir)?;
+                continue;
+            }
+            match lacks_own_dns_name(&cert_path, &request.identity)? {
+                None => println!("kept {stem}.pem"),
+                Some(why) => {
+                    reissue(&request, &ca, &ca_key, dir)?;
+                    println!("re-issued {stem}.pem and its key: the old one {why}");
+                }
+            }
         }
     }
     Ok(())
+}
+
+/// Why the certificate at `path`, kept by [`quickstart`], must be re-issued
+/// for `identity`: a node certificate without its own DNS name (made by a
+/// herd from before dialers checked the exact node), which its agent would
+/// refuse to start with. None when it is fine to keep, for nodes and for
+/// the other roles, whose certificates did not change.
+fn lacks_own_dns_name(path: &Path, identity: &PeerIdentity) -> Result<Option<String>, CliError> {
+    if identity.role != PeerRole::Node {
+        return Ok(None);
+    }
+    let pem =
+        std::fs::read(path).map_err(|e| CliError::input(format!("{}: {e}", path.display())))?;
+    let der = first_pem_certificate(&pem).ok_or_else(|| {
+        CliError::input(format!(
+            "{}: no PEM CERTIFICATE block (remove it to make a new one)",
+            path.display()
+        ))
+    })?;
+    match check_own_dns_name(&der, identity) {
+        Ok(()) => Ok(None),
+        Err(e @ herd_api::tls::TlsIdentityError::MissingNodeDnsName { .. }) => {
+            Ok(Some(e.to_string()))
+        }
+        Err(e) => Err(CliError::input(format!("{}: {e}", path.display()))),
+    }
+}
+
+/// Replaces the certificate and key of `request` in `dir` with new ones
+/// signed by the CA: written under temporary names first (never over
+/// anything, as [`create_cert`] writes), then renamed over the old files,
+/// the key last, so that each file is whole at every moment.
+fn reissue(request: &CertRequest, ca: &Path, ca_key: &Path, dir: &Path) -> Result<(), CliError> {
+    let identity = &request.identity;
+    let stem = format!("herd-{}-{}", identity.role, identity.name);
+    let staging = dir.join(format!(".{stem}.reissue"));
+    match std::fs::remove_dir_all(&staging) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(CliError::runtime(format!("{}: {e}", staging.display())))
+        }
+        _ => {}
+    }
+    let mut builder = std::fs::DirBuilder::new();
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder
+        .create(&staging)
+        .map_err(|e| CliError::runtime(format!("{}: {e}", staging.display())))?;
+    create_cert(request, ca, ca_key, &staging)?;
+    for name in [format!("{stem}.pem"), format!("{stem}-key.pem")] {
+        std::fs::rename(staging.join(&name), dir.join(&name)).map_err(|e| {
+            CliError::runtime(format!("replacing {}: {e}", dir.join(&name).display()))
+        })?;
+    }
+    std::fs::remove_dir(&staging)
+        .map_err(|e| CliError::runtime(format!("{}: {e}", staging.display())))
 }
 
 /// What a certificate is for.
@@ -269,6 +335,15 @@ fn leaf_params(request: &CertRequest) -> Result<CertificateParams, CliError> {
         SanType::URI(ia5(identity.uri(), "name")?),
         SanType::DnsName(ia5(identity.role.dns_name(), "name")?),
     ];
+    // A node's own name too, which a dialer of that one node checks; a
+    // node name that cannot be a DNS name (`a..b`) is refused here rather
+    // than making a certificate no dialer would accept.
+    if identity.role == PeerRole::Node {
+        let own = node_dns_name(&identity.name).map_err(CliError::input)?;
+        params
+            .subject_alt_names
+            .push(SanType::DnsName(ia5(own, "name")?));
+    }
     for dns in &request.dns {
         params
             .subject_alt_names
@@ -443,6 +518,153 @@ mod tests {
         assert!(dir.path().join("herd-node-n1-key.pem").exists());
         std::fs::remove_file(dir.path().join(CA_KEY_FILE)).unwrap();
         assert!(quickstart(dir.path(), &more, 30).is_err());
+    }
+
+    /// The DNS names in the certificate file `path`.
+    fn dns_names(path: &Path) -> Vec<String> {
+        let pem = std::fs::read(path).unwrap();
+        let der = first_pem_certificate(&pem).unwrap();
+        herd_api::tls::identity::certificate_dns_names(&der).unwrap()
+    }
+
+    /// Writes node `name`'s certificate as herd wrote it before node
+    /// certificates named their node in DNS (`node.herd` only).
+    fn old_node_cert(dir: &Path, name: &str) {
+        let request = CertRequest {
+            identity: PeerIdentity {
+                role: PeerRole::Node,
+                name: name.into(),
+            },
+            days: 5,
+            dns: vec![],
+            ips: vec![],
+        };
+        let mut params = leaf_params(&request).unwrap();
+        params.subject_alt_names.retain(
+            |san| !matches!(san, SanType::DnsName(dns) if dns.as_str().ends_with(".node.herd")),
+        );
+        assert_eq!(params.subject_alt_names.len(), 2, "the URI and node.herd");
+        let ca_pem = std::fs::read_to_string(dir.join(CA_CERT_FILE)).unwrap();
+        let ca_key =
+            KeyPair::from_pem(&std::fs::read_to_string(dir.join(CA_KEY_FILE)).unwrap()).unwrap();
+        let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        let stem = format!("herd-node-{name}");
+        std::fs::write(dir.join(format!("{stem}.pem")), cert.pem()).unwrap();
+        std::fs::write(dir.join(format!("{stem}-key.pem")), key.serialize_pem()).unwrap();
+    }
+
+    /// `--tls-*` flags for `role` `name`'s files in `dir`.
+    fn flags(dir: &Path, role: &str, name: &str) -> super::super::transport::TransportFlags {
+        super::super::transport::TransportFlags {
+            ca: Some(dir.join(CA_CERT_FILE)),
+            cert: Some(dir.join(format!("herd-{role}-{name}.pem"))),
+            key: Some(dir.join(format!("herd-{role}-{name}-key.pem"))),
+            insecure: false,
+        }
+    }
+
+    #[test]
+    fn a_node_certificate_names_its_node_in_dns_and_other_roles_do_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let wanted = [
+            (PeerRole::Node, vec!["gpu-1".to_string()]),
+            (PeerRole::Client, vec!["admin".to_string()]),
+        ];
+        quickstart(dir.path(), &wanted, 30).unwrap();
+        assert_eq!(
+            dns_names(&dir.path().join("herd-node-gpu-1.pem")),
+            ["node.herd", "gpu-1.node.herd"]
+        );
+        assert_eq!(
+            dns_names(&dir.path().join("herd-client-admin.pem")),
+            ["client.herd"]
+        );
+        // A node name that is no DNS name gets no certificate, and says why.
+        let request = CertRequest {
+            identity: PeerIdentity {
+                role: PeerRole::Node,
+                name: "a..b".into(),
+            },
+            days: 5,
+            dns: vec![],
+            ips: vec![],
+        };
+        let error = leaf_params(&request).unwrap_err();
+        assert_eq!(error.code, 2);
+        assert!(error.message.contains("\"a..b\""), "{}", error.message);
+        assert!(error.message.contains("DNS"), "{}", error.message);
+        // ...while a client may still be called that.
+        let client = CertRequest {
+            identity: PeerIdentity {
+                role: PeerRole::Client,
+                name: "a..b".into(),
+            },
+            ..request
+        };
+        assert!(leaf_params(&client).is_ok());
+    }
+
+    #[test]
+    fn an_agent_refuses_a_node_certificate_without_its_dns_name() {
+        use super::super::transport::{choose, Use};
+        let dir = tempfile::tempdir().unwrap();
+        create_ca(dir.path(), 10).unwrap();
+        old_node_cert(dir.path(), "n1");
+        let error = choose(&flags(dir.path(), "node", "n1"), Use::Serve(PeerRole::Node))
+            .err()
+            .unwrap();
+        assert_eq!(error.code, 2, "a start check: exit 2");
+        for part in [
+            "n1.node.herd",
+            "herd tls cert create --for node n1",
+            "herd-node-n1.pem",
+        ] {
+            assert!(error.message.contains(part), "{part}: {}", error.message);
+        }
+        // A client borrowing it for a health check is not dialed as n1.
+        assert!(choose(&flags(dir.path(), "node", "n1"), Use::Client).is_ok());
+        // A certificate made now is taken.
+        let fresh = [(PeerRole::Node, vec!["n2".to_string()])];
+        quickstart(dir.path(), &fresh, 30).unwrap();
+        assert!(choose(&flags(dir.path(), "node", "n2"), Use::Serve(PeerRole::Node)).is_ok());
+    }
+
+    #[test]
+    fn quickstart_reissues_a_node_certificate_without_its_dns_name() {
+        let dir = tempfile::tempdir().unwrap();
+        create_ca(dir.path(), 10).unwrap();
+        old_node_cert(dir.path(), "n1");
+        let cert = dir.path().join("herd-node-n1.pem");
+        let key = dir.path().join("herd-node-n1-key.pem");
+        let old_key = std::fs::read(&key).unwrap();
+        assert_eq!(dns_names(&cert), ["node.herd"]);
+        let wanted = [(PeerRole::Node, vec!["n1".to_string()])];
+        quickstart(dir.path(), &wanted, 30).unwrap();
+        assert_eq!(dns_names(&cert), ["node.herd", "n1.node.herd"]);
+        assert_ne!(std::fs::read(&key).unwrap(), old_key, "a new key with it");
+        let mode = std::fs::metadata(&key).unwrap().permissions();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+            0o600
+        );
+        // Nothing left behind; the pair is one an agent starts with.
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(!names.iter().any(|n| n.contains("reissue")), "{names:?}");
+        assert!(super::super::transport::choose(
+            &flags(dir.path(), "node", "n1"),
+            super::super::transport::Use::Serve(PeerRole::Node)
+        )
+        .is_ok());
+        // Run again: kept as it is now.
+        let now = std::fs::read(&cert).unwrap();
+        quickstart(dir.path(), &wanted, 30).unwrap();
+        assert_eq!(std::fs::read(&cert).unwrap(), now);
     }
 
     #[test]

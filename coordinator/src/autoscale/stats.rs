@@ -199,14 +199,16 @@ pub fn instances_of(state: &ClusterState, job: &str) -> Vec<(InstanceView, Optio
 /// Reads the engine stats of `instances` from their agents, one call per
 /// node, all at once.
 pub async fn gather(instances: Vec<(InstanceView, Option<String>)>) -> ServiceView {
-    let mut by_agent: BTreeMap<String, ()> = BTreeMap::new();
-    for (_, addr) in &instances {
+    // Each agent's address with its node: under TLS the agent must hold
+    // that node's certificate.
+    let mut by_agent: BTreeMap<String, String> = BTreeMap::new();
+    for (view, addr) in &instances {
         if let Some(addr) = addr {
-            by_agent.insert(addr.clone(), ());
+            by_agent.insert(addr.clone(), view.node.clone());
         }
     }
-    let calls = by_agent.into_keys().map(|addr| async move {
-        let stats = read_agent(&addr).await;
+    let calls = by_agent.into_iter().map(|(addr, node)| async move {
+        let stats = read_agent(&node, &addr).await;
         (addr, stats)
     });
     let answers: BTreeMap<String, BTreeMap<String, EngineStats>> =
@@ -223,10 +225,10 @@ pub async fn gather(instances: Vec<(InstanceView, Option<String>)>) -> ServiceVi
     ServiceView { instances }
 }
 
-/// One agent's engines' stats by allocation id; empty when it does not
-/// answer in time.
-async fn read_agent(addr: &str) -> BTreeMap<String, EngineStats> {
-    let Ok(endpoint) = herd_api::tls::endpoint(addr, herd_api::tls::PeerRole::Node) else {
+/// The engines' stats by allocation id of node `node`'s agent at `addr`;
+/// empty when it does not answer in time.
+async fn read_agent(node: &str, addr: &str) -> BTreeMap<String, EngineStats> {
+    let Ok(endpoint) = herd_api::tls::node_endpoint(addr, node) else {
         return BTreeMap::new();
     };
     let call = async {

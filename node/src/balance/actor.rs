@@ -110,7 +110,8 @@ pub struct BalancerState {
     agent: Agent,
     started: Instant,
     ticker: Option<JoinHandle<()>>,
-    channels: HashMap<String, Channel>,
+    /// Gossip channels by (node, address) dialed.
+    channels: HashMap<(String, String), Channel>,
     in_flight: Arc<AtomicUsize>,
     capacity: Option<Capacity>,
     history: MoveHistory,
@@ -144,7 +145,7 @@ impl Balancer {
                 continue;
             }
             let addr = super::dial::resolve(&packet.to.peer_addr);
-            let Some(channel) = Self::channel(state, &addr) else {
+            let Some(channel) = Self::channel(state, &packet.to.id, &addr) else {
                 continue;
             };
             state.args.stats.gossip_sent(packet.packet.len() as u64);
@@ -170,22 +171,26 @@ impl Balancer {
         }
     }
 
-    fn channel(state: &mut BalancerState, addr: &str) -> Option<Channel> {
-        if let Some(channel) = state.channels.get(addr) {
+    /// A channel to node `node`'s agent at `addr`: under TLS its
+    /// certificate must name that node, so gossip meant for one node is
+    /// not handed to whichever agent holds the address now.
+    fn channel(state: &mut BalancerState, node: &str, addr: &str) -> Option<Channel> {
+        let key = (node.to_string(), addr.to_string());
+        if let Some(channel) = state.channels.get(&key) {
             return Some(channel.clone());
         }
         if state.channels.len() >= MAX_CHANNELS {
             state.channels.clear();
         }
-        let endpoint = match herd_api::tls::endpoint(addr, herd_api::tls::PeerRole::Node) {
+        let endpoint = match herd_api::tls::node_endpoint(addr, node) {
             Ok(endpoint) => endpoint,
             Err(e) => {
-                tracing::debug!(%addr, error = %e, "bad peer address in gossip");
+                tracing::debug!(%node, %addr, error = %e, "bad peer address in gossip");
                 return None;
             }
         };
         let channel = endpoint.connect_timeout(SEND_TIMEOUT).connect_lazy();
-        state.channels.insert(addr.to_string(), channel.clone());
+        state.channels.insert(key, channel.clone());
         Some(channel)
     }
 

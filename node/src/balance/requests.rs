@@ -342,6 +342,7 @@ pub async fn move_request(
     let target = Target {
         alloc_id: target_alloc.to_string(),
         agent: to.peer_addr.clone(),
+        node: Some(to.id.clone()),
     };
     match migrate_request(inference, &key.alloc_id, key.request_id, &target).await {
         Ok(outcome) => {

@@ -374,7 +374,12 @@ impl OfflineSource {
         entry: &MoveEntry,
         request: OfflineMoveRequest,
     ) -> Result<String, String> {
-        let mut peer = transfer::connect_via(&entry.peer_addr, self.connector.as_ref())
+        // The other end of the move, as this agent's journal names it.
+        let peer_node = match entry.role {
+            Role::Source => &entry.target,
+            Role::Target => &entry.source,
+        };
+        let mut peer = transfer::connect_via(&entry.peer_addr, peer_node, self.connector.as_ref())
             .map_err(|e| e.to_string())?;
         let mut call = tonic::Request::new(request);
         call.set_timeout(CALL_TIMEOUT);

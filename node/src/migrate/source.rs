@@ -183,7 +183,11 @@ pub async fn run(
         let may_abort = reporter.may_abort_target();
         if let (true, Ok(mut peer)) = (
             may_abort,
-            transfer::connect_via(&outgoing.assignment.peer_addr, outgoing.peers.as_ref()),
+            transfer::connect_via(
+                &outgoing.assignment.peer_addr,
+                &outgoing.assignment.peer_node,
+                outgoing.peers.as_ref(),
+            ),
         ) {
             let _ = transfer::abort_incoming(&mut peer, &id, reason).await;
         }
@@ -204,8 +208,8 @@ async fn steps(
     let started = Instant::now();
     move_timing::mark(alloc, "source.begin", "");
     let mut preparing = PendingReport::send(reporter, &a.id, alloc, MigrationPhase::Preparing);
-    let mut peer =
-        transfer::connect_via(&a.peer_addr, outgoing.peers.as_ref()).map_err(|e| e.to_string())?;
+    let mut peer = transfer::connect_via(&a.peer_addr, &a.peer_node, outgoing.peers.as_ref())
+        .map_err(|e| e.to_string())?;
     let request = PrepareIncomingRequest {
         migration_id: a.id.clone(),
         alloc_id: outgoing.alloc_id.clone(),
@@ -273,6 +277,7 @@ async fn steps(
             let endpoints = IncomingEndpoints {
                 main: prepared.endpoint.clone(),
                 extra: prepared.endpoints.clone().into_iter().collect(),
+                target_node: Some(a.peer_node.clone()),
             };
             let limits = MoveLimits {
                 downtime_limit: Duration::from_millis(a.downtime_limit_ms.max(1)),

@@ -184,12 +184,28 @@ impl Default for SendOptions {
 
 /// A client for a target agent's `AgentPeer` service at `addr` ("HOST:PORT"),
 /// connecting on first use, its message size bounded like the server's.
+/// Under TLS any node's certificate passes: use [`connect_to`] when the
+/// node is known.
 pub fn connect(addr: &str) -> Result<AgentPeerClient<Channel>, TransferError> {
-    let endpoint = herd_api::tls::endpoint(addr, herd_api::tls::PeerRole::Node).map_err(|e| {
-        TransferError::BadAddress {
-            addr: addr.to_string(),
-            message: e.to_string(),
-        }
+    let endpoint = herd_api::tls::endpoint(addr, herd_api::tls::PeerRole::Node);
+    peer_client(addr, endpoint)
+}
+
+/// [`connect`] to the agent of node `node` and no other: under TLS its
+/// certificate must name that node (`<node>.node.herd`), so an address
+/// that now leads to another agent (a stale assignment, a reused port, a
+/// redirected route) fails the handshake instead of receiving the move.
+pub fn connect_to(addr: &str, node: &str) -> Result<AgentPeerClient<Channel>, TransferError> {
+    peer_client(addr, herd_api::tls::node_endpoint(addr, node))
+}
+
+fn peer_client(
+    addr: &str,
+    endpoint: Result<tonic::transport::Endpoint, String>,
+) -> Result<AgentPeerClient<Channel>, TransferError> {
+    let endpoint = endpoint.map_err(|message| TransferError::BadAddress {
+        addr: addr.to_string(),
+        message,
     })?;
     let channel = endpoint
         .connect_timeout(CONNECT_TIMEOUT)
@@ -203,15 +219,17 @@ pub fn connect(addr: &str) -> Result<AgentPeerClient<Channel>, TransferError> {
         .max_encoding_message_size(MAX_MESSAGE_BYTES))
 }
 
-/// [`connect`], or through `connector` when the agent was given one for its
-/// peers (the deterministic simulation's network).
+/// [`connect_to`] node `node` at `addr`, or through `connector` when the
+/// agent was given one for its peers (the deterministic simulation's
+/// network, plaintext).
 pub fn connect_via(
     addr: &str,
+    node: &str,
     connector: Option<&herd_api::client::Connector>,
 ) -> Result<AgentPeerClient<Channel>, TransferError> {
     let Some(dial) = connector else {
         // Through a test's proxy when the FAULT-INJECTION dial map says so.
-        return connect(&crate::balance::dial::resolve(addr));
+        return connect_to(&crate::balance::dial::resolve(addr), node);
     };
     let channel = dial(addr).map_err(|message| TransferError::BadAddress {
         addr: addr.to_string(),

@@ -83,7 +83,9 @@ struct Shared {
     policy: Policy,
     view: Mutex<View>,
     rng: Mutex<fastrand::Rng>,
-    channels: Mutex<HashMap<String, Channel>>,
+    /// Channels to other agents, by (node, address): under TLS each
+    /// checks that the agent at the address is that node's.
+    channels: Mutex<HashMap<(String, String), Channel>>,
     /// The agent's own token, sent with its calls to other agents.
     token: std::sync::OnceLock<herd_api::client::BearerToken>,
 }
@@ -278,6 +280,15 @@ impl Fleet {
             .map(|i| i.agent.clone())
     }
 
+    /// The node of another node's instance `alloc_id`, if known.
+    pub fn node_of(&self, alloc_id: &str) -> Option<String> {
+        let view = self.shared.view.lock().ok()?;
+        view.remote
+            .iter()
+            .find(|i| i.alloc_id == alloc_id)
+            .map(|i| i.node.clone())
+    }
+
     /// Sends `token` (the agent's node token) with this view's calls to
     /// other agents, which check tokens once the cluster is bootstrapped;
     /// set once, before the view polls.
@@ -285,21 +296,26 @@ impl Fleet {
         let _ = self.shared.token.set(token);
     }
 
-    /// A channel to the agent at `addr`, kept for later calls.
-    pub fn channel(&self, addr: &str) -> Result<Channel, Status> {
+    /// A channel to node `node`'s agent at `addr`, kept for later calls;
+    /// under TLS the agent must hold `node`'s certificate, not merely a
+    /// node certificate (`herd_api::tls::node_endpoint`).
+    pub fn channel(&self, node: &str, addr: &str) -> Result<Channel, Status> {
         let mut channels = self
             .shared
             .channels
             .lock()
             .map_err(|_| Status::internal("the fleet view is poisoned"))?;
-        if let Some(channel) = channels.get(addr) {
+        let key = (node.to_string(), addr.to_string());
+        if let Some(channel) = channels.get(&key) {
             return Ok(channel.clone());
         }
-        let channel = herd_api::tls::endpoint(addr, herd_api::tls::PeerRole::Node)
-            .map_err(|e| Status::internal(format!("bad agent address {addr:?}: {e}")))?
+        let channel = herd_api::tls::node_endpoint(addr, node)
+            .map_err(|e| {
+                Status::internal(format!("bad agent address {addr:?} of node {node}: {e}"))
+            })?
             .connect_timeout(CALL_TIMEOUT)
             .connect_lazy();
-        channels.insert(addr.to_string(), channel.clone());
+        channels.insert(key, channel.clone());
         Ok(channel)
     }
 
@@ -339,19 +355,27 @@ impl Fleet {
         }
         if let (Ok(view), Ok(mut channels)) = (self.shared.view.lock(), self.shared.channels.lock())
         {
-            channels.retain(|addr, _| view.remote.iter().any(|i| &i.agent == addr));
+            channels.retain(|(node, addr), _| {
+                view.remote
+                    .iter()
+                    .any(|i| &i.agent == addr && &i.node == node)
+            });
         }
     }
 
     /// Reads the stats of every agent that runs a remote instance.
     async fn poll_once(&self) {
-        let agents: BTreeSet<String> = match self.shared.view.lock() {
-            Ok(view) => view.remote.iter().map(|i| i.agent.clone()).collect(),
+        let agents: BTreeSet<(String, String)> = match self.shared.view.lock() {
+            Ok(view) => view
+                .remote
+                .iter()
+                .map(|i| (i.node.clone(), i.agent.clone()))
+                .collect(),
             Err(_) => return,
         };
         let started = Instant::now();
-        let calls = agents.into_iter().filter_map(|addr| {
-            let channel = self.channel(&addr).ok()?;
+        let calls = agents.into_iter().filter_map(|(node, addr)| {
+            let channel = self.channel(&node, &addr).ok()?;
             Some(async move {
                 let token = self.shared.token.get().cloned().unwrap_or_default();
                 let mut client = NodeAgentClient::with_interceptor(channel, token);

@@ -101,6 +101,9 @@ pub struct Target {
     pub alloc_id: String,
     /// Its node's agent (`HOST:PORT` of `NodeAgent`/`AgentPeer`).
     pub agent: String,
+    /// Its node, when known: under TLS the agent at `agent` must then hold
+    /// that node's certificate (otherwise any node's).
+    pub node: Option<String>,
 }
 
 /// A request migration that completed, with its figures.
@@ -328,16 +331,22 @@ impl RequestMoves {
     }
 }
 
-/// A channel to the agent at `addr`: the fleet view's when the agent
-/// follows the fleet, else a new one.
-pub fn agent_channel(inference: &Inference, addr: &str) -> Result<Channel, Status> {
-    if let Some(fleet) = inference.fleet() {
-        return fleet.channel(addr);
-    }
-    Ok(herd_api::tls::endpoint(addr, herd_api::tls::PeerRole::Node)
-        .map_err(|e| Status::invalid_argument(format!("bad agent address {addr:?}: {e}")))?
-        .connect_timeout(CONNECT_TIMEOUT)
-        .connect_lazy())
+/// A channel to the agent at `addr`, of node `node` when known (under TLS
+/// its certificate must then name that node, else any node's will do):
+/// the fleet view's kept channel when the agent follows the fleet and
+/// knows the node, else a new one.
+pub fn agent_channel(
+    inference: &Inference,
+    node: Option<&str>,
+    addr: &str,
+) -> Result<Channel, Status> {
+    let bad = |e: String| Status::invalid_argument(format!("bad agent address {addr:?}: {e}"));
+    let endpoint = match (node, inference.fleet()) {
+        (Some(node), Some(fleet)) => return fleet.channel(node, addr),
+        (Some(node), None) => herd_api::tls::node_endpoint(addr, node).map_err(bad)?,
+        (None, _) => herd_api::tls::endpoint(addr, herd_api::tls::PeerRole::Node).map_err(bad)?,
+    };
+    Ok(endpoint.connect_timeout(CONNECT_TIMEOUT).connect_lazy())
 }
 
 /// The request id an engine's `Generate` or `ResumeImported` answer names
@@ -477,7 +486,7 @@ pub async fn migrate_request(
         .moves()
         .engine(&engine.addr)
         .map_err(src("dialing the engine"))?;
-    let channel = agent_channel(inference, &target.agent)
+    let channel = agent_channel(inference, target.node.as_deref(), &target.agent)
         .map_err(|status| RequestMigrationError::Invalid(status.message().to_string()))?;
     let mut peer = AgentPeerClient::new(channel)
         .max_encoding_message_size(MAX_MESSAGE_BYTES)
@@ -757,9 +766,11 @@ pub async fn serve_migrate(
     } else {
         request.to_agent
     };
+    let node = inference.fleet().and_then(|f| f.node_of(&request.to_alloc));
     let target = Target {
         alloc_id: request.to_alloc,
         agent,
+        node,
     };
     let outcome =
         migrate_request(inference, &request.alloc_id, request.request_id, &target).await?;

@@ -152,6 +152,7 @@ fn round(inference: &Inference, self_agent: &str, settings: &Settings, state: &A
         let to = Target {
             alloc_id: target.alloc_id.clone(),
             agent: target.agent.clone(),
+            node: inference.fleet().and_then(|f| f.node_of(&target.alloc_id)),
         };
         let (inference, state) = (inference.clone(), state.clone());
         tokio::spawn(async move {

@@ -42,6 +42,12 @@ pub enum Request {
         /// A cap on the bytes per second sent; None: no cap.
         #[serde(default)]
         bandwidth_bytes_per_sec: Option<u64>,
+        /// The node the move goes to, as the source's agent knows it: under
+        /// TLS the target's certificate must name it (`spiffe://herd/node/
+        /// NAME`); None: any node of the cluster. Left out of the JSON when
+        /// None, so a plaintext request reads as before.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        target_node: Option<String>,
     },
     /// Abandon the outgoing migration (in flight or done): the guest runs
     /// on here, unthrottled.
@@ -288,11 +294,24 @@ mod tests {
             to: "127.0.0.1:4000".into(),
             downtime_limit_ms: 300,
             bandwidth_bytes_per_sec: None,
+            target_node: None,
         };
         let text = serde_json::to_string(&migrate).expect("json");
         assert_eq!(
             text,
             r#"{"op":"migrate","to":"127.0.0.1:4000","downtime_limit_ms":300,"bandwidth_bytes_per_sec":null}"#
+        );
+        let to_node = Request::Migrate {
+            to: "127.0.0.1:4000".into(),
+            downtime_limit_ms: 300,
+            bandwidth_bytes_per_sec: None,
+            target_node: Some("t2".into()),
+        };
+        let text = serde_json::to_string(&to_node).expect("json");
+        assert!(text.ends_with(r#","target_node":"t2"}"#), "{text}");
+        assert_eq!(
+            serde_json::from_str::<Request>(&text).expect("round trip"),
+            to_node
         );
         let parsed: Request =
             serde_json::from_str(r#"{"op":"migrate","to":"x:1","downtime_limit_ms":5}"#)

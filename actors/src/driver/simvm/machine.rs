@@ -30,6 +30,14 @@
 //! starts again from round 1), and once a stream ends with matching
 //! checksums it waits, paused, for `resume`, then goes on writing its
 //! memory from the guest state that arrived.
+//!
+//! The stream is plain TCP, or mutual TLS with the node's certificate when
+//! the process was given one ([`MachineConfig::tls`], see [`super::tls`]):
+//! the target then admits the source node only (a refused peer is closed
+//! and named in the log, and the target waits on for the right one), and
+//! the source sends only to the node its agent named. Each side logs which
+//! it was: `migration stream: TLS, from node NAME` / `to node NAME`, or
+//! `migration stream: plain TCP`.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -37,16 +45,19 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
-use tokio::net::tcp::OwnedWriteHalf;
+use herd_api::tls::identity::valid_name;
+use tokio::io::{
+    AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter,
+};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
 
 use super::control::{
     GuestMode, InPhase, Incoming, OutPhase, Outgoing, Reply, Request, Status, MAX_LINE,
 };
 use super::memory::{SimulatedMemory, PAGE_SIZE};
 use super::stream::{self, Answer, Frame};
+use super::tls::StreamTls;
 
 /// How often the simulated guest writes (thousands of simulated VMs on a
 /// host each wake this often).
@@ -78,6 +89,11 @@ const STREAM_BUFFER: usize = 256 * 1024;
 /// Where a status or event line goes (the process's stdout).
 pub type Log = Arc<dyn Fn(&str) + Send + Sync>;
 
+/// The reading half of a migration stream, plain TCP or TLS.
+type StreamRead = Box<dyn AsyncRead + Send + Unpin>;
+/// The writing half of a migration stream, plain TCP or TLS.
+type StreamWrite = Box<dyn AsyncWrite + Send + Unpin>;
+
 /// How to run one simulated VM.
 #[derive(Debug, Clone)]
 pub struct MachineConfig {
@@ -92,6 +108,13 @@ pub struct MachineConfig {
     /// Start as an incoming migration's target, listening here
     /// (`HOST:0`: a free port of HOST, the node's migration host).
     pub incoming: Option<String>,
+    /// The node's TLS identity for the migration stream, either way
+    /// (`--migration-tls-*`); None: plain TCP.
+    pub tls: Option<StreamTls>,
+    /// The node an incoming migration comes from
+    /// (`--migration-source-node`): under TLS only its certificate is
+    /// admitted; None: any node of the cluster.
+    pub source_node: Option<String>,
 }
 
 /// Why the simulated VM could not run.
@@ -118,6 +141,7 @@ struct Shared {
     guest: Mutex<Guest>,
     sender: tokio::sync::Mutex<Option<JoinHandle<()>>>,
     dirty_rate: u64,
+    tls: Option<StreamTls>,
     log: Log,
 }
 
@@ -201,6 +225,7 @@ pub async fn run(
         }),
         sender: tokio::sync::Mutex::new(None),
         dirty_rate: config.dirty_bytes_per_sec,
+        tls: config.tls.clone(),
         log,
     });
     shared.log(&format!(
@@ -218,7 +243,11 @@ pub async fn run(
         tasks.push(tokio::spawn(serve_control(control, shared.clone())));
     }
     if let Some(listener) = listener {
-        tasks.push(tokio::spawn(receive_loop(listener, shared.clone())));
+        tasks.push(tokio::spawn(receive_loop(
+            listener,
+            shared.clone(),
+            config.source_node.clone(),
+        )));
     }
     let result = tick(&shared, stop).await;
     for task in &tasks {
@@ -384,7 +413,17 @@ async fn handle(shared: &Arc<Shared>, request: Request) -> Reply {
             to,
             downtime_limit_ms,
             bandwidth_bytes_per_sec,
-        } => migrate(shared, to, downtime_limit_ms, bandwidth_bytes_per_sec).await,
+            target_node,
+        } => {
+            migrate(
+                shared,
+                to,
+                downtime_limit_ms,
+                bandwidth_bytes_per_sec,
+                target_node,
+            )
+            .await
+        }
         Request::Cancel => {
             cancel(shared).await;
             Reply::Ok
@@ -398,6 +437,7 @@ async fn migrate(
     to: String,
     downtime_limit_ms: u64,
     cap: Option<u64>,
+    target_node: Option<String>,
 ) -> Reply {
     let Ok(addr) = to.parse::<SocketAddr>() else {
         return refuse(format!(
@@ -406,6 +446,11 @@ async fn migrate(
     };
     if cap == Some(0) {
         return refuse("migrate: a bandwidth cap of 0 bytes/s would never finish");
+    }
+    if let Some(name) = target_node.as_deref().filter(|n| !valid_name(n)) {
+        return refuse(format!(
+            "migrate: `target_node` {name:?} is not a node name"
+        ));
     }
     let mut sender = shared.sender.lock().await;
     {
@@ -450,7 +495,13 @@ async fn migrate(
         cap.map_or("uncapped".to_string(), |c| format!("{c} bytes/s"))
     ));
     let limit = Duration::from_millis(downtime_limit_ms);
-    *sender = Some(tokio::spawn(send(shared.clone(), addr, limit, cap)));
+    *sender = Some(tokio::spawn(send(
+        shared.clone(),
+        addr,
+        target_node,
+        limit,
+        cap,
+    )));
     Reply::Ok
 }
 
@@ -515,8 +566,14 @@ fn resume(shared: &Shared) -> Reply {
 }
 
 /// The outgoing migration task: on failure the guest runs on here.
-async fn send(shared: Arc<Shared>, to: SocketAddr, limit: Duration, cap: Option<u64>) {
-    if let Err(message) = precopy(&shared, to, limit, cap).await {
+async fn send(
+    shared: Arc<Shared>,
+    to: SocketAddr,
+    target_node: Option<String>,
+    limit: Duration,
+    cap: Option<u64>,
+) {
+    if let Err(message) = precopy(&shared, to, target_node.as_deref(), limit, cap).await {
         {
             let mut g = shared.guest();
             g.paused = false;
@@ -536,7 +593,7 @@ async fn send(shared: Arc<Shared>, to: SocketAddr, limit: Duration, cap: Option<
 /// What a stream sender keeps across rounds.
 struct Sender<'a> {
     shared: &'a Shared,
-    w: BufWriter<OwnedWriteHalf>,
+    w: BufWriter<StreamWrite>,
     /// When the pacing window opened, and the bytes sent before it.
     window: Instant,
     window_bytes: u64,
@@ -619,19 +676,50 @@ impl Sender<'_> {
     }
 }
 
-async fn precopy(
+/// Connects to the target at `to`: plain TCP, or TLS checked to reach
+/// node `target_node` (any node when None) when this VM has an identity.
+async fn connect(
     shared: &Shared,
     to: SocketAddr,
-    limit: Duration,
-    cap: Option<u64>,
-) -> Result<(), String> {
-    let started = Instant::now();
+    target_node: Option<&str>,
+) -> Result<(StreamRead, StreamWrite), String> {
     let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(to))
         .await
         .map_err(|_| format!("cannot reach the target at {to} within {CONNECT_TIMEOUT:?}"))?
         .map_err(|e| format!("cannot reach the target at {to}: {e}"))?;
     let _ = stream.set_nodelay(true);
-    let (mut read, write) = stream.into_split();
+    match &shared.tls {
+        None => {
+            shared.log(&format!(
+                "sim-vm (simulated VM): migration stream: plain TCP, to {to}"
+            ));
+            let (read, write) = stream.into_split();
+            Ok((Box::new(read), Box::new(write)))
+        }
+        Some(tls) => {
+            let (stream, peer) = tls
+                .connect(stream, target_node)
+                .await
+                .map_err(|e| format!("refused the target at {to}: {e}"))?;
+            shared.log(&format!(
+                "sim-vm (simulated VM): migration stream: TLS, to node {} at {to}",
+                peer.name
+            ));
+            let (read, write) = tokio::io::split(stream);
+            Ok((Box::new(read), Box::new(write)))
+        }
+    }
+}
+
+async fn precopy(
+    shared: &Shared,
+    to: SocketAddr,
+    target_node: Option<&str>,
+    limit: Duration,
+    cap: Option<u64>,
+) -> Result<(), String> {
+    let started = Instant::now();
+    let (mut read, write) = connect(shared, to, target_node).await?;
     let mut tx = Sender {
         shared,
         w: BufWriter::with_capacity(STREAM_BUFFER, write),
@@ -771,24 +859,75 @@ async fn precopy(
 }
 
 /// The target's next answer.
-async fn answer(read: &mut tokio::net::tcp::OwnedReadHalf) -> Result<Answer, String> {
+async fn answer(read: &mut StreamRead) -> Result<Answer, String> {
     tokio::time::timeout(ANSWER_TIMEOUT, stream::read_answer(read))
         .await
         .map_err(|_| format!("the target did not answer within {ANSWER_TIMEOUT:?}"))?
         .map_err(|e| format!("the target did not answer: {e}"))
 }
 
-/// Takes incoming streams one at a time until one arrives whole.
-async fn receive_loop(listener: TcpListener, shared: Arc<Shared>) {
+/// Takes incoming streams one at a time until one arrives whole. Under
+/// TLS each connection's handshake and check of the peer (node
+/// `source_node`, any node when None) run beside the accepting, so that a
+/// stranger holding a connection open does not keep the source out; a
+/// refused peer is closed and logged, and the target waits on.
+async fn receive_loop(listener: TcpListener, shared: Arc<Shared>, source_node: Option<String>) {
+    let awaited = match &source_node {
+        Some(name) => format!("node {name:?}, the source"),
+        None => "a node of the cluster".to_string(),
+    };
+    let mut handshakes = JoinSet::new();
     loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                shared.log(&format!(
-                    "sim-vm (simulated VM): migration accept failed: {e}"
-                ));
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
+        let (read, write, peer): (StreamRead, StreamWrite, SocketAddr) = tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        shared.log(&format!(
+                            "sim-vm (simulated VM): migration accept failed: {e}"
+                        ));
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                match &shared.tls {
+                    None => {
+                        shared.log(&format!(
+                            "sim-vm (simulated VM): migration stream: plain TCP, from {peer}"
+                        ));
+                        let (read, write) = stream.into_split();
+                        (Box::new(read), Box::new(write), peer)
+                    }
+                    Some(tls) => {
+                        let (tls, source) = (tls.clone(), source_node.clone());
+                        handshakes.spawn(async move {
+                            (peer, tls.accept(stream, source.as_deref()).await)
+                        });
+                        continue;
+                    }
+                }
+            }
+            Some(joined) = handshakes.join_next() => {
+                let Ok((peer, admitted)) = joined else { continue };
+                match admitted {
+                    Ok((stream, identity)) => {
+                        shared.log(&format!(
+                            "sim-vm (simulated VM): migration stream: TLS, from node {} at {peer}",
+                            identity.name
+                        ));
+                        let (read, write) = tokio::io::split(stream);
+                        (Box::new(read), Box::new(write), peer)
+                    }
+                    Err(why) => {
+                        set_incoming(&shared, |i| {
+                            i.error = Some(format!("refused {peer}: {why}"));
+                        });
+                        shared.log(&format!(
+                            "sim-vm (simulated VM): migration stream from {peer} refused: {why}; still waiting for {awaited}"
+                        ));
+                        continue;
+                    }
+                }
             }
         };
         set_incoming(&shared, |i| {
@@ -797,7 +936,7 @@ async fn receive_loop(listener: TcpListener, shared: Arc<Shared>) {
             i.rounds = 0;
             i.error = None;
         });
-        match receive(stream, &shared).await {
+        match receive(read, write, &shared).await {
             Ok(checksum) => {
                 shared.log(&format!(
                     "sim-vm (simulated VM): the memory arrived from {peer} (checksum {checksum:08x}); paused until resumed"
@@ -824,8 +963,7 @@ fn set_incoming(shared: &Shared, update: impl FnOnce(&mut Incoming)) {
 }
 
 /// Applies one stream; returns the memory checksum once it ended whole.
-async fn receive(stream: TcpStream, shared: &Shared) -> Result<u32, String> {
-    let (read, mut write) = stream.into_split();
+async fn receive(read: StreamRead, mut write: StreamWrite, shared: &Shared) -> Result<u32, String> {
     let mut r = BufReader::with_capacity(STREAM_BUFFER, read);
     let pages = shared.guest().memory.pages() as u64;
     stream::read_header(&mut r, pages)
@@ -957,6 +1095,20 @@ mod tests {
 
     impl Vm {
         fn start(dir: &std::path::Path, name: &str, mib: u64, rate: u64, incoming: bool) -> Self {
+            Self::start_tls(dir, name, mib, rate, incoming, None, None)
+        }
+
+        /// A VM whose migration stream uses `tls`, waiting (if incoming)
+        /// for node `source`.
+        fn start_tls(
+            dir: &std::path::Path,
+            name: &str,
+            mib: u64,
+            rate: u64,
+            incoming: bool,
+            tls: Option<StreamTls>,
+            source: Option<&str>,
+        ) -> Self {
             let socket = dir.join(format!("{name}.sock"));
             let config = MachineConfig {
                 memory_mib: mib,
@@ -964,6 +1116,8 @@ mod tests {
                 seed: 5,
                 control: Some(socket.clone()),
                 incoming: incoming.then(|| "127.0.0.1:0".to_string()),
+                tls,
+                source_node: source.map(str::to_string),
             };
             let (tx, rx) = tokio::sync::oneshot::channel::<()>();
             let lines = Arc::new(Mutex::new(Vec::new()));
@@ -1052,6 +1206,7 @@ mod tests {
             to: "somewhere".into(),
             downtime_limit_ms: 300,
             bandwidth_bytes_per_sec: None,
+            target_node: None,
         };
         let err = control::command(&source.socket, &bad)
             .await
@@ -1061,6 +1216,7 @@ mod tests {
             to: addr,
             downtime_limit_ms: 300,
             bandwidth_bytes_per_sec: None,
+            target_node: None,
         };
         control::command(&source.socket, &migrate)
             .await
@@ -1125,6 +1281,7 @@ mod tests {
             to,
             downtime_limit_ms: 1,
             bandwidth_bytes_per_sec: cap,
+            target_node: None,
         };
         control::command(&source.socket, &migrate(nowhere, None))
             .await
@@ -1185,6 +1342,7 @@ mod tests {
             to: addr,
             downtime_limit_ms: 20,
             bandwidth_bytes_per_sec: Some(16 << 20),
+            target_node: None,
         };
         control::command(&source.socket, &migrate)
             .await
@@ -1217,6 +1375,107 @@ mod tests {
         let t = target.status().await;
         assert_eq!(t.guest, GuestMode::Running);
         assert!(t.outgoing.is_none());
+        source.stop().await;
+        target.stop().await;
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn under_tls_only_the_source_node_may_send_and_only_to_the_assigned_target() {
+        use super::super::tls::test_certs::Ca;
+        use herd_api::tls::PeerRole;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = Ca::new();
+        let node = |name: &str| Some(ca.stream_tls(PeerRole::Node, name));
+        let source = Vm::start_tls(dir.path(), "s", 8, 1 << 20, false, node("s1"), None);
+        let target = Vm::start_tls(dir.path(), "t", 8, 1 << 20, true, node("t2"), Some("s1"));
+        let addr = target.status().await.incoming.expect("incoming").addr;
+
+        // Strangers first: plain TCP, then another node of the CA. Each is
+        // refused, named in the log, and the target waits on.
+        let mut plain = TcpStream::connect(&addr).await.expect("connect");
+        plain
+            .write_all(b"HERD pages in the clear")
+            .await
+            .expect("write");
+        let mut rest = Vec::new();
+        let _ = plain.read_to_end(&mut rest).await;
+        let stranger = ca.stream_tls(PeerRole::Node, "x9");
+        let tcp = TcpStream::connect(&addr).await.expect("connect");
+        if let Ok((mut stream, _)) = stranger.connect(tcp, Some("t2")).await {
+            // TLS 1.3: the target judges the client after the handshake;
+            // it closes the connection rather than read pages.
+            let _ = stream.write_all(b"pages").await;
+            let mut rest = Vec::new();
+            let _ = stream.read_to_end(&mut rest).await;
+        }
+        let waiting = target
+            .until("both strangers refused", |_| {
+                target.log().matches("refused").count() >= 2
+            })
+            .await;
+        let log = target.log();
+        assert!(log.contains("TLS handshake failed"), "{log}");
+        assert!(
+            log.contains(r#"the peer is node "x9" (spiffe://herd/node/x9), not node "s1""#),
+            "{log}"
+        );
+        assert!(
+            log.contains(r#"still waiting for node "s1", the source"#),
+            "{log}"
+        );
+        let incoming = waiting.incoming.expect("incoming");
+        assert_eq!(
+            incoming.phase,
+            InPhase::Waiting,
+            "a stranger aborts nothing"
+        );
+        assert!(incoming.error.is_some_and(|e| e.contains("refused")));
+
+        // The source, told the wrong target node: it fails, runs on here.
+        source.until("writing", |s| s.writes > 50).await;
+        let migrate = |node: &str| Request::Migrate {
+            to: addr.clone(),
+            downtime_limit_ms: 300,
+            bandwidth_bytes_per_sec: None,
+            target_node: Some(node.to_string()),
+        };
+        control::command(&source.socket, &migrate("t3"))
+            .await
+            .expect("started");
+        let failed = source
+            .until("failed", |s| out(s).phase == OutPhase::Failed)
+            .await;
+        let error = out(&failed).error.clone().unwrap_or_default();
+        assert!(
+            error.contains(r#"the peer is node "t2""#) && error.contains(r#"not node "t3""#),
+            "{error}"
+        );
+        assert_eq!(failed.guest, GuestMode::Running);
+
+        // The right target: the memory moves, over TLS, both sides say so.
+        control::command(&source.socket, &migrate("t2"))
+            .await
+            .expect("started");
+        source
+            .until("completed", |s| out(s).phase == OutPhase::Completed)
+            .await;
+        let (src, _) = control::checksum(&source.socket).await.expect("checksum");
+        let (dst, _) = control::checksum(&target.socket).await.expect("checksum");
+        assert_eq!(src, dst, "the target holds the source's memory");
+        assert!(
+            source
+                .log()
+                .contains("migration stream: TLS, to node t2 at"),
+            "{}",
+            source.log()
+        );
+        assert!(
+            target
+                .log()
+                .contains("migration stream: TLS, from node s1 at"),
+            "{}",
+            target.log()
+        );
+        assert!(!target.log().contains("plain TCP"), "{}", target.log());
         source.stop().await;
         target.stop().await;
     }

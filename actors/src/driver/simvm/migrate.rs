@@ -10,10 +10,14 @@
 //!   agent), plus `--incoming HOST:0`: paused, listening on a free port of
 //!   the driver's migration host (the node's `migration_host`, by default
 //!   the host of the agent's `advertise` address; loopback for a driver
-//!   built without a node's configuration). The endpoint is the address it
-//!   reports over its control socket, the address it bound.
+//!   built without a node's configuration), and `--migration-source-node`
+//!   naming the spec's `HERD_MIGRATION_SOURCE_NODE` (under TLS only that
+//!   node's certificate may send the memory; see [`super::tls`]). The
+//!   endpoint is the address it reports over its control socket, the
+//!   address it bound.
 //! - **Source** ([`migrate_out`]): `migrate` to that address with the
-//!   downtime limit and the bandwidth cap, then `status` every 50 ms for
+//!   downtime limit, the bandwidth cap and the target node its agent
+//!   assigned the move to (checked under TLS), then `status` every 50 ms for
 //!   the progress, until `completed` (the target acknowledged the whole
 //!   memory with a matching checksum; the source stays paused, which
 //!   `state` reports as `Paused`). Past the deadline, or on any failure,
@@ -30,7 +34,9 @@ use super::control::{self, ControlError, GuestMode, InPhase, OutPhase, Request};
 use super::memory::PAGE_SIZE;
 use super::SimVmDriver;
 use crate::driver::exec::Detail;
-use crate::driver::live::{IncomingEndpoints, MoveLimits, MoveProgress, MoveStats, ProgressSink};
+use crate::driver::live::{
+    IncomingEndpoints, MoveLimits, MoveProgress, MoveStats, ProgressSink, SOURCE_NODE_ENV,
+};
 use crate::driver::{Driver, DriverError, WorkloadHandle, WorkloadSpec, WorkloadState};
 
 /// How often a move in flight is looked at.
@@ -61,22 +67,33 @@ pub(super) async fn prepare_incoming(
     driver: &SimVmDriver,
     spec: &WorkloadSpec,
 ) -> Result<(WorkloadHandle, IncomingEndpoints), DriverError> {
+    let source = spec.env.get(SOURCE_NODE_ENV);
+    if let Some(name) = source.filter(|name| !herd_api::tls::identity::valid_name(name)) {
+        return Err(DriverError::Start {
+            alloc: spec.alloc_id.clone(),
+            message: format!("{SOURCE_NODE_ENV}: {name:?} is not a node name"),
+        });
+    }
     // A target readied twice (its agent restarted midway) starts over: an
     // incoming VM holds nothing yet worth keeping.
     if let Some(stale) = driver.recover(spec).await? {
         driver.stop(&stale, TARGET_STOP_GRACE).await?;
     }
-    let args = [
+    let mut args = vec![
         "--incoming".to_string(),
         driver.migration_host().with_port(0),
     ];
+    // Under TLS only this node's certificate may send the memory.
+    if let Some(name) = source {
+        args.extend(["--migration-source-node".to_string(), name.clone()]);
+    }
     let handle = driver.start_with_args(spec, &args).await?;
     match listening(driver, &handle).await {
         Ok(main) => Ok((
             handle,
             IncomingEndpoints {
                 main,
-                extra: Default::default(),
+                ..Default::default()
             },
         )),
         Err(e) => {
@@ -154,6 +171,7 @@ async fn move_out(
             .unwrap_or(u64::MAX)
             .max(1),
         bandwidth_bytes_per_sec: limits.bandwidth_bytes_per_sec,
+        target_node: to.target_node.clone(),
     };
     control::command(socket, &request)
         .await

@@ -19,12 +19,18 @@
 //! allocation directory ([`control`], what QMP is to QEMU); the target's
 //! endpoint is the incoming process's listening address. The agents'
 //! `AgentPeer` service carries files (checkpoints), not this memory.
+//!
+//! Under TLS (the agent's `--tls-*`, handed over with
+//! [`SimVmDriver::with_migration_tls`]) that stream is mutual TLS with the
+//! node's certificate, each side checking the exact node on the other end
+//! ([`tls`]); without, plain TCP.
 
 pub mod control;
 pub mod machine;
 pub mod memory;
 pub mod migrate;
 pub mod stream;
+pub mod tls;
 
 use std::path::Path;
 
@@ -35,16 +41,19 @@ use herd_api::vm::SimVmSettings;
 
 use super::exec_backed::{ExecBacked, ExecCommand, ExecKind, Run};
 use super::live::{IncomingEndpoints, MigrationHost, MoveLimits, MoveStats, ProgressSink};
+use super::vm::tls::MigrationTls;
 use super::{
     DriverCapabilities, DriverError, MigrationMode, WorkloadHandle, WorkloadSpec, WorkloadState,
 };
 
 /// The `simvm` kind of exec-backed workload: `herd sim-vm` sized by the
 /// task's memory, with its control socket in the allocation directory;
-/// holds the host its incoming migrations listen on ([`migrate`]).
+/// holds the host its incoming migrations listen on ([`migrate`]) and the
+/// node's TLS identity its migration streams use ([`tls`]).
 #[derive(Debug, Clone, Default)]
 pub struct SimVm {
     migration_host: MigrationHost,
+    migration_tls: Option<MigrationTls>,
 }
 
 /// The `simvm` driver.
@@ -62,6 +71,21 @@ impl ExecBacked<SimVm> {
     /// Where this driver's incoming migrations listen.
     pub fn migration_host(&self) -> &MigrationHost {
         &self.kind().migration_host
+    }
+
+    /// Puts the VMs' migration streams under mutual TLS with `tls`, the
+    /// agent's own identity (`MigrationTls::from_transport` of the
+    /// process's transport): each `herd sim-vm` gets the CA, certificate
+    /// and key at start, and checks the exact node on the other end of a
+    /// move ([`tls`]). None (the default): plain TCP.
+    pub fn with_migration_tls(mut self, tls: Option<MigrationTls>) -> Self {
+        self.kind_mut().migration_tls = tls;
+        self
+    }
+
+    /// The identity the VMs' migration streams use, if any.
+    pub fn migration_tls(&self) -> Option<&MigrationTls> {
+        self.kind().migration_tls.as_ref()
     }
 }
 
@@ -135,28 +159,54 @@ impl ExecKind for SimVm {
         Ok(())
     }
 
+    /// Under TLS, the node's credentials written where the command line
+    /// names them (the process removes them once read; see [`tls`]).
+    async fn prepare(
+        &self,
+        spec: &WorkloadSpec,
+        _settings: &SimVmSettings,
+    ) -> Result<(), DriverError> {
+        let Some(identity) = &self.migration_tls else {
+            return Ok(());
+        };
+        std::fs::create_dir_all(&spec.alloc_dir)
+            .and_then(|()| tls::write_creds(identity, &spec.alloc_dir))
+            .map(|_| ())
+            .map_err(|e| DriverError::Start {
+                alloc: spec.alloc_id.clone(),
+                message: format!(
+                    "cannot write the migration stream's TLS credentials in {}: {e}",
+                    spec.alloc_dir.join(super::vm::tls::CREDS_DIR).display()
+                ),
+            })
+    }
+
     fn command(
         &self,
         herd: &Path,
         spec: &WorkloadSpec,
         settings: &SimVmSettings,
     ) -> Result<ExecCommand, DriverError> {
+        let mut args = vec![
+            "sim-vm".into(),
+            "--memory-mib".into(),
+            settings.memory_mib.to_string(),
+            "--dirty-bytes-per-sec".into(),
+            settings.dirty_bytes_per_sec.to_string(),
+            "--seed".into(),
+            settings.seed.to_string(),
+            "--control".into(),
+            spec.alloc_dir
+                .join(control::CONTROL_SOCKET)
+                .display()
+                .to_string(),
+        ];
+        if self.migration_tls.is_some() {
+            args.extend(tls::args(&spec.alloc_dir));
+        }
         Ok(ExecCommand {
             program: herd.display().to_string(),
-            args: vec![
-                "sim-vm".into(),
-                "--memory-mib".into(),
-                settings.memory_mib.to_string(),
-                "--dirty-bytes-per-sec".into(),
-                settings.dirty_bytes_per_sec.to_string(),
-                "--seed".into(),
-                settings.seed.to_string(),
-                "--control".into(),
-                spec.alloc_dir
-                    .join(control::CONTROL_SOCKET)
-                    .display()
-                    .to_string(),
-            ],
+            args,
             env: Default::default(),
         })
     }
@@ -228,5 +278,43 @@ mod tests {
         long.alloc_dir = std::path::PathBuf::from("/").join("d".repeat(120));
         let err = driver.check(&long).expect_err("socket path too long");
         assert!(err.to_string().contains("simvm.sock"), "{err}");
+    }
+    #[tokio::test]
+    async fn under_tls_each_sim_vm_gets_the_node_credentials_at_start() {
+        let ca = tls::test_certs::Ca::new();
+        let identity = ca.migration_tls(herd_api::tls::PeerRole::Node, "s1");
+        let driver = SimVmDriver::new("/usr/bin/herd").with_migration_tls(Some(identity));
+        assert!(driver.migration_tls().is_some());
+        let alloc = tempfile::tempdir().expect("tempdir");
+        let mut spec = spec(&[]);
+        spec.alloc_dir = alloc.path().join("a1");
+        let (settings, exec) = driver.checked_launch(&spec).expect("valid");
+        let args = exec.task.args.join(" ");
+        let paths = tls::CredsPaths::in_alloc_dir(&spec.alloc_dir);
+        assert!(
+            args.ends_with(&tls::args(&spec.alloc_dir).join(" ")),
+            "{args}"
+        );
+        assert!(args.contains(&paths.key.display().to_string()), "{args}");
+        // Written by start's prepare (not by a check), read back whole.
+        assert!(!paths.key.exists(), "a check writes nothing");
+        driver
+            .kind()
+            .prepare(&spec, &settings)
+            .await
+            .expect("prepared");
+        let loaded = tls::StreamTls::load_and_remove(&paths.ca, &paths.cert, &paths.key)
+            .expect("the process can load them");
+        assert_eq!(loaded.identity().name, "s1");
+        // Without TLS: the command line of before, nothing written.
+        let plain = SimVmDriver::new("/usr/bin/herd");
+        let (settings, exec) = plain.checked_launch(&spec).expect("valid");
+        assert!(!exec.task.args.join(" ").contains("migration-tls"));
+        plain
+            .kind()
+            .prepare(&spec, &settings)
+            .await
+            .expect("prepared");
+        assert!(!paths.ca.exists());
     }
 }

@@ -22,8 +22,10 @@
 //!
 //! **Source** ([`migrate_out`]): `migrate-set-parameters` sets the
 //! downtime limit and the bandwidth cap, with `auto-converge` on, and under
-//! TLS a client `tls-creds-x509` object with `tls-hostname` `node.herd`
-//! (the target must hold a node certificate of the cluster's CA); a local
+//! TLS a client `tls-creds-x509` object with `tls-hostname`
+//! `<target>.node.herd` (the target must hold the certificate of the node
+//! the source's agent moves the VM to; `node.herd`, any node of the
+//! cluster's CA, when no agent named it); a local
 //! disk is mirrored first (`blockdev-add` of an NBD client node for the
 //! target's export, with the same credentials under TLS, then
 //! `blockdev-mirror sync=full` into it, at the same cap) until it is in
@@ -475,6 +477,7 @@ async fn listen(
     Ok(IncomingEndpoints {
         main: host.with_port(port),
         extra,
+        target_node: None,
     })
 }
 
@@ -510,8 +513,14 @@ fn in_time(vm: &Machine<'_>, deadline: Instant, limit: Duration) -> Result<(), D
 /// `blockdev-add`'s arguments for the NBD client node that the mirror
 /// writes into: the target's export `export` at `addr` (`HOST:PORT`, an
 /// IPv6 host in brackets), under TLS with the node's credentials, the
-/// target checked to hold a node certificate.
-fn nbd_node(addr: &str, export: &str, tls: Option<&MigrationTls>) -> Result<Value, String> {
+/// target checked to hold the certificate of node `target` (any node's
+/// when None: [`tls::peer_hostname`]).
+fn nbd_node(
+    addr: &str,
+    export: &str,
+    tls: Option<&MigrationTls>,
+    target: Option<&str>,
+) -> Result<Value, String> {
     let (host, port) = addr
         .rsplit_once(':')
         .filter(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
@@ -528,7 +537,7 @@ fn nbd_node(addr: &str, export: &str, tls: Option<&MigrationTls>) -> Result<Valu
     });
     if tls.is_some() {
         node["tls-creds"] = json!(tls::CREDS_ID);
-        node["tls-hostname"] = json!(tls::peer_hostname());
+        node["tls-hostname"] = json!(tls::peer_hostname(target)?);
     }
     Ok(node)
 }
@@ -556,7 +565,7 @@ async fn move_out(
     let nbd = match (&disk, to.extra.get(NBD_ENDPOINT), to.extra.get(NBD_EXPORT)) {
         (None, None, _) => None,
         (Some(_), Some(addr), Some(export)) => {
-            Some(nbd_node(addr, export, tls).map_err(|e| vm.error(e))?)
+            Some(nbd_node(addr, export, tls, to.target_node.as_deref()).map_err(|e| vm.error(e))?)
         }
         (Some(_), _, _) => {
             return Err(
@@ -580,7 +589,10 @@ async fn move_out(
     // Set either way: a VM keeps its parameters from an earlier move (its
     // agent may have run with TLS then); empty ones mean plain TCP.
     let (creds, hostname) = match tls {
-        Some(_) => (tls::CREDS_ID.to_string(), tls::peer_hostname()),
+        Some(_) => (
+            tls::CREDS_ID.to_string(),
+            tls::peer_hostname(to.target_node.as_deref()).map_err(|e| vm.error(e))?,
+        ),
         None => (String::new(), String::new()),
     };
     qmp.execute(
@@ -881,7 +893,7 @@ mod tests {
 
     #[test]
     fn the_mirror_target_is_the_exports_nbd_node_under_tls_when_asked() {
-        let plain = nbd_node("10.0.0.7:10809", "virtio0", None).expect("plain");
+        let plain = nbd_node("10.0.0.7:10809", "virtio0", None, Some("n2")).expect("plain");
         assert_eq!(plain["driver"], "nbd");
         assert_eq!(plain["node-name"], MIRROR_TARGET);
         assert_eq!(plain["server"]["host"], "10.0.0.7");
@@ -890,13 +902,19 @@ mod tests {
         assert!(plain.get("tls-creds").is_none(), "{plain}");
 
         let tls = MigrationTls::new(b"CA".to_vec(), b"C".to_vec(), b"K".to_vec());
-        let secured = nbd_node("[fd00::7]:4000", "virtio0", Some(&tls)).expect("tls");
+        let secured = nbd_node("[fd00::7]:4000", "virtio0", Some(&tls), None).expect("tls");
         assert_eq!(secured["server"]["host"], "fd00::7", "no brackets");
         assert_eq!(secured["tls-creds"], tls::CREDS_ID);
         assert_eq!(secured["tls-hostname"], "node.herd");
+        // The target named by the agent: only its certificate passes.
+        let exact = nbd_node("[fd00::7]:4000", "virtio0", Some(&tls), Some("n2")).expect("tls");
+        assert_eq!(exact["tls-hostname"], "n2.node.herd");
+        let error = nbd_node("[fd00::7]:4000", "virtio0", Some(&tls), Some("a..b"))
+            .expect_err("no DNS name");
+        assert!(error.contains("a..b"), "{error}");
 
         for bad in ["10.0.0.7", ":4000", "host:port", "h:70000"] {
-            let error = nbd_node(bad, "virtio0", None).expect_err(bad);
+            let error = nbd_node(bad, "virtio0", None, None).expect_err(bad);
             assert!(error.contains(bad), "{error}");
         }
     }

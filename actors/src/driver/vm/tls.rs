@@ -8,7 +8,12 @@
 //! source's as `endpoint=client` (its node certificate is the client
 //! certificate; node certificates carry both `serverAuth` and
 //! `clientAuth`), both `verify-peer=on`. The source checks that the target
-//! holds a `node.herd` certificate of the cluster's CA (`tls-hostname`);
+//! holds the certificate of the node the move goes to (`tls-hostname`
+//! `<target>.node.herd`, the DNS name only that node's certificate
+//! carries), the target named by the source's agent from the migration
+//! assignment ([`IncomingEndpoints::target_node`]); a driver used outside
+//! an agent, which knows no target node, checks only for some node
+//! certificate of the cluster's CA (`node.herd`);
 //! the target, that the source holds the certificate of the node the move
 //! comes from (`tls-authz`: an `authz-simple` naming its subject,
 //! `CN=node NAME`, as `herd tls cert create` writes it), since
@@ -21,10 +26,13 @@
 //! one in the allocation directory (0700, the files 0600), and removed as
 //! soon as `object-add` returned, since QEMU loads them when it makes the
 //! object; the allocation directory's removal would catch a leftover.
+//!
+//! [`IncomingEndpoints::target_node`]: crate::driver::live::IncomingEndpoints::target_node
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use herd_api::tls::identity::node_dns_name;
 use herd_api::tls::{PeerRole, Transport};
 use serde_json::{json, Value};
 
@@ -138,9 +146,18 @@ pub fn creds_object(dir: &Path, side: Side) -> Value {
 }
 
 /// The name the target's certificate must carry, as the source checks it
-/// (`tls-hostname`): every node certificate's DNS SAN, `node.herd`.
-pub fn peer_hostname() -> String {
-    PeerRole::Node.dns_name()
+/// (`tls-hostname`): `<target>.node.herd` when the source's agent named
+/// the node the move goes to, which only that node's certificate carries;
+/// else every node certificate's DNS SAN, `node.herd`. A target name that
+/// cannot be a DNS name is refused (no node by that name holds a
+/// certificate), never widened to `node.herd`.
+pub fn peer_hostname(target: Option<&str>) -> Result<String, String> {
+    match target {
+        Some(node) => {
+            node_dns_name(node).map_err(|e| format!("cannot check the target's certificate: {e}"))
+        }
+        None => Ok(PeerRole::Node.dns_name()),
+    }
 }
 
 /// The subject `herd tls cert create` gives node `name`'s certificate, as
@@ -217,7 +234,17 @@ mod tests {
         assert_eq!(any["qom-type"], "authz-list");
         assert_eq!(any["policy"], "deny");
         assert_eq!(any["rules"][0]["match"], "CN=node *");
-        assert_eq!(peer_hostname(), "node.herd");
+    }
+
+    #[test]
+    fn the_source_checks_the_target_node_when_it_is_named() {
+        assert_eq!(
+            peer_hostname(Some("gpu-07")).as_deref(),
+            Ok("gpu-07.node.herd")
+        );
+        assert_eq!(peer_hostname(None).as_deref(), Ok("node.herd"));
+        let error = peer_hostname(Some("a..b")).expect_err("not a DNS name");
+        assert!(error.contains("\"a..b\""), "{error}");
     }
 
     #[test]
