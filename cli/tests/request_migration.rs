@@ -676,6 +676,27 @@ async fn must_hold_nothing(
     }
 }
 
+/// Waits until `engine` (the target's) decodes the resumed request: its
+/// stats follow the resume within a step.
+async fn must_be_resumed(
+    engine: &mut herd_api::proto::inference::inference_engine_client::InferenceEngineClient<
+        tonic::transport::Channel,
+    >,
+) {
+    let started = Instant::now();
+    loop {
+        let stats = direct_stats(engine).await;
+        if stats.requests.len() == 1 {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "not resumed on the target: {stats:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Waits until the log at `path` says the source holds its migration at
 /// the hook.
 async fn must_hold_in_window(path: &std::path::Path) {
@@ -775,18 +796,7 @@ async fn killing_the_target_agent_between_freeze_and_commit_finishes_the_request
     // The target resumed it (its engine decodes it; its stats follow
     // within a step), the source has not committed: kill the target's
     // agent.
-    let started = Instant::now();
-    loop {
-        let stats = direct_stats(&mut target_engine).await;
-        if stats.requests.len() == 1 {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(2),
-            "not resumed on the target: {stats:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    must_be_resumed(&mut target_engine).await;
     agents.kill_agent("h2").expect("kill the target agent");
     let (answer, gave_up_at) = migration.await.expect("migration task");
     let err = answer.expect_err("the late commit is refused");
@@ -968,21 +978,7 @@ async fn kill_the_source_agent_in_the_window(at: SourceKilledAt) -> SourceKilled
                 "staged only: {stats:?}"
             );
         }
-        SourceKilledAt::Resumed => {
-            // Its stats follow the resume within a step.
-            let started = Instant::now();
-            loop {
-                let stats = direct_stats(&mut target_engine).await;
-                if stats.requests.len() == 1 {
-                    break;
-                }
-                assert!(
-                    started.elapsed() < Duration::from_secs(2),
-                    "not resumed on the target: {stats:?}"
-                );
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
+        SourceKilledAt::Resumed => must_be_resumed(&mut target_engine).await,
     }
     agents
         .kill_agent(source_node)
