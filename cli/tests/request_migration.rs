@@ -74,6 +74,41 @@ impl From<&serde_json::Value> for Outcome {
 }
 const MAX_TOKENS: u32 = 400;
 
+/// A request of the service sent to the agent of the node that runs no
+/// instance (so that it relays through another agent), retried until that
+/// agent's fleet view knows the service and its instances (it lists them
+/// every 2 s); its token stream.
+async fn infer_at_the_agent_without_an_instance(
+    names: &[&'static str],
+    instance: &std::collections::BTreeMap<String, String>,
+    agent_addr: &std::collections::BTreeMap<&'static str, String>,
+) -> tonic::Streaming<InferToken> {
+    let entry = *names
+        .iter()
+        .find(|n| !instance.contains_key(**n))
+        .expect("a node without an instance");
+    let started = Instant::now();
+    loop {
+        let answer = agent(&agent_addr[entry])
+            .await
+            .infer(InferRequest {
+                job: "llm".into(),
+                prompt_tokens: PROMPT,
+                max_tokens: MAX_TOKENS,
+                ..Default::default()
+            })
+            .await;
+        match answer {
+            Ok(stream) => return stream.into_inner(),
+            Err(s) if matches!(s.code(), tonic::Code::Unavailable | tonic::Code::NotFound) => {
+                assert!(started.elapsed() < Duration::from_secs(20), "{s}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(s) => panic!("refused: {s}"),
+        }
+    }
+}
+
 /// The latest stats of `alloc_id`'s engine, as its agent polled them.
 async fn engine_stats(addr: &str, alloc_id: &str) -> Option<AllocEngineStats> {
     agent(addr)
@@ -271,32 +306,7 @@ async fn a_request_migrated_away_finishes_after_its_source_node_is_killed() {
         ..
     } = serving(&names, &[], &[], &spec()).await;
     // The client enters at the node without an instance.
-    let entry = *names
-        .iter()
-        .find(|n| !instance.contains_key(**n))
-        .expect("a node without an instance");
-    let started = Instant::now();
-    let mut tokens = loop {
-        let answer = agent(&agent_addr[entry])
-            .await
-            .infer(InferRequest {
-                job: "llm".into(),
-                prompt_tokens: PROMPT,
-                max_tokens: MAX_TOKENS,
-                ..Default::default()
-            })
-            .await;
-        match answer {
-            Ok(stream) => break stream.into_inner(),
-            // The entry's fleet view does not know the service or its
-            // instances yet (it lists them every 2 s).
-            Err(s) if matches!(s.code(), tonic::Code::Unavailable | tonic::Code::NotFound) => {
-                assert!(started.elapsed() < Duration::from_secs(20), "{s}");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            Err(s) => panic!("refused: {s}"),
-        }
-    };
+    let mut tokens = infer_at_the_agent_without_an_instance(&names, &instance, &agent_addr).await;
     let first: InferToken = tokens.next().await.expect("a token").expect("token");
     let (source_node, source) = (first.node.clone(), first.alloc_id.clone());
     let (target_node, target) = instance
@@ -898,31 +908,7 @@ async fn kill_the_source_agent_in_the_window(at: SourceKilledAt) -> SourceKilled
         &spec(),
     )
     .await;
-    let entry = *names
-        .iter()
-        .find(|n| !instance.contains_key(**n))
-        .expect("a node without an instance");
-    let started = Instant::now();
-    let mut tokens = loop {
-        let answer = agent(&agent_addr[entry])
-            .await
-            .infer(InferRequest {
-                job: "llm".into(),
-                prompt_tokens: PROMPT,
-                max_tokens: MAX_TOKENS,
-                ..Default::default()
-            })
-            .await;
-        match answer {
-            Ok(stream) => break stream.into_inner(),
-            // The entry's fleet view does not know the instances yet.
-            Err(s) if matches!(s.code(), tonic::Code::Unavailable | tonic::Code::NotFound) => {
-                assert!(started.elapsed() < Duration::from_secs(20), "{s}");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            Err(s) => panic!("refused: {s}"),
-        }
-    };
+    let mut tokens = infer_at_the_agent_without_an_instance(&names, &instance, &agent_addr).await;
     let first: InferToken = tokens.next().await.expect("a token").expect("token");
     let (source_node, source) = (first.node.clone(), first.alloc_id.clone());
     let (target_node, target) = instance
