@@ -16,6 +16,7 @@ pub mod config_file;
 pub mod convert;
 pub mod driver_settings;
 pub mod duration;
+pub mod gate;
 #[cfg(test)]
 mod fixtures;
 pub mod job;

@@ -16,7 +16,9 @@
 //! third agent) before the target resumed it, the client's stream fails
 //! and both engines' watchdogs free what they held; killed after, the
 //! client's agent finds the request resumed on the target and it finishes
-//! there. An ignored test measures the downtime against the
+//! there; the target agent killed after it resumed the request, with the
+//! source committing to it, the client's agent takes it back from the
+//! source's copy and it finishes on the source. An ignored test measures the downtime against the
 //! sequence length.
 
 // Test code: an unwrap/expect failing here fails the test at its line. The
@@ -857,21 +859,25 @@ async fn killing_the_target_agent_between_freeze_and_commit_finishes_the_request
     assert_eq!(stats.completed_total, 0, "{stats:?}");
 }
 
-/// Where the source agent is killed in the freeze-to-commit window.
+/// Which agent is killed in the freeze-to-commit window, and where.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum SourceKilledAt {
-    /// Frozen on the source, the last blocks staged on the target; nothing
-    /// resumed.
-    Frozen,
-    /// The target resumed the request and holds its stream; the source has
-    /// not committed.
-    Resumed,
+enum KilledAt {
+    /// The source's, with the request frozen on the source and its last
+    /// blocks staged on the target; nothing resumed.
+    SourceFrozen,
+    /// The source's, after the target resumed the request and holds its
+    /// stream; the source has not committed.
+    SourceResumed,
+    /// The target's, after it resumed the request; the source holds less
+    /// than its engine's bound on a freeze, so it then commits to the dead
+    /// target.
+    TargetResumed,
 }
 
-/// What a source-agent kill leaves: the positions the client read (before
+/// What an agent's kill leaves: the positions the client read (before
 /// and after the kill), how its stream ended, both engines dialled
 /// directly, and when the agent was killed.
-struct SourceKilled {
+struct Killed {
     _cluster: herd_chaos::process_cluster::ProcessCluster,
     _agents: herd_chaos::agents::AgentSet,
     indexes: Vec<u32>,
@@ -885,14 +891,16 @@ struct SourceKilled {
     killed_at: Instant,
 }
 
-/// The freeze-to-commit window with the SOURCE agent killed (`kill -9`):
-/// 3 agents, 2 instances; the client enters at the agent without one, which
-/// relays through the source's agent; the source agent holds the migration
-/// at `at` and is killed there.
-async fn kill_the_source_agent_in_the_window(at: SourceKilledAt) -> SourceKilled {
+/// The freeze-to-commit window with an agent killed (`kill -9`, its engine
+/// left running): 3 agents, 2 instances; the client enters at the agent
+/// without one, which relays through the source's agent; the source agent
+/// holds the migration at the step `at` names, and the agent it names is
+/// killed there.
+async fn kill_an_agent_in_the_window(at: KilledAt) -> Killed {
     let hold = match at {
-        SourceKilledAt::Frozen => "frozen:120000",
-        SourceKilledAt::Resumed => "resumed:120000",
+        KilledAt::SourceFrozen => "frozen:120000",
+        KilledAt::SourceResumed => "resumed:120000",
+        KilledAt::TargetResumed => "resumed:3000",
     };
     let names = ["h1", "h2", "h3"];
     let Serving {
@@ -957,29 +965,38 @@ async fn kill_the_source_agent_in_the_window(at: SourceKilledAt) -> SourceKilled
     });
     must_hold_in_window(&agents.agent(source_node).expect("agent").log_path).await;
     match at {
-        SourceKilledAt::Frozen => {
+        KilledAt::SourceFrozen => {
             let stats = direct_stats(&mut target_engine).await;
             assert!(
                 stats.requests.is_empty() && stats.free_blocks < stats.total_blocks,
                 "staged only: {stats:?}"
             );
         }
-        SourceKilledAt::Resumed => must_be_resumed(&mut target_engine).await,
+        KilledAt::SourceResumed | KilledAt::TargetResumed => {
+            must_be_resumed(&mut target_engine).await
+        }
     }
-    agents
-        .kill_agent(source_node)
-        .expect("kill the source agent");
+    let victim = match at {
+        KilledAt::TargetResumed => target_node.as_str(),
+        KilledAt::SourceFrozen | KilledAt::SourceResumed => source_node,
+    };
+    agents.kill_agent(victim).expect("kill the agent");
     let killed_at = Instant::now();
-    migration
-        .await
-        .expect("migration task")
-        .expect_err("its agent died");
+    let answer = migration.await.expect("migration task");
+    match at {
+        KilledAt::TargetResumed => {
+            answer.expect("committed after the hold: the target resumed it");
+        }
+        _ => {
+            answer.expect_err("its agent died");
+        }
+    }
     let (rest, error) = tokio::time::timeout(Duration::from_secs(30), reader)
         .await
         .expect("the stream ends")
         .expect("reader");
     indexes.extend(rest);
-    SourceKilled {
+    Killed {
         _cluster: cluster,
         _agents: agents,
         indexes,
@@ -999,7 +1016,7 @@ async fn kill_the_source_agent_in_the_window(at: SourceKilledAt) -> SourceKilled
 /// frees the staged blocks after 10 s without progress.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_source_agent_between_freeze_and_commit_frees_both_engines() {
-    let mut killed = kill_the_source_agent_in_the_window(SourceKilledAt::Frozen).await;
+    let mut killed = kill_an_agent_in_the_window(KilledAt::SourceFrozen).await;
     let error = killed
         .error
         .expect("the stream ends with an error, not as if complete");
@@ -1031,7 +1048,7 @@ async fn killing_the_source_agent_between_freeze_and_commit_frees_both_engines()
 /// after its bound and, its stream gone, cancels it: it finishes nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_source_agent_after_the_target_resumed_finishes_the_request_on_the_target() {
-    let mut killed = kill_the_source_agent_in_the_window(SourceKilledAt::Resumed).await;
+    let mut killed = kill_an_agent_in_the_window(KilledAt::SourceResumed).await;
     assert!(
         killed.error.is_none(),
         "the request goes on where it was resumed: {:?}",
@@ -1051,6 +1068,46 @@ async fn killing_the_source_agent_after_the_target_resumed_finishes_the_request_
         "the source engine",
         &mut killed.source_engine,
         Duration::from_secs(25),
+    )
+    .await;
+    assert_eq!(stats.completed_total, 0, "{stats:?}");
+}
+
+/// The window with the TARGET agent killed after it resumed the request,
+/// the source holding less than its engine's bound on a freeze: the
+/// source commits to the dead target, and the client's agent, following
+/// the `moved` message, cannot claim the request there. The source kept a
+/// copy of what it sent: asked by the client's agent, it resumes that copy
+/// on its own engine, from the position it was frozen at. Every position
+/// once, in order, the source finishing it; the target engine, whose
+/// stream died with its agent, holds nothing and finished nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_target_agent_after_it_resumed_finishes_the_request_on_the_source() {
+    let mut killed = kill_an_agent_in_the_window(KilledAt::TargetResumed).await;
+    assert!(
+        killed.error.is_none(),
+        "the source takes the request back: {:?}",
+        killed.error
+    );
+    assert_eq!(
+        killed.indexes,
+        (0..MAX_TOKENS).collect::<Vec<_>>(),
+        "every position once, in order"
+    );
+    let stats = must_hold_nothing(
+        "the source engine",
+        &mut killed.source_engine,
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(
+        stats.completed_total, 1,
+        "finished on the source: {stats:?}"
+    );
+    let stats = must_hold_nothing(
+        "the target engine",
+        &mut killed.target_engine,
+        Duration::from_secs(5),
     )
     .await;
     assert_eq!(stats.completed_total, 0, "{stats:?}");

@@ -28,6 +28,7 @@ use tonic::Status;
 
 use crate::engines::Engines;
 use crate::serve::fleet::Fleet;
+use crate::serve::request_fallback;
 use crate::serve::request_migration::{agent_channel, relayed_tokens, request_id_of, RequestMoves};
 
 /// The tokens of one request.
@@ -134,7 +135,7 @@ impl Inference {
             let stream = if pass_moves {
                 stream
             } else {
-                self.follow(stream)
+                self.follow(stream, &served.alloc_id)
             };
             if resuming {
                 // Starts where the source stopped: the entry checks it.
@@ -157,11 +158,15 @@ impl Inference {
     async fn route(&self, request: InferRequest) -> Result<(Served, InferStream), Status> {
         if !request.recover_alloc_id.is_empty() {
             let (alloc_id, stream) = self
-                .moves
-                .take_handoff_of(&request.recover_alloc_id, request.recover_request_id)
+                .recoverable(
+                    &request.recover_alloc_id,
+                    request.recover_request_id,
+                    request.recover_from_index,
+                )
+                .await?
                 .ok_or_else(|| {
                     Status::not_found(format!(
-                        "no request {} of allocation {:?} was resumed here",
+                        "no request {} of allocation {:?} was resumed or kept here",
                         request.recover_request_id, request.recover_alloc_id
                     ))
                 })?;
@@ -267,11 +272,14 @@ impl Inference {
     /// before the error is passed on. Positions are checked end to end
     /// after this, so a recovered stream that does not continue exactly
     /// where the client is ends the request with an error, never a gap.
-    fn follow(&self, tokens: InferStream) -> InferStream {
+    fn follow(&self, tokens: InferStream, alloc_id: &str) -> InferStream {
         let following = Following {
             current: tokens,
             this: self.clone(),
-            request: None,
+            // Its engine id comes with its first token (or `moved`).
+            request: Some((alloc_id.to_string(), 0)),
+            handed_over_by: None,
+            next: 0,
             done: false,
         };
         Box::pin(futures::stream::unfold(following, |mut f| async move {
@@ -281,36 +289,71 @@ impl Inference {
             loop {
                 match f.current.next().await? {
                     Ok(InferToken {
-                        moved: Some(moved), ..
-                    }) => match f.this.resume(&moved).await {
-                        Ok(rest) => {
-                            // Its engine id there comes with its next token.
-                            f.request = Some((moved.alloc_id.clone(), 0));
-                            f.current = rest;
+                        moved: Some(moved),
+                        request_id,
+                        ..
+                    }) => {
+                        // A request moved before its first token is named
+                        // by this message only.
+                        f.handed_over_by = f
+                            .request
+                            .take()
+                            .map(|(alloc, id)| (alloc, if id == 0 { request_id } else { id }));
+                        match f.this.resume(&moved).await {
+                            Ok(rest) => {
+                                // Its engine id there comes with its next token.
+                                f.request = Some((moved.alloc_id.clone(), 0));
+                                f.current = rest;
+                            }
+                            // The target's agent is gone (or restarted):
+                            // the source may still hold what it sent.
+                            Err(e) => {
+                                let found = match f.handed_over_by.take() {
+                                    Some((alloc, id)) => {
+                                        f.this.recover(&alloc, id, Some(f.next)).await
+                                    }
+                                    None => None,
+                                };
+                                let Some(rest) = found else {
+                                    f.done = true;
+                                    return Some((Err(e), f));
+                                };
+                                // Taken back by its source, under an id
+                                // not named to the caller: a second loss
+                                // is not recovered.
+                                f.current = rest;
+                            }
                         }
-                        Err(e) => {
-                            f.done = true;
-                            return Some((Err(e), f));
-                        }
-                    },
+                    }
                     Ok(token) => {
                         if !token.alloc_id.is_empty() {
                             f.request = Some((token.alloc_id.clone(), token.request_id));
                         } else if let Some((_, id)) = f.request.as_mut() {
                             *id = token.request_id;
                         }
+                        f.next = token.index + 1;
+                        // The source's copy ends where this continues.
+                        f.handed_over_by = None;
                         return Some((Ok(token), f));
                     }
                     Err(e) if e.code() == tonic::Code::Unavailable => {
-                        let found = match &f.request {
-                            Some((alloc, id)) => f.this.recover(alloc, *id).await,
-                            None => None,
-                        };
+                        // Where it ran, once its id there is known;
+                        // lost right after a hand-over, before the
+                        // target's first token: its source's copy.
+                        let mut found = None;
+                        let asks = f.request.iter().filter(|(_, id)| *id != 0);
+                        for (alloc, id) in asks.chain(&f.handed_over_by) {
+                            found = f.this.recover(alloc, *id, Some(f.next)).await;
+                            if found.is_some() {
+                                break;
+                            }
+                        }
                         match found {
                             Some(rest) => {
                                 // Where it runs now is not named to the
                                 // caller: a second loss is not recovered.
                                 f.request = None;
+                                f.handed_over_by = None;
                                 f.current = rest;
                             }
                             None => {
@@ -328,49 +371,86 @@ impl Inference {
         }))
     }
 
-    /// The rest of request `request_id` of `alloc_id` if another agent of
-    /// the fleet resumed it (see [`Inference::follow`]): this agent and
-    /// each agent of the fleet's other instances are asked, a few times
-    /// over about a second
-    /// (the target may resume it just after the source's agent died);
-    /// None when none holds it, or the agent follows no fleet.
-    async fn recover(&self, alloc_id: &str, request_id: u64) -> Option<InferStream> {
-        let fleet = self.fleet.as_ref()?;
+    /// What this agent holds of request `request_id` of `alloc_id` for a
+    /// relay that lost it: the request resumed here by a migration (its
+    /// handoff), else, when the relay's client needs position `from` next,
+    /// the copy this agent kept of it as its source and resumes now
+    /// ([`crate::serve::request_fallback`]); with the allocation it runs on.
+    async fn recoverable(
+        &self,
+        alloc_id: &str,
+        request_id: u64,
+        from: Option<u32>,
+    ) -> Result<Option<(String, InferStream)>, Status> {
+        if let Some(found) = self.moves.take_handoff_of(alloc_id, request_id) {
+            return Ok(Some(found));
+        }
+        let Some(fallback) =
+            from.and_then(|from| self.moves.fallbacks().take(alloc_id, request_id, from))
+        else {
+            return Ok(None);
+        };
+        let stream = request_fallback::resume_here(self, alloc_id, request_id, fallback).await?;
+        Ok(Some((alloc_id.to_string(), stream)))
+    }
+
+    /// The rest of request `request_id` of `alloc_id`, from position
+    /// `from` when given, if an agent of the fleet holds it (see
+    /// [`Inference::follow`] and [`Inference::recoverable`]): this agent,
+    /// then every agent of the fleet's instances, a few times over about a
+    /// second (the target may resume it just after the source's agent
+    /// died); the first that has it answers. None when none holds it.
+    async fn recover(
+        &self,
+        alloc_id: &str,
+        request_id: u64,
+        from: Option<u32>,
+    ) -> Option<InferStream> {
         for attempt in 0..RECOVER_ATTEMPTS {
             if attempt > 0 {
                 tokio::time::sleep(RECOVER_PAUSE).await;
             }
-            // Resumed by an engine of this very node.
-            if let Some((_, stream)) = self.moves.take_handoff_of(alloc_id, request_id) {
-                return Some(stream);
+            match self.recoverable(alloc_id, request_id, from).await {
+                Ok(Some((_, stream))) => return Some(stream),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(alloc = alloc_id, request_id, error = %e, "recovering a lost request");
+                }
             }
+            let fleet = self.fleet.as_ref()?;
             let mut agents: Vec<(String, String)> = fleet
                 .fresh_remote()
                 .into_iter()
-                .filter(|(i, _)| i.alloc_id != alloc_id)
                 .map(|(i, _)| (i.node, i.agent))
                 .collect();
             agents.sort();
             agents.dedup();
-            let asks = agents.into_iter().map(|(node, agent)| async move {
-                let channel = fleet.channel(&node, &agent).ok()?;
-                let request = InferRequest {
-                    recover_alloc_id: alloc_id.to_string(),
-                    recover_request_id: request_id,
-                    pass_moves: true,
-                    ..Default::default()
-                };
-                let answer = tokio::time::timeout(
-                    RECOVER_CALL_TIMEOUT,
-                    NodeAgentClient::with_interceptor(channel, self.token.clone()).infer(request),
-                )
-                .await
-                .ok()?
-                .ok()?;
-                Some((node, agent, answer.into_inner()))
+            let asks = agents.into_iter().map(|(node, agent)| {
+                Box::pin(async move {
+                    let channel = fleet.channel(&node, &agent).map_err(|_| ())?;
+                    let request = InferRequest {
+                        recover_alloc_id: alloc_id.to_string(),
+                        recover_request_id: request_id,
+                        recover_from_index: from,
+                        pass_moves: true,
+                        ..Default::default()
+                    };
+                    let answer = tokio::time::timeout(
+                        RECOVER_CALL_TIMEOUT,
+                        NodeAgentClient::with_interceptor(channel, self.token.clone())
+                            .infer(request),
+                    )
+                    .await
+                    .map_err(|_| ())?
+                    .map_err(|_| ())?;
+                    Ok::<_, ()>((node, agent, answer.into_inner()))
+                })
             });
-            let found = futures::future::join_all(asks).await.into_iter().flatten();
-            if let Some((node, agent, tokens)) = found.into_iter().next() {
+            let asks: Vec<_> = asks.collect();
+            if asks.is_empty() {
+                continue;
+            }
+            if let Ok(((node, agent, tokens), _)) = futures::future::select_ok(asks).await {
                 tracing::info!(
                     alloc = alloc_id,
                     request_id,
@@ -415,6 +495,12 @@ struct Following {
     /// The allocation and engine request id tokens of `current` named
     /// last: what a lost relay's recovery asks for.
     request: Option<(String, u64)>,
+    /// The request as its last source knew it, after a `moved` message:
+    /// the source keeps a copy for a few seconds, which a relay that loses
+    /// the target before its first token asks for.
+    handed_over_by: Option<(String, u64)>,
+    /// The position the client needs next.
+    next: u32,
     /// The stream has ended (after an error).
     done: bool,
 }

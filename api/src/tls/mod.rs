@@ -39,7 +39,7 @@ mod material;
 
 use std::sync::{Arc, OnceLock};
 
-pub use guard::{roles_only, RolesOnly};
+pub use guard::{roles_only, PeerRoles, RolesOnly};
 pub use identity::{require_node, require_role, PeerIdentity, PeerRole, TlsIdentityError};
 pub use material::{TlsError, TlsFiles, TlsMaterial};
 

@@ -2,11 +2,12 @@
 //! service that checks the request's bearer token against the role table
 //! before the service sees the request.
 //!
-//! A tower service around each server rather than a tonic interceptor,
-//! because an interceptor is not told which RPC it guards (the path is in
-//! the HTTP request, which it does not see); and around each service rather
-//! than the whole server, so that the coordinator-to-coordinator service is
-//! left out by construction (see docs/security.md).
+//! A [`herd_api::gate`] (a tower service) around each server rather than
+//! a tonic interceptor, because an interceptor is not told which RPC it
+//! guards (the path is in the HTTP request, which it does not see); and
+//! around each service rather than the whole server, so that the
+//! coordinator-to-coordinator service is left out by construction (see
+//! docs/security.md).
 //!
 //! Each member checks tokens against the state it has applied. Where that
 //! may lag the leader, a follower first waits for the leader's commit
@@ -15,16 +16,11 @@
 //! and when the token names an accessor it does not know yet (one created
 //! a moment ago through another member).
 
-use std::convert::Infallible;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
+use herd_api::gate::{gate, Admission, Admit, Gated};
 use tonic::body::Body;
 use tonic::codegen::http;
-use tonic::server::NamedService;
-use tower_service::Service;
 
 use super::state::{AclState, Denied};
 use super::{table, Role};
@@ -33,24 +29,25 @@ use crate::coordinator::{now_ms, Coordinator, ReadConsistency};
 /// The metadata key a token travels in.
 pub use herd_api::acl::bearer::AUTHORIZATION;
 
-/// `inner`, with every request's token checked first.
+/// The token check of one coordinator: its applied state, and a read
+/// barrier where that may lag.
 #[derive(Clone)]
-pub struct Guarded<S> {
-    inner: S,
+pub struct TokenCheck {
     coordinator: Arc<Coordinator>,
 }
+
+/// `inner`, with every request's token checked first.
+pub type Guarded<S> = Gated<S, TokenCheck>;
 
 /// Wraps `inner` (a generated `...Server`) so that each of its RPCs is
 /// checked against [`table::RPC_ROLES`] on `coordinator`'s state.
 pub fn guard<S>(coordinator: &Arc<Coordinator>, inner: S) -> Guarded<S> {
-    Guarded {
+    gate(
+        TokenCheck {
+            coordinator: coordinator.clone(),
+        },
         inner,
-        coordinator: coordinator.clone(),
-    }
-}
-
-impl<S: NamedService> NamedService for Guarded<S> {
-    const NAME: &'static str = S::NAME;
+    )
 }
 
 /// What to do with a request.
@@ -102,25 +99,8 @@ fn refuse(path: &str, denied: &Denied) -> http::Response<Body> {
     denied.to_status().into_http()
 }
 
-type Reply = Pin<Box<dyn Future<Output = Result<http::Response<Body>, Infallible>> + Send>>;
-
-impl<S> Service<http::Request<Body>> for Guarded<S>
-where
-    S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-{
-    type Response = http::Response<Body>;
-    type Error = Infallible;
-    type Future = Reply;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+impl Admit for TokenCheck {
+    fn admit(&self, request: &http::Request<Body>) -> Admission {
         let path = request.uri().path().to_string();
         let token = herd_api::acl::bearer::from_headers(request.headers()).map(str::to_string);
         let coordinator = self.coordinator.clone();
@@ -128,28 +108,22 @@ where
         let verdict =
             coordinator.read_state(|s| judge(&s.acl, &path, token.as_deref(), now_ms(), may_lag));
         match verdict {
-            Verdict::Pass => Box::pin(self.inner.call(request)),
-            Verdict::Refuse(denied) => Box::pin(std::future::ready(Ok(refuse(&path, &denied)))),
-            Verdict::AfterBarrier => {
-                // The inner service was made ready for this call: take it,
-                // and leave a fresh clone for the next one.
-                let fresh = self.inner.clone();
-                let mut inner = std::mem::replace(&mut self.inner, fresh);
-                Box::pin(async move {
-                    if let Err(e) = coordinator
-                        .read_barrier(ReadConsistency::Linearizable)
-                        .await
-                    {
-                        return Ok(e.to_status().into_http());
-                    }
-                    let verdict = coordinator
-                        .read_state(|s| judge(&s.acl, &path, token.as_deref(), now_ms(), false));
-                    match verdict {
-                        Verdict::Refuse(denied) => Ok(refuse(&path, &denied)),
-                        Verdict::Pass | Verdict::AfterBarrier => inner.call(request).await,
-                    }
-                })
-            }
+            Verdict::Pass => Admission::Pass,
+            Verdict::Refuse(denied) => Admission::Refuse(refuse(&path, &denied)),
+            Verdict::AfterBarrier => Admission::Later(Box::pin(async move {
+                if let Err(e) = coordinator
+                    .read_barrier(ReadConsistency::Linearizable)
+                    .await
+                {
+                    return Err(e.to_status().into_http());
+                }
+                let verdict = coordinator
+                    .read_state(|s| judge(&s.acl, &path, token.as_deref(), now_ms(), false));
+                match verdict {
+                    Verdict::Refuse(denied) => Err(refuse(&path, &denied)),
+                    Verdict::Pass | Verdict::AfterBarrier => Ok(()),
+                }
+            })),
         }
     }
 }

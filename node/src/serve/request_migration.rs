@@ -13,7 +13,10 @@
 //!    engine checks every KV byte and resumes it (the downtime is this step);
 //! 3. the source records where the request went, then releases it: its
 //!    engine stream ends, and the agent relaying it to the client sees a
-//!    `moved` message and follows to the target ([`crate::infer`]).
+//!    `moved` message and follows to the target ([`crate::infer`]). The
+//!    source keeps a copy of what it sent for a few seconds, for a target
+//!    whose agent dies before the client claims the request there
+//!    ([`super::request_fallback`]).
 //!
 //! A request still waiting for its prefill moves the same way with no
 //! block to copy: frozen (kept out of its engine's batch), its state sent,
@@ -42,9 +45,10 @@ use herd_api::proto::inference::{
 use tonic::transport::Channel;
 use tonic::Status;
 
+use super::request_fallback::{block_chunks, Fallback, Fallbacks};
 use crate::engines::connect_lazy;
 use crate::infer::{InferStream, Inference};
-use crate::migrate::{checksum, CHUNK_BYTES, MAX_MESSAGE_BYTES};
+use crate::migrate::{checksum, MAX_MESSAGE_BYTES};
 
 /// A copy stage that moved at most this many blocks is the last before the
 /// freeze: the freeze then copies about as few (a bounded downtime).
@@ -226,11 +230,17 @@ impl Drop for Migrating {
 #[derive(Clone, Default)]
 pub struct RequestMoves {
     inner: Arc<Mutex<MovesInner>>,
+    fallbacks: Fallbacks,
 }
 
 impl RequestMoves {
     fn with<T>(&self, f: impl FnOnce(&mut MovesInner) -> T) -> Option<T> {
         self.inner.lock().ok().map(|mut inner| f(&mut inner))
+    }
+
+    /// The copies of requests this agent handed over, kept a few seconds.
+    pub fn fallbacks(&self) -> &Fallbacks {
+        &self.fallbacks
     }
 
     /// Where request `id` of `alloc_id` went, taken (its stream ended).
@@ -311,7 +321,7 @@ impl RequestMoves {
     }
 
     /// A client of the engine at `addr`, on a kept channel.
-    fn engine(&self, addr: &str) -> Result<InferenceEngineClient<Channel>, Status> {
+    pub(crate) fn engine(&self, addr: &str) -> Result<InferenceEngineClient<Channel>, Status> {
         let kept = self.with(|i| i.engines.get(addr).cloned()).flatten();
         let channel = match kept {
             Some(c) => c,
@@ -419,17 +429,10 @@ async fn send_blocks(
     block_bytes: usize,
     resume: Option<KvState>,
 ) -> Result<RequestKvReply, Status> {
-    let per_chunk = (CHUNK_BYTES / block_bytes.max(1)).max(1);
-    let chunks: Vec<&[u8]> = if data.is_empty() {
-        vec![&[]]
-    } else {
-        data.chunks(per_chunk * block_bytes).collect()
-    };
+    let chunks = block_chunks(data, from_block, block_bytes);
     let last = chunks.len() - 1;
-    let mut block = from_block;
     let mut reply = RequestKvReply::default();
-    for (i, chunk) in chunks.into_iter().enumerate() {
-        let blocks = chunk.len().checked_div(block_bytes).unwrap_or(0) as u32;
+    for (i, (block, chunk)) in chunks.into_iter().enumerate() {
         reply = peer
             .request_kv(RequestKvChunk {
                 migration_id: migration.to_string(),
@@ -441,7 +444,6 @@ async fn send_blocks(
             })
             .await?
             .into_inner();
-        block += blocks;
     }
     Ok(reply)
 }
@@ -511,6 +513,9 @@ pub async fn migrate_request(
         target_node: String::new(),
     };
     let mut mark = 0u32;
+    // Everything sent, kept for the fallback (step 3).
+    let mut pieces: Vec<(u32, Vec<u8>)> = Vec::new();
+    let mut kv_block_bytes = 0;
 
     // 1. Copy stages while the request decodes.
     loop {
@@ -553,7 +558,12 @@ pub async fn migrate_request(
         outcome.stages = stage;
         outcome.blocks += blocks.blocks;
         outcome.bytes += blocks.data.len() as u64;
-        if blocks.blocks <= FINAL_BLOCKS || stage >= MAX_STAGES {
+        let done = blocks.blocks <= FINAL_BLOCKS || stage >= MAX_STAGES;
+        if blocks.blocks > 0 {
+            kv_block_bytes = block_bytes(&blocks.data, blocks.blocks);
+            pieces.push((blocks.from_block, blocks.data));
+        }
+        if done {
             break;
         }
     }
@@ -609,6 +619,12 @@ pub async fn migrate_request(
     outcome.verified = true;
     outcome.switched_at = state.generated;
     outcome.target_node = reply.node.clone();
+    if blocks.blocks > 0 {
+        kv_block_bytes = block_bytes(&blocks.data, blocks.blocks);
+    }
+    if !blocks.data.is_empty() {
+        pieces.push((blocks.from_block, blocks.data));
+    }
 
     // 3. Commit: say where it went, then release it on the source.
     let moves = inference.moves();
@@ -631,6 +647,17 @@ pub async fn migrate_request(
             status,
         });
     }
+    moves.fallbacks().keep(
+        alloc_id,
+        request_id,
+        Fallback {
+            pieces,
+            block_bytes: kv_block_bytes,
+            state,
+            migration,
+            target: target.clone(),
+        },
+    );
     outcome.total = started.elapsed();
     tracing::info!(
         %alloc_id, request_id, to = %target.alloc_id, stages = outcome.stages,
@@ -649,6 +676,16 @@ fn block_bytes(data: &[u8], blocks: u32) -> usize {
 async fn thaw(source: &mut InferenceEngineClient<Channel>, request_id: u64) {
     if let Err(e) = source.thaw(RequestRef { request_id }).await {
         tracing::warn!(request_id, error = %e, "could not thaw the request");
+    }
+}
+
+/// Best effort: the target agent at `target` drops what it staged or
+/// resumed for `migration`, dialled afresh (the migration's own channel is
+/// gone).
+pub(crate) async fn abort_on_target(inference: &Inference, migration: &str, target: &Target) {
+    match agent_channel(inference, target.node.as_deref(), &target.agent) {
+        Ok(channel) => abort_target(&mut AgentPeerClient::new(channel), migration, target).await,
+        Err(e) => tracing::warn!(%migration, error = %e, "could not dial the target to abort"),
     }
 }
 

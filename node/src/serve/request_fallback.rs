@@ -1,0 +1,330 @@
+//! What the SOURCE of a request migration keeps of the request it handed
+//! over: its KV blocks and state exactly as they were sent, for a few
+//! seconds after the commit.
+//!
+//! Why: the commit releases the request on the source before the client's
+//! relay has claimed it on the target. If the target's agent dies in that
+//! gap, its stream of the resumed request dies with it (the target engine
+//! cancels the request) and the relay finds no one to follow: the request
+//! would be lost. With this copy the relay's recovery
+//! ([`crate::infer`], `InferRequest.recover_from_index`) finds the request
+//! at its source instead, which imports the copy into its own engine and
+//! resumes it there, the same import and resume the target made.
+//!
+//! Why not keep the request frozen in the source engine until the target
+//! confirms: a request is often moved *because* its engine runs out of KV
+//! blocks; holding them until a confirmation would keep the pressure the
+//! move was meant to relieve. The agent holds the bytes instead, bounded
+//! in time ([`FALLBACK_TTL`]) and in size ([`FALLBACK_MAX_BYTES`]).
+//!
+//! Exactly one copy runs: the copy is resumed only when the client needs
+//! exactly the position the request was frozen at (it received nothing
+//! from the target), and the target is then told to drop what it resumed.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use herd_api::proto::inference::{
+    AbortImportRequest, ImportKvRequest, KvState, ResumeImportedRequest,
+};
+use tonic::Status;
+
+use crate::infer::{InferStream, Inference};
+use crate::migrate::CHUNK_BYTES;
+
+/// How long the source keeps a handed-over request: the client's relay
+/// follows the `moved` message at once and gives up on the target after a
+/// dial timeout and a few looks (about 3 s); this leaves room for a loaded
+/// machine.
+pub const FALLBACK_TTL: Duration = Duration::from_secs(10);
+/// The most KV bytes an agent keeps for handed-over requests at once; a
+/// request that does not fit is handed over without a copy (logged).
+pub const FALLBACK_MAX_BYTES: u64 = 256 * 1024 * 1024;
+
+/// One handed-over request, as it was sent to the target.
+pub struct Fallback {
+    /// The KV data sent, in order: (first block, whole blocks of
+    /// `block_bytes`; the last piece ends with the partial block).
+    pub pieces: Vec<(u32, Vec<u8>)>,
+    /// Bytes of one block.
+    pub block_bytes: usize,
+    /// The state the target resumed it from.
+    pub state: KvState,
+    /// The migration that handed it over (what the target knows it by).
+    pub migration: String,
+    /// Where it went.
+    pub target: super::request_migration::Target,
+}
+
+impl Fallback {
+    fn bytes(&self) -> u64 {
+        self.pieces.iter().map(|(_, d)| d.len() as u64).sum()
+    }
+}
+
+#[derive(Default)]
+struct Kept {
+    by_request: HashMap<(String, u64), Fallback>,
+    bytes: u64,
+}
+
+/// The copies an agent keeps; cheap to clone.
+#[derive(Clone, Default)]
+pub struct Fallbacks {
+    inner: Arc<Mutex<Kept>>,
+}
+
+impl Fallbacks {
+    /// Keeps `fallback` for request `request_id` of `alloc_id` for
+    /// [`FALLBACK_TTL`], unless the agent already holds
+    /// [`FALLBACK_MAX_BYTES`] with it.
+    pub fn keep(&self, alloc_id: &str, request_id: u64, fallback: Fallback) {
+        self.keep_for(alloc_id, request_id, fallback, FALLBACK_TTL);
+    }
+
+    /// [`Fallbacks::keep`] for `ttl`.
+    fn keep_for(&self, alloc_id: &str, request_id: u64, fallback: Fallback, ttl: Duration) {
+        let bytes = fallback.bytes();
+        let migration = fallback.migration.clone();
+        let key = (alloc_id.to_string(), request_id);
+        let kept = match self.inner.lock() {
+            Ok(mut kept) if kept.bytes + bytes <= FALLBACK_MAX_BYTES => {
+                kept.bytes += bytes;
+                if let Some(old) = kept.by_request.insert(key.clone(), fallback) {
+                    kept.bytes -= old.bytes();
+                }
+                true
+            }
+            _ => false,
+        };
+        if !kept {
+            tracing::warn!(
+                %migration, bytes,
+                "no room to keep a copy of the handed-over request: lost if its target dies before it is claimed"
+            );
+            return;
+        }
+        let fallbacks = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(ttl).await;
+            fallbacks.drop_if(&key, &migration);
+        });
+    }
+
+    /// Drops the copy of `key` if it is still the one of `migration`.
+    fn drop_if(&self, key: &(String, u64), migration: &str) {
+        if let Ok(mut kept) = self.inner.lock() {
+            if kept
+                .by_request
+                .get(key)
+                .is_some_and(|f| f.migration == migration)
+            {
+                if let Some(old) = kept.by_request.remove(key) {
+                    kept.bytes -= old.bytes();
+                }
+            }
+        }
+    }
+
+    /// The copy of request `request_id` of `alloc_id`, taken, when it
+    /// continues at position `from` (where it was frozen); None otherwise
+    /// (a copy that does not continue there stays until its time is up).
+    pub fn take(&self, alloc_id: &str, request_id: u64, from: u32) -> Option<Fallback> {
+        let mut kept = self.inner.lock().ok()?;
+        let key = (alloc_id.to_string(), request_id);
+        if kept.by_request.get(&key)?.state.generated != from {
+            return None;
+        }
+        let taken = kept.by_request.remove(&key)?;
+        kept.bytes -= taken.bytes();
+        Some(taken)
+    }
+
+    /// KV bytes kept now.
+    pub fn bytes(&self) -> u64 {
+        self.inner.lock().map(|k| k.bytes).unwrap_or_default()
+    }
+}
+
+/// `data` (whole blocks of `block_bytes` from `from_block`, the last
+/// possibly partial) cut into pieces of at most [`CHUNK_BYTES`] on block
+/// boundaries, each with its first block: what one message carries,
+/// agent to agent or agent to engine.
+pub fn block_chunks(data: &[u8], from_block: u32, block_bytes: usize) -> Vec<(u32, &[u8])> {
+    if data.is_empty() {
+        return vec![(from_block, data)];
+    }
+    let per_chunk = (CHUNK_BYTES / block_bytes.max(1)).max(1);
+    let mut block = from_block;
+    data.chunks(per_chunk * block_bytes.max(1))
+        .map(|chunk| {
+            let at = block;
+            block += chunk.len().checked_div(block_bytes).unwrap_or(0) as u32;
+            (at, chunk)
+        })
+        .collect()
+}
+
+/// Resumes `fallback` (request `request_id` of this node's `alloc_id`,
+/// handed over and taken back) on that allocation's engine and tells the
+/// target to drop its copy; the request's token stream from the position
+/// it was frozen at.
+pub async fn resume_here(
+    inference: &Inference,
+    alloc_id: &str,
+    request_id: u64,
+    fallback: Fallback,
+) -> Result<InferStream, Status> {
+    let engine = inference.engines().find(alloc_id, "")?;
+    let mut client = inference.moves().engine(&engine.addr)?;
+    let migration = format!("{alloc_id}.{request_id}.{}", uuid::Uuid::new_v4().simple());
+    let resumed = async {
+        for (from_block, data) in &fallback.pieces {
+            for (at, chunk) in block_chunks(data, *from_block, fallback.block_bytes) {
+                if chunk.is_empty() {
+                    continue;
+                }
+                client
+                    .import_kv(ImportKvRequest {
+                        migration_id: migration.clone(),
+                        from_block: at,
+                        data: chunk.to_vec(),
+                    })
+                    .await?;
+            }
+        }
+        client
+            .resume_imported(ResumeImportedRequest {
+                migration_id: migration.clone(),
+                state: Some(fallback.state.clone()),
+            })
+            .await
+    }
+    .await;
+    let answer = match resumed {
+        Ok(answer) => answer,
+        Err(status) => {
+            let abort = AbortImportRequest {
+                migration_id: migration.clone(),
+            };
+            if let Err(e) = client.abort_import(abort).await {
+                tracing::warn!(%migration, error = %e, "could not drop the staged copy");
+            }
+            return Err(Status::unavailable(format!(
+                "taking back request {request_id} of {alloc_id}: {}",
+                status.message()
+            )));
+        }
+    };
+    let id = super::request_migration::request_id_of(answer.metadata());
+    let stream = super::request_migration::relayed_tokens(
+        answer.into_inner(),
+        alloc_id.to_string(),
+        inference.moves().clone(),
+        id,
+    );
+    tracing::warn!(
+        alloc = alloc_id, request_id, target = %fallback.target.alloc_id,
+        at = fallback.state.generated,
+        "the target of a handed-over request was lost before the client claimed it: resumed here"
+    );
+    // The target may still hold the request resumed (reachable from here,
+    // not from the client's relay): only one copy may run.
+    let (inference, target, handed_over) = (
+        inference.clone(),
+        fallback.target.clone(),
+        fallback.migration.clone(),
+    );
+    tokio::spawn(async move {
+        super::request_migration::abort_on_target(&inference, &handed_over, &target).await;
+    });
+    Ok(stream)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::serve::request_migration::Target;
+
+    fn fallback(migration: &str, generated: u32, bytes: usize) -> Fallback {
+        Fallback {
+            pieces: vec![(0, vec![7; bytes])],
+            block_bytes: 16,
+            state: KvState {
+                generated,
+                ..Default::default()
+            },
+            migration: migration.into(),
+            target: Target {
+                alloc_id: "dst".into(),
+                agent: "127.0.0.1:1".into(),
+                node: None,
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn a_copy_is_taken_once_and_only_where_it_was_frozen() {
+        let kept = Fallbacks::default();
+        kept.keep("src", 7, fallback("m1", 40, 64));
+        assert_eq!(kept.bytes(), 64);
+        assert!(kept.take("src", 7, 41).is_none(), "the client is past it");
+        assert!(kept.take("src", 8, 40).is_none(), "another request");
+        let taken = kept.take("src", 7, 40).expect("where it was frozen");
+        assert_eq!(taken.migration, "m1");
+        assert!(kept.take("src", 7, 40).is_none(), "taken once");
+        assert_eq!(kept.bytes(), 0);
+    }
+
+    #[tokio::test]
+    async fn copies_beyond_the_bound_are_not_kept() {
+        let kept = Fallbacks::default();
+        let half = (FALLBACK_MAX_BYTES / 2) as usize;
+        kept.keep("src", 1, fallback("m1", 0, half));
+        kept.keep("src", 2, fallback("m2", 0, half));
+        kept.keep("src", 3, fallback("m3", 0, 1));
+        assert_eq!(kept.bytes(), FALLBACK_MAX_BYTES);
+        assert!(kept.take("src", 3, 0).is_none(), "over the bound");
+        assert!(kept.take("src", 1, 0).is_some());
+        kept.keep("src", 3, fallback("m3", 0, 1));
+        assert!(kept.take("src", 3, 0).is_some(), "room again");
+    }
+
+    #[tokio::test]
+    async fn a_copy_lapses_after_its_time_unless_a_newer_one_replaced_it() {
+        let kept = Fallbacks::default();
+        let ttl = Duration::from_millis(50);
+        kept.keep_for("src", 7, fallback("m1", 3, 16), ttl);
+        kept.keep_for("src", 8, fallback("m2", 5, 16), ttl);
+        // A later migration of request 8 (moved back, moved again) keeps
+        // its own copy for its own time.
+        kept.keep_for("src", 8, fallback("m3", 9, 32), Duration::from_secs(60));
+        assert_eq!(kept.bytes(), 48);
+        tokio::time::sleep(ttl * 4).await;
+        assert!(kept.take("src", 7, 3).is_none(), "lapsed");
+        assert_eq!(kept.bytes(), 32);
+        let newer = kept.take("src", 8, 9).expect("the newer copy stays");
+        assert_eq!(newer.migration, "m3");
+    }
+
+    #[test]
+    fn chunks_cut_on_block_boundaries_and_name_their_first_block() {
+        let block = 1000;
+        let per_chunk = CHUNK_BYTES / block;
+        let data = vec![1u8; block * per_chunk * 2 + 10];
+        let chunks = block_chunks(&data, 5, block);
+        let at: Vec<u32> = chunks.iter().map(|(b, _)| *b).collect();
+        assert_eq!(at, vec![5, 5 + per_chunk as u32, 5 + 2 * per_chunk as u32]);
+        assert_eq!(chunks[2].1.len(), 10, "the partial block last");
+        assert_eq!(
+            chunks.iter().map(|(_, c)| c.len()).sum::<usize>(),
+            data.len()
+        );
+        assert_eq!(
+            block_chunks(&[], 3, block),
+            vec![(3, &[][..])],
+            "one empty piece"
+        );
+    }
+}
