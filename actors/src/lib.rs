@@ -12,6 +12,7 @@ pub mod driver;
 pub mod inference;
 pub mod power;
 pub mod resources;
+pub mod ticker;
 pub mod toy_train;
 pub mod workload;
 

@@ -39,6 +39,24 @@ pub struct Scenario {
     pub power: bool,
 }
 
+/// What a scenario is unless its entry says otherwise: short faults and no
+/// workload beyond its service (no drains, migrations, balancing or power
+/// budget). Not a scenario itself: every entry names its own name, shape and
+/// faults.
+const QUIET: Scenario = Scenario {
+    name: "",
+    about: "",
+    members: 3,
+    agents: 0,
+    faults: &[],
+    service_count: 0,
+    fault_ms: SHORT_FAULTS_MS,
+    drains: false,
+    migrations: false,
+    balancing: false,
+    power: false,
+};
+
 /// Every scenario, in the order `all` runs them.
 pub const SCENARIOS: &[Scenario] = &[
     Scenario {
@@ -48,11 +66,7 @@ pub const SCENARIOS: &[Scenario] = &[
         agents: 0,
         faults: &[Fault::KillLeader],
         service_count: 0,
-        fault_ms: SHORT_FAULTS_MS,
-        drains: false,
-        migrations: false,
-        balancing: false,
-        power: false,
+        ..QUIET
     },
     Scenario {
         name: "kill-one",
@@ -61,11 +75,7 @@ pub const SCENARIOS: &[Scenario] = &[
         agents: 0,
         faults: &[Fault::KillOne],
         service_count: 0,
-        fault_ms: SHORT_FAULTS_MS,
-        drains: false,
-        migrations: false,
-        balancing: false,
-        power: false,
+        ..QUIET
     },
     Scenario {
         name: "kill-majority",
@@ -74,11 +84,7 @@ pub const SCENARIOS: &[Scenario] = &[
         agents: 0,
         faults: &[Fault::KillMajority],
         service_count: 0,
-        fault_ms: SHORT_FAULTS_MS,
-        drains: false,
-        migrations: false,
-        balancing: false,
-        power: false,
+        ..QUIET
     },
     Scenario {
         name: "restart-all",
@@ -87,11 +93,7 @@ pub const SCENARIOS: &[Scenario] = &[
         agents: 0,
         faults: &[Fault::KillAll],
         service_count: 0,
-        fault_ms: SHORT_FAULTS_MS,
-        drains: false,
-        migrations: false,
-        balancing: false,
-        power: false,
+        ..QUIET
     },
     Scenario {
         name: "pause-member",
@@ -100,11 +102,7 @@ pub const SCENARIOS: &[Scenario] = &[
         agents: 0,
         faults: &[Fault::PauseLeader, Fault::PauseOne],
         service_count: 0,
-        fault_ms: SHORT_FAULTS_MS,
-        drains: false,
-        migrations: false,
-        balancing: false,
-        power: false,
+        ..QUIET
     },
     Scenario {
         name: "agent-loss",
@@ -113,11 +111,8 @@ pub const SCENARIOS: &[Scenario] = &[
         agents: 3,
         faults: &[Fault::KillNode, Fault::KillAgent],
         service_count: 3,
-        fault_ms: SHORT_FAULTS_MS,
         drains: true,
-        migrations: false,
-        balancing: false,
-        power: false,
+        ..QUIET
     },
     Scenario {
         name: "node-loss",
@@ -127,10 +122,7 @@ pub const SCENARIOS: &[Scenario] = &[
         faults: &[Fault::KillNode],
         service_count: 3,
         fault_ms: (7000, 10_000),
-        drains: false,
-        migrations: false,
-        balancing: false,
-        power: false,
+        ..QUIET
     },
     Scenario {
         name: "agent-pause",
@@ -140,10 +132,7 @@ pub const SCENARIOS: &[Scenario] = &[
         faults: &[Fault::PauseAgent],
         service_count: 3,
         fault_ms: (6000, 9000),
-        drains: false,
-        migrations: false,
-        balancing: false,
-        power: false,
+        ..QUIET
     },
     Scenario {
         name: "node-partition",
@@ -153,10 +142,7 @@ pub const SCENARIOS: &[Scenario] = &[
         faults: &[Fault::PartitionNode],
         service_count: 3,
         fault_ms: (6000, 9000),
-        drains: false,
-        migrations: false,
-        balancing: false,
-        power: false,
+        ..QUIET
     },
     Scenario {
         name: "partition-leader",
@@ -165,11 +151,7 @@ pub const SCENARIOS: &[Scenario] = &[
         agents: 0,
         faults: &[Fault::PartitionLeader],
         service_count: 0,
-        fault_ms: SHORT_FAULTS_MS,
-        drains: false,
-        migrations: false,
-        balancing: false,
-        power: false,
+        ..QUIET
     },
     Scenario {
         name: "partition-halves",
@@ -178,11 +160,7 @@ pub const SCENARIOS: &[Scenario] = &[
         agents: 0,
         faults: &[Fault::PartitionHalves],
         service_count: 0,
-        fault_ms: SHORT_FAULTS_MS,
-        drains: false,
-        migrations: false,
-        balancing: false,
-        power: false,
+        ..QUIET
     },
     Scenario {
         name: "partition-ring",
@@ -191,11 +169,7 @@ pub const SCENARIOS: &[Scenario] = &[
         agents: 0,
         faults: &[Fault::PartitionRing],
         service_count: 0,
-        fault_ms: SHORT_FAULTS_MS,
-        drains: false,
-        migrations: false,
-        balancing: false,
-        power: false,
+        ..QUIET
     },
     Scenario {
         name: "partition-bridge",
@@ -204,11 +178,7 @@ pub const SCENARIOS: &[Scenario] = &[
         agents: 0,
         faults: &[Fault::PartitionBridge],
         service_count: 0,
-        fault_ms: SHORT_FAULTS_MS,
-        drains: false,
-        migrations: false,
-        balancing: false,
-        power: false,
+        ..QUIET
     },
     Scenario {
         name: "slow-network",
@@ -217,11 +187,8 @@ pub const SCENARIOS: &[Scenario] = &[
         agents: 2,
         faults: &[Fault::SlowNetwork, Fault::LossyNetwork],
         service_count: 2,
-        fault_ms: SHORT_FAULTS_MS,
         drains: true,
-        migrations: false,
-        balancing: false,
-        power: false,
+        ..QUIET
     },
     Scenario {
         name: "disk-full",
@@ -230,11 +197,7 @@ pub const SCENARIOS: &[Scenario] = &[
         agents: 0,
         faults: &[Fault::DiskFull],
         service_count: 0,
-        fault_ms: SHORT_FAULTS_MS,
-        drains: false,
-        migrations: false,
-        balancing: false,
-        power: false,
+        ..QUIET
     },
     Scenario {
         name: "slow-fsync",
@@ -243,11 +206,7 @@ pub const SCENARIOS: &[Scenario] = &[
         agents: 0,
         faults: &[Fault::SlowFsync],
         service_count: 0,
-        fault_ms: SHORT_FAULTS_MS,
-        drains: false,
-        migrations: false,
-        balancing: false,
-        power: false,
+        ..QUIET
     },
     Scenario {
         name: "clock-skew",
@@ -256,11 +215,8 @@ pub const SCENARIOS: &[Scenario] = &[
         agents: 2,
         faults: &[Fault::ClockSkew],
         service_count: 2,
-        fault_ms: SHORT_FAULTS_MS,
         drains: true,
-        migrations: false,
-        balancing: false,
-        power: false,
+        ..QUIET
     },
     Scenario {
         name: "mixed-coordinators",
@@ -278,11 +234,7 @@ pub const SCENARIOS: &[Scenario] = &[
             Fault::ClockSkew,
         ],
         service_count: 0,
-        fault_ms: SHORT_FAULTS_MS,
-        drains: false,
-        migrations: false,
-        balancing: false,
-        power: false,
+        ..QUIET
     },
     Scenario {
         name: "mixed",
@@ -301,11 +253,8 @@ pub const SCENARIOS: &[Scenario] = &[
             Fault::SlowNetwork,
         ],
         service_count: 2,
-        fault_ms: SHORT_FAULTS_MS,
         drains: true,
-        migrations: false,
-        balancing: false,
-        power: false,
+        ..QUIET
     },
     Scenario {
         name: "migrate",
@@ -314,11 +263,8 @@ pub const SCENARIOS: &[Scenario] = &[
         agents: 3,
         faults: &[Fault::KillAgent, Fault::KillNode, Fault::KillLeader],
         service_count: 2,
-        fault_ms: SHORT_FAULTS_MS,
-        drains: false,
         migrations: true,
-        balancing: false,
-        power: false,
+        ..QUIET
     },
     Scenario {
         name: "balance",
@@ -327,11 +273,8 @@ pub const SCENARIOS: &[Scenario] = &[
         agents: 3,
         faults: &[Fault::KillAgent, Fault::KillNode, Fault::KillLeader],
         service_count: 2,
-        fault_ms: SHORT_FAULTS_MS,
-        drains: false,
-        migrations: false,
         balancing: true,
-        power: false,
+        ..QUIET
     },
     Scenario {
         name: "balance-away",
@@ -341,10 +284,7 @@ pub const SCENARIOS: &[Scenario] = &[
         faults: &[Fault::CoordinatorsAway],
         service_count: 2,
         fault_ms: (22_000, 26_000),
-        drains: false,
-        migrations: false,
-        balancing: false,
-        power: false,
+        ..QUIET
     },
     Scenario {
         name: "power",
@@ -358,11 +298,8 @@ pub const SCENARIOS: &[Scenario] = &[
             Fault::PartitionLeader,
         ],
         service_count: 2,
-        fault_ms: SHORT_FAULTS_MS,
-        drains: false,
-        migrations: false,
-        balancing: false,
         power: true,
+        ..QUIET
     },
 ];
 

@@ -22,10 +22,10 @@ use std::time::Duration;
 use herd_api::clock::now_ms;
 use herd_api::power::Thresholds;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use tokio::task::JoinHandle;
 
 use super::policy::{decide, GpuPowerState, Phase, PolicyConfig, PriorityClass};
 use crate::resources::{GpuBackend, GpuInfo};
+use crate::ticker::Ticker;
 
 /// How often the governor samples and decides while it holds a share.
 pub const SAMPLE_EVERY: Duration = Duration::from_millis(50);
@@ -172,7 +172,8 @@ pub struct GovernorState {
     busy: bool,
     rounds: u64,
     last_error: Option<String>,
-    ticker: Option<JoinHandle<()>>,
+    /// The tick, ended with the actor.
+    ticker: Ticker,
     /// Whether "no GPUs to cap" was logged already.
     said_no_gpus: bool,
 }
@@ -403,7 +404,7 @@ impl Actor for PowerGovernor {
             busy: false,
             rounds: 0,
             last_error: None,
-            ticker: None,
+            ticker: Ticker::default(),
             said_no_gpus,
         })
     }
@@ -413,7 +414,9 @@ impl Actor for PowerGovernor {
         myself: ActorRef<Self::Msg>,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        state.ticker = Some(myself.send_interval(state.args.sample_every, || PowerMsg::Tick));
+        state
+            .ticker
+            .start(myself.send_interval(state.args.sample_every, || PowerMsg::Tick));
         if let Some(share) = &state.share {
             let detail = format!(
                 "share {:.0} W from group {} kept from before the restart",
@@ -421,17 +424,6 @@ impl Actor for PowerGovernor {
             );
             state.event("share", detail);
             myself.cast(PowerMsg::Tick)?;
-        }
-        Ok(())
-    }
-
-    async fn post_stop(
-        &self,
-        _myself: ActorRef<Self::Msg>,
-        state: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
-        if let Some(ticker) = state.ticker.take() {
-            ticker.abort();
         }
         Ok(())
     }

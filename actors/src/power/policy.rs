@@ -360,6 +360,17 @@ mod tests {
         gpus.iter().map(|g| g.draw_watts).sum()
     }
 
+    /// [`decide`] with the default thresholds and policy, as most cases run it.
+    fn decide_by_default(budget_watts: f64, draw_watts: f64, gpus: &[GpuPowerState]) -> Decision {
+        decide(
+            budget_watts,
+            draw_watts,
+            &Thresholds::default(),
+            &PolicyConfig::default(),
+            gpus,
+        )
+    }
+
     /// Applies `decision` to `gpus` as an ideal GPU would: the draw follows
     /// the limit down at once; up, it stays until the work asks for more.
     fn enforce(gpus: &mut [GpuPowerState], decision: &Decision, wanted: &[f64]) {
@@ -393,13 +404,7 @@ mod tests {
     #[test]
     fn below_the_first_threshold_nothing_changes() {
         let gpus = vec![gpu(0, Batch, 700, 400.0), gpu(1, Inference, 700, 400.0)];
-        let d = decide(
-            1000.0,
-            880.0,
-            &Thresholds::default(),
-            &PolicyConfig::default(),
-            &gpus,
-        );
+        let d = decide_by_default(1000.0, 880.0, &gpus);
         assert_eq!(d.phase, Phase::Hold);
         assert!(d.changes.is_empty());
     }
@@ -412,13 +417,7 @@ mod tests {
             gpu(2, Batch, 700, 600.0),
         ];
         // 1800 W against 1900 W: 94.7 %, above 90 %, below 97 %.
-        let d = decide(
-            1900.0,
-            total(&gpus),
-            &Thresholds::default(),
-            &PolicyConfig::default(),
-            &gpus,
-        );
+        let d = decide_by_default(1900.0, total(&gpus), &gpus);
         assert_eq!(d.phase, Phase::Cap);
         assert_eq!(d.changes.len(), 1, "{d:?}");
         let change = &d.changes[0];
@@ -428,13 +427,7 @@ mod tests {
         enforce(&mut gpus, &d, &[600.0; 3]);
         assert!(total(&gpus) <= 0.9 * 1900.0);
         // Once it holds, the next round changes nothing.
-        let again = decide(
-            1900.0,
-            total(&gpus),
-            &Thresholds::default(),
-            &PolicyConfig::default(),
-            &gpus,
-        );
+        let again = decide_by_default(1900.0, total(&gpus), &gpus);
         assert_eq!(again.phase, Phase::Hold, "{again:?}");
     }
 
@@ -444,13 +437,7 @@ mod tests {
         // 1200 W measured against 1200 W would call for a cap; but batch's
         // limit already holds it to 472 W: 1072 W, between the thresholds.
         let gpus = vec![gpu(0, Batch, 472, 600.0), gpu(1, Inference, 700, 600.0)];
-        let d = decide(
-            1200.0,
-            1200.0,
-            &Thresholds::default(),
-            &PolicyConfig::default(),
-            &gpus,
-        );
+        let d = decide_by_default(1200.0, 1200.0, &gpus);
         assert_eq!(d.phase, Phase::Hold, "{d:?}");
         assert!(d.changes.is_empty(), "{d:?}");
         assert!((d.projected_watts - 1072.0).abs() < 1e-9);
@@ -464,13 +451,7 @@ mod tests {
             gpu(2, Batch, 700, 700.0),
         ];
         // 2100 W against 1500 W: far past both thresholds.
-        let d = decide(
-            1500.0,
-            total(&gpus),
-            &Thresholds::default(),
-            &PolicyConfig::default(),
-            &gpus,
-        );
+        let d = decide_by_default(1500.0, total(&gpus), &gpus);
         assert_eq!(d.phase, Phase::CapAll);
         enforce(&mut gpus, &d, &[700.0; 3]);
         assert_eq!(gpus[2].limit_watts, 200, "batch at its floor");
@@ -536,13 +517,7 @@ mod tests {
     fn release_never_raises_past_the_headroom() {
         let gpus = vec![gpu(0, Batch, 200, 200.0), gpu(1, Batch, 200, 200.0)];
         // 400 W of 500 W: below 85 %; headroom to 88 % is 40 W.
-        let d = decide(
-            500.0,
-            400.0,
-            &Thresholds::default(),
-            &PolicyConfig::default(),
-            &gpus,
-        );
+        let d = decide_by_default(500.0, 400.0, &gpus);
         let raised: u32 = d.changes.iter().map(|c| c.to_watts - c.from_watts).sum();
         assert!(raised <= 40 && raised > 0, "{d:?}");
     }
@@ -552,13 +527,7 @@ mod tests {
         let mut fixed = gpu(0, Batch, 0, 300.0);
         fixed.max_watts = 0;
         fixed.min_watts = 0;
-        let d = decide(
-            100.0,
-            300.0,
-            &Thresholds::default(),
-            &PolicyConfig::default(),
-            &[fixed.clone()],
-        );
+        let d = decide_by_default(100.0, 300.0, &[fixed.clone()]);
         assert!(d.changes.is_empty());
         for (budget, draw) in [
             (f64::NAN, 1.0),
@@ -566,13 +535,7 @@ mod tests {
             (-5.0, 1.0),
             (100.0, f64::INFINITY),
         ] {
-            let d = decide(
-                budget,
-                draw,
-                &Thresholds::default(),
-                &PolicyConfig::default(),
-                &[gpu(0, Batch, 700, 700.0)],
-            );
+            let d = decide_by_default(budget, draw, &[gpu(0, Batch, 700, 700.0)]);
             assert!(d.changes.is_empty(), "{budget} {draw}");
         }
         let bad = Thresholds {

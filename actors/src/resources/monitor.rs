@@ -14,12 +14,12 @@ use std::time::Duration;
 
 use herd_api::clock::now_ms;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use tokio::task::JoinHandle;
 
 use super::error::ResourceError;
 use super::gpu::{GpuBackend, GpuInfo};
 use super::host::{sample_host, HostFigures};
 use super::report::HostReport;
+use crate::ticker::Ticker;
 
 /// Shortest refresh interval: a zero interval would make the timer spin.
 pub const MIN_REFRESH_INTERVAL: Duration = Duration::from_millis(10);
@@ -104,7 +104,8 @@ pub struct MonitorState {
     /// Bumped whenever GPUs are re-read after a power limit change, so a
     /// sample begun before the change does not put back the old figures.
     gpu_generation: u64,
-    ticker: Option<JoinHandle<()>>,
+    /// The tick, ended with the actor.
+    ticker: Ticker,
 }
 
 /// Reads everything once; blocking.
@@ -209,7 +210,7 @@ impl Actor for ResourceMonitor {
             report,
             sampling: false,
             gpu_generation: 0,
-            ticker: None,
+            ticker: Ticker::default(),
             args,
         };
         // One sample before answering anything, so the first Snapshot has
@@ -230,19 +231,9 @@ impl Actor for ResourceMonitor {
         myself: ActorRef<Self::Msg>,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        state.ticker =
-            Some(myself.send_interval(state.args.refresh_interval, || ResourceMsg::Refresh));
-        Ok(())
-    }
-
-    async fn post_stop(
-        &self,
-        _myself: ActorRef<Self::Msg>,
-        state: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
-        if let Some(ticker) = state.ticker.take() {
-            ticker.abort();
-        }
+        state
+            .ticker
+            .start(myself.send_interval(state.args.refresh_interval, || ResourceMsg::Refresh));
         Ok(())
     }
 

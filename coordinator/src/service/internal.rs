@@ -13,6 +13,14 @@ use crate::coordinator::Coordinator;
 use crate::error::{self, CoordinatorError};
 use crate::routing::forward::{ForwardError, LeaderReply, LeaderRequest};
 
+/// The Raft RPCs [`InternalService::serve_raft`] serves alike.
+#[derive(Debug, Clone, Copy)]
+enum RaftRpc {
+    AppendEntries,
+    Vote,
+    InstallSnapshot,
+}
+
 /// Serves [`Internal`] for one member.
 pub struct InternalService {
     coordinator: Arc<Coordinator>,
@@ -34,6 +42,27 @@ impl InternalService {
             })
     }
 
+    /// Serves one of the Raft RPCs, which differ only in the openraft call:
+    /// the envelope is checked, its payload handed to `kind`'s handler, and
+    /// the answer sealed in an envelope of this cluster.
+    async fn serve_raft(
+        &self,
+        kind: RaftRpc,
+        request: Request<RaftEnvelope>,
+    ) -> Result<Response<RaftEnvelope>, Status> {
+        let envelope = request.into_inner();
+        self.check(&envelope)?;
+        let raft = self.coordinator.raft();
+        let health = &self.coordinator.health;
+        let payload = &envelope.payload;
+        let answer = match kind {
+            RaftRpc::AppendEntries => rpc::append_entries(raft, health, payload).await?,
+            RaftRpc::Vote => rpc::vote(raft, health, payload).await?,
+            RaftRpc::InstallSnapshot => rpc::install_snapshot(raft, health, payload).await?,
+        };
+        Ok(self.reply(answer))
+    }
+
     fn reply(&self, payload: Vec<u8>) -> Response<RaftEnvelope> {
         Response::new(RaftEnvelope {
             cluster_id: self.coordinator.identity().cluster_id().unwrap_or_default(),
@@ -49,45 +78,18 @@ impl Internal for InternalService {
         &self,
         request: Request<RaftEnvelope>,
     ) -> Result<Response<RaftEnvelope>, Status> {
-        let envelope = request.into_inner();
-        self.check(&envelope)?;
-        Ok(self.reply(
-            rpc::append_entries(
-                self.coordinator.raft(),
-                &self.coordinator.health,
-                &envelope.payload,
-            )
-            .await?,
-        ))
+        self.serve_raft(RaftRpc::AppendEntries, request).await
     }
 
     async fn vote(&self, request: Request<RaftEnvelope>) -> Result<Response<RaftEnvelope>, Status> {
-        let envelope = request.into_inner();
-        self.check(&envelope)?;
-        Ok(self.reply(
-            rpc::vote(
-                self.coordinator.raft(),
-                &self.coordinator.health,
-                &envelope.payload,
-            )
-            .await?,
-        ))
+        self.serve_raft(RaftRpc::Vote, request).await
     }
 
     async fn install_snapshot(
         &self,
         request: Request<RaftEnvelope>,
     ) -> Result<Response<RaftEnvelope>, Status> {
-        let envelope = request.into_inner();
-        self.check(&envelope)?;
-        Ok(self.reply(
-            rpc::install_snapshot(
-                self.coordinator.raft(),
-                &self.coordinator.health,
-                &envelope.payload,
-            )
-            .await?,
-        ))
+        self.serve_raft(RaftRpc::InstallSnapshot, request).await
     }
 
     async fn forward(

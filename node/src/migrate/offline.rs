@@ -612,7 +612,28 @@ mod tests {
         }
     }
 
-    fn ids(set: &[SetItem]) -> Vec<(String, u64, Option<String>)> {
+    /// What [`overlay`] makes of `allocs` with one entry of `role` in
+    /// `phase`: the set as [`ids`], and the moves it closes.
+    fn overlay_one(role: Role, phase: Phase, allocs: Vec<SetItem>) -> (Ids, Vec<String>) {
+        let (set, close) = overlay(&[entry(role, phase)], allocs);
+        (ids(&set), close)
+    }
+
+    /// A journal in a fresh directory holding `entries`; the directory
+    /// lasts as long as the returned guard.
+    fn journal_holding(entries: &[MoveEntry]) -> (tempfile::TempDir, MoveJournal) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let journal = MoveJournal::load(&dir.path().join("j.json")).expect("journal");
+        for e in entries {
+            journal.record(e.clone()).expect("record");
+        }
+        (dir, journal)
+    }
+
+    /// A set as (allocation, generation, role in a move) per item.
+    type Ids = Vec<(String, u64, Option<String>)>;
+
+    fn ids(set: &[SetItem]) -> Ids {
         set.iter()
             .map(|(d, m)| {
                 (
@@ -627,9 +648,9 @@ mod tests {
     #[test]
     fn the_source_moves_then_hides_what_left_until_the_coordinators_agree() {
         let stale = vec![(desired("a1", 1), None), (desired("a2", 1), None)];
-        let (set, close) = overlay(&[entry(Role::Source, Phase::Moving)], stale.clone());
+        let (got, close) = overlay_one(Role::Source, Phase::Moving, stale.clone());
         assert_eq!(
-            ids(&set),
+            got,
             vec![
                 ("a1".into(), 1, Some("source".into())),
                 ("a2".into(), 1, None)
@@ -637,57 +658,47 @@ mod tests {
         );
         assert!(close.is_empty());
         for phase in [Phase::Switched, Phase::Accepted] {
-            let (set, close) = overlay(&[entry(Role::Source, phase)], stale.clone());
-            assert_eq!(ids(&set), vec![("a2".into(), 1, None)], "{phase:?}");
+            let (got, close) = overlay_one(Role::Source, phase, stale.clone());
+            assert_eq!(got, vec![("a2".into(), 1, None)], "{phase:?}");
             assert!(close.is_empty(), "the stale set still names it here");
         }
         // The coordinators' set no longer lists it here: closed.
         let fresh = vec![(desired("a2", 1), None)];
-        let (_, close) = overlay(&[entry(Role::Source, Phase::Accepted)], fresh.clone());
+        let (_, close) = overlay_one(Role::Source, Phase::Accepted, fresh.clone());
         assert_eq!(close, vec!["off-1".to_string()]);
         // Switched, not yet accepted: kept open whatever the set says.
-        let (_, close) = overlay(&[entry(Role::Source, Phase::Switched)], fresh);
+        let (_, close) = overlay_one(Role::Source, Phase::Switched, fresh);
         assert!(close.is_empty());
     }
 
     #[test]
     fn the_target_readies_then_runs_what_arrived_and_gives_way_when_refused() {
         let stale = vec![(desired("b1", 4), None)];
-        let (set, _) = overlay(&[entry(Role::Target, Phase::Moving)], stale.clone());
+        let (got, _) = overlay_one(Role::Target, Phase::Moving, stale.clone());
         assert_eq!(
-            ids(&set),
+            got,
             vec![
                 ("b1".into(), 4, None),
                 ("a1".into(), 2, Some("target".into()))
             ]
         );
-        let (set, close) = overlay(&[entry(Role::Target, Phase::Switched)], stale.clone());
-        assert_eq!(
-            ids(&set),
-            vec![("b1".into(), 4, None), ("a1".into(), 2, None)]
-        );
+        let (got, close) = overlay_one(Role::Target, Phase::Switched, stale.clone());
+        assert_eq!(got, vec![("b1".into(), 4, None), ("a1".into(), 2, None)]);
         assert!(close.is_empty());
         // Refused: not added (its copy stops), and the entry closes.
-        let (set, close) = overlay(&[entry(Role::Target, Phase::Refused)], stale.clone());
-        assert_eq!(ids(&set), vec![("b1".into(), 4, None)]);
+        let (got, close) = overlay_one(Role::Target, Phase::Refused, stale.clone());
+        assert_eq!(got, vec![("b1".into(), 4, None)]);
         assert_eq!(close, vec!["off-1".to_string()]);
         // Accepted and the coordinators list it here at generation 2: closed.
         let fresh = vec![(desired("b1", 4), None), (desired("a1", 2), None)];
-        let (set, close) = overlay(&[entry(Role::Target, Phase::Accepted)], fresh);
-        assert_eq!(
-            ids(&set),
-            vec![("b1".into(), 4, None), ("a1".into(), 2, None)]
-        );
+        let (got, close) = overlay_one(Role::Target, Phase::Accepted, fresh);
+        assert_eq!(got, vec![("b1".into(), 4, None), ("a1".into(), 2, None)]);
         assert_eq!(close, vec!["off-1".to_string()]);
     }
 
     #[test]
     fn the_stop_report_of_a_moved_copy_waits_for_the_coordinators_decision() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let journal = MoveJournal::load(&dir.path().join("j.json")).expect("journal");
-        journal
-            .record(entry(Role::Source, Phase::Moving))
-            .expect("record");
+        let (_dir, journal) = journal_holding(&[entry(Role::Source, Phase::Moving)]);
         assert!(!report_withheld(&journal, "a1", 1), "still the source's");
         journal
             .advance("off-1", Phase::Switching, None)
@@ -708,11 +719,7 @@ mod tests {
 
     #[test]
     fn an_arrival_whose_source_went_silent_is_given_up() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let journal = MoveJournal::load(&dir.path().join("j.json")).expect("journal");
-        journal
-            .record(entry(Role::Target, Phase::Moving))
-            .expect("record");
+        let (_dir, journal) = journal_holding(&[entry(Role::Target, Phase::Moving)]);
         expire_stale_arrivals(&journal, 1 + ARRIVAL_LIMIT_MS);
         assert_eq!(journal.get("off-1").map(|e| e.phase), Some(Phase::Moving));
         expire_stale_arrivals(&journal, 2 + ARRIVAL_LIMIT_MS);
@@ -721,8 +728,7 @@ mod tests {
 
     #[test]
     fn an_offer_needs_a_reservation_and_a_matching_allocation() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let journal = MoveJournal::load(&dir.path().join("j.json")).expect("journal");
+        let (_dir, journal) = journal_holding(&[]);
         let offer = |json: Vec<u8>| OfflineMoveRequest {
             action: OFFER.into(),
             move_id: "off-1".into(),
@@ -820,21 +826,14 @@ mod tests {
         assert!(close.is_empty());
         // Kept: the set as the coordinators send it, the move closed, so
         // the copy resumes.
-        let (set, close) = overlay(&[entry(Role::Source, Phase::Kept)], stale);
-        assert_eq!(
-            ids(&set),
-            vec![("a1".into(), 1, None), ("a2".into(), 1, None)]
-        );
+        let (got, close) = overlay_one(Role::Source, Phase::Kept, stale);
+        assert_eq!(got, vec![("a1".into(), 1, None), ("a2".into(), 1, None)]);
         assert_eq!(close, vec!["off-1".to_string()]);
     }
 
     #[test]
     fn a_late_answer_of_the_target_is_ignored_once_the_move_was_reported() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let journal = MoveJournal::load(&dir.path().join("j.json")).expect("journal");
-        journal
-            .record(entry(Role::Source, Phase::Moving))
-            .expect("record");
+        let (_dir, journal) = journal_holding(&[entry(Role::Source, Phase::Moving)]);
         journal
             .advance("off-1", Phase::Switching, None)
             .expect("switching");
@@ -865,12 +864,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_target_that_does_not_answer_does_not_disown_the_move() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let journal = MoveJournal::load(&dir.path().join("j.json")).expect("journal");
         let mut e = entry(Role::Source, Phase::Moving);
         // Nothing listens there.
         e.peer_addr = "127.0.0.1:1".into();
-        journal.record(e.clone()).expect("record");
+        let (_dir, journal) = journal_holding(&[e.clone()]);
         let source = OfflineSource {
             journal,
             move_id: "off-1".into(),

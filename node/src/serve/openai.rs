@@ -502,83 +502,66 @@ mod tests {
 
     #[test]
     fn a_bad_request_names_its_field() {
-        for (kind, body, param) in [
-            (Kind::Completion, "{not json", ""),
-            (Kind::Completion, "[1]", ""),
-            (Kind::Completion, r#"{"prompt": "x"}"#, "model"),
-            (Kind::Completion, r#"{"model": 3, "prompt": "x"}"#, "model"),
-            (Kind::Completion, r#"{"model": "m"}"#, "prompt"),
+        let completions = [
+            ("{not json", ""),
+            ("[1]", ""),
+            (r#"{"prompt": "x"}"#, "model"),
+            (r#"{"model": 3, "prompt": "x"}"#, "model"),
+            (r#"{"model": "m"}"#, "prompt"),
+            (r#"{"model": "m", "prompt": ""}"#, "prompt"),
+            (r#"{"model": "m", "prompt": [1, -2]}"#, "prompt[1]"),
+            (r#"{"model": "m", "prompt": ["a", "b"]}"#, "prompt"),
             (
-                Kind::Completion,
-                r#"{"model": "m", "prompt": ""}"#,
-                "prompt",
-            ),
-            (
-                Kind::Completion,
-                r#"{"model": "m", "prompt": [1, -2]}"#,
-                "prompt[1]",
-            ),
-            (
-                Kind::Completion,
-                r#"{"model": "m", "prompt": ["a", "b"]}"#,
-                "prompt",
-            ),
-            (
-                Kind::Completion,
                 r#"{"model": "m", "prompt": "x", "max_tokens": 0}"#,
                 "max_tokens",
             ),
             (
-                Kind::Completion,
                 r#"{"model": "m", "prompt": "x", "max_tokens": "ten"}"#,
                 "max_tokens",
             ),
             (
-                Kind::Completion,
                 r#"{"model": "m", "prompt": "x", "max_tokens": 99999999999}"#,
                 "max_tokens",
             ),
             (
-                Kind::Completion,
                 r#"{"model": "m", "prompt": "x", "stream": "yes"}"#,
                 "stream",
             ),
+            (r#"{"model": "m", "prompt": "x", "n": 2}"#, "n"),
             (
-                Kind::Completion,
-                r#"{"model": "m", "prompt": "x", "n": 2}"#,
-                "n",
-            ),
-            (
-                Kind::Completion,
                 r#"{"model": "m", "prompt": "x", "priority": "urgent"}"#,
                 "priority",
             ),
             (
-                Kind::Completion,
                 r#"{"model": "m", "prompt": "x", "stream_options": {"include_usage": 1}}"#,
                 "stream_options.include_usage",
             ),
-            (Kind::Chat, r#"{"model": "m", "messages": []}"#, "messages"),
+        ];
+        let chats = [
+            (r#"{"model": "m", "messages": []}"#, "messages"),
             (
-                Kind::Chat,
                 r#"{"model": "m", "messages": [{"content": "x"}]}"#,
                 "messages[0].role",
             ),
             (
-                Kind::Chat,
                 r#"{"model": "m", "messages": [{"role": "user", "content": 5}]}"#,
                 "messages[0].content",
             ),
             (
-                Kind::Chat,
                 r#"{"model": "m", "messages": [{"role": "user", "content": "x"}], "max_completion_tokens": -1}"#,
                 "max_completion_tokens",
             ),
+        ];
+        for (kind, cases) in [
+            (Kind::Completion, &completions[..]),
+            (Kind::Chat, &chats[..]),
         ] {
-            let e = parse_err(kind, body);
-            assert_eq!(e.param, param, "{body}: {e:?}");
-            if !param.is_empty() {
-                assert!(e.message.contains(&format!("field `{param}`")), "{e:?}");
+            for &(body, param) in cases {
+                let e = parse_err(kind, body);
+                assert_eq!(e.param, param, "{body}: {e:?}");
+                if !param.is_empty() {
+                    assert!(e.message.contains(&format!("field `{param}`")), "{e:?}");
+                }
             }
         }
     }

@@ -389,13 +389,19 @@ mod tests {
         }
     }
 
+    /// [`plan`] with default settings, no busy source and no skipped
+    /// request: what most cases ask.
+    fn plan_free(views: &[InstanceView]) -> Vec<Move> {
+        let (busy, skip) = none();
+        plan(views, &busy, &skip, &Settings::default())
+    }
+
     fn none() -> (BTreeSet<String>, BTreeSet<(String, u64)>) {
         (BTreeSet::new(), BTreeSet::new())
     }
 
     #[test]
     fn a_full_instance_gives_its_longest_request_to_the_least_loaded() {
-        let settings = Settings::default();
         // 64 blocks: 62 held, a queue behind.
         let full = view(
             "a",
@@ -411,8 +417,7 @@ mod tests {
         );
         let busy = view("b", false, 64, vec![running(9, 1, 100, 30)]);
         let idle = view("c", false, 64, vec![running(8, 1, 100, 4)]);
-        let (b, s) = none();
-        let moves = plan(&[full, busy, idle], &b, &s, &settings);
+        let moves = plan_free(&[full, busy, idle]);
         assert_eq!(
             moves,
             vec![Move {
@@ -431,18 +436,18 @@ mod tests {
         let calm = view("a", true, 64, vec![running(1, 10, 200, 10)]);
         let idle = view("c", false, 64, vec![]);
         let (b, s) = none();
-        assert!(plan(&[calm, idle.clone()], &b, &s, &settings).is_empty());
+        assert!(plan_free(&[calm, idle.clone()]).is_empty());
         // Pressured, but the only other instance is as full.
         let full = view("a", true, 64, vec![running(1, 10, 200, 60), waiting(4, 10)]);
         let other = view("b", false, 64, vec![running(2, 10, 200, 50)]);
-        assert!(plan(&[full.clone(), other], &b, &s, &settings).is_empty());
+        assert!(plan_free(&[full.clone(), other]).is_empty());
         // A remote instance is never a source; another service never a target.
         let mut remote = full.clone();
         remote.local = false;
-        assert!(plan(&[remote, idle.clone()], &b, &s, &settings).is_empty());
+        assert!(plan_free(&[remote, idle.clone()]).is_empty());
         let mut elsewhere = idle.clone();
         elsewhere.job = "other".into();
-        assert!(plan(&[full.clone(), elsewhere], &b, &s, &settings).is_empty());
+        assert!(plan_free(&[full.clone(), elsewhere]).is_empty());
         // Busy sources and skipped requests are left alone.
         let busy: BTreeSet<String> = ["a".to_string()].into();
         assert!(plan(&[full.clone(), idle.clone()], &busy, &s, &settings).is_empty());
@@ -452,7 +457,6 @@ mod tests {
 
     #[test]
     fn a_draining_instance_moves_even_when_calm_but_not_nearly_done_requests() {
-        let settings = Settings::default();
         let mut stopping = view(
             "a",
             true,
@@ -461,26 +465,23 @@ mod tests {
         );
         stopping.stats.draining = true;
         let busy_target = view("b", false, 64, vec![running(5, 1, 100, 20)]);
-        let (b, s) = none();
-        let moves = plan(&[stopping.clone(), busy_target], &b, &s, &settings);
+        let moves = plan_free(&[stopping.clone(), busy_target]);
         assert_eq!(moves.len(), 1);
         assert_eq!((moves[0].request_id, moves[0].why), (2, Why::Draining));
         // A draining instance is no target.
         let mut other = view("b", true, 64, vec![]);
         other.stats.draining = true;
         let full = view("c", true, 64, vec![running(7, 10, 200, 60), waiting(8, 2)]);
-        assert!(plan(&[full, other], &b, &s, &settings).is_empty());
+        assert!(plan_free(&[full, other]).is_empty());
     }
 
     #[test]
     fn moves_in_one_round_count_against_the_target_s_room() {
-        let settings = Settings::default();
         let a = view("a", true, 64, vec![running(1, 10, 200, 30), waiting(4, 10)]);
         let b = view("b", true, 64, vec![running(2, 10, 200, 30), waiting(5, 10)]);
         // Room for one request of 30 blocks (plus its reserve of 7).
         let c = view("c", false, 64, vec![running(3, 1, 100, 4)]);
-        let (busy, skip) = none();
-        let moves = plan(&[a, b, c], &busy, &skip, &settings);
+        let moves = plan_free(&[a, b, c]);
         assert_eq!(moves.len(), 1, "{moves:?}");
         assert_eq!(moves[0].target, 2);
     }
@@ -519,8 +520,7 @@ mod tests {
         );
         assert_eq!(high_priority_deficit(&full.stats), Some(7));
         let idle = view("b", false, 64, vec![]);
-        let (b, s) = none();
-        let moves = plan(&[full.clone(), idle.clone()], &b, &s, &settings);
+        let moves = plan_free(&[full.clone(), idle.clone()]);
         // Not the longest (1, what low-on-blocks moves), not the high one:
         // the smallest normal one that frees 7.
         assert_eq!(
@@ -534,25 +534,25 @@ mod tests {
             }]
         );
         // Already trying that one: the next cheapest.
+        let (busy, _) = none();
         let skip: BTreeSet<(String, u64)> = [("a".to_string(), 3)].into();
-        let moves = plan(&[full.clone(), idle.clone()], &b, &skip, &settings);
+        let moves = plan(&[full.clone(), idle.clone()], &busy, &skip, &settings);
         assert_eq!(moves[0].request_id, 2, "{moves:?}");
         // No single request frees enough: the one that frees the most.
         let mut short = full.clone();
         short.stats.requests[4] = high_waiting(5, 40);
-        let moves = plan(&[short, idle.clone()], &b, &s, &settings);
+        let moves = plan_free(&[short, idle.clone()]);
         assert_eq!(
             (moves[0].request_id, moves[0].why),
             (1, Why::HighPriorityRoom)
         );
         // A target without room for it: none, and nothing else moves there.
         let busy_target = view("b", false, 64, vec![running(9, 10, 200, 50)]);
-        assert!(plan(&[full, busy_target], &b, &s, &settings).is_empty());
+        assert!(plan_free(&[full, busy_target]).is_empty());
     }
 
     #[test]
     fn a_high_request_that_fits_or_only_normal_ones_waiting_move_as_low_on_blocks() {
-        let settings = Settings::default();
         // The high request fits (it waits for the next step): no deficit.
         let fits = view(
             "a",
@@ -566,9 +566,8 @@ mod tests {
         );
         assert_eq!(high_priority_deficit(&fits.stats), None);
         let idle = view("b", false, 64, vec![]);
-        let (b, s) = none();
         // The queue still makes it pressured: the longest moves.
-        let moves = plan(&[fits, idle.clone()], &b, &s, &settings);
+        let moves = plan_free(&[fits, idle.clone()]);
         assert_eq!((moves[0].request_id, moves[0].why), (1, Why::LowOnBlocks));
         // Normal requests waiting: no high-priority room taken.
         let normal = view(
@@ -582,13 +581,12 @@ mod tests {
             ],
         );
         assert_eq!(high_priority_deficit(&normal.stats), None);
-        let moves = plan(&[normal, idle], &b, &s, &settings);
+        let moves = plan_free(&[normal, idle]);
         assert_eq!((moves[0].request_id, moves[0].why), (1, Why::LowOnBlocks));
     }
 
     #[test]
     fn a_draining_instance_gives_its_waiting_requests_too_even_to_a_queue() {
-        let settings = Settings::default();
         let mut stopping = view(
             "a",
             true,
@@ -604,8 +602,7 @@ mod tests {
         // Busy, with a queue: no room for a running request, but a waiting
         // one queues there rather than being lost.
         let queued = view("b", false, 64, vec![running(7, 10, 200, 60), waiting(8, 2)]);
-        let (b, s) = none();
-        let moves = plan(&[stopping.clone(), queued.clone()], &b, &s, &settings);
+        let moves = plan_free(&[stopping.clone(), queued.clone()]);
         let ids: Vec<(u64, u64)> = moves.iter().map(|m| (m.request_id, m.blocks)).collect();
         // The high-priority one first, then by age.
         assert_eq!(ids, vec![(3, 12), (2, 10), (4, 3)]);
@@ -614,12 +611,12 @@ mod tests {
             .all(|m| m.why == Why::Draining && m.target == 1));
         // With room somewhere, the running request goes as well.
         let idle = view("c", false, 64, vec![]);
-        let moves = plan(&[stopping.clone(), queued, idle], &b, &s, &settings);
+        let moves = plan_free(&[stopping.clone(), queued, idle]);
         assert_eq!(moves.len(), 4, "{moves:?}");
         assert_eq!(moves[3].request_id, 1);
         // A cache too small for the whole request is no target.
         let tiny = view("d", false, 10, vec![]);
-        let moves = plan(&[stopping, tiny], &b, &s, &settings);
+        let moves = plan_free(&[stopping, tiny]);
         assert_eq!(
             moves.iter().map(|m| m.request_id).collect::<Vec<_>>(),
             vec![4],
