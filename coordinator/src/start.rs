@@ -188,7 +188,7 @@ pub async fn start(config: CoordinatorConfig) -> Result<RunningCoordinator, Star
         let tasks = crate::dashboard::spawn(listener, running.coordinator.clone());
         running.background.extend(tasks);
         running.dashboard_addr = Some(bound);
-        tracing::info!(member = running.coordinator.id(), addr = %bound, "serving the dashboard at http://{bound}/");
+        tracing::info!(member = running.coordinator.id(), addr = %bound, "serving the dashboard at {}://{bound}/", herd_metrics::https::scheme());
     }
     Ok(running)
 }
@@ -285,7 +285,7 @@ where
                     message: format!("(metrics, --metrics-listen) {e}"),
                 }
             })?;
-        tracing::info!(member = config.id, addr = %metrics.local_addr, "serving metrics at http://{}/metrics", metrics.local_addr);
+        tracing::info!(member = config.id, addr = %metrics.local_addr, "serving metrics at {}://{}/metrics", herd_metrics::https::scheme(), metrics.local_addr);
         metrics_addr = Some(metrics.local_addr);
         background.extend(metrics.tasks);
     }

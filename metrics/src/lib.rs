@@ -4,6 +4,8 @@
 //! - [`exporter`]: the `/metrics` HTTP endpoint (`--metrics-listen`),
 //!   serving a `prometheus-client` registry in the Prometheus text format
 //!   (OpenMetrics when the scraper asks for it);
+//! - [`https`]: HTTPS for all of a process's HTTP servers when it runs
+//!   with TLS;
 //! - [`grpc`] and [`layer`]: a tower layer for tonic servers that counts
 //!   every call by service, method and gRPC status code, and times it;
 //! - [`limits`]: a per-client request rate limit for tonic servers and a
@@ -21,6 +23,7 @@ pub mod body;
 pub mod error;
 pub mod exporter;
 pub mod grpc;
+pub mod https;
 pub mod layer;
 pub mod limits;
 pub mod write;

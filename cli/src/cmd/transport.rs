@@ -102,9 +102,16 @@ fn tracing_free_warning(message: &str) {
     eprintln!("herd: warning: {message}");
 }
 
-/// Chooses and installs this process's transport.
+/// Chooses and installs this process's transport; a daemon with TLS
+/// serves its HTTP endpoints (dashboard, metrics, OpenAI-compatible) over
+/// HTTPS with the same certificate (`herd_metrics::https`).
 pub fn install(flags: &TransportFlags, usage: Use) -> Result<(), CliError> {
     let transport = choose(flags, usage)?;
+    if let (Use::Serve(_), Transport::Tls(material)) = (usage, &transport) {
+        let (_, cert, key) = material.pem();
+        let https = herd_metrics::https::server_config(cert, key).map_err(CliError::input)?;
+        herd_metrics::https::install(https).map_err(CliError::runtime)?;
+    }
     herd_api::tls::install(transport).map_err(CliError::runtime)
 }
 

@@ -200,13 +200,15 @@ fn behind_tls(headers: &HeaderMap) -> bool {
 }
 
 /// `Set-Cookie` for `token`: HttpOnly (no script reads it), SameSite=Strict
-/// (no other site's page makes the browser send it), Path=/, Secure behind
-/// TLS. None when `token` could not be a cookie value.
+/// (no other site's page makes the browser send it), Path=/, Secure when
+/// served over HTTPS (herd's own, or a proxy's). None when `token` could
+/// not be a cookie value.
 pub fn set_cookie(token: &str, headers: &HeaderMap) -> Option<HeaderValue> {
     if !cookie_safe(token) {
         return None;
     }
-    let secure = if behind_tls(headers) { "; Secure" } else { "" };
+    let https = herd_metrics::https::installed().is_some() || behind_tls(headers);
+    let secure = if https { "; Secure" } else { "" };
     HeaderValue::from_str(&format!(
         "{COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/; Max-Age={COOKIE_MAX_AGE_S}{secure}"
     ))

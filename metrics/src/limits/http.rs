@@ -72,14 +72,28 @@ pub fn limit(router: Router, limits: HttpLimits) -> Router {
     router.layer(axum::middleware::from_fn_with_state(shared, gate))
 }
 
-/// Serves `router` with `limits` on `listener` until the future is dropped.
+/// Serves `router` with `limits` on `listener` until the future is
+/// dropped: HTTPS only when the process installed HTTPS settings
+/// ([`crate::https`]), else plain HTTP.
 pub fn serve(
     listener: TcpListener,
     router: Router,
     limits: HttpLimits,
 ) -> impl Future<Output = std::io::Result<()>> + Send + 'static {
-    let app = limit(router, limits).into_make_service_with_connect_info::<SocketAddr>();
-    async move { axum::serve(listener, app).await }
+    let app = limit(router, limits);
+    async move {
+        match crate::https::installed() {
+            Some(config) => {
+                let app = crate::https::with_peer_addr(app)
+                    .into_make_service_with_connect_info::<crate::https::HttpsPeer>();
+                axum::serve(crate::https::listener(listener, config)?, app).await
+            }
+            None => {
+                let app = app.into_make_service_with_connect_info::<SocketAddr>();
+                axum::serve(listener, app).await
+            }
+        }
+    }
 }
 
 fn refuse(status: StatusCode, code: &str, message: &str, retry_after_s: Option<u64>) -> Response {
