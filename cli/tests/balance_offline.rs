@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::Duration;
 
-use common::agents::{cluster_with_agents, must_have_ready_nodes};
+use common::balance::{crowded_on_first, journal, print_log_tail, sees_alive};
 use common::vms::{one_copy_each, sim_vms};
 use common::*;
 
@@ -31,53 +31,21 @@ const VMS: &str = "name = \"vms\"\ntype = \"service\"\ncount = 4\n[balance]\nmov
 /// Allocation to (node, generation) of the running `vms`, as the
 /// coordinators list them (empty while they do not answer).
 fn listed(addr: &str) -> BTreeMap<String, (String, u64)> {
-    let out = must_run_cli(&[
-        "--addr", addr, "alloc", "list", "--job", "vms", "-o", "json",
-    ]);
-    let all: serde_json::Value = if out.status.success() {
-        serde_json::from_slice(&out.stdout).unwrap_or_default()
-    } else {
-        serde_json::Value::Null
-    };
-    all.as_array()
-        .into_iter()
-        .flatten()
-        .filter(|a| a["status"] == "running" && a["desired"] == "run")
-        .filter_map(|a| {
-            Some((
-                a["id"].as_str()?.to_string(),
-                (a["node"].as_str()?.to_string(), a["generation"].as_u64()?),
-            ))
-        })
-        .collect()
+    common::balance::listed(addr, "vms")
 }
 
 /// Prints what each agent logged of its balancing, to see why a test
 /// failed before its directory goes.
 fn print_balancing_logs(root: &Path) {
     for node in NODES {
-        let log =
-            std::fs::read_to_string(root.join(format!("node-{node}.log"))).unwrap_or_default();
-        eprintln!("==== {node}");
-        let lines: Vec<&str> = log
-            .lines()
-            .filter(|l| !l.contains("tcp connect error") && !l.contains("cgroup"))
-            .collect();
-        for line in &lines[lines.len().saturating_sub(80)..] {
-            eprintln!("{}", line.chars().take(400).collect::<String>());
-        }
+        print_log_tail(root, node, 80);
     }
     eprintln!("sim-vm processes: {:?}", sim_vms(root));
 }
 
 /// Open moves in the journal of agent `node`.
 fn journal_moves(root: &Path, node: &str) -> usize {
-    let path = root.join(format!("node-{node}")).join("balance-moves.json");
-    std::fs::read(&path)
-        .ok()
-        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-        .and_then(|v| v["moves"].as_array().map(Vec::len))
-        .unwrap_or(0)
+    journal(root, node).len()
 }
 
 /// Three agents, four movable VMs all on o1 (o2 and o3 are ineligible for
@@ -93,20 +61,7 @@ async fn crowded_then_balanced_offline(
     herd_chaos::agents::AgentSet,
     BTreeMap<String, u64>,
 ) {
-    let (mut cluster, addr, agents) = cluster_with_agents(1, "3000").await;
-    let mut agents = env
-        .iter()
-        .fold(agents, |agents, (k, v)| agents.with_env(k, v));
-    for name in NODES {
-        agents.start(name, &[]).expect("start agent");
-    }
-    must_have_ready_nodes(&addr, &NODES).await;
-    for name in &NODES[1..] {
-        must_cli_ok(&["--addr", &addr, "node", "eligibility", name, "off"]);
-    }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let spec = write_spec(dir.path(), "vms", VMS);
-    must_cli_ok(&["--addr", &addr, "job", "run", "--detach", &spec]);
+    let (mut cluster, addr, agents) = crowded_on_first("3000", &NODES, env, VMS).await;
     let root = agents.root().to_path_buf();
     let before = until("four VMs running on o1", Duration::from_secs(60), || {
         let placed = listed(&addr);
@@ -118,20 +73,7 @@ async fn crowded_then_balanced_offline(
 
     // The agents know each other (gossip seeded by the coordinators) before
     // the coordinators go: without them, nobody could introduce them.
-    let o1 = agents.agent("o1").expect("o1").addr.clone();
-    let known = until_or_none(Duration::from_secs(60), || {
-        let out = must_run_cli(&["-o", "json", "balance", "status", "--agent", &o1]);
-        let status: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-        let alive: BTreeSet<&str> = status["nodes"]
-            .as_array()?
-            .iter()
-            .filter(|n| n["state"] == "alive")
-            .filter_map(|n| n["name"].as_str())
-            .collect();
-        NODES.iter().all(|n| alive.contains(n)).then_some(())
-    })
-    .await;
-    if known.is_none() {
+    if !sees_alive(&agents, "o1", &NODES).await {
         print_balancing_logs(&root);
         panic!("o1 never saw o1, o2 and o3 alive in its balancing view");
     }

@@ -17,11 +17,11 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::agents::{cluster_with_agents, must_have_ready_nodes};
+use common::balance::{crowded_on_first, journal, print_log_tail, sees_alive};
 use common::vms::{one_copy_each, sim_vms};
 use common::*;
 use herd_actors::driver::simvm::control::{self, GuestMode};
@@ -40,35 +40,7 @@ const SETTLED_WITHIN: Duration = Duration::from_secs(75);
 /// Allocation to (node, generation) of the running `vms`, as the
 /// coordinators list them (empty while they do not answer).
 fn listed(addr: &str) -> BTreeMap<String, (String, u64)> {
-    let out = must_run_cli(&[
-        "--addr", addr, "alloc", "list", "--job", "vms", "-o", "json",
-    ]);
-    let all: serde_json::Value = if out.status.success() {
-        serde_json::from_slice(&out.stdout).unwrap_or_default()
-    } else {
-        serde_json::Value::Null
-    };
-    all.as_array()
-        .into_iter()
-        .flatten()
-        .filter(|a| a["status"] == "running" && a["desired"] == "run")
-        .filter_map(|a| {
-            Some((
-                a["id"].as_str()?.to_string(),
-                (a["node"].as_str()?.to_string(), a["generation"].as_u64()?),
-            ))
-        })
-        .collect()
-}
-
-/// The journal entries of agent `node`, as JSON.
-fn journal(root: &Path, node: &str) -> Vec<serde_json::Value> {
-    let path = root.join(format!("node-{node}")).join("balance-moves.json");
-    std::fs::read(&path)
-        .ok()
-        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-        .and_then(|v| v["moves"].as_array().cloned())
-        .unwrap_or_default()
+    common::balance::listed(addr, "vms")
 }
 
 /// The control socket of the `herd sim-vm` process of `alloc` on `node`.
@@ -97,16 +69,7 @@ fn control_socket(root: &Path, node: &str, alloc: &str) -> Option<PathBuf> {
 /// failed before its directory goes.
 fn print_logs(root: &Path) {
     for node in NODES {
-        let log =
-            std::fs::read_to_string(root.join(format!("node-{node}.log"))).unwrap_or_default();
-        eprintln!("==== {node}");
-        let lines: Vec<&str> = log
-            .lines()
-            .filter(|l| !l.contains("tcp connect error") && !l.contains("cgroup"))
-            .collect();
-        for line in &lines[lines.len().saturating_sub(60)..] {
-            eprintln!("{}", line.chars().take(400).collect::<String>());
-        }
+        print_log_tail(root, node, 60);
         eprintln!("journal: {:?}", journal(root, node));
     }
     eprintln!("sim-vm processes: {:?}", sim_vms(root));
@@ -118,16 +81,13 @@ async fn a_move_whose_target_died_after_the_commit_is_kept_by_the_source_and_the
     // The target holds its answer to a commit (a FAULT-INJECTION hook), so
     // that the test kills it after it journalled the commit and before the
     // source heard it.
-    let (mut cluster, addr, agents) = cluster_with_agents(1, "2000").await;
-    let mut agents = agents.with_env("HERD_FAULT_OFFLINE_COMMIT_HOLD_MS", "120000");
-    for name in NODES {
-        agents.start(name, &[]).expect("start agent");
-    }
-    must_have_ready_nodes(&addr, &NODES).await;
-    must_cli_ok(&["--addr", &addr, "node", "eligibility", "t2", "off"]);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let spec = write_spec(dir.path(), "vms", VMS);
-    must_cli_ok(&["--addr", &addr, "job", "run", "--detach", &spec]);
+    let (mut cluster, addr, mut agents) = crowded_on_first(
+        "2000",
+        &NODES,
+        &[("HERD_FAULT_OFFLINE_COMMIT_HOLD_MS", "120000")],
+        VMS,
+    )
+    .await;
     let root = agents.root().to_path_buf();
     let before: BTreeMap<String, u64> =
         until("two VMs running on t1", Duration::from_secs(60), || {
@@ -142,20 +102,7 @@ async fn a_move_whose_target_died_after_the_commit_is_kept_by_the_source_and_the
         .await;
 
     // t1 knows t2 before the coordinators go.
-    let t1 = agents.agent("t1").expect("t1").addr.clone();
-    let known = until_or_none(Duration::from_secs(60), || {
-        let out = must_run_cli(&["-o", "json", "balance", "status", "--agent", &t1]);
-        let status: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-        let alive: BTreeSet<&str> = status["nodes"]
-            .as_array()?
-            .iter()
-            .filter(|n| n["state"] == "alive")
-            .filter_map(|n| n["name"].as_str())
-            .collect();
-        NODES.iter().all(|n| alive.contains(n)).then_some(())
-    })
-    .await;
-    if known.is_none() {
+    if !sees_alive(&agents, "t1", &NODES).await {
         print_logs(&root);
         panic!("t1 never saw t2 alive in its balancing view");
     }

@@ -17,10 +17,10 @@ mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::time::Duration;
 
+use common::browser::{find_chromium, must_text, run_chromium, text};
 use common::tokens::{cli_as as cli, json_as};
 use common::{must_start_one_member, skip_or_fail, until, write_spec};
 use herd_chaos::ports::free_loopback_port;
@@ -93,45 +93,6 @@ fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &s
 
 fn get(addr: &str, path: &str, headers: &[(&str, &str)]) -> Reply {
     http(addr, "GET", path, headers, "")
-}
-
-/// The text of the first element whose `data-k` is `key` (tags stripped).
-fn text(html: &str, key: &str) -> Option<String> {
-    let at = html.find(&format!("data-k=\"{key}\""))?;
-    let open = html[..at].rfind('<')?;
-    let tag: String = html[open + 1..]
-        .chars()
-        .take_while(|c| c.is_ascii_alphanumeric())
-        .collect();
-    let inner = at + html[at..].find('>')? + 1;
-    let end = inner + html[inner..].find(&format!("</{tag}>"))?;
-    Some(strip(&html[inner..end]))
-}
-
-/// `html` without tags, entities decoded, whitespace collapsed.
-fn strip(html: &str) -> String {
-    let mut out = String::new();
-    let mut in_tag = false;
-    for c in html.chars() {
-        match c {
-            '<' => in_tag = true,
-            '>' => in_tag = false,
-            c if !in_tag => out.push(c),
-            _ => {}
-        }
-    }
-    out.replace("&lt;", "<")
-        .replace("&gt;", ">")
-        .replace("&quot;", "\"")
-        .replace("&#39;", "'")
-        .replace("&amp;", "&")
-        .split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-fn must_text(html: &str, key: &str) -> String {
-    text(html, key).unwrap_or_else(|| panic!("no data-k={key:?} in {html}"))
 }
 
 /// The figures a page shows that the API also gives: what must not change
@@ -362,59 +323,11 @@ async fn a_bootstrapped_dashboard_needs_a_read_token() {
 // ---------------------------------------------------------------------------
 // Headless Chromium, one profile kept across runs (so its cookies are).
 
-/// Chromium on PATH, under one of the names distributions give it.
-fn find_chromium() -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    ["chromium", "chromium-browser", "google-chrome"]
-        .iter()
-        .flat_map(|name| std::env::split_paths(&path).map(move |dir| dir.join(name)))
-        .find(|candidate| candidate.is_file())
-}
-
 /// Runs headless Chromium on `profile` with `args`, at most 90 s; stdout.
 fn chromium(bin: &Path, profile: &Path, args: &[String]) -> String {
-    let mut child = Command::new(bin)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-dev-shm-usage",
-            "--no-first-run",
-            "--no-default-browser-check",
-            "--disable-extensions",
-            "--hide-scrollbars",
-            // Wait for the form's submission and the redirect after it;
-            // under the pages' 5 s auto-refresh, or the dump may catch a
-            // reload half done.
-            "--virtual-time-budget=2000",
-        ])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start chromium");
-    let mut stdout = child.stdout.take().expect("stdout");
-    let out = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stdout.read_to_string(&mut s);
-        s
-    });
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for chromium") {
-            break status;
-        }
-        if started.elapsed() > Duration::from_secs(90) {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("chromium {args:?} ran past 90 s");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    assert!(status.success(), "chromium {args:?} failed ({status})");
-    out.join().unwrap_or_default()
+    // Wait for the form's submission and the redirect after it; under the
+    // pages' 5 s auto-refresh, or the dump may catch a reload half done.
+    run_chromium(bin, profile, &["--virtual-time-budget=2000"], args)
 }
 
 /// Serves, on another loopback port (the same site as the dashboard, as

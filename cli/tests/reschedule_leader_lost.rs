@@ -14,11 +14,12 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::agents::{must_have_ready_nodes, running_allocs};
-use common::vms::{live_fr, migrations, min_cpu_capacity, place_vms, sim_vm_pids_mentioning};
+use common::agents::running_allocs;
+use common::vms::{
+    fragmented_for_the_loop, live_fr, migrations, restart_with_config, sim_vm_pids_mentioning,
+    Fragmented,
+};
 use common::*;
-use herd_chaos::agents::AgentSet;
-use herd_chaos::process_cluster::ProcessCluster;
 use serde_json::Value;
 
 const NODES: [&str; 3] = ["r1", "r2", "r3"];
@@ -46,60 +47,29 @@ fn migrations_checked(addr: &str) -> Vec<Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_cut_by_a_leader_change_ends_cleanly_and_the_new_leader_takes_over() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = dir.path().join("coordinator.toml");
     // Off while the layout is built; on once every member is restarted.
-    std::fs::write(&config, "").expect("write config");
-    let config_arg = config.to_str().expect("utf-8 path").to_string();
-    let mut cluster = ProcessCluster::start(
-        herd_bin(),
-        3,
-        &["--node-ttl-ms", "8000", "--config", &config_arg],
-    )
-    .expect("start cluster");
-    cluster
-        .wait_for_leader(Duration::from_secs(20))
-        .await
-        .expect("leader");
-    let addr = cluster.addr_list();
-    let mut agents = AgentSet::new(herd_bin(), &addr).expect("agents");
-    for name in NODES {
-        agents.start(name, &[]).expect("start agent");
-    }
-    must_have_ready_nodes(&addr, &NODES).await;
-    let capacity = min_cpu_capacity(&addr);
-    let q = capacity / 4;
-    assert!(q >= 100, "nodes of {capacity} millicores are too small");
-    let target = format!("{}m", 2 * q);
-    let placed = place_vms(
-        &addr,
-        dir.path(),
-        &NODES,
-        &[("r1", 3), ("r2", 3), ("r3", 1)],
-        q,
-        50,
-    )
-    .await;
+    let Fragmented {
+        mut cluster,
+        addr,
+        agents,
+        config,
+        target,
+        fr: before,
+        placed,
+    } = fragmented_for_the_loop(dir.path(), 3, "8000", Duration::from_secs(20), &NODES).await;
     assert_eq!(placed, VMS);
-    let before = live_fr(&addr, &target);
-    assert!(before > 0.5, "the layout is fragmented: FR {before}");
 
     // The loop on, one move at a time, each capped at 8 MiB/s so that it
     // lasts a few seconds (a 32 MiB VM): the test sees it in flight.
-    std::fs::write(
+    restart_with_config(
+        &mut cluster,
         &config,
-        format!(
+        &format!(
             "[reschedule]\nevery = \"2s\"\nfr_threshold = 0.1\nmax_migrations = 5\ndeadline = \"300ms\"\nconcurrency = 1\nbandwidth = \"8MiB\"\ntarget_cpu = \"{target}\"\n"
         ),
+        Duration::from_secs(30),
     )
-    .expect("write config");
-    for id in cluster.ids() {
-        cluster.kill(id).expect("kill");
-        cluster.restart(id).expect("restart");
-    }
-    cluster
-        .wait_for_leader(Duration::from_secs(30))
-        .await
-        .expect("leader after restarts");
+    .await;
 
     // The leader's run starts a move; the leader dies with it in flight.
     let in_flight = until_or_none(Duration::from_secs(60), || {

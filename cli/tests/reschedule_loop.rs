@@ -10,11 +10,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::agents::must_have_ready_nodes;
-use common::vms::{live_fr, migrations, min_cpu_capacity, place_vms};
+use common::vms::{fragmented_for_the_loop, live_fr, migrations, restart_with_config, Fragmented};
 use common::*;
-use herd_chaos::agents::AgentSet;
-use herd_chaos::process_cluster::ProcessCluster;
 use serde_json::Value;
 
 const NODES: [&str; 3] = ["r1", "r2", "r3"];
@@ -29,41 +26,16 @@ fn last_run(addr: &str) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_leader_loop_defragments_by_itself_only_when_turned_on() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = dir.path().join("coordinator.toml");
     // The default: no [reschedule] section, the loop off.
-    std::fs::write(&config, "").expect("write config");
-    let config_arg = config.to_str().expect("utf-8 path").to_string();
-    let mut cluster = ProcessCluster::start(
-        herd_bin(),
-        1,
-        &["--node-ttl-ms", "5000", "--config", &config_arg],
-    )
-    .expect("start cluster");
-    cluster
-        .wait_for_leader(Duration::from_secs(10))
-        .await
-        .expect("leader");
-    let addr = cluster.addr_list();
-    let mut agents = AgentSet::new(herd_bin(), &addr).expect("agents");
-    for name in NODES {
-        agents.start(name, &[]).expect("start agent");
-    }
-    must_have_ready_nodes(&addr, &NODES).await;
-    let capacity = min_cpu_capacity(&addr);
-    let q = capacity / 4;
-    assert!(q >= 100, "nodes of {capacity} millicores are too small");
-    let target = format!("{}m", 2 * q);
-    place_vms(
-        &addr,
-        dir.path(),
-        &NODES,
-        &[("r1", 3), ("r2", 3), ("r3", 1)],
-        q,
-        50,
-    )
-    .await;
-    let before = live_fr(&addr, &target);
-    assert!(before > 0.5, "the layout is fragmented: FR {before}");
+    let Fragmented {
+        mut cluster,
+        addr,
+        agents,
+        config,
+        target,
+        fr: before,
+        ..
+    } = fragmented_for_the_loop(dir.path(), 1, "5000", Duration::from_secs(10), &NODES).await;
 
     // Off: two periods' worth of waiting, and nothing moves or is recorded.
     tokio::time::sleep(Duration::from_secs(2 * EVERY_S)).await;
@@ -74,19 +46,15 @@ async fn the_leader_loop_defragments_by_itself_only_when_turned_on() {
     assert!((live_fr(&addr, &target) - before).abs() < 1e-9);
 
     // On: a short period and a low threshold, read at the member's restart.
-    std::fs::write(
+    restart_with_config(
+        &mut cluster,
         &config,
-        format!(
+        &format!(
             "[reschedule]\nevery = \"{EVERY_S}s\"\nfr_threshold = 0.1\nmax_migrations = 5\ndeadline = \"300ms\"\nconcurrency = 2\ntarget_cpu = \"{target}\"\n"
         ),
+        Duration::from_secs(20),
     )
-    .expect("write config");
-    cluster.kill(1).expect("kill");
-    cluster.restart(1).expect("restart");
-    cluster
-        .wait_for_leader(Duration::from_secs(20))
-        .await
-        .expect("leader after restart");
+    .await;
 
     // The loop moves VMs by itself; its run is recorded.
     let run = until(

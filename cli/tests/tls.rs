@@ -16,6 +16,10 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
+use common::tls::{
+    must_have_ready_over_tls, must_tls_cli, running_over_tls, tls_cli, tls_cluster_with_agents,
+    tls_json, TlsCluster,
+};
 use common::*;
 use herd_api::proto::agent::agent_client::AgentClient;
 use herd_api::proto::agent::agent_peer_client::AgentPeerClient;
@@ -23,33 +27,9 @@ use herd_api::proto::agent::{GossipPacket, HeartbeatRequest, RegisterNodeRequest
 use herd_api::proto::internal::internal_client::InternalClient;
 use herd_api::proto::internal::RaftEnvelope;
 use herd_chaos::agents::AgentSet;
-use herd_chaos::process_cluster::{ClusterSetup, ProcessCluster};
 use herd_chaos::tls::ClusterTls;
-use serde_json::Value;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::Code;
-
-/// `herd` with `tls`'s client certificate `name`.
-fn tls_cli(tls: &ClusterTls, name: &str, args: &[&str]) -> std::process::Output {
-    tls.issue("client", name).expect("client certificate");
-    herd_command()
-        .env_remove("HERD_INSECURE")
-        .env("HERD_LOG", "error")
-        .args(tls.args("client", name))
-        .args(args)
-        .output()
-        .expect("run herd")
-}
-
-fn tls_json(tls: &ClusterTls, addr: &str, args: &[&str]) -> Option<Value> {
-    let mut all = vec!["--addr", addr, "-o", "json"];
-    all.extend_from_slice(args);
-    let out = tls_cli(tls, "admin", &all);
-    out.status
-        .success()
-        .then(|| serde_json::from_slice(&out.stdout).ok())
-        .flatten()
-}
 
 /// A channel to `addr` as `role` `name` of `tls`, expecting a peer of
 /// `peer_role` (built by hand: this test process itself runs plaintext).
@@ -92,38 +72,20 @@ fn register(name: &str) -> RegisterNodeRequest {
 async fn a_tls_cluster_serves_certified_peers_only() {
     let started = std::time::Instant::now();
     let dir = tempfile::tempdir().expect("tempdir");
-    let tls = ClusterTls::create(herd_bin(), &dir.path().join("tls")).expect("CA");
-    let addrs = ProcessCluster::pick_addrs(3).expect("addresses");
-    let setup = ClusterSetup {
-        extra_args: vec!["--node-ttl-ms".into(), "3000".into()],
-        tls: Some(tls.clone()),
-        ..ClusterSetup::default()
-    };
-    let cluster = ProcessCluster::start_at(herd_bin(), &addrs, setup).expect("start cluster");
-    let addr = cluster.addr_list();
+    let TlsCluster {
+        tls,
+        addrs,
+        cluster: _cluster,
+        addr,
+        mut agents,
+    } = tls_cluster_with_agents(dir.path(), 3);
     let member = addrs[&1].clone();
-    let mut agents = AgentSet::new(herd_bin(), &addr)
-        .expect("agents")
-        .with_tls(tls.clone());
     for name in ["t1", "t2"] {
         agents.start(name, &[]).expect("start agent");
     }
 
     // Agents register over TLS; a client with a certificate reads it.
-    until(
-        "both agents ready over TLS",
-        Duration::from_secs(30),
-        || {
-            let nodes = tls_json(&tls, &addr, &["node", "list"])?;
-            let ready = nodes
-                .as_array()?
-                .iter()
-                .filter(|n| n["status"] == "ready")
-                .count();
-            (ready == 2).then_some(())
-        },
-    )
-    .await;
+    must_have_ready_over_tls(&tls, &addr, 2, Duration::from_secs(30)).await;
 
     // A simulated VM placed and live-migrated: agent-to-agent over TLS.
     let spec = write_spec(
@@ -131,29 +93,8 @@ async fn a_tls_cluster_serves_certified_peers_only() {
         "vm",
         "name = \"vm\"\ntype = \"service\"\n[task]\ndriver = \"simvm\"\n[task.config]\ndirty_rate = \"1MiB\"\nseed = 3\n[task.resources]\ncpu = 100\nmemory = \"16MiB\"\n",
     );
-    let run = tls_cli(
-        &tls,
-        "admin",
-        &["--addr", &addr, "job", "run", "--detach", &spec],
-    );
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
-    let (alloc, source) = until("the VM running", Duration::from_secs(30), || {
-        let allocs = tls_json(&tls, &addr, &["alloc", "list", "--job", "vm"])?;
-        let a = allocs
-            .as_array()?
-            .iter()
-            .find(|a| a["status"] == "running")?
-            .clone();
-        Some((
-            a["id"].as_str()?.to_string(),
-            a["node"].as_str()?.to_string(),
-        ))
-    })
-    .await;
+    must_tls_cli(&tls, &["--addr", &addr, "job", "run", "--detach", &spec]);
+    let (alloc, source) = running_over_tls(&tls, &addr, "vm", Duration::from_secs(30)).await;
     let target = if source == "t1" { "t2" } else { "t1" };
     let moved = tls_cli(
         &tls,
@@ -195,12 +136,7 @@ async fn a_tls_cluster_serves_certified_peers_only() {
     )
     .await;
     // The agent's own endpoint serves a client certificate too (logs).
-    let logs = tls_cli(&tls, "admin", &["--addr", &addr, "alloc", "logs", &alloc]);
-    assert!(
-        logs.status.success(),
-        "{}",
-        String::from_utf8_lossy(&logs.stderr)
-    );
+    let logs = must_tls_cli(&tls, &["--addr", &addr, "alloc", "logs", &alloc]);
     // The memory itself went sim-vm to sim-vm under mutual TLS: the target
     // admitted the source node's certificate, and nothing in the clear.
     let vm_log = String::from_utf8_lossy(&logs.stdout);

@@ -22,10 +22,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::qemu::{guest_parts, qemu_pids, Parts, Reaper};
+use common::qemu::{
+    console, guest_initrd, guest_parts, qemu_pids, spawn_vm_move, start_vm_agents, vm_job_spec,
+    Reaper,
+};
 use common::*;
 use herd_actors::driver::live::{IncomingEndpoints, MoveLimits, MoveProgress};
-use herd_actors::driver::vm::guest::{write_initramfs_with_modules, GuestLoad, DISK_PROBE_ARG};
+use herd_actors::driver::vm::guest::DISK_PROBE_ARG;
 use herd_actors::driver::vm::migrate::{NBD_ENDPOINT, NBD_EXPORT};
 use herd_actors::driver::vm::{qemu, VmDriver};
 use herd_actors::driver::{Driver, WorkloadHandle, WorkloadSpec, WorkloadState};
@@ -73,11 +76,6 @@ fn spec(alloc_dir: PathBuf, generation: u64, kernel: &Path, initrd: &Path) -> Wo
 
 fn reports_len(reports: &Mutex<Vec<MoveProgress>>) -> usize {
     reports.lock().map_or(0, |r| r.len())
-}
-
-/// The guest's console so far.
-fn console(alloc_dir: &Path) -> String {
-    std::fs::read_to_string(alloc_dir.join("stdout.log")).unwrap_or_default()
 }
 
 /// One tick line: the guest's uptime and what its disk's first sector read.
@@ -144,21 +142,6 @@ async fn booted_source(driver: &dyn Driver, spec: &WorkloadSpec) -> WorkloadHand
     })
     .await;
     handle
-}
-
-fn guest_initrd(dir: &Path, parts: &Parts) -> PathBuf {
-    let initrd = dir.join("initrd");
-    write_initramfs_with_modules(
-        &initrd,
-        &parts.busybox,
-        GuestLoad {
-            working_set_mib: 16,
-            dirty_mib_per_sec: 2,
-        },
-        Some(&parts.modules),
-    )
-    .expect("initramfs");
-    initrd
 }
 
 fn assert_endpoints(endpoints: &IncomingEndpoints) {
@@ -448,34 +431,16 @@ async fn move_vm_job(fault: Fault) {
         Err(why) => return skip_or_fail(&why),
     };
     let dir = tempfile::tempdir().expect("tempdir");
+    let (_cluster, addr, mut agents) = common::agents::cluster_with_agents(1, "3000").await;
     // The agents confine spec paths: the kernel's directory and the
     // initrd's are allowed (docs/security.md, "Driver confinement").
-    let kernel_dir = std::fs::canonicalize(&parts.kernel)
-        .expect("kernel")
-        .parent()
-        .map(|p| p.display().to_string())
-        .expect("the kernel's directory");
-    let dir_arg = dir.path().display().to_string();
-    let allow = ["--allow-path", &kernel_dir, "--allow-path", &dir_arg];
-    let (_cluster, addr, mut agents) = common::agents::cluster_with_agents(1, "3000").await;
-    for name in ["q1", "q2"] {
-        agents.start(name, &allow).expect("agent");
-    }
+    start_vm_agents(&mut agents, &["q1", "q2"], &parts, dir.path());
     let _reapers: Vec<Reaper> = ["q1", "q2"]
         .iter()
         .map(|n| Reaper(agents.agent(n).expect("agent").data_dir.clone()))
         .collect();
     common::agents::must_have_ready_nodes(&addr, &["q1", "q2"]).await;
-    let initrd = guest_initrd(dir.path(), &parts);
-    let spec = write_spec(
-        dir.path(),
-        "vm",
-        &format!(
-            "name = \"vm\"\ntype = \"service\"\n[task]\ndriver = \"vm\"\n[task.config]\nkernel = \"{}\"\ninitrd = \"{}\"\naccel = \"tcg\"\ndisk_size = \"64MiB\"\nappend = \"console=ttyS0 quiet panic=-1 {DISK_PROBE_ARG}={PATTERN}\"\n[task.resources]\ncpu = 1000\nmemory = \"128MiB\"\n",
-            parts.kernel.display(),
-            initrd.display()
-        ),
-    );
+    let spec = vm_job_spec(dir.path(), &parts, PATTERN);
     must_cli_ok(&["--addr", &addr, "job", "run", "--detach", &spec]);
     let (alloc, source) = until("the VM running", PATIENCE, || {
         let allocs = common::agents::running_allocs(&addr, "vm");
@@ -506,27 +471,7 @@ async fn move_vm_job(fault: Fault) {
     .await;
     let before = ticks(&console(&source_dir));
 
-    let migrate = {
-        let args: Vec<String> = [
-            "--addr",
-            &addr,
-            "alloc",
-            "migrate",
-            &alloc,
-            "--to",
-            target,
-            "--wait",
-            "--downtime-limit",
-            "300ms",
-        ]
-        .iter()
-        .map(|a| a.to_string())
-        .collect();
-        std::thread::spawn(move || {
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            must_run_cli(&args)
-        })
-    };
+    let migrate = spawn_vm_move(&addr, &alloc, target, must_run_cli);
     if fault != Fault::None {
         until("the move holding at transferring", PATIENCE, || {
             let list = json(&addr, &["migration", "list", "--alloc", &alloc]);

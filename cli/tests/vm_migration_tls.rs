@@ -30,47 +30,23 @@ use std::path::Path;
 use std::process::Output;
 use std::time::Duration;
 
-use common::qemu::{guest_parts, qemu_pids, Reaper};
+use common::qemu::{
+    console, guest_parts, qemu_pids, spawn_vm_move, start_vm_agents, vm_job_spec, Reaper,
+};
+use common::tls::{
+    must_have_ready_over_tls, must_tls_cli, running_over_tls, tls_cli, tls_cluster_with_agents,
+    tls_json, TlsCluster,
+};
 use common::*;
-use herd_actors::driver::vm::guest::{write_initramfs_with_modules, GuestLoad, DISK_PROBE_ARG};
 use herd_actors::driver::vm::qemu;
 use herd_actors::driver::vm::qmp::Qmp;
 use herd_actors::driver::vm::tls::{AUTHZ_ID, CREDS_DIR, CREDS_ID};
-use herd_chaos::agents::AgentSet;
-use herd_chaos::process_cluster::{ClusterSetup, ProcessCluster};
 use herd_chaos::tls::ClusterTls;
 use serde_json::{json, Value};
 
 /// How long a VM may take to boot or move on a loaded 2-core machine.
 const PATIENCE: Duration = Duration::from_secs(90);
 const PATTERN: &str = "tls-5c1e";
-
-/// `herd` as `tls`'s client `admin`.
-fn tls_cli(tls: &ClusterTls, args: &[&str]) -> Output {
-    tls.issue("client", "admin").expect("client certificate");
-    herd_command()
-        .env_remove("HERD_INSECURE")
-        .env("HERD_LOG", "error")
-        .args(tls.args("client", "admin"))
-        .args(args)
-        .output()
-        .expect("run herd")
-}
-
-fn tls_json(tls: &ClusterTls, addr: &str, args: &[&str]) -> Option<Value> {
-    let mut all = vec!["--addr", addr, "-o", "json"];
-    all.extend_from_slice(args);
-    let out = tls_cli(tls, &all);
-    out.status
-        .success()
-        .then(|| serde_json::from_slice(&out.stdout).ok())
-        .flatten()
-}
-
-/// The guest's console so far.
-fn console(alloc_dir: &Path) -> String {
-    std::fs::read_to_string(alloc_dir.join("stdout.log")).unwrap_or_default()
-}
 
 /// The uptime of each tick line whose disk read gave the pattern, and
 /// whether every tick line did.
@@ -139,88 +115,29 @@ async fn a_vm_with_a_disk_moves_under_tls_and_the_target_admits_the_source_node_
         Err(why) => return skip_or_fail(&why),
     };
     let dir = tempfile::tempdir().expect("tempdir");
-    let tls = ClusterTls::create(herd_bin(), &dir.path().join("tls")).expect("CA");
-    let addrs = ProcessCluster::pick_addrs(1).expect("addresses");
-    let setup = ClusterSetup {
-        extra_args: vec!["--node-ttl-ms".into(), "3000".into()],
-        tls: Some(tls.clone()),
-        ..ClusterSetup::default()
-    };
-    let cluster = ProcessCluster::start_at(herd_bin(), &addrs, setup).expect("start cluster");
-    let addr = cluster.addr_list();
-    let kernel_dir = std::fs::canonicalize(&parts.kernel)
-        .expect("kernel")
-        .parent()
-        .map(|p| p.display().to_string())
-        .expect("the kernel's directory");
-    let dir_arg = dir.path().display().to_string();
-    let allow = ["--allow-path", &kernel_dir, "--allow-path", &dir_arg];
+    let TlsCluster {
+        tls,
+        cluster,
+        addr,
+        agents,
+        ..
+    } = tls_cluster_with_agents(dir.path(), 1);
     // The source holds each move for a while once the target is ready
     // (FAULT-INJECTION hook, `transferring`): the target's NBD server
     // stays up that long for the probes below. Not a bandwidth cap: a
     // rate-limited move of a guest doing disk I/O breaks the guest under
     // QEMU 7.2's TCG (docs/vm.md, "Known problems").
-    let mut agents = AgentSet::new(herd_bin(), &addr)
-        .expect("agents")
-        .with_tls(tls.clone())
-        .with_env(
-            herd_node::migrate::source::FAULT_HOLD_ENV,
-            "transferring:8000",
-        );
+    let mut agents = agents.with_env(
+        herd_node::migrate::source::FAULT_HOLD_ENV,
+        "transferring:8000",
+    );
     let _reaper = Reaper(agents.root().to_path_buf());
-    for name in ["q1", "q2"] {
-        agents.start(name, &allow).expect("start agent");
-    }
-    until("both agents ready over TLS", PATIENCE, || {
-        let nodes = tls_json(&tls, &addr, &["node", "list"])?;
-        let ready = nodes
-            .as_array()?
-            .iter()
-            .filter(|n| n["status"] == "ready")
-            .count();
-        (ready == 2).then_some(())
-    })
-    .await;
+    start_vm_agents(&mut agents, &["q1", "q2"], &parts, dir.path());
+    must_have_ready_over_tls(&tls, &addr, 2, PATIENCE).await;
 
-    let initrd = dir.path().join("initrd");
-    write_initramfs_with_modules(
-        &initrd,
-        &parts.busybox,
-        GuestLoad {
-            working_set_mib: 16,
-            dirty_mib_per_sec: 2,
-        },
-        Some(&parts.modules),
-    )
-    .expect("initramfs");
-    let spec = write_spec(
-        dir.path(),
-        "vm",
-        &format!(
-            "name = \"vm\"\ntype = \"service\"\n[task]\ndriver = \"vm\"\n[task.config]\nkernel = \"{}\"\ninitrd = \"{}\"\naccel = \"tcg\"\ndisk_size = \"64MiB\"\nappend = \"console=ttyS0 quiet panic=-1 {DISK_PROBE_ARG}={PATTERN}\"\n[task.resources]\ncpu = 1000\nmemory = \"128MiB\"\n",
-            parts.kernel.display(),
-            initrd.display()
-        ),
-    );
-    let run = tls_cli(&tls, &["--addr", &addr, "job", "run", "--detach", &spec]);
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
-    let (alloc, source) = until("the VM running", PATIENCE, || {
-        let allocs = tls_json(&tls, &addr, &["alloc", "list", "--job", "vm"])?;
-        let a = allocs
-            .as_array()?
-            .iter()
-            .find(|a| a["status"] == "running")?
-            .clone();
-        Some((
-            a["id"].as_str()?.to_string(),
-            a["node"].as_str()?.to_string(),
-        ))
-    })
-    .await;
+    let spec = vm_job_spec(dir.path(), &parts, PATTERN);
+    must_tls_cli(&tls, &["--addr", &addr, "job", "run", "--detach", &spec]);
+    let (alloc, source) = running_over_tls(&tls, &addr, "vm", PATIENCE).await;
     let target = if source == "q1" { "q2" } else { "q1" };
     let alloc_dir = |node: &str| {
         agents
@@ -251,23 +168,10 @@ async fn a_vm_with_a_disk_moves_under_tls_and_the_target_admits_the_source_node_
     // The move, held 8 s before it sends anything (above): four probes,
     // each a `qemu-img` with its own TLS handshake, run inside that window.
     let migrate = {
-        let (tls, args) = (
-            tls.clone(),
-            [
-                "--addr",
-                &addr,
-                "alloc",
-                "migrate",
-                &alloc,
-                "--to",
-                target,
-                "--wait",
-                "--downtime-limit",
-                "300ms",
-            ]
-            .map(str::to_string),
-        );
-        std::thread::spawn(move || tls_cli(&tls, &args.each_ref().map(String::as_str)))
+        let tls = tls.clone();
+        spawn_vm_move(&addr, &alloc, target, move |args| {
+            tls_cli(&tls, "admin", args)
+        })
     };
     let listening = until("the target listening", PATIENCE, || {
         std::fs::read_to_string(&target_log)
@@ -420,11 +324,6 @@ async fn a_vm_with_a_disk_moves_under_tls_and_the_target_admits_the_source_node_
         (on_source.is_empty() && on_target.len() == 1).then_some(())
     })
     .await;
-    let stop = tls_cli(&tls, &["--addr", &addr, "job", "stop", "vm"]);
-    assert!(
-        stop.status.success(),
-        "{}",
-        String::from_utf8_lossy(&stop.stderr)
-    );
+    must_tls_cli(&tls, &["--addr", &addr, "job", "stop", "vm"]);
     drop(cluster);
 }

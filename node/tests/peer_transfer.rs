@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -169,16 +169,35 @@ async fn raw_transfer(
 
 fn no_progress(_: u64) {}
 
+/// What most tests start from: the staging directory `tmp/staging`, a
+/// registry that authorized migration [`ID`] into it, a target serving that
+/// registry (the test holds it: dropping it stops the server) and a client
+/// of that target.
+async fn authorized(tmp: &Path) -> (PathBuf, IncomingRegistry, Target, AgentPeerClient<Channel>) {
+    let staging = tmp.join("staging");
+    let registry = IncomingRegistry::new();
+    registry.authorize(migration(ID, &staging));
+    let target = serve(&registry).await;
+    let peer = client(&target);
+    (staging, registry, target, peer)
+}
+
+/// [`authorized`], then prepared (`PrepareIncoming` must succeed): ready
+/// for chunks.
+async fn prepared(tmp: &Path) -> (PathBuf, IncomingRegistry, Target, AgentPeerClient<Channel>) {
+    let (staging, registry, target, mut peer) = authorized(tmp).await;
+    transfer::prepare(&mut peer, &prepare_request(ID))
+        .await
+        .expect("prepare");
+    (staging, registry, target, peer)
+}
+
 #[tokio::test]
 async fn a_tree_arrives_identical_with_its_modes() {
     let tmp = tempfile::tempdir().expect("tmp");
     let source = tmp.path().join("source");
-    let staging = tmp.path().join("staging");
     let total = make_tree(&source);
-    let registry = IncomingRegistry::new();
-    registry.authorize(migration(ID, &staging));
-    let target = serve(&registry).await;
-    let mut peer = client(&target);
+    let (staging, registry, _target, mut peer) = authorized(tmp.path()).await;
 
     let reply = transfer::prepare(&mut peer, &prepare_request(ID))
         .await
@@ -262,15 +281,8 @@ async fn send_then_cut(
 async fn a_cut_transfer_resumes_with_only_the_missing_bytes() {
     let tmp = tempfile::tempdir().expect("tmp");
     let source = tmp.path().join("source");
-    let staging = tmp.path().join("staging");
     let total = make_tree(&source);
-    let registry = IncomingRegistry::new();
-    registry.authorize(migration(ID, &staging));
-    let target = serve(&registry).await;
-    let mut peer = client(&target);
-    transfer::prepare(&mut peer, &prepare_request(ID))
-        .await
-        .expect("prepare");
+    let (staging, registry, _target, mut peer) = prepared(tmp.path()).await;
 
     let held_bytes = send_then_cut(&mut peer, &registry, &source, 3).await;
     let status = registry.status(ID).await.expect("status").expect("known");
@@ -302,13 +314,7 @@ async fn a_restarted_target_reports_what_it_holds_and_the_transfer_resumes() {
     let total = make_tree(&source);
     let small = std::fs::read(source.join("small.txt")).expect("read");
     let held_bytes = {
-        let registry = IncomingRegistry::new();
-        registry.authorize(migration(ID, &staging));
-        let target = serve(&registry).await;
-        let mut peer = client(&target);
-        transfer::prepare(&mut peer, &prepare_request(ID))
-            .await
-            .expect("prepare");
+        let (_, registry, _target, mut peer) = prepared(tmp.path()).await;
         let whole = chunk(ID, "small.txt", 0, small.clone(), Some((100, 0o640)));
         raw_transfer(&mut peer, vec![whole])
             .await
@@ -354,12 +360,8 @@ async fn a_restarted_target_reports_what_it_holds_and_the_transfer_resumes() {
 async fn send_with_resume_recovers_from_repeated_cuts() {
     let tmp = tempfile::tempdir().expect("tmp");
     let source = tmp.path().join("source");
-    let staging = tmp.path().join("staging");
     let total = make_tree(&source);
-    let registry = IncomingRegistry::new();
-    registry.authorize(migration(ID, &staging));
-    let target = serve(&registry).await;
-    let mut peer = client(&target);
+    let (staging, registry, _target, mut peer) = authorized(tmp.path()).await;
     let options = SendOptions {
         cut_after_bytes: Some(1024 * 1024),
         ..SendOptions::default()
@@ -390,14 +392,7 @@ async fn send_with_resume_recovers_from_repeated_cuts() {
 #[tokio::test]
 async fn a_corrupt_chunk_is_refused_with_data_loss_and_not_written() {
     let tmp = tempfile::tempdir().expect("tmp");
-    let staging = tmp.path().join("staging");
-    let registry = IncomingRegistry::new();
-    registry.authorize(migration(ID, &staging));
-    let target = serve(&registry).await;
-    let mut peer = client(&target);
-    transfer::prepare(&mut peer, &prepare_request(ID))
-        .await
-        .expect("prepare");
+    let (staging, registry, _target, mut peer) = prepared(tmp.path()).await;
 
     let good = chunk(ID, "f.bin", 0, pattern(1000, 7), None);
     let mut bad = chunk(ID, "f.bin", 1000, pattern(1000, 8), None);
@@ -431,14 +426,7 @@ async fn a_corrupt_chunk_is_refused_with_data_loss_and_not_written() {
 #[tokio::test]
 async fn unsafe_paths_and_bad_chunks_are_refused() {
     let tmp = tempfile::tempdir().expect("tmp");
-    let staging = tmp.path().join("staging");
-    let registry = IncomingRegistry::new();
-    registry.authorize(migration(ID, &staging));
-    let target = serve(&registry).await;
-    let mut peer = client(&target);
-    transfer::prepare(&mut peer, &prepare_request(ID))
-        .await
-        .expect("prepare");
+    let (staging, _registry, _target, mut peer) = prepared(tmp.path()).await;
 
     for path in ["../x", "/etc/x", "a//b", "a/../../x", "", "x.herd-partial"] {
         let c = chunk(ID, path, 0, b"evil".to_vec(), Some((4, 0o644)));
@@ -617,15 +605,8 @@ async fn revoke_deletes_the_staging_dir_unless_taken() {
 async fn abort_incoming_is_reported_and_drops_the_data() {
     let tmp = tempfile::tempdir().expect("tmp");
     let source = tmp.path().join("source");
-    let staging = tmp.path().join("staging");
     make_tree(&source);
-    let registry = IncomingRegistry::new();
-    registry.authorize(migration(ID, &staging));
-    let target = serve(&registry).await;
-    let mut peer = client(&target);
-    transfer::prepare(&mut peer, &prepare_request(ID))
-        .await
-        .expect("prepare");
+    let (staging, registry, _target, mut peer) = prepared(tmp.path()).await;
     send_then_cut(&mut peer, &registry, &source, 1).await;
     let waiter = {
         let registry = registry.clone();
@@ -658,16 +639,9 @@ async fn abort_incoming_is_reported_and_drops_the_data() {
 async fn the_bandwidth_cap_paces_the_transfer() {
     let tmp = tempfile::tempdir().expect("tmp");
     let source = tmp.path().join("source");
-    let staging = tmp.path().join("staging");
     std::fs::create_dir_all(&source).expect("mkdir");
     std::fs::write(source.join("one"), pattern(512 * 1024, 5)).expect("write");
-    let registry = IncomingRegistry::new();
-    registry.authorize(migration(ID, &staging));
-    let target = serve(&registry).await;
-    let mut peer = client(&target);
-    transfer::prepare(&mut peer, &prepare_request(ID))
-        .await
-        .expect("prepare");
+    let (staging, _registry, _target, mut peer) = prepared(tmp.path()).await;
     let started = std::time::Instant::now();
     // 512 KiB at 2 MiB/s cannot take less than 250 ms.
     send_dir(
@@ -698,17 +672,10 @@ fn a_bad_address_is_an_error_not_a_panic() {
 async fn a_cut_stream_is_never_taken_for_a_finished_one() {
     let tmp = tempfile::tempdir().expect("tmp");
     let source = tmp.path().join("source");
-    let staging = tmp.path().join("staging");
     std::fs::create_dir_all(&source).expect("mkdir");
     std::fs::write(source.join("a"), pattern(1000, 11)).expect("write");
     std::fs::write(source.join("b"), pattern(1000, 12)).expect("write");
-    let registry = IncomingRegistry::new();
-    registry.authorize(migration(ID, &staging));
-    let target = serve(&registry).await;
-    let mut peer = client(&target);
-    transfer::prepare(&mut peer, &prepare_request(ID))
-        .await
-        .expect("prepare");
+    let (_, registry, _target, mut peer) = prepared(tmp.path()).await;
     // Cut right after "a" is whole: the target then holds no partial file,
     // and only a clean end of the stream could make it complete.
     let options = SendOptions {

@@ -10,9 +10,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod agents;
+pub mod balance;
+pub mod browser;
 pub mod members;
 pub mod qemu;
 pub mod serve;
+pub mod tls;
 pub mod tokens;
 pub mod training;
 pub mod vms;

@@ -2,9 +2,13 @@
 //! is built from, the QEMU processes a test started, and their reaping.
 
 use std::path::{Path, PathBuf};
+use std::process::Output;
 
-use herd_actors::driver::vm::guest::{find_busybox, VIRTIO_BLK_MODULES};
+use herd_actors::driver::vm::guest::{
+    find_busybox, write_initramfs_with_modules, GuestLoad, DISK_PROBE_ARG, VIRTIO_BLK_MODULES,
+};
 use herd_actors::driver::vm::qemu;
+use herd_chaos::agents::AgentSet;
 
 /// What a guest with a disk is built from.
 pub struct Parts {
@@ -87,4 +91,87 @@ impl Drop for Reaper {
                 .status();
         }
     }
+}
+
+/// The initramfs of the migration tests' guest, written to `dir/initrd`:
+/// busybox and the virtio disk modules of `parts`, a 16 MiB working set
+/// dirtied at 2 MiB/s, so that a move has memory and a disk to carry.
+pub fn guest_initrd(dir: &Path, parts: &Parts) -> PathBuf {
+    let initrd = dir.join("initrd");
+    write_initramfs_with_modules(
+        &initrd,
+        &parts.busybox,
+        GuestLoad {
+            working_set_mib: 16,
+            dirty_mib_per_sec: 2,
+        },
+        Some(&parts.modules),
+    )
+    .expect("initramfs");
+    initrd
+}
+
+/// The spec file (`dir/vm.toml`) of job `vm`: one TCG VM of 128 MiB and a
+/// core, booting [`guest_initrd`] (written to `dir`) with a fresh 64 MiB
+/// disk, its guest told to write `pattern` to the disk and read it back on
+/// every tick. Returns the spec's path.
+pub fn vm_job_spec(dir: &Path, parts: &Parts, pattern: &str) -> String {
+    let initrd = guest_initrd(dir, parts);
+    super::write_spec(
+        dir,
+        "vm",
+        &format!(
+            "name = \"vm\"\ntype = \"service\"\n[task]\ndriver = \"vm\"\n[task.config]\nkernel = \"{}\"\ninitrd = \"{}\"\naccel = \"tcg\"\ndisk_size = \"64MiB\"\nappend = \"console=ttyS0 quiet panic=-1 {DISK_PROBE_ARG}={pattern}\"\n[task.resources]\ncpu = 1000\nmemory = \"128MiB\"\n",
+            parts.kernel.display(),
+            initrd.display()
+        ),
+    )
+}
+
+/// Starts an agent for each of `names` in `agents`, allowed the paths a VM
+/// job of [`vm_job_spec`] names: the kernel's directory and `dir` (agents
+/// confine spec paths; docs/security.md, "Driver confinement").
+pub fn start_vm_agents(agents: &mut AgentSet, names: &[&str], parts: &Parts, dir: &Path) {
+    let kernel_dir = std::fs::canonicalize(&parts.kernel)
+        .expect("kernel")
+        .parent()
+        .map(|p| p.display().to_string())
+        .expect("the kernel's directory");
+    let dir_arg = dir.display().to_string();
+    let allow = ["--allow-path", &kernel_dir, "--allow-path", &dir_arg];
+    for name in names {
+        agents.start(name, &allow).expect("start agent");
+    }
+}
+
+/// The guest's console so far (the VM's stdout in its allocation
+/// directory).
+pub fn console(alloc_dir: &Path) -> String {
+    std::fs::read_to_string(alloc_dir.join("stdout.log")).unwrap_or_default()
+}
+
+/// Starts `herd --addr ADDR alloc migrate ALLOC --to TARGET --wait
+/// --downtime-limit 300ms` in a thread, through `run` (the plain CLI or a
+/// certified one), so that the test can act while the VM moves; join it
+/// for the command's output.
+pub fn spawn_vm_move(
+    addr: &str,
+    alloc: &str,
+    target: &str,
+    run: impl FnOnce(&[&str]) -> Output + Send + 'static,
+) -> std::thread::JoinHandle<Output> {
+    let args = [
+        "--addr",
+        addr,
+        "alloc",
+        "migrate",
+        alloc,
+        "--to",
+        target,
+        "--wait",
+        "--downtime-limit",
+        "300ms",
+    ]
+    .map(str::to_string);
+    std::thread::spawn(move || run(&args.each_ref().map(String::as_str)))
 }

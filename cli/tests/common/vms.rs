@@ -198,3 +198,93 @@ pub fn one_copy_each(root: &Path) -> Option<BTreeMap<String, String>> {
         found.iter().map(|(n, a)| (a.clone(), n.clone())).collect();
     (placed.len() == found.len()).then_some(placed)
 }
+
+/// The rescheduler's loop tests' start: coordinators, agents and the
+/// fragmented layout of [`fragmented_for_the_loop`].
+pub struct Fragmented {
+    /// The coordinators, reading the config file the test rewrites.
+    pub cluster: herd_chaos::process_cluster::ProcessCluster,
+    /// Their address list.
+    pub addr: String,
+    /// The agents (dropping them stops the VMs).
+    pub agents: herd_chaos::agents::AgentSet,
+    /// The coordinators' config file, empty so far: the loop off.
+    pub config: std::path::PathBuf,
+    /// The target shape of the plans, half a node's CPU (`{N}m`).
+    pub target: String,
+    /// The fragment rate for that shape once the VMs are placed.
+    pub fr: f64,
+    /// How many VMs were placed.
+    pub placed: usize,
+}
+
+/// `members` coordinators marking nodes down after `ttl_ms` and reading
+/// `dir/coordinator.toml` (empty: the defragmenting loop off), a leader
+/// within `leader_within`, an agent on each of `nodes` (three), and seven
+/// VMs of a quarter node each placed 3/3/1 at priority 50: free CPU
+/// fragmented (the rate checked above 0.5) for the loop to mend once a
+/// test turns it on with [`restart_with_config`].
+pub async fn fragmented_for_the_loop(
+    dir: &Path,
+    members: u64,
+    ttl_ms: &str,
+    leader_within: Duration,
+    nodes: &[&str],
+) -> Fragmented {
+    let config = dir.join("coordinator.toml");
+    std::fs::write(&config, "").expect("write config");
+    let config_arg = config.to_str().expect("utf-8 path").to_string();
+    let cluster = herd_chaos::process_cluster::ProcessCluster::start(
+        super::herd_bin(),
+        members,
+        &["--node-ttl-ms", ttl_ms, "--config", &config_arg],
+    )
+    .expect("start cluster");
+    cluster
+        .wait_for_leader(leader_within)
+        .await
+        .expect("leader");
+    let addr = cluster.addr_list();
+    let mut agents = herd_chaos::agents::AgentSet::new(super::herd_bin(), &addr).expect("agents");
+    for name in nodes {
+        agents.start(name, &[]).expect("start agent");
+    }
+    super::agents::must_have_ready_nodes(&addr, nodes).await;
+    let capacity = min_cpu_capacity(&addr);
+    let q = capacity / 4;
+    assert!(q >= 100, "nodes of {capacity} millicores are too small");
+    let target = format!("{}m", 2 * q);
+    let layout = [(nodes[0], 3), (nodes[1], 3), (nodes[2], 1)];
+    let placed = place_vms(&addr, dir, nodes, &layout, q, 50).await;
+    let fr = live_fr(&addr, &target);
+    assert!(fr > 0.5, "the layout is fragmented: FR {fr}");
+    Fragmented {
+        cluster,
+        addr,
+        agents,
+        config,
+        target,
+        fr,
+        placed,
+    }
+}
+
+/// Writes `text` to the coordinators' config file `config`, restarts every
+/// member of `cluster` so that each reads it, and waits up to `within` for
+/// a leader.
+pub async fn restart_with_config(
+    cluster: &mut herd_chaos::process_cluster::ProcessCluster,
+    config: &Path,
+    text: &str,
+    within: Duration,
+) {
+    std::fs::write(config, text).expect("write config");
+    for id in cluster.ids() {
+        cluster.kill(id).expect("kill");
+        cluster.restart(id).expect("restart");
+    }
+    cluster
+        .wait_for_leader(within)
+        .await
+        .expect("leader after restart");
+}
