@@ -127,18 +127,9 @@ fn qemu_pids(needle: &str) -> Vec<u32> {
 /// Runs `herd alloc migrate ALLOC --to TARGET --wait`; it must succeed, and
 /// its record end `completed`.
 fn must_migrate(addr: &str, alloc: &str, target: &str) {
-    let moved = must_run_cli(&[
-        "--addr",
-        addr,
-        "alloc",
-        "migrate",
-        alloc,
-        "--to",
-        target,
-        "--wait",
-        "--downtime-limit",
-        "300ms",
-    ]);
+    let moved = common::qemu::spawn_vm_move(addr, alloc, target, must_run_cli)
+        .join()
+        .expect("the migrate command's thread");
     assert!(
         moved.status.success(),
         "migrate to {target}: {}\n{}",

@@ -891,6 +891,19 @@ struct Killed {
     killed_at: Instant,
 }
 
+impl Killed {
+    /// The client's stream ended without an error (`why` it should have
+    /// gone on) after every position once, in order.
+    fn must_have_streamed_every_position(&self, why: &str) {
+        assert!(self.error.is_none(), "{why}: {:?}", self.error);
+        assert_eq!(
+            self.indexes,
+            (0..MAX_TOKENS).collect::<Vec<_>>(),
+            "every position once, in order"
+        );
+    }
+}
+
 /// The freeze-to-commit window with an agent killed (`kill -9`, its engine
 /// left running): 3 agents, 2 instances; the client enters at the agent
 /// without one, which relays through the source's agent; the source agent
@@ -1049,16 +1062,7 @@ async fn killing_the_source_agent_between_freeze_and_commit_frees_both_engines()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_source_agent_after_the_target_resumed_finishes_the_request_on_the_target() {
     let mut killed = kill_an_agent_in_the_window(KilledAt::SourceResumed).await;
-    assert!(
-        killed.error.is_none(),
-        "the request goes on where it was resumed: {:?}",
-        killed.error
-    );
-    assert_eq!(
-        killed.indexes,
-        (0..MAX_TOKENS).collect::<Vec<_>>(),
-        "every position once, in order"
-    );
+    killed.must_have_streamed_every_position("the request goes on where it was resumed");
     let stats = direct_stats(&mut killed.target_engine).await;
     assert_eq!(
         stats.completed_total, 1,
@@ -1084,16 +1088,7 @@ async fn killing_the_source_agent_after_the_target_resumed_finishes_the_request_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_target_agent_after_it_resumed_finishes_the_request_on_the_source() {
     let mut killed = kill_an_agent_in_the_window(KilledAt::TargetResumed).await;
-    assert!(
-        killed.error.is_none(),
-        "the source takes the request back: {:?}",
-        killed.error
-    );
-    assert_eq!(
-        killed.indexes,
-        (0..MAX_TOKENS).collect::<Vec<_>>(),
-        "every position once, in order"
-    );
+    killed.must_have_streamed_every_position("the source takes the request back");
     let stats = must_hold_nothing(
         "the source engine",
         &mut killed.source_engine,
