@@ -5,7 +5,7 @@
 //! answers over HTTPS with its process's own certificate (checked against
 //! the cluster's CA for `coordinator.herd` and `<name>.node.herd`), never
 //! in plain HTTP, and a client that connects and never handshakes holds no
-//! one up.
+//! one up. Each process's `/metrics` says when its certificate expires.
 
 // Test code: an unwrap/expect failing here fails the test at its line. The
 // workspace denies both lints outside tests (issue 24), and clippy's
@@ -82,6 +82,17 @@ async fn https_get(ca: &Path, addr: &str, server: &str, path: &str) -> String {
     }
 }
 
+/// `herd_tls_certificate_expiry_timestamp_seconds` in a scrape.
+fn certificate_expiry(metrics: &str) -> i64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("herd_tls_certificate_expiry_timestamp_seconds "))
+        .unwrap_or_else(|| panic!("no certificate expiry in {metrics}"))
+        .trim()
+        .parse()
+        .expect("a Unix time")
+}
+
 /// A plain-HTTP GET of `addr` gets no HTTP answer (the server reads a TLS
 /// handshake and drops what is not one).
 async fn must_refuse_plain_http(addr: &str) {
@@ -134,6 +145,7 @@ async fn a_tls_cluster_serves_every_http_endpoint_over_https_only() {
     assert!(page.contains("<html"), "the dashboard: {page}");
     let metrics = https_get(&ca, &coordinator_metrics, "coordinator.herd", "/metrics").await;
     assert!(metrics.contains("herd_"), "coordinator metrics: {metrics}");
+    let coordinator_expiry = certificate_expiry(&metrics);
     // The agent's, with its node's.
     let models = https_get(&ca, &openai, "h1.node.herd", "/v1/models").await;
     assert!(
@@ -142,6 +154,22 @@ async fn a_tls_cluster_serves_every_http_endpoint_over_https_only() {
     );
     let metrics = https_get(&ca, &agent_metrics, "h1.node.herd", "/metrics").await;
     assert!(metrics.contains("herd_"), "agent metrics: {metrics}");
+    // Each exports its own certificate's expiry, as `herd tls` made it.
+    for (expiry, role, name) in [
+        (coordinator_expiry, "coordinator", "1"),
+        (certificate_expiry(&metrics), "node", "h1"),
+    ] {
+        let (cert, _) = tls.issue(role, name).expect("certificate path");
+        let pem = std::fs::read(&cert).expect("certificate");
+        let der = CertificateDer::from_pem_slice(&pem).expect("PEM");
+        let want = x509_parser::parse_x509_certificate(&der)
+            .expect("X.509")
+            .1
+            .validity()
+            .not_after
+            .timestamp();
+        assert_eq!(expiry, want, "{role} {name}");
+    }
 
     // No endpoint speaks plain HTTP.
     for addr in [&dashboard, &coordinator_metrics, &openai, &agent_metrics] {

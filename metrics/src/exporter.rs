@@ -39,8 +39,21 @@ pub const REFRESH_LIMIT: Duration = Duration::from_secs(5);
 /// A hook run before every scrape, to read values that live elsewhere.
 pub type Refresh = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
 
-/// A registry with herd's prefix (`herd_`) and `herd_build_info`, for a
-/// process to register its metrics in.
+static CERTIFICATE_EXPIRY: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+
+/// Says when this process's TLS certificate expires (Unix seconds), once at
+/// start, so that every registry made afterwards exports it as
+/// `herd_tls_certificate_expiry_timestamp_seconds`: an expired certificate
+/// cuts the process off from the cluster, and operators alert on the date
+/// (`herd_tls_certificate_expiry_timestamp_seconds - time() < 14 * 86400`)
+/// rather than learn it from the outage. False when said before.
+pub fn set_certificate_expiry(unix_seconds: i64) -> bool {
+    CERTIFICATE_EXPIRY.set(unix_seconds).is_ok()
+}
+
+/// A registry with herd's prefix (`herd_`), `herd_build_info` and, for a
+/// process with TLS, `herd_tls_certificate_expiry_timestamp_seconds`, for
+/// a process to register its metrics in.
 pub fn registry() -> Registry {
     let mut registry = Registry::with_prefix(crate::PREFIX);
     registry.register(
@@ -48,6 +61,15 @@ pub fn registry() -> Registry {
         "The herd release this process runs (always 1)",
         Info::new([("version", env!("CARGO_PKG_VERSION"))]),
     );
+    if let Some(expiry) = CERTIFICATE_EXPIRY.get() {
+        let gauge = prometheus_client::metrics::gauge::Gauge::<i64>::default();
+        gauge.set(*expiry);
+        registry.register(
+            "tls_certificate_expiry_timestamp_seconds",
+            "When this process's TLS certificate (--tls-cert) expires, Unix seconds",
+            gauge,
+        );
+    }
     registry
 }
 

@@ -194,6 +194,13 @@ pub enum TlsIdentityError {
     },
 }
 
+/// When the DER certificate `der` expires (its `notAfter`, Unix seconds).
+pub fn not_after(der: &[u8]) -> Result<i64, TlsIdentityError> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der)
+        .map_err(|e| TlsIdentityError::Malformed(e.to_string()))?;
+    Ok(cert.validity().not_after.timestamp())
+}
+
 /// The herd identity in the DER certificate `der`, checked to be valid at
 /// `now` (Unix seconds).
 pub fn parse_certificate(der: &[u8], now: i64) -> Result<PeerIdentity, TlsIdentityError> {

@@ -63,6 +63,8 @@ pub enum TlsError {
 pub struct TlsMaterial {
     ca_pem: Vec<u8>,
     cert_pem: Vec<u8>,
+    /// When the certificate expires (Unix seconds).
+    not_after: i64,
     key_pem: Vec<u8>,
     identity: PeerIdentity,
 }
@@ -136,6 +138,11 @@ impl TlsMaterial {
                 path: files.cert.display().to_string(),
                 source,
             })?;
+        let not_after =
+            super::identity::not_after(&cert_der).map_err(|source| TlsError::Identity {
+                path: files.cert.display().to_string(),
+                source,
+            })?;
         if let Some(want) = role.filter(|want| *want != identity.role) {
             return Err(TlsError::Identity {
                 path: files.cert.display().to_string(),
@@ -156,6 +163,7 @@ impl TlsMaterial {
         let material = Self {
             ca_pem,
             cert_pem,
+            not_after,
             key_pem,
             identity,
         };
@@ -171,6 +179,12 @@ impl TlsMaterial {
     /// Who this process is.
     pub fn identity(&self) -> &PeerIdentity {
         &self.identity
+    }
+
+    /// When this process's certificate expires (Unix seconds): what an
+    /// operator alerts on before the process can no longer be dialled.
+    pub fn not_after(&self) -> i64 {
+        self.not_after
     }
 
     /// The CA, certificate and key as loaded and checked at start (PEM),
