@@ -9,7 +9,9 @@
 //! an [`Admit`] policy rather than one service per guard: the tower
 //! plumbing (readiness, taking the readied inner service for a deferred
 //! call, boxing the reply) is subtle and was written three times; the
-//! guards differ only in how they judge.
+//! guards differ only in how they judge. Every gate refuses a peer whose
+//! certificate was revoked ([`crate::tls::revocation`]) before its policy
+//! is asked.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -78,6 +80,11 @@ where
     }
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        // A revoked certificate is refused before anything else judges the
+        // request (a valid token does not save it).
+        if let Some(revoked) = crate::tls::revocation::refusal(request.extensions()) {
+            return Box::pin(std::future::ready(Ok(revoked.into_http())));
+        }
         match self.admit.admit(&request) {
             Admission::Pass => Box::pin(self.inner.call(request)),
             Admission::Refuse(refusal) => Box::pin(std::future::ready(Ok(refusal))),

@@ -16,9 +16,9 @@ pub mod config_file;
 pub mod convert;
 pub mod driver_settings;
 pub mod duration;
-pub mod gate;
 #[cfg(test)]
 mod fixtures;
+pub mod gate;
 pub mod job;
 pub mod limits;
 pub mod migration;

@@ -213,7 +213,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Var(command) => cmd::var::run(&ctx, command).await,
         Command::Service(command) => cmd::service::run(&ctx, command).await,
         Command::Acl(command) => cmd::acl::run(&ctx, command).await,
-        Command::Tls(command) => cmd::tls::run(command),
+        Command::Tls(command) => cmd::tls::run(&ctx, command).await,
         Command::Operator(command) => cmd::operator::run(&ctx, command).await,
         Command::Power(command) => cmd::power::run(&ctx, command).await,
         Command::Vm(command) => cmd::vm::run(&ctx, command),
@@ -274,8 +274,9 @@ fn transport_use(command: &Command) -> cmd::transport::Use {
         | Command::ToyTrain(_)
         | Command::SimVm(_)
         | Command::InferenceEngine(_)
-        | Command::Vm(_)
-        | Command::Tls(_) => Use::Local,
+        | Command::Vm(_) => Use::Local,
+        Command::Tls(command) if !command.dials() => Use::Local,
+        Command::Tls(_) => Use::Client,
         Command::Node(_)
         | Command::Cluster(_)
         | Command::Job(_)

@@ -13,12 +13,11 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::Duration;
 
 use common::tls::{
-    must_have_ready_over_tls, must_tls_cli, running_over_tls, tls_cli, tls_cluster_with_agents,
-    tls_json, TlsCluster,
+    as_identity, channel_as, must_have_ready_over_tls, must_tls_cli, running_over_tls, tls_cli,
+    tls_cluster_with_agents, tls_json, TlsCluster,
 };
 use common::*;
 use herd_api::proto::agent::agent_client::AgentClient;
@@ -28,37 +27,7 @@ use herd_api::proto::internal::internal_client::InternalClient;
 use herd_api::proto::internal::RaftEnvelope;
 use herd_chaos::agents::AgentSet;
 use herd_chaos::tls::ClusterTls;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::Code;
-
-/// A channel to `addr` as `role` `name` of `tls`, expecting a peer of
-/// `peer_role` (built by hand: this test process itself runs plaintext).
-async fn channel_as(
-    ca: &Path,
-    cert: &Path,
-    key: &Path,
-    addr: &str,
-    peer_role: &str,
-) -> Result<Channel, tonic::transport::Error> {
-    let read = |p: &Path| std::fs::read(p).expect("read pem");
-    let config = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(read(ca)))
-        .identity(Identity::from_pem(read(cert), read(key)))
-        .domain_name(format!("{peer_role}.herd"));
-    Endpoint::from_shared(format!("https://{addr}"))
-        .expect("endpoint")
-        .tls_config(config)?
-        .connect_timeout(Duration::from_secs(3))
-        .connect()
-        .await
-}
-
-async fn as_identity(tls: &ClusterTls, role: &str, name: &str, addr: &str, peer: &str) -> Channel {
-    let (cert, key) = tls.issue(role, name).expect("certificate");
-    channel_as(&tls.ca(), &cert, &key, addr, peer)
-        .await
-        .expect("TLS connection with a certificate of the cluster's CA")
-}
 
 fn register(name: &str) -> RegisterNodeRequest {
     RegisterNodeRequest {

@@ -346,6 +346,9 @@ where
         coordinator.clone(),
     )));
     background.push(tokio::spawn(crate::autoscale::run(coordinator.clone())));
+    background.push(tokio::spawn(crate::acl::revoked::watch(
+        coordinator.clone(),
+    )));
     background.extend(crate::reschedule::spawn_loops(
         &coordinator,
         &config.reschedule,

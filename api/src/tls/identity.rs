@@ -194,6 +194,14 @@ pub enum TlsIdentityError {
     },
 }
 
+/// The herd identity the DER certificate `der` names, whatever its
+/// validity (an expired certificate may still be revoked).
+pub fn certificate_identity(der: &[u8]) -> Result<PeerIdentity, TlsIdentityError> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der)
+        .map_err(|e| TlsIdentityError::Malformed(e.to_string()))?;
+    identity_of(&cert)
+}
+
 /// When the DER certificate `der` expires (its `notAfter`, Unix seconds).
 pub fn not_after(der: &[u8]) -> Result<i64, TlsIdentityError> {
     let (_, cert) = x509_parser::parse_x509_certificate(der)

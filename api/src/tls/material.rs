@@ -91,7 +91,7 @@ fn read_pem(what: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
 }
 
 /// The DER bytes of the first PEM block labelled `label` in `pem`.
-fn first_pem_block(pem: &[u8], label: &str) -> Option<Vec<u8>> {
+pub(crate) fn first_pem_block(pem: &[u8], label: &str) -> Option<Vec<u8>> {
     x509_parser::pem::Pem::iter_from_buffer(pem)
         .map_while(Result::ok)
         .find(|block| block.label == label)

@@ -36,6 +36,7 @@
 mod guard;
 pub mod identity;
 mod material;
+pub mod revocation;
 
 use std::sync::{Arc, OnceLock};
 

@@ -24,6 +24,7 @@ pub mod reschedule;
 pub mod service;
 pub mod sim_vm;
 pub mod tls;
+pub mod tls_revoke;
 pub mod toy_train;
 pub mod transport;
 pub mod var;

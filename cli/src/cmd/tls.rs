@@ -111,11 +111,42 @@ pub enum CertCommand {
         #[arg(long = "ip")]
         ips: Vec<IpAddr>,
     },
+    /// Make the cluster refuse a certificate from now on (operator role):
+    /// coordinators at once, agents within seconds, also while the
+    /// coordinators are away afterwards. For a lost or stolen key, or a
+    /// node taken out of service; cannot be undone (issue a new one).
+    Revoke {
+        /// The certificate (PEM), e.g. herd-node-h2.pem.
+        #[arg(
+            required_unless_present = "fingerprint",
+            conflicts_with = "fingerprint"
+        )]
+        file: Option<PathBuf>,
+        /// Its SHA-256 fingerprint instead (64 hex digits, colons allowed:
+        /// `openssl x509 -noout -fingerprint -sha256`).
+        #[arg(long)]
+        fingerprint: Option<String>,
+        /// Why, for the record (default: the identity it names).
+        #[arg(long)]
+        note: Option<String>,
+    },
+}
+
+impl TlsCommand {
+    /// Whether it dials the cluster (only `cert revoke` does).
+    pub fn dials(&self) -> bool {
+        matches!(self, TlsCommand::Cert(CertCommand::Revoke { .. }))
+    }
 }
 
 /// Runs `herd tls ...`.
-pub fn run(command: TlsCommand) -> Result<(), CliError> {
+pub async fn run(ctx: &super::Context, command: TlsCommand) -> Result<(), CliError> {
     match command {
+        TlsCommand::Cert(CertCommand::Revoke {
+            file,
+            fingerprint,
+            note,
+        }) => super::tls_revoke::run(ctx, file.as_deref(), fingerprint.as_deref(), note).await,
         TlsCommand::Quickstart {
             dir,
             coordinators,

@@ -12,6 +12,7 @@ use herd_chaos::agents::AgentSet;
 use herd_chaos::process_cluster::{ClusterSetup, ProcessCluster};
 use herd_chaos::tls::ClusterTls;
 use serde_json::Value;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use super::{herd_bin, herd_command, until};
 
@@ -127,4 +128,41 @@ pub async fn running_over_tls(
         ))
     })
     .await
+}
+
+/// A channel to `addr` as `role` `name` of `tls`, expecting a peer of
+/// `peer_role` (built by hand: this test process itself runs plaintext).
+pub async fn channel_as(
+    ca: &Path,
+    cert: &Path,
+    key: &Path,
+    addr: &str,
+    peer_role: &str,
+) -> Result<Channel, tonic::transport::Error> {
+    let read = |p: &Path| std::fs::read(p).expect("read pem");
+    let config = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(read(ca)))
+        .identity(Identity::from_pem(read(cert), read(key)))
+        .domain_name(format!("{peer_role}.herd"));
+    Endpoint::from_shared(format!("https://{addr}"))
+        .expect("endpoint")
+        .tls_config(config)?
+        .connect_timeout(Duration::from_secs(3))
+        .connect()
+        .await
+}
+
+/// [`channel_as`] with the certificate `tls` issues `role` `name` (made if
+/// new), which must connect.
+pub async fn as_identity(
+    tls: &ClusterTls,
+    role: &str,
+    name: &str,
+    addr: &str,
+    peer: &str,
+) -> Channel {
+    let (cert, key) = tls.issue(role, name).expect("certificate");
+    channel_as(&tls.ca(), &cert, &key, addr, peer)
+        .await
+        .expect("TLS connection with a certificate of the cluster's CA")
 }

@@ -11,9 +11,11 @@ use herd_api::proto::agent::{AclTableReply, AclTableToken};
 
 use super::AclState;
 
-/// The reply for `acl`, read at applied log index `index`.
-pub fn reply(acl: &AclState, index: u64) -> AclTableReply {
+/// The reply for `acl` and the revoked certificates `revoked`
+/// ([`super::revoked::revoked_in`]), read at applied log index `index`.
+pub fn reply(acl: &AclState, revoked: Vec<String>, index: u64) -> AclTableReply {
     AclTableReply {
+        revoked_certificates: revoked,
         bootstrapped: acl.enforced(),
         tokens: acl
             .tokens
@@ -39,7 +41,7 @@ mod tests {
     #[test]
     fn the_table_carries_digests_roles_expiry_and_revocation_never_secrets() {
         let mut acl = AclState::default();
-        let open = reply(&acl, 1);
+        let open = reply(&acl, Vec::new(), 1);
         assert!(!open.bootstrapped && open.tokens.is_empty());
         let first = secret::generate().expect("random");
         let grant = |made: &secret::NewSecret, role, ttl_ms| TokenGrant {
@@ -53,7 +55,7 @@ mod tests {
         let reader = secret::generate().expect("random");
         create_token(&mut acl, 3, grant(&reader, Role::Read, Some(50)), 100).expect("create");
         revoke_token(&mut acl, 4, &first.accessor).expect("revoke");
-        let table = reply(&acl, 4);
+        let table = reply(&acl, Vec::new(), 4);
         assert!(table.bootstrapped);
         assert_eq!(table.index, 4);
         assert_eq!(table.tokens.len(), 2);

@@ -9,7 +9,9 @@
 //! - [`guard`]: enforcement around each client and agent service;
 //! - [`service`]: the `Acl` gRPC service (`herd acl ...`);
 //! - [`agent_table`]: the token table node agents fetch to check their
-//!   own services (`Agent.AclTable`).
+//!   own services (`Agent.AclTable`);
+//! - [`revoked`]: revoked TLS certificates, from the state to this
+//!   process's gates and to the agents.
 //!
 //! Roles, bearer parsing and the digest check live in `herd_api::acl`
 //! (node agents check tokens too) and are re-exported here.
@@ -21,6 +23,7 @@
 pub mod agent_table;
 pub mod apply;
 pub mod guard;
+pub mod revoked;
 pub mod role;
 pub mod secret;
 pub mod service;

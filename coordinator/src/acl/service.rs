@@ -193,4 +193,52 @@ impl Acl for AclService {
             log_index: written.log_index,
         }))
     }
+
+    async fn revoke_certificate(
+        &self,
+        request: Request<pb::RevokeCertificateRequest>,
+    ) -> Result<Response<pb::RevokeCertificateReply>, Status> {
+        let request = request.into_inner();
+        let fingerprint = herd_api::tls::revocation::parse_fingerprint(&request.fingerprint_sha256)
+            .map_err(|e| error::invalid_argument(format!("field `fingerprint_sha256`: {e}")))?;
+        if request.note.len() > MAX_NOTE_BYTES {
+            return Err(error::invalid_argument(format!(
+                "field `note`: at most {MAX_NOTE_BYTES} bytes, got {}",
+                request.note.len()
+            )));
+        }
+        let key = format!(
+            "{}{fingerprint}",
+            herd_api::tls::revocation::VARIABLE_PREFIX
+        );
+        let value = serde_json::json!({
+            "note": request.note,
+            "revoked_at_ms": herd_api::clock::now_ms(),
+        })
+        .to_string()
+        .into_bytes();
+        // Only if new: a second revocation keeps the first's note and time.
+        let command = crate::machine::next_format::put_variable(key, value, Some(0));
+        match self.coordinator.write(command).await {
+            Ok(written) => {
+                tracing::warn!(%fingerprint, note = %request.note, "certificate revoked");
+                Ok(Response::new(pb::RevokeCertificateReply {
+                    fingerprint_sha256: fingerprint,
+                    already: false,
+                    log_index: written.log_index,
+                }))
+            }
+            Err(CoordinatorError::Rejected(Rejection::VersionMismatch { .. })) => {
+                Ok(Response::new(pb::RevokeCertificateReply {
+                    fingerprint_sha256: fingerprint,
+                    already: true,
+                    log_index: 0,
+                }))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
 }
+
+/// Longest note kept with a revoked certificate.
+const MAX_NOTE_BYTES: usize = 256;

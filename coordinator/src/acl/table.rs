@@ -60,6 +60,7 @@ pub const RPC_ROLES: &[(&str, Role)] = &[
     ("/herd.v1.Acl/CreateToken", Role::Operator),
     ("/herd.v1.Acl/ListTokens", Role::Operator),
     ("/herd.v1.Acl/RevokeToken", Role::Operator),
+    ("/herd.v1.Acl/RevokeCertificate", Role::Operator),
     // Node agents.
     ("/herd.agent.v1.Agent/Register", Role::Node),
     ("/herd.agent.v1.Agent/Heartbeat", Role::Node),

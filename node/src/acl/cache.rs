@@ -50,6 +50,11 @@ pub struct Known {
     /// The coordinator's applied index it was read at (0: not read from a
     /// coordinator's state, see [`AgentAcl::mark_closed`]).
     pub index: u64,
+    /// Fingerprints of revoked TLS certificates
+    /// (`herd_api::tls::revocation`): this agent's gates refuse them, also
+    /// while the coordinators are away. Absent from tables saved before.
+    #[serde(default)]
+    pub revoked_certificates: Vec<String>,
 }
 
 impl Known {
@@ -80,10 +85,16 @@ impl Known {
                 ),
             }
         }
+        let revoked_certificates = reply
+            .revoked_certificates
+            .iter()
+            .filter_map(|f| herd_api::tls::revocation::parse_fingerprint(f).ok())
+            .collect();
         Self {
             bootstrapped: reply.bootstrapped,
             tokens,
             index: reply.index,
+            revoked_certificates,
         }
     }
 }
@@ -175,6 +186,9 @@ impl AgentAcl {
     pub fn new(data_dir: Option<&Path>) -> Self {
         let file = data_dir.map(|d| d.join(TABLE_FILE));
         let table = file.as_deref().and_then(load);
+        if let Some(known) = &table {
+            herd_api::tls::revocation::replace(known.revoked_certificates.iter().cloned());
+        }
         Self {
             shared: Arc::new(Shared {
                 table: RwLock::new(table),
@@ -197,9 +211,12 @@ impl AgentAcl {
     /// Replaces the table with `known`, saving it when it changed.
     pub fn install(&self, known: Known) {
         let mut table = self.shared.table.write().unwrap_or_else(|p| p.into_inner());
-        let changed = table
-            .as_ref()
-            .is_none_or(|t| t.bootstrapped != known.bootstrapped || t.tokens != known.tokens);
+        herd_api::tls::revocation::replace(known.revoked_certificates.iter().cloned());
+        let changed = table.as_ref().is_none_or(|t| {
+            t.bootstrapped != known.bootstrapped
+                || t.tokens != known.tokens
+                || t.revoked_certificates != known.revoked_certificates
+        });
         if changed {
             tracing::info!(
                 bootstrapped = known.bootstrapped,
@@ -342,10 +359,24 @@ mod tests {
                 bootstrapped,
                 tokens: vec![reader, submit, gone, odd],
                 index: 9,
+                revoked_certificates: vec![
+                    herd_api::tls::revocation::fingerprint(b"certificate"),
+                    "not a fingerprint".into(),
+                ],
             },
             reader_bearer,
             submit_bearer,
         )
+    }
+
+    #[test]
+    fn a_table_keeps_the_well_formed_revoked_certificates() {
+        let (reply, _, _) = reply(true);
+        let known = Known::from_reply(reply);
+        assert_eq!(
+            known.revoked_certificates,
+            vec![herd_api::tls::revocation::fingerprint(b"certificate")]
+        );
     }
 
     #[test]
