@@ -107,12 +107,17 @@ pub fn is_revoked(fingerprint: &str) -> bool {
 /// The refusal of a request whose peer presented a revoked certificate;
 /// None for any other (no TLS, no certificate, or one not revoked).
 pub fn refusal(extensions: &http::Extensions) -> Option<Status> {
+    // Nothing revoked (the common case): no certificate to hash.
+    let revoked = REVOKED.read().ok().and_then(|r| r.clone())?;
+    if revoked.is_empty() {
+        return None;
+    }
     let certs = extensions
         .get::<TlsConnectInfo<TcpConnectInfo>>()
         .and_then(|info| info.peer_certs())?;
     let leaf = certs.first()?;
     let fingerprint = fingerprint(leaf.as_ref());
-    is_revoked(&fingerprint).then(|| {
+    revoked.contains(&fingerprint).then(|| {
         Status::unauthenticated(format!(
             "the certificate presented (SHA-256 {fingerprint}) was revoked (`herd tls cert revoke`)"
         ))
