@@ -346,9 +346,12 @@ where
         coordinator.clone(),
     )));
     background.push(tokio::spawn(crate::autoscale::run(coordinator.clone())));
-    background.push(tokio::spawn(crate::acl::revoked::watch(
-        coordinator.clone(),
-    )));
+    // Revocations name certificates: a plaintext member has none to refuse.
+    if herd_api::tls::enabled() {
+        background.push(tokio::spawn(crate::acl::revoked::watch(
+            coordinator.clone(),
+        )));
+    }
     background.extend(crate::reschedule::spawn_loops(
         &coordinator,
         &config.reschedule,

@@ -194,26 +194,30 @@ pub enum TlsIdentityError {
     },
 }
 
+/// The DER certificate `der`, parsed.
+fn x509(der: &[u8]) -> Result<x509_parser::certificate::X509Certificate<'_>, TlsIdentityError> {
+    x509_parser::parse_x509_certificate(der)
+        .map(|(_, cert)| cert)
+        .map_err(|e| TlsIdentityError::Malformed(e.to_string()))
+}
+
 /// The herd identity the DER certificate `der` names, whatever its
 /// validity (an expired certificate may still be revoked).
 pub fn certificate_identity(der: &[u8]) -> Result<PeerIdentity, TlsIdentityError> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der)
-        .map_err(|e| TlsIdentityError::Malformed(e.to_string()))?;
+    let cert = x509(der)?;
     identity_of(&cert)
 }
 
 /// When the DER certificate `der` expires (its `notAfter`, Unix seconds).
 pub fn not_after(der: &[u8]) -> Result<i64, TlsIdentityError> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der)
-        .map_err(|e| TlsIdentityError::Malformed(e.to_string()))?;
+    let cert = x509(der)?;
     Ok(cert.validity().not_after.timestamp())
 }
 
 /// The herd identity in the DER certificate `der`, checked to be valid at
 /// `now` (Unix seconds).
 pub fn parse_certificate(der: &[u8], now: i64) -> Result<PeerIdentity, TlsIdentityError> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der)
-        .map_err(|e| TlsIdentityError::Malformed(e.to_string()))?;
+    let cert = x509(der)?;
     let validity = cert.validity();
     let (not_before, not_after) = (
         validity.not_before.timestamp(),
@@ -260,8 +264,7 @@ pub fn first_pem_certificate(pem: &[u8]) -> Option<Vec<u8>> {
 
 /// The DNS names (SAN `dNSName` entries) of the DER certificate `der`.
 pub fn certificate_dns_names(der: &[u8]) -> Result<Vec<String>, TlsIdentityError> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der)
-        .map_err(|e| TlsIdentityError::Malformed(e.to_string()))?;
+    let cert = x509(der)?;
     let sans = cert
         .subject_alternative_name()
         .map_err(|e| TlsIdentityError::Malformed(e.to_string()))?;
@@ -300,8 +303,7 @@ pub fn check_own_dns_name(der: &[u8], identity: &PeerIdentity) -> Result<(), Tls
 /// Whether the DER certificate `der` is a CA certificate (basic
 /// constraints `CA:TRUE`).
 pub fn is_ca_certificate(der: &[u8]) -> Result<bool, TlsIdentityError> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der)
-        .map_err(|e| TlsIdentityError::Malformed(e.to_string()))?;
+    let cert = x509(der)?;
     Ok(cert.is_ca())
 }
 
@@ -314,8 +316,7 @@ pub fn peer_identity(extensions: &http::Extensions) -> Option<PeerIdentity> {
     let leaf = certs.first()?;
     // The chain was verified at the handshake, validity included; read the
     // identity only.
-    let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).ok()?;
-    identity_of(&cert).ok()
+    certificate_identity(leaf.as_ref()).ok()
 }
 
 /// Refuses a request whose peer does not hold a certificate of one of

@@ -85,30 +85,16 @@ pub fn replace(fingerprints: impl IntoIterator<Item = String>) {
     }
 }
 
-/// The revoked set of this process, in order.
-pub fn revoked() -> Vec<String> {
-    REVOKED
-        .read()
-        .ok()
-        .and_then(|r| r.clone())
-        .map(|set| set.iter().cloned().collect())
-        .unwrap_or_default()
-}
-
-/// Whether the certificate with `fingerprint` is revoked here.
-pub fn is_revoked(fingerprint: &str) -> bool {
-    REVOKED
-        .read()
-        .ok()
-        .and_then(|r| r.clone())
-        .is_some_and(|set| set.contains(fingerprint))
+/// The revoked set of this process (None before the first [`replace`]).
+fn current() -> Option<Arc<BTreeSet<String>>> {
+    REVOKED.read().ok().and_then(|r| r.clone())
 }
 
 /// The refusal of a request whose peer presented a revoked certificate;
 /// None for any other (no TLS, no certificate, or one not revoked).
 pub fn refusal(extensions: &http::Extensions) -> Option<Status> {
     // Nothing revoked (the common case): no certificate to hash.
-    let revoked = REVOKED.read().ok().and_then(|r| r.clone())?;
+    let revoked = current()?;
     if revoked.is_empty() {
         return None;
     }
@@ -147,12 +133,14 @@ mod tests {
     #[test]
     fn the_set_is_replaced_whole() {
         let (a, b) = (fingerprint(b"a"), fingerprint(b"b"));
+        let holds = |f: &str| current().is_some_and(|set| set.contains(f));
         replace([a.clone(), b.clone()]);
-        assert!(is_revoked(&a) && is_revoked(&b));
+        assert!(holds(&a) && holds(&b));
         replace([b.clone()]);
-        assert!(!is_revoked(&a) && is_revoked(&b));
-        assert_eq!(revoked(), vec![b]);
+        assert!(!holds(&a) && holds(&b));
+        let listed: Option<Vec<String>> = current().map(|set| set.iter().cloned().collect());
+        assert_eq!(listed, Some(vec![b]));
         replace([]);
-        assert!(revoked().is_empty());
+        assert!(current().is_some_and(|set| set.is_empty()));
     }
 }

@@ -142,7 +142,8 @@ impl Fallbacks {
     }
 
     /// KV bytes kept now.
-    pub fn bytes(&self) -> u64 {
+    #[cfg(test)]
+    fn bytes(&self) -> u64 {
         self.inner.lock().map(|k| k.bytes).unwrap_or_default()
     }
 }
