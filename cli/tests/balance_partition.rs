@@ -3,8 +3,10 @@
 //! fault-injecting TCP proxies, one per directed link (`LinkProxy`, the
 //! way `herd chaos` partitions coordinators), routed there by the agents'
 //! FAULT-INJECTION dial map (`HERD_FAULT_PEER_DIAL`,
-//! node/src/balance/dial.rs). The network between the halves {p1,p2,p3}
-//! and {p4,p5,p6} is cut and the coordinator killed: each half balances
+//! node/src/balance/dial.rs). The halves {p1,p2,p3} and {p4,p5,p6} are
+//! kept apart while the VMs are placed, then joined once every node is
+//! ineligible (so no move is recorded before the partition); then the
+//! network between them is cut and the coordinator killed: each half balances
 //! its `[balance] movable` simulated VMs within itself, agent to agent,
 //! and no VM crosses the cut; healed, the whole fleet balances (a VM
 //! crosses). With the coordinator back, it lists every VM where it runs:
@@ -191,6 +193,20 @@ async fn a_partition_balances_each_half_then_the_whole_once_healed() {
         std::fs::create_dir_all(&dir).expect("data dir");
         std::fs::write(dir.join("fault-peer-dial"), map).expect("dial map");
     }
+    // The halves stay apart while the jobs are placed: while p4 is the one
+    // eligible node (the right job's placement), crowded p1 could otherwise
+    // have a left VM moved there through the coordinators, and a move cut
+    // off mid-way by the partition keeps its paused copy on the target
+    // until the coordinators answer again (seen in CI: two copies of one
+    // VM, so neither half ever looked settled).
+    let cut_halves = |fault: LinkFault| {
+        for ((from, to), link) in &links {
+            if side_of(from) != side_of(to) {
+                link.set(fault);
+            }
+        }
+    };
+    cut_halves(LinkFault::CUT);
     must_have_ready_nodes(&addr, &all).await;
 
     // Eight VMs on p1, two on p4: only the node named is eligible while
@@ -244,10 +260,24 @@ async fn a_partition_balances_each_half_then_the_whole_once_healed() {
         .map(|(id, (_, g))| (id, g))
         .collect();
     let job_side = |alloc: &str| usize::from(right.contains(alloc));
+    // Placed, and no move recorded: no node was eligible for one but the
+    // node each job was placed on, and the halves could not reach each other.
+    let migrations = must_run_cli(&["--addr", &addr, "migration", "list", "-o", "json"]);
+    assert!(migrations.status.success(), "herd migration list failed");
+    let migrations: serde_json::Value =
+        serde_json::from_slice(&migrations.stdout).expect("migration list json");
+    assert_eq!(
+        migrations.as_array().map(Vec::len),
+        Some(0),
+        "a move was recorded while the jobs were placed: {migrations}"
+    );
 
-    // Every agent knows every other (through the proxies) before the cut.
+    // Every node is ineligible now, so the coordinators record no move:
+    // join the halves, and every agent knows every other (through the
+    // proxies) before the cut.
+    cut_halves(LinkFault::HEALTHY);
     let p1 = addrs["p1"].clone();
-    if until_or_none(Duration::from_secs(60), || {
+    if until_or_none(Duration::from_secs(90), || {
         let alive = alive_seen_by(&p1)?;
         all.iter().all(|n| alive.contains(*n)).then_some(())
     })
@@ -259,11 +289,7 @@ async fn a_partition_balances_each_half_then_the_whole_once_healed() {
     }
 
     // The cut: both directions of every link between the halves.
-    for ((from, to), link) in &links {
-        if side_of(from) != side_of(to) {
-            link.set(LinkFault::CUT);
-        }
-    }
+    cut_halves(LinkFault::CUT);
     cluster.kill(1).expect("kill the only coordinator");
     eprintln!("cut and coordinator killed at {:?}", started.elapsed());
 
