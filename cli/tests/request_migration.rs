@@ -18,7 +18,10 @@
 //! client's agent finds the request resumed on the target and it finishes
 //! there; the target agent killed after it resumed the request, with the
 //! source committing to it, the client's agent takes it back from the
-//! source's copy and it finishes on the source. An ignored test measures the downtime against the
+//! source's copy and it finishes on the source; so it does when the target
+//! agent dies after the commit, having streamed positions to the client
+//! (the source recomputes them, a prefill, and decodes on from the
+//! client's position). An ignored test measures the downtime against the
 //! sequence length.
 
 // Test code: an unwrap/expect failing here fails the test at its line. The
@@ -872,6 +875,9 @@ enum KilledAt {
     /// than its engine's bound on a freeze, so it then commits to the dead
     /// target.
     TargetResumed,
+    /// The target's, after the commit, once the client has read a
+    /// position the target decoded.
+    TargetStreaming,
 }
 
 /// What an agent's kill leaves: the positions the client read (before
@@ -908,12 +914,14 @@ impl Killed {
 /// left running): 3 agents, 2 instances; the client enters at the agent
 /// without one, which relays through the source's agent; the source agent
 /// holds the migration at the step `at` names, and the agent it names is
-/// killed there.
+/// killed there (or, for [`KilledAt::TargetStreaming`], after the commit
+/// once the client read from the target).
 async fn kill_an_agent_in_the_window(at: KilledAt) -> Killed {
     let hold = match at {
         KilledAt::SourceFrozen => "frozen:120000",
         KilledAt::SourceResumed => "resumed:120000",
         KilledAt::TargetResumed => "resumed:3000",
+        KilledAt::TargetStreaming => "resumed:200",
     };
     let names = ["h1", "h2", "h3"];
     let Serving {
@@ -947,6 +955,8 @@ async fn kill_an_agent_in_the_window(at: KilledAt) -> Killed {
     while indexes.len() < 40 {
         indexes.push(tokens.next().await.expect("a token").expect("token").index);
     }
+    // The highest position the client has read.
+    let (read_tx, mut read) = tokio::sync::watch::channel(first.index);
     let reader = tokio::spawn(async move {
         let mut got = Vec::new();
         while let Some(t) = tokens.next().await {
@@ -954,6 +964,7 @@ async fn kill_an_agent_in_the_window(at: KilledAt) -> Killed {
                 Ok(t) => {
                     assert!(t.moved.is_none(), "{t:?}");
                     got.push(t.index);
+                    read_tx.send_replace(t.index);
                 }
                 Err(e) => return (got, Some(e)),
             }
@@ -985,23 +996,47 @@ async fn kill_an_agent_in_the_window(at: KilledAt) -> Killed {
                 "staged only: {stats:?}"
             );
         }
-        KilledAt::SourceResumed | KilledAt::TargetResumed => {
+        KilledAt::SourceResumed | KilledAt::TargetResumed | KilledAt::TargetStreaming => {
             must_be_resumed(&mut target_engine).await
         }
     }
     let victim = match at {
-        KilledAt::TargetResumed => target_node.as_str(),
+        KilledAt::TargetResumed | KilledAt::TargetStreaming => target_node.as_str(),
         KilledAt::SourceFrozen | KilledAt::SourceResumed => source_node,
     };
+    let mut migration = Some(migration);
+    if at == KilledAt::TargetStreaming {
+        migration
+            .take()
+            .expect("the migration")
+            .await
+            .expect("migration task")
+            .expect("committed: the target resumed it");
+        // Every position from where the target is now was decoded there.
+        let stats = direct_stats(&mut target_engine).await;
+        let on_target = stats.requests.first().expect("it runs on the target");
+        let decoded_there = on_target.generated;
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            read.wait_for(|at| *at >= decoded_there),
+        )
+        .await
+        .expect("the client reads what the target decodes")
+        .expect("reader");
+    }
     agents.kill_agent(victim).expect("kill the agent");
     let killed_at = Instant::now();
-    let answer = migration.await.expect("migration task");
     match at {
+        KilledAt::TargetStreaming => {}
         KilledAt::TargetResumed => {
-            answer.expect("committed after the hold: the target resumed it");
+            let answer = migration.take().expect("the migration").await;
+            answer
+                .expect("migration task")
+                .expect("committed after the hold: the target resumed it");
         }
-        _ => {
-            answer.expect_err("its agent died");
+        KilledAt::SourceFrozen | KilledAt::SourceResumed => {
+            let answer = migration.take().expect("the migration").await;
+            answer.expect("migration task").expect_err("its agent died");
         }
     }
     let (rest, error) = tokio::time::timeout(Duration::from_secs(30), reader)
@@ -1088,6 +1123,38 @@ async fn killing_the_source_agent_after_the_target_resumed_finishes_the_request_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_target_agent_after_it_resumed_finishes_the_request_on_the_source() {
     let mut killed = kill_an_agent_in_the_window(KilledAt::TargetResumed).await;
+    killed.must_have_streamed_every_position("the source takes the request back");
+    let stats = must_hold_nothing(
+        "the source engine",
+        &mut killed.source_engine,
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(
+        stats.completed_total, 1,
+        "finished on the source: {stats:?}"
+    );
+    let stats = must_hold_nothing(
+        "the target engine",
+        &mut killed.target_engine,
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(stats.completed_total, 0, "{stats:?}");
+}
+
+/// The TARGET agent killed after the commit, once the client has read
+/// positions the target decoded (within the source's 10 s keep): the
+/// client's agent loses its relay there, and the source's copy, frozen
+/// before those positions, takes the request back: queued on the source
+/// for a prefill of what the client has, it decodes on from the client's
+/// position (a stream that started anywhere else would fail the relay's
+/// position check). Every position once, in order, the source finishing
+/// it; the target engine, whose stream died with its agent, finished
+/// nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_target_agent_after_it_streamed_finishes_the_request_on_the_source() {
+    let mut killed = kill_an_agent_in_the_window(KilledAt::TargetStreaming).await;
     killed.must_have_streamed_every_position("the source takes the request back");
     let stats = must_hold_nothing(
         "the source engine",

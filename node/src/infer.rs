@@ -269,9 +269,12 @@ impl Inference {
     /// engine died) may have died between the target's resume and its
     /// commit, the `moved` message lost with it: the rest of the request
     /// is then looked for on the fleet's agents ([`Inference::recover`])
-    /// before the error is passed on. Positions are checked end to end
-    /// after this, so a recovered stream that does not continue exactly
-    /// where the client is ends the request with an error, never a gap.
+    /// before the error is passed on; a source's copy serves a target lost
+    /// after it streamed too (it is resumed at the position the client
+    /// needs, [`crate::serve::request_fallback`]). Positions are checked
+    /// end to end after this, so a recovered stream that does not continue
+    /// exactly where the client is ends the request with an error, never a
+    /// gap.
     fn follow(&self, tokens: InferStream, alloc_id: &str) -> InferStream {
         let following = Following {
             current: tokens,
@@ -332,14 +335,15 @@ impl Inference {
                             *id = token.request_id;
                         }
                         f.next = token.index + 1;
-                        // The source's copy ends where this continues.
-                        f.handed_over_by = None;
+                        // `handed_over_by` stays: the source's copy can
+                        // still take the request back if this target is
+                        // lost, from where the client is then.
                         return Some((Ok(token), f));
                     }
                     Err(e) if e.code() == tonic::Code::Unavailable => {
                         // Where it ran, once its id there is known;
-                        // lost right after a hand-over, before the
-                        // target's first token: its source's copy.
+                        // lost within a few seconds of a hand-over: its
+                        // source's copy too.
                         let mut found = None;
                         let asks = f.request.iter().filter(|(_, id)| *id != 0);
                         for (alloc, id) in asks.chain(&f.handed_over_by) {
@@ -385,12 +389,14 @@ impl Inference {
         if let Some(found) = self.moves.take_handoff_of(alloc_id, request_id) {
             return Ok(Some(found));
         }
-        let Some(fallback) =
-            from.and_then(|from| self.moves.fallbacks().take(alloc_id, request_id, from))
-        else {
+        let Some((fallback, from)) = from.and_then(|from| {
+            let fallback = self.moves.fallbacks().take(alloc_id, request_id, from)?;
+            Some((fallback, from))
+        }) else {
             return Ok(None);
         };
-        let stream = request_fallback::resume_here(self, alloc_id, request_id, fallback).await?;
+        let stream =
+            request_fallback::resume_here(self, alloc_id, request_id, fallback, from).await?;
         Ok(Some((alloc_id.to_string(), stream)))
     }
 
@@ -497,7 +503,7 @@ struct Following {
     request: Option<(String, u64)>,
     /// The request as its last source knew it, after a `moved` message:
     /// the source keeps a copy for a few seconds, which a relay that loses
-    /// the target before its first token asks for.
+    /// the target asks for.
     handed_over_by: Option<(String, u64)>,
     /// The position the client needs next.
     next: u32,

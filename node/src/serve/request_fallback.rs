@@ -17,9 +17,21 @@
 //! move was meant to relieve. The agent holds the bytes instead, bounded
 //! in time ([`FALLBACK_TTL`]) and in size ([`FALLBACK_MAX_BYTES`]).
 //!
-//! Exactly one copy runs: the copy is resumed only when the client needs
-//! exactly the position the request was frozen at (it received nothing
-//! from the target), and the target is then told to drop what it resumed.
+//! The copy also serves a target that dies after it streamed part of the
+//! request to the client: then the KV bytes end before what the client
+//! has, so the source resumes the request from its state *as of the
+//! client's next position* with no KV, queued for a prefill of its prompt
+//! and every position the client has: what an engine does for a request
+//! preempted by recompute. The positions the target sent are not decoded
+//! again (a real model might not choose the same tokens twice); they are
+//! given. (The simulated engine's token is a function of its position, so
+//! the position is all it needs; a real engine would need the token ids,
+//! which the relay holds.)
+//!
+//! Exactly one copy runs: the copy is resumed only for a client that needs
+//! a position at or past the one it was frozen at, and the target is then
+//! told to drop what it resumed (its stream to the lost relay already
+//! ended it there).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -127,13 +139,15 @@ impl Fallbacks {
         }
     }
 
-    /// The copy of request `request_id` of `alloc_id`, taken, when it
-    /// continues at position `from` (where it was frozen); None otherwise
-    /// (a copy that does not continue there stays until its time is up).
+    /// The copy of request `request_id` of `alloc_id`, taken, when a
+    /// client that needs position `from` next can go on from it: it was
+    /// frozen at `from` or before ([`resume_here`] recomputes the positions
+    /// in between). None otherwise: a copy frozen past `from` would repeat
+    /// what the client has, and stays until its time is up.
     pub fn take(&self, alloc_id: &str, request_id: u64, from: u32) -> Option<Fallback> {
         let mut kept = self.inner.lock().ok()?;
         let key = (alloc_id.to_string(), request_id);
-        if kept.by_request.get(&key)?.state.generated != from {
+        if kept.by_request.get(&key)?.state.generated > from {
             return None;
         }
         let taken = kept.by_request.remove(&key)?;
@@ -168,20 +182,29 @@ pub fn block_chunks(data: &[u8], from_block: u32, block_bytes: usize) -> Vec<(u3
 }
 
 /// Resumes `fallback` (request `request_id` of this node's `alloc_id`,
-/// handed over and taken back) on that allocation's engine and tells the
-/// target to drop its copy; the request's token stream from the position
-/// it was frozen at.
+/// handed over and taken back) on that allocation's engine, for a client
+/// that needs position `from` next, and tells the target to drop its copy;
+/// the request's token stream from `from`. At the position it was frozen
+/// at, the copy's KV blocks are imported and it decodes on; past it (the
+/// target streamed part of it before it was lost), it is queued with no KV
+/// for a prefill of everything up to `from` ([`recomputed_from`]).
 pub async fn resume_here(
     inference: &Inference,
     alloc_id: &str,
     request_id: u64,
     fallback: Fallback,
+    from: u32,
 ) -> Result<InferStream, Status> {
     let engine = inference.engines().find(alloc_id, "")?;
     let mut client = inference.moves().engine(&engine.addr)?;
     let migration = format!("{alloc_id}.{request_id}.{}", uuid::Uuid::new_v4().simple());
+    let (pieces, state) = if from > fallback.state.generated {
+        (&[][..], recomputed_from(&fallback.state, from))
+    } else {
+        (&fallback.pieces[..], fallback.state.clone())
+    };
     let resumed = async {
-        for (from_block, data) in &fallback.pieces {
+        for (from_block, data) in pieces {
             for (at, chunk) in block_chunks(data, *from_block, fallback.block_bytes) {
                 if chunk.is_empty() {
                     continue;
@@ -198,7 +221,7 @@ pub async fn resume_here(
         client
             .resume_imported(ResumeImportedRequest {
                 migration_id: migration.clone(),
-                state: Some(fallback.state.clone()),
+                state: Some(state),
             })
             .await
     }
@@ -227,8 +250,8 @@ pub async fn resume_here(
     );
     tracing::warn!(
         alloc = alloc_id, request_id, target = %fallback.target.alloc_id,
-        at = fallback.state.generated,
-        "the target of a handed-over request was lost before the client claimed it: resumed here"
+        frozen_at = fallback.state.generated, from,
+        "the target of a handed-over request was lost: resumed here"
     );
     // The target may still hold the request resumed (reachable from here,
     // not from the client's relay): only one copy may run.
@@ -241,6 +264,18 @@ pub async fn resume_here(
         super::request_migration::abort_on_target(&inference, &handed_over, &target).await;
     });
     Ok(stream)
+}
+
+/// `state` (frozen at an earlier position) as of position `from`, with
+/// no KV: the engine queues it for a prefill of its prompt and the `from`
+/// positions the client has, and decodes on from `from`. Its first
+/// token's time stays the one it had.
+fn recomputed_from(state: &KvState, from: u32) -> KvState {
+    KvState {
+        generated: from,
+        cached_tokens: 0,
+        ..state.clone()
+    }
 }
 
 #[cfg(test)]
@@ -266,16 +301,23 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_copy_is_taken_once_and_only_where_it_was_frozen() {
+    async fn a_copy_is_taken_once_and_never_past_the_client() {
         let kept = Fallbacks::default();
         kept.keep("src", 7, fallback("m1", 40, 64));
         assert_eq!(kept.bytes(), 64);
-        assert!(kept.take("src", 7, 41).is_none(), "the client is past it");
+        assert!(
+            kept.take("src", 7, 39).is_none(),
+            "frozen past what the client needs: a gap"
+        );
         assert!(kept.take("src", 8, 40).is_none(), "another request");
         let taken = kept.take("src", 7, 40).expect("where it was frozen");
         assert_eq!(taken.migration, "m1");
         assert!(kept.take("src", 7, 40).is_none(), "taken once");
         assert_eq!(kept.bytes(), 0);
+        // A client the target already streamed to takes it too.
+        kept.keep("src", 7, fallback("m2", 40, 64));
+        let taken = kept.take("src", 7, 55).expect("the client is past it");
+        assert_eq!(taken.migration, "m2");
     }
 
     #[tokio::test]
@@ -307,6 +349,31 @@ mod tests {
         assert_eq!(kept.bytes(), 32);
         let newer = kept.take("src", 8, 9).expect("the newer copy stays");
         assert_eq!(newer.migration, "m3");
+    }
+
+    #[test]
+    fn a_copy_past_its_position_is_recomputed_from_the_clients_position() {
+        let frozen = KvState {
+            seed: 9,
+            prompt_tokens: 100,
+            max_tokens: 400,
+            generated: 40,
+            cached_tokens: 139,
+            ttft_us: Some(1_500),
+            ..Default::default()
+        };
+        let state = recomputed_from(&frozen, 55);
+        assert_eq!((state.generated, state.cached_tokens), (55, 0));
+        assert_eq!(
+            (
+                state.seed,
+                state.prompt_tokens,
+                state.max_tokens,
+                state.ttft_us
+            ),
+            (9, 100, 400, Some(1_500)),
+            "the same request, its first token's time kept"
+        );
     }
 
     #[test]
