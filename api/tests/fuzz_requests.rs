@@ -76,6 +76,7 @@ plain!(
     v1::ListAclTokensRequest,
     v1::RevokeAclTokenRequest,
     v1::RevokeCertificateRequest,
+    v1::ListRevokedCertificatesRequest,
     v1::ScaleServiceRequest,
     v1::ServiceStatusRequest,
     agent::WatchAllocationsRequest,
@@ -193,6 +194,7 @@ fn targets() -> Vec<Target> {
         "herd.v1", v1::ListAclTokensRequest;
         "herd.v1", v1::RevokeAclTokenRequest;
         "herd.v1", v1::RevokeCertificateRequest;
+        "herd.v1", v1::ListRevokedCertificatesRequest;
         "herd.v1", v1::ScaleServiceRequest;
         "herd.v1", v1::ServiceStatusRequest;
         "herd.agent.v1", agent::RegisterNodeRequest;

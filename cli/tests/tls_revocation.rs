@@ -3,8 +3,8 @@
 //! coordinator refuse h2 (it is marked down) and h1's agent refuse h2's
 //! certificate on the agent-to-agent service, each naming the revocation;
 //! a client certificate revoked by fingerprint stops working while the
-//! operator's goes on; a second revocation changes nothing; bad input
-//! exits 2.
+//! operator's goes on; a second revocation changes nothing; `herd tls
+//! cert revoked` lists both with their notes; bad input exits 2.
 
 // Test code: an unwrap/expect failing here fails the test at its line. The
 // workspace denies both lints outside tests (issue 24), and clippy's
@@ -199,6 +199,46 @@ async fn a_revoked_certificate_is_refused_by_coordinators_and_agents() {
     let key = format!("herd/tls/revoked/{fingerprint}");
     let kept = tls_cli(&tls, "ops", &["--addr", &addr, "var", "get", &key]);
     assert!(stdout(&kept).contains("laptop stolen"), "{}", stdout(&kept));
+
+    // Both are listed, with their notes, to any client (the read role);
+    // the one revoked by its file is noted with whom it named.
+    let (h2_fingerprint, _) = herd_api::tls::revocation::fingerprint_of_pem(
+        &std::fs::read(&h2_cert).expect("read h2's certificate"),
+    )
+    .expect("a certificate");
+    let listed = tls_json(&tls, &addr, &["tls", "cert", "revoked"]).expect("the list");
+    let notes: std::collections::BTreeMap<String, String> = listed
+        .as_array()
+        .expect("an array")
+        .iter()
+        .map(|c| {
+            assert!(c["revoked_at_ms"].as_u64() > Some(0), "{c}");
+            (
+                c["fingerprint_sha256"]
+                    .as_str()
+                    .expect("fingerprint")
+                    .into(),
+                c["note"].as_str().expect("note").into(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        notes,
+        [
+            (fingerprint.clone(), "laptop stolen".to_string()),
+            (h2_fingerprint.clone(), "spiffe://herd/node/h2".to_string()),
+        ]
+        .into_iter()
+        .collect(),
+        "{listed}"
+    );
+    let table = tls_cli(&tls, "ops", &["--addr", &addr, "tls", "cert", "revoked"]);
+    assert!(table.status.success(), "{table:?}");
+    assert!(
+        stdout(&table).contains(&h2_fingerprint) && stdout(&table).contains("laptop stolen"),
+        "{}",
+        stdout(&table)
+    );
 
     // Bad input: exit 2, nothing revoked.
     for args in [

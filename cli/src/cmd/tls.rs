@@ -130,12 +130,22 @@ pub enum CertCommand {
         #[arg(long)]
         note: Option<String>,
     },
+    /// Every certificate the cluster refuses: fingerprint, when, note.
+    Revoked {
+        /// Answer from the first coordinator's own state.
+        #[arg(long)]
+        stale: bool,
+    },
 }
 
 impl TlsCommand {
-    /// Whether it dials the cluster (only `cert revoke` does).
+    /// Whether it dials the cluster (only `cert revoke` and `cert revoked`
+    /// do).
     pub fn dials(&self) -> bool {
-        matches!(self, TlsCommand::Cert(CertCommand::Revoke { .. }))
+        matches!(
+            self,
+            TlsCommand::Cert(CertCommand::Revoke { .. } | CertCommand::Revoked { .. })
+        )
     }
 }
 
@@ -147,6 +157,9 @@ pub async fn run(ctx: &super::Context, command: TlsCommand) -> Result<(), CliErr
             fingerprint,
             note,
         }) => super::tls_revoke::run(ctx, file.as_deref(), fingerprint.as_deref(), note).await,
+        TlsCommand::Cert(CertCommand::Revoked { stale }) => {
+            super::tls_revoke::list(ctx, stale).await
+        }
         TlsCommand::Quickstart {
             dir,
             coordinators,

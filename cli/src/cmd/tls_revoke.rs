@@ -1,19 +1,20 @@
 //! `herd tls cert revoke FILE | --fingerprint HEX`: the cluster refuses a
 //! certificate from now on (`Acl.RevokeCertificate`, operator role; see
-//! `herd_api::tls::revocation`). The only `herd tls` command that dials the
-//! cluster; the others make files.
+//! `herd_api::tls::revocation`); `herd tls cert revoked` lists what it
+//! refuses. The only `herd tls` commands that dial the cluster; the others
+//! make files.
 
 use std::path::Path;
 
 use herd_api::client::Repeat;
 use herd_api::proto::v1::acl_client::AclClient;
-use herd_api::proto::v1::RevokeCertificateRequest;
+use herd_api::proto::v1::{ListRevokedCertificatesRequest, RevokeCertificateRequest};
 use herd_api::tls::revocation::{fingerprint_of_pem, parse_fingerprint};
 use serde_json::json;
 
 use super::Context;
 use crate::exit::CliError;
-use crate::output::print_json;
+use crate::output::{format_time, print_json, print_table};
 
 /// The fingerprint of the certificate in `file` (its first PEM
 /// certificate), and whom it names when it names a herd identity.
@@ -81,6 +82,45 @@ pub async fn run(
                 format!(" ({})", request.note)
             }
         );
+    }
+    Ok(())
+}
+
+/// Lists every revoked certificate (`herd tls cert revoked`).
+pub async fn list(ctx: &Context, stale: bool) -> Result<(), CliError> {
+    let certificates = ctx
+        .client()?
+        .call_as(Repeat::Safe, |channel| async move {
+            AclClient::new(channel)
+                .list_revoked_certificates(ListRevokedCertificatesRequest { stale })
+                .await
+                .map(|r| r.into_inner().certificates)
+        })
+        .await?;
+    if ctx.json() {
+        let listed: Vec<_> = certificates
+            .iter()
+            .map(|c| {
+                json!({
+                    "fingerprint_sha256": c.fingerprint_sha256,
+                    "note": c.note,
+                    "revoked_at_ms": c.revoked_at_ms,
+                })
+            })
+            .collect();
+        print_json(&json!(listed));
+    } else {
+        let rows: Vec<Vec<String>> = certificates
+            .iter()
+            .map(|c| {
+                vec![
+                    c.fingerprint_sha256.clone(),
+                    format_time(c.revoked_at_ms),
+                    c.note.clone(),
+                ]
+            })
+            .collect();
+        print_table(&["FINGERPRINT (SHA-256)", "REVOKED (UTC)", "NOTE"], &rows);
     }
     Ok(())
 }

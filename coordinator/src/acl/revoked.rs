@@ -11,7 +11,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use herd_api::proto::v1 as pb;
 use herd_api::tls::revocation::VARIABLE_PREFIX;
+use serde::{Deserialize, Serialize};
 
 use crate::coordinator::Coordinator;
 use crate::state::ClusterState;
@@ -19,15 +21,61 @@ use crate::state::ClusterState;
 /// How often the applied state is read for revocations.
 pub const WATCH_EVERY: Duration = Duration::from_millis(500);
 
-/// The revoked fingerprints in `state`, in order.
-pub fn revoked_in(state: &ClusterState) -> Vec<String> {
+/// What a revocation's variable holds beside its fingerprint (the key).
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct RevocationRecord {
+    /// What the operator said, or whom the revoked file named.
+    #[serde(default)]
+    pub note: String,
+    /// When the member that took it wrote it.
+    #[serde(default)]
+    pub revoked_at_ms: u64,
+}
+
+impl RevocationRecord {
+    /// The variable's value.
+    pub fn to_value(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+}
+
+/// The revocation variables in `state`, in fingerprint order: only
+/// well-formed fingerprints under the prefix count.
+fn revocations(
+    state: &ClusterState,
+) -> impl Iterator<Item = (String, &crate::state::Variable)> + '_ {
     state
         .variables
         .range(VARIABLE_PREFIX.to_string()..)
-        .map(|(key, _)| key)
-        .take_while(|key| key.starts_with(VARIABLE_PREFIX))
-        .filter_map(|key| {
-            herd_api::tls::revocation::parse_fingerprint(&key[VARIABLE_PREFIX.len()..]).ok()
+        .take_while(|(key, _)| key.starts_with(VARIABLE_PREFIX))
+        .filter_map(|(key, variable)| {
+            let fingerprint =
+                herd_api::tls::revocation::parse_fingerprint(&key[VARIABLE_PREFIX.len()..]).ok()?;
+            Some((fingerprint, variable))
+        })
+}
+
+/// The revoked fingerprints in `state`, in order.
+pub fn revoked_in(state: &ClusterState) -> Vec<String> {
+    revocations(state)
+        .map(|(fingerprint, _)| fingerprint)
+        .collect()
+}
+
+/// Every revocation in `state` with its note and time, in fingerprint
+/// order (`herd tls cert revoked`). A value that does not parse (written
+/// with `herd var put` by hand) lists the fingerprint alone: it is revoked
+/// all the same.
+pub fn revocations_listed(state: &ClusterState) -> Vec<pb::RevokedCertificate> {
+    revocations(state)
+        .map(|(fingerprint, variable)| {
+            let record: RevocationRecord =
+                serde_json::from_slice(&variable.value).unwrap_or_default();
+            pb::RevokedCertificate {
+                fingerprint_sha256: fingerprint,
+                note: record.note,
+                revoked_at_ms: record.revoked_at_ms,
+            }
         })
         .collect()
 }
@@ -64,5 +112,35 @@ mod tests {
             state.variables.insert(key, variable);
         }
         assert_eq!(revoked_in(&state), vec![good]);
+    }
+
+    #[test]
+    fn listed_revocations_carry_their_note_and_time_when_readable() {
+        let mut state = ClusterState::default();
+        let (a, b) = (
+            herd_api::tls::revocation::fingerprint(b"a"),
+            herd_api::tls::revocation::fingerprint(b"b"),
+        );
+        let record = RevocationRecord {
+            note: "laptop stolen".into(),
+            revoked_at_ms: 42,
+        };
+        for (fingerprint, value) in [(&a, record.to_value()), (&b, b"not json".to_vec())] {
+            let variable = crate::state::Variable {
+                value,
+                version: 1,
+                modify_index: 1,
+            };
+            state
+                .variables
+                .insert(format!("{VARIABLE_PREFIX}{fingerprint}"), variable);
+        }
+        let listed = revocations_listed(&state);
+        let by_fingerprint = |fp: &str| listed.iter().find(|r| r.fingerprint_sha256 == fp);
+        let a = by_fingerprint(&a).expect("a listed");
+        assert_eq!((a.note.as_str(), a.revoked_at_ms), ("laptop stolen", 42));
+        let b = by_fingerprint(&b).expect("b listed, its value unreadable");
+        assert_eq!((b.note.as_str(), b.revoked_at_ms), ("", 0));
+        assert_eq!(listed.len(), 2);
     }
 }

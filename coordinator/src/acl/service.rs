@@ -211,12 +211,11 @@ impl Acl for AclService {
             "{}{fingerprint}",
             herd_api::tls::revocation::VARIABLE_PREFIX
         );
-        let value = serde_json::json!({
-            "note": request.note,
-            "revoked_at_ms": herd_api::clock::now_ms(),
-        })
-        .to_string()
-        .into_bytes();
+        let value = super::revoked::RevocationRecord {
+            note: request.note.clone(),
+            revoked_at_ms: herd_api::clock::now_ms(),
+        }
+        .to_value();
         // Only if new: a second revocation keeps the first's note and time.
         let command = crate::machine::next_format::put_variable(key, value, Some(0));
         match self.coordinator.write(command).await {
@@ -237,6 +236,24 @@ impl Acl for AclService {
             }
             Err(e) => Err(e.into()),
         }
+    }
+
+    async fn list_revoked_certificates(
+        &self,
+        request: Request<pb::ListRevokedCertificatesRequest>,
+    ) -> Result<Response<pb::ListRevokedCertificatesReply>, Status> {
+        let consistency = if request.into_inner().stale {
+            ReadConsistency::Stale
+        } else {
+            ReadConsistency::Linearizable
+        };
+        self.coordinator.read_barrier(consistency).await?;
+        let certificates = self
+            .coordinator
+            .read_state(super::revoked::revocations_listed);
+        Ok(Response::new(pb::ListRevokedCertificatesReply {
+            certificates,
+        }))
     }
 }
 

@@ -61,6 +61,9 @@ pub const RPC_ROLES: &[(&str, Role)] = &[
     ("/herd.v1.Acl/ListTokens", Role::Operator),
     ("/herd.v1.Acl/RevokeToken", Role::Operator),
     ("/herd.v1.Acl/RevokeCertificate", Role::Operator),
+    // Fingerprints and notes only; every client reads them anyway (the
+    // variables under `herd/tls/revoked/`).
+    ("/herd.v1.Acl/ListRevokedCertificates", Role::Read),
     // Node agents.
     ("/herd.agent.v1.Agent/Register", Role::Node),
     ("/herd.agent.v1.Agent/Heartbeat", Role::Node),
