@@ -4,7 +4,10 @@
 //! certificate on the agent-to-agent service, each naming the revocation;
 //! a client certificate revoked by fingerprint stops working while the
 //! operator's goes on; a second revocation changes nothing; `herd tls
-//! cert revoked` lists both with their notes; bad input exits 2.
+//! cert revoked` lists both with their notes; bad input exits 2. And the
+//! dialing side: herd's dial (what every agent, coordinator and CLI
+//! connects with) refuses a server whose certificate is revoked, on a new
+//! connection and on one already open.
 
 // Test code: an unwrap/expect failing here fails the test at its line. The
 // workspace denies both lints outside tests (issue 24), and clippy's
@@ -21,7 +24,9 @@ use common::tls::{
 use common::*;
 use herd_api::proto::agent::agent_client::AgentClient;
 use herd_api::proto::agent::agent_peer_client::AgentPeerClient;
-use herd_api::proto::agent::{AclTableRequest, GossipPacket};
+use herd_api::proto::agent::node_agent_client::NodeAgentClient;
+use herd_api::proto::agent::{AclTableRequest, BalanceStatusRequest, GossipPacket};
+use herd_api::tls::{TlsFiles, TlsMaterial, Transport};
 use tonic::Code;
 
 /// Asks `call` until it is refused as revoked (within `limit`).
@@ -269,4 +274,74 @@ async fn a_revoked_certificate_is_refused_by_coordinators_and_agents() {
         String::from_utf8_lossy(&out.stderr).contains("nothing.pem"),
         "{out:?}"
     );
+}
+
+/// Herd's dial as a process that has learned a revocation: a client
+/// certificate's material dials h1's agent (checked for `h1.node.herd`),
+/// then h1's certificate is revoked in this process's set, as agents and
+/// coordinators learn it. The open connection fails at its next call,
+/// naming the revocation, and a new one fails its handshake; the
+/// coordinator, not revoked, is still dialed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dial_refuses_a_server_whose_certificate_is_revoked() {
+    let dir = tempfile::tempdir().expect("dir");
+    let TlsCluster {
+        tls,
+        cluster: _cluster,
+        addr,
+        mut agents,
+        ..
+    } = tls_cluster_with_agents(dir.path(), 1);
+    agents.start("h1", &[]).expect("start agent");
+    must_have_ready_over_tls(&tls, &addr, 1, Duration::from_secs(30)).await;
+    let h1 = agents.agent("h1").expect("h1").addr.clone();
+    let (cert, key) = tls.issue("client", "ops").expect("ops's certificate");
+    let files = TlsFiles {
+        ca: tls.ca(),
+        cert,
+        key,
+    };
+    let transport = Transport::Tls(std::sync::Arc::new(
+        TlsMaterial::load(&files, None).expect("ops's TLS material"),
+    ));
+    let dial_h1 = || async {
+        transport
+            .node_endpoint(&h1, "h1")
+            .expect("a dial")
+            .connect_timeout(Duration::from_secs(3))
+            .connect()
+            .await
+    };
+    let status = |channel: tonic::transport::Channel| async move {
+        NodeAgentClient::new(channel)
+            .balance_status(BalanceStatusRequest {})
+            .await
+    };
+    let open = dial_h1().await.expect("h1's agent, not revoked");
+    status(open.clone()).await.expect("served before");
+
+    let (h1_cert, _) = tls.issue("node", "h1").expect("h1's certificate");
+    let (fingerprint, _) = herd_api::tls::revocation::fingerprint_of_pem(
+        &std::fs::read(&h1_cert).expect("read h1's certificate"),
+    )
+    .expect("a certificate");
+    herd_api::tls::revocation::replace([fingerprint]);
+
+    // Which of the connection's reader and this call meets the refusal
+    // first decides whether the call's error names it.
+    status(open)
+        .await
+        .expect_err("the open connection fails once the server is revoked");
+    let refused = dial_h1().await.expect_err("a new connection");
+    assert!(
+        format!("{refused:?}").to_lowercase().contains("revoked"),
+        "{refused:?}"
+    );
+    let coordinator = addr.split(',').next().expect("a coordinator");
+    let dialed = transport
+        .endpoint(coordinator, herd_api::tls::PeerRole::Coordinator)
+        .expect("a dial")
+        .connect()
+        .await;
+    dialed.expect("the coordinator's certificate is not revoked");
 }

@@ -3,12 +3,13 @@
 //! rather than a handshake failure on the first call.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use thiserror::Error;
-use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
 use super::identity::{
-    check_own_dns_name, node_dns_name, parse_certificate, PeerIdentity, PeerRole, TlsIdentityError,
+    check_own_dns_name, parse_certificate, PeerIdentity, PeerRole, TlsIdentityError,
 };
 
 /// Where a process's TLS files are (`--tls-ca`, `--tls-cert`, `--tls-key`).
@@ -67,6 +68,8 @@ pub struct TlsMaterial {
     not_after: i64,
     key_pem: Vec<u8>,
     identity: PeerIdentity,
+    /// The settings of every dial (`super::dial`), made once.
+    dialer: Arc<rustls::ClientConfig>,
 }
 
 /// Reads `path` for `what`, refusing an empty or oversized file.
@@ -160,12 +163,15 @@ impl TlsMaterial {
                 source,
             })?;
         }
+        let dialer =
+            super::dial::client_config(&ca_pem, &cert_pem, &key_pem).map_err(TlsError::Config)?;
         let material = Self {
             ca_pem,
             cert_pem,
             not_after,
             key_pem,
             identity,
+            dialer,
         };
         // rustls checks the key against the certificate here, not at the
         // first handshake.
@@ -207,27 +213,11 @@ impl TlsMaterial {
             .client_ca_root(Certificate::from_pem(&self.ca_pem))
     }
 
-    /// The settings of a channel to a peer of role `peer`: the cluster's CA
-    /// as the only root, the peer's certificate checked for `<role>.herd`
-    /// (not the dialed address), and this process's certificate.
-    pub fn client_config(&self, peer: PeerRole) -> ClientTlsConfig {
-        self.client_config_checking(peer.dns_name())
-    }
-
-    /// The settings of a channel to node `node` and no other: as
-    /// [`Self::client_config`], the peer's certificate checked for
-    /// `<node>.node.herd`, which only that node's certificate carries
-    /// ([`node_dns_name`]). Refused for a name that cannot be a DNS name
-    /// (no such node holds a certificate).
-    pub fn client_config_for_node(&self, node: &str) -> Result<ClientTlsConfig, TlsIdentityError> {
-        Ok(self.client_config_checking(node_dns_name(node)?))
-    }
-
-    fn client_config_checking(&self, server_name: String) -> ClientTlsConfig {
-        ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(&self.ca_pem))
-            .identity(self.own_identity())
-            .domain_name(server_name)
+    /// The rustls settings every dial of this process uses
+    /// (`super::dial`): its certificate, the CA as the only root, revoked
+    /// servers refused.
+    pub(super) fn dialer(&self) -> Arc<rustls::ClientConfig> {
+        self.dialer.clone()
     }
 }
 

@@ -33,6 +33,7 @@
 //! members in one process, `herd dev`, the deterministic simulation) is
 //! plaintext.
 
+pub mod dial;
 mod guard;
 pub mod identity;
 mod material;
@@ -40,11 +41,14 @@ pub mod revocation;
 
 use std::sync::{Arc, OnceLock};
 
+pub use dial::Dial;
 pub use guard::{roles_only, PeerRoles, RolesOnly};
 pub use identity::{require_node, require_role, PeerIdentity, PeerRole, TlsIdentityError};
 pub use material::{TlsError, TlsFiles, TlsMaterial};
 
 use tonic::transport::{Endpoint, Server};
+
+use identity::node_dns_name;
 
 /// How this process talks to the others.
 #[derive(Clone, Debug, Default)]
@@ -82,35 +86,31 @@ pub fn enabled() -> bool {
 }
 
 impl Transport {
-    /// An endpoint for `addr` (`HOST:PORT`), a peer expected to hold a
-    /// certificate of role `peer`: `https` with this process's certificate
-    /// under TLS, `http` otherwise.
-    pub fn endpoint(&self, addr: &str, peer: PeerRole) -> Result<Endpoint, String> {
+    /// A dial of `addr` (`HOST:PORT`), a peer expected to hold a
+    /// certificate of role `peer`: under TLS with this process's
+    /// certificate, the peer's checked for `<role>.herd` (not the dialed
+    /// address) and against the revocations ([`dial`]); plaintext
+    /// otherwise.
+    pub fn endpoint(&self, addr: &str, peer: PeerRole) -> Result<Dial, String> {
         match self {
-            Transport::Plaintext => {
-                Endpoint::from_shared(format!("http://{addr}")).map_err(|e| e.to_string())
-            }
-            Transport::Tls(material) => Endpoint::from_shared(format!("https://{addr}"))
-                .map_err(|e| e.to_string())?
-                .tls_config(material.client_config(peer))
-                .map_err(|e| format!("TLS settings for {addr}: {e}")),
+            Transport::Plaintext => Endpoint::from_shared(format!("http://{addr}"))
+                .map(Dial::plain)
+                .map_err(|e| e.to_string()),
+            Transport::Tls(material) => Dial::tls(addr, material.dialer(), peer.dns_name()),
         }
     }
 
-    /// An endpoint for `addr` (`HOST:PORT`), the agent of node `node`
-    /// and of no other: under TLS its certificate must carry
-    /// `<node>.node.herd`, not merely `node.herd`; `http` in plaintext.
-    pub fn node_endpoint(&self, addr: &str, node: &str) -> Result<Endpoint, String> {
+    /// A dial of `addr` (`HOST:PORT`), the agent of node `node` and of no
+    /// other: under TLS its certificate must carry `<node>.node.herd`
+    /// ([`node_dns_name`], refused for a name that cannot be a DNS name:
+    /// no such node holds a certificate), not merely `node.herd`.
+    pub fn node_endpoint(&self, addr: &str, node: &str) -> Result<Dial, String> {
         match self {
             Transport::Plaintext => self.endpoint(addr, PeerRole::Node),
             Transport::Tls(material) => {
-                let config = material
-                    .client_config_for_node(node)
-                    .map_err(|e| format!("TLS settings for {addr}: {e}"))?;
-                Endpoint::from_shared(format!("https://{addr}"))
-                    .map_err(|e| e.to_string())?
-                    .tls_config(config)
-                    .map_err(|e| format!("TLS settings for {addr}: {e}"))
+                let name =
+                    node_dns_name(node).map_err(|e| format!("TLS settings for {addr}: {e}"))?;
+                Dial::tls(addr, material.dialer(), name)
             }
         }
     }
@@ -128,13 +128,13 @@ impl Transport {
 }
 
 /// [`Transport::endpoint`] on this process's transport.
-pub fn endpoint(addr: &str, peer: PeerRole) -> Result<Endpoint, String> {
+pub fn endpoint(addr: &str, peer: PeerRole) -> Result<Dial, String> {
     transport().endpoint(addr, peer)
 }
 
 /// [`Transport::node_endpoint`] on this process's transport: dial the
 /// agent of node `node` at `addr`, checking under TLS that it is that node.
-pub fn node_endpoint(addr: &str, node: &str) -> Result<Endpoint, String> {
+pub fn node_endpoint(addr: &str, node: &str) -> Result<Dial, String> {
     transport().node_endpoint(addr, node)
 }
 

@@ -18,11 +18,16 @@
 //! that names the revocation is clearer than a failed handshake. The
 //! handshake still succeeds for a revoked certificate; no RPC does.
 //!
+//! Dialers check the server's certificate against the same set, at the
+//! handshake and again on an open connection once the set changes
+//! (`super::dial`).
+//!
 //! Not covered: QEMU's migration streams and the simulated VM's stream,
 //! whose TLS is checked by the programs themselves; HTTPS endpoints, which
 //! ask for no client certificate.
 
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use sha2::{Digest, Sha256};
@@ -37,6 +42,9 @@ use super::identity::PeerIdentity;
 pub const VARIABLE_PREFIX: &str = "herd/tls/revoked/";
 
 static REVOKED: RwLock<Option<Arc<BTreeSet<String>>>> = RwLock::new(None);
+/// Bumped at every change of [`REVOKED`]: a long-lived connection checks
+/// its peer again only when this moved (`super::dial`).
+static GENERATION: AtomicU64 = AtomicU64::new(0);
 
 /// The fingerprint of the DER certificate `der`.
 pub fn fingerprint(der: &[u8]) -> String {
@@ -81,6 +89,7 @@ pub fn replace(fingerprints: impl IntoIterator<Item = String>) {
         if changed {
             tracing::info!(certificates = set.len(), "revoked certificates updated");
             *revoked = Some(Arc::new(set));
+            GENERATION.fetch_add(1, Ordering::Release);
         }
     }
 }
@@ -88,6 +97,17 @@ pub fn replace(fingerprints: impl IntoIterator<Item = String>) {
 /// The revoked set of this process (None before the first [`replace`]).
 fn current() -> Option<Arc<BTreeSet<String>>> {
     REVOKED.read().ok().and_then(|r| r.clone())
+}
+
+/// How many times the revoked set changed in this process.
+pub fn generation() -> u64 {
+    GENERATION.load(Ordering::Acquire)
+}
+
+/// Whether the DER certificate `der` is revoked (not hashed while nothing
+/// is).
+pub fn is_revoked(der: &[u8]) -> bool {
+    current().is_some_and(|revoked| !revoked.is_empty() && revoked.contains(&fingerprint(der)))
 }
 
 /// The refusal of a request whose peer presented a revoked certificate;
@@ -128,6 +148,21 @@ mod tests {
         assert_eq!(parse_fingerprint(&format!(" {hex}\n")), Ok(hex));
         assert!(parse_fingerprint("abc").is_err());
         assert!(parse_fingerprint(&"g".repeat(64)).is_err());
+    }
+
+    #[test]
+    fn a_certificate_is_revoked_by_its_fingerprint_and_each_change_is_counted() {
+        let (a, b) = (b"certificate a".as_slice(), b"certificate b".as_slice());
+        replace([fingerprint(a)]);
+        let at = generation();
+        assert!(is_revoked(a) && !is_revoked(b));
+        replace([fingerprint(a)]);
+        assert_eq!(generation(), at, "the same set: no change to look at");
+        replace([fingerprint(b)]);
+        assert!(generation() > at);
+        assert!(!is_revoked(a) && is_revoked(b));
+        replace([]);
+        assert!(!is_revoked(b));
     }
 
     #[test]

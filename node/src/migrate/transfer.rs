@@ -201,7 +201,7 @@ pub fn connect_to(addr: &str, node: &str) -> Result<AgentPeerClient<Channel>, Tr
 
 fn peer_client(
     addr: &str,
-    endpoint: Result<tonic::transport::Endpoint, String>,
+    endpoint: Result<herd_api::tls::Dial, String>,
 ) -> Result<AgentPeerClient<Channel>, TransferError> {
     let endpoint = endpoint.map_err(|message| TransferError::BadAddress {
         addr: addr.to_string(),
