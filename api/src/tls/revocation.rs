@@ -99,6 +99,12 @@ fn current() -> Option<Arc<BTreeSet<String>>> {
     REVOKED.read().ok().and_then(|r| r.clone())
 }
 
+/// The revoked fingerprints this process knows, in order: what it hands
+/// a program that checks certificates itself (the simulated VM's stream).
+pub fn listed() -> Vec<String> {
+    current().map_or_else(Vec::new, |set| set.iter().cloned().collect())
+}
+
 /// How many times the revoked set changed in this process.
 pub fn generation() -> u64 {
     GENERATION.load(Ordering::Acquire)

@@ -52,6 +52,10 @@ pub struct SimVmArgs {
     /// This node's key (PEM); removed once read.
     #[arg(long, value_name = "PATH", requires = "migration_tls_ca")]
     pub migration_tls_key: Option<PathBuf>,
+    /// The certificates the cluster revoked: SHA-256 fingerprints, one a
+    /// line; no peer may present one. Removed once read.
+    #[arg(long, value_name = "PATH", requires = "migration_tls_ca")]
+    pub migration_tls_revoked: Option<PathBuf>,
     /// The node an incoming migration comes from: under TLS only its
     /// certificate may send the memory (without it, any node's).
     #[arg(long, value_name = "NODE", requires = "incoming")]
@@ -75,7 +79,8 @@ pub async fn run(args: SimVmArgs) -> Result<(), CliError> {
         &args.migration_tls_key,
     ) {
         (Some(ca), Some(cert), Some(key)) => {
-            Some(StreamTls::load_and_remove(ca, cert, key).map_err(CliError::input)?)
+            let revoked = args.migration_tls_revoked.as_deref();
+            Some(StreamTls::load_and_remove(ca, cert, key, revoked).map_err(CliError::input)?)
         }
         _ => None,
     };

@@ -19,8 +19,10 @@ use tokio::net::UnixStream;
 pub const CONTROL_SOCKET: &str = "simvm.sock";
 /// Longest unix socket path the kernel accepts (sun_path, less the NUL).
 pub const MAX_SOCKET_PATH: usize = 107;
-/// The longest request or reply line, bytes.
-pub const MAX_LINE: u64 = 64 * 1024;
+/// The longest request or reply line, bytes: a `migrate` carries the
+/// cluster's revoked fingerprints (67 bytes each in JSON), so room for
+/// about 15,000 of them.
+pub const MAX_LINE: u64 = 1024 * 1024;
 /// How long one request may take, connection included.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -48,6 +50,11 @@ pub enum Request {
         /// None, so a plaintext request reads as before.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         target_node: Option<String>,
+        /// Under TLS, the fingerprints of the certificates the cluster
+        /// revoked, as the source's agent knows them now: the target may
+        /// not present one. Left out of the JSON when empty.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        revoked_certificates: Vec<String>,
     },
     /// Abandon the outgoing migration (in flight or done): the guest runs
     /// on here, unthrottled.
@@ -295,6 +302,7 @@ mod tests {
             downtime_limit_ms: 300,
             bandwidth_bytes_per_sec: None,
             target_node: None,
+            revoked_certificates: Vec::new(),
         };
         let text = serde_json::to_string(&migrate).expect("json");
         assert_eq!(
@@ -306,6 +314,7 @@ mod tests {
             downtime_limit_ms: 300,
             bandwidth_bytes_per_sec: None,
             target_node: Some("t2".into()),
+            revoked_certificates: Vec::new(),
         };
         let text = serde_json::to_string(&to_node).expect("json");
         assert!(text.ends_with(r#","target_node":"t2"}"#), "{text}");

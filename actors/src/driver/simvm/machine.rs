@@ -414,7 +414,15 @@ async fn handle(shared: &Arc<Shared>, request: Request) -> Reply {
             downtime_limit_ms,
             bandwidth_bytes_per_sec,
             target_node,
+            revoked_certificates,
         } => {
+            if let Some(tls) = &shared.tls {
+                let listed = revoked_certificates.join("\n");
+                match super::tls::parse_revoked("revoked_certificates", &listed) {
+                    Ok(set) => tls.set_revoked(set),
+                    Err(message) => return Reply::Error { message },
+                }
+            }
             migrate(
                 shared,
                 to,
@@ -1207,6 +1215,7 @@ mod tests {
             downtime_limit_ms: 300,
             bandwidth_bytes_per_sec: None,
             target_node: None,
+            revoked_certificates: Vec::new(),
         };
         let err = control::command(&source.socket, &bad)
             .await
@@ -1217,6 +1226,7 @@ mod tests {
             downtime_limit_ms: 300,
             bandwidth_bytes_per_sec: None,
             target_node: None,
+            revoked_certificates: Vec::new(),
         };
         control::command(&source.socket, &migrate)
             .await
@@ -1282,6 +1292,7 @@ mod tests {
             downtime_limit_ms: 1,
             bandwidth_bytes_per_sec: cap,
             target_node: None,
+            revoked_certificates: Vec::new(),
         };
         control::command(&source.socket, &migrate(nowhere, None))
             .await
@@ -1343,6 +1354,7 @@ mod tests {
             downtime_limit_ms: 20,
             bandwidth_bytes_per_sec: Some(16 << 20),
             target_node: None,
+            revoked_certificates: Vec::new(),
         };
         control::command(&source.socket, &migrate)
             .await
@@ -1437,6 +1449,7 @@ mod tests {
             downtime_limit_ms: 300,
             bandwidth_bytes_per_sec: None,
             target_node: Some(node.to_string()),
+            revoked_certificates: Vec::new(),
         };
         control::command(&source.socket, &migrate("t3"))
             .await

@@ -172,6 +172,7 @@ async fn move_out(
             .max(1),
         bandwidth_bytes_per_sec: limits.bandwidth_bytes_per_sec,
         target_node: to.target_node.clone(),
+        revoked_certificates: herd_api::tls::revocation::listed(),
     };
     control::command(socket, &request)
         .await

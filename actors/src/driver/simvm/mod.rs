@@ -170,7 +170,10 @@ impl ExecKind for SimVm {
             return Ok(());
         };
         std::fs::create_dir_all(&spec.alloc_dir)
-            .and_then(|()| tls::write_creds(identity, &spec.alloc_dir))
+            .and_then(|()| {
+                let revoked = herd_api::tls::revocation::listed();
+                tls::write_creds(identity, &spec.alloc_dir, &revoked)
+            })
             .map(|_| ())
             .map_err(|e| DriverError::Start {
                 alloc: spec.alloc_id.clone(),
@@ -303,8 +306,14 @@ mod tests {
             .prepare(&spec, &settings)
             .await
             .expect("prepared");
-        let loaded = tls::StreamTls::load_and_remove(&paths.ca, &paths.cert, &paths.key)
-            .expect("the process can load them");
+        let loaded = tls::StreamTls::load_and_remove(
+            &paths.ca,
+            &paths.cert,
+            &paths.key,
+            Some(&paths.revoked),
+        )
+        .expect("the process can load them");
+        assert!(!paths.revoked.exists(), "removed once read");
         assert_eq!(loaded.identity().name, "s1");
         // Without TLS: the command line of before, nothing written.
         let plain = SimVmDriver::new("/usr/bin/herd");

@@ -28,13 +28,21 @@
 //!   source's agent assigned the move to (the migration assignment, never
 //!   the target's own answer).
 //!
+//! Both sides also refuse a peer whose certificate the cluster revoked
+//! (`herd tls cert revoke`): the process starts with the agent's revoked
+//! set (`--migration-tls-revoked`, a file of fingerprints read and removed
+//! like the others), and a source is handed the set again with each
+//! `migrate` command, since it may have run for months before its move.
+//!
 //! Without TLS (tests, `herd dev`) the stream is plain TCP, as before.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use herd_api::tls::identity::parse_certificate;
+use herd_api::tls::revocation::{fingerprint, parse_fingerprint};
 use herd_api::tls::{PeerIdentity, PeerRole};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -61,6 +69,9 @@ pub struct CredsPaths {
     pub cert: PathBuf,
     /// The node's key (`--migration-tls-key`).
     pub key: PathBuf,
+    /// The revoked certificates' fingerprints, one a line
+    /// (`--migration-tls-revoked`).
+    pub revoked: PathBuf,
 }
 
 impl CredsPaths {
@@ -73,6 +84,7 @@ impl CredsPaths {
             ca: dir.join("ca-cert.pem"),
             cert: dir.join("client-cert.pem"),
             key: dir.join("client-key.pem"),
+            revoked: dir.join("revoked.txt"),
         }
     }
 }
@@ -87,15 +99,50 @@ pub fn args(alloc_dir: &Path) -> Vec<String> {
         paths.cert.display().to_string(),
         "--migration-tls-key".into(),
         paths.key.display().to_string(),
+        "--migration-tls-revoked".into(),
+        paths.revoked.display().to_string(),
     ]
 }
 
-/// Writes `tls` where [`args`] names it (the directory 0700, the files
-/// 0600, anything left by an earlier run replaced), for the process about
-/// to start.
-pub fn write_creds(tls: &MigrationTls, alloc_dir: &Path) -> std::io::Result<CredsPaths> {
+/// Writes `tls` and the `revoked` fingerprints where [`args`] names them
+/// (the directory 0700, the files 0600, anything left by an earlier run
+/// replaced), for the process about to start.
+pub fn write_creds(
+    tls: &MigrationTls,
+    alloc_dir: &Path,
+    revoked: &[String],
+) -> std::io::Result<CredsPaths> {
     tls.write_dir(alloc_dir, Side::Client)?;
-    Ok(CredsPaths::in_alloc_dir(alloc_dir))
+    let paths = CredsPaths::in_alloc_dir(alloc_dir);
+    let mut text = revoked.join("\n");
+    text.push('\n');
+    write_private(&paths.revoked, text.as_bytes())?;
+    Ok(paths)
+}
+
+/// Writes `bytes` to `path`, readable by its owner only.
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(bytes)
+}
+
+/// The fingerprints in `text` (one a line, blank lines ignored), for
+/// `what`; an unreadable line is an error naming it.
+pub fn parse_revoked(what: &str, text: &str) -> Result<BTreeSet<String>, String> {
+    text.lines()
+        .enumerate()
+        .filter(|(_, line)| !line.trim().is_empty())
+        .map(|(at, line)| {
+            parse_fingerprint(line).map_err(|e| format!("{what}, line {}: {e}", at + 1))
+        })
+        .collect()
 }
 
 /// A `herd sim-vm`'s TLS identity and trust for its migration streams,
@@ -106,6 +153,8 @@ pub struct StreamTls {
     acceptor: TlsAcceptor,
     connector: TlsConnector,
     own: PeerIdentity,
+    /// Fingerprints of certificates no peer may present.
+    revoked: Arc<RwLock<BTreeSet<String>>>,
 }
 
 impl std::fmt::Debug for StreamTls {
@@ -139,10 +188,26 @@ fn read_file(flag: &str, path: &Path) -> Result<Vec<u8>, String> {
 }
 
 impl StreamTls {
-    /// Reads the CA, certificate and key files, then removes them (and
-    /// their directory, once empty) whatever came of the reading, so that
-    /// the key stays on disk no longer than the start of the process.
-    pub fn load_and_remove(ca: &Path, cert: &Path, key: &Path) -> Result<Self, String> {
+    /// Reads the CA, certificate, key and revoked-set files (the last
+    /// optional), then removes them (and their directory, once empty)
+    /// whatever came of the reading, so that the key stays on disk no
+    /// longer than the start of the process.
+    pub fn load_and_remove(
+        ca: &Path,
+        cert: &Path,
+        key: &Path,
+        revoked: Option<&Path>,
+    ) -> Result<Self, String> {
+        let revoked_file = revoked.map(|path| {
+            let read = read_file("--migration-tls-revoked", path);
+            let _ = std::fs::remove_file(path);
+            read.and_then(|bytes| {
+                parse_revoked(
+                    &format!("--migration-tls-revoked {}", path.display()),
+                    &String::from_utf8_lossy(&bytes),
+                )
+            })
+        });
         let files = [
             ("--migration-tls-ca", ca),
             ("--migration-tls-cert", cert),
@@ -166,7 +231,35 @@ impl StreamTls {
         }
         let tls = Self::from_pem(&ca_pem?, &cert_pem?, &key_pem?)?;
         removal?;
+        if let Some(set) = revoked_file.transpose()? {
+            tls.set_revoked(set);
+        }
         Ok(tls)
+    }
+
+    /// Makes `set` the certificates refused from now on (the agent's
+    /// revoked set, at start and with each `migrate`).
+    pub fn set_revoked(&self, set: BTreeSet<String>) {
+        if let Ok(mut revoked) = self.revoked.write() {
+            *revoked = set;
+        }
+    }
+
+    /// The refusal of a peer whose certificate `leaf` (DER) is revoked.
+    fn check_not_revoked(&self, leaf: Option<&CertificateDer<'_>>) -> Result<(), String> {
+        let revoked = self
+            .revoked
+            .read()
+            .map_err(|_| "the revoked set is unreadable")?;
+        if revoked.is_empty() {
+            return Ok(());
+        }
+        match leaf.map(|leaf| fingerprint(leaf.as_ref())) {
+            Some(fp) if revoked.contains(&fp) => Err(format!(
+                "the peer's certificate (SHA-256 {fp}) was revoked (`herd tls cert revoke`)"
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// The identity from PEM bytes: the cluster's CA, this node's
@@ -219,6 +312,7 @@ impl StreamTls {
             acceptor: TlsAcceptor::from(Arc::new(server)),
             connector: TlsConnector::from(Arc::new(client)),
             own,
+            revoked: Arc::default(),
         })
     }
 
@@ -240,7 +334,9 @@ impl StreamTls {
             .await
             .map_err(|_| format!("no TLS handshake within {HANDSHAKE_TIMEOUT:?}"))?
             .map_err(|e| format!("the TLS handshake failed: {e}"))?;
-        let identity = check_peer(stream.get_ref().1.peer_certificates(), source, "source")?;
+        let certs = stream.get_ref().1.peer_certificates();
+        self.check_not_revoked(certs.and_then(|c| c.first()))?;
+        let identity = check_peer(certs, source, "source")?;
         Ok((stream, identity))
     }
 
@@ -258,7 +354,9 @@ impl StreamTls {
             .await
             .map_err(|_| format!("no TLS handshake within {HANDSHAKE_TIMEOUT:?}"))?
             .map_err(|e| format!("the TLS handshake failed: {e}"))?;
-        let identity = check_peer(stream.get_ref().1.peer_certificates(), target, "target")?;
+        let certs = stream.get_ref().1.peer_certificates();
+        self.check_not_revoked(certs.and_then(|c| c.first()))?;
+        let identity = check_peer(certs, target, "target")?;
         Ok((stream, identity))
     }
 }
@@ -367,9 +465,21 @@ pub(crate) mod test_certs {
 
         /// `role` `name`'s identity as a `herd sim-vm` holds it.
         pub fn stream_tls(&self, role: PeerRole, name: &str) -> StreamTls {
+            self.stream_tls_and_fingerprint(role, name).0
+        }
+
+        /// [`Self::stream_tls`], and its certificate's fingerprint.
+        pub fn stream_tls_and_fingerprint(
+            &self,
+            role: PeerRole,
+            name: &str,
+        ) -> (StreamTls, String) {
             let (cert, key) = self.issue(role, name);
-            StreamTls::from_pem(self.pem.as_bytes(), cert.as_bytes(), key.as_bytes())
-                .expect("stream TLS")
+            let tls = StreamTls::from_pem(self.pem.as_bytes(), cert.as_bytes(), key.as_bytes())
+                .expect("stream TLS");
+            let (fingerprint, _) =
+                herd_api::tls::revocation::fingerprint_of_pem(cert.as_bytes()).expect("PEM");
+            (tls, fingerprint)
         }
     }
 }
@@ -518,17 +628,64 @@ mod tests {
         assert_eq!(admitted.expect("admitted").name, "s1");
     }
 
+    #[tokio::test]
+    async fn a_revoked_certificate_is_refused_on_either_side() {
+        let ca = Ca::new();
+        // The source's certificate revoked at the target.
+        let target = ca.stream_tls(PeerRole::Node, "t2");
+        let (source, source_fingerprint) = ca.stream_tls_and_fingerprint(PeerRole::Node, "s1");
+        target.set_revoked([source_fingerprint.clone()].into());
+        let (_, admitted) = attempt(&target, |tcp| async move {
+            let _ = source.connect(tcp, Some("t2")).await;
+        })
+        .await;
+        let why = admitted.expect_err("a revoked source refused");
+        assert!(
+            why.contains("revoked") && why.contains(&source_fingerprint),
+            "{why}"
+        );
+        // The target's certificate revoked at the source.
+        let (target, target_fingerprint) = ca.stream_tls_and_fingerprint(PeerRole::Node, "t2");
+        let source = ca.stream_tls(PeerRole::Node, "s1");
+        source.set_revoked([target_fingerprint].into());
+        let dialing = source.clone();
+        let (dialled, _) = attempt(&target, |tcp| async move {
+            dialing.connect(tcp, Some("t2")).await.map(|_| ())
+        })
+        .await;
+        assert!(
+            dialled
+                .expect_err("a revoked target refused")
+                .contains("revoked"),
+            "named"
+        );
+        // Nothing revoked: the same pair passes.
+        source.set_revoked(BTreeSet::new());
+        let (dialled, admitted) = attempt(&target, |tcp| async move {
+            source.connect(tcp, Some("t2")).await.map(|_| ())
+        })
+        .await;
+        dialled.expect("the target admitted");
+        assert_eq!(admitted.expect("the source admitted").name, "s1");
+    }
+
     #[test]
     fn the_process_reads_its_credentials_then_removes_them() {
         use std::os::unix::fs::PermissionsExt;
         let ca = Ca::new();
         let alloc = tempfile::tempdir().expect("tempdir");
-        let paths =
-            write_creds(&ca.migration_tls(PeerRole::Node, "s1"), alloc.path()).expect("written");
+        let revoked = herd_api::tls::revocation::fingerprint(b"a revoked certificate");
+        let paths = write_creds(
+            &ca.migration_tls(PeerRole::Node, "s1"),
+            alloc.path(),
+            std::slice::from_ref(&revoked),
+        )
+        .expect("written");
         assert_eq!(paths, CredsPaths::in_alloc_dir(alloc.path()));
         let mode = |p: &Path| std::fs::metadata(p).expect("metadata").permissions().mode() & 0o777;
         assert_eq!(mode(paths.key.parent().expect("dir")), 0o700);
         assert_eq!(mode(&paths.key), 0o600);
+        assert_eq!(mode(&paths.revoked), 0o600);
         assert_eq!(
             args(alloc.path()),
             [
@@ -538,12 +695,39 @@ mod tests {
                 paths.cert.display().to_string(),
                 "--migration-tls-key".into(),
                 paths.key.display().to_string(),
+                "--migration-tls-revoked".into(),
+                paths.revoked.display().to_string(),
             ]
         );
-        let tls = StreamTls::load_and_remove(&paths.ca, &paths.cert, &paths.key).expect("loaded");
+        let tls =
+            StreamTls::load_and_remove(&paths.ca, &paths.cert, &paths.key, Some(&paths.revoked))
+                .expect("loaded");
         assert_eq!(tls.identity().name, "s1");
+        assert_eq!(
+            tls.revoked.read().expect("set").iter().collect::<Vec<_>>(),
+            [&revoked],
+            "the revoked set as written"
+        );
         assert!(!paths.key.exists() && !paths.ca.exists() && !paths.cert.exists());
+        assert!(!paths.revoked.exists());
         assert!(!alloc.path().join(CREDS_DIR).exists(), "the directory too");
+
+        // A revoked-set file with a line that is no fingerprint: refused,
+        // naming the flag and the line.
+        let paths = write_creds(
+            &ca.migration_tls(PeerRole::Node, "s1"),
+            alloc.path(),
+            &[revoked.clone(), "not-a-fingerprint".into()],
+        )
+        .expect("written");
+        let err =
+            StreamTls::load_and_remove(&paths.ca, &paths.cert, &paths.key, Some(&paths.revoked))
+                .expect_err("a bad line");
+        assert!(
+            err.contains("--migration-tls-revoked") && err.contains("line 2"),
+            "{err}"
+        );
+        assert!(!paths.revoked.exists() && !paths.key.exists());
 
         // A key that is not one: refused without quoting it, removed all the same.
         let paths = write_creds(
@@ -553,16 +737,18 @@ mod tests {
                 b"SECRET-KEY-BYTES".to_vec(),
             ),
             alloc.path(),
+            &[],
         )
         .expect("written");
-        let err =
-            StreamTls::load_and_remove(&paths.ca, &paths.cert, &paths.key).expect_err("no key");
+        let err = StreamTls::load_and_remove(&paths.ca, &paths.cert, &paths.key, None)
+            .expect_err("no key");
         assert!(
             err.contains("--migration-tls-key") && !err.contains("SECRET"),
             "{err}"
         );
         assert!(!paths.key.exists());
-        let err = StreamTls::load_and_remove(&paths.ca, &paths.cert, &paths.key).expect_err("gone");
+        let err =
+            StreamTls::load_and_remove(&paths.ca, &paths.cert, &paths.key, None).expect_err("gone");
         assert!(err.contains("--migration-tls-ca"), "{err}");
     }
 }
