@@ -898,6 +898,21 @@ struct Killed {
 }
 
 impl Killed {
+    /// Taken back by the source: the client read every position once, in
+    /// order; the source engine finished the request and holds nothing;
+    /// the target engine holds nothing and finished nothing.
+    async fn must_have_finished_on_the_source_only(&mut self) {
+        self.must_have_streamed_every_position("the source takes the request back");
+        let within = Duration::from_secs(5);
+        let stats = must_hold_nothing("the source engine", &mut self.source_engine, within).await;
+        assert_eq!(
+            stats.completed_total, 1,
+            "finished on the source: {stats:?}"
+        );
+        let stats = must_hold_nothing("the target engine", &mut self.target_engine, within).await;
+        assert_eq!(stats.completed_total, 0, "{stats:?}");
+    }
+
     /// The client's stream ended without an error (`why` it should have
     /// gone on) after every position once, in order.
     fn must_have_streamed_every_position(&self, why: &str) {
@@ -1123,24 +1138,7 @@ async fn killing_the_source_agent_after_the_target_resumed_finishes_the_request_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_target_agent_after_it_resumed_finishes_the_request_on_the_source() {
     let mut killed = kill_an_agent_in_the_window(KilledAt::TargetResumed).await;
-    killed.must_have_streamed_every_position("the source takes the request back");
-    let stats = must_hold_nothing(
-        "the source engine",
-        &mut killed.source_engine,
-        Duration::from_secs(5),
-    )
-    .await;
-    assert_eq!(
-        stats.completed_total, 1,
-        "finished on the source: {stats:?}"
-    );
-    let stats = must_hold_nothing(
-        "the target engine",
-        &mut killed.target_engine,
-        Duration::from_secs(5),
-    )
-    .await;
-    assert_eq!(stats.completed_total, 0, "{stats:?}");
+    killed.must_have_finished_on_the_source_only().await;
 }
 
 /// The TARGET agent killed after the commit, once the client has read
@@ -1155,22 +1153,5 @@ async fn killing_the_target_agent_after_it_resumed_finishes_the_request_on_the_s
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_target_agent_after_it_streamed_finishes_the_request_on_the_source() {
     let mut killed = kill_an_agent_in_the_window(KilledAt::TargetStreaming).await;
-    killed.must_have_streamed_every_position("the source takes the request back");
-    let stats = must_hold_nothing(
-        "the source engine",
-        &mut killed.source_engine,
-        Duration::from_secs(5),
-    )
-    .await;
-    assert_eq!(
-        stats.completed_total, 1,
-        "finished on the source: {stats:?}"
-    );
-    let stats = must_hold_nothing(
-        "the target engine",
-        &mut killed.target_engine,
-        Duration::from_secs(5),
-    )
-    .await;
-    assert_eq!(stats.completed_total, 0, "{stats:?}");
+    killed.must_have_finished_on_the_source_only().await;
 }

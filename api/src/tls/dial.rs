@@ -260,6 +260,9 @@ impl Service<Uri> for TlsDial {
                 io::Error::new(io::ErrorKind::InvalidInput, format!("no address in {uri}"))
             })?;
             let tcp = TcpStream::connect(authority.as_str()).await?;
+            // Read before the check below: a change after it is seen at
+            // the first read or write.
+            let checked_at = revocation::generation();
             tcp.set_nodelay(dial.nodelay)?;
             let tls = TlsConnector::from(dial.config)
                 .connect(dial.server_name, tcp)
@@ -277,7 +280,7 @@ impl Service<Uri> for TlsDial {
             Ok(TokioIo::new(Checked {
                 inner: tls,
                 server_certificate,
-                checked_at: revocation::generation(),
+                checked_at,
                 revoked: false,
             }))
         })
@@ -340,6 +343,20 @@ impl AsyncWrite for Checked {
         let this = self.get_mut();
         this.still_trusted()?;
         Pin::new(&mut this.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        this.still_trusted()?;
+        Pin::new(&mut this.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -17,6 +17,12 @@
 //! move was meant to relieve. The agent holds the bytes instead, bounded
 //! in time ([`FALLBACK_TTL`]) and in size ([`FALLBACK_MAX_BYTES`]).
 //!
+//! After that the agent keeps the request's *state* alone (its seed,
+//! prompt and token counts, a few dozen bytes) for [`STATE_TTL`], at most
+//! [`MAX_KEPT`] requests: a target lost later, however long the request
+//! decodes there, is taken back by a recompute (below), which needs no KV
+//! bytes. A copy whose bytes do not fit is kept as its state alone too.
+//!
 //! The copy also serves a target that dies after it streamed part of the
 //! request to the client: then the KV bytes end before what the client
 //! has, so the source resumes the request from its state *as of the
@@ -53,11 +59,20 @@ pub const FALLBACK_TTL: Duration = Duration::from_secs(10);
 /// The most KV bytes an agent keeps for handed-over requests at once; a
 /// request that does not fit is handed over without a copy (logged).
 pub const FALLBACK_MAX_BYTES: u64 = 256 * 1024 * 1024;
+/// How long the source keeps a handed-over request's state after its
+/// bytes went: longer than almost any request decodes (16,384 tokens at
+/// 50 ms each take under 14 minutes).
+pub const STATE_TTL: Duration = Duration::from_secs(30 * 60);
+/// The most handed-over requests an agent keeps (bytes or state), so
+/// that a flood of moves cannot grow it without bound.
+pub const MAX_KEPT: usize = 65_536;
 
 /// One handed-over request, as it was sent to the target.
 pub struct Fallback {
     /// The KV data sent, in order: (first block, whole blocks of
-    /// `block_bytes`; the last piece ends with the partial block).
+    /// `block_bytes`; the last piece ends with the partial block). Empty
+    /// once [`FALLBACK_TTL`] is up, or if it did not fit: the state alone
+    /// is kept.
     pub pieces: Vec<(u32, Vec<u8>)>,
     /// Bytes of one block.
     pub block_bytes: usize,
@@ -88,54 +103,89 @@ pub struct Fallbacks {
 }
 
 impl Fallbacks {
-    /// Keeps `fallback` for request `request_id` of `alloc_id` for
-    /// [`FALLBACK_TTL`], unless the agent already holds
-    /// [`FALLBACK_MAX_BYTES`] with it.
+    /// Keeps `fallback` for request `request_id` of `alloc_id`: its bytes
+    /// for [`FALLBACK_TTL`] (none if the agent already holds
+    /// [`FALLBACK_MAX_BYTES`] with them), its state for [`STATE_TTL`].
     pub fn keep(&self, alloc_id: &str, request_id: u64, fallback: Fallback) {
-        self.keep_for(alloc_id, request_id, fallback, FALLBACK_TTL);
+        self.keep_for(alloc_id, request_id, fallback, FALLBACK_TTL, STATE_TTL);
     }
 
-    /// [`Fallbacks::keep`] for `ttl`.
-    fn keep_for(&self, alloc_id: &str, request_id: u64, fallback: Fallback, ttl: Duration) {
-        let bytes = fallback.bytes();
+    /// [`Fallbacks::keep`], the bytes for `bytes_ttl`, the state for
+    /// `state_ttl` (counted from now, the longer of the two).
+    fn keep_for(
+        &self,
+        alloc_id: &str,
+        request_id: u64,
+        mut fallback: Fallback,
+        bytes_ttl: Duration,
+        state_ttl: Duration,
+    ) {
         let migration = fallback.migration.clone();
         let key = (alloc_id.to_string(), request_id);
-        let kept = match self.inner.lock() {
-            Ok(mut kept) if kept.bytes + bytes <= FALLBACK_MAX_BYTES => {
-                kept.bytes += bytes;
-                if let Some(old) = kept.by_request.insert(key.clone(), fallback) {
-                    kept.bytes -= old.bytes();
-                }
-                true
-            }
-            _ => false,
+        let Ok(mut kept) = self.inner.lock() else {
+            return;
         };
-        if !kept {
+        if kept.by_request.len() >= MAX_KEPT && !kept.by_request.contains_key(&key) {
             tracing::warn!(
-                %migration, bytes,
-                "no room to keep a copy of the handed-over request: lost if its target dies before it is claimed"
+                %migration,
+                "{MAX_KEPT} handed-over requests kept already: lost if its target dies"
             );
             return;
         }
+        let bytes = fallback.bytes();
+        if kept.bytes + bytes > FALLBACK_MAX_BYTES {
+            tracing::warn!(
+                %migration, bytes,
+                "no room to keep the KV bytes of the handed-over request: its state only (a recompute if its target dies)"
+            );
+            fallback.pieces.clear();
+        }
+        kept.bytes += fallback.bytes();
+        if let Some(old) = kept.by_request.insert(key.clone(), fallback) {
+            kept.bytes -= old.bytes();
+        }
+        drop(kept);
         let fallbacks = self.clone();
         tokio::spawn(async move {
-            tokio::time::sleep(ttl).await;
-            fallbacks.drop_if(&key, &migration);
+            tokio::time::sleep(bytes_ttl).await;
+            fallbacks.change_if(&key, &migration, |kept, fallback| {
+                kept.bytes -= fallback.bytes();
+                fallback.pieces.clear();
+                false
+            });
+            tokio::time::sleep(state_ttl.saturating_sub(bytes_ttl)).await;
+            fallbacks.change_if(&key, &migration, |kept, fallback| {
+                kept.bytes -= fallback.bytes();
+                true
+            });
         });
     }
 
-    /// Drops the copy of `key` if it is still the one of `migration`.
-    fn drop_if(&self, key: &(String, u64), migration: &str) {
-        if let Ok(mut kept) = self.inner.lock() {
-            if kept
-                .by_request
-                .get(key)
-                .is_some_and(|f| f.migration == migration)
-            {
-                if let Some(old) = kept.by_request.remove(key) {
-                    kept.bytes -= old.bytes();
-                }
-            }
+    /// Applies `change` to the copy of `key` if it is still the one of
+    /// `migration` (a later move of the same request keeps its own);
+    /// `change` says whether to drop it.
+    fn change_if(
+        &self,
+        key: &(String, u64),
+        migration: &str,
+        change: impl FnOnce(&mut Kept, &mut Fallback) -> bool,
+    ) {
+        let Ok(mut kept) = self.inner.lock() else {
+            return;
+        };
+        let kept = &mut *kept;
+        if kept
+            .by_request
+            .get(key)
+            .is_none_or(|f| f.migration != migration)
+        {
+            return;
+        }
+        let Some(mut fallback) = kept.by_request.remove(key) else {
+            return;
+        };
+        if !change(kept, &mut fallback) {
+            kept.by_request.insert(key.clone(), fallback);
         }
     }
 
@@ -186,8 +236,9 @@ pub fn block_chunks(data: &[u8], from_block: u32, block_bytes: usize) -> Vec<(u3
 /// that needs position `from` next, and tells the target to drop its copy;
 /// the request's token stream from `from`. At the position it was frozen
 /// at, the copy's KV blocks are imported and it decodes on; past it (the
-/// target streamed part of it before it was lost), it is queued with no KV
-/// for a prefill of everything up to `from` ([`recomputed_from`]).
+/// target streamed part of it before it was lost), or once its bytes are
+/// gone, it is queued with no KV for a prefill of everything up to `from`
+/// ([`resumed_as`]).
 pub async fn resume_here(
     inference: &Inference,
     alloc_id: &str,
@@ -198,11 +249,7 @@ pub async fn resume_here(
     let engine = inference.engines().find(alloc_id, "")?;
     let mut client = inference.moves().engine(&engine.addr)?;
     let migration = format!("{alloc_id}.{request_id}.{}", uuid::Uuid::new_v4().simple());
-    let (pieces, state) = if from > fallback.state.generated {
-        (&[][..], recomputed_from(&fallback.state, from))
-    } else {
-        (&fallback.pieces[..], fallback.state.clone())
-    };
+    let (pieces, state) = resumed_as(&fallback, from);
     let resumed = async {
         for (from_block, data) in pieces {
             for (at, chunk) in block_chunks(data, *from_block, fallback.block_bytes) {
@@ -266,6 +313,18 @@ pub async fn resume_here(
     Ok(stream)
 }
 
+/// What `fallback` is resumed from for a client that needs position
+/// `from` next: its KV pieces and frozen state where it was frozen there
+/// and kept its bytes, else no pieces and the state as of `from`
+/// ([`recomputed_from`]).
+fn resumed_as(fallback: &Fallback, from: u32) -> (&[(u32, Vec<u8>)], KvState) {
+    if from > fallback.state.generated || fallback.pieces.is_empty() {
+        (&[], recomputed_from(&fallback.state, from))
+    } else {
+        (&fallback.pieces, fallback.state.clone())
+    }
+}
+
 /// `state` (frozen at an earlier position) as of position `from`, with
 /// no KV: the engine queues it for a prefill of its prompt and the `from`
 /// positions the client has, and decodes on from `from`. Its first
@@ -321,34 +380,64 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn copies_beyond_the_bound_are_not_kept() {
+    async fn bytes_beyond_the_bound_are_not_kept_but_the_state_is() {
         let kept = Fallbacks::default();
         let half = (FALLBACK_MAX_BYTES / 2) as usize;
         kept.keep("src", 1, fallback("m1", 0, half));
         kept.keep("src", 2, fallback("m2", 0, half));
         kept.keep("src", 3, fallback("m3", 0, 1));
         assert_eq!(kept.bytes(), FALLBACK_MAX_BYTES);
-        assert!(kept.take("src", 3, 0).is_none(), "over the bound");
+        let state_only = kept.take("src", 3, 0).expect("its state, over the bound");
+        assert!(state_only.pieces.is_empty());
         assert!(kept.take("src", 1, 0).is_some());
         kept.keep("src", 3, fallback("m3", 0, 1));
-        assert!(kept.take("src", 3, 0).is_some(), "room again");
+        let whole = kept.take("src", 3, 0).expect("room again");
+        assert_eq!(whole.bytes(), 1, "with its bytes");
     }
 
     #[tokio::test]
-    async fn a_copy_lapses_after_its_time_unless_a_newer_one_replaced_it() {
+    async fn bytes_lapse_then_the_state_unless_a_newer_copy_replaced_it() {
         let kept = Fallbacks::default();
-        let ttl = Duration::from_millis(50);
-        kept.keep_for("src", 7, fallback("m1", 3, 16), ttl);
-        kept.keep_for("src", 8, fallback("m2", 5, 16), ttl);
+        let (bytes_ttl, state_ttl) = (Duration::from_millis(50), Duration::from_millis(400));
+        kept.keep_for("src", 7, fallback("m1", 3, 16), bytes_ttl, state_ttl);
+        kept.keep_for("src", 8, fallback("m2", 5, 16), bytes_ttl, state_ttl);
         // A later migration of request 8 (moved back, moved again) keeps
         // its own copy for its own time.
-        kept.keep_for("src", 8, fallback("m3", 9, 32), Duration::from_secs(60));
+        let long = Duration::from_secs(60);
+        kept.keep_for("src", 8, fallback("m3", 9, 32), long, long);
         assert_eq!(kept.bytes(), 48);
-        tokio::time::sleep(ttl * 4).await;
-        assert!(kept.take("src", 7, 3).is_none(), "lapsed");
+        tokio::time::sleep(bytes_ttl * 4).await;
+        assert_eq!(kept.bytes(), 32, "request 7's bytes lapsed");
+        let state = kept.take("src", 7, 3).expect("its state stays");
+        assert!(state.pieces.is_empty());
+        kept.keep_for("src", 7, fallback("m4", 3, 16), bytes_ttl, state_ttl);
+        tokio::time::sleep(state_ttl + bytes_ttl * 4).await;
+        assert!(kept.take("src", 7, 3).is_none(), "its state lapsed too");
         assert_eq!(kept.bytes(), 32);
         let newer = kept.take("src", 8, 9).expect("the newer copy stays");
         assert_eq!(newer.migration, "m3");
+        assert_eq!(newer.bytes(), 32, "with its bytes");
+    }
+
+    #[test]
+    fn a_copy_resumes_from_its_bytes_only_at_its_position_and_while_it_has_them() {
+        let copy = fallback("m1", 40, 64);
+        let (pieces, state) = resumed_as(&copy, 40);
+        assert_eq!((pieces.len(), state.generated), (1, 40), "decodes on");
+        let (pieces, state) = resumed_as(&copy, 55);
+        assert_eq!(
+            (pieces.len(), state.generated, state.cached_tokens),
+            (0, 55, 0),
+            "past it: a recompute"
+        );
+        let mut stripped = fallback("m1", 40, 64);
+        stripped.pieces.clear();
+        let (pieces, state) = resumed_as(&stripped, 40);
+        assert_eq!(
+            (pieces.len(), state.generated, state.cached_tokens),
+            (0, 40, 0),
+            "its bytes gone: a recompute"
+        );
     }
 
     #[test]
