@@ -21,7 +21,8 @@
 //! source's copy and it finishes on the source; so it does when the target
 //! agent dies after the commit, having streamed positions to the client
 //! (the source recomputes them, a prefill, and decodes on from the
-//! client's position). An ignored test measures the downtime against the
+//! client's position); and again after a second loss, once the request
+//! taken back moved on. An ignored test measures the downtime against the
 //! sequence length.
 
 // Test code: an unwrap/expect failing here fails the test at its line. The
@@ -1154,4 +1155,174 @@ async fn killing_the_target_agent_after_it_resumed_finishes_the_request_on_the_s
 async fn killing_the_target_agent_after_it_streamed_finishes_the_request_on_the_source() {
     let mut killed = kill_an_agent_in_the_window(KilledAt::TargetStreaming).await;
     killed.must_have_finished_on_the_source_only().await;
+}
+
+/// Moves request `request_id` of allocation `from` (on the agent at
+/// `from_agent`) to allocation `to` (agent `to_agent`); the migration must
+/// commit.
+async fn migrate_committed(
+    from_agent: &str,
+    from: &str,
+    request_id: u64,
+    to: &str,
+    to_agent: &str,
+) {
+    agent(from_agent)
+        .await
+        .migrate_request(MigrateRequestRequest {
+            alloc_id: from.into(),
+            request_id,
+            to_alloc: to.into(),
+            to_agent: to_agent.into(),
+        })
+        .await
+        .expect("the migration commits");
+}
+
+/// The id and progress of the one request `engine` runs (within 10 s).
+async fn the_request_on(
+    engine: &mut herd_api::proto::inference::inference_engine_client::InferenceEngineClient<
+        tonic::transport::Channel,
+    >,
+) -> (u64, u32) {
+    let started = Instant::now();
+    loop {
+        let stats = direct_stats(engine).await;
+        if let [request] = stats.requests.as_slice() {
+            return (request.id, request.generated);
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no one request there: {stats:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A request taken back twice: 4 agents, 3 instances (one a node); the
+/// client enters at the agent without one. The request is moved from A to
+/// B, B's agent is killed once the client has read from B, and A takes it
+/// back (a recompute); then A moves it on to C, C's agent is killed once
+/// the client has read from C, and A takes it back again, because the
+/// client's agent learned where the request ran after the first take-back
+/// (the recovered stream names its allocation). Every position once, in
+/// order; A finishes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_taken_back_by_its_source_is_taken_back_again_after_a_second_loss() {
+    const LONG: u32 = 900;
+    let names = ["h1", "h2", "h3", "h4"];
+    let Serving {
+        cluster: _cluster,
+        mut agents,
+        agent_addr,
+        instance,
+        ..
+    } = serving(
+        &names,
+        &["--no-reschedule"],
+        &[],
+        &ServiceSpec::llm(3)
+            .bytes_per_token(64)
+            .resources(1200, "64MiB"),
+    )
+    .await;
+    let entry = *names
+        .iter()
+        .find(|n| !instance.contains_key(**n))
+        .expect("a node without an instance");
+    let started = Instant::now();
+    let mut tokens = loop {
+        let answer = agent(&agent_addr[entry])
+            .await
+            .infer(InferRequest {
+                job: "llm".into(),
+                prompt_tokens: PROMPT,
+                max_tokens: LONG,
+                ..Default::default()
+            })
+            .await;
+        match answer {
+            Ok(stream) => break stream.into_inner(),
+            Err(s) => {
+                assert!(started.elapsed() < Duration::from_secs(20), "{s}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    let first: InferToken = tokens.next().await.expect("a token").expect("token");
+    let a_node = names
+        .into_iter()
+        .find(|n| *n == first.node)
+        .expect("the source is one of the agents");
+    let a = first.alloc_id.clone();
+    let others: Vec<(&'static str, String)> = instance
+        .iter()
+        .filter(|(_, alloc)| **alloc != a)
+        .map(|(node, alloc)| {
+            let node = names.into_iter().find(|n| n == node).expect("an agent");
+            (node, alloc.clone())
+        })
+        .collect();
+    let [(b_node, b), (c_node, c)] = others.as_slice() else {
+        panic!("two other instances: {others:?}");
+    };
+    let mut a_engine = direct_engine(&agents, a_node, &a).await;
+    let (read_tx, mut read) = tokio::sync::watch::channel(first.index);
+    let reader = tokio::spawn(async move {
+        let mut got = vec![first.index];
+        while let Some(t) = tokens.next().await {
+            match t {
+                Ok(t) => {
+                    got.push(t.index);
+                    read_tx.send_replace(t.index);
+                }
+                Err(e) => return (got, Some(e)),
+            }
+        }
+        (got, None)
+    });
+    let mut request_on_a = first.request_id;
+    for (node, alloc) in [(*b_node, b), (*c_node, c)] {
+        read.wait_for(|at| *at >= 40).await.expect("reading");
+        migrate_committed(
+            &agent_addr[a_node],
+            &a,
+            request_on_a,
+            alloc,
+            &agent_addr[node],
+        )
+        .await;
+        let mut engine = direct_engine(&agents, node, alloc).await;
+        let (_, decoded_there) = the_request_on(&mut engine).await;
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            read.wait_for(|at| *at >= decoded_there),
+        )
+        .await
+        .expect("the client reads what the target decodes")
+        .expect("reader");
+        agents.kill_agent(node).expect("kill the target's agent");
+        // Taken back by A, under a new engine id there.
+        (request_on_a, _) = the_request_on(&mut a_engine).await;
+        let back_at = *read.borrow();
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            read.wait_for(|at| *at > back_at + 5),
+        )
+        .await
+        .expect("the client reads from A again")
+        .expect("reader");
+    }
+    let (indexes, error) = tokio::time::timeout(Duration::from_secs(60), reader)
+        .await
+        .expect("the stream ends")
+        .expect("reader");
+    assert!(error.is_none(), "taken back twice: {error:?}");
+    assert_eq!(
+        indexes,
+        (0..LONG).collect::<Vec<_>>(),
+        "every position once, in order"
+    );
+    let stats = must_hold_nothing("A's engine", &mut a_engine, Duration::from_secs(5)).await;
+    assert_eq!(stats.completed_total, 1, "finished on A: {stats:?}");
 }

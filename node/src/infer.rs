@@ -138,7 +138,9 @@ impl Inference {
                 self.follow(stream, &served.alloc_id)
             };
             if resuming {
-                // Starts where the source stopped: the entry checks it.
+                // Starts where the source stopped: the entry checks it,
+                // and learns where it runs now.
+                let stream = named_first(stream, &served);
                 (served, stream)
             } else {
                 (served.clone(), in_order(stream, served))
@@ -321,16 +323,22 @@ impl Inference {
                                     f.done = true;
                                     return Some((Err(e), f));
                                 };
-                                // Taken back by its source, under an id
-                                // not named to the caller: a second loss
-                                // is not recovered.
+                                // Taken back by its source, under a new
+                                // id its first token names.
                                 f.current = rest;
                             }
                         }
                     }
-                    Ok(token) => {
+                    Ok(mut token) => {
                         if !token.alloc_id.is_empty() {
                             f.request = Some((token.alloc_id.clone(), token.request_id));
+                            if token.index > 0 {
+                                // Named for this relay by a recovered
+                                // stream; the client's stream names where
+                                // it runs on its first token only.
+                                token.alloc_id.clear();
+                                token.node.clear();
+                            }
                         } else if let Some((_, id)) = f.request.as_mut() {
                             *id = token.request_id;
                         }
@@ -354,8 +362,9 @@ impl Inference {
                         }
                         match found {
                             Some(rest) => {
-                                // Where it runs now is not named to the
-                                // caller: a second loss is not recovered.
+                                // Where it runs now, its first token names
+                                // (so that a second loss is looked for
+                                // there and at its source's copy).
                                 f.request = None;
                                 f.handed_over_by = None;
                                 f.current = rest;
@@ -417,7 +426,13 @@ impl Inference {
                 tokio::time::sleep(RECOVER_PAUSE).await;
             }
             match self.recoverable(alloc_id, request_id, from).await {
-                Ok(Some((_, stream))) => return Some(stream),
+                Ok(Some((alloc_id, stream))) => {
+                    let here = Served {
+                        alloc_id,
+                        node: self.node.clone(),
+                    };
+                    return Some(named_first(stream, &here));
+                }
                 Ok(None) => {}
                 Err(e) => {
                     tracing::warn!(alloc = alloc_id, request_id, error = %e, "recovering a lost request");
@@ -526,6 +541,27 @@ fn relayed(node: &str, agent: &str, s: Status) -> Status {
         tonic::Code::NotFound => Status::not_found(message),
         _ => Status::unavailable(message),
     }
+}
+
+/// `tokens` (a recovered or claimed stream, which starts mid-request) with
+/// its first token naming `served`, where the request runs now: the relay
+/// that asked learns it, to look there (and at the copy its source keeps)
+/// if it loses the request again.
+fn named_first(tokens: InferStream, served: &Served) -> InferStream {
+    let (alloc_id, node) = (served.alloc_id.clone(), served.node.clone());
+    let mut named = false;
+    Box::pin(tokens.map(move |token| {
+        token.map(|mut t| {
+            if !named && t.moved.is_none() {
+                named = true;
+                if t.alloc_id.is_empty() {
+                    t.alloc_id = alloc_id.clone();
+                    t.node = node.clone();
+                }
+            }
+            t
+        })
+    }))
 }
 
 /// `tokens` checked to carry positions 0, 1, 2... once each, in order
