@@ -89,6 +89,16 @@ async fn infer_at_the_agent_without_an_instance(
     instance: &std::collections::BTreeMap<String, String>,
     agent_addr: &std::collections::BTreeMap<&'static str, String>,
 ) -> tonic::Streaming<InferToken> {
+    infer_of_length_at_the_agent_without_an_instance(names, instance, agent_addr, MAX_TOKENS).await
+}
+
+/// [`infer_at_the_agent_without_an_instance`] for `max_tokens` tokens.
+async fn infer_of_length_at_the_agent_without_an_instance(
+    names: &[&'static str],
+    instance: &std::collections::BTreeMap<String, String>,
+    agent_addr: &std::collections::BTreeMap<&'static str, String>,
+    max_tokens: u32,
+) -> tonic::Streaming<InferToken> {
     let entry = *names
         .iter()
         .find(|n| !instance.contains_key(**n))
@@ -100,7 +110,7 @@ async fn infer_at_the_agent_without_an_instance(
             .infer(InferRequest {
                 job: "llm".into(),
                 prompt_tokens: PROMPT,
-                max_tokens: MAX_TOKENS,
+                max_tokens,
                 ..Default::default()
             })
             .await;
@@ -1226,29 +1236,9 @@ async fn a_request_taken_back_by_its_source_is_taken_back_again_after_a_second_l
             .resources(1200, "64MiB"),
     )
     .await;
-    let entry = *names
-        .iter()
-        .find(|n| !instance.contains_key(**n))
-        .expect("a node without an instance");
-    let started = Instant::now();
-    let mut tokens = loop {
-        let answer = agent(&agent_addr[entry])
-            .await
-            .infer(InferRequest {
-                job: "llm".into(),
-                prompt_tokens: PROMPT,
-                max_tokens: LONG,
-                ..Default::default()
-            })
+    let mut tokens =
+        infer_of_length_at_the_agent_without_an_instance(&names, &instance, &agent_addr, LONG)
             .await;
-        match answer {
-            Ok(stream) => break stream.into_inner(),
-            Err(s) => {
-                assert!(started.elapsed() < Duration::from_secs(20), "{s}");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
-    };
     let first: InferToken = tokens.next().await.expect("a token").expect("token");
     let a_node = names
         .into_iter()

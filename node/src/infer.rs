@@ -350,8 +350,7 @@ impl Inference {
                     }
                     Err(e) if e.code() == tonic::Code::Unavailable => {
                         // Where it ran, once its id there is known;
-                        // lost within a few seconds of a hand-over: its
-                        // source's copy too.
+                        // after a hand-over, its source's copy too.
                         let mut found = None;
                         let asks = f.request.iter().filter(|(_, id)| *id != 0);
                         for (alloc, id) in asks.chain(&f.handed_over_by) {
@@ -517,8 +516,8 @@ struct Following {
     /// last: what a lost relay's recovery asks for.
     request: Option<(String, u64)>,
     /// The request as its last source knew it, after a `moved` message:
-    /// the source keeps a copy for a few seconds, which a relay that loses
-    /// the target asks for.
+    /// the source keeps a copy (its KV bytes for 10 s, its state for 30
+    /// minutes), which a relay that loses the target asks for.
     handed_over_by: Option<(String, u64)>,
     /// The position the client needs next.
     next: u32,

@@ -166,7 +166,8 @@ impl Dial {
             tls: Some(TlsDial {
                 config,
                 server_name,
-                nodelay: false,
+                // tonic's default, which `tcp_nodelay` changes.
+                nodelay: true,
             }),
         })
     }

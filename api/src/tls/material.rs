@@ -60,7 +60,6 @@ pub enum TlsError {
 }
 
 /// A process's TLS identity and trust, loaded and checked.
-#[derive(Debug)]
 pub struct TlsMaterial {
     ca_pem: Vec<u8>,
     cert_pem: Vec<u8>,
@@ -70,6 +69,16 @@ pub struct TlsMaterial {
     identity: PeerIdentity,
     /// The settings of every dial (`super::dial`), made once.
     dialer: Arc<rustls::ClientConfig>,
+}
+
+impl std::fmt::Debug for TlsMaterial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Whom it names only: never the key, nor settings that hold it.
+        f.debug_struct("TlsMaterial")
+            .field("identity", &self.identity)
+            .field("not_after", &self.not_after)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Reads `path` for `what`, refusing an empty or oversized file.

@@ -56,8 +56,8 @@ use crate::migrate::CHUNK_BYTES;
 /// dial timeout and a few looks (about 3 s); this leaves room for a loaded
 /// machine.
 pub const FALLBACK_TTL: Duration = Duration::from_secs(10);
-/// The most KV bytes an agent keeps for handed-over requests at once; a
-/// request that does not fit is handed over without a copy (logged).
+/// The most KV bytes an agent keeps for handed-over requests at once; of
+/// a request whose bytes do not fit, its state alone is kept (logged).
 pub const FALLBACK_MAX_BYTES: u64 = 256 * 1024 * 1024;
 /// How long the source keeps a handed-over request's state after its
 /// bytes went: longer than almost any request decodes (16,384 tokens at
