@@ -63,9 +63,9 @@ pub fn revoked_in(state: &ClusterState) -> Vec<String> {
 }
 
 /// Every revocation in `state` with its note and time, in fingerprint
-/// order (`herd tls cert revoked`). A value that does not parse (written
-/// with `herd var put` by hand) lists the fingerprint alone: it is revoked
-/// all the same.
+/// order (`herd tls cert revoked`). A value that does not parse (damaged,
+/// or from another version) lists the fingerprint alone: it is revoked all
+/// the same.
 pub fn revocations_listed(state: &ClusterState) -> Vec<pb::RevokedCertificate> {
     revocations(state)
         .map(|(fingerprint, variable)| {
