@@ -1038,17 +1038,7 @@ async fn kill_an_agent_in_the_window(at: KilledAt) -> Killed {
             .await
             .expect("migration task")
             .expect("committed: the target resumed it");
-        // Every position from where the target is now was decoded there.
-        let stats = direct_stats(&mut target_engine).await;
-        let on_target = stats.requests.first().expect("it runs on the target");
-        let decoded_there = on_target.generated;
-        tokio::time::timeout(
-            Duration::from_secs(10),
-            read.wait_for(|at| *at >= decoded_there),
-        )
-        .await
-        .expect("the client reads what the target decodes")
-        .expect("reader");
+        must_read_what_it_decodes(&mut target_engine, &mut read).await;
     }
     agents.kill_agent(victim).expect("kill the agent");
     let killed_at = Instant::now();
@@ -1189,6 +1179,25 @@ async fn migrate_committed(
         .expect("the migration commits");
 }
 
+/// Waits until the client (its highest position read in `read`) has read
+/// a position `engine` decoded: every position from where the engine's
+/// one request is now was decoded there.
+async fn must_read_what_it_decodes(
+    engine: &mut herd_api::proto::inference::inference_engine_client::InferenceEngineClient<
+        tonic::transport::Channel,
+    >,
+    read: &mut tokio::sync::watch::Receiver<u32>,
+) {
+    let (_, decoded_there) = the_request_on(engine).await;
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        read.wait_for(|at| *at >= decoded_there),
+    )
+    .await
+    .expect("the client reads what the engine decodes")
+    .expect("reader");
+}
+
 /// The id and progress of the one request `engine` runs (within 10 s).
 async fn the_request_on(
     engine: &mut herd_api::proto::inference::inference_engine_client::InferenceEngineClient<
@@ -1283,14 +1292,7 @@ async fn a_request_taken_back_by_its_source_is_taken_back_again_after_a_second_l
         )
         .await;
         let mut engine = direct_engine(&agents, node, alloc).await;
-        let (_, decoded_there) = the_request_on(&mut engine).await;
-        tokio::time::timeout(
-            Duration::from_secs(10),
-            read.wait_for(|at| *at >= decoded_there),
-        )
-        .await
-        .expect("the client reads what the target decodes")
-        .expect("reader");
+        must_read_what_it_decodes(&mut engine, &mut read).await;
         agents.kill_agent(node).expect("kill the target's agent");
         // Taken back by A, under a new engine id there.
         (request_on_a, _) = the_request_on(&mut a_engine).await;
