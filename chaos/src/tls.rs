@@ -61,6 +61,11 @@ impl ClusterTls {
         self.dir.join("herd-ca.pem")
     }
 
+    /// The CA key's path (what an operator signs revocation lists with).
+    pub fn ca_key(&self) -> PathBuf {
+        self.dir.join("herd-ca-key.pem")
+    }
+
     /// The certificate and key of `role` (`coordinator`, `node`, `client`)
     /// `name`, issued now if they do not exist yet.
     pub fn issue(&self, role: &str, name: &str) -> Result<(PathBuf, PathBuf), ClusterError> {
@@ -81,6 +86,38 @@ impl ClusterTls {
             )?;
         }
         Ok((cert, key))
+    }
+
+    /// A second certificate and key of `role` `name`, issued now into
+    /// `dir` (created if missing): the same identity under another serial,
+    /// as a node re-issued a certificate holds beside its old one.
+    pub fn issue_another(
+        &self,
+        role: &str,
+        name: &str,
+        dir: &Path,
+    ) -> Result<(PathBuf, PathBuf), ClusterError> {
+        std::fs::create_dir_all(dir).map_err(|source| ClusterError::Io {
+            what: format!("create {}", dir.display()),
+            source,
+        })?;
+        let (ca, ca_key, out) = (
+            self.ca().display().to_string(),
+            self.ca_key().display().to_string(),
+            dir.display().to_string(),
+        );
+        run(
+            &self.binary,
+            &[
+                "tls", "cert", "create", "--for", role, name, "--ca", &ca, "--ca-key", &ca_key,
+                "--dir", &out,
+            ],
+            format!("herd tls cert create --for {role} {name} --dir {out}"),
+        )?;
+        Ok((
+            dir.join(format!("herd-{role}-{name}.pem")),
+            dir.join(format!("herd-{role}-{name}-key.pem")),
+        ))
     }
 
     /// Where the certificate and key of `role` `name` are, as

@@ -4,7 +4,9 @@
 //! certificate on the agent-to-agent service, each naming the revocation;
 //! a client certificate revoked by fingerprint stops working while the
 //! operator's goes on; a second revocation changes nothing; `herd tls
-//! cert revoked` lists both with their notes; bad input exits 2. And the
+//! cert revoked` lists both with their notes; revoked with the CA's key, a
+//! revocation carries a CRL for QEMU's streams, which the agents take in
+//! (added to an earlier revocation too); bad input exits 2. And the
 //! dialing side: herd's dial (what every agent, coordinator and CLI
 //! connects with) refuses a server whose certificate is revoked, on a new
 //! connection and on one already open.
@@ -27,6 +29,8 @@ use herd_api::proto::agent::agent_peer_client::AgentPeerClient;
 use herd_api::proto::agent::node_agent_client::NodeAgentClient;
 use herd_api::proto::agent::{AclTableRequest, BalanceStatusRequest, GossipPacket};
 use herd_api::tls::{TlsFiles, TlsMaterial, Transport};
+use herd_chaos::tls::ClusterTls;
+use serde_json::json;
 use tonic::Code;
 
 /// Asks `call` until it is refused as revoked (within `limit`).
@@ -96,13 +100,20 @@ async fn a_revoked_certificate_is_refused_by_coordinators_and_agents() {
         "{before:?}"
     );
 
-    // Revoke h2's node certificate by its file, as the operator.
+    // Revoke h2's node certificate by its file, as the operator, with the
+    // CA's key at hand: a revocation list for QEMU's streams goes with it.
     let (h2_cert, _) = tls.issue("node", "h2").expect("h2's certificate");
     let h2_path = h2_cert.display().to_string();
+    let (ca, ca_key) = (
+        tls.ca().display().to_string(),
+        tls.ca_key().display().to_string(),
+    );
     let out = tls_cli(
         &tls,
         "ops",
-        &["--addr", &addr, "tls", "cert", "revoke", &h2_path],
+        &[
+            "--addr", &addr, "tls", "cert", "revoke", &h2_path, "--ca-key", &ca_key, "--ca", &ca,
+        ],
     );
     assert!(out.status.success(), "{out:?}");
     assert!(
@@ -110,6 +121,24 @@ async fn a_revoked_certificate_is_refused_by_coordinators_and_agents() {
         "{}",
         stdout(&out)
     );
+    assert!(
+        !stdout(&out).contains("no revocation list"),
+        "{}",
+        stdout(&out)
+    );
+    // h1's agent takes the list into its token table, for its QEMUs.
+    let h1_log = agents.agent("h1").expect("h1").log_path.clone();
+    until(
+        "h1's agent holding the revocation list",
+        Duration::from_secs(15),
+        || {
+            let log = std::fs::read_to_string(&h1_log).ok()?;
+            log.lines()
+                .any(|l| l.contains("token table updated") && l.contains("revocation_lists=1"))
+                .then_some(())
+        },
+    )
+    .await;
 
     // The coordinator refuses it at once (its watch reads the state twice a
     // second), h1's agent once its token table brings it (every 3 s).
@@ -181,6 +210,7 @@ async fn a_revoked_certificate_is_refused_by_coordinators_and_agents() {
     let answer: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
     assert_eq!(answer["fingerprint_sha256"], fingerprint.as_str());
     assert_eq!(answer["already"], false);
+    assert_eq!(answer["crl"], false, "no CA key, no list: {answer}");
     let started = Instant::now();
     loop {
         let refused = tls_cli(&tls, "eve", &["--addr", &addr, "node", "list"]);
@@ -204,6 +234,30 @@ async fn a_revoked_certificate_is_refused_by_coordinators_and_agents() {
     let key = format!("herd/tls/revoked/{fingerprint}");
     let kept = tls_cli(&tls, "ops", &["--addr", &addr, "var", "get", &key]);
     assert!(stdout(&kept).contains("laptop stolen"), "{}", stdout(&kept));
+    assert!(!stdout(&kept).contains("crl_pem"), "{}", stdout(&kept));
+    // Again by its file with the CA's key: the list is added to the
+    // revocation, which keeps its first note.
+    let eve_path = eve_cert.display().to_string();
+    let out = tls_cli(
+        &tls,
+        "ops",
+        &[
+            "--addr", &addr, "-o", "json", "tls", "cert", "revoke", &eve_path, "--ca-key", &ca_key,
+            "--ca", &ca,
+        ],
+    );
+    let added: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(
+        (&added["already"], &added["crl"]),
+        (&json!(true), &json!(true)),
+        "{added}"
+    );
+    let kept = tls_cli(&tls, "ops", &["--addr", &addr, "var", "get", &key]);
+    assert!(
+        stdout(&kept).contains("laptop stolen") && stdout(&kept).contains("crl_pem"),
+        "{}",
+        stdout(&kept)
+    );
 
     // Both are listed, with their notes, to any client (the read role);
     // the one revoked by its file is noted with whom it named.
@@ -218,6 +272,7 @@ async fn a_revoked_certificate_is_refused_by_coordinators_and_agents() {
         .iter()
         .map(|c| {
             assert!(c["revoked_at_ms"].as_u64() > Some(0), "{c}");
+            assert_eq!(c["crl"], true, "both carry a revocation list now: {c}");
             (
                 c["fingerprint_sha256"]
                     .as_str()
@@ -262,6 +317,41 @@ async fn a_revoked_certificate_is_refused_by_coordinators_and_agents() {
         all.extend(args.iter().copied());
         let out = tls_cli(&tls, "ops", &all);
         assert_eq!(out.status.code(), Some(2), "{all:?}: {out:?}");
+    }
+    // A revocation list needs the certificate (its serial), and a
+    // certificate of this CA: exit 2, naming why.
+    let (stranger, _) = ClusterTls::create(herd_bin(), &dir.path().join("other-ca"))
+        .and_then(|other| other.issue("node", "h9"))
+        .expect("another CA's certificate");
+    let stranger = stranger.display().to_string();
+    for (args, why) in [
+        (
+            vec![
+                "tls",
+                "cert",
+                "revoke",
+                "--fingerprint",
+                &fingerprint,
+                "--ca-key",
+                &ca_key,
+            ],
+            "--ca-key",
+        ),
+        (
+            vec![
+                "tls", "cert", "revoke", &stranger, "--ca-key", &ca_key, "--ca", &ca,
+            ],
+            "not signed by the CA",
+        ),
+    ] {
+        let mut all = vec!["--addr", addr.as_str()];
+        all.extend(args.iter().copied());
+        let out = tls_cli(&tls, "ops", &all);
+        assert_eq!(out.status.code(), Some(2), "{all:?}: {out:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(why),
+            "{all:?}: {out:?}"
+        );
     }
     let missing = dir.path().join("nothing.pem").display().to_string();
     let out = tls_cli(

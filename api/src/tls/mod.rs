@@ -33,6 +33,7 @@
 //! members in one process, `herd dev`, the deterministic simulation) is
 //! plaintext.
 
+pub mod crl;
 pub mod dial;
 mod guard;
 pub mod identity;

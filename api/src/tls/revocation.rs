@@ -22,9 +22,10 @@
 //! handshake and again on an open connection once the set changes
 //! (`super::dial`).
 //!
-//! Not covered: QEMU's migration streams and the simulated VM's stream,
-//! whose TLS is checked by the programs themselves; HTTPS endpoints, which
-//! ask for no client certificate.
+//! QEMU's migration streams and the simulated VM's stream check TLS in
+//! the programs themselves: the simulated VM is handed this set
+//! ([`listed`]), QEMU the CRLs of `super::crl`. Not covered: HTTPS
+//! endpoints, which ask for no client certificate.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};

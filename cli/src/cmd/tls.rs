@@ -129,6 +129,14 @@ pub enum CertCommand {
         /// Why, for the record (default: the identity it names).
         #[arg(long)]
         note: Option<String>,
+        /// The CA's private key: also sign a revocation list naming the
+        /// certificate, which the QEMUs of moving VMs check (they take no
+        /// fingerprints). Needs the certificate's FILE (its serial).
+        #[arg(long, requires = "file")]
+        ca_key: Option<PathBuf>,
+        /// The CA's certificate, with --ca-key.
+        #[arg(long, default_value = CA_CERT_FILE)]
+        ca: PathBuf,
     },
     /// Every certificate the cluster refuses: fingerprint, when, note.
     Revoked {
@@ -156,7 +164,12 @@ pub async fn run(ctx: &super::Context, command: TlsCommand) -> Result<(), CliErr
             file,
             fingerprint,
             note,
-        }) => super::tls_revoke::run(ctx, file.as_deref(), fingerprint.as_deref(), note).await,
+            ca_key,
+            ca,
+        }) => {
+            let signer = ca_key.as_deref().map(|key| (ca.as_path(), key));
+            super::tls_revoke::run(ctx, file.as_deref(), fingerprint.as_deref(), note, signer).await
+        }
         TlsCommand::Cert(CertCommand::Revoked { stale }) => {
             super::tls_revoke::list(ctx, stale).await
         }
@@ -418,6 +431,33 @@ fn create_cert(
     dir: &Path,
 ) -> Result<(), CliError> {
     let params = leaf_params(request)?;
+    let (_, issuer) = load_issuer(ca_path, ca_key_path)?;
+    let identity = &request.identity;
+    let stem = format!("herd-{}-{}", identity.role, identity.name);
+    let cert_path = dir.join(format!("{stem}.pem"));
+    let key_path = dir.join(format!("{stem}-key.pem"));
+    refuse_existing(&[&cert_path, &key_path])?;
+    let key = KeyPair::generate().map_err(|e| CliError::runtime(format!("key: {e}")))?;
+    let cert = params
+        .signed_by(&key, &issuer)
+        .map_err(|e| CliError::runtime(format!("signing: {e}")))?;
+    write_new(&cert_path, cert.pem().as_bytes(), 0o644)?;
+    write_new(&key_path, key.serialize_pem().as_bytes(), 0o600)?;
+    println!(
+        "wrote {} and {} for {identity}",
+        cert_path.display(),
+        key_path.display()
+    );
+    Ok(())
+}
+
+/// The CA at `ca_path` (its PEM text) and the issuer that signs with its
+/// key at `ca_key_path`: certificates (`cert create`) and CRLs
+/// (`cert revoke --ca-key`).
+pub(super) fn load_issuer(
+    ca_path: &Path,
+    ca_key_path: &Path,
+) -> Result<(String, Issuer<'static, KeyPair>), CliError> {
     let read = |path: &Path, flag: &str| {
         std::fs::read_to_string(path)
             .map_err(|e| CliError::input(format!("{flag} {}: {e}", path.display())))
@@ -436,23 +476,7 @@ fn create_cert(
             ca_path.display()
         ))
     })?;
-    let identity = &request.identity;
-    let stem = format!("herd-{}-{}", identity.role, identity.name);
-    let cert_path = dir.join(format!("{stem}.pem"));
-    let key_path = dir.join(format!("{stem}-key.pem"));
-    refuse_existing(&[&cert_path, &key_path])?;
-    let key = KeyPair::generate().map_err(|e| CliError::runtime(format!("key: {e}")))?;
-    let cert = params
-        .signed_by(&key, &issuer)
-        .map_err(|e| CliError::runtime(format!("signing: {e}")))?;
-    write_new(&cert_path, cert.pem().as_bytes(), 0o644)?;
-    write_new(&key_path, key.serialize_pem().as_bytes(), 0o600)?;
-    println!(
-        "wrote {} and {} for {identity}",
-        cert_path.display(),
-        key_path.display()
-    );
-    Ok(())
+    Ok((ca_pem, issuer))
 }
 
 /// Refuses to go on when any of `paths` exists: certificates and keys are

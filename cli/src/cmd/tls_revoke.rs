@@ -3,6 +3,11 @@
 //! `herd_api::tls::revocation`); `herd tls cert revoked` lists what it
 //! refuses. The only `herd tls` commands that dial the cluster; the others
 //! make files.
+//!
+//! With `--ca-key` the revocation also carries a CRL naming the
+//! certificate, signed here with the CA's key (which never leaves the
+//! operator's machine), for QEMU's migration streams
+//! (`herd_api::tls::crl`).
 
 use std::path::Path;
 
@@ -25,12 +30,79 @@ fn fingerprint_of_file(file: &Path) -> Result<(String, Option<String>), CliError
     Ok((fingerprint, named.map(|identity| identity.uri())))
 }
 
-/// Revokes the certificate in `file`, or the one with `fingerprint`.
+/// A CRL naming the certificate in `file`, signed by the CA at `ca` with
+/// the key at `ca_key`, valid as long as the CA: the certificate must be
+/// that CA's (a CRL of one CA cannot revoke another's certificate).
+fn signed_crl(file: &Path, ca: &Path, ca_key: &Path) -> Result<String, CliError> {
+    let bad = |what: String| CliError::input(format!("{}: {what}", file.display()));
+    let pem = std::fs::read(file).map_err(|e| bad(e.to_string()))?;
+    let der = x509_parser::pem::Pem::iter_from_buffer(&pem)
+        .map_while(Result::ok)
+        .find(|block| block.label == "CERTIFICATE")
+        .ok_or_else(|| bad("no PEM CERTIFICATE block".to_string()))?
+        .contents;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der)
+        .map_err(|e| bad(format!("not an X.509 certificate: {e}")))?;
+    let (ca_pem, issuer) = super::tls::load_issuer(ca, ca_key)?;
+    let ca_der = x509_parser::pem::Pem::iter_from_buffer(ca_pem.as_bytes())
+        .map_while(Result::ok)
+        .find(|block| block.label == "CERTIFICATE")
+        .ok_or_else(|| CliError::input(format!("--ca {}: no PEM CERTIFICATE block", ca.display())))?
+        .contents;
+    let (_, ca_cert) = x509_parser::parse_x509_certificate(&ca_der)
+        .map_err(|e| CliError::input(format!("--ca {}: {e}", ca.display())))?;
+    // By signature, not by name: every `herd tls ca create` names its CA
+    // alike.
+    if cert.issuer() != ca_cert.subject()
+        || cert.verify_signature(Some(ca_cert.public_key())).is_err()
+    {
+        return Err(bad(format!(
+            "not signed by the CA of --ca {} ({})",
+            ca.display(),
+            ca_cert.subject()
+        )));
+    }
+    let now = time::OffsetDateTime::now_utc();
+    let ca_end =
+        time::OffsetDateTime::from_unix_timestamp(ca_cert.validity().not_after.timestamp())
+            .map_err(|e| {
+                CliError::input(format!("--ca {}: its end of validity: {e}", ca.display()))
+            })?;
+    let params = rcgen::CertificateRevocationListParams {
+        // An hour back, for peers whose clocks are a little behind.
+        this_update: now - time::Duration::hours(1),
+        // As long as the CA: every certificate this one could be is dead
+        // by then, and a CRL past its next update fails every peer.
+        next_update: ca_end,
+        // Increasing for each list this CA signs.
+        crl_number: rcgen::SerialNumber::from(herd_api::clock::now_ms()),
+        issuing_distribution_point: None,
+        revoked_certs: vec![rcgen::RevokedCertParams {
+            serial_number: rcgen::SerialNumber::from_slice(cert.raw_serial()),
+            revocation_time: now,
+            reason_code: None,
+            invalidity_date: None,
+        }],
+        key_identifier_method: rcgen::KeyIdMethod::Sha256,
+    };
+    let crl = params
+        .signed_by(&issuer)
+        .and_then(|crl| crl.pem())
+        .map_err(|e| CliError::runtime(format!("signing the revocation list: {e}")))?;
+    // What the coordinators will check, checked first here.
+    herd_api::tls::crl::check(&crl, ca_pem.as_bytes(), now.unix_timestamp())
+        .map_err(|e| CliError::runtime(format!("the revocation list just signed: {e}")))?;
+    Ok(crl)
+}
+
+/// Revokes the certificate in `file`, or the one with `fingerprint`; with
+/// `signer` (the CA's certificate and key), with a CRL naming it.
 pub async fn run(
     ctx: &Context,
     file: Option<&Path>,
     given: Option<&str>,
     note: Option<String>,
+    signer: Option<(&Path, &Path)>,
 ) -> Result<(), CliError> {
     let (fingerprint, named) = match (file, given) {
         (Some(file), None) => fingerprint_of_file(file)?,
@@ -45,9 +117,19 @@ pub async fn run(
         }
     };
     let note = note.or(named).unwrap_or_default();
+    let crl_pem = match (signer, file) {
+        (Some((ca, ca_key)), Some(file)) => signed_crl(file, ca, ca_key)?,
+        (Some(_), None) => {
+            return Err(CliError::input(
+                "--ca-key needs the certificate's FILE: a revocation list names its serial, which a fingerprint does not give",
+            ))
+        }
+        (None, _) => String::new(),
+    };
     let request = RevokeCertificateRequest {
         fingerprint_sha256: fingerprint,
         note,
+        crl_pem,
     };
     let client = ctx.client()?;
     let reply = client
@@ -66,11 +148,19 @@ pub async fn run(
             "fingerprint_sha256": reply.fingerprint_sha256,
             "note": request.note,
             "already": reply.already,
+            "crl": reply.crl,
         }));
-    } else if reply.already {
+        return Ok(());
+    }
+    if reply.already {
         println!(
-            "certificate SHA-256 {} was revoked already",
-            reply.fingerprint_sha256
+            "certificate SHA-256 {} was revoked already{}",
+            reply.fingerprint_sha256,
+            if reply.crl && !request.crl_pem.is_empty() && reply.log_index != 0 {
+                "; its revocation list is added"
+            } else {
+                ""
+            }
         );
     } else {
         println!(
@@ -81,6 +171,11 @@ pub async fn run(
             } else {
                 format!(" ({})", request.note)
             }
+        );
+    }
+    if !reply.crl {
+        println!(
+            "note: no revocation list is kept for it, so the QEMUs of moving VMs still accept it; run again with the certificate's file and --ca-key to add one"
         );
     }
     Ok(())
@@ -105,6 +200,7 @@ pub async fn list(ctx: &Context, stale: bool) -> Result<(), CliError> {
                     "fingerprint_sha256": c.fingerprint_sha256,
                     "note": c.note,
                     "revoked_at_ms": c.revoked_at_ms,
+                    "crl": c.crl,
                 })
             })
             .collect();
@@ -116,11 +212,15 @@ pub async fn list(ctx: &Context, stale: bool) -> Result<(), CliError> {
                 vec![
                     c.fingerprint_sha256.clone(),
                     format_time(c.revoked_at_ms),
+                    if c.crl { "yes" } else { "no" }.to_string(),
                     c.note.clone(),
                 ]
             })
             .collect();
-        print_table(&["FINGERPRINT (SHA-256)", "REVOKED (UTC)", "NOTE"], &rows);
+        print_table(
+            &["FINGERPRINT (SHA-256)", "REVOKED (UTC)", "CRL", "NOTE"],
+            &rows,
+        );
     }
     Ok(())
 }

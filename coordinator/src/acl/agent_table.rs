@@ -16,6 +16,7 @@ use super::AclState;
 pub fn reply(acl: &AclState, revoked: Vec<String>, index: u64) -> AclTableReply {
     AclTableReply {
         revoked_certificates: revoked,
+        revocation_lists: Vec::new(),
         bootstrapped: acl.enforced(),
         tokens: acl
             .tokens

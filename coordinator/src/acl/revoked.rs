@@ -30,6 +30,12 @@ pub struct RevocationRecord {
     /// When the member that took it wrote it.
     #[serde(default)]
     pub revoked_at_ms: u64,
+    /// A CRL (PEM) naming the certificate, signed by the cluster's CA and
+    /// checked against it when taken (`herd_api::tls::crl::check`), for
+    /// QEMU's streams; empty when the operator revoked without the CA's
+    /// key. Absent from records written before.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub crl_pem: String,
 }
 
 impl RevocationRecord {
@@ -62,6 +68,17 @@ pub fn revoked_in(state: &ClusterState) -> Vec<String> {
         .collect()
 }
 
+/// The CRLs kept with the revocations in `state`, in fingerprint order:
+/// what agents hand QEMU (`Agent.AclTable`).
+pub fn lists_in(state: &ClusterState) -> Vec<String> {
+    revocations(state)
+        .filter_map(|(_, variable)| {
+            let record: RevocationRecord = serde_json::from_slice(&variable.value).ok()?;
+            (!record.crl_pem.is_empty()).then_some(record.crl_pem)
+        })
+        .collect()
+}
+
 /// Every revocation in `state` with its note and time, in fingerprint
 /// order (`herd tls cert revoked`). A value that does not parse (damaged,
 /// or from another version) lists the fingerprint alone: it is revoked all
@@ -73,6 +90,7 @@ pub fn revocations_listed(state: &ClusterState) -> Vec<pb::RevokedCertificate> {
                 serde_json::from_slice(&variable.value).unwrap_or_default();
             pb::RevokedCertificate {
                 fingerprint_sha256: fingerprint,
+                crl: !record.crl_pem.is_empty(),
                 note: record.note,
                 revoked_at_ms: record.revoked_at_ms,
             }
@@ -124,6 +142,7 @@ mod tests {
         let record = RevocationRecord {
             note: "laptop stolen".into(),
             revoked_at_ms: 42,
+            crl_pem: "-----BEGIN X509 CRL-----".into(),
         };
         for (fingerprint, value) in [(&a, record.to_value()), (&b, b"not json".to_vec())] {
             let variable = crate::state::Variable {
@@ -138,9 +157,21 @@ mod tests {
         let listed = revocations_listed(&state);
         let by_fingerprint = |fp: &str| listed.iter().find(|r| r.fingerprint_sha256 == fp);
         let a = by_fingerprint(&a).expect("a listed");
-        assert_eq!((a.note.as_str(), a.revoked_at_ms), ("laptop stolen", 42));
+        assert_eq!(
+            (a.note.as_str(), a.revoked_at_ms, a.crl),
+            ("laptop stolen", 42, true)
+        );
         let b = by_fingerprint(&b).expect("b listed, its value unreadable");
-        assert_eq!((b.note.as_str(), b.revoked_at_ms), ("", 0));
+        assert_eq!((b.note.as_str(), b.revoked_at_ms, b.crl), ("", 0, false));
         assert_eq!(listed.len(), 2);
+        assert_eq!(
+            lists_in(&state),
+            vec!["-----BEGIN X509 CRL-----".to_string()]
+        );
+        // A record written before CRLs were kept reads without one.
+        let old: RevocationRecord =
+            serde_json::from_slice(br#"{"note":"n","revoked_at_ms":1}"#).expect("old record");
+        assert!(old.crl_pem.is_empty());
+        assert!(!String::from_utf8_lossy(&old.to_value()).contains("crl_pem"));
     }
 }

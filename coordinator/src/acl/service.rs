@@ -207,32 +207,63 @@ impl Acl for AclService {
                 request.note.len()
             )));
         }
+        let crl_pem = checked_crl(&request.crl_pem)?;
         let key = format!(
             "{}{fingerprint}",
             herd_api::tls::revocation::VARIABLE_PREFIX
         );
-        let value = super::revoked::RevocationRecord {
+        let record = super::revoked::RevocationRecord {
             note: request.note.clone(),
             revoked_at_ms: herd_api::clock::now_ms(),
-        }
-        .to_value();
+            crl_pem,
+        };
+        let answer = |already: bool, log_index: u64, crl: bool| {
+            Ok(Response::new(pb::RevokeCertificateReply {
+                fingerprint_sha256: fingerprint.clone(),
+                already,
+                log_index,
+                crl,
+            }))
+        };
         // Only if new: a second revocation keeps the first's note and time.
-        let command = crate::machine::next_format::put_variable(key, value, Some(0));
+        let command =
+            crate::machine::next_format::put_variable(key.clone(), record.to_value(), Some(0));
         match self.coordinator.write(command).await {
             Ok(written) => {
-                tracing::warn!(%fingerprint, note = %request.note, "certificate revoked");
-                Ok(Response::new(pb::RevokeCertificateReply {
-                    fingerprint_sha256: fingerprint,
-                    already: false,
-                    log_index: written.log_index,
-                }))
+                tracing::warn!(%fingerprint, note = %request.note, crl = !record.crl_pem.is_empty(), "certificate revoked");
+                answer(false, written.log_index, !record.crl_pem.is_empty())
             }
             Err(CoordinatorError::Rejected(Rejection::VersionMismatch { .. })) => {
-                Ok(Response::new(pb::RevokeCertificateReply {
-                    fingerprint_sha256: fingerprint,
-                    already: true,
-                    log_index: 0,
-                }))
+                // This member may be a follower behind the leader that
+                // refused it: read what that leader holds.
+                self.coordinator
+                    .read_barrier(ReadConsistency::Linearizable)
+                    .await?;
+                let kept = self
+                    .coordinator
+                    .read_state(|s| s.variables.get(&key).cloned());
+                let Some(kept) = kept else {
+                    return Err(error::internal(format!(
+                        "revocation of {fingerprint}: refused as existing, then not found"
+                    )));
+                };
+                let mut earlier: super::revoked::RevocationRecord =
+                    serde_json::from_slice(&kept.value).unwrap_or_default();
+                if !earlier.crl_pem.is_empty() || record.crl_pem.is_empty() {
+                    return answer(true, 0, !earlier.crl_pem.is_empty());
+                }
+                // Revoked before without a CRL: add this one, keeping the
+                // first note and time (only over the version read, so a
+                // CRL added meanwhile is not overwritten).
+                earlier.crl_pem = record.crl_pem;
+                let command = crate::machine::next_format::put_variable(
+                    key,
+                    earlier.to_value(),
+                    Some(kept.version),
+                );
+                let written = self.coordinator.write(command).await?;
+                tracing::warn!(%fingerprint, "revoked certificate: CRL added");
+                answer(true, written.log_index, true)
             }
             Err(e) => Err(e.into()),
         }
@@ -255,6 +286,25 @@ impl Acl for AclService {
             certificates,
         }))
     }
+}
+
+/// `crl_pem` of a revocation request, trimmed, checked against the
+/// cluster's CA (`herd_api::tls::crl::check`); empty when none was given.
+fn checked_crl(crl_pem: &str) -> Result<String, Status> {
+    let crl_pem = crl_pem.trim();
+    if crl_pem.is_empty() {
+        return Ok(String::new());
+    }
+    let herd_api::tls::Transport::Tls(material) = herd_api::tls::transport() else {
+        return Err(error::invalid_argument(
+            "field `crl_pem`: this cluster runs without TLS, so there is no CA to check it against and no QEMU stream it would apply to",
+        ));
+    };
+    let (ca_pem, _, _) = material.pem();
+    let now_s = i64::try_from(herd_api::clock::now_ms() / 1000).unwrap_or(i64::MAX);
+    herd_api::tls::crl::check(crl_pem, ca_pem, now_s)
+        .map_err(|e| error::invalid_argument(format!("field `crl_pem`: {e}")))?;
+    Ok(format!("{crl_pem}\n"))
 }
 
 /// Longest note kept with a revoked certificate.

@@ -296,11 +296,15 @@ impl Agent for AgentService {
         &self,
         _request: Request<herd_api::proto::agent::AclTableRequest>,
     ) -> Result<Response<herd_api::proto::agent::AclTableReply>, Status> {
-        let (index, reply) = self.coordinator.read_state_at(|s| {
-            crate::acl::agent_table::reply(&s.acl, crate::acl::revoked::revoked_in(s), 0)
+        let (index, (reply, revocation_lists)) = self.coordinator.read_state_at(|s| {
+            (
+                crate::acl::agent_table::reply(&s.acl, crate::acl::revoked::revoked_in(s), 0),
+                crate::acl::revoked::lists_in(s),
+            )
         });
         Ok(Response::new(herd_api::proto::agent::AclTableReply {
             index,
+            revocation_lists,
             ..reply
         }))
     }

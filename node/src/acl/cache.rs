@@ -55,6 +55,11 @@ pub struct Known {
     /// while the coordinators are away. Absent from tables saved before.
     #[serde(default)]
     pub revoked_certificates: Vec<String>,
+    /// CRLs kept with those revocations (`herd_api::tls::crl`), for the
+    /// QEMUs of moving VMs, which check certificates themselves. Absent
+    /// from tables saved before.
+    #[serde(default)]
+    pub revocation_lists: Vec<String>,
 }
 
 impl Known {
@@ -95,8 +100,32 @@ impl Known {
             tokens,
             index: reply.index,
             revoked_certificates,
+            revocation_lists: checked_lists(reply.revocation_lists),
         }
     }
+}
+
+/// The CRLs of a reply that this agent's CA signed (the coordinator checked
+/// them as it took them; a reply is network input all the same): one that
+/// fails is left out with a warning, since QEMU would refuse every peer
+/// against a CRL past its next update. Without TLS there is no QEMU stream
+/// to give them to, and none is kept.
+fn checked_lists(lists: Vec<String>) -> Vec<String> {
+    let herd_api::tls::Transport::Tls(material) = herd_api::tls::transport() else {
+        return Vec::new();
+    };
+    let (ca_pem, _, _) = material.pem();
+    let now_s = i64::try_from(herd_api::clock::now_ms() / 1000).unwrap_or(i64::MAX);
+    lists
+        .into_iter()
+        .filter(|pem| match herd_api::tls::crl::check(pem, ca_pem, now_s) {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "token table: a revocation list is left out");
+                false
+            }
+        })
+        .collect()
 }
 
 /// What to do with a request.
@@ -188,6 +217,7 @@ impl AgentAcl {
         let table = file.as_deref().and_then(load);
         if let Some(known) = &table {
             herd_api::tls::revocation::replace(known.revoked_certificates.iter().cloned());
+            herd_api::tls::crl::replace(known.revocation_lists.iter().cloned());
         }
         Self {
             shared: Arc::new(Shared {
@@ -212,15 +242,19 @@ impl AgentAcl {
     pub fn install(&self, known: Known) {
         let mut table = self.shared.table.write().unwrap_or_else(|p| p.into_inner());
         herd_api::tls::revocation::replace(known.revoked_certificates.iter().cloned());
+        herd_api::tls::crl::replace(known.revocation_lists.iter().cloned());
         let changed = table.as_ref().is_none_or(|t| {
             t.bootstrapped != known.bootstrapped
                 || t.tokens != known.tokens
                 || t.revoked_certificates != known.revoked_certificates
+                || t.revocation_lists != known.revocation_lists
         });
         if changed {
             tracing::info!(
                 bootstrapped = known.bootstrapped,
                 tokens = known.tokens.len(),
+                revoked_certificates = known.revoked_certificates.len(),
+                revocation_lists = known.revocation_lists.len(),
                 index = known.index,
                 "token table updated"
             );
@@ -363,6 +397,7 @@ mod tests {
                     herd_api::tls::revocation::fingerprint(b"certificate"),
                     "not a fingerprint".into(),
                 ],
+                revocation_lists: vec!["not a CRL".into()],
             },
             reader_bearer,
             submit_bearer,
@@ -377,6 +412,9 @@ mod tests {
             known.revoked_certificates,
             vec![herd_api::tls::revocation::fingerprint(b"certificate")]
         );
+        // A CRL this agent cannot check against its CA (here: no TLS, no
+        // CA) never reaches QEMU.
+        assert!(known.revocation_lists.is_empty());
     }
 
     #[test]

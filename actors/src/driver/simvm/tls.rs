@@ -51,7 +51,7 @@ use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use tokio::net::TcpStream;
 use tokio_rustls::{client, server, TlsAcceptor, TlsConnector};
 
-use crate::driver::vm::tls::{MigrationTls, Side, CREDS_DIR};
+use crate::driver::vm::tls::{write_private, MigrationTls, Side, CREDS_DIR};
 
 /// How long a TLS handshake on the stream may take, either side: a peer
 /// that connects and says nothing is dropped after this.
@@ -118,19 +118,6 @@ pub fn write_creds(
     text.push('\n');
     write_private(&paths.revoked, text.as_bytes())?;
     Ok(paths)
-}
-
-/// Writes `bytes` to `path`, readable by its owner only.
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    file.write_all(bytes)
 }
 
 /// The fingerprints in `text` (one a line, blank lines ignored), for

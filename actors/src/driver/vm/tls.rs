@@ -116,14 +116,30 @@ impl MigrationTls {
             (format!("{role}-cert.pem"), &self.cert_pem),
             (format!("{role}-key.pem"), &self.key_pem),
         ] {
-            let mut options = std::fs::OpenOptions::new();
-            options.write(true).create_new(true);
-            #[cfg(unix)]
-            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-            options.open(dir.join(name))?.write_all(bytes)?;
+            write_private(&dir.join(name), bytes)?;
+        }
+        // The revocations QEMU can check (one CRL per revocation made with
+        // the CA's key, `herd_api::tls::crl`), read now: a move started
+        // after a revocation reached this agent refuses that certificate,
+        // whichever side presents it.
+        if let Some(lists) = herd_api::tls::crl::bundle() {
+            write_private(&dir.join(CRL_FILE), lists.as_bytes())?;
         }
         Ok(dir)
     }
+}
+
+/// The file of a credentials directory QEMU reads CRLs from.
+pub const CRL_FILE: &str = "ca-crl.pem";
+
+/// Writes `bytes` to `path`, readable by its owner only (0600), replacing
+/// what was there: keys and the files that go with them.
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)?.write_all(bytes)
 }
 
 /// Removes the credentials directory `dir`, if there is one.

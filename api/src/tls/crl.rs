@@ -1,0 +1,260 @@
+//! Certificate revocation lists (CRLs) for the programs that check TLS
+//! certificates themselves: QEMU, whose migration and NBD streams run
+//! mutual TLS with the node certificates (docs/security.md, "QEMU's
+//! streams and revocation").
+//!
+//! herd's own processes refuse a revoked certificate by its fingerprint
+//! (`super::revocation`). QEMU cannot be told fingerprints: its
+//! `tls-creds-x509` takes revocations only as CRLs signed by the CA, read
+//! from `ca-crl.pem` beside the CA's certificate. The CA's key stays with
+//! the operator, so an operator who revokes with it at hand
+//! (`herd tls cert revoke FILE --ca-key KEY`) signs one CRL naming that
+//! certificate's serial; the coordinators check it against the cluster's
+//! CA and keep it with the revocation, agents receive every such CRL with
+//! their token table ([`replace`]), and the VM driver hands the lot
+//! ([`bundle`]) to each moving VM's QEMU.
+//!
+//! Why one CRL per revocation rather than one list re-signed each time:
+//! a revocation is one replicated write, whoever makes it; a single list
+//! would need the previous one read back, extended and re-signed, and two
+//! operators revoking at once would each drop the other's entry. GnuTLS
+//! (QEMU's TLS library) keeps every CRL of a file.
+
+use std::sync::{Arc, RwLock};
+
+use x509_parser::prelude::FromDer;
+use x509_parser::revocation_list::CertificateRevocationList;
+
+/// Largest CRL accepted: one naming a single certificate is well under
+/// 1 KiB; this leaves room for a list made by another PKI.
+pub const MAX_CRL_BYTES: usize = 16 * 1024;
+
+/// The CRLs this process holds, as PEM texts (None before the first
+/// [`replace`]).
+static LISTS: RwLock<Option<Arc<Vec<String>>>> = RwLock::new(None);
+
+/// What a CRL that passed [`check`] revokes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckedCrl {
+    /// The serial numbers it lists, lower-case hex, as `openssl x509
+    /// -serial` prints them (less the colons).
+    pub serials: Vec<String>,
+}
+
+/// Checks that `pem` is a CRL QEMU can use for this cluster: one PEM
+/// `X509 CRL` block of at most [`MAX_CRL_BYTES`], listing at least one
+/// serial, valid until after `now_s` (seconds since the epoch; GnuTLS
+/// fails a peer checked against a CRL past its next update), and issued
+/// and signed by a certificate of `ca_pem` (the cluster's CA, PEM). A
+/// wrong one must not reach QEMU: it would take a move's credentials
+/// down with it, or revoke nothing while seeming to.
+pub fn check(pem: &str, ca_pem: &[u8], now_s: i64) -> Result<CheckedCrl, String> {
+    if pem.len() > MAX_CRL_BYTES {
+        return Err(format!(
+            "{} bytes, at most {MAX_CRL_BYTES} accepted",
+            pem.len()
+        ));
+    }
+    let der = super::material::first_pem_block(pem.as_bytes(), "X509 CRL")
+        .ok_or_else(|| "no PEM X509 CRL block".to_string())?;
+    let (rest, crl) = CertificateRevocationList::from_der(&der)
+        .map_err(|e| format!("not a certificate revocation list: {e}"))?;
+    if !rest.is_empty() {
+        return Err(format!("{} bytes after the revocation list", rest.len()));
+    }
+    let serials: Vec<String> = crl
+        .iter_revoked_certificates()
+        .map(|revoked| hex(revoked.raw_serial()))
+        .collect();
+    if serials.is_empty() {
+        return Err("it lists no certificate".to_string());
+    }
+    match crl.next_update() {
+        None => return Err("it has no next update (GnuTLS needs one)".to_string()),
+        Some(next) if next.timestamp() <= now_s => {
+            return Err(format!(
+                "its next update ({next}) is past: QEMU would refuse every peer checked against it"
+            ))
+        }
+        Some(_) => {}
+    }
+    let issuer = crl.issuer();
+    let mut named_issuer = false;
+    for block in x509_parser::pem::Pem::iter_from_buffer(ca_pem).map_while(Result::ok) {
+        if block.label != "CERTIFICATE" {
+            continue;
+        }
+        let Ok((_, ca)) = x509_parser::parse_x509_certificate(&block.contents) else {
+            continue;
+        };
+        if ca.subject() != issuer {
+            continue;
+        }
+        named_issuer = true;
+        if crl.verify_signature(ca.public_key()).is_ok() {
+            return Ok(CheckedCrl { serials });
+        }
+    }
+    Err(if named_issuer {
+        "its signature is not the cluster CA's (signed with another key)".to_string()
+    } else {
+        format!("issued by {issuer}, not by the cluster's CA")
+    })
+}
+
+/// The serial number of the DER certificate `der`, lower-case hex (as
+/// [`CheckedCrl::serials`] lists them).
+pub fn certificate_serial(der: &[u8]) -> Result<String, String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der)
+        .map_err(|e| format!("not an X.509 certificate: {e}"))?;
+    Ok(hex(cert.raw_serial()))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Makes `lists` (PEM texts that passed [`check`] where they were taken
+/// in) the CRLs of this process.
+pub fn replace(lists: impl IntoIterator<Item = String>) {
+    let lists: Vec<String> = lists.into_iter().collect();
+    if let Ok(mut held) = LISTS.write() {
+        if held.as_deref() != Some(&lists) {
+            tracing::info!(lists = lists.len(), "certificate revocation lists updated");
+            *held = Some(Arc::new(lists));
+        }
+    }
+}
+
+/// Every CRL this process holds, one after the other in one PEM text (the
+/// `ca-crl.pem` QEMU reads); None when it holds none.
+pub fn bundle() -> Option<String> {
+    let lists = LISTS.read().ok().and_then(|l| l.clone())?;
+    if lists.is_empty() {
+        return None;
+    }
+    let mut text = String::new();
+    for pem in lists.iter() {
+        text.push_str(pem.trim_end());
+        text.push('\n');
+    }
+    Some(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertificateRevocationListParams, IsCa, Issuer,
+        KeyIdMethod, KeyPair, KeyUsagePurpose, RevokedCertParams, SerialNumber,
+    };
+    use time::{Duration, OffsetDateTime};
+
+    struct Ca {
+        pem: String,
+        issuer: Issuer<'static, KeyPair>,
+    }
+
+    fn ca(name: &str) -> Ca {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let cert = params.self_signed(&key).unwrap();
+        let pem = cert.pem();
+        Ca {
+            issuer: Issuer::from_ca_cert_pem(&pem, key).unwrap(),
+            pem,
+        }
+    }
+
+    fn crl(ca: &Ca, serials: &[&[u8]], next_update: OffsetDateTime) -> String {
+        let now = OffsetDateTime::now_utc();
+        CertificateRevocationListParams {
+            this_update: now - Duration::hours(1),
+            next_update,
+            crl_number: SerialNumber::from_slice(&[1]),
+            issuing_distribution_point: None,
+            revoked_certs: serials
+                .iter()
+                .map(|s| RevokedCertParams {
+                    serial_number: SerialNumber::from_slice(s),
+                    revocation_time: now,
+                    reason_code: None,
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: KeyIdMethod::Sha256,
+        }
+        .signed_by(&ca.issuer)
+        .unwrap()
+        .pem()
+        .unwrap()
+    }
+
+    fn now_s() -> i64 {
+        OffsetDateTime::now_utc().unix_timestamp()
+    }
+
+    #[test]
+    fn a_crl_of_the_cluster_ca_is_taken_with_its_serials() {
+        let ca = ca("herd cluster CA");
+        let later = OffsetDateTime::now_utc() + Duration::days(30);
+        let pem = crl(&ca, &[&[0x12, 0xab]], later);
+        let checked = check(&pem, ca.pem.as_bytes(), now_s()).unwrap();
+        assert_eq!(checked.serials, vec!["12ab".to_string()]);
+    }
+
+    #[test]
+    fn a_crl_of_another_ca_or_key_is_refused_saying_which() {
+        let ours = ca("herd cluster CA");
+        let later = OffsetDateTime::now_utc() + Duration::days(30);
+        let theirs = crl(&ca("someone else"), &[&[1]], later);
+        let e = check(&theirs, ours.pem.as_bytes(), now_s()).unwrap_err();
+        assert!(e.contains("not by the cluster's CA"), "{e}");
+        // The same name, another key: the signature gives it away.
+        let impostor = crl(&ca("herd cluster CA"), &[&[1]], later);
+        let e = check(&impostor, ours.pem.as_bytes(), now_s()).unwrap_err();
+        assert!(e.contains("signature"), "{e}");
+    }
+
+    #[test]
+    fn an_expired_empty_oversized_or_garbled_crl_is_refused() {
+        let ca = ca("herd cluster CA");
+        let past = OffsetDateTime::now_utc() - Duration::minutes(1);
+        let e = check(&crl(&ca, &[&[1]], past), ca.pem.as_bytes(), now_s()).unwrap_err();
+        assert!(e.contains("is past"), "{e}");
+        let later = OffsetDateTime::now_utc() + Duration::days(1);
+        let e = check(&crl(&ca, &[], later), ca.pem.as_bytes(), now_s()).unwrap_err();
+        assert!(e.contains("lists no certificate"), "{e}");
+        let e = check("x".repeat(MAX_CRL_BYTES + 1).as_str(), ca.pem.as_bytes(), 0).unwrap_err();
+        assert!(e.contains("at most"), "{e}");
+        let e = check(&ca.pem, ca.pem.as_bytes(), 0).unwrap_err();
+        assert!(e.contains("no PEM X509 CRL block"), "{e}");
+        let garbled = "-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n";
+        let e = check(garbled, ca.pem.as_bytes(), 0).unwrap_err();
+        assert!(e.contains("not a certificate revocation list"), "{e}");
+    }
+
+    #[test]
+    fn the_bundle_is_every_list_held_one_after_the_other() {
+        replace(["A\n".to_string(), "B".to_string()]);
+        assert_eq!(bundle().as_deref(), Some("A\nB\n"));
+        replace([]);
+        assert_eq!(bundle(), None);
+    }
+
+    #[test]
+    fn a_certificates_serial_reads_as_the_crl_lists_it() {
+        let ca = ca("herd cluster CA");
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(vec!["x.herd".to_string()]).unwrap();
+        params.serial_number = Some(SerialNumber::from_slice(&[0x7f, 0x01]));
+        let cert = params.signed_by(&key, &ca.issuer).unwrap();
+        assert_eq!(certificate_serial(cert.der()).unwrap(), "7f01");
+        assert!(certificate_serial(b"junk").is_err());
+    }
+}
