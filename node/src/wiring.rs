@@ -51,6 +51,7 @@ impl Wiring {
         confinement: &Confinement,
         migration_host: &MigrationHost,
     ) -> Self {
+        herd_actors::driver::vm::qemu::probe_sandbox_in_background();
         Self::with_drivers(vec![
             Arc::new(ExecDriver::new(executor).with_confinement(confinement.clone())),
             Arc::new(

@@ -34,6 +34,7 @@ pub mod inference;
 pub mod live;
 pub mod logs;
 pub mod move_timing;
+pub mod patience;
 pub mod simvm;
 mod types;
 pub mod vm;

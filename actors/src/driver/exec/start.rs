@@ -13,10 +13,13 @@ use std::time::{Duration, Instant};
 use super::files::{self, Launch, StartFailure, Started};
 use super::{procfs, Detail};
 use crate::driver::confine::{self, Confinement, PathPolicy};
+use crate::driver::patience::Patience;
 use crate::driver::{DriverError, WorkloadHandle, WorkloadSpec};
 
-/// How often `start` looks for the executor's report.
-const START_POLL: Duration = Duration::from_millis(10);
+/// How often `start` looks for the executor's report: from every
+/// millisecond (the executor usually reports within a few) to every 10.
+const START_POLL_FIRST: Duration = Duration::from_millis(1);
+const START_POLL_MOST: Duration = Duration::from_millis(10);
 
 /// How long a failed executor gets to exit after reporting the failure.
 const EXIT_WAIT: Duration = Duration::from_secs(5);
@@ -183,6 +186,7 @@ pub async fn start(
     })?;
 
     let deadline = Instant::now() + timeout;
+    let mut patience = Patience::new(START_POLL_FIRST, START_POLL_MOST);
     let outcome = loop {
         if let Some(started) = read::<Started>(alloc, &dir, files::STARTED)? {
             break Ok(started);
@@ -206,7 +210,7 @@ pub async fn start(
                 "the executor did not report the task started within {timeout:?}"
             ));
         }
-        tokio::time::sleep(START_POLL).await;
+        patience.pause().await;
     };
     match outcome {
         Ok(started) => {

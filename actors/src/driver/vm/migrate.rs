@@ -89,6 +89,7 @@ use crate::driver::live::{
     IncomingEndpoints, MigrationHost, MoveLimits, MoveProgress, MoveStats, ProgressSink,
 };
 use crate::driver::move_timing;
+use crate::driver::patience::Patience;
 use crate::driver::{Driver, DriverError, WorkloadHandle, WorkloadSpec, WorkloadState};
 
 /// The endpoint name, in [`IncomingEndpoints::extra`], of the target's NBD
@@ -333,6 +334,9 @@ async fn wait_for_qmp<'m, 'a>(
 ) -> Result<Session<'m, 'a>, DriverError> {
     let exec = VmDriver::exec_handle(handle)?;
     let started = Instant::now();
+    // QEMU answers within tens of milliseconds: look every millisecond at
+    // first, then every POLL.
+    let mut patience = Patience::new(Duration::from_millis(1), POLL);
     loop {
         let last = match Qmp::connect(&vm.socket).await {
             Ok(qmp) => return Ok(Session { vm, qmp }),
@@ -350,7 +354,7 @@ async fn wait_for_qmp<'m, 'a>(
         if started.elapsed() > QMP_UP_WAIT {
             return Err(vm.qmp_error(last));
         }
-        tokio::time::sleep(POLL).await;
+        patience.pause().await;
     }
 }
 

@@ -49,6 +49,21 @@ pub fn sandbox_supported(qemu: &Path) -> bool {
     })
 }
 
+/// Asks [`sandbox_supported`] now, on a thread of its own, when QEMU is
+/// installed: the answer costs a start of QEMU (~30 ms), which the first
+/// VM an agent starts would otherwise pay, often a move's target, while
+/// the move waits for it (docs/benchmarks.md, `herd bench migrate`).
+pub fn probe_sandbox_in_background() {
+    if let Some(qemu) = find_in_path(QEMU) {
+        let spawned = std::thread::Builder::new()
+            .name("qemu-sandbox-probe".into())
+            .spawn(move || sandbox_supported(&qemu));
+        if let Err(e) = spawned {
+            tracing::debug!(error = %e, "no thread for the QEMU sandbox probe; the first VM asks");
+        }
+    }
+}
+
 /// Finds `program` in `PATH`, as a shell would.
 pub fn find_in_path(program: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;

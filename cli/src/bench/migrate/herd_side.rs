@@ -153,9 +153,10 @@ fn runtime(what: &str) -> impl FnOnce(herd_api::client::ClientError) -> CliError
 }
 
 impl HerdCluster {
-    /// Starts one coordinator and the two agents from `exe`, and waits
-    /// until both agents are ready nodes.
-    pub async fn start(exe: &Path) -> Result<Self, CliError> {
+    /// Starts one coordinator and the two agents from `exe`, the agents
+    /// allowing jobs to name files under `allowed` (`--allow-path`), and
+    /// waits until both agents are ready nodes.
+    pub async fn start(exe: &Path, allowed: &[PathBuf]) -> Result<Self, CliError> {
         eprintln!(
             "starting 1 herd coordinator and 2 node agents ({})",
             exe.display()
@@ -166,8 +167,13 @@ impl HerdCluster {
             .await
             .map_err(CliError::runtime)?;
         let mut agents = AgentSet::new(exe, &cluster.addr_list()).map_err(CliError::runtime)?;
+        let allow: Vec<String> = allowed
+            .iter()
+            .flat_map(|dir| ["--allow-path".to_string(), dir.display().to_string()])
+            .collect();
+        let allow: Vec<&str> = allow.iter().map(String::as_str).collect();
         for name in NODES {
-            agents.start(name, &[]).map_err(CliError::runtime)?;
+            agents.start(name, &allow).map_err(CliError::runtime)?;
         }
         let client = cluster.client().map_err(CliError::runtime)?;
         let started = Instant::now();

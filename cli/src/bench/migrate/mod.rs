@@ -13,7 +13,7 @@ mod report;
 mod simvm;
 mod vm;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
@@ -218,7 +218,18 @@ pub async fn run(ctx: &Context, args: MigrateBenchArgs) -> Result<(), CliError> 
         .prefix("herd-bench-migrate-")
         .tempdir()
         .map_err(|e| CliError::runtime(format!("cannot create a scratch directory: {e}")))?;
-    let cluster = HerdCluster::start(&exe).await?;
+    let vm_parts = sizes
+        .iter()
+        .any(|(kind, _)| *kind == Kind::Vm)
+        .then(|| vm::GuestParts::find(args.kernel.as_deref()));
+    // The agents confine the paths a job names (docs/security.md, "Driver
+    // confinement"): the bench's jobs name files of its scratch directory
+    // and the guest kernel.
+    let mut allowed = vec![scratch.path().to_path_buf()];
+    if let Some(Ok(parts)) = &vm_parts {
+        allowed.extend(parts.kernel.parent().map(Path::to_path_buf));
+    }
+    let cluster = HerdCluster::start(&exe, &allowed).await?;
 
     let mut rows = Vec::new();
     let mut push = |row: Row| {
@@ -228,7 +239,10 @@ pub async fn run(ctx: &Context, args: MigrateBenchArgs) -> Result<(), CliError> 
     for (kind, sizes) in &sizes {
         match kind {
             Kind::Vm => {
-                let parts = vm::GuestParts::find(args.kernel.as_deref());
+                let parts = match &vm_parts {
+                    Some(parts) => parts.clone(),
+                    None => vm::GuestParts::find(args.kernel.as_deref()),
+                };
                 if let Err(why) = &parts {
                     eprintln!("skipping the vm rows: {why}");
                 }

@@ -73,8 +73,10 @@ impl VmCase {
 
 /// The kernel and busybox the guest is built from, found or refused with
 /// the reason (then the `vm` rows are skipped).
+#[derive(Debug, Clone)]
 pub struct GuestParts {
-    kernel: PathBuf,
+    /// The guest kernel, whose directory the agents must allow.
+    pub kernel: PathBuf,
     busybox: PathBuf,
 }
 
