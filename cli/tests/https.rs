@@ -1,5 +1,6 @@
 //! HTTPS on every HTTP endpoint of a TLS cluster: a coordinator with the
-//! dashboard (`--http-listen`) and `/metrics` (`--metrics-listen`), and a
+//! dashboard (`--http-listen`) and `/metrics` (`--metrics-listen`, with the
+//! certificate's expiry and the revocations each process holds), and a
 //! node agent with its OpenAI-compatible endpoint and `/metrics`, all run
 //! with certificates of one CA (made with `herd tls`). Each endpoint
 //! answers over HTTPS with its process's own certificate (checked against
@@ -169,6 +170,64 @@ async fn a_tls_cluster_serves_every_http_endpoint_over_https_only() {
             .not_after
             .timestamp();
         assert_eq!(expiry, want, "{role} {name}");
+    }
+
+    // Revocations are counted where each process holds them: a client
+    // certificate revoked with the CA's key reaches the coordinator at
+    // once and the agent with its token table, the agent holding the
+    // revocation list for its QEMUs too.
+    let gauge = |metrics: &str, name: &str| -> Option<i64> {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.trim().parse().ok())
+    };
+    for metrics in [
+        &metrics,
+        &https_get(&ca, &coordinator_metrics, "coordinator.herd", "/metrics").await,
+    ] {
+        assert_eq!(
+            gauge(metrics, "herd_tls_revoked_certificates"),
+            Some(0),
+            "{metrics}"
+        );
+        assert_eq!(
+            gauge(metrics, "herd_tls_revocation_lists"),
+            Some(0),
+            "{metrics}"
+        );
+    }
+    let (lost, _) = tls.issue("client", "lost").expect("a client certificate");
+    let (lost, ca_key) = (
+        lost.display().to_string(),
+        tls.ca_key().display().to_string(),
+    );
+    let ca_path = ca.display().to_string();
+    let addr = cluster.addr_list();
+    common::tls::must_tls_cli(
+        &tls,
+        &[
+            "--addr", &addr, "tls", "cert", "revoke", &lost, "--ca-key", &ca_key, "--ca", &ca_path,
+        ],
+    );
+    let started = Instant::now();
+    loop {
+        let agent = https_get(&ca, &agent_metrics, "h1.node.herd", "/metrics").await;
+        let coordinator =
+            https_get(&ca, &coordinator_metrics, "coordinator.herd", "/metrics").await;
+        let counts = (
+            gauge(&agent, "herd_tls_revoked_certificates"),
+            gauge(&agent, "herd_tls_revocation_lists"),
+            gauge(&coordinator, "herd_tls_revoked_certificates"),
+        );
+        if counts == (Some(1), Some(1), Some(1)) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "revocation gauges (agent: certificates, lists; coordinator: certificates): {counts:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
     }
 
     // No endpoint speaks plain HTTP.

@@ -51,9 +51,53 @@ pub fn set_certificate_expiry(unix_seconds: i64) -> bool {
     CERTIFICATE_EXPIRY.set(unix_seconds).is_ok()
 }
 
+/// Reads how many revocations this process holds: (revoked certificate
+/// fingerprints, revocation lists for QEMU). A function, not the sets:
+/// this crate knows nothing of where herd keeps them (`herd_api::tls`).
+pub type RevocationCounts = fn() -> (usize, usize);
+
+static REVOCATION_COUNTS: std::sync::OnceLock<RevocationCounts> = std::sync::OnceLock::new();
+
+/// Says, once at start, how to read this process's revocations, so that
+/// every registry made afterwards exports `herd_tls_revoked_certificates`
+/// and `herd_tls_revocation_lists` as they are at each scrape: an
+/// operator who revoked a certificate sees each process take it in (and
+/// that QEMU's streams got a list) without reading logs. False when said
+/// before.
+pub fn set_revocation_counts(read: RevocationCounts) -> bool {
+    REVOCATION_COUNTS.set(read).is_ok()
+}
+
+/// The revocation gauges, read at each scrape.
+#[derive(Debug)]
+struct RevocationCollector(RevocationCounts);
+
+impl prometheus_client::collector::Collector for RevocationCollector {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> std::fmt::Result {
+        let (certificates, lists) = (self.0)();
+        crate::write::gauge(
+            &mut encoder,
+            "tls_revoked_certificates",
+            "Revoked TLS certificates this process refuses (herd tls cert revoke), as it last learned them",
+            None,
+            i64::try_from(certificates).unwrap_or(i64::MAX),
+        )?;
+        crate::write::gauge(
+            &mut encoder,
+            "tls_revocation_lists",
+            "Certificate revocation lists this process holds for QEMU's migration streams (revoked with --ca-key)",
+            None,
+            i64::try_from(lists).unwrap_or(i64::MAX),
+        )
+    }
+}
+
 /// A registry with herd's prefix (`herd_`), `herd_build_info` and, for a
-/// process with TLS, `herd_tls_certificate_expiry_timestamp_seconds`, for
-/// a process to register its metrics in.
+/// process with TLS, `herd_tls_certificate_expiry_timestamp_seconds` and
+/// the revocation gauges, for a process to register its metrics in.
 pub fn registry() -> Registry {
     let mut registry = Registry::with_prefix(crate::PREFIX);
     registry.register(
@@ -69,6 +113,9 @@ pub fn registry() -> Registry {
             "When this process's TLS certificate (--tls-cert) expires, Unix seconds",
             gauge,
         );
+    }
+    if let Some(read) = REVOCATION_COUNTS.get() {
+        registry.register_collector(Box::new(RevocationCollector(*read)));
     }
     registry
 }

@@ -126,6 +126,15 @@ pub fn replace(lists: impl IntoIterator<Item = String>) {
     }
 }
 
+/// How many CRLs this process holds (a metric's value).
+pub fn held() -> usize {
+    LISTS
+        .read()
+        .ok()
+        .and_then(|l| l.clone())
+        .map_or(0, |l| l.len())
+}
+
 /// Every CRL this process holds, one after the other in one PEM text (the
 /// `ca-crl.pem` QEMU reads); None when it holds none.
 pub fn bundle() -> Option<String> {
@@ -243,8 +252,10 @@ mod tests {
     fn the_bundle_is_every_list_held_one_after_the_other() {
         replace(["A\n".to_string(), "B".to_string()]);
         assert_eq!(bundle().as_deref(), Some("A\nB\n"));
+        assert_eq!(held(), 2);
         replace([]);
         assert_eq!(bundle(), None);
+        assert_eq!(held(), 0);
     }
 
     #[test]

@@ -112,6 +112,12 @@ pub fn install(flags: &TransportFlags, usage: Use) -> Result<(), CliError> {
         let https = herd_metrics::https::server_config(cert, key).map_err(CliError::input)?;
         herd_metrics::https::install(https).map_err(CliError::runtime)?;
         herd_metrics::exporter::set_certificate_expiry(material.not_after());
+        herd_metrics::exporter::set_revocation_counts(|| {
+            (
+                herd_api::tls::revocation::listed().len(),
+                herd_api::tls::crl::held(),
+            )
+        });
     }
     herd_api::tls::install(transport).map_err(CliError::runtime)
 }
