@@ -14,6 +14,7 @@ use std::path::Path;
 use herd_api::client::Repeat;
 use herd_api::proto::v1::acl_client::AclClient;
 use herd_api::proto::v1::{ListRevokedCertificatesRequest, RevokeCertificateRequest};
+use herd_api::tls::identity::first_pem_certificate;
 use herd_api::tls::revocation::{fingerprint_of_pem, parse_fingerprint};
 use serde_json::json;
 
@@ -36,19 +37,14 @@ fn fingerprint_of_file(file: &Path) -> Result<(String, Option<String>), CliError
 fn signed_crl(file: &Path, ca: &Path, ca_key: &Path) -> Result<String, CliError> {
     let bad = |what: String| CliError::input(format!("{}: {what}", file.display()));
     let pem = std::fs::read(file).map_err(|e| bad(e.to_string()))?;
-    let der = x509_parser::pem::Pem::iter_from_buffer(&pem)
-        .map_while(Result::ok)
-        .find(|block| block.label == "CERTIFICATE")
-        .ok_or_else(|| bad("no PEM CERTIFICATE block".to_string()))?
-        .contents;
+    let der =
+        first_pem_certificate(&pem).ok_or_else(|| bad("no PEM CERTIFICATE block".to_string()))?;
     let (_, cert) = x509_parser::parse_x509_certificate(&der)
         .map_err(|e| bad(format!("not an X.509 certificate: {e}")))?;
     let (ca_pem, issuer) = super::tls::load_issuer(ca, ca_key)?;
-    let ca_der = x509_parser::pem::Pem::iter_from_buffer(ca_pem.as_bytes())
-        .map_while(Result::ok)
-        .find(|block| block.label == "CERTIFICATE")
-        .ok_or_else(|| CliError::input(format!("--ca {}: no PEM CERTIFICATE block", ca.display())))?
-        .contents;
+    let ca_der = first_pem_certificate(ca_pem.as_bytes()).ok_or_else(|| {
+        CliError::input(format!("--ca {}: no PEM CERTIFICATE block", ca.display()))
+    })?;
     let (_, ca_cert) = x509_parser::parse_x509_certificate(&ca_der)
         .map_err(|e| CliError::input(format!("--ca {}: {e}", ca.display())))?;
     // By signature, not by name: every `herd tls ca create` names its CA

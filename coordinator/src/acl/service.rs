@@ -247,8 +247,13 @@ impl Acl for AclService {
                         "revocation of {fingerprint}: refused as existing, then not found"
                     )));
                 };
-                let mut earlier: super::revoked::RevocationRecord =
-                    serde_json::from_slice(&kept.value).unwrap_or_default();
+                // A record this member cannot read is left as it is (it
+                // is revoked all the same): rewriting it would lose it.
+                let Ok(mut earlier) =
+                    serde_json::from_slice::<super::revoked::RevocationRecord>(&kept.value)
+                else {
+                    return answer(true, 0, false);
+                };
                 if !earlier.crl_pem.is_empty() || record.crl_pem.is_empty() {
                     return answer(true, 0, !earlier.crl_pem.is_empty());
                 }
