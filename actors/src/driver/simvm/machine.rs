@@ -313,10 +313,11 @@ async fn tick(
                 let now = Instant::now();
                 // The writes a tick owes, in slices that each hold the
                 // guest's lock briefly: a write to a page never touched
-                // costs a page fault, tens of µs on some hosts, and a
-                // 16 GiB guest dirtying 64 MiB/s owes 3,000 of them per
-                // tick; held for all of them, the lock starved the
-                // control socket and the migration's sender.
+                // costs a page fault (with transparent huge pages, the
+                // zeroing of 2 MiB: see `memory::no_huge_pages`), and a
+                // guest dirtying 64 MiB/s owes 1,600 writes per tick;
+                // held for all of them, the lock kept the control socket
+                // and the migration's sender waiting.
                 let (seconds, slices) = {
                     let g = shared.guest();
                     let speed = 1.0 - f64::from(g.throttle_pct) / 100.0;

@@ -71,10 +71,9 @@ impl GuestState {
 ///
 /// Pages never written are known to be zero without reading them
 /// (`touched`): the buffer is allocated lazily, and reading a page the
-/// guest never wrote would make the kernel map it. A 16 GiB VM's first
-/// pre-copy round and its checksum each read every page; on a host where
-/// a first touch is slow (a nested VM: tens of µs) that took longer than
-/// the driver waits for the process to answer, and the move failed.
+/// guest never wrote would make the kernel map one for it, a page fault
+/// each. A migration's first round and its checksum read only what the
+/// guest wrote, not every page of a 16 GiB VM.
 pub struct SimulatedMemory {
     bytes: Vec<u8>,
     /// One bit per page ever written (by the guest or by a migration).
