@@ -522,6 +522,37 @@ impl HerdClient {
         Err(ClientError::Unavailable { tried })
     }
 
+    /// [`HerdClient::call_as`] again while no coordinator can serve (an
+    /// election, members restarting), for up to `patience`: what an operator
+    /// would do by hand after "no coordinator could serve", done for them.
+    /// Only requests that may run twice ([`Repeat::Safe`]) are worth it: a
+    /// write that may have run is never sent again anyway, so its first
+    /// "outcome unknown" is final. Waits 50 ms between rounds at first,
+    /// doubling to a second; the last round's error is returned.
+    pub async fn call_patiently<T, F, Fut>(
+        &self,
+        repeat: Repeat,
+        patience: Duration,
+        call: F,
+    ) -> Result<T, ClientError>
+    where
+        F: Fn(HerdChannel) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        let give_up = Instant::now() + patience;
+        let mut pause = Duration::from_millis(50);
+        loop {
+            match self.call_as(repeat, &call).await {
+                Err(ClientError::Unavailable { tried }) if Instant::now() + pause < give_up => {
+                    tracing::debug!(?tried, ?pause, "no coordinator could serve; trying again");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(1));
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// Runs `call` against one coordinator only (by position), for member-local questions.
     pub async fn call_one<T, F, Fut>(&self, index: usize, call: F) -> Result<T, ClientError>
     where
@@ -678,6 +709,71 @@ mod tests {
             &Status::invalid_argument("bad spec"),
             Repeat::Safe
         ));
+    }
+
+    /// A client of two coordinators whose every call is answered by
+    /// `answers` in turn (the channel is never dialled), and the count of
+    /// calls made.
+    async fn answered<T: Clone>(
+        repeat: Repeat,
+        patience: Duration,
+        answers: Vec<Result<T, Status>>,
+    ) -> (Result<T, ClientError>, usize) {
+        let client = HerdClient::new(&["127.0.0.1:1", "127.0.0.1:2"]).expect("client");
+        let calls = std::sync::atomic::AtomicUsize::new(0);
+        let result = client
+            .call_patiently(repeat, patience, |_channel| {
+                let n = calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let answer = answers[n.min(answers.len() - 1)].clone();
+                async move { answer }
+            })
+            .await;
+        (result, calls.into_inner())
+    }
+
+    fn outcome_unknown() -> Status {
+        marked(
+            Status::deadline_exceeded("outcome unknown"),
+            Reason::OutcomeUnknown,
+            false,
+        )
+    }
+
+    #[tokio::test]
+    async fn a_request_safe_to_repeat_rides_out_an_election() {
+        let patience = Duration::from_secs(10);
+        // Both members in doubt for a round, then one serves.
+        let answers = vec![
+            Err(outcome_unknown()),
+            Err(outcome_unknown()),
+            Err(outcome_unknown()),
+            Ok(7),
+        ];
+        let (result, calls) = answered(Repeat::Safe, patience, answers.clone()).await;
+        assert_eq!(result.expect("served after the election"), 7);
+        assert_eq!(calls, 4);
+        // A write that may have run is never sent again: its first doubt is final.
+        let (result, calls) = answered(Repeat::Unsafe, patience, answers).await;
+        assert!(
+            matches!(result, Err(ClientError::Status { .. })),
+            "{result:?}"
+        );
+        assert_eq!(calls, 1);
+        // Patience runs out: the last round's error, after a few rounds.
+        let started = Instant::now();
+        let no_leader = marked(Status::unavailable("no leader"), Reason::NoLeader, true);
+        let (result, calls) = answered::<u32>(
+            Repeat::Unsafe,
+            Duration::from_millis(400),
+            vec![Err(no_leader)],
+        )
+        .await;
+        assert!(
+            matches!(&result, Err(ClientError::Unavailable { tried }) if tried.len() == 2),
+            "{result:?}"
+        );
+        assert!(calls >= 4 && calls % 2 == 0, "{calls} calls");
+        assert!(started.elapsed() < Duration::from_secs(2));
     }
 
     #[tokio::test]

@@ -31,6 +31,7 @@ const HOLD_FILE: &str = "chaos-agent-held";
 const KILL_WAIT: Duration = Duration::from_secs(5);
 
 use crate::docker::DockerEnv;
+use crate::history::{GuestSeen, SeenProcess};
 use crate::ports::free_loopback_port;
 use crate::process_cluster::ClusterError;
 use crate::tls::{daemon_args, ClusterTls};
@@ -68,6 +69,23 @@ pub struct WorkloadProcess {
     pub instance: Option<u32>,
     /// The job version's marker (`HERD_CHAOS_MARK`), when its spec had one.
     pub mark: Option<String>,
+    /// For a simulated VM's copy, what it said of its guest
+    /// ([`GuestSeen`]); None for any other process.
+    pub guest: Option<GuestSeen>,
+}
+
+impl From<WorkloadProcess> for SeenProcess {
+    fn from(w: WorkloadProcess) -> Self {
+        SeenProcess {
+            pid: w.pid,
+            node: w.node,
+            alloc_id: w.alloc_id,
+            job: w.job,
+            instance: w.instance,
+            mark: w.mark,
+            guest: w.guest,
+        }
+    }
 }
 
 /// Node agents started against one cluster.
@@ -394,17 +412,36 @@ impl AgentSet {
             else {
                 continue;
             };
-            found.push(WorkloadProcess {
-                pid,
-                node: agent.name.clone(),
-                alloc_id: alloc_id.clone(),
-                job: env.get("HERD_JOB").cloned().unwrap_or_default(),
-                instance: env.get("HERD_ALLOC_INSTANCE").and_then(|i| i.parse().ok()),
-                mark: env.get(crate::workload::MARK_ENV).cloned(),
-            });
+            found.push((
+                WorkloadProcess {
+                    pid,
+                    node: agent.name.clone(),
+                    alloc_id: alloc_id.clone(),
+                    job: env.get("HERD_JOB").cloned().unwrap_or_default(),
+                    instance: env.get("HERD_ALLOC_INSTANCE").and_then(|i| i.parse().ok()),
+                    mark: env.get(crate::workload::MARK_ENV).cloned(),
+                    guest: None,
+                },
+                sim_vm_control(&dir),
+            ));
         }
-        found.sort_by_key(|w| w.pid);
+        found.sort_by_key(|(w, _)| w.pid);
+        // Every simulated VM asked once, then every one again: see
+        // `GuestSeen` for why twice.
+        let first: Vec<Option<bool>> = found
+            .iter()
+            .map(|(_, control)| control.as_deref().and_then(guest_running))
+            .collect();
         found
+            .into_iter()
+            .zip(first)
+            .map(|((mut w, control), first)| {
+                if let Some(control) = control {
+                    w.guest = Some(GuestSeen::of(first, guest_running(&control)));
+                }
+                w
+            })
+            .collect()
     }
 
     /// Copies every agent's log into `dir` as `node-NAME.log` (from the
@@ -477,6 +514,43 @@ fn live_processes() -> Vec<(u32, PathBuf)> {
             (!is_zombie(pid)).then(|| (pid, entry.path()))
         })
         .collect()
+}
+
+/// The control socket of a `herd sim-vm` process (`--control PATH` on its
+/// command line, `/proc/PID` being `dir`); None for any other process.
+fn sim_vm_control(dir: &Path) -> Option<PathBuf> {
+    let cmdline = std::fs::read(dir.join("cmdline")).ok()?;
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    if !args.iter().any(|a| *a == b"sim-vm") {
+        return None;
+    }
+    let at = args.iter().position(|a| *a == b"--control")?;
+    let path = args.get(at + 1)?;
+    Some(PathBuf::from(String::from_utf8_lossy(path).into_owned()))
+}
+
+/// How long the harness waits for a simulated VM's answer: it asks from the
+/// sampling loop, and a copy that is slower than this is not judged.
+const GUEST_QUERY_TIMEOUT: Duration = Duration::from_millis(200);
+
+/// Asks the simulated VM at `control` for its status: whether its guest
+/// runs (`Some(true)`), is paused (`Some(false)`), or no answer (None).
+fn guest_running(control: &Path) -> Option<bool> {
+    use std::io::{BufRead, Read, Write};
+    let mut stream = std::os::unix::net::UnixStream::connect(control).ok()?;
+    stream.set_read_timeout(Some(GUEST_QUERY_TIMEOUT)).ok()?;
+    stream.set_write_timeout(Some(GUEST_QUERY_TIMEOUT)).ok()?;
+    stream.write_all(b"{\"op\":\"status\"}\n").ok()?;
+    let mut line = String::new();
+    std::io::BufReader::new(stream.take(64 * 1024))
+        .read_line(&mut line)
+        .ok()?;
+    let reply: serde_json::Value = serde_json::from_str(&line).ok()?;
+    match reply.get("guest")?.as_str()? {
+        "running" => Some(true),
+        "paused" => Some(false),
+        _ => None,
+    }
 }
 
 fn is_zombie(pid: u32) -> bool {

@@ -235,14 +235,7 @@ pub async fn record_final(client: &HerdClient, agents: &AgentSet, recorder: &Rec
             processes: agents
                 .workloads()
                 .into_iter()
-                .map(|w| SeenProcess {
-                    pid: w.pid,
-                    node: w.node,
-                    alloc_id: w.alloc_id,
-                    job: w.job,
-                    instance: w.instance,
-                    mark: w.mark,
-                })
+                .map(SeenProcess::from)
                 .collect(),
         });
         tokio::time::sleep(Duration::from_millis(250)).await;

@@ -144,6 +144,52 @@ pub struct SeenProcess {
     /// The marker of the job version it runs (job-client jobs only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mark: Option<String>,
+    /// For a simulated VM's copy (`herd sim-vm`), what its control socket
+    /// said of its guest; None for any other process. A moving VM has
+    /// two copies, only one of which may run its guest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest: Option<GuestSeen>,
+}
+
+/// What a simulated VM's copy said of its guest, asked twice in a row
+/// through its control socket within one sample.
+///
+/// Why twice: the copies of one VM are asked one after the other, and a
+/// move's switch-over can fall between two questions (the source seen
+/// running, then the target resumed and seen running) without two guests
+/// ever running at once. The source pauses before the target may resume
+/// and never runs again once it has, so a copy said to run at both its
+/// questions, one before and one after the other copy's, overlapped that
+/// copy: only then is it [`GuestSeen::Running`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GuestSeen {
+    /// Running at both questions.
+    Running,
+    /// Paused at either (a move's source or a target not yet resumed).
+    Paused,
+    /// Neither answer said paused, and not both said running (a copy
+    /// starting or exiting, a socket out of reach): not judged.
+    Unknown,
+}
+
+impl GuestSeen {
+    /// The verdict of two answers in a row (`Some(true)`: running,
+    /// `Some(false)`: paused, None: no answer).
+    pub fn of(first: Option<bool>, second: Option<bool>) -> Self {
+        match (first, second) {
+            (Some(true), Some(true)) => GuestSeen::Running,
+            (Some(false), _) | (_, Some(false)) => GuestSeen::Paused,
+            _ => GuestSeen::Unknown,
+        }
+    }
+
+    /// Whether the copy counts as a running copy of its allocation: any
+    /// process that is not a simulated VM does, and a simulated VM's copy
+    /// when its guest ran.
+    pub fn counts(guest: Option<GuestSeen>) -> bool {
+        matches!(guest, None | Some(GuestSeen::Running))
+    }
 }
 
 /// The workload processes running at one moment.

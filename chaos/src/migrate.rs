@@ -74,6 +74,40 @@ pub fn train_spec() -> JobSpec {
     }
 }
 
+/// The simulated VM service a run that migrates keeps running and moving
+/// live beside the trainers: a move with two copies of one allocation,
+/// only one of which may run its guest (judged from each copy's own
+/// answer, `crate::history::GuestSeen`).
+pub const VM_JOB: &str = "chaos-vm";
+/// How many VMs it runs.
+pub const VM_COUNT: u32 = 1;
+
+/// A `simvm` service ([`VM_JOB`]): 16 MiB whose guest dirties 1 MiB/s, so
+/// a move takes a few pre-copy rounds of well under a second.
+pub fn vm_spec() -> JobSpec {
+    JobSpec {
+        name: VM_JOB.to_string(),
+        r#type: "service".into(),
+        count: VM_COUNT,
+        priority: 50,
+        task: Some(TaskSpec {
+            driver: "simvm".into(),
+            config: [
+                ("dirty_rate".to_string(), "1MiB".to_string()),
+                ("seed".to_string(), "5".to_string()),
+            ]
+            .into(),
+            resources: Some(Resources {
+                cpu_millis: 50,
+                memory_bytes: 16 << 20,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
 /// The training job of a balancing run: [`train_spec`] marked `[balance]
 /// movable`, each trainer asking for a share of a node large enough that
 /// two on one node put it clearly above its neighbours' mean, so the
@@ -228,15 +262,10 @@ async fn pick_target(
 pub const FOLLOW_AFTER_STOP: Duration = Duration::from_secs(30);
 
 /// A migration client: until `ctx.stop`, every 0.5-1.5 s picks a running
-/// allocation of [`TRAIN_JOB`] and a ready node among `nodes` other than
-/// its own, asks to move it there, and follows the migration until it ends
-/// (past the stop by at most [`FOLLOW_AFTER_STOP`]), recording each attempt.
-pub async fn migration_client(ctx: ClientContext, process: u64, nodes: Vec<String>, rng: Rng) {
-    migration_client_of(ctx, process, TRAIN_JOB, nodes, rng).await;
-}
-
-/// [`migration_client`] moving the allocations of `job` (the simulation's
-/// live-moving VMs).
+/// allocation of `job` ([`TRAIN_JOB`], [`VM_JOB`], the simulation's
+/// live-moving VMs) and a ready node among `nodes` other than its own, asks
+/// to move it there, and follows the migration until it ends (past the
+/// stop by at most [`FOLLOW_AFTER_STOP`]), recording each attempt.
 pub async fn migration_client_of(
     ctx: ClientContext,
     process: u64,
@@ -376,12 +405,17 @@ async fn follow(
 
 /// Waits until [`TRAIN_JOB`] runs all its allocations, up to `limit`.
 pub async fn until_training(client: &HerdClient, limit: Duration) -> bool {
+    until_running(client, TRAIN_JOB, TRAIN_COUNT, limit).await
+}
+
+/// Waits until `job` runs `count` allocations, up to `limit`.
+pub async fn until_running(client: &HerdClient, job: &str, count: u32, limit: Duration) -> bool {
     let started = tokio::time::Instant::now();
     while started.elapsed() < limit {
         let call = client.call(|ch| async move {
             AllocsClient::new(ch)
                 .list(ListAllocsRequest {
-                    job: TRAIN_JOB.into(),
+                    job: job.into(),
                     stale: false,
                 })
                 .await
@@ -393,7 +427,7 @@ pub async fn until_training(client: &HerdClient, limit: Duration) -> bool {
                 .iter()
                 .filter(|a| a.status == "running" && a.desired == "run")
                 .count();
-            if running >= TRAIN_COUNT as usize {
+            if running >= count as usize {
                 return true;
             }
         }
@@ -402,28 +436,27 @@ pub async fn until_training(client: &HerdClient, limit: Duration) -> bool {
     false
 }
 
-/// Spawns `count` migration clients over `nodes`, numbered from `process`,
-/// stopped by `stop`.
+/// Spawns migration clients over `nodes`, numbered from `process`,
+/// stopped by `stop`: one per job of `jobs` (a job named twice gets two).
 pub fn spawn_clients(
     ctx: &ClientContext,
     stop: Arc<AtomicBool>,
     process: u64,
-    count: u64,
+    jobs: &[&str],
     nodes: &[String],
     rng: &mut Rng,
 ) -> Vec<tokio::task::JoinHandle<()>> {
-    (0..count)
-        .map(|i| {
+    (0u64..)
+        .zip(jobs)
+        .map(|(i, job)| {
             let client_ctx = ClientContext {
                 stop: stop.clone(),
                 ..ctx.clone()
             };
-            tokio::spawn(migration_client(
-                client_ctx,
-                process + i,
-                nodes.to_vec(),
-                rng.fork(),
-            ))
+            let (job, nodes, rng) = (job.to_string(), nodes.to_vec(), rng.fork());
+            tokio::spawn(async move {
+                migration_client_of(client_ctx, process + i, &job, nodes, rng).await
+            })
         })
         .collect()
 }

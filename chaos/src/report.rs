@@ -366,6 +366,7 @@ mod tests {
                     job: SERVICE_JOB.into(),
                     instance: Some(*instance),
                     mark: None,
+                    guest: None,
                 })
                 .collect(),
         })

@@ -135,14 +135,7 @@ fn sample(agents: &AgentSet, at_ns: u64, settled: bool) -> Sample {
         processes: agents
             .workloads()
             .into_iter()
-            .map(|w| SeenProcess {
-                pid: w.pid,
-                node: w.node,
-                alloc_id: w.alloc_id,
-                job: w.job,
-                instance: w.instance,
-                mark: w.mark,
-            })
+            .map(SeenProcess::from)
             .collect(),
     }
 }
@@ -329,6 +322,19 @@ pub async fn run(config: &RunConfig) -> Result<History, RunError> {
             .await
             .map_err(|error| RunError::Setup(format!("submit {}: {error}", migrate::TRAIN_JOB)))?;
     }
+    // Live moves too: a simulated VM beside the trainers.
+    let moves_vms = scenario.migrations && agents.is_some();
+    if moves_vms {
+        workload::submit_setup(
+            &client,
+            addrs.len(),
+            migrate::vm_spec(),
+            &recorder,
+            SETUP_LIMIT,
+        )
+        .await
+        .map_err(|error| RunError::Setup(format!("submit {}: {error}", migrate::VM_JOB)))?;
+    }
     if !until_whole(
         &cluster,
         &client,
@@ -347,6 +353,15 @@ pub async fn run(config: &RunConfig) -> Result<History, RunError> {
             "{} did not run its {} trainers within {SETUP_LIMIT:?}",
             migrate::TRAIN_JOB,
             migrate::TRAIN_COUNT
+        )));
+    }
+    if moves_vms
+        && !migrate::until_running(&client, migrate::VM_JOB, migrate::VM_COUNT, SETUP_LIMIT).await
+    {
+        return Err(RunError::Setup(format!(
+            "{} did not run its {} VMs within {SETUP_LIMIT:?}",
+            migrate::VM_JOB,
+            migrate::VM_COUNT
         )));
     }
     // balance-away: movable trainers crowded on one node before the
@@ -418,12 +433,19 @@ pub async fn run(config: &RunConfig) -> Result<History, RunError> {
     // started to its end, so that every migration has ended before
     // convergence is judged.
     let migrate_stop = Arc::new(AtomicBool::new(false));
+    // One client per trainer, and one per VM.
+    let moved: Vec<&str> = std::iter::repeat_n(migrate::TRAIN_JOB, migrate::TRAIN_COUNT as usize)
+        .chain(std::iter::repeat_n(
+            migrate::VM_JOB,
+            migrate::VM_COUNT as usize,
+        ))
+        .collect();
     let migrate_tasks = match agents.as_ref().filter(|_| scenario.migrations) {
         Some(set) => migrate::spawn_clients(
             &ctx,
             migrate_stop.clone(),
             config.register_clients + 3,
-            u64::from(migrate::TRAIN_COUNT),
+            &moved,
             &set.names(),
             &mut rng,
         ),

@@ -23,9 +23,10 @@ pub struct Scenario {
     /// Whether a client drains nodes and makes them eligible again (with
     /// agents only). Off where a drain would hide what is measured.
     pub drains: bool,
-    /// Whether a training job runs on the agents and migration clients keep
-    /// moving its allocations between them ([`crate::migrate`]), judged by
-    /// the migration checker (with agents only).
+    /// Whether a training job and a simulated VM run on the agents and
+    /// migration clients keep moving their allocations between them
+    /// ([`crate::migrate`]), judged by the migration checker (with agents
+    /// only).
     pub migrations: bool,
     /// Whether that training job is `[balance] movable` and the agents
     /// move it among themselves (decentralised balancing) instead of
@@ -258,7 +259,7 @@ pub const SCENARIOS: &[Scenario] = &[
     },
     Scenario {
         name: "migrate",
-        about: "3 coordinators, 3 agents; a training job (dljob) kept moving between agents by migration clients while agents (alone or with their workloads) and the leader are killed and restarted",
+        about: "3 coordinators, 3 agents; a training job (dljob) and a simulated VM (simvm, moved live) kept moving between agents by migration clients while agents (alone or with their workloads) and the leader are killed and restarted",
         members: 3,
         agents: 3,
         faults: &[Fault::KillAgent, Fault::KillNode, Fault::KillLeader],

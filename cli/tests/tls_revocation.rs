@@ -4,9 +4,11 @@
 //! certificate on the agent-to-agent service, each naming the revocation;
 //! a client certificate revoked by fingerprint stops working while the
 //! operator's goes on; a second revocation changes nothing; `herd tls
-//! cert revoked` lists both with their notes; revoked with the CA's key, a
-//! revocation carries a CRL for QEMU's streams, which the agents take in
-//! (added to an earlier revocation too); bad input exits 2. And the
+//! cert revoked` lists them with their notes; revoked with the CA's key, a
+//! revocation replaces the cluster's CRL for QEMU's streams with one that
+//! names it too, which the agents take in (an earlier revocation added to
+//! it too, two operators revoking at once both named); bad input exits
+//! 2. And the
 //! dialing side: herd's dial (what every agent, coordinator and CLI
 //! connects with) refuses a server whose certificate is revoked, on a new
 //! connection and on one already open.
@@ -234,7 +236,7 @@ async fn a_revoked_certificate_is_refused_by_coordinators_and_agents() {
     let key = format!("herd/tls/revoked/{fingerprint}");
     let kept = tls_cli(&tls, "ops", &["--addr", &addr, "var", "get", &key]);
     assert!(stdout(&kept).contains("laptop stolen"), "{}", stdout(&kept));
-    assert!(!stdout(&kept).contains("crl_pem"), "{}", stdout(&kept));
+    assert!(!stdout(&kept).contains("crl_serial"), "{}", stdout(&kept));
     // Again by its file with the CA's key: the list is added to the
     // revocation, which keeps its first note.
     let eve_path = eve_cert.display().to_string();
@@ -254,10 +256,78 @@ async fn a_revoked_certificate_is_refused_by_coordinators_and_agents() {
     );
     let kept = tls_cli(&tls, "ops", &["--addr", &addr, "var", "get", &key]);
     assert!(
-        stdout(&kept).contains("laptop stolen") && stdout(&kept).contains("crl_pem"),
+        stdout(&kept).contains("laptop stolen") && stdout(&kept).contains("crl_serial"),
         "{}",
         stdout(&kept)
     );
+    // The cluster's one revocation list now names both certificates: the
+    // second list signed with h2's serial read from the first (GnuTLS,
+    // QEMU's TLS library, keeps one list per CA).
+    let serial_of = |path: &std::path::Path| {
+        let pem = std::fs::read(path).expect("read the certificate");
+        let der = herd_api::tls::identity::first_pem_certificate(&pem).expect("a certificate");
+        herd_api::tls::crl::certificate_serial(&der).expect("a serial")
+    };
+    let list = tls_cli(
+        &tls,
+        "ops",
+        &[
+            "--addr",
+            &addr,
+            "var",
+            "get",
+            herd_api::tls::crl::LIST_VARIABLE,
+        ],
+    );
+    let mut named = herd_api::tls::crl::serials(&stdout(&list)).expect("a CRL");
+    named.sort();
+    let mut both = vec![serial_of(&h2_cert), serial_of(&eve_cert)];
+    both.sort();
+    assert_eq!(named, both, "{}", stdout(&list));
+    // Two operators revoking at once: each signs a list from what it read,
+    // the coordinators take one and refuse the other as stale, which signs
+    // again; no entry is dropped.
+    let racers: Vec<std::path::PathBuf> = ["r1", "r2"]
+        .iter()
+        .map(|name| tls.issue("client", name).expect("a certificate").0)
+        .collect();
+    let runs: Vec<_> = racers
+        .iter()
+        .map(|cert| {
+            let (tls, addr, ca, ca_key) = (tls.clone(), addr.clone(), ca.clone(), ca_key.clone());
+            let cert = cert.display().to_string();
+            std::thread::spawn(move || {
+                tls_cli(
+                    &tls,
+                    "ops",
+                    &[
+                        "--addr", &addr, "tls", "cert", "revoke", &cert, "--ca-key", &ca_key,
+                        "--ca", &ca,
+                    ],
+                )
+            })
+        })
+        .collect();
+    for run in runs {
+        let out = run.join().expect("revoke thread");
+        assert!(out.status.success(), "{out:?}");
+    }
+    let list = tls_cli(
+        &tls,
+        "ops",
+        &[
+            "--addr",
+            &addr,
+            "var",
+            "get",
+            herd_api::tls::crl::LIST_VARIABLE,
+        ],
+    );
+    let mut named = herd_api::tls::crl::serials(&stdout(&list)).expect("a CRL");
+    named.sort();
+    both.extend(racers.iter().map(|cert| serial_of(cert)));
+    both.sort();
+    assert_eq!(named, both, "{}", stdout(&list));
 
     // Both are listed, with their notes, to any client (the read role);
     // the one revoked by its file is noted with whom it named.
@@ -272,7 +342,7 @@ async fn a_revoked_certificate_is_refused_by_coordinators_and_agents() {
         .iter()
         .map(|c| {
             assert!(c["revoked_at_ms"].as_u64() > Some(0), "{c}");
-            assert_eq!(c["crl"], true, "both carry a revocation list now: {c}");
+            assert_eq!(c["crl"], true, "the cluster's list names each now: {c}");
             (
                 c["fingerprint_sha256"]
                     .as_str()
@@ -289,6 +359,13 @@ async fn a_revoked_certificate_is_refused_by_coordinators_and_agents() {
             (h2_fingerprint.clone(), "spiffe://herd/node/h2".to_string()),
         ]
         .into_iter()
+        .chain(racers.iter().zip(["r1", "r2"]).map(|(cert, name)| {
+            let (fp, _) = herd_api::tls::revocation::fingerprint_of_pem(
+                &std::fs::read(cert).expect("read the certificate"),
+            )
+            .expect("a certificate");
+            (fp, format!("spiffe://herd/client/{name}"))
+        }))
         .collect(),
         "{listed}"
     );

@@ -11,11 +11,12 @@
 //! the source node's own certificate gets through, checking the target's
 //! exact node name as the source's QEMU does (`tls-hostname`
 //! `<target>.node.herd`), and a probe expecting another node's name
-//! refuses the target's certificate. An earlier certificate of the source
-//! node, revoked with the CA's key before the move (`herd tls cert revoke
-//! --ca-key`), is refused by the target's QEMU through the revocation list
-//! its agent handed it, though it names the same node. After it, the guest runs on at the
-//! target, not rebooted, reading its disk
+//! refuses the target's certificate. Two earlier certificates of the
+//! source node, each revoked with the CA's key before the move (`herd tls
+//! cert revoke --ca-key`), are refused by the target's QEMU through the
+//! cluster's revocation list its agent handed it, though they name the
+//! same node. After it, the guest runs on at the target, not rebooted,
+//! reading its disk
 //! pattern from the target's disk; the target QEMU's migration parameters
 //! name the TLS credentials and the authorization, which admits the source
 //! node only; no copy of the node's key is left in either allocation
@@ -168,34 +169,40 @@ async fn a_vm_with_a_disk_moves_under_tls_and_the_target_admits_the_source_node_
     let (client_cert, client_key) = tls.issue("client", "admin").expect("client cert");
     let (other_cert, other_key) = tls.issue("node", "q3").expect("q3's cert");
     let (source_cert, source_key) = tls.issue("node", &source).expect("source's cert");
-    // An earlier certificate of the source node (the same name, another
-    // serial), revoked with the CA's key: both agents hand the revocation
-    // list to their QEMUs, and the target refuses it where the same
-    // node's current certificate gets through.
-    let (stale_cert, stale_key) = tls
-        .issue_another("node", &source, &dir.path().join("stale"))
-        .expect("an earlier certificate of the source");
-    let revoke = [
-        "--addr".to_string(),
-        addr.clone(),
-        "tls".into(),
-        "cert".into(),
-        "revoke".into(),
-        stale_cert.display().to_string(),
-        "--ca-key".into(),
-        tls.ca_key().display().to_string(),
-        "--ca".into(),
-        tls.ca().display().to_string(),
-    ];
-    let revoke: Vec<&str> = revoke.iter().map(String::as_str).collect();
-    must_tls_cli(&tls, &revoke);
+    // Two earlier certificates of the source node (the same name, other
+    // serials), each revoked with the CA's key: the cluster's list names
+    // both, both agents hand it to their QEMUs as `ca-crl.pem`, and the
+    // target refuses each where the same node's current certificate gets
+    // through. (With one CRL per revocation, GnuTLS kept only one of them
+    // and the other certificate passed: this test caught it.)
+    let mut stale = Vec::new();
+    for n in 1..=2 {
+        let (cert, key) = tls
+            .issue_another("node", &source, &dir.path().join(format!("stale{n}")))
+            .expect("an earlier certificate of the source");
+        let revoke = [
+            "--addr".to_string(),
+            addr.clone(),
+            "tls".into(),
+            "cert".into(),
+            "revoke".into(),
+            cert.display().to_string(),
+            "--ca-key".into(),
+            tls.ca_key().display().to_string(),
+            "--ca".into(),
+            tls.ca().display().to_string(),
+        ];
+        let revoke: Vec<&str> = revoke.iter().map(String::as_str).collect();
+        must_tls_cli(&tls, &revoke);
+        stale.push((cert, key));
+    }
     for node in [source.as_str(), target] {
         let log = agents.agent(node).expect("agent").log_path.clone();
-        until("the agent holding the revocation list", PATIENCE, || {
+        until("the agent holding the list naming both", PATIENCE, || {
             std::fs::read_to_string(&log)
                 .ok()?
                 .lines()
-                .any(|l| l.contains("token table updated") && l.contains("revocation_lists=1"))
+                .any(|l| l.contains("token table updated") && l.contains("listed_serials=2"))
                 .then_some(())
         })
         .await;
@@ -265,19 +272,21 @@ async fn a_vm_with_a_disk_moves_under_tls_and_the_target_admits_the_source_node_
         admitted_err.contains("export") && !admitted_err.contains("TLS channel"),
         "the source node is admitted: {admitted_err}"
     );
-    // The source node's revoked certificate: the same subject, so only the
-    // revocation list can refuse it.
-    let revoked = nbd_probe(
-        &nbd,
-        &tls,
-        Some((&stale_cert, &stale_key, &target_name)),
-        &dir.path().join("probe-revoked"),
-    );
-    let revoked_err = String::from_utf8_lossy(&revoked.stderr);
-    assert!(
-        !revoked.status.success() && !revoked_err.contains("export"),
-        "a revoked certificate of the source node got through: {revoked_err}"
-    );
+    // The source node's revoked certificates: the same subject, so only
+    // the revocation lists can refuse them.
+    for (n, (stale_cert, stale_key)) in stale.iter().enumerate() {
+        let revoked = nbd_probe(
+            &nbd,
+            &tls,
+            Some((stale_cert, stale_key, &target_name)),
+            &dir.path().join(format!("probe-revoked{n}")),
+        );
+        let revoked_err = String::from_utf8_lossy(&revoked.stderr);
+        assert!(
+            !revoked.status.success() && !revoked_err.contains("export"),
+            "revoked certificate {n} of the source node got through: {revoked_err}"
+        );
+    }
     // A client expecting another node (q3) refuses the target's
     // certificate, valid as it is: QEMU checks the exact node name.
     let mistaken = nbd_probe(
@@ -319,9 +328,12 @@ async fn a_vm_with_a_disk_moves_under_tls_and_the_target_admits_the_source_node_
             "{subject} refused by tls-authz: {target_stderr}"
         );
     }
-    assert!(
-        target_stderr.contains("The certificate has been revoked"),
-        "the revoked certificate refused as revoked: {target_stderr}"
+    assert_eq!(
+        target_stderr
+            .matches("The certificate has been revoked")
+            .count(),
+        2,
+        "both revoked certificates refused as revoked: {target_stderr}"
     );
 
     // The same guest runs on at the target, its disk moved.

@@ -20,14 +20,20 @@
 //! operators revoking at once would each drop the other's entry. GnuTLS
 //! (QEMU's TLS library) keeps every CRL of a file.
 
-use std::sync::{Arc, RwLock};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
 
 use x509_parser::prelude::FromDer;
 use x509_parser::revocation_list::CertificateRevocationList;
 
-/// Largest CRL accepted: one naming a single certificate is well under
-/// 1 KiB; this leaves room for a list made by another PKI.
-pub const MAX_CRL_BYTES: usize = 16 * 1024;
+/// Largest CRL accepted: each certificate it names costs about 40 bytes
+/// of PEM, so room for some 6,000 revocations.
+pub const MAX_CRL_BYTES: usize = 256 * 1024;
+
+/// The replicated variable that holds the cluster's revocation list: one
+/// CRL naming every certificate revoked with the CA's key, replaced by a
+/// longer one with each such revocation (compare-and-set on its version).
+pub const LIST_VARIABLE: &str = "herd/tls/crl";
 
 /// The CRLs this process holds, as PEM texts (None before the first
 /// [`replace`]).
@@ -39,6 +45,9 @@ pub struct CheckedCrl {
     /// The serial numbers it lists, lower-case hex, as `openssl x509
     /// -serial` prints them (less the colons).
     pub serials: Vec<String>,
+    /// Its next update, in seconds since the epoch: past it, QEMU would
+    /// refuse every peer checked against it.
+    pub next_update_s: i64,
 }
 
 /// Checks that `pem` is a CRL QEMU can use for this cluster: one PEM
@@ -69,15 +78,11 @@ pub fn check(pem: &str, ca_pem: &[u8], now_s: i64) -> Result<CheckedCrl, String>
     if serials.is_empty() {
         return Err("it lists no certificate".to_string());
     }
-    match crl.next_update() {
+    let next_update_s = match crl.next_update() {
         None => return Err("it has no next update (GnuTLS needs one)".to_string()),
-        Some(next) if next.timestamp() <= now_s => {
-            return Err(format!(
-                "its next update ({next}) is past: QEMU would refuse every peer checked against it"
-            ))
-        }
-        Some(_) => {}
-    }
+        Some(next) if next.timestamp() <= now_s => return Err(past_next_update(&next)),
+        Some(next) => next.timestamp(),
+    };
     let issuer = crl.issuer();
     let mut named_issuer = false;
     for block in x509_parser::pem::Pem::iter_from_buffer(ca_pem).map_while(Result::ok) {
@@ -92,7 +97,10 @@ pub fn check(pem: &str, ca_pem: &[u8], now_s: i64) -> Result<CheckedCrl, String>
         }
         named_issuer = true;
         if crl.verify_signature(ca.public_key()).is_ok() {
-            return Ok(CheckedCrl { serials });
+            return Ok(CheckedCrl {
+                serials,
+                next_update_s,
+            });
         }
     }
     Err(if named_issuer {
@@ -100,6 +108,92 @@ pub fn check(pem: &str, ca_pem: &[u8], now_s: i64) -> Result<CheckedCrl, String>
     } else {
         format!("issued by {issuer}, not by the cluster's CA")
     })
+}
+
+fn past_next_update(next: &impl std::fmt::Display) -> String {
+    format!("its next update ({next}) is past: QEMU would refuse every peer checked against it")
+}
+
+/// Why [`check_for_cluster`] refused a CRL.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClusterCrlError {
+    /// This process runs without TLS: there is no CA to check it against
+    /// and no QEMU stream it would apply to.
+    #[error("this process runs without TLS: there is no CA to check it against and no QEMU stream it would apply to")]
+    NoTls,
+    /// [`check`] refused it.
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// The CRLs [`check_for_cluster`] verified lately, under which CA.
+#[derive(Default)]
+struct Verified {
+    ca_pem: Vec<u8>,
+    lists: HashMap<String, CheckedCrl>,
+}
+
+/// How many verified CRLs are remembered; past it the memory starts over.
+/// Only CRLs the CA's key signed get in, so this bounds a mistake, not an
+/// attack.
+const MAX_REMEMBERED: usize = 4096;
+
+static VERIFIED: Mutex<Option<Verified>> = Mutex::new(None);
+
+/// [`check`] against this process's CA (its TLS material) at the current
+/// time. An agent checks every CRL again with each token table it fetches
+/// (every few seconds, network input all the same): a CRL whose signature
+/// was verified once under the same CA is not verified again, only its
+/// next update is.
+pub fn check_for_cluster(pem: &str) -> Result<CheckedCrl, ClusterCrlError> {
+    let super::Transport::Tls(material) = super::transport() else {
+        return Err(ClusterCrlError::NoTls);
+    };
+    let (ca_pem, _, _) = material.pem();
+    let now_s = i64::try_from(crate::clock::now_ms() / 1000).unwrap_or(i64::MAX);
+    let mut verified = VERIFIED
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    check_remembering(&mut verified, pem, ca_pem, now_s).map_err(ClusterCrlError::Refused)
+}
+
+/// [`check`], skipping the signature of a CRL `verified` holds for `ca_pem`.
+fn check_remembering(
+    verified: &mut Option<Verified>,
+    pem: &str,
+    ca_pem: &[u8],
+    now_s: i64,
+) -> Result<CheckedCrl, String> {
+    let memory = match verified {
+        Some(memory) if memory.ca_pem == ca_pem && memory.lists.len() < MAX_REMEMBERED => memory,
+        _ => verified.insert(Verified {
+            ca_pem: ca_pem.to_vec(),
+            lists: HashMap::new(),
+        }),
+    };
+    if let Some(known) = memory.lists.get(pem) {
+        if known.next_update_s > now_s {
+            return Ok(known.clone());
+        }
+        // Past its next update: refused below, saying when.
+        memory.lists.remove(pem);
+    }
+    let checked = check(pem, ca_pem, now_s)?;
+    memory.lists.insert(pem.to_string(), checked.clone());
+    Ok(checked)
+}
+
+/// The serials `pem` (a CRL kept before, so already checked) lists,
+/// lower-case hex; an error when it does not parse.
+pub fn serials(pem: &str) -> Result<Vec<String>, String> {
+    let der = super::material::first_pem_block(pem.as_bytes(), "X509 CRL")
+        .ok_or_else(|| "no PEM X509 CRL block".to_string())?;
+    let (_, crl) = CertificateRevocationList::from_der(&der)
+        .map_err(|e| format!("not a certificate revocation list: {e}"))?;
+    Ok(crl
+        .iter_revoked_certificates()
+        .map(|revoked| hex(revoked.raw_serial()))
+        .collect())
 }
 
 /// The serial number of the DER certificate `der`, lower-case hex (as
@@ -246,6 +340,30 @@ mod tests {
         let garbled = "-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n";
         let e = check(garbled, ca.pem.as_bytes(), 0).unwrap_err();
         assert!(e.contains("not a certificate revocation list"), "{e}");
+    }
+
+    #[test]
+    fn a_remembered_crl_is_still_refused_past_its_next_update_or_under_another_ca() {
+        let ours = ca("herd cluster CA");
+        let soon = OffsetDateTime::now_utc() + Duration::hours(1);
+        let pem = crl(&ours, &[&[7]], soon);
+        let mut memory = None;
+        let first = check_remembering(&mut memory, &pem, ours.pem.as_bytes(), now_s()).unwrap();
+        assert_eq!(first.serials, vec!["07".to_string()]);
+        // Remembered: taken again without its signature being checked, as
+        // long as the CA is the same and its next update ahead.
+        let again = check_remembering(&mut memory, &pem, ours.pem.as_bytes(), now_s()).unwrap();
+        assert_eq!(again, first);
+        assert_eq!(memory.as_ref().map(|m| m.lists.len()), Some(1));
+        let two_hours_on = now_s() + 2 * 3600;
+        let e =
+            check_remembering(&mut memory, &pem, ours.pem.as_bytes(), two_hours_on).unwrap_err();
+        assert!(e.contains("is past"), "{e}");
+        // Under another CA (same name, other key) the memory counts for nothing.
+        check_remembering(&mut memory, &pem, ours.pem.as_bytes(), now_s()).unwrap();
+        let rotated = ca("herd cluster CA");
+        let e = check_remembering(&mut memory, &pem, rotated.pem.as_bytes(), now_s()).unwrap_err();
+        assert!(e.contains("signature"), "{e}");
     }
 
     #[test]

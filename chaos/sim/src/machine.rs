@@ -122,6 +122,7 @@ impl Machine {
                 job: p.job.clone(),
                 instance: p.instance,
                 mark: p.mark.clone(),
+                guest: None,
             })
             .collect()
     }

@@ -95,6 +95,7 @@ mod tests {
             job: JOB.into(),
             instance: Some(instance),
             mark: None,
+            guest: None,
         }
     }
 

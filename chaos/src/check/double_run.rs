@@ -9,11 +9,16 @@
 //! version's instance while the old one is being stopped (herd does not
 //! order the two yet, as Nomad's destructive updates do not), so copies of
 //! *different* versions may overlap briefly, settled or not.
+//!
+//! A simulated VM moving live has two copies of one allocation, the
+//! source and the target's incoming one, and only one may run its guest:
+//! a copy counts only when it said, twice, that its guest runs
+//! ([`GuestSeen`]), so two copies that both run are the failure.
 
 use std::collections::BTreeMap;
 
 use super::Verdict;
-use crate::history::Sample;
+use crate::history::{GuestSeen, Sample};
 
 /// Checks every sample.
 pub fn check(samples: &[Sample]) -> Verdict {
@@ -23,7 +28,11 @@ pub fn check(samples: &[Sample]) -> Verdict {
     for sample in samples {
         let mut by_alloc: BTreeMap<&str, Vec<u32>> = BTreeMap::new();
         let mut by_instance: BTreeMap<(&str, u32, Option<&str>), Vec<u32>> = BTreeMap::new();
-        for p in &sample.processes {
+        for p in sample
+            .processes
+            .iter()
+            .filter(|p| GuestSeen::counts(p.guest))
+        {
             by_alloc.entry(&p.alloc_id).or_default().push(p.pid);
             if let Some(instance) = p.instance {
                 by_instance
@@ -65,6 +74,7 @@ mod tests {
             job: "web".into(),
             instance: Some(instance),
             mark: None,
+            guest: None,
         }
     }
 
@@ -85,6 +95,45 @@ mod tests {
             sample(true, vec![seen(3, "b0", 0), seen(2, "a1", 1)]),
         ];
         assert_eq!(check(&samples), Verdict::Pass);
+    }
+
+    #[test]
+    fn a_moving_vm_may_have_a_paused_copy_but_never_two_running() {
+        let vm = |pid: u32, guest: GuestSeen| SeenProcess {
+            guest: Some(guest),
+            ..seen(pid, "vm0", 0)
+        };
+        // Source running, target incoming (paused); then the other way
+        // round; a copy not judged (no answer) beside a running one.
+        for settled in [false, true] {
+            for copies in [
+                vec![vm(1, GuestSeen::Running), vm(2, GuestSeen::Paused)],
+                vec![vm(1, GuestSeen::Paused), vm(2, GuestSeen::Running)],
+                vec![vm(1, GuestSeen::Unknown), vm(2, GuestSeen::Running)],
+            ] {
+                assert_eq!(check(&[sample(settled, copies)]), Verdict::Pass);
+            }
+        }
+        let split = vec![sample(
+            false,
+            vec![vm(1, GuestSeen::Running), vm(2, GuestSeen::Running)],
+        )];
+        assert!(check(&split).is_fail());
+    }
+
+    #[test]
+    fn two_answers_make_a_running_copy_only_when_both_say_so() {
+        assert_eq!(GuestSeen::of(Some(true), Some(true)), GuestSeen::Running);
+        // A source seen running, then paused by its move's last pass.
+        assert_eq!(GuestSeen::of(Some(true), Some(false)), GuestSeen::Paused);
+        assert_eq!(GuestSeen::of(None, Some(false)), GuestSeen::Paused);
+        // A target resumed between the two questions.
+        assert_eq!(GuestSeen::of(Some(false), Some(true)), GuestSeen::Paused);
+        assert_eq!(GuestSeen::of(Some(true), None), GuestSeen::Unknown);
+        assert_eq!(GuestSeen::of(None, None), GuestSeen::Unknown);
+        assert!(GuestSeen::counts(None));
+        assert!(GuestSeen::counts(Some(GuestSeen::Running)));
+        assert!(!GuestSeen::counts(Some(GuestSeen::Paused)));
     }
 
     #[test]

@@ -40,7 +40,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::Verdict;
 use crate::history::{
-    FinalMigrationState, History, MigrationAttempt, Outcome, Record, Sample, SeenMigration,
+    FinalMigrationState, GuestSeen, History, MigrationAttempt, Outcome, Record, Sample,
+    SeenMigration,
 };
 
 /// How late past a phase deadline a migration may still be seen running
@@ -366,7 +367,13 @@ fn one_copy(
     let (windows, known) = windows(attempts, finals);
     for sample in samples {
         let mut by_alloc: BTreeMap<&str, Vec<(u32, &str)>> = BTreeMap::new();
-        for p in &sample.processes {
+        // A simulated VM's copy whose guest did not run (a paused source,
+        // a target not yet resumed) is no running copy (`GuestSeen`).
+        let counted = sample
+            .processes
+            .iter()
+            .filter(|p| GuestSeen::counts(p.guest));
+        for p in counted {
             if windows.contains_key(p.alloc_id.as_str()) {
                 by_alloc
                     .entry(&p.alloc_id)
@@ -618,6 +625,7 @@ mod tests {
                     job: "chaos-train".into(),
                     instance: Some(0),
                     mark: None,
+                    guest: None,
                 })
                 .collect(),
         }
@@ -786,6 +794,52 @@ mod tests {
             &finals,
             "before its first migration",
         );
+    }
+
+    #[test]
+    fn a_simulated_vms_paused_copies_are_no_copies_but_a_running_one_is() {
+        let with_guests = |at: u64, copies: &[(u32, &str, GuestSeen)]| {
+            let mut s = sample(
+                at,
+                &copies.iter().map(|(p, n, _)| (*p, *n)).collect::<Vec<_>>(),
+            );
+            for (process, (_, _, guest)) in s.processes.iter_mut().zip(copies) {
+                process.guest = Some(*guest);
+            }
+            s
+        };
+        // During the move the target waits paused beside the running
+        // source; after it the paused source lingers beside the target.
+        let (attempts, mut samples, finals) = good();
+        samples.push(with_guests(
+            1300,
+            &[
+                (11, "n1", GuestSeen::Running),
+                (12, "n2", GuestSeen::Paused),
+            ],
+        ));
+        samples.push(with_guests(
+            2500,
+            &[
+                (11, "n1", GuestSeen::Paused),
+                (12, "n2", GuestSeen::Running),
+            ],
+        ));
+        assert_eq!(check(&attempts, &samples, &finals), Verdict::Pass);
+        // Both guests running during the move, or the source's guest
+        // running again after the switch-over.
+        let (attempts, mut samples, finals) = good();
+        samples.push(with_guests(
+            1300,
+            &[
+                (11, "n1", GuestSeen::Running),
+                (12, "n2", GuestSeen::Running),
+            ],
+        ));
+        fails(&attempts, &samples, &finals, "ran as two copies");
+        let (attempts, mut samples, finals) = good();
+        samples.push(with_guests(2500, &[(11, "n1", GuestSeen::Running)]));
+        fails(&attempts, &samples, &finals, "after migration mig-10 ended");
     }
 
     #[test]

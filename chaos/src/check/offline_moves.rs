@@ -155,6 +155,7 @@ mod tests {
             job: "away".into(),
             instance: Some(0),
             mark: None,
+            guest: None,
         }
     }
 

@@ -4,7 +4,7 @@ use std::io::Read;
 use std::time::Duration;
 
 use clap::Subcommand;
-use herd_api::client::HerdClient;
+use herd_api::client::{HerdClient, Repeat};
 use herd_api::duration::{format_duration, from_wire_ms, parse_duration};
 use herd_api::proto::v1 as pb;
 use herd_api::proto::v1::jobs_client::JobsClient;
@@ -12,7 +12,7 @@ use herd_api::resources::format_memory;
 use herd_api::spec_file::parse_job_spec;
 use serde_json::json;
 
-use super::Context;
+use super::{Context, RIDE_OUT_ELECTIONS};
 use crate::exit::CliError;
 use crate::output::{format_time, print_json, print_table};
 
@@ -158,8 +158,11 @@ pub async fn run(ctx: &Context, command: JobCommand) -> Result<(), CliError> {
             let request = pb::SubmitJobRequest {
                 spec: Some(pb::JobSpec::from(&spec)),
             };
+            // Safe to send again: a spec identical to the job's current one
+            // is applied once ("unchanged"), so an election under way while
+            // it was in flight costs a retry, not a failed command.
             let reply = client
-                .call(|ch| {
+                .call_patiently(Repeat::Safe, RIDE_OUT_ELECTIONS, |ch| {
                     let request = request.clone();
                     async move {
                         JobsClient::new(ch)
@@ -320,9 +323,10 @@ pub async fn run(ctx: &Context, command: JobCommand) -> Result<(), CliError> {
             }
         }
         JobCommand::Stop { name } => {
+            // Safe to send again: stopping a stopped job changes nothing.
             let reply = ctx
                 .client()?
-                .call(|ch| {
+                .call_patiently(Repeat::Safe, RIDE_OUT_ELECTIONS, |ch| {
                     let name = name.clone();
                     async move {
                         JobsClient::new(ch)

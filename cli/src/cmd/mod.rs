@@ -30,10 +30,18 @@ pub mod transport;
 pub mod var;
 pub mod vm;
 
+use std::time::Duration;
+
 use herd_api::client::HerdClient;
 
 use crate::exit::CliError;
 use crate::output::OutputFormat;
+
+/// How long a command whose request may safely run twice keeps trying
+/// while no coordinator can serve it (an election, a member restarting)
+/// before it reports "no coordinator could serve": elections take well
+/// under a second, a coordinator's restart a few.
+pub const RIDE_OUT_ELECTIONS: Duration = Duration::from_secs(15);
 
 /// What every client command needs.
 pub struct Context {

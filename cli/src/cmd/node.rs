@@ -3,6 +3,7 @@
 
 use clap::{Args, Subcommand};
 use herd_api::capabilities::MigrationMode;
+use herd_api::client::Repeat;
 use herd_api::proto::v1::nodes_client::NodesClient;
 use herd_api::proto::v1::DriverCapabilities;
 use herd_api::proto::v1::{
@@ -11,7 +12,7 @@ use herd_api::proto::v1::{
 use herd_api::resources::display_memory;
 use serde_json::{json, Value};
 
-use super::Context;
+use super::{Context, RIDE_OUT_ELECTIONS};
 use crate::exit::CliError;
 use crate::output::{print_json, print_table};
 
@@ -260,8 +261,9 @@ pub async fn run(ctx: &Context, command: NodeCommand) -> Result<(), CliError> {
         }
         NodeCommand::Eligibility { name, state } => {
             let eligible = state == "on";
+            // Safe to send again: it sets the flag, whatever it was.
             client
-                .call(|ch| {
+                .call_patiently(Repeat::Safe, RIDE_OUT_ELECTIONS, |ch| {
                     let request = SetEligibilityRequest {
                         name: name.clone(),
                         eligible,

@@ -4,10 +4,13 @@
 //! refuses. The only `herd tls` commands that dial the cluster; the others
 //! make files.
 //!
-//! With `--ca-key` the revocation also carries a CRL naming the
-//! certificate, signed here with the CA's key (which never leaves the
-//! operator's machine), for QEMU's migration streams
-//! (`herd_api::tls::crl`).
+//! With `--ca-key` the revocation also carries the cluster's next
+//! revocation list, for QEMU's migration streams (`herd_api::tls::crl`):
+//! a CRL naming the certificate and every one the current list names,
+//! signed here with the CA's key (which never leaves the operator's
+//! machine). When another revocation replaced the list between the read
+//! and the write, the coordinators refuse the stale one and it is signed
+//! again.
 
 use std::path::Path;
 
@@ -31,10 +34,21 @@ fn fingerprint_of_file(file: &Path) -> Result<(String, Option<String>), CliError
     Ok((fingerprint, named.map(|identity| identity.uri())))
 }
 
-/// A CRL naming the certificate in `file`, signed by the CA at `ca` with
-/// the key at `ca_key`, valid as long as the CA: the certificate must be
-/// that CA's (a CRL of one CA cannot revoke another's certificate).
-fn signed_crl(file: &Path, ca: &Path, ca_key: &Path) -> Result<String, CliError> {
+/// What signs the cluster's revocation lists for one revocation: the CA's
+/// certificate and key, and the revoked certificate's serial.
+struct ListSigner {
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    ca_pem: String,
+    /// When the CA's validity ends: every list lasts as long.
+    ca_end: time::OffsetDateTime,
+    /// The revoked certificate's serial, lower-case hex.
+    serial: String,
+}
+
+/// Reads the CA at `ca` with its key at `ca_key` for revoking the
+/// certificate in `file`, which must be that CA's (a CRL of one CA cannot
+/// revoke another's certificate).
+fn list_signer(file: &Path, ca: &Path, ca_key: &Path) -> Result<ListSigner, CliError> {
     let bad = |what: String| CliError::input(format!("{}: {what}", file.display()));
     let pem = std::fs::read(file).map_err(|e| bad(e.to_string()))?;
     let der =
@@ -58,38 +72,83 @@ fn signed_crl(file: &Path, ca: &Path, ca_key: &Path) -> Result<String, CliError>
             ca_cert.subject()
         )));
     }
-    let now = time::OffsetDateTime::now_utc();
     let ca_end =
         time::OffsetDateTime::from_unix_timestamp(ca_cert.validity().not_after.timestamp())
             .map_err(|e| {
                 CliError::input(format!("--ca {}: its end of validity: {e}", ca.display()))
             })?;
-    let params = rcgen::CertificateRevocationListParams {
-        // An hour back, for peers whose clocks are a little behind.
-        this_update: now - time::Duration::hours(1),
-        // As long as the CA: every certificate this one could be is dead
-        // by then, and a CRL past its next update fails every peer.
-        next_update: ca_end,
-        // Increasing for each list this CA signs.
-        crl_number: rcgen::SerialNumber::from(herd_api::clock::now_ms()),
-        issuing_distribution_point: None,
-        revoked_certs: vec![rcgen::RevokedCertParams {
-            serial_number: rcgen::SerialNumber::from_slice(cert.raw_serial()),
-            revocation_time: now,
-            reason_code: None,
-            invalidity_date: None,
-        }],
-        key_identifier_method: rcgen::KeyIdMethod::Sha256,
-    };
-    let crl = params
-        .signed_by(&issuer)
-        .and_then(|crl| crl.pem())
-        .map_err(|e| CliError::runtime(format!("signing the revocation list: {e}")))?;
-    // What the coordinators will check, checked first here.
-    herd_api::tls::crl::check(&crl, ca_pem.as_bytes(), now.unix_timestamp())
-        .map_err(|e| CliError::runtime(format!("the revocation list just signed: {e}")))?;
-    Ok(crl)
+    let serial = herd_api::tls::crl::certificate_serial(&der).map_err(bad)?;
+    Ok(ListSigner {
+        issuer,
+        ca_pem,
+        ca_end,
+        serial,
+    })
 }
+
+impl ListSigner {
+    /// The cluster's next revocation list: every serial of `listed` (what
+    /// the current list names) and this certificate's, signed now.
+    fn sign(&self, listed: &[String]) -> Result<String, CliError> {
+        let now = time::OffsetDateTime::now_utc();
+        let mut serials: Vec<&String> = listed.iter().collect();
+        if !serials.contains(&&self.serial) {
+            serials.push(&self.serial);
+        }
+        let revoked_certs = serials
+            .into_iter()
+            .map(|hex| {
+                let bytes = serial_bytes(hex).ok_or_else(|| {
+                    CliError::runtime(format!(
+                        "the cluster's revocation list names a serial that is not hex: {hex:?}"
+                    ))
+                })?;
+                Ok(rcgen::RevokedCertParams {
+                    serial_number: rcgen::SerialNumber::from_slice(&bytes),
+                    revocation_time: now,
+                    reason_code: None,
+                    invalidity_date: None,
+                })
+            })
+            .collect::<Result<Vec<_>, CliError>>()?;
+        let params = rcgen::CertificateRevocationListParams {
+            // An hour back, for peers whose clocks are a little behind.
+            this_update: now - time::Duration::hours(1),
+            // As long as the CA: every certificate this one could be is
+            // dead by then, and a CRL past its next update fails every peer.
+            next_update: self.ca_end,
+            // Increasing for each list this CA signs.
+            crl_number: rcgen::SerialNumber::from(herd_api::clock::now_ms()),
+            issuing_distribution_point: None,
+            revoked_certs,
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        let crl = params
+            .signed_by(&self.issuer)
+            .and_then(|crl| crl.pem())
+            .map_err(|e| CliError::runtime(format!("signing the revocation list: {e}")))?;
+        // What the coordinators will check, checked first here.
+        herd_api::tls::crl::check(&crl, self.ca_pem.as_bytes(), now.unix_timestamp())
+            .map_err(|e| CliError::runtime(format!("the revocation list just signed: {e}")))?;
+        Ok(crl)
+    }
+}
+
+/// The bytes of a serial written in hex (as `herd_api::tls::crl` writes
+/// them); None when it is not.
+fn serial_bytes(hex: &str) -> Option<Vec<u8>> {
+    if hex.is_empty() || !hex.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// How many times a revocation with the CA's key signs the list again when
+/// another revocation replaced the cluster's list meanwhile.
+const SIGN_TRIES: usize = 5;
 
 /// Revokes the certificate in `file`, or the one with `fingerprint`; with
 /// `signer` (the CA's certificate and key), with a CRL naming it.
@@ -113,32 +172,55 @@ pub async fn run(
         }
     };
     let note = note.or(named).unwrap_or_default();
-    let crl_pem = match (signer, file) {
-        (Some((ca, ca_key)), Some(file)) => signed_crl(file, ca, ca_key)?,
+    let signer = match (signer, file) {
+        (Some((ca, ca_key)), Some(file)) => Some(list_signer(file, ca, ca_key)?),
         (Some(_), None) => {
             return Err(CliError::input(
                 "--ca-key needs the certificate's FILE: a revocation list names its serial, which a fingerprint does not give",
             ))
         }
-        (None, _) => String::new(),
-    };
-    let request = RevokeCertificateRequest {
-        fingerprint_sha256: fingerprint,
-        note,
-        crl_pem,
+        (None, _) => None,
     };
     let client = ctx.client()?;
-    let reply = client
-        .call_as(Repeat::Safe, |channel| {
-            let request = request.clone();
-            async move {
-                AclClient::new(channel)
-                    .revoke_certificate(request)
-                    .await
-                    .map(|r| r.into_inner())
+    let mut tries = 0;
+    let (request, reply) = loop {
+        tries += 1;
+        let (crl_pem, serial) = match &signer {
+            Some(signer) => (
+                signer.sign(&listed_serials(&client).await?)?,
+                signer.serial.clone(),
+            ),
+            None => (String::new(), String::new()),
+        };
+        let request = RevokeCertificateRequest {
+            fingerprint_sha256: fingerprint.clone(),
+            note: note.clone(),
+            crl_pem,
+            serial,
+        };
+        let sent = request.clone();
+        let answer = client
+            .call_as(Repeat::Safe, |channel| {
+                let request = sent.clone();
+                async move {
+                    AclClient::new(channel)
+                        .revoke_certificate(request)
+                        .await
+                        .map(|r| r.into_inner())
+                }
+            })
+            .await;
+        match answer {
+            // Another revocation replaced the list between our read and our
+            // write: read it again and sign a list naming both.
+            Err(herd_api::client::ClientError::Status { status, .. })
+                if status.code() == tonic::Code::Aborted && tries < SIGN_TRIES =>
+            {
+                tracing::info!(reason = %status.message(), "the revocation list changed meanwhile; signing again");
             }
-        })
-        .await?;
+            answer => break (request, answer?),
+        }
+    };
     if ctx.json() {
         print_json(&json!({
             "fingerprint_sha256": reply.fingerprint_sha256,
@@ -152,8 +234,8 @@ pub async fn run(
         println!(
             "certificate SHA-256 {} was revoked already{}",
             reply.fingerprint_sha256,
-            if reply.crl && !request.crl_pem.is_empty() && reply.log_index != 0 {
-                "; its revocation list is added"
+            if reply.crl && !request.crl_pem.is_empty() {
+                "; the cluster's revocation list names it"
             } else {
                 ""
             }
@@ -175,6 +257,20 @@ pub async fn run(
         );
     }
     Ok(())
+}
+
+/// The serials the cluster's revocation list names now (a linearizable
+/// read): what the next list must name too.
+async fn listed_serials(client: &herd_api::client::HerdClient) -> Result<Vec<String>, CliError> {
+    let listed = client
+        .call_as(Repeat::Safe, |channel| async move {
+            AclClient::new(channel)
+                .list_revoked_certificates(ListRevokedCertificatesRequest { stale: false })
+                .await
+                .map(|r| r.into_inner().listed_serials)
+        })
+        .await?;
+    Ok(listed)
 }
 
 /// Lists every revoked certificate (`herd tls cert revoked`).
@@ -219,4 +315,17 @@ pub async fn list(ctx: &Context, stale: bool) -> Result<(), CliError> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serials_read_back_as_the_lists_write_them_and_junk_is_refused() {
+        assert_eq!(serial_bytes("00ff1a"), Some(vec![0x00, 0xff, 0x1a]));
+        for junk in ["", "abc", "zz", "0g", "é1"] {
+            assert_eq!(serial_bytes(junk), None, "{junk:?}");
+        }
+    }
 }

@@ -30,12 +30,12 @@ pub struct RevocationRecord {
     /// When the member that took it wrote it.
     #[serde(default)]
     pub revoked_at_ms: u64,
-    /// A CRL (PEM) naming the certificate, signed by the cluster's CA and
-    /// checked against it when taken (`herd_api::tls::crl::check`), for
-    /// QEMU's streams; empty when the operator revoked without the CA's
-    /// key. Absent from records written before.
+    /// The certificate's serial (lower-case hex) as the cluster's
+    /// revocation list ([`list_in`]) names it, for QEMU's streams; empty
+    /// when the operator revoked without the CA's key. Absent from records
+    /// written before.
     #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub crl_pem: String,
+    pub crl_serial: String,
 }
 
 impl RevocationRecord {
@@ -68,15 +68,32 @@ pub fn revoked_in(state: &ClusterState) -> Vec<String> {
         .collect()
 }
 
-/// The CRLs kept with the revocations in `state`, in fingerprint order:
-/// what agents hand QEMU (`Agent.AclTable`).
-pub fn lists_in(state: &ClusterState) -> Vec<String> {
-    revocations(state)
-        .filter_map(|(_, variable)| {
-            let record: RevocationRecord = serde_json::from_slice(&variable.value).ok()?;
-            (!record.crl_pem.is_empty()).then_some(record.crl_pem)
-        })
-        .collect()
+/// The cluster's revocation list in `state` (PEM): one CRL naming every
+/// certificate revoked with the CA's key, what agents hand QEMU
+/// (`Agent.AclTable`). Why one list, replaced each time, and not one CRL
+/// per revocation: GnuTLS (QEMU's TLS library) keeps one CRL per issuer,
+/// the newest, so of several CRLs of one CA only one would count.
+pub fn list_in(state: &ClusterState) -> Option<String> {
+    let variable = state.variables.get(herd_api::tls::crl::LIST_VARIABLE)?;
+    String::from_utf8(variable.value.clone()).ok()
+}
+
+/// The serials the cluster's revocation list in `state` names, and the
+/// version of its variable (0: no list yet), which the next list replaces
+/// only at that version. A list that does not parse names nothing: it
+/// was checked when taken, so that is damage, and the next list replaces
+/// it.
+pub fn listed_serials(state: &ClusterState) -> (Vec<String>, u64) {
+    match state.variables.get(herd_api::tls::crl::LIST_VARIABLE) {
+        None => (Vec::new(), 0),
+        Some(variable) => {
+            let serials = std::str::from_utf8(&variable.value)
+                .ok()
+                .and_then(|pem| herd_api::tls::crl::serials(pem).ok())
+                .unwrap_or_default();
+            (serials, variable.version)
+        }
+    }
 }
 
 /// Every revocation in `state` with its note and time, in fingerprint
@@ -90,7 +107,7 @@ pub fn revocations_listed(state: &ClusterState) -> Vec<pb::RevokedCertificate> {
                 serde_json::from_slice(&variable.value).unwrap_or_default();
             pb::RevokedCertificate {
                 fingerprint_sha256: fingerprint,
-                crl: !record.crl_pem.is_empty(),
+                crl: !record.crl_serial.is_empty(),
                 note: record.note,
                 revoked_at_ms: record.revoked_at_ms,
             }
@@ -142,7 +159,7 @@ mod tests {
         let record = RevocationRecord {
             note: "laptop stolen".into(),
             revoked_at_ms: 42,
-            crl_pem: "-----BEGIN X509 CRL-----".into(),
+            crl_serial: "12ab".into(),
         };
         for (fingerprint, value) in [(&a, record.to_value()), (&b, b"not json".to_vec())] {
             let variable = crate::state::Variable {
@@ -164,14 +181,13 @@ mod tests {
         let b = by_fingerprint(&b).expect("b listed, its value unreadable");
         assert_eq!((b.note.as_str(), b.revoked_at_ms, b.crl), ("", 0, false));
         assert_eq!(listed.len(), 2);
-        assert_eq!(
-            lists_in(&state),
-            vec!["-----BEGIN X509 CRL-----".to_string()]
-        );
+        // No list yet: none handed out, nothing the next must name.
+        assert_eq!(list_in(&state), None);
+        assert_eq!(listed_serials(&state), (Vec::new(), 0));
         // A record written before CRLs were kept reads without one.
         let old: RevocationRecord =
             serde_json::from_slice(br#"{"note":"n","revoked_at_ms":1}"#).expect("old record");
-        assert!(old.crl_pem.is_empty());
-        assert!(!String::from_utf8_lossy(&old.to_value()).contains("crl_pem"));
+        assert!(old.crl_serial.is_empty());
+        assert!(!String::from_utf8_lossy(&old.to_value()).contains("crl_serial"));
     }
 }

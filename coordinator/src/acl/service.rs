@@ -52,6 +52,94 @@ impl AclService {
             log_index: written.log_index,
         }))
     }
+
+    /// A certificate revoked before (its record at `key`): when `record`
+    /// brings a serial for the revocation list and the kept record has
+    /// none, adds it, keeping the first note and time (only over the
+    /// version read, so a serial added meanwhile is not overwritten).
+    /// Returns the write's log index (0: none) and whether the kept record
+    /// is listed.
+    async fn mark_listed(
+        &self,
+        key: &str,
+        fingerprint: &str,
+        record: &super::revoked::RevocationRecord,
+    ) -> Result<(u64, bool), Status> {
+        // This member may be a follower behind the leader that refused
+        // it: read what that leader holds.
+        self.coordinator
+            .read_barrier(ReadConsistency::Linearizable)
+            .await?;
+        let Some(kept) = self
+            .coordinator
+            .read_state(|s| s.variables.get(key).cloned())
+        else {
+            return Err(error::internal(format!(
+                "revocation of {fingerprint}: refused as existing, then not found"
+            )));
+        };
+        // A record this member cannot read is left as it is (it is
+        // revoked all the same): rewriting it would lose it.
+        let Ok(mut earlier) =
+            serde_json::from_slice::<super::revoked::RevocationRecord>(&kept.value)
+        else {
+            return Ok((0, false));
+        };
+        if !earlier.crl_serial.is_empty() || record.crl_serial.is_empty() {
+            return Ok((0, !earlier.crl_serial.is_empty()));
+        }
+        earlier.crl_serial = record.crl_serial.clone();
+        let command = crate::machine::next_format::put_variable(
+            key.to_string(),
+            earlier.to_value(),
+            Some(kept.version),
+        );
+        let written = self.coordinator.write(command).await?;
+        tracing::warn!(%fingerprint, serial = %record.crl_serial, "revoked certificate: named by the revocation list");
+        Ok((written.log_index, true))
+    }
+
+    /// Makes `given` the cluster's revocation list, if it names every
+    /// serial the current one names, and only over the version of the list
+    /// it was checked against: two operators revoking at once cannot drop
+    /// each other's entry (the second is told to sign again). Returns the
+    /// write's log index.
+    async fn replace_list(&self, given: GivenList) -> Result<u64, Status> {
+        self.coordinator
+            .read_barrier(ReadConsistency::Linearizable)
+            .await?;
+        let (listed, version) = self.coordinator.read_state(super::revoked::listed_serials);
+        let missing: Vec<&String> = listed
+            .iter()
+            .filter(|serial| !given.serials.contains(serial))
+            .collect();
+        let sign_again = |why: String| {
+            Status::aborted(format!(
+                "{why}; the certificate's fingerprint is refused all the same: run the command again to sign a list that names every revoked serial"
+            ))
+        };
+        if let Some(first) = missing.first() {
+            return Err(sign_again(format!(
+                "field `crl_pem`: the cluster's revocation list names {} serial(s) this one does not (first {first}): another revocation came first",
+                missing.len()
+            )));
+        }
+        let command = crate::machine::next_format::put_variable(
+            herd_api::tls::crl::LIST_VARIABLE.to_string(),
+            given.pem.into_bytes(),
+            Some(version),
+        );
+        match self.coordinator.write(command).await {
+            Ok(written) => {
+                tracing::warn!(serials = given.serials.len(), serial = %given.serial, "the cluster's revocation list replaced");
+                Ok(written.log_index)
+            }
+            Err(CoordinatorError::Rejected(Rejection::VersionMismatch { .. })) => Err(sign_again(
+                "the cluster's revocation list changed meanwhile (another revocation)".into(),
+            )),
+            Err(e) => Err(e.into()),
+        }
+    }
 }
 
 /// A refusal by apply as the caller should see it: `FAILED_PRECONDITION`
@@ -207,7 +295,8 @@ impl Acl for AclService {
                 request.note.len()
             )));
         }
-        let crl_pem = checked_crl(&request.crl_pem)?;
+        let crl = checked_crl(&request.crl_pem, &request.serial)?;
+        let crl_serial = crl.as_ref().map(|c| c.serial.clone()).unwrap_or_default();
         let key = format!(
             "{}{fingerprint}",
             herd_api::tls::revocation::VARIABLE_PREFIX
@@ -215,63 +304,32 @@ impl Acl for AclService {
         let record = super::revoked::RevocationRecord {
             note: request.note.clone(),
             revoked_at_ms: herd_api::clock::now_ms(),
-            crl_pem,
-        };
-        let answer = |already: bool, log_index: u64, crl: bool| {
-            Ok(Response::new(pb::RevokeCertificateReply {
-                fingerprint_sha256: fingerprint.clone(),
-                already,
-                log_index,
-                crl,
-            }))
+            crl_serial,
         };
         // Only if new: a second revocation keeps the first's note and time.
         let command =
             crate::machine::next_format::put_variable(key.clone(), record.to_value(), Some(0));
-        match self.coordinator.write(command).await {
+        let (already, mut log_index, mut listed) = match self.coordinator.write(command).await {
             Ok(written) => {
-                tracing::warn!(%fingerprint, note = %request.note, crl = !record.crl_pem.is_empty(), "certificate revoked");
-                answer(false, written.log_index, !record.crl_pem.is_empty())
+                tracing::warn!(%fingerprint, note = %request.note, crl = crl.is_some(), "certificate revoked");
+                (false, written.log_index, !record.crl_serial.is_empty())
             }
             Err(CoordinatorError::Rejected(Rejection::VersionMismatch { .. })) => {
-                // This member may be a follower behind the leader that
-                // refused it: read what that leader holds.
-                self.coordinator
-                    .read_barrier(ReadConsistency::Linearizable)
-                    .await?;
-                let kept = self
-                    .coordinator
-                    .read_state(|s| s.variables.get(&key).cloned());
-                let Some(kept) = kept else {
-                    return Err(error::internal(format!(
-                        "revocation of {fingerprint}: refused as existing, then not found"
-                    )));
-                };
-                // A record this member cannot read is left as it is (it
-                // is revoked all the same): rewriting it would lose it.
-                let Ok(mut earlier) =
-                    serde_json::from_slice::<super::revoked::RevocationRecord>(&kept.value)
-                else {
-                    return answer(true, 0, false);
-                };
-                if !earlier.crl_pem.is_empty() || record.crl_pem.is_empty() {
-                    return answer(true, 0, !earlier.crl_pem.is_empty());
-                }
-                // Revoked before without a CRL: add this one, keeping the
-                // first note and time (only over the version read, so a
-                // CRL added meanwhile is not overwritten).
-                earlier.crl_pem = record.crl_pem;
-                let command = crate::machine::next_format::put_variable(
-                    key,
-                    earlier.to_value(),
-                    Some(kept.version),
-                );
-                let written = self.coordinator.write(command).await?;
-                tracing::warn!(%fingerprint, "revoked certificate: CRL added");
-                answer(true, written.log_index, true)
+                let (index, listed) = self.mark_listed(&key, &fingerprint, &record).await?;
+                (true, index, listed)
             }
-            Err(e) => Err(e.into()),
+            Err(e) => return Err(e.into()),
+        };
+        if let Some(crl) = crl {
+            log_index = self.replace_list(crl).await?.max(log_index);
+            listed = true;
         }
+        Ok(Response::new(pb::RevokeCertificateReply {
+            fingerprint_sha256: fingerprint,
+            already,
+            log_index,
+            crl: listed,
+        }))
     }
 
     async fn list_revoked_certificates(
@@ -284,32 +342,52 @@ impl Acl for AclService {
             ReadConsistency::Linearizable
         };
         self.coordinator.read_barrier(consistency).await?;
-        let certificates = self
-            .coordinator
-            .read_state(super::revoked::revocations_listed);
+        let (certificates, (listed_serials, _)) = self.coordinator.read_state(|s| {
+            (
+                super::revoked::revocations_listed(s),
+                super::revoked::listed_serials(s),
+            )
+        });
         Ok(Response::new(pb::ListRevokedCertificatesReply {
             certificates,
+            listed_serials,
         }))
     }
 }
 
-/// `crl_pem` of a revocation request, trimmed, checked against the
-/// cluster's CA (`herd_api::tls::crl::check`); empty when none was given.
-fn checked_crl(crl_pem: &str) -> Result<String, Status> {
+/// A revocation list a request brought, checked.
+struct GivenList {
+    /// Its PEM, trimmed, newline-ended.
+    pem: String,
+    /// The serials it names.
+    serials: Vec<String>,
+    /// The revoked certificate's serial, which it names.
+    serial: String,
+}
+
+/// `crl_pem` of a revocation request checked against the cluster's CA
+/// (`herd_api::tls::crl::check_for_cluster`), naming `serial`; None when no
+/// list was given.
+fn checked_crl(crl_pem: &str, serial: &str) -> Result<Option<GivenList>, Status> {
     let crl_pem = crl_pem.trim();
     if crl_pem.is_empty() {
-        return Ok(String::new());
+        return Ok(None);
     }
-    let herd_api::tls::Transport::Tls(material) = herd_api::tls::transport() else {
-        return Err(error::invalid_argument(
-            "field `crl_pem`: this cluster runs without TLS, so there is no CA to check it against and no QEMU stream it would apply to",
-        ));
-    };
-    let (ca_pem, _, _) = material.pem();
-    let now_s = i64::try_from(herd_api::clock::now_ms() / 1000).unwrap_or(i64::MAX);
-    herd_api::tls::crl::check(crl_pem, ca_pem, now_s)
+    let checked = herd_api::tls::crl::check_for_cluster(crl_pem)
         .map_err(|e| error::invalid_argument(format!("field `crl_pem`: {e}")))?;
-    Ok(format!("{crl_pem}\n"))
+    let serial = serial.trim().to_ascii_lowercase();
+    if serial.is_empty() || !checked.serials.contains(&serial) {
+        return Err(error::invalid_argument(format!(
+            "field `serial`: {:?} is not among the serials the list names ({})",
+            serial,
+            checked.serials.len()
+        )));
+    }
+    Ok(Some(GivenList {
+        pem: format!("{crl_pem}\n"),
+        serials: checked.serials,
+        serial,
+    }))
 }
 
 /// Longest note kept with a revoked certificate.

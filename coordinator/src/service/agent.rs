@@ -299,7 +299,7 @@ impl Agent for AgentService {
         let (index, (reply, revocation_lists)) = self.coordinator.read_state_at(|s| {
             (
                 crate::acl::agent_table::reply(&s.acl, crate::acl::revoked::revoked_in(s), 0),
-                crate::acl::revoked::lists_in(s),
+                crate::acl::revoked::list_in(s).into_iter().collect(),
             )
         });
         Ok(Response::new(herd_api::proto::agent::AclTableReply {

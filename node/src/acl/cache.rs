@@ -111,21 +111,16 @@ impl Known {
 /// against a CRL past its next update. Without TLS there is no QEMU stream
 /// to give them to, and none is kept.
 fn checked_lists(lists: Vec<String>) -> Vec<String> {
-    let herd_api::tls::Transport::Tls(material) = herd_api::tls::transport() else {
-        return Vec::new();
-    };
-    let (ca_pem, _, _) = material.pem();
-    let now_s = i64::try_from(herd_api::clock::now_ms() / 1000).unwrap_or(i64::MAX);
-    lists
-        .into_iter()
-        .filter(|pem| match herd_api::tls::crl::check(pem, ca_pem, now_s) {
-            Ok(_) => true,
-            Err(e) => {
-                tracing::warn!(error = %e, "token table: a revocation list is left out");
-                false
-            }
-        })
-        .collect()
+    use herd_api::tls::crl::{check_for_cluster, ClusterCrlError};
+    let mut kept = Vec::with_capacity(lists.len());
+    for pem in lists {
+        match check_for_cluster(&pem) {
+            Ok(_) => kept.push(pem),
+            Err(ClusterCrlError::NoTls) => return Vec::new(),
+            Err(e) => tracing::warn!(error = %e, "token table: a revocation list is left out"),
+        }
+    }
+    kept
 }
 
 /// What to do with a request.
@@ -255,6 +250,12 @@ impl AgentAcl {
                 tokens = known.tokens.len(),
                 revoked_certificates = known.revoked_certificates.len(),
                 revocation_lists = known.revocation_lists.len(),
+                listed_serials = known
+                    .revocation_lists
+                    .iter()
+                    .filter_map(|pem| herd_api::tls::crl::serials(pem).ok())
+                    .map(|serials| serials.len())
+                    .sum::<usize>(),
                 index = known.index,
                 "token table updated"
             );
