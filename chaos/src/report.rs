@@ -336,6 +336,14 @@ fn migration_line(m: &crate::check::migrations::MigrationCounts) -> String {
         "migrations: {} asked ({} started, {} refused, {} unknown); {} completed, {} aborted",
         m.attempts, m.started, m.refused, m.unknown, m.completed, m.aborted
     );
+    if m.completed_by_kind.len() > 1 {
+        let kinds: Vec<String> = m
+            .completed_by_kind
+            .iter()
+            .map(|(kind, n)| format!("{kind} {n}"))
+            .collect();
+        let _ = write!(line, " (completed: {})", kinds.join(", "));
+    }
     if let (Some(p50), Some(max)) = (quantile(&m.total_ms, 0.5), m.total_ms.iter().max()) {
         let _ = write!(line, "; total p50 {p50} ms, max {max} ms");
     }

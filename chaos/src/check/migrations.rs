@@ -503,6 +503,8 @@ pub struct MigrationCounts {
     pub unknown: usize,
     /// Started migrations seen completed.
     pub completed: usize,
+    /// How many of those were of each kind (the driver: `dljob`, `simvm`).
+    pub completed_by_kind: BTreeMap<String, usize>,
     /// Started migrations seen aborted.
     pub aborted: usize,
     /// Why they were aborted, with how often.
@@ -536,6 +538,7 @@ pub fn counts(history: &History) -> Option<MigrationCounts> {
         };
         if m.phase == "completed" {
             c.completed += 1;
+            *c.completed_by_kind.entry(m.kind.clone()).or_default() += 1;
             if let Some(end) = m.ended_at_ms {
                 c.total_ms.push(end.saturating_sub(m.started_at_ms));
             }
@@ -690,6 +693,7 @@ mod tests {
         assert_eq!(check_history(&history), Some(Verdict::Pass));
         let c = counts(&history).expect("counts");
         assert_eq!((c.started, c.completed, c.aborted), (2, 1, 1));
+        assert_eq!(c.completed_by_kind.values().sum::<usize>(), 1);
         assert_eq!(c.total_ms, vec![2000]);
         assert_eq!(check_history(&History::default()), None);
     }
