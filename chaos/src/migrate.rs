@@ -85,21 +85,24 @@ pub const VM_COUNT: u32 = 1;
 /// A `simvm` service ([`VM_JOB`]): 16 MiB whose guest dirties 1 MiB/s, so
 /// a move takes a few pre-copy rounds of well under a second.
 pub fn vm_spec() -> JobSpec {
+    simvm_service(VM_JOB, VM_COUNT, 16, "1MiB")
+}
+
+/// A service of `count` simulated VMs (`simvm`) of `memory_mib` whose
+/// guests dirty `dirty_rate` (`1MiB`: per second), which can move live:
+/// what the harness and the simulation move.
+pub fn simvm_service(name: &str, count: u32, memory_mib: u64, dirty_rate: &str) -> JobSpec {
     JobSpec {
-        name: VM_JOB.to_string(),
+        name: name.to_string(),
         r#type: "service".into(),
-        count: VM_COUNT,
+        count,
         priority: 50,
         task: Some(TaskSpec {
             driver: "simvm".into(),
-            config: [
-                ("dirty_rate".to_string(), "1MiB".to_string()),
-                ("seed".to_string(), "5".to_string()),
-            ]
-            .into(),
+            config: [("dirty_rate".to_string(), dirty_rate.to_string())].into(),
             resources: Some(Resources {
                 cpu_millis: 50,
-                memory_bytes: 16 << 20,
+                memory_bytes: memory_mib << 20,
                 ..Default::default()
             }),
             ..Default::default()

@@ -268,22 +268,26 @@ async fn a_revoked_certificate_is_refused_by_coordinators_and_agents() {
         let der = herd_api::tls::identity::first_pem_certificate(&pem).expect("a certificate");
         herd_api::tls::crl::certificate_serial(&der).expect("a serial")
     };
-    let list = tls_cli(
-        &tls,
-        "ops",
-        &[
-            "--addr",
-            &addr,
-            "var",
-            "get",
-            herd_api::tls::crl::LIST_VARIABLE,
-        ],
-    );
-    let mut named = herd_api::tls::crl::serials(&stdout(&list)).expect("a CRL");
-    named.sort();
+    // The serials the cluster's list names, sorted.
+    let listed = || {
+        let list = tls_cli(
+            &tls,
+            "ops",
+            &[
+                "--addr",
+                &addr,
+                "var",
+                "get",
+                herd_api::tls::crl::LIST_VARIABLE,
+            ],
+        );
+        let mut named = herd_api::tls::crl::serials(&stdout(&list)).expect("a CRL");
+        named.sort();
+        named
+    };
     let mut both = vec![serial_of(&h2_cert), serial_of(&eve_cert)];
     both.sort();
-    assert_eq!(named, both, "{}", stdout(&list));
+    assert_eq!(listed(), both);
     // Two operators revoking at once: each signs a list from what it read,
     // the coordinators take one and refuse the other as stale, which signs
     // again; no entry is dropped.
@@ -312,22 +316,9 @@ async fn a_revoked_certificate_is_refused_by_coordinators_and_agents() {
         let out = run.join().expect("revoke thread");
         assert!(out.status.success(), "{out:?}");
     }
-    let list = tls_cli(
-        &tls,
-        "ops",
-        &[
-            "--addr",
-            &addr,
-            "var",
-            "get",
-            herd_api::tls::crl::LIST_VARIABLE,
-        ],
-    );
-    let mut named = herd_api::tls::crl::serials(&stdout(&list)).expect("a CRL");
-    named.sort();
     both.extend(racers.iter().map(|cert| serial_of(cert)));
     both.sort();
-    assert_eq!(named, both, "{}", stdout(&list));
+    assert_eq!(listed(), both);
 
     // Both are listed, with their notes, to any client (the read role);
     // the one revoked by its file is noted with whom it named.

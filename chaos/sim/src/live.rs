@@ -72,24 +72,7 @@ pub const VM_COUNT: u32 = 2;
 /// simulated time when idle) whose guests dirty 128 MiB/s, so that a move
 /// takes a few pre-copy rounds.
 pub fn vm_job_spec() -> herd_api::proto::v1::JobSpec {
-    use herd_api::proto::v1::{JobSpec, Resources, TaskSpec};
-    JobSpec {
-        name: VM_JOB.to_string(),
-        r#type: "service".into(),
-        count: VM_COUNT,
-        priority: 50,
-        task: Some(TaskSpec {
-            driver: NAME.into(),
-            config: [("dirty_rate".to_string(), "128MiB".to_string())].into(),
-            resources: Some(Resources {
-                cpu_millis: 50,
-                memory_bytes: 64 << 20,
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
+    herd_chaos::migrate::simvm_service(VM_JOB, VM_COUNT, 64, "128MiB")
 }
 
 /// The SIMULATED live-moving VM driver; see the module documentation.
