@@ -773,7 +773,10 @@ mod tests {
             "{result:?}"
         );
         assert!(calls >= 4 && calls % 2 == 0, "{calls} calls");
-        assert!(started.elapsed() < Duration::from_secs(2));
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "patience bounds the wait"
+        );
     }
 
     #[tokio::test]
