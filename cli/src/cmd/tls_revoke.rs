@@ -151,7 +151,8 @@ fn serial_bytes(hex: &str) -> Option<Vec<u8>> {
 const SIGN_TRIES: usize = 5;
 
 /// Revokes the certificate in `file`, or the one with `fingerprint`; with
-/// `signer` (the CA's certificate and key), with a CRL naming it.
+/// `signer` (the CA's certificate and key), the cluster's revocation list
+/// is replaced by one naming it too.
 pub async fn run(
     ctx: &Context,
     file: Option<&Path>,
