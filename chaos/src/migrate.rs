@@ -269,7 +269,7 @@ pub const FOLLOW_AFTER_STOP: Duration = Duration::from_secs(30);
 /// live-moving VMs) and a ready node among `nodes` other than its own, asks
 /// to move it there, and follows the migration until it ends (past the
 /// stop by at most [`FOLLOW_AFTER_STOP`]), recording each attempt.
-pub async fn migration_client_of(
+pub async fn migration_client(
     ctx: ClientContext,
     process: u64,
     job: &str,
@@ -458,7 +458,7 @@ pub fn spawn_clients(
             };
             let (job, nodes, rng) = (job.to_string(), nodes.to_vec(), rng.fork());
             tokio::spawn(async move {
-                migration_client_of(client_ctx, process + i, &job, nodes, rng).await
+                migration_client(client_ctx, process + i, &job, nodes, rng).await
             })
         })
         .collect()

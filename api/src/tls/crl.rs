@@ -8,19 +8,22 @@
 //! `tls-creds-x509` takes revocations only as CRLs signed by the CA, read
 //! from `ca-crl.pem` beside the CA's certificate. The CA's key stays with
 //! the operator, so an operator who revokes with it at hand
-//! (`herd tls cert revoke FILE --ca-key KEY`) signs one CRL naming that
-//! certificate's serial; the coordinators check it against the cluster's
-//! CA and keep it with the revocation, agents receive every such CRL with
-//! their token table ([`replace`]), and the VM driver hands the lot
-//! ([`bundle`]) to each moving VM's QEMU.
+//! (`herd tls cert revoke FILE --ca-key KEY`) signs the cluster's next
+//! revocation list, naming that certificate's serial and every serial the
+//! current list names; the coordinators check it against the cluster's CA
+//! and make it the list ([`LIST_VARIABLE`], replaced by compare-and-set),
+//! agents receive it with their token table ([`replace`]), and the VM
+//! driver hands it ([`bundle`]) to each moving VM's QEMU.
 //!
-//! Why one CRL per revocation rather than one list re-signed each time:
-//! a revocation is one replicated write, whoever makes it; a single list
-//! would need the previous one read back, extended and re-signed, and two
-//! operators revoking at once would each drop the other's entry. GnuTLS
-//! (QEMU's TLS library) keeps every CRL of a file.
+//! Why one list re-signed each time rather than one CRL per revocation:
+//! GnuTLS (QEMU's TLS library) keeps one CRL per issuing CA, the newest,
+//! of all a file holds, so of several CRLs of the cluster's CA only one
+//! would count (`cli/tests/vm_migration_tls.rs` revokes two certificates
+//! and probes with each). Two operators revoking at once cannot drop each
+//! other's entry: a list that does not name every serial of the current
+//! one, or that was signed from a list replaced meanwhile, is refused and
+//! signed again.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 
 use x509_parser::prelude::FromDer;
@@ -66,17 +69,13 @@ pub fn check(pem: &str, ca_pem: &[u8], now_s: i64) -> Result<CheckedCrl, String>
             pem.len()
         ));
     }
-    let der = super::material::first_pem_block(pem.as_bytes(), "X509 CRL")
-        .ok_or_else(|| "no PEM X509 CRL block".to_string())?;
+    let der = crl_der(pem)?;
     let (rest, crl) = CertificateRevocationList::from_der(&der)
         .map_err(|e| format!("not a certificate revocation list: {e}"))?;
     if !rest.is_empty() {
         return Err(format!("{} bytes after the revocation list", rest.len()));
     }
-    let serials: Vec<String> = crl
-        .iter_revoked_certificates()
-        .map(|revoked| hex(revoked.raw_serial()))
-        .collect();
+    let serials = listed(&crl);
     if serials.is_empty() {
         return Err("it lists no certificate".to_string());
     }
@@ -128,25 +127,21 @@ pub enum ClusterCrlError {
     Refused(String),
 }
 
-/// The CRLs [`check_for_cluster`] verified lately, under which CA.
-#[derive(Default)]
+/// The last CRL [`check_for_cluster`] verified, under which CA: agents
+/// receive the cluster's one list again with every token table.
 struct Verified {
     ca_pem: Vec<u8>,
-    lists: HashMap<String, CheckedCrl>,
+    pem: String,
+    checked: CheckedCrl,
 }
-
-/// How many verified CRLs are remembered; past it the memory starts over.
-/// Only CRLs the CA's key signed get in, so this bounds a mistake, not an
-/// attack.
-const MAX_REMEMBERED: usize = 4096;
 
 static VERIFIED: Mutex<Option<Verified>> = Mutex::new(None);
 
 /// [`check`] against this process's CA (its TLS material) at the current
-/// time. An agent checks every CRL again with each token table it fetches
-/// (every few seconds, network input all the same): a CRL whose signature
-/// was verified once under the same CA is not verified again, only its
-/// next update is.
+/// time. An agent checks the cluster's list again with each token table
+/// it fetches (every few seconds, network input all the same): the list
+/// verified last under the same CA is not verified again, only its next
+/// update is.
 pub fn check_for_cluster(pem: &str) -> Result<CheckedCrl, ClusterCrlError> {
     let super::Transport::Tls(material) = super::transport() else {
         return Err(ClusterCrlError::NoTls);
@@ -159,43 +154,49 @@ pub fn check_for_cluster(pem: &str) -> Result<CheckedCrl, ClusterCrlError> {
     check_remembering(&mut verified, pem, ca_pem, now_s).map_err(ClusterCrlError::Refused)
 }
 
-/// [`check`], skipping the signature of a CRL `verified` holds for `ca_pem`.
+/// [`check`], skipping the signature when `last` is this very CRL
+/// verified under `ca_pem`; remembers what passed.
 fn check_remembering(
-    verified: &mut Option<Verified>,
+    last: &mut Option<Verified>,
     pem: &str,
     ca_pem: &[u8],
     now_s: i64,
 ) -> Result<CheckedCrl, String> {
-    let memory = match verified {
-        Some(memory) if memory.ca_pem == ca_pem && memory.lists.len() < MAX_REMEMBERED => memory,
-        _ => verified.insert(Verified {
-            ca_pem: ca_pem.to_vec(),
-            lists: HashMap::new(),
-        }),
-    };
-    if let Some(known) = memory.lists.get(pem) {
-        if known.next_update_s > now_s {
-            return Ok(known.clone());
-        }
-        // Past its next update: refused below, saying when.
-        memory.lists.remove(pem);
+    if let Some(known) = last
+        .as_ref()
+        .filter(|v| v.pem == pem && v.ca_pem == ca_pem && v.checked.next_update_s > now_s)
+    {
+        return Ok(known.checked.clone());
     }
     let checked = check(pem, ca_pem, now_s)?;
-    memory.lists.insert(pem.to_string(), checked.clone());
+    *last = Some(Verified {
+        ca_pem: ca_pem.to_vec(),
+        pem: pem.to_string(),
+        checked: checked.clone(),
+    });
     Ok(checked)
 }
 
 /// The serials `pem` (a CRL kept before, so already checked) lists,
 /// lower-case hex; an error when it does not parse.
 pub fn serials(pem: &str) -> Result<Vec<String>, String> {
-    let der = super::material::first_pem_block(pem.as_bytes(), "X509 CRL")
-        .ok_or_else(|| "no PEM X509 CRL block".to_string())?;
+    let der = crl_der(pem)?;
     let (_, crl) = CertificateRevocationList::from_der(&der)
         .map_err(|e| format!("not a certificate revocation list: {e}"))?;
-    Ok(crl
-        .iter_revoked_certificates()
+    Ok(listed(&crl))
+}
+
+/// The DER bytes of the first CRL of `pem`.
+fn crl_der(pem: &str) -> Result<Vec<u8>, String> {
+    super::material::first_pem_block(pem.as_bytes(), "X509 CRL")
+        .ok_or_else(|| "no PEM X509 CRL block".to_string())
+}
+
+/// The serials `crl` names, lower-case hex.
+fn listed(crl: &CertificateRevocationList<'_>) -> Vec<String> {
+    crl.iter_revoked_certificates()
         .map(|revoked| hex(revoked.raw_serial()))
-        .collect())
+        .collect()
 }
 
 /// The serial number of the DER certificate `der`, lower-case hex (as
@@ -356,7 +357,7 @@ mod tests {
         // long as the CA is the same and its next update ahead.
         let again = check_remembering(&mut memory, &pem, ours.pem.as_bytes(), now_s()).unwrap();
         assert_eq!(again, first);
-        assert_eq!(memory.as_ref().map(|m| m.lists.len()), Some(1));
+        assert_eq!(memory.as_ref().map(|m| m.pem == pem), Some(true));
         let two_hours_on = now_s() + 2 * 3600;
         let e =
             check_remembering(&mut memory, &pem, ours.pem.as_bytes(), two_hours_on).unwrap_err();

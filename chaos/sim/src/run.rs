@@ -437,7 +437,7 @@ fn add_clients(
                 ..ctx
             };
             raised(&signals.go).await;
-            migrate::migration_client_of(ctx, process, live::VM_JOB, nodes, migrate_rng).await;
+            migrate::migration_client(ctx, process, live::VM_JOB, nodes, migrate_rng).await;
             signals.migrations_done.store(true, Ordering::Relaxed);
             Ok(())
         });

@@ -141,7 +141,7 @@ impl SimulatedMemory {
             let stamp = self.written.to_le_bytes();
             let start = page * PAGE_SIZE;
             self.bytes[start..start + 8].copy_from_slice(&stamp);
-            self.touched[page / 64] |= 1u64 << (page % 64);
+            self.mark_touched(page);
             let word = &mut self.dirty[page / 64];
             let bit = 1u64 << (page % 64);
             if *word & bit == 0 {
@@ -193,6 +193,11 @@ impl SimulatedMemory {
         page < self.pages() && (!self.is_touched(page) || self.page(page) == Some(&ZERO_PAGE[..]))
     }
 
+    /// Notes that page `page` (in range) was written.
+    fn mark_touched(&mut self, page: usize) {
+        self.touched[page / 64] |= 1u64 << (page % 64);
+    }
+
     /// Whether page `page` was ever written (an untouched one is zero).
     fn is_touched(&self, page: usize) -> bool {
         self.touched
@@ -210,7 +215,7 @@ impl SimulatedMemory {
         match self.bytes.get_mut(page * PAGE_SIZE..(page + 1) * PAGE_SIZE) {
             Some(target) => {
                 target.copy_from_slice(bytes);
-                self.touched[page / 64] |= 1u64 << (page % 64);
+                self.mark_touched(page);
                 true
             }
             None => false,
