@@ -46,6 +46,14 @@ pub struct Config {
     /// Fraction of the excess over the mean one decision may move: below 1
     /// so that agents acting on the same stale view do not overshoot. 0.5.
     pub damping: f64,
+    /// Share of a pair's gap by which a move may leave the recipient above
+    /// the sender. 0 would forbid any reversal, but then two coarse items
+    /// each a hair over half the gap could never move, though either would
+    /// cut the gap to almost nothing (a two-request node beside an empty
+    /// one, for ever). A move within the tolerance still leaves the pair's
+    /// gap smaller than before, so the fleet's sum of squares falls with
+    /// every move and no item ping-pongs. 0.05.
+    pub reversal_tolerance: f64,
     /// Most moves an item may ever make (checked against the count the
     /// caller carries and the offer). 3.
     pub move_budget: u32,
@@ -90,6 +98,7 @@ impl Default for Config {
             threshold: 0.10,
             min_excess: 2.0,
             damping: 0.5,
+            reversal_tolerance: 0.05,
             move_budget: 3,
             item_cooldown_ms: 30_000,
             agent_cooldown_ms: 250,
@@ -181,6 +190,14 @@ impl Config {
         if !(self.damping > 0.0 && self.damping <= 1.0) {
             return Err(bad("damping", self.damping, "must be in (0, 1]"));
         }
+        if !(self.reversal_tolerance.is_finite() && (0.0..1.0).contains(&self.reversal_tolerance))
+        {
+            return Err(bad(
+                "reversal_tolerance",
+                self.reversal_tolerance,
+                "must be in [0, 1)",
+            ));
+        }
         if !(1024..=crate::wire::MAX_PACKET_BYTES).contains(&self.max_packet_bytes) {
             return Err(bad(
                 "max_packet_bytes",
@@ -214,5 +231,14 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("probe_rtt_ms"));
+        let c = Config {
+            reversal_tolerance: 1.0,
+            ..Config::default()
+        };
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("reversal_tolerance"));
     }
 }

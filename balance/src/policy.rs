@@ -10,8 +10,9 @@
 //! - **Recipient**: the lightest of `choices` random peers below the mean
 //!   (power of d choices), skipping peers in back-off.
 //! - **Item**: the eligible item whose weight is nearest the damped target
-//!   without exceeding half the gap to the recipient (so the pair never
-//!   swaps order) nor the excess (so the sender does not fall below the
+//!   without exceeding half the gap to the recipient widened by the
+//!   reversal tolerance (so the pair swaps order by at most that share of
+//!   its gap, and its gap always shrinks) nor the excess (so the sender does not fall below the
 //!   mean); eligible = under its move budget, out of its cool-down, not
 //!   already offered.
 //! - **Compatibility**: an item naming a service (an inference request)
@@ -19,7 +20,8 @@
 //!   service, and a recipient that runs none refuses it.
 //! - **Acceptance** (the recipient, on fresh local figures and its
 //!   reservations): after the move it must stay no heavier than the sender
-//!   after the move, and not rise above its own threshold, unless the item
+//!   after the move (give or take the reversal tolerance), and not rise
+//!   above its own threshold, unless the item
 //!   alone is heavier than the band (it could never land inside it) and
 //!   the recipient is not above the mean already.
 
@@ -69,6 +71,13 @@ pub fn compatible(item: &MovableItem, recipient: &LoadSummary) -> bool {
         .is_none_or(|service| recipient.instance_of(service).is_some())
 }
 
+/// The most a move may leave a recipient above its sender, for a pair
+/// whose gap is `gap`: moving weight `w` turns the gap into `gap − 2w`, so
+/// any `w` below `gap` shrinks it, and this bound keeps the reversal small.
+fn reversal_slack(config: &Config, gap: f64) -> f64 {
+    config.reversal_tolerance * gap.max(0.0)
+}
+
 /// Picks the item to offer a recipient whose effective score is
 /// `recipient`, or none if no item fits (see the module docs).
 pub fn choose_item<'a>(
@@ -79,7 +88,8 @@ pub fn choose_item<'a>(
     recipient: f64,
 ) -> Option<&'a MovableItem> {
     let target = config.damping * excess;
-    let cap = ((own - recipient) / 2.0).min(excess);
+    let gap = own - recipient;
+    let cap = ((gap + reversal_slack(config, gap)) / 2.0).min(excess);
     let mut below: Option<&MovableItem> = None;
     let mut above: Option<&MovableItem> = None;
     for item in items {
@@ -134,7 +144,9 @@ pub fn judge_offer(
         return Verdict::Rejected(RejectReason::TooManyReservations);
     }
     let after = own + offer.weight;
-    if after > offer.sender_score - offer.weight + EPS {
+    let sender_after = offer.sender_score - offer.weight;
+    let slack = reversal_slack(config, offer.sender_score - own);
+    if after > sender_after + slack + EPS {
         return Verdict::Rejected(RejectReason::WouldReverse);
     }
     // Judge against the higher of the two means, so that a recipient in a
@@ -191,6 +203,54 @@ mod tests {
         assert_eq!(choose_item(&c, &items, 120.0, 20.0, 115.0).unwrap().id, "a");
         // nothing fits under a cap of 0.5.
         assert!(choose_item(&c, &items, 120.0, 20.0, 119.0).is_none());
+    }
+
+    #[test]
+    fn an_item_a_hair_over_half_the_gap_still_moves() {
+        // Seen in `balance_requests`: a node holding two requests (29.0)
+        // beside an idle one (0.5), each request weighing 14.45, a hair
+        // over half the gap (14.25). Without the reversal tolerance the
+        // sender never offered it and the recipient would have refused it
+        // (14.95 > 14.55), so the pair stayed 29.0/0.5 for ever.
+        let c = Config::default();
+        let items = [item("r1", 14.45), item("r2", 14.45)];
+        let mean = (29.0 + 2.0 * 0.5 + 5.0 * 14.95) / 8.0;
+        let excess = excess(&c, 29.0, mean).expect("29.0 is far above the mean");
+        let chosen = choose_item(&c, &items, 29.0, excess, 0.5).expect("an item fits");
+        let offer = Offer {
+            offer_id: 1,
+            item: chosen.id.clone(),
+            kind: ItemKind::InferenceRequest,
+            weight: chosen.weight,
+            moves_so_far: 0,
+            sender_score: 29.0,
+            sender_mean: mean,
+            service: None,
+        };
+        assert_eq!(judge_offer(&c, &offer, 0.5, mean, 0), Verdict::Accepted);
+        // With no tolerance both sides refuse, as before the mend.
+        let strict = Config {
+            reversal_tolerance: 0.0,
+            ..Config::default()
+        };
+        assert!(choose_item(&strict, &items, 29.0, excess, 0.5).is_none());
+        assert_eq!(
+            judge_offer(&strict, &offer, 0.5, mean, 0),
+            Verdict::Rejected(RejectReason::WouldReverse)
+        );
+        // The tolerance is a small share: an item that would swap the pair
+        // by more than 5 % of its gap still does not move (gap 28.5, so
+        // at most 14.96).
+        let big = [item("r3", 15.0)];
+        assert!(choose_item(&c, &big, 29.0, excess, 0.5).is_none());
+        let big_offer = Offer {
+            weight: 15.0,
+            ..offer
+        };
+        assert_eq!(
+            judge_offer(&c, &big_offer, 0.5, mean, 0),
+            Verdict::Rejected(RejectReason::WouldReverse)
+        );
     }
 
     #[test]
