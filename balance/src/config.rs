@@ -190,8 +190,7 @@ impl Config {
         if !(self.damping > 0.0 && self.damping <= 1.0) {
             return Err(bad("damping", self.damping, "must be in (0, 1]"));
         }
-        if !(self.reversal_tolerance.is_finite() && (0.0..1.0).contains(&self.reversal_tolerance))
-        {
+        if !(self.reversal_tolerance.is_finite() && (0.0..1.0).contains(&self.reversal_tolerance)) {
             return Err(bad(
                 "reversal_tolerance",
                 self.reversal_tolerance,

@@ -54,6 +54,15 @@ pub struct AgentProcess {
     container: Option<String>,
 }
 
+impl AgentProcess {
+    /// The process's id while the harness runs it on this host (None in
+    /// Docker mode, or once it is gone): for signals the harness has no
+    /// verb for, SIGHUP's certificate reload among them.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+}
+
 /// A workload process found on this machine.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WorkloadProcess {

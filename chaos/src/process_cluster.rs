@@ -95,6 +95,13 @@ impl MemberProcess {
             None => false,
         }
     }
+
+    /// The process's id while the harness runs it on this host (None in
+    /// Docker mode, or once it is gone): for signals the harness has no
+    /// verb for, SIGHUP's certificate reload among them.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
 }
 
 /// How the members of a [`ProcessCluster`] are started, beyond their ids

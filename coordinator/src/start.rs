@@ -65,9 +65,6 @@ pub enum StartError {
     /// Raft refused to start.
     #[error("cannot start raft: {0}")]
     Raft(String),
-    /// The server's TLS settings were refused.
-    #[error(transparent)]
-    Tls(#[from] herd_api::tls::TlsError),
 }
 
 /// A started coordinator: its handle, its address, and how to stop it.
@@ -291,10 +288,19 @@ where
     }
 
     let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
-    let router = service::router(coordinator.clone(), &config.limits)?;
-    let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
+    let router = service::router(coordinator.clone(), &config.limits);
+    let shutdown = async {
         let _ = shutdown_rx.await;
-    }));
+    };
+    // Under TLS the handshake is herd's own, so that a certificate
+    // reloaded on SIGHUP reaches new connections (`herd_api::tls::serve`).
+    let server = match herd_api::tls::server_tls() {
+        Some(tls) => tokio::spawn(router.serve_with_incoming_shutdown(
+            herd_metrics::accept::handshaken(incoming, tls),
+            shutdown,
+        )),
+        None => tokio::spawn(router.serve_with_incoming_shutdown(incoming, shutdown)),
+    };
     tracing::info!(member = config.id, addr = %local_addr, advertise = %config.advertise, "serving gRPC");
 
     if has_state {

@@ -21,6 +21,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use prometheus_client::encoding::{prometheus_text, text};
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
@@ -39,16 +40,21 @@ pub const REFRESH_LIMIT: Duration = Duration::from_secs(5);
 /// A hook run before every scrape, to read values that live elsewhere.
 pub type Refresh = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
 
-static CERTIFICATE_EXPIRY: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+static CERTIFICATE_EXPIRY: std::sync::OnceLock<Gauge<i64>> = std::sync::OnceLock::new();
 
-/// Says when this process's TLS certificate expires (Unix seconds), once at
-/// start, so that every registry made afterwards exports it as
-/// `herd_tls_certificate_expiry_timestamp_seconds`: an expired certificate
-/// cuts the process off from the cluster, and operators alert on the date
+/// Says when this process's TLS certificate expires (Unix seconds), at
+/// start and again when a reload renews it, so that every registry made
+/// after the first call exports it as
+/// `herd_tls_certificate_expiry_timestamp_seconds`, current at each
+/// scrape: an expired certificate cuts the process off from the cluster,
+/// and operators alert on the date
 /// (`herd_tls_certificate_expiry_timestamp_seconds - time() < 14 * 86400`)
-/// rather than learn it from the outage. False when said before.
-pub fn set_certificate_expiry(unix_seconds: i64) -> bool {
-    CERTIFICATE_EXPIRY.set(unix_seconds).is_ok()
+/// rather than learn it from the outage, and see the alert clear once the
+/// renewed certificate is loaded.
+pub fn set_certificate_expiry(unix_seconds: i64) {
+    CERTIFICATE_EXPIRY
+        .get_or_init(Gauge::default)
+        .set(unix_seconds);
 }
 
 /// Reads how many revocations this process holds: (revoked certificate
@@ -106,12 +112,10 @@ pub fn registry() -> Registry {
         Info::new([("version", env!("CARGO_PKG_VERSION"))]),
     );
     if let Some(expiry) = CERTIFICATE_EXPIRY.get() {
-        let gauge = prometheus_client::metrics::gauge::Gauge::<i64>::default();
-        gauge.set(*expiry);
         registry.register(
             "tls_certificate_expiry_timestamp_seconds",
             "When this process's TLS certificate (--tls-cert) expires, Unix seconds",
-            gauge,
+            expiry.clone(),
         );
     }
     if let Some(read) = REVOCATION_COUNTS.get() {

@@ -15,30 +15,23 @@
 //! `herd_api::tls::install` installs the gRPC transport): every HTTP server
 //! of the process then serves HTTPS only ([`crate::limits::http::serve`]).
 //!
-//! Handshakes run in their own tasks (a client that connects and says
-//! nothing holds no one up), [`MAX_HANDSHAKES`] at once and each within
-//! [`HANDSHAKE_TIMEOUT`]: every network input is untrusted.
+//! Handshakes run off the accept loop ([`crate::accept::handshaken`]), and
+//! the certificate is asked of the process's resolver at each one, so a
+//! certificate reloaded on SIGHUP reaches HTTPS too.
 
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::ResolvesServerCert;
 use rustls::ServerConfig;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, Semaphore};
 use tokio_rustls::server::TlsStream;
-use tokio_rustls::TlsAcceptor;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::{Stream, StreamExt};
 
-/// How long a client may take over its TLS handshake.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Handshakes in progress at once; further connections wait in the
-/// kernel's backlog.
-pub const MAX_HANDSHAKES: usize = 256;
-/// Connections handshaken and not yet taken by the server.
-const READY_QUEUE: usize = 64;
 /// The pause after a failed `accept` (out of file descriptors...), so that
 /// the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
@@ -48,9 +41,6 @@ static HTTPS: OnceLock<Arc<ServerConfig>> = OnceLock::new();
 /// Why HTTPS could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum HttpsError {
-    /// The certificate or key is not usable PEM.
-    #[error("{0}")]
-    Pem(String),
     /// rustls refused the settings.
     #[error("HTTPS settings refused: {0}")]
     Config(String),
@@ -59,30 +49,18 @@ pub enum HttpsError {
     AlreadyInstalled,
 }
 
-/// The settings of an HTTPS server with certificate chain `cert_pem` and
-/// key `key_pem` (PEM, as `--tls-cert` and `--tls-key` hold them): HTTP/1.1
-/// (what the servers speak), no client certificate.
-pub fn server_config(cert_pem: &[u8], key_pem: &[u8]) -> Result<ServerConfig, HttpsError> {
-    let chain = CertificateDer::pem_slice_iter(cert_pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| HttpsError::Pem(format!("--tls-cert: not PEM certificates: {e}")))?;
-    if chain.is_empty() {
-        return Err(HttpsError::Pem(
-            "--tls-cert: no PEM CERTIFICATE block".into(),
-        ));
-    }
-    // No detail from the parser: it might quote what it read.
-    let key = PrivateKeyDer::from_pem_slice(key_pem)
-        .map_err(|_| HttpsError::Pem("--tls-key: not a PEM private key".into()))?;
-    // ring, as tonic's `tls-ring` uses for every other connection.
+/// The settings of an HTTPS server presenting what `certificate` holds at
+/// each handshake (the process's `--tls-cert`, reloaded on SIGHUP):
+/// HTTP/1.1 (what the servers speak), no client certificate.
+pub fn server_config(certificate: Arc<dyn ResolvesServerCert>) -> Result<ServerConfig, HttpsError> {
+    // ring, as every other connection of herd uses.
     #[allow(deprecated)]
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| HttpsError::Config(e.to_string()))?
         .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .map_err(|e| HttpsError::Config(e.to_string()))?;
+        .with_cert_resolver(certificate);
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
 }
@@ -112,54 +90,17 @@ pub fn scheme() -> &'static str {
 /// Connections of a TCP listener after their TLS handshake, for
 /// `axum::serve`. Dropping it stops accepting.
 pub struct TlsListener {
-    ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+    ready: Pin<Box<dyn Stream<Item = io::Result<TlsStream<TcpStream>>> + Send>>,
     local: SocketAddr,
-    accepting: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for TlsListener {
-    fn drop(&mut self) {
-        self.accepting.abort();
-    }
 }
 
 /// Accepts on `listener` and handshakes each connection with `config`.
 pub fn listener(listener: TcpListener, config: Arc<ServerConfig>) -> io::Result<TlsListener> {
     let local = listener.local_addr()?;
-    let (ready_tx, ready) = mpsc::channel(READY_QUEUE);
-    let acceptor = TlsAcceptor::from(config);
-    let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
-    let accepting = tokio::spawn(async move {
-        loop {
-            let Ok(permit) = handshakes.clone().acquire_owned().await else {
-                return;
-            };
-            let (tcp, peer) = match listener.accept().await {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    tracing::debug!(error = %e, "HTTPS accept failed");
-                    tokio::time::sleep(ACCEPT_BACKOFF).await;
-                    continue;
-                }
-            };
-            let (acceptor, ready_tx) = (acceptor.clone(), ready_tx.clone());
-            tokio::spawn(async move {
-                let _permit = permit;
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                    Ok(Ok(tls)) => {
-                        // The server stopped taking connections: dropped.
-                        let _ = ready_tx.send((tls, peer)).await;
-                    }
-                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                }
-            });
-        }
-    });
+    let ready = crate::accept::handshaken(TcpListenerStream::new(listener), config);
     Ok(TlsListener {
-        ready,
+        ready: Box::pin(ready),
         local,
-        accepting,
     })
 }
 
@@ -203,11 +144,21 @@ impl axum::serve::Listener for TlsListener {
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.ready.recv().await {
-            Some(accepted) => accepted,
-            // The accepting task is gone (it only ends when this is
-            // dropped): nothing more will come.
-            None => std::future::pending().await,
+        loop {
+            match self.ready.next().await {
+                Some(Ok(tls)) => match tls.get_ref().0.peer_addr() {
+                    Ok(peer) => return (tls, peer),
+                    // Closed by the client already: nothing to serve.
+                    Err(e) => tracing::debug!(error = %e, "HTTPS client gone"),
+                },
+                Some(Err(e)) => {
+                    tracing::debug!(error = %e, "HTTPS accept failed");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                }
+                // The accepting task is gone (it only ends when this is
+                // dropped): nothing more will come.
+                None => std::future::pending().await,
+            }
         }
     }
 
@@ -221,8 +172,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn bad_pem_is_named_by_its_flag() {
-        let error = server_config(b"not pem", b"not pem").unwrap_err();
-        assert!(error.to_string().contains("--tls-cert"), "{error}");
+    fn settings_speak_http1_and_ask_no_client_certificate() {
+        #[derive(Debug)]
+        struct NoCertificate;
+        impl ResolvesServerCert for NoCertificate {
+            fn resolve(
+                &self,
+                _: rustls::server::ClientHello<'_>,
+            ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+                None
+            }
+        }
+        let config = server_config(Arc::new(NoCertificate)).unwrap();
+        assert_eq!(config.alpn_protocols, vec![b"http/1.1".to_vec()]);
     }
 }

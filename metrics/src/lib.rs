@@ -19,6 +19,7 @@
 //! or node crates.
 #![warn(missing_docs)]
 
+pub mod accept;
 pub mod body;
 pub mod error;
 pub mod exporter;

@@ -71,9 +71,6 @@ pub enum NodeError {
     /// The actor tree did not start.
     #[error("the agent's actors did not start: {0}")]
     Actors(String),
-    /// The server's TLS settings were refused.
-    #[error(transparent)]
-    Tls(#[from] herd_api::tls::TlsError),
 }
 
 /// A running node agent.
@@ -377,30 +374,31 @@ where
     // Under mutual TLS the agent-to-agent service serves node agents'
     // certificates only; `NodeAgent` (logs, inference, stats) any of the
     // cluster's CA (docs/security.md).
-    let base = match herd_api::tls::transport().server(limits::server(&server_limits)) {
-        Ok(base) => base,
-        Err(e) => {
-            root.stop(Some("the server's TLS settings were refused".into()));
-            return Err(NodeError::Tls(e));
-        }
+    let router = limits::server(&server_limits)
+        .layer(grpc_metrics.layer())
+        .layer(limits::rate_layer(&server_limits))
+        .add_service(acl::guard(
+            &acl,
+            NodeAgentServer::new(service)
+                .max_decoding_message_size(limits::MAX_AGENT_MESSAGE)
+                .max_encoding_message_size(limits::MAX_AGENT_MESSAGE),
+        ))
+        .add_service(herd_api::tls::roles_only(
+            &[herd_api::tls::PeerRole::Node],
+            peer.into_server(),
+        ));
+    let shutdown = async {
+        let _ = shutdown_rx.await;
     };
-    let server = tokio::spawn(
-        base.layer(grpc_metrics.layer())
-            .layer(limits::rate_layer(&server_limits))
-            .add_service(acl::guard(
-                &acl,
-                NodeAgentServer::new(service)
-                    .max_decoding_message_size(limits::MAX_AGENT_MESSAGE)
-                    .max_encoding_message_size(limits::MAX_AGENT_MESSAGE),
-            ))
-            .add_service(herd_api::tls::roles_only(
-                &[herd_api::tls::PeerRole::Node],
-                peer.into_server(),
-            ))
-            .serve_with_incoming_shutdown(incoming, async {
-                let _ = shutdown_rx.await;
-            }),
-    );
+    // Under TLS the handshake is herd's own, so that a certificate
+    // reloaded on SIGHUP reaches new connections (`herd_api::tls::serve`).
+    let server = match herd_api::tls::server_tls() {
+        Some(tls) => tokio::spawn(router.serve_with_incoming_shutdown(
+            herd_metrics::accept::handshaken(incoming, tls),
+            shutdown,
+        )),
+        None => tokio::spawn(router.serve_with_incoming_shutdown(incoming, shutdown)),
+    };
     tracing::info!(node = %name, addr = %local_addr, %advertise, http = ?http_addr, metrics = ?metrics_addr, "node agent running");
     Ok(RunningNode {
         local_addr,

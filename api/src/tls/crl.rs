@@ -146,12 +146,12 @@ pub fn check_for_cluster(pem: &str) -> Result<CheckedCrl, ClusterCrlError> {
     let super::Transport::Tls(material) = super::transport() else {
         return Err(ClusterCrlError::NoTls);
     };
-    let (ca_pem, _, _) = material.pem();
     let now_s = i64::try_from(crate::clock::now_ms() / 1000).unwrap_or(i64::MAX);
     let mut verified = VERIFIED
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
-    check_remembering(&mut verified, pem, ca_pem, now_s).map_err(ClusterCrlError::Refused)
+    check_remembering(&mut verified, pem, material.ca_pem(), now_s)
+        .map_err(ClusterCrlError::Refused)
 }
 
 /// [`check`], skipping the signature when `last` is this very CRL

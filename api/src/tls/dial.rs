@@ -25,11 +25,8 @@ use std::time::Duration;
 use hyper_util::rt::TokioIo;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::{Resumption, WebPkiServerVerifier};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::{
-    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
-};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, SignatureScheme};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
@@ -38,41 +35,27 @@ use tonic::codegen::http::Uri;
 use tonic::transport::{Channel, Endpoint};
 use tower_service::Service;
 
+use super::current::CurrentKey;
 use super::revocation;
 
-/// The rustls settings of every dial of a process: its certificate as the
-/// client's, the cluster's CA as the only root, revoked servers refused.
+/// The rustls settings of every dial of a process: the certificate `key`
+/// holds at each handshake as the client's (renewed on reload), the
+/// cluster's CA as the only root, revoked servers refused.
 pub(crate) fn client_config(
     ca_pem: &[u8],
-    cert_pem: &[u8],
-    key_pem: &[u8],
+    key: Arc<CurrentKey>,
 ) -> Result<Arc<ClientConfig>, String> {
-    let mut roots = RootCertStore::empty();
-    for ca in CertificateDer::pem_slice_iter(ca_pem) {
-        let ca = ca.map_err(|e| format!("--tls-ca: not PEM certificates: {e}"))?;
-        roots
-            .add(ca)
-            .map_err(|e| format!("--tls-ca: not a usable CA certificate: {e}"))?;
-    }
-    let chain = CertificateDer::pem_slice_iter(cert_pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("--tls-cert: not PEM certificates: {e}"))?;
-    // No detail from the parser: it might quote what it read.
-    let key = PrivateKeyDer::from_pem_slice(key_pem)
-        .map_err(|_| "--tls-key: not a PEM private key".to_string())?;
-    // ring, as tonic's `tls-ring` uses for the servers.
-    #[allow(deprecated)]
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .build()
-        .map_err(|e| format!("--tls-ca: {e}"))?;
+    let provider = Arc::new(super::provider());
+    let webpki =
+        WebPkiServerVerifier::builder_with_provider(super::serve::roots(ca_pem)?, provider.clone())
+            .build()
+            .map_err(|e| format!("--tls-ca: {e}"))?;
     let mut config = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(NotRevoked(webpki)))
-        .with_client_auth_cert(chain, key)
-        .map_err(|e| format!("--tls-cert/--tls-key: {e}"))?;
+        .with_client_cert_resolver(key);
     config.alpn_protocols = vec![b"h2".to_vec()];
     // A resumed session skips the server's certificate check, revocations
     // included: every connection makes a full handshake (channels are
@@ -148,11 +131,11 @@ impl Dial {
         }
     }
 
-    /// A dial of `addr` (`HOST:PORT`) under TLS with `config`, the server
-    /// checked for `server_name`.
+    /// A dial of `addr` (`HOST:PORT`) under TLS with `material`'s
+    /// settings and certificate, the server checked for `server_name`.
     pub(super) fn tls(
         addr: &str,
-        config: Arc<ClientConfig>,
+        material: &super::TlsMaterial,
         server_name: String,
     ) -> Result<Self, String> {
         // The scheme is tonic's business only (its own TLS is not used):
@@ -164,7 +147,8 @@ impl Dial {
         Ok(Self {
             endpoint,
             tls: Some(TlsDial {
-                config,
+                config: material.dialer(),
+                own: material.current_key(),
                 server_name,
                 // tonic's default, which `tcp_nodelay` changes.
                 nodelay: true,
@@ -233,6 +217,8 @@ impl Dial {
 #[derive(Clone)]
 struct TlsDial {
     config: Arc<ClientConfig>,
+    /// What the handshake presents as this process's certificate.
+    own: Arc<CurrentKey>,
     server_name: ServerName<'static>,
     nodelay: bool,
 }
@@ -264,6 +250,16 @@ impl Service<Uri> for TlsDial {
             // Read before the check below: a change after it is seen at
             // the first read or write.
             let checked_at = revocation::generation();
+            // Read before the handshake asks for it: a reload in between
+            // makes the handshake present a newer certificate than this,
+            // never an older one.
+            let own_certificate = dial
+                .own
+                .get()
+                .cert
+                .first()
+                .map(|leaf| leaf.as_ref().to_vec())
+                .unwrap_or_default();
             tcp.set_nodelay(dial.nodelay)?;
             let tls = TlsConnector::from(dial.config)
                 .connect(dial.server_name, tcp)
@@ -281,6 +277,7 @@ impl Service<Uri> for TlsDial {
             Ok(TokioIo::new(Checked {
                 inner: tls,
                 server_certificate,
+                own_certificate,
                 checked_at,
                 revoked: false,
             }))
@@ -290,11 +287,18 @@ impl Service<Uri> for TlsDial {
 
 /// A dialed TLS stream that fails once the server's certificate is
 /// revoked, at its next read or write: the check costs an atomic load
-/// until the revoked set changes.
+/// until the revoked set changes. Likewise once the certificate this
+/// process presented on it is revoked: an operator who renewed a
+/// certificate (SIGHUP) and then revokes the old one gets every
+/// connection still made with the old one closed, and the channel dials
+/// again with the renewed one, rather than have its calls refused until
+/// the connection happens to break.
 struct Checked {
     inner: TlsStream<TcpStream>,
     /// The server's certificate (DER).
     server_certificate: Vec<u8>,
+    /// This process's certificate the connection was made with (DER).
+    own_certificate: Vec<u8>,
     /// The revoked set's generation last checked against.
     checked_at: u64,
     /// The certificate was found revoked: every read and write fails.
@@ -306,7 +310,9 @@ impl Checked {
         let now = revocation::generation();
         if now != self.checked_at {
             self.checked_at = now;
-            self.revoked = self.revoked || revocation::is_revoked(&self.server_certificate);
+            self.revoked = self.revoked
+                || revocation::is_revoked(&self.server_certificate)
+                || revocation::is_revoked(&self.own_certificate);
         }
         if self.revoked {
             return Err(revoked());
@@ -315,11 +321,12 @@ impl Checked {
     }
 }
 
-/// The error of a connection to a server whose certificate is revoked.
+/// The error of a connection made with a certificate since revoked (the
+/// server's, or this process's own before a renewal).
 fn revoked() -> io::Error {
     io::Error::new(
         io::ErrorKind::PermissionDenied,
-        "the server's certificate was revoked (`herd tls cert revoke`)",
+        "a certificate of this connection was revoked (`herd tls cert revoke`)",
     )
 }
 

@@ -34,20 +34,22 @@
 //! plaintext.
 
 pub mod crl;
+pub mod current;
 pub mod dial;
 mod guard;
 pub mod identity;
 mod material;
 pub mod revocation;
+mod serve;
 
 use std::sync::{Arc, OnceLock};
 
 pub use dial::Dial;
 pub use guard::{roles_only, PeerRoles, RolesOnly};
 pub use identity::{require_node, require_role, PeerIdentity, PeerRole, TlsIdentityError};
-pub use material::{TlsError, TlsFiles, TlsMaterial};
+pub use material::{Reloaded, TlsError, TlsFiles, TlsMaterial};
 
-use tonic::transport::{Endpoint, Server};
+use tonic::transport::Endpoint;
 
 use identity::node_dns_name;
 
@@ -97,7 +99,7 @@ impl Transport {
             Transport::Plaintext => Endpoint::from_shared(format!("http://{addr}"))
                 .map(Dial::plain)
                 .map_err(|e| e.to_string()),
-            Transport::Tls(material) => Dial::tls(addr, material.dialer(), peer.dns_name()),
+            Transport::Tls(material) => Dial::tls(addr, material, peer.dns_name()),
         }
     }
 
@@ -111,19 +113,20 @@ impl Transport {
             Transport::Tls(material) => {
                 let name =
                     node_dns_name(node).map_err(|e| format!("TLS settings for {addr}: {e}"))?;
-                Dial::tls(addr, material.dialer(), name)
+                Dial::tls(addr, material, name)
             }
         }
     }
 
-    /// `server` with this process's certificate, asking every client for
-    /// one of the cluster's CA, under TLS; `server` unchanged otherwise.
-    pub fn server(&self, server: Server) -> Result<Server, TlsError> {
+    /// The rustls settings a server accepts with under TLS (this process's
+    /// current certificate, a certificate of the cluster's CA asked of
+    /// every client: [`serve`]); None when plaintext. Servers hand them to
+    /// `herd_metrics::accept::handshaken` rather than to tonic, so that a
+    /// reloaded certificate reaches new connections.
+    pub fn server_tls(&self) -> Option<Arc<rustls::ServerConfig>> {
         match self {
-            Transport::Plaintext => Ok(server),
-            Transport::Tls(material) => server
-                .tls_config(material.server_config())
-                .map_err(|e| TlsError::Config(e.to_string())),
+            Transport::Plaintext => None,
+            Transport::Tls(material) => Some(material.server_config()),
         }
     }
 }
@@ -139,7 +142,17 @@ pub fn node_endpoint(addr: &str, node: &str) -> Result<Dial, String> {
     transport().node_endpoint(addr, node)
 }
 
-/// A fresh server builder on this process's transport.
-pub fn server() -> Result<Server, TlsError> {
-    transport().server(Server::builder())
+/// The settings this process's servers accept TLS with, if it speaks TLS
+/// ([`Transport::server_tls`]).
+pub fn server_tls() -> Option<Arc<rustls::ServerConfig>> {
+    transport().server_tls()
+}
+
+/// The cryptography of every TLS connection herd makes or accepts: ring,
+/// as tonic's `tls-ring` feature uses (no aws-lc in the build).
+pub(crate) fn provider() -> rustls::crypto::CryptoProvider {
+    // Deprecated for lacking post-quantum key exchange, which ring does not
+    // offer; the aws-lc provider that does is not in the build.
+    #[allow(deprecated)]
+    rustls::crypto::ring::default_provider()
 }

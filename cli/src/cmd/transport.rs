@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use herd_api::tls::{PeerRole, TlsFiles, TlsMaterial, Transport};
+use herd_api::tls::{PeerRole, Reloaded, TlsFiles, TlsMaterial, Transport};
 
 use crate::exit::CliError;
 
@@ -108,8 +108,8 @@ fn tracing_free_warning(message: &str) {
 pub fn install(flags: &TransportFlags, usage: Use) -> Result<(), CliError> {
     let transport = choose(flags, usage)?;
     if let (Use::Serve(_), Transport::Tls(material)) = (usage, &transport) {
-        let (_, cert, key) = material.pem();
-        let https = herd_metrics::https::server_config(cert, key).map_err(CliError::input)?;
+        let https =
+            herd_metrics::https::server_config(material.current_key()).map_err(CliError::input)?;
         herd_metrics::https::install(https).map_err(CliError::runtime)?;
         herd_metrics::exporter::set_certificate_expiry(material.not_after());
         herd_metrics::exporter::set_revocation_counts(|| {
@@ -120,6 +120,60 @@ pub fn install(flags: &TransportFlags, usage: Use) -> Result<(), CliError> {
         });
     }
     herd_api::tls::install(transport).map_err(CliError::runtime)
+}
+
+/// Renews this process's certificate on SIGHUP, when it runs with TLS
+/// (docs/security.md, "Renewing a certificate"): the files named by
+/// `--tls-cert` and `--tls-key` are read again and, if they pass every
+/// check, presented by every new handshake; refused, the process goes on
+/// with what it had and says why. What systemd's `ExecReload` and
+/// `docker kill --signal HUP` send, as Nomad and Consul take theirs.
+/// Without TLS, SIGHUP is not watched.
+pub fn reload_on_hangup() -> Result<(), CliError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Transport::Tls(material) = herd_api::tls::transport() else {
+        return Ok(());
+    };
+    let mut hangups = signal(SignalKind::hangup())
+        .map_err(|e| CliError::runtime(format!("cannot watch SIGHUP: {e}")))?;
+    let material = material.clone();
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            reload(&material);
+        }
+    });
+    Ok(())
+}
+
+/// One reload of `material`, said in the log and the expiry gauge.
+fn reload(material: &TlsMaterial) {
+    let identity = material.identity();
+    match material.reload() {
+        Ok(Reloaded::Renewed {
+            previous_not_after,
+            not_after,
+        }) => {
+            herd_metrics::exporter::set_certificate_expiry(not_after);
+            tracing::info!(
+                role = %identity.role,
+                name = %identity.name,
+                previous_not_after,
+                not_after,
+                "TLS certificate reloaded: new connections present the renewed certificate"
+            );
+        }
+        Ok(Reloaded::Unchanged) => tracing::info!(
+            role = %identity.role,
+            name = %identity.name,
+            "TLS certificate reload: the files hold the certificate in use already"
+        ),
+        Err(e) => tracing::error!(
+            role = %identity.role,
+            name = %identity.name,
+            error = %e,
+            "TLS certificate reload refused"
+        ),
+    }
 }
 
 #[cfg(test)]

@@ -64,13 +64,9 @@ fn consistency(stale: bool) -> ReadConsistency {
 /// only and the agent service node agents' only (each speaking for the node
 /// its certificate names); client services take any certificate of the
 /// cluster's CA, and tokens say what each caller may do.
-pub fn router(
-    coordinator: Arc<Coordinator>,
-    limits: &Limits,
-) -> Result<Router<WithRequestIds>, herd_api::tls::TlsError> {
+pub fn router(coordinator: Arc<Coordinator>, limits: &Limits) -> Router<WithRequestIds> {
     let raft_limit = MAX_DECODED_BYTES as usize;
-    Ok(herd_api::tls::transport()
-        .server(crate::limits::server(limits))?
+    crate::limits::server(limits)
         .layer(coordinator.instruments().grpc.layer())
         .layer(crate::limits::rate_layer(&coordinator, limits))
         .layer(RequestIdLayer)
@@ -161,5 +157,5 @@ pub fn router(
             ))
             .max_decoding_message_size(MAX_CLIENT_MESSAGE)
             .max_encoding_message_size(MAX_CLIENT_MESSAGE),
-        )))
+        ))
 }

@@ -47,10 +47,20 @@ pub const CREDS_DIR: &str = "migration-tls";
 /// The agent's TLS identity, as the VM driver hands it to QEMU: the
 /// cluster's CA, the node's certificate and key (PEM).
 #[derive(Clone)]
-pub struct MigrationTls {
-    ca_pem: Vec<u8>,
-    cert_pem: Vec<u8>,
-    key_pem: Vec<u8>,
+pub struct MigrationTls(Source);
+
+/// Where a move's credentials come from.
+#[derive(Clone)]
+enum Source {
+    /// Bytes given once (tests, a driver outside an agent).
+    Fixed {
+        ca_pem: Vec<u8>,
+        cert_pem: Vec<u8>,
+        key_pem: Vec<u8>,
+    },
+    /// The agent's own TLS material, read at each move: a certificate
+    /// renewed on SIGHUP is the one the next move presents.
+    Process(std::sync::Arc<herd_api::tls::TlsMaterial>),
 }
 
 impl std::fmt::Debug for MigrationTls {
@@ -81,10 +91,22 @@ impl Side {
 impl MigrationTls {
     /// The identity from PEM bytes: the CA, the node's certificate, its key.
     pub fn new(ca_pem: Vec<u8>, cert_pem: Vec<u8>, key_pem: Vec<u8>) -> Self {
-        Self {
+        Self(Source::Fixed {
             ca_pem,
             cert_pem,
             key_pem,
+        })
+    }
+
+    /// The CA, certificate and key a move uses now (PEM).
+    fn pem(&self) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+        match &self.0 {
+            Source::Fixed {
+                ca_pem,
+                cert_pem,
+                key_pem,
+            } => (ca_pem.clone(), cert_pem.clone(), key_pem.clone()),
+            Source::Process(material) => material.pem(),
         }
     }
 
@@ -93,10 +115,7 @@ impl MigrationTls {
     pub fn from_transport(transport: &Transport) -> Option<Self> {
         match transport {
             Transport::Plaintext => None,
-            Transport::Tls(material) => {
-                let (ca, cert, key) = material.pem();
-                Some(Self::new(ca.to_vec(), cert.to_vec(), key.to_vec()))
-            }
+            Transport::Tls(material) => Some(Self(Source::Process(material.clone()))),
         }
     }
 
@@ -111,15 +130,17 @@ impl MigrationTls {
         std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
         builder.create(&dir)?;
         let role = side.as_str();
+        let (ca_pem, cert_pem, key_pem) = self.pem();
         for (name, bytes) in [
-            ("ca-cert.pem".to_string(), &self.ca_pem),
-            (format!("{role}-cert.pem"), &self.cert_pem),
-            (format!("{role}-key.pem"), &self.key_pem),
+            ("ca-cert.pem".to_string(), &ca_pem),
+            (format!("{role}-cert.pem"), &cert_pem),
+            (format!("{role}-key.pem"), &key_pem),
         ] {
             write_private(&dir.join(name), bytes)?;
         }
-        // The revocations QEMU can check (one CRL per revocation made with
-        // the CA's key, `herd_api::tls::crl`), read now: a move started
+        // The revocations QEMU can check (the cluster's one CRL, naming
+        // every revocation made with the CA's key, `herd_api::tls::crl`),
+        // read now: a move started
         // after a revocation reached this agent refuses that certificate,
         // whichever side presents it.
         if let Some(lists) = herd_api::tls::crl::bundle() {
