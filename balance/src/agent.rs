@@ -624,6 +624,18 @@ impl Agent {
         )
     }
 
+    /// The lowest effective score of a fresh peer other than `sender`
+    /// that could take an item needing `service`: where a coarse item
+    /// offered to this agent would rather go.
+    fn lightest_other(&self, now_ms: u64, sender: &str, service: Option<&str>) -> Option<f64> {
+        self.view
+            .fresh(now_ms)
+            .filter(|e| e.info.id != sender && self.counts(&e.info.id))
+            .filter(|e| service.is_none_or(|s| e.load.instance_of(s).is_some()))
+            .map(|e| e.effective_score())
+            .reduce(f64::min)
+    }
+
     /// One policy step: maybe make one offer; returns whether it did.
     fn decide(&mut self, now_ms: u64, out: &mut Vec<Outgoing>) -> bool {
         let c = &self.config;
@@ -725,15 +737,13 @@ impl Agent {
             Verdict::Accepted
         } else {
             let own = self.effective_score();
-            let mean = self.neighbourhood_mean(now_ms, own);
-            let v = policy::judge_offer_on(
-                &self.config,
-                &o,
-                &self.load,
+            let view = policy::RecipientView {
                 own,
-                mean,
-                self.nego.reservations.len(),
-            );
+                mean: self.neighbourhood_mean(now_ms, own),
+                reservations: self.nego.reservations.len(),
+                lightest_other: self.lightest_other(now_ms, &from.id, o.service.as_deref()),
+            };
+            let v = policy::judge_offer_on(&self.config, &o, &self.load, &view);
             if v == Verdict::Accepted {
                 self.nego.reservations.insert(
                     key,

@@ -23,7 +23,8 @@
 //!   after the move (give or take the reversal tolerance), and not rise
 //!   above its own threshold, unless the item
 //!   alone is heavier than the band (it could never land inside it) and
-//!   the recipient is not above the mean already.
+//!   the recipient is not above the mean already, nor heavier by more than
+//!   half the item than a fresh peer it knows that could take it instead.
 
 use crate::config::Config;
 use crate::item::MovableItem;
@@ -108,6 +109,21 @@ pub fn choose_item<'a>(
     below.or(above)
 }
 
+/// What a recipient knows when it judges an offer: its own figures and
+/// what its neighbourhood view says.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RecipientView {
+    /// Its effective score: its load plus what it has reserved already.
+    pub own: f64,
+    /// Its neighbourhood mean.
+    pub mean: f64,
+    /// Reservations it holds.
+    pub reservations: usize,
+    /// The lowest effective score of a fresh peer, other than the sender,
+    /// that could take the item (None: it knows of none).
+    pub lightest_other: Option<f64>,
+}
+
 /// The recipient's verdict on `offer` given its own load figures `load`:
 /// refused if the item needs a service it runs no instance of, otherwise
 /// as [`judge_offer`].
@@ -115,32 +131,23 @@ pub fn judge_offer_on(
     config: &Config,
     offer: &Offer,
     load: &LoadSummary,
-    own: f64,
-    mean: f64,
-    reservations: usize,
+    view: &RecipientView,
 ) -> Verdict {
     if let Some(service) = &offer.service {
         if load.instance_of(service).is_none() {
             return Verdict::Rejected(RejectReason::NoInstance);
         }
     }
-    judge_offer(config, offer, own, mean, reservations)
+    judge_offer(config, offer, view)
 }
 
-/// The recipient's verdict on `offer`, from its own score `own` (load plus
-/// what it has reserved already), its neighbourhood mean, and how many
-/// reservations it holds.
-pub fn judge_offer(
-    config: &Config,
-    offer: &Offer,
-    own: f64,
-    mean: f64,
-    reservations: usize,
-) -> Verdict {
+/// The recipient's verdict on `offer`, from what it knows (`view`).
+pub fn judge_offer(config: &Config, offer: &Offer, view: &RecipientView) -> Verdict {
+    let (own, mean) = (view.own, view.mean);
     if offer.moves_so_far >= config.move_budget {
         return Verdict::Rejected(RejectReason::OverBudget);
     }
-    if reservations >= config.max_reservations {
+    if view.reservations >= config.max_reservations {
         return Verdict::Rejected(RejectReason::TooManyReservations);
     }
     let after = own + offer.weight;
@@ -166,6 +173,20 @@ pub fn judge_offer(
     if after > m + band + EPS && (!coarse || own > low + EPS) {
         return Verdict::Rejected(RejectReason::Overloaded);
     }
+    // A coarse item belongs on the lightest node that can take it: a
+    // recipient heavier by more than half the item than a fresh peer it
+    // knows leaves it to that peer (the sender offers elsewhere), since a
+    // coarse item that lands on the wrong node sits out its cool-down
+    // there while the lighter node stays empty. Seen in
+    // `balance_requests`: a sender's stale view made a node that had just
+    // received one request accept a second while another node held none.
+    if coarse
+        && view
+            .lightest_other
+            .is_some_and(|lightest| own > lightest + offer.weight / 2.0 + EPS)
+    {
+        return Verdict::Rejected(RejectReason::Overloaded);
+    }
     Verdict::Accepted
 }
 
@@ -173,6 +194,16 @@ pub fn judge_offer(
 mod tests {
     use super::*;
     use crate::item::ItemKind;
+
+    /// A recipient's view with no lighter peer known.
+    fn at(own: f64, mean: f64, reservations: usize) -> RecipientView {
+        RecipientView {
+            own,
+            mean,
+            reservations,
+            lightest_other: None,
+        }
+    }
 
     fn item(id: &str, w: f64) -> MovableItem {
         MovableItem {
@@ -227,7 +258,10 @@ mod tests {
             sender_mean: mean,
             service: None,
         };
-        assert_eq!(judge_offer(&c, &offer, 0.5, mean, 0), Verdict::Accepted);
+        assert_eq!(
+            judge_offer(&c, &offer, &at(0.5, mean, 0)),
+            Verdict::Accepted
+        );
         // With no tolerance both sides refuse, as before the mend.
         let strict = Config {
             reversal_tolerance: 0.0,
@@ -235,7 +269,7 @@ mod tests {
         };
         assert!(choose_item(&strict, &items, 29.0, excess, 0.5).is_none());
         assert_eq!(
-            judge_offer(&strict, &offer, 0.5, mean, 0),
+            judge_offer(&strict, &offer, &at(0.5, mean, 0)),
             Verdict::Rejected(RejectReason::WouldReverse)
         );
         // The tolerance is a small share: an item that would swap the pair
@@ -248,7 +282,7 @@ mod tests {
             ..offer
         };
         assert_eq!(
-            judge_offer(&c, &big_offer, 0.5, mean, 0),
+            judge_offer(&c, &big_offer, &at(0.5, mean, 0)),
             Verdict::Rejected(RejectReason::WouldReverse)
         );
     }
@@ -279,9 +313,12 @@ mod tests {
             sender_mean: 60.0,
             service: None,
         };
-        assert_eq!(judge_offer(&c, &offer, 40.0, 60.0, 0), Verdict::Accepted);
         assert_eq!(
-            judge_offer(&c, &offer, 85.0, 60.0, 0),
+            judge_offer(&c, &offer, &at(40.0, 60.0, 0)),
+            Verdict::Accepted
+        );
+        assert_eq!(
+            judge_offer(&c, &offer, &at(85.0, 60.0, 0)),
             Verdict::Rejected(RejectReason::WouldReverse)
         );
         // An item within the band (5 ≤ 6) must not lift the recipient
@@ -291,11 +328,11 @@ mod tests {
             ..offer.clone()
         };
         assert_eq!(
-            judge_offer(&c, &fine, 65.0, 50.0, 0),
+            judge_offer(&c, &fine, &at(65.0, 50.0, 0)),
             Verdict::Rejected(RejectReason::Overloaded)
         );
         assert_eq!(
-            judge_offer(&c, &offer, 40.0, 60.0, c.max_reservations),
+            judge_offer(&c, &offer, &at(40.0, 60.0, c.max_reservations)),
             Verdict::Rejected(RejectReason::TooManyReservations)
         );
     }
@@ -339,11 +376,11 @@ mod tests {
             service: Some("llm".into()),
         };
         assert_eq!(
-            judge_offer_on(&c, &offer, &other, 10.0, 60.0, 0),
+            judge_offer_on(&c, &offer, &other, &at(10.0, 60.0, 0)),
             Verdict::Rejected(RejectReason::NoInstance)
         );
         assert_eq!(
-            judge_offer_on(&c, &offer, &with, 10.0, 60.0, 0),
+            judge_offer_on(&c, &offer, &with, &at(10.0, 60.0, 0)),
             Verdict::Accepted
         );
         // Compatible but over budget: still refused.
@@ -352,7 +389,7 @@ mod tests {
             ..offer
         };
         assert_eq!(
-            judge_offer_on(&c, &spent, &with, 10.0, 60.0, 0),
+            judge_offer_on(&c, &spent, &with, &at(10.0, 60.0, 0)),
             Verdict::Rejected(RejectReason::OverBudget)
         );
     }
@@ -373,7 +410,7 @@ mod tests {
             service: None,
         };
         assert_eq!(
-            judge_offer(&c, &offer, 0.0, 44.0 / 3.0, 0),
+            judge_offer(&c, &offer, &at(0.0, 44.0 / 3.0, 0)),
             Verdict::Accepted
         );
         // A recipient already above the mean (a reservation for another
@@ -384,12 +421,46 @@ mod tests {
             ..offer.clone()
         };
         assert_eq!(
-            judge_offer(&c, &heavier, 15.0, 44.0 / 3.0, 1),
+            judge_offer(&c, &heavier, &at(15.0, 44.0 / 3.0, 1)),
             Verdict::Rejected(RejectReason::Overloaded)
+        );
+        // Nor does one that knows a fresh peer lighter by more than half
+        // the item: 7.53 > 0.5 + 6.64 / 2 (the two-requests-on-one-node
+        // case of `balance_requests`); within half the item it does.
+        let request = Offer {
+            weight: 6.64,
+            sender_score: 20.4,
+            sender_mean: 8.0,
+            ..offer.clone()
+        };
+        let knows = |lightest| RecipientView {
+            lightest_other: Some(lightest),
+            ..at(7.53, 8.0, 1)
+        };
+        assert_eq!(
+            judge_offer(&c, &request, &at(7.53, 8.0, 1)),
+            Verdict::Accepted
+        );
+        assert_eq!(
+            judge_offer(&c, &request, &knows(0.5)),
+            Verdict::Rejected(RejectReason::Overloaded)
+        );
+        assert_eq!(judge_offer(&c, &request, &knows(5.0)), Verdict::Accepted);
+        // The empty node itself takes it, whoever else it knows.
+        assert_eq!(
+            judge_offer(
+                &c,
+                &request,
+                &RecipientView {
+                    lightest_other: Some(0.5),
+                    ..at(0.5, 8.0, 0)
+                }
+            ),
+            Verdict::Accepted
         );
         // The pair rule still holds for it: 30 + 20 > 44 - 20.
         assert_eq!(
-            judge_offer(&c, &offer, 30.0, 44.0 / 3.0, 0),
+            judge_offer(&c, &offer, &at(30.0, 44.0 / 3.0, 0)),
             Verdict::Rejected(RejectReason::WouldReverse)
         );
     }

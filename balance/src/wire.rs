@@ -122,7 +122,10 @@ pub struct Offer {
 pub enum RejectReason {
     /// After the move the recipient would be heavier than the sender.
     WouldReverse,
-    /// After the move the recipient would be above its own threshold.
+    /// After the move the recipient would be above its own threshold, or
+    /// (an item coarser than the band) the recipient is above the mean or
+    /// knows a fresh peer lighter by more than half the item. One reason
+    /// for both, so that agents of the previous release decode it.
     Overloaded,
     /// The recipient holds its most reservations already.
     TooManyReservations,
