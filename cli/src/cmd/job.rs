@@ -161,9 +161,11 @@ pub async fn run(ctx: &Context, command: JobCommand) -> Result<(), CliError> {
             // Safe to send again: a spec identical to the job's current one
             // is applied once ("unchanged"), so an election under way while
             // it was in flight costs a retry, not a failed command.
+            let tries = std::sync::atomic::AtomicUsize::new(0);
             let reply = client
                 .call_patiently(Repeat::Safe, RIDE_OUT_ELECTIONS, |ch| {
                     let request = request.clone();
+                    tries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     async move {
                         JobsClient::new(ch)
                             .submit(request)
@@ -180,6 +182,14 @@ pub async fn run(ctx: &Context, command: JobCommand) -> Result<(), CliError> {
                     println!(
                         "job {} submitted: version {} (log index {}, request {})",
                         spec.name, reply.version, reply.log_index, reply.request_id
+                    );
+                } else if tries.load(std::sync::atomic::Ordering::Relaxed) > 1 {
+                    // The first try's answer was lost to an election: it
+                    // may be the one that made this version.
+                    println!(
+                        "job {} at version {}: submitted, or identical already (an election \
+                         interrupted the first try and its answer was lost; request {})",
+                        spec.name, reply.version, reply.request_id
                     );
                 } else {
                     println!(
