@@ -257,9 +257,12 @@ impl AgentSet {
             .open(&agent.log_path)
             .map_err(io(format!("open {}", agent.log_path.display())))?;
         let log_err = log.try_clone().map_err(io("clone log handle"))?;
-        let child = Command::new(&self.binary)
+        let mut command = Command::new(&self.binary);
+        command
             .args(self.agent_args(agent))
-            .env("HERD_LOG", AGENT_LOG_FILTER)
+            .env("HERD_LOG", AGENT_LOG_FILTER);
+        crate::tls::clear_transport_env(&mut command);
+        let child = command
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log)

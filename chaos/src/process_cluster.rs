@@ -308,6 +308,7 @@ impl ProcessCluster {
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err);
+        crate::tls::clear_transport_env(&mut command);
         if let (Some(shim), Some(control)) = (&self.shim, &member.shim_control) {
             command.env("LD_PRELOAD", shim).env(CONTROL_ENV, control);
         }

@@ -63,6 +63,10 @@ pub struct RunConfig {
     pub shim: Option<PathBuf>,
     /// Docker mode: coordinators run as containers of this environment.
     pub docker: Option<Arc<DockerEnv>>,
+    /// Mutual TLS for every process the run starts (`--tls`): the CA that
+    /// issues their certificates. The harness's own transport must be a
+    /// client certificate of it (`herd_api::tls::install`).
+    pub tls: Option<crate::tls::ClusterTls>,
     /// Where the members' and agents' logs are copied at the end.
     pub logs: Option<PathBuf>,
 }

@@ -91,7 +91,7 @@ pub async fn start(config: &RunConfig, rng: &mut Rng) -> Result<Started, RunErro
             .then_some(DISK_MIB),
         shim,
         docker: config.docker.clone(),
-        tls: None,
+        tls: config.tls.clone(),
     };
     let mut cluster = ProcessCluster::start_at(&config.binary, &member_addrs, setup)
         .map_err(|e| RunError::Setup(e.to_string()))?;
@@ -131,6 +131,9 @@ async fn start_agents(
 ) -> Result<(AgentSet, Option<AgentLinks>, Option<PowerNodes>), RunError> {
     let scenario = &config.scenario;
     let mut set = AgentSet::new(&config.binary, &cluster.addr_list())?;
+    if let Some(tls) = &config.tls {
+        set = set.with_tls(tls.clone());
+    }
     if let Some(docker) = &config.docker {
         if scenario.power {
             return Err(RunError::Setup(format!(

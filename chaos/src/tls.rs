@@ -144,6 +144,22 @@ impl ClusterTls {
     }
 }
 
+/// The variables through which a parent's transport settings would reach
+/// a daemon the harness starts (`HERD_INSECURE`, `HERD_TLS_*`).
+const TRANSPORT_ENV: [&str; 4] = ["HERD_INSECURE", "HERD_TLS_CA", "HERD_TLS_CERT", "HERD_TLS_KEY"];
+
+/// Leaves out of `command`'s environment the transport settings the
+/// harness's own process was given: a daemon's transport is what
+/// [`daemon_args`] puts on its command line, and an inherited
+/// `HERD_INSECURE=true` beside `--tls-*` would make it refuse to start
+/// (the two contradict each other), as would `HERD_TLS_*` beside
+/// `--insecure`.
+pub fn clear_transport_env(command: &mut Command) {
+    for name in TRANSPORT_ENV {
+        command.env_remove(name);
+    }
+}
+
 /// The transport arguments of a daemon: TLS when the cluster has it,
 /// `--insecure` otherwise.
 pub fn daemon_args(tls: Option<&ClusterTls>, role: &str, name: &str) -> Vec<String> {

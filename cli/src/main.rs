@@ -268,6 +268,7 @@ fn transport_use(command: &Command) -> cmd::transport::Use {
         Command::Coordinator(_) => Use::Serve(PeerRole::Coordinator),
         Command::Node(args) if args.command.is_none() => Use::Serve(PeerRole::Node),
         Command::Dev(_) => Use::WholeCluster("herd dev"),
+        Command::Chaos(cmd::chaos::ChaosCommand::Run(args)) if args.tls => Use::InstallsItsOwn,
         Command::Chaos(_) => Use::WholeCluster("herd chaos"),
         Command::Bench(_) => Use::WholeCluster("herd bench"),
         Command::Executor(_)

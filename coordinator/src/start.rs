@@ -301,7 +301,7 @@ where
         )),
         None => tokio::spawn(router.serve_with_incoming_shutdown(incoming, shutdown)),
     };
-    tracing::info!(member = config.id, addr = %local_addr, advertise = %config.advertise, "serving gRPC");
+    tracing::info!(member = config.id, addr = %local_addr, advertise = %config.advertise, tls = herd_api::tls::enabled(), "serving gRPC");
 
     if has_state {
         tracing::info!(

@@ -399,7 +399,7 @@ where
         )),
         None => tokio::spawn(router.serve_with_incoming_shutdown(incoming, shutdown)),
     };
-    tracing::info!(node = %name, addr = %local_addr, %advertise, http = ?http_addr, metrics = ?metrics_addr, "node agent running");
+    tracing::info!(node = %name, addr = %local_addr, %advertise, http = ?http_addr, metrics = ?metrics_addr, tls = herd_api::tls::enabled(), "node agent running");
     Ok(RunningNode {
         local_addr,
         incoming: incoming_migrations,

@@ -15,6 +15,7 @@ use herd_chaos::report::Report;
 use herd_chaos::runner::{self, RunConfig};
 use herd_chaos::scenario::{self, Scenario, SCENARIOS};
 use herd_chaos::summary::Summary;
+use herd_chaos::tls::ClusterTls;
 
 use crate::exit::CliError;
 
@@ -74,6 +75,13 @@ pub struct RunArgs {
     /// migration checker (scenarios with agents; `migrate` always does).
     #[arg(long)]
     migrations: bool,
+    /// Run every coordinator and agent under mutual TLS, with a CA made
+    /// for the runs (under --out) and a certificate for each process; the
+    /// harness's own clients dial with a client certificate of it. Not
+    /// with --docker, nor with the power scenario (its harness reads the
+    /// agents' metrics over plain HTTP).
+    #[arg(long)]
+    pub tls: bool,
 }
 
 /// Parses `30s`, `2m`, `1500ms`, or plain seconds.
@@ -126,14 +134,19 @@ async fn run_scenarios(args: RunArgs) -> Result<(), CliError> {
         SCENARIOS
             .iter()
             .filter(|s| {
-                let skip = args.docker && s.power;
-                if skip {
-                    println!(
-                        "{}: skipped in Docker mode (runs on this host only)",
-                        s.name
-                    );
+                let why = if !s.power {
+                    None
+                } else if args.docker {
+                    Some("in Docker mode (runs on this host only)")
+                } else if args.tls {
+                    Some("with --tls (its harness reads the agents' metrics over plain HTTP)")
+                } else {
+                    None
+                };
+                if let Some(why) = why {
+                    println!("{}: skipped {why}", s.name);
                 }
-                !skip
+                why.is_none()
             })
             .collect()
     } else {
@@ -175,6 +188,11 @@ async fn run_scenarios(args: RunArgs) -> Result<(), CliError> {
     } else {
         None
     };
+    let tls = if args.tls {
+        Some(install_tls(&args, &binary, &scenarios)?)
+    } else {
+        None
+    };
     let mut endings = Vec::new();
     let mut summaries: Vec<Summary> = scenarios.iter().map(|s| Summary::new(s.name)).collect();
     // Round by round, every scenario once per seed: a soak cut short still
@@ -186,6 +204,7 @@ async fn run_scenarios(args: RunArgs) -> Result<(), CliError> {
                 binary: &binary,
                 shim: shim.as_deref(),
                 docker: docker.as_ref(),
+                tls: tls.as_ref(),
             };
             let ending = run_one(&args, &setup, scenario, run_seed, summary).await?;
             endings.push(ending);
@@ -226,6 +245,44 @@ struct RunSetup<'a> {
     binary: &'a Path,
     shim: Option<&'a Path>,
     docker: Option<&'a Arc<DockerEnv>>,
+    tls: Option<&'a ClusterTls>,
+}
+
+/// `--tls`: a CA for the runs under `--out`, and this process's transport
+/// a client certificate of it, so that every call the harness makes (its
+/// clients, checkers and nemeses) dials as the processes it starts do.
+/// main installed nothing for `herd chaos run --tls` (its transport use
+/// says so), so this is the one install.
+fn install_tls(
+    args: &RunArgs,
+    binary: &Path,
+    scenarios: &[&Scenario],
+) -> Result<ClusterTls, CliError> {
+    if args.docker {
+        return Err(CliError::input(
+            "--tls runs the cluster on this host: give --tls or --docker, not both",
+        ));
+    }
+    if let Some(power) = scenarios.iter().find(|s| s.power) {
+        return Err(CliError::input(format!(
+            "--tls: scenario {} reads its agents' metrics over plain HTTP; run it without --tls",
+            power.name
+        )));
+    }
+    let tls = ClusterTls::create(binary, &args.out.join("tls"))
+        .map_err(|e| CliError::runtime(format!("--tls: make the CA: {e}")))?;
+    let (cert, key) = tls
+        .issue("client", "chaos")
+        .map_err(|e| CliError::runtime(format!("--tls: the harness's certificate: {e}")))?;
+    let files = herd_api::tls::TlsFiles {
+        ca: tls.ca(),
+        cert,
+        key,
+    };
+    let material = herd_api::tls::TlsMaterial::load(&files, None).map_err(CliError::runtime)?;
+    herd_api::tls::install(herd_api::tls::Transport::Tls(Arc::new(material)))
+        .map_err(CliError::runtime)?;
+    Ok(tls)
 }
 
 async fn run_one(
@@ -239,7 +296,7 @@ async fn run_one(
     scenario.migrations |= args.migrations && scenario.agents > 0;
     let scenario = &scenario;
     let replay = format!(
-        "herd chaos run --scenario {} --duration {}ms --seed {seed}{}{}",
+        "herd chaos run --scenario {} --duration {}ms --seed {seed}{}{}{}",
         scenario.name,
         args.duration.as_millis(),
         if setup.docker.is_some() {
@@ -247,7 +304,8 @@ async fn run_one(
         } else {
             ""
         },
-        if args.migrations { " --migrations" } else { "" }
+        if args.migrations { " --migrations" } else { "" },
+        if setup.tls.is_some() { " --tls" } else { "" }
     );
     println!("== {}: {} ==", scenario.name, scenario.about);
     let dir = args.out.join(format!("{}-{seed}", scenario.name));
@@ -261,6 +319,7 @@ async fn run_one(
         keys: 3,
         shim: setup.shim.map(Path::to_path_buf),
         docker: setup.docker.cloned(),
+        tls: setup.tls.cloned(),
         logs: Some(dir.join("logs")),
     };
     let history = match runner::run(&config).await {

@@ -34,6 +34,9 @@ pub enum Use {
     WholeCluster(&'static str),
     /// Never dials a herd process (workload supervisors, file tools).
     Local,
+    /// Makes its own CA and installs a client transport of it itself
+    /// (`herd chaos run --tls`): nothing is installed for it here.
+    InstallsItsOwn,
 }
 
 impl TransportFlags {
@@ -93,7 +96,9 @@ pub fn choose(flags: &TransportFlags, usage: Use) -> Result<Transport, CliError>
         ))),
         // Any role's certificate: a daemon's own runs its health checks.
         (Use::Client, Some(files)) => load(None, &files),
-        (Use::WholeCluster(_) | Use::Local | Use::Client, _) => Ok(Transport::Plaintext),
+        (Use::WholeCluster(_) | Use::Local | Use::Client | Use::InstallsItsOwn, _) => {
+            Ok(Transport::Plaintext)
+        }
     }
 }
 
@@ -106,6 +111,9 @@ fn tracing_free_warning(message: &str) {
 /// serves its HTTP endpoints (dashboard, metrics, OpenAI-compatible) over
 /// HTTPS with the same certificate (`herd_metrics::https`).
 pub fn install(flags: &TransportFlags, usage: Use) -> Result<(), CliError> {
+    if usage == Use::InstallsItsOwn {
+        return Ok(());
+    }
     let transport = choose(flags, usage)?;
     if let (Use::Serve(_), Transport::Tls(material)) = (usage, &transport) {
         let https =
