@@ -146,7 +146,12 @@ impl ClusterTls {
 
 /// The variables through which a parent's transport settings would reach
 /// a daemon the harness starts (`HERD_INSECURE`, `HERD_TLS_*`).
-const TRANSPORT_ENV: [&str; 4] = ["HERD_INSECURE", "HERD_TLS_CA", "HERD_TLS_CERT", "HERD_TLS_KEY"];
+const TRANSPORT_ENV: [&str; 4] = [
+    "HERD_INSECURE",
+    "HERD_TLS_CA",
+    "HERD_TLS_CERT",
+    "HERD_TLS_KEY",
+];
 
 /// Leaves out of `command`'s environment the transport settings the
 /// harness's own process was given: a daemon's transport is what

@@ -13,23 +13,14 @@ use herd_chaos::history::{History, Outcome};
 
 #[test]
 fn the_migrate_scenario_passes_under_mutual_tls() {
-    let out_dir = tempfile::tempdir().expect("temp dir");
     let seed = "2207";
-    let out = herd_command()
-        .args(["chaos", "run", "--scenario", "migrate", "--duration", "12s"])
-        .args(["--seed", seed, "--tls", "--out"])
-        .arg(out_dir.path())
-        .env("HERD_LOG", "error")
-        .output()
-        .expect("run herd chaos");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "herd chaos run --tls failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    let (out_dir, stdout, history) = must_pass_scenario_with(
+        "migrate",
+        seed,
+        "12s",
+        "migrations end, one copy",
+        &["--tls"],
     );
-    assert!(stdout.contains("all checkers passed"), "{stdout}");
 
     // Every process served TLS (each says so as it starts).
     let run = out_dir.path().join(format!("migrate-{seed}"));
@@ -48,7 +39,7 @@ fn the_migrate_scenario_passes_under_mutual_tls() {
     }
 
     // Moves completed under TLS.
-    let history = History::read_jsonl(&run.join("history.jsonl")).expect("history");
+    let history = History::read_jsonl(&history).expect("history");
     let completed = history
         .migrations()
         .filter(|a| a.outcome == Outcome::Ok)

@@ -3,8 +3,8 @@
 //! disk and sent SIGHUP; new handshakes (gRPC and HTTPS) then present the
 //! new certificates and `/metrics` exports the new expiry, while the
 //! processes go on serving. Revoking the agent's old certificate afterwards
-//! does not cut the agent off: its connections made with the old one close
-//! themselves and dial again with the new one, so the node never goes
+//! does not cut the agent off: its connections made with the old one were
+//! made again with the new one after the renewal, so the node never goes
 //! down. A reload that would change the process's identity is refused and
 //! the process keeps the certificate it had.
 
@@ -17,17 +17,16 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::tls::{must_have_ready_over_tls, tls_cli, tls_json};
+use common::tls::{must_have_ready_over_tls, rustls_connector, tls_cli, tls_json};
 use common::*;
 use herd_chaos::agents::AgentSet;
 use herd_chaos::ports::free_loopback_port;
 use herd_chaos::process_cluster::{ClusterSetup, ProcessCluster};
 use herd_chaos::tls::ClusterTls;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -35,25 +34,8 @@ use tokio::net::TcpStream;
 /// holding `tls`'s client certificate `probe`, the server checked against
 /// the CA for `server`; None if the handshake fails.
 async fn presented(tls: &ClusterTls, addr: &str, server: &str) -> Option<Vec<u8>> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(tls.ca()).expect("CA file") {
-        roots.add(cert.expect("CA certificate")).expect("CA");
-    }
     let (cert, key) = tls.issue("client", "probe").expect("client certificate");
-    let chain = CertificateDer::pem_file_iter(&cert)
-        .expect("client certificate file")
-        .collect::<Result<Vec<_>, _>>()
-        .expect("client certificate");
-    let key = PrivateKeyDer::from_pem_file(&key).expect("client key");
-    #[allow(deprecated)]
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_root_certificates(roots)
-        .with_client_auth_cert(chain, key)
-        .expect("client identity");
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let connector = rustls_connector(&tls.ca(), Some((&cert, &key)));
     let name = ServerName::try_from(server.to_string()).expect("server name");
     let handshake = async {
         let tcp = TcpStream::connect(addr).await.ok()?;
@@ -157,18 +139,7 @@ async fn until_presented(tls: &ClusterTls, addr: &str, server: &str, want: &[u8]
 /// `herd_tls_certificate_expiry_timestamp_seconds` scraped over HTTPS
 /// from `addr` (its certificate checked for `server`).
 async fn expiry_gauge(tls: &ClusterTls, addr: &str) -> Option<i64> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(tls.ca()).expect("CA file") {
-        roots.add(cert.expect("CA certificate")).expect("CA");
-    }
-    #[allow(deprecated)]
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let connector = rustls_connector(&tls.ca(), None);
     let scrape = async {
         let tcp = TcpStream::connect(addr).await.ok()?;
         let name = ServerName::try_from("coordinator.herd").ok()?;
@@ -251,9 +222,9 @@ async fn sighup_renews_certificates_and_the_old_one_can_be_revoked() {
     until_presented(&tls, &agent.addr, "h1.node.herd", &renewed_agent).await;
 
     // Revoking the agent's old certificate: the connections it made with
-    // it to the coordinator close themselves and dial again with the new
-    // one, so heartbeats keep coming and h1 never goes down (a node whose
-    // heartbeats are refused is down after the 3 s TTL).
+    // it to the coordinator were made again with the new one after the
+    // renewal, so heartbeats keep coming and h1 never goes down (a node
+    // whose heartbeats are refused is down after the 3 s TTL).
     let old_path = old_agent_cert.display().to_string();
     let out = tls_cli(
         &tls,

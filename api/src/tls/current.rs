@@ -11,6 +11,7 @@
 //! new handshake at once, and connections already made keep the identity
 //! they were authenticated with, as TLS intends.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use rustls::client::ResolvesClientCert;
@@ -22,30 +23,44 @@ use rustls::SignatureScheme;
 
 /// The process's certificate chain and signing key, replaceable.
 #[derive(Debug)]
-pub struct CurrentKey(RwLock<Arc<CertifiedKey>>);
+pub struct CurrentKey {
+    key: RwLock<Arc<CertifiedKey>>,
+    /// How many times the key was replaced: what a dialed connection
+    /// compares with the count it was made at (`super::dial`).
+    generation: AtomicU64,
+}
 
 impl CurrentKey {
     /// Starts with `key`.
     pub fn new(key: Arc<CertifiedKey>) -> Self {
-        Self(RwLock::new(key))
+        Self {
+            key: RwLock::new(key),
+            generation: AtomicU64::new(0),
+        }
     }
 
     /// What the next handshake presents.
     pub fn get(&self) -> Arc<CertifiedKey> {
         // A poisoned lock still holds a whole `Arc`: the writer only ever
         // replaces it in one assignment.
-        match self.0.read() {
+        match self.key.read() {
             Ok(key) => key.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
         }
     }
 
+    /// How many times the key was replaced.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
     /// Makes every later handshake present `key`.
     pub fn replace(&self, key: Arc<CertifiedKey>) {
-        match self.0.write() {
+        match self.key.write() {
             Ok(mut slot) => *slot = key,
             Err(poisoned) => *poisoned.into_inner() = key,
         }
+        self.generation.fetch_add(1, Ordering::AcqRel);
     }
 }
 
@@ -113,8 +128,10 @@ mod tests {
         let b = certified_key(cert_b.as_bytes(), key_b.as_bytes()).unwrap();
         let current = CurrentKey::new(a.clone());
         assert_eq!(current.get().cert, a.cert);
+        assert_eq!(current.generation(), 0);
         current.replace(b.clone());
         assert_eq!(current.get().cert, b.cert);
+        assert_eq!(current.generation(), 1);
         assert_eq!(
             ResolvesClientCert::resolve(&current, &[], &[]).map(|k| k.cert.clone()),
             Some(b.cert.clone())

@@ -250,16 +250,10 @@ impl Service<Uri> for TlsDial {
             // Read before the check below: a change after it is seen at
             // the first read or write.
             let checked_at = revocation::generation();
-            // Read before the handshake asks for it: a reload in between
-            // makes the handshake present a newer certificate than this,
-            // never an older one.
-            let own_certificate = dial
-                .own
-                .get()
-                .cert
-                .first()
-                .map(|leaf| leaf.as_ref().to_vec())
-                .unwrap_or_default();
+            // Read before the handshake asks for the certificate: a reload
+            // in between retires a connection made with the new one
+            // needlessly, never keeps one made with the old.
+            let own_generation = dial.own.generation();
             tcp.set_nodelay(dial.nodelay)?;
             let tls = TlsConnector::from(dial.config)
                 .connect(dial.server_name, tcp)
@@ -277,7 +271,8 @@ impl Service<Uri> for TlsDial {
             Ok(TokioIo::new(Checked {
                 inner: tls,
                 server_certificate,
-                own_certificate,
+                own: dial.own.clone(),
+                own_generation,
                 checked_at,
                 revoked: false,
             }))
@@ -287,18 +282,22 @@ impl Service<Uri> for TlsDial {
 
 /// A dialed TLS stream that fails once the server's certificate is
 /// revoked, at its next read or write: the check costs an atomic load
-/// until the revoked set changes. Likewise once the certificate this
-/// process presented on it is revoked: an operator who renewed a
-/// certificate (SIGHUP) and then revokes the old one gets every
-/// connection still made with the old one closed, and the channel dials
-/// again with the renewed one, rather than have its calls refused until
-/// the connection happens to break.
+/// until the revoked set changes. Likewise once this process has renewed
+/// its own certificate (SIGHUP): the channel dials again and presents the
+/// renewed one, so that revoking the old certificate afterwards (a stolen
+/// key) cuts off no connection of the process itself. Waiting for the
+/// revocation to reach the process instead would leave its connections
+/// refused by the servers, which learn of it first, for as long as it
+/// takes (an agent reads the revocations every few seconds). The cost is
+/// one failed read or write per connection per renewal.
 struct Checked {
     inner: TlsStream<TcpStream>,
     /// The server's certificate (DER).
     server_certificate: Vec<u8>,
-    /// This process's certificate the connection was made with (DER).
-    own_certificate: Vec<u8>,
+    /// What this process presents, and how many renewals it had seen when
+    /// it made this connection.
+    own: Arc<CurrentKey>,
+    own_generation: u64,
     /// The revoked set's generation last checked against.
     checked_at: u64,
     /// The certificate was found revoked: every read and write fails.
@@ -310,23 +309,26 @@ impl Checked {
         let now = revocation::generation();
         if now != self.checked_at {
             self.checked_at = now;
-            self.revoked = self.revoked
-                || revocation::is_revoked(&self.server_certificate)
-                || revocation::is_revoked(&self.own_certificate);
+            self.revoked = self.revoked || revocation::is_revoked(&self.server_certificate);
         }
         if self.revoked {
             return Err(revoked());
+        }
+        if self.own.generation() != self.own_generation {
+            return Err(io::Error::new(
+                io::ErrorKind::ConnectionReset,
+                "this process renewed its certificate: dialing again with the new one",
+            ));
         }
         Ok(())
     }
 }
 
-/// The error of a connection made with a certificate since revoked (the
-/// server's, or this process's own before a renewal).
+/// The error of a connection to a server whose certificate is revoked.
 fn revoked() -> io::Error {
     io::Error::new(
         io::ErrorKind::PermissionDenied,
-        "a certificate of this connection was revoked (`herd tls cert revoke`)",
+        "the server's certificate was revoked (`herd tls cert revoke`)",
     )
 }
 

@@ -369,6 +369,17 @@ pub fn must_pass_scenario(
     duration: &str,
     checker: &str,
 ) -> (tempfile::TempDir, String, std::path::PathBuf) {
+    must_pass_scenario_with(scenario, seed, duration, checker, &[])
+}
+
+/// [`must_pass_scenario`] with more flags for `herd chaos run` (`--tls`).
+pub fn must_pass_scenario_with(
+    scenario: &str,
+    seed: &str,
+    duration: &str,
+    checker: &str,
+    flags: &[&str],
+) -> (tempfile::TempDir, String, std::path::PathBuf) {
     let out_dir = tempfile::tempdir().expect("temp dir");
     let out = herd_command()
         .args([
@@ -379,6 +390,7 @@ pub fn must_pass_scenario(
             "--duration",
             duration,
         ])
+        .args(flags)
         .args(["--seed", seed, "--out"])
         .arg(out_dir.path())
         .env("HERD_LOG", "error")

@@ -166,3 +166,35 @@ pub async fn as_identity(
         .await
         .expect("TLS connection with a certificate of the cluster's CA")
 }
+
+/// A raw TLS client (rustls) trusting only the CA at `ca`, presenting the
+/// certificate and key at `identity` if given: for tests that look at the
+/// handshake itself (which certificate a server presents, HTTPS).
+pub fn rustls_connector(ca: &Path, identity: Option<(&Path, &Path)>) -> tokio_rustls::TlsConnector {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).expect("CA file") {
+        roots.add(cert.expect("CA certificate")).expect("CA");
+    }
+    #[allow(deprecated)]
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots);
+    let config = match identity {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => {
+            let chain = CertificateDer::pem_file_iter(cert)
+                .expect("certificate file")
+                .collect::<Result<Vec<_>, _>>()
+                .expect("certificate");
+            let key = PrivateKeyDer::from_pem_file(key).expect("key");
+            builder
+                .with_client_auth_cert(chain, key)
+                .expect("client identity")
+        }
+    };
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+}
