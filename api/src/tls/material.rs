@@ -243,7 +243,8 @@ impl TlsMaterial {
     /// Reads the certificate and key files again and, if they hold a new
     /// certificate, makes every new handshake of this process (its gRPC
     /// servers, its dials, its HTTPS endpoints) present it; connections
-    /// already made keep the one they were made with. What an operator
+    /// made to it keep the one they were made with, connections it dialed
+    /// are made again (`super::dial`). What an operator
     /// does before a certificate expires: `herd tls cert create` a new one
     /// for the same identity, put it in place, send SIGHUP.
     ///
