@@ -6,7 +6,8 @@
 //! does not cut the agent off: its connections made with the old one were
 //! made again with the new one after the renewal, so the node never goes
 //! down. A reload that would change the process's identity is refused and
-//! the process keeps the certificate it had.
+//! the process keeps the certificate it had; new files are picked up
+//! without a signal too.
 
 // Test code: an unwrap/expect failing here fails the test at its line. The
 // workspace denies both lints outside tests (issue 24), and clippy's
@@ -266,5 +267,20 @@ async fn sighup_renews_certificates_and_the_old_one_can_be_revoked() {
         Some(renewed)
     );
     must_have_ready_over_tls(&tls, &addr, 1, Duration::from_secs(10)).await;
+
+    // Without SIGHUP: a certificate agent that only replaces the files is
+    // noticed within the 10 s between looks, and the process recovers
+    // from the refused reload above.
+    let (cert, key) = renew(&tls, "coordinator", "1", 20, &dir.path().join("watched"));
+    let watched = der_of(&cert);
+    put_in_place(&cert, &coordinator_cert);
+    put_in_place(&key, &coordinator_key);
+    until_presented(&tls, &coordinator.addr, "coordinator.herd", &watched).await;
+    let log = std::fs::read_to_string(&coordinator.log_path).expect("coordinator log");
+    assert!(
+        log.contains("trigger=\"SIGHUP\"") && log.contains("trigger=\"the files changed\""),
+        "each reload names what asked for it"
+    );
+    assert_eq!(expiry_gauge(&tls, &metrics).await, Some(not_after(&cert)));
     drop(agents);
 }

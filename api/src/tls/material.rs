@@ -325,6 +325,11 @@ impl TlsMaterial {
         }
     }
 
+    /// The files it was loaded from, and is reloaded from.
+    pub fn files(&self) -> &TlsFiles {
+        &self.files
+    }
+
     /// Who this process is.
     pub fn identity(&self) -> &PeerIdentity {
         &self.identity

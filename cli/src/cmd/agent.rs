@@ -158,8 +158,8 @@ pub fn executor_path() -> Result<PathBuf, CliError> {
         .map_err(|e| CliError::runtime(format!("cannot find the herd binary: {e}")))
 }
 
-/// Runs the agent until SIGINT or SIGTERM (SIGHUP renews its TLS
-/// certificate). Workloads keep running after it exits; drain the node
+/// Runs the agent until SIGINT or SIGTERM (SIGHUP or new files renew
+/// its TLS certificate). Workloads keep running after it exits; drain the node
 /// first to move them.
 /// `token` (`--token`/`HERD_TOKEN`, role `node`) goes with every request
 /// to the coordinators.
@@ -180,7 +180,7 @@ pub async fn run(args: AgentArgs, token: Option<&str>) -> Result<(), CliError> {
     let mut running = herd_node::start(config, executor_path()?)
         .await
         .map_err(CliError::runtime)?;
-    super::transport::reload_on_hangup()?;
+    super::transport::keep_certificate_current()?;
     tokio::select! {
         signal = super::coordinator::wait_for_signal() => {
             signal.map_err(CliError::runtime)?;

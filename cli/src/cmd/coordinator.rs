@@ -113,8 +113,8 @@ impl CoordinatorArgs {
     }
 }
 
-/// Runs the coordinator until SIGINT or SIGTERM; SIGHUP renews its TLS
-/// certificate.
+/// Runs the coordinator until SIGINT or SIGTERM; SIGHUP (or new files)
+/// renews its TLS certificate.
 /// `token` (`--token`/`HERD_TOKEN`, an operator's) is sent when `--join`
 /// asks a bootstrapped cluster to add this member.
 pub async fn run(args: CoordinatorArgs, token: Option<&str>) -> Result<(), CliError> {
@@ -141,7 +141,7 @@ pub async fn run(args: CoordinatorArgs, token: Option<&str>) -> Result<(), CliEr
         other => CliError::input(other),
     })?;
     let coordinator = running.coordinator.clone();
-    super::transport::reload_on_hangup()?;
+    super::transport::keep_certificate_current()?;
     tokio::select! {
         signal = wait_for_signal() => signal.map_err(CliError::runtime)?,
         reason = running.raft_stopped() => {

@@ -130,14 +130,22 @@ pub fn install(flags: &TransportFlags, usage: Use) -> Result<(), CliError> {
     herd_api::tls::install(transport).map_err(CliError::runtime)
 }
 
-/// Renews this process's certificate on SIGHUP, when it runs with TLS
-/// (docs/security.md, "Renewing a certificate"): the files named by
-/// `--tls-cert` and `--tls-key` are read again and, if they pass every
-/// check, presented by every new handshake; refused, the process goes on
-/// with what it had and says why. What systemd's `ExecReload` and
-/// `docker kill --signal HUP` send, as Nomad and Consul take theirs.
-/// Without TLS, SIGHUP is not watched.
-pub fn reload_on_hangup() -> Result<(), CliError> {
+/// How often a daemon looks at its certificate and key files for a
+/// renewal made without SIGHUP: two `stat` calls each time.
+const WATCH_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Keeps this process's certificate current, when it runs with TLS
+/// (docs/security.md, "Renewing a certificate"): on SIGHUP, and when the
+/// files named by `--tls-cert` and `--tls-key` change (looked at every
+/// [`WATCH_EVERY`]), they are read again and, if they pass every check,
+/// presented by every new handshake; refused, the process goes on with
+/// what it had and says why. SIGHUP is what systemd's `ExecReload` and
+/// `docker kill --signal HUP` send, as Nomad and Consul take theirs; the
+/// files are watched too because certificate agents (cert-manager's
+/// mounted secrets, Vault agent) replace files and signal nobody, and
+/// etcd, say, picks such a renewal up by itself. Without TLS, nothing is
+/// watched.
+pub fn keep_certificate_current() -> Result<(), CliError> {
     use tokio::signal::unix::{signal, SignalKind};
     let Transport::Tls(material) = herd_api::tls::transport() else {
         return Ok(());
@@ -146,15 +154,50 @@ pub fn reload_on_hangup() -> Result<(), CliError> {
         .map_err(|e| CliError::runtime(format!("cannot watch SIGHUP: {e}")))?;
     let material = material.clone();
     tokio::spawn(async move {
-        while hangups.recv().await.is_some() {
-            reload(&material);
+        let files = material.files().clone();
+        let mut seen = stamp(&files);
+        let mut watch = tokio::time::interval(WATCH_EVERY);
+        watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        watch.tick().await;
+        loop {
+            tokio::select! {
+                hangup = hangups.recv() => {
+                    if hangup.is_none() {
+                        return;
+                    }
+                    seen = stamp(&files);
+                    reload(&material, "SIGHUP");
+                }
+                _ = watch.tick() => {
+                    let now = stamp(&files);
+                    // Once per change, whatever its outcome: a refused
+                    // renewal is said once, not every 10 s.
+                    if now != seen {
+                        seen = now;
+                        reload(&material, "the files changed");
+                    }
+                }
+            }
         }
     });
     Ok(())
 }
 
-/// One reload of `material`, said in the log and the expiry gauge.
-fn reload(material: &TlsMaterial) {
+/// What tells one version of the certificate and key files from another
+/// without reading them: each one's modification time and size (None for
+/// a file that cannot be looked at, itself a change to act on). `stat`
+/// follows symbolic links, so a directory swapped behind a link (how
+/// Kubernetes updates a mounted secret) is seen too.
+fn stamp(files: &TlsFiles) -> [Option<(std::time::SystemTime, u64)>; 2] {
+    [&files.cert, &files.key].map(|path| {
+        let metadata = std::fs::metadata(path).ok()?;
+        Some((metadata.modified().ok()?, metadata.len()))
+    })
+}
+
+/// One reload of `material` (asked by `trigger`), said in the log and the
+/// expiry gauge.
+fn reload(material: &TlsMaterial, trigger: &str) {
     let identity = material.identity();
     match material.reload() {
         Ok(Reloaded::Renewed {
@@ -165,6 +208,7 @@ fn reload(material: &TlsMaterial) {
             tracing::info!(
                 role = %identity.role,
                 name = %identity.name,
+                trigger,
                 previous_not_after,
                 not_after,
                 "TLS certificate reloaded: new connections present the renewed certificate"
@@ -173,11 +217,13 @@ fn reload(material: &TlsMaterial) {
         Ok(Reloaded::Unchanged) => tracing::info!(
             role = %identity.role,
             name = %identity.name,
+            trigger,
             "TLS certificate reload: the files hold the certificate in use already"
         ),
         Err(e) => tracing::error!(
             role = %identity.role,
             name = %identity.name,
+            trigger,
             error = %e,
             "TLS certificate reload refused"
         ),
