@@ -264,23 +264,51 @@ async fn sighup_renews_certificates_and_the_old_one_can_be_revoked() {
     .await;
     assert_eq!(
         presented(&tls, &coordinator.addr, "coordinator.herd").await,
-        Some(renewed)
+        Some(renewed.clone())
     );
     must_have_ready_over_tls(&tls, &addr, 1, Duration::from_secs(10)).await;
 
-    // Without SIGHUP: a certificate agent that only replaces the files is
-    // noticed within the 10 s between looks, and the process recovers
-    // from the refused reload above.
-    let (cert, key) = renew(&tls, "coordinator", "1", 20, &dir.path().join("watched"));
-    let watched = der_of(&cert);
-    put_in_place(&cert, &coordinator_cert);
-    put_in_place(&key, &coordinator_key);
+    // Without SIGHUP: files replaced in place are noticed within the 10 s
+    // between looks, and the process recovers from the refused reload
+    // above. An operator's renewal, `herd tls cert renew` of the renewed
+    // coordinator certificate (put back first: the files hold the client
+    // certificate of the refused reload), as a certificate agent would.
+    put_in_place(
+        &dir.path().join("renewed").join("herd-coordinator-1.pem"),
+        &coordinator_cert,
+    );
+    let out = herd_command()
+        .env("HERD_LOG", "error")
+        .args(["tls", "cert", "renew"])
+        .arg(&coordinator_cert)
+        .arg("--key")
+        .arg(&coordinator_key)
+        .arg("--ca")
+        .arg(tls.ca())
+        .arg("--ca-key")
+        .arg(tls.ca_key())
+        .args(["--days", "20"])
+        .output()
+        .expect("run herd tls cert renew");
+    assert!(out.status.success(), "{out:?}");
+    let watched = der_of(&coordinator_cert);
+    assert_eq!(
+        herd_api::tls::identity::certificate_identity(&watched)
+            .expect("identity")
+            .to_string(),
+        herd_api::tls::identity::certificate_identity(&renewed)
+            .expect("identity")
+            .to_string()
+    );
     until_presented(&tls, &coordinator.addr, "coordinator.herd", &watched).await;
     let log = std::fs::read_to_string(&coordinator.log_path).expect("coordinator log");
     assert!(
         log.contains("trigger=\"SIGHUP\"") && log.contains("trigger=\"the files changed\""),
         "each reload names what asked for it"
     );
-    assert_eq!(expiry_gauge(&tls, &metrics).await, Some(not_after(&cert)));
+    assert_eq!(
+        expiry_gauge(&tls, &metrics).await,
+        Some(not_after(&coordinator_cert))
+    );
     drop(agents);
 }

@@ -278,6 +278,34 @@ pub fn certificate_dns_names(der: &[u8]) -> Result<Vec<String>, TlsIdentityError
         .collect())
 }
 
+/// The IP addresses (SAN `iPAddress` entries) of the DER certificate
+/// `der`: what `herd tls cert create --ip` put there, which a renewal
+/// keeps.
+pub fn certificate_ip_addresses(der: &[u8]) -> Result<Vec<std::net::IpAddr>, TlsIdentityError> {
+    let cert = x509(der)?;
+    let sans = cert
+        .subject_alternative_name()
+        .map_err(|e| TlsIdentityError::Malformed(e.to_string()))?;
+    sans.iter()
+        .flat_map(|ext| ext.value.general_names.iter())
+        .filter_map(|name| match name {
+            x509_parser::extensions::GeneralName::IPAddress(bytes) => Some(*bytes),
+            _ => None,
+        })
+        .map(|bytes| match bytes.len() {
+            4 => Ok(std::net::IpAddr::from(
+                <[u8; 4]>::try_from(bytes).unwrap_or_default(),
+            )),
+            16 => Ok(std::net::IpAddr::from(
+                <[u8; 16]>::try_from(bytes).unwrap_or_default(),
+            )),
+            n => Err(TlsIdentityError::Malformed(format!(
+                "an IP address SAN of {n} bytes (4 or 16 expected)"
+            ))),
+        })
+        .collect()
+}
+
 /// Refuses a node certificate `der` of `identity` that lacks its own DNS
 /// name ([`node_dns_name`]): every dialer of that node would refuse it at
 /// the handshake, so an agent holding it is stopped at start with what to

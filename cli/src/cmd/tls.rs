@@ -1,6 +1,7 @@
-//! `herd tls ca create` and `herd tls cert create`: a cluster CA and the
-//! certificates of its coordinators, node agents and clients, for the quick
-//! start and for small clusters (docs/security.md, "Transport").
+//! `herd tls ca create`, `herd tls cert create` and `herd tls cert renew`:
+//! a cluster CA and the certificates of its coordinators, node agents and
+//! clients, for the quick start and for small clusters (docs/security.md,
+//! "Transport").
 //!
 //! Operators with their own PKI need none of this: any CA will do whose
 //! certificates carry the identity URI `spiffe://herd/<role>/<name>`, the
@@ -15,7 +16,8 @@ use std::path::{Path, PathBuf};
 
 use clap::Subcommand;
 use herd_api::tls::identity::{
-    check_own_dns_name, first_pem_certificate, node_dns_name, valid_name,
+    certificate_dns_names, certificate_identity, certificate_ip_addresses, check_own_dns_name,
+    first_pem_certificate, node_dns_name, valid_name,
 };
 use herd_api::tls::{PeerIdentity, PeerRole};
 use rcgen::{
@@ -111,6 +113,28 @@ pub enum CertCommand {
         #[arg(long = "ip")]
         ips: Vec<IpAddr>,
     },
+    /// Renew a certificate in place: a new key and a certificate of the
+    /// same identity and names, signed by the CA, each written over the
+    /// old file whole (by rename, keeping its owner and mode). A running
+    /// coordinator or agent using them presents the new one within 10 s,
+    /// or at once on SIGHUP.
+    Renew {
+        /// The certificate to renew (PEM), e.g. /etc/herd/tls/coordinator.pem.
+        file: PathBuf,
+        /// Its key (default: FILE with `-key` before `.pem`, as `cert
+        /// create` and the deploy files name it).
+        #[arg(long)]
+        key: Option<PathBuf>,
+        /// The CA's certificate.
+        #[arg(long, default_value = CA_CERT_FILE)]
+        ca: PathBuf,
+        /// The CA's private key.
+        #[arg(long, default_value = CA_KEY_FILE)]
+        ca_key: PathBuf,
+        /// Validity of the new certificate in days (at most 3650).
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+    },
     /// Make the cluster refuse a certificate from now on (operator role):
     /// coordinators at once, agents within seconds, also while the
     /// coordinators are away afterwards. For a lost or stolen key, or a
@@ -188,6 +212,19 @@ pub async fn run(ctx: &super::Context, command: TlsCommand) -> Result<(), CliErr
             quickstart(&dir, &wanted, days)
         }
         TlsCommand::Ca(CaCommand::Create { dir, days }) => create_ca(&dir, days),
+        TlsCommand::Cert(CertCommand::Renew {
+            file,
+            key,
+            ca,
+            ca_key,
+            days,
+        }) => {
+            let key = match key {
+                Some(key) => key,
+                None => key_beside(&file)?,
+            };
+            renew(&file, &key, &ca, &ca_key, days)
+        }
         TlsCommand::Cert(CertCommand::Create {
             role,
             name,
@@ -359,6 +396,107 @@ fn reissue(request: &CertRequest, ca: &Path, ca_key: &Path, dir: &Path) -> Resul
         .map_err(|e| CliError::runtime(format!("{}: {e}", staging.display())))
 }
 
+/// The key file `herd tls cert create` writes beside the certificate
+/// `file`: `NAME.pem` → `NAME-key.pem`.
+fn key_beside(file: &Path) -> Result<PathBuf, CliError> {
+    let name = file
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_suffix(".pem"))
+        .ok_or_else(|| {
+            CliError::input(format!(
+                "{}: not a NAME.pem file, so its key cannot be guessed: give --key",
+                file.display()
+            ))
+        })?;
+    Ok(file.with_file_name(format!("{name}-key.pem")))
+}
+
+/// `herd tls cert renew`: a new certificate for the identity, DNS names
+/// and IP addresses of the one at `file`, with a new key, both written
+/// over `file` and `key` (see [`replace_whole`]). The old certificate may
+/// have expired: renewing is how an operator recovers from that too.
+fn renew(file: &Path, key: &Path, ca: &Path, ca_key: &Path, days: u32) -> Result<(), CliError> {
+    let pem =
+        std::fs::read(file).map_err(|e| CliError::input(format!("{}: {e}", file.display())))?;
+    let der = first_pem_certificate(&pem)
+        .ok_or_else(|| CliError::input(format!("{}: no PEM CERTIFICATE block", file.display())))?;
+    let named =
+        |e: herd_api::tls::TlsIdentityError| CliError::input(format!("{}: {e}", file.display()));
+    let identity = certificate_identity(&der).map_err(named)?;
+    // The names `cert create` adds by itself come back by themselves.
+    let implied = [
+        Some(identity.role.dns_name()),
+        node_dns_name(&identity.name)
+            .ok()
+            .filter(|_| identity.role == PeerRole::Node),
+    ];
+    let dns = certificate_dns_names(&der)
+        .map_err(named)?
+        .into_iter()
+        .filter(|name| {
+            !implied
+                .iter()
+                .flatten()
+                .any(|i| i.eq_ignore_ascii_case(name))
+        })
+        .collect();
+    let ips = certificate_ip_addresses(&der).map_err(named)?;
+    let request = CertRequest {
+        identity,
+        days,
+        dns,
+        ips,
+    };
+    let params = leaf_params(&request)?;
+    let (_, issuer) = load_issuer(ca, ca_key)?;
+    let new_key = KeyPair::generate().map_err(|e| CliError::runtime(format!("key: {e}")))?;
+    let cert = params
+        .signed_by(&new_key, &issuer)
+        .map_err(|e| CliError::runtime(format!("signing: {e}")))?;
+    // The key first: a process that looks in between sees a certificate
+    // that does not match its key and keeps what it has until the next look.
+    replace_whole(key, new_key.serialize_pem().as_bytes(), 0o600)?;
+    replace_whole(file, cert.pem().as_bytes(), 0o644)?;
+    println!(
+        "renewed {} and {} for {} (valid {days} days); a coordinator or agent using them \
+         presents the new certificate within 10 s, or at once on SIGHUP",
+        file.display(),
+        key.display(),
+        request.identity
+    );
+    Ok(())
+}
+
+/// Writes `bytes` over `path` whole: into a new file beside it first (no
+/// one else can read it, even briefly), given the old file's owner and
+/// mode (`default_mode` if there was none), synced, then renamed over
+/// it, so that a reader sees the old bytes or the new, never a part.
+fn replace_whole(path: &Path, bytes: &[u8], default_mode: u32) -> Result<(), CliError> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let old = std::fs::metadata(path).ok();
+    let file_name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| CliError::input(format!("{}: not a file name", path.display())))?;
+    let beside = path.with_file_name(format!(".{file_name}.renew"));
+    match std::fs::remove_file(&beside) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(CliError::runtime(format!("{}: {e}", beside.display())))
+        }
+        _ => {}
+    }
+    write_new(&beside, bytes, 0o600)?;
+    let failed = |e: std::io::Error| CliError::runtime(format!("{}: {e}", beside.display()));
+    if let Some(old) = &old {
+        std::os::unix::fs::chown(&beside, Some(old.uid()), Some(old.gid())).map_err(failed)?;
+    }
+    let mode = old.as_ref().map_or(default_mode, |m| m.mode() & 0o7777);
+    std::fs::set_permissions(&beside, std::fs::Permissions::from_mode(mode)).map_err(failed)?;
+    std::fs::rename(&beside, path)
+        .map_err(|e| CliError::runtime(format!("replacing {}: {e}", path.display())))
+}
+
 /// What a certificate is for.
 struct CertRequest {
     identity: PeerIdentity,
@@ -511,6 +649,71 @@ fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<(), CliError> {
 mod tests {
     use super::*;
     use herd_api::tls::identity::parse_certificate;
+
+    #[test]
+    fn a_renewal_keeps_identity_names_and_modes_with_a_new_key() {
+        let dir = tempfile::tempdir().unwrap();
+        create_ca(dir.path(), 10).unwrap();
+        let (ca, ca_key) = (dir.path().join(CA_CERT_FILE), dir.path().join(CA_KEY_FILE));
+        let request = CertRequest {
+            identity: PeerIdentity {
+                role: PeerRole::Node,
+                name: "gpu-1".into(),
+            },
+            days: 5,
+            dns: vec!["gpu-1.example".into()],
+            ips: vec!["10.0.0.1".parse().unwrap(), "fd00::1".parse().unwrap()],
+        };
+        create_cert(&request, &ca, &ca_key, dir.path()).unwrap();
+        let cert = dir.path().join("herd-node-gpu-1.pem");
+        let key = dir.path().join("herd-node-gpu-1-key.pem");
+        // An operator's looser mode on the certificate is kept.
+        std::fs::set_permissions(
+            &cert,
+            <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o640),
+        )
+        .unwrap();
+        let (old_cert, old_key) = (std::fs::read(&cert).unwrap(), std::fs::read(&key).unwrap());
+        let old_der = first_pem_certificate(&old_cert).unwrap();
+
+        assert_eq!(key_beside(&cert).unwrap(), key);
+        renew(&cert, &key_beside(&cert).unwrap(), &ca, &ca_key, 30).unwrap();
+
+        let (new_cert, new_key) = (std::fs::read(&cert).unwrap(), std::fs::read(&key).unwrap());
+        assert_ne!(new_cert, old_cert);
+        assert_ne!(new_key, old_key);
+        let der = first_pem_certificate(&new_cert).unwrap();
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        assert_eq!(parse_certificate(&der, now).unwrap(), request.identity);
+        // 30 days now, where the old one had 5.
+        assert!(parse_certificate(&der, now + 20 * 86_400).is_ok());
+        let mut names = certificate_dns_names(&der).unwrap();
+        let mut old_names = certificate_dns_names(&old_der).unwrap();
+        names.sort();
+        old_names.sort();
+        assert_eq!(names, old_names, "no name lost or doubled");
+        assert_eq!(certificate_ip_addresses(&der).unwrap(), request.ips);
+        // The key matches the certificate, as a reload will check.
+        herd_api::tls::current::certified_key(&new_cert, &new_key).unwrap();
+        let mode = |path: &Path| {
+            std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(path).unwrap().permissions())
+                & 0o777
+        };
+        assert_eq!((mode(&cert), mode(&key)), (0o640, 0o600));
+        // Nothing left beside them.
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".renew"))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+
+        // Bad input names the file.
+        let error = renew(&dir.path().join("nope.pem"), &key, &ca, &ca_key, 30).unwrap_err();
+        assert!(error.message.contains("nope.pem"), "{}", error.message);
+        let error = key_beside(Path::new("/etc/herd/cert.crt")).unwrap_err();
+        assert!(error.message.contains("--key"), "{}", error.message);
+    }
 
     #[test]
     fn a_signed_certificate_names_its_identity_and_chains_to_the_ca() {
