@@ -650,20 +650,27 @@ mod tests {
     use super::*;
     use herd_api::tls::identity::parse_certificate;
 
-    #[test]
-    fn a_renewal_keeps_identity_names_and_modes_with_a_new_key() {
-        let dir = tempfile::tempdir().unwrap();
-        create_ca(dir.path(), 10).unwrap();
-        let (ca, ca_key) = (dir.path().join(CA_CERT_FILE), dir.path().join(CA_KEY_FILE));
-        let request = CertRequest {
+    /// Node gpu-1's certificate for 5 days, with a DNS name and an IP
+    /// address of its own.
+    fn gpu_node() -> CertRequest {
+        CertRequest {
             identity: PeerIdentity {
                 role: PeerRole::Node,
                 name: "gpu-1".into(),
             },
             days: 5,
             dns: vec!["gpu-1.example".into()],
-            ips: vec!["10.0.0.1".parse().unwrap(), "fd00::1".parse().unwrap()],
-        };
+            ips: vec!["10.0.0.1".parse().unwrap()],
+        }
+    }
+
+    #[test]
+    fn a_renewal_keeps_identity_names_and_modes_with_a_new_key() {
+        let dir = tempfile::tempdir().unwrap();
+        create_ca(dir.path(), 10).unwrap();
+        let (ca, ca_key) = (dir.path().join(CA_CERT_FILE), dir.path().join(CA_KEY_FILE));
+        let mut request = gpu_node();
+        request.ips.push("fd00::1".parse().unwrap());
         create_cert(&request, &ca, &ca_key, dir.path()).unwrap();
         let cert = dir.path().join("herd-node-gpu-1.pem");
         let key = dir.path().join("herd-node-gpu-1-key.pem");
@@ -719,15 +726,7 @@ mod tests {
     fn a_signed_certificate_names_its_identity_and_chains_to_the_ca() {
         let dir = tempfile::tempdir().unwrap();
         create_ca(dir.path(), 10).unwrap();
-        let request = CertRequest {
-            identity: PeerIdentity {
-                role: PeerRole::Node,
-                name: "gpu-1".into(),
-            },
-            days: 5,
-            dns: vec!["gpu-1.example".into()],
-            ips: vec!["10.0.0.1".parse().unwrap()],
-        };
+        let request = gpu_node();
         create_cert(
             &request,
             &dir.path().join(CA_CERT_FILE),
