@@ -17,7 +17,7 @@
 //!
 //! Handshakes run off the accept loop ([`crate::accept::handshaken`]), and
 //! the certificate is asked of the process's resolver at each one, so a
-//! certificate reloaded on SIGHUP reaches HTTPS too.
+//! certificate renewed in place (SIGHUP, new files) reaches HTTPS too.
 
 use std::io;
 use std::net::SocketAddr;
@@ -50,7 +50,7 @@ pub enum HttpsError {
 }
 
 /// The settings of an HTTPS server presenting what `certificate` holds at
-/// each handshake (the process's `--tls-cert`, reloaded on SIGHUP):
+/// each handshake (the process's `--tls-cert`, renewed in place):
 /// HTTP/1.1 (what the servers speak), no client certificate.
 pub fn server_config(certificate: Arc<dyn ResolvesServerCert>) -> Result<ServerConfig, HttpsError> {
     // ring, as every other connection of herd uses.

@@ -391,7 +391,7 @@ where
         let _ = shutdown_rx.await;
     };
     // Under TLS the handshake is herd's own, so that a certificate
-    // reloaded on SIGHUP reaches new connections (`herd_api::tls::serve`).
+    // renewed in place reaches new connections (`herd_api::tls::serve`).
     let server = match herd_api::tls::server_tls() {
         Some(tls) => tokio::spawn(router.serve_with_incoming_shutdown(
             herd_metrics::accept::handshaken(incoming, tls),

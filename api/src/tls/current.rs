@@ -1,6 +1,6 @@
 //! The certificate and key a process presents right now, swapped in place
-//! when the operator reloads them (SIGHUP, docs/security.md "Rotating a
-//! certificate").
+//! when the operator renews them (SIGHUP or new files, docs/security.md
+//! "Renewing a certificate").
 //!
 //! Why a resolver rather than new rustls settings on reload: every server
 //! and every dial holds its settings for the life of the process (the

@@ -244,9 +244,9 @@ impl TlsMaterial {
     /// certificate, makes every new handshake of this process (its gRPC
     /// servers, its dials, its HTTPS endpoints) present it; connections
     /// made to it keep the one they were made with, connections it dialed
-    /// are made again (`super::dial`). What an operator
-    /// does before a certificate expires: `herd tls cert create` a new one
-    /// for the same identity, put it in place, send SIGHUP.
+    /// are made again (`super::dial`). What the daemon does on SIGHUP and
+    /// when it sees its files changed, after an operator renewed the
+    /// certificate (`herd tls cert renew`) before it expires.
     ///
     /// Refused, the old certificate still in use, when the new files fail
     /// any check of [`Self::load`], when they name another identity (role
