@@ -56,6 +56,21 @@ impl ClusterTls {
         })
     }
 
+    /// The CA already in `dir` (made by an earlier run there), or a new
+    /// one ([`ClusterTls::create`]): `herd tls ca create` never overwrites
+    /// a CA, so a second `herd chaos run --tls` with the same `--out`
+    /// reuses the first one's, and the certificates it issued.
+    pub fn open_or_create(binary: &Path, dir: &Path) -> Result<Self, ClusterError> {
+        let existing = Self {
+            binary: binary.to_path_buf(),
+            dir: dir.to_path_buf(),
+        };
+        if existing.ca().is_file() && existing.ca_key().is_file() {
+            return Ok(existing);
+        }
+        Self::create(binary, dir)
+    }
+
     /// The CA certificate's path.
     pub fn ca(&self) -> PathBuf {
         self.dir.join("herd-ca.pem")
@@ -171,5 +186,28 @@ pub fn daemon_args(tls: Option<&ClusterTls>, role: &str, name: &str) -> Vec<Stri
     match tls {
         Some(tls) => tls.args(role, name),
         None => vec!["--insecure".into()],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ca_already_in_the_directory_is_reused_not_made_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let nothing = dir.path().join("no-such-herd-binary");
+        // No CA yet: it must be made, and without a binary that fails.
+        assert!(ClusterTls::open_or_create(&nothing, dir.path()).is_err());
+        // A CA from an earlier run: taken as it is, no binary run.
+        std::fs::write(dir.path().join("herd-ca.pem"), "earlier CA").unwrap();
+        std::fs::write(dir.path().join("herd-ca-key.pem"), "earlier key").unwrap();
+        let tls = ClusterTls::open_or_create(&nothing, dir.path()).unwrap();
+        assert_eq!(tls.ca(), dir.path().join("herd-ca.pem"));
+        assert_eq!(
+            std::fs::read_to_string(tls.ca()).unwrap(),
+            "earlier CA",
+            "not overwritten"
+        );
     }
 }

@@ -269,7 +269,7 @@ fn install_tls(
             power.name
         )));
     }
-    let tls = ClusterTls::create(binary, &args.out.join("tls"))
+    let tls = ClusterTls::open_or_create(binary, &args.out.join("tls"))
         .map_err(|e| CliError::runtime(format!("--tls: make the CA: {e}")))?;
     let (cert, key) = tls
         .issue("client", "chaos")
