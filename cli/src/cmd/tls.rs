@@ -454,10 +454,24 @@ fn renew(file: &Path, key: &Path, ca: &Path, ca_key: &Path, days: u32) -> Result
     let cert = params
         .signed_by(&new_key, &issuer)
         .map_err(|e| CliError::runtime(format!("signing: {e}")))?;
+    // Both staged before either replaces anything: a failure (no right to
+    // give the file its owner...) leaves the old pair as it was, never a
+    // new key beside the old certificate, which would stop the process
+    // at its next start.
+    let staged_key = stage_beside(key, new_key.serialize_pem().as_bytes(), 0o600)?;
+    let staged_cert = match stage_beside(file, cert.pem().as_bytes(), 0o644) {
+        Ok(staged) => staged,
+        Err(e) => {
+            let _ = std::fs::remove_file(&staged_key);
+            return Err(e);
+        }
+    };
     // The key first: a process that looks in between sees a certificate
     // that does not match its key and keeps what it has until the next look.
-    replace_whole(key, new_key.serialize_pem().as_bytes(), 0o600)?;
-    replace_whole(file, cert.pem().as_bytes(), 0o644)?;
+    for (staged, path) in [(&staged_key, key), (&staged_cert, file)] {
+        std::fs::rename(staged, path)
+            .map_err(|e| CliError::runtime(format!("replacing {}: {e}", path.display())))?;
+    }
     println!(
         "renewed {} and {} for {} (valid {days} days); a coordinator or agent using them \
          presents the new certificate within 10 s, or at once on SIGHUP",
@@ -468,11 +482,12 @@ fn renew(file: &Path, key: &Path, ca: &Path, ca_key: &Path, days: u32) -> Result
     Ok(())
 }
 
-/// Writes `bytes` over `path` whole: into a new file beside it first (no
-/// one else can read it, even briefly), given the old file's owner and
-/// mode (`default_mode` if there was none), synced, then renamed over
-/// it, so that a reader sees the old bytes or the new, never a part.
-fn replace_whole(path: &Path, bytes: &[u8], default_mode: u32) -> Result<(), CliError> {
+/// Writes `bytes` into a new file beside `path` (no one else can read it,
+/// even briefly), given the old file's owner and mode (`default_mode` if
+/// there was none) and synced, for a rename over `path` to replace it
+/// whole: a reader sees the old bytes or the new, never a part. Returns
+/// the new file's path; removes it again if any step fails.
+fn stage_beside(path: &Path, bytes: &[u8], default_mode: u32) -> Result<PathBuf, CliError> {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let old = std::fs::metadata(path).ok();
     let file_name = path
@@ -487,14 +502,22 @@ fn replace_whole(path: &Path, bytes: &[u8], default_mode: u32) -> Result<(), Cli
         _ => {}
     }
     write_new(&beside, bytes, 0o600)?;
-    let failed = |e: std::io::Error| CliError::runtime(format!("{}: {e}", beside.display()));
-    if let Some(old) = &old {
-        std::os::unix::fs::chown(&beside, Some(old.uid()), Some(old.gid())).map_err(failed)?;
-    }
     let mode = old.as_ref().map_or(default_mode, |m| m.mode() & 0o7777);
-    std::fs::set_permissions(&beside, std::fs::Permissions::from_mode(mode)).map_err(failed)?;
-    std::fs::rename(&beside, path)
-        .map_err(|e| CliError::runtime(format!("replacing {}: {e}", path.display())))
+    let dressed = old
+        .as_ref()
+        .map_or(Ok(()), |old| {
+            std::os::unix::fs::chown(&beside, Some(old.uid()), Some(old.gid()))
+        })
+        .and_then(|()| std::fs::set_permissions(&beside, std::fs::Permissions::from_mode(mode)));
+    if let Err(e) = dressed {
+        let _ = std::fs::remove_file(&beside);
+        return Err(CliError::runtime(format!(
+            "{}: cannot give it the owner and mode of {}: {e}",
+            beside.display(),
+            path.display()
+        )));
+    }
+    Ok(beside)
 }
 
 /// What a certificate is for.
