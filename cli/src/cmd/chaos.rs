@@ -178,6 +178,12 @@ async fn run_scenarios(args: RunArgs) -> Result<(), CliError> {
         .shim
         .clone()
         .or_else(|| herd_chaos::shim::beside(&binary));
+    // Before Docker's image is built: `--tls --docker` is refused at once.
+    let tls = if args.tls {
+        Some(install_tls(&args, &binary, &scenarios)?)
+    } else {
+        None
+    };
     let docker = if args.docker {
         let env = DockerEnv::create(&binary, shim.as_deref(), seed).map_err(|e| {
             CliError::input(format!(
@@ -185,11 +191,6 @@ async fn run_scenarios(args: RunArgs) -> Result<(), CliError> {
             ))
         })?;
         Some(Arc::new(env))
-    } else {
-        None
-    };
-    let tls = if args.tls {
-        Some(install_tls(&args, &binary, &scenarios)?)
     } else {
         None
     };
