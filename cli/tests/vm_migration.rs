@@ -574,3 +574,150 @@ async fn move_vm_job(fault: Fault) {
     assert_eq!(running.len(), 1, "{running:#?}");
     assert_eq!(running[0]["node"], target);
 }
+
+/// The VM of [`spec`] without a disk: nothing to mirror, so its target
+/// relays the stream (`herd_actors::driver::vm::relay`).
+fn diskless_spec(
+    alloc_dir: PathBuf,
+    generation: u64,
+    kernel: &Path,
+    initrd: &Path,
+) -> WorkloadSpec {
+    let mut spec = spec(alloc_dir, generation, kernel, initrd);
+    spec.task.config.remove("disk_size");
+    spec.task
+        .config
+        .insert("append".into(), "console=ttyS0 quiet panic=-1".into());
+    spec
+}
+
+/// The uptimes of a diskless guest's tick lines.
+fn uptimes(text: &str) -> Vec<f64> {
+    text.lines()
+        .filter_map(|line| {
+            let rest = line.trim().strip_prefix("herd-guest: tick ")?;
+            rest.split_whitespace().next()?.parse().ok()
+        })
+        .collect()
+}
+
+/// What the incoming QEMU in `alloc_dir` says of its migration.
+async fn query_migrate(alloc_dir: &Path) -> Option<serde_json::Value> {
+    let mut qmp = herd_actors::driver::vm::qmp::Qmp::connect(&alloc_dir.join(qemu::QMP_SOCKET))
+        .await
+        .ok()?;
+    qmp.execute("query-migrate", None).await.ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vm_without_a_disk_moves_through_the_targets_relay_and_is_confirmed_before_the_switch() {
+    let parts = match guest_parts() {
+        Ok(parts) => parts,
+        Err(why) => return skip_or_fail(&why),
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let _reaper = Reaper(dir.path().to_path_buf());
+    let initrd = guest_initrd(dir.path(), &parts);
+    let kernel = parts.kernel;
+    let source: Arc<dyn Driver> = Arc::new(VmDriver::new(herd_bin()));
+    let target: Arc<dyn Driver> = Arc::new(VmDriver::new(herd_bin()));
+    let src_dir = dir.path().join("src/vm-move");
+    let dst_dir = dir.path().join("dst/vm-move");
+    let src_spec = diskless_spec(src_dir.clone(), 1, &kernel, &initrd);
+    let dst_spec = diskless_spec(dst_dir.clone(), 2, &kernel, &initrd);
+    let src = source.start(&src_spec).await.expect("start the source VM");
+    until("the guest to tick", PATIENCE, || {
+        (uptimes(&console(&src_dir)).len() >= 2).then_some(())
+    })
+    .await;
+    let limits = MoveLimits {
+        downtime_limit: Duration::from_millis(300),
+        bandwidth_bytes_per_sec: None,
+        deadline: Duration::from_secs(60),
+    };
+
+    // A target stopped before anything was sent: its relay goes with it,
+    // the move fails, and the VM runs on where it was.
+    let (dst, endpoints) = target
+        .prepare_incoming(&dst_spec)
+        .await
+        .expect("prepare the target");
+    assert!(endpoints.main.starts_with("127.0.0.1:"), "{endpoints:?}");
+    assert!(
+        endpoints.extra.is_empty(),
+        "no disk to export: {endpoints:?}"
+    );
+    target.stop(&dst, GRACE).await.expect("stop the target");
+    assert!(
+        std::net::TcpStream::connect(&endpoints.main).is_err(),
+        "the relay stopped listening with its VM"
+    );
+    let seen = uptimes(&console(&src_dir)).len();
+    let err = source
+        .migrate_out(&src, &endpoints, &limits, &|_| {})
+        .await
+        .expect_err("nobody listens");
+    assert!(err.to_string().contains("migration"), "{err}");
+    until("the guest to tick on at the source", PATIENCE, || {
+        (uptimes(&console(&src_dir)).len() > seen + 1).then_some(())
+    })
+    .await;
+    assert_eq!(
+        source.state(&src).await.expect("source state"),
+        WorkloadState::Running
+    );
+
+    // The move: the source sends to the relay, the target's QEMU listens on
+    // a unix socket only (so every byte went through the relay), and the
+    // target confirms it loaded the whole VM before the switch-over.
+    let (dst, endpoints) = target
+        .prepare_incoming(&dst_spec)
+        .await
+        .expect("prepare the target again");
+    let started = std::time::Instant::now();
+    let listening = loop {
+        let info = query_migrate(&dst_dir).await;
+        if let Some(listening) = info.as_ref().and_then(|i| i["socket-address"].as_array()) {
+            break listening.clone();
+        }
+        assert!(
+            started.elapsed() < PATIENCE,
+            "the target's QEMU never listened: {info:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let stats = source
+        .migrate_out(&src, &endpoints, &limits, &|_| {})
+        .await
+        .expect("migrate out through the relay");
+    assert!(
+        listening.iter().all(|a| a["type"] == "unix"),
+        "QEMU listens on its unix socket only: {listening:?}"
+    );
+    assert!(stats.bytes > 8 << 20, "{stats:?}");
+    target
+        .confirm_incoming(&dst, Duration::from_secs(30))
+        .await
+        .expect("the target loaded the whole VM");
+    let last_on_source = *uptimes(&console(&src_dir)).last().expect("ticks");
+    source.stop(&src, GRACE).await.expect("stop the source");
+    target
+        .finish_incoming(&dst)
+        .await
+        .expect("finish on the target");
+    let after = until("the guest to tick on the target", PATIENCE, || {
+        let ticks = uptimes(&console(&dst_dir));
+        (ticks.len() >= 2).then_some(ticks)
+    })
+    .await;
+    assert!(
+        after[0] > last_on_source,
+        "the same guest's uptime goes on ({last_on_source} on the source): {after:?}"
+    );
+    assert!(
+        !console(&dst_dir).contains("herd-guest: up"),
+        "no reboot on the target"
+    );
+    target.stop(&dst, GRACE).await.expect("stop the target");
+    assert!(qemu_pids(&dir.path().display().to_string()).is_empty());
+}

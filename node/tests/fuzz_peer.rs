@@ -100,6 +100,7 @@ async fn start_agent() -> Node {
         kind: "dljob".into(),
         staging_dir: staging.clone(),
         endpoints: None,
+        confirmation: None,
     });
     let channel = Channel::from_shared(format!("http://{}", running.local_addr))
         .expect("a valid uri")

@@ -67,6 +67,7 @@ fn migration(id: &str, staging: &Path) -> IncomingMigration {
         kind: "dljob".into(),
         staging_dir: staging.to_path_buf(),
         endpoints: None,
+        confirmation: None,
     }
 }
 
@@ -744,4 +745,90 @@ async fn endpoints_readied_early_serve_the_prepare_and_a_revoke_waits_for_them()
     registry.ready_early("m-none");
     registry.ready_early("m-unknown");
     assert!(registry.revoke("m-none").await.expect("revoke"));
+}
+
+#[tokio::test]
+async fn confirm_incoming_asks_the_kind_after_the_prepare_and_only_of_the_source() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let registry = IncomingRegistry::with_authorization_wait(Duration::from_millis(100));
+    let target = serve(&registry).await;
+    let mut peer = client(&target);
+    let wait = Duration::from_millis(300);
+
+    // Unknown here: refused, nothing asked.
+    let error = transfer::confirm_incoming(&mut peer, ID, "node-a", wait)
+        .await
+        .expect_err("not authorized");
+    assert!(error.to_string().contains("not authorized"), "{error}");
+
+    // A kind whose own transport says whether everything arrived: the
+    // answer is the kind's, given the wait the source asked for (capped).
+    let loaded = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let asked_wait = Arc::new(AtomicU64::new(0));
+    let mut incoming = migration(ID, &tmp.path().join("staging"));
+    incoming.endpoints = Some(Arc::new(|| {
+        Box::pin(async { Ok(("127.0.0.1:4444".to_string(), BTreeMap::new())) })
+    }));
+    let (seen, waited) = (loaded.clone(), asked_wait.clone());
+    incoming.confirmation = Some(Arc::new(move |wait| {
+        waited.store(wait.as_millis() as u64, Ordering::SeqCst);
+        let seen = seen.load(Ordering::SeqCst);
+        Box::pin(async move {
+            if seen {
+                Ok(())
+            } else {
+                Err("the incoming QEMU is still loading (active)".to_string())
+            }
+        })
+    }));
+    registry.authorize(incoming);
+
+    // Before PrepareIncoming readied the endpoints: nothing can have arrived.
+    let error = transfer::confirm_incoming(&mut peer, ID, "node-a", wait)
+        .await
+        .expect_err("not prepared");
+    assert!(error.to_string().contains("PrepareIncoming"), "{error}");
+    assert_eq!(
+        asked_wait.load(Ordering::SeqCst),
+        0,
+        "the kind was not asked"
+    );
+
+    transfer::prepare(&mut peer, &prepare_request(ID))
+        .await
+        .expect("prepare");
+    // Another node may not ask.
+    let error = transfer::confirm_incoming(&mut peer, ID, "node-b", wait)
+        .await
+        .expect_err("not the source");
+    assert!(error.to_string().contains("node-b"), "{error}");
+
+    let error = transfer::confirm_incoming(&mut peer, ID, "node-a", wait)
+        .await
+        .expect_err("still loading");
+    assert!(error.to_string().contains("still loading"), "{error}");
+    assert!(
+        error.to_string().contains("does not hold the whole state"),
+        "{error}"
+    );
+    assert_eq!(asked_wait.load(Ordering::SeqCst), 300);
+
+    loaded.store(true, Ordering::SeqCst);
+    transfer::confirm_incoming(&mut peer, ID, "node-a", Duration::from_secs(3600))
+        .await
+        .expect("loaded: confirmed");
+    assert_eq!(
+        asked_wait.load(Ordering::SeqCst),
+        herd_node::migrate::receiver::MAX_CONFIRM_WAIT.as_millis() as u64,
+        "an absurd wait is capped"
+    );
+
+    // Aborted by its source: refused whatever the kind would say.
+    transfer::abort_incoming(&mut peer, ID, "given up")
+        .await
+        .expect("abort");
+    let error = transfer::confirm_incoming(&mut peer, ID, "node-a", wait)
+        .await
+        .expect_err("aborted");
+    assert!(error.to_string().contains("given up"), "{error}");
 }

@@ -140,6 +140,17 @@ pub trait ExecKind: Default + Send + Sync + 'static {
         ))
     }
 
+    /// [`Driver::confirm_incoming`] for this kind; nothing to confirm
+    /// unless the kind overrides it.
+    async fn confirm_incoming(
+        driver: &ExecBacked<Self>,
+        handle: &WorkloadHandle,
+        wait: Duration,
+    ) -> Result<(), DriverError> {
+        let _ = (driver, handle, wait);
+        Ok(())
+    }
+
     /// [`Driver::finish_incoming`] for this kind; refuses unless the kind
     /// overrides it.
     async fn finish_incoming(
@@ -485,6 +496,15 @@ impl<K: ExecKind> Driver for ExecBacked<K> {
     async fn cancel_out(&self, handle: &WorkloadHandle) -> Result<(), DriverError> {
         self.run(handle)?;
         K::cancel_out(self, handle).await
+    }
+
+    async fn confirm_incoming(
+        &self,
+        handle: &WorkloadHandle,
+        wait: Duration,
+    ) -> Result<(), DriverError> {
+        self.run(handle)?;
+        K::confirm_incoming(self, handle, wait).await
     }
 
     async fn finish_incoming(&self, handle: &WorkloadHandle) -> Result<(), DriverError> {

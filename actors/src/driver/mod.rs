@@ -152,6 +152,22 @@ pub trait Driver: Send + Sync + 'static {
         ))
     }
 
+    /// On the target, before the switch-over is asked for: waits up to
+    /// `wait` until the whole state of the move has arrived and been taken
+    /// in, or says why it has not. Where a program moves the bytes itself
+    /// (QEMU), the source's program is done when it has sent the last byte,
+    /// not when the target's has loaded it; a switch-over before that could
+    /// stop the only good copy. Drivers whose `migrate_out` returns only
+    /// once the target acknowledged the whole state keep this default.
+    async fn confirm_incoming(
+        &self,
+        handle: &WorkloadHandle,
+        wait: Duration,
+    ) -> Result<(), DriverError> {
+        let _ = (handle, wait);
+        Ok(())
+    }
+
     /// On the target, after the switch-over committed: lets the workload
     /// that arrived run (releases what only the move needed, then resumes).
     async fn finish_incoming(&self, handle: &WorkloadHandle) -> Result<(), DriverError> {

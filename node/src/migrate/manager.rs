@@ -25,6 +25,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use herd_actors::driver::live::SOURCE_NODE_ENV;
 use herd_actors::driver::{Driver, MigrationMode, WorkloadHandle};
@@ -39,7 +40,8 @@ use tokio::task::JoinHandle;
 use super::gang;
 use super::offline::{self, OfflineSource, SetItem};
 use super::receiver::{
-    EndpointsFuture, IncomingEndpointsSource, IncomingMigration, IncomingRegistry,
+    ConfirmFuture, EndpointsFuture, IncomingConfirmation, IncomingEndpointsSource,
+    IncomingMigration, IncomingRegistry,
 };
 use super::report::MigrationReporter;
 use super::source::{self, Outgoing, CHECKPOINT_SUBDIR};
@@ -567,7 +569,7 @@ impl ManagerState {
                 // Taken up from disk: serve what it holds again (files
                 // only: a live move's endpoints were handed out already).
                 arrival.authorized = true;
-                self.authorize(&alloc_id, &m, None);
+                self.authorize(&alloc_id, &m, None, None);
             }
             return;
         }
@@ -628,7 +630,25 @@ impl ManagerState {
             });
             ready
         });
-        self.authorize(&alloc_id, &m, endpoints);
+        // Before the switch-over, the source asks whether the program
+        // readied above has taken in the whole state.
+        let confirmation = (mode == MigrationMode::LivePreCopy).then(|| {
+            let (driver, live) = (driver.clone(), live.clone());
+            let confirm: Arc<dyn Fn(Duration) -> ConfirmFuture + Send + Sync> =
+                Arc::new(move |wait| {
+                    let driver = driver.clone();
+                    let handle = lock(&live).clone();
+                    Box::pin(async move {
+                        let handle = handle.ok_or("no incoming workload was readied")?;
+                        driver
+                            .confirm_incoming(&handle, wait)
+                            .await
+                            .map_err(|e| e.to_string())
+                    })
+                });
+            confirm
+        });
+        self.authorize(&alloc_id, &m, endpoints, confirmation);
         // A live move's target program starts now, not when the source asks.
         self.registry.ready_early(&m.id);
         tracing::info!(migration = %m.id, alloc = %alloc_id, source = %m.peer_node, "ready to receive");
@@ -687,6 +707,7 @@ impl ManagerState {
         alloc_id: &str,
         m: &MigrationAssignment,
         endpoints: IncomingEndpointsSource,
+        confirmation: IncomingConfirmation,
     ) {
         self.registry.authorize(IncomingMigration {
             migration_id: m.id.clone(),
@@ -695,6 +716,7 @@ impl ManagerState {
             kind: m.kind.clone(),
             staging_dir: self.staging_dir(&m.id),
             endpoints,
+            confirmation,
         });
     }
 

@@ -4,9 +4,11 @@
 
 use herd_api::proto::agent::agent_peer_server::{AgentPeer, AgentPeerServer};
 use herd_api::proto::agent::{
-    AbortIncomingReply, AbortIncomingRequest, GossipPacket, GossipReply, PrepareIncomingReply,
-    PrepareIncomingRequest, TransferChunk, TransferReply,
+    AbortIncomingReply, AbortIncomingRequest, ConfirmIncomingReply, ConfirmIncomingRequest,
+    GossipPacket, GossipReply, PrepareIncomingReply, PrepareIncomingRequest, TransferChunk,
+    TransferReply,
 };
+use std::time::Duration;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::receiver::{IncomingError, IncomingRegistry};
@@ -81,7 +83,8 @@ impl From<IncomingError> for Status {
             | IncomingError::Aborted { .. }
             | IncomingError::Closed { .. }
             | IncomingError::NotPrepared { .. }
-            | IncomingError::OutOfStep { .. } => Status::failed_precondition(message),
+            | IncomingError::OutOfStep { .. }
+            | IncomingError::Unconfirmed { .. } => Status::failed_precondition(message),
             IncomingError::BadChunk { .. } => Status::invalid_argument(message),
             IncomingError::Checksum { .. } => Status::data_loss(message),
             IncomingError::TooManyFiles { .. } => Status::resource_exhausted(message),
@@ -175,6 +178,24 @@ impl AgentPeer for AgentPeerService {
         let reason = self.registry.aborted(&request.migration_id);
         tracing::info!(migration = %request.migration_id, known, ?reason, "incoming migration aborted by its source");
         Ok(Response::new(AbortIncomingReply {}))
+    }
+
+    async fn confirm_incoming(
+        &self,
+        request: Request<ConfirmIncomingRequest>,
+    ) -> Result<Response<ConfirmIncomingReply>, Status> {
+        let source = &request.get_ref().source_node;
+        herd_api::tls::require_node(request.extensions(), source, "AgentPeer.ConfirmIncoming")?;
+        let request = request.into_inner();
+        check_id(&request.migration_id)?;
+        let wait = Duration::from_millis(request.wait_ms);
+        self.registry
+            .confirm(&request.migration_id, &request.source_node, wait)
+            .await
+            .inspect_err(|e| {
+                tracing::warn!(migration = %request.migration_id, error = %e, "ConfirmIncoming: the target does not hold the whole state");
+            })?;
+        Ok(Response::new(ConfirmIncomingReply {}))
     }
 
     async fn request_kv(

@@ -57,6 +57,18 @@ pub type EndpointsFuture = BoxFuture<'static, Result<(String, BTreeMap<String, S
 /// None: the migration moves files only.
 pub type IncomingEndpointsSource = Option<Arc<dyn Fn() -> EndpointsFuture + Send + Sync>>;
 
+/// A future that ends once a live move's target holds the whole state
+/// (`ConfirmIncoming`), or says why it does not.
+pub type ConfirmFuture = BoxFuture<'static, Result<(), String>>;
+
+/// How `ConfirmIncoming` checks, on the target, that a kind's own transport
+/// delivered everything (the incoming QEMU loaded the whole stream),
+/// waiting up to the given time. None: nothing to check beyond the files.
+pub type IncomingConfirmation = Option<Arc<dyn Fn(Duration) -> ConfirmFuture + Send + Sync>>;
+
+/// The longest a `ConfirmIncoming` may wait, whatever the source asks.
+pub const MAX_CONFIRM_WAIT: Duration = Duration::from_secs(60);
+
 /// A migration this node may receive, as its assignment set names it.
 #[derive(Clone)]
 pub struct IncomingMigration {
@@ -74,6 +86,8 @@ pub struct IncomingMigration {
     pub staging_dir: PathBuf,
     /// The kind's own endpoints, if any.
     pub endpoints: IncomingEndpointsSource,
+    /// How the kind's own transport is checked before the switch-over.
+    pub confirmation: IncomingConfirmation,
 }
 
 impl std::fmt::Debug for IncomingMigration {
@@ -85,6 +99,7 @@ impl std::fmt::Debug for IncomingMigration {
             .field("kind", &self.kind)
             .field("staging_dir", &self.staging_dir)
             .field("endpoints", &self.endpoints.is_some())
+            .field("confirmation", &self.confirmation.is_some())
             .finish()
     }
 }
@@ -208,6 +223,14 @@ pub enum IncomingError {
     /// The kind's endpoints could not be readied.
     #[error("migration {migration_id}: the target could not ready its endpoints: {message}")]
     Endpoints {
+        /// The migration.
+        migration_id: String,
+        /// Why.
+        message: String,
+    },
+    /// The target does not hold the whole state of a live move.
+    #[error("migration {migration_id}: the target does not hold the whole state: {message}")]
+    Unconfirmed {
         /// The migration.
         migration_id: String,
         /// Why.
@@ -555,6 +578,54 @@ impl IncomingRegistry {
             received,
             endpoints: endpoints.into_iter().collect(),
         })
+    }
+
+    /// Serves ConfirmIncoming: the migration must be authorized here, asked
+    /// for by its source, and its endpoints readied; then the kind checks
+    /// that its own transport delivered everything, waiting up to `wait`
+    /// (at most [`MAX_CONFIRM_WAIT`]). A kind without such a transport has
+    /// nothing more to check.
+    pub async fn confirm(
+        &self,
+        migration_id: &str,
+        source_node: &str,
+        wait: Duration,
+    ) -> Result<(), IncomingError> {
+        let entry = self
+            .entry(migration_id)
+            .ok_or_else(|| IncomingError::NotTarget {
+                migration_id: migration_id.to_string(),
+                detail: "not authorized".into(),
+            })?;
+        if source_node != entry.auth.source_node {
+            return Err(IncomingError::NotTarget {
+                migration_id: migration_id.to_string(),
+                detail: format!(
+                    "source_node is {source_node:?} but this node expects {:?}",
+                    entry.auth.source_node
+                ),
+            });
+        }
+        if let Some(reason) = entry.progress.borrow().aborted.clone() {
+            return Err(IncomingError::Aborted {
+                migration_id: migration_id.to_string(),
+                reason,
+            });
+        }
+        if entry.auth.endpoints.is_some() && entry.endpoints.get().is_none() {
+            return Err(IncomingError::NotPrepared {
+                migration_id: migration_id.to_string(),
+            });
+        }
+        let Some(confirmation) = entry.auth.confirmation.clone() else {
+            return Ok(());
+        };
+        confirmation(wait.min(MAX_CONFIRM_WAIT))
+            .await
+            .map_err(|message| IncomingError::Unconfirmed {
+                migration_id: migration_id.to_string(),
+                message,
+            })
     }
 
     /// Serves one chunk of a Transfer stream (`first`: the stream's first

@@ -6,7 +6,9 @@
 //!    move's pre-copy), or stop it at a checkpoint and copy the checkpoint
 //!    directory (a checkpoint move).
 //! 3. `switching`: the source is paused or stopped and the target holds
-//!    everything; then ask for the switch-over.
+//!    everything (a live move's target says so, `ConfirmIncoming`: the
+//!    source's program is done when it sent the last byte, the target's
+//!    only when it took it in); then ask for the switch-over.
 //!
 //! A gang member's learner first stops at the step its gang agreed on
 //! ([`super::gang`]), between 1 and 2.
@@ -33,12 +35,14 @@ use herd_actors::driver::move_timing;
 use herd_actors::driver::MigrationMode;
 use herd_actors::workload::{MoveOutReady, SupervisorMsg};
 use herd_api::migration::MigrationPhase;
+use herd_api::proto::agent::agent_peer_client::AgentPeerClient;
 use herd_api::proto::agent::{MigrationAssignment, PrepareIncomingRequest};
 use ractor::ActorRef;
+use tonic::transport::Channel;
 
 use super::gang;
 use super::report::MigrationReporter;
-use super::transfer::{self, SendOptions};
+use super::transfer::{self, SendOptions, TransferError};
 
 /// The checkpoint directory of an allocation, relative to its directory:
 /// what a checkpoint move copies (the dljob driver's `HERD_CHECKPOINT_DIR`).
@@ -47,6 +51,9 @@ pub const CHECKPOINT_SUBDIR: &str = "checkpoints";
 const TRANSFER_ATTEMPTS: u32 = 5;
 /// How long the source waits for its workload to stop or hand its handle.
 const MOVE_OUT_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a live move's target may take to take in the last of the
+/// state once the source's program sent it.
+const CONFIRM_WAIT: Duration = Duration::from_secs(30);
 /// The shortest time a step is given whatever its phase deadline says.
 const MIN_STEP: Duration = Duration::from_secs(5);
 
@@ -308,10 +315,23 @@ async fn steps(
         }
     };
     transferring.done().await?;
-    reporter
-        .advance(&a.id, MigrationPhase::Switching, bytes, rounds)
-        .await
-        .map_err(|e| format!("cannot report switching: {e}"))?;
+    // A live move's target confirms it took in the whole state while
+    // `switching` is reported: the switch-over is asked for after both.
+    let switching = async {
+        reporter
+            .advance(&a.id, MigrationPhase::Switching, bytes, rounds)
+            .await
+            .map_err(|e| format!("cannot report switching: {e}"))
+    };
+    let confirmed = async {
+        match outgoing.mode {
+            MigrationMode::LivePreCopy => confirm_target(&mut peer, outgoing).await,
+            _ => Ok(()),
+        }
+    };
+    let (switching, confirmed) = tokio::join!(switching, confirmed);
+    confirmed?;
+    switching?;
     move_timing::mark(alloc, "source.switching_reported", "");
     if let Some(hold) = fault_hold_at(MigrationPhase::Switching) {
         tracing::warn!(
@@ -351,6 +371,33 @@ async fn steps(
         "migrated out"
     );
     Ok(())
+}
+
+/// Asks the target whether it holds the whole state of a live move. A
+/// target's agent of a release before `ConfirmIncoming` cannot say: the
+/// source's word (its program sent everything) is taken, as it was then.
+async fn confirm_target(
+    peer: &mut AgentPeerClient<Channel>,
+    outgoing: &Outgoing,
+) -> Result<(), String> {
+    let a = &outgoing.assignment;
+    match transfer::confirm_incoming(peer, &a.id, &outgoing.node, CONFIRM_WAIT).await {
+        Ok(()) => {
+            move_timing::mark(&outgoing.alloc_id, "source.target_confirmed", "");
+            Ok(())
+        }
+        Err(TransferError::Refused {
+            code: tonic::Code::Unimplemented,
+            ..
+        }) => {
+            tracing::warn!(migration = %a.id, target = %a.peer_node, "the target's agent cannot confirm what it holds (an older release); switching over on the source's word");
+            Ok(())
+        }
+        Err(e) => Err(format!(
+            "the target {} does not hold the whole state: {e}",
+            a.peer_node
+        )),
+    }
 }
 
 /// Asks the workload actor for the workload, stopped at a checkpoint

@@ -21,8 +21,8 @@ use std::time::Duration;
 
 use herd_api::proto::agent::agent_peer_client::AgentPeerClient;
 use herd_api::proto::agent::{
-    AbortIncomingRequest, PrepareIncomingReply, PrepareIncomingRequest, ReceivedFile,
-    TransferChunk, TransferReply,
+    AbortIncomingRequest, ConfirmIncomingRequest, PrepareIncomingReply, PrepareIncomingRequest,
+    ReceivedFile, TransferChunk, TransferReply,
 };
 use thiserror::Error;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
@@ -273,6 +273,27 @@ pub async fn prepare(
     peer.prepare_incoming(call)
         .await
         .map(tonic::Response::into_inner)
+        .map_err(TransferError::from_call)
+}
+
+/// Asks the target whether it holds the whole state of a live move
+/// (`ConfirmIncoming`), letting it wait up to `wait` for the last of it;
+/// the call itself is given a few seconds more. Ok once it does.
+pub async fn confirm_incoming(
+    peer: &mut AgentPeerClient<Channel>,
+    migration_id: &str,
+    source_node: &str,
+    wait: Duration,
+) -> Result<(), TransferError> {
+    let mut call = Request::new(ConfirmIncomingRequest {
+        migration_id: migration_id.to_string(),
+        source_node: source_node.to_string(),
+        wait_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+    });
+    call.set_timeout(wait + ABORT_TIMEOUT);
+    peer.confirm_incoming(call)
+        .await
+        .map(|_| ())
         .map_err(TransferError::from_call)
 }
 

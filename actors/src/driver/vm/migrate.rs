@@ -20,6 +20,22 @@
 //! `migrate-set-parameters` and `nbd-server-start`; otherwise both are
 //! plain TCP (docs/vm.md, "What travels in the clear").
 //!
+//! A VM **without a local disk** is readied faster: the agent listens for
+//! the stream itself before QEMU is even started, and `main` is that
+//! listener ([`super::relay`]); it holds what the source sends while QEMU
+//! starts, then passes it to QEMU's `migrate-incoming` on a unix socket
+//! in the allocation directory. The source's pre-copy overlaps the
+//! target's start (tens of milliseconds), instead of waiting for it. A VM
+//! with a local disk waits for QEMU as above: its NBD export must be up
+//! before the source mirrors into it, and the memory moves after the disk.
+//!
+//! **Confirm** ([`confirm_incoming`], target, before the switch-over): the
+//! source's QEMU is done once it sent the last byte; the target's QEMU has
+//! the VM only once it loaded it (`query-migrate`: `completed`). The
+//! source's agent asks for that (`ConfirmIncoming`) before it asks for the
+//! switch-over, so a stream cut or refused on the way in aborts the move
+//! with the VM running on at its source.
+//!
 //! **Source** ([`migrate_out`]): `migrate-set-parameters` sets the
 //! downtime limit and the bandwidth cap, with `auto-converge` on, and under
 //! TLS a client `tls-creds-x509` object with `tls-hostname`
@@ -82,6 +98,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use super::qmp::{Qmp, QmpError};
+use super::relay;
 use super::tls::{self, MigrationTls, Side};
 use super::{qemu, socket, VmDriver};
 pub use crate::driver::live::SOURCE_NODE_ENV;
@@ -376,9 +393,39 @@ pub(super) async fn prepare_incoming(
     if let Some(stale) = driver.recover(spec).await? {
         driver.stop(&stale, TARGET_STOP_GRACE).await?;
     }
+    driver.kind().end_relay(&spec.alloc_id);
+    // A VM without a local disk to mirror first is relayed: the source may
+    // start sending now, while QEMU starts ([`relay`]).
+    let early =
+        match has_local_disk(spec) {
+            false => Some(relay::bind(driver.migration_host()).await.map_err(|e| {
+                DriverError::Start {
+                    alloc: spec.alloc_id.clone(),
+                    message: format!(
+                        "cannot listen for the migration on {}: {e}",
+                        driver.migration_host()
+                    ),
+                }
+            })?),
+            true => None,
+        };
     let args = ["-incoming", "defer", "-S"].map(String::from);
     let handle = driver.start_with_args(spec, &args).await?;
     move_timing::mark(&spec.alloc_id, "vm.in.spawned", "");
+    if let Some((listener, main)) = early {
+        start_relay(driver, &handle, source, listener);
+        move_timing::mark(
+            &spec.alloc_id,
+            "vm.in.relay_listening",
+            &format!("main={main}"),
+        );
+        let endpoints = IncomingEndpoints {
+            main,
+            extra: BTreeMap::new(),
+            target_node: None,
+        };
+        return Ok((handle, endpoints));
+    }
     match listen(driver, &handle, source).await {
         Ok(endpoints) => {
             let nbd = endpoints
@@ -405,6 +452,94 @@ pub(super) async fn prepare_incoming(
     }
 }
 
+/// Whether the VM of `spec` has a local disk (a fresh `disk_size` disk in
+/// its directory) that a move mirrors before its memory; a spec that does
+/// not read counts as one, so it takes the path that waits for QEMU.
+fn has_local_disk(spec: &WorkloadSpec) -> bool {
+    herd_api::driver_settings::vm(&spec.task).map_or(true, |settings| {
+        settings.disk.is_none() && settings.disk_size.is_some()
+    })
+}
+
+/// Relays the source's stream to the incoming QEMU of `handle` once it
+/// listens ([`relay`]), in a task of its own that the driver ends when the
+/// VM is stopped or readied again.
+fn start_relay(
+    driver: &VmDriver,
+    handle: &WorkloadHandle,
+    source: Option<&str>,
+    listener: tokio::net::TcpListener,
+) {
+    let alloc = handle.alloc_id.clone();
+    let (relaying, handle) = (driver.clone(), handle.clone());
+    let source = source.map(str::to_string);
+    let task = tokio::spawn(async move {
+        let target = async {
+            listen_behind_relay(&relaying, &handle, source.as_deref())
+                .await
+                .map_err(|e| e.to_string())
+        };
+        match relay::relay(listener, target, &handle.alloc_id).await {
+            Ok(relayed) => tracing::debug!(
+                alloc = %handle.alloc_id,
+                held = relayed.held,
+                bytes = relayed.to_target,
+                "migration stream relayed"
+            ),
+            Err(error) => tracing::warn!(
+                alloc = %handle.alloc_id,
+                %error,
+                "the migration relay ended early; the source's move fails and is aborted"
+            ),
+        }
+    });
+    driver.kind().keep_relay(&alloc, task.abort_handle());
+}
+
+/// On a started incoming QEMU behind the relay: listens for the migration
+/// stream on a unix socket in the allocation directory; returns its path.
+async fn listen_behind_relay(
+    driver: &VmDriver,
+    handle: &WorkloadHandle,
+    source: Option<&str>,
+) -> Result<PathBuf, DriverError> {
+    let vm = Machine::of(handle)?;
+    let mut qmp = wait_for_qmp(driver, &vm, handle).await?;
+    move_timing::mark(&handle.alloc_id, "vm.in.qmp_up", "");
+    secure_incoming(&mut qmp, driver, source).await?;
+    let socket = vm.alloc_dir.join(relay::SOCKET);
+    // One left by an earlier try would make QEMU fail to bind.
+    let _ = std::fs::remove_file(&socket);
+    qmp.execute(
+        "migrate-incoming",
+        Some(json!({ "uri": format!("unix:{}", socket.display()) })),
+    )
+    .await?;
+    move_timing::mark(&handle.alloc_id, "vm.in.listening", "relayed");
+    Ok(socket)
+}
+
+/// Under TLS, gives the incoming QEMU its server credentials and admits
+/// node `source` only (any node's certificate when None), for the
+/// migration stream and the NBD server; nothing without TLS.
+async fn secure_incoming(
+    qmp: &mut Session<'_, '_>,
+    driver: &VmDriver,
+    source: Option<&str>,
+) -> Result<(), DriverError> {
+    if let Some(identity) = driver.migration_tls() {
+        qmp.add_tls_creds(identity, Side::Server).await?;
+        qmp.execute("object-add", Some(tls::authz_object(source)))
+            .await?;
+        qmp.execute(
+            "migrate-set-parameters",
+            Some(json!({"tls-creds": tls::CREDS_ID, "tls-authz": tls::AUTHZ_ID})),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
 /// On a started incoming QEMU: exports its local disk and listens for the
 /// migration stream, on the driver's migration host, all on the connection
 /// that saw QMP come up; under TLS, both only for node `source` (any node
@@ -425,13 +560,7 @@ async fn listen(
         }
         arguments
     };
-    if let Some(identity) = driver.migration_tls() {
-        qmp.add_tls_creds(identity, Side::Server).await?;
-        qmp.execute("object-add", Some(tls::authz_object(source)))
-            .await?;
-        qmp.execute("migrate-set-parameters", Some(secured(json!({}))))
-            .await?;
-    }
+    secure_incoming(&mut qmp, driver, source).await?;
     let mut extra = BTreeMap::new();
     if let Some(device) = qmp.local_disk().await? {
         let mut last = None;
@@ -841,18 +970,20 @@ pub(super) async fn cancel_out(handle: &WorkloadHandle) -> Result<(), DriverErro
     abandon(&Machine::of(handle)?).await
 }
 
-/// [`Driver::finish_incoming`] for VMs; see the module documentation.
-pub(super) async fn finish_incoming(handle: &WorkloadHandle) -> Result<(), DriverError> {
-    let vm = Machine::of(handle)?;
-    move_timing::mark(vm.alloc, "vm.in.finish_begin", "");
+/// Waits up to `wait` until the incoming QEMU has loaded the whole
+/// migration stream (`query-migrate`: `completed`); returns the connection
+/// that saw it. The wait reconnects on every look (another client may need
+/// QEMU meanwhile).
+async fn wait_loaded<'m, 'a>(
+    vm: &'m Machine<'a>,
+    wait: Duration,
+) -> Result<Session<'m, 'a>, DriverError> {
     let started = Instant::now();
-    // The wait reconnects on every look (another client may need QEMU
-    // meanwhile); once the migration is in, the rest is one connection.
-    let mut qmp = loop {
+    loop {
         let mut qmp = vm.session().await?;
         let info = qmp.execute("query-migrate", None).await?;
         match info["status"].as_str().unwrap_or("") {
-            "completed" => break qmp,
+            "completed" => return Ok(qmp),
             "failed" | "cancelled" => {
                 return Err(vm.error(format!(
                     "the incoming migration ended {}: {}",
@@ -860,9 +991,9 @@ pub(super) async fn finish_incoming(handle: &WorkloadHandle) -> Result<(), Drive
                     info["error-desc"].as_str().unwrap_or("QEMU gave no reason")
                 )))
             }
-            status if started.elapsed() > SETTLE_WAIT => {
+            status if started.elapsed() > wait => {
                 return Err(vm.error(format!(
-                    "the incoming migration is not complete after {SETTLE_WAIT:?} ({status})"
+                    "the incoming migration is not complete after {wait:?} ({status})"
                 )))
             }
             _ => {
@@ -870,7 +1001,27 @@ pub(super) async fn finish_incoming(handle: &WorkloadHandle) -> Result<(), Drive
                 tokio::time::sleep(POLL).await;
             }
         }
-    };
+    }
+}
+
+/// [`Driver::confirm_incoming`] for VMs: the incoming QEMU has loaded the
+/// last byte of the stream (the guest still paused, under `-S`).
+pub(super) async fn confirm_incoming(
+    handle: &WorkloadHandle,
+    wait: Duration,
+) -> Result<(), DriverError> {
+    let vm = Machine::of(handle)?;
+    wait_loaded(&vm, wait).await?;
+    move_timing::mark(&handle.alloc_id, "vm.in.confirmed", "");
+    Ok(())
+}
+
+/// [`Driver::finish_incoming`] for VMs; see the module documentation.
+pub(super) async fn finish_incoming(handle: &WorkloadHandle) -> Result<(), DriverError> {
+    let vm = Machine::of(handle)?;
+    move_timing::mark(vm.alloc, "vm.in.finish_begin", "");
+    // Once the migration is in, the rest is one connection.
+    let mut qmp = wait_loaded(&vm, SETTLE_WAIT).await?;
     if qmp.local_disk().await?.is_some() {
         match qmp.execute("nbd-server-stop", None).await {
             Ok(_) => {}

@@ -249,7 +249,7 @@ impl Row {
         let sent = b.at("vm.out.migrate_sent");
         let seen = b.at("vm.out.completed");
         Some(format!(
-            "- {} {} {}: planned committed {} · target readies {} (QEMU runs {} → QMP up {} → listening {}) · source sees it ready {} · `migrate` sent {} · completion seen {} (QEMU's own total-time {}) · switch-over committed {} · target resumed {} ms after the request (the record's phases seen by the bench: {})",
+            "- {} {} {}: planned committed {} · target readies {} (QEMU runs {} → QMP up {} → listening {}) · source sees it ready {} · `migrate` sent {} · completion seen {} (QEMU's own total-time {}) · target confirmed {} · switch-over committed {} · target resumed {} ms after the request (the record's phases seen by the bench: {})",
             self.kind,
             display_memory(self.size_bytes),
             self.load,
@@ -262,6 +262,7 @@ impl Row {
             ms(sent),
             ms(seen),
             b.qemu_total_ms.map_or("-".to_string(), |t| t.to_string()),
+            ms(b.at("source.target_confirmed")),
             ms(b.at("leader.switched")),
             ms(b.at("vm.in.resumed")),
             phases_text(&herd.phases),
