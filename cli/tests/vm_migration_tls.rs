@@ -391,3 +391,134 @@ async fn a_vm_with_a_disk_moves_under_tls_and_the_target_admits_the_source_node_
     must_tls_cli(&tls, &["--addr", &addr, "job", "stop", "vm"]);
     drop(cluster);
 }
+
+/// A VM without a disk moves through the target agent's relay
+/// (`herd_actors::driver::vm::relay`): the relay passes QEMU's TLS on
+/// untouched, the target's QEMU (listening on its unix socket) takes the
+/// stream under TLS from the source node only, the target confirms the
+/// whole VM arrived, and the same guest runs on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vm_without_a_disk_moves_under_tls_through_the_targets_relay() {
+    let parts = match guest_parts() {
+        Ok(parts) => parts,
+        Err(why) => return skip_or_fail(&why),
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let TlsCluster {
+        tls,
+        cluster,
+        addr,
+        agents,
+        ..
+    } = tls_cluster_with_agents(dir.path(), 1);
+    let mut agents = agents;
+    let _reaper = Reaper(agents.root().to_path_buf());
+    start_vm_agents(&mut agents, &["q1", "q2"], &parts, dir.path());
+    must_have_ready_over_tls(&tls, &addr, 2, PATIENCE).await;
+    let initrd = common::qemu::guest_initrd(dir.path(), &parts);
+    let spec = write_spec(
+        dir.path(),
+        "vm",
+        &format!(
+            "name = \"vm\"\ntype = \"service\"\n[task]\ndriver = \"vm\"\n[task.config]\nkernel = \"{}\"\ninitrd = \"{}\"\naccel = \"tcg\"\nappend = \"console=ttyS0 quiet panic=-1\"\n[task.resources]\ncpu = 1000\nmemory = \"128MiB\"\n",
+            parts.kernel.display(),
+            initrd.display()
+        ),
+    );
+    must_tls_cli(&tls, &["--addr", &addr, "job", "run", "--detach", &spec]);
+    let (alloc, source) = running_over_tls(&tls, &addr, "vm", PATIENCE).await;
+    let target = if source == "q1" { "q2" } else { "q1" };
+    let alloc_dir = |node: &str| {
+        agents
+            .agent(node)
+            .expect("agent")
+            .data_dir
+            .join("allocs")
+            .join(&alloc)
+    };
+    let (source_dir, target_dir) = (alloc_dir(&source), alloc_dir(target));
+    let uptimes = |dir: &Path| -> Vec<f64> {
+        console(dir)
+            .lines()
+            .filter_map(|l| {
+                let rest = l.trim().strip_prefix("herd-guest: tick ")?;
+                rest.split_whitespace().next()?.parse().ok()
+            })
+            .collect()
+    };
+    until("the guest ticking", PATIENCE, || {
+        (uptimes(&source_dir).len() >= 2).then_some(())
+    })
+    .await;
+
+    let migrate = {
+        let tls = tls.clone();
+        spawn_vm_move(&addr, &alloc, target, move |args| {
+            tls_cli(&tls, "admin", args)
+        })
+    };
+    let moved = migrate.join().expect("migrate thread");
+    let last_before = uptimes(&source_dir).last().copied().unwrap_or(0.0);
+    assert!(
+        moved.status.success(),
+        "migrate under TLS: {}{}\ntarget QEMU: {}",
+        String::from_utf8_lossy(&moved.stdout),
+        String::from_utf8_lossy(&moved.stderr),
+        std::fs::read_to_string(target_dir.join("stderr.log")).unwrap_or_default(),
+    );
+    let status = tls_json(&tls, &addr, &["alloc", "status", &alloc]).expect("alloc status");
+    assert_eq!(status["node"], target, "{status:#}");
+    // Relayed: the target's agent listened, its QEMU on a unix socket,
+    // and the source asked the target to confirm before the switch-over.
+    let log = |node: &str| {
+        std::fs::read_to_string(&agents.agent(node).expect("agent").log_path).unwrap_or_default()
+    };
+    let target_log = log(target);
+    for mark in [
+        "vm.in.relay_listening",
+        "vm.in.relay_through",
+        "vm.in.confirmed",
+    ] {
+        assert!(
+            target_log
+                .lines()
+                .any(|l| l.contains(&format!("mark={mark}")) && l.contains(&alloc)),
+            "the target logged {mark}"
+        );
+    }
+    assert!(
+        log(&source)
+            .lines()
+            .any(|l| l.contains("mark=source.target_confirmed") && l.contains(&alloc)),
+        "the source was told the target holds the VM"
+    );
+    // The target's QEMU took the stream under TLS, from the source only.
+    let parameters = qmp(&target_dir, "query-migrate-parameters", None).await;
+    assert_eq!(parameters["tls-creds"], CREDS_ID, "{parameters:#}");
+    assert_eq!(parameters["tls-authz"], AUTHZ_ID, "{parameters:#}");
+    let admitted = qmp(
+        &target_dir,
+        "qom-get",
+        Some(json!({"path": format!("/objects/{AUTHZ_ID}"), "property": "identity"})),
+    )
+    .await;
+    assert_eq!(admitted, format!("CN=node {source}"));
+
+    let after = until("the guest ticking on the target", PATIENCE, || {
+        let ticks = uptimes(&target_dir);
+        (ticks.len() >= 2).then_some(ticks)
+    })
+    .await;
+    assert!(
+        after[0] >= last_before,
+        "not rebooted: {after:?} after {last_before} at the source"
+    );
+    until("one QEMU left, the target's", PATIENCE, || {
+        let on_source = qemu_pids(&source_dir.display().to_string());
+        let on_target = qemu_pids(&target_dir.display().to_string());
+        (on_source.is_empty() && on_target.len() == 1).then_some(())
+    })
+    .await;
+    must_tls_cli(&tls, &["--addr", &addr, "job", "stop", "vm"]);
+    drop(cluster);
+}
