@@ -20,21 +20,12 @@
 //! `migrate-set-parameters` and `nbd-server-start`; otherwise both are
 //! plain TCP (docs/vm.md, "What travels in the clear").
 //!
-//! A VM **without a local disk** is readied faster: the agent listens for
-//! the stream itself before QEMU is even started, and `main` is that
-//! listener ([`super::relay`]); it holds what the source sends while QEMU
-//! starts, then passes it to QEMU's `migrate-incoming` on a unix socket
-//! in the allocation directory. The source's pre-copy overlaps the
-//! target's start (tens of milliseconds), instead of waiting for it. A VM
-//! with a local disk waits for QEMU as above: its NBD export must be up
-//! before the source mirrors into it, and the memory moves after the disk.
-//!
 //! **Confirm** ([`confirm_incoming`], target, before the switch-over): the
 //! source's QEMU is done once it sent the last byte; the target's QEMU has
 //! the VM only once it loaded it (`query-migrate`: `completed`). The
 //! source's agent asks for that (`ConfirmIncoming`) before it asks for the
-//! switch-over, so a stream cut or refused on the way in aborts the move
-//! with the VM running on at its source.
+//! switch-over, so a stream cut or refused on the way in, or a target that
+//! failed to load it, aborts the move with the VM running on at its source.
 //!
 //! **Source** ([`migrate_out`]): `migrate-set-parameters` sets the
 //! downtime limit and the bandwidth cap, with `auto-converge` on, and under
@@ -98,7 +89,6 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use super::qmp::{Qmp, QmpError};
-use super::relay;
 use super::tls::{self, MigrationTls, Side};
 use super::{qemu, socket, VmDriver};
 pub use crate::driver::live::SOURCE_NODE_ENV;
@@ -393,39 +383,9 @@ pub(super) async fn prepare_incoming(
     if let Some(stale) = driver.recover(spec).await? {
         driver.stop(&stale, TARGET_STOP_GRACE).await?;
     }
-    driver.kind().end_relay(&spec.alloc_id);
-    // A VM without a local disk to mirror first is relayed: the source may
-    // start sending now, while QEMU starts ([`relay`]).
-    let early =
-        match has_local_disk(spec) {
-            false => Some(relay::bind(driver.migration_host()).await.map_err(|e| {
-                DriverError::Start {
-                    alloc: spec.alloc_id.clone(),
-                    message: format!(
-                        "cannot listen for the migration on {}: {e}",
-                        driver.migration_host()
-                    ),
-                }
-            })?),
-            true => None,
-        };
     let args = ["-incoming", "defer", "-S"].map(String::from);
     let handle = driver.start_with_args(spec, &args).await?;
     move_timing::mark(&spec.alloc_id, "vm.in.spawned", "");
-    if let Some((listener, main)) = early {
-        start_relay(driver, &handle, source, listener);
-        move_timing::mark(
-            &spec.alloc_id,
-            "vm.in.relay_listening",
-            &format!("main={main}"),
-        );
-        let endpoints = IncomingEndpoints {
-            main,
-            extra: BTreeMap::new(),
-            target_node: None,
-        };
-        return Ok((handle, endpoints));
-    }
     match listen(driver, &handle, source).await {
         Ok(endpoints) => {
             let nbd = endpoints
@@ -450,73 +410,6 @@ pub(super) async fn prepare_incoming(
             Err(e)
         }
     }
-}
-
-/// Whether the VM of `spec` has a local disk (a fresh `disk_size` disk in
-/// its directory) that a move mirrors before its memory; a spec that does
-/// not read counts as one, so it takes the path that waits for QEMU.
-fn has_local_disk(spec: &WorkloadSpec) -> bool {
-    herd_api::driver_settings::vm(&spec.task).map_or(true, |settings| {
-        settings.disk.is_none() && settings.disk_size.is_some()
-    })
-}
-
-/// Relays the source's stream to the incoming QEMU of `handle` once it
-/// listens ([`relay`]), in a task of its own that the driver ends when the
-/// VM is stopped or readied again.
-fn start_relay(
-    driver: &VmDriver,
-    handle: &WorkloadHandle,
-    source: Option<&str>,
-    listener: tokio::net::TcpListener,
-) {
-    let alloc = handle.alloc_id.clone();
-    let (relaying, handle) = (driver.clone(), handle.clone());
-    let source = source.map(str::to_string);
-    let task = tokio::spawn(async move {
-        let target = async {
-            listen_behind_relay(&relaying, &handle, source.as_deref())
-                .await
-                .map_err(|e| e.to_string())
-        };
-        match relay::relay(listener, target, &handle.alloc_id).await {
-            Ok(relayed) => tracing::debug!(
-                alloc = %handle.alloc_id,
-                held = relayed.held,
-                bytes = relayed.to_target,
-                "migration stream relayed"
-            ),
-            Err(error) => tracing::warn!(
-                alloc = %handle.alloc_id,
-                %error,
-                "the migration relay ended early; the source's move fails and is aborted"
-            ),
-        }
-    });
-    driver.kind().keep_relay(&alloc, task.abort_handle());
-}
-
-/// On a started incoming QEMU behind the relay: listens for the migration
-/// stream on a unix socket in the allocation directory; returns its path.
-async fn listen_behind_relay(
-    driver: &VmDriver,
-    handle: &WorkloadHandle,
-    source: Option<&str>,
-) -> Result<PathBuf, DriverError> {
-    let vm = Machine::of(handle)?;
-    let mut qmp = wait_for_qmp(driver, &vm, handle).await?;
-    move_timing::mark(&handle.alloc_id, "vm.in.qmp_up", "");
-    secure_incoming(&mut qmp, driver, source).await?;
-    let socket = vm.alloc_dir.join(relay::SOCKET);
-    // One left by an earlier try would make QEMU fail to bind.
-    let _ = std::fs::remove_file(&socket);
-    qmp.execute(
-        "migrate-incoming",
-        Some(json!({ "uri": format!("unix:{}", socket.display()) })),
-    )
-    .await?;
-    move_timing::mark(&handle.alloc_id, "vm.in.listening", "relayed");
-    Ok(socket)
 }
 
 /// Under TLS, gives the incoming QEMU its server credentials and admits

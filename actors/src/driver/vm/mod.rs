@@ -29,12 +29,9 @@ pub mod guest;
 pub mod migrate;
 pub mod qemu;
 pub mod qmp;
-pub mod relay;
 pub mod tls;
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use herd_api::driver_settings;
@@ -42,7 +39,6 @@ use herd_api::job::TaskSpec;
 use herd_api::validate::FieldError;
 use herd_api::vm::{Accel, VmSettings};
 use serde::{Deserialize, Serialize};
-use tokio::task::AbortHandle;
 
 use super::confine::{self, Confinement};
 use super::exec_backed::{ExecBacked, ExecCommand, ExecKind, Run};
@@ -79,10 +75,6 @@ pub struct Vm {
     confinement: Confinement,
     migration_host: MigrationHost,
     migration_tls: Option<tls::MigrationTls>,
-    /// The relays of incoming migrations ([`relay`]) by allocation, shared
-    /// by the driver's clones: ended when their VM stops or is readied
-    /// again.
-    relays: Arc<Mutex<HashMap<String, AbortHandle>>>,
 }
 
 /// The `vm` driver.
@@ -117,30 +109,6 @@ fn socket(handle: &WorkloadHandle) -> Result<PathBuf, DriverError> {
 }
 
 impl Vm {
-    /// Keeps the relay task of allocation `alloc`'s incoming migration, so
-    /// that [`Vm::end_relay`] can end it.
-    fn keep_relay(&self, alloc: &str, task: AbortHandle) {
-        let old = self.relays_locked().insert(alloc.to_string(), task);
-        if let Some(old) = old {
-            old.abort();
-        }
-    }
-
-    /// Ends the relay of allocation `alloc`'s incoming migration, if any
-    /// (a task that already ended is just forgotten).
-    fn end_relay(&self, alloc: &str) {
-        if let Some(task) = self.relays_locked().remove(alloc) {
-            task.abort();
-        }
-    }
-
-    fn relays_locked(&self) -> std::sync::MutexGuard<'_, HashMap<String, AbortHandle>> {
-        // The map holds abort handles only: a panic elsewhere leaves it usable.
-        self.relays
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
     /// `settings` with the kernel, initrd and disk it names resolved under
     /// the node's confinement, each checked: kernel and initrd regular files
     /// inside the allocation directory or an allowed directory; the disk the
@@ -445,7 +413,6 @@ impl ExecKind for Vm {
     /// guest that does not run (paused, or a migration's source or target)
     /// cannot act on the request, so none is made.
     async fn before_stop(&self, run: &Run<'_>, grace: Duration) -> Result<(), DriverError> {
-        self.end_relay(&run.handle.alloc_id);
         let started = Instant::now();
         if let Ok(mut qmp) = Qmp::connect(&socket(run.handle)?).await {
             if qmp.status().await.map_or(true, |s| s != "running") {
