@@ -872,6 +872,10 @@ async fn wait_loaded<'m, 'a>(
     wait: Duration,
 ) -> Result<Session<'m, 'a>, DriverError> {
     let started = Instant::now();
+    // Asked right after the source's QEMU completed, the target's is
+    // usually a few milliseconds behind (the last bytes, the device
+    // state): look every millisecond at first, then every POLL.
+    let mut patience = Patience::new(Duration::from_millis(1), POLL);
     loop {
         let mut qmp = vm.session().await?;
         let info = qmp.execute("query-migrate", None).await?;
@@ -891,7 +895,7 @@ async fn wait_loaded<'m, 'a>(
             }
             _ => {
                 drop(qmp);
-                tokio::time::sleep(POLL).await;
+                patience.pause().await;
             }
         }
     }
