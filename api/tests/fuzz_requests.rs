@@ -90,6 +90,7 @@ plain!(
     agent::PrepareIncomingRequest,
     agent::TransferChunk,
     agent::AbortIncomingRequest,
+    agent::ConfirmIncomingRequest,
     agent::GossipPacket,
     agent::RequestKvChunk,
     agent::AbortRequestKvRequest,
@@ -211,6 +212,7 @@ fn targets() -> Vec<Target> {
         "herd.agent.v1", agent::PrepareIncomingRequest;
         "herd.agent.v1", agent::TransferChunk;
         "herd.agent.v1", agent::AbortIncomingRequest;
+        "herd.agent.v1", agent::ConfirmIncomingRequest;
         "herd.agent.v1", agent::GossipPacket;
         "herd.agent.v1", agent::RequestKvChunk;
         "herd.agent.v1", agent::AbortRequestKvRequest;

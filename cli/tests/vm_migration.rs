@@ -23,8 +23,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::qemu::{
-    console, guest_initrd, guest_parts, qemu_pids, spawn_vm_move, start_vm_agents, vm_job_spec,
-    Reaper,
+    console, guest_initrd, guest_parts, qemu_pids, spawn_vm_move, start_vm_agents, tick_uptimes,
+    vm_job_spec, Reaper,
 };
 use common::*;
 use herd_actors::driver::live::{IncomingEndpoints, MoveLimits, MoveProgress};
@@ -71,6 +71,52 @@ fn spec(alloc_dir: PathBuf, generation: u64, kernel: &Path, initrd: &Path) -> Wo
         },
         alloc_dir,
         env: BTreeMap::new(),
+    }
+}
+
+/// Makes a VM spec: its allocation directory, generation, kernel, initrd.
+type MakeSpec = fn(PathBuf, u64, &Path, &Path) -> WorkloadSpec;
+
+/// Two agents' `vm` drivers on this host, each with its own directory,
+/// and one allocation's specs on each (one generation further on the
+/// target). The reaper kills what a failed test left running before the
+/// directory goes.
+struct DriverPair {
+    _reaper: Reaper,
+    dir: tempfile::TempDir,
+    source: Arc<dyn Driver>,
+    target: Arc<dyn Driver>,
+    src_dir: PathBuf,
+    dst_dir: PathBuf,
+    src_spec: WorkloadSpec,
+    dst_spec: WorkloadSpec,
+}
+
+impl DriverPair {
+    /// None (skipped with a message, or failed in CI) where the guest's
+    /// parts are missing.
+    fn new(make: MakeSpec) -> Option<Self> {
+        let parts = match guest_parts() {
+            Ok(parts) => parts,
+            Err(why) => {
+                skip_or_fail(&why);
+                return None;
+            }
+        };
+        let dir = tempfile::tempdir().expect("tempdir");
+        let initrd = guest_initrd(dir.path(), &parts);
+        let src_dir = dir.path().join("src/vm-move");
+        let dst_dir = dir.path().join("dst/vm-move");
+        Some(Self {
+            _reaper: Reaper(dir.path().to_path_buf()),
+            source: Arc::new(VmDriver::new(herd_bin())),
+            target: Arc::new(VmDriver::new(herd_bin())),
+            src_spec: make(src_dir.clone(), 1, &parts.kernel, &initrd),
+            dst_spec: make(dst_dir.clone(), 2, &parts.kernel, &initrd),
+            src_dir,
+            dst_dir,
+            dir,
+        })
     }
 }
 
@@ -158,22 +204,19 @@ fn assert_endpoints(endpoints: &IncomingEndpoints) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vm_moves_live_with_its_disk_and_its_guest_runs_on() {
-    let parts = match guest_parts() {
-        Ok(parts) => parts,
-        Err(why) => return skip_or_fail(&why),
+    let Some(pair) = DriverPair::new(spec) else {
+        return;
     };
-    let dir = tempfile::tempdir().expect("tempdir");
-    let _reaper = Reaper(dir.path().to_path_buf());
-    let initrd = guest_initrd(dir.path(), &parts);
-    let kernel = parts.kernel;
-    // Two agents' drivers, each with its own data directory; the same
-    // allocation, one generation further on the target.
-    let source: Arc<dyn Driver> = Arc::new(VmDriver::new(herd_bin()));
-    let target: Arc<dyn Driver> = Arc::new(VmDriver::new(herd_bin()));
-    let src_dir = dir.path().join("src/vm-move");
-    let dst_dir = dir.path().join("dst/vm-move");
-    let src_spec = spec(src_dir.clone(), 1, &kernel, &initrd);
-    let dst_spec = spec(dst_dir.clone(), 2, &kernel, &initrd);
+    let DriverPair {
+        dir,
+        source,
+        target,
+        src_dir,
+        dst_dir,
+        src_spec,
+        dst_spec,
+        ..
+    } = &pair;
 
     let src = booted_source(source.as_ref(), &src_spec).await;
     let (dst, endpoints) = target
@@ -299,20 +342,19 @@ async fn stop_target(driver: &dyn Driver, handle: &WorkloadHandle, dir: &Path) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_abandoned_move_leaves_the_vm_running_where_it_was() {
-    let parts = match guest_parts() {
-        Ok(parts) => parts,
-        Err(why) => return skip_or_fail(&why),
+    let Some(pair) = DriverPair::new(spec) else {
+        return;
     };
-    let dir = tempfile::tempdir().expect("tempdir");
-    let _reaper = Reaper(dir.path().to_path_buf());
-    let initrd = guest_initrd(dir.path(), &parts);
-    let kernel = parts.kernel;
-    let source: Arc<dyn Driver> = Arc::new(VmDriver::new(herd_bin()));
-    let target: Arc<dyn Driver> = Arc::new(VmDriver::new(herd_bin()));
-    let src_dir = dir.path().join("src/vm-move");
-    let dst_dir = dir.path().join("dst/vm-move");
-    let src_spec = spec(src_dir.clone(), 1, &kernel, &initrd);
-    let dst_spec = spec(dst_dir.clone(), 2, &kernel, &initrd);
+    let DriverPair {
+        dir,
+        source,
+        target,
+        src_dir,
+        dst_dir,
+        src_spec,
+        dst_spec,
+        ..
+    } = &pair;
     let src = booted_source(source.as_ref(), &src_spec).await;
     // 1 MiB/s: the guest's memory takes far longer than either attempt.
     let slow = MoveLimits {
@@ -590,21 +632,11 @@ fn diskless_spec(
     spec
 }
 
-/// The uptimes of a diskless guest's tick lines.
-fn uptimes(text: &str) -> Vec<f64> {
-    text.lines()
-        .filter_map(|line| {
-            let rest = line.trim().strip_prefix("herd-guest: tick ")?;
-            rest.split_whitespace().next()?.parse().ok()
-        })
-        .collect()
-}
-
 /// Waits until the guest in `dir` ticked more than `seen` times, and
 /// checks its VM runs.
 async fn ticks_on(driver: &dyn Driver, handle: &WorkloadHandle, dir: &Path, seen: usize) {
     until("the guest to tick on", PATIENCE, || {
-        (uptimes(&console(dir)).len() > seen + 1).then_some(())
+        (tick_uptimes(&console(dir)).len() > seen + 1).then_some(())
     })
     .await;
     assert_eq!(
@@ -619,23 +651,22 @@ async fn ticks_on(driver: &dyn Driver, handle: &WorkloadHandle, dir: &Path, seen
 /// which the same guest runs on at the target.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vm_is_switched_over_only_once_its_target_confirms_it_loaded_it() {
-    let parts = match guest_parts() {
-        Ok(parts) => parts,
-        Err(why) => return skip_or_fail(&why),
+    let Some(pair) = DriverPair::new(diskless_spec) else {
+        return;
     };
-    let dir = tempfile::tempdir().expect("tempdir");
-    let _reaper = Reaper(dir.path().to_path_buf());
-    let initrd = guest_initrd(dir.path(), &parts);
-    let kernel = parts.kernel;
-    let source: Arc<dyn Driver> = Arc::new(VmDriver::new(herd_bin()));
-    let target: Arc<dyn Driver> = Arc::new(VmDriver::new(herd_bin()));
-    let src_dir = dir.path().join("src/vm-move");
-    let dst_dir = dir.path().join("dst/vm-move");
-    let src_spec = diskless_spec(src_dir.clone(), 1, &kernel, &initrd);
-    let dst_spec = diskless_spec(dst_dir.clone(), 2, &kernel, &initrd);
+    let DriverPair {
+        dir,
+        source,
+        target,
+        src_dir,
+        dst_dir,
+        src_spec,
+        dst_spec,
+        ..
+    } = &pair;
     let src = source.start(&src_spec).await.expect("start the source VM");
     until("the guest to tick", PATIENCE, || {
-        (uptimes(&console(&src_dir)).len() >= 2).then_some(())
+        (tick_uptimes(&console(&src_dir)).len() >= 2).then_some(())
     })
     .await;
     let limits = MoveLimits {
@@ -669,7 +700,7 @@ async fn a_vm_is_switched_over_only_once_its_target_confirms_it_loaded_it() {
         .await
         .expect_err("a stopped target confirms nothing");
     assert!(!err.to_string().is_empty());
-    let seen = uptimes(&console(&src_dir)).len();
+    let seen = tick_uptimes(&console(&src_dir)).len();
     source.cancel_out(&src).await.expect("cancel the move");
     ticks_on(source.as_ref(), &src, &src_dir, seen).await;
 
@@ -692,14 +723,14 @@ async fn a_vm_is_switched_over_only_once_its_target_confirms_it_loaded_it() {
         WorkloadState::Paused,
         "confirmed, not resumed: that waits for the switch-over"
     );
-    let last_on_source = *uptimes(&console(&src_dir)).last().expect("ticks");
+    let last_on_source = *tick_uptimes(&console(&src_dir)).last().expect("ticks");
     source.stop(&src, GRACE).await.expect("stop the source");
     target
         .finish_incoming(&dst)
         .await
         .expect("finish on the target");
     let after = until("the guest to tick on the target", PATIENCE, || {
-        let ticks = uptimes(&console(&dst_dir));
+        let ticks = tick_uptimes(&console(&dst_dir));
         (ticks.len() >= 2).then_some(ticks)
     })
     .await;

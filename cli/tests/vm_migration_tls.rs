@@ -35,7 +35,8 @@ use std::process::Output;
 use std::time::Duration;
 
 use common::qemu::{
-    console, guest_parts, qemu_pids, spawn_vm_move, start_vm_agents, vm_job_spec, Reaper,
+    console, guest_parts, qemu_pids, spawn_vm_move, start_vm_agents, tick_uptimes, vm_job_spec,
+    Reaper,
 };
 use common::tls::{
     must_have_ready_over_tls, must_tls_cli, running_over_tls, tls_cli, tls_cluster_with_agents,
@@ -436,15 +437,7 @@ async fn a_vm_without_a_disk_moves_under_tls_and_is_confirmed_before_the_switch_
             .join(&alloc)
     };
     let (source_dir, target_dir) = (alloc_dir(&source), alloc_dir(target));
-    let uptimes = |dir: &Path| -> Vec<f64> {
-        console(dir)
-            .lines()
-            .filter_map(|l| {
-                let rest = l.trim().strip_prefix("herd-guest: tick ")?;
-                rest.split_whitespace().next()?.parse().ok()
-            })
-            .collect()
-    };
+    let uptimes = |dir: &Path| tick_uptimes(&console(dir));
     until("the guest ticking", PATIENCE, || {
         (uptimes(&source_dir).len() >= 2).then_some(())
     })

@@ -150,6 +150,18 @@ pub fn console(alloc_dir: &Path) -> String {
     std::fs::read_to_string(alloc_dir.join("stdout.log")).unwrap_or_default()
 }
 
+/// The uptimes of the tick lines in a guest's console (`herd-guest: tick
+/// UPTIME[ disk …]`): a guest that runs on after a move goes on counting
+/// from its source's, a rebooted one starts near 0.
+pub fn tick_uptimes(text: &str) -> Vec<f64> {
+    text.lines()
+        .filter_map(|line| {
+            let rest = line.trim().strip_prefix("herd-guest: tick ")?;
+            rest.split_whitespace().next()?.parse().ok()
+        })
+        .collect()
+}
+
 /// Starts `herd --addr ADDR alloc migrate ALLOC --to TARGET --wait
 /// --downtime-limit 300ms` in a thread, through `run` (the plain CLI or a
 /// certified one), so that the test can act while the VM moves; join it
