@@ -35,6 +35,54 @@ fn must_pass_where_tmpfs_mounts(scenario: &str, duration: &str, seed: &str) -> b
     run_scenario(scenario, duration, seed, Mode::Mounts).is_some()
 }
 
+/// What a failed run's recorded history says of the jobs its failing
+/// checkers name: every process sample's copies of those jobs (when, on
+/// which node, which pid and allocation). The run's directory is a
+/// temporary one, gone with the test, so a rare failure in CI leaves its
+/// evidence in the test's output instead.
+fn evidence(report: &str) -> String {
+    let Some(history) = report
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("history: "))
+    else {
+        return String::new();
+    };
+    let jobs: Vec<&str> = report
+        .lines()
+        .filter(|l| l.contains("FAIL"))
+        .filter_map(|l| l.split(" of job ").nth(1)?.split_whitespace().next())
+        .collect();
+    if jobs.is_empty() {
+        return String::new();
+    }
+    let text = std::fs::read_to_string(history.trim()).unwrap_or_default();
+    let mut lines = vec![format!("samples of {jobs:?} in {history}:")];
+    for line in text.lines().filter(|l| l.contains(r#""type":"sample""#)) {
+        let Ok(sample) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let copies: Vec<String> = sample["processes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|p| jobs.iter().any(|j| p["job"] == *j))
+            .map(|p| {
+                format!(
+                    "{}#{} {} pid {} on {}",
+                    p["job"], p["instance"], p["alloc_id"], p["pid"], p["node"]
+                )
+            })
+            .collect();
+        lines.push(format!(
+            "  at {} ms settled={}: {}",
+            sample["at_ns"].as_u64().unwrap_or(0) / 1_000_000,
+            sample["settled"],
+            copies.join("; ")
+        ));
+    }
+    lines.join("\n")
+}
+
 /// Runs the scenario; its report, or None when it was skipped.
 fn run_scenario(scenario: &str, duration: &str, seed: &str, mode: Mode) -> Option<String> {
     let out_dir = tempfile::tempdir().expect("temp dir");
@@ -63,8 +111,9 @@ fn run_scenario(scenario: &str, duration: &str, seed: &str, mode: Mode) -> Optio
     assert_eq!(
         out.status.code(),
         Some(0),
-        "herd chaos run --scenario {scenario} failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+        "herd chaos run --scenario {scenario} failed:\n{stdout}\n{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        evidence(&stdout)
     );
     assert!(stdout.contains("all checkers passed"), "{stdout}");
     let faults: u32 = stdout
@@ -228,4 +277,38 @@ fn simulated_seeds_pass() {
     assert_eq!(unknown.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&unknown.stderr);
     assert!(stderr.contains("node-loss"), "{stderr}");
+}
+
+/// A failed run's report is followed by the samples of the jobs its
+/// failing checkers name, read from its history (nothing without one).
+#[test]
+fn a_failed_run_shows_the_samples_of_the_jobs_it_names() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let history = dir.path().join("history.jsonl");
+    let sample = |at_ns: u64, pids: &[(u32, &str, &str)]| {
+        let processes: Vec<serde_json::Value> = pids
+            .iter()
+            .map(|(pid, node, job)| {
+                serde_json::json!({"pid": pid, "node": node, "alloc_id": format!("{job}-0-1"), "job": job, "instance": 0})
+            })
+            .collect();
+        serde_json::json!({"type": "sample", "at_ns": at_ns, "settled": true, "processes": processes})
+            .to_string()
+    };
+    let text = [
+        r#"{"type":"op","id":1,"kind":"submit","key":"j1"}"#.to_string(),
+        sample(9_000_000_000, &[(11, "n1", "j1"), (12, "n2", "other")]),
+        sample(9_544_000_000, &[(11, "n1", "j1"), (13, "n3", "j1")]),
+    ]
+    .join("\n");
+    std::fs::write(&history, text).expect("history");
+    let report = format!(
+        "  no double run              FAIL: instance 0 of job j1 ran twice (pids [11, 13]) at 9544 ms\n  history: {}\n",
+        history.display()
+    );
+    let shown = evidence(&report);
+    assert!(shown.contains("at 9544 ms settled=true"), "{shown}");
+    assert!(shown.contains("pid 13 on \"n3\""), "{shown}");
+    assert!(!shown.contains("other"), "only the named job: {shown}");
+    assert_eq!(evidence("all checkers passed\n"), "");
 }
