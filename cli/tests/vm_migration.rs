@@ -218,9 +218,9 @@ async fn a_vm_moves_live_with_its_disk_and_its_guest_runs_on() {
         ..
     } = &pair;
 
-    let src = booted_source(source.as_ref(), &src_spec).await;
+    let src = booted_source(source.as_ref(), src_spec).await;
     let (dst, endpoints) = target
-        .prepare_incoming(&dst_spec)
+        .prepare_incoming(dst_spec)
         .await
         .expect("prepare the target");
     assert_endpoints(&endpoints);
@@ -259,7 +259,7 @@ async fn a_vm_moves_live_with_its_disk_and_its_guest_runs_on() {
         WorkloadState::Paused,
         "the source handed the VM over and waits"
     );
-    let before = ticks(&console(&src_dir));
+    let before = ticks(&console(src_dir));
     let last_on_source = before.last().expect("source ticks").uptime;
 
     // The switch-over: the source stopped, then the target let run.
@@ -281,11 +281,11 @@ async fn a_vm_moves_live_with_its_disk_and_its_guest_runs_on() {
     // The same guest runs on: its uptime goes on from the source's, it did
     // not boot again, and it reads its pattern from the target's disk.
     let after = until("the guest to tick on the target", PATIENCE, || {
-        let ticks = ticks(&console(&dst_dir));
+        let ticks = ticks(&console(dst_dir));
         (ticks.len() >= 3).then_some(ticks)
     })
     .await;
-    let text = console(&dst_dir);
+    let text = console(dst_dir);
     assert!(!text.contains("herd-guest: up"), "no reboot: {text}");
     assert!(
         after[0].uptime > last_on_source,
@@ -355,7 +355,7 @@ async fn an_abandoned_move_leaves_the_vm_running_where_it_was() {
         dst_spec,
         ..
     } = &pair;
-    let src = booted_source(source.as_ref(), &src_spec).await;
+    let src = booted_source(source.as_ref(), src_spec).await;
     // 1 MiB/s: the guest's memory takes far longer than either attempt.
     let slow = MoveLimits {
         downtime_limit: Duration::from_millis(300),
@@ -365,7 +365,7 @@ async fn an_abandoned_move_leaves_the_vm_running_where_it_was() {
 
     // A move past its deadline gives up by itself.
     let (dst, endpoints) = target
-        .prepare_incoming(&dst_spec)
+        .prepare_incoming(dst_spec)
         .await
         .expect("prepare the target");
     assert_endpoints(&endpoints);
@@ -377,15 +377,15 @@ async fn an_abandoned_move_leaves_the_vm_running_where_it_was() {
     runs_on(
         source.as_ref(),
         &src,
-        &src_dir,
-        ticks(&console(&src_dir)).len(),
+        src_dir,
+        ticks(&console(src_dir)).len(),
     )
     .await;
-    stop_target(target.as_ref(), &dst, &dst_dir).await;
+    stop_target(target.as_ref(), &dst, dst_dir).await;
 
     // A move cancelled midway, the target readied again in the same place.
     let (dst, endpoints) = target
-        .prepare_incoming(&dst_spec)
+        .prepare_incoming(dst_spec)
         .await
         .expect("prepare the target again");
     let sent = Arc::new(AtomicU64::new(0));
@@ -406,15 +406,15 @@ async fn an_abandoned_move_leaves_the_vm_running_where_it_was() {
         (sent.load(Ordering::Relaxed) > 1 << 20).then_some(())
     })
     .await;
-    let seen = ticks(&console(&src_dir)).len();
+    let seen = ticks(&console(src_dir)).len();
     source.cancel_out(&src).await.expect("cancel the move");
     let result = moving.await.expect("the move's task");
     assert!(result.is_err(), "a cancelled move fails: {result:?}");
-    runs_on(source.as_ref(), &src, &src_dir, seen).await;
-    stop_target(target.as_ref(), &dst, &dst_dir).await;
+    runs_on(source.as_ref(), &src, src_dir, seen).await;
+    stop_target(target.as_ref(), &dst, dst_dir).await;
 
     // The source's disk is its own still: the guest reads its pattern.
-    assert!(ticks(&console(&src_dir))
+    assert!(ticks(&console(src_dir))
         .iter()
         .all(|t| t.disk == expected_disk()));
     source.stop(&src, GRACE).await.expect("stop the source");
@@ -664,9 +664,9 @@ async fn a_vm_is_switched_over_only_once_its_target_confirms_it_loaded_it() {
         dst_spec,
         ..
     } = &pair;
-    let src = source.start(&src_spec).await.expect("start the source VM");
+    let src = source.start(src_spec).await.expect("start the source VM");
     until("the guest to tick", PATIENCE, || {
-        (tick_uptimes(&console(&src_dir)).len() >= 2).then_some(())
+        (tick_uptimes(&console(src_dir)).len() >= 2).then_some(())
     })
     .await;
     let limits = MoveLimits {
@@ -678,7 +678,7 @@ async fn a_vm_is_switched_over_only_once_its_target_confirms_it_loaded_it() {
     // The source's QEMU completes its move; the target is gone before it
     // confirmed: no confirmation, and the source, cancelled, runs on.
     let (dst, endpoints) = target
-        .prepare_incoming(&dst_spec)
+        .prepare_incoming(dst_spec)
         .await
         .expect("prepare the target");
     assert!(
@@ -694,19 +694,19 @@ async fn a_vm_is_switched_over_only_once_its_target_confirms_it_loaded_it() {
         WorkloadState::Paused,
         "handed over, waiting for the switch-over"
     );
-    stop_target(target.as_ref(), &dst, &dst_dir).await;
+    stop_target(target.as_ref(), &dst, dst_dir).await;
     let err = target
         .confirm_incoming(&dst, Duration::from_secs(5))
         .await
         .expect_err("a stopped target confirms nothing");
     assert!(!err.to_string().is_empty());
-    let seen = tick_uptimes(&console(&src_dir)).len();
+    let seen = tick_uptimes(&console(src_dir)).len();
     source.cancel_out(&src).await.expect("cancel the move");
-    ticks_on(source.as_ref(), &src, &src_dir, seen).await;
+    ticks_on(source.as_ref(), &src, src_dir, seen).await;
 
     // Confirmed: the target's QEMU loaded the VM (still paused, `-S`).
     let (dst, endpoints) = target
-        .prepare_incoming(&dst_spec)
+        .prepare_incoming(dst_spec)
         .await
         .expect("prepare the target again");
     let stats = source
@@ -723,14 +723,14 @@ async fn a_vm_is_switched_over_only_once_its_target_confirms_it_loaded_it() {
         WorkloadState::Paused,
         "confirmed, not resumed: that waits for the switch-over"
     );
-    let last_on_source = *tick_uptimes(&console(&src_dir)).last().expect("ticks");
+    let last_on_source = *tick_uptimes(&console(src_dir)).last().expect("ticks");
     source.stop(&src, GRACE).await.expect("stop the source");
     target
         .finish_incoming(&dst)
         .await
         .expect("finish on the target");
     let after = until("the guest to tick on the target", PATIENCE, || {
-        let ticks = tick_uptimes(&console(&dst_dir));
+        let ticks = tick_uptimes(&console(dst_dir));
         (ticks.len() >= 2).then_some(ticks)
     })
     .await;
@@ -739,7 +739,7 @@ async fn a_vm_is_switched_over_only_once_its_target_confirms_it_loaded_it() {
         "the same guest's uptime goes on ({last_on_source} on the source): {after:?}"
     );
     assert!(
-        !console(&dst_dir).contains("herd-guest: up"),
+        !console(dst_dir).contains("herd-guest: up"),
         "no reboot on the target"
     );
     target.stop(&dst, GRACE).await.expect("stop the target");
