@@ -567,9 +567,11 @@ impl ManagerState {
         if let Some(arrival) = self.arrivals.get_mut(&alloc_id) {
             if !arrival.authorized && arrival.migration_id == m.id {
                 // Taken up from disk: serve what it holds again (files
-                // only: a live move's endpoints were handed out already).
+                // only: a live move's endpoints were handed out already),
+                // and confirm what its program took in.
                 arrival.authorized = true;
-                self.authorize(&alloc_id, &m, None, None);
+                let confirmation = confirmation(arrival.mode, &arrival.driver, &arrival.live);
+                self.authorize(&alloc_id, &m, None, confirmation);
             }
             return;
         }
@@ -630,24 +632,7 @@ impl ManagerState {
             });
             ready
         });
-        // Before the switch-over, the source asks whether the program
-        // readied above has taken in the whole state.
-        let confirmation = (mode == MigrationMode::LivePreCopy).then(|| {
-            let (driver, live) = (driver.clone(), live.clone());
-            let confirm: Arc<dyn Fn(Duration) -> ConfirmFuture + Send + Sync> =
-                Arc::new(move |wait| {
-                    let driver = driver.clone();
-                    let handle = lock(&live).clone();
-                    Box::pin(async move {
-                        let handle = handle.ok_or("no incoming workload was readied")?;
-                        driver
-                            .confirm_incoming(&handle, wait)
-                            .await
-                            .map_err(|e| e.to_string())
-                    })
-                });
-            confirm
-        });
+        let confirmation = confirmation(mode, &driver, &live);
         self.authorize(&alloc_id, &m, endpoints, confirmation);
         // A live move's target program starts now, not when the source asks.
         self.registry.ready_early(&m.id);
@@ -834,6 +819,31 @@ fn install_dir(staging: &Path, target: &Path) -> Result<(), String> {
     std::fs::File::open(parent)
         .and_then(|d| d.sync_all())
         .map_err(|e| format!("{}: {e}", parent.display()))
+}
+
+/// How the `AgentPeer` service confirms, before the switch-over, that a
+/// live arrival's program (readied into `live`) took in the whole state;
+/// None for moves of files, which the transfer itself confirms.
+fn confirmation(
+    mode: MigrationMode,
+    driver: &Arc<dyn Driver>,
+    live: &Arc<Mutex<Option<WorkloadHandle>>>,
+) -> IncomingConfirmation {
+    if mode != MigrationMode::LivePreCopy {
+        return None;
+    }
+    let (driver, live) = (driver.clone(), live.clone());
+    Some(Arc::new(move |wait: Duration| -> ConfirmFuture {
+        let driver = driver.clone();
+        let handle = lock(&live).clone();
+        Box::pin(async move {
+            let handle = handle.ok_or("no incoming workload was readied")?;
+            driver
+                .confirm_incoming(&handle, wait)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }))
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -580,7 +580,8 @@ impl IncomingRegistry {
         })
     }
 
-    /// Serves ConfirmIncoming: the migration must be authorized here, asked
+    /// Serves ConfirmIncoming: the migration must be authorized here (after
+    /// the authorization wait), asked
     /// for by its source, and its endpoints readied; then the kind checks
     /// that its own transport delivered everything, waiting up to `wait`
     /// (at most [`MAX_CONFIRM_WAIT`]). A kind without such a transport has
@@ -591,12 +592,9 @@ impl IncomingRegistry {
         source_node: &str,
         wait: Duration,
     ) -> Result<(), IncomingError> {
-        let entry = self
-            .entry(migration_id)
-            .ok_or_else(|| IncomingError::NotTarget {
-                migration_id: migration_id.to_string(),
-                detail: "not authorized".into(),
-            })?;
+        // A target agent restarted midway sees its assignment set again
+        // first: give it the same wait as a PrepareIncoming.
+        let entry = self.wait_authorized(migration_id).await?;
         if source_node != entry.auth.source_node {
             return Err(IncomingError::NotTarget {
                 migration_id: migration_id.to_string(),

@@ -54,6 +54,9 @@ const MOVE_OUT_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long a live move's target may take to take in the last of the
 /// state once the source's program sent it.
 const CONFIRM_WAIT: Duration = Duration::from_secs(30);
+/// How long the source waits before asking a target again whose agent
+/// could not be reached.
+const CONFIRM_RETRY: Duration = Duration::from_millis(200);
 /// The shortest time a step is given whatever its phase deadline says.
 const MIN_STEP: Duration = Duration::from_secs(5);
 
@@ -381,22 +384,34 @@ async fn confirm_target(
     outgoing: &Outgoing,
 ) -> Result<(), String> {
     let a = &outgoing.assignment;
-    match transfer::confirm_incoming(peer, &a.id, &outgoing.node, CONFIRM_WAIT).await {
-        Ok(()) => {
-            move_timing::mark(&outgoing.alloc_id, "source.target_confirmed", "");
-            Ok(())
+    let deadline = Instant::now() + CONFIRM_WAIT;
+    loop {
+        let wait = deadline.saturating_duration_since(Instant::now());
+        match transfer::confirm_incoming(peer, &a.id, &outgoing.node, wait).await {
+            Ok(()) => {
+                move_timing::mark(&outgoing.alloc_id, "source.target_confirmed", "");
+                return Ok(());
+            }
+            Err(TransferError::Refused {
+                code: tonic::Code::Unimplemented,
+                ..
+            }) => {
+                tracing::warn!(migration = %a.id, target = %a.peer_node, "the target's agent cannot confirm what it holds (an older release); switching over on the source's word");
+                return Ok(());
+            }
+            // The call was cut (the target's agent restarting): ask the
+            // restarted agent, which takes the arrival up from its disk.
+            Err(e) if e.is_retryable() && Instant::now() < deadline => {
+                tracing::info!(migration = %a.id, target = %a.peer_node, error = %e, "asking the target to confirm again");
+                tokio::time::sleep(CONFIRM_RETRY).await;
+            }
+            Err(e) => {
+                return Err(format!(
+                    "the target {} does not hold the whole state: {e}",
+                    a.peer_node
+                ))
+            }
         }
-        Err(TransferError::Refused {
-            code: tonic::Code::Unimplemented,
-            ..
-        }) => {
-            tracing::warn!(migration = %a.id, target = %a.peer_node, "the target's agent cannot confirm what it holds (an older release); switching over on the source's word");
-            Ok(())
-        }
-        Err(e) => Err(format!(
-            "the target {} does not hold the whole state: {e}",
-            a.peer_node
-        )),
     }
 }
 
