@@ -57,8 +57,9 @@ pub struct MoveProgress {
     pub remaining_bytes: Option<u64>,
 }
 
-/// The figures of a live move that reached the switch-over point: the
-/// source is paused and the target holds the whole state.
+/// The figures of a live move whose source's side is done: the source is
+/// paused and has sent the whole state (which the target then confirms,
+/// [`super::Driver::confirm_incoming`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct MoveStats {
     /// Bytes sent in all.

@@ -127,8 +127,10 @@ pub trait Driver: Send + Sync + 'static {
 
     /// On the source: moves the running workload's state to the target's
     /// `to` while it keeps running (pre-copy), then pauses it and sends the
-    /// rest. Returns once the target holds the whole state, the source's
-    /// copy left paused: the agent resumes it if the migration is aborted,
+    /// rest. Returns once the whole state is sent (where a program moves
+    /// the bytes, once it says so: the target confirms it took everything
+    /// in, [`Driver::confirm_incoming`], before the switch-over), the
+    /// source's copy left paused: the agent resumes it if the migration is aborted,
     /// and stops it after the switch-over. Gives up (workload running) past
     /// `limits.deadline`.
     async fn migrate_out(
