@@ -534,22 +534,19 @@ impl IncomingRegistry {
         let id = request.migration_id.as_str();
         let entry = self.wait_authorized(id).await?;
         let auth = &entry.auth;
-        let mismatch = |field: &str, asked: &str, expected: &str| IncomingError::NotTarget {
-            migration_id: id.to_string(),
-            detail: format!("{field} is {asked:?} but this node expects {expected:?}"),
-        };
         if request.alloc_id != auth.alloc_id {
-            return Err(mismatch("alloc_id", &request.alloc_id, &auth.alloc_id));
+            return Err(mismatch(id, "alloc_id", &request.alloc_id, &auth.alloc_id));
         }
         if request.source_node != auth.source_node {
             return Err(mismatch(
+                id,
                 "source_node",
                 &request.source_node,
                 &auth.source_node,
             ));
         }
         if !request.kind.is_empty() && !auth.kind.is_empty() && request.kind != auth.kind {
-            return Err(mismatch("kind", &request.kind, &auth.kind));
+            return Err(mismatch(id, "kind", &request.kind, &auth.kind));
         }
         let in_store = entry.clone();
         let received = blocking(move || {
@@ -581,11 +578,10 @@ impl IncomingRegistry {
     }
 
     /// Serves ConfirmIncoming: the migration must be authorized here (after
-    /// the authorization wait), asked
-    /// for by its source, and its endpoints readied; then the kind checks
-    /// that its own transport delivered everything, waiting up to `wait`
-    /// (at most [`MAX_CONFIRM_WAIT`]). A kind without such a transport has
-    /// nothing more to check.
+    /// the authorization wait), asked for by its source, and its endpoints
+    /// readied; then the kind checks that its own transport delivered
+    /// everything, waiting up to `wait` (at most [`MAX_CONFIRM_WAIT`]). A
+    /// kind without such a transport has nothing more to check.
     pub async fn confirm(
         &self,
         migration_id: &str,
@@ -596,13 +592,12 @@ impl IncomingRegistry {
         // first: give it the same wait as a PrepareIncoming.
         let entry = self.wait_authorized(migration_id).await?;
         if source_node != entry.auth.source_node {
-            return Err(IncomingError::NotTarget {
-                migration_id: migration_id.to_string(),
-                detail: format!(
-                    "source_node is {source_node:?} but this node expects {:?}",
-                    entry.auth.source_node
-                ),
-            });
+            return Err(mismatch(
+                migration_id,
+                "source_node",
+                source_node,
+                &entry.auth.source_node,
+            ));
         }
         if let Some(reason) = entry.progress.borrow().aborted.clone() {
             return Err(IncomingError::Aborted {
@@ -711,6 +706,15 @@ impl IncomingRegistry {
         })
         .await?;
         Ok(true)
+    }
+}
+
+/// A request that does not match its migration's authorization: `field`
+/// says `asked` where this node expects `expected`.
+fn mismatch(migration_id: &str, field: &str, asked: &str, expected: &str) -> IncomingError {
+    IncomingError::NotTarget {
+        migration_id: migration_id.to_string(),
+        detail: format!("{field} is {asked:?} but this node expects {expected:?}"),
     }
 }
 
