@@ -339,7 +339,9 @@ async fn an_agent_started_with_exec_user_runs_exec_jobs_as_that_user_and_confine
             dir.path().display()
         ),
     );
-    common::must_cli_ok(&["--addr", &addr, "job", "run", &outside]);
+    // Detached: the refusal may fail the job before `job run` would have
+    // seen it placed, which is not what this checks.
+    common::must_cli_ok(&["--addr", &addr, "job", "run", "--detach", &outside]);
     common::until("the refusal naming task.workdir", PATIENCE, || {
         let allocs = common::json(&addr, &["alloc", "list", "--job", "outside"]);
         let id = allocs.as_array()?.first()?["id"].as_str()?.to_string();

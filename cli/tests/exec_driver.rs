@@ -14,6 +14,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use herd_actors::driver::exec::standby::Standby;
 use herd_actors::driver::exec::{procfs, ExecDriver, KILLED, LOST};
 use herd_actors::driver::{
     Driver, DriverError, ExitInfo, WorkloadHandle, WorkloadSpec, WorkloadState,
@@ -145,6 +146,106 @@ async fn exit_code_stdout_and_stderr_are_recorded() {
         .await
         .expect("stop");
     assert_eq!(stopped, exit);
+}
+
+/// The pid of `standby`'s idle executor, once it has one.
+async fn idle_executor(standby: &Standby) -> u32 {
+    until("an idle executor", PATIENCE, || standby.idle_pid()).await
+}
+
+/// Whether `pid` is gone or a zombie.
+fn ended(pid: u32) -> bool {
+    !procfs::stat(pid)
+        .ok()
+        .flatten()
+        .is_some_and(|s| s.running())
+}
+
+#[tokio::test]
+async fn a_standby_executor_runs_the_next_start_and_another_is_made_for_the_one_after() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let standby = Standby::new(env!("CARGO_BIN_EXE_herd"));
+    standby.replenish();
+    let waiting = idle_executor(&standby).await;
+    let driver = driver().with_standby(standby.clone());
+
+    // The waiting executor takes the first start: it is the handle's executor,
+    // leads its own session, and logs to the allocation's executor.log.
+    let first = sh(&tmp.path().join("one"), "echo first; sleep 30");
+    let handle = driver.start(&first).await.expect("start");
+    assert_eq!(executor_pid(&handle), waiting, "the standby ran it");
+    let executor = procfs::stat(waiting).expect("stat").expect("it runs");
+    assert_eq!(executor.session, waiting as i32);
+    // It logs the start just after reporting it.
+    until("the executor's log line", PATIENCE, || {
+        fs::read_to_string(first.alloc_dir.join("executor.log"))
+            .is_ok_and(|log| log.contains("task started"))
+            .then_some(())
+    })
+    .await;
+    let (stdout, _) = ExecDriver::log_paths(&handle).expect("log paths");
+    until("the task's output", PATIENCE, || {
+        (fs::read_to_string(&stdout).is_ok_and(|s| s == "first\n")).then_some(())
+    })
+    .await;
+
+    // Another waits for the next start, made after the first was handed.
+    let next = until("a new idle executor", PATIENCE, || {
+        standby.idle_pid().filter(|pid| *pid != waiting)
+    })
+    .await;
+    let second = sh(&tmp.path().join("two"), "exit 7");
+    let ended_handle = driver.start(&second).await.expect("start");
+    assert_eq!(executor_pid(&ended_handle), next);
+    let exit = wait(&driver, &ended_handle).await;
+    assert_eq!(exit.code, Some(7), "{exit:?}");
+
+    // One killed while it waits is not handed anything: the start spawns
+    // an executor of its own and runs all the same.
+    let doomed = idle_executor(&standby).await;
+    // SAFETY: a pid this test's pool made and still holds.
+    unsafe {
+        libc::kill(doomed as i32, libc::SIGKILL);
+    }
+    until("the killed executor to end", PATIENCE, || {
+        ended(doomed).then_some(())
+    })
+    .await;
+    let third = sh(&tmp.path().join("three"), "exit 0");
+    let third_handle = driver.start(&third).await.expect("start");
+    assert_ne!(executor_pid(&third_handle), doomed);
+    assert_eq!(wait(&driver, &third_handle).await.code, Some(0));
+
+    driver
+        .stop(&handle, Duration::from_secs(2))
+        .await
+        .expect("stop");
+    // Dropping the pool closes the idle executor's stdin: it exits having
+    // run nothing.
+    let last = idle_executor(&standby).await;
+    drop(driver);
+    drop(standby);
+    until("the idle executor to exit", PATIENCE, || {
+        ended(last).then_some(())
+    })
+    .await;
+}
+
+#[test]
+fn a_standby_executor_whose_agent_hands_it_nothing_exits_quietly() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_herd"))
+        .args(["executor", "--standby"])
+        .current_dir(tmp.path())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run herd executor --standby");
+    assert!(output.status.success(), "{output:?}");
+    assert!(
+        output.stdout.is_empty() && output.stderr.is_empty(),
+        "{output:?}"
+    );
+    assert_eq!(fs::read_dir(tmp.path()).expect("list").count(), 0);
 }
 
 #[tokio::test]

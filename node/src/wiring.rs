@@ -11,6 +11,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use herd_actors::driver::dljob::DljobDriver;
+use herd_actors::driver::exec::standby::Standby;
 use herd_actors::driver::exec::ExecDriver;
 use herd_actors::driver::inference::InferenceDriver;
 use herd_actors::driver::live::MigrationHost;
@@ -52,22 +53,40 @@ impl Wiring {
         migration_host: &MigrationHost,
     ) -> Self {
         herd_actors::driver::vm::qemu::probe_sandbox_in_background();
+        // One executor kept waiting for all the drivers: a workload's start
+        // (a move's target above all) does not wait for the binary to start.
+        let standby = Standby::new(executor);
+        standby.replenish();
         Self::with_drivers(vec![
-            Arc::new(ExecDriver::new(executor).with_confinement(confinement.clone())),
+            Arc::new(
+                ExecDriver::new(executor)
+                    .with_confinement(confinement.clone())
+                    .with_standby(standby.clone()),
+            ),
             Arc::new(
                 VmDriver::new(executor)
                     .with_confinement(confinement)
+                    .with_standby(standby.clone())
                     .with_migration_host(migration_host.clone())
                     .with_migration_tls(MigrationTls::from_transport(herd_api::tls::transport())),
             ),
             Arc::new(
                 SimVmDriver::new(executor)
                     .with_confinement(confinement)
+                    .with_standby(standby.clone())
                     .with_migration_host(migration_host.clone())
                     .with_migration_tls(MigrationTls::from_transport(herd_api::tls::transport())),
             ),
-            Arc::new(DljobDriver::new(executor).with_confinement(confinement)),
-            Arc::new(InferenceDriver::new(executor).with_confinement(confinement)),
+            Arc::new(
+                DljobDriver::new(executor)
+                    .with_confinement(confinement)
+                    .with_standby(standby.clone()),
+            ),
+            Arc::new(
+                InferenceDriver::new(executor)
+                    .with_confinement(confinement)
+                    .with_standby(standby),
+            ),
         ])
     }
 

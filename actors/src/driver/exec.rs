@@ -37,15 +37,18 @@ pub mod cgroup;
 pub mod executor;
 pub mod files;
 pub mod procfs;
+pub mod standby;
 mod start;
 mod stop;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
 use self::files::Started;
+use self::standby::Standby;
 use super::confine::Confinement;
 use super::{
     Driver, DriverCapabilities, DriverError, ExitInfo, MigrationMode, WorkloadHandle, WorkloadSpec,
@@ -75,6 +78,8 @@ pub struct ExecDriver {
     /// The node's confinement: the user tasks run as, where spec paths may
     /// lead (unconfined unless [`ExecDriver::with_confinement`] says).
     confinement: Confinement,
+    /// The agent's executor started ahead of need, if it keeps one.
+    standby: Option<Arc<Standby>>,
 }
 
 impl ExecDriver {
@@ -86,7 +91,15 @@ impl ExecDriver {
             start_timeout: Duration::from_secs(30),
             kill_wait: Duration::from_secs(5),
             confinement: Confinement::default(),
+            standby: None,
         }
+    }
+
+    /// Starts workloads through `standby`'s idle executor when it has one
+    /// (see [`standby`]): an agent shares one among all its drivers.
+    pub fn with_standby(mut self, standby: Arc<Standby>) -> Self {
+        self.standby = Some(standby);
+        self
     }
 
     /// Confines the tasks of this driver: run as the policy's exec user
@@ -269,7 +282,14 @@ impl Driver for ExecDriver {
     }
 
     async fn start(&self, spec: &WorkloadSpec) -> Result<WorkloadHandle, DriverError> {
-        start::start(&self.executor, self.start_timeout, spec, &self.confinement).await
+        start::start(
+            &self.executor,
+            self.standby.as_ref(),
+            self.start_timeout,
+            spec,
+            &self.confinement,
+        )
+        .await
     }
 
     async fn recover(&self, spec: &WorkloadSpec) -> Result<Option<WorkloadHandle>, DriverError> {

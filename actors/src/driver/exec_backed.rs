@@ -22,12 +22,14 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use herd_api::job::TaskSpec;
 use herd_api::validate::FieldError;
 
 use super::confine::Confinement;
+use super::exec::standby::Standby;
 use super::exec::ExecDriver;
 use super::live::{IncomingEndpoints, MoveLimits, MoveStats, ProgressSink};
 use super::{
@@ -269,6 +271,13 @@ impl<K: ExecKind> ExecBacked<K> {
     pub fn with_confinement(mut self, confinement: &Confinement) -> Self {
         self.exec = self.exec.with_confinement(confinement.without_exec_user());
         self.kind.confine(confinement);
+        self
+    }
+
+    /// Starts this kind's workloads through the agent's standby executor
+    /// (see [`crate::driver::exec::standby`]).
+    pub fn with_standby(mut self, standby: Arc<Standby>) -> Self {
+        self.exec = self.exec.with_standby(standby);
         self
     }
 

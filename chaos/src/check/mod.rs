@@ -117,7 +117,7 @@ pub fn check_all(history: &History, config: &CheckConfig) -> Vec<(&'static str, 
         ));
         verdicts.push(("drains respected", drain::check_history(history)));
         let samples: Vec<_> = history.samples().cloned().collect();
-        verdicts.push(("no double run", double_run::check(&samples)));
+        verdicts.push(("no double run", double_run::check(&samples, &ops)));
         if let Some(verdict) = at_most_once::check_history(history, crate::runner::CAREFUL_JOB) {
             verdicts.push(("at most one copy", verdict));
         }

@@ -1,5 +1,7 @@
 //! `herd executor --launch PATH` (hidden): the per-workload supervisor the
-//! exec driver starts. Not for people; see `herd_actors::driver::exec`.
+//! exec driver starts; `herd executor --standby`, one started ahead of need
+//! that reads its launch's path from stdin. Not for people; see
+//! `herd_actors::driver::exec`.
 
 use std::path::PathBuf;
 
@@ -9,15 +11,22 @@ use clap::Args;
 #[derive(Args, Debug)]
 pub struct ExecutorArgs {
     /// The launch description the exec driver wrote (`<alloc_dir>/launch.json`).
+    #[arg(long, required_unless_present = "standby", conflicts_with = "standby")]
+    pub launch: Option<PathBuf>,
+    /// Wait for the launch's path on stdin (the agent's standby executor).
     #[arg(long)]
-    pub launch: PathBuf,
+    pub standby: bool,
 }
 
 /// Supervises the workload to its end; returns the process exit code (the
 /// task's code, or 128 + its signal; 1 when the executor itself failed, which
 /// it also reports in the allocation directory).
 pub fn run(args: &ExecutorArgs) -> i32 {
-    match herd_actors::driver::exec::executor::run(&args.launch) {
+    let outcome = match &args.launch {
+        Some(launch) => herd_actors::driver::exec::executor::run(launch),
+        None => herd_actors::driver::exec::executor::run_standby(),
+    };
+    match outcome {
         Ok(code) => code,
         Err(e) => {
             eprintln!("herd: {e}");

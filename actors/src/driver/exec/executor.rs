@@ -9,10 +9,13 @@
 //! whatever the task left behind in its group, writes `exit.json` atomically
 //! and exits.
 
+use std::ffi::OsString;
 use std::fs::File;
-use std::io;
+use std::io::{self, Read};
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStringExt;
 use std::os::unix::process::CommandExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use thiserror::Error;
@@ -107,6 +110,41 @@ pub fn run(launch_path: &Path) -> Result<i32, ExecutorError> {
         &format!("task ended: code {:?}, signal {:?}", exit.code, exit.signal),
     );
     Ok(exit_code(&exit))
+}
+
+/// `herd executor --standby`: waits for the agent to hand over a launch
+/// (see [`super::standby`]), then runs it as [`run`] does, its own output
+/// going to that allocation's `executor.log`. Exits with 0, having done
+/// nothing, when the agent closes its stdin without handing anything over
+/// (it stopped, or died).
+///
+/// Must be called from a single-threaded process, as [`run`].
+pub fn run_standby() -> Result<i32, ExecutorError> {
+    let mut handed = Vec::new();
+    io::stdin()
+        .lock()
+        .read_to_end(&mut handed)
+        .map_err(|e| ExecutorError {
+            context: "a standby executor".to_string(),
+            message: format!("cannot read the launch from stdin: {e}"),
+        })?;
+    if handed.is_empty() {
+        return Ok(0);
+    }
+    let launch_path = PathBuf::from(OsString::from_vec(handed));
+    if let Some(dir) = launch_path.parent() {
+        // Until now stdout and stderr led nowhere (the agent did not know
+        // the allocation); a log that cannot be opened leaves them there.
+        if let Ok(log) = files::open_append(dir, files::EXECUTOR_LOG) {
+            // SAFETY: dup2 on a descriptor this process owns; nothing has
+            // been written to stdout or stderr yet.
+            unsafe {
+                libc::dup2(log.as_raw_fd(), libc::STDOUT_FILENO);
+                libc::dup2(log.as_raw_fd(), libc::STDERR_FILENO);
+            }
+        }
+    }
+    run(&launch_path)
 }
 
 /// How a `waitpid` status ended the task.

@@ -116,6 +116,10 @@ const MIRROR_TARGET: &str = "herd-mirror-target";
 /// ms, the late look was a visible part of a small VM's move; at 5 ms it
 /// is under 3 ms on average, for about 200 short QMP exchanges a second.
 const POLL: Duration = Duration::from_millis(5);
+/// How often the wait for a new QEMU's QMP socket looks again, at most: a
+/// failed `connect` costs QEMU nothing, unlike a QMP exchange, so this
+/// wait, on a move's critical path, looks more often than [`POLL`].
+const QMP_UP_POLL: Duration = Duration::from_millis(2);
 /// How long QEMU may take to open its QMP socket after it started.
 const QMP_UP_WAIT: Duration = Duration::from_secs(30);
 /// How long a cancelled move may take to wind down, and a target to see
@@ -342,8 +346,8 @@ async fn wait_for_qmp<'m, 'a>(
     let exec = VmDriver::exec_handle(handle)?;
     let started = Instant::now();
     // QEMU answers within tens of milliseconds: look every millisecond at
-    // first, then every POLL.
-    let mut patience = Patience::new(Duration::from_millis(1), POLL);
+    // first, then every QMP_UP_POLL.
+    let mut patience = Patience::new(Duration::from_millis(1), QMP_UP_POLL);
     loop {
         let last = match Qmp::connect(&vm.socket).await {
             Ok(qmp) => return Ok(Session { vm, qmp }),
