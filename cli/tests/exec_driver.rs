@@ -164,7 +164,7 @@ fn ended(pid: u32) -> bool {
 #[tokio::test]
 async fn a_standby_executor_runs_the_next_start_and_another_is_made_for_the_one_after() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let standby = Standby::new(env!("CARGO_BIN_EXE_herd"));
+    let standby = Standby::new(env!("CARGO_BIN_EXE_herd"), tmp.path());
     standby.replenish();
     let waiting = idle_executor(&standby).await;
     let driver = driver().with_standby(standby.clone());
@@ -216,6 +216,15 @@ async fn a_standby_executor_runs_the_next_start_and_another_is_made_for_the_one_
     assert_ne!(executor_pid(&third_handle), doomed);
     assert_eq!(wait(&driver, &third_handle).await.code, Some(0));
 
+    // A launch outside the pool's root is not handed to the idle one.
+    let elsewhere = tempfile::tempdir().expect("tempdir");
+    let idle = idle_executor(&standby).await;
+    let outside = sh(elsewhere.path(), "exit 0");
+    let outside_handle = driver.start(&outside).await.expect("start");
+    assert_ne!(executor_pid(&outside_handle), idle);
+    assert_eq!(standby.idle_pid(), Some(idle), "still waiting");
+    assert_eq!(wait(&driver, &outside_handle).await.code, Some(0));
+
     driver
         .stop(&handle, Duration::from_secs(2))
         .await
@@ -231,21 +240,47 @@ async fn a_standby_executor_runs_the_next_start_and_another_is_made_for_the_one_
     .await;
 }
 
-#[test]
-fn a_standby_executor_whose_agent_hands_it_nothing_exits_quietly() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_herd"))
-        .args(["executor", "--standby"])
-        .current_dir(tmp.path())
-        .stdin(std::process::Stdio::null())
-        .output()
+/// `herd executor --standby --allocs ROOT` handed `input` on its stdin.
+fn standby_handed(root: &Path, input: &[u8]) -> std::process::Output {
+    use std::io::Write;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_herd"))
+        .arg("executor")
+        .arg("--standby")
+        .arg("--allocs")
+        .arg(root)
+        .current_dir(root)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .expect("run herd executor --standby");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(input).expect("hand it over");
+    drop(stdin);
+    child.wait_with_output().expect("its end")
+}
+
+#[test]
+fn a_standby_executor_runs_nothing_unless_handed_a_launch_under_its_root() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    // Its agent gone before handing anything over: it exits, quietly.
+    let output = standby_handed(tmp.path(), b"");
     assert!(output.status.success(), "{output:?}");
     assert!(
         output.stdout.is_empty() && output.stderr.is_empty(),
         "{output:?}"
     );
     assert_eq!(fs::read_dir(tmp.path()).expect("list").count(), 0);
+
+    // A launch outside its root is refused, and nothing is written there.
+    let elsewhere = tempfile::tempdir().expect("tempdir");
+    let launch = elsewhere.path().join("launch.json");
+    fs::write(&launch, b"{}").expect("write");
+    let output = standby_handed(tmp.path(), launch.as_os_str().as_encoded_bytes());
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("runs nothing outside"), "{stderr}");
+    assert_eq!(fs::read_dir(elsewhere.path()).expect("list").count(), 1);
 }
 
 #[tokio::test]

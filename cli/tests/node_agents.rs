@@ -591,6 +591,88 @@ async fn work_keeps_running_while_no_coordinator_answers() {
     assert_eq!(now, pids, "no process was restarted");
 }
 
+/// The parent of `pid`, and whether it is still running (not a zombie).
+fn parent_and_running(pid: u32) -> Option<(u32, bool)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(str::trim)
+            .map(str::to_string)
+    };
+    let parent = field("PPid:")?.parse().ok()?;
+    let running = !field("State:")?.starts_with('Z');
+    Some((parent, running))
+}
+
+/// The agent's running children started as standby executors (`herd
+/// executor --standby`): the one waiting, and those a start took, which
+/// keep that command line.
+fn standbys_of(agent: u32) -> BTreeSet<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return BTreeSet::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            let standby = String::from_utf8_lossy(&cmdline).contains("--standby");
+            (standby && parent_and_running(pid) == Some((agent, true))).then_some(pid)
+        })
+        .collect()
+}
+
+/// An agent keeps one executor waiting: its next workload runs under it,
+/// and one left waiting ends with the agent, while the workloads it runs
+/// live on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agents_standby_executor_runs_its_next_workload_and_ends_with_the_agent() {
+    let (_cluster, addr, mut agents) = cluster_with_agents(1, TTL_MS).await;
+    agents.start("s1", &[]).expect("start agent");
+    must_have_ready_nodes(&addr, &["s1"]).await;
+    let agent = agents.agent("s1").expect("agent").pid().expect("its pid");
+    let waiting = until(
+        "the agent's standby executor",
+        Duration::from_secs(20),
+        || standbys_of(agent).first().copied(),
+    )
+    .await;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spec = write_spec(dir.path(), "web", &sleep_spec("web", "service", 1, 50, 100));
+    must_cli_ok(&["--addr", &addr, "job", "run", &spec]);
+    until("1 instance running", Duration::from_secs(20), || {
+        settled(&addr, &agents, "web", 1)
+    })
+    .await;
+    let task = *pids_of(&agents, "web").first().expect("the task");
+    let (executor, _) = parent_and_running(task).expect("the task's parent");
+    assert_eq!(executor, waiting, "the waiting executor runs the workload");
+
+    // Another is made for the next start; killed, the agent takes it along.
+    let next = until("a new standby executor", Duration::from_secs(20), || {
+        standbys_of(agent).into_iter().find(|pid| *pid != waiting)
+    })
+    .await;
+    agents.kill_agent("s1").expect("kill the agent");
+    until(
+        "the standby to end with its agent",
+        Duration::from_secs(10),
+        || (!parent_and_running(next).is_some_and(|(_, running)| running)).then_some(()),
+    )
+    .await;
+    assert!(
+        parent_and_running(task).is_some_and(|(_, running)| running),
+        "the workload outlives its agent"
+    );
+    assert!(
+        parent_and_running(waiting).is_some_and(|(_, running)| running),
+        "and so does its executor"
+    );
+}
+
 /// A job with `stop_after_disconnect` is stopped on a node the coordinators
 /// cannot hear, before the node would be declared lost; work without it
 /// runs on. Back in touch, the stopped instance is replaced.

@@ -177,7 +177,13 @@ pub async fn start(config: NodeConfig, executor: PathBuf) -> Result<RunningNode,
         addr: config.listen.to_string(),
         message: e.to_string(),
     })?;
-    let wiring = Wiring::host_confined(&executor, &config.confinement, &config.migration_host);
+    let allocs = herd_actors::workload::store::AllocStore::new(&config.data_dir);
+    let wiring = Wiring::host_confined(
+        &executor,
+        Some(allocs.root()),
+        &config.confinement,
+        &config.migration_host,
+    );
     let incoming = herd_metrics::limits::cap_connections(
         TcpListenerStream::new(listener),
         limits::connection_cap(&config.limits),

@@ -36,7 +36,12 @@ impl Wiring {
     /// Every driver herd has, over TCP. `executor` is the herd binary: the
     /// exec driver's supervisor and the other drivers' helper.
     pub fn host(executor: &Path) -> Self {
-        Self::host_confined(executor, &Confinement::default(), &MigrationHost::default())
+        Self::host_confined(
+            executor,
+            None,
+            &Confinement::default(),
+            &MigrationHost::default(),
+        )
     }
 
     /// Every driver herd has, over TCP, confined by the node's policy
@@ -46,47 +51,50 @@ impl Wiring {
     /// streams (QEMU's and the simulated VMs') under TLS with the node's
     /// certificate when the process runs
     /// with TLS (`herd_api::tls::transport`, installed from `--tls-*`
-    /// before the agent starts): what [`crate::start`] uses.
+    /// before the agent starts): what [`crate::start`] uses. With `allocs`
+    /// (the agent's allocation root) the drivers share one executor kept
+    /// waiting (`herd_actors::driver::exec::standby`), so that a workload's
+    /// start, a move's target above all, does not wait for the binary to
+    /// start.
     pub fn host_confined(
         executor: &Path,
+        allocs: Option<&Path>,
         confinement: &Confinement,
         migration_host: &MigrationHost,
     ) -> Self {
         herd_actors::driver::vm::qemu::probe_sandbox_in_background();
-        // One executor kept waiting for all the drivers: a workload's start
-        // (a move's target above all) does not wait for the binary to start.
-        let standby = Standby::new(executor);
-        standby.replenish();
+        let standby = allocs.map(|allocs| Standby::new(executor, allocs));
+        if let Some(standby) = &standby {
+            standby.replenish();
+        }
+        let exec = ExecDriver::new(executor).with_confinement(confinement.clone());
+        let mut vm = VmDriver::new(executor).with_confinement(confinement);
+        let mut simvm = SimVmDriver::new(executor).with_confinement(confinement);
+        let mut dljob = DljobDriver::new(executor).with_confinement(confinement);
+        let mut inference = InferenceDriver::new(executor).with_confinement(confinement);
+        let exec = match &standby {
+            Some(standby) => {
+                vm = vm.with_standby(standby.clone());
+                simvm = simvm.with_standby(standby.clone());
+                dljob = dljob.with_standby(standby.clone());
+                inference = inference.with_standby(standby.clone());
+                exec.with_standby(standby.clone())
+            }
+            None => exec,
+        };
         Self::with_drivers(vec![
+            Arc::new(exec),
             Arc::new(
-                ExecDriver::new(executor)
-                    .with_confinement(confinement.clone())
-                    .with_standby(standby.clone()),
-            ),
-            Arc::new(
-                VmDriver::new(executor)
-                    .with_confinement(confinement)
-                    .with_standby(standby.clone())
-                    .with_migration_host(migration_host.clone())
+                vm.with_migration_host(migration_host.clone())
                     .with_migration_tls(MigrationTls::from_transport(herd_api::tls::transport())),
             ),
             Arc::new(
-                SimVmDriver::new(executor)
-                    .with_confinement(confinement)
-                    .with_standby(standby.clone())
+                simvm
                     .with_migration_host(migration_host.clone())
                     .with_migration_tls(MigrationTls::from_transport(herd_api::tls::transport())),
             ),
-            Arc::new(
-                DljobDriver::new(executor)
-                    .with_confinement(confinement)
-                    .with_standby(standby.clone()),
-            ),
-            Arc::new(
-                InferenceDriver::new(executor)
-                    .with_confinement(confinement)
-                    .with_standby(standby),
-            ),
+            Arc::new(dljob),
+            Arc::new(inference),
         ])
     }
 

@@ -73,6 +73,11 @@ impl AllocStore {
         }
     }
 
+    /// The directory every allocation's directory is in.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
     /// The directory of an allocation (whether or not it exists).
     pub fn alloc_dir(&self, alloc_id: &str) -> Result<PathBuf, StoreError> {
         let valid = !alloc_id.is_empty()

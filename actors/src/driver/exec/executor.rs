@@ -112,14 +112,14 @@ pub fn run(launch_path: &Path) -> Result<i32, ExecutorError> {
     Ok(exit_code(&exit))
 }
 
-/// `herd executor --standby`: waits for the agent to hand over a launch
-/// (see [`super::standby`]), then runs it as [`run`] does, its own output
-/// going to that allocation's `executor.log`. Exits with 0, having done
-/// nothing, when the agent closes its stdin without handing anything over
-/// (it stopped, or died).
+/// `herd executor --standby --allocs DIR`: waits for the agent to hand over
+/// a launch (see [`super::standby`]), then runs it as [`run`] does, its own
+/// output going to that allocation's `executor.log`. Exits with 0, having
+/// done nothing, when the agent closes its stdin without handing anything
+/// over (it stopped, or died); refuses a launch outside `allocs`.
 ///
 /// Must be called from a single-threaded process, as [`run`].
-pub fn run_standby() -> Result<i32, ExecutorError> {
+pub fn run_standby(allocs: &Path) -> Result<i32, ExecutorError> {
     let mut handed = Vec::new();
     io::stdin()
         .lock()
@@ -132,6 +132,15 @@ pub fn run_standby() -> Result<i32, ExecutorError> {
         return Ok(0);
     }
     let launch_path = PathBuf::from(OsString::from_vec(handed));
+    if !super::standby::under(&launch_path, allocs) {
+        return Err(ExecutorError {
+            context: launch_path.display().to_string(),
+            message: format!(
+                "a standby executor for {} runs nothing outside it",
+                allocs.display()
+            ),
+        });
+    }
     if let Some(dir) = launch_path.parent() {
         // Until now stdout and stderr led nowhere (the agent did not know
         // the allocation); a log that cannot be opened leaves them there.

@@ -10,6 +10,11 @@
 //! of its `launch.json` on its stdin and it carries on as an executor
 //! started with `--launch` would; the next one is made in the background.
 //!
+//! Each standby names its agent's allocation root on its command line
+//! (`--allocs DIR`), so that `ps`, and the chaos harness's look for a
+//! node's processes, tell which agent's it is, and it runs only a launch
+//! under that root (the agent hands it nothing else).
+//!
 //! Safety of the hand-over: the waiting executor reads its stdin to the
 //! end. The agent writes the path (shorter than `PIPE_BUF`, so in one
 //! piece) and closes the pipe; an agent that dies first closes it with
@@ -29,6 +34,8 @@ use tokio::process::{Child, Command};
 
 /// The argument that makes `herd executor` wait for its launch on stdin.
 pub const STANDBY_ARG: &str = "--standby";
+/// The argument naming the allocation root a standby serves.
+pub const ALLOCS_ARG: &str = "--allocs";
 
 /// How long after a hand-over the next idle executor is made. Not at once:
 /// its own start would compete for the CPU with the workload starting (a
@@ -39,16 +46,19 @@ const REPLENISH_AFTER: Duration = Duration::from_millis(500);
 #[derive(Debug)]
 pub struct Standby {
     executor: PathBuf,
+    /// The directory the agent's allocation directories are in.
+    allocs: PathBuf,
     idle: Mutex<Option<Child>>,
 }
 
 impl Standby {
-    /// A pool of `executor` (the herd binary), empty until
-    /// [`Standby::replenish`] is first called. Dropping it closes its idle
-    /// executor's stdin, which then exits.
-    pub fn new(executor: impl Into<PathBuf>) -> Arc<Self> {
+    /// A pool of `executor` (the herd binary) for the allocations under
+    /// `allocs`, empty until [`Standby::replenish`] is first called.
+    /// Dropping it closes its idle executor's stdin, which then exits.
+    pub fn new(executor: impl Into<PathBuf>, allocs: impl Into<PathBuf>) -> Arc<Self> {
         Arc::new(Self {
             executor: executor.into(),
+            allocs: allocs.into(),
             idle: Mutex::new(None),
         })
     }
@@ -93,9 +103,13 @@ impl Standby {
     }
 
     /// Hands `launch` to the idle executor and returns it as the workload's
-    /// executor; `None` when none is idle and alive, or the hand-over
-    /// failed: the caller then spawns one as usual.
+    /// executor; `None` when none is idle and alive, `launch` is not under
+    /// the pool's allocation root, or the hand-over failed: the caller then
+    /// spawns one as usual.
     pub(super) async fn hand_over(&self, launch: &Path) -> Option<Child> {
+        if !under(launch, &self.allocs) {
+            return None;
+        }
         let mut child = {
             let mut idle = self.idle.lock().ok()?;
             let mut child = idle.take()?;
@@ -141,12 +155,22 @@ impl Standby {
         command
             .arg("executor")
             .arg(STANDBY_ARG)
+            .arg(ALLOCS_ARG)
+            .arg(&self.allocs)
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         super::start::detach(&mut command);
         command.spawn()
     }
+}
+
+/// Whether `path` lies under `root`, both with symlinks resolved as far
+/// as they exist (an allocation directory is canonical; the agent's data
+/// directory may be named through a symlink).
+pub fn under(path: &Path, root: &Path) -> bool {
+    let resolve = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    resolve(path).starts_with(resolve(root))
 }
 
 /// Whether `child` has not exited (an error asking counts as exited).
