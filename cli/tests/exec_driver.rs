@@ -167,7 +167,7 @@ async fn a_standby_executor_runs_the_next_start_and_another_is_made_for_the_one_
     let standby = Standby::new(env!("CARGO_BIN_EXE_herd"), tmp.path());
     standby.replenish();
     let waiting = idle_executor(&standby).await;
-    let driver = driver().with_standby(standby.clone());
+    let driver = driver().with_standby(Some(standby.clone()));
 
     // The waiting executor takes the first start: it is the handle's executor,
     // leads its own session, and logs to the allocation's executor.log.

@@ -67,34 +67,36 @@ impl Wiring {
         if let Some(standby) = &standby {
             standby.replenish();
         }
-        let exec = ExecDriver::new(executor).with_confinement(confinement.clone());
-        let mut vm = VmDriver::new(executor).with_confinement(confinement);
-        let mut simvm = SimVmDriver::new(executor).with_confinement(confinement);
-        let mut dljob = DljobDriver::new(executor).with_confinement(confinement);
-        let mut inference = InferenceDriver::new(executor).with_confinement(confinement);
-        let exec = match &standby {
-            Some(standby) => {
-                vm = vm.with_standby(standby.clone());
-                simvm = simvm.with_standby(standby.clone());
-                dljob = dljob.with_standby(standby.clone());
-                inference = inference.with_standby(standby.clone());
-                exec.with_standby(standby.clone())
-            }
-            None => exec,
-        };
         Self::with_drivers(vec![
-            Arc::new(exec),
             Arc::new(
-                vm.with_migration_host(migration_host.clone())
-                    .with_migration_tls(MigrationTls::from_transport(herd_api::tls::transport())),
+                ExecDriver::new(executor)
+                    .with_confinement(confinement.clone())
+                    .with_standby(standby.clone()),
             ),
             Arc::new(
-                simvm
+                VmDriver::new(executor)
+                    .with_confinement(confinement)
+                    .with_standby(standby.clone())
                     .with_migration_host(migration_host.clone())
                     .with_migration_tls(MigrationTls::from_transport(herd_api::tls::transport())),
             ),
-            Arc::new(dljob),
-            Arc::new(inference),
+            Arc::new(
+                SimVmDriver::new(executor)
+                    .with_confinement(confinement)
+                    .with_standby(standby.clone())
+                    .with_migration_host(migration_host.clone())
+                    .with_migration_tls(MigrationTls::from_transport(herd_api::tls::transport())),
+            ),
+            Arc::new(
+                DljobDriver::new(executor)
+                    .with_confinement(confinement)
+                    .with_standby(standby.clone()),
+            ),
+            Arc::new(
+                InferenceDriver::new(executor)
+                    .with_confinement(confinement)
+                    .with_standby(standby),
+            ),
         ])
     }
 

@@ -96,9 +96,10 @@ impl ExecDriver {
     }
 
     /// Starts workloads through `standby`'s idle executor when it has one
-    /// (see [`standby`]): an agent shares one among all its drivers.
-    pub fn with_standby(mut self, standby: Arc<Standby>) -> Self {
-        self.standby = Some(standby);
+    /// (see [`standby`]): an agent shares one among all its drivers. `None`
+    /// keeps spawning an executor per start.
+    pub fn with_standby(mut self, standby: Option<Arc<Standby>>) -> Self {
+        self.standby = standby;
         self
     }
 

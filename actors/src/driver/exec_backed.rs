@@ -275,8 +275,8 @@ impl<K: ExecKind> ExecBacked<K> {
     }
 
     /// Starts this kind's workloads through the agent's standby executor
-    /// (see [`crate::driver::exec::standby`]).
-    pub fn with_standby(mut self, standby: Arc<Standby>) -> Self {
+    /// (see [`crate::driver::exec::standby`]), if it keeps one.
+    pub fn with_standby(mut self, standby: Option<Arc<Standby>>) -> Self {
         self.exec = self.exec.with_standby(standby);
         self
     }
